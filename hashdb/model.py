@@ -1,0 +1,108 @@
+"""Records the store reads and writes. Plain data; validation lives in the core."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from hashsvc.signals import Signal
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    block_distance: int
+    review_distance: int
+
+
+@dataclass(frozen=True)
+class HashSetRecord:
+    id: int
+    name: str
+    description: str
+    labels: dict[str, str]
+    # signal type name -> thresholds; a type missing here uses the core's defaults
+    thresholds: dict[str, Thresholds]
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+    entry_count: int = 0  # active (not removed) entries
+
+
+@dataclass(frozen=True)
+class EntryRecord:
+    id: int
+    set_id: int
+    name: str
+    labels: dict[str, str]
+    media_type: str  # "image", "video", "audio", "pdf", "hash"
+    created_at: datetime
+    added_by: str
+    removed_at: datetime | None = None
+    # Filled by get_entry / get_entries(with_signals=True); empty otherwise.
+    # Order is the variant number: signals[i] is stored with variant_no i.
+    signals: tuple[Signal, ...] = ()
+
+
+@dataclass(frozen=True)
+class IndexedSignal:
+    """One perceptual signal as the index needs it (see Store.iter_signals)."""
+
+    entry_id: int
+    variant_no: int
+    kind: str
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Change:
+    """One row of the change feed that keeps in-memory indexes current.
+
+    op is "add_entry", "remove_entry" or "update_set". entry_id is set for the
+    entry ops, set_id always."""
+
+    seq: int
+    op: str
+    set_id: int
+    entry_id: int | None
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    id: int
+    name: str
+    role: str
+    token_hash: str  # hex SHA-256 of the token; the token itself is never stored
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class HistoryRecord:
+    """One Match call (or failed call). Append-only once written."""
+
+    request_id: str
+    time: datetime
+    caller: str
+    rpc: str
+    media_type: str
+    decision: str  # "block" | "review" | "allow" | "" (failed call)
+    status: str  # "OK" or a gRPC status code name
+    error_message: str = ""
+    client_ref: str = ""
+    media_bytes: int = 0
+    # JSON-ready dicts, stored as JSON text/jsonb:
+    # query_signals: [{"signal_type","value","quality","variant"}]
+    # matches: [{"set","set_id","entry","entry_id","signal_type","distance",
+    #            "labels","decision","query_variant","known_variant","reason"}]
+    query_signals: list[dict] = field(default_factory=list)
+    matches: list[dict] = field(default_factory=list)
+    id: int | None = None  # assigned by the store
+
+
+@dataclass(frozen=True)
+class HistoryFilter:
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+    decision: str | None = None
+    set_id: int | None = None  # records with at least one match in this set
+    caller: str | None = None

@@ -1,0 +1,142 @@
+"""The Store interface and open_store(url)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Protocol
+
+from hashdb.model import (
+    Change,
+    EntryRecord,
+    HashSetRecord,
+    HistoryFilter,
+    HistoryRecord,
+    IndexedSignal,
+    Thresholds,
+    TokenRecord,
+)
+from hashsvc.signals import Signal
+
+
+class Store(Protocol):
+    """Everything hashsvc persists. Implementations are thread-safe.
+
+    Errors: AlreadyExists / NotFound from hashsvc.errors where stated; anything
+    else is a bug or an outage and propagates.
+    """
+
+    # -- hash sets
+    def create_set(
+        self,
+        name: str,
+        description: str,
+        labels: dict[str, str],
+        thresholds: dict[str, Thresholds],
+    ) -> HashSetRecord:
+        """Raises AlreadyExists if the name is taken. Records an update_set change."""
+
+    def get_set(self, name: str) -> HashSetRecord | None: ...
+
+    def get_set_by_id(self, set_id: int) -> HashSetRecord | None: ...
+
+    def list_sets(self, include_disabled: bool = True) -> list[HashSetRecord]:
+        """Ordered by name, with entry_count filled in."""
+
+    def update_set(
+        self,
+        set_id: int,
+        *,
+        enabled: bool | None = None,
+        description: str | None = None,
+        labels: dict[str, str] | None = None,
+        thresholds: dict[str, Thresholds] | None = None,
+    ) -> HashSetRecord:
+        """Replaces the given fields (thresholds: whole dict). Records an
+        update_set change. Raises NotFound."""
+
+    # -- entries
+    def add_entry(
+        self,
+        set_id: int,
+        name: str,
+        labels: dict[str, str],
+        media_type: str,
+        signals: Iterable[Signal],
+        added_by: str,
+    ) -> EntryRecord:
+        """Adds the entry and all its signals in one transaction, with an
+        add_entry change. signals[i] gets variant_no i (at most 64 signals).
+        Raises AlreadyExists if an active entry of that name is in the set."""
+
+    def get_entry(self, set_id: int, name: str) -> EntryRecord | None:
+        """The active entry of that name, with its signals."""
+
+    def get_entries(
+        self, entry_ids: Iterable[int], with_signals: bool = False
+    ) -> dict[int, EntryRecord]:
+        """By id, removed ones included (removed_at set)."""
+
+    def list_entries(
+        self, set_id: int, after_id: int = 0, limit: int = 100
+    ) -> list[EntryRecord]:
+        """Active entries with id > after_id, by id, with signals."""
+
+    def remove_entry(self, set_id: int, name: str) -> EntryRecord:
+        """Marks the active entry removed (its rows stay for the record) and
+        records a remove_entry change. Raises NotFound."""
+
+    def find_exact(self, kind: str, value: bytes) -> list[tuple[int, int]]:
+        """(entry_id, variant_no) of active entries holding exactly this signal."""
+
+    def count_signals(self) -> dict[str, int]:
+        """Signal kind -> number of signals of active entries."""
+
+    # -- change feed and index build
+    def current_seq(self) -> int:
+        """The newest change's seq (0 when there is none)."""
+
+    def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
+        """Changes with seq > the given one, oldest first."""
+
+    def iter_signals(
+        self, kinds: Iterable[str], after_entry_id: int = 0
+    ) -> Iterator[IndexedSignal]:
+        """Signals of the given kinds of all active entries, by entry id, in
+        batches under the hood (for building an index of millions)."""
+
+    # -- tokens
+    def add_token(self, name: str, role: str, token_hash: str) -> TokenRecord: ...
+
+    def find_token(self, token_hash: str) -> TokenRecord | None: ...
+
+    def list_tokens(self) -> list[TokenRecord]: ...
+
+    def revoke_token(self, token_id: int) -> TokenRecord:
+        """Raises NotFound."""
+
+    # -- match history (append-only: there is no update or delete)
+    def record_match(self, record: HistoryRecord) -> int:
+        """Appends; returns the new id."""
+
+    def query_history(
+        self, filter: HistoryFilter, after_id: int = 0, limit: int = 100
+    ) -> list[HistoryRecord]:
+        """Records with id > after_id that pass the filter, oldest first."""
+
+    def count_history(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def open_store(url: str) -> Store:
+    """sqlite:///relative/or/absolute/path, sqlite:///:memory: (tests),
+    postgresql://host:port/db[?options=-csearch_path%3Dschema]."""
+    if url.startswith("sqlite://"):
+        from hashdb.sqlite import SQLiteStore
+
+        return SQLiteStore(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        from hashdb.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///PATH or postgresql://...")

@@ -1,0 +1,83 @@
+"""Signal types as data: what a hash is called, how long it is, how it is written.
+
+A signal is held as bytes everywhere inside the program; hex text exists only at
+the edges (API, CLI, export files), where `parse` and `format` convert.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from hashsvc.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class SignalType:
+    name: str
+    bits: int
+    # Perceptual signals are compared by Hamming distance; the others match
+    # only when equal.
+    perceptual: bool
+
+    @property
+    def nbytes(self) -> int:
+        return self.bits // 8
+
+    def parse(self, text: str) -> bytes:
+        """Canonical hex text -> bytes, or InvalidArgument saying what is wrong."""
+        text = text.strip().lower()
+        if text.startswith("0x"):
+            text = text[2:]
+        want = self.nbytes * 2
+        if len(text) != want:
+            raise InvalidArgument(
+                f"{self.name} hash must be {want} hex digits, got {len(text)}"
+            )
+        if not _HEX.fullmatch(text):
+            raise InvalidArgument(f"{self.name} hash must be hexadecimal")
+        return bytes.fromhex(text)
+
+    def format(self, value: bytes) -> str:
+        return value.hex()
+
+
+_HEX = re.compile(r"[0-9a-f]*")
+
+PDQ = SignalType("pdq", 256, perceptual=True)
+MD5 = SignalType("md5", 128, perceptual=False)
+SHA256 = SignalType("sha256", 256, perceptual=False)
+
+SIGNAL_TYPES: dict[str, SignalType] = {t.name: t for t in (PDQ, MD5, SHA256)}
+
+
+def signal_type(name: str) -> SignalType:
+    try:
+        return SIGNAL_TYPES[name]
+    except KeyError:
+        known = ", ".join(sorted(SIGNAL_TYPES))
+        raise InvalidArgument(f"unknown signal type {name!r} (known: {known})") from None
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One hash of one piece of media, as the program holds it."""
+
+    kind: str  # a SignalType name
+    value: bytes
+    quality: int | None = None  # PDQ quality 0..100
+    # Which view of the media was hashed: "original" for the media as given;
+    # for known entries, extra views stored at add time ("crop_c10", ...);
+    # for queries, views tried at match time ("flip_x", "region", ...).
+    variant: str = "original"
+
+    @property
+    def type(self) -> SignalType:
+        return signal_type(self.kind)
+
+    def hex(self) -> str:
+        return self.value.hex()
+
+
+def hamming(a: bytes, b: bytes) -> int:
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).bit_count()
