@@ -1,0 +1,42 @@
+# The two commands a newcomer needs:  make run   and   make test
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PROTO_OUT := hashsvc/v1/hashsvc_pb2.py
+
+.PHONY: install proto run test test-fast lint format bench clean
+
+install: $(STAMP) $(PROTO_OUT)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Generated gRPC code is built from protos/, never edited by hand.
+proto $(PROTO_OUT): protos/hashsvc/v1/hashsvc.proto $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. \
+		--pyi_out=. protos/hashsvc/v1/hashsvc.proto
+
+# Runs the service on the embedded default store (./hashsvc.db).
+run: install
+	$(BIN)/hashsvc serve --db sqlite:///hashsvc.db
+
+test: install
+	$(BIN)/python -m pytest -q -n 2
+
+lint: install
+	$(BIN)/ruff check hashsvc hashdb loaders tests bench
+	$(BIN)/ruff format --check hashsvc hashdb loaders tests bench
+
+format: install
+	$(BIN)/ruff format hashsvc hashdb loaders tests bench
+
+bench: install
+	$(BIN)/python bench/robustness.py --short
+	$(BIN)/python bench/speed.py --short
+
+clean:
+	rm -rf $(VENV) hashsvc/v1/*_pb2*.py* .pytest_cache

@@ -1,0 +1,83 @@
+"""All settings in one object, with defaults; every limit is named here.
+
+Read from a TOML file (`hashsvc serve --config FILE`), then overridden by
+command-line flags. Unknown keys in the file are an error, so a typo in a limit
+never silently leaves the default in force.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 50 * 1024 * 1024
+    # Decompression bombs: refuse before decoding pixels. 50 MP covers any
+    # camera photo; a 30,000 x 30,000 PNG (900 MP) is refused.
+    max_pixels: int = 50_000_000
+    max_side: int = 20_000
+
+
+@dataclass(frozen=True)
+class PdqPolicy:
+    # Meta's tools use 31 as the PDQ match threshold.
+    block_distance: int = 31
+    review_distance: int = 50
+    # Below this PDQ quality a hash is too flat to decide BLOCK on its own.
+    quality_floor: int = 50
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = "127.0.0.1:50051"
+    db_url: str = "sqlite:///hashsvc.db"
+    # Hashing runs in worker processes; 0 means one per core.
+    workers: int = 0
+    # gRPC message limit; media larger than this is refused with RESOURCE_EXHAUSTED.
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_batch_items: int = 1000
+    grpc_threads: int = 16
+    image: ImageLimits = field(default_factory=ImageLimits)
+    pdq: PdqPolicy = field(default_factory=PdqPolicy)
+    # TLS: both set -> the server listens with TLS.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # Where the index snapshot lives; empty -> next to a SQLite file, or none.
+    index_snapshot: str = ""
+    # How often to look for changes made by other replicas (seconds).
+    change_poll_seconds: float = 1.0
+
+    def worker_count(self) -> int:
+        return self.workers if self.workers > 0 else (os.cpu_count() or 1)
+
+
+def load_config(path: str | None = None, **overrides) -> Config:
+    values: dict = {}
+    if path:
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return _build(Config, values, "config")
+
+
+def _build(cls, values: dict, where: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown setting(s) in {where}: {', '.join(sorted(unknown))}")
+    kwargs = {}
+    for name, value in values.items():
+        default = fields[name].default_factory() if callable(
+            fields[name].default_factory
+        ) else fields[name].default
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}.{name} must be a table")
+            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
