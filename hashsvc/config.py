@@ -71,9 +71,11 @@ def _build(cls, values: dict, where: str):
         raise ValueError(f"unknown setting(s) in {where}: {', '.join(sorted(unknown))}")
     kwargs = {}
     for name, value in values.items():
-        default = fields[name].default_factory() if callable(
-            fields[name].default_factory
-        ) else fields[name].default
+        default = (
+            fields[name].default_factory()
+            if callable(fields[name].default_factory)
+            else fields[name].default
+        )
         if dataclasses.is_dataclass(default):
             if not isinstance(value, dict):
                 raise ValueError(f"{where}.{name} must be a table")

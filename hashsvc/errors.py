@@ -44,3 +44,24 @@ class PermissionDenied(HashsvcError):
 
 class Unavailable(HashsvcError):
     pass
+
+
+# The one table from core errors to gRPC status code names (service.py turns the
+# names into grpc.StatusCode; the history stores the name).
+STATUS_FOR_ERROR: dict[type[HashsvcError], str] = {
+    InvalidArgument: "INVALID_ARGUMENT",
+    TooLarge: "RESOURCE_EXHAUSTED",
+    NotFound: "NOT_FOUND",
+    AlreadyExists: "ALREADY_EXISTS",
+    FailedPrecondition: "FAILED_PRECONDITION",
+    Unauthenticated: "UNAUTHENTICATED",
+    PermissionDenied: "PERMISSION_DENIED",
+    Unavailable: "UNAVAILABLE",
+}
+
+
+def status_name(exc: BaseException) -> str:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_FOR_ERROR:
+            return STATUS_FOR_ERROR[cls]
+    return "INTERNAL"

@@ -31,9 +31,7 @@ class SignalType:
             text = text[2:]
         want = self.nbytes * 2
         if len(text) != want:
-            raise InvalidArgument(
-                f"{self.name} hash must be {want} hex digits, got {len(text)}"
-            )
+            raise InvalidArgument(f"{self.name} hash must be {want} hex digits, got {len(text)}")
         if not _HEX.fullmatch(text):
             raise InvalidArgument(f"{self.name} hash must be hexadecimal")
         return bytes.fromhex(text)

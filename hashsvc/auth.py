@@ -1,0 +1,90 @@
+"""API tokens and roles.
+
+A token is a random secret shown once at creation; the store keeps only its
+SHA-256. Each RPC is allowed to the roles listed for it in RPC_ROLES and to no
+one else (default deny: an RPC missing from the table is refused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from hashdb import Store, TokenRecord
+from hashsvc.errors import InvalidArgument, PermissionDenied, Unauthenticated
+
+MATCHER = "matcher"
+OPERATOR = "operator"
+AUDITOR = "auditor"
+ADMIN = "admin"
+ROLES = (MATCHER, OPERATOR, AUDITOR, ADMIN)
+
+_PREFIX = "/hashsvc.v1."
+RPC_ROLES: dict[str, frozenset[str]] = {
+    f"{_PREFIX}Matcher/Match": frozenset({MATCHER, ADMIN}),
+    f"{_PREFIX}Matcher/MatchBatch": frozenset({MATCHER, ADMIN}),
+    f"{_PREFIX}Curation/CreateSet": frozenset({OPERATOR, ADMIN}),
+    f"{_PREFIX}Curation/ListSets": frozenset({OPERATOR, ADMIN}),
+    f"{_PREFIX}Curation/GetSet": frozenset({OPERATOR, ADMIN}),
+    f"{_PREFIX}Curation/UpdateSet": frozenset({OPERATOR, ADMIN}),
+    f"{_PREFIX}Curation/AddEntry": frozenset({OPERATOR, ADMIN}),
+    f"{_PREFIX}Curation/ListEntries": frozenset({OPERATOR, ADMIN}),
+    f"{_PREFIX}Curation/GetEntry": frozenset({OPERATOR, ADMIN}),
+    f"{_PREFIX}Curation/RemoveEntry": frozenset({OPERATOR, ADMIN}),
+    f"{_PREFIX}Curation/GetStats": frozenset({OPERATOR, AUDITOR, ADMIN}),
+    f"{_PREFIX}Audit/QueryHistory": frozenset({AUDITOR, ADMIN}),
+    f"{_PREFIX}Audit/ExportHistory": frozenset({AUDITOR, ADMIN}),
+    f"{_PREFIX}Admin/CreateToken": frozenset({ADMIN}),
+    f"{_PREFIX}Admin/ListTokens": frozenset({ADMIN}),
+    f"{_PREFIX}Admin/RevokeToken": frozenset({ADMIN}),
+}
+
+# Probes and tooling that must work without a token: they reveal nothing.
+PUBLIC_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+_TOKEN_PREFIX = "hsv_"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return _TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def create_token(store: Store, role: str, name: str) -> tuple[TokenRecord, str]:
+    if role not in ROLES:
+        raise InvalidArgument(f"unknown role {role!r} (roles: {', '.join(ROLES)})")
+    name = name.strip() or role
+    if len(name) > 128:
+        raise InvalidArgument("token name is longer than 128 characters")
+    token = new_token()
+    return store.add_token(name, role, hash_token(token)), token
+
+
+def authenticate(store: Store, token: str | None) -> TokenRecord:
+    if not token:
+        raise Unauthenticated("missing token: send 'authorization: Bearer <token>' metadata")
+    record = store.find_token(hash_token(token))
+    if record is None:
+        raise Unauthenticated("unknown token")
+    if record.revoked_at is not None:
+        raise Unauthenticated("token revoked")
+    return record
+
+
+def authorize(record: TokenRecord, method: str) -> None:
+    allowed = RPC_ROLES.get(method)
+    if allowed is None or record.role not in allowed:
+        raise PermissionDenied(f"role {record.role!r} may not call {method.rsplit('/', 1)[-1]}")
+
+
+def token_from_metadata(metadata) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            scheme, _, token = value.partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else value.strip()
+        if key == "x-hashsvc-token":
+            return value.strip()
+    return None

@@ -1,0 +1,667 @@
+"""hashsvc command line: `serve` and `token create --db` work on the server
+side; everything else is a client of the public gRPC API.
+
+Exit codes: 0 success; 1 the operation failed (for several files: at least one
+failed; the others were still done); 2 usage error; 3 cannot reach the server.
+Results go to stdout, errors and progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from datetime import UTC, datetime, timedelta
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from hashsvc import __version__
+from hashsvc.client import Client
+from hashsvc.errors import HashsvcError
+from hashsvc.v1 import hashsvc_pb2 as pb
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+DECISION_NAMES = {pb.ALLOW: "allow", pb.REVIEW: "review", pb.BLOCK: "block"}
+DECISION_VALUES = {v: k for k, v in DECISION_NAMES.items()}
+
+
+class UsageError(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"hashsvc: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except HashsvcError as exc:
+        print(f"hashsvc: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except grpc.RpcError as exc:
+        return _report_rpc_error(exc)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _report_rpc_error(exc: grpc.RpcError) -> int:
+    code = exc.code()
+    print(f"hashsvc: {code.name}: {exc.details()}", file=sys.stderr)
+    return EXIT_UNREACHABLE if code == grpc.StatusCode.UNAVAILABLE else EXIT_FAILED
+
+
+# ------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hashsvc",
+        description="Match media against hash sets of known terrorist propaganda.",
+        epilog="Server address: --server or HASHSVC_SERVER (default 127.0.0.1:50051). "
+        "Token: HASHSVC_TOKEN. TLS: --tls-ca or HASHSVC_TLS_CA.",
+    )
+    parser.add_argument("--version", action="version", version=f"hashsvc {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def client_command(name, func, help_text):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--server", help="HOST:PORT of the hashsvc server")
+        p.add_argument("--tls-ca", help="CA certificate file: connect with TLS")
+        p.set_defaults(func=func)
+        return p
+
+    p = sub.add_parser("serve", help="run the gRPC service", description="Run the gRPC service.")
+    p.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:50051)")
+    p.add_argument("--db", help="store URL: sqlite:///PATH (default) or postgresql://...")
+    p.add_argument("--config", help="TOML config file (see README)")
+    p.add_argument("--workers", type=int, help="hashing processes (default: one per core)")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", help="manage API tokens", description="Manage API tokens.")
+    token_sub = token.add_subparsers(title="token commands", metavar="COMMAND")
+    p = token_sub.add_parser(
+        "create",
+        help="create a token (prints it on the last line)",
+        description="Create an API token. With --db the store is written directly (for the "
+        "first admin token); without, the Admin API is called with HASHSVC_TOKEN.",
+    )
+    p.add_argument("--role", required=True, choices=["matcher", "operator", "auditor", "admin"])
+    p.add_argument("--name", default="", help="who holds it (shown as caller in history)")
+    p.add_argument("--db", help="store URL, for creating a token without a running server")
+    p.add_argument("--server")
+    p.add_argument("--tls-ca")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_token_create)
+    p = token_sub.add_parser("list", help="list tokens (admin)")
+    p.add_argument("--server")
+    p.add_argument("--tls-ca")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_token_list)
+    p = token_sub.add_parser("revoke", help="revoke a token by id (admin)")
+    p.add_argument("id", type=int)
+    p.add_argument("--server")
+    p.add_argument("--tls-ca")
+    p.set_defaults(func=cmd_token_revoke)
+
+    sets = sub.add_parser("sets", help="manage hash sets", description="Manage hash sets.")
+    sets_sub = sets.add_subparsers(title="sets commands", metavar="COMMAND")
+    p = sets_sub.add_parser("create", help="create a hash set")
+    p.add_argument("name")
+    p.add_argument("--description", default="")
+    p.add_argument("--label", action="append", default=[], metavar="K=V")
+    p.add_argument("--block-threshold", type=int, help="PDQ distance <= N blocks (default 31)")
+    p.add_argument("--review-threshold", type=int, help="PDQ distance <= N is reviewed")
+    _client_opts(p, json_flag=True)
+    p.set_defaults(func=cmd_sets_create)
+    p = sets_sub.add_parser("list", help="list hash sets with their entry counts")
+    p.add_argument("--all", action="store_true", help="include disabled sets (default: yes)")
+    _client_opts(p, json_flag=True)
+    p.set_defaults(func=cmd_sets_list)
+    p = sets_sub.add_parser("show", help="show one hash set")
+    p.add_argument("name")
+    _client_opts(p, json_flag=True)
+    p.set_defaults(func=cmd_sets_show)
+    for name, enabled in (("disable", False), ("enable", True)):
+        p = sets_sub.add_parser(name, help=f"{name} a hash set (takes effect at once)")
+        p.add_argument("name")
+        _client_opts(p, json_flag=True)
+        p.set_defaults(func=cmd_sets_enable, enabled=enabled)
+
+    p = client_command("add", cmd_add, "Add media files (or hashes) to a set as known entries.")
+    p.add_argument("--set", required=True, dest="set_name")
+    p.add_argument("--label", action="append", default=[], metavar="K=V")
+    p.add_argument("--name", help="entry name (one file only; default: the file name)")
+    p.add_argument(
+        "--hash", action="append", default=[], metavar="TYPE:HEX", help="add a precomputed hash"
+    )
+    p.add_argument("files", nargs="*", metavar="FILE")
+    p.add_argument("--json", action="store_true")
+
+    p = client_command("remove", cmd_remove, "Remove entries from a set (stop matching at once).")
+    p.add_argument("--set", required=True, dest="set_name")
+    p.add_argument("entries", nargs="+", metavar="ENTRY")
+    p.add_argument("--json", action="store_true")
+
+    entries = sub.add_parser("entries", help="list or show entries of a set")
+    entries_sub = entries.add_subparsers(title="entries commands", metavar="COMMAND")
+    p = entries_sub.add_parser("list", help="list the entries of a set")
+    p.add_argument("--set", required=True, dest="set_name")
+    _client_opts(p, json_flag=True)
+    p.set_defaults(func=cmd_entries_list)
+    p = entries_sub.add_parser("show", help="show one entry with its signals")
+    p.add_argument("--set", required=True, dest="set_name")
+    p.add_argument("name")
+    _client_opts(p, json_flag=True)
+    p.set_defaults(func=cmd_entries_show)
+
+    p = client_command("match", cmd_match, "Match media files (or - for stdin, or hashes).")
+    p.add_argument("files", nargs="*", metavar="FILE")
+    p.add_argument("--hash", action="append", default=[], metavar="TYPE:HEX")
+    p.add_argument("--set", action="append", default=[], dest="sets", help="only these sets")
+    p.add_argument("--client-ref", default="", help="your reference to the upload")
+    p.add_argument("--json", action="store_true", help="one JSON object per line per file")
+
+    p = client_command("history", cmd_history, "Query the match history (auditor).")
+    p.add_argument("--since", help="ISO time or age like 30m, 12h, 7d")
+    p.add_argument("--until", help="ISO time or age like 30m, 12h, 7d")
+    p.add_argument("--decision", choices=["block", "review", "allow"])
+    p.add_argument("--set", dest="set_name")
+    p.add_argument("--caller")
+    p.add_argument("--limit", type=int, default=0, help="at most N records (default: all)")
+    p.add_argument("--json", action="store_true", help="JSON lines (for export)")
+
+    p = client_command("stats", cmd_stats, "Counts of sets, entries, signals and history.")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def _client_opts(p: argparse.ArgumentParser, json_flag: bool = False) -> None:
+    p.add_argument("--server", help="HOST:PORT of the hashsvc server")
+    p.add_argument("--tls-ca", help="CA certificate file: connect with TLS")
+    if json_flag:
+        p.add_argument("--json", action="store_true")
+
+
+def _client(args) -> Client:
+    return Client(server=args.server, tls_ca_file=args.tls_ca)
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, ensure_ascii=False, sort_keys=False), flush=True)
+
+
+# ------------------------------------------------------------------ server side
+
+
+def cmd_serve(args) -> int:
+    from hashsvc.config import load_config
+    from hashsvc.server import serve_forever
+
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = load_config(args.config, listen=args.listen, db_url=args.db, workers=args.workers)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"config: {exc}") from None
+    serve_forever(config)
+    return EXIT_OK
+
+
+def cmd_token_create(args) -> int:
+    if args.db:
+        from hashdb import open_store
+        from hashsvc import auth
+
+        store = open_store(args.db)
+        try:
+            record, token = auth.create_token(store, args.role, args.name)
+        finally:
+            store.close()
+        info = {"id": record.id, "name": record.name, "role": record.role}
+    else:
+        with _client(args) as client:
+            resp = client.admin.CreateToken(
+                pb.CreateTokenRequest(role=args.role, name=args.name), metadata=client.metadata
+            )
+        token = resp.token
+        info = {"id": resp.info.id, "name": resp.info.name, "role": resp.info.role}
+    if args.json:
+        _print_json({**info, "token": token})
+    else:
+        print(f"created {info['role']} token #{info['id']} for {info['name']!r}", file=sys.stderr)
+        print(token)
+    return EXIT_OK
+
+
+def cmd_token_list(args) -> int:
+    with _client(args) as client:
+        resp = client.admin.ListTokens(pb.ListTokensRequest(), metadata=client.metadata)
+    for t in resp.tokens:
+        row = {
+            "id": t.id,
+            "name": t.name,
+            "role": t.role,
+            "created_at": _iso(t.created_at),
+            "revoked_at": _iso(t.revoked_at) if t.HasField("revoked_at") else None,
+        }
+        if args.json:
+            _print_json(row)
+        else:
+            state = "revoked" if row["revoked_at"] else "active"
+            print(f"{t.id}\t{t.role}\t{state}\t{t.name}")
+    return EXIT_OK
+
+
+def cmd_token_revoke(args) -> int:
+    with _client(args) as client:
+        client.admin.RevokeToken(pb.RevokeTokenRequest(id=args.id), metadata=client.metadata)
+    print(f"revoked token #{args.id}", file=sys.stderr)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ sets and entries
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"label {pair!r} must be key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def set_json(s: pb.HashSet) -> dict:
+    return {
+        "name": s.name,
+        "description": s.description,
+        "labels": dict(s.labels),
+        "enabled": s.enabled,
+        "entries": s.entry_count,
+        "thresholds": {
+            t.signal_type: {"block": t.block_distance, "review": t.review_distance}
+            for t in s.thresholds
+        },
+        "created_at": _iso(s.created_at),
+    }
+
+
+def _print_set(s: pb.HashSet, as_json: bool) -> None:
+    if as_json:
+        _print_json(set_json(s))
+        return
+    labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+    state = "enabled" if s.enabled else "DISABLED"
+    print(f"{s.name}\t{state}\t{s.entry_count} entries\t{labels}")
+
+
+def cmd_sets_create(args) -> int:
+    thresholds = []
+    if args.block_threshold is not None or args.review_threshold is not None:
+        block = 31 if args.block_threshold is None else args.block_threshold
+        review = max(block, 50) if args.review_threshold is None else args.review_threshold
+        thresholds.append(
+            pb.Threshold(signal_type="pdq", block_distance=block, review_distance=review)
+        )
+    req = pb.CreateSetRequest(
+        name=args.name,
+        description=args.description,
+        labels=_labels(args.label),
+        thresholds=thresholds,
+    )
+    with _client(args) as client:
+        _print_set(client.curation.CreateSet(req, metadata=client.metadata), args.json)
+    return EXIT_OK
+
+
+def cmd_sets_list(args) -> int:
+    with _client(args) as client:
+        resp = client.curation.ListSets(
+            pb.ListSetsRequest(include_disabled=True), metadata=client.metadata
+        )
+    for s in resp.sets:
+        _print_set(s, args.json)
+    return EXIT_OK
+
+
+def cmd_sets_show(args) -> int:
+    with _client(args) as client:
+        s = client.curation.GetSet(pb.GetSetRequest(name=args.name), metadata=client.metadata)
+    if args.json:
+        _print_json(set_json(s))
+    else:
+        print(json.dumps(set_json(s), indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def cmd_sets_enable(args) -> int:
+    with _client(args) as client:
+        s = client.curation.UpdateSet(
+            pb.UpdateSetRequest(name=args.name, enabled=args.enabled), metadata=client.metadata
+        )
+    _print_set(s, args.json)
+    return EXIT_OK
+
+
+def entry_json(e: pb.Entry) -> dict:
+    return {
+        "set": e.set,
+        "entry": e.name,
+        "id": e.id,
+        "labels": dict(e.labels),
+        "media_type": pb.MediaType.Name(e.media_type).lower(),
+        "signals": [
+            {
+                "signal_type": s.signal_type,
+                "value": s.value,
+                "quality": s.quality,
+                "variant": s.variant,
+            }
+            for s in e.signals
+        ],
+        "created_at": _iso(e.created_at),
+        "added_by": e.added_by,
+    }
+
+
+def _parse_hash_arg(text: str) -> pb.SignalValue:
+    kind, sep, value = text.partition(":")
+    if not sep:
+        raise UsageError(f"--hash {text!r} must be TYPE:HEX, e.g. pdq:<64 hex digits>")
+    return pb.SignalValue(signal_type=kind.strip().lower(), value=value.strip())
+
+
+def cmd_add(args) -> int:
+    if not args.files and not args.hash:
+        raise UsageError("give files to add, or --hash TYPE:HEX")
+    if args.name and len(args.files) + len(args.hash) != 1:
+        raise UsageError("--name needs exactly one file or hash")
+    labels = _labels(args.label)
+    failures = 0
+    items = [(path, None) for path in args.files] + [(None, h) for h in args.hash]
+    with _client(args) as client:
+        for done, (path, hash_text) in enumerate(items, start=1):
+            label = path or hash_text
+            try:
+                req = pb.AddEntryRequest(set=args.set_name, labels=labels)
+                if path is not None:
+                    req.media.content = _read(path)
+                    req.media.filename = os.path.basename(path)
+                    req.name = args.name or os.path.basename(path)
+                else:
+                    req.signal.CopyFrom(_parse_hash_arg(hash_text))
+                    req.name = args.name or hash_text.partition(":")[2].strip()
+                entry = client.curation.AddEntry(req, metadata=client.metadata)
+            except (OSError, grpc.RpcError) as exc:
+                failures += 1
+                _report_item_error(label, exc, args.json)
+                if _unreachable(exc):
+                    return EXIT_UNREACHABLE
+                continue
+            if args.json:
+                _print_json({"file": label, **entry_json(entry)})
+            else:
+                print(f"added {entry.name} to {args.set_name} ({done}/{len(items)})")
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def cmd_remove(args) -> int:
+    failures = 0
+    with _client(args) as client:
+        for name in args.entries:
+            try:
+                client.curation.RemoveEntry(
+                    pb.RemoveEntryRequest(set=args.set_name, name=name), metadata=client.metadata
+                )
+            except grpc.RpcError as exc:
+                failures += 1
+                _report_item_error(name, exc, args.json)
+                if _unreachable(exc):
+                    return EXIT_UNREACHABLE
+                continue
+            if args.json:
+                _print_json({"set": args.set_name, "entry": name, "removed": True})
+            else:
+                print(f"removed {name} from {args.set_name}")
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def cmd_entries_list(args) -> int:
+    token = ""
+    with _client(args) as client:
+        while True:
+            resp = client.curation.ListEntries(
+                pb.ListEntriesRequest(set=args.set_name, page_size=500, page_token=token),
+                metadata=client.metadata,
+            )
+            for e in resp.entries:
+                if args.json:
+                    _print_json(entry_json(e))
+                else:
+                    labels = ",".join(f"{k}={v}" for k, v in sorted(e.labels.items()))
+                    print(f"{e.name}\t{pb.MediaType.Name(e.media_type).lower()}\t{labels}")
+            token = resp.next_page_token
+            if not token:
+                return EXIT_OK
+
+
+def cmd_entries_show(args) -> int:
+    with _client(args) as client:
+        e = client.curation.GetEntry(
+            pb.GetEntryRequest(set=args.set_name, name=args.name), metadata=client.metadata
+        )
+    print(json.dumps(entry_json(e), indent=None if args.json else 2, ensure_ascii=False))
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ matching
+
+
+def match_json(label: str, resp: pb.MatchResponse) -> dict:
+    return {
+        "file": label,
+        "decision": DECISION_NAMES.get(resp.decision),
+        "request_id": resp.request_id,
+        "matches": [
+            {
+                "set": m.set,
+                "entry": m.entry,
+                "signal_type": m.signal_type,
+                "distance": m.distance,
+                "labels": dict(m.labels),
+                "decision": DECISION_NAMES.get(m.decision),
+                "query_variant": m.query_variant,
+                "known_variant": m.known_variant,
+            }
+            for m in resp.matches
+        ],
+    }
+
+
+def cmd_match(args) -> int:
+    if not args.files and not args.hash:
+        raise UsageError("give files to match (- for stdin), or --hash TYPE:HEX")
+    failures = 0
+    items = [(path, None) for path in args.files] + [(None, h) for h in args.hash]
+    with _client(args) as client:
+        for path, hash_text in items:
+            label = path if path is not None else hash_text
+            try:
+                req = pb.MatchRequest(client_ref=args.client_ref, sets=args.sets)
+                if path is not None:
+                    req.media.content = _read(path)
+                    req.media.filename = "stdin" if path == "-" else os.path.basename(path)
+                else:
+                    req.signal.CopyFrom(_parse_hash_arg(hash_text))
+                resp = client.matcher.Match(req, metadata=client.metadata)
+            except (OSError, grpc.RpcError) as exc:
+                failures += 1
+                _report_item_error(label, exc, args.json)
+                if _unreachable(exc):
+                    return EXIT_UNREACHABLE
+                continue
+            if args.json:
+                _print_json(match_json(label, resp))
+            else:
+                _print_match_text(label, resp)
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def _print_match_text(label: str, resp: pb.MatchResponse) -> None:
+    print(f"{label}: {DECISION_NAMES.get(resp.decision, '?').upper()}")
+    for m in resp.matches:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(m.labels.items()))
+        print(
+            f"  {DECISION_NAMES.get(m.decision)}\t{m.set}/{m.entry}\t{m.signal_type}"
+            f" distance {m.distance}\t{labels}"
+        )
+
+
+def _read(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _unreachable(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def _report_item_error(label: str, exc: BaseException, as_json: bool) -> None:
+    if isinstance(exc, grpc.RpcError):
+        code, message = exc.code().name, exc.details()
+    else:
+        code, message = "LOCAL", f"{exc.strerror or exc}: {getattr(exc, 'filename', '')}"
+    print(f"hashsvc: {label}: {code}: {message}", file=sys.stderr)
+    if as_json:
+        _print_json({"file": label, "decision": None, "error": {"code": code, "message": message}})
+
+
+# ------------------------------------------------------------------ audit
+
+
+_AGE = re.compile(r"(\d+)([smhdw])")
+_AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_time(text: str) -> datetime:
+    """ISO 8601 (naive means UTC) or an age like 30m / 12h / 7d before now."""
+    age = _AGE.fullmatch(text.strip())
+    if age:
+        return datetime.now(UTC) - timedelta(**{_AGE_UNITS[age[2]]: int(age[1])})
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(f"cannot read time {text!r}: use ISO 8601 or an age like 12h") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _ts(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value.astimezone(UTC).replace(tzinfo=None))
+    return ts
+
+
+def _iso(ts: Timestamp) -> str:
+    return ts.ToDatetime(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+
+
+def history_json(r: pb.HistoryRecord) -> dict:
+    return {
+        "id": r.id,
+        "request_id": r.request_id,
+        "time": _iso(r.time),
+        "caller": r.caller,
+        "rpc": r.rpc,
+        "media_type": pb.MediaType.Name(r.media_type).lower(),
+        "decision": DECISION_NAMES.get(r.decision),
+        "status": r.status,
+        "error_message": r.error_message,
+        "client_ref": r.client_ref,
+        "media_bytes": r.media_bytes,
+        "query_signals": [
+            {
+                "signal_type": s.signal_type,
+                "value": s.value,
+                "quality": s.quality,
+                "variant": s.variant,
+            }
+            for s in r.query_signals
+        ],
+        "matches": [
+            {
+                "set": m.set,
+                "entry": m.entry,
+                "signal_type": m.signal_type,
+                "distance": m.distance,
+                "labels": dict(m.labels),
+                "decision": DECISION_NAMES.get(m.decision),
+            }
+            for m in r.matches
+        ],
+    }
+
+
+def cmd_history(args) -> int:
+    req = pb.QueryHistoryRequest(
+        set=args.set_name or "",
+        caller=args.caller or "",
+        decision=DECISION_VALUES[args.decision] if args.decision else pb.DECISION_UNSPECIFIED,
+    )
+    if args.since:
+        req.since.CopyFrom(_ts(parse_time(args.since)))
+    if args.until:
+        req.until.CopyFrom(_ts(parse_time(args.until)))
+    printed = 0
+    with _client(args) as client:
+        for record in client.audit.ExportHistory(req, metadata=client.metadata):
+            row = history_json(record)
+            if args.json:
+                _print_json(row)
+            else:
+                top = row["matches"][0] if row["matches"] else None
+                what = f"{top['set']}/{top['entry']} d={top['distance']}" if top else ""
+                outcome = row["decision"] or f"{row['status']}: {row['error_message']}"
+                print(f"{row['time']}\t{row['caller']}\t{row['media_type']}\t{outcome}\t{what}")
+            printed += 1
+            if args.limit and printed >= args.limit:
+                break
+    return EXIT_OK
+
+
+def cmd_stats(args) -> int:
+    with _client(args) as client:
+        s = client.curation.GetStats(pb.GetStatsRequest(), metadata=client.metadata)
+    row = {
+        "sets": s.sets,
+        "enabled_sets": s.enabled_sets,
+        "entries": s.entries,
+        "indexed_signals": {c.signal_type: c.count for c in s.indexed_signals},
+        "history_records": s.history_records,
+        "index_version": s.index_version,
+    }
+    if args.json:
+        _print_json(row)
+    else:
+        for key, value in row.items():
+            print(f"{key}: {value}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

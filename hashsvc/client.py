@@ -1,0 +1,67 @@
+"""A small gRPC client for the CLI and for scripts: channel, token, stubs."""
+
+from __future__ import annotations
+
+import os
+
+import grpc
+
+from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+
+
+class _TokenAuth(grpc.AuthMetadataPlugin):
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __call__(self, context, callback) -> None:
+        callback((("authorization", f"Bearer {self._token}"),), None)
+
+
+class Client:
+    def __init__(
+        self,
+        server: str | None = None,
+        token: str | None = None,
+        tls_ca_file: str | None = None,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.server = server or os.environ.get("HASHSVC_SERVER") or DEFAULT_SERVER
+        self.token = token if token is not None else os.environ.get("HASHSVC_TOKEN", "")
+        tls_ca_file = tls_ca_file or os.environ.get("HASHSVC_TLS_CA")
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        if tls_ca_file:
+            with open(tls_ca_file, "rb") as f:
+                creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+            if self.token:
+                creds = grpc.composite_channel_credentials(
+                    creds, grpc.metadata_call_credentials(_TokenAuth(self.token))
+                )
+            self.channel = grpc.secure_channel(self.server, creds, options)
+            self._metadata: tuple = ()
+        else:
+            self.channel = grpc.insecure_channel(self.server, options)
+            self._metadata = (("authorization", f"Bearer {self.token}"),) if self.token else ()
+        self.matcher = pb_grpc.MatcherStub(self.channel)
+        self.curation = pb_grpc.CurationStub(self.channel)
+        self.audit = pb_grpc.AuditStub(self.channel)
+        self.admin = pb_grpc.AdminStub(self.channel)
+
+    @property
+    def metadata(self) -> tuple:
+        """Pass as metadata= on every call (empty over TLS, where the call
+        credentials carry the token)."""
+        return self._metadata
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

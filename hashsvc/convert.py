@@ -1,0 +1,177 @@
+"""The one place that converts between protobuf messages and core types."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from hashdb import EntryRecord, HashSetRecord, HistoryRecord, Thresholds, TokenRecord
+from hashsvc.core import MatchOutcome, MatchQuery
+from hashsvc.errors import InvalidArgument
+from hashsvc.matcher import Match
+from hashsvc.signals import Signal
+from hashsvc.v1 import hashsvc_pb2 as pb
+
+DECISION_TO_PB = {
+    "allow": pb.ALLOW,
+    "review": pb.REVIEW,
+    "block": pb.BLOCK,
+    "": pb.DECISION_UNSPECIFIED,
+}
+DECISION_FROM_PB = {v: k for k, v in DECISION_TO_PB.items()}
+MEDIA_TO_PB = {
+    "image": pb.IMAGE,
+    "video": pb.VIDEO,
+    "audio": pb.AUDIO,
+    "pdf": pb.PDF,
+    "hash": pb.HASH,
+}
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value.astimezone(UTC).replace(tzinfo=None))
+    return ts
+
+
+def from_timestamp(msg, field: str) -> datetime | None:
+    if not msg.HasField(field):
+        return None
+    return getattr(msg, field).ToDatetime(tzinfo=UTC)
+
+
+def match_query(req: pb.MatchRequest) -> MatchQuery:
+    which = req.WhichOneof("query")
+    common = {"client_ref": req.client_ref, "sets": tuple(req.sets)}
+    if which == "media":
+        return MatchQuery(media=req.media.content, **common)
+    if which == "signal":
+        return MatchQuery(
+            signal_type=req.signal.signal_type,
+            signal_value=req.signal.value,
+            signal_quality=req.signal.quality or None,
+            **common,
+        )
+    raise InvalidArgument("the request holds neither media nor a hash")
+
+
+def query_signal(sig: Signal) -> pb.QuerySignal:
+    return pb.QuerySignal(
+        signal_type=sig.kind, value=sig.hex(), quality=sig.quality or 0, variant=sig.variant
+    )
+
+
+def matched_entry(m: Match) -> pb.MatchedEntry:
+    return pb.MatchedEntry(
+        set=m.set_name,
+        entry=m.entry_name,
+        entry_id=m.entry_id,
+        signal_type=m.signal_type,
+        distance=m.distance,
+        labels=m.labels,
+        decision=DECISION_TO_PB[m.decision],
+        query_variant=m.query_variant,
+        known_variant=m.known_variant,
+        reason=m.reason,
+    )
+
+
+def match_response(outcome: MatchOutcome) -> pb.MatchResponse:
+    return pb.MatchResponse(
+        request_id=outcome.request_id,
+        decision=DECISION_TO_PB[outcome.decision],
+        matches=[matched_entry(m) for m in outcome.matches],
+        media_type=MEDIA_TO_PB.get(outcome.media_type, pb.MEDIA_TYPE_UNSPECIFIED),
+        query_signals=[query_signal(s) for s in outcome.query_signals],
+        client_ref=outcome.client_ref,
+    )
+
+
+def thresholds_from_pb(items) -> dict[str, Thresholds]:
+    return {t.signal_type: Thresholds(t.block_distance, t.review_distance) for t in items}
+
+
+def hash_set(record: HashSetRecord) -> pb.HashSet:
+    return pb.HashSet(
+        id=record.id,
+        name=record.name,
+        description=record.description,
+        labels=record.labels,
+        thresholds=[
+            pb.Threshold(
+                signal_type=k, block_distance=t.block_distance, review_distance=t.review_distance
+            )
+            for k, t in sorted(record.thresholds.items())
+        ],
+        enabled=record.enabled,
+        entry_count=record.entry_count,
+        created_at=timestamp(record.created_at),
+        updated_at=timestamp(record.updated_at),
+    )
+
+
+def entry(record: EntryRecord, set_name: str) -> pb.Entry:
+    return pb.Entry(
+        id=record.id,
+        set=set_name,
+        name=record.name,
+        labels=record.labels,
+        media_type=MEDIA_TO_PB.get(record.media_type, pb.MEDIA_TYPE_UNSPECIFIED),
+        signals=[query_signal(s) for s in record.signals],
+        created_at=timestamp(record.created_at),
+        added_by=record.added_by,
+        removed_at=timestamp(record.removed_at),
+    )
+
+
+def history_record(record: HistoryRecord) -> pb.HistoryRecord:
+    return pb.HistoryRecord(
+        id=record.id or 0,
+        request_id=record.request_id,
+        time=timestamp(record.time),
+        caller=record.caller,
+        rpc=record.rpc,
+        media_type=MEDIA_TO_PB.get(record.media_type, pb.MEDIA_TYPE_UNSPECIFIED),
+        query_signals=[
+            pb.QuerySignal(
+                signal_type=s["signal_type"],
+                value=s["value"],
+                quality=s.get("quality") or 0,
+                variant=s.get("variant", ""),
+            )
+            for s in record.query_signals
+        ],
+        matches=[
+            pb.MatchedEntry(
+                set=m["set"],
+                entry=m["entry"],
+                entry_id=m["entry_id"],
+                signal_type=m["signal_type"],
+                distance=m["distance"],
+                labels=m.get("labels", {}),
+                decision=DECISION_TO_PB[m["decision"]],
+                query_variant=m.get("query_variant", ""),
+                known_variant=m.get("known_variant", ""),
+                reason=m.get("reason", ""),
+            )
+            for m in record.matches
+        ],
+        decision=DECISION_TO_PB[record.decision],
+        status=record.status,
+        error_message=record.error_message,
+        client_ref=record.client_ref,
+        media_bytes=record.media_bytes,
+    )
+
+
+def token_info(record: TokenRecord) -> pb.TokenInfo:
+    return pb.TokenInfo(
+        id=record.id,
+        name=record.name,
+        role=record.role,
+        created_at=timestamp(record.created_at),
+        revoked_at=timestamp(record.revoked_at),
+    )

@@ -1,0 +1,199 @@
+"""The core that the gRPC layer calls: wiring of store, index, hashing and
+policy, and the Match operation with its history record. Testable without a
+network: tests build a Core and call it directly."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from hashdb import HistoryRecord, Store, open_store
+from hashsvc.audit import Audit
+from hashsvc.config import Config
+from hashsvc.curation import Curation
+from hashsvc.errors import HashsvcError, InvalidArgument, NotFound, status_name
+from hashsvc.hashing import HashingPool
+from hashsvc.live_index import LiveIndex
+from hashsvc.matcher import Match, Matcher
+from hashsvc.policy import Policy
+from hashsvc.signals import Signal, signal_type
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MatchQuery:
+    """One upload: media bytes, or a precomputed hash (signal_type, hex value)."""
+
+    media: bytes | None = None
+    signal_type: str = ""
+    signal_value: str = ""
+    signal_quality: int | None = None
+    client_ref: str = ""
+    sets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MatchOutcome:
+    request_id: str
+    decision: str
+    media_type: str
+    query_signals: list[Signal]
+    matches: list[Match] = field(default_factory=list)
+    client_ref: str = ""
+
+
+class Core:
+    def __init__(self, config: Config, store: Store, hashing: HashingPool) -> None:
+        self.config = config
+        self.store = store
+        self.hashing = hashing
+        self.policy = Policy(config.pdq)
+        self.live = LiveIndex(store, _snapshot_dir(config))
+        self.matcher = Matcher(self.live, self.policy)
+        self.curation = Curation(store, self.live, hashing)
+        self.audit = Audit(store)
+        self._poller: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    @classmethod
+    def open(cls, config: Config, hash_in_process: bool = False) -> Core:
+        store = open_store(config.db_url)
+        workers = 0 if hash_in_process else config.worker_count()
+        core = cls(config, store, HashingPool(workers, config.image))
+        return core
+
+    def start(self) -> None:
+        """Load the index (the slow part) and follow other replicas' changes."""
+        self.hashing.warm_up()
+        self.live.load()
+        self._poller = threading.Thread(target=self._poll_changes, daemon=True, name="changes")
+        self._poller.start()
+
+    def _poll_changes(self) -> None:
+        while not self._stopping.wait(self.config.change_poll_seconds):
+            try:
+                self.live.catch_up()
+            except Exception:  # keep following; the next poll retries
+                log.exception("applying changes failed")
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self.live.ready.is_set():
+            try:
+                self.live.save_snapshot()
+            except Exception:
+                log.exception("saving the index snapshot failed")
+        self.hashing.close()
+        self.store.close()
+
+    # -- matching
+
+    def match(self, query: MatchQuery, caller: str, rpc: str = "Match") -> MatchOutcome:
+        """Hash (if media), match, decide; every call, failed or not, is recorded."""
+        request_id = uuid.uuid4().hex
+        started = datetime.now(UTC)
+        media_type, signals = "", []
+        try:
+            only_sets = self._set_ids(query.sets)
+            media_type, signals = self._query_signals(query)
+            result = self.matcher.match(signals, only_sets)
+        except HashsvcError as exc:
+            self._record(request_id, started, caller, rpc, query, media_type, signals, exc=exc)
+            raise
+        except Exception as exc:
+            log.exception("match %s failed", request_id)
+            self._record(request_id, started, caller, rpc, query, media_type, signals, exc=exc)
+            raise
+        outcome = MatchOutcome(
+            request_id, result.decision, media_type, signals, result.matches, query.client_ref
+        )
+        self._record(request_id, started, caller, rpc, query, media_type, signals, outcome)
+        return outcome
+
+    def _query_signals(self, query: MatchQuery) -> tuple[str, list[Signal]]:
+        if query.media is not None and query.signal_type:
+            raise InvalidArgument("send media or a hash, not both")
+        if query.media is not None:
+            hashed = self.hashing.hash_query(query.media)
+            return hashed.media_type, hashed.signals
+        if query.signal_type:
+            sig_type = signal_type(query.signal_type)
+            quality = query.signal_quality
+            if quality is not None and not 0 <= quality <= 100:
+                raise InvalidArgument("quality must be within 0..100")
+            return "hash", [Signal(sig_type.name, sig_type.parse(query.signal_value), quality)]
+        raise InvalidArgument("the request holds neither media nor a hash")
+
+    def _set_ids(self, names: tuple[str, ...]) -> set[int] | None:
+        if not names:
+            return None
+        by_name = {s.name: s.id for s in self.live.sets_by_id.values()}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise NotFound(f"no such set: {', '.join(missing)}")
+        return {by_name[n] for n in names}
+
+    def _record(
+        self,
+        request_id: str,
+        started: datetime,
+        caller: str,
+        rpc: str,
+        query: MatchQuery,
+        media_type: str,
+        signals: list[Signal],
+        outcome: MatchOutcome | None = None,
+        exc: BaseException | None = None,
+    ) -> None:
+        record = HistoryRecord(
+            request_id=request_id,
+            time=started,
+            caller=caller,
+            rpc=rpc,
+            media_type=media_type or ("hash" if query.signal_type else "unknown"),
+            decision=outcome.decision if outcome else "",
+            status="OK" if exc is None else status_name(exc),
+            error_message="" if exc is None else str(exc)[:1000],
+            client_ref=query.client_ref[:1000],
+            media_bytes=len(query.media) if query.media is not None else 0,
+            query_signals=[signal_json(s) for s in signals],
+            matches=[m.to_json() for m in outcome.matches] if outcome else [],
+        )
+        self.store.record_match(record)
+
+    def ready(self) -> bool:
+        return self.live.ready.is_set()
+
+    def stats(self) -> dict:
+        sets = list(self.live.sets_by_id.values())
+        return {
+            "sets": len(sets),
+            "enabled_sets": sum(1 for s in sets if s.enabled),
+            "entries": sum(s.entry_count for s in self.store.list_sets()),
+            "indexed_signals": self.store.count_signals(),
+            "history_records": self.store.count_history(),
+            "index_version": self.live.seq,
+        }
+
+
+def signal_json(sig: Signal) -> dict:
+    return {
+        "signal_type": sig.kind,
+        "value": sig.hex(),
+        "quality": sig.quality,
+        "variant": sig.variant,
+    }
+
+
+def _snapshot_dir(config: Config) -> str:
+    if config.index_snapshot:
+        return config.index_snapshot
+    if config.db_url.startswith("sqlite:///") and ":memory:" not in config.db_url:
+        path = config.db_url[len("sqlite:///") :]
+        return os.path.abspath(path) + ".index"
+    return ""

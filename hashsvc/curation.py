@@ -1,0 +1,130 @@
+"""Operators' work: hash sets and their entries. Every write waits until the
+in-memory index has applied it, so an added entry matches, and a removed entry
+or disabled set stops matching, before the call returns."""
+
+from __future__ import annotations
+
+from hashdb import EntryRecord, HashSetRecord, Store, Thresholds
+from hashsvc import validation
+from hashsvc.errors import InvalidArgument, NotFound
+from hashsvc.hashing import HashingPool
+from hashsvc.live_index import LiveIndex
+from hashsvc.signals import Signal, signal_type
+
+MAX_PAGE_SIZE = 1000
+
+
+class Curation:
+    def __init__(self, store: Store, live: LiveIndex, hashing: HashingPool) -> None:
+        self.store = store
+        self.live = live
+        self.hashing = hashing
+
+    # -- sets
+
+    def create_set(
+        self,
+        name: str,
+        description: str = "",
+        labels: dict[str, str] | None = None,
+        thresholds: dict[str, Thresholds] | None = None,
+    ) -> HashSetRecord:
+        record = self.store.create_set(
+            validation.set_name(name),
+            validation.text(description, "description"),
+            validation.labels(labels or {}),
+            validation.thresholds(thresholds or {}),
+        )
+        self.live.catch_up()
+        return record
+
+    def get_set(self, name: str) -> HashSetRecord:
+        record = self.store.get_set(name)
+        if record is None:
+            raise NotFound(f"no such set: {name}")
+        return record
+
+    def list_sets(self, include_disabled: bool = True) -> list[HashSetRecord]:
+        return self.store.list_sets(include_disabled)
+
+    def update_set(
+        self,
+        name: str,
+        *,
+        enabled: bool | None = None,
+        description: str | None = None,
+        labels: dict[str, str] | None = None,
+        replace_labels: bool = False,
+        thresholds: dict[str, Thresholds] | None = None,
+    ) -> HashSetRecord:
+        current = self.get_set(name)
+        new_labels = None
+        if labels or replace_labels:
+            merged = labels or {} if replace_labels else {**current.labels, **(labels or {})}
+            new_labels = validation.labels(merged)
+        new_thresholds = None
+        if thresholds:
+            new_thresholds = validation.thresholds({**current.thresholds, **thresholds})
+        record = self.store.update_set(
+            current.id,
+            enabled=enabled,
+            description=None
+            if description is None
+            else validation.text(description, "description"),
+            labels=new_labels,
+            thresholds=new_thresholds,
+        )
+        self.live.catch_up()
+        return record
+
+    # -- entries
+
+    def add_entry(
+        self,
+        set_name: str,
+        name: str,
+        labels: dict[str, str],
+        added_by: str,
+        media: bytes | None = None,
+        signal: tuple[str, str, int | None] | None = None,
+    ) -> EntryRecord:
+        """Adds media (hashed here; the bytes are not kept) or one precomputed
+        hash given as (signal_type, hex value, quality)."""
+        hash_set = self.get_set(set_name)
+        name = validation.entry_name(name)
+        labels = validation.labels(labels)
+        if (media is None) == (signal is None):
+            raise InvalidArgument("send media or a hash (exactly one)")
+        if media is not None:
+            hashed = self.hashing.hash_known(media)
+            media_type, signals = hashed.media_type, hashed.signals
+        else:
+            kind, value, quality = signal
+            sig_type = signal_type(kind)
+            if quality is not None and not 0 <= quality <= 100:
+                raise InvalidArgument("quality must be within 0..100")
+            media_type, signals = "hash", [Signal(sig_type.name, sig_type.parse(value), quality)]
+        entry = self.store.add_entry(hash_set.id, name, labels, media_type, signals, added_by)
+        self.live.catch_up()
+        return entry
+
+    def get_entry(self, set_name: str, name: str) -> EntryRecord:
+        entry = self.store.get_entry(self.get_set(set_name).id, name)
+        if entry is None:
+            raise NotFound(f"no entry {name!r} in set {set_name}")
+        return entry
+
+    def list_entries(
+        self, set_name: str, page_size: int = 100, page_token: str = ""
+    ) -> tuple[list[EntryRecord], str]:
+        hash_set = self.get_set(set_name)
+        after_id = validation.page_token(page_token)
+        limit = min(page_size or 100, MAX_PAGE_SIZE)
+        entries = self.store.list_entries(hash_set.id, after_id, limit)
+        next_token = str(entries[-1].id) if len(entries) == limit else ""
+        return entries, next_token
+
+    def remove_entry(self, set_name: str, name: str) -> EntryRecord:
+        entry = self.store.remove_entry(self.get_set(set_name).id, name)
+        self.live.catch_up()
+        return entry

@@ -1,0 +1,130 @@
+"""One FAISS binary index class for perceptual signals of any bit length.
+
+IndexBinaryFlat is exact (every stored hash is compared) and, at memory speed,
+fast enough to a few million hashes; it is wrapped in IndexBinaryIDMap2 because
+that wrapper supports remove_ids, so a de-listed hash stops matching at once
+without a rebuild. The search radius is a construction-time fact of each call,
+not a shared setting, so concurrent searches never race on index state.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from contextlib import contextmanager
+
+import faiss
+import numpy as np
+
+# A stored signal's index id packs the entry id and the signal's variant number
+# (its position among the entry's signals, < 64), so a search result names its
+# entry without a side table of millions of Python objects.
+VARIANT_BITS = 6
+MAX_VARIANTS = 1 << VARIANT_BITS
+
+
+def signal_id(entry_id: int, variant_no: int) -> int:
+    return (entry_id << VARIANT_BITS) | variant_no
+
+
+def split_signal_id(sid: int) -> tuple[int, int]:
+    return sid >> VARIANT_BITS, sid & (MAX_VARIANTS - 1)
+
+
+class _ReadWriteLock:
+    """Many concurrent searches, or one writer."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+
+    @contextmanager
+    def reading(self):
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def writing(self):
+        with self._cond:
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+class BinaryIndex:
+    def __init__(self, bits: int, faiss_index: faiss.IndexBinary | None = None) -> None:
+        if bits % 8:
+            raise ValueError("bit length must be a multiple of 8")
+        self.bits = bits
+        self._index = faiss_index or faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(bits))
+        self._lock = _ReadWriteLock()
+
+    def __len__(self) -> int:
+        return self._index.ntotal
+
+    def add(self, ids: Iterable[int], vectors: Iterable[bytes]) -> None:
+        ids_arr = np.fromiter(ids, dtype=np.int64)
+        if not len(ids_arr):
+            return
+        vec_arr = np.frombuffer(b"".join(vectors), dtype=np.uint8).reshape(len(ids_arr), -1)
+        if vec_arr.shape[1] * 8 != self.bits:
+            raise ValueError(f"expected {self.bits}-bit vectors")
+        with self._lock.writing():
+            # Idempotent: re-adding an id replaces it instead of duplicating.
+            self._index.remove_ids(ids_arr)
+            self._index.add_with_ids(vec_arr, ids_arr)
+
+    def remove(self, ids: Iterable[int]) -> int:
+        ids_arr = np.fromiter(ids, dtype=np.int64)
+        if not len(ids_arr):
+            return 0
+        with self._lock.writing():
+            return int(self._index.remove_ids(ids_arr))
+
+    def search(self, queries: list[bytes], max_distance: int) -> list[list[tuple[int, int]]]:
+        """For each query, every stored (id, distance) with distance <= max_distance."""
+        if not queries:
+            return []
+        q = np.frombuffer(b"".join(queries), dtype=np.uint8).reshape(len(queries), -1)
+        with self._lock.reading():
+            if self._index.ntotal == 0:
+                return [[] for _ in queries]
+            # FAISS binary range search keeps distances strictly below the radius.
+            lims, distances, ids = self._index.range_search(q, max_distance + 1)
+        distances = distances.astype(np.int64)
+        return [
+            list(
+                zip(ids[lims[i] : lims[i + 1]].tolist(), distances[lims[i] : lims[i + 1]].tolist())
+            )
+            for i in range(len(queries))
+        ]
+
+    def save(self, path: str) -> None:
+        tmp = f"{path}.tmp"
+        with self._lock.reading():
+            faiss.write_index_binary(self._index, tmp)
+        os.replace(tmp, path)  # a crash mid-write never leaves a torn snapshot
+
+    @classmethod
+    def load(cls, path: str, bits: int) -> BinaryIndex:
+        loaded = faiss.read_index_binary(path)
+        if loaded.d != bits or not isinstance(loaded, faiss.IndexBinaryIDMap2):
+            raise ValueError(f"snapshot {path} is not a {bits}-bit id-mapped binary index")
+        return cls(bits, loaded)

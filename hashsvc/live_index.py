@@ -1,0 +1,160 @@
+"""In-memory view of the store that matching reads: one BinaryIndex per
+perceptual signal type and the hash sets, kept current from the change feed.
+
+The store is the source of truth. On start the view is loaded from a snapshot
+(index files plus the change seq they include) when one exists, else built from
+the store; then every change after that seq is applied. Writes made through this
+process call `catch_up()` before they return, so a removed entry stops matching
+before RemoveEntry answers; changes from other replicas arrive by polling.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterable
+
+from hashdb import HashSetRecord, Store
+from hashsvc.index import MAX_VARIANTS, BinaryIndex, signal_id
+from hashsvc.signals import SIGNAL_TYPES
+
+log = logging.getLogger(__name__)
+
+PERCEPTUAL_TYPES = tuple(t for t in SIGNAL_TYPES.values() if t.perceptual)
+_BUILD_BATCH = 50_000
+
+
+class LiveIndex:
+    def __init__(self, store: Store, snapshot_dir: str = "") -> None:
+        self.store = store
+        self.snapshot_dir = snapshot_dir
+        self.indexes: dict[str, BinaryIndex] = {}
+        self.sets_by_id: dict[int, HashSetRecord] = {}
+        self.seq = 0
+        self.ready = threading.Event()
+        self._apply_lock = threading.Lock()
+
+    # -- start-up
+
+    def load(self) -> None:
+        """Fill the view (snapshot + changes, or a full build), then mark ready."""
+        with self._apply_lock:
+            if not self._load_snapshot():
+                self._build_from_store()
+            self._refresh_sets()
+        self.catch_up()
+        self.ready.set()
+
+    def _build_from_store(self) -> None:
+        # Take the seq first: changes racing the build are replayed afterwards,
+        # and replaying an add or remove is idempotent.
+        self.seq = self.store.current_seq()
+        for sig_type in PERCEPTUAL_TYPES:
+            index = BinaryIndex(sig_type.bits)
+            ids: list[int] = []
+            values: list[bytes] = []
+            for sig in self.store.iter_signals([sig_type.name]):
+                ids.append(signal_id(sig.entry_id, sig.variant_no))
+                values.append(sig.value)
+                if len(ids) >= _BUILD_BATCH:
+                    index.add(ids, values)
+                    ids, values = [], []
+            index.add(ids, values)
+            self.indexes[sig_type.name] = index
+        log.info("index built from store: %s", self.sizes())
+
+    # -- snapshots
+
+    def _snapshot_paths(self) -> tuple[str, dict[str, str]]:
+        meta = os.path.join(self.snapshot_dir, "index-snapshot.json")
+        files = {
+            t.name: os.path.join(self.snapshot_dir, f"index-{t.name}.faiss")
+            for t in PERCEPTUAL_TYPES
+        }
+        return meta, files
+
+    def save_snapshot(self) -> None:
+        if not self.snapshot_dir:
+            return
+        os.makedirs(self.snapshot_dir, exist_ok=True)
+        meta_path, files = self._snapshot_paths()
+        with self._apply_lock:  # no change applied between the files and the seq
+            for name, path in files.items():
+                self.indexes[name].save(path)
+            seq = self.seq
+        tmp = meta_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"seq": seq, "files": files}, f)
+        os.replace(tmp, meta_path)
+        log.info("index snapshot saved at seq %d", seq)
+
+    def _load_snapshot(self) -> bool:
+        if not self.snapshot_dir:
+            return False
+        meta_path, files = self._snapshot_paths()
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)
+            indexes = {t.name: BinaryIndex.load(files[t.name], t.bits) for t in PERCEPTUAL_TYPES}
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            if os.path.exists(meta_path):
+                log.warning("ignoring unusable index snapshot: %s", exc)
+            return False
+        if meta["seq"] > self.store.current_seq():
+            # The snapshot is from a newer database than this one (restored
+            # backup, different URL): it would hold entries the store lacks.
+            log.warning("ignoring index snapshot newer than the store")
+            return False
+        self.indexes, self.seq = indexes, meta["seq"]
+        log.info("index snapshot loaded at seq %d: %s", self.seq, self.sizes())
+        return True
+
+    # -- keeping current
+
+    def catch_up(self) -> int:
+        """Apply every change after our seq; returns how many were applied."""
+        applied = 0
+        with self._apply_lock:
+            while True:
+                changes = self.store.changes_since(self.seq)
+                if not changes:
+                    return applied
+                added = [c.entry_id for c in changes if c.op == "add_entry"]
+                entries = self.store.get_entries(added, with_signals=True) if added else {}
+                sets_changed = False
+                for change in changes:
+                    if change.op == "add_entry":
+                        entry = entries.get(change.entry_id)
+                        if entry is not None and entry.removed_at is None:
+                            self._add_entry_signals(entry.id, entry.signals)
+                    elif change.op == "remove_entry":
+                        self._remove_entry_signals(change.entry_id)
+                    elif change.op == "update_set":
+                        sets_changed = True
+                    self.seq = change.seq
+                    applied += 1
+                if sets_changed:
+                    self._refresh_sets()
+
+    def _add_entry_signals(self, entry_id: int, signals: Iterable) -> None:
+        by_type: dict[str, tuple[list[int], list[bytes]]] = {}
+        for variant_no, sig in enumerate(signals):
+            if sig.kind in self.indexes:
+                ids, values = by_type.setdefault(sig.kind, ([], []))
+                ids.append(signal_id(entry_id, variant_no))
+                values.append(sig.value)
+        for kind, (ids, values) in by_type.items():
+            self.indexes[kind].add(ids, values)
+
+    def _remove_entry_signals(self, entry_id: int) -> None:
+        ids = [signal_id(entry_id, v) for v in range(MAX_VARIANTS)]
+        for index in self.indexes.values():
+            index.remove(ids)
+
+    def _refresh_sets(self) -> None:
+        self.sets_by_id = {s.id: s for s in self.store.list_sets(include_disabled=True)}
+
+    def sizes(self) -> dict[str, int]:
+        return {name: len(index) for name, index in self.indexes.items()}

@@ -1,0 +1,137 @@
+"""Wiring: config -> core -> gRPC server with auth, health and reflection."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from hashsvc.config import Config
+from hashsvc.core import Core
+from hashsvc.service import (
+    AdminServicer,
+    AuditServicer,
+    AuthInterceptor,
+    CurationServicer,
+    MatcherServicer,
+)
+from hashsvc.v1 import hashsvc_pb2 as pb
+from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = [
+    pb.DESCRIPTOR.services_by_name[n].full_name for n in pb.DESCRIPTOR.services_by_name
+]
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    core: Core
+    health: health.HealthServicer
+
+    def stop(self, grace: float = 5.0) -> None:
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.server.stop(grace).wait()
+        self.core.close()
+
+    def _set_health(self, status) -> None:
+        self.health.set("", status)
+        for name in SERVICE_NAMES:
+            self.health.set(name, status)
+
+
+def start_server(
+    config: Config, hash_in_process: bool = False, block_until_ready=True
+) -> RunningServer:
+    """Starts serving at once (health NOT_SERVING) and loads the index; the
+    server reports SERVING only when the index is loaded and current."""
+    core = Core.open(config, hash_in_process=hash_in_process)
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(config.grpc_threads, thread_name_prefix="grpc"),
+        interceptors=[AuthInterceptor(core.store)],
+        options=options,
+    )
+    pb_grpc.add_MatcherServicer_to_server(
+        MatcherServicer(core, batch_threads=max(2, config.worker_count() * 2)), server
+    )
+    pb_grpc.add_CurationServicer_to_server(CurationServicer(core), server)
+    pb_grpc.add_AuditServicer_to_server(AuditServicer(core), server)
+    pb_grpc.add_AdminServicer_to_server(AdminServicer(core), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = _bind(server, config)
+    running = RunningServer(server, port, core, health_servicer)
+    running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    server.start()
+
+    def load() -> None:
+        core.start()
+        running._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("ready on port %d; index %s", port, core.live.sizes())
+
+    if block_until_ready:
+        load()
+    else:
+        threading.Thread(target=load, daemon=True, name="index-load").start()
+    return running
+
+
+def _bind(server: grpc.Server, config: Config) -> int:
+    if config.tls_cert_file or config.tls_key_file:
+        if not (config.tls_cert_file and config.tls_key_file):
+            raise ValueError("TLS needs both tls_cert_file and tls_key_file")
+        with open(config.tls_key_file, "rb") as f:
+            key = f.read()
+        with open(config.tls_cert_file, "rb") as f:
+            cert = f.read()
+        credentials = grpc.ssl_server_credentials([(key, cert)])
+        port = server.add_secure_port(config.listen, credentials)
+    else:
+        port = server.add_insecure_port(config.listen)
+    if port == 0:
+        raise OSError(f"could not listen on {config.listen}")
+    return port
+
+
+def serve_forever(config: Config) -> None:
+    running = start_server(config, block_until_ready=False)
+    log.info(
+        "hashsvc listening on %s (port %d), store %s",
+        config.listen,
+        running.port,
+        _safe_url(config.db_url),
+    )
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+    running.stop()
+
+
+def _safe_url(url: str) -> str:
+    # Never log a password embedded in a database URL.
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

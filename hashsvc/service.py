@@ -1,0 +1,283 @@
+"""gRPC servicers: thin. Each RPC unpacks the request, calls the core, packs the
+answer; core errors become status codes through errors.STATUS_FOR_ERROR."""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from hashsvc import auth, convert
+from hashsvc.core import Core
+from hashsvc.errors import HashsvcError, InvalidArgument, status_name
+from hashsvc.v1 import hashsvc_pb2 as pb
+from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+# The authenticated caller of the RPC running in this thread (set by AuthInterceptor).
+CALLER: contextvars.ContextVar = contextvars.ContextVar("caller")
+
+
+def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    code = status_name(exc)
+    if code == "INTERNAL":
+        log.exception("internal error", exc_info=exc)
+        context.abort(grpc.StatusCode.INTERNAL, "internal error (logged on the server)")
+    context.abort(grpc.StatusCode[code], str(exc))
+
+
+def rpc(method):
+    """Turns core errors raised by a unary or server-streaming RPC into statuses."""
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def streaming(self, request, context):
+            try:
+                yield from method(self, request, context)
+            except HashsvcError as exc:
+                _abort(context, exc)
+
+        return streaming
+
+    @functools.wraps(method)
+    def unary(self, request, context):
+        try:
+            return method(self, request, context)
+        except HashsvcError as exc:
+            _abort(context, exc)
+
+    return unary
+
+
+def caller_name() -> str:
+    return CALLER.get().name
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Authenticates the token and checks the role before the handler runs."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(auth.PUBLIC_SERVICES):
+            return handler
+        token = auth.token_from_metadata(handler_call_details.invocation_metadata)
+        store = self.store
+
+        def guard(behavior):
+            @functools.wraps(behavior)
+            def guarded(request_or_iterator, context):
+                try:
+                    record = auth.authenticate(store, token)
+                    auth.authorize(record, method)
+                except HashsvcError as exc:
+                    _abort(context, exc)
+                CALLER.set(record)
+                return behavior(request_or_iterator, context)
+
+            return guarded
+
+        kind = next(
+            k
+            for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+            if getattr(handler, k)
+        )
+        factory = getattr(grpc, f"{kind}_rpc_method_handler")
+        return factory(
+            guard(getattr(handler, kind)),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class MatcherServicer(pb_grpc.MatcherServicer):
+    def __init__(self, core: Core, batch_threads: int) -> None:
+        self.core = core
+        self._batch_pool = ThreadPoolExecutor(batch_threads, thread_name_prefix="batch")
+        self._batch_in_flight = batch_threads
+
+    @rpc
+    def Match(self, request, context):
+        outcome = self.core.match(convert.match_query(request), caller_name(), "Match")
+        return convert.match_response(outcome)
+
+    def MatchBatch(self, request_iterator, context):
+        # Items are matched concurrently (hashing runs in worker processes) and
+        # answered in request order; one bad item gets an error response and
+        # the stream goes on.
+        caller = caller_name()
+        limit = self.core.config.max_batch_items
+        pending: deque = deque()
+        for count, request in enumerate(request_iterator, start=1):
+            if count > limit:
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"a batch may hold at most {limit} items (max_batch_items)",
+                )
+            pending.append(self._batch_pool.submit(self._match_item, request, caller))
+            while len(pending) >= self._batch_in_flight:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    def _match_item(self, request: pb.MatchRequest, caller: str) -> pb.MatchResponse:
+        try:
+            query = convert.match_query(request)
+            return convert.match_response(self.core.match(query, caller, "MatchBatch"))
+        except HashsvcError as exc:
+            return pb.MatchResponse(
+                client_ref=request.client_ref, error_code=status_name(exc), error_message=str(exc)
+            )
+        except Exception:
+            log.exception("batch item failed")
+            return pb.MatchResponse(
+                client_ref=request.client_ref,
+                error_code="INTERNAL",
+                error_message="internal error (logged on the server)",
+            )
+
+
+class CurationServicer(pb_grpc.CurationServicer):
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.curation = core.curation
+
+    @rpc
+    def CreateSet(self, request, context):
+        record = self.curation.create_set(
+            request.name,
+            request.description,
+            dict(request.labels),
+            convert.thresholds_from_pb(request.thresholds),
+        )
+        return convert.hash_set(record)
+
+    @rpc
+    def ListSets(self, request, context):
+        sets = self.curation.list_sets(include_disabled=request.include_disabled)
+        return pb.ListSetsResponse(sets=[convert.hash_set(s) for s in sets])
+
+    @rpc
+    def GetSet(self, request, context):
+        return convert.hash_set(self.curation.get_set(request.name))
+
+    @rpc
+    def UpdateSet(self, request, context):
+        record = self.curation.update_set(
+            request.name,
+            enabled=request.enabled if request.HasField("enabled") else None,
+            description=request.description if request.HasField("description") else None,
+            labels=dict(request.labels),
+            replace_labels=request.replace_labels,
+            thresholds=convert.thresholds_from_pb(request.thresholds),
+        )
+        return convert.hash_set(record)
+
+    @rpc
+    def AddEntry(self, request, context):
+        which = request.WhichOneof("content")
+        if which is None:
+            raise InvalidArgument("AddEntry needs media or a hash")
+        signal = None
+        if which == "signal":
+            sig = request.signal
+            signal = (sig.signal_type, sig.value, sig.quality or None)
+        name = request.name or (request.media.filename if which == "media" else "")
+        record = self.curation.add_entry(
+            request.set,
+            name,
+            dict(request.labels),
+            caller_name(),
+            media=request.media.content if which == "media" else None,
+            signal=signal,
+        )
+        return convert.entry(record, request.set)
+
+    @rpc
+    def ListEntries(self, request, context):
+        entries, next_token = self.curation.list_entries(
+            request.set, request.page_size, request.page_token
+        )
+        return pb.ListEntriesResponse(
+            entries=[convert.entry(e, request.set) for e in entries], next_page_token=next_token
+        )
+
+    @rpc
+    def GetEntry(self, request, context):
+        return convert.entry(self.curation.get_entry(request.set, request.name), request.set)
+
+    @rpc
+    def RemoveEntry(self, request, context):
+        return convert.entry(self.curation.remove_entry(request.set, request.name), request.set)
+
+    @rpc
+    def GetStats(self, request, context):
+        stats = self.core.stats()
+        return pb.Stats(
+            sets=stats["sets"],
+            enabled_sets=stats["enabled_sets"],
+            entries=stats["entries"],
+            indexed_signals=[
+                pb.SignalCount(signal_type=k, count=v)
+                for k, v in sorted(stats["indexed_signals"].items())
+            ],
+            history_records=stats["history_records"],
+            index_version=stats["index_version"],
+        )
+
+
+class AuditServicer(pb_grpc.AuditServicer):
+    def __init__(self, core: Core) -> None:
+        self.audit = core.audit
+
+    def _filter(self, request):
+        return self.audit.make_filter(
+            since=convert.from_timestamp(request, "since"),
+            until=convert.from_timestamp(request, "until"),
+            decision=convert.DECISION_FROM_PB.get(request.decision) or None,
+            set_name=request.set or None,
+            caller=request.caller or None,
+        )
+
+    @rpc
+    def QueryHistory(self, request, context):
+        records, next_token = self.audit.query(
+            self._filter(request), request.page_size, request.page_token
+        )
+        return pb.QueryHistoryResponse(
+            records=[convert.history_record(r) for r in records], next_page_token=next_token
+        )
+
+    @rpc
+    def ExportHistory(self, request, context):
+        for record in self.audit.export(self._filter(request)):
+            yield convert.history_record(record)
+
+
+class AdminServicer(pb_grpc.AdminServicer):
+    def __init__(self, core: Core) -> None:
+        self.store = core.store
+
+    @rpc
+    def CreateToken(self, request, context):
+        record, token = auth.create_token(self.store, request.role, request.name)
+        return pb.CreateTokenResponse(info=convert.token_info(record), token=token)
+
+    @rpc
+    def ListTokens(self, request, context):
+        return pb.ListTokensResponse(
+            tokens=[convert.token_info(t) for t in self.store.list_tokens()]
+        )
+
+    @rpc
+    def RevokeToken(self, request, context):
+        return convert.token_info(self.store.revoke_token(request.id))

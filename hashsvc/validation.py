@@ -1,0 +1,97 @@
+"""Checks on what callers name and label things. The store trusts the core, so
+everything a caller can write passes through here first."""
+
+from __future__ import annotations
+
+import re
+
+from hashdb import Thresholds
+from hashsvc.errors import InvalidArgument
+from hashsvc.signals import SIGNAL_TYPES, signal_type
+
+_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_LABEL_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_LABELS = 32
+MAX_LABEL_VALUE = 256
+MAX_ENTRY_NAME = 512
+MAX_TEXT = 2000
+
+
+def set_name(name: str) -> str:
+    if not _SET_NAME.fullmatch(name or ""):
+        raise InvalidArgument(
+            f"invalid set name {name!r}: 1-128 characters of letters, digits, '.', '_', '-',"
+            " starting with a letter or digit"
+        )
+    return name
+
+
+def entry_name(name: str) -> str:
+    if not name or len(name) > MAX_ENTRY_NAME or _CONTROL.search(name):
+        raise InvalidArgument(
+            f"invalid entry name {name!r}: 1-{MAX_ENTRY_NAME} characters, no control characters"
+        )
+    return name
+
+
+def text(value: str, what: str) -> str:
+    if len(value) > MAX_TEXT:
+        raise InvalidArgument(f"{what} is longer than {MAX_TEXT} characters")
+    return value
+
+
+def labels(values: dict[str, str]) -> dict[str, str]:
+    if len(values) > MAX_LABELS:
+        raise InvalidArgument(f"at most {MAX_LABELS} labels")
+    for key, value in values.items():
+        if not _LABEL_KEY.fullmatch(key):
+            raise InvalidArgument(
+                f"invalid label key {key!r}: a letter, then letters, digits, '_', '.', '-'"
+            )
+        if len(value) > MAX_LABEL_VALUE or _CONTROL.search(value):
+            raise InvalidArgument(
+                f"invalid value for label {key!r}: at most {MAX_LABEL_VALUE} characters,"
+                " no control characters"
+            )
+    return dict(values)
+
+
+def parse_label_args(pairs: list[str]) -> dict[str, str]:
+    """['group=ISIS', 'outlet=Amaq'] -> dict, for the CLI."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InvalidArgument(f"label {pair!r} must be key=value")
+        out[key.strip()] = value.strip()
+    return labels(out)
+
+
+def thresholds(values: dict[str, Thresholds]) -> dict[str, Thresholds]:
+    for kind, limits in values.items():
+        sig = signal_type(kind)
+        if not sig.perceptual and (limits.block_distance or limits.review_distance):
+            raise InvalidArgument(f"{kind} is an exact hash: its thresholds must be 0")
+        for what, value in (("block", limits.block_distance), ("review", limits.review_distance)):
+            if not 0 <= value <= sig.bits:
+                raise InvalidArgument(f"{kind} {what} threshold must be within 0..{sig.bits}")
+        if limits.block_distance > limits.review_distance:
+            raise InvalidArgument(
+                f"{kind} block threshold ({limits.block_distance}) is above its review"
+                f" threshold ({limits.review_distance})"
+            )
+    return dict(values)
+
+
+def known_signal_types() -> list[str]:
+    return sorted(SIGNAL_TYPES)
+
+
+def page_token(token: str) -> int:
+    """Page tokens are the last id of the previous page (keyset pagination)."""
+    if not token:
+        return 0
+    if not token.isdigit():
+        raise InvalidArgument("invalid page token")
+    return int(token)
