@@ -108,10 +108,10 @@ class BinaryIndex:
                 return [[] for _ in queries]
             # FAISS binary range search keeps distances strictly below the radius.
             lims, distances, ids = self._index.range_search(q, max_distance + 1)
-        distances = distances.astype(np.int64)
+        ids_list, dist_list = ids.tolist(), distances.astype(np.int64).tolist()
         return [
             list(
-                zip(ids[lims[i] : lims[i + 1]].tolist(), distances[lims[i] : lims[i + 1]].tolist())
+                zip(ids_list[lims[i] : lims[i + 1]], dist_list[lims[i] : lims[i + 1]], strict=True)
             )
             for i in range(len(queries))
         ]

@@ -91,7 +91,9 @@ class Matcher:
                 if index is None:
                     continue
                 radius = self.policy.search_radius(sets, kind)
-                for sig, hits in zip(sigs, index.search([s.value for s in sigs], radius)):
+                for sig, hits in zip(
+                    sigs, index.search([s.value for s in sigs], radius), strict=True
+                ):
                     for sid, distance in hits:
                         entry_id, variant_no = split_signal_id(sid)
                         found.append(_Candidate(entry_id, variant_no, distance, sig))
