@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PROTO_OUT := hashsvc/v1/hashsvc_pb2.py
 
-.PHONY: install proto run test test-fast lint format bench clean
+.PHONY: install proto run test lint format bench bench-short clean
 
 install: $(STAMP) $(PROTO_OUT)
 
@@ -34,7 +34,13 @@ lint: install
 format: install
 	$(BIN)/ruff format hashsvc hashdb loaders tests bench
 
+# Figures for issue notes: robustness (recall per transform, false matches) and speed.
 bench: install
+	$(BIN)/python bench/robustness.py
+	$(BIN)/python bench/speed.py
+
+# The same in a few minutes, as CI runs them.
+bench-short: install
 	$(BIN)/python bench/robustness.py --short
 	$(BIN)/python bench/speed.py --short
 

@@ -50,6 +50,8 @@ class Config:
     index_snapshot: str = ""
     # How often to look for changes made by other replicas (seconds).
     change_poll_seconds: float = 1.0
+    # How often to refresh the index snapshot when something changed (seconds).
+    snapshot_seconds: float = 300.0
 
     def worker_count(self) -> int:
         return self.workers if self.workers > 0 else (os.cpu_count() or 1)

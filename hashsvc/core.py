@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -75,9 +76,15 @@ class Core:
         self._poller.start()
 
     def _poll_changes(self) -> None:
+        saved_seq, saved_at = self.live.seq, time.monotonic()
         while not self._stopping.wait(self.config.change_poll_seconds):
             try:
                 self.live.catch_up()
+                # A fresh snapshot keeps restarts fast even after a crash.
+                due = time.monotonic() - saved_at > self.config.snapshot_seconds
+                if due and self.live.seq != saved_seq:
+                    self.live.save_snapshot()
+                    saved_seq, saved_at = self.live.seq, time.monotonic()
             except Exception:  # keep following; the next poll retries
                 log.exception("applying changes failed")
 

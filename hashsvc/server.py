@@ -111,6 +111,11 @@ def _bind(server: grpc.Server, config: Config) -> int:
 
 def serve_forever(config: Config) -> None:
     running = start_server(config, block_until_ready=False)
+    if not running.core.store.list_tokens():
+        log.warning(
+            "no API tokens yet: create one with `hashsvc token create --role admin --db %s`",
+            _safe_url(config.db_url),
+        )
     log.info(
         "hashsvc listening on %s (port %d), store %s",
         config.listen,

@@ -1,0 +1,158 @@
+"""Match latency and throughput for 1024x768 JPEG uploads against N known hashes.
+
+    .venv/bin/python bench/speed.py            # 100k and 1M known hashes
+    .venv/bin/python bench/speed.py --short    # 100k, fewer requests (CI)
+
+The server runs for real (gRPC on loopback, hashing worker processes, SQLite
+store, history written for every call). The known hashes are a few real photos
+added through the API plus N uniformly random PDQ hashes put straight into the
+live index (as a bulk load would; the flat index scans every hash whatever its
+value, so random hashes cost the same as real ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hashsvc import auth  # noqa: E402
+from hashsvc.config import Config  # noqa: E402
+from hashsvc.hashing import HashingPool  # noqa: E402
+from hashsvc.index import signal_id  # noqa: E402
+from hashsvc.server import start_server  # noqa: E402
+from hashsvc.v1 import hashsvc_pb2 as pb  # noqa: E402
+from tests.helpers import PHOTOS, Stubs  # noqa: E402
+
+FAKE_ENTRY_BASE = 1 << 40  # ids no real entry has
+
+
+def jpeg_1024x768(path: Path, seed: int) -> bytes:
+    img = Image.open(path).convert("RGB").resize((1024, 768), Image.Resampling.BICUBIC)
+    arr = np.asarray(img).astype(np.int16)
+    noise = np.random.default_rng(seed).integers(-3, 4, arr.shape)  # every upload differs
+    img = Image.fromarray(np.clip(arr + noise, 0, 255).astype(np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def fill_index(core, n: int) -> float:
+    rng = np.random.default_rng(n)
+    index = core.live.indexes["pdq"]
+    started = time.perf_counter()
+    batch = 100_000
+    for start in range(0, n, batch):
+        count = min(batch, n - start)
+        vectors = rng.integers(0, 256, (count, 32), dtype=np.uint8)
+        ids = [signal_id(FAKE_ENTRY_BASE + start + i, 0) for i in range(count)]
+        index.add(ids, [v.tobytes() for v in vectors])
+    return time.perf_counter() - started
+
+
+def run_requests(
+    stubs, metadata, uploads: list[bytes], concurrency: int
+) -> tuple[list[float], float]:
+    def one(data: bytes) -> float:
+        t = time.perf_counter()
+        stubs.matcher.Match(pb.MatchRequest(media=pb.Media(content=data)), metadata=metadata)
+        return (time.perf_counter() - t) * 1000
+
+    started = time.perf_counter()
+    if concurrency == 1:
+        latencies = [one(u) for u in uploads]
+    else:
+        with ThreadPoolExecutor(concurrency) as pool:
+            latencies = list(pool.map(one, uploads))
+    return latencies, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--short", action="store_true", help="100k hashes, fewer requests")
+    parser.add_argument("--requests", type=int, default=0)
+    args = parser.parse_args()
+    sizes = [100_000] if args.short else [100_000, 1_000_000]
+    n_requests = args.requests or (60 if args.short else 300)
+
+    uploads = [jpeg_1024x768(PHOTOS[i % len(PHOTOS)], i) for i in range(n_requests)]
+    print(
+        f"uploads: {n_requests} JPEGs 1024x768,"
+        f" median {statistics.median(map(len, uploads)) / 1024:.0f} KiB"
+    )
+
+    pool = HashingPool(0, Config().image)
+    times = []
+    for data in uploads[:40]:
+        t = time.perf_counter()
+        pool.hash_query(data)
+        times.append((time.perf_counter() - t) * 1000)
+    print(f"hash_query in process (1 core): p50 {statistics.median(times):.1f} ms")
+
+    import grpc
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Config(listen="127.0.0.1:0", db_url=f"sqlite:///{tmp}/bench.db")
+        running = start_server(config)
+        try:
+            _, token = auth.create_token(running.core.store, "admin", "bench")
+            channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+            stubs = Stubs(channel)
+            md = (("authorization", f"Bearer {token}"),)
+            stubs.curation.CreateSet(pb.CreateSetRequest(name="bench"), metadata=md)
+            for i, path in enumerate(PHOTOS[:5]):
+                stubs.curation.AddEntry(
+                    pb.AddEntryRequest(
+                        set="bench", name=f"known-{i}", media=pb.Media(content=path.read_bytes())
+                    ),
+                    metadata=md,
+                )
+            run_requests(stubs, md, uploads[:10], 1)  # warm up
+            loaded = 0
+            print()
+            print(
+                f"{'known hashes':>13} {'search ms':>10} {'p50 ms':>8} {'p99 ms':>8}"
+                f" {'1-client req/s':>15} {'4-client req/s':>15} {'4-client p50':>13}"
+            )
+            for n in sizes:
+                fill_index(running.core, n - loaded)
+                loaded = n
+                q = [os.urandom(32) for _ in range(11)]
+                t = time.perf_counter()
+                for _ in range(20):
+                    running.core.live.indexes["pdq"].search(q, 50)
+                search_ms = (time.perf_counter() - t) / 20 * 1000
+                lat1, wall1 = run_requests(stubs, md, uploads, 1)
+                lat4, wall4 = run_requests(stubs, md, uploads, 4)
+                print(
+                    f"{len(running.core.live.indexes['pdq']):>13,} {search_ms:>10.2f}"
+                    f" {percentile(lat1, 50):>8.1f} {percentile(lat1, 99):>8.1f}"
+                    f" {len(uploads) / wall1:>15.1f} {len(uploads) / wall4:>15.1f}"
+                    f" {percentile(lat4, 50):>13.1f}"
+                )
+            print(
+                "\nsearch ms: one range search of 11 query hashes"
+                " (8 dihedral + regions) in the index"
+            )
+            channel.close()
+        finally:
+            running.stop(grace=1)
+
+
+if __name__ == "__main__":
+    main()

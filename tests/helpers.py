@@ -1,0 +1,108 @@
+"""Test helpers: media made on the fly, and a real server on a free port."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from PIL import Image, ImageDraw
+
+from hashsvc import auth
+from hashsvc.config import Config, ImageLimits
+from hashsvc.server import RunningServer, start_server
+from hashsvc.v1 import hashsvc_pb2 as pb
+from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "vectors"
+PHOTOS = sorted((SHARED / "pdqhash-python" / "images").glob("image*.jpg"))
+
+
+def photo(n: int) -> Image.Image:
+    """A real photograph (public-domain test images shipped in ../shared)."""
+    return Image.open(PHOTOS[n % len(PHOTOS)]).convert("RGB")
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", **params) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+def mirrored(img: Image.Image) -> Image.Image:
+    return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+
+def reencoded(img: Image.Image, scale: float = 0.6, quality: int = 40) -> bytes:
+    w, h = img.size
+    return encode(img.resize((int(w * scale), int(h * scale))), "JPEG", quality=quality)
+
+
+def flat_image(size: int = 256) -> Image.Image:
+    """Almost featureless: PDQ quality far below 50."""
+    img = Image.new("RGB", (size, size), (120, 120, 120))
+    ImageDraw.Draw(img).rectangle(
+        (size // 3, size // 3, size // 2, size // 2), fill=(124, 120, 120)
+    )
+    return img
+
+
+def noise_image(seed: int, size: int = 320) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (size // 16, size // 16, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
+
+
+@dataclass
+class Harness:
+    """A running server with one token per role and a channel per token."""
+
+    running: RunningServer
+    tokens: dict[str, str] = field(default_factory=dict)
+    channels: list = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.running.port}"
+
+    @property
+    def core(self):
+        return self.running.core
+
+    def stubs(self, role: str | None):
+        """(stub namespace, metadata) for a role, or no token for None."""
+        channel = grpc.insecure_channel(self.address)
+        self.channels.append(channel)
+        metadata = (("authorization", f"Bearer {self.tokens[role]}"),) if role else ()
+        return Stubs(channel), metadata
+
+    def close(self) -> None:
+        for channel in self.channels:
+            channel.close()
+        self.running.stop(grace=1)
+
+
+class Stubs:
+    def __init__(self, channel) -> None:
+        self.matcher = pb_grpc.MatcherStub(channel)
+        self.curation = pb_grpc.CurationStub(channel)
+        self.audit = pb_grpc.AuditStub(channel)
+        self.admin = pb_grpc.AdminStub(channel)
+        self.channel = channel
+
+
+def start_harness(db_url: str, hash_in_process: bool = True, **config) -> Harness:
+    config.setdefault("image", ImageLimits())
+    cfg = Config(listen="127.0.0.1:0", db_url=db_url, workers=config.pop("workers", 2), **config)
+    running = start_server(cfg, hash_in_process=hash_in_process)
+    harness = Harness(running)
+    for role in auth.ROLES:
+        _, token = auth.create_token(running.core.store, role, f"test-{role}")
+        harness.tokens[role] = token
+    return harness
+
+
+def match_request(data: bytes, **kw) -> pb.MatchRequest:
+    return pb.MatchRequest(media=pb.Media(content=data), **kw)

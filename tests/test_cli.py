@@ -1,0 +1,131 @@
+"""The CLI as scripts use it: commands, --json fields, exit codes, stdin."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hashsvc import cli
+from tests.helpers import encode, mirrored, photo, reencoded, start_harness
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    h = start_harness(f"sqlite:///{tmp_path_factory.mktemp('cli')}/db.sqlite")
+    yield h
+    h.close()
+
+
+@pytest.fixture
+def run(harness, monkeypatch, capsys):
+    monkeypatch.setenv("HASHSVC_SERVER", harness.address)
+
+    def run(*argv, role="admin", stdin: bytes | None = None):
+        monkeypatch.setenv("HASHSVC_TOKEN", harness.tokens[role])
+        if stdin is not None:
+            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+        code = cli.main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def test_operator_and_pipeline_workflow(run, tmp_path):
+    known = tmp_path / "amaq-0042.jpg"
+    known.write_bytes(encode(photo(2)))
+    copy = tmp_path / "upload.jpg"
+    copy.write_bytes(reencoded(photo(2)))
+    flipped = tmp_path / "flipped.png"
+    flipped.write_bytes(encode(mirrored(photo(2)), "PNG"))
+    other = tmp_path / "holiday.jpg"
+    other.write_bytes(encode(photo(9)))
+
+    code, out, _ = run(
+        "sets", "create", "isis", "--label", "group=ISIS", "--label", "outlet=Amaq",
+        "--block-threshold", "31", "--review-threshold", "50", role="operator",
+    )  # fmt: skip
+    assert code == 0 and "isis" in out
+    code, out, _ = run("add", "--set", "isis", "--label", "source=a7", str(known), role="operator")
+    assert code == 0 and "amaq-0042.jpg" in out
+
+    code, out, _ = run("match", "--json", str(copy), str(flipped), str(other), role="matcher")
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["file"] for r in rows] == [str(copy), str(flipped), str(other)]
+    assert [r["decision"] for r in rows] == ["block", "block", "allow"]
+    hit = rows[0]["matches"][0]
+    assert set(hit) >= {"set", "entry", "signal_type", "distance", "labels"}
+    assert (hit["set"], hit["entry"], hit["signal_type"]) == ("isis", "amaq-0042.jpg", "pdq")
+    assert hit["labels"] == {"group": "ISIS", "outlet": "Amaq", "source": "a7"}
+    assert rows[2]["matches"] == []
+
+    code, out, _ = run("match", "--json", "-", role="matcher", stdin=copy.read_bytes())
+    assert code == 0 and json.loads(out)["decision"] == "block"
+
+    code, out, _ = run("sets", "list", "--json", role="operator")
+    assert json.loads(out.splitlines()[0])["entries"] == 1
+
+    code, out, _ = run("remove", "--set", "isis", "amaq-0042.jpg", role="operator")
+    assert code == 0
+    code, out, _ = run("match", "--json", str(copy), role="matcher")
+    assert json.loads(out)["decision"] == "allow"
+
+    code, out, _ = run("history", "--json", "--decision", "block", role="auditor")
+    assert code == 0
+    blocked = [json.loads(line) for line in out.splitlines()]
+    assert len(blocked) == 3 and all(r["decision"] == "block" for r in blocked)
+    assert blocked[0]["matches"][0]["entry"] == "amaq-0042.jpg"
+    code, out, _ = run("history", "--json", "--since", "1h", "--set", "isis", role="auditor")
+    assert len(out.splitlines()) == 3
+
+
+def test_exit_codes_and_errors_go_to_stderr(run, tmp_path, harness, monkeypatch, capsys):
+    code, out, err = run("match", "--json", str(tmp_path / "missing.jpg"), role="matcher")
+    assert code == 1 and "missing.jpg" in err
+    assert json.loads(out)["error"]["code"] == "LOCAL"
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    code, out, err = run("match", str(bad), role="matcher")
+    assert code == 1 and "INVALID_ARGUMENT" in err and out == ""
+
+    code, _, err = run("sets", "create", "x", role="matcher")
+    assert code == 1 and "PERMISSION_DENIED" in err
+
+    code, _, err = run("add", "--set", "nope", str(bad), role="operator")
+    assert code == 1 and "NOT_FOUND" in err
+
+    code, _, err = run("match", role="matcher")
+    assert code == 2
+
+    monkeypatch.setenv("HASHSVC_SERVER", "127.0.0.1:1")
+    code, _, err = run("stats", role="admin")
+    assert code == 3 and "UNAVAILABLE" in err
+
+
+def test_token_create_on_the_store_and_help(tmp_path):
+    db = f"sqlite:///{tmp_path}/tokens.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "hashsvc.cli", "token", "create", "--role", "operator", "--db", db],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    token = done.stdout.strip().splitlines()[-1]
+    assert token.startswith("hsv_") and len(token) > 30
+    for argv in (["--help"], ["match", "--help"], ["sets", "create", "--help"]):
+        helped = subprocess.run(
+            [sys.executable, "-m", "hashsvc.cli", *argv], capture_output=True, text=True
+        )
+        assert helped.returncode == 0 and "usage:" in helped.stdout
+    wrong = subprocess.run(
+        [sys.executable, "-m", "hashsvc.cli", "token", "create", "--role", "root", "--db", db],
+        capture_output=True,
+        text=True,
+    )
+    assert wrong.returncode == 2 and "invalid choice" in wrong.stderr

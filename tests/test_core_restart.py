@@ -1,0 +1,93 @@
+"""The core without a network: index snapshot + change feed on restart, and a
+second process over the same store following the first one's changes."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from hashsvc.config import Config
+from hashsvc.core import Core, MatchQuery
+from tests.helpers import encode, noise_image, photo, reencoded
+
+
+def _core(db_url: str, **kw) -> Core:
+    core = Core.open(Config(db_url=db_url, **kw), hash_in_process=True)
+    core.start()
+    return core
+
+
+def _decision(core: Core, data: bytes) -> str:
+    return core.match(MatchQuery(media=data), caller="test").decision
+
+
+def test_restart_loads_snapshot_and_applies_later_changes(tmp_path):
+    db = f"sqlite:///{tmp_path}/h.db"
+    core = _core(db)
+    core.curation.create_set("s")
+    core.curation.add_entry("s", "a", {}, "op", media=encode(photo(0)))
+    core.curation.add_entry("s", "b", {}, "op", media=encode(photo(1)))
+    core.close()  # writes the snapshot
+    snapshot = tmp_path / "h.db.index"
+    assert (snapshot / "index-snapshot.json").exists()
+
+    # While the server is down, another replica changes the store.
+    other = Core.open(Config(db_url=db), hash_in_process=True)
+    other.live.load()
+    other.curation.remove_entry("s", "a")
+    other.curation.add_entry("s", "c", {}, "op", media=encode(photo(2)))
+    other.hashing.close()
+    other.store.close()
+
+    core = _core(db)
+    try:
+        assert core.live.seq == core.store.current_seq()
+        assert _decision(core, reencoded(photo(0))) == "allow"
+        assert _decision(core, reencoded(photo(1))) == "block"
+        assert _decision(core, reencoded(photo(2))) == "block"
+    finally:
+        core.close()
+
+
+def test_unusable_snapshot_is_ignored_and_index_rebuilt(tmp_path):
+    db = f"sqlite:///{tmp_path}/h.db"
+    core = _core(db)
+    core.curation.create_set("s")
+    core.curation.add_entry("s", "a", {}, "op", media=encode(photo(3)))
+    core.close()
+    for name in os.listdir(tmp_path / "h.db.index"):
+        if name.endswith(".faiss"):
+            (tmp_path / "h.db.index" / name).write_bytes(b"garbage")
+    core = _core(db)
+    try:
+        assert _decision(core, reencoded(photo(3))) == "block"
+    finally:
+        core.close()
+
+
+def test_second_replica_follows_changes_within_two_seconds(store_url):
+    first = _core(store_url, change_poll_seconds=0.2)
+    second = _core(store_url, change_poll_seconds=0.2)
+    try:
+        data = encode(noise_image(11))
+        first.curation.create_set("shared")
+        first.curation.add_entry("shared", "n", {"group": "HTS"}, "op", media=data)
+        assert _wait_for(lambda: _decision(second, data) == "block")
+        first.curation.update_set("shared", enabled=False)
+        assert _wait_for(lambda: _decision(second, data) == "allow")
+        first.curation.update_set("shared", enabled=True)
+        assert _wait_for(lambda: _decision(second, data) == "block")
+        first.curation.remove_entry("shared", "n")
+        assert _wait_for(lambda: _decision(second, data) == "allow")
+    finally:
+        first.close()
+        second.close()
+
+
+def _wait_for(condition, seconds: float = 2.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
