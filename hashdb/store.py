@@ -76,9 +76,7 @@ class Store(Protocol):
     ) -> dict[int, EntryRecord]:
         """By id, removed ones included (removed_at set)."""
 
-    def list_entries(
-        self, set_id: int, after_id: int = 0, limit: int = 100
-    ) -> list[EntryRecord]:
+    def list_entries(self, set_id: int, after_id: int = 0, limit: int = 100) -> list[EntryRecord]:
         """Active entries with id > after_id, by id, with signals."""
 
     def remove_entry(self, set_id: int, name: str) -> EntryRecord:

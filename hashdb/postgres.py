@@ -1,0 +1,101 @@
+"""PostgreSQL store: the production store that several replicas share."""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from urllib.parse import parse_qs, urlparse
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import ConnectionPool
+
+from hashdb.migrations import POSTGRES
+from hashdb.sqlbase import SQLStore, now_micros
+
+# Advisory lock keys (arbitrary constants, "hsv" + purpose).
+_MIGRATE_LOCK = 0x687376_01
+# Every transaction that appends to the change feed holds this lock until it
+# commits, so change seqs become visible in seq order and a replica reading the
+# feed can never skip a change that commits after a larger seq.
+_CHANGES_LOCK = 0x687376_02
+_SCHEMA = re.compile(r"search_path\s*=\s*([A-Za-z_][A-Za-z0-9_]*)")
+
+
+class _Cursor:
+    """psycopg cursor that takes the `?` placeholders the shared SQL uses."""
+
+    def __init__(self, cur: psycopg.Cursor) -> None:
+        self._cur = cur
+
+    def execute(self, sql: str, params=()) -> None:
+        self._cur.execute(sql.replace("?", "%s"), params)
+
+    def executemany(self, sql: str, rows) -> None:
+        self._cur.executemany(sql.replace("?", "%s"), rows)
+
+    def fetchone(self):
+        return self._cur.fetchone()
+
+    def fetchall(self):
+        return self._cur.fetchall()
+
+
+class PostgresStore(SQLStore):
+    _unique_violation = pg_errors.UniqueViolation
+
+    def __init__(self, url: str, max_connections: int = 16) -> None:
+        self.url = url
+        self.schema = _schema_from_url(url)
+        self._pool = ConnectionPool(
+            url, min_size=1, max_size=max_connections, open=True, name="hashsvc"
+        )
+        self._pool.wait(timeout=30)
+        self._migrate()
+
+    @contextmanager
+    def _read(self):
+        with self._pool.connection() as conn, conn.cursor() as cur:
+            yield _Cursor(cur)
+
+    @contextmanager
+    def _write(self):
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CHANGES_LOCK,))
+            yield _Cursor(cur)
+
+    @contextmanager
+    def _history_write(self):
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            yield _Cursor(cur)
+
+    def _migrate(self) -> None:
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+            if self.schema:
+                cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations"
+                " (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
+            )
+            cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+            current = cur.fetchone()[0]
+            for version, statements in enumerate(POSTGRES, start=1):
+                if version <= current:
+                    continue
+                for statement in statements:
+                    cur.execute(statement)
+                cur.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)",
+                    (version, now_micros()),
+                )
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _schema_from_url(url: str) -> str:
+    """The schema named by ?options=-csearch_path=NAME, if any."""
+    options = parse_qs(urlparse(url).query).get("options", [""])[0]
+    found = _SCHEMA.search(options)
+    return found.group(1) if found else ""

@@ -1,0 +1,485 @@
+"""The Store's logic, written once in SQL that both SQLite and PostgreSQL run.
+
+Each dialect supplies connections, its schema (hashdb/migrations.py) and the
+exception its driver raises for a unique-key violation; placeholders are
+written `?` here and rewritten to `%s` for psycopg.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from hashdb.model import (
+    Change,
+    EntryRecord,
+    HashSetRecord,
+    HistoryFilter,
+    HistoryRecord,
+    IndexedSignal,
+    Thresholds,
+    TokenRecord,
+)
+from hashsvc.errors import AlreadyExists, InvalidArgument, NotFound
+from hashsvc.signals import Signal
+
+MAX_SIGNALS_PER_ENTRY = 64
+SIGNAL_BATCH = 50_000
+
+
+def to_micros(value: datetime) -> int:
+    return int(value.timestamp() * 1_000_000)
+
+
+def from_micros(value: int | None) -> datetime | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(value / 1_000_000, UTC)
+
+
+def now_micros() -> int:
+    return to_micros(datetime.now(UTC))
+
+
+def _thresholds_json(thresholds: dict[str, Thresholds]) -> str:
+    return json.dumps(
+        {
+            k: {"block_distance": t.block_distance, "review_distance": t.review_distance}
+            for k, t in thresholds.items()
+        },
+        sort_keys=True,
+    )
+
+
+def _thresholds(text: str) -> dict[str, Thresholds]:
+    return {
+        k: Thresholds(v["block_distance"], v["review_distance"])
+        for k, v in json.loads(text).items()
+    }
+
+
+_SET_COLUMNS = (
+    "s.id, s.name, s.description, s.labels, s.thresholds, s.enabled, s.created_at, s.updated_at,"
+    " (SELECT COUNT(*) FROM entries e WHERE e.set_id = s.id AND e.removed_at IS NULL)"
+)
+_ENTRY_COLUMNS = "id, set_id, name, labels, media_type, created_at, added_by, removed_at"
+_TOKEN_COLUMNS = "id, name, role, token_hash, created_at, revoked_at"
+_HISTORY_COLUMNS = (
+    "h.id, h.request_id, h.time, h.caller, h.rpc, h.media_type, h.decision, h.status,"
+    " h.error_message, h.client_ref, h.media_bytes, h.query_signals, h.matches"
+)
+
+
+class SQLStore:
+    """Subclasses provide _read(), _write() (context managers yielding a cursor
+    that takes `?` placeholders; _write holds the writer lock that keeps change
+    seqs in commit order) and _unique_violation (an exception class)."""
+
+    _unique_violation: type[BaseException] = Exception
+
+    def _read(self) -> AbstractContextManager:
+        raise NotImplementedError
+
+    def _write(self) -> AbstractContextManager:
+        raise NotImplementedError
+
+    # -- sets
+
+    def create_set(self, name, description, labels, thresholds) -> HashSetRecord:
+        now = now_micros()
+        try:
+            with self._write() as cur:
+                cur.execute(
+                    "INSERT INTO hash_sets (name, description, labels, thresholds, enabled,"
+                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (
+                        name,
+                        description,
+                        json.dumps(labels, sort_keys=True),
+                        _thresholds_json(thresholds),
+                        True,
+                        now,
+                        now,
+                    ),
+                )
+                set_id = cur.fetchone()[0]
+                self._change(cur, "update_set", set_id, None)
+        except self._unique_violation:
+            raise AlreadyExists(f"a set named {name!r} already exists") from None
+        return self.get_set_by_id(set_id)
+
+    def get_set(self, name: str) -> HashSetRecord | None:
+        with self._read() as cur:
+            cur.execute(f"SELECT {_SET_COLUMNS} FROM hash_sets s WHERE s.name = ?", (name,))
+            row = cur.fetchone()
+        return _set(row) if row else None
+
+    def get_set_by_id(self, set_id: int) -> HashSetRecord | None:
+        with self._read() as cur:
+            cur.execute(f"SELECT {_SET_COLUMNS} FROM hash_sets s WHERE s.id = ?", (set_id,))
+            row = cur.fetchone()
+        return _set(row) if row else None
+
+    def list_sets(self, include_disabled: bool = True) -> list[HashSetRecord]:
+        where = "" if include_disabled else " WHERE s.enabled = ?"
+        params = () if include_disabled else (True,)
+        with self._read() as cur:
+            cur.execute(f"SELECT {_SET_COLUMNS} FROM hash_sets s{where} ORDER BY s.name", params)
+            return [_set(row) for row in cur.fetchall()]
+
+    def update_set(
+        self, set_id, *, enabled=None, description=None, labels=None, thresholds=None
+    ) -> HashSetRecord:
+        fields: list[tuple[str, object]] = []
+        if enabled is not None:
+            fields.append(("enabled", bool(enabled)))
+        if description is not None:
+            fields.append(("description", description))
+        if labels is not None:
+            fields.append(("labels", json.dumps(labels, sort_keys=True)))
+        if thresholds is not None:
+            fields.append(("thresholds", _thresholds_json(thresholds)))
+        fields.append(("updated_at", now_micros()))
+        assignments = ", ".join(f"{name} = ?" for name, _ in fields)
+        with self._write() as cur:
+            cur.execute(
+                f"UPDATE hash_sets SET {assignments} WHERE id = ? RETURNING id",
+                (*[value for _, value in fields], set_id),
+            )
+            if cur.fetchone() is None:
+                raise NotFound(f"no set with id {set_id}")
+            self._change(cur, "update_set", set_id, None)
+        return self.get_set_by_id(set_id)
+
+    # -- entries
+
+    def add_entry(self, set_id, name, labels, media_type, signals, added_by) -> EntryRecord:
+        signals = list(signals)
+        if len(signals) > MAX_SIGNALS_PER_ENTRY:
+            raise InvalidArgument(f"an entry holds at most {MAX_SIGNALS_PER_ENTRY} signals")
+        try:
+            with self._write() as cur:
+                cur.execute(
+                    "INSERT INTO entries (set_id, name, labels, media_type, created_at, added_by)"
+                    " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                    (
+                        set_id,
+                        name,
+                        json.dumps(labels, sort_keys=True),
+                        media_type,
+                        now_micros(),
+                        added_by,
+                    ),
+                )
+                entry_id = cur.fetchone()[0]
+                cur.executemany(
+                    "INSERT INTO entry_signals (entry_id, variant_no, kind, variant, value,"
+                    " quality) VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (entry_id, no, s.kind, s.variant, bytes(s.value), s.quality)
+                        for no, s in enumerate(signals)
+                    ],
+                )
+                self._change(cur, "add_entry", set_id, entry_id)
+        except self._unique_violation:
+            raise AlreadyExists(f"an entry named {name!r} is already in the set") from None
+        return self.get_entries([entry_id], with_signals=True)[entry_id]
+
+    def get_entry(self, set_id: int, name: str) -> EntryRecord | None:
+        with self._read() as cur:
+            cur.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM entries"
+                " WHERE set_id = ? AND name = ? AND removed_at IS NULL",
+                (set_id, name),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return None
+            return self._with_signals(cur, [_entry(row)])[0]
+
+    def get_entries(self, entry_ids, with_signals: bool = False) -> dict[int, EntryRecord]:
+        ids = sorted(set(entry_ids))
+        out: dict[int, EntryRecord] = {}
+        with self._read() as cur:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                cur.execute(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id IN ({marks})", chunk)
+                entries = [_entry(row) for row in cur.fetchall()]
+                if with_signals:
+                    entries = self._with_signals(cur, entries)
+                out.update((e.id, e) for e in entries)
+        return out
+
+    def list_entries(self, set_id: int, after_id: int = 0, limit: int = 100) -> list[EntryRecord]:
+        with self._read() as cur:
+            cur.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE set_id = ? AND id > ?"
+                " AND removed_at IS NULL ORDER BY id LIMIT ?",
+                (set_id, after_id, limit),
+            )
+            return self._with_signals(cur, [_entry(row) for row in cur.fetchall()])
+
+    def _with_signals(self, cur, entries: list[EntryRecord]) -> list[EntryRecord]:
+        if not entries:
+            return entries
+        marks = ", ".join("?" * len(entries))
+        cur.execute(
+            "SELECT entry_id, kind, value, quality, variant FROM entry_signals"
+            f" WHERE entry_id IN ({marks}) ORDER BY entry_id, variant_no",
+            [e.id for e in entries],
+        )
+        by_entry: dict[int, list[Signal]] = {}
+        for entry_id, kind, value, quality, variant in cur.fetchall():
+            by_entry.setdefault(entry_id, []).append(Signal(kind, bytes(value), quality, variant))
+        return [_replace_signals(e, tuple(by_entry.get(e.id, ()))) for e in entries]
+
+    def remove_entry(self, set_id: int, name: str) -> EntryRecord:
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE entries SET removed_at = ? WHERE set_id = ? AND name = ?"
+                " AND removed_at IS NULL RETURNING id",
+                (now_micros(), set_id, name),
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise NotFound(f"no entry named {name!r} in the set")
+            self._change(cur, "remove_entry", set_id, row[0])
+        return self.get_entries([row[0]], with_signals=True)[row[0]]
+
+    def find_exact(self, kind: str, value: bytes) -> list[tuple[int, int]]:
+        with self._read() as cur:
+            cur.execute(
+                "SELECT s.entry_id, s.variant_no FROM entry_signals s"
+                " JOIN entries e ON e.id = s.entry_id"
+                " WHERE s.kind = ? AND s.value = ? AND e.removed_at IS NULL",
+                (kind, bytes(value)),
+            )
+            return [(row[0], row[1]) for row in cur.fetchall()]
+
+    def count_signals(self) -> dict[str, int]:
+        with self._read() as cur:
+            cur.execute(
+                "SELECT s.kind, COUNT(*) FROM entry_signals s JOIN entries e ON e.id = s.entry_id"
+                " WHERE e.removed_at IS NULL GROUP BY s.kind"
+            )
+            return {kind: count for kind, count in cur.fetchall()}
+
+    # -- change feed
+
+    def _change(self, cur, op: str, set_id: int, entry_id: int | None) -> None:
+        cur.execute(
+            "INSERT INTO changes (op, set_id, entry_id, at) VALUES (?, ?, ?, ?)",
+            (op, set_id, entry_id, now_micros()),
+        )
+
+    def current_seq(self) -> int:
+        with self._read() as cur:
+            cur.execute("SELECT COALESCE(MAX(seq), 0) FROM changes")
+            return cur.fetchone()[0]
+
+    def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
+        with self._read() as cur:
+            cur.execute(
+                "SELECT seq, op, set_id, entry_id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                (seq, limit),
+            )
+            return [Change(*row) for row in cur.fetchall()]
+
+    def iter_signals(self, kinds, after_entry_id: int = 0) -> Iterator[IndexedSignal]:
+        kinds = list(kinds)
+        marks = ", ".join("?" * len(kinds))
+        last = after_entry_id
+        while kinds:
+            # One batch = the signals of the next N active entries by id, so
+            # memory stays flat however many millions there are.
+            with self._read() as cur:
+                cur.execute(
+                    "SELECT MAX(id) FROM (SELECT id FROM entries WHERE id > ?"
+                    " AND removed_at IS NULL ORDER BY id LIMIT ?) batch",
+                    (last, self._signal_batch),
+                )
+                batch_end = cur.fetchone()[0]
+                if batch_end is None:
+                    return
+                cur.execute(
+                    "SELECT s.entry_id, s.variant_no, s.kind, s.value FROM entry_signals s"
+                    " JOIN entries e ON e.id = s.entry_id"
+                    f" WHERE s.entry_id > ? AND s.entry_id <= ? AND s.kind IN ({marks})"
+                    " AND e.removed_at IS NULL ORDER BY s.entry_id, s.variant_no",
+                    (last, batch_end, *kinds),
+                )
+                rows = cur.fetchall()
+            for entry_id, variant_no, kind, value in rows:
+                yield IndexedSignal(entry_id, variant_no, kind, bytes(value))
+            last = batch_end
+
+    _signal_batch = SIGNAL_BATCH
+
+    # -- tokens
+
+    def add_token(self, name: str, role: str, token_hash: str) -> TokenRecord:
+        with self._write() as cur:
+            cur.execute(
+                "INSERT INTO tokens (name, role, token_hash, created_at) VALUES (?, ?, ?, ?)"
+                f" RETURNING {_TOKEN_COLUMNS}",
+                (name, role, token_hash, now_micros()),
+            )
+            return _token(cur.fetchone())
+
+    def find_token(self, token_hash: str) -> TokenRecord | None:
+        with self._read() as cur:
+            cur.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_hash = ?", (token_hash,))
+            row = cur.fetchone()
+        return _token(row) if row else None
+
+    def list_tokens(self) -> list[TokenRecord]:
+        with self._read() as cur:
+            cur.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY id")
+            return [_token(row) for row in cur.fetchall()]
+
+    def revoke_token(self, token_id: int) -> TokenRecord:
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?"
+                f" RETURNING {_TOKEN_COLUMNS}",
+                (now_micros(), token_id),
+            )
+            row = cur.fetchone()
+        if row is None:
+            raise NotFound(f"no token with id {token_id}")
+        return _token(row)
+
+    # -- history
+
+    def record_match(self, record: HistoryRecord) -> int:
+        set_ids = sorted({m["set_id"] for m in record.matches if m.get("set_id") is not None})
+        with self._history_write() as cur:
+            cur.execute(
+                "INSERT INTO match_history (request_id, time, caller, rpc, media_type, decision,"
+                " status, error_message, client_ref, media_bytes, query_signals, matches)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (
+                    record.request_id,
+                    to_micros(record.time),
+                    record.caller,
+                    record.rpc,
+                    record.media_type,
+                    record.decision,
+                    record.status,
+                    record.error_message,
+                    record.client_ref,
+                    record.media_bytes,
+                    json.dumps(record.query_signals),
+                    json.dumps(record.matches, ensure_ascii=False),
+                ),
+            )
+            history_id = cur.fetchone()[0]
+            if set_ids:
+                cur.executemany(
+                    "INSERT INTO match_history_sets (history_id, set_id) VALUES (?, ?)",
+                    [(history_id, s) for s in set_ids],
+                )
+        return history_id
+
+    def _history_write(self) -> AbstractContextManager:
+        # History does not touch the change feed: no need for the writer lock.
+        return self._write()
+
+    def query_history(
+        self, filter: HistoryFilter, after_id: int = 0, limit: int = 100
+    ) -> list[HistoryRecord]:
+        clauses, params = ["h.id > ?"], [after_id]
+        if filter.since is not None:
+            clauses.append("h.time >= ?")
+            params.append(to_micros(filter.since))
+        if filter.until is not None:
+            clauses.append("h.time < ?")
+            params.append(to_micros(filter.until))
+        if filter.decision:
+            clauses.append("h.decision = ?")
+            params.append(filter.decision)
+        if filter.caller:
+            clauses.append("h.caller = ?")
+            params.append(filter.caller)
+        if filter.set_id is not None:
+            clauses.append(
+                "EXISTS (SELECT 1 FROM match_history_sets hs"
+                " WHERE hs.history_id = h.id AND hs.set_id = ?)"
+            )
+            params.append(filter.set_id)
+        with self._read() as cur:
+            cur.execute(
+                f"SELECT {_HISTORY_COLUMNS} FROM match_history h WHERE {' AND '.join(clauses)}"
+                " ORDER BY h.id LIMIT ?",
+                (*params, limit),
+            )
+            return [_history(row) for row in cur.fetchall()]
+
+    def count_history(self) -> int:
+        with self._read() as cur:
+            cur.execute("SELECT COUNT(*) FROM match_history")
+            return cur.fetchone()[0]
+
+
+def _set(row) -> HashSetRecord:
+    return HashSetRecord(
+        id=row[0],
+        name=row[1],
+        description=row[2],
+        labels=json.loads(row[3]),
+        thresholds=_thresholds(row[4]),
+        enabled=bool(row[5]),
+        created_at=from_micros(row[6]),
+        updated_at=from_micros(row[7]),
+        entry_count=row[8],
+    )
+
+
+def _entry(row) -> EntryRecord:
+    return EntryRecord(
+        id=row[0],
+        set_id=row[1],
+        name=row[2],
+        labels=json.loads(row[3]),
+        media_type=row[4],
+        created_at=from_micros(row[5]),
+        added_by=row[6],
+        removed_at=from_micros(row[7]),
+    )
+
+
+def _replace_signals(entry: EntryRecord, signals: tuple[Signal, ...]) -> EntryRecord:
+    return replace(entry, signals=signals)
+
+
+def _token(row) -> TokenRecord:
+    return TokenRecord(
+        id=row[0],
+        name=row[1],
+        role=row[2],
+        token_hash=row[3],
+        created_at=from_micros(row[4]),
+        revoked_at=from_micros(row[5]),
+    )
+
+
+def _history(row) -> HistoryRecord:
+    return HistoryRecord(
+        id=row[0],
+        request_id=row[1],
+        time=from_micros(row[2]),
+        caller=row[3],
+        rpc=row[4],
+        media_type=row[5],
+        decision=row[6],
+        status=row[7],
+        error_message=row[8],
+        client_ref=row[9],
+        media_bytes=row[10],
+        query_signals=json.loads(row[11]),
+        matches=json.loads(row[12]),
+    )
