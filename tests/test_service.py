@@ -176,7 +176,7 @@ def test_curation_lists_counts_and_rejects_duplicates(harness):
         pb.ListEntriesRequest(set="isis-images", page_size=2, page_token=page1.next_page_token),
         metadata=md,
     )
-    assert [e.name for e in page1.entries + page2.entries] == ["e0", "e1", "e2"]
+    assert [e.name for e in [*page1.entries, *page2.entries]] == ["e0", "e1", "e2"]
     assert not page2.next_page_token
     got = op.curation.GetEntry(pb.GetEntryRequest(set="isis-images", name="e1"), metadata=md)
     assert got.name == "e1" and got.added_by == "test-operator"
@@ -243,7 +243,7 @@ def test_history_records_every_call_and_filters(harness):
     rest = a.audit.QueryHistory(
         pb.QueryHistoryRequest(page_size=2, page_token=page.next_page_token), metadata=amd
     )
-    assert [r.id for r in page.records + rest.records] == [r.id for r in everything]
+    assert [r.id for r in [*page.records, *rest.records]] == [r.id for r in everything]
     exported = list(a.audit.ExportHistory(pb.QueryHistoryRequest(), metadata=amd))
     assert [r.request_id for r in exported] == [r.request_id for r in everything]
     with pytest.raises(grpc.RpcError) as err:
