@@ -1,0 +1,208 @@
+"""The Store contract, run against SQLite and the real PostgreSQL alike."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from hashdb import HistoryFilter, HistoryRecord, Thresholds, open_store
+from hashsvc.errors import AlreadyExists, InvalidArgument, NotFound
+from hashsvc.signals import Signal
+
+
+@pytest.fixture
+def store(store_url):
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+def _signals(n: int = 1, seed: int = 0) -> list[Signal]:
+    return [Signal("md5", bytes([seed]) * 16)] + [
+        Signal("pdq", bytes([seed, i]) * 16, 80 + i, f"v{i}") for i in range(n)
+    ]
+
+
+def test_sets(store):
+    created = store.create_set("isis", "d", {"group": "ISIS"}, {"pdq": Thresholds(20, 45)})
+    assert created.enabled and created.entry_count == 0
+    assert store.get_set("isis") == created == store.get_set_by_id(created.id)
+    with pytest.raises(AlreadyExists):
+        store.create_set("isis", "", {}, {})
+    store.create_set("aq", "", {}, {})
+    assert [s.name for s in store.list_sets()] == ["aq", "isis"]
+    updated = store.update_set(created.id, enabled=False, labels={"group": "IS"})
+    assert not updated.enabled and updated.labels == {"group": "IS"}
+    assert updated.thresholds == {"pdq": Thresholds(20, 45)} and updated.description == "d"
+    assert [s.name for s in store.list_sets(include_disabled=False)] == ["aq"]
+    with pytest.raises(NotFound):
+        store.update_set(99999, enabled=True)
+    assert store.get_set("nope") is None
+
+
+def test_entries_signals_and_removal(store):
+    s = store.create_set("s", "", {}, {})
+    a = store.add_entry(s.id, "a", {"k": "v"}, "image", _signals(3, 1), "alice")
+    assert [sig.variant for sig in a.signals] == ["original", "v0", "v1", "v2"]
+    assert a.signals[1].quality == 80 and a.added_by == "alice" and a.removed_at is None
+    with pytest.raises(AlreadyExists):
+        store.add_entry(s.id, "a", {}, "image", _signals(1, 2), "alice")
+    with pytest.raises(InvalidArgument):
+        store.add_entry(s.id, "big", {}, "image", _signals(64, 3), "alice")
+    b = store.add_entry(s.id, "b", {}, "image", _signals(1, 4), "bob")
+    assert store.get_entry(s.id, "a") == a
+    assert store.find_exact("md5", bytes([1]) * 16) == [(a.id, 0)]
+    assert store.count_signals() == {"md5": 2, "pdq": 4}
+    assert [e.name for e in store.list_entries(s.id, 0, 1)] == ["a"]
+    assert [e.name for e in store.list_entries(s.id, a.id, 10)] == ["b"]
+
+    removed = store.remove_entry(s.id, "a")
+    assert removed.removed_at is not None
+    assert store.get_entry(s.id, "a") is None
+    assert store.find_exact("md5", bytes([1]) * 16) == []
+    assert store.get_entries([a.id, b.id])[a.id].removed_at is not None
+    assert store.get_set("s").entry_count == 1
+    with pytest.raises(NotFound):
+        store.remove_entry(s.id, "a")
+    again = store.add_entry(s.id, "a", {}, "image", _signals(1, 5), "alice")  # name reusable
+    assert again.id != a.id
+
+
+def test_change_feed_and_signal_iteration(store):
+    s = store.create_set("s", "", {}, {})
+    ids = [store.add_entry(s.id, f"e{i}", {}, "image", _signals(2, i), "x").id for i in range(7)]
+    store.remove_entry(s.id, "e3")
+    store.update_set(s.id, enabled=False)
+    changes = store.changes_since(0)
+    assert [c.op for c in changes] == [
+        "update_set",
+        *["add_entry"] * 7,
+        "remove_entry",
+        "update_set",
+    ]
+    assert [c.seq for c in changes] == sorted(c.seq for c in changes)
+    assert changes[-2].entry_id == ids[3] and store.current_seq() == changes[-1].seq
+    assert store.changes_since(changes[5].seq) == changes[6:]
+
+    store._signal_batch = 2  # several batches, and a removed entry inside one
+    got = list(store.iter_signals(["pdq"]))
+    want = [(i, no) for i in ids if i != ids[3] for no in (1, 2)]
+    assert [(g.entry_id, g.variant_no) for g in got] == want
+    assert all(g.kind == "pdq" and len(g.value) == 32 for g in got)
+    assert [g.entry_id for g in store.iter_signals(["pdq"], after_entry_id=ids[5])] == [ids[6]] * 2
+
+
+def test_tokens(store):
+    t = store.add_token("pipe", "matcher", "ab" * 32)
+    assert store.find_token("ab" * 32) == t and store.find_token("cd" * 32) is None
+    revoked = store.revoke_token(t.id)
+    assert revoked.revoked_at is not None and store.find_token("ab" * 32).revoked_at
+    assert [x.id for x in store.list_tokens()] == [t.id]
+    with pytest.raises(NotFound):
+        store.revoke_token(424242)
+
+
+def _record(i: int, when: datetime, decision: str, caller: str, set_ids=()) -> HistoryRecord:
+    return HistoryRecord(
+        request_id=f"r{i}",
+        time=when,
+        caller=caller,
+        rpc="Match",
+        media_type="image",
+        decision=decision,
+        status="OK",
+        query_signals=[{"signal_type": "pdq", "value": "00" * 32, "quality": 90}],
+        matches=[{"set_id": sid, "set": f"s{sid}", "entry": "e", "distance": 3} for sid in set_ids],
+    )
+
+
+def test_history_filters_pagination_and_append_only(store, store_url):
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = [
+        _record(0, t0, "block", "a", [1, 2]),
+        _record(1, t0 + timedelta(hours=1), "allow", "b"),
+        _record(2, t0 + timedelta(hours=2), "review", "a", [2]),
+        _record(3, t0 + timedelta(hours=3), "block", "b", [1]),
+    ]
+    ids = [store.record_match(r) for r in rows]
+    assert ids == sorted(ids) and store.count_history() == 4
+    got = store.query_history(HistoryFilter())
+    assert [r.request_id for r in got] == ["r0", "r1", "r2", "r3"]
+    assert got[0].time == t0 and got[0].matches == rows[0].matches
+
+    def ids_for(**kw):
+        return [r.request_id for r in store.query_history(HistoryFilter(**kw))]
+
+    assert ids_for(decision="block") == ["r0", "r3"]
+    assert ids_for(caller="a") == ["r0", "r2"]
+    assert ids_for(set_id=2) == ["r0", "r2"]
+    assert ids_for(since=t0 + timedelta(hours=1), until=t0 + timedelta(hours=3)) == ["r1", "r2"]
+    assert [r.request_id for r in store.query_history(HistoryFilter(), ids[1], 2)] == ["r2", "r3"]
+
+    # The database itself refuses edits and deletions of the history.
+    if store_url.startswith("sqlite"):
+        conn = sqlite3.connect(store_url[len("sqlite:///") :])
+        errors: tuple = (sqlite3.IntegrityError, sqlite3.DatabaseError)
+        statements = [
+            "UPDATE match_history SET decision = 'allow'",
+            "DELETE FROM match_history",
+            "DELETE FROM match_history_sets",
+        ]
+        for sql in statements:
+            with pytest.raises(errors, match="append-only"):
+                conn.execute(sql)
+        conn.close()
+    else:
+        for sql in (
+            "UPDATE match_history SET decision = 'allow'",
+            "DELETE FROM match_history",
+            "TRUNCATE match_history CASCADE",
+        ):
+            with (
+                psycopg.connect(store_url) as conn,
+                pytest.raises(psycopg.Error, match="append-only"),
+            ):
+                conn.execute(sql)
+    assert ids_for(decision="block") == ["r0", "r3"]
+
+
+def test_migrations_are_idempotent_and_concurrent_opens_are_safe(store_url):
+    errors: list[BaseException] = []
+
+    def open_one():
+        try:
+            open_store(store_url).close()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    s = open_store(store_url)
+    s.create_set("after", "", {}, {})
+    s.close()
+    assert open_store(store_url).get_set("after") is not None
+
+
+def test_concurrent_writers_all_land(store):
+    s = store.create_set("s", "", {}, {})
+
+    def writer(w: int):
+        for i in range(10):
+            store.add_entry(s.id, f"w{w}-{i}", {}, "image", _signals(1, w), f"w{w}")
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.get_set("s").entry_count == 40
+    seqs = [c.seq for c in store.changes_since(0)]
+    assert len(seqs) == 41 and seqs == sorted(set(seqs))
