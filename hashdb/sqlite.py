@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,7 +38,7 @@ class SQLiteStore(SQLStore):
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA busy_timeout = 30000")
         if not self.memory:
-            conn.execute("PRAGMA journal_mode = WAL")
+            _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
             # NORMAL in WAL mode: a power cut may lose the last commits but
             # never corrupts; an application crash loses nothing.
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -108,6 +109,20 @@ class SQLiteStore(SQLStore):
                 except sqlite3.Error:
                     pass
             self._all.clear()
+
+
+def _retry_locked(action, attempts: int = 100) -> None:
+    # Switching to WAL needs a moment of exclusive access and SQLite does not
+    # run the busy handler for it: processes opening a new file at the same
+    # time get "database is locked" at once. Wait and retry instead.
+    for attempt in range(attempts):
+        try:
+            action()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02)
 
 
 class _NoLock:
