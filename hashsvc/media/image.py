@@ -1,4 +1,19 @@
-"""Images: decode within limits, trim borders, PDQ (+ dihedral) and exact hashes."""
+"""Images: decode within limits, then the signals that find re-uploads.
+
+Exact: MD5 and SHA-256 of the bytes. Perceptual: PDQ (Meta's reference C++
+through `pdqhash`) with quality, on several views of the picture.
+
+* "original" is what other platforms compute, so hash sets can be exchanged:
+  like Meta's current C++ hasher, images over 512 px are squashed to 512x512 by
+  nearest neighbour first (also what makes hashing fast); no EXIF rotation.
+* Known images (hash_known) also store views that survive common edits: the
+  picture without uniform borders, crops that a re-upload may have made, and
+  crops that leave out each corner (where logos and watermarks go).
+* Uploads (hash_query) are hashed as the 8 dihedral transforms (mirror and
+  90-degree rotations cost PDQ almost nothing extra), the same corner-free crops,
+  and the rectangles framed by long straight edges (caption bars, a photo inside
+  a screenshot, letterboxing of any colour).
+"""
 
 from __future__ import annotations
 
@@ -12,27 +27,44 @@ from PIL import Image, UnidentifiedImageError
 
 from hashsvc.config import ImageLimits
 from hashsvc.errors import CorruptMedia, InvalidArgument, TooLarge, UnsupportedMedia
+from hashsvc.media import regions
 from hashsvc.signals import Signal
 
 FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
-DIHEDRAL_NAMES = (
+# pdqhash.compute_dihedral's order, named by what was done to the upload.
+DIHEDRAL = (
     "original", "rotate_90", "rotate_180", "rotate_270",
     "flip_vertical", "flip_horizontal", "transpose", "transverse",
 )  # fmt: skip
+REFERENCE_SIDE = 512  # the C++ hasher's squash size
+VIEW_SIDE = 256  # derived views are hashed smaller: PDQ reads a 64x64 summary anyway
+# Crops a re-upload may have made, as (keep share, vertical anchor, horizontal anchor).
+KNOWN_CROPS = [(0.95, ay, ax) for ay in (0.0, 0.5, 1.0) for ax in (0.0, 0.5, 1.0)]
+# Crops anchored in each corner that leave out the opposite corner's logo area.
+CORNER_KEEP = 0.68
+CORNERS = [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
+MIN_TRIM = 0.02  # trimming less than this is noise, not a border
+
+
+# ------------------------------------------------------------------ decoding
 
 
 def decode_rgb(data: bytes, limits: ImageLimits) -> np.ndarray:
+    """HxWx3 uint8 of the first frame, or a typed error saying what is wrong."""
     if not data:
         raise InvalidArgument("empty media")
     if len(data) > limits.max_bytes:
         raise TooLarge(f"image is {len(data)} bytes; the limit is {limits.max_bytes}")
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # Pillow's own bomb check only warns below 2x its limit; ours is explicit.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             img = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
-            raise UnsupportedMedia("not a supported image format") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise UnsupportedMedia(
+                "not a supported image (JPEG, PNG, WebP, GIF, BMP, TIFF)"
+            ) from None
+        except Image.DecompressionBombError as exc:
             raise TooLarge(f"image has too many pixels: {exc}") from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise CorruptMedia(f"corrupt or truncated image: {exc}") from None
@@ -45,23 +77,61 @@ def decode_rgb(data: bytes, limits: ImageLimits) -> np.ndarray:
                 f" and {limits.max_side} per side"
             )
         try:
-            img.seek(0)
+            img.seek(0)  # first frame of an animation
             img.load()
-            rgb = img.convert("RGB")
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise CorruptMedia(f"corrupt or truncated {img.format} image: {exc}") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            return np.asarray(_to_rgb(img))
+        except Image.DecompressionBombError as exc:
             raise TooLarge(f"image has too many pixels: {exc}") from None
-    return np.asarray(rgb)
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise CorruptMedia(f"corrupt or truncated {img.format} image: {exc}") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # As python-threatexchange: scale the wide range into 8 bits first.
+        arr = np.asarray(img, dtype=np.float64)
+        return Image.fromarray(np.clip(arr / 256.0, 0, 255).astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
+
+
+# ------------------------------------------------------------------ hashing
+
+
+def squash(rgb: np.ndarray, side: int = REFERENCE_SIDE) -> np.ndarray:
+    """Nearest-neighbour resize to side x side when larger, indexing like CImg
+    (src = floor(dst * n / side)), which is what the C++ reference does."""
+    h, w = rgb.shape[:2]
+    if h <= side and w <= side:
+        return rgb
+    ys = (np.arange(side) * h) // side
+    xs = (np.arange(side) * w) // side
+    return np.take(np.take(rgb, ys, axis=0), xs, axis=1)
+
+
+def _shrink(rgb: np.ndarray, side: int = VIEW_SIDE) -> np.ndarray:
+    """Nearest-neighbour shrink keeping the aspect, for derived views."""
+    h, w = rgb.shape[:2]
+    scale = side / max(h, w)
+    if scale >= 1:
+        return rgb
+    ys = (np.arange(max(1, int(h * scale))) / scale).astype(np.intp)
+    xs = (np.arange(max(1, int(w * scale))) / scale).astype(np.intp)
+    return np.take(np.take(rgb, ys, axis=0), xs, axis=1)
+
+
+def _pack(bits: np.ndarray) -> bytes:
+    # bit 0 of pdqhash's array is the most significant: canonical hex order
+    return np.packbits(bits.astype(np.uint8)).tobytes()
 
 
 def pdq_hash(rgb: np.ndarray) -> tuple[bytes, int]:
     bits, quality = pdqhash.compute(np.ascontiguousarray(rgb))
-    return np.packbits(bits.astype(np.uint8)).tobytes(), int(quality)
+    return _pack(bits), int(quality)
 
 
-def _pack(bits: np.ndarray) -> bytes:
-    return np.packbits(bits.astype(np.uint8)).tobytes()
+def _pdq_signal(rgb: np.ndarray, variant: str) -> Signal:
+    value, quality = pdq_hash(rgb)
+    return Signal("pdq", value, quality, variant)
 
 
 def _exact(data: bytes) -> list[Signal]:
@@ -71,16 +141,68 @@ def _exact(data: bytes) -> list[Signal]:
     ]
 
 
+def _gray(rgb: np.ndarray) -> np.ndarray:
+    small = _shrink(rgb, VIEW_SIDE)
+    return small.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _trimmed(rgb: np.ndarray, gray: np.ndarray | None = None, loose: bool = False):
+    """The picture without its uniform borders (loose: without bands that are
+    mostly one colour, such as caption bars), or None when there is none."""
+    gray = _gray(rgb) if gray is None else gray
+    box = regions.content_box(gray) if loose else regions.trim_uniform_borders(gray)
+    if max(box[0], box[1], 1 - box[2], 1 - box[3]) < MIN_TRIM:
+        return None
+    return regions.cut(rgb, box)
+
+
+def _crop(rgb: np.ndarray, keep: float, anchor_y: float, anchor_x: float) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    kh, kw = max(1, int(h * keep)), max(1, int(w * keep))
+    top, left = int((h - kh) * anchor_y), int((w - kw) * anchor_x)
+    return rgb[top : top + kh, left : left + kw]
+
+
+def _corner_views(view: np.ndarray) -> list[Signal]:
+    return [
+        _pdq_signal(_crop(view, CORNER_KEEP, ay, ax), f"corner_{int(ay)}{int(ax)}")
+        for ay, ax in CORNERS
+    ]
+
+
 def hash_known(data: bytes, limits: ImageLimits) -> list[Signal]:
     rgb = decode_rgb(data, limits)
-    value, quality = pdq_hash(rgb)
-    return [*_exact(data), Signal("pdq", value, quality, "original")]
+    signals = [*_exact(data), _pdq_signal(squash(rgb), "original")]
+    trimmed = _trimmed(rgb)
+    if trimmed is not None:
+        signals.append(_pdq_signal(squash(trimmed), "trimmed"))
+    view = _shrink(trimmed if trimmed is not None else rgb)
+    for keep, ay, ax in KNOWN_CROPS:
+        signals.append(_pdq_signal(_crop(view, keep, ay, ax), f"crop_{keep:.2f}_{ay}_{ax}"))
+    signals.extend(_corner_views(view))
+    loose = _trimmed(rgb, loose=True)
+    if loose is not None and (trimmed is None or loose.shape != trimmed.shape):
+        signals.append(_pdq_signal(_shrink(loose), "content"))
+    return signals
 
 
 def hash_query(data: bytes, limits: ImageLimits) -> list[Signal]:
     rgb = decode_rgb(data, limits)
-    hashes, quality = pdqhash.compute_dihedral(np.ascontiguousarray(rgb))
-    out = _exact(data)
-    for name, bits in zip(DIHEDRAL_NAMES, hashes, strict=True):
-        out.append(Signal("pdq", _pack(bits), int(quality), name))
-    return out
+    signals = _exact(data)
+    trimmed = _trimmed(rgb)
+    if trimmed is not None:
+        # the upload as is, as another platform would hash it
+        signals.append(_pdq_signal(squash(rgb), "untrimmed"))
+    picture = trimmed if trimmed is not None else rgb
+    hashes, quality = pdqhash.compute_dihedral(np.ascontiguousarray(squash(picture)))
+    for name, bits in zip(DIHEDRAL, hashes, strict=True):
+        signals.append(Signal("pdq", _pack(bits), int(quality), name))
+    view = _shrink(picture)
+    signals.extend(_corner_views(view))
+    gray = _gray(picture)
+    loose = _trimmed(picture, gray, loose=True)
+    if loose is not None:
+        signals.append(_pdq_signal(_shrink(loose), "content"))
+    for n, box in enumerate(regions.candidate_boxes(gray)):
+        signals.append(_pdq_signal(_shrink(regions.cut(picture, box)), f"region_{n}"))
+    return signals

@@ -1,0 +1,142 @@
+"""Recall per re-upload transform, and false matches, on real photographs.
+
+    .venv/bin/python bench/robustness.py           # every photo
+    .venv/bin/python bench/robustness.py --short   # 12 photos (CI)
+
+Every photo is a known entry (hash_known, as AddEntry stores it). Every
+transformed copy is a query (hash_query, as Match hashes it) compared against
+every entry with the service's own policy (default PDQ thresholds, quality
+floor). The index is exact, so this is what the service answers. A query that
+reaches an entry made from a *different* photo is a false match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from photos import load_photos  # noqa: E402
+from transforms import TRANSFORMS, jpeg  # noqa: E402
+
+from hashdb import HashSetRecord  # noqa: E402
+from hashsvc.config import Config  # noqa: E402
+from hashsvc.media import image  # noqa: E402
+from hashsvc.policy import ALLOW, BLOCK, Policy, strictest  # noqa: E402
+
+CONFIG = Config()
+POLICY = Policy(CONFIG.pdq)
+DEFAULT_SET = HashSetRecord(0, "bench", "", {}, {}, True, None, None)
+
+
+def pdq_matrix(signals) -> tuple[np.ndarray, list]:
+    pdq = [s for s in signals if s.kind == "pdq"]
+    return np.frombuffer(b"".join(s.value for s in pdq), dtype=np.uint8).reshape(-1, 32), pdq
+
+
+def min_distance(query: np.ndarray, known: np.ndarray) -> tuple[int, int, int]:
+    """Smallest Hamming distance over all pairs: (distance, query row, known row)."""
+    x = np.bitwise_xor(query[:, None, :], known[None, :, :])
+    d = np.unpackbits(x, axis=2).sum(axis=2)
+    qi, ki = np.unravel_index(np.argmin(d), d.shape)
+    return int(d[qi, ki]), int(qi), int(ki)
+
+
+def decide(q_sigs, k_sigs, qi, ki, distance) -> str:
+    q_quality, k_quality = q_sigs[qi].quality, k_sigs[ki].quality
+    decision, _ = POLICY.decide(DEFAULT_SET, "pdq", distance, q_quality, k_quality)
+    return decision
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--short", action="store_true", help="12 photos, for CI")
+    args = parser.parse_args()
+    photos = load_photos(12 if args.short else None)
+    limits = CONFIG.image
+    rng = np.random.default_rng(20261124)
+
+    known = []
+    for _, img in photos:
+        sigs = image.hash_known(jpeg(img, 92), limits)
+        known.append(pdq_matrix(sigs))
+    print(
+        f"{len(photos)} photos; {known[0][0].shape[0]} stored PDQ views per entry;"
+        f" thresholds block <= {CONFIG.pdq.block_distance}, review <= {CONFIG.pdq.review_distance},"
+        f" quality floor {CONFIG.pdq.quality_floor}"
+    )
+
+    rows = []
+    unrelated_min: list[int] = []
+    false_block, false_review = 0, 0
+    variant_hits: dict[str, int] = defaultdict(int)
+    misses: dict[str, list[str]] = defaultdict(list)
+    query_ms: list[float] = []
+    for name, transform in TRANSFORMS.items():
+        block = review = 0
+        distances = []
+        for i, (photo_name, img) in enumerate(photos):
+            data = transform(img, rng)
+            started = time.perf_counter()
+            q_arr, q_sigs = pdq_matrix(image.hash_query(data, limits))
+            query_ms.append((time.perf_counter() - started) * 1000)
+            decisions = []
+            for j, (k_arr, k_sigs) in enumerate(known):
+                d, qi, ki = min_distance(q_arr, k_arr)
+                decision = decide(q_sigs, k_sigs, qi, ki, d)
+                if j == i:
+                    distances.append(d)
+                    decisions.append(decision)
+                    if decision != ALLOW:
+                        variant_hits[f"{q_sigs[qi].variant} ~ {k_sigs[ki].variant}"] += 1
+                else:
+                    unrelated_min.append(d)
+                    false_block += decision == BLOCK
+                    false_review += decision != ALLOW
+            own = strictest(decisions)
+            block += own == BLOCK
+            review += own != ALLOW
+            if own == ALLOW:
+                misses[name].append(f"{photo_name}({distances[-1]})")
+        n = len(photos)
+        rows.append((name, block / n, review / n, statistics.median(distances), max(distances)))
+
+    header = f"{'transform':<22}{'recall@block':>13}{'recall@review':>14}{'median d':>9}"
+    print(f"\n{header}{'max d':>7}")
+    for name, rb, rr, med, worst in rows:
+        print(f"{name:<22}{rb:>13.2f}{rr:>14.2f}{med:>9.0f}{worst:>7}")
+    print(
+        f"{'ALL':<22}{statistics.mean(r[1] for r in rows):>13.3f}"
+        f"{statistics.mean(r[2] for r in rows):>14.3f}"
+    )
+    pairs = len(unrelated_min)
+    print(
+        f"\nfalse matches over {pairs} (query, unrelated entry) pairs:"
+        f" BLOCK {false_block}, REVIEW or BLOCK {false_review}"
+    )
+    lowest = sorted(unrelated_min)[:10]
+    print(f"smallest unrelated distances: {lowest}")
+    print(
+        "unrelated distance percentiles: "
+        + ", ".join(f"p{p}={np.percentile(unrelated_min, p):.0f}" for p in (0.1, 1, 5, 50))
+    )
+    print(f"\nhash_query: median {statistics.median(query_ms):.1f} ms per upload (one core)")
+    print("\nwhich query view ~ stored view decided the true matches:")
+    for key, count in sorted(variant_hits.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"  {count:5}  {key}")
+    if misses:
+        print("\nmissed (photo(distance)):")
+        for name, items in misses.items():
+            print(f"  {name}: {', '.join(items)}")
+
+
+if __name__ == "__main__":
+    main()

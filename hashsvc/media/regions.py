@@ -1,0 +1,182 @@
+"""Where the picture is inside an upload: uniform borders to trim, and
+rectangles bounded by long straight edges (a photo above a caption bar, inside a
+screenshot, between letterbox bars of any colour).
+
+Works on a small grayscale copy; returns fractions of the image (top, left,
+bottom, right in 0..1) so the caller can cut them from any resolution.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+Box = tuple[float, float, float, float]  # top, left, bottom, right as fractions
+FULL: Box = (0.0, 0.0, 1.0, 1.0)
+
+# A row or column is "uniform" when its pixels vary less than this (0..255):
+# flat bars survive JPEG noise at this level, photo content does not.
+UNIFORM_STD = 6.0
+# An edge pixel: a jump in brightness bigger than this between neighbours.
+EDGE_STEP = 28.0
+# A straight edge must run along at least this share of the image side...
+MIN_LINE = 0.25
+# ...and each side of a rectangle that is not the image border must be this
+# well supported along its length.
+MIN_SUPPORT = 0.5
+MIN_SIDE = 0.3  # candidate rectangles keep at least this share of each side
+MAX_CUTS = 8
+# "Mostly flat" rows: FLAT_SHARE of their pixels within FLAT_TOLERANCE of the
+# row's median; content starts where CONTENT_RUN such rows are not flat in a row.
+FLAT_TOLERANCE = 12.0
+FLAT_SHARE = 0.7
+CONTENT_RUN = 3
+PER_KIND = 2
+
+
+def trim_uniform_borders(gray: np.ndarray, keep: float = 0.4) -> Box:
+    """Box without the near-uniform rows and columns at the edges."""
+    h, w = gray.shape
+    row_std = gray.std(axis=1)
+    col_std = gray.std(axis=0)
+    top, bottom = _trim(row_std, int(h * keep))
+    left, right = _trim(col_std, int(w * keep))
+    return top / h, left / w, bottom / h, right / w
+
+
+def _trim(std: np.ndarray, min_keep: int) -> tuple[int, int]:
+    n = len(std)
+    busy = np.nonzero(std > UNIFORM_STD)[0]
+    if len(busy) == 0:
+        return 0, n
+    start, end = int(busy[0]), int(busy[-1]) + 1
+    if end - start < max(min_keep, 1):
+        return 0, n
+    return start, end
+
+
+def content_box(gray: np.ndarray, keep: float = 0.3) -> Box:
+    """Box without the bands at the edges that are mostly one colour, text or
+    not: a caption bar, a title strip, letterboxing with a logo, app chrome."""
+    h, w = gray.shape
+    top, bottom = _content_span(_mostly_flat(gray), int(h * keep))
+    inner = gray[top:bottom]
+    left, right = _content_span(_mostly_flat(inner.T), int(w * keep))
+    return top / h, left / w, bottom / h, right / w
+
+
+def _mostly_flat(gray: np.ndarray) -> np.ndarray:
+    """Per row: does at least FLAT_SHARE of it lie close to its median colour?"""
+    median = np.median(gray, axis=1, keepdims=True)
+    return (np.abs(gray - median) < FLAT_TOLERANCE).mean(axis=1) >= FLAT_SHARE
+
+
+def _content_span(flat: np.ndarray, min_keep: int) -> tuple[int, int]:
+    """First and last rows of content: where CONTENT_RUN non-flat rows start."""
+    n = len(flat)
+    busy = ~flat
+    runs = np.convolve(busy.astype(np.int32), np.ones(CONTENT_RUN, dtype=np.int32), "valid")
+    starts = np.nonzero(runs == CONTENT_RUN)[0]
+    if len(starts) == 0:
+        return 0, n
+    start, end = int(starts[0]), int(starts[-1]) + CONTENT_RUN
+    if end - start < max(min_keep, 1):
+        return 0, n
+    return start, end
+
+
+def candidate_boxes(gray: np.ndarray, limit: int = 6) -> list[Box]:
+    """Rectangles framed by long straight edges, best supported first."""
+    h, w = gray.shape
+    if h < 16 or w < 16:
+        return []
+    g = gray.astype(np.float32)
+    # horizontal edges lie between rows y-1 and y; vertical ones between columns
+    h_edges = np.abs(np.diff(g, axis=0)) > EDGE_STEP  # (h-1, w)
+    v_edges = np.abs(np.diff(g, axis=1)) > EDGE_STEP  # (h, w-1)
+    h_cum = np.concatenate([np.zeros((h - 1, 1)), np.cumsum(h_edges, axis=1)], axis=1)
+    v_cum = np.concatenate([np.zeros((1, w - 1)), np.cumsum(v_edges, axis=0)], axis=0)
+    rows = [0, *_line_positions(h_edges.mean(axis=1)), h]
+    cols = [0, *_line_positions(v_edges.mean(axis=0)), w]
+
+    def support_row(y: int, x0: int, x1: int) -> float:
+        if y in (0, h):
+            return 1.0
+        return float(h_cum[y - 1, x1] - h_cum[y - 1, x0]) / max(1, x1 - x0)
+
+    def support_col(x: int, y0: int, y1: int) -> float:
+        if x in (0, w):
+            return 1.0
+        return float(v_cum[y1, x - 1] - v_cum[y0, x - 1]) / max(1, y1 - y0)
+
+    scored = []
+    for i, y0 in enumerate(rows):
+        for y1 in rows[i + 1 :]:
+            if y1 - y0 < MIN_SIDE * h:
+                continue
+            for j, x0 in enumerate(cols):
+                for x1 in cols[j + 1 :]:
+                    if x1 - x0 < MIN_SIDE * w or (y0, x0, y1, x1) == (0, 0, h, w):
+                        continue
+                    sides = [
+                        support_row(y0, x0, x1),
+                        support_row(y1, x0, x1),
+                        support_col(x0, y0, y1),
+                        support_col(x1, y0, y1),
+                    ]
+                    real = [
+                        support
+                        for support, pos, end in zip(
+                            sides, (y0, y1, x0, x1), (h, h, w, w), strict=True
+                        )
+                        if pos not in (0, end)
+                    ]
+                    if not real or min(real) < MIN_SUPPORT:
+                        continue
+                    # More real edges first: a photo framed on all four sides
+                    # inside a screenshot is rarely a coincidence; a box with
+                    # one real edge (a caption bar's) comes after.
+                    area = (y1 - y0) * (x1 - x0) / (h * w)
+                    scored.append(
+                        (len(real), sum(real) / len(real), area, (y0 / h, x0 / w, y1 / h, x1 / w))
+                    )
+    scored.sort(key=lambda t: (-t[0], -round(t[1], 1), -t[2]))
+    # A few of each kind: framed on four sides (screenshot), on two or three,
+    # and cut once across (caption bar), so one kind cannot crowd out another.
+    chosen: list[Box] = []
+    for real_sides in (4, 3, 2, 1):
+        taken = 0
+        for n, _, _, box in scored:
+            if n != real_sides or taken == PER_KIND:
+                continue
+            if all(_iou(box, other) < 0.85 for other in chosen):
+                chosen.append(box)
+                taken += 1
+    return chosen[:limit]
+
+
+def _line_positions(strength: np.ndarray) -> list[int]:
+    """Edge positions (as row/column boundaries) where a long straight line runs."""
+    order = np.argsort(strength)[::-1]
+    picked: list[int] = []
+    for idx in order:
+        if strength[idx] < MIN_LINE or len(picked) == MAX_CUTS:
+            break
+        pos = int(idx) + 1  # boundary after row/column idx
+        if all(abs(pos - p) > 2 for p in picked):  # one line, not its anti-aliased twin
+            picked.append(pos)
+    return sorted(picked)
+
+
+def _iou(a: Box, b: Box) -> float:
+    top, left = max(a[0], b[0]), max(a[1], b[1])
+    bottom, right = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, bottom - top) * max(0.0, right - left)
+    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / area if area else 0.0
+
+
+def cut(img: np.ndarray, box: Box) -> np.ndarray:
+    h, w = img.shape[:2]
+    top, left = int(round(box[0] * h)), int(round(box[1] * w))
+    bottom, right = int(round(box[2] * h)), int(round(box[3] * w))
+    return img[top:bottom, left:right]
