@@ -87,10 +87,8 @@ def decode_rgb(data: bytes, limits: ImageLimits) -> np.ndarray:
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # As python-threatexchange: scale the wide range into 8 bits first.
-        arr = np.asarray(img, dtype=np.float64)
-        return Image.fromarray(np.clip(arr / 256.0, 0, 255).astype(np.uint8)).convert("RGB")
+    # Pillow's own conversion for every mode (L, LA, P, RGBA, CMYK, I;16, ...) is
+    # what python-threatexchange feeds pdqhash, so hashes and qualities agree.
     return img.convert("RGB")
 
 
