@@ -45,6 +45,10 @@ CORNER_KEEP = 0.68
 CORNERS = [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
 MIN_TRIM = 0.02  # trimming less than this is noise, not a border
 
+# Our own pixel limit (ImageLimits) is checked from the header before any pixel
+# is decoded; Pillow's global one would override the configured value.
+Image.MAX_IMAGE_PIXELS = None
+
 
 # ------------------------------------------------------------------ decoding
 

@@ -1,0 +1,125 @@
+"""Image decoding within limits and the views that make re-uploads match."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from hashsvc.config import ImageLimits
+from hashsvc.errors import CorruptMedia, InvalidArgument, TooLarge, UnsupportedMedia
+from hashsvc.media import image
+from hashsvc.signals import hamming
+from tests.helpers import encode, photo
+from tests.test_bad_input import png_bomb
+
+LIMITS = ImageLimits()
+
+
+def best_distance(known_data: bytes, query_data: bytes) -> tuple[int, str]:
+    known = [s for s in image.hash_known(known_data, LIMITS) if s.kind == "pdq"]
+    query = [s for s in image.hash_query(query_data, LIMITS) if s.kind == "pdq"]
+    return min((hamming(q.value, k.value), q.variant) for q in query for k in known)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_every_format_hashes_close_to_the_original(fmt):
+    original = photo(3)
+    reference = image.pdq_hash(image.squash(np.asarray(original)))[0]
+    params = {"quality": 90} if fmt in ("JPEG", "WEBP") else {}
+    data = encode(original, fmt, **params)
+    signals = image.hash_query(data, LIMITS)
+    pdq = next(s for s in signals if s.kind == "pdq" and s.variant == "original")
+    limit = 40 if fmt == "GIF" else 12  # GIF: 256-colour palette
+    assert hamming(pdq.value, reference) <= limit
+    assert {s.kind for s in signals} == {"md5", "sha256", "pdq"}
+
+
+def test_gif_first_frame_is_hashed():
+    frames = [photo(1), photo(6)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    first = image.decode_rgb(buf.getvalue(), LIMITS)
+    assert first.shape[:2] == (frames[0].height, frames[0].width)
+    assert hamming(image.pdq_hash(first)[0], image.pdq_hash(np.asarray(frames[0]))[0]) <= 40
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "1", "I", "F"])
+def test_every_mode_decodes_to_rgb(mode):
+    img = photo(2).convert(mode)
+    fmt = "TIFF" if mode in ("CMYK", "I", "F") else "PNG"
+    rgb = image.decode_rgb(encode(img, fmt), LIMITS)
+    assert rgb.dtype == np.uint8 and rgb.shape == (img.height, img.width, 3)
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "words"),
+    [
+        (b"", InvalidArgument, "empty"),
+        (encode(photo(1), "GIF")[:2000], CorruptMedia, "truncated"),
+        (b"%PDF-1.7 not an image", UnsupportedMedia, "not a supported image"),
+        (encode(photo(0))[:500], CorruptMedia, "truncated"),
+    ],
+)
+def test_bad_input_errors_say_what_is_wrong(data, error, words):
+    with pytest.raises(error) as err:
+        image.hash_query(data, LIMITS)
+    assert words in str(err.value)
+
+
+def test_decompression_bomb_refused_fast_and_limits_are_configurable():
+    started = time.perf_counter()
+    with pytest.raises(TooLarge, match="30000x30000"):
+        image.hash_query(png_bomb(30000, 30000), LIMITS)
+    assert time.perf_counter() - started < 2
+    small_limits = ImageLimits(max_pixels=10_000)
+    with pytest.raises(TooLarge):
+        image.hash_known(encode(photo(0)), small_limits)
+    with pytest.raises(TooLarge, match="bytes"):
+        image.hash_known(encode(photo(0)), ImageLimits(max_bytes=100))
+
+
+def test_letterboxed_copy_matches_through_trimming():
+    original = photo(4)
+    w, h = original.size
+    boxed = Image.new("RGB", (w + 200, h + 120), (0, 0, 0))
+    boxed.paste(original, (100, 60))
+    distance, variant = best_distance(encode(original), encode(boxed, quality=90))
+    assert distance <= 31 and variant == "original"
+
+
+def test_caption_bar_and_screenshot_copies_match_through_regions():
+    original = photo(7).resize((600, 400))
+    captioned = Image.new("RGB", (600, 470), (255, 255, 255))
+    captioned.paste(original, (0, 70))
+    ImageDraw.Draw(captioned).text((20, 20), "BREAKING: share before deleted", fill=(0, 0, 0))
+    distance, variant = best_distance(encode(original), encode(captioned, quality=90))
+    assert distance <= 31, variant
+
+    screen = Image.new("RGB", (1280, 800), (250, 250, 250))
+    draw = ImageDraw.Draw(screen)
+    draw.rectangle((0, 0, 1280, 56), fill=(40, 90, 160))
+    screen.paste(original.resize((720, 480)), (120, 140))
+    for i in range(6):
+        draw.text((900, 120 + 40 * i), f"trending #{i}", fill=(20, 20, 20))
+    distance, variant = best_distance(encode(original), encode(screen, "PNG"))
+    assert distance <= 31, variant
+
+
+def test_mirrored_and_rotated_copies_match_through_dihedral_variants():
+    original = photo(5)
+    for transpose, variant in (
+        (Image.Transpose.FLIP_LEFT_RIGHT, "flip_horizontal"),
+        (Image.Transpose.ROTATE_90, "rotate_270"),
+    ):
+        distance, matched = best_distance(encode(original), encode(original.transpose(transpose)))
+        assert distance <= 31 and matched == variant
+
+
+def test_unrelated_photos_stay_far_apart():
+    for i in range(5):
+        distance, _ = best_distance(encode(photo(i)), encode(photo(i + 5)))
+        assert distance > 60
