@@ -98,47 +98,48 @@ def candidate_boxes(gray: np.ndarray, limit: int = 6) -> list[Box]:
     rows = [0, *_line_positions(h_edges.mean(axis=1)), h]
     cols = [0, *_line_positions(v_edges.mean(axis=0)), w]
 
-    def support_row(y: int, x0: int, x1: int) -> float:
-        if y in (0, h):
-            return 1.0
-        return float(h_cum[y - 1, x1] - h_cum[y - 1, x0]) / max(1, x1 - x0)
+    row_pairs = [(a, b) for a, b in _pairs(rows) if b - a >= MIN_SIDE * h]
+    col_pairs = [(a, b) for a, b in _pairs(cols) if b - a >= MIN_SIDE * w]
+    if not row_pairs or not col_pairs:
+        return []
+    ry0, ry1 = (np.array(v) for v in zip(*row_pairs, strict=True))
+    cx0, cx1 = (np.array(v) for v in zip(*col_pairs, strict=True))
 
-    def support_col(x: int, y0: int, y1: int) -> float:
-        if x in (0, w):
-            return 1.0
-        return float(v_cum[y1, x - 1] - v_cum[y0, x - 1]) / max(1, y1 - y0)
+    def along_rows(ys: np.ndarray) -> np.ndarray:
+        """Support of the horizontal line at each y over each column pair."""
+        inner = np.clip(ys - 1, 0, h - 2)
+        run = h_cum[inner][:, cx1] - h_cum[inner][:, cx0]
+        return run / np.maximum(1, cx1 - cx0)[None, :]
 
+    def along_cols(xs: np.ndarray) -> np.ndarray:
+        inner = np.clip(xs - 1, 0, w - 2)
+        run = v_cum[ry1][:, inner] - v_cum[ry0][:, inner]  # (row pairs, xs)
+        return (run / np.maximum(1, ry1 - ry0)[:, None]).T
+
+    # (row pair, column pair) grids of each side's support and whether the
+    # side is a real edge (not the image border).
+    top, bottom = along_rows(ry0), along_rows(ry1)
+    left, right = along_cols(cx0).T, along_cols(cx1).T
+    real_top = np.broadcast_to((ry0 != 0)[:, None], top.shape)
+    real_bottom = np.broadcast_to((ry1 != h)[:, None], top.shape)
+    real_left = np.broadcast_to((cx0 != 0)[None, :], top.shape)
+    real_right = np.broadcast_to((cx1 != w)[None, :], top.shape)
+    sides = np.stack([top, bottom, left, right])
+    real = np.stack([real_top, real_bottom, real_left, real_right])
+    n_real = real.sum(axis=0)
+    weakest = np.where(real, sides, np.inf).min(axis=0)
+    mean_real = np.where(real, sides, 0).sum(axis=0) / np.maximum(1, n_real)
+    keep = (n_real > 0) & (weakest >= MIN_SUPPORT)
     scored = []
-    for i, y0 in enumerate(rows):
-        for y1 in rows[i + 1 :]:
-            if y1 - y0 < MIN_SIDE * h:
-                continue
-            for j, x0 in enumerate(cols):
-                for x1 in cols[j + 1 :]:
-                    if x1 - x0 < MIN_SIDE * w or (y0, x0, y1, x1) == (0, 0, h, w):
-                        continue
-                    sides = [
-                        support_row(y0, x0, x1),
-                        support_row(y1, x0, x1),
-                        support_col(x0, y0, y1),
-                        support_col(x1, y0, y1),
-                    ]
-                    real = [
-                        support
-                        for support, pos, end in zip(
-                            sides, (y0, y1, x0, x1), (h, h, w, w), strict=True
-                        )
-                        if pos not in (0, end)
-                    ]
-                    if not real or min(real) < MIN_SUPPORT:
-                        continue
-                    # More real edges first: a photo framed on all four sides
-                    # inside a screenshot is rarely a coincidence; a box with
-                    # one real edge (a caption bar's) comes after.
-                    area = (y1 - y0) * (x1 - x0) / (h * w)
-                    scored.append(
-                        (len(real), sum(real) / len(real), area, (y0 / h, x0 / w, y1 / h, x1 / w))
-                    )
+    for a, b in zip(*np.nonzero(keep), strict=True):
+        y0, y1, x0, x1 = int(ry0[a]), int(ry1[a]), int(cx0[b]), int(cx1[b])
+        # More real edges first: a photo framed on all four sides inside a
+        # screenshot is rarely a coincidence; a box with one real edge (a
+        # caption bar's) comes after.
+        area = (y1 - y0) * (x1 - x0) / (h * w)
+        scored.append(
+            (int(n_real[a, b]), float(mean_real[a, b]), area, (y0 / h, x0 / w, y1 / h, x1 / w))
+        )
     scored.sort(key=lambda t: (-t[0], -round(t[1], 1), -t[2]))
     # A few of each kind: framed on four sides (screenshot), on two or three,
     # and cut once across (caption bar), so one kind cannot crowd out another.
@@ -152,6 +153,10 @@ def candidate_boxes(gray: np.ndarray, limit: int = 6) -> list[Box]:
                 chosen.append(box)
                 taken += 1
     return chosen[:limit]
+
+
+def _pairs(positions: list[int]) -> list[tuple[int, int]]:
+    return [(a, b) for i, a in enumerate(positions) for b in positions[i + 1 :]]
 
 
 def _line_positions(strength: np.ndarray) -> list[int]:
