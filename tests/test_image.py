@@ -33,7 +33,9 @@ def test_every_format_hashes_close_to_the_original(fmt):
     data = encode(original, fmt, **params)
     signals = image.hash_query(data, LIMITS)
     pdq = next(s for s in signals if s.kind == "pdq" and s.variant == "original")
-    limit = 40 if fmt == "GIF" else 12  # GIF: 256-colour palette
+    # Uploads are hashed from a 256 px decode (see hash_query): up to ~20 bits
+    # from the full-size reference; GIF also loses colour to its palette.
+    limit = 40 if fmt == "GIF" else 24
     assert hamming(pdq.value, reference) <= limit
     assert {s.kind for s in signals} == {"md5", "sha256", "pdq"}
 

@@ -53,8 +53,12 @@ Image.MAX_IMAGE_PIXELS = None
 # ------------------------------------------------------------------ decoding
 
 
-def decode_rgb(data: bytes, limits: ImageLimits) -> np.ndarray:
-    """HxWx3 uint8 of the first frame, or a typed error saying what is wrong."""
+def decode_rgb(data: bytes, limits: ImageLimits, at_least: int = 0) -> np.ndarray:
+    """HxWx3 uint8 of the first frame, or a typed error saying what is wrong.
+
+    at_least > 0 lets a JPEG be decoded at a reduced scale (1/2, 1/4, 1/8, done
+    inside the DCT, several times faster) as long as both sides stay >= at_least.
+    """
     if not data:
         raise InvalidArgument("empty media")
     if len(data) > limits.max_bytes:
@@ -82,8 +86,10 @@ def decode_rgb(data: bytes, limits: ImageLimits) -> np.ndarray:
             )
         try:
             img.seek(0)  # first frame of an animation
+            if at_least and img.format == "JPEG":
+                img.draft("RGB", (at_least, at_least))
             img.load()
-            return np.asarray(_to_rgb(img))
+            return np.asarray(img if img.mode == "RGB" else _to_rgb(img))
         except Image.DecompressionBombError as exc:
             raise TooLarge(f"image has too many pixels: {exc}") from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -144,18 +150,11 @@ def _exact(data: bytes) -> list[Signal]:
 
 
 def _gray(rgb: np.ndarray) -> np.ndarray:
-    small = _shrink(rgb, VIEW_SIDE)
-    return small.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def _trimmed(rgb: np.ndarray, gray: np.ndarray | None = None, loose: bool = False):
-    """The picture without its uniform borders (loose: without bands that are
-    mostly one colour, such as caption bars), or None when there is none."""
-    gray = _gray(rgb) if gray is None else gray
-    box = regions.content_box(gray) if loose else regions.trim_uniform_borders(gray)
-    if max(box[0], box[1], 1 - box[2], 1 - box[3]) < MIN_TRIM:
-        return None
-    return regions.cut(rgb, box)
+def _box_or_none(box: regions.Box) -> regions.Box | None:
+    return None if max(box[0], box[1], 1 - box[2], 1 - box[3]) < MIN_TRIM else box
 
 
 def _crop(rgb: np.ndarray, keep: float, anchor_y: float, anchor_x: float) -> np.ndarray:
@@ -172,39 +171,66 @@ def _corner_views(view: np.ndarray) -> list[Signal]:
     ]
 
 
+class _Views:
+    """The decoded picture at the sizes hashing needs. Boxes are fractions of
+    the picture, so one found on the small copy cuts the same region from the
+    512 px one; PDQ reads a 64x64 summary, so the squash's change of aspect does
+    not matter to it."""
+
+    def __init__(self, rgb: np.ndarray, reference_side: int = REFERENCE_SIDE) -> None:
+        # what the "original" hash is computed on
+        self.reference = squash(rgb, reference_side)
+        self.small = _shrink(self.reference, VIEW_SIDE)
+        self.gray = _gray(self.small)
+        self.border = _box_or_none(regions.trim_uniform_borders(self.gray))
+
+    def picture(self) -> np.ndarray:
+        """The reference-size picture without uniform borders."""
+        return regions.cut(self.reference, self.border) if self.border else self.reference
+
+    def picture_small(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.border:
+            return self.small, self.gray
+        return regions.cut(self.small, self.border), regions.cut(self.gray, self.border)
+
+
+def _content_view(small: np.ndarray, gray: np.ndarray) -> Signal | None:
+    box = _box_or_none(regions.content_box(gray))
+    return _pdq_signal(regions.cut(small, box), "content") if box else None
+
+
 def hash_known(data: bytes, limits: ImageLimits) -> list[Signal]:
-    rgb = decode_rgb(data, limits)
-    signals = [*_exact(data), _pdq_signal(squash(rgb), "original")]
-    trimmed = _trimmed(rgb)
-    if trimmed is not None:
-        signals.append(_pdq_signal(squash(trimmed), "trimmed"))
-    view = _shrink(trimmed if trimmed is not None else rgb)
+    views = _Views(decode_rgb(data, limits))
+    signals = [*_exact(data), _pdq_signal(views.reference, "original")]
+    if views.border:
+        signals.append(_pdq_signal(views.picture(), "trimmed"))
+    small, gray = views.picture_small()
     for keep, ay, ax in KNOWN_CROPS:
-        signals.append(_pdq_signal(_crop(view, keep, ay, ax), f"crop_{keep:.2f}_{ay}_{ax}"))
-    signals.extend(_corner_views(view))
-    loose = _trimmed(rgb, loose=True)
-    if loose is not None and (trimmed is None or loose.shape != trimmed.shape):
-        signals.append(_pdq_signal(_shrink(loose), "content"))
+        signals.append(_pdq_signal(_crop(small, keep, ay, ax), f"crop_{keep:.2f}_{ay}_{ax}"))
+    signals.extend(_corner_views(small))
+    content = _content_view(small, gray)
+    if content is not None:
+        signals.append(content)
     return signals
 
 
 def hash_query(data: bytes, limits: ImageLimits) -> list[Signal]:
-    rgb = decode_rgb(data, limits)
+    # Uploads are only compared with our own stored views, never exported, so
+    # they can be decoded and hashed small: a JPEG at a reduced DCT scale, every
+    # view at VIEW_SIDE. The cost is a few bits (bench/robustness.py measures it).
+    views = _Views(decode_rgb(data, limits, at_least=VIEW_SIDE), reference_side=VIEW_SIDE)
     signals = _exact(data)
-    trimmed = _trimmed(rgb)
-    if trimmed is not None:
+    if views.border:
         # the upload as is, as another platform would hash it
-        signals.append(_pdq_signal(squash(rgb), "untrimmed"))
-    picture = trimmed if trimmed is not None else rgb
-    hashes, quality = pdqhash.compute_dihedral(np.ascontiguousarray(squash(picture)))
+        signals.append(_pdq_signal(views.reference, "untrimmed"))
+    hashes, quality = pdqhash.compute_dihedral(np.ascontiguousarray(views.picture()))
     for name, bits in zip(DIHEDRAL, hashes, strict=True):
         signals.append(Signal("pdq", _pack(bits), int(quality), name))
-    view = _shrink(picture)
-    signals.extend(_corner_views(view))
-    gray = _gray(picture)
-    loose = _trimmed(picture, gray, loose=True)
-    if loose is not None:
-        signals.append(_pdq_signal(_shrink(loose), "content"))
+    small, gray = views.picture_small()
+    signals.extend(_corner_views(small))
+    content = _content_view(small, gray)
+    if content is not None:
+        signals.append(content)
     for n, box in enumerate(regions.candidate_boxes(gray)):
-        signals.append(_pdq_signal(_shrink(regions.cut(picture, box)), f"region_{n}"))
+        signals.append(_pdq_signal(regions.cut(small, box), f"region_{n}"))
     return signals
