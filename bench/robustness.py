@@ -13,6 +13,7 @@ reaches an entry made from a *different* photo is a false match.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -34,6 +35,20 @@ from hashsvc.policy import ALLOW, BLOCK, Policy, strictest  # noqa: E402
 
 CONFIG = Config()
 POLICY = Policy(CONFIG.pdq)
+
+
+def use_thresholds(block: int | None, review: int | None) -> None:
+    """Try other default thresholds (to choose them from measurements)."""
+    global CONFIG, POLICY
+    pdq = dataclasses.replace(
+        CONFIG.pdq,
+        block_distance=CONFIG.pdq.block_distance if block is None else block,
+        review_distance=CONFIG.pdq.review_distance if review is None else review,
+    )
+    CONFIG = dataclasses.replace(CONFIG, pdq=pdq)
+    POLICY = Policy(pdq)
+
+
 DEFAULT_SET = HashSetRecord(0, "bench", "", {}, {}, True, None, None)
 
 
@@ -59,7 +74,10 @@ def decide(q_sigs, k_sigs, qi, ki, distance) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--short", action="store_true", help="12 photos, for CI")
+    parser.add_argument("--block", type=int, help="PDQ block threshold to try")
+    parser.add_argument("--review", type=int, help="PDQ review threshold to try")
     args = parser.parse_args()
+    use_thresholds(args.block, args.review)
     photos = load_photos(12 if args.short else None)
     limits = CONFIG.image
     rng = np.random.default_rng(20261124)

@@ -21,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from hashsvc import __version__
 from hashsvc.client import Client
+from hashsvc.config import PdqPolicy
 from hashsvc.errors import HashsvcError
 from hashsvc.v1 import hashsvc_pb2 as pb
 
@@ -120,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--description", default="")
     p.add_argument("--label", action="append", default=[], metavar="K=V")
     p.add_argument("--block-threshold", type=int, help="PDQ distance <= N blocks (default 31)")
-    p.add_argument("--review-threshold", type=int, help="PDQ distance <= N is reviewed")
+    p.add_argument(
+        "--review-threshold", type=int, help="PDQ distance <= N is reviewed (default 56)"
+    )
     _client_opts(p, json_flag=True)
     p.set_defaults(func=cmd_sets_create)
     p = sets_sub.add_parser("list", help="list hash sets with their entry counts")
@@ -312,8 +315,13 @@ def _print_set(s: pb.HashSet, as_json: bool) -> None:
 def cmd_sets_create(args) -> int:
     thresholds = []
     if args.block_threshold is not None or args.review_threshold is not None:
-        block = 31 if args.block_threshold is None else args.block_threshold
-        review = max(block, 50) if args.review_threshold is None else args.review_threshold
+        defaults = PdqPolicy()
+        block = defaults.block_distance if args.block_threshold is None else args.block_threshold
+        review = (
+            max(block, defaults.review_distance)
+            if args.review_threshold is None
+            else args.review_threshold
+        )
         thresholds.append(
             pb.Threshold(signal_type="pdq", block_distance=block, review_distance=review)
         )
