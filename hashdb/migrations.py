@@ -8,6 +8,32 @@ filters compare integers and nothing depends on a server's time zone.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+
+def apply(cur, migrations: list[list[str]]) -> int:
+    """Brings the schema up to date through a cursor taking `?` placeholders,
+    inside the caller's transaction (which holds the dialect's migration lock).
+    Returns the schema version."""
+    cur.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations"
+        " (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
+    )
+    cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+    current = cur.fetchone()[0]
+    for version, statements in enumerate(migrations, start=1):
+        if version <= current:
+            continue
+        for statement in statements:
+            cur.execute(statement)
+        cur.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+            (version, int(datetime.now(UTC).timestamp() * 1_000_000)),
+        )
+        current = version
+    return current
+
+
 SQLITE: list[list[str]] = [
     [
         """CREATE TABLE hash_sets (

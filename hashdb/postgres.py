@@ -10,8 +10,8 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool
 
-from hashdb.migrations import POSTGRES
-from hashdb.sqlbase import SQLStore, now_micros
+from hashdb import migrations
+from hashdb.sqlbase import SQLStore
 
 # Advisory lock keys (arbitrary constants, "hsv" + purpose).
 _MIGRATE_LOCK = 0x687376_01
@@ -74,21 +74,7 @@ class PostgresStore(SQLStore):
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
             if self.schema:
                 cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-            cur.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations"
-                " (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
-            )
-            cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-            current = cur.fetchone()[0]
-            for version, statements in enumerate(POSTGRES, start=1):
-                if version <= current:
-                    continue
-                for statement in statements:
-                    cur.execute(statement)
-                cur.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, %s)",
-                    (version, now_micros()),
-                )
+            migrations.apply(_Cursor(cur), migrations.POSTGRES)
 
     def close(self) -> None:
         self._pool.close()

@@ -12,8 +12,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from hashdb.migrations import SQLITE
-from hashdb.sqlbase import SQLStore, now_micros
+from hashdb import migrations
+from hashdb.sqlbase import SQLStore
 
 
 class SQLiteStore(SQLStore):
@@ -84,22 +84,8 @@ class SQLiteStore(SQLStore):
                 cur.close()
 
     def _migrate(self) -> None:
-        with self._write() as cur:
-            cur.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations"
-                " (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
-            )
-            cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-            current = cur.fetchone()[0]
-            for version, statements in enumerate(SQLITE, start=1):
-                if version <= current:
-                    continue
-                for statement in statements:
-                    cur.execute(statement)
-                cur.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
-                    (version, now_micros()),
-                )
+        with self._write() as cur:  # BEGIN IMMEDIATE: one process migrates at a time
+            migrations.apply(cur, migrations.SQLITE)
 
     def close(self) -> None:
         with self._lock:

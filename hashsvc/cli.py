@@ -393,59 +393,71 @@ def _parse_hash_arg(text: str) -> pb.SignalValue:
     return pb.SignalValue(signal_type=kind.strip().lower(), value=value.strip())
 
 
+def _each_item(items: list, label_of, call, show, as_json: bool) -> int:
+    """Runs call(item) for every item; a failed item is reported (stderr, and a
+    JSON error line with --json) and the rest go on. Stops early only when the
+    server is unreachable."""
+    failures = 0
+    for item in items:
+        label = label_of(item)
+        try:
+            result = call(item)
+        except (OSError, grpc.RpcError) as exc:
+            failures += 1
+            _report_item_error(label, exc, as_json)
+            if _unreachable(exc):
+                return EXIT_UNREACHABLE
+            continue
+        show(label, result)
+    return EXIT_FAILED if failures else EXIT_OK
+
+
 def cmd_add(args) -> int:
     if not args.files and not args.hash:
         raise UsageError("give files to add, or --hash TYPE:HEX")
     if args.name and len(args.files) + len(args.hash) != 1:
         raise UsageError("--name needs exactly one file or hash")
     labels = _labels(args.label)
-    failures = 0
     items = [(path, None) for path in args.files] + [(None, h) for h in args.hash]
+    done = 0
+
+    def add(item):
+        path, hash_text = item
+        req = pb.AddEntryRequest(set=args.set_name, labels=labels)
+        if path is not None:
+            req.media.content = _read(path)
+            req.media.filename = os.path.basename(path)
+            req.name = args.name or os.path.basename(path)
+        else:
+            req.signal.CopyFrom(_parse_hash_arg(hash_text))
+            req.name = args.name or hash_text.partition(":")[2].strip()
+        return client.curation.AddEntry(req, metadata=client.metadata)
+
+    def show(label, entry):
+        nonlocal done
+        done += 1
+        if args.json:
+            _print_json({"file": label, **entry_json(entry)})
+        else:
+            print(f"added {entry.name} to {args.set_name} ({done}/{len(items)})")
+
     with _client(args) as client:
-        for done, (path, hash_text) in enumerate(items, start=1):
-            label = path or hash_text
-            try:
-                req = pb.AddEntryRequest(set=args.set_name, labels=labels)
-                if path is not None:
-                    req.media.content = _read(path)
-                    req.media.filename = os.path.basename(path)
-                    req.name = args.name or os.path.basename(path)
-                else:
-                    req.signal.CopyFrom(_parse_hash_arg(hash_text))
-                    req.name = args.name or hash_text.partition(":")[2].strip()
-                entry = client.curation.AddEntry(req, metadata=client.metadata)
-            except (OSError, grpc.RpcError) as exc:
-                failures += 1
-                _report_item_error(label, exc, args.json)
-                if _unreachable(exc):
-                    return EXIT_UNREACHABLE
-                continue
-            if args.json:
-                _print_json({"file": label, **entry_json(entry)})
-            else:
-                print(f"added {entry.name} to {args.set_name} ({done}/{len(items)})")
-    return EXIT_FAILED if failures else EXIT_OK
+        return _each_item(items, lambda item: item[0] or item[1], add, show, args.json)
 
 
 def cmd_remove(args) -> int:
-    failures = 0
+    def remove(name):
+        req = pb.RemoveEntryRequest(set=args.set_name, name=name)
+        return client.curation.RemoveEntry(req, metadata=client.metadata)
+
+    def show(name, _):
+        if args.json:
+            _print_json({"set": args.set_name, "entry": name, "removed": True})
+        else:
+            print(f"removed {name} from {args.set_name}")
+
     with _client(args) as client:
-        for name in args.entries:
-            try:
-                client.curation.RemoveEntry(
-                    pb.RemoveEntryRequest(set=args.set_name, name=name), metadata=client.metadata
-                )
-            except grpc.RpcError as exc:
-                failures += 1
-                _report_item_error(name, exc, args.json)
-                if _unreachable(exc):
-                    return EXIT_UNREACHABLE
-                continue
-            if args.json:
-                _print_json({"set": args.set_name, "entry": name, "removed": True})
-            else:
-                print(f"removed {name} from {args.set_name}")
-    return EXIT_FAILED if failures else EXIT_OK
+        return _each_item(args.entries, str, remove, show, args.json)
 
 
 def cmd_entries_list(args) -> int:
@@ -503,30 +515,28 @@ def match_json(label: str, resp: pb.MatchResponse) -> dict:
 def cmd_match(args) -> int:
     if not args.files and not args.hash:
         raise UsageError("give files to match (- for stdin), or --hash TYPE:HEX")
-    failures = 0
     items = [(path, None) for path in args.files] + [(None, h) for h in args.hash]
+
+    def match(item):
+        path, hash_text = item
+        req = pb.MatchRequest(client_ref=args.client_ref, sets=args.sets)
+        if path is not None:
+            req.media.content = _read(path)
+            req.media.filename = "stdin" if path == "-" else os.path.basename(path)
+        else:
+            req.signal.CopyFrom(_parse_hash_arg(hash_text))
+        return client.matcher.Match(req, metadata=client.metadata)
+
+    def show(label, resp):
+        if args.json:
+            _print_json(match_json(label, resp))
+        else:
+            _print_match_text(label, resp)
+
     with _client(args) as client:
-        for path, hash_text in items:
-            label = path if path is not None else hash_text
-            try:
-                req = pb.MatchRequest(client_ref=args.client_ref, sets=args.sets)
-                if path is not None:
-                    req.media.content = _read(path)
-                    req.media.filename = "stdin" if path == "-" else os.path.basename(path)
-                else:
-                    req.signal.CopyFrom(_parse_hash_arg(hash_text))
-                resp = client.matcher.Match(req, metadata=client.metadata)
-            except (OSError, grpc.RpcError) as exc:
-                failures += 1
-                _report_item_error(label, exc, args.json)
-                if _unreachable(exc):
-                    return EXIT_UNREACHABLE
-                continue
-            if args.json:
-                _print_json(match_json(label, resp))
-            else:
-                _print_match_text(label, resp)
-    return EXIT_FAILED if failures else EXIT_OK
+        return _each_item(
+            items, lambda item: item[0] if item[0] is not None else item[1], match, show, args.json
+        )
 
 
 def _print_match_text(label: str, resp: pb.MatchResponse) -> None:
