@@ -233,4 +233,7 @@ def hash_query(data: bytes, limits: ImageLimits) -> list[Signal]:
         signals.append(content)
     for n, box in enumerate(regions.candidate_boxes(gray)):
         signals.append(_pdq_signal(regions.cut(small, box), f"region_{n}"))
+    textured = regions.textured_box(gray)
+    if textured is not None:
+        signals.append(_pdq_signal(regions.cut(small, textured), "textured"))
     return signals

@@ -25,6 +25,7 @@ MIN_LINE = 0.25
 MIN_SUPPORT = 0.5
 MIN_SIDE = 0.3  # candidate rectangles keep at least this share of each side
 MAX_CUTS = 8
+TEXTURE_STD = 10.0  # an 8x8 block of a photo varies more than this; flat UI does not
 # "Mostly flat" rows: FLAT_SHARE of their pixels within FLAT_TOLERANCE of the
 # row's median; content starts where CONTENT_RUN such rows are not flat in a row.
 FLAT_TOLERANCE = 12.0
@@ -82,6 +83,60 @@ def _content_span(flat: np.ndarray, min_keep: int) -> tuple[int, int]:
     if end - start < max(min_keep, 1):
         return 0, n
     return start, end
+
+
+def textured_box(gray: np.ndarray, block: int = 8) -> Box | None:
+    """The bounding box of the largest textured area, after erasing thin
+    textured strokes (lines of text, icons): a photo inside a screenshot whose
+    edges do not stand out against the app's background."""
+    h, w = gray.shape
+    rows, cols = h // block, w // block
+    if rows < 6 or cols < 6:
+        return None
+    blocks = gray[: rows * block, : cols * block].reshape(rows, block, cols, block)
+    busy = blocks.std(axis=(1, 3)) > TEXTURE_STD
+    # erode by one block in every direction (3x3): a line of text is one or two
+    # blocks tall and disappears; a photo keeps its core
+    core = busy.copy()
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            core &= np.roll(np.roll(busy, dy, axis=0), dx, axis=1)
+    core[[0, -1], :] = False
+    core[:, [0, -1]] = False
+    if not core.any():
+        return None
+    component = _largest_component(core)
+    ys, xs = np.nonzero(component)
+    # grow back the eroded block on each side
+    top, bottom = max(0, ys.min() - 1), min(rows, ys.max() + 2)
+    left, right = max(0, xs.min() - 1), min(cols, xs.max() + 2)
+    if (bottom - top) < MIN_SIDE * rows or (right - left) < MIN_SIDE * cols:
+        return None
+    box = (top * block / h, left * block / w, bottom * block / h, right * block / w)
+    return None if _iou(box, FULL) > 0.9 else box
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """4-connected component with the most cells (the grid is small: 32x32)."""
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    best, best_size, current = 0, 0, 0
+    for start in zip(*np.nonzero(mask), strict=True):
+        if labels[start]:
+            continue
+        current += 1
+        stack, size = [start], 0
+        labels[start] = current
+        while stack:
+            y, x = stack.pop()
+            size += 1
+            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                inside = 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1]
+                if inside and mask[ny, nx] and not labels[ny, nx]:
+                    labels[ny, nx] = current
+                    stack.append((ny, nx))
+        if size > best_size:
+            best, best_size = current, size
+    return labels == best
 
 
 def candidate_boxes(gray: np.ndarray, limit: int = 6) -> list[Box]:
