@@ -194,9 +194,20 @@ class _Views:
         return regions.cut(self.small, self.border), regions.cut(self.gray, self.border)
 
 
-def _content_view(small: np.ndarray, gray: np.ndarray) -> Signal | None:
-    box = _box_or_none(regions.content_box(gray))
-    return _pdq_signal(regions.cut(small, box), "content") if box else None
+# Content bands: strict (any 3 busy rows are content) and wide (a run of 8% of
+# the side is needed, so lines of caption text are cut away too).
+CONTENT_RUNS = {"content": 0.0, "content_wide": 0.08}
+
+
+def _content_views(small: np.ndarray, gray: np.ndarray) -> list[Signal]:
+    boxes: list[regions.Box] = []
+    signals = []
+    for name, run in CONTENT_RUNS.items():
+        box = _box_or_none(regions.content_box(gray, run))
+        if box and box not in boxes:
+            boxes.append(box)
+            signals.append(_pdq_signal(regions.cut(small, box), name))
+    return signals
 
 
 def hash_known(data: bytes, limits: ImageLimits) -> list[Signal]:
@@ -208,9 +219,7 @@ def hash_known(data: bytes, limits: ImageLimits) -> list[Signal]:
     for keep, ay, ax in KNOWN_CROPS:
         signals.append(_pdq_signal(_crop(small, keep, ay, ax), f"crop_{keep:.2f}_{ay}_{ax}"))
     signals.extend(_corner_views(small))
-    content = _content_view(small, gray)
-    if content is not None:
-        signals.append(content)
+    signals.extend(_content_views(small, gray))
     return signals
 
 
@@ -228,9 +237,7 @@ def hash_query(data: bytes, limits: ImageLimits) -> list[Signal]:
         signals.append(Signal("pdq", _pack(bits), int(quality), name))
     small, gray = views.picture_small()
     signals.extend(_corner_views(small))
-    content = _content_view(small, gray)
-    if content is not None:
-        signals.append(content)
+    signals.extend(_content_views(small, gray))
     for n, box in enumerate(regions.candidate_boxes(gray)):
         signals.append(_pdq_signal(regions.cut(small, box), f"region_{n}"))
     textured = regions.textured_box(gray)

@@ -27,10 +27,9 @@ MIN_SIDE = 0.3  # candidate rectangles keep at least this share of each side
 MAX_CUTS = 8
 TEXTURE_STD = 10.0  # an 8x8 block of a photo varies more than this; flat UI does not
 # "Mostly flat" rows: FLAT_SHARE of their pixels within FLAT_TOLERANCE of the
-# row's median; content starts where CONTENT_RUN such rows are not flat in a row.
+# row's median.
 FLAT_TOLERANCE = 12.0
 FLAT_SHARE = 0.7
-CONTENT_RUN = 3
 PER_KIND = 2
 
 
@@ -55,13 +54,15 @@ def _trim(std: np.ndarray, min_keep: int) -> tuple[int, int]:
     return start, end
 
 
-def content_box(gray: np.ndarray, keep: float = 0.3) -> Box:
+def content_box(gray: np.ndarray, run: float = 0.0, keep: float = 0.3) -> Box:
     """Box without the bands at the edges that are mostly one colour, text or
-    not: a caption bar, a title strip, letterboxing with a logo, app chrome."""
+    not: a caption bar, a title strip, letterboxing with a logo, app chrome.
+    Content starts where `run` (a share of the side; 0: 3 rows) of rows in a
+    row are not flat: a larger run also steps over lines of dense text."""
     h, w = gray.shape
-    top, bottom = _content_span(_mostly_flat(gray), int(h * keep))
+    top, bottom = _content_span(_mostly_flat(gray), int(h * keep), _run(h, run))
     inner = gray[top:bottom]
-    left, right = _content_span(_mostly_flat(inner.T), int(w * keep))
+    left, right = _content_span(_mostly_flat(inner.T), int(w * keep), _run(w, run))
     return top / h, left / w, bottom / h, right / w
 
 
@@ -71,15 +72,20 @@ def _mostly_flat(gray: np.ndarray) -> np.ndarray:
     return (np.abs(gray - median) < FLAT_TOLERANCE).mean(axis=1) >= FLAT_SHARE
 
 
-def _content_span(flat: np.ndarray, min_keep: int) -> tuple[int, int]:
-    """First and last rows of content: where CONTENT_RUN non-flat rows start."""
+def _run(n: int, share: float) -> int:
+    return max(3, int(n * share))
+
+
+def _content_span(flat: np.ndarray, min_keep: int, run: int) -> tuple[int, int]:
+    """First and last rows of content: where `run` non-flat rows in a row start
+    (a line of caption text is shorter than that and stays outside)."""
     n = len(flat)
     busy = ~flat
-    runs = np.convolve(busy.astype(np.int32), np.ones(CONTENT_RUN, dtype=np.int32), "valid")
-    starts = np.nonzero(runs == CONTENT_RUN)[0]
+    runs = np.convolve(busy.astype(np.int32), np.ones(run, dtype=np.int32), "valid")
+    starts = np.nonzero(runs == run)[0]
     if len(starts) == 0:
         return 0, n
-    start, end = int(starts[0]), int(starts[-1]) + CONTENT_RUN
+    start, end = int(starts[0]), int(starts[-1]) + run
     if end - start < max(min_keep, 1):
         return 0, n
     return start, end
@@ -105,8 +111,7 @@ def textured_box(gray: np.ndarray, block: int = 8) -> Box | None:
     core[:, [0, -1]] = False
     if not core.any():
         return None
-    component = _largest_component(core)
-    ys, xs = np.nonzero(component)
+    ys, xs = np.nonzero(_large_components(core))
     # grow back the eroded block on each side
     top, bottom = max(0, ys.min() - 1), min(rows, ys.max() + 2)
     left, right = max(0, xs.min() - 1), min(cols, xs.max() + 2)
@@ -116,10 +121,13 @@ def textured_box(gray: np.ndarray, block: int = 8) -> Box | None:
     return None if _iou(box, FULL) > 0.9 else box
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """4-connected component with the most cells (the grid is small: 32x32)."""
+def _large_components(mask: np.ndarray, share: float = 0.2) -> np.ndarray:
+    """4-connected components with at least `share` of the largest one's cells:
+    a photo with a flat patch (sky) splits into parts that all belong to it,
+    while a stray icon stays out. The grid is small (32x32)."""
     labels = np.zeros(mask.shape, dtype=np.int32)
-    best, best_size, current = 0, 0, 0
+    sizes = [0]
+    current = 0
     for start in zip(*np.nonzero(mask), strict=True):
         if labels[start]:
             continue
@@ -134,9 +142,9 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
                 if inside and mask[ny, nx] and not labels[ny, nx]:
                     labels[ny, nx] = current
                     stack.append((ny, nx))
-        if size > best_size:
-            best, best_size = current, size
-    return labels == best
+        sizes.append(size)
+    keep = [label for label, size in enumerate(sizes) if label and size >= share * max(sizes)]
+    return np.isin(labels, keep)
 
 
 def candidate_boxes(gray: np.ndarray, limit: int = 6) -> list[Box]:
