@@ -40,6 +40,11 @@ class Config:
     db_url: str = "sqlite:///hashsvc.db"
     # Hashing runs in worker processes; 0 means one per core.
     workers: int = 0
+    # A hashing job past this is stopped (its worker killed and replaced).
+    hash_timeout_seconds: float = 20.0
+    # Address-space limit of each hashing worker: a decoder that balloons fails
+    # that one request instead of taking the machine's memory. 0 = no limit.
+    worker_memory_bytes: int = 2 * 1024 * 1024 * 1024
     # gRPC message limit; media larger than this is refused with RESOURCE_EXHAUSTED.
     max_message_bytes: int = 64 * 1024 * 1024
     max_batch_items: int = 1000

@@ -65,7 +65,10 @@ class Core:
     def open(cls, config: Config, hash_in_process: bool = False) -> Core:
         store = open_store(config.db_url)
         workers = 0 if hash_in_process else config.worker_count()
-        core = cls(config, store, HashingPool(workers, config.image))
+        pool = HashingPool(
+            workers, config.image, config.hash_timeout_seconds, config.worker_memory_bytes
+        )
+        core = cls(config, store, pool)
         return core
 
     def start(self) -> None:

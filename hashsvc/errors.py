@@ -46,6 +46,10 @@ class Unavailable(HashsvcError):
     pass
 
 
+class Timeout(HashsvcError):
+    """Work ran past its configured time limit and was stopped."""
+
+
 # The one table from core errors to gRPC status code names (service.py turns the
 # names into grpc.StatusCode; the history stores the name).
 STATUS_FOR_ERROR: dict[type[HashsvcError], str] = {
@@ -57,6 +61,7 @@ STATUS_FOR_ERROR: dict[type[HashsvcError], str] = {
     Unauthenticated: "UNAUTHENTICATED",
     PermissionDenied: "PERMISSION_DENIED",
     Unavailable: "UNAVAILABLE",
+    Timeout: "DEADLINE_EXCEEDED",
 }
 
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import resource
 import threading
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from hashsvc.config import ImageLimits
-from hashsvc.errors import InvalidArgument, TooLarge, Unavailable
+from hashsvc.errors import InvalidArgument, Timeout, TooLarge, Unavailable
 from hashsvc.media import image
 from hashsvc.signals import Signal
 
@@ -31,22 +33,54 @@ def _hash(data: bytes, limits: ImageLimits, for_query: bool) -> Hashed:
     if not data:
         raise InvalidArgument("empty media")
     hasher = image.hash_query if for_query else image.hash_known
-    return Hashed("image", hasher(data, limits))
+    try:
+        return Hashed("image", hasher(data, limits))
+    except MemoryError:
+        raise TooLarge("decoding the media needs more memory than a worker may use") from None
+
+
+def _limit_worker_memory(max_bytes: int) -> None:
+    if max_bytes > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
 
 
 class HashingPool:
     """workers > 0: a pool of that many processes; workers == 0: hash in the
     calling thread (tests, benchmarks of the hashing itself)."""
 
-    def __init__(self, workers: int, limits: ImageLimits) -> None:
+    def __init__(
+        self,
+        workers: int,
+        limits: ImageLimits,
+        timeout_seconds: float = 20.0,
+        worker_memory_bytes: int = 0,
+    ) -> None:
         self.workers = workers
         self.limits = limits
+        self.timeout_seconds = timeout_seconds
+        self.worker_memory_bytes = worker_memory_bytes
         self._lock = threading.Lock()
-        self._pool: Executor | None = self._new_pool() if workers > 0 else None
+        self._pool: ProcessPoolExecutor | None = self._new_pool() if workers > 0 else None
 
-    def _new_pool(self) -> Executor:
+    def _new_pool(self) -> ProcessPoolExecutor:
         # spawn, not fork: forking a process that runs gRPC threads is unsafe.
-        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_limit_worker_memory,
+            initargs=(self.worker_memory_bytes,),
+        )
+
+    def _replace(self, pool: ProcessPoolExecutor, kill: bool) -> None:
+        with self._lock:
+            if self._pool is not pool:
+                return  # another request replaced it already
+            self._pool = self._new_pool()
+        if kill:
+            # A hung decoder never returns: end its process so it frees the CPU.
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
 
     def warm_up(self) -> None:
         """Start every worker now so the first requests do not pay for it."""
@@ -66,14 +100,20 @@ class HashingPool:
             return _hash(data, self.limits, for_query)
         pool = self._pool
         try:
-            return pool.submit(_hash, data, self.limits, for_query).result()
+            future = pool.submit(_hash, data, self.limits, for_query)
+            return future.result(timeout=self.timeout_seconds)
+        except FutureTimeout:
+            log.error("hashing took over %.1f s; replacing the workers", self.timeout_seconds)
+            self._replace(pool, kill=True)
+            raise Timeout(
+                f"hashing the media took longer than {self.timeout_seconds:g} s"
+                " (hash_timeout_seconds)"
+            ) from None
         except BrokenProcessPool:
             # A worker died (crash, killed for memory): fail this request,
             # replace the pool, keep serving.
             log.error("hashing worker died; replacing the pool")
-            with self._lock:
-                if self._pool is pool:
-                    self._pool = self._new_pool()
+            self._replace(pool, kill=False)
             raise Unavailable("the media could not be hashed: the hashing worker died") from None
 
     def close(self) -> None:

@@ -1,0 +1,59 @@
+"""The worker pool: a job past its time limit is stopped, a dead worker is
+replaced, and the pool keeps hashing afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from hashsvc.config import ImageLimits
+from hashsvc.errors import Timeout, Unavailable
+from hashsvc.hashing import HashingPool
+from tests.helpers import encode, photo
+
+BIG = encode(photo(0).resize((4000, 3000)))
+SMALL = encode(photo(1))
+
+
+@pytest.fixture
+def pool():
+    p = HashingPool(1, ImageLimits(), timeout_seconds=30, worker_memory_bytes=2 << 30)
+    p.warm_up()
+    yield p
+    p.close()
+
+
+def test_a_job_past_the_time_limit_is_stopped_and_the_pool_goes_on(pool):
+    pool.timeout_seconds = 0.001
+    with pytest.raises(Timeout, match="hash_timeout_seconds"):
+        pool.hash_query(BIG)
+    pool.timeout_seconds = 30
+    assert pool.hash_query(SMALL).media_type == "image"
+
+
+def test_a_killed_worker_fails_one_job_and_is_replaced(pool):
+    worker_pids = list(pool._pool._processes)
+    os.kill(worker_pids[0], signal.SIGKILL)
+    with pytest.raises(Unavailable, match="worker died"):
+        pool.hash_query(SMALL)
+    assert pool.hash_query(SMALL).media_type == "image"
+    assert worker_pids[0] not in pool._pool._processes
+
+
+def test_memory_limit_turns_a_ballooning_decode_into_an_error():
+    """A 20,000 x 20,000 PNG of 50 KB that the pixel limit lets through (raised on
+    purpose) decodes to gigabytes: the worker's memory limit stops it."""
+    from hashsvc.errors import TooLarge
+    from tests.test_bad_input import png_bomb
+
+    lax = ImageLimits(max_pixels=500_000_000, max_side=50_000)
+    # a worker maps ~530 MB of address space at rest (Python, numpy, codecs)
+    small_memory = HashingPool(1, lax, worker_memory_bytes=900 << 20)
+    try:
+        with pytest.raises((TooLarge, Unavailable)):
+            small_memory.hash_known(png_bomb(20000, 20000))
+        assert small_memory.hash_query(SMALL).media_type == "image"
+    finally:
+        small_memory.close()
