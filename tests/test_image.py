@@ -33,7 +33,7 @@ def test_every_format_hashes_close_to_the_original(fmt):
     data = encode(original, fmt, **params)
     signals = image.hash_query(data, LIMITS)
     pdq = next(s for s in signals if s.kind == "pdq" and s.variant == "original")
-    # Uploads are hashed from a 256 px decode (see hash_query): up to ~20 bits
+    # Uploads are hashed from a 240 px decode (see hash_query): up to ~20 bits
     # from the full-size reference; GIF also loses colour to its palette.
     limit = 40 if fmt == "GIF" else 24
     assert hamming(pdq.value, reference) <= limit
