@@ -216,10 +216,15 @@ def _content_views(small: np.ndarray, gray: np.ndarray) -> list[Signal]:
 
 
 def hash_known(data: bytes, limits: ImageLimits) -> list[Signal]:
-    views = _Views(decode_rgb(data, limits))
+    rgb = decode_rgb(data, limits)
+    views = _Views(rgb)
     signals = [*_exact(data), _pdq_signal(views.reference, "original")]
     if views.border:
         signals.append(_pdq_signal(views.picture(), "trimmed"))
+    # The picture as an upload's own views see it (hash_query works at
+    # VIEW_SIDE): the dihedral hashes of a mirrored copy land closer to this.
+    small_views = _Views(rgb, reference_side=VIEW_SIDE)
+    signals.append(_pdq_signal(small_views.picture(), "small"))
     small, gray = views.picture_small()
     for keep, ay, ax in KNOWN_CROPS:
         signals.append(_pdq_signal(_crop(small, keep, ay, ax), f"crop_{keep:.2f}_{ay}_{ax}"))
