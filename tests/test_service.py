@@ -284,3 +284,55 @@ def test_health_reflection_and_tokens(harness):
     with pytest.raises(grpc.RpcError) as err:
         admin.admin.CreateToken(pb.CreateTokenRequest(role="superuser"), metadata=amd)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_health_is_not_serving_until_the_index_is_loaded(tmp_path, monkeypatch):
+    import threading
+
+    from hashsvc.config import Config
+    from hashsvc.core import Core
+    from hashsvc.server import start_server
+
+    loaded = threading.Event()
+    original_start = Core.start
+
+    def slow_start(self):
+        loaded.wait(10)
+        original_start(self)
+
+    monkeypatch.setattr(Core, "start", slow_start)
+
+    running = start_server(
+        Config(listen="127.0.0.1:0", db_url=f"sqlite:///{tmp_path}/h.db", workers=1),
+        hash_in_process=True,
+        block_until_ready=False,
+    )
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+        health = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="hashsvc.v1.Matcher")
+        assert health.Check(request).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        loaded.set()
+        for _ in range(100):
+            if health.Check(request).status == health_pb2.HealthCheckResponse.SERVING:
+                break
+            threading.Event().wait(0.05)
+        assert health.Check(request).status == health_pb2.HealthCheckResponse.SERVING
+        channel.close()
+    finally:
+        loaded.set()
+        running.stop(grace=1)
+
+
+def test_batch_larger_than_the_limit_is_refused(store_url):
+    h = start_harness(store_url, max_batch_items=3)
+    try:
+        m, md = h.stubs("matcher")
+        requests = [match_request(encode(photo(i))) for i in range(5)]
+        with pytest.raises(grpc.RpcError) as err:
+            list(m.matcher.MatchBatch(iter(requests), metadata=md))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_batch_items" in err.value.details()
+        assert m.matcher.Match(match_request(encode(photo(1))), metadata=md).decision == pb.ALLOW
+    finally:
+        h.close()
