@@ -125,3 +125,27 @@ def test_unrelated_photos_stay_far_apart():
     for i in range(5):
         distance, _ = best_distance(encode(photo(i)), encode(photo(i + 5)))
         assert distance > 60
+
+
+def test_flat_derived_views_are_not_kept_and_flat_uploads_do_not_match_each_other():
+    def chat_screen(lines: list[str]) -> bytes:
+        img = Image.new("RGB", (720, 1280), (250, 250, 250))
+        draw = ImageDraw.Draw(img)
+        for i, line in enumerate(lines):
+            draw.text((40, 100 + 60 * i), line, fill=(30, 30, 30))
+        return encode(img, "PNG")
+
+    known = image.hash_known(chat_screen(["hello", "how are you"]), LIMITS)
+    derived = [s for s in known if s.kind == "pdq" and s.variant not in image.WHOLE_PICTURE_VIEWS]
+    assert all(s.quality >= image.MIN_DERIVED_QUALITY for s in derived)
+    query = image.hash_query(chat_screen(["see you", "tomorrow at 5"]), LIMITS)
+    pairs = [
+        (hamming(q.value, k.value), q, k)
+        for q in query
+        if q.kind == "pdq"
+        for k in known
+        if k.kind == "pdq"
+    ]
+    close = [(d, q.variant, k.variant) for d, q, k in pairs if d <= 56]
+    # whatever is close is a whole-picture view of low quality (at most REVIEW)
+    assert all(q.quality < 50 for d, q, k in pairs if d <= 56), close

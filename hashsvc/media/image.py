@@ -46,6 +46,11 @@ KNOWN_CROPS = [(0.95, ay, ax) for ay in (0.0, 0.5, 1.0) for ax in (0.0, 0.5, 1.0
 CORNER_KEEP = 0.68
 CORNERS = [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
 MIN_TRIM = 0.02  # trimming less than this is noise, not a border
+# Views of the whole picture are always kept (the policy caps low-quality
+# matches at REVIEW); a derived view (crop, region, band) this flat is no
+# evidence at all: a patch of sky or of app background matches any other.
+WHOLE_PICTURE_VIEWS = {*DIHEDRAL, "untrimmed", "trimmed", "small"}
+MIN_DERIVED_QUALITY = 50
 
 # Our own pixel limit (ImageLimits) is checked from the header before any pixel
 # is decoded; Pillow's global one would override the configured value.
@@ -215,6 +220,16 @@ def _content_views(small: np.ndarray, gray: np.ndarray) -> list[Signal]:
     return signals
 
 
+def _informative(signals: list[Signal]) -> list[Signal]:
+    return [
+        s
+        for s in signals
+        if s.kind != "pdq"
+        or s.variant in WHOLE_PICTURE_VIEWS
+        or (s.quality or 0) >= MIN_DERIVED_QUALITY
+    ]
+
+
 def hash_known(data: bytes, limits: ImageLimits) -> list[Signal]:
     rgb = decode_rgb(data, limits)
     views = _Views(rgb)
@@ -230,7 +245,7 @@ def hash_known(data: bytes, limits: ImageLimits) -> list[Signal]:
         signals.append(_pdq_signal(_crop(small, keep, ay, ax), f"crop_{keep:.2f}_{ay}_{ax}"))
     signals.extend(_corner_views(small))
     signals.extend(_content_views(small, gray))
-    return signals
+    return _informative(signals)
 
 
 def hash_query(data: bytes, limits: ImageLimits) -> list[Signal]:
@@ -253,4 +268,4 @@ def hash_query(data: bytes, limits: ImageLimits) -> list[Signal]:
     textured = regions.textured_box(gray)
     if textured is not None:
         signals.append(_pdq_signal(regions.cut(small, textured), "textured"))
-    return signals
+    return _informative(signals)
