@@ -147,7 +147,7 @@ def _large_components(mask: np.ndarray, share: float = 0.2) -> np.ndarray:
     return np.isin(labels, keep)
 
 
-def candidate_boxes(gray: np.ndarray, limit: int = 6) -> list[Box]:
+def candidate_boxes(gray: np.ndarray, limit: int = 4) -> list[Box]:
     """Rectangles framed by long straight edges, best supported first."""
     h, w = gray.shape
     if h < 16 or w < 16:
