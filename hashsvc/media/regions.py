@@ -68,7 +68,8 @@ def content_box(gray: np.ndarray, run: float = 0.0, keep: float = 0.3) -> Box:
 
 def _mostly_flat(gray: np.ndarray) -> np.ndarray:
     """Per row: does at least FLAT_SHARE of it lie close to its median colour?"""
-    median = np.median(gray, axis=1, keepdims=True)
+    # the median of every other pixel is as good an estimate, at half the cost
+    median = np.median(gray[:, ::2], axis=1, keepdims=True)
     return (np.abs(gray - median) < FLAT_TOLERANCE).mean(axis=1) >= FLAT_SHARE
 
 
@@ -111,7 +112,10 @@ def textured_box(gray: np.ndarray, block: int = 8) -> Box | None:
     core[:, [0, -1]] = False
     if not core.any():
         return None
-    ys, xs = np.nonzero(_large_components(core))
+    ys, xs = np.nonzero(core)
+    bbox_cells = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+    if len(ys) < 0.8 * bbox_cells:  # not one solid blob: keep the large parts only
+        ys, xs = np.nonzero(_large_components(core))
     # grow back the eroded block on each side
     top, bottom = max(0, ys.min() - 1), min(rows, ys.max() + 2)
     left, right = max(0, xs.min() - 1), min(cols, xs.max() + 2)
