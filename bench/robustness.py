@@ -90,11 +90,12 @@ def main() -> None:
         sigs = image.hash_known(data, limits)
         known.append(pdq_matrix(sigs))
         # the same bytes through the upload path (reduced-scale decode, small views)
-        stored = next(s for s in sigs if s.kind == "pdq" and s.variant == "original")
+        stored = [s for s in sigs if s.kind == "pdq" and s.variant in ("original", "small")]
         query = image.hash_query(data, limits)
         fast_path_cost.append(
             min(
-                hamming(stored.value, s.value)
+                hamming(k.value, s.value)
+                for k in stored
                 for s in query
                 if s.kind == "pdq" and s.variant in ("original", "untrimmed")
             )
@@ -161,7 +162,7 @@ def main() -> None:
     )
     print(f"\nhash_query: median {statistics.median(query_ms):.1f} ms per upload (one core)")
     print(
-        "fast upload path vs stored reference hash, same bytes: median"
+        "fast upload path vs stored whole-picture hashes, same bytes: median"
         f" {statistics.median(fast_path_cost):.0f} bits, max {max(fast_path_cost)}"
     )
     print("\nwhich query view ~ stored view decided the true matches:")
