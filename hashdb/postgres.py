@@ -8,10 +8,11 @@ from urllib.parse import parse_qs, urlparse
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from hashdb import migrations
 from hashdb.sqlbase import SQLStore
+from hashsvc.errors import Unavailable
 
 # Advisory lock keys (arbitrary constants, "hsv" + purpose).
 _MIGRATE_LOCK = 0x687376_01
@@ -55,18 +56,28 @@ class PostgresStore(SQLStore):
 
     @contextmanager
     def _read(self):
-        with self._pool.connection() as conn, conn.cursor() as cur:
+        with _outage_as_unavailable(), self._pool.connection() as conn, conn.cursor() as cur:
             yield _Cursor(cur)
 
     @contextmanager
     def _write(self):
-        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        with (
+            _outage_as_unavailable(),
+            self._pool.connection() as conn,
+            conn.transaction(),
+            conn.cursor() as cur,
+        ):
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_CHANGES_LOCK,))
             yield _Cursor(cur)
 
     @contextmanager
     def _history_write(self):
-        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        with (
+            _outage_as_unavailable(),
+            self._pool.connection() as conn,
+            conn.transaction(),
+            conn.cursor() as cur,
+        ):
             yield _Cursor(cur)
 
     def _migrate(self) -> None:
@@ -78,6 +89,16 @@ class PostgresStore(SQLStore):
 
     def close(self) -> None:
         self._pool.close()
+
+
+@contextmanager
+def _outage_as_unavailable():
+    """A lost or unreachable database is an outage the caller may retry
+    (UNAVAILABLE), not a bug in the request."""
+    try:
+        yield
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        raise Unavailable(f"the database is unavailable: {exc}") from exc
 
 
 def _schema_from_url(url: str) -> str:

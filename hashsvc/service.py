@@ -25,6 +25,8 @@ CALLER: contextvars.ContextVar = contextvars.ContextVar("caller")
 
 
 def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    if context.code() is not None:
+        raise exc  # the handler called context.abort(): its status stands
     code = status_name(exc)
     if code == "INTERNAL":
         log.exception("internal error", exc_info=exc)
@@ -40,7 +42,7 @@ def rpc(method):
         def streaming(self, request, context):
             try:
                 yield from method(self, request, context)
-            except HashsvcError as exc:
+            except Exception as exc:  # noqa: BLE001 - every error gets a status
                 _abort(context, exc)
 
         return streaming
@@ -49,7 +51,7 @@ def rpc(method):
     def unary(self, request, context):
         try:
             return method(self, request, context)
-        except HashsvcError as exc:
+        except Exception as exc:  # noqa: BLE001 - every error gets a status
             _abort(context, exc)
 
     return unary
@@ -106,7 +108,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         self._batch_in_flight = batch_threads
 
     @rpc
-    def Match(self, request, context):
+    def Match(self, request, context):  # noqa: N802 - gRPC method names
         outcome = self.core.match(convert.match_query(request), caller_name(), "Match")
         return convert.match_response(outcome)
 
