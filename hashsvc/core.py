@@ -66,7 +66,11 @@ class Core:
         store = open_store(config.db_url)
         workers = 0 if hash_in_process else config.worker_count()
         pool = HashingPool(
-            workers, config.image, config.hash_timeout_seconds, config.worker_memory_bytes
+            workers,
+            config.image,
+            config.hash_timeout_seconds,
+            config.worker_memory_bytes,
+            split_queries=config.split_query_hashing,
         )
         core = cls(config, store, pool)
         return core

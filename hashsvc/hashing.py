@@ -56,11 +56,13 @@ class HashingPool:
         limits: ImageLimits,
         timeout_seconds: float = 20.0,
         worker_memory_bytes: int = 0,
+        split_queries: bool = False,
     ) -> None:
         self.workers = workers
         self.limits = limits
         self.timeout_seconds = timeout_seconds
         self.worker_memory_bytes = worker_memory_bytes
+        self.split_queries = split_queries
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = self._new_pool() if workers > 0 else None
 
@@ -102,7 +104,7 @@ class HashingPool:
             return _hash(data, self.limits, for_query)
         pool = self._pool
         try:
-            if for_query and self.workers > 1:
+            if for_query and self.split_queries and self.workers > 1:
                 # Both halves at once on two workers: an upload's latency
                 # halves, at the cost of decoding it twice.
                 futures = [

@@ -57,3 +57,15 @@ def test_memory_limit_turns_a_ballooning_decode_into_an_error():
         assert small_memory.hash_query(SMALL).media_type == "image"
     finally:
         small_memory.close()
+
+
+def test_split_hashing_gives_the_same_signals_as_one_job():
+    split = HashingPool(2, ImageLimits(), split_queries=True)
+    whole = HashingPool(0, ImageLimits())
+    try:
+        for data in (SMALL, BIG):
+            got = split.hash_query(data).signals
+            want = whole.hash_query(data).signals
+            assert sorted(got, key=lambda s: s.variant) == sorted(want, key=lambda s: s.variant)
+    finally:
+        split.close()
