@@ -372,15 +372,7 @@ def entry_json(e: pb.Entry) -> dict:
         "id": e.id,
         "labels": dict(e.labels),
         "media_type": pb.MediaType.Name(e.media_type).lower(),
-        "signals": [
-            {
-                "signal_type": s.signal_type,
-                "value": s.value,
-                "quality": s.quality,
-                "variant": s.variant,
-            }
-            for s in e.signals
-        ],
+        "signals": [signal_json(s) for s in e.signals],
         "created_at": _iso(e.created_at),
         "added_by": e.added_by,
     }
@@ -491,24 +483,34 @@ def cmd_entries_show(args) -> int:
 # ------------------------------------------------------------------ matching
 
 
+def signal_json(s: pb.QuerySignal) -> dict:
+    return {
+        "signal_type": s.signal_type,
+        "value": s.value,
+        "quality": s.quality,
+        "variant": s.variant,
+    }
+
+
+def matched_json(m: pb.MatchedEntry) -> dict:
+    return {
+        "set": m.set,
+        "entry": m.entry,
+        "signal_type": m.signal_type,
+        "distance": m.distance,
+        "labels": dict(m.labels),
+        "decision": DECISION_NAMES.get(m.decision),
+        "query_variant": m.query_variant,
+        "known_variant": m.known_variant,
+    }
+
+
 def match_json(label: str, resp: pb.MatchResponse) -> dict:
     return {
         "file": label,
         "decision": DECISION_NAMES.get(resp.decision),
         "request_id": resp.request_id,
-        "matches": [
-            {
-                "set": m.set,
-                "entry": m.entry,
-                "signal_type": m.signal_type,
-                "distance": m.distance,
-                "labels": dict(m.labels),
-                "decision": DECISION_NAMES.get(m.decision),
-                "query_variant": m.query_variant,
-                "known_variant": m.known_variant,
-            }
-            for m in resp.matches
-        ],
+        "matches": [matched_json(m) for m in resp.matches],
     }
 
 
@@ -612,26 +614,8 @@ def history_json(r: pb.HistoryRecord) -> dict:
         "error_message": r.error_message,
         "client_ref": r.client_ref,
         "media_bytes": r.media_bytes,
-        "query_signals": [
-            {
-                "signal_type": s.signal_type,
-                "value": s.value,
-                "quality": s.quality,
-                "variant": s.variant,
-            }
-            for s in r.query_signals
-        ],
-        "matches": [
-            {
-                "set": m.set,
-                "entry": m.entry,
-                "signal_type": m.signal_type,
-                "distance": m.distance,
-                "labels": dict(m.labels),
-                "decision": DECISION_NAMES.get(m.decision),
-            }
-            for m in r.matches
-        ],
+        "query_signals": [signal_json(s) for s in r.query_signals],
+        "matches": [matched_json(m) for m in r.matches],
     }
 
 
