@@ -111,6 +111,15 @@ SQLITE: list[list[str]] = [
     ],
 ]
 
+# 2: the history becomes a hash chain (each record's hash covers the previous
+# one's), so an edited, inserted or deleted record shows (`history verify`).
+# Records written before it have no hash and are reported as unchained.
+_CHAIN = [
+    "ALTER TABLE match_history ADD COLUMN prev_hash TEXT",
+    "ALTER TABLE match_history ADD COLUMN record_hash TEXT",
+]
+SQLITE.append(_CHAIN)
+
 POSTGRES: list[list[str]] = [
     [
         """CREATE TABLE hash_sets (
@@ -186,3 +195,4 @@ POSTGRES: list[list[str]] = [
             FOR EACH STATEMENT EXECUTE FUNCTION hashsvc_append_only()""",
     ],
 ]
+POSTGRES.append(_CHAIN)

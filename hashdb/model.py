@@ -106,3 +106,19 @@ class HistoryFilter:
     decision: str | None = None
     set_id: int | None = None  # records with at least one match in this set
     caller: str | None = None
+
+
+@dataclass(frozen=True)
+class HistoryVerification:
+    """What `Store.verify_history` found. Problems name the first records
+    where the chain does not hold (an edited record fails its own hash; a
+    deleted or inserted one breaks the link of the record after it)."""
+
+    records_checked: int
+    unchained_records: int  # written before the chain existed
+    head_hash: str  # the newest record's hash: anchor it elsewhere to detect truncation
+    problems: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def intact(self) -> bool:
+        return not self.problems

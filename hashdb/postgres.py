@@ -20,6 +20,8 @@ _MIGRATE_LOCK = 0x687376_01
 # commits, so change seqs become visible in seq order and a replica reading the
 # feed can never skip a change that commits after a larger seq.
 _CHANGES_LOCK = 0x687376_02
+# Appends to the hash-chained history take turns, so each links to the head.
+_HISTORY_LOCK = 0x687376_03
 _SCHEMA = re.compile(r"search_path\s*=\s*([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -78,6 +80,7 @@ class PostgresStore(SQLStore):
             conn.transaction(),
             conn.cursor() as cur,
         ):
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_HISTORY_LOCK,))
             yield _Cursor(cur)
 
     def _migrate(self) -> None:

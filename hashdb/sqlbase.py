@@ -7,6 +7,7 @@ written `?` here and rewritten to `%s` for psycopg.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -19,6 +20,7 @@ from hashdb.model import (
     HashSetRecord,
     HistoryFilter,
     HistoryRecord,
+    HistoryVerification,
     IndexedSignal,
     Thresholds,
     TokenRecord,
@@ -357,25 +359,33 @@ class SQLStore:
 
     def record_match(self, record: HistoryRecord) -> int:
         set_ids = sorted({m["set_id"] for m in record.matches if m.get("set_id") is not None})
-        with self._history_write() as cur:
+        fields = (
+            record.request_id,
+            to_micros(record.time),
+            record.caller,
+            record.rpc,
+            record.media_type,
+            record.decision,
+            record.status,
+            record.error_message,
+            record.client_ref,
+            record.media_bytes,
+            json.dumps(record.query_signals),
+            json.dumps(record.matches, ensure_ascii=False),
+        )
+        with self._history_write() as cur:  # serialised: one chain, one head
+            cur.execute(
+                "SELECT record_hash FROM match_history WHERE record_hash IS NOT NULL"
+                " ORDER BY id DESC LIMIT 1"
+            )
+            head = cur.fetchone()
+            prev_hash = head[0] if head else ""
             cur.execute(
                 "INSERT INTO match_history (request_id, time, caller, rpc, media_type, decision,"
-                " status, error_message, client_ref, media_bytes, query_signals, matches)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (
-                    record.request_id,
-                    to_micros(record.time),
-                    record.caller,
-                    record.rpc,
-                    record.media_type,
-                    record.decision,
-                    record.status,
-                    record.error_message,
-                    record.client_ref,
-                    record.media_bytes,
-                    json.dumps(record.query_signals),
-                    json.dumps(record.matches, ensure_ascii=False),
-                ),
+                " status, error_message, client_ref, media_bytes, query_signals, matches,"
+                " prev_hash, record_hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (*fields, prev_hash, chain_hash(prev_hash, fields)),
             )
             history_id = cur.fetchone()[0]
             if set_ids:
@@ -419,10 +429,62 @@ class SQLStore:
             )
             return [_history(row) for row in cur.fetchall()]
 
+    def verify_history(self, max_problems: int = 100) -> HistoryVerification:
+        checked = unchained = 0
+        expected_prev, head = "", ""
+        problems: list[tuple[int, str]] = []
+        after_id = 0
+        while len(problems) < max_problems:
+            with self._read() as cur:
+                cur.execute(
+                    f"SELECT id, {_CHAINED_FIELDS}, prev_hash, record_hash FROM match_history"
+                    " WHERE id > ? ORDER BY id LIMIT 1000",
+                    (after_id,),
+                )
+                rows = cur.fetchall()
+            if not rows:
+                break
+            for row in rows:
+                history_id, fields, prev_hash, record_hash = row[0], row[1:13], row[13], row[14]
+                after_id = history_id
+                checked += 1
+                if record_hash is None:
+                    if head:  # an unchained record after the chain began
+                        problems.append(
+                            (history_id, "record has no hash: inserted outside hashsvc")
+                        )
+                    else:
+                        unchained += 1
+                    continue
+                if prev_hash != expected_prev:
+                    problems.append(
+                        (
+                            history_id,
+                            "chain broken before this record: a record was deleted,"
+                            " inserted or edited",
+                        )  # fmt: skip
+                    )
+                if chain_hash(prev_hash, fields) != record_hash:
+                    problems.append((history_id, "record was edited: its hash does not match"))
+                expected_prev = head = record_hash
+        return HistoryVerification(checked, unchained, head, problems[:max_problems])
+
     def count_history(self) -> int:
         with self._read() as cur:
             cur.execute("SELECT COUNT(*) FROM match_history")
             return cur.fetchone()[0]
+
+
+_CHAINED_FIELDS = (
+    "request_id, time, caller, rpc, media_type, decision, status, error_message,"
+    " client_ref, media_bytes, query_signals, matches"
+)
+
+
+def chain_hash(prev_hash: str, fields: tuple) -> str:
+    """SHA-256 over the previous record's hash and this record's stored fields."""
+    canonical = json.dumps([prev_hash, *fields], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _set(row) -> HashSetRecord:

@@ -11,6 +11,7 @@ from hashdb.model import (
     HashSetRecord,
     HistoryFilter,
     HistoryRecord,
+    HistoryVerification,
     IndexedSignal,
     Thresholds,
     TokenRecord,
@@ -122,6 +123,9 @@ class Store(Protocol):
         """Records with id > after_id that pass the filter, oldest first."""
 
     def count_history(self) -> int: ...
+
+    def verify_history(self, max_problems: int = 100) -> HistoryVerification:
+        """Walks the whole history and checks every record's hash and link."""
 
     def close(self) -> None: ...
 

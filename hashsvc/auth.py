@@ -34,6 +34,7 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     f"{_PREFIX}Curation/GetStats": frozenset({OPERATOR, AUDITOR, ADMIN}),
     f"{_PREFIX}Audit/QueryHistory": frozenset({AUDITOR, ADMIN}),
     f"{_PREFIX}Audit/ExportHistory": frozenset({AUDITOR, ADMIN}),
+    f"{_PREFIX}Audit/VerifyHistory": frozenset({AUDITOR, ADMIN}),
     f"{_PREFIX}Admin/CreateToken": frozenset({ADMIN}),
     f"{_PREFIX}Admin/ListTokens": frozenset({ADMIN}),
     f"{_PREFIX}Admin/RevokeToken": frozenset({ADMIN}),

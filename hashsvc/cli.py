@@ -174,7 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-ref", default="", help="your reference to the upload")
     p.add_argument("--json", action="store_true", help="one JSON object per line per file")
 
-    p = client_command("history", cmd_history, "Query the match history (auditor).")
+    p = client_command(
+        "history",
+        cmd_history,
+        "Query the match history (auditor); `history verify` checks its hash chain.",
+    )
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["verify"],
+        help="verify: check that no record was edited, inserted or deleted (exit 1 if one was)",
+    )
     p.add_argument("--since", help="ISO time or age like 30m, 12h, 7d")
     p.add_argument("--until", help="ISO time or age like 30m, 12h, 7d")
     p.add_argument("--decision", choices=["block", "review", "allow"])
@@ -619,7 +629,29 @@ def history_json(r: pb.HistoryRecord) -> dict:
     }
 
 
+def cmd_history_verify(args) -> int:
+    with _client(args) as client:
+        resp = client.audit.VerifyHistory(pb.VerifyHistoryRequest(), metadata=client.metadata)
+    row = {
+        "intact": resp.intact,
+        "records_checked": resp.records_checked,
+        "unchained_records": resp.unchained_records,
+        "head_hash": resp.head_hash,
+        "problems": [{"record_id": p.record_id, "problem": p.problem} for p in resp.problems],
+    }
+    if args.json:
+        _print_json(row)
+    else:
+        state = "intact" if resp.intact else "TAMPERED"
+        print(f"history {state}: {resp.records_checked} records checked, head {resp.head_hash}")
+        for problem in resp.problems:
+            print(f"  record {problem.record_id}: {problem.problem}")
+    return EXIT_OK if resp.intact else EXIT_FAILED
+
+
 def cmd_history(args) -> int:
+    if args.action == "verify":
+        return cmd_history_verify(args)
     req = pb.QueryHistoryRequest(
         set=args.set_name or "",
         caller=args.caller or "",

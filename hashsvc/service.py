@@ -264,6 +264,20 @@ class AuditServicer(pb_grpc.AuditServicer):
         for record in self.audit.export(self._filter(request)):
             yield convert.history_record(record)
 
+    @rpc
+    def VerifyHistory(self, request, context):
+        result = self.audit.store.verify_history()
+        return pb.VerifyHistoryResponse(
+            intact=result.intact,
+            records_checked=result.records_checked,
+            unchained_records=result.unchained_records,
+            head_hash=result.head_hash,
+            problems=[
+                pb.HistoryProblem(record_id=record_id, problem=problem)
+                for record_id, problem in result.problems
+            ],
+        )
+
 
 class AdminServicer(pb_grpc.AdminServicer):
     def __init__(self, core: Core) -> None:

@@ -24,6 +24,7 @@ REQUESTS = {
     "Curation/GetStats": pb.GetStatsRequest(),
     "Audit/QueryHistory": pb.QueryHistoryRequest(),
     "Audit/ExportHistory": pb.QueryHistoryRequest(),
+    "Audit/VerifyHistory": pb.VerifyHistoryRequest(),
     "Admin/CreateToken": pb.CreateTokenRequest(role="matcher"),
     "Admin/ListTokens": pb.ListTokensRequest(),
     "Admin/RevokeToken": pb.RevokeTokenRequest(id=999999),

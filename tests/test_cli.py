@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from hashdb import HistoryFilter
 from hashsvc import cli
 from tests.helpers import encode, mirrored, photo, reencoded, start_harness
 
@@ -129,3 +130,34 @@ def test_token_create_on_the_store_and_help(tmp_path):
         text=True,
     )
     assert wrong.returncode == 2 and "invalid choice" in wrong.stderr
+
+
+def test_history_verify(run, harness):
+    run("match", "--hash", "md5:" + "0" * 32, role="matcher")
+    code, out, _ = run("history", "verify", "--json", role="auditor")
+    result = json.loads(out)
+    assert code == 0 and result["intact"] and result["records_checked"] >= 1
+    assert len(result["head_hash"]) == 64 and result["problems"] == []
+    code, out, _ = run("history", "verify", role="auditor")
+    assert code == 0 and "intact" in out
+
+
+def test_history_verify_reports_tampering_with_exit_1(tmp_path, monkeypatch, capsys):
+    from tests.test_store import _tamper
+
+    db_url = f"sqlite:///{tmp_path}/audit.db"
+    h = start_harness(db_url)
+    try:
+        monkeypatch.setenv("HASHSVC_SERVER", h.address)
+        monkeypatch.setenv("HASHSVC_TOKEN", h.tokens["matcher"])
+        for _ in range(3):
+            cli.main(["match", "--hash", "md5:" + "1" * 32])
+        edited = h.core.store.query_history(HistoryFilter())[1].id
+        _tamper(db_url, f"UPDATE match_history SET decision = 'block' WHERE id = {edited}")
+        capsys.readouterr()
+        monkeypatch.setenv("HASHSVC_TOKEN", h.tokens["auditor"])
+        code = cli.main(["history", "verify"])
+        out = capsys.readouterr().out
+        assert code == 1 and "TAMPERED" in out and f"record {edited}: record was edited" in out
+    finally:
+        h.close()

@@ -206,3 +206,65 @@ def test_concurrent_writers_all_land(store):
     assert store.get_set("s").entry_count == 40
     seqs = [c.seq for c in store.changes_since(0)]
     assert len(seqs) == 41 and seqs == sorted(set(seqs))
+
+
+def _tamper(store_url: str, *statements: str) -> None:
+    """Edit the history behind hashsvc's back, as someone with database access
+    could: switch the append-only triggers off first."""
+    if store_url.startswith("sqlite"):
+        conn = sqlite3.connect(store_url[len("sqlite:///") :])
+        for trigger in ("match_history_no_update", "match_history_no_delete"):
+            conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+        for sql in statements:
+            conn.execute(sql)
+        conn.commit()
+        conn.close()
+    else:
+        with psycopg.connect(store_url) as conn:
+            conn.execute("ALTER TABLE match_history DISABLE TRIGGER USER")
+            for sql in statements:
+                conn.execute(sql)
+
+
+def _chain_of(store, n: int) -> list[int]:
+    t0 = datetime(2026, 2, 1, tzinfo=UTC)
+    return [
+        store.record_match(_record(i, t0 + timedelta(minutes=i), "allow", "c")) for i in range(n)
+    ]
+
+
+def test_history_chain_verifies_when_untouched(store):
+    _chain_of(store, 5)
+    result = store.verify_history()
+    assert result.intact and result.records_checked == 5 and result.unchained_records == 0
+    assert len(result.head_hash) == 64
+
+
+def test_history_chain_names_an_edited_record(store, store_url):
+    ids = _chain_of(store, 5)
+    _tamper(store_url, f"UPDATE match_history SET decision = 'block' WHERE id = {ids[2]}")
+    result = store.verify_history()
+    assert not result.intact
+    assert result.problems == [(ids[2], "record was edited: its hash does not match")]
+
+
+def test_history_chain_names_where_a_record_was_deleted(store, store_url):
+    ids = _chain_of(store, 5)
+    _tamper(store_url, f"DELETE FROM match_history WHERE id = {ids[1]}")
+    problems = store.verify_history().problems
+    assert [record_id for record_id, _ in problems] == [ids[2]]
+    assert "deleted" in problems[0][1]
+
+
+def test_history_chain_names_an_inserted_record(store, store_url):
+    ids = _chain_of(store, 3)
+    forged = (
+        "INSERT INTO match_history (request_id, time, caller, rpc, media_type, decision,"
+        " status, error_message, client_ref, media_bytes, query_signals, matches)"
+        " VALUES ('forged', 1, 'x', 'Match', 'image', 'allow', 'OK', '', '', 0, '[]', '[]')"
+    )
+    _tamper(store_url, forged)
+    store.record_match(_record(9, datetime(2026, 3, 1, tzinfo=UTC), "allow", "c"))
+    problems = store.verify_history().problems
+    assert len(problems) == 1 and problems[0][0] > ids[-1]
+    assert "no hash" in problems[0][1]
