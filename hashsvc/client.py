@@ -26,17 +26,31 @@ class Client:
         token: str | None = None,
         tls_ca_file: str | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
     ) -> None:
         self.server = server or os.environ.get("HASHSVC_SERVER") or DEFAULT_SERVER
         self.token = token if token is not None else os.environ.get("HASHSVC_TOKEN", "")
         tls_ca_file = tls_ca_file or os.environ.get("HASHSVC_TLS_CA")
+        # mutual TLS: this client's own certificate and key
+        tls_cert_file = tls_cert_file or os.environ.get("HASHSVC_TLS_CERT")
+        tls_key_file = tls_key_file or os.environ.get("HASHSVC_TLS_KEY")
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
         ]
         if tls_ca_file:
             with open(tls_ca_file, "rb") as f:
-                creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+                root = f.read()
+            key = cert = None
+            if tls_cert_file and tls_key_file:
+                with open(tls_key_file, "rb") as f:
+                    key = f.read()
+                with open(tls_cert_file, "rb") as f:
+                    cert = f.read()
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=root, private_key=key, certificate_chain=cert
+            )
             if self.token:
                 creds = grpc.composite_channel_credentials(
                     creds, grpc.metadata_call_credentials(_TokenAuth(self.token))

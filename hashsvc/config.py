@@ -58,6 +58,8 @@ class Config:
     # TLS: both set -> the server listens with TLS.
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    # Mutual TLS: set -> clients must present a certificate signed by this CA.
+    tls_client_ca_file: str = ""
     # Where the index snapshot lives; empty -> next to a SQLite file, or none.
     index_snapshot: str = ""
     # How often to look for changes made by other replicas (seconds).

@@ -100,7 +100,15 @@ def _bind(server: grpc.Server, config: Config) -> int:
             key = f.read()
         with open(config.tls_cert_file, "rb") as f:
             cert = f.read()
-        credentials = grpc.ssl_server_credentials([(key, cert)])
+        client_ca = None
+        if config.tls_client_ca_file:
+            with open(config.tls_client_ca_file, "rb") as f:
+                client_ca = f.read()
+        credentials = grpc.ssl_server_credentials(
+            [(key, cert)],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
         port = server.add_secure_port(config.listen, credentials)
     else:
         port = server.add_insecure_port(config.listen)

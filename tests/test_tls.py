@@ -50,3 +50,64 @@ def test_tls_server_accepts_trusted_client_and_refuses_plaintext(certs, tmp_path
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         h.close()
+
+
+def _signed_client_cert(d, ca_name: str, name: str):
+    """A client certificate signed by the CA whose files are ca_name.{key,pem}."""
+    subprocess.run(
+        ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / f"{name}.key"),
+         "-out", str(d / f"{name}.csr"), "-subj", f"/CN={name}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(
+        ["openssl", "x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / f"{ca_name}.pem"),
+         "-CAkey", str(d / f"{ca_name}.key"), "-CAcreateserial", "-days", "2",
+         "-out", str(d / f"{name}.pem")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+
+def test_mutual_tls_requires_a_client_certificate_from_the_configured_ca(certs, tmp_path):
+    d = certs
+    for ca in ("client-ca", "other-ca"):
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-keyout", str(d / f"{ca}.key"), "-out", str(d / f"{ca}.pem"), "-subj", f"/CN={ca}"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    _signed_client_cert(d, "client-ca", "pipeline")
+    _signed_client_cert(d, "other-ca", "intruder")
+    h = start_harness(
+        f"sqlite:///{tmp_path}/mtls.db",
+        tls_cert_file=str(d / "cert.pem"),
+        tls_key_file=str(d / "key.pem"),
+        tls_client_ca_file=str(d / "client-ca.pem"),
+    )
+    server = f"localhost:{h.running.port}"
+    try:
+        with Client(
+            server=server,
+            token=h.tokens["operator"],
+            tls_ca_file=str(d / "cert.pem"),
+            tls_cert_file=str(d / "pipeline.pem"),
+            tls_key_file=str(d / "pipeline.key"),
+        ) as client:
+            sets = client.curation.ListSets(
+                pb.ListSetsRequest(), metadata=client.metadata, timeout=10
+            )
+            assert list(sets.sets) == []
+        for cert in (None, "intruder"):
+            with Client(
+                server=server,
+                token=h.tokens["operator"],
+                tls_ca_file=str(d / "cert.pem"),
+                tls_cert_file=str(d / f"{cert}.pem") if cert else None,
+                tls_key_file=str(d / f"{cert}.key") if cert else None,
+            ) as client:
+                with pytest.raises(grpc.RpcError) as err:
+                    client.curation.ListSets(
+                        pb.ListSetsRequest(), metadata=client.metadata, timeout=5
+                    )
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        h.close()
