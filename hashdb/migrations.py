@@ -196,3 +196,8 @@ POSTGRES: list[list[str]] = [
     ],
 ]
 POSTGRES.append(_CHAIN)
+
+# 3: tokens can expire.
+_TOKEN_EXPIRY = ["ALTER TABLE tokens ADD COLUMN expires_at BIGINT"]
+SQLITE.append(_TOKEN_EXPIRY)
+POSTGRES.append(_TOKEN_EXPIRY)

@@ -74,6 +74,7 @@ class TokenRecord:
     token_hash: str  # hex SHA-256 of the token; the token itself is never stored
     created_at: datetime
     revoked_at: datetime | None = None
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)

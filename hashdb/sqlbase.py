@@ -68,7 +68,7 @@ _SET_COLUMNS = (
     " (SELECT COUNT(*) FROM entries e WHERE e.set_id = s.id AND e.removed_at IS NULL)"
 )
 _ENTRY_COLUMNS = "id, set_id, name, labels, media_type, created_at, added_by, removed_at"
-_TOKEN_COLUMNS = "id, name, role, token_hash, created_at, revoked_at"
+_TOKEN_COLUMNS = "id, name, role, token_hash, created_at, revoked_at, expires_at"
 _HISTORY_COLUMNS = (
     "h.id, h.request_id, h.time, h.caller, h.rpc, h.media_type, h.decision, h.status,"
     " h.error_message, h.client_ref, h.media_bytes, h.query_signals, h.matches"
@@ -323,12 +323,15 @@ class SQLStore:
 
     # -- tokens
 
-    def add_token(self, name: str, role: str, token_hash: str) -> TokenRecord:
+    def add_token(
+        self, name: str, role: str, token_hash: str, expires_at: datetime | None = None
+    ) -> TokenRecord:
+        expires = to_micros(expires_at) if expires_at else None
         with self._write() as cur:
             cur.execute(
-                "INSERT INTO tokens (name, role, token_hash, created_at) VALUES (?, ?, ?, ?)"
-                f" RETURNING {_TOKEN_COLUMNS}",
-                (name, role, token_hash, now_micros()),
+                "INSERT INTO tokens (name, role, token_hash, created_at, expires_at)"
+                f" VALUES (?, ?, ?, ?, ?) RETURNING {_TOKEN_COLUMNS}",
+                (name, role, token_hash, now_micros(), expires),
             )
             return _token(cur.fetchone())
 
@@ -526,6 +529,7 @@ def _token(row) -> TokenRecord:
         token_hash=row[3],
         created_at=from_micros(row[4]),
         revoked_at=from_micros(row[5]),
+        expires_at=from_micros(row[6]),
     )
 
 

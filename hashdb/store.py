@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from typing import Protocol
 
 from hashdb.model import (
@@ -104,7 +105,9 @@ class Store(Protocol):
         batches under the hood (for building an index of millions)."""
 
     # -- tokens
-    def add_token(self, name: str, role: str, token_hash: str) -> TokenRecord: ...
+    def add_token(
+        self, name: str, role: str, token_hash: str, expires_at: datetime | None = None
+    ) -> TokenRecord: ...
 
     def find_token(self, token_hash: str) -> TokenRecord | None: ...
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
+from datetime import UTC, datetime, timedelta
 
 from hashdb import Store, TokenRecord
-from hashsvc.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from hashsvc.errors import InvalidArgument, PermissionDenied, TooLarge, Unauthenticated
 
 MATCHER = "matcher"
 OPERATOR = "operator"
@@ -54,14 +57,22 @@ def new_token() -> str:
     return _TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
-def create_token(store: Store, role: str, name: str) -> tuple[TokenRecord, str]:
+def create_token(
+    store: Store, role: str, name: str, expires_in_seconds: int = 0
+) -> tuple[TokenRecord, str]:
+    """A new token; expires_in_seconds > 0 makes it stop working after that."""
+    if expires_in_seconds < 0:
+        raise InvalidArgument("expiry must be in the future")
     if role not in ROLES:
         raise InvalidArgument(f"unknown role {role!r} (roles: {', '.join(ROLES)})")
     name = name.strip() or role
     if len(name) > 128:
         raise InvalidArgument("token name is longer than 128 characters")
     token = new_token()
-    return store.add_token(name, role, hash_token(token)), token
+    expires_at = (
+        datetime.now(UTC) + timedelta(seconds=expires_in_seconds) if expires_in_seconds else None
+    )
+    return store.add_token(name, role, hash_token(token), expires_at), token
 
 
 def authenticate(store: Store, token: str | None) -> TokenRecord:
@@ -72,6 +83,8 @@ def authenticate(store: Store, token: str | None) -> TokenRecord:
         raise Unauthenticated("unknown token")
     if record.revoked_at is not None:
         raise Unauthenticated("token revoked")
+    if record.expires_at is not None and record.expires_at <= datetime.now(UTC):
+        raise Unauthenticated("token expired")
     return record
 
 
@@ -89,3 +102,29 @@ def token_from_metadata(metadata) -> str | None:
         if key == "x-hashsvc-token":
             return value.strip()
     return None
+
+
+class RateLimiter:
+    """A token bucket per API token, so one pipeline cannot starve the others.
+    Per replica: N replicas behind a balancer allow up to N times the rate."""
+
+    def __init__(self, per_second: float, burst: int = 0) -> None:
+        self.per_second = per_second
+        self.burst = float(burst or max(1, int(per_second)))
+        self._buckets: dict[int, tuple[float, float]] = {}  # token id -> (tokens, time)
+        self._lock = threading.Lock()
+
+    def check(self, record: TokenRecord) -> None:
+        if self.per_second <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(record.id, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.per_second)
+            if tokens < 1:
+                self._buckets[record.id] = (tokens, now)
+                raise TooLarge(
+                    f"rate limit of {self.per_second:g} requests/s for token {record.name!r}"
+                    " exceeded; retry later"
+                )
+            self._buckets[record.id] = (tokens - 1, now)

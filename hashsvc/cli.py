@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--role", required=True, choices=["matcher", "operator", "auditor", "admin"])
     p.add_argument("--name", default="", help="who holds it (shown as caller in history)")
+    p.add_argument("--expires-in", help="the token stops working after this: 90d, 12h, 3600s")
     p.add_argument("--db", help="store URL, for creating a token without a running server")
     p.add_argument("--server")
     p.add_argument("--tls-ca")
@@ -233,21 +234,34 @@ def cmd_serve(args) -> int:
     return EXIT_OK
 
 
+def _seconds(text: str | None) -> int:
+    if not text:
+        return 0
+    age = _AGE.fullmatch(text.strip())
+    if not age:
+        raise UsageError(f"cannot read duration {text!r}: use e.g. 90d, 12h, 30m, 3600s")
+    return int(timedelta(**{_AGE_UNITS[age[2]]: int(age[1])}).total_seconds())
+
+
 def cmd_token_create(args) -> int:
+    expires_in = _seconds(args.expires_in)
     if args.db:
         from hashdb import open_store
         from hashsvc import auth
 
         store = open_store(args.db)
         try:
-            record, token = auth.create_token(store, args.role, args.name)
+            record, token = auth.create_token(store, args.role, args.name, expires_in)
         finally:
             store.close()
         info = {"id": record.id, "name": record.name, "role": record.role}
     else:
         with _client(args) as client:
             resp = client.admin.CreateToken(
-                pb.CreateTokenRequest(role=args.role, name=args.name), metadata=client.metadata
+                pb.CreateTokenRequest(
+                    role=args.role, name=args.name, expires_in_seconds=expires_in
+                ),
+                metadata=client.metadata,
             )
         token = resp.token
         info = {"id": resp.info.id, "name": resp.info.name, "role": resp.info.role}

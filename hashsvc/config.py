@@ -52,6 +52,9 @@ class Config:
     # gRPC message limit; media larger than this is refused with RESOURCE_EXHAUSTED.
     max_message_bytes: int = 64 * 1024 * 1024
     max_batch_items: int = 1000
+    # Requests per second per API token (each replica counts its own); 0 = off.
+    rate_limit_per_second: float = 0.0
+    rate_limit_burst: int = 0  # 0: one second's worth
     grpc_threads: int = 16
     image: ImageLimits = field(default_factory=ImageLimits)
     pdq: PdqPolicy = field(default_factory=PdqPolicy)

@@ -174,4 +174,5 @@ def token_info(record: TokenRecord) -> pb.TokenInfo:
         role=record.role,
         created_at=timestamp(record.created_at),
         revoked_at=timestamp(record.revoked_at),
+        expires_at=timestamp(record.expires_at),
     )

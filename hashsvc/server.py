@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hashsvc.auth import RateLimiter
 from hashsvc.config import Config
 from hashsvc.core import Core
 from hashsvc.service import (
@@ -61,7 +62,12 @@ def start_server(
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(config.grpc_threads, thread_name_prefix="grpc"),
-        interceptors=[AuthInterceptor(core.store)],
+        interceptors=[
+            AuthInterceptor(
+                core.store,
+                RateLimiter(config.rate_limit_per_second, config.rate_limit_burst),
+            )
+        ],
         options=options,
     )
     pb_grpc.add_MatcherServicer_to_server(

@@ -64,8 +64,9 @@ def caller_name() -> str:
 class AuthInterceptor(grpc.ServerInterceptor):
     """Authenticates the token and checks the role before the handler runs."""
 
-    def __init__(self, store) -> None:
+    def __init__(self, store, limiter: auth.RateLimiter | None = None) -> None:
         self.store = store
+        self.limiter = limiter or auth.RateLimiter(0)
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -73,7 +74,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if handler is None or method.startswith(auth.PUBLIC_SERVICES):
             return handler
         token = auth.token_from_metadata(handler_call_details.invocation_metadata)
-        store = self.store
+        store, limiter = self.store, self.limiter
 
         def guard(behavior):
             @functools.wraps(behavior)
@@ -81,6 +82,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 try:
                     record = auth.authenticate(store, token)
                     auth.authorize(record, method)
+                    limiter.check(record)
                 except HashsvcError as exc:
                     _abort(context, exc)
                 CALLER.set(record)
@@ -285,7 +287,9 @@ class AdminServicer(pb_grpc.AdminServicer):
 
     @rpc
     def CreateToken(self, request, context):
-        record, token = auth.create_token(self.store, request.role, request.name)
+        record, token = auth.create_token(
+            self.store, request.role, request.name, request.expires_in_seconds
+        )
         return pb.CreateTokenResponse(info=convert.token_info(record), token=token)
 
     @rpc

@@ -84,3 +84,46 @@ def test_role_matrix(harness, method, role):
         assert code == grpc.StatusCode.UNAUTHENTICATED
     else:
         assert code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_expired_token_is_refused(tmp_path):
+    import time
+
+    h = start_harness(f"sqlite:///{tmp_path}/exp.db")
+    try:
+        admin, md = h.stubs("admin")
+        short = admin.admin.CreateToken(
+            pb.CreateTokenRequest(role="matcher", name="temp", expires_in_seconds=1), metadata=md
+        )
+        assert short.info.HasField("expires_at")
+        short_md = (("authorization", f"Bearer {short.token}"),)
+        stubs, _ = h.stubs(None)
+        stubs.matcher.Match(REQUESTS["Matcher/Match"], metadata=short_md)
+        time.sleep(1.2)
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.matcher.Match(REQUESTS["Matcher/Match"], metadata=short_md)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "expired" in err.value.details()
+    finally:
+        h.close()
+
+
+def test_rate_limit_is_per_token(tmp_path):
+    h = start_harness(f"sqlite:///{tmp_path}/rate.db", rate_limit_per_second=1, rate_limit_burst=3)
+    try:
+        stubs, matcher_md = h.stubs("matcher")
+        codes = []
+        for _ in range(6):
+            try:
+                stubs.matcher.Match(REQUESTS["Matcher/Match"], metadata=matcher_md)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())
+                assert "rate limit" in exc.details()
+        assert codes[:3] == [grpc.StatusCode.OK] * 3
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes[3:]
+        # another pipeline's token is not slowed down by the first one
+        _, admin_md = h.stubs("admin")
+        stubs.matcher.Match(REQUESTS["Matcher/Match"], metadata=admin_md)
+    finally:
+        h.close()
