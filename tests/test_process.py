@@ -1,0 +1,161 @@
+"""The server as a real process: SIGTERM finishes what is in flight, kill -9
+loses nothing that was acknowledged, and a restart comes back with it all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hashdb import open_store
+from hashsvc import auth
+from hashsvc.v1 import hashsvc_pb2 as pb
+from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
+from tests.helpers import encode, noise_image, photo
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, db_url: str, tmp_path: Path) -> None:
+        self.db_url = db_url
+        self.port = _free_port()
+        self.log = open(tmp_path / f"server-{self.port}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hashsvc.cli", "serve", "--listen", f"127.0.0.1:{self.port}",
+             "--db", db_url, "--workers", "1"],
+            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self._wait_serving()
+
+    def _wait_serving(self, seconds: float = 30) -> None:
+        health = health_pb2_grpc.HealthStub(self.channel)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("server did not become ready")
+
+    def stop(self, sig: int) -> int:
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=30)
+        self.channel.close()
+        self.log.close()
+        return code
+
+
+@pytest.fixture
+def operator_token(store_url):
+    store = open_store(store_url)
+    _, token = auth.create_token(store, "admin", "test")
+    store.close()
+    return (("authorization", f"Bearer {token}"),)
+
+
+def test_sigterm_finishes_calls_in_flight(store_url, operator_token, tmp_path):
+    server = ServerProcess(store_url, tmp_path)
+    curation = pb_grpc.CurationStub(server.channel)
+    matcher = pb_grpc.MatcherStub(server.channel)
+    curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=operator_token)
+    # a PNG is decoded at full size: long enough to be in flight when SIGTERM comes
+    big = encode(photo(0).resize((6000, 4000)), "PNG", compress_level=1)
+    results: list = []
+
+    def slow_match():
+        try:
+            results.append(matcher.Match(pb.MatchRequest(media=pb.Media(content=big)),
+                                         metadata=operator_token, timeout=30))  # fmt: skip
+        except grpc.RpcError as exc:
+            results.append(exc)
+
+    caller = threading.Thread(target=slow_match)
+    caller.start()
+    time.sleep(0.05)
+    code = server.stop(signal.SIGTERM)
+    caller.join()
+    assert code == 0
+    assert isinstance(results[0], pb.MatchResponse), results[0]
+    store = open_store(store_url)
+    try:
+        assert store.count_history() == 1  # the call in flight was recorded
+    finally:
+        store.close()
+
+
+def test_kill_9_during_adds_loses_nothing_acknowledged(store_url, operator_token, tmp_path):
+    server = ServerProcess(store_url, tmp_path)
+    curation = pb_grpc.CurationStub(server.channel)
+    curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=operator_token)
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def add_until_killed():
+        for i in range(10_000):
+            if stop.is_set():
+                return
+            try:
+                curation.AddEntry(
+                    pb.AddEntryRequest(set="s", name=f"e{i}",
+                                       media=pb.Media(content=encode(noise_image(i, 96)))),
+                    metadata=operator_token, timeout=10,
+                )  # fmt: skip
+                acknowledged.append(f"e{i}")
+            except grpc.RpcError:
+                return
+
+    adder = threading.Thread(target=add_until_killed)
+    adder.start()
+    time.sleep(1.5)
+    server.stop(signal.SIGKILL)
+    stop.set()
+    adder.join()
+    assert len(acknowledged) >= 3
+
+    restarted = ServerProcess(store_url, tmp_path)
+    try:
+        curation = pb_grpc.CurationStub(restarted.channel)
+        matcher = pb_grpc.MatcherStub(restarted.channel)
+        names, token = [], ""
+        while True:
+            page = curation.ListEntries(
+                pb.ListEntriesRequest(set="s", page_size=500, page_token=token),
+                metadata=operator_token,
+            )
+            names += [e.name for e in page.entries]
+            assert all(len(e.signals) >= 3 for e in page.entries)  # no half-written entry
+            token = page.next_page_token
+            if not token:
+                break
+        assert set(acknowledged) <= set(names)
+        assert len(names) - len(acknowledged) <= 1  # at most the one in flight
+        last = acknowledged[-1]
+        i = int(last[1:])
+        resp = matcher.Match(
+            pb.MatchRequest(media=pb.Media(content=encode(noise_image(i, 96)))),
+            metadata=operator_token,
+        )
+        assert resp.decision == pb.BLOCK and resp.matches[0].entry == last
+    finally:
+        assert restarted.stop(signal.SIGTERM) == 0
+    assert os.path.exists(restarted.log.name)
