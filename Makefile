@@ -38,11 +38,13 @@ format: install
 bench: install
 	$(BIN)/python bench/robustness.py
 	$(BIN)/python bench/speed.py
+	$(BIN)/python bench/fuzz.py
 
 # The same in a few minutes, as CI runs them.
 bench-short: install
 	$(BIN)/python bench/robustness.py --short
 	$(BIN)/python bench/speed.py --short
+	$(BIN)/python bench/fuzz.py --requests 200
 
 clean:
 	rm -rf $(VENV) hashsvc/v1/*_pb2*.py* .pytest_cache
