@@ -3,30 +3,18 @@ the history records each failed call."""
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import grpc
 import pytest
 
 from hashsvc.config import ImageLimits
 from hashsvc.v1 import hashsvc_pb2 as pb
+from tests import hostile
 from tests.helpers import encode, match_request, photo, start_harness
 
 
 def png_bomb(width: int, height: int) -> bytes:
     """A small PNG that claims width x height 1-bit pixels (a decompression bomb)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    compressor = zlib.compressobj(9)
-    row = b"\x00" * (1 + (width + 7) // 8)
-    idat = b"".join(compressor.compress(row * 1000) for _ in range(height // 1000))
-    idat += compressor.flush()
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return hostile.png_bomb(width, height)
 
 
 @pytest.fixture(scope="module")
