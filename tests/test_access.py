@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import grpc
 import pytest
 
@@ -35,6 +37,14 @@ DENIED = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
     h = start_harness(f"sqlite:///{tmp_path_factory.mktemp('access')}/db.sqlite")
+    # admin tokens that no longer work: revoked, and expired (written straight
+    # into the store with an expiry in the past)
+    revoked, h.tokens["revoked"] = auth.create_token(h.core.store, "admin", "gone")
+    h.core.store.revoke_token(revoked.id)
+    h.tokens["expired"] = auth.new_token()
+    h.core.store.add_token(
+        "old", "admin", auth.hash_token(h.tokens["expired"]), datetime.now(UTC) - timedelta(days=1)
+    )
     yield h
     h.close()
 
@@ -64,7 +74,7 @@ def _call(harness, method: str, metadata):
 
 
 @pytest.mark.parametrize("method", sorted(REQUESTS))
-@pytest.mark.parametrize("role", [*auth.ROLES, None, "wrong-token"])
+@pytest.mark.parametrize("role", [*auth.ROLES, None, "wrong-token", "revoked", "expired"])
 def test_role_matrix(harness, method, role):
     if role == "wrong-token":
         metadata = (("authorization", "Bearer hsv_not-a-real-token"),)
@@ -72,7 +82,7 @@ def test_role_matrix(harness, method, role):
         metadata = ()
     else:
         metadata = (("authorization", f"Bearer {harness.tokens[role]}"),)
-    allowed = role in auth.RPC_ROLES[f"/hashsvc.v1.{method}"]
+    allowed = role in auth.RPC_ROLES[f"/hashsvc.v1.{method}"]  # never for the dead tokens
     try:
         _call(harness, method, metadata)
         code = grpc.StatusCode.OK
@@ -80,7 +90,7 @@ def test_role_matrix(harness, method, role):
         code = exc.code()
     if allowed:
         assert code not in DENIED, f"{role} should be allowed {method}, got {code}"
-    elif role in (None, "wrong-token"):
+    elif role in (None, "wrong-token", "revoked", "expired"):
         assert code == grpc.StatusCode.UNAUTHENTICATED
     else:
         assert code == grpc.StatusCode.PERMISSION_DENIED
