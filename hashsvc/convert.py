@@ -144,21 +144,7 @@ def history_record(record: HistoryRecord) -> pb.HistoryRecord:
             )
             for s in record.query_signals
         ],
-        matches=[
-            pb.MatchedEntry(
-                set=m["set"],
-                entry=m["entry"],
-                entry_id=m["entry_id"],
-                signal_type=m["signal_type"],
-                distance=m["distance"],
-                labels=m.get("labels", {}),
-                decision=DECISION_TO_PB[m["decision"]],
-                query_variant=m.get("query_variant", ""),
-                known_variant=m.get("known_variant", ""),
-                reason=m.get("reason", ""),
-            )
-            for m in record.matches
-        ],
+        matches=[matched_entry(Match.from_json(m)) for m in record.matches],
         decision=DECISION_TO_PB[record.decision],
         status=record.status,
         error_message=record.error_message,

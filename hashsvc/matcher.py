@@ -43,6 +43,23 @@ class Match:
             "reason": self.reason,
         }
 
+    @classmethod
+    def from_json(cls, d: dict) -> Match:
+        """The inverse of to_json (as the match history stores it)."""
+        return cls(
+            set_id=d.get("set_id", 0),
+            set_name=d["set"],
+            entry_id=d["entry_id"],
+            entry_name=d["entry"],
+            signal_type=d["signal_type"],
+            distance=d["distance"],
+            labels=d.get("labels", {}),
+            decision=d["decision"],
+            query_variant=d.get("query_variant", ""),
+            known_variant=d.get("known_variant", ""),
+            reason=d.get("reason", ""),
+        )
+
 
 @dataclass(frozen=True)
 class MatchResult:
