@@ -7,7 +7,8 @@ import contextvars
 import functools
 import inspect
 import logging
-from collections import deque
+import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -19,6 +20,8 @@ from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+
+_END, _TOO_MANY = object(), object()  # MatchBatch queue markers
 
 # The authenticated caller of the RPC running in this thread (set by AuthInterceptor).
 CALLER: contextvars.ContextVar = contextvars.ContextVar("caller")
@@ -116,22 +119,51 @@ class MatcherServicer(pb_grpc.MatcherServicer):
 
     def MatchBatch(self, request_iterator, context):
         # Items are matched concurrently (hashing runs in worker processes) and
-        # answered in request order; one bad item gets an error response and
-        # the stream goes on.
+        # answered in request order, each as soon as it and those before it
+        # are done: a client may wait for an answer before sending more. A bad
+        # item gets an error response and the stream goes on.
         caller = caller_name()
         limit = self.core.config.max_batch_items
-        pending: deque = deque()
-        for count, request in enumerate(request_iterator, start=1):
-            if count > limit:
+        # Reading requests runs beside answering them; the bounded queue is the
+        # backpressure (at most _batch_in_flight items hashed ahead).
+        in_order: queue.Queue = queue.Queue(maxsize=self._batch_in_flight)
+
+        def put(item) -> bool:
+            # never block forever on a call that was cancelled meanwhile
+            while context.is_active():
+                try:
+                    in_order.put(item, timeout=0.5)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def read_requests() -> None:
+            try:
+                for count, request in enumerate(request_iterator, start=1):
+                    if count > limit:
+                        put(_TOO_MANY)
+                        return
+                    if not put(self._batch_pool.submit(self._match_item, request, caller)):
+                        return
+            except Exception:  # noqa: BLE001 - the client went away mid-stream
+                log.debug("batch request stream ended early", exc_info=True)
+            put(_END)
+
+        threading.Thread(target=read_requests, daemon=True, name="batch-reader").start()
+        while context.is_active():
+            try:
+                item = in_order.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if item is _END:
+                return
+            if item is _TOO_MANY:
                 context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"a batch may hold at most {limit} items (max_batch_items)",
                 )
-            pending.append(self._batch_pool.submit(self._match_item, request, caller))
-            while len(pending) >= self._batch_in_flight:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+            yield item.result()
 
     def _match_item(self, request: pb.MatchRequest, caller: str) -> pb.MatchResponse:
         try:

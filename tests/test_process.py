@@ -75,30 +75,34 @@ def operator_token(store_url):
 
 def test_sigterm_finishes_calls_in_flight(store_url, operator_token, tmp_path):
     server = ServerProcess(store_url, tmp_path)
-    curation = pb_grpc.CurationStub(server.channel)
     matcher = pb_grpc.MatcherStub(server.channel)
-    curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=operator_token)
-    # a PNG is decoded at full size: long enough to be in flight when SIGTERM comes
-    big = encode(photo(0).resize((6000, 4000)), "PNG", compress_level=1)
-    results: list = []
+    first_answered, terminated = threading.Event(), threading.Event()
 
-    def slow_match():
-        try:
-            results.append(matcher.Match(pb.MatchRequest(media=pb.Media(content=big)),
-                                         metadata=operator_token, timeout=30))  # fmt: skip
-        except grpc.RpcError as exc:
-            results.append(exc)
+    def uploads():
+        # a batch call that is surely in flight: its first answer has arrived
+        # before SIGTERM; its second item is sent after
+        yield pb.MatchRequest(media=pb.Media(content=encode(photo(1))), client_ref="before")
+        first_answered.wait(10)
+        terminated.wait(10)
+        yield pb.MatchRequest(media=pb.Media(content=encode(photo(2))), client_ref="after")
 
-    caller = threading.Thread(target=slow_match)
-    caller.start()
-    time.sleep(0.05)
-    code = server.stop(signal.SIGTERM)
-    caller.join()
-    assert code == 0
-    assert isinstance(results[0], pb.MatchResponse), results[0]
+    responses = []
+    stream = matcher.MatchBatch(uploads(), metadata=operator_token, timeout=30)
+    for response in stream:
+        responses.append(response)
+        if len(responses) == 1:
+            first_answered.set()
+            server.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)  # the server is now shutting down
+            terminated.set()
+    assert [r.client_ref for r in responses] == ["before", "after"]
+    assert all(r.decision == pb.ALLOW for r in responses)
+    assert server.proc.wait(timeout=30) == 0
+    server.channel.close()
+    server.log.close()
     store = open_store(store_url)
     try:
-        assert store.count_history() == 1  # the call in flight was recorded
+        assert store.count_history() == 2  # both, the one after SIGTERM too
     finally:
         store.close()
 

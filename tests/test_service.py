@@ -336,3 +336,26 @@ def test_batch_larger_than_the_limit_is_refused(store_url):
         assert m.matcher.Match(match_request(encode(photo(1))), metadata=md).decision == pb.ALLOW
     finally:
         h.close()
+
+
+def test_batch_answers_each_item_without_waiting_for_the_next(store_url):
+    """A pipeline may send one upload, wait for its answer, then send the next."""
+    import threading
+
+    h = start_harness(store_url)
+    try:
+        m, md = h.stubs("matcher")
+        answered = threading.Event()
+
+        def one_at_a_time():
+            yield match_request(encode(photo(1)), client_ref="a")
+            assert answered.wait(5), "the first answer never came"
+            yield match_request(encode(photo(2)), client_ref="b")
+
+        refs = []
+        for response in m.matcher.MatchBatch(one_at_a_time(), metadata=md, timeout=15):
+            refs.append(response.client_ref)
+            answered.set()
+        assert refs == ["a", "b"]
+    finally:
+        h.close()
