@@ -63,6 +63,8 @@ class Config:
     tls_key_file: str = ""
     # Mutual TLS: set -> clients must present a certificate signed by this CA.
     tls_client_ca_file: str = ""
+    # Prometheus metrics over HTTP at HOST:PORT/metrics; empty = off.
+    metrics_listen: str = ""
     # Where the index snapshot lives; empty -> next to a SQLite file, or none.
     index_snapshot: str = ""
     # How often to look for changes made by other replicas (seconds).

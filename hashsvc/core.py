@@ -9,6 +9,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -60,6 +61,8 @@ class Core:
         self.audit = Audit(store)
         self._poller: threading.Thread | None = None
         self._stopping = threading.Event()
+        # Called with every successful Match outcome (metrics); must not raise.
+        self.on_match: Callable[[MatchOutcome], None] | None = None
 
     @classmethod
     def open(cls, config: Config, hash_in_process: bool = False) -> Core:
@@ -127,6 +130,8 @@ class Core:
             request_id, result.decision, media_type, signals, result.matches, query.client_ref
         )
         self._record(request_id, started, caller, rpc, query, media_type, signals, outcome)
+        if self.on_match is not None:
+            self.on_match(outcome)
         return outcome
 
     def _query_signals(self, query: MatchQuery) -> tuple[str, list[Signal]]:

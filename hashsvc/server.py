@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from hashsvc.auth import RateLimiter
 from hashsvc.config import Config
 from hashsvc.core import Core
+from hashsvc.metrics import Metrics
 from hashsvc.service import (
     AdminServicer,
     AuditServicer,
@@ -38,10 +39,13 @@ class RunningServer:
     port: int
     core: Core
     health: health.HealthServicer
+    metrics: Metrics
+    metrics_port: int = 0
 
     def stop(self, grace: float = 5.0) -> None:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
+        self.metrics.stop()
         self.core.close()
 
     def _set_health(self, status) -> None:
@@ -56,6 +60,8 @@ def start_server(
     """Starts serving at once (health NOT_SERVING) and loads the index; the
     server reports SERVING only when the index is loaded and current."""
     core = Core.open(config, hash_in_process=hash_in_process)
+    metrics = Metrics(core)
+    core.on_match = metrics.observe_match
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
@@ -66,6 +72,7 @@ def start_server(
             AuthInterceptor(
                 core.store,
                 RateLimiter(config.rate_limit_per_second, config.rate_limit_burst),
+                observe_rpc=metrics.observe_rpc,
             )
         ],
         options=options,
@@ -82,7 +89,9 @@ def start_server(
         [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     port = _bind(server, config)
-    running = RunningServer(server, port, core, health_servicer)
+    running = RunningServer(server, port, core, health_servicer, metrics)
+    if config.metrics_listen:
+        running.metrics_port = metrics.serve(config.metrics_listen)
     running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()
 

@@ -9,6 +9,7 @@ import inspect
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -67,9 +68,11 @@ def caller_name() -> str:
 class AuthInterceptor(grpc.ServerInterceptor):
     """Authenticates the token and checks the role before the handler runs."""
 
-    def __init__(self, store, limiter: auth.RateLimiter | None = None) -> None:
+    def __init__(self, store, limiter: auth.RateLimiter | None = None, observe_rpc=None) -> None:
         self.store = store
         self.limiter = limiter or auth.RateLimiter(0)
+        # observe_rpc(rpc name, status code name, perf_counter start) for metrics
+        self.observe_rpc = observe_rpc
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -77,19 +80,30 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if handler is None or method.startswith(auth.PUBLIC_SERVICES):
             return handler
         token = auth.token_from_metadata(handler_call_details.invocation_metadata)
-        store, limiter = self.store, self.limiter
+        store, limiter, observe = self.store, self.limiter, self.observe_rpc
+        rpc_name = method.rsplit("/", 1)[-1]
 
         def guard(behavior):
             @functools.wraps(behavior)
             def guarded(request_or_iterator, context):
+                started = time.perf_counter()
+                streaming = False
                 try:
-                    record = auth.authenticate(store, token)
-                    auth.authorize(record, method)
-                    limiter.check(record)
-                except HashsvcError as exc:
-                    _abort(context, exc)
-                CALLER.set(record)
-                return behavior(request_or_iterator, context)
+                    try:
+                        record = auth.authenticate(store, token)
+                        auth.authorize(record, method)
+                        limiter.check(record)
+                    except HashsvcError as exc:
+                        _abort(context, exc)
+                    CALLER.set(record)
+                    result = behavior(request_or_iterator, context)
+                    if inspect.isgenerator(result):
+                        streaming = True  # timed when the stream ends
+                        return _observed_stream(result, context, rpc_name, started, observe)
+                    return result
+                finally:
+                    if observe is not None and not streaming:
+                        observe(rpc_name, _code_name(context), started)
 
             return guarded
 
@@ -104,6 +118,19 @@ class AuthInterceptor(grpc.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def _code_name(context) -> str:
+    code = context.code()
+    return code.name if code is not None else "OK"
+
+
+def _observed_stream(stream, context, rpc_name, started, observe):
+    try:
+        yield from stream
+    finally:
+        if observe is not None:
+            observe(rpc_name, _code_name(context), started)
 
 
 class MatcherServicer(pb_grpc.MatcherServicer):
