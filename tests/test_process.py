@@ -163,3 +163,38 @@ def test_kill_9_during_adds_loses_nothing_acknowledged(store_url, operator_token
     finally:
         assert restarted.stop(signal.SIGTERM) == 0
     assert os.path.exists(restarted.log.name)
+
+
+def test_two_replicas_over_postgresql_see_each_others_changes(pg_url, tmp_path):
+    store = open_store(pg_url)
+    _, token = auth.create_token(store, "admin", "test")
+    store.close()
+    md = (("authorization", f"Bearer {token}"),)
+    first, second = ServerProcess(pg_url, tmp_path), ServerProcess(pg_url, tmp_path)
+    try:
+        curation = pb_grpc.CurationStub(first.channel)
+        other = pb_grpc.MatcherStub(second.channel)
+        data = encode(noise_image(77))
+        request = pb.MatchRequest(media=pb.Media(content=data))
+
+        def decision_on_second_within(seconds: float, want: int) -> float:
+            started = time.monotonic()
+            while time.monotonic() - started < seconds:
+                if other.Match(request, metadata=md).decision == want:
+                    return time.monotonic() - started
+                time.sleep(0.05)
+            raise AssertionError(f"second replica did not reach {want} in {seconds} s")
+
+        curation.CreateSet(pb.CreateSetRequest(name="shared"), metadata=md)
+        curation.AddEntry(
+            pb.AddEntryRequest(set="shared", name="n", media=pb.Media(content=data)), metadata=md
+        )
+        assert decision_on_second_within(2.0, pb.BLOCK) < 2.0
+        curation.UpdateSet(pb.UpdateSetRequest(name="shared", enabled=False), metadata=md)
+        assert decision_on_second_within(2.0, pb.ALLOW) < 2.0
+        curation.UpdateSet(pb.UpdateSetRequest(name="shared", enabled=True), metadata=md)
+        curation.RemoveEntry(pb.RemoveEntryRequest(set="shared", name="n"), metadata=md)
+        assert decision_on_second_within(2.0, pb.ALLOW) < 2.0
+    finally:
+        assert first.stop(signal.SIGTERM) == 0
+        assert second.stop(signal.SIGTERM) == 0
