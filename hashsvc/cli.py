@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import re
 import sys
@@ -86,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML config file (see README)")
     p.add_argument("--workers", type=int, help="hashing processes (default: one per core)")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-json", action="store_true", help="log JSON lines (for log pipelines)")
     p.set_defaults(func=cmd_serve)
 
     token = sub.add_parser("token", help="manage API tokens", description="Manage API tokens.")
@@ -218,14 +218,11 @@ def _print_json(obj) -> None:
 
 
 def cmd_serve(args) -> int:
+    from hashsvc import logs
     from hashsvc.config import load_config
     from hashsvc.server import serve_forever
 
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(args.log_level, json_lines=args.log_json)
     try:
         config = load_config(args.config, listen=args.listen, db_url=args.db, workers=args.workers)
     except (OSError, ValueError) as exc:

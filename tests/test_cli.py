@@ -161,3 +161,25 @@ def test_history_verify_reports_tampering_with_exit_1(tmp_path, monkeypatch, cap
         assert code == 1 and "TAMPERED" in out and f"record {edited}: record was edited" in out
     finally:
         h.close()
+
+
+def test_serve_logs_json_lines(tmp_path):
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hashsvc.cli", "serve", "--log-json", "--workers", "1",
+         "--listen", f"127.0.0.1:{port}", "--db", f"sqlite:///{tmp_path}/j.db"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    lines = [json.loads(line) for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 0
+    assert any("listening" in entry["message"] for entry in lines)
+    assert all({"time", "level", "logger", "message"} <= set(entry) for entry in lines)
