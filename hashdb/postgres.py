@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from contextlib import contextmanager
 from urllib.parse import parse_qs, urlparse
 
@@ -50,6 +51,10 @@ class PostgresStore(SQLStore):
     def __init__(self, url: str, max_connections: int = 16) -> None:
         self.url = url
         self.schema = _schema_from_url(url)
+        # one channel per schema: stores in other schemas of the database do
+        # not wake this one
+        self._channel = f"hashsvc_changes_{self.schema}" if self.schema else "hashsvc_changes"
+        self._listener: psycopg.Connection | None = None
         self._pool = ConnectionPool(
             url, min_size=1, max_size=max_connections, open=True, name="hashsvc"
         )
@@ -83,6 +88,34 @@ class PostgresStore(SQLStore):
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_HISTORY_LOCK,))
             yield _Cursor(cur)
 
+    def _change(self, cur, op: str, set_id: int, entry_id: int | None) -> None:
+        super()._change(cur, op, set_id, entry_id)
+        # delivered at commit: replicas apply the change at once instead of at
+        # their next poll
+        cur.execute(f"NOTIFY {self._channel}")
+
+    def wait_for_change(self, timeout: float) -> bool:
+        try:
+            if self._listener is None:
+                self._listener = psycopg.connect(self.url, autocommit=True)
+                self._listener.execute(f"LISTEN {self._channel}")
+            for _ in self._listener.notifies(timeout=timeout, stop_after=1):
+                return True
+            return False
+        except psycopg.Error:
+            # lost connection: fall back to polling, reconnect next time
+            self._close_listener()
+            time.sleep(timeout)
+            return False
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            try:
+                self._listener.close()
+            except psycopg.Error:
+                pass
+            self._listener = None
+
     def _migrate(self) -> None:
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
@@ -91,6 +124,7 @@ class PostgresStore(SQLStore):
             migrations.apply(_Cursor(cur), migrations.POSTGRES)
 
     def close(self) -> None:
+        self._close_listener()
         self._pool.close()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -277,6 +278,10 @@ class SQLStore:
             "INSERT INTO changes (op, set_id, entry_id, at) VALUES (?, ?, ?, ?)",
             (op, set_id, entry_id, now_micros()),
         )
+
+    def wait_for_change(self, timeout: float) -> bool:
+        time.sleep(timeout)
+        return False
 
     def current_seq(self) -> int:
         with self._read() as cur:

@@ -98,6 +98,11 @@ class Store(Protocol):
     def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
         """Changes with seq > the given one, oldest first."""
 
+    def wait_for_change(self, timeout: float) -> bool:
+        """Blocks up to `timeout` seconds; True as soon as another connection
+        may have added changes (PostgreSQL: NOTIFY), False on timeout. A store
+        that cannot tell just waits and returns False: callers poll anyway."""
+
     def iter_signals(
         self, kinds: Iterable[str], after_entry_id: int = 0
     ) -> Iterator[IndexedSignal]:

@@ -87,8 +87,12 @@ class Core:
 
     def _poll_changes(self) -> None:
         saved_seq, saved_at = self.live.seq, time.monotonic()
-        while not self._stopping.wait(self.config.change_poll_seconds):
+        while not self._stopping.is_set():
             try:
+                # woken at once by a PostgreSQL NOTIFY, else after the poll interval
+                self.store.wait_for_change(self.config.change_poll_seconds)
+                if self._stopping.is_set():
+                    return
                 self.live.catch_up()
                 # A fresh snapshot keeps restarts fast even after a crash.
                 due = time.monotonic() - saved_at > self.config.snapshot_seconds

@@ -91,3 +91,18 @@ def _wait_for(condition, seconds: float = 2.0) -> bool:
             return True
         time.sleep(0.05)
     return condition()
+
+
+def test_postgresql_notify_wakes_the_other_replica_at_once(pg_url):
+    # polling every 10 s: only a NOTIFY can make this fast
+    first = _core(pg_url, change_poll_seconds=10)
+    second = _core(pg_url, change_poll_seconds=10)
+    try:
+        data = encode(noise_image(12))
+        first.curation.create_set("notified")
+        time.sleep(0.3)  # the second replica's listener is up
+        first.curation.add_entry("notified", "n", {}, "op", media=data)
+        assert _wait_for(lambda: _decision(second, data) == "block", seconds=1.0)
+    finally:
+        first.close()
+        second.close()
