@@ -201,3 +201,8 @@ POSTGRES.append(_CHAIN)
 _TOKEN_EXPIRY = ["ALTER TABLE tokens ADD COLUMN expires_at BIGINT"]
 SQLITE.append(_TOKEN_EXPIRY)
 POSTGRES.append(_TOKEN_EXPIRY)
+
+# 4: a history chain may be keyed (HMAC): which key signed each record.
+_CHAIN_KEY = ["ALTER TABLE match_history ADD COLUMN chain_key_id TEXT"]
+SQLITE.append(_CHAIN_KEY)
+POSTGRES.append(_CHAIN_KEY)

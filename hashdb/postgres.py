@@ -48,7 +48,10 @@ class _Cursor:
 class PostgresStore(SQLStore):
     _unique_violation = pg_errors.UniqueViolation
 
-    def __init__(self, url: str, max_connections: int = 16) -> None:
+    def __init__(
+        self, url: str, max_connections: int = 16, history_key: bytes | None = None
+    ) -> None:
+        self._init_history_key(history_key)
         self.url = url
         self.schema = _schema_from_url(url)
         # one channel per schema: stores in other schemas of the database do

@@ -8,6 +8,7 @@ written `?` here and rewritten to `%s` for psycopg.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import time
 from collections.abc import Iterator
@@ -77,11 +78,20 @@ _HISTORY_COLUMNS = (
 
 
 class SQLStore:
-    """Subclasses provide _read(), _write() (context managers yielding a cursor
-    that takes `?` placeholders; _write holds the writer lock that keeps change
-    seqs in commit order) and _unique_violation (an exception class)."""
+    """Subclasses call _init_history_key and provide _read(), _write() (context
+    managers yielding a cursor that takes `?` placeholders; _write holds the
+    writer lock that keeps change seqs in commit order) and _unique_violation
+    (an exception class)."""
 
     _unique_violation: type[BaseException] = Exception
+    # With a key the history chain is an HMAC: someone who can write to the
+    # database but does not hold the key cannot forge a consistent chain.
+    _history_key: bytes | None = None
+    _history_key_id: str = ""
+
+    def _init_history_key(self, key: bytes | None) -> None:
+        self._history_key = key or None
+        self._history_key_id = key_id(key) if key else ""
 
     def _read(self) -> AbstractContextManager:
         raise NotImplementedError
@@ -388,12 +398,13 @@ class SQLStore:
             )
             head = cur.fetchone()
             prev_hash = head[0] if head else ""
+            record_hash = chain_hash(prev_hash, fields, self._history_key)
             cur.execute(
                 "INSERT INTO match_history (request_id, time, caller, rpc, media_type, decision,"
                 " status, error_message, client_ref, media_bytes, query_signals, matches,"
-                " prev_hash, record_hash)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (*fields, prev_hash, chain_hash(prev_hash, fields)),
+                " prev_hash, record_hash, chain_key_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (*fields, prev_hash, record_hash, self._history_key_id),
             )
             history_id = cur.fetchone()[0]
             if set_ids:
@@ -445,7 +456,8 @@ class SQLStore:
         while len(problems) < max_problems:
             with self._read() as cur:
                 cur.execute(
-                    f"SELECT id, {_CHAINED_FIELDS}, prev_hash, record_hash FROM match_history"
+                    f"SELECT id, {_CHAINED_FIELDS}, prev_hash, record_hash, chain_key_id"
+                    " FROM match_history"
                     " WHERE id > ? ORDER BY id LIMIT 1000",
                     (after_id,),
                 )
@@ -454,6 +466,7 @@ class SQLStore:
                 break
             for row in rows:
                 history_id, fields, prev_hash, record_hash = row[0], row[1:13], row[13], row[14]
+                signed_with = row[15] or ""
                 after_id = history_id
                 checked += 1
                 if record_hash is None:
@@ -472,8 +485,17 @@ class SQLStore:
                             " inserted or edited",
                         )  # fmt: skip
                     )
-                if chain_hash(prev_hash, fields) != record_hash:
-                    problems.append((history_id, "record was edited: its hash does not match"))
+                if signed_with and signed_with != self._history_key_id:
+                    problems.append(
+                        (history_id, f"signed with key {signed_with}, which this server lacks")
+                    )
+                elif self._history_key_id and not signed_with:
+                    # a keyed history holds no unkeyed record after keying began
+                    problems.append((history_id, "record is not signed: written without the key"))
+                else:
+                    key = self._history_key if signed_with else None
+                    if chain_hash(prev_hash, fields, key) != record_hash:
+                        problems.append((history_id, "record was edited: its hash does not match"))
                 expected_prev = head = record_hash
         return HistoryVerification(checked, unchained, head, problems[:max_problems])
 
@@ -489,10 +511,18 @@ _CHAINED_FIELDS = (
 )
 
 
-def chain_hash(prev_hash: str, fields: tuple) -> str:
-    """SHA-256 over the previous record's hash and this record's stored fields."""
+def chain_hash(prev_hash: str, fields: tuple, key: bytes | None = None) -> str:
+    """SHA-256 (or HMAC-SHA-256 with a key) over the previous record's hash and
+    this record's stored fields."""
     canonical = json.dumps([prev_hash, *fields], ensure_ascii=False, separators=(",", ":"))
+    if key:
+        return hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def key_id(key: bytes) -> str:
+    """A short public name for a key (never the key): which key signed a record."""
+    return hashlib.sha256(b"hashsvc-history-key:" + key).hexdigest()[:16]
 
 
 def _set(row) -> HashSetRecord:

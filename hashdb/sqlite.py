@@ -19,7 +19,8 @@ from hashdb.sqlbase import SQLStore
 class SQLiteStore(SQLStore):
     _unique_violation = sqlite3.IntegrityError
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, history_key: bytes | None = None) -> None:
+        self._init_history_key(history_key)
         path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else url[len("sqlite://") :]
         if not path:
             raise ValueError("sqlite URL needs a path: sqlite:///hashsvc.db")

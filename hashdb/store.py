@@ -138,15 +138,16 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, history_key: bytes | None = None) -> Store:
     """sqlite:///relative/or/absolute/path, sqlite:///:memory: (tests),
-    postgresql://host:port/db[?options=-csearch_path%3Dschema]."""
+    postgresql://host:port/db[?options=-csearch_path%3Dschema].
+    history_key: sign the history chain with HMAC under this secret."""
     if url.startswith("sqlite://"):
         from hashdb.sqlite import SQLiteStore
 
-        return SQLiteStore(url)
+        return SQLiteStore(url, history_key=history_key)
     if url.startswith(("postgresql://", "postgres://")):
         from hashdb.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, history_key=history_key)
     raise ValueError(f"unsupported store URL {url!r}: use sqlite:///PATH or postgresql://...")

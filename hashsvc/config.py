@@ -63,6 +63,9 @@ class Config:
     tls_key_file: str = ""
     # Mutual TLS: set -> clients must present a certificate signed by this CA.
     tls_client_ca_file: str = ""
+    # A secret file: the match history's hash chain becomes an HMAC under it,
+    # so database access alone cannot forge a consistent history.
+    history_key_file: str = ""
     # Prometheus metrics over HTTP at HOST:PORT/metrics; empty = off.
     metrics_listen: str = ""
     # Where the index snapshot lives; empty -> next to a SQLite file, or none.
@@ -71,6 +74,15 @@ class Config:
     change_poll_seconds: float = 1.0
     # How often to refresh the index snapshot when something changed (seconds).
     snapshot_seconds: float = 300.0
+
+    def history_key(self) -> bytes | None:
+        if not self.history_key_file:
+            return None
+        with open(self.history_key_file, "rb") as f:
+            key = f.read().strip()
+        if len(key) < 16:
+            raise ValueError(f"{self.history_key_file}: a history key needs at least 16 bytes")
+        return key
 
     def worker_count(self) -> int:
         return self.workers if self.workers > 0 else (os.cpu_count() or 1)

@@ -66,7 +66,7 @@ class Core:
 
     @classmethod
     def open(cls, config: Config, hash_in_process: bool = False) -> Core:
-        store = open_store(config.db_url)
+        store = open_store(config.db_url, history_key=config.history_key())
         workers = 0 if hash_in_process else config.worker_count()
         pool = HashingPool(
             workers,

@@ -268,3 +268,68 @@ def test_history_chain_names_an_inserted_record(store, store_url):
     problems = store.verify_history().problems
     assert len(problems) == 1 and problems[0][0] > ids[-1]
     assert "no hash" in problems[0][1]
+
+
+def _forge_from(store_url: str, first_id: int) -> None:
+    """What an attacker with database access but no key can do: edit a record
+    and recompute an unkeyed chain from there on."""
+    from hashdb.sqlbase import _CHAINED_FIELDS, chain_hash
+
+    if store_url.startswith("sqlite"):
+        conn = sqlite3.connect(store_url[len("sqlite:///") :])
+        placeholder = "?"
+    else:
+        conn = psycopg.connect(store_url)
+        placeholder = "%s"
+    rows = conn.execute(
+        f"SELECT id, {_CHAINED_FIELDS}, prev_hash FROM match_history ORDER BY id"
+    ).fetchall()
+    prev = ""
+    for row in rows:
+        history_id, fields = row[0], list(row[1:13])
+        if history_id < first_id:
+            prev = chain_hash(row[13], tuple(fields), None)  # the attacker's best guess
+            continue
+        if history_id == first_id:
+            fields[5] = "block"  # decision
+        record_hash = chain_hash(prev, tuple(fields), None)
+        conn.execute(
+            f"UPDATE match_history SET decision = {placeholder}, prev_hash = {placeholder},"
+            f" record_hash = {placeholder} WHERE id = {placeholder}",
+            (fields[5], prev, record_hash, history_id),
+        )
+        prev = record_hash
+    conn.commit()
+    conn.close()
+
+
+def test_keyed_history_chain_catches_a_recomputed_forgery(store_url):
+    keyed = open_store(store_url, history_key=b"k" * 32)
+    try:
+        ids = _chain_of(keyed, 4)
+        assert keyed.verify_history().intact
+        _tamper(store_url)  # triggers off
+        _forge_from(store_url, ids[2])
+        flagged = {record_id for record_id, _ in keyed.verify_history().problems}
+        # every forged record is caught, nothing before the forgery is
+        assert flagged == {ids[2], ids[3]}
+        # (the same forgery of an unkeyed chain passes: only an anchored head
+        # hash would catch it)
+    finally:
+        keyed.close()
+    other_key = open_store(store_url, history_key=b"x" * 32)
+    try:
+        assert "lacks" in other_key.verify_history().problems[0][1]
+    finally:
+        other_key.close()
+
+
+def test_unkeyed_chain_rewrite_changes_the_head_hash(store, store_url):
+    """Without a key, a full rewrite of the tail verifies; the head hash that
+    `history verify` prints (kept elsewhere) is what shows it."""
+    ids = _chain_of(store, 4)
+    head_before = store.verify_history().head_hash
+    _tamper(store_url)
+    _forge_from(store_url, ids[2])
+    after = store.verify_history()
+    assert after.intact and after.head_hash != head_before
