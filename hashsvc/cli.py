@@ -141,14 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
         _client_opts(p, json_flag=True)
         p.set_defaults(func=cmd_sets_enable, enabled=enabled)
 
-    p = client_command("add", cmd_add, "Add media files (or hashes) to a set as known entries.")
+    p = client_command(
+        "add",
+        cmd_add,
+        "Add media files, directories (recursively; entries named by relative path, "
+        "those already in the set skipped) or hashes to a set as known entries.",
+    )
     p.add_argument("--set", required=True, dest="set_name")
     p.add_argument("--label", action="append", default=[], metavar="K=V")
     p.add_argument("--name", help="entry name (one file only; default: the file name)")
     p.add_argument(
         "--hash", action="append", default=[], metavar="TYPE:HEX", help="add a precomputed hash"
     )
-    p.add_argument("files", nargs="*", metavar="FILE")
+    p.add_argument("files", nargs="*", metavar="FILE|DIR")
+    p.add_argument("--parallel", type=int, default=4, help="uploads in flight (default 4)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--json", action="store_true")
 
     p = client_command("remove", cmd_remove, "Remove entries from a set (stop matching at once).")
@@ -426,36 +433,67 @@ def _each_item(items: list, label_of, call, show, as_json: bool) -> int:
 
 
 def cmd_add(args) -> int:
+    from hashsvc import ingest
+
     if not args.files and not args.hash:
-        raise UsageError("give files to add, or --hash TYPE:HEX")
-    if args.name and len(args.files) + len(args.hash) != 1:
+        raise UsageError("give files or directories to add, or --hash TYPE:HEX")
+    files = ingest.media_files(args.files)
+    if args.name and len(files) + len(args.hash) != 1:
         raise UsageError("--name needs exactly one file or hash")
     labels = _labels(args.label)
-    items = [(path, None) for path in args.files] + [(None, h) for h in args.hash]
-    done = 0
+    items: list = [*files, *args.hash]
+    counts = {"added": 0, "skipped": 0, "failed": 0}
+    unreachable = False
 
     def add(item):
-        path, hash_text = item
         req = pb.AddEntryRequest(set=args.set_name, labels=labels)
-        if path is not None:
-            req.media.content = _read(path)
-            req.media.filename = os.path.basename(path)
-            req.name = args.name or os.path.basename(path)
+        if isinstance(item, ingest.MediaFile):
+            req.media.content = _read(item.path)
+            req.media.filename = os.path.basename(item.path)
+            req.name = args.name or item.entry_name
         else:
-            req.signal.CopyFrom(_parse_hash_arg(hash_text))
-            req.name = args.name or hash_text.partition(":")[2].strip()
+            req.signal.CopyFrom(_parse_hash_arg(item))
+            req.name = args.name or item.partition(":")[2].strip()
         return client.curation.AddEntry(req, metadata=client.metadata)
 
-    def show(label, entry):
-        nonlocal done
-        done += 1
-        if args.json:
-            _print_json({"file": label, **entry_json(entry)})
+    def report(item, result):
+        nonlocal unreachable
+        label = item.path if isinstance(item, ingest.MediaFile) else item
+        already = (
+            isinstance(result, grpc.RpcError)
+            and result.code() == grpc.StatusCode.ALREADY_EXISTS
+            and isinstance(item, ingest.MediaFile)
+            and item.from_directory
+        )
+        if already:
+            counts["skipped"] += 1
+            if args.json:
+                _print_json({"file": label, "entry": item.entry_name, "status": "skipped"})
+        elif isinstance(result, (OSError, grpc.RpcError)):
+            counts["failed"] += 1
+            unreachable = unreachable or _unreachable(result)
+            _report_item_error(label, result, args.json)
+        elif isinstance(result, Exception):
+            raise result
         else:
-            print(f"added {entry.name} to {args.set_name} ({done}/{len(items)})")
+            counts["added"] += 1
+            if args.json:
+                _print_json({"file": label, "status": "added", **entry_json(result)})
+            elif len(items) == 1 or args.quiet or not sys.stderr.isatty():
+                print(f"added {result.name} to {args.set_name}")
 
+    progress = ingest.Progress(len(items), enabled=sys.stderr.isatty() and not args.quiet)
     with _client(args) as client:
-        return _each_item(items, lambda item: item[0] or item[1], add, show, args.json)
+        ingest.run_parallel(items, add, report, args.parallel, progress)
+    if len(items) > 1 and not args.json:
+        print(
+            f"{counts['added']} added, {counts['skipped']} already in the set,"
+            f" {counts['failed']} failed",
+            file=sys.stderr,
+        )
+    if unreachable:
+        return EXIT_UNREACHABLE
+    return EXIT_FAILED if counts["failed"] else EXIT_OK
 
 
 def cmd_remove(args) -> int:

@@ -183,3 +183,31 @@ def test_serve_logs_json_lines(tmp_path):
     assert proc.returncode == 0
     assert any("listening" in entry["message"] for entry in lines)
     assert all({"time", "level", "logger", "message"} <= set(entry) for entry in lines)
+
+
+def test_add_directory_in_parallel_names_by_path_and_resumes(run, tmp_path):
+    archive = tmp_path / "archive"
+    (archive / "2015").mkdir(parents=True)
+    (archive / "2016").mkdir()
+    for i, sub in enumerate(["2015", "2016"]):
+        (archive / sub / "poster.jpg").write_bytes(encode(photo(i)))  # same base name
+        (archive / sub / f"extra{i}.png").write_bytes(encode(photo(i + 4), "PNG"))
+    (archive / ".DS_Store").write_bytes(b"junk")
+    (archive / "2016" / "broken.jpg").write_bytes(b"\xff\xd8\xff truncated")
+
+    code, _, _ = run("sets", "create", "archive", role="operator")
+    code, out, err = run("add", "--set", "archive", "--json", str(archive), role="operator")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 1  # the broken file
+    added = sorted(r["entry"] for r in rows if r.get("status") == "added")
+    assert added == ["2015/extra0.png", "2015/poster.jpg", "2016/extra1.png", "2016/poster.jpg"]
+    assert [r["error"]["code"] for r in rows if "error" in r] == ["INVALID_ARGUMENT"]
+    assert "broken.jpg" in err
+
+    # running it again adds nothing and skips what is there: resumable
+    (archive / "2016" / "broken.jpg").unlink()
+    code, out, _ = run("add", "--set", "archive", "--json", str(archive), role="operator")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and {r["status"] for r in rows} == {"skipped"} and len(rows) == 4
+    code, out, _ = run("match", "--json", str(archive / "2016" / "poster.jpg"), role="matcher")
+    assert json.loads(out)["matches"][0]["entry"] == "2016/poster.jpg"
