@@ -34,6 +34,7 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     f"{_PREFIX}Curation/ListEntries": frozenset({OPERATOR, ADMIN}),
     f"{_PREFIX}Curation/GetEntry": frozenset({OPERATOR, ADMIN}),
     f"{_PREFIX}Curation/RemoveEntry": frozenset({OPERATOR, ADMIN}),
+    f"{_PREFIX}Curation/FindEntries": frozenset({OPERATOR, ADMIN}),
     f"{_PREFIX}Curation/GetStats": frozenset({OPERATOR, AUDITOR, ADMIN}),
     f"{_PREFIX}Audit/QueryHistory": frozenset({AUDITOR, ADMIN}),
     f"{_PREFIX}Audit/ExportHistory": frozenset({AUDITOR, ADMIN}),

@@ -9,6 +9,7 @@ Results go to stdout, errors and progress to stderr.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -432,6 +433,21 @@ def _each_item(items: list, label_of, call, show, as_json: bool) -> int:
     return EXIT_FAILED if failures else EXIT_OK
 
 
+_ALREADY_KNOWN = object()
+
+
+def _known_by_sha256(client: Client, set_name: str, content: bytes) -> bool:
+    """Whether the set already holds a file with these exact bytes (under any name)."""
+    found = client.curation.FindEntries(
+        pb.FindEntriesRequest(
+            set=set_name,
+            signal=pb.SignalValue(signal_type="sha256", value=hashlib.sha256(content).hexdigest()),
+        ),
+        metadata=client.metadata,
+    )
+    return bool(found.entries)
+
+
 def cmd_add(args) -> int:
     from hashsvc import ingest
 
@@ -449,6 +465,8 @@ def cmd_add(args) -> int:
         req = pb.AddEntryRequest(set=args.set_name, labels=labels)
         if isinstance(item, ingest.MediaFile):
             req.media.content = _read(item.path)
+            if item.from_directory and _known_by_sha256(client, args.set_name, req.media.content):
+                return _ALREADY_KNOWN
             req.media.filename = os.path.basename(item.path)
             req.name = args.name or item.entry_name
         else:
@@ -459,7 +477,7 @@ def cmd_add(args) -> int:
     def report(item, result):
         nonlocal unreachable
         label = item.path if isinstance(item, ingest.MediaFile) else item
-        already = (
+        already = result is _ALREADY_KNOWN or (
             isinstance(result, grpc.RpcError)
             and result.code() == grpc.StatusCode.ALREADY_EXISTS
             and isinstance(item, ingest.MediaFile)

@@ -124,6 +124,16 @@ class Curation:
         next_token = str(entries[-1].id) if len(entries) == limit else ""
         return entries, next_token
 
+    def find_entries(self, set_name: str, kind: str, value: str) -> list[EntryRecord]:
+        """Active entries of the set holding exactly this (exact-type) hash."""
+        hash_set = self.get_set(set_name)
+        sig_type = signal_type(kind)
+        if sig_type.perceptual:
+            raise InvalidArgument(f"{kind} is compared by distance: use Match to look it up")
+        ids = {entry_id for entry_id, _ in self.store.find_exact(kind, sig_type.parse(value))}
+        entries = self.store.get_entries(ids, with_signals=True)
+        return [e for e in entries.values() if e.set_id == hash_set.id and e.removed_at is None]
+
     def remove_entry(self, set_name: str, name: str) -> EntryRecord:
         entry = self.store.remove_entry(self.get_set(set_name).id, name)
         self.live.catch_up()

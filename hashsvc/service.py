@@ -279,6 +279,13 @@ class CurationServicer(pb_grpc.CurationServicer):
         return convert.entry(self.curation.get_entry(request.set, request.name), request.set)
 
     @rpc
+    def FindEntries(self, request, context):
+        entries = self.curation.find_entries(
+            request.set, request.signal.signal_type, request.signal.value
+        )
+        return pb.ListEntriesResponse(entries=[convert.entry(e, request.set) for e in entries])
+
+    @rpc
     def RemoveEntry(self, request, context):
         return convert.entry(self.curation.remove_entry(request.set, request.name), request.set)
 

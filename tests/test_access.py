@@ -23,6 +23,9 @@ REQUESTS = {
     "Curation/ListEntries": pb.ListEntriesRequest(set="s"),
     "Curation/GetEntry": pb.GetEntryRequest(set="s", name="e"),
     "Curation/RemoveEntry": pb.RemoveEntryRequest(set="s", name="e"),
+    "Curation/FindEntries": pb.FindEntriesRequest(
+        set="s", signal=pb.SignalValue(signal_type="sha256", value="0" * 64)
+    ),
     "Curation/GetStats": pb.GetStatsRequest(),
     "Audit/QueryHistory": pb.QueryHistoryRequest(),
     "Audit/ExportHistory": pb.QueryHistoryRequest(),

@@ -204,10 +204,13 @@ def test_add_directory_in_parallel_names_by_path_and_resumes(run, tmp_path):
     assert [r["error"]["code"] for r in rows if "error" in r] == ["INVALID_ARGUMENT"]
     assert "broken.jpg" in err
 
-    # running it again adds nothing and skips what is there: resumable
+    # running it again adds nothing and skips what is there: resumable; a copy
+    # of a known file under another name is skipped by its SHA-256
     (archive / "2016" / "broken.jpg").unlink()
+    (archive / "2017").mkdir()
+    (archive / "2017" / "renamed.jpg").write_bytes((archive / "2015" / "poster.jpg").read_bytes())
     code, out, _ = run("add", "--set", "archive", "--json", str(archive), role="operator")
     rows = [json.loads(line) for line in out.splitlines()]
-    assert code == 0 and {r["status"] for r in rows} == {"skipped"} and len(rows) == 4
+    assert code == 0 and {r["status"] for r in rows} == {"skipped"} and len(rows) == 5
     code, out, _ = run("match", "--json", str(archive / "2016" / "poster.jpg"), role="matcher")
     assert json.loads(out)["matches"][0]["entry"] == "2016/poster.jpg"

@@ -359,3 +359,34 @@ def test_batch_answers_each_item_without_waiting_for_the_next(store_url):
         assert refs == ["a", "b"]
     finally:
         h.close()
+
+
+def test_find_entries_by_exact_hash(harness):
+    import hashlib
+
+    op, md = _known_set(harness)
+    data = encode(photo(6))
+    _add(op, md, "isis-images", "six", data)
+    sha = hashlib.sha256(data).hexdigest()
+    found = op.curation.FindEntries(
+        pb.FindEntriesRequest(
+            set="isis-images", signal=pb.SignalValue(signal_type="sha256", value=sha)
+        ),
+        metadata=md,
+    )
+    assert [e.name for e in found.entries] == ["six"]
+    none = op.curation.FindEntries(
+        pb.FindEntriesRequest(
+            set="isis-images", signal=pb.SignalValue(signal_type="sha256", value="0" * 64)
+        ),
+        metadata=md,
+    )
+    assert list(none.entries) == []
+    with pytest.raises(grpc.RpcError) as err:
+        op.curation.FindEntries(
+            pb.FindEntriesRequest(
+                set="isis-images", signal=pb.SignalValue(signal_type="pdq", value="0" * 64)
+            ),
+            metadata=md,
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
