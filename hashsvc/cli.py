@@ -164,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("entries", nargs="+", metavar="ENTRY")
     p.add_argument("--json", action="store_true")
 
+    p = client_command(
+        "export",
+        cmd_export,
+        "Write a set's exchangeable hashes (PDQ as other platforms compute it, MD5, "
+        "SHA-256) with entry names and labels, as CSV or JSON lines, to stdout.",
+    )
+    p.add_argument("--set", required=True, dest="set_name")
+    p.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+
     entries = sub.add_parser("entries", help="list or show entries of a set")
     entries_sub = entries.add_subparsers(title="entries commands", metavar="COMMAND")
     p = entries_sub.add_parser("list", help="list the entries of a set")
@@ -529,23 +538,59 @@ def cmd_remove(args) -> int:
         return _each_item(args.entries, str, remove, show, args.json)
 
 
-def cmd_entries_list(args) -> int:
+EXPORT_COLUMNS = ["signal_type", "signal_value", "entry", "labels", "quality"]
+# Views that exist only inside hashsvc (crops, bands) are not exchanged.
+EXPORTED_VARIANTS = {"original"}
+
+
+def _entries(client: Client, set_name: str):
     token = ""
+    while True:
+        resp = client.curation.ListEntries(
+            pb.ListEntriesRequest(set=set_name, page_size=500, page_token=token),
+            metadata=client.metadata,
+        )
+        yield from resp.entries
+        token = resp.next_page_token
+        if not token:
+            return
+
+
+def cmd_export(args) -> int:
+    import csv
+
+    writer = csv.DictWriter(sys.stdout, EXPORT_COLUMNS) if args.format == "csv" else None
+    if writer:
+        writer.writeheader()
     with _client(args) as client:
-        while True:
-            resp = client.curation.ListEntries(
-                pb.ListEntriesRequest(set=args.set_name, page_size=500, page_token=token),
-                metadata=client.metadata,
-            )
-            for e in resp.entries:
-                if args.json:
-                    _print_json(entry_json(e))
+        for entry in _entries(client, args.set_name):
+            labels = ";".join(f"{k}={v}" for k, v in sorted(entry.labels.items()))
+            for sig in entry.signals:
+                if sig.variant not in EXPORTED_VARIANTS:
+                    continue
+                row = {
+                    "signal_type": sig.signal_type,
+                    "signal_value": sig.value,
+                    "entry": entry.name,
+                    "labels": labels,
+                    "quality": sig.quality if sig.signal_type == "pdq" else "",
+                }
+                if writer:
+                    writer.writerow(row)
                 else:
-                    labels = ",".join(f"{k}={v}" for k, v in sorted(e.labels.items()))
-                    print(f"{e.name}\t{pb.MediaType.Name(e.media_type).lower()}\t{labels}")
-            token = resp.next_page_token
-            if not token:
-                return EXIT_OK
+                    _print_json({**row, "labels": dict(entry.labels)})
+    return EXIT_OK
+
+
+def cmd_entries_list(args) -> int:
+    with _client(args) as client:
+        for e in _entries(client, args.set_name):
+            if args.json:
+                _print_json(entry_json(e))
+            else:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(e.labels.items()))
+                print(f"{e.name}\t{pb.MediaType.Name(e.media_type).lower()}\t{labels}")
+    return EXIT_OK
 
 
 def cmd_entries_show(args) -> int:

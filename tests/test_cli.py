@@ -214,3 +214,26 @@ def test_add_directory_in_parallel_names_by_path_and_resumes(run, tmp_path):
     assert code == 0 and {r["status"] for r in rows} == {"skipped"} and len(rows) == 5
     code, out, _ = run("match", "--json", str(archive / "2016" / "poster.jpg"), role="matcher")
     assert json.loads(out)["matches"][0]["entry"] == "2016/poster.jpg"
+
+
+def test_export_writes_the_exchangeable_hashes(run, tmp_path):
+    import csv
+    import io
+
+    known = tmp_path / "amaq-7.jpg"
+    known.write_bytes(encode(photo(8)))
+    run("sets", "create", "exported", "--label", "group=AQ", role="operator")
+    run("add", "--set", "exported", "--label", "outlet=Sahab", str(known), role="operator")
+    code, out, _ = run("export", "--set", "exported", role="operator")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert sorted(r["signal_type"] for r in rows) == ["md5", "pdq", "sha256"]  # no crops
+    pdq = next(r for r in rows if r["signal_type"] == "pdq")
+    assert len(pdq["signal_value"]) == 64 and pdq["entry"] == "amaq-7.jpg"
+    assert pdq["labels"] == "outlet=Sahab" and int(pdq["quality"]) >= 50
+    code, out, _ = run("export", "--set", "exported", "--format", "jsonl", role="operator")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 3 and lines[0]["labels"] == {"outlet": "Sahab"}
+    # the exported PDQ finds the entry again
+    code, out, _ = run("match", "--json", "--hash", f"pdq:{pdq['signal_value']}", role="matcher")
+    assert json.loads(out)["decision"] == "block"
