@@ -22,7 +22,9 @@ from hashsvc.signals import SIGNAL_TYPES
 
 log = logging.getLogger(__name__)
 
-PERCEPTUAL_TYPES = tuple(t for t in SIGNAL_TYPES.values() if t.perceptual)
+# Fixed-length perceptual types live in a BinaryIndex; sequence types (audio)
+# have their own index.
+PERCEPTUAL_TYPES = tuple(t for t in SIGNAL_TYPES.values() if t.perceptual and not t.sequence)
 _BUILD_BATCH = 50_000
 
 

@@ -15,10 +15,14 @@ from hashsvc.errors import InvalidArgument
 @dataclass(frozen=True)
 class SignalType:
     name: str
+    # Length in bits; for a sequence type, the length of one element.
     bits: int
     # Perceptual signals are compared by Hamming distance; the others match
     # only when equal.
     perceptual: bool
+    # A sequence type's value is any number (>= 1) of `bits`-sized elements,
+    # big-endian, e.g. a Chromaprint fingerprint: one 32-bit word per ~0.124 s.
+    sequence: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -30,7 +34,13 @@ class SignalType:
         if text.startswith("0x"):
             text = text[2:]
         want = self.nbytes * 2
-        if len(text) != want:
+        if self.sequence:
+            if not text or len(text) % want:
+                raise InvalidArgument(
+                    f"{self.name} value must be a non-empty multiple of {want} hex digits,"
+                    f" got {len(text)}"
+                )
+        elif len(text) != want:
             raise InvalidArgument(f"{self.name} hash must be {want} hex digits, got {len(text)}")
         if not _HEX.fullmatch(text):
             raise InvalidArgument(f"{self.name} hash must be hexadecimal")
@@ -45,8 +55,18 @@ _HEX = re.compile(r"[0-9a-f]*")
 PDQ = SignalType("pdq", 256, perceptual=True)
 MD5 = SignalType("md5", 128, perceptual=False)
 SHA256 = SignalType("sha256", 256, perceptual=False)
+# Whole-video hash of the `videohash` package (collage of frames -> wavelet hash).
+VIDEOHASH = SignalType("videohash", 64, perceptual=True)
+# Raw Chromaprint fingerprint (as `fpcalc -raw`), 32-bit words big-endian.
+CHROMAPRINT = SignalType("chromaprint", 32, perceptual=True, sequence=True)
+# SHA-256 of a document's normalised text (see hashsvc/media/textnorm.py).
+TEXT_SHA256 = SignalType("text_sha256", 256, perceptual=False)
+# Near-duplicate text signal of a page or a whole document.
+TEXT_SIMHASH = SignalType("text_simhash", 64, perceptual=True)
 
-SIGNAL_TYPES: dict[str, SignalType] = {t.name: t for t in (PDQ, MD5, SHA256)}
+SIGNAL_TYPES: dict[str, SignalType] = {
+    t.name: t for t in (PDQ, MD5, SHA256, VIDEOHASH, CHROMAPRINT, TEXT_SHA256, TEXT_SIMHASH)
+}
 
 
 def signal_type(name: str) -> SignalType:
@@ -68,6 +88,10 @@ class Signal:
     # for known entries, extra views stored at add time ("crop_c10", ...);
     # for queries, views tried at match time ("flip_x", "region", ...).
     variant: str = "original"
+    # Where in the media the signal was taken: seconds from the start for video
+    # frames and audio, the 1-based page number for PDF pages; None for a
+    # signal of the whole media.
+    position: float | None = None
 
     @property
     def type(self) -> SignalType:
