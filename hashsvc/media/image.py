@@ -231,9 +231,15 @@ def _informative(signals: list[Signal]) -> list[Signal]:
 
 
 def hash_known(data: bytes, limits: ImageLimits) -> list[Signal]:
-    rgb = decode_rgb(data, limits)
+    return [*_exact(data), *known_views(decode_rgb(data, limits))]
+
+
+def known_views(rgb: np.ndarray) -> list[Signal]:
+    """The PDQ views stored for a known picture (RGB array, any size): the
+    reference hash first ("original"), then the crops and bands that uploads'
+    views are compared with. Also used for PDF pages and embedded images."""
     views = _Views(rgb)
-    signals = [*_exact(data), _pdq_signal(views.reference, "original")]
+    signals = [_pdq_signal(views.reference, "original")]
     if views.border:
         signals.append(_pdq_signal(views.picture(), "trimmed"))
     # The picture as an upload's own views see it (hash_query works at
@@ -258,11 +264,19 @@ def hash_query(data: bytes, limits: ImageLimits, part: int | None = None) -> lis
     # Uploads are only compared with our own stored views, never exported, so
     # they can be decoded and hashed small: a JPEG at a reduced DCT scale, every
     # view at VIEW_SIDE. The cost is a few bits (bench/robustness.py measures it).
-    views = _Views(decode_rgb(data, limits, at_least=VIEW_SIDE), reference_side=VIEW_SIDE)
+    rgb = decode_rgb(data, limits, at_least=VIEW_SIDE)
+    exact = _exact(data) if part in (None, 0) else []
+    return [*exact, *query_views(rgb, part)]
+
+
+def query_views(rgb: np.ndarray, part: int | None = None) -> list[Signal]:
+    """The PDQ views of an upload's picture (RGB array, best at least
+    VIEW_SIDE on its short side): dihedral, trimmed, corners, bands, regions.
+    Also used for video frames and PDF pages of a query."""
+    views = _Views(rgb, reference_side=VIEW_SIDE)
     small, gray = views.picture_small()
     signals: list[Signal] = []
     if part in (None, 0):
-        signals.extend(_exact(data))
         if views.border:
             # the upload as is, as another platform would hash it
             signals.append(_pdq_signal(views.reference, "untrimmed"))
