@@ -206,3 +206,24 @@ POSTGRES.append(_TOKEN_EXPIRY)
 _CHAIN_KEY = ["ALTER TABLE match_history ADD COLUMN chain_key_id TEXT"]
 SQLITE.append(_CHAIN_KEY)
 POSTGRES.append(_CHAIN_KEY)
+
+# 5: video, audio and PDF entries. A signal records where in the media it was
+# taken; an entry may hold thousands of signals (a video's frames), so variant
+# numbers outgrow SMALLINT; and values may be long (an audio fingerprint is
+# ~30 KB an hour), too long for a B-tree index row, so exact lookups go
+# through the value's first 32 bytes (all exact hashes are <= 32 bytes).
+SQLITE.append(
+    [
+        "ALTER TABLE entry_signals ADD COLUMN position REAL",
+        "DROP INDEX entry_signals_value",
+        "CREATE INDEX entry_signals_value ON entry_signals (kind, substr(value, 1, 32))",
+    ]
+)
+POSTGRES.append(
+    [
+        "ALTER TABLE entry_signals ALTER COLUMN variant_no TYPE INTEGER",
+        "ALTER TABLE entry_signals ADD COLUMN position DOUBLE PRECISION",
+        "DROP INDEX entry_signals_value",
+        "CREATE INDEX entry_signals_value ON entry_signals (kind, substr(value, 1, 32))",
+    ]
+)

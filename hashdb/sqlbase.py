@@ -30,8 +30,10 @@ from hashdb.model import (
 from hashsvc.errors import AlreadyExists, InvalidArgument, NotFound
 from hashsvc.signals import Signal
 
-MAX_SIGNALS_PER_ENTRY = 64
-SIGNAL_BATCH = 50_000
+# A video's frames are signals too: 1 per second of a 24-hour video fits.
+MAX_SIGNALS_PER_ENTRY = 100_000
+# iter_signals reads this many entries at a time (a video entry brings its frames).
+SIGNAL_BATCH = 5_000
 
 
 def to_micros(value: datetime) -> int:
@@ -190,9 +192,9 @@ class SQLStore:
                 entry_id = cur.fetchone()[0]
                 cur.executemany(
                     "INSERT INTO entry_signals (entry_id, variant_no, kind, variant, value,"
-                    " quality) VALUES (?, ?, ?, ?, ?, ?)",
+                    " quality, position) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (entry_id, no, s.kind, s.variant, bytes(s.value), s.quality)
+                        (entry_id, no, s.kind, s.variant, bytes(s.value), s.quality, s.position)
                         for no, s in enumerate(signals)
                     ],
                 )
@@ -241,13 +243,15 @@ class SQLStore:
             return entries
         marks = ", ".join("?" * len(entries))
         cur.execute(
-            "SELECT entry_id, kind, value, quality, variant FROM entry_signals"
+            "SELECT entry_id, kind, value, quality, variant, position FROM entry_signals"
             f" WHERE entry_id IN ({marks}) ORDER BY entry_id, variant_no",
             [e.id for e in entries],
         )
         by_entry: dict[int, list[Signal]] = {}
-        for entry_id, kind, value, quality, variant in cur.fetchall():
-            by_entry.setdefault(entry_id, []).append(Signal(kind, bytes(value), quality, variant))
+        for entry_id, kind, value, quality, variant, position in cur.fetchall():
+            by_entry.setdefault(entry_id, []).append(
+                Signal(kind, bytes(value), quality, variant, position)
+            )
         return [_replace_signals(e, tuple(by_entry.get(e.id, ()))) for e in entries]
 
     def remove_entry(self, set_id: int, name: str) -> EntryRecord:
@@ -268,8 +272,9 @@ class SQLStore:
             cur.execute(
                 "SELECT s.entry_id, s.variant_no FROM entry_signals s"
                 " JOIN entries e ON e.id = s.entry_id"
-                " WHERE s.kind = ? AND s.value = ? AND e.removed_at IS NULL",
-                (kind, bytes(value)),
+                " WHERE s.kind = ? AND substr(s.value, 1, 32) = ? AND s.value = ?"
+                " AND e.removed_at IS NULL",
+                (kind, bytes(value[:32]), bytes(value)),
             )
             return [(row[0], row[1]) for row in cur.fetchall()]
 

@@ -18,10 +18,13 @@ import faiss
 import numpy as np
 
 # A stored signal's index id packs the entry id and the signal's variant number
-# (its position among the entry's signals, < 64), so a search result names its
-# entry without a side table of millions of Python objects.
-VARIANT_BITS = 6
+# (its position among the entry's signals, < 2**20: a video's frames are
+# signals), so a search result names its entry without a side table of
+# millions of Python objects. Entry ids get the other 43 bits.
+VARIANT_BITS = 20
 MAX_VARIANTS = 1 << VARIANT_BITS
+# Written into snapshots: a snapshot made with another id layout is rebuilt.
+ID_LAYOUT = f"entry<<{VARIANT_BITS}|variant"
 
 
 def signal_id(entry_id: int, variant_no: int) -> int:
@@ -97,6 +100,12 @@ class BinaryIndex:
             return 0
         with self._lock.writing():
             return int(self._index.remove_ids(ids_arr))
+
+    def remove_entry(self, entry_id: int) -> int:
+        """Remove every signal of one entry, however many it has."""
+        selector = faiss.IDSelectorRange(signal_id(entry_id, 0), signal_id(entry_id + 1, 0))
+        with self._lock.writing():
+            return int(self._index.remove_ids(selector))
 
     def search(self, queries: list[bytes], max_distance: int) -> list[list[tuple[int, int]]]:
         """For each query, every stored (id, distance) with distance <= max_distance."""

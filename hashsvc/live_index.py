@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterable
 
 from hashdb import HashSetRecord, Store
-from hashsvc.index import MAX_VARIANTS, BinaryIndex, signal_id
+from hashsvc.index import ID_LAYOUT, BinaryIndex, signal_id
 from hashsvc.signals import SIGNAL_TYPES
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class LiveIndex:
             seq = self.seq
         tmp = meta_path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"seq": seq, "files": files}, f)
+            json.dump({"seq": seq, "files": files, "id_layout": ID_LAYOUT}, f)
         os.replace(tmp, meta_path)
         log.info("index snapshot saved at seq %d", seq)
 
@@ -99,6 +99,8 @@ class LiveIndex:
         try:
             with open(meta_path) as f:
                 meta = json.load(f)
+            if meta.get("id_layout") != ID_LAYOUT:
+                raise ValueError("snapshot written with another index id layout")
             indexes = {t.name: BinaryIndex.load(files[t.name], t.bits) for t in PERCEPTUAL_TYPES}
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             if os.path.exists(meta_path):
@@ -151,9 +153,8 @@ class LiveIndex:
             self.indexes[kind].add(ids, values)
 
     def _remove_entry_signals(self, entry_id: int) -> None:
-        ids = [signal_id(entry_id, v) for v in range(MAX_VARIANTS)]
         for index in self.indexes.values():
-            index.remove(ids)
+            index.remove_entry(entry_id)
 
     def _refresh_sets(self) -> None:
         self.sets_by_id = {s.id: s for s in self.store.list_sets(include_disabled=True)}

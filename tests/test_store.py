@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from hashdb import HistoryFilter, HistoryRecord, Thresholds, open_store
+from hashdb.sqlbase import MAX_SIGNALS_PER_ENTRY
 from hashsvc.errors import AlreadyExists, InvalidArgument, NotFound
 from hashsvc.signals import Signal
 
@@ -25,6 +26,25 @@ def _signals(n: int = 1, seed: int = 0) -> list[Signal]:
     return [Signal("md5", bytes([seed]) * 16)] + [
         Signal("pdq", bytes([seed, i]) * 16, 80 + i, f"v{i}") for i in range(n)
     ]
+
+
+def test_media_signals_keep_position_and_long_values(store):
+    """A video's frames (thousands of signals with a position in seconds) and an
+    audio fingerprint (a value far longer than an index row may be)."""
+    s = store.create_set("media", "", {}, {})
+    frames = [
+        Signal("pdq", i.to_bytes(32, "big"), 90, f"frame:{i * 30}", float(i)) for i in range(40_000)
+    ]
+    fingerprint = Signal("chromaprint", bytes(range(256)) * 200, None, "original", 0.0)
+    exact = Signal("sha256", bytes([7]) * 32)
+    video = store.add_entry(s.id, "v", {}, "video", [exact, *frames, fingerprint], "op")
+    assert len(video.signals) == 40_002
+    assert video.signals[1 + 39_999].position == 39_999.0
+    assert video.signals[1 + 39_999].variant == "frame:1199970"
+    assert video.signals[-1].value == fingerprint.value
+    assert store.find_exact("sha256", exact.value) == [(video.id, 0)]
+    indexed = list(store.iter_signals(["pdq"]))
+    assert len(indexed) == 40_000 and indexed[-1].variant_no == 40_000
 
 
 def test_sets(store):
@@ -52,7 +72,8 @@ def test_entries_signals_and_removal(store):
     with pytest.raises(AlreadyExists):
         store.add_entry(s.id, "a", {}, "image", _signals(1, 2), "alice")
     with pytest.raises(InvalidArgument):
-        store.add_entry(s.id, "big", {}, "image", _signals(64, 3), "alice")
+        too_many = [Signal("pdq", bytes(32), 90, "v")] * (MAX_SIGNALS_PER_ENTRY + 1)
+        store.add_entry(s.id, "big", {}, "image", too_many, "alice")
     b = store.add_entry(s.id, "b", {}, "image", _signals(1, 4), "bob")
     assert store.get_entry(s.id, "a") == a
     assert store.find_exact("md5", bytes([1]) * 16) == [(a.id, 0)]
