@@ -1,0 +1,255 @@
+"""Audio: raw Chromaprint fingerprints, equal to `fpcalc -raw` for the same audio.
+
+Decoding is in process with PyAV and streamed frame by frame: a packet is
+decoded, resampled to signed 16-bit mono 11025 Hz and fed to libchromaprint at
+once, so an hour-long upload never exists as decoded PCM in memory.
+
+fpcalc resamples with libswresample set to the "compatible mode" of
+Chromaprint's own resampler (16-tap filter, phase shift 8, linear
+interpolation, cutoff 0.8); the default aresample settings give fingerprints
+that differ by a few bits, so the same options are passed here. With them the
+words are bit-exact against fpcalc 1.5.1 on MP3, Vorbis, Opus, AAC, FLAC and WAV.
+
+A fingerprint is one 32-bit word per 1365 samples at 11025 Hz (~0.124 s); each
+word describes ~2 s of audio around it. Chromaprint turns digital silence into
+one constant word, and any constant stretch says nothing about what was heard,
+so fingerprints that are silent or too short to match are refused with typed
+errors (`SilentAudio`, `TooShortToMatch`) instead of becoming signals that
+would match every other silent or quiet recording.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from typing import ClassVar
+
+import av
+import numpy as np
+
+from hashsvc.errors import CorruptMedia, InvalidArgument, TooLarge, UnsupportedMedia
+from hashsvc.signals import CHROMAPRINT, Signal
+
+try:
+    import chromaprint
+except ImportError as exc:  # pragma: no cover - an install problem, said plainly
+    raise ImportError("audio needs pyacoustid's chromaprint module and libchromaprint1") from exc
+if not hasattr(chromaprint, "Fingerprinter"):  # pragma: no cover
+    # The PyPI package named "chromaprint" is an unrelated terminal-colour library.
+    raise ImportError(f"{chromaprint.__file__} is not pyacoustid's chromaprint module")
+
+SAMPLE_RATE = 11025
+HOP_SAMPLES = 1365  # Chromaprint's frame step (4096 - 2731) at SAMPLE_RATE
+SECONDS_PER_WORD = HOP_SAMPLES / SAMPLE_RATE
+# libchromaprint's word for digital silence (its own test vector Test2SilenceFp).
+SILENCE_WORD = 627964279
+# A run of this many identical words is a held tone, a hum or silence: not
+# something that identifies a recording.
+CONSTANT_RUN_WORDS = 3
+# Peak below -60 dBFS over the whole upload: inaudible, treated as silent.
+SILENT_PEAK = 32
+
+_ALGORITHM = chromaprint.Fingerprinter.ALGORITHM_TEST2  # fpcalc's default (-algorithm 2)
+# libswresample settings of fpcalc's FFmpegAudioProcessor::SetCompatibleMode.
+_FPCALC_RESAMPLE_OPTIONS = {
+    "filter_size": "16",
+    "phase_shift": "8",
+    "linear_interp": "1",
+    "cutoff": "0.8",
+}
+
+
+class AudioNotMatchable(InvalidArgument):
+    """The audio decoded fine but holds nothing a match could rest on. Callers
+    fingerprinting a video's sound track may treat it as "no audio signal"."""
+
+
+class SilentAudio(AudioNotMatchable):
+    pass
+
+
+class TooShortToMatch(AudioNotMatchable):
+    pass
+
+
+@dataclass(frozen=True)
+class AudioLimits:
+    max_bytes: int = 512 * 1024 * 1024
+    # Longer audio is fingerprinted over its first max_seconds only and the
+    # result says so (`truncated`): refusing would leave a long recording
+    # unchecked, and a policy can still send truncated results to review.
+    # Four hours, as VideoLimits.max_seconds, so a video's sound is covered.
+    max_seconds: float = 4 * 3600.0
+    max_channels: int = 16
+    max_sample_rate: int = 384_000
+    min_sample_rate: int = 4_000  # below telephone quality nothing is left to hear
+    # Shorter fingerprints are refused as too short to match; the index asks
+    # for at least audio_index.DEFAULT_MIN_SECONDS of aligned audio anyway.
+    min_seconds: float = 5.0
+
+
+@dataclass(frozen=True, eq=False)
+class AudioFingerprint:
+    words: np.ndarray  # uint32, one per SECONDS_PER_WORD
+    duration: float  # seconds of audio fingerprinted
+    truncated: bool = False  # the audio ran past AudioLimits.max_seconds
+    seconds_per_word: ClassVar[float] = SECONDS_PER_WORD
+
+    def to_signal(self) -> Signal:
+        return Signal(kind=CHROMAPRINT.name, value=self.words.astype(">u4").tobytes(), position=0.0)
+
+    @classmethod
+    def from_signal(cls, signal: Signal) -> AudioFingerprint:
+        if signal.kind != CHROMAPRINT.name:
+            raise InvalidArgument(f"expected a {CHROMAPRINT.name} signal, got {signal.kind}")
+        if not signal.value or len(signal.value) % 4:
+            raise InvalidArgument("a chromaprint value is a non-empty multiple of 4 bytes")
+        words = np.frombuffer(signal.value, dtype=">u4").astype(np.uint32)
+        return cls(words, duration=len(words) * SECONDS_PER_WORD)
+
+    def informative_seconds(self) -> float:
+        return float(informative_mask(self.words).sum()) * SECONDS_PER_WORD
+
+
+def informative_mask(words: np.ndarray) -> np.ndarray:
+    """True for words that can identify audio: not silence, not inside a run of
+    CONSTANT_RUN_WORDS or more identical words."""
+    words = np.asarray(words, dtype=np.uint32)
+    mask = words != SILENCE_WORD
+    if len(words) >= CONSTANT_RUN_WORDS:
+        same_as_next = words[1:] == words[:-1]
+        # A word is in a constant run when it and its neighbours (k-1 equalities
+        # in a row) are equal; mark every word the run covers.
+        k = CONSTANT_RUN_WORDS - 1
+        run_starts = np.ones(len(same_as_next) - k + 1, dtype=bool)
+        for i in range(k):
+            run_starts &= same_as_next[i : len(same_as_next) - k + 1 + i]
+        in_run = np.zeros(len(words), dtype=bool)
+        for i in range(CONSTANT_RUN_WORDS):
+            in_run[i : i + len(run_starts)] |= run_starts
+        mask &= ~in_run
+    return mask
+
+
+def fingerprint_audio(source: bytes | str | os.PathLike, limits: AudioLimits) -> AudioFingerprint:
+    """The raw Chromaprint fingerprint of an audio file's first audio stream."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        size = len(source)
+        opened = io.BytesIO(source)
+    else:
+        try:
+            size = os.path.getsize(source)
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read {source}: {exc.strerror}") from None
+        opened = os.fspath(source)
+    if size == 0:
+        raise InvalidArgument("empty media")
+    if size > limits.max_bytes:
+        raise TooLarge(f"audio is {size} bytes; the limit is {limits.max_bytes}")
+    try:
+        container = av.open(opened)
+    except av.error.InvalidDataError:
+        raise UnsupportedMedia(
+            "not audio the decoder can read (unknown format, or truncated)"
+        ) from None
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise CorruptMedia(f"cannot open the audio: {exc}") from None
+    with container:
+        result = fingerprint_container(container, limits)
+    if result is None:
+        raise UnsupportedMedia("the file has no audio stream")
+    return result
+
+
+def fingerprint_container(container, limits: AudioLimits) -> AudioFingerprint | None:
+    """The fingerprint of an open PyAV container's first audio stream, or None
+    when it has none (a silent-film video). Raises SilentAudio/TooShortToMatch
+    like fingerprint_audio: a video caller may treat both as "no audio"."""
+    if not container.streams.audio:
+        return None
+    stream = container.streams.audio[0]
+    _check_format(stream.codec_context.sample_rate, stream.codec_context.channels, limits)
+    feeder = _ChromaprintFeeder(limits)
+    try:
+        for packet in container.demux(stream):
+            for frame in packet.decode():
+                _check_format(frame.sample_rate, frame.layout.nb_channels, limits)
+                if not feeder.feed_frame(frame):
+                    return feeder.finish(truncated=True)
+        return feeder.finish(truncated=False)
+    except av.error.FFmpegError as exc:
+        raise CorruptMedia(f"corrupt audio: {exc}") from None
+    except (ValueError, chromaprint.FingerprintError) as exc:
+        # ValueError: PyAV refusing a frame layout or format it cannot convert.
+        raise CorruptMedia(f"audio the fingerprinter cannot convert: {exc}") from None
+
+
+def _check_format(sample_rate: int, channels: int, limits: AudioLimits) -> None:
+    if sample_rate and not limits.min_sample_rate <= sample_rate <= limits.max_sample_rate:
+        raise UnsupportedMedia(
+            f"audio sample rate {sample_rate} Hz is outside"
+            f" {limits.min_sample_rate}..{limits.max_sample_rate} Hz"
+        )
+    if channels > limits.max_channels:
+        raise UnsupportedMedia(f"audio has {channels} channels; the limit is {limits.max_channels}")
+
+
+class _ChromaprintFeeder:
+    """Decoded frames in, 11025 Hz mono s16 into libchromaprint, words out."""
+
+    def __init__(self, limits: AudioLimits) -> None:
+        self._limits = limits
+        self._max_samples = int(limits.max_seconds * SAMPLE_RATE)
+        self._samples = 0
+        self._peak = 0
+        self._resampler: av.AudioResampler | None = None
+        self._input_format: tuple | None = None
+        self._fingerprinter = chromaprint.Fingerprinter(_ALGORITHM)
+        self._fingerprinter.start(SAMPLE_RATE, 1)
+
+    def feed_frame(self, frame: av.AudioFrame) -> bool:
+        """False once max_seconds of audio have been fed."""
+        # A stream may change rate or layout midway (concatenated broadcasts);
+        # a resampler is bound to one input format, so flush it and start anew.
+        input_format = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if input_format != self._input_format:
+            if self._resampler is not None and not self._feed_pcm(self._resampler.resample(None)):
+                return False
+            self._resampler = av.AudioResampler(
+                format="s16", layout="mono", rate=SAMPLE_RATE, options=_FPCALC_RESAMPLE_OPTIONS
+            )
+            self._input_format = input_format
+        frame.pts = None  # timestamps play no part; gaps in them must not insert silence
+        return self._feed_pcm(self._resampler.resample(frame))
+
+    def _feed_pcm(self, frames: list[av.AudioFrame]) -> bool:
+        for out in frames:
+            pcm = np.frombuffer(out.planes[0], dtype=np.int16, count=out.samples)
+            room = self._max_samples - self._samples
+            if len(pcm) >= room:
+                pcm = pcm[:room]
+            if len(pcm):
+                self._peak = max(self._peak, int(np.abs(pcm.astype(np.int32)).max()))
+                self._fingerprinter.feed(pcm.tobytes())
+                self._samples += len(pcm)
+            if self._samples >= self._max_samples:
+                return False
+        return True
+
+    def finish(self, truncated: bool) -> AudioFingerprint:
+        if not truncated and self._resampler is not None:
+            self._feed_pcm(self._resampler.resample(None))
+        duration = self._samples / SAMPLE_RATE
+        compressed = self._fingerprinter.finish()
+        words = np.array(chromaprint.decode_fingerprint(compressed)[0], dtype=np.uint32)
+        if self._samples and self._peak < SILENT_PEAK:
+            raise SilentAudio(f"the audio is silent ({duration:.1f} s): nothing to match")
+        informative = informative_mask(words)
+        seconds = float(informative.sum()) * SECONDS_PER_WORD
+        if seconds < self._limits.min_seconds:
+            raise TooShortToMatch(
+                f"too short to match: {seconds:.1f} s of non-silent audio"
+                f" (of {duration:.1f} s); at least {self._limits.min_seconds:g} s are needed"
+            )
+        return AudioFingerprint(words, duration, truncated)
