@@ -12,14 +12,8 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class ImageLimits:
-    max_bytes: int = 50 * 1024 * 1024
-    # Decompression bombs: refuse before decoding pixels. 50 MP covers any
-    # camera photo; a 30,000 x 30,000 PNG (900 MP) is refused.
-    max_pixels: int = 50_000_000
-    max_side: int = 20_000
+from hashsvc.media.image import ImageLimits
+from hashsvc.media.video import VideoLimits
 
 
 @dataclass(frozen=True)
@@ -57,6 +51,14 @@ class Config:
     rate_limit_burst: int = 0  # 0: one second's worth
     grpc_threads: int = 16
     image: ImageLimits = field(default_factory=ImageLimits)
+    # Media larger than a gRPC message comes as a stream of chunks (MatchUpload,
+    # AddEntryUpload), spooled to a temporary file that is deleted after hashing.
+    max_upload_bytes: int = 2 * 1024 * 1024 * 1024
+    # Where uploads are spooled; "" = the system's temporary directory.
+    spool_dir: str = ""
+    # Hashing a video, audio or PDF may take this long (images: hash_timeout_seconds).
+    media_timeout_seconds: float = 600.0
+    video: VideoLimits = field(default_factory=VideoLimits)
     pdq: PdqPolicy = field(default_factory=PdqPolicy)
     # TLS: both set -> the server listens with TLS.
     tls_cert_file: str = ""

@@ -21,6 +21,7 @@ from hashsvc.errors import HashsvcError, InvalidArgument, NotFound, status_name
 from hashsvc.hashing import HashingPool
 from hashsvc.live_index import LiveIndex
 from hashsvc.matcher import Match, Matcher
+from hashsvc.media.dispatch import MediaLimits
 from hashsvc.policy import Policy
 from hashsvc.signals import Signal, signal_type
 
@@ -70,10 +71,11 @@ class Core:
         workers = 0 if hash_in_process else config.worker_count()
         pool = HashingPool(
             workers,
-            config.image,
+            MediaLimits(image=config.image, video=config.video),
             config.hash_timeout_seconds,
             config.worker_memory_bytes,
             split_queries=config.split_query_hashing,
+            media_timeout_seconds=config.media_timeout_seconds,
         )
         core = cls(config, store, pool)
         return core

@@ -13,32 +13,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 
-from hashsvc.config import ImageLimits
-from hashsvc.errors import InvalidArgument, Timeout, TooLarge, Unavailable
-from hashsvc.media import image
-from hashsvc.signals import Signal
+from hashsvc.errors import Timeout, TooLarge, Unavailable
+from hashsvc.media import image, sniff
+from hashsvc.media.dispatch import Hashed, MediaLimits, MediaSource, hash_media, kind_of, size_of
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Hashed:
-    media_type: str
-    signals: list[Signal]
-
-
-def _hash(data: bytes, limits: ImageLimits, for_query: bool, part: int | None = None) -> Hashed:
-    # Only images so far; later media kinds are sniffed and dispatched here.
-    if not data:
-        raise InvalidArgument("empty media")
-    try:
-        if for_query:
-            return Hashed("image", image.hash_query(data, limits, part))
-        return Hashed("image", image.hash_known(data, limits))
-    except MemoryError:
-        raise TooLarge("decoding the media needs more memory than a worker may use") from None
 
 
 def _limit_worker_memory(max_bytes: int) -> None:
@@ -53,14 +33,18 @@ class HashingPool:
     def __init__(
         self,
         workers: int,
-        limits: ImageLimits,
+        limits: MediaLimits | image.ImageLimits,
         timeout_seconds: float = 20.0,
         worker_memory_bytes: int = 0,
         split_queries: bool = False,
+        media_timeout_seconds: float = 600.0,
     ) -> None:
         self.workers = workers
+        if isinstance(limits, image.ImageLimits):
+            limits = MediaLimits(image=limits)
         self.limits = limits
         self.timeout_seconds = timeout_seconds
+        self.media_timeout_seconds = media_timeout_seconds
         self.worker_memory_bytes = worker_memory_bytes
         self.split_queries = split_queries
         self._lock = threading.Lock()
@@ -91,38 +75,43 @@ class HashingPool:
         if self._pool is not None:
             list(self._pool.map(_noop, range(self.workers * 2)))
 
-    def hash_query(self, data: bytes) -> Hashed:
-        return self._run(data, for_query=True)
+    def hash_query(self, source: MediaSource) -> Hashed:
+        return self._run(source, for_query=True)
 
-    def hash_known(self, data: bytes) -> Hashed:
-        return self._run(data, for_query=False)
+    def hash_known(self, source: MediaSource) -> Hashed:
+        return self._run(source, for_query=False)
 
-    def _run(self, data: bytes, for_query: bool) -> Hashed:
-        if len(data) > self.limits.max_bytes:
-            raise TooLarge(f"media is {len(data)} bytes; the limit is {self.limits.max_bytes}")
+    def _run(self, source: MediaSource, for_query: bool) -> Hashed:
+        # Sniffed here too (cheap) to pick the time limit: seconds for a
+        # picture, minutes for an hour of video.
+        kind = kind_of(source)
+        is_image = kind == sniff.IMAGE
+        if is_image and size_of(source) > self.limits.image.max_bytes:
+            raise TooLarge(
+                f"media is {size_of(source)} bytes; the limit is {self.limits.image.max_bytes}"
+            )
+        timeout = self.timeout_seconds if is_image else self.media_timeout_seconds
         if self._pool is None:
-            return _hash(data, self.limits, for_query)
+            return hash_media(source, self.limits, for_query)
         pool = self._pool
         try:
-            if for_query and self.split_queries and self.workers > 1:
+            if for_query and is_image and self.split_queries and self.workers > 1:
                 # Both halves at once on two workers: an upload's latency
                 # halves, at the cost of decoding it twice.
                 futures = [
-                    pool.submit(_hash, data, self.limits, True, part)
+                    pool.submit(hash_media, source, self.limits, True, part)
                     for part in range(image.QUERY_PARTS)
                 ]
-                deadline = time.monotonic() + self.timeout_seconds
+                deadline = time.monotonic() + timeout
                 parts = [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
                 return Hashed(parts[0].media_type, [s for p in parts for s in p.signals])
-            future = pool.submit(_hash, data, self.limits, for_query)
-            return future.result(timeout=self.timeout_seconds)
+            future = pool.submit(hash_media, source, self.limits, for_query)
+            return future.result(timeout=timeout)
         except FutureTimeout:
-            log.error("hashing took over %.1f s; replacing the workers", self.timeout_seconds)
+            log.error("hashing took over %.1f s; replacing the workers", timeout)
             self._replace(pool, kill=True)
-            raise Timeout(
-                f"hashing the media took longer than {self.timeout_seconds:g} s"
-                " (hash_timeout_seconds)"
-            ) from None
+            setting = "hash_timeout_seconds" if is_image else "media_timeout_seconds"
+            raise Timeout(f"hashing the media took longer than {timeout:g} s ({setting})") from None
         except BrokenProcessPool:
             # A worker died (crash, killed for memory): fail this request,
             # replace the pool, keep serving.

@@ -20,15 +20,25 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pdqhash
 from PIL import Image, UnidentifiedImageError
 
-from hashsvc.config import ImageLimits
 from hashsvc.errors import CorruptMedia, InvalidArgument, TooLarge, UnsupportedMedia
 from hashsvc.media import regions
 from hashsvc.signals import Signal
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 50 * 1024 * 1024
+    # Decompression bombs: refuse before decoding pixels. 50 MP covers any
+    # camera photo; a 30,000 x 30,000 PNG (900 MP) is refused.
+    max_pixels: int = 50_000_000
+    max_side: int = 20_000
+
 
 FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
 # pdqhash.compute_dihedral's order, named by what was done to the upload.

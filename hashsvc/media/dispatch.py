@@ -1,0 +1,127 @@
+"""One entry point for hashing any upload: find its kind, hand it to the module
+that knows that kind, add the exact hashes of the file. Runs in the hashing
+workers (see hashsvc/hashing.py), so it only returns plain data."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+
+import av
+from PIL import Image
+
+from hashsvc.errors import InvalidArgument, TooLarge, UnsupportedMedia
+from hashsvc.media import image, sniff, video
+from hashsvc.signals import Signal
+from hashsvc.uploads import SpooledMedia
+
+MediaSource = bytes | SpooledMedia
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    image: image.ImageLimits = field(default_factory=image.ImageLimits)
+    video: video.VideoLimits = field(default_factory=video.VideoLimits)
+
+
+@dataclass(frozen=True)
+class Hashed:
+    media_type: str  # "image", "video", "audio", "pdf"
+    signals: list[Signal]
+
+
+def head_of(source: MediaSource) -> bytes:
+    return source.head if isinstance(source, SpooledMedia) else source[:4096]
+
+
+def size_of(source: MediaSource) -> int:
+    return source.size if isinstance(source, SpooledMedia) else len(source)
+
+
+def kind_of(source: MediaSource) -> str:
+    """sniff.IMAGE / PDF / AV, or UnsupportedMedia."""
+    if size_of(source) == 0:
+        raise InvalidArgument("empty media")
+    kind = sniff.sniff(head_of(source))
+    if not kind:
+        raise UnsupportedMedia(
+            "unsupported media format (images: JPEG, PNG, WebP, GIF, BMP, TIFF;"
+            " video: MP4, MOV, WebM, MKV, AVI; audio: MP3, AAC, Ogg, Opus, FLAC, WAV; PDF)"
+        )
+    return kind
+
+
+def _exact(source: MediaSource) -> list[Signal]:
+    if isinstance(source, SpooledMedia):
+        md5, sha256 = source.md5, source.sha256
+    else:
+        md5, sha256 = hashlib.md5(source).digest(), hashlib.sha256(source).digest()
+    return [Signal("md5", md5), Signal("sha256", sha256)]
+
+
+def _is_animated_gif(data: bytes) -> bool:
+    if not data.startswith((b"GIF87a", b"GIF89a")):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return getattr(img, "n_frames", 1) > 1
+    except Exception:
+        return False  # the image reader reports what is wrong with it
+
+
+def _has_video_stream(source: MediaSource) -> bool:
+    try:
+        opened = av.open(source.path if isinstance(source, SpooledMedia) else io.BytesIO(source))
+    except av.error.FFmpegError:
+        raise UnsupportedMedia("not a video or audio file the decoder can read") from None
+    with opened as container:
+        # A cover picture attached to an audio file is a "video" stream too.
+        pictures = [
+            s
+            for s in container.streams.video
+            if not s.disposition & av.stream.Disposition.attached_pic
+        ]
+        if pictures:
+            return True
+        if container.streams.audio:
+            return False
+    raise UnsupportedMedia("the file holds neither a video nor an audio stream")
+
+
+def hash_media(
+    source: MediaSource, limits: MediaLimits, for_query: bool, part: int | None = None
+) -> Hashed:
+    """All signals of one upload (for a query, `part` selects half of an image's
+    views so two workers can share it; other kinds ignore it)."""
+    try:
+        return _hash_media(source, limits, for_query, part)
+    except MemoryError:
+        # the worker's address-space limit (RLIMIT_AS) stopped a ballooning decoder
+        raise TooLarge("decoding the media needs more memory than a worker may use") from None
+
+
+def _hash_media(
+    source: MediaSource, limits: MediaLimits, for_query: bool, part: int | None
+) -> Hashed:
+    kind = kind_of(source)
+    exact = _exact(source) if part in (None, 0) else []
+    if kind == sniff.IMAGE:
+        if size_of(source) > limits.image.max_bytes:
+            raise TooLarge(
+                f"image is {size_of(source)} bytes; the limit is {limits.image.max_bytes}"
+            )
+        data = source.read() if isinstance(source, SpooledMedia) else source
+        if not _is_animated_gif(data):
+            rgb = image.decode_rgb(data, limits.image, at_least=image.VIEW_SIDE if for_query else 0)
+            views = image.query_views(rgb, part) if for_query else image.known_views(rgb)
+            return Hashed("image", [*exact, *views])
+        kind = sniff.AV
+    if kind == sniff.PDF:
+        raise UnsupportedMedia("PDF is not supported yet")
+    if _has_video_stream(source):
+        data = source.read() if isinstance(source, SpooledMedia) else source
+        frames = video.frame_hashes(data, 1.0, limits.video)
+        signals = [Signal("pdq", f.pdq, f.quality, f"frame:{f.frame}", f.seconds) for f in frames]
+        return Hashed("video", [*exact, *signals])
+    raise UnsupportedMedia("audio is not supported yet")
