@@ -1,0 +1,365 @@
+"""Known audio tracks in memory, searched for aligned stretches of a query.
+
+The method is AcoustID's: every informative word of a known track is filed
+under its top KEY_BITS bits; a query's words look up their keys, each hit
+votes for (track, known position - query position), and the best-voted offsets
+are verified by aligning the two fingerprints word by word and scoring the bit
+error rate (BER). Re-encoding flips a few of a word's 32 bits, so most aligned
+words keep their top bits: with 20 key bits, 40-80% of aligned words of an MP3
+at 64 kbps, Vorbis q0, a 16 kHz resample or a noisy copy still agree, which is
+plenty of votes, while an unrelated recording scores a BER of 0.35-0.5.
+
+Verification keeps the longest stretch where a sliding ~2 s window stays under
+max_ber, so a known track preceded or followed by other audio (or an excerpt)
+is reported with its aligned ranges. Words of silence and constant stretches
+(held tones, hum) are neither filed nor counted: they would align with any
+other silence.
+
+Storage is a few immutable segments (sorted key -> position postings over the
+concatenated words of their tracks) and copy-on-write bookkeeping: searches
+take no lock and never wait for a writer; writers are serialized, build a new
+segment outside any reader's way and publish it by swapping one reference.
+Removal forgets the track at once (its postings are skipped) and its words are
+dropped when its segment is next merged. Segments merge like a binary counter,
+so one-by-one adds cost O(log n) sorts per word amortized; `add_many` builds
+one segment for a bulk load or a snapshot restore.
+
+Memory: 4 bytes per word for the words, 4 for the posting and, in segments
+with more than CSR_MIN_POSTINGS postings, 4 MiB of bucket offsets instead of
+a 4-byte key per posting. 100k tracks of 3 minutes are 145M words: ~1.2 GB.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from hashsvc.media.audio import SECONDS_PER_WORD, informative_mask
+
+KEY_BITS = 20
+# Chosen from bench/audio.py: every transform family at recall 1.0 stays under
+# a BER of 0.2 over its aligned range; unrelated audio (other speech in the same
+# language over the very same background) never holds a 2 s window under 0.25.
+DEFAULT_MAX_BER = 0.2
+DEFAULT_MIN_SECONDS = 5.0
+# Offsets with fewer votes are not worth aligning.
+MIN_VOTES = 3
+# Best-voted offsets aligned per query.
+MAX_CANDIDATES = 24
+# A key with more postings than this (a near-constant word common to many
+# tracks) costs much and tells little; the query's other words decide.
+MAX_POSTINGS_PER_KEY = 5_000
+# Sliding window for the BER of an alignment: ~2 s, the span one word describes.
+WINDOW_WORDS = 16
+CSR_MIN_POSTINGS = 1 << 22
+
+_KEY_SHIFT = 32 - KEY_BITS
+_SNAPSHOT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class AudioAlignment:
+    """A stretch of the query that is a stretch of a known track (seconds)."""
+
+    track_id: int
+    query_start: float
+    known_start: float
+    duration: float
+    ber: float  # bit error rate over the aligned informative words, 0..1
+    votes: int  # key hits at this offset: how strongly the lookup pointed here
+
+
+class _Segment:
+    """Immutable postings over the concatenated words of some tracks."""
+
+    def __init__(self, slots: np.ndarray, track_words: list[np.ndarray]) -> None:
+        self.slots = np.asarray(slots, dtype=np.int64)
+        lengths = np.fromiter((len(w) for w in track_words), dtype=np.int64, count=len(slots))
+        self.starts = np.zeros(len(slots) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=self.starts[1:])
+        self.words = (
+            np.concatenate(track_words).astype(np.uint32, copy=False)
+            if track_words
+            else np.zeros(0, np.uint32)
+        )
+        informative = np.concatenate([informative_mask(w) for w in track_words] or [[]])
+        positions = np.flatnonzero(informative).astype(np.uint32)
+        keys = self.words[positions] >> _KEY_SHIFT
+        order = np.argsort(keys, kind="stable")
+        self.positions = positions[order]
+        sorted_keys = keys[order]
+        if len(positions) >= CSR_MIN_POSTINGS:
+            self.bucket_starts = np.searchsorted(
+                sorted_keys, np.arange((1 << KEY_BITS) + 1, dtype=np.uint32)
+            ).astype(np.uint32)
+            self.keys = None
+        else:
+            self.bucket_starts = None
+            self.keys = sorted_keys
+
+    @property
+    def nbytes(self) -> int:
+        parts = [self.slots, self.starts, self.words, self.positions]
+        parts.append(self.keys if self.keys is not None else self.bucket_starts)
+        return sum(p.nbytes for p in parts)
+
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posting ranges [lo, hi) of each key."""
+        if self.keys is None:
+            return (
+                self.bucket_starts[keys].astype(np.int64),
+                self.bucket_starts[keys + 1].astype(np.int64),
+            )
+        return (
+            np.searchsorted(self.keys, keys, side="left"),
+            np.searchsorted(self.keys, keys, side="right"),
+        )
+
+    def track_words(self, local: int) -> np.ndarray:
+        return self.words[self.starts[local] : self.starts[local + 1]]
+
+
+class AudioIndex:
+    def __init__(self) -> None:
+        # Published state, replaced (never mutated) by writers; readers copy the
+        # references they need once per search.
+        self._segments: tuple[_Segment, ...] = ()
+        self._track_of_slot: dict[int, int] = {}  # live slots only
+        self._slot_of_track: dict[int, int] = {}
+        self._words_of_track: dict[int, np.ndarray] = {}  # views into segments
+        self._next_slot = 0
+        self._write_lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._slot_of_track)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self._segments)
+
+    def add(self, track_id: int, words) -> None:
+        """Add or replace one track; adding the same words again changes nothing."""
+        self.add_many([(track_id, words)])
+
+    def add_many(self, tracks: Iterable[tuple[int, np.ndarray]]) -> None:
+        with self._write_lock:
+            batch: dict[int, np.ndarray] = {}
+            for track_id, words in tracks:
+                words = np.asarray(words, dtype=np.uint32)
+                known = self._words_of_track.get(track_id)
+                if known is not None and np.array_equal(known, words):
+                    continue
+                batch[int(track_id)] = words
+            if not batch:
+                return
+            slots = np.arange(self._next_slot, self._next_slot + len(batch), dtype=np.int64)
+            self._next_slot += len(batch)
+            segment = _Segment(slots, list(batch.values()))
+            track_of_slot = dict(self._track_of_slot)
+            slot_of_track = dict(self._slot_of_track)
+            words_of_track = dict(self._words_of_track)
+            for local, (slot, track_id) in enumerate(zip(slots.tolist(), batch, strict=True)):
+                old = slot_of_track.get(track_id)
+                if old is not None:
+                    del track_of_slot[old]
+                track_of_slot[slot] = track_id
+                slot_of_track[track_id] = slot
+                words_of_track[track_id] = segment.track_words(local)
+            segments = self._merged((*self._segments, segment), track_of_slot, words_of_track)
+            self._publish(segments, track_of_slot, slot_of_track, words_of_track)
+
+    def remove(self, track_id: int) -> bool:
+        with self._write_lock:
+            slot = self._slot_of_track.get(track_id)
+            if slot is None:
+                return False
+            track_of_slot = dict(self._track_of_slot)
+            slot_of_track = dict(self._slot_of_track)
+            words_of_track = dict(self._words_of_track)
+            del track_of_slot[slot], slot_of_track[track_id], words_of_track[track_id]
+            self._publish(self._segments, track_of_slot, slot_of_track, words_of_track)
+            return True
+
+    def _publish(self, segments, track_of_slot, slot_of_track, words_of_track) -> None:
+        # A search reads _track_of_slot after _segments: publishing the dicts
+        # first means a slot it finds in a segment is known, or was removed.
+        self._track_of_slot = track_of_slot
+        self._slot_of_track = slot_of_track
+        self._words_of_track = words_of_track
+        self._segments = segments
+
+    def _merged(self, segments, track_of_slot, words_of_track) -> tuple[_Segment, ...]:
+        """Merge the newest segments while the newest is at least as large as the
+        one before it (a binary counter), dropping removed tracks' words."""
+        segments = list(segments)
+        while len(segments) >= 2 and len(segments[-1].words) >= len(segments[-2].words) // 2:
+            newer, older = segments.pop(), segments.pop()
+            live = [
+                (slot, track_of_slot[slot])
+                for seg in (older, newer)
+                for slot in seg.slots.tolist()
+                if slot in track_of_slot
+            ]
+            merged = _Segment(
+                np.array([slot for slot, _ in live], dtype=np.int64),
+                [words_of_track[track_id] for _, track_id in live],
+            )
+            for local, (_, track_id) in enumerate(live):
+                words_of_track[track_id] = merged.track_words(local)
+            segments.append(merged)
+        return tuple(segments)
+
+    def search(
+        self,
+        words,
+        max_ber: float = DEFAULT_MAX_BER,
+        min_seconds: float = DEFAULT_MIN_SECONDS,
+    ) -> list[AudioAlignment]:
+        """Aligned stretches of known tracks in the query, longest first; at
+        most one per track and stretch of the query."""
+        query = np.asarray(words, dtype=np.uint32)
+        segments = self._segments
+        track_of_slot = self._track_of_slot
+        query_informative = informative_mask(query)
+        query_positions = np.flatnonzero(query_informative)
+        if len(query_positions) * SECONDS_PER_WORD < min_seconds:
+            return []
+        query_keys = query[query_positions] >> _KEY_SHIFT
+        candidates: list[tuple[int, int, int, np.ndarray]] = []  # votes, offset, track, words
+        for segment in segments:
+            candidates += self._vote(segment, query_keys, query_positions, track_of_slot)
+        candidates.sort(key=lambda c: -c[0])
+        alignments: list[AudioAlignment] = []
+        for votes, offset, track_id, known in candidates[:MAX_CANDIDATES]:
+            found = _align(query, query_informative, known, offset, max_ber)
+            if found is None:
+                continue
+            start, end, ber, informative_words = found
+            if informative_words * SECONDS_PER_WORD < min_seconds:
+                continue
+            alignments.append(
+                AudioAlignment(
+                    track_id=track_id,
+                    query_start=round(start * SECONDS_PER_WORD, 3),
+                    known_start=round((start + offset) * SECONDS_PER_WORD, 3),
+                    duration=round((end - start) * SECONDS_PER_WORD, 3),
+                    ber=round(ber, 4),
+                    votes=votes,
+                )
+            )
+        return _distinct(alignments)
+
+    @staticmethod
+    def _vote(segment, query_keys, query_positions, track_of_slot):
+        lo, hi = segment.lookup(query_keys)
+        counts = hi - lo
+        useful = (counts > 0) & (counts <= MAX_POSTINGS_PER_KEY)
+        lo, counts, qpos = lo[useful], counts[useful], query_positions[useful]
+        total = int(counts.sum())
+        if total == 0:
+            return []
+        # Ragged gather: for each query word, every posting of its key.
+        first = np.repeat(lo - np.cumsum(counts) + counts, counts)
+        hits = segment.positions[first + np.arange(total)].astype(np.int64)
+        local = np.searchsorted(segment.starts, hits, side="right") - 1
+        offsets = hits - segment.starts[local] - np.repeat(qpos, counts)
+        # One integer per (track, offset) pair; offsets lie within +-2**31.
+        pairs, votes = np.unique((local << 32) + (offsets + (1 << 31)), return_counts=True)
+        strong = np.flatnonzero(votes >= MIN_VOTES)
+        best = strong[np.argsort(-votes[strong], kind="stable")[:MAX_CANDIDATES]]
+        found = []
+        for pair, n in zip(pairs[best].tolist(), votes[best].tolist(), strict=True):
+            track_local, offset = pair >> 32, (pair & 0xFFFFFFFF) - (1 << 31)
+            track_id = track_of_slot.get(int(segment.slots[track_local]))
+            if track_id is not None:  # else removed since
+                found.append((n, offset, track_id, segment.track_words(track_local)))
+        return found
+
+    def save(self, path: str) -> None:
+        """Snapshot the known tracks (words only; postings are rebuilt on load)."""
+        words_of_track = self._words_of_track
+        track_ids = np.fromiter(words_of_track, dtype=np.int64, count=len(words_of_track))
+        lengths = np.fromiter((len(w) for w in words_of_track.values()), dtype=np.int64)
+        words = np.concatenate(list(words_of_track.values()) or [np.zeros(0, np.uint32)])
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, format=_SNAPSHOT_FORMAT, track_ids=track_ids, lengths=lengths, words=words)
+        os.replace(tmp, path)  # a crash mid-write never leaves a torn snapshot
+
+    @classmethod
+    def load(cls, path: str) -> AudioIndex:
+        with np.load(path) as snapshot:
+            if int(snapshot["format"]) != _SNAPSHOT_FORMAT:
+                raise ValueError(f"{path} is not an audio index snapshot of this version")
+            track_ids, lengths, words = (snapshot[k] for k in ("track_ids", "lengths", "words"))
+        ends = np.cumsum(lengths)
+        index = cls()
+        index.add_many(
+            (int(t), words[end - n : end])
+            for t, n, end in zip(track_ids.tolist(), lengths.tolist(), ends.tolist(), strict=True)
+        )
+        return index
+
+
+def _align(query, query_informative, known, offset, max_ber):
+    """The longest stretch where query[i] lines up with known[i + offset] with a
+    windowed BER <= max_ber: (start, end, ber, informative words) in query word
+    positions, or None."""
+    start = max(0, -offset)
+    end = min(len(query), len(known) - offset)
+    if end - start < WINDOW_WORDS:
+        return None
+    q = query[start:end]
+    k = known[start + offset : end + offset]
+    valid = query_informative[start:end] & informative_mask(k)
+    errors = np.where(valid, np.bitwise_count(q ^ k), 0).astype(np.int64)
+    # Windowed sums via cumulative sums, window centred on each word.
+    half = WINDOW_WORDS // 2
+    err_cum = np.concatenate([[0], np.cumsum(errors)])
+    valid_cum = np.concatenate([[0], np.cumsum(valid)])
+    lo = np.clip(np.arange(len(q)) - half, 0, len(q))
+    hi = np.clip(np.arange(len(q)) + half, 0, len(q))
+    window_valid = valid_cum[hi] - valid_cum[lo]
+    window_ber = (err_cum[hi] - err_cum[lo]) / np.maximum(32 * window_valid, 1)
+    good = (window_ber <= max_ber) & (window_valid >= half)
+    if not good.any():
+        return None
+    # Longest run of good positions.
+    edges = np.diff(np.concatenate([[0], good.astype(np.int8), [0]]))
+    run_starts, run_ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    longest = int(np.argmax(run_ends - run_starts))
+    a, b = int(run_starts[longest]), int(run_ends[longest])
+    # The window reaches half a window past the true edge of the match.
+    per_word_limit = 32 * max_ber * 2
+    while a < b and valid[a] and errors[a] > per_word_limit:
+        a += 1
+    while b > a and valid[b - 1] and errors[b - 1] > per_word_limit:
+        b -= 1
+    informative_words = int(valid_cum[b] - valid_cum[a])
+    if informative_words == 0:
+        return None
+    ber = float(err_cum[b] - err_cum[a]) / (32 * informative_words)
+    if ber > max_ber:
+        return None
+    return start + a, start + b, ber, informative_words
+
+
+def _distinct(alignments: list[AudioAlignment]) -> list[AudioAlignment]:
+    """Longest first; drop an alignment whose query range mostly overlaps a kept
+    one of the same track (neighbouring offsets of one match)."""
+    kept: list[AudioAlignment] = []
+    for a in sorted(alignments, key=lambda a: (-a.duration, a.ber)):
+        overlapping = any(
+            k.track_id == a.track_id
+            and min(k.query_start + k.duration, a.query_start + a.duration)
+            - max(k.query_start, a.query_start)
+            > 0.5 * a.duration
+            for k in kept
+        )
+        if not overlapping:
+            kept.append(a)
+    return kept
