@@ -1,4 +1,5 @@
-"""Video, frame level: PDQ of sampled frames, compatible with Meta's vPDQ.
+"""Video: one decode pass -> PDQ of sampled frames (vPDQ-compatible), the
+videohash whole-video hash, duration and frame rate; audio frames to a hook.
 
 vPDQ hashes decoded frames (RGB24, full size) with PDQ and records, per hashed
 frame, its number, quality, hash and timestamp; its text format is one line per
@@ -6,29 +7,62 @@ frame: `frame_number,quality,pdq_hex,timestamp_seconds` (3 decimals). Frames
 are numbered in decode order from 0; with `every_seconds` > 0 only every
 round(fps * every_seconds)-th frame is hashed (vPDQ's seconds_per_hash).
 
-This module is the frame signal only; matching videos (shares of matching
-frames, contiguous runs, time ranges) is the video issue's work.
+Known videos (for_query=False) are decoded exactly as vPDQ does, so their frame
+hashes can be exchanged. Queries (for_query=True) are decoded fast: frames no
+other frame refers to are skipped and so is the loop filter (a few bits of PDQ,
+bench/video.py), sampled frames are converted to RGB at <= QUERY_SIDE, and each
+one is also hashed mirrored and without black bars, which is how re-uploads
+hide. Only sampled frames are ever converted to RGB.
+
+Matching frames into video matches is hashsvc/video_match.py.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
-from dataclasses import dataclass
-from fractions import Fraction
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import av
 import numpy as np
+import pdqhash
+from PIL import Image
 
-from hashsvc.errors import CorruptMedia, InvalidArgument, TooLarge, UnsupportedMedia
+from hashsvc.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
+from hashsvc.media import regions
+from hashsvc.media import videohash as vh
 from hashsvc.media.image import pdq_hash
+from hashsvc.signals import Signal
+
+# Containers we accept, by FFmpeg demuxer name, and the file extensions that may
+# name each (a path whose extension names another container is refused).
+CONTAINERS = {
+    "mov,mp4,m4a,3gp,3g2,mj2": {".mp4", ".m4v", ".mov", ".3gp"},
+    "matroska,webm": {".mkv", ".webm"},
+    "avi": {".avi"},
+    "gif": {".gif"},
+}
+QUERY_SIDE = 512  # PDQ reads a 64x64 summary: a query frame needs no more
+MIN_TRIM = 0.02  # trimming less than this share of a side is noise, not a bar
+# The package's crop vote is settled by the start times up to 40 s (5 of the
+# 12); frames for the videohash are held until then, then shrunk at once.
+CROP_SETTLED_SECONDS = 41.0
+VIDEOHASH_HOLD_MAX_PIXELS = 1920 * 1080  # larger held frames are halved first
 
 
 @dataclass(frozen=True)
 class VideoLimits:
     max_seconds: float = 4 * 3600.0
     max_pixels_per_frame: int = 8_300_000  # 3840x2160
+    max_side: int = 8192
     max_frames_hashed: int = 100_000
+    # Decoded frames, whatever the sampling: a 1000 fps or million-frame GIF
+    # costs decode time even when few frames are hashed.
+    max_frames_decoded: int = 2_000_000
+    # Wall-clock budget for one decode pass; None = no limit.
+    max_wall_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -42,53 +76,375 @@ class FrameHash:
         return f"{self.frame},{self.quality},{self.pdq.hex()},{self.seconds:.3f}"
 
 
+@dataclass
+class VideoHashes:
+    """Everything one decode pass gives for a video."""
+
+    frames: list[FrameHash]  # the vPDQ frame hashes (format_vpdq writes them)
+    # PDQ signals: variant "frame:<n>" is the frame as decoded (same hash as
+    # frames[i]); queries add "frame:<n>:flip", "frame:<n>:trimmed",
+    # "frame:<n>:trimmed_flip". position = seconds.
+    frame_signals: list[Signal]
+    videohash: Signal | None
+    duration: float
+    fps: float
+    width: int
+    height: int
+    container: str
+    has_audio: bool = False
+    decode_seconds: float = 0.0
+    frames_decoded: int = 0
+
+    def signals(self) -> list[Signal]:
+        return [*self.frame_signals, *([self.videohash] if self.videohash else [])]
+
+
+AudioHook = Callable[["av.AudioFrame"], None]
+
+
 def frame_hashes(
-    data: bytes, every_seconds: float = 1.0, limits: VideoLimits | None = None
+    data: bytes | str, every_seconds: float = 1.0, limits: VideoLimits | None = None
 ) -> list[FrameHash]:
-    """PDQ of the sampled frames of the first video stream."""
-    return list(_hash_frames(data, every_seconds, limits or VideoLimits()))
+    """vPDQ frame hashes of the first video stream (every_seconds=0: every frame)."""
+    return hash_video(data, limits, every_seconds=every_seconds, videohash_rate=0).frames
 
 
-def _hash_frames(data: bytes, every_seconds: float, limits: VideoLimits) -> Iterator[FrameHash]:
-    if not data:
-        raise InvalidArgument("empty media")
+def hash_video(
+    source: bytes | str | os.PathLike,
+    limits: VideoLimits | None = None,
+    for_query: bool = False,
+    every_seconds: float = 1.0,
+    videohash_rate: float = 1.0,
+    on_audio_frame: AudioHook | None = None,
+) -> VideoHashes:
+    """Decode once: sampled-frame PDQ signals, the videohash (videohash_rate
+    frames per second, the package's frame_interval; 0 = none), duration, fps.
+    Decoded audio frames of the first audio stream go to on_audio_frame (for
+    the audio fingerprint) in the same pass. Typed errors only."""
+    limits = limits or VideoLimits()
+    started = time.monotonic()
+    container, extension = _open(source)
+    with container:
+        stream = _checked_video_stream(container, extension, limits)
+        audio = container.streams.audio[0] if container.streams.audio else None
+        state = _Pass(container, stream, limits, for_query, every_seconds, videohash_rate)
+        try:
+            for packet in container.demux(*[s for s in (stream, audio) if s is not None]):
+                if packet.stream is audio:
+                    if on_audio_frame is not None:
+                        for frame in packet.decode():
+                            on_audio_frame(frame)
+                    continue
+                for frame in packet.decode():
+                    state.add(frame)
+                    if limits.max_wall_seconds and time.monotonic() - started > (
+                        limits.max_wall_seconds
+                    ):
+                        raise Timeout(f"video decoding took over {limits.max_wall_seconds:g} s")
+        except av.error.FFmpegError as exc:
+            raise CorruptMedia(f"corrupt video: {exc}") from None
+        except (ValueError, OverflowError, IndexError, MemoryError) as exc:
+            raise CorruptMedia(f"corrupt video: {type(exc).__name__}: {exc}") from None
+        result = state.finish()
+        result.has_audio = audio is not None
+        result.decode_seconds = time.monotonic() - started
+        return result
+
+
+# ------------------------------------------------------------------ opening
+
+
+def _open(source: bytes | str | os.PathLike) -> tuple[av.container.InputContainer, str | None]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if not source:
+            raise InvalidArgument("empty media")
+        target, extension = io.BytesIO(source), None
+    else:
+        path = os.fspath(source)
+        if not os.path.isfile(path) or os.path.getsize(path) == 0:
+            raise InvalidArgument("empty media" if os.path.isfile(path) else "no such file")
+        target, extension = path, os.path.splitext(path)[1].lower() or None
     try:
-        container = av.open(io.BytesIO(data))
+        container = av.open(target, metadata_errors="ignore")
     except av.error.InvalidDataError:
         raise UnsupportedMedia(
             "not a video the decoder can read (unknown format, or truncated)"
         ) from None
-    except av.error.FFmpegError as exc:
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
         raise CorruptMedia(f"cannot open the video: {exc}") from None
-    with container:
-        if not container.streams.video:
-            raise UnsupportedMedia("the file has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        width, height = stream.codec_context.width, stream.codec_context.height
-        if width * height > limits.max_pixels_per_frame:
-            raise TooLarge(f"video frames are {width}x{height}; the limit is "
-                           f"{limits.max_pixels_per_frame} pixels")  # fmt: skip
-        rate = Fraction(stream.average_rate or stream.guessed_rate or 0)
-        if rate <= 0:
+    return container, extension
+
+
+def _checked_video_stream(container, extension: str | None, limits: VideoLimits):
+    if not container.streams.video:
+        raise UnsupportedMedia("the file has no video stream")
+    name = container.format.name
+    if name not in CONTAINERS:
+        raise UnsupportedMedia(f"unsupported container {name!r} (MP4, MOV, MKV, WebM, AVI, GIF)")
+    if extension is not None and extension not in CONTAINERS[name]:
+        raise UnsupportedMedia(f"the file is named {extension} but is a {name.split(',')[0]} file")
+    stream = container.streams.video[0]
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if width <= 0 or height <= 0:
+        raise CorruptMedia("the video stream has no picture size")
+    if width * height > limits.max_pixels_per_frame or max(width, height) > limits.max_side:
+        raise TooLarge(
+            f"video frames are {width}x{height}; the limits are "
+            f"{limits.max_pixels_per_frame} pixels and {limits.max_side} per side"
+        )
+    if container.duration and container.duration / 1e6 > limits.max_seconds:
+        raise TooLarge(f"video is {container.duration / 1e6:.0f} s long; "
+                       f"the limit is {limits.max_seconds:g} s")  # fmt: skip
+    if stream.frames and stream.frames > limits.max_frames_decoded:
+        raise TooLarge(
+            f"video has {stream.frames} frames; the limit is {limits.max_frames_decoded}"
+        )
+    stream.thread_type = "AUTO"
+    return stream
+
+
+# ------------------------------------------------------------------ the pass
+
+
+@dataclass
+class _HeldFrame:
+    rgb: np.ndarray  # full size (or halved when huge), uncropped
+    copies: int
+    scale: float
+
+
+@dataclass
+class _Pass:
+    container: av.container.InputContainer
+    stream: av.video.stream.VideoStream
+    limits: VideoLimits
+    for_query: bool
+    every_seconds: float
+    videohash_rate: float
+    frames: list[FrameHash] = field(default_factory=list)
+    signals: list[Signal] = field(default_factory=list)
+    decoded: int = 0
+    next_sample: int = 0
+    last_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        stream = self.stream
+        rate = stream.average_rate or stream.guessed_rate
+        self.fps = float(rate) if rate else 0.0
+        if self.fps <= 0:
             raise CorruptMedia("the video stream has no frame rate")
-        step = max(1, round(float(rate) * every_seconds)) if every_seconds > 0 else 1
-        hashed = 0
-        try:
-            for number, frame in enumerate(container.decode(stream)):
-                seconds = float(number / rate)
-                if seconds > limits.max_seconds:
-                    raise TooLarge(f"video is longer than {limits.max_seconds:g} s")
-                if number % step:
-                    continue
-                rgb = frame.to_ndarray(format="rgb24")
-                value, quality = pdq_hash(np.ascontiguousarray(rgb))
-                yield FrameHash(number, quality, value, round(seconds, 3))
-                hashed += 1
-                if hashed > limits.max_frames_hashed:
-                    raise TooLarge(f"more than {limits.max_frames_hashed} frames to hash")
-        except av.error.FFmpegError as exc:
-            raise CorruptMedia(f"corrupt video: {exc}") from None
+        self.step = max(1, round(self.fps * self.every_seconds)) if self.every_seconds > 0 else 1
+        self.start = self._start_seconds()
+        if self.for_query:
+            # Frames that no other frame refers to (most B-frames) need not be
+            # decoded at all; the loop filter only polishes block edges.
+            stream.codec_context.skip_frame = "NONREF"
+            stream.codec_context.options = {"skip_loop_filter": "all"}
+        self.cfr = vh.CfrSampler(self.videohash_rate, self.fps) if self.videohash_rate else None
+        self.crop_votes = vh.CropVotes()
+        self.held: list[_HeldFrame] = []
+        self.crop: tuple[int, int, int, int] | None = None
+        self.crop_fixed = False
+        self.small_frames: list[np.ndarray] = []
+
+    def _start_seconds(self) -> float:
+        # ffmpeg's CLI (and so the videohash package) shifts times so the
+        # file starts at 0; vPDQ's timestamps are frame_number / fps.
+        if self.container.start_time is not None:
+            return self.container.start_time / 1e6
+        st = self.stream
+        return float(st.start_time * st.time_base) if st.start_time is not None else 0.0
+
+    def add(self, frame: av.VideoFrame) -> None:
+        self.decoded += 1
+        if self.decoded > self.limits.max_frames_decoded:
+            raise TooLarge(f"more than {self.limits.max_frames_decoded} frames")
+        seconds = self._seconds(frame)
+        if seconds > self.limits.max_seconds:
+            raise TooLarge(f"video is longer than {self.limits.max_seconds:g} s")
+        self.last_seconds = max(self.last_seconds, seconds)
+        if self.for_query:
+            # Skipped frames leave holes in decode order: number by time.
+            number = max(0, round(seconds * self.fps))
+        else:
+            number = self.decoded - 1
+        rgb = _LazyRgb(frame)
+        if number >= self.next_sample:
+            self.next_sample = (number // self.step + 1) * self.step
+            self._hash_frame(frame, rgb, number)
+        if self.cfr is not None:
+            self._videohash_frame(frame, rgb, seconds)
+
+    def _seconds(self, frame: av.VideoFrame) -> float:
+        if frame.pts is None or frame.time_base is None:
+            return (self.decoded - 1) / self.fps
+        return float(frame.pts * frame.time_base) - self.start
+
+    def _hash_frame(self, frame: av.VideoFrame, full: _LazyRgb, number: int) -> None:
+        if len(self.frames) >= self.limits.max_frames_hashed:
+            raise TooLarge(f"more than {self.limits.max_frames_hashed} frames to hash")
+        # vPDQ's timestamp is the frame number over the frame rate.
+        seconds = round(number / self.fps, 3)
+        if self.for_query:
+            rgb = _rgb_at_most(frame, QUERY_SIDE)
+            views = query_frame_signals(rgb, number, seconds)
+            self.signals.extend(views)
+            as_decoded = views[0]
+            self.frames.append(
+                FrameHash(number, as_decoded.quality or 0, as_decoded.value, seconds)
+            )
+            return
+        value, quality = pdq_hash(full.get())
+        self.frames.append(FrameHash(number, quality, value, seconds))
+        self.signals.append(Signal("pdq", value, quality, f"frame:{number}", seconds))
+
+    def _videohash_frame(self, frame: av.VideoFrame, full: _LazyRgb, seconds: float) -> None:
+        if not self.crop_fixed and self.crop_votes.wants(seconds):
+            self.crop_votes.add(_luma(frame))
+        copies = self.cfr.copies(seconds)
+        if not self.crop_fixed and seconds >= CROP_SETTLED_SECONDS:
+            self._fix_crop()
+        if not copies:
+            return
+        if self.crop_fixed:
+            self.small_frames.extend([_shrink_rgb(full.get(), self.crop)] * copies)
+        else:
+            rgb = full.get()
+            scale = 1.0
+            if rgb.shape[0] * rgb.shape[1] > VIDEOHASH_HOLD_MAX_PIXELS:
+                rgb, scale = rgb[::2, ::2], 0.5
+            self.held.append(_HeldFrame(rgb, copies, scale))
+
+    def _fix_crop(self) -> None:
+        self.crop_fixed = True
+        self.crop = self.crop_votes.best()
+        for held in self.held:
+            crop = self.crop and tuple(int(v * held.scale) for v in self.crop)
+            self.small_frames.extend([_shrink_rgb(held.rgb, crop)] * held.copies)
+        self.held = []
+
+    def finish(self) -> VideoHashes:
+        if self.decoded == 0:
+            raise CorruptMedia("the video has no decodable frames")
+        videohash = None
+        if self.cfr is not None:
+            if not self.crop_fixed:
+                self._fix_crop()
+            if self.small_frames:
+                value = vh.videohash(self.small_frames)
+                videohash = Signal("videohash", value, None, "original", None)
+        container = self.container
+        duration = container.duration / 1e6 if container.duration else 0.0
+        duration = duration or self.last_seconds + 1 / self.fps
+        ctx = self.stream.codec_context
+        return VideoHashes(
+            frames=self.frames,
+            frame_signals=self.signals,
+            videohash=videohash,
+            duration=duration,
+            fps=self.fps,
+            width=ctx.width,
+            height=ctx.height,
+            container=container.format.name,
+            frames_decoded=self.decoded,
+        )
+
+
+# ------------------------------------------------------------------ frames
+
+
+def _rgb_at_most(frame: av.VideoFrame, side: int) -> np.ndarray:
+    """The frame as RGB, shrunk in swscale (area averaging) to fit side."""
+    scale = side / max(frame.width, frame.height)
+    if scale >= 1:
+        return frame.to_ndarray(format="rgb24")
+    width, height = max(1, round(frame.width * scale)), max(1, round(frame.height * scale))
+    return frame.reformat(width, height, "rgb24", interpolation="AREA").to_ndarray()
+
+
+def _luma(frame: av.VideoFrame) -> np.ndarray:
+    """The Y plane as stored (cropdetect reads it raw), or gray for RGB/palette."""
+    if frame.format.name.startswith(("yuv", "yuvj")) and frame.planes:
+        plane = frame.planes[0]
+        raw = np.frombuffer(plane, dtype=np.uint8)
+        if raw.size >= plane.line_size * frame.height and plane.line_size >= frame.width:
+            return raw[: plane.line_size * frame.height].reshape(frame.height, -1)[:, : frame.width]
+    return frame.to_ndarray(format="gray")
+
+
+class _LazyRgb:
+    """A frame's full-size RGB, converted at most once and only if asked."""
+
+    def __init__(self, frame: av.VideoFrame) -> None:
+        self.frame = frame
+        self.rgb: np.ndarray | None = None
+
+    def get(self) -> np.ndarray:
+        if self.rgb is None:
+            self.rgb = np.ascontiguousarray(self.frame.to_ndarray(format="rgb24"))
+        return self.rgb
+
+
+def _shrink_rgb(rgb: np.ndarray, crop) -> np.ndarray:
+    """ffmpeg's `-vf crop=... -s 144x144` (bicubic), as the package extracts."""
+    if crop:
+        x, y, w, h = crop
+        rgb = rgb[y : y + h, x : x + w]
+    side = vh.FRAME_SIDE
+    img = Image.fromarray(np.ascontiguousarray(rgb)).resize((side, side), Image.Resampling.BICUBIC)
+    return np.asarray(img)
+
+
+def _pack(bits: np.ndarray) -> bytes:
+    return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes()
+
+
+# pdqhash.compute_dihedral's order: original, rot90, rot180, rot270, flip_vertical,
+# flip_horizontal, transpose, transverse.
+_FLIP_HORIZONTAL = 5
+
+
+def query_frame_signals(rgb: np.ndarray, number: int, seconds: float) -> list[Signal]:
+    """A query frame's PDQ views: as decoded, mirrored, and (when it has bars)
+    without them, mirrored too. Mirroring comes with the dihedral hash at no
+    extra cost; trimming costs one more PDQ, only on frames with bars."""
+    name = f"frame:{number}"
+    hashes, quality = pdqhash.compute_dihedral(np.ascontiguousarray(rgb))
+    signals = [
+        Signal("pdq", _pack(hashes[0]), int(quality), name, seconds),
+        Signal("pdq", _pack(hashes[_FLIP_HORIZONTAL]), int(quality), f"{name}:flip", seconds),
+    ]
+    box = regions.trim_uniform_borders(_gray(rgb))
+    if max(box[0], box[1], 1 - box[2], 1 - box[3]) >= MIN_TRIM:
+        inner = np.ascontiguousarray(regions.cut(rgb, box))
+        hashes, quality = pdqhash.compute_dihedral(inner)
+        signals.append(Signal("pdq", _pack(hashes[0]), int(quality), f"{name}:trimmed", seconds))
+        signals.append(
+            Signal(
+                "pdq",
+                _pack(hashes[_FLIP_HORIZONTAL]),
+                int(quality),
+                f"{name}:trimmed_flip",
+                seconds,
+            )
+        )
+    return signals
+
+
+def _gray(rgb: np.ndarray) -> np.ndarray:
+    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
+    return 0.299 * r + 0.587 * g + 0.114 * b
+
+
+def frame_number(variant: str) -> int:
+    """The frame number in a frame signal's variant ("frame:120:flip" -> 120)."""
+    parts = variant.split(":")
+    if len(parts) < 2 or parts[0] != "frame" or not parts[1].isdigit():
+        raise InvalidArgument(f"not a video frame variant: {variant!r}")
+    return int(parts[1])
+
+
+# ------------------------------------------------------------------ vPDQ text
 
 
 def format_vpdq(frames: list[FrameHash]) -> str:
@@ -114,3 +470,9 @@ def parse_vpdq(text: str) -> list[FrameHash]:
         if not 0 <= quality <= 100:
             raise InvalidArgument(f"line {line_no}: quality must be within 0..100")
     return frames
+
+
+def iter_vpdq_signals(frames: list[FrameHash]) -> Iterator[Signal]:
+    """Imported vPDQ hashes as the frame signals a known video stores."""
+    for f in frames:
+        yield Signal("pdq", f.pdq, f.quality, f"frame:{f.frame}", f.seconds)
