@@ -49,6 +49,10 @@ SILENCE_WORD = 627964279
 CONSTANT_RUN_WORDS = 3
 # Peak below -60 dBFS over the whole upload: inaudible, treated as silent.
 SILENT_PEAK = 32
+# Undecodable packets tolerated (skipped) before an upload is refused as corrupt:
+# more than this many and more than this share of all packets read so far.
+MAX_BAD_PACKETS = 8
+MAX_BAD_SHARE = 0.05
 
 _ALGORITHM = chromaprint.Fingerprinter.ALGORITHM_TEST2  # fpcalc's default (-algorithm 2)
 # libswresample settings of fpcalc's FFmpegAudioProcessor::SetCompatibleMode.
@@ -171,12 +175,27 @@ def fingerprint_container(container, limits: AudioLimits) -> AudioFingerprint | 
     stream = container.streams.audio[0]
     _check_format(stream.codec_context.sample_rate, stream.codec_context.channels, limits)
     feeder = _ChromaprintFeeder(limits)
+    packets = bad_packets = 0
     try:
         for packet in container.demux(stream):
-            for frame in packet.decode():
+            packets += 1
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError:
+                # A damaged frame loses ~26 ms; refusing the whole upload for it
+                # would let a flipped bit evade matching. Mostly damage is refused.
+                bad_packets += 1
+                if bad_packets > MAX_BAD_PACKETS and bad_packets > packets * MAX_BAD_SHARE:
+                    raise CorruptMedia(
+                        f"corrupt audio: {bad_packets} of {packets} packets undecodable"
+                    ) from None
+                continue
+            for frame in frames:
                 _check_format(frame.sample_rate, frame.layout.nb_channels, limits)
                 if not feeder.feed_frame(frame):
                     return feeder.finish(truncated=True)
+        if packets and bad_packets == packets:
+            raise CorruptMedia("corrupt audio: no packet could be decoded")
         return feeder.finish(truncated=False)
     except av.error.FFmpegError as exc:
         raise CorruptMedia(f"corrupt audio: {exc}") from None
@@ -249,7 +268,7 @@ class _ChromaprintFeeder:
         seconds = float(informative.sum()) * SECONDS_PER_WORD
         if seconds < self._limits.min_seconds:
             raise TooShortToMatch(
-                f"too short to match: {seconds:.1f} s of non-silent audio"
-                f" (of {duration:.1f} s); at least {self._limits.min_seconds:g} s are needed"
+                f"too short to match: {seconds:.1f} s of distinctive audio (not silence or"
+                f" held tones) in {duration:.1f} s; {self._limits.min_seconds:g} s are needed"
             )
         return AudioFingerprint(words, duration, truncated)
