@@ -174,7 +174,7 @@ def fingerprint_container(container, limits: AudioLimits) -> AudioFingerprint | 
         return None
     stream = container.streams.audio[0]
     _check_format(stream.codec_context.sample_rate, stream.codec_context.channels, limits)
-    feeder = _ChromaprintFeeder(limits)
+    fingerprinter = AudioFrameFingerprinter(limits)
     packets = bad_packets = 0
     try:
         for packet in container.demux(stream):
@@ -191,12 +191,11 @@ def fingerprint_container(container, limits: AudioLimits) -> AudioFingerprint | 
                     ) from None
                 continue
             for frame in frames:
-                _check_format(frame.sample_rate, frame.layout.nb_channels, limits)
-                if not feeder.feed_frame(frame):
-                    return feeder.finish(truncated=True)
+                if not fingerprinter(frame):
+                    return fingerprinter.finish()
         if packets and bad_packets == packets:
             raise CorruptMedia("corrupt audio: no packet could be decoded")
-        return feeder.finish(truncated=False)
+        return fingerprinter.finish()
     except av.error.FFmpegError as exc:
         raise CorruptMedia(f"corrupt audio: {exc}") from None
     except (ValueError, chromaprint.FingerprintError) as exc:
@@ -214,21 +213,28 @@ def _check_format(sample_rate: int, channels: int, limits: AudioLimits) -> None:
         raise UnsupportedMedia(f"audio has {channels} channels; the limit is {limits.max_channels}")
 
 
-class _ChromaprintFeeder:
-    """Decoded frames in, 11025 Hz mono s16 into libchromaprint, words out."""
+class AudioFrameFingerprinter:
+    """Decoded PyAV audio frames in (any rate, layout, format), the fingerprint
+    out. Usable as hash_video's on_audio_frame hook, so a video's sound is
+    fingerprinted in the same decoding pass; frames past max_seconds are ignored
+    and the result is marked truncated."""
 
     def __init__(self, limits: AudioLimits) -> None:
         self._limits = limits
         self._max_samples = int(limits.max_seconds * SAMPLE_RATE)
         self._samples = 0
         self._peak = 0
+        self._truncated = False
         self._resampler: av.AudioResampler | None = None
         self._input_format: tuple | None = None
         self._fingerprinter = chromaprint.Fingerprinter(_ALGORITHM)
         self._fingerprinter.start(SAMPLE_RATE, 1)
 
-    def feed_frame(self, frame: av.AudioFrame) -> bool:
-        """False once max_seconds of audio have been fed."""
+    def __call__(self, frame: av.AudioFrame) -> bool:
+        """Feed one frame; False once max_seconds of audio have been fed."""
+        if self._truncated:
+            return False
+        _check_format(frame.sample_rate, frame.layout.nb_channels, self._limits)
         # A stream may change rate or layout midway (concatenated broadcasts);
         # a resampler is bound to one input format, so flush it and start anew.
         input_format = (frame.format.name, frame.layout.name, frame.sample_rate)
@@ -240,7 +246,11 @@ class _ChromaprintFeeder:
             )
             self._input_format = input_format
         frame.pts = None  # timestamps play no part; gaps in them must not insert silence
-        return self._feed_pcm(self._resampler.resample(frame))
+        try:
+            return self._feed_pcm(self._resampler.resample(frame))
+        except (ValueError, chromaprint.FingerprintError) as exc:
+            # ValueError: PyAV refusing a layout or format it cannot convert.
+            raise CorruptMedia(f"audio the fingerprinter cannot convert: {exc}") from None
 
     def _feed_pcm(self, frames: list[av.AudioFrame]) -> bool:
         for out in frames:
@@ -253,11 +263,13 @@ class _ChromaprintFeeder:
                 self._fingerprinter.feed(pcm.tobytes())
                 self._samples += len(pcm)
             if self._samples >= self._max_samples:
+                self._truncated = True
                 return False
         return True
 
-    def finish(self, truncated: bool) -> AudioFingerprint:
-        if not truncated and self._resampler is not None:
+    def finish(self) -> AudioFingerprint:
+        """The fingerprint; SilentAudio or TooShortToMatch when it has nothing to match."""
+        if not self._truncated and self._resampler is not None:
             self._feed_pcm(self._resampler.resample(None))
         duration = self._samples / SAMPLE_RATE
         compressed = self._fingerprinter.finish()
@@ -271,4 +283,4 @@ class _ChromaprintFeeder:
                 f"too short to match: {seconds:.1f} s of distinctive audio (not silence or"
                 f" held tones) in {duration:.1f} s; {self._limits.min_seconds:g} s are needed"
             )
-        return AudioFingerprint(words, duration, truncated)
+        return AudioFingerprint(words, duration, self._truncated)
