@@ -62,7 +62,7 @@ CHROMAPRINT = SignalType("chromaprint", 32, perceptual=True, sequence=True)
 # SHA-256 of a document's normalised text (see hashsvc/media/textnorm.py).
 TEXT_SHA256 = SignalType("text_sha256", 256, perceptual=False)
 # Near-duplicate text signal of a page or a whole document.
-TEXT_SIMHASH = SignalType("text_simhash", 64, perceptual=True)
+TEXT_SIMHASH = SignalType("text_simhash", 256, perceptual=True)
 
 SIGNAL_TYPES: dict[str, SignalType] = {
     t.name: t for t in (PDQ, MD5, SHA256, VIDEOHASH, CHROMAPRINT, TEXT_SHA256, TEXT_SIMHASH)

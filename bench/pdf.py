@@ -1,0 +1,176 @@
+"""PDF matching: recall per transform, false matches against unrelated PDFs,
+the margins behind pdf_match's thresholds, and hashing speed.
+
+    .venv/bin/python bench/pdf.py [--short]
+
+A corpus of generated publications (Arabic and English, real photos from
+../shared) is hashed as known entries; each is transformed the ways
+publications re-circulate, and every transformed copy and every unrelated
+publication (other text, same languages and layout, other photos) is matched
+against every known one with the brute-force pairing the tests use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pymupdf  # noqa: E402
+from photos import load_photos  # noqa: E402
+
+from hashsvc import pdf_match  # noqa: E402
+from hashsvc.media.pdf import PdfLimits, hash_pdf  # noqa: E402
+from tests import pdf_media as media  # noqa: E402
+
+LIMITS = PdfLimits()
+
+
+def transforms(pub: media.Publication, pdf: bytes, cover: media.Publication):
+    """(name, query PDF, expected query page -> known page or None if unknown)."""
+    pages = pymupdf.open(stream=pdf, filetype="pdf").page_count
+    subset = [pages - 1, 0] if pages > 1 else [0]
+    yield "resave", media.resave(pdf), {p: p for p in range(1, pages + 1)}
+    yield "retypeset", media.retypeset(pub), None
+    if pub.language == "ar":
+        yield "diacritics_tatweel", media.typeset(media.vocalised(pub)), None
+    yield (
+        "page_subset",
+        media.page_subset(pdf, subset),
+        {i + 1: p + 1 for i, p in enumerate(subset)},
+    )
+    yield "new_cover", media.with_cover(pdf, cover), {p + 1: p for p in range(1, pages + 1)}
+    yield "scanned", media.scanned(pdf), {p: p for p in range(1, pages + 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--short", action="store_true", help="a small corpus (< 60 s)")
+    args = parser.parse_args()
+    known_count, unrelated_count, paragraphs = (6, 6, 14) if args.short else (20, 20, 18)
+
+    photo_dir = Path(tempfile.mkdtemp(prefix="pdfbench-"))
+    names = []
+    for n, (_, img) in enumerate(load_photos()):
+        names.append(f"photo{n}.jpg")
+        img.save(photo_dir / names[-1], quality=90)
+    # Known publications use the first half of the photos, unrelated ones the
+    # other half: a shared photo is a true match, not a false one.
+    half = len(names) // 2
+    known_photos, other_photos = names[:half], names[half:]
+
+    def pub(seed: int, language: str, photos: list[str]) -> media.Publication:
+        chosen = tuple(photos[(seed * 2 + i) % len(photos)] for i in range(2))
+        return media.publication(seed, language, paragraphs, chosen, photo_dir)
+
+    known = []
+    hash_seconds = {"known": 0.0, "query": 0.0}
+    pages_hashed = {"known": 0, "query": 0}
+
+    def hashed(pdf: bytes, for_query: bool):
+        side = "query" if for_query else "known"
+        started = time.perf_counter()
+        signals = hash_pdf(pdf, LIMITS, for_query)
+        hash_seconds[side] += time.perf_counter() - started
+        pages_hashed[side] += pymupdf.open(stream=pdf, filetype="pdf").page_count
+        return signals
+
+    for i in range(known_count):
+        p = pub(1000 + i, "ar" if i % 2 == 0 else "en", known_photos)
+        pdf = media.typeset(p)
+        known.append((p, pdf, hashed(pdf, False)))
+
+    queries = []  # (transform, known index or None, expected pages, signals)
+    for i, (p, pdf, _) in enumerate(known):
+        cover = pub(5000 + i, p.language, other_photos)
+        for name, query_pdf, expected in transforms(p, pdf, cover):
+            queries.append((name, i, expected, hashed(query_pdf, True)))
+    for i in range(unrelated_count):
+        p = pub(2000 + i, "ar" if i % 2 == 0 else "en", other_photos)
+        queries.append(("unrelated", None, None, hashed(media.typeset(p), True)))
+
+    found = defaultdict(int)
+    total = defaultdict(int)
+    pages_right = defaultdict(lambda: [0, 0])
+    false_matches = []
+    near = defaultdict(list)  # evidence kind -> distances seen, for true/false pairs
+    for name, source, expected, q_signals in queries:
+        for k, (_, _, k_signals) in enumerate(known):
+            pairs = media.brute_force_pairs(q_signals, k_signals, radius=256)
+            _record_margins(pairs, near, k == source, expected)
+            evidence = pdf_match.match_pdf(pairs)
+            if k != source:
+                if evidence.matched:
+                    false_matches.append((name, source, k, evidence))
+                continue
+            total[name] += 1
+            found[name] += evidence.matched
+            if expected:
+                got = {m.query_page: m.known_page for m in evidence.pages}
+                pages_right[name][0] += sum(got.get(q) == kp for q, kp in expected.items())
+                pages_right[name][1] += len(expected)
+
+    print(f"corpus: {known_count} known, {unrelated_count} unrelated, {len(queries)} queries")
+    print("recall per transform (pages mapped right where the mapping is known):")
+    for name in total:
+        right, of = pages_right[name]
+        mapped = f"  pages {right}/{of}" if of else ""
+        print(f"  {name:20s} {found[name]}/{total[name]} = {found[name] / total[name]:.2f}{mapped}")
+    print(f"false matches: {len(false_matches)}")
+    for name, source, k, evidence in false_matches[:10]:
+        print(f"  {name} of {source} -> known {k}: {evidence}")
+    print("closest pairs by kind (bits): true = a query against its own source")
+    for kind in sorted({key[0] for key in near}):
+        true, false = sorted(near[kind, True]), sorted(near[kind, False])
+        print(
+            f"  {kind:28s} true p50/p90/max {_pct(true, 50)}/{_pct(true, 90)}/{_pct(true, 100)}"
+            f"  unrelated min {false[:3]}"
+        )
+    for side in ("known", "query"):
+        rate = pages_hashed[side] / hash_seconds[side]
+        print(f"hashing speed ({side}, one core): {rate:.0f} pages/s over {pages_hashed[side]}")
+
+
+def _record_margins(pairs, near, truth: bool, expected: dict | None) -> None:
+    """The best distance per (query page or document, evidence kind) of one
+    query/known pairing, ignoring the thresholds. For a query against its own
+    source, only pairs of corresponding pages (where known) count."""
+    best: dict[tuple, int] = {}
+    for query, known, distance in pairs:
+        kind = _kind(query, known)
+        if kind is None:
+            continue
+        if truth and query.position is not None:
+            if not expected or expected.get(int(query.position)) != known.position:
+                continue
+        key = (kind, query.position)
+        best[key] = min(best.get(key, 999), distance)
+    for (kind, _), distance in best.items():
+        near[kind, truth].append(distance)
+
+
+def _kind(query, known) -> str | None:
+    if known.kind == "pdq":
+        low = min(query.quality or 0, known.quality or 0) < pdf_match.MIN_PDQ_QUALITY
+        if low:
+            return None
+        return f"pdq {known.variant.split(':')[0]}"
+    if known.kind == "text_simhash" and query.variant == known.variant:
+        return f"text_simhash {known.variant}"
+    return None
+
+
+def _pct(values: list[int], pct: int):
+    if not values:
+        return "-"
+    return values[min(len(values) - 1, len(values) * pct // 100)]
+
+
+if __name__ == "__main__":
+    main()
