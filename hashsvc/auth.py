@@ -26,11 +26,13 @@ _PREFIX = "/hashsvc.v1."
 RPC_ROLES: dict[str, frozenset[str]] = {
     f"{_PREFIX}Matcher/Match": frozenset({MATCHER, ADMIN}),
     f"{_PREFIX}Matcher/MatchBatch": frozenset({MATCHER, ADMIN}),
+    f"{_PREFIX}Matcher/MatchUpload": frozenset({MATCHER, ADMIN}),
     f"{_PREFIX}Curation/CreateSet": frozenset({OPERATOR, ADMIN}),
     f"{_PREFIX}Curation/ListSets": frozenset({OPERATOR, ADMIN}),
     f"{_PREFIX}Curation/GetSet": frozenset({OPERATOR, ADMIN}),
     f"{_PREFIX}Curation/UpdateSet": frozenset({OPERATOR, ADMIN}),
     f"{_PREFIX}Curation/AddEntry": frozenset({OPERATOR, ADMIN}),
+    f"{_PREFIX}Curation/AddEntryUpload": frozenset({OPERATOR, ADMIN}),
     f"{_PREFIX}Curation/ListEntries": frozenset({OPERATOR, ADMIN}),
     f"{_PREFIX}Curation/GetEntry": frozenset({OPERATOR, ADMIN}),
     f"{_PREFIX}Curation/RemoveEntry": frozenset({OPERATOR, ADMIN}),

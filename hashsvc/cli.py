@@ -9,7 +9,6 @@ Results go to stdout, errors and progress to stderr.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -20,7 +19,13 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hashsvc import __version__
-from hashsvc.client import Client
+from hashsvc.client import (
+    STREAM_ABOVE_BYTES,
+    Client,
+    bytes_chunks,
+    file_chunks,
+    file_sha256,
+)
 from hashsvc.config import PdqPolicy
 from hashsvc.errors import HashsvcError
 from hashsvc.v1 import hashsvc_pb2 as pb
@@ -445,12 +450,12 @@ def _each_item(items: list, label_of, call, show, as_json: bool) -> int:
 _ALREADY_KNOWN = object()
 
 
-def _known_by_sha256(client: Client, set_name: str, content: bytes) -> bool:
+def _known_by_sha256(client: Client, set_name: str, sha256_hex: str) -> bool:
     """Whether the set already holds a file with these exact bytes (under any name)."""
     found = client.curation.FindEntries(
         pb.FindEntriesRequest(
             set=set_name,
-            signal=pb.SignalValue(signal_type="sha256", value=hashlib.sha256(content).hexdigest()),
+            signal=pb.SignalValue(signal_type="sha256", value=sha256_hex),
         ),
         metadata=client.metadata,
     )
@@ -473,11 +478,15 @@ def cmd_add(args) -> int:
     def add(item):
         req = pb.AddEntryRequest(set=args.set_name, labels=labels)
         if isinstance(item, ingest.MediaFile):
-            req.media.content = _read(item.path)
-            if item.from_directory and _known_by_sha256(client, args.set_name, req.media.content):
+            if item.from_directory and _known_by_sha256(
+                client, args.set_name, file_sha256(item.path)
+            ):
                 return _ALREADY_KNOWN
-            req.media.filename = os.path.basename(item.path)
             req.name = args.name or item.entry_name
+            if os.path.getsize(item.path) > STREAM_ABOVE_BYTES:
+                return client.add_entry_upload(req, file_chunks(item.path))
+            req.media.content = _read(item.path)
+            req.media.filename = os.path.basename(item.path)
         else:
             req.signal.CopyFrom(_parse_hash_arg(item))
             req.name = args.name or item.partition(":")[2].strip()
@@ -624,6 +633,25 @@ def matched_json(m: pb.MatchedEntry) -> dict:
         "decision": DECISION_NAMES.get(m.decision),
         "query_variant": m.query_variant,
         "known_variant": m.known_variant,
+        # video, audio, PDF: where the query matches the known media
+        **(
+            {
+                "unit": m.unit,
+                "query_share": round(m.query_share, 4),
+                "known_share": round(m.known_share, 4),
+                "segments": [
+                    {
+                        "query_start": seg.query_start,
+                        "query_end": seg.query_end,
+                        "known_start": seg.known_start,
+                        "known_end": seg.known_end,
+                    }
+                    for seg in m.segments
+                ],
+            }
+            if m.unit
+            else {}
+        ),
     }
 
 
@@ -644,9 +672,17 @@ def cmd_match(args) -> int:
     def match(item):
         path, hash_text = item
         req = pb.MatchRequest(client_ref=args.client_ref, sets=args.sets)
-        if path is not None:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+            if len(data) > STREAM_ABOVE_BYTES:
+                return client.match_upload(req, bytes_chunks(data))
+            req.media.content = data
+            req.media.filename = "stdin"
+        elif path is not None:
+            if os.path.getsize(path) > STREAM_ABOVE_BYTES:
+                return client.match_upload(req, file_chunks(path))
             req.media.content = _read(path)
-            req.media.filename = "stdin" if path == "-" else os.path.basename(path)
+            req.media.filename = os.path.basename(path)
         else:
             req.signal.CopyFrom(_parse_hash_arg(hash_text))
         return client.matcher.Match(req, metadata=client.metadata)
@@ -671,6 +707,12 @@ def _print_match_text(label: str, resp: pb.MatchResponse) -> None:
             f"  {DECISION_NAMES.get(m.decision)}\t{m.set}/{m.entry}\t{m.signal_type}"
             f" distance {m.distance}\t{labels}"
         )
+        for seg in m.segments:
+            unit = "p." if m.unit == "pages" else "s"
+            print(
+                f"    query {seg.query_start:g}-{seg.query_end:g}{unit}"
+                f" = known {seg.known_start:g}-{seg.known_end:g}{unit}"
+            )
 
 
 def _read(path: str) -> bytes:

@@ -2,13 +2,38 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Iterator
 
 import grpc
 
+from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
 
 DEFAULT_SERVER = "127.0.0.1:50051"
+# Media up to this size goes in one message (Match, AddEntry); larger media is
+# streamed in chunks (MatchUpload, AddEntryUpload) and never read whole.
+STREAM_ABOVE_BYTES = 4 * 1024 * 1024
+CHUNK_BYTES = 1024 * 1024
+
+
+def file_chunks(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            yield chunk
+
+
+def bytes_chunks(data: bytes) -> Iterator[bytes]:
+    for start in range(0, len(data), CHUNK_BYTES):
+        yield data[start : start + CHUNK_BYTES]
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    for chunk in file_chunks(path):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 class _TokenAuth(grpc.AuthMetadataPlugin):
@@ -71,6 +96,20 @@ class Client:
         credentials carry the token)."""
         return self._metadata
 
+    def match_upload(self, header: pb.MatchRequest, chunks: Iterator[bytes]) -> pb.MatchResponse:
+        """Match media sent as a stream of chunks (any size up to the server's
+        max_upload_bytes); header holds client_ref and sets, no media."""
+        messages = (pb.MatchUploadRequest(chunk=c) for c in chunks)
+        return self.matcher.MatchUpload(
+            _prepend(pb.MatchUploadRequest(header=header), messages), metadata=self.metadata
+        )
+
+    def add_entry_upload(self, header: pb.AddEntryRequest, chunks: Iterator[bytes]) -> pb.Entry:
+        messages = (pb.AddEntryUploadRequest(chunk=c) for c in chunks)
+        return self.curation.AddEntryUpload(
+            _prepend(pb.AddEntryUploadRequest(header=header), messages), metadata=self.metadata
+        )
+
     def close(self) -> None:
         self.channel.close()
 
@@ -79,3 +118,8 @@ class Client:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _prepend(first, rest):
+    yield first
+    yield from rest

@@ -11,6 +11,7 @@ from hashsvc.core import MatchOutcome, MatchQuery
 from hashsvc.errors import InvalidArgument
 from hashsvc.matcher import Match
 from hashsvc.signals import Signal
+from hashsvc.uploads import SpooledMedia
 from hashsvc.v1 import hashsvc_pb2 as pb
 
 DECISION_TO_PB = {
@@ -43,9 +44,15 @@ def from_timestamp(msg, field: str) -> datetime | None:
     return getattr(msg, field).ToDatetime(tzinfo=UTC)
 
 
-def match_query(req: pb.MatchRequest) -> MatchQuery:
+def match_query(req: pb.MatchRequest, upload: SpooledMedia | None = None) -> MatchQuery:
+    """The core's query from a Match request, or from MatchUpload's header and
+    its spooled chunks."""
     which = req.WhichOneof("query")
     common = {"client_ref": req.client_ref, "sets": tuple(req.sets)}
+    if upload is not None:
+        if which is not None:
+            raise InvalidArgument("an upload's header must not hold media or a hash")
+        return MatchQuery(media=upload, **common)
     if which == "media":
         return MatchQuery(media=req.media.content, **common)
     if which == "signal":
@@ -60,7 +67,11 @@ def match_query(req: pb.MatchRequest) -> MatchQuery:
 
 def query_signal(sig: Signal) -> pb.QuerySignal:
     return pb.QuerySignal(
-        signal_type=sig.kind, value=sig.hex(), quality=sig.quality or 0, variant=sig.variant
+        signal_type=sig.kind,
+        value=sig.hex(),
+        quality=sig.quality or 0,
+        variant=sig.variant,
+        position=sig.position,
     )
 
 
@@ -76,6 +87,18 @@ def matched_entry(m: Match) -> pb.MatchedEntry:
         query_variant=m.query_variant,
         known_variant=m.known_variant,
         reason=m.reason,
+        segments=[
+            pb.Segment(
+                query_start=seg.query_start,
+                query_end=seg.query_end,
+                known_start=seg.known_start,
+                known_end=seg.known_end,
+            )
+            for seg in m.segments
+        ],
+        unit=m.unit,
+        query_share=m.query_share,
+        known_share=m.known_share,
     )
 
 

@@ -21,7 +21,7 @@ from hashsvc.errors import HashsvcError, InvalidArgument, NotFound, status_name
 from hashsvc.hashing import HashingPool
 from hashsvc.live_index import LiveIndex
 from hashsvc.matcher import Match, Matcher
-from hashsvc.media.dispatch import MediaLimits
+from hashsvc.media.dispatch import MediaLimits, MediaSource, size_of
 from hashsvc.policy import Policy
 from hashsvc.signals import Signal, signal_type
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class MatchQuery:
     """One upload: media bytes, or a precomputed hash (signal_type, hex value)."""
 
-    media: bytes | None = None
+    media: MediaSource | None = None
     signal_type: str = ""
     signal_value: str = ""
     signal_quality: int | None = None
@@ -185,7 +185,7 @@ class Core:
             status="OK" if exc is None else status_name(exc),
             error_message="" if exc is None else str(exc)[:1000],
             client_ref=query.client_ref[:1000],
-            media_bytes=len(query.media) if query.media is not None else 0,
+            media_bytes=size_of(query.media) if query.media is not None else 0,
             query_signals=[signal_json(s) for s in signals],
             matches=[m.to_json() for m in outcome.matches] if outcome else [],
         )

@@ -9,6 +9,7 @@ from hashsvc import validation
 from hashsvc.errors import InvalidArgument, NotFound
 from hashsvc.hashing import HashingPool
 from hashsvc.live_index import LiveIndex
+from hashsvc.media.dispatch import MediaSource
 from hashsvc.signals import Signal, signal_type
 
 MAX_PAGE_SIZE = 1000
@@ -85,7 +86,7 @@ class Curation:
         name: str,
         labels: dict[str, str],
         added_by: str,
-        media: bytes | None = None,
+        media: MediaSource | None = None,
         signal: tuple[str, str, int | None] | None = None,
     ) -> EntryRecord:
         """Adds media (hashed here; the bytes are not kept) or one precomputed

@@ -15,6 +15,25 @@ _RANK = {"allow": 0, "review": 1, "block": 2}
 
 
 @dataclass(frozen=True)
+class Segment:
+    """A stretch of the query matching a stretch of the known media: seconds
+    (video, audio) or first..last page (PDF)."""
+
+    query_start: float
+    query_end: float
+    known_start: float
+    known_end: float
+
+    def to_json(self) -> dict:
+        return {
+            "query_start": self.query_start,
+            "query_end": self.query_end,
+            "known_start": self.known_start,
+            "known_end": self.known_end,
+        }
+
+
+@dataclass(frozen=True)
 class Match:
     set_id: int
     set_name: str
@@ -27,8 +46,21 @@ class Match:
     query_variant: str
     known_variant: str
     reason: str = ""
+    # Video, audio, PDF: where it matches ("seconds" / "pages") and how much.
+    segments: tuple[Segment, ...] = ()
+    unit: str = ""
+    query_share: float = 0.0
+    known_share: float = 0.0
 
     def to_json(self) -> dict:
+        extent = {}
+        if self.unit:
+            extent = {
+                "segments": [seg.to_json() for seg in self.segments],
+                "unit": self.unit,
+                "query_share": self.query_share,
+                "known_share": self.known_share,
+            }
         return {
             "set": self.set_name,
             "set_id": self.set_id,
@@ -41,6 +73,7 @@ class Match:
             "query_variant": self.query_variant,
             "known_variant": self.known_variant,
             "reason": self.reason,
+            **extent,
         }
 
     @classmethod
@@ -58,6 +91,10 @@ class Match:
             query_variant=d.get("query_variant", ""),
             known_variant=d.get("known_variant", ""),
             reason=d.get("reason", ""),
+            segments=tuple(Segment(**seg) for seg in d.get("segments", ())),
+            unit=d.get("unit", ""),
+            query_share=d.get("query_share", 0.0),
+            known_share=d.get("known_share", 0.0),
         )
 
 

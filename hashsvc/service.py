@@ -17,6 +17,7 @@ import grpc
 from hashsvc import auth, convert
 from hashsvc.core import Core
 from hashsvc.errors import HashsvcError, InvalidArgument, status_name
+from hashsvc.uploads import spooled
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
 
@@ -133,6 +134,21 @@ def _observed_stream(stream, context, rpc_name, started, observe):
             observe(rpc_name, _code_name(context), started)
 
 
+def upload_parts(request_iterator, rpc_name: str):
+    """(header, iterator of chunk bytes) of a client-streaming upload."""
+    first = next(request_iterator, None)
+    if first is None or first.WhichOneof("part") != "header":
+        raise InvalidArgument(f"{rpc_name}: the first message must be the header")
+
+    def chunks():
+        for message in request_iterator:
+            if message.WhichOneof("part") != "chunk":
+                raise InvalidArgument(f"{rpc_name}: only the first message may be a header")
+            yield message.chunk
+
+    return first.header, chunks()
+
+
 class MatcherServicer(pb_grpc.MatcherServicer):
     def __init__(self, core: Core, batch_threads: int) -> None:
         self.core = core
@@ -142,6 +158,15 @@ class MatcherServicer(pb_grpc.MatcherServicer):
     @rpc
     def Match(self, request, context):  # noqa: N802 - gRPC method names
         outcome = self.core.match(convert.match_query(request), caller_name(), "Match")
+        return convert.match_response(outcome)
+
+    @rpc
+    def MatchUpload(self, request_iterator, context):  # noqa: N802
+        header, chunks = upload_parts(request_iterator, "MatchUpload")
+        config = self.core.config
+        with spooled(chunks, config.max_upload_bytes, config.spool_dir) as upload:
+            query = convert.match_query(header, upload)
+            outcome = self.core.match(query, caller_name(), "MatchUpload")
         return convert.match_response(outcome)
 
     def MatchBatch(self, request_iterator, context):
@@ -264,6 +289,18 @@ class CurationServicer(pb_grpc.CurationServicer):
             signal=signal,
         )
         return convert.entry(record, request.set)
+
+    @rpc
+    def AddEntryUpload(self, request_iterator, context):  # noqa: N802
+        header, chunks = upload_parts(request_iterator, "AddEntryUpload")
+        if header.WhichOneof("content") is not None:
+            raise InvalidArgument("an upload's header must not hold media or a hash")
+        config = self.core.config
+        with spooled(chunks, config.max_upload_bytes, config.spool_dir) as upload:
+            record = self.curation.add_entry(
+                header.set, header.name, dict(header.labels), caller_name(), media=upload
+            )
+        return convert.entry(record, header.set)
 
     @rpc
     def ListEntries(self, request, context):

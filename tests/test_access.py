@@ -15,11 +15,19 @@ from tests.helpers import start_harness
 REQUESTS = {
     "Matcher/Match": pb.MatchRequest(signal=pb.SignalValue(signal_type="md5", value="0" * 32)),
     "Matcher/MatchBatch": iter(()),
+    "Matcher/MatchUpload": [
+        pb.MatchUploadRequest(header=pb.MatchRequest()),
+        pb.MatchUploadRequest(chunk=b"\x89PNG\r\n\x1a\n"),
+    ],
     "Curation/CreateSet": pb.CreateSetRequest(name="s"),
     "Curation/ListSets": pb.ListSetsRequest(),
     "Curation/GetSet": pb.GetSetRequest(name="s"),
     "Curation/UpdateSet": pb.UpdateSetRequest(name="s"),
     "Curation/AddEntry": pb.AddEntryRequest(set="s", name="e"),
+    "Curation/AddEntryUpload": [
+        pb.AddEntryUploadRequest(header=pb.AddEntryRequest(set="s", name="e")),
+        pb.AddEntryUploadRequest(chunk=b"\x89PNG\r\n\x1a\n"),
+    ],
     "Curation/ListEntries": pb.ListEntriesRequest(set="s"),
     "Curation/GetEntry": pb.GetEntryRequest(set="s", name="e"),
     "Curation/RemoveEntry": pb.RemoveEntryRequest(set="s", name="e"),
@@ -71,7 +79,10 @@ def _call(harness, method: str, metadata):
         "Audit": stubs.audit,
         "Admin": stubs.admin,
     }[service]
-    result = getattr(stub, name)(REQUESTS[method], metadata=metadata)
+    request = REQUESTS[method]
+    if isinstance(request, list):  # a client stream, sent afresh each call
+        request = iter(request)
+    result = getattr(stub, name)(request, metadata=metadata)
     if not hasattr(result, "ListFields"):  # a response stream: drain it
         list(result)
 
