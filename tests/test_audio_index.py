@@ -1,0 +1,175 @@
+"""AudioIndex: each transform family found at the right offsets, unrelated audio
+(other speech in the same language over the same background) not found."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from hashsvc.audio_index import DEFAULT_MAX_BER, AudioAlignment, AudioIndex
+from hashsvc.media.audio import SECONDS_PER_WORD, SILENCE_WORD, AudioLimits, fingerprint_audio
+from tests import audio_media as am
+
+LIMITS = AudioLimits()
+KNOWN_SECONDS = 30
+TRACK_SEEDS = {101: 1, 102: 2, 103: 3}  # track id -> seed of its generated speech
+SLACK = 1.0  # seconds of tolerance on reported offsets (one word is 0.124 s)
+
+
+def fingerprint(data: bytes) -> np.ndarray:
+    return fingerprint_audio(data, LIMITS).words
+
+
+def filler(seed: int, n_words: int) -> np.ndarray:
+    """Chromaprint-like words: each a few bits away from the previous one."""
+    rng = np.random.default_rng(seed)
+    flips = (1 << rng.integers(0, 32, (n_words, 3)).astype(np.uint64)).sum(axis=1)
+    words = np.bitwise_xor.accumulate(flips.astype(np.uint32)) ^ np.uint32(rng.integers(0, 2**32))
+    return words.astype(np.uint32)
+
+
+@pytest.fixture(scope="module")
+def known():
+    pcm = {tid: am.speech_track(seed, KNOWN_SECONDS, "ar") for tid, seed in TRACK_SEEDS.items()}
+    index = AudioIndex()
+    for tid in pcm:
+        index.add(tid, fingerprint(am.master(pcm[tid])))
+    for n in range(200):
+        index.add(10_000 + n, filler(n, 1500))
+    return pcm, index
+
+
+@pytest.mark.parametrize("transform", am.TRANSFORMS, ids=lambda t: t.name)
+def test_transform_found_with_offsets(known, transform):
+    pcm, index = known
+    track = pcm[102]
+    query = fingerprint(transform.make(track, 5))
+    found = index.search(query)
+    assert found, f"{transform.name}: no match"
+    best = found[0]
+    assert best.track_id == 102 and best.ber <= DEFAULT_MAX_BER
+    assert best.known_start == pytest.approx(transform.known_start(track, 5), abs=SLACK)
+    assert best.query_start == pytest.approx(transform.query_start(track, 5), abs=SLACK)
+    query_seconds = len(query) * SECONDS_PER_WORD
+    if transform.name == "excerpt":
+        assert best.duration >= query_seconds - SLACK
+    else:  # the whole known track was in the query; Chromaprint's words span ~2.6 s less
+        assert best.duration >= KNOWN_SECONDS - 2.6 - SLACK
+    assert all(a.track_id == 102 for a in found)
+
+
+def test_track_between_other_audio_reports_both_ranges(known):
+    pcm, index = known
+    before, after = am.speech_track(500, 12, "en"), am.speech_track(501, 9, "fr")
+    query = fingerprint(am.encode(np.concatenate([before, pcm[101], after]), "mp3"))
+    [found] = index.search(query)
+    assert found.track_id == 101
+    assert found.query_start == pytest.approx(12, abs=SLACK)
+    assert found.known_start == pytest.approx(0, abs=SLACK)
+    assert found.query_start + found.duration <= 12 + KNOWN_SECONDS + SLACK
+
+
+def test_two_known_tracks_in_one_upload(known):
+    pcm, index = known
+    query = fingerprint(am.encode(np.concatenate([pcm[101], pcm[103]]), "mp3"))
+    found = {a.track_id: a for a in index.search(query)}
+    assert set(found) == {101, 103}
+    assert found[101].query_start == pytest.approx(0, abs=SLACK)
+    assert found[103].query_start == pytest.approx(KNOWN_SECONDS, abs=SLACK)
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+def test_unrelated_audio_not_found(known, seed):
+    _, index = known
+    for name, data in am.unrelated(seed, 20, background_seed=TRACK_SEEDS[102]):
+        assert index.search(fingerprint(data)) == [], name
+
+
+def test_other_speech_same_voice_same_bed_not_found(known):
+    """The hardest negative: the very voice and background bed of a known track."""
+    _, index = known
+    for seed in (21, 22):
+        other = am.speech_track(seed, 20, "ar", voice=am.VOICES["ar"][2], background_seed=2)
+        assert index.search(fingerprint(am.encode(other, "mp3"))) == []
+
+
+def test_silence_never_matches():
+    index = AudioIndex()
+    rng = np.random.default_rng(0)
+    padded = np.concatenate(
+        [np.full(200, SILENCE_WORD, np.uint32), filler(1, 300), np.full(200, 12345, np.uint32)]
+    )
+    index.add(1, padded)
+    assert index.search(np.full(400, SILENCE_WORD, np.uint32), min_seconds=0) == []
+    assert index.search(np.full(400, 12345, np.uint32), min_seconds=0) == []
+    assert index.search(rng.integers(0, 2**32, 400, dtype=np.uint32)) == []
+    assert index.search(padded)[0].track_id == 1
+
+
+def test_add_is_idempotent_remove_forgets():
+    index = AudioIndex()
+    words = filler(3, 400)
+    index.add(1, words)
+    index.add(1, words.copy())
+    assert len(index) == 1
+    assert [a.track_id for a in index.search(words)] == [1]
+    index.add(1, filler(4, 400))  # replaced: the old words no longer match
+    assert index.search(words) == [] and len(index) == 1
+    assert index.remove(1) and not index.remove(1)
+    assert len(index) == 0 and index.search(filler(4, 400)) == []
+
+
+def test_search_limits_are_the_callers():
+    index = AudioIndex()
+    words = filler(5, 400)
+    index.add(1, words)
+    excerpt = words[100:150]  # 6.2 s
+    assert index.search(excerpt, min_seconds=5)[0] == AudioAlignment(
+        1, 0.0, round(100 * SECONDS_PER_WORD, 3), round(50 * SECONDS_PER_WORD, 3), 0.0, 50
+    )
+    assert index.search(excerpt, min_seconds=8) == []
+    noisy = excerpt ^ np.uint32(0x0000000F)  # 4 of 32 bits: BER 0.125
+    assert index.search(noisy, max_ber=0.1) == []
+    assert index.search(noisy, max_ber=0.15)[0].ber == pytest.approx(0.125)
+
+
+def test_snapshot_round_trip(known, tmp_path):
+    pcm, index = known
+    path = str(tmp_path / "audio.npz")
+    index.save(path)
+    loaded = AudioIndex.load(path)
+    assert len(loaded) == len(index)
+    query = fingerprint(am.encode(pcm[103], "ogg"))
+    assert loaded.search(query) == index.search(query)
+
+
+def test_concurrent_searches_while_tracks_come_and_go():
+    index = AudioIndex()
+    stable = {tid: filler(tid, 300) for tid in range(1, 6)}
+    for tid, words in stable.items():
+        index.add(tid, words)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def searcher():
+        try:
+            while not stop.is_set():
+                for tid, words in stable.items():
+                    assert [a.track_id for a in index.search(words[50:150])] == [tid]
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=searcher) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for n in range(150):
+        index.add(1000 + n, filler(1000 + n, 300))
+        if n % 3 == 0:
+            index.remove(1000 + n)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert len(index) == 5 + 150 - 50
