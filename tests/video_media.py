@@ -52,7 +52,7 @@ def photo(index: int) -> Image.Image:
 
 
 def slideshow_frames(
-    photo_indexes: Sequence[int], seconds_each: float = 3.0, fps: int = FPS, size=SIZE
+    photo_indexes: Sequence[int], seconds_each: float = 3.3, fps: int = FPS, size=SIZE
 ) -> Iterator[np.ndarray]:
     """Each photo for seconds_each, zooming from 100% to 115% while panning."""
     per_photo = round(seconds_each * fps)
@@ -95,7 +95,7 @@ def write_video(
     return path
 
 
-def slideshow(path: Path, photo_indexes: Sequence[int], seconds_each: float = 3.0) -> Path:
+def slideshow(path: Path, photo_indexes: Sequence[int], seconds_each: float = 3.3) -> Path:
     return write_video(path, slideshow_frames(photo_indexes, seconds_each))
 
 

@@ -46,6 +46,8 @@ CONTAINERS = {
 }
 QUERY_SIDE = 512  # PDQ reads a 64x64 summary: a query frame needs no more
 MIN_TRIM = 0.02  # trimming less than this share of a side is noise, not a bar
+BAR_LUMA = 24  # ffmpeg cropdetect's default black limit
+MIN_PICTURE_SHARE = 0.25  # a "picture" smaller than this is not letterboxing
 # The middle of a frame, without the corners and edges where channel logos,
 # captions and watermarks go. Known frames store it beside the vPDQ hash and
 # queries hash the same view, so a new logo does not move it (bench/video.py:
@@ -429,8 +431,8 @@ def query_frame_signals(rgb: np.ndarray, number: int, seconds: float) -> list[Si
     signals.append(
         Signal("pdq", _pack(hashes[_FLIP_HORIZONTAL]), int(quality), f"{name}:center_flip", seconds)
     )
-    box = regions.trim_uniform_borders(_gray(rgb))
-    if max(box[0], box[1], 1 - box[2], 1 - box[3]) >= MIN_TRIM:
+    box = _bars_box(_gray(rgb))
+    if box is not None:
         inner = np.ascontiguousarray(regions.cut(rgb, box))
         hashes, quality = pdqhash.compute_dihedral(inner)
         signals.append(Signal("pdq", _pack(hashes[0]), int(quality), f"{name}:trimmed", seconds))
@@ -444,6 +446,33 @@ def query_frame_signals(rgb: np.ndarray, number: int, seconds: float) -> list[Si
             )
         )
     return signals
+
+
+def _bars_box(gray: np.ndarray) -> regions.Box | None:
+    """The picture inside letterbox/pillarbox bars, or None. Black bars are
+    found as cropdetect does (edge lines whose mean luma is <= 24), which stops
+    at the picture even when it begins with a flat sky; bars of another colour
+    fall back to the image module's uniform-border trim."""
+    h, w = gray.shape
+    box = _dark_edges(gray)
+    if box is None or not _trims(box):
+        box = regions.trim_uniform_borders(gray)
+    return box if _trims(box) else None
+
+
+def _dark_edges(gray: np.ndarray) -> regions.Box | None:
+    rows = np.flatnonzero(gray.mean(axis=1) > BAR_LUMA)
+    cols = np.flatnonzero(gray.mean(axis=0) > BAR_LUMA)
+    if rows.size == 0 or cols.size == 0:
+        return None  # an all-dark frame: nothing to trim to
+    h, w = gray.shape
+    return rows[0] / h, cols[0] / w, (rows[-1] + 1) / h, (cols[-1] + 1) / w
+
+
+def _trims(box: regions.Box) -> bool:
+    top, left, bottom, right = box
+    inner = (bottom - top) * (right - left)
+    return max(top, left, 1 - bottom, 1 - right) >= MIN_TRIM and inner >= MIN_PICTURE_SHARE
 
 
 def _center(rgb: np.ndarray) -> np.ndarray:
