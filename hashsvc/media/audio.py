@@ -53,6 +53,7 @@ SILENT_PEAK = 32
 # more than this many and more than this share of all packets read so far.
 MAX_BAD_PACKETS = 8
 MAX_BAD_SHARE = 0.05
+FEED_SAMPLES = SAMPLE_RATE  # PCM handed to libchromaprint per call
 
 _ALGORITHM = chromaprint.Fingerprinter.ALGORITHM_TEST2  # fpcalc's default (-algorithm 2)
 # libswresample settings of fpcalc's FFmpegAudioProcessor::SetCompatibleMode.
@@ -224,6 +225,8 @@ class AudioFrameFingerprinter:
         self._max_samples = int(limits.max_seconds * SAMPLE_RATE)
         self._samples = 0
         self._peak = 0
+        self._pending: list[np.ndarray] = []
+        self._pending_samples = 0
         self._truncated = False
         self._resampler: av.AudioResampler | None = None
         self._input_format: tuple | None = None
@@ -254,23 +257,36 @@ class AudioFrameFingerprinter:
 
     def _feed_pcm(self, frames: list[av.AudioFrame]) -> bool:
         for out in frames:
-            pcm = np.frombuffer(out.planes[0], dtype=np.int16, count=out.samples)
             room = self._max_samples - self._samples
-            if len(pcm) >= room:
-                pcm = pcm[:room]
-            if len(pcm):
-                self._peak = max(self._peak, int(np.abs(pcm.astype(np.int32)).max()))
-                self._fingerprinter.feed(pcm.tobytes())
-                self._samples += len(pcm)
+            samples = min(out.samples, room)
+            # Copied out of the frame: PyAV may reuse its buffer for the next one.
+            self._pending.append(np.frombuffer(out.planes[0], dtype=np.int16, count=samples).copy())
+            self._pending_samples += samples
+            self._samples += samples
             if self._samples >= self._max_samples:
                 self._truncated = True
+                self._flush()
                 return False
+        if self._pending_samples >= FEED_SAMPLES:
+            self._flush()
         return True
+
+    def _flush(self) -> None:
+        """Feed libchromaprint a second of PCM at a time, not a ~26 ms frame:
+        a call per frame costs more than the fingerprinting it does."""
+        if not self._pending:
+            return
+        pcm = np.concatenate(self._pending)
+        self._pending, self._pending_samples = [], 0
+        if len(pcm):
+            self._peak = max(self._peak, int(pcm.max()), -int(pcm.min()))
+            self._fingerprinter.feed(pcm.tobytes())
 
     def finish(self) -> AudioFingerprint:
         """The fingerprint; SilentAudio or TooShortToMatch when it has nothing to match."""
         if not self._truncated and self._resampler is not None:
             self._feed_pcm(self._resampler.resample(None))
+        self._flush()
         duration = self._samples / SAMPLE_RATE
         compressed = self._fingerprinter.finish()
         words = np.array(chromaprint.decode_fingerprint(compressed)[0], dtype=np.uint32)
