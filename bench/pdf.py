@@ -60,14 +60,17 @@ def main() -> None:
     for n, (_, img) in enumerate(load_photos()):
         names.append(f"photo{n}.jpg")
         img.save(photo_dir / names[-1], quality=90)
-    # Known publications use the first half of the photos, unrelated ones the
-    # other half: a shared photo is a true match, not a false one.
+    # Each known publication that has a photo has its own (a shared photo is a
+    # true match, not a false one); unrelated publications and new covers use
+    # the other half of the photos.
     half = len(names) // 2
     known_photos, other_photos = names[:half], names[half:]
 
-    def pub(seed: int, language: str, photos: list[str]) -> media.Publication:
-        chosen = tuple(photos[(seed * 2 + i) % len(photos)] for i in range(2))
-        return media.publication(seed, language, paragraphs, chosen, photo_dir)
+    def pub(seed: int, language: str, photos: tuple[str, ...]) -> media.Publication:
+        return media.publication(seed, language, paragraphs, photos, photo_dir)
+
+    def other(n: int) -> tuple[str, ...]:
+        return (other_photos[n % len(other_photos)],)
 
     known = []
     hash_seconds = {"known": 0.0, "query": 0.0}
@@ -82,17 +85,18 @@ def main() -> None:
         return signals
 
     for i in range(known_count):
-        p = pub(1000 + i, "ar" if i % 2 == 0 else "en", known_photos)
+        photos = (known_photos[i],) if i < len(known_photos) else ()
+        p = pub(1000 + i, "ar" if i % 2 == 0 else "en", photos)
         pdf = media.typeset(p)
         known.append((p, pdf, hashed(pdf, False)))
 
     queries = []  # (transform, known index or None, expected pages, signals)
     for i, (p, pdf, _) in enumerate(known):
-        cover = pub(5000 + i, p.language, other_photos)
+        cover = pub(5000 + i, p.language, other(i))
         for name, query_pdf, expected in transforms(p, pdf, cover):
             queries.append((name, i, expected, hashed(query_pdf, True)))
     for i in range(unrelated_count):
-        p = pub(2000 + i, "ar" if i % 2 == 0 else "en", other_photos)
+        p = pub(2000 + i, "ar" if i % 2 == 0 else "en", other(i + 7))
         queries.append(("unrelated", None, None, hashed(media.typeset(p), True)))
 
     found = defaultdict(int)

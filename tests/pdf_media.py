@@ -257,16 +257,16 @@ def broken_xref(pdf: bytes) -> bytes:
 
 def many_pages(count: int) -> bytes:
     """A file of `count` pages sharing one content stream (small on disk)."""
-    doc = pymupdf.open()
-    page = doc.new_page()
-    page.insert_text((72, 72), "page", fontsize=12)
-    contents = page.get_contents()[0]
-    for _ in range(count - 1):
-        new = doc.new_page()
-        doc.xref_set_key(new.xref, "Contents", f"{contents} 0 R")
-    data = doc.tobytes(garbage=0)
-    doc.close()
-    return data
+    kids = b" ".join(b"%d 0 R" % (n + 4) for n in range(count))
+    page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 3 0 R >>"
+    return raw_pdf(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, count),
+            _CONTENT,
+            *[page] * count,
+        ]
+    )
 
 
 def absurd_page(width: float, height: float) -> bytes:
@@ -279,27 +279,69 @@ def absurd_page(width: float, height: float) -> bytes:
         return doc.tobytes()
 
 
+def raw_pdf(objects: list[bytes]) -> bytes:
+    """A PDF written by hand from object bodies (object n is objects[n - 1],
+    object 1 the catalog), with a correct cross-reference table: for
+    structures PyMuPDF refuses to create."""
+    out = bytearray(b"%PDF-1.7\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % at for at in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    return bytes(out)
+
+
+_PAGE = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R >>"
+_CONTENT = b"<< /Length 44 >>\nstream\nBT /F1 12 Tf 72 720 Td (a page of text) Tj ET\nendstream"
+
+
+def deep_nesting(depth: int = 200_000) -> bytes:
+    """A page whose dictionary holds an array nested `depth` deep."""
+    deep = b"[" * depth + b"]" * depth
+    page = _PAGE[:-2] + b" /Deep " + deep + b" >>"
+    return raw_pdf(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            page,
+            _CONTENT,
+        ]
+    )
+
+
+def deep_page_tree(depth: int = 5_000) -> bytes:
+    """A page tree `depth` levels deep with one page at the bottom."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>"]
+    for level in range(depth):
+        parent = b" /Parent %d 0 R" % (level + 1) if level else b""
+        objects.append(b"<< /Type /Pages /Kids [%d 0 R] /Count 1%s >>" % (level + 3, parent))
+    content_no = depth + 3
+    objects.append(
+        b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 595 842] /Contents %d 0 R >>"
+        % (depth + 1, content_no)
+    )
+    objects.append(_CONTENT)
+    return raw_pdf(objects)
+
+
 def cyclic_page_tree() -> bytes:
-    """A page tree whose /Kids contains its own root."""
-    with pymupdf.open() as doc:
-        doc.new_page().insert_text((72, 72), "page", fontsize=12)
-        root = doc.pdf_catalog()
-        pages = int(doc.xref_get_key(root, "Pages")[1].split()[0])
-        kids = doc.xref_get_key(pages, "Kids")[1]
-        doc.xref_set_key(pages, "Kids", kids[:-1] + f" {pages} 0 R]")
-        doc.xref_set_key(pages, "Count", "2")
-        return doc.tobytes()
-
-
-def deep_nesting(depth: int = 100_000) -> bytes:
-    """A page whose resources hold an array nested `depth` deep."""
-    with pymupdf.open() as doc:
-        page = doc.new_page()
-        page.insert_text((72, 72), "deep", fontsize=12)
-        xref = doc.get_new_xref()
-        doc.update_object(xref, "[" * depth + "]" * depth)
-        doc.xref_set_key(page.xref, "Deep", f"{xref} 0 R")
-        return doc.tobytes()
+    """A page tree whose /Kids contains its own root, and a page whose parent
+    chain loops."""
+    return raw_pdf(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R 2 0 R] /Count 2 /Parent 2 0 R >>",
+            _PAGE,
+            _CONTENT,
+        ]
+    )
 
 
 def slow_text_page(operators: int = 400_000) -> bytes:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pymupdf
+from PIL import Image, ImageFilter
 
 from hashsvc.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
 from hashsvc.media.image import known_views, query_views
@@ -47,6 +48,12 @@ pymupdf.TOOLS.mupdf_display_warnings(False)
 PAGE = "page"
 IMAGE = "image"
 DOCUMENT = "document"
+# Gaussian blur of a rendered page, as a share of its long side (4 px at 512).
+# Lines of text alias in PDQ's 64x64 summary, so a skew of half a degree or
+# another rasteriser changed ~60 of 256 bits; blurred to grey paragraph shapes,
+# a scan stays within ~25 bits of the original, while unrelated pages of the
+# same layout stay ~80 apart (bench/pdf.py).
+PAGE_BLUR_SHARE = 4 / 512
 # Words per shingle of the text SimHash (bench/pdf.py measured 1..4).
 SHINGLE_WORDS = 3
 # Text extraction: join words hyphenated across lines (re-typesetting moves
@@ -197,20 +204,22 @@ class _Hasher:
             self.text_complete = False
         hashed = 0
         for number in range(to_hash):
-            if time.monotonic() > self.deadline:
+            # The first page is always hashed: some evidence beats none, and
+            # the worker's own timeout bounds it.
+            if number and time.monotonic() > self.deadline:
                 self.notes.append(
                     f"time limit of {self.limits.max_seconds} s reached after {hashed} pages"
                 )
                 self.text_complete = False
                 break
-            self._page(number)
-            hashed += 1
-        if not self.signals and not hashed:
-            raise Timeout(f"no page of the PDF was hashed within {self.limits.max_seconds} s")
+            hashed += self._page(number)
+        if not hashed:
+            raise CorruptMedia("no page of the PDF could be read: " + "; ".join(self.notes[:3]))
         self._document_text()
         return PdfHashes(self.signals, page_count, hashed, self.notes)
 
-    def _page(self, number: int) -> None:
+    def _page(self, number: int) -> bool:
+        """Hash one page; False if it was skipped or unreadable."""
         position = number + 1
         try:
             page = self.doc.load_page(number)
@@ -218,15 +227,17 @@ class _Hasher:
             if problem:
                 self.notes.append(f"page {position} skipped: {problem}")
                 self.text_complete = False
-                return
+                return False
             self._render(page, position)
             self._text(page, position)
             self._images(page, position)
+            return True
         except (InvalidArgument, TooLarge, Timeout):
             raise
         except Exception as exc:  # one broken page does not lose the others
             self.notes.append(f"page {position} unreadable: {exc}")
             self.text_complete = False
+            return False
 
     def _page_problem(self, page: pymupdf.Page) -> str:
         width, height = page.rect.width, page.rect.height
@@ -235,13 +246,17 @@ class _Hasher:
             return f"page size {width:.0f} x {height:.0f} points outside {low:.0f}..{high:.0f}"
         content = sum(len(self.doc.xref_stream_raw(x) or b"") for x in page.get_contents())
         if content > self.limits.max_page_content_bytes:
-            return f"{content} bytes of page content; the limit is {self.limits.max_page_content_bytes}"
+            limit = self.limits.max_page_content_bytes
+            return f"{content} bytes of page content; the limit is {limit}"
         return ""
 
     def _render(self, page: pymupdf.Page, position: int) -> None:
         scale = self.limits.render_side / max(page.rect.width, page.rect.height)
         pix = page.get_pixmap(matrix=pymupdf.Matrix(scale, scale), colorspace="rgb", alpha=False)
-        self._add_views(_pixmap_rgb(pix), PAGE, position)
+        blurred = Image.fromarray(_pixmap_rgb(pix)).filter(
+            ImageFilter.GaussianBlur(PAGE_BLUR_SHARE * self.limits.render_side)
+        )
+        self._add_views(np.asarray(blurred), PAGE, position)
 
     def _add_views(self, rgb: np.ndarray, prefix: str, position: int) -> None:
         for sig in self.views(rgb):
@@ -267,7 +282,7 @@ class _Hasher:
     def _images(self, page: pymupdf.Page, position: int) -> None:
         limits = self.limits
         for item in page.get_images(full=True):
-            xref, width, height, filters = item[0], item[2], item[3], item[5]
+            xref, width, height, filters = item[0], item[2], item[3], item[8]
             if xref in self.seen_images or len(self.seen_images) >= limits.max_images:
                 continue
             self.seen_images.add(xref)
@@ -298,9 +313,12 @@ class _Hasher:
 
 
 def _pixmap_rgb(pix: pymupdf.Pixmap) -> np.ndarray:
-    if pix.n != 3 or pix.alpha:
-        pix = pymupdf.Pixmap(pymupdf.csRGB, pix, 0)
-    rows = np.frombuffer(pix.samples_mv, np.uint8).reshape(pix.height, pix.stride)
+    if pix.alpha:
+        pix = pymupdf.Pixmap(pix, 0)  # drop it
+    if pix.n != 3:
+        pix = pymupdf.Pixmap(pymupdf.csRGB, pix)
+    # a copy: a view of samples_mv dangles once the pixmap is freed
+    rows = np.frombuffer(pix.samples, np.uint8).reshape(pix.height, pix.stride)
     return rows[:, : pix.width * 3].reshape(pix.height, pix.width, 3)
 
 
