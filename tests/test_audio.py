@@ -13,7 +13,7 @@ import av
 import numpy as np
 import pytest
 
-from hashsvc.errors import CorruptMedia, InvalidArgument, TooLarge, UnsupportedMedia
+from hashsvc.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
 from hashsvc.media.audio import (
     SECONDS_PER_WORD,
     SILENCE_WORD,
@@ -242,6 +242,12 @@ def test_bit_flipped_upload_still_fingerprints_like_the_original():
     damaged = fingerprint_audio(_flip_bits(mp3, 20), LIMITS).words
     n = min(len(original), len(damaged))
     assert np.bitwise_count(original[:n] ^ damaged[:n]).mean() / 32 < 0.15
+
+
+def test_decode_time_limit():
+    mp3 = am.encode(arabic_speech(), "mp3")
+    with pytest.raises(Timeout, match="took over"):
+        fingerprint_audio(mp3, AudioLimits(max_wall_seconds=1e-9))
 
 
 def test_size_limit_and_missing_file(tmp_path):

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from dataclasses import dataclass
 from typing import ClassVar
 
 import av
 import numpy as np
 
-from hashsvc.errors import CorruptMedia, InvalidArgument, TooLarge, UnsupportedMedia
+from hashsvc.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
 from hashsvc.signals import CHROMAPRINT, Signal
 
 try:
@@ -92,6 +93,9 @@ class AudioLimits:
     # Shorter fingerprints are refused as too short to match; the index asks
     # for at least audio_index.DEFAULT_MIN_SECONDS of aligned audio anyway.
     min_seconds: float = 5.0
+    # Wall-clock bound on one decode (Timeout beyond it; 0 = none): four hours of
+    # audio take ~30 s on a free core, so this only stops a pathological decode.
+    max_wall_seconds: float = 300.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -177,9 +181,13 @@ def fingerprint_container(container, limits: AudioLimits) -> AudioFingerprint | 
     _check_format(stream.codec_context.sample_rate, stream.codec_context.channels, limits)
     fingerprinter = AudioFrameFingerprinter(limits)
     packets = bad_packets = 0
+    started = time.monotonic()
     try:
         for packet in container.demux(stream):
             packets += 1
+            if limits.max_wall_seconds and not packets % 256:
+                if time.monotonic() - started > limits.max_wall_seconds:
+                    raise Timeout(f"audio decoding took over {limits.max_wall_seconds:g} s")
             try:
                 frames = packet.decode()
             except av.error.InvalidDataError:
