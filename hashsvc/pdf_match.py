@@ -33,14 +33,17 @@ DOCUMENT_TEXT_NEAR = "document_text_near"
 # Order of strength, for choosing one signal per page and the best evidence.
 STRENGTH = (DOCUMENT_TEXT_EXACT, PAGE_IMAGE, EMBEDDED_IMAGE, PAGE_TEXT, DOCUMENT_TEXT_NEAR)
 
-# PDQ (256 bits) of a rendered page against a known page.
-PAGE_PDQ_MAX = 60
+# PDQ (256 bits) of a rendered (blurred) page against a known page: scans and
+# re-saves came within 24 bits, unrelated pages of the same layout no closer than 54.
+PAGE_PDQ_MAX = 40
 # PDQ of an embedded picture: the image policy's block distance (Meta's 31).
 IMAGE_PDQ_MAX = 31
 # Below this PDQ quality a page or picture is too flat (a near-blank page,
 # a plain background) to be evidence.
 MIN_PDQ_QUALITY = 50
-# TEXT_SIMHASH (256 bits) of a page and of the whole document.
+# TEXT_SIMHASH (256 bits) of a page and of the whole document: unrelated texts
+# (same language, vocabulary and boilerplate) came no closer than 96 bits; a
+# vocalised page or document stays within ~20, half a document within ~60.
 PAGE_SIMHASH_MAX = 64
 DOCUMENT_SIMHASH_MAX = 64
 

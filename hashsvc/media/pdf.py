@@ -18,15 +18,18 @@ pages and its TEXT_SIMHASH ("document"), when there are enough words.
 Limits (PdfLimits): a file past max_pages has its first max_pages hashed (a
 partial look still finds a magazine's pages; a refusal finds nothing, and many
 platforms let errors through); `hash_pdf_report` says how many pages were
-hashed and why the rest were not. The same holds for the time budget: pages
-hashed before it ran out are returned. One page is one call into MuPDF that
-cannot be interrupted from Python; the service's per-job timeout (a killed
-worker) is the backstop for a single pathological page.
+hashed and why the rest were not. The same holds for the time budget: the
+first page is always hashed, later pages while the budget lasts. One page is
+one call into MuPDF that cannot be interrupted from Python; the service's
+per-job timeout (a killed worker) is the backstop for a single pathological
+page. Files that cannot be read at all raise CorruptMedia; encrypted ones
+UnsupportedMedia; over max_bytes or max_objects, TooLarge.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -36,7 +39,7 @@ import pymupdf
 from PIL import Image, ImageFilter
 
 from hashsvc.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
-from hashsvc.media.image import known_views, query_views
+from hashsvc.media.image import VIEW_SIDE, known_views, query_views
 from hashsvc.media.textnorm import normalise, shingles, simhash, text_sha256, words
 from hashsvc.signals import TEXT_SIMHASH, Signal
 
@@ -185,6 +188,7 @@ class _Hasher:
     def __init__(self, doc: pymupdf.Document, limits: PdfLimits, for_query: bool) -> None:
         self.doc = doc
         self.limits = limits
+        self.for_query = for_query
         self.views = query_views if for_query else known_views
         self.signals: list[Signal] = []
         self.notes: list[str] = []
@@ -251,12 +255,17 @@ class _Hasher:
         return ""
 
     def _render(self, page: pymupdf.Page, position: int) -> None:
-        scale = self.limits.render_side / max(page.rect.width, page.rect.height)
-        pix = page.get_pixmap(matrix=pymupdf.Matrix(scale, scale), colorspace="rgb", alpha=False)
-        blurred = Image.fromarray(_pixmap_rgb(pix)).filter(
-            ImageFilter.GaussianBlur(PAGE_BLUR_SHARE * self.limits.render_side)
-        )
-        self._add_views(np.asarray(blurred), PAGE, position)
+        long_side, short_side = sorted((page.rect.width, page.rect.height), reverse=True)
+        side = self.limits.render_side
+        if self.for_query:
+            # query_views hashes at VIEW_SIDE: render no larger than that needs
+            side = min(side, math.ceil(VIEW_SIDE * long_side / short_side))
+        scale = side / long_side
+        # Grey: PDQ reads luminance only, and blurring one channel is 3x cheaper.
+        pix = page.get_pixmap(matrix=pymupdf.Matrix(scale, scale), colorspace="gray", alpha=False)
+        gray = Image.frombytes("L", (pix.width, pix.height), pix.samples)
+        blurred = np.asarray(gray.filter(ImageFilter.GaussianBlur(PAGE_BLUR_SHARE * side)))
+        self._add_views(np.repeat(blurred[:, :, None], 3, axis=2), PAGE, position)
 
     def _add_views(self, rgb: np.ndarray, prefix: str, position: int) -> None:
         for sig in self.views(rgb):
