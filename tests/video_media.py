@@ -22,33 +22,34 @@ from hashsvc.signals import hamming
 from hashsvc.video_match import FramePair
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
-PHOTOS = (
-    sorted((VECTORS / "pdqhash-python" / "images").glob("image*.jpg"))
-    + sorted(
-        (VECTORS / "threatexchange" / "pdq" / "data" / "reg-test-input" / "labelme-subset").glob(
-            "*.jpg"
-        )
-    )
-    + [
-        VECTORS
-        / "threatexchange"
-        / "pdq"
-        / "data"
-        / "reg-test-input"
-        / "dih"
-        / "bridge-1-original.jpg",
-        VECTORS / "threatexchange" / "pdq" / "data" / "reg-test-input" / "pen-and-coaster.png",
-    ]
-)
+_REG = VECTORS / "threatexchange" / "pdq" / "data" / "reg-test-input"
+PHOTOS = [
+    *sorted((VECTORS / "pdqhash-python" / "images").glob("image*.jpg")),
+    *sorted((_REG / "labelme-subset").glob("*.jpg")),
+    _REG / "dih" / "bridge-1-original.jpg",
+    _REG / "pen-and-coaster.png",
+]
+# Two large photos give four distinct pictures each (their quadrants), so the
+# bench has enough unrelated content: (path, (left, top, right, bottom) shares).
+QUADRANTS = [(0, 0, 0.5, 0.5), (0.5, 0, 1, 0.5), (0, 0.5, 0.5, 1), (0.5, 0.5, 1, 1)]
+PICTURES: list[tuple[Path, tuple[float, float, float, float] | None]] = [
+    *[(p, None) for p in PHOTOS],
+    *[(_REG / "exif-rotn" / f"exif-rotn-{n}.jpg", q) for n in (1, 6) for q in QUADRANTS],
+]
 SIZE = (640, 360)
 FPS = 25
 
 
 @functools.lru_cache(maxsize=64)
 def photo(index: int) -> Image.Image:
-    img = Image.open(PHOTOS[index % len(PHOTOS)])
-    img.draft("RGB", (800, 800))
-    return img.convert("RGB")
+    path, box = PICTURES[index % len(PICTURES)]
+    img = Image.open(path)
+    img.draft("RGB", (1000, 1000))
+    img = img.convert("RGB")
+    if box:
+        w, h = img.size
+        img = img.crop((int(box[0] * w), int(box[1] * h), int(box[2] * w), int(box[3] * h)))
+    return img
 
 
 def slideshow_frames(

@@ -305,7 +305,10 @@ class _Pass:
         value, quality = pdq_hash(full.get())
         self.frames.append(FrameHash(number, quality, value, seconds))
         self.signals.append(Signal("pdq", value, quality, f"frame:{number}", seconds))
-        center, center_quality = pdq_hash(np.ascontiguousarray(_center(full.get())))
+        # The center view need not be vPDQ-exact: hash it small, as queries do
+        # (PDQ of a full 1080p frame costs ~10x a 512 px one).
+        small = _rgb_at_most(frame, QUERY_SIDE)
+        center, center_quality = pdq_hash(np.ascontiguousarray(_center(small)))
         self.signals.append(
             Signal("pdq", center, center_quality, f"frame:{number}:center", seconds)
         )

@@ -1,0 +1,146 @@
+"""Video robustness and speed: recall per transform and false matches for the
+frame signal (hash_video + video_match) and for the videohash; decode+hash
+speed in x realtime.
+
+    .venv/bin/python bench/video.py [--short]
+
+Known videos are slideshows of real photos (tests/video_media.py), each from
+its own photos; unrelated videos use photos no known video shows. Every query
+is compared with every known video: a match with its own source counts for
+recall, any other match is a false match. videohash "matches" at <= 10 bits
+(the package's is_similar: 15% of 64).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hashsvc import video_match  # noqa: E402
+from hashsvc.media import video  # noqa: E402
+from tests import video_media as vm  # noqa: E402
+
+VIDEOHASH_SIMILAR_BITS = 10
+PHOTOS_PER_VIDEO = 5
+TRANSFORMS = [
+    "reencode_low_bitrate",
+    "360p_to_240p",
+    "15fps",
+    "webm_vp9",
+    "excerpt_8s",
+    "inside_compilation_12s",
+    "mirrored",
+    "letterboxed",
+    "logo",
+]
+
+
+def make_queries(known: Path, filler: Path, out: Path) -> dict[str, Path]:
+    queries = {}
+    for name in TRANSFORMS:
+        if name == "excerpt_8s":
+            queries[name] = vm.excerpt(known, 4, 8, out)
+        elif name == "inside_compilation_12s":
+            parts = [(filler, 0, 6), (known, 2, 12), (filler, 6, 6)]
+            queries[name] = vm.compilation(parts, out, f"{known.stem}-compilation")
+        else:
+            queries[name] = vm.transformed(known, name, out)
+    return queries
+
+
+def hamming64(a, b) -> int:
+    return (int.from_bytes(a.value, "big") ^ int.from_bytes(b.value, "big")).bit_count()
+
+
+def robustness(n_known: int, n_unrelated: int, out: Path) -> None:
+    started = time.monotonic()
+    photo_count = len(vm.PHOTOS)
+    known_paths = [
+        vm.slideshow(out / f"known{k}.mp4", range(k * PHOTOS_PER_VIDEO, (k + 1) * PHOTOS_PER_VIDEO))
+        for k in range(n_known)
+    ]
+    first_free = n_known * PHOTOS_PER_VIDEO
+    free = list(range(first_free, photo_count))
+    unrelated_paths = [
+        vm.slideshow(out / f"unrelated{u}.mp4", [free[(u * 3 + i) % len(free)] for i in range(4)])
+        for u in range(n_unrelated)
+    ]
+    known = [video.hash_video(str(p)) for p in known_paths]
+    queries: list[tuple[str, int, video.VideoHashes]] = []
+    for k, path in enumerate(known_paths):
+        for name, qpath in make_queries(path, unrelated_paths[0], out).items():
+            queries.append((name, k, video.hash_video(str(qpath), for_query=True)))
+    for u, path in enumerate(unrelated_paths):
+        queries.append(("unrelated", -1 - u, video.hash_video(str(path), for_query=True)))
+    print(f"{n_known} known videos, {len(queries)} queries; made and hashed in "
+          f"{time.monotonic() - started:.0f} s")  # fmt: skip
+
+    frame_hits: dict[str, list[bool]] = {}
+    vh_hits: dict[str, list[bool]] = {}
+    frame_false = vh_false = comparisons = 0
+    closest_unrelated_frames = 256
+    for name, source, query in queries:
+        for k, entry in enumerate(known):
+            pairs = vm.brute_force_pairs(query, entry)
+            ev = video_match.video_evidence(
+                query.frame_signals, pairs, len(entry.frames), entry.duration
+            )
+            vh_close = hamming64(query.videohash, entry.videohash) <= VIDEOHASH_SIMILAR_BITS
+            if k == source:
+                frame_hits.setdefault(name, []).append(ev.is_match)
+                vh_hits.setdefault(name, []).append(vh_close)
+            else:
+                comparisons += 1
+                frame_false += ev.is_match
+                vh_false += vh_close
+                everything = vm.brute_force_pairs(query, entry, radius=256)
+                good = [
+                    p.distance for p in everything if min(p.query.quality, p.known.quality) >= 50
+                ]
+                closest_unrelated_frames = min([closest_unrelated_frames, *good])
+    print(f"\n{'transform':26s} {'frames+runs':>12s} {'videohash':>10s}")
+    for name in TRANSFORMS:
+        f, v = frame_hits[name], vh_hits[name]
+        print(f"{name:26s} {sum(f) / len(f):12.2f} {sum(v) / len(v):10.2f}")
+    print(f"\nfalse matches over {comparisons} unrelated (query, known) pairs: "
+          f"frames+runs {frame_false}, videohash {vh_false}")  # fmt: skip
+    print(
+        f"closest unrelated frame pair (quality >= 50, within 56): {closest_unrelated_frames} bits"
+    )
+
+
+def speed(seconds: float, out: Path) -> None:
+    base = vm.slideshow(out / "speed.mp4", range(0, max(2, round(seconds / 3.3))))
+    print(f"\nspeed, {seconds:.0f} s slideshow, 1 frame/s; x realtime (higher is faster)")
+    print(f"{'size':8s} {'known (vPDQ-exact)':>19s} {'query (fast+views)':>19s}")
+    for height in (360, 720, 1080):
+        path = out / f"speed{height}.mp4"
+        vm.ffmpeg("-i", str(base), "-vf", f"scale=-2:{height}", "-c:v", "libx264",
+                  "-preset", "veryfast", "-crf", "23", "-g", "250", str(path))  # fmt: skip
+        known = video.hash_video(str(path))
+        query = video.hash_video(str(path), for_query=True)
+        print(f"{height}p{'':4s} {known.duration / known.decode_seconds:19.1f}"
+              f" {query.duration / query.decode_seconds:19.1f}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--short", action="store_true", help="a quick run (< 60 s)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        if args.short:
+            robustness(n_known=2, n_unrelated=2, out=out)
+            speed(10, out)
+        else:
+            robustness(n_known=4, n_unrelated=3, out=out)
+            speed(30, out)
+
+
+if __name__ == "__main__":
+    main()
