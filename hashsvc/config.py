@@ -12,7 +12,9 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
+from hashsvc.media.audio import AudioLimits
 from hashsvc.media.image import ImageLimits
+from hashsvc.media.pdf import PdfLimits
 from hashsvc.media.video import VideoLimits
 
 
@@ -59,6 +61,8 @@ class Config:
     # Hashing a video, audio or PDF may take this long (images: hash_timeout_seconds).
     media_timeout_seconds: float = 600.0
     video: VideoLimits = field(default_factory=VideoLimits)
+    audio: AudioLimits = field(default_factory=AudioLimits)
+    pdf: PdfLimits = field(default_factory=PdfLimits)
     pdq: PdqPolicy = field(default_factory=PdqPolicy)
     # TLS: both set -> the server listens with TLS.
     tls_cert_file: str = ""

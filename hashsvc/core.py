@@ -71,7 +71,7 @@ class Core:
         workers = 0 if hash_in_process else config.worker_count()
         pool = HashingPool(
             workers,
-            MediaLimits(image=config.image, video=config.video),
+            MediaLimits(config.image, config.video, config.audio, config.pdf),
             config.hash_timeout_seconds,
             config.worker_memory_bytes,
             split_queries=config.split_query_hashing,

@@ -16,7 +16,10 @@ import os
 import threading
 from collections.abc import Iterable
 
+import numpy as np
+
 from hashdb import HashSetRecord, Store
+from hashsvc.audio_index import AudioIndex
 from hashsvc.index import ID_LAYOUT, BinaryIndex, signal_id
 from hashsvc.signals import SIGNAL_TYPES
 
@@ -33,6 +36,9 @@ class LiveIndex:
         self.store = store
         self.snapshot_dir = snapshot_dir
         self.indexes: dict[str, BinaryIndex] = {}
+        # Audio fingerprints (one per entry with sound), by entry id. Not part
+        # of the snapshot: rebuilt from the store at start (a sequential read).
+        self.audio = AudioIndex()
         self.sets_by_id: dict[int, HashSetRecord] = {}
         self.seq = 0
         self.ready = threading.Event()
@@ -45,6 +51,7 @@ class LiveIndex:
         with self._apply_lock:
             if not self._load_snapshot():
                 self._build_from_store()
+            self._build_audio_from_store()
             self._refresh_sets()
         self.catch_up()
         self.ready.set()
@@ -66,6 +73,15 @@ class LiveIndex:
             index.add(ids, values)
             self.indexes[sig_type.name] = index
         log.info("index built from store: %s", self.sizes())
+
+    def _build_audio_from_store(self) -> None:
+        # Replaying changes after this is harmless: adding a track is
+        # idempotent, removing a removed one a no-op.
+        audio = AudioIndex()
+        audio.add_many(
+            (sig.entry_id, words_of(sig.value)) for sig in self.store.iter_signals(["chromaprint"])
+        )
+        self.audio = audio
 
     # -- snapshots
 
@@ -145,6 +161,8 @@ class LiveIndex:
     def _add_entry_signals(self, entry_id: int, signals: Iterable) -> None:
         by_type: dict[str, tuple[list[int], list[bytes]]] = {}
         for variant_no, sig in enumerate(signals):
+            if sig.kind == "chromaprint":
+                self.audio.add(entry_id, words_of(sig.value))
             if sig.kind in self.indexes:
                 ids, values = by_type.setdefault(sig.kind, ([], []))
                 ids.append(signal_id(entry_id, variant_no))
@@ -155,9 +173,18 @@ class LiveIndex:
     def _remove_entry_signals(self, entry_id: int) -> None:
         for index in self.indexes.values():
             index.remove_entry(entry_id)
+        self.audio.remove(entry_id)
 
     def _refresh_sets(self) -> None:
         self.sets_by_id = {s.id: s for s in self.store.list_sets(include_disabled=True)}
 
     def sizes(self) -> dict[str, int]:
-        return {name: len(index) for name, index in self.indexes.items()}
+        return {
+            **{name: len(index) for name, index in self.indexes.items()},
+            "chromaprint": len(self.audio),
+        }
+
+
+def words_of(value: bytes) -> np.ndarray:
+    """A chromaprint signal's value (big-endian 32-bit words) as an array."""
+    return np.frombuffer(value, dtype=">u4").astype(np.uint32)

@@ -16,6 +16,22 @@ _RANK = {d: i for i, d in enumerate(DECISIONS)}
 # Exact hashes have no distance to tune: equal means the same file.
 EXACT_THRESHOLDS = Thresholds(block_distance=0, review_distance=0)
 
+# Defaults of the other perceptual types (a set may override any of them).
+DEFAULT_THRESHOLDS = {
+    # Bit error rate of an audio alignment, in percent. bench/audio.py: every
+    # transform family aligns under 20%; unrelated speech over the same
+    # background never holds a 2 s window under 25%.
+    "chromaprint": Thresholds(block_distance=20, review_distance=25),
+    # 256-bit SimHash of normalised text (PDF pages and documents): unrelated
+    # texts stay 93+ bits apart (bench/pdf.py), and pdf_match counts no
+    # evidence past 64. Near text alone asks for review; nearly identical
+    # text blocks.
+    "text_simhash": Thresholds(block_distance=16, review_distance=64),
+    # The videohash package's 64-bit hash: weak alone (bench/video.py), so it
+    # only asks for review unless a set says otherwise.
+    "videohash": Thresholds(block_distance=0, review_distance=8),
+}
+
 
 def strictest(decisions) -> str:
     return max(decisions, key=_RANK.__getitem__, default=ALLOW)
@@ -28,7 +44,7 @@ class Policy:
     def default_thresholds(self, signal_type: str) -> Thresholds:
         if signal_type == "pdq":
             return Thresholds(self.pdq.block_distance, self.pdq.review_distance)
-        return EXACT_THRESHOLDS
+        return DEFAULT_THRESHOLDS.get(signal_type, EXACT_THRESHOLDS)
 
     def thresholds(self, hash_set: HashSetRecord, signal_type: str) -> Thresholds:
         return hash_set.thresholds.get(signal_type) or self.default_thresholds(signal_type)

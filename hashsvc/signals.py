@@ -28,6 +28,12 @@ class SignalType:
     def nbytes(self) -> int:
         return self.bits // 8
 
+    @property
+    def max_distance(self) -> int:
+        """Distances are Hamming bits; for a sequence type (audio), the bit
+        error rate of an alignment in percent."""
+        return 100 if self.sequence else self.bits
+
     def parse(self, text: str) -> bytes:
         """Canonical hex text -> bytes, or InvalidArgument saying what is wrong."""
         text = text.strip().lower()

@@ -74,8 +74,10 @@ def thresholds(values: dict[str, Thresholds]) -> dict[str, Thresholds]:
         if not sig.perceptual and (limits.block_distance or limits.review_distance):
             raise InvalidArgument(f"{kind} is an exact hash: its thresholds must be 0")
         for what, value in (("block", limits.block_distance), ("review", limits.review_distance)):
-            if not 0 <= value <= sig.bits:
-                raise InvalidArgument(f"{kind} {what} threshold must be within 0..{sig.bits}")
+            if not 0 <= value <= sig.max_distance:
+                raise InvalidArgument(
+                    f"{kind} {what} threshold must be within 0..{sig.max_distance}"
+                )
         if limits.block_distance > limits.review_distance:
             raise InvalidArgument(
                 f"{kind} block threshold ({limits.block_distance}) is above its review"

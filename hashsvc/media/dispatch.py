@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import av
 from PIL import Image
 
-from hashsvc.errors import InvalidArgument, TooLarge, UnsupportedMedia
-from hashsvc.media import image, sniff, video
+from hashsvc.errors import HashsvcError, InvalidArgument, TooLarge, UnsupportedMedia
+from hashsvc.media import audio, image, pdf, sniff, video
 from hashsvc.signals import Signal
 from hashsvc.uploads import SpooledMedia
 
@@ -23,6 +23,8 @@ MediaSource = bytes | SpooledMedia
 class MediaLimits:
     image: image.ImageLimits = field(default_factory=image.ImageLimits)
     video: video.VideoLimits = field(default_factory=video.VideoLimits)
+    audio: audio.AudioLimits = field(default_factory=audio.AudioLimits)
+    pdf: pdf.PdfLimits = field(default_factory=pdf.PdfLimits)
 
 
 @dataclass(frozen=True)
@@ -117,11 +119,40 @@ def _hash_media(
             views = image.query_views(rgb, part) if for_query else image.known_views(rgb)
             return Hashed("image", [*exact, *views])
         kind = sniff.AV
+    path_or_bytes = source.path if isinstance(source, SpooledMedia) else source
     if kind == sniff.PDF:
-        raise UnsupportedMedia("PDF is not supported yet")
+        return Hashed("pdf", [*exact, *pdf.hash_pdf(path_or_bytes, limits.pdf, for_query)])
     if _has_video_stream(source):
-        data = source.read() if isinstance(source, SpooledMedia) else source
-        frames = video.frame_hashes(data, 1.0, limits.video)
-        signals = [Signal("pdq", f.pdq, f.quality, f"frame:{f.frame}", f.seconds) for f in frames]
-        return Hashed("video", [*exact, *signals])
-    raise UnsupportedMedia("audio is not supported yet")
+        sound = _SoundTrack(limits.audio)
+        hashed = video.hash_video(path_or_bytes, limits.video, for_query, on_audio_frame=sound)
+        return Hashed("video", [*exact, *hashed.signals(), *sound.signals()])
+    fingerprint = audio.fingerprint_audio(path_or_bytes, limits.audio)
+    return Hashed("audio", [*exact, fingerprint.to_signal()])
+
+
+class _SoundTrack:
+    """A video's sound, fingerprinted in the same decoding pass. A track with
+    nothing to match (silence, too short) or that cannot be converted leaves
+    the video without an audio signal; it does not fail the video."""
+
+    def __init__(self, limits: audio.AudioLimits) -> None:
+        self._fingerprinter = audio.AudioFrameFingerprinter(limits)
+        self._fed = False
+        self._broken = False
+
+    def __call__(self, frame) -> None:
+        if self._broken:
+            return
+        try:
+            self._fingerprinter(frame)
+            self._fed = True
+        except HashsvcError:
+            self._broken = True
+
+    def signals(self) -> list[Signal]:
+        if self._broken or not self._fed:
+            return []
+        try:
+            return [self._fingerprinter.finish().to_signal()]
+        except HashsvcError:
+            return []
