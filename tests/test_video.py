@@ -27,21 +27,25 @@ from tests import video_media as vm
 
 KNOWN_PHOTOS = range(0, 6)  # 6 photos x 3.3 s = 19.8 s
 OTHER_PHOTOS = range(6, 12)
+# Small and 15 fps: the tests' cost is mostly making the videos.
+SIZE = (480, 270)
+FPS = 15
 ROCKET = vm.VECTORS / "videohash" / "rocket.mkv"
 
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("video")
-    known = vm.slideshow(d / "known.mp4", KNOWN_PHOTOS)
-    other = vm.slideshow(d / "other.mp4", OTHER_PHOTOS)
+    known = vm.slideshow(d / "known.mp4", KNOWN_PHOTOS, size=SIZE, fps=FPS)
+    other = vm.slideshow(d / "other.mp4", OTHER_PHOTOS, size=SIZE, fps=FPS)
     files = {"known": known, "other": other}
     for name in ("reencode_low_bitrate", "webm_vp8", "360p_to_240p", "mirrored"):
         files[name] = vm.transformed(known, name, d)
     for name in ("letterboxed", "pillarboxed", "logo"):
         files[name] = vm.transformed(known, name, d)
     files["excerpt"] = vm.excerpt(known, 6, 8, d)
-    files["compilation"] = vm.compilation([(other, 0, 7), (known, 5, 10), (other, 9, 8)], d, "comp")
+    parts = [(other, 0, 7), (known, 5, 10), (other, 9, 8)]
+    files["compilation"] = vm.compilation(parts, d, "comp", SIZE, FPS)
     files["gif"] = vm.gif(known, d)
     return files
 
@@ -109,11 +113,11 @@ def test_unrelated_video_does_not_match(media, known):
 
 
 def test_known_image_shown_in_a_video_is_reported_with_its_time_range(tmp_path):
-    still = np.asarray(vm.photo(3).resize(vm.SIZE))
-    frames = list(vm.slideshow_frames([8], 5.0))
-    frames += [still] * (4 * vm.FPS)  # the propaganda image from 5 s to 9 s
-    frames += list(vm.slideshow_frames([9], 5.0))
-    path = vm.write_video(tmp_path / "still.mp4", frames)
+    still = np.asarray(vm.photo(3).resize(SIZE))
+    frames = list(vm.slideshow_frames([8], 5.0, FPS, SIZE))
+    frames += [still] * (4 * FPS)  # the propaganda image from 5 s to 9 s
+    frames += list(vm.slideshow_frames([9], 5.0, FPS, SIZE))
+    path = vm.write_video(tmp_path / "still.mp4", frames, FPS)
     query = video.hash_video(str(path), for_query=True)
     known_views = image.known_views(np.asarray(vm.photo(3)))
     hits = [
@@ -141,7 +145,7 @@ def test_known_side_is_vpdq_and_path_and_bytes_agree(media, known):
         "center"
     }
     assert known.videohash is not None and len(known.videohash.value) == 8
-    assert 19 <= known.duration <= 21 and known.fps == vm.FPS
+    assert 19 <= known.duration <= 21 and known.fps == FPS
 
 
 def test_query_views_per_frame_stay_few(media):

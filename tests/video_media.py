@@ -96,8 +96,14 @@ def write_video(
     return path
 
 
-def slideshow(path: Path, photo_indexes: Sequence[int], seconds_each: float = 3.3) -> Path:
-    return write_video(path, slideshow_frames(photo_indexes, seconds_each))
+def slideshow(
+    path: Path,
+    photo_indexes: Sequence[int],
+    seconds_each: float = 3.3,
+    size: tuple[int, int] = SIZE,
+    fps: int = FPS,
+) -> Path:
+    return write_video(path, slideshow_frames(photo_indexes, seconds_each, fps, size), fps)
 
 
 def ffmpeg(*args: str) -> None:
@@ -118,7 +124,7 @@ LOGO = (
 # name -> ffmpeg arguments between input and output, and the output suffix.
 TRANSFORMS: dict[str, tuple[list[str], str]] = {
     "reencode_low_bitrate": (["-c:v", "libx264", "-preset", "veryfast", "-b:v", "120k"], ".mp4"),
-    "360p_to_240p": (["-vf", "scale=426:240", *X264_FAST], ".mp4"),
+    "360p_to_240p": (["-vf", "scale=trunc(iw/3)*2:trunc(ih/3)*2", *X264_FAST], ".mp4"),
     "15fps": (["-r", "15", *X264_FAST], ".mp4"),
     "webm_vp9": (
         ["-c:v", "libvpx-vp9", "-b:v", "400k", "-deadline", "realtime", "-cpu-used", "8"],
@@ -129,8 +135,20 @@ TRANSFORMS: dict[str, tuple[list[str], str]] = {
     "mov": ([*X264_FAST], ".mov"),
     "avi_mpeg4": (["-c:v", "mpeg4", "-q:v", "4"], ".avi"),
     "mirrored": (["-vf", "hflip", *X264_FAST], ".mp4"),
-    "letterboxed": (["-vf", "scale=640:270,pad=640:360:0:45:black", *X264_FAST], ".mp4"),
-    "pillarboxed": (["-vf", "scale=480:270,pad=640:360:80:45:black", *X264_FAST], ".mp4"),
+    # the picture squeezed to 3/4 of the height (or of both sides) inside black bars
+    "letterboxed": (
+        ["-vf", "scale=iw:trunc(ih*3/8)*2,pad=iw:trunc(ih*2/3)*2:0:(oh-ih)/2:black", *X264_FAST],
+        ".mp4",
+    ),
+    "pillarboxed": (
+        [
+            "-vf",
+            "scale=trunc(iw*3/8)*2:trunc(ih*3/8)*2,"
+            "pad=trunc(iw*2/3)*2:trunc(ih*2/3)*2:(ow-iw)/2:(oh-ih)/2:black",
+            *X264_FAST,
+        ],
+        ".mp4",
+    ),
     "logo": (["-vf", LOGO, *X264_FAST], ".mp4"),
 }
 
@@ -148,12 +166,18 @@ def excerpt(src: Path, start: float, seconds: float, out_dir: Path) -> Path:
     return dst
 
 
-def compilation(parts: Sequence[tuple[Path, float, float]], out_dir: Path, name: str) -> Path:
+def compilation(
+    parts: Sequence[tuple[Path, float, float]],
+    out_dir: Path,
+    name: str,
+    size: tuple[int, int] = SIZE,
+    fps: int = FPS,
+) -> Path:
     """(file, start, seconds) segments, scaled to one size, joined in order."""
     inputs, filters = [], []
     for n, (src, start, seconds) in enumerate(parts):
         inputs += ["-ss", str(start), "-t", str(seconds), "-i", str(src)]
-        filters.append(f"[{n}:v]scale={SIZE[0]}:{SIZE[1]},setsar=1,fps={FPS}[v{n}]")
+        filters.append(f"[{n}:v]scale={size[0]}:{size[1]},setsar=1,fps={fps}[v{n}]")
     joined = "".join(f"[v{n}]" for n in range(len(parts)))
     graph = ";".join(filters) + f";{joined}concat=n={len(parts)}:v=1:a=0[out]"
     dst = out_dir / f"{name}.mp4"

@@ -294,8 +294,7 @@ class _Pass:
         # vPDQ's timestamp is the frame number over the frame rate.
         seconds = round(number / self.fps, 3)
         if self.for_query:
-            rgb = _rgb_at_most(frame, QUERY_SIDE)
-            views = query_frame_signals(rgb, number, seconds)
+            views = query_frame_signals(full.small(), number, seconds)
             self.signals.extend(views)
             as_decoded = views[0]
             self.frames.append(
@@ -307,8 +306,7 @@ class _Pass:
         self.signals.append(Signal("pdq", value, quality, f"frame:{number}", seconds))
         # The center view need not be vPDQ-exact: hash it small, as queries do
         # (PDQ of a full 1080p frame costs ~10x a 512 px one).
-        small = _rgb_at_most(frame, QUERY_SIDE)
-        center, center_quality = pdq_hash(np.ascontiguousarray(_center(small)))
+        center, center_quality = pdq_hash(np.ascontiguousarray(_center(full.small())))
         self.signals.append(
             Signal("pdq", center, center_quality, f"frame:{number}:center", seconds)
         )
@@ -321,20 +319,25 @@ class _Pass:
             self._fix_crop()
         if not copies:
             return
-        if self.crop_fixed:
-            self.small_frames.extend([_shrink_rgb(full.get(), self.crop)] * copies)
+        if self.for_query:
+            # A query's videohash is only compared, never exported: shrink
+            # from the small copy the frame views use.
+            rgb = full.small()
+            scale = rgb.shape[1] / frame.width
         else:
-            rgb = full.get()
-            scale = 1.0
-            if rgb.shape[0] * rgb.shape[1] > VIDEOHASH_HOLD_MAX_PIXELS:
-                rgb, scale = rgb[::2, ::2], 0.5
-            self.held.append(_HeldFrame(rgb, copies, scale))
+            rgb, scale = full.get(), 1.0
+        if self.crop_fixed:
+            self.small_frames.extend([_shrink_rgb(rgb, _scaled(self.crop, scale))] * copies)
+            return
+        if rgb.shape[0] * rgb.shape[1] > VIDEOHASH_HOLD_MAX_PIXELS:
+            rgb, scale = rgb[::2, ::2], scale / 2
+        self.held.append(_HeldFrame(rgb, copies, scale))
 
     def _fix_crop(self) -> None:
         self.crop_fixed = True
         self.crop = self.crop_votes.best()
         for held in self.held:
-            crop = self.crop and tuple(int(v * held.scale) for v in self.crop)
+            crop = _scaled(self.crop, held.scale)
             self.small_frames.extend([_shrink_rgb(held.rgb, crop)] * held.copies)
         self.held = []
 
@@ -388,16 +391,28 @@ def _luma(frame: av.VideoFrame) -> np.ndarray:
 
 
 class _LazyRgb:
-    """A frame's full-size RGB, converted at most once and only if asked."""
+    """A frame's RGB (full size, or small), converted at most once and only if asked."""
 
     def __init__(self, frame: av.VideoFrame) -> None:
         self.frame = frame
         self.rgb: np.ndarray | None = None
 
+        self.small_rgb: np.ndarray | None = None
+
     def get(self) -> np.ndarray:
         if self.rgb is None:
             self.rgb = np.ascontiguousarray(self.frame.to_ndarray(format="rgb24"))
         return self.rgb
+
+    def small(self) -> np.ndarray:
+        """At most QUERY_SIDE, scaled by swscale straight from the decoder's YUV."""
+        if self.small_rgb is None:
+            self.small_rgb = np.ascontiguousarray(_rgb_at_most(self.frame, QUERY_SIDE))
+        return self.small_rgb
+
+
+def _scaled(box: tuple[int, int, int, int] | None, scale: float):
+    return box if box is None or scale == 1 else tuple(int(v * scale) for v in box)
 
 
 def _shrink_rgb(rgb: np.ndarray, crop) -> np.ndarray:
