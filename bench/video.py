@@ -59,7 +59,7 @@ def hamming64(a, b) -> int:
 
 def robustness(n_known: int, n_unrelated: int, out: Path) -> None:
     started = time.monotonic()
-    photo_count = len(vm.PHOTOS)
+    photo_count = len(vm.PICTURES)
     known_paths = [
         vm.slideshow(out / f"known{k}.mp4", range(k * PHOTOS_PER_VIDEO, (k + 1) * PHOTOS_PER_VIDEO))
         for k in range(n_known)

@@ -237,6 +237,9 @@ def test_limits_give_too_large(media):
         video.hash_video(path, video.VideoLimits(max_frames_hashed=2))
     with pytest.raises(Timeout):
         video.hash_video(path, video.VideoLimits(max_wall_seconds=1e-6))
+    # too many frames for the videohash's collage: left out, the rest stays
+    capped = video.hash_video(path, video.VideoLimits(max_videohash_frames=3))
+    assert capped.videohash is None and len(capped.frames) >= 7
 
 
 def test_file_named_as_another_container_or_missing(tmp_path, media):

@@ -56,7 +56,10 @@ CENTER_KEEP = 0.6
 # The package's crop vote is settled by the start times up to 40 s (5 of the
 # 12); frames for the videohash are held until then, then shrunk at once.
 CROP_SETTLED_SECONDS = 41.0
-VIDEOHASH_HOLD_MAX_PIXELS = 1920 * 1080  # larger held frames are halved first
+# Held frames larger than this are reduced (box filter, integer factor) first:
+# 41 held 4K frames would be ~1 GB. Costs exactness on the first 41 s of such
+# videos only, and only by what a box pre-filter changes in a 144 px shrink.
+VIDEOHASH_HOLD_MAX_PIXELS = 1280 * 720
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,11 @@ class VideoLimits:
     max_frames_decoded: int = 2_000_000
     # Wall-clock budget for one decode pass; None = no limit.
     max_wall_seconds: float | None = None
+    # The videohash keeps every sampled frame at 144x144 (62 kB) until the end,
+    # as the package's collage and strip need all of them; past this many
+    # (an hour at the default rate) it is left out rather than use ~GBs. The
+    # package itself cannot hash such videos (a strip of 2M x 144 pixels).
+    max_videohash_frames: int = 3600
 
 
 @dataclass(frozen=True)
@@ -137,7 +145,8 @@ def hash_video(
         audio = container.streams.audio[0] if container.streams.audio else None
         state = _Pass(container, stream, limits, for_query, every_seconds, videohash_rate)
         try:
-            for packet in container.demux(*[s for s in (stream, audio) if s is not None]):
+            wanted = [stream, audio] if audio is not None and on_audio_frame else [stream]
+            for packet in container.demux(*wanted):
                 if packet.stream is audio:
                     if on_audio_frame is not None:
                         for frame in packet.decode():
@@ -216,7 +225,7 @@ def _checked_video_stream(container, extension: str | None, limits: VideoLimits)
 
 @dataclass
 class _HeldFrame:
-    rgb: np.ndarray  # full size (or halved when huge), uncropped
+    rgb: np.ndarray  # uncropped; reduced when huge (see VIDEOHASH_HOLD_MAX_PIXELS)
     copies: int
     scale: float
 
@@ -319,6 +328,11 @@ class _Pass:
             self._fix_crop()
         if not copies:
             return
+        if len(self.small_frames) + sum(h.copies for h in self.held) >= (
+            self.limits.max_videohash_frames
+        ):
+            self.cfr, self.held, self.small_frames = None, [], []
+            return
         if self.for_query:
             # A query's videohash is only compared, never exported: shrink
             # from the small copy the frame views use.
@@ -329,8 +343,13 @@ class _Pass:
         if self.crop_fixed:
             self.small_frames.extend([_shrink_rgb(rgb, _scaled(self.crop, scale))] * copies)
             return
-        if rgb.shape[0] * rgb.shape[1] > VIDEOHASH_HOLD_MAX_PIXELS:
-            rgb, scale = rgb[::2, ::2], scale / 2
+        factor = 1
+        while rgb.shape[0] * rgb.shape[1] > VIDEOHASH_HOLD_MAX_PIXELS * factor * factor:
+            factor += 1
+        if factor > 1:
+            width = rgb.shape[1]
+            rgb = np.asarray(Image.fromarray(rgb).reduce(factor))
+            scale = scale * rgb.shape[1] / width
         self.held.append(_HeldFrame(rgb, copies, scale))
 
     def _fix_crop(self) -> None:
@@ -503,14 +522,6 @@ def _center(rgb: np.ndarray) -> np.ndarray:
 def _gray(rgb: np.ndarray) -> np.ndarray:
     r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
     return 0.299 * r + 0.587 * g + 0.114 * b
-
-
-def frame_number(variant: str) -> int:
-    """The frame number in a frame signal's variant ("frame:120:flip" -> 120)."""
-    parts = variant.split(":")
-    if len(parts) < 2 or parts[0] != "frame" or not parts[1].isdigit():
-        raise InvalidArgument(f"not a video frame variant: {variant!r}")
-    return int(parts[1])
 
 
 # ------------------------------------------------------------------ vPDQ text
