@@ -4,10 +4,10 @@ The method is AcoustID's: every informative word of a known track is filed
 under its top KEY_BITS bits; a query's words look up their keys, each hit
 votes for (track, known position - query position), and the best-voted offsets
 are verified by aligning the two fingerprints word by word and scoring the bit
-error rate (BER). Re-encoding flips a few of a word's 32 bits, so most aligned
-words keep their top bits: with 20 key bits, 40-80% of aligned words of an MP3
+error rate (BER). Re-encoding flips a few of a word's 32 bits, so many aligned
+words keep their top bits: with 24 key bits, 28-70% of aligned words of an MP3
 at 64 kbps, Vorbis q0, a 16 kHz resample or a noisy copy still agree, which is
-plenty of votes, while an unrelated recording scores a BER of 0.35-0.5.
+plenty of votes, while an unrelated recording scores a BER of 0.3-0.5.
 
 Verification keeps the longest stretch where a sliding ~2 s window stays under
 max_ber, so a known track preceded or followed by other audio (or an excerpt)
@@ -25,8 +25,9 @@ so one-by-one adds cost O(log n) sorts per word amortized; `add_many` builds
 one segment for a bulk load or a snapshot restore.
 
 Memory: 4 bytes per word for the words, 4 for the posting and, in segments
-with more than CSR_MIN_POSTINGS postings, 4 MiB of bucket offsets instead of
-a 4-byte key per posting. 100k tracks of 3 minutes are 145M words: ~1.2 GB.
+with more than CSR_MIN_POSTINGS postings, 64 MiB of bucket offsets instead of
+a 4-byte key per posting. 100k tracks of 3 minutes are 145M words: ~1.2 GB
+(bench/audio.py measures it; a build peaks at about twice that).
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ import numpy as np
 
 from hashsvc.media.audio import SECONDS_PER_WORD, informative_mask
 
-KEY_BITS = 20
+# 24 bits: 16M buckets, ~9 postings each at 145M words, so a query's lookups
+# stay cheap at 100k tracks (20 bits: 3x slower there), while 28-55% of the
+# aligned words of the harshest transforms still keep their top 24 bits.
+KEY_BITS = 24
 # Chosen from bench/audio.py: true matches of every transform family score a
 # BER of 0.035 (median) to 0.09 (worst: noise at SNR 0 dB); the closest any
 # unrelated upload came (other speech, same language and voice, the very same
@@ -57,7 +61,8 @@ MAX_CANDIDATES = 24
 MAX_POSTINGS_PER_KEY = 5_000
 # Sliding window for the BER of an alignment: ~2 s, the span one word describes.
 WINDOW_WORDS = 16
-CSR_MIN_POSTINGS = 1 << 22
+# From this size bucket offsets (4 bytes per bucket) cost less than keys (4 per posting).
+CSR_MIN_POSTINGS = 1 << KEY_BITS
 
 _KEY_SHIFT = 32 - KEY_BITS
 _SNAPSHOT_FORMAT = 1
