@@ -175,7 +175,10 @@ class Matcher:
                 query_is_video,
             )
             if found:
-                matches.append(max(found, key=lambda m: (_RANK[m.decision], -m.distance)))
+                # ties go to the match that says where (pages, time ranges)
+                matches.append(
+                    max(found, key=lambda m: (_RANK[m.decision], -m.distance, bool(m.unit)))
+                )
         matches.sort(key=lambda m: (-_RANK[m.decision], m.distance, m.entry_id))
         decision = strictest(m.decision for m in matches)
         return MatchResult(decision, matches[: self.max_matches])
