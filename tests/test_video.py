@@ -141,9 +141,8 @@ def test_known_side_is_vpdq_and_path_and_bytes_agree(media, known):
     assert [f.seconds for f in known.frames] == [float(n) for n in range(len(known.frames))]
     base = [s for s in known.frame_signals if s.variant.count(":") == 1]
     assert [(s.value, s.position) for s in base] == [(f.pdq, f.seconds) for f in known.frames]
-    assert {s.variant.split(":")[-1] for s in known.frame_signals if s.variant.count(":") == 2} == {
-        "center"
-    }
+    derived = {s.variant.split(":")[-1] for s in known.frame_signals if s.variant.count(":") == 2}
+    assert derived == {"center"}  # 480x270 needs no separate small view
     assert known.videohash is not None and len(known.videohash.value) == 8
     assert 19 <= known.duration <= 21 and known.fps == FPS
 

@@ -97,9 +97,11 @@ class VideoHashes:
 
     frames: list[FrameHash]  # the vPDQ frame hashes (format_vpdq writes them)
     # PDQ signals, position = seconds. "frame:<n>" is the frame as decoded
-    # (the vPDQ hash, frames[i]); "frame:<n>:center" its middle without the
-    # logo corners. Queries add "frame:<n>:flip", ":center_flip" and, on frames
-    # with bars, ":trimmed" and ":trimmed_flip".
+    # (the vPDQ hash, frames[i]); known frames add "frame:<n>:small" (hashed at
+    # <= QUERY_SIDE, as queries are; only when the video is larger) and
+    # "frame:<n>:center", its middle without the logo corners. Queries are
+    # hashed at <= QUERY_SIDE and add "frame:<n>:flip", ":center_flip" and,
+    # on frames with bars, ":trimmed" and ":trimmed_flip".
     frame_signals: list[Signal]
     videohash: Signal | None
     duration: float
@@ -313,8 +315,17 @@ class _Pass:
         value, quality = pdq_hash(full.get())
         self.frames.append(FrameHash(number, quality, value, seconds))
         self.signals.append(Signal("pdq", value, quality, f"frame:{number}", seconds))
-        # The center view need not be vPDQ-exact: hash it small, as queries do
-        # (PDQ of a full 1080p frame costs ~10x a 512 px one).
+        # PDQ depends on the resolution it is given (its box-filter window
+        # grows with the picture): the same frame hashed full-size and at
+        # 512 px differs by 10-30 bits on textured footage (vPDQ samples,
+        # bench/video.py). Queries are hashed at <= QUERY_SIDE for speed (PDQ
+        # of a 720p frame costs ~20x a 512 px one), so known frames also keep
+        # that view; the center view need not be vPDQ-exact at all.
+        if max(frame.width, frame.height) > QUERY_SIDE:
+            small, small_quality = pdq_hash(full.small())
+            self.signals.append(
+                Signal("pdq", small, small_quality, f"frame:{number}:small", seconds)
+            )
         center, center_quality = pdq_hash(np.ascontiguousarray(_center(full.small())))
         self.signals.append(
             Signal("pdq", center, center_quality, f"frame:{number}:center", seconds)
