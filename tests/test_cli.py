@@ -176,10 +176,20 @@ def test_serve_logs_json_lines(tmp_path):
          "--listen", f"127.0.0.1:{port}", "--db", f"sqlite:///{tmp_path}/j.db"],
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(3)
+    # Signal only once it serves (a busy machine may take longer than a fixed
+    # sleep, and a SIGTERM during start-up is not what this test is about).
+    seen: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        if "listening" in line:
+            break
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
-    lines = [json.loads(line) for line in err.splitlines() if line.strip()]
+    lines = [json.loads(line) for line in [*seen, *err.splitlines()] if line.strip()]
     assert proc.returncode == 0
     assert any("listening" in entry["message"] for entry in lines)
     assert all({"time", "level", "logger", "message"} <= set(entry) for entry in lines)
@@ -237,3 +247,29 @@ def test_export_writes_the_exchangeable_hashes(run, tmp_path):
     # the exported PDQ finds the entry again
     code, out, _ = run("match", "--json", "--hash", f"pdq:{pdq['signal_value']}", role="matcher")
     assert json.loads(out)["decision"] == "block"
+
+
+def test_video_add_and_match_stream_and_report_time_ranges(run, tmp_path, monkeypatch):
+    """Files over the one-message size go through the streaming RPCs (the
+    threshold is lowered here so a small video crosses it)."""
+    from tests import video_media
+
+    monkeypatch.setattr(cli, "STREAM_ABOVE_BYTES", 10_000)
+    known = video_media.slideshow(tmp_path / "release.mp4", [0, 1, 2], 3.3)
+    assert known.stat().st_size > 10_000
+    clip = video_media.excerpt(known, 2.0, 6.0, tmp_path)
+    code, _, err = run("sets", "create", "videos", role="operator")
+    assert code == 0, err
+    code, out, err = run("add", "--set", "videos", "--json", str(known), role="operator")
+    assert code == 0, err
+    assert json.loads(out.splitlines()[0])["media_type"] == "video"
+    code, out, err = run("match", "--json", "--set", "videos", str(clip), role="matcher")
+    assert code == 0, err
+    row = json.loads(out)
+    assert row["decision"] == "block"
+    hit = row["matches"][0]
+    assert hit["entry"] == "release.mp4" and hit["unit"] == "seconds"
+    segment = hit["segments"][0]
+    assert abs(segment["known_start"] - segment["query_start"] - 2.0) <= 1.5
+    code, out, _ = run("match", "--set", "videos", str(clip), role="matcher")
+    assert "BLOCK" in out and "= known" in out
