@@ -88,7 +88,10 @@ def robustness(n_known: int, n_unrelated: int, out: Path, verbose: bool = False)
         for k, entry in enumerate(known):
             pairs = vm.brute_force_pairs(query, entry)
             ev = video_match.video_evidence(
-                query.frame_signals, pairs, len(entry.frames), entry.duration
+                query.frame_signals,
+                pairs,
+                video_match.countable_frames(entry.frame_signals),
+                entry.duration,
             )
             vh_close = hamming64(query.videohash, entry.videohash) <= VIDEOHASH_SIMILAR_BITS
             if k == source:

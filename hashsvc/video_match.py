@@ -118,15 +118,14 @@ def video_evidence(
 
     query_frames: all the query's frame signals (any views); the share's
     denominator is its distinct frames of quality >= min_quality.
-    known_frames: the known video's frame signals with quality >= min_quality
-    (its vPDQ frame count when qualities are not at hand; 0: estimated from
-    known_duration at one frame per second).
+    known_frames: countable_frames(the known entry's frame signals), i.e. its
+    frames of quality >= min_quality (flat frames match anything and are left
+    out of both shares, as in vPDQ); 0: estimated from known_duration at one
+    frame per second.
     """
     if known_frames <= 0:
         known_frames = max(1, round(known_duration))
-    query_total = len(
-        {frame_of(s) for s in query_frames if (s.quality or 0) >= settings.min_quality}
-    )
+    query_total = countable_frames(query_frames, settings)
     good = [p for p in pairs if _usable(p, settings)]
     matched_query = {frame_of(p.query) for p in good}
     matched_known = {frame_of(p.known) for p in good}
@@ -157,6 +156,14 @@ def video_evidence(
         )
         is_match = False
     return VideoEvidence(query_share, known_share, runs, is_match, reason, best)
+
+
+def countable_frames(
+    frame_signals: Iterable[Signal], settings: MatchSettings = DEFAULT_SETTINGS
+) -> int:
+    """Distinct frames good enough to count in a share (any view's quality
+    >= min_quality): pass a known entry's stored signals as known_frames."""
+    return len({frame_of(s) for s in frame_signals if (s.quality or 0) >= settings.min_quality})
 
 
 def _usable(pair: FramePair, settings: MatchSettings) -> bool:

@@ -58,7 +58,12 @@ def known(media) -> video.VideoHashes:
 def _evidence(query_path: Path, known: video.VideoHashes) -> video_match.VideoEvidence:
     query = video.hash_video(str(query_path), for_query=True)
     pairs = vm.brute_force_pairs(query, known)
-    return video_match.video_evidence(query.frame_signals, pairs, len(known.frames), known.duration)
+    return video_match.video_evidence(
+        query.frame_signals,
+        pairs,
+        video_match.countable_frames(known.frame_signals),
+        known.duration,
+    )
 
 
 # ------------------------------------------------------------------ matching
