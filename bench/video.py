@@ -84,6 +84,8 @@ def robustness(n_known: int, n_unrelated: int, out: Path, verbose: bool = False)
     vh_hits: dict[str, list[bool]] = {}
     frame_false = vh_false = comparisons = 0
     closest_unrelated_frames = 256
+    vh_same: dict[str, list[int]] = {}
+    vh_unrelated: list[int] = []
     for name, source, query in queries:
         for k, entry in enumerate(known):
             pairs = vm.brute_force_pairs(query, entry)
@@ -93,25 +95,34 @@ def robustness(n_known: int, n_unrelated: int, out: Path, verbose: bool = False)
                 video_match.countable_frames(entry.frame_signals),
                 entry.duration,
             )
-            vh_close = hamming64(query.videohash, entry.videohash) <= VIDEOHASH_SIMILAR_BITS
+            vh_distance = hamming64(query.videohash, entry.videohash)
+            vh_close = vh_distance <= VIDEOHASH_SIMILAR_BITS
             if k == source:
                 frame_hits.setdefault(name, []).append(ev.is_match)
                 vh_hits.setdefault(name, []).append(vh_close)
+                vh_same.setdefault(name, []).append(vh_distance)
                 if not ev.is_match and verbose:
                     print(f"  missed: {name} of known{k}: {ev.reason}; runs {ev.runs[:3]}")
             else:
                 comparisons += 1
                 frame_false += ev.is_match
                 vh_false += vh_close
+                vh_unrelated.append(vh_distance)
                 everything = vm.brute_force_pairs(query, entry, radius=256)
                 good = [
                     p.distance for p in everything if min(p.query.quality, p.known.quality) >= 50
                 ]
                 closest_unrelated_frames = min([closest_unrelated_frames, *good])
-    print(f"\n{'transform':26s} {'frames+runs':>12s} {'videohash':>10s}")
+    print("\nrecall; videohash distances to the source (bits)")
+    print(f"{'transform':26s} {'frames+runs':>12s} {'videohash':>10s} {'vh bits':>12s}")
     for name in TRANSFORMS:
         f, v = frame_hits[name], vh_hits[name]
-        print(f"{name:26s} {sum(f) / len(f):12.2f} {sum(v) / len(v):10.2f}")
+        bits = ",".join(map(str, vh_same[name]))
+        print(f"{name:26s} {sum(f) / len(f):12.2f} {sum(v) / len(v):10.2f} {bits:>12s}")
+    vh_unrelated.sort()
+    print(f"videohash distances between unrelated videos: min {vh_unrelated[0]}, "
+          f"10th percentile {vh_unrelated[len(vh_unrelated) // 10]}, "
+          f"median {vh_unrelated[len(vh_unrelated) // 2]}")  # fmt: skip
     print(f"\nfalse matches over {comparisons} unrelated (query, known) pairs: "
           f"frames+runs {frame_false}, videohash {vh_false}")  # fmt: skip
     print(f"closest unrelated frame pair (quality >= 50): {closest_unrelated_frames} bits")

@@ -161,9 +161,20 @@ def video_evidence(
 def countable_frames(
     frame_signals: Iterable[Signal], settings: MatchSettings = DEFAULT_SETTINGS
 ) -> int:
-    """Distinct frames good enough to count in a share (any view's quality
-    >= min_quality): pass a known entry's stored signals as known_frames."""
-    return len({frame_of(s) for s in frame_signals if (s.quality or 0) >= settings.min_quality})
+    """Distinct frames whose picture has quality >= min_quality: pass a known
+    entry's stored signals as known_frames. A frame's picture is its view
+    without bars when it has one (bars add edges, hence quality, that no
+    known frame shares), else the frame as decoded."""
+    as_decoded: dict[int, int] = {}
+    without_bars: dict[int, int] = {}
+    for s in frame_signals:
+        view = s.variant.split(":", 2)[2] if s.variant.count(":") >= 2 else ""
+        if view == "":
+            as_decoded[frame_of(s)] = s.quality or 0
+        elif view == "trimmed":
+            without_bars[frame_of(s)] = s.quality or 0
+    quality = {**as_decoded, **without_bars}
+    return sum(q >= settings.min_quality for q in quality.values())
 
 
 def _usable(pair: FramePair, settings: MatchSettings) -> bool:

@@ -305,3 +305,13 @@ def test_bad_input_through_hash_video_is_never_a_raw_exception(tmp_path):
     path.write_bytes(b"RIFF" + bytes(range(256)) * 40)
     with pytest.raises((CorruptMedia, UnsupportedMedia)):
         video.hash_video(str(path))
+
+
+def test_a_frame_counts_by_its_picture_not_its_bars():
+    frames = [
+        Signal("pdq", b"a", 90, "frame:0", 0.0),  # bars make edges: high quality
+        Signal("pdq", b"b", 20, "frame:0:trimmed", 0.0),  # the flat picture inside
+        Signal("pdq", b"c", 80, "frame:25", 1.0),
+        Signal("pdq", b"d", 10, "frame:25:center", 1.0),
+    ]
+    assert video_match.countable_frames(frames) == 1
