@@ -8,11 +8,16 @@ are numbered in decode order from 0; with `every_seconds` > 0 only every
 round(fps * every_seconds)-th frame is hashed (vPDQ's seconds_per_hash).
 
 Known videos (for_query=False) are decoded exactly as vPDQ does, so their frame
-hashes can be exchanged. Queries (for_query=True) are decoded fast: frames no
-other frame refers to are skipped and so is the loop filter (a few bits of PDQ,
-bench/video.py), sampled frames are converted to RGB at <= QUERY_SIDE, and each
-one is also hashed mirrored and without black bars, which is how re-uploads
-hide. Only sampled frames are ever converted to RGB.
+hashes can be exchanged (tests/test_video_frames.py). Queries (for_query=True)
+are decoded fast: frames no other frame refers to are skipped and so is the
+loop filter, sampled frames are scaled to <= QUERY_SIDE by swscale and hashed
+there (PDQ of a 720p frame costs ~20x a 512 px one), and each is also hashed
+mirrored, without its corners (logos) and without black bars, which is how
+re-uploads hide. PDQ depends on the resolution it is given, so known frames
+also keep their <= QUERY_SIDE hash: a fast query frame is within 4-8 bits of it
+on the vPDQ samples (the full-size hash can be 10-30 away). Only sampled frames
+are ever converted to RGB. Speed (bench/video.py, 2 shared cores): query 720p
+~30x realtime, 1080p ~20x; known (exact) 720p ~14x.
 
 Matching frames into video matches is hashsvc/video_match.py.
 """
