@@ -104,6 +104,10 @@ class Core:
             except Exception:  # keep following; the next poll retries
                 log.exception("applying changes failed")
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
     def close(self) -> None:
         self._stopping.set()
         if self.live.ready.is_set():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import resource
 import threading
 import time
@@ -21,9 +22,19 @@ from hashsvc.media.dispatch import Hashed, MediaLimits, MediaSource, hash_media,
 log = logging.getLogger(__name__)
 
 
-def _limit_worker_memory(max_bytes: int) -> None:
+def _init_worker(max_bytes: int, server_pid: int) -> None:
     if max_bytes > 0:
         resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
+    # A worker outlives a server that was killed (kill -9, OOM killer) or
+    # stopped mid-start: it holds its own end of the job queue, so it never
+    # sees the server go. Watch for that and leave.
+    threading.Thread(target=_exit_with_server, args=(server_pid,), daemon=True).start()
+
+
+def _exit_with_server(server_pid: int) -> None:
+    while os.getppid() == server_pid:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 class HashingPool:
@@ -55,8 +66,8 @@ class HashingPool:
         return ProcessPoolExecutor(
             self.workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_limit_worker_memory,
-            initargs=(self.worker_memory_bytes,),
+            initializer=_init_worker,
+            initargs=(self.worker_memory_bytes, os.getpid()),
         )
 
     def _replace(self, pool: ProcessPoolExecutor, kill: bool) -> None:

@@ -41,11 +41,16 @@ class RunningServer:
     health: health.HealthServicer
     metrics: Metrics
     metrics_port: int = 0
+    loader: threading.Thread | None = None  # the index load, when started in the background
 
     def stop(self, grace: float = 5.0) -> None:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
         self.metrics.stop()
+        if self.loader is not None:
+            # Stopped while starting: let the start-up finish first, rather
+            # than close the store and workers under it.
+            self.loader.join(timeout=120)
         self.core.close()
 
     def _set_health(self, status) -> None:
@@ -96,14 +101,22 @@ def start_server(
     server.start()
 
     def load() -> None:
-        core.start()
+        try:
+            core.start()
+        except Exception:
+            if core.stopping:  # SIGTERM during start-up: nothing went wrong
+                log.info("stopped before the index was loaded")
+                return
+            log.exception("loading the index failed; the server stays NOT_SERVING")
+            return
         running._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("ready on port %d; index %s", port, core.live.sizes())
 
     if block_until_ready:
         load()
     else:
-        threading.Thread(target=load, daemon=True, name="index-load").start()
+        running.loader = threading.Thread(target=load, daemon=True, name="index-load")
+        running.loader.start()
     return running
 
 
@@ -133,6 +146,15 @@ def _bind(server: grpc.Server, config: Config) -> int:
 
 
 def serve_forever(config: Config) -> None:
+    # Handlers first: a SIGTERM that arrives while starting still stops cleanly.
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     running = start_server(config, block_until_ready=False)
     if not running.core.store.list_tokens():
         log.warning(
@@ -145,15 +167,10 @@ def serve_forever(config: Config) -> None:
         running.port,
         _safe_url(config.db_url),
     )
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        log.info("signal %d: stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    stop.wait()
+    # Wake up now and then: a signal delivered to another thread only runs
+    # its Python handler when the main thread next executes bytecode.
+    while not stop.wait(0.5):
+        pass
     running.stop()
 
 
