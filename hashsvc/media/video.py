@@ -32,12 +32,11 @@ from dataclasses import dataclass, field
 
 import av
 import numpy as np
-import pdqhash
 from PIL import Image
 
 from hashsvc.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
-from hashsvc.media import regions
 from hashsvc.media import videohash as vh
+from hashsvc.media.frame_views import QUERY_SIDE, center, query_frame_signals
 from hashsvc.media.image import pdq_hash
 from hashsvc.signals import Signal
 
@@ -49,15 +48,6 @@ CONTAINERS = {
     "avi": {".avi"},
     "gif": {".gif"},
 }
-QUERY_SIDE = 512  # PDQ reads a 64x64 summary: a query frame needs no more
-MIN_TRIM = 0.02  # trimming less than this share of a side is noise, not a bar
-BAR_LUMA = 24  # ffmpeg cropdetect's default black limit
-MIN_PICTURE_SHARE = 0.25  # a "picture" smaller than this is not letterboxing
-# The middle of a frame, without the corners and edges where channel logos,
-# captions and watermarks go. Known frames store it beside the vPDQ hash and
-# queries hash the same view, so a new logo does not move it (bench/video.py:
-# a 140x44 logo on 640x360 took recall from 0.33 of frames to ~1).
-CENTER_KEEP = 0.6
 # The package's crop vote is settled by the start times up to 40 s (5 of the
 # 12); frames for the videohash are held until then, then shrunk at once.
 CROP_SETTLED_SECONDS = 41.0
@@ -129,7 +119,8 @@ def frame_hashes(
     data: bytes | str, every_seconds: float = 1.0, limits: VideoLimits | None = None
 ) -> list[FrameHash]:
     """vPDQ frame hashes of the first video stream (every_seconds=0: every frame)."""
-    return hash_video(data, limits, every_seconds=every_seconds, videohash_rate=0).frames
+    hashes = hash_video(data, limits, every_seconds=every_seconds, videohash_rate=0, views=False)
+    return hashes.frames
 
 
 def hash_video(
@@ -139,18 +130,20 @@ def hash_video(
     every_seconds: float = 1.0,
     videohash_rate: float = 1.0,
     on_audio_frame: AudioHook | None = None,
+    views: bool = True,
 ) -> VideoHashes:
     """Decode once: sampled-frame PDQ signals, the videohash (videohash_rate
     frames per second, the package's frame_interval; 0 = none), duration, fps.
     Decoded audio frames of the first audio stream go to on_audio_frame (for
-    the audio fingerprint) in the same pass. Typed errors only."""
+    the audio fingerprint) in the same pass. views=False: the vPDQ frame
+    hashes only, no derived views (for export). Typed errors only."""
     limits = limits or VideoLimits()
     started = time.monotonic()
     container, extension = _open(source)
     with container:
         stream = _checked_video_stream(container, extension, limits)
         audio = container.streams.audio[0] if container.streams.audio else None
-        state = _Pass(container, stream, limits, for_query, every_seconds, videohash_rate)
+        state = _Pass(container, stream, limits, for_query, every_seconds, videohash_rate, views)
         try:
             wanted = [stream, audio] if audio is not None and on_audio_frame else [stream]
             for packet in container.demux(*wanted):
@@ -245,6 +238,7 @@ class _Pass:
     for_query: bool
     every_seconds: float
     videohash_rate: float
+    views: bool
     frames: list[FrameHash] = field(default_factory=list)
     signals: list[Signal] = field(default_factory=list)
     decoded: int = 0
@@ -310,9 +304,9 @@ class _Pass:
         # vPDQ's timestamp is the frame number over the frame rate.
         seconds = round(number / self.fps, 3)
         if self.for_query:
-            views = query_frame_signals(full.small(), number, seconds)
-            self.signals.extend(views)
-            as_decoded = views[0]
+            signals = query_frame_signals(full.small(), number, seconds)
+            self.signals.extend(signals if self.views else signals[:1])
+            as_decoded = signals[0]
             self.frames.append(
                 FrameHash(number, as_decoded.quality or 0, as_decoded.value, seconds)
             )
@@ -320,6 +314,8 @@ class _Pass:
         value, quality = pdq_hash(full.get())
         self.frames.append(FrameHash(number, quality, value, seconds))
         self.signals.append(Signal("pdq", value, quality, f"frame:{number}", seconds))
+        if not self.views:
+            return
         # PDQ depends on the resolution it is given (its box-filter window
         # grows with the picture): the same frame hashed full-size and at
         # 512 px differs by 10-30 bits on textured footage (vPDQ samples,
@@ -331,9 +327,9 @@ class _Pass:
             self.signals.append(
                 Signal("pdq", small, small_quality, f"frame:{number}:small", seconds)
             )
-        center, center_quality = pdq_hash(np.ascontiguousarray(_center(full.small())))
+        middle, middle_quality = pdq_hash(np.ascontiguousarray(center(full.small())))
         self.signals.append(
-            Signal("pdq", center, center_quality, f"frame:{number}:center", seconds)
+            Signal("pdq", middle, middle_quality, f"frame:{number}:center", seconds)
         )
 
     def _videohash_frame(self, frame: av.VideoFrame, full: _LazyRgb, seconds: float) -> None:
@@ -458,86 +454,6 @@ def _shrink_rgb(rgb: np.ndarray, crop) -> np.ndarray:
     side = vh.FRAME_SIDE
     img = Image.fromarray(np.ascontiguousarray(rgb)).resize((side, side), Image.Resampling.BICUBIC)
     return np.asarray(img)
-
-
-def _pack(bits: np.ndarray) -> bytes:
-    return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes()
-
-
-# pdqhash.compute_dihedral's order: original, rot90, rot180, rot270, flip_vertical,
-# flip_horizontal, transpose, transverse.
-_FLIP_HORIZONTAL = 5
-
-
-def query_frame_signals(rgb: np.ndarray, number: int, seconds: float) -> list[Signal]:
-    """A query frame's PDQ views: as decoded, mirrored, and (when it has bars)
-    without them, mirrored too. Mirroring comes with the dihedral hash at no
-    extra cost; trimming costs one more PDQ, only on frames with bars."""
-    name = f"frame:{number}"
-    hashes, quality = pdqhash.compute_dihedral(np.ascontiguousarray(rgb))
-    signals = [
-        Signal("pdq", _pack(hashes[0]), int(quality), name, seconds),
-        Signal("pdq", _pack(hashes[_FLIP_HORIZONTAL]), int(quality), f"{name}:flip", seconds),
-    ]
-    hashes, quality = pdqhash.compute_dihedral(np.ascontiguousarray(_center(rgb)))
-    signals.append(Signal("pdq", _pack(hashes[0]), int(quality), f"{name}:center", seconds))
-    signals.append(
-        Signal("pdq", _pack(hashes[_FLIP_HORIZONTAL]), int(quality), f"{name}:center_flip", seconds)
-    )
-    box = _bars_box(_gray(rgb))
-    if box is not None:
-        inner = np.ascontiguousarray(regions.cut(rgb, box))
-        hashes, quality = pdqhash.compute_dihedral(inner)
-        signals.append(Signal("pdq", _pack(hashes[0]), int(quality), f"{name}:trimmed", seconds))
-        signals.append(
-            Signal(
-                "pdq",
-                _pack(hashes[_FLIP_HORIZONTAL]),
-                int(quality),
-                f"{name}:trimmed_flip",
-                seconds,
-            )
-        )
-    return signals
-
-
-def _bars_box(gray: np.ndarray) -> regions.Box | None:
-    """The picture inside letterbox/pillarbox bars, or None. Black bars are
-    found as cropdetect does (edge lines whose mean luma is <= 24), which stops
-    at the picture even when it begins with a flat sky; bars of another colour
-    fall back to the image module's uniform-border trim."""
-    h, w = gray.shape
-    box = _dark_edges(gray)
-    if box is None or not _trims(box):
-        box = regions.trim_uniform_borders(gray)
-    return box if _trims(box) else None
-
-
-def _dark_edges(gray: np.ndarray) -> regions.Box | None:
-    rows = np.flatnonzero(gray.mean(axis=1) > BAR_LUMA)
-    cols = np.flatnonzero(gray.mean(axis=0) > BAR_LUMA)
-    if rows.size == 0 or cols.size == 0:
-        return None  # an all-dark frame: nothing to trim to
-    h, w = gray.shape
-    return rows[0] / h, cols[0] / w, (rows[-1] + 1) / h, (cols[-1] + 1) / w
-
-
-def _trims(box: regions.Box) -> bool:
-    top, left, bottom, right = box
-    inner = (bottom - top) * (right - left)
-    return max(top, left, 1 - bottom, 1 - right) >= MIN_TRIM and inner >= MIN_PICTURE_SHARE
-
-
-def _center(rgb: np.ndarray) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    kh, kw = max(1, round(h * CENTER_KEEP)), max(1, round(w * CENTER_KEEP))
-    top, left = (h - kh) // 2, (w - kw) // 2
-    return rgb[top : top + kh, left : left + kw]
-
-
-def _gray(rgb: np.ndarray) -> np.ndarray:
-    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
-    return 0.299 * r + 0.587 * g + 0.114 * b
 
 
 # ------------------------------------------------------------------ vPDQ text
