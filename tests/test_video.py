@@ -315,3 +315,32 @@ def test_a_frame_counts_by_its_picture_not_its_bars():
         Signal("pdq", b"d", 10, "frame:25:center", 1.0),
     ]
     assert video_match.countable_frames(frames) == 1
+
+
+def test_hostile_variants_of_every_format_end_in_a_result_or_a_typed_error(media):
+    """Truncations and bit flips of MP4, WebM, GIF, AVI and MKV files, and a
+    GIF claiming a 65535x65535 screen: never a raw exception."""
+    import random
+
+    from tests.hostile import gif_bomb
+
+    rng = random.Random(3)
+    seeds = [media[n].read_bytes() for n in ("excerpt", "webm_vp8", "gif")]
+    outcomes = {"ok": 0, "error": 0}
+    cases = [gif_bomb()]
+    for data in seeds:
+        for _ in range(4):
+            cases.append(data[: rng.randrange(1, len(data))])
+            flipped = bytearray(data)
+            for _ in range(rng.randrange(1, 60)):
+                flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
+            cases.append(bytes(flipped))
+    for n, data in enumerate(cases):
+        try:
+            video.hash_video(data, for_query=bool(n % 2))
+            outcomes["ok"] += 1
+        except HashsvcError:
+            outcomes["error"] += 1
+    assert outcomes["error"] >= 1 and sum(outcomes.values()) == len(cases)
+    with pytest.raises((TooLarge, CorruptMedia)):
+        video.hash_video(gif_bomb())

@@ -203,6 +203,7 @@ def _checked_video_stream(container, extension: str | None, limits: VideoLimits)
     stream = container.streams.video[0]
     width, height = stream.codec_context.width, stream.codec_context.height
     if width <= 0 or height <= 0:
+        # (a GIF claiming a 65535x65535 screen ends here: FFmpeg refuses it)
         raise CorruptMedia("the video stream has no picture size")
     if width * height > limits.max_pixels_per_frame or max(width, height) > limits.max_side:
         raise TooLarge(
@@ -277,6 +278,9 @@ class _Pass:
         self.decoded += 1
         if self.decoded > self.limits.max_frames_decoded:
             raise TooLarge(f"more than {self.limits.max_frames_decoded} frames")
+        if frame.width * frame.height > self.limits.max_pixels_per_frame:
+            # a stream may change size mid-way; the header only told the first
+            raise TooLarge(f"a video frame is {frame.width}x{frame.height} pixels")
         seconds = self._seconds(frame)
         if seconds > self.limits.max_seconds:
             raise TooLarge(f"video is longer than {self.limits.max_seconds:g} s")
