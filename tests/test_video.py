@@ -344,3 +344,14 @@ def test_hostile_variants_of_every_format_end_in_a_result_or_a_typed_error(media
     assert outcomes["error"] >= 1 and sum(outcomes.values()) == len(cases)
     with pytest.raises((TooLarge, CorruptMedia)):
         video.hash_video(gif_bomb())
+
+
+@pytest.mark.parametrize(
+    ("suffix", "codec_args"),
+    [(".mkv", ["-c", "copy"]), (".mov", ["-c", "copy"]), (".avi", ["-c:v", "mpeg4", "-q:v", "4"])],
+)
+def test_mkv_mov_avi_containers_are_read_and_match(tmp_path, media, known, suffix, codec_args):
+    path = tmp_path / f"excerpt{suffix}"
+    vm.ffmpeg("-i", str(media["excerpt"]), *codec_args, str(path))
+    ev = _evidence(path, known)
+    assert ev.is_match, ev.reason
