@@ -34,15 +34,22 @@ lint: install
 format: install
 	$(BIN)/ruff format hashsvc hashdb loaders tests bench
 
-# Figures for issue notes: robustness (recall per transform, false matches) and speed.
+# Figures for issue notes: robustness per media kind (recall per transform, false
+# matches), speed, hostile inputs.
 bench: install
 	$(BIN)/python bench/robustness.py
+	$(BIN)/python bench/video.py
+	$(BIN)/python bench/audio.py
+	$(BIN)/python bench/pdf.py
 	$(BIN)/python bench/speed.py
 	$(BIN)/python bench/fuzz.py
 
 # The same in a few minutes, as CI runs them.
 bench-short: install
 	$(BIN)/python bench/robustness.py --short
+	$(BIN)/python bench/video.py --short
+	$(BIN)/python bench/audio.py --short
+	$(BIN)/python bench/pdf.py --short
 	$(BIN)/python bench/speed.py --short
 	$(BIN)/python bench/fuzz.py --requests 200
 
