@@ -148,9 +148,7 @@ def hash_video(
             wanted = [stream, audio] if audio is not None and on_audio_frame else [stream]
             for packet in container.demux(*wanted):
                 if packet.stream is audio:
-                    if on_audio_frame is not None:
-                        for frame in packet.decode():
-                            on_audio_frame(frame)
+                    _feed_audio(packet, on_audio_frame)
                     continue
                 for frame in packet.decode():
                     state.add(frame)
@@ -166,6 +164,17 @@ def hash_video(
         result.has_audio = audio is not None
         result.decode_seconds = time.monotonic() - started
         return result
+
+
+def _feed_audio(packet, on_audio_frame: AudioHook) -> None:
+    # A damaged audio packet costs the audio fingerprint a moment, not the
+    # video its frame signals: skip it.
+    try:
+        frames = packet.decode()
+    except av.error.FFmpegError:
+        return
+    for frame in frames:
+        on_audio_frame(frame)
 
 
 # ------------------------------------------------------------------ opening
