@@ -227,3 +227,50 @@ POSTGRES.append(
         "CREATE INDEX entry_signals_value ON entry_signals (kind, substr(value, 1, 32))",
     ]
 )
+
+
+# Review queue and feedback (issue 9): review items, remembered false
+# positives, quarantined entries, set options (allow lists; BLOCK reviewed
+# too), and a detail column so reviewers' and operators' actions are recorded
+# in the same hash-chained history as matches.
+def _review(serial: str, blob: str) -> list[str]:
+    return [
+        f"""CREATE TABLE review_items (
+            id {serial},
+            request_id TEXT NOT NULL UNIQUE,
+            created_at BIGINT NOT NULL,
+            caller TEXT NOT NULL,
+            media_type TEXT NOT NULL,
+            client_ref TEXT NOT NULL,
+            query_signals TEXT NOT NULL,
+            matches TEXT NOT NULL,
+            set_ids TEXT NOT NULL,
+            labels TEXT NOT NULL,
+            status TEXT NOT NULL,
+            claimed_by TEXT,
+            claim_expires_at BIGINT,
+            resolved_by TEXT,
+            resolved_at BIGINT,
+            note TEXT,
+            added_entry_id BIGINT)""",
+        "CREATE INDEX review_items_status ON review_items (status, id)",
+        f"""CREATE TABLE review_suppressions (
+            id {serial},
+            entry_id BIGINT NOT NULL,
+            kind TEXT NOT NULL,
+            value {blob} NOT NULL,
+            review_id BIGINT NOT NULL,
+            created_at BIGINT NOT NULL)""",
+        "CREATE INDEX review_suppressions_entry ON review_suppressions (entry_id)",
+        """CREATE TABLE entry_quarantine (
+            entry_id BIGINT PRIMARY KEY,
+            since BIGINT NOT NULL,
+            reason TEXT NOT NULL)""",
+        "ALTER TABLE hash_sets ADD COLUMN allow_list BOOLEAN NOT NULL DEFAULT FALSE",
+        "ALTER TABLE hash_sets ADD COLUMN review_blocks BOOLEAN NOT NULL DEFAULT FALSE",
+        "ALTER TABLE match_history ADD COLUMN detail TEXT",
+    ]
+
+
+SQLITE.append(_review("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"))
+POSTGRES.append(_review("BIGSERIAL PRIMARY KEY", "BYTEA"))

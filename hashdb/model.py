@@ -26,6 +26,11 @@ class HashSetRecord:
     created_at: datetime
     updated_at: datetime
     entry_count: int = 0  # active (not removed) entries
+    # An allow list: an upload matching one of its entries is allowed, and
+    # its matches in other sets are suppressed (known-benign media).
+    allow_list: bool = False
+    # BLOCK decisions from this set also go to the review queue.
+    review_blocks: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,9 @@ class HistoryRecord:
     query_signals: list[dict] = field(default_factory=list)
     matches: list[dict] = field(default_factory=list)
     id: int | None = None  # assigned by the store
+    # What a reviewer's or operator's action did (rpc names the action), e.g.
+    # {"review_id": 7, "resolution": "false_positive", "note": "..."}.
+    detail: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -123,3 +131,43 @@ class HistoryVerification:
     @property
     def intact(self) -> bool:
         return not self.problems
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """A Match that needs a person: what was asked, what matched, who decides."""
+
+    id: int
+    request_id: str
+    created_at: datetime
+    caller: str
+    media_type: str
+    client_ref: str
+    query_signals: list[dict]
+    matches: list[dict]
+    status: str  # "open", "confirmed" or "false_positive"
+    claimed_by: str = ""
+    claim_expires_at: datetime | None = None
+    resolved_by: str = ""
+    resolved_at: datetime | None = None
+    note: str = ""
+    added_entry_id: int | None = None
+
+
+@dataclass(frozen=True)
+class ReviewFilter:
+    status: str = "open"
+    set_id: int | None = None
+    label: tuple[str, str] | None = None  # (key, value) on any match
+    media_type: str | None = None
+    caller: str | None = None
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """A (query hash, known entry) pair a reviewer judged a false positive."""
+
+    entry_id: int
+    kind: str
+    value: bytes
+    review_id: int

@@ -12,6 +12,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from hashdb import migrations
+from hashdb.review_sql import ReviewSQL
 from hashdb.sqlbase import SQLStore
 from hashsvc.errors import Unavailable
 
@@ -45,7 +46,7 @@ class _Cursor:
         return self._cur.fetchall()
 
 
-class PostgresStore(SQLStore):
+class PostgresStore(SQLStore, ReviewSQL):
     _unique_violation = pg_errors.UniqueViolation
 
     def __init__(

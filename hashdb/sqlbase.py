@@ -69,13 +69,14 @@ def _thresholds(text: str) -> dict[str, Thresholds]:
 
 _SET_COLUMNS = (
     "s.id, s.name, s.description, s.labels, s.thresholds, s.enabled, s.created_at, s.updated_at,"
-    " (SELECT COUNT(*) FROM entries e WHERE e.set_id = s.id AND e.removed_at IS NULL)"
+    " (SELECT COUNT(*) FROM entries e WHERE e.set_id = s.id AND e.removed_at IS NULL),"
+    " s.allow_list, s.review_blocks"
 )
 _ENTRY_COLUMNS = "id, set_id, name, labels, media_type, created_at, added_by, removed_at"
 _TOKEN_COLUMNS = "id, name, role, token_hash, created_at, revoked_at, expires_at"
 _HISTORY_COLUMNS = (
     "h.id, h.request_id, h.time, h.caller, h.rpc, h.media_type, h.decision, h.status,"
-    " h.error_message, h.client_ref, h.media_bytes, h.query_signals, h.matches"
+    " h.error_message, h.client_ref, h.media_bytes, h.query_signals, h.matches, h.detail"
 )
 
 
@@ -103,13 +104,16 @@ class SQLStore:
 
     # -- sets
 
-    def create_set(self, name, description, labels, thresholds) -> HashSetRecord:
+    def create_set(
+        self, name, description, labels, thresholds, allow_list=False, review_blocks=False
+    ) -> HashSetRecord:
         now = now_micros()
         try:
             with self._write() as cur:
                 cur.execute(
                     "INSERT INTO hash_sets (name, description, labels, thresholds, enabled,"
-                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    " created_at, updated_at, allow_list, review_blocks)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (
                         name,
                         description,
@@ -118,6 +122,8 @@ class SQLStore:
                         True,
                         now,
                         now,
+                        bool(allow_list),
+                        bool(review_blocks),
                     ),
                 )
                 set_id = cur.fetchone()[0]
@@ -146,11 +152,20 @@ class SQLStore:
             return [_set(row) for row in cur.fetchall()]
 
     def update_set(
-        self, set_id, *, enabled=None, description=None, labels=None, thresholds=None
+        self,
+        set_id,
+        *,
+        enabled=None,
+        description=None,
+        labels=None,
+        thresholds=None,
+        review_blocks=None,
     ) -> HashSetRecord:
         fields: list[tuple[str, object]] = []
         if enabled is not None:
             fields.append(("enabled", bool(enabled)))
+        if review_blocks is not None:
+            fields.append(("review_blocks", bool(review_blocks)))
         if description is not None:
             fields.append(("description", description))
         if labels is not None:
@@ -396,6 +411,9 @@ class SQLStore:
             json.dumps(record.query_signals),
             json.dumps(record.matches, ensure_ascii=False),
         )
+        detail = (
+            json.dumps(record.detail, ensure_ascii=False, sort_keys=True) if record.detail else None
+        )
         with self._history_write() as cur:  # serialised: one chain, one head
             cur.execute(
                 "SELECT record_hash FROM match_history WHERE record_hash IS NOT NULL"
@@ -403,13 +421,13 @@ class SQLStore:
             )
             head = cur.fetchone()
             prev_hash = head[0] if head else ""
-            record_hash = chain_hash(prev_hash, fields, self._history_key)
+            record_hash = chain_hash(prev_hash, _with_detail(fields, detail), self._history_key)
             cur.execute(
                 "INSERT INTO match_history (request_id, time, caller, rpc, media_type, decision,"
                 " status, error_message, client_ref, media_bytes, query_signals, matches,"
-                " prev_hash, record_hash, chain_key_id)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (*fields, prev_hash, record_hash, self._history_key_id),
+                " prev_hash, record_hash, chain_key_id, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (*fields, prev_hash, record_hash, self._history_key_id, detail),
             )
             history_id = cur.fetchone()[0]
             if set_ids:
@@ -461,7 +479,7 @@ class SQLStore:
         while len(problems) < max_problems:
             with self._read() as cur:
                 cur.execute(
-                    f"SELECT id, {_CHAINED_FIELDS}, prev_hash, record_hash, chain_key_id"
+                    f"SELECT id, {_CHAINED_FIELDS}, prev_hash, record_hash, chain_key_id, detail"
                     " FROM match_history"
                     " WHERE id > ? ORDER BY id LIMIT 1000",
                     (after_id,),
@@ -470,7 +488,8 @@ class SQLStore:
             if not rows:
                 break
             for row in rows:
-                history_id, fields, prev_hash, record_hash = row[0], row[1:13], row[13], row[14]
+                history_id, prev_hash, record_hash = row[0], row[13], row[14]
+                fields = _with_detail(tuple(row[1:13]), row[16])
                 signed_with = row[15] or ""
                 after_id = history_id
                 checked += 1
@@ -516,6 +535,12 @@ _CHAINED_FIELDS = (
 )
 
 
+def _with_detail(fields: tuple, detail: str | None) -> tuple:
+    # Records without a detail hash exactly as before the column existed, so
+    # older chains still verify.
+    return (*fields, detail) if detail else fields
+
+
 def chain_hash(prev_hash: str, fields: tuple, key: bytes | None = None) -> str:
     """SHA-256 (or HMAC-SHA-256 with a key) over the previous record's hash and
     this record's stored fields."""
@@ -541,6 +566,8 @@ def _set(row) -> HashSetRecord:
         created_at=from_micros(row[6]),
         updated_at=from_micros(row[7]),
         entry_count=row[8],
+        allow_list=bool(row[9]),
+        review_blocks=bool(row[10]),
     )
 
 
@@ -588,4 +615,5 @@ def _history(row) -> HistoryRecord:
         media_bytes=row[10],
         query_signals=json.loads(row[11]),
         matches=json.loads(row[12]),
+        detail=json.loads(row[13]) if row[13] else {},
     )

@@ -13,10 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hashdb import migrations
+from hashdb.review_sql import ReviewSQL
 from hashdb.sqlbase import SQLStore
 
 
-class SQLiteStore(SQLStore):
+class SQLiteStore(SQLStore, ReviewSQL):
     _unique_violation = sqlite3.IntegrityError
 
     def __init__(self, url: str, history_key: bytes | None = None) -> None:

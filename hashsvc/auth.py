@@ -20,7 +20,8 @@ MATCHER = "matcher"
 OPERATOR = "operator"
 AUDITOR = "auditor"
 ADMIN = "admin"
-ROLES = (MATCHER, OPERATOR, AUDITOR, ADMIN)
+REVIEWER = "reviewer"
+ROLES = (MATCHER, OPERATOR, AUDITOR, REVIEWER, ADMIN)
 
 _PREFIX = "/hashsvc.v1."
 RPC_ROLES: dict[str, frozenset[str]] = {
@@ -38,6 +39,10 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     f"{_PREFIX}Curation/RemoveEntry": frozenset({OPERATOR, ADMIN}),
     f"{_PREFIX}Curation/FindEntries": frozenset({OPERATOR, ADMIN}),
     f"{_PREFIX}Curation/GetStats": frozenset({OPERATOR, AUDITOR, ADMIN}),
+    f"{_PREFIX}Curation/ReleaseEntry": frozenset({OPERATOR, ADMIN}),
+    f"{_PREFIX}Review/ListReviewItems": frozenset({REVIEWER, ADMIN}),
+    f"{_PREFIX}Review/ClaimReviewItem": frozenset({REVIEWER, ADMIN}),
+    f"{_PREFIX}Review/ResolveReviewItem": frozenset({REVIEWER, ADMIN}),
     f"{_PREFIX}Audit/QueryHistory": frozenset({AUDITOR, ADMIN}),
     f"{_PREFIX}Audit/ExportHistory": frozenset({AUDITOR, ADMIN}),
     f"{_PREFIX}Audit/VerifyHistory": frozenset({AUDITOR, ADMIN}),

@@ -89,6 +89,7 @@ class Client:
         self.curation = pb_grpc.CurationStub(self.channel)
         self.audit = pb_grpc.AuditStub(self.channel)
         self.admin = pb_grpc.AdminStub(self.channel)
+        self.review = pb_grpc.ReviewStub(self.channel)
 
     @property
     def metadata(self) -> tuple:

@@ -52,6 +52,13 @@ class Config:
     rate_limit_per_second: float = 0.0
     rate_limit_burst: int = 0  # 0: one second's worth
     grpc_threads: int = 16
+    # Review queue: a reviewer's claim on an item lasts this long.
+    review_claim_seconds: float = 900.0
+    # Flood protection: an entry matching more than this many uploads within
+    # the window goes into quarantine (its BLOCKs become REVIEW until an
+    # operator releases it). 0 turns it off.
+    quarantine_matches: int = 200
+    quarantine_window_seconds: float = 60.0
     image: ImageLimits = field(default_factory=ImageLimits)
     # Media larger than a gRPC message comes as a stream of chunks (MatchUpload,
     # AddEntryUpload), spooled to a temporary file that is deleted after hashing.

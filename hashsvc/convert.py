@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from hashdb import EntryRecord, HashSetRecord, HistoryRecord, Thresholds, TokenRecord
+from hashdb import (
+    EntryRecord,
+    HashSetRecord,
+    HistoryRecord,
+    ReviewFilter,
+    ReviewItem,
+    Thresholds,
+    TokenRecord,
+)
 from hashsvc.core import MatchOutcome, MatchQuery
-from hashsvc.errors import InvalidArgument
+from hashsvc.errors import InvalidArgument, NotFound
 from hashsvc.matcher import Match
 from hashsvc.signals import Signal
 from hashsvc.uploads import SpooledMedia
@@ -133,6 +142,8 @@ def hash_set(record: HashSetRecord) -> pb.HashSet:
         entry_count=record.entry_count,
         created_at=timestamp(record.created_at),
         updated_at=timestamp(record.updated_at),
+        allow_list=record.allow_list,
+        review_blocks=record.review_blocks,
     )
 
 
@@ -173,6 +184,62 @@ def history_record(record: HistoryRecord) -> pb.HistoryRecord:
         error_message=record.error_message,
         client_ref=record.client_ref,
         media_bytes=record.media_bytes,
+        detail_json=json.dumps(record.detail, ensure_ascii=False) if record.detail else "",
+    )
+
+
+def stored_query_signals(signals: list[dict]) -> list[pb.QuerySignal]:
+    return [
+        pb.QuerySignal(
+            signal_type=s["signal_type"],
+            value=s["value"],
+            quality=s.get("quality") or 0,
+            variant=s.get("variant", ""),
+            position=s.get("position"),
+        )
+        for s in signals
+    ]
+
+
+def review_item(item: ReviewItem) -> pb.ReviewItem:
+    return pb.ReviewItem(
+        id=item.id,
+        request_id=item.request_id,
+        created_at=timestamp(item.created_at),
+        caller=item.caller,
+        media_type=MEDIA_TO_PB.get(item.media_type, pb.MEDIA_TYPE_UNSPECIFIED),
+        client_ref=item.client_ref,
+        query_signals=stored_query_signals(item.query_signals),
+        matches=[matched_entry(Match.from_json(m)) for m in item.matches],
+        status=item.status,
+        claimed_by=item.claimed_by,
+        claim_expires_at=timestamp(item.claim_expires_at),
+        resolved_by=item.resolved_by,
+        resolved_at=timestamp(item.resolved_at),
+        note=item.note,
+        added_entry_id=item.added_entry_id or 0,
+    )
+
+
+def review_filter(msg: pb.ReviewFilter, set_ids_by_name: dict[str, int]) -> ReviewFilter:
+    set_id = None
+    if msg.set:
+        if msg.set not in set_ids_by_name:
+            raise NotFound(f"no such set: {msg.set}")
+        set_id = set_ids_by_name[msg.set]
+    label = None
+    if msg.label:
+        key, sep, value = msg.label.partition("=")
+        if not sep:
+            raise InvalidArgument("label filter must be key=value")
+        label = (key.strip(), value.strip())
+    media = next((k for k, v in MEDIA_TO_PB.items() if v == msg.media_type), None)
+    return ReviewFilter(
+        status=msg.status or "open",
+        set_id=set_id,
+        label=label,
+        media_type=media if msg.media_type else None,
+        caller=msg.caller or None,
     )
 
 

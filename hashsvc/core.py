@@ -23,6 +23,7 @@ from hashsvc.live_index import LiveIndex
 from hashsvc.matcher import Match, Matcher
 from hashsvc.media.dispatch import MediaLimits, MediaSource, size_of
 from hashsvc.policy import Policy
+from hashsvc.review import Feedback, FloodGuard, ReviewQueue
 from hashsvc.signals import Signal, signal_type
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,9 @@ class Core:
         self.matcher = Matcher(self.live, self.policy)
         self.curation = Curation(store, self.live, hashing)
         self.audit = Audit(store)
+        self.feedback = Feedback(store)
+        self.review = ReviewQueue(store, self.curation, config.review_claim_seconds)
+        self.flood = FloodGuard(config.quarantine_matches, config.quarantine_window_seconds)
         self._poller: threading.Thread | None = None
         self._stopping = threading.Event()
         # Called with every successful Match outcome (metrics); must not raise.
@@ -129,6 +133,7 @@ class Core:
             only_sets = self._set_ids(query.sets)
             media_type, signals = self._query_signals(query)
             result = self.matcher.match(signals, only_sets)
+            result = self.feedback.apply(result, signals, self.live.sets_by_id)
         except HashsvcError as exc:
             self._record(request_id, started, caller, rpc, query, media_type, signals, exc=exc)
             raise
@@ -140,9 +145,24 @@ class Core:
             request_id, result.decision, media_type, signals, result.matches, query.client_ref
         )
         self._record(request_id, started, caller, rpc, query, media_type, signals, outcome)
+        self._after_match(outcome, caller)
         if self.on_match is not None:
             self.on_match(outcome)
         return outcome
+
+    def _after_match(self, outcome: MatchOutcome, caller: str) -> None:
+        # The answer stands even if the queue cannot be written: the history
+        # holds the REVIEW decision, and the failure is logged.
+        try:
+            self.review.enqueue(outcome, caller, self.live.sets_by_id)
+            hit = [m.entry_id for m in outcome.matches if m.decision != "allow"]
+            for entry_id, count in self.flood.observe(hit):
+                self.review.quarantine(entry_id, count, self.flood.window_seconds)
+        except Exception:
+            log.exception("review queue update for %s failed", outcome.request_id)
+
+    def record_action(self, action: str, actor: str, detail: dict) -> None:
+        self.review.record_action(action, actor, detail)
 
     def _query_signals(self, query: MatchQuery) -> tuple[str, list[Signal]]:
         if query.media is not None and query.signal_type:

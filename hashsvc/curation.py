@@ -29,12 +29,16 @@ class Curation:
         description: str = "",
         labels: dict[str, str] | None = None,
         thresholds: dict[str, Thresholds] | None = None,
+        allow_list: bool = False,
+        review_blocks: bool = False,
     ) -> HashSetRecord:
         record = self.store.create_set(
             validation.set_name(name),
             validation.text(description, "description"),
             validation.labels(labels or {}),
             validation.thresholds(thresholds or {}),
+            allow_list=allow_list,
+            review_blocks=review_blocks,
         )
         self.live.catch_up()
         return record
@@ -57,6 +61,7 @@ class Curation:
         labels: dict[str, str] | None = None,
         replace_labels: bool = False,
         thresholds: dict[str, Thresholds] | None = None,
+        review_blocks: bool | None = None,
     ) -> HashSetRecord:
         current = self.get_set(name)
         new_labels = None
@@ -74,6 +79,7 @@ class Curation:
             else validation.text(description, "description"),
             labels=new_labels,
             thresholds=new_thresholds,
+            review_blocks=review_blocks,
         )
         self.live.catch_up()
         return record

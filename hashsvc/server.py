@@ -22,6 +22,7 @@ from hashsvc.service import (
     AuthInterceptor,
     CurationServicer,
     MatcherServicer,
+    ReviewServicer,
 )
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
@@ -87,6 +88,7 @@ def start_server(
     )
     pb_grpc.add_CurationServicer_to_server(CurationServicer(core), server)
     pb_grpc.add_AuditServicer_to_server(AuditServicer(core), server)
+    pb_grpc.add_ReviewServicer_to_server(ReviewServicer(core), server)
     pb_grpc.add_AdminServicer_to_server(AdminServicer(core), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

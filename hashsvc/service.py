@@ -239,6 +239,10 @@ class CurationServicer(pb_grpc.CurationServicer):
         self.core = core
         self.curation = core.curation
 
+    def _done(self, action: str, **detail) -> None:
+        # Operators' writes go to the same hash-chained history as matches.
+        self.core.record_action(action, caller_name(), detail)
+
     @rpc
     def CreateSet(self, request, context):
         record = self.curation.create_set(
@@ -246,7 +250,10 @@ class CurationServicer(pb_grpc.CurationServicer):
             request.description,
             dict(request.labels),
             convert.thresholds_from_pb(request.thresholds),
+            allow_list=request.allow_list,
+            review_blocks=request.review_blocks,
         )
+        self._done("CreateSet", set=record.name, allow_list=record.allow_list)
         return convert.hash_set(record)
 
     @rpc
@@ -267,7 +274,9 @@ class CurationServicer(pb_grpc.CurationServicer):
             labels=dict(request.labels),
             replace_labels=request.replace_labels,
             thresholds=convert.thresholds_from_pb(request.thresholds),
+            review_blocks=request.review_blocks if request.HasField("review_blocks") else None,
         )
+        self._done("UpdateSet", set=record.name, enabled=record.enabled)
         return convert.hash_set(record)
 
     @rpc
@@ -288,6 +297,7 @@ class CurationServicer(pb_grpc.CurationServicer):
             media=request.media.content if which == "media" else None,
             signal=signal,
         )
+        self._done("AddEntry", set=request.set, entry=record.name, entry_id=record.id)
         return convert.entry(record, request.set)
 
     @rpc
@@ -300,6 +310,7 @@ class CurationServicer(pb_grpc.CurationServicer):
             record = self.curation.add_entry(
                 header.set, header.name, dict(header.labels), caller_name(), media=upload
             )
+        self._done("AddEntry", set=header.set, entry=record.name, entry_id=record.id)
         return convert.entry(record, header.set)
 
     @rpc
@@ -324,7 +335,14 @@ class CurationServicer(pb_grpc.CurationServicer):
 
     @rpc
     def RemoveEntry(self, request, context):
-        return convert.entry(self.curation.remove_entry(request.set, request.name), request.set)
+        record = self.curation.remove_entry(request.set, request.name)
+        self._done("RemoveEntry", set=request.set, entry=record.name, entry_id=record.id)
+        return convert.entry(record, request.set)
+
+    @rpc
+    def ReleaseEntry(self, request, context):
+        record = self.core.review.release_entry(caller_name(), request.set, request.name)
+        return convert.entry(record, request.set)
 
     @rpc
     def GetStats(self, request, context):
@@ -340,6 +358,42 @@ class CurationServicer(pb_grpc.CurationServicer):
             history_records=stats["history_records"],
             index_version=stats["index_version"],
         )
+
+
+class ReviewServicer(pb_grpc.ReviewServicer):
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.queue = core.review
+
+    def _filter(self, msg):
+        sets = {s.name: s.id for s in self.core.live.sets_by_id.values()}
+        return convert.review_filter(msg, sets)
+
+    @rpc
+    def ListReviewItems(self, request, context):
+        items, token = self.queue.list(
+            self._filter(request.filter), request.page_size, request.page_token
+        )
+        return pb.ListReviewItemsResponse(
+            items=[convert.review_item(i) for i in items], next_page_token=token
+        )
+
+    @rpc
+    def ClaimReviewItem(self, request, context):
+        item = self.queue.claim(caller_name(), request.id or None, self._filter(request.filter))
+        return convert.review_item(item)
+
+    @rpc
+    def ResolveReviewItem(self, request, context):
+        item = self.queue.resolve(
+            caller_name(),
+            request.id,
+            request.resolution,
+            request.note,
+            request.add_to_set,
+            request.entry_name,
+        )
+        return convert.review_item(item)
 
 
 class AuditServicer(pb_grpc.AuditServicer):

@@ -90,6 +90,7 @@ class Stubs:
         self.curation = pb_grpc.CurationStub(channel)
         self.audit = pb_grpc.AuditStub(channel)
         self.admin = pb_grpc.AdminStub(channel)
+        self.review = pb_grpc.ReviewStub(channel)
         self.channel = channel
 
 

@@ -35,6 +35,10 @@ REQUESTS = {
         set="s", signal=pb.SignalValue(signal_type="sha256", value="0" * 64)
     ),
     "Curation/GetStats": pb.GetStatsRequest(),
+    "Curation/ReleaseEntry": pb.ReleaseEntryRequest(set="s", name="e"),
+    "Review/ListReviewItems": pb.ListReviewItemsRequest(),
+    "Review/ClaimReviewItem": pb.ClaimReviewItemRequest(id=999999),
+    "Review/ResolveReviewItem": pb.ResolveReviewItemRequest(id=999999, resolution="confirmed"),
     "Audit/QueryHistory": pb.QueryHistoryRequest(),
     "Audit/ExportHistory": pb.QueryHistoryRequest(),
     "Audit/VerifyHistory": pb.VerifyHistoryRequest(),
@@ -78,6 +82,7 @@ def _call(harness, method: str, metadata):
         "Curation": stubs.curation,
         "Audit": stubs.audit,
         "Admin": stubs.admin,
+        "Review": stubs.review,
     }[service]
     request = REQUESTS[method]
     if isinstance(request, list):  # a client stream, sent afresh each call

@@ -68,13 +68,14 @@ def media(tmp_path_factory):
         "video": known_video.read_bytes(),
         "video_mirrored": video_media.transformed(known_video, "mirrored", d).read_bytes(),
         "video_letterboxed": video_media.transformed(known_video, "letterboxed", d).read_bytes(),
-        "video_excerpt": video_media.excerpt(known_video, 6.0, 8.0, d).read_bytes(),
+        "video_excerpt": video_media.excerpt(known_video, 6.0, 12.0, d).read_bytes(),
+        "video_short_excerpt": video_media.excerpt(known_video, 3.0, 7.0, d).read_bytes(),
         "video_compilation": video_media.compilation(
-            [(other_video, 0.0, 9.0), (known_video, 9.0, 8.0)], d, "compilation"
+            [(other_video, 0.0, 9.0), (known_video, 6.0, 12.0)], d, "compilation"
         ).read_bytes(),
         "video_other": other_video.read_bytes(),
         "video_with_sound": with_sound.read_bytes(),
-        "gif": video_media.gif(known_video, d).read_bytes(),
+        "gif": video_media.gif(known_video, d, seconds=12.0).read_bytes(),
         "photo": encode_image(video_media.photo(7)),
         "photo_in_video": photo_in_video.read_bytes(),
         "speech": audio_media.master(speech),
@@ -126,7 +127,7 @@ def test_whole_video_copies_match(service, media, query):
     assert found is not None, [m.entry for m in resp.matches]
     assert found.unit == "seconds" and found.decision == pb.BLOCK
     assert found.query_share >= 0.5
-    if query != "gif":  # the GIF holds the first 6 s only
+    if query != "gif":  # the GIF holds the first 12 s only
         assert found.known_share >= 0.5
     assert resp.decision == pb.BLOCK
 
@@ -137,9 +138,18 @@ def test_excerpt_reports_where_it_comes_from(service, media):
     found = _match_for(_upload_match(stubs, md, media["video_excerpt"]), "video")
     assert found is not None and found.decision == pb.BLOCK
     run = found.segments[0]
-    # the excerpt is the known video's 6-14 s
+    # the excerpt is the known video's 6-18 s
     assert abs(run.known_start - (6.0 + run.query_start)) <= 1.5
-    assert run.query_end - run.query_start >= 5.0
+    assert run.query_end - run.query_start >= 10.0
+
+
+def test_short_excerpt_asks_for_review(service, media):
+    """7 s shared with a known video may be a common intro: REVIEW, not BLOCK."""
+    h, _ = service
+    stubs, md = h.stubs("matcher")
+    found = _match_for(_upload_match(stubs, md, media["video_short_excerpt"]), "video")
+    assert found is not None and found.decision == pb.REVIEW
+    assert abs(found.segments[0].known_start - (3.0 + found.segments[0].query_start)) <= 1.5
 
 
 def test_known_segment_inside_a_compilation(service, media):
@@ -148,9 +158,9 @@ def test_known_segment_inside_a_compilation(service, media):
     found = _match_for(_upload_match(stubs, md, media["video_compilation"]), "video")
     assert found is not None and found.decision == pb.BLOCK
     run = found.segments[0]
-    # the compilation's 9-17 s are the known video's 9-17 s
-    assert 7.5 <= run.query_start <= 11.0 and run.query_end >= 14.0
-    assert abs(run.known_start - run.query_start) <= 1.5
+    # the compilation's 9-21 s are the known video's 6-18 s
+    assert 7.5 <= run.query_start <= 11.0 and run.query_end >= 18.0
+    assert abs(run.known_start - run.query_start + 3.0) <= 1.5
 
 
 def test_unrelated_video_is_allowed(service, media):

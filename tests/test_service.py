@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -222,13 +224,20 @@ def test_history_records_every_call_and_filters(harness):
         m.matcher.Match(match_request(b"\x89PNG\r\n\x1a\ntruncated"), metadata=mmd)
     a, amd = harness.stubs("auditor")
     everything = a.audit.QueryHistory(pb.QueryHistoryRequest(), metadata=amd).records
-    assert [r.status for r in everything] == ["OK", "OK", "INVALID_ARGUMENT"]
-    blocked = everything[0]
+    # the operator's writes come first, in the same chained history
+    actions, calls = everything[:2], everything[2:]
+    assert [(r.rpc, r.caller) for r in actions] == [
+        ("CreateSet", "test-operator"),
+        ("AddEntry", "test-operator"),
+    ]
+    assert json.loads(actions[1].detail_json)["entry"] == "k"
+    assert [r.status for r in calls] == ["OK", "OK", "INVALID_ARGUMENT"]
+    blocked = calls[0]
     assert blocked.decision == pb.BLOCK and blocked.caller == "test-matcher"
     assert blocked.client_ref == "u1" and blocked.media_type == pb.IMAGE
     assert blocked.matches[0].set == "isis-images" and blocked.matches[0].labels["group"] == "AQ"
     assert any(s.signal_type == "pdq" for s in blocked.query_signals)
-    assert everything[2].error_message and everything[2].media_bytes > 0
+    assert calls[2].error_message and calls[2].media_bytes > 0
 
     def query(**kw):
         return a.audit.QueryHistory(pb.QueryHistoryRequest(**kw), metadata=amd).records
@@ -236,12 +245,12 @@ def test_history_records_every_call_and_filters(harness):
     assert [r.id for r in query(decision=pb.BLOCK)] == [blocked.id]
     assert [r.id for r in query(set="isis-images")] == [blocked.id]
     assert len(query(caller="test-matcher")) == 3 and not query(caller="someone-else")
-    later = everything[1].time
-    assert [r.id for r in query(since=later)] == [r.id for r in everything[1:]]
-    assert [r.id for r in query(until=later)] == [blocked.id]
-    page = a.audit.QueryHistory(pb.QueryHistoryRequest(page_size=2), metadata=amd)
+    later = calls[1].time
+    assert [r.id for r in query(since=later)] == [r.id for r in calls[1:]]
+    assert [r.id for r in query(until=later)] == [r.id for r in [*actions, blocked]]
+    page = a.audit.QueryHistory(pb.QueryHistoryRequest(page_size=3), metadata=amd)
     rest = a.audit.QueryHistory(
-        pb.QueryHistoryRequest(page_size=2, page_token=page.next_page_token), metadata=amd
+        pb.QueryHistoryRequest(page_size=3, page_token=page.next_page_token), metadata=amd
     )
     assert [r.id for r in [*page.records, *rest.records]] == [r.id for r in everything]
     exported = list(a.audit.ExportHistory(pb.QueryHistoryRequest(), metadata=amd))
