@@ -14,6 +14,9 @@ from hashdb.model import (
     HistoryRecord,
     HistoryVerification,
     IndexedSignal,
+    ReviewFilter,
+    ReviewItem,
+    Suppression,
     Thresholds,
     TokenRecord,
 )
@@ -134,6 +137,56 @@ class Store(Protocol):
 
     def verify_history(self, max_problems: int = 100) -> HistoryVerification:
         """Walks the whole history and checks every record's hash and link."""
+
+    # -- review queue (hashdb/review_sql.py)
+    def create_review_item(
+        self,
+        request_id: str,
+        created_at: datetime,
+        caller: str,
+        media_type: str,
+        client_ref: str,
+        query_signals: list[dict],
+        matches: list[dict],
+    ) -> int: ...
+
+    def get_review_item(self, item_id: int) -> ReviewItem | None: ...
+
+    def list_review_items(
+        self, filter: ReviewFilter, after_id: int = 0, limit: int = 100
+    ) -> list[ReviewItem]:
+        """Oldest first."""
+
+    def claim_review_item(
+        self,
+        reviewer: str,
+        claim_seconds: float,
+        item_id: int | None = None,
+        filter: ReviewFilter | None = None,
+    ) -> ReviewItem | None:
+        """Atomic: of reviewers racing for an item, exactly one gets it."""
+
+    def resolve_review_item(
+        self,
+        item_id: int,
+        reviewer: str,
+        resolution: str,
+        note: str,
+        added_entry_id: int | None = None,
+    ) -> ReviewItem | None:
+        """Only with a live claim of this reviewer; None otherwise."""
+
+    def add_suppressions(self, suppressions: list[Suppression]) -> None: ...
+
+    def suppressions_for(self, entry_ids: Iterable[int]) -> list[Suppression]: ...
+
+    def quarantine_entry(self, entry_id: int, reason: str) -> bool:
+        """True if it was not in quarantine already."""
+
+    def release_entry(self, entry_id: int) -> bool: ...
+
+    def quarantined(self, entry_ids: Iterable[int]) -> dict[int, str]:
+        """entry id -> reason, for those in quarantine."""
 
     def close(self) -> None: ...
 

@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Create an API token. With --db the store is written directly (for the "
         "first admin token); without, the Admin API is called with HASHSVC_TOKEN.",
     )
-    p.add_argument("--role", required=True, choices=["matcher", "operator", "auditor", "admin"])
+    p.add_argument(
+        "--role", required=True, choices=["matcher", "operator", "auditor", "reviewer", "admin"]
+    )
     p.add_argument("--name", default="", help="who holds it (shown as caller in history)")
     p.add_argument("--expires-in", help="the token stops working after this: 90d, 12h, 3600s")
     p.add_argument("--db", help="store URL, for creating a token without a running server")
@@ -130,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-threshold", type=int, help="PDQ distance <= N blocks (default 31)")
     p.add_argument(
         "--review-threshold", type=int, help="PDQ distance <= N is reviewed (default 56)"
+    )
+    p.add_argument(
+        "--allow-list",
+        action="store_true",
+        help="an allow list: uploads matching its entries are allowed, other matches suppressed",
+    )
+    p.add_argument(
+        "--review-blocks", action="store_true", help="send this set's BLOCKs to review too"
     )
     _client_opts(p, json_flag=True)
     p.set_defaults(func=cmd_sets_create)
@@ -189,6 +199,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     _client_opts(p, json_flag=True)
     p.set_defaults(func=cmd_entries_show)
+    p = entries_sub.add_parser(
+        "release", help="take an entry out of quarantine (flood protection put it there)"
+    )
+    p.add_argument("--set", required=True, dest="set_name")
+    p.add_argument("name")
+    _client_opts(p, json_flag=True)
+    p.set_defaults(func=cmd_entries_release)
+
+    review = sub.add_parser(
+        "review",
+        help="the review queue (reviewer role)",
+        description="Matches that need a person: list, claim, resolve.",
+    )
+    review_sub = review.add_subparsers(title="review commands", metavar="COMMAND")
+    p = review_sub.add_parser("list", help="open items, oldest first")
+    _review_filter_opts(p)
+    p.add_argument("--limit", type=int, default=0, help="at most N items (default: all)")
+    _client_opts(p, json_flag=True)
+    p.set_defaults(func=cmd_review_list)
+    p = review_sub.add_parser(
+        "claim", help="claim an item (default: the oldest free one matching the filters)"
+    )
+    p.add_argument("id", nargs="?", type=int, default=0)
+    _review_filter_opts(p)
+    _client_opts(p, json_flag=True)
+    p.set_defaults(func=cmd_review_claim)
+    p = review_sub.add_parser("resolve", help="resolve an item you have claimed")
+    p.add_argument("id", type=int)
+    verdict = p.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--confirmed", action="store_const", const="confirmed", dest="resolution")
+    verdict.add_argument(
+        "--false-positive", action="store_const", const="false_positive", dest="resolution"
+    )
+    p.add_argument("--note", default="")
+    p.add_argument("--add-to-set", default="", help="confirmed: add the upload's hashes to SET")
+    p.add_argument("--entry-name", default="", help="name of that entry (default review-<id>)")
+    _client_opts(p, json_flag=True)
+    p.set_defaults(func=cmd_review_resolve)
 
     p = client_command("match", cmd_match, "Match media files (or - for stdin, or hashes).")
     p.add_argument("files", nargs="*", metavar="FILE")
@@ -373,6 +421,8 @@ def cmd_sets_create(args) -> int:
         description=args.description,
         labels=_labels(args.label),
         thresholds=thresholds,
+        allow_list=args.allow_list,
+        review_blocks=args.review_blocks,
     )
     with _client(args) as client:
         _print_set(client.curation.CreateSet(req, metadata=client.metadata), args.json)
@@ -780,6 +830,8 @@ def history_json(r: pb.HistoryRecord) -> dict:
         "media_bytes": r.media_bytes,
         "query_signals": [signal_json(s) for s in r.query_signals],
         "matches": [matched_json(m) for m in r.matches],
+        # reviewers' and operators' actions: what was done
+        "detail": json.loads(r.detail_json) if r.detail_json else None,
     }
 
 
@@ -853,3 +905,115 @@ def cmd_stats(args) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ------------------------------------------------------------------ review
+
+
+def _review_filter_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="set_name", default="", help="items with a match in this set")
+    p.add_argument("--label", default="", metavar="K=V", help="items with a match labelled K=V")
+    p.add_argument("--media", default="", choices=["", "image", "video", "audio", "pdf", "hash"])
+    p.add_argument("--caller", default="", help="items from this caller")
+    p.add_argument("--status", default="open", choices=["open", "confirmed", "false_positive"])
+
+
+def _review_filter(args) -> pb.ReviewFilter:
+    return pb.ReviewFilter(
+        set=args.set_name,
+        label=args.label,
+        media_type=pb.MediaType.Value(args.media.upper()) if args.media else 0,
+        caller=args.caller,
+        status=args.status,
+    )
+
+
+def review_item_json(item: pb.ReviewItem) -> dict:
+    return {
+        "id": item.id,
+        "request_id": item.request_id,
+        "created_at": _iso(item.created_at),
+        "caller": item.caller,
+        "media_type": pb.MediaType.Name(item.media_type).lower(),
+        "client_ref": item.client_ref,
+        "status": item.status,
+        "claimed_by": item.claimed_by,
+        "claim_expires_at": _iso(item.claim_expires_at) if item.claimed_by else None,
+        "resolved_by": item.resolved_by,
+        "resolved_at": _iso(item.resolved_at) if item.resolved_by else None,
+        "note": item.note,
+        "added_entry_id": item.added_entry_id or None,
+        "query_signals": [signal_json(s) for s in item.query_signals],
+        "matches": [matched_json(m) for m in item.matches],
+    }
+
+
+def _print_review_item(item: pb.ReviewItem, as_json: bool) -> None:
+    if as_json:
+        _print_json(review_item_json(item))
+        return
+    top = item.matches[0] if item.matches else None
+    what = f"{top.set}/{top.entry} d={top.distance}" if top else ""
+    holder = f"claimed by {item.claimed_by}" if item.claimed_by else "free"
+    print(
+        f"{item.id}\t{_iso(item.created_at)}\t{item.caller}\t{item.client_ref}\t"
+        f"{item.status}\t{holder}\t{what}"
+    )
+
+
+def cmd_review_list(args) -> int:
+    printed, token = 0, ""
+    with _client(args) as client:
+        while True:
+            resp = client.review.ListReviewItems(
+                pb.ListReviewItemsRequest(
+                    filter=_review_filter(args), page_size=500, page_token=token
+                ),
+                metadata=client.metadata,
+            )
+            for item in resp.items:
+                if args.limit and printed >= args.limit:
+                    return EXIT_OK
+                _print_review_item(item, args.json)
+                printed += 1
+            token = resp.next_page_token
+            if not token:
+                return EXIT_OK
+
+
+def cmd_review_claim(args) -> int:
+    with _client(args) as client:
+        item = client.review.ClaimReviewItem(
+            pb.ClaimReviewItemRequest(id=args.id, filter=_review_filter(args)),
+            metadata=client.metadata,
+        )
+    _print_review_item(item, args.json)
+    return EXIT_OK
+
+
+def cmd_review_resolve(args) -> int:
+    with _client(args) as client:
+        item = client.review.ResolveReviewItem(
+            pb.ResolveReviewItemRequest(
+                id=args.id,
+                resolution=args.resolution,
+                note=args.note,
+                add_to_set=args.add_to_set,
+                entry_name=args.entry_name,
+            ),
+            metadata=client.metadata,
+        )
+    _print_review_item(item, args.json)
+    return EXIT_OK
+
+
+def cmd_entries_release(args) -> int:
+    with _client(args) as client:
+        entry = client.curation.ReleaseEntry(
+            pb.ReleaseEntryRequest(set=args.set_name, name=args.name), metadata=client.metadata
+        )
+    if args.json:
+        _print_json({"set": args.set_name, "entry": entry.name, "released": True})
+    else:
+        print(f"released {args.set_name}/{entry.name} from quarantine")
+    return EXIT_OK

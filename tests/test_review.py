@@ -1,0 +1,245 @@
+"""Review queue and feedback on both stores: what is queued, ordering and
+filters, claims (racing, expiring), both resolutions and their effect on later
+Match calls, allow lists, quarantine by a burst, and the audit records."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import grpc
+import pytest
+
+from hashdb import ReviewFilter, Thresholds
+from hashsvc import cli
+from hashsvc.config import Config
+from hashsvc.core import Core, MatchQuery
+from hashsvc.errors import FailedPrecondition, NotFound
+from hashsvc.v1 import hashsvc_pb2 as pb
+from tests.helpers import encode, photo, reencoded, start_harness
+
+
+def _core(store_url: str, **config) -> Core:
+    core = Core.open(Config(db_url=store_url, **config), hash_in_process=True)
+    core.start()
+    return core
+
+
+@pytest.fixture
+def core(store_url):
+    c = _core(store_url, review_claim_seconds=30, quarantine_matches=5)
+    yield c
+    c.close()
+
+
+def _match(core: Core, data: bytes, caller: str = "pipeline-a", ref: str = "") -> str:
+    return core.match(MatchQuery(media=data, client_ref=ref), caller).decision
+
+
+def _setup(core: Core):
+    """Set "isis" reviews at 40+ bits (block below 10), set "aq" blocks and
+    reviews its blocks too."""
+    cur = core.curation
+    cur.create_set("isis", labels={"group": "ISIS"}, thresholds={"pdq": Thresholds(10, 60)})
+    cur.create_set("aq", labels={"group": "AQ"}, review_blocks=True)
+    cur.add_entry("isis", "poster", {"outlet": "Amaq"}, "op", media=encode(photo(1)))
+    cur.add_entry("aq", "banner", {}, "op", media=encode(photo(2)))
+
+
+def test_queue_order_filters_and_claims(core):
+    _setup(core)
+    assert _match(core, reencoded(photo(1), scale=0.5, quality=20), ref="u1") == "review"
+    assert _match(core, encode(photo(2)), caller="pipeline-b", ref="u2") == "block"
+    assert _match(core, encode(photo(5))) == "allow"  # nothing queued
+    items, _ = core.review.list(ReviewFilter())
+    assert [i.client_ref for i in items] == ["u1", "u2"]  # oldest first
+    first = items[0]
+    assert first.matches[0]["entry"] == "poster" and first.media_type == "image"
+    assert any(s["signal_type"] == "pdq" for s in first.query_signals)
+    sets = {s.name: s.id for s in core.live.sets_by_id.values()}
+    assert [i.client_ref for i in core.review.list(ReviewFilter(set_id=sets["aq"]))[0]] == ["u2"]
+    by_label = core.review.list(ReviewFilter(label=("outlet", "Amaq")))[0]
+    assert [i.client_ref for i in by_label] == ["u1"]
+    assert [i.client_ref for i in core.review.list(ReviewFilter(caller="pipeline-b"))[0]] == ["u2"]
+    assert not core.review.list(ReviewFilter(media_type="video"))[0]
+
+    mine = core.review.claim("rev-1", None, ReviewFilter())
+    assert mine.id == first.id and mine.claimed_by == "rev-1"
+    theirs = core.review.claim("rev-2", None, ReviewFilter())
+    assert theirs.id == items[1].id  # the next free one, never the same item
+    with pytest.raises(FailedPrecondition):
+        core.review.claim("rev-2", first.id, ReviewFilter())
+    with pytest.raises(NotFound):
+        core.review.claim("rev-3", None, ReviewFilter())
+    with pytest.raises(FailedPrecondition):  # resolving needs one's own claim
+        core.review.resolve("rev-2", first.id, "confirmed")
+
+
+def test_claims_expire(store_url):
+    core = _core(store_url, review_claim_seconds=0.5)
+    try:
+        _setup(core)
+        _match(core, reencoded(photo(1), scale=0.5, quality=20))
+        item = core.review.claim("slow", None, ReviewFilter())
+        time.sleep(0.7)
+        with pytest.raises(FailedPrecondition, match="expired"):
+            core.review.resolve("slow", item.id, "confirmed")
+        assert core.review.claim("fast", None, ReviewFilter()).id == item.id
+    finally:
+        core.close()
+
+
+def test_concurrent_claims_one_wins(core):
+    _setup(core)
+    _match(core, reencoded(photo(1), scale=0.5, quality=20))
+    item = core.review.list(ReviewFilter())[0][0]
+    results: dict[str, object] = {}
+    start = threading.Barrier(8)
+
+    def race(name: str) -> None:
+        start.wait()
+        try:
+            results[name] = core.review.claim(name, item.id, ReviewFilter())
+        except FailedPrecondition as exc:
+            results[name] = exc
+
+    threads = [threading.Thread(target=race, args=(f"r{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [n for n, r in results.items() if not isinstance(r, Exception)]
+    assert len(winners) == 1
+
+
+def test_confirmed_adds_the_upload_so_the_next_copy_blocks(core):
+    _setup(core)
+    far_copy = reencoded(photo(1), scale=0.5, quality=20)
+    assert _match(core, far_copy) == "review"
+    item = core.review.claim("rev", None, ReviewFilter())
+    done = core.review.resolve("rev", item.id, "confirmed", "clearly Amaq", add_to_set="isis")
+    assert done.status == "confirmed" and done.added_entry_id
+    added = core.store.get_entries([done.added_entry_id])[done.added_entry_id]
+    assert added.labels == {"review_id": str(item.id), "confirmed_by": "rev"}
+    assert _match(core, far_copy) == "block"  # the same upload now matches the new entry
+
+
+def test_false_positive_is_never_raised_again_and_allow_lists(core):
+    _setup(core)
+    upload = reencoded(photo(1), scale=0.5, quality=20)
+    assert _match(core, upload) == "review"
+    item = core.review.claim("rev", None, ReviewFilter())
+    core.review.resolve("rev", item.id, "false_positive", "a news photo")
+    outcome = core.match(MatchQuery(media=upload), "pipeline-a")
+    assert outcome.decision == "allow"
+    assert "false positive in review" in outcome.matches[0].reason
+    assert not core.review.list(ReviewFilter())[0]  # not queued again
+    # other uploads still match the entry
+    assert _match(core, encode(photo(1))) == "block"
+
+    # an allow list suppresses every match of an upload on it
+    core.curation.create_set("benign", allow_list=True)
+    core.curation.add_entry("benign", "press-photo", {}, "op", media=encode(photo(2)))
+    outcome = core.match(MatchQuery(media=encode(photo(2))), "pipeline-a")
+    assert outcome.decision == "allow"
+    assert all("allow-listed by benign/press-photo" in m.reason for m in outcome.matches)
+
+
+def test_burst_quarantines_an_entry_until_released(core):
+    _setup(core)
+    for _ in range(6):  # quarantine_matches=5
+        assert _match(core, encode(photo(2))) == "block"
+    outcome = core.match(MatchQuery(media=encode(photo(2))), "pipeline-a")
+    assert outcome.decision == "review"
+    assert "quarantine" in outcome.matches[0].reason
+    with pytest.raises(FailedPrecondition):
+        core.review.release_entry("op", "isis", "poster")  # never quarantined
+    core.review.release_entry("op", "aq", "banner")
+    assert _match(core, encode(photo(2))) == "block"
+    actions = [r for r in core.store.query_history(_all()) if r.rpc != "Match"]
+    assert [r.rpc for r in actions] == ["QuarantineEntry", "ReleaseEntry"]
+    assert "6 matches" in actions[0].detail["reason"] and actions[1].caller == "op"
+
+
+def _all():
+    from hashdb import HistoryFilter
+
+    return HistoryFilter()
+
+
+def test_review_actions_are_audited_and_chained(core):
+    _setup(core)
+    _match(core, reencoded(photo(1), scale=0.5, quality=20), ref="u9")
+    item = core.review.claim("rev", None, ReviewFilter())
+    core.review.resolve("rev", item.id, "false_positive", "not propaganda")
+    actions = [r for r in core.store.query_history(_all()) if r.rpc != "Match"]
+    assert [(r.rpc, r.caller, r.client_ref) for r in actions] == [
+        ("ClaimReview", "rev", "u9"),
+        ("ResolveReview", "rev", "u9"),
+    ]
+    assert actions[1].detail == {
+        "review_id": item.id,
+        "resolution": "false_positive",
+        "note": "not propaganda",
+    }
+    assert core.store.verify_history().intact
+
+
+def test_reviewer_role_and_cli(tmp_path, monkeypatch, capsys):
+    """Through the service: the reviewer role, two reviewers racing over
+    gRPC, and `hashsvc review list|claim|resolve --json`."""
+    h = start_harness(f"sqlite:///{tmp_path}/db.sqlite")
+    try:
+        op, omd = h.stubs("operator")
+        op.curation.CreateSet(
+            pb.CreateSetRequest(
+                name="isis",
+                thresholds=[pb.Threshold(signal_type="pdq", block_distance=10, review_distance=60)],
+            ),
+            metadata=omd,
+        )
+        op.curation.AddEntry(
+            pb.AddEntryRequest(set="isis", name="poster", media=pb.Media(content=encode(photo(1)))),
+            metadata=omd,
+        )
+        m, mmd = h.stubs("matcher")
+        resp = m.matcher.Match(
+            pb.MatchRequest(
+                media=pb.Media(content=reencoded(photo(1), scale=0.5, quality=20)),
+                client_ref="post-31",
+            ),
+            metadata=mmd,
+        )
+        assert resp.decision == pb.REVIEW
+        with pytest.raises(grpc.RpcError) as denied:
+            m.review.ListReviewItems(pb.ListReviewItemsRequest(), metadata=mmd)
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+        monkeypatch.setenv("HASHSVC_SERVER", h.address)
+        monkeypatch.setenv("HASHSVC_TOKEN", h.tokens["reviewer"])
+
+        def run(*argv):
+            code = cli.main(list(argv))
+            return code, capsys.readouterr().out
+
+        code, out = run("review", "list", "--json")
+        assert code == 0
+        listed = [json.loads(line) for line in out.splitlines()]
+        assert [i["client_ref"] for i in listed] == ["post-31"]
+        assert listed[0]["matches"][0]["entry"] == "poster"
+        code, out = run("review", "claim", "--json")
+        claimed = json.loads(out)
+        assert code == 0 and claimed["id"] == listed[0]["id"] and claimed["claimed_by"]
+        code, out = run(
+            "review", "resolve", str(claimed["id"]), "--confirmed", "--note", "ok",
+            "--add-to-set", "isis", "--json",
+        )  # fmt: skip
+        resolved = json.loads(out)
+        assert code == 0 and resolved["status"] == "confirmed"
+        code, out = run("review", "list", "--json")
+        assert code == 0 and out == ""
+        code, _ = run("review", "resolve", str(claimed["id"]), "--false-positive")
+        assert code == 1  # already resolved
+    finally:
+        h.close()
