@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import UTC, datetime
 
+from hashdb.bulk_sql import BulkSQL
 from hashdb.model import (
     Change,
     EntryRecord,
@@ -80,7 +81,7 @@ _HISTORY_COLUMNS = (
 )
 
 
-class SQLStore:
+class SQLStore(BulkSQL):
     """Subclasses call _init_history_key and provide _read(), _write() (context
     managers yielding a cursor that takes `?` placeholders; _write holds the
     writer lock that keeps change seqs in commit order) and _unique_violation

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Protocol
 
+from hashdb.bulk_sql import BulkCounts, EntryUpsert
 from hashdb.model import (
     Change,
     EntryRecord,
@@ -111,6 +112,22 @@ class Store(Protocol):
     ) -> Iterator[IndexedSignal]:
         """Signals of the given kinds of all active entries, by entry id, in
         batches under the hood (for building an index of millions)."""
+
+    # -- bulk loads (hashdb/bulk_sql.py)
+    def bulk_upsert(
+        self, set_id: int, entries: Iterable[EntryUpsert], added_by: str
+    ) -> BulkCounts:
+        """Adds, updates (labels replaced when given, new signals appended) or
+        removes (tombstones) entries by name, in one transaction, with one
+        add_entry / update_entry / remove_entry change per entry changed.
+        Idempotent: entries already as wanted are counted unchanged."""
+
+    def indexed_signals(self, entry_ids: Iterable[int]) -> list[IndexedSignal]:
+        """Signals of those of the entries that are active, by entry and variant."""
+
+    def entries_changed_since(self, set_id: int, since: int) -> list[int]:
+        """Ids of the set's entries with a change at or after `since`
+        (microseconds since the epoch), removed ones included."""
 
     # -- tokens
     def add_token(

@@ -39,6 +39,8 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     f"{_PREFIX}Curation/RemoveEntry": frozenset({OPERATOR, ADMIN}),
     f"{_PREFIX}Curation/FindEntries": frozenset({OPERATOR, ADMIN}),
     f"{_PREFIX}Curation/GetStats": frozenset({OPERATOR, AUDITOR, ADMIN}),
+    f"{_PREFIX}Curation/BulkLoad": frozenset({OPERATOR, ADMIN}),
+    f"{_PREFIX}Curation/ExportEntries": frozenset({OPERATOR, ADMIN}),
     f"{_PREFIX}Curation/ReleaseEntry": frozenset({OPERATOR, ADMIN}),
     f"{_PREFIX}Review/ListReviewItems": frozenset({REVIEWER, ADMIN}),
     f"{_PREFIX}Review/ClaimReviewItem": frozenset({REVIEWER, ADMIN}),

@@ -183,10 +183,38 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         cmd_export,
         "Write a set's exchangeable hashes (PDQ as other platforms compute it, MD5, "
-        "SHA-256) with entry names and labels, as CSV or JSON lines, to stdout.",
+        "SHA-256, video frame PDQs, videohash, chromaprint, text signals) with entry names "
+        "and labels to stdout (vpdq: one file per video in --output DIR).",
     )
     p.add_argument("--set", required=True, dest="set_name")
-    p.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    p.add_argument(
+        "--format", choices=["csv", "tsv", "jsonl", "hma", "tcap", "vpdq"], default="csv"
+    )
+    p.add_argument(
+        "--since",
+        help="only what changed since then (ISO time or age like 24h), removed entries as"
+        " rows with deleted=true",
+    )
+    p.add_argument("--output", metavar="DIR", help="directory for --format vpdq")
+
+    p = client_command(
+        "load",
+        cmd_load,
+        "Load precomputed hashes (hash lists from partners) into a set: CSV/TSV with a "
+        "header, JSON lines, python-threatexchange/HMA, TCAP-style rows or vPDQ files. "
+        "Loading again changes nothing; rerun an interrupted load to complete it.",
+    )
+    p.add_argument("--set", required=True, dest="set_name")
+    p.add_argument(
+        "--format",
+        choices=["auto", "csv", "tsv", "jsonl", "hma", "tcap", "vpdq"],
+        default="auto",
+        help="default: from the file name and first line",
+    )
+    p.add_argument("--strict", action="store_true", help="load nothing if any row is bad")
+    p.add_argument("files", nargs="+", metavar="FILE", help="files, or - for stdin")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     entries = sub.add_parser("entries", help="list or show entries of a set")
     entries_sub = entries.add_subparsers(title="entries commands", metavar="COMMAND")
@@ -616,29 +644,31 @@ def _entries(client: Client, set_name: str):
 
 
 def cmd_export(args) -> int:
-    import csv
+    from hashsvc import cli_bulk
 
-    writer = csv.DictWriter(sys.stdout, EXPORT_COLUMNS) if args.format == "csv" else None
-    if writer:
-        writer.writeheader()
+    if args.format == "vpdq" and not args.output:
+        raise UsageError("--format vpdq writes one file per video: give --output DIR")
+    since = parse_time(args.since) if args.since else None
     with _client(args) as client:
-        for entry in _entries(client, args.set_name):
-            labels = ";".join(f"{k}={v}" for k, v in sorted(entry.labels.items()))
-            for sig in entry.signals:
-                if sig.variant not in EXPORTED_VARIANTS:
-                    continue
-                row = {
-                    "signal_type": sig.signal_type,
-                    "signal_value": sig.value,
-                    "entry": entry.name,
-                    "labels": labels,
-                    "quality": sig.quality if sig.signal_type == "pdq" else "",
-                }
-                if writer:
-                    writer.writerow(row)
-                else:
-                    _print_json({**row, "labels": dict(entry.labels)})
+        cli_bulk.export(client, args.set_name, args.format, since, args.output)
     return EXIT_OK
+
+
+def cmd_load(args) -> int:
+    from hashsvc import cli_bulk
+
+    for path in args.files:
+        if path != "-" and not os.path.isfile(path):
+            raise UsageError(f"no such file: {path}")
+    progress = cli_bulk.LoadProgress(
+        cli_bulk.total_bytes(args.files), enabled=sys.stderr.isatty() and not args.quiet
+    )
+    with _client(args) as client:
+        summary = cli_bulk.load(
+            client, args.set_name, args.files, args.format, args.strict, progress
+        )
+    cli_bulk.print_summary(summary, args.json, args.strict)
+    return EXIT_FAILED if summary["rejected"] else EXIT_OK
 
 
 def cmd_entries_list(args) -> int:

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 # have their own index.
 PERCEPTUAL_TYPES = tuple(t for t in SIGNAL_TYPES.values() if t.perceptual and not t.sequence)
 _BUILD_BATCH = 50_000
+# Changes read per step of catch_up: each step costs one index write per
+# signal type (a write scans the whole index), so a bulk load's steps are big.
+_CHANGES_PAGE = 100_000
 
 
 class LiveIndex:
@@ -138,25 +141,44 @@ class LiveIndex:
         applied = 0
         with self._apply_lock:
             while True:
-                changes = self.store.changes_since(self.seq)
+                changes = self.store.changes_since(self.seq, limit=_CHANGES_PAGE)
                 if not changes:
                     return applied
-                added = [c.entry_id for c in changes if c.op == "add_entry"]
-                entries = self.store.get_entries(added, with_signals=True) if added else {}
+                # Added and updated entries are indexed together, one index
+                # write per signal type for the run of them (a bulk load brings
+                # 100k at a time); a removal flushes the run first, so changes
+                # still apply in order. Re-adding an entry's signals replaces
+                # them, so an update_entry (new labels or signals) re-adds.
+                run: list[int] = []
                 sets_changed = False
                 for change in changes:
-                    if change.op == "add_entry":
-                        entry = entries.get(change.entry_id)
-                        if entry is not None and entry.removed_at is None:
-                            self._add_entry_signals(entry.id, entry.signals)
+                    if change.op in ("add_entry", "update_entry"):
+                        run.append(change.entry_id)
                     elif change.op == "remove_entry":
+                        self._add_entries(run)
+                        run = []
                         self._remove_entry_signals(change.entry_id)
                     elif change.op == "update_set":
                         sets_changed = True
-                    self.seq = change.seq
                     applied += 1
+                self._add_entries(run)
+                self.seq = changes[-1].seq
                 if sets_changed:
                     self._refresh_sets()
+
+    def _add_entries(self, entry_ids: list[int]) -> None:
+        if not entry_ids:
+            return
+        by_type: dict[str, tuple[list[int], list[bytes]]] = {}
+        for sig in self.store.indexed_signals(entry_ids):  # active entries only
+            if sig.kind == "chromaprint":
+                self.audio.add(sig.entry_id, words_of(sig.value))
+            if sig.kind in self.indexes:
+                ids, values = by_type.setdefault(sig.kind, ([], []))
+                ids.append(signal_id(sig.entry_id, sig.variant_no))
+                values.append(sig.value)
+        for kind, (ids, values) in by_type.items():
+            self.indexes[kind].add(ids, values)
 
     def _add_entry_signals(self, entry_id: int, signals: Iterable) -> None:
         by_type: dict[str, tuple[list[int], list[bytes]]] = {}

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from hashsvc import auth, convert
+from hashsvc import auth, bulk, bulk_pb, convert
 from hashsvc.core import Core
 from hashsvc.errors import HashsvcError, InvalidArgument, status_name
 from hashsvc.uploads import spooled
@@ -343,6 +343,24 @@ class CurationServicer(pb_grpc.CurationServicer):
     def ReleaseEntry(self, request, context):
         record = self.core.review.release_entry(caller_name(), request.set, request.name)
         return convert.entry(record, request.set)
+
+    @rpc
+    def BulkLoad(self, request_iterator, context):  # noqa: N802
+        header, batches = bulk_pb.header_and_batches(request_iterator)
+        hash_set = self.curation.get_set(header.set)
+        result = bulk.load(
+            self.core.store, self.core.live, hash_set.id, caller_name(), batches, header.strict
+        )
+        return bulk_pb.response(result, header.strict)
+
+    @rpc
+    def ExportEntries(self, request, context):  # noqa: N802
+        hash_set = self.curation.get_set(request.set)
+        since = convert.from_timestamp(request, "since")
+        since_micros = int(since.timestamp() * 1_000_000) if since else None
+        yield from bulk_pb.export_batches(
+            bulk.export_entries(self.core.store, hash_set.id, since_micros), request.set
+        )
 
     @rpc
     def GetStats(self, request, context):

@@ -35,6 +35,8 @@ REQUESTS = {
         set="s", signal=pb.SignalValue(signal_type="sha256", value="0" * 64)
     ),
     "Curation/GetStats": pb.GetStatsRequest(),
+    "Curation/BulkLoad": [pb.BulkLoadRequest(header=pb.BulkLoadHeader(set="s"))],
+    "Curation/ExportEntries": pb.ExportEntriesRequest(set="s"),
     "Curation/ReleaseEntry": pb.ReleaseEntryRequest(set="s", name="e"),
     "Review/ListReviewItems": pb.ListReviewItemsRequest(),
     "Review/ClaimReviewItem": pb.ClaimReviewItemRequest(id=999999),

@@ -1,0 +1,349 @@
+"""Bulk loading of precomputed hashes into a set: the core of the BulkLoad RPC,
+testable without a network.
+
+Rows arrive in batches, column by column (`RowBatch`). Each row is checked
+again here (the client's loader checked it too, but the server trusts no
+client); bad rows are reported with their line and reason and the good ones
+load. Rows are grouped into entries by external id (a row without one is an
+entry of its own, named after its signal), and each batch is one store
+transaction followed by an index catch-up, so what was committed matches at
+once and a load killed at any point can simply be run again.
+
+With `strict`, rows are only checked while they arrive and written when the
+stream has ended without a single bad row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from hashdb import Store
+from hashdb.bulk_sql import BulkCounts, EntryUpsert
+from hashsvc import validation
+from hashsvc.errors import InvalidArgument, TooLarge
+from hashsvc.live_index import LiveIndex
+from hashsvc.signals import SIGNAL_TYPES, Signal
+
+# Rows one batch (one message, one transaction) may hold.
+MAX_BATCH_ROWS = 200_000
+# A strict load holds its rows until the end: bounded.
+MAX_STRICT_ROWS = 5_000_000
+# The answer lists this many rejected rows (all are counted).
+MAX_REPORTED_REJECTS = 1_000
+_VARIANT = re.compile(r"original|page|document|frame:\d{1,9}")
+
+
+@dataclass
+class RowBatch:
+    """Rows as columns; an optional column may be empty (all defaults)."""
+
+    signal_type: Sequence[str]
+    value: Sequence[bytes]
+    line: Sequence[int] = ()
+    entry: Sequence[str] = ()  # "" -> named after the signal
+    labels: Sequence[str] = ()  # JSON object text; "" -> the row says nothing
+    deleted: Sequence[bool] = ()
+    quality: Sequence[int] = ()  # -1 -> none
+    variant: Sequence[str] = ()  # "" -> "original"
+    position: Sequence[float] = ()  # NaN -> none
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.signal_type)
+
+    @classmethod
+    def from_records(cls, records: Sequence, source: str = "") -> RowBatch:
+        """From loaders.Record objects (tests and in-process loads)."""
+        return cls(
+            signal_type=[r.signal_type for r in records],
+            value=[r.signal_value for r in records],
+            line=[r.line for r in records],
+            entry=[r.entry for r in records],
+            labels=[
+                "" if r.labels is None else json.dumps(r.labels, sort_keys=True) for r in records
+            ],
+            deleted=[r.deleted for r in records],
+            quality=[-1 if r.quality is None else r.quality for r in records],
+            variant=[r.variant for r in records],
+            position=[math.nan if r.position is None else r.position for r in records],
+            source=source,
+        )
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    source: str
+    line: int
+    reason: str
+
+
+@dataclass
+class BulkResult:
+    rows: int = 0
+    counts: BulkCounts = field(default_factory=BulkCounts)
+    rejected_count: int = 0
+    rejected: list[RejectedRow] = field(default_factory=list)
+
+    @property
+    def added(self) -> int:
+        return self.counts.added
+
+    @property
+    def updated(self) -> int:
+        return self.counts.updated
+
+    @property
+    def removed(self) -> int:
+        return self.counts.removed
+
+    @property
+    def unchanged(self) -> int:
+        return self.counts.unchanged
+
+
+class _RowError(ValueError):
+    pass
+
+
+@lru_cache(maxsize=4096)
+def _labels(text: str) -> dict[str, str]:
+    try:
+        values = json.loads(text)
+    except ValueError:
+        raise _RowError("labels are not a JSON object") from None
+    if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
+        raise _RowError("labels must map names to strings")
+    try:
+        return validation.labels(values)
+    except InvalidArgument as exc:
+        raise _RowError(str(exc)) from None
+
+
+def _entry_name(name: str) -> str:
+    try:
+        return validation.entry_name(name)
+    except InvalidArgument as exc:
+        raise _RowError(str(exc)) from None
+
+
+def _value(kind: str, value: bytes, deleted: bool) -> bytes:
+    sig_type = SIGNAL_TYPES.get(kind)
+    if sig_type is None:
+        raise _RowError(f"unsupported signal type {kind!r}")
+    if deleted and not value:
+        return value
+    if sig_type.sequence:
+        if not value or len(value) % sig_type.nbytes:
+            raise _RowError(f"{kind} value must be a non-empty multiple of {sig_type.nbytes} bytes")
+    elif len(value) != sig_type.nbytes:
+        raise _RowError(f"{kind} value must be {sig_type.nbytes} bytes, got {len(value)}")
+    return value
+
+
+def media_type_of(signals: Sequence[Signal]) -> str:
+    """What kind of media an imported entry is, from its signals (the matcher
+    treats video and PDF entries by their frames and pages)."""
+    if len(signals) == 1 and signals[0].variant == "original":
+        return _SINGLE_MEDIA_TYPE.get(signals[0].kind, "hash")  # the common case, fast
+    kinds = set()
+    for s in signals:
+        if s.variant.startswith("frame:") or s.kind == "videohash":
+            return "video"
+        kinds.add(s.kind)
+        if s.kind.startswith("text_") or s.variant in ("page", "document"):
+            kinds.add("pdf")
+    if "pdf" in kinds:
+        return "pdf"
+    if "chromaprint" in kinds:
+        return "audio"
+    return "hash"
+
+
+_SINGLE_MEDIA_TYPE = {
+    "videohash": "video",
+    "chromaprint": "audio",
+    "text_sha256": "pdf",
+    "text_simhash": "pdf",
+}
+
+
+class _Group:
+    """What the rows of one batch say about one entry."""
+
+    __slots__ = ("name", "signals", "keys", "labels", "deleted")
+
+    def __init__(self, name: str, deleted: bool) -> None:
+        self.name = name
+        self.signals: list[Signal] = []
+        self.keys: set | None = None  # made when a second signal arrives
+        self.labels: dict[str, str] | None = None
+        self.deleted = deleted
+
+    def add(self, signal: Signal | None, labels: dict[str, str] | None) -> None:
+        if labels is not None:
+            self.labels = labels if self.labels is None else {**self.labels, **labels}
+        if signal is None or self.deleted:
+            return
+        if self.signals:
+            if self.keys is None:
+                self.keys = {(s.kind, s.value, s.variant) for s in self.signals}
+            key = (signal.kind, signal.value, signal.variant)
+            if key in self.keys:
+                return
+            self.keys.add(key)
+        self.signals.append(signal)
+
+    def upsert(self) -> EntryUpsert:
+        return EntryUpsert(
+            self.name, self.signals, self.labels, media_type_of(self.signals), self.deleted
+        )
+
+
+class BulkLoad:
+    """One load into one set: add_batch() for each batch, then finish()."""
+
+    def __init__(
+        self, store: Store, live: LiveIndex, set_id: int, added_by: str, strict: bool = False
+    ) -> None:
+        self.store = store
+        self.live = live
+        self.set_id = set_id
+        self.added_by = added_by
+        self.strict = strict
+        self.result = BulkResult()
+        self._held: list[dict[str, _Group]] = []  # strict: checked batches, written at the end
+        self._held_rows = 0
+
+    def add_batch(self, batch: RowBatch) -> None:
+        if len(batch) > MAX_BATCH_ROWS:
+            raise TooLarge(f"a batch may hold at most {MAX_BATCH_ROWS} rows")
+        if len(batch.value) != len(batch):
+            raise InvalidArgument("every row needs a signal type and a value")
+        self.result.rows += len(batch)
+        for groups in self._grouped(batch):
+            if self.strict:
+                self._held_rows += sum(len(g.signals) or 1 for g in groups.values())
+                if self._held_rows > MAX_STRICT_ROWS:
+                    raise TooLarge(f"a strict load holds at most {MAX_STRICT_ROWS} rows")
+                self._held.append(groups)
+            else:
+                self._write(groups)
+
+    def finish(self) -> BulkResult:
+        if self.strict and not self.result.rejected_count:
+            for groups in self._held:
+                self._write(groups)
+        self._held = []
+        return self.result
+
+    def _write(self, groups: dict[str, _Group]) -> None:
+        if not groups:
+            return
+        counts = self.store.bulk_upsert(
+            self.set_id, [g.upsert() for g in groups.values()], self.added_by
+        )
+        self.result.counts += counts
+        if counts.added or counts.updated or counts.removed:
+            self.live.catch_up()  # committed rows match before the next batch
+
+    def _reject(self, source: str, line: int, reason: str) -> None:
+        self.result.rejected_count += 1
+        if len(self.result.rejected) < MAX_REPORTED_REJECTS:
+            self.result.rejected.append(RejectedRow(source, line, reason))
+
+    def _grouped(self, batch: RowBatch) -> Iterable[dict[str, _Group]]:
+        """The batch's rows as entries. A name that flips between tombstone
+        and live within the batch splits it, so the removal and the new entry
+        are written in order."""
+        n = len(batch)
+        lines = batch.line or range(1, n + 1)
+        entries = batch.entry or [""] * n
+        labels = batch.labels or [""] * n
+        deleted = batch.deleted or [False] * n
+        quality = batch.quality or [-1] * n
+        variant = batch.variant or [""] * n
+        position = batch.position or [math.nan] * n
+        groups: dict[str, _Group] = {}
+        for kind, value, line, entry, label_text, gone, q, var, pos in zip(
+            batch.signal_type,
+            batch.value,
+            lines,
+            entries,
+            labels,
+            deleted,
+            quality,
+            variant,
+            position,
+            strict=True,
+        ):
+            try:
+                value = _value(kind, value, gone)
+                name = _entry_name(entry) if entry else f"{kind}:{value.hex()}"
+                row_labels = _labels(label_text) if label_text else None
+                if var and var != "original" and not _VARIANT.fullmatch(var):
+                    raise _RowError(f"variant {var!r} is not exchanged")
+                if q != -1 and not 0 <= q <= 100:
+                    raise _RowError("quality must be within 0..100")
+                if not (math.isnan(pos) or (math.isfinite(pos) and pos >= 0)):
+                    raise _RowError("position must be a finite number >= 0")
+            except _RowError as exc:
+                self._reject(batch.source, line, str(exc))
+                continue
+            group = groups.get(name)
+            if group is not None and group.deleted != gone:
+                yield groups
+                groups, group = {}, None
+            if group is None:
+                group = groups[name] = _Group(name, gone)
+            signal = (
+                Signal(
+                    kind,
+                    bytes(value),
+                    None if q == -1 else q,
+                    var or "original",
+                    None if math.isnan(pos) else pos,
+                )
+                if value
+                else None
+            )
+            group.add(signal, row_labels)
+        yield groups
+
+
+def load(
+    store: Store,
+    live: LiveIndex,
+    set_id: int,
+    added_by: str,
+    batches: Iterable[RowBatch],
+    strict: bool = False,
+) -> BulkResult:
+    """A whole load: every batch, then the result."""
+    run = BulkLoad(store, live, set_id, added_by, strict)
+    for batch in batches:
+        run.add_batch(batch)
+    return run.finish()
+
+
+EXPORT_BATCH = 1_000
+
+
+def export_entries(store: Store, set_id: int, since_micros: int | None = None):
+    """Batches of the set's entries with their signals: all active ones, or
+    those changed at or after `since_micros` (removed ones included, with
+    removed_at set), oldest first."""
+    if since_micros is None:
+        after = 0
+        while entries := store.list_entries(set_id, after, EXPORT_BATCH):
+            yield entries
+            after = entries[-1].id
+        return
+    ids = store.entries_changed_since(set_id, since_micros)
+    for start in range(0, len(ids), EXPORT_BATCH):
+        found = store.get_entries(ids[start : start + EXPORT_BATCH], with_signals=True)
+        yield [found[i] for i in sorted(found)]

@@ -1,0 +1,72 @@
+"""BulkLoad and ExportEntries between protobuf and the core (hashsvc/bulk.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from hashsvc import convert
+from hashsvc.bulk import BulkResult, RowBatch
+from hashsvc.errors import InvalidArgument
+from hashsvc.v1 import hashsvc_pb2 as pb
+
+
+def header_and_batches(request_iterator) -> tuple[pb.BulkLoadHeader, Iterator[RowBatch]]:
+    first = next(request_iterator, None)
+    if first is None or first.WhichOneof("part") != "header":
+        raise InvalidArgument("BulkLoad: the first message must be the header")
+
+    def batches() -> Iterator[RowBatch]:
+        for message in request_iterator:
+            if message.WhichOneof("part") != "rows":
+                raise InvalidArgument("BulkLoad: only the first message may be a header")
+            yield rows_from_pb(message.rows)
+
+    return first.header, batches()
+
+
+def rows_from_pb(rows: pb.BulkRows) -> RowBatch:
+    n = len(rows.signal_type)
+    columns = {}
+    for name in ("line", "entry", "labels", "deleted", "quality", "variant", "position"):
+        column = getattr(rows, name)
+        if len(column) not in (0, n):
+            raise InvalidArgument(f"BulkRows: column {name} has {len(column)} rows, not {n}")
+        columns[name] = list(column)
+    return RowBatch(
+        signal_type=list(rows.signal_type), value=list(rows.value), source=rows.source, **columns
+    )
+
+
+def rows_to_pb(batch: RowBatch) -> pb.BulkRows:
+    return pb.BulkRows(
+        signal_type=batch.signal_type,
+        value=batch.value,
+        line=batch.line,
+        entry=batch.entry,
+        labels=batch.labels,
+        deleted=batch.deleted,
+        quality=batch.quality,
+        variant=batch.variant,
+        position=batch.position,
+        source=batch.source,
+    )
+
+
+def response(result: BulkResult, strict: bool) -> pb.BulkLoadResponse:
+    return pb.BulkLoadResponse(
+        rows=result.rows,
+        added=result.added,
+        updated=result.updated,
+        removed=result.removed,
+        unchanged=result.unchanged,
+        rejected_count=result.rejected_count,
+        rejected=[
+            pb.RejectedRow(source=r.source, line=r.line, reason=r.reason) for r in result.rejected
+        ],
+        written=not (strict and result.rejected_count),
+    )
+
+
+def export_batches(batches, set_name: str) -> Iterator[pb.ListEntriesResponse]:
+    for entries in batches:
+        yield pb.ListEntriesResponse(entries=[convert.entry(e, set_name) for e in entries])

@@ -1,0 +1,247 @@
+"""`hashsvc load` and `hashsvc export`: hash lists in and out through the
+BulkLoad and ExportEntries RPCs, in the formats of loaders/."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from datetime import UTC
+
+import loaders
+from hashsvc.v1 import hashsvc_pb2 as pb
+from loaders.records import EXCHANGED_VARIANTS, Record, Rejected
+
+# Rows per BulkRows message (one server transaction). A batch ends only
+# between entries, so an entry's rows are written together.
+BATCH_ROWS = 20_000
+# Client-side rejections printed before "... and N more".
+MAX_PRINTED_REJECTS = 1_000
+
+
+class LoadProgress:
+    """`rows, rows/s, percent, ETA` on one line of stderr, when someone watches."""
+
+    def __init__(self, total_bytes: int | None, enabled: bool) -> None:
+        self.total_bytes = total_bytes
+        self.enabled = enabled
+        self.bytes = 0
+        self.rows = 0
+        self.started = time.monotonic()
+        self._last = 0.0
+
+    def update(self, rows: int, read_bytes: int) -> None:
+        self.rows, self.bytes = rows, read_bytes
+        now = time.monotonic()
+        if not self.enabled or now - self._last < 0.2:
+            return
+        self._last = now
+        elapsed = max(now - self.started, 1e-6)
+        line = f"\r{self.rows} rows  {self.rows / elapsed:,.0f} rows/s"
+        if self.total_bytes:
+            share = min(self.bytes / self.total_bytes, 1.0)
+            eta = elapsed * (1 - share) / share if share else 0
+            line += f"  {share:4.0%}  ETA {eta:.0f}s"
+        sys.stderr.write(line + "   ")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.update(self.rows, self.bytes)
+            sys.stderr.write("\n")
+
+
+class _CountingLines:
+    """Lines of a text stream, counting characters read (for progress)."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.chars = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for line in self.stream:
+            self.chars += len(line)
+            yield line
+
+
+def _sources(paths: list[str]) -> Iterator[tuple[str, object]]:
+    for path in paths:
+        if path == "-":
+            yield "stdin", sys.stdin
+        else:
+            with open(path, encoding="utf-8-sig", newline="") as stream:
+                yield path, stream
+
+
+def read_rows(
+    paths: list[str], fmt: str, progress: LoadProgress, rejected: list[Rejected]
+) -> Iterator[pb.BulkRows]:
+    """BulkRows batches of every file's good rows; bad rows go to `rejected`."""
+    rows_seen = 0
+    done_chars = 0
+    for source, stream in _sources(paths):
+        counted = _CountingLines(stream)
+        batch: list[Record] = []
+        for item in loaders.read(counted, fmt, source):
+            if isinstance(item, Rejected):
+                rejected.append(item)
+                continue
+            if len(batch) >= BATCH_ROWS and item.entry_name != batch[-1].entry_name:
+                yield _to_pb(batch, source)
+                batch = []
+                progress.update(rows_seen, done_chars + counted.chars)
+            batch.append(item)
+            rows_seen += 1
+        if batch:
+            yield _to_pb(batch, source)
+        done_chars += counted.chars
+        progress.update(rows_seen, done_chars)
+
+
+def _to_pb(records: list[Record], source: str) -> pb.BulkRows:
+    rows = pb.BulkRows(
+        signal_type=[r.signal_type for r in records],
+        value=[r.signal_value for r in records],
+        line=[r.line for r in records],
+        source=source,
+    )
+    # optional columns only when some row says something
+    if any(r.entry for r in records):
+        rows.entry.extend(r.entry for r in records)
+    if any(r.labels is not None for r in records):
+        rows.labels.extend(loaders.records.labels_json(r.labels) for r in records)
+    if any(r.deleted for r in records):
+        rows.deleted.extend(r.deleted for r in records)
+    if any(r.quality is not None for r in records):
+        rows.quality.extend(-1 if r.quality is None else r.quality for r in records)
+    if any(r.variant != "original" for r in records):
+        rows.variant.extend(r.variant for r in records)
+    if any(r.position is not None for r in records):
+        rows.position.extend(math.nan if r.position is None else r.position for r in records)
+    return rows
+
+
+def load(client, set_name: str, paths: list[str], fmt: str, strict: bool, progress) -> dict:
+    """Sends the files; returns the summary (client- and server-side rejections
+    together). Strict: the files are read whole first, and nothing is sent if
+    a row is bad."""
+    rejected: list[Rejected] = []
+    batches: Iterable[pb.BulkRows] = read_rows(paths, fmt, progress, rejected)
+    if strict:
+        batches = list(batches)
+        if rejected:
+            progress.finish()
+            return _summary(pb.BulkLoadResponse(written=False), rejected)
+
+    def requests() -> Iterator[pb.BulkLoadRequest]:
+        yield pb.BulkLoadRequest(header=pb.BulkLoadHeader(set=set_name, strict=strict))
+        for rows in batches:
+            yield pb.BulkLoadRequest(rows=rows)
+
+    response = client.curation.BulkLoad(requests(), metadata=client.metadata)
+    progress.finish()
+    return _summary(response, rejected)
+
+
+def _summary(response: pb.BulkLoadResponse, client_rejected: list[Rejected]) -> dict:
+    rejected = [{"source": r.source, "line": r.line, "reason": r.reason} for r in client_rejected]
+    rejected += [
+        {"source": r.source, "line": r.line, "reason": r.reason} for r in response.rejected
+    ]
+    return {
+        "rows": response.rows + len(client_rejected),
+        "added": response.added,
+        "updated": response.updated,
+        "removed": response.removed,
+        "unchanged": response.unchanged,
+        "rejected": len(client_rejected) + response.rejected_count,
+        "written": response.written,
+        "rejected_rows": rejected,
+    }
+
+
+def print_summary(summary: dict, as_json: bool, strict: bool) -> None:
+    for row in summary["rejected_rows"][:MAX_PRINTED_REJECTS]:
+        print(f"hashsvc: {row['source']}:{row['line']}: {row['reason']}", file=sys.stderr)
+    hidden = summary["rejected"] - min(len(summary["rejected_rows"]), MAX_PRINTED_REJECTS)
+    if hidden > 0:
+        print(f"hashsvc: ... and {hidden} more rejected rows", file=sys.stderr)
+    if as_json:
+        print(json.dumps(summary, ensure_ascii=False), flush=True)
+        return
+    text = (
+        f"{summary['rows']} rows: {summary['added']} added, {summary['updated']} updated,"
+        f" {summary['removed']} removed, {summary['unchanged']} unchanged,"
+        f" {summary['rejected']} rejected"
+    )
+    if strict and summary["rejected"]:
+        text += " (strict: nothing loaded)"
+    print(text, file=sys.stderr)
+
+
+def total_bytes(paths: list[str]) -> int | None:
+    if "-" in paths:
+        return None
+    return sum(os.path.getsize(p) for p in paths) or None
+
+
+# ------------------------------------------------------------------ export
+
+
+def entry_records(entry: pb.Entry) -> list[Record]:
+    """An entry's exchangeable signals as records; a removed entry is one
+    tombstone record."""
+    removed = entry.HasField("removed_at")
+    out = []
+    for sig in entry.signals:
+        if not EXCHANGED_VARIANTS.fullmatch(sig.variant or "original"):
+            continue  # hashsvc's own views (crops, bands, small copies)
+        out.append(
+            Record(
+                sig.signal_type,
+                bytes.fromhex(sig.value),
+                entry.name,
+                dict(entry.labels),
+                removed,
+                0,
+                sig.quality if sig.signal_type == "pdq" else None,
+                sig.variant or "original",
+                sig.position if sig.HasField("position") else None,
+            )
+        )
+        if removed:
+            break
+    return out
+
+
+def export(client, set_name: str, fmt: str, since, output_dir: str | None) -> int:
+    """Writes the set (or what changed since `since`); returns rows written."""
+    req = pb.ExportEntriesRequest(set=set_name)
+    if since is not None:
+        req.since.FromDatetime(since.astimezone(UTC).replace(tzinfo=None))
+    stream = client.curation.ExportEntries(req, metadata=client.metadata)
+    entries = (entry for batch in stream for entry in batch.entries)
+    if fmt == "vpdq":
+        return _export_vpdq(entries, output_dir)
+    records = (rec for entry in entries for rec in entry_records(entry))
+    return loaders.write(sys.stdout, records, fmt)
+
+
+def _export_vpdq(entries: Iterable[pb.Entry], output_dir: str | None) -> int:
+    if not output_dir:
+        raise ValueError("--format vpdq writes one file per video: give --output DIR")
+    os.makedirs(output_dir, exist_ok=True)
+    written = 0
+    for entry in entries:
+        if entry.HasField("removed_at"):
+            continue
+        frames = [r for r in entry_records(entry) if r.variant.startswith("frame:")]
+        if not frames:
+            continue
+        path = os.path.join(output_dir, loaders.vpdq_file_name(entry.name))
+        with open(path, "w") as f:
+            written += loaders.write(f, frames, "vpdq")
+    return written

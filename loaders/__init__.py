@@ -1,0 +1,90 @@
+"""Hash-set interchange formats: one module per format, each reading rows into
+checked `Record`s (bad rows become `Rejected` with line number and reason) and
+writing records back out.
+
+    csv / tsv   signal_type,signal_value[,entry][,labels][,quality][,variant][,position][,deleted]
+    jsonl       the same fields, one JSON object per line
+    hma         python-threatexchange / HMA: signal_type,signal_str,collab,category,tags
+    tcap        TCAP-style: hash_digest,algorithm,ideology,file_type
+    vpdq        one video per file: frame,quality,pdq_hex,seconds
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from typing import TextIO
+
+from loaders import delimited, hma, jsonl, tcap, vpdq
+from loaders.records import Record, Rejected, RowError
+
+FORMATS = ("csv", "tsv", "jsonl", "hma", "tcap", "vpdq")
+__all__ = ["FORMATS", "Record", "Rejected", "RowError", "detect", "read", "write"]
+
+
+def detect(source: str, first_line: str) -> str:
+    """The format of a file from its name and first line."""
+    name = source.lower()
+    text = first_line.strip()
+    if name.endswith((".jsonl", ".ndjson")) or text.startswith("{"):
+        return "jsonl"
+    if name.endswith(".tsv") or ("\t" in text and "," not in text):
+        return "tsv"
+    header = [h.strip() for h in text.split(",")]
+    if hma.looks_like(header):
+        return "hma"
+    if tcap.looks_like(header):
+        return "tcap"
+    if len(header) == 4 and header[0].isdigit() and len(header[2]) == 64:
+        return "vpdq"  # no header: a frame line
+    return "csv"
+
+
+def read(stream: Iterable[str], fmt: str = "auto", source: str = "") -> Iterator[Record | Rejected]:
+    """Records and rejected rows of one file, in file order."""
+    if fmt == "auto":
+        first = stream.readline()
+        fmt = detect(source, first)
+        # the readers iterate lines: put the one read back in front
+        stream = itertools.chain([first], stream)
+    if fmt == "csv":
+        return delimited.read(stream, source)
+    if fmt == "tsv":
+        return delimited.read(stream, source, delimiter="\t")
+    if fmt == "jsonl":
+        return jsonl.read(stream, source)
+    if fmt == "hma":
+        return hma.read(stream, source)
+    if fmt == "tcap":
+        return tcap.read(stream, source)
+    if fmt == "vpdq":
+        return vpdq.read(stream, source)
+    raise ValueError(f"unknown format {fmt!r} (formats: {', '.join(FORMATS)})")
+
+
+def read_path(path: str, fmt: str = "auto") -> Iterator[Record | Rejected]:
+    with open(path, encoding="utf-8-sig", newline="") as stream:
+        yield from read(stream, fmt, path)
+
+
+def write(stream: TextIO, records: Iterable[Record], fmt: str) -> int:
+    """Writes records in a format; returns how many rows were written."""
+    if fmt == "csv":
+        return delimited.write(stream, records)
+    if fmt == "tsv":
+        return delimited.write(stream, records, delimiter="\t")
+    if fmt == "jsonl":
+        return jsonl.write(stream, records)
+    if fmt == "hma":
+        return hma.write(stream, records)
+    if fmt == "tcap":
+        return tcap.write(stream, records)
+    if fmt == "vpdq":
+        return vpdq.write(stream, records)
+    raise ValueError(f"unknown format {fmt!r} (formats: {', '.join(FORMATS)})")
+
+
+def vpdq_file_name(entry: str) -> str:
+    """A safe file name for one video entry's vPDQ file."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in entry).strip(".")
+    return f"{safe or 'entry'}.txt"

@@ -1,0 +1,121 @@
+"""python-threatexchange / HMA exports: `signal_type,signal_str,collab,category,tags`
+(`threatexchange dataset --csv`), with GIFCT-style tags.
+
+Tags become labels: `group:ISIS` -> group=ISIS (the GIFCT hash-sharing
+database's `key:value` tags); bare tags are kept together in the label `tags`
+(space-separated); collab and category become labels of those names. Optional
+`entry` and `deleted` columns carry external ids and tombstones, which the
+threatexchange format itself cannot say.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable, Iterator
+from typing import TextIO
+
+from loaders import records as r
+from loaders.records import Record, Rejected, RowError
+
+HEADER = ["signal_type", "signal_str", "collab", "category", "tags", "entry", "deleted"]
+_TAG_SPLIT = re.compile(r"[\s,;]+")
+# Labels with their own column (everything else travels as a tag).
+_COLUMN_LABELS = ("collab", "category")
+
+
+def looks_like(header: list[str]) -> bool:
+    return "signal_str" in {h.strip().lower() for h in header}
+
+
+def tags_to_labels(text: str) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    bare: list[str] = []
+    for tag in _TAG_SPLIT.split(text.strip()):
+        if not tag:
+            continue
+        key, sep, value = tag.partition(":")
+        if sep and key and value:
+            labels[key] = _unescape(value)
+        else:
+            bare.append(tag)
+    if bare:
+        labels["tags"] = " ".join(sorted(set(bare)))
+    return labels
+
+
+def labels_to_tags(labels: dict[str, str]) -> str:
+    tags = []
+    for key, value in sorted(labels.items()):
+        if key in _COLUMN_LABELS:
+            continue
+        if key == "tags":
+            tags.extend(value.split())
+        else:
+            tags.append(f"{key}:{_escape(value)}")
+    return " ".join(tags)
+
+
+def _escape(value: str) -> str:
+    # tags are split on spaces, commas and semicolons
+    return value.replace("%", "%25").replace(" ", "%20").replace(",", "%2C").replace(";", "%3B")
+
+
+def _unescape(value: str) -> str:
+    return value.replace("%20", " ").replace("%2C", ",").replace("%3B", ";").replace("%25", "%")
+
+
+def read(stream: TextIO, source: str = "") -> Iterator[Record | Rejected]:
+    rows = csv.reader(stream)
+    header = next(rows, None)
+    if header is None:
+        return
+    at = {name.strip().lower().lstrip("\ufeff"): i for i, name in enumerate(header)}
+    if "signal_type" not in at or "signal_str" not in at:
+        yield Rejected(1, "header lacks signal_type or signal_str", source)
+        return
+    for line, row in enumerate(rows, start=2):
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        row = row + [""] * (len(header) - len(row))
+
+        def cell(name: str, row: list[str] = row) -> str:
+            index = at.get(name)
+            return row[index].strip() if index is not None else ""
+
+        try:
+            labels = tags_to_labels(cell("tags"))
+            for name in _COLUMN_LABELS:
+                if cell(name):
+                    labels[name] = cell(name)
+            yield r.record(
+                cell("signal_type"),
+                cell("signal_str"),
+                r.entry_name(cell("entry")),
+                r.checked_labels(labels),
+                r.flag(cell("deleted")),
+                line,
+            )
+        except RowError as exc:
+            yield Rejected(line, str(exc), source)
+
+
+def write(stream: TextIO, records: Iterable[Record]) -> int:
+    out = csv.writer(stream, lineterminator="\n")
+    out.writerow(HEADER)
+    count = 0
+    for rec in records:
+        labels = rec.labels or {}
+        out.writerow(
+            [
+                rec.signal_type,
+                rec.signal_value.hex(),
+                labels.get("collab", ""),
+                labels.get("category", ""),
+                labels_to_tags(labels),
+                rec.entry,
+                "true" if rec.deleted else "",
+            ]
+        )
+        count += 1
+    return count

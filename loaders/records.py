@@ -1,0 +1,206 @@
+"""The plain record every format reads into and writes from, and the per-row
+checks they share.
+
+A record is one signal of one entry. Rows of several formats carry only part
+of it: an entry without an external id is named after its signal
+("pdq:<hex>"), so loading the same file twice finds the same entries.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from hashsvc import validation
+from hashsvc.errors import InvalidArgument
+from hashsvc.signals import SIGNAL_TYPES
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    signal_type: str
+    signal_value: bytes  # b"" only on a tombstone (deleted) row
+    entry: str = ""  # the external id; "" -> named after the signal
+    # None: the row says nothing about labels (an existing entry keeps its own);
+    # {}: the entry has no labels.
+    labels: dict[str, str] | None = None
+    deleted: bool = False
+    line: int = 0
+    quality: int | None = None
+    variant: str = "original"  # "frame:<n>" for a video frame, "page", "document"
+    position: float | None = None  # seconds of a frame, page number
+
+    @property
+    def entry_name(self) -> str:
+        return self.entry or f"{self.signal_type}:{self.signal_value.hex()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A row that did not load, and why."""
+
+    line: int
+    reason: str
+    source: str = ""
+
+
+class RowError(ValueError):
+    """One row is invalid; the message says why (line numbers are added by the reader)."""
+
+
+# Names partners use for our signal types (python-threatexchange, TCAP, ...).
+SIGNAL_ALIASES = {
+    **{name: name for name in SIGNAL_TYPES},
+    "sha-256": "sha256",
+    "sha_256": "sha256",
+    "photo_md5": "md5",
+    "video_md5": "md5",
+    "pdq_hash": "pdq",
+    "text-sha256": "text_sha256",
+    "text-simhash": "text_simhash",
+}
+_HEX = re.compile(r"(?:0x)?([0-9a-fA-F]*)")
+_VARIANT = re.compile(r"original|page|document|frame:\d{1,9}")
+# Variants another platform can use: the media as given, a video's decoded
+# frames, a document's pages and whole text. Crops and bands stay inside.
+EXCHANGED_VARIANTS = _VARIANT
+
+
+def signal_type_name(text: str) -> str:
+    name = SIGNAL_ALIASES.get(text.strip().lower())
+    if name is None:
+        raise RowError(f"unsupported signal type {text.strip()!r}")
+    return name
+
+
+def signal_value(kind: str, text: str) -> bytes:
+    """Hex text of a signal of this type -> bytes; RowError says what is wrong
+    (length, alphabet): a 32-digit value labelled PDQ is refused here."""
+    sig_type = SIGNAL_TYPES[kind]
+    found = _HEX.fullmatch(text.strip())
+    if found is None:
+        raise RowError(f"{kind} value is not hexadecimal")
+    digits = found.group(1)
+    want = sig_type.nbytes * 2
+    if sig_type.sequence:
+        if not digits or len(digits) % want:
+            raise RowError(
+                f"{kind} value must be a non-empty multiple of {want} hex digits, got {len(digits)}"
+            )
+    elif len(digits) != want:
+        raise RowError(f"{kind} value must be {want} hex digits, got {len(digits)}")
+    return bytes.fromhex(digits)
+
+
+@lru_cache(maxsize=4096)
+def parse_labels(text: str) -> dict[str, str]:
+    """`key=value;key=value` -> dict (cached: a file repeats the same few;
+    callers must not change the dict they get)."""
+    out: dict[str, str] = {}
+    for pair in text.split(";"):
+        if not pair.strip():
+            continue
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise RowError(f"label {pair.strip()!r} is not key=value")
+        out[key.strip()] = value.strip()
+    return checked_labels(out)
+
+
+def checked_labels(values: dict[str, str]) -> dict[str, str]:
+    try:
+        return validation.labels(values)
+    except InvalidArgument as exc:
+        raise RowError(str(exc)) from None
+
+
+def format_labels(labels: dict[str, str]) -> str:
+    return ";".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def entry_name(text: str) -> str:
+    if not text:
+        return ""
+    try:
+        return validation.entry_name(text)
+    except InvalidArgument as exc:
+        raise RowError(str(exc)) from None
+
+
+def quality(text) -> int | None:
+    if text in (None, ""):
+        return None
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise RowError(f"quality {text!r} is not a whole number") from None
+    if not 0 <= value <= 100:
+        raise RowError("quality must be within 0..100")
+    return value
+
+
+def position(text) -> float | None:
+    if text in (None, ""):
+        return None
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise RowError(f"position {text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise RowError("position must be a finite number >= 0")
+    return value
+
+
+def variant(text: str | None) -> str:
+    if not text:
+        return "original"
+    if not _VARIANT.fullmatch(text):
+        raise RowError(f"variant {text!r} is not exchanged (original, frame:N, page, document)")
+    return text
+
+
+_TRUE = {"1", "true", "yes", "y", "t", "deleted"}
+_FALSE = {"", "0", "false", "no", "n", "f"}
+
+
+def flag(text) -> bool:
+    if isinstance(text, bool):
+        return text
+    value = str(text or "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise RowError(f"deleted flag {text!r} is not true/false")
+
+
+def record(
+    signal_type: str,
+    value: str,
+    entry: str = "",
+    labels: dict[str, str] | None = None,
+    deleted: bool = False,
+    line: int = 0,
+    quality_value: int | None = None,
+    variant_name: str = "original",
+    position_value: float | None = None,
+) -> Record:
+    """A checked record from already-split fields (value as hex text)."""
+    kind = signal_type_name(signal_type)
+    if deleted and not value.strip():
+        if not entry:
+            raise RowError("a deleted row needs an entry or a signal value")
+        raw = b""
+    else:
+        raw = signal_value(kind, value)
+    return Record(
+        kind, raw, entry, labels, deleted, line, quality_value, variant_name, position_value
+    )
+
+
+def labels_json(labels: dict[str, str] | None) -> str:
+    """The wire form of a record's labels: "" when the row says nothing."""
+    return "" if labels is None else json.dumps(labels, sort_keys=True, ensure_ascii=False)

@@ -1,0 +1,79 @@
+"""TCAP-style rows (Tech Against Terrorism's Terrorist Content Analytics
+Platform): `hash_digest,algorithm,ideology,file_type`. ideology and file_type
+become labels of those names; optional `entry`, `labels` and `deleted` columns
+carry what the format itself has no place for."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator
+from typing import TextIO
+
+from loaders import records as r
+from loaders.records import Record, Rejected, RowError
+
+HEADER = ["hash_digest", "algorithm", "ideology", "file_type", "entry", "labels", "deleted"]
+_COLUMN_LABELS = ("ideology", "file_type")
+# TCAP writes algorithms in capitals; ours are the lower-case signal type names.
+_ALGORITHM_OUT = {"pdq": "PDQ", "md5": "MD5", "sha256": "SHA256"}
+
+
+def looks_like(header: list[str]) -> bool:
+    return {"hash_digest", "algorithm"} <= {h.strip().lower() for h in header}
+
+
+def read(stream: TextIO, source: str = "") -> Iterator[Record | Rejected]:
+    rows = csv.reader(stream)
+    header = next(rows, None)
+    if header is None:
+        return
+    at = {name.strip().lower().lstrip("\ufeff"): i for i, name in enumerate(header)}
+    if "hash_digest" not in at or "algorithm" not in at:
+        yield Rejected(1, "header lacks hash_digest or algorithm", source)
+        return
+    for line, row in enumerate(rows, start=2):
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        row = row + [""] * (len(header) - len(row))
+
+        def cell(name: str, row: list[str] = row) -> str:
+            index = at.get(name)
+            return row[index].strip() if index is not None else ""
+
+        try:
+            labels = dict(r.parse_labels(cell("labels")))
+            for name in _COLUMN_LABELS:
+                if cell(name):
+                    labels[name] = cell(name)
+            yield r.record(
+                cell("algorithm"),
+                cell("hash_digest"),
+                r.entry_name(cell("entry") or cell("id")),
+                r.checked_labels(labels),
+                r.flag(cell("deleted")),
+                line,
+            )
+        except RowError as exc:
+            yield Rejected(line, str(exc), source)
+
+
+def write(stream: TextIO, records: Iterable[Record]) -> int:
+    out = csv.writer(stream, lineterminator="\n")
+    out.writerow(HEADER)
+    count = 0
+    for rec in records:
+        labels = rec.labels or {}
+        rest = {k: v for k, v in labels.items() if k not in _COLUMN_LABELS}
+        out.writerow(
+            [
+                rec.signal_value.hex(),
+                _ALGORITHM_OUT.get(rec.signal_type, rec.signal_type.upper()),
+                labels.get("ideology", ""),
+                labels.get("file_type", ""),
+                rec.entry,
+                r.format_labels(rest),
+                "true" if rec.deleted else "",
+            ]
+        )
+        count += 1
+    return count

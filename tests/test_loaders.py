@@ -1,0 +1,176 @@
+"""Each interchange format: good rows become records, bad rows are rejected
+with line and reason, and what a writer writes its reader reads back."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+
+import loaders
+from loaders import hma
+from loaders.records import Record, Rejected
+
+PDQ = "f" * 64
+PDQ2 = "0123456789abcdef" * 4
+MD5 = "d41d8cd98f00b204e9800998ecf8427e"
+SHA = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def read(text: str, fmt: str = "auto", source: str = "f") -> tuple[list[Record], list[Rejected]]:
+    items = list(loaders.read(io.StringIO(text), fmt, source))
+    return [i for i in items if isinstance(i, Record)], [
+        i for i in items if isinstance(i, Rejected)
+    ]
+
+
+def test_csv_rows_labels_and_malformed_rows_by_line():
+    good, bad = read(
+        "signal_type,signal_value,entry,labels,deleted\n"
+        f"pdq,{PDQ},amaq-1,group=ISIS;outlet=Amaq,\n"
+        f"pdq,{MD5},x,,\n"  # 32 hex digits labelled PDQ: once crashed HMA's index build
+        f"md5,{MD5},amaq-1,group=ISIS,\n"
+        f"sha256,{SHA[:-1]}z,y,,\n"
+        f"tmk,{PDQ},z,,\n"
+        f"pdq,{PDQ2},w,novalue,\n"
+        f"pdq,,amaq-1,,true\n"
+    )
+    assert [(r.line, r.signal_type, r.entry) for r in good] == [
+        (2, "pdq", "amaq-1"),
+        (4, "md5", "amaq-1"),
+        (8, "pdq", "amaq-1"),
+    ]
+    assert good[0].labels == {"group": "ISIS", "outlet": "Amaq"}
+    assert good[0].signal_value == bytes.fromhex(PDQ)
+    assert good[2].deleted and good[2].signal_value == b""
+    reasons = {r.line: r.reason for r in bad}
+    assert set(reasons) == {3, 5, 6, 7}
+    assert "64 hex digits, got 32" in reasons[3]
+    assert "hexadecimal" in reasons[5]
+    assert "unsupported signal type" in reasons[6]
+    assert "key=value" in reasons[7]
+    assert all(r.source == "f" for r in bad)
+
+
+def test_csv_without_optional_columns_names_entries_after_their_signal():
+    good, bad = read(f"signal_type,signal_value\npdq,{PDQ}\n\nMD5,0x{MD5.upper()}\n")
+    assert not bad
+    assert [r.entry_name for r in good] == [f"pdq:{PDQ}", f"md5:{MD5}"]
+    assert good[0].labels is None  # the file says nothing about labels
+
+
+def test_header_without_signal_columns_is_one_rejection():
+    good, bad = read("hash_value,whatever\nx,y\n", fmt="csv")
+    assert not good and bad[0].line == 1 and "signal_type" in bad[0].reason
+
+
+def test_tsv_and_jsonl():
+    good, bad = read(f"signal_type\tsignal_value\tentry\npdq\t{PDQ}\ta\n", source="x.tsv")
+    assert not bad and good[0].entry == "a"
+    good, bad = read(
+        f'{{"signal_type": "pdq", "signal_value": "{PDQ}", "labels": {{"group": "AQ"}}}}\n'
+        "not json\n"
+        f'{{"signal_type": "sha256", "signal_value": "{SHA}", "labels": "a=b", "deleted": true}}\n'
+        f'{{"signal_type": "pdq", "signal_value": "{PDQ}", "labels": {{"1bad": "x"}}}}\n'
+    )
+    assert [r.line for r in good] == [1, 3]
+    assert good[0].labels == {"group": "AQ"} and good[1].deleted and good[1].labels == {"a": "b"}
+    assert [r.line for r in bad] == [2, 4]
+
+
+def test_hma_export_with_gifct_tags():
+    good, bad = read(
+        "signal_type,signal_str,collab,category,tags\n"
+        f"pdq,{PDQ},GIFCT,terrorism,group:ISIS outlet:Amaq propaganda\n"
+        "url,https://example.org/,Sample Signals,INVESTIGATION_SEED,\n"
+        f"video_md5,{MD5},GIFCT,,group:AQ\n"
+    )
+    assert [r.line for r in bad] == [3] and "unsupported" in bad[0].reason
+    assert good[0].labels == {
+        "group": "ISIS",
+        "outlet": "Amaq",
+        "tags": "propaganda",
+        "collab": "GIFCT",
+        "category": "terrorism",
+    }
+    assert good[1].signal_type == "md5" and good[1].labels["group"] == "AQ"
+    assert hma.tags_to_labels(hma.labels_to_tags({"group": "Al Qaeda; x"})) == {
+        "group": "Al Qaeda; x"
+    }
+
+
+def test_tcap_rows():
+    good, bad = read(
+        "hash_digest,algorithm,ideology,file_type\n"
+        f"{PDQ},PDQ,Islamist,image\n"
+        f"{SHA},SHA-256,Far-right,video\n"
+        f"{MD5},PDQ,Islamist,image\n"
+    )
+    assert [(r.signal_type, r.labels) for r in good] == [
+        ("pdq", {"ideology": "Islamist", "file_type": "image"}),
+        ("sha256", {"ideology": "Far-right", "file_type": "video"}),
+    ]
+    assert [r.line for r in bad] == [4]
+
+
+def test_vpdq_file_is_one_video_entry():
+    text = f"0,100,{PDQ},0.000\n1,87,{PDQ2},0.033\n2,50,{PDQ[:-2]},0.067\nbad line\n"
+    good, bad = read(text, source="/x/release.mp4.txt")
+    assert {r.entry for r in good} == {"release.mp4"}
+    assert [(r.variant, r.quality, r.position) for r in good] == [
+        ("frame:0", 100, 0.0),
+        ("frame:1", 87, 0.033),
+    ]
+    assert [r.line for r in bad] == [3, 4]
+
+
+def test_reference_vpdq_sample_reads_whole():
+    path = "/work/shared/vectors/threatexchange/vpdq/sample-hashes/chair-20-sd-bar.txt"
+    if not os.path.exists(path):
+        pytest.skip("reference vectors not present")
+    items = list(loaders.read_path(path))
+    assert items and all(isinstance(i, Record) for i in items)
+    assert items[0].entry == "chair-20-sd-bar" and items[0].variant == "frame:0"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "hma", "tcap"])
+def test_writers_round_trip(fmt):
+    records = [
+        Record("pdq", bytes.fromhex(PDQ), "a", {"group": "ISIS", "note": "x y"}, quality=90),
+        Record("md5", bytes.fromhex(MD5), "a", {"group": "ISIS", "note": "x y"}),
+        Record("chromaprint", bytes(range(8)), "b", {}),
+        Record("sha256", bytes.fromhex(SHA), "c", {}, deleted=True),
+    ]
+    if fmt in ("csv", "tsv", "jsonl"):
+        records.append(Record("pdq", bytes.fromhex(PDQ2), "v", {}, quality=70, variant="frame:3",
+                              position=0.1))  # fmt: skip
+    out = io.StringIO()
+    assert loaders.write(out, records, fmt) == len(records)
+    back, bad = read(out.getvalue(), fmt)
+    assert not bad
+    key = lambda r: (r.signal_type, r.signal_value, r.entry, r.labels or {}, r.deleted)  # noqa: E731
+    assert [key(r) for r in back] == [key(r) for r in records]
+    if fmt in ("csv", "tsv", "jsonl"):
+        assert (back[0].quality, back[-1].variant, back[-1].position) == (90, "frame:3", 0.1)
+
+
+def test_vpdq_writer_round_trip():
+    frames = [
+        Record("pdq", bytes.fromhex(PDQ2), "v", None, quality=80, variant="frame:1", position=0.5),
+        Record("pdq", bytes.fromhex(PDQ), "v", None, quality=100, variant="frame:0", position=0.0),
+    ]
+    out = io.StringIO()
+    loaders.write(out, frames, "vpdq")
+    assert out.getvalue().splitlines()[0] == f"0,100,{PDQ},0.000"
+    back, bad = read(out.getvalue(), "vpdq", source="v.txt")
+    assert not bad and [r.variant for r in back] == ["frame:0", "frame:1"]
+
+
+def test_format_detection():
+    assert loaders.detect("a.csv", "signal_type,signal_str,collab,category,tags") == "hma"
+    assert loaders.detect("a.csv", "hash_digest,algorithm,ideology,file_type") == "tcap"
+    assert loaders.detect("a", '{"signal_type": "pdq"}') == "jsonl"
+    assert loaders.detect("a.tsv", "signal_type\tsignal_value") == "tsv"
+    assert loaders.detect("v.txt", f"0,100,{PDQ},0.000") == "vpdq"
+    assert loaders.detect("a.csv", "signal_type,signal_value") == "csv"
