@@ -741,6 +741,7 @@ def match_json(label: str, resp: pb.MatchResponse) -> dict:
         "decision": DECISION_NAMES.get(resp.decision),
         "request_id": resp.request_id,
         "matches": [matched_json(m) for m in resp.matches],
+        **({"notes": list(resp.notes)} if resp.notes else {}),
     }
 
 

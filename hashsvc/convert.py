@@ -119,6 +119,7 @@ def match_response(outcome: MatchOutcome) -> pb.MatchResponse:
         media_type=MEDIA_TO_PB.get(outcome.media_type, pb.MEDIA_TYPE_UNSPECIFIED),
         query_signals=[query_signal(s) for s in outcome.query_signals],
         client_ref=outcome.client_ref,
+        notes=list(outcome.notes),
     )
 
 

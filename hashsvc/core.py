@@ -49,6 +49,7 @@ class MatchOutcome:
     query_signals: list[Signal]
     matches: list[Match] = field(default_factory=list)
     client_ref: str = ""
+    notes: tuple[str, ...] = ()  # what was left out within the limits
 
 
 class Core:
@@ -128,10 +129,10 @@ class Core:
         """Hash (if media), match, decide; every call, failed or not, is recorded."""
         request_id = uuid.uuid4().hex
         started = datetime.now(UTC)
-        media_type, signals = "", []
+        media_type, signals, notes = "", [], ()
         try:
             only_sets = self._set_ids(query.sets)
-            media_type, signals = self._query_signals(query)
+            media_type, signals, notes = self._query_signals(query)
             result = self.matcher.match(signals, only_sets)
             result = self.feedback.apply(result, signals, self.live.sets_by_id)
         except HashsvcError as exc:
@@ -142,7 +143,13 @@ class Core:
             self._record(request_id, started, caller, rpc, query, media_type, signals, exc=exc)
             raise
         outcome = MatchOutcome(
-            request_id, result.decision, media_type, signals, result.matches, query.client_ref
+            request_id,
+            result.decision,
+            media_type,
+            signals,
+            result.matches,
+            query.client_ref,
+            notes,
         )
         self._record(request_id, started, caller, rpc, query, media_type, signals, outcome)
         self._after_match(outcome, caller)
@@ -164,18 +171,19 @@ class Core:
     def record_action(self, action: str, actor: str, detail: dict) -> None:
         self.review.record_action(action, actor, detail)
 
-    def _query_signals(self, query: MatchQuery) -> tuple[str, list[Signal]]:
+    def _query_signals(self, query: MatchQuery) -> tuple[str, list[Signal], tuple[str, ...]]:
         if query.media is not None and query.signal_type:
             raise InvalidArgument("send media or a hash, not both")
         if query.media is not None:
             hashed = self.hashing.hash_query(query.media)
-            return hashed.media_type, hashed.signals
+            return hashed.media_type, hashed.signals, hashed.notes
         if query.signal_type:
             sig_type = signal_type(query.signal_type)
             quality = query.signal_quality
             if quality is not None and not 0 <= quality <= 100:
                 raise InvalidArgument("quality must be within 0..100")
-            return "hash", [Signal(sig_type.name, sig_type.parse(query.signal_value), quality)]
+            signal = Signal(sig_type.name, sig_type.parse(query.signal_value), quality)
+            return "hash", [signal], ()
         raise InvalidArgument("the request holds neither media nor a hash")
 
     def _set_ids(self, names: tuple[str, ...]) -> set[int] | None:
@@ -212,6 +220,7 @@ class Core:
             media_bytes=size_of(query.media) if query.media is not None else 0,
             query_signals=[signal_json(s) for s in signals],
             matches=[m.to_json() for m in outcome.matches] if outcome else [],
+            detail={"notes": list(outcome.notes)} if outcome and outcome.notes else {},
         )
         self.store.record_match(record)
 

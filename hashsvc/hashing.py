@@ -115,7 +115,9 @@ class HashingPool:
                 ]
                 deadline = time.monotonic() + timeout
                 parts = [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
-                return Hashed(parts[0].media_type, [s for p in parts for s in p.signals])
+                return Hashed(
+                    parts[0].media_type, [s for p in parts for s in p.signals], parts[0].notes
+                )
             future = pool.submit(hash_media, source, self.limits, for_query)
             return future.result(timeout=timeout)
         except FutureTimeout:

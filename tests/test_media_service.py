@@ -268,3 +268,20 @@ def test_upload_limits(tmp_path):
         assert "unsupported media format" in unknown.value.details()
     finally:
         h.close()
+
+
+def test_partial_hashing_is_reported(tmp_path):
+    """A PDF longer than max_pages is hashed in part, and the answer says so."""
+    from hashsvc.media.pdf import PdfLimits
+
+    h = start_harness(f"sqlite:///{tmp_path}/db.sqlite", pdf=PdfLimits(max_pages=3))
+    try:
+        stubs, md = h.stubs("matcher")
+        resp = _upload_match(stubs, md, pdf_media.many_pages(12))
+        assert resp.media_type == pb.PDF and resp.decision == pb.ALLOW
+        assert any("12" in note and "3" in note for note in resp.notes), list(resp.notes)
+        auditor, amd = h.stubs("auditor")
+        record = auditor.audit.QueryHistory(pb.QueryHistoryRequest(), metadata=amd).records[-1]
+        assert record.request_id == resp.request_id and "notes" in record.detail_json
+    finally:
+        h.close()

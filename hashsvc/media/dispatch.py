@@ -31,6 +31,9 @@ class MediaLimits:
 class Hashed:
     media_type: str  # "image", "video", "audio", "pdf"
     signals: list[Signal]
+    # What was left out within the limits (pages past max_pages, audio past
+    # max_seconds, a sound track with nothing to match), for the caller.
+    notes: tuple[str, ...] = ()
 
 
 def head_of(source: MediaSource) -> bytes:
@@ -121,13 +124,19 @@ def _hash_media(
         kind = sniff.AV
     path_or_bytes = source.path if isinstance(source, SpooledMedia) else source
     if kind == sniff.PDF:
-        return Hashed("pdf", [*exact, *pdf.hash_pdf(path_or_bytes, limits.pdf, for_query)])
+        report = pdf.hash_pdf_report(path_or_bytes, limits.pdf, for_query)
+        return Hashed("pdf", [*exact, *report.signals], tuple(report.notes))
     if _has_video_stream(source):
         sound = _SoundTrack(limits.audio)
         hashed = video.hash_video(path_or_bytes, limits.video, for_query, on_audio_frame=sound)
-        return Hashed("video", [*exact, *hashed.signals(), *sound.signals()])
+        sound_signals = sound.signals()
+        notes = (sound.note,) if hashed.has_audio and sound.note else ()
+        return Hashed("video", [*exact, *hashed.signals(), *sound_signals], notes)
     fingerprint = audio.fingerprint_audio(path_or_bytes, limits.audio)
-    return Hashed("audio", [*exact, fingerprint.to_signal()])
+    notes = ()
+    if fingerprint.truncated:
+        notes = (f"only the first {limits.audio.max_seconds:g} s of audio were fingerprinted",)
+    return Hashed("audio", [*exact, fingerprint.to_signal()], notes)
 
 
 class _SoundTrack:
@@ -138,21 +147,25 @@ class _SoundTrack:
     def __init__(self, limits: audio.AudioLimits) -> None:
         self._fingerprinter = audio.AudioFrameFingerprinter(limits)
         self._fed = False
-        self._broken = False
+        self.note = ""
 
     def __call__(self, frame) -> None:
-        if self._broken:
+        if self.note:
             return
         try:
             self._fingerprinter(frame)
             self._fed = True
-        except HashsvcError:
-            self._broken = True
+        except HashsvcError as exc:
+            self.note = f"sound track not fingerprinted: {exc}"
 
     def signals(self) -> list[Signal]:
-        if self._broken or not self._fed:
+        if self.note:
+            return []
+        if not self._fed:
+            self.note = "sound track not fingerprinted: no audio decoded"
             return []
         try:
             return [self._fingerprinter.finish().to_signal()]
-        except HashsvcError:
+        except HashsvcError as exc:
+            self.note = f"sound track not fingerprinted: {exc}"
             return []
