@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Iterable
 from contextlib import contextmanager
+from typing import Protocol
 
 import faiss
 import numpy as np
@@ -24,7 +25,10 @@ import numpy as np
 VARIANT_BITS = 20
 MAX_VARIANTS = 1 << VARIANT_BITS
 # Written into snapshots: a snapshot made with another id layout is rebuilt.
-ID_LAYOUT = f"entry<<{VARIANT_BITS}|variant"
+# v2: PDQ snapshots are multi-index hash files, not FAISS files.
+ID_LAYOUT = f"entry<<{VARIANT_BITS}|variant;v2"
+# The first bytes of a multi-index hash snapshot (hashsvc/multi_index.py).
+SNAPSHOT_MAGIC = b"HSVC-MIH-PDQ-v1\n"
 
 
 def signal_id(entry_id: int, variant_no: int) -> int:
@@ -132,8 +136,37 @@ class BinaryIndex:
         os.replace(tmp, path)  # a crash mid-write never leaves a torn snapshot
 
     @classmethod
-    def load(cls, path: str, bits: int) -> BinaryIndex:
+    def load(cls, path: str, bits: int) -> HashIndex:
+        """Whichever engine wrote the snapshot at path."""
+        with open(path, "rb") as f:
+            if f.read(len(SNAPSHOT_MAGIC)) == SNAPSHOT_MAGIC:
+                from hashsvc.multi_index import MultiIndexHash
+
+                return MultiIndexHash.load(path, bits)
         loaded = faiss.read_index_binary(path)
         if loaded.d != bits or not isinstance(loaded, faiss.IndexBinaryIDMap2):
             raise ValueError(f"snapshot {path} is not a {bits}-bit id-mapped binary index")
         return cls(bits, loaded)
+
+
+class HashIndex(Protocol):
+    """What LiveIndex and the matcher need of an index engine."""
+
+    bits: int
+
+    def __len__(self) -> int: ...
+    def add(self, ids: Iterable[int], vectors: Iterable[bytes]) -> None: ...
+    def remove(self, ids: Iterable[int]) -> int: ...
+    def remove_entry(self, entry_id: int) -> int: ...
+    def search(self, queries: list[bytes], max_distance: int) -> list[list[tuple[int, int]]]: ...
+    def save(self, path: str) -> None: ...
+
+
+def new_index(signal_type: str, bits: int) -> HashIndex:
+    """The engine for one signal type: multi-index hashing for PDQ (millions of
+    hashes), the flat index for the others (fewer hashes, other lengths)."""
+    if signal_type == "pdq":
+        from hashsvc.multi_index import MultiIndexHash
+
+        return MultiIndexHash(bits)
+    return BinaryIndex(bits)

@@ -20,7 +20,7 @@ import numpy as np
 
 from hashdb import HashSetRecord, Store
 from hashsvc.audio_index import AudioIndex
-from hashsvc.index import ID_LAYOUT, BinaryIndex, signal_id
+from hashsvc.index import ID_LAYOUT, BinaryIndex, HashIndex, new_index, signal_id
 from hashsvc.signals import SIGNAL_TYPES
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class LiveIndex:
     def __init__(self, store: Store, snapshot_dir: str = "") -> None:
         self.store = store
         self.snapshot_dir = snapshot_dir
-        self.indexes: dict[str, BinaryIndex] = {}
+        self.indexes: dict[str, HashIndex] = {}
         # Audio fingerprints (one per entry with sound), by entry id. Not part
         # of the snapshot: rebuilt from the store at start (a sequential read).
         self.audio = AudioIndex()
@@ -64,7 +64,7 @@ class LiveIndex:
         # and replaying an add or remove is idempotent.
         self.seq = self.store.current_seq()
         for sig_type in PERCEPTUAL_TYPES:
-            index = BinaryIndex(sig_type.bits)
+            index = new_index(sig_type.name, sig_type.bits)
             ids: list[int] = []
             values: list[bytes] = []
             for sig in self.store.iter_signals([sig_type.name]):
