@@ -33,6 +33,8 @@ from hashsvc.signals import SIGNAL_TYPES, Signal
 MAX_BATCH_ROWS = 200_000
 # A strict load holds its rows until the end: bounded.
 MAX_STRICT_ROWS = 5_000_000
+# Entries per store transaction (a Match waits at most for one on SQLite).
+WRITE_CHUNK = 4_000
 # The answer lists this many rejected rows (all are counted).
 MAX_REPORTED_REJECTS = 1_000
 _VARIANT = re.compile(r"original|page|document|frame:\d{1,9}")
@@ -244,11 +246,17 @@ class BulkLoad:
     def _write(self, groups: dict[str, _Group]) -> None:
         if not groups:
             return
-        counts = self.store.bulk_upsert(
-            self.set_id, [g.upsert() for g in groups.values()], self.added_by
-        )
-        self.result.counts += counts
-        if counts.added or counts.updated or counts.removed:
+        upserts = [g.upsert() for g in groups.values()]
+        changed = False
+        # Short transactions: on SQLite a write transaction holds the one
+        # writer lock that every Match needs to append its history record.
+        for start in range(0, len(upserts), WRITE_CHUNK):
+            counts = self.store.bulk_upsert(
+                self.set_id, upserts[start : start + WRITE_CHUNK], self.added_by
+            )
+            self.result.counts += counts
+            changed = changed or bool(counts.added or counts.updated or counts.removed)
+        if changed:
             self.live.catch_up()  # committed rows match before the next batch
 
     def _reject(self, source: str, line: int, reason: str) -> None:

@@ -43,10 +43,11 @@ def detect(source: str, first_line: str) -> str:
 def read(stream: Iterable[str], fmt: str = "auto", source: str = "") -> Iterator[Record | Rejected]:
     """Records and rejected rows of one file, in file order."""
     if fmt == "auto":
-        first = stream.readline()
+        lines = iter(stream)
+        first = next(lines, "")
         fmt = detect(source, first)
         # the readers iterate lines: put the one read back in front
-        stream = itertools.chain([first], stream)
+        stream = itertools.chain([first], lines)
     if fmt == "csv":
         return delimited.read(stream, source)
     if fmt == "tsv":

@@ -1,0 +1,120 @@
+"""Bulk load throughput end to end, and Match latency while a load runs.
+
+    .venv/bin/python bench/load.py            # 1M PDQ rows, SQLite and PostgreSQL
+    .venv/bin/python bench/load.py --short    # 100k rows (CI, < 60 s)
+
+End to end: a CSV file of random PDQ hashes is read, checked and streamed by
+the `hashsvc load` client code (its own process) through the BulkLoad RPC to a
+real server (gRPC on loopback), which checks the rows again, writes them in
+batches and updates its in-memory index after each batch. A second process
+calls Match (by hash) in a loop during the load and reports its latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hashsvc import auth  # noqa: E402
+from hashsvc.cli_bulk import LoadProgress, load  # noqa: E402
+from hashsvc.client import Client  # noqa: E402
+from hashsvc.config import Config  # noqa: E402
+from hashsvc.server import start_server  # noqa: E402
+from hashsvc.v1 import hashsvc_pb2 as pb  # noqa: E402
+
+PG_URL = os.environ.get("HASHSVC_TEST_PG", "postgresql://127.0.0.1:5432/test")
+
+
+def write_rows(path: str, rows: int) -> None:
+    with open(path, "w") as f:
+        f.write("signal_type,signal_value\n")
+        for _ in range(rows):
+            f.write(f"pdq,{os.urandom(32).hex()}\n")
+
+
+def run_load(address: str, token: str, path: str, out) -> None:
+    client = Client(server=address, token=token)
+    started = time.perf_counter()
+    summary = load(client, "bench", [path], "csv", False, LoadProgress(None, False))
+    out.put((time.perf_counter() - started, summary))
+
+
+def run_matcher(address: str, token: str, stop, out) -> None:
+    client = Client(server=address, token=token)
+    query = pb.MatchRequest(signal=pb.SignalValue(signal_type="pdq", value=os.urandom(32).hex()))
+    latencies = []
+    while not stop.is_set():
+        started = time.perf_counter()
+        client.matcher.Match(query, metadata=client.metadata)
+        latencies.append(time.perf_counter() - started)
+        time.sleep(0.005)
+    out.put(latencies)
+
+
+def pg_schema_url(schema: str) -> str:
+    import psycopg
+
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    return f"{PG_URL}?options=-csearch_path%3D{schema}"
+
+
+def bench(name: str, db_url: str, path: str, rows: int) -> None:
+    running = start_server(
+        Config(listen="127.0.0.1:0", db_url=db_url, workers=1), hash_in_process=True
+    )
+    try:
+        _, token = auth.create_token(running.core.store, "admin", "bench")
+        running.core.curation.create_set("bench")
+        address = f"127.0.0.1:{running.port}"
+        ctx = mp.get_context("spawn")
+        results, latencies, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
+        matcher = ctx.Process(target=run_matcher, args=(address, token, stop, latencies))
+        matcher.start()
+        time.sleep(1.0)  # matcher warmed up
+        loader = ctx.Process(target=run_load, args=(address, token, path, results))
+        loader.start()
+        seconds, summary = results.get()
+        loader.join()
+        stop.set()
+        lat = sorted(latencies.get())
+        matcher.join()
+    finally:
+        running.stop(grace=1)
+    assert summary["added"] == rows, summary
+    p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000  # noqa: E731
+    print(
+        f"{name:10s} {rows:>9,d} rows in {seconds:6.1f} s = {rows / seconds:>9,.0f} rows/s;"
+        f"  Match during load ({len(lat)} calls): p50 {statistics.median(lat) * 1000:.1f} ms,"
+        f" p99 {p(0.99):.1f} ms, max {lat[-1] * 1000:.1f} ms",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--short", action="store_true", help="100k rows (CI)")
+    parser.add_argument("--rows", type=int)
+    parser.add_argument("--stores", default="sqlite,postgresql")
+    args = parser.parse_args()
+    rows = args.rows or (100_000 if args.short else 1_000_000)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "rows.csv")
+        write_rows(path, rows)
+        for store in args.stores.split(","):
+            if store == "sqlite":
+                bench("SQLite", f"sqlite:///{tmp}/bench.db", path, rows)
+            else:
+                bench("PostgreSQL", pg_schema_url("bench_load"), path, rows)
+
+
+if __name__ == "__main__":
+    main()
