@@ -934,10 +934,6 @@ def cmd_stats(args) -> int:
     return EXIT_OK
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # ------------------------------------------------------------------ review
 
 
@@ -1048,3 +1044,7 @@ def cmd_entries_release(args) -> int:
     else:
         print(f"released {args.set_name}/{entry.name} from quarantine")
     return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
