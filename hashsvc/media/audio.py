@@ -178,6 +178,8 @@ def fingerprint_container(container, limits: AudioLimits) -> AudioFingerprint | 
     if not container.streams.audio:
         return None
     stream = container.streams.audio[0]
+    if stream.codec_context is None:  # FFmpeg has no decoder for it (e.g. a 0-bit WAV)
+        raise UnsupportedMedia("the audio stream is in a format no decoder reads")
     _check_format(stream.codec_context.sample_rate, stream.codec_context.channels, limits)
     fingerprinter = AudioFrameFingerprinter(limits)
     packets = bad_packets = 0

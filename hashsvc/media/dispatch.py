@@ -75,9 +75,12 @@ def _is_animated_gif(data: bytes) -> bool:
         return False  # the image reader reports what is wrong with it
 
 
-def _has_video_stream(source: MediaSource) -> bool:
+def _has_video_stream(source: MediaSource, max_pixels: int = 0) -> bool:
     try:
-        opened = av.open(source.path if isinstance(source, SpooledMedia) else io.BytesIO(source))
+        opened = av.open(
+            source.path if isinstance(source, SpooledMedia) else io.BytesIO(source),
+            options=video.probe_options(max_pixels),
+        )
     except av.error.FFmpegError:
         raise UnsupportedMedia("not a video or audio file the decoder can read") from None
     with opened as container:
@@ -126,7 +129,7 @@ def _hash_media(
     if kind == sniff.PDF:
         report = pdf.hash_pdf_report(path_or_bytes, limits.pdf, for_query)
         return Hashed("pdf", [*exact, *report.signals], tuple(report.notes))
-    if _has_video_stream(source):
+    if _has_video_stream(source, limits.video.max_pixels_per_frame):
         sound = _SoundTrack(limits.audio)
         hashed = video.hash_video(path_or_bytes, limits.video, for_query, on_audio_frame=sound)
         sound_signals = sound.signals()

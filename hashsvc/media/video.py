@@ -139,7 +139,7 @@ def hash_video(
     hashes only, no derived views (for export). Typed errors only."""
     limits = limits or VideoLimits()
     started = time.monotonic()
-    container, extension = _open(source)
+    container, extension = _open(source, limits.max_pixels_per_frame)
     with container:
         stream = _checked_video_stream(container, extension, limits)
         audio = container.streams.audio[0] if container.streams.audio else None
@@ -180,7 +180,9 @@ def _feed_audio(packet, on_audio_frame: AudioHook) -> None:
 # ------------------------------------------------------------------ opening
 
 
-def _open(source: bytes | str | os.PathLike) -> tuple[av.container.InputContainer, str | None]:
+def _open(
+    source: bytes | str | os.PathLike, max_pixels: int = 0
+) -> tuple[av.container.InputContainer, str | None]:
     if isinstance(source, (bytes, bytearray, memoryview)):
         if not source:
             raise InvalidArgument("empty media")
@@ -191,7 +193,7 @@ def _open(source: bytes | str | os.PathLike) -> tuple[av.container.InputContaine
             raise InvalidArgument("empty media" if os.path.isfile(path) else "no such file")
         target, extension = path, os.path.splitext(path)[1].lower() or None
     try:
-        container = av.open(target, metadata_errors="ignore")
+        container = av.open(target, metadata_errors="ignore", options=probe_options(max_pixels))
     except av.error.InvalidDataError:
         raise UnsupportedMedia(
             "not a video the decoder can read (unknown format, or truncated)"
@@ -199,6 +201,13 @@ def _open(source: bytes | str | os.PathLike) -> tuple[av.container.InputContaine
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         raise CorruptMedia(f"cannot open the video: {exc}") from None
     return container, extension
+
+
+def probe_options(max_pixels: int) -> dict[str, str]:
+    """Opening a file decodes a few frames to learn its streams: a 1 KB file
+    whose H.264 header claims 16000x16000 cost seconds there, before any of our
+    checks. FFmpeg's own pixel limit makes the probe refuse such frames."""
+    return {"max_pixels": str(max_pixels)} if max_pixels > 0 else {}
 
 
 def _checked_video_stream(container, extension: str | None, limits: VideoLimits):
@@ -210,6 +219,8 @@ def _checked_video_stream(container, extension: str | None, limits: VideoLimits)
     if extension is not None and extension not in CONTAINERS[name]:
         raise UnsupportedMedia(f"the file is named {extension} but is a {name.split(',')[0]} file")
     stream = container.streams.video[0]
+    if stream.codec_context is None:  # FFmpeg has no decoder for its codec
+        raise UnsupportedMedia("the video stream is in a format no decoder reads")
     width, height = stream.codec_context.width, stream.codec_context.height
     if width <= 0 or height <= 0:
         # (a GIF claiming a 65535x65535 screen ends here: FFmpeg refuses it)

@@ -1,0 +1,76 @@
+"""Limits that hostile files run into: what a decoder is given before our own
+checks run, streams no decoder reads, and the server's memory across many
+hostile requests (a real `hashsvc serve`, via bench/fuzz.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hashsvc.errors import HashsvcError, TooLarge, UnsupportedMedia
+from hashsvc.media.dispatch import MediaLimits, hash_media
+from hashsvc.media.video import VideoLimits, hash_video
+from tests import hostile
+
+FUZZ = Path(__file__).resolve().parents[1] / "bench" / "fuzz.py"
+
+
+@pytest.mark.parametrize("for_query", [True, False])
+def test_a_header_claiming_16000x16000_is_refused_before_decoding(for_query):
+    """FFmpeg decodes frames while opening a file to learn its streams; a 1 KB
+    MKV whose H.264 header claims 16000x16000 cost 2.5-5 s of a worker there
+    (twice: dispatch, then the video reader) before our size check ran."""
+    data = hostile.h264_mkv(16_000, 16_000)
+    assert len(data) < 2048
+    started = time.monotonic()
+    with pytest.raises(TooLarge, match="16000x16000"):
+        hash_media(data, MediaLimits(), for_query)
+    assert time.monotonic() - started < 1.0
+
+
+def test_the_probe_pixel_limit_follows_the_video_limits():
+    data = hostile.h264_mkv(4_000, 4_000)  # 16 MP: over the default, under this one
+    lax = VideoLimits(max_pixels_per_frame=20_000_000)
+    try:  # garbage slices: decoded (concealed) or corrupt, but not refused for size
+        hash_video(data, lax)
+    except HashsvcError as exc:
+        assert not isinstance(exc, TooLarge), exc
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        hostile.mkv("V_NOPE", b"", 64, 48, [(0, b"abc" * 10)] * 2),
+        hostile.wav_claiming(44_100, 2, bits=0),
+    ],
+    ids=["video_codec_unknown", "wav_0_bits"],
+)
+def test_a_stream_no_decoder_reads_is_unsupported_media(data):
+    """Both ended in AttributeError (PyAV gives no codec context), which the
+    server reported as INTERNAL."""
+    with pytest.raises(UnsupportedMedia, match="no decoder"):
+        hash_media(data, MediaLimits(), for_query=True)
+
+
+def test_server_memory_stays_bounded_across_hostile_requests():
+    """A real `hashsvc serve` with 2 hashing workers takes hostile requests
+    (bench/fuzz.py; CI's bench-short runs 200, `make bench` 10,000): no crash,
+    only results or typed statuses, still serving, and the RSS of the server
+    and its workers grows by less than 200 MB over the second half of the run
+    (the server process alone by less than 40 MB)."""
+    spec = importlib.util.spec_from_file_location("bench_fuzz", FUZZ)
+    fuzz = importlib.util.module_from_spec(spec)
+    sys.modules["bench_fuzz"] = fuzz  # its dataclasses look their module up
+    spec.loader.exec_module(fuzz)
+    report = fuzz.run(requests=150, seconds=120, seed=11)
+    print("\n".join(report.lines()))
+    assert not report.crashed
+    assert report.untyped == []
+    assert report.serving_afterwards
+    assert report.requests >= 100
+    assert report.growth_mb(2) < 200, report.lines()
+    assert report.growth_mb(1) < 40, report.lines()
