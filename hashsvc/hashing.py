@@ -92,7 +92,7 @@ class HashingPool:
     def hash_known(self, source: MediaSource) -> Hashed:
         return self._run(source, for_query=False)
 
-    def _run(self, source: MediaSource, for_query: bool) -> Hashed:
+    def _run(self, source: MediaSource, for_query: bool, retried: bool = False) -> Hashed:
         # Sniffed here too (cheap) to pick the time limit: seconds for a
         # picture, minutes for an hour of video.
         kind = kind_of(source)
@@ -131,6 +131,13 @@ class HashingPool:
             log.error("hashing worker died; replacing the pool")
             self._replace(pool, kill=False)
             raise Unavailable("the media could not be hashed: the hashing worker died") from None
+        except RuntimeError:
+            # Another request replaced the pool (a worker died or hung) between
+            # our reading self._pool and submitting to it: "cannot schedule new
+            # futures after shutdown". Submit once more, to the new pool.
+            if self._pool is pool or retried:
+                raise
+            return self._run(source, for_query, retried=True)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -74,3 +74,27 @@ def test_server_memory_stays_bounded_across_hostile_requests():
     assert report.requests >= 100
     assert report.growth_mb(2) < 200, report.lines()
     assert report.growth_mb(1) < 40, report.lines()
+
+
+def test_a_request_racing_a_pool_replacement_is_hashed_by_the_new_pool():
+    """A request that read the pool just before another request replaced it
+    (a worker died or hung) submitted to the old, shut-down pool: RuntimeError,
+    reported as INTERNAL. It now goes to the new pool."""
+    from hashsvc.hashing import HashingPool
+    from hashsvc.media.image import ImageLimits
+    from tests.helpers import encode, photo
+
+    pool = HashingPool(1, ImageLimits())
+    try:
+        old = pool._pool
+        submit = old.submit
+
+        def replaced_meanwhile(*args, **kwargs):
+            pool._replace(old, kill=True)  # what the other request's failure does
+            return submit(*args, **kwargs)
+
+        old.submit = replaced_meanwhile
+        assert pool.hash_query(encode(photo(1))).media_type == "image"
+        assert pool._pool is not old
+    finally:
+        pool.close()
