@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import repeat
 
 from hashdb.model import IndexedSignal
 from hashsvc.signals import Signal
@@ -33,6 +34,30 @@ class EntryUpsert:
     labels: dict[str, str] | None = None
     media_type: str = "hash"
     deleted: bool = False
+
+
+@dataclass
+class PlainSignals:
+    """Entries of one signal each, all of one fixed-length type, named after
+    their signal and saying nothing about labels: a plain hash list, column by
+    column. Names are unique and sorted (so the name and value indexes are
+    written page by page)."""
+
+    kind: str
+    media_type: str
+    names: list[str]
+    values: list[bytes]
+    qualities: list[int | None] | None = None  # None: no row has one
+
+
+@dataclass
+class AddedSignals:
+    """What a bulk write created: new entries and their one signal (variant 0),
+    so the index can take them without reading them back."""
+
+    kind: str = ""
+    entry_ids: list[int] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)
 
 
 @dataclass
@@ -84,16 +109,44 @@ class BulkSQL:
         marks = ", ".join("?" * len(rows[0]))
         cur.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows)
 
+    def _existing(self, cur, set_id: int, names: list[str]) -> dict[str, tuple[int, str]]:
+        """name -> (id, labels text) of the set's active entries among names."""
+        if self._is_postgres():
+            # One probe of the name index per name, whatever the statistics
+            # say: while a load grows a new set, stale ones made the planner
+            # scan the whole set for every batch (300 rows/s at 100k).
+            # LIMIT 1 keeps the subquery a per-name lookup (names are unique
+            # among active entries); names hold no control characters, so a
+            # newline-joined text is one cheap parameter (psycopg dumps a
+            # list name by name).
+            cur.execute(
+                "SELECT e.id, e.name, e.labels FROM unnest(string_to_array(?, E'\\n')) AS n(name)"
+                " CROSS JOIN LATERAL (SELECT id, name, labels FROM entries"
+                " WHERE set_id = ? AND name = n.name AND removed_at IS NULL LIMIT 1) AS e",
+                ("\n".join(names), set_id),
+            )
+        else:
+            cur.execute(
+                "SELECT id, name, labels FROM entries WHERE set_id = ? AND removed_at IS NULL"
+                " AND name IN (SELECT value FROM json_each(?))",
+                (set_id, json.dumps(names)),
+            )
+        return {name: (entry_id, labels) for entry_id, name, labels in cur.fetchall()}
+
     def _new_entry_ids(self, cur, count: int) -> list[int]:
         if not count:
             return []
         if self._is_postgres():
+            # A range in one step (nextval a row costs 3 us): every insert into
+            # entries runs in a _write transaction, which holds the change-feed
+            # lock, so no other nextval comes between these two.
             cur.execute(
-                "SELECT nextval(pg_get_serial_sequence('entries', 'id'))"
-                " FROM generate_series(1, ?)",
+                "SELECT setval(pg_get_serial_sequence('entries', 'id'),"
+                " nextval(pg_get_serial_sequence('entries', 'id')) + ? - 1)",
                 (count,),
             )
-            return [row[0] for row in cur.fetchall()]
+            last = cur.fetchone()[0]
+            return list(range(last - count + 1, last + 1))
         # Inside BEGIN IMMEDIATE nobody else inserts; AUTOINCREMENT never
         # reuses an id, so start above both the largest id and the sequence.
         cur.execute(
@@ -119,16 +172,8 @@ class BulkSQL:
             if not self._is_postgres():
                 # the name and value indexes of a large set: keep them in memory
                 cur.execute(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")
-            cur.execute(
-                "SELECT id, name, labels FROM entries WHERE set_id = ? AND removed_at IS NULL"
-                f" AND {self._in_list('name')}",
-                (set_id, self._list_param(list(wanted))),
-            )
-            existing = {name: (entry_id, labels) for entry_id, name, labels in cur.fetchall()}
-            known_signals = self._signals_by_entry(
-                cur, [existing[n][0] for n, e in wanted.items() if n in existing and not e.deleted]
-            )
-            new_entries, new_signals, label_updates, removals, changes = [], [], [], [], []
+            existing = self._existing(cur, set_id, list(wanted))
+            new_entries, new_signals, changes = [], [], []
             # In name order: the name and value indexes are then written page by
             # page instead of at random (2x faster on a large SQLite set).
             fresh = sorted(
@@ -153,47 +198,9 @@ class BulkSQL:
                 )
                 changes.append(("add_entry", set_id, entry_id, at))
             counts.added = len(fresh)
-            for name, e in wanted.items():
-                if name not in existing:
-                    if e.deleted:
-                        counts.unchanged += 1  # nothing to remove
-                    continue
-                entry_id, labels_text = existing[name]
-                if e.deleted:
-                    removals.append((at, entry_id))
-                    changes.append(("remove_entry", set_id, entry_id, at))
-                    counts.removed += 1
-                    continue
-                changed = False
-                if e.labels is not None:
-                    labels_json = json.dumps(e.labels, sort_keys=True)
-                    if json.loads(labels_text) != e.labels:
-                        label_updates.append((labels_json, entry_id))
-                        changed = True
-                have, next_no = known_signals.get(entry_id, (set(), 0))
-                for s in e.signals:
-                    key = _signal_key(s.kind, s.value, s.variant)
-                    if key in have:
-                        continue
-                    have.add(key)
-                    new_signals.append(
-                        (
-                            entry_id,
-                            next_no,
-                            s.kind,
-                            s.variant,
-                            bytes(s.value),
-                            s.quality,
-                            s.position,
-                        )
-                    )
-                    next_no += 1
-                    changed = True
-                if changed:
-                    changes.append(("update_entry", set_id, entry_id, at))
-                    counts.updated += 1
-                else:
-                    counts.unchanged += 1
+            counts.unchanged = sum(
+                1 for name, e in wanted.items() if name not in existing and e.deleted
+            )  # tombstones of names not there: nothing to remove
             self._insert_rows(
                 cur,
                 "entries",
@@ -206,14 +213,166 @@ class BulkSQL:
                 "entry_id, variant_no, kind, variant, value, quality, position",
                 new_signals,
             )
-            if label_updates:
-                cur.executemany("UPDATE entries SET labels = ? WHERE id = ?", label_updates)
-            if removals:
-                cur.executemany("UPDATE entries SET removed_at = ? WHERE id = ?", removals)
             self._insert_rows(cur, "changes", "op, set_id, entry_id, at", changes)
-            if changes and self._is_postgres():
+            counts += self._upsert_existing(
+                cur, set_id, existing, [e for name, e in wanted.items() if name in existing], at
+            )
+            if (counts.added or counts.updated or counts.removed) and self._is_postgres():
                 cur.execute(f"NOTIFY {self._channel}")  # once per batch, at commit
         return counts
+
+    def _upsert_existing(
+        self, cur, set_id: int, existing: dict, entries: list[EntryUpsert], at: int
+    ) -> BulkCounts:
+        """Updates and removals of entries already in the set (`existing`: name
+        -> (id, labels text)), inside the caller's transaction."""
+        counts = BulkCounts()
+        if not entries:
+            return counts
+        known_signals = self._signals_by_entry(
+            cur, [existing[e.name][0] for e in entries if not e.deleted]
+        )
+        new_signals, label_updates, removals, changes = [], [], [], []
+        for e in entries:
+            entry_id, labels_text = existing[e.name]
+            if e.deleted:
+                removals.append((at, entry_id))
+                changes.append(("remove_entry", set_id, entry_id, at))
+                counts.removed += 1
+                continue
+            changed = False
+            if e.labels is not None:
+                labels_json = json.dumps(e.labels, sort_keys=True)
+                if json.loads(labels_text) != e.labels:
+                    label_updates.append((labels_json, entry_id))
+                    changed = True
+            have, next_no = known_signals.get(entry_id, (set(), 0))
+            for s in e.signals:
+                key = _signal_key(s.kind, s.value, s.variant)
+                if key in have:
+                    continue
+                have.add(key)
+                new_signals.append(
+                    (entry_id, next_no, s.kind, s.variant, bytes(s.value), s.quality, s.position)
+                )
+                next_no += 1
+                changed = True
+            if changed:
+                changes.append(("update_entry", set_id, entry_id, at))
+                counts.updated += 1
+            else:
+                counts.unchanged += 1
+        self._insert_rows(
+            cur,
+            "entry_signals",
+            "entry_id, variant_no, kind, variant, value, quality, position",
+            new_signals,
+        )
+        if label_updates:
+            cur.executemany("UPDATE entries SET labels = ? WHERE id = ?", label_updates)
+        if removals:
+            cur.executemany("UPDATE entries SET removed_at = ? WHERE id = ?", removals)
+        self._insert_rows(cur, "changes", "op, set_id, entry_id, at", changes)
+        return counts
+
+    def bulk_add_plain(
+        self, set_id: int, rows: PlainSignals, added_by: str, now: int | None = None
+    ) -> tuple[BulkCounts, AddedSignals]:
+        """bulk_upsert for a plain hash list, without an object per row: new
+        names are inserted column-wise, names already in the set go through
+        the general path (they may gain the signal). One transaction."""
+        from hashdb.sqlbase import now_micros
+
+        counts = BulkCounts()
+        added = AddedSignals(rows.kind)
+        if not rows.names:
+            return counts, added
+        at = now or now_micros()
+        with self._write() as cur:
+            if not self._is_postgres():
+                cur.execute(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")
+            existing = self._existing(cur, set_id, rows.names)
+            names, values, qualities = rows.names, rows.values, rows.qualities
+            if existing:
+                keep = [i for i, name in enumerate(names) if name not in existing]
+                old = [i for i, name in enumerate(names) if name in existing]
+                quality = (lambda i: None) if qualities is None else qualities.__getitem__
+                counts += self._upsert_existing(
+                    cur,
+                    set_id,
+                    existing,
+                    [
+                        EntryUpsert(
+                            names[i],
+                            [Signal(rows.kind, values[i], quality(i))],
+                            None,
+                            rows.media_type,
+                        )
+                        for i in old
+                    ],
+                    at,
+                )
+                names = [names[i] for i in keep]
+                values = [values[i] for i in keep]
+                if qualities is not None:
+                    qualities = [qualities[i] for i in keep]
+            ids = self._new_entry_ids(cur, len(names))
+            counts.added = len(ids)
+            if ids:
+                self._insert_plain(cur, set_id, rows, ids, names, values, qualities, at, added_by)
+            if self._is_postgres() and (counts.added or counts.updated):
+                cur.execute(f"NOTIFY {self._channel}")
+        added.entry_ids, added.values = ids, values
+        return counts, added
+
+    def _insert_plain(self, cur, set_id, rows, ids, names, values, qualities, at, added_by):
+        quality_column = repeat(None) if qualities is None else qualities
+        if self._is_postgres():
+            # COPY text built with joins: psycopg's write_row costs ~2 us a row.
+            # Names are "<kind>:<hex>"; only added_by may need escaping.
+            by = _copy_text(added_by)
+            tail = f"\t{{}}\t{rows.media_type}\t{at}\t{by}\n"
+            _copy(
+                cur,
+                "entries (id, set_id, name, labels, media_type, created_at, added_by)",
+                "".join([f"{i}\t{set_id}\t{n}{tail}" for i, n in zip(ids, names, strict=True)]),
+            )
+            kind_variant = f"\t0\t{rows.kind}\toriginal\t\\\\x"
+            quality_text = (
+                [r"\N"] * len(ids)
+                if qualities is None
+                else [r"\N" if q is None else q for q in qualities]
+            )
+            _copy(
+                cur,
+                "entry_signals (entry_id, variant_no, kind, variant, value, quality)",
+                "".join(
+                    [
+                        f"{i}{kind_variant}{v.hex()}\t{q}\n"
+                        for i, v, q in zip(ids, values, quality_text, strict=True)
+                    ]
+                ),
+            )
+            _copy(
+                cur,
+                "changes (op, set_id, entry_id, at)",
+                "".join([f"add_entry\t{set_id}\t{i}\t{at}\n" for i in ids]),
+            )
+            return
+        cur.executemany(
+            "INSERT INTO entries (id, set_id, name, labels, media_type, created_at, added_by)"
+            " VALUES (?, ?, ?, '{}', ?, ?, ?)",
+            zip(ids, repeat(set_id), names, repeat(rows.media_type), repeat(at), repeat(added_by)),
+        )
+        cur.executemany(
+            "INSERT INTO entry_signals (entry_id, variant_no, kind, variant, value, quality)"
+            " VALUES (?, 0, ?, 'original', ?, ?)",
+            zip(ids, repeat(rows.kind), values, quality_column),
+        )
+        cur.executemany(
+            "INSERT INTO changes (op, set_id, entry_id, at) VALUES ('add_entry', ?, ?, ?)",
+            zip(repeat(set_id), ids, repeat(at)),
+        )
 
     def _signals_by_entry(self, cur, entry_ids: list[int]) -> dict[int, tuple[set, int]]:
         """entry id -> (its signal keys, the next free variant number)."""
@@ -260,3 +419,15 @@ class BulkSQL:
                 (set_id, since),
             )
             return [row[0] for row in cur.fetchall()]
+
+
+def _copy_text(value: str) -> str:
+    """A value in COPY's text format."""
+    return (
+        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    )
+
+
+def _copy(cur, target: str, text: str) -> None:
+    with cur._cur.copy(f"COPY {target} FROM STDIN") as copy:
+        copy.write(text)

@@ -32,8 +32,20 @@ class SQLiteStore(SQLStore, ReviewSQL):
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.RLock()  # only for :memory:, whose one connection is shared
+        # Writers of this process queue here in arrival order and are woken at
+        # once, instead of in SQLite's busy handler, which sleeps up to 100 ms a
+        # try and lets a bulk load take the lock again before a Match's history
+        # write wakes (issue 6: pauses of 440 ms).
+        self._writer = _FairLock()
+        self._closed = threading.Event()
         self._shared = self._open() if self.memory else None
         self._migrate()
+        self._checkpointer = None
+        if not self.memory:
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, name="sqlite-checkpoint", daemon=True
+            )
+            self._checkpointer.start()
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -44,6 +56,10 @@ class SQLiteStore(SQLStore, ReviewSQL):
             # NORMAL in WAL mode: a power cut may lose the last commits but
             # never corrupts; an application crash loses nothing.
             conn.execute("PRAGMA synchronous = NORMAL")
+            # Checkpoints run in the background thread, never in the commit of
+            # a request (a Match's history write after a bulk batch would copy
+            # the batch's pages back to the database file first).
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
         with self._lock:
             self._all.append(conn)
         return conn
@@ -70,7 +86,7 @@ class SQLiteStore(SQLStore, ReviewSQL):
 
     @contextmanager
     def _write(self):
-        lock = self._lock if self._shared is not None else _NO_LOCK
+        lock = self._lock if self._shared is not None else self._writer
         with lock:
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
@@ -89,7 +105,25 @@ class SQLiteStore(SQLStore, ReviewSQL):
         with self._write() as cur:  # BEGIN IMMEDIATE: one process migrates at a time
             migrations.apply(cur, migrations.SQLITE)
 
+    def _checkpoint_loop(self) -> None:
+        """Copies the WAL back into the database now and then (a no-op when
+        there is nothing new). PASSIVE waits for no reader or writer; the next
+        writer after a complete checkpoint starts the WAL from its beginning."""
+        conn = None
+        try:
+            while not self._closed.wait(CHECKPOINT_INTERVAL):
+                try:
+                    if conn is None:
+                        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:
+                    pass  # busy or closing: again next time
+        finally:
+            if conn is not None:
+                conn.close()
+
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
             for conn in self._all:
                 try:
@@ -113,12 +147,42 @@ def _retry_locked(action, attempts: int = 100) -> None:
             time.sleep(0.02)
 
 
-class _NoLock:
+# How often the background thread checkpoints the WAL (a no-op when empty).
+CHECKPOINT_INTERVAL = 0.25
+
+
+class _FairLock:
+    """A lock taken in arrival order (threading.Lock lets the thread that just
+    released it take it again before a waiter wakes)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._next_ticket = 0
+        self._serving = 0
+        self._abandoned: set[int] = set()
+
     def __enter__(self):
+        with self._cond:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            try:
+                while ticket != self._serving:
+                    self._cond.wait()
+            except BaseException:
+                self._abandoned.add(ticket)  # its turn is skipped
+                if ticket == self._serving:
+                    self._pass_on()
+                raise
         return self
 
     def __exit__(self, *exc):
+        with self._cond:
+            self._pass_on()
         return False
 
-
-_NO_LOCK = _NoLock()
+    def _pass_on(self) -> None:
+        self._serving += 1
+        while self._serving in self._abandoned:
+            self._abandoned.discard(self._serving)
+            self._serving += 1
+        self._cond.notify_all()

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from hashdb import HashSetRecord, Store
+from hashdb.bulk_sql import AddedSignals
 from hashsvc.audio_index import AudioIndex
 from hashsvc.index import ID_LAYOUT, BinaryIndex, HashIndex, new_index, signal_id
 from hashsvc.signals import SIGNAL_TYPES
@@ -136,9 +137,15 @@ class LiveIndex:
 
     # -- keeping current
 
-    def catch_up(self) -> int:
-        """Apply every change after our seq; returns how many were applied."""
+    def catch_up(self, known: AddedSignals | None = None) -> int:
+        """Apply every change after our seq; returns how many were applied.
+        `known`: entries this process just created and their one signal, so
+        their add_entry changes need not read the signals back from the store."""
         applied = 0
+        value_of = (
+            dict(zip(known.entry_ids, known.values, strict=True)) if known is not None else {}
+        )
+        kind = known.kind if known is not None else ""
         with self._apply_lock:
             while True:
                 changes = self.store.changes_since(self.seq, limit=_CHANGES_PAGE)
@@ -149,36 +156,53 @@ class LiveIndex:
                 # 100k at a time); a removal flushes the run first, so changes
                 # still apply in order. Re-adding an entry's signals replaces
                 # them, so an update_entry (new labels or signals) re-adds.
-                run: list[int] = []
+                run: list[tuple[int, str]] = []
                 sets_changed = False
                 for change in changes:
                     if change.op in ("add_entry", "update_entry"):
-                        run.append(change.entry_id)
+                        run.append((change.entry_id, change.op))
                     elif change.op == "remove_entry":
-                        self._add_entries(run)
+                        self._add_entries(run, kind, value_of)
                         run = []
                         self._remove_entry_signals(change.entry_id)
                     elif change.op == "update_set":
                         sets_changed = True
                     applied += 1
-                self._add_entries(run)
+                self._add_entries(run, kind, value_of)
                 self.seq = changes[-1].seq
                 if sets_changed:
                     self._refresh_sets()
 
-    def _add_entries(self, entry_ids: list[int]) -> None:
-        if not entry_ids:
+    def _add_entries(
+        self, run: list[tuple[int, str]], kind: str, value_of: dict[int, bytes]
+    ) -> None:
+        """Index the run's entries; `value_of`: entries known to have been
+        created with one `kind` signal of that value (see catch_up)."""
+        if not run:
             return
         by_type: dict[str, tuple[list[int], list[bytes]]] = {}
-        for sig in self.store.indexed_signals(entry_ids):  # active entries only
+        from_store = [entry_id for entry_id, _ in run]
+        if value_of:
+            # An entry id is never reused, so an add_entry of a known id is
+            # that entry's creation with exactly the known signal; any other
+            # change of it in the run reads the store (which has them all).
+            read = {e for e, op in run if op != "add_entry" or e not in value_of}
+            if len(read) < len(run):
+                from_store = list(read)
+                ids, values = by_type.setdefault(kind, ([], []))
+                for entry_id in dict.fromkeys(e for e, _ in run if e not in read):
+                    ids.append(signal_id(entry_id, 0))
+                    values.append(value_of[entry_id])
+        for sig in self.store.indexed_signals(from_store) if from_store else ():  # active only
             if sig.kind == "chromaprint":
                 self.audio.add(sig.entry_id, words_of(sig.value))
             if sig.kind in self.indexes:
                 ids, values = by_type.setdefault(sig.kind, ([], []))
                 ids.append(signal_id(sig.entry_id, sig.variant_no))
                 values.append(sig.value)
-        for kind, (ids, values) in by_type.items():
-            self.indexes[kind].add(ids, values)
+        for sig_kind, (ids, values) in by_type.items():
+            if sig_kind in self.indexes:
+                self.indexes[sig_kind].add(ids, values)
 
     def _add_entry_signals(self, entry_id: int, signals: Iterable) -> None:
         by_type: dict[str, tuple[list[int], list[bytes]]] = {}

@@ -91,6 +91,36 @@ def test_idempotent_labels_update_and_tombstones(store_and_index):
     assert len(replica.indexes["pdq"]) == 0
 
 
+def test_plain_hash_list_is_idempotent_and_matches_at_once(store_and_index):
+    store, live = store_and_index
+    hash_set = store.create_set("plain", "", {}, {})
+    values = [os.urandom(32) for _ in range(3000)]
+    # an entry named as the list names values[0], with another signal: it gains this one
+    _load(
+        store,
+        live,
+        hash_set.id,
+        f"signal_type,signal_value,entry\nmd5,{'b' * 32},pdq:{values[0].hex()}\n",
+    )
+    rows = RowBatch(signal_type=["pdq"] * 3001, value=[*values, values[1]], quality=[80] * 3001)
+    first = load(store, live, hash_set.id, "op", [rows])
+    assert (first.added, first.updated, first.unchanged) == (2999, 1, 0)
+    entry = store.get_entry(hash_set.id, f"pdq:{values[2].hex()}")
+    assert [(s.kind, s.value, s.quality) for s in entry.signals] == [("pdq", values[2], 80)]
+    assert _near(live, values[2].hex()) == {entry.id}
+    assert _near(live, values[0].hex()) == {
+        store.get_entry(hash_set.id, f"pdq:{values[0].hex()}").id
+    }
+
+    again = load(store, live, hash_set.id, "op", [rows])
+    assert (again.added, again.updated, again.unchanged) == (0, 0, 3000)
+    assert store.get_set_by_id(hash_set.id).entry_count == 3000
+    # a replica that follows the change feed from scratch agrees
+    replica = LiveIndex(store)
+    replica.load()
+    assert len(replica.indexes["pdq"]) == len(live.indexes["pdq"]) == 3000
+
+
 def test_rows_of_an_entry_add_signals_and_bad_rows_are_reported(store_and_index):
     store, live = store_and_index
     hash_set = store.create_set("videos", "", {}, {})
