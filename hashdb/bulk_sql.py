@@ -20,6 +20,19 @@ from itertools import repeat
 from hashdb.model import IndexedSignal
 from hashsvc.signals import Signal
 
+# The entries one bulk write creates are one change row, not one each (a row
+# a hash was a quarter of a load's writes and of every replica's catch-up):
+# op "add_entries:<last id>", entry_id the first; their ids are consecutive.
+ADD_RANGE = "add_entries:"
+
+
+def added_range(op: str, first_id: int) -> range | None:
+    """The entry ids an "add_entries" change adds; None for other ops."""
+    if not op.startswith(ADD_RANGE):
+        return None
+    return range(first_id, int(op[len(ADD_RANGE) :]) + 1)
+
+
 # SQLite page cache of a connection that bulk-writes (the default 2 MB makes
 # every index insert of a million-entry set a disk read).
 BULK_CACHE_KIB = 256 * 1024
@@ -196,7 +209,9 @@ class BulkSQL:
                     (entry_id, no, s.kind, s.variant, bytes(s.value), s.quality, s.position)
                     for no, s in enumerate(e.signals)
                 )
-                changes.append(("add_entry", set_id, entry_id, at))
+            if new_entries:
+                first, last = new_entries[0][0], new_entries[-1][0]
+                changes.append((f"{ADD_RANGE}{last}", set_id, first, at))
             counts.added = len(fresh)
             counts.unchanged = sum(
                 1 for name, e in wanted.items() if name not in existing and e.deleted
@@ -320,6 +335,10 @@ class BulkSQL:
             counts.added = len(ids)
             if ids:
                 self._insert_plain(cur, set_id, rows, ids, names, values, qualities, at, added_by)
+                cur.execute(
+                    "INSERT INTO changes (op, set_id, entry_id, at) VALUES (?, ?, ?, ?)",
+                    (f"{ADD_RANGE}{ids[-1]}", set_id, ids[0], at),
+                )
             if self._is_postgres() and (counts.added or counts.updated):
                 cur.execute(f"NOTIFY {self._channel}")
         added.entry_ids, added.values = ids, values
@@ -353,11 +372,6 @@ class BulkSQL:
                     ]
                 ),
             )
-            _copy(
-                cur,
-                "changes (op, set_id, entry_id, at)",
-                "".join([f"add_entry\t{set_id}\t{i}\t{at}\n" for i in ids]),
-            )
             return
         cur.executemany(
             "INSERT INTO entries (id, set_id, name, labels, media_type, created_at, added_by)"
@@ -368,10 +382,6 @@ class BulkSQL:
             "INSERT INTO entry_signals (entry_id, variant_no, kind, variant, value, quality)"
             " VALUES (?, 0, ?, 'original', ?, ?)",
             zip(ids, repeat(rows.kind), values, quality_column),
-        )
-        cur.executemany(
-            "INSERT INTO changes (op, set_id, entry_id, at) VALUES ('add_entry', ?, ?, ?)",
-            zip(repeat(set_id), ids, repeat(at)),
         )
 
     def _signals_by_entry(self, cur, entry_ids: list[int]) -> dict[int, tuple[set, int]]:
@@ -414,11 +424,18 @@ class BulkSQL:
         `since` (microseconds), in id order."""
         with self._read() as cur:
             cur.execute(
-                "SELECT DISTINCT entry_id FROM changes WHERE set_id = ? AND at >= ?"
-                " AND entry_id IS NOT NULL ORDER BY entry_id",
+                "SELECT DISTINCT op, entry_id FROM changes WHERE set_id = ? AND at >= ?"
+                " AND entry_id IS NOT NULL",
                 (set_id, since),
             )
-            return [row[0] for row in cur.fetchall()]
+            ids: set[int] = set()
+            for op, entry_id in cur.fetchall():
+                added = added_range(op, entry_id)
+                if added is None:
+                    ids.add(entry_id)
+                else:
+                    ids.update(added)
+            return sorted(ids)
 
 
 def _copy_text(value: str) -> str:

@@ -15,11 +15,12 @@ import logging
 import os
 import threading
 from collections.abc import Iterable
+from itertools import repeat
 
 import numpy as np
 
 from hashdb import HashSetRecord, Store
-from hashdb.bulk_sql import AddedSignals
+from hashdb.bulk_sql import AddedSignals, added_range
 from hashsvc.audio_index import AudioIndex
 from hashsvc.index import ID_LAYOUT, BinaryIndex, HashIndex, new_index, signal_id
 from hashsvc.signals import SIGNAL_TYPES
@@ -161,6 +162,8 @@ class LiveIndex:
                 for change in changes:
                     if change.op in ("add_entry", "update_entry"):
                         run.append((change.entry_id, change.op))
+                    elif (added := added_range(change.op, change.entry_id)) is not None:
+                        run.extend(zip(added, repeat("add_entry")))  # a bulk write's entries
                     elif change.op == "remove_entry":
                         self._add_entries(run, kind, value_of)
                         run = []
