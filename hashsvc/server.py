@@ -8,6 +8,7 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass
 
+import faiss
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -65,6 +66,10 @@ def start_server(
 ) -> RunningServer:
     """Starts serving at once (health NOT_SERVING) and loads the index; the
     server reports SERVING only when the index is loaded and current."""
+    # Each gRPC thread searches on its own: FAISS's OpenMP threads on top of
+    # concurrent requests made flat searches many times slower under load
+    # (bench/scale.py). One thread per search.
+    faiss.omp_set_num_threads(1)
     core = Core.open(config, hash_in_process=hash_in_process)
     metrics = Metrics(core)
     core.on_match = metrics.observe_match
