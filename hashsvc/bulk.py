@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from hashdb import Store
-from hashdb.bulk_sql import AddedSignals, BulkCounts, EntryUpsert, PlainSignals
+from hashdb.bulk_sql import BulkCounts, EntryUpsert, PlainSignals
 from hashsvc import validation
 from hashsvc.errors import InvalidArgument, TooLarge
 from hashsvc.live_index import LiveIndex
@@ -274,7 +274,6 @@ class BulkLoad:
     def _write_plain(self, rows: PlainSignals) -> None:
         """A plain hash list: column-wise writes, and the index takes the new
         signals as they were written instead of reading them back."""
-        known = AddedSignals(rows.kind)
         changed = False
         start = 0
         while start < len(rows.names):
@@ -288,14 +287,13 @@ class BulkLoad:
             )
             started = time.perf_counter()
             counts, added = self.store.bulk_add_plain(self.set_id, part, self.added_by)
+            self.live.note_added(added)
             self._tune(len(part.names), time.perf_counter() - started)
             self.result.counts += counts
-            known.entry_ids += added.entry_ids
-            known.values += added.values
             changed = changed or bool(counts.added or counts.updated)
             start = end
         if changed:
-            self.live.catch_up(known)  # committed rows match before the next batch
+            self.live.catch_up()  # committed rows match before the next batch
 
     def _tune(self, rows: int, seconds: float) -> None:
         if rows < self._write_rows:

@@ -48,6 +48,8 @@ class LiveIndex:
         self.seq = 0
         self.ready = threading.Event()
         self._apply_lock = threading.Lock()
+        self._notes: list[AddedSignals] = []  # see note_added
+        self._notes_lock = threading.Lock()
 
     # -- start-up
 
@@ -138,16 +140,27 @@ class LiveIndex:
 
     # -- keeping current
 
-    def catch_up(self, known: AddedSignals | None = None) -> int:
-        """Apply every change after our seq; returns how many were applied.
-        `known`: entries this process just created and their one signal, so
-        their add_entry changes need not read the signals back from the store."""
+    def note_added(self, added: AddedSignals) -> None:
+        """Signals of entries this process has just created (committed), so
+        the catch_up that applies their changes, whichever thread runs it (the
+        change poller is woken by the same commit), need not read them back."""
+        if added.entry_ids:
+            with self._notes_lock:
+                self._notes.append(added)
+
+    def catch_up(self) -> int:
+        """Apply every change after our seq; returns how many were applied."""
         applied = 0
-        value_of = (
-            dict(zip(known.entry_ids, known.values, strict=True)) if known is not None else {}
-        )
-        kind = known.kind if known is not None else ""
         with self._apply_lock:
+            with self._notes_lock:
+                notes, self._notes = self._notes, []
+            # kind -> entry id -> value. Noted before this catch_up started, so
+            # committed before it reads the feed: none is left over after it.
+            known: dict[str, dict[int, bytes]] = {}
+            for note in notes:
+                known.setdefault(note.kind, {}).update(
+                    zip(note.entry_ids, note.values, strict=True)
+                )
             while True:
                 changes = self.store.changes_since(self.seq, limit=_CHANGES_PAGE)
                 if not changes:
@@ -165,37 +178,36 @@ class LiveIndex:
                     elif (added := added_range(change.op, change.entry_id)) is not None:
                         run.extend(zip(added, repeat("add_entry")))  # a bulk write's entries
                     elif change.op == "remove_entry":
-                        self._add_entries(run, kind, value_of)
+                        self._add_entries(run, known)
                         run = []
                         self._remove_entry_signals(change.entry_id)
                     elif change.op == "update_set":
                         sets_changed = True
                     applied += 1
-                self._add_entries(run, kind, value_of)
+                self._add_entries(run, known)
                 self.seq = changes[-1].seq
                 if sets_changed:
                     self._refresh_sets()
 
-    def _add_entries(
-        self, run: list[tuple[int, str]], kind: str, value_of: dict[int, bytes]
-    ) -> None:
-        """Index the run's entries; `value_of`: entries known to have been
-        created with one `kind` signal of that value (see catch_up)."""
+    def _add_entries(self, run: list[tuple[int, str]], known: dict[str, dict[int, bytes]]) -> None:
+        """Index the run's entries; `known`: signals noted by note_added."""
         if not run:
             return
         by_type: dict[str, tuple[list[int], list[bytes]]] = {}
-        from_store = [entry_id for entry_id, _ in run]
-        if value_of:
-            # An entry id is never reused, so an add_entry of a known id is
-            # that entry's creation with exactly the known signal; any other
-            # change of it in the run reads the store (which has them all).
-            read = {e for e, op in run if op != "add_entry" or e not in value_of}
-            if len(read) < len(run):
-                from_store = list(read)
+        hinted: set[int] = set()
+        if known:
+            # An entry id is never reused, so an add_entry of a noted id is that
+            # entry's creation with exactly the noted signal (variant 0); any
+            # other change of it in the run reads the store, which has them all.
+            updated = {e for e, op in run if op != "add_entry"}
+            for kind, value_of in known.items():
                 ids, values = by_type.setdefault(kind, ([], []))
-                for entry_id in dict.fromkeys(e for e, _ in run if e not in read):
-                    ids.append(signal_id(entry_id, 0))
-                    values.append(value_of[entry_id])
+                for entry_id, _ in run:
+                    if entry_id in value_of and entry_id not in updated:
+                        ids.append(signal_id(entry_id, 0))
+                        values.append(value_of[entry_id])
+                        hinted.add(entry_id)
+        from_store = [e for e, _ in run if e not in hinted] if hinted else [e for e, _ in run]
         for sig in self.store.indexed_signals(from_store) if from_store else ():  # active only
             if sig.kind == "chromaprint":
                 self.audio.add(sig.entry_id, words_of(sig.value))
