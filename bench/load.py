@@ -8,6 +8,10 @@ the `hashsvc load` client code (its own process) through the BulkLoad RPC to a
 real server (gRPC on loopback), which checks the rows again, writes them in
 batches and updates its in-memory index after each batch. A second process
 calls Match (by hash) in a loop during the load and reports its latency.
+
+Also printed, measured inside the server: the longest hold of an index's
+write lock (a Match's search waits for it) and the longest bulk write
+transaction (on SQLite a Match's history write waits for it).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,6 +36,40 @@ from hashsvc.server import start_server  # noqa: E402
 from hashsvc.v1 import hashsvc_pb2 as pb  # noqa: E402
 
 PG_URL = os.environ.get("HASHSVC_TEST_PG", "postgresql://127.0.0.1:5432/test")
+LONGEST = {"index lock": 0.0, "write txn": 0.0}
+
+
+def _measure_holds() -> None:
+    """Wraps the index write lock and the bulk write in timers (this process
+    runs the server)."""
+    from hashdb.bulk_sql import BulkSQL
+    from hashsvc.index import _ReadWriteLock
+
+    writing = _ReadWriteLock.writing
+
+    @contextmanager
+    def timed_writing(self):
+        with writing(self):
+            started = time.perf_counter()
+            try:
+                yield
+            finally:
+                held = time.perf_counter() - started
+                LONGEST["index lock"] = max(LONGEST["index lock"], held)
+
+    _ReadWriteLock.writing = timed_writing
+    for name in ("bulk_add_plain", "bulk_upsert"):
+        write = getattr(BulkSQL, name)
+
+        def timed(self, *args, _write=write, **kwargs):
+            started = time.perf_counter()
+            try:
+                return _write(self, *args, **kwargs)
+            finally:
+                held = time.perf_counter() - started
+                LONGEST["write txn"] = max(LONGEST["write txn"], held)
+
+        setattr(BulkSQL, name, timed)
 
 
 def write_rows(path: str, rows: int) -> None:
@@ -68,6 +107,7 @@ def pg_schema_url(schema: str) -> str:
 
 
 def bench(name: str, db_url: str, path: str, rows: int) -> None:
+    LONGEST.update({key: 0.0 for key in LONGEST})
     running = start_server(
         Config(listen="127.0.0.1:0", db_url=db_url, workers=1), hash_in_process=True
     )
@@ -94,7 +134,9 @@ def bench(name: str, db_url: str, path: str, rows: int) -> None:
     print(
         f"{name:10s} {rows:>9,d} rows in {seconds:6.1f} s = {rows / seconds:>9,.0f} rows/s;"
         f"  Match during load ({len(lat)} calls): p50 {statistics.median(lat) * 1000:.1f} ms,"
-        f" p99 {p(0.99):.1f} ms, max {lat[-1] * 1000:.1f} ms",
+        f" p99 {p(0.99):.1f} ms, max {lat[-1] * 1000:.1f} ms;"
+        f" longest index lock {LONGEST['index lock'] * 1000:.1f} ms,"
+        f" write txn {LONGEST['write txn'] * 1000:.1f} ms",
         flush=True,
     )
 
@@ -106,6 +148,7 @@ def main() -> None:
     parser.add_argument("--stores", default="sqlite,postgresql")
     args = parser.parse_args()
     rows = args.rows or (100_000 if args.short else 1_000_000)
+    _measure_holds()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "rows.csv")
         write_rows(path, rows)

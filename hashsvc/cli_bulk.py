@@ -13,7 +13,7 @@ from datetime import UTC
 
 import loaders
 from hashsvc.v1 import hashsvc_pb2 as pb
-from loaders.records import EXCHANGED_VARIANTS, Record, Rejected
+from loaders.records import EXCHANGED_VARIANTS, PlainRows, Record, Rejected
 
 # Rows per BulkRows message (one server transaction). A batch ends only
 # between entries, so an entry's rows are written together.
@@ -85,9 +85,19 @@ def read_rows(
     for source, stream in _sources(paths):
         counted = _CountingLines(stream)
         batch: list[Record] = []
-        for item in loaders.read(counted, fmt, source):
+        for item in loaders.read_blocks(counted, fmt, source, BATCH_ROWS):
             if isinstance(item, Rejected):
                 rejected.append(item)
+                continue
+            if isinstance(item, PlainRows):  # each row an entry of its own
+                if batch:
+                    yield _to_pb(batch, source)
+                    batch = []
+                rows_seen += len(item)
+                yield pb.BulkRows(
+                    signal_type=item.signal_type, value=item.value, line=item.line, source=source
+                )
+                progress.update(rows_seen, done_chars + counted.chars)
                 continue
             if len(batch) >= BATCH_ROWS and item.entry_name != batch[-1].entry_name:
                 yield _to_pb(batch, source)

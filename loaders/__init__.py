@@ -16,10 +16,20 @@ from collections.abc import Iterable, Iterator
 from typing import TextIO
 
 from loaders import delimited, hma, jsonl, tcap, vpdq
-from loaders.records import Record, Rejected, RowError
+from loaders.records import PlainRows, Record, Rejected, RowError
 
 FORMATS = ("csv", "tsv", "jsonl", "hma", "tcap", "vpdq")
-__all__ = ["FORMATS", "Record", "Rejected", "RowError", "detect", "read", "write"]
+__all__ = [
+    "FORMATS",
+    "PlainRows",
+    "Record",
+    "Rejected",
+    "RowError",
+    "detect",
+    "read",
+    "read_blocks",
+    "write",
+]
 
 
 def detect(source: str, first_line: str) -> str:
@@ -42,12 +52,7 @@ def detect(source: str, first_line: str) -> str:
 
 def read(stream: Iterable[str], fmt: str = "auto", source: str = "") -> Iterator[Record | Rejected]:
     """Records and rejected rows of one file, in file order."""
-    if fmt == "auto":
-        lines = iter(stream)
-        first = next(lines, "")
-        fmt = detect(source, first)
-        # the readers iterate lines: put the one read back in front
-        stream = itertools.chain([first], lines)
+    fmt, stream = _detected(stream, fmt, source)
     if fmt == "csv":
         return delimited.read(stream, source)
     if fmt == "tsv":
@@ -61,6 +66,26 @@ def read(stream: Iterable[str], fmt: str = "auto", source: str = "") -> Iterator
     if fmt == "vpdq":
         return vpdq.read(stream, source)
     raise ValueError(f"unknown format {fmt!r} (formats: {', '.join(FORMATS)})")
+
+
+def read_blocks(
+    stream: Iterable[str], fmt: str = "auto", source: str = "", block_rows: int = 20_000
+) -> Iterator[PlainRows | Record | Rejected]:
+    """As read(), but a plain CSV/TSV hash list (type and value columns only)
+    comes in PlainRows blocks of up to block_rows rows."""
+    fmt, stream = _detected(stream, fmt, source)
+    if fmt in ("csv", "tsv"):
+        return delimited.read_blocks(stream, source, "," if fmt == "csv" else "\t", block_rows)
+    return read(stream, fmt, source)
+
+
+def _detected(stream: Iterable[str], fmt: str, source: str) -> tuple[str, Iterable[str]]:
+    if fmt != "auto":
+        return fmt, stream
+    lines = iter(stream)
+    first = next(lines, "")
+    # the readers iterate lines: put the one read back in front
+    return detect(source, first), itertools.chain([first], lines)
 
 
 def read_path(path: str, fmt: str = "auto") -> Iterator[Record | Rejected]:

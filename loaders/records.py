@@ -38,6 +38,20 @@ class Record:
         return self.entry or f"{self.signal_type}:{self.signal_value.hex()}"
 
 
+@dataclass(slots=True)
+class PlainRows:
+    """Checked rows of a plain hash list (a type and a value each, nothing
+    else), column by column: each is the Record(signal_type, value, line=line)
+    the row-by-row reader would make."""
+
+    signal_type: list[str]
+    value: list[bytes]
+    line: list[int]
+
+    def __len__(self) -> int:
+        return len(self.line)
+
+
 @dataclass(frozen=True, slots=True)
 class Rejected:
     """A row that did not load, and why."""

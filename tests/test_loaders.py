@@ -174,3 +174,21 @@ def test_format_detection():
     assert loaders.detect("a.tsv", "signal_type\tsignal_value") == "tsv"
     assert loaders.detect("v.txt", f"0,100,{PDQ},0.000") == "vpdq"
     assert loaders.detect("a.csv", "signal_type,signal_value") == "csv"
+
+
+def test_plain_list_blocks_are_the_records_row_by_row_reading_makes():
+    text = (
+        "signal_type,signal_value\n"
+        + "".join(f"pdq,{os.urandom(32).hex()}\n" for _ in range(5))
+        + f"pdq,{MD5}\n\nPDQ,{PDQ}\n"  # a bad row, a blank line: this block goes row by row
+    )
+    rows = list(loaders.read(io.StringIO(text), "csv", "f.csv"))
+    blocks = list(loaders.read_blocks(io.StringIO(text), "auto", "f.csv", block_rows=5))
+    assert isinstance(blocks[0], loaders.PlainRows) and len(blocks[0]) == 5
+    first = blocks[0]
+    as_records = [
+        Record(kind, value, line=line)
+        for kind, value, line in zip(first.signal_type, first.value, first.line, strict=True)
+    ]
+    assert as_records + blocks[1:] == rows
+    assert [type(b) for b in blocks[1:]] == [Rejected, Record]
