@@ -157,7 +157,7 @@ def fingerprint_audio(source: bytes | str | os.PathLike, limits: AudioLimits) ->
     if size > limits.max_bytes:
         raise TooLarge(f"audio is {size} bytes; the limit is {limits.max_bytes}")
     try:
-        container = av.open(opened)
+        container = av.open(opened, metadata_errors="ignore")  # tags in bad UTF-8
     except av.error.InvalidDataError:
         raise UnsupportedMedia(
             "not audio the decoder can read (unknown format, or truncated)"

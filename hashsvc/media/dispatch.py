@@ -80,6 +80,7 @@ def _has_video_stream(source: MediaSource, max_pixels: int = 0) -> bool:
         opened = av.open(
             source.path if isinstance(source, SpooledMedia) else io.BytesIO(source),
             options=video.probe_options(max_pixels),
+            metadata_errors="ignore",  # tags in bad UTF-8 raised UnicodeDecodeError
         )
     except av.error.FFmpegError:
         raise UnsupportedMedia("not a video or audio file the decoder can read") from None
