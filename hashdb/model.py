@@ -63,7 +63,8 @@ class Change:
     """One row of the change feed that keeps in-memory indexes current.
 
     op is "add_entry", "remove_entry" or "update_set". entry_id is set for the
-    entry ops, set_id always."""
+    entry ops, set_id always. A bulk write's new entries are one change,
+    op "add_entries:<last id>" with entry_id the first (hashdb.bulk_sql)."""
 
     seq: int
     op: str

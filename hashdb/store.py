@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Protocol
 
-from hashdb.bulk_sql import BulkCounts, EntryUpsert
+from hashdb.bulk_sql import AddedSignals, BulkCounts, EntryUpsert, PlainSignals
 from hashdb.model import (
     Change,
     EntryRecord,
@@ -119,8 +119,19 @@ class Store(Protocol):
     ) -> BulkCounts:
         """Adds, updates (labels replaced when given, new signals appended) or
         removes (tombstones) entries by name, in one transaction, with one
-        add_entry / update_entry / remove_entry change per entry changed.
+        update_entry / remove_entry change per entry changed and one
+        add_entries range change for the new ones (consecutive ids).
         Idempotent: entries already as wanted are counted unchanged."""
+
+    def bulk_add_plain(
+        self, set_id: int, rows: PlainSignals, added_by: str
+    ) -> tuple[BulkCounts, AddedSignals]:
+        """bulk_upsert for a plain hash list (one signal an entry, named after
+        it, no labels), column-wise; also returns what it created."""
+
+    @property
+    def bulk_write_seconds(self) -> float:
+        """About how long one bulk write transaction should take."""
 
     def indexed_signals(self, entry_ids: Iterable[int]) -> list[IndexedSignal]:
         """Signals of those of the entries that are active, by entry and variant."""

@@ -36,10 +36,8 @@ MAX_BATCH_ROWS = 200_000
 MAX_STRICT_ROWS = 5_000_000
 # Entries per store transaction (a Match waits at most for one on SQLite).
 WRITE_CHUNK = 4_000
-# A plain hash list is written in transactions of about this long (a Match's
-# history write waits for the one under way on SQLite: issue 6 allows 100 ms),
-# their size following the measured rate within these bounds.
-WRITE_SECONDS = 0.04
+# A plain hash list is written in transactions of about the store's
+# bulk_write_seconds, their size following the measured rate within these bounds.
 MIN_WRITE_ROWS = 1_000
 MAX_WRITE_ROWS = 50_000
 # The answer lists this many rejected rows (all are counted).
@@ -298,7 +296,7 @@ class BulkLoad:
     def _tune(self, rows: int, seconds: float) -> None:
         if rows < self._write_rows:
             return  # a short last part says little about the rate
-        wanted = rows * WRITE_SECONDS / max(seconds, 1e-3)
+        wanted = rows * self.store.bulk_write_seconds / max(seconds, 1e-3)
         # move half way: one slow transaction (a checkpoint, a busy core) does
         # not halve the next
         self._write_rows = int(min(MAX_WRITE_ROWS, max(MIN_WRITE_ROWS, (rows + wanted) / 2)))
