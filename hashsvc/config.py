@@ -45,6 +45,11 @@ class Config:
     # Address-space limit of each hashing worker: a decoder that balloons fails
     # that one request instead of taking the machine's memory. 0 = no limit.
     worker_memory_bytes: int = 2 * 1024 * 1024 * 1024
+    # A hashing worker is replaced after this many jobs, returning the memory
+    # a large decode left behind (bench/fuzz.py: 2 workers held 1.3 GB after
+    # hostile videos). 0 = never. A replacement starts in ~1 s while the other
+    # workers serve.
+    worker_max_jobs: int = 2000
     # gRPC message limit; media larger than this is refused with RESOURCE_EXHAUSTED.
     max_message_bytes: int = 64 * 1024 * 1024
     max_batch_items: int = 1000

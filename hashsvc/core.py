@@ -81,6 +81,7 @@ class Core:
             config.worker_memory_bytes,
             split_queries=config.split_query_hashing,
             media_timeout_seconds=config.media_timeout_seconds,
+            worker_max_jobs=config.worker_max_jobs,
         )
         core = cls(config, store, pool)
         return core

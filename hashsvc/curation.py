@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from hashdb import EntryRecord, HashSetRecord, Store, Thresholds
 from hashsvc import validation
-from hashsvc.errors import InvalidArgument, NotFound
+from hashsvc.errors import InvalidArgument, NotFound, quoted
 from hashsvc.hashing import HashingPool
 from hashsvc.live_index import LiveIndex
 from hashsvc.media.dispatch import MediaSource
@@ -118,7 +118,7 @@ class Curation:
     def get_entry(self, set_name: str, name: str) -> EntryRecord:
         entry = self.store.get_entry(self.get_set(set_name).id, name)
         if entry is None:
-            raise NotFound(f"no entry {name!r} in set {set_name}")
+            raise NotFound(f"no entry {quoted(name)} in set {set_name}")
         return entry
 
     def list_entries(

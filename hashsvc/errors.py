@@ -70,3 +70,12 @@ def status_name(exc: BaseException) -> str:
         if cls in STATUS_FOR_ERROR:
             return STATUS_FOR_ERROR[cls]
     return "INTERNAL"
+
+
+def quoted(text: object, limit: int = 80) -> str:
+    """The caller's input as shown in an error message: repr, cut to `limit`
+    characters, so a 100 KB name cannot make the status itself too large."""
+    shown = repr(text)
+    return (
+        shown if len(shown) <= limit else shown[: limit - 5] + "...'" + f" ({len(str(text))} chars)"
+    )

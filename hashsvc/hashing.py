@@ -49,8 +49,10 @@ class HashingPool:
         worker_memory_bytes: int = 0,
         split_queries: bool = False,
         media_timeout_seconds: float = 600.0,
+        worker_max_jobs: int = 0,
     ) -> None:
         self.workers = workers
+        self.worker_max_jobs = worker_max_jobs
         if isinstance(limits, image.ImageLimits):
             limits = MediaLimits(image=limits)
         self.limits = limits
@@ -68,6 +70,9 @@ class HashingPool:
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
             initargs=(self.worker_memory_bytes, os.getpid()),
+            # A decoder's peak memory stays with its process (the allocator
+            # keeps it); a fresh process now and then gives it back.
+            max_tasks_per_child=self.worker_max_jobs or None,
         )
 
     def _replace(self, pool: ProcessPoolExecutor, kill: bool) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from hashsvc.errors import InvalidArgument
+from hashsvc.errors import InvalidArgument, quoted
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def signal_type(name: str) -> SignalType:
         return SIGNAL_TYPES[name]
     except KeyError:
         known = ", ".join(sorted(SIGNAL_TYPES))
-        raise InvalidArgument(f"unknown signal type {name!r} (known: {known})") from None
+        raise InvalidArgument(f"unknown signal type {quoted(name)} (known: {known})") from None
 
 
 @dataclass(frozen=True)

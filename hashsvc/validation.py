@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from hashdb import Thresholds
-from hashsvc.errors import InvalidArgument
+from hashsvc.errors import InvalidArgument, quoted
 from hashsvc.signals import SIGNAL_TYPES, signal_type
 
 _SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -21,7 +21,7 @@ MAX_TEXT = 2000
 def set_name(name: str) -> str:
     if not _SET_NAME.fullmatch(name or ""):
         raise InvalidArgument(
-            f"invalid set name {name!r}: 1-128 characters of letters, digits, '.', '_', '-',"
+            f"invalid set name {quoted(name)}: 1-128 characters of letters, digits, '.', '_', '-',"
             " starting with a letter or digit"
         )
     return name
@@ -30,7 +30,8 @@ def set_name(name: str) -> str:
 def entry_name(name: str) -> str:
     if not name or len(name) > MAX_ENTRY_NAME or _CONTROL.search(name):
         raise InvalidArgument(
-            f"invalid entry name {name!r}: 1-{MAX_ENTRY_NAME} characters, no control characters"
+            f"invalid entry name {quoted(name)}: 1-{MAX_ENTRY_NAME} characters,"
+            " no control characters"
         )
     return name
 
@@ -47,11 +48,11 @@ def labels(values: dict[str, str]) -> dict[str, str]:
     for key, value in values.items():
         if not _LABEL_KEY.fullmatch(key):
             raise InvalidArgument(
-                f"invalid label key {key!r}: a letter, then letters, digits, '_', '.', '-'"
+                f"invalid label key {quoted(key)}: a letter, then letters, digits, '_', '.', '-'"
             )
         if len(value) > MAX_LABEL_VALUE or _CONTROL.search(value):
             raise InvalidArgument(
-                f"invalid value for label {key!r}: at most {MAX_LABEL_VALUE} characters,"
+                f"invalid value for label {quoted(key)}: at most {MAX_LABEL_VALUE} characters,"
                 " no control characters"
             )
     return dict(values)
@@ -63,7 +64,7 @@ def parse_label_args(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise InvalidArgument(f"label {pair!r} must be key=value")
+            raise InvalidArgument(f"label {quoted(pair)} must be key=value")
         out[key.strip()] = value.strip()
     return labels(out)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from hashsvc import validation
-from hashsvc.errors import InvalidArgument
+from hashsvc.errors import InvalidArgument, quoted
 from hashsvc.signals import SIGNAL_TYPES
 
 
@@ -86,7 +86,7 @@ EXCHANGED_VARIANTS = _VARIANT
 def signal_type_name(text: str) -> str:
     name = SIGNAL_ALIASES.get(text.strip().lower())
     if name is None:
-        raise RowError(f"unsupported signal type {text.strip()!r}")
+        raise RowError(f"unsupported signal type {quoted(text.strip())}")
     return name
 
 
@@ -119,7 +119,7 @@ def parse_labels(text: str) -> dict[str, str]:
             continue
         key, sep, value = pair.partition("=")
         if not sep:
-            raise RowError(f"label {pair.strip()!r} is not key=value")
+            raise RowError(f"label {quoted(pair.strip())} is not key=value")
         out[key.strip()] = value.strip()
     return checked_labels(out)
 
@@ -150,7 +150,7 @@ def quality(text) -> int | None:
     try:
         value = int(text)
     except (TypeError, ValueError):
-        raise RowError(f"quality {text!r} is not a whole number") from None
+        raise RowError(f"quality {quoted(text)} is not a whole number") from None
     if not 0 <= value <= 100:
         raise RowError("quality must be within 0..100")
     return value
@@ -162,7 +162,7 @@ def position(text) -> float | None:
     try:
         value = float(text)
     except (TypeError, ValueError):
-        raise RowError(f"position {text!r} is not a number") from None
+        raise RowError(f"position {quoted(text)} is not a number") from None
     if not math.isfinite(value) or value < 0:
         raise RowError("position must be a finite number >= 0")
     return value
@@ -172,7 +172,9 @@ def variant(text: str | None) -> str:
     if not text:
         return "original"
     if not _VARIANT.fullmatch(text):
-        raise RowError(f"variant {text!r} is not exchanged (original, frame:N, page, document)")
+        raise RowError(
+            f"variant {quoted(text)} is not exchanged (original, frame:N, page, document)"
+        )
     return text
 
 
@@ -188,7 +190,7 @@ def flag(text) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise RowError(f"deleted flag {text!r} is not true/false")
+    raise RowError(f"deleted flag {quoted(text)} is not true/false")
 
 
 def record(

@@ -69,3 +69,22 @@ def test_split_hashing_gives_the_same_signals_as_one_job():
             assert sorted(got, key=lambda s: s.variant) == sorted(want, key=lambda s: s.variant)
     finally:
         split.close()
+
+
+def test_workers_are_replaced_after_their_job_limit():
+    """worker_max_jobs: a worker process gives back what big decodes left
+    behind by being replaced; jobs keep succeeding across replacements."""
+    import os as _os
+
+    from tests.helpers import encode, photo
+
+    pool = HashingPool(1, ImageLimits(), worker_max_jobs=2)
+    try:
+        data = encode(photo(1))
+        pids = set()
+        for _ in range(5):
+            assert pool.hash_query(data).signals
+            pids.add(pool._pool.submit(_os.getpid).result())
+        assert len(pids) >= 2
+    finally:
+        pool.close()
