@@ -13,6 +13,8 @@ Mixed into SQLStore; the dialect differences (name lookups, COPY) sit here.
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -37,6 +39,9 @@ def added_range(op: str, first_id: int) -> range | None:
 
 # Runs of at least this many consecutive entry ids are read as one range.
 _SPAN = 16
+
+# SQLite: a bulk load checkpoints when the WAL is this large (see _after_bulk_write).
+BULK_WAL_BYTES = 256 << 20
 
 # SQLite page cache of a connection that bulk-writes (the default 2 MB makes
 # every index insert of a million-entry set a disk read).
@@ -247,6 +252,7 @@ class BulkSQL:
             )
             if (counts.added or counts.updated or counts.removed) and self._is_postgres():
                 cur.execute(f"NOTIFY {self._channel}")  # once per batch, at commit
+        self._after_bulk_write()
         return counts
 
     def _upsert_existing(
@@ -322,9 +328,33 @@ class BulkSQL:
         with self._read() as cur:
             found = self._existing(cur, set_id, rows.names)
         try:
-            return self._add_plain(set_id, rows, added_by, at, set(found))
+            written = self._add_plain(set_id, rows, added_by, at, set(found))
         except self._unique_violation:
-            return self._add_plain(set_id, rows, added_by, at, None)
+            written = self._add_plain(set_id, rows, added_by, at, None)
+        self._after_bulk_write()
+        return written
+
+    def _after_bulk_write(self) -> None:
+        """SQLite: once the WAL has grown past BULK_WAL_BYTES, copy it back
+        into the database before the next write begins, so that write starts
+        the WAL afresh. Left to the background checkpoints (hashdb/sqlite.py),
+        the WAL of a million-row load grew past 500 MB, as one write follows
+        another and a checkpoint rarely finishes between them, and every page
+        read then searched a WAL index that long (35k rows/s at 1M); after
+        every write, the checkpoints' writes and fsyncs halved the rate.
+        PASSIVE takes no lock: a Match's history write waits for nothing."""
+        if self._is_postgres() or getattr(self, "memory", True):
+            return
+        # the background checkpoints pause meanwhile: their fsyncs stalled
+        # write transactions (up to 370 ms) that a Match was waiting for
+        self.bulk_checkpoints_until = time.monotonic() + 2.0
+        try:
+            wal_bytes = os.path.getsize(f"{self.path}-wal")
+        except OSError:
+            return
+        if wal_bytes > BULK_WAL_BYTES:
+            with self._read() as cur:
+                cur.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _add_plain(self, set_id, rows: PlainSignals, added_by, at, found: set[str] | None):
         counts = BulkCounts()

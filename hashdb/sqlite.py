@@ -6,6 +6,7 @@ BEGIN IMMEDIATE for writes so two writers queue instead of failing mid-way.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -38,6 +39,7 @@ class SQLiteStore(SQLStore, ReviewSQL):
         # write wakes (issue 6: pauses of 440 ms).
         self._writer = _FairLock()
         self._closed = threading.Event()
+        self.bulk_checkpoints_until = 0.0  # monotonic time; see hashdb/bulk_sql.py
         self._shared = self._open() if self.memory else None
         self._migrate()
         self._checkpointer = None
@@ -106,12 +108,20 @@ class SQLiteStore(SQLStore, ReviewSQL):
             migrations.apply(cur, migrations.SQLITE)
 
     def _checkpoint_loop(self) -> None:
-        """Copies the WAL back into the database now and then (a no-op when
-        there is nothing new). PASSIVE waits for no reader or writer; the next
-        writer after a complete checkpoint starts the WAL from its beginning."""
+        """Copies the WAL back into the database when it has grown (what
+        SQLite's automatic checkpoint does after a commit). PASSIVE waits for no
+        reader or writer; the next writer after a complete checkpoint starts
+        the WAL from its beginning. A bulk load checkpoints too (bulk_sql)."""
         conn = None
         try:
             while not self._closed.wait(CHECKPOINT_INTERVAL):
+                if time.monotonic() < self.bulk_checkpoints_until:
+                    continue  # a bulk load checkpoints between its writes
+                try:
+                    if os.path.getsize(f"{self.path}-wal") < CHECKPOINT_WAL_BYTES:
+                        continue
+                except OSError:
+                    continue  # no WAL yet
                 try:
                     if conn is None:
                         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -147,8 +157,10 @@ def _retry_locked(action, attempts: int = 100) -> None:
             time.sleep(0.02)
 
 
-# How often the background thread checkpoints the WAL (a no-op when empty).
-CHECKPOINT_INTERVAL = 0.25
+# How often the background thread looks at the WAL, and from what size it
+# checkpoints it (SQLite's automatic checkpoint: 1000 pages).
+CHECKPOINT_INTERVAL = 1.0
+CHECKPOINT_WAL_BYTES = 4 << 20
 
 
 class _FairLock:
