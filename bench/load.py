@@ -40,9 +40,11 @@ LONGEST = {"index lock": 0.0, "write txn": 0.0}
 
 
 def _measure_holds() -> None:
-    """Wraps the index write lock and the bulk write in timers (this process
-    runs the server)."""
-    from hashdb.bulk_sql import BulkSQL
+    """Wraps the index write lock and the store's write transactions (bulk
+    writes and Matches' history records alike) in timers; this process runs
+    the server."""
+    from hashdb.postgres import PostgresStore
+    from hashdb.sqlite import SQLiteStore
     from hashsvc.index import _ReadWriteLock
 
     writing = _ReadWriteLock.writing
@@ -58,18 +60,18 @@ def _measure_holds() -> None:
                 LONGEST["index lock"] = max(LONGEST["index lock"], held)
 
     _ReadWriteLock.writing = timed_writing
-    for name in ("bulk_add_plain", "bulk_upsert"):
-        write = getattr(BulkSQL, name)
+    for store_class in (SQLiteStore, PostgresStore):
+        write = store_class._write
 
-        def timed(self, *args, _write=write, **kwargs):
-            started = time.perf_counter()
-            try:
-                return _write(self, *args, **kwargs)
-            finally:
-                held = time.perf_counter() - started
-                LONGEST["write txn"] = max(LONGEST["write txn"], held)
+        @contextmanager
+        def timed_write(self, _write=write):
+            with _write(self) as cur:  # from BEGIN (the lock taken) to COMMIT
+                started = time.perf_counter()
+                yield cur
+            held = time.perf_counter() - started
+            LONGEST["write txn"] = max(LONGEST["write txn"], held)
 
-        setattr(BulkSQL, name, timed)
+        store_class._write = timed_write
 
 
 def write_rows(path: str, rows: int) -> None:
