@@ -114,9 +114,7 @@ class Store(Protocol):
         batches under the hood (for building an index of millions)."""
 
     # -- bulk loads (hashdb/bulk_sql.py)
-    def bulk_upsert(
-        self, set_id: int, entries: Iterable[EntryUpsert], added_by: str
-    ) -> BulkCounts:
+    def bulk_upsert(self, set_id: int, entries: Iterable[EntryUpsert], added_by: str) -> BulkCounts:
         """Adds, updates (labels replaced when given, new signals appended) or
         removes (tombstones) entries by name, in one transaction, with one
         update_entry / remove_entry change per entry changed and one
