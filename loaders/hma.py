@@ -66,23 +66,11 @@ def _unescape(value: str) -> str:
 
 
 def read(stream: TextIO, source: str = "") -> Iterator[Record | Rejected]:
-    rows = csv.reader(stream)
-    header = next(rows, None)
-    if header is None:
-        return
-    at = {name.strip().lower().lstrip("\ufeff"): i for i, name in enumerate(header)}
-    if "signal_type" not in at or "signal_str" not in at:
-        yield Rejected(1, "header lacks signal_type or signal_str", source)
-        return
-    for line, row in enumerate(rows, start=2):
-        if not row or (len(row) == 1 and not row[0].strip()):
+    for item in r.named_rows(stream, ("signal_type", "signal_str"), source):
+        if isinstance(item, Rejected):
+            yield item
             continue
-        row = row + [""] * (len(header) - len(row))
-
-        def cell(name: str, row: list[str] = row) -> str:
-            index = at.get(name)
-            return row[index].strip() if index is not None else ""
-
+        line, cell = item
         try:
             labels = tags_to_labels(cell("tags"))
             for name in _COLUMN_LABELS:

@@ -8,9 +8,11 @@ of it: an entry without an external id is named after its signal
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -220,3 +222,30 @@ def record(
 def labels_json(labels: dict[str, str] | None) -> str:
     """The wire form of a record's labels: "" when the row says nothing."""
     return "" if labels is None else json.dumps(labels, sort_keys=True, ensure_ascii=False)
+
+
+def named_rows(
+    stream, required: tuple[str, ...], source: str = ""
+) -> Iterator[Rejected | tuple[int, Callable[[str], str]]]:
+    """The rows of a CSV file with a header, as (line number, cell) where
+    cell(column name) is that row's stripped value ("" for a missing column);
+    blank lines are skipped. A header lacking a required column yields one
+    Rejected for line 1 and nothing else."""
+    rows = csv.reader(stream)
+    header = next(rows, None)
+    if header is None:
+        return
+    at = {name.strip().lower().lstrip("\ufeff"): i for i, name in enumerate(header)}
+    if not all(name in at for name in required):
+        yield Rejected(1, f"header lacks {' or '.join(required)}", source)
+        return
+    for line, row in enumerate(rows, start=2):
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        row = row + [""] * (len(header) - len(row))
+
+        def cell(name: str, row: list[str] = row) -> str:
+            index = at.get(name)
+            return row[index].strip() if index is not None else ""
+
+        yield line, cell

@@ -23,23 +23,11 @@ def looks_like(header: list[str]) -> bool:
 
 
 def read(stream: TextIO, source: str = "") -> Iterator[Record | Rejected]:
-    rows = csv.reader(stream)
-    header = next(rows, None)
-    if header is None:
-        return
-    at = {name.strip().lower().lstrip("\ufeff"): i for i, name in enumerate(header)}
-    if "hash_digest" not in at or "algorithm" not in at:
-        yield Rejected(1, "header lacks hash_digest or algorithm", source)
-        return
-    for line, row in enumerate(rows, start=2):
-        if not row or (len(row) == 1 and not row[0].strip()):
+    for item in r.named_rows(stream, ("hash_digest", "algorithm"), source):
+        if isinstance(item, Rejected):
+            yield item
             continue
-        row = row + [""] * (len(header) - len(row))
-
-        def cell(name: str, row: list[str] = row) -> str:
-            index = at.get(name)
-            return row[index].strip() if index is not None else ""
-
+        line, cell = item
         try:
             labels = dict(r.parse_labels(cell("labels")))
             for name in _COLUMN_LABELS:
