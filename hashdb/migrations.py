@@ -274,3 +274,20 @@ def _review(serial: str, blob: str) -> list[str]:
 
 SQLITE.append(_review("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"))
 POSTGRES.append(_review("BIGSERIAL PRIMARY KEY", "BYTEA"))
+
+
+# 7: the value index holds only exact signal types (issue 6). Perceptual
+# values (PDQ, video, text simhash, audio) are found through the in-memory
+# index, never by value in the store, yet each one cost a random page of this
+# index on every bulk write (half the WAL of a PDQ load on SQLite). Exact
+# lookups name their kind as a literal (see SQLStore.find_exact), which both
+# planners match against this OR list; a new exact signal type needs a
+# migration that adds it (tests/test_store.py checks there is none missing).
+EXACT_KINDS = ("md5", "sha256", "text_sha256")
+_EXACT_VALUE_INDEX = [
+    "DROP INDEX entry_signals_value",
+    "CREATE INDEX entry_signals_value ON entry_signals (kind, substr(value, 1, 32)) WHERE "
+    + " OR ".join(f"kind = '{kind}'" for kind in EXACT_KINDS),
+]
+SQLITE.append(_EXACT_VALUE_INDEX)
+POSTGRES.append(_EXACT_VALUE_INDEX)

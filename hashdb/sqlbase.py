@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import UTC, datetime
 
+from hashdb import migrations
 from hashdb.bulk_sql import BulkSQL
 from hashdb.model import (
     Change,
@@ -284,13 +285,17 @@ class SQLStore(BulkSQL):
         return self.get_entries([row[0]], with_signals=True)[row[0]]
 
     def find_exact(self, kind: str, value: bytes) -> list[tuple[int, int]]:
+        # The kind as a literal: the value index is partial (migration 7) and
+        # a planner proves that a literal, not a parameter, falls within it.
+        # Perceptual kinds are not in it (nor looked up by value): a scan.
+        kind_sql, params = (f"'{kind}'", ()) if kind in migrations.EXACT_KINDS else ("?", (kind,))
         with self._read() as cur:
             cur.execute(
                 "SELECT s.entry_id, s.variant_no FROM entry_signals s"
                 " JOIN entries e ON e.id = s.entry_id"
-                " WHERE s.kind = ? AND substr(s.value, 1, 32) = ? AND s.value = ?"
+                f" WHERE s.kind = {kind_sql} AND substr(s.value, 1, 32) = ? AND s.value = ?"
                 " AND e.removed_at IS NULL",
-                (kind, bytes(value[:32]), bytes(value)),
+                (*params, bytes(value[:32]), bytes(value)),
             )
             return [(row[0], row[1]) for row in cur.fetchall()]
 

@@ -354,3 +354,54 @@ def test_unkeyed_chain_rewrite_changes_the_head_hash(store, store_url):
     _forge_from(store_url, ids[2])
     after = store.verify_history()
     assert after.intact and after.head_hash != head_before
+
+
+def test_value_index_covers_every_exact_signal_type():
+    """Exact types are looked up by value through a partial index (migration
+    7); a new exact type without a migration adding it would scan."""
+    from hashdb import migrations
+    from hashsvc.signals import SIGNAL_TYPES
+
+    exact = {t.name for t in SIGNAL_TYPES.values() if not t.perceptual}
+    assert exact == set(migrations.EXACT_KINDS)
+
+
+def _exact_lookup_plan(store_url: str) -> str:
+    query = (
+        "SELECT s.entry_id FROM entry_signals s WHERE s.kind = 'md5'"
+        " AND substr(s.value, 1, 32) = X'01' AND s.value = X'01'"
+    )
+    if store_url.startswith("sqlite"):
+        conn = sqlite3.connect(store_url[len("sqlite:///") :])
+        try:
+            return str(conn.execute(f"EXPLAIN QUERY PLAN {query}").fetchall())
+        finally:
+            conn.close()
+    with psycopg.connect(store_url) as conn:
+        conn.execute("SET enable_seqscan = off")  # a tiny table: scan unless usable
+        query = query.replace("X'01'", "'\\x01'::bytea")
+        return str(conn.execute(f"EXPLAIN {query}").fetchall())
+
+
+def test_migration_7_on_an_existing_database(store_url, monkeypatch):
+    """A database made before migration 7 (PDQ values in the value index)
+    opens, is migrated, keeps its entries and finds exact hashes by index."""
+    from hashdb import migrations
+
+    monkeypatch.setattr(migrations, "SQLITE", migrations.SQLITE[:6])
+    monkeypatch.setattr(migrations, "POSTGRES", migrations.POSTGRES[:6])
+    old = open_store(store_url)
+    s = old.create_set("s", "", {}, {})
+    a = old.add_entry(s.id, "a", {}, "image", _signals(2, 1), "op")
+    old.close()
+    monkeypatch.undo()
+
+    store = open_store(store_url)
+    try:
+        assert store.find_exact("md5", bytes([1]) * 16) == [(a.id, 0)]
+        assert store.get_entry(s.id, "a").signals == a.signals
+        store.add_entry(s.id, "b", {}, "image", _signals(1, 2), "op")
+        assert len(store.find_exact("md5", bytes([2]) * 16)) == 1
+    finally:
+        store.close()
+    assert "entry_signals_value" in _exact_lookup_plan(store_url)
