@@ -310,23 +310,37 @@ class BulkSQL:
         return counts
 
     def bulk_add_plain(
-        self, set_id: int, rows: PlainSignals, added_by: str, now: int | None = None
+        self,
+        set_id: int,
+        rows: PlainSignals,
+        added_by: str,
+        now: int | None = None,
+        expect_new: bool = False,
     ) -> tuple[BulkCounts, AddedSignals]:
         """bulk_upsert for a plain hash list, without an object per row: new
         names are inserted column-wise, names already in the set go through
-        the general path (they may gain the signal). One transaction."""
+        the general path (they may gain the signal). One transaction.
+
+        expect_new: the caller expects none of the names to be there (the
+        previous write of a load found none), so they are not looked up
+        first: the unique name index checks each as it is inserted, and a
+        name already there fails the insert, which is redone with every name
+        looked up (a rerun of a loaded file fails at its first row)."""
         from hashdb.sqlbase import now_micros
 
         if not rows.names:
             return BulkCounts(), AddedSignals(rows.kind)
         at = now or now_micros()
-        # Which names are there is read before the write transaction, which
-        # is then shorter (on SQLite a Match's history write waits for it).
-        # Inside, only the names found are checked again; a name another
-        # writer added meanwhile fails the insert, and the write is redone
-        # with every name checked inside.
-        with self._read() as cur:
-            found = self._existing(cur, set_id, rows.names)
+        # Otherwise which names are there is read before the write
+        # transaction, which is then shorter (on SQLite a Match's history
+        # write waits for it). Inside, only the names found are checked
+        # again; a name another writer added meanwhile fails the insert, and
+        # the write is redone with every name checked inside.
+        if expect_new:
+            found: dict = {}
+        else:
+            with self._read() as cur:
+                found = self._existing(cur, set_id, rows.names)
         try:
             written = self._add_plain(set_id, rows, added_by, at, set(found))
         except self._unique_violation:

@@ -122,10 +122,12 @@ class Store(Protocol):
         Idempotent: entries already as wanted are counted unchanged."""
 
     def bulk_add_plain(
-        self, set_id: int, rows: PlainSignals, added_by: str
+        self, set_id: int, rows: PlainSignals, added_by: str, expect_new: bool = False
     ) -> tuple[BulkCounts, AddedSignals]:
         """bulk_upsert for a plain hash list (one signal an entry, named after
-        it, no labels), column-wise; also returns what it created."""
+        it, no labels), column-wise; also returns what it created. With
+        expect_new the names are not looked up first (same outcome; faster
+        when none is there, slower when some are)."""
 
     @property
     def bulk_write_seconds(self) -> float:

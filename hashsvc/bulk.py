@@ -226,6 +226,7 @@ class BulkLoad:
         self._held: list[dict[str, _Group]] = []  # strict: checked batches, written at the end
         self._held_rows = 0
         self._write_rows = WRITE_CHUNK  # plain lists: rows per transaction, tuned as it goes
+        self._expect_new = True  # plain lists: see Store.bulk_add_plain
 
     def add_batch(self, batch: RowBatch) -> None:
         if len(batch) > MAX_BATCH_ROWS:
@@ -284,7 +285,11 @@ class BulkLoad:
                 None if rows.qualities is None else rows.qualities[start:end],
             )
             started = time.perf_counter()
-            counts, added = self.store.bulk_add_plain(self.set_id, part, self.added_by)
+            counts, added = self.store.bulk_add_plain(
+                self.set_id, part, self.added_by, expect_new=self._expect_new
+            )
+            # a fresh load finds no name there; a rerun or resume finds them
+            self._expect_new = counts.added == len(part.names)
             self.live.note_added(added)
             self._tune(len(part.names), time.perf_counter() - started)
             self.result.counts += counts
