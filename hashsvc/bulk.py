@@ -40,6 +40,13 @@ WRITE_CHUNK = 4_000
 # bulk_write_seconds, their size following the measured rate within these bounds.
 MIN_WRITE_ROWS = 1_000
 MAX_WRITE_ROWS = 50_000
+# ... and in value (= name) order, this many rows at a time: each transaction
+# then writes a narrow slice of the name index, page after page, instead of a
+# random page a row (at 1M rows on SQLite, 1/10 of the pages and WAL: 17k ->
+# 88k rows/s bare). Rows wait in memory meanwhile (~70 bytes each).
+SORT_ROWS = 250_000
+# While a sorted run is written, the index catches up after this many rows.
+CATCH_UP_ROWS = 20_000
 # The answer lists this many rejected rows (all are counted).
 MAX_REPORTED_REJECTS = 1_000
 _VARIANT = re.compile(r"original|page|document|frame:\d{1,9}")
@@ -227,6 +234,8 @@ class BulkLoad:
         self._held_rows = 0
         self._write_rows = WRITE_CHUNK  # plain lists: rows per transaction, tuned as it goes
         self._expect_new = True  # plain lists: see Store.bulk_add_plain
+        self._pending: list[_PlainRows] = []  # plain rows waiting to be sorted and written
+        self._pending_rows = 0
 
     def add_batch(self, batch: RowBatch) -> None:
         if len(batch) > MAX_BATCH_ROWS:
@@ -236,8 +245,14 @@ class BulkLoad:
         self.result.rows += len(batch)
         plain = None if self.strict else _plain(batch)
         if plain is not None:
-            self._write_plain(plain)
+            if self._pending and self._pending[0].kind_key != plain.kind_key:
+                self._flush_plain()
+            self._pending.append(plain)
+            self._pending_rows += len(plain.values)
+            if self._pending_rows >= SORT_ROWS:
+                self._flush_plain()
             return
+        self._flush_plain()  # rows are written in the order they came
         for groups in self._grouped(batch):
             if self.strict:
                 self._held_rows += sum(len(g.signals) or 1 for g in groups.values())
@@ -248,6 +263,7 @@ class BulkLoad:
                 self._write(groups)
 
     def finish(self) -> BulkResult:
+        self._flush_plain()
         if self.strict and not self.result.rejected_count:
             for groups in self._held:
                 self._write(groups)
@@ -270,10 +286,17 @@ class BulkLoad:
         if changed:
             self.live.catch_up()  # committed rows match before the next batch
 
+    def _flush_plain(self) -> None:
+        if self._pending:
+            rows = _sorted_plain(self._pending)
+            self._pending, self._pending_rows = [], 0
+            self._write_plain(rows)
+
     def _write_plain(self, rows: PlainSignals) -> None:
         """A plain hash list: column-wise writes, and the index takes the new
         signals as they were written instead of reading them back."""
         changed = False
+        uncaught = 0
         start = 0
         while start < len(rows.names):
             end = start + self._write_rows
@@ -294,7 +317,11 @@ class BulkLoad:
             self._tune(len(part.names), time.perf_counter() - started)
             self.result.counts += counts
             changed = changed or bool(counts.added or counts.updated)
+            uncaught += len(part.names)
             start = end
+            if changed and uncaught >= CATCH_UP_ROWS:
+                self.live.catch_up()  # committed rows match at once
+                changed, uncaught = False, 0
         if changed:
             self.live.catch_up()  # committed rows match before the next batch
 
@@ -370,10 +397,24 @@ class BulkLoad:
         yield groups
 
 
-def _plain(batch: RowBatch) -> PlainSignals | None:
-    """The batch as a plain hash list, checked and named column-wise: one
-    fixed-length signal type, every value of its length, and no row with an
-    entry, labels, tombstone, variant or position. None when a row needs the
+@dataclass
+class _PlainRows:
+    """A batch's rows as a plain hash list, checked; in row order, repeats
+    included."""
+
+    kind: str
+    values: Sequence[bytes]
+    qualities: Sequence[int] | None  # -1 -> none; None: no row has one
+
+    @property
+    def kind_key(self) -> tuple[str, bool]:
+        return self.kind, self.qualities is not None
+
+
+def _plain(batch: RowBatch) -> _PlainRows | None:
+    """The batch as a plain hash list, checked column-wise: one fixed-length
+    signal type, every value of its length, and no row with an entry,
+    labels, tombstone, variant or position. None when a row needs the
     row-by-row path (which also reports bad rows)."""
     says_more = (
         any(batch.entry)
@@ -391,16 +432,24 @@ def _plain(batch: RowBatch) -> PlainSignals | None:
     sig_type = SIGNAL_TYPES.get(kind)
     if sig_type is None or sig_type.sequence or set(map(len, batch.value)) != {sig_type.nbytes}:
         return None
+    if batch.quality and (min(batch.quality) < -1 or max(batch.quality) > 100):
+        return None
+    return _PlainRows(kind, batch.value, batch.quality or None)
+
+
+def _sorted_plain(parts: Sequence[_PlainRows]) -> PlainSignals:
+    """Plain rows of one kind as entries: one a value, named after it, in
+    name (= value) order, so the store's name index is written page by page."""
+    kind = parts[0].kind
     qualities = None
-    if batch.quality:
-        if min(batch.quality) < -1 or max(batch.quality) > 100:
-            return None
+    if parts[0].qualities is None:
+        values = sorted(set().union(*(p.values for p in parts)))
+    else:
         # the first row of a value wins, as in the row-by-row path
-        quality_of = dict(zip(reversed(batch.value), reversed(batch.quality), strict=True))
-    # An entry per value, named after it; in name (= value) order, so the
-    # store's name and value indexes are written page by page.
-    values = sorted(set(batch.value))
-    if batch.quality:
+        quality_of: dict[bytes, int] = {}
+        for part in reversed(parts):
+            quality_of.update(zip(reversed(part.values), reversed(part.qualities), strict=True))
+        values = sorted(quality_of)
         qualities = [None if (q := quality_of[v]) == -1 else q for v in values]
     prefix = f"{kind}:"
     return PlainSignals(

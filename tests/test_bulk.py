@@ -121,6 +121,42 @@ def test_plain_hash_list_is_idempotent_and_matches_at_once(store_and_index):
     assert len(replica.indexes["pdq"]) == len(live.indexes["pdq"]) == 3000
 
 
+def test_plain_rows_are_sorted_across_batches_and_keep_their_order(store_and_index, monkeypatch):
+    """Plain rows wait to be written in value order, a run at a time: a value
+    repeated in a later batch is one entry with the first row's quality, a
+    tombstone after them removes the entry, and every row matches once the
+    load returns."""
+    from hashsvc import bulk
+
+    monkeypatch.setattr(bulk, "SORT_ROWS", 2_500)  # runs span batches
+    monkeypatch.setattr(bulk, "MIN_WRITE_ROWS", 300)
+    monkeypatch.setattr(bulk, "CATCH_UP_ROWS", 700)
+    store, live = store_and_index
+    hash_set = store.create_set("sorted", "", {}, {})
+    values = [os.urandom(32) for _ in range(6_000)]
+    batches = [
+        RowBatch(["pdq"] * 1_000, values[i : i + 1_000], quality=[50 + i // 1_000] * 1_000)
+        for i in range(0, 6_000, 1_000)
+    ]
+    batches.insert(2, RowBatch(["pdq"], [values[5_999]], quality=[99]))  # seen first here
+    batches.append(RowBatch(["pdq"], [b""], entry=[f"pdq:{values[10].hex()}"], deleted=[True]))
+    batches.append(RowBatch(["pdq"] * 2, [values[0], values[20]]))  # no quality column
+    result = load(store, live, hash_set.id, "op", batches)
+    # unchanged: values[5_999] again in a later run, values[0] and values[20]
+    assert (result.added, result.removed, result.unchanged) == (6_000, 1, 3)
+    assert store.get_set_by_id(hash_set.id).entry_count == 5_999
+    last = store.get_entry(hash_set.id, f"pdq:{values[5_999].hex()}")
+    assert [s.quality for s in last.signals] == [99]
+    assert [
+        s.quality for s in store.get_entry(hash_set.id, f"pdq:{values[3_500].hex()}").signals
+    ] == [53]
+    assert _near(live, values[10].hex()) == set()
+    assert all(len(_near(live, v.hex())) == 1 for v in values[:10] + values[11:])
+    replica = LiveIndex(store)
+    replica.load()
+    assert len(replica.indexes["pdq"]) == len(live.indexes["pdq"]) == 5_999
+
+
 def test_rows_of_an_entry_add_signals_and_bad_rows_are_reported(store_and_index):
     store, live = store_and_index
     hash_set = store.create_set("videos", "", {}, {})
