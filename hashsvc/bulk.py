@@ -23,6 +23,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import numpy as np
+
 from hashdb import Store
 from hashdb.bulk_sql import BulkCounts, EntryUpsert, PlainSignals
 from hashsvc import validation
@@ -400,10 +402,11 @@ class BulkLoad:
 @dataclass
 class _PlainRows:
     """A batch's rows as a plain hash list, checked; in row order, repeats
-    included."""
+    included; `blob` is the values joined."""
 
     kind: str
     values: Sequence[bytes]
+    blob: bytes
     qualities: Sequence[int] | None  # -1 -> none; None: no row has one
 
     @property
@@ -434,23 +437,32 @@ def _plain(batch: RowBatch) -> _PlainRows | None:
         return None
     if batch.quality and (min(batch.quality) < -1 or max(batch.quality) > 100):
         return None
-    return _PlainRows(kind, batch.value, batch.quality or None)
+    return _PlainRows(kind, batch.value, b"".join(batch.value), batch.quality or None)
 
 
 def _sorted_plain(parts: Sequence[_PlainRows]) -> PlainSignals:
-    """Plain rows of one kind as entries: one a value, named after it, in
-    name (= value) order, so the store's name index is written page by page."""
+    """Plain rows of one kind as entries: one a value (its first row wins,
+    as in the row-by-row path), named after it, in name (= value) order, so
+    the store's name index is written page by page. Sorted by numpy, which
+    lets other threads run meanwhile (sorted() held the GIL, and so every
+    Match, for 250 ms a run)."""
     kind = parts[0].kind
+    width = SIGNAL_TYPES[kind].nbytes
+    rows = np.frombuffer(b"".join(p.blob for p in parts), dtype=np.uint8).reshape(-1, width)
+    padded = np.zeros((len(rows), -(-width // 8) * 8), dtype=np.uint8)
+    padded[:, :width] = rows
+    words = padded.view(">u8").astype(np.uint64)
+    order = np.lexsort(words.T[::-1])  # the first word is the primary key; stable
+    ordered = words[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    keep = order[first].tolist()
+    all_values = [v for p in parts for v in p.values]
+    values = [all_values[i] for i in keep]
     qualities = None
-    if parts[0].qualities is None:
-        values = sorted(set().union(*(p.values for p in parts)))
-    else:
-        # the first row of a value wins, as in the row-by-row path
-        quality_of: dict[bytes, int] = {}
-        for part in reversed(parts):
-            quality_of.update(zip(reversed(part.values), reversed(part.qualities), strict=True))
-        values = sorted(quality_of)
-        qualities = [None if (q := quality_of[v]) == -1 else q for v in values]
+    if parts[0].qualities is not None:
+        all_qualities = [q for p in parts for q in p.qualities]
+        qualities = [None if (q := all_qualities[i]) == -1 else q for i in keep]
     prefix = f"{kind}:"
     return PlainSignals(
         kind,
