@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -112,7 +112,7 @@ class BulkSQL:
         a Match's history write waits for the one under way (issue 6 allows
         100 ms); on PostgreSQL the history has its own lock and a Match waits
         for nothing, so transactions are longer and fewer."""
-        return 0.25 if self._is_postgres() else 0.04
+        return 0.25 if self._is_postgres() else 0.025
 
     # -- dialect
 
@@ -316,6 +316,7 @@ class BulkSQL:
         added_by: str,
         now: int | None = None,
         expect_new: bool = False,
+        noted: Callable[[AddedSignals], None] | None = None,
     ) -> tuple[BulkCounts, AddedSignals]:
         """bulk_upsert for a plain hash list, without an object per row: new
         names are inserted column-wise, names already in the set go through
@@ -325,7 +326,15 @@ class BulkSQL:
         previous write of a load found none), so they are not looked up
         first: the unique name index checks each as it is inserted, and a
         name already there fails the insert, which is redone with every name
-        looked up (a rerun of a loaded file fails at its first row)."""
+        looked up (a rerun of a loaded file fails at its first row).
+
+        noted: told what the write creates once it is sure to be seen with
+        its change (LiveIndex.note_added). On PostgreSQL that is just before
+        COMMIT: the change poller, woken by the commit's NOTIFY, otherwise
+        raced the caller and read every new signal back from the database.
+        Ids come from a sequence there and are never reused, so the note of
+        a write that then fails is never used. On SQLite, where a failed
+        write's ids are used again, it is after COMMIT."""
         from hashdb.sqlbase import now_micros
 
         if not rows.names:
@@ -342,9 +351,11 @@ class BulkSQL:
             with self._read() as cur:
                 found = self._existing(cur, set_id, rows.names)
         try:
-            written = self._add_plain(set_id, rows, added_by, at, set(found))
+            written = self._add_plain(set_id, rows, added_by, at, set(found), noted)
         except self._unique_violation:
-            written = self._add_plain(set_id, rows, added_by, at, None)
+            written = self._add_plain(set_id, rows, added_by, at, None, noted)
+        if noted is not None and not self._is_postgres():
+            noted(written[1])
         self._after_bulk_write()
         return written
 
@@ -370,7 +381,9 @@ class BulkSQL:
             with self._read() as cur:
                 cur.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-    def _add_plain(self, set_id, rows: PlainSignals, added_by, at, found: set[str] | None):
+    def _add_plain(
+        self, set_id, rows: PlainSignals, added_by, at, found: set[str] | None, noted=None
+    ):
         counts = BulkCounts()
         with self._write() as cur:
             if not self._is_postgres():
@@ -413,9 +426,13 @@ class BulkSQL:
                     "INSERT INTO changes (op, set_id, entry_id, at) VALUES (?, ?, ?, ?)",
                     (f"{ADD_RANGE}{ids[-1]}", set_id, ids[0], at),
                 )
-            if self._is_postgres() and (counts.added or counts.updated):
-                cur.execute(f"NOTIFY {self._channel}")
-        return counts, AddedSignals(rows.kind, ids, values)
+            added = AddedSignals(rows.kind, ids, values)
+            if self._is_postgres():
+                if counts.added or counts.updated:
+                    cur.execute(f"NOTIFY {self._channel}")
+                if noted is not None:
+                    noted(added)  # see bulk_add_plain
+        return counts, added
 
     def _insert_plain(self, cur, set_id, rows, ids, names, values, qualities, at, added_by):
         quality_column = repeat(None) if qualities is None else qualities

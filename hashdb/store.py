@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Protocol
 
@@ -122,12 +122,19 @@ class Store(Protocol):
         Idempotent: entries already as wanted are counted unchanged."""
 
     def bulk_add_plain(
-        self, set_id: int, rows: PlainSignals, added_by: str, expect_new: bool = False
+        self,
+        set_id: int,
+        rows: PlainSignals,
+        added_by: str,
+        expect_new: bool = False,
+        noted: Callable[[AddedSignals], None] | None = None,
     ) -> tuple[BulkCounts, AddedSignals]:
         """bulk_upsert for a plain hash list (one signal an entry, named after
-        it, no labels), column-wise; also returns what it created. With
-        expect_new the names are not looked up first (same outcome; faster
-        when none is there, slower when some are)."""
+        it, no labels), column-wise; also returns what it created and tells
+        `noted` (on PostgreSQL before the commit wakes other threads, see
+        hashdb/bulk_sql.py). With expect_new
+        the names are not looked up first (same outcome; faster when none is
+        there, slower when some are)."""
 
     @property
     def bulk_write_seconds(self) -> float:

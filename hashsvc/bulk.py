@@ -311,11 +311,14 @@ class BulkLoad:
             )
             started = time.perf_counter()
             counts, added = self.store.bulk_add_plain(
-                self.set_id, part, self.added_by, expect_new=self._expect_new
+                self.set_id,
+                part,
+                self.added_by,
+                expect_new=self._expect_new,
+                noted=self.live.note_added,
             )
             # a fresh load finds no name there; a rerun or resume finds them
             self._expect_new = counts.added == len(part.names)
-            self.live.note_added(added)
             self._tune(len(part.names), time.perf_counter() - started)
             self.result.counts += counts
             changed = changed or bool(counts.added or counts.updated)
