@@ -383,9 +383,10 @@ def _exact_lookup_plan(store_url: str) -> str:
         return str(conn.execute(f"EXPLAIN {query}").fetchall())
 
 
-def test_migration_7_on_an_existing_database(store_url, monkeypatch):
+def test_migrations_7_and_8_on_an_existing_database(store_url, monkeypatch):
     """A database made before migration 7 (PDQ values in the value index)
-    opens, is migrated, keeps its entries and finds exact hashes by index."""
+    opens, is migrated, keeps its entries and finds exact hashes by index;
+    on PostgreSQL entries and signals no longer have foreign keys (8)."""
     from hashdb import migrations
 
     monkeypatch.setattr(migrations, "SQLITE", migrations.SQLITE[:6])
@@ -405,3 +406,10 @@ def test_migration_7_on_an_existing_database(store_url, monkeypatch):
     finally:
         store.close()
     assert "entry_signals_value" in _exact_lookup_plan(store_url)
+    if store_url.startswith("postgresql"):
+        with psycopg.connect(store_url) as conn:
+            foreign_keys = conn.execute(
+                "SELECT conname FROM pg_constraint WHERE contype = 'f'"
+                " AND conrelid IN ('entries'::regclass, 'entry_signals'::regclass)"
+            ).fetchall()
+        assert foreign_keys == []
