@@ -37,6 +37,9 @@ def added_range(op: str, first_id: int) -> range | None:
     return range(first_id, int(op[len(ADD_RANGE) :]) + 1)
 
 
+# A video's frames are signals too: 1 per second of a 24-hour video fits.
+MAX_SIGNALS_PER_ENTRY = 100_000
+
 # Runs of at least this many consecutive entry ids are read as one range.
 _SPAN = 16
 
@@ -89,12 +92,16 @@ class BulkCounts:
     updated: int = 0
     removed: int = 0
     unchanged: int = 0
+    # entry name -> signals not added: the entry holds MAX_SIGNALS_PER_ENTRY
+    over_limit: dict[str, int] = field(default_factory=dict)
 
     def __iadd__(self, other: BulkCounts) -> BulkCounts:
         self.added += other.added
         self.updated += other.updated
         self.removed += other.removed
         self.unchanged += other.unchanged
+        for name, count in other.over_limit.items():
+            self.over_limit[name] = self.over_limit.get(name, 0) + count
         return self
 
 
@@ -284,6 +291,9 @@ class BulkSQL:
             for s in e.signals:
                 key = _signal_key(s.kind, s.value, s.variant)
                 if key in have:
+                    continue
+                if len(have) >= MAX_SIGNALS_PER_ENTRY:
+                    counts.over_limit[e.name] = counts.over_limit.get(e.name, 0) + 1
                     continue
                 have.add(key)
                 new_signals.append(

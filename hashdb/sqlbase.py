@@ -17,7 +17,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from hashdb import migrations
-from hashdb.bulk_sql import BulkSQL
+from hashdb.bulk_sql import MAX_SIGNALS_PER_ENTRY, BulkSQL
 from hashdb.model import (
     Change,
     EntryRecord,
@@ -32,8 +32,6 @@ from hashdb.model import (
 from hashsvc.errors import AlreadyExists, InvalidArgument, NotFound
 from hashsvc.signals import Signal
 
-# A video's frames are signals too: 1 per second of a 24-hour video fits.
-MAX_SIGNALS_PER_ENTRY = 100_000
 # iter_signals reads this many entries at a time (a video entry brings its frames).
 SIGNAL_BATCH = 5_000
 

@@ -26,9 +26,9 @@ from functools import lru_cache
 import numpy as np
 
 from hashdb import Store
-from hashdb.bulk_sql import BulkCounts, EntryUpsert, PlainSignals
+from hashdb.bulk_sql import MAX_SIGNALS_PER_ENTRY, BulkCounts, EntryUpsert, PlainSignals
 from hashsvc import validation
-from hashsvc.errors import InvalidArgument, TooLarge
+from hashsvc.errors import InvalidArgument, TooLarge, quoted
 from hashsvc.live_index import LiveIndex
 from hashsvc.signals import SIGNAL_TYPES, Signal
 
@@ -191,28 +191,34 @@ _SINGLE_MEDIA_TYPE = {
 class _Group:
     """What the rows of one batch say about one entry."""
 
-    __slots__ = ("name", "signals", "keys", "labels", "deleted")
+    __slots__ = ("name", "signals", "keys", "labels", "deleted", "source", "line")
 
-    def __init__(self, name: str, deleted: bool) -> None:
+    def __init__(self, name: str, deleted: bool, source: str, line: int) -> None:
         self.name = name
         self.signals: list[Signal] = []
         self.keys: set | None = None  # made when a second signal arrives
         self.labels: dict[str, str] | None = None
         self.deleted = deleted
+        self.source, self.line = source, line  # the entry's first row
 
     def add(self, signal: Signal | None, labels: dict[str, str] | None) -> None:
-        if labels is not None:
-            self.labels = labels if self.labels is None else {**self.labels, **labels}
-        if signal is None or self.deleted:
-            return
-        if self.signals:
+        """Raises _RowError, adding nothing, when the entry is full."""
+        if signal is not None and not self.deleted and self.signals:
             if self.keys is None:
                 self.keys = {(s.kind, s.value, s.variant) for s in self.signals}
             key = (signal.kind, signal.value, signal.variant)
             if key in self.keys:
-                return
-            self.keys.add(key)
-        self.signals.append(signal)
+                signal = None  # a repeat: its labels still count
+            elif len(self.signals) >= MAX_SIGNALS_PER_ENTRY:
+                raise _RowError(
+                    f"entry {quoted(self.name)} holds at most {MAX_SIGNALS_PER_ENTRY} signals"
+                )
+            else:
+                self.keys.add(key)
+        if labels is not None:
+            self.labels = labels if self.labels is None else {**self.labels, **labels}
+        if signal is not None and not self.deleted:
+            self.signals.append(signal)
 
     def upsert(self) -> EntryUpsert:
         return EntryUpsert(
@@ -283,7 +289,7 @@ class BulkLoad:
             counts = self.store.bulk_upsert(
                 self.set_id, upserts[start : start + WRITE_CHUNK], self.added_by
             )
-            self.result.counts += counts
+            self._count(counts, groups)
             changed = changed or bool(counts.added or counts.updated or counts.removed)
         if changed:
             self.live.catch_up()  # committed rows match before the next batch
@@ -320,7 +326,7 @@ class BulkLoad:
             # a fresh load finds no name there; a rerun or resume finds them
             self._expect_new = counts.added == len(part.names)
             self._tune(len(part.names), time.perf_counter() - started)
-            self.result.counts += counts
+            self._count(counts, {})
             changed = changed or bool(counts.added or counts.updated)
             uncaught += len(part.names)
             start = end
@@ -337,6 +343,22 @@ class BulkLoad:
         # move half way: one slow transaction (a checkpoint, a busy core) does
         # not halve the next
         self._write_rows = int(min(MAX_WRITE_ROWS, max(MIN_WRITE_ROWS, (rows + wanted) / 2)))
+
+    def _count(self, counts: BulkCounts, groups: dict[str, _Group]) -> None:
+        """Adds a write's counts; signals an entry had no room for (it was
+        filled by an earlier load) are rejected rows, one an entry, at the
+        entry's first row."""
+        for name, count in counts.over_limit.items():
+            group = groups.get(name)
+            source, line = (group.source, group.line) if group else ("", 0)
+            self._reject(
+                source,
+                line,
+                f"entry {quoted(name)} holds at most {MAX_SIGNALS_PER_ENTRY} signals:"
+                f" {count} not added",
+            )
+        counts.over_limit = {}
+        self.result.counts += counts
 
     def _reject(self, source: str, line: int, reason: str) -> None:
         self.result.rejected_count += 1
@@ -386,7 +408,7 @@ class BulkLoad:
                 yield groups
                 groups, group = {}, None
             if group is None:
-                group = groups[name] = _Group(name, gone)
+                group = groups[name] = _Group(name, gone, batch.source, line)
             signal = (
                 Signal(
                     kind,
@@ -398,7 +420,10 @@ class BulkLoad:
                 if value
                 else None
             )
-            group.add(signal, row_labels)
+            try:
+                group.add(signal, row_labels)
+            except _RowError as exc:
+                self._reject(batch.source, line, str(exc))
         yield groups
 
 

@@ -32,6 +32,12 @@ CALLER: contextvars.ContextVar = contextvars.ContextVar("caller")
 def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     if context.code() is not None:
         raise exc  # the handler called context.abort(): its status stands
+    if isinstance(exc, grpc.RpcError) and not context.is_active():
+        # grpc's request iterator raises a bare RpcError once the client has
+        # cancelled or gone away (e.g. `hashsvc load` interrupted): no
+        # internal error, and what was committed stays (a rerun completes it)
+        log.info("the client cancelled the call")
+        context.abort(grpc.StatusCode.CANCELLED, "the client cancelled the call")
     code = status_name(exc)
     if code == "INTERNAL":
         log.exception("internal error", exc_info=exc)

@@ -345,3 +345,75 @@ def test_load_killed_with_kill_9_completes_when_run_again(store_url, admin_token
     assert summary["unchanged"] >= partial - 1  # the committed batches were kept
     assert _entry_count(server, metadata) == ROWS  # nothing lost, no duplicates
     server.stop(signal.SIGTERM)
+
+
+def test_client_cancelling_a_load_is_a_clean_cancel(tmp_path, caplog):
+    """A client that goes away mid-load is no internal error: the server logs
+    no traceback, and what it committed stays (a rerun completes it)."""
+    import logging
+    import threading
+
+    harness = start_harness(f"sqlite:///{tmp_path}/db.sqlite")
+    try:
+        stubs, metadata = harness.stubs("operator")
+        stubs.curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=metadata)
+        sent = threading.Event()
+        release = threading.Event()
+
+        def requests():
+            yield pb.BulkLoadRequest(header=pb.BulkLoadHeader(set="s"))
+            labelled = pb.BulkRows(
+                signal_type=["pdq"] * 100,
+                value=[os.urandom(32) for _ in range(100)],
+                labels=['{"k": "v"}'] * 100,
+            )
+            yield pb.BulkLoadRequest(rows=labelled)
+            sent.set()
+            release.wait(10)  # the client is still "sending" when it cancels
+
+        with caplog.at_level(logging.INFO):
+            call = stubs.curation.BulkLoad.future(requests(), metadata=metadata)
+            assert sent.wait(10)
+            deadline = time.monotonic() + 10
+            while harness.core.store.get_set("s").entry_count < 100:
+                assert time.monotonic() < deadline, "the first batch was not written"
+                time.sleep(0.02)
+            call.cancel()
+            release.set()
+            time.sleep(0.5)  # the server notices the cancel
+        assert call.cancelled()
+        internal = [r for r in caplog.records if "internal error" in r.getMessage()]
+        assert internal == [] and not [r for r in caplog.records if r.exc_info]
+        assert harness.core.store.get_set("s").entry_count == 100
+    finally:
+        harness.close()
+
+
+def test_an_entry_holds_at_most_the_signal_limit(store_and_index, monkeypatch):
+    """Rows past an entry's signal limit are rejected with their line, in one
+    load or across loads; the others load."""
+    from hashdb import bulk_sql
+    from hashsvc import bulk
+
+    monkeypatch.setattr(bulk, "MAX_SIGNALS_PER_ENTRY", 5)
+    monkeypatch.setattr(bulk_sql, "MAX_SIGNALS_PER_ENTRY", 5)
+    store, live = store_and_index
+    hash_set = store.create_set("capped", "", {}, {})
+    values = [os.urandom(32) for _ in range(10)]
+
+    def rows(vals):  # lines 2, 3, ...
+        header = "signal_type,signal_value,entry\n"
+        text = header + "".join(f"pdq,{v.hex()},video-1\n" for v in vals)
+        return RowBatch.from_records(_records(text), "f.csv")
+
+    first = load(store, live, hash_set.id, "op", [rows(values[:7] + values[:1])])
+    assert first.added == 1 and first.rejected_count == 2
+    assert [(r.line, r.reason) for r in first.rejected] == [
+        (7, "entry 'video-1' holds at most 5 signals"),
+        (8, "entry 'video-1' holds at most 5 signals"),
+    ]
+    again = load(store, live, hash_set.id, "op", [rows(values[:1] + values[7:])])
+    assert again.rejected_count == 1 and again.unchanged == 1
+    assert [(r.source, r.line) for r in again.rejected] == [("f.csv", 2)]
+    assert again.rejected[0].reason.endswith("holds at most 5 signals: 3 not added")
+    assert len(store.get_entry(hash_set.id, "video-1").signals) == 5
