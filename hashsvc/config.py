@@ -92,6 +92,10 @@ class Config:
     change_poll_seconds: float = 1.0
     # How often to refresh the index snapshot when something changed (seconds).
     snapshot_seconds: float = 300.0
+    # PDQ searches in the review band (past 32 bits) probe each index chunk
+    # within this many bits: 2 (fast) or 3 (finds more of the band, ~5x the
+    # search time; README "How matching works", bench/scale.py).
+    pdq_review_probe_radius: int = 2
 
     def history_key(self) -> bytes | None:
         if not self.history_key_file:

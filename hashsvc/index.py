@@ -27,8 +27,11 @@ MAX_VARIANTS = 1 << VARIANT_BITS
 # Written into snapshots: a snapshot made with another id layout is rebuilt.
 # v2: PDQ snapshots are multi-index hash files, not FAISS files.
 ID_LAYOUT = f"entry<<{VARIANT_BITS}|variant;v2"
-# The first bytes of a multi-index hash snapshot (hashsvc/multi_index.py).
-SNAPSHOT_MAGIC = b"HSVC-MIH-PDQ-v1\n"
+# The first bytes of a multi-index hash snapshot (hashsvc/multi_index.py):
+# v1 holds ids and hashes (postings are rebuilt on load), v3 whole segments.
+SNAPSHOT_MAGIC_PREFIX = b"HSVC-MIH-PDQ-"
+SNAPSHOT_MAGIC = SNAPSHOT_MAGIC_PREFIX + b"v1\n"
+SNAPSHOT_MAGIC_SEGMENTS = SNAPSHOT_MAGIC_PREFIX + b"v3\n"
 
 
 def signal_id(entry_id: int, variant_no: int) -> int:
@@ -136,13 +139,15 @@ class BinaryIndex:
         os.replace(tmp, path)  # a crash mid-write never leaves a torn snapshot
 
     @classmethod
-    def load(cls, path: str, bits: int) -> HashIndex:
+    def load(cls, path: str, bits: int, pdq_review_probe_radius: int | None = None) -> HashIndex:
         """Whichever engine wrote the snapshot at path."""
         with open(path, "rb") as f:
-            if f.read(len(SNAPSHOT_MAGIC)) == SNAPSHOT_MAGIC:
+            if f.read(len(SNAPSHOT_MAGIC_PREFIX)) == SNAPSHOT_MAGIC_PREFIX:
                 from hashsvc.multi_index import MultiIndexHash
 
-                return MultiIndexHash.load(path, bits)
+                if pdq_review_probe_radius is None:
+                    return MultiIndexHash.load(path, bits)
+                return MultiIndexHash.load(path, bits, pdq_review_probe_radius)
         loaded = faiss.read_index_binary(path)
         if loaded.d != bits or not isinstance(loaded, faiss.IndexBinaryIDMap2):
             raise ValueError(f"snapshot {path} is not a {bits}-bit id-mapped binary index")
@@ -162,11 +167,13 @@ class HashIndex(Protocol):
     def save(self, path: str) -> None: ...
 
 
-def new_index(signal_type: str, bits: int) -> HashIndex:
+def new_index(signal_type: str, bits: int, pdq_review_probe_radius: int | None = None) -> HashIndex:
     """The engine for one signal type: multi-index hashing for PDQ (millions of
     hashes), the flat index for the others (fewer hashes, other lengths)."""
     if signal_type == "pdq":
         from hashsvc.multi_index import MultiIndexHash
 
-        return MultiIndexHash(bits)
+        if pdq_review_probe_radius is None:
+            return MultiIndexHash(bits)
+        return MultiIndexHash(bits, pdq_review_probe_radius)
     return BinaryIndex(bits)

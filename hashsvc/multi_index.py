@@ -2,51 +2,49 @@
 sliver of the index instead of all of it.
 
 Why this structure. A flat scan reads 32 bytes per stored hash per query view
-(10 ms a view at 10M). Splitting each hash into 16 chunks of 16 bits, two
-hashes within 31 bits must agree to within 1 bit on at least one chunk
-(pigeonhole: 16 chunks x 2 flips = 32 > 31). So for each query view we look up,
-per chunk, the buckets of its chunk value and of the 16 values one bit away
-(16 x 17 = 272 bucket reads), and check every hash found there with an exact
-256-bit XOR/popcount. Nothing within 31 bits is missed (EXACT_RADIUS), nothing
-farther than the radius is returned. The candidates checked grow as
-272 x N / 65,536 for unrelated hashes (41k at 10M): linear, but 1/240 of a scan.
-Measured (bench/scale.py, one core, 18 views a batch): p50 0.032 ms a view at
-100k, 0.129 ms at 1M, 1.39 ms at 10M (the random reads of the candidates'
-hashes dominate); a flat scan is ~10 ms a view at 10M. Past ~10M hashes the
-chunks should get longer (e.g. 11 chunks of 23-24 bits probed within 2 bits,
-still exact to 31): not done.
+(10 ms a view at 10M). Each hash is cut into 11 chunks (3 of 24 bits, 8 of
+23). Two hashes within 32 bits agree to within 2 bits on at least one chunk
+(pigeonhole: 11 chunks x 3 flips = 33 > 32). So for each query view we look up,
+per chunk, every stored hash whose chunk is within 2 bits of the query's, and
+check each one found with an exact 256-bit XOR/popcount. Nothing within 32 bits
+is missed (EXACT_RADIUS), nothing farther than the radius is returned.
 
-Beyond 31 bits (the matcher searches at the widest review threshold, 56), a
-hash is found when one of its 16 chunks is within 1 bit of the query's. That
-is not guaranteed: a pair 56 bits apart has on average 3.5 flipped bits per
-chunk. Measured on clustered data (bench/scale.py): recall 0.980-0.983 of the
-pairs within 56 on synthetic families, 0.991 on real photo edits' views; an
-entry with several views is usually found by another of them. Exact at 56 would need chunk radius 3
-(11k bucket reads and ~1.7M candidates a view at 10M, slower than a flat scan);
-probing radius 2 (exact to 47) measured 7x slower (1.2 ms a view at 1M).
+Postings. Per chunk, a segment's rows are sorted by the chunk's top 16-21
+bits (more for bigger segments: an offsets table of 2**bits + 1 entries, a
+bucket is two array reads) and each posting keeps the chunk's other bits beside
+it. A probe reads the buckets of every prefix within 2 bits of the query's
+(137-232 a chunk) and keeps the postings whose whole chunk is within 2 bits:
+11 x 232 = 2,552 short bucket reads a view at 10M and ~3,600 candidates whose
+hashes are read and compared (the earlier layout, 16 chunks of 16 bits probed
+within 1 bit, compared ~41,000). The loop is compiled (hashsvc/mih_scan.py):
+as numpy passes it cost several times more. About 120 bytes per hash: 32 of
+hash, 11 x 6 of postings, 21 of ids and removal flags, and the offsets tables.
+
+Beyond 32 bits (the matcher searches at the widest review threshold, 56), a
+hash is found when one of its 11 chunks is within 2 bits of the query's. That
+is not guaranteed: a pair 56 bits apart has on average 5 flipped bits per
+chunk. bench/scale.py measures the share found on clustered data; exact at 56
+would need a probe radius of 4 (more reads than a flat scan).
 
 Other options, as issue 7 measured them: FAISS IndexBinaryMultiHash 16x16 with
 nflip=0 (recall 0.99 at 0.7 ms, 2.6 GB at 10M, and no removal), IVF with 1024
-lists (0.98 at 0.8 ms with 64 probes). This layout keeps the exact guarantee
-at 31, needs ~120 bytes per hash, removes in place and adds incrementally.
+lists (0.98 at 0.8 ms with 64 probes). This layout is exact at the matching
+threshold, removes in place and adds incrementally.
 
-Layout. Hashes live in segments; a segment's postings are, per chunk, its rows
-sorted by chunk value plus a 65,537-entry offsets table (a bucket is two array
-reads). Recent adds go to a small open segment rebuilt on each add (a few ms);
-at SEAL_ROWS it is sealed, and four sealed segments of a size class merge into
-one (log-structured, up to MAX_SEGMENT_ROWS), so no add ever rebuilds the whole
-index. Removal clears a row's alive flag (the store's change feed is the
-source of truth); rows removed are dropped when their segment is next merged
-or when a quarter of it is dead. Searches run under a read lock and see either
-the old or the new segments: a build holds only the writer mutex. All of an
-upload's views are searched in one batch (one pass of numpy calls a segment).
-
-Small indexes need no flat fallback: below ~100k hashes the buckets are nearly
-empty and a search costs ~0.03 ms a view, what a flat scan of 50k costs.
+Segments. Hashes live in segments. Recent adds go to a small open segment
+rebuilt on each add (a few ms); at SEAL_ROWS it is sealed, and four sealed
+segments of a size class merge into one (log-structured, up to
+MAX_SEGMENT_ROWS), so no add ever rebuilds the whole index. Removal clears a
+row's alive flag (the store's change feed is the source of truth); rows
+removed are dropped when their segment is next merged or when a quarter of it
+is dead. Searches run under a read lock and see either the old or the new
+segments: a build holds only the writer mutex. All of an upload's views are
+searched in one call a segment.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Iterable
@@ -54,58 +52,154 @@ from itertools import combinations
 
 import numpy as np
 
-from hashsvc.index import SNAPSHOT_MAGIC, _ReadWriteLock, signal_id
+from hashsvc.index import SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_SEGMENTS, _ReadWriteLock, signal_id
+from hashsvc.mih_scan import build_postings, scan_segment
 
-# Multi-index hashing for 256-bit PDQ: see the module docstring for the why.
-CHUNKS = 16  # 16 chunks of 16 bits: a chunk value indexes a 65,536-slot offsets table
-CHUNK_VALUES = 1 << 16
-# Probing every chunk value within 1 bit of the query's finds every hash within
-# 16 * (1 + 1) - 1 = 31 bits (pigeonhole); wider matches are found when one of
-# their 16 chunks differs by at most 1 bit (measured: bench/scale.py).
-PROBE_RADIUS = 1
+# Chunk lengths in bits, in hash bit order (most significant bit of byte 0
+# first): 11 chunks make radius 2 probes exact to 32 bits (see above).
+CHUNK_BITS = (24, 24, 24, 23, 23, 23, 23, 23, 23, 23, 23)
+CHUNK_STARTS = tuple(int(s) for s in np.cumsum((0, *CHUNK_BITS[:-1])))
+CHUNKS = len(CHUNK_BITS)
+# A chunk's top bits pick its bucket (an offsets table of 2**bits + 1), the
+# rest are kept in the posting. The split follows the segment's size so that
+# buckets hold ~16-32 postings: fewer bits mean fewer, longer buckets to read.
+MIN_PREFIX_BITS, MAX_PREFIX_BITS = 16, 21
+ROWS_PER_BUCKET_BITS = 2
+PROBE_RADIUS = 2
 EXACT_RADIUS = CHUNKS * (PROBE_RADIUS + 1) - 1
-# Recent adds sit in an open segment that is rebuilt on every add (16 radix
+# Searches wider than EXACT_RADIUS (the review band) probe within 2 bits by
+# default, or 3 (config `pdq_review_probe_radius`): a pair 56 bits apart has ~5
+# flips a chunk, and one chunk within 3 is far likelier than within 2, for
+# about 5x the search time (bench/scale.py measures both).
+WIDE_PROBE_RADIUS = 2
+MAX_PROBE_RADIUS = 3
+# Recent adds sit in an open segment that is rebuilt on every add (11 radix
 # sorts of at most SEAL_ROWS rows: a few ms) until it is big enough to seal.
 SEAL_ROWS = 1 << 15
-# Segments merge four of a size into one (log-structured), up to this size:
-# a merge re-sorts at most 4M rows (about 1 s) and never the whole index.
+# Segments merge four of a size into one (log-structured), up to this size: a
+# merge re-sorts at most 16M rows (a few seconds, in the writer, while searches
+# go on) and never the whole index.
 MERGE_FACTOR = 4
-MAX_SEGMENT_ROWS = 1 << 22
+MAX_SEGMENT_ROWS = 1 << 24
 
 
-def _probe_masks(radius: int) -> np.ndarray:
-    masks = [0]
-    for r in range(1, radius + 1):
-        masks += [sum(1 << b for b in bits) for bits in combinations(range(16), r)]
-    return np.array(masks, dtype=np.int64)
+def _chunk_values(codes: np.ndarray, chunk: int) -> np.ndarray:
+    """Chunk `chunk` of each (n, 32) uint8 hash as an integer."""
+    start, length = CHUNK_STARTS[chunk], CHUNK_BITS[chunk]
+    first = start // 8
+    value = np.zeros(len(codes), dtype=np.uint32)
+    for byte in range(first, first + 4):  # a chunk spans at most 4 bytes
+        value <<= np.uint32(8)
+        if byte < codes.shape[1]:
+            value |= codes[:, byte]
+    value >>= np.uint32(32 - start % 8 - length)
+    return value & np.uint32((1 << length) - 1)
+
+
+def _chunk_masks() -> np.ndarray:
+    """(chunks, 4) uint64: each chunk's bits in the words of a hash."""
+    masks = np.zeros((CHUNKS, 256), dtype=np.uint8)
+    for chunk, (start, length) in enumerate(zip(CHUNK_STARTS, CHUNK_BITS, strict=True)):
+        masks[chunk, start : start + length] = 1
+    return np.ascontiguousarray(np.packbits(masks, axis=1).view(np.uint64))
+
+
+def _prefix_bits(rows: int) -> int:
+    return min(MAX_PREFIX_BITS, max(MIN_PREFIX_BITS, rows.bit_length() - ROWS_PER_BUCKET_BITS))
+
+
+@functools.cache
+def _prefix_probes(prefix_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every prefix flip mask within the widest probe radius, fewest flips first."""
+    masks, flips = [0], [0]
+    for r in range(1, MAX_PROBE_RADIUS + 1):
+        for bits in combinations(range(prefix_bits), r):
+            masks.append(sum(1 << b for b in bits))
+            flips.append(r)
+    return np.array(masks, dtype=np.int64), np.array(flips, dtype=np.int64)
+
+
+def _aligned_words(codes: np.ndarray) -> np.ndarray:
+    """(n, 4) uint64 copy of (n, 32) uint8 hashes, aligned for the scan."""
+    words = np.empty((len(codes), 4), dtype=np.uint64)
+    words.view(np.uint8)[:] = codes.reshape(len(codes), 32)
+    return words
+
+
+class _Query:
+    """A batch of query hashes as the scan reads them."""
+
+    def __init__(self, codes: np.ndarray) -> None:
+        self.words = _aligned_words(codes)
+        self.chunks = np.empty((len(codes), CHUNKS), dtype=np.int64)
+        for chunk in range(CHUNKS):
+            self.chunks[:, chunk] = _chunk_values(codes, chunk)
 
 
 class _Segment:
     """Immutable hashes and their postings; only `alive` changes (removals).
 
-    Per chunk, `rows` lists the segment's rows sorted by that chunk's value and
-    `offsets[v]:offsets[v+1]` is where value v's rows are: a bucket lookup is two
-    array reads. 16 x 4 bytes of postings + 32 bytes of hash + 12 bytes of id
-    lookup per row.
+    Per chunk, `rows` lists the segment's rows sorted by the chunk's top
+    `prefix_bits`, `offsets[p]:offsets[p+1]` is where prefix p's rows are, and
+    `suffixes` holds each posting's other chunk bits (a bucket is scanned on
+    them before any row's hash is read).
     """
 
     def __init__(self, codes: np.ndarray, ids: np.ndarray) -> None:
         n = len(ids)
-        self.codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(n, 32)
-        self.words = self.codes.view(np.uint64)  # (n, 4): XOR + popcount per hash
+        if n > MAX_SEGMENT_ROWS:
+            raise ValueError(f"a segment holds at most {MAX_SEGMENT_ROWS} rows")
+        self.words = _aligned_words(codes)
+        self.codes = self.words.view(np.uint8)
         self.ids = np.ascontiguousarray(ids, dtype=np.int64)
         self.alive = np.ones(n, dtype=bool)
-        keys = self.codes.view(np.uint16)  # (n, 16): chunk values
+        self.prefix_bits = _prefix_bits(n)
         self.rows = np.empty((CHUNKS, n), dtype=np.int32)
-        self.offsets = np.empty((CHUNKS, CHUNK_VALUES + 1), dtype=np.int32)
+        self.suffixes = np.empty((CHUNKS, n), dtype=np.uint16)
+        self.offsets = np.empty((CHUNKS, (1 << self.prefix_bits) + 1), dtype=np.int32)
         for chunk in range(CHUNKS):
-            column = keys[:, chunk]
-            self.rows[chunk] = np.argsort(column, kind="stable")  # radix sort for uint16
-            self.offsets[chunk, 0] = 0
-            np.cumsum(np.bincount(column, minlength=CHUNK_VALUES), out=self.offsets[chunk, 1:])
-        self.rows_flat = self.rows.reshape(-1)
+            build_postings(
+                self.codes,
+                CHUNK_STARTS[chunk],
+                CHUNK_BITS[chunk],
+                self.prefix_bits,
+                self.offsets[chunk],
+                self.rows[chunk],
+                self.suffixes[chunk],
+            )
         self.id_order = np.argsort(self.ids, kind="stable").astype(np.int32)
         self.sorted_ids = self.ids[self.id_order]
+
+    # What a snapshot keeps of a segment, besides prefix_bits and alive.
+    SAVED = ("words", "ids", "offsets", "rows", "suffixes", "id_order", "sorted_ids")
+
+    def arrays(self) -> list[np.ndarray]:
+        return [getattr(self, name) for name in self.SAVED]
+
+    @classmethod
+    def from_arrays(cls, prefix_bits: int, alive: np.ndarray, *arrays: np.ndarray) -> _Segment:
+        seg = cls.__new__(cls)
+        seg.prefix_bits, seg.alive = prefix_bits, alive
+        for name, array in zip(cls.SAVED, arrays, strict=True):
+            setattr(seg, name, array)
+        n = len(seg.ids)
+        layout = {
+            "words": ((n, 4), np.uint64),
+            "ids": ((n,), np.int64),
+            "offsets": ((CHUNKS, (1 << prefix_bits) + 1), np.int32),
+            "rows": ((CHUNKS, n), np.int32),
+            "suffixes": ((CHUNKS, n), np.uint16),
+            "id_order": ((n,), np.int32),
+            "sorted_ids": ((n,), np.int64),
+        }
+        for name, (shape, dtype) in layout.items():
+            array = getattr(seg, name)
+            if array.shape != shape or array.dtype != dtype:
+                raise ValueError(f"snapshot segment array {name} is {array.dtype}{array.shape}")
+        if alive.shape != (n,) or alive.dtype != bool:
+            raise ValueError("snapshot segment removal flags do not fit its rows")
+        seg.codes = seg.words.view(np.uint8)
+        return seg
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -124,41 +218,38 @@ class _Segment:
         pos = pos[pos < len(self.sorted_ids)]
         return self.id_order[pos[np.isin(self.sorted_ids[pos], ids)]]
 
-    def search(self, q_words, q_keys, masks, max_distance):
+    def search(self, query: _Query, max_distance: int, probe_radius: int):
         """(query no, id, distance) arrays of live hashes within max_distance."""
-        n_queries = len(q_words)
-        chunk_base = (np.arange(CHUNKS, dtype=np.int64) * (CHUNK_VALUES + 1))[None, :, None]
-        slot = chunk_base + (q_keys.astype(np.int64)[:, :, None] ^ masks[None, None, :])
-        offsets = self.offsets.reshape(-1)
-        starts, ends = offsets[slot].reshape(-1), offsets[slot + 1].reshape(-1)
-        lengths = ends - starts
-        total = int(lengths.sum())
-        if total == 0:
+        capacity = 16 * len(query.words) + 64
+        while True:
+            out = [np.empty(capacity, dtype=np.int64) for _ in range(3)]
+            found = scan_segment(
+                query.words,
+                query.chunks,
+                _CHUNK_BITS,
+                _CHUNK_MASKS,
+                self.prefix_bits,
+                self.offsets,
+                self.suffixes,
+                self.rows,
+                self.words,
+                self.alive,
+                *_prefix_probes(self.prefix_bits),
+                probe_radius,
+                max_distance,
+                *out,
+            )
+            if found <= capacity:
+                break
+            capacity = found  # a big cluster: run again with room for all
+        if found == 0:
             return None
-        # Expand every bucket [start, end) of chunk c into positions of rows_flat.
-        row_base = (np.arange(CHUNKS, dtype=np.int64) * len(self))[None, :, None]
-        firsts = (starts.reshape(slot.shape) + row_base).reshape(-1)
-        nonempty = lengths > 0
-        firsts, lengths = firsts[nonempty], lengths[nonempty]
-        query_of = np.repeat(np.arange(n_queries), CHUNKS * len(masks))[nonempty]
-        run_starts = np.cumsum(lengths) - lengths
-        positions = np.arange(total) + np.repeat(firsts - run_starts, lengths)
-        rows = np.take(self.rows_flat, positions)
-        # Candidates come grouped by query: repeat each query's words over its
-        # group rather than gather them (random reads of the hashes dominate).
-        per_query = np.bincount(query_of, weights=lengths, minlength=n_queries).astype(np.int64)
-        xor = np.take(self.words, rows, axis=0)
-        np.bitwise_xor(xor, np.repeat(q_words, per_query, axis=0), out=xor)
-        bit_counts = np.bitwise_count(xor)
-        distances = bit_counts[:, 0].astype(np.int16)
-        for word in range(1, bit_counts.shape[1]):
-            distances += bit_counts[:, word]
-        keep = (distances <= max_distance) & np.take(self.alive, rows)
-        rows, distances = rows[keep], distances[keep]
-        cand_q = np.repeat(np.arange(n_queries), per_query)[keep]
-        # A hash close in several chunks was found several times.
-        _, first = np.unique(cand_q * len(self) + rows, return_index=True)
-        return cand_q[first], self.ids[rows[first]], distances[first]
+        query_of, rows, distances = (a[:found] for a in out)
+        return query_of, self.ids[rows], distances
+
+
+_CHUNK_BITS = np.array(CHUNK_BITS, dtype=np.int64)
+_CHUNK_MASKS = _chunk_masks()
 
 
 class MultiIndexHash:
@@ -166,18 +257,23 @@ class MultiIndexHash:
     sealed segments plus one small open segment, all searched by multi-index
     hashing."""
 
-    def __init__(self, bits: int = 256) -> None:
-        if bits != CHUNKS * 16:
-            raise ValueError(f"multi-index hashing is laid out for {CHUNKS * 16}-bit hashes")
+    def __init__(self, bits: int = 256, wide_probe_radius: int = WIDE_PROBE_RADIUS) -> None:
+        if bits != sum(CHUNK_BITS):
+            raise ValueError(f"multi-index hashing is laid out for {sum(CHUNK_BITS)}-bit hashes")
+        if not PROBE_RADIUS <= wide_probe_radius <= MAX_PROBE_RADIUS:
+            raise ValueError(
+                f"the review-band probe radius must be {PROBE_RADIUS}..{MAX_PROBE_RADIUS}"
+            )
         self.bits = bits
+        self.wide_probe_radius = wide_probe_radius
         self._sealed: list[_Segment] = []
         self._open: _Segment | None = None  # recent adds, rebuilt on each add
         self._count = 0
-        self._masks = _probe_masks(PROBE_RADIUS)
         self._lock = _ReadWriteLock()  # searches vs. removals and swaps
         # One change at a time; segment builds hold only this, so searches go
         # on against the old segments meanwhile.
         self._writer = threading.Lock()
+        _compile_once()
 
     def __len__(self) -> int:
         return self._count
@@ -228,38 +324,66 @@ class MultiIndexHash:
         complete up to EXACT_RADIUS, see the module docstring beyond."""
         if not queries:
             return []
-        q = np.frombuffer(b"".join(queries), dtype=np.uint8).reshape(len(queries), -1).copy()
-        q_words, q_keys = q.view(np.uint64), q.view(np.uint16)
+        codes = np.frombuffer(b"".join(queries), dtype=np.uint8).reshape(len(queries), -1)
+        if codes.shape[1] * 8 != self.bits:
+            raise ValueError(f"expected {self.bits}-bit queries")
+        query = _Query(codes)
+        probe_radius = PROBE_RADIUS if max_distance <= EXACT_RADIUS else self.wide_probe_radius
         parts = []
         with self._lock.reading():
             for seg in self._segments():
-                found = seg.search(q_words, q_keys, self._masks, max_distance)
+                found = seg.search(query, max_distance, probe_radius)
                 if found is not None:
                     parts.append(found)
         return _per_query(len(queries), parts)
 
     def save(self, path: str) -> None:
+        """Every segment as it is, postings included, so a restart reads arrays
+        instead of rebuilding them (10M hashes: ~1.2 GB, loaded in seconds)."""
         tmp = f"{path}.tmp"
         with self._lock.reading():
-            live = [seg.live() for seg in self._segments()]
-        codes = np.concatenate([c for c, _ in live]) if live else np.empty((0, self.bits // 8))
-        ids = np.concatenate([i for _, i in live]) if live else np.empty(0, dtype=np.int64)
+            # Segments are immutable but for removals: copy the flags, write
+            # the rest outside the lock so adds and removals go on meanwhile.
+            segments = [(seg, seg.alive.copy()) for seg in self._segments()]
         with open(tmp, "wb") as f:
-            f.write(SNAPSHOT_MAGIC)
-            np.save(f, ids)
-            np.save(f, codes.astype(np.uint8))
+            f.write(SNAPSHOT_MAGIC_SEGMENTS)
+            np.save(f, np.array([len(segments)], dtype=np.int64))
+            for seg, alive in segments:
+                for array in (np.array([seg.prefix_bits]), alive, *seg.arrays()):
+                    np.save(f, array, allow_pickle=False)
         os.replace(tmp, path)  # a crash mid-write never leaves a torn snapshot
 
     @classmethod
-    def load(cls, path: str, bits: int) -> MultiIndexHash:
+    def load(
+        cls, path: str, bits: int, wide_probe_radius: int = WIDE_PROBE_RADIUS
+    ) -> MultiIndexHash:
+        """The index a snapshot holds; ValueError if it is not one or damaged
+        (LiveIndex then rebuilds from the store)."""
+        try:
+            return cls._load(path, bits, wide_probe_radius)
+        except EOFError as exc:
+            raise ValueError(f"snapshot {path} is truncated") from exc
+
+    @classmethod
+    def _load(cls, path: str, bits: int, wide_probe_radius: int) -> MultiIndexHash:
+        index = cls(bits, wide_probe_radius)
         with open(path, "rb") as f:
-            if f.read(len(SNAPSHOT_MAGIC)) != SNAPSHOT_MAGIC:
+            magic = f.read(len(SNAPSHOT_MAGIC))
+            if magic == SNAPSHOT_MAGIC_SEGMENTS:
+                (n_segments,) = np.load(f)
+                for _ in range(n_segments):
+                    prefix_bits, alive = np.load(f), np.load(f)
+                    arrays = [np.load(f, allow_pickle=False) for _ in _Segment.SAVED]
+                    seg = _Segment.from_arrays(int(prefix_bits[0]), alive, *arrays)
+                    index._sealed.append(seg)
+                    index._count += int(alive.sum())
+                return index
+            if magic != SNAPSHOT_MAGIC:
                 raise ValueError(f"{path} is not a multi-index hash snapshot")
-            ids, codes = np.load(f), np.load(f)
+            ids, codes = np.load(f), np.load(f)  # v1: hashes only, build the postings
         if codes.shape != (len(ids), bits // 8):
             raise ValueError(f"snapshot {path} does not hold {bits}-bit hashes")
-        index = cls(bits)
-        step = MAX_SEGMENT_ROWS // MERGE_FACTOR
+        step = MAX_SEGMENT_ROWS  # the fewest segments: each costs its probes
         index._sealed = [
             _Segment(codes[i : i + step], ids[i : i + step]) for i in range(0, len(ids), step)
         ]
@@ -278,6 +402,23 @@ class MultiIndexHash:
             removed += _mark_dead(seg.alive, rows[seg.alive[rows]])
         self._count -= removed
         return removed
+
+
+_compiled = threading.Lock()
+_compiled_done = False
+
+
+def _compile_once() -> None:
+    """Compile (or load from numba's cache) the build and scan loops for the
+    types the index uses, once a process: before the index serves, not on the
+    first Match (about a second)."""
+    global _compiled_done
+    with _compiled:
+        if not _compiled_done:
+            codes = np.zeros((1, 32), dtype=np.uint8)
+            segment = _Segment(codes, np.zeros(1, dtype=np.int64))
+            segment.search(_Query(codes), EXACT_RADIUS, PROBE_RADIUS)
+            _compiled_done = True
 
 
 def _mark_dead(alive: np.ndarray, rows: np.ndarray) -> int:

@@ -86,10 +86,10 @@ def test_exact_within_the_guaranteed_radius_on_clustered_hashes(clustered):
 def test_wide_radius_finds_nearly_everything_and_nothing_false(clustered):
     codes, queries = clustered
     found, total = check_against_brute_force(build(codes), codes, queries, 56)
-    # Beyond EXACT_RADIUS a match is found when one of its 16 chunks is within
-    # a bit of the query's: here pairs reach 50 bits apart (bench/scale.py
+    # Beyond EXACT_RADIUS a match is found when one of its 11 chunks is within
+    # 2 bits of the query's: here pairs reach 50 bits apart (bench/scale.py
     # measures realistic data).
-    assert total > 1000 and found / total >= 0.98
+    assert total > 1000 and found / total >= 0.97
 
 
 def test_real_photo_views_found_like_brute_force():
@@ -173,3 +173,94 @@ def test_empty_index_and_empty_queries():
     assert index.remove([1]) == 0 and index.remove_entry(1) == 0
     with pytest.raises(ValueError):
         index.add([1], [bytes(8)])
+
+
+def test_snapshot_of_the_first_layout_is_rebuilt(clustered, tmp_path):
+    # Snapshots written before postings were saved hold ids and hashes only.
+    codes, queries = clustered
+    path = tmp_path / "index-pdq.faiss"
+    with open(path, "wb") as f:
+        f.write(multi_index.SNAPSHOT_MAGIC)
+        np.save(f, np.array(list(codes), dtype=np.int64))
+        np.save(f, np.frombuffer(b"".join(codes.values()), dtype=np.uint8).reshape(-1, 32))
+    loaded = BinaryIndex.load(str(path), 256)
+    assert isinstance(loaded, MultiIndexHash) and len(loaded) == len(codes)
+    found, total = check_against_brute_force(loaded, codes, queries, EXACT_RADIUS)
+    assert total > 500 and found == total
+
+
+def test_damaged_snapshot_is_refused(clustered, tmp_path):
+    codes, _ = clustered
+    path = tmp_path / "index-pdq.faiss"
+    build(codes).save(str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError):
+        MultiIndexHash.load(str(path), 256)
+
+
+def test_a_cluster_larger_than_the_first_result_buffer():
+    # Thousands of near-identical hashes: one query view matches them all.
+    rng = np.random.default_rng(3)
+    seed = rng.integers(0, 256, 32, dtype=np.uint8)
+    members = np.unpackbits(np.repeat(seed[None], 3000, axis=0), axis=1)
+    members ^= rng.random(members.shape) < 0.03
+    codes = {i: c.tobytes() for i, c in enumerate(np.packbits(members, axis=1))}
+    index = build(codes, batch=1000)
+    found, total = check_against_brute_force(index, codes, [seed.tobytes()], EXACT_RADIUS)
+    assert total > 2900 and found == total
+
+
+def test_review_band_probe_radius_is_a_setting(clustered, tmp_path):
+    codes, queries = clustered
+    with pytest.raises(ValueError):
+        MultiIndexHash(wide_probe_radius=5)
+    narrow, wide = build(codes), MultiIndexHash(wide_probe_radius=3)
+    wide.add(list(codes), list(codes.values()))
+    narrow_found, total = check_against_brute_force(narrow, codes, queries, 56)
+    wide_found, _ = check_against_brute_force(wide, codes, queries, 56)
+    assert narrow_found < wide_found <= total and wide_found / total >= 0.995
+    # Within the exact radius both find everything the same way.
+    assert check_against_brute_force(wide, codes, queries, EXACT_RADIUS) == (
+        check_against_brute_force(narrow, codes, queries, EXACT_RADIUS)
+    )
+    path = str(tmp_path / "index-pdq")
+    wide.save(path)
+    assert BinaryIndex.load(path, 256, pdq_review_probe_radius=3).wide_probe_radius == 3
+
+
+def test_searches_run_while_adds_seal_and_merge(clustered):
+    import threading
+
+    codes, queries = clustered
+    items = list(codes.items())
+    index = build(dict(items[:400]))
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def searcher() -> None:
+        try:
+            while not done.is_set():
+                for query, hits in zip(queries, index.search(queries, EXACT_RADIUS), strict=True):
+                    for sid, distance in hits:  # every result is a true one
+                        assert brute_force({sid: codes[sid]}, query, EXACT_RADIUS) == {
+                            (sid, distance)
+                        }
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=searcher) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for start in range(400, len(items), 50):
+        part = items[start : start + 50]
+        index.add([sid for sid, _ in part], [c for _, c in part])
+        index.remove_entry(part[0][0] >> 20)
+    done.set()
+    for t in threads:
+        t.join()
+    assert not errors
+    removed = {sid >> 20 for sid, _ in items[400::50]}
+    left = {sid: c for sid, c in codes.items() if sid >> 20 not in removed}
+    found, total = check_against_brute_force(index, left, queries, EXACT_RADIUS)
+    assert found == total
