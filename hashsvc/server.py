@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -116,6 +117,11 @@ def start_server(
                 return
             log.exception("loading the index failed; the server stays NOT_SERVING")
             return
+        # What start-up made (modules, the loaded index) lives as long as the
+        # server: frozen, a full garbage collection no longer walks it (one
+        # took 63 ms, a pause of every Match, during a bulk load).
+        gc.collect()
+        gc.freeze()
         running._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("ready on port %d; index %s", port, core.live.sizes())
 
