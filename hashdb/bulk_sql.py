@@ -21,6 +21,7 @@ from itertools import repeat
 
 import numpy as np
 
+from hashdb import columns
 from hashdb.model import IndexedSignal
 from hashsvc.signals import Signal
 
@@ -446,6 +447,30 @@ class BulkSQL:
 
     def _insert_plain(self, cur, set_id, rows, ids, names, values, qualities, at, added_by):
         quality_column = repeat(None) if qualities is None else qualities
+        if self._is_postgres() and (qualities is None or None not in qualities):
+            # Binary COPY built by numpy: every field of a row has the same
+            # length in all rows (names are "<kind>:<hex>", from the values).
+            value_rows = columns.value_rows(values, len(values[0]))
+            _copy(
+                cur,
+                "entries (id, set_id, name, labels, media_type, created_at, added_by)",
+                columns.entries_copy(
+                    ids[0],
+                    set_id,
+                    columns.name_rows(f"{rows.kind}:", value_rows),
+                    rows.media_type,
+                    at,
+                    added_by,
+                ),
+                binary=True,
+            )
+            _copy(
+                cur,
+                "entry_signals (entry_id, variant_no, kind, variant, value, quality)",
+                columns.signals_copy(ids[0], rows.kind, value_rows, qualities),
+                binary=True,
+            )
+            return
         if self._is_postgres():
             # COPY text built with joins: psycopg's write_row costs ~2 us a row.
             # Names are "<kind>:<hex>"; only added_by may need escaping.
@@ -579,6 +604,7 @@ def _copy_text(value: str) -> str:
     )
 
 
-def _copy(cur, target: str, text: str) -> None:
-    with cur._cur.copy(f"COPY {target} FROM STDIN") as copy:
-        copy.write(text)
+def _copy(cur, target: str, data: str | bytes, binary: bool = False) -> None:
+    options = " (FORMAT BINARY)" if binary else ""
+    with cur._cur.copy(f"COPY {target} FROM STDIN{options}") as copy:
+        copy.write(data)

@@ -25,7 +25,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from hashdb import Store
+from hashdb import Store, columns
 from hashdb.bulk_sql import MAX_SIGNALS_PER_ENTRY, BulkCounts, EntryUpsert, PlainSignals
 from hashsvc import validation
 from hashsvc.errors import InvalidArgument, TooLarge, quoted
@@ -480,22 +480,25 @@ def _sorted_plain(parts: Sequence[_PlainRows]) -> PlainSignals:
     padded = np.zeros((len(rows), -(-width // 8) * 8), dtype=np.uint8)
     padded[:, :width] = rows
     words = padded.view(">u8").astype(np.uint64)
-    order = np.lexsort(words.T[::-1])  # the first word is the primary key; stable
+    # by the first 8 bytes (4x faster than by all), unless two rows share them
+    order = np.argsort(words[:, 0], kind="stable")
+    if words.shape[1] > 1 and (np.diff(words[order, 0]) == 0).any():
+        order = np.lexsort(words.T[::-1])  # the first word the primary key; stable
     ordered = words[order]
     first = np.ones(len(order), dtype=bool)
     first[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
-    keep = order[first].tolist()
-    all_values = [v for p in parts for v in p.values]
-    values = [all_values[i] for i in keep]
+    keep = order[first]
+    sorted_rows = rows[keep]
+    blob = sorted_rows.tobytes()
+    values = [blob[i : i + width] for i in range(0, len(blob), width)]
     qualities = None
     if parts[0].qualities is not None:
         all_qualities = [q for p in parts for q in p.qualities]
-        qualities = [None if (q := all_qualities[i]) == -1 else q for i in keep]
-    prefix = f"{kind}:"
+        qualities = [None if (q := all_qualities[i]) == -1 else q for i in keep.tolist()]
     return PlainSignals(
         kind,
         _SINGLE_MEDIA_TYPE.get(kind, "hash"),
-        [prefix + v.hex() for v in values],
+        columns.names(f"{kind}:", sorted_rows),
         values,
         qualities,
     )

@@ -417,3 +417,23 @@ def test_an_entry_holds_at_most_the_signal_limit(store_and_index, monkeypatch):
     assert [(r.source, r.line) for r in again.rejected] == [("f.csv", 2)]
     assert again.rejected[0].reason.endswith("holds at most 5 signals: 3 not added")
     assert len(store.get_entry(hash_set.id, "video-1").signals) == 5
+
+
+def test_plain_rows_keep_their_quality_or_none(store_and_index):
+    """Plain rows with and without a quality (PostgreSQL writes a mix as
+    COPY text, the rest as binary COPY); names, values and qualities as sent."""
+    store, live = store_and_index
+    hash_set = store.create_set("quality", "", {}, {})
+    values = [os.urandom(32) for _ in range(4)]
+    mixed = RowBatch(["pdq"] * 2, values[:2], quality=[-1, 70])
+    every = RowBatch(["pdq"] * 2, values[2:], quality=[0, 100])
+    result = load(store, live, hash_set.id, "op", [mixed])
+    result.counts += load(store, live, hash_set.id, "op", [every]).counts
+    assert result.added == 4
+    for value, quality in zip(values, [None, 70, 0, 100], strict=True):
+        entry = store.get_entry(hash_set.id, f"pdq:{value.hex()}")
+        assert [(s.kind, s.value, s.quality, s.variant) for s in entry.signals] == [
+            ("pdq", value, quality, "original")
+        ]
+        assert entry.labels == {} and entry.added_by == "op" and entry.media_type == "hash"
+        assert _near(live, value.hex()) == {entry.id}
