@@ -101,7 +101,7 @@ KNOWN_SHARE = 0.5  # of each kind's uploads, the share that are copies of known 
 
 
 def parse_mix(text: str) -> dict[str, float]:
-    """ "image=80,video=8,..." -> {kind: share}; kinds left out are not sent."""
+    """Reads "image=80,video=8,..." as {kind: share of 1}; kinds left out are not sent."""
     mix = {}
     for part in text.split(","):
         kind, _, weight = part.partition("=")

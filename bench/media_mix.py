@@ -37,6 +37,9 @@ PDF_PARAGRAPHS = 24  # 2 pages in Arabic, 3 in English
 
 VIDEO_EDITS = ["reencode_low_bitrate", "mirrored", "360p_to_240p", "webm_vp9"]
 AUDIO_EDITS = ["mp3_64k", "ogg_low", "excerpt", "mono"]
+# tests/pdf_media.retypeset of an English publication of 3+ pages keeps only its first
+# 3 pages of text (830 of 1,233 words at 24 paragraphs): a partial copy, which the
+# service answers with REVIEW (text_simhash), not BLOCK.
 PDF_EDITS = ["resave", "retypeset", "scanned", "page_subset"]
 
 
