@@ -336,8 +336,8 @@ class BulkSQL:
         expect_new: the caller expects none of the names to be there (the
         previous write of a load found none), so they are not looked up
         first: the unique name index checks each as it is inserted, and a
-        name already there fails the insert, which is redone with every name
-        looked up (a rerun of a loaded file fails at its first row).
+        name already there fails the insert (a rerun of a loaded file fails
+        at its first row), which is then written as without expect_new.
 
         noted: told what the write creates once it is sure to be seen with
         its change (LiveIndex.note_added). On PostgreSQL that is just before
@@ -356,15 +356,19 @@ class BulkSQL:
         # write waits for it). Inside, only the names found are checked
         # again; a name another writer added meanwhile fails the insert, and
         # the write is redone with every name checked inside.
+        written = None
         if expect_new:
-            found: dict = {}
-        else:
+            try:
+                written = self._add_plain(set_id, rows, added_by, at, set(), noted)
+            except self._unique_violation:
+                pass  # some are there: looked up first after all
+        if written is None:
             with self._read() as cur:
                 found = self._existing(cur, set_id, rows.names)
-        try:
-            written = self._add_plain(set_id, rows, added_by, at, set(found), noted)
-        except self._unique_violation:
-            written = self._add_plain(set_id, rows, added_by, at, None, noted)
+            try:
+                written = self._add_plain(set_id, rows, added_by, at, set(found), noted)
+            except self._unique_violation:
+                written = self._add_plain(set_id, rows, added_by, at, None, noted)
         if noted is not None and not self._is_postgres():
             noted(written[1])
         self._after_bulk_write()
