@@ -132,12 +132,12 @@ def synthetic_uploads(codes: np.ndarray, rng, n_near: int, n_unrelated: int) -> 
 
 
 def build_index(
-    codes: np.ndarray, ids: np.ndarray, review_probe_radius: int
+    codes: np.ndarray, ids: np.ndarray, review_search: str
 ) -> tuple[MultiIndexHash, float, int]:
     gc.collect()
     before = rss_bytes()
     started = time.perf_counter()
-    index = MultiIndexHash(wide_probe_radius=review_probe_radius)
+    index = MultiIndexHash(review_search=review_search)
     for start in range(0, len(ids), BUILD_BATCH):
         # One bytes object per batch: add() reads the joined buffer.
         index.add(ids[start : start + BUILD_BATCH], [codes[start : start + BUILD_BATCH].tobytes()])
@@ -202,7 +202,7 @@ def entry_recall(results, expected) -> tuple[float, int]:
 def measure(n: int, real, args, rng) -> dict:
     real_codes, real_ids, real_uploads = real
     codes, ids = build_corpus(n, real_codes, real_ids)
-    index, build_s, rss = build_index(codes, ids, args.review_probe_radius)
+    index, build_s, rss = build_index(codes, ids, args.review_search)
     stored = sum(
         seg.codes.nbytes + seg.ids.nbytes + seg.alive.nbytes + seg.rows.nbytes
         + seg.suffixes.nbytes + seg.offsets.nbytes + seg.id_order.nbytes
@@ -249,7 +249,7 @@ def measure(n: int, real, args, rng) -> dict:
         del index
         gc.collect()
         started = time.perf_counter()
-        loaded = MultiIndexHash.load(path, 256, args.review_probe_radius)
+        loaded = MultiIndexHash.load(path, 256, args.review_search)
         row["load_s"] = time.perf_counter() - started
         assert len(loaded) == n
     if n in args.te_sizes:
@@ -369,7 +369,7 @@ def main() -> None:
     parser.add_argument("--te-sizes", default="", help="sizes for the threatexchange side by side")
     parser.add_argument("--uploads", type=int, default=0, help="synthetic uploads of each kind")
     parser.add_argument(
-        "--review-probe-radius", type=int, default=2, help="pdq_review_probe_radius: 2 or 3"
+        "--review-search", default="balanced", help="pdq_review_search: fast, balanced, thorough"
     )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s] or (
@@ -387,7 +387,7 @@ def main() -> None:
         f"real photos: {len(real[0])} stored views, {len(real[2])} uploads of their edits"
         f" (hashed in {time.perf_counter() - started:.0f} s);"
         f" synthetic uploads: {args.uploads} re-uploads + {args.uploads} unrelated;"
-        f" review-band probe radius {args.review_probe_radius}"
+        f" review-band search {args.review_search}"
     )
     rng = np.random.default_rng(2)
     rows = []

@@ -30,6 +30,10 @@ class PdqPolicy:
     quality_floor: int = 50
 
 
+# hashsvc/multi_index.py REVIEW_SEARCHES (named here without importing it).
+PDQ_REVIEW_SEARCHES = ("fast", "balanced", "thorough")
+
+
 @dataclass(frozen=True)
 class Config:
     listen: str = "127.0.0.1:50051"
@@ -92,10 +96,14 @@ class Config:
     change_poll_seconds: float = 1.0
     # How often to refresh the index snapshot when something changed (seconds).
     snapshot_seconds: float = 300.0
-    # PDQ searches in the review band (past 32 bits) probe each index chunk
-    # within this many bits: 2 (fast) or 3 (finds more of the band, ~5x the
-    # search time; README "How matching works", bench/scale.py).
-    pdq_review_probe_radius: int = 2
+    # How PDQ searches cover the review band (past 32 bits, where the index
+    # cannot be exact): "fast", "balanced" or "thorough" (more of the band found
+    # for more search time; hashsvc/multi_index.py, bench/scale.py).
+    pdq_review_search: str = "balanced"
+
+    def __post_init__(self) -> None:
+        if self.pdq_review_search not in PDQ_REVIEW_SEARCHES:
+            raise ValueError(f"pdq_review_search must be one of {', '.join(PDQ_REVIEW_SEARCHES)}")
 
     def history_key(self) -> bytes | None:
         if not self.history_key_file:

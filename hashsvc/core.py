@@ -58,7 +58,7 @@ class Core:
         self.store = store
         self.hashing = hashing
         self.policy = Policy(config.pdq)
-        self.live = LiveIndex(store, _snapshot_dir(config), config.pdq_review_probe_radius)
+        self.live = LiveIndex(store, _snapshot_dir(config), config.pdq_review_search)
         self.matcher = Matcher(self.live, self.policy)
         self.curation = Curation(store, self.live, hashing)
         self.audit = Audit(store)

@@ -139,15 +139,15 @@ class BinaryIndex:
         os.replace(tmp, path)  # a crash mid-write never leaves a torn snapshot
 
     @classmethod
-    def load(cls, path: str, bits: int, pdq_review_probe_radius: int | None = None) -> HashIndex:
+    def load(cls, path: str, bits: int, pdq_review_search: str | None = None) -> HashIndex:
         """Whichever engine wrote the snapshot at path."""
         with open(path, "rb") as f:
             if f.read(len(SNAPSHOT_MAGIC_PREFIX)) == SNAPSHOT_MAGIC_PREFIX:
                 from hashsvc.multi_index import MultiIndexHash
 
-                if pdq_review_probe_radius is None:
+                if pdq_review_search is None:
                     return MultiIndexHash.load(path, bits)
-                return MultiIndexHash.load(path, bits, pdq_review_probe_radius)
+                return MultiIndexHash.load(path, bits, pdq_review_search)
         loaded = faiss.read_index_binary(path)
         if loaded.d != bits or not isinstance(loaded, faiss.IndexBinaryIDMap2):
             raise ValueError(f"snapshot {path} is not a {bits}-bit id-mapped binary index")
@@ -167,13 +167,13 @@ class HashIndex(Protocol):
     def save(self, path: str) -> None: ...
 
 
-def new_index(signal_type: str, bits: int, pdq_review_probe_radius: int | None = None) -> HashIndex:
+def new_index(signal_type: str, bits: int, pdq_review_search: str | None = None) -> HashIndex:
     """The engine for one signal type: multi-index hashing for PDQ (millions of
     hashes), the flat index for the others (fewer hashes, other lengths)."""
     if signal_type == "pdq":
         from hashsvc.multi_index import MultiIndexHash
 
-        if pdq_review_probe_radius is None:
+        if pdq_review_search is None:
             return MultiIndexHash(bits)
-        return MultiIndexHash(bits, pdq_review_probe_radius)
+        return MultiIndexHash(bits, pdq_review_search)
     return BinaryIndex(bits)

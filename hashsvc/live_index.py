@@ -38,11 +38,11 @@ _CHANGES_PAGE = 100_000
 
 class LiveIndex:
     def __init__(
-        self, store: Store, snapshot_dir: str = "", pdq_review_probe_radius: int | None = None
+        self, store: Store, snapshot_dir: str = "", pdq_review_search: str | None = None
     ) -> None:
         self.store = store
         self.snapshot_dir = snapshot_dir
-        self.pdq_review_probe_radius = pdq_review_probe_radius
+        self.pdq_review_search = pdq_review_search
         self.indexes: dict[str, HashIndex] = {}
         # Audio fingerprints (one per entry with sound), by entry id. Not part
         # of the snapshot: rebuilt from the store at start (a sequential read).
@@ -71,7 +71,7 @@ class LiveIndex:
         # and replaying an add or remove is idempotent.
         self.seq = self.store.current_seq()
         for sig_type in PERCEPTUAL_TYPES:
-            index = new_index(sig_type.name, sig_type.bits, self.pdq_review_probe_radius)
+            index = new_index(sig_type.name, sig_type.bits, self.pdq_review_search)
             ids: list[int] = []
             values: list[bytes] = []
             for sig in self.store.iter_signals([sig_type.name]):
@@ -128,7 +128,7 @@ class LiveIndex:
             if meta.get("id_layout") != ID_LAYOUT:
                 raise ValueError("snapshot written with another index id layout")
             indexes = {
-                t.name: BinaryIndex.load(files[t.name], t.bits, self.pdq_review_probe_radius)
+                t.name: BinaryIndex.load(files[t.name], t.bits, self.pdq_review_search)
                 for t in PERCEPTUAL_TYPES
             }
         except (OSError, ValueError, RuntimeError, KeyError) as exc:

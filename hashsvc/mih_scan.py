@@ -65,6 +65,7 @@ def scan_segment(
     q_chunks,  # (queries, chunks) int64: each chunk of each query as an integer
     chunk_bits,  # (chunks,) int64: each chunk's length
     chunk_masks,  # (chunks, 4) uint64: which bits of the hash each chunk is
+    prefix_chunk_masks,  # (chunks, 4) uint64: which bits are each chunk's prefix
     prefix_bits,  # a chunk's top prefix_bits pick its bucket
     offsets,  # (chunks, 2**prefix_bits + 1) int32: bucket bounds by prefix
     suffixes,  # (chunks, rows) uint16: each posting's chunk low bits, in prefix order
@@ -73,14 +74,16 @@ def scan_segment(
     alive,  # (rows,) bool
     prefix_masks,  # (probes,) int64: prefix flips < 2**prefix_bits, fewest bits first
     prefix_flips,  # (probes,) int64: bits set in each prefix mask
-    probe_radius,  # a chunk is probed within this many bits
+    prefix_radius,  # buckets of prefixes within this many bits are read
+    chunk_radius,  # postings whose chunk is within this many bits are candidates
     max_distance,
     out_query,  # (capacity,) int64
     out_row,  # (capacity,) int64
     out_distance,  # (capacity,) int64
 ):
     """Every live row within max_distance of a query whose hash is within
-    probe_radius of the query on at least one chunk, each (query, row) once.
+    chunk_radius of the query on at least one chunk (with at most prefix_radius
+    of those flips in the chunk's prefix), each (query, row) once.
     Returns how many were found; only the first `capacity` are written (the
     caller retries with room for all)."""
     found = 0
@@ -90,7 +93,7 @@ def scan_segment(
     flat_rows = rows.reshape(-1)
     flat_words = words.reshape(-1)
     n_probes = 0
-    while n_probes < prefix_flips.shape[0] and prefix_flips[n_probes] <= probe_radius:
+    while n_probes < prefix_flips.shape[0] and prefix_flips[n_probes] <= prefix_radius:
         n_probes += 1
     n_buckets = n_chunks * n_probes
     starts = np.empty(n_buckets, dtype=np.int64)
@@ -120,7 +123,7 @@ def scan_segment(
             if b + PREFETCH_AHEAD < n_buckets:
                 _prefetch(flat_suffixes, starts[b + PREFETCH_AHEAD])
             c = b // n_probes
-            budget = np.uint64(probe_radius - prefix_flips[b - c * n_probes])
+            budget = np.uint64(chunk_radius - prefix_flips[b - c * n_probes])
             qs = suffix_of[c]
             for j in range(starts[b], ends[b]):
                 if _popcount(np.uint64(flat_suffixes[j]) ^ qs) <= budget:
@@ -143,8 +146,8 @@ def scan_segment(
             d = np.int64(_popcount(x0) + _popcount(x1) + _popcount(x2) + _popcount(x3))
             if d > max_distance or not alive[r]:
                 continue
-            # Found once per chunk within the probe radius: keep only the
-            # first such chunk's find.
+            # Found once per chunk that qualifies: keep only the first
+            # such chunk's find.
             earlier = False
             for e in range(candidates[i] >> 32):
                 de = np.int64(
@@ -153,7 +156,13 @@ def scan_segment(
                     + _popcount(x2 & chunk_masks[e, 2])
                     + _popcount(x3 & chunk_masks[e, 3])
                 )
-                if de <= probe_radius:
+                pe = np.int64(
+                    _popcount(x0 & prefix_chunk_masks[e, 0])
+                    + _popcount(x1 & prefix_chunk_masks[e, 1])
+                    + _popcount(x2 & prefix_chunk_masks[e, 2])
+                    + _popcount(x3 & prefix_chunk_masks[e, 3])
+                )
+                if de <= chunk_radius and pe <= prefix_radius:
                     earlier = True
                     break
             if earlier:

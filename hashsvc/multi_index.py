@@ -21,10 +21,11 @@ as numpy passes it cost several times more. About 120 bytes per hash: 32 of
 hash, 11 x 6 of postings, 21 of ids and removal flags, and the offsets tables.
 
 Beyond 32 bits (the matcher searches at the widest review threshold, 56), a
-hash is found when one of its 11 chunks is within 2 bits of the query's. That
-is not guaranteed: a pair 56 bits apart has on average 5 flipped bits per
-chunk. bench/scale.py measures the share found on clustered data; exact at 56
-would need a probe radius of 4 (more reads than a flat scan).
+hash is found when one of its chunks is close enough to the query's; that is
+not guaranteed (a pair 56 bits apart has ~5 flips a chunk). The review-band
+search (config `pdq_review_search`, REVIEW_SEARCHES below) sets how close:
+by default ("balanced") the same buckets as an exact search are read and a
+third flip in a chunk's low bits is accepted, for 15-25% more time.
 
 Other options, as issue 7 measured them: FAISS IndexBinaryMultiHash 16x16 with
 nflip=0 (recall 0.99 at 0.7 ms, 2.6 GB at 10M, and no removal), IVF with 1024
@@ -67,11 +68,16 @@ MIN_PREFIX_BITS, MAX_PREFIX_BITS = 16, 21
 ROWS_PER_BUCKET_BITS = 2
 PROBE_RADIUS = 2
 EXACT_RADIUS = CHUNKS * (PROBE_RADIUS + 1) - 1
-# Searches wider than EXACT_RADIUS (the review band) probe within 2 bits by
-# default, or 3 (config `pdq_review_probe_radius`): a pair 56 bits apart has ~5
-# flips a chunk, and one chunk within 3 is far likelier than within 2, for
-# about 5x the search time (bench/scale.py measures both).
-WIDE_PROBE_RADIUS = 2
+# Searches wider than EXACT_RADIUS (the review band) can't be exact: a pair
+# 56 bits apart has ~5 flips a chunk. Config `pdq_review_search` picks (prefix
+# flips, chunk flips) probed: "balanced" reads the same buckets as an exact
+# search and accepts a third flip in a chunk's low bits (+15-25% search time),
+# "thorough" reads every bucket within 3 (5x). Measured at 1M (bench/scale.py,
+# share of pairs within 56 found, synthetic / real edits; of entries):
+# fast 0.94 / 0.980; 0.995, balanced 0.989 / 0.994; 0.999, thorough 0.998 /
+# 0.999; 1.000.
+REVIEW_SEARCHES = {"fast": (2, 2), "balanced": (2, 3), "thorough": (3, 3)}
+DEFAULT_REVIEW_SEARCH = "balanced"
 MAX_PROBE_RADIUS = 3
 # Recent adds sit in an open segment that is rebuilt on every add (11 radix
 # sorts of at most SEAL_ROWS rows: a few ms) until it is big enough to seal.
@@ -96,11 +102,13 @@ def _chunk_values(codes: np.ndarray, chunk: int) -> np.ndarray:
     return value & np.uint32((1 << length) - 1)
 
 
-def _chunk_masks() -> np.ndarray:
-    """(chunks, 4) uint64: each chunk's bits in the words of a hash."""
+@functools.cache
+def _chunk_masks(prefix_bits: int | None = None) -> np.ndarray:
+    """(chunks, 4) uint64: each chunk's bits (or its top prefix_bits) in the
+    words of a hash."""
     masks = np.zeros((CHUNKS, 256), dtype=np.uint8)
     for chunk, (start, length) in enumerate(zip(CHUNK_STARTS, CHUNK_BITS, strict=True)):
-        masks[chunk, start : start + length] = 1
+        masks[chunk, start : start + (prefix_bits or length)] = 1
     return np.ascontiguousarray(np.packbits(masks, axis=1).view(np.uint64))
 
 
@@ -218,7 +226,7 @@ class _Segment:
         pos = pos[pos < len(self.sorted_ids)]
         return self.id_order[pos[np.isin(self.sorted_ids[pos], ids)]]
 
-    def search(self, query: _Query, max_distance: int, probe_radius: int):
+    def search(self, query: _Query, max_distance: int, radii: tuple[int, int]):
         """(query no, id, distance) arrays of live hashes within max_distance."""
         capacity = 16 * len(query.words) + 64
         while True:
@@ -227,7 +235,8 @@ class _Segment:
                 query.words,
                 query.chunks,
                 _CHUNK_BITS,
-                _CHUNK_MASKS,
+                _chunk_masks(),
+                _chunk_masks(self.prefix_bits),
                 self.prefix_bits,
                 self.offsets,
                 self.suffixes,
@@ -235,7 +244,7 @@ class _Segment:
                 self.words,
                 self.alive,
                 *_prefix_probes(self.prefix_bits),
-                probe_radius,
+                *radii,
                 max_distance,
                 *out,
             )
@@ -249,7 +258,6 @@ class _Segment:
 
 
 _CHUNK_BITS = np.array(CHUNK_BITS, dtype=np.int64)
-_CHUNK_MASKS = _chunk_masks()
 
 
 class MultiIndexHash:
@@ -257,15 +265,13 @@ class MultiIndexHash:
     sealed segments plus one small open segment, all searched by multi-index
     hashing."""
 
-    def __init__(self, bits: int = 256, wide_probe_radius: int = WIDE_PROBE_RADIUS) -> None:
+    def __init__(self, bits: int = 256, review_search: str = DEFAULT_REVIEW_SEARCH) -> None:
         if bits != sum(CHUNK_BITS):
             raise ValueError(f"multi-index hashing is laid out for {sum(CHUNK_BITS)}-bit hashes")
-        if not PROBE_RADIUS <= wide_probe_radius <= MAX_PROBE_RADIUS:
-            raise ValueError(
-                f"the review-band probe radius must be {PROBE_RADIUS}..{MAX_PROBE_RADIUS}"
-            )
+        if review_search not in REVIEW_SEARCHES:
+            raise ValueError(f"pdq_review_search must be one of {', '.join(REVIEW_SEARCHES)}")
         self.bits = bits
-        self.wide_probe_radius = wide_probe_radius
+        self.review_search = review_search
         self._sealed: list[_Segment] = []
         self._open: _Segment | None = None  # recent adds, rebuilt on each add
         self._count = 0
@@ -328,11 +334,13 @@ class MultiIndexHash:
         if codes.shape[1] * 8 != self.bits:
             raise ValueError(f"expected {self.bits}-bit queries")
         query = _Query(codes)
-        probe_radius = PROBE_RADIUS if max_distance <= EXACT_RADIUS else self.wide_probe_radius
+        radii = (PROBE_RADIUS, PROBE_RADIUS)  # (prefix, chunk)
+        if max_distance > EXACT_RADIUS:
+            radii = REVIEW_SEARCHES[self.review_search]
         parts = []
         with self._lock.reading():
             for seg in self._segments():
-                found = seg.search(query, max_distance, probe_radius)
+                found = seg.search(query, max_distance, radii)
                 if found is not None:
                     parts.append(found)
         return _per_query(len(queries), parts)
@@ -355,18 +363,18 @@ class MultiIndexHash:
 
     @classmethod
     def load(
-        cls, path: str, bits: int, wide_probe_radius: int = WIDE_PROBE_RADIUS
+        cls, path: str, bits: int, review_search: str = DEFAULT_REVIEW_SEARCH
     ) -> MultiIndexHash:
         """The index a snapshot holds; ValueError if it is not one or damaged
         (LiveIndex then rebuilds from the store)."""
         try:
-            return cls._load(path, bits, wide_probe_radius)
+            return cls._load(path, bits, review_search)
         except EOFError as exc:
             raise ValueError(f"snapshot {path} is truncated") from exc
 
     @classmethod
-    def _load(cls, path: str, bits: int, wide_probe_radius: int) -> MultiIndexHash:
-        index = cls(bits, wide_probe_radius)
+    def _load(cls, path: str, bits: int, review_search: str) -> MultiIndexHash:
+        index = cls(bits, review_search)
         with open(path, "rb") as f:
             magic = f.read(len(SNAPSHOT_MAGIC))
             if magic == SNAPSHOT_MAGIC_SEGMENTS:
@@ -417,7 +425,7 @@ def _compile_once() -> None:
         if not _compiled_done:
             codes = np.zeros((1, 32), dtype=np.uint8)
             segment = _Segment(codes, np.zeros(1, dtype=np.int64))
-            segment.search(_Query(codes), EXACT_RADIUS, PROBE_RADIUS)
+            segment.search(_Query(codes), EXACT_RADIUS, (PROBE_RADIUS, PROBE_RADIUS))
             _compiled_done = True
 
 

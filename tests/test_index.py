@@ -211,11 +211,12 @@ def test_a_cluster_larger_than_the_first_result_buffer():
     assert total > 2900 and found == total
 
 
-def test_review_band_probe_radius_is_a_setting(clustered, tmp_path):
+def test_review_band_search_is_a_setting(clustered, tmp_path):
     codes, queries = clustered
     with pytest.raises(ValueError):
-        MultiIndexHash(wide_probe_radius=5)
-    narrow, wide = build(codes), MultiIndexHash(wide_probe_radius=3)
+        MultiIndexHash(review_search="exhaustive")
+    narrow, wide = MultiIndexHash(review_search="fast"), MultiIndexHash(review_search="thorough")
+    narrow.add(list(codes), list(codes.values()))
     wide.add(list(codes), list(codes.values()))
     narrow_found, total = check_against_brute_force(narrow, codes, queries, 56)
     wide_found, _ = check_against_brute_force(wide, codes, queries, 56)
@@ -226,7 +227,7 @@ def test_review_band_probe_radius_is_a_setting(clustered, tmp_path):
     )
     path = str(tmp_path / "index-pdq")
     wide.save(path)
-    assert BinaryIndex.load(path, 256, pdq_review_probe_radius=3).wide_probe_radius == 3
+    assert BinaryIndex.load(path, 256, pdq_review_search="thorough").review_search == "thorough"
 
 
 def test_searches_run_while_adds_seal_and_merge(clustered):
@@ -264,3 +265,12 @@ def test_searches_run_while_adds_seal_and_merge(clustered):
     left = {sid: c for sid, c in codes.items() if sid >> 20 not in removed}
     found, total = check_against_brute_force(index, left, queries, EXACT_RADIUS)
     assert found == total
+
+
+def test_review_search_names_agree_with_the_config():
+    from hashsvc.config import PDQ_REVIEW_SEARCHES, load_config
+
+    assert set(PDQ_REVIEW_SEARCHES) == set(multi_index.REVIEW_SEARCHES)
+    assert load_config().pdq_review_search == multi_index.DEFAULT_REVIEW_SEARCH
+    with pytest.raises(ValueError, match="pdq_review_search"):
+        load_config(pdq_review_search="exhaustive")
