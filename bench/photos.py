@@ -39,20 +39,25 @@ def load_photos(limit: int | None = None) -> list[tuple[str, Image.Image]]:
             seen.add(digest)
             photos.append((name, img.convert("RGB")))
 
+    def enough() -> bool:  # stop decoding once the caller has what it asked for
+        return bool(limit) and len(photos) >= limit
+
     for rel in _SHARED_PHOTOS:
         path = SHARED / rel
-        if path.exists():
+        if path.exists() and not enough():
             add(path.name, _bounded(Image.open(path)))
     try:
         import skimage
 
         data_dir = Path(skimage.__file__).parent / "data"
         for name in _SKIMAGE_PHOTOS:
-            if (data_dir / name).exists():
+            if (data_dir / name).exists() and not enough():
                 add(f"skimage-{name}", _bounded(Image.open(data_dir / name)))
     except ImportError:
         pass
     for name in _VIDEOS:
+        if enough():
+            break
         frame = _video_frame(SHARED / "threatexchange/tmk/sample-videos" / name)
         if frame is not None:
             add(f"frame-{name}", frame)
