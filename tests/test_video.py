@@ -171,7 +171,9 @@ def test_videohash_survives_reencode_but_not_excerpt(media, known):
         other = video.hash_video(str(media[name]), for_query=True).videohash
         return video_match_hamming(other, known.videohash)
 
-    assert distance("reencode_low_bitrate") <= 4
+    # 4-5 bits of 64 depending on the encoder build that made the test media
+    # (5 with PyAV 18.1's libx264); unrelated videos came no closer than 10.
+    assert distance("reencode_low_bitrate") <= 6
     assert distance("excerpt") > 10
 
 
