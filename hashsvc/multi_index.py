@@ -223,8 +223,9 @@ class _Segment:
 
     def rows_of_ids(self, ids: np.ndarray) -> np.ndarray:
         pos = np.searchsorted(self.sorted_ids, ids)
-        pos = pos[pos < len(self.sorted_ids)]
-        return self.id_order[pos[np.isin(self.sorted_ids[pos], ids)]]
+        inside = pos < len(self.sorted_ids)
+        pos, ids = pos[inside], ids[inside]
+        return self.id_order[pos[self.sorted_ids[pos] == ids]]
 
     def search(self, query: _Query, max_distance: int, radii: tuple[int, int]):
         """(query no, id, distance) arrays of live hashes within max_distance."""
@@ -292,8 +293,7 @@ class MultiIndexHash:
         if vec_arr.shape[1] * 8 != self.bits:
             raise ValueError(f"expected {self.bits}-bit vectors")
         with self._writer:
-            with self._lock.writing():
-                self._kill(ids_arr)  # re-adding an id replaces it
+            self._kill(ids_arr)  # re-adding an id replaces it
             parts = [(vec_arr, ids_arr)]
             if self._open is not None:
                 parts.insert(0, self._open.live())
@@ -311,19 +311,14 @@ class MultiIndexHash:
         ids_arr = np.unique(np.fromiter(ids, dtype=np.int64))
         if not len(ids_arr):
             return 0
-        with self._writer, self._lock.writing():
+        with self._writer:
             return self._kill(ids_arr)
 
     def remove_entry(self, entry_id: int) -> int:
         """Remove every signal of one entry, however many it has."""
         lo, hi = signal_id(entry_id, 0), signal_id(entry_id + 1, 0)
-        with self._writer, self._lock.writing():
-            removed = 0
-            for seg in self._segments():
-                rows = seg.rows_of(lo, hi)
-                removed += _mark_dead(seg.alive, rows[seg.alive[rows]])
-            self._count -= removed
-            return removed
+        with self._writer:
+            return self._kill_rows([(seg, seg.rows_of(lo, hi)) for seg in self._segments()])
 
     def search(self, queries: list[bytes], max_distance: int) -> list[list[tuple[int, int]]]:
         """For each query, every stored (id, distance) with distance <= max_distance;
@@ -404,11 +399,19 @@ class MultiIndexHash:
         return self._sealed if self._open is None else [*self._sealed, self._open]
 
     def _kill(self, ids: np.ndarray) -> int:
-        removed = 0
-        for seg in self._segments():
-            rows = seg.rows_of_ids(ids)
-            removed += _mark_dead(seg.alive, rows[seg.alive[rows]])
-        self._count -= removed
+        return self._kill_rows([(seg, seg.rows_of_ids(ids)) for seg in self._segments()])
+
+    def _kill_rows(self, found: list[tuple[_Segment, np.ndarray]]) -> int:
+        """Mark rows removed. The caller holds the writer mutex, so the rows
+        were looked up without blocking searches; only the flags are set under
+        the write lock (a Match waits microseconds, not a lookup of every id)."""
+        doomed = [(seg, rows[seg.alive[rows]]) for seg, rows in found]
+        doomed = [(seg, rows) for seg, rows in doomed if len(rows)]
+        if not doomed:
+            return 0
+        with self._lock.writing():
+            removed = sum(_mark_dead(seg.alive, rows) for seg, rows in doomed)
+            self._count -= removed
         return removed
 
 
