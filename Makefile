@@ -52,6 +52,9 @@ bench-short: install
 	$(BIN)/python bench/pdf.py --short
 	$(BIN)/python bench/speed.py --short
 	$(BIN)/python bench/fuzz.py --requests 200
+	$(BIN)/python bench/scale.py --short
+	$(BIN)/python bench/load.py --short
+	$(BIN)/python bench/loadtest.py --short
 
 clean:
 	rm -rf $(VENV) hashsvc/v1/*_pb2*.py* .pytest_cache
