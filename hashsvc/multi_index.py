@@ -63,7 +63,9 @@ CHUNK_STARTS = tuple(int(s) for s in np.cumsum((0, *CHUNK_BITS[:-1])))
 CHUNKS = len(CHUNK_BITS)
 # A chunk's top bits pick its bucket (an offsets table of 2**bits + 1), the
 # rest are kept in the posting. The split follows the segment's size so that
-# buckets hold ~16-32 postings: fewer bits mean fewer, longer buckets to read.
+# buckets hold a few postings (2-5 from 64k rows up): scanning long buckets cost
+# more than reading more, shorter ones (measured at 1M and 10M), up to 2**21
+# offsets (8 MB a chunk) at 8M rows and more.
 MIN_PREFIX_BITS, MAX_PREFIX_BITS = 16, 21
 ROWS_PER_BUCKET_BITS = 2
 PROBE_RADIUS = 2
@@ -79,7 +81,7 @@ EXACT_RADIUS = CHUNKS * (PROBE_RADIUS + 1) - 1
 REVIEW_SEARCHES = {"fast": (2, 2), "balanced": (2, 3), "thorough": (3, 3)}
 DEFAULT_REVIEW_SEARCH = "balanced"
 MAX_PROBE_RADIUS = 3
-# Recent adds sit in an open segment that is rebuilt on every add (11 radix
+# Recent adds sit in an open segment that is rebuilt on every add (11 counting
 # sorts of at most SEAL_ROWS rows: a few ms) until it is big enough to seal.
 SEAL_ROWS = 1 << 15
 # Segments merge four of a size into one (log-structured), up to this size: a
