@@ -42,6 +42,15 @@ def split_signal_id(sid: int) -> tuple[int, int]:
     return sid >> VARIANT_BITS, sid & (MAX_VARIANTS - 1)
 
 
+def hash_matrix(hashes: Iterable[bytes], count: int, bits: int) -> np.ndarray:
+    """(count, bits / 8) uint8 rows of `count` hashes of `bits` bits each, as
+    every index engine takes them; ValueError for any other length."""
+    matrix = np.frombuffer(b"".join(hashes), dtype=np.uint8)
+    if matrix.size != count * bits // 8:
+        raise ValueError(f"expected {count} hashes of {bits} bits")
+    return matrix.reshape(count, bits // 8)
+
+
 class _ReadWriteLock:
     """Many concurrent searches, or one writer."""
 
@@ -93,9 +102,7 @@ class BinaryIndex:
         ids_arr = np.fromiter(ids, dtype=np.int64)
         if not len(ids_arr):
             return
-        vec_arr = np.frombuffer(b"".join(vectors), dtype=np.uint8).reshape(len(ids_arr), -1)
-        if vec_arr.shape[1] * 8 != self.bits:
-            raise ValueError(f"expected {self.bits}-bit vectors")
+        vec_arr = hash_matrix(vectors, len(ids_arr), self.bits)
         with self._lock.writing():
             # Idempotent: re-adding an id replaces it instead of duplicating.
             self._index.remove_ids(ids_arr)
@@ -118,7 +125,7 @@ class BinaryIndex:
         """For each query, every stored (id, distance) with distance <= max_distance."""
         if not queries:
             return []
-        q = np.frombuffer(b"".join(queries), dtype=np.uint8).reshape(len(queries), -1)
+        q = hash_matrix(queries, len(queries), self.bits)
         with self._lock.reading():
             if self._index.ntotal == 0:
                 return [[] for _ in queries]

@@ -176,27 +176,40 @@ def scan_segment(
 
 
 @numba.njit(nogil=True, cache=True)
+def chunk_value(codes, row, start, length):
+    """Bits [start, start + length) of hash `row` of (rows, 32) uint8 codes,
+    most significant bit of byte 0 first, as an integer (length <= 25)."""
+    first = start // 8
+    value = 0
+    for byte in range(first, first + 4):  # a chunk spans at most 4 bytes
+        value <<= 8
+        if byte < codes.shape[1]:
+            value |= codes[row, byte]
+    return (value >> (32 - start % 8 - length)) & ((1 << length) - 1)
+
+
+@numba.njit(nogil=True, cache=True)
+def chunk_values(codes, starts, lengths, out):
+    """out[i, c] = chunk c of hash i (chunk_value for every hash and chunk)."""
+    for i in range(codes.shape[0]):
+        for c in range(starts.shape[0]):
+            out[i, c] = chunk_value(codes, i, starts[c], lengths[c])
+
+
+@numba.njit(nogil=True, cache=True)
 def build_postings(codes, start, length, prefix_bits, offsets, rows, suffixes):
     """One chunk's postings: rows sorted by the chunk's top prefix_bits
     (a stable counting sort, linear), each with the chunk's other bits.
 
-    codes: (rows, 32) uint8 hashes; the chunk is bits [start, start + length),
-    most significant bit of byte 0 first. Fills offsets (2**prefix_bits + 1),
-    rows and suffixes (one per row)."""
+    codes: (rows, 32) uint8 hashes; the chunk is chunk_value(start, length).
+    Fills offsets (2**prefix_bits + 1), rows and suffixes (one per row)."""
     n = codes.shape[0]
     low_bits = length - prefix_bits
-    first = start // 8
-    shift = 32 - start % 8 - length
     keys = np.empty(n, dtype=np.int64)
     lows = np.empty(n, dtype=np.uint16)
     offsets[:] = 0
     for i in range(n):
-        value = 0
-        for byte in range(first, first + 4):  # a chunk spans at most 4 bytes
-            value <<= 8
-            if byte < codes.shape[1]:
-                value |= codes[i, byte]
-        value = (value >> shift) & ((1 << length) - 1)
+        value = chunk_value(codes, i, start, length)
         keys[i] = value >> low_bits
         lows[i] = value & ((1 << low_bits) - 1)
         offsets[keys[i] + 1] += 1

@@ -53,8 +53,14 @@ from itertools import combinations
 
 import numpy as np
 
-from hashsvc.index import SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_SEGMENTS, _ReadWriteLock, signal_id
-from hashsvc.mih_scan import build_postings, scan_segment
+from hashsvc.index import (
+    SNAPSHOT_MAGIC,
+    SNAPSHOT_MAGIC_SEGMENTS,
+    _ReadWriteLock,
+    hash_matrix,
+    signal_id,
+)
+from hashsvc.mih_scan import build_postings, chunk_values, scan_segment
 
 # Chunk lengths in bits, in hash bit order (most significant bit of byte 0
 # first): 11 chunks make radius 2 probes exact to 32 bits (see above).
@@ -89,19 +95,6 @@ SEAL_ROWS = 1 << 15
 # go on) and never the whole index.
 MERGE_FACTOR = 4
 MAX_SEGMENT_ROWS = 1 << 24
-
-
-def _chunk_values(codes: np.ndarray, chunk: int) -> np.ndarray:
-    """Chunk `chunk` of each (n, 32) uint8 hash as an integer."""
-    start, length = CHUNK_STARTS[chunk], CHUNK_BITS[chunk]
-    first = start // 8
-    value = np.zeros(len(codes), dtype=np.uint32)
-    for byte in range(first, first + 4):  # a chunk spans at most 4 bytes
-        value <<= np.uint32(8)
-        if byte < codes.shape[1]:
-            value |= codes[:, byte]
-    value >>= np.uint32(32 - start % 8 - length)
-    return value & np.uint32((1 << length) - 1)
 
 
 @functools.cache
@@ -142,8 +135,7 @@ class _Query:
     def __init__(self, codes: np.ndarray) -> None:
         self.words = _aligned_words(codes)
         self.chunks = np.empty((len(codes), CHUNKS), dtype=np.int64)
-        for chunk in range(CHUNKS):
-            self.chunks[:, chunk] = _chunk_values(codes, chunk)
+        chunk_values(np.ascontiguousarray(codes), _CHUNK_STARTS, _CHUNK_BITS, self.chunks)
 
 
 class _Segment:
@@ -261,6 +253,7 @@ class _Segment:
 
 
 _CHUNK_BITS = np.array(CHUNK_BITS, dtype=np.int64)
+_CHUNK_STARTS = np.array(CHUNK_STARTS, dtype=np.int64)
 
 
 class MultiIndexHash:
@@ -291,9 +284,7 @@ class MultiIndexHash:
         ids_arr = np.fromiter(ids, dtype=np.int64)
         if not len(ids_arr):
             return
-        vec_arr = np.frombuffer(b"".join(vectors), dtype=np.uint8).reshape(len(ids_arr), -1)
-        if vec_arr.shape[1] * 8 != self.bits:
-            raise ValueError(f"expected {self.bits}-bit vectors")
+        vec_arr = hash_matrix(vectors, len(ids_arr), self.bits)
         with self._writer:
             self._kill(ids_arr)  # re-adding an id replaces it
             parts = [(vec_arr, ids_arr)]
@@ -327,10 +318,7 @@ class MultiIndexHash:
         complete up to EXACT_RADIUS, see the module docstring beyond."""
         if not queries:
             return []
-        codes = np.frombuffer(b"".join(queries), dtype=np.uint8).reshape(len(queries), -1)
-        if codes.shape[1] * 8 != self.bits:
-            raise ValueError(f"expected {self.bits}-bit queries")
-        query = _Query(codes)
+        query = _Query(hash_matrix(queries, len(queries), self.bits))
         radii = (PROBE_RADIUS, PROBE_RADIUS)  # (prefix, chunk)
         if max_distance > EXACT_RADIUS:
             radii = REVIEW_SEARCHES[self.review_search]
