@@ -11,6 +11,7 @@ writing records back out.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterable, Iterator
 from typing import TextIO
@@ -53,19 +54,7 @@ def detect(source: str, first_line: str) -> str:
 def read(stream: Iterable[str], fmt: str = "auto", source: str = "") -> Iterator[Record | Rejected]:
     """Records and rejected rows of one file, in file order."""
     fmt, stream = _detected(stream, fmt, source)
-    if fmt == "csv":
-        return delimited.read(stream, source)
-    if fmt == "tsv":
-        return delimited.read(stream, source, delimiter="\t")
-    if fmt == "jsonl":
-        return jsonl.read(stream, source)
-    if fmt == "hma":
-        return hma.read(stream, source)
-    if fmt == "tcap":
-        return tcap.read(stream, source)
-    if fmt == "vpdq":
-        return vpdq.read(stream, source)
-    raise ValueError(f"unknown format {fmt!r} (formats: {', '.join(FORMATS)})")
+    return _format(fmt).read(stream, source)
 
 
 def read_blocks(
@@ -95,22 +84,28 @@ def read_path(path: str, fmt: str = "auto") -> Iterator[Record | Rejected]:
 
 def write(stream: TextIO, records: Iterable[Record], fmt: str) -> int:
     """Writes records in a format; returns how many rows were written."""
-    if fmt == "csv":
-        return delimited.write(stream, records)
-    if fmt == "tsv":
-        return delimited.write(stream, records, delimiter="\t")
-    if fmt == "jsonl":
-        return jsonl.write(stream, records)
-    if fmt == "hma":
-        return hma.write(stream, records)
-    if fmt == "tcap":
-        return tcap.write(stream, records)
-    if fmt == "vpdq":
-        return vpdq.write(stream, records)
-    raise ValueError(f"unknown format {fmt!r} (formats: {', '.join(FORMATS)})")
+    return _format(fmt).write(stream, records)
 
 
-def vpdq_file_name(entry: str) -> str:
-    """A safe file name for one video entry's vPDQ file."""
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in entry).strip(".")
-    return f"{safe or 'entry'}.txt"
+class _Tabbed:
+    """delimited's reader and writer with tabs: the module of the "tsv" format."""
+
+    read = staticmethod(functools.partial(delimited.read, delimiter="\t"))
+    write = staticmethod(functools.partial(delimited.write, delimiter="\t"))
+
+
+# Each format's module: read(stream, source) and write(stream, records).
+_MODULES = {
+    "csv": delimited,
+    "tsv": _Tabbed,
+    "jsonl": jsonl,
+    "hma": hma,
+    "tcap": tcap,
+    "vpdq": vpdq,
+}
+
+
+def _format(fmt: str):
+    if fmt not in _MODULES:
+        raise ValueError(f"unknown format {fmt!r} (formats: {', '.join(FORMATS)})")
+    return _MODULES[fmt]
