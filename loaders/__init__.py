@@ -109,3 +109,9 @@ def _format(fmt: str):
     if fmt not in _MODULES:
         raise ValueError(f"unknown format {fmt!r} (formats: {', '.join(FORMATS)})")
     return _MODULES[fmt]
+
+
+def vpdq_file_name(entry: str) -> str:
+    """A safe file name for one video entry's vPDQ file."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in entry).strip(".")
+    return f"{safe or 'entry'}.txt"

@@ -10,13 +10,12 @@ threatexchange format itself cannot say.
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
 from loaders import records as r
-from loaders.records import Record, Rejected, RowError
+from loaders.records import Record, Rejected
 
 HEADER = ["signal_type", "signal_str", "collab", "category", "tags", "entry", "deleted"]
 _TAG_SPLIT = re.compile(r"[\s,;]+")
@@ -66,44 +65,36 @@ def _unescape(value: str) -> str:
 
 
 def read(stream: TextIO, source: str = "") -> Iterator[Record | Rejected]:
-    for item in r.named_rows(stream, ("signal_type", "signal_str"), source):
-        if isinstance(item, Rejected):
-            yield item
-            continue
-        line, cell = item
-        try:
-            labels = tags_to_labels(cell("tags"))
-            for name in _COLUMN_LABELS:
-                if cell(name):
-                    labels[name] = cell(name)
-            yield r.record(
-                cell("signal_type"),
-                cell("signal_str"),
-                r.entry_name(cell("entry")),
-                r.checked_labels(labels),
-                r.flag(cell("deleted")),
-                line,
-            )
-        except RowError as exc:
-            yield Rejected(line, str(exc), source)
+    return r.named_records(stream, ("signal_type", "signal_str"), source, _record)
+
+
+def _record(line: int, cell) -> Record:
+    labels = tags_to_labels(cell("tags"))
+    for name in _COLUMN_LABELS:
+        if cell(name):
+            labels[name] = cell(name)
+    return r.record(
+        cell("signal_type"),
+        cell("signal_str"),
+        r.entry_name(cell("entry")),
+        r.checked_labels(labels),
+        r.flag(cell("deleted")),
+        line,
+    )
 
 
 def write(stream: TextIO, records: Iterable[Record]) -> int:
-    out = csv.writer(stream, lineterminator="\n")
-    out.writerow(HEADER)
-    count = 0
-    for rec in records:
-        labels = rec.labels or {}
-        out.writerow(
-            [
-                rec.signal_type,
-                rec.signal_value.hex(),
-                labels.get("collab", ""),
-                labels.get("category", ""),
-                labels_to_tags(labels),
-                rec.entry,
-                "true" if rec.deleted else "",
-            ]
-        )
-        count += 1
-    return count
+    return r.write_csv(stream, HEADER, (_row(rec) for rec in records))
+
+
+def _row(rec: Record) -> list[str]:
+    labels = rec.labels or {}
+    return [
+        rec.signal_type,
+        rec.signal_value.hex(),
+        labels.get("collab", ""),
+        labels.get("category", ""),
+        labels_to_tags(labels),
+        rec.entry,
+        "true" if rec.deleted else "",
+    ]

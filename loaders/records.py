@@ -12,7 +12,7 @@ import csv
 import json
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -249,3 +249,33 @@ def named_rows(
             return row[index].strip() if index is not None else ""
 
         yield line, cell
+
+
+def named_records(
+    stream,
+    required: tuple[str, ...],
+    source: str,
+    to_record: Callable[[int, Callable[[str], str]], Record],
+) -> Iterator[Record | Rejected]:
+    """Records of a CSV file with a header, one per row made by
+    to_record(line, cell); a row whose cells fail (RowError) is Rejected."""
+    for item in named_rows(stream, required, source):
+        if isinstance(item, Rejected):
+            yield item
+            continue
+        line, cell = item
+        try:
+            yield to_record(line, cell)
+        except RowError as exc:
+            yield Rejected(line, str(exc), source)
+
+
+def write_csv(stream, header: list[str], rows: Iterable[list[str]]) -> int:
+    """A header and rows as CSV; returns how many rows were written."""
+    out = csv.writer(stream, lineterminator="\n")
+    out.writerow(header)
+    count = 0
+    for row in rows:
+        out.writerow(row)
+        count += 1
+    return count

@@ -5,12 +5,11 @@ carry what the format itself has no place for."""
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
 from loaders import records as r
-from loaders.records import Record, Rejected, RowError
+from loaders.records import Record, Rejected
 
 HEADER = ["hash_digest", "algorithm", "ideology", "file_type", "entry", "labels", "deleted"]
 _COLUMN_LABELS = ("ideology", "file_type")
@@ -23,45 +22,37 @@ def looks_like(header: list[str]) -> bool:
 
 
 def read(stream: TextIO, source: str = "") -> Iterator[Record | Rejected]:
-    for item in r.named_rows(stream, ("hash_digest", "algorithm"), source):
-        if isinstance(item, Rejected):
-            yield item
-            continue
-        line, cell = item
-        try:
-            labels = dict(r.parse_labels(cell("labels")))
-            for name in _COLUMN_LABELS:
-                if cell(name):
-                    labels[name] = cell(name)
-            yield r.record(
-                cell("algorithm"),
-                cell("hash_digest"),
-                r.entry_name(cell("entry") or cell("id")),
-                r.checked_labels(labels),
-                r.flag(cell("deleted")),
-                line,
-            )
-        except RowError as exc:
-            yield Rejected(line, str(exc), source)
+    return r.named_records(stream, ("hash_digest", "algorithm"), source, _record)
+
+
+def _record(line: int, cell) -> Record:
+    labels = dict(r.parse_labels(cell("labels")))
+    for name in _COLUMN_LABELS:
+        if cell(name):
+            labels[name] = cell(name)
+    return r.record(
+        cell("algorithm"),
+        cell("hash_digest"),
+        r.entry_name(cell("entry") or cell("id")),
+        r.checked_labels(labels),
+        r.flag(cell("deleted")),
+        line,
+    )
 
 
 def write(stream: TextIO, records: Iterable[Record]) -> int:
-    out = csv.writer(stream, lineterminator="\n")
-    out.writerow(HEADER)
-    count = 0
-    for rec in records:
-        labels = rec.labels or {}
-        rest = {k: v for k, v in labels.items() if k not in _COLUMN_LABELS}
-        out.writerow(
-            [
-                rec.signal_value.hex(),
-                _ALGORITHM_OUT.get(rec.signal_type, rec.signal_type.upper()),
-                labels.get("ideology", ""),
-                labels.get("file_type", ""),
-                rec.entry,
-                r.format_labels(rest),
-                "true" if rec.deleted else "",
-            ]
-        )
-        count += 1
-    return count
+    return r.write_csv(stream, HEADER, (_row(rec) for rec in records))
+
+
+def _row(rec: Record) -> list[str]:
+    labels = rec.labels or {}
+    rest = {k: v for k, v in labels.items() if k not in _COLUMN_LABELS}
+    return [
+        rec.signal_value.hex(),
+        _ALGORITHM_OUT.get(rec.signal_type, rec.signal_type.upper()),
+        labels.get("ideology", ""),
+        labels.get("file_type", ""),
+        rec.entry,
+        r.format_labels(rest),
+        "true" if rec.deleted else "",
+    ]
