@@ -19,7 +19,9 @@ from tests.helpers import encode, match_request, photo, start_harness
 
 MAX_MESSAGE = 4 * 1024 * 1024
 MAX_UPLOAD = 8 * 1024 * 1024
-MEDIA_TIMEOUT = 8.0
+# An hour of silent FLAC (50,000 small frames) takes ~3 s to decode and
+# resample alone, and went past 8 s when the tests shared 2 cores with others.
+MEDIA_TIMEOUT = 12.0
 HASH_TIMEOUT = 5.0
 # A call may take its time limit, plus replacing a killed worker (spawning
 # workers that import PyAV, PyMuPDF and FAISS: seconds on a machine that runs
