@@ -17,7 +17,6 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 
 import numpy as np
 
@@ -66,25 +65,52 @@ class EntryUpsert:
 @dataclass
 class PlainSignals:
     """Entries of one signal each, all of one fixed-length type, named after
-    their signal and saying nothing about labels: a plain hash list, column by
-    column. Names are unique and sorted (so the name and value indexes are
-    written page by page)."""
+    their signal and saying nothing about labels: a plain hash list, as
+    arrays. Values are unique and sorted (so the name index is written page
+    by page)."""
 
     kind: str
     media_type: str
-    names: list[str]
-    values: list[bytes]
-    qualities: list[int | None] | None = None  # None: no row has one
+    values: np.ndarray  # (n, width) uint8
+    qualities: np.ndarray | None = None  # int16, -1 = none; None: no row has one
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, part: slice) -> PlainSignals:
+        return PlainSignals(
+            self.kind,
+            self.media_type,
+            self.values[part],
+            None if self.qualities is None else self.qualities[part],
+        )
+
+    @property
+    def name_prefix(self) -> str:
+        return f"{self.kind}:"
+
+    def names(self) -> list[str]:
+        """The entries' names ("<kind>:<hex>"), as bulk.py names them."""
+        return columns.names(self.name_prefix, self.values)
+
+    def quality(self, row: int) -> int | None:
+        if self.qualities is None or self.qualities[row] < 0:
+            return None
+        return int(self.qualities[row])
 
 
 @dataclass
 class AddedSignals:
-    """What a bulk write created: new entries and their one signal (variant 0),
-    so the index can take them without reading them back."""
+    """What a bulk write created: entries with consecutive ids from first_id,
+    each with its one signal (variant 0), so the index can take them without
+    reading them back."""
 
-    kind: str = ""
-    entry_ids: list[int] = field(default_factory=list)
-    values: list[bytes] = field(default_factory=list)
+    kind: str
+    first_id: int = 0
+    values: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.uint8))
+
+    def __len__(self) -> int:
+        return len(self.values)
 
 
 @dataclass
@@ -173,8 +199,13 @@ class BulkSQL:
         return {name: (entry_id, labels) for entry_id, name, labels in cur.fetchall()}
 
     def _new_entry_ids(self, cur, count: int) -> list[int]:
+        first = self._new_entry_range(cur, count)
+        return list(range(first, first + count))
+
+    def _new_entry_range(self, cur, count: int) -> int:
+        """The first of `count` new consecutive entry ids."""
         if not count:
-            return []
+            return 0
         if self._is_postgres():
             # A range in one step (nextval a row costs 3 us): every insert into
             # entries runs in a _write transaction, which holds the change-feed
@@ -184,16 +215,14 @@ class BulkSQL:
                 " nextval(pg_get_serial_sequence('entries', 'id')) + ? - 1)",
                 (count,),
             )
-            last = cur.fetchone()[0]
-            return list(range(last - count + 1, last + 1))
+            return cur.fetchone()[0] - count + 1
         # Inside BEGIN IMMEDIATE nobody else inserts; AUTOINCREMENT never
         # reuses an id, so start above both the largest id and the sequence.
         cur.execute(
             "SELECT MAX(COALESCE((SELECT MAX(id) FROM entries), 0),"
             " COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'entries'), 0))"
         )
-        first = cur.fetchone()[0] + 1
-        return list(range(first, first + count))
+        return cur.fetchone()[0] + 1
 
     # -- the bulk write
 
@@ -348,7 +377,7 @@ class BulkSQL:
         write's ids are used again, it is after COMMIT."""
         from hashdb.sqlbase import now_micros
 
-        if not rows.names:
+        if not len(rows):
             return BulkCounts(), AddedSignals(rows.kind)
         at = now or now_micros()
         # Otherwise which names are there is read before the write
@@ -364,7 +393,7 @@ class BulkSQL:
                 pass  # some are there: looked up first after all
         if written is None:
             with self._read() as cur:
-                found = self._existing(cur, set_id, rows.names)
+                found = self._existing(cur, set_id, rows.names())
             try:
                 written = self._add_plain(set_id, rows, added_by, at, set(found), noted)
             except self._unique_violation:
@@ -403,17 +432,16 @@ class BulkSQL:
         with self._write() as cur:
             if not self._is_postgres():
                 cur.execute(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")
-            if found is None:
-                existing = self._existing(cur, set_id, rows.names)
-            elif found:
-                existing = self._existing(cur, set_id, [n for n in rows.names if n in found])
+            if found is None or found:
+                names = rows.names()
+                if found is not None:
+                    names = [n for n in names if n in found]
+                existing = self._existing(cur, set_id, names)
             else:
                 existing = {}
-            names, values, qualities = rows.names, rows.values, rows.qualities
             if existing or found:
-                keep = [i for i, name in enumerate(names) if name not in existing]
+                names = rows.names()
                 old = [i for i, name in enumerate(names) if name in existing]
-                quality = (lambda i: None) if qualities is None else qualities.__getitem__
                 counts += self._upsert_existing(
                     cur,
                     set_id,
@@ -421,7 +449,7 @@ class BulkSQL:
                     [
                         EntryUpsert(
                             names[i],
-                            [Signal(rows.kind, values[i], quality(i))],
+                            [Signal(rows.kind, rows.values[i].tobytes(), rows.quality(i))],
                             None,
                             rows.media_type,
                         )
@@ -429,19 +457,23 @@ class BulkSQL:
                     ],
                     at,
                 )
-                names = [names[i] for i in keep]
-                values = [values[i] for i in keep]
-                if qualities is not None:
-                    qualities = [qualities[i] for i in keep]
-            ids = self._new_entry_ids(cur, len(names))
-            counts.added = len(ids)
-            if ids:
-                self._insert_plain(cur, set_id, rows, ids, names, values, qualities, at, added_by)
+                keep = np.ones(len(rows), dtype=bool)
+                keep[old] = False
+                rows = PlainSignals(
+                    rows.kind,
+                    rows.media_type,
+                    rows.values[keep],
+                    None if rows.qualities is None else rows.qualities[keep],
+                )
+            first_id = self._new_entry_range(cur, len(rows))
+            counts.added = len(rows)
+            if len(rows):
+                self._insert_plain(cur, set_id, rows, first_id, at, added_by)
                 cur.execute(
                     "INSERT INTO changes (op, set_id, entry_id, at) VALUES (?, ?, ?, ?)",
-                    (f"{ADD_RANGE}{ids[-1]}", set_id, ids[0], at),
+                    (f"{ADD_RANGE}{first_id + len(rows) - 1}", set_id, first_id, at),
                 )
-            added = AddedSignals(rows.kind, ids, values)
+            added = AddedSignals(rows.kind, first_id, rows.values)
             if self._is_postgres():
                 if counts.added or counts.updated:
                     cur.execute(f"NOTIFY {self._channel}")
@@ -449,19 +481,19 @@ class BulkSQL:
                     noted(added)  # see bulk_add_plain
         return counts, added
 
-    def _insert_plain(self, cur, set_id, rows, ids, names, values, qualities, at, added_by):
-        quality_column = repeat(None) if qualities is None else qualities
-        if self._is_postgres() and (qualities is None or None not in qualities):
+    def _insert_plain(self, cur, set_id, rows: PlainSignals, first_id, at, added_by):
+        """New entries first_id, first_id + 1, ... and their one signal each."""
+        qualities = rows.qualities
+        if self._is_postgres() and (qualities is None or qualities.min() >= 0):
             # Binary COPY built by numpy: every field of a row has the same
             # length in all rows (names are "<kind>:<hex>", from the values).
-            value_rows = columns.value_rows(values, len(values[0]))
             _copy(
                 cur,
                 "entries (id, set_id, name, labels, media_type, created_at, added_by)",
                 columns.entries_copy(
-                    ids[0],
+                    first_id,
                     set_id,
-                    columns.name_rows(f"{rows.kind}:", value_rows),
+                    columns.name_rows(rows.name_prefix, rows.values),
                     rows.media_type,
                     at,
                     added_by,
@@ -471,14 +503,16 @@ class BulkSQL:
             _copy(
                 cur,
                 "entry_signals (entry_id, variant_no, kind, variant, value, quality)",
-                columns.signals_copy(ids[0], rows.kind, value_rows, qualities),
+                columns.signals_copy(first_id, rows.kind, rows.values, qualities),
                 binary=True,
             )
             return
+        ids = range(first_id, first_id + len(rows))
         if self._is_postgres():
-            # COPY text built with joins: psycopg's write_row costs ~2 us a row.
+            # COPY text built with joins (some rows have a quality, some none).
             # Names are "<kind>:<hex>"; only added_by may need escaping.
             by = _copy_text(added_by)
+            names = rows.names()
             tail = f"\t{{}}\t{rows.media_type}\t{at}\t{by}\n"
             _copy(
                 cur,
@@ -486,44 +520,46 @@ class BulkSQL:
                 "".join([f"{i}\t{set_id}\t{n}{tail}" for i, n in zip(ids, names, strict=True)]),
             )
             kind_variant = f"\t0\t{rows.kind}\toriginal\t\\\\x"
-            quality_text = (
-                [r"\N"] * len(ids)
-                if qualities is None
-                else [r"\N" if q is None else q for q in qualities]
-            )
+            quality_text = [r"\N" if q < 0 else str(q) for q in qualities.tolist()]
             _copy(
                 cur,
                 "entry_signals (entry_id, variant_no, kind, variant, value, quality)",
                 "".join(
                     [
-                        f"{i}{kind_variant}{v.hex()}\t{q}\n"
-                        for i, v, q in zip(ids, values, quality_text, strict=True)
+                        f"{i}{kind_variant}{n[len(rows.name_prefix) :]}\t{q}\n"
+                        for i, n, q in zip(ids, names, quality_text, strict=True)
                     ]
                 ),
             )
             return
-        # SQLite: rows made inside SQLite from one JSON array of the names and
-        # one blob of the values (no binding of each row's parameters: 25%
-        # less time in the write transaction). Row k gets id ids[0] + k.
-        names_json = json.dumps(names)
+        # SQLite: rows made inside SQLite from one JSON array of the names, one
+        # of the qualities and one blob of the values (no binding of each row's
+        # parameters: 25% less time in the write transaction). Row k gets id
+        # first_id + k.
         cur.execute(
             "INSERT INTO entries (id, set_id, name, labels, media_type, created_at, added_by)"
             " SELECT ? + key, ?, value, '{}', ?, ?, ? FROM json_each(?)",
-            (ids[0], set_id, rows.media_type, at, added_by, names_json),
+            (
+                first_id,
+                set_id,
+                rows.media_type,
+                at,
+                added_by,
+                columns.names_json(rows.name_prefix, rows.values),
+            ),
         )
-        if qualities is None:
-            width = len(values[0])
-            cur.execute(
-                "INSERT INTO entry_signals (entry_id, variant_no, kind, variant, value)"
-                " SELECT ? + key, 0, ?, 'original', substr(?, key * ? + 1, ?) FROM json_each(?)",
-                (ids[0], rows.kind, b"".join(values), width, width, names_json),
-            )
-        else:
-            cur.executemany(
-                "INSERT INTO entry_signals (entry_id, variant_no, kind, variant, value, quality)"
-                " VALUES (?, 0, ?, 'original', ?, ?)",
-                zip(ids, repeat(rows.kind), values, quality_column),
-            )
+        width = rows.values.shape[1]
+        quality_json = (
+            f"[{','.join(['-1'] * len(rows))}]"
+            if qualities is None
+            else json.dumps(qualities.tolist())
+        )
+        cur.execute(
+            "INSERT INTO entry_signals (entry_id, variant_no, kind, variant, value, quality)"
+            " SELECT ? + key, 0, ?, 'original', substr(?, key * ? + 1, ?), NULLIF(value, -1)"
+            " FROM json_each(?)",
+            (first_id, rows.kind, rows.values.tobytes(), width, width, quality_json),
+        )
 
     def _signals_by_entry(self, cur, entry_ids: list[int]) -> dict[int, tuple[set, int]]:
         """entry id -> (its signal keys, the next free variant number)."""

@@ -40,6 +40,18 @@ def names(prefix: str, rows: np.ndarray) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
+def names_json(prefix: str, rows: np.ndarray) -> str:
+    """The entry names of the values as one JSON array of strings."""
+    table = name_rows(prefix, rows)
+    quoted = np.empty((len(rows), table.shape[1] + 3), dtype=np.uint8)
+    quoted[:, 0] = ord('"')
+    quoted[:, 1:-2] = table
+    quoted[:, -2] = ord('"')
+    quoted[:, -1] = ord(",")
+    text = quoted.tobytes().decode("ascii")
+    return f"[{text[:-1]}]"
+
+
 def _binary_copy(fields: list[tuple[str, np.ndarray | bytes | int]], count: int) -> bytes:
     """COPY ... (FORMAT BINARY) data of `count` rows whose every field has the
     same length in every row: (numpy type, column array or constant); a

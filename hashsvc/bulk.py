@@ -15,17 +15,20 @@ stream has ended without a single bad row.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
+import threading
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 
-from hashdb import Store, columns
+from hashdb import Store
 from hashdb.bulk_sql import MAX_SIGNALS_PER_ENTRY, BulkCounts, EntryUpsert, PlainSignals
 from hashsvc import validation
 from hashsvc.errors import InvalidArgument, TooLarge, quoted
@@ -49,6 +52,9 @@ MAX_WRITE_ROWS = 50_000
 SORT_ROWS = 250_000
 # While a sorted run is written, the index catches up after this many rows.
 CATCH_UP_ROWS = 20_000
+# Threads that write plain runs while their loads receive the next (shared
+# by all loads, so their store connections are reused).
+_WRITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bulk-writer")
 # The answer lists this many rejected rows (all are counted).
 MAX_REPORTED_REJECTS = 1_000
 _VARIANT = re.compile(r"original|page|document|frame:\d{1,9}")
@@ -88,6 +94,42 @@ class RowBatch:
             variant=[r.variant for r in records],
             position=[math.nan if r.position is None else r.position for r in records],
             source=source,
+        )
+
+
+@dataclass
+class PackedRows:
+    """A plain hash list's rows packed: one fixed-length signal type, every
+    row's value joined in `values`, rows numbered from first_line. Each row
+    is an entry of its own, as a RowBatch row with only a type and a value."""
+
+    kind: str
+    values: bytes
+    first_line: int = 1
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        sig_type = SIGNAL_TYPES.get(self.kind)
+        if sig_type is None or sig_type.sequence:
+            raise InvalidArgument(
+                f"packed rows need a fixed-length signal type, not {quoted(self.kind)}"
+            )
+        if len(self.values) % sig_type.nbytes:
+            raise InvalidArgument(
+                f"packed {self.kind} values must be a multiple of {sig_type.nbytes} bytes"
+            )
+
+    def __len__(self) -> int:
+        return len(self.values) // SIGNAL_TYPES[self.kind].nbytes
+
+    def as_row_batch(self) -> RowBatch:
+        width = SIGNAL_TYPES[self.kind].nbytes
+        count = len(self)
+        return RowBatch(
+            signal_type=[self.kind] * count,
+            value=[self.values[k * width : (k + 1) * width] for k in range(count)],
+            line=range(self.first_line, self.first_line + count),
+            source=self.source,
         )
 
 
@@ -244,13 +286,17 @@ class BulkLoad:
         self._expect_new = True  # plain lists: see Store.bulk_add_plain
         self._pending: list[_PlainRows] = []  # plain rows waiting to be sorted and written
         self._pending_rows = 0
+        self._writing: Future | None = None  # the sorted run being written, see _flush_plain
+        self._reject_lock = threading.Lock()  # the writer rejects rows too
 
-    def add_batch(self, batch: RowBatch) -> None:
+    def add_batch(self, batch: RowBatch | PackedRows) -> None:
         if len(batch) > MAX_BATCH_ROWS:
             raise TooLarge(f"a batch may hold at most {MAX_BATCH_ROWS} rows")
-        if len(batch.value) != len(batch):
+        if isinstance(batch, RowBatch) and len(batch.value) != len(batch):
             raise InvalidArgument("every row needs a signal type and a value")
         self.result.rows += len(batch)
+        if isinstance(batch, PackedRows) and self.strict:
+            batch = batch.as_row_batch()  # held and written at the end, as all rows
         plain = None if self.strict else _plain(batch)
         if plain is not None:
             if self._pending and self._pending[0].kind_key != plain.kind_key:
@@ -261,6 +307,7 @@ class BulkLoad:
                 self._flush_plain()
             return
         self._flush_plain()  # rows are written in the order they came
+        self.wait_for_writer()
         for groups in self._grouped(batch):
             if self.strict:
                 self._held_rows += sum(len(g.signals) or 1 for g in groups.values())
@@ -272,6 +319,7 @@ class BulkLoad:
 
     def finish(self) -> BulkResult:
         self._flush_plain()
+        self.wait_for_writer()
         if self.strict and not self.result.rejected_count:
             for groups in self._held:
                 self._write(groups)
@@ -295,10 +343,20 @@ class BulkLoad:
             self.live.catch_up()  # committed rows match before the next batch
 
     def _flush_plain(self) -> None:
+        """Sorts the plain rows waiting and hands them to a writer thread: the
+        next ones are received, checked and sorted while it writes (numpy and
+        the store's drivers let go of the GIL), one run in flight at a time."""
         if self._pending:
             rows = _sorted_plain(self._pending)
             self._pending, self._pending_rows = [], 0
-            self._write_plain(rows)
+            self.wait_for_writer()
+            self._writing = _WRITERS.submit(self._write_plain, rows)
+
+    def wait_for_writer(self) -> None:
+        """Until the run in flight is written; raises what its write raised."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
 
     def _write_plain(self, rows: PlainSignals) -> None:
         """A plain hash list: column-wise writes, and the index takes the new
@@ -306,17 +364,10 @@ class BulkLoad:
         changed = False
         uncaught = 0
         start = 0
-        while start < len(rows.names):
-            end = start + self._write_rows
-            part = PlainSignals(
-                rows.kind,
-                rows.media_type,
-                rows.names[start:end],
-                rows.values[start:end],
-                None if rows.qualities is None else rows.qualities[start:end],
-            )
+        while start < len(rows):
+            part = rows[start : start + self._write_rows]
             started = time.perf_counter()
-            counts, added = self.store.bulk_add_plain(
+            counts, _ = self.store.bulk_add_plain(
                 self.set_id,
                 part,
                 self.added_by,
@@ -324,12 +375,12 @@ class BulkLoad:
                 noted=self.live.note_added,
             )
             # a fresh load finds no name there; a rerun or resume finds them
-            self._expect_new = counts.added == len(part.names)
-            self._tune(len(part.names), time.perf_counter() - started)
+            self._expect_new = counts.added == len(part)
+            self._tune(len(part), time.perf_counter() - started)
             self._count(counts, {})
             changed = changed or bool(counts.added or counts.updated)
-            uncaught += len(part.names)
-            start = end
+            uncaught += len(part)
+            start += len(part)
             if changed and uncaught >= CATCH_UP_ROWS:
                 self.live.catch_up()  # committed rows match at once
                 changed, uncaught = False, 0
@@ -361,9 +412,10 @@ class BulkLoad:
         self.result.counts += counts
 
     def _reject(self, source: str, line: int, reason: str) -> None:
-        self.result.rejected_count += 1
-        if len(self.result.rejected) < MAX_REPORTED_REJECTS:
-            self.result.rejected.append(RejectedRow(source, line, reason))
+        with self._reject_lock:
+            self.result.rejected_count += 1
+            if len(self.result.rejected) < MAX_REPORTED_REJECTS:
+                self.result.rejected.append(RejectedRow(source, line, reason))
 
     def _grouped(self, batch: RowBatch) -> Iterable[dict[str, _Group]]:
         """The batch's rows as entries. A name that flips between tombstone
@@ -430,23 +482,26 @@ class BulkLoad:
 @dataclass
 class _PlainRows:
     """A batch's rows as a plain hash list, checked; in row order, repeats
-    included; `blob` is the values joined."""
+    included."""
 
     kind: str
-    values: Sequence[bytes]
-    blob: bytes
-    qualities: Sequence[int] | None  # -1 -> none; None: no row has one
+    values: np.ndarray  # (n, width) uint8
+    qualities: np.ndarray | None  # int16, -1 -> none; None: no row has one
 
     @property
     def kind_key(self) -> tuple[str, bool]:
         return self.kind, self.qualities is not None
 
 
-def _plain(batch: RowBatch) -> _PlainRows | None:
+def _plain(batch: RowBatch | PackedRows) -> _PlainRows | None:
     """The batch as a plain hash list, checked column-wise: one fixed-length
     signal type, every value of its length, and no row with an entry,
     labels, tombstone, variant or position. None when a row needs the
     row-by-row path (which also reports bad rows)."""
+    if isinstance(batch, PackedRows):
+        width = SIGNAL_TYPES[batch.kind].nbytes
+        values = np.frombuffer(batch.values, dtype=np.uint8).reshape(-1, width)
+        return _PlainRows(batch.kind, values, None)
     says_more = (
         any(batch.entry)
         or any(batch.labels)
@@ -465,18 +520,20 @@ def _plain(batch: RowBatch) -> _PlainRows | None:
         return None
     if batch.quality and (min(batch.quality) < -1 or max(batch.quality) > 100):
         return None
-    return _PlainRows(kind, batch.value, b"".join(batch.value), batch.quality or None)
+    values = np.frombuffer(b"".join(batch.value), dtype=np.uint8).reshape(-1, sig_type.nbytes)
+    qualities = np.asarray(batch.quality, dtype=np.int16) if batch.quality else None
+    return _PlainRows(kind, values, qualities)
 
 
 def _sorted_plain(parts: Sequence[_PlainRows]) -> PlainSignals:
     """Plain rows of one kind as entries: one a value (its first row wins,
     as in the row-by-row path), named after it, in name (= value) order, so
-    the store's name index is written page by page. Sorted by numpy, which
+    the store's name index is written page by page. All in numpy, which
     lets other threads run meanwhile (sorted() held the GIL, and so every
     Match, for 250 ms a run)."""
     kind = parts[0].kind
-    width = SIGNAL_TYPES[kind].nbytes
-    rows = np.frombuffer(b"".join(p.blob for p in parts), dtype=np.uint8).reshape(-1, width)
+    rows = np.concatenate([p.values for p in parts]) if len(parts) > 1 else parts[0].values
+    width = rows.shape[1]
     padded = np.zeros((len(rows), -(-width // 8) * 8), dtype=np.uint8)
     padded[:, :width] = rows
     words = padded.view(">u8").astype(np.uint64)
@@ -488,20 +545,10 @@ def _sorted_plain(parts: Sequence[_PlainRows]) -> PlainSignals:
     first = np.ones(len(order), dtype=bool)
     first[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
     keep = order[first]
-    sorted_rows = rows[keep]
-    blob = sorted_rows.tobytes()
-    values = [blob[i : i + width] for i in range(0, len(blob), width)]
     qualities = None
     if parts[0].qualities is not None:
-        all_qualities = [q for p in parts for q in p.qualities]
-        qualities = [None if (q := all_qualities[i]) == -1 else q for i in keep.tolist()]
-    return PlainSignals(
-        kind,
-        _SINGLE_MEDIA_TYPE.get(kind, "hash"),
-        columns.names(f"{kind}:", sorted_rows),
-        values,
-        qualities,
-    )
+        qualities = np.concatenate([p.qualities for p in parts])[keep]
+    return PlainSignals(kind, _SINGLE_MEDIA_TYPE.get(kind, "hash"), rows[keep], qualities)
 
 
 def load(
@@ -514,8 +561,15 @@ def load(
 ) -> BulkResult:
     """A whole load: every batch, then the result."""
     run = BulkLoad(store, live, set_id, added_by, strict)
-    for batch in batches:
-        run.add_batch(batch)
+    try:
+        for batch in batches:
+            run.add_batch(batch)
+    except BaseException:
+        # nothing is written after the call has ended (a client that reruns
+        # at once must not race the last write of its failed load)
+        with contextlib.suppress(Exception):
+            run.wait_for_writer()
+        raise
     return run.finish()
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from hashsvc import convert
-from hashsvc.bulk import BulkResult, RowBatch
+from hashsvc.bulk import BulkResult, PackedRows, RowBatch
 from hashsvc.errors import InvalidArgument
 from hashsvc.v1 import hashsvc_pb2 as pb
 
 
-def header_and_batches(request_iterator) -> tuple[pb.BulkLoadHeader, Iterator[RowBatch]]:
+def header_and_batches(
+    request_iterator,
+) -> tuple[pb.BulkLoadHeader, Iterator[RowBatch | PackedRows]]:
     first = next(request_iterator, None)
     if first is None or first.WhichOneof("part") != "header":
         raise InvalidArgument("BulkLoad: the first message must be the header")
@@ -24,7 +26,24 @@ def header_and_batches(request_iterator) -> tuple[pb.BulkLoadHeader, Iterator[Ro
     return first.header, batches()
 
 
-def rows_from_pb(rows: pb.BulkRows) -> RowBatch:
+def rows_from_pb(rows: pb.BulkRows) -> RowBatch | PackedRows:
+    if rows.packed_type:
+        if len(rows.signal_type) or len(rows.value):
+            raise InvalidArgument("BulkRows: packed rows have no signal_type or value column")
+        for name in ("entry", "labels", "deleted", "quality", "variant", "position"):
+            if len(getattr(rows, name)):
+                raise InvalidArgument(f"BulkRows: packed rows have no {name} column")
+        packed = PackedRows(rows.packed_type, rows.packed_values, rows.first_line, rows.source)
+        if len(rows.line):
+            if len(rows.line) != len(packed):
+                raise InvalidArgument(
+                    f"BulkRows: column line has {len(rows.line)} rows, not {len(packed)}"
+                )
+            # lines that do not follow each other: as a plain batch of rows
+            batch = packed.as_row_batch()
+            batch.line = list(rows.line)
+            return batch
+        return packed
     n = len(rows.signal_type)
     columns = {}
     for name in ("line", "entry", "labels", "deleted", "quality", "variant", "position"):

@@ -95,7 +95,10 @@ def read_rows(
                     batch = []
                 rows_seen += len(item)
                 yield pb.BulkRows(
-                    signal_type=item.signal_type, value=item.value, line=item.line, source=source
+                    packed_type=item.signal_type,
+                    packed_values=item.values,
+                    first_line=item.first_line,
+                    source=source,
                 )
                 progress.update(rows_seen, done_chars + counted.chars)
                 continue

@@ -42,13 +42,24 @@ def split_signal_id(sid: int) -> tuple[int, int]:
     return sid >> VARIANT_BITS, sid & (MAX_VARIANTS - 1)
 
 
-def hash_matrix(hashes: Iterable[bytes], count: int, bits: int) -> np.ndarray:
+def hash_matrix(hashes: Iterable[bytes] | np.ndarray, count: int, bits: int) -> np.ndarray:
     """(count, bits / 8) uint8 rows of `count` hashes of `bits` bits each, as
-    every index engine takes them; ValueError for any other length."""
-    matrix = np.frombuffer(b"".join(hashes), dtype=np.uint8)
+    every index engine takes them (also given as such an array); ValueError
+    for any other length."""
+    if isinstance(hashes, np.ndarray):
+        matrix = np.ascontiguousarray(hashes, dtype=np.uint8).ravel()
+    else:
+        matrix = np.frombuffer(b"".join(hashes), dtype=np.uint8)
     if matrix.size != count * bits // 8:
         raise ValueError(f"expected {count} hashes of {bits} bits")
     return matrix.reshape(count, bits // 8)
+
+
+def id_array(ids: Iterable[int]) -> np.ndarray:
+    """Signal ids as an int64 array (arrays pass through without a copy)."""
+    if isinstance(ids, np.ndarray):
+        return ids.astype(np.int64, copy=False)
+    return np.fromiter(ids, dtype=np.int64)
 
 
 class _ReadWriteLock:
@@ -99,7 +110,7 @@ class BinaryIndex:
         return self._index.ntotal
 
     def add(self, ids: Iterable[int], vectors: Iterable[bytes]) -> None:
-        ids_arr = np.fromiter(ids, dtype=np.int64)
+        ids_arr = id_array(ids)
         if not len(ids_arr):
             return
         vec_arr = hash_matrix(vectors, len(ids_arr), self.bits)
@@ -109,7 +120,7 @@ class BinaryIndex:
             self._index.add_with_ids(vec_arr, ids_arr)
 
     def remove(self, ids: Iterable[int]) -> int:
-        ids_arr = np.fromiter(ids, dtype=np.int64)
+        ids_arr = id_array(ids)
         if not len(ids_arr):
             return 0
         with self._lock.writing():

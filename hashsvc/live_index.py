@@ -15,14 +15,21 @@ import logging
 import os
 import threading
 from collections.abc import Iterable
-from itertools import repeat
 
 import numpy as np
 
 from hashdb import HashSetRecord, Store
 from hashdb.bulk_sql import AddedSignals, added_range
 from hashsvc.audio_index import AudioIndex
-from hashsvc.index import ID_LAYOUT, BinaryIndex, HashIndex, new_index, signal_id
+from hashsvc.index import (
+    ID_LAYOUT,
+    VARIANT_BITS,
+    BinaryIndex,
+    HashIndex,
+    hash_matrix,
+    new_index,
+    signal_id,
+)
 from hashsvc.signals import SIGNAL_TYPES
 
 log = logging.getLogger(__name__)
@@ -150,7 +157,7 @@ class LiveIndex:
         """Signals of entries this process has just created (committed), so
         the catch_up that applies their changes, whichever thread runs it (the
         change poller is woken by the same commit), need not read them back."""
-        if added.entry_ids:
+        if len(added):
             with self._notes_lock:
                 self._notes.append(added)
 
@@ -159,14 +166,9 @@ class LiveIndex:
         applied = 0
         with self._apply_lock:
             with self._notes_lock:
+                # Noted before this catch_up started, so committed before it
+                # reads the feed: none is left over after it.
                 notes, self._notes = self._notes, []
-            # kind -> entry id -> value. Noted before this catch_up started, so
-            # committed before it reads the feed: none is left over after it.
-            known: dict[str, dict[int, bytes]] = {}
-            for note in notes:
-                known.setdefault(note.kind, {}).update(
-                    zip(note.entry_ids, note.values, strict=True)
-                )
             while True:
                 changes = self.store.changes_since(self.seq, limit=_CHANGES_PAGE)
                 if not changes:
@@ -176,54 +178,71 @@ class LiveIndex:
                 # 100k at a time); a removal flushes the run first, so changes
                 # still apply in order. Re-adding an entry's signals replaces
                 # them, so an update_entry (new labels or signals) re-adds.
-                run: list[tuple[int, str]] = []
+                run = _Run()
                 sets_changed = False
                 for change in changes:
-                    if change.op in ("add_entry", "update_entry"):
-                        run.append((change.entry_id, change.op))
+                    if change.op == "add_entry":
+                        run.single.append(change.entry_id)
+                    elif change.op == "update_entry":
+                        run.single.append(change.entry_id)
+                        run.updated.add(change.entry_id)
                     elif (added := added_range(change.op, change.entry_id)) is not None:
-                        run.extend(zip(added, repeat("add_entry")))  # a bulk write's entries
+                        run.ranges.append(added)  # a bulk write's entries
                     elif change.op == "remove_entry":
-                        self._add_entries(run, known)
-                        run = []
+                        self._add_entries(run, notes)
+                        run = _Run()
                         self._remove_entry_signals(change.entry_id)
                     elif change.op == "update_set":
                         sets_changed = True
                     applied += 1
-                self._add_entries(run, known)
+                self._add_entries(run, notes)
                 self.seq = changes[-1].seq
                 if sets_changed:
                     self._refresh_sets()
 
-    def _add_entries(self, run: list[tuple[int, str]], known: dict[str, dict[int, bytes]]) -> None:
-        """Index the run's entries; `known`: signals noted by note_added."""
-        if not run:
+    def _add_entries(self, run: _Run, notes: list[AddedSignals]) -> None:
+        """Index the run's entries; `notes`: signals noted by note_added."""
+        ids = run.entry_ids()
+        if not len(ids):
             return
-        by_type: dict[str, tuple[list[int], list[bytes]]] = {}
-        hinted: set[int] = set()
-        if known:
-            # An entry id is never reused, so an add_entry of a noted id is that
-            # entry's creation with exactly the noted signal (variant 0); any
-            # other change of it in the run reads the store, which has them all.
-            updated = {e for e, op in run if op != "add_entry"}
-            for kind, value_of in known.items():
-                ids, values = by_type.setdefault(kind, ([], []))
-                for entry_id, _ in run:
-                    if entry_id in value_of and entry_id not in updated:
-                        ids.append(signal_id(entry_id, 0))
-                        values.append(value_of[entry_id])
-                        hinted.add(entry_id)
-        from_store = [e for e, _ in run if e not in hinted] if hinted else [e for e, _ in run]
-        for sig in self.store.indexed_signals(from_store) if from_store else ():  # active only
+        by_type: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        from_store = np.ones(len(ids), dtype=bool)
+        # An entry id is never reused, so an add of a noted id is that entry's
+        # creation with exactly the noted signal (variant 0); an update of it
+        # in the same run reads the store, which has them all.
+        not_updated = ~np.isin(ids, list(run.updated)) if run.updated else None
+        for note in notes:
+            if note.kind not in self.indexes:
+                continue
+            hit = (ids >= note.first_id) & (ids < note.first_id + len(note))
+            if not_updated is not None:
+                hit &= not_updated
+            if hit.any():
+                noted_ids = ids[hit]
+                by_type.setdefault(note.kind, []).append(
+                    (noted_ids << VARIANT_BITS, note.values[noted_ids - note.first_id])
+                )
+                from_store &= ~hit
+        stored: dict[str, tuple[list[int], list[bytes]]] = {}
+        unnoted = ids[from_store]
+        for sig in self.store.indexed_signals(unnoted.tolist()) if len(unnoted) else ():
             if sig.kind == "chromaprint":
                 self.audio.add(sig.entry_id, words_of(sig.value))
             if sig.kind in self.indexes:
-                ids, values = by_type.setdefault(sig.kind, ([], []))
-                ids.append(signal_id(sig.entry_id, sig.variant_no))
+                sig_ids, values = stored.setdefault(sig.kind, ([], []))
+                sig_ids.append(signal_id(sig.entry_id, sig.variant_no))
                 values.append(sig.value)
-        for sig_kind, (ids, values) in by_type.items():
-            if sig_kind in self.indexes:
-                self.indexes[sig_kind].add(ids, values)
+        for kind, (sig_ids, values) in stored.items():
+            by_type.setdefault(kind, []).append(
+                (
+                    np.array(sig_ids, dtype=np.int64),
+                    hash_matrix(values, len(values), SIGNAL_TYPES[kind].bits),
+                )
+            )
+        for kind, parts in by_type.items():
+            self.indexes[kind].add(
+                np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            )
 
     def _add_entry_signals(self, entry_id: int, signals: Iterable) -> None:
         by_type: dict[str, tuple[list[int], list[bytes]]] = {}
@@ -250,6 +269,21 @@ class LiveIndex:
             **{name: len(index) for name, index in self.indexes.items()},
             "chromaprint": len(self.audio),
         }
+
+
+class _Run:
+    """Entries added or updated by consecutive changes: single ids, bulk
+    writes' id ranges, and which of them were updates."""
+
+    def __init__(self) -> None:
+        self.single: list[int] = []
+        self.ranges: list[range] = []
+        self.updated: set[int] = set()
+
+    def entry_ids(self) -> np.ndarray:
+        parts = [np.arange(r.start, r.stop, dtype=np.int64) for r in self.ranges]
+        parts.append(np.array(self.single, dtype=np.int64))
+        return np.concatenate(parts)
 
 
 def words_of(value: bytes) -> np.ndarray:

@@ -58,6 +58,7 @@ from hashsvc.index import (
     SNAPSHOT_MAGIC_SEGMENTS,
     _ReadWriteLock,
     hash_matrix,
+    id_array,
     signal_id,
 )
 from hashsvc.mih_scan import build_postings, chunk_values, scan_segment
@@ -281,7 +282,7 @@ class MultiIndexHash:
         return self._count
 
     def add(self, ids: Iterable[int], vectors: Iterable[bytes]) -> None:
-        ids_arr = np.fromiter(ids, dtype=np.int64)
+        ids_arr = id_array(ids)
         if not len(ids_arr):
             return
         vec_arr = hash_matrix(vectors, len(ids_arr), self.bits)
@@ -301,7 +302,7 @@ class MultiIndexHash:
                 self._count += len(ids_arr)
 
     def remove(self, ids: Iterable[int]) -> int:
-        ids_arr = np.unique(np.fromiter(ids, dtype=np.int64))
+        ids_arr = np.unique(id_array(ids))
         if not len(ids_arr):
             return 0
         with self._writer:

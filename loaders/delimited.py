@@ -88,8 +88,8 @@ def read_blocks(
 
 
 def _plain_block(block: list[list[str]], at_type: int, at_value: int, line: int):
-    """PlainRows when every row of the block is a good row of one type with
-    exactly its number of hex digits; else None."""
+    """PlainRows when every row of the block is a good row of one fixed-length
+    type with exactly its number of hex digits; else None."""
     try:
         types = {row[at_type] for row in block}
         if len(types) != 1:
@@ -102,14 +102,14 @@ def _plain_block(block: list[list[str]], at_type: int, at_value: int, line: int)
     if sig_type.sequence or {len(d) for d in digits} != {sig_type.nbytes * 2}:
         return None
     try:
-        # with exactly 2n characters giving n bytes, the text is plain hex:
-        # fromhex would have skipped a space only to come out short
-        values = [bytes.fromhex(d) for d in digits]
+        # Every row has exactly 2n characters, so all of them are hex digits
+        # when the whole comes out n bytes a row (fromhex skips spaces).
+        values = bytes.fromhex("".join(digits))
     except ValueError:
         return None
-    if {len(v) for v in values} != {sig_type.nbytes}:
+    if len(values) != sig_type.nbytes * len(block):
         return None
-    return PlainRows([kind] * len(block), values, list(range(line, line + len(block))))
+    return PlainRows(kind, values, line, len(block))
 
 
 def read_rows(

@@ -43,15 +43,17 @@ class Record:
 @dataclass(slots=True)
 class PlainRows:
     """Checked rows of a plain hash list (a type and a value each, nothing
-    else), column by column: each is the Record(signal_type, value, line=line)
-    the row-by-row reader would make."""
+    else) of one fixed-length type, packed: row k is the Record(signal_type,
+    values[k * width : (k + 1) * width], line=first_line + k) the row-by-row
+    reader would make."""
 
-    signal_type: list[str]
-    value: list[bytes]
-    line: list[int]
+    signal_type: str
+    values: bytes  # every row's value, joined
+    first_line: int
+    count: int
 
     def __len__(self) -> int:
-        return len(self.line)
+        return self.count
 
 
 @dataclass(frozen=True, slots=True)

@@ -190,8 +190,17 @@ def test_plain_list_blocks_are_the_records_row_by_row_reading_makes():
     assert isinstance(blocks[0], loaders.PlainRows) and len(blocks[0]) == 5
     first = blocks[0]
     as_records = [
-        Record(kind, value, line=line)
-        for kind, value, line in zip(first.signal_type, first.value, first.line, strict=True)
+        Record(first.signal_type, first.values[k * 32 : (k + 1) * 32], line=first.first_line + k)
+        for k in range(len(first))
     ]
     assert as_records + blocks[1:] == rows
     assert [type(b) for b in blocks[1:]] == [Rejected, Record]
+
+
+def test_plain_block_with_a_spaced_or_non_hex_value_goes_row_by_row():
+    good = os.urandom(32).hex()
+    for bad in (good[:10] + " " + good[11:], good[:-1] + "g", good[:-2] + "é"):
+        text = "signal_type,signal_value\n" + f"pdq,{good}\n" * 3 + f"pdq,{bad}\n"
+        blocks = list(loaders.read_blocks(io.StringIO(text), "csv", "f.csv", block_rows=10))
+        assert [type(b) for b in blocks] == [Record] * 3 + [Rejected], bad
+        assert blocks[3].line == 5
