@@ -108,6 +108,7 @@ class AddedSignals:
     kind: str
     first_id: int = 0
     values: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.uint8))
+    noted: float = 0.0  # monotonic time, set by LiveIndex.note_added
 
     def __len__(self) -> int:
         return len(self.values)

@@ -50,11 +50,13 @@ MAX_WRITE_ROWS = 50_000
 # random page a row (at 1M rows on SQLite, 1/10 of the pages and WAL: 17k ->
 # 88k rows/s bare). Rows wait in memory meanwhile (~70 bytes each).
 SORT_ROWS = 250_000
-# While a sorted run is written, the index catches up after this many rows.
-CATCH_UP_ROWS = 20_000
-# Threads that write plain runs while their loads receive the next (shared
-# by all loads, so their store connections are reused).
-_WRITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="bulk-writer")
+# While plain runs are written, a follower thread brings the index up to
+# what they committed, waking at least this often.
+FOLLOW_SECONDS = 0.05
+# Threads that write plain runs while their loads receive the next, and
+# follow the writes with the index: two a load (shared by all loads, so their
+# store connections are reused).
+_WRITERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bulk-writer")
 # The answer lists this many rejected rows (all are counted).
 MAX_REPORTED_REJECTS = 1_000
 _VARIANT = re.compile(r"original|page|document|frame:\d{1,9}")
@@ -287,7 +289,10 @@ class BulkLoad:
         self._pending: list[_PlainRows] = []  # plain rows waiting to be sorted and written
         self._pending_rows = 0
         self._writing: Future | None = None  # the sorted run being written, see _flush_plain
-        self._reject_lock = threading.Lock()  # the writer rejects rows too
+        self._following: Future | None = None  # the index follower, see _follow
+        self._committed = threading.Event()  # the writer committed rows
+        self._done = threading.Event()  # the follower stops
+        self._result_lock = threading.Lock()  # the writer thread counts too
 
     def add_batch(self, batch: RowBatch | PackedRows) -> None:
         if len(batch) > MAX_BATCH_ROWS:
@@ -320,6 +325,7 @@ class BulkLoad:
     def finish(self) -> BulkResult:
         self._flush_plain()
         self.wait_for_writer()
+        self.stop_following()
         if self.strict and not self.result.rejected_count:
             for groups in self._held:
                 self._write(groups)
@@ -344,12 +350,15 @@ class BulkLoad:
 
     def _flush_plain(self) -> None:
         """Sorts the plain rows waiting and hands them to a writer thread: the
-        next ones are received, checked and sorted while it writes (numpy and
-        the store's drivers let go of the GIL), one run in flight at a time."""
+        next ones are received, checked and sorted while it writes, and a
+        follower thread indexes what it has committed (numpy, numba and the
+        store drivers let go of the GIL); one run in flight at a time."""
         if self._pending:
             rows = _sorted_plain(self._pending)
             self._pending, self._pending_rows = [], 0
             self.wait_for_writer()
+            if self._following is None:
+                self._following = _WRITERS.submit(self._follow)
             self._writing = _WRITERS.submit(self._write_plain, rows)
 
     def wait_for_writer(self) -> None:
@@ -358,11 +367,27 @@ class BulkLoad:
         if writing is not None:
             writing.result()
 
+    def stop_following(self) -> None:
+        """Stops the follower and indexes what is left: every committed row
+        matches when this returns. Raises what the follower raised."""
+        following, self._following = self._following, None
+        if following is not None:
+            self._done.set()
+            self._committed.set()
+            following.result()
+            self.live.catch_up()
+
+    def _follow(self) -> None:
+        """Committed rows match at once: the index catches up with each write
+        of the writer thread (several, when it is behind)."""
+        while not self._done.is_set():
+            if self._committed.wait(FOLLOW_SECONDS):
+                self._committed.clear()
+                self.live.catch_up()
+
     def _write_plain(self, rows: PlainSignals) -> None:
-        """A plain hash list: column-wise writes, and the index takes the new
+        """A plain hash list: column-wise writes; the index takes the new
         signals as they were written instead of reading them back."""
-        changed = False
-        uncaught = 0
         start = 0
         while start < len(rows):
             part = rows[start : start + self._write_rows]
@@ -378,14 +403,9 @@ class BulkLoad:
             self._expect_new = counts.added == len(part)
             self._tune(len(part), time.perf_counter() - started)
             self._count(counts, {})
-            changed = changed or bool(counts.added or counts.updated)
-            uncaught += len(part)
+            if counts.added or counts.updated:
+                self._committed.set()
             start += len(part)
-            if changed and uncaught >= CATCH_UP_ROWS:
-                self.live.catch_up()  # committed rows match at once
-                changed, uncaught = False, 0
-        if changed:
-            self.live.catch_up()  # committed rows match before the next batch
 
     def _tune(self, rows: int, seconds: float) -> None:
         if rows < self._write_rows:
@@ -409,10 +429,11 @@ class BulkLoad:
                 f" {count} not added",
             )
         counts.over_limit = {}
-        self.result.counts += counts
+        with self._result_lock:
+            self.result.counts += counts
 
     def _reject(self, source: str, line: int, reason: str) -> None:
-        with self._reject_lock:
+        with self._result_lock:
             self.result.rejected_count += 1
             if len(self.result.rejected) < MAX_REPORTED_REJECTS:
                 self.result.rejected.append(RejectedRow(source, line, reason))
@@ -569,6 +590,8 @@ def load(
         # at once must not race the last write of its failed load)
         with contextlib.suppress(Exception):
             run.wait_for_writer()
+        with contextlib.suppress(Exception):
+            run.stop_following()
         raise
     return run.finish()
 

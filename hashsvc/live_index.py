@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable
 
 import numpy as np
@@ -41,6 +42,8 @@ _BUILD_BATCH = 50_000
 # Changes read per step of catch_up: each step costs one index write per
 # signal type (a write scans the whole index), so a bulk load's steps are big.
 _CHANGES_PAGE = 100_000
+# How long a note waits for its change to show (see catch_up).
+_NOTE_SECONDS = 30.0
 
 
 class LiveIndex:
@@ -158,6 +161,7 @@ class LiveIndex:
         the catch_up that applies their changes, whichever thread runs it (the
         change poller is woken by the same commit), need not read them back."""
         if len(added):
+            added.noted = time.monotonic()
             with self._notes_lock:
                 self._notes.append(added)
 
@@ -165,13 +169,22 @@ class LiveIndex:
         """Apply every change after our seq; returns how many were applied."""
         applied = 0
         with self._apply_lock:
-            with self._notes_lock:
-                # Noted before this catch_up started, so committed before it
-                # reads the feed: none is left over after it.
-                notes, self._notes = self._notes, []
+            notes: list[AddedSignals] = []
+            used: set[int] = set()  # ids of the notes applied
             while True:
                 changes = self.store.changes_since(self.seq, limit=_CHANGES_PAGE)
+                with self._notes_lock:  # after the read: the changes' notes are there
+                    notes += self._notes
+                    self._notes = []
                 if not changes:
+                    # On PostgreSQL a write is noted just before its COMMIT: a
+                    # note whose change was not there yet is kept for the next
+                    # catch_up (a while: that of a write that failed never is).
+                    now = time.monotonic()
+                    kept = [n for n in notes if id(n) not in used and now - n.noted < _NOTE_SECONDS]
+                    if kept:
+                        with self._notes_lock:
+                            self._notes[:0] = kept
                     return applied
                 # Added and updated entries are indexed together, one index
                 # write per signal type for the run of them (a bulk load brings
@@ -189,19 +202,20 @@ class LiveIndex:
                     elif (added := added_range(change.op, change.entry_id)) is not None:
                         run.ranges.append(added)  # a bulk write's entries
                     elif change.op == "remove_entry":
-                        self._add_entries(run, notes)
+                        self._add_entries(run, notes, used)
                         run = _Run()
                         self._remove_entry_signals(change.entry_id)
                     elif change.op == "update_set":
                         sets_changed = True
                     applied += 1
-                self._add_entries(run, notes)
+                self._add_entries(run, notes, used)
                 self.seq = changes[-1].seq
                 if sets_changed:
                     self._refresh_sets()
 
-    def _add_entries(self, run: _Run, notes: list[AddedSignals]) -> None:
-        """Index the run's entries; `notes`: signals noted by note_added."""
+    def _add_entries(self, run: _Run, notes: list[AddedSignals], used: set[int]) -> None:
+        """Index the run's entries; `notes`: signals noted by note_added (the
+        ids of those applied are added to `used`)."""
         ids = run.entry_ids()
         if not len(ids):
             return
@@ -218,6 +232,7 @@ class LiveIndex:
             if not_updated is not None:
                 hit &= not_updated
             if hit.any():
+                used.add(id(note))
                 noted_ids = ids[hit]
                 by_type.setdefault(note.kind, []).append(
                     (noted_ids << VARIANT_BITS, note.values[noted_ids - note.first_id])

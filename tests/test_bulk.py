@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 import loaders
@@ -130,7 +131,6 @@ def test_plain_rows_are_sorted_across_batches_and_keep_their_order(store_and_ind
 
     monkeypatch.setattr(bulk, "SORT_ROWS", 2_500)  # runs span batches
     monkeypatch.setattr(bulk, "MIN_WRITE_ROWS", 300)
-    monkeypatch.setattr(bulk, "CATCH_UP_ROWS", 700)
     store, live = store_and_index
     hash_set = store.create_set("sorted", "", {}, {})
     values = [os.urandom(32) for _ in range(6_000)]
@@ -437,3 +437,65 @@ def test_plain_rows_keep_their_quality_or_none(store_and_index):
         ]
         assert entry.labels == {} and entry.added_by == "op" and entry.media_type == "hash"
         assert _near(live, value.hex()) == {entry.id}
+
+
+def test_packed_rows_load_like_rows_and_bad_packing_is_refused(store_and_index):
+    from hashsvc.bulk_pb import rows_from_pb
+    from hashsvc.errors import InvalidArgument
+
+    store, live = store_and_index
+    hash_set = store.create_set("packed", "", {}, {})
+    values = [os.urandom(32) for _ in range(3)]
+    packed = rows_from_pb(
+        pb.BulkRows(packed_type="pdq", packed_values=b"".join(values), first_line=7)
+    )
+    assert len(packed) == 3
+    result = load(store, live, hash_set.id, "op", [packed])
+    assert (result.rows, result.added) == (3, 3)
+    again = load(store, live, hash_set.id, "op", [packed])
+    assert (again.added, again.unchanged) == (0, 3)
+    assert all(_near(live, v.hex()) for v in values)
+    # lines that do not follow each other: rows as usual, rejections name them
+    spaced = rows_from_pb(
+        pb.BulkRows(packed_type="md5", packed_values=bytes(32), line=[3, 9], source="f")
+    )
+    assert list(spaced.line) == [3, 9] and len(spaced.value) == 2
+    for bad, message in [
+        (pb.BulkRows(packed_type="pdq", packed_values=bytes(33)), "multiple of 32"),
+        (pb.BulkRows(packed_type="nope", packed_values=bytes(32)), "fixed-length"),
+        (pb.BulkRows(packed_type="chromaprint", packed_values=bytes(32)), "fixed-length"),
+        (pb.BulkRows(packed_type="pdq", packed_values=bytes(32), entry=["x"]), "no entry"),
+        (
+            pb.BulkRows(packed_type="pdq", packed_values=bytes(32), signal_type=["pdq"]),
+            "no signal_type",
+        ),
+        (pb.BulkRows(packed_type="pdq", packed_values=bytes(64), line=[1]), "line has 1"),
+    ]:
+        with pytest.raises(InvalidArgument, match=message):
+            rows_from_pb(bad)
+
+
+def test_a_note_made_before_its_commit_waits_for_its_change(store_and_index, monkeypatch):
+    """PostgreSQL notes a bulk write's signals just before COMMIT: a catch_up
+    in between must keep the note for the change, not read it back later."""
+    from hashdb.bulk_sql import AddedSignals
+
+    store, live = store_and_index
+    hash_set = store.create_set("noted", "", {}, {})
+    live.catch_up()
+    values = np.frombuffer(os.urandom(32 * 5), dtype=np.uint8).reshape(5, 32)
+    first_id = 10_000
+    live.note_added(AddedSignals("pdq", first_id, values))
+    assert live.catch_up() == 0  # its change is not there yet
+    with store._write() as cur:  # the change as a bulk write commits it
+        cur.execute(
+            "INSERT INTO changes (op, set_id, entry_id, at) VALUES (?, ?, ?, ?)",
+            (f"add_entries:{first_id + 4}", hash_set.id, first_id, 1),
+        )
+
+    def no_read_back(entry_ids):
+        raise AssertionError("noted signals were read back")
+
+    monkeypatch.setattr(store, "indexed_signals", no_read_back)
+    assert live.catch_up() == 1
+    assert _near(live, values[3].tobytes().hex()) == {first_id + 3}
