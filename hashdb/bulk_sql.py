@@ -430,6 +430,15 @@ class BulkSQL:
         self, set_id, rows: PlainSignals, added_by, at, found: set[str] | None, noted=None
     ):
         counts = BulkCounts()
+        if not self._is_postgres() and self._shared is None:
+            # No foreign-key probes for these rows (8% of the write): each
+            # entry's set was looked up by the load and its signal is written
+            # with it in this transaction (PostgreSQL dropped these checks in
+            # migration 8). The pragma holds for this thread's connection and
+            # cannot change inside a transaction; plain writes run on the
+            # bulk writer threads, which write nothing else (an in-memory
+            # store's one shared connection keeps them).
+            self._conn().execute("PRAGMA foreign_keys = OFF")
         with self._write() as cur:
             if not self._is_postgres():
                 cur.execute(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")

@@ -499,3 +499,28 @@ def test_a_note_made_before_its_commit_waits_for_its_change(store_and_index, mon
     monkeypatch.setattr(store, "indexed_signals", no_read_back)
     assert live.catch_up() == 1
     assert _near(live, values[3].tobytes().hex()) == {first_id + 3}
+
+
+def test_sqlite_foreign_keys_stay_on_outside_the_bulk_writer(tmp_path):
+    """Plain bulk writes skip SQLite's foreign-key probes on their own
+    connection only: the store's other writes are still checked."""
+    import sqlite3
+
+    store = open_store(f"sqlite:///{tmp_path}/fk.db")
+    live = LiveIndex(store)
+    live.load()
+    try:
+        hash_set = store.create_set("fk", "", {}, {})
+        result = load(
+            store, live, hash_set.id, "op", [RowBatch(["pdq"] * 3, [os.urandom(32) for _ in "abc"])]
+        )
+        assert result.added == 3
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+            with store._write() as cur:
+                cur.execute(
+                    "INSERT INTO entry_signals (entry_id, variant_no, kind, variant, value)"
+                    " VALUES (999999, 0, 'pdq', 'original', ?)",
+                    (bytes(32),),
+                )
+    finally:
+        store.close()
