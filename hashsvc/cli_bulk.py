@@ -16,8 +16,13 @@ from hashsvc.v1 import hashsvc_pb2 as pb
 from loaders.records import EXCHANGED_VARIANTS, PlainRows, Record, Rejected
 
 # Rows per BulkRows message (one server transaction). A batch ends only
-# between entries, so an entry's rows are written together.
+# between entries, so an entry's rows are written together, unless one entry
+# has more than ENTRY_SPLIT_ROWS rows (a long video's frames): its rows then
+# go in several batches, each adding its signals to the entry (under the
+# server's limit of rows a message), and the rows past the entry's signal
+# limit are rejected as such instead of failing the whole load.
 BATCH_ROWS = 20_000
+ENTRY_SPLIT_ROWS = 100_000
 # Client-side rejections printed before "... and N more".
 MAX_PRINTED_REJECTS = 1_000
 
@@ -102,7 +107,9 @@ def read_rows(
                 )
                 progress.update(rows_seen, done_chars + counted.chars)
                 continue
-            if len(batch) >= BATCH_ROWS and item.entry_name != batch[-1].entry_name:
+            if len(batch) >= BATCH_ROWS and (
+                item.entry_name != batch[-1].entry_name or len(batch) >= ENTRY_SPLIT_ROWS
+            ):
                 yield _to_pb(batch, source)
                 batch = []
                 progress.update(rows_seen, done_chars + counted.chars)

@@ -524,3 +524,42 @@ def test_sqlite_foreign_keys_stay_on_outside_the_bulk_writer(tmp_path):
                 )
     finally:
         store.close()
+
+
+def test_an_entry_longer_than_a_batch_is_split_and_capped(store_and_index, monkeypatch):
+    """The client sends an entry with more rows than a batch holds in several
+    batches (it once failed the whole load as too large); each adds its
+    signals, and rows past the entry's limit are rejected, the rest load."""
+    from hashdb import bulk_sql
+    from hashsvc import bulk, cli_bulk
+    from hashsvc.bulk_pb import rows_from_pb
+
+    monkeypatch.setattr(cli_bulk, "BATCH_ROWS", 4)
+    monkeypatch.setattr(cli_bulk, "ENTRY_SPLIT_ROWS", 6)
+    monkeypatch.setattr(bulk, "MAX_SIGNALS_PER_ENTRY", 10)
+    monkeypatch.setattr(bulk_sql, "MAX_SIGNALS_PER_ENTRY", 10)
+    store, live = store_and_index
+    hash_set = store.create_set("long", "", {}, {})
+    values = [os.urandom(32) for _ in range(14)]
+    text = "signal_type,signal_value,entry,variant\n" + "".join(
+        f"pdq,{v.hex()},video-1,frame:{i}\n" for i, v in enumerate(values)
+    )
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"long-{os.getpid()}.csv")
+    with open(path, "w") as f:
+        f.write(text)
+    try:
+        messages = list(cli_bulk.read_rows([path], "csv", cli_bulk.LoadProgress(None, False), []))
+    finally:
+        os.remove(path)
+    assert [len(m.signal_type) for m in messages] == [6, 6, 2]
+    result = load(store, live, hash_set.id, "op", [rows_from_pb(m) for m in messages])
+    # one rejection for each batch that brought rows past the limit, at its
+    # first row of the entry, with how many were not added
+    assert (result.added, result.updated, result.unchanged) == (1, 1, 1)
+    assert [(r.line, r.reason[-11:]) for r in result.rejected] == [
+        (8, "2 not added"),
+        (14, "2 not added"),
+    ]
+    entry = store.get_entry(hash_set.id, "video-1")
+    assert [s.value for s in entry.signals] == values[:10]
+    assert _near(live, values[9].hex()) == {entry.id}
