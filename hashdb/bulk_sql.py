@@ -480,15 +480,12 @@ class BulkSQL:
         with self._write() as cur:
             if not self._is_postgres():
                 cur.execute(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")
+            existing = {}
             if found is None or found:
                 names = rows.names()
-                if found is not None:
-                    names = [n for n in names if n in found]
-                existing = self._existing(cur, set_id, names)
-            else:
-                existing = {}
-            if existing or found:
-                names = rows.names()
+                checked = names if found is None else [n for n in names if n in found]
+                existing = self._existing(cur, set_id, checked)
+            if existing:
                 old = [i for i, name in enumerate(names) if name in existing]
                 counts += self._upsert_existing(
                     cur,
@@ -507,12 +504,7 @@ class BulkSQL:
                 )
                 keep = np.ones(len(rows), dtype=bool)
                 keep[old] = False
-                rows = PlainSignals(
-                    rows.kind,
-                    rows.media_type,
-                    rows.values[keep],
-                    None if rows.qualities is None else rows.qualities[keep],
-                )
+                rows = rows[keep]
             first_id = self._new_entry_range(cur, len(rows))
             counts.added = len(rows)
             if len(rows):

@@ -56,21 +56,6 @@ def rows_from_pb(rows: pb.BulkRows) -> RowBatch | PackedRows:
     )
 
 
-def rows_to_pb(batch: RowBatch) -> pb.BulkRows:
-    return pb.BulkRows(
-        signal_type=batch.signal_type,
-        value=batch.value,
-        line=batch.line,
-        entry=batch.entry,
-        labels=batch.labels,
-        deleted=batch.deleted,
-        quality=batch.quality,
-        variant=batch.variant,
-        position=batch.position,
-        source=batch.source,
-    )
-
-
 def response(result: BulkResult, strict: bool) -> pb.BulkLoadResponse:
     return pb.BulkLoadResponse(
         rows=result.rows,
