@@ -157,8 +157,9 @@ class LiveIndex:
     # -- keeping current
 
     def note_added(self, added: AddedSignals) -> None:
-        """Signals of entries this process has just created (committed), so
-        the catch_up that applies their changes, whichever thread runs it (the
+        """Signals of entries this process has just created (on PostgreSQL
+        noted just before the commit, see Store.bulk_add_plain), so the
+        catch_up that applies their changes, whichever thread runs it (the
         change poller is woken by the same commit), need not read them back."""
         if len(added):
             added.noted = time.monotonic()
@@ -226,18 +227,17 @@ class LiveIndex:
         # in the same run reads the store, which has them all.
         not_updated = ~np.isin(ids, list(run.updated)) if run.updated else None
         for note in notes:
-            if note.kind not in self.indexes:
-                continue
             hit = (ids >= note.first_id) & (ids < note.first_id + len(note))
             if not_updated is not None:
                 hit &= not_updated
             if hit.any():
                 used.add(id(note))
-                noted_ids = ids[hit]
-                by_type.setdefault(note.kind, []).append(
-                    (noted_ids << VARIANT_BITS, note.values[noted_ids - note.first_id])
-                )
-                from_store &= ~hit
+                from_store &= ~hit  # noted: not read back, even of a kind not indexed (md5)
+                if note.kind in self.indexes:
+                    noted_ids = ids[hit]
+                    by_type.setdefault(note.kind, []).append(
+                        (noted_ids << VARIANT_BITS, note.values[noted_ids - note.first_id])
+                    )
         stored: dict[str, tuple[list[int], list[bytes]]] = {}
         unnoted = ids[from_store]
         for sig in self.store.indexed_signals(unnoted.tolist()) if len(unnoted) else ():

@@ -563,3 +563,19 @@ def test_an_entry_longer_than_a_batch_is_split_and_capped(store_and_index, monke
     entry = store.get_entry(hash_set.id, "video-1")
     assert [s.value for s in entry.signals] == values[:10]
     assert _near(live, values[9].hex()) == {entry.id}
+
+
+def test_a_plain_list_of_a_kind_not_indexed_is_not_read_back(store_and_index, monkeypatch):
+    """An MD5 list's notes spare the index the read-back of every new entry,
+    though MD5 has no in-memory index (exact hashes are found in the store)."""
+    store, live = store_and_index
+    hash_set = store.create_set("md5s", "", {}, {})
+    live.catch_up()
+
+    def no_read_back(entry_ids):
+        raise AssertionError(f"{len(entry_ids)} noted entries were read back")
+
+    monkeypatch.setattr(store, "indexed_signals", no_read_back)
+    values = [os.urandom(16) for _ in range(50)]
+    assert load(store, live, hash_set.id, "op", [RowBatch(["md5"] * 50, values)]).added == 50
+    assert store.get_entry(hash_set.id, f"md5:{values[7].hex()}").signals[0].value == values[7]
