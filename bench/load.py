@@ -38,7 +38,7 @@ from hashsvc.server import start_server  # noqa: E402
 from hashsvc.v1 import hashsvc_pb2 as pb  # noqa: E402
 
 PG_URL = os.environ.get("HASHSVC_TEST_PG", "postgresql://127.0.0.1:5432/test")
-LONGEST = {"index lock": 0.0, "write txn": 0.0}
+LONGEST = {"index lock": 0.0, "write txn": 0.0, "match in server": 0.0, "history write": 0.0}
 
 
 def _measure_holds() -> None:
@@ -74,6 +74,22 @@ def _measure_holds() -> None:
             LONGEST["write txn"] = max(LONGEST["write txn"], held)
 
         store_class._write = timed_write
+
+    def timed(method, key):
+        def timed_method(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                LONGEST[key] = max(LONGEST[key], time.perf_counter() - started)
+
+        return timed_method
+
+    from hashdb.sqlbase import SQLStore
+    from hashsvc.core import Core
+
+    Core.match = timed(Core.match, "match in server")
+    SQLStore.record_match = timed(SQLStore.record_match, "history write")
 
 
 def write_rows(path: str, rows: int) -> None:
@@ -148,7 +164,9 @@ def bench(name: str, db_url: str, path: str, rows: int, rerun: bool = False) -> 
         f"  Match during load ({len(lat)} calls): p50 {statistics.median(lat) * 1000:.1f} ms,"
         f" p99 {p(0.99):.1f} ms, max {lat[-1] * 1000:.1f} ms;"
         f" longest index lock {LONGEST['index lock'] * 1000:.1f} ms,"
-        f" write txn {LONGEST['write txn'] * 1000:.1f} ms",
+        f" write txn {LONGEST['write txn'] * 1000:.1f} ms;"
+        f" slowest Match in the server {LONGEST['match in server'] * 1000:.1f} ms"
+        f" (slowest history write {LONGEST['history write'] * 1000:.1f} ms)",
         flush=True,
     )
     if rerun_seconds:
