@@ -54,6 +54,11 @@ class SQLiteStore(SQLStore, ReviewSQL):
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA busy_timeout = 30000")
         if not self.memory:
+            # Taken only by a new, empty database (an existing one keeps its
+            # pages): 16 KiB pages made a million-row bulk write 14% faster
+            # than the default 4 KiB (fewer pages and WAL frames to write and
+            # checkpoint); see bench/load.py.
+            conn.execute(f"PRAGMA page_size = {PAGE_BYTES}")
             _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
             # NORMAL in WAL mode: a power cut may lose the last commits but
             # never corrupts; an application crash loses nothing.
@@ -160,6 +165,8 @@ def _retry_locked(action, attempts: int = 100) -> None:
 # How often the background thread looks at the WAL, and from what size it
 # checkpoints it (SQLite's automatic checkpoint: 1000 pages).
 CHECKPOINT_INTERVAL = 1.0
+# The page size of a new database file.
+PAGE_BYTES = 16384
 CHECKPOINT_WAL_BYTES = 4 << 20
 
 

@@ -413,3 +413,25 @@ def test_migrations_7_and_8_on_an_existing_database(store_url, monkeypatch):
                 " AND conrelid IN ('entries'::regclass, 'entry_signals'::regclass)"
             ).fetchall()
         assert foreign_keys == []
+
+
+def test_new_sqlite_database_gets_large_pages_and_an_old_one_keeps_its_own(tmp_path):
+    from hashdb.sqlite import PAGE_BYTES
+
+    new = open_store(f"sqlite:///{tmp_path}/new.db")
+    new.create_set("s", "", {}, {})
+    new.close()
+    with sqlite3.connect(tmp_path / "new.db") as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_BYTES == 16384
+
+    # a database made by an older release (4 KiB pages) opens, migrates and
+    # keeps working with its page size
+    with sqlite3.connect(tmp_path / "old.db") as conn:
+        conn.execute("PRAGMA page_size = 4096")
+        conn.execute("CREATE TABLE before_us (x)")
+    old = open_store(f"sqlite:///{tmp_path}/old.db")
+    set_id = old.create_set("s", "", {}, {}).id
+    assert old.get_set("s").id == set_id
+    old.close()
+    with sqlite3.connect(tmp_path / "old.db") as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096
