@@ -32,6 +32,7 @@ from hashdb import Store
 from hashdb.bulk_sql import MAX_SIGNALS_PER_ENTRY, BulkCounts, EntryUpsert, PlainSignals
 from hashsvc import validation
 from hashsvc.errors import InvalidArgument, TooLarge, quoted
+from hashsvc.index import split_signal_id
 from hashsvc.live_index import LiveIndex
 from hashsvc.signals import SIGNAL_TYPES, Signal
 
@@ -237,7 +238,7 @@ _SINGLE_MEDIA_TYPE = {
 class _Group:
     """What the rows of one batch say about one entry."""
 
-    __slots__ = ("name", "signals", "keys", "labels", "deleted", "source", "line")
+    __slots__ = ("name", "signals", "keys", "labels", "deleted", "retracts", "source", "line")
 
     def __init__(self, name: str, deleted: bool, source: str, line: int) -> None:
         self.name = name
@@ -245,6 +246,8 @@ class _Group:
         self.keys: set | None = None  # made when a second signal arrives
         self.labels: dict[str, str] | None = None
         self.deleted = deleted
+        # a tombstone that names no entry but a hash: (kind, value)
+        self.retracts: tuple[str, bytes] | None = None
         self.source, self.line = source, line  # the entry's first row
 
     def add(self, signal: Signal | None, labels: dict[str, str] | None) -> None:
@@ -337,6 +340,8 @@ class BulkLoad:
     def _write(self, groups: dict[str, _Group]) -> None:
         if not groups:
             return
+        if any(g.retracts for g in groups.values()):
+            groups = self._with_retractions(groups)
         upserts = [g.upsert() for g in groups.values()]
         changed = False
         # Short transactions: on SQLite a write transaction holds the one
@@ -418,6 +423,60 @@ class BulkLoad:
         # not halve the next
         self._write_rows = int(min(MAX_WRITE_ROWS, max(MIN_WRITE_ROWS, (rows + wanted) / 2)))
 
+    def _with_retractions(self, groups: dict[str, _Group]) -> dict[str, _Group]:
+        """A tombstone row that names no entry retracts its hash: partners
+        send (type, value, deleted) for a hash they loaded with their own id
+        (a ThreatExchange or HMA id), so the entry of that name is not the
+        only one to go. Every active entry of the set whose signals are all
+        that hash is removed too. An entry that holds it among other signals
+        (a video and its frames) stays, and the row is rejected with the
+        entries it names: removing a whole video for one retracted frame
+        would be wrong, so the operator tombstones it by name if meant."""
+        out = dict(groups)
+        for group in groups.values():
+            if not group.retracts:
+                continue
+            kind, value = group.retracts
+            mixed = []
+            for entry in self._holders(kind, value):
+                if entry.name in out:
+                    continue  # the hash's own name, or a row of this batch
+                if all((s.kind, s.value) == (kind, value) for s in entry.signals):
+                    out[entry.name] = _Group(entry.name, True, group.source, group.line)
+                else:
+                    mixed.append(entry.name)
+            if mixed:
+                shown = ", ".join(quoted(name) for name in sorted(mixed)[:3])
+                self._reject(
+                    group.source,
+                    group.line,
+                    f"{kind} {value.hex()[:16]}... is also held by {len(mixed)} entr"
+                    f"{'y' if len(mixed) == 1 else 'ies'} with other signals ({shown}):"
+                    " tombstone them by entry to remove them",
+                )
+        return out
+
+    def _holders(self, kind: str, value: bytes) -> list:
+        """Active entries of this set that hold exactly (kind, value), found
+        by the in-memory index (distance 0) or, for exact types, the store's
+        value index. Chromaprint fingerprints are in neither: by name only."""
+        if kind in self.live.indexes:
+            self.live.catch_up()  # this load's earlier writes
+            found = self.live.indexes[kind].search([value], 0)[0]
+            entry_ids = {split_signal_id(sid)[0] for sid, _ in found}
+        elif not SIGNAL_TYPES[kind].perceptual:
+            entry_ids = {entry_id for entry_id, _ in self.store.find_exact(kind, value)}
+        else:
+            return []
+        entries = self.store.get_entries(entry_ids, with_signals=True).values()
+        return [
+            e
+            for e in entries
+            if e.set_id == self.set_id
+            and e.removed_at is None
+            and any((s.kind, s.value) == (kind, value) for s in e.signals)
+        ]
+
     def _count(self, counts: BulkCounts, groups: dict[str, _Group]) -> None:
         """Adds a write's counts; signals an entry had no room for (it was
         filled by an earlier load) are rejected rows, one an entry, at the
@@ -485,6 +544,8 @@ class BulkLoad:
                 groups, group = {}, None
             if group is None:
                 group = groups[name] = _Group(name, gone, batch.source, line)
+                if gone and value and not entry:
+                    group.retracts = (kind, bytes(value))
             signal = (
                 Signal(
                     kind,

@@ -93,6 +93,41 @@ def test_idempotent_labels_update_and_tombstones(store_and_index):
     assert len(replica.indexes["pdq"]) == 0
 
 
+def test_a_tombstone_by_hash_retracts_entries_loaded_under_a_partner_id(store_and_index):
+    """A partner loads hashes under its own ids, then retracts one by type and
+    value alone: the entries that are only that hash go, in this set only;
+    an entry holding it among other signals stays and the row says so."""
+    store, live = store_and_index
+    hash_set = store.create_set("te", "", {}, {})
+    elsewhere = store.create_set("other", "", {}, {})
+    md5 = "b" * 32
+    loaded = (
+        "signal_type,signal_value,entry,labels\n"
+        f"pdq,{PDQ},te-1001,group=ISIS\n"
+        f"pdq,{PDQ},te-1002,group=ISIS\n"  # a second partner id for the same hash
+        f"md5,{md5},te-2001,group=AQ\n"
+        f"pdq,{PDQ},video-7,group=ISIS\n"  # a video: the hash is one of its frames
+        f"pdq,{'e' * 64},video-7,group=ISIS\n"
+    )
+    assert _load(store, live, hash_set.id, loaded).added == 4
+    assert _load(store, live, elsewhere.id, loaded).added == 4
+    retract = f"signal_type,signal_value,deleted\npdq,{PDQ},true\nmd5,{md5},true\n"
+    result = _load(store, live, hash_set.id, retract)
+    assert result.removed == 3  # te-1001, te-1002, te-2001
+    assert [(r.line, "video-7" in r.reason) for r in result.rejected] == [(2, True)]
+    names = {e.name for e in store.list_entries(hash_set.id, 0, 100)}
+    assert names == {"video-7"}
+    assert {e.name for e in store.list_entries(elsewhere.id, 0, 100)} >= {"te-1001", "te-2001"}
+    assert _near(live, PDQ) == {
+        e.id
+        for e in store.list_entries(elsewhere.id, 0, 100)
+        if e.name in ("te-1001", "te-1002", "video-7")
+    } | {store.get_entry(hash_set.id, "video-7").id}
+    # again: nothing left to retract but the video, still reported
+    again = _load(store, live, hash_set.id, retract)
+    assert (again.removed, again.rejected_count) == (0, 1)
+
+
 def test_plain_hash_list_is_idempotent_and_matches_at_once(store_and_index):
     store, live = store_and_index
     hash_set = store.create_set("plain", "", {}, {})
