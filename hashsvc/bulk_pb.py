@@ -67,7 +67,7 @@ def response(result: BulkResult, strict: bool) -> pb.BulkLoadResponse:
         rejected=[
             pb.RejectedRow(source=r.source, line=r.line, reason=r.reason) for r in result.rejected
         ],
-        written=not (strict and result.rejected_count),
+        written=result.written,
     )
 
 
