@@ -25,6 +25,25 @@ BATCH_ROWS = 20_000
 ENTRY_SPLIT_ROWS = 100_000
 # Client-side rejections printed before "... and N more".
 MAX_PRINTED_REJECTS = 1_000
+# Rejected rows the summary lists (all are counted): the server's cap,
+# hashsvc.bulk.MAX_REPORTED_REJECTS, which is not imported because that
+# module brings the server's index code into every client command.
+MAX_REPORTED_REJECTS = 1_000
+
+
+class RejectedRows:
+    """The rows the client rejected: every one counted, the first
+    MAX_REPORTED_REJECTS kept (a file of a million bad rows is no million
+    objects in memory)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.kept: list[Rejected] = []
+
+    def append(self, row: Rejected) -> None:
+        self.count += 1
+        if len(self.kept) < MAX_REPORTED_REJECTS:
+            self.kept.append(row)
 
 
 class LoadProgress:
@@ -82,9 +101,10 @@ def _sources(paths: list[str]) -> Iterator[tuple[str, object]]:
 
 
 def read_rows(
-    paths: list[str], fmt: str, progress: LoadProgress, rejected: list[Rejected]
+    paths: list[str], fmt: str, progress: LoadProgress, rejected: RejectedRows | list[Rejected]
 ) -> Iterator[pb.BulkRows]:
-    """BulkRows batches of every file's good rows; bad rows go to `rejected`."""
+    """BulkRows batches of every file's good rows; bad rows are appended to
+    `rejected`."""
     rows_seen = 0
     done_chars = 0
     for source, stream in _sources(paths):
@@ -148,11 +168,11 @@ def load(client, set_name: str, paths: list[str], fmt: str, strict: bool, progre
     """Sends the files; returns the summary (client- and server-side rejections
     together). Strict: the files are read whole first, and nothing is sent if
     a row is bad."""
-    rejected: list[Rejected] = []
+    rejected = RejectedRows()
     batches: Iterable[pb.BulkRows] = read_rows(paths, fmt, progress, rejected)
     if strict:
         batches = list(batches)
-        if rejected:
+        if rejected.count:
             progress.finish()
             return _summary(pb.BulkLoadResponse(written=False), rejected)
 
@@ -166,20 +186,19 @@ def load(client, set_name: str, paths: list[str], fmt: str, strict: bool, progre
     return _summary(response, rejected)
 
 
-def _summary(response: pb.BulkLoadResponse, client_rejected: list[Rejected]) -> dict:
-    rejected = [{"source": r.source, "line": r.line, "reason": r.reason} for r in client_rejected]
-    rejected += [
-        {"source": r.source, "line": r.line, "reason": r.reason} for r in response.rejected
-    ]
+def _summary(response: pb.BulkLoadResponse, client_rejected: RejectedRows) -> dict:
+    """`rejected` counts every rejected row; `rejected_rows` lists at most
+    MAX_REPORTED_REJECTS of them, the client's first, as the server does."""
+    listed = [*client_rejected.kept, *response.rejected][:MAX_REPORTED_REJECTS]
     return {
-        "rows": response.rows + len(client_rejected),
+        "rows": response.rows + client_rejected.count,
         "added": response.added,
         "updated": response.updated,
         "removed": response.removed,
         "unchanged": response.unchanged,
-        "rejected": len(client_rejected) + response.rejected_count,
+        "rejected": client_rejected.count + response.rejected_count,
         "written": response.written,
-        "rejected_rows": rejected,
+        "rejected_rows": [{"source": r.source, "line": r.line, "reason": r.reason} for r in listed],
     }
 
 
