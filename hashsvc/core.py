@@ -4,20 +4,22 @@ network: tests build a Core and call it directly."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from hashdb import HistoryRecord, Store, open_store
 from hashsvc.audit import Audit
+from hashsvc.bulk import BulkLoad, BulkResult, PackedRows, RowBatch
 from hashsvc.config import Config
 from hashsvc.curation import Curation
-from hashsvc.errors import HashsvcError, InvalidArgument, NotFound, status_name
+from hashsvc.errors import HashsvcError, InvalidArgument, NotFound, quoted, status_name
 from hashsvc.hashing import HashingPool
 from hashsvc.live_index import LiveIndex
 from hashsvc.matcher import Match, Matcher
@@ -169,8 +171,95 @@ class Core:
         except Exception:
             log.exception("review queue update for %s failed", outcome.request_id)
 
-    def record_action(self, action: str, actor: str, detail: dict) -> None:
-        self.review.record_action(action, actor, detail)
+    def record_action(
+        self, action: str, actor: str, detail: dict, status: str = "OK", error_message: str = ""
+    ) -> None:
+        """An operator's write in the hash-chained history; a failed one names
+        its status, as a failed Match does."""
+        self.store.record_match(
+            HistoryRecord(
+                request_id=f"{action.lower()}-{time.time_ns()}",
+                time=datetime.now(UTC),
+                caller=actor,
+                rpc=action,
+                media_type="",
+                decision="",
+                status=status,
+                error_message=error_message[:1000],
+                detail=detail,
+            )
+        )
+
+    # -- bulk loads
+
+    def bulk_load(
+        self,
+        set_name: str,
+        caller: str,
+        batches: Iterable[RowBatch | PackedRows],
+        strict: bool = False,
+        status_of: Callable[[BaseException], str] = status_name,
+    ) -> BulkResult:
+        """Loads the batches into the set (hashsvc/bulk.py). Every load, failed
+        or not, leaves one history record: each batch commits on its own, so a
+        load that failed part-way changed the set too, and its record holds
+        what was committed before it failed. `status_of` names a failure's
+        status (the gRPC layer tells a cancelled call from an internal error)."""
+        run: BulkLoad | None = None
+        try:
+            hash_set = self.curation.get_set(set_name)
+            run = BulkLoad(self.store, self.live, hash_set.id, caller, strict)
+            for batch in batches:
+                run.add_batch(batch)
+            result = run.finish()
+        except BaseException as exc:  # a cancelled call is recorded too
+            if run is not None:
+                # as bulk.load: nothing is written after the call has ended, and
+                # the counts are then final
+                with contextlib.suppress(Exception):
+                    run.wait_for_writer()
+                with contextlib.suppress(Exception):
+                    run.stop_following()
+            partial = run.result if run is not None else BulkResult()
+            committed = partial.added + partial.updated + partial.removed + partial.unchanged
+            self._record_bulk_load(
+                set_name, caller, strict, partial, bool(committed), exc, status_of
+            )
+            raise
+        written = not (strict and result.rejected_count)  # strict: nothing if a row is bad
+        self._record_bulk_load(set_name, caller, strict, result, written)
+        return result
+
+    def _record_bulk_load(
+        self,
+        set_name: str,
+        caller: str,
+        strict: bool,
+        result: BulkResult,
+        written: bool,
+        exc: BaseException | None = None,
+        status_of: Callable[[BaseException], str] = status_name,
+    ) -> None:
+        # The load's own answer or error stands even if its record cannot be
+        # written (what it committed is in the store either way): logged.
+        try:
+            detail = {
+                "set": set_name[:1000],
+                "strict": strict,
+                "rows": result.rows,
+                "added": result.added,
+                "updated": result.updated,
+                "removed": result.removed,
+                "unchanged": result.unchanged,
+                "rejected": result.rejected_count,
+                "written": written,
+            }
+            if exc is None:
+                self.record_action("BulkLoad", caller, detail)
+            else:
+                self.record_action("BulkLoad", caller, detail, status_of(exc), str(exc))
+        except Exception:
+            log.exception("the history record of a bulk load into %s failed", quoted(set_name))
 
     def _query_signals(self, query: MatchQuery) -> tuple[str, list[Signal], tuple[str, ...]]:
         if query.media is not None and query.signal_type:

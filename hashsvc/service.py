@@ -29,16 +29,25 @@ _END, _TOO_MANY = object(), object()  # MatchBatch queue markers
 CALLER: contextvars.ContextVar = contextvars.ContextVar("caller")
 
 
+def _status_of(context: grpc.ServicerContext, exc: BaseException) -> str:
+    """The status code name a call that raised `exc` ends with."""
+    if context.code() is not None:
+        return context.code().name  # the handler called context.abort()
+    if isinstance(exc, grpc.RpcError) and not context.is_active():
+        # grpc's request iterator raises a bare RpcError once the client has
+        # cancelled or gone away (e.g. `hashsvc load` interrupted)
+        return "CANCELLED"
+    return status_name(exc)
+
+
 def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     if context.code() is not None:
         raise exc  # the handler called context.abort(): its status stands
-    if isinstance(exc, grpc.RpcError) and not context.is_active():
-        # grpc's request iterator raises a bare RpcError once the client has
-        # cancelled or gone away (e.g. `hashsvc load` interrupted): no
-        # internal error, and what was committed stays (a rerun completes it)
+    code = _status_of(context, exc)
+    if code == "CANCELLED":
+        # no internal error, and what was committed stays (a rerun completes it)
         log.info("the client cancelled the call")
         context.abort(grpc.StatusCode.CANCELLED, "the client cancelled the call")
-    code = status_name(exc)
     if code == "INTERNAL":
         log.exception("internal error", exc_info=exc)
         context.abort(grpc.StatusCode.INTERNAL, "internal error (logged on the server)")
@@ -353,9 +362,12 @@ class CurationServicer(pb_grpc.CurationServicer):
     @rpc
     def BulkLoad(self, request_iterator, context):  # noqa: N802
         header, batches = bulk_pb.header_and_batches(request_iterator)
-        hash_set = self.curation.get_set(header.set)
-        result = bulk.load(
-            self.core.store, self.core.live, hash_set.id, caller_name(), batches, header.strict
+        result = self.core.bulk_load(
+            header.set,
+            caller_name(),
+            batches,
+            header.strict,
+            status_of=functools.partial(_status_of, context),
         )
         return bulk_pb.response(result, header.strict)
 
