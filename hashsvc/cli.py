@@ -24,7 +24,6 @@ from hashsvc.client import (
     Client,
     bytes_chunks,
     file_chunks,
-    file_sha256,
 )
 from hashsvc.config import PdqPolicy
 from hashsvc.errors import HashsvcError
@@ -160,8 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = client_command(
         "add",
         cmd_add,
-        "Add media files, directories (recursively; entries named by relative path, "
-        "those already in the set skipped) or hashes to a set as known entries.",
+        "Add media files, directories or hashes to a set as known entries. A directory "
+        "is walked recursively: entries are named by relative path; files the set "
+        "already holds (same SHA-256) and files that are not media are skipped, so a "
+        "rerun resumes; a changed file whose name is taken is added as NAME@SHA256 "
+        "(first 12 hex digits), keeping the old entry.",
     )
     p.add_argument("--set", required=True, dest="set_name")
     p.add_argument("--label", action="append", default=[], metavar="K=V")
@@ -170,8 +172,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--hash", action="append", default=[], metavar="TYPE:HEX", help="add a precomputed hash"
     )
     p.add_argument("files", nargs="*", metavar="FILE|DIR")
-    p.add_argument("--parallel", type=int, default=4, help="uploads in flight (default 4)")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument(
+        "--parallel",
+        type=int,
+        metavar="N",
+        help="uploads in flight (default: one per core of this machine, "
+        f"{os.cpu_count() or 1}). The server hashes them on its worker processes (`workers`, "
+        "default one per server core), each upload holding one of its `grpc_threads` (default "
+        "16, shared with Match) until hashed: for a server on another machine give its worker "
+        "count; on a server that also matches live uploads, stay below grpc_threads",
+    )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress line (there is none either when stderr is not a terminal)",
+    )
     p.add_argument("--json", action="store_true")
 
     p = client_command("remove", cmd_remove, "Remove entries from a set (stop matching at once).")
@@ -525,19 +540,17 @@ def _each_item(items: list, label_of, call, show, as_json: bool) -> int:
     return EXIT_FAILED if failures else EXIT_OK
 
 
-_ALREADY_KNOWN = object()
+def _send_entry(client: Client, req: pb.AddEntryRequest, path: str) -> pb.Entry:
+    """AddEntry with the file's bytes, or AddEntryUpload for a large file."""
+    if os.path.getsize(path) > STREAM_ABOVE_BYTES:
+        return client.add_entry_upload(req, file_chunks(path))
+    req.media.content = _read(path)
+    req.media.filename = os.path.basename(path)
+    return client.curation.AddEntry(req, metadata=client.metadata)
 
 
-def _known_by_sha256(client: Client, set_name: str, sha256_hex: str) -> bool:
-    """Whether the set already holds a file with these exact bytes (under any name)."""
-    found = client.curation.FindEntries(
-        pb.FindEntriesRequest(
-            set=set_name,
-            signal=pb.SignalValue(signal_type="sha256", value=sha256_hex),
-        ),
-        metadata=client.metadata,
-    )
-    return bool(found.entries)
+# How many files skipped as not media the summary names (--json lists all).
+_NOT_MEDIA_SHOWN = 5
 
 
 def cmd_add(args) -> int:
@@ -545,69 +558,100 @@ def cmd_add(args) -> int:
 
     if not args.files and not args.hash:
         raise UsageError("give files or directories to add, or --hash TYPE:HEX")
+    if args.parallel is not None and args.parallel < 1:
+        raise UsageError("--parallel must be at least 1")
     files = ingest.media_files(args.files)
     if args.name and len(files) + len(args.hash) != 1:
         raise UsageError("--name needs exactly one file or hash")
     labels = _labels(args.label)
     items: list = [*files, *args.hash]
-    counts = {"added": 0, "skipped": 0, "failed": 0}
+    counts = {"added": 0, "skipped": 0, "not_media": 0, "renamed": 0, "failed": 0}
+    not_media: list[str] = []
     unreachable = False
 
     def add(item):
         req = pb.AddEntryRequest(set=args.set_name, labels=labels)
         if isinstance(item, ingest.MediaFile):
-            if item.from_directory and _known_by_sha256(
-                client, args.set_name, file_sha256(item.path)
-            ):
-                return _ALREADY_KNOWN
             req.name = args.name or item.entry_name
-            if os.path.getsize(item.path) > STREAM_ABOVE_BYTES:
-                return client.add_entry_upload(req, file_chunks(item.path))
-            req.media.content = _read(item.path)
-            req.media.filename = os.path.basename(item.path)
-        else:
-            req.signal.CopyFrom(_parse_hash_arg(item))
-            req.name = args.name or item.partition(":")[2].strip()
-        return client.curation.AddEntry(req, metadata=client.metadata)
+            if item.from_directory:
+                return walk.add(item, req)
+            return ingest.Added(_send_entry(client, req, item.path))
+        req.signal.CopyFrom(_parse_hash_arg(item))
+        req.name = args.name or item.partition(":")[2].strip()
+        return ingest.Added(client.curation.AddEntry(req, metadata=client.metadata))
 
     def report(item, result):
         nonlocal unreachable
         label = item.path if isinstance(item, ingest.MediaFile) else item
-        already = result is _ALREADY_KNOWN or (
-            isinstance(result, grpc.RpcError)
-            and result.code() == grpc.StatusCode.ALREADY_EXISTS
-            and isinstance(item, ingest.MediaFile)
-            and item.from_directory
-        )
-        if already:
-            counts["skipped"] += 1
+        if isinstance(result, ingest.Skipped):
+            if result.reason == ingest.NOT_MEDIA:
+                counts["not_media"] += 1
+                not_media.append(label)
+            else:
+                counts["skipped"] += 1
             if args.json:
-                _print_json({"file": label, "entry": item.entry_name, "status": "skipped"})
+                row = {"file": label, "entry": item.entry_name, "status": "skipped"}
+                row["reason"] = result.reason
+                if result.same_as:
+                    row["same_as"] = result.same_as
+                _print_json(row)
+        elif isinstance(result, ingest.Added):
+            counts["added"] += 1
+            entry = result.entry
+            if result.name_in_use:
+                counts["renamed"] += 1
+                progress.clear()
+                print(
+                    f"hashsvc: {label}: the entry {result.name_in_use} in {args.set_name} holds"
+                    f" other content (the file changed?); added as {entry.name}, the old"
+                    " entry kept",
+                    file=sys.stderr,
+                )
+            if args.json:
+                row = {"file": label, "status": "added", **entry_json(entry)}
+                if result.name_in_use:
+                    row["name_in_use"] = result.name_in_use
+                _print_json(row)
+            elif len(items) == 1 or args.quiet or not sys.stderr.isatty():
+                print(f"added {entry.name} to {args.set_name}")
         elif isinstance(result, (OSError, grpc.RpcError)):
             counts["failed"] += 1
             unreachable = unreachable or _unreachable(result)
+            progress.clear()
             _report_item_error(label, result, args.json)
-        elif isinstance(result, Exception):
-            raise result
         else:
-            counts["added"] += 1
-            if args.json:
-                _print_json({"file": label, "status": "added", **entry_json(result)})
-            elif len(items) == 1 or args.quiet or not sys.stderr.isatty():
-                print(f"added {result.name} to {args.set_name}")
+            raise result
 
     progress = ingest.Progress(len(items), enabled=sys.stderr.isatty() and not args.quiet)
+    parallel = args.parallel or ingest.default_parallel()
     with _client(args) as client:
-        ingest.run_parallel(items, add, report, args.parallel, progress)
-    if len(items) > 1 and not args.json:
-        print(
-            f"{counts['added']} added, {counts['skipped']} already in the set,"
-            f" {counts['failed']} failed",
-            file=sys.stderr,
+        walk = ingest.DirectoryIngest(
+            client, args.set_name, lambda req, path: _send_entry(client, req, path)
         )
+        ingest.run_parallel(items, add, report, parallel, progress)
+    walked = any(f.from_directory for f in files) or not items
+    if (len(items) > 1 or walked) and not args.json:
+        _print_add_summary(counts, not_media)
     if unreachable:
         return EXIT_UNREACHABLE
     return EXIT_FAILED if counts["failed"] else EXIT_OK
+
+
+def _print_add_summary(counts: dict[str, int], not_media: list[str]) -> None:
+    renamed = counts["renamed"]
+    added = f"{counts['added']} added"
+    if renamed:
+        added += f" ({renamed} as NAME@SHA256: their name held other content)"
+    print(
+        f"{added}, {counts['skipped']} already in the set,"
+        f" {counts['not_media']} not media (skipped), {counts['failed']} failed",
+        file=sys.stderr,
+    )
+    if not_media:
+        shown = ", ".join(sorted(not_media)[:_NOT_MEDIA_SHOWN])
+        more = len(not_media) - _NOT_MEDIA_SHOWN
+        tail = f" and {more} more (--json lists every file)" if more > 0 else ""
+        print(f"not media: {shown}{tail}", file=sys.stderr)
 
 
 def cmd_remove(args) -> int:

@@ -1,8 +1,14 @@
 """Adding many files: walk directories, add in parallel, show progress.
 
 Entries found by walking a directory are named by their path relative to it
-(so `a/x.jpg` and `b/x.jpg` stay apart); one that is already in the set is
-skipped, which makes an interrupted ingest resumable by running it again.
+(so `a/x.jpg` and `b/x.jpg` stay apart). A file whose bytes the set already
+holds (same SHA-256, under any name) is skipped, which makes an interrupted
+ingest resumable by running it again. A file whose name is taken by other
+content (the file was changed since it was added) is added under its name
+with its SHA-256 appended: the old entry stays, as the old content may still
+circulate, and the operator is told. Files that no reader knows (notes,
+Thumbs.db) are skipped and counted, not failed: an archive holds such files,
+and an ingest that fails on every rerun is no longer resumable.
 """
 
 from __future__ import annotations
@@ -15,12 +21,44 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import grpc
+
+from hashsvc.client import Client, file_sha256
+from hashsvc.media import sniff
+from hashsvc.v1 import hashsvc_pb2 as pb
+from hashsvc.validation import MAX_ENTRY_NAME
+
+# Why a file was not added (the `reason` of a skipped file in `add --json`).
+ALREADY_IN_SET = "already_in_set"
+DUPLICATE = "duplicate"  # the same bytes as another file of this run
+NOT_MEDIA = "not_media"
+# Hex digits of the SHA-256 appended to a name taken by other content.
+RENAME_DIGITS = 12
+
 
 @dataclass(frozen=True)
 class MediaFile:
     path: str
     entry_name: str
     from_directory: bool
+
+
+@dataclass(frozen=True)
+class Added:
+    entry: pb.Entry
+    # Set when the file's own name was held by an entry with other content.
+    name_in_use: str = ""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    reason: str
+    same_as: str = ""  # DUPLICATE: the file of this run with the same bytes
+
+
+def default_parallel() -> int:
+    """Uploads in flight by default: one per core of this machine."""
+    return os.cpu_count() or 1
 
 
 def media_files(paths: Iterable[str]) -> list[MediaFile]:
@@ -40,6 +78,80 @@ def media_files(paths: Iterable[str]) -> list[MediaFile]:
         else:
             found.append(MediaFile(path, os.path.basename(path), False))
     return found
+
+
+def is_media(path: str) -> bool:
+    """Whether a reader of the server knows the file's format (the server's
+    own sniffer, on the first bytes; empty files are not media)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    return bool(head) and bool(sniff.sniff(head))
+
+
+def renamed(name: str, sha256_hex: str) -> str:
+    """The name for a file whose own name is held by other content."""
+    suffix = f"@{sha256_hex[:RENAME_DIGITS]}"
+    return name[: MAX_ENTRY_NAME - len(suffix)] + suffix
+
+
+class DirectoryIngest:
+    """Adds the files of a directory walk to one set, deciding per file:
+    add, skip (known bytes, duplicate, not media) or add under a new name."""
+
+    def __init__(
+        self,
+        client: Client,
+        set_name: str,
+        send: Callable[[pb.AddEntryRequest, str], pb.Entry],
+    ) -> None:
+        self.client = client
+        self.set_name = set_name
+        self.send = send  # (request without content, path) -> the added entry
+        self._claimed: dict[str, str] = {}  # SHA-256 -> first file of this run
+        self._lock = threading.Lock()
+
+    def add(self, item: MediaFile, req: pb.AddEntryRequest) -> Added | Skipped:
+        if not is_media(item.path):
+            return Skipped(NOT_MEDIA)
+        sha256_hex = file_sha256(item.path)
+        with self._lock:
+            first = self._claimed.setdefault(sha256_hex, item.path)
+        if first != item.path:
+            return Skipped(DUPLICATE, same_as=first)
+        if self.known(sha256_hex):
+            return Skipped(ALREADY_IN_SET)
+        try:
+            return Added(self.send(req, item.path))
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+        # The name is taken. By these bytes, added meanwhile by another
+        # ingest? Otherwise by other content: keep both.
+        if self.known(sha256_hex):
+            return Skipped(ALREADY_IN_SET)
+        own_name = req.name
+        req.name = renamed(own_name, sha256_hex)
+        return Added(self.send(req, item.path), name_in_use=own_name)
+
+    def known(self, sha256_hex: str) -> bool:
+        """Whether the set already holds a file with these exact bytes (under any name)."""
+        found = self.client.curation.FindEntries(
+            pb.FindEntriesRequest(
+                set=self.set_name,
+                signal=pb.SignalValue(signal_type="sha256", value=sha256_hex),
+            ),
+            metadata=self.client.metadata,
+        )
+        return bool(found.entries)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
 
 
 class Progress:
@@ -62,9 +174,17 @@ class Progress:
                 rate = self.done / max(now - self.started, 1e-6)
                 eta = (self.total - self.done) / rate if rate else 0
                 sys.stderr.write(
-                    f"\r{self.done}/{self.total} files  {rate:.1f}/s  ETA {eta:.0f}s   "
+                    f"\r{self.done}/{self.total} files  {rate:.1f}/s  ETA {_duration(eta)}   "
                 )
                 sys.stderr.flush()
+
+    def clear(self) -> None:
+        """Clears the progress line so that a message can be written on stderr
+        (the next step draws it again)."""
+        with self._lock:
+            if self.enabled and self._last_draw:
+                sys.stderr.write("\r\x1b[K")
+                self._last_draw = 0.0
 
     def finish(self) -> None:
         if self.enabled and self.total:
