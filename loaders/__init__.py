@@ -112,6 +112,6 @@ def _format(fmt: str):
 
 
 def vpdq_file_name(entry: str) -> str:
-    """A safe file name for one video entry's vPDQ file."""
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in entry).strip(".")
-    return f"{safe or 'entry'}.txt"
+    """The file name of one video entry's vPDQ file: distinct for distinct
+    entries, and read back as the entry's name (see vpdq.file_name)."""
+    return vpdq.file_name(entry)

@@ -1,6 +1,8 @@
 """CSV and TSV with a header row:
 `signal_type,signal_value[,entry][,labels][,quality][,variant][,position][,deleted]`
-(labels as `key=value;key=value`). Columns may come in any order; others are ignored."""
+(labels as `key=value;key=value`, or a JSON object `{"key": "value"}` when a
+value holds a `;` or spaces at either end: see records.parse_labels). Columns
+may come in any order; others are ignored."""
 
 from __future__ import annotations
 
@@ -166,11 +168,12 @@ def write(stream: TextIO, records: Iterable[Record], delimiter: str = ",") -> in
             [
                 rec.signal_type,
                 rec.signal_value.hex(),
-                rec.entry,
+                r.exported_entry(rec),
                 r.format_labels(rec.labels or {}),
                 "" if rec.quality is None else rec.quality,
                 rec.variant,
-                "" if rec.position is None else f"{rec.position:g}",
+                # repr: the shortest text that reads back as the same float
+                "" if rec.position is None else repr(float(rec.position)),
                 "true" if rec.deleted else "",
             ]
         )

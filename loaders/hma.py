@@ -4,8 +4,11 @@
 Tags become labels: `group:ISIS` -> group=ISIS (the GIFCT hash-sharing
 database's `key:value` tags); bare tags are kept together in the label `tags`
 (space-separated); collab and category become labels of those names. Optional
-`entry` and `deleted` columns carry external ids and tombstones, which the
-threatexchange format itself cannot say.
+`entry`, `labels` and `deleted` columns carry external ids, labels and
+tombstones, which the threatexchange format itself cannot say: the writer puts
+a label in `labels` (the CSV's label text) only when no tag or column gives it
+back exactly (an empty value, a space other than ' ', a `tags` label that is
+not sorted distinct words, a collab with spaces at an end).
 """
 
 from __future__ import annotations
@@ -17,7 +20,16 @@ from typing import TextIO
 from loaders import records as r
 from loaders.records import Record, Rejected
 
-HEADER = ["signal_type", "signal_str", "collab", "category", "tags", "entry", "deleted"]
+HEADER = [
+    "signal_type",
+    "signal_str",
+    "collab",
+    "category",
+    "tags",
+    "entry",
+    "labels",
+    "deleted",
+]
 _TAG_SPLIT = re.compile(r"[\s,;]+")
 # Labels with their own column (everything else travels as a tag).
 _COLUMN_LABELS = ("collab", "category")
@@ -70,6 +82,7 @@ def read(stream: TextIO, source: str = "") -> Iterator[Record | Rejected]:
 
 def _record(line: int, cell) -> Record:
     labels = tags_to_labels(cell("tags"))
+    labels.update(r.parse_labels(cell("labels")))
     for name in _COLUMN_LABELS:
         if cell(name):
             labels[name] = cell(name)
@@ -89,12 +102,20 @@ def write(stream: TextIO, records: Iterable[Record]) -> int:
 
 def _row(rec: Record) -> list[str]:
     labels = rec.labels or {}
+    columns = {k: v for k, v in labels.items() if k in _COLUMN_LABELS and r.fits_cell(v)}
+    tagged = {
+        k: v
+        for k, v in labels.items()
+        if k not in _COLUMN_LABELS and tags_to_labels(labels_to_tags({k: v})) == {k: v}
+    }
+    rest = {k: v for k, v in labels.items() if k not in columns and k not in tagged}
     return [
         rec.signal_type,
         rec.signal_value.hex(),
-        labels.get("collab", ""),
-        labels.get("category", ""),
-        labels_to_tags(labels),
-        rec.entry,
+        columns.get("collab", ""),
+        columns.get("category", ""),
+        labels_to_tags(tagged),
+        r.exported_entry(rec),
+        r.format_labels(rest),
         "true" if rec.deleted else "",
     ]

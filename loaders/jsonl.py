@@ -62,7 +62,7 @@ def write(stream: TextIO, records: Iterable[Record]) -> int:
         obj = {
             "signal_type": rec.signal_type,
             "signal_value": rec.signal_value.hex(),
-            "entry": rec.entry,
+            "entry": r.exported_entry(rec),
             "labels": rec.labels or {},
             "quality": rec.quality,
         }

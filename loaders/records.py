@@ -115,8 +115,18 @@ def signal_value(kind: str, text: str) -> bytes:
 
 @lru_cache(maxsize=4096)
 def parse_labels(text: str) -> dict[str, str]:
-    """`key=value;key=value` -> dict (cached: a file repeats the same few;
-    callers must not change the dict they get)."""
+    """`key=value;key=value` -> dict, or a JSON object of strings when the
+    text starts with `{` (cached: a file repeats the same few; callers must
+    not change the dict they get).
+
+    The JSON form carries what the plain one cannot: a `;` in a value, or
+    spaces at either end (plain values are stripped). It takes nothing from
+    the plain form: a key starts with a letter, so text starting with `{` was
+    never valid, and every text that loaded before reads the same (a
+    backslash is an ordinary character, an `=` after the first belongs to
+    the value)."""
+    if text.lstrip().startswith("{"):
+        return _json_labels(text.strip())
     out: dict[str, str] = {}
     for pair in text.split(";"):
         if not pair.strip():
@@ -128,6 +138,16 @@ def parse_labels(text: str) -> dict[str, str]:
     return checked_labels(out)
 
 
+def _json_labels(text: str) -> dict[str, str]:
+    try:
+        values = json.loads(text)
+    except ValueError as exc:
+        raise RowError(f"labels {quoted(text)} are not a JSON object: {exc.msg}") from None
+    if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
+        raise RowError(f"labels {quoted(text)} are not a JSON object of strings")
+    return checked_labels(values)
+
+
 def checked_labels(values: dict[str, str]) -> dict[str, str]:
     try:
         return validation.labels(values)
@@ -136,7 +156,32 @@ def checked_labels(values: dict[str, str]) -> dict[str, str]:
 
 
 def format_labels(labels: dict[str, str]) -> str:
-    return ";".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    """The text parse_labels reads back as these labels: `key=value;...`, or
+    the JSON object when a value would not survive that."""
+    if all(";" not in v and v == v.strip() for v in labels.values()):
+        return ";".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    return json.dumps(labels, sort_keys=True, ensure_ascii=False)
+
+
+def fits_cell(value: str) -> bool:
+    """Whether a value reads back as itself from a cell of its own (readers
+    strip cells, and an empty cell says nothing)."""
+    return bool(value) and value == value.strip()
+
+
+def exported_entry(rec: Record) -> str:
+    """A written row's entry cell. An entry named after the row's signal
+    (`kind:hex`, see Record.entry_name) whose name is longer than an entry
+    name may be (a long Chromaprint fingerprint's) is written without it:
+    reading the row names it so again, while the name itself would be
+    refused. A shorter name is written as it is."""
+    if (
+        len(rec.entry) > validation.MAX_ENTRY_NAME
+        and rec.signal_value
+        and rec.entry == f"{rec.signal_type}:{rec.signal_value.hex()}"
+    ):
+        return ""
+    return rec.entry
 
 
 def entry_name(text: str) -> str:

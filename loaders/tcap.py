@@ -46,13 +46,16 @@ def write(stream: TextIO, records: Iterable[Record]) -> int:
 
 def _row(rec: Record) -> list[str]:
     labels = rec.labels or {}
-    rest = {k: v for k, v in labels.items() if k not in _COLUMN_LABELS}
+    # ideology and file_type go in their columns when a cell gives them back
+    # (not empty, no spaces at either end), else in labels with the rest
+    columns = {k: v for k, v in labels.items() if k in _COLUMN_LABELS and r.fits_cell(v)}
+    rest = {k: v for k, v in labels.items() if k not in columns}
     return [
         rec.signal_value.hex(),
         _ALGORITHM_OUT.get(rec.signal_type, rec.signal_type.upper()),
-        labels.get("ideology", ""),
-        labels.get("file_type", ""),
-        rec.entry,
+        columns.get("ideology", ""),
+        columns.get("file_type", ""),
+        r.exported_entry(rec),
         r.format_labels(rest),
         "true" if rec.deleted else "",
     ]

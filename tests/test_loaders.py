@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import io
 import os
+import random
 from pathlib import Path
 
 import pytest
 
 import loaders
-from loaders import hma
+from loaders import hma, records, vpdq
 from loaders.records import Record, Rejected
 
 PDQ = "f" * 64
@@ -204,3 +205,195 @@ def test_plain_block_with_a_spaced_or_non_hex_value_goes_row_by_row():
         blocks = list(loaders.read_blocks(io.StringIO(text), "csv", "f.csv", block_rows=10))
         assert [type(b) for b in blocks] == [Record] * 3 + [Rejected], bad
         assert blocks[3].line == 5
+
+
+# Label values the key=value;... text cannot hold as they are, from HMA tags
+# (%3B is a ';') and JSON lines, where labels are an object.
+TRICKY_LABELS = {
+    "group": "Al Qaeda; x",
+    "outlet": " Amaq ",
+    "note": "a=b;c=d",
+    "path": "C:\\x\\;y\\",
+    "quote": 'say "hi", ok',
+    "json": '{"a": "b"}',
+    "empty": "",
+    "nbsp": "Al\u00a0Qaeda",
+    "percent": "100%3B %25",
+    "colon": "x:y",
+    "ar": "الدولة الإسلامية",
+    "tags": "video b a",
+    "collab": " GIFCT",
+    "category": "",
+    "ideology": "Islamist; Salafi",
+    "file_type": " image",
+}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "hma", "tcap"])
+@pytest.mark.parametrize(
+    "labels",
+    [
+        TRICKY_LABELS,
+        {"group": "Al Qaeda; x"},
+        {"tags": "propaganda video", "group": "ISIS", "collab": "GIFCT"},
+        {"ideology": "", "file_type": "video"},
+        {"a": "x\\"},
+    ],
+    ids=["all", "semicolon", "gifct", "empty-column", "backslash-end"],
+)
+def test_any_label_text_round_trips_through_every_writer(fmt, labels):
+    records = [
+        Record("pdq", bytes.fromhex(PDQ), "a", labels),
+        Record("md5", bytes.fromhex(MD5), "a", labels, deleted=True),
+    ]
+    out = io.StringIO()
+    loaders.write(out, records, fmt)
+    back, bad = read(out.getvalue(), fmt)
+    assert not bad
+    assert [r.labels for r in back] == [labels, labels]
+
+
+def test_hma_tags_survive_every_format_and_back():
+    tags = "group:Al%20Qaeda%3B%20x outlet:%20Amaq group2:a:b propaganda,video;new :odd"
+    hma_file = f'signal_type,signal_str,collab,category,tags\npdq,{PDQ},GIFCT,terrorism,"{tags}"\n'
+    (first,), bad = read(hma_file, "hma")
+    assert not bad
+    assert first.labels == {
+        "group": "Al Qaeda; x",
+        "outlet": " Amaq",
+        "group2": "a:b",
+        "tags": ":odd new propaganda video",
+        "collab": "GIFCT",
+        "category": "terrorism",
+    }
+    for fmt in ("csv", "tsv", "jsonl", "tcap", "hma"):
+        out = io.StringIO()
+        loaders.write(out, [first], fmt)
+        (again,), bad = read(out.getvalue(), fmt)
+        assert not bad and again.labels == first.labels, fmt
+    out = io.StringIO()
+    loaders.write(out, [first], "hma")
+    assert out.getvalue().splitlines()[1].endswith(",,")  # all in tags and columns: no labels
+
+
+def _old_parse_labels(text: str) -> dict[str, str]:
+    """parse_labels before the JSON form (raises ValueError where it refused)."""
+    out = {}
+    for pair in text.split(";"):
+        if not pair.strip():
+            continue
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(pair)
+        out[key.strip()] = value.strip()
+    return records.checked_labels(out)
+
+
+def test_label_text_that_loaded_before_reads_the_same():
+    for text, want in [
+        ("group=ISIS;outlet=Amaq", {"group": "ISIS", "outlet": "Amaq"}),
+        ("path=C:\\dir;b=x\\\\y", {"path": "C:\\dir", "b": "x\\\\y"}),
+        ("a=x\\;b=y", {"a": "x\\", "b": "y"}),  # a backslash escapes nothing
+        (" a = b=c ; ;", {"a": "b=c"}),
+        ("a=", {"a": ""}),
+        ("a={x}", {"a": "{x}"}),
+    ]:
+        assert records.parse_labels(text) == want == _old_parse_labels(text)
+    # and every text of these characters that loaded before still does, the same
+    rng = random.Random(7)
+    loaded = 0
+    for _ in range(20_000):
+        text = "".join(rng.choice('ab=; \\{}":') for _ in range(rng.randint(0, 12)))
+        try:
+            before = _old_parse_labels(text)
+        except (ValueError, records.RowError):
+            continue
+        loaded += 1
+        assert records.parse_labels(text) == before, text
+    assert loaded > 1000
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("novalue", "not key=value"),
+        ("a=b;junk", "not key=value"),
+        ('{"a": 1}', "JSON object of strings"),
+        ('["a=b"]', "invalid label key"),
+        ('{"a": "b"', "not a JSON object"),
+        ('{"a": "b"} x', "not a JSON object"),
+        ('{"1bad": "x"}', "invalid label key"),
+        ('{"a": "\\n"}', "no control characters"),
+    ],
+)
+def test_malformed_label_text_is_rejected(text, reason):
+    cell = '"' + text.replace('"', '""') + '"'
+    good, bad = read(f"signal_type,signal_value,labels\npdq,{PDQ},{cell}\n", "csv")
+    assert not good and reason in bad[0].reason
+
+
+def test_label_text_stays_key_value_unless_a_value_needs_json():
+    assert records.format_labels({"b": "x y", "a": "C:\\x", "c": "p=q"}) == "a=C:\\x;b=x y;c=p=q"
+    assert records.format_labels({"a": "x;y"}) == '{"a": "x;y"}'
+    assert records.format_labels({"a": " x"}) == '{"a": " x"}'
+
+
+LONG_PRINT = bytes(range(256)) * 2  # 128 Chromaprint elements: a 1,036-character auto-name
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "hma", "tcap"])
+def test_auto_named_entry_with_a_long_value_round_trips(fmt):
+    auto = f"chromaprint:{LONG_PRINT.hex()}"
+    records_out = [
+        Record("chromaprint", LONG_PRINT, auto, {"group": "ISIS"}),
+        Record("chromaprint", LONG_PRINT[:-4], auto[:-8], {}, deleted=True),
+        Record("pdq", bytes.fromhex(PDQ), f"pdq:{PDQ}", {}),  # short: written as it is
+    ]
+    assert len(auto) > 512
+    out = io.StringIO()
+    loaders.write(out, records_out, fmt)
+    back, bad = read(out.getvalue(), fmt)
+    assert not bad
+    assert [(r.entry_name, r.deleted) for r in back] == [
+        (auto, False),
+        (auto[:-8], True),
+        (f"pdq:{PDQ}", False),
+    ]
+    assert back[2].entry == f"pdq:{PDQ}"
+
+
+def test_vpdq_file_names_are_distinct_and_give_the_entry_name_back(tmp_path):
+    names = [
+        "2015/clip.mp4",
+        "2015_clip.mp4",
+        "2015 clip.mp4",
+        "2015%2Fclip.mp4",
+        "release.mp4",
+        ".hidden",
+        "..",
+        "a~b",
+        "إصدار ١.mp4",
+        "x" * 500 + "/1",
+        "x" * 500 + "/2",
+    ]
+    files = [loaders.vpdq_file_name(n) for n in names]
+    assert len(set(files)) == len(names)
+    assert files[0] == "2015%2Fclip.mp4.txt" and files[4] == "release.mp4.txt"
+    for name, file in zip(names, files, strict=True):
+        assert len(file.encode()) <= 255 and "/" not in file and not file.startswith(".")
+        frame = Record("pdq", bytes.fromhex(PDQ), name, None, variant="frame:0", position=0.0)
+        with open(tmp_path / file, "w", encoding="utf-8") as f:
+            loaders.write(f, [frame], "vpdq")
+        (back,) = loaders.read_path(str(tmp_path / file), "vpdq")
+        if len(name) < 500:
+            assert back.entry == name
+        else:  # too long for a file name: cut, with a hash of the whole
+            assert back.entry.startswith("x" * 100) and "~" in back.entry
+    assert len(os.listdir(tmp_path)) == len(names)
+
+
+def test_vpdq_file_name_with_a_percent_that_decodes_to_no_name_is_kept():
+    assert vpdq.entry_for("/x/clip%0A.txt") == "clip%0A"  # a control character
+    assert vpdq.entry_for("/x/clip%ff.txt") == "clip%ff"  # not UTF-8
+    assert vpdq.entry_for("/x/100%.txt") == "100%"
+    assert vpdq.entry_for("/x/release.mp4.txt") == "release.mp4"
