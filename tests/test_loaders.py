@@ -397,3 +397,58 @@ def test_vpdq_file_name_with_a_percent_that_decodes_to_no_name_is_kept():
     assert vpdq.entry_for("/x/clip%ff.txt") == "clip%ff"  # not UTF-8
     assert vpdq.entry_for("/x/100%.txt") == "100%"
     assert vpdq.entry_for("/x/release.mp4.txt") == "release.mp4"
+
+
+def _te_vpdq(frames) -> str:
+    """A vpdq signal_str as python-threatexchange writes it (VpdqCompactFeature:
+    seconds with three significant digits)."""
+    import json
+
+    return json.dumps([f"{h},{q},{t:.3}" for h, q, t in frames])
+
+
+def test_hma_vpdq_rows_are_videos_and_are_written_back_as_one_row():
+    import csv
+    import json
+
+    video = [(PDQ, 100, 0.0), ("f" * 64, 87, 1.0), ("e" * 64, 12, 2.5)]
+    text = "signal_type,signal_str,collab,category,tags\n" + "".join(
+        f'vpdq,"{_te_vpdq(frames).replace(chr(34), chr(34) * 2)}",GIFCT,terrorism,group:ISIS\n'
+        for frames in (video, video[:2])
+    )
+    good, bad = read(text + 'vpdq,"[]",,,\n' + f'vpdq,"[""{PDQ},101,0""]",,,\n', "hma")
+    assert [(r.line, r.reason) for r in bad] == [
+        (4, "vpdq signal_str must be a non-empty JSON list of frames"),
+        (5, "vpdq frame 0: quality must be within 0..100"),
+    ]
+    first = [g for g in good if g.line == 2]
+    assert [(g.signal_type, g.signal_value.hex(), g.quality, g.variant, g.position)
+            for g in first] == [("pdq", h, q, f"frame:{n}", t)
+                                for n, (h, q, t) in enumerate(video)]  # fmt: skip
+    names = {g.line: g.entry_name for g in good}
+    assert names[2].startswith("vpdq:") and names[3].startswith("vpdq:")
+    assert names[2] != names[3]  # another video
+    assert read(text, "hma")[0][0].entry_name == names[2]  # the same on every load
+    assert first[0].labels["group"] == "ISIS" and first[0].labels["collab"] == "GIFCT"
+
+    # written back: one vpdq row a video, which reads back the same
+    out = io.StringIO()
+    assert loaders.write(out, good, "hma") == 2
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert [row["signal_type"] for row in rows] == ["vpdq", "vpdq"]
+    assert json.loads(rows[0]["signal_str"])[1] == f"{'f' * 64},87,1.000"
+    again, bad = read(out.getvalue(), "hma")
+    assert bad == [] and [
+        (g.entry_name, g.signal_value, g.quality, g.variant, g.position, g.labels) for g in again
+    ] == [(g.entry_name, g.signal_value, g.quality, g.variant, g.position, g.labels) for g in good]
+
+    # a tombstone of a video by its frames or by its name
+    gone, bad = read(
+        "signal_type,signal_str,entry,deleted\n"
+        f'vpdq,"{_te_vpdq(video).replace(chr(34), chr(34) * 2)}",,true\nvpdq,,clip-7,true\n',
+        "hma",
+    )
+    assert bad == [] and [(g.entry_name, g.deleted, g.signal_value) for g in gone] == [
+        (names[2], True, b""),
+        ("clip-7", True, b""),
+    ]

@@ -143,3 +143,30 @@ def test_vpdq_export_writes_a_file_per_video_and_names_come_back(run, tmp_path):
     summary = _load(run, "videos", *files)
     assert (summary["added"], summary["updated"], summary["unchanged"]) == (0, 0, 3)
     assert _contents(run, "videos") == want
+
+
+def test_videos_round_trip_through_hma_as_vpdq_rows(run, tmp_path):
+    """A video goes out to an HMA export as one `vpdq` row (frames, quality,
+    seconds, as python-threatexchange writes it) and comes back the same."""
+    source = tmp_path / "videos.jsonl"
+    source.write_text(VIDEOS, encoding="utf-8")
+    run("sets", "create", "videos")
+    assert _load(run, "videos", source)["added"] == 3
+    exported = run("export", "--set", "videos", "--format", "hma")
+    assert [line.split(",")[0] for line in exported.splitlines()[1:]] == ["vpdq"] * 3
+    path = tmp_path / "export.csv"
+    path.write_text(exported, encoding="utf-8")
+    run("sets", "create", "copy")
+    assert _load(run, "copy", path)["added"] == 3
+    assert _contents(run, "copy") == _contents(run, "videos")
+    exported_rows = run("export", "--set", "copy", "--format", "jsonl").splitlines()
+    # seconds to the millisecond, as vpdq rows keep them
+    assert sorted(
+        (row["entry"], row["quality"], row["position"]) for row in map(json.loads, exported_rows)
+    ) == sorted(
+        (name, 90, round(frame / 3, 3))
+        for name in ("2015/clip.mp4", "2015_clip.mp4", "2015 clip.mp4")
+        for frame in (0, 1)
+    )
+    summary = _load(run, "videos", path)  # into the set it came from: nothing changes
+    assert (summary["added"], summary["updated"], summary["unchanged"]) == (0, 0, 3)
