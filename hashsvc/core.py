@@ -54,6 +54,11 @@ class MatchOutcome:
     notes: tuple[str, ...] = ()  # what was left out within the limits
 
 
+def call_status(exc: BaseException | None) -> str:
+    """The status code name of a call that raised `exc` (None: it did not)."""
+    return "OK" if exc is None else status_name(exc)
+
+
 class Core:
     def __init__(self, config: Config, store: Store, hashing: HashingPool) -> None:
         self.config = config
@@ -198,13 +203,16 @@ class Core:
         caller: str,
         batches: Iterable[RowBatch | PackedRows],
         strict: bool = False,
-        status_of: Callable[[BaseException], str] = status_name,
+        status_of: Callable[[BaseException | None], str] = call_status,
     ) -> BulkResult:
         """Loads the batches into the set (hashsvc/bulk.py). Every load, failed
         or not, leaves one history record: each batch commits on its own, so a
         load that failed part-way changed the set too, and its record holds
-        what was committed before it failed. `status_of` names a failure's
-        status (the gRPC layer tells a cancelled call from an internal error)."""
+        what was committed before it failed. `status_of(exception or None)`
+        names the status the call ends with: the gRPC layer knows a cancelled
+        call (grpc may end a cancelled call's request stream as if the client
+        had sent everything: the load then completes, and its client never
+        hears of it)."""
         run: BulkLoad | None = None
         try:
             hash_set = self.curation.get_set(set_name)
@@ -223,11 +231,10 @@ class Core:
             partial = run.result if run is not None else BulkResult()
             committed = partial.added + partial.updated + partial.removed + partial.unchanged
             self._record_bulk_load(
-                set_name, caller, strict, partial, bool(committed), exc, status_of
+                set_name, caller, strict, partial, bool(committed), status_of, exc
             )
             raise
-        written = not (strict and result.rejected_count)  # strict: nothing if a row is bad
-        self._record_bulk_load(set_name, caller, strict, result, written)
+        self._record_bulk_load(set_name, caller, strict, result, result.written, status_of)
         return result
 
     def _record_bulk_load(
@@ -237,8 +244,8 @@ class Core:
         strict: bool,
         result: BulkResult,
         written: bool,
+        status_of: Callable[[BaseException | None], str],
         exc: BaseException | None = None,
-        status_of: Callable[[BaseException], str] = status_name,
     ) -> None:
         # The load's own answer or error stands even if its record cannot be
         # written (what it committed is in the store either way): logged.
@@ -254,10 +261,8 @@ class Core:
                 "rejected": result.rejected_count,
                 "written": written,
             }
-            if exc is None:
-                self.record_action("BulkLoad", caller, detail)
-            else:
-                self.record_action("BulkLoad", caller, detail, status_of(exc), str(exc))
+            error = "" if exc is None else str(exc)
+            self.record_action("BulkLoad", caller, detail, status_of(exc), error)
         except Exception:
             log.exception("the history record of a bulk load into %s failed", quoted(set_name))
 

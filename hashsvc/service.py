@@ -29,15 +29,16 @@ _END, _TOO_MANY = object(), object()  # MatchBatch queue markers
 CALLER: contextvars.ContextVar = contextvars.ContextVar("caller")
 
 
-def _status_of(context: grpc.ServicerContext, exc: BaseException) -> str:
-    """The status code name a call that raised `exc` ends with."""
+def _status_of(context: grpc.ServicerContext, exc: BaseException | None) -> str:
+    """The status code name a call ends with, having raised `exc` (or None)."""
     if context.code() is not None:
         return context.code().name  # the handler called context.abort()
-    if isinstance(exc, grpc.RpcError) and not context.is_active():
+    if (exc is None or isinstance(exc, grpc.RpcError)) and not context.is_active():
         # grpc's request iterator raises a bare RpcError once the client has
-        # cancelled or gone away (e.g. `hashsvc load` interrupted)
+        # cancelled or gone away (e.g. `hashsvc load` interrupted), or ends
+        # as if the client had sent everything: no answer reaches it
         return "CANCELLED"
-    return status_name(exc)
+    return "OK" if exc is None else status_name(exc)
 
 
 def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:

@@ -118,26 +118,35 @@ def test_a_load_failing_part_way_records_what_it_committed(harness, operator):
     assert _chain_intact(harness)
 
 
-def test_a_cancelled_load_leaves_its_record(harness, operator):
+def test_a_cancelled_load_leaves_its_record(harness, operator, monkeypatch):
     stubs, metadata = operator
-    sent, release = threading.Event(), threading.Event()
+    live = harness.core.live
+    catch_up, cancelled = live.catch_up, threading.Event()
+
+    def after_the_cancel():
+        # The server is busy with the batch when the client cancels, so the
+        # next read of the stream raises (were it waiting for one, grpc might
+        # end the stream as if the client had sent everything).
+        cancelled.wait(10)
+        catch_up()
+
+    monkeypatch.setattr(live, "catch_up", after_the_cancel)
 
     def requests():
         yield _header()
         yield _labelled([os.urandom(32) for _ in range(100)])
-        sent.set()
-        release.wait(10)  # still "sending" when the client cancels
+        cancelled.wait(10)  # still "sending" when the client cancels
 
     call = stubs.curation.BulkLoad.future(requests(), metadata=metadata)
     try:
-        assert sent.wait(10)
         deadline = time.monotonic() + 10
         while _entries(harness) < 100:
             assert time.monotonic() < deadline, "the first batch was not written"
             time.sleep(0.02)
         call.cancel()
+        time.sleep(0.3)  # the server hears of it
     finally:
-        release.set()
+        cancelled.set()
     deadline = time.monotonic() + 10
     while not (records := _bulk_records(harness)):
         assert time.monotonic() < deadline, "the cancelled load left no record"
