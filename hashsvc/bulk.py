@@ -375,6 +375,16 @@ class BulkLoad:
                 self._following = _WRITERS.submit(self._follow)
             self._writing = _WRITERS.submit(self._write_plain, rows)
 
+    def abandon(self) -> None:
+        """After a failed or cancelled load: waits for the run being written
+        and the index follower, so nothing is written after the call has
+        ended (a client that reruns at once must not race the last write of
+        its failed load) and the counts are final."""
+        with contextlib.suppress(Exception):
+            self.wait_for_writer()
+        with contextlib.suppress(Exception):
+            self.stop_following()
+
     def wait_for_writer(self) -> None:
         """Until the run in flight is written; raises what its write raised."""
         writing, self._writing = self._writing, None
@@ -657,12 +667,7 @@ def load(
         for batch in batches:
             run.add_batch(batch)
     except BaseException:
-        # nothing is written after the call has ended (a client that reruns
-        # at once must not race the last write of its failed load)
-        with contextlib.suppress(Exception):
-            run.wait_for_writer()
-        with contextlib.suppress(Exception):
-            run.stop_following()
+        run.abandon()
         raise
     return run.finish()
 

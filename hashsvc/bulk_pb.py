@@ -17,13 +17,33 @@ def header_and_batches(
     if first is None or first.WhichOneof("part") != "header":
         raise InvalidArgument("BulkLoad: the first message must be the header")
 
-    def batches() -> Iterator[RowBatch]:
-        for message in request_iterator:
-            if message.WhichOneof("part") != "rows":
-                raise InvalidArgument("BulkLoad: only the first message may be a header")
-            yield rows_from_pb(message.rows)
+    header = first.header
 
-    return first.header, batches()
+    def batches() -> Iterator[RowBatch | PackedRows]:
+        received, end = 0, None
+        for message in request_iterator:
+            part = message.WhichOneof("part")
+            if end is not None:
+                raise InvalidArgument("BulkLoad: nothing may follow the end message")
+            if part == "end":
+                end = message.end
+                continue
+            if part != "rows":
+                raise InvalidArgument("BulkLoad: only the first message may be a header")
+            batch = rows_from_pb(message.rows)
+            received += len(batch)
+            yield batch
+        # Raised before a strict load writes anything (it writes at the end).
+        if end is None and header.strict:
+            raise InvalidArgument(
+                "BulkLoad: a strict load must end with an end message; nothing was written"
+            )
+        if end is not None and end.rows != received:
+            raise InvalidArgument(
+                f"BulkLoad: the end message counts {end.rows} rows, {received} arrived"
+            )
+
+    return header, batches()
 
 
 def rows_from_pb(rows: pb.BulkRows) -> RowBatch | PackedRows:

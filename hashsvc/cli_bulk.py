@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC
 
 import loaders
+from hashsvc.signals import SIGNAL_TYPES
 from hashsvc.v1 import hashsvc_pb2 as pb
 from loaders.records import EXCHANGED_VARIANTS, PlainRows, Record, Rejected
 
@@ -141,6 +142,12 @@ def read_rows(
         progress.update(rows_seen, done_chars)
 
 
+def _row_count(rows: pb.BulkRows) -> int:
+    if rows.packed_type:
+        return len(rows.packed_values) // SIGNAL_TYPES[rows.packed_type].nbytes
+    return len(rows.signal_type)
+
+
 def _to_pb(records: list[Record], source: str) -> pb.BulkRows:
     rows = pb.BulkRows(
         signal_type=[r.signal_type for r in records],
@@ -178,8 +185,11 @@ def load(client, set_name: str, paths: list[str], fmt: str, strict: bool, progre
 
     def requests() -> Iterator[pb.BulkLoadRequest]:
         yield pb.BulkLoadRequest(header=pb.BulkLoadHeader(set=set_name, strict=strict))
+        sent = 0
         for rows in batches:
+            sent += _row_count(rows)
             yield pb.BulkLoadRequest(rows=rows)
+        yield pb.BulkLoadRequest(end=pb.BulkLoadEnd(rows=sent))
 
     response = client.curation.BulkLoad(requests(), metadata=client.metadata)
     progress.finish()

@@ -4,7 +4,6 @@ network: tests build a Core and call it directly."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -222,12 +221,7 @@ class Core:
             result = run.finish()
         except BaseException as exc:  # a cancelled call is recorded too
             if run is not None:
-                # as bulk.load: nothing is written after the call has ended, and
-                # the counts are then final
-                with contextlib.suppress(Exception):
-                    run.wait_for_writer()
-                with contextlib.suppress(Exception):
-                    run.stop_following()
+                run.abandon()
             partial = run.result if run is not None else BulkResult()
             committed = partial.added + partial.updated + partial.removed + partial.unchanged
             self._record_bulk_load(

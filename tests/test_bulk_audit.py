@@ -45,6 +45,10 @@ def _labelled(values: list[bytes], **columns) -> pb.BulkLoadRequest:
     return pb.BulkLoadRequest(rows=rows)
 
 
+def _end(rows: int) -> pb.BulkLoadRequest:
+    return pb.BulkLoadRequest(end=pb.BulkLoadEnd(rows=rows))
+
+
 def _bulk_records(harness) -> list[tuple[pb.HistoryRecord, dict]]:
     """The BulkLoad records, as an auditor queries them."""
     auditor, metadata = harness.stubs("auditor")
@@ -93,7 +97,7 @@ def test_a_strict_load_refused_for_a_bad_row_is_recorded_unwritten(harness, oper
     stubs, metadata = operator
     values = [os.urandom(32), os.urandom(16)]  # the second is no PDQ hash
     answer = stubs.curation.BulkLoad(
-        iter([_header(strict=True), _labelled(values, line=[2, 3])]), metadata=metadata
+        iter([_header(strict=True), _labelled(values, line=[2, 3]), _end(2)]), metadata=metadata
     )
     assert (answer.written, answer.rejected_count, answer.added) == (False, 1, 0)
     [(record, detail)] = _bulk_records(harness)
@@ -230,3 +234,29 @@ def test_load_json_counts_every_bad_row_and_lists_at_most_the_cap(
     progress = cli_bulk.LoadProgress(None, False)
     list(cli_bulk.read_rows([path], "csv", progress, rejected))
     assert (rejected.count, len(rejected.kept)) == (BAD_ROWS, cli_bulk.MAX_REPORTED_REJECTS)
+
+
+def test_a_strict_stream_cut_short_writes_nothing(harness, operator):
+    """grpc can end a cancelled call's stream as if the client had sent
+    everything: a strict load is written only after the client's end message,
+    which also counts the rows."""
+    stubs, metadata = operator
+    rows = _labelled([os.urandom(32) for _ in range(5)])
+    cases = [
+        ([_header(strict=True), rows], "must end with an end message"),
+        ([_header(strict=True), rows, _end(6)], "counts 6 rows, 5 arrived"),
+        ([_header(strict=True), rows, _end(5), rows], "nothing may follow the end message"),
+    ]
+    for messages, message in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.curation.BulkLoad(iter(messages), metadata=metadata)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in err.value.details()
+    assert _entries(harness) == 0
+    statuses = [(r.status, d["written"]) for r, d in _bulk_records(harness)]
+    assert statuses == [("INVALID_ARGUMENT", False)] * 3
+    answer = stubs.curation.BulkLoad(iter([_header(strict=True), rows, _end(5)]), metadata=metadata)
+    assert (answer.added, answer.written) == (5, True)
+    # a load that is not strict writes as rows arrive: the end message is optional
+    more = _labelled([os.urandom(32) for _ in range(2)])
+    assert stubs.curation.BulkLoad(iter([_header(), more]), metadata=metadata).added == 2
