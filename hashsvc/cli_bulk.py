@@ -226,7 +226,7 @@ def print_summary(summary: dict, as_json: bool, strict: bool) -> None:
         f" {summary['removed']} removed, {summary['unchanged']} unchanged,"
         f" {summary['rejected']} rejected"
     )
-    if strict and summary["rejected"]:
+    if strict and not summary["written"]:
         text += " (strict: nothing loaded)"
     print(text, file=sys.stderr)
 
