@@ -669,10 +669,6 @@ def cmd_remove(args) -> int:
         return _each_item(args.entries, str, remove, show, args.json)
 
 
-EXPORT_COLUMNS = ["signal_type", "signal_value", "entry", "labels", "quality"]
-# Views that exist only inside hashsvc (crops, bands) are not exchanged.
-EXPORTED_VARIANTS = {"original"}
-
 
 def _entries(client: Client, set_name: str):
     token = ""
