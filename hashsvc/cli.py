@@ -669,7 +669,6 @@ def cmd_remove(args) -> int:
         return _each_item(args.entries, str, remove, show, args.json)
 
 
-
 def _entries(client: Client, set_name: str):
     token = ""
     while True:
