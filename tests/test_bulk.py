@@ -5,6 +5,7 @@ load killed with kill -9 (client or server) completes when run again."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import signal
@@ -288,6 +289,22 @@ def test_round_trip_and_since_through_the_cli(store_url, tmp_path, monkeypatch, 
         assert len(rows) == 2 and rows[1].startswith("pdq,") and rows[1].endswith(",true")
         code, out, err = run("load", "--set", "copy", "--json", "-", stdin=delta)
         assert code == 0 and json_of(out)["removed"] == 1, err
+        # an addition and a relabelling after the mark are in the delta too;
+        # the entries left alone are not
+        changes = f"signal_type,signal_value,entry,labels\npdq,{'9' * 64},new,group=HTS\n"
+        changes += f"chromaprint,{'0badf00d' * 3},song,group=AQ\n"
+        assert run("load", "--set", "src", "-", stdin=changes)[0] == 0
+        code, delta, err = run("export", "--set", "src", "--since", since, "--format", "jsonl")
+        assert code == 0, err
+        changed = {
+            (row["entry"], row.get("deleted", False), json.dumps(row["labels"]))
+            for row in map(json.loads, delta.splitlines())
+        }
+        assert changed == {
+            ("a", True, '{"group": "ISIS", "outlet": "Amaq"}'),  # its two signals
+            ("new", False, '{"group": "HTS"}'),
+            ("song", False, '{"group": "AQ"}'),
+        }
         one_bad = f"signal_type,signal_value\npdq,{'1' * 64}\npdq,{'1' * 32}\n"
         code, out, err = run("load", "--set", "copy", "--strict", "--json", "-", stdin=one_bad)
         assert code == 1 and "stdin:3:" in err
