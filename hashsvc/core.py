@@ -180,19 +180,7 @@ class Core:
     ) -> None:
         """An operator's write in the hash-chained history; a failed one names
         its status, as a failed Match does."""
-        self.store.record_match(
-            HistoryRecord(
-                request_id=f"{action.lower()}-{time.time_ns()}",
-                time=datetime.now(UTC),
-                caller=actor,
-                rpc=action,
-                media_type="",
-                decision="",
-                status=status,
-                error_message=error_message[:1000],
-                detail=detail,
-            )
-        )
+        self.review.record_action(action, actor, detail, status=status, error_message=error_message)
 
     # -- bulk loads
 

@@ -283,8 +283,17 @@ class ReviewQueue:
     def _audit(self, action: str, actor: str, item: ReviewItem, detail: dict) -> None:
         self.record_action(action, actor, detail, client_ref=item.client_ref)
 
-    def record_action(self, action: str, actor: str, detail: dict, client_ref: str = "") -> None:
-        """One reviewer's or operator's action, in the hash-chained history."""
+    def record_action(
+        self,
+        action: str,
+        actor: str,
+        detail: dict,
+        client_ref: str = "",
+        status: str = "OK",
+        error_message: str = "",
+    ) -> None:
+        """One reviewer's or operator's action, in the hash-chained history;
+        a failed one names its status, as a failed Match does."""
         self.store.record_match(
             HistoryRecord(
                 request_id=f"{action.lower()}-{time.time_ns()}",
@@ -293,7 +302,8 @@ class ReviewQueue:
                 rpc=action,
                 media_type="",
                 decision="",
-                status="OK",
+                status=status,
+                error_message=error_message[:1000],
                 client_ref=client_ref,
                 detail=detail,
             )
