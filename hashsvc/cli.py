@@ -30,6 +30,7 @@ from hashsvc.errors import HashsvcError
 from hashsvc.v1 import hashsvc_pb2 as pb
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_BROKEN_PIPE = 128 + 13  # as a process killed by SIGPIPE
 DECISION_NAMES = {pb.ALLOW: "allow", pb.REVIEW: "review", pb.BLOCK: "block"}
 DECISION_VALUES = {v: k for k, v in DECISION_NAMES.items()}
 
@@ -56,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         return _report_rpc_error(exc)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`hashsvc export ... | head`): quiet, as a
+        # Unix tool killed by SIGPIPE; stdout is closed so the exit's own
+        # flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def _report_rpc_error(exc: grpc.RpcError) -> int:

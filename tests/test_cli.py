@@ -273,3 +273,38 @@ def test_video_add_and_match_stream_and_report_time_ranges(run, tmp_path, monkey
     assert abs(segment["known_start"] - segment["query_start"] - 2.0) <= 1.5
     code, out, _ = run("match", "--set", "videos", str(clip), role="matcher")
     assert "BLOCK" in out and "= known" in out
+
+
+def test_export_into_a_pipe_closed_early_ends_quietly(tmp_path):
+    """`hashsvc export ... | head`: no traceback, the exit status of a
+    process stopped by SIGPIPE."""
+    import os
+
+    from hashsvc.v1 import hashsvc_pb2 as pb
+
+    harness = start_harness(f"sqlite:///{tmp_path}/db.sqlite")
+    try:
+        stubs, metadata = harness.stubs("operator")
+        stubs.curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=metadata)
+        rows = pb.BulkRows(packed_type="pdq", packed_values=os.urandom(32 * 5_000))
+        requests = [
+            pb.BulkLoadRequest(header=pb.BulkLoadHeader(set="s")),
+            pb.BulkLoadRequest(rows=rows),
+        ]
+        assert stubs.curation.BulkLoad(iter(requests), metadata=metadata).added == 5_000
+        env = {
+            **os.environ,
+            "HASHSVC_SERVER": harness.address,
+            "HASHSVC_TOKEN": harness.tokens["operator"],
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hashsvc.cli", "export", "--set", "s"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )  # fmt: skip
+        assert proc.stdout.readline().startswith(b"signal_type,")
+        proc.stdout.close()  # more than a pipe holds is still to come
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 141 and "Traceback" not in err, err
+    finally:
+        harness.close()
