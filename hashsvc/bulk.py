@@ -450,12 +450,12 @@ class BulkLoad:
         entries it names: removing a whole video for one retracted frame
         would be wrong, so the operator tombstones it by name if meant."""
         out = dict(groups)
-        for group in groups.values():
-            if not group.retracts:
-                continue
+        retracting = [g for g in groups.values() if g.retracts]
+        holders = self._holders({g.retracts for g in retracting})
+        for group in retracting:
             kind, value = group.retracts
             mixed = []
-            for entry in self._holders(kind, value):
+            for entry in holders.get(group.retracts, ()):
                 if entry.name in out:
                     continue  # the hash's own name, or a row of this batch
                 if all((s.kind, s.value) == (kind, value) for s in entry.signals):
@@ -473,26 +473,29 @@ class BulkLoad:
                 )
         return out
 
-    def _holders(self, kind: str, value: bytes) -> list:
-        """Active entries of this set that hold exactly (kind, value), found
-        by the in-memory index (distance 0) or, for exact types, the store's
-        value index. Chromaprint fingerprints are in neither: by name only."""
-        if kind in self.live.indexes:
+    def _holders(self, hashes: set[tuple[str, bytes]]) -> dict[tuple[str, bytes], list]:
+        """The active entries of this set holding exactly each (kind, value),
+        found by the in-memory index (distance 0; one search a kind) or, for
+        exact types, the store's value index; one read of the entries for a
+        whole batch. Chromaprint fingerprints are in neither: by name only."""
+        entry_ids: set[int] = set()
+        if any(kind in self.live.indexes for kind, _ in hashes):
             self.live.catch_up()  # this load's earlier writes
-            found = self.live.indexes[kind].search([value], 0)[0]
-            entry_ids = {split_signal_id(sid)[0] for sid, _ in found}
-        elif not SIGNAL_TYPES[kind].perceptual:
-            entry_ids = {entry_id for entry_id, _ in self.store.find_exact(kind, value)}
-        else:
-            return []
-        entries = self.store.get_entries(entry_ids, with_signals=True).values()
-        return [
-            e
-            for e in entries
-            if e.set_id == self.set_id
-            and e.removed_at is None
-            and any((s.kind, s.value) == (kind, value) for s in e.signals)
-        ]
+        for kind in {kind for kind, _ in hashes}:
+            values = [value for k, value in hashes if k == kind]
+            if kind in self.live.indexes:
+                for found in self.live.indexes[kind].search(values, 0):
+                    entry_ids.update(split_signal_id(sid)[0] for sid, _ in found)
+            elif not SIGNAL_TYPES[kind].perceptual:
+                for value in values:
+                    entry_ids.update(e for e, _ in self.store.find_exact(kind, value))
+        out: dict[tuple[str, bytes], list] = {}
+        for entry in self.store.get_entries(entry_ids, with_signals=True).values():
+            if entry.set_id != self.set_id or entry.removed_at is not None:
+                continue
+            for key in {(sig.kind, sig.value) for sig in entry.signals} & hashes:
+                out.setdefault(key, []).append(entry)
+        return out
 
     def _count(self, counts: BulkCounts, groups: dict[str, _Group]) -> None:
         """Adds a write's counts; signals an entry had no room for (it was
