@@ -14,6 +14,16 @@ crashes (the server process dying: must be 0), statuses other than a result
 or a typed error (UNKNOWN, INTERNAL: must be 0), and the memory (RSS) of the
 server and its hashing workers, sampled from /proc: start, peak, end, and the
 growth over the second half of the run, which must stay under --max-growth-mb.
+
+Then the API cases, on the same server: every paging field with negative,
+huge and odd sizes and tokens (INVALID_ARGUMENT, never more than a page's
+cap); over-long strings, NUL and control characters in every text a caller
+sends or filters on (INVALID_ARGUMENT or NOT_FOUND, never INTERNAL); a flood
+of exact copies of a known entry past the flood threshold (every copy still
+BLOCKs); and 600 idle streams (MatchUpload with and without a token,
+reflection) held open while Match and the health check must answer within
+--max-idle-latency-ms. `--store postgresql` (or both) runs it all on
+PostgreSQL, where NUL in text used to be an INTERNAL error.
 Exits 1 when any of these fails.
 """
 
@@ -27,11 +37,16 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import psycopg
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -48,9 +63,19 @@ CONFIG = f"""
 max_message_bytes = {MAX_MESSAGE}
 max_upload_bytes = {MAX_UPLOAD}
 media_timeout_seconds = 60.0
-quarantine_matches = 0
+quarantine_matches = 50
 """
 ALLOWED = hostile.TYPED | {"NOT_FOUND"}  # NOT_FOUND: an entry for a set that does not exist
+# Typed answers to hostile API calls (names that do not exist, refused roles,
+# a service that is off): anything else (UNKNOWN, INTERNAL) is a crash of a call.
+API_TYPED = ALLOWED | {
+    "ALREADY_EXISTS",
+    "FAILED_PRECONDITION",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+    "UNIMPLEMENTED",
+}
+PG_URL = os.environ.get("HASHSVC_TEST_PG", "postgresql://127.0.0.1:5432/test")
 
 
 def rss_kb(pid: int) -> tuple[int, int]:
@@ -81,10 +106,13 @@ def _children(pid: int) -> list[int]:
 @dataclass
 class Report:
     requests: int = 0
-    seconds: float = 0.0
+    media_requests: int = 0  # of them, hostile media (the rest: API cases)
+    seconds: float = 0.0  # the hostile media's
     statuses: collections.Counter = field(default_factory=collections.Counter)
     by_family: dict = field(default_factory=lambda: collections.defaultdict(collections.Counter))
     untyped: list[str] = field(default_factory=list)  # cases that ended in UNKNOWN/INTERNAL
+    wrong: list[str] = field(default_factory=list)  # typed, but not the status the case needs
+    idle_latency: float = 0.0  # slowest Match/health answer beside idle streams (s)
     crashed: bool = False
     serving_afterwards: bool = False
     slowest: tuple[float, str] = (0.0, "")
@@ -102,8 +130,8 @@ class Report:
     def lines(self) -> list[str]:
         s = self.samples
         out = [
-            f"requests: {self.requests} in {self.seconds:.0f} s "
-            f"({self.requests / max(self.seconds, 1e-9):.1f}/s); "
+            f"requests: {self.requests}; hostile media: {self.media_requests} in"
+            f" {self.seconds:.0f} s ({self.media_requests / max(self.seconds, 1e-9):.1f}/s); "
             f"slowest {self.slowest[0]:.1f} s ({self.slowest[1]})",
             "statuses: " + ", ".join(f"{k} {v}" for k, v in self.statuses.most_common()),
         ]
@@ -113,6 +141,12 @@ class Report:
             f"crashes: {int(self.crashed)}; untyped statuses: {len(self.untyped)}"
             f"{' ' + ', '.join(self.untyped[:5]) if self.untyped else ''};"
             f" serving afterwards: {self.serving_afterwards}"
+        )
+        out.append(
+            f"API cases answered wrongly: {len(self.wrong)}"
+            f"{' ' + ', '.join(self.wrong[:5]) if self.wrong else ''};"
+            f" slowest Match/health beside {3 * IDLE_STREAMS} idle streams:"
+            f" {self.idle_latency * 1000:.0f} ms"
         )
         if s:
             out.append(
@@ -128,15 +162,28 @@ class Report:
         return out
 
 
-def run(requests: int, seconds: float, seed: int = 8, workers: int = 2, every: int = 10) -> Report:
+def run(
+    requests: int,
+    seconds: float,
+    seed: int = 8,
+    workers: int = 2,
+    every: int = 10,
+    store: str = "sqlite",
+    ping_latency_limit: float = 0.1,
+) -> Report:
     """Start a server, send up to `requests` hostile calls within `seconds`,
-    sample RSS every `every` requests, stop the server; the report."""
+    sample RSS every `every` requests, then the API cases (paging, strings, a
+    flood, idle streams); stop the server; the report."""
     rng = random.Random(seed)
     report = Report()
+    schema = f"hashsvc_fuzz_{uuid.uuid4().hex[:12]}"
     with tempfile.TemporaryDirectory(prefix="hashsvc-fuzz-") as tmp:
         cases = hostile.corpus(Path(tmp) / "media", MAX_MESSAGE, MAX_UPLOAD)
         seeds = hostile.seeds(Path(tmp) / "media")
-        db = f"sqlite:///{tmp}/fuzz.db"
+        if store == "postgresql":
+            db = f"{PG_URL}?options=-csearch_path%3D{schema}"
+        else:
+            db = f"sqlite:///{tmp}/fuzz.db"
         store = open_store(db)
         tokens = {role: auth.create_token(store, role, f"fuzz-{role}")[1] for role in auth.ROLES}
         store.close()
@@ -157,6 +204,10 @@ def run(requests: int, seconds: float, seed: int = 8, workers: int = 2, every: i
         try:
             grpc.channel_ready_future(channel).result(timeout=60)
             _fuzz(channel, tokens, cases, seeds, rng, requests, seconds, every, server, report)
+            if not report.crashed:
+                md = {role: (("authorization", f"Bearer {t}"),) for role, t in tokens.items()}
+                _protocol(channel, md, report, seeds, ping_latency_limit)
+                report.crashed = server.poll() is not None
         finally:
             server.terminate()
             try:
@@ -165,6 +216,9 @@ def run(requests: int, seconds: float, seed: int = 8, workers: int = 2, every: i
                 server.kill()
             channel.close()
             log.close()
+            if store == "postgresql":
+                with psycopg.connect(PG_URL, autocommit=True) as conn:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     return report
 
 
@@ -197,6 +251,7 @@ def _fuzz(channel, tokens, cases, seeds, rng, requests, seconds, every, server, 
             if server.poll() is not None:
                 break
     report.seconds = time.monotonic() - started
+    report.media_requests = report.requests
     report.crashed = server.poll() is not None
     if not report.crashed:
         try:
@@ -205,6 +260,175 @@ def _fuzz(channel, tokens, cases, seeds, rng, requests, seconds, every, server, 
         except grpc.RpcError:
             report.serving_afterwards = False
         report.samples.append((report.requests, *rss_kb(server.pid)))
+
+
+# -- the protocol phase: paging, strings, a flood, idle streams
+
+# Paging fields every listing takes: sizes past the int32 range cannot be sent.
+PAGE_SIZES = (-1, -(2**31), 0, 1, 1001, 2**31 - 1)
+PAGE_TOKENS = ("", "-1", "0", "²", "١٢", "9" * 30, "abc", "1\x00", "1" * 5000)
+# Strings a caller may send: over every length limit, NUL (PostgreSQL text
+# refuses it), control characters.
+HOSTILE_STRINGS = ("x" * (1 << 20), "a\x00b", "\x00", "line\nbreak\x7f", "x" * 70_000)
+FLOOD_COPIES = 120  # > the fuzz server's quarantine_matches
+IDLE_STREAMS = 200  # of each kind
+LATENCY_PROBES = 10
+
+
+def _protocol(channel, md, report, seeds, ping_latency_limit: float) -> None:
+    """Hostile API use beside the hostile media: each call must end in a
+    result or a typed error, a flood of exact copies must all BLOCK, and idle
+    streams opened by anyone must not starve Match or the health check."""
+    matcher, curation = pb_grpc.MatcherStub(channel), pb_grpc.CurationStub(channel)
+    review, audit = pb_grpc.ReviewStub(channel), pb_grpc.AuditStub(channel)
+    admin = pb_grpc.AdminStub(channel)
+
+    def call(family, method, request, role, expect=None, timeout=30):
+        t = time.perf_counter()
+        try:
+            answer = method(request, metadata=md[role], timeout=timeout)
+            code = "OK"
+        except grpc.RpcError as exc:
+            answer, code = None, exc.code().name
+        report.slowest = max(report.slowest, (time.perf_counter() - t, family))
+        report.statuses[code] += 1
+        report.by_family[family][code] += 1
+        report.requests += 1
+        if code not in API_TYPED:
+            report.untyped.append(f"{family}: {code}")
+        elif expect is not None and code not in expect:
+            report.wrong.append(f"{family}: {code}")
+        return answer
+
+    # paging: a negative size or an odd token is INVALID_ARGUMENT, a page
+    # never holds more than the cap
+    for size in PAGE_SIZES:
+        for token in PAGE_TOKENS:
+            expect = {"INVALID_ARGUMENT"} if size < 0 or token not in ("", "0") else None
+            for family, method, request, role, items in (
+                ("paging:entries", curation.ListEntries,
+                 pb.ListEntriesRequest(set="hostile", page_size=size, page_token=token),
+                 "operator", "entries"),
+                ("paging:history", audit.QueryHistory,
+                 pb.QueryHistoryRequest(page_size=size, page_token=token), "auditor", "records"),
+                ("paging:review", review.ListReviewItems,
+                 pb.ListReviewItemsRequest(page_size=size, page_token=token), "reviewer", "items"),
+            ):  # fmt: skip
+                answer = call(family, method, request, role, expect)
+                if answer is not None and len(getattr(answer, items)) > 1000:
+                    report.wrong.append(f"{family}: a page of {len(getattr(answer, items))}")
+
+    # strings: every text field a caller writes or filters on
+    refused = {"INVALID_ARGUMENT"}
+    lookup = {"INVALID_ARGUMENT", "NOT_FOUND"}
+    for text in HOSTILE_STRINGS:
+        good_hash = pb.SignalValue(signal_type="md5", value="0" * 32)
+        cases = (
+            ("strings:set_name", curation.CreateSet, pb.CreateSetRequest(name=text), "operator",
+             refused),
+            ("strings:description", curation.CreateSet,
+             pb.CreateSetRequest(name="s-desc", description=text), "operator", refused),
+            ("strings:label", curation.CreateSet,
+             pb.CreateSetRequest(name="s-label", labels={"k": text}), "operator", refused),
+            ("strings:entry_name", curation.AddEntry,
+             pb.AddEntryRequest(set="hostile", name=text, signal=good_hash), "operator", refused),
+            ("strings:get_set", curation.GetSet, pb.GetSetRequest(name=text), "operator", lookup),
+            ("strings:get_entry", curation.GetEntry,
+             pb.GetEntryRequest(set="hostile", name=text), "operator", lookup),
+            ("strings:client_ref", matcher.Match,
+             pb.MatchRequest(signal=good_hash, client_ref=text), "matcher", refused),
+            ("strings:history_caller", audit.QueryHistory,
+             pb.QueryHistoryRequest(caller=text), "auditor", lookup | {"OK"}),
+            ("strings:history_set", audit.QueryHistory, pb.QueryHistoryRequest(set=text),
+             "auditor", lookup),
+            ("strings:review_filter", review.ListReviewItems,
+             pb.ListReviewItemsRequest(filter=pb.ReviewFilter(label=f"k={text}", caller=text)),
+             "reviewer", lookup | {"OK"}),
+            ("strings:review_note", review.ResolveReviewItem,
+             pb.ResolveReviewItemRequest(id=1, resolution="confirmed", note=text), "reviewer",
+             refused | {"NOT_FOUND", "FAILED_PRECONDITION"}),
+            ("strings:token_name", admin.CreateToken,
+             pb.CreateTokenRequest(role="matcher", name=text), "admin", refused),
+        )  # fmt: skip
+        for family, method, request, role, expect in cases:
+            if "\x00" in text or len(text) > 65_536:
+                call(family, method, request, role, expect)
+            else:  # control characters: refused or kept as written, never INTERNAL
+                call(family, method, request, role)
+
+    # a flood of exact copies of a known hash: every one still BLOCKs
+    known = curation.AddEntry(
+        pb.AddEntryRequest(
+            set="hostile", name="flooded", media=pb.Media(content=seeds["jpeg"], filename="f.jpg")
+        ),
+        metadata=md["operator"],
+        timeout=60,
+    )
+    sha = next(s.value for s in known.signals if s.signal_type == "sha256")
+    exact = pb.MatchRequest(signal=pb.SignalValue(signal_type="sha256", value=sha))
+    for _ in range(FLOOD_COPIES):
+        answer = call("flood:exact", matcher.Match, exact, "matcher", {"OK"})
+        if answer is not None and answer.decision != pb.BLOCK:
+            report.wrong.append(f"flood:exact: {pb.Decision.Name(answer.decision)}")
+            break
+
+    # idle streams, with and without a token, then Match and health must answer
+    report.idle_latency = _idle_streams(channel, md, report, exact)
+    if report.idle_latency > ping_latency_limit:
+        report.wrong.append(
+            f"idle streams: Match/health took {report.idle_latency * 1000:.0f} ms"
+            f" (bound {ping_latency_limit * 1000:.0f} ms)"
+        )
+
+
+def _idle_streams(address_channel, md, report, probe) -> float:
+    """Opens IDLE_STREAMS idle MatchUpload streams with a token, as many without
+    one and as many reflection streams, then times Match and the health check
+    (the slowest of LATENCY_PROBES each, seconds); closes everything."""
+    gate = threading.Event()
+
+    def idle(first):
+        yield first
+        gate.wait(120)
+
+    header = pb.MatchUploadRequest(header=pb.MatchRequest(client_ref="idle"))
+    calls = []
+    matcher = pb_grpc.MatcherStub(address_channel)
+    reflection_stub = reflection_pb2_grpc.ServerReflectionStub(address_channel)
+    try:
+        for _ in range(IDLE_STREAMS):
+            calls.append(matcher.MatchUpload.future(idle(header), metadata=md["matcher"]))
+            calls.append(matcher.MatchUpload.future(idle(header)))
+            calls.append(
+                reflection_stub.ServerReflectionInfo(
+                    idle(reflection_pb2.ServerReflectionRequest(list_services=""))
+                )
+            )
+        time.sleep(1.0)  # let the server take them all
+        health = health_pb2_grpc.HealthStub(address_channel)
+        slowest = 0.0
+        for _ in range(LATENCY_PROBES):
+            for method, request, metadata in (
+                (matcher.Match, probe, md["matcher"]),
+                (health.Check, health_pb2.HealthCheckRequest(), ()),
+            ):
+                t = time.perf_counter()
+                try:
+                    method(request, metadata=metadata, timeout=10)
+                    code = "OK"
+                except grpc.RpcError as exc:
+                    code = exc.code().name
+                slowest = max(slowest, time.perf_counter() - t)
+                report.requests += 1
+                report.statuses[code] += 1
+                report.by_family["idle:probe"][code] += 1
+                if code != "OK":
+                    report.wrong.append(f"idle:probe: {code}")
+        return slowest
+    finally:
+        gate.set()
+        for c in calls:
+            c.cancel()
 
 
 def main() -> None:
@@ -218,14 +442,37 @@ def main() -> None:
         default=300.0,
         help="bound on the growth of server+workers RSS over the second half (MB)",
     )
+    parser.add_argument(
+        "--store", choices=("sqlite", "postgresql", "both"), default="sqlite",
+        help="the server's store (PostgreSQL on 127.0.0.1:5432, a private schema)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-idle-latency-ms",
+        type=float,
+        default=100.0,
+        help="bound on the slowest Match/health answer while idle streams are open",
+    )
     args = parser.parse_args()
-    report = run(args.requests, args.seconds, args.seed)
-    print("\n".join(report.lines()))
-    growth = report.growth_mb()
-    failed = report.crashed or report.untyped or not report.serving_afterwards
-    if growth > args.max_growth_mb:
-        print(f"FAIL: RSS grew {growth:.0f} MB over the second half (bound {args.max_growth_mb})")
-        failed = True
+    failed = False
+    for store in ("sqlite", "postgresql") if args.store == "both" else (args.store,):
+        report = run(
+            args.requests,
+            args.seconds,
+            args.seed,
+            store=store,
+            ping_latency_limit=args.max_idle_latency_ms / 1000,
+        )
+        print(f"== {store}")
+        print("\n".join(report.lines()))
+        growth = report.growth_mb()
+        failed |= bool(
+            report.crashed or report.untyped or report.wrong or not report.serving_afterwards
+        )
+        if growth > args.max_growth_mb:
+            print(
+                f"FAIL: RSS grew {growth:.0f} MB over the second half (bound {args.max_growth_mb})"
+            )
+            failed = True
     sys.exit(1 if failed else 0)
 
 
