@@ -63,11 +63,21 @@ class Config:
     grpc_threads: int = 16
     # Review queue: a reviewer's claim on an item lasts this long.
     review_claim_seconds: float = 900.0
-    # Flood protection: an entry matching more than this many uploads within
-    # the window goes into quarantine (its BLOCKs become REVIEW until an
-    # operator releases it). 0 turns it off.
+    # Flood alert: an entry matching more than this many uploads within the
+    # window (counted across all replicas, in the store) raises one alert: a
+    # metric, a history record and a review item, until an operator
+    # acknowledges it (`hashsvc entries release`). Its matches are never
+    # downgraded: a mass re-upload of known content stays blocked. 0 = off.
+    # (Named after the quarantine this replaced, so existing configs work.)
     quarantine_matches: int = 200
     quarantine_window_seconds: float = 60.0
+    # Each replica adds its flood counts to the store this often, in one
+    # transaction, instead of a write per Match; an alert comes this much
+    # later at most.
+    flood_flush_seconds: float = 1.0
+    # Entries counted in memory between flushes; past this a flush starts at
+    # once (an int per entry: 100k entries are ~10 MB).
+    flood_max_pending_entries: int = 100_000
     image: ImageLimits = field(default_factory=ImageLimits)
     # Media larger than a gRPC message comes as a stream of chunks (MatchUpload,
     # AddEntryUpload), spooled to a temporary file that is deleted after hashing.

@@ -147,20 +147,22 @@ def test_false_positive_is_never_raised_again_and_allow_lists(core):
     assert all("allow-listed by benign/press-photo" in m.reason for m in outcome.matches)
 
 
-def test_burst_quarantines_an_entry_until_released(core):
+def test_burst_alerts_and_keeps_blocking_until_acknowledged(core):
+    """Issue 16 item 3: a burst of copies no longer turns BLOCK into REVIEW;
+    it raises an alert that an operator acknowledges with ReleaseEntry."""
     _setup(core)
-    for _ in range(6):  # quarantine_matches=5
+    for _ in range(7):  # quarantine_matches=5
         assert _match(core, encode(photo(2))) == "block"
+    core.flood.flush()
     outcome = core.match(MatchQuery(media=encode(photo(2))), "pipeline-a")
-    assert outcome.decision == "review"
-    assert "quarantine" in outcome.matches[0].reason
+    assert outcome.decision == "block" and "quarantine" not in outcome.matches[0].reason
     with pytest.raises(FailedPrecondition):
-        core.review.release_entry("op", "isis", "poster")  # never quarantined
+        core.review.release_entry("op", "isis", "poster")  # no alert
     core.review.release_entry("op", "aq", "banner")
     assert _match(core, encode(photo(2))) == "block"
     actions = [r for r in core.store.query_history(_all()) if r.rpc != "Match"]
-    assert [r.rpc for r in actions] == ["QuarantineEntry", "ReleaseEntry"]
-    assert "6 matches" in actions[0].detail["reason"] and actions[1].caller == "op"
+    assert [r.rpc for r in actions] == ["FloodAlert", "ReleaseEntry"]
+    assert actions[0].detail["matches"] == 7 and actions[1].caller == "op"
 
 
 def _all():
