@@ -398,3 +398,45 @@ def test_taken_entry_name_leaves_the_item_open(core):
     assert current.status == "open" and current.claimed_by == "rev"
     done = core.review.resolve("rev", item.id, "confirmed", add_to_set="isis", entry_name="p2")
     assert done.added_entry_id == core.curation.get_entry("isis", "p2").id
+
+
+def test_review_target_over_grpc_and_cli(tmp_path, monkeypatch, capsys):
+    """`sets create --review-target`, `sets update --review-target` and
+    `sets show` over a real server; an allow list refused as a target."""
+    h = start_harness(f"sqlite:///{tmp_path}/db.sqlite")
+    try:
+        monkeypatch.setenv("HASHSVC_SERVER", h.address)
+        monkeypatch.setenv("HASHSVC_TOKEN", h.tokens["operator"])
+
+        def run(*argv):
+            code = cli.main(list(argv))
+            captured = capsys.readouterr()
+            return code, captured.out, captured.err
+
+        code, _, _ = run("sets", "create", "confirmed", "--review-target")
+        assert code == 0
+        code, out, _ = run("sets", "show", "confirmed", "--json")
+        assert code == 0 and json.loads(out)["review_target"] is True
+        code, _, _ = run("sets", "create", "isis")
+        code, out, _ = run("sets", "show", "isis", "--json")
+        assert json.loads(out)["review_target"] is False
+        code, out, _ = run("sets", "update", "isis", "--review-target", "--json")
+        assert code == 0 and json.loads(out)["review_target"] is True
+        code, out, _ = run("sets", "update", "isis", "--no-review-target", "--json")
+        assert code == 0 and json.loads(out)["review_target"] is False
+        code, _, err = run("sets", "create", "benign", "--allow-list", "--review-target")
+        assert code != 0 and "review target" in err
+        run("sets", "create", "benign", "--allow-list")
+        code, _, err = run("sets", "update", "benign", "--review-target")
+        assert code != 0 and "review target" in err
+
+        op, md = h.stubs("operator")
+        with pytest.raises(grpc.RpcError) as refused:
+            op.curation.UpdateSet(
+                pb.UpdateSetRequest(name="benign", review_target=True), metadata=md
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        got = op.curation.GetSet(pb.GetSetRequest(name="confirmed"), metadata=md)
+        assert got.review_target and not got.allow_list
+    finally:
+        h.close()
