@@ -25,6 +25,11 @@ RESOLUTIONS = ("confirmed", "false_positive")
 
 
 class ReviewSQL:
+    def _counter_write(self):
+        # Flood counts and alerts touch no change feed: PostgreSQL writes them
+        # without the change-feed lock (a bulk load holds it for a batch).
+        return self._write()
+
     def create_review_item(
         self,
         request_id: str,
@@ -174,7 +179,7 @@ class ReviewSQL:
         entries past threshold that have no open alert. One transaction, a
         statement per kind of work, whatever the number of entries."""
         oldest = bucket - window_buckets + 1
-        with self._write() as cur:
+        with self._counter_write() as cur:
             if counts:
                 cur.executemany(
                     "INSERT INTO flood_counts (entry_id, bucket, count) VALUES (?, ?, ?)"
@@ -209,7 +214,7 @@ class ReviewSQL:
         """Opens the entry's alert and its review item together; None when an
         alert is open already (another replica raised it first). `item`: the
         create_review_item arguments."""
-        with self._write() as cur:
+        with self._counter_write() as cur:
             cur.execute(
                 "INSERT INTO entry_quarantine (entry_id, since, reason) VALUES (?, ?, ?)"
                 " ON CONFLICT (entry_id) DO NOTHING RETURNING entry_id",

@@ -8,6 +8,7 @@ replicas share it, and old counts are forgotten. Both stores."""
 from __future__ import annotations
 
 import random
+import threading
 import time
 
 import pytest
@@ -91,8 +92,12 @@ def test_replicas_share_the_flood_count(store_url):
         for _ in range(12):  # 24 in all: over 20, though neither replica saw 20
             assert _match(first, known) == "block"
             assert _match(second, known) == "block"
-        first.flood.flush()
-        second.flood.flush()
+        # both flush at once: each sees the entry past the limit, one alerts
+        flushes = [threading.Thread(target=c.flood.flush) for c in (first, second)]
+        for t in flushes:
+            t.start()
+        for t in flushes:
+            t.join(timeout=30)
         assert len(_alerts(first)) == 1 and len(_alert_items(second)) == 1
         assert second.flood.tracked_entries() == 0  # flushed: nothing held in memory
     finally:
