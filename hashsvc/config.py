@@ -114,6 +114,16 @@ class Config:
     def __post_init__(self) -> None:
         if self.pdq_review_search not in PDQ_REVIEW_SEARCHES:
             raise ValueError(f"pdq_review_search must be one of {', '.join(PDQ_REVIEW_SEARCHES)}")
+        # A window or flush interval of 0 would divide by zero or spin the
+        # flusher; a negative count would silently turn the alert off.
+        if self.quarantine_matches < 0:
+            raise ValueError("quarantine_matches must be 0 (off) or more")
+        if self.quarantine_matches and not self.quarantine_window_seconds > 0:
+            raise ValueError("quarantine_window_seconds must be more than 0")
+        if not self.flood_flush_seconds > 0:
+            raise ValueError("flood_flush_seconds must be more than 0")
+        if self.flood_max_pending_entries < 1:
+            raise ValueError("flood_max_pending_entries must be 1 or more")
 
     def history_key(self) -> bytes | None:
         if not self.history_key_file:

@@ -140,3 +140,34 @@ def test_flood_is_counted_between_flushes_by_the_background_thread(store_url):
         assert len(_alerts(core)) == 1
     finally:
         core.close()
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"quarantine_matches": -1},
+        {"quarantine_window_seconds": 0},
+        {"quarantine_window_seconds": float("nan")},
+        {"flood_flush_seconds": 0},
+        {"flood_max_pending_entries": 0},
+    ],
+)
+def test_flood_settings_that_cannot_work_are_refused(setting):
+    with pytest.raises(ValueError):
+        Config(**setting)
+
+
+def test_a_false_positive_verdict_on_an_alert_does_not_allow_the_entry(store_url):
+    """The alert's review item holds no upload hashes: judging it a false
+    positive remembers nothing, and exact copies stay blocked."""
+    core = _core(store_url, quarantine_matches=3)
+    try:
+        known = _known(core)
+        for _ in range(4):
+            _match(core, known)
+        core.flood.flush()
+        item = core.review.claim("rev", _alert_items(core)[0].id, ReviewFilter(caller="hashsvc"))
+        core.review.resolve("rev", item.id, "false_positive", "this hash matches everything")
+        assert _match(core, known) == "block"
+    finally:
+        core.close()
