@@ -100,6 +100,7 @@ class FloodCounter:
         self._pending: dict[int, int] = {}
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
+        self._counted_at = float("-inf")  # monotonic time of the last flush with counts
 
     def observe(self, entry_ids) -> None:
         if self.max_matches <= 0:
@@ -124,6 +125,13 @@ class FloodCounter:
         with self._flushing:  # one flush at a time: counts are not added twice
             with self._lock:
                 counts, self._pending = self._pending, {}
+            now = time.monotonic()
+            if counts:
+                self._counted_at = now
+            elif now - self._counted_at > 2 * self.window_seconds:
+                # idle: this replica's old buckets are gone already, and rows
+                # left by others are past the window, where they never count
+                return {}
             bucket_seconds = self.window_seconds / FLOOD_BUCKETS
             bucket = int(time.time() // bucket_seconds)
             ids = sorted(counts)
