@@ -168,7 +168,7 @@ class ReviewSQL:
             )
             return [Suppression(r[0], r[1], bytes(r[2]), r[3]) for r in cur.fetchall()]
 
-    # -- flood alerts (hashsvc/review.py FloodCounter)
+    # -- flood alerts (hashsvc/flood.py FloodCounter)
 
     def add_flood_counts(
         self, counts: dict[int, int], bucket: int, window_buckets: int, threshold: int

@@ -19,12 +19,13 @@ from hashsvc.bulk import BulkLoad, BulkResult, PackedRows, RowBatch
 from hashsvc.config import Config
 from hashsvc.curation import Curation
 from hashsvc.errors import HashsvcError, InvalidArgument, NotFound, quoted, status_name
+from hashsvc.flood import FloodCounter
 from hashsvc.hashing import HashingPool
 from hashsvc.live_index import LiveIndex
 from hashsvc.matcher import Match, Matcher
 from hashsvc.media.dispatch import MediaLimits, MediaSource, size_of
 from hashsvc.policy import Policy
-from hashsvc.review import Feedback, FloodCounter, ReviewQueue
+from hashsvc.review import Feedback, ReviewQueue
 from hashsvc.signals import Signal, signal_type
 
 log = logging.getLogger(__name__)
