@@ -308,3 +308,24 @@ POSTGRES.append(
         "ALTER TABLE entries DROP CONSTRAINT IF EXISTS entries_set_id_fkey",
     ]
 )
+
+
+# 9: issue 16. Sets a reviewer may add confirmed uploads to (review_target;
+# never an allow list), and the flood counter shared by all replicas: matches
+# per entry per time bucket, added by each replica's periodic flush and
+# deleted once older than the window. entry_quarantine now holds the open
+# flood alerts (an entry is never downgraded; ReleaseEntry acknowledges).
+def _flood(count_type: str) -> list[str]:
+    return [
+        "ALTER TABLE hash_sets ADD COLUMN review_target BOOLEAN NOT NULL DEFAULT FALSE",
+        f"""CREATE TABLE flood_counts (
+            entry_id BIGINT NOT NULL,
+            bucket BIGINT NOT NULL,
+            count {count_type} NOT NULL,
+            PRIMARY KEY (entry_id, bucket))""",
+        "CREATE INDEX flood_counts_bucket ON flood_counts (bucket)",
+    ]
+
+
+SQLITE.append(_flood("INTEGER"))
+POSTGRES.append(_flood("BIGINT"))

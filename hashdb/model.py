@@ -31,6 +31,21 @@ class HashSetRecord:
     allow_list: bool = False
     # BLOCK decisions from this set also go to the review queue.
     review_blocks: bool = False
+    # Reviewers may add confirmed uploads to this set (never an allow list:
+    # a reviewer must not be able to un-block known content).
+    review_target: bool = False
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    """An entry to add (Store.resolve_review_item adds one with the verdict)."""
+
+    set_id: int
+    name: str
+    labels: dict[str, str]
+    media_type: str
+    signals: tuple[Signal, ...]
+    added_by: str
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,18 @@ class PostgresStore(SQLStore, ReviewSQL):
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_HISTORY_LOCK,))
             yield _Cursor(cur)
 
+    @contextmanager
+    def _counter_write(self):
+        # ON CONFLICT upserts and the alert's primary key keep concurrent
+        # replicas right without a lock.
+        with (
+            _outage_as_unavailable(),
+            self._pool.connection() as conn,
+            conn.transaction(),
+            conn.cursor() as cur,
+        ):
+            yield _Cursor(cur)
+
     def _change(self, cur, op: str, set_id: int, entry_id: int | None) -> None:
         super()._change(cur, op, set_id, entry_id)
         # delivered at commit: replicas apply the change at once instead of at

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from hashdb.model import ReviewFilter, ReviewItem, Suppression
+from hashdb.model import NewEntry, ReviewFilter, ReviewItem, Suppression
 from hashdb.sqlbase import from_micros, now_micros, to_micros
+from hashsvc.errors import AlreadyExists, FailedPrecondition
 
 _ITEM_COLUMNS = (
     "id, request_id, created_at, caller, media_type, client_ref, query_signals, matches,"
@@ -24,6 +25,11 @@ RESOLUTIONS = ("confirmed", "false_positive")
 
 
 class ReviewSQL:
+    def _counter_write(self):
+        # Flood counts and alerts touch no change feed: PostgreSQL writes them
+        # without the change-feed lock (a bulk load holds it for a batch).
+        return self._write()
+
     def create_review_item(
         self,
         request_id: str,
@@ -34,27 +40,10 @@ class ReviewSQL:
         query_signals: list[dict],
         matches: list[dict],
     ) -> int:
-        set_ids = sorted({m["set_id"] for m in matches if m.get("set_id") is not None})
-        labels = sorted({f"{k}={v}" for m in matches for k, v in m.get("labels", {}).items()})
         with self._write() as cur:
-            cur.execute(
-                "INSERT INTO review_items (request_id, created_at, caller, media_type,"
-                " client_ref, query_signals, matches, set_ids, labels, status)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (
-                    request_id,
-                    to_micros(created_at),
-                    caller,
-                    media_type,
-                    client_ref,
-                    json.dumps(query_signals),
-                    json.dumps(matches, ensure_ascii=False),
-                    "," + ",".join(map(str, set_ids)) + ",",
-                    "\n" + "\n".join(labels) + "\n",
-                    OPEN,
-                ),
+            return _insert_review_item(
+                cur, request_id, created_at, caller, media_type, client_ref, query_signals, matches
             )
-            return cur.fetchone()[0]
 
     def get_review_item(self, item_id: int) -> ReviewItem | None:
         with self._read() as cur:
@@ -117,32 +106,54 @@ class ReviewSQL:
         reviewer: str,
         resolution: str,
         note: str,
-        added_entry_id: int | None = None,
+        new_entry: NewEntry | None = None,
+        suppressions: list[Suppression] | None = None,
     ) -> ReviewItem | None:
-        """Resolve an item the reviewer holds a live claim on; None otherwise."""
-        with self._write() as cur:
-            cur.execute(
-                "UPDATE review_items SET status = ?, resolved_by = ?, resolved_at = ?, note = ?,"
-                " added_entry_id = ? WHERE id = ? AND status = ? AND claimed_by = ?"
-                " AND claim_expires_at >= ? RETURNING id",
-                (resolution, reviewer, now_micros(), note, added_entry_id, item_id, OPEN,
-                 reviewer, now_micros()),
-            )  # fmt: skip
-            done = cur.fetchone() is not None
-        return self.get_review_item(item_id) if done else None
+        """Resolve an item the reviewer holds a live claim on, adding the
+        confirmed upload as new_entry and remembering a false positive's
+        suppressions, all in one transaction: None (and nothing written) when
+        the claim is gone; AlreadyExists (nothing written) when the entry's
+        name is taken; FailedPrecondition when the set is not a review target
+        or is an allow list (checked here too: the set may change meanwhile)."""
+        try:
+            with self._write() as cur:
+                now = now_micros()
+                cur.execute(
+                    "UPDATE review_items SET status = ?, resolved_by = ?, resolved_at = ?,"
+                    " note = ? WHERE id = ? AND status = ? AND claimed_by = ?"
+                    " AND claim_expires_at >= ? RETURNING id",
+                    (resolution, reviewer, now, note, item_id, OPEN, reviewer, now),
+                )
+                if cur.fetchone() is None:
+                    return None
+                if new_entry is not None:
+                    cur.execute(
+                        "SELECT allow_list, review_target FROM hash_sets WHERE id = ?",
+                        (new_entry.set_id,),
+                    )
+                    row = cur.fetchone()
+                    if row is None or row[0] or not row[1]:
+                        raise FailedPrecondition(
+                            "reviewers add only to sets marked as review targets,"
+                            " never to an allow list"
+                        )
+                    entry_id = self._insert_entry(cur, new_entry)
+                    cur.execute(
+                        "UPDATE review_items SET added_entry_id = ? WHERE id = ?",
+                        (entry_id, item_id),
+                    )
+                if suppressions:
+                    _insert_suppressions(cur, suppressions)
+        except self._unique_violation:
+            name = new_entry.name if new_entry else ""
+            raise AlreadyExists(f"an entry named {name!r} is already in the set") from None
+        return self.get_review_item(item_id)
 
     # -- false positives
 
     def add_suppressions(self, suppressions: list[Suppression]) -> None:
         with self._write() as cur:
-            cur.executemany(
-                "INSERT INTO review_suppressions (entry_id, kind, value, review_id, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [
-                    (s.entry_id, s.kind, bytes(s.value), s.review_id, now_micros())
-                    for s in suppressions
-                ],
-            )
+            _insert_suppressions(cur, suppressions)
 
     def suppressions_for(self, entry_ids) -> list[Suppression]:
         ids = sorted(set(entry_ids))
@@ -157,28 +168,76 @@ class ReviewSQL:
             )
             return [Suppression(r[0], r[1], bytes(r[2]), r[3]) for r in cur.fetchall()]
 
-    # -- quarantine
+    # -- flood alerts (hashsvc/flood.py FloodCounter)
 
-    def quarantine_entry(self, entry_id: int, reason: str) -> bool:
-        """True if the entry was not quarantined before."""
-        with self._write() as cur:
-            cur.execute("SELECT 1 FROM entry_quarantine WHERE entry_id = ?", (entry_id,))
-            if cur.fetchone() is not None:
-                return False
+    def add_flood_counts(
+        self, counts: dict[int, int], bucket: int, window_buckets: int, threshold: int
+    ) -> dict[int, int]:
+        """Adds this replica's match counts to the shared ones in `bucket`,
+        forgets buckets older than the window, and returns entry id -> matches
+        within the window (the last window_buckets buckets) of the counted
+        entries past threshold that have no open alert. One transaction, a
+        statement per kind of work, whatever the number of entries."""
+        oldest = bucket - window_buckets + 1
+        with self._counter_write() as cur:
+            if counts:
+                cur.executemany(
+                    "INSERT INTO flood_counts (entry_id, bucket, count) VALUES (?, ?, ?)"
+                    " ON CONFLICT (entry_id, bucket)"
+                    " DO UPDATE SET count = flood_counts.count + excluded.count",
+                    [(entry_id, bucket, n) for entry_id, n in sorted(counts.items())],
+                )
+            cur.execute("DELETE FROM flood_counts WHERE bucket < ?", (oldest,))
+            over: dict[int, int] = {}
+            ids = sorted(counts)
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ", ".join("?" * len(chunk))
+                cur.execute(
+                    "SELECT c.entry_id, SUM(c.count) FROM flood_counts c"
+                    f" WHERE c.entry_id IN ({marks}) AND c.bucket >= ?"
+                    " AND NOT EXISTS (SELECT 1 FROM entry_quarantine q"
+                    " WHERE q.entry_id = c.entry_id)"
+                    " GROUP BY c.entry_id HAVING SUM(c.count) > ?",
+                    (*chunk, oldest, threshold),
+                )
+                over.update((row[0], int(row[1])) for row in cur.fetchall())
+        return over
+
+    def flood_counted_entries(self) -> int:
+        """How many entries the shared counter holds counts for."""
+        with self._read() as cur:
+            cur.execute("SELECT COUNT(DISTINCT entry_id) FROM flood_counts")
+            return cur.fetchone()[0]
+
+    def raise_flood_alert(self, entry_id: int, reason: str, item: dict) -> int | None:
+        """Opens the entry's alert and its review item together; None when an
+        alert is open already (another replica raised it first). `item`: the
+        create_review_item arguments."""
+        with self._counter_write() as cur:
             cur.execute(
-                "INSERT INTO entry_quarantine (entry_id, since, reason) VALUES (?, ?, ?)",
+                "INSERT INTO entry_quarantine (entry_id, since, reason) VALUES (?, ?, ?)"
+                " ON CONFLICT (entry_id) DO NOTHING RETURNING entry_id",
                 (entry_id, now_micros(), reason),
             )
-            return True
+            if cur.fetchone() is None:
+                return None
+            return _insert_review_item(cur, **item)
 
     def release_entry(self, entry_id: int) -> bool:
+        """Acknowledges the entry's open alert and restarts its count; False
+        if none was open."""
         with self._write() as cur:
             cur.execute(
                 "DELETE FROM entry_quarantine WHERE entry_id = ? RETURNING entry_id", (entry_id,)
             )
-            return cur.fetchone() is not None
+            if cur.fetchone() is None:
+                return False
+            cur.execute("DELETE FROM flood_counts WHERE entry_id = ?", (entry_id,))
+            return True
 
-    def quarantined(self, entry_ids) -> dict[int, str]:
+    def open_flood_alerts(self, entry_ids) -> dict[int, str]:
+        """entry id -> reason, of those with an open (unacknowledged) alert."""
         ids = sorted(set(entry_ids))
         if not ids:
             return {}
@@ -188,6 +247,46 @@ class ReviewSQL:
                 f"SELECT entry_id, reason FROM entry_quarantine WHERE entry_id IN ({marks})", ids
             )
             return {row[0]: row[1] for row in cur.fetchall()}
+
+
+def _insert_suppressions(cur, suppressions: list[Suppression]) -> None:
+    cur.executemany(
+        "INSERT INTO review_suppressions (entry_id, kind, value, review_id, created_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        [(s.entry_id, s.kind, bytes(s.value), s.review_id, now_micros()) for s in suppressions],
+    )
+
+
+def _insert_review_item(
+    cur,
+    request_id: str,
+    created_at: datetime,
+    caller: str,
+    media_type: str,
+    client_ref: str,
+    query_signals: list[dict],
+    matches: list[dict],
+) -> int:
+    set_ids = sorted({m["set_id"] for m in matches if m.get("set_id") is not None})
+    labels = sorted({f"{k}={v}" for m in matches for k, v in m.get("labels", {}).items()})
+    cur.execute(
+        "INSERT INTO review_items (request_id, created_at, caller, media_type,"
+        " client_ref, query_signals, matches, set_ids, labels, status)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        (
+            request_id,
+            to_micros(created_at),
+            caller,
+            media_type,
+            client_ref,
+            json.dumps(query_signals),
+            json.dumps(matches, ensure_ascii=False),
+            "," + ",".join(map(str, set_ids)) + ",",
+            "\n" + "\n".join(labels) + "\n",
+            OPEN,
+        ),
+    )
+    return cur.fetchone()[0]
 
 
 def _where(filter: ReviewFilter) -> tuple[str, list]:

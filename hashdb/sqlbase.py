@@ -26,6 +26,7 @@ from hashdb.model import (
     HistoryRecord,
     HistoryVerification,
     IndexedSignal,
+    NewEntry,
     Thresholds,
     TokenRecord,
 )
@@ -70,7 +71,7 @@ def _thresholds(text: str) -> dict[str, Thresholds]:
 _SET_COLUMNS = (
     "s.id, s.name, s.description, s.labels, s.thresholds, s.enabled, s.created_at, s.updated_at,"
     " (SELECT COUNT(*) FROM entries e WHERE e.set_id = s.id AND e.removed_at IS NULL),"
-    " s.allow_list, s.review_blocks"
+    " s.allow_list, s.review_blocks, s.review_target"
 )
 _ENTRY_COLUMNS = "id, set_id, name, labels, media_type, created_at, added_by, removed_at"
 _TOKEN_COLUMNS = "id, name, role, token_hash, created_at, revoked_at, expires_at"
@@ -105,15 +106,24 @@ class SQLStore(BulkSQL):
     # -- sets
 
     def create_set(
-        self, name, description, labels, thresholds, allow_list=False, review_blocks=False
+        self,
+        name,
+        description,
+        labels,
+        thresholds,
+        allow_list=False,
+        review_blocks=False,
+        review_target=False,
     ) -> HashSetRecord:
+        if allow_list and review_target:
+            raise InvalidArgument("an allow list cannot be a review target")
         now = now_micros()
         try:
             with self._write() as cur:
                 cur.execute(
                     "INSERT INTO hash_sets (name, description, labels, thresholds, enabled,"
-                    " created_at, updated_at, allow_list, review_blocks)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    " created_at, updated_at, allow_list, review_blocks, review_target)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (
                         name,
                         description,
@@ -124,6 +134,7 @@ class SQLStore(BulkSQL):
                         now,
                         bool(allow_list),
                         bool(review_blocks),
+                        bool(review_target),
                     ),
                 )
                 set_id = cur.fetchone()[0]
@@ -160,8 +171,11 @@ class SQLStore(BulkSQL):
         labels=None,
         thresholds=None,
         review_blocks=None,
+        review_target=None,
     ) -> HashSetRecord:
         fields: list[tuple[str, object]] = []
+        if review_target is not None:
+            fields.append(("review_target", bool(review_target)))
         if enabled is not None:
             fields.append(("enabled", bool(enabled)))
         if review_blocks is not None:
@@ -176,11 +190,15 @@ class SQLStore(BulkSQL):
         assignments = ", ".join(f"{name} = ?" for name, _ in fields)
         with self._write() as cur:
             cur.execute(
-                f"UPDATE hash_sets SET {assignments} WHERE id = ? RETURNING id",
+                f"UPDATE hash_sets SET {assignments} WHERE id = ?"
+                " RETURNING allow_list, review_target",
                 (*[value for _, value in fields], set_id),
             )
-            if cur.fetchone() is None:
+            row = cur.fetchone()
+            if row is None:
                 raise NotFound(f"no set with id {set_id}")
+            if row[0] and row[1]:  # checked in the transaction: rolled back
+                raise InvalidArgument("an allow list cannot be a review target")
             self._change(cur, "update_set", set_id, None)
         return self.get_set_by_id(set_id)
 
@@ -192,31 +210,41 @@ class SQLStore(BulkSQL):
             raise InvalidArgument(f"an entry holds at most {MAX_SIGNALS_PER_ENTRY} signals")
         try:
             with self._write() as cur:
-                cur.execute(
-                    "INSERT INTO entries (set_id, name, labels, media_type, created_at, added_by)"
-                    " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                    (
-                        set_id,
-                        name,
-                        json.dumps(labels, sort_keys=True),
-                        media_type,
-                        now_micros(),
-                        added_by,
-                    ),
+                entry_id = self._insert_entry(
+                    cur, NewEntry(set_id, name, labels, media_type, tuple(signals), added_by)
                 )
-                entry_id = cur.fetchone()[0]
-                cur.executemany(
-                    "INSERT INTO entry_signals (entry_id, variant_no, kind, variant, value,"
-                    " quality, position) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (entry_id, no, s.kind, s.variant, bytes(s.value), s.quality, s.position)
-                        for no, s in enumerate(signals)
-                    ],
-                )
-                self._change(cur, "add_entry", set_id, entry_id)
         except self._unique_violation:
             raise AlreadyExists(f"an entry named {name!r} is already in the set") from None
         return self.get_entries([entry_id], with_signals=True)[entry_id]
+
+    def _insert_entry(self, cur, entry: NewEntry) -> int:
+        """Writes the entry, its signals and its change inside the caller's
+        transaction; a taken name raises the dialect's unique violation."""
+        if len(entry.signals) > MAX_SIGNALS_PER_ENTRY:
+            raise InvalidArgument(f"an entry holds at most {MAX_SIGNALS_PER_ENTRY} signals")
+        cur.execute(
+            "INSERT INTO entries (set_id, name, labels, media_type, created_at, added_by)"
+            " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            (
+                entry.set_id,
+                entry.name,
+                json.dumps(entry.labels, sort_keys=True),
+                entry.media_type,
+                now_micros(),
+                entry.added_by,
+            ),
+        )
+        entry_id = cur.fetchone()[0]
+        cur.executemany(
+            "INSERT INTO entry_signals (entry_id, variant_no, kind, variant, value,"
+            " quality, position) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (entry_id, no, s.kind, s.variant, bytes(s.value), s.quality, s.position)
+                for no, s in enumerate(entry.signals)
+            ],
+        )
+        self._change(cur, "add_entry", entry.set_id, entry_id)
+        return entry_id
 
     def get_entry(self, set_id: int, name: str) -> EntryRecord | None:
         with self._read() as cur:
@@ -572,6 +600,7 @@ def _set(row) -> HashSetRecord:
         entry_count=row[8],
         allow_list=bool(row[9]),
         review_blocks=bool(row[10]),
+        review_target=bool(row[11]),
     )
 
 

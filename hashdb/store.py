@@ -15,6 +15,7 @@ from hashdb.model import (
     HistoryRecord,
     HistoryVerification,
     IndexedSignal,
+    NewEntry,
     ReviewFilter,
     ReviewItem,
     Suppression,
@@ -38,8 +39,12 @@ class Store(Protocol):
         description: str,
         labels: dict[str, str],
         thresholds: dict[str, Thresholds],
+        allow_list: bool = False,
+        review_blocks: bool = False,
+        review_target: bool = False,
     ) -> HashSetRecord:
-        """Raises AlreadyExists if the name is taken. Records an update_set change."""
+        """Raises AlreadyExists if the name is taken, InvalidArgument for an
+        allow list that is a review target. Records an update_set change."""
 
     def get_set(self, name: str) -> HashSetRecord | None: ...
 
@@ -56,9 +61,12 @@ class Store(Protocol):
         description: str | None = None,
         labels: dict[str, str] | None = None,
         thresholds: dict[str, Thresholds] | None = None,
+        review_blocks: bool | None = None,
+        review_target: bool | None = None,
     ) -> HashSetRecord:
         """Replaces the given fields (thresholds: whole dict). Records an
-        update_set change. Raises NotFound."""
+        update_set change. Raises NotFound, or InvalidArgument (nothing
+        changed) if an allow list would become a review target."""
 
     # -- entries
     def add_entry(
@@ -207,21 +215,38 @@ class Store(Protocol):
         reviewer: str,
         resolution: str,
         note: str,
-        added_entry_id: int | None = None,
+        new_entry: NewEntry | None = None,
+        suppressions: list[Suppression] | None = None,
     ) -> ReviewItem | None:
-        """Only with a live claim of this reviewer; None otherwise."""
+        """Only with a live claim of this reviewer; None otherwise. Adds
+        new_entry (to a review-target set that is not an allow list, else
+        FailedPrecondition; AlreadyExists if its name is taken) and the
+        suppressions in the same transaction: all of it or none."""
 
     def add_suppressions(self, suppressions: list[Suppression]) -> None: ...
 
     def suppressions_for(self, entry_ids: Iterable[int]) -> list[Suppression]: ...
 
-    def quarantine_entry(self, entry_id: int, reason: str) -> bool:
-        """True if it was not in quarantine already."""
+    # -- flood alerts (shared by all replicas)
+    def add_flood_counts(
+        self, counts: dict[int, int], bucket: int, window_buckets: int, threshold: int
+    ) -> dict[int, int]:
+        """Adds matches per entry to `bucket`, forgets buckets before the
+        window; entry id -> matches in the window, for the counted entries past
+        threshold without an open alert."""
 
-    def release_entry(self, entry_id: int) -> bool: ...
+    def flood_counted_entries(self) -> int: ...
 
-    def quarantined(self, entry_ids: Iterable[int]) -> dict[int, str]:
-        """entry id -> reason, for those in quarantine."""
+    def raise_flood_alert(self, entry_id: int, reason: str, item: dict) -> int | None:
+        """Opens the alert and its review item (create_review_item's
+        arguments) in one transaction: the item's id, or None if an alert was
+        open already."""
+
+    def release_entry(self, entry_id: int) -> bool:
+        """Acknowledges the open alert and restarts the count; False if none."""
+
+    def open_flood_alerts(self, entry_ids: Iterable[int]) -> dict[int, str]:
+        """entry id -> reason, for those with an open alert."""
 
     def close(self) -> None: ...
 

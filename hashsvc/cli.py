@@ -147,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--review-blocks", action="store_true", help="send this set's BLOCKs to review too"
     )
+    p.add_argument(
+        "--review-target",
+        action="store_true",
+        help="reviewers may add confirmed uploads to this set (never an allow list)",
+    )
     _client_opts(p, json_flag=True)
     p.set_defaults(func=cmd_sets_create)
     p = sets_sub.add_parser("list", help="list hash sets with their entry counts")
@@ -162,6 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("name")
         _client_opts(p, json_flag=True)
         p.set_defaults(func=cmd_sets_enable, enabled=enabled)
+    p = sets_sub.add_parser("update", help="change a hash set's options")
+    p.add_argument("name")
+    p.add_argument(
+        "--review-target",
+        action=argparse.BooleanOptionalAction,
+        help="whether reviewers may add confirmed uploads to this set (never an allow list)",
+    )
+    _client_opts(p, json_flag=True)
+    p.set_defaults(func=cmd_sets_update)
 
     p = client_command(
         "add",
@@ -250,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     _client_opts(p, json_flag=True)
     p.set_defaults(func=cmd_entries_show)
     p = entries_sub.add_parser(
-        "release", help="take an entry out of quarantine (flood protection put it there)"
+        "release", help="acknowledge an entry's flood alert (its count starts again)"
     )
     p.add_argument("--set", required=True, dest="set_name")
     p.add_argument("name")
@@ -440,6 +454,9 @@ def set_json(s: pb.HashSet) -> dict:
             t.signal_type: {"block": t.block_distance, "review": t.review_distance}
             for t in s.thresholds
         },
+        "allow_list": s.allow_list,
+        "review_blocks": s.review_blocks,
+        "review_target": s.review_target,
         "created_at": _iso(s.created_at),
     }
 
@@ -473,6 +490,7 @@ def cmd_sets_create(args) -> int:
         thresholds=thresholds,
         allow_list=args.allow_list,
         review_blocks=args.review_blocks,
+        review_target=args.review_target,
     )
     with _client(args) as client:
         _print_set(client.curation.CreateSet(req, metadata=client.metadata), args.json)
@@ -504,6 +522,16 @@ def cmd_sets_enable(args) -> int:
         s = client.curation.UpdateSet(
             pb.UpdateSetRequest(name=args.name, enabled=args.enabled), metadata=client.metadata
         )
+    _print_set(s, args.json)
+    return EXIT_OK
+
+
+def cmd_sets_update(args) -> int:
+    req = pb.UpdateSetRequest(name=args.name)
+    if args.review_target is not None:
+        req.review_target = args.review_target
+    with _client(args) as client:
+        s = client.curation.UpdateSet(req, metadata=client.metadata)
     _print_set(s, args.json)
     return EXIT_OK
 
@@ -1088,7 +1116,7 @@ def cmd_entries_release(args) -> int:
     if args.json:
         _print_json({"set": args.set_name, "entry": entry.name, "released": True})
     else:
-        print(f"released {args.set_name}/{entry.name} from quarantine")
+        print(f"released {args.set_name}/{entry.name}: flood alert acknowledged")
     return EXIT_OK
 
 

@@ -63,11 +63,21 @@ class Config:
     grpc_threads: int = 16
     # Review queue: a reviewer's claim on an item lasts this long.
     review_claim_seconds: float = 900.0
-    # Flood protection: an entry matching more than this many uploads within
-    # the window goes into quarantine (its BLOCKs become REVIEW until an
-    # operator releases it). 0 turns it off.
+    # Flood alert: an entry matching more than this many uploads within the
+    # window (counted across all replicas, in the store) raises one alert: a
+    # metric, a history record and a review item, until an operator
+    # acknowledges it (`hashsvc entries release`). Its matches are never
+    # downgraded: a mass re-upload of known content stays blocked. 0 = off.
+    # (Named after the quarantine this replaced, so existing configs work.)
     quarantine_matches: int = 200
     quarantine_window_seconds: float = 60.0
+    # Each replica adds its flood counts to the store this often, in one
+    # transaction, instead of a write per Match; an alert comes this much
+    # later at most.
+    flood_flush_seconds: float = 1.0
+    # Entries counted in memory between flushes; past this a flush starts at
+    # once (an int per entry: 100k entries are ~10 MB).
+    flood_max_pending_entries: int = 100_000
     image: ImageLimits = field(default_factory=ImageLimits)
     # Media larger than a gRPC message comes as a stream of chunks (MatchUpload,
     # AddEntryUpload), spooled to a temporary file that is deleted after hashing.
@@ -104,6 +114,16 @@ class Config:
     def __post_init__(self) -> None:
         if self.pdq_review_search not in PDQ_REVIEW_SEARCHES:
             raise ValueError(f"pdq_review_search must be one of {', '.join(PDQ_REVIEW_SEARCHES)}")
+        # A window or flush interval of 0 would divide by zero or spin the
+        # flusher; a negative count would silently turn the alert off.
+        if self.quarantine_matches < 0:
+            raise ValueError("quarantine_matches must be 0 (off) or more")
+        if self.quarantine_matches and not self.quarantine_window_seconds > 0:
+            raise ValueError("quarantine_window_seconds must be more than 0")
+        if not self.flood_flush_seconds > 0:
+            raise ValueError("flood_flush_seconds must be more than 0")
+        if self.flood_max_pending_entries < 1:
+            raise ValueError("flood_max_pending_entries must be 1 or more")
 
     def history_key(self) -> bytes | None:
         if not self.history_key_file:

@@ -145,6 +145,7 @@ def hash_set(record: HashSetRecord) -> pb.HashSet:
         updated_at=timestamp(record.updated_at),
         allow_list=record.allow_list,
         review_blocks=record.review_blocks,
+        review_target=record.review_target,
     )
 
 

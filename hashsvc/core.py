@@ -19,12 +19,13 @@ from hashsvc.bulk import BulkLoad, BulkResult, PackedRows, RowBatch
 from hashsvc.config import Config
 from hashsvc.curation import Curation
 from hashsvc.errors import HashsvcError, InvalidArgument, NotFound, quoted, status_name
+from hashsvc.flood import FloodCounter
 from hashsvc.hashing import HashingPool
 from hashsvc.live_index import LiveIndex
 from hashsvc.matcher import Match, Matcher
 from hashsvc.media.dispatch import MediaLimits, MediaSource, size_of
 from hashsvc.policy import Policy
-from hashsvc.review import Feedback, FloodGuard, ReviewQueue
+from hashsvc.review import Feedback, ReviewQueue
 from hashsvc.signals import Signal, signal_type
 
 log = logging.getLogger(__name__)
@@ -68,13 +69,22 @@ class Core:
         self.matcher = Matcher(self.live, self.policy)
         self.curation = Curation(store, self.live, hashing)
         self.audit = Audit(store)
-        self.feedback = Feedback(store)
+        self.feedback = Feedback(store, self.policy)
         self.review = ReviewQueue(store, self.curation, config.review_claim_seconds)
-        self.flood = FloodGuard(config.quarantine_matches, config.quarantine_window_seconds)
+        self.flood = FloodCounter(
+            store,
+            config.quarantine_matches,
+            config.quarantine_window_seconds,
+            config.flood_max_pending_entries,
+            self._flood_alerts,
+        )
         self._poller: threading.Thread | None = None
+        self._flusher: threading.Thread | None = None
         self._stopping = threading.Event()
         # Called with every successful Match outcome (metrics); must not raise.
         self.on_match: Callable[[MatchOutcome], None] | None = None
+        # Called with the set's name for every flood alert this replica raises.
+        self.on_flood_alert: Callable[[str], None] | None = None
 
     @classmethod
     def open(cls, config: Config, hash_in_process: bool = False) -> Core:
@@ -98,6 +108,29 @@ class Core:
         self.live.load()
         self._poller = threading.Thread(target=self._poll_changes, daemon=True, name="changes")
         self._poller.start()
+        self._flusher = threading.Thread(target=self._flush_floods, daemon=True, name="flood")
+        self._flusher.start()
+
+    def _flush_floods(self) -> None:
+        while not self._stopping.is_set():
+            self.flood.wake.wait(self.config.flood_flush_seconds)
+            self.flood.wake.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                self.flood.flush()
+            except Exception:  # the counts are kept; the next flush retries
+                log.exception("flushing flood counts failed")
+
+    def _flood_alerts(self, over: dict[int, int]) -> None:
+        for entry_id, count in sorted(over.items()):
+            set_name = self.review.raise_flood_alert(
+                entry_id, count, self.config.quarantine_window_seconds
+            )
+            if set_name is not None:
+                log.warning("flood alert: entry %d matched %d times", entry_id, count)
+                if self.on_flood_alert is not None:
+                    self.on_flood_alert(set_name)
 
     def _poll_changes(self) -> None:
         saved_seq, saved_at = self.live.seq, time.monotonic()
@@ -122,6 +155,13 @@ class Core:
 
     def close(self) -> None:
         self._stopping.set()
+        self.flood.wake.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=10)
+            try:  # the last counts of this replica still count
+                self.flood.flush()
+            except Exception:
+                log.exception("flushing flood counts failed")
         if self.live.ready.is_set():
             try:
                 self.live.save_snapshot()
@@ -169,9 +209,8 @@ class Core:
         # holds the REVIEW decision, and the failure is logged.
         try:
             self.review.enqueue(outcome, caller, self.live.sets_by_id)
-            hit = [m.entry_id for m in outcome.matches if m.decision != "allow"]
-            for entry_id, count in self.flood.observe(hit):
-                self.review.quarantine(entry_id, count, self.flood.window_seconds)
+            # counted in memory; the flusher thread adds the counts to the store
+            self.flood.observe(m.entry_id for m in outcome.matches if m.decision != "allow")
         except Exception:
             log.exception("review queue update for %s failed", outcome.request_id)
 

@@ -13,6 +13,9 @@ from hashsvc.media.dispatch import MediaSource
 from hashsvc.signals import Signal, signal_type
 
 MAX_PAGE_SIZE = 1000
+# Reviewers add confirmed uploads to review targets; adding one to an allow
+# list would un-block known content.
+_ALLOW_LIST_TARGET = "an allow list cannot be a review target"
 
 
 class Curation:
@@ -31,7 +34,10 @@ class Curation:
         thresholds: dict[str, Thresholds] | None = None,
         allow_list: bool = False,
         review_blocks: bool = False,
+        review_target: bool = False,
     ) -> HashSetRecord:
+        if allow_list and review_target:
+            raise InvalidArgument(_ALLOW_LIST_TARGET)
         record = self.store.create_set(
             validation.set_name(name),
             validation.text(description, "description"),
@@ -39,6 +45,7 @@ class Curation:
             validation.thresholds(thresholds or {}),
             allow_list=allow_list,
             review_blocks=review_blocks,
+            review_target=review_target,
         )
         self.live.catch_up()
         return record
@@ -62,8 +69,11 @@ class Curation:
         replace_labels: bool = False,
         thresholds: dict[str, Thresholds] | None = None,
         review_blocks: bool | None = None,
+        review_target: bool | None = None,
     ) -> HashSetRecord:
         current = self.get_set(name)
+        if review_target and current.allow_list:
+            raise InvalidArgument(_ALLOW_LIST_TARGET)
         new_labels = None
         if labels or replace_labels:
             merged = labels or {} if replace_labels else {**current.labels, **(labels or {})}
@@ -80,6 +90,7 @@ class Curation:
             labels=new_labels,
             thresholds=new_thresholds,
             review_blocks=review_blocks,
+            review_target=review_target,
         )
         self.live.catch_up()
         return record

@@ -1,5 +1,5 @@
 """Prometheus metrics: request latency per RPC, decisions per media type,
-matches per set, index size and version. One registry per server, so several
+matches per set, flood alerts, index size and version. One registry per server, so several
 servers in one process (tests) do not mix their figures."""
 
 from __future__ import annotations
@@ -36,6 +36,13 @@ class Metrics:
             ["set", "decision"],
             registry=self.registry,
         )
+        self.flood_alerts = Counter(
+            "hashsvc_flood_alerts",
+            "Flood alerts this replica raised (an entry matching more uploads than"
+            " quarantine_matches within quarantine_window_seconds), by hash set.",
+            ["set"],
+            registry=self.registry,
+        )
         self.registry.register(_IndexCollector(core))
         self._http = None
 
@@ -46,6 +53,9 @@ class Metrics:
         self.decisions.labels(outcome.media_type, outcome.decision).inc()
         for match in outcome.matches:
             self.matches.labels(match.set_name, match.decision).inc()
+
+    def observe_flood_alert(self, set_name: str) -> None:
+        self.flood_alerts.labels(set_name).inc()
 
     def serve(self, listen: str) -> int:
         """Serves /metrics over HTTP on HOST:PORT (port 0: any free port)."""

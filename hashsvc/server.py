@@ -74,6 +74,7 @@ def start_server(
     core = Core.open(config, hash_in_process=hash_in_process)
     metrics = Metrics(core)
     core.on_match = metrics.observe_match
+    core.on_flood_alert = metrics.observe_flood_alert
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),

@@ -268,8 +268,14 @@ class CurationServicer(pb_grpc.CurationServicer):
             convert.thresholds_from_pb(request.thresholds),
             allow_list=request.allow_list,
             review_blocks=request.review_blocks,
+            review_target=request.review_target,
         )
-        self._done("CreateSet", set=record.name, allow_list=record.allow_list)
+        self._done(
+            "CreateSet",
+            set=record.name,
+            allow_list=record.allow_list,
+            review_target=record.review_target,
+        )
         return convert.hash_set(record)
 
     @rpc
@@ -291,8 +297,14 @@ class CurationServicer(pb_grpc.CurationServicer):
             replace_labels=request.replace_labels,
             thresholds=convert.thresholds_from_pb(request.thresholds),
             review_blocks=request.review_blocks if request.HasField("review_blocks") else None,
+            review_target=request.review_target if request.HasField("review_target") else None,
         )
-        self._done("UpdateSet", set=record.name, enabled=record.enabled)
+        self._done(
+            "UpdateSet",
+            set=record.name,
+            enabled=record.enabled,
+            review_target=record.review_target,
+        )
         return convert.hash_set(record)
 
     @rpc

@@ -15,7 +15,7 @@ from hashdb import ReviewFilter, Thresholds
 from hashsvc import cli
 from hashsvc.config import Config
 from hashsvc.core import Core, MatchQuery
-from hashsvc.errors import FailedPrecondition, NotFound
+from hashsvc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from hashsvc.v1 import hashsvc_pb2 as pb
 from tests.helpers import encode, photo, reencoded, start_harness
 
@@ -115,6 +115,7 @@ def test_concurrent_claims_one_wins(core):
 
 def test_confirmed_adds_the_upload_so_the_next_copy_blocks(core):
     _setup(core)
+    core.curation.update_set("isis", review_target=True)
     far_copy = reencoded(photo(1), scale=0.5, quality=20)
     assert _match(core, far_copy) == "review"
     item = core.review.claim("rev", None, ReviewFilter())
@@ -146,20 +147,22 @@ def test_false_positive_is_never_raised_again_and_allow_lists(core):
     assert all("allow-listed by benign/press-photo" in m.reason for m in outcome.matches)
 
 
-def test_burst_quarantines_an_entry_until_released(core):
+def test_burst_alerts_and_keeps_blocking_until_acknowledged(core):
+    """Issue 16 item 3: a burst of copies no longer turns BLOCK into REVIEW;
+    it raises an alert that an operator acknowledges with ReleaseEntry."""
     _setup(core)
-    for _ in range(6):  # quarantine_matches=5
+    for _ in range(7):  # quarantine_matches=5
         assert _match(core, encode(photo(2))) == "block"
+    core.flood.flush()
     outcome = core.match(MatchQuery(media=encode(photo(2))), "pipeline-a")
-    assert outcome.decision == "review"
-    assert "quarantine" in outcome.matches[0].reason
+    assert outcome.decision == "block" and "quarantine" not in outcome.matches[0].reason
     with pytest.raises(FailedPrecondition):
-        core.review.release_entry("op", "isis", "poster")  # never quarantined
+        core.review.release_entry("op", "isis", "poster")  # no alert
     core.review.release_entry("op", "aq", "banner")
     assert _match(core, encode(photo(2))) == "block"
     actions = [r for r in core.store.query_history(_all()) if r.rpc != "Match"]
-    assert [r.rpc for r in actions] == ["QuarantineEntry", "ReleaseEntry"]
-    assert "6 matches" in actions[0].detail["reason"] and actions[1].caller == "op"
+    assert [r.rpc for r in actions] == ["FloodAlert", "ReleaseEntry"]
+    assert actions[0].detail["matches"] == 7 and actions[1].caller == "op"
 
 
 def _all():
@@ -195,6 +198,7 @@ def test_reviewer_role_and_cli(tmp_path, monkeypatch, capsys):
         op.curation.CreateSet(
             pb.CreateSetRequest(
                 name="isis",
+                review_target=True,
                 thresholds=[pb.Threshold(signal_type="pdq", block_distance=10, review_distance=60)],
             ),
             metadata=omd,
@@ -241,5 +245,198 @@ def test_reviewer_role_and_cli(tmp_path, monkeypatch, capsys):
         assert code == 0 and out == ""
         code, _ = run("review", "resolve", str(claimed["id"]), "--false-positive")
         assert code == 1  # already resolved
+    finally:
+        h.close()
+
+
+# -- pdq hashes a chosen number of bits apart (no image decoding: fast)
+
+
+def _pdq(seed: int) -> bytes:
+    import random
+
+    return random.Random(seed).randbytes(32)
+
+
+def _flip(value: bytes, bits: int, start: int = 0) -> bytes:
+    """value with `bits` bits flipped, from bit `start` on (distance = bits)."""
+    as_int = int.from_bytes(value, "big")
+    for bit in range(start, start + bits):
+        as_int ^= 1 << bit
+    return as_int.to_bytes(32, "big")
+
+
+def _match_hash(core: Core, value: bytes):
+    return core.match(MatchQuery(signal_type="pdq", signal_value=value.hex()), "pipeline-a")
+
+
+def _add_hash(core: Core, set_name: str, name: str, value: bytes) -> None:
+    core.curation.add_entry(set_name, name, {}, "op", signal=("pdq", value.hex(), None))
+
+
+# -- issue 16 item 5: an allow list never beats a closer block
+
+
+def test_allow_entry_farther_than_a_block_does_not_suppress_it(core):
+    known = _pdq(1)
+    core.curation.create_set("isis")
+    _add_hash(core, "isis", "video-still", known)
+    core.curation.create_set("benign", allow_list=True)
+    _add_hash(core, "benign", "press-photo", _flip(known, 20))  # 20 bits from the known hash
+    outcome = _match_hash(core, known)  # the known hash's own exact copy
+    assert outcome.decision == "block"
+    by_set = {m.set_name: m for m in outcome.matches}
+    assert by_set["isis"].decision == "block"
+    assert "benign/press-photo" in by_set["isis"].reason and "20" in by_set["isis"].reason
+    assert by_set["benign"].decision == "allow"  # an allow list never blocks by itself
+
+
+def test_allow_entry_suppresses_only_within_its_own_block_threshold(core):
+    upload = _pdq(2)
+    core.curation.create_set("isis")  # blocks within 31 bits
+    _add_hash(core, "isis", "banner", _flip(upload, 25))
+    core.curation.create_set("benign", allow_list=True, thresholds={"pdq": Thresholds(5, 40)})
+    _add_hash(core, "benign", "logo", _flip(upload, 10, start=100))  # closer, but past 5 bits
+    assert _match_hash(core, upload).decision == "block"
+    # an allow entry as close as the match or closer, within its block threshold, suppresses it
+    _add_hash(core, "benign", "logo-exact", _flip(upload, 3, start=200))
+    outcome = _match_hash(core, upload)
+    assert outcome.decision == "allow"
+    banner = next(m for m in outcome.matches if m.entry_name == "banner")
+    assert "allow-listed by benign/logo-exact" in banner.reason
+
+
+def test_allow_entry_at_the_same_distance_suppresses(core):
+    upload = _pdq(3)
+    core.curation.create_set("isis")
+    _add_hash(core, "isis", "k", _flip(upload, 12))
+    core.curation.create_set("benign", allow_list=True)
+    _add_hash(core, "benign", "a", _flip(upload, 12, start=128))
+    assert _match_hash(core, upload).decision == "allow"
+
+
+# -- issue 16 item 4: reviewers add only to review targets, never to an allow list
+
+
+def test_allow_list_cannot_be_a_review_target(core):
+    with pytest.raises(InvalidArgument):
+        core.curation.create_set("benign", allow_list=True, review_target=True)
+    core.curation.create_set("benign2", allow_list=True)
+    with pytest.raises(InvalidArgument):
+        core.curation.update_set("benign2", review_target=True)
+    assert not core.curation.get_set("benign2").review_target
+
+
+def test_reviewer_cannot_add_to_an_allow_list_or_an_unmarked_set(core):
+    _setup(core)
+    core.curation.create_set("benign", allow_list=True)
+    upload = reencoded(photo(1), scale=0.5, quality=20)
+    assert _match(core, upload) == "review"
+    item = core.review.claim("rev", None, ReviewFilter())
+    with pytest.raises(FailedPrecondition, match="allow list"):
+        core.review.resolve("rev", item.id, "confirmed", add_to_set="benign")
+    with pytest.raises(FailedPrecondition, match="review target"):
+        core.review.resolve("rev", item.id, "confirmed", add_to_set="isis")
+    assert core.curation.list_entries("benign")[0] == []
+    assert _match(core, encode(photo(1))) == "block"  # still blocked
+    assert core.store.get_review_item(item.id).status == "open"
+    # the operator marks the set; now the reviewer may add to it
+    assert core.curation.update_set("isis", review_target=True).review_target
+    done = core.review.resolve("rev", item.id, "confirmed", add_to_set="isis")
+    assert done.status == "confirmed" and done.added_entry_id
+
+
+def test_review_target_on_a_set_changed_behind_the_core_is_checked_again(core):
+    """Someone with database access marks an allow list as a review target:
+    the resolve transaction itself refuses to add to it."""
+    _setup(core)
+    benign = core.curation.create_set("benign", allow_list=True)
+    with core.store._write() as cur:
+        cur.execute("UPDATE hash_sets SET review_target = ? WHERE id = ?", (True, benign.id))
+    _match(core, reencoded(photo(1), scale=0.5, quality=20))
+    item = core.review.claim("rev", None, ReviewFilter())
+    with pytest.raises(FailedPrecondition):
+        core.review.resolve("rev", item.id, "confirmed", add_to_set="benign")
+    assert core.curation.list_entries("benign")[0] == []
+
+
+# -- issue 16 item 9: adding the entry and resolving is one transaction
+
+
+def test_expired_claim_adds_nothing_and_a_retry_succeeds(store_url):
+    core = _core(store_url, review_claim_seconds=0.5)
+    try:
+        _setup(core)
+        core.curation.update_set("isis", review_target=True)
+        _match(core, reencoded(photo(1), scale=0.5, quality=20))
+        item = core.review.claim("slow", None, ReviewFilter())
+        time.sleep(0.7)
+        with pytest.raises(FailedPrecondition, match="expired"):
+            core.review.resolve("slow", item.id, "confirmed", add_to_set="isis")
+        assert [e.name for e in core.curation.list_entries("isis")[0]] == ["poster"]
+        assert core.store.get_review_item(item.id).status == "open"
+        failed = [r for r in core.store.query_history(_all()) if r.rpc == "ResolveReview"]
+        assert [(r.caller, r.status) for r in failed] == [("slow", "FAILED_PRECONDITION")]
+        # another reviewer resolves it the same way: no ALREADY_EXISTS
+        core.review.claim("fast", item.id, ReviewFilter())
+        done = core.review.resolve("fast", item.id, "confirmed", add_to_set="isis")
+        assert done.status == "confirmed"
+        names = sorted(e.name for e in core.curation.list_entries("isis")[0])
+        assert names == ["poster", f"review-{item.id}"]
+    finally:
+        core.close()
+
+
+def test_taken_entry_name_leaves_the_item_open(core):
+    _setup(core)
+    core.curation.update_set("isis", review_target=True)
+    _match(core, reencoded(photo(1), scale=0.5, quality=20))
+    item = core.review.claim("rev", None, ReviewFilter())
+    with pytest.raises(AlreadyExists):
+        core.review.resolve("rev", item.id, "confirmed", add_to_set="isis", entry_name="poster")
+    current = core.store.get_review_item(item.id)
+    assert current.status == "open" and current.claimed_by == "rev"
+    done = core.review.resolve("rev", item.id, "confirmed", add_to_set="isis", entry_name="p2")
+    assert done.added_entry_id == core.curation.get_entry("isis", "p2").id
+
+
+def test_review_target_over_grpc_and_cli(tmp_path, monkeypatch, capsys):
+    """`sets create --review-target`, `sets update --review-target` and
+    `sets show` over a real server; an allow list refused as a target."""
+    h = start_harness(f"sqlite:///{tmp_path}/db.sqlite")
+    try:
+        monkeypatch.setenv("HASHSVC_SERVER", h.address)
+        monkeypatch.setenv("HASHSVC_TOKEN", h.tokens["operator"])
+
+        def run(*argv):
+            code = cli.main(list(argv))
+            captured = capsys.readouterr()
+            return code, captured.out, captured.err
+
+        code, _, _ = run("sets", "create", "confirmed", "--review-target")
+        assert code == 0
+        code, out, _ = run("sets", "show", "confirmed", "--json")
+        assert code == 0 and json.loads(out)["review_target"] is True
+        code, _, _ = run("sets", "create", "isis")
+        code, out, _ = run("sets", "show", "isis", "--json")
+        assert json.loads(out)["review_target"] is False
+        code, out, _ = run("sets", "update", "isis", "--review-target", "--json")
+        assert code == 0 and json.loads(out)["review_target"] is True
+        code, out, _ = run("sets", "update", "isis", "--no-review-target", "--json")
+        assert code == 0 and json.loads(out)["review_target"] is False
+        code, _, err = run("sets", "create", "benign", "--allow-list", "--review-target")
+        assert code != 0 and "review target" in err
+        run("sets", "create", "benign", "--allow-list")
+        code, _, err = run("sets", "update", "benign", "--review-target")
+        assert code != 0 and "review target" in err
+
+        op, md = h.stubs("operator")
+        with pytest.raises(grpc.RpcError) as refused:
+            op.curation.UpdateSet(
+                pb.UpdateSetRequest(name="benign", review_target=True), metadata=md
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        got = op.curation.GetSet(pb.GetSetRequest(name="confirmed"), metadata=md)
+        assert got.review_target and not got.allow_list
     finally:
         h.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import types
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -392,7 +393,7 @@ def test_migrations_7_and_8_on_an_existing_database(store_url, monkeypatch):
     monkeypatch.setattr(migrations, "SQLITE", migrations.SQLITE[:6])
     monkeypatch.setattr(migrations, "POSTGRES", migrations.POSTGRES[:6])
     old = open_store(store_url)
-    s = old.create_set("s", "", {}, {})
+    s = _old_set(old)
     a = old.add_entry(s.id, "a", {}, "image", _signals(2, 1), "op")
     old.close()
     monkeypatch.undo()
@@ -413,6 +414,53 @@ def test_migrations_7_and_8_on_an_existing_database(store_url, monkeypatch):
                 " AND conrelid IN ('entries'::regclass, 'entry_signals'::regclass)"
             ).fetchall()
         assert foreign_keys == []
+
+
+def _old_set(store):
+    """A set written with the columns every schema has (create_set writes
+    the newest ones)."""
+    with store._write() as cur:
+        cur.execute(
+            "INSERT INTO hash_sets (name, created_at, updated_at) VALUES ('s', 0, 0) RETURNING id"
+        )
+        set_id = cur.fetchone()[0]
+    return types.SimpleNamespace(id=set_id)
+
+
+def test_migration_9_on_an_existing_database(store_url, monkeypatch):
+    """A database of schema 8 with an entry in the old quarantine opens:
+    its sets are no review targets, and the old quarantine is an open flood
+    alert that ReleaseEntry acknowledges."""
+    from hashdb import migrations
+
+    monkeypatch.setattr(migrations, "SQLITE", migrations.SQLITE[:8])
+    monkeypatch.setattr(migrations, "POSTGRES", migrations.POSTGRES[:8])
+    old = open_store(store_url)
+    with old._write() as cur:
+        cur.execute(
+            "INSERT INTO hash_sets (name, created_at, updated_at, allow_list)"
+            " VALUES ('s', 0, 0, ?) RETURNING id",
+            (False,),
+        )
+        set_id = cur.fetchone()[0]
+    a = old.add_entry(set_id, "a", {}, "image", _signals(2, 1), "op")
+    with old._write() as cur:
+        cur.execute(
+            "INSERT INTO entry_quarantine (entry_id, since, reason) VALUES (?, 0, 'old')", (a.id,)
+        )
+    old.close()
+    monkeypatch.undo()
+
+    store = open_store(store_url)
+    try:
+        assert store.get_set("s").review_target is False
+        assert store.open_flood_alerts([a.id]) == {a.id: "old"}
+        assert store.add_flood_counts({a.id: 3}, 100, 6, 1) == {}  # the alert is open
+        assert store.release_entry(a.id) and store.flood_counted_entries() == 0
+        assert store.add_flood_counts({a.id: 3}, 100, 6, 1) == {a.id: 3}
+        assert store.update_set(set_id, review_target=True).review_target
+    finally:
+        store.close()
 
 
 def test_new_sqlite_database_gets_large_pages_and_an_old_one_keeps_its_own(tmp_path):
