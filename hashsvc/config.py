@@ -94,6 +94,12 @@ class Config:
     index_snapshot: str = ""
     # How often to look for changes made by other replicas (seconds).
     change_poll_seconds: float = 1.0
+    # Matching answers UNAVAILABLE when the index has not read the store's
+    # change feed for this long on top of change_poll_seconds (the wait
+    # between reads): a replica cut off from its store cannot know what other
+    # replicas added or removed meanwhile. A failed read counts at once. 0 =
+    # only failed reads count.
+    index_stale_seconds: float = 30.0
     # How often to refresh the index snapshot when something changed (seconds).
     snapshot_seconds: float = 300.0
     # How PDQ searches cover the review band (past 32 bits, where the index

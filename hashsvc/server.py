@@ -7,7 +7,7 @@ import logging
 import signal
 import threading
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import faiss
 import grpc
@@ -31,6 +31,11 @@ from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+# How often health is brought in line with the index's readiness.
+_HEALTH_FOLLOW_SECONDS = 0.2
+# A failed index load is retried after 1 s, doubling up to this.
+_LOAD_RETRY_MAX_SECONDS = 30.0
+
 SERVICE_NAMES = [
     pb.DESCRIPTOR.services_by_name[n].full_name for n in pb.DESCRIPTOR.services_by_name
 ]
@@ -45,8 +50,10 @@ class RunningServer:
     metrics: Metrics
     metrics_port: int = 0
     loader: threading.Thread | None = None  # the index load, when started in the background
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def stop(self, grace: float = 5.0) -> None:
+        self.stopping.set()  # the health follower first: it must not say SERVING again
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
         self.metrics.stop()
@@ -60,6 +67,22 @@ class RunningServer:
         self.health.set("", status)
         for name in SERVICE_NAMES:
             self.health.set(name, status)
+
+    def follow_readiness(self) -> None:
+        """Health follows Core.ready() (an index that lost its store or fell
+        behind stops serving, and serves again once caught up); matching
+        itself checks readiness on every call, this is for load balancers."""
+        serving = True
+        while not self.stopping.wait(_HEALTH_FOLLOW_SECONDS):
+            ready = self.core.ready()
+            if ready != serving and not self.stopping.is_set():
+                serving = ready
+                if ready:
+                    self._set_health(health_pb2.HealthCheckResponse.SERVING)
+                    log.warning("serving again: the index has caught up")
+                else:
+                    self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+                    log.error("NOT_SERVING: %s", self.core.not_ready_reason())
 
 
 def start_server(
@@ -108,27 +131,46 @@ def start_server(
     running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()
 
-    def load() -> None:
-        try:
-            core.start()
-        except Exception:
-            if core.stopping:  # SIGTERM during start-up: nothing went wrong
-                log.info("stopped before the index was loaded")
+    def load(retry: bool) -> None:
+        # In the background a store that is down while the index loads is
+        # retried (matching answers UNAVAILABLE meanwhile), not left
+        # NOT_SERVING for good; a blocking start raises.
+        retry_seconds = 1.0
+        while True:
+            try:
+                core.start()
+                break
+            except Exception:
+                if core.stopping or running.stopping.is_set():  # SIGTERM during start-up
+                    log.info("stopped before the index was loaded")
+                    return
+                if not retry:
+                    raise
+                log.exception(
+                    "loading the index failed; NOT_SERVING, retrying in %g s", retry_seconds
+                )
+            if running.stopping.wait(retry_seconds):
                 return
-            log.exception("loading the index failed; the server stays NOT_SERVING")
-            return
+            retry_seconds = min(retry_seconds * 2, _LOAD_RETRY_MAX_SECONDS)
         # What start-up made (modules, the loaded index) lives as long as the
         # server: frozen, a full garbage collection no longer walks it (one
         # took 63 ms, a pause of every Match, during a bulk load).
         gc.collect()
         gc.freeze()
+        if running.stopping.is_set():
+            return
         running._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("ready on port %d; index %s", port, core.live.sizes())
+        threading.Thread(target=running.follow_readiness, daemon=True, name="health").start()
 
     if block_until_ready:
-        load()
+        try:
+            load(retry=False)
+        except BaseException:
+            running.stop(grace=0)
+            raise
     else:
-        running.loader = threading.Thread(target=load, daemon=True, name="index-load")
+        running.loader = threading.Thread(target=load, args=(True,), daemon=True, name="index-load")
         running.loader.start()
     return running
 
