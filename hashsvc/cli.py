@@ -340,14 +340,18 @@ def _print_json(obj) -> None:
 def cmd_serve(args) -> int:
     from hashsvc import logs
     from hashsvc.config import load_config
-    from hashsvc.server import serve_forever
+    from hashsvc.server import StartupError, serve_forever
 
     logs.configure(args.log_level, json_lines=args.log_json)
     try:
         config = load_config(args.config, listen=args.listen, db_url=args.db, workers=args.workers)
     except (OSError, ValueError) as exc:
         raise UsageError(f"config: {exc}") from None
-    serve_forever(config)
+    try:
+        serve_forever(config)
+    except StartupError as exc:  # one line, no traceback: what to fix
+        print(f"hashsvc: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import gc
 import logging
 import signal
+import socket
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -39,6 +42,10 @@ _LOAD_RETRY_MAX_SECONDS = 30.0
 SERVICE_NAMES = [
     pb.DESCRIPTOR.services_by_name[n].full_name for n in pb.DESCRIPTOR.services_by_name
 ]
+
+
+class StartupError(OSError):
+    """The server cannot start as configured (its message says why, in one line)."""
 
 
 @dataclass
@@ -94,12 +101,26 @@ def start_server(
     # concurrent requests made flat searches many times slower under load
     # (bench/scale.py). One thread per search.
     faiss.omp_set_num_threads(1)
+    # Before anything starts: a port in use is the commonest first-day mistake.
+    _check_can_listen(config.listen)
     core = Core.open(config, hash_in_process=hash_in_process)
+    try:
+        return _start(config, core, block_until_ready)
+    except BaseException:
+        core.close()  # its hashing workers and store, whatever failed
+        raise
+
+
+def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer:
     metrics = Metrics(core)
     core.on_match = metrics.observe_match
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
+        # grpc sets SO_REUSEPORT by default: a second server on the same port
+        # then starts without error and the kernel splits the connections
+        # between the two (issue 16: 3 of 8 calls reached the wrong store).
+        ("grpc.so_reuseport", 0),
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(config.grpc_threads, thread_name_prefix="grpc"),
@@ -127,7 +148,11 @@ def start_server(
     port = _bind(server, config)
     running = RunningServer(server, port, core, health_servicer, metrics)
     if config.metrics_listen:
-        running.metrics_port = metrics.serve(config.metrics_listen)
+        try:
+            running.metrics_port = metrics.serve(config.metrics_listen)
+        except OSError as exc:
+            server.stop(0)
+            raise StartupError(f"cannot serve metrics on {config.metrics_listen}: {exc}") from None
     running._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()
 
@@ -167,8 +192,10 @@ def start_server(
         try:
             load(retry=False)
         except BaseException:
-            running.stop(grace=0)
-            raise
+            running.stopping.set()
+            server.stop(0).wait()
+            metrics.stop()
+            raise  # start_server closes the core
     else:
         running.loader = threading.Thread(target=load, args=(True,), daemon=True, name="index-load")
         running.loader.start()
@@ -192,12 +219,48 @@ def _bind(server: grpc.Server, config: Config) -> int:
             root_certificates=client_ca,
             require_client_auth=client_ca is not None,
         )
-        port = server.add_secure_port(config.listen, credentials)
+        add_port = functools.partial(server.add_secure_port, config.listen, credentials)
     else:
-        port = server.add_insecure_port(config.listen)
+        add_port = functools.partial(server.add_insecure_port, config.listen)
+    try:
+        port = add_port()
+    except RuntimeError:  # grpc's "Failed to bind" (older versions return 0)
+        port = 0
     if port == 0:
-        raise OSError(f"could not listen on {config.listen}")
+        _check_can_listen(config.listen)  # names the reason when it can
+        raise StartupError(f"cannot listen on {config.listen}")
     return port
+
+
+def _check_can_listen(listen: str) -> None:
+    """Raises StartupError naming why `listen` (HOST:PORT) cannot be bound, if
+    it cannot: tried with a plain socket, as grpc binds it (SO_REUSEADDR, no
+    SO_REUSEPORT), and closed at once."""
+    if listen.startswith("unix"):
+        return  # a socket file: grpc reports its own errors
+    host, _, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (ValueError, OSError) as exc:
+        raise StartupError(f"cannot listen on {listen}: not a HOST:PORT address ({exc})") from None
+    if port == 0:
+        return  # any free port
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise StartupError(
+                        f"cannot listen on {listen}: the address is already in use "
+                        "(another hashsvc serve, or another program, listens there)"
+                    ) from None
+                raise StartupError(f"cannot listen on {listen}: {exc.strerror}") from None
 
 
 def serve_forever(config: Config) -> None:
