@@ -12,6 +12,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
+from hashsvc.addresses import is_loopback
 from hashsvc.media.audio import AudioLimits
 from hashsvc.media.image import ImageLimits
 from hashsvc.media.pdf import PdfLimits
@@ -83,8 +84,13 @@ class Config:
     # TLS: both set -> the server listens with TLS.
     tls_cert_file: str = ""
     tls_key_file: str = ""
-    # Mutual TLS: set -> clients must present a certificate signed by this CA.
+    # Mutual TLS: set -> clients must present a certificate signed by this CA
+    # (needs tls_cert_file and tls_key_file).
     tls_client_ca_file: str = ""
+    # Plaintext (no TLS) is refused on a listen address other than loopback:
+    # tokens and uploads would cross the network in clear. true allows it (a
+    # TLS-terminating proxy in front, a trusted network), logged as a warning.
+    allow_insecure: bool = False
     # A secret file: the match history's hash chain becomes an HMAC under it,
     # so database access alone cannot forge a consistent history.
     history_key_file: str = ""
@@ -110,6 +116,24 @@ class Config:
     def __post_init__(self) -> None:
         if self.pdq_review_search not in PDQ_REVIEW_SEARCHES:
             raise ValueError(f"pdq_review_search must be one of {', '.join(PDQ_REVIEW_SEARCHES)}")
+        self._check_transport()
+
+    def _check_transport(self) -> None:
+        # A half-made TLS config used to serve plaintext without a word.
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            given = "tls_cert_file" if self.tls_cert_file else "tls_key_file"
+            raise ValueError(f"TLS needs both tls_cert_file and tls_key_file; only {given} is set")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError(
+                "tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file too; "
+                "without them the server would listen in plaintext"
+            )
+        if not self.tls_cert_file and not self.allow_insecure and not is_loopback(self.listen):
+            raise ValueError(
+                f"listen = {self.listen!r} is not a loopback address and TLS is not set: "
+                "tokens and uploads would cross the network in clear; set tls_cert_file and "
+                "tls_key_file, or allow_insecure = true (e.g. behind a TLS-terminating proxy)"
+            )
 
     def history_key(self) -> bytes | None:
         if not self.history_key_file:

@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hashsvc.addresses import is_loopback
 from hashsvc.auth import RateLimiter
 from hashsvc.config import Config
 from hashsvc.core import Core
@@ -146,6 +147,8 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
         [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     port = _bind(server, config)
+    if warning := plaintext_warning(config):
+        log.warning(warning)
     running = RunningServer(server, port, core, health_servicer, metrics)
     if config.metrics_listen:
         try:
@@ -203,17 +206,9 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
 
 
 def _bind(server: grpc.Server, config: Config) -> int:
-    if config.tls_cert_file or config.tls_key_file:
-        if not (config.tls_cert_file and config.tls_key_file):
-            raise ValueError("TLS needs both tls_cert_file and tls_key_file")
-        with open(config.tls_key_file, "rb") as f:
-            key = f.read()
-        with open(config.tls_cert_file, "rb") as f:
-            cert = f.read()
-        client_ca = None
-        if config.tls_client_ca_file:
-            with open(config.tls_client_ca_file, "rb") as f:
-                client_ca = f.read()
+    if config.tls_cert_file:  # with tls_key_file: Config checked both are set
+        key, cert = _read_tls(config.tls_key_file), _read_tls(config.tls_cert_file)
+        client_ca = _read_tls(config.tls_client_ca_file) if config.tls_client_ca_file else None
         credentials = grpc.ssl_server_credentials(
             [(key, cert)],
             root_certificates=client_ca,
@@ -230,6 +225,26 @@ def _bind(server: grpc.Server, config: Config) -> int:
         _check_can_listen(config.listen)  # names the reason when it can
         raise StartupError(f"cannot listen on {config.listen}")
     return port
+
+
+def _read_tls(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise StartupError(f"cannot read TLS file {path}: {exc.strerror}") from None
+
+
+def plaintext_warning(config: Config) -> str:
+    """The warning to log when allow_insecure lets the server listen in
+    plaintext beyond loopback; "" when there is nothing to warn about."""
+    if config.tls_cert_file or is_loopback(config.listen):
+        return ""
+    return (
+        f"PLAINTEXT on {config.listen} (allow_insecure = true): API tokens, uploads and "
+        "match results cross the network unencrypted; use TLS unless a TLS-terminating "
+        "proxy or a private network protects every hop"
+    )
 
 
 def _check_can_listen(listen: str) -> None:

@@ -7,10 +7,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import grpc
 import pytest
 
+from hashsvc import cli
+from hashsvc.client import Client, InsecureTransport
 from hashsvc.config import Config, ImageLimits
-from hashsvc.server import StartupError, start_server
+from hashsvc.server import StartupError, plaintext_warning, start_server
 from hashsvc.v1 import hashsvc_pb2 as pb
 from tests.helpers import popen, start_harness
 from tests.test_process import REPO
@@ -71,3 +74,132 @@ def test_start_server_on_a_port_in_use_raises_and_leaves_nothing_open(tmp_path):
     # the failed start holds nothing: the port is free once the first is gone
     again = start_server(config, hash_in_process=True)
     again.stop(grace=0)
+
+
+# -- item 18: plaintext only on loopback, TLS whole or not at all
+
+
+@pytest.mark.parametrize(
+    "listen", ["0.0.0.0:50051", "[::]:50051", "10.1.2.3:50051", "192.168.0.7:0", "db.internal:1"]
+)
+def test_plaintext_on_a_non_loopback_address_is_refused(listen):
+    with pytest.raises(ValueError, match="allow_insecure"):
+        Config(listen=listen)
+    assert Config(listen=listen, allow_insecure=True).allow_insecure
+    warning = plaintext_warning(Config(listen=listen, allow_insecure=True))
+    assert "PLAINTEXT" in warning and listen in warning
+
+
+@pytest.mark.parametrize(
+    "listen", ["127.0.0.1:50051", "127.9.9.9:0", "localhost:50051", "[::1]:50051", "unix:/tmp/s"]
+)
+def test_plaintext_on_loopback_needs_nothing(listen):
+    assert plaintext_warning(Config(listen=listen)) == ""
+
+
+@pytest.mark.parametrize(
+    "tls",
+    [
+        {"tls_client_ca_file": "ca.pem"},
+        {"tls_cert_file": "cert.pem"},
+        {"tls_key_file": "key.pem"},
+        {"tls_cert_file": "cert.pem", "tls_client_ca_file": "ca.pem"},
+    ],
+)
+def test_a_partial_tls_config_is_an_error(tls):
+    with pytest.raises(ValueError, match="tls_"):
+        Config(**tls)
+
+
+def test_serve_refuses_plaintext_and_partial_tls_in_one_line(tmp_path):
+    db = f"sqlite:///{tmp_path}/s.db"
+    # a private address: refused before any socket is bound
+    code, err = _serve("--listen", "10.255.255.1:0", "--db", db)
+    assert code == 2 and "allow_insecure" in _one_line(err), err
+    config = tmp_path / "partial.toml"
+    config.write_text(f'listen = "127.0.0.1:0"\ntls_client_ca_file = "{tmp_path}/ca.pem"\n')
+    code, err = _serve("--config", str(config), "--db", db)
+    assert code == 2 and "tls_client_ca_file" in _one_line(err), err
+
+
+REMOTE = ["0.0.0.0:50051", "10.0.0.8:50051", "192.168.1.20:443", "hashsvc.example:50051",
+          "dns:///hashsvc.example:50051", "[fd00::1]:50051"]  # fmt: skip
+
+
+@pytest.fixture
+def no_channels(monkeypatch):
+    """Fails a test that would open a channel: refusals come before any traffic."""
+
+    def refuse(*args, **kw):
+        raise AssertionError(f"a channel was opened to {args[0]!r}")
+
+    monkeypatch.setattr(grpc, "insecure_channel", refuse)
+    monkeypatch.setattr(grpc, "secure_channel", refuse)
+
+
+@pytest.mark.parametrize("server", REMOTE)
+def test_client_refuses_to_send_a_token_in_clear_to_a_remote_server(server, no_channels):
+    with pytest.raises(InsecureTransport, match="--insecure"):
+        Client(server=server, token="hsv_secret")
+
+
+@pytest.mark.parametrize("server", REMOTE)
+def test_cli_refuses_a_token_in_clear_with_usage_exit_code(
+    server, no_channels, monkeypatch, capsys
+):
+    monkeypatch.setenv("HASHSVC_TOKEN", "hsv_secret")
+    monkeypatch.delenv("HASHSVC_TLS_CA", raising=False)
+    for argv in (["stats", "--server", server], ["token", "list", "--server", server]):
+        assert cli.main(argv) == cli.EXIT_USAGE
+        err = capsys.readouterr().err
+        assert "--insecure" in err and "hsv_secret" not in err
+        assert len(err.strip().splitlines()) == 1
+
+
+_INSECURE_CHANNEL = grpc.insecure_channel
+
+
+def _recording_channel(opened: list):
+    """grpc.insecure_channel that notes the target and returns a channel to a
+    loopback port nobody calls (channels connect only when called)."""
+
+    def channel(target, *args, **kw):
+        opened.append(target)
+        return _INSECURE_CHANNEL("127.0.0.1:9")
+
+    return channel
+
+
+def test_insecure_flag_lets_the_cli_send_in_clear(monkeypatch):
+    opened = []
+    monkeypatch.setattr(grpc, "insecure_channel", _recording_channel(opened))
+    client = Client(server="10.0.0.8:50051", token="hsv_secret", insecure=True)
+    assert opened == ["10.0.0.8:50051"] and client.metadata
+    # every command that talks to a server takes --insecure
+    commands = _commands_with_server_option(cli.build_parser())
+    assert len(commands) > 20
+    for name, sub in commands:
+        assert any("--insecure" in a.option_strings for a in sub._actions), name
+    assert cli.build_parser().parse_args(["stats", "--insecure"]).insecure is True
+
+
+def _commands_with_server_option(parser, prefix=""):
+    import argparse
+
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                if any("--server" in a.option_strings for a in sub._actions):
+                    found.append((f"{prefix}{name}", sub))
+                found += _commands_with_server_option(sub, f"{prefix}{name} ")
+    return found
+
+
+def test_no_token_and_loopback_need_no_flag(no_channels, monkeypatch):
+    opened = []
+    monkeypatch.setattr(grpc, "insecure_channel", _recording_channel(opened))
+    Client(server="10.0.0.8:50051", token="")  # nothing secret to send
+    for server in ("127.0.0.1:50051", "localhost:1", "[::1]:50051", "127.1.2.3:9"):
+        Client(server=server, token="hsv_secret")
+    assert len(opened) == 5
