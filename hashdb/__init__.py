@@ -21,7 +21,7 @@ from hashdb.model import (
     Thresholds,
     TokenRecord,
 )
-from hashdb.store import Store, open_store
+from hashdb.store import Store, open_store, safe_url
 
 __all__ = [
     "Change",
@@ -38,4 +38,5 @@ __all__ = [
     "Thresholds",
     "TokenRecord",
     "open_store",
+    "safe_url",
 ]

@@ -374,7 +374,10 @@ def cmd_token_create(args) -> int:
         from hashdb import open_store
         from hashsvc import auth
 
-        store = open_store(args.db)
+        try:
+            store = open_store(args.db)
+        except ValueError as exc:  # not a store URL; a store that is down: Unavailable
+            raise UsageError(f"--db: {exc}") from None
         try:
             record, token = auth.create_token(store, args.role, args.name, expires_in)
         finally:

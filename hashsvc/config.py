@@ -39,6 +39,9 @@ PDQ_REVIEW_SEARCHES = ("fast", "balanced", "thorough")
 class Config:
     listen: str = "127.0.0.1:50051"
     db_url: str = "sqlite:///hashsvc.db"
+    # Connecting to PostgreSQL gives up after this (libpq: whole seconds, at
+    # least 2): a wrong host fails start-up in seconds with one line saying why.
+    db_connect_timeout_seconds: float = 5.0
     # Hashing runs in worker processes; 0 means one per core.
     workers: int = 0
     # Hash each upload's two halves on two workers at once: p50 12.3 instead of

@@ -88,7 +88,11 @@ class Core:
 
     @classmethod
     def open(cls, config: Config, hash_in_process: bool = False) -> Core:
-        store = open_store(config.db_url, history_key=config.history_key())
+        store = open_store(
+            config.db_url,
+            history_key=config.history_key(),
+            connect_timeout=config.db_connect_timeout_seconds,
+        )
         workers = 0 if hash_in_process else config.worker_count()
         pool = HashingPool(
             workers,

@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hashdb import safe_url
 from hashsvc.addresses import is_loopback
 from hashsvc.auth import RateLimiter
 from hashsvc.config import Config
@@ -104,7 +105,10 @@ def start_server(
     faiss.omp_set_num_threads(1)
     # Before anything starts: a port in use is the commonest first-day mistake.
     _check_can_listen(config.listen)
-    core = Core.open(config, hash_in_process=hash_in_process)
+    try:
+        core = Core.open(config, hash_in_process=hash_in_process)
+    except (ValueError, OSError) as exc:  # a store URL or key file that cannot be used
+        raise StartupError(str(exc)) from None
     try:
         return _start(config, core, block_until_ready)
     except BaseException:
@@ -292,24 +296,16 @@ def serve_forever(config: Config) -> None:
     if not running.core.store.list_tokens():
         log.warning(
             "no API tokens yet: create one with `hashsvc token create --role admin --db %s`",
-            _safe_url(config.db_url),
+            safe_url(config.db_url),
         )
     log.info(
         "hashsvc listening on %s (port %d), store %s",
         config.listen,
         running.port,
-        _safe_url(config.db_url),
+        safe_url(config.db_url),
     )
     # Wake up now and then: a signal delivered to another thread only runs
     # its Python handler when the main thread next executes bytecode.
     while not stop.wait(0.5):
         pass
     running.stop()
-
-
-def _safe_url(url: str) -> str:
-    # Never log a password embedded in a database URL.
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url

@@ -4,17 +4,22 @@ exit code; nothing starts half-way."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
+import time
 
 import grpc
 import pytest
 
+from hashdb import safe_url
 from hashsvc import cli
 from hashsvc.client import Client, InsecureTransport
 from hashsvc.config import Config, ImageLimits
 from hashsvc.server import StartupError, plaintext_warning, start_server
 from hashsvc.v1 import hashsvc_pb2 as pb
+from tests.conftest import PG_URL
 from tests.helpers import popen, start_harness
 from tests.test_process import REPO
 
@@ -203,3 +208,91 @@ def test_no_token_and_loopback_need_no_flag(no_channels, monkeypatch):
     for server in ("127.0.0.1:50051", "localhost:1", "[::1]:50051", "127.1.2.3:9"):
         Client(server=server, token="hsv_secret")
     assert len(opened) == 5
+
+
+# -- item 19: a wrong store URL
+
+
+def _token_create(db: str, timeout: float = 20) -> tuple[int, str, float]:
+    started = time.monotonic()
+    proc = popen(
+        [sys.executable, "-m", "hashsvc.cli", "token", "create", "--role", "admin", "--db", db],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"token create --db {db} still running after {timeout} s")
+    assert out == ""  # no token was made
+    return proc.returncode, err, time.monotonic() - started
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again: nothing listens there
+
+
+@pytest.fixture
+def silent_server():
+    """127.0.0.1:PORT that accepts connections and never says a word."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield s.getsockname()[1]
+
+
+WRONG_URLS = {
+    "no such database": (f"{PG_URL.rsplit('/', 1)[0]}/no_such_db_{os.getpid()}", "does not exist"),
+    "nothing listens": ("postgresql://alice:s3cret-pw@127.0.0.1:{closed}/test", "refused"),
+    "not postgresql": ("mysql://127.0.0.1/test", "unsupported store URL"),
+}
+
+
+@pytest.mark.parametrize("case", WRONG_URLS)
+def test_a_wrong_store_url_fails_in_one_line_within_seconds(case, tmp_path):
+    url, says = WRONG_URLS[case]
+    url = url.format(closed=_closed_port())
+    code, err, seconds = _token_create(url)
+    line = _one_line(err)
+    assert code != 0 and says in line and seconds < 10, (seconds, err)
+    assert "s3cret-pw" not in err
+    code, err = _serve("--listen", "127.0.0.1:0", "--db", url)
+    line = _one_line(err)
+    assert code != 0 and says in line and "s3cret-pw" not in err, err
+
+
+def test_a_store_that_never_answers_times_out_in_one_line(silent_server, tmp_path):
+    url = f"postgresql://127.0.0.1:{silent_server}/test"
+    config = tmp_path / "c.toml"
+    config.write_text("db_connect_timeout_seconds = 2\n")
+    started = time.monotonic()
+    code, err = _serve("--config", str(config), "--listen", "127.0.0.1:0", "--db", url)
+    seconds = time.monotonic() - started
+    line = _one_line(err)
+    assert code != 0 and "timeout" in line and seconds < 10, (seconds, err)
+    code, err, seconds = _token_create(url)  # the default: 5 s
+    assert code != 0 and "timeout" in _one_line(err) and seconds < 12, (seconds, err)
+
+
+def test_an_unusable_sqlite_path_fails_in_one_line(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    url = f"sqlite:///{tmp_path}/file/hashsvc.db"
+    code, err, _ = _token_create(url)
+    assert code != 0 and "hashsvc.db" in _one_line(err), err
+    code, err = _serve("--listen", "127.0.0.1:0", "--db", url)
+    assert code != 0 and "hashsvc.db" in _one_line(err), err
+
+
+def test_printed_store_urls_hide_the_password_only():
+    assert safe_url("postgresql://alice:pw@db.internal/hashsvc") == (
+        "postgresql://alice:***@db.internal/hashsvc"
+    )
+    assert safe_url("postgresql://alice@db.internal/hashsvc") == (
+        "postgresql://alice@db.internal/hashsvc"
+    )
+    assert "pw" not in safe_url("postgresql://db.internal/hashsvc?user=a&password=pw")
+    assert safe_url("sqlite:///hashsvc.db") == "sqlite:///hashsvc.db"
