@@ -22,7 +22,7 @@ from hashdb.model import (
     Thresholds,
     TokenRecord,
 )
-from hashdb.store import Store, open_store
+from hashdb.store import Store, open_store, safe_url
 
 __all__ = [
     "Change",
@@ -40,4 +40,5 @@ __all__ = [
     "Thresholds",
     "TokenRecord",
     "open_store",
+    "safe_url",
 ]

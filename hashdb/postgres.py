@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from hashdb import migrations
 from hashdb.review_sql import ReviewSQL
 from hashdb.sqlbase import SQLStore
+from hashdb.store import CONNECT_TIMEOUT_SECONDS, safe_url
 from hashsvc.errors import Unavailable
 
 # Advisory lock keys (arbitrary constants, "hsv" + purpose).
@@ -50,20 +52,46 @@ class PostgresStore(SQLStore, ReviewSQL):
     _unique_violation = pg_errors.UniqueViolation
 
     def __init__(
-        self, url: str, max_connections: int = 16, history_key: bytes | None = None
+        self,
+        url: str,
+        max_connections: int = 16,
+        history_key: bytes | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
     ) -> None:
         self._init_history_key(history_key)
         self.url = url
+        # Every connection (pool, listener) gives up after this: libpq counts
+        # whole seconds, at least 2. A connect_timeout in the URL wins.
+        seconds = max(2, math.ceil(connect_timeout))
+        self._connect_kwargs = {} if "connect_timeout" in url else {"connect_timeout": seconds}
         self.schema = _schema_from_url(url)
         # one channel per schema: stores in other schemas of the database do
         # not wake this one
         self._channel = f"hashsvc_changes_{self.schema}" if self.schema else "hashsvc_changes"
         self._listener: psycopg.Connection | None = None
+        # One direct connection first: its error says what is wrong (no such
+        # database, refused, timed out) at once, where the pool retried in the
+        # background for 30 s and then said only "pool initialization incomplete".
+        try:
+            psycopg.connect(url, **self._connect_kwargs).close()
+        except psycopg.Error as exc:
+            raise Unavailable(f"cannot connect to {safe_url(url)}: {_one_line(exc, url)}") from None
         self._pool = ConnectionPool(
-            url, min_size=1, max_size=max_connections, open=True, name="hashsvc"
+            url,
+            kwargs=self._connect_kwargs,
+            min_size=1,
+            max_size=max_connections,
+            open=True,
+            name="hashsvc",
         )
-        self._pool.wait(timeout=30)
-        self._migrate()
+        try:
+            self._pool.wait(timeout=30)
+            self._migrate()
+        except (psycopg.Error, PoolTimeout) as exc:
+            self._pool.close()
+            raise Unavailable(
+                f"cannot prepare the database at {safe_url(url)}: {_one_line(exc, url)}"
+            ) from None
 
     @contextmanager
     def _read(self):
@@ -113,7 +141,7 @@ class PostgresStore(SQLStore, ReviewSQL):
     def wait_for_change(self, timeout: float) -> bool:
         try:
             if self._listener is None:
-                self._listener = psycopg.connect(self.url, autocommit=True)
+                self._listener = psycopg.connect(self.url, autocommit=True, **self._connect_kwargs)
                 self._listener.execute(f"LISTEN {self._channel}")
             for _ in self._listener.notifies(timeout=timeout, stop_after=1):
                 return True
@@ -152,6 +180,17 @@ def _outage_as_unavailable():
         yield
     except (psycopg.OperationalError, PoolTimeout) as exc:
         raise Unavailable(f"the database is unavailable: {exc}") from exc
+
+
+def _one_line(exc: BaseException, url: str) -> str:
+    """A driver error as one line, without the URL's password (libpq does
+    not print it; this makes sure)."""
+    text = "; ".join(line.strip(" \t-") for line in str(exc).splitlines() if line.strip())
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(url).get("password")
+    except psycopg.Error:
+        password = None
+    return text.replace(password, "***") if password else text
 
 
 def _schema_from_url(url: str) -> str:

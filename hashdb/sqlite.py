@@ -16,6 +16,7 @@ from pathlib import Path
 from hashdb import migrations
 from hashdb.review_sql import ReviewSQL
 from hashdb.sqlbase import SQLStore
+from hashsvc.errors import Unavailable
 
 
 class SQLiteStore(SQLStore, ReviewSQL):
@@ -27,8 +28,6 @@ class SQLiteStore(SQLStore, ReviewSQL):
         if not path:
             raise ValueError("sqlite URL needs a path: sqlite:///hashsvc.db")
         self.memory = path == ":memory:"
-        if not self.memory:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
@@ -40,8 +39,15 @@ class SQLiteStore(SQLStore, ReviewSQL):
         self._writer = _FairLock()
         self._closed = threading.Event()
         self.bulk_checkpoints_until = 0.0  # monotonic time; see hashdb/bulk_sql.py
-        self._shared = self._open() if self.memory else None
-        self._migrate()
+        try:
+            if not self.memory:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._shared = self._open() if self.memory else None
+            self._migrate()
+        except (OSError, sqlite3.Error) as exc:
+            # one line for the operator (a directory that is a file, no rights)
+            self.close()
+            raise Unavailable(f"cannot open the SQLite database {path}: {exc}") from None
         self._checkpointer = None
         if not self.memory:
             self._checkpointer = threading.Thread(

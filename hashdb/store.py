@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Protocol
@@ -251,10 +252,21 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(url: str, history_key: bytes | None = None) -> Store:
+# How long connecting to PostgreSQL may take before start-up fails with a
+# one-line reason (a wrong host waited 30 s and ended in a traceback).
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+def open_store(
+    url: str,
+    history_key: bytes | None = None,
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+) -> Store:
     """sqlite:///relative/or/absolute/path, sqlite:///:memory: (tests),
     postgresql://host:port/db[?options=-csearch_path%3Dschema].
-    history_key: sign the history chain with HMAC under this secret."""
+    history_key: sign the history chain with HMAC under this secret.
+    A store that cannot be opened raises Unavailable with one line saying
+    why (never the password)."""
     if url.startswith("sqlite://"):
         from hashdb.sqlite import SQLiteStore
 
@@ -262,5 +274,22 @@ def open_store(url: str, history_key: bytes | None = None) -> Store:
     if url.startswith(("postgresql://", "postgres://")):
         from hashdb.postgres import PostgresStore
 
-        return PostgresStore(url, history_key=history_key)
-    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///PATH or postgresql://...")
+        return PostgresStore(url, history_key=history_key, connect_timeout=connect_timeout)
+    raise ValueError(
+        f"unsupported store URL {safe_url(url)!r}: use sqlite:///PATH or postgresql://..."
+    )
+
+
+def safe_url(url: str) -> str:
+    """The URL as it may be printed or logged: the password replaced by ***
+    (the user stays: a hint naming the URL must still work)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, tail = rest.partition("/")
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    tail = re.sub(r"(?i)(password=)[^&]*", r"\1***", tail)
+    return f"{scheme}://{netloc}{slash}{tail}"

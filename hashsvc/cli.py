@@ -22,6 +22,7 @@ from hashsvc import __version__
 from hashsvc.client import (
     STREAM_ABOVE_BYTES,
     Client,
+    InsecureTransport,
     bytes_chunks,
     file_chunks,
 )
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--server", help="HOST:PORT of the hashsvc server")
         p.add_argument("--tls-ca", help="CA certificate file: connect with TLS")
+        p.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
         p.set_defaults(func=func)
         return p
 
@@ -114,19 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="", help="who holds it (shown as caller in history)")
     p.add_argument("--expires-in", help="the token stops working after this: 90d, 12h, 3600s")
     p.add_argument("--db", help="store URL, for creating a token without a running server")
-    p.add_argument("--server")
-    p.add_argument("--tls-ca")
-    p.add_argument("--json", action="store_true")
+    _client_opts(p, json_flag=True)
     p.set_defaults(func=cmd_token_create)
     p = token_sub.add_parser("list", help="list tokens (admin)")
-    p.add_argument("--server")
-    p.add_argument("--tls-ca")
-    p.add_argument("--json", action="store_true")
+    _client_opts(p, json_flag=True)
     p.set_defaults(func=cmd_token_list)
     p = token_sub.add_parser("revoke", help="revoke a token by id (admin)")
     p.add_argument("id", type=int)
-    p.add_argument("--server")
-    p.add_argument("--tls-ca")
+    _client_opts(p)
     p.set_defaults(func=cmd_token_revoke)
 
     sets = sub.add_parser("sets", help="manage hash sets", description="Manage hash sets.")
@@ -336,12 +333,19 @@ def build_parser() -> argparse.ArgumentParser:
 def _client_opts(p: argparse.ArgumentParser, json_flag: bool = False) -> None:
     p.add_argument("--server", help="HOST:PORT of the hashsvc server")
     p.add_argument("--tls-ca", help="CA certificate file: connect with TLS")
+    p.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
     if json_flag:
         p.add_argument("--json", action="store_true")
 
 
+INSECURE_HELP = "send the token without TLS to a server that is not on this machine"
+
+
 def _client(args) -> Client:
-    return Client(server=args.server, tls_ca_file=args.tls_ca)
+    try:
+        return Client(server=args.server, tls_ca_file=args.tls_ca, insecure=args.insecure)
+    except InsecureTransport as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _print_json(obj) -> None:
@@ -354,14 +358,18 @@ def _print_json(obj) -> None:
 def cmd_serve(args) -> int:
     from hashsvc import logs
     from hashsvc.config import load_config
-    from hashsvc.server import serve_forever
+    from hashsvc.server import StartupError, serve_forever
 
     logs.configure(args.log_level, json_lines=args.log_json)
     try:
         config = load_config(args.config, listen=args.listen, db_url=args.db, workers=args.workers)
     except (OSError, ValueError) as exc:
         raise UsageError(f"config: {exc}") from None
-    serve_forever(config)
+    try:
+        serve_forever(config)
+    except StartupError as exc:  # one line, no traceback: what to fix
+        print(f"hashsvc: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -380,7 +388,10 @@ def cmd_token_create(args) -> int:
         from hashdb import open_store
         from hashsvc import auth
 
-        store = open_store(args.db)
+        try:
+            store = open_store(args.db)
+        except ValueError as exc:  # not a store URL; a store that is down: Unavailable
+            raise UsageError(f"--db: {exc}") from None
         try:
             record, token = auth.create_token(store, args.role, args.name, expires_in)
         finally:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from hashsvc.addresses import is_loopback
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
 
@@ -36,6 +37,11 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+class InsecureTransport(ValueError):
+    """The client would send a token in clear beyond this machine, or was
+    given half a TLS configuration."""
+
+
 class _TokenAuth(grpc.AuthMetadataPlugin):
     def __init__(self, token: str) -> None:
         self._token = token
@@ -53,13 +59,29 @@ class Client:
         max_message_bytes: int = 64 * 1024 * 1024,
         tls_cert_file: str | None = None,
         tls_key_file: str | None = None,
+        insecure: bool = False,
     ) -> None:
+        """insecure: send the token in plaintext to a server that is not on
+        loopback (refused otherwise, before any connection is made)."""
         self.server = server or os.environ.get("HASHSVC_SERVER") or DEFAULT_SERVER
         self.token = token if token is not None else os.environ.get("HASHSVC_TOKEN", "")
         tls_ca_file = tls_ca_file or os.environ.get("HASHSVC_TLS_CA")
         # mutual TLS: this client's own certificate and key
         tls_cert_file = tls_cert_file or os.environ.get("HASHSVC_TLS_CERT")
         tls_key_file = tls_key_file or os.environ.get("HASHSVC_TLS_KEY")
+        if (tls_cert_file or tls_key_file) and not (tls_ca_file and tls_cert_file and tls_key_file):
+            # a client certificate without a CA (or half of one) was ignored,
+            # and the client spoke plaintext
+            raise InsecureTransport(
+                "mutual TLS needs a CA (--tls-ca / HASHSVC_TLS_CA) and both HASHSVC_TLS_CERT "
+                "and HASHSVC_TLS_KEY"
+            )
+        if not tls_ca_file and self.token and not insecure and not is_loopback(self.server):
+            raise InsecureTransport(
+                f"refusing to send the token in clear to {self.server}, which is not on this "
+                "machine: connect with TLS (--tls-ca FILE or HASHSVC_TLS_CA), or pass "
+                "--insecure if the network is trusted"
+            )
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),

@@ -12,6 +12,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
+from hashsvc.addresses import is_loopback
 from hashsvc.media.audio import AudioLimits
 from hashsvc.media.image import ImageLimits
 from hashsvc.media.pdf import PdfLimits
@@ -38,6 +39,9 @@ PDQ_REVIEW_SEARCHES = ("fast", "balanced", "thorough")
 class Config:
     listen: str = "127.0.0.1:50051"
     db_url: str = "sqlite:///hashsvc.db"
+    # Connecting to PostgreSQL gives up after this (libpq: whole seconds, at
+    # least 2): a wrong host fails start-up in seconds with one line saying why.
+    db_connect_timeout_seconds: float = 5.0
     # Hashing runs in worker processes; 0 means one per core.
     workers: int = 0
     # Hash each upload's two halves on two workers at once: p50 12.3 instead of
@@ -93,8 +97,13 @@ class Config:
     # TLS: both set -> the server listens with TLS.
     tls_cert_file: str = ""
     tls_key_file: str = ""
-    # Mutual TLS: set -> clients must present a certificate signed by this CA.
+    # Mutual TLS: set -> clients must present a certificate signed by this CA
+    # (needs tls_cert_file and tls_key_file).
     tls_client_ca_file: str = ""
+    # Plaintext (no TLS) is refused on a listen address other than loopback:
+    # tokens and uploads would cross the network in clear. true allows it (a
+    # TLS-terminating proxy in front, a trusted network), logged as a warning.
+    allow_insecure: bool = False
     # A secret file: the match history's hash chain becomes an HMAC under it,
     # so database access alone cannot forge a consistent history.
     history_key_file: str = ""
@@ -104,6 +113,12 @@ class Config:
     index_snapshot: str = ""
     # How often to look for changes made by other replicas (seconds).
     change_poll_seconds: float = 1.0
+    # Matching answers UNAVAILABLE when the index has not read the store's
+    # change feed for this long on top of change_poll_seconds (the wait
+    # between reads): a replica cut off from its store cannot know what other
+    # replicas added or removed meanwhile. A failed read counts at once. 0 =
+    # only failed reads count.
+    index_stale_seconds: float = 30.0
     # How often to refresh the index snapshot when something changed (seconds).
     snapshot_seconds: float = 300.0
     # How PDQ searches cover the review band (past 32 bits, where the index
@@ -124,6 +139,24 @@ class Config:
             raise ValueError("flood_flush_seconds must be more than 0")
         if self.flood_max_pending_entries < 1:
             raise ValueError("flood_max_pending_entries must be 1 or more")
+        self._check_transport()
+
+    def _check_transport(self) -> None:
+        # A half-made TLS config used to serve plaintext without a word.
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            given = "tls_cert_file" if self.tls_cert_file else "tls_key_file"
+            raise ValueError(f"TLS needs both tls_cert_file and tls_key_file; only {given} is set")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError(
+                "tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file too; "
+                "without them the server would listen in plaintext"
+            )
+        if not self.tls_cert_file and not self.allow_insecure and not is_loopback(self.listen):
+            raise ValueError(
+                f"listen = {self.listen!r} is not a loopback address and TLS is not set: "
+                "tokens and uploads would cross the network in clear; set tls_cert_file and "
+                "tls_key_file, or allow_insecure = true (e.g. behind a TLS-terminating proxy)"
+            )
 
     def history_key(self) -> bytes | None:
         if not self.history_key_file:

@@ -18,7 +18,14 @@ from hashsvc.audit import Audit
 from hashsvc.bulk import BulkLoad, BulkResult, PackedRows, RowBatch
 from hashsvc.config import Config
 from hashsvc.curation import Curation
-from hashsvc.errors import HashsvcError, InvalidArgument, NotFound, quoted, status_name
+from hashsvc.errors import (
+    HashsvcError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    quoted,
+    status_name,
+)
 from hashsvc.flood import FloodCounter
 from hashsvc.hashing import HashingPool
 from hashsvc.live_index import LiveIndex
@@ -81,6 +88,9 @@ class Core:
         self._poller: threading.Thread | None = None
         self._flusher: threading.Thread | None = None
         self._stopping = threading.Event()
+        # Set while the change feed cannot be read: the index may miss what
+        # other replicas changed, so matching stops until it has caught up.
+        self._index_lost = threading.Event()
         # Called with every successful Match outcome (metrics); must not raise.
         self.on_match: Callable[[MatchOutcome], None] | None = None
         # Called with the set's name for every flood alert this replica raises.
@@ -88,7 +98,11 @@ class Core:
 
     @classmethod
     def open(cls, config: Config, hash_in_process: bool = False) -> Core:
-        store = open_store(config.db_url, history_key=config.history_key())
+        store = open_store(
+            config.db_url,
+            history_key=config.history_key(),
+            connect_timeout=config.db_connect_timeout_seconds,
+        )
         workers = 0 if hash_in_process else config.worker_count()
         pool = HashingPool(
             workers,
@@ -141,13 +155,23 @@ class Core:
                 if self._stopping.is_set():
                     return
                 self.live.catch_up()
+            except Exception as exc:  # keep following; the next poll retries
+                if not self._index_lost.is_set():
+                    log.exception("the index cannot follow the store; matching stops: %s", exc)
+                self._index_lost.set()
+                self._stopping.wait(self.config.change_poll_seconds)  # no busy retry
+                continue
+            if self._index_lost.is_set():
+                self._index_lost.clear()
+                log.warning("the index caught up with the store again; matching resumes")
+            try:
                 # A fresh snapshot keeps restarts fast even after a crash.
                 due = time.monotonic() - saved_at > self.config.snapshot_seconds
                 if due and self.live.seq != saved_seq:
                     self.live.save_snapshot()
                     saved_seq, saved_at = self.live.seq, time.monotonic()
-            except Exception:  # keep following; the next poll retries
-                log.exception("applying changes failed")
+            except Exception:
+                log.exception("saving the index snapshot failed")
 
     @property
     def stopping(self) -> bool:
@@ -178,10 +202,12 @@ class Core:
         started = datetime.now(UTC)
         media_type, signals, notes = "", [], ()
         try:
+            self._require_ready()  # before hashing: no work for a refused call
             only_sets = self._set_ids(query.sets)
             media_type, signals, notes = self._query_signals(query)
             result = self.matcher.match(signals, only_sets)
             result = self.feedback.apply(result, signals, self.live.sets_by_id)
+            self._require_ready()  # the index may have been lost while hashing
         except HashsvcError as exc:
             self._record(request_id, started, caller, rpc, query, media_type, signals, exc=exc)
             raise
@@ -341,7 +367,29 @@ class Core:
         self.store.record_match(record)
 
     def ready(self) -> bool:
-        return self.live.ready.is_set()
+        """Whether matching may decide: the index is loaded and current."""
+        return not self.not_ready_reason()
+
+    def not_ready_reason(self) -> str:
+        """Why matching may not decide now ("" when it may): without the
+        whole index an exact copy of a known item would be allowed."""
+        if not self.live.ready.is_set():
+            return "the index is loading; no decision until it is loaded, retry shortly"
+        if self._index_lost.is_set():
+            return "the index cannot read the store's changes; no decision until it has caught up"
+        limit = self.config.index_stale_seconds
+        behind = time.monotonic() - self.live.read_at
+        if limit > 0 and behind > limit + self.config.change_poll_seconds:
+            return (
+                f"the index has not read the store's changes for {behind:.0f} s "
+                f"(index_stale_seconds = {limit:g}); no decision until it has caught up"
+            )
+        return ""
+
+    def _require_ready(self) -> None:
+        reason = self.not_ready_reason()
+        if reason:
+            raise Unavailable(reason)
 
     def stats(self) -> dict:
         sets = list(self.live.sets_by_id.values())

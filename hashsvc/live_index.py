@@ -60,6 +60,8 @@ class LiveIndex:
         self.sets_by_id: dict[int, HashSetRecord] = {}
         self.seq = 0
         self.ready = threading.Event()
+        # When the change feed was last read (monotonic): how current the view is.
+        self.read_at = 0.0
         self._apply_lock = threading.Lock()
         self._notes: list[AddedSignals] = []  # see note_added
         self._notes_lock = threading.Lock()
@@ -174,6 +176,7 @@ class LiveIndex:
             used: set[int] = set()  # ids of the notes applied
             while True:
                 changes = self.store.changes_since(self.seq, limit=_CHANGES_PAGE)
+                self.read_at = time.monotonic()
                 with self._notes_lock:  # after the read: the changes' notes are there
                     notes += self._notes
                     self._notes = []

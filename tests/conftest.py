@@ -11,6 +11,8 @@ import uuid
 import psycopg
 import pytest
 
+from tests.helpers import stop_started_processes
+
 PG_URL = os.environ.get("HASHSVC_TEST_PG", "postgresql://127.0.0.1:5432/test")
 
 
@@ -31,3 +33,11 @@ def store_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/hashsvc.db"
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(autouse=True)
+def _stop_processes():
+    """Every process a test started through tests.helpers.popen is stopped
+    when the test ends, also when it failed half-way."""
+    yield
+    stop_started_processes()

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +107,46 @@ def start_harness(db_url: str, hash_in_process: bool = True, **config) -> Harnes
         _, token = auth.create_token(running.core.store, role, f"test-{role}")
         harness.tokens[role] = token
     return harness
+
+
+# Every process a test started (popen below); conftest.py's autouse fixture
+# stops those still running when the test ends, passed or failed.
+_STARTED: list[subprocess.Popen] = []
+
+
+def popen(args, **kw) -> subprocess.Popen:
+    """subprocess.Popen, in a session of its own (stopping it stops its
+    children too: a server's hashing workers), stopped at the test's end by
+    conftest.py whatever happened."""
+    proc = subprocess.Popen(args, start_new_session=True, **kw)
+    _STARTED.append(proc)
+    return proc
+
+
+def stop_started_processes(grace: float = 5.0) -> list[int]:
+    """SIGTERM to each process group still running, SIGKILL after `grace`
+    seconds; returns the pids that had to be stopped."""
+    running = [p for p in _STARTED if p.poll() is None]
+    _STARTED.clear()
+    for proc in running:
+        _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in running:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait(timeout=10)
+    for proc in running:  # workers left behind by a parent that was killed
+        _signal_group(proc, signal.SIGKILL)
+    return [p.pid for p in running]
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def match_request(data: bytes, **kw) -> pb.MatchRequest:

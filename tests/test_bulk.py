@@ -24,7 +24,7 @@ from hashsvc.live_index import LiveIndex
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
 from loaders.records import Record
-from tests.helpers import start_harness
+from tests.helpers import popen, start_harness
 from tests.test_process import REPO, ServerProcess
 
 PDQ = "0123456789abcdef" * 4
@@ -346,7 +346,7 @@ def _big_file(tmp_path, kind: str = "labelled") -> tuple[str, int]:
 
 def _load_process(server: ServerProcess, token: str, path: str) -> subprocess.Popen:
     env = {**os.environ, "HASHSVC_SERVER": f"127.0.0.1:{server.port}", "HASHSVC_TOKEN": token}
-    return subprocess.Popen(
+    return popen(
         [sys.executable, "-m", "hashsvc.cli", "load", "--set", "s", "--quiet", "--json", path],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip

@@ -11,7 +11,7 @@ import pytest
 
 from hashdb import HistoryFilter
 from hashsvc import cli
-from tests.helpers import encode, mirrored, photo, reencoded, start_harness
+from tests.helpers import encode, mirrored, photo, popen, reencoded, start_harness
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +171,7 @@ def test_serve_logs_json_lines(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen(
+    proc = popen(
         [sys.executable, "-m", "hashsvc.cli", "serve", "--log-json", "--workers", "1",
          "--listen", f"127.0.0.1:{port}", "--db", f"sqlite:///{tmp_path}/j.db"],
         stderr=subprocess.PIPE, text=True,
@@ -297,7 +297,7 @@ def test_export_into_a_pipe_closed_early_ends_quietly(tmp_path):
             "HASHSVC_SERVER": harness.address,
             "HASHSVC_TOKEN": harness.tokens["operator"],
         }
-        proc = subprocess.Popen(
+        proc = popen(
             [sys.executable, "-m", "hashsvc.cli", "export", "--set", "s"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hashsvc import cli, ingest
-from tests.helpers import encode, photo, start_harness
+from tests.helpers import encode, photo, popen, start_harness
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -216,7 +216,7 @@ def test_no_progress_line_when_stderr_is_not_a_terminal(harness, run, tmp_path):
 def _on_a_terminal(harness, *argv: str) -> tuple[int, str]:
     """Runs the CLI with stderr on a pseudo-terminal; (exit code, what it showed)."""
     controller, terminal = pty.openpty()
-    proc = subprocess.Popen(
+    proc = popen(
         [sys.executable, "-m", "hashsvc.cli", *argv],
         env=_cli_env(harness),
         cwd=ROOT,

@@ -20,7 +20,7 @@ from hashdb import open_store
 from hashsvc import auth
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
-from tests.helpers import encode, noise_image, photo
+from tests.helpers import encode, noise_image, photo, popen
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,18 +36,28 @@ class ServerProcess:
         self.db_url = db_url
         self.port = _free_port()
         self.log = open(tmp_path / f"server-{self.port}.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
+        # popen: stopped when the test ends, however it ends (tests/conftest.py)
+        self.proc = popen(
             [sys.executable, "-m", "hashsvc.cli", "serve", "--listen", f"127.0.0.1:{self.port}",
              "--db", db_url, "--workers", "1"],
             cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-        self._wait_serving()
+        try:
+            self._wait_serving()
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+            self.channel.close()
+            self.log.close()
+            raise
 
     def _wait_serving(self, seconds: float = 30) -> None:
         health = health_pb2_grpc.HealthStub(self.channel)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode} while starting")
             try:
                 status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
                 if status == health_pb2.HealthCheckResponse.SERVING:
@@ -198,3 +208,46 @@ def test_two_replicas_over_postgresql_see_each_others_changes(pg_url, tmp_path):
     finally:
         assert first.stop(signal.SIGTERM) == 0
         assert second.stop(signal.SIGTERM) == 0
+
+
+INNER_TEST = """
+from tests.test_process import ServerProcess
+
+def test_fails_while_its_server_runs(tmp_path):
+    server = ServerProcess({db_url!r}, tmp_path)
+    with open({pid_file!r}, "w") as f:
+        f.write(str(server.proc.pid))
+    assert False, "this test fails on purpose"
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def test_a_failing_test_leaves_no_server_running(tmp_path):
+    """A test that fails while its `hashsvc serve` runs leaves nothing running."""
+    pid_file = tmp_path / "server.pid"
+    inner = tmp_path / "test_inner.py"
+    inner.write_text(
+        INNER_TEST.format(db_url=f"sqlite:///{tmp_path}/inner.db", pid_file=str(pid_file))
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
+         "-p", "tests.conftest", "--rootdir", str(tmp_path), str(inner)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1 and "this test fails on purpose" in done.stdout, done.stdout
+    pid = int(pid_file.read_text())
+    try:
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(pid), "the failed test left its server running"
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
