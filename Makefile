@@ -20,9 +20,11 @@ proto $(PROTO_OUT): protos/hashsvc/v1/hashsvc.proto $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. \
 		--pyi_out=. protos/hashsvc/v1/hashsvc.proto
 
-# Runs the service on the embedded default store (./hashsvc.db).
+# Runs the service on the embedded default store (./hashsvc.db); another
+# address with `make run LISTEN=127.0.0.1:50052`.
+LISTEN ?= 127.0.0.1:50051
 run: install
-	$(BIN)/hashsvc serve --db sqlite:///hashsvc.db
+	$(BIN)/hashsvc serve --listen $(LISTEN) --db sqlite:///hashsvc.db
 
 test: install
 	$(BIN)/python -m pytest -q -n 2
