@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PROTO_OUT := hashsvc/v1/hashsvc_pb2.py
 
-.PHONY: install proto run test lint format bench bench-short clean
+.PHONY: install proto run samples test lint format bench bench-short clean
 
 install: $(STAMP) $(PROTO_OUT)
 
@@ -26,15 +26,19 @@ LISTEN ?= 127.0.0.1:50051
 run: install
 	$(BIN)/hashsvc serve --listen $(LISTEN) --db sqlite:///hashsvc.db
 
+# A few pictures for the README's first steps, made locally into ./samples.
+samples: install
+	$(BIN)/python scripts/make_samples.py samples
+
 test: install
 	$(BIN)/python -m pytest -q -n 2
 
 lint: install
-	$(BIN)/ruff check hashsvc hashdb loaders tests bench
-	$(BIN)/ruff format --check hashsvc hashdb loaders tests bench
+	$(BIN)/ruff check hashsvc hashdb loaders tests bench scripts
+	$(BIN)/ruff format --check hashsvc hashdb loaders tests bench scripts
 
 format: install
-	$(BIN)/ruff format hashsvc hashdb loaders tests bench
+	$(BIN)/ruff format hashsvc hashdb loaders tests bench scripts
 
 # Figures for issue notes: robustness per media kind (recall per transform, false
 # matches), speed, hostile inputs.
