@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         "is walked recursively: entries are named by relative path; files the set "
         "already holds (same SHA-256) and files that are not media are skipped, so a "
         "rerun resumes; a changed file whose name is taken is added as NAME@SHA256 "
-        "(first 12 hex digits), keeping the old entry.",
+        "(first 12 hex digits), keeping the old entry. A FILE named on the command line "
+        "that is not media is an error.",
     )
     p.add_argument("--set", required=True, dest="set_name")
     p.add_argument("--label", action="append", default=[], metavar="K=V")
