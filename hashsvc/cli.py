@@ -1011,21 +1011,29 @@ def cmd_history(args) -> int:
     return EXIT_OK
 
 
+def _one_line(text: str) -> str:
+    """Free text (a reviewer's note, an error) on one history line: a newline,
+    tab or terminal escape in it would forge a record line or rewrite the
+    auditor's screen, so it is shown escaped (\\n, \\x1b, \\u202e)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def _history_line(record: pb.HistoryRecord, row: dict) -> str:
     outcome = row["decision"] or row["status"]
     if row["error_message"]:
-        outcome += f": {row['error_message']}"
+        outcome += f": {_one_line(row['error_message'])}"
+    caller = _one_line(row["caller"])
     if record.media_type == pb.MEDIA_TYPE_UNSPECIFIED:
         # an operator's or reviewer's action (no upload): the RPC and what it did
         detail = row["detail"] or {}
         what = " ".join(
-            f"{k}={v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}"
+            f"{k}={_one_line(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))}"
             for k, v in detail.items()
         )
-        return f"{row['time']}\t{row['caller']}\t{row['rpc']}\t{outcome}\t{what}"
+        return f"{row['time']}\t{caller}\t{_one_line(row['rpc'])}\t{outcome}\t{what}"
     top = row["matches"][0] if row["matches"] else None
     what = f"{top['set']}/{top['entry']} d={top['distance']}" if top else ""
-    return f"{row['time']}\t{row['caller']}\t{row['media_type']}\t{outcome}\t{what}"
+    return f"{row['time']}\t{caller}\t{row['media_type']}\t{outcome}\t{what}"
 
 
 def cmd_stats(args) -> int:

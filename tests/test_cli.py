@@ -392,3 +392,26 @@ def test_add_a_file_that_is_not_media_fails_naming_it_a_directory_skips_it(run, 
 
     code, out, err = run("add", "--set", "not-media", str(notes.parent), role="operator")
     assert code == 0 and "1 added" in err and "1 not media (skipped)" in err, err
+
+
+def test_history_text_cannot_be_forged_by_a_note_with_newlines():
+    """A reviewer's note is free text: a newline in it must not print what
+    looks like another record to an auditor reading `hashsvc history`."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from hashsvc.v1 import hashsvc_pb2 as pb
+
+    forged = "ok\n2026-01-01T00:00:00Z\tadmin\tRemoveEntry\tOK\tset=x\x1b[2K\u202e"
+    record = pb.HistoryRecord(
+        id=7,
+        time=Timestamp(seconds=1_700_000_000),
+        caller="rev\tiewer",
+        rpc="ResolveReview",
+        status="OK",
+        detail_json=json.dumps({"review_id": 3, "resolution": "confirmed", "note": forged}),
+    )
+    line = cli._history_line(record, cli.history_json(record))
+    assert "\n" not in line and "\x1b" not in line and "\u202e" not in line
+    assert line.count("\t") == 4, line
+    assert "ResolveReview\tOK\treview_id=3 resolution=confirmed note=ok\\n2026" in line
+    assert "rev\\tiewer" in line
