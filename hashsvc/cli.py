@@ -111,9 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"hashsvc {__version__}")
     # Also accepted before the command (`hashsvc --server H:P match ...`); own
     # dests, because a subcommand's default (None) would overwrite the value.
-    parser.add_argument("--server", dest="global_server", help="HOST:PORT of the hashsvc server")
     parser.add_argument(
-        "--tls-ca", dest="global_tls_ca", help="CA certificate file: connect with TLS"
+        "--server", dest="global_server", metavar="HOST:PORT", help="the hashsvc server"
+    )
+    parser.add_argument(
+        "--tls-ca", dest="global_tls_ca", metavar="FILE", help="CA certificate: connect with TLS"
     )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
