@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PROTO_OUT := hashsvc/v1/hashsvc_pb2.py
 
-.PHONY: install proto run test lint format bench bench-short clean
+.PHONY: install proto run samples test lint format bench bench-short clean
 
 install: $(STAMP) $(PROTO_OUT)
 
@@ -20,19 +20,25 @@ proto $(PROTO_OUT): protos/hashsvc/v1/hashsvc.proto $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. \
 		--pyi_out=. protos/hashsvc/v1/hashsvc.proto
 
-# Runs the service on the embedded default store (./hashsvc.db).
+# Runs the service on the embedded default store (./hashsvc.db); another
+# address with `make run LISTEN=127.0.0.1:50052`.
+LISTEN ?= 127.0.0.1:50051
 run: install
-	$(BIN)/hashsvc serve --db sqlite:///hashsvc.db
+	$(BIN)/hashsvc serve --listen $(LISTEN) --db sqlite:///hashsvc.db
+
+# A few pictures for the README's first steps, made locally into ./samples.
+samples: install
+	$(BIN)/python scripts/make_samples.py samples
 
 test: install
 	$(BIN)/python -m pytest -q -n 2
 
 lint: install
-	$(BIN)/ruff check hashsvc hashdb loaders tests bench
-	$(BIN)/ruff format --check hashsvc hashdb loaders tests bench
+	$(BIN)/ruff check hashsvc hashdb loaders tests bench scripts
+	$(BIN)/ruff format --check hashsvc hashdb loaders tests bench scripts
 
 format: install
-	$(BIN)/ruff format hashsvc hashdb loaders tests bench
+	$(BIN)/ruff format hashsvc hashdb loaders tests bench scripts
 
 # Figures for issue notes: robustness per media kind (recall per transform, false
 # matches), speed, hostile inputs.

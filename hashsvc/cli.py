@@ -40,12 +40,26 @@ class UsageError(Exception):
     pass
 
 
+# Client options taken before the command as well as after it.
+_GLOBAL_CLIENT_OPTS = ("server", "tls_ca")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    for name in _GLOBAL_CLIENT_OPTS:
+        given = getattr(args, f"global_{name}")
+        if given is None:
+            continue
+        if not hasattr(args, name):
+            flag = "--" + name.replace("_", "-")
+            print(f"hashsvc: {flag} is for commands that call a server", file=sys.stderr)
+            return EXIT_USAGE
+        if getattr(args, name) is None:  # given after the command too: that one wins
+            setattr(args, name, given)
     try:
         return args.func(args)
     except UsageError as exc:
@@ -68,8 +82,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report_rpc_error(exc: grpc.RpcError) -> int:
     code = exc.code()
-    print(f"hashsvc: {code.name}: {exc.details()}", file=sys.stderr)
+    print(f"hashsvc: {code.name}: {_rpc_details(exc)}", file=sys.stderr)
     return EXIT_UNREACHABLE if code == grpc.StatusCode.UNAVAILABLE else EXIT_FAILED
+
+
+def _rpc_details(exc: grpc.RpcError) -> str:
+    """The server's message, told in the CLI's terms where it names the token
+    (the server speaks of gRPC metadata, which a CLI user never sets)."""
+    if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+        return exc.details()
+    if not os.environ.get("HASHSVC_TOKEN"):
+        return (
+            "no token: set HASHSVC_TOKEN to your API token (an admin makes one with"
+            " `hashsvc token create`)"
+        )
+    return f"{exc.details()} (the token in HASHSVC_TOKEN)"
 
 
 # ------------------------------------------------------------------ parser
@@ -83,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
         "Token: HASHSVC_TOKEN. TLS: --tls-ca or HASHSVC_TLS_CA.",
     )
     parser.add_argument("--version", action="version", version=f"hashsvc {__version__}")
+    # Also accepted before the command (`hashsvc --server H:P match ...`); own
+    # dests, because a subcommand's default (None) would overwrite the value.
+    parser.add_argument(
+        "--server", dest="global_server", metavar="HOST:PORT", help="the hashsvc server"
+    )
+    parser.add_argument(
+        "--tls-ca", dest="global_tls_ca", metavar="FILE", help="CA certificate: connect with TLS"
+    )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     def client_command(name, func, help_text):
@@ -181,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
         "is walked recursively: entries are named by relative path; files the set "
         "already holds (same SHA-256) and files that are not media are skipped, so a "
         "rerun resumes; a changed file whose name is taken is added as NAME@SHA256 "
-        "(first 12 hex digits), keeping the old entry.",
+        "(first 12 hex digits), keeping the old entry. A FILE named on the command line "
+        "that is not media is an error.",
     )
     p.add_argument("--set", required=True, dest="set_name")
     p.add_argument("--label", action="append", default=[], metavar="K=V")
@@ -346,6 +382,8 @@ def _client(args) -> Client:
         return Client(server=args.server, tls_ca_file=args.tls_ca, insecure=args.insecure)
     except InsecureTransport as exc:
         raise UsageError(str(exc)) from None
+    except OSError as exc:  # a TLS file (--tls-ca, HASHSVC_TLS_*) that cannot be read
+        raise UsageError(f"cannot read {exc.filename}: {exc.strerror}") from None
 
 
 def _print_json(obj) -> None:
@@ -621,6 +659,12 @@ def cmd_add(args) -> int:
             req.name = args.name or item.entry_name
             if item.from_directory:
                 return walk.add(item, req)
+            # A file named on the command line was meant to be added: not media
+            # is an error, told before a byte is sent; a directory walk skips it
+            if not ingest.is_media(item.path):
+                raise _ItemError(
+                    "INVALID_ARGUMENT", "not a media file (image, video, audio or PDF): not added"
+                )
             return ingest.Added(_send_entry(client, req, item.path))
         req.signal.CopyFrom(_parse_hash_arg(item))
         req.name = args.name or item.partition(":")[2].strip()
@@ -660,7 +704,7 @@ def cmd_add(args) -> int:
                 _print_json(row)
             elif len(items) == 1 or args.quiet or not sys.stderr.isatty():
                 print(f"added {entry.name} to {args.set_name}")
-        elif isinstance(result, (OSError, grpc.RpcError)):
+        elif isinstance(result, (OSError, grpc.RpcError, _ItemError)):
             counts["failed"] += 1
             unreachable = unreachable or _unreachable(result)
             progress.clear()
@@ -892,9 +936,19 @@ def _unreachable(exc: BaseException) -> bool:
     return isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE
 
 
+class _ItemError(Exception):
+    """A file the CLI itself refuses, reported like a server's answer."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
 def _report_item_error(label: str, exc: BaseException, as_json: bool) -> None:
     if isinstance(exc, grpc.RpcError):
-        code, message = exc.code().name, exc.details()
+        code, message = exc.code().name, _rpc_details(exc)
+    elif isinstance(exc, _ItemError):
+        code, message = exc.code, exc.message
     else:
         code, message = "LOCAL", f"{exc.strerror or exc}: {getattr(exc, 'filename', '')}"
     print(f"hashsvc: {label}: {code}: {message}", file=sys.stderr)
@@ -990,14 +1044,36 @@ def cmd_history(args) -> int:
             if args.json:
                 _print_json(row)
             else:
-                top = row["matches"][0] if row["matches"] else None
-                what = f"{top['set']}/{top['entry']} d={top['distance']}" if top else ""
-                outcome = row["decision"] or f"{row['status']}: {row['error_message']}"
-                print(f"{row['time']}\t{row['caller']}\t{row['media_type']}\t{outcome}\t{what}")
+                print(_history_line(record, row))
             printed += 1
             if args.limit and printed >= args.limit:
                 break
     return EXIT_OK
+
+
+def _one_line(text: str) -> str:
+    """Free text (a reviewer's note, an error) on one history line: a newline,
+    tab or terminal escape in it would forge a record line or rewrite the
+    auditor's screen, so it is shown escaped (\\n, \\x1b, \\u202e)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def _history_line(record: pb.HistoryRecord, row: dict) -> str:
+    outcome = row["decision"] or row["status"]
+    if row["error_message"]:
+        outcome += f": {_one_line(row['error_message'])}"
+    caller = _one_line(row["caller"])
+    if record.media_type == pb.MEDIA_TYPE_UNSPECIFIED:
+        # an operator's or reviewer's action (no upload): the RPC and what it did
+        detail = row["detail"] or {}
+        what = " ".join(
+            f"{k}={_one_line(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))}"
+            for k, v in detail.items()
+        )
+        return f"{row['time']}\t{caller}\t{_one_line(row['rpc'])}\t{outcome}\t{what}"
+    top = row["matches"][0] if row["matches"] else None
+    what = f"{top['set']}/{top['entry']} d={top['distance']}" if top else ""
+    return f"{row['time']}\t{caller}\t{row['media_type']}\t{outcome}\t{what}"
 
 
 def cmd_stats(args) -> int:
@@ -1014,8 +1090,12 @@ def cmd_stats(args) -> int:
     if args.json:
         _print_json(row)
     else:
-        for key, value in row.items():
-            print(f"{key}: {value}")
+        indexed = ", ".join(f"{kind} {n:,}" for kind, n in sorted(row["indexed_signals"].items()))
+        print(f"sets: {s.sets:,} ({s.enabled_sets:,} enabled)")
+        print(f"entries: {s.entries:,}")
+        print(f"indexed signals: {sum(row['indexed_signals'].values()):,} ({indexed or 'none'})")
+        print(f"history records: {s.history_records:,}")
+        print(f"index version: {s.index_version}")
     return EXIT_OK
 
 

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -19,13 +18,15 @@ from hashsvc.config import Config, ImageLimits
 from hashsvc.server import RunningServer, start_server
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
+from tests.vectors import VECTORS, require
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "vectors"
+SHARED = VECTORS
 PHOTOS = sorted((SHARED / "pdqhash-python" / "images").glob("image*.jpg"))
 
 
 def photo(n: int) -> Image.Image:
     """A real photograph (public-domain test images shipped in ../shared)."""
+    require()
     return Image.open(PHOTOS[n % len(PHOTOS)]).convert("RGB")
 
 

@@ -31,8 +31,9 @@ from pathlib import Path
 from PIL import Image
 
 from hashsvc.v1 import hashsvc_pb2 as pb
+from tests import vectors
 
-PHOTO = Path(__file__).resolve().parents[2] / "shared/vectors/pdqhash-python/images/image3.jpg"
+PHOTO = vectors.VECTORS / "pdqhash-python/images/image3.jpg"  # read in seeds()
 CHUNK = 256 * 1024
 
 # Statuses a hostile call may end in: a result, or a typed error.
@@ -183,6 +184,7 @@ def seeds(cache_dir: Path) -> dict[str, bytes]:
     """Small valid files of every format (key: format), made once per cache_dir."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     out: dict[str, bytes] = {}
+    vectors.require()
     photo = Image.open(PHOTO).convert("RGB")
     photo.thumbnail((320, 320))
     for fmt in ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"):

@@ -27,8 +27,11 @@ from hashsvc.media.audio import (
 )
 from hashsvc.signals import Signal
 from tests import audio_media as am
+from tests.vectors import VECTORS as VECTORS_DIR
+from tests.vectors import require as require_vectors
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "chromaprint"
+# Paths only: the tests that read them call require_vectors() first.
+VECTORS = VECTORS_DIR / "chromaprint"
 DATA = VECTORS / "tests" / "data"
 LIMITS = AudioLimits()
 # The reference vectors are shorter than a match needs; agreement is about words.
@@ -49,6 +52,7 @@ def arabic_speech() -> np.ndarray:
 
 
 def test_reference_mp3_equals_chromaprint_expected_output():
+    require_vectors()
     expected = (DATA / "test.mp3.fpcalc.out").read_text().split("FINGERPRINT=")[1].strip()
     for source in (DATA / "test.mp3", (DATA / "test.mp3").read_bytes()):
         fp = fingerprint_audio(source, ANY_LENGTH)
@@ -58,6 +62,7 @@ def test_reference_mp3_equals_chromaprint_expected_output():
 
 def test_reference_raw_pcm_vector():
     """Chromaprint's TestFp: test_stereo_44100.raw read as mono 44.1 kHz s16le."""
+    require_vectors()
     vectors = json.loads((VECTORS / "chromaprint_vectors.json").read_text())
     case = next(c for c in vectors["fingerprint_from_audio"] if c["name"] == "TestFp")
     wav = io.BytesIO()
@@ -223,6 +228,7 @@ def test_bad_input_gives_a_typed_error(name):
 def test_silence_is_chromaprints_constant_word():
     """Why silence is refused: every silent stretch has the same fingerprint
     (Chromaprint's Test2SilenceFp vector: 133,120 zero samples at 44.1 kHz)."""
+    require_vectors()
     import chromaprint
 
     vectors = json.loads((VECTORS / "chromaprint_vectors.json").read_text())

@@ -3,6 +3,8 @@ the history records each failed call."""
 
 from __future__ import annotations
 
+import functools
+
 import grpc
 import pytest
 
@@ -30,13 +32,27 @@ def harness(tmp_path_factory):
     h.close()
 
 
-GOOD_JPEG = encode(photo(0))
+@functools.cache
+def good_jpeg() -> bytes:
+    # made when a test runs, not at import: it reads ../shared/vectors
+    return encode(photo(0))
+
+
+def _corrupt(data: bytes) -> bytes:
+    return data[:600] + bytes(b ^ 0x5A for b in data[600:2000]) + data[2000:]
+
+
+# data: bytes, or a function making them (those read ../shared/vectors)
 CASES = {
     "empty": (b"", grpc.StatusCode.INVALID_ARGUMENT, "empty"),
     "one byte": (b"\xff", grpc.StatusCode.INVALID_ARGUMENT, ""),
-    "truncated jpeg": (GOOD_JPEG[: len(GOOD_JPEG) // 2], grpc.StatusCode.INVALID_ARGUMENT, ""),
+    "truncated jpeg": (
+        lambda: good_jpeg()[: len(good_jpeg()) // 2],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "",
+    ),
     "corrupt jpeg": (
-        GOOD_JPEG[:600] + bytes(b ^ 0x5A for b in GOOD_JPEG[600:2000]) + GOOD_JPEG[2000:],
+        lambda: _corrupt(good_jpeg()),
         grpc.StatusCode.INVALID_ARGUMENT,
         "",
     ),
@@ -63,6 +79,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_media_gets_clear_status_and_server_keeps_serving(harness, case):
     data, want_code, want_words = CASES[case]
+    data = data() if callable(data) else data
     m, md = harness.stubs("matcher")
     with pytest.raises(grpc.RpcError) as err:
         m.matcher.Match(match_request(data), metadata=md, timeout=30)
@@ -70,7 +87,7 @@ def test_bad_media_gets_clear_status_and_server_keeps_serving(harness, case):
     assert err.value.details()
     assert want_words in err.value.details().lower()
     # still serving, with the same workers or fresh ones
-    ok = m.matcher.Match(match_request(GOOD_JPEG), metadata=md, timeout=30)
+    ok = m.matcher.Match(match_request(good_jpeg()), metadata=md, timeout=30)
     assert ok.decision == pb.ALLOW
 
 

@@ -308,3 +308,110 @@ def test_export_into_a_pipe_closed_early_ends_quietly(tmp_path):
         assert proc.wait(timeout=60) == 141 and "Traceback" not in err, err
     finally:
         harness.close()
+
+
+# ------------------------------------------------------- a new user's first hour
+
+
+def test_server_and_tls_flags_go_before_or_after_the_command(run, harness, monkeypatch, tmp_path):
+    """`hashsvc --server H:P stats`, as the top-level help says, and after the
+    command as before; the flag given after the command wins."""
+    monkeypatch.setenv("HASHSVC_SERVER", "127.0.0.1:1")  # nothing listens there
+    code, out, err = run("--server", harness.address, "stats", role="auditor")
+    assert code == 0 and "entries" in out, err
+    code, out, err = run("stats", "--server", harness.address, role="auditor")
+    assert code == 0, err
+    code, _, err = run("--server", harness.address, "stats", "--server", "127.0.0.1:1")
+    assert code == 3 and "UNAVAILABLE" in err
+    # --tls-ca before the command is read too: a CA file that is not there
+    code, _, err = run(
+        "--server", harness.address, "--tls-ca", str(tmp_path / "no-ca.pem"), "stats"
+    )
+    assert code != 0 and "no-ca.pem" in err
+    # a server-side command has no use for --server: a usage error, not ignored
+    code, _, err = run("--server", harness.address, "serve", "--db", "sqlite:///x.db")
+    assert code == 2 and "--server" in err
+
+
+def test_history_text_names_operator_actions_and_what_they_did(run):
+    code, _, err = run("sets", "create", "hist-actions", "--label", "group=HTS", role="operator")
+    assert code == 0, err
+    code, out, err = run("history", role="auditor")
+    assert code == 0, err
+    assert "media_type_unspecified" not in out
+    line = next(ln for ln in out.splitlines() if "hist-actions" in ln)
+    assert "CreateSet" in line and "OK" in line and "set=hist-actions" in line
+
+
+def test_stats_text_is_readable_lines_and_json_on_request(run):
+    code, out, err = run("stats", role="auditor")
+    assert code == 0, err
+    assert "{" not in out and "'" not in out, out
+    assert any(ln.startswith("indexed signals:") for ln in out.splitlines()), out
+    code, out, err = run("stats", "--json", role="auditor")
+    row = json.loads(out)
+    assert code == 0 and isinstance(row["indexed_signals"], dict) and "entries" in row
+
+
+def test_no_token_tells_a_cli_user_to_set_hashsvc_token(run, monkeypatch, capsys):
+    monkeypatch.delenv("HASHSVC_TOKEN", raising=False)
+    code = cli.main(["stats"])
+    _, err = capsys.readouterr()
+    assert code == 1
+    assert "HASHSVC_TOKEN" in err and "metadata" not in err, err
+    assert len(err.strip().splitlines()) == 1
+    # a token the server does not know: its reason, and where the token came from
+    monkeypatch.setenv("HASHSVC_TOKEN", "hsv_not-a-real-token")
+    code = cli.main(["stats"])
+    _, err = capsys.readouterr()
+    assert code == 1 and "unknown token" in err and "HASHSVC_TOKEN" in err, err
+
+
+def test_add_a_file_that_is_not_media_fails_naming_it_a_directory_skips_it(run, tmp_path):
+    """A file named on the command line was meant to be added: not media is
+    an error (exit 1), one line naming it, before anything is sent. In a
+    directory walk the same file is skipped and counted (a release folder
+    holds notes and checksums beside the media)."""
+    code, _, err = run("sets", "create", "not-media", role="operator")
+    assert code == 0, err
+    notes = tmp_path / "release" / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("readme of a release, not media\n")
+    (tmp_path / "release" / "a.jpg").write_bytes(encode(photo(4)))
+
+    code, out, err = run("add", "--set", "not-media", str(notes), role="operator")
+    assert code == 1 and out == ""
+    assert err.strip().splitlines() == [
+        f"hashsvc: {notes}: INVALID_ARGUMENT: not a media file (image, video, audio or PDF):"
+        " not added"
+    ], err
+    code, out, err = run("add", "--set", "not-media", "--json", str(notes), role="operator")
+    assert code == 1 and json.loads(out)["error"]["code"] == "INVALID_ARGUMENT"
+    code, out, err = run("entries", "list", "--set", "not-media", "--json", role="operator")
+    assert out == ""
+
+    code, out, err = run("add", "--set", "not-media", str(notes.parent), role="operator")
+    assert code == 0 and "1 added" in err and "1 not media (skipped)" in err, err
+
+
+def test_history_text_cannot_be_forged_by_a_note_with_newlines():
+    """A reviewer's note is free text: a newline in it must not print what
+    looks like another record to an auditor reading `hashsvc history`."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from hashsvc.v1 import hashsvc_pb2 as pb
+
+    forged = "ok\n2026-01-01T00:00:00Z\tadmin\tRemoveEntry\tOK\tset=x\x1b[2K\u202e"
+    record = pb.HistoryRecord(
+        id=7,
+        time=Timestamp(seconds=1_700_000_000),
+        caller="rev\tiewer",
+        rpc="ResolveReview",
+        status="OK",
+        detail_json=json.dumps({"review_id": 3, "resolution": "confirmed", "note": forged}),
+    )
+    line = cli._history_line(record, cli.history_json(record))
+    assert "\n" not in line and "\x1b" not in line and "\u202e" not in line
+    assert line.count("\t") == 4, line
+    assert "ResolveReview\tOK\treview_id=3 resolution=confirmed note=ok\\n2026" in line
+    assert "rev\\tiewer" in line

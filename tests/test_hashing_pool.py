@@ -3,6 +3,7 @@ replaced, and the pool keeps hashing afterwards."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 
@@ -13,8 +14,16 @@ from hashsvc.errors import Timeout, Unavailable
 from hashsvc.hashing import HashingPool
 from tests.helpers import encode, photo
 
-BIG = encode(photo(0).resize((4000, 3000)))
-SMALL = encode(photo(1))
+
+# made when a test runs, not at import: they read ../shared/vectors
+@functools.cache
+def big() -> bytes:
+    return encode(photo(0).resize((4000, 3000)))
+
+
+@functools.cache
+def small() -> bytes:
+    return encode(photo(1))
 
 
 @pytest.fixture
@@ -28,17 +37,17 @@ def pool():
 def test_a_job_past_the_time_limit_is_stopped_and_the_pool_goes_on(pool):
     pool.timeout_seconds = 0.001
     with pytest.raises(Timeout, match="hash_timeout_seconds"):
-        pool.hash_query(BIG)
+        pool.hash_query(big())
     pool.timeout_seconds = 30
-    assert pool.hash_query(SMALL).media_type == "image"
+    assert pool.hash_query(small()).media_type == "image"
 
 
 def test_a_killed_worker_fails_one_job_and_is_replaced(pool):
     worker_pids = list(pool._pool._processes)
     os.kill(worker_pids[0], signal.SIGKILL)
     with pytest.raises(Unavailable, match="worker died"):
-        pool.hash_query(SMALL)
-    assert pool.hash_query(SMALL).media_type == "image"
+        pool.hash_query(small())
+    assert pool.hash_query(small()).media_type == "image"
     assert worker_pids[0] not in pool._pool._processes
 
 
@@ -54,7 +63,7 @@ def test_memory_limit_turns_a_ballooning_decode_into_an_error():
     try:
         with pytest.raises((TooLarge, Unavailable)):
             small_memory.hash_known(png_bomb(20000, 20000))
-        assert small_memory.hash_query(SMALL).media_type == "image"
+        assert small_memory.hash_query(small()).media_type == "image"
     finally:
         small_memory.close()
 
@@ -63,7 +72,7 @@ def test_split_hashing_gives_the_same_signals_as_one_job():
     split = HashingPool(2, ImageLimits(), split_queries=True)
     whole = HashingPool(0, ImageLimits())
     try:
-        for data in (SMALL, BIG):
+        for data in (small(), big()):
             got = split.hash_query(data).signals
             want = whole.hash_query(data).signals
             assert sorted(got, key=lambda s: s.variant) == sorted(want, key=lambda s: s.variant)

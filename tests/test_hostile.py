@@ -6,6 +6,7 @@ answering a normal Match after each one."""
 from __future__ import annotations
 
 import collections
+import functools
 import time
 
 import grpc
@@ -28,7 +29,12 @@ HASH_TIMEOUT = 5.0
 # other tests beside), plus the server's own work around the hashing. This
 # bound catches hangs, not slowness.
 SLOWEST_ALLOWED = MEDIA_TIMEOUT + 20.0
-KNOWN = encode(photo(3))
+
+
+@functools.cache
+def known() -> bytes:
+    # made when a test runs, not at import: it reads ../shared/vectors
+    return encode(photo(3))
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +59,7 @@ def harness(tmp_path_factory):
     op, md = h.stubs("operator")
     op.curation.CreateSet(pb.CreateSetRequest(name="hostile"), metadata=md)
     op.curation.AddEntry(
-        pb.AddEntryRequest(set="hostile", name="known", media=pb.Media(content=KNOWN)),
+        pb.AddEntryRequest(set="hostile", name="known", media=pb.Media(content=known())),
         metadata=md,
     )
     yield h
@@ -90,7 +96,7 @@ def test_every_hostile_case_ends_in_a_result_or_a_typed_status(harness, hostile_
         if elapsed > SLOWEST_ALLOWED:
             wrong.append(f"{case.name}: {elapsed:.1f} s")
         # the server goes on: a known picture still matches
-        answer = matcher.matcher.Match(match_request(KNOWN), metadata=md, timeout=30)
+        answer = matcher.matcher.Match(match_request(known()), metadata=md, timeout=30)
         if answer.decision != pb.BLOCK:
             wrong.append(f"after {case.name}: a known picture got {answer.decision}")
     summary = "\n".join(f"  {family}: {dict(counts)}" for family, counts in by_family.items())

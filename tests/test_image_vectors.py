@@ -21,8 +21,8 @@ import pytest
 from hashsvc.config import ImageLimits
 from hashsvc.media import image
 from hashsvc.signals import hamming
+from tests.vectors import VECTORS, present, vector
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
 LIMITS = ImageLimits(max_pixels=100_000_000)
 
 TOLERANCE = {
@@ -46,6 +46,9 @@ def _path(rel: str) -> Path | None:
 
 
 def _rows():
+    if not present():  # one case that fails naming the folder, not a collection error
+        yield pytest.param(None, None, id="vectors-missing")
+        return
     with open(VECTORS / "threatexchange" / "expected_pdq.csv", newline="") as f:
         for row in csv.DictReader(f):
             if row["impl"] not in TOLERANCE or "#" in row["image"]:
@@ -58,6 +61,7 @@ def _rows():
 
 @pytest.mark.parametrize(("row", "path"), list(_rows()))
 def test_threatexchange_reference_hashes(row, path):
+    vector()
     rgb = image.decode_rgb(path.read_bytes(), LIMITS)
     value, quality = image.pdq_hash(image.squash(rgb))
     expected_quality = int(row["expected_quality"] or 0)
@@ -75,7 +79,7 @@ def test_threatexchange_reference_hashes(row, path):
 
 
 def test_pdqhash_python_reference_hashes():
-    with open(VECTORS / "pdqhash-python" / "expected_hashes.csv", newline="") as f:
+    with open(vector("pdqhash-python", "expected_hashes.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 10
     for row in rows:
@@ -87,7 +91,7 @@ def test_pdqhash_python_reference_hashes():
 def test_stored_original_is_the_reference_hash_and_the_query_close_to_it():
     """The exchangeable hash is the one stored as "original". Uploads are hashed
     from a smaller decode (faster; never exported), a few bits away."""
-    path = VECTORS / "threatexchange/pdq/data/reg-test-input/dih/bridge-1-original.jpg"
+    path = vector("threatexchange/pdq/data/reg-test-input/dih/bridge-1-original.jpg")
     data = path.read_bytes()
     reference = image.pdq_hash(image.squash(image.decode_rgb(data, LIMITS)))[0]
     known = image.hash_known(data, LIMITS)
@@ -99,7 +103,7 @@ def test_stored_original_is_the_reference_hash_and_the_query_close_to_it():
 
 def test_dihedral_copies_match_through_query_variants():
     """The 8 dihedral files of the bridge photo all reach the original's entry."""
-    dih = VECTORS / "threatexchange/pdq/data/reg-test-input/dih"
+    dih = vector("threatexchange/pdq/data/reg-test-input/dih")
     known = image.hash_known((dih / "bridge-1-original.jpg").read_bytes(), LIMITS)
     original = next(s for s in known if s.kind == "pdq" and s.variant == "original").value
     for path in sorted(dih.glob("bridge-*.jpg")):

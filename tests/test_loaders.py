@@ -6,13 +6,13 @@ from __future__ import annotations
 import io
 import os
 import random
-from pathlib import Path
 
 import pytest
 
 import loaders
 from loaders import hma, records, vpdq
 from loaders.records import Record, Rejected
+from tests.vectors import vector
 
 PDQ = "f" * 64
 PDQ2 = "0123456789abcdef" * 4
@@ -129,10 +129,7 @@ def test_vpdq_file_is_one_video_entry():
 
 def test_reference_vpdq_sample_reads_whole():
     # ../shared is part of the test setup: missing vectors are a failure, not a skip
-    path = str(
-        Path(__file__).resolve().parents[2]
-        / "shared/vectors/threatexchange/vpdq/sample-hashes/chair-20-sd-bar.txt"
-    )
+    path = str(vector("threatexchange/vpdq/sample-hashes/chair-20-sd-bar.txt"))
     items = list(loaders.read_path(path))
     assert items and all(isinstance(i, Record) for i in items)
     assert items[0].entry == "chair-20-sd-bar" and items[0].variant == "frame:0"

@@ -87,7 +87,7 @@ def media(tmp_path_factory):
         "pdf": pdf_media.typeset(known_pub),
         "pdf_retypeset": pdf_media.retypeset(known_pub),
         "pdf_other": pdf_media.typeset(pdf_media.publication(4, "ar")),
-        "pdf_photo": (pdf_media.PHOTO_DIR / "image2.jpg").read_bytes(),
+        "pdf_photo": pdf_media.photo_file("image2.jpg").read_bytes(),
     }
 
 

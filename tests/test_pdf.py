@@ -144,7 +144,7 @@ def test_unrelated_publications_do_not_match(arabic, english, language) -> None:
 
 
 def test_known_photo_reused_in_a_new_pdf_matches_the_image_entry() -> None:
-    photo = (media.PHOTO_DIR / "image3.jpg").read_bytes()
+    photo = media.photo_file("image3.jpg").read_bytes()
     image_entry = hash_known(photo, ImageLimits())
     # inserted as is, as most tools do with a JPEG
     with pymupdf.open() as doc:

@@ -12,15 +12,16 @@ from __future__ import annotations
 import csv
 import io
 import wave
-from pathlib import Path
 
 import pytest
 
 from hashsvc.errors import InvalidArgument, UnsupportedMedia
 from hashsvc.media import video
 from hashsvc.signals import hamming
+from tests import vectors
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "threatexchange"
+# Paths only: each test that reads them first checks the folder is there.
+VECTORS = vectors.VECTORS / "threatexchange"
 VIDEOS = VECTORS / "tmk" / "sample-videos"
 HASHES = VECTORS / "vpdq" / "sample-hashes"
 
@@ -30,6 +31,7 @@ HASHES = VECTORS / "vpdq" / "sample-hashes"
     [("chair-20-sd-bar", 8), ("test-padded-dimensions", 4), ("doorknob-hd-no-bar", 30)],
 )
 def test_every_frame_agrees_with_vpdq(name, max_distance):
+    vectors.require()
     got = video.frame_hashes((VIDEOS / f"{name}.mp4").read_bytes(), every_seconds=0)
     want = video.parse_vpdq((HASHES / f"{name}.txt").read_text())
     assert len(got) == len(want)
@@ -44,6 +46,7 @@ def test_every_frame_agrees_with_vpdq(name, max_distance):
 
 
 def test_one_frame_per_second_matches_python_threatexchange():
+    vectors.require()
     got = video.frame_hashes((VIDEOS / "chair-20-sd-bar.mp4").read_bytes(), every_seconds=1)
     with open(VECTORS / "pytx_vpdq_chair-20-sd-bar_1fps_expected.csv", newline="") as f:
         want = list(csv.DictReader(f))
@@ -54,6 +57,7 @@ def test_one_frame_per_second_matches_python_threatexchange():
 
 
 def test_vpdq_text_round_trip_and_errors():
+    vectors.require()
     text = (HASHES / "chair-19-sd-bar.txt").read_text()
     frames = video.parse_vpdq(text)
     assert video.format_vpdq(frames) == text
@@ -61,6 +65,11 @@ def test_vpdq_text_round_trip_and_errors():
         video.parse_vpdq("0,100," + "ab" * 32 + ",0.000\n1,100,abcd,0.033\n")
     with pytest.raises(InvalidArgument, match="quality"):
         video.parse_vpdq("0,101," + "ab" * 32 + ",0.000\n")
+
+
+def _video_bytes(name: str) -> bytes:
+    vectors.require()
+    return (VIDEOS / f"{name}.mp4").read_bytes()
 
 
 def _wav() -> bytes:
@@ -79,10 +88,12 @@ def _wav() -> bytes:
         (b"", InvalidArgument, "empty"),
         (b"definitely not a video" * 10, UnsupportedMedia, "decoder can read"),
         (_wav(), UnsupportedMedia, "no video stream"),
-        ((VIDEOS / "chair-20-sd-bar.mp4").read_bytes()[:20000], UnsupportedMedia, "truncated"),
+        # read when the test runs (../shared/vectors)
+        (lambda: _video_bytes("chair-20-sd-bar")[:20000], UnsupportedMedia, "truncated"),
     ],
 )
 def test_bad_video_input(data, error, words):
+    data = data() if callable(data) else data
     with pytest.raises(error, match=words):
         video.frame_hashes(data)
 
@@ -93,6 +104,7 @@ def test_fast_query_frames_agree_with_the_known_small_view(name):
     <= 512 px; known frames keep a view hashed the same way. Measured: max 4
     (chair-20, padded), 8 (doorknob); full size vs 512 px differs by up to 32
     on padded, which is why known frames keep that view."""
+    vectors.require()
     path = str(VIDEOS / f"{name}.mp4")
     known = video.hash_video(path, videohash_rate=0)
     query = video.hash_video(path, for_query=True, videohash_rate=0)

@@ -20,8 +20,9 @@ from PIL import Image
 from hashsvc.media import video
 from hashsvc.signals import hamming
 from hashsvc.video_match import FramePair
+from tests import vectors
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
+VECTORS = vectors.VECTORS  # paths only: photo() checks the folder is there
 _REG = VECTORS / "threatexchange" / "pdq" / "data" / "reg-test-input"
 PHOTOS = [
     *sorted((VECTORS / "pdqhash-python" / "images").glob("image*.jpg")),
@@ -42,6 +43,7 @@ FPS = 25
 
 @functools.lru_cache(maxsize=64)
 def photo(index: int) -> Image.Image:
+    vectors.require()
     path, box = PICTURES[index % len(PICTURES)]
     img = Image.open(path)
     img.draft("RGB", (1000, 1000))
