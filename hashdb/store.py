@@ -173,6 +173,14 @@ class Store(Protocol):
     def verify_history(self, max_problems: int = 100) -> HistoryVerification:
         """Walks the whole history and checks every record's hash and link."""
 
+    def history_head(self) -> tuple[int, str, int] | None:
+        """(id, hash, records up to it) of the newest chained record."""
+
+    def history_anchor(self, history_id: int) -> tuple[str | None, int] | None:
+        """(hash, records up to it) of one record; None if it is not there."""
+
+    def last_history_record(self, rpc: str) -> HistoryRecord | None: ...
+
     # -- review queue (hashdb/review_sql.py)
     def create_review_item(
         self,
