@@ -556,9 +556,12 @@ class SQLStore(BulkSQL):
                 expected_prev = head = record_hash
         return HistoryVerification(checked, unchained, head, problems[:max_problems])
 
-    def history_head(self) -> tuple[int, str, int] | None:
+    def history_head(self, after: tuple[int, int] | None = None) -> tuple[int, str, int] | None:
         """(id, hash, records up to it) of the newest chained record: what a
-        checkpoint holds."""
+        checkpoint holds. `after` = (id, records up to it) of an earlier
+        checkpoint: only the records since are counted (a count of the whole
+        history is a scan of millions of rows)."""
+        since_id, since_count = after or (0, 0)
         with self._read() as cur:
             cur.execute(
                 "SELECT id, record_hash FROM match_history WHERE record_hash IS NOT NULL"
@@ -567,8 +570,15 @@ class SQLStore(BulkSQL):
             row = cur.fetchone()
             if row is None:
                 return None
-            cur.execute("SELECT COUNT(*) FROM match_history WHERE id <= ?", (row[0],))
-            return row[0], row[1], cur.fetchone()[0]
+            cur.execute(
+                "SELECT COUNT(*) FROM match_history WHERE id > ? AND id <= ?", (since_id, row[0])
+            )
+            return row[0], row[1], since_count + cur.fetchone()[0]
+
+    def last_history_id(self) -> int:
+        with self._read() as cur:
+            cur.execute("SELECT COALESCE(MAX(id), 0) FROM match_history")
+            return cur.fetchone()[0]
 
     def history_anchor(self, history_id: int) -> tuple[str | None, int] | None:
         """(hash, records up to it) of one record, None if it is not there:

@@ -898,6 +898,7 @@ def history_json(r: pb.HistoryRecord) -> dict:
         "request_id": r.request_id,
         "time": _iso(r.time),
         "caller": r.caller,
+        "caller_token_id": r.caller_token_id or None,
         "rpc": r.rpc,
         "media_type": pb.MediaType.Name(r.media_type).lower(),
         "decision": DECISION_NAMES.get(r.decision),
@@ -919,16 +920,24 @@ def cmd_history_verify(args) -> int:
         "intact": resp.intact,
         "records_checked": resp.records_checked,
         "unchained_records": resp.unchained_records,
+        "checkpoints_checked": resp.checkpoints_checked,
         "head_hash": resp.head_hash,
         "problems": [{"record_id": p.record_id, "problem": p.problem} for p in resp.problems],
+        "notes": list(resp.notes),
     }
     if args.json:
         _print_json(row)
     else:
         state = "intact" if resp.intact else "TAMPERED"
-        print(f"history {state}: {resp.records_checked} records checked, head {resp.head_hash}")
+        print(
+            f"history {state}: {resp.records_checked} records checked"
+            f" ({resp.unchained_records} unchained), {resp.checkpoints_checked} checkpoint(s)"
+            f" checked, {len(resp.problems)} problem(s), head {resp.head_hash}"
+        )
         for problem in resp.problems:
             print(f"  record {problem.record_id}: {problem.problem}")
+        for note in resp.notes:
+            print(f"  note: {note}")
     return EXIT_OK if resp.intact else EXIT_FAILED
 
 

@@ -23,9 +23,10 @@ from collections import defaultdict, deque
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from hashdb import HistoryRecord, ReviewFilter, ReviewItem, Store, Suppression
+from hashdb import ReviewFilter, ReviewItem, Store, Suppression
 from hashdb.review_sql import RESOLUTIONS
 from hashsvc import validation
+from hashsvc.audit import action_record
 from hashsvc.errors import FailedPrecondition, InvalidArgument, NotFound
 from hashsvc.matcher import Match, MatchResult
 from hashsvc.policy import ALLOW, BLOCK, REVIEW, strictest
@@ -291,21 +292,19 @@ class ReviewQueue:
         client_ref: str = "",
         status: str = "OK",
         error_message: str = "",
+        set_ids: tuple[int, ...] = (),
     ) -> None:
         """One reviewer's or operator's action, in the hash-chained history;
         a failed one names its status, as a failed Match does."""
         self.store.record_match(
-            HistoryRecord(
-                request_id=f"{action.lower()}-{time.time_ns()}",
-                time=datetime.now(UTC),
-                caller=actor,
-                rpc=action,
-                media_type="",
-                decision="",
+            action_record(
+                action,
+                actor,
+                detail,
                 status=status,
-                error_message=error_message[:1000],
+                error_message=error_message,
                 client_ref=client_ref,
-                detail=detail,
+                set_ids=set_ids,
             )
         )
 

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from hashsvc import auth, bulk, bulk_pb, convert
+from hashsvc import audit, auth, bulk, bulk_pb, convert
 from hashsvc.core import Core
 from hashsvc.errors import HashsvcError, InvalidArgument, status_name
 from hashsvc.uploads import spooled
@@ -113,6 +113,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     except HashsvcError as exc:
                         _abort(context, exc)
                     CALLER.set(record)
+                    # action records by this caller carry its token id
+                    audit.ACTING_TOKEN.set((record.name, record.id))
                     result = behavior(request_or_iterator, context)
                     if inspect.isgenerator(result):
                         streaming = True  # timed when the stream ends
@@ -165,6 +167,14 @@ def upload_parts(request_iterator, rpc_name: str):
     return first.header, chunks()
 
 
+def _counted(chunks, received: list[int]):
+    """The chunks, counting their bytes into received[0] (for the record of an
+    upload that failed)."""
+    for chunk in chunks:
+        received[0] += len(chunk)
+        yield chunk
+
+
 class MatcherServicer(pb_grpc.MatcherServicer):
     def __init__(self, core: Core, batch_threads: int) -> None:
         self.core = core
@@ -178,11 +188,30 @@ class MatcherServicer(pb_grpc.MatcherServicer):
 
     @rpc
     def MatchUpload(self, request_iterator, context):  # noqa: N802
-        header, chunks = upload_parts(request_iterator, "MatchUpload")
         config = self.core.config
-        with spooled(chunks, config.max_upload_bytes, config.spool_dir) as upload:
-            query = convert.match_query(header, upload)
-            outcome = self.core.match(query, caller_name(), "MatchUpload")
+        header, received = None, [0]
+        matching = False
+        try:
+            header, chunks = upload_parts(request_iterator, "MatchUpload")
+            with spooled(
+                _counted(chunks, received), config.max_upload_bytes, config.spool_dir
+            ) as upload:
+                query = convert.match_query(header, upload)
+                matching = True  # from here on match() records the call
+                outcome = self.core.match(query, caller_name(), "MatchUpload")
+        except BaseException as exc:
+            # An upload refused before it was matched (too large, no header,
+            # two headers, no media, the client gone) is a Match call too.
+            if not matching:
+                self.core.record_failed_match(
+                    "MatchUpload",
+                    caller_name(),
+                    exc,
+                    header.client_ref if header is not None else "",
+                    received[0],
+                    _status_of(context, exc),
+                )
+            raise
         return convert.match_response(outcome)
 
     def MatchBatch(self, request_iterator, context):
@@ -190,7 +219,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         # answered in request order, each as soon as it and those before it
         # are done: a client may wait for an answer before sending more. A bad
         # item gets an error response and the stream goes on.
-        caller = caller_name()
+        caller, caller_token_id = caller_name(), CALLER.get().id
         limit = self.core.config.max_batch_items
         # Reading requests runs beside answering them; the bounded queue is the
         # backpressure (at most _batch_in_flight items hashed ahead).
@@ -212,7 +241,9 @@ class MatcherServicer(pb_grpc.MatcherServicer):
                     if count > limit:
                         put(_TOO_MANY)
                         return
-                    if not put(self._batch_pool.submit(self._match_item, request, caller)):
+                    if not put(
+                        self._batch_pool.submit(self._match_item, request, caller, caller_token_id)
+                    ):
                         return
             except Exception:  # noqa: BLE001 - the client went away mid-stream
                 log.debug("batch request stream ended early", exc_info=True)
@@ -233,10 +264,13 @@ class MatcherServicer(pb_grpc.MatcherServicer):
                 )
             yield item.result()
 
-    def _match_item(self, request: pb.MatchRequest, caller: str) -> pb.MatchResponse:
+    def _match_item(
+        self, request: pb.MatchRequest, caller: str, caller_token_id: int
+    ) -> pb.MatchResponse:
         try:
             query = convert.match_query(request)
-            return convert.match_response(self.core.match(query, caller, "MatchBatch"))
+            outcome = self.core.match(query, caller, "MatchBatch", caller_token_id)
+            return convert.match_response(outcome)
         except HashsvcError as exc:
             return pb.MatchResponse(
                 client_ref=request.client_ref, error_code=status_name(exc), error_message=str(exc)
@@ -256,8 +290,9 @@ class CurationServicer(pb_grpc.CurationServicer):
         self.curation = core.curation
 
     def _done(self, action: str, **detail) -> None:
-        # Operators' writes go to the same hash-chained history as matches.
-        self.core.record_action(action, caller_name(), detail)
+        # Operators' writes go to the same hash-chained history as matches,
+        # indexed under their set (`history --set S` shows what was done to S).
+        self.core.record_action(action, caller_name(), detail, set_names=(detail["set"],))
 
     @rpc
     def CreateSet(self, request, context):
@@ -462,7 +497,7 @@ class AuditServicer(pb_grpc.AuditServicer):
 
     @rpc
     def VerifyHistory(self, request, context):
-        result = self.audit.store.verify_history()
+        result = self.audit.verify()
         return pb.VerifyHistoryResponse(
             intact=result.intact,
             records_checked=result.records_checked,
@@ -472,19 +507,43 @@ class AuditServicer(pb_grpc.AuditServicer):
                 pb.HistoryProblem(record_id=record_id, problem=problem)
                 for record_id, problem in result.problems
             ],
+            checkpoints_checked=result.checkpoints_checked,
+            notes=result.notes,
         )
 
 
 class AdminServicer(pb_grpc.AdminServicer):
     def __init__(self, core: Core) -> None:
+        self.core = core
         self.store = core.store
+
+    def _recorded(self, action: str, detail: dict, do):
+        """do(), recorded in the history whether it succeeds or fails (never
+        the token itself: only its id, name, role and expiry)."""
+        try:
+            record = do()
+        except Exception as exc:
+            self.core.record_action(action, caller_name(), detail, status_name(exc), str(exc))
+            raise
+        expires = record.expires_at.isoformat() if record.expires_at else None
+        done = {"token_id": record.id, "name": record.name, "role": record.role}
+        self.core.record_action(action, caller_name(), {**detail, **done, "expires_at": expires})
+        return record
 
     @rpc
     def CreateToken(self, request, context):
-        record, token = auth.create_token(
-            self.store, request.role, request.name, request.expires_in_seconds
-        )
-        return pb.CreateTokenResponse(info=convert.token_info(record), token=token)
+        made = []
+
+        def create():
+            record, token = auth.create_token(
+                self.store, request.role, request.name, request.expires_in_seconds
+            )
+            made.append(token)
+            return record
+
+        detail = {"name": request.name[:200], "role": request.role[:50]}
+        record = self._recorded("CreateToken", detail, create)
+        return pb.CreateTokenResponse(info=convert.token_info(record), token=made[0])
 
     @rpc
     def ListTokens(self, request, context):
@@ -494,4 +553,7 @@ class AdminServicer(pb_grpc.AdminServicer):
 
     @rpc
     def RevokeToken(self, request, context):
-        return convert.token_info(self.store.revoke_token(request.id))
+        record = self._recorded(
+            "RevokeToken", {"token_id": request.id}, lambda: self.store.revoke_token(request.id)
+        )
+        return convert.token_info(record)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 
 import grpc
 import psycopg
@@ -137,7 +138,9 @@ def test_set_index_of_history_is_covered_by_the_chain(audited, store_url, monkey
     op.curation.CreateSet(pb.CreateSetRequest(name="known"), metadata=md)
     op.curation.CreateSet(pb.CreateSetRequest(name="other"), metadata=md)
     op.curation.AddEntry(
-        pb.AddEntryRequest(set="known", name="e", signal=pb.SignalValue(signal_type="md5", value="1" * 32)),
+        pb.AddEntryRequest(
+            set="known", name="e", signal=pb.SignalValue(signal_type="md5", value="1" * 32)
+        ),
         metadata=md,
     )
     audited.core.match(MatchQuery(signal_type="md5", signal_value="1" * 32), "pipeline")
@@ -162,19 +165,29 @@ def test_checkpoints_are_written_every_n_records(store_url, tmp_path):
         history_checkpoint_records=3,
         change_poll_seconds=0.05,
     )
-    try:
-        _matches(h, 7)
-        import time
 
+    def lines() -> list[dict]:
+        return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+    def wait_for(count: int) -> None:
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(path.read_text().splitlines() if path.exists() else []) < 2:
+        while time.monotonic() < deadline and len(lines()) < count:
             time.sleep(0.05)
-        lines = [json.loads(x) for x in path.read_text().splitlines()]
-        assert len(lines) >= 2 and lines[-1]["records"] >= 6
-        in_history = [
-            r for r in h.core.store.query_history(HistoryFilter(), 0, 1000) if r.rpc == "HistoryCheckpoint"
-        ]
-        assert in_history and in_history[-1].detail["head_hash"] == lines[-1]["head_hash"]
+
+    try:
+        _matches(h, 2)
+        time.sleep(0.3)
+        assert lines() == []  # 2 < 3 records: not due yet
+        _matches(h, 1)
+        wait_for(1)
+        assert [c["records"] for c in lines()] == [3]
+        _matches(h, 3)
+        wait_for(2)
+        last = lines()[-1]
+        assert len(lines()) == 2 and last["records"] == 7  # 6 matches + the first checkpoint
+        in_history = [r for r in _history(h) if r.rpc == "HistoryCheckpoint"]
+        assert in_history[-1].detail["head_hash"] == last["head_hash"]
+        assert in_history[-1].caller == "hashsvc" and in_history[-1].caller_token_id is None
         assert h.core.audit.verify().intact
     finally:
         h.close()
@@ -223,7 +236,9 @@ def test_a_match_the_store_rejects_is_still_recorded(store_url, tmp_path):
     try:
         # PostgreSQL text cannot hold NUL: the record must not be lost to it
         try:
-            h.core.match(MatchQuery(signal_type="md5", signal_value="2" * 32, client_ref="a\x00b"), "p")
+            h.core.match(
+                MatchQuery(signal_type="md5", signal_value="2" * 32, client_ref="a\x00b"), "p"
+            )
         except Exception:  # noqa: BLE001 - whatever the answer, it is recorded
             pass
         records = [r for r in _history(h) if r.rpc == "Match"]
@@ -296,7 +311,10 @@ def test_history_records_the_token_id(store_url, monkeypatch, capsys):
         capsys.readouterr()
         assert cli.main(["history", "--json"]) == 0
         rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-        assert {r["caller_token_id"] for r in rows if r["rpc"] == "Match"} == {one.info.id, two.info.id}
+        assert {r["caller_token_id"] for r in rows if r["rpc"] == "Match"} == {
+            one.info.id,
+            two.info.id,
+        }
     finally:
         h.close()
 
