@@ -170,8 +170,11 @@ def test_checkpoints_are_written_every_n_records(store_url, tmp_path):
         return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
     def wait_for(count: int) -> None:
+        # the file line comes first, then the record in the history
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(lines()) < count:
+        while time.monotonic() < deadline and (
+            len([r for r in _history(h) if r.rpc == "HistoryCheckpoint"]) < count
+        ):
             time.sleep(0.05)
 
     try:
@@ -315,6 +318,9 @@ def test_history_records_the_token_id(store_url, monkeypatch, capsys):
             one.info.id,
             two.info.id,
         }
+        # an action by a caller carries its token id too
+        admin_id = h.core.store.find_token(auth.hash_token(h.tokens["admin"])).id
+        assert {r["caller_token_id"] for r in rows if r["rpc"] == "CreateToken"} == {admin_id}
     finally:
         h.close()
 
@@ -340,3 +346,45 @@ def test_token_names_are_unique_among_active_tokens(store_url):
         assert again.info.id != first.info.id
     finally:
         h.close()
+
+
+def test_migration_renames_tokens_that_share_an_active_name(store_url):
+    """Tokens made without --name were all named after their role: the
+    migration keeps the oldest name and renames the others NAME#ID."""
+    from hashdb import migrations, open_store
+    from hashdb.postgres import _Cursor
+
+    older = (migrations.SQLITE if store_url.startswith("sqlite") else migrations.POSTGRES)[:-1]
+    if store_url.startswith("sqlite"):
+        conn = sqlite3.connect(store_url[len("sqlite:///") :])
+        cur = conn.cursor()
+    else:
+        from hashdb.postgres import _schema_from_url
+
+        conn = psycopg.connect(store_url)
+        conn.execute(f'CREATE SCHEMA "{_schema_from_url(store_url)}"')
+        cur = _Cursor(conn.cursor())
+    migrations.apply(cur, older)
+    for i, (name, revoked) in enumerate(
+        [("matcher", None), ("matcher", None), ("matcher", 5), ("alice", None)]
+    ):
+        cur.execute(
+            "INSERT INTO tokens (name, role, token_hash, created_at, revoked_at)"
+            " VALUES (?, 'matcher', ?, 1, ?)",
+            (name, f"h{i}", revoked),
+        )
+    conn.commit()
+    conn.close()
+    store = open_store(store_url)
+    try:
+        tokens = store.list_tokens()
+        assert [t.name for t in tokens] == [
+            "matcher",
+            f"matcher#{tokens[1].id}",
+            "matcher",
+            "alice",
+        ]
+        with pytest.raises(Exception, match="already exists"):
+            store.add_token("alice", "matcher", "h9")
+    finally:
+        store.close()
