@@ -493,6 +493,7 @@ class SQLStore(BulkSQL):
             return [_history(row) for row in cur.fetchall()]
 
     def verify_history(self, max_problems: int = 100) -> HistoryVerification:
+        chained_from_start = self._chained_from_start()
         checked = unchained = 0
         expected_prev, head = "", ""
         problems: list[tuple[int, str]] = []
@@ -531,6 +532,14 @@ class SQLStore(BulkSQL):
                         problems.append(
                             (history_id, "record has no hash: inserted outside hashsvc")
                         )
+                    elif chained_from_start:
+                        problems.append(
+                            (
+                                history_id,
+                                "record has no hash, though this database chained its history"
+                                " from the start: its chain columns were emptied",
+                            )
+                        )
                     else:
                         unchained += 1
                     continue
@@ -555,6 +564,17 @@ class SQLStore(BulkSQL):
                         problems.append((history_id, "record was edited: its hash does not match"))
                 expected_prev = head = record_hash
         return HistoryVerification(checked, unchained, head, problems[:max_problems])
+
+    def _chained_from_start(self) -> bool:
+        # Unchained records are taken as written before the chain existed
+        # (migration 2). A database created with the chain (migrations 1 and 2
+        # applied in one run, within a second) holds none, so nulling every
+        # record's chain columns cannot pass them off as older. (Someone who
+        # also rewrites schema_migrations is caught by the checkpoints.)
+        with self._read() as cur:
+            cur.execute("SELECT version, applied_at FROM schema_migrations WHERE version <= 2")
+            applied = dict(cur.fetchall())
+        return len(applied) == 2 and abs(applied[2] - applied[1]) < 1_000_000
 
     def history_head(self, after: tuple[int, int] | None = None) -> tuple[int, str, int] | None:
         """(id, hash, records up to it) of the newest chained record: what a

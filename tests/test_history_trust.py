@@ -388,3 +388,27 @@ def test_migration_renames_tokens_that_share_an_active_name(store_url):
             store.add_token("alice", "matcher", "h9")
     finally:
         store.close()
+
+
+def test_nulled_chain_of_a_database_chained_from_the_start_is_caught_without_a_file(store_url):
+    """No checkpoint file: a database created with the chain holds no record
+    without a hash, so a wholesale nulling still shows; a database that had
+    records before the chain existed (migration 2 applied later) keeps them."""
+    from hashdb import open_store
+    from tests.test_store import _chain_of
+
+    store = open_store(store_url, history_key=b"k" * 32)
+    try:
+        ids = _chain_of(store, 3)
+        _tamper(store_url, "UPDATE match_history SET prev_hash = NULL, record_hash = NULL")
+        problems = store.verify_history().problems
+        assert [p[0] for p in problems] == ids and "emptied" in problems[0][1]
+        # as an upgraded database would be: the chain began a day after the schema
+        _tamper(
+            store_url,
+            "UPDATE schema_migrations SET applied_at = applied_at + 86400000000 WHERE version = 2",
+        )
+        result = store.verify_history()
+        assert result.intact and result.unchained_records == 3
+    finally:
+        store.close()
