@@ -40,8 +40,16 @@ ACTING_TOKEN: contextvars.ContextVar[tuple[str, int] | None] = contextvars.Conte
 
 def acting_token_id(actor: str) -> int | None:
     """The token id of `actor` if it is the caller this thread serves."""
+    return _who(actor)[1]
+
+
+def _who(actor: str) -> tuple[str, int | None]:
+    """(name, token id) of an actor: the caller this thread serves, by name
+    or as NAME#ID (a reviewer's identity on review items), else (actor, None)."""
     acting = ACTING_TOKEN.get()
-    return acting[1] if acting is not None and acting[0] == actor else None
+    if acting is not None and actor in (acting[0], f"{acting[0]}#{acting[1]}"):
+        return acting
+    return actor, None
 
 
 def action_record(
@@ -56,10 +64,11 @@ def action_record(
     set_ids: tuple[int, ...] = (),
 ) -> HistoryRecord:
     """One reviewer's, operator's or admin's action as a history record."""
+    name, acting_id = _who(actor)
     return HistoryRecord(
         request_id=f"{action.lower()}-{time.time_ns()}",
         time=datetime.now(UTC),
-        caller=actor,
+        caller=name,
         rpc=action,
         media_type="",
         decision="",
@@ -67,7 +76,7 @@ def action_record(
         error_message=storable(error_message)[:1000],
         client_ref=storable(client_ref),
         detail=detail,
-        caller_token_id=actor_token_id if actor_token_id is not None else acting_token_id(actor),
+        caller_token_id=actor_token_id if actor_token_id is not None else acting_id,
         set_ids=tuple(set_ids),
     )
 

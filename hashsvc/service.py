@@ -82,6 +82,13 @@ def caller_name() -> str:
     return CALLER.get().name
 
 
+def reviewer_identity() -> str:
+    """NAME#ID: a review claim belongs to the token that made it, not to a
+    later token given the same name once the first was revoked."""
+    record = CALLER.get()
+    return f"{record.name}#{record.id}"
+
+
 class AuthInterceptor(grpc.ServerInterceptor):
     """Authenticates the token and checks the role before the handler runs."""
 
@@ -452,13 +459,15 @@ class ReviewServicer(pb_grpc.ReviewServicer):
 
     @rpc
     def ClaimReviewItem(self, request, context):
-        item = self.queue.claim(caller_name(), request.id or None, self._filter(request.filter))
+        item = self.queue.claim(
+            reviewer_identity(), request.id or None, self._filter(request.filter)
+        )
         return convert.review_item(item)
 
     @rpc
     def ResolveReviewItem(self, request, context):
         item = self.queue.resolve(
-            caller_name(),
+            reviewer_identity(),
             request.id,
             request.resolution,
             request.note,

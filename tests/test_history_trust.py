@@ -412,3 +412,44 @@ def test_nulled_chain_of_a_database_chained_from_the_start_is_caught_without_a_f
         assert result.intact and result.unchained_records == 3
     finally:
         store.close()
+
+
+def test_review_claims_name_the_token(store_url):
+    """Two tokens may carry one name over time (revoke, reissue): a claim
+    belongs to the token that made it, and the history names both."""
+    h = start_harness(store_url)
+    try:
+        op, md = h.stubs("operator")
+        op.curation.CreateSet(pb.CreateSetRequest(name="q", review_blocks=True), metadata=md)
+        sig = pb.SignalValue(signal_type="md5", value="5" * 32)
+        op.curation.AddEntry(pb.AddEntryRequest(set="q", name="e", signal=sig), metadata=md)
+        m, mmd = h.stubs("matcher")
+        for _ in range(2):
+            assert m.matcher.Match(pb.MatchRequest(signal=sig), metadata=mmd).decision == pb.BLOCK
+        a, amd = h.stubs("admin")
+        old = a.admin.CreateToken(pb.CreateTokenRequest(role="reviewer", name="rev"), metadata=amd)
+        stub = h.stubs("reviewer")[0]
+        old_md = (("authorization", f"Bearer {old.token}"),)
+        claimed = stub.review.ClaimReviewItem(pb.ClaimReviewItemRequest(), metadata=old_md)
+        assert claimed.claimed_by == f"rev#{old.info.id}"
+        a.admin.RevokeToken(pb.RevokeTokenRequest(id=old.info.id), metadata=amd)
+        new = a.admin.CreateToken(pb.CreateTokenRequest(role="reviewer", name="rev"), metadata=amd)
+        new_md = (("authorization", f"Bearer {new.token}"),)
+        with pytest.raises(grpc.RpcError) as err:  # not the same reviewer's claim
+            stub.review.ResolveReviewItem(
+                pb.ResolveReviewItemRequest(id=claimed.id, resolution="confirmed"), metadata=new_md
+            )
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        mine = stub.review.ClaimReviewItem(pb.ClaimReviewItemRequest(), metadata=new_md)
+        done = stub.review.ResolveReviewItem(
+            pb.ResolveReviewItemRequest(id=mine.id, resolution="confirmed"), metadata=new_md
+        )
+        assert done.resolved_by == f"rev#{new.info.id}"
+        actions = [r for r in _history(h) if r.rpc in ("ClaimReview", "ResolveReview")]
+        assert [(r.rpc, r.caller, r.caller_token_id) for r in actions] == [
+            ("ClaimReview", "rev", old.info.id),
+            ("ClaimReview", "rev", new.info.id),
+            ("ResolveReview", "rev", new.info.id),
+        ]
+    finally:
+        h.close()
