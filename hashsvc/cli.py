@@ -111,7 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--role", required=True, choices=["matcher", "operator", "auditor", "reviewer", "admin"]
     )
-    p.add_argument("--name", default="", help="who holds it (shown as caller in history)")
+    p.add_argument(
+        "--name",
+        default="",
+        help="who holds it (shown as caller in history); unique among unrevoked tokens;"
+        " default ROLE-XXXXXX",
+    )
     p.add_argument("--expires-in", help="the token stops working after this: 90d, 12h, 3600s")
     p.add_argument("--db", help="store URL, for creating a token without a running server")
     p.add_argument("--server")
