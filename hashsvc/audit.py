@@ -106,8 +106,11 @@ class Audit:
         # (head id, records up to it, id of the checkpoint record) of the last
         # checkpoint; None until one is known
         self._last: tuple[int, int, int] | None = None
+        # Nothing is taken from the database's own checkpoint records (someone
+        # with database access could plant one to skew the counts or stop
+        # checkpointing): a process's first checkpoint counts the whole
+        # history once, and is taken at the first poll that finds any record.
         self._last_at = time.monotonic()
-        self._loaded = False
 
     def make_filter(
         self,
@@ -152,7 +155,6 @@ class Audit:
         """A checkpoint if checkpoint_records records were written since the
         last one, or checkpoint_seconds passed and anything was (called by the
         server's change poller: at most one a poll)."""
-        self._load_last()
         last_record_id = self._last[2] if self._last else 0
         written = self.store.last_history_id() - last_record_id  # ids: ~records
         if written <= 0:
@@ -166,7 +168,6 @@ class Audit:
         """Signs the history's head into the history and the checkpoint file.
         False if nothing was written since the last one."""
         with self._lock:
-            self._load_last()
             since = (self._last[0], self._last[1]) if self._last else None
             head = self.store.history_head(since)
             if head is None or (self._last is not None and head[0] == self._last[2]):
@@ -194,18 +195,10 @@ class Audit:
             self._last_at = time.monotonic()
             return True
 
-    def _load_last(self) -> None:
-        if self._loaded:
-            return
-        self._loaded = True
-        last = self.store.last_history_record(CHECKPOINT_RPC)
-        if last is not None and last.detail.get("head_id"):
-            self._last = (last.detail["head_id"], last.detail["records"], last.id)
-
     def _sign(self, line: dict) -> str:
         if not self._key:
             return ""
-        fields = [line["time"], line["head_id"], line["head_hash"], line["records"]]
+        fields = [line.get("time"), line["head_id"], line["head_hash"], line["records"]]
         message = json.dumps(fields, separators=(",", ":")).encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
@@ -246,9 +239,10 @@ class Audit:
         in_history = self.store.last_history_record(CHECKPOINT_RPC)
         if in_history is not None and in_history.detail.get("head_id") != file_head:
             d = in_history.detail
-            problems += self._check(
-                "history", d.get("head_id", 0), d.get("head_hash"), d.get("records", 0)
-            )
+            if _is_checkpoint(d.get("head_id"), d.get("head_hash"), d.get("records")):
+                problems += self._check("history", d["head_id"], d["head_hash"], d["records"])
+            else:
+                problems.append((in_history.id, "checkpoint record is malformed"))
             checked += 1
         return HistoryVerification(
             result.records_checked,
@@ -299,8 +293,7 @@ class Audit:
             return None, ""
         try:
             line = json.loads(lines[-1])
-            fields = (line["head_id"], line["head_hash"], line["records"], line["time"])
-            if not (isinstance(fields[0], int) and isinstance(fields[2], int)):
+            if not _is_checkpoint(line["head_id"], line["head_hash"], line["records"]):
                 raise ValueError
         except (ValueError, KeyError, TypeError):
             return (
@@ -319,3 +312,13 @@ class Audit:
                     " key: written by someone else"
                 )
         return line, ""
+
+
+def _is_checkpoint(head_id, head_hash, records) -> bool:
+    return (
+        type(head_id) is int
+        and 0 < head_id < 2**63
+        and isinstance(head_hash, str)
+        and type(records) is int
+        and 0 <= records < 2**63
+    )

@@ -453,3 +453,21 @@ def test_review_claims_name_the_token(store_url):
         ]
     finally:
         h.close()
+
+
+def test_planted_checkpoint_record_is_a_problem_not_a_crash(
+    audited, store_url, monkeypatch, capsys
+):
+    _matches(audited, 2)
+    audited.core.audit.checkpoint()
+    planted = (
+        "INSERT INTO match_history (request_id, time, caller, rpc, media_type, decision, status,"
+        " error_message, client_ref, media_bytes, query_signals, matches, detail) VALUES"
+        " ('x', 1, 'hashsvc', 'HistoryCheckpoint', '', '', 'OK', '', '', 0, '[]', '[]',"
+        """ '{"head_id": "1 OR 1=1", "records": -5}')"""
+    )
+    _tamper(store_url, planted)
+    code, out = _verify(audited, monkeypatch, capsys)
+    assert code == 1 and "malformed" in out
+    _matches(audited, 1)
+    assert audited.core.audit.checkpoint()  # checkpointing goes on
