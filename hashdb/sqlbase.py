@@ -596,6 +596,19 @@ class SQLStore(BulkSQL):
             )
             return row[0], row[1], since_count + cur.fetchone()[0]
 
+    def can_extend_history(self) -> bool:
+        """Whether a record this store writes keeps the chain verifying: the
+        newest chained record is signed with this store's key, or with none
+        when it has none (a tool opened without the key must not append to a
+        keyed chain)."""
+        with self._read() as cur:
+            cur.execute(
+                "SELECT chain_key_id FROM match_history WHERE record_hash IS NOT NULL"
+                " ORDER BY id DESC LIMIT 1"
+            )
+            row = cur.fetchone()
+        return row is None or (row[0] or "") == self._history_key_id
+
     def last_history_id(self) -> int:
         with self._read() as cur:
             cur.execute("SELECT COALESCE(MAX(id), 0) FROM match_history")

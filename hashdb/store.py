@@ -178,6 +178,9 @@ class Store(Protocol):
 
     def last_history_id(self) -> int: ...
 
+    def can_extend_history(self) -> bool:
+        """A record written now keeps the chain verifying (same key or none)."""
+
     def history_anchor(self, history_id: int) -> tuple[str | None, int] | None:
         """(hash, records up to it) of one record; None if it is not there."""
 

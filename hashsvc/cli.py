@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--expires-in", help="the token stops working after this: 90d, 12h, 3600s")
     p.add_argument("--db", help="store URL, for creating a token without a running server")
+    p.add_argument(
+        "--config",
+        help="with --db: the server's TOML config (its history_key_file signs the record)",
+    )
     p.add_argument("--server")
     p.add_argument("--tls-ca")
     p.add_argument("--json", action="store_true")
@@ -370,10 +374,13 @@ def cmd_token_create(args) -> int:
     if args.db:
         from hashdb import open_store
         from hashsvc import auth
+        from hashsvc.config import load_config
 
-        store = open_store(args.db)
+        history_key = load_config(args.config).history_key() if args.config else None
+        store = open_store(args.db, history_key=history_key)
         try:
             record, token = auth.create_token(store, args.role, args.name, expires_in)
+            _record_local_token(store, record)
         finally:
             store.close()
         info = {"id": record.id, "name": record.name, "role": record.role}
@@ -393,6 +400,26 @@ def cmd_token_create(args) -> int:
         print(f"created {info['role']} token #{info['id']} for {info['name']!r}", file=sys.stderr)
         print(token)
     return EXIT_OK
+
+
+def _record_local_token(store, record) -> None:
+    """A token written straight into the store is recorded in its history too,
+    by the local user, unless that would append an unsigned record to a
+    keyed chain (then --config names the server's history_key_file)."""
+    import getpass
+
+    from hashsvc.audit import action_record
+
+    if not store.can_extend_history():
+        print(
+            "warning: the token's creation is not in the history, which is signed with a key:"
+            " pass --config with the server's history_key_file to record it",
+            file=sys.stderr,
+        )
+        return
+    detail = {"token_id": record.id, "name": record.name, "role": record.role, "via": "--db"}
+    detail["expires_at"] = record.expires_at.isoformat() if record.expires_at else None
+    store.record_match(action_record("CreateToken", f"local:{getpass.getuser()}", detail))
 
 
 def cmd_token_list(args) -> int:

@@ -471,3 +471,43 @@ def test_planted_checkpoint_record_is_a_problem_not_a_crash(
     assert code == 1 and "malformed" in out
     _matches(audited, 1)
     assert audited.core.audit.checkpoint()  # checkpointing goes on
+
+
+def test_token_created_with_db_is_recorded(store_url, tmp_path, capsys):
+    from hashdb import open_store
+
+    plain = f"sqlite:///{tmp_path}/plain.db"
+    assert cli.main(["token", "create", "--role", "admin", "--name", "first", "--db", plain]) == 0
+    store = open_store(plain)
+    try:
+        (record,) = store.query_history(HistoryFilter())
+        assert record.rpc == "CreateToken" and record.caller.startswith("local:")
+        assert record.detail["name"] == "first" and record.detail["via"] == "--db"
+        assert store.verify_history().intact
+    finally:
+        store.close()
+    # a keyed history: recorded only with the key (else a warning, not a break)
+    key = tmp_path / "k"
+    key.write_bytes(b"s" * 32)
+    keyed = open_store(store_url, history_key=b"s" * 32)
+    keyed.record_match(_history_probe())
+    keyed.close()
+    capsys.readouterr()
+    assert cli.main(["token", "create", "--role", "matcher", "--db", store_url]) == 0
+    assert "not in the history" in capsys.readouterr().err
+    config = tmp_path / "c.toml"
+    config.write_text(f'history_key_file = "{key}"\n')
+    argv = ["token", "create", "--role", "matcher", "--db", store_url, "--config", str(config)]
+    assert cli.main(argv) == 0
+    keyed = open_store(store_url, history_key=b"s" * 32)
+    try:
+        assert [r.rpc for r in keyed.query_history(HistoryFilter())] == ["Probe", "CreateToken"]
+        assert keyed.verify_history().intact
+    finally:
+        keyed.close()
+
+
+def _history_probe():
+    from hashsvc.audit import action_record
+
+    return action_record("Probe", "test", {"n": 1})
