@@ -237,6 +237,7 @@ class Core:
         client_ref: str = "",
         media_bytes: int = 0,
         status: str = "",
+        caller_token_id: int | None = None,
     ) -> None:
         """A Match call that failed before it reached match() (an upload that
         was too large, had no header or two): recorded as a failed Match is."""
@@ -251,7 +252,7 @@ class Core:
                 [],
                 None,
                 exc,
-                acting_token_id(caller),
+                caller_token_id if caller_token_id is not None else acting_token_id(caller),
                 media_bytes,
                 status,
             )

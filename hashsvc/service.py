@@ -190,8 +190,20 @@ class MatcherServicer(pb_grpc.MatcherServicer):
 
     @rpc
     def Match(self, request, context):  # noqa: N802 - gRPC method names
-        outcome = self.core.match(convert.match_query(request), caller_name(), "Match")
+        query = self._query(request, "Match", caller_name(), CALLER.get().id)
+        outcome = self.core.match(query, caller_name(), "Match")
         return convert.match_response(outcome)
+
+    def _query(self, request, rpc: str, caller: str, caller_token_id: int):
+        """The core's query; a request refused here (neither media nor a hash)
+        is a failed Match call, recorded as one."""
+        try:
+            return convert.match_query(request)
+        except HashsvcError as exc:
+            self.core.record_failed_match(
+                rpc, caller, exc, request.client_ref, caller_token_id=caller_token_id
+            )
+            raise
 
     @rpc
     def MatchUpload(self, request_iterator, context):  # noqa: N802
@@ -275,7 +287,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         self, request: pb.MatchRequest, caller: str, caller_token_id: int
     ) -> pb.MatchResponse:
         try:
-            query = convert.match_query(request)
+            query = self._query(request, "MatchBatch", caller, caller_token_id)
             outcome = self.core.match(query, caller, "MatchBatch", caller_token_id)
             return convert.match_response(outcome)
         except HashsvcError as exc:

@@ -211,6 +211,7 @@ def test_failed_uploads_are_recorded(store_url):
     h = start_harness(store_url, max_upload_bytes=1000)
     try:
         m, md = h.stubs("matcher")
+        matcher_id = h.core.store.find_token(auth.hash_token(h.tokens["matcher"])).id
         header = pb.MatchUploadRequest(header=pb.MatchRequest(client_ref="up"))
         chunk = pb.MatchUploadRequest(chunk=b"x" * 600)
         cases = {
@@ -228,6 +229,7 @@ def test_failed_uploads_are_recorded(store_url):
             assert len(new) == 1, name
             assert new[0].rpc == "MatchUpload" and new[0].status == code.name, name
             assert new[0].caller == "test-matcher" and new[0].decision == ""
+            assert new[0].caller_token_id == matcher_id
             assert new[0].error_message
         assert h.core.audit.verify().intact
     finally:
@@ -511,3 +513,24 @@ def _history_probe():
     from hashsvc.audit import action_record
 
     return action_record("Probe", "test", {"n": 1})
+
+
+def test_empty_match_requests_are_recorded(store_url):
+    h = start_harness(store_url)
+    try:
+        m, md = h.stubs("matcher")
+        token_id = h.core.store.find_token(auth.hash_token(h.tokens["matcher"])).id
+        with pytest.raises(grpc.RpcError) as err:
+            m.matcher.Match(pb.MatchRequest(client_ref="empty"), metadata=md)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        answers = list(
+            m.matcher.MatchBatch(iter([pb.MatchRequest(client_ref="empty-item")]), metadata=md)
+        )
+        assert answers[0].error_code == "INVALID_ARGUMENT"
+        got = [(r.rpc, r.client_ref, r.status, r.caller_token_id) for r in _history(h)]
+        assert got == [
+            ("Match", "empty", "INVALID_ARGUMENT", token_id),
+            ("MatchBatch", "empty-item", "INVALID_ARGUMENT", token_id),
+        ]
+    finally:
+        h.close()
