@@ -268,7 +268,10 @@ class ReviewQueue:
         if not self.store.release_entry(entry.id):
             raise FailedPrecondition(f"entry {entry_name!r} is not in quarantine")
         self.record_action(
-            "ReleaseEntry", operator, {"set": set_name, "entry": entry_name, "entry_id": entry.id}
+            "ReleaseEntry",
+            operator,
+            {"set": set_name, "entry": entry_name, "entry_id": entry.id},
+            set_ids=(entry.set_id,),  # `history --set` shows it
         )
         return entry
 

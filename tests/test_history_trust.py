@@ -281,11 +281,13 @@ def test_history_of_a_set_holds_its_curation(store_url):
         op.curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=md)
         op.curation.CreateSet(pb.CreateSetRequest(name="t"), metadata=md)
         sig = pb.SignalValue(signal_type="md5", value="3" * 32)
-        op.curation.AddEntry(pb.AddEntryRequest(set="s", name="e", signal=sig), metadata=md)
+        added = op.curation.AddEntry(pb.AddEntryRequest(set="s", name="e", signal=sig), metadata=md)
+        assert h.core.store.quarantine_entry(added.id, "a test")
+        op.curation.ReleaseEntry(pb.ReleaseEntryRequest(set="s", name="e"), metadata=md)
         op.curation.RemoveEntry(pb.RemoveEntryRequest(set="s", name="e"), metadata=md)
         a, amd = h.stubs("auditor")
         got = a.audit.QueryHistory(pb.QueryHistoryRequest(set="s"), metadata=amd).records
-        assert [r.rpc for r in got] == ["CreateSet", "AddEntry", "RemoveEntry"]
+        assert [r.rpc for r in got] == ["CreateSet", "AddEntry", "ReleaseEntry", "RemoveEntry"]
         assert h.core.audit.verify().intact
     finally:
         h.close()
