@@ -324,6 +324,10 @@ _HISTORY_IDENTITY = [
     "UPDATE tokens SET name = name || '#' || id WHERE revoked_at IS NULL AND id NOT IN"
     " (SELECT MIN(id) FROM tokens WHERE revoked_at IS NULL GROUP BY name)",
     "CREATE UNIQUE INDEX tokens_active_name ON tokens (name) WHERE revoked_at IS NULL",
+    # verify reads each batch of 1,000 records' set ids by history id; the
+    # primary key leads with set_id, so without this every batch scans the
+    # table (quadratic: SQLite, 100k records, verify 1.38 s, 0.88 s with it)
+    "CREATE INDEX match_history_sets_history ON match_history_sets (history_id)",
 ]
 SQLITE.append(_HISTORY_IDENTITY)
 POSTGRES.append(_HISTORY_IDENTITY)
