@@ -122,6 +122,12 @@ class HistoryRecord:
     # What a reviewer's or operator's action did (rpc names the action), e.g.
     # {"review_id": 7, "resolution": "false_positive", "note": "..."}.
     detail: dict = field(default_factory=dict)
+    # The caller's token (names are reused once a token is revoked; ids are
+    # not); None for the server's own records and records older than it.
+    caller_token_id: int | None = None
+    # Sets an action touched (CreateSet, AddEntry, ...): indexed with the sets
+    # of the matches, so `history --set` finds them.
+    set_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,8 @@ class HistoryVerification:
     unchained_records: int  # written before the chain existed
     head_hash: str  # the newest record's hash: anchor it elsewhere to detect truncation
     problems: list[tuple[int, str]] = field(default_factory=list)
+    checkpoints_checked: int = 0  # checkpoints of the head the database was held against
+    notes: list[str] = field(default_factory=list)  # what verify could not check
 
     @property
     def intact(self) -> bool:

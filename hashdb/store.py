@@ -182,6 +182,19 @@ class Store(Protocol):
     def verify_history(self, max_problems: int = 100) -> HistoryVerification:
         """Walks the whole history and checks every record's hash and link."""
 
+    def history_head(self, after: tuple[int, int] | None = None) -> tuple[int, str, int] | None:
+        """(id, hash, records up to it) of the newest chained record."""
+
+    def last_history_id(self) -> int: ...
+
+    def can_extend_history(self) -> bool:
+        """A record written now keeps the chain verifying (same key or none)."""
+
+    def history_anchor(self, history_id: int) -> tuple[str | None, int] | None:
+        """(hash, records up to it) of one record; None if it is not there."""
+
+    def last_history_record(self, rpc: str) -> HistoryRecord | None: ...
+
     # -- review queue (hashdb/review_sql.py)
     def create_review_item(
         self,

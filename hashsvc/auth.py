@@ -14,7 +14,13 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from hashdb import Store, TokenRecord
-from hashsvc.errors import InvalidArgument, PermissionDenied, TooLarge, Unauthenticated
+from hashsvc.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    PermissionDenied,
+    TooLarge,
+    Unauthenticated,
+)
 
 MATCHER = "matcher"
 OPERATOR = "operator"
@@ -57,6 +63,8 @@ RPC_ROLES: dict[str, frozenset[str]] = {
 PUBLIC_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 _TOKEN_PREFIX = "hsv_"
+_DEFAULT_NAME_TRIES = 8
+SYSTEM_ACTOR = "hashsvc"  # hashsvc.audit.SYSTEM_ACTOR (auth imports no use case)
 
 
 def hash_token(token: str) -> str:
@@ -75,14 +83,28 @@ def create_token(
         raise InvalidArgument("expiry must be in the future")
     if role not in ROLES:
         raise InvalidArgument(f"unknown role {role!r} (roles: {', '.join(ROLES)})")
-    name = name.strip() or role
+    name = name.strip()
     if len(name) > 128:
         raise InvalidArgument("token name is longer than 128 characters")
+    if name == SYSTEM_ACTOR:
+        # the server's own history records (checkpoints, quarantine) carry it
+        raise InvalidArgument(f"token name {name!r} is reserved for the server")
     token = new_token()
     expires_at = (
         datetime.now(UTC) + timedelta(seconds=expires_in_seconds) if expires_in_seconds else None
     )
-    return store.add_token(name, role, hash_token(token), expires_at), token
+    if name:  # unique among unrevoked tokens: the store says ALREADY_EXISTS
+        return store.add_token(name, role, hash_token(token), expires_at), token
+    # No name: ROLE-XXXXXX (24 random bits), not the role alone, which every
+    # nameless token of a role shared, so the history could not tell two
+    # reviewers apart. A taken name is drawn again.
+    for _ in range(_DEFAULT_NAME_TRIES):
+        try:
+            default = f"{role}-{secrets.token_hex(3)}"
+            return store.add_token(default, role, hash_token(token), expires_at), token
+        except AlreadyExists:
+            continue
+    raise AlreadyExists("no free default token name: give one with --name")
 
 
 def authenticate(store: Store, token: str | None) -> TokenRecord:

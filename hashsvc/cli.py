@@ -148,9 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--role", required=True, choices=["matcher", "operator", "auditor", "reviewer", "admin"]
     )
-    p.add_argument("--name", default="", help="who holds it (shown as caller in history)")
+    p.add_argument(
+        "--name",
+        default="",
+        help="who holds it (shown as caller in history); unique among unrevoked tokens;"
+        " default ROLE-XXXXXX",
+    )
     p.add_argument("--expires-in", help="the token stops working after this: 90d, 12h, 3600s")
     p.add_argument("--db", help="store URL, for creating a token without a running server")
+    p.add_argument(
+        "--config",
+        help="with --db: the server's TOML config (its history_key_file signs the record)",
+    )
     _client_opts(p, json_flag=True)
     p.set_defaults(func=cmd_token_create)
     p = token_sub.add_parser("list", help="list tokens (admin)")
@@ -425,13 +434,16 @@ def cmd_token_create(args) -> int:
     if args.db:
         from hashdb import open_store
         from hashsvc import auth
+        from hashsvc.config import load_config
 
         try:
-            store = open_store(args.db)
+            history_key = load_config(args.config).history_key() if args.config else None
+            store = open_store(args.db, history_key=history_key)
         except ValueError as exc:  # not a store URL; a store that is down: Unavailable
             raise UsageError(f"--db: {exc}") from None
         try:
             record, token = auth.create_token(store, args.role, args.name, expires_in)
+            _record_local_token(store, record)
         finally:
             store.close()
         info = {"id": record.id, "name": record.name, "role": record.role}
@@ -451,6 +463,26 @@ def cmd_token_create(args) -> int:
         print(f"created {info['role']} token #{info['id']} for {info['name']!r}", file=sys.stderr)
         print(token)
     return EXIT_OK
+
+
+def _record_local_token(store, record) -> None:
+    """A token written straight into the store is recorded in its history too,
+    by the local user, unless that would append an unsigned record to a
+    keyed chain (then --config names the server's history_key_file)."""
+    import getpass
+
+    from hashsvc.audit import action_record
+
+    if not store.can_extend_history():
+        print(
+            "warning: the token's creation is not in the history, which is signed with a key:"
+            " pass --config with the server's history_key_file to record it",
+            file=sys.stderr,
+        )
+        return
+    detail = {"token_id": record.id, "name": record.name, "role": record.role, "via": "--db"}
+    detail["expires_at"] = record.expires_at.isoformat() if record.expires_at else None
+    store.record_match(action_record("CreateToken", f"local:{getpass.getuser()}", detail))
 
 
 def cmd_token_list(args) -> int:
@@ -991,6 +1023,7 @@ def history_json(r: pb.HistoryRecord) -> dict:
         "request_id": r.request_id,
         "time": _iso(r.time),
         "caller": r.caller,
+        "caller_token_id": r.caller_token_id or None,
         "rpc": r.rpc,
         "media_type": pb.MediaType.Name(r.media_type).lower(),
         "decision": DECISION_NAMES.get(r.decision),
@@ -1012,16 +1045,24 @@ def cmd_history_verify(args) -> int:
         "intact": resp.intact,
         "records_checked": resp.records_checked,
         "unchained_records": resp.unchained_records,
+        "checkpoints_checked": resp.checkpoints_checked,
         "head_hash": resp.head_hash,
         "problems": [{"record_id": p.record_id, "problem": p.problem} for p in resp.problems],
+        "notes": list(resp.notes),
     }
     if args.json:
         _print_json(row)
     else:
         state = "intact" if resp.intact else "TAMPERED"
-        print(f"history {state}: {resp.records_checked} records checked, head {resp.head_hash}")
+        print(
+            f"history {state}: {resp.records_checked} records checked"
+            f" ({resp.unchained_records} unchained), {resp.checkpoints_checked} checkpoint(s)"
+            f" checked, {len(resp.problems)} problem(s), head {resp.head_hash}"
+        )
         for problem in resp.problems:
             print(f"  record {problem.record_id}: {problem.problem}")
+        for note in resp.notes:
+            print(f"  note: {note}")
     return EXIT_OK if resp.intact else EXIT_FAILED
 
 

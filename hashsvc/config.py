@@ -107,6 +107,19 @@ class Config:
     # A secret file: the match history's hash chain becomes an HMAC under it,
     # so database access alone cannot forge a consistent history.
     history_key_file: str = ""
+    # Checkpoints of the history's head (newest record's id and hash, and how
+    # many records lead up to it), HMAC-signed with the history key when there
+    # is one, are written into the history and appended to this file, which
+    # should live outside the database's reach (another disk, a WORM mount,
+    # shipped off-host): `history verify` holds the database to the file's
+    # last checkpoint, so a cut-off tail or a nulled chain shows. "" = none
+    # (then verify says it could not check truncation).
+    history_checkpoint_file: str = ""
+    # A checkpoint after this many new records (one record in 100 more)...
+    history_checkpoint_records: int = 100
+    # ...or this long after the last one, if anything was written since: a
+    # tail deleted after the last checkpoint is what verify cannot see.
+    history_checkpoint_seconds: float = 60.0
     # Prometheus metrics over HTTP at HOST:PORT/metrics; empty = off.
     metrics_listen: str = ""
     # Where the index snapshot lives; empty -> next to a SQLite file, or none.
@@ -127,6 +140,10 @@ class Config:
     pdq_review_search: str = "balanced"
 
     def __post_init__(self) -> None:
+        if self.history_checkpoint_records < 1 or self.history_checkpoint_seconds <= 0:
+            raise ValueError(
+                "history_checkpoint_records and history_checkpoint_seconds must be positive"
+            )
         if self.pdq_review_search not in PDQ_REVIEW_SEARCHES:
             raise ValueError(f"pdq_review_search must be one of {', '.join(PDQ_REVIEW_SEARCHES)}")
         # A window or flush interval of 0 would divide by zero or spin the

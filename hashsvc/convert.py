@@ -187,6 +187,7 @@ def history_record(record: HistoryRecord) -> pb.HistoryRecord:
         client_ref=record.client_ref,
         media_bytes=record.media_bytes,
         detail_json=json.dumps(record.detail, ensure_ascii=False) if record.detail else "",
+        caller_token_id=record.caller_token_id or 0,
     )
 
 

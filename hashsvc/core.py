@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from hashdb import HistoryRecord, Store, open_store
-from hashsvc.audit import Audit
+from hashsvc.audit import Audit, acting_token_id, storable
 from hashsvc.bulk import BulkLoad, BulkResult, PackedRows, RowBatch
 from hashsvc.config import Config
 from hashsvc.curation import Curation
@@ -75,7 +75,13 @@ class Core:
         self.live = LiveIndex(store, _snapshot_dir(config), config.pdq_review_search)
         self.matcher = Matcher(self.live, self.policy)
         self.curation = Curation(store, self.live, hashing)
-        self.audit = Audit(store)
+        self.audit = Audit(
+            store,
+            config.history_checkpoint_file,
+            config.history_key(),
+            config.history_checkpoint_records,
+            config.history_checkpoint_seconds,
+        )
         self.feedback = Feedback(store, self.policy)
         self.review = ReviewQueue(store, self.curation, config.review_claim_seconds)
         self.flood = FloodCounter(
@@ -165,6 +171,7 @@ class Core:
                 self._index_lost.clear()
                 log.warning("the index caught up with the store again; matching resumes")
             try:
+                self._checkpoint_history()
                 # A fresh snapshot keeps restarts fast even after a crash.
                 due = time.monotonic() - saved_at > self.config.snapshot_seconds
                 if due and self.live.seq != saved_seq:
@@ -172,6 +179,17 @@ class Core:
                     saved_seq, saved_at = self.live.seq, time.monotonic()
             except Exception:
                 log.exception("saving the index snapshot failed")
+
+    def _checkpoint_history(self, final: bool = False) -> None:
+        # A history that cannot be checkpointed still serves: the failure is
+        # logged, and verify shows how old the last checkpoint is.
+        try:
+            if final:
+                self.audit.checkpoint()
+            else:
+                self.audit.maybe_checkpoint()
+        except Exception:
+            log.exception("checkpointing the history failed")
 
     @property
     def stopping(self) -> bool:
@@ -186,6 +204,8 @@ class Core:
                 self.flood.flush()
             except Exception:
                 log.exception("flushing flood counts failed")
+        if self._poller is not None:  # a server: anchor the head it leaves
+            self._checkpoint_history(final=True)
         if self.live.ready.is_set():
             try:
                 self.live.save_snapshot()
@@ -196,8 +216,16 @@ class Core:
 
     # -- matching
 
-    def match(self, query: MatchQuery, caller: str, rpc: str = "Match") -> MatchOutcome:
+    def match(
+        self,
+        query: MatchQuery,
+        caller: str,
+        rpc: str = "Match",
+        caller_token_id: int | None = None,
+    ) -> MatchOutcome:
         """Hash (if media), match, decide; every call, failed or not, is recorded."""
+        if caller_token_id is None:
+            caller_token_id = acting_token_id(caller)
         request_id = uuid.uuid4().hex
         started = datetime.now(UTC)
         media_type, signals, notes = "", [], ()
@@ -209,11 +237,17 @@ class Core:
             result = self.feedback.apply(result, signals, self.live.sets_by_id)
             self._require_ready()  # the index may have been lost while hashing
         except HashsvcError as exc:
-            self._record(request_id, started, caller, rpc, query, media_type, signals, exc=exc)
+            self._record(
+                request_id, started, caller, rpc, query, media_type, signals, None, exc,
+                caller_token_id,
+            )  # fmt: skip
             raise
         except Exception as exc:
             log.exception("match %s failed", request_id)
-            self._record(request_id, started, caller, rpc, query, media_type, signals, exc=exc)
+            self._record(
+                request_id, started, caller, rpc, query, media_type, signals, None, exc,
+                caller_token_id,
+            )  # fmt: skip
             raise
         outcome = MatchOutcome(
             request_id,
@@ -224,7 +258,10 @@ class Core:
             query.client_ref,
             notes,
         )
-        self._record(request_id, started, caller, rpc, query, media_type, signals, outcome)
+        self._record(
+            request_id, started, caller, rpc, query, media_type, signals, outcome, None,
+            caller_token_id,
+        )  # fmt: skip
         self._after_match(outcome, caller)
         if self.on_match is not None:
             self.on_match(outcome)
@@ -241,11 +278,51 @@ class Core:
             log.exception("review queue update for %s failed", outcome.request_id)
 
     def record_action(
-        self, action: str, actor: str, detail: dict, status: str = "OK", error_message: str = ""
+        self,
+        action: str,
+        actor: str,
+        detail: dict,
+        status: str = "OK",
+        error_message: str = "",
+        set_names: tuple[str, ...] = (),
     ) -> None:
         """An operator's write in the hash-chained history; a failed one names
-        its status, as a failed Match does."""
-        self.review.record_action(action, actor, detail, status=status, error_message=error_message)
+        its status, as a failed Match does. Indexed under the sets it names
+        (that exist), so `history --set S` shows what was done to S."""
+        set_ids = tuple(s.id for s in map(self.store.get_set, set_names) if s is not None)
+        self.review.record_action(
+            action, actor, detail, status=status, error_message=error_message, set_ids=set_ids
+        )
+
+    def record_failed_match(
+        self,
+        rpc: str,
+        caller: str,
+        exc: BaseException,
+        client_ref: str = "",
+        media_bytes: int = 0,
+        status: str = "",
+        caller_token_id: int | None = None,
+    ) -> None:
+        """A Match call that failed before it reached match() (an upload that
+        was too large, had no header or two): recorded as a failed Match is."""
+        try:
+            self._record(
+                uuid.uuid4().hex,
+                datetime.now(UTC),
+                caller,
+                rpc,
+                MatchQuery(client_ref=client_ref),
+                "unknown",
+                [],
+                None,
+                exc,
+                caller_token_id if caller_token_id is not None else acting_token_id(caller),
+                media_bytes,
+                status,
+            )
+        except Exception:  # the call's own error is what its client hears
+            log.exception("the history record of a failed %s call failed", rpc)
 
     # -- bulk loads
 
@@ -309,7 +386,9 @@ class Core:
                 "written": written,
             }
             error = "" if exc is None else str(exc)
-            self.record_action("BulkLoad", caller, detail, status_of(exc), error)
+            self.record_action(
+                "BulkLoad", caller, detail, status_of(exc), error, set_names=(set_name,)
+            )
         except Exception:
             log.exception("the history record of a bulk load into %s failed", quoted(set_name))
 
@@ -348,6 +427,9 @@ class Core:
         signals: list[Signal],
         outcome: MatchOutcome | None = None,
         exc: BaseException | None = None,
+        caller_token_id: int | None = None,
+        media_bytes: int = 0,
+        status: str = "",
     ) -> None:
         record = HistoryRecord(
             request_id=request_id,
@@ -356,13 +438,14 @@ class Core:
             rpc=rpc,
             media_type=media_type or ("hash" if query.signal_type else "unknown"),
             decision=outcome.decision if outcome else "",
-            status="OK" if exc is None else status_name(exc),
-            error_message="" if exc is None else str(exc)[:1000],
-            client_ref=query.client_ref[:1000],
-            media_bytes=size_of(query.media) if query.media is not None else 0,
+            status=status or ("OK" if exc is None else status_name(exc)),
+            error_message="" if exc is None else storable(str(exc))[:1000],
+            client_ref=storable(query.client_ref[:1000]),
+            media_bytes=size_of(query.media) if query.media is not None else media_bytes,
             query_signals=[signal_json(s) for s in signals],
             matches=[m.to_json() for m in outcome.matches] if outcome else [],
             detail={"notes": list(outcome.notes)} if outcome and outcome.notes else {},
+            caller_token_id=caller_token_id,
         )
         self.store.record_match(record)
 

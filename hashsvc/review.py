@@ -27,9 +27,10 @@ from collections import defaultdict
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from hashdb import HistoryRecord, NewEntry, ReviewFilter, ReviewItem, Store, Suppression
+from hashdb import NewEntry, ReviewFilter, ReviewItem, Store, Suppression
 from hashdb.review_sql import RESOLUTIONS
 from hashsvc import validation
+from hashsvc.audit import action_record
 from hashsvc.errors import (
     FailedPrecondition,
     HashsvcError,
@@ -297,7 +298,14 @@ class ReviewQueue:
             raise
         if new_entry is not None:
             self.curation.live.catch_up()
-        self._audit("ResolveReview", reviewer, resolved, detail)
+        # an entry added to a set is that set's curation: `history --set` shows it
+        self.record_action(
+            "ResolveReview",
+            reviewer,
+            detail,
+            client_ref=resolved.client_ref,
+            set_ids=(new_entry.set_id,) if new_entry is not None else (),
+        )
         return resolved
 
     def _confirmed_entry(
@@ -331,7 +339,10 @@ class ReviewQueue:
         if not self.store.release_entry(entry.id):
             raise FailedPrecondition(f"entry {quoted(entry_name)} has no open flood alert")
         self.record_action(
-            "ReleaseEntry", operator, {"set": set_name, "entry": entry_name, "entry_id": entry.id}
+            "ReleaseEntry",
+            operator,
+            {"set": set_name, "entry": entry_name, "entry_id": entry.id},
+            set_ids=(entry.set_id,),  # `history --set` shows it
         )
         return entry
 
@@ -387,6 +398,7 @@ class ReviewQueue:
                 "window_seconds": window_seconds,
                 "review_id": review_id,
             },
+            set_ids=(hash_set.id,),  # `history --set` shows it
         )
         return hash_set.name
 
@@ -403,21 +415,19 @@ class ReviewQueue:
         client_ref: str = "",
         status: str = "OK",
         error_message: str = "",
+        set_ids: tuple[int, ...] = (),
     ) -> None:
         """One reviewer's or operator's action, in the hash-chained history;
         a failed one names its status, as a failed Match does."""
         self.store.record_match(
-            HistoryRecord(
-                request_id=f"{action.lower()}-{time.time_ns()}",
-                time=datetime.now(UTC),
-                caller=actor,
-                rpc=action,
-                media_type="",
-                decision="",
+            action_record(
+                action,
+                actor,
+                detail,
                 status=status,
-                error_message=error_message[:1000],
+                error_message=error_message,
                 client_ref=client_ref,
-                detail=detail,
+                set_ids=set_ids,
             )
         )
 

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from hashsvc import auth, bulk, bulk_pb, convert
+from hashsvc import audit, auth, bulk, bulk_pb, convert
 from hashsvc.core import Core
 from hashsvc.errors import HashsvcError, InvalidArgument, status_name
 from hashsvc.uploads import spooled
@@ -82,6 +82,13 @@ def caller_name() -> str:
     return CALLER.get().name
 
 
+def reviewer_identity() -> str:
+    """NAME#ID: a review claim belongs to the token that made it, not to a
+    later token given the same name once the first was revoked."""
+    record = CALLER.get()
+    return f"{record.name}#{record.id}"
+
+
 class AuthInterceptor(grpc.ServerInterceptor):
     """Authenticates the token and checks the role before the handler runs."""
 
@@ -113,6 +120,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     except HashsvcError as exc:
                         _abort(context, exc)
                     CALLER.set(record)
+                    # action records by this caller carry its token id
+                    audit.ACTING_TOKEN.set((record.name, record.id))
                     result = behavior(request_or_iterator, context)
                     if inspect.isgenerator(result):
                         streaming = True  # timed when the stream ends
@@ -165,6 +174,14 @@ def upload_parts(request_iterator, rpc_name: str):
     return first.header, chunks()
 
 
+def _counted(chunks, received: list[int]):
+    """The chunks, counting their bytes into received[0] (for the record of an
+    upload that failed)."""
+    for chunk in chunks:
+        received[0] += len(chunk)
+        yield chunk
+
+
 class MatcherServicer(pb_grpc.MatcherServicer):
     def __init__(self, core: Core, batch_threads: int) -> None:
         self.core = core
@@ -173,16 +190,47 @@ class MatcherServicer(pb_grpc.MatcherServicer):
 
     @rpc
     def Match(self, request, context):  # noqa: N802 - gRPC method names
-        outcome = self.core.match(convert.match_query(request), caller_name(), "Match")
+        query = self._query(request, "Match", caller_name(), CALLER.get().id)
+        outcome = self.core.match(query, caller_name(), "Match")
         return convert.match_response(outcome)
+
+    def _query(self, request, rpc: str, caller: str, caller_token_id: int):
+        """The core's query; a request refused here (neither media nor a hash)
+        is a failed Match call, recorded as one."""
+        try:
+            return convert.match_query(request)
+        except HashsvcError as exc:
+            self.core.record_failed_match(
+                rpc, caller, exc, request.client_ref, caller_token_id=caller_token_id
+            )
+            raise
 
     @rpc
     def MatchUpload(self, request_iterator, context):  # noqa: N802
-        header, chunks = upload_parts(request_iterator, "MatchUpload")
         config = self.core.config
-        with spooled(chunks, config.max_upload_bytes, config.spool_dir) as upload:
-            query = convert.match_query(header, upload)
-            outcome = self.core.match(query, caller_name(), "MatchUpload")
+        header, received = None, [0]
+        matching = False
+        try:
+            header, chunks = upload_parts(request_iterator, "MatchUpload")
+            with spooled(
+                _counted(chunks, received), config.max_upload_bytes, config.spool_dir
+            ) as upload:
+                query = convert.match_query(header, upload)
+                matching = True  # from here on match() records the call
+                outcome = self.core.match(query, caller_name(), "MatchUpload")
+        except BaseException as exc:
+            # An upload refused before it was matched (too large, no header,
+            # two headers, no media, the client gone) is a Match call too.
+            if not matching:
+                self.core.record_failed_match(
+                    "MatchUpload",
+                    caller_name(),
+                    exc,
+                    header.client_ref if header is not None else "",
+                    received[0],
+                    _status_of(context, exc),
+                )
+            raise
         return convert.match_response(outcome)
 
     def MatchBatch(self, request_iterator, context):
@@ -190,7 +238,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         # answered in request order, each as soon as it and those before it
         # are done: a client may wait for an answer before sending more. A bad
         # item gets an error response and the stream goes on.
-        caller = caller_name()
+        caller, caller_token_id = caller_name(), CALLER.get().id
         limit = self.core.config.max_batch_items
         # Reading requests runs beside answering them; the bounded queue is the
         # backpressure (at most _batch_in_flight items hashed ahead).
@@ -212,7 +260,9 @@ class MatcherServicer(pb_grpc.MatcherServicer):
                     if count > limit:
                         put(_TOO_MANY)
                         return
-                    if not put(self._batch_pool.submit(self._match_item, request, caller)):
+                    if not put(
+                        self._batch_pool.submit(self._match_item, request, caller, caller_token_id)
+                    ):
                         return
             except Exception:  # noqa: BLE001 - the client went away mid-stream
                 log.debug("batch request stream ended early", exc_info=True)
@@ -233,10 +283,13 @@ class MatcherServicer(pb_grpc.MatcherServicer):
                 )
             yield item.result()
 
-    def _match_item(self, request: pb.MatchRequest, caller: str) -> pb.MatchResponse:
+    def _match_item(
+        self, request: pb.MatchRequest, caller: str, caller_token_id: int
+    ) -> pb.MatchResponse:
         try:
-            query = convert.match_query(request)
-            return convert.match_response(self.core.match(query, caller, "MatchBatch"))
+            query = self._query(request, "MatchBatch", caller, caller_token_id)
+            outcome = self.core.match(query, caller, "MatchBatch", caller_token_id)
+            return convert.match_response(outcome)
         except HashsvcError as exc:
             return pb.MatchResponse(
                 client_ref=request.client_ref, error_code=status_name(exc), error_message=str(exc)
@@ -256,8 +309,9 @@ class CurationServicer(pb_grpc.CurationServicer):
         self.curation = core.curation
 
     def _done(self, action: str, **detail) -> None:
-        # Operators' writes go to the same hash-chained history as matches.
-        self.core.record_action(action, caller_name(), detail)
+        # Operators' writes go to the same hash-chained history as matches,
+        # indexed under their set (`history --set S` shows what was done to S).
+        self.core.record_action(action, caller_name(), detail, set_names=(detail["set"],))
 
     @rpc
     def CreateSet(self, request, context):
@@ -429,13 +483,15 @@ class ReviewServicer(pb_grpc.ReviewServicer):
 
     @rpc
     def ClaimReviewItem(self, request, context):
-        item = self.queue.claim(caller_name(), request.id or None, self._filter(request.filter))
+        item = self.queue.claim(
+            reviewer_identity(), request.id or None, self._filter(request.filter)
+        )
         return convert.review_item(item)
 
     @rpc
     def ResolveReviewItem(self, request, context):
         item = self.queue.resolve(
-            caller_name(),
+            reviewer_identity(),
             request.id,
             request.resolution,
             request.note,
@@ -474,7 +530,7 @@ class AuditServicer(pb_grpc.AuditServicer):
 
     @rpc
     def VerifyHistory(self, request, context):
-        result = self.audit.store.verify_history()
+        result = self.audit.verify()
         return pb.VerifyHistoryResponse(
             intact=result.intact,
             records_checked=result.records_checked,
@@ -484,19 +540,43 @@ class AuditServicer(pb_grpc.AuditServicer):
                 pb.HistoryProblem(record_id=record_id, problem=problem)
                 for record_id, problem in result.problems
             ],
+            checkpoints_checked=result.checkpoints_checked,
+            notes=result.notes,
         )
 
 
 class AdminServicer(pb_grpc.AdminServicer):
     def __init__(self, core: Core) -> None:
+        self.core = core
         self.store = core.store
+
+    def _recorded(self, action: str, detail: dict, do):
+        """do(), recorded in the history whether it succeeds or fails (never
+        the token itself: only its id, name, role and expiry)."""
+        try:
+            record = do()
+        except Exception as exc:
+            self.core.record_action(action, caller_name(), detail, status_name(exc), str(exc))
+            raise
+        expires = record.expires_at.isoformat() if record.expires_at else None
+        done = {"token_id": record.id, "name": record.name, "role": record.role}
+        self.core.record_action(action, caller_name(), {**detail, **done, "expires_at": expires})
+        return record
 
     @rpc
     def CreateToken(self, request, context):
-        record, token = auth.create_token(
-            self.store, request.role, request.name, request.expires_in_seconds
-        )
-        return pb.CreateTokenResponse(info=convert.token_info(record), token=token)
+        made = []
+
+        def create():
+            record, token = auth.create_token(
+                self.store, request.role, request.name, request.expires_in_seconds
+            )
+            made.append(token)
+            return record
+
+        detail = {"name": request.name[:200], "role": request.role[:50]}
+        record = self._recorded("CreateToken", detail, create)
+        return pb.CreateTokenResponse(info=convert.token_info(record), token=made[0])
 
     @rpc
     def ListTokens(self, request, context):
@@ -506,4 +586,7 @@ class AdminServicer(pb_grpc.AdminServicer):
 
     @rpc
     def RevokeToken(self, request, context):
-        return convert.token_info(self.store.revoke_token(request.id))
+        record = self._recorded(
+            "RevokeToken", {"token_id": request.id}, lambda: self.store.revoke_token(request.id)
+        )
+        return convert.token_info(record)

@@ -82,7 +82,14 @@ def test_operator_and_pipeline_workflow(run, tmp_path):
     assert len(blocked) == 3 and all(r["decision"] == "block" for r in blocked)
     assert blocked[0]["matches"][0]["entry"] == "amaq-0042.jpg"
     code, out, _ = run("history", "--json", "--since", "1h", "--set", "isis", role="auditor")
-    assert len(out.splitlines()) == 3
+    rows = [json.loads(line) for line in out.splitlines()]
+    # the set's creation, its entry's addition and removal, and the 3 blocks
+    assert [r["rpc"] for r in rows if r["decision"] is None] == [
+        "CreateSet",
+        "AddEntry",
+        "RemoveEntry",
+    ]
+    assert len([r for r in rows if r["decision"] == "block"]) == 3
 
 
 def test_exit_codes_and_errors_go_to_stderr(run, tmp_path, harness, monkeypatch, capsys):

@@ -243,7 +243,8 @@ def test_history_records_every_call_and_filters(harness):
         return a.audit.QueryHistory(pb.QueryHistoryRequest(**kw), metadata=amd).records
 
     assert [r.id for r in query(decision=pb.BLOCK)] == [blocked.id]
-    assert [r.id for r in query(set="isis-images")] == [blocked.id]
+    # the set's own curation is indexed under it too (issue 16 item 15)
+    assert [r.id for r in query(set="isis-images")] == [*(r.id for r in actions), blocked.id]
     assert len(query(caller="test-matcher")) == 3 and not query(caller="someone-else")
     later = calls[1].time
     assert [r.id for r in query(since=later)] == [r.id for r in calls[1:]]
