@@ -178,13 +178,7 @@ class _RowError(ValueError):
 @lru_cache(maxsize=4096)
 def _labels(text: str) -> dict[str, str]:
     try:
-        values = json.loads(text)
-    except ValueError:
-        raise _RowError("labels are not a JSON object") from None
-    if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
-        raise _RowError("labels must map names to strings")
-    try:
-        return validation.labels(values)
+        return validation.labels_json(text)
     except InvalidArgument as exc:
         raise _RowError(str(exc)) from None
 
@@ -199,7 +193,7 @@ def _entry_name(name: str) -> str:
 def _value(kind: str, value: bytes, deleted: bool) -> bytes:
     sig_type = SIGNAL_TYPES.get(kind)
     if sig_type is None:
-        raise _RowError(f"unsupported signal type {kind!r}")
+        raise _RowError(f"unsupported signal type {quoted(kind)}")
     if deleted and not value:
         return value
     if sig_type.sequence:
@@ -550,7 +544,7 @@ class BulkLoad:
                 name = _entry_name(entry) if entry else f"{kind}:{value.hex()}"
                 row_labels = _labels(label_text) if label_text else None
                 if var and var != "original" and not _VARIANT.fullmatch(var):
-                    raise _RowError(f"variant {var!r} is not exchanged")
+                    raise _RowError(f"variant {quoted(var)} is not exchanged")
                 if q != -1 and not 0 <= q <= 100:
                     raise _RowError("quality must be within 0..100")
                 if not (math.isnan(pos) or (math.isfinite(pos) and pos >= 0)):

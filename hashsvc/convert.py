@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hashdb import (
@@ -16,8 +17,9 @@ from hashdb import (
     Thresholds,
     TokenRecord,
 )
+from hashsvc.config import StringLimits
 from hashsvc.core import MatchOutcome, MatchQuery
-from hashsvc.errors import InvalidArgument, NotFound
+from hashsvc.errors import InvalidArgument, NotFound, quoted
 from hashsvc.matcher import Match
 from hashsvc.signals import Signal
 from hashsvc.uploads import SpooledMedia
@@ -253,3 +255,50 @@ def token_info(record: TokenRecord) -> pb.TokenInfo:
         revoked_at=timestamp(record.revoked_at),
         expires_at=timestamp(record.expires_at),
     )
+
+
+def request_strings(message, limits: StringLimits, path: str = "") -> None:
+    """Every string a request holds, at any depth (map keys and values,
+    repeated fields, nested messages): within its length limit and free of
+    NUL, which PostgreSQL's text refuses (INTERNAL before). Called where a
+    request arrives, before anything is looked up or stored, so no RPC and
+    no field added later is left out.
+    Bytes fields (media, chunks, bulk rows' values) are bounded elsewhere."""
+    for fd, value in message.ListFields():
+        where = f"{path}{fd.name}"
+        if fd.is_repeated and len(value) > limits.repeated_items:
+            raise InvalidArgument(
+                f"{where} holds {len(value)} items, at most {limits.repeated_items}"
+            )
+        if fd.type == FieldDescriptor.TYPE_MESSAGE:
+            if fd.message_type.GetOptions().map_entry:
+                for key, item in value.items():
+                    _string(key, f"{where} key", limits.other_chars)
+                    if isinstance(item, str):
+                        _string(item, f"{where}[{quoted(key, 40)}]", limits.other_chars)
+            elif fd.is_repeated:
+                for k, item in enumerate(value):
+                    request_strings(item, limits, f"{where}[{k}].")
+            else:
+                request_strings(value, limits, f"{where}.")
+        elif fd.type == FieldDescriptor.TYPE_STRING:
+            limit = _string_limit(fd.name, limits)
+            for item in value if fd.is_repeated else (value,):
+                _string(item, where, limit)
+
+
+def _string_limit(field: str, limits) -> int:
+    if field == "client_ref":
+        return limits.client_ref_chars
+    if field in ("description", "note"):
+        return limits.text_chars
+    if field == "value":  # SignalValue.value: a hash's hex
+        return limits.signal_value_chars
+    return limits.other_chars
+
+
+def _string(value: str, where: str, limit: int) -> None:
+    if len(value) > limit:
+        raise InvalidArgument(f"{where} is longer than {limit} characters ({len(value)})")
+    if "\x00" in value:
+        raise InvalidArgument(f"{where} holds a NUL character")

@@ -12,8 +12,6 @@ from hashsvc.live_index import LiveIndex
 from hashsvc.media.dispatch import MediaSource
 from hashsvc.signals import Signal, signal_type
 
-MAX_PAGE_SIZE = 1000
-
 
 class Curation:
     def __init__(self, store: Store, live: LiveIndex, hashing: HashingPool) -> None:
@@ -125,8 +123,7 @@ class Curation:
         self, set_name: str, page_size: int = 100, page_token: str = ""
     ) -> tuple[list[EntryRecord], str]:
         hash_set = self.get_set(set_name)
-        after_id = validation.page_token(page_token)
-        limit = min(page_size or 100, MAX_PAGE_SIZE)
+        after_id, limit = validation.page(page_size, page_token)
         entries = self.store.list_entries(hash_set.id, after_id, limit)
         next_token = str(entries[-1].id) if len(entries) == limit else ""
         return entries, next_token

@@ -13,8 +13,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+from google.protobuf.message import Message
 
 from hashsvc import auth, bulk, bulk_pb, convert
+from hashsvc.config import StringLimits
 from hashsvc.core import Core
 from hashsvc.errors import HashsvcError, InvalidArgument, status_name
 from hashsvc.uploads import spooled
@@ -56,12 +58,15 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
 
 
 def rpc(method):
-    """Turns core errors raised by a unary or server-streaming RPC into statuses."""
+    """Turns core errors raised by a unary or server-streaming RPC into statuses.
+    A request message (not a client stream, whose messages are checked as
+    they are read) has its strings checked first (convert.request_strings)."""
     if inspect.isgeneratorfunction(method):
 
         @functools.wraps(method)
         def streaming(self, request, context):
             try:
+                _check_strings(request, self.limits)
                 yield from method(self, request, context)
             except Exception as exc:  # noqa: BLE001 - every error gets a status
                 _abort(context, exc)
@@ -71,11 +76,17 @@ def rpc(method):
     @functools.wraps(method)
     def unary(self, request, context):
         try:
+            _check_strings(request, self.limits)
             return method(self, request, context)
         except Exception as exc:  # noqa: BLE001 - every error gets a status
             _abort(context, exc)
 
     return unary
+
+
+def _check_strings(request, limits) -> None:
+    if isinstance(request, Message):
+        convert.request_strings(request, limits)
 
 
 def caller_name() -> str:
@@ -150,11 +161,12 @@ def _observed_stream(stream, context, rpc_name, started, observe):
             observe(rpc_name, _code_name(context), started)
 
 
-def upload_parts(request_iterator, rpc_name: str):
+def upload_parts(request_iterator, rpc_name: str, limits: StringLimits):
     """(header, iterator of chunk bytes) of a client-streaming upload."""
     first = next(request_iterator, None)
     if first is None or first.WhichOneof("part") != "header":
         raise InvalidArgument(f"{rpc_name}: the first message must be the header")
+    convert.request_strings(first.header, limits, "header.")
 
     def chunks():
         for message in request_iterator:
@@ -168,6 +180,7 @@ def upload_parts(request_iterator, rpc_name: str):
 class MatcherServicer(pb_grpc.MatcherServicer):
     def __init__(self, core: Core, batch_threads: int) -> None:
         self.core = core
+        self.limits = core.config.strings
         self._batch_pool = ThreadPoolExecutor(batch_threads, thread_name_prefix="batch")
         self._batch_in_flight = batch_threads
 
@@ -178,7 +191,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
 
     @rpc
     def MatchUpload(self, request_iterator, context):  # noqa: N802
-        header, chunks = upload_parts(request_iterator, "MatchUpload")
+        header, chunks = upload_parts(request_iterator, "MatchUpload", self.limits)
         config = self.core.config
         with spooled(chunks, config.max_upload_bytes, config.spool_dir) as upload:
             query = convert.match_query(header, upload)
@@ -235,6 +248,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
 
     def _match_item(self, request: pb.MatchRequest, caller: str) -> pb.MatchResponse:
         try:
+            convert.request_strings(request, self.limits)
             query = convert.match_query(request)
             return convert.match_response(self.core.match(query, caller, "MatchBatch"))
         except HashsvcError as exc:
@@ -253,6 +267,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
 class CurationServicer(pb_grpc.CurationServicer):
     def __init__(self, core: Core) -> None:
         self.core = core
+        self.limits = core.config.strings
         self.curation = core.curation
 
     def _done(self, action: str, **detail) -> None:
@@ -318,7 +333,7 @@ class CurationServicer(pb_grpc.CurationServicer):
 
     @rpc
     def AddEntryUpload(self, request_iterator, context):  # noqa: N802
-        header, chunks = upload_parts(request_iterator, "AddEntryUpload")
+        header, chunks = upload_parts(request_iterator, "AddEntryUpload", self.limits)
         if header.WhichOneof("content") is not None:
             raise InvalidArgument("an upload's header must not hold media or a hash")
         config = self.core.config
@@ -362,7 +377,7 @@ class CurationServicer(pb_grpc.CurationServicer):
 
     @rpc
     def BulkLoad(self, request_iterator, context):  # noqa: N802
-        header, batches = bulk_pb.header_and_batches(request_iterator)
+        header, batches = bulk_pb.header_and_batches(request_iterator, self.limits)
         result = self.core.bulk_load(
             header.set,
             caller_name(),
@@ -400,6 +415,7 @@ class CurationServicer(pb_grpc.CurationServicer):
 class ReviewServicer(pb_grpc.ReviewServicer):
     def __init__(self, core: Core) -> None:
         self.core = core
+        self.limits = core.config.strings
         self.queue = core.review
 
     def _filter(self, msg):
@@ -436,6 +452,7 @@ class ReviewServicer(pb_grpc.ReviewServicer):
 class AuditServicer(pb_grpc.AuditServicer):
     def __init__(self, core: Core) -> None:
         self.audit = core.audit
+        self.limits = core.config.strings
 
     def _filter(self, request):
         return self.audit.make_filter(
@@ -478,6 +495,7 @@ class AuditServicer(pb_grpc.AuditServicer):
 class AdminServicer(pb_grpc.AdminServicer):
     def __init__(self, core: Core) -> None:
         self.store = core.store
+        self.limits = core.config.strings
 
     @rpc
     def CreateToken(self, request, context):
