@@ -96,6 +96,9 @@ def response(result: BulkResult, strict: bool) -> pb.BulkLoadResponse:
     )
 
 
-def export_batches(batches, set_name: str) -> Iterator[pb.ListEntriesResponse]:
-    for entries in batches:
-        yield pb.ListEntriesResponse(entries=[convert.entry(e, set_name) for e in entries])
+def export_batches(batches, set_name: str, max_bytes: int) -> Iterator[pb.ListEntriesResponse]:
+    """Messages of at most ~max_bytes; an entry larger than that comes in
+    parts (convert.entry_messages)."""
+    records = (record for batch in batches for record in batch)
+    for entries, _ in convert.entry_messages(records, set_name, max_bytes):
+        yield pb.ListEntriesResponse(entries=entries)

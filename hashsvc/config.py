@@ -143,6 +143,11 @@ class Config:
             raise ValueError(f"{self.history_key_file}: a history key needs at least 16 bytes")
         return key
 
+    def page_bytes(self) -> int:
+        """What a page or export message may hold: max_page_bytes, within
+        half a gRPC message (the rest of the message, and room to spare)."""
+        return max(4096, min(self.max_page_bytes, self.max_message_bytes // 2))
+
     def worker_count(self) -> int:
         return self.workers if self.workers > 0 else (os.cpu_count() or 1)
 

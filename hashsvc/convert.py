@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -162,6 +163,63 @@ def entry(record: EntryRecord, set_name: str) -> pb.Entry:
         added_by=record.added_by,
         removed_at=timestamp(record.removed_at),
     )
+
+
+# Bytes a repeated message field's tag and length add to each element.
+_FRAMING = 6
+
+
+def entry_parts(
+    record: EntryRecord, set_name: str, max_bytes: int, first_signal: int = 0
+) -> Iterator[tuple[pb.Entry, int]]:
+    """The entry as one message, or, larger than max_bytes (a long video's
+    frames), as parts: each a copy of the entry with the next run of its
+    signals, in order. Yields (part, signals sent up to its end), starting
+    after the first `first_signal` signals."""
+    whole = entry(record, set_name)
+    if first_signal == 0 and whole.ByteSize() <= max_bytes:
+        yield whole, len(record.signals)
+        return
+    signals = list(whole.signals)[first_signal:]
+    del whole.signals[:]
+    bare = whole.ByteSize()
+    part, size, sent = pb.Entry(), bare, first_signal
+    part.CopyFrom(whole)
+    for sig in signals:
+        more = sig.ByteSize() + _FRAMING
+        if len(part.signals) and size + more > max_bytes:
+            yield part, sent
+            part, size = pb.Entry(), bare
+            part.CopyFrom(whole)
+        part.signals.append(sig)
+        size += more
+        sent += 1
+    yield part, sent
+
+
+def entry_messages(
+    records: Iterable[EntryRecord], set_name: str, max_bytes: int, first_signal: int = 0
+) -> Iterator[tuple[list[pb.Entry], tuple[int, int | None]]]:
+    """The entries in messages of at most ~max_bytes (ListEntries pages,
+    ExportEntries batches), an entry larger than that split over several
+    (entry_parts): a client puts an entry back together by joining the
+    signals of consecutive entries with the same id. Yields (entries, where
+    the message ends: (last entry's id, signals of it sent, or None when it
+    was sent whole))."""
+    batch: list[pb.Entry] = []
+    size, end = 0, (0, None)
+    for k, record in enumerate(records):
+        skip = first_signal if k == 0 else 0
+        for part, sent in entry_parts(record, set_name, max_bytes, skip):
+            more = part.ByteSize() + _FRAMING
+            if batch and size + more > max_bytes:
+                yield batch, end
+                batch, size = [], 0
+            batch.append(part)
+            size += more
+            end = (record.id, None if sent >= len(record.signals) else sent)
+    if batch:
+        yield batch, end
 
 
 def history_record(record: HistoryRecord) -> pb.HistoryRecord:

@@ -26,6 +26,10 @@ from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 _END, _TOO_MANY = object(), object()  # MatchBatch queue markers
+# The fewest bytes a signal takes in an Entry message (an MD5: 32 hex digits,
+# its type and variant): a page of ListEntries reads no more signals than
+# max_page_bytes / this.
+_SIGNAL_BYTES = 48
 
 # The authenticated caller of the RPC running in this thread (set by AuthInterceptor).
 CALLER: contextvars.ContextVar = contextvars.ContextVar("caller")
@@ -346,12 +350,21 @@ class CurationServicer(pb_grpc.CurationServicer):
 
     @rpc
     def ListEntries(self, request, context):
-        entries, next_token = self.curation.list_entries(
-            request.set, request.page_size, request.page_token
+        # A page is cut by size too; an entry larger than a page ends it, and
+        # the token `ID:N` resumes after its first N signals.
+        max_bytes = self.core.config.page_bytes()
+        page = self.curation.entry_page(
+            request.set, request.page_size, request.page_token, max_bytes // _SIGNAL_BYTES
         )
-        return pb.ListEntriesResponse(
-            entries=[convert.entry(e, request.set) for e in entries], next_page_token=next_token
-        )
+        messages = convert.entry_messages(page.entries, request.set, max_bytes, page.first_signal)
+        entries, (last_id, sent) = next(messages, ([], (0, None)))
+        if sent is not None:
+            token = f"{last_id}:{sent}"
+        elif next(messages, None) is not None or page.more:
+            token = str(last_id)
+        else:
+            token = ""
+        return pb.ListEntriesResponse(entries=entries, next_page_token=token)
 
     @rpc
     def GetEntry(self, request, context):
@@ -393,7 +406,9 @@ class CurationServicer(pb_grpc.CurationServicer):
         since = convert.from_timestamp(request, "since")
         since_micros = int(since.timestamp() * 1_000_000) if since else None
         yield from bulk_pb.export_batches(
-            bulk.export_entries(self.core.store, hash_set.id, since_micros), request.set
+            bulk.export_entries(self.core.store, hash_set.id, since_micros),
+            request.set,
+            self.core.config.page_bytes(),
         )
 
     @rpc

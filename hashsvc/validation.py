@@ -123,6 +123,25 @@ def page(page_size: int, token: str, maximum: int = MAX_PAGE_SIZE) -> tuple[int,
     return page_token(token), min(page_size or DEFAULT_PAGE_SIZE, maximum)
 
 
+_ENTRY_PAGE_TOKEN = re.compile(r"([0-9]{1,19}):([0-9]{1,9})")
+
+
+def entry_page(page_size: int, token: str) -> tuple[int, int, int]:
+    """(id after which the page starts, rows at most, signals of the first
+    entry already sent) of ListEntries: its token is an id, or `ID:N` when
+    the last page ended inside entry ID (larger than a message) after its
+    first N signals."""
+    found = _ENTRY_PAGE_TOKEN.fullmatch(token or "")
+    if found is None:
+        after_id, limit = page(page_size, token)
+        return after_id, limit, 0
+    entry_id, sent = int(found.group(1)), int(found.group(2))
+    if not 1 <= entry_id <= MAX_ID or not sent:
+        raise InvalidArgument(f"invalid page token {quoted(token)}")
+    _, limit = page(page_size, "")
+    return entry_id - 1, limit, sent
+
+
 def labels_json(text: str) -> dict[str, str]:
     """Labels given as a JSON object of strings (bulk rows, load files),
     checked. The text is bounded before it is parsed, and a deeply nested
