@@ -10,7 +10,9 @@ transaction followed by an index catch-up, so what was committed matches at
 once and a load killed at any point can simply be run again.
 
 With `strict`, rows are only checked while they arrive and written when the
-stream has ended without a single bad row.
+stream has ended without a single bad row. Meanwhile the checked batches wait
+in a temporary file, not in memory (held as Python objects, 1M rows took
++874 MB at peak and the server kept 335 MB of it afterwards).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import pickle
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -38,7 +42,8 @@ from hashsvc.signals import SIGNAL_TYPES, Signal
 
 # Rows one batch (one message, one transaction) may hold.
 MAX_BATCH_ROWS = 200_000
-# A strict load holds its rows until the end: bounded.
+# A strict load holds its rows until the end (on disk, ~40-150 bytes a row):
+# bounded.
 MAX_STRICT_ROWS = 5_000_000
 # Entries per store transaction (a Match waits at most for one on SQLite).
 WRITE_CHUNK = 4_000
@@ -275,7 +280,13 @@ class BulkLoad:
     """One load into one set: add_batch() for each batch, then finish()."""
 
     def __init__(
-        self, store: Store, live: LiveIndex, set_id: int, added_by: str, strict: bool = False
+        self,
+        store: Store,
+        live: LiveIndex,
+        set_id: int,
+        added_by: str,
+        strict: bool = False,
+        spool_dir: str = "",
     ) -> None:
         self.store = store
         self.live = live
@@ -283,7 +294,10 @@ class BulkLoad:
         self.added_by = added_by
         self.strict = strict
         self.result = BulkResult()
-        self._held: list[dict[str, _Group]] = []  # strict: checked batches, written at the end
+        # strict: the checked batches, written at the end. The file has no
+        # name (deleted when closed, or when the process dies) and only this
+        # load writes it, so what it reads back is what it checked.
+        self._spool = tempfile.TemporaryFile(dir=spool_dir or None) if strict else None
         self._held_rows = 0
         self._write_rows = WRITE_CHUNK  # plain lists: rows per transaction, tuned as it goes
         self._expect_new = True  # plain lists: see Store.bulk_add_plain
@@ -301,9 +315,35 @@ class BulkLoad:
         if isinstance(batch, RowBatch) and len(batch.value) != len(batch):
             raise InvalidArgument("every row needs a signal type and a value")
         self.result.rows += len(batch)
-        if isinstance(batch, PackedRows) and self.strict:
-            batch = batch.as_row_batch()  # held and written at the end, as all rows
-        plain = None if self.strict else _plain(batch)
+        if self.strict:
+            self._check_and_hold(batch)
+        else:
+            self._load(batch)
+
+    def _check_and_hold(self, batch: RowBatch | PackedRows) -> None:
+        """Strict: the batch's rows are checked (bad ones rejected, as they
+        would be when written) and the batch is spooled to be written by
+        finish(); what checking it built is dropped."""
+        if self._spool is None:
+            raise InvalidArgument("this load was abandoned")
+        self._held_rows += len(batch)
+        if self._held_rows > MAX_STRICT_ROWS:
+            raise TooLarge(f"a strict load holds at most {MAX_STRICT_ROWS} rows")
+        if _plain(batch) is None:  # a plain hash list passed its checks there
+            for _ in self._grouped(batch):
+                pass
+        pickle.dump(batch, self._spool, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _held_batches(self) -> Iterable[RowBatch | PackedRows]:
+        self._spool.seek(0)
+        while True:
+            try:
+                yield pickle.load(self._spool)
+            except EOFError:
+                return
+
+    def _load(self, batch: RowBatch | PackedRows) -> None:
+        plain = _plain(batch)
         if plain is not None:
             if self._pending and self._pending[0].kind_key != plain.kind_key:
                 self._flush_plain()
@@ -315,28 +355,31 @@ class BulkLoad:
         self._flush_plain()  # rows are written in the order they came
         self.wait_for_writer()
         for groups in self._grouped(batch):
-            if self.strict:
-                self._held_rows += sum(len(g.signals) or 1 for g in groups.values())
-                if self._held_rows > MAX_STRICT_ROWS:
-                    raise TooLarge(f"a strict load holds at most {MAX_STRICT_ROWS} rows")
-                self._held.append(groups)
-            else:
-                self._write(groups)
+            self._write(groups)
 
     def finish(self) -> BulkResult:
-        self._flush_plain()
-        self.wait_for_writer()
-        self.stop_following()
         if self.strict:
+            if self._spool is None:
+                raise InvalidArgument("this load was abandoned")
             # Every row was checked before this, except against the signal
             # limit of an entry already in the set: such rows are rejected as
             # they are written, and the answer still says the load was written.
             self.result.written = not self.result.rejected_count
-            if self.result.written:
-                for groups in self._held:
-                    self._write(groups)
-        self._held = []
+            try:
+                if self.result.written:
+                    for batch in self._held_batches():
+                        self._load(batch)  # as a load that is not strict
+            finally:
+                self._close_spool()
+        self._flush_plain()
+        self.wait_for_writer()
+        self.stop_following()
         return self.result
+
+    def _close_spool(self) -> None:
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            spool.close()
 
     def _write(self, groups: dict[str, _Group]) -> None:
         if not groups:
@@ -373,7 +416,9 @@ class BulkLoad:
         """After a failed or cancelled load: waits for the run being written
         and the index follower, so nothing is written after the call has
         ended (a client that reruns at once must not race the last write of
-        its failed load) and the counts are final."""
+        its failed load) and the counts are final. A strict load's rows are
+        dropped unwritten."""
+        self._close_spool()
         with contextlib.suppress(Exception):
             self.wait_for_writer()
         with contextlib.suppress(Exception):
