@@ -222,6 +222,18 @@ def entry_messages(
         yield batch, end
 
 
+def within_bytes(messages: list, max_bytes: int) -> list:
+    """The first messages that fit in max_bytes together (at least one): a
+    page of history records or review items cut by size (each is bounded by
+    the request limits, but 1,000 of a video's matches are not)."""
+    size = 0
+    for k, message in enumerate(messages):
+        size += message.ByteSize() + _FRAMING
+        if size > max_bytes and k:
+            return messages[:k]
+    return messages
+
+
 def history_record(record: HistoryRecord) -> pb.HistoryRecord:
     return pb.HistoryRecord(
         id=record.id or 0,

@@ -442,9 +442,12 @@ class ReviewServicer(pb_grpc.ReviewServicer):
         items, token = self.queue.list(
             self._filter(request.filter), request.page_size, request.page_token
         )
-        return pb.ListReviewItemsResponse(
-            items=[convert.review_item(i) for i in items], next_page_token=token
+        page = convert.within_bytes(
+            [convert.review_item(i) for i in items], self.core.config.page_bytes()
         )
+        if len(page) < len(items):
+            token = str(page[-1].id)
+        return pb.ListReviewItemsResponse(items=page, next_page_token=token)
 
     @rpc
     def ClaimReviewItem(self, request, context):
@@ -468,6 +471,7 @@ class AuditServicer(pb_grpc.AuditServicer):
     def __init__(self, core: Core) -> None:
         self.audit = core.audit
         self.limits = core.config.strings
+        self.page_bytes = core.config.page_bytes()
 
     def _filter(self, request):
         return self.audit.make_filter(
@@ -483,9 +487,10 @@ class AuditServicer(pb_grpc.AuditServicer):
         records, next_token = self.audit.query(
             self._filter(request), request.page_size, request.page_token
         )
-        return pb.QueryHistoryResponse(
-            records=[convert.history_record(r) for r in records], next_page_token=next_token
-        )
+        page = convert.within_bytes([convert.history_record(r) for r in records], self.page_bytes)
+        if len(page) < len(records):
+            next_token = str(page[-1].id)
+        return pb.QueryHistoryResponse(records=page, next_page_token=next_token)
 
     @rpc
     def ExportHistory(self, request, context):
