@@ -256,8 +256,12 @@ class MatcherServicer(pb_grpc.MatcherServicer):
             query = convert.match_query(request)
             return convert.match_response(self.core.match(query, caller, "MatchBatch"))
         except HashsvcError as exc:
+            # an oversized client_ref is not sent back (the reason it failed)
+            ref = request.client_ref
             return pb.MatchResponse(
-                client_ref=request.client_ref, error_code=status_name(exc), error_message=str(exc)
+                client_ref=ref if len(ref) <= self.limits.client_ref_chars else "",
+                error_code=status_name(exc),
+                error_message=str(exc),
             )
         except Exception:
             log.exception("batch item failed")

@@ -277,3 +277,23 @@ def test_a_load_file_with_deeply_nested_labels_is_a_row_error():
         parse_labels('{"k": ' + "[" * 20_000)
     with pytest.raises(RowError, match="longer than"):
         parse_labels('{"k": "' + "v" * 100_000 + '"}')
+
+
+def test_a_batch_item_with_an_oversized_string_fails_alone(harness):
+    """The item's error does not echo its 1 MB client_ref (past a client's
+    4 MiB receive limit at four such items), and the next item is answered."""
+    s, md = harness.stubs("admin")
+    digest = hashlib.md5(b"1").hexdigest()
+    items = [
+        pb.MatchRequest(
+            signal=pb.SignalValue(signal_type="md5", value=digest), client_ref="x" * 1_000_000
+        )
+        for _ in range(5)
+    ]
+    items.append(
+        pb.MatchRequest(signal=pb.SignalValue(signal_type="md5", value=digest), client_ref="ok")
+    )
+    answers = list(s.matcher.MatchBatch(iter(items), metadata=md, timeout=30))
+    assert [a.error_code for a in answers[:5]] == ["INVALID_ARGUMENT"] * 5
+    assert all(a.client_ref == "" for a in answers[:5])
+    assert answers[5].client_ref == "ok" and answers[5].decision == pb.BLOCK
