@@ -128,15 +128,6 @@ class Curation:
             raise NotFound(f"no entry {quoted(name)} in set {set_name}")
         return entry
 
-    def list_entries(
-        self, set_name: str, page_size: int = 100, page_token: str = ""
-    ) -> tuple[list[EntryRecord], str]:
-        hash_set = self.get_set(set_name)
-        after_id, limit = validation.page(page_size, page_token)
-        entries = self.store.list_entries(hash_set.id, after_id, limit)
-        next_token = str(entries[-1].id) if len(entries) == limit else ""
-        return entries, next_token
-
     def entry_page(
         self, set_name: str, page_size: int, page_token: str, max_signals: int
     ) -> EntryPage:
