@@ -4,6 +4,7 @@
     .venv/bin/python bench/load.py --short    # 100k rows (CI, < 60 s)
     .venv/bin/python bench/load.py --rerun    # then the same rows again (a resume)
     .venv/bin/python bench/load.py --repeat 5 # five loads a store, and their median
+    .venv/bin/python bench/load.py --strict   # --strict loads (checked whole, then written)
 
 End to end: a CSV file of random PDQ hashes is read, checked and streamed by
 the `hashsvc load` client code (its own process) through the BulkLoad RPC to a
@@ -99,10 +100,22 @@ def write_rows(path: str, rows: int) -> None:
             f.write(f"pdq,{os.urandom(32).hex()}\n")
 
 
-def run_load(address: str, token: str, path: str, out) -> None:
+def _memory() -> dict[str, int]:
+    """This process's (the server's) VmRSS and VmHWM (its peak), in MB."""
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return {key: int(fields[key].split()[0]) // 1024 for key in ("VmRSS", "VmHWM")}
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM starts again from VmRSS
+
+
+def run_load(address: str, token: str, path: str, out, strict: bool = False) -> None:
     client = Client(server=address, token=token)
     started = time.perf_counter()
-    summary = load(client, "bench", [path], "csv", False, LoadProgress(None, False))
+    summary = load(client, "bench", [path], "csv", strict, LoadProgress(None, False))
     out.put((time.perf_counter() - started, summary))
 
 
@@ -126,7 +139,9 @@ def pg_schema_url(schema: str) -> str:
     return f"{PG_URL}?options=-csearch_path%3D{schema}"
 
 
-def bench(name: str, db_url: str, path: str, rows: int, rerun: bool = False) -> float:
+def bench(
+    name: str, db_url: str, path: str, rows: int, rerun: bool = False, strict: bool = False
+) -> float:
     """One load (and rerun) into a fresh store; prints its figures, returns rows/s."""
     LONGEST.update({key: 0.0 for key in LONGEST})
     running = start_server(
@@ -141,10 +156,19 @@ def bench(name: str, db_url: str, path: str, rows: int, rerun: bool = False) -> 
         matcher = ctx.Process(target=run_matcher, args=(address, token, stop, latencies))
         matcher.start()
         time.sleep(1.0)  # matcher warmed up
-        loader = ctx.Process(target=run_load, args=(address, token, path, results))
+        _reset_peak()
+        before = _memory()
+        loader = ctx.Process(target=run_load, args=(address, token, path, results, strict))
         loader.start()
         seconds, summary = results.get()
         loader.join()
+        after = _memory()
+        print(
+            f"{name:10s} server memory{' (strict load)' if strict else ''}:"
+            f" {before['VmRSS']} MB before, peak {after['VmHWM']} MB"
+            f" (+{after['VmHWM'] - before['VmRSS']}), {after['VmRSS']} MB after",
+            flush=True,
+        )
         stop.set()
         rerun_seconds = None
         if rerun:  # the same file again: every row is there already
@@ -184,6 +208,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int)
     parser.add_argument("--stores", default="sqlite,postgresql")
     parser.add_argument("--rerun", action="store_true", help="then load the same rows again")
+    parser.add_argument("--strict", action="store_true", help="strict loads")
     parser.add_argument(
         "--repeat", type=int, default=1, help="loads a store (runs on a VM vary by +-20%%)"
     )
@@ -198,10 +223,10 @@ def main() -> None:
             for run in range(args.repeat):
                 if store == "sqlite":
                     url = f"sqlite:///{tmp}/bench-{run}.db"
-                    rates.append(bench("SQLite", url, path, rows, args.rerun))
+                    rates.append(bench("SQLite", url, path, rows, args.rerun, args.strict))
                 else:
                     url = pg_schema_url("bench_load")
-                    rates.append(bench("PostgreSQL", url, path, rows, args.rerun))
+                    rates.append(bench("PostgreSQL", url, path, rows, args.rerun, args.strict))
             if args.repeat > 1:
                 print(
                     f"{store}: median of {args.repeat} loads {statistics.median(rates):,.0f}"

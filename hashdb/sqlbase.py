@@ -273,14 +273,54 @@ class SQLStore(BulkSQL):
                 out.update((e.id, e) for e in entries)
         return out
 
-    def list_entries(self, set_id: int, after_id: int = 0, limit: int = 100) -> list[EntryRecord]:
+    def list_entries(
+        self, set_id: int, after_id: int = 0, limit: int = 100, max_signals: int | None = None
+    ) -> list[EntryRecord]:
         with self._read() as cur:
             cur.execute(
                 f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE set_id = ? AND id > ?"
                 " AND removed_at IS NULL ORDER BY id LIMIT ?",
                 (set_id, after_id, limit),
             )
-            return self._with_signals(cur, [_entry(row) for row in cur.fetchall()])
+            entries = [_entry(row) for row in cur.fetchall()]
+            if max_signals is not None and len(entries) > 1:
+                # a page of long videos held 720k signals (50 four-hour
+                # videos): read no more than the page can send
+                counts = self._signal_counts(cur, [e.id for e in entries])
+                total = 0
+                for k, e in enumerate(entries):
+                    total += counts.get(e.id, 0)
+                    if total > max_signals and k:
+                        entries = entries[:k]
+                        break
+            return self._with_signals(cur, entries)
+
+    def next_entry_id(self, set_id: int, after_id: int) -> int | None:
+        with self._read() as cur:
+            cur.execute(
+                "SELECT id FROM entries WHERE set_id = ? AND id > ? AND removed_at IS NULL"
+                " ORDER BY id LIMIT 1",
+                (set_id, after_id),
+            )
+            row = cur.fetchone()
+            return row[0] if row else None
+
+    def signal_counts(self, entry_ids) -> dict[int, int]:
+        with self._read() as cur:
+            return self._signal_counts(cur, sorted(set(entry_ids)))
+
+    def _signal_counts(self, cur, ids: list[int]) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            cur.execute(
+                "SELECT entry_id, COUNT(*) FROM entry_signals"
+                f" WHERE entry_id IN ({marks}) GROUP BY entry_id",
+                chunk,
+            )
+            out.update((entry_id, count) for entry_id, count in cur.fetchall())
+        return out
 
     def _with_signals(self, cur, entries: list[EntryRecord]) -> list[EntryRecord]:
         if not entries:

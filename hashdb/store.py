@@ -91,8 +91,18 @@ class Store(Protocol):
     ) -> dict[int, EntryRecord]:
         """By id, removed ones included (removed_at set)."""
 
-    def list_entries(self, set_id: int, after_id: int = 0, limit: int = 100) -> list[EntryRecord]:
-        """Active entries with id > after_id, by id, with signals."""
+    def list_entries(
+        self, set_id: int, after_id: int = 0, limit: int = 100, max_signals: int | None = None
+    ) -> list[EntryRecord]:
+        """Active entries with id > after_id, by id, with signals; with
+        max_signals, only the first ones that hold that many signals in all
+        (always at least one)."""
+
+    def next_entry_id(self, set_id: int, after_id: int) -> int | None:
+        """The first active entry's id after after_id, if any."""
+
+    def signal_counts(self, entry_ids: Iterable[int]) -> dict[int, int]:
+        """Signals each entry holds, by id (entries without any left out)."""
 
     def remove_entry(self, set_id: int, name: str) -> EntryRecord:
         """Marks the active entry removed (its rows stay for the record) and

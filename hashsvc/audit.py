@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from hashdb import HistoryFilter, HistoryRecord, HistoryVerification, Store
 from hashdb.sqlbase import key_id
 from hashsvc import validation
-from hashsvc.curation import MAX_PAGE_SIZE
 from hashsvc.errors import InvalidArgument, NotFound
 from hashsvc.policy import DECISIONS
 
@@ -135,17 +134,17 @@ class Audit:
     def query(
         self, filter: HistoryFilter, page_size: int = 100, page_token: str = ""
     ) -> tuple[list[HistoryRecord], str]:
-        limit = min(page_size or 100, MAX_PAGE_SIZE)
-        records = self.store.query_history(filter, validation.page_token(page_token), limit)
+        after_id, limit = validation.page(page_size, page_token)
+        records = self.store.query_history(filter, after_id, limit)
         next_token = str(records[-1].id) if len(records) == limit else ""
         return records, next_token
 
     def export(self, filter: HistoryFilter) -> Iterator[HistoryRecord]:
         after_id = 0
         while True:
-            records = self.store.query_history(filter, after_id, MAX_PAGE_SIZE)
+            records = self.store.query_history(filter, after_id, validation.MAX_PAGE_SIZE)
             yield from records
-            if len(records) < MAX_PAGE_SIZE:
+            if len(records) < validation.MAX_PAGE_SIZE:
                 return
             after_id = records[-1].id
 

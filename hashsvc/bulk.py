@@ -10,7 +10,9 @@ transaction followed by an index catch-up, so what was committed matches at
 once and a load killed at any point can simply be run again.
 
 With `strict`, rows are only checked while they arrive and written when the
-stream has ended without a single bad row.
+stream has ended without a single bad row. Meanwhile the checked batches wait
+in a temporary file, not in memory (held as Python objects, 1M rows took
++874 MB at peak and the server kept 335 MB of it afterwards).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import pickle
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -38,7 +42,8 @@ from hashsvc.signals import SIGNAL_TYPES, Signal
 
 # Rows one batch (one message, one transaction) may hold.
 MAX_BATCH_ROWS = 200_000
-# A strict load holds its rows until the end: bounded.
+# A strict load holds its rows until the end (on disk, ~40-150 bytes a row):
+# bounded.
 MAX_STRICT_ROWS = 5_000_000
 # Entries per store transaction (a Match waits at most for one on SQLite).
 WRITE_CHUNK = 4_000
@@ -178,13 +183,7 @@ class _RowError(ValueError):
 @lru_cache(maxsize=4096)
 def _labels(text: str) -> dict[str, str]:
     try:
-        values = json.loads(text)
-    except ValueError:
-        raise _RowError("labels are not a JSON object") from None
-    if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
-        raise _RowError("labels must map names to strings")
-    try:
-        return validation.labels(values)
+        return validation.labels_json(text)
     except InvalidArgument as exc:
         raise _RowError(str(exc)) from None
 
@@ -199,7 +198,7 @@ def _entry_name(name: str) -> str:
 def _value(kind: str, value: bytes, deleted: bool) -> bytes:
     sig_type = SIGNAL_TYPES.get(kind)
     if sig_type is None:
-        raise _RowError(f"unsupported signal type {kind!r}")
+        raise _RowError(f"unsupported signal type {quoted(kind)}")
     if deleted and not value:
         return value
     if sig_type.sequence:
@@ -281,7 +280,13 @@ class BulkLoad:
     """One load into one set: add_batch() for each batch, then finish()."""
 
     def __init__(
-        self, store: Store, live: LiveIndex, set_id: int, added_by: str, strict: bool = False
+        self,
+        store: Store,
+        live: LiveIndex,
+        set_id: int,
+        added_by: str,
+        strict: bool = False,
+        spool_dir: str = "",
     ) -> None:
         self.store = store
         self.live = live
@@ -289,7 +294,10 @@ class BulkLoad:
         self.added_by = added_by
         self.strict = strict
         self.result = BulkResult()
-        self._held: list[dict[str, _Group]] = []  # strict: checked batches, written at the end
+        # strict: the checked batches, written at the end. The file has no
+        # name (deleted when closed, or when the process dies) and only this
+        # load writes it, so what it reads back is what it checked.
+        self._spool = tempfile.TemporaryFile(dir=spool_dir or None) if strict else None
         self._held_rows = 0
         self._write_rows = WRITE_CHUNK  # plain lists: rows per transaction, tuned as it goes
         self._expect_new = True  # plain lists: see Store.bulk_add_plain
@@ -307,9 +315,35 @@ class BulkLoad:
         if isinstance(batch, RowBatch) and len(batch.value) != len(batch):
             raise InvalidArgument("every row needs a signal type and a value")
         self.result.rows += len(batch)
-        if isinstance(batch, PackedRows) and self.strict:
-            batch = batch.as_row_batch()  # held and written at the end, as all rows
-        plain = None if self.strict else _plain(batch)
+        if self.strict:
+            self._check_and_hold(batch)
+        else:
+            self._load(batch)
+
+    def _check_and_hold(self, batch: RowBatch | PackedRows) -> None:
+        """Strict: the batch's rows are checked (bad ones rejected, as they
+        would be when written) and the batch is spooled to be written by
+        finish(); what checking it built is dropped."""
+        if self._spool is None:
+            raise InvalidArgument("this load was abandoned")
+        self._held_rows += len(batch)
+        if self._held_rows > MAX_STRICT_ROWS:
+            raise TooLarge(f"a strict load holds at most {MAX_STRICT_ROWS} rows")
+        if _plain(batch) is None:  # a plain hash list passed its checks there
+            for _ in self._grouped(batch):
+                pass
+        pickle.dump(batch, self._spool, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _held_batches(self) -> Iterable[RowBatch | PackedRows]:
+        self._spool.seek(0)
+        while True:
+            try:
+                yield pickle.load(self._spool)
+            except EOFError:
+                return
+
+    def _load(self, batch: RowBatch | PackedRows) -> None:
+        plain = _plain(batch)
         if plain is not None:
             if self._pending and self._pending[0].kind_key != plain.kind_key:
                 self._flush_plain()
@@ -321,28 +355,31 @@ class BulkLoad:
         self._flush_plain()  # rows are written in the order they came
         self.wait_for_writer()
         for groups in self._grouped(batch):
-            if self.strict:
-                self._held_rows += sum(len(g.signals) or 1 for g in groups.values())
-                if self._held_rows > MAX_STRICT_ROWS:
-                    raise TooLarge(f"a strict load holds at most {MAX_STRICT_ROWS} rows")
-                self._held.append(groups)
-            else:
-                self._write(groups)
+            self._write(groups)
 
     def finish(self) -> BulkResult:
-        self._flush_plain()
-        self.wait_for_writer()
-        self.stop_following()
         if self.strict:
+            if self._spool is None:
+                raise InvalidArgument("this load was abandoned")
             # Every row was checked before this, except against the signal
             # limit of an entry already in the set: such rows are rejected as
             # they are written, and the answer still says the load was written.
             self.result.written = not self.result.rejected_count
-            if self.result.written:
-                for groups in self._held:
-                    self._write(groups)
-        self._held = []
+            try:
+                if self.result.written:
+                    for batch in self._held_batches():
+                        self._load(batch)  # as a load that is not strict
+            finally:
+                self._close_spool()
+        self._flush_plain()
+        self.wait_for_writer()
+        self.stop_following()
         return self.result
+
+    def _close_spool(self) -> None:
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            spool.close()
 
     def _write(self, groups: dict[str, _Group]) -> None:
         if not groups:
@@ -379,7 +416,9 @@ class BulkLoad:
         """After a failed or cancelled load: waits for the run being written
         and the index follower, so nothing is written after the call has
         ended (a client that reruns at once must not race the last write of
-        its failed load) and the counts are final."""
+        its failed load) and the counts are final. A strict load's rows are
+        dropped unwritten."""
+        self._close_spool()
         with contextlib.suppress(Exception):
             self.wait_for_writer()
         with contextlib.suppress(Exception):
@@ -550,7 +589,7 @@ class BulkLoad:
                 name = _entry_name(entry) if entry else f"{kind}:{value.hex()}"
                 row_labels = _labels(label_text) if label_text else None
                 if var and var != "original" and not _VARIANT.fullmatch(var):
-                    raise _RowError(f"variant {var!r} is not exchanged")
+                    raise _RowError(f"variant {quoted(var)} is not exchanged")
                 if q != -1 and not 0 <= q <= 100:
                     raise _RowError("quality must be within 0..100")
                 if not (math.isnan(pos) or (math.isfinite(pos) and pos >= 0)):
@@ -676,19 +715,38 @@ def load(
 
 
 EXPORT_BATCH = 1_000
+# Signals read a batch: ~100 bytes each as protobuf, a few messages' worth
+# (they are sent in messages of Config.max_page_bytes).
+EXPORT_BATCH_SIGNALS = 100_000
 
 
-def export_entries(store: Store, set_id: int, since_micros: int | None = None):
+def export_entries(
+    store: Store,
+    set_id: int,
+    since_micros: int | None = None,
+    max_signals: int = EXPORT_BATCH_SIGNALS,
+):
     """Batches of the set's entries with their signals: all active ones, or
     those changed at or after `since_micros` (removed ones included, with
-    removed_at set), oldest first."""
+    removed_at set), oldest first. A batch holds at most EXPORT_BATCH entries
+    and max_signals signals (or one entry): 1,000 four-hour videos are 14M."""
     if since_micros is None:
         after = 0
-        while entries := store.list_entries(set_id, after, EXPORT_BATCH):
+        while entries := store.list_entries(set_id, after, EXPORT_BATCH, max_signals):
             yield entries
             after = entries[-1].id
         return
     ids = store.entries_changed_since(set_id, since_micros)
     for start in range(0, len(ids), EXPORT_BATCH):
-        found = store.get_entries(ids[start : start + EXPORT_BATCH], with_signals=True)
-        yield [found[i] for i in sorted(found)]
+        chunk = ids[start : start + EXPORT_BATCH]
+        counts = store.signal_counts(chunk)
+        run, signals = [], 0
+        for entry_id in [*chunk, None]:
+            count = counts.get(entry_id, 0) if entry_id is not None else 0
+            if run and (entry_id is None or signals + count > max_signals):
+                found = store.get_entries(run, with_signals=True)
+                yield [found[i] for i in sorted(found)]
+                run, signals = [], 0
+            if entry_id is not None:
+                run.append(entry_id)
+                signals += count

@@ -6,18 +6,20 @@ from collections.abc import Iterator
 
 from hashsvc import convert
 from hashsvc.bulk import BulkResult, PackedRows, RowBatch
+from hashsvc.config import StringLimits
 from hashsvc.errors import InvalidArgument
 from hashsvc.v1 import hashsvc_pb2 as pb
 
 
 def header_and_batches(
-    request_iterator,
+    request_iterator, limits: StringLimits
 ) -> tuple[pb.BulkLoadHeader, Iterator[RowBatch | PackedRows]]:
     first = next(request_iterator, None)
     if first is None or first.WhichOneof("part") != "header":
         raise InvalidArgument("BulkLoad: the first message must be the header")
 
     header = first.header
+    convert.request_strings(header, limits, "header.")
 
     def batches() -> Iterator[RowBatch | PackedRows]:
         received, end = 0, None
@@ -30,6 +32,9 @@ def header_and_batches(
                 continue
             if part != "rows":
                 raise InvalidArgument("BulkLoad: only the first message may be a header")
+            # The rows' own strings are checked row by row (a bad row is a
+            # rejected row); the source names every rejection of the batch.
+            convert.request_strings(pb.BulkRows(source=message.rows.source), limits, "rows.")
             batch = rows_from_pb(message.rows)
             received += len(batch)
             yield batch
@@ -91,6 +96,9 @@ def response(result: BulkResult, strict: bool) -> pb.BulkLoadResponse:
     )
 
 
-def export_batches(batches, set_name: str) -> Iterator[pb.ListEntriesResponse]:
-    for entries in batches:
-        yield pb.ListEntriesResponse(entries=[convert.entry(e, set_name) for e in entries])
+def export_batches(batches, set_name: str, max_bytes: int) -> Iterator[pb.ListEntriesResponse]:
+    """Messages of at most ~max_bytes; an entry larger than that comes in
+    parts (convert.entry_messages)."""
+    records = (record for batch in batches for record in batch)
+    for entries, _ in convert.entry_messages(records, set_name, max_bytes):
+        yield pb.ListEntriesResponse(entries=entries)

@@ -792,6 +792,12 @@ def cmd_remove(args) -> int:
 
 
 def _entries(client: Client, set_name: str):
+    from hashsvc.cli_bulk import joined_entries
+
+    return joined_entries(_entry_parts(client, set_name))
+
+
+def _entry_parts(client: Client, set_name: str):
     token = ""
     while True:
         resp = client.curation.ListEntries(

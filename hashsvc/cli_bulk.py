@@ -240,6 +240,22 @@ def total_bytes(paths: list[str]) -> int | None:
 # ------------------------------------------------------------------ export
 
 
+def joined_entries(entries: Iterable[pb.Entry]) -> Iterator[pb.Entry]:
+    """Entries put back together: the server sends an entry larger than a
+    message (a long video's frames) as consecutive parts with the same id,
+    each with the next run of its signals."""
+    whole = None
+    for entry in entries:
+        if whole is not None and entry.id == whole.id:
+            whole.signals.extend(entry.signals)
+            continue
+        if whole is not None:
+            yield whole
+        whole = entry
+    if whole is not None:
+        yield whole
+
+
 def entry_records(entry: pb.Entry) -> list[Record]:
     """An entry's exchangeable signals as records; a removed entry is one
     tombstone record."""
@@ -272,7 +288,7 @@ def export(client, set_name: str, fmt: str, since, output_dir: str | None) -> in
     if since is not None:
         req.since.FromDatetime(since.astimezone(UTC).replace(tzinfo=None))
     stream = client.curation.ExportEntries(req, metadata=client.metadata)
-    entries = (entry for batch in stream for entry in batch.entries)
+    entries = joined_entries(entry for batch in stream for entry in batch.entries)
     if fmt == "vpdq":
         return _export_vpdq(entries, output_dir)
     records = (rec for entry in entries for rec in entry_records(entry))

@@ -31,6 +31,28 @@ class PdqPolicy:
     quality_floor: int = 50
 
 
+@dataclass(frozen=True)
+class StringLimits:
+    """Lengths (in characters) of the strings a caller sends, checked where
+    requests arrive (hashsvc/validation.py request_strings) before anything
+    is stored: a 15 MiB client_ref in five Matches made every page of the
+    review queue and of the history larger than a gRPC message, for good
+    (the history is append-only). A string may not hold a NUL either
+    (PostgreSQL text cannot)."""
+
+    # The caller's reference to an upload: an id or a URL in its own store.
+    # The history keeps 1000 characters of it (hashsvc/core.py).
+    client_ref_chars: int = 1000
+    # Set descriptions and reviewers' notes (as validation.MAX_TEXT).
+    text_chars: int = 2000
+    # A hash in its text form: 4 hours of Chromaprint are ~930k hex digits.
+    signal_value_chars: int = 2 * 1024 * 1024
+    # Every other string: names, filters, labels, page tokens, roles...
+    other_chars: int = 1024
+    # Items of a repeated field (MatchRequest.sets, thresholds) and labels.
+    repeated_items: int = 1000
+
+
 # hashsvc/multi_index.py REVIEW_SEARCHES (named here without importing it).
 PDQ_REVIEW_SEARCHES = ("fast", "balanced", "thorough")
 
@@ -94,6 +116,13 @@ class Config:
     audio: AudioLimits = field(default_factory=AudioLimits)
     pdf: PdfLimits = field(default_factory=PdfLimits)
     pdq: PdqPolicy = field(default_factory=PdqPolicy)
+    strings: StringLimits = field(default_factory=StringLimits)
+    # A message of ListEntries, ExportEntries, QueryHistory or ListReviewItems
+    # holds at most this much: pages are cut by size as well as by count (50
+    # four-hour videos made a 69 MB page), and an entry larger than this is
+    # split over several messages. grpc clients refuse messages over 4 MiB
+    # unless told otherwise; what is past this is on the next page.
+    max_page_bytes: int = 3 * 1024 * 1024
     # TLS: both set -> the server listens with TLS.
     tls_cert_file: str = ""
     tls_key_file: str = ""
@@ -183,6 +212,11 @@ class Config:
         if len(key) < 16:
             raise ValueError(f"{self.history_key_file}: a history key needs at least 16 bytes")
         return key
+
+    def page_bytes(self) -> int:
+        """What a page or export message may hold: max_page_bytes, within
+        half a gRPC message (the rest of the message, and room to spare)."""
+        return max(4096, min(self.max_page_bytes, self.max_message_bytes // 2))
 
     def worker_count(self) -> int:
         return self.workers if self.workers > 0 else (os.cpu_count() or 1)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hashdb import (
@@ -16,8 +18,9 @@ from hashdb import (
     Thresholds,
     TokenRecord,
 )
+from hashsvc.config import StringLimits
 from hashsvc.core import MatchOutcome, MatchQuery
-from hashsvc.errors import InvalidArgument, NotFound
+from hashsvc.errors import InvalidArgument, NotFound, quoted
 from hashsvc.matcher import Match
 from hashsvc.signals import Signal
 from hashsvc.uploads import SpooledMedia
@@ -163,6 +166,75 @@ def entry(record: EntryRecord, set_name: str) -> pb.Entry:
     )
 
 
+# Bytes a repeated message field's tag and length add to each element.
+_FRAMING = 6
+
+
+def entry_parts(
+    record: EntryRecord, set_name: str, max_bytes: int, first_signal: int = 0
+) -> Iterator[tuple[pb.Entry, int]]:
+    """The entry as one message, or, larger than max_bytes (a long video's
+    frames), as parts: each a copy of the entry with the next run of its
+    signals, in order. Yields (part, signals sent up to its end), starting
+    after the first `first_signal` signals."""
+    whole = entry(record, set_name)
+    if first_signal == 0 and whole.ByteSize() <= max_bytes:
+        yield whole, len(record.signals)
+        return
+    signals = list(whole.signals)[first_signal:]
+    del whole.signals[:]
+    bare = whole.ByteSize()
+    part, size, sent = pb.Entry(), bare, first_signal
+    part.CopyFrom(whole)
+    for sig in signals:
+        more = sig.ByteSize() + _FRAMING
+        if len(part.signals) and size + more > max_bytes:
+            yield part, sent
+            part, size = pb.Entry(), bare
+            part.CopyFrom(whole)
+        part.signals.append(sig)
+        size += more
+        sent += 1
+    yield part, sent
+
+
+def entry_messages(
+    records: Iterable[EntryRecord], set_name: str, max_bytes: int, first_signal: int = 0
+) -> Iterator[tuple[list[pb.Entry], tuple[int, int | None]]]:
+    """The entries in messages of at most ~max_bytes (ListEntries pages,
+    ExportEntries batches), an entry larger than that split over several
+    (entry_parts): a client puts an entry back together by joining the
+    signals of consecutive entries with the same id. Yields (entries, where
+    the message ends: (last entry's id, signals of it sent, or None when it
+    was sent whole))."""
+    batch: list[pb.Entry] = []
+    size, end = 0, (0, None)
+    for k, record in enumerate(records):
+        skip = first_signal if k == 0 else 0
+        for part, sent in entry_parts(record, set_name, max_bytes, skip):
+            more = part.ByteSize() + _FRAMING
+            if batch and size + more > max_bytes:
+                yield batch, end
+                batch, size = [], 0
+            batch.append(part)
+            size += more
+            end = (record.id, None if sent >= len(record.signals) else sent)
+    if batch:
+        yield batch, end
+
+
+def within_bytes(messages: list, max_bytes: int) -> list:
+    """The first messages that fit in max_bytes together (at least one): a
+    page of history records or review items cut by size (each is bounded by
+    the request limits, but 1,000 of a video's matches are not)."""
+    size = 0
+    for k, message in enumerate(messages):
+        size += message.ByteSize() + _FRAMING
+        if size > max_bytes and k:
+            return messages[:k]
+    return messages
+
+
 def history_record(record: HistoryRecord) -> pb.HistoryRecord:
     return pb.HistoryRecord(
         id=record.id or 0,
@@ -255,3 +327,50 @@ def token_info(record: TokenRecord) -> pb.TokenInfo:
         revoked_at=timestamp(record.revoked_at),
         expires_at=timestamp(record.expires_at),
     )
+
+
+def request_strings(message, limits: StringLimits, path: str = "") -> None:
+    """Every string a request holds, at any depth (map keys and values,
+    repeated fields, nested messages): within its length limit and free of
+    NUL, which PostgreSQL's text refuses (INTERNAL before). Called where a
+    request arrives, before anything is looked up or stored, so no RPC and
+    no field added later is left out.
+    Bytes fields (media, chunks, bulk rows' values) are bounded elsewhere."""
+    for fd, value in message.ListFields():
+        where = f"{path}{fd.name}"
+        if fd.is_repeated and len(value) > limits.repeated_items:
+            raise InvalidArgument(
+                f"{where} holds {len(value)} items, at most {limits.repeated_items}"
+            )
+        if fd.type == FieldDescriptor.TYPE_MESSAGE:
+            if fd.message_type.GetOptions().map_entry:
+                for key, item in value.items():
+                    _string(key, f"{where} key", limits.other_chars)
+                    if isinstance(item, str):
+                        _string(item, f"{where}[{quoted(key, 40)}]", limits.other_chars)
+            elif fd.is_repeated:
+                for k, item in enumerate(value):
+                    request_strings(item, limits, f"{where}[{k}].")
+            else:
+                request_strings(value, limits, f"{where}.")
+        elif fd.type == FieldDescriptor.TYPE_STRING:
+            limit = _string_limit(fd.name, limits)
+            for item in value if fd.is_repeated else (value,):
+                _string(item, where, limit)
+
+
+def _string_limit(field: str, limits) -> int:
+    if field == "client_ref":
+        return limits.client_ref_chars
+    if field in ("description", "note"):
+        return limits.text_chars
+    if field == "value":  # SignalValue.value: a hash's hex
+        return limits.signal_value_chars
+    return limits.other_chars
+
+
+def _string(value: str, where: str, limit: int) -> None:
+    if len(value) > limit:
+        raise InvalidArgument(f"{where} is longer than {limit} characters ({len(value)})")
+    if "\x00" in value:
+        raise InvalidArgument(f"{where} holds a NUL character")

@@ -345,7 +345,9 @@ class Core:
         run: BulkLoad | None = None
         try:
             hash_set = self.curation.get_set(set_name)
-            run = BulkLoad(self.store, self.live, hash_set.id, caller, strict)
+            run = BulkLoad(
+                self.store, self.live, hash_set.id, caller, strict, self.config.spool_dir
+            )
             for batch in batches:
                 run.add_batch(batch)
             result = run.finish()

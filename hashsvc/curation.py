@@ -4,6 +4,8 @@ or disabled set stops matching, before the call returns."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from hashdb import EntryRecord, HashSetRecord, Store, Thresholds
 from hashsvc import validation
 from hashsvc.errors import InvalidArgument, NotFound, quoted
@@ -12,10 +14,15 @@ from hashsvc.live_index import LiveIndex
 from hashsvc.media.dispatch import MediaSource
 from hashsvc.signals import Signal, signal_type
 
-MAX_PAGE_SIZE = 1000
 # Reviewers add confirmed uploads to review targets; adding one to an allow
 # list would un-block known content.
 _ALLOW_LIST_TARGET = "an allow list cannot be a review target"
+
+@dataclass(frozen=True)
+class EntryPage:
+    entries: list[EntryRecord]
+    first_signal: int  # signals of the first entry sent by the page before
+    more: bool  # entries after these
 
 
 class Curation:
@@ -132,15 +139,21 @@ class Curation:
             raise NotFound(f"no entry {quoted(name)} in set {set_name}")
         return entry
 
-    def list_entries(
-        self, set_name: str, page_size: int = 100, page_token: str = ""
-    ) -> tuple[list[EntryRecord], str]:
+    def entry_page(
+        self, set_name: str, page_size: int, page_token: str, max_signals: int
+    ) -> EntryPage:
+        """A page of ListEntries, to be cut by size (hashsvc/convert.py
+        entry_messages): at most max_signals signals are read, always at
+        least one entry."""
         hash_set = self.get_set(set_name)
-        after_id = validation.page_token(page_token)
-        limit = min(page_size or 100, MAX_PAGE_SIZE)
-        entries = self.store.list_entries(hash_set.id, after_id, limit)
-        next_token = str(entries[-1].id) if len(entries) == limit else ""
-        return entries, next_token
+        after_id, limit, sent = validation.entry_page(page_size, page_token)
+        entries = self.store.list_entries(hash_set.id, after_id, limit, max_signals)
+        if sent and (not entries or entries[0].id != after_id + 1):
+            sent = 0  # the entry was removed meanwhile: go on with the next
+        more = len(entries) == limit or (
+            bool(entries) and self.store.next_entry_id(hash_set.id, entries[-1].id) is not None
+        )
+        return EntryPage(entries, sent, more)
 
     def find_entries(self, set_name: str, kind: str, value: str) -> list[EntryRecord]:
         """Active entries of the set holding exactly this (exact-type) hash."""

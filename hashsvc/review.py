@@ -224,8 +224,7 @@ class ReviewQueue:
     def list(
         self, filter: ReviewFilter, page_size: int = 100, page_token: str = ""
     ) -> tuple[list[ReviewItem], str]:
-        after_id = validation.page_token(page_token)
-        limit = min(page_size or 100, 1000)
+        after_id, limit = validation.page(page_size, page_token)
         items = self.store.list_review_items(filter, after_id, limit)
         return items, (str(items[-1].id) if len(items) == limit else "")
 

@@ -13,8 +13,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+from google.protobuf.message import Message
 
 from hashsvc import audit, auth, bulk, bulk_pb, convert
+from hashsvc.config import StringLimits
 from hashsvc.core import Core
 from hashsvc.errors import HashsvcError, InvalidArgument, status_name
 from hashsvc.uploads import spooled
@@ -24,6 +26,10 @@ from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 _END, _TOO_MANY = object(), object()  # MatchBatch queue markers
+# The fewest bytes a signal takes in an Entry message (an MD5: 32 hex digits,
+# its type and variant): a page of ListEntries reads no more signals than
+# max_page_bytes / this.
+_SIGNAL_BYTES = 48
 
 # The authenticated caller of the RPC running in this thread (set by AuthInterceptor).
 CALLER: contextvars.ContextVar = contextvars.ContextVar("caller")
@@ -56,12 +62,15 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
 
 
 def rpc(method):
-    """Turns core errors raised by a unary or server-streaming RPC into statuses."""
+    """Turns core errors raised by a unary or server-streaming RPC into statuses.
+    A request message (not a client stream, whose messages are checked as
+    they are read) has its strings checked first (convert.request_strings)."""
     if inspect.isgeneratorfunction(method):
 
         @functools.wraps(method)
         def streaming(self, request, context):
             try:
+                _check_strings(request, self.limits)
                 yield from method(self, request, context)
             except Exception as exc:  # noqa: BLE001 - every error gets a status
                 _abort(context, exc)
@@ -71,11 +80,25 @@ def rpc(method):
     @functools.wraps(method)
     def unary(self, request, context):
         try:
+            if not getattr(method, "checks_own_strings", False):
+                _check_strings(request, self.limits)
             return method(self, request, context)
         except Exception as exc:  # noqa: BLE001 - every error gets a status
             _abort(context, exc)
 
     return unary
+
+
+def checks_own_strings(method):
+    """Marks an RPC that checks its request's strings itself: a Match refused
+    for them is still a Match call, recorded in the history."""
+    method.checks_own_strings = True
+    return method
+
+
+def _check_strings(request, limits) -> None:
+    if isinstance(request, Message):
+        convert.request_strings(request, limits)
 
 
 def caller_name() -> str:
@@ -159,11 +182,12 @@ def _observed_stream(stream, context, rpc_name, started, observe):
             observe(rpc_name, _code_name(context), started)
 
 
-def upload_parts(request_iterator, rpc_name: str):
+def upload_parts(request_iterator, rpc_name: str, limits: StringLimits):
     """(header, iterator of chunk bytes) of a client-streaming upload."""
     first = next(request_iterator, None)
     if first is None or first.WhichOneof("part") != "header":
         raise InvalidArgument(f"{rpc_name}: the first message must be the header")
+    convert.request_strings(first.header, limits, "header.")
 
     def chunks():
         for message in request_iterator:
@@ -185,10 +209,12 @@ def _counted(chunks, received: list[int]):
 class MatcherServicer(pb_grpc.MatcherServicer):
     def __init__(self, core: Core, batch_threads: int) -> None:
         self.core = core
+        self.limits = core.config.strings
         self._batch_pool = ThreadPoolExecutor(batch_threads, thread_name_prefix="batch")
         self._batch_in_flight = batch_threads
 
     @rpc
+    @checks_own_strings
     def Match(self, request, context):  # noqa: N802 - gRPC method names
         query = self._query(request, "Match", caller_name(), CALLER.get().id)
         outcome = self.core.match(query, caller_name(), "Match")
@@ -198,6 +224,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         """The core's query; a request refused here (neither media nor a hash)
         is a failed Match call, recorded as one."""
         try:
+            convert.request_strings(request, self.limits)
             return convert.match_query(request)
         except HashsvcError as exc:
             self.core.record_failed_match(
@@ -211,7 +238,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         header, received = None, [0]
         matching = False
         try:
-            header, chunks = upload_parts(request_iterator, "MatchUpload")
+            header, chunks = upload_parts(request_iterator, "MatchUpload", self.limits)
             with spooled(
                 _counted(chunks, received), config.max_upload_bytes, config.spool_dir
             ) as upload:
@@ -291,8 +318,12 @@ class MatcherServicer(pb_grpc.MatcherServicer):
             outcome = self.core.match(query, caller, "MatchBatch", caller_token_id)
             return convert.match_response(outcome)
         except HashsvcError as exc:
+            # an oversized client_ref is not sent back (the reason it failed)
+            ref = request.client_ref
             return pb.MatchResponse(
-                client_ref=request.client_ref, error_code=status_name(exc), error_message=str(exc)
+                client_ref=ref if len(ref) <= self.limits.client_ref_chars else "",
+                error_code=status_name(exc),
+                error_message=str(exc),
             )
         except Exception:
             log.exception("batch item failed")
@@ -306,6 +337,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
 class CurationServicer(pb_grpc.CurationServicer):
     def __init__(self, core: Core) -> None:
         self.core = core
+        self.limits = core.config.strings
         self.curation = core.curation
 
     def _done(self, action: str, **detail) -> None:
@@ -384,7 +416,7 @@ class CurationServicer(pb_grpc.CurationServicer):
 
     @rpc
     def AddEntryUpload(self, request_iterator, context):  # noqa: N802
-        header, chunks = upload_parts(request_iterator, "AddEntryUpload")
+        header, chunks = upload_parts(request_iterator, "AddEntryUpload", self.limits)
         if header.WhichOneof("content") is not None:
             raise InvalidArgument("an upload's header must not hold media or a hash")
         config = self.core.config
@@ -397,12 +429,21 @@ class CurationServicer(pb_grpc.CurationServicer):
 
     @rpc
     def ListEntries(self, request, context):
-        entries, next_token = self.curation.list_entries(
-            request.set, request.page_size, request.page_token
+        # A page is cut by size too; an entry larger than a page ends it, and
+        # the token `ID:N` resumes after its first N signals.
+        max_bytes = self.core.config.page_bytes()
+        page = self.curation.entry_page(
+            request.set, request.page_size, request.page_token, max_bytes // _SIGNAL_BYTES
         )
-        return pb.ListEntriesResponse(
-            entries=[convert.entry(e, request.set) for e in entries], next_page_token=next_token
-        )
+        messages = convert.entry_messages(page.entries, request.set, max_bytes, page.first_signal)
+        entries, (last_id, sent) = next(messages, ([], (0, None)))
+        if sent is not None:
+            token = f"{last_id}:{sent}"
+        elif next(messages, None) is not None or page.more:
+            token = str(last_id)
+        else:
+            token = ""
+        return pb.ListEntriesResponse(entries=entries, next_page_token=token)
 
     @rpc
     def GetEntry(self, request, context):
@@ -428,7 +469,7 @@ class CurationServicer(pb_grpc.CurationServicer):
 
     @rpc
     def BulkLoad(self, request_iterator, context):  # noqa: N802
-        header, batches = bulk_pb.header_and_batches(request_iterator)
+        header, batches = bulk_pb.header_and_batches(request_iterator, self.limits)
         result = self.core.bulk_load(
             header.set,
             caller_name(),
@@ -444,7 +485,9 @@ class CurationServicer(pb_grpc.CurationServicer):
         since = convert.from_timestamp(request, "since")
         since_micros = int(since.timestamp() * 1_000_000) if since else None
         yield from bulk_pb.export_batches(
-            bulk.export_entries(self.core.store, hash_set.id, since_micros), request.set
+            bulk.export_entries(self.core.store, hash_set.id, since_micros),
+            request.set,
+            self.core.config.page_bytes(),
         )
 
     @rpc
@@ -466,6 +509,7 @@ class CurationServicer(pb_grpc.CurationServicer):
 class ReviewServicer(pb_grpc.ReviewServicer):
     def __init__(self, core: Core) -> None:
         self.core = core
+        self.limits = core.config.strings
         self.queue = core.review
 
     def _filter(self, msg):
@@ -477,9 +521,12 @@ class ReviewServicer(pb_grpc.ReviewServicer):
         items, token = self.queue.list(
             self._filter(request.filter), request.page_size, request.page_token
         )
-        return pb.ListReviewItemsResponse(
-            items=[convert.review_item(i) for i in items], next_page_token=token
+        page = convert.within_bytes(
+            [convert.review_item(i) for i in items], self.core.config.page_bytes()
         )
+        if len(page) < len(items):
+            token = str(page[-1].id)
+        return pb.ListReviewItemsResponse(items=page, next_page_token=token)
 
     @rpc
     def ClaimReviewItem(self, request, context):
@@ -504,6 +551,8 @@ class ReviewServicer(pb_grpc.ReviewServicer):
 class AuditServicer(pb_grpc.AuditServicer):
     def __init__(self, core: Core) -> None:
         self.audit = core.audit
+        self.limits = core.config.strings
+        self.page_bytes = core.config.page_bytes()
 
     def _filter(self, request):
         return self.audit.make_filter(
@@ -519,9 +568,10 @@ class AuditServicer(pb_grpc.AuditServicer):
         records, next_token = self.audit.query(
             self._filter(request), request.page_size, request.page_token
         )
-        return pb.QueryHistoryResponse(
-            records=[convert.history_record(r) for r in records], next_page_token=next_token
-        )
+        page = convert.within_bytes([convert.history_record(r) for r in records], self.page_bytes)
+        if len(page) < len(records):
+            next_token = str(page[-1].id)
+        return pb.QueryHistoryResponse(records=page, next_page_token=next_token)
 
     @rpc
     def ExportHistory(self, request, context):
@@ -549,6 +599,7 @@ class AdminServicer(pb_grpc.AdminServicer):
     def __init__(self, core: Core) -> None:
         self.core = core
         self.store = core.store
+        self.limits = core.config.strings
 
     def _recorded(self, action: str, detail: dict, do):
         """do(), recorded in the history whether it succeeds or fails (never

@@ -140,12 +140,9 @@ def parse_labels(text: str) -> dict[str, str]:
 
 def _json_labels(text: str) -> dict[str, str]:
     try:
-        values = json.loads(text)
-    except ValueError as exc:
-        raise RowError(f"labels {quoted(text)} are not a JSON object: {exc.msg}") from None
-    if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
-        raise RowError(f"labels {quoted(text)} are not a JSON object of strings")
-    return checked_labels(values)
+        return validation.labels_json(text)
+    except InvalidArgument as exc:
+        raise RowError(str(exc)) from None
 
 
 def checked_labels(values: dict[str, str]) -> dict[str, str]:
