@@ -337,7 +337,7 @@ def test_reviewer_cannot_add_to_an_allow_list_or_an_unmarked_set(core):
         core.review.resolve("rev", item.id, "confirmed", add_to_set="benign")
     with pytest.raises(FailedPrecondition, match="review target"):
         core.review.resolve("rev", item.id, "confirmed", add_to_set="isis")
-    assert core.curation.list_entries("benign")[0] == []
+    assert core.curation.entry_page("benign", 100, "", 10_000).entries == []
     assert _match(core, encode(photo(1))) == "block"  # still blocked
     assert core.store.get_review_item(item.id).status == "open"
     # the operator marks the set; now the reviewer may add to it
@@ -357,7 +357,7 @@ def test_review_target_on_a_set_changed_behind_the_core_is_checked_again(core):
     item = core.review.claim("rev", None, ReviewFilter())
     with pytest.raises(FailedPrecondition):
         core.review.resolve("rev", item.id, "confirmed", add_to_set="benign")
-    assert core.curation.list_entries("benign")[0] == []
+    assert core.curation.entry_page("benign", 100, "", 10_000).entries == []
 
 
 # -- issue 16 item 9: adding the entry and resolving is one transaction
@@ -373,7 +373,9 @@ def test_expired_claim_adds_nothing_and_a_retry_succeeds(store_url):
         time.sleep(0.7)
         with pytest.raises(FailedPrecondition, match="expired"):
             core.review.resolve("slow", item.id, "confirmed", add_to_set="isis")
-        assert [e.name for e in core.curation.list_entries("isis")[0]] == ["poster"]
+        assert [e.name for e in core.curation.entry_page("isis", 100, "", 10_000).entries] == [
+            "poster"
+        ]
         assert core.store.get_review_item(item.id).status == "open"
         failed = [r for r in core.store.query_history(_all()) if r.rpc == "ResolveReview"]
         assert [(r.caller, r.status) for r in failed] == [("slow", "FAILED_PRECONDITION")]
@@ -381,7 +383,7 @@ def test_expired_claim_adds_nothing_and_a_retry_succeeds(store_url):
         core.review.claim("fast", item.id, ReviewFilter())
         done = core.review.resolve("fast", item.id, "confirmed", add_to_set="isis")
         assert done.status == "confirmed"
-        names = sorted(e.name for e in core.curation.list_entries("isis")[0])
+        names = sorted(e.name for e in core.curation.entry_page("isis", 100, "", 10_000).entries)
         assert names == ["poster", f"review-{item.id}"]
     finally:
         core.close()
