@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 
 from hashsvc import auth
 from hashsvc.config import Config, ImageLimits
+from hashsvc.errors import AlreadyExists
 from hashsvc.server import RunningServer, start_server
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
@@ -105,9 +106,20 @@ def start_harness(db_url: str, hash_in_process: bool = True, **config) -> Harnes
     running = start_server(cfg, hash_in_process=hash_in_process)
     harness = Harness(running)
     for role in auth.ROLES:
-        _, token = auth.create_token(running.core.store, role, f"test-{role}")
-        harness.tokens[role] = token
+        harness.tokens[role] = _new_token(running.core.store, role)
     return harness
+
+
+def _new_token(store, role: str) -> str:
+    # Names are unique among active tokens: a harness started again on the
+    # same store names its tokens test-ROLE-2, -3, ...
+    for n in range(1, 100):
+        try:
+            name = f"test-{role}" if n == 1 else f"test-{role}-{n}"
+            return auth.create_token(store, role, name)[1]
+        except AlreadyExists:
+            continue
+    raise AssertionError(f"no free token name for {role}")
 
 
 # Every process a test started (popen below); conftest.py's autouse fixture

@@ -152,7 +152,7 @@ def test_a_named_file_that_is_not_media_is_still_an_error(run, tmp_path):
     code, out, err = run("add", "--set", "named", "--json", str(notes))
     assert code == 1
     assert rows(out)[0]["error"]["code"] == "INVALID_ARGUMENT"
-    assert "unsupported media format" in err
+    assert "not a media file" in err and "notes.txt" in err
 
 
 def test_uploads_in_flight_default_to_one_per_core(run, tmp_path, monkeypatch):
