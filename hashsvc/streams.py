@@ -75,16 +75,17 @@ class StreamLimiter:
         """A place for one more stream of `key` (a token id, or ANONYMOUS);
         TooLarge (RESOURCE_EXHAUSTED) past either cap."""
         with self._lock:
-            if self._open >= self.max_streams:
-                raise TooLarge(
-                    f"the server already has {self._open} streams open, its limit"
-                    " (max_streams); retry later"
-                )
+            # the caller's own cap first: it tells them to slow down
             held = self._per_caller[key]
             if held >= self.max_per_caller:
                 raise TooLarge(
                     f"{caller} already has {held} streams open, its limit"
                     " (max_streams_per_token); retry later"
+                )
+            if self._open >= self.max_streams:
+                raise TooLarge(
+                    f"the server already has {self._open} streams open, its limit"
+                    " (max_streams); retry later"
                 )
             self._open += 1
             self._per_caller[key] += 1
