@@ -74,6 +74,10 @@ class Config:
     # (a 2 GiB upload at 1 MB/s takes ~36 min).
     stream_idle_seconds: float = 30.0
     stream_max_seconds: float = 3600.0
+    # Calls without a token (health checks) whose request message has not
+    # arrived yet: at most this many hold a thread, a newer one cancels the
+    # oldest (grpc waits for a message forever; headers only are enough).
+    max_unread_anonymous_calls: int = 4
     # Server reflection (grpcurl and the like) needs no token: off unless asked for.
     reflection: bool = False
     # Review queue: a reviewer's claim on an item lasts this long.
@@ -127,13 +131,18 @@ class Config:
         self._check_stream_limits()
 
     def _check_stream_limits(self) -> None:
-        if not 0 < self.max_streams < self.grpc_threads:
+        held = self.max_streams + self.max_unread_anonymous_calls
+        if self.max_streams < 1 or held >= self.grpc_threads:
             raise ValueError(
-                "max_streams must be at least 1 and less than grpc_threads"
-                f" ({self.max_streams} >= {self.grpc_threads}): unary calls and the"
-                " health check need threads that no stream can hold"
+                "max_streams must be at least 1 and max_streams + max_unread_anonymous_calls"
+                f" less than grpc_threads ({held} >= {self.grpc_threads}): unary calls and"
+                " the health check need threads that no stream can hold"
             )
-        for name in ("max_streams_per_token", "max_uploads_per_token"):
+        for name in (
+            "max_streams_per_token",
+            "max_uploads_per_token",
+            "max_unread_anonymous_calls",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("stream_idle_seconds", "stream_max_seconds"):

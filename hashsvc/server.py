@@ -27,7 +27,7 @@ from hashsvc.service import (
     MatcherServicer,
     ReviewServicer,
 )
-from hashsvc.streams import StreamLimiter
+from hashsvc.streams import StreamLimiter, UnreadCalls
 from hashsvc.uploads import Spool
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
@@ -50,10 +50,13 @@ class RunningServer:
     loader: threading.Thread | None = None  # the index load, when started in the background
     streams: StreamLimiter | None = None  # streams open now, within max_streams
     spool: Spool | None = None  # uploads waiting for hashing, within spool_max_bytes
+    unread: UnreadCalls | None = None  # calls whose request message has not arrived
 
     def stop(self, grace: float = 5.0) -> None:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
+        if self.unread is not None:
+            self.unread.close()
         self.metrics.stop()
         if self.loader is not None:
             # Stopped while starting: let the start-up finish first, rather
@@ -86,10 +89,17 @@ def start_server(
     limiter = RateLimiter(config.rate_limit_per_second, config.rate_limit_burst)
     streams = StreamLimiter.from_config(config)
     spool = Spool.from_config(config)  # one budget for MatchUpload and AddEntryUpload
+    unread = UnreadCalls(config.stream_idle_seconds, config.max_unread_anonymous_calls)
     server = grpc.server(
         futures.ThreadPoolExecutor(config.grpc_threads, thread_name_prefix="grpc"),
         interceptors=[
-            AuthInterceptor(core.store, limiter, observe_rpc=metrics.observe_rpc, streams=streams)
+            AuthInterceptor(
+                core.store,
+                limiter,
+                observe_rpc=metrics.observe_rpc,
+                streams=streams,
+                unread=unread,
+            )
         ],
         options=options,
     )
@@ -109,7 +119,7 @@ def start_server(
         )
     port = _bind(server, config)
     running = RunningServer(
-        server, port, core, health_servicer, metrics, streams=streams, spool=spool
+        server, port, core, health_servicer, metrics, streams=streams, spool=spool, unread=unread
     )
     if config.metrics_listen:
         running.metrics_port = metrics.serve(config.metrics_listen)

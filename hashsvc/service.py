@@ -17,7 +17,7 @@ import grpc
 from hashsvc import auth, bulk, bulk_pb, convert
 from hashsvc.core import Core
 from hashsvc.errors import HashsvcError, InvalidArgument, TooLarge, status_name
-from hashsvc.streams import ANONYMOUS, Requests, StreamLimiter, StreamSlot
+from hashsvc.streams import ANONYMOUS, Requests, StreamLimiter, StreamSlot, UnreadCalls
 from hashsvc.uploads import Spool
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
@@ -93,22 +93,30 @@ class AuthInterceptor(grpc.ServerInterceptor):
         limiter: auth.RateLimiter | None = None,
         observe_rpc=None,
         streams: StreamLimiter | None = None,
+        unread: UnreadCalls | None = None,
     ) -> None:
         self.store = store
         self.limiter = limiter or auth.RateLimiter(0)
         # observe_rpc(rpc name, status code name, perf_counter start) for metrics
         self.observe_rpc = observe_rpc
         self.streams = streams
+        self.unread = unread
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None:
             return handler
-        streams = self.streams
+        streams, unread = self.streams, self.unread
+        # A unary call's request message is read here, after the token (sent
+        # with the headers) is checked: grpc would hold a thread waiting for
+        # it before any check, for as long as the client sends nothing.
+        reads_first = unread is not None and not handler.request_streaming
         if method.startswith(auth.PUBLIC_SERVICES):
+            if reads_first:  # health checks
+                return _rewrap(handler, lambda b: _public_unary(b, method, unread), reads_first)
             # Reflection is a stream anyone may open: capped like the others,
-            # its callers counted as one. (Health's Watch holds no thread.)
+            # its callers counted as one.
             if streams is None or not handler.request_streaming:
                 return handler
             return _rewrap(handler, lambda behavior: _public_stream(behavior, streams))
@@ -137,7 +145,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     except HashsvcError as exc:
                         _abort(context, exc)
                     CALLER.set(record)
-                    if held is not None and handler.request_streaming:
+                    if reads_first:
+                        request_or_iterator = _first_request(
+                            request_or_iterator, context, method, unread, anonymous=False
+                        )
+                    elif held is not None and handler.request_streaming:
                         request_or_iterator = streams.requests(request_or_iterator)
                         held.append(request_or_iterator)
                     result = behavior(request_or_iterator, context)
@@ -153,16 +165,21 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
             return guarded
 
-        return _rewrap(handler, guard)
+        return _rewrap(handler, guard, reads_first)
 
 
-def _rewrap(handler, guard):
+def _rewrap(handler, guard, reads_first: bool = False):
+    """The handler with its behavior wrapped by guard; reads_first: a unary
+    request becomes a stream of one, which grpc hands over unread."""
     kind = next(
         k
         for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
         if getattr(handler, k)
     )
-    factory = getattr(grpc, f"{kind}_rpc_method_handler")
+    served_as = kind
+    if reads_first:
+        served_as = {"unary_unary": "stream_unary", "unary_stream": "stream_stream"}[kind]
+    factory = getattr(grpc, f"{served_as}_rpc_method_handler")
     return factory(
         guard(getattr(handler, kind)),
         request_deserializer=handler.request_deserializer,
@@ -186,6 +203,32 @@ def _let_go(held) -> None:
     held[0].release()
     for requests in held[1:]:
         requests.close()
+
+
+def _first_request(request_iterator, context, method: str, unread: UnreadCalls, anonymous: bool):
+    try:
+        return unread.read_first(request_iterator, context, anonymous)
+    except StopIteration:
+        # what grpc answers a unary call that ends without a message
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, f'"{method}" requires exactly one request message.'
+        )
+    except grpc.RpcError as exc:  # cancelled: by the client, or for sending nothing
+        _abort(context, exc)
+
+
+def _public_unary(behavior, method: str, unread: UnreadCalls):
+    """A health check: its request read within the limits on calls without a token."""
+
+    def reading(request_iterator, context, *args, **kwargs):
+        request = _first_request(request_iterator, context, method, unread, anonymous=True)
+        return behavior(request, context, *args, **kwargs)
+
+    # Health's Watch answers through a callback and holds no thread: keep that
+    for name in ("experimental_non_blocking", "experimental_thread_pool"):
+        if hasattr(behavior, name):
+            setattr(reading, name, getattr(behavior, name))
+    return reading
 
 
 def _public_stream(behavior, streams: StreamLimiter):

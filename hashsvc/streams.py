@@ -10,6 +10,7 @@ for the next message forever)."""
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -21,6 +22,8 @@ from hashsvc.errors import Timeout, TooLarge
 
 if TYPE_CHECKING:
     from hashsvc.config import Config
+
+log = logging.getLogger(__name__)
 
 # Callers without a token (server reflection) share one per-caller count.
 ANONYMOUS = "anonymous"
@@ -196,3 +199,85 @@ class Requests:
             except queue.Full:
                 continue
         return False
+
+
+class UnreadCalls:
+    """Calls whose request message has not arrived. grpc's sync server holds a
+    thread for each while it waits for the message, without a time limit: 40
+    calls to Match that sent headers only (any client can: a streaming stub on
+    a unary method's path) stalled every RPC and the health check. Here the
+    interceptor reads the message itself, after checking the token, which
+    comes with the headers (so a call without one holds nothing); the wait
+    is bounded by stream_idle_seconds (the call is then cancelled), and calls
+    without a token (health checks) have at most max_unread_anonymous_calls
+    waiting: a new one cancels the oldest (a real probe's message arrives
+    with its headers, within milliseconds)."""
+
+    def __init__(self, seconds: float, max_anonymous: int) -> None:
+        self.seconds = seconds
+        self.max_anonymous = max_anonymous
+        self._lock = threading.Lock()
+        self._waiting: dict[int, tuple[float, object]] = {}  # id -> (deadline, context)
+        self._anonymous: dict[int, object] = {}  # id -> context, oldest first
+        self._next_id = 0
+        self._watcher: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    def read_first(self, request_iterator: Iterator, context, anonymous: bool):
+        """The call's one request message (StopIteration: the client sent none;
+        grpc.RpcError: the call was cancelled, by the client or by this watch)."""
+        key = self._enter(context, anonymous)
+        try:
+            return next(request_iterator)
+        finally:
+            self._leave(key)
+
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._waiting)
+
+    def close(self) -> None:
+        self._stopped.set()
+
+    def _enter(self, context, anonymous: bool) -> int:
+        evicted = []
+        with self._lock:
+            key = self._next_id
+            self._next_id += 1
+            self._waiting[key] = (time.monotonic() + self.seconds, context)
+            if anonymous:
+                self._anonymous[key] = context
+                while len(self._anonymous) > self.max_anonymous:
+                    oldest = next(iter(self._anonymous))
+                    evicted.append(self._anonymous.pop(oldest))
+                    self._waiting.pop(oldest, None)
+            if self._watcher is None:
+                self._watcher = threading.Thread(
+                    target=self._watch, daemon=True, name="unread-calls"
+                )
+                self._watcher.start()
+        for waiting in evicted:
+            log.info("a call without a token sent no request message: cancelled for a newer one")
+            waiting.cancel()
+        return key
+
+    def _leave(self, key: int) -> None:
+        with self._lock:
+            self._waiting.pop(key, None)
+            self._anonymous.pop(key, None)
+
+    def _watch(self) -> None:
+        period = min(0.25, self.seconds / 4)
+        while not self._stopped.wait(period):
+            now = time.monotonic()
+            with self._lock:
+                overdue = [k for k, (deadline, _) in self._waiting.items() if deadline <= now]
+                contexts = [self._waiting.pop(k)[1] for k in overdue]
+                for k in overdue:
+                    self._anonymous.pop(k, None)
+            for context in contexts:
+                log.info(
+                    "no request message within %g s (stream_idle_seconds): call cancelled",
+                    self.seconds,
+                )
+                context.cancel()

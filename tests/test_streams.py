@@ -51,8 +51,9 @@ def _timed(fn) -> float:
 
 def test_idle_streams_leave_room_for_match_and_health(tmp_path):
     """200 idle reflection streams (no token), 200 idle MatchUpload streams with
-    valid tokens and 200 without a token, all open at once: Match and the
-    health check still answer within 100 ms, and the idle streams end by
+    valid tokens and 200 without a token, 200 calls to Match and 200 health
+    checks that send headers and no message, all open at once: Match and the
+    health check still answer within 100 ms, and the idle calls end by
     themselves after stream_idle_seconds."""
     h = start_harness(
         f"sqlite:///{tmp_path}/streams.db",
@@ -101,6 +102,14 @@ def test_idle_streams_leave_room_for_match_and_health(tmp_path):
             calls.append(
                 ("anonymous upload", matcher.MatchUpload.future(_idle_requests(header, release)))
             )
+            # a unary method's call that sends its headers and no message
+            # (any client can: a streaming stub on the method's path)
+            for kind, path in (
+                ("headers-only Match", "/hashsvc.v1.Matcher/Match"),
+                ("headers-only health check", "/grpc.health.v1.Health/Check"),
+            ):
+                raw = channels[-1].stream_stream(path)
+                calls.append((kind, raw(_idle_requests(None, release))))
 
         # the rejected streams end at once; the admitted ones stay open, idle
         time.sleep(0.3)
@@ -131,6 +140,10 @@ def test_idle_streams_leave_room_for_match_and_health(tmp_path):
             and grpc.StatusCode.DEADLINE_EXCEEDED in (by_kind["upload"])
         )
         assert by_kind["anonymous upload"] == {grpc.StatusCode.UNAUTHENTICATED}
+        assert by_kind["headers-only Match"] == {grpc.StatusCode.UNAUTHENTICATED}
+        # cancelled: for a newer one past max_unread_anonymous_calls, or at the idle deadline
+        assert by_kind["headers-only health check"] == {grpc.StatusCode.CANCELLED}
+        assert h.running.unread.waiting() == 0
         assert h.running.streams.open_streams() == 0
     finally:
         release.set()
