@@ -71,7 +71,8 @@ class Config:
     # A stream that sends no message for this long ends with DEADLINE_EXCEEDED
     # (the server's own work between messages, e.g. a batch's items in flight,
     # does not count); one still receiving after stream_max_seconds ends too
-    # (a 2 GiB upload at 1 MB/s takes ~36 min).
+    # (a 2 GiB upload at 1 MB/s takes ~36 min). A unary call's message must
+    # arrive within stream_idle_seconds too (else the call is cancelled).
     stream_idle_seconds: float = 30.0
     stream_max_seconds: float = 3600.0
     # Calls without a token (health checks) whose request message has not

@@ -6,7 +6,8 @@ grpc_threads, and max_streams_per_token per caller; past a cap a new stream
 gets RESOURCE_EXHAUSTED at once. And a stream's requests are read through
 `Requests`, which ends a stream that sends nothing for stream_idle_seconds or
 is still sending after stream_max_seconds (grpc's own request iterator waits
-for the next message forever)."""
+for the next message forever). `UnreadCalls` bounds the wait for a unary
+call's one message the same way."""
 
 from __future__ import annotations
 
