@@ -243,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"{os.cpu_count() or 1}). The server hashes them on its worker processes (`workers`, "
         "default one per server core), each upload holding one of its `grpc_threads` (default "
         "16, shared with Match) until hashed: for a server on another machine give its worker "
-        "count; on a server that also matches live uploads, stay below grpc_threads",
+        "count; on a server that also matches live uploads, stay below grpc_threads. Files "
+        "over 4 MiB are streams: at most the server's max_streams_per_token and "
+        "max_uploads_per_token (default 4) at once, the rest refused (RESOURCE_EXHAUSTED)",
     )
     p.add_argument(
         "--quiet",

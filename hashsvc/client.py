@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Iterator
 
 import grpc
@@ -17,6 +18,10 @@ DEFAULT_SERVER = "127.0.0.1:50051"
 # streamed in chunks (MatchUpload, AddEntryUpload) and never read whole.
 STREAM_ABOVE_BYTES = 4 * 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
+# Streamed uploads one client has open at once; the others wait here. The
+# server refuses a token's streams past max_streams_per_token and
+# max_uploads_per_token (default 4 each) with RESOURCE_EXHAUSTED.
+UPLOADS_IN_FLIGHT = 4
 
 
 def file_chunks(path: str) -> Iterator[bytes]:
@@ -112,6 +117,7 @@ class Client:
         self.audit = pb_grpc.AuditStub(self.channel)
         self.admin = pb_grpc.AdminStub(self.channel)
         self.review = pb_grpc.ReviewStub(self.channel)
+        self._uploads = threading.BoundedSemaphore(UPLOADS_IN_FLIGHT)
 
     @property
     def metadata(self) -> tuple:
@@ -123,15 +129,17 @@ class Client:
         """Match media sent as a stream of chunks (any size up to the server's
         max_upload_bytes); header holds client_ref and sets, no media."""
         messages = (pb.MatchUploadRequest(chunk=c) for c in chunks)
-        return self.matcher.MatchUpload(
-            _prepend(pb.MatchUploadRequest(header=header), messages), metadata=self.metadata
-        )
+        with self._uploads:
+            return self.matcher.MatchUpload(
+                _prepend(pb.MatchUploadRequest(header=header), messages), metadata=self.metadata
+            )
 
     def add_entry_upload(self, header: pb.AddEntryRequest, chunks: Iterator[bytes]) -> pb.Entry:
         messages = (pb.AddEntryUploadRequest(chunk=c) for c in chunks)
-        return self.curation.AddEntryUpload(
-            _prepend(pb.AddEntryUploadRequest(header=header), messages), metadata=self.metadata
-        )
+        with self._uploads:
+            return self.curation.AddEntryUpload(
+                _prepend(pb.AddEntryUploadRequest(header=header), messages), metadata=self.metadata
+            )
 
     def close(self) -> None:
         self.channel.close()

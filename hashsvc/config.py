@@ -87,6 +87,26 @@ class Config:
     rate_limit_per_second: float = 0.0
     rate_limit_burst: int = 0  # 0: one second's worth
     grpc_threads: int = 16
+    # Streams (uploads, BulkLoad, MatchBatch, exports, reflection) hold a gRPC
+    # thread each for as long as they are open: 16 idle ones stalled every RPC
+    # and the health check (issue 16). At most max_streams at once, fewer than
+    # grpc_threads, so unary calls and health always find a thread; past a cap a
+    # new stream gets RESOURCE_EXHAUSTED at once.
+    max_streams: int = 8
+    max_streams_per_token: int = 4  # callers without a token (reflection) share one
+    # A stream that sends no message for this long ends with DEADLINE_EXCEEDED
+    # (the server's own work between messages, e.g. a batch's items in flight,
+    # does not count); one still receiving after stream_max_seconds ends too
+    # (a 2 GiB upload at 1 MB/s takes ~36 min). A unary call's message must
+    # arrive within stream_idle_seconds too (else the call is cancelled).
+    stream_idle_seconds: float = 30.0
+    stream_max_seconds: float = 3600.0
+    # Calls without a token (health checks) whose request message has not
+    # arrived yet: at most this many hold a thread, a newer one cancels the
+    # oldest (grpc waits for a message forever; headers only are enough).
+    max_unread_anonymous_calls: int = 4
+    # Server reflection (grpcurl and the like) needs no token: off unless asked for.
+    reflection: bool = False
     # Review queue: a reviewer's claim on an item lasts this long.
     review_claim_seconds: float = 900.0
     # Flood alert: an entry matching more than this many uploads within the
@@ -110,6 +130,11 @@ class Config:
     max_upload_bytes: int = 2 * 1024 * 1024 * 1024
     # Where uploads are spooled; "" = the system's temporary directory.
     spool_dir: str = ""
+    # Bytes all uploads of this replica may hold in the spool at once (6 idle
+    # streams held 901 MB before this limit; 16 x 2 GiB were possible), and
+    # uploads one token may have in flight. Past either: RESOURCE_EXHAUSTED.
+    spool_max_bytes: int = 4 * 1024 * 1024 * 1024
+    max_uploads_per_token: int = 4
     # Hashing a video, audio or PDF may take this long (images: hash_timeout_seconds).
     media_timeout_seconds: float = 600.0
     video: VideoLimits = field(default_factory=VideoLimits)
@@ -186,6 +211,7 @@ class Config:
         if self.flood_max_pending_entries < 1:
             raise ValueError("flood_max_pending_entries must be 1 or more")
         self._check_transport()
+        self._check_stream_limits()
 
     def _check_transport(self) -> None:
         # A half-made TLS config used to serve plaintext without a word.
@@ -202,6 +228,30 @@ class Config:
                 f"listen = {self.listen!r} is not a loopback address and TLS is not set: "
                 "tokens and uploads would cross the network in clear; set tls_cert_file and "
                 "tls_key_file, or allow_insecure = true (e.g. behind a TLS-terminating proxy)"
+            )
+
+    def _check_stream_limits(self) -> None:
+        held = self.max_streams + self.max_unread_anonymous_calls
+        if self.max_streams < 1 or held >= self.grpc_threads:
+            raise ValueError(
+                "max_streams must be at least 1 and max_streams + max_unread_anonymous_calls"
+                f" less than grpc_threads ({held} >= {self.grpc_threads}): unary calls and"
+                " the health check need threads that no stream can hold"
+            )
+        for name in (
+            "max_streams_per_token",
+            "max_uploads_per_token",
+            "max_unread_anonymous_calls",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("stream_idle_seconds", "stream_max_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be more than 0")
+        if self.spool_max_bytes < self.max_upload_bytes:
+            raise ValueError(
+                f"spool_max_bytes ({self.spool_max_bytes}) must be at least max_upload_bytes"
+                f" ({self.max_upload_bytes}): a largest upload must fit in the spool"
             )
 
     def history_key(self) -> bytes | None:

@@ -1,4 +1,5 @@
-"""Wiring: config -> core -> gRPC server with auth, health and reflection."""
+"""Wiring: config -> core -> gRPC server with auth, stream limits, health and
+(when configured) reflection."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ from hashsvc.service import (
     MatcherServicer,
     ReviewServicer,
 )
+from hashsvc.streams import StreamLimiter, UnreadCalls
+from hashsvc.uploads import Spool
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
 
@@ -60,11 +63,16 @@ class RunningServer:
     metrics_port: int = 0
     loader: threading.Thread | None = None  # the index load, when started in the background
     stopping: threading.Event = field(default_factory=threading.Event)
+    streams: StreamLimiter | None = None  # streams open now, within max_streams
+    spool: Spool | None = None  # uploads waiting for hashing, within spool_max_bytes
+    unread: UnreadCalls | None = None  # calls whose request message has not arrived
 
     def stop(self, grace: float = 5.0) -> None:
         self.stopping.set()  # the health follower first: it must not say SERVING again
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
+        if self.unread is not None:
+            self.unread.close()
         self.metrics.stop()
         if self.loader is not None:
             # Stopped while starting: let the start-up finish first, rather
@@ -128,33 +136,43 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
         # between the two (issue 16: 3 of 8 calls reached the wrong store).
         ("grpc.so_reuseport", 0),
     ]
+    limiter = RateLimiter(config.rate_limit_per_second, config.rate_limit_burst)
+    streams = StreamLimiter.from_config(config)
+    spool = Spool.from_config(config)  # one budget for MatchUpload and AddEntryUpload
+    unread = UnreadCalls(config.stream_idle_seconds, config.max_unread_anonymous_calls)
     server = grpc.server(
         futures.ThreadPoolExecutor(config.grpc_threads, thread_name_prefix="grpc"),
         interceptors=[
             AuthInterceptor(
                 core.store,
-                RateLimiter(config.rate_limit_per_second, config.rate_limit_burst),
+                limiter,
                 observe_rpc=metrics.observe_rpc,
+                streams=streams,
+                unread=unread,
             )
         ],
         options=options,
     )
-    pb_grpc.add_MatcherServicer_to_server(
-        MatcherServicer(core, batch_threads=max(2, config.worker_count() * 2)), server
+    matcher = MatcherServicer(
+        core, batch_threads=max(2, config.worker_count() * 2), limiter=limiter, spool=spool
     )
-    pb_grpc.add_CurationServicer_to_server(CurationServicer(core), server)
+    pb_grpc.add_MatcherServicer_to_server(matcher, server)
+    pb_grpc.add_CurationServicer_to_server(CurationServicer(core, spool=spool), server)
     pb_grpc.add_AuditServicer_to_server(AuditServicer(core), server)
     pb_grpc.add_ReviewServicer_to_server(ReviewServicer(core), server)
     pb_grpc.add_AdminServicer_to_server(AdminServicer(core), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    if config.reflection:  # off by default: anyone may call it, no token needed
+        reflection.enable_server_reflection(
+            [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
     port = _bind(server, config)
     if warning := plaintext_warning(config):
         log.warning(warning)
-    running = RunningServer(server, port, core, health_servicer, metrics)
+    running = RunningServer(
+        server, port, core, health_servicer, metrics, streams=streams, spool=spool, unread=unread
+    )
     if config.metrics_listen:
         try:
             running.metrics_port = metrics.serve(config.metrics_listen)

@@ -10,7 +10,7 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import grpc
 from google.protobuf.message import Message
@@ -18,8 +18,9 @@ from google.protobuf.message import Message
 from hashsvc import audit, auth, bulk, bulk_pb, convert
 from hashsvc.config import StringLimits
 from hashsvc.core import Core
-from hashsvc.errors import HashsvcError, InvalidArgument, status_name
-from hashsvc.uploads import spooled
+from hashsvc.errors import HashsvcError, InvalidArgument, TooLarge, status_name
+from hashsvc.streams import ANONYMOUS, Requests, StreamLimiter, StreamSlot, UnreadCalls
+from hashsvc.uploads import Spool
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
 
@@ -113,60 +114,187 @@ def reviewer_identity() -> str:
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    """Authenticates the token and checks the role before the handler runs."""
+    """Authenticates the token and checks the role before the handler runs;
+    admits streams within the stream limits (hashsvc/streams.py)."""
 
-    def __init__(self, store, limiter: auth.RateLimiter | None = None, observe_rpc=None) -> None:
+    def __init__(
+        self,
+        store,
+        limiter: auth.RateLimiter | None = None,
+        observe_rpc=None,
+        streams: StreamLimiter | None = None,
+        unread: UnreadCalls | None = None,
+    ) -> None:
         self.store = store
         self.limiter = limiter or auth.RateLimiter(0)
         # observe_rpc(rpc name, status code name, perf_counter start) for metrics
         self.observe_rpc = observe_rpc
+        self.streams = streams
+        self.unread = unread
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(auth.PUBLIC_SERVICES):
+        if handler is None:
             return handler
+        streams, unread = self.streams, self.unread
+        # A unary call's request message is read here, after the token (sent
+        # with the headers) is checked: grpc would hold a thread waiting for
+        # it before any check, for as long as the client sends nothing.
+        reads_first = unread is not None and not handler.request_streaming
+        if method.startswith(auth.PUBLIC_SERVICES):
+            if reads_first:  # health checks
+                return _rewrap(handler, lambda b: _public_unary(b, method, unread), reads_first)
+            # Reflection is a stream anyone may open: capped like the others,
+            # its callers counted as one.
+            if streams is None or not handler.request_streaming:
+                return handler
+            return _rewrap(handler, lambda behavior: _public_stream(behavior, streams))
         token = auth.token_from_metadata(handler_call_details.invocation_metadata)
         store, limiter, observe = self.store, self.limiter, self.observe_rpc
         rpc_name = method.rsplit("/", 1)[-1]
+        is_stream = streams is not None and (
+            handler.request_streaming or handler.response_streaming
+        )
+        counted_per_item = method in auth.RATE_LIMITED_PER_ITEM
 
         def guard(behavior):
             @functools.wraps(behavior)
             def guarded(request_or_iterator, context):
                 started = time.perf_counter()
+                held = None  # [slot, Requests or None] of an admitted stream
                 streaming = False
                 try:
                     try:
                         record = auth.authenticate(store, token)
                         auth.authorize(record, method)
-                        limiter.check(record)
+                        if not counted_per_item:
+                            limiter.check(record)
+                        if is_stream:
+                            held = [_admit(streams, context, record.id, f"token {record.name!r}")]
                     except HashsvcError as exc:
                         _abort(context, exc)
                     CALLER.set(record)
                     # action records by this caller carry its token id
                     audit.ACTING_TOKEN.set((record.name, record.id))
+                    if reads_first:
+                        request_or_iterator = _first_request(
+                            request_or_iterator, context, method, unread, anonymous=False
+                        )
+                    elif held is not None and handler.request_streaming:
+                        request_or_iterator = streams.requests(request_or_iterator)
+                        held.append(request_or_iterator)
                     result = behavior(request_or_iterator, context)
                     if inspect.isgenerator(result):
-                        streaming = True  # timed when the stream ends
-                        return _observed_stream(result, context, rpc_name, started, observe)
+                        streaming = True  # released and timed when the stream ends
+                        return _observed_stream(result, context, rpc_name, started, observe, held)
                     return result
                 finally:
-                    if observe is not None and not streaming:
-                        observe(rpc_name, _code_name(context), started)
+                    if not streaming:
+                        _let_go(held)
+                        if observe is not None:
+                            observe(rpc_name, _code_name(context), started)
 
             return guarded
 
-        kind = next(
-            k
-            for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
-            if getattr(handler, k)
+        return _rewrap(handler, guard, reads_first)
+
+
+def _rewrap(handler, guard, reads_first: bool = False):
+    """The handler with its behavior wrapped by guard; reads_first: a unary
+    request becomes a stream of one, which grpc hands over unread."""
+    kind = next(
+        k
+        for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+        if getattr(handler, k)
+    )
+    served_as = kind
+    if reads_first:
+        served_as = {"unary_unary": "stream_unary", "unary_stream": "stream_stream"}[kind]
+    factory = getattr(grpc, f"{served_as}_rpc_method_handler")
+    return factory(
+        guard(getattr(handler, kind)),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _admit(streams: StreamLimiter, context, key, caller: str) -> StreamSlot:
+    slot = streams.admit(key, caller)
+    # grpc calls back when the call ends, however it ends: the place is given
+    # back even if the handler's stream is never run to its end
+    if not context.add_callback(slot.release):
+        slot.release()  # the call has ended already
+    return slot
+
+
+def _let_go(held) -> None:
+    """An admitted stream is over: its place back, its request reader stopped."""
+    if held is None:
+        return
+    held[0].release()
+    for requests in held[1:]:
+        requests.close()
+
+
+def _first_request(request_iterator, context, method: str, unread: UnreadCalls, anonymous: bool):
+    try:
+        return unread.read_first(request_iterator, context, anonymous)
+    except StopIteration:
+        # what grpc answers a unary call that ends without a message
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, f'"{method}" requires exactly one request message.'
         )
-        factory = getattr(grpc, f"{kind}_rpc_method_handler")
-        return factory(
-            guard(getattr(handler, kind)),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+    except grpc.RpcError as exc:  # cancelled: by the client, or for sending nothing
+        _abort(context, exc)
+
+
+def _public_unary(behavior, method: str, unread: UnreadCalls):
+    """A health check: its request read within the limits on calls without a token."""
+
+    def reading(request_iterator, context, *args, **kwargs):
+        request = _first_request(request_iterator, context, method, unread, anonymous=True)
+        return behavior(request, context, *args, **kwargs)
+
+    # Health's Watch answers through a callback and holds no thread: keep that
+    for name in ("experimental_non_blocking", "experimental_thread_pool"):
+        if hasattr(behavior, name):
+            setattr(reading, name, getattr(behavior, name))
+    return reading
+
+
+def _public_stream(behavior, streams: StreamLimiter):
+    """Reflection (no token): within the same caps and deadlines as any stream."""
+
+    @functools.wraps(behavior)
+    def guarded(request_iterator, context):
+        try:
+            held = [_admit(streams, context, ANONYMOUS, "callers without a token")]
+        except HashsvcError as exc:
+            _abort(context, exc)
+        requests = streams.requests(request_iterator)
+        held.append(requests)
+        try:
+            result = behavior(requests, context)
+        except BaseException:
+            _let_go(held)
+            raise
+        if not inspect.isgenerator(result):
+            _let_go(held)
+            return result
+        return _with_status(result, context, held)
+
+    return guarded
+
+
+def _with_status(stream, context, held):
+    # a handler that is not ours does not turn our errors (the deadlines) into statuses
+    try:
+        yield from stream
+    except HashsvcError as exc:
+        _abort(context, exc)
+    finally:
+        _let_go(held)
 
 
 def _code_name(context) -> str:
@@ -174,10 +302,11 @@ def _code_name(context) -> str:
     return code.name if code is not None else "OK"
 
 
-def _observed_stream(stream, context, rpc_name, started, observe):
+def _observed_stream(stream, context, rpc_name, started, observe, held=None):
     try:
         yield from stream
     finally:
+        _let_go(held)
         if observe is not None:
             observe(rpc_name, _code_name(context), started)
 
@@ -207,11 +336,20 @@ def _counted(chunks, received: list[int]):
 
 
 class MatcherServicer(pb_grpc.MatcherServicer):
-    def __init__(self, core: Core, batch_threads: int) -> None:
+    def __init__(
+        self,
+        core: Core,
+        batch_threads: int,
+        limiter: auth.RateLimiter | None = None,
+        spool: Spool | None = None,
+    ) -> None:
         self.core = core
         self.limits = core.config.strings
         self._batch_pool = ThreadPoolExecutor(batch_threads, thread_name_prefix="batch")
         self._batch_in_flight = batch_threads
+        # the interceptor's limiter: MatchBatch counts each item against it
+        self.limiter = limiter or auth.RateLimiter(0)
+        self.spool = spool or Spool.from_config(core.config)
 
     @rpc
     @checks_own_strings
@@ -234,24 +372,23 @@ class MatcherServicer(pb_grpc.MatcherServicer):
 
     @rpc
     def MatchUpload(self, request_iterator, context):  # noqa: N802
-        config = self.core.config
+        caller = CALLER.get()
         header, received = None, [0]
         matching = False
         try:
             header, chunks = upload_parts(request_iterator, "MatchUpload", self.limits)
-            with spooled(
-                _counted(chunks, received), config.max_upload_bytes, config.spool_dir
-            ) as upload:
+            with self.spool.upload(_counted(chunks, received), caller.id, caller.name) as upload:
                 query = convert.match_query(header, upload)
                 matching = True  # from here on match() records the call
-                outcome = self.core.match(query, caller_name(), "MatchUpload")
+                outcome = self.core.match(query, caller.name, "MatchUpload")
         except BaseException as exc:
             # An upload refused before it was matched (too large, no header,
-            # two headers, no media, the client gone) is a Match call too.
+            # two headers, no media, the spool full, the client gone) is a
+            # Match call too.
             if not matching:
                 self.core.record_failed_match(
                     "MatchUpload",
-                    caller_name(),
+                    caller.name,
                     exc,
                     header.client_ref if header is not None else "",
                     received[0],
@@ -264,12 +401,17 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         # Items are matched concurrently (hashing runs in worker processes) and
         # answered in request order, each as soon as it and those before it
         # are done: a client may wait for an answer before sending more. A bad
-        # item gets an error response and the stream goes on.
-        caller, caller_token_id = caller_name(), CALLER.get().id
+        # item, or one past the token's rate limit, gets an error response and
+        # the stream goes on.
+        record = CALLER.get()
         limit = self.core.config.max_batch_items
         # Reading requests runs beside answering them; the bounded queue is the
         # backpressure (at most _batch_in_flight items hashed ahead).
         in_order: queue.Queue = queue.Queue(maxsize=self._batch_in_flight)
+        counts = {"read": 0, "answered": 0}
+        if isinstance(request_iterator, Requests):
+            # items in flight: the client may be waiting for their answers
+            request_iterator.busy = lambda: counts["read"] > counts["answered"]
 
         def put(item) -> bool:
             # never block forever on a call that was cancelled meanwhile
@@ -287,10 +429,12 @@ class MatcherServicer(pb_grpc.MatcherServicer):
                     if count > limit:
                         put(_TOO_MANY)
                         return
-                    if not put(
-                        self._batch_pool.submit(self._match_item, request, caller, caller_token_id)
-                    ):
+                    counts["read"] = count
+                    if not put(self._match_later(request, record)):
                         return
+            except HashsvcError as exc:  # the stream's idle or total deadline
+                put(exc)
+                return
             except Exception:  # noqa: BLE001 - the client went away mid-stream
                 log.debug("batch request stream ended early", exc_info=True)
             put(_END)
@@ -308,7 +452,28 @@ class MatcherServicer(pb_grpc.MatcherServicer):
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"a batch may hold at most {limit} items (max_batch_items)",
                 )
-            yield item.result()
+            if isinstance(item, HashsvcError):
+                _abort(context, item)
+            response = item.result()
+            counts["answered"] += 1
+            yield response
+
+    def _match_later(self, request: pb.MatchRequest, record) -> Future:
+        """The item's answer to come; an item past the token's rate limit is
+        answered at once with its own RESOURCE_EXHAUSTED, like a bad item."""
+        try:
+            self.limiter.check(record)
+        except TooLarge as exc:
+            refused: Future = Future()
+            refused.set_result(
+                pb.MatchResponse(
+                    client_ref=request.client_ref,
+                    error_code=status_name(exc),
+                    error_message=str(exc),
+                )
+            )
+            return refused
+        return self._batch_pool.submit(self._match_item, request, record.name, record.id)
 
     def _match_item(
         self, request: pb.MatchRequest, caller: str, caller_token_id: int
@@ -335,10 +500,11 @@ class MatcherServicer(pb_grpc.MatcherServicer):
 
 
 class CurationServicer(pb_grpc.CurationServicer):
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, spool: Spool | None = None) -> None:
         self.core = core
         self.limits = core.config.strings
         self.curation = core.curation
+        self.spool = spool or Spool.from_config(core.config)
 
     def _done(self, action: str, **detail) -> None:
         # Operators' writes go to the same hash-chained history as matches,
@@ -419,10 +585,10 @@ class CurationServicer(pb_grpc.CurationServicer):
         header, chunks = upload_parts(request_iterator, "AddEntryUpload", self.limits)
         if header.WhichOneof("content") is not None:
             raise InvalidArgument("an upload's header must not hold media or a hash")
-        config = self.core.config
-        with spooled(chunks, config.max_upload_bytes, config.spool_dir) as upload:
+        caller = CALLER.get()
+        with self.spool.upload(chunks, caller.id, caller.name) as upload:
             record = self.curation.add_entry(
-                header.set, header.name, dict(header.labels), caller_name(), media=upload
+                header.set, header.name, dict(header.labels), caller.name, media=upload
             )
         self._done("AddEntry", set=header.set, entry=record.name, entry_id=record.id)
         return convert.entry(record, header.set)
