@@ -209,7 +209,7 @@ def test_every_request_stream_ends_when_idle(store_url):
             assert "stream_idle_seconds" in details, (name, details)
         assert 1.0 <= elapsed < 6
         assert h.running.streams.open_streams() == 0
-        assert h.core.curation.list_entries("s", 10, "")[0] == []
+        assert h.core.curation.entry_page("s", 10, "", 10_000).entries == []
     finally:
         release.set()
         for call in calls.values():
