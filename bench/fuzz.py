@@ -20,9 +20,11 @@ huge and odd sizes and tokens (INVALID_ARGUMENT, never more than a page's
 cap); over-long strings, NUL and control characters in every text a caller
 sends or filters on (INVALID_ARGUMENT or NOT_FOUND, never INTERNAL); a flood
 of exact copies of a known entry past the flood threshold (every copy still
-BLOCKs); and 600 idle streams (MatchUpload with and without a token,
-reflection) held open while Match and the health check must answer within
---max-idle-latency-ms. `--store postgresql` (or both) runs it all on
+BLOCKs); and 1,400 idle calls (MatchUpload with and without a token,
+BulkLoad, MatchBatch, reflection, unary Match and health calls whose message
+never comes) held open while Match and the health check must answer within
+--max-idle-latency-ms, each then ended by the server itself (idle deadline,
+a cap, no token) with a typed status. `--store postgresql` (or both) runs it all on
 PostgreSQL, where NUL in text used to be an INTERNAL error.
 Exits 1 when any of these fails.
 """
@@ -58,12 +60,14 @@ from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc  # noqa: E402
 from tests import hostile  # noqa: E402
 
 MAX_MESSAGE = 4 * 1024 * 1024
+IDLE_SECONDS = 3  # the fuzz server's stream_idle_seconds
 MAX_UPLOAD = 8 * 1024 * 1024
 CONFIG = f"""
 max_message_bytes = {MAX_MESSAGE}
 max_upload_bytes = {MAX_UPLOAD}
 media_timeout_seconds = 60.0
 quarantine_matches = 50
+stream_idle_seconds = {IDLE_SECONDS}
 """
 ALLOWED = hostile.TYPED | {"NOT_FOUND"}  # NOT_FOUND: an entry for a set that does not exist
 # Typed answers to hostile API calls (names that do not exist, refused roles,
@@ -145,7 +149,7 @@ class Report:
         out.append(
             f"API cases answered wrongly: {len(self.wrong)}"
             f"{' ' + ', '.join(self.wrong[:5]) if self.wrong else ''};"
-            f" slowest Match/health beside {3 * IDLE_STREAMS} idle streams:"
+            f" slowest Match/health beside {7 * IDLE_STREAMS} idle calls:"
             f" {self.idle_latency * 1000:.0f} ms"
         )
         if s:
@@ -289,6 +293,10 @@ PAGE_TOKENS = ("", "-1", "0", "²", "١٢", "9" * 30, "abc", "1\x00", "1" * 5000
 HOSTILE_STRINGS = ("x" * (1 << 20), "a\x00b", "\x00", "line\nbreak\x7f", "x" * 70_000)
 FLOOD_COPIES = 120  # > the fuzz server's quarantine_matches
 IDLE_STREAMS = 200  # of each kind
+# How the server ends an idle call: past its idle deadline, past a cap,
+# without a valid token, or (reflection) because it is off.
+IDLE_ENDS = {"DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "UNAUTHENTICATED", "CANCELLED",
+             "UNIMPLEMENTED"}  # fmt: skip
 LATENCY_PROBES = 10
 
 
@@ -399,28 +407,42 @@ def _protocol(channel, md, report, seeds, ping_latency_limit: float) -> None:
 
 
 def _idle_streams(address_channel, md, report, probe) -> float:
-    """Opens IDLE_STREAMS idle MatchUpload streams with a token, as many without
-    one and as many reflection streams, then times Match and the health check
-    (the slowest of LATENCY_PROBES each, seconds); closes everything."""
+    """Opens IDLE_STREAMS idle calls of each kind (MatchUpload with and without
+    a token, BulkLoad, MatchBatch, reflection, and unary Match and health
+    calls whose message never comes), then times Match and the health check
+    (the slowest of LATENCY_PROBES each, seconds). Each idle call must then end
+    by itself (within the server's stream_idle_seconds) with a typed status."""
     gate = threading.Event()
 
-    def idle(first):
-        yield first
-        gate.wait(120)
+    def idle(first=None):
+        if first is not None:
+            yield first
+        gate.wait(IDLE_SECONDS + 60)
 
-    header = pb.MatchUploadRequest(header=pb.MatchRequest(client_ref="idle"))
-    calls = []
+    upload = pb.MatchUploadRequest(header=pb.MatchRequest(client_ref="idle"))
+    bulk = pb.BulkLoadRequest(header=pb.BulkLoadHeader(set="hostile"))
     matcher = pb_grpc.MatcherStub(address_channel)
+    curation = pb_grpc.CurationStub(address_channel)
     reflection_stub = reflection_pb2_grpc.ServerReflectionStub(address_channel)
+    # a unary method called as a stream: headers sent, the message never
+    raw_match = address_channel.stream_stream("/hashsvc.v1.Matcher/Match")
+    raw_health = address_channel.stream_stream("/grpc.health.v1.Health/Check")
+    kinds = {
+        "upload": lambda: matcher.MatchUpload.future(idle(upload), metadata=md["matcher"]),
+        "upload-no-token": lambda: matcher.MatchUpload.future(idle(upload)),
+        "bulkload": lambda: curation.BulkLoad.future(idle(bulk), metadata=md["operator"]),
+        "batch": lambda: matcher.MatchBatch(idle(), metadata=md["matcher"]),
+        "reflection": lambda: reflection_stub.ServerReflectionInfo(
+            idle(reflection_pb2.ServerReflectionRequest(list_services=""))
+        ),
+        "headers-only-match": lambda: raw_match(idle(), metadata=md["matcher"]),
+        "headers-only-health": lambda: raw_health(idle()),
+    }
+    calls = []
     try:
         for _ in range(IDLE_STREAMS):
-            calls.append(matcher.MatchUpload.future(idle(header), metadata=md["matcher"]))
-            calls.append(matcher.MatchUpload.future(idle(header)))
-            calls.append(
-                reflection_stub.ServerReflectionInfo(
-                    idle(reflection_pb2.ServerReflectionRequest(list_services=""))
-                )
-            )
+            for kind, open_call in kinds.items():
+                calls.append((kind, open_call()))
         time.sleep(1.0)  # let the server take them all
         health = health_pb2_grpc.HealthStub(address_channel)
         slowest = 0.0
@@ -441,11 +463,33 @@ def _idle_streams(address_channel, md, report, probe) -> float:
                 report.by_family["idle:probe"][code] += 1
                 if code != "OK":
                     report.wrong.append(f"idle:probe: {code}")
+        # nothing is cancelled from this side: the server ends them all
+        deadline = time.monotonic() + IDLE_SECONDS + 15
+        for kind, call in calls:
+            code = _end_of(call, deadline)
+            report.requests += 1
+            report.statuses[code] += 1
+            report.by_family[f"idle:{kind}"][code] += 1
+            if code not in IDLE_ENDS:
+                (report.untyped if code not in API_TYPED else report.wrong).append(
+                    f"idle:{kind}: {code}"
+                )
         return slowest
     finally:
         gate.set()
-        for c in calls:
-            c.cancel()
+        for _, call in calls:
+            call.cancel()
+
+
+def _end_of(call, deadline: float) -> str:
+    """The status an idle call ended with, waiting until `deadline` at most
+    ("STILL_OPEN" if it had not ended by then)."""
+    while time.monotonic() < deadline:
+        if call.done():
+            code = call.code()
+            return code.name if code is not None else "OK"
+        time.sleep(0.05)
+    return "STILL_OPEN"
 
 
 def main() -> None:

@@ -86,7 +86,10 @@ class Config:
     # Requests per second per API token (each replica counts its own); 0 = off.
     rate_limit_per_second: float = 0.0
     rate_limit_burst: int = 0  # 0: one second's worth
-    grpc_threads: int = 16
+    # Room for max_streams + max_unread_anonymous_calls + max_unread_token_calls
+    # (20) held by idle callers, and 12 for the work itself; an idle thread
+    # costs a stack and nothing else.
+    grpc_threads: int = 32
     # Streams (uploads, BulkLoad, MatchBatch, exports, reflection) hold a gRPC
     # thread each for as long as they are open: 16 idle ones stalled every RPC
     # and the health check (issue 16). At most max_streams at once, fewer than
@@ -105,6 +108,10 @@ class Config:
     # arrived yet: at most this many hold a thread, a newer one cancels the
     # oldest (grpc waits for a message forever; headers only are enough).
     max_unread_anonymous_calls: int = 4
+    # The same for calls with a token (headers sent, the message never): per
+    # token, and all tokens together; a newer one cancels the oldest.
+    max_unread_calls_per_token: int = 4
+    max_unread_token_calls: int = 8
     # Server reflection (grpcurl and the like) needs no token: off unless asked for.
     reflection: bool = False
     # Review queue: a reviewer's claim on an item lasts this long.
@@ -231,17 +238,20 @@ class Config:
             )
 
     def _check_stream_limits(self) -> None:
-        held = self.max_streams + self.max_unread_anonymous_calls
+        held = self.max_streams + self.max_unread_anonymous_calls + self.max_unread_token_calls
         if self.max_streams < 1 or held >= self.grpc_threads:
             raise ValueError(
                 "max_streams must be at least 1 and max_streams + max_unread_anonymous_calls"
-                f" less than grpc_threads ({held} >= {self.grpc_threads}): unary calls and"
-                " the health check need threads that no stream can hold"
+                f" + max_unread_token_calls less than grpc_threads ({held} >="
+                f" {self.grpc_threads}): unary calls and the health check need threads that"
+                " no idle caller can hold"
             )
         for name in (
             "max_streams_per_token",
             "max_uploads_per_token",
             "max_unread_anonymous_calls",
+            "max_unread_calls_per_token",
+            "max_unread_token_calls",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

@@ -18,6 +18,7 @@ from hashsvc.signals import Signal, signal_type
 # list would un-block known content.
 _ALLOW_LIST_TARGET = "an allow list cannot be a review target"
 
+
 @dataclass(frozen=True)
 class EntryPage:
     entries: list[EntryRecord]

@@ -139,7 +139,12 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
     limiter = RateLimiter(config.rate_limit_per_second, config.rate_limit_burst)
     streams = StreamLimiter.from_config(config)
     spool = Spool.from_config(config)  # one budget for MatchUpload and AddEntryUpload
-    unread = UnreadCalls(config.stream_idle_seconds, config.max_unread_anonymous_calls)
+    unread = UnreadCalls(
+        config.stream_idle_seconds,
+        config.max_unread_anonymous_calls,
+        config.max_unread_calls_per_token,
+        config.max_unread_token_calls,
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(config.grpc_threads, thread_name_prefix="grpc"),
         interceptors=[

@@ -179,7 +179,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                     audit.ACTING_TOKEN.set((record.name, record.id))
                     if reads_first:
                         request_or_iterator = _first_request(
-                            request_or_iterator, context, method, unread, anonymous=False
+                            request_or_iterator, context, method, unread, False, record.id
                         )
                     elif held is not None and handler.request_streaming:
                         request_or_iterator = streams.requests(request_or_iterator)
@@ -237,9 +237,16 @@ def _let_go(held) -> None:
         requests.close()
 
 
-def _first_request(request_iterator, context, method: str, unread: UnreadCalls, anonymous: bool):
+def _first_request(
+    request_iterator,
+    context,
+    method: str,
+    unread: UnreadCalls,
+    anonymous: bool,
+    token_id: int | None = None,
+):
     try:
-        return unread.read_first(request_iterator, context, anonymous)
+        return unread.read_first(request_iterator, context, anonymous, token_id)
     except StopIteration:
         # what grpc answers a unary call that ends without a message
         context.abort(

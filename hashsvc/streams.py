@@ -212,22 +212,39 @@ class UnreadCalls:
     is bounded by stream_idle_seconds (the call is then cancelled), and calls
     without a token (health checks) have at most max_unread_anonymous_calls
     waiting: a new one cancels the oldest (a real probe's message arrives
-    with its headers, within milliseconds)."""
+    with its headers, within milliseconds). A token holder could do the same
+    (bench/fuzz.py: 200 headers-only Matches with a matcher token timed out
+    Match and the health check for 10 s): a token has at most
+    max_unread_calls_per_token waiting and all tokens together
+    max_unread_token_calls, a new one again cancelling the oldest (its own,
+    or past the total, anyone's), so a pipeline's real calls, whose messages
+    come at once, are never the ones refused."""
 
-    def __init__(self, seconds: float, max_anonymous: int) -> None:
+    def __init__(
+        self,
+        seconds: float,
+        max_anonymous: int,
+        max_per_token: int = 4,
+        max_with_token: int = 8,
+    ) -> None:
         self.seconds = seconds
         self.max_anonymous = max_anonymous
+        self.max_per_token = max_per_token
+        self.max_with_token = max_with_token
         self._lock = threading.Lock()
         self._waiting: dict[int, tuple[float, object]] = {}  # id -> (deadline, context)
         self._anonymous: dict[int, object] = {}  # id -> context, oldest first
+        self._with_token: dict[int, tuple[int, object]] = {}  # id -> (token id, context)
         self._next_id = 0
         self._watcher: threading.Thread | None = None
         self._stopped = threading.Event()
 
-    def read_first(self, request_iterator: Iterator, context, anonymous: bool):
+    def read_first(
+        self, request_iterator: Iterator, context, anonymous: bool, token_id: int | None = None
+    ):
         """The call's one request message (StopIteration: the client sent none;
         grpc.RpcError: the call was cancelled, by the client or by this watch)."""
-        key = self._enter(context, anonymous)
+        key = self._enter(context, anonymous, token_id)
         try:
             return next(request_iterator)
         finally:
@@ -240,7 +257,7 @@ class UnreadCalls:
     def close(self) -> None:
         self._stopped.set()
 
-    def _enter(self, context, anonymous: bool) -> int:
+    def _enter(self, context, anonymous: bool, token_id: int | None = None) -> int:
         evicted = []
         with self._lock:
             key = self._next_id
@@ -252,13 +269,23 @@ class UnreadCalls:
                     oldest = next(iter(self._anonymous))
                     evicted.append(self._anonymous.pop(oldest))
                     self._waiting.pop(oldest, None)
+            elif token_id is not None:
+                self._with_token[key] = (token_id, context)
+                own = [k for k, (t, _) in self._with_token.items() if t == token_id]
+                for oldest in own[: max(0, len(own) - self.max_per_token)]:
+                    evicted.append(self._with_token.pop(oldest)[1])
+                    self._waiting.pop(oldest, None)
+                while len(self._with_token) > self.max_with_token:
+                    oldest = next(iter(self._with_token))
+                    evicted.append(self._with_token.pop(oldest)[1])
+                    self._waiting.pop(oldest, None)
             if self._watcher is None:
                 self._watcher = threading.Thread(
                     target=self._watch, daemon=True, name="unread-calls"
                 )
                 self._watcher.start()
         for waiting in evicted:
-            log.info("a call without a token sent no request message: cancelled for a newer one")
+            log.info("a call sent no request message: cancelled for a newer one")
             waiting.cancel()
         return key
 
@@ -266,6 +293,7 @@ class UnreadCalls:
         with self._lock:
             self._waiting.pop(key, None)
             self._anonymous.pop(key, None)
+            self._with_token.pop(key, None)
 
     def _watch(self) -> None:
         period = min(0.25, self.seconds / 4)
@@ -276,6 +304,7 @@ class UnreadCalls:
                 contexts = [self._waiting.pop(k)[1] for k in overdue]
                 for k in overdue:
                     self._anonymous.pop(k, None)
+                    self._with_token.pop(k, None)
             for context in contexts:
                 log.info(
                     "no request message within %g s (stream_idle_seconds): call cancelled",

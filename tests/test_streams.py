@@ -418,3 +418,45 @@ def test_calls_that_send_no_message_end_and_health_answers(tmp_path):
         for call in calls:
             call.cancel()
         h.close()
+
+
+def test_headers_only_calls_with_a_token_cannot_stall_the_server(tmp_path):
+    """bench/fuzz.py found it: 200 unary Matches with a valid matcher token that
+    send headers and never their message each held a gRPC thread until
+    stream_idle_seconds, and Match and the health check timed out. A token now
+    holds at most max_unread_calls_per_token such calls (all tokens together
+    max_unread_token_calls); a newer one cancels the oldest, and real calls,
+    whose message comes with the headers, answer at once."""
+    h = start_harness(
+        f"sqlite:///{tmp_path}/unread.db",
+        stream_idle_seconds=30.0,
+        max_unread_calls_per_token=3,
+        max_unread_token_calls=5,
+    )
+    release = threading.Event()
+    calls: list = []
+    try:
+        m, md = h.stubs("matcher")
+        op, omd = h.stubs("operator")
+        raw_match = m.channel.stream_stream("/hashsvc.v1.Matcher/Match")
+        raw_sets = op.channel.stream_stream("/hashsvc.v1.Curation/ListSets")
+        calls = [raw_match(_idle_requests(None, release), metadata=md) for _ in range(200)]
+        calls += [raw_sets(_idle_requests(None, release), metadata=omd) for _ in range(50)]
+        # all but the newest few are cancelled at once, not after 30 s
+        assert _wait(lambda: sum(c.done() for c in calls) >= 250 - 5, timeout=5)
+        assert h.running.unread.waiting() <= 5
+        health = health_pb2_grpc.HealthStub(m.channel)
+        probe = pb.MatchRequest(signal=pb.SignalValue(signal_type="md5", value="a" * 32))
+        for _ in range(10):
+            started = time.perf_counter()
+            assert m.matcher.Match(probe, metadata=md, timeout=5).decision == pb.ALLOW
+            check = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
+            assert time.perf_counter() - started < 0.2
+        done = [c for c in calls if c.done()]
+        assert {c.code() for c in done} == {grpc.StatusCode.CANCELLED}
+    finally:
+        release.set()
+        for call in calls:
+            call.cancel()
+        h.close()
