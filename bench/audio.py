@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hashsvc.audio_index import DEFAULT_MAX_BER, DEFAULT_MIN_SECONDS, AudioIndex  # noqa: E402
+from hashsvc.index.audio import DEFAULT_MAX_BER, DEFAULT_MIN_SECONDS, AudioIndex  # noqa: E402
 from hashsvc.media.audio import SECONDS_PER_WORD, AudioLimits, fingerprint_audio  # noqa: E402
 from tests import audio_media as am  # noqa: E402
 

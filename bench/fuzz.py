@@ -54,7 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hashdb import open_store  # noqa: E402
-from hashsvc import auth  # noqa: E402
+from hashsvc.core import auth  # noqa: E402
 from hashsvc.v1 import hashsvc_pb2 as pb  # noqa: E402
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc  # noqa: E402
 from tests import hostile  # noqa: E402
@@ -199,7 +199,7 @@ def run(
             port = s.getsockname()[1]
         log = open(os.path.join(tmp, "server.log"), "wb")  # noqa: SIM115
         server = subprocess.Popen(
-            [sys.executable, "-m", "hashsvc.cli", "serve", "--listen", f"127.0.0.1:{port}",
+            [sys.executable, "-m", "hashsvc", "serve", "--listen", f"127.0.0.1:{port}",
              "--db", db, "--workers", str(workers), "--config", str(config)],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip

@@ -31,11 +31,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hashsvc import auth  # noqa: E402
-from hashsvc.cli_bulk import LoadProgress, load  # noqa: E402
-from hashsvc.client import Client  # noqa: E402
-from hashsvc.config import Config  # noqa: E402
-from hashsvc.server import start_server  # noqa: E402
+from hashsvc.api.server import start_server  # noqa: E402
+from hashsvc.client.cli_bulk import LoadProgress, load  # noqa: E402
+from hashsvc.client.client import Client  # noqa: E402
+from hashsvc.core import auth  # noqa: E402
+from hashsvc.core.config import Config  # noqa: E402
 from hashsvc.v1 import hashsvc_pb2 as pb  # noqa: E402
 
 PG_URL = os.environ.get("HASHSVC_TEST_PG", "postgresql://127.0.0.1:5432/test")
@@ -48,7 +48,7 @@ def _measure_holds() -> None:
     the server."""
     from hashdb.postgres import PostgresStore
     from hashdb.sqlite import SQLiteStore
-    from hashsvc.index import _ReadWriteLock
+    from hashsvc.index.binary import _ReadWriteLock
 
     writing = _ReadWriteLock.writing
 
@@ -87,7 +87,7 @@ def _measure_holds() -> None:
         return timed_method
 
     from hashdb.sqlbase import SQLStore
-    from hashsvc.core import Core
+    from hashsvc.core.core import Core
 
     Core.match = timed(Core.match, "match in server")
     SQLStore.record_match = timed(SQLStore.record_match, "history write")

@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from media_mix import FULL, KINDS, SHORT, Upload, make_mix  # noqa: E402
 
 from hashdb import open_store  # noqa: E402
-from hashsvc import auth  # noqa: E402
+from hashsvc.core import auth  # noqa: E402
 from hashsvc.v1 import hashsvc_pb2 as pb  # noqa: E402
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -68,7 +68,7 @@ class Replica:
         self.port = free_port()
         self.log = open(os.path.join(log_dir, f"server-{self.port}.log"), "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hashsvc.cli", "serve", "--listen", f"127.0.0.1:{self.port}",
+            [sys.executable, "-m", "hashsvc", "serve", "--listen", f"127.0.0.1:{self.port}",
              "--db", db_url, "--workers", str(workers)],
             cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip

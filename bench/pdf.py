@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pymupdf  # noqa: E402
 from photos import load_photos  # noqa: E402
 
-from hashsvc import pdf_match  # noqa: E402
+from hashsvc.matching import pdf_evidence as pdf_match  # noqa: E402
 from hashsvc.media.pdf import PdfLimits, hash_pdf  # noqa: E402
 from tests import pdf_media as media  # noqa: E402
 

@@ -29,10 +29,10 @@ from photos import load_photos  # noqa: E402
 from transforms import TRANSFORMS, jpeg  # noqa: E402
 
 from hashdb import HashSetRecord  # noqa: E402
-from hashsvc.config import Config  # noqa: E402
+from hashsvc.base.signals import hamming  # noqa: E402
+from hashsvc.core.config import Config  # noqa: E402
+from hashsvc.matching.policy import ALLOW, BLOCK, Policy, strictest  # noqa: E402
 from hashsvc.media import image  # noqa: E402
-from hashsvc.policy import ALLOW, BLOCK, Policy, strictest  # noqa: E402
-from hashsvc.signals import hamming  # noqa: E402
 
 CONFIG = Config()
 POLICY = Policy(CONFIG.pdq)

@@ -27,11 +27,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hashsvc import auth  # noqa: E402
-from hashsvc.config import Config  # noqa: E402
-from hashsvc.hashing import HashingPool  # noqa: E402
-from hashsvc.index import signal_id  # noqa: E402
-from hashsvc.server import start_server  # noqa: E402
+from hashsvc.api.server import start_server  # noqa: E402
+from hashsvc.core import auth  # noqa: E402
+from hashsvc.core.config import Config  # noqa: E402
+from hashsvc.index.binary import signal_id  # noqa: E402
+from hashsvc.media.hashing import HashingPool  # noqa: E402
 from hashsvc.v1 import hashsvc_pb2 as pb  # noqa: E402
 from tests.helpers import PHOTOS, Stubs  # noqa: E402
 
@@ -86,7 +86,7 @@ def run_requests(
 
 def report_restart(core, tmp: str) -> None:
     """How long a restart takes to get the index back: snapshot vs rebuild."""
-    from hashsvc.index import BinaryIndex
+    from hashsvc.index.binary import BinaryIndex
 
     core.live.snapshot_dir = os.path.join(tmp, "snapshot")
     t = time.perf_counter()

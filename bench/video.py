@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hashsvc import video_match  # noqa: E402
+from hashsvc.matching import video_evidence as video_match  # noqa: E402
 from hashsvc.media import video  # noqa: E402
 from tests import video_media as vm  # noqa: E402
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from hashdb import columns
 from hashdb.model import IndexedSignal
-from hashsvc.signals import Signal
+from hashsvc.base.signals import Signal
 
 # The entries one bulk write creates are one change row, not one each (a row
 # a hash was a quarter of a load's writes and of every replica's catch-up):

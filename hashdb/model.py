@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from hashsvc.signals import Signal
+from hashsvc.base.signals import Signal
 
 
 @dataclass(frozen=True)

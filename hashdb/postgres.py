@@ -16,7 +16,7 @@ from hashdb import migrations
 from hashdb.review_sql import ReviewSQL
 from hashdb.sqlbase import SQLStore
 from hashdb.store import CONNECT_TIMEOUT_SECONDS, safe_url
-from hashsvc.errors import Unavailable
+from hashsvc.base.errors import Unavailable
 
 # Advisory lock keys (arbitrary constants, "hsv" + purpose).
 _MIGRATE_LOCK = 0x687376_01

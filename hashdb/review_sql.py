@@ -14,7 +14,7 @@ from datetime import datetime
 
 from hashdb.model import NewEntry, ReviewFilter, ReviewItem, Suppression
 from hashdb.sqlbase import from_micros, now_micros, to_micros
-from hashsvc.errors import AlreadyExists, FailedPrecondition
+from hashsvc.base.errors import AlreadyExists, FailedPrecondition
 
 _ITEM_COLUMNS = (
     "id, request_id, created_at, caller, media_type, client_ref, query_signals, matches,"
@@ -168,7 +168,7 @@ class ReviewSQL:
             )
             return [Suppression(r[0], r[1], bytes(r[2]), r[3]) for r in cur.fetchall()]
 
-    # -- flood alerts (hashsvc/flood.py FloodCounter)
+    # -- flood alerts (hashsvc/matching/flood.py FloodCounter)
 
     def add_flood_counts(
         self, counts: dict[int, int], bucket: int, window_buckets: int, threshold: int

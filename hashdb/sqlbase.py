@@ -30,8 +30,8 @@ from hashdb.model import (
     Thresholds,
     TokenRecord,
 )
-from hashsvc.errors import AlreadyExists, InvalidArgument, NotFound
-from hashsvc.signals import Signal
+from hashsvc.base.errors import AlreadyExists, InvalidArgument, NotFound
+from hashsvc.base.signals import Signal
 
 # iter_signals reads this many entries at a time (a video entry brings its frames).
 SIGNAL_BATCH = 5_000

@@ -16,7 +16,7 @@ from pathlib import Path
 from hashdb import migrations
 from hashdb.review_sql import ReviewSQL
 from hashdb.sqlbase import SQLStore
-from hashsvc.errors import Unavailable
+from hashsvc.base.errors import Unavailable
 
 
 class SQLiteStore(SQLStore, ReviewSQL):

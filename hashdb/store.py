@@ -23,13 +23,13 @@ from hashdb.model import (
     Thresholds,
     TokenRecord,
 )
-from hashsvc.signals import Signal
+from hashsvc.base.signals import Signal
 
 
 class Store(Protocol):
     """Everything hashsvc persists. Implementations are thread-safe.
 
-    Errors: AlreadyExists / NotFound from hashsvc.errors where stated; anything
+    Errors: AlreadyExists / NotFound from hashsvc.base.errors where stated; anything
     else is a bug or an outage and propagates.
     """
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import TextIO
 
-from hashsvc.signals import SIGNAL_TYPES
+from hashsvc.base.signals import SIGNAL_TYPES
 from loaders import records as r
 from loaders.records import PlainRows, Record, Rejected, RowError
 

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
-from hashsvc import validation
-from hashsvc.errors import InvalidArgument, quoted
-from hashsvc.signals import SIGNAL_TYPES
+from hashsvc.base import validation
+from hashsvc.base.errors import InvalidArgument, quoted
+from hashsvc.base.signals import SIGNAL_TYPES
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,8 @@ import urllib.parse
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
-from hashsvc import validation
-from hashsvc.errors import InvalidArgument
+from hashsvc.base import validation
+from hashsvc.base.errors import InvalidArgument
 from loaders import records as r
 from loaders.records import Record, Rejected, RowError
 

@@ -13,10 +13,10 @@ import grpc
 import numpy as np
 from PIL import Image, ImageDraw
 
-from hashsvc import auth
-from hashsvc.config import Config, ImageLimits
-from hashsvc.errors import AlreadyExists
-from hashsvc.server import RunningServer, start_server
+from hashsvc.api.server import RunningServer, start_server
+from hashsvc.base.errors import AlreadyExists
+from hashsvc.core import auth
+from hashsvc.core.config import Config, ImageLimits
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
 from tests.vectors import VECTORS, require

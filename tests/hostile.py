@@ -641,7 +641,7 @@ def _cached(path: Path, make: Callable[[], bytes]) -> bytes:
 
 NO_SET = frozenset({"INVALID_ARGUMENT", "NOT_FOUND"})
 # Huge values the error message quotes: it quotes at most 80 characters
-# (hashsvc.errors.quoted), so the status stays a clear INVALID_ARGUMENT instead
+# (hashsvc.base.errors.quoted), so the status stays a clear INVALID_ARGUMENT instead
 # of gRPC's RESOURCE_EXHAUSTED "Stream removed" for an oversized message.
 ECHOED = {"name_huge", "label_key_huge"}
 ECHOED_EXPECT = frozenset({"INVALID_ARGUMENT"})

@@ -13,7 +13,7 @@ import numpy as np
 import pymupdf
 from PIL import Image, ImageFilter
 
-from hashsvc.signals import Signal
+from hashsvc.base.signals import Signal
 from tests import vectors
 
 SHARED = vectors.VECTORS.parent

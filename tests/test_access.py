@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 
-from hashsvc import auth
+from hashsvc.core import auth
 from hashsvc.v1 import hashsvc_pb2 as pb
 from tests.helpers import start_harness
 

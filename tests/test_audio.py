@@ -13,7 +13,8 @@ import av
 import numpy as np
 import pytest
 
-from hashsvc.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
+from hashsvc.base.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
+from hashsvc.base.signals import Signal
 from hashsvc.media.audio import (
     SECONDS_PER_WORD,
     SILENCE_WORD,
@@ -25,7 +26,6 @@ from hashsvc.media.audio import (
     fingerprint_audio,
     fingerprint_container,
 )
-from hashsvc.signals import Signal
 from tests import audio_media as am
 from tests.vectors import VECTORS as VECTORS_DIR
 from tests.vectors import require as require_vectors

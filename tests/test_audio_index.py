@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from hashsvc.audio_index import DEFAULT_MAX_BER, AudioAlignment, AudioIndex
+from hashsvc.index.audio import DEFAULT_MAX_BER, AudioAlignment, AudioIndex
 from hashsvc.media.audio import SECONDS_PER_WORD, SILENCE_WORD, AudioLimits, fingerprint_audio
 from tests import audio_media as am
 

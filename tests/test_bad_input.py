@@ -8,7 +8,7 @@ import functools
 import grpc
 import pytest
 
-from hashsvc.config import ImageLimits
+from hashsvc.core.config import ImageLimits
 from hashsvc.v1 import hashsvc_pb2 as pb
 from tests import hostile
 from tests.helpers import encode, match_request, photo, start_harness

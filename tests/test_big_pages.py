@@ -149,7 +149,7 @@ def test_an_odd_entry_page_token_is_invalid_argument(harness, token):
 def test_the_cli_puts_split_entries_back_together(harness, tmp_path, monkeypatch, capsys):
     """`export --format vpdq` writes a file per video: parts of one video
     must not overwrite each other; `entries list` shows each entry once."""
-    from hashsvc import cli
+    from hashsvc.client import cli
 
     s, md = harness.stubs("admin")
     s.curation.CreateSet(pb.CreateSetRequest(name="cli"), metadata=md)

@@ -18,9 +18,10 @@ import pytest
 
 import loaders
 from hashdb import open_store
-from hashsvc import auth, cli
-from hashsvc.bulk import RowBatch, load
-from hashsvc.live_index import LiveIndex
+from hashsvc.client import cli
+from hashsvc.core import auth
+from hashsvc.core.bulk import RowBatch, load
+from hashsvc.index.live import LiveIndex
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
 from loaders.records import Record
@@ -164,7 +165,7 @@ def test_plain_rows_are_sorted_across_batches_and_keep_their_order(store_and_ind
     repeated in a later batch is one entry with the first row's quality, a
     tombstone after them removes the entry, and every row matches once the
     load returns."""
-    from hashsvc import bulk
+    from hashsvc.core import bulk
 
     monkeypatch.setattr(bulk, "SORT_ROWS", 2_500)  # runs span batches
     monkeypatch.setattr(bulk, "MIN_WRITE_ROWS", 300)
@@ -347,7 +348,7 @@ def _big_file(tmp_path, kind: str = "labelled") -> tuple[str, int]:
 def _load_process(server: ServerProcess, token: str, path: str) -> subprocess.Popen:
     env = {**os.environ, "HASHSVC_SERVER": f"127.0.0.1:{server.port}", "HASHSVC_TOKEN": token}
     return popen(
-        [sys.executable, "-m", "hashsvc.cli", "load", "--set", "s", "--quiet", "--json", path],
+        [sys.executable, "-m", "hashsvc", "load", "--set", "s", "--quiet", "--json", path],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
 
@@ -464,7 +465,7 @@ def test_an_entry_holds_at_most_the_signal_limit(store_and_index, monkeypatch):
     """Rows past an entry's signal limit are rejected with their line, in one
     load or across loads; the others load."""
     from hashdb import bulk_sql
-    from hashsvc import bulk
+    from hashsvc.core import bulk
 
     monkeypatch.setattr(bulk, "MAX_SIGNALS_PER_ENTRY", 5)
     monkeypatch.setattr(bulk_sql, "MAX_SIGNALS_PER_ENTRY", 5)
@@ -516,8 +517,8 @@ def test_plain_rows_keep_their_quality_or_none(store_and_index):
 
 
 def test_packed_rows_load_like_rows_and_bad_packing_is_refused(store_and_index):
-    from hashsvc.bulk_pb import rows_from_pb
-    from hashsvc.errors import InvalidArgument
+    from hashsvc.api.bulk_pb import rows_from_pb
+    from hashsvc.base.errors import InvalidArgument
 
     store, live = store_and_index
     hash_set = store.create_set("packed", "", {}, {})
@@ -607,8 +608,9 @@ def test_an_entry_longer_than_a_batch_is_split_and_capped(store_and_index, monke
     batches (it once failed the whole load as too large); each adds its
     signals, and rows past the entry's limit are rejected, the rest load."""
     from hashdb import bulk_sql
-    from hashsvc import bulk, cli_bulk
-    from hashsvc.bulk_pb import rows_from_pb
+    from hashsvc.api.bulk_pb import rows_from_pb
+    from hashsvc.client import cli_bulk
+    from hashsvc.core import bulk
 
     monkeypatch.setattr(cli_bulk, "BATCH_ROWS", 4)
     monkeypatch.setattr(cli_bulk, "ENTRY_SPLIT_ROWS", 6)

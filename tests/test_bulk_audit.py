@@ -11,7 +11,8 @@ import time
 import grpc
 import pytest
 
-from hashsvc import bulk, cli, cli_bulk
+from hashsvc.client import cli, cli_bulk
+from hashsvc.core import bulk
 from hashsvc.v1 import hashsvc_pb2 as pb
 from tests.helpers import start_harness
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from hashdb import HistoryFilter
-from hashsvc import cli
+from hashsvc.client import cli
 from tests.helpers import encode, mirrored, photo, popen, reencoded, start_harness
 
 
@@ -119,7 +119,17 @@ def test_exit_codes_and_errors_go_to_stderr(run, tmp_path, harness, monkeypatch,
 def test_token_create_on_the_store_and_help(tmp_path):
     db = f"sqlite:///{tmp_path}/tokens.db"
     done = subprocess.run(
-        [sys.executable, "-m", "hashsvc.cli", "token", "create", "--role", "operator", "--db", db],
+        [
+            sys.executable,
+            "-m",
+            "hashsvc",
+            "token",
+            "create",
+            "--role",
+            "operator",
+            "--db",
+            db,
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -128,11 +138,21 @@ def test_token_create_on_the_store_and_help(tmp_path):
     assert token.startswith("hsv_") and len(token) > 30
     for argv in (["--help"], ["match", "--help"], ["sets", "create", "--help"]):
         helped = subprocess.run(
-            [sys.executable, "-m", "hashsvc.cli", *argv], capture_output=True, text=True
+            [sys.executable, "-m", "hashsvc", *argv], capture_output=True, text=True
         )
         assert helped.returncode == 0 and "usage:" in helped.stdout
     wrong = subprocess.run(
-        [sys.executable, "-m", "hashsvc.cli", "token", "create", "--role", "root", "--db", db],
+        [
+            sys.executable,
+            "-m",
+            "hashsvc",
+            "token",
+            "create",
+            "--role",
+            "root",
+            "--db",
+            db,
+        ],
         capture_output=True,
         text=True,
     )
@@ -179,7 +199,7 @@ def test_serve_logs_json_lines(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = popen(
-        [sys.executable, "-m", "hashsvc.cli", "serve", "--log-json", "--workers", "1",
+        [sys.executable, "-m", "hashsvc", "serve", "--log-json", "--workers", "1",
          "--listen", f"127.0.0.1:{port}", "--db", f"sqlite:///{tmp_path}/j.db"],
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -305,7 +325,7 @@ def test_export_into_a_pipe_closed_early_ends_quietly(tmp_path):
             "HASHSVC_TOKEN": harness.tokens["operator"],
         }
         proc = popen(
-            [sys.executable, "-m", "hashsvc.cli", "export", "--set", "s"],
+            [sys.executable, "-m", "hashsvc", "export", "--set", "s"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         )  # fmt: skip

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import time
 
-from hashsvc.config import Config
-from hashsvc.core import Core, MatchQuery
+from hashsvc.core.config import Config
+from hashsvc.core.core import Core, MatchQuery
 from tests.helpers import encode, noise_image, photo, reencoded
 
 

@@ -14,10 +14,10 @@ import time
 import pytest
 
 from hashdb import HistoryFilter, ReviewFilter
-from hashsvc.config import Config
-from hashsvc.core import Core, MatchQuery
-from hashsvc.errors import FailedPrecondition
-from hashsvc.metrics import Metrics
+from hashsvc.api.metrics import Metrics
+from hashsvc.base.errors import FailedPrecondition
+from hashsvc.core.config import Config
+from hashsvc.core.core import Core, MatchQuery
 
 
 def _core(store_url: str, **config) -> Core:

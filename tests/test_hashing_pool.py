@@ -9,9 +9,9 @@ import signal
 
 import pytest
 
-from hashsvc.config import ImageLimits
-from hashsvc.errors import Timeout, Unavailable
-from hashsvc.hashing import HashingPool
+from hashsvc.base.errors import Timeout, Unavailable
+from hashsvc.core.config import ImageLimits
+from hashsvc.media.hashing import HashingPool
 from tests.helpers import encode, photo
 
 
@@ -54,7 +54,7 @@ def test_a_killed_worker_fails_one_job_and_is_replaced(pool):
 def test_memory_limit_turns_a_ballooning_decode_into_an_error():
     """A 20,000 x 20,000 PNG of 50 KB that the pixel limit lets through (raised on
     purpose) decodes to gigabytes: the worker's memory limit stops it."""
-    from hashsvc.errors import TooLarge
+    from hashsvc.base.errors import TooLarge
     from tests.test_bad_input import png_bomb
 
     lax = ImageLimits(max_pixels=500_000_000, max_side=50_000)

@@ -14,8 +14,9 @@ import psycopg
 import pytest
 
 from hashdb import HistoryFilter
-from hashsvc import auth, cli
-from hashsvc.core import MatchQuery
+from hashsvc.client import cli
+from hashsvc.core import auth
+from hashsvc.core.core import MatchQuery
 from hashsvc.v1 import hashsvc_pb2 as pb
 from tests.helpers import start_harness
 
@@ -518,7 +519,7 @@ def test_token_created_with_db_is_recorded(store_url, tmp_path, capsys):
 
 
 def _history_probe():
-    from hashsvc.audit import action_record
+    from hashsvc.core.audit import action_record
 
     return action_record("Probe", "test", {"n": 1})
 

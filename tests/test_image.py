@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from hashsvc.config import ImageLimits
-from hashsvc.errors import CorruptMedia, InvalidArgument, TooLarge, UnsupportedMedia
+from hashsvc.base.errors import CorruptMedia, InvalidArgument, TooLarge, UnsupportedMedia
+from hashsvc.base.signals import hamming
+from hashsvc.core.config import ImageLimits
 from hashsvc.media import image
-from hashsvc.signals import hamming
 from tests.helpers import encode, photo
 from tests.test_bad_input import png_bomb
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from hashsvc.config import ImageLimits
+from hashsvc.base.signals import hamming
+from hashsvc.core.config import ImageLimits
 from hashsvc.media import image
-from hashsvc.signals import hamming
 from tests.vectors import VECTORS, present, vector
 
 LIMITS = ImageLimits(max_pixels=100_000_000)

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hashsvc import multi_index
-from hashsvc.config import ImageLimits
-from hashsvc.index import BinaryIndex, new_index, signal_id
+from hashsvc.core.config import ImageLimits
+from hashsvc.index import multi_index
+from hashsvc.index.binary import BinaryIndex, new_index, signal_id
+from hashsvc.index.multi_index import EXACT_RADIUS, MultiIndexHash
 from hashsvc.media.image import hash_known, hash_query
-from hashsvc.multi_index import EXACT_RADIUS, MultiIndexHash
 from tests.helpers import encode, photo, reencoded
 
 
@@ -268,7 +268,7 @@ def test_searches_run_while_adds_seal_and_merge(clustered):
 
 
 def test_review_search_names_agree_with_the_config():
-    from hashsvc.config import PDQ_REVIEW_SEARCHES, load_config
+    from hashsvc.core.config import PDQ_REVIEW_SEARCHES, load_config
 
     assert set(PDQ_REVIEW_SEARCHES) == set(multi_index.REVIEW_SEARCHES)
     assert load_config().pdq_review_search == multi_index.DEFAULT_REVIEW_SEARCH

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hashsvc import cli, ingest
+from hashsvc.client import cli, ingest
 from tests.helpers import encode, photo, popen, start_harness
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,7 +201,7 @@ def test_no_progress_line_when_stderr_is_not_a_terminal(harness, run, tmp_path):
     archive = _images(tmp_path / "piped", 3, 20)
     run("sets", "create", "piped")
     proc = subprocess.run(
-        [sys.executable, "-m", "hashsvc.cli", "add", "--set", "piped", str(archive)],
+        [sys.executable, "-m", "hashsvc", "add", "--set", "piped", str(archive)],
         env=_cli_env(harness),
         cwd=ROOT,
         capture_output=True,
@@ -217,7 +217,7 @@ def _on_a_terminal(harness, *argv: str) -> tuple[int, str]:
     """Runs the CLI with stderr on a pseudo-terminal; (exit code, what it showed)."""
     controller, terminal = pty.openpty()
     proc = popen(
-        [sys.executable, "-m", "hashsvc.cli", *argv],
+        [sys.executable, "-m", "hashsvc", *argv],
         env=_cli_env(harness),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hashsvc.errors import HashsvcError, TooLarge, UnsupportedMedia
+from hashsvc.base.errors import HashsvcError, TooLarge, UnsupportedMedia
 from hashsvc.media.dispatch import MediaLimits, hash_media
 from hashsvc.media.video import VideoLimits, hash_video
 from tests import hostile
@@ -80,7 +80,7 @@ def test_a_request_racing_a_pool_replacement_is_hashed_by_the_new_pool():
     """A request that read the pool just before another request replaced it
     (a worker died or hung) submitted to the old, shut-down pool: RuntimeError,
     reported as INTERNAL. It now goes to the new pool."""
-    from hashsvc.hashing import HashingPool
+    from hashsvc.media.hashing import HashingPool
     from hashsvc.media.image import ImageLimits
     from tests.helpers import encode, photo
 

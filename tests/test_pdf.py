@@ -10,12 +10,12 @@ import time
 import pymupdf
 import pytest
 
-from hashsvc import pdf_match
-from hashsvc.config import ImageLimits
-from hashsvc.errors import CorruptMedia, InvalidArgument, TooLarge, UnsupportedMedia
+from hashsvc.base.errors import CorruptMedia, InvalidArgument, TooLarge, UnsupportedMedia
+from hashsvc.base.signals import TEXT_SIMHASH
+from hashsvc.core.config import ImageLimits
+from hashsvc.matching import pdf_evidence as pdf_match
 from hashsvc.media.image import hash_known
 from hashsvc.media.pdf import PdfLimits, hash_pdf, hash_pdf_report
-from hashsvc.signals import TEXT_SIMHASH
 from tests import pdf_media as media
 
 LIMITS = PdfLimits()

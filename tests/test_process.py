@@ -17,7 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hashdb import HistoryFilter, open_store
-from hashsvc import auth
+from hashsvc.core import auth
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
 from tests.helpers import encode, noise_image, photo, popen
@@ -38,7 +38,7 @@ class ServerProcess:
         self.log = open(tmp_path / f"server-{self.port}.log", "wb")  # noqa: SIM115
         # popen: stopped when the test ends, however it ends (tests/conftest.py)
         self.proc = popen(
-            [sys.executable, "-m", "hashsvc.cli", "serve", "--listen", f"127.0.0.1:{self.port}",
+            [sys.executable, "-m", "hashsvc", "serve", "--listen", f"127.0.0.1:{self.port}",
              "--db", db_url, "--workers", "1"],
             cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip

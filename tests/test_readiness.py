@@ -12,10 +12,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hashdb import HistoryFilter
-from hashsvc.config import Config, ImageLimits
-from hashsvc.errors import Unavailable
-from hashsvc.live_index import LiveIndex
-from hashsvc.server import start_server
+from hashsvc.api.server import start_server
+from hashsvc.base.errors import Unavailable
+from hashsvc.core.config import Config, ImageLimits
+from hashsvc.index.live import LiveIndex
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
 from tests.helpers import encode, photo, start_harness

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
 
-from hashsvc.config import StringLimits
+from hashsvc.core.config import StringLimits
 from hashsvc.v1 import hashsvc_pb2 as pb
 from loaders.records import RowError, parse_labels
 from tests.conftest import PG_URL, pg_schema_url

@@ -12,10 +12,10 @@ import grpc
 import pytest
 
 from hashdb import ReviewFilter, Thresholds
-from hashsvc import cli
-from hashsvc.config import Config
-from hashsvc.core import Core, MatchQuery
-from hashsvc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from hashsvc.base.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from hashsvc.client import cli
+from hashsvc.core.config import Config
+from hashsvc.core.core import Core, MatchQuery
 from hashsvc.v1 import hashsvc_pb2 as pb
 from tests.helpers import encode, photo, reencoded, start_harness
 

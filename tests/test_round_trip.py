@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from hashsvc import cli
+from hashsvc.client import cli
 from tests.helpers import start_harness
 
 PDQ = "0123456789abcdef" * 4

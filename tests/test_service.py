@@ -300,9 +300,9 @@ def test_health_reflection_and_tokens(harness):
 def test_health_is_not_serving_until_the_index_is_loaded(tmp_path, monkeypatch):
     import threading
 
-    from hashsvc.config import Config
-    from hashsvc.core import Core
-    from hashsvc.server import start_server
+    from hashsvc.api.server import start_server
+    from hashsvc.core.config import Config
+    from hashsvc.core.core import Core
 
     loaded = threading.Event()
     original_start = Core.start

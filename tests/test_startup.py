@@ -14,10 +14,10 @@ import grpc
 import pytest
 
 from hashdb import safe_url
-from hashsvc import cli
-from hashsvc.client import Client, InsecureTransport
-from hashsvc.config import Config, ImageLimits
-from hashsvc.server import StartupError, plaintext_warning, start_server
+from hashsvc.api.server import StartupError, plaintext_warning, start_server
+from hashsvc.client import cli
+from hashsvc.client.client import Client, InsecureTransport
+from hashsvc.core.config import Config, ImageLimits
 from hashsvc.v1 import hashsvc_pb2 as pb
 from tests.conftest import PG_URL
 from tests.helpers import popen, start_harness
@@ -28,7 +28,7 @@ def _serve(*args: str, timeout: float = 20) -> tuple[int, str]:
     """Runs `hashsvc serve ARGS` that is expected to exit by itself: (exit code,
     stderr). One that keeps serving fails the test (and is stopped)."""
     proc = popen(
-        [sys.executable, "-m", "hashsvc.cli", "serve", "--workers", "1", *args],
+        [sys.executable, "-m", "hashsvc", "serve", "--workers", "1", *args],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -216,7 +216,17 @@ def test_no_token_and_loopback_need_no_flag(no_channels, monkeypatch):
 def _token_create(db: str, timeout: float = 20) -> tuple[int, str, float]:
     started = time.monotonic()
     proc = popen(
-        [sys.executable, "-m", "hashsvc.cli", "token", "create", "--role", "admin", "--db", db],
+        [
+            sys.executable,
+            "-m",
+            "hashsvc",
+            "token",
+            "create",
+            "--role",
+            "admin",
+            "--db",
+            db,
+        ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -12,8 +12,8 @@ import pytest
 
 from hashdb import HistoryFilter, HistoryRecord, Thresholds, open_store
 from hashdb.sqlbase import MAX_SIGNALS_PER_ENTRY
-from hashsvc.errors import AlreadyExists, InvalidArgument, NotFound
-from hashsvc.signals import Signal
+from hashsvc.base.errors import AlreadyExists, InvalidArgument, NotFound
+from hashsvc.base.signals import Signal
 
 
 @pytest.fixture
@@ -371,7 +371,7 @@ def test_value_index_covers_every_exact_signal_type():
     """Exact types are looked up by value through a partial index (migration
     7); a new exact type without a migration adding it would scan."""
     from hashdb import migrations
-    from hashsvc.signals import SIGNAL_TYPES
+    from hashsvc.base.signals import SIGNAL_TYPES
 
     exact = {t.name for t in SIGNAL_TYPES.values() if not t.perceptual}
     assert exact == set(migrations.EXACT_KINDS)

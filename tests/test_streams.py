@@ -11,8 +11,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from hashsvc import auth
-from hashsvc.config import Config
+from hashsvc.core import auth
+from hashsvc.core.config import Config
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
 from tests.helpers import encode, photo, start_harness
@@ -348,8 +348,8 @@ def test_reflection_is_off_by_default_and_on_when_configured(tmp_path):
 
 
 def test_the_idle_clock_stands_still_while_the_handler_is_busy():
-    from hashsvc.errors import Timeout
-    from hashsvc.streams import Requests
+    from hashsvc.api.streams import Requests
+    from hashsvc.base.errors import Timeout
 
     def slow():  # the client waits 0.6 s for answers before each message
         for message in ("a", "b"):

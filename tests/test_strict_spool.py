@@ -12,9 +12,9 @@ import tracemalloc
 import pytest
 
 from hashdb import open_store
-from hashsvc.bulk import BulkLoad, PackedRows, RowBatch
-from hashsvc.errors import InvalidArgument
-from hashsvc.live_index import LiveIndex
+from hashsvc.base.errors import InvalidArgument
+from hashsvc.core.bulk import BulkLoad, PackedRows, RowBatch
+from hashsvc.index.live import LiveIndex
 
 PACKED_ROWS = 40_000  # a plain hash list, as `hashsvc load` packs it
 ENTRY_ROWS = 10_000  # rows with names, labels and frames: the row-by-row path

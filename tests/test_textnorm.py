@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from hashsvc.base.signals import hamming
 from hashsvc.media.textnorm import normalise, shingles, simhash, words
-from hashsvc.signals import hamming
 
 CASES = [
     # presentation forms, as PDF extraction returns them -> letters

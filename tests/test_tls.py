@@ -8,7 +8,7 @@ import subprocess
 import grpc
 import pytest
 
-from hashsvc.client import Client
+from hashsvc.client.client import Client
 from hashsvc.v1 import hashsvc_pb2 as pb
 from tests.helpers import start_harness
 

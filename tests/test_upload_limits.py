@@ -192,7 +192,7 @@ def test_the_client_keeps_its_uploads_within_the_servers_default_caps(tmp_path):
     upload streams at once, so none is refused by max_streams_per_token."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from hashsvc.client import Client
+    from hashsvc.client.client import Client
 
     h = start_harness(f"sqlite:///{tmp_path}/client.db")
     try:

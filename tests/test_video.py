@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hashsvc import video_match
-from hashsvc.errors import (
+from hashsvc.base.errors import (
     CorruptMedia,
     HashsvcError,
     InvalidArgument,
@@ -20,9 +19,10 @@ from hashsvc.errors import (
     TooLarge,
     UnsupportedMedia,
 )
+from hashsvc.base.signals import Signal
+from hashsvc.matching import video_evidence as video_match
+from hashsvc.matching.video_evidence import FramePair
 from hashsvc.media import image, video
-from hashsvc.signals import Signal
-from hashsvc.video_match import FramePair
 from tests import vectors
 from tests import video_media as vm
 

@@ -15,9 +15,9 @@ import wave
 
 import pytest
 
-from hashsvc.errors import InvalidArgument, UnsupportedMedia
+from hashsvc.base.errors import InvalidArgument, UnsupportedMedia
+from hashsvc.base.signals import hamming
 from hashsvc.media import video
-from hashsvc.signals import hamming
 from tests import vectors
 
 # Paths only: each test that reads them first checks the folder is there.

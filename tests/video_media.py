@@ -17,9 +17,9 @@ import av
 import numpy as np
 from PIL import Image
 
+from hashsvc.base.signals import hamming
+from hashsvc.matching.video_evidence import FramePair
 from hashsvc.media import video
-from hashsvc.signals import hamming
-from hashsvc.video_match import FramePair
 from tests import vectors
 
 VECTORS = vectors.VECTORS  # paths only: photo() checks the folder is there

@@ -29,8 +29,8 @@ from typing import ClassVar
 import av
 import numpy as np
 
-from hashsvc.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
-from hashsvc.signals import CHROMAPRINT, Signal
+from hashsvc.base.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
+from hashsvc.base.signals import CHROMAPRINT, Signal
 
 try:
     import chromaprint

@@ -1,6 +1,6 @@
 """One entry point for hashing any upload: find its kind, hand it to the module
 that knows that kind, add the exact hashes of the file. Runs in the hashing
-workers (see hashsvc/hashing.py), so it only returns plain data."""
+workers (see hashsvc/media/hashing.py), so it only returns plain data."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 import av
 from PIL import Image
 
-from hashsvc.errors import HashsvcError, InvalidArgument, TooLarge, UnsupportedMedia
+from hashsvc.base.errors import HashsvcError, InvalidArgument, TooLarge, UnsupportedMedia
+from hashsvc.base.signals import Signal
 from hashsvc.media import audio, image, pdf, sniff, video
-from hashsvc.signals import Signal
-from hashsvc.uploads import SpooledMedia
+from hashsvc.media.spool import SpooledMedia
 
 MediaSource = bytes | SpooledMedia
 

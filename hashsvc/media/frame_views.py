@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pdqhash
 
+from hashsvc.base.signals import Signal
 from hashsvc.media import regions
-from hashsvc.signals import Signal
 
 QUERY_SIDE = 512  # queries are hashed at most this size (PDQ reads a 64x64 summary)
 MIN_TRIM = 0.02  # trimming less than this share of a side is noise, not a bar

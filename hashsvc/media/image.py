@@ -26,9 +26,9 @@ import numpy as np
 import pdqhash
 from PIL import Image, UnidentifiedImageError
 
-from hashsvc.errors import CorruptMedia, InvalidArgument, TooLarge, UnsupportedMedia
+from hashsvc.base.errors import CorruptMedia, InvalidArgument, TooLarge, UnsupportedMedia
+from hashsvc.base.signals import Signal
 from hashsvc.media import regions
-from hashsvc.signals import Signal
 
 
 @dataclass(frozen=True)

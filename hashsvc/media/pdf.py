@@ -38,10 +38,10 @@ import numpy as np
 import pymupdf
 from PIL import Image, ImageFilter
 
-from hashsvc.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
+from hashsvc.base.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
+from hashsvc.base.signals import TEXT_SIMHASH, Signal
 from hashsvc.media.image import VIEW_SIDE, known_views, query_views
 from hashsvc.media.textnorm import normalise, shingles, simhash, text_sha256, words
-from hashsvc.signals import TEXT_SIMHASH, Signal
 
 # Hostile files make MuPDF print to stderr for every broken object; the
 # errors that matter reach us as exceptions.

@@ -19,7 +19,7 @@ on the vPDQ samples (the full-size hash can be 10-30 away). Only sampled frames
 are ever converted to RGB. Speed (bench/video.py, 2 shared cores): query 720p
 ~30x realtime, 1080p ~20x; known (exact) 720p ~14x.
 
-Matching frames into video matches is hashsvc/video_match.py.
+Matching frames into video matches is hashsvc/matching/video_evidence.py.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ import av
 import numpy as np
 from PIL import Image
 
-from hashsvc.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
+from hashsvc.base.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
+from hashsvc.base.signals import Signal
 from hashsvc.media import videohash as vh
 from hashsvc.media.frame_views import QUERY_SIDE, center, query_frame_signals
 from hashsvc.media.image import pdq_hash
-from hashsvc.signals import Signal
 
 # Containers we accept, by FFmpeg demuxer name, and the file extensions that may
 # name each (a path whose extension names another container is refused).

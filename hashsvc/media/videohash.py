@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from hashsvc.errors import CorruptMedia
+from hashsvc.base.errors import CorruptMedia
 
 FRAME_SIDE = 144
 COLLAGE_WIDTH = 1024

@@ -1,0 +1,1 @@
+"""gRPC: servicers, converters, interceptors and limits, server wiring, metrics."""

@@ -1,0 +1,376 @@
+"""The one place that converts between protobuf messages and core types."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from hashdb import (
+    EntryRecord,
+    HashSetRecord,
+    HistoryRecord,
+    ReviewFilter,
+    ReviewItem,
+    Thresholds,
+    TokenRecord,
+)
+from hashsvc.base.errors import InvalidArgument, NotFound, quoted
+from hashsvc.base.signals import Signal
+from hashsvc.core.config import StringLimits
+from hashsvc.core.core import MatchOutcome, MatchQuery
+from hashsvc.matching.matcher import Match
+from hashsvc.media.spool import SpooledMedia
+from hashsvc.v1 import hashsvc_pb2 as pb
+
+DECISION_TO_PB = {
+    "allow": pb.ALLOW,
+    "review": pb.REVIEW,
+    "block": pb.BLOCK,
+    "": pb.DECISION_UNSPECIFIED,
+}
+DECISION_FROM_PB = {v: k for k, v in DECISION_TO_PB.items()}
+MEDIA_TO_PB = {
+    "image": pb.IMAGE,
+    "video": pb.VIDEO,
+    "audio": pb.AUDIO,
+    "pdf": pb.PDF,
+    "hash": pb.HASH,
+}
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value.astimezone(UTC).replace(tzinfo=None))
+    return ts
+
+
+def from_timestamp(msg, field: str) -> datetime | None:
+    if not msg.HasField(field):
+        return None
+    return getattr(msg, field).ToDatetime(tzinfo=UTC)
+
+
+def match_query(req: pb.MatchRequest, upload: SpooledMedia | None = None) -> MatchQuery:
+    """The core's query from a Match request, or from MatchUpload's header and
+    its spooled chunks."""
+    which = req.WhichOneof("query")
+    common = {"client_ref": req.client_ref, "sets": tuple(req.sets)}
+    if upload is not None:
+        if which is not None:
+            raise InvalidArgument("an upload's header must not hold media or a hash")
+        return MatchQuery(media=upload, **common)
+    if which == "media":
+        return MatchQuery(media=req.media.content, **common)
+    if which == "signal":
+        return MatchQuery(
+            signal_type=req.signal.signal_type,
+            signal_value=req.signal.value,
+            signal_quality=req.signal.quality or None,
+            **common,
+        )
+    raise InvalidArgument("the request holds neither media nor a hash")
+
+
+def query_signal(sig: Signal) -> pb.QuerySignal:
+    return pb.QuerySignal(
+        signal_type=sig.kind,
+        value=sig.hex(),
+        quality=sig.quality or 0,
+        variant=sig.variant,
+        position=sig.position,
+    )
+
+
+def matched_entry(m: Match) -> pb.MatchedEntry:
+    return pb.MatchedEntry(
+        set=m.set_name,
+        entry=m.entry_name,
+        entry_id=m.entry_id,
+        signal_type=m.signal_type,
+        distance=m.distance,
+        labels=m.labels,
+        decision=DECISION_TO_PB[m.decision],
+        query_variant=m.query_variant,
+        known_variant=m.known_variant,
+        reason=m.reason,
+        segments=[
+            pb.Segment(
+                query_start=seg.query_start,
+                query_end=seg.query_end,
+                known_start=seg.known_start,
+                known_end=seg.known_end,
+            )
+            for seg in m.segments
+        ],
+        unit=m.unit,
+        query_share=m.query_share,
+        known_share=m.known_share,
+    )
+
+
+def match_response(outcome: MatchOutcome) -> pb.MatchResponse:
+    return pb.MatchResponse(
+        request_id=outcome.request_id,
+        decision=DECISION_TO_PB[outcome.decision],
+        matches=[matched_entry(m) for m in outcome.matches],
+        media_type=MEDIA_TO_PB.get(outcome.media_type, pb.MEDIA_TYPE_UNSPECIFIED),
+        query_signals=[query_signal(s) for s in outcome.query_signals],
+        client_ref=outcome.client_ref,
+        notes=list(outcome.notes),
+    )
+
+
+def thresholds_from_pb(items) -> dict[str, Thresholds]:
+    return {t.signal_type: Thresholds(t.block_distance, t.review_distance) for t in items}
+
+
+def hash_set(record: HashSetRecord) -> pb.HashSet:
+    return pb.HashSet(
+        id=record.id,
+        name=record.name,
+        description=record.description,
+        labels=record.labels,
+        thresholds=[
+            pb.Threshold(
+                signal_type=k, block_distance=t.block_distance, review_distance=t.review_distance
+            )
+            for k, t in sorted(record.thresholds.items())
+        ],
+        enabled=record.enabled,
+        entry_count=record.entry_count,
+        created_at=timestamp(record.created_at),
+        updated_at=timestamp(record.updated_at),
+        allow_list=record.allow_list,
+        review_blocks=record.review_blocks,
+        review_target=record.review_target,
+    )
+
+
+def entry(record: EntryRecord, set_name: str) -> pb.Entry:
+    return pb.Entry(
+        id=record.id,
+        set=set_name,
+        name=record.name,
+        labels=record.labels,
+        media_type=MEDIA_TO_PB.get(record.media_type, pb.MEDIA_TYPE_UNSPECIFIED),
+        signals=[query_signal(s) for s in record.signals],
+        created_at=timestamp(record.created_at),
+        added_by=record.added_by,
+        removed_at=timestamp(record.removed_at),
+    )
+
+
+# Bytes a repeated message field's tag and length add to each element.
+_FRAMING = 6
+
+
+def entry_parts(
+    record: EntryRecord, set_name: str, max_bytes: int, first_signal: int = 0
+) -> Iterator[tuple[pb.Entry, int]]:
+    """The entry as one message, or, larger than max_bytes (a long video's
+    frames), as parts: each a copy of the entry with the next run of its
+    signals, in order. Yields (part, signals sent up to its end), starting
+    after the first `first_signal` signals."""
+    whole = entry(record, set_name)
+    if first_signal == 0 and whole.ByteSize() <= max_bytes:
+        yield whole, len(record.signals)
+        return
+    signals = list(whole.signals)[first_signal:]
+    del whole.signals[:]
+    bare = whole.ByteSize()
+    part, size, sent = pb.Entry(), bare, first_signal
+    part.CopyFrom(whole)
+    for sig in signals:
+        more = sig.ByteSize() + _FRAMING
+        if len(part.signals) and size + more > max_bytes:
+            yield part, sent
+            part, size = pb.Entry(), bare
+            part.CopyFrom(whole)
+        part.signals.append(sig)
+        size += more
+        sent += 1
+    yield part, sent
+
+
+def entry_messages(
+    records: Iterable[EntryRecord], set_name: str, max_bytes: int, first_signal: int = 0
+) -> Iterator[tuple[list[pb.Entry], tuple[int, int | None]]]:
+    """The entries in messages of at most ~max_bytes (ListEntries pages,
+    ExportEntries batches), an entry larger than that split over several
+    (entry_parts): a client puts an entry back together by joining the
+    signals of consecutive entries with the same id. Yields (entries, where
+    the message ends: (last entry's id, signals of it sent, or None when it
+    was sent whole))."""
+    batch: list[pb.Entry] = []
+    size, end = 0, (0, None)
+    for k, record in enumerate(records):
+        skip = first_signal if k == 0 else 0
+        for part, sent in entry_parts(record, set_name, max_bytes, skip):
+            more = part.ByteSize() + _FRAMING
+            if batch and size + more > max_bytes:
+                yield batch, end
+                batch, size = [], 0
+            batch.append(part)
+            size += more
+            end = (record.id, None if sent >= len(record.signals) else sent)
+    if batch:
+        yield batch, end
+
+
+def within_bytes(messages: list, max_bytes: int) -> list:
+    """The first messages that fit in max_bytes together (at least one): a
+    page of history records or review items cut by size (each is bounded by
+    the request limits, but 1,000 of a video's matches are not)."""
+    size = 0
+    for k, message in enumerate(messages):
+        size += message.ByteSize() + _FRAMING
+        if size > max_bytes and k:
+            return messages[:k]
+    return messages
+
+
+def history_record(record: HistoryRecord) -> pb.HistoryRecord:
+    return pb.HistoryRecord(
+        id=record.id or 0,
+        request_id=record.request_id,
+        time=timestamp(record.time),
+        caller=record.caller,
+        rpc=record.rpc,
+        media_type=MEDIA_TO_PB.get(record.media_type, pb.MEDIA_TYPE_UNSPECIFIED),
+        query_signals=[
+            pb.QuerySignal(
+                signal_type=s["signal_type"],
+                value=s["value"],
+                quality=s.get("quality") or 0,
+                variant=s.get("variant", ""),
+            )
+            for s in record.query_signals
+        ],
+        matches=[matched_entry(Match.from_json(m)) for m in record.matches],
+        decision=DECISION_TO_PB[record.decision],
+        status=record.status,
+        error_message=record.error_message,
+        client_ref=record.client_ref,
+        media_bytes=record.media_bytes,
+        detail_json=json.dumps(record.detail, ensure_ascii=False) if record.detail else "",
+        caller_token_id=record.caller_token_id or 0,
+    )
+
+
+def stored_query_signals(signals: list[dict]) -> list[pb.QuerySignal]:
+    return [
+        pb.QuerySignal(
+            signal_type=s["signal_type"],
+            value=s["value"],
+            quality=s.get("quality") or 0,
+            variant=s.get("variant", ""),
+            position=s.get("position"),
+        )
+        for s in signals
+    ]
+
+
+def review_item(item: ReviewItem) -> pb.ReviewItem:
+    return pb.ReviewItem(
+        id=item.id,
+        request_id=item.request_id,
+        created_at=timestamp(item.created_at),
+        caller=item.caller,
+        media_type=MEDIA_TO_PB.get(item.media_type, pb.MEDIA_TYPE_UNSPECIFIED),
+        client_ref=item.client_ref,
+        query_signals=stored_query_signals(item.query_signals),
+        matches=[matched_entry(Match.from_json(m)) for m in item.matches],
+        status=item.status,
+        claimed_by=item.claimed_by,
+        claim_expires_at=timestamp(item.claim_expires_at),
+        resolved_by=item.resolved_by,
+        resolved_at=timestamp(item.resolved_at),
+        note=item.note,
+        added_entry_id=item.added_entry_id or 0,
+    )
+
+
+def review_filter(msg: pb.ReviewFilter, set_ids_by_name: dict[str, int]) -> ReviewFilter:
+    set_id = None
+    if msg.set:
+        if msg.set not in set_ids_by_name:
+            raise NotFound(f"no such set: {msg.set}")
+        set_id = set_ids_by_name[msg.set]
+    label = None
+    if msg.label:
+        key, sep, value = msg.label.partition("=")
+        if not sep:
+            raise InvalidArgument("label filter must be key=value")
+        label = (key.strip(), value.strip())
+    media = next((k for k, v in MEDIA_TO_PB.items() if v == msg.media_type), None)
+    return ReviewFilter(
+        status=msg.status or "open",
+        set_id=set_id,
+        label=label,
+        media_type=media if msg.media_type else None,
+        caller=msg.caller or None,
+    )
+
+
+def token_info(record: TokenRecord) -> pb.TokenInfo:
+    return pb.TokenInfo(
+        id=record.id,
+        name=record.name,
+        role=record.role,
+        created_at=timestamp(record.created_at),
+        revoked_at=timestamp(record.revoked_at),
+        expires_at=timestamp(record.expires_at),
+    )
+
+
+def request_strings(message, limits: StringLimits, path: str = "") -> None:
+    """Every string a request holds, at any depth (map keys and values,
+    repeated fields, nested messages): within its length limit and free of
+    NUL, which PostgreSQL's text refuses (INTERNAL before). Called where a
+    request arrives, before anything is looked up or stored, so no RPC and
+    no field added later is left out.
+    Bytes fields (media, chunks, bulk rows' values) are bounded elsewhere."""
+    for fd, value in message.ListFields():
+        where = f"{path}{fd.name}"
+        if fd.is_repeated and len(value) > limits.repeated_items:
+            raise InvalidArgument(
+                f"{where} holds {len(value)} items, at most {limits.repeated_items}"
+            )
+        if fd.type == FieldDescriptor.TYPE_MESSAGE:
+            if fd.message_type.GetOptions().map_entry:
+                for key, item in value.items():
+                    _string(key, f"{where} key", limits.other_chars)
+                    if isinstance(item, str):
+                        _string(item, f"{where}[{quoted(key, 40)}]", limits.other_chars)
+            elif fd.is_repeated:
+                for k, item in enumerate(value):
+                    request_strings(item, limits, f"{where}[{k}].")
+            else:
+                request_strings(value, limits, f"{where}.")
+        elif fd.type == FieldDescriptor.TYPE_STRING:
+            limit = _string_limit(fd.name, limits)
+            for item in value if fd.is_repeated else (value,):
+                _string(item, where, limit)
+
+
+def _string_limit(field: str, limits) -> int:
+    if field == "client_ref":
+        return limits.client_ref_chars
+    if field in ("description", "note"):
+        return limits.text_chars
+    if field == "value":  # SignalValue.value: a hash's hex
+        return limits.signal_value_chars
+    return limits.other_chars
+
+
+def _string(value: str, where: str, limit: int) -> None:
+    if len(value) > limit:
+        raise InvalidArgument(f"{where} is longer than {limit} characters ({len(value)})")
+    if "\x00" in value:
+        raise InvalidArgument(f"{where} holds a NUL character")

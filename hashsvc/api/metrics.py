@@ -1,0 +1,92 @@
+"""Prometheus metrics: request latency per RPC, decisions per media type,
+matches per set, flood alerts, index size and version. One registry per server, so several
+servers in one process (tests) do not mix their figures."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+
+from hashsvc.core.core import Core, MatchOutcome
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self, core: Core) -> None:
+        self.registry = CollectorRegistry()
+        self.rpc_seconds = Histogram(
+            "hashsvc_rpc_duration_seconds",
+            "Time to answer an RPC, by method and status code.",
+            ["rpc", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            "hashsvc_match_decisions",
+            "Match decisions, by media type and decision.",
+            ["media_type", "decision"],
+            registry=self.registry,
+        )
+        self.matches = Counter(
+            "hashsvc_matches",
+            "Matched known entries, by hash set and decision.",
+            ["set", "decision"],
+            registry=self.registry,
+        )
+        self.flood_alerts = Counter(
+            "hashsvc_flood_alerts",
+            "Flood alerts this replica raised (an entry matching more uploads than"
+            " quarantine_matches within quarantine_window_seconds), by hash set.",
+            ["set"],
+            registry=self.registry,
+        )
+        self.registry.register(_IndexCollector(core))
+        self._http = None
+
+    def observe_rpc(self, rpc: str, code: str, started: float) -> None:
+        self.rpc_seconds.labels(rpc, code).observe(time.perf_counter() - started)
+
+    def observe_match(self, outcome: MatchOutcome) -> None:
+        self.decisions.labels(outcome.media_type, outcome.decision).inc()
+        for match in outcome.matches:
+            self.matches.labels(match.set_name, match.decision).inc()
+
+    def observe_flood_alert(self, set_name: str) -> None:
+        self.flood_alerts.labels(set_name).inc()
+
+    def serve(self, listen: str) -> int:
+        """Serves /metrics over HTTP on HOST:PORT (port 0: any free port)."""
+        host, _, port = listen.rpartition(":")
+        self._http, _ = start_http_server(int(port), host or "0.0.0.0", registry=self.registry)
+        return self._http.server_port
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+
+
+class _IndexCollector:
+    """Index size and version, read at scrape time."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def collect(self):
+        sizes = GaugeMetricFamily(
+            "hashsvc_index_hashes", "Hashes in the in-memory index.", labels=["signal_type"]
+        )
+        for kind, size in self.core.live.sizes().items():
+            sizes.add_metric([kind], size)
+        yield sizes
+        yield GaugeMetricFamily(
+            "hashsvc_index_version",
+            "Change-feed sequence number the index has applied.",
+            value=self.core.live.seq,
+        )
+        yield GaugeMetricFamily(
+            "hashsvc_ready", "1 when the index is loaded and current.", value=int(self.core.ready())
+        )

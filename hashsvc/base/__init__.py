@@ -1,0 +1,1 @@
+"""Plain types every layer may import: signals, errors, thresholds, names."""

@@ -1,0 +1,1 @@
+"""The command line, the gRPC client, directory ingest and bulk loading."""

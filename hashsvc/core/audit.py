@@ -1,0 +1,323 @@
+"""Auditors' view of the match history: filtered, paginated, exportable; and
+what keeps it honest beyond its hash chain: signed checkpoints of the head,
+written into the history and to a file outside the database, that `history
+verify` holds the database to."""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from hashdb import HistoryFilter, HistoryRecord, HistoryVerification, Store
+from hashdb.sqlbase import key_id
+from hashsvc.base import validation
+from hashsvc.base.errors import InvalidArgument, NotFound
+from hashsvc.matching.policy import DECISIONS
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_RPC = "HistoryCheckpoint"
+SYSTEM_ACTOR = "hashsvc"  # the server's own records (checkpoints, quarantine)
+# verify reads at most this much of the checkpoint file's end (a line is ~250
+# bytes; the file grows one line per 100 records, ~2.5 MB per 1M records)
+_FILE_TAIL_BYTES = 64 * 1024
+
+# (name, id) of the token whose call this thread is serving (set by the gRPC
+# auth interceptor): an action record by that name carries that token's id.
+ACTING_TOKEN: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
+    "acting_token", default=None
+)
+
+
+def acting_token_id(actor: str) -> int | None:
+    """The token id of `actor` if it is the caller this thread serves."""
+    return _who(actor)[1]
+
+
+def _who(actor: str) -> tuple[str, int | None]:
+    """(name, token id) of an actor: the caller this thread serves, by name
+    or as NAME#ID (a reviewer's identity on review items), else (actor, None)."""
+    acting = ACTING_TOKEN.get()
+    if acting is not None and actor in (acting[0], f"{acting[0]}#{acting[1]}"):
+        return acting
+    return actor, None
+
+
+def action_record(
+    action: str,
+    actor: str,
+    detail: dict,
+    *,
+    status: str = "OK",
+    error_message: str = "",
+    client_ref: str = "",
+    actor_token_id: int | None = None,
+    set_ids: tuple[int, ...] = (),
+) -> HistoryRecord:
+    """One reviewer's, operator's or admin's action as a history record."""
+    name, acting_id = _who(actor)
+    return HistoryRecord(
+        request_id=f"{action.lower()}-{time.time_ns()}",
+        time=datetime.now(UTC),
+        caller=name,
+        rpc=action,
+        media_type="",
+        decision="",
+        status=status,
+        error_message=storable(error_message)[:1000],
+        client_ref=storable(client_ref),
+        detail=detail,
+        caller_token_id=actor_token_id if actor_token_id is not None else acting_id,
+        set_ids=tuple(set_ids),
+    )
+
+
+def storable(text: str) -> str:
+    # PostgreSQL text cannot hold NUL: a record must not be lost to one (it
+    # was: the call then had no record at all). Shown escaped instead.
+    return text.replace("\x00", "\\x00")
+
+
+class Audit:
+    def __init__(
+        self,
+        store: Store,
+        checkpoint_file: str = "",
+        history_key: bytes | None = None,
+        checkpoint_records: int = 100,
+        checkpoint_seconds: float = 60.0,
+    ) -> None:
+        self.store = store
+        self.checkpoint_file = checkpoint_file
+        self._key = history_key or None
+        self._key_id = key_id(history_key) if history_key else ""
+        self.checkpoint_records = checkpoint_records
+        self.checkpoint_seconds = checkpoint_seconds
+        self._lock = threading.Lock()
+        # (head id, records up to it, id of the checkpoint record) of the last
+        # checkpoint; None until one is known
+        self._last: tuple[int, int, int] | None = None
+        # Nothing is taken from the database's own checkpoint records (someone
+        # with database access could plant one to skew the counts or stop
+        # checkpointing): a process's first checkpoint counts the whole
+        # history once, and is taken at the first poll that finds any record.
+        self._last_at = time.monotonic()
+
+    def make_filter(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        decision: str | None = None,
+        set_name: str | None = None,
+        caller: str | None = None,
+    ) -> HistoryFilter:
+        if decision and decision not in DECISIONS:
+            raise InvalidArgument(f"decision must be one of {', '.join(DECISIONS)}")
+        if since and until and since >= until:
+            raise InvalidArgument("since must be before until")
+        set_id = None
+        if set_name:
+            hash_set = self.store.get_set(set_name)
+            if hash_set is None:
+                raise NotFound(f"no such set: {set_name}")
+            set_id = hash_set.id
+        return HistoryFilter(since, until, decision or None, set_id, caller or None)
+
+    def query(
+        self, filter: HistoryFilter, page_size: int = 100, page_token: str = ""
+    ) -> tuple[list[HistoryRecord], str]:
+        after_id, limit = validation.page(page_size, page_token)
+        records = self.store.query_history(filter, after_id, limit)
+        next_token = str(records[-1].id) if len(records) == limit else ""
+        return records, next_token
+
+    def export(self, filter: HistoryFilter) -> Iterator[HistoryRecord]:
+        after_id = 0
+        while True:
+            records = self.store.query_history(filter, after_id, validation.MAX_PAGE_SIZE)
+            yield from records
+            if len(records) < validation.MAX_PAGE_SIZE:
+                return
+            after_id = records[-1].id
+
+    # -- checkpoints
+
+    def maybe_checkpoint(self) -> bool:
+        """A checkpoint if checkpoint_records records were written since the
+        last one, or checkpoint_seconds passed and anything was (called by the
+        server's change poller: at most one a poll)."""
+        last_record_id = self._last[2] if self._last else 0
+        written = self.store.last_history_id() - last_record_id  # ids: ~records
+        if written <= 0:
+            return False
+        due = time.monotonic() - self._last_at >= self.checkpoint_seconds
+        if written >= self.checkpoint_records or due:
+            return self.checkpoint()
+        return False
+
+    def checkpoint(self) -> bool:
+        """Signs the history's head into the history and the checkpoint file.
+        False if nothing was written since the last one."""
+        with self._lock:
+            since = (self._last[0], self._last[1]) if self._last else None
+            head = self.store.history_head(since)
+            if head is None or (self._last is not None and head[0] == self._last[2]):
+                return False
+            head_id, head_hash, records = head
+            line = {
+                "time": datetime.now(UTC).isoformat(),
+                "head_id": head_id,
+                "head_hash": head_hash,
+                "records": records,
+                "key_id": self._key_id,
+            }
+            line["signature"] = self._sign(line)
+            # The file first: a checkpoint there names a record that exists.
+            if self.checkpoint_file:
+                self._append(line)
+            record_id = self.store.record_match(
+                action_record(
+                    CHECKPOINT_RPC,
+                    SYSTEM_ACTOR,
+                    {"head_id": head_id, "head_hash": head_hash, "records": records},
+                )
+            )
+            self._last = (head_id, records, record_id)
+            self._last_at = time.monotonic()
+            return True
+
+    def _sign(self, line: dict) -> str:
+        if not self._key:
+            return ""
+        fields = [line.get("time"), line["head_id"], line["head_hash"], line["records"]]
+        message = json.dumps(fields, separators=(",", ":")).encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+    def _append(self, line: dict) -> None:
+        fd = os.open(self.checkpoint_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (json.dumps(line, sort_keys=True) + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- verification
+
+    def verify(self) -> HistoryVerification:
+        """The hash chain (Store.verify_history), then the database against
+        the last checkpoint in the file and in the history: the checkpointed
+        record must be there with that hash, with at least as many records up
+        to it. A chain nulled wholesale (so that it looks older than the chain)
+        or a cut-off tail fails here."""
+        result = self.store.verify_history()
+        problems, notes, checked = list(result.problems), list(result.notes), 0
+        file_head = None
+        if self.checkpoint_file:
+            line, problem = self._last_file_line()
+            if problem:
+                problems.append((0, problem))
+            elif line is None:
+                notes.append(f"checkpoint file {self.checkpoint_file} holds no checkpoint yet")
+            else:
+                file_head = line["head_id"]
+                problems += self._check("file", line["head_id"], line["head_hash"], line["records"])
+                checked += 1
+        else:
+            notes.append(
+                "no history_checkpoint_file: a deleted tail or a wholesale rewrite of the chain"
+                " cannot be detected"
+            )
+        in_history = self.store.last_history_record(CHECKPOINT_RPC)
+        if in_history is not None and in_history.detail.get("head_id") != file_head:
+            d = in_history.detail
+            if _is_checkpoint(d.get("head_id"), d.get("head_hash"), d.get("records")):
+                problems += self._check("history", d["head_id"], d["head_hash"], d["records"])
+            else:
+                problems.append((in_history.id, "checkpoint record is malformed"))
+            checked += 1
+        return HistoryVerification(
+            result.records_checked,
+            result.unchained_records,
+            result.head_hash,
+            problems,
+            checked,
+            notes,
+        )
+
+    def _check(self, where: str, head_id: int, head_hash, records: int) -> list[tuple[int, str]]:
+        anchor = self.store.history_anchor(head_id)
+        if anchor is None:
+            return [
+                (head_id, f"missing, though the {where} checkpoint names it: records were deleted")
+            ]
+        record_hash, count = anchor
+        if record_hash != head_hash:
+            return [
+                (
+                    head_id,
+                    f"its hash is not the one in the {where} checkpoint: the record or the chain"
+                    " before it was rewritten"
+                    + (" (its chain columns are empty)" if record_hash is None else ""),
+                )
+            ]
+        if count < records:
+            return [
+                (
+                    head_id,
+                    f"{records - count} record(s) up to it are missing: the {where} checkpoint"
+                    f" counted {records}, the database holds {count}",
+                )
+            ]
+        return []
+
+    def _last_file_line(self) -> tuple[dict | None, str]:
+        """(last checkpoint in the file, problem with it)."""
+        try:
+            with open(self.checkpoint_file, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - _FILE_TAIL_BYTES))
+                tail = f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return None, ""
+        lines = [x for x in tail.splitlines() if x.strip()]
+        if not lines:
+            return None, ""
+        try:
+            line = json.loads(lines[-1])
+            if not _is_checkpoint(line["head_id"], line["head_hash"], line["records"]):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return (
+                None,
+                f"the last line of checkpoint file {self.checkpoint_file} is not a checkpoint",
+            )
+        if self._key:
+            if line.get("key_id") and line["key_id"] != self._key_id:
+                return None, (
+                    f"the last checkpoint in {self.checkpoint_file} is signed with key"
+                    f" {line['key_id']}, which this server lacks"
+                )
+            if not hmac.compare_digest(str(line.get("signature", "")), self._sign(line)):
+                return None, (
+                    f"the last checkpoint in {self.checkpoint_file} is not signed by the history"
+                    " key: written by someone else"
+                )
+        return line, ""
+
+
+def _is_checkpoint(head_id, head_hash, records) -> bool:
+    return (
+        type(head_id) is int
+        and 0 < head_id < 2**63
+        and isinstance(head_hash, str)
+        and type(records) is int
+        and 0 <= records < 2**63
+    )

@@ -1,0 +1,752 @@
+"""Bulk loading of precomputed hashes into a set: the core of the BulkLoad RPC,
+testable without a network.
+
+Rows arrive in batches, column by column (`RowBatch`). Each row is checked
+again here (the client's loader checked it too, but the server trusts no
+client); bad rows are reported with their line and reason and the good ones
+load. Rows are grouped into entries by external id (a row without one is an
+entry of its own, named after its signal), and each batch is one store
+transaction followed by an index catch-up, so what was committed matches at
+once and a load killed at any point can simply be run again.
+
+With `strict`, rows are only checked while they arrive and written when the
+stream has ended without a single bad row. Meanwhile the checked batches wait
+in a temporary file, not in memory (held as Python objects, 1M rows took
++874 MB at peak and the server kept 335 MB of it afterwards).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import pickle
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from hashdb import Store
+from hashdb.bulk_sql import MAX_SIGNALS_PER_ENTRY, BulkCounts, EntryUpsert, PlainSignals
+from hashsvc.base import validation
+from hashsvc.base.errors import InvalidArgument, TooLarge, quoted
+from hashsvc.base.signals import SIGNAL_TYPES, Signal
+from hashsvc.index.binary import split_signal_id
+from hashsvc.index.live import LiveIndex
+
+# Rows one batch (one message, one transaction) may hold.
+MAX_BATCH_ROWS = 200_000
+# A strict load holds its rows until the end (on disk, ~40-150 bytes a row):
+# bounded.
+MAX_STRICT_ROWS = 5_000_000
+# Entries per store transaction (a Match waits at most for one on SQLite).
+WRITE_CHUNK = 4_000
+# A plain hash list is written in transactions of about the store's
+# bulk_write_seconds, their size following the measured rate within these bounds.
+MIN_WRITE_ROWS = 1_000
+MAX_WRITE_ROWS = 50_000
+# ... and in value (= name) order, this many rows at a time: each transaction
+# then writes a narrow slice of the name index, page after page, instead of a
+# random page a row (at 1M rows on SQLite, 1/10 of the pages and WAL: 17k ->
+# 88k rows/s bare). Rows wait in memory meanwhile (~70 bytes each).
+SORT_ROWS = 250_000
+# While plain runs are written, a follower thread brings the index up to
+# what they committed, at most this often: each catch-up rebuilds the index's
+# open segment, so fewer and bigger ones cost less (at 0.05 s the index took
+# half as much CPU again as the store's writes).
+FOLLOW_SECONDS = 0.25
+# Threads that write plain runs while their loads receive the next, and
+# follow the writes with the index: two a load (shared by all loads, so their
+# store connections are reused).
+_WRITERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bulk-writer")
+# The answer lists this many rejected rows (all are counted).
+MAX_REPORTED_REJECTS = 1_000
+_VARIANT = re.compile(r"original|page|document|frame:\d{1,9}")
+
+
+@dataclass
+class RowBatch:
+    """Rows as columns; an optional column may be empty (all defaults)."""
+
+    signal_type: Sequence[str]
+    value: Sequence[bytes]
+    line: Sequence[int] = ()
+    entry: Sequence[str] = ()  # "" -> named after the signal
+    labels: Sequence[str] = ()  # JSON object text; "" -> the row says nothing
+    deleted: Sequence[bool] = ()
+    quality: Sequence[int] = ()  # -1 -> none
+    variant: Sequence[str] = ()  # "" -> "original"
+    position: Sequence[float] = ()  # NaN -> none
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.signal_type)
+
+    @classmethod
+    def from_records(cls, records: Sequence, source: str = "") -> RowBatch:
+        """From loaders.Record objects (tests and in-process loads)."""
+        return cls(
+            signal_type=[r.signal_type for r in records],
+            value=[r.signal_value for r in records],
+            line=[r.line for r in records],
+            entry=[r.entry for r in records],
+            labels=[
+                "" if r.labels is None else json.dumps(r.labels, sort_keys=True) for r in records
+            ],
+            deleted=[r.deleted for r in records],
+            quality=[-1 if r.quality is None else r.quality for r in records],
+            variant=[r.variant for r in records],
+            position=[math.nan if r.position is None else r.position for r in records],
+            source=source,
+        )
+
+
+@dataclass
+class PackedRows:
+    """A plain hash list's rows packed: one fixed-length signal type, every
+    row's value joined in `values`, rows numbered from first_line. Each row
+    is an entry of its own, as a RowBatch row with only a type and a value."""
+
+    kind: str
+    values: bytes
+    first_line: int = 1
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        sig_type = SIGNAL_TYPES.get(self.kind)
+        if sig_type is None or sig_type.sequence:
+            raise InvalidArgument(
+                f"packed rows need a fixed-length signal type, not {quoted(self.kind)}"
+            )
+        if len(self.values) % sig_type.nbytes:
+            raise InvalidArgument(
+                f"packed {self.kind} values must be a multiple of {sig_type.nbytes} bytes"
+            )
+
+    def __len__(self) -> int:
+        return len(self.values) // SIGNAL_TYPES[self.kind].nbytes
+
+    def as_row_batch(self) -> RowBatch:
+        width = SIGNAL_TYPES[self.kind].nbytes
+        count = len(self)
+        return RowBatch(
+            signal_type=[self.kind] * count,
+            value=[self.values[k * width : (k + 1) * width] for k in range(count)],
+            line=range(self.first_line, self.first_line + count),
+            source=self.source,
+        )
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    source: str
+    line: int
+    reason: str
+
+
+@dataclass
+class BulkResult:
+    rows: int = 0
+    counts: BulkCounts = field(default_factory=BulkCounts)
+    rejected_count: int = 0
+    rejected: list[RejectedRow] = field(default_factory=list)
+    # False only for a strict load that found bad rows and wrote nothing
+    written: bool = True
+
+    @property
+    def added(self) -> int:
+        return self.counts.added
+
+    @property
+    def updated(self) -> int:
+        return self.counts.updated
+
+    @property
+    def removed(self) -> int:
+        return self.counts.removed
+
+    @property
+    def unchanged(self) -> int:
+        return self.counts.unchanged
+
+
+class _RowError(ValueError):
+    pass
+
+
+@lru_cache(maxsize=4096)
+def _labels(text: str) -> dict[str, str]:
+    try:
+        return validation.labels_json(text)
+    except InvalidArgument as exc:
+        raise _RowError(str(exc)) from None
+
+
+def _entry_name(name: str) -> str:
+    try:
+        return validation.entry_name(name)
+    except InvalidArgument as exc:
+        raise _RowError(str(exc)) from None
+
+
+def _value(kind: str, value: bytes, deleted: bool) -> bytes:
+    sig_type = SIGNAL_TYPES.get(kind)
+    if sig_type is None:
+        raise _RowError(f"unsupported signal type {quoted(kind)}")
+    if deleted and not value:
+        return value
+    if sig_type.sequence:
+        if not value or len(value) % sig_type.nbytes:
+            raise _RowError(f"{kind} value must be a non-empty multiple of {sig_type.nbytes} bytes")
+    elif len(value) != sig_type.nbytes:
+        raise _RowError(f"{kind} value must be {sig_type.nbytes} bytes, got {len(value)}")
+    return value
+
+
+def media_type_of(signals: Sequence[Signal]) -> str:
+    """What kind of media an imported entry is, from its signals (the matcher
+    treats video and PDF entries by their frames and pages)."""
+    if len(signals) == 1 and signals[0].variant == "original":
+        return _SINGLE_MEDIA_TYPE.get(signals[0].kind, "hash")  # the common case, fast
+    kinds = set()
+    for s in signals:
+        if s.variant.startswith("frame:") or s.kind == "videohash":
+            return "video"
+        kinds.add(s.kind)
+        if s.kind.startswith("text_") or s.variant in ("page", "document"):
+            kinds.add("pdf")
+    if "pdf" in kinds:
+        return "pdf"
+    if "chromaprint" in kinds:
+        return "audio"
+    return "hash"
+
+
+_SINGLE_MEDIA_TYPE = {
+    "videohash": "video",
+    "chromaprint": "audio",
+    "text_sha256": "pdf",
+    "text_simhash": "pdf",
+}
+
+
+class _Group:
+    """What the rows of one batch say about one entry."""
+
+    __slots__ = ("name", "signals", "keys", "labels", "deleted", "retracts", "source", "line")
+
+    def __init__(self, name: str, deleted: bool, source: str, line: int) -> None:
+        self.name = name
+        self.signals: list[Signal] = []
+        self.keys: set | None = None  # made when a second signal arrives
+        self.labels: dict[str, str] | None = None
+        self.deleted = deleted
+        # a tombstone that names no entry but a hash: (kind, value)
+        self.retracts: tuple[str, bytes] | None = None
+        self.source, self.line = source, line  # the entry's first row
+
+    def add(self, signal: Signal | None, labels: dict[str, str] | None) -> None:
+        """Raises _RowError, adding nothing, when the entry is full."""
+        if signal is not None and not self.deleted and self.signals:
+            if self.keys is None:
+                self.keys = {(s.kind, s.value, s.variant) for s in self.signals}
+            key = (signal.kind, signal.value, signal.variant)
+            if key in self.keys:
+                signal = None  # a repeat: its labels still count
+            elif len(self.signals) >= MAX_SIGNALS_PER_ENTRY:
+                raise _RowError(
+                    f"entry {quoted(self.name)} holds at most {MAX_SIGNALS_PER_ENTRY} signals"
+                )
+            else:
+                self.keys.add(key)
+        if labels is not None:
+            self.labels = labels if self.labels is None else {**self.labels, **labels}
+        if signal is not None and not self.deleted:
+            self.signals.append(signal)
+
+    def upsert(self) -> EntryUpsert:
+        return EntryUpsert(
+            self.name, self.signals, self.labels, media_type_of(self.signals), self.deleted
+        )
+
+
+class BulkLoad:
+    """One load into one set: add_batch() for each batch, then finish()."""
+
+    def __init__(
+        self,
+        store: Store,
+        live: LiveIndex,
+        set_id: int,
+        added_by: str,
+        strict: bool = False,
+        spool_dir: str = "",
+    ) -> None:
+        self.store = store
+        self.live = live
+        self.set_id = set_id
+        self.added_by = added_by
+        self.strict = strict
+        self.result = BulkResult()
+        # strict: the checked batches, written at the end. The file has no
+        # name (deleted when closed, or when the process dies) and only this
+        # load writes it, so what it reads back is what it checked.
+        self._spool = tempfile.TemporaryFile(dir=spool_dir or None) if strict else None
+        self._held_rows = 0
+        self._write_rows = WRITE_CHUNK  # plain lists: rows per transaction, tuned as it goes
+        self._expect_new = True  # plain lists: see Store.bulk_add_plain
+        self._pending: list[_PlainRows] = []  # plain rows waiting to be sorted and written
+        self._pending_rows = 0
+        self._writing: Future | None = None  # the sorted run being written, see _flush_plain
+        self._following: Future | None = None  # the index follower, see _follow
+        self._committed = threading.Event()  # the writer committed rows
+        self._done = threading.Event()  # the follower stops
+        self._result_lock = threading.Lock()  # the writer thread counts too
+
+    def add_batch(self, batch: RowBatch | PackedRows) -> None:
+        if len(batch) > MAX_BATCH_ROWS:
+            raise TooLarge(f"a batch may hold at most {MAX_BATCH_ROWS} rows")
+        if isinstance(batch, RowBatch) and len(batch.value) != len(batch):
+            raise InvalidArgument("every row needs a signal type and a value")
+        self.result.rows += len(batch)
+        if self.strict:
+            self._check_and_hold(batch)
+        else:
+            self._load(batch)
+
+    def _check_and_hold(self, batch: RowBatch | PackedRows) -> None:
+        """Strict: the batch's rows are checked (bad ones rejected, as they
+        would be when written) and the batch is spooled to be written by
+        finish(); what checking it built is dropped."""
+        if self._spool is None:
+            raise InvalidArgument("this load was abandoned")
+        self._held_rows += len(batch)
+        if self._held_rows > MAX_STRICT_ROWS:
+            raise TooLarge(f"a strict load holds at most {MAX_STRICT_ROWS} rows")
+        if _plain(batch) is None:  # a plain hash list passed its checks there
+            for _ in self._grouped(batch):
+                pass
+        pickle.dump(batch, self._spool, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _held_batches(self) -> Iterable[RowBatch | PackedRows]:
+        self._spool.seek(0)
+        while True:
+            try:
+                yield pickle.load(self._spool)
+            except EOFError:
+                return
+
+    def _load(self, batch: RowBatch | PackedRows) -> None:
+        plain = _plain(batch)
+        if plain is not None:
+            if self._pending and self._pending[0].kind_key != plain.kind_key:
+                self._flush_plain()
+            self._pending.append(plain)
+            self._pending_rows += len(plain.values)
+            if self._pending_rows >= SORT_ROWS:
+                self._flush_plain()
+            return
+        self._flush_plain()  # rows are written in the order they came
+        self.wait_for_writer()
+        for groups in self._grouped(batch):
+            self._write(groups)
+
+    def finish(self) -> BulkResult:
+        if self.strict:
+            if self._spool is None:
+                raise InvalidArgument("this load was abandoned")
+            # Every row was checked before this, except against the signal
+            # limit of an entry already in the set: such rows are rejected as
+            # they are written, and the answer still says the load was written.
+            self.result.written = not self.result.rejected_count
+            try:
+                if self.result.written:
+                    for batch in self._held_batches():
+                        self._load(batch)  # as a load that is not strict
+            finally:
+                self._close_spool()
+        self._flush_plain()
+        self.wait_for_writer()
+        self.stop_following()
+        return self.result
+
+    def _close_spool(self) -> None:
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            spool.close()
+
+    def _write(self, groups: dict[str, _Group]) -> None:
+        if not groups:
+            return
+        if any(g.retracts for g in groups.values()):
+            groups = self._with_retractions(groups)
+        upserts = [g.upsert() for g in groups.values()]
+        changed = False
+        # Short transactions: on SQLite a write transaction holds the one
+        # writer lock that every Match needs to append its history record.
+        for start in range(0, len(upserts), WRITE_CHUNK):
+            counts = self.store.bulk_upsert(
+                self.set_id, upserts[start : start + WRITE_CHUNK], self.added_by
+            )
+            self._count(counts, groups)
+            changed = changed or bool(counts.added or counts.updated or counts.removed)
+        if changed:
+            self.live.catch_up()  # committed rows match before the next batch
+
+    def _flush_plain(self) -> None:
+        """Sorts the plain rows waiting and hands them to a writer thread: the
+        next ones are received, checked and sorted while it writes, and a
+        follower thread indexes what it has committed (numpy, numba and the
+        store drivers let go of the GIL); one run in flight at a time."""
+        if self._pending:
+            rows = _sorted_plain(self._pending)
+            self._pending, self._pending_rows = [], 0
+            self.wait_for_writer()
+            if self._following is None:
+                self._following = _WRITERS.submit(self._follow)
+            self._writing = _WRITERS.submit(self._write_plain, rows)
+
+    def abandon(self) -> None:
+        """After a failed or cancelled load: waits for the run being written
+        and the index follower, so nothing is written after the call has
+        ended (a client that reruns at once must not race the last write of
+        its failed load) and the counts are final. A strict load's rows are
+        dropped unwritten."""
+        self._close_spool()
+        with contextlib.suppress(Exception):
+            self.wait_for_writer()
+        with contextlib.suppress(Exception):
+            self.stop_following()
+
+    def wait_for_writer(self) -> None:
+        """Until the run in flight is written; raises what its write raised."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
+
+    def stop_following(self) -> None:
+        """Stops the follower and indexes what is left: every committed row
+        matches when this returns. Raises what the follower raised."""
+        following, self._following = self._following, None
+        if following is not None:
+            self._done.set()
+            self._committed.set()
+            following.result()
+            self.live.catch_up()
+
+    def _follow(self) -> None:
+        """Committed rows match at once: the index catches up with each write
+        of the writer thread (several, when it is behind)."""
+        while not self._done.is_set():
+            if self._committed.wait(FOLLOW_SECONDS):
+                self._committed.clear()
+                self.live.catch_up()
+                self._done.wait(FOLLOW_SECONDS)
+
+    def _write_plain(self, rows: PlainSignals) -> None:
+        """A plain hash list: column-wise writes; the index takes the new
+        signals as they were written instead of reading them back."""
+        start = 0
+        while start < len(rows):
+            part = rows[start : start + self._write_rows]
+            started = time.perf_counter()
+            counts, _ = self.store.bulk_add_plain(
+                self.set_id,
+                part,
+                self.added_by,
+                expect_new=self._expect_new,
+                noted=self.live.note_added,
+            )
+            # a fresh load finds no name there; a rerun or resume finds them
+            self._expect_new = counts.added == len(part)
+            self._tune(len(part), time.perf_counter() - started)
+            self._count(counts, {})
+            if counts.added or counts.updated:
+                self._committed.set()
+            start += len(part)
+
+    def _tune(self, rows: int, seconds: float) -> None:
+        if rows < self._write_rows:
+            return  # a short last part says little about the rate
+        wanted = rows * self.store.bulk_write_seconds / max(seconds, 1e-3)
+        # move half way: one slow transaction (a checkpoint, a busy core) does
+        # not halve the next
+        self._write_rows = int(min(MAX_WRITE_ROWS, max(MIN_WRITE_ROWS, (rows + wanted) / 2)))
+
+    def _with_retractions(self, groups: dict[str, _Group]) -> dict[str, _Group]:
+        """A tombstone row that names no entry retracts its hash: partners
+        send (type, value, deleted) for a hash they loaded with their own id
+        (a ThreatExchange or HMA id), so the entry of that name is not the
+        only one to go. Every active entry of the set whose signals are all
+        that hash is removed too. An entry that holds it among other signals
+        (a video and its frames) stays, and the row is rejected with the
+        entries it names: removing a whole video for one retracted frame
+        would be wrong, so the operator tombstones it by name if meant."""
+        out = dict(groups)
+        retracting = [g for g in groups.values() if g.retracts]
+        holders = self._holders({g.retracts for g in retracting})
+        for group in retracting:
+            kind, value = group.retracts
+            mixed = []
+            for entry in holders.get(group.retracts, ()):
+                if entry.name in out:
+                    continue  # the hash's own name, or a row of this batch
+                if all((s.kind, s.value) == (kind, value) for s in entry.signals):
+                    out[entry.name] = _Group(entry.name, True, group.source, group.line)
+                else:
+                    mixed.append(entry.name)
+            if mixed:
+                shown = ", ".join(quoted(name) for name in sorted(mixed)[:3])
+                self._reject(
+                    group.source,
+                    group.line,
+                    f"{kind} {value.hex()[:16]}... is also held by {len(mixed)} entr"
+                    f"{'y' if len(mixed) == 1 else 'ies'} with other signals ({shown}):"
+                    " tombstone them by entry to remove them",
+                )
+        return out
+
+    def _holders(self, hashes: set[tuple[str, bytes]]) -> dict[tuple[str, bytes], list]:
+        """The active entries of this set holding exactly each (kind, value),
+        found by the in-memory index (distance 0; one search a kind) or, for
+        exact types, the store's value index; one read of the entries for a
+        whole batch. Chromaprint fingerprints are in neither: by name only."""
+        entry_ids: set[int] = set()
+        if any(kind in self.live.indexes for kind, _ in hashes):
+            self.live.catch_up()  # this load's earlier writes
+        for kind in {kind for kind, _ in hashes}:
+            values = [value for k, value in hashes if k == kind]
+            if kind in self.live.indexes:
+                for found in self.live.indexes[kind].search(values, 0):
+                    entry_ids.update(split_signal_id(sid)[0] for sid, _ in found)
+            elif not SIGNAL_TYPES[kind].perceptual:
+                for value in values:
+                    entry_ids.update(e for e, _ in self.store.find_exact(kind, value))
+        out: dict[tuple[str, bytes], list] = {}
+        for entry in self.store.get_entries(entry_ids, with_signals=True).values():
+            if entry.set_id != self.set_id or entry.removed_at is not None:
+                continue
+            for key in {(sig.kind, sig.value) for sig in entry.signals} & hashes:
+                out.setdefault(key, []).append(entry)
+        return out
+
+    def _count(self, counts: BulkCounts, groups: dict[str, _Group]) -> None:
+        """Adds a write's counts; signals an entry had no room for (it was
+        filled by an earlier load) are rejected rows, one an entry, at the
+        entry's first row."""
+        for name, count in counts.over_limit.items():
+            group = groups.get(name)
+            source, line = (group.source, group.line) if group else ("", 0)
+            self._reject(
+                source,
+                line,
+                f"entry {quoted(name)} holds at most {MAX_SIGNALS_PER_ENTRY} signals:"
+                f" {count} not added",
+            )
+        counts.over_limit = {}
+        with self._result_lock:
+            self.result.counts += counts
+
+    def _reject(self, source: str, line: int, reason: str) -> None:
+        with self._result_lock:
+            self.result.rejected_count += 1
+            if len(self.result.rejected) < MAX_REPORTED_REJECTS:
+                self.result.rejected.append(RejectedRow(source, line, reason))
+
+    def _grouped(self, batch: RowBatch) -> Iterable[dict[str, _Group]]:
+        """The batch's rows as entries. A name that flips between tombstone
+        and live within the batch splits it, so the removal and the new entry
+        are written in order."""
+        n = len(batch)
+        lines = batch.line or range(1, n + 1)
+        entries = batch.entry or [""] * n
+        labels = batch.labels or [""] * n
+        deleted = batch.deleted or [False] * n
+        quality = batch.quality or [-1] * n
+        variant = batch.variant or [""] * n
+        position = batch.position or [math.nan] * n
+        groups: dict[str, _Group] = {}
+        for kind, value, line, entry, label_text, gone, q, var, pos in zip(
+            batch.signal_type,
+            batch.value,
+            lines,
+            entries,
+            labels,
+            deleted,
+            quality,
+            variant,
+            position,
+            strict=True,
+        ):
+            try:
+                value = _value(kind, value, gone)
+                name = _entry_name(entry) if entry else f"{kind}:{value.hex()}"
+                row_labels = _labels(label_text) if label_text else None
+                if var and var != "original" and not _VARIANT.fullmatch(var):
+                    raise _RowError(f"variant {quoted(var)} is not exchanged")
+                if q != -1 and not 0 <= q <= 100:
+                    raise _RowError("quality must be within 0..100")
+                if not (math.isnan(pos) or (math.isfinite(pos) and pos >= 0)):
+                    raise _RowError("position must be a finite number >= 0")
+            except _RowError as exc:
+                self._reject(batch.source, line, str(exc))
+                continue
+            group = groups.get(name)
+            if group is not None and group.deleted != gone:
+                yield groups
+                groups, group = {}, None
+            if group is None:
+                group = groups[name] = _Group(name, gone, batch.source, line)
+                if gone and value and not entry:
+                    group.retracts = (kind, bytes(value))
+            signal = (
+                Signal(
+                    kind,
+                    bytes(value),
+                    None if q == -1 else q,
+                    var or "original",
+                    None if math.isnan(pos) else pos,
+                )
+                if value
+                else None
+            )
+            try:
+                group.add(signal, row_labels)
+            except _RowError as exc:
+                self._reject(batch.source, line, str(exc))
+        yield groups
+
+
+@dataclass
+class _PlainRows:
+    """A batch's rows as a plain hash list, checked; in row order, repeats
+    included."""
+
+    kind: str
+    values: np.ndarray  # (n, width) uint8
+    qualities: np.ndarray | None  # int16, -1 -> none; None: no row has one
+
+    @property
+    def kind_key(self) -> tuple[str, bool]:
+        return self.kind, self.qualities is not None
+
+
+def _plain(batch: RowBatch | PackedRows) -> _PlainRows | None:
+    """The batch as a plain hash list, checked column-wise: one fixed-length
+    signal type, every value of its length, and no row with an entry,
+    labels, tombstone, variant or position. None when a row needs the
+    row-by-row path (which also reports bad rows)."""
+    if isinstance(batch, PackedRows):
+        width = SIGNAL_TYPES[batch.kind].nbytes
+        values = np.frombuffer(batch.values, dtype=np.uint8).reshape(-1, width)
+        return _PlainRows(batch.kind, values, None)
+    says_more = (
+        any(batch.entry)
+        or any(batch.labels)
+        or any(batch.deleted)
+        or not set(batch.variant) <= {"", "original"}
+        or not all(map(math.isnan, batch.position))
+    )
+    if says_more:
+        return None
+    kinds = set(batch.signal_type)
+    if len(kinds) != 1:
+        return None
+    kind = kinds.pop()
+    sig_type = SIGNAL_TYPES.get(kind)
+    if sig_type is None or sig_type.sequence or set(map(len, batch.value)) != {sig_type.nbytes}:
+        return None
+    if batch.quality and (min(batch.quality) < -1 or max(batch.quality) > 100):
+        return None
+    values = np.frombuffer(b"".join(batch.value), dtype=np.uint8).reshape(-1, sig_type.nbytes)
+    qualities = np.asarray(batch.quality, dtype=np.int16) if batch.quality else None
+    return _PlainRows(kind, values, qualities)
+
+
+def _sorted_plain(parts: Sequence[_PlainRows]) -> PlainSignals:
+    """Plain rows of one kind as entries: one a value (its first row wins,
+    as in the row-by-row path), named after it, in name (= value) order, so
+    the store's name index is written page by page. All in numpy, which
+    lets other threads run meanwhile (sorted() held the GIL, and so every
+    Match, for 250 ms a run)."""
+    kind = parts[0].kind
+    rows = np.concatenate([p.values for p in parts]) if len(parts) > 1 else parts[0].values
+    width = rows.shape[1]
+    padded = np.zeros((len(rows), -(-width // 8) * 8), dtype=np.uint8)
+    padded[:, :width] = rows
+    words = padded.view(">u8").astype(np.uint64)
+    # by the first 8 bytes (4x faster than by all), unless two rows share them
+    order = np.argsort(words[:, 0], kind="stable")
+    if words.shape[1] > 1 and (np.diff(words[order, 0]) == 0).any():
+        order = np.lexsort(words.T[::-1])  # the first word the primary key; stable
+    ordered = words[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    keep = order[first]
+    qualities = None
+    if parts[0].qualities is not None:
+        qualities = np.concatenate([p.qualities for p in parts])[keep]
+    return PlainSignals(kind, _SINGLE_MEDIA_TYPE.get(kind, "hash"), rows[keep], qualities)
+
+
+def load(
+    store: Store,
+    live: LiveIndex,
+    set_id: int,
+    added_by: str,
+    batches: Iterable[RowBatch],
+    strict: bool = False,
+) -> BulkResult:
+    """A whole load: every batch, then the result."""
+    run = BulkLoad(store, live, set_id, added_by, strict)
+    try:
+        for batch in batches:
+            run.add_batch(batch)
+    except BaseException:
+        run.abandon()
+        raise
+    return run.finish()
+
+
+EXPORT_BATCH = 1_000
+# Signals read a batch: ~100 bytes each as protobuf, a few messages' worth
+# (they are sent in messages of Config.max_page_bytes).
+EXPORT_BATCH_SIGNALS = 100_000
+
+
+def export_entries(
+    store: Store,
+    set_id: int,
+    since_micros: int | None = None,
+    max_signals: int = EXPORT_BATCH_SIGNALS,
+):
+    """Batches of the set's entries with their signals: all active ones, or
+    those changed at or after `since_micros` (removed ones included, with
+    removed_at set), oldest first. A batch holds at most EXPORT_BATCH entries
+    and max_signals signals (or one entry): 1,000 four-hour videos are 14M."""
+    if since_micros is None:
+        after = 0
+        while entries := store.list_entries(set_id, after, EXPORT_BATCH, max_signals):
+            yield entries
+            after = entries[-1].id
+        return
+    ids = store.entries_changed_since(set_id, since_micros)
+    for start in range(0, len(ids), EXPORT_BATCH):
+        chunk = ids[start : start + EXPORT_BATCH]
+        counts = store.signal_counts(chunk)
+        run, signals = [], 0
+        for entry_id in [*chunk, None]:
+            count = counts.get(entry_id, 0) if entry_id is not None else 0
+            if run and (entry_id is None or signals + count > max_signals):
+                found = store.get_entries(run, with_signals=True)
+                yield [found[i] for i in sorted(found)]
+                run, signals = [], 0
+            if entry_id is not None:
+                run.append(entry_id)
+                signals += count

@@ -1,0 +1,312 @@
+"""All settings in one object, with defaults; every limit is named here.
+
+Read from a TOML file (`hashsvc serve --config FILE`), then overridden by
+command-line flags. Unknown keys in the file are an error, so a typo in a limit
+never silently leaves the default in force.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+
+from hashsvc.base.addresses import is_loopback
+from hashsvc.media.audio import AudioLimits
+from hashsvc.media.image import ImageLimits
+from hashsvc.media.pdf import PdfLimits
+from hashsvc.media.video import VideoLimits
+
+
+@dataclass(frozen=True)
+class PdqPolicy:
+    # Meta's tools use 31 as the PDQ match threshold.
+    block_distance: int = 31
+    # bench/robustness.py: no unrelated photo came closer than 84 bits (21k
+    # pairs, every transform); 56 keeps a margin of ~30 bits and raises recall
+    # at review from 0.86 (at 50) to 0.88.
+    review_distance: int = 56
+    # Below this PDQ quality a hash is too flat to decide BLOCK on its own.
+    quality_floor: int = 50
+
+
+@dataclass(frozen=True)
+class StringLimits:
+    """Lengths (in characters) of the strings a caller sends, checked where
+    requests arrive (hashsvc/base/validation.py request_strings) before anything
+    is stored: a 15 MiB client_ref in five Matches made every page of the
+    review queue and of the history larger than a gRPC message, for good
+    (the history is append-only). A string may not hold a NUL either
+    (PostgreSQL text cannot)."""
+
+    # The caller's reference to an upload: an id or a URL in its own store.
+    # The history keeps 1000 characters of it (hashsvc/core/core.py).
+    client_ref_chars: int = 1000
+    # Set descriptions and reviewers' notes (as validation.MAX_TEXT).
+    text_chars: int = 2000
+    # A hash in its text form: 4 hours of Chromaprint are ~930k hex digits.
+    signal_value_chars: int = 2 * 1024 * 1024
+    # Every other string: names, filters, labels, page tokens, roles...
+    other_chars: int = 1024
+    # Items of a repeated field (MatchRequest.sets, thresholds) and labels.
+    repeated_items: int = 1000
+
+
+# hashsvc/index/multi_index.py REVIEW_SEARCHES (named here without importing it).
+PDQ_REVIEW_SEARCHES = ("fast", "balanced", "thorough")
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = "127.0.0.1:50051"
+    db_url: str = "sqlite:///hashsvc.db"
+    # Connecting to PostgreSQL gives up after this (libpq: whole seconds, at
+    # least 2): a wrong host fails start-up in seconds with one line saying why.
+    db_connect_timeout_seconds: float = 5.0
+    # Hashing runs in worker processes; 0 means one per core.
+    workers: int = 0
+    # Hash each upload's two halves on two workers at once: p50 12.3 instead of
+    # 13.5 ms for one client, but 113 instead of 136 req/s under load (each half
+    # decodes the upload). Off by default: throughput matters more on 2 cores.
+    split_query_hashing: bool = False
+    # A hashing job past this is stopped (its worker killed and replaced).
+    hash_timeout_seconds: float = 20.0
+    # Address-space limit of each hashing worker: a decoder that balloons fails
+    # that one request instead of taking the machine's memory. 0 = no limit.
+    worker_memory_bytes: int = 2 * 1024 * 1024 * 1024
+    # A hashing worker is replaced after this many jobs, returning the memory
+    # a large decode left behind (bench/fuzz.py: 2 workers held 1.3 GB after
+    # hostile videos). 0 = never. A replacement starts in ~1 s while the other
+    # workers serve.
+    worker_max_jobs: int = 2000
+    # gRPC message limit; media larger than this is refused with RESOURCE_EXHAUSTED.
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_batch_items: int = 1000
+    # Requests per second per API token (each replica counts its own); 0 = off.
+    rate_limit_per_second: float = 0.0
+    rate_limit_burst: int = 0  # 0: one second's worth
+    # Room for max_streams + max_unread_anonymous_calls + max_unread_token_calls
+    # (20) held by idle callers, and 12 for the work itself; an idle thread
+    # costs a stack and nothing else.
+    grpc_threads: int = 32
+    # Streams (uploads, BulkLoad, MatchBatch, exports, reflection) hold a gRPC
+    # thread each for as long as they are open: 16 idle ones stalled every RPC
+    # and the health check (issue 16). At most max_streams at once, fewer than
+    # grpc_threads, so unary calls and health always find a thread; past a cap a
+    # new stream gets RESOURCE_EXHAUSTED at once.
+    max_streams: int = 8
+    max_streams_per_token: int = 4  # callers without a token (reflection) share one
+    # A stream that sends no message for this long ends with DEADLINE_EXCEEDED
+    # (the server's own work between messages, e.g. a batch's items in flight,
+    # does not count); one still receiving after stream_max_seconds ends too
+    # (a 2 GiB upload at 1 MB/s takes ~36 min). A unary call's message must
+    # arrive within stream_idle_seconds too (else the call is cancelled).
+    stream_idle_seconds: float = 30.0
+    stream_max_seconds: float = 3600.0
+    # Calls without a token (health checks) whose request message has not
+    # arrived yet: at most this many hold a thread, a newer one cancels the
+    # oldest (grpc waits for a message forever; headers only are enough).
+    max_unread_anonymous_calls: int = 4
+    # The same for calls with a token (headers sent, the message never): per
+    # token, and all tokens together; a newer one cancels the oldest.
+    max_unread_calls_per_token: int = 4
+    max_unread_token_calls: int = 8
+    # Server reflection (grpcurl and the like) needs no token: off unless asked for.
+    reflection: bool = False
+    # Review queue: a reviewer's claim on an item lasts this long.
+    review_claim_seconds: float = 900.0
+    # Flood alert: an entry matching more than this many uploads within the
+    # window (counted across all replicas, in the store) raises one alert: a
+    # metric, a history record and a review item, until an operator
+    # acknowledges it (`hashsvc entries release`). Its matches are never
+    # downgraded: a mass re-upload of known content stays blocked. 0 = off.
+    # (Named after the quarantine this replaced, so existing configs work.)
+    quarantine_matches: int = 200
+    quarantine_window_seconds: float = 60.0
+    # Each replica adds its flood counts to the store this often, in one
+    # transaction, instead of a write per Match; an alert comes this much
+    # later at most.
+    flood_flush_seconds: float = 1.0
+    # Entries counted in memory between flushes; past this a flush starts at
+    # once (an int per entry: 100k entries are ~10 MB).
+    flood_max_pending_entries: int = 100_000
+    image: ImageLimits = field(default_factory=ImageLimits)
+    # Media larger than a gRPC message comes as a stream of chunks (MatchUpload,
+    # AddEntryUpload), spooled to a temporary file that is deleted after hashing.
+    max_upload_bytes: int = 2 * 1024 * 1024 * 1024
+    # Where uploads are spooled; "" = the system's temporary directory.
+    spool_dir: str = ""
+    # Bytes all uploads of this replica may hold in the spool at once (6 idle
+    # streams held 901 MB before this limit; 16 x 2 GiB were possible), and
+    # uploads one token may have in flight. Past either: RESOURCE_EXHAUSTED.
+    spool_max_bytes: int = 4 * 1024 * 1024 * 1024
+    max_uploads_per_token: int = 4
+    # Hashing a video, audio or PDF may take this long (images: hash_timeout_seconds).
+    media_timeout_seconds: float = 600.0
+    video: VideoLimits = field(default_factory=VideoLimits)
+    audio: AudioLimits = field(default_factory=AudioLimits)
+    pdf: PdfLimits = field(default_factory=PdfLimits)
+    pdq: PdqPolicy = field(default_factory=PdqPolicy)
+    strings: StringLimits = field(default_factory=StringLimits)
+    # A message of ListEntries, ExportEntries, QueryHistory or ListReviewItems
+    # holds at most this much: pages are cut by size as well as by count (50
+    # four-hour videos made a 69 MB page), and an entry larger than this is
+    # split over several messages. grpc clients refuse messages over 4 MiB
+    # unless told otherwise; what is past this is on the next page.
+    max_page_bytes: int = 3 * 1024 * 1024
+    # TLS: both set -> the server listens with TLS.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # Mutual TLS: set -> clients must present a certificate signed by this CA
+    # (needs tls_cert_file and tls_key_file).
+    tls_client_ca_file: str = ""
+    # Plaintext (no TLS) is refused on a listen address other than loopback:
+    # tokens and uploads would cross the network in clear. true allows it (a
+    # TLS-terminating proxy in front, a trusted network), logged as a warning.
+    allow_insecure: bool = False
+    # A secret file: the match history's hash chain becomes an HMAC under it,
+    # so database access alone cannot forge a consistent history.
+    history_key_file: str = ""
+    # Checkpoints of the history's head (newest record's id and hash, and how
+    # many records lead up to it), HMAC-signed with the history key when there
+    # is one, are written into the history and appended to this file, which
+    # should live outside the database's reach (another disk, a WORM mount,
+    # shipped off-host): `history verify` holds the database to the file's
+    # last checkpoint, so a cut-off tail or a nulled chain shows. "" = none
+    # (then verify says it could not check truncation).
+    history_checkpoint_file: str = ""
+    # A checkpoint after this many new records (one record in 100 more)...
+    history_checkpoint_records: int = 100
+    # ...or this long after the last one, if anything was written since: a
+    # tail deleted after the last checkpoint is what verify cannot see.
+    history_checkpoint_seconds: float = 60.0
+    # Prometheus metrics over HTTP at HOST:PORT/metrics; empty = off.
+    metrics_listen: str = ""
+    # Where the index snapshot lives; empty -> next to a SQLite file, or none.
+    index_snapshot: str = ""
+    # How often to look for changes made by other replicas (seconds).
+    change_poll_seconds: float = 1.0
+    # Matching answers UNAVAILABLE when the index has not read the store's
+    # change feed for this long on top of change_poll_seconds (the wait
+    # between reads): a replica cut off from its store cannot know what other
+    # replicas added or removed meanwhile. A failed read counts at once. 0 =
+    # only failed reads count.
+    index_stale_seconds: float = 30.0
+    # How often to refresh the index snapshot when something changed (seconds).
+    snapshot_seconds: float = 300.0
+    # How PDQ searches cover the review band (past 32 bits, where the index
+    # cannot be exact): "fast", "balanced" or "thorough" (more of the band found
+    # for more search time; hashsvc/index/multi_index.py, bench/scale.py).
+    pdq_review_search: str = "balanced"
+
+    def __post_init__(self) -> None:
+        if self.history_checkpoint_records < 1 or self.history_checkpoint_seconds <= 0:
+            raise ValueError(
+                "history_checkpoint_records and history_checkpoint_seconds must be positive"
+            )
+        if self.pdq_review_search not in PDQ_REVIEW_SEARCHES:
+            raise ValueError(f"pdq_review_search must be one of {', '.join(PDQ_REVIEW_SEARCHES)}")
+        # A window or flush interval of 0 would divide by zero or spin the
+        # flusher; a negative count would silently turn the alert off.
+        if self.quarantine_matches < 0:
+            raise ValueError("quarantine_matches must be 0 (off) or more")
+        if self.quarantine_matches and not self.quarantine_window_seconds > 0:
+            raise ValueError("quarantine_window_seconds must be more than 0")
+        if not self.flood_flush_seconds > 0:
+            raise ValueError("flood_flush_seconds must be more than 0")
+        if self.flood_max_pending_entries < 1:
+            raise ValueError("flood_max_pending_entries must be 1 or more")
+        self._check_transport()
+        self._check_stream_limits()
+
+    def _check_transport(self) -> None:
+        # A half-made TLS config used to serve plaintext without a word.
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            given = "tls_cert_file" if self.tls_cert_file else "tls_key_file"
+            raise ValueError(f"TLS needs both tls_cert_file and tls_key_file; only {given} is set")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError(
+                "tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file too; "
+                "without them the server would listen in plaintext"
+            )
+        if not self.tls_cert_file and not self.allow_insecure and not is_loopback(self.listen):
+            raise ValueError(
+                f"listen = {self.listen!r} is not a loopback address and TLS is not set: "
+                "tokens and uploads would cross the network in clear; set tls_cert_file and "
+                "tls_key_file, or allow_insecure = true (e.g. behind a TLS-terminating proxy)"
+            )
+
+    def _check_stream_limits(self) -> None:
+        held = self.max_streams + self.max_unread_anonymous_calls + self.max_unread_token_calls
+        if self.max_streams < 1 or held >= self.grpc_threads:
+            raise ValueError(
+                "max_streams must be at least 1 and max_streams + max_unread_anonymous_calls"
+                f" + max_unread_token_calls less than grpc_threads ({held} >="
+                f" {self.grpc_threads}): unary calls and the health check need threads that"
+                " no idle caller can hold"
+            )
+        for name in (
+            "max_streams_per_token",
+            "max_uploads_per_token",
+            "max_unread_anonymous_calls",
+            "max_unread_calls_per_token",
+            "max_unread_token_calls",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("stream_idle_seconds", "stream_max_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be more than 0")
+        if self.spool_max_bytes < self.max_upload_bytes:
+            raise ValueError(
+                f"spool_max_bytes ({self.spool_max_bytes}) must be at least max_upload_bytes"
+                f" ({self.max_upload_bytes}): a largest upload must fit in the spool"
+            )
+
+    def history_key(self) -> bytes | None:
+        if not self.history_key_file:
+            return None
+        with open(self.history_key_file, "rb") as f:
+            key = f.read().strip()
+        if len(key) < 16:
+            raise ValueError(f"{self.history_key_file}: a history key needs at least 16 bytes")
+        return key
+
+    def page_bytes(self) -> int:
+        """What a page or export message may hold: max_page_bytes, within
+        half a gRPC message (the rest of the message, and room to spare)."""
+        return max(4096, min(self.max_page_bytes, self.max_message_bytes // 2))
+
+    def worker_count(self) -> int:
+        return self.workers if self.workers > 0 else (os.cpu_count() or 1)
+
+
+def load_config(path: str | None = None, **overrides) -> Config:
+    values: dict = {}
+    if path:
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return _build(Config, values, "config")
+
+
+def _build(cls, values: dict, where: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown setting(s) in {where}: {', '.join(sorted(unknown))}")
+    kwargs = {}
+    for name, value in values.items():
+        default = (
+            fields[name].default_factory()
+            if callable(fields[name].default_factory)
+            else fields[name].default
+        )
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}.{name} must be a table")
+            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)

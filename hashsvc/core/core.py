@@ -1,0 +1,506 @@
+"""The core that the gRPC layer calls: wiring of store, index, hashing and
+policy, and the Match operation with its history record. Testable without a
+network: tests build a Core and call it directly."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from hashdb import HistoryRecord, Store, open_store
+from hashsvc.base.errors import (
+    HashsvcError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    quoted,
+    status_name,
+)
+from hashsvc.base.signals import Signal, signal_type
+from hashsvc.core.audit import Audit, acting_token_id, storable
+from hashsvc.core.bulk import BulkLoad, BulkResult, PackedRows, RowBatch
+from hashsvc.core.config import Config
+from hashsvc.core.curation import Curation
+from hashsvc.core.review import Feedback, ReviewQueue
+from hashsvc.index.live import LiveIndex
+from hashsvc.matching.flood import FloodCounter
+from hashsvc.matching.matcher import Match, Matcher
+from hashsvc.matching.policy import Policy
+from hashsvc.media.dispatch import MediaLimits, MediaSource, size_of
+from hashsvc.media.hashing import HashingPool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MatchQuery:
+    """One upload: media bytes, or a precomputed hash (signal_type, hex value)."""
+
+    media: MediaSource | None = None
+    signal_type: str = ""
+    signal_value: str = ""
+    signal_quality: int | None = None
+    client_ref: str = ""
+    sets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MatchOutcome:
+    request_id: str
+    decision: str
+    media_type: str
+    query_signals: list[Signal]
+    matches: list[Match] = field(default_factory=list)
+    client_ref: str = ""
+    notes: tuple[str, ...] = ()  # what was left out within the limits
+
+
+def call_status(exc: BaseException | None) -> str:
+    """The status code name of a call that raised `exc` (None: it did not)."""
+    return "OK" if exc is None else status_name(exc)
+
+
+class Core:
+    def __init__(self, config: Config, store: Store, hashing: HashingPool) -> None:
+        self.config = config
+        self.store = store
+        self.hashing = hashing
+        self.policy = Policy(config.pdq)
+        self.live = LiveIndex(store, _snapshot_dir(config), config.pdq_review_search)
+        self.matcher = Matcher(self.live, self.policy)
+        self.curation = Curation(store, self.live, hashing)
+        self.audit = Audit(
+            store,
+            config.history_checkpoint_file,
+            config.history_key(),
+            config.history_checkpoint_records,
+            config.history_checkpoint_seconds,
+        )
+        self.feedback = Feedback(store, self.policy)
+        self.review = ReviewQueue(store, self.curation, config.review_claim_seconds)
+        self.flood = FloodCounter(
+            store,
+            config.quarantine_matches,
+            config.quarantine_window_seconds,
+            config.flood_max_pending_entries,
+            self._flood_alerts,
+        )
+        self._poller: threading.Thread | None = None
+        self._flusher: threading.Thread | None = None
+        self._stopping = threading.Event()
+        # Set while the change feed cannot be read: the index may miss what
+        # other replicas changed, so matching stops until it has caught up.
+        self._index_lost = threading.Event()
+        # Called with every successful Match outcome (metrics); must not raise.
+        self.on_match: Callable[[MatchOutcome], None] | None = None
+        # Called with the set's name for every flood alert this replica raises.
+        self.on_flood_alert: Callable[[str], None] | None = None
+
+    @classmethod
+    def open(cls, config: Config, hash_in_process: bool = False) -> Core:
+        store = open_store(
+            config.db_url,
+            history_key=config.history_key(),
+            connect_timeout=config.db_connect_timeout_seconds,
+        )
+        workers = 0 if hash_in_process else config.worker_count()
+        pool = HashingPool(
+            workers,
+            MediaLimits(config.image, config.video, config.audio, config.pdf),
+            config.hash_timeout_seconds,
+            config.worker_memory_bytes,
+            split_queries=config.split_query_hashing,
+            media_timeout_seconds=config.media_timeout_seconds,
+            worker_max_jobs=config.worker_max_jobs,
+        )
+        core = cls(config, store, pool)
+        return core
+
+    def start(self) -> None:
+        """Load the index (the slow part) and follow other replicas' changes."""
+        self.hashing.warm_up()
+        self.live.load()
+        self._poller = threading.Thread(target=self._poll_changes, daemon=True, name="changes")
+        self._poller.start()
+        self._flusher = threading.Thread(target=self._flush_floods, daemon=True, name="flood")
+        self._flusher.start()
+
+    def _flush_floods(self) -> None:
+        while not self._stopping.is_set():
+            self.flood.wake.wait(self.config.flood_flush_seconds)
+            self.flood.wake.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                self.flood.flush()
+            except Exception:  # the counts are kept; the next flush retries
+                log.exception("flushing flood counts failed")
+
+    def _flood_alerts(self, over: dict[int, int]) -> None:
+        for entry_id, count in sorted(over.items()):
+            set_name = self.review.raise_flood_alert(
+                entry_id, count, self.config.quarantine_window_seconds
+            )
+            if set_name is not None:
+                log.warning("flood alert: entry %d matched %d times", entry_id, count)
+                if self.on_flood_alert is not None:
+                    self.on_flood_alert(set_name)
+
+    def _poll_changes(self) -> None:
+        saved_seq, saved_at = self.live.seq, time.monotonic()
+        while not self._stopping.is_set():
+            try:
+                # woken at once by a PostgreSQL NOTIFY, else after the poll interval
+                self.store.wait_for_change(self.config.change_poll_seconds)
+                if self._stopping.is_set():
+                    return
+                self.live.catch_up()
+            except Exception as exc:  # keep following; the next poll retries
+                if not self._index_lost.is_set():
+                    log.exception("the index cannot follow the store; matching stops: %s", exc)
+                self._index_lost.set()
+                self._stopping.wait(self.config.change_poll_seconds)  # no busy retry
+                continue
+            if self._index_lost.is_set():
+                self._index_lost.clear()
+                log.warning("the index caught up with the store again; matching resumes")
+            try:
+                self._checkpoint_history()
+                # A fresh snapshot keeps restarts fast even after a crash.
+                due = time.monotonic() - saved_at > self.config.snapshot_seconds
+                if due and self.live.seq != saved_seq:
+                    self.live.save_snapshot()
+                    saved_seq, saved_at = self.live.seq, time.monotonic()
+            except Exception:
+                log.exception("saving the index snapshot failed")
+
+    def _checkpoint_history(self, final: bool = False) -> None:
+        # A history that cannot be checkpointed still serves: the failure is
+        # logged, and verify shows how old the last checkpoint is.
+        try:
+            if final:
+                self.audit.checkpoint()
+            else:
+                self.audit.maybe_checkpoint()
+        except Exception:
+            log.exception("checkpointing the history failed")
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def close(self) -> None:
+        self._stopping.set()
+        self.flood.wake.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=10)
+            try:  # the last counts of this replica still count
+                self.flood.flush()
+            except Exception:
+                log.exception("flushing flood counts failed")
+        if self._poller is not None:  # a server: anchor the head it leaves
+            self._checkpoint_history(final=True)
+        if self.live.ready.is_set():
+            try:
+                self.live.save_snapshot()
+            except Exception:
+                log.exception("saving the index snapshot failed")
+        self.hashing.close()
+        self.store.close()
+
+    # -- matching
+
+    def match(
+        self,
+        query: MatchQuery,
+        caller: str,
+        rpc: str = "Match",
+        caller_token_id: int | None = None,
+    ) -> MatchOutcome:
+        """Hash (if media), match, decide; every call, failed or not, is recorded."""
+        if caller_token_id is None:
+            caller_token_id = acting_token_id(caller)
+        request_id = uuid.uuid4().hex
+        started = datetime.now(UTC)
+        media_type, signals, notes = "", [], ()
+        try:
+            self._require_ready()  # before hashing: no work for a refused call
+            only_sets = self._set_ids(query.sets)
+            media_type, signals, notes = self._query_signals(query)
+            result = self.matcher.match(signals, only_sets)
+            result = self.feedback.apply(result, signals, self.live.sets_by_id)
+            self._require_ready()  # the index may have been lost while hashing
+        except HashsvcError as exc:
+            self._record(
+                request_id, started, caller, rpc, query, media_type, signals, None, exc,
+                caller_token_id,
+            )  # fmt: skip
+            raise
+        except Exception as exc:
+            log.exception("match %s failed", request_id)
+            self._record(
+                request_id, started, caller, rpc, query, media_type, signals, None, exc,
+                caller_token_id,
+            )  # fmt: skip
+            raise
+        outcome = MatchOutcome(
+            request_id,
+            result.decision,
+            media_type,
+            signals,
+            result.matches,
+            query.client_ref,
+            notes,
+        )
+        self._record(
+            request_id, started, caller, rpc, query, media_type, signals, outcome, None,
+            caller_token_id,
+        )  # fmt: skip
+        self._after_match(outcome, caller)
+        if self.on_match is not None:
+            self.on_match(outcome)
+        return outcome
+
+    def _after_match(self, outcome: MatchOutcome, caller: str) -> None:
+        # The answer stands even if the queue cannot be written: the history
+        # holds the REVIEW decision, and the failure is logged.
+        try:
+            self.review.enqueue(outcome, caller, self.live.sets_by_id)
+            # counted in memory; the flusher thread adds the counts to the store
+            self.flood.observe(m.entry_id for m in outcome.matches if m.decision != "allow")
+        except Exception:
+            log.exception("review queue update for %s failed", outcome.request_id)
+
+    def record_action(
+        self,
+        action: str,
+        actor: str,
+        detail: dict,
+        status: str = "OK",
+        error_message: str = "",
+        set_names: tuple[str, ...] = (),
+    ) -> None:
+        """An operator's write in the hash-chained history; a failed one names
+        its status, as a failed Match does. Indexed under the sets it names
+        (that exist), so `history --set S` shows what was done to S."""
+        set_ids = tuple(s.id for s in map(self.store.get_set, set_names) if s is not None)
+        self.review.record_action(
+            action, actor, detail, status=status, error_message=error_message, set_ids=set_ids
+        )
+
+    def record_failed_match(
+        self,
+        rpc: str,
+        caller: str,
+        exc: BaseException,
+        client_ref: str = "",
+        media_bytes: int = 0,
+        status: str = "",
+        caller_token_id: int | None = None,
+    ) -> None:
+        """A Match call that failed before it reached match() (an upload that
+        was too large, had no header or two): recorded as a failed Match is."""
+        try:
+            self._record(
+                uuid.uuid4().hex,
+                datetime.now(UTC),
+                caller,
+                rpc,
+                MatchQuery(client_ref=client_ref),
+                "unknown",
+                [],
+                None,
+                exc,
+                caller_token_id if caller_token_id is not None else acting_token_id(caller),
+                media_bytes,
+                status,
+            )
+        except Exception:  # the call's own error is what its client hears
+            log.exception("the history record of a failed %s call failed", rpc)
+
+    # -- bulk loads
+
+    def bulk_load(
+        self,
+        set_name: str,
+        caller: str,
+        batches: Iterable[RowBatch | PackedRows],
+        strict: bool = False,
+        status_of: Callable[[BaseException | None], str] = call_status,
+    ) -> BulkResult:
+        """Loads the batches into the set (hashsvc/core/bulk.py). Every load, failed
+        or not, leaves one history record: each batch commits on its own, so a
+        load that failed part-way changed the set too, and its record holds
+        what was committed before it failed. `status_of(exception or None)`
+        names the status the call ends with: the gRPC layer knows a cancelled
+        call (grpc may end a cancelled call's request stream as if the client
+        had sent everything: the load then completes, and its client never
+        hears of it)."""
+        run: BulkLoad | None = None
+        try:
+            hash_set = self.curation.get_set(set_name)
+            run = BulkLoad(
+                self.store, self.live, hash_set.id, caller, strict, self.config.spool_dir
+            )
+            for batch in batches:
+                run.add_batch(batch)
+            result = run.finish()
+        except BaseException as exc:  # a cancelled call is recorded too
+            if run is not None:
+                run.abandon()
+            partial = run.result if run is not None else BulkResult()
+            committed = partial.added + partial.updated + partial.removed + partial.unchanged
+            self._record_bulk_load(
+                set_name, caller, strict, partial, bool(committed), status_of, exc
+            )
+            raise
+        self._record_bulk_load(set_name, caller, strict, result, result.written, status_of)
+        return result
+
+    def _record_bulk_load(
+        self,
+        set_name: str,
+        caller: str,
+        strict: bool,
+        result: BulkResult,
+        written: bool,
+        status_of: Callable[[BaseException | None], str],
+        exc: BaseException | None = None,
+    ) -> None:
+        # The load's own answer or error stands even if its record cannot be
+        # written (what it committed is in the store either way): logged.
+        try:
+            detail = {
+                "set": set_name[:1000],
+                "strict": strict,
+                "rows": result.rows,
+                "added": result.added,
+                "updated": result.updated,
+                "removed": result.removed,
+                "unchanged": result.unchanged,
+                "rejected": result.rejected_count,
+                "written": written,
+            }
+            error = "" if exc is None else str(exc)
+            self.record_action(
+                "BulkLoad", caller, detail, status_of(exc), error, set_names=(set_name,)
+            )
+        except Exception:
+            log.exception("the history record of a bulk load into %s failed", quoted(set_name))
+
+    def _query_signals(self, query: MatchQuery) -> tuple[str, list[Signal], tuple[str, ...]]:
+        if query.media is not None and query.signal_type:
+            raise InvalidArgument("send media or a hash, not both")
+        if query.media is not None:
+            hashed = self.hashing.hash_query(query.media)
+            return hashed.media_type, hashed.signals, hashed.notes
+        if query.signal_type:
+            sig_type = signal_type(query.signal_type)
+            quality = query.signal_quality
+            if quality is not None and not 0 <= quality <= 100:
+                raise InvalidArgument("quality must be within 0..100")
+            signal = Signal(sig_type.name, sig_type.parse(query.signal_value), quality)
+            return "hash", [signal], ()
+        raise InvalidArgument("the request holds neither media nor a hash")
+
+    def _set_ids(self, names: tuple[str, ...]) -> set[int] | None:
+        if not names:
+            return None
+        by_name = {s.name: s.id for s in self.live.sets_by_id.values()}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise NotFound(f"no such set: {', '.join(missing)}")
+        return {by_name[n] for n in names}
+
+    def _record(
+        self,
+        request_id: str,
+        started: datetime,
+        caller: str,
+        rpc: str,
+        query: MatchQuery,
+        media_type: str,
+        signals: list[Signal],
+        outcome: MatchOutcome | None = None,
+        exc: BaseException | None = None,
+        caller_token_id: int | None = None,
+        media_bytes: int = 0,
+        status: str = "",
+    ) -> None:
+        record = HistoryRecord(
+            request_id=request_id,
+            time=started,
+            caller=caller,
+            rpc=rpc,
+            media_type=media_type or ("hash" if query.signal_type else "unknown"),
+            decision=outcome.decision if outcome else "",
+            status=status or ("OK" if exc is None else status_name(exc)),
+            error_message="" if exc is None else storable(str(exc))[:1000],
+            client_ref=storable(query.client_ref[:1000]),
+            media_bytes=size_of(query.media) if query.media is not None else media_bytes,
+            query_signals=[signal_json(s) for s in signals],
+            matches=[m.to_json() for m in outcome.matches] if outcome else [],
+            detail={"notes": list(outcome.notes)} if outcome and outcome.notes else {},
+            caller_token_id=caller_token_id,
+        )
+        self.store.record_match(record)
+
+    def ready(self) -> bool:
+        """Whether matching may decide: the index is loaded and current."""
+        return not self.not_ready_reason()
+
+    def not_ready_reason(self) -> str:
+        """Why matching may not decide now ("" when it may): without the
+        whole index an exact copy of a known item would be allowed."""
+        if not self.live.ready.is_set():
+            return "the index is loading; no decision until it is loaded, retry shortly"
+        if self._index_lost.is_set():
+            return "the index cannot read the store's changes; no decision until it has caught up"
+        limit = self.config.index_stale_seconds
+        behind = time.monotonic() - self.live.read_at
+        if limit > 0 and behind > limit + self.config.change_poll_seconds:
+            return (
+                f"the index has not read the store's changes for {behind:.0f} s "
+                f"(index_stale_seconds = {limit:g}); no decision until it has caught up"
+            )
+        return ""
+
+    def _require_ready(self) -> None:
+        reason = self.not_ready_reason()
+        if reason:
+            raise Unavailable(reason)
+
+    def stats(self) -> dict:
+        sets = list(self.live.sets_by_id.values())
+        return {
+            "sets": len(sets),
+            "enabled_sets": sum(1 for s in sets if s.enabled),
+            "entries": sum(s.entry_count for s in self.store.list_sets()),
+            "indexed_signals": self.store.count_signals(),
+            "history_records": self.store.count_history(),
+            "index_version": self.live.seq,
+        }
+
+
+def signal_json(sig: Signal) -> dict:
+    return {
+        "signal_type": sig.kind,
+        "value": sig.hex(),
+        "quality": sig.quality,
+        "variant": sig.variant,
+    }
+
+
+def _snapshot_dir(config: Config) -> str:
+    if config.index_snapshot:
+        return config.index_snapshot
+    if config.db_url.startswith("sqlite:///") and ":memory:" not in config.db_url:
+        path = config.db_url[len("sqlite:///") :]
+        return os.path.abspath(path) + ".index"
+    return ""

@@ -1,0 +1,441 @@
+"""The review queue and the feedback it gives matching.
+
+* Every Match ending in REVIEW (and BLOCK, for sets with review_blocks) becomes
+  a review item; reviewers claim items (a claim expires) and resolve them as
+  `confirmed` or `false_positive`.
+* confirmed: the upload's hashes may be added to a chosen set as a new entry,
+  with provenance labels (which review, who), so the next copy is caught.
+* confirmed uploads are added only to sets an operator marked as review
+  targets, never to an allow list (a reviewer must not un-block known content).
+* false_positive: the (upload hash, known entry) pair is remembered and never
+  again raises a match. An allow-list entry suppresses a match only when it is
+  at least as close to the upload as that match, and within its own set's
+  block threshold: a far allow entry never beats a near block.
+* Flood alerts: an entry matching far more often than usual (one bad hash
+  matching everything, or a mass re-upload) raises one alert: a metric, a
+  history record and a review item, until an operator acknowledges it. Its
+  matches keep their decision: a mass re-upload of known content stays
+  blocked. The count is kept in the store, shared by all replicas.
+
+Every reviewer and operator action is written to the hash-chained history.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from hashdb import NewEntry, ReviewFilter, ReviewItem, Store, Suppression
+from hashdb.review_sql import RESOLUTIONS
+from hashsvc.base import validation
+from hashsvc.base.errors import (
+    FailedPrecondition,
+    HashsvcError,
+    InvalidArgument,
+    NotFound,
+    quoted,
+    status_name,
+)
+from hashsvc.base.signals import Signal, hamming, signal_type
+from hashsvc.core.audit import action_record
+from hashsvc.matching.matcher import Match, MatchResult
+from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW, Policy, strictest
+
+# How close a later upload's hash must be to a hash judged a false positive to
+# be covered by that judgement: a re-encode of the same picture, not a
+# neighbour (PDQ copies are mostly < 10 bits apart; unrelated ones > 80).
+SUPPRESS_DISTANCE = {"pdq": 16, "videohash": 4}
+# Who raises flood alerts, in the history and the review queue.
+FLOOD_CALLER = "hashsvc"
+# The upload's hashes a false-positive judgement remembers.
+_REMEMBERED_VARIANTS = ("original", "untrimmed")
+
+
+def remembered_signals(query_signals: list[dict]) -> list[Signal]:
+    """The upload's own hashes (not its derived views) from a review item."""
+    out = []
+    for sig in query_signals:
+        kind = sig["signal_type"]
+        sig_type = signal_type(kind)
+        if sig_type.sequence:
+            continue  # audio is judged through the file's exact hashes
+        if sig_type.perceptual and sig.get("variant", "original") not in _REMEMBERED_VARIANTS:
+            continue
+        out.append(Signal(kind, bytes.fromhex(sig["value"]), sig.get("quality"), "original"))
+    return out
+
+
+class Feedback:
+    """What reviews and operators decided, applied to a fresh match result."""
+
+    def __init__(self, store: Store, policy: Policy) -> None:
+        self.store = store
+        self.policy = policy
+
+    def apply(self, result: MatchResult, query: list[Signal], sets_by_id: dict) -> MatchResult:
+        if not result.matches:
+            return result
+        matches = self._allow_listed(result.matches, sets_by_id)
+        matches = self._suppressed(matches, query)
+        decision = strictest(m.decision for m in matches)
+        return MatchResult(decision, matches)
+
+    def _allow_listed(self, matches: list[Match], sets_by_id: dict) -> list[Match]:
+        """An allow entry suppresses a match only when it is at least as close
+        to the upload as that match, and within its own set's block
+        threshold; an allow-list match never blocks or asks for review."""
+        allowing = [
+            m
+            for m in matches
+            if m.decision != ALLOW and getattr(sets_by_id.get(m.set_id), "allow_list", False)
+        ]
+        if not allowing:
+            return matches
+        allowed_ids = {id(m) for m in allowing}
+        applies = [a for a in allowing if self._within_block(a, sets_by_id)]
+        applies_ids = {id(a) for a in applies}
+        out = []
+        for m in matches:
+            if id(m) in allowed_ids:
+                own = (
+                    f"allow-listed by {m.set_name}/{m.entry_name}"
+                    if id(m) in applies_ids
+                    else f"allow entry past its set's block threshold ({_how_far(m)}):"
+                    " suppresses nothing"
+                )
+                out.append(replace(m, decision=ALLOW, reason=own))
+                continue
+            if m.decision == ALLOW:
+                out.append(m)
+                continue
+            by = next((a for a in applies if _at_least_as_close(a, m)), None)
+            if by is not None:
+                m = replace(
+                    m, decision=ALLOW, reason=f"allow-listed by {by.set_name}/{by.entry_name}"
+                )
+            else:
+                nearest = min(allowing, key=lambda a: a.distance)
+                why = (
+                    "past its set's block threshold"
+                    if id(nearest) not in applies_ids
+                    else f"farther than this match ({_how_far(nearest)}; this match {m.distance})"
+                )
+                note = f"not allow-listed: {nearest.set_name}/{nearest.entry_name} is {why}"
+                m = replace(m, reason=f"{m.reason}; {note}" if m.reason else note)
+            out.append(m)
+        return out
+
+    def _within_block(self, allow: Match, sets_by_id: dict) -> bool:
+        hash_set = sets_by_id.get(allow.set_id)
+        if hash_set is None:
+            return False
+        return allow.distance <= self.policy.thresholds(hash_set, allow.signal_type).block_distance
+
+    def _suppressed(self, matches: list[Match], query: list[Signal]) -> list[Match]:
+        live = [m for m in matches if m.decision != ALLOW]
+        suppressions = self.store.suppressions_for(m.entry_id for m in live)
+        if not suppressions:
+            return matches
+        by_entry: dict[int, list[Suppression]] = defaultdict(list)
+        for s in suppressions:
+            by_entry[s.entry_id].append(s)
+        out = []
+        for m in matches:
+            review_id = _covering_review(by_entry.get(m.entry_id, ()), query)
+            if m.decision != ALLOW and review_id is not None:
+                m = replace(
+                    m, decision=ALLOW, reason=f"judged a false positive in review {review_id}"
+                )
+            out.append(m)
+        return out
+
+
+def _how_far(m: Match) -> str:
+    return f"{m.signal_type} distance {m.distance}"
+
+
+def _exact(kind: str) -> bool:
+    try:
+        return not signal_type(kind).perceptual
+    except Exception:  # a kind this build does not know: compared only with itself
+        return False
+
+
+def _at_least_as_close(allow: Match, m: Match) -> bool:
+    """Whether the allow entry is at least as close to the upload as the
+    match. Distances of different signal types are in different units, so
+    across types only identity counts: an exact hash (the very same file) is
+    the closest a match can be, then a perceptual hash at distance 0."""
+    if _exact(allow.signal_type):
+        return True  # the upload is the allow entry's own file
+    if _exact(m.signal_type):
+        return False  # the upload is a known file; a look-alike is not as close
+    if allow.signal_type == m.signal_type:
+        return allow.distance <= m.distance
+    return allow.distance == 0
+
+
+def _covering_review(suppressions, query: list[Signal]) -> int | None:
+    for s in suppressions:
+        limit = SUPPRESS_DISTANCE.get(s.kind, 0)
+        for sig in query:
+            if sig.kind != s.kind or len(sig.value) != len(s.value):
+                continue
+            if (hamming(sig.value, s.value) if limit else int(sig.value != s.value)) <= limit:
+                return s.review_id
+    return None
+
+
+class ReviewQueue:
+    def __init__(self, store: Store, curation, claim_seconds: float) -> None:
+        self.store = store
+        self.curation = curation
+        self.claim_seconds = claim_seconds
+
+    # -- filling
+
+    def enqueue(self, outcome, caller: str, sets_by_id: dict) -> int | None:
+        """A review item for a Match outcome that needs a person, else None."""
+        needs_person = outcome.decision == REVIEW or (
+            outcome.decision == BLOCK
+            and any(
+                m.decision == BLOCK and getattr(sets_by_id.get(m.set_id), "review_blocks", False)
+                for m in outcome.matches
+            )
+        )
+        if not needs_person:
+            return None
+        from hashsvc.core.core import signal_json  # the history's own encoding
+
+        return self.store.create_review_item(
+            outcome.request_id,
+            datetime.now(UTC),
+            caller,
+            outcome.media_type,
+            outcome.client_ref,
+            [signal_json(s) for s in outcome.query_signals if _worth_keeping(s)],
+            [m.to_json() for m in outcome.matches if m.decision != ALLOW],
+        )
+
+    # -- reviewers
+
+    def list(
+        self, filter: ReviewFilter, page_size: int = 100, page_token: str = ""
+    ) -> tuple[list[ReviewItem], str]:
+        after_id, limit = validation.page(page_size, page_token)
+        items = self.store.list_review_items(filter, after_id, limit)
+        return items, (str(items[-1].id) if len(items) == limit else "")
+
+    def claim(self, reviewer: str, item_id: int | None, filter: ReviewFilter) -> ReviewItem:
+        item = self.store.claim_review_item(reviewer, self.claim_seconds, item_id, filter)
+        if item is None:
+            if item_id is None:
+                raise NotFound("no open review item is free")
+            current = self.store.get_review_item(item_id)
+            if current is None:
+                raise NotFound(f"no review item {item_id}")
+            raise FailedPrecondition(
+                f"review item {item_id} is {current.status}"
+                + (f", claimed by {current.claimed_by}" if current.status == "open" else "")
+            )
+        self._audit("ClaimReview", reviewer, item, {"review_id": item.id})
+        return item
+
+    def resolve(
+        self,
+        reviewer: str,
+        item_id: int,
+        resolution: str,
+        note: str = "",
+        add_to_set: str = "",
+        entry_name: str = "",
+    ) -> ReviewItem:
+        if resolution not in RESOLUTIONS:
+            raise InvalidArgument(f"resolution must be one of {', '.join(RESOLUTIONS)}")
+        if add_to_set and resolution != "confirmed":
+            raise InvalidArgument("only a confirmed item's hashes can be added to a set")
+        note = validation.text(note, "note")
+        item = self.store.get_review_item(item_id)
+        if item is None:
+            raise NotFound(f"no review item {item_id}")
+        if item.status != "open" or item.claimed_by != reviewer:
+            raise FailedPrecondition(f"claim review item {item_id} before resolving it")
+        new_entry = (
+            self._confirmed_entry(item, reviewer, add_to_set, entry_name) if add_to_set else None
+        )
+        suppressions = []
+        if resolution == "false_positive":
+            remembered = remembered_signals(item.query_signals)
+            suppressions = [
+                Suppression(m["entry_id"], s.kind, s.value, item.id)
+                for m in item.matches
+                for s in remembered
+            ]
+        detail = {"review_id": item.id, "resolution": resolution, "note": note}
+        if new_entry is not None:
+            detail["added_entry"] = f"{add_to_set}/{new_entry.name}"
+        # One transaction: the entry is added, the item resolved and the false
+        # positive remembered together, or (an expired claim, a taken name)
+        # none of it, so the same call can simply be made again.
+        try:
+            resolved = self.store.resolve_review_item(
+                item_id, reviewer, resolution, note, new_entry, suppressions
+            )
+            if resolved is None:
+                raise FailedPrecondition(f"the claim on review item {item_id} has expired")
+        except HashsvcError as exc:
+            self.record_action(
+                "ResolveReview",
+                reviewer,
+                detail,
+                client_ref=item.client_ref,
+                status=status_name(exc),
+                error_message=str(exc),
+            )
+            raise
+        if new_entry is not None:
+            self.curation.live.catch_up()
+        # an entry added to a set is that set's curation: `history --set` shows it
+        self.record_action(
+            "ResolveReview",
+            reviewer,
+            detail,
+            client_ref=resolved.client_ref,
+            set_ids=(new_entry.set_id,) if new_entry is not None else (),
+        )
+        return resolved
+
+    def _confirmed_entry(
+        self, item: ReviewItem, reviewer: str, set_name: str, entry_name: str
+    ) -> NewEntry:
+        hash_set = self.curation.get_set(set_name)
+        if hash_set.allow_list:
+            raise FailedPrecondition(
+                f"set {quoted(set_name)} is an allow list: reviewers never add to one"
+            )
+        if not hash_set.review_target:
+            raise FailedPrecondition(
+                f"set {quoted(set_name)} is not a review target: an operator marks it with"
+                f" `hashsvc sets update {set_name} --review-target`"
+            )
+        signals = remembered_signals(item.query_signals)
+        if not signals:
+            raise FailedPrecondition("the review item holds no hashes to add")
+        name = validation.entry_name(entry_name or f"review-{item.id}")
+        labels = {"review_id": str(item.id), "confirmed_by": reviewer}
+        return NewEntry(
+            hash_set.id, name, labels, item.media_type or "hash", tuple(signals), reviewer
+        )
+
+    # -- operators
+
+    def release_entry(self, operator: str, set_name: str, entry_name: str):
+        """Acknowledges the entry's flood alert; its count starts again, so a
+        later flood alerts again."""
+        entry = self.curation.get_entry(set_name, entry_name)
+        if not self.store.release_entry(entry.id):
+            raise FailedPrecondition(f"entry {quoted(entry_name)} has no open flood alert")
+        self.record_action(
+            "ReleaseEntry",
+            operator,
+            {"set": set_name, "entry": entry_name, "entry_id": entry.id},
+            set_ids=(entry.set_id,),  # `history --set` shows it
+        )
+        return entry
+
+    def raise_flood_alert(self, entry_id: int, count: int, window_seconds: float) -> str | None:
+        """Opens the entry's flood alert with a review item (a person looks:
+        a hash that matches everything?) and its history record; the set's
+        name, or None if an alert was open already or the entry is gone."""
+        entry = self.store.get_entries([entry_id], with_signals=True).get(entry_id)
+        hash_set = self.store.get_set_by_id(entry.set_id) if entry is not None else None
+        if entry is None or hash_set is None:
+            return None
+        reason = (
+            f"flood: {count} matches within {window_seconds:g} s; its matches keep their"
+            " decision. A hash that matches everything is removed by an operator;"
+            " `hashsvc entries release` acknowledges the alert"
+        )
+        match = Match(
+            set_id=hash_set.id,
+            set_name=hash_set.name,
+            entry_id=entry.id,
+            entry_name=entry.name,
+            signal_type=entry.signals[0].kind if entry.signals else "",
+            distance=0,
+            labels=entry.labels,
+            decision=BLOCK,
+            query_variant="",
+            known_variant="",
+            reason=reason,
+        )
+        request_id = f"floodalert-{entry_id}-{time.time_ns()}"
+        # No query signals: a false-positive verdict on the alert must not
+        # remember the entry's own hashes (that would allow its exact copies).
+        item = {
+            "request_id": request_id,
+            "created_at": datetime.now(UTC),
+            "caller": FLOOD_CALLER,
+            "media_type": entry.media_type,
+            "client_ref": "",
+            "query_signals": [],
+            "matches": [match.to_json()],
+        }
+        review_id = self.store.raise_flood_alert(entry_id, reason, item)
+        if review_id is None:
+            return None
+        self.record_action(
+            "FloodAlert",
+            FLOOD_CALLER,
+            {
+                "set": hash_set.name,
+                "entry": entry.name,
+                "entry_id": entry.id,
+                "matches": count,
+                "window_seconds": window_seconds,
+                "review_id": review_id,
+            },
+            set_ids=(hash_set.id,),  # `history --set` shows it
+        )
+        return hash_set.name
+
+    # -- audit
+
+    def _audit(self, action: str, actor: str, item: ReviewItem, detail: dict) -> None:
+        self.record_action(action, actor, detail, client_ref=item.client_ref)
+
+    def record_action(
+        self,
+        action: str,
+        actor: str,
+        detail: dict,
+        client_ref: str = "",
+        status: str = "OK",
+        error_message: str = "",
+        set_ids: tuple[int, ...] = (),
+    ) -> None:
+        """One reviewer's or operator's action, in the hash-chained history;
+        a failed one names its status, as a failed Match does."""
+        self.store.record_match(
+            action_record(
+                action,
+                actor,
+                detail,
+                status=status,
+                error_message=error_message,
+                client_ref=client_ref,
+                set_ids=set_ids,
+            )
+        )
+
+
+def _worth_keeping(sig: Signal) -> bool:
+    # A reviewer needs the upload's own hashes, not every derived view.
+    return (
+        sig.variant in _REMEMBERED_VARIANTS
+        or not signal_type(sig.kind).perceptual
+        or (sig.variant.startswith("frame:") and sig.variant.count(":") == 1)
+        or sig.kind in ("chromaprint", "videohash")
+    )

@@ -1,0 +1,1 @@
+"""In-memory indexes: PDQ multi-index, binary FAISS indexes, audio, the live view."""

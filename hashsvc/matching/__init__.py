@@ -1,0 +1,1 @@
+"""Matching: candidates to evidence per known entry to a decision."""

@@ -1,0 +1,450 @@
+"""The core of matching: query signals -> candidates -> evidence per known
+entry -> decision.
+
+Candidates come from the indexes (a FAISS binary index per fixed-length
+perceptual signal type, the audio index for fingerprints) and exact lookups in
+the store. Then each known entry that was hit is judged by what it is:
+
+* an image (or a single hash): its closest signal decides;
+* a video, against a video upload: shares of matching frames and contiguous
+  runs (hashsvc/matching/video_evidence.py), reported as time ranges;
+* a PDF: pages, embedded pictures and text (hashsvc/matching/pdf_evidence.py), reported
+  as page ranges;
+* sound (an audio entry, or a video's track): aligned stretches from the
+  audio index, scored by bit error rate, reported as time ranges.
+
+An entry yields at most one match, its strongest.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, replace
+
+from hashdb import EntryRecord, HashSetRecord
+from hashsvc.base.signals import Signal, signal_type
+from hashsvc.index.audio import AudioAlignment
+from hashsvc.index.binary import split_signal_id
+from hashsvc.index.live import LiveIndex, words_of
+from hashsvc.matching import pdf_evidence as pdf_match
+from hashsvc.matching import video_evidence as video_match
+from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW, Policy, strictest
+from hashsvc.media.audio import SECONDS_PER_WORD
+
+_RANK = {"allow": 0, "review": 1, "block": 2}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of the query matching a stretch of the known media: seconds
+    (video, audio) or first..last page (PDF)."""
+
+    query_start: float
+    query_end: float
+    known_start: float
+    known_end: float
+
+    def to_json(self) -> dict:
+        return {
+            "query_start": self.query_start,
+            "query_end": self.query_end,
+            "known_start": self.known_start,
+            "known_end": self.known_end,
+        }
+
+
+@dataclass(frozen=True)
+class Match:
+    set_id: int
+    set_name: str
+    entry_id: int
+    entry_name: str
+    signal_type: str
+    distance: int
+    labels: dict[str, str]
+    decision: str
+    query_variant: str
+    known_variant: str
+    reason: str = ""
+    # Video, audio, PDF: where it matches ("seconds" / "pages") and how much.
+    segments: tuple[Segment, ...] = ()
+    unit: str = ""
+    query_share: float = 0.0
+    known_share: float = 0.0
+
+    def to_json(self) -> dict:
+        extent = {}
+        if self.unit:
+            extent = {
+                "segments": [seg.to_json() for seg in self.segments],
+                "unit": self.unit,
+                "query_share": self.query_share,
+                "known_share": self.known_share,
+            }
+        return {
+            "set": self.set_name,
+            "set_id": self.set_id,
+            "entry": self.entry_name,
+            "entry_id": self.entry_id,
+            "signal_type": self.signal_type,
+            "distance": self.distance,
+            "labels": self.labels,
+            "decision": self.decision,
+            "query_variant": self.query_variant,
+            "known_variant": self.known_variant,
+            "reason": self.reason,
+            **extent,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> Match:
+        """The inverse of to_json (as the match history stores it)."""
+        return cls(
+            set_id=d.get("set_id", 0),
+            set_name=d["set"],
+            entry_id=d["entry_id"],
+            entry_name=d["entry"],
+            signal_type=d["signal_type"],
+            distance=d["distance"],
+            labels=d.get("labels", {}),
+            decision=d["decision"],
+            query_variant=d.get("query_variant", ""),
+            known_variant=d.get("known_variant", ""),
+            reason=d.get("reason", ""),
+            segments=tuple(Segment(**seg) for seg in d.get("segments", ())),
+            unit=d.get("unit", ""),
+            query_share=d.get("query_share", 0.0),
+            known_share=d.get("known_share", 0.0),
+        )
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    decision: str
+    matches: list[Match]
+
+
+@dataclass(frozen=True)
+class _Hit:
+    query: Signal
+    variant_no: int  # which of the known entry's signals
+    distance: int
+
+
+# Audio distances are bit error rates in percent, so per-set thresholds stay
+# integers like every other signal type's.
+def ber_percent(ber: float) -> int:
+    return round(ber * 100)
+
+
+def _is_frame(sig: Signal) -> bool:
+    return sig.variant.startswith("frame:")
+
+
+class Matcher:
+    def __init__(self, live: LiveIndex, policy: Policy, max_matches: int = 100) -> None:
+        self.live = live
+        self.policy = policy
+        self.max_matches = max_matches
+
+    def match(self, query: list[Signal], only_sets: set[int] | None = None) -> MatchResult:
+        sets = {
+            s.id: s
+            for s in self.live.sets_by_id.values()
+            if s.enabled and (only_sets is None or s.id in only_sets)
+        }
+        if not sets:
+            return MatchResult(ALLOW, [])
+        hits = self._search(query, list(sets.values()))
+        sounds = self._search_audio(query, list(sets.values()))
+        if not hits and not sounds:
+            return MatchResult(ALLOW, [])
+        entries = self.live.store.get_entries(set(hits) | set(sounds), with_signals=True)
+        query_is_video = any(_is_frame(sig) for sig in query)
+        matches = []
+        for entry in entries.values():
+            # A candidate can be stale for a moment (removed, or its set
+            # disabled, by another replica): the store has the last word.
+            if entry.removed_at is not None or entry.set_id not in sets:
+                continue
+            found = self._judge(
+                entry,
+                sets[entry.set_id],
+                hits.get(entry.id, []),
+                sounds.get(entry.id, []),
+                query,
+                query_is_video,
+            )
+            if found:
+                # ties go to the match that says where (pages, time ranges)
+                matches.append(
+                    max(found, key=lambda m: (_RANK[m.decision], -m.distance, bool(m.unit)))
+                )
+        matches.sort(key=lambda m: (-_RANK[m.decision], m.distance, m.entry_id))
+        decision = strictest(m.decision for m in matches)
+        return MatchResult(decision, matches[: self.max_matches])
+
+    # -- candidates
+
+    def _search(self, query: list[Signal], sets: list[HashSetRecord]) -> dict[int, list[_Hit]]:
+        found: dict[int, list[_Hit]] = defaultdict(list)
+        by_type: dict[str, list[Signal]] = defaultdict(list)
+        for sig in query:
+            by_type[sig.kind].append(sig)
+        for kind, sigs in by_type.items():
+            sig_type = signal_type(kind)
+            if sig_type.sequence:
+                continue  # audio: see _search_audio
+            if sig_type.perceptual:
+                index = self.live.indexes.get(kind)
+                if index is None:
+                    continue
+                radius = self.policy.search_radius(sets, kind)
+                for sig, hits in zip(
+                    sigs, index.search([s.value for s in sigs], radius), strict=True
+                ):
+                    for sid, distance in hits:
+                        entry_id, variant_no = split_signal_id(sid)
+                        found[entry_id].append(_Hit(sig, variant_no, distance))
+            else:
+                for sig in sigs:
+                    for entry_id, variant_no in self.live.store.find_exact(kind, sig.value):
+                        found[entry_id].append(_Hit(sig, variant_no, 0))
+        return found
+
+    def _search_audio(
+        self, query: list[Signal], sets: list[HashSetRecord]
+    ) -> dict[int, list[AudioAlignment]]:
+        found: dict[int, list[AudioAlignment]] = defaultdict(list)
+        max_ber = self.policy.search_radius(sets, "chromaprint") / 100
+        for sig in query:
+            if sig.kind != "chromaprint":
+                continue
+            for alignment in self.live.audio.search(words_of(sig.value), max_ber=max_ber):
+                found[alignment.track_id].append(alignment)
+        return found
+
+    # -- judging one known entry
+
+    def _judge(
+        self,
+        entry: EntryRecord,
+        hash_set: HashSetRecord,
+        hits: list[_Hit],
+        sounds: list[AudioAlignment],
+        query: list[Signal],
+        query_is_video: bool,
+    ) -> list[Match]:
+        pairs = [
+            (hit.query, entry.signals[hit.variant_no], hit.distance)
+            for hit in hits
+            if hit.variant_no < len(entry.signals)
+        ]
+        found: list[Match] = []
+        if sounds:
+            found.append(self._sound_match(entry, hash_set, sounds))
+        exact = [p for p in pairs if not signal_type(p[1].kind).perceptual]
+        if exact:
+            found.append(self._closest(entry, hash_set, [min(exact, key=lambda p: p[2])]))
+        if entry.media_type == "pdf":
+            found.extend(self._pdf_match(entry, hash_set, pairs))
+            return [m for m in found if m.decision != ALLOW]
+        visual = [p for p in pairs if p[1].kind == "pdq"]
+        if entry.media_type == "video" and query_is_video:
+            found.extend(self._video_match(entry, hash_set, visual, query))
+        elif query_is_video:
+            # a known picture shown in the upload: flat frames are no evidence
+            good = [p for p in visual if min(p[0].quality or 0, p[1].quality or 0) >= 50]
+            if good:
+                found.append(self._picture_in_video(entry, hash_set, good))
+        elif visual:
+            found.append(self._closest(entry, hash_set, visual))
+        whole_video = [p for p in pairs if p[1].kind == "videohash"]
+        if whole_video:
+            # bench/video.py: unrelated videos come within 10 bits; alone it
+            # is a hint for a person, never grounds to block
+            hint = self._closest(entry, hash_set, whole_video)
+            if hint.decision == BLOCK:
+                hint = replace(hint, decision=REVIEW, reason="videohash alone never blocks")
+            found.append(hint)
+        return [m for m in found if m.decision != ALLOW]
+
+    def _match(self, entry, hash_set, kind, distance, query_variant, known_variant, qq, kq, **kw):
+        decision, reason = self.policy.decide(hash_set, kind, distance, qq, kq)
+        return Match(
+            set_id=hash_set.id,
+            set_name=hash_set.name,
+            entry_id=entry.id,
+            entry_name=entry.name,
+            signal_type=kind,
+            distance=distance,
+            labels={**hash_set.labels, **entry.labels},
+            decision=decision,
+            query_variant=query_variant,
+            known_variant=known_variant,
+            reason=reason,
+            **kw,
+        )
+
+    def _closest(self, entry, hash_set, pairs) -> Match:
+        """The entry's closest signal decides (pictures, single hashes)."""
+        best, best_known = None, None
+        for query, known, distance in pairs:
+            candidate = self._match(
+                entry,
+                hash_set,
+                known.kind,
+                distance,
+                query.variant,
+                known.variant,
+                query.quality,
+                known.quality,
+            )
+            if best is None or (_RANK[candidate.decision], -candidate.distance) > (
+                _RANK[best.decision],
+                -best.distance,
+            ):
+                best, best_known = candidate, known
+        if _is_frame(best_known):
+            # the upload's picture is a frame of a known video: say when
+            at = best_known.position or 0.0
+            best = replace(best, unit="seconds", segments=(Segment(0.0, 0.0, at, at),))
+        return best
+
+    def _picture_in_video(self, entry, hash_set, pairs) -> Match:
+        """A known picture appears in frames of the uploaded video."""
+        best = self._closest(entry, hash_set, pairs)
+        hits_by_frame = [
+            (query, distance)
+            for query, _, distance in pairs
+            if distance <= (self.policy.thresholds(hash_set, "pdq").review_distance)
+        ]
+        ranges = video_match.image_appearances(hits_by_frame)
+        return replace(
+            best,
+            unit="seconds",
+            segments=tuple(Segment(r.start, r.end, 0.0, 0.0) for r in ranges),
+        )
+
+    def _video_match(self, entry, hash_set, pairs, query) -> list[Match]:
+        known_frames = [s for s in entry.signals if _is_frame(s)]
+        duration = max((s.position or 0.0 for s in known_frames), default=0.0)
+        evidence = video_match.video_evidence(
+            [s for s in query if _is_frame(s)],
+            [video_match.FramePair(q, k, d) for q, k, d in pairs],
+            video_match.countable_frames(known_frames),
+            duration,
+        )
+        if not evidence.is_match or evidence.best_distance is None:
+            return []
+        best = min(pairs, key=lambda p: p[2])
+        match = self._match(
+            entry,
+            hash_set,
+            "pdq",
+            evidence.best_distance,
+            best[0].variant,
+            best[1].variant,
+            None,
+            None,
+            unit="seconds",
+            segments=tuple(
+                Segment(r.query_start, r.query_end, r.known_start, r.known_end)
+                for r in evidence.runs
+            ),
+            query_share=evidence.query_share,
+            known_share=evidence.known_share,
+        )
+        whole = evidence.query_share >= 0.5 and evidence.known_share >= 0.5
+        longest = evidence.runs[0].seconds if evidence.runs else 0.0
+        if match.decision == BLOCK and not whole and longest < MIN_BLOCKING_RUN_SECONDS:
+            # a short shared stretch may be a common intro or a stock shot
+            match = replace(match, decision=REVIEW)
+        if match.decision != ALLOW and not match.reason:
+            match = replace(match, reason=evidence.reason)
+        return [match]
+
+    def _pdf_match(self, entry, hash_set, pairs) -> list[Match]:
+        evidence = pdf_match.match_pdf(pairs)
+        best = evidence.best
+        if best is None:
+            return []
+        kind = _PDF_EVIDENCE_TYPE[best.signal]
+        query_pages = {m.query_page for m in evidence.pages}
+        known_pages = sum(1 for s in entry.signals if s.kind == "pdq" and s.variant == "page")
+        match = self._match(
+            entry,
+            hash_set,
+            kind,
+            best.distance,
+            best.signal,
+            best.signal,
+            None,
+            None,
+            unit="pages",
+            segments=_page_segments(evidence.pages),
+            known_share=min(1.0, len(query_pages) / known_pages) if known_pages else 0.0,
+        )
+        return [
+            replace(match, reason=match.reason or "matched by " + ", ".join(evidence.matched_by))
+        ]
+
+    def _sound_match(self, entry, hash_set, sounds: list[AudioAlignment]) -> Match:
+        best = min(sounds, key=lambda a: a.ber)
+        known = next((s for s in entry.signals if s.kind == "chromaprint"), None)
+        known_seconds = len(known.value) / 4 * SECONDS_PER_WORD if known else 0.0
+        covered = sum(a.duration for a in sounds)
+        return self._match(
+            entry,
+            hash_set,
+            "chromaprint",
+            ber_percent(best.ber),
+            "audio",
+            "audio",
+            None,
+            None,
+            unit="seconds",
+            segments=tuple(
+                Segment(
+                    round(a.query_start, 3),
+                    round(a.query_start + a.duration, 3),
+                    round(a.known_start, 3),
+                    round(a.known_start + a.duration, 3),
+                )
+                for a in sorted(sounds, key=lambda a: a.query_start)
+            ),
+            known_share=min(1.0, covered / known_seconds) if known_seconds else 0.0,
+        )
+
+
+# A known video found only through a shared stretch (no whole copy) blocks
+# when the stretch lasts this long; shorter runs (>= 5 s) ask for review.
+MIN_BLOCKING_RUN_SECONDS = 10.0
+
+_PDF_EVIDENCE_TYPE = {
+    pdf_match.DOCUMENT_TEXT_EXACT: "text_sha256",
+    pdf_match.PAGE_IMAGE: "pdq",
+    pdf_match.EMBEDDED_IMAGE: "pdq",
+    pdf_match.PAGE_TEXT: "text_simhash",
+    pdf_match.DOCUMENT_TEXT_NEAR: "text_simhash",
+}
+
+
+def _page_segments(pages) -> tuple[Segment, ...]:
+    """Consecutive query pages matching consecutive known pages -> one range."""
+    segments: list[Segment] = []
+    for page in pages:
+        if page.query_page is None or page.known_page is None:
+            continue
+        last = segments[-1] if segments else None
+        if (
+            last is not None
+            and page.query_page == last.query_end + 1
+            and page.known_page == last.known_end + 1
+        ):
+            segments[-1] = replace(last, query_end=page.query_page, known_end=page.known_page)
+        else:
+            segments.append(
+                Segment(page.query_page, page.query_page, page.known_page, page.known_page)
+            )
+    return tuple(segments)

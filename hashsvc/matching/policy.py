@@ -1,0 +1,82 @@
+"""Decisions: thresholds per set and signal type, quality gates, strictest wins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hashdb.model import HashSetRecord, Thresholds
+from hashsvc.core.config import PdqPolicy
+
+BLOCK = "block"
+REVIEW = "review"
+ALLOW = "allow"
+DECISIONS = (ALLOW, REVIEW, BLOCK)  # in order of strictness
+_RANK = {d: i for i, d in enumerate(DECISIONS)}
+
+# Exact hashes have no distance to tune: equal means the same file.
+EXACT_THRESHOLDS = Thresholds(block_distance=0, review_distance=0)
+
+# Defaults of the other perceptual types (a set may override any of them).
+DEFAULT_THRESHOLDS = {
+    # Bit error rate of an audio alignment, in percent. bench/audio.py: true
+    # copies align at a median 3.5% and at worst 8.3% (noise at SNR 0 dB);
+    # unrelated speech over the same background came no closer than 26%.
+    "chromaprint": Thresholds(block_distance=15, review_distance=20),
+    # 256-bit SimHash of normalised text (PDF pages and documents): unrelated
+    # texts stay 93+ bits apart (bench/pdf.py), and pdf_match counts no
+    # evidence past 64. Near text alone asks for review; nearly identical
+    # text blocks.
+    "text_simhash": Thresholds(block_distance=16, review_distance=64),
+    # The videohash package's 64-bit hash: it finds whole copies only, and
+    # unrelated videos come within 10 bits (bench/video.py); the matcher never
+    # blocks on it alone.
+    "videohash": Thresholds(block_distance=0, review_distance=4),
+}
+
+
+def strictest(decisions) -> str:
+    return max(decisions, key=_RANK.__getitem__, default=ALLOW)
+
+
+@dataclass(frozen=True)
+class Policy:
+    pdq: PdqPolicy
+
+    def default_thresholds(self, signal_type: str) -> Thresholds:
+        if signal_type == "pdq":
+            return Thresholds(self.pdq.block_distance, self.pdq.review_distance)
+        return DEFAULT_THRESHOLDS.get(signal_type, EXACT_THRESHOLDS)
+
+    def thresholds(self, hash_set: HashSetRecord, signal_type: str) -> Thresholds:
+        return hash_set.thresholds.get(signal_type) or self.default_thresholds(signal_type)
+
+    def search_radius(self, sets: list[HashSetRecord], signal_type: str) -> int:
+        """The widest distance any enabled set could act on: how far to search."""
+        radii = [self.thresholds(s, signal_type).review_distance for s in sets]
+        radii.append(self.default_thresholds(signal_type).review_distance)
+        return max(radii)
+
+    def decide(
+        self,
+        hash_set: HashSetRecord,
+        signal_type: str,
+        distance: int,
+        query_quality: int | None,
+        known_quality: int | None,
+    ) -> tuple[str, str]:
+        """(decision, reason) for one match; reason says why it is not stronger."""
+        limits = self.thresholds(hash_set, signal_type)
+        if distance <= limits.block_distance:
+            decision = BLOCK
+        elif distance <= limits.review_distance:
+            return REVIEW, f"distance {distance} above block threshold {limits.block_distance}"
+        else:
+            return ALLOW, ""
+        if signal_type == "pdq":
+            floor = self.pdq.quality_floor
+            low = [q for q in (query_quality, known_quality) if q is not None and q < floor]
+            if low:
+                # A flat, featureless image hashes to near-arbitrary bits; such a
+                # match is a hint for a person, not grounds to block.
+                return REVIEW, f"PDQ quality {min(low)} below floor {floor}"
+        return decision, ""

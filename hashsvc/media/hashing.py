@@ -1,0 +1,153 @@
+"""Hashing runs in worker processes: it is CPU-bound and holds the GIL (threads
+gave pdqhash only 1.7x on 2 cores; processes scale fully), and a decoder that
+misbehaves is kept away from the server's memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import resource
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+
+from hashsvc.base.errors import Timeout, TooLarge, Unavailable
+from hashsvc.media import image, sniff
+from hashsvc.media.dispatch import Hashed, MediaLimits, MediaSource, hash_media, kind_of, size_of
+
+log = logging.getLogger(__name__)
+
+
+def _init_worker(max_bytes: int, server_pid: int) -> None:
+    if max_bytes > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (max_bytes, max_bytes))
+    # A worker outlives a server that was killed (kill -9, OOM killer) or
+    # stopped mid-start: it holds its own end of the job queue, so it never
+    # sees the server go. Watch for that and leave.
+    threading.Thread(target=_exit_with_server, args=(server_pid,), daemon=True).start()
+
+
+def _exit_with_server(server_pid: int) -> None:
+    while os.getppid() == server_pid:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+class HashingPool:
+    """workers > 0: a pool of that many processes; workers == 0: hash in the
+    calling thread (tests, benchmarks of the hashing itself)."""
+
+    def __init__(
+        self,
+        workers: int,
+        limits: MediaLimits | image.ImageLimits,
+        timeout_seconds: float = 20.0,
+        worker_memory_bytes: int = 0,
+        split_queries: bool = False,
+        media_timeout_seconds: float = 600.0,
+        worker_max_jobs: int = 0,
+    ) -> None:
+        self.workers = workers
+        self.worker_max_jobs = worker_max_jobs
+        if isinstance(limits, image.ImageLimits):
+            limits = MediaLimits(image=limits)
+        self.limits = limits
+        self.timeout_seconds = timeout_seconds
+        self.media_timeout_seconds = media_timeout_seconds
+        self.worker_memory_bytes = worker_memory_bytes
+        self.split_queries = split_queries
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = self._new_pool() if workers > 0 else None
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # spawn, not fork: forking a process that runs gRPC threads is unsafe.
+        return ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.worker_memory_bytes, os.getpid()),
+            # A decoder's peak memory stays with its process (the allocator
+            # keeps it); a fresh process now and then gives it back.
+            max_tasks_per_child=self.worker_max_jobs or None,
+        )
+
+    def _replace(self, pool: ProcessPoolExecutor, kill: bool) -> None:
+        with self._lock:
+            if self._pool is not pool:
+                return  # another request replaced it already
+            self._pool = self._new_pool()
+        if kill:
+            # A hung decoder never returns: end its process so it frees the CPU.
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def warm_up(self) -> None:
+        """Start every worker now so the first requests do not pay for it."""
+        if self._pool is not None:
+            list(self._pool.map(_noop, range(self.workers * 2)))
+
+    def hash_query(self, source: MediaSource) -> Hashed:
+        return self._run(source, for_query=True)
+
+    def hash_known(self, source: MediaSource) -> Hashed:
+        return self._run(source, for_query=False)
+
+    def _run(self, source: MediaSource, for_query: bool, retried: bool = False) -> Hashed:
+        # Sniffed here too (cheap) to pick the time limit: seconds for a
+        # picture, minutes for an hour of video.
+        kind = kind_of(source)
+        is_image = kind == sniff.IMAGE
+        if is_image and size_of(source) > self.limits.image.max_bytes:
+            raise TooLarge(
+                f"media is {size_of(source)} bytes; the limit is {self.limits.image.max_bytes}"
+            )
+        timeout = self.timeout_seconds if is_image else self.media_timeout_seconds
+        if self._pool is None:
+            return hash_media(source, self.limits, for_query)
+        pool = self._pool
+        try:
+            if for_query and is_image and self.split_queries and self.workers > 1:
+                # Both halves at once on two workers: an upload's latency
+                # halves, at the cost of decoding it twice.
+                futures = [
+                    pool.submit(hash_media, source, self.limits, True, part)
+                    for part in range(image.QUERY_PARTS)
+                ]
+                deadline = time.monotonic() + timeout
+                parts = [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
+                return Hashed(
+                    parts[0].media_type, [s for p in parts for s in p.signals], parts[0].notes
+                )
+            future = pool.submit(hash_media, source, self.limits, for_query)
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            log.error("hashing took over %.1f s; replacing the workers", timeout)
+            self._replace(pool, kill=True)
+            setting = "hash_timeout_seconds" if is_image else "media_timeout_seconds"
+            raise Timeout(f"hashing the media took longer than {timeout:g} s ({setting})") from None
+        except BrokenProcessPool:
+            # A worker died (crash, killed for memory): fail this request,
+            # replace the pool, keep serving.
+            log.error("hashing worker died; replacing the pool")
+            self._replace(pool, kill=False)
+            raise Unavailable("the media could not be hashed: the hashing worker died") from None
+        except RuntimeError:
+            # Another request replaced the pool (a worker died or hung) between
+            # our reading self._pool and submitting to it: "cannot schedule new
+            # futures after shutdown". Submit once more, to the new pool.
+            if self._pool is pool or retried:
+                raise
+            return self._run(source, for_query, retried=True)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _noop(_: int) -> None:
+    return None
