@@ -30,10 +30,13 @@ run: install
 samples: install
 	$(BIN)/python scripts/make_samples.py samples
 
+# The layers first (contracts in pyproject.toml), then the suite.
 test: install
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -n 2
 
 lint: install
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/ruff check hashsvc hashdb loaders tests bench scripts
 	$(BIN)/ruff format --check hashsvc hashdb loaders tests bench scripts
 

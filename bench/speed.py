@@ -31,6 +31,7 @@ from hashsvc.api.server import start_server  # noqa: E402
 from hashsvc.core import auth  # noqa: E402
 from hashsvc.core.config import Config  # noqa: E402
 from hashsvc.index.binary import signal_id  # noqa: E402
+from hashsvc.index.engines import load_index  # noqa: E402
 from hashsvc.media.hashing import HashingPool  # noqa: E402
 from hashsvc.v1 import hashsvc_pb2 as pb  # noqa: E402
 from tests.helpers import PHOTOS, Stubs  # noqa: E402
@@ -86,14 +87,13 @@ def run_requests(
 
 def report_restart(core, tmp: str) -> None:
     """How long a restart takes to get the index back: snapshot vs rebuild."""
-    from hashsvc.index.binary import BinaryIndex
 
     core.live.snapshot_dir = os.path.join(tmp, "snapshot")
     t = time.perf_counter()
     core.live.save_snapshot()
     saved = time.perf_counter() - t
     t = time.perf_counter()
-    loaded = BinaryIndex.load(os.path.join(tmp, "snapshot", "index-pdq.faiss"), 256)
+    loaded = load_index(os.path.join(tmp, "snapshot", "index-pdq.faiss"), 256)
     load = time.perf_counter() - t
     print(
         f"index snapshot of {len(loaded):,} hashes: saved in {saved:.2f} s,"

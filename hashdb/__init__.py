@@ -22,7 +22,8 @@ from hashdb.model import (
     Thresholds,
     TokenRecord,
 )
-from hashdb.store import Store, open_store, safe_url
+from hashdb.store import Store, open_store
+from hashdb.urls import safe_url
 
 __all__ = [
     "Change",

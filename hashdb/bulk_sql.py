@@ -22,6 +22,7 @@ import numpy as np
 
 from hashdb import columns
 from hashdb.model import IndexedSignal
+from hashdb.times import now_micros
 from hashsvc.base.signals import Signal
 
 # The entries one bulk write creates are one change row, not one each (a row
@@ -230,8 +231,6 @@ class BulkSQL:
     def bulk_upsert(
         self, set_id: int, entries: Iterable[EntryUpsert], added_by: str, now: int | None = None
     ) -> BulkCounts:
-        from hashdb.sqlbase import now_micros
-
         wanted = {e.name: e for e in entries}  # the last word on a name wins
         counts = BulkCounts()
         if not wanted:
@@ -376,8 +375,6 @@ class BulkSQL:
         Ids come from a sequence there and are never reused, so the note of
         a write that then fails is never used. On SQLite, where a failed
         write's ids are used again, it is after COMMIT."""
-        from hashdb.sqlbase import now_micros
-
         if not len(rows):
             return BulkCounts(), AddedSignals(rows.kind)
         at = now or now_micros()

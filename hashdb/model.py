@@ -5,13 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from hashsvc.base.decisions import Thresholds
 from hashsvc.base.signals import Signal
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    block_distance: int
-    review_distance: int
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from hashdb import migrations
 from hashdb.review_sql import ReviewSQL
 from hashdb.sqlbase import SQLStore
-from hashdb.store import CONNECT_TIMEOUT_SECONDS, safe_url
+from hashdb.urls import CONNECT_TIMEOUT_SECONDS, safe_url
 from hashsvc.base.errors import Unavailable
 
 # Advisory lock keys (arbitrary constants, "hsv" + purpose).

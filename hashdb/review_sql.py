@@ -13,7 +13,7 @@ import json
 from datetime import datetime
 
 from hashdb.model import NewEntry, ReviewFilter, ReviewItem, Suppression
-from hashdb.sqlbase import from_micros, now_micros, to_micros
+from hashdb.times import from_micros, now_micros, to_micros
 from hashsvc.base.errors import AlreadyExists, FailedPrecondition
 
 _ITEM_COLUMNS = (

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 
 from hashdb import migrations
 from hashdb.bulk_sql import MAX_SIGNALS_PER_ENTRY, BulkSQL
@@ -30,25 +30,12 @@ from hashdb.model import (
     Thresholds,
     TokenRecord,
 )
+from hashdb.times import from_micros, now_micros, to_micros
 from hashsvc.base.errors import AlreadyExists, InvalidArgument, NotFound
 from hashsvc.base.signals import Signal
 
 # iter_signals reads this many entries at a time (a video entry brings its frames).
 SIGNAL_BATCH = 5_000
-
-
-def to_micros(value: datetime) -> int:
-    return int(value.timestamp() * 1_000_000)
-
-
-def from_micros(value: int | None) -> datetime | None:
-    if value is None:
-        return None
-    return datetime.fromtimestamp(value / 1_000_000, UTC)
-
-
-def now_micros() -> int:
-    return to_micros(datetime.now(UTC))
 
 
 def _thresholds_json(thresholds: dict[str, Thresholds]) -> str:

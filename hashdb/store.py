@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Protocol
@@ -23,6 +22,7 @@ from hashdb.model import (
     Thresholds,
     TokenRecord,
 )
+from hashdb.urls import CONNECT_TIMEOUT_SECONDS, safe_url
 from hashsvc.base.signals import Signal
 
 
@@ -277,7 +277,6 @@ class Store(Protocol):
 
 # How long connecting to PostgreSQL may take before start-up fails with a
 # one-line reason (a wrong host waited 30 s and ended in a traceback).
-CONNECT_TIMEOUT_SECONDS = 5.0
 
 
 def open_store(
@@ -301,18 +300,3 @@ def open_store(
     raise ValueError(
         f"unsupported store URL {safe_url(url)!r}: use sqlite:///PATH or postgresql://..."
     )
-
-
-def safe_url(url: str) -> str:
-    """The URL as it may be printed or logged: the password replaced by ***
-    (the user stays: a hint naming the URL must still work)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    netloc, slash, tail = rest.partition("/")
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
-    tail = re.sub(r"(?i)(password=)[^&]*", r"\1***", tail)
-    return f"{scheme}://{netloc}{slash}{tail}"

@@ -9,7 +9,8 @@ import pytest
 
 from hashsvc.core.config import ImageLimits
 from hashsvc.index import multi_index
-from hashsvc.index.binary import BinaryIndex, new_index, signal_id
+from hashsvc.index.binary import BinaryIndex, signal_id
+from hashsvc.index.engines import load_index, new_index
 from hashsvc.index.multi_index import EXACT_RADIUS, MultiIndexHash
 from hashsvc.media.image import hash_known, hash_query
 from tests.helpers import encode, photo, reencoded
@@ -147,7 +148,7 @@ def test_snapshot_round_trip(clustered, tmp_path):
     index.remove_entry(3)
     path = str(tmp_path / "index-pdq.faiss")
     index.save(path)
-    loaded = BinaryIndex.load(path, 256)  # LiveIndex's way: the file says which engine
+    loaded = load_index(path, 256)  # LiveIndex's way: the file says which engine
     assert isinstance(loaded, MultiIndexHash) and len(loaded) == len(index)
     for before, after in zip(index.search(queries, 56), loaded.search(queries, 56), strict=True):
         assert sorted(before) == sorted(after)
@@ -161,7 +162,7 @@ def test_engine_per_signal_type_and_old_snapshots(tmp_path):
     assert isinstance(flat, BinaryIndex)
     flat.add([1], [b"\x01" * 8])
     flat.save(str(tmp_path / "flat.faiss"))
-    assert len(BinaryIndex.load(str(tmp_path / "flat.faiss"), 64)) == 1
+    assert len(load_index(str(tmp_path / "flat.faiss"), 64)) == 1
     with pytest.raises(ValueError):
         MultiIndexHash.load(str(tmp_path / "flat.faiss"), 256)
 
@@ -183,7 +184,7 @@ def test_snapshot_of_the_first_layout_is_rebuilt(clustered, tmp_path):
         f.write(multi_index.SNAPSHOT_MAGIC)
         np.save(f, np.array(list(codes), dtype=np.int64))
         np.save(f, np.frombuffer(b"".join(codes.values()), dtype=np.uint8).reshape(-1, 32))
-    loaded = BinaryIndex.load(str(path), 256)
+    loaded = load_index(str(path), 256)
     assert isinstance(loaded, MultiIndexHash) and len(loaded) == len(codes)
     found, total = check_against_brute_force(loaded, codes, queries, EXACT_RADIUS)
     assert total > 500 and found == total
@@ -227,7 +228,7 @@ def test_review_band_search_is_a_setting(clustered, tmp_path):
     )
     path = str(tmp_path / "index-pdq")
     wide.save(path)
-    assert BinaryIndex.load(path, 256, pdq_review_search="thorough").review_search == "thorough"
+    assert load_index(path, 256, pdq_review_search="thorough").review_search == "thorough"
 
 
 def test_searches_run_while_adds_seal_and_merge(clustered):

@@ -442,3 +442,21 @@ def test_review_target_over_grpc_and_cli(tmp_path, monkeypatch, capsys):
         assert got.review_target and not got.allow_list
     finally:
         h.close()
+
+
+def test_a_false_positive_verdict_never_lifts_a_block(core):
+    """Issue 16 (review of items 3-5): a set with review_blocks queues its
+    BLOCKs; a reviewer who resolved one as a false positive made that exact
+    file ALLOW platform-wide. A verdict now covers only matches that ask for
+    review: the exact copy and matches within the block threshold stay
+    blocked (lifting a block is an operator's act: remove the entry)."""
+    _setup(core)
+    assert _match(core, encode(photo(2))) == "block"
+    item = core.review.claim("rev", None, ReviewFilter())
+    assert item.matches[0]["entry"] == "banner"
+    core.review.resolve("rev", item.id, "false_positive", "oops")
+    outcome = core.match(MatchQuery(media=encode(photo(2))), "pipeline-a")
+    assert outcome.decision == "block"
+    assert all("false positive" not in m.reason for m in outcome.matches)
+    near = reencoded(photo(2), scale=0.8, quality=60)  # within the block threshold
+    assert _match(core, near) == "block"

@@ -31,7 +31,7 @@ from hashsvc.api.servicers import (
 from hashsvc.api.streams import StreamLimiter, UnreadCalls
 from hashsvc.base.addresses import is_loopback
 from hashsvc.core.auth import RateLimiter
-from hashsvc.core.config import Config
+from hashsvc.core.config import Config, new_spool
 from hashsvc.core.core import Core
 from hashsvc.media.spool import Spool
 from hashsvc.v1 import hashsvc_pb2 as pb
@@ -138,7 +138,7 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
     ]
     limiter = RateLimiter(config.rate_limit_per_second, config.rate_limit_burst)
     streams = StreamLimiter.from_config(config)
-    spool = Spool.from_config(config)  # one budget for MatchUpload and AddEntryUpload
+    spool = new_spool(config)  # one budget for MatchUpload and AddEntryUpload
     unread = UnreadCalls(
         config.stream_idle_seconds,
         config.max_unread_anonymous_calls,

@@ -19,7 +19,7 @@ from hashsvc.api import bulk_pb, convert
 from hashsvc.api.streams import ANONYMOUS, Requests, StreamLimiter, StreamSlot, UnreadCalls
 from hashsvc.base.errors import HashsvcError, InvalidArgument, TooLarge, status_name
 from hashsvc.core import audit, auth, bulk
-from hashsvc.core.config import StringLimits
+from hashsvc.core.config import StringLimits, new_spool
 from hashsvc.core.core import Core
 from hashsvc.media.spool import Spool
 from hashsvc.v1 import hashsvc_pb2 as pb
@@ -357,7 +357,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         self._batch_in_flight = batch_threads
         # the interceptor's limiter: MatchBatch counts each item against it
         self.limiter = limiter or auth.RateLimiter(0)
-        self.spool = spool or Spool.from_config(core.config)
+        self.spool = spool or new_spool(core.config)
 
     @rpc
     @checks_own_strings
@@ -512,7 +512,7 @@ class CurationServicer(pb_grpc.CurationServicer):
         self.core = core
         self.limits = core.config.strings
         self.curation = core.curation
-        self.spool = spool or Spool.from_config(core.config)
+        self.spool = spool or new_spool(core.config)
 
     def _done(self, action: str, **detail) -> None:
         # Operators' writes go to the same hash-chained history as matches,

@@ -109,3 +109,13 @@ class Signal:
 
 def hamming(a: bytes, b: bytes) -> int:
     return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).bit_count()
+
+
+def signal_json(sig: Signal) -> dict:
+    """A signal as the history and review items store it (hex value)."""
+    return {
+        "signal_type": sig.kind,
+        "value": sig.hex(),
+        "quality": sig.quality,
+        "variant": sig.variant,
+    }

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from hashdb import Thresholds
+from hashsvc.base.decisions import Thresholds
 from hashsvc.base.errors import InvalidArgument, quoted
 from hashsvc.base.signals import SIGNAL_TYPES, signal_type
 

@@ -27,7 +27,7 @@ from hashsvc.client.client import (
     bytes_chunks,
     file_chunks,
 )
-from hashsvc.core.config import PdqPolicy
+from hashsvc.matching.policy import PdqPolicy
 from hashsvc.v1 import hashsvc_pb2 as pb
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3

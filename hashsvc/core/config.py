@@ -13,22 +13,12 @@ import tomllib
 from dataclasses import dataclass, field
 
 from hashsvc.base.addresses import is_loopback
+from hashsvc.matching.policy import PdqPolicy
 from hashsvc.media.audio import AudioLimits
 from hashsvc.media.image import ImageLimits
 from hashsvc.media.pdf import PdfLimits
+from hashsvc.media.spool import Spool
 from hashsvc.media.video import VideoLimits
-
-
-@dataclass(frozen=True)
-class PdqPolicy:
-    # Meta's tools use 31 as the PDQ match threshold.
-    block_distance: int = 31
-    # bench/robustness.py: no unrelated photo came closer than 84 bits (21k
-    # pairs, every transform); 56 keeps a margin of ~30 bits and raises recall
-    # at review from 0.86 (at 50) to 0.88.
-    review_distance: int = 56
-    # Below this PDQ quality a hash is too flat to decide BLOCK on its own.
-    quality_floor: int = 50
 
 
 @dataclass(frozen=True)
@@ -310,3 +300,13 @@ def _build(cls, values: dict, where: str):
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+def new_spool(config: Config) -> Spool:
+    """This replica's upload spool, within the configured limits."""
+    return Spool(
+        config.spool_dir,
+        config.max_upload_bytes,
+        config.spool_max_bytes,
+        config.max_uploads_per_token,
+    )

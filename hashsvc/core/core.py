@@ -22,13 +22,14 @@ from hashsvc.base.errors import (
     quoted,
     status_name,
 )
-from hashsvc.base.signals import Signal, signal_type
+from hashsvc.base.signals import Signal, signal_json, signal_type
 from hashsvc.core.audit import Audit, acting_token_id, storable
 from hashsvc.core.bulk import BulkLoad, BulkResult, PackedRows, RowBatch
 from hashsvc.core.config import Config
 from hashsvc.core.curation import Curation
-from hashsvc.core.review import Feedback, ReviewQueue
+from hashsvc.core.review import ReviewQueue
 from hashsvc.index.live import LiveIndex
+from hashsvc.matching.feedback import Feedback
 from hashsvc.matching.flood import FloodCounter
 from hashsvc.matching.matcher import Match, Matcher
 from hashsvc.matching.policy import Policy
@@ -486,15 +487,6 @@ class Core:
             "history_records": self.store.count_history(),
             "index_version": self.live.seq,
         }
-
-
-def signal_json(sig: Signal) -> dict:
-    return {
-        "signal_type": sig.kind,
-        "value": sig.hex(),
-        "quality": sig.quality,
-        "variant": sig.variant,
-    }
 
 
 def _snapshot_dir(config: Config) -> str:

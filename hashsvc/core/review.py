@@ -1,4 +1,4 @@
-"""The review queue and the feedback it gives matching.
+"""The review queue: what needs a person, and what reviewers decide.
 
 * Every Match ending in REVIEW (and BLOCK, for sets with review_blocks) becomes
   a review item; reviewers claim items (a claim expires) and resolve them as
@@ -7,10 +7,8 @@
   with provenance labels (which review, who), so the next copy is caught.
 * confirmed uploads are added only to sets an operator marked as review
   targets, never to an allow list (a reviewer must not un-block known content).
-* false_positive: the (upload hash, known entry) pair is remembered and never
-  again raises a match. An allow-list entry suppresses a match only when it is
-  at least as close to the upload as that match, and within its own set's
-  block threshold: a far allow entry never beats a near block.
+* false_positive: the (upload hash, known entry) pair is remembered
+  (hashsvc/matching/feedback.py applies it to later matches).
 * Flood alerts: an entry matching far more often than usual (one bad hash
   matching everything, or a mass re-upload) raises one alert: a metric, a
   history record and a review item, until an operator acknowledges it. Its
@@ -23,8 +21,6 @@ Every reviewer and operator action is written to the hash-chained history.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from dataclasses import replace
 from datetime import UTC, datetime
 
 from hashdb import NewEntry, ReviewFilter, ReviewItem, Store, Suppression
@@ -38,15 +34,11 @@ from hashsvc.base.errors import (
     quoted,
     status_name,
 )
-from hashsvc.base.signals import Signal, hamming, signal_type
+from hashsvc.base.signals import Signal, signal_json, signal_type
 from hashsvc.core.audit import action_record
-from hashsvc.matching.matcher import Match, MatchResult
-from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW, Policy, strictest
+from hashsvc.matching.matcher import Match
+from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW
 
-# How close a later upload's hash must be to a hash judged a false positive to
-# be covered by that judgement: a re-encode of the same picture, not a
-# neighbour (PDQ copies are mostly < 10 bits apart; unrelated ones > 80).
-SUPPRESS_DISTANCE = {"pdq": 16, "videohash": 4}
 # Who raises flood alerts, in the history and the review queue.
 FLOOD_CALLER = "hashsvc"
 # The upload's hashes a false-positive judgement remembers.
@@ -65,127 +57,6 @@ def remembered_signals(query_signals: list[dict]) -> list[Signal]:
             continue
         out.append(Signal(kind, bytes.fromhex(sig["value"]), sig.get("quality"), "original"))
     return out
-
-
-class Feedback:
-    """What reviews and operators decided, applied to a fresh match result."""
-
-    def __init__(self, store: Store, policy: Policy) -> None:
-        self.store = store
-        self.policy = policy
-
-    def apply(self, result: MatchResult, query: list[Signal], sets_by_id: dict) -> MatchResult:
-        if not result.matches:
-            return result
-        matches = self._allow_listed(result.matches, sets_by_id)
-        matches = self._suppressed(matches, query)
-        decision = strictest(m.decision for m in matches)
-        return MatchResult(decision, matches)
-
-    def _allow_listed(self, matches: list[Match], sets_by_id: dict) -> list[Match]:
-        """An allow entry suppresses a match only when it is at least as close
-        to the upload as that match, and within its own set's block
-        threshold; an allow-list match never blocks or asks for review."""
-        allowing = [
-            m
-            for m in matches
-            if m.decision != ALLOW and getattr(sets_by_id.get(m.set_id), "allow_list", False)
-        ]
-        if not allowing:
-            return matches
-        allowed_ids = {id(m) for m in allowing}
-        applies = [a for a in allowing if self._within_block(a, sets_by_id)]
-        applies_ids = {id(a) for a in applies}
-        out = []
-        for m in matches:
-            if id(m) in allowed_ids:
-                own = (
-                    f"allow-listed by {m.set_name}/{m.entry_name}"
-                    if id(m) in applies_ids
-                    else f"allow entry past its set's block threshold ({_how_far(m)}):"
-                    " suppresses nothing"
-                )
-                out.append(replace(m, decision=ALLOW, reason=own))
-                continue
-            if m.decision == ALLOW:
-                out.append(m)
-                continue
-            by = next((a for a in applies if _at_least_as_close(a, m)), None)
-            if by is not None:
-                m = replace(
-                    m, decision=ALLOW, reason=f"allow-listed by {by.set_name}/{by.entry_name}"
-                )
-            else:
-                nearest = min(allowing, key=lambda a: a.distance)
-                why = (
-                    "past its set's block threshold"
-                    if id(nearest) not in applies_ids
-                    else f"farther than this match ({_how_far(nearest)}; this match {m.distance})"
-                )
-                note = f"not allow-listed: {nearest.set_name}/{nearest.entry_name} is {why}"
-                m = replace(m, reason=f"{m.reason}; {note}" if m.reason else note)
-            out.append(m)
-        return out
-
-    def _within_block(self, allow: Match, sets_by_id: dict) -> bool:
-        hash_set = sets_by_id.get(allow.set_id)
-        if hash_set is None:
-            return False
-        return allow.distance <= self.policy.thresholds(hash_set, allow.signal_type).block_distance
-
-    def _suppressed(self, matches: list[Match], query: list[Signal]) -> list[Match]:
-        live = [m for m in matches if m.decision != ALLOW]
-        suppressions = self.store.suppressions_for(m.entry_id for m in live)
-        if not suppressions:
-            return matches
-        by_entry: dict[int, list[Suppression]] = defaultdict(list)
-        for s in suppressions:
-            by_entry[s.entry_id].append(s)
-        out = []
-        for m in matches:
-            review_id = _covering_review(by_entry.get(m.entry_id, ()), query)
-            if m.decision != ALLOW and review_id is not None:
-                m = replace(
-                    m, decision=ALLOW, reason=f"judged a false positive in review {review_id}"
-                )
-            out.append(m)
-        return out
-
-
-def _how_far(m: Match) -> str:
-    return f"{m.signal_type} distance {m.distance}"
-
-
-def _exact(kind: str) -> bool:
-    try:
-        return not signal_type(kind).perceptual
-    except Exception:  # a kind this build does not know: compared only with itself
-        return False
-
-
-def _at_least_as_close(allow: Match, m: Match) -> bool:
-    """Whether the allow entry is at least as close to the upload as the
-    match. Distances of different signal types are in different units, so
-    across types only identity counts: an exact hash (the very same file) is
-    the closest a match can be, then a perceptual hash at distance 0."""
-    if _exact(allow.signal_type):
-        return True  # the upload is the allow entry's own file
-    if _exact(m.signal_type):
-        return False  # the upload is a known file; a look-alike is not as close
-    if allow.signal_type == m.signal_type:
-        return allow.distance <= m.distance
-    return allow.distance == 0
-
-
-def _covering_review(suppressions, query: list[Signal]) -> int | None:
-    for s in suppressions:
-        limit = SUPPRESS_DISTANCE.get(s.kind, 0)
-        for sig in query:
-            if sig.kind != s.kind or len(sig.value) != len(s.value):
-                continue
-            if (hamming(sig.value, s.value) if limit else int(sig.value != s.value)) <= limit:
-                return s.review_id
-    return None
 
 
 class ReviewQueue:
@@ -207,8 +78,6 @@ class ReviewQueue:
         )
         if not needs_person:
             return None
-        from hashsvc.core.core import signal_json  # the history's own encoding
-
         return self.store.create_review_item(
             outcome.request_id,
             datetime.now(UTC),

@@ -157,15 +157,7 @@ class BinaryIndex:
         os.replace(tmp, path)  # a crash mid-write never leaves a torn snapshot
 
     @classmethod
-    def load(cls, path: str, bits: int, pdq_review_search: str | None = None) -> HashIndex:
-        """Whichever engine wrote the snapshot at path."""
-        with open(path, "rb") as f:
-            if f.read(len(SNAPSHOT_MAGIC_PREFIX)) == SNAPSHOT_MAGIC_PREFIX:
-                from hashsvc.index.multi_index import MultiIndexHash
-
-                if pdq_review_search is None:
-                    return MultiIndexHash.load(path, bits)
-                return MultiIndexHash.load(path, bits, pdq_review_search)
+    def load(cls, path: str, bits: int) -> BinaryIndex:
         loaded = faiss.read_index_binary(path)
         if loaded.d != bits or not isinstance(loaded, faiss.IndexBinaryIDMap2):
             raise ValueError(f"snapshot {path} is not a {bits}-bit id-mapped binary index")
@@ -183,15 +175,3 @@ class HashIndex(Protocol):
     def remove_entry(self, entry_id: int) -> int: ...
     def search(self, queries: list[bytes], max_distance: int) -> list[list[tuple[int, int]]]: ...
     def save(self, path: str) -> None: ...
-
-
-def new_index(signal_type: str, bits: int, pdq_review_search: str | None = None) -> HashIndex:
-    """The engine for one signal type: multi-index hashing for PDQ (millions of
-    hashes), the flat index for the others (fewer hashes, other lengths)."""
-    if signal_type == "pdq":
-        from hashsvc.index.multi_index import MultiIndexHash
-
-        if pdq_review_search is None:
-            return MultiIndexHash(bits)
-        return MultiIndexHash(bits, pdq_review_search)
-    return BinaryIndex(bits)

@@ -26,12 +26,11 @@ from hashsvc.index.audio import AudioIndex
 from hashsvc.index.binary import (
     ID_LAYOUT,
     VARIANT_BITS,
-    BinaryIndex,
     HashIndex,
     hash_matrix,
-    new_index,
     signal_id,
 )
+from hashsvc.index.engines import load_index, new_index
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +139,7 @@ class LiveIndex:
             if meta.get("id_layout") != ID_LAYOUT:
                 raise ValueError("snapshot written with another index id layout")
             indexes = {
-                t.name: BinaryIndex.load(files[t.name], t.bits, self.pdq_review_search)
+                t.name: load_index(files[t.name], t.bits, self.pdq_review_search)
                 for t in PERCEPTUAL_TYPES
             }
         except (OSError, ValueError, RuntimeError, KeyError) as exc:

@@ -16,12 +16,8 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from hashsvc.base.errors import InvalidArgument, TooLarge
-
-if TYPE_CHECKING:
-    from hashsvc.core.config import Config
 
 HEAD_BYTES = 4096  # enough to recognise every format we read
 
@@ -77,15 +73,6 @@ class Spool:
         self.max_per_token = max_per_token
         self._uploads: Counter = Counter()  # token id -> uploads in flight
         self._lock = threading.Lock()
-
-    @classmethod
-    def from_config(cls, config: Config) -> Spool:
-        return cls(
-            config.spool_dir,
-            config.max_upload_bytes,
-            config.spool_max_bytes,
-            config.max_uploads_per_token,
-        )
 
     @contextmanager
     def upload(self, chunks: Iterable[bytes], token_id: int, caller: str) -> Iterator[SpooledMedia]:
