@@ -1,9 +1,39 @@
-"""What a set decides with: the distances at which a match blocks or asks for
-review. A plain type every layer may use (the store keeps them per set)."""
+"""Decisions and what a set decides with: the distances at which a match
+blocks or asks for review. Plain types every layer may use (the store keeps
+thresholds per set; the history keeps decisions by their value)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Decision(StrEnum):
+    """What an upload gets. A str: it is stored, sent and printed as its value
+    ("block"), and compares equal to it."""
+
+    ALLOW = "allow"
+    REVIEW = "review"
+    BLOCK = "block"
+
+    @property
+    def rank(self) -> int:
+        """Strictness: ALLOW < REVIEW < BLOCK (the one ranking)."""
+        return _RANK[self]
+
+
+_RANK = {Decision.ALLOW: 0, Decision.REVIEW: 1, Decision.BLOCK: 2}
+
+
+def rank(decision: str) -> int:
+    """The strictness of a decision given by value (as matches carry it)."""
+    return Decision(decision).rank
+
+
+def strictest(decisions: Iterable[str]) -> Decision:
+    """The strictest of the decisions; ALLOW when there are none."""
+    return max((Decision(d) for d in decisions), key=rank, default=Decision.ALLOW)
 
 
 @dataclass(frozen=True)

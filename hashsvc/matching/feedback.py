@@ -16,9 +16,10 @@ from collections import defaultdict
 from dataclasses import replace
 
 from hashdb import Store, Suppression
+from hashsvc.base.decisions import strictest
 from hashsvc.base.signals import Signal, hamming, signal_type
 from hashsvc.matching.matcher import Match, MatchResult
-from hashsvc.matching.policy import ALLOW, REVIEW, Policy, strictest
+from hashsvc.matching.policy import ALLOW, REVIEW, Policy
 
 # How close a later upload's hash must be to a hash judged a false positive to
 # be covered by that judgement: a re-encode of the same picture, not a

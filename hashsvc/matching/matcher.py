@@ -22,16 +22,15 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 
 from hashdb import EntryRecord, HashSetRecord
+from hashsvc.base.decisions import rank, strictest
 from hashsvc.base.signals import Signal, signal_type
 from hashsvc.index.audio import AudioAlignment
 from hashsvc.index.binary import split_signal_id
 from hashsvc.index.live import LiveIndex, words_of
 from hashsvc.matching import pdf_evidence as pdf_match
 from hashsvc.matching import video_evidence as video_match
-from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW, Policy, strictest
+from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW, Policy
 from hashsvc.media.audio import SECONDS_PER_WORD
-
-_RANK = {"allow": 0, "review": 1, "block": 2}
 
 
 @dataclass(frozen=True)
@@ -178,9 +177,9 @@ class Matcher:
             if found:
                 # ties go to the match that says where (pages, time ranges)
                 matches.append(
-                    max(found, key=lambda m: (_RANK[m.decision], -m.distance, bool(m.unit)))
+                    max(found, key=lambda m: (rank(m.decision), -m.distance, bool(m.unit)))
                 )
-        matches.sort(key=lambda m: (-_RANK[m.decision], m.distance, m.entry_id))
+        matches.sort(key=lambda m: (-rank(m.decision), m.distance, m.entry_id))
         decision = strictest(m.decision for m in matches)
         return MatchResult(decision, matches[: self.max_matches])
 
@@ -300,8 +299,8 @@ class Matcher:
                 query.quality,
                 known.quality,
             )
-            if best is None or (_RANK[candidate.decision], -candidate.distance) > (
-                _RANK[best.decision],
+            if best is None or (rank(candidate.decision), -candidate.distance) > (
+                rank(best.decision),
                 -best.distance,
             ):
                 best, best_known = candidate, known

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hashdb.model import HashSetRecord, Thresholds
+from hashdb.model import HashSetRecord
+from hashsvc.base.decisions import Decision, Thresholds
 
 
 @dataclass(frozen=True)
@@ -19,11 +20,10 @@ class PdqPolicy:
     quality_floor: int = 50
 
 
-BLOCK = "block"
-REVIEW = "review"
-ALLOW = "allow"
-DECISIONS = (ALLOW, REVIEW, BLOCK)  # in order of strictness
-_RANK = {d: i for i, d in enumerate(DECISIONS)}
+BLOCK = Decision.BLOCK
+REVIEW = Decision.REVIEW
+ALLOW = Decision.ALLOW
+DECISIONS = tuple(Decision)  # in order of strictness
 
 # Exact hashes have no distance to tune: equal means the same file.
 EXACT_THRESHOLDS = Thresholds(block_distance=0, review_distance=0)
@@ -44,10 +44,6 @@ DEFAULT_THRESHOLDS = {
     # blocks on it alone.
     "videohash": Thresholds(block_distance=0, review_distance=4),
 }
-
-
-def strictest(decisions) -> str:
-    return max(decisions, key=_RANK.__getitem__, default=ALLOW)
 
 
 @dataclass(frozen=True)
