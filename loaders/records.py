@@ -127,15 +127,10 @@ def parse_labels(text: str) -> dict[str, str]:
     the value)."""
     if text.lstrip().startswith("{"):
         return _json_labels(text.strip())
-    out: dict[str, str] = {}
-    for pair in text.split(";"):
-        if not pair.strip():
-            continue
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise RowError(f"label {quoted(pair.strip())} is not key=value")
-        out[key.strip()] = value.strip()
-    return checked_labels(out)
+    try:
+        return validation.label_pairs(p for p in text.split(";") if p.strip())
+    except InvalidArgument as exc:
+        raise RowError(str(exc)) from None
 
 
 def _json_labels(text: str) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 
 from hashsvc.base.decisions import Thresholds
 from hashsvc.base.errors import InvalidArgument, quoted
@@ -70,13 +71,15 @@ def labels(values: dict[str, str]) -> dict[str, str]:
     return dict(values)
 
 
-def parse_label_args(pairs: list[str]) -> dict[str, str]:
-    """['group=ISIS', 'outlet=Amaq'] -> dict, for the CLI."""
+def label_pairs(pairs: Iterable[str]) -> dict[str, str]:
+    """['group=ISIS', 'outlet=Amaq'] -> checked labels: the one reader of
+    `key=value` (the CLI's --label, a load file's labels cell). Key and value
+    are stripped; an `=` after the first belongs to the value."""
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
-            raise InvalidArgument(f"label {quoted(pair)} must be key=value")
+        if not sep or not key.strip():
+            raise InvalidArgument(f"label {quoted(pair.strip())} is not key=value")
         out[key.strip()] = value.strip()
     return labels(out)
 
