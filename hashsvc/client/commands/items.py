@@ -30,7 +30,7 @@ def unreachable(exc: BaseException) -> bool:
     return isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def report_item_error(label: str, exc: BaseException, as_json: bool) -> None:
+def report_item_error(label: str, exc: OSError | grpc.RpcError | ItemError, as_json: bool) -> None:
     if isinstance(exc, grpc.RpcError):
         code, message = exc.code().name, rpc_details(exc)
     elif isinstance(exc, ItemError):

@@ -65,7 +65,9 @@ def _review_filter(args: argparse.Namespace) -> pb.ReviewFilter:
     return pb.ReviewFilter(
         set=args.set_name,
         label=args.label,
-        media_type=pb.MediaType.Value(args.media.upper()) if args.media else 0,
+        media_type=(
+            pb.MediaType.Value(args.media.upper()) if args.media else pb.MEDIA_TYPE_UNSPECIFIED
+        ),
         caller=args.caller,
         status=args.status,
     )
