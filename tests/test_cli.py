@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -381,6 +382,27 @@ def test_json_flag_goes_before_or_after_the_command(run, harness):
     for argv in (["export", "--set", "x"], ["token", "revoke", "1"], ["serve"]):
         code, out, err = run("--json", *argv)
         assert code == 2 and "--json is for commands that print JSON" in err and not out
+
+
+def test_client_commands_start_without_the_server_code():
+    """Every `hashsvc` run builds the whole command line first: the decoders
+    (PyAV, PyMuPDF, chromaprint), the indexes and the core are for `serve` and
+    `token create --db` only (`hashsvc --version` took 0.41 s with them loaded,
+    0.14 s without)."""
+    script = "import sys, hashsvc.client.cli; print(' '.join(sys.modules))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
+    server_side = ("hashsvc.media", "hashsvc.index", "hashsvc.matching", "hashsvc.core",
+                   "hashsvc.api", "hashdb", "av", "pymupdf", "fitz", "chromaprint", "faiss",
+                   "numpy")  # fmt: skip
+    assert [m for m in loaded if m.split(".")[0] in server_side or m.startswith(server_side)] == []
+    assert "hashsvc.client.commands.match" in loaded
 
 
 def test_history_text_names_operator_actions_and_what_they_did(run):
