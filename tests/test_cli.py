@@ -6,11 +6,13 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from hashdb import HistoryFilter
-from hashsvc.client import cli
+from hashsvc.client import cli, client
+from hashsvc.client.commands import history, views
 from tests.helpers import encode, mirrored, photo, popen, reencoded, start_harness
 
 
@@ -281,7 +283,7 @@ def test_video_add_and_match_stream_and_report_time_ranges(run, tmp_path, monkey
     threshold is lowered here so a small video crosses it)."""
     from tests import video_media
 
-    monkeypatch.setattr(cli, "STREAM_ABOVE_BYTES", 10_000)
+    monkeypatch.setattr(client, "STREAM_ABOVE_BYTES", 10_000)
     known = video_media.slideshow(tmp_path / "release.mp4", [0, 1, 2], 3.3)
     assert known.stat().st_size > 10_000
     clip = video_media.excerpt(known, 2.0, 6.0, tmp_path)
@@ -358,6 +360,49 @@ def test_server_and_tls_flags_go_before_or_after_the_command(run, harness, monke
     # a server-side command has no use for --server: a usage error, not ignored
     code, _, err = run("--server", harness.address, "serve", "--db", "sqlite:///x.db")
     assert code == 2 and "--server" in err
+
+
+def test_json_flag_goes_before_or_after_the_command(run, harness):
+    """`hashsvc --json stats` prints what `hashsvc stats --json` prints; a
+    command without JSON output refuses it rather than printing text."""
+    code, before, err = run("--json", "stats", role="auditor")
+    assert code == 0, err
+    code, after, err = run("stats", "--json", role="auditor")
+    assert code == 0, err
+    assert json.loads(before) == json.loads(after) and "entries" in json.loads(before)
+    code, out, err = run("--json", "match", "--hash", "md5:" + "2" * 32, role="matcher")
+    assert code == 0, err
+    row = json.loads(out)
+    assert row["file"] == "md5:" + "2" * 32 and row["decision"] == "allow"
+    code, out, err = run("--json", "sets", "create", "json-first", role="operator")
+    assert code == 0 and json.loads(out)["name"] == "json-first", err
+    code, out, err = run("--json", "--server", harness.address, "sets", "list", role="operator")
+    assert code == 0, err
+    assert "json-first" in [json.loads(line)["name"] for line in out.splitlines()]
+    for argv in (["export", "--set", "x"], ["token", "revoke", "1"], ["serve"]):
+        code, out, err = run("--json", *argv)
+        assert code == 2 and "--json is for commands that print JSON" in err and not out
+
+
+def test_client_commands_start_without_the_server_code():
+    """Every `hashsvc` run builds the whole command line first: the decoders
+    (PyAV, PyMuPDF, chromaprint), the indexes and the core are for `serve` and
+    `token create --db` only (`hashsvc --version` took 0.41 s with them loaded,
+    0.14 s without)."""
+    script = "import sys, hashsvc.client.cli; print(' '.join(sys.modules))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
+    server_side = ("hashsvc.media", "hashsvc.index", "hashsvc.matching", "hashsvc.core",
+                   "hashsvc.api", "hashdb", "av", "pymupdf", "fitz", "chromaprint", "faiss",
+                   "numpy")  # fmt: skip
+    assert [m for m in loaded if m.split(".")[0] in server_side or m.startswith(server_side)] == []
+    assert "hashsvc.client.commands.match" in loaded
 
 
 def test_history_text_names_operator_actions_and_what_they_did(run):
@@ -437,7 +482,7 @@ def test_history_text_cannot_be_forged_by_a_note_with_newlines():
         status="OK",
         detail_json=json.dumps({"review_id": 3, "resolution": "confirmed", "note": forged}),
     )
-    line = cli._history_line(record, cli.history_json(record))
+    line = history.history_line(record, views.history_json(record))
     assert "\n" not in line and "\x1b" not in line and "\u202e" not in line
     assert line.count("\t") == 4, line
     assert "ResolveReview\tOK\treview_id=3 resolution=confirmed note=ok\\n2026" in line

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hashsvc.client import cli, ingest
+from hashsvc.client import cli, client, ingest
 from tests.helpers import encode, photo, popen, start_harness
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def archive(tmp_path_factory) -> Path:
 
 def test_every_media_kind_is_added_and_a_rerun_adds_nothing(run, archive, monkeypatch):
     # the larger files (video, PDF) go through the streaming upload
-    monkeypatch.setattr(cli, "STREAM_ABOVE_BYTES", 30_000)
+    monkeypatch.setattr(client, "STREAM_ABOVE_BYTES", 30_000)
     run("sets", "create", "kinds")
     code, out, err = run("add", "--set", "kinds", "--json", str(archive))
     assert code == 0, err

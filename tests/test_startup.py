@@ -188,6 +188,33 @@ def test_insecure_flag_lets_the_cli_send_in_clear(monkeypatch):
     assert cli.build_parser().parse_args(["stats", "--insecure"]).insecure is True
 
 
+def test_insecure_flag_goes_before_the_command_too(monkeypatch, capsys):
+    """`hashsvc --insecure --server H:P stats`, as `--server` and `--tls-ca`:
+    the token is sent in clear (the channel is opened to the remote server,
+    nobody answers there: exit 3), not refused with a usage error."""
+    monkeypatch.setenv("HASHSVC_TOKEN", "hsv_secret")
+    monkeypatch.delenv("HASHSVC_TLS_CA", raising=False)
+    for argv in (
+        ["--insecure", "--server", "10.0.0.8:50051", "stats"],
+        ["--insecure", "token", "list", "--server", "10.0.0.8:50051"],
+    ):
+        opened = []
+        monkeypatch.setattr(grpc, "insecure_channel", _recording_channel(opened))
+        code = cli.main(argv)
+        err = capsys.readouterr().err
+        assert opened == ["10.0.0.8:50051"], argv
+        assert code == cli.EXIT_UNREACHABLE and "UNAVAILABLE" in err, err
+    assert cli.build_parser().parse_args(["--insecure", "stats"]).global_insecure is True
+    # without it the same command is refused before any channel is opened
+    opened = []
+    monkeypatch.setattr(grpc, "insecure_channel", _recording_channel(opened))
+    assert cli.main(["--server", "10.0.0.8:50051", "stats"]) == cli.EXIT_USAGE
+    assert opened == [] and "--insecure" in capsys.readouterr().err
+    # a server-side command has no use for it: a usage error, not ignored
+    assert cli.main(["--insecure", "serve", "--db", "sqlite:///x.db"]) == cli.EXIT_USAGE
+    assert "--insecure is for commands that call a server" in capsys.readouterr().err
+
+
 def _commands_with_server_option(parser, prefix=""):
     import argparse
 

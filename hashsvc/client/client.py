@@ -24,6 +24,11 @@ CHUNK_BYTES = 1024 * 1024
 UPLOADS_IN_FLIGHT = 4
 
 
+def streamed(size: int) -> bool:
+    """Whether media of this many bytes is sent as a stream of chunks."""
+    return size > STREAM_ABOVE_BYTES
+
+
 def file_chunks(path: str) -> Iterator[bytes]:
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK_BYTES):

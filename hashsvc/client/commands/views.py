@@ -1,0 +1,142 @@
+"""The API's messages as the CLI prints them with --json. These names are a
+public contract (README, CLI): scripts read them, so a field is added, never
+renamed."""
+
+from __future__ import annotations
+
+import json
+
+from hashsvc.client.commands.values import iso
+from hashsvc.v1 import hashsvc_pb2 as pb
+
+DECISION_NAMES = {pb.ALLOW: "allow", pb.REVIEW: "review", pb.BLOCK: "block"}
+DECISION_VALUES = {v: k for k, v in DECISION_NAMES.items()}
+
+
+def media_type_name(media_type: int) -> str:
+    return pb.MediaType.Name(media_type).lower()
+
+
+def query_signal_json(s: pb.QuerySignal) -> dict:
+    """A hash as the API returns it (hex value), of an upload or an entry."""
+    return {
+        "signal_type": s.signal_type,
+        "value": s.value,
+        "quality": s.quality,
+        "variant": s.variant,
+    }
+
+
+def matched_json(m: pb.MatchedEntry) -> dict:
+    return {
+        "set": m.set,
+        "entry": m.entry,
+        "signal_type": m.signal_type,
+        "distance": m.distance,
+        "labels": dict(m.labels),
+        "decision": DECISION_NAMES.get(m.decision),
+        "query_variant": m.query_variant,
+        "known_variant": m.known_variant,
+        # video, audio, PDF: where the query matches the known media
+        **(
+            {
+                "unit": m.unit,
+                "query_share": round(m.query_share, 4),
+                "known_share": round(m.known_share, 4),
+                "segments": [
+                    {
+                        "query_start": seg.query_start,
+                        "query_end": seg.query_end,
+                        "known_start": seg.known_start,
+                        "known_end": seg.known_end,
+                    }
+                    for seg in m.segments
+                ],
+            }
+            if m.unit
+            else {}
+        ),
+    }
+
+
+def match_json(label: str, resp: pb.MatchResponse) -> dict:
+    """One line of `match --json`."""
+    return {
+        "file": label,
+        "decision": DECISION_NAMES.get(resp.decision),
+        "request_id": resp.request_id,
+        "matches": [matched_json(m) for m in resp.matches],
+        **({"notes": list(resp.notes)} if resp.notes else {}),
+    }
+
+
+def set_json(s: pb.HashSet) -> dict:
+    return {
+        "name": s.name,
+        "description": s.description,
+        "labels": dict(s.labels),
+        "enabled": s.enabled,
+        "entries": s.entry_count,
+        "thresholds": {
+            t.signal_type: {"block": t.block_distance, "review": t.review_distance}
+            for t in s.thresholds
+        },
+        "allow_list": s.allow_list,
+        "review_blocks": s.review_blocks,
+        "review_target": s.review_target,
+        "created_at": iso(s.created_at),
+    }
+
+
+def entry_json(e: pb.Entry) -> dict:
+    return {
+        "set": e.set,
+        "entry": e.name,
+        "id": e.id,
+        "labels": dict(e.labels),
+        "media_type": media_type_name(e.media_type),
+        "signals": [query_signal_json(s) for s in e.signals],
+        "created_at": iso(e.created_at),
+        "added_by": e.added_by,
+    }
+
+
+def history_json(r: pb.HistoryRecord) -> dict:
+    return {
+        "id": r.id,
+        "request_id": r.request_id,
+        "time": iso(r.time),
+        "caller": r.caller,
+        "caller_token_id": r.caller_token_id or None,
+        "rpc": r.rpc,
+        "media_type": media_type_name(r.media_type),
+        "decision": DECISION_NAMES.get(r.decision),
+        "status": r.status,
+        "error_message": r.error_message,
+        "client_ref": r.client_ref,
+        "media_bytes": r.media_bytes,
+        "query_signals": [query_signal_json(s) for s in r.query_signals],
+        "matches": [matched_json(m) for m in r.matches],
+        # reviewers' and operators' actions: what was done
+        "detail": json.loads(r.detail_json) if r.detail_json else None,
+    }
+
+
+def review_item_json(item: pb.ReviewItem) -> dict:
+    return {
+        "id": item.id,
+        "request_id": item.request_id,
+        "created_at": iso(item.created_at),
+        "caller": item.caller,
+        "media_type": media_type_name(item.media_type),
+        "client_ref": item.client_ref,
+        "status": item.status,
+        "claimed_by": item.claimed_by,
+        "claim_expires_at": iso(item.claim_expires_at) if item.claimed_by else None,
+        "resolved_by": item.resolved_by,
+        "resolved_at": iso(item.resolved_at) if item.resolved_by else None,
+        "note": item.note,
+        "added_entry_id": item.added_entry_id or None,
+        "query_signals": [query_signal_json(s) for s in item.query_signals],
+        "matches": [matched_json(m) for m in item.matches],
+    }
