@@ -12,17 +12,21 @@ the server and its workers have used no CPU for a few seconds, then reads
 /proc/PID/smaps_rollup. PSS shares each page among the processes that map it
 (the workers and the server map the same libraries), so the PSS total is what
 the group costs the machine; the RSS total counts shared pages once per process.
-Measured twice: right after the load, and after a restart on the same store
-(the index read back at start-up, nothing else done: the steady idle state).
-Each process's line also names the decoder libraries it has mapped (FFmpeg,
-MuPDF, Chromaprint, PDQ, Pillow): an idle server should map none of them.
-Every process started here is stopped, also when something fails.
+Measured three times: right after the load; after a restart on the same
+store (the index read back at start-up, nothing else done: the steady idle
+state); and after that server has matched one small upload of each kind
+(image, video, audio, PDF), when its workers have loaded the decoders they
+import at first use. Each process's line also names the decoder libraries it
+has mapped (FFmpeg, MuPDF, Chromaprint, PDQ, Pillow): the server maps none of
+them, ever (the run fails if it does). Every process started here is stopped,
+also when something fails.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import signal
@@ -31,12 +35,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import grpc
 import numpy as np
+import pymupdf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -256,6 +264,56 @@ def measure(server: Server) -> list[Usage]:
     return rows
 
 
+def sample_media() -> dict[str, bytes]:
+    """One small upload of each kind, made here: this process may load the
+    decoders (it is not measured), the server must not."""
+    rng = np.random.default_rng(3)
+    picture = io.BytesIO()
+    blocks = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    Image.fromarray(np.kron(blocks, np.ones((20, 20, 1), np.uint8))).save(picture, "PNG")
+    movie = io.BytesIO()
+    with av.open(movie, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
+        for _scene in range(3):
+            scene = rng.integers(0, 256, (9, 16, 3), dtype=np.uint8)
+            rgb = np.kron(scene, np.ones((20, 20, 1), np.uint8))
+            for _frame in range(25):
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode())
+    # A melody of held notes (Chromaprint refuses silence and constant tones).
+    rate = 11025
+    notes = [
+        np.sin(2 * np.pi * 220 * 2 ** (rng.integers(0, 24) / 12) * np.arange(rate // 3) / rate)
+        for _ in range(30)
+    ]
+    sound = io.BytesIO()
+    with wave.open(sound, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.concatenate(notes) * 9000).astype("<i2").tobytes())
+    doc = pymupdf.open()
+    doc.new_page().insert_text((72, 72), "a page of text " * 30)
+    return {
+        "IMAGE": picture.getvalue(),
+        "VIDEO": movie.getvalue(),
+        "AUDIO": sound.getvalue(),
+        "PDF": doc.tobytes(),
+    }
+
+
+def match_each_kind(address: str, token: str) -> None:
+    metadata = (("authorization", f"Bearer {token}"),)
+    with grpc.insecure_channel(address) as channel:
+        matcher = pb_grpc.MatcherStub(channel)
+        for kind, content in sample_media().items():
+            request = pb.MatchRequest(media=pb.Media(content=content))
+            reply = matcher.Match(request, metadata=metadata, timeout=60)
+            if pb.MediaType.Name(reply.media_type) != kind:
+                raise RuntimeError(f"a {kind} upload was hashed as {reply.media_type}")
+
+
 def report(title: str, rows: list[Usage]) -> None:
     print(title)
     print(f"  {'process':<18} {'pid':>8} {'RSS MB':>8} {'PSS MB':>8}  decoder libraries mapped")
@@ -319,6 +377,16 @@ def main() -> int:
             title = f"restarted on the same store (ready in {ready:.1f} s, idle {idle:.1f} s):"
             report(title, rows)
             figures["restarted"] = [r.__dict__ for r in rows]
+
+            match_each_kind(server.address, token)
+            wait_idle(server)
+            rows = measure(server)
+            report("after one upload of each kind (image, video, audio, PDF):", rows)
+            figures["after_each_kind"] = [r.__dict__ for r in rows]
+            decoders = {d for phase in figures.values() for r in phase
+                        if r["role"] == "server" for d in r["decoders"]}  # fmt: skip
+            if decoders:
+                raise RuntimeError(f"the server process mapped {', '.join(sorted(decoders))}")
         except Exception as exc:
             failed = True
             print(f"THE MEMORY BENCHMARK FAILED: {exc}", file=sys.stderr)
