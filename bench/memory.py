@@ -12,6 +12,8 @@ the server and its workers have used no CPU for a few seconds, then reads
 /proc/PID/smaps_rollup. PSS shares each page among the processes that map it
 (the workers and the server map the same libraries), so the PSS total is what
 the group costs the machine; the RSS total counts shared pages once per process.
+Other programs on the machine that map the same libraries (tests, another
+server on the same venv) take their share too: PSS varies with them, RSS not.
 Measured three times: right after the load; after a restart on the same
 store (the index read back at start-up, nothing else done: the steady idle
 state); and after that server has matched one small upload of each kind
