@@ -44,7 +44,7 @@ format: install
 	$(BIN)/ruff format hashsvc hashdb loaders tests bench scripts
 
 # Figures for issue notes: robustness per media kind (recall per transform, false
-# matches), speed, hostile inputs.
+# matches), speed, hostile inputs, an idle server's memory.
 bench: install
 	$(BIN)/python bench/robustness.py
 	$(BIN)/python bench/video.py
@@ -52,6 +52,7 @@ bench: install
 	$(BIN)/python bench/pdf.py
 	$(BIN)/python bench/speed.py
 	$(BIN)/python bench/fuzz.py
+	$(BIN)/python bench/memory.py
 
 # The same in a few minutes, as CI runs them.
 bench-short: install
@@ -64,6 +65,7 @@ bench-short: install
 	$(BIN)/python bench/scale.py --short
 	$(BIN)/python bench/load.py --short
 	$(BIN)/python bench/loadtest.py --short
+	$(BIN)/python bench/memory.py --short
 
 clean:
 	rm -rf $(VENV) hashsvc/v1/*_pb2*.py* .pytest_cache

@@ -14,11 +14,8 @@ from dataclasses import dataclass, field
 
 from hashsvc.base.addresses import is_loopback
 from hashsvc.matching.policy import PdqPolicy
-from hashsvc.media.audio import AudioLimits
-from hashsvc.media.image import ImageLimits
-from hashsvc.media.pdf import PdfLimits
+from hashsvc.media.limits import AudioLimits, ImageLimits, PdfLimits, VideoLimits
 from hashsvc.media.spool import Spool
-from hashsvc.media.video import VideoLimits
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hashsvc.media.audio import SECONDS_PER_WORD, informative_mask
+from hashsvc.media.audio_words import SECONDS_PER_WORD, informative_mask
 
 # 24 bits: 16M buckets, ~9 postings each at 145M words, so a query's lookups
 # stay cheap at 100k tracks (20 bits: 3x slower there), while 28-55% of the

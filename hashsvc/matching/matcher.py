@@ -30,7 +30,7 @@ from hashsvc.index.live import LiveIndex, words_of
 from hashsvc.matching import pdf_evidence as pdf_match
 from hashsvc.matching import video_evidence as video_match
 from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW, Policy
-from hashsvc.media.audio import SECONDS_PER_WORD
+from hashsvc.media.audio_words import SECONDS_PER_WORD
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,9 @@ import numpy as np
 
 from hashsvc.base.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
 from hashsvc.base.signals import CHROMAPRINT, Signal
+from hashsvc.media.audio_words import SAMPLE_RATE, SECONDS_PER_WORD, informative_mask
+from hashsvc.media.audio_words import SILENCE_WORD as SILENCE_WORD  # read from here by callers
+from hashsvc.media.limits import AudioLimits
 
 try:
     import chromaprint
@@ -40,14 +43,6 @@ if not hasattr(chromaprint, "Fingerprinter"):  # pragma: no cover
     # The PyPI package named "chromaprint" is an unrelated terminal-colour library.
     raise ImportError(f"{chromaprint.__file__} is not pyacoustid's chromaprint module")
 
-SAMPLE_RATE = 11025
-HOP_SAMPLES = 1365  # Chromaprint's frame step (4096 - 2731) at SAMPLE_RATE
-SECONDS_PER_WORD = HOP_SAMPLES / SAMPLE_RATE
-# libchromaprint's word for digital silence (its own test vector Test2SilenceFp).
-SILENCE_WORD = 627964279
-# A run of this many identical words is a held tone, a hum or silence: not
-# something that identifies a recording.
-CONSTANT_RUN_WORDS = 3
 # Peak below -60 dBFS over the whole upload: inaudible, treated as silent.
 SILENT_PEAK = 32
 # Undecodable packets tolerated (skipped) before an upload is refused as corrupt:
@@ -79,25 +74,6 @@ class TooShortToMatch(AudioNotMatchable):
     pass
 
 
-@dataclass(frozen=True)
-class AudioLimits:
-    max_bytes: int = 512 * 1024 * 1024
-    # Longer audio is fingerprinted over its first max_seconds only and the
-    # result says so (`truncated`): refusing would leave a long recording
-    # unchecked, and a policy can still send truncated results to review.
-    # Four hours, as VideoLimits.max_seconds, so a video's sound is covered.
-    max_seconds: float = 4 * 3600.0
-    max_channels: int = 16
-    max_sample_rate: int = 384_000
-    min_sample_rate: int = 4_000  # below telephone quality nothing is left to hear
-    # Shorter fingerprints are refused as too short to match; the index asks
-    # for at least audio_index.DEFAULT_MIN_SECONDS of aligned audio anyway.
-    min_seconds: float = 5.0
-    # Wall-clock bound on one decode (Timeout beyond it; 0 = none): four hours of
-    # audio take ~30 s on a free core, so this only stops a pathological decode.
-    max_wall_seconds: float = 300.0
-
-
 @dataclass(frozen=True, eq=False)
 class AudioFingerprint:
     words: np.ndarray  # uint32, one per SECONDS_PER_WORD
@@ -119,26 +95,6 @@ class AudioFingerprint:
 
     def informative_seconds(self) -> float:
         return float(informative_mask(self.words).sum()) * SECONDS_PER_WORD
-
-
-def informative_mask(words: np.ndarray) -> np.ndarray:
-    """True for words that can identify audio: not silence, not inside a run of
-    CONSTANT_RUN_WORDS or more identical words."""
-    words = np.asarray(words, dtype=np.uint32)
-    mask = words != SILENCE_WORD
-    if len(words) >= CONSTANT_RUN_WORDS:
-        same_as_next = words[1:] == words[:-1]
-        # A word is in a constant run when it and its neighbours (k-1 equalities
-        # in a row) are equal; mark every word the run covers.
-        k = CONSTANT_RUN_WORDS - 1
-        run_starts = np.ones(len(same_as_next) - k + 1, dtype=bool)
-        for i in range(k):
-            run_starts &= same_as_next[i : len(same_as_next) - k + 1 + i]
-        in_run = np.zeros(len(words), dtype=bool)
-        for i in range(CONSTANT_RUN_WORDS):
-            in_run[i : i + len(run_starts)] |= run_starts
-        mask &= ~in_run
-    return mask
 
 
 def fingerprint_audio(source: bytes | str | os.PathLike, limits: AudioLimits) -> AudioFingerprint:

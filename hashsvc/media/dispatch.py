@@ -1,30 +1,26 @@
 """One entry point for hashing any upload: find its kind, hand it to the module
 that knows that kind, add the exact hashes of the file. Runs in the hashing
-workers (see hashsvc/media/hashing.py), so it only returns plain data."""
+workers (see hashsvc/media/hashing.py), so it only returns plain data.
+
+Each kind's module is imported where that kind is hashed, at its first upload:
+the modules load their decoders (FFmpeg, MuPDF, Chromaprint, PDQ, Pillow) when
+imported. The server process imports this module to sniff uploads and name the
+jobs it sends, and must not hold decoders it never runs (they were ~60 MB of
+its RSS, bench/memory.py); a worker holds only those its uploads needed.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import io
-from dataclasses import dataclass, field
-
-import av
-from PIL import Image
+from dataclasses import dataclass
 
 from hashsvc.base.errors import HashsvcError, InvalidArgument, TooLarge, UnsupportedMedia
 from hashsvc.base.signals import Signal
-from hashsvc.media import audio, image, pdf, sniff, video
+from hashsvc.media import sniff
+from hashsvc.media.limits import MediaLimits
 from hashsvc.media.spool import SpooledMedia
 
 MediaSource = bytes | SpooledMedia
-
-
-@dataclass(frozen=True)
-class MediaLimits:
-    image: image.ImageLimits = field(default_factory=image.ImageLimits)
-    video: video.VideoLimits = field(default_factory=video.VideoLimits)
-    audio: audio.AudioLimits = field(default_factory=audio.AudioLimits)
-    pdf: pdf.PdfLimits = field(default_factory=pdf.PdfLimits)
 
 
 @dataclass(frozen=True)
@@ -65,39 +61,6 @@ def _exact(source: MediaSource) -> list[Signal]:
     return [Signal("md5", md5), Signal("sha256", sha256)]
 
 
-def _is_animated_gif(data: bytes) -> bool:
-    if not data.startswith((b"GIF87a", b"GIF89a")):
-        return False
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return getattr(img, "n_frames", 1) > 1
-    except Exception:
-        return False  # the image reader reports what is wrong with it
-
-
-def _has_video_stream(source: MediaSource, max_pixels: int = 0) -> bool:
-    try:
-        opened = av.open(
-            source.path if isinstance(source, SpooledMedia) else io.BytesIO(source),
-            options=video.probe_options(max_pixels),
-            metadata_errors="ignore",  # tags in bad UTF-8 raised UnicodeDecodeError
-        )
-    except av.error.FFmpegError:
-        raise UnsupportedMedia("not a video or audio file the decoder can read") from None
-    with opened as container:
-        # A cover picture attached to an audio file is a "video" stream too.
-        pictures = [
-            s
-            for s in container.streams.video
-            if not s.disposition & av.stream.Disposition.attached_pic
-        ]
-        if pictures:
-            return True
-        if container.streams.audio:
-            return False
-    raise UnsupportedMedia("the file holds neither a video nor an audio stream")
-
-
 def hash_media(
     source: MediaSource, limits: MediaLimits, for_query: bool, part: int | None = None
 ) -> Hashed:
@@ -120,18 +83,24 @@ def _hash_media(
             raise TooLarge(
                 f"image is {size_of(source)} bytes; the limit is {limits.image.max_bytes}"
             )
+        from hashsvc.media import image
+
         data = source.read() if isinstance(source, SpooledMedia) else source
-        if not _is_animated_gif(data):
+        if not image.is_animated_gif(data):
             rgb = image.decode_rgb(data, limits.image, at_least=image.VIEW_SIDE if for_query else 0)
             views = image.query_views(rgb, part) if for_query else image.known_views(rgb)
             return Hashed("image", [*exact, *views])
         kind = sniff.AV
     path_or_bytes = source.path if isinstance(source, SpooledMedia) else source
     if kind == sniff.PDF:
+        from hashsvc.media import pdf
+
         report = pdf.hash_pdf_report(path_or_bytes, limits.pdf, for_query)
         return Hashed("pdf", [*exact, *report.signals], tuple(report.notes))
-    if _has_video_stream(source, limits.video.max_pixels_per_frame):
-        sound = _SoundTrack(limits.audio)
+    from hashsvc.media import audio, video
+
+    if video.has_video_stream(path_or_bytes, limits.video.max_pixels_per_frame):
+        sound = _SoundTrack(audio.AudioFrameFingerprinter(limits.audio))
         hashed = video.hash_video(path_or_bytes, limits.video, for_query, on_audio_frame=sound)
         sound_signals = sound.signals()
         notes = (sound.note,) if hashed.has_audio and sound.note else ()
@@ -148,8 +117,8 @@ class _SoundTrack:
     nothing to match (silence, too short) or that cannot be converted leaves
     the video without an audio signal; it does not fail the video."""
 
-    def __init__(self, limits: audio.AudioLimits) -> None:
-        self._fingerprinter = audio.AudioFrameFingerprinter(limits)
+    def __init__(self, fingerprinter) -> None:
+        self._fingerprinter = fingerprinter  # an audio.AudioFrameFingerprinter
         self._fed = False
         self.note = ""
 

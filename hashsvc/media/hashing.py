@@ -1,6 +1,12 @@
 """Hashing runs in worker processes: it is CPU-bound and holds the GIL (threads
 gave pdqhash only 1.7x on 2 cores; processes scale fully), and a decoder that
 misbehaves is kept away from the server's memory.
+
+The server process imports this module and hashsvc/media/dispatch.py but no
+decoder: a worker imports each media kind's module at its first upload of that
+kind (dispatch.py), so the server's memory holds none of them (bench/memory.py;
+tests/test_server_imports.py). With workers == 0 the caller hashes, and loads
+the decoders itself.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 
 from hashsvc.base.errors import Timeout, TooLarge, Unavailable
-from hashsvc.media import image, sniff
-from hashsvc.media.dispatch import Hashed, MediaLimits, MediaSource, hash_media, kind_of, size_of
+from hashsvc.media import sniff
+from hashsvc.media.dispatch import Hashed, MediaSource, hash_media, kind_of, size_of
+from hashsvc.media.limits import QUERY_PARTS, ImageLimits, MediaLimits
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +51,7 @@ class HashingPool:
     def __init__(
         self,
         workers: int,
-        limits: MediaLimits | image.ImageLimits,
+        limits: MediaLimits | ImageLimits,
         timeout_seconds: float = 20.0,
         worker_memory_bytes: int = 0,
         split_queries: bool = False,
@@ -53,7 +60,7 @@ class HashingPool:
     ) -> None:
         self.workers = workers
         self.worker_max_jobs = worker_max_jobs
-        if isinstance(limits, image.ImageLimits):
+        if isinstance(limits, ImageLimits):
             limits = MediaLimits(image=limits)
         self.limits = limits
         self.timeout_seconds = timeout_seconds
@@ -116,7 +123,7 @@ class HashingPool:
                 # halves, at the cost of decoding it twice.
                 futures = [
                     pool.submit(hash_media, source, self.limits, True, part)
-                    for part in range(image.QUERY_PARTS)
+                    for part in range(QUERY_PARTS)
                 ]
                 deadline = time.monotonic() + timeout
                 parts = [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import pdqhash
@@ -29,16 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from hashsvc.base.errors import CorruptMedia, InvalidArgument, TooLarge, UnsupportedMedia
 from hashsvc.base.signals import Signal
 from hashsvc.media import regions
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    max_bytes: int = 50 * 1024 * 1024
-    # Decompression bombs: refuse before decoding pixels. 50 MP covers any
-    # camera photo; a 30,000 x 30,000 PNG (900 MP) is refused.
-    max_pixels: int = 50_000_000
-    max_side: int = 20_000
-
+from hashsvc.media.limits import ImageLimits
 
 FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
 # pdqhash.compute_dihedral's order, named by what was done to the upload.
@@ -68,6 +58,17 @@ Image.MAX_IMAGE_PIXELS = None
 
 
 # ------------------------------------------------------------------ decoding
+
+
+def is_animated_gif(data: bytes) -> bool:
+    """A GIF of more than one frame: hashed as a video, not as a picture."""
+    if not data.startswith((b"GIF87a", b"GIF89a")):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return getattr(img, "n_frames", 1) > 1
+    except Exception:
+        return False  # the image reader reports what is wrong with it
 
 
 def decode_rgb(data: bytes, limits: ImageLimits, at_least: int = 0) -> np.ndarray:
@@ -262,11 +263,6 @@ def known_views(rgb: np.ndarray) -> list[Signal]:
     signals.extend(_corner_views(small))
     signals.extend(_content_views(small, gray))
     return _informative(signals)
-
-
-# hash_query's work in two halves of similar cost, so that two worker
-# processes can hash one upload at once (each decodes it: ~1.5 ms).
-QUERY_PARTS = 2
 
 
 def hash_query(data: bytes, limits: ImageLimits, part: int | None = None) -> list[Signal]:

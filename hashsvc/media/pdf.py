@@ -41,6 +41,7 @@ from PIL import Image, ImageFilter
 from hashsvc.base.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
 from hashsvc.base.signals import TEXT_SIMHASH, Signal
 from hashsvc.media.image import VIEW_SIDE, known_views, query_views
+from hashsvc.media.limits import PdfLimits
 from hashsvc.media.textnorm import normalise, shingles, simhash, text_sha256, words
 
 # Hostile files make MuPDF print to stderr for every broken object; the
@@ -67,41 +68,6 @@ _TEXT_FLAGS = (
     | pymupdf.TEXT_MEDIABOX_CLIP
     | pymupdf.TEXT_DEHYPHENATE
 )
-
-
-@dataclass(frozen=True)
-class PdfLimits:
-    max_bytes: int = 100 * 1024 * 1024
-    # Pages hashed; the rest of a longer file is left out and reported.
-    # Magazines run to ~100 pages; 300 pages take ~10 s on one core.
-    max_pages: int = 300
-    # Objects in the cross-reference table: a file past this is refused
-    # before any page is parsed.
-    max_objects: int = 1_000_000
-    # PDF's own largest page (200 inches, 14,400 points); a page outside
-    # [min, max] on either side is skipped.
-    max_page_points: float = 14_400.0
-    min_page_points: float = 8.0
-    # Long side of a rendered page in pixels.
-    render_side: int = 512
-    # Raw (compressed) bytes of a page's content streams: a page past this
-    # is not rendered or read.
-    max_page_content_bytes: int = 32 * 1024 * 1024
-    # Embedded images hashed per document; smaller ones (icons, bullets,
-    # rules) are skipped, as are ones too big to decode.
-    max_images: int = 200
-    min_image_side: int = 100
-    max_image_pixels: int = 50_000_000
-    # Whole-document budget: pages are hashed until it runs out.
-    max_seconds: float = 15.0
-    # Text extraction budget within it: past it, no more text is read, and
-    # the whole-document text signals are left out (they would describe a
-    # document that does not exist).
-    max_text_seconds: float = 5.0
-    # Fewer words give too few shingles for a stable SimHash, and an exact
-    # hash of "Page 1" matches everything.
-    min_page_words: int = 20
-    min_document_words: int = 20
 
 
 @dataclass(frozen=True)

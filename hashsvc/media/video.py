@@ -39,6 +39,7 @@ from hashsvc.base.signals import Signal
 from hashsvc.media import videohash as vh
 from hashsvc.media.frame_views import QUERY_SIDE, center, query_frame_signals
 from hashsvc.media.image import pdq_hash
+from hashsvc.media.limits import VideoLimits
 
 # Containers we accept, by FFmpeg demuxer name, and the file extensions that may
 # name each (a path whose extension names another container is refused).
@@ -55,24 +56,6 @@ CROP_SETTLED_SECONDS = 41.0
 # 41 held 4K frames would be ~1 GB. Costs exactness on the first 41 s of such
 # videos only, and only by what a box pre-filter changes in a 144 px shrink.
 VIDEOHASH_HOLD_MAX_PIXELS = 1280 * 720
-
-
-@dataclass(frozen=True)
-class VideoLimits:
-    max_seconds: float = 4 * 3600.0
-    max_pixels_per_frame: int = 8_300_000  # 3840x2160
-    max_side: int = 8192
-    max_frames_hashed: int = 100_000
-    # Decoded frames, whatever the sampling: a 1000 fps or million-frame GIF
-    # costs decode time even when few frames are hashed.
-    max_frames_decoded: int = 2_000_000
-    # Wall-clock budget for one decode pass; None = no limit.
-    max_wall_seconds: float | None = None
-    # The videohash keeps every sampled frame at 144x144 (62 kB) until the end,
-    # as the package's collage and strip need all of them; past this many
-    # (an hour at the default rate) it is left out rather than use ~GBs. The
-    # package itself cannot hash such videos (a strip of 2M x 144 pixels).
-    max_videohash_frames: int = 3600
 
 
 @dataclass(frozen=True)
@@ -201,6 +184,31 @@ def _open(
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         raise CorruptMedia(f"cannot open the video: {exc}") from None
     return container, extension
+
+
+def has_video_stream(source: bytes | str | os.PathLike, max_pixels: int = 0) -> bool:
+    """Whether an audio/video container (bytes or a path) holds a picture
+    stream (a video) or only sound (audio); UnsupportedMedia if neither."""
+    try:
+        opened = av.open(
+            source if isinstance(source, (str, os.PathLike)) else io.BytesIO(source),
+            options=probe_options(max_pixels),
+            metadata_errors="ignore",  # tags in bad UTF-8 raised UnicodeDecodeError
+        )
+    except av.error.FFmpegError:
+        raise UnsupportedMedia("not a video or audio file the decoder can read") from None
+    with opened as container:
+        # A cover picture attached to an audio file is a "video" stream too.
+        pictures = [
+            s
+            for s in container.streams.video
+            if not s.disposition & av.stream.Disposition.attached_pic
+        ]
+        if pictures:
+            return True
+        if container.streams.audio:
+            return False
+    raise UnsupportedMedia("the file holds neither a video nor an audio stream")
 
 
 def probe_options(max_pixels: int) -> dict[str, str]:

@@ -1,0 +1,107 @@
+"""What hashing one upload may cost, per media kind: the limits that the
+server's configuration (hashsvc/core/config.py) names and that the hashing
+pool checks before it sends a job to a worker.
+
+Kept apart from the media modules, which load their decoders (FFmpeg, MuPDF,
+Chromaprint, PDQ, Pillow) when imported: the server process reads these
+settings but never decodes, and importing the decoders there cost it ~60 MB
+of RSS (bench/memory.py). Only plain values here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 50 * 1024 * 1024
+    # Decompression bombs: refuse before decoding pixels. 50 MP covers any
+    # camera photo; a 30,000 x 30,000 PNG (900 MP) is refused.
+    max_pixels: int = 50_000_000
+    max_side: int = 20_000
+
+
+@dataclass(frozen=True)
+class VideoLimits:
+    max_seconds: float = 4 * 3600.0
+    max_pixels_per_frame: int = 8_300_000  # 3840x2160
+    max_side: int = 8192
+    max_frames_hashed: int = 100_000
+    # Decoded frames, whatever the sampling: a 1000 fps or million-frame GIF
+    # costs decode time even when few frames are hashed.
+    max_frames_decoded: int = 2_000_000
+    # Wall-clock budget for one decode pass; None = no limit.
+    max_wall_seconds: float | None = None
+    # The videohash keeps every sampled frame at 144x144 (62 kB) until the end,
+    # as the package's collage and strip need all of them; past this many
+    # (an hour at the default rate) it is left out rather than use ~GBs. The
+    # package itself cannot hash such videos (a strip of 2M x 144 pixels).
+    max_videohash_frames: int = 3600
+
+
+@dataclass(frozen=True)
+class AudioLimits:
+    max_bytes: int = 512 * 1024 * 1024
+    # Longer audio is fingerprinted over its first max_seconds only and the
+    # result says so (`truncated`): refusing would leave a long recording
+    # unchecked, and a policy can still send truncated results to review.
+    # Four hours, as VideoLimits.max_seconds, so a video's sound is covered.
+    max_seconds: float = 4 * 3600.0
+    max_channels: int = 16
+    max_sample_rate: int = 384_000
+    min_sample_rate: int = 4_000  # below telephone quality nothing is left to hear
+    # Shorter fingerprints are refused as too short to match; the index asks
+    # for at least audio_index.DEFAULT_MIN_SECONDS of aligned audio anyway.
+    min_seconds: float = 5.0
+    # Wall-clock bound on one decode (Timeout beyond it; 0 = none): four hours of
+    # audio take ~30 s on a free core, so this only stops a pathological decode.
+    max_wall_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class PdfLimits:
+    max_bytes: int = 100 * 1024 * 1024
+    # Pages hashed; the rest of a longer file is left out and reported.
+    # Magazines run to ~100 pages; 300 pages take ~10 s on one core.
+    max_pages: int = 300
+    # Objects in the cross-reference table: a file past this is refused
+    # before any page is parsed.
+    max_objects: int = 1_000_000
+    # PDF's own largest page (200 inches, 14,400 points); a page outside
+    # [min, max] on either side is skipped.
+    max_page_points: float = 14_400.0
+    min_page_points: float = 8.0
+    # Long side of a rendered page in pixels.
+    render_side: int = 512
+    # Raw (compressed) bytes of a page's content streams: a page past this
+    # is not rendered or read.
+    max_page_content_bytes: int = 32 * 1024 * 1024
+    # Embedded images hashed per document; smaller ones (icons, bullets,
+    # rules) are skipped, as are ones too big to decode.
+    max_images: int = 200
+    min_image_side: int = 100
+    max_image_pixels: int = 50_000_000
+    # Whole-document budget: pages are hashed until it runs out.
+    max_seconds: float = 15.0
+    # Text extraction budget within it: past it, no more text is read, and
+    # the whole-document text signals are left out (they would describe a
+    # document that does not exist).
+    max_text_seconds: float = 5.0
+    # Fewer words give too few shingles for a stable SimHash, and an exact
+    # hash of "Page 1" matches everything.
+    min_page_words: int = 20
+    min_document_words: int = 20
+
+
+@dataclass(frozen=True)
+class MediaLimits:
+    image: ImageLimits = field(default_factory=ImageLimits)
+    video: VideoLimits = field(default_factory=VideoLimits)
+    audio: AudioLimits = field(default_factory=AudioLimits)
+    pdf: PdfLimits = field(default_factory=PdfLimits)
+
+
+# hash_query's work in two halves of similar cost, so that two worker
+# processes can hash one upload at once (each decodes it: ~1.5 ms).
+QUERY_PARTS = 2
