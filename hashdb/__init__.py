@@ -1,4 +1,5 @@
-"""Storage for hashsvc: one narrow interface (Store), two implementations.
+"""Storage for hashsvc: small interfaces by consumer (SetStore, EntryStore,
+ChangeFeed, ...; Store is their union), two implementations.
 
     store = open_store("sqlite:///hashsvc.db")           # embedded default
     store = open_store("postgresql://127.0.0.1/test")     # several replicas
@@ -22,24 +23,51 @@ from hashdb.model import (
     Thresholds,
     TokenRecord,
 )
-from hashdb.store import Store, open_store
+from hashdb.store import (
+    BulkStore,
+    ChangeFeed,
+    EntryLookup,
+    EntryStore,
+    FloodStore,
+    HistoryStore,
+    HistoryWriter,
+    ReviewStore,
+    SetLookup,
+    SetStore,
+    Store,
+    SuppressionLookup,
+    TokenStore,
+    open_store,
+)
 from hashdb.urls import safe_url
 
 __all__ = [
+    "BulkStore",
     "Change",
+    "ChangeFeed",
+    "EntryLookup",
     "EntryRecord",
+    "EntryStore",
+    "FloodStore",
     "HashSetRecord",
     "HistoryFilter",
     "HistoryRecord",
+    "HistoryStore",
     "HistoryVerification",
+    "HistoryWriter",
     "IndexedSignal",
     "NewEntry",
     "ReviewFilter",
     "ReviewItem",
-    "Suppression",
+    "ReviewStore",
+    "SetLookup",
+    "SetStore",
     "Store",
+    "Suppression",
+    "SuppressionLookup",
     "Thresholds",
     "TokenRecord",
+    "TokenStore",
     "open_store",
     "safe_url",
 ]

@@ -7,14 +7,13 @@ still records one change per entry, so every replica's index follows the feed
 incrementally. One call is one transaction: a load killed between calls keeps
 every batch it committed and loses none of them half-way.
 
-Mixed into SQLStore; the dialect differences (name lookups, COPY) sit here.
+Mixed into SQLStore; the dialect differences (name lookups, COPY, id ranges)
+are hooks that hashdb/sqlite.py and hashdb/postgres.py override.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -43,13 +42,6 @@ MAX_SIGNALS_PER_ENTRY = 100_000
 
 # Runs of at least this many consecutive entry ids are read as one range.
 _SPAN = 16
-
-# SQLite: a bulk load checkpoints when the WAL is this large (see _after_bulk_write).
-BULK_WAL_BYTES = 256 << 20
-
-# SQLite page cache of a connection that bulk-writes (the default 2 MB makes
-# every index insert of a million-entry set a disk read).
-BULK_CACHE_KIB = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -139,66 +131,62 @@ def _signal_key(kind: str, value: bytes, variant: str) -> tuple[str, bytes, str]
 
 
 class BulkSQL:
-    """Needs the SQLStore attributes: _write(), _read(), and on PostgreSQL _pool
-    and _channel."""
+    """Needs the SQLStore attributes _write() and _read(); each store class
+    (hashdb/sqlite.py, hashdb/postgres.py) overrides the dialect hooks below,
+    which is all that differs between them here."""
 
-    @property
-    def bulk_write_seconds(self) -> float:
-        """About how long one bulk write transaction should take. On SQLite
-        a Match's history write waits for the one under way (issue 6 allows
-        100 ms); on PostgreSQL the history has its own lock and a Match waits
-        for nothing, so transactions are longer and fewer."""
-        return 0.25 if self._is_postgres() else 0.025
+    # About how long one bulk write transaction should take (Store.bulk_write_seconds).
+    bulk_write_seconds: float
 
-    # -- dialect
-
-    def _is_postgres(self) -> bool:
-        return hasattr(self, "_pool")  # only PostgresStore pools connections
+    # -- dialect hooks
 
     def _in_list(self, column: str) -> str:
         """SQL for `column IN <one list parameter>` in this dialect."""
-        if self._is_postgres():
-            return f"{column} = ANY(?)"
-        return f"{column} IN (SELECT value FROM json_each(?))"
+        raise NotImplementedError
 
     def _list_param(self, values: list):
-        return list(values) if self._is_postgres() else json.dumps(values)
+        """The one parameter _in_list takes."""
+        raise NotImplementedError
 
     def _insert_rows(self, cur, table: str, columns: str, rows: list[tuple]) -> None:
-        if not rows:
-            return
-        if self._is_postgres():
-            # COPY: one round trip for the whole batch
-            with cur._cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-            return
-        marks = ", ".join("?" * len(rows[0]))
-        cur.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows)
+        """Inserts the rows (tuples in `columns` order); none is fine."""
+        raise NotImplementedError
 
     def _existing(self, cur, set_id: int, names: list[str]) -> dict[str, tuple[int, str]]:
         """name -> (id, labels text) of the set's active entries among names."""
-        if self._is_postgres():
-            # One probe of the name index per name, whatever the statistics
-            # say: while a load grows a new set, stale ones made the planner
-            # scan the whole set for every batch (300 rows/s at 100k).
-            # LIMIT 1 keeps the subquery a per-name lookup (names are unique
-            # among active entries); names hold no control characters, so a
-            # newline-joined text is one cheap parameter (psycopg dumps a
-            # list name by name).
-            cur.execute(
-                "SELECT e.id, e.name, e.labels FROM unnest(string_to_array(?, E'\\n')) AS n(name)"
-                " CROSS JOIN LATERAL (SELECT id, name, labels FROM entries"
-                " WHERE set_id = ? AND name = n.name AND removed_at IS NULL LIMIT 1) AS e",
-                ("\n".join(names), set_id),
-            )
-        else:
-            cur.execute(
-                "SELECT id, name, labels FROM entries WHERE set_id = ? AND removed_at IS NULL"
-                " AND name IN (SELECT value FROM json_each(?))",
-                (set_id, json.dumps(names)),
-            )
-        return {name: (entry_id, labels) for entry_id, name, labels in cur.fetchall()}
+        raise NotImplementedError
+
+    def _reserve_entry_ids(self, cur, count: int) -> int:
+        """The first of `count` (> 0) new consecutive entry ids, inside the
+        caller's write transaction."""
+        raise NotImplementedError
+
+    def _insert_plain(self, cur, set_id, rows: PlainSignals, first_id, at, added_by) -> None:
+        """New entries first_id, first_id + 1, ... and their one signal each."""
+        raise NotImplementedError
+
+    def _begin_bulk_write(self, cur) -> None:
+        """Called first in each bulk write transaction."""
+
+    def _before_plain_write(self) -> None:
+        """Called before the transaction of a plain write (_add_plain)."""
+
+    def _bulk_written(self, cur, changed: bool) -> None:
+        """Called last in each bulk write transaction; `changed`: it recorded
+        changes."""
+
+    def _note_in_write(self, added: AddedSignals, noted) -> None:
+        """Tells `noted` (if any) what a plain write creates, inside its
+        transaction, where the store wants it then (see bulk_add_plain)."""
+
+    def _note_after_write(self, added: AddedSignals, noted) -> None:
+        """Tells `noted` (if any) what a plain write created, after its
+        commit, where the store wants it then (see bulk_add_plain)."""
+
+    def _after_bulk_write(self) -> None:
+        """Called after each bulk write's commit."""
+
+    # -- ids
 
     def _new_entry_ids(self, cur, count: int) -> list[int]:
         first = self._new_entry_range(cur, count)
@@ -208,23 +196,7 @@ class BulkSQL:
         """The first of `count` new consecutive entry ids."""
         if not count:
             return 0
-        if self._is_postgres():
-            # A range in one step (nextval a row costs 3 us): every insert into
-            # entries runs in a _write transaction, which holds the change-feed
-            # lock, so no other nextval comes between these two.
-            cur.execute(
-                "SELECT setval(pg_get_serial_sequence('entries', 'id'),"
-                " nextval(pg_get_serial_sequence('entries', 'id')) + ? - 1)",
-                (count,),
-            )
-            return cur.fetchone()[0] - count + 1
-        # Inside BEGIN IMMEDIATE nobody else inserts; AUTOINCREMENT never
-        # reuses an id, so start above both the largest id and the sequence.
-        cur.execute(
-            "SELECT MAX(COALESCE((SELECT MAX(id) FROM entries), 0),"
-            " COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'entries'), 0))"
-        )
-        return cur.fetchone()[0] + 1
+        return self._reserve_entry_ids(cur, count)
 
     # -- the bulk write
 
@@ -237,9 +209,7 @@ class BulkSQL:
             return counts
         at = now or now_micros()
         with self._write() as cur:
-            if not self._is_postgres():
-                # the name and value indexes of a large set: keep them in memory
-                cur.execute(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")
+            self._begin_bulk_write(cur)
             existing = self._existing(cur, set_id, list(wanted))
             new_entries, new_signals, changes = [], [], []
             # In name order: the name and value indexes are then written page by
@@ -287,8 +257,7 @@ class BulkSQL:
             counts += self._upsert_existing(
                 cur, set_id, existing, [e for name, e in wanted.items() if name in existing], at
             )
-            if (counts.added or counts.updated or counts.removed) and self._is_postgres():
-                cur.execute(f"NOTIFY {self._channel}")  # once per batch, at commit
+            self._bulk_written(cur, bool(counts.added or counts.updated or counts.removed))
         self._after_bulk_write()
         return counts
 
@@ -407,8 +376,7 @@ class BulkSQL:
             except self._unique_violation:
                 written = self._add_plain(set_id, rows, added_by, at, None, noted)
         written[0].unchanged += unchanged
-        if noted is not None and not self._is_postgres():
-            noted(written[1])
+        self._note_after_write(written[1], noted)
         self._after_bulk_write()
         return written
 
@@ -439,44 +407,13 @@ class BulkSQL:
             if not row_there and name in existing
         }
 
-    def _after_bulk_write(self) -> None:
-        """SQLite: once the WAL has grown past BULK_WAL_BYTES, copy it back
-        into the database before the next write begins, so that write starts
-        the WAL afresh. Left to the background checkpoints (hashdb/sqlite.py),
-        the WAL of a million-row load grew past 500 MB, as one write follows
-        another and a checkpoint rarely finishes between them, and every page
-        read then searched a WAL index that long (35k rows/s at 1M); after
-        every write, the checkpoints' writes and fsyncs halved the rate.
-        PASSIVE takes no lock: a Match's history write waits for nothing."""
-        if self._is_postgres() or getattr(self, "memory", True):
-            return
-        # the background checkpoints pause meanwhile: their fsyncs stalled
-        # write transactions (up to 370 ms) that a Match was waiting for
-        self.bulk_checkpoints_until = time.monotonic() + 2.0
-        try:
-            wal_bytes = os.path.getsize(f"{self.path}-wal")
-        except OSError:
-            return
-        if wal_bytes > BULK_WAL_BYTES:
-            with self._read() as cur:
-                cur.execute("PRAGMA wal_checkpoint(PASSIVE)")
-
     def _add_plain(
         self, set_id, rows: PlainSignals, added_by, at, found: set[str] | None, noted=None
     ):
         counts = BulkCounts()
-        if not self._is_postgres() and self._shared is None:
-            # No foreign-key probes for these rows (8% of the write): each
-            # entry's set was looked up by the load and its signal is written
-            # with it in this transaction (PostgreSQL dropped these checks in
-            # migration 8). The pragma holds for this thread's connection and
-            # cannot change inside a transaction; plain writes run on the
-            # bulk writer threads, which write nothing else (an in-memory
-            # store's one shared connection keeps them).
-            self._conn().execute("PRAGMA foreign_keys = OFF")
+        self._before_plain_write()
         with self._write() as cur:
-            if not self._is_postgres():
-                cur.execute(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")
+            self._begin_bulk_write(cur)
             existing = {}
             if found is None or found:
                 names = rows.names()
@@ -511,92 +448,9 @@ class BulkSQL:
                     (f"{ADD_RANGE}{first_id + len(rows) - 1}", set_id, first_id, at),
                 )
             added = AddedSignals(rows.kind, first_id, rows.values)
-            if self._is_postgres():
-                if counts.added or counts.updated:
-                    cur.execute(f"NOTIFY {self._channel}")
-                if noted is not None:
-                    noted(added)  # see bulk_add_plain
+            self._bulk_written(cur, bool(counts.added or counts.updated))
+            self._note_in_write(added, noted)  # see bulk_add_plain
         return counts, added
-
-    def _insert_plain(self, cur, set_id, rows: PlainSignals, first_id, at, added_by):
-        """New entries first_id, first_id + 1, ... and their one signal each."""
-        qualities = rows.qualities
-        if self._is_postgres() and (qualities is None or qualities.min() >= 0):
-            # Binary COPY built by numpy: every field of a row has the same
-            # length in all rows (names are "<kind>:<hex>", from the values).
-            _copy(
-                cur,
-                "entries (id, set_id, name, labels, media_type, created_at, added_by)",
-                columns.entries_copy(
-                    first_id,
-                    set_id,
-                    columns.name_rows(rows.name_prefix, rows.values),
-                    rows.media_type,
-                    at,
-                    added_by,
-                ),
-                binary=True,
-            )
-            _copy(
-                cur,
-                "entry_signals (entry_id, variant_no, kind, variant, value, quality)",
-                columns.signals_copy(first_id, rows.kind, rows.values, qualities),
-                binary=True,
-            )
-            return
-        ids = range(first_id, first_id + len(rows))
-        if self._is_postgres():
-            # COPY text built with joins (some rows have a quality, some none).
-            # Names are "<kind>:<hex>"; only added_by may need escaping.
-            by = _copy_text(added_by)
-            names = rows.names()
-            tail = f"\t{{}}\t{rows.media_type}\t{at}\t{by}\n"
-            _copy(
-                cur,
-                "entries (id, set_id, name, labels, media_type, created_at, added_by)",
-                "".join([f"{i}\t{set_id}\t{n}{tail}" for i, n in zip(ids, names, strict=True)]),
-            )
-            kind_variant = f"\t0\t{rows.kind}\toriginal\t\\\\x"
-            quality_text = [r"\N" if q < 0 else str(q) for q in qualities.tolist()]
-            _copy(
-                cur,
-                "entry_signals (entry_id, variant_no, kind, variant, value, quality)",
-                "".join(
-                    [
-                        f"{i}{kind_variant}{n[len(rows.name_prefix) :]}\t{q}\n"
-                        for i, n, q in zip(ids, names, quality_text, strict=True)
-                    ]
-                ),
-            )
-            return
-        # SQLite: rows made inside SQLite from one JSON array of the names, one
-        # of the qualities and one blob of the values (no binding of each row's
-        # parameters: 25% less time in the write transaction). Row k gets id
-        # first_id + k.
-        cur.execute(
-            "INSERT INTO entries (id, set_id, name, labels, media_type, created_at, added_by)"
-            " SELECT ? + key, ?, value, '{}', ?, ?, ? FROM json_each(?)",
-            (
-                first_id,
-                set_id,
-                rows.media_type,
-                at,
-                added_by,
-                columns.names_json(rows.name_prefix, rows.values),
-            ),
-        )
-        width = rows.values.shape[1]
-        quality_json = (
-            f"[{','.join(['-1'] * len(rows))}]"
-            if qualities is None
-            else json.dumps(qualities.tolist())
-        )
-        cur.execute(
-            "INSERT INTO entry_signals (entry_id, variant_no, kind, variant, value, quality)"
-            " SELECT ? + key, 0, ?, 'original', substr(?, key * ? + 1, ?), NULLIF(value, -1)"
-            " FROM json_each(?)",
-            (first_id, rows.kind, rows.values.tobytes(), width, width, quality_json),
-        )
 
     def _signals_by_entry(self, cur, entry_ids: list[int]) -> dict[int, tuple[set, int]]:
         """entry id -> (its signal keys, the next free variant number)."""
@@ -672,16 +526,3 @@ class BulkSQL:
                 else:
                     ids.update(added)
             return sorted(ids)
-
-
-def _copy_text(value: str) -> str:
-    """A value in COPY's text format."""
-    return (
-        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    )
-
-
-def _copy(cur, target: str, data: str | bytes, binary: bool = False) -> None:
-    options = " (FORMAT BINARY)" if binary else ""
-    with cur._cur.copy(f"COPY {target} FROM STDIN{options}") as copy:
-        copy.write(data)

@@ -12,7 +12,8 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from hashdb import migrations
+from hashdb import columns, migrations
+from hashdb.bulk_sql import AddedSignals, PlainSignals
 from hashdb.review_sql import ReviewSQL
 from hashdb.sqlbase import SQLStore
 from hashdb.urls import CONNECT_TIMEOUT_SECONDS, safe_url
@@ -46,6 +47,10 @@ class _Cursor:
 
     def fetchall(self):
         return self._cur.fetchall()
+
+    def copy(self, sql: str):
+        """psycopg's COPY ... FROM STDIN context (write / write_row)."""
+        return self._cur.copy(sql)
 
 
 class PostgresStore(SQLStore, ReviewSQL):
@@ -160,6 +165,112 @@ class PostgresStore(SQLStore, ReviewSQL):
                 pass
             self._listener = None
 
+    # -- bulk writes (hashdb/bulk_sql.py)
+
+    # The history has its own lock and a Match waits for no bulk write:
+    # longer and fewer transactions.
+    bulk_write_seconds = 0.25
+
+    def _in_list(self, column: str) -> str:
+        return f"{column} = ANY(?)"
+
+    def _list_param(self, values: list):
+        return list(values)
+
+    def _insert_rows(self, cur, table: str, columns: str, rows: list[tuple]) -> None:
+        if not rows:
+            return
+        # COPY: one round trip for the whole batch
+        with cur.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def _existing(self, cur, set_id: int, names: list[str]) -> dict[str, tuple[int, str]]:
+        # One probe of the name index per name, whatever the statistics
+        # say: while a load grows a new set, stale ones made the planner
+        # scan the whole set for every batch (300 rows/s at 100k).
+        # LIMIT 1 keeps the subquery a per-name lookup (names are unique
+        # among active entries); names hold no control characters, so a
+        # newline-joined text is one cheap parameter (psycopg dumps a
+        # list name by name).
+        cur.execute(
+            "SELECT e.id, e.name, e.labels FROM unnest(string_to_array(?, E'\\n')) AS n(name)"
+            " CROSS JOIN LATERAL (SELECT id, name, labels FROM entries"
+            " WHERE set_id = ? AND name = n.name AND removed_at IS NULL LIMIT 1) AS e",
+            ("\n".join(names), set_id),
+        )
+        return {name: (entry_id, labels) for entry_id, name, labels in cur.fetchall()}
+
+    def _reserve_entry_ids(self, cur, count: int) -> int:
+        # A range in one step (nextval a row costs 3 us): every insert into
+        # entries runs in a _write transaction, which holds the change-feed
+        # lock, so no other nextval comes between these two.
+        cur.execute(
+            "SELECT setval(pg_get_serial_sequence('entries', 'id'),"
+            " nextval(pg_get_serial_sequence('entries', 'id')) + ? - 1)",
+            (count,),
+        )
+        return cur.fetchone()[0] - count + 1
+
+    def _bulk_written(self, cur, changed: bool) -> None:
+        if changed:
+            cur.execute(f"NOTIFY {self._channel}")  # once per batch, at commit
+
+    def _note_in_write(self, added: AddedSignals, noted) -> None:
+        # Before the commit, whose NOTIFY wakes the change poller (see
+        # bulk_add_plain); ids come from a sequence and are never reused.
+        if noted is not None:
+            noted(added)
+
+    def _insert_plain(self, cur, set_id, rows: PlainSignals, first_id, at, added_by) -> None:
+        qualities = rows.qualities
+        if qualities is None or qualities.min() >= 0:
+            # Binary COPY built by numpy: every field of a row has the same
+            # length in all rows (names are "<kind>:<hex>", from the values).
+            _copy(
+                cur,
+                "entries (id, set_id, name, labels, media_type, created_at, added_by)",
+                columns.entries_copy(
+                    first_id,
+                    set_id,
+                    columns.name_rows(rows.name_prefix, rows.values),
+                    rows.media_type,
+                    at,
+                    added_by,
+                ),
+                binary=True,
+            )
+            _copy(
+                cur,
+                "entry_signals (entry_id, variant_no, kind, variant, value, quality)",
+                columns.signals_copy(first_id, rows.kind, rows.values, qualities),
+                binary=True,
+            )
+            return
+        # COPY text built with joins (some rows have a quality, some none).
+        # Names are "<kind>:<hex>"; only added_by may need escaping.
+        ids = range(first_id, first_id + len(rows))
+        by = _copy_text(added_by)
+        names = rows.names()
+        tail = f"\t{{}}\t{rows.media_type}\t{at}\t{by}\n"
+        _copy(
+            cur,
+            "entries (id, set_id, name, labels, media_type, created_at, added_by)",
+            "".join([f"{i}\t{set_id}\t{n}{tail}" for i, n in zip(ids, names, strict=True)]),
+        )
+        kind_variant = f"\t0\t{rows.kind}\toriginal\t\\\\x"
+        quality_text = [r"\N" if q < 0 else str(q) for q in qualities.tolist()]
+        _copy(
+            cur,
+            "entry_signals (entry_id, variant_no, kind, variant, value, quality)",
+            "".join(
+                [
+                    f"{i}{kind_variant}{n[len(rows.name_prefix) :]}\t{q}\n"
+                    for i, n, q in zip(ids, names, quality_text, strict=True)
+                ]
+            ),
+        )
+
     def _migrate(self) -> None:
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
@@ -170,6 +281,19 @@ class PostgresStore(SQLStore, ReviewSQL):
     def close(self) -> None:
         self._close_listener()
         self._pool.close()
+
+
+def _copy_text(value: str) -> str:
+    """A value in COPY's text format."""
+    return (
+        value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    )
+
+
+def _copy(cur: _Cursor, target: str, data: str | bytes, binary: bool = False) -> None:
+    options = " (FORMAT BINARY)" if binary else ""
+    with cur.copy(f"COPY {target} FROM STDIN{options}") as copy:
+        copy.write(data)
 
 
 @contextmanager

@@ -26,14 +26,20 @@ from hashdb.urls import CONNECT_TIMEOUT_SECONDS, safe_url
 from hashsvc.base.signals import Signal
 
 
-class Store(Protocol):
-    """Everything hashsvc persists. Implementations are thread-safe.
+class SetLookup(Protocol):
+    """Reading hash sets (the live index, audit filters, review)."""
 
-    Errors: AlreadyExists / NotFound from hashsvc.base.errors where stated; anything
-    else is a bug or an outage and propagates.
-    """
+    def get_set(self, name: str) -> HashSetRecord | None: ...
 
-    # -- hash sets
+    def get_set_by_id(self, set_id: int) -> HashSetRecord | None: ...
+
+    def list_sets(self, include_disabled: bool = True) -> list[HashSetRecord]:
+        """Ordered by name, with entry_count filled in."""
+
+
+class SetStore(SetLookup, Protocol):
+    """Hash sets (curation)."""
+
     def create_set(
         self,
         name: str,
@@ -46,13 +52,6 @@ class Store(Protocol):
     ) -> HashSetRecord:
         """Raises AlreadyExists if the name is taken, InvalidArgument for an
         allow list that is a review target. Records an update_set change."""
-
-    def get_set(self, name: str) -> HashSetRecord | None: ...
-
-    def get_set_by_id(self, set_id: int) -> HashSetRecord | None: ...
-
-    def list_sets(self, include_disabled: bool = True) -> list[HashSetRecord]:
-        """Ordered by name, with entry_count filled in."""
 
     def update_set(
         self,
@@ -69,7 +68,22 @@ class Store(Protocol):
         update_set change. Raises NotFound, or InvalidArgument (nothing
         changed) if an allow list would become a review target."""
 
-    # -- entries
+
+class EntryLookup(Protocol):
+    """Entries by id and by exact signal (the matcher, bulk loads, review)."""
+
+    def get_entries(
+        self, entry_ids: Iterable[int], with_signals: bool = False
+    ) -> dict[int, EntryRecord]:
+        """By id, removed ones included (removed_at set)."""
+
+    def find_exact(self, kind: str, value: bytes) -> list[tuple[int, int]]:
+        """(entry_id, variant_no) of active entries holding exactly this signal."""
+
+
+class EntryStore(EntryLookup, Protocol):
+    """Entries one at a time, pages and exports (curation, bulk export)."""
+
     def add_entry(
         self,
         set_id: int,
@@ -85,11 +99,6 @@ class Store(Protocol):
 
     def get_entry(self, set_id: int, name: str) -> EntryRecord | None:
         """The active entry of that name, with its signals."""
-
-    def get_entries(
-        self, entry_ids: Iterable[int], with_signals: bool = False
-    ) -> dict[int, EntryRecord]:
-        """By id, removed ones included (removed_at set)."""
 
     def list_entries(
         self, set_id: int, after_id: int = 0, limit: int = 100, max_signals: int | None = None
@@ -108,13 +117,17 @@ class Store(Protocol):
         """Marks the active entry removed (its rows stay for the record) and
         records a remove_entry change. Raises NotFound."""
 
-    def find_exact(self, kind: str, value: bytes) -> list[tuple[int, int]]:
-        """(entry_id, variant_no) of active entries holding exactly this signal."""
-
     def count_signals(self) -> dict[str, int]:
         """Signal kind -> number of signals of active entries."""
 
-    # -- change feed and index build
+    def entries_changed_since(self, set_id: int, since: int) -> list[int]:
+        """Ids of the set's entries with a change at or after `since`
+        (microseconds since the epoch), removed ones included."""
+
+
+class ChangeFeed(Protocol):
+    """The change feed and what an index build reads (the live index)."""
+
     def current_seq(self) -> int:
         """The newest change's seq (0 when there is none)."""
 
@@ -132,7 +145,13 @@ class Store(Protocol):
         """Signals of the given kinds of all active entries, by entry id, in
         batches under the hood (for building an index of millions)."""
 
-    # -- bulk loads (hashdb/bulk_sql.py)
+    def indexed_signals(self, entry_ids: Iterable[int]) -> list[IndexedSignal]:
+        """Signals of those of the entries that are active, by entry and variant."""
+
+
+class BulkStore(Protocol):
+    """Bulk writes (hashdb/bulk_sql.py) for bulk loads."""
+
     def bulk_upsert(self, set_id: int, entries: Iterable[EntryUpsert], added_by: str) -> BulkCounts:
         """Adds, updates (labels replaced when given, new signals appended) or
         removes (tombstones) entries by name, in one transaction, with one
@@ -159,14 +178,10 @@ class Store(Protocol):
     def bulk_write_seconds(self) -> float:
         """About how long one bulk write transaction should take."""
 
-    def indexed_signals(self, entry_ids: Iterable[int]) -> list[IndexedSignal]:
-        """Signals of those of the entries that are active, by entry and variant."""
 
-    def entries_changed_since(self, set_id: int, since: int) -> list[int]:
-        """Ids of the set's entries with a change at or after `since`
-        (microseconds since the epoch), removed ones included."""
+class TokenStore(Protocol):
+    """API tokens (auth, admin)."""
 
-    # -- tokens
     def add_token(
         self, name: str, role: str, token_hash: str, expires_at: datetime | None = None
     ) -> TokenRecord: ...
@@ -178,9 +193,17 @@ class Store(Protocol):
     def revoke_token(self, token_id: int) -> TokenRecord:
         """Raises NotFound."""
 
-    # -- match history (append-only: there is no update or delete)
+
+class HistoryWriter(Protocol):
+    """Appending to the match history (append-only: there is no update or
+    delete)."""
+
     def record_match(self, record: HistoryRecord) -> int:
         """Appends; returns the new id."""
+
+
+class HistoryStore(HistoryWriter, Protocol):
+    """The match history, read and verified (audit)."""
 
     def query_history(
         self, filter: HistoryFilter, after_id: int = 0, limit: int = 100
@@ -205,7 +228,16 @@ class Store(Protocol):
 
     def last_history_record(self, rpc: str) -> HistoryRecord | None: ...
 
-    # -- review queue (hashdb/review_sql.py)
+
+class SuppressionLookup(Protocol):
+    """Reviewers' verdicts that suppress matches (feedback)."""
+
+    def suppressions_for(self, entry_ids: Iterable[int]) -> list[Suppression]: ...
+
+
+class ReviewStore(SuppressionLookup, Protocol):
+    """The review queue (hashdb/review_sql.py)."""
+
     def create_review_item(
         self,
         request_id: str,
@@ -249,9 +281,10 @@ class Store(Protocol):
 
     def add_suppressions(self, suppressions: list[Suppression]) -> None: ...
 
-    def suppressions_for(self, entry_ids: Iterable[int]) -> list[Suppression]: ...
 
-    # -- flood alerts (shared by all replicas)
+class FloodStore(Protocol):
+    """Flood counts and alerts, shared by all replicas (flood counter, review)."""
+
     def add_flood_counts(
         self, counts: dict[int, int], bucket: int, window_buckets: int, threshold: int
     ) -> dict[int, int]:
@@ -271,6 +304,26 @@ class Store(Protocol):
 
     def open_flood_alerts(self, entry_ids: Iterable[int]) -> dict[int, str]:
         """entry id -> reason, for those with an open alert."""
+
+
+class Store(
+    SetStore,
+    EntryStore,
+    ChangeFeed,
+    BulkStore,
+    TokenStore,
+    HistoryStore,
+    ReviewStore,
+    FloodStore,
+    Protocol,
+):
+    """Everything hashsvc persists: what open_store returns. Implementations
+    are thread-safe. Each consumer is handed only the small interfaces above
+    that it calls.
+
+    Errors: AlreadyExists / NotFound from hashsvc.base.errors where stated; anything
+    else is a bug or an outage and propagates.
+    """
 
     def close(self) -> None: ...
 

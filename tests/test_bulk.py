@@ -44,7 +44,7 @@ def _load(store, live, set_id, text: str, strict: bool = False):
 @pytest.fixture
 def store_and_index(store_url):
     store = open_store(store_url)
-    live = LiveIndex(store)
+    live = LiveIndex(store, store)
     live.load()
     yield store, live
     store.close()
@@ -90,7 +90,7 @@ def test_idempotent_labels_update_and_tombstones(store_and_index):
     assert store.get_set_by_id(hash_set.id).entry_count == 0
     assert _near(live, PDQ) == set() and _near(live, other) == set()
     # a replica that follows the change feed from scratch agrees
-    replica = LiveIndex(store)
+    replica = LiveIndex(store, store)
     replica.load()
     assert len(replica.indexes["pdq"]) == 0
 
@@ -155,7 +155,7 @@ def test_plain_hash_list_is_idempotent_and_matches_at_once(store_and_index):
     assert (again.added, again.updated, again.unchanged) == (0, 0, 3000)
     assert store.get_set_by_id(hash_set.id).entry_count == 3000
     # a replica that follows the change feed from scratch agrees
-    replica = LiveIndex(store)
+    replica = LiveIndex(store, store)
     replica.load()
     assert len(replica.indexes["pdq"]) == len(live.indexes["pdq"]) == 3000
 
@@ -190,7 +190,7 @@ def test_plain_rows_are_sorted_across_batches_and_keep_their_order(store_and_ind
     ] == [53]
     assert _near(live, values[10].hex()) == set()
     assert all(len(_near(live, v.hex())) == 1 for v in values[:10] + values[11:])
-    replica = LiveIndex(store)
+    replica = LiveIndex(store, store)
     replica.load()
     assert len(replica.indexes["pdq"]) == len(live.indexes["pdq"]) == 5_999
 
@@ -584,7 +584,7 @@ def test_sqlite_foreign_keys_stay_on_outside_the_bulk_writer(tmp_path):
     import sqlite3
 
     store = open_store(f"sqlite:///{tmp_path}/fk.db")
-    live = LiveIndex(store)
+    live = LiveIndex(store, store)
     live.load()
     try:
         hash_set = store.create_set("fk", "", {}, {})

@@ -23,7 +23,7 @@ ENTRY_ROWS = 10_000  # rows with names, labels and frames: the row-by-row path
 @pytest.fixture
 def store_and_index(store_url):
     store = open_store(store_url)
-    live = LiveIndex(store)
+    live = LiveIndex(store, store)
     live.load()
     yield store, live
     store.close()
@@ -50,7 +50,7 @@ def test_a_strict_load_holds_its_rows_on_disk_until_written(store_and_index, tmp
     hash_set = store.create_set("strict", "", {}, {})
     spool = tmp_path / "spool"
     spool.mkdir()
-    run = BulkLoad(store, live, hash_set.id, "op", strict=True, spool_dir=str(spool))
+    run = BulkLoad(store, store, live, hash_set.id, "op", strict=True, spool_dir=str(spool))
     gc.collect()
     tracemalloc.start()
     try:
@@ -80,7 +80,7 @@ def test_a_strict_load_with_a_bad_row_writes_nothing(store_and_index, tmp_path):
     hash_set = store.create_set("strict", "", {}, {})
     spool = tmp_path / "spool"
     spool.mkdir()
-    run = BulkLoad(store, live, hash_set.id, "op", strict=True, spool_dir=str(spool))
+    run = BulkLoad(store, store, live, hash_set.id, "op", strict=True, spool_dir=str(spool))
     batches = list(_batches(2))
     bad = batches[1]
     bad.labels[5000] = '{"k": ' + "[" * 5000  # nested too deeply: a rejected row
@@ -98,7 +98,7 @@ def test_a_strict_load_abandoned_writes_nothing(store_and_index, tmp_path):
     hash_set = store.create_set("strict", "", {}, {})
     spool = tmp_path / "spool"
     spool.mkdir()
-    run = BulkLoad(store, live, hash_set.id, "op", strict=True, spool_dir=str(spool))
+    run = BulkLoad(store, store, live, hash_set.id, "op", strict=True, spool_dir=str(spool))
     for batch in _batches(3):
         run.add_batch(batch)
     run.abandon()

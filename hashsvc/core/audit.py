@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from hashdb import HistoryFilter, HistoryRecord, HistoryVerification, Store
+from hashdb import HistoryFilter, HistoryRecord, HistoryStore, HistoryVerification, SetLookup
 from hashdb.sqlbase import key_id
 from hashsvc.base import validation
 from hashsvc.base.errors import InvalidArgument, NotFound
@@ -89,13 +89,15 @@ def storable(text: str) -> str:
 class Audit:
     def __init__(
         self,
-        store: Store,
+        history: HistoryStore,
+        sets: SetLookup,
         checkpoint_file: str = "",
         history_key: bytes | None = None,
         checkpoint_records: int = 100,
         checkpoint_seconds: float = 60.0,
     ) -> None:
-        self.store = store
+        self.history = history
+        self.sets = sets
         self.checkpoint_file = checkpoint_file
         self._key = history_key or None
         self._key_id = key_id(history_key) if history_key else ""
@@ -125,7 +127,7 @@ class Audit:
             raise InvalidArgument("since must be before until")
         set_id = None
         if set_name:
-            hash_set = self.store.get_set(set_name)
+            hash_set = self.sets.get_set(set_name)
             if hash_set is None:
                 raise NotFound(f"no such set: {set_name}")
             set_id = hash_set.id
@@ -135,14 +137,14 @@ class Audit:
         self, filter: HistoryFilter, page_size: int = 100, page_token: str = ""
     ) -> tuple[list[HistoryRecord], str]:
         after_id, limit = validation.page(page_size, page_token)
-        records = self.store.query_history(filter, after_id, limit)
+        records = self.history.query_history(filter, after_id, limit)
         next_token = str(records[-1].id) if len(records) == limit else ""
         return records, next_token
 
     def export(self, filter: HistoryFilter) -> Iterator[HistoryRecord]:
         after_id = 0
         while True:
-            records = self.store.query_history(filter, after_id, validation.MAX_PAGE_SIZE)
+            records = self.history.query_history(filter, after_id, validation.MAX_PAGE_SIZE)
             yield from records
             if len(records) < validation.MAX_PAGE_SIZE:
                 return
@@ -155,7 +157,7 @@ class Audit:
         last one, or checkpoint_seconds passed and anything was (called by the
         server's change poller: at most one a poll)."""
         last_record_id = self._last[2] if self._last else 0
-        written = self.store.last_history_id() - last_record_id  # ids: ~records
+        written = self.history.last_history_id() - last_record_id  # ids: ~records
         if written <= 0:
             return False
         due = time.monotonic() - self._last_at >= self.checkpoint_seconds
@@ -168,7 +170,7 @@ class Audit:
         False if nothing was written since the last one."""
         with self._lock:
             since = (self._last[0], self._last[1]) if self._last else None
-            head = self.store.history_head(since)
+            head = self.history.history_head(since)
             if head is None or (self._last is not None and head[0] == self._last[2]):
                 return False
             head_id, head_hash, records = head
@@ -183,7 +185,7 @@ class Audit:
             # The file first: a checkpoint there names a record that exists.
             if self.checkpoint_file:
                 self._append(line)
-            record_id = self.store.record_match(
+            record_id = self.history.record_match(
                 action_record(
                     CHECKPOINT_RPC,
                     SYSTEM_ACTOR,
@@ -217,7 +219,7 @@ class Audit:
         record must be there with that hash, with at least as many records up
         to it. A chain nulled wholesale (so that it looks older than the chain)
         or a cut-off tail fails here."""
-        result = self.store.verify_history()
+        result = self.history.verify_history()
         problems, notes, checked = list(result.problems), list(result.notes), 0
         file_head = None
         if self.checkpoint_file:
@@ -235,7 +237,7 @@ class Audit:
                 "no history_checkpoint_file: a deleted tail or a wholesale rewrite of the chain"
                 " cannot be detected"
             )
-        in_history = self.store.last_history_record(CHECKPOINT_RPC)
+        in_history = self.history.last_history_record(CHECKPOINT_RPC)
         if in_history is not None and in_history.detail.get("head_id") != file_head:
             d = in_history.detail
             if _is_checkpoint(d.get("head_id"), d.get("head_hash"), d.get("records")):
@@ -253,7 +255,7 @@ class Audit:
         )
 
     def _check(self, where: str, head_id: int, head_hash, records: int) -> list[tuple[int, str]]:
-        anchor = self.store.history_anchor(head_id)
+        anchor = self.history.history_anchor(head_id)
         if anchor is None:
             return [
                 (head_id, f"missing, though the {where} checkpoint names it: records were deleted")

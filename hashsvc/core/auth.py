@@ -13,7 +13,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from hashdb import Store, TokenRecord
+from hashdb import TokenRecord, TokenStore
 from hashsvc.base.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -80,7 +80,7 @@ def new_token() -> str:
 
 
 def create_token(
-    store: Store, role: str, name: str, expires_in_seconds: int = 0
+    store: TokenStore, role: str, name: str, expires_in_seconds: int = 0
 ) -> tuple[TokenRecord, str]:
     """A new token; expires_in_seconds > 0 makes it stop working after that."""
     if expires_in_seconds < 0:
@@ -111,7 +111,7 @@ def create_token(
     raise AlreadyExists("no free default token name: give one with --name")
 
 
-def authenticate(store: Store, token: str | None) -> TokenRecord:
+def authenticate(store: TokenStore, token: str | None) -> TokenRecord:
     if not token:
         raise Unauthenticated("missing token: send 'authorization: Bearer <token>' metadata")
     record = store.find_token(hash_token(token))

@@ -29,10 +29,11 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Protocol
 
 import numpy as np
 
-from hashdb import Store
+from hashdb import BulkStore, EntryLookup, EntryStore
 from hashdb.bulk_sql import MAX_SIGNALS_PER_ENTRY, BulkCounts, EntryUpsert, PlainSignals
 from hashsvc.base import validation
 from hashsvc.base.errors import InvalidArgument, TooLarge, quoted
@@ -281,14 +282,16 @@ class BulkLoad:
 
     def __init__(
         self,
-        store: Store,
+        bulk: BulkStore,
+        entries: EntryLookup,
         live: LiveIndex,
         set_id: int,
         added_by: str,
         strict: bool = False,
         spool_dir: str = "",
     ) -> None:
-        self.store = store
+        self.bulk = bulk
+        self.entries = entries
         self.live = live
         self.set_id = set_id
         self.added_by = added_by
@@ -300,7 +303,7 @@ class BulkLoad:
         self._spool = tempfile.TemporaryFile(dir=spool_dir or None) if strict else None
         self._held_rows = 0
         self._write_rows = WRITE_CHUNK  # plain lists: rows per transaction, tuned as it goes
-        self._expect_new = True  # plain lists: see Store.bulk_add_plain
+        self._expect_new = True  # plain lists: see BulkStore.bulk_add_plain
         self._pending: list[_PlainRows] = []  # plain rows waiting to be sorted and written
         self._pending_rows = 0
         self._writing: Future | None = None  # the sorted run being written, see _flush_plain
@@ -391,7 +394,7 @@ class BulkLoad:
         # Short transactions: on SQLite a write transaction holds the one
         # writer lock that every Match needs to append its history record.
         for start in range(0, len(upserts), WRITE_CHUNK):
-            counts = self.store.bulk_upsert(
+            counts = self.bulk.bulk_upsert(
                 self.set_id, upserts[start : start + WRITE_CHUNK], self.added_by
             )
             self._count(counts, groups)
@@ -456,7 +459,7 @@ class BulkLoad:
         while start < len(rows):
             part = rows[start : start + self._write_rows]
             started = time.perf_counter()
-            counts, _ = self.store.bulk_add_plain(
+            counts, _ = self.bulk.bulk_add_plain(
                 self.set_id,
                 part,
                 self.added_by,
@@ -474,7 +477,7 @@ class BulkLoad:
     def _tune(self, rows: int, seconds: float) -> None:
         if rows < self._write_rows:
             return  # a short last part says little about the rate
-        wanted = rows * self.store.bulk_write_seconds / max(seconds, 1e-3)
+        wanted = rows * self.bulk.bulk_write_seconds / max(seconds, 1e-3)
         # move half way: one slow transaction (a checkpoint, a busy core) does
         # not halve the next
         self._write_rows = int(min(MAX_WRITE_ROWS, max(MIN_WRITE_ROWS, (rows + wanted) / 2)))
@@ -527,9 +530,9 @@ class BulkLoad:
                     entry_ids.update(split_signal_id(sid)[0] for sid, _ in found)
             elif not SIGNAL_TYPES[kind].perceptual:
                 for value in values:
-                    entry_ids.update(e for e, _ in self.store.find_exact(kind, value))
+                    entry_ids.update(e for e, _ in self.entries.find_exact(kind, value))
         out: dict[tuple[str, bytes], list] = {}
-        for entry in self.store.get_entries(entry_ids, with_signals=True).values():
+        for entry in self.entries.get_entries(entry_ids, with_signals=True).values():
             if entry.set_id != self.set_id or entry.removed_at is not None:
                 continue
             for key in {(sig.kind, sig.value) for sig in entry.signals} & hashes:
@@ -695,8 +698,12 @@ def _sorted_plain(parts: Sequence[_PlainRows]) -> PlainSignals:
     return PlainSignals(kind, _SINGLE_MEDIA_TYPE.get(kind, "hash"), rows[keep], qualities)
 
 
+class LoadStore(BulkStore, EntryLookup, Protocol):
+    """Both interfaces a BulkLoad takes, in one store (load() below)."""
+
+
 def load(
-    store: Store,
+    store: LoadStore,
     live: LiveIndex,
     set_id: int,
     added_by: str,
@@ -704,7 +711,7 @@ def load(
     strict: bool = False,
 ) -> BulkResult:
     """A whole load: every batch, then the result."""
-    run = BulkLoad(store, live, set_id, added_by, strict)
+    run = BulkLoad(store, store, live, set_id, added_by, strict)
     try:
         for batch in batches:
             run.add_batch(batch)
@@ -721,7 +728,7 @@ EXPORT_BATCH_SIGNALS = 100_000
 
 
 def export_entries(
-    store: Store,
+    store: EntryStore,
     set_id: int,
     since_micros: int | None = None,
     max_signals: int = EXPORT_BATCH_SIGNALS,

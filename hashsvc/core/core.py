@@ -73,10 +73,13 @@ class Core:
         self.store = store
         self.hashing = hashing
         self.policy = Policy(config.pdq)
-        self.live = LiveIndex(store, _snapshot_dir(config), config.pdq_review_search)
-        self.matcher = Matcher(self.live, self.policy)
-        self.curation = Curation(store, self.live, hashing)
+        # Each part is handed the store interfaces it uses (hashdb/store.py),
+        # all one store here.
+        self.live = LiveIndex(store, store, _snapshot_dir(config), config.pdq_review_search)
+        self.matcher = Matcher(self.live, store, self.policy)
+        self.curation = Curation(store, store, self.live, hashing)
         self.audit = Audit(
+            store,
             store,
             config.history_checkpoint_file,
             config.history_key(),
@@ -84,7 +87,15 @@ class Core:
             config.history_checkpoint_seconds,
         )
         self.feedback = Feedback(store, self.policy)
-        self.review = ReviewQueue(store, self.curation, config.review_claim_seconds)
+        self.review = ReviewQueue(
+            reviews=store,
+            flood=store,
+            entries=store,
+            sets=store,
+            history=store,
+            curation=self.curation,
+            claim_seconds=config.review_claim_seconds,
+        )
         self.flood = FloodCounter(
             store,
             config.quarantine_matches,
@@ -347,7 +358,13 @@ class Core:
         try:
             hash_set = self.curation.get_set(set_name)
             run = BulkLoad(
-                self.store, self.live, hash_set.id, caller, strict, self.config.spool_dir
+                self.store,
+                self.store,
+                self.live,
+                hash_set.id,
+                caller,
+                strict,
+                self.config.spool_dir,
             )
             for batch in batches:
                 run.add_batch(batch)

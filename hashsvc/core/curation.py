@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hashdb import EntryRecord, HashSetRecord, Store, Thresholds
+from hashdb import EntryRecord, EntryStore, HashSetRecord, SetStore, Thresholds
 from hashsvc.base import validation
 from hashsvc.base.errors import InvalidArgument, NotFound, quoted
 from hashsvc.base.signals import Signal, signal_type
@@ -27,8 +27,11 @@ class EntryPage:
 
 
 class Curation:
-    def __init__(self, store: Store, live: LiveIndex, hashing: HashingPool) -> None:
-        self.store = store
+    def __init__(
+        self, sets: SetStore, entries: EntryStore, live: LiveIndex, hashing: HashingPool
+    ) -> None:
+        self.sets = sets
+        self.entries = entries
         self.live = live
         self.hashing = hashing
 
@@ -46,7 +49,7 @@ class Curation:
     ) -> HashSetRecord:
         if allow_list and review_target:
             raise InvalidArgument(_ALLOW_LIST_TARGET)
-        record = self.store.create_set(
+        record = self.sets.create_set(
             validation.set_name(name),
             validation.text(description, "description"),
             validation.labels(labels or {}),
@@ -59,13 +62,13 @@ class Curation:
         return record
 
     def get_set(self, name: str) -> HashSetRecord:
-        record = self.store.get_set(name)
+        record = self.sets.get_set(name)
         if record is None:
             raise NotFound(f"no such set: {name}")
         return record
 
     def list_sets(self, include_disabled: bool = True) -> list[HashSetRecord]:
-        return self.store.list_sets(include_disabled)
+        return self.sets.list_sets(include_disabled)
 
     def update_set(
         self,
@@ -89,7 +92,7 @@ class Curation:
         new_thresholds = None
         if thresholds:
             new_thresholds = validation.thresholds({**current.thresholds, **thresholds})
-        record = self.store.update_set(
+        record = self.sets.update_set(
             current.id,
             enabled=enabled,
             description=None
@@ -130,12 +133,12 @@ class Curation:
             if quality is not None and not 0 <= quality <= 100:
                 raise InvalidArgument("quality must be within 0..100")
             media_type, signals = "hash", [Signal(sig_type.name, sig_type.parse(value), quality)]
-        entry = self.store.add_entry(hash_set.id, name, labels, media_type, signals, added_by)
+        entry = self.entries.add_entry(hash_set.id, name, labels, media_type, signals, added_by)
         self.live.catch_up()
         return entry
 
     def get_entry(self, set_name: str, name: str) -> EntryRecord:
-        entry = self.store.get_entry(self.get_set(set_name).id, name)
+        entry = self.entries.get_entry(self.get_set(set_name).id, name)
         if entry is None:
             raise NotFound(f"no entry {quoted(name)} in set {set_name}")
         return entry
@@ -148,11 +151,11 @@ class Curation:
         least one entry."""
         hash_set = self.get_set(set_name)
         after_id, limit, sent = validation.entry_page(page_size, page_token)
-        entries = self.store.list_entries(hash_set.id, after_id, limit, max_signals)
+        entries = self.entries.list_entries(hash_set.id, after_id, limit, max_signals)
         if sent and (not entries or entries[0].id != after_id + 1):
             sent = 0  # the entry was removed meanwhile: go on with the next
         more = len(entries) == limit or (
-            bool(entries) and self.store.next_entry_id(hash_set.id, entries[-1].id) is not None
+            bool(entries) and self.entries.next_entry_id(hash_set.id, entries[-1].id) is not None
         )
         return EntryPage(entries, sent, more)
 
@@ -162,11 +165,11 @@ class Curation:
         sig_type = signal_type(kind)
         if sig_type.perceptual:
             raise InvalidArgument(f"{kind} is compared by distance: use Match to look it up")
-        ids = {entry_id for entry_id, _ in self.store.find_exact(kind, sig_type.parse(value))}
-        entries = self.store.get_entries(ids, with_signals=True)
+        ids = {entry_id for entry_id, _ in self.entries.find_exact(kind, sig_type.parse(value))}
+        entries = self.entries.get_entries(ids, with_signals=True)
         return [e for e in entries.values() if e.set_id == hash_set.id and e.removed_at is None]
 
     def remove_entry(self, set_name: str, name: str) -> EntryRecord:
-        entry = self.store.remove_entry(self.get_set(set_name).id, name)
+        entry = self.entries.remove_entry(self.get_set(set_name).id, name)
         self.live.catch_up()
         return entry

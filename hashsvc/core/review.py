@@ -23,7 +23,17 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from hashdb import NewEntry, ReviewFilter, ReviewItem, Store, Suppression
+from hashdb import (
+    EntryLookup,
+    FloodStore,
+    HistoryWriter,
+    NewEntry,
+    ReviewFilter,
+    ReviewItem,
+    ReviewStore,
+    SetLookup,
+    Suppression,
+)
 from hashdb.review_sql import RESOLUTIONS
 from hashsvc.base import validation
 from hashsvc.base.errors import (
@@ -60,8 +70,22 @@ def remembered_signals(query_signals: list[dict]) -> list[Signal]:
 
 
 class ReviewQueue:
-    def __init__(self, store: Store, curation, claim_seconds: float) -> None:
-        self.store = store
+    def __init__(
+        self,
+        *,
+        reviews: ReviewStore,
+        flood: FloodStore,
+        entries: EntryLookup,
+        sets: SetLookup,
+        history: HistoryWriter,
+        curation,
+        claim_seconds: float,
+    ) -> None:
+        self.reviews = reviews
+        self.flood = flood
+        self.entries = entries
+        self.sets = sets
+        self.history = history
         self.curation = curation
         self.claim_seconds = claim_seconds
 
@@ -78,7 +102,7 @@ class ReviewQueue:
         )
         if not needs_person:
             return None
-        return self.store.create_review_item(
+        return self.reviews.create_review_item(
             outcome.request_id,
             datetime.now(UTC),
             caller,
@@ -94,15 +118,15 @@ class ReviewQueue:
         self, filter: ReviewFilter, page_size: int = 100, page_token: str = ""
     ) -> tuple[list[ReviewItem], str]:
         after_id, limit = validation.page(page_size, page_token)
-        items = self.store.list_review_items(filter, after_id, limit)
+        items = self.reviews.list_review_items(filter, after_id, limit)
         return items, (str(items[-1].id) if len(items) == limit else "")
 
     def claim(self, reviewer: str, item_id: int | None, filter: ReviewFilter) -> ReviewItem:
-        item = self.store.claim_review_item(reviewer, self.claim_seconds, item_id, filter)
+        item = self.reviews.claim_review_item(reviewer, self.claim_seconds, item_id, filter)
         if item is None:
             if item_id is None:
                 raise NotFound("no open review item is free")
-            current = self.store.get_review_item(item_id)
+            current = self.reviews.get_review_item(item_id)
             if current is None:
                 raise NotFound(f"no review item {item_id}")
             raise FailedPrecondition(
@@ -126,7 +150,7 @@ class ReviewQueue:
         if add_to_set and resolution != "confirmed":
             raise InvalidArgument("only a confirmed item's hashes can be added to a set")
         note = validation.text(note, "note")
-        item = self.store.get_review_item(item_id)
+        item = self.reviews.get_review_item(item_id)
         if item is None:
             raise NotFound(f"no review item {item_id}")
         if item.status != "open" or item.claimed_by != reviewer:
@@ -149,7 +173,7 @@ class ReviewQueue:
         # positive remembered together, or (an expired claim, a taken name)
         # none of it, so the same call can simply be made again.
         try:
-            resolved = self.store.resolve_review_item(
+            resolved = self.reviews.resolve_review_item(
                 item_id, reviewer, resolution, note, new_entry, suppressions
             )
             if resolved is None:
@@ -204,7 +228,7 @@ class ReviewQueue:
         """Acknowledges the entry's flood alert; its count starts again, so a
         later flood alerts again."""
         entry = self.curation.get_entry(set_name, entry_name)
-        if not self.store.release_entry(entry.id):
+        if not self.flood.release_entry(entry.id):
             raise FailedPrecondition(f"entry {quoted(entry_name)} has no open flood alert")
         self.record_action(
             "ReleaseEntry",
@@ -218,8 +242,8 @@ class ReviewQueue:
         """Opens the entry's flood alert with a review item (a person looks:
         a hash that matches everything?) and its history record; the set's
         name, or None if an alert was open already or the entry is gone."""
-        entry = self.store.get_entries([entry_id], with_signals=True).get(entry_id)
-        hash_set = self.store.get_set_by_id(entry.set_id) if entry is not None else None
+        entry = self.entries.get_entries([entry_id], with_signals=True).get(entry_id)
+        hash_set = self.sets.get_set_by_id(entry.set_id) if entry is not None else None
         if entry is None or hash_set is None:
             return None
         reason = (
@@ -252,7 +276,7 @@ class ReviewQueue:
             "query_signals": [],
             "matches": [match.to_json()],
         }
-        review_id = self.store.raise_flood_alert(entry_id, reason, item)
+        review_id = self.flood.raise_flood_alert(entry_id, reason, item)
         if review_id is None:
             return None
         self.record_action(
@@ -287,7 +311,7 @@ class ReviewQueue:
     ) -> None:
         """One reviewer's or operator's action, in the hash-chained history;
         a failed one names its status, as a failed Match does."""
-        self.store.record_match(
+        self.history.record_match(
             action_record(
                 action,
                 actor,

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from hashdb import HashSetRecord, Store
+from hashdb import ChangeFeed, HashSetRecord, SetLookup
 from hashdb.bulk_sql import AddedSignals, added_range
 from hashsvc.base.signals import SIGNAL_TYPES
 from hashsvc.index.audio import AudioIndex
@@ -47,9 +47,14 @@ _NOTE_SECONDS = 30.0
 
 class LiveIndex:
     def __init__(
-        self, store: Store, snapshot_dir: str = "", pdq_review_search: str | None = None
+        self,
+        changes: ChangeFeed,
+        sets: SetLookup,
+        snapshot_dir: str = "",
+        pdq_review_search: str | None = None,
     ) -> None:
-        self.store = store
+        self.changes = changes
+        self.sets = sets
         self.snapshot_dir = snapshot_dir
         self.pdq_review_search = pdq_review_search
         self.indexes: dict[str, HashIndex] = {}
@@ -80,12 +85,12 @@ class LiveIndex:
     def _build_from_store(self) -> None:
         # Take the seq first: changes racing the build are replayed afterwards,
         # and replaying an add or remove is idempotent.
-        self.seq = self.store.current_seq()
+        self.seq = self.changes.current_seq()
         for sig_type in PERCEPTUAL_TYPES:
             index = new_index(sig_type.name, sig_type.bits, self.pdq_review_search)
             ids: list[int] = []
             values: list[bytes] = []
-            for sig in self.store.iter_signals([sig_type.name]):
+            for sig in self.changes.iter_signals([sig_type.name]):
                 ids.append(signal_id(sig.entry_id, sig.variant_no))
                 values.append(sig.value)
                 if len(ids) >= _BUILD_BATCH:
@@ -99,9 +104,8 @@ class LiveIndex:
         # Replaying changes after this is harmless: adding a track is
         # idempotent, removing a removed one a no-op.
         audio = AudioIndex()
-        audio.add_many(
-            (sig.entry_id, words_of(sig.value)) for sig in self.store.iter_signals(["chromaprint"])
-        )
+        fingerprints = self.changes.iter_signals(["chromaprint"])
+        audio.add_many((sig.entry_id, words_of(sig.value)) for sig in fingerprints)
         self.audio = audio
 
     # -- snapshots
@@ -146,7 +150,7 @@ class LiveIndex:
             if os.path.exists(meta_path):
                 log.warning("ignoring unusable index snapshot: %s", exc)
             return False
-        if meta["seq"] > self.store.current_seq():
+        if meta["seq"] > self.changes.current_seq():
             # The snapshot is from a newer database than this one (restored
             # backup, different URL): it would hold entries the store lacks.
             log.warning("ignoring index snapshot newer than the store")
@@ -159,7 +163,7 @@ class LiveIndex:
 
     def note_added(self, added: AddedSignals) -> None:
         """Signals of entries this process has just created (on PostgreSQL
-        noted just before the commit, see Store.bulk_add_plain), so the
+        noted just before the commit, see BulkStore.bulk_add_plain), so the
         catch_up that applies their changes, whichever thread runs it (the
         change poller is woken by the same commit), need not read them back."""
         if len(added):
@@ -174,7 +178,7 @@ class LiveIndex:
             notes: list[AddedSignals] = []
             used: set[int] = set()  # ids of the notes applied
             while True:
-                changes = self.store.changes_since(self.seq, limit=_CHANGES_PAGE)
+                changes = self.changes.changes_since(self.seq, limit=_CHANGES_PAGE)
                 self.read_at = time.monotonic()
                 with self._notes_lock:  # after the read: the changes' notes are there
                     notes += self._notes
@@ -242,7 +246,7 @@ class LiveIndex:
                     )
         stored: dict[str, tuple[list[int], list[bytes]]] = {}
         unnoted = ids[from_store]
-        for sig in self.store.indexed_signals(unnoted.tolist()) if len(unnoted) else ():
+        for sig in self.changes.indexed_signals(unnoted.tolist()) if len(unnoted) else ():
             if sig.kind == "chromaprint":
                 self.audio.add(sig.entry_id, words_of(sig.value))
             if sig.kind in self.indexes:
@@ -279,7 +283,7 @@ class LiveIndex:
         self.audio.remove(entry_id)
 
     def _refresh_sets(self) -> None:
-        self.sets_by_id = {s.id: s for s in self.store.list_sets(include_disabled=True)}
+        self.sets_by_id = {s.id: s for s in self.sets.list_sets(include_disabled=True)}
 
     def sizes(self) -> dict[str, int]:
         return {

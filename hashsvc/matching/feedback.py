@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import replace
 
-from hashdb import Store, Suppression
+from hashdb import Suppression, SuppressionLookup
 from hashsvc.base.decisions import strictest
 from hashsvc.base.signals import Signal, hamming, signal_type
 from hashsvc.matching.matcher import Match, MatchResult
@@ -30,8 +30,8 @@ SUPPRESS_DISTANCE = {"pdq": 16, "videohash": 4}
 class Feedback:
     """What reviews and operators decided, applied to a fresh match result."""
 
-    def __init__(self, store: Store, policy: Policy) -> None:
-        self.store = store
+    def __init__(self, suppressions: SuppressionLookup, policy: Policy) -> None:
+        self.suppressions = suppressions
         self.policy = policy
 
     def apply(self, result: MatchResult, query: list[Signal], sets_by_id: dict) -> MatchResult:
@@ -95,7 +95,7 @@ class Feedback:
 
     def _suppressed(self, matches: list[Match], query: list[Signal]) -> list[Match]:
         live = [m for m in matches if m.decision != ALLOW]
-        suppressions = self.store.suppressions_for(m.entry_id for m in live)
+        suppressions = self.suppressions.suppressions_for(m.entry_id for m in live)
         if not suppressions:
             return matches
         by_entry: dict[int, list[Suppression]] = defaultdict(list)

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from hashdb import Store
+from hashdb import FloodStore
 
 # The flood window is counted in this many time buckets: a count covers the
 # last 5/6 to 6/6 of the window, and each entry keeps at most 6 rows.
@@ -27,13 +27,13 @@ class FloodCounter:
 
     def __init__(
         self,
-        store: Store,
+        counts: FloodStore,
         max_matches: int,
         window_seconds: float,
         max_pending: int,
         on_over: Callable[[dict[int, int]], None],
     ) -> None:
-        self.store = store
+        self.counts = counts
         self.max_matches = max_matches
         self.window_seconds = window_seconds
         self.max_pending = max_pending
@@ -83,7 +83,7 @@ class FloodCounter:
                 chunk = {i: counts[i] for i in ids[start : start + FLOOD_FLUSH_CHUNK]}
                 try:
                     over.update(
-                        self.store.add_flood_counts(chunk, bucket, FLOOD_BUCKETS, self.max_matches)
+                        self.counts.add_flood_counts(chunk, bucket, FLOOD_BUCKETS, self.max_matches)
                     )
                 except BaseException:
                     with self._lock:  # kept for the next flush

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, replace
 
-from hashdb import EntryRecord, HashSetRecord
+from hashdb import EntryLookup, EntryRecord, HashSetRecord
 from hashsvc.base.decisions import rank, strictest
 from hashsvc.base.signals import Signal, signal_type
 from hashsvc.index.audio import AudioAlignment
@@ -141,8 +141,11 @@ def _is_frame(sig: Signal) -> bool:
 
 
 class Matcher:
-    def __init__(self, live: LiveIndex, policy: Policy, max_matches: int = 100) -> None:
+    def __init__(
+        self, live: LiveIndex, entries: EntryLookup, policy: Policy, max_matches: int = 100
+    ) -> None:
         self.live = live
+        self.entries = entries
         self.policy = policy
         self.max_matches = max_matches
 
@@ -158,7 +161,7 @@ class Matcher:
         sounds = self._search_audio(query, list(sets.values()))
         if not hits and not sounds:
             return MatchResult(ALLOW, [])
-        entries = self.live.store.get_entries(set(hits) | set(sounds), with_signals=True)
+        entries = self.entries.get_entries(set(hits) | set(sounds), with_signals=True)
         query_is_video = any(_is_frame(sig) for sig in query)
         matches = []
         for entry in entries.values():
@@ -207,7 +210,7 @@ class Matcher:
                         found[entry_id].append(_Hit(sig, variant_no, distance))
             else:
                 for sig in sigs:
-                    for entry_id, variant_no in self.live.store.find_exact(kind, sig.value):
+                    for entry_id, variant_no in self.entries.find_exact(kind, sig.value):
                         found[entry_id].append(_Hit(sig, variant_no, 0))
         return found
 
