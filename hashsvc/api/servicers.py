@@ -1,5 +1,6 @@
 """gRPC servicers: thin. Each RPC unpacks the request, calls the core, packs the
-answer; core errors become status codes through errors.STATUS_FOR_ERROR."""
+answer; core errors become status codes through errors.STATUS_FOR_ERROR, with
+google.rpc details (hashsvc/api/status.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import grpc
 from google.protobuf.message import Message
 
-from hashsvc.api import bulk_pb, convert
+from hashsvc.api import bulk_pb, convert, status
 from hashsvc.api.streams import ANONYMOUS, Requests, StreamLimiter, StreamSlot, UnreadCalls
 from hashsvc.base.errors import HashsvcError, InvalidArgument, TooLarge, status_name
 from hashsvc.core import audit, auth, bulk
@@ -56,23 +57,28 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     if code == "CANCELLED":
         # no internal error, and what was committed stays (a rerun completes it)
         log.info("the client cancelled the call")
-        context.abort(grpc.StatusCode.CANCELLED, "the client cancelled the call")
+        context.abort_with_status(
+            status.status(code, "the client cancelled the call", status.CANCELLED)
+        )
     if code == "INTERNAL":
         log.exception("internal error", exc_info=exc)
-        context.abort(grpc.StatusCode.INTERNAL, "internal error (logged on the server)")
-    context.abort(grpc.StatusCode[code], str(exc))
+        context.abort_with_status(
+            status.status(code, "internal error (logged on the server)", status.INTERNAL)
+        )
+    context.abort_with_status(status.of_error(exc))
 
 
 def rpc(method):
     """Turns core errors raised by a unary or server-streaming RPC into statuses.
     A request message (not a client stream, whose messages are checked as
-    they are read) has its strings checked first (convert.request_strings)."""
+    they are read) has its strings and paging fields checked first
+    (convert.request_strings, convert.request_paging)."""
     if inspect.isgeneratorfunction(method):
 
         @functools.wraps(method)
         def streaming(self, request, context):
             try:
-                _check_strings(request, self.limits)
+                _check_request(request, self.limits)
                 yield from method(self, request, context)
             except Exception as exc:  # noqa: BLE001 - every error gets a status
                 _abort(context, exc)
@@ -83,7 +89,7 @@ def rpc(method):
     def unary(self, request, context):
         try:
             if not getattr(method, "checks_own_strings", False):
-                _check_strings(request, self.limits)
+                _check_request(request, self.limits)
             return method(self, request, context)
         except Exception as exc:  # noqa: BLE001 - every error gets a status
             _abort(context, exc)
@@ -98,9 +104,19 @@ def checks_own_strings(method):
     return method
 
 
-def _check_strings(request, limits) -> None:
+def _check_request(request, limits) -> None:
     if isinstance(request, Message):
         convert.request_strings(request, limits)
+        convert.request_paging(request)
+
+
+def _within_rate(limiter: auth.RateLimiter, record) -> None:
+    """limiter.check, its refusal naming the limit's config key (ErrorInfo)."""
+    try:
+        limiter.check(record)
+    except TooLarge as exc:
+        exc.limit = exc.limit or "rate_limit_per_second"
+        raise
 
 
 def caller_name() -> str:
@@ -170,7 +186,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                         record = auth.authenticate(store, token)
                         auth.authorize(record, method)
                         if not counted_per_item:
-                            limiter.check(record)
+                            _within_rate(limiter, record)
                         if is_stream:
                             held = [_admit(streams, context, record.id, f"token {record.name!r}")]
                     except HashsvcError as exc:
@@ -250,8 +266,12 @@ def _first_request(
         return unread.read_first(request_iterator, context, anonymous, token_id)
     except StopIteration:
         # what grpc answers a unary call that ends without a message
-        context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, f'"{method}" requires exactly one request message.'
+        context.abort_with_status(
+            status.status(
+                "UNIMPLEMENTED",
+                f'"{method}" requires exactly one request message.',
+                status.NO_REQUEST_MESSAGE,
+            )
         )
     except grpc.RpcError as exc:  # cancelled: by the client, or for sending nothing
         _abort(context, exc)
@@ -456,9 +476,12 @@ class MatcherServicer(pb_grpc.MatcherServicer):
             if item is _END:
                 return
             if item is _TOO_MANY:
-                context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"a batch may hold at most {limit} items (max_batch_items)",
+                _abort(
+                    context,
+                    TooLarge(
+                        f"a batch may hold at most {limit} items (max_batch_items)",
+                        limit="max_batch_items",
+                    ),
                 )
             if isinstance(item, HashsvcError):
                 _abort(context, item)

@@ -1,0 +1,54 @@
+"""Error statuses with google.rpc details, so that a client in any language can
+act on an error without parsing its message: every error status carries a
+google.rpc.ErrorInfo (reason: the error class, domain hashsvc.v1, metadata:
+the config key of a limit, the field at fault), and an INVALID_ARGUMENT whose
+field is known a google.rpc.BadRequest naming it. The details travel in the
+`grpc-status-details-bin` trailer (grpc_status.rpc_status.from_call reads it)."""
+
+from __future__ import annotations
+
+import re
+
+import grpc
+from google.protobuf.any_pb2 import Any
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from hashsvc.base.errors import HashsvcError, status_name
+
+DOMAIN = "hashsvc.v1"
+# ErrorInfo.reason of the statuses that are no error class of ours
+CANCELLED = "CANCELLED"
+INTERNAL = "INTERNAL"
+NO_REQUEST_MESSAGE = "NO_REQUEST_MESSAGE"
+
+_WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def reason(exc: HashsvcError) -> str:
+    """The error class in ErrorInfo's UPPER_SNAKE_CASE: TooLarge -> TOO_LARGE."""
+    return _WORD_START.sub("_", type(exc).__name__).upper()
+
+
+def of_error(exc: HashsvcError) -> grpc.Status:
+    """The status a core error ends a call with (its code from STATUS_FOR_ERROR)."""
+    return status(status_name(exc), str(exc), reason(exc), exc.field, exc.limit)
+
+
+def status(code_name: str, message: str, why: str, field: str = "", limit: str = "") -> grpc.Status:
+    metadata = {key: value for key, value in (("field", field), ("limit", limit)) if value}
+    details = [error_details_pb2.ErrorInfo(reason=why, domain=DOMAIN, metadata=metadata)]
+    if field and code_name == "INVALID_ARGUMENT":
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=field, description=message, reason=why
+        )
+        details.append(error_details_pb2.BadRequest(field_violations=[violation]))
+    packed = []
+    for detail in details:
+        any_detail = Any()
+        any_detail.Pack(detail)
+        packed.append(any_detail)
+    code = grpc.StatusCode[code_name]
+    return rpc_status.to_status(
+        status_pb2.Status(code=code.value[0], message=message, details=packed)
+    )
