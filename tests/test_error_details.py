@@ -153,6 +153,22 @@ def test_errors_without_a_field_carry_only_their_reason(harness):
     assert (code, info.reason) == (grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
 
 
+def test_a_long_message_is_cut_so_that_the_error_reaches_the_client(harness):
+    """NOT_FOUND naming 100 set names of 1000 characters (100 KB) reached the
+    client as RESOURCE_EXHAUSTED: its metadata was past grpc's hard limit."""
+    s, md = harness.stubs("matcher")
+    names = [f"{k}" + "x" * 1000 for k in range(100)]
+    code, info, _ = _details(
+        lambda: s.matcher.Match(pb.MatchRequest(signal=UNKNOWN, sets=names), metadata=md)
+    )
+    assert (code, info.reason) == (grpc.StatusCode.NOT_FOUND, "NOT_FOUND")
+    with pytest.raises(grpc.RpcError) as err:
+        s.matcher.Match(pb.MatchRequest(signal=UNKNOWN, sets=names), metadata=md)
+    shown = err.value.details()
+    assert shown.startswith("no such set: 0xxx") and len(shown) <= status.MAX_MESSAGE_CHARS
+    assert shown.endswith(f"({len('no such set: ' + ', '.join(names))} characters)")
+
+
 def test_the_rate_limit_names_its_config_key(tmp_path):
     h = start_harness(f"sqlite:///{tmp_path}/rate.db", rate_limit_per_second=1, rate_limit_burst=1)
     try:

@@ -23,6 +23,14 @@ INTERNAL = "INTERNAL"
 NO_REQUEST_MESSAGE = "NO_REQUEST_MESSAGE"
 
 _WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+# A status message travels in the grpc-message header and again in the
+# details trailer (twice with a BadRequest): grpc clients refuse metadata past
+# 8 KiB by default and past 16 KiB always, so a message that echoes a caller's
+# input at length (NOT_FOUND naming 100 set names of 1000 characters: 100 KB)
+# reached the client as RESOURCE_EXHAUSTED "received metadata size exceeds
+# hard limit" instead. Longer messages are cut, as the history's record of a
+# failed call cuts them (hashsvc/core/core.py).
+MAX_MESSAGE_CHARS = 1000
 
 
 def reason(exc: HashsvcError) -> str:
@@ -36,6 +44,8 @@ def of_error(exc: HashsvcError) -> grpc.Status:
 
 
 def status(code_name: str, message: str, why: str, field: str = "", limit: str = "") -> grpc.Status:
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = f"{message[: MAX_MESSAGE_CHARS - 30]}... ({len(message)} characters)"
     metadata = {key: value for key, value in (("field", field), ("limit", limit)) if value}
     details = [error_details_pb2.ErrorInfo(reason=why, domain=DOMAIN, metadata=metadata)]
     if field and code_name == "INVALID_ARGUMENT":
