@@ -1,14 +1,14 @@
 """Typed errors raised by the core. The gRPC layer maps each to one status code
-(STATUS_FOR_ERROR, below) and its details (hashsvc/api/errors.py); nothing below
+(STATUS_FOR_ERROR, below) and its details (hashsvc/api/status.py); nothing below
 it knows about gRPC."""
 
 
 class HashsvcError(Exception):
     """Base class: the message is shown to the caller as is.
 
-    Two optional fields say what the message says in words, for a client that
+    Two optional fields hold what the message says in words, for a client that
     acts on an error without parsing text (the API sends them as
-    google.rpc.BadRequest and ErrorInfo details, hashsvc/api/errors.py):
+    google.rpc.BadRequest and ErrorInfo details, hashsvc/api/status.py):
     `field` is the path of the request field at fault ("page_size",
     "header.client_ref", "sets[2]"), `limit` the config key of the limit that
     was exceeded ("max_streams", "strings.client_ref_chars"). Plain strings, so
