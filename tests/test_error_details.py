@@ -251,3 +251,19 @@ def test_reasons_are_the_error_classes():
     assert status.reason(errors.InvalidArgument("x")) == "INVALID_ARGUMENT"
     assert status.reason(SilentAudio("x")) == "SILENT_AUDIO"
     assert status.reason(errors.Timeout("x")) == "TIMEOUT"
+
+
+def test_media_errors_name_their_class(harness):
+    """A client tells content it cannot send (UNSUPPORTED_MEDIA) from a bad
+    request without reading the message; both are INVALID_ARGUMENT."""
+    s, md = harness.stubs("matcher")
+    code, info, violations = _details(
+        lambda: s.matcher.Match(
+            pb.MatchRequest(media=pb.Media(content=b"just some text, no media")), metadata=md
+        )
+    )
+    assert (code, info.reason, violations) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "UNSUPPORTED_MEDIA",
+        [],
+    )
