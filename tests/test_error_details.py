@@ -135,6 +135,15 @@ def test_paging_errors_name_page_size_or_page_token(harness, rpc):
     call(10, "1:3" if rpc == "ListEntries" else "1")  # the token forms each accepts
 
 
+def test_export_history_leaves_the_paging_fields_unread(harness):
+    """It shares QueryHistory's request and streams every record: a page_size
+    or page_token there was never checked, and still is not."""
+    s, md = harness.stubs("auditor")
+    request = pb.QueryHistoryRequest(page_size=-1, page_token="not a token")
+    records = list(s.audit.ExportHistory(request, metadata=md, timeout=30))
+    assert records and all(r.id for r in records)
+
+
 def test_errors_without_a_field_carry_only_their_reason(harness):
     s, md = harness.stubs("operator")
     code, info, violations = _details(

@@ -78,7 +78,7 @@ def rpc(method):
         @functools.wraps(method)
         def streaming(self, request, context):
             try:
-                _check_request(request, self.limits)
+                _check_request(request, self.limits, pages=False)
                 yield from method(self, request, context)
             except Exception as exc:  # noqa: BLE001 - every error gets a status
                 _abort(context, exc)
@@ -89,7 +89,7 @@ def rpc(method):
     def unary(self, request, context):
         try:
             if not getattr(method, "checks_own_strings", False):
-                _check_request(request, self.limits)
+                _check_request(request, self.limits, pages=True)
             return method(self, request, context)
         except Exception as exc:  # noqa: BLE001 - every error gets a status
             _abort(context, exc)
@@ -104,10 +104,14 @@ def checks_own_strings(method):
     return method
 
 
-def _check_request(request, limits) -> None:
+def _check_request(request, limits, pages: bool) -> None:
+    """pages: the call reads the request's paging fields, if it has any (the
+    unary list calls; ExportHistory takes a QueryHistoryRequest and streams
+    everything, its page_size and page_token unread)."""
     if isinstance(request, Message):
         convert.request_strings(request, limits)
-        convert.request_paging(request)
+        if pages:
+            convert.request_paging(request)
 
 
 def _within_rate(limiter: auth.RateLimiter, record) -> None:
