@@ -135,6 +135,23 @@ def test_paging_errors_name_page_size_or_page_token(harness, rpc):
     call(10, "1:3" if rpc == "ListEntries" else "1")  # the token forms each accepts
 
 
+def test_a_missing_set_comes_before_the_paging_fields(harness):
+    """The core looks the set up first; the details change nothing of that."""
+    s, md = harness.stubs("admin")
+    for call in (
+        lambda: s.curation.ListEntries(
+            pb.ListEntriesRequest(set="nope", page_size=-1), metadata=md
+        ),
+        lambda: s.audit.QueryHistory(pb.QueryHistoryRequest(set="nope", page_size=-1), metadata=md),
+        lambda: s.review.ListReviewItems(
+            pb.ListReviewItemsRequest(filter=pb.ReviewFilter(set="nope"), page_size=-1),
+            metadata=md,
+        ),
+    ):
+        code, info, violations = _details(call)
+        assert (code, info.reason, violations) == (grpc.StatusCode.NOT_FOUND, "NOT_FOUND", [])
+
+
 def test_export_history_leaves_the_paging_fields_unread(harness):
     """It shares QueryHistory's request and streams every record: a page_size
     or page_token there was never checked, and still is not."""

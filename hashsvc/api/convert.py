@@ -393,9 +393,9 @@ def _string(value: str, where: str, limits: StringLimits, limit: str, field: str
 
 
 def request_paging(message) -> None:
-    """A list request's page_size and page_token, checked where it arrives so
-    that an error names its field (the core checks them again, as it does for
-    any caller). ListEntries' token may be `ID:N` (validation.entry_page)."""
+    """The checks the core makes on a list request's page_size and page_token,
+    an error naming its field. ListEntries' token may be `ID:N`
+    (validation.entry_page)."""
     fields = message.DESCRIPTOR.fields_by_name
     if "page_size" not in fields or "page_token" not in fields:
         return

@@ -71,14 +71,13 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
 def rpc(method):
     """Turns core errors raised by a unary or server-streaming RPC into statuses.
     A request message (not a client stream, whose messages are checked as
-    they are read) has its strings and paging fields checked first
-    (convert.request_strings, convert.request_paging)."""
+    they are read) has its strings checked first (convert.request_strings)."""
     if inspect.isgeneratorfunction(method):
 
         @functools.wraps(method)
         def streaming(self, request, context):
             try:
-                _check_request(request, self.limits, pages=False)
+                _check_strings(request, self.limits)
                 yield from method(self, request, context)
             except Exception as exc:  # noqa: BLE001 - every error gets a status
                 _abort(context, exc)
@@ -89,9 +88,10 @@ def rpc(method):
     def unary(self, request, context):
         try:
             if not getattr(method, "checks_own_strings", False):
-                _check_request(request, self.limits, pages=True)
+                _check_strings(request, self.limits)
             return method(self, request, context)
         except Exception as exc:  # noqa: BLE001 - every error gets a status
+            _name_paging_field(request, exc)
             _abort(context, exc)
 
     return unary
@@ -104,14 +104,25 @@ def checks_own_strings(method):
     return method
 
 
-def _check_request(request, limits, pages: bool) -> None:
-    """pages: the call reads the request's paging fields, if it has any (the
-    unary list calls; ExportHistory takes a QueryHistoryRequest and streams
-    everything, its page_size and page_token unread)."""
+def _check_strings(request, limits) -> None:
     if isinstance(request, Message):
         convert.request_strings(request, limits)
-        if pages:
-            convert.request_paging(request)
+
+
+def _name_paging_field(request, exc: BaseException) -> None:
+    """A unary list call's paging error, raised by the core where it reads
+    page_size and page_token (after looking up the set: NOT_FOUND comes
+    first), names its field for the status details: the error is the paging
+    check's own when the same check on the request fails the same way. (Only
+    unary calls: ExportHistory takes a QueryHistoryRequest and leaves its
+    paging fields unread.)"""
+    if not isinstance(exc, InvalidArgument) or exc.field or not isinstance(request, Message):
+        return
+    try:
+        convert.request_paging(request)
+    except InvalidArgument as own:
+        if str(own) == str(exc):
+            exc.field = own.field
 
 
 def _within_rate(limiter: auth.RateLimiter, record) -> None:
