@@ -11,6 +11,8 @@ import grpc
 import psycopg
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from hashsvc.core.config import StringLimits
 from hashsvc.v1 import hashsvc_pb2 as pb
@@ -174,7 +176,8 @@ def _cases():
 
 def _call(harness, method, request):
     """Calls the RPC with the one request (the first message of a stream);
-    returns the status, and for MatchBatch the item's error code."""
+    returns the status, and for MatchBatch the item's error code, and the
+    fields the status details name (google.rpc.BadRequest)."""
     s, md = harness.stubs("admin")
     ser, de = type(request).SerializeToString, pb.__dict__[method.output_type.name].FromString
     full = f"/{method.containing_service.full_name}/{method.name}"
@@ -187,7 +190,7 @@ def _call(harness, method, request):
             answers = list(
                 ch.stream_stream(full, ser, de)(iter([request]), metadata=md, timeout=30)
             )
-            return answers[0].error_code, answers[0].error_message
+            return answers[0].error_code, answers[0].error_message, None
         if method.client_streaming:
             ch.stream_unary(full, ser, de)(iter(messages), metadata=md, timeout=30)
         elif method.server_streaming:
@@ -195,8 +198,31 @@ def _call(harness, method, request):
         else:
             ch.unary_unary(full, ser, de)(request, metadata=md, timeout=30)
     except grpc.RpcError as exc:
-        return exc.code(), exc.details()
-    return grpc.StatusCode.OK, ""
+        return exc.code(), exc.details(), _bad_request_fields(exc)
+    return grpc.StatusCode.OK, "", None
+
+
+def _bad_request_fields(exc: grpc.RpcError) -> list[str]:
+    found = rpc_status.from_call(exc)
+    fields = []
+    for detail in found.details if found is not None else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields += [v.field for v in bad.field_violations]
+    return fields
+
+
+def _field_path(method, path, kind) -> str:
+    """The BadRequest field of the string _request put at `path`: a repeated
+    field's first item is [0]; a map is named whole (keys and values)."""
+    parts, message = [], method.input_type
+    for name in path[:-1]:
+        field = message.fields_by_name[name]
+        parts.append(f"{name}[0]" if field.is_repeated else name)
+        message = field.message_type
+    parts.append(f"{path[-1]}[0]" if kind == "repeated" else path[-1])
+    return ".".join(parts)
 
 
 @pytest.mark.parametrize(("method", "path", "kind"), list(_cases()))
@@ -207,11 +233,13 @@ def test_every_request_string_is_bounded_and_free_of_nul(harness, method, path, 
     later is covered) is refused at the edge."""
     limit = LIMITS.other_chars if kind.startswith("map") else _limit(path[-1])
     for text, words in (("x" * (limit + 1), "longer than"), ("a\x00b", "NUL")):
-        code, details = _call(harness, method, _request(method, path, kind, text))
+        code, details, fields = _call(harness, method, _request(method, path, kind, text))
         if method.name == "MatchBatch":  # the item's error; the stream goes on
             code = grpc.StatusCode[code]
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (path, words, code, details)
         assert words in details, details
+        if fields is not None:  # the status details name the field (issue 17)
+            assert fields == [_field_path(method, path, kind)], (fields, details)
 
 
 def test_strings_within_their_limit_are_kept_whole(harness):

@@ -18,6 +18,7 @@ from hashdb import (
     Thresholds,
     TokenRecord,
 )
+from hashsvc.base import validation
 from hashsvc.base.errors import InvalidArgument, NotFound, quoted
 from hashsvc.base.signals import Signal
 from hashsvc.core.config import StringLimits
@@ -335,42 +336,76 @@ def request_strings(message, limits: StringLimits, path: str = "") -> None:
     NUL, which PostgreSQL's text refuses (INTERNAL before). Called where a
     request arrives, before anything is looked up or stored, so no RPC and
     no field added later is left out.
-    Bytes fields (media, chunks, bulk rows' values) are bounded elsewhere."""
+    Bytes fields (media, chunks, bulk rows' values) are bounded elsewhere.
+    An error names the field by its path (`field`: "header.client_ref",
+    "sets[2]"; a map's name for its keys and values) and the limit by its
+    config key (`limit`: "strings.client_ref_chars")."""
     for fd, value in message.ListFields():
         where = f"{path}{fd.name}"
         if fd.is_repeated and len(value) > limits.repeated_items:
             raise InvalidArgument(
-                f"{where} holds {len(value)} items, at most {limits.repeated_items}"
+                f"{where} holds {len(value)} items, at most {limits.repeated_items}",
+                field=where,
+                limit="strings.repeated_items",
             )
         if fd.type == FieldDescriptor.TYPE_MESSAGE:
             if fd.message_type.GetOptions().map_entry:
                 for key, item in value.items():
-                    _string(key, f"{where} key", limits.other_chars)
+                    _string(key, f"{where} key", limits, "other_chars", where)
                     if isinstance(item, str):
-                        _string(item, f"{where}[{quoted(key, 40)}]", limits.other_chars)
+                        shown = f"{where}[{quoted(key, 40)}]"
+                        _string(item, shown, limits, "other_chars", where)
             elif fd.is_repeated:
                 for k, item in enumerate(value):
                     request_strings(item, limits, f"{where}[{k}].")
             else:
                 request_strings(value, limits, f"{where}.")
         elif fd.type == FieldDescriptor.TYPE_STRING:
-            limit = _string_limit(fd.name, limits)
-            for item in value if fd.is_repeated else (value,):
-                _string(item, where, limit)
+            limit = _string_limit(fd.name)
+            if fd.is_repeated:
+                for k, item in enumerate(value):
+                    _string(item, where, limits, limit, f"{where}[{k}]")
+            else:
+                _string(value, where, limits, limit, where)
 
 
-def _string_limit(field: str, limits) -> int:
+def _string_limit(field: str) -> str:
+    """The StringLimits field that bounds a string field of this name."""
     if field == "client_ref":
-        return limits.client_ref_chars
+        return "client_ref_chars"
     if field in ("description", "note"):
-        return limits.text_chars
+        return "text_chars"
     if field == "value":  # SignalValue.value: a hash's hex
-        return limits.signal_value_chars
-    return limits.other_chars
+        return "signal_value_chars"
+    return "other_chars"
 
 
-def _string(value: str, where: str, limit: int) -> None:
-    if len(value) > limit:
-        raise InvalidArgument(f"{where} is longer than {limit} characters ({len(value)})")
+def _string(value: str, where: str, limits: StringLimits, limit: str, field: str) -> None:
+    most = getattr(limits, limit)
+    if len(value) > most:
+        raise InvalidArgument(
+            f"{where} is longer than {most} characters ({len(value)})",
+            field=field,
+            limit=f"strings.{limit}",
+        )
     if "\x00" in value:
-        raise InvalidArgument(f"{where} holds a NUL character")
+        raise InvalidArgument(f"{where} holds a NUL character", field=field)
+
+
+def request_paging(message) -> None:
+    """The checks the core makes on a list request's page_size and page_token,
+    an error naming its field. ListEntries' token may be `ID:N`
+    (validation.entry_page)."""
+    fields = message.DESCRIPTOR.fields_by_name
+    if "page_size" not in fields or "page_token" not in fields:
+        return
+    check = validation.entry_page if isinstance(message, pb.ListEntriesRequest) else validation.page
+    for field, (size, token) in (
+        ("page_size", (message.page_size, "")),
+        ("page_token", (0, message.page_token)),
+    ):
+        try:
+            check(size, token)
+        except InvalidArgument as exc:
+            exc.field = field
+            raise

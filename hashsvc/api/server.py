@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import faiss
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from hashdb import safe_url
+from hashsvc.api import reflection
 from hashsvc.api.metrics import Metrics
 from hashsvc.api.servicers import (
     AdminServicer,
@@ -169,9 +169,8 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:  # off by default: anyone may call it, no token needed
-        reflection.enable_server_reflection(
-            [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-        )
+        # grpc.reflection.v1 and v1alpha
+        reflection.enable([*SERVICE_NAMES, health.SERVICE_NAME], server)
     port = _bind(server, config)
     if warning := plaintext_warning(config):
         log.warning(warning)

@@ -1,5 +1,6 @@
 """gRPC servicers: thin. Each RPC unpacks the request, calls the core, packs the
-answer; core errors become status codes through errors.STATUS_FOR_ERROR."""
+answer; core errors become status codes through errors.STATUS_FOR_ERROR, with
+google.rpc details (hashsvc/api/status.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import grpc
 from google.protobuf.message import Message
 
-from hashsvc.api import bulk_pb, convert
+from hashsvc.api import bulk_pb, convert, status
 from hashsvc.api.streams import ANONYMOUS, Requests, StreamLimiter, StreamSlot, UnreadCalls
 from hashsvc.base.errors import HashsvcError, InvalidArgument, TooLarge, status_name
 from hashsvc.core import audit, auth, bulk
@@ -56,11 +57,15 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     if code == "CANCELLED":
         # no internal error, and what was committed stays (a rerun completes it)
         log.info("the client cancelled the call")
-        context.abort(grpc.StatusCode.CANCELLED, "the client cancelled the call")
+        context.abort_with_status(
+            status.status(code, "the client cancelled the call", status.CANCELLED)
+        )
     if code == "INTERNAL":
         log.exception("internal error", exc_info=exc)
-        context.abort(grpc.StatusCode.INTERNAL, "internal error (logged on the server)")
-    context.abort(grpc.StatusCode[code], str(exc))
+        context.abort_with_status(
+            status.status(code, "internal error (logged on the server)", status.INTERNAL)
+        )
+    context.abort_with_status(status.of_error(exc))
 
 
 def rpc(method):
@@ -86,6 +91,7 @@ def rpc(method):
                 _check_strings(request, self.limits)
             return method(self, request, context)
         except Exception as exc:  # noqa: BLE001 - every error gets a status
+            _name_paging_field(request, exc)
             _abort(context, exc)
 
     return unary
@@ -101,6 +107,31 @@ def checks_own_strings(method):
 def _check_strings(request, limits) -> None:
     if isinstance(request, Message):
         convert.request_strings(request, limits)
+
+
+def _name_paging_field(request, exc: BaseException) -> None:
+    """A unary list call's paging error, raised by the core where it reads
+    page_size and page_token (after looking up the set: NOT_FOUND comes
+    first), names its field for the status details: the error is the paging
+    check's own when the same check on the request fails the same way. (Only
+    unary calls: ExportHistory takes a QueryHistoryRequest and leaves its
+    paging fields unread.)"""
+    if not isinstance(exc, InvalidArgument) or exc.field or not isinstance(request, Message):
+        return
+    try:
+        convert.request_paging(request)
+    except InvalidArgument as own:
+        if str(own) == str(exc):
+            exc.field = own.field
+
+
+def _within_rate(limiter: auth.RateLimiter, record) -> None:
+    """limiter.check, its refusal naming the limit's config key (ErrorInfo)."""
+    try:
+        limiter.check(record)
+    except TooLarge as exc:
+        exc.limit = exc.limit or "rate_limit_per_second"
+        raise
 
 
 def caller_name() -> str:
@@ -170,7 +201,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                         record = auth.authenticate(store, token)
                         auth.authorize(record, method)
                         if not counted_per_item:
-                            limiter.check(record)
+                            _within_rate(limiter, record)
                         if is_stream:
                             held = [_admit(streams, context, record.id, f"token {record.name!r}")]
                     except HashsvcError as exc:
@@ -250,8 +281,12 @@ def _first_request(
         return unread.read_first(request_iterator, context, anonymous, token_id)
     except StopIteration:
         # what grpc answers a unary call that ends without a message
-        context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, f'"{method}" requires exactly one request message.'
+        context.abort_with_status(
+            status.status(
+                "UNIMPLEMENTED",
+                f'"{method}" requires exactly one request message.',
+                status.NO_REQUEST_MESSAGE,
+            )
         )
     except grpc.RpcError as exc:  # cancelled: by the client, or for sending nothing
         _abort(context, exc)
@@ -456,9 +491,12 @@ class MatcherServicer(pb_grpc.MatcherServicer):
             if item is _END:
                 return
             if item is _TOO_MANY:
-                context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"a batch may hold at most {limit} items (max_batch_items)",
+                _abort(
+                    context,
+                    TooLarge(
+                        f"a batch may hold at most {limit} items (max_batch_items)",
+                        limit="max_batch_items",
+                    ),
                 )
             if isinstance(item, HashsvcError):
                 _abort(context, item)

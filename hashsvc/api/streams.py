@@ -84,12 +84,14 @@ class StreamLimiter:
             if held >= self.max_per_caller:
                 raise TooLarge(
                     f"{caller} already has {held} streams open, its limit"
-                    " (max_streams_per_token); retry later"
+                    " (max_streams_per_token); retry later",
+                    limit="max_streams_per_token",
                 )
             if self._open >= self.max_streams:
                 raise TooLarge(
                     f"the server already has {self._open} streams open, its limit"
-                    " (max_streams); retry later"
+                    " (max_streams); retry later",
+                    limit="max_streams",
                 )
             self._open += 1
             self._per_caller[key] += 1
@@ -148,7 +150,8 @@ class Requests:
                 self._fail(
                     Timeout(
                         f"the stream was still sending after {self._max_seconds:g} s"
-                        " (stream_max_seconds)"
+                        " (stream_max_seconds)",
+                        limit="stream_max_seconds",
                     )
                 )
             idle_left = self._idle_seconds - (now - waiting_since)
@@ -156,7 +159,8 @@ class Requests:
                 self._fail(
                     Timeout(
                         f"no message for {self._idle_seconds:g} s: the stream was idle"
-                        " (stream_idle_seconds)"
+                        " (stream_idle_seconds)",
+                        limit="stream_idle_seconds",
                     )
                 )
             wait = min(idle_left, self._deadline - now)

@@ -1,9 +1,23 @@
 """Typed errors raised by the core. The gRPC layer maps each to one status code
-(see hashsvc/api/servicers.py: STATUS_FOR_ERROR); nothing below it knows about gRPC."""
+(STATUS_FOR_ERROR, below) and its details (hashsvc/api/status.py); nothing below
+it knows about gRPC."""
 
 
 class HashsvcError(Exception):
-    """Base class: the message is shown to the caller as is."""
+    """Base class: the message is shown to the caller as is.
+
+    Two optional fields hold what the message says in words, for a client that
+    acts on an error without parsing text (the API sends them as
+    google.rpc.BadRequest and ErrorInfo details, hashsvc/api/status.py):
+    `field` is the path of the request field at fault ("page_size",
+    "header.client_ref", "sets[2]"), `limit` the config key of the limit that
+    was exceeded ("max_streams", "strings.client_ref_chars"). Plain strings, so
+    that nothing below the API knows about protobuf."""
+
+    def __init__(self, message: str = "", *, field: str = "", limit: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+        self.limit = limit
 
 
 class InvalidArgument(HashsvcError):
@@ -50,8 +64,8 @@ class Timeout(HashsvcError):
     """Work ran past its configured time limit and was stopped."""
 
 
-# The one table from core errors to gRPC status code names (service.py turns the
-# names into grpc.StatusCode; the history stores the name).
+# The one table from core errors to gRPC status code names (hashsvc/api turns
+# the names into grpc.StatusCode; the history stores the name).
 STATUS_FOR_ERROR: dict[type[HashsvcError], str] = {
     InvalidArgument: "INVALID_ARGUMENT",
     TooLarge: "RESOURCE_EXHAUSTED",
