@@ -18,17 +18,13 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hashsvc.index.audio import DEFAULT_MAX_BER, DEFAULT_MIN_SECONDS, AudioIndex  # noqa: E402
-from hashsvc.media.audio import SECONDS_PER_WORD, AudioLimits, fingerprint_audio  # noqa: E402
-from tests import audio_media as am  # noqa: E402
+from hashsvc.index.audio import DEFAULT_MAX_BER, DEFAULT_MIN_SECONDS, AudioIndex
+from hashsvc.media.audio import SECONDS_PER_WORD, AudioLimits, fingerprint_audio
+from hashsvc_testing import audio_media as am
 
 LIMITS = AudioLimits()
 LANGS = ["ar", "ar", "en", "fr", "ar", "de"]

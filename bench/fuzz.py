@@ -50,14 +50,13 @@ import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from hashdb import open_store
+from hashsvc.core import auth
+from hashsvc.v1 import hashsvc_pb2 as pb
+from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
+from hashsvc_testing import hostile
 
-from hashdb import open_store  # noqa: E402
-from hashsvc.core import auth  # noqa: E402
-from hashsvc.v1 import hashsvc_pb2 as pb  # noqa: E402
-from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc  # noqa: E402
-from tests import hostile  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 MAX_MESSAGE = 4 * 1024 * 1024
 IDLE_SECONDS = 3  # the fuzz server's stream_idle_seconds

@@ -14,7 +14,6 @@ a temporary directory, in a few seconds.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,9 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests import audio_media, pdf_media, video_media  # noqa: E402
+from hashsvc_testing import audio_media, pdf_media, video_media
 
 KINDS = ("image", "video", "audio", "pdf")
 VIDEO_SIZE = (320, 180)

@@ -14,16 +14,13 @@ recall, any other match is a false match. videohash "matches" at <= 10 bits
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hashsvc.matching import video_evidence as video_match  # noqa: E402
-from hashsvc.media import video  # noqa: E402
-from tests import video_media as vm  # noqa: E402
+from hashsvc.matching import video_evidence as video_match
+from hashsvc.media import video
+from hashsvc_testing import video_media as vm
 
 VIDEOHASH_SIMILAR_BITS = 10
 PHOTOS_PER_VIDEO = 5

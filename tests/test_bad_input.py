@@ -10,8 +10,9 @@ import pytest
 
 from hashsvc.core.config import ImageLimits
 from hashsvc.v1 import hashsvc_pb2 as pb
-from tests import hostile
-from tests.helpers import encode, match_request, photo, start_harness
+from hashsvc_testing import hostile
+from hashsvc_testing.image_media import encode, photo
+from tests.helpers import match_request, start_harness
 
 
 def png_bomb(width: int, height: int) -> bytes:

@@ -9,7 +9,8 @@ import grpc
 import pytest
 
 from hashsvc.v1 import hashsvc_pb2 as pb
-from tests.helpers import encode, photo, start_harness
+from hashsvc_testing.image_media import encode, photo
+from tests.helpers import start_harness
 
 
 def test_batch_items_count_against_the_tokens_rate_limit(store_url):

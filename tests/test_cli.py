@@ -11,7 +11,8 @@ import pytest
 
 from hashdb import HistoryFilter
 from hashsvc.client import cli
-from tests.helpers import encode, mirrored, photo, popen, reencoded, start_harness
+from hashsvc_testing.image_media import encode, mirrored, photo, reencoded
+from tests.helpers import popen, start_harness
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +280,7 @@ def test_export_writes_the_exchangeable_hashes(run, tmp_path):
 def test_video_add_and_match_stream_and_report_time_ranges(run, tmp_path, monkeypatch):
     """Files over the one-message size go through the streaming RPCs (the
     threshold is lowered here so a small video crosses it)."""
-    from tests import video_media
+    from hashsvc_testing import video_media
 
     monkeypatch.setattr(cli, "STREAM_ABOVE_BYTES", 10_000)
     known = video_media.slideshow(tmp_path / "release.mp4", [0, 1, 2], 3.3)

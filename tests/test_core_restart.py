@@ -8,7 +8,7 @@ import time
 
 from hashsvc.core.config import Config
 from hashsvc.core.core import Core, MatchQuery
-from tests.helpers import encode, noise_image, photo, reencoded
+from hashsvc_testing.image_media import encode, noise_image, photo, reencoded
 
 
 def _core(db_url: str, **kw) -> Core:

@@ -15,8 +15,9 @@ import pytest
 from hashsvc.media.image import ImageLimits
 from hashsvc.media.pdf import PdfLimits
 from hashsvc.v1 import hashsvc_pb2 as pb
-from tests import hostile
-from tests.helpers import encode, match_request, photo, start_harness
+from hashsvc_testing import hostile
+from hashsvc_testing.image_media import encode, photo
+from tests.helpers import match_request, start_harness
 
 MAX_MESSAGE = 4 * 1024 * 1024
 MAX_UPLOAD = 8 * 1024 * 1024

@@ -12,7 +12,7 @@ from hashsvc.index import multi_index
 from hashsvc.index.binary import BinaryIndex, new_index, signal_id
 from hashsvc.index.multi_index import EXACT_RADIUS, MultiIndexHash
 from hashsvc.media.image import hash_known, hash_query
-from tests.helpers import encode, photo, reencoded
+from hashsvc_testing.image_media import encode, photo, reencoded
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from hashsvc.client import cli, ingest
-from tests.helpers import encode, photo, popen, start_harness
+from hashsvc_testing.image_media import encode, photo
+from tests.helpers import popen, start_harness
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +56,7 @@ def by_status(out: str) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
     """One small file of each media kind, a copy, and what else an archive holds."""
-    from tests import audio_media, pdf_media, video_media
+    from hashsvc_testing import audio_media, pdf_media, video_media
 
     root = tmp_path_factory.mktemp("archive")
     (root / "img").mkdir()

@@ -10,8 +10,8 @@ import pytest
 from PIL import ImageOps
 
 from hashsvc.v1 import hashsvc_pb2 as pb
-from tests import audio_media, pdf_media, video_media
-from tests.helpers import encode as encode_image
+from hashsvc_testing import audio_media, pdf_media, video_media
+from hashsvc_testing.image_media import encode as encode_image
 from tests.helpers import start_harness
 
 CHUNK = 64 * 1024  # small chunks: every upload here crosses many messages

@@ -8,7 +8,8 @@ import grpc
 import pytest
 
 from hashsvc.v1 import hashsvc_pb2 as pb
-from tests.helpers import encode, match_request, photo, start_harness
+from hashsvc_testing.image_media import encode, photo
+from tests.helpers import match_request, start_harness
 
 
 def scrape(port: int) -> dict[str, float]:

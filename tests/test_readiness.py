@@ -18,7 +18,8 @@ from hashsvc.core.config import Config, ImageLimits
 from hashsvc.index.live import LiveIndex
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
-from tests.helpers import encode, photo, start_harness
+from hashsvc_testing.image_media import encode, photo
+from tests.helpers import start_harness
 
 PDQ = "f" * 16 + "0" * 16 + "a5" * 16  # any 256 bits: matched exactly, at distance 0
 MD5 = "0123456789abcdef" * 2

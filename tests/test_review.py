@@ -17,7 +17,8 @@ from hashsvc.client import cli
 from hashsvc.core.config import Config
 from hashsvc.core.core import Core, MatchQuery
 from hashsvc.v1 import hashsvc_pb2 as pb
-from tests.helpers import encode, photo, reencoded, start_harness
+from hashsvc_testing.image_media import encode, photo, reencoded
+from tests.helpers import start_harness
 
 
 def _core(store_url: str, **config) -> Core:

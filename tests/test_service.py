@@ -9,16 +9,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hashsvc.v1 import hashsvc_pb2 as pb
-from tests.helpers import (
-    encode,
-    flat_image,
-    match_request,
-    mirrored,
-    noise_image,
-    photo,
-    reencoded,
-    start_harness,
-)
+from hashsvc_testing.image_media import encode, flat_image, mirrored, noise_image, photo, reencoded
+from tests.helpers import match_request, start_harness
 
 
 @pytest.fixture

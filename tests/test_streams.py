@@ -15,7 +15,8 @@ from hashsvc.core import auth
 from hashsvc.core.config import Config
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
-from tests.helpers import encode, photo, start_harness
+from hashsvc_testing.image_media import encode, photo
+from tests.helpers import start_harness
 
 IDLE = 3.0  # stream_idle_seconds in these tests: long enough to measure, short to wait for
 STREAMS_EACH = 200

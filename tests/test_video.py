@@ -23,8 +23,8 @@ from hashsvc.base.signals import Signal
 from hashsvc.matching import video_evidence as video_match
 from hashsvc.matching.video_evidence import FramePair
 from hashsvc.media import image, video
-from tests import vectors
-from tests import video_media as vm
+from hashsvc_testing import vectors
+from hashsvc_testing import video_media as vm
 
 KNOWN_PHOTOS = range(0, 6)  # 6 photos x 3.3 s = 19.8 s
 OTHER_PHOTOS = range(6, 12)
@@ -327,7 +327,7 @@ def test_hostile_variants_of_every_format_end_in_a_result_or_a_typed_error(media
     GIF claiming a 65535x65535 screen: never a raw exception."""
     import random
 
-    from tests.hostile import gif_bomb
+    from hashsvc_testing.hostile import gif_bomb
 
     rng = random.Random(3)
     seeds = [media[n].read_bytes() for n in ("excerpt", "webm_vp8", "gif")]
