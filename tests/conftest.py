@@ -11,6 +11,7 @@ import uuid
 import psycopg
 import pytest
 
+from hashdb import open_store
 from tests.helpers import stop_started_processes
 
 PG_URL = os.environ.get("HASHSVC_TEST_PG", "postgresql://127.0.0.1:5432/test")
@@ -33,6 +34,14 @@ def store_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/hashsvc.db"
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def store(store_url):
+    """An open store on each implementation, closed at the test's end."""
+    s = open_store(store_url)
+    yield s
+    s.close()
 
 
 @pytest.fixture(autouse=True)
