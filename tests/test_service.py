@@ -10,14 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc_testing.image_media import encode, flat_image, mirrored, noise_image, photo, reencoded
-from tests.helpers import match_request, start_harness
-
-
-@pytest.fixture
-def harness(store_url):
-    h = start_harness(store_url)
-    yield h
-    h.close()
+from tests.helpers import match_request
 
 
 def _known_set(h, name="isis-images", **labels):
@@ -327,41 +320,35 @@ def test_health_is_not_serving_until_the_index_is_loaded(tmp_path, monkeypatch):
         running.stop(grace=1)
 
 
-def test_batch_larger_than_the_limit_is_refused(store_url):
-    h = start_harness(store_url, max_batch_items=3)
-    try:
-        m, md = h.stubs("matcher")
-        requests = [match_request(encode(photo(i))) for i in range(5)]
-        with pytest.raises(grpc.RpcError) as err:
-            list(m.matcher.MatchBatch(iter(requests), metadata=md))
-        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "max_batch_items" in err.value.details()
-        assert m.matcher.Match(match_request(encode(photo(1))), metadata=md).decision == pb.ALLOW
-    finally:
-        h.close()
+def test_batch_larger_than_the_limit_is_refused(store_url, make_harness):
+    h = make_harness(store_url, max_batch_items=3)
+    m, md = h.stubs("matcher")
+    requests = [match_request(encode(photo(i))) for i in range(5)]
+    with pytest.raises(grpc.RpcError) as err:
+        list(m.matcher.MatchBatch(iter(requests), metadata=md))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_batch_items" in err.value.details()
+    assert m.matcher.Match(match_request(encode(photo(1))), metadata=md).decision == pb.ALLOW
 
 
-def test_batch_answers_each_item_without_waiting_for_the_next(store_url):
+def test_batch_answers_each_item_without_waiting_for_the_next(store_url, make_harness):
     """A pipeline may send one upload, wait for its answer, then send the next."""
     import threading
 
-    h = start_harness(store_url)
-    try:
-        m, md = h.stubs("matcher")
-        answered = threading.Event()
+    h = make_harness(store_url)
+    m, md = h.stubs("matcher")
+    answered = threading.Event()
 
-        def one_at_a_time():
-            yield match_request(encode(photo(1)), client_ref="a")
-            assert answered.wait(5), "the first answer never came"
-            yield match_request(encode(photo(2)), client_ref="b")
+    def one_at_a_time():
+        yield match_request(encode(photo(1)), client_ref="a")
+        assert answered.wait(5), "the first answer never came"
+        yield match_request(encode(photo(2)), client_ref="b")
 
-        refs = []
-        for response in m.matcher.MatchBatch(one_at_a_time(), metadata=md, timeout=15):
-            refs.append(response.client_ref)
-            answered.set()
-        assert refs == ["a", "b"]
-    finally:
-        h.close()
+    refs = []
+    for response in m.matcher.MatchBatch(one_at_a_time(), metadata=md, timeout=15):
+        refs.append(response.client_ref)
+        answered.set()
+    assert refs == ["a", "b"]
 
 
 def test_find_entries_by_exact_hash(harness):

@@ -318,7 +318,7 @@ def _wait(condition, timeout: float = 5.0) -> bool:
     return condition()
 
 
-def test_reflection_is_off_by_default_and_on_when_configured(tmp_path):
+def test_reflection_is_off_by_default_and_on_when_configured(tmp_path, make_harness):
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
         ProtoReflectionDescriptorDatabase,
     )
@@ -335,17 +335,14 @@ def test_reflection_is_off_by_default_and_on_when_configured(tmp_path):
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         h.close()
-    h = start_harness(f"sqlite:///{tmp_path}/on.db", reflection=True)
-    try:
-        channel = grpc.insecure_channel(h.address)
-        h.channels.append(channel)
-        services = ProtoReflectionDescriptorDatabase(channel).get_services()
-        assert {"hashsvc.v1.Matcher", "hashsvc.v1.Curation", "hashsvc.v1.Audit"} <= set(services)
-        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        answers = list(stub.ServerReflectionInfo(iter([ask]), timeout=10))
-        assert "hashsvc.v1.Matcher" in {s.name for s in answers[0].list_services_response.service}
-    finally:
-        h.close()
+    h = make_harness(f"sqlite:///{tmp_path}/on.db", reflection=True)
+    channel = grpc.insecure_channel(h.address)
+    h.channels.append(channel)
+    services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert {"hashsvc.v1.Matcher", "hashsvc.v1.Curation", "hashsvc.v1.Audit"} <= set(services)
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    answers = list(stub.ServerReflectionInfo(iter([ask]), timeout=10))
+    assert "hashsvc.v1.Matcher" in {s.name for s in answers[0].list_services_response.service}
 
 
 def test_the_idle_clock_stands_still_while_the_handler_is_busy():

@@ -28,28 +28,25 @@ def certs(tmp_path_factory):
     return d
 
 
-def test_tls_server_accepts_trusted_client_and_refuses_plaintext(certs, tmp_path):
-    h = start_harness(
+def test_tls_server_accepts_trusted_client_and_refuses_plaintext(certs, tmp_path, make_harness):
+    h = make_harness(
         f"sqlite:///{tmp_path}/tls.db",
         tls_cert_file=str(certs / "cert.pem"),
         tls_key_file=str(certs / "key.pem"),
     )
-    try:
-        with Client(
-            server=f"localhost:{h.running.port}",
-            token=h.tokens["operator"],
-            tls_ca_file=str(certs / "cert.pem"),
-        ) as client:
-            created = client.curation.CreateSet(
-                pb.CreateSetRequest(name="over-tls"), metadata=client.metadata, timeout=10
-            )
-            assert created.name == "over-tls"
-        with Client(server=f"localhost:{h.running.port}", token=h.tokens["operator"]) as plain:
-            with pytest.raises(grpc.RpcError) as err:
-                plain.curation.ListSets(pb.ListSetsRequest(), metadata=plain.metadata, timeout=5)
-            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        h.close()
+    with Client(
+        server=f"localhost:{h.running.port}",
+        token=h.tokens["operator"],
+        tls_ca_file=str(certs / "cert.pem"),
+    ) as client:
+        created = client.curation.CreateSet(
+            pb.CreateSetRequest(name="over-tls"), metadata=client.metadata, timeout=10
+        )
+        assert created.name == "over-tls"
+    with Client(server=f"localhost:{h.running.port}", token=h.tokens["operator"]) as plain:
+        with pytest.raises(grpc.RpcError) as err:
+            plain.curation.ListSets(pb.ListSetsRequest(), metadata=plain.metadata, timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def _signed_client_cert(d, ca_name: str, name: str):
