@@ -71,8 +71,8 @@ def harness_config():
     return {"max_message_bytes": MESSAGE_BYTES, "max_page_bytes": PAGE_BYTES}
 
 
-def test_list_and_export_of_entries_larger_than_a_message(harness):
-    s, md = harness.stubs("admin")
+def test_list_and_export_of_entries_larger_than_a_message(admin):
+    s, md = admin
     s.curation.CreateSet(pb.CreateSetRequest(name="videos"), metadata=md)
     want = _load_videos(s, md, "videos", videos=4, small=6)
 
@@ -102,10 +102,10 @@ def test_list_and_export_of_entries_larger_than_a_message(harness):
     assert _joined(s.curation.ExportEntries(since, metadata=md, timeout=30)) == want
 
 
-def test_an_entry_removed_between_its_parts_ends_cleanly(harness):
+def test_an_entry_removed_between_its_parts_ends_cleanly(harness, admin):
     """A page token that points into an entry removed meanwhile continues with
     the next entry."""
-    s, md = harness.stubs("admin")
+    s, md = admin
     s.curation.CreateSet(pb.CreateSetRequest(name="gone"), metadata=md)
     want = _load_videos(s, md, "gone", videos=2, small=2)
     first = s.curation.ListEntries(
@@ -133,20 +133,20 @@ def test_an_entry_removed_between_its_parts_ends_cleanly(harness):
 
 
 @pytest.mark.parametrize("token", ["1:", ":5", "1:x", "1:-1", "1:2:3", f"1:{2**63}", "1:²"])
-def test_an_odd_entry_page_token_is_invalid_argument(harness, token):
-    s, md = harness.stubs("admin")
+def test_an_odd_entry_page_token_is_invalid_argument(token, admin):
+    s, md = admin
     s.curation.CreateSet(pb.CreateSetRequest(name="t"), metadata=md)
     with pytest.raises(grpc.RpcError) as err:
         s.curation.ListEntries(pb.ListEntriesRequest(set="t", page_token=token), metadata=md)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_the_cli_puts_split_entries_back_together(harness, tmp_path, monkeypatch, capsys):
+def test_the_cli_puts_split_entries_back_together(harness, tmp_path, monkeypatch, capsys, admin):
     """`export --format vpdq` writes a file per video: parts of one video
     must not overwrite each other; `entries list` shows each entry once."""
     from hashsvc.client import cli
 
-    s, md = harness.stubs("admin")
+    s, md = admin
     s.curation.CreateSet(pb.CreateSetRequest(name="cli"), metadata=md)
     want = _load_videos(s, md, "cli", videos=2, small=1)
     monkeypatch.setenv("HASHSVC_SERVER", harness.address)

@@ -104,8 +104,8 @@ def test_delisting_stops_matching_at_once(harness):
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_thresholds_per_set_and_low_quality_never_block(harness):
-    op, md = harness.stubs("operator")
+def test_thresholds_per_set_and_low_quality_never_block(harness, operator):
+    op, md = operator
     op.curation.CreateSet(
         pb.CreateSetRequest(
             name="strict",
@@ -199,7 +199,7 @@ def test_match_batch_answers_in_order_and_survives_bad_items(harness):
     assert responses[3].error_code == "INVALID_ARGUMENT"
 
 
-def test_history_records_every_call_and_filters(harness):
+def test_history_records_every_call_and_filters(harness, auditor):
     op, md = _known_set(harness, group="AQ")
     _add(op, md, "isis-images", "k", encode(photo(7)))
     m, mmd = harness.stubs("matcher")
@@ -207,7 +207,7 @@ def test_history_records_every_call_and_filters(harness):
     m.matcher.Match(match_request(encode(photo(8))), metadata=mmd)
     with pytest.raises(grpc.RpcError):
         m.matcher.Match(match_request(b"\x89PNG\r\n\x1a\ntruncated"), metadata=mmd)
-    a, amd = harness.stubs("auditor")
+    a, amd = auditor
     everything = a.audit.QueryHistory(pb.QueryHistoryRequest(), metadata=amd).records
     # the operator's writes come first, in the same chained history
     actions, calls = everything[:2], everything[2:]
