@@ -6,7 +6,7 @@ search latency and memory with 100k known tracks.
 
 Known tracks are generated speech (espeak-ng, Arabic, English, French, German,
 several voices) over a tonal background bed, stored as 192 kbps MP3. Queries are
-the transforms of tests/audio_media.py. Unrelated audio is other speech in the
+the transforms of hashsvc_testing/audio_media.py. Unrelated audio is other speech in the
 same language and voices over the very same background beds, other languages,
 music and noise. The bulk of the 100k known tracks is synthetic filler (3 minutes
 of Chromaprint-like words each: every word a few bits away from the previous);

@@ -6,7 +6,7 @@
 Starts `hashsvc serve` (SQLite in a temporary directory, 2 hashing workers,
 production limits except 4 MiB messages, 8 MiB streamed uploads and a 60 s
 media time limit, so oversized cases stay cheap) and sends the hostile corpus
-of tests/hostile.py: half cases of the corpus drawn at random (bombs, absurd
+of hashsvc_testing/hostile.py: half cases of the corpus drawn at random (bombs, absurd
 videos, audio and PDFs, malformed streams, hashes and labels), half fresh
 truncations, bit-flips and splices of valid files of every format, as Match
 or streamed MatchUpload. Prints requests, statuses (overall and by family),

@@ -4,7 +4,7 @@ speed in x realtime.
 
     .venv/bin/python bench/video.py [--short]
 
-Known videos are slideshows of real photos (tests/video_media.py), each from
+Known videos are slideshows of real photos (hashsvc_testing/video_media.py), each from
 its own photos; unrelated videos use photos no known video shows. Every query
 is compared with every known video: a match with its own source counts for
 recall, any other match is a false match. videohash "matches" at <= 10 bits
