@@ -324,17 +324,13 @@ def test_reflection_is_off_by_default_and_on_when_configured(tmp_path, make_harn
     )
 
     ask = reflection_pb2.ServerReflectionRequest(list_services="")
-    h = start_harness(f"sqlite:///{tmp_path}/off.db")
-    try:
-        channel = grpc.insecure_channel(h.address)
-        h.channels.append(channel)
-        with pytest.raises(grpc.RpcError) as err:
-            list(
-                reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([ask]))
-            )
-        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    finally:
-        h.close()
+    h = make_harness(f"sqlite:///{tmp_path}/off.db")
+    channel = grpc.insecure_channel(h.address)
+    h.channels.append(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        list(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([ask])))
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    make_harness.stop(h)
     h = make_harness(f"sqlite:///{tmp_path}/on.db", reflection=True)
     channel = grpc.insecure_channel(h.address)
     h.channels.append(channel)
