@@ -11,8 +11,9 @@ per role): `harness` on `store_url`; `admin`, `operator`, `matcher`, `auditor`
 and `reviewer` are (stubs, metadata) for its role tokens; `module_harness` is
 one server for a whole module (SQLite unless the module overrides
 `module_harness_url`); `make_harness(db_url, **config)` starts more, with their
-own limits. A module overrides `harness_config` or `module_harness_config` (a
-dict of Config fields) to give the shared server its limits.
+own limits (`make_module_harness` for a module's fixtures). A module overrides
+`harness_config` or `module_harness_config` (a dict of Config fields) to give
+the shared server its limits.
 
 Cores without a network: `core` on `store_url` (`core_config` as above) and
 `make_core(db_url, **config)`.
