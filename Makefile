@@ -37,11 +37,11 @@ test: install
 
 lint: install
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/ruff check hashsvc hashdb loaders tests bench scripts
-	$(BIN)/ruff format --check hashsvc hashdb loaders tests bench scripts
+	$(BIN)/ruff check hashsvc hashsvc_testing hashdb loaders tests bench scripts
+	$(BIN)/ruff format --check hashsvc hashsvc_testing hashdb loaders tests bench scripts
 
 format: install
-	$(BIN)/ruff format hashsvc hashdb loaders tests bench scripts
+	$(BIN)/ruff format hashsvc hashsvc_testing hashdb loaders tests bench scripts
 
 # Figures for issue notes: robustness per media kind (recall per transform, false
 # matches), speed, hostile inputs, an idle server's memory.

@@ -6,7 +6,7 @@ search latency and memory with 100k known tracks.
 
 Known tracks are generated speech (espeak-ng, Arabic, English, French, German,
 several voices) over a tonal background bed, stored as 192 kbps MP3. Queries are
-the transforms of tests/audio_media.py. Unrelated audio is other speech in the
+the transforms of hashsvc_testing/audio_media.py. Unrelated audio is other speech in the
 same language and voices over the very same background beds, other languages,
 music and noise. The bulk of the 100k known tracks is synthetic filler (3 minutes
 of Chromaprint-like words each: every word a few bits away from the previous);
@@ -18,17 +18,13 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hashsvc.index.audio import DEFAULT_MAX_BER, DEFAULT_MIN_SECONDS, AudioIndex  # noqa: E402
-from hashsvc.media.audio import SECONDS_PER_WORD, AudioLimits, fingerprint_audio  # noqa: E402
-from tests import audio_media as am  # noqa: E402
+from hashsvc.index.audio import DEFAULT_MAX_BER, DEFAULT_MIN_SECONDS, AudioIndex
+from hashsvc.media.audio import SECONDS_PER_WORD, AudioLimits, fingerprint_audio
+from hashsvc_testing import audio_media as am
 
 LIMITS = AudioLimits()
 LANGS = ["ar", "ar", "en", "fr", "ar", "de"]

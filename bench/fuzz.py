@@ -6,7 +6,7 @@
 Starts `hashsvc serve` (SQLite in a temporary directory, 2 hashing workers,
 production limits except 4 MiB messages, 8 MiB streamed uploads and a 60 s
 media time limit, so oversized cases stay cheap) and sends the hostile corpus
-of tests/hostile.py: half cases of the corpus drawn at random (bombs, absurd
+of hashsvc_testing/hostile.py: half cases of the corpus drawn at random (bombs, absurd
 videos, audio and PDFs, malformed streams, hashes and labels), half fresh
 truncations, bit-flips and splices of valid files of every format, as Match
 or streamed MatchUpload. Prints requests, statuses (overall and by family),
@@ -50,14 +50,13 @@ import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from hashdb import open_store
+from hashsvc.core import auth
+from hashsvc.v1 import hashsvc_pb2 as pb
+from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
+from hashsvc_testing import hostile
 
-from hashdb import open_store  # noqa: E402
-from hashsvc.core import auth  # noqa: E402
-from hashsvc.v1 import hashsvc_pb2 as pb  # noqa: E402
-from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc  # noqa: E402
-from tests import hostile  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 MAX_MESSAGE = 4 * 1024 * 1024
 IDLE_SECONDS = 3  # the fuzz server's stream_idle_seconds

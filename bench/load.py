@@ -23,20 +23,16 @@ import argparse
 import multiprocessing as mp
 import os
 import statistics
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hashsvc.api.server import start_server  # noqa: E402
-from hashsvc.client.cli_bulk import LoadProgress, load  # noqa: E402
-from hashsvc.client.client import Client  # noqa: E402
-from hashsvc.core import auth  # noqa: E402
-from hashsvc.core.config import Config  # noqa: E402
-from hashsvc.v1 import hashsvc_pb2 as pb  # noqa: E402
+from hashsvc.api.server import start_server
+from hashsvc.client.cli_bulk import LoadProgress, load
+from hashsvc.client.client import Client
+from hashsvc.core import auth
+from hashsvc.core.config import Config
+from hashsvc.v1 import hashsvc_pb2 as pb
 
 PG_URL = os.environ.get("HASHSVC_TEST_PG", "postgresql://127.0.0.1:5432/test")
 LONGEST = {"index lock": 0.0, "write txn": 0.0, "match in server": 0.0, "history write": 0.0}

@@ -40,17 +40,14 @@ import grpc
 import numpy as np
 import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from media_mix import FULL, KINDS, SHORT, Upload, make_mix
+
+from hashdb import open_store
+from hashsvc.core import auth
+from hashsvc.v1 import hashsvc_pb2 as pb
+from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from media_mix import FULL, KINDS, SHORT, Upload, make_mix  # noqa: E402
-
-from hashdb import open_store  # noqa: E402
-from hashsvc.core import auth  # noqa: E402
-from hashsvc.v1 import hashsvc_pb2 as pb  # noqa: E402
-from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc  # noqa: E402
 
 PG_URL = os.environ.get("HASHSVC_TEST_PG", "postgresql://127.0.0.1:5432/test")
 

@@ -6,15 +6,14 @@ bench/transforms.py. Videos are short slideshows (8 s, 320x180, 15 fps) of gener
 scenes: coloured shapes over a smooth background, so that no frame is one of the
 photos (a known photo inside a video, or a frame of a known video sent as an
 image, would match across kinds and blur the per-kind figures). Audio is
-espeak-ng speech over a tonal bed (tests/audio_media.py), 15 s; PDFs are
-generated Arabic and English publications of 2-4 pages (tests/pdf_media.py),
+espeak-ng speech over a tonal bed (hashsvc_testing/audio_media.py), 15 s; PDFs are
+generated Arabic and English publications of 2-4 pages (hashsvc_testing/pdf_media.py),
 text only for the same reason as the videos. Everything is made once per run in
 a temporary directory, in a few seconds.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,9 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests import audio_media, pdf_media, video_media  # noqa: E402
+from hashsvc_testing import audio_media, pdf_media, video_media
 
 KINDS = ("image", "video", "audio", "pdf")
 VIDEO_SIZE = (320, 180)
@@ -37,7 +34,7 @@ PDF_PARAGRAPHS = 24  # 2 pages in Arabic, 3 in English
 
 VIDEO_EDITS = ["reencode_low_bitrate", "mirrored", "360p_to_240p", "webm_vp9"]
 AUDIO_EDITS = ["mp3_64k", "ogg_low", "excerpt", "mono"]
-# tests/pdf_media.retypeset of an English publication of 3+ pages keeps only its first
+# hashsvc_testing/pdf_media.retypeset of an English publication of 3+ pages keeps only its first
 # 3 pages of text (830 of 1,233 words at 24 paragraphs): a partial copy, which the
 # service answers with REVIEW (text_simhash), not BLOCK.
 PDF_EDITS = ["resave", "retypeset", "scanned", "page_subset"]
@@ -123,7 +120,7 @@ def scene(seed: int, size: tuple[int, int] = (640, 360)) -> Image.Image:
 
 def scene_frames(seeds: list[int]) -> Iterator[np.ndarray]:
     """Each scene for SECONDS_PER_SCENE, zooming in while panning (as
-    tests/video_media.py does with photos), so neighbouring seconds differ."""
+    hashsvc_testing/video_media.py does with photos), so neighbouring seconds differ."""
     per_scene = round(SECONDS_PER_SCENE * VIDEO_FPS)
     for n, seed in enumerate(seeds):
         img = scene(seed)

@@ -13,21 +13,17 @@ against every known one with the brute-force pairing the tests use.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pymupdf
+from photos import load_photos
 
-import pymupdf  # noqa: E402
-from photos import load_photos  # noqa: E402
-
-from hashsvc.matching import pdf_evidence as pdf_match  # noqa: E402
-from hashsvc.media.pdf import PdfLimits, hash_pdf  # noqa: E402
-from tests import pdf_media as media  # noqa: E402
+from hashsvc.matching import pdf_evidence as pdf_match
+from hashsvc.media.pdf import PdfLimits, hash_pdf
+from hashsvc_testing import pdf_media as media
 
 LIMITS = PdfLimits()
 

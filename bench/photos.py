@@ -9,7 +9,10 @@ from pathlib import Path
 
 from PIL import Image
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "vectors"
+from hashsvc_testing.vectors import VECTORS
+
+# ../shared/vectors, or the folder named by HASHSVC_TEST_VECTORS (as in the tests)
+SHARED = VECTORS
 
 _SHARED_PHOTOS = [
     "threatexchange/pdq/data/reg-test-input/dih/bridge-1-original.jpg",

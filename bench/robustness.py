@@ -15,24 +15,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
+from photos import load_photos
+from transforms import TRANSFORMS, jpeg
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from photos import load_photos  # noqa: E402
-from transforms import TRANSFORMS, jpeg  # noqa: E402
-
-from hashdb import HashSetRecord  # noqa: E402
-from hashsvc.base.signals import hamming  # noqa: E402
-from hashsvc.core.config import Config  # noqa: E402
-from hashsvc.matching.policy import ALLOW, BLOCK, Policy, strictest  # noqa: E402
-from hashsvc.media import image  # noqa: E402
+from hashdb import HashSetRecord
+from hashsvc.base.signals import hamming
+from hashsvc.core.config import Config
+from hashsvc.matching.policy import ALLOW, BLOCK, Policy, strictest
+from hashsvc.media import image
 
 CONFIG = Config()
 POLICY = Policy(CONFIG.pdq)

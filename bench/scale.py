@@ -23,20 +23,15 @@ import argparse
 import gc
 import os
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from hashsvc.core.config import ImageLimits  # noqa: E402
-from hashsvc.index.binary import signal_id, split_signal_id  # noqa: E402
-from hashsvc.index.multi_index import MultiIndexHash  # noqa: E402
+from hashsvc.core.config import ImageLimits
+from hashsvc.index.binary import signal_id, split_signal_id
+from hashsvc.index.multi_index import MultiIndexHash
 
 VIEWS_PER_UPLOAD = 18
 VIEWS_PER_KNOWN = 16

@@ -16,7 +16,6 @@ import argparse
 import io
 import os
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,16 +24,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hashsvc.api.server import start_server  # noqa: E402
-from hashsvc.core import auth  # noqa: E402
-from hashsvc.core.config import Config  # noqa: E402
-from hashsvc.index.binary import signal_id  # noqa: E402
-from hashsvc.index.engines import load_index  # noqa: E402
-from hashsvc.media.hashing import HashingPool  # noqa: E402
-from hashsvc.v1 import hashsvc_pb2 as pb  # noqa: E402
-from tests.helpers import PHOTOS, Stubs  # noqa: E402
+from hashsvc.api.server import start_server
+from hashsvc.core import auth
+from hashsvc.core.config import Config
+from hashsvc.index.binary import signal_id
+from hashsvc.index.engines import load_index
+from hashsvc.media.hashing import HashingPool
+from hashsvc.v1 import hashsvc_pb2 as pb
+from hashsvc_testing.image_media import PHOTOS
+from hashsvc_testing.stubs import Stubs
 
 FAKE_ENTRY_BASE = 1 << 40  # ids no real entry has
 QUERY_VIEWS = 18  # PDQ views of a typical upload: 8 dihedral, 4 corners, content, regions

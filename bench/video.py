@@ -4,7 +4,7 @@ speed in x realtime.
 
     .venv/bin/python bench/video.py [--short]
 
-Known videos are slideshows of real photos (tests/video_media.py), each from
+Known videos are slideshows of real photos (hashsvc_testing/video_media.py), each from
 its own photos; unrelated videos use photos no known video shows. Every query
 is compared with every known video: a match with its own source counts for
 recall, any other match is a false match. videohash "matches" at <= 10 bits
@@ -14,16 +14,13 @@ recall, any other match is a false match. videohash "matches" at <= 10 bits
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hashsvc.matching import video_evidence as video_match  # noqa: E402
-from hashsvc.media import video  # noqa: E402
-from tests import video_media as vm  # noqa: E402
+from hashsvc.matching import video_evidence as video_match
+from hashsvc.media import video
+from hashsvc_testing import video_media as vm
 
 VIDEOHASH_SIMILAR_BITS = 10
 PHOTOS_PER_VIDEO = 5

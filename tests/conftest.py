@@ -1,31 +1,66 @@
-"""Shared fixtures. `store_url` runs a test once per store implementation:
-SQLite in a temporary file and the real PostgreSQL server (a private schema
-per test, dropped afterwards). PostgreSQL being down is a failure, not a skip:
-.ci/run starts it."""
+"""Shared fixtures.
+
+Stores: `store_url` runs a test once per store implementation: SQLite in a
+temporary file and the real PostgreSQL server (a private schema per test,
+dropped afterwards); `module_store_url` does the same for a fixture shared by
+a module's tests; `store` is an open store on `store_url`. PostgreSQL being
+down is a failure, not a skip: .ci/run starts it.
+
+Servers (tests/helpers.py Harness: a real server on a free port with a token
+per role): `harness` on `store_url`; `admin`, `operator`, `matcher`, `auditor`
+and `reviewer` are (stubs, metadata) for its role tokens; `module_harness` is
+one server for a whole module (SQLite unless the module overrides
+`module_harness_url`); `make_harness(db_url, **config)` starts more, with their
+own limits (`make_module_harness` for a module's fixtures). A module overrides
+`harness_config` or `module_harness_config` (a dict of Config fields) to give
+the shared server its limits.
+
+Cores without a network: `core` on `store_url` (`core_config` as above) and
+`make_core(db_url, **config)`.
+
+Whatever a test or module started is stopped at its end, also when it failed
+half-way; `make_harness.stop(h)` and `make_core.stop(core)` stop one earlier
+(a restart on the same store)."""
 
 from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Generic, TypeVar
 
 import psycopg
 import pytest
 
-from tests.helpers import stop_started_processes
+from hashdb import open_store
+from hashsvc.core.config import Config
+from hashsvc.core.core import Core
+from tests.helpers import Harness, start_harness, stop_started_processes
 
 PG_URL = os.environ.get("HASHSVC_TEST_PG", "postgresql://127.0.0.1:5432/test")
+
+T = TypeVar("T")
 
 
 def pg_schema_url(schema: str) -> str:
     return f"{PG_URL}?options=-csearch_path%3D{schema}"
 
 
+@contextmanager
+def _pg_schema() -> Iterator[str]:
+    schema = f"hashsvc_test_{uuid.uuid4().hex[:12]}"
+    try:
+        yield pg_schema_url(schema)
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 @pytest.fixture
 def pg_url():
-    schema = f"hashsvc_test_{uuid.uuid4().hex[:12]}"
-    yield pg_schema_url(schema)
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with _pg_schema() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -35,9 +70,145 @@ def store_url(request, tmp_path):
     return request.getfixturevalue("pg_url")
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def module_store_url(request, tmp_path_factory):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('store')}/hashsvc.db"
+        return
+    with _pg_schema() as url:
+        yield url
+
+
+@pytest.fixture
+def store(store_url):
+    """An open store on each implementation, closed at the test's end."""
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
 @pytest.fixture(autouse=True)
 def _stop_processes():
     """Every process a test started through tests.helpers.popen is stopped
     when the test ends, also when it failed half-way."""
     yield
     stop_started_processes()
+
+
+class Started(Generic[T]):
+    """Starts things (servers, cores) and stops each one still running when
+    the test or module that asked for it ends. Each stop is registered when
+    the thing starts, so it runs before the teardown of the fixtures set up
+    earlier (a PostgreSQL schema is dropped only after its server stopped)."""
+
+    def __init__(
+        self, start: Callable[..., T], stop: Callable[[T], None], request: pytest.FixtureRequest
+    ) -> None:
+        self._start = start
+        self._stop = stop
+        self._node = request.node
+        self._running: list[T] = []
+
+    def __call__(self, *args, **kwargs) -> T:
+        thing = self._start(*args, **kwargs)
+        self._running.append(thing)
+        self._node.addfinalizer(lambda: self._stop_if_running(thing))
+        return thing
+
+    def stop(self, thing: T) -> None:
+        """Stop one now (a restart on the same store, a server gone away)."""
+        self._running.remove(thing)
+        self._stop(thing)
+
+    def _stop_if_running(self, thing: T) -> None:
+        if any(t is thing for t in self._running):
+            self.stop(thing)
+
+
+# -- servers
+
+
+@pytest.fixture
+def make_harness(request) -> Started[Harness]:
+    """make_harness(db_url, hash_in_process=True, **config) -> Harness."""
+    return Started(start_harness, Harness.close, request)
+
+
+@pytest.fixture(scope="module")
+def make_module_harness(request) -> Started[Harness]:
+    return Started(start_harness, Harness.close, request)
+
+
+@pytest.fixture
+def harness_config() -> dict:
+    return {}
+
+
+@pytest.fixture
+def harness(make_harness, store_url, harness_config) -> Harness:
+    return make_harness(store_url, **harness_config)
+
+
+@pytest.fixture(scope="module")
+def module_harness_url(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('module')}/hashsvc.db"
+
+
+@pytest.fixture(scope="module")
+def module_harness_config() -> dict:
+    return {}
+
+
+@pytest.fixture(scope="module")
+def module_harness(make_module_harness, module_harness_url, module_harness_config) -> Harness:
+    return make_module_harness(module_harness_url, **module_harness_config)
+
+
+@pytest.fixture
+def admin(harness):
+    return harness.stubs("admin")
+
+
+@pytest.fixture
+def operator(harness):
+    return harness.stubs("operator")
+
+
+@pytest.fixture
+def matcher(harness):
+    return harness.stubs("matcher")
+
+
+@pytest.fixture
+def auditor(harness):
+    return harness.stubs("auditor")
+
+
+@pytest.fixture
+def reviewer(harness):
+    return harness.stubs("reviewer")
+
+
+# -- cores without a network
+
+
+def start_core(db_url: str, **config) -> Core:
+    core = Core.open(Config(db_url=db_url, **config), hash_in_process=True)
+    core.start()
+    return core
+
+
+@pytest.fixture
+def make_core(request) -> Started[Core]:
+    """make_core(db_url, **config) -> a started Core hashing in process."""
+    return Started(start_core, Core.close, request)
+
+
+@pytest.fixture
+def core_config() -> dict:
+    return {}
+
+
+@pytest.fixture
+def core(make_core, store_url, core_config) -> Core:
+    return make_core(store_url, **core_config)

@@ -1,8 +1,8 @@
-"""Test helpers: media made on the fly, and a real server on a free port."""
+"""Test helpers: a real server on a free port with a token per role, and
+processes that are stopped when the test ends. Media comes from hashsvc_testing."""
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import subprocess
@@ -10,55 +10,13 @@ import time
 from dataclasses import dataclass, field
 
 import grpc
-import numpy as np
-from PIL import Image, ImageDraw
 
 from hashsvc.api.server import RunningServer, start_server
 from hashsvc.base.errors import AlreadyExists
 from hashsvc.core import auth
 from hashsvc.core.config import Config, ImageLimits
 from hashsvc.v1 import hashsvc_pb2 as pb
-from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
-from tests.vectors import VECTORS, require
-
-SHARED = VECTORS
-PHOTOS = sorted((SHARED / "pdqhash-python" / "images").glob("image*.jpg"))
-
-
-def photo(n: int) -> Image.Image:
-    """A real photograph (public-domain test images shipped in ../shared)."""
-    require()
-    return Image.open(PHOTOS[n % len(PHOTOS)]).convert("RGB")
-
-
-def encode(img: Image.Image, fmt: str = "JPEG", **params) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **params)
-    return buf.getvalue()
-
-
-def mirrored(img: Image.Image) -> Image.Image:
-    return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-
-
-def reencoded(img: Image.Image, scale: float = 0.6, quality: int = 40) -> bytes:
-    w, h = img.size
-    return encode(img.resize((int(w * scale), int(h * scale))), "JPEG", quality=quality)
-
-
-def flat_image(size: int = 256) -> Image.Image:
-    """Almost featureless: PDQ quality far below 50."""
-    img = Image.new("RGB", (size, size), (120, 120, 120))
-    ImageDraw.Draw(img).rectangle(
-        (size // 3, size // 3, size // 2, size // 2), fill=(124, 120, 120)
-    )
-    return img
-
-
-def noise_image(seed: int, size: int = 320) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (size // 16, size // 16, 3), dtype=np.uint8)
-    return Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
+from hashsvc_testing.stubs import Stubs
 
 
 @dataclass
@@ -88,16 +46,6 @@ class Harness:
         for channel in self.channels:
             channel.close()
         self.running.stop(grace=1)
-
-
-class Stubs:
-    def __init__(self, channel) -> None:
-        self.matcher = pb_grpc.MatcherStub(channel)
-        self.curation = pb_grpc.CurationStub(channel)
-        self.audit = pb_grpc.AuditStub(channel)
-        self.admin = pb_grpc.AdminStub(channel)
-        self.review = pb_grpc.ReviewStub(channel)
-        self.channel = channel
 
 
 def start_harness(db_url: str, hash_in_process: bool = True, **config) -> Harness:

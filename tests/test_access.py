@@ -9,7 +9,6 @@ import pytest
 
 from hashsvc.core import auth
 from hashsvc.v1 import hashsvc_pb2 as pb
-from tests.helpers import start_harness
 
 # A minimal valid-looking request per RPC; what matters is the status class.
 REQUESTS = {
@@ -52,18 +51,17 @@ DENIED = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
 
 
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    h = start_harness(f"sqlite:///{tmp_path_factory.mktemp('access')}/db.sqlite")
-    # admin tokens that no longer work: revoked, and expired (written straight
-    # into the store with an expiry in the past)
+def module_harness(module_harness):
+    """The module's server, with admin tokens that no longer work: revoked, and
+    expired (written straight into the store with an expiry in the past)."""
+    h = module_harness
     revoked, h.tokens["revoked"] = auth.create_token(h.core.store, "admin", "gone")
     h.core.store.revoke_token(revoked.id)
     h.tokens["expired"] = auth.new_token()
     h.core.store.add_token(
         "old", "admin", auth.hash_token(h.tokens["expired"]), datetime.now(UTC) - timedelta(days=1)
     )
-    yield h
-    h.close()
+    return h
 
 
 def test_every_rpc_of_the_api_is_in_the_role_table():
@@ -76,8 +74,8 @@ def test_every_rpc_of_the_api_is_in_the_role_table():
     assert {f"/hashsvc.v1.{name}" for name in REQUESTS} == in_proto
 
 
-def _call(harness, method: str, metadata):
-    stubs, _ = harness.stubs(None)
+def _call(module_harness, method: str, metadata):
+    stubs, _ = module_harness.stubs(None)
     service, name = method.split("/")
     stub = {
         "Matcher": stubs.matcher,
@@ -96,16 +94,16 @@ def _call(harness, method: str, metadata):
 
 @pytest.mark.parametrize("method", sorted(REQUESTS))
 @pytest.mark.parametrize("role", [*auth.ROLES, None, "wrong-token", "revoked", "expired"])
-def test_role_matrix(harness, method, role):
+def test_role_matrix(module_harness, method, role):
     if role == "wrong-token":
         metadata = (("authorization", "Bearer hsv_not-a-real-token"),)
     elif role is None:
         metadata = ()
     else:
-        metadata = (("authorization", f"Bearer {harness.tokens[role]}"),)
+        metadata = (("authorization", f"Bearer {module_harness.tokens[role]}"),)
     allowed = role in auth.RPC_ROLES[f"/hashsvc.v1.{method}"]  # never for the dead tokens
     try:
-        _call(harness, method, metadata)
+        _call(module_harness, method, metadata)
         code = grpc.StatusCode.OK
     except grpc.RpcError as exc:
         code = exc.code()
@@ -117,44 +115,38 @@ def test_role_matrix(harness, method, role):
         assert code == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_expired_token_is_refused(tmp_path):
+def test_expired_token_is_refused(tmp_path, make_harness):
     import time
 
-    h = start_harness(f"sqlite:///{tmp_path}/exp.db")
-    try:
-        admin, md = h.stubs("admin")
-        short = admin.admin.CreateToken(
-            pb.CreateTokenRequest(role="matcher", name="temp", expires_in_seconds=1), metadata=md
-        )
-        assert short.info.HasField("expires_at")
-        short_md = (("authorization", f"Bearer {short.token}"),)
-        stubs, _ = h.stubs(None)
+    h = make_harness(f"sqlite:///{tmp_path}/exp.db")
+    admin, md = h.stubs("admin")
+    short = admin.admin.CreateToken(
+        pb.CreateTokenRequest(role="matcher", name="temp", expires_in_seconds=1), metadata=md
+    )
+    assert short.info.HasField("expires_at")
+    short_md = (("authorization", f"Bearer {short.token}"),)
+    stubs, _ = h.stubs(None)
+    stubs.matcher.Match(REQUESTS["Matcher/Match"], metadata=short_md)
+    time.sleep(1.2)
+    with pytest.raises(grpc.RpcError) as err:
         stubs.matcher.Match(REQUESTS["Matcher/Match"], metadata=short_md)
-        time.sleep(1.2)
-        with pytest.raises(grpc.RpcError) as err:
-            stubs.matcher.Match(REQUESTS["Matcher/Match"], metadata=short_md)
-        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert "expired" in err.value.details()
-    finally:
-        h.close()
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "expired" in err.value.details()
 
 
-def test_rate_limit_is_per_token(tmp_path):
-    h = start_harness(f"sqlite:///{tmp_path}/rate.db", rate_limit_per_second=1, rate_limit_burst=3)
-    try:
-        stubs, matcher_md = h.stubs("matcher")
-        codes = []
-        for _ in range(6):
-            try:
-                stubs.matcher.Match(REQUESTS["Matcher/Match"], metadata=matcher_md)
-                codes.append(grpc.StatusCode.OK)
-            except grpc.RpcError as exc:
-                codes.append(exc.code())
-                assert "rate limit" in exc.details()
-        assert codes[:3] == [grpc.StatusCode.OK] * 3
-        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes[3:]
-        # another pipeline's token is not slowed down by the first one
-        _, admin_md = h.stubs("admin")
-        stubs.matcher.Match(REQUESTS["Matcher/Match"], metadata=admin_md)
-    finally:
-        h.close()
+def test_rate_limit_is_per_token(tmp_path, make_harness):
+    h = make_harness(f"sqlite:///{tmp_path}/rate.db", rate_limit_per_second=1, rate_limit_burst=3)
+    stubs, matcher_md = h.stubs("matcher")
+    codes = []
+    for _ in range(6):
+        try:
+            stubs.matcher.Match(REQUESTS["Matcher/Match"], metadata=matcher_md)
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as exc:
+            codes.append(exc.code())
+            assert "rate limit" in exc.details()
+    assert codes[:3] == [grpc.StatusCode.OK] * 3
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes[3:]
+    # another pipeline's token is not slowed down by the first one
+    _, admin_md = h.stubs("admin")
+    stubs.matcher.Match(REQUESTS["Matcher/Match"], metadata=admin_md)

@@ -26,9 +26,9 @@ from hashsvc.media.audio import (
     fingerprint_audio,
     fingerprint_container,
 )
-from tests import audio_media as am
-from tests.vectors import VECTORS as VECTORS_DIR
-from tests.vectors import require as require_vectors
+from hashsvc_testing import audio_media as am
+from hashsvc_testing.vectors import VECTORS as VECTORS_DIR
+from hashsvc_testing.vectors import require as require_vectors
 
 # Paths only: the tests that read them call require_vectors() first.
 VECTORS = VECTORS_DIR / "chromaprint"

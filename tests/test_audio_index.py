@@ -10,7 +10,7 @@ import pytest
 
 from hashsvc.index.audio import DEFAULT_MAX_BER, AudioAlignment, AudioIndex
 from hashsvc.media.audio import SECONDS_PER_WORD, SILENCE_WORD, AudioLimits, fingerprint_audio
-from tests import audio_media as am
+from hashsvc_testing import audio_media as am
 
 LIMITS = AudioLimits()
 KNOWN_SECONDS = 30

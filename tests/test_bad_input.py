@@ -10,8 +10,9 @@ import pytest
 
 from hashsvc.core.config import ImageLimits
 from hashsvc.v1 import hashsvc_pb2 as pb
-from tests import hostile
-from tests.helpers import encode, match_request, photo, start_harness
+from hashsvc_testing import hostile
+from hashsvc_testing.image_media import encode, photo
+from tests.helpers import match_request
 
 
 def png_bomb(width: int, height: int) -> bytes:
@@ -20,16 +21,13 @@ def png_bomb(width: int, height: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory):
+def module_harness_config():
     # Real worker processes here: bad input must not take them (or us) down.
-    h = start_harness(
-        f"sqlite:///{tmp_path_factory.mktemp('bad')}/db.sqlite",
-        hash_in_process=False,
-        max_message_bytes=4 * 1024 * 1024,
-        image=ImageLimits(max_bytes=3 * 1024 * 1024),
-    )
-    yield h
-    h.close()
+    return {
+        "hash_in_process": False,
+        "max_message_bytes": 4 * 1024 * 1024,
+        "image": ImageLimits(max_bytes=3 * 1024 * 1024),
+    }
 
 
 @functools.cache
@@ -77,10 +75,10 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_media_gets_clear_status_and_server_keeps_serving(harness, case):
+def test_bad_media_gets_clear_status_and_server_keeps_serving(module_harness, case):
     data, want_code, want_words = CASES[case]
     data = data() if callable(data) else data
-    m, md = harness.stubs("matcher")
+    m, md = module_harness.stubs("matcher")
     with pytest.raises(grpc.RpcError) as err:
         m.matcher.Match(match_request(data), metadata=md, timeout=30)
     assert err.value.code() == want_code, err.value.details()
@@ -91,11 +89,11 @@ def test_bad_media_gets_clear_status_and_server_keeps_serving(harness, case):
     assert ok.decision == pb.ALLOW
 
 
-def test_failed_calls_are_in_the_history(harness):
-    m, md = harness.stubs("matcher")
+def test_failed_calls_are_in_the_history(module_harness):
+    m, md = module_harness.stubs("matcher")
     with pytest.raises(grpc.RpcError):
         m.matcher.Match(match_request(b"garbage!" * 10, client_ref="bad-1"), metadata=md)
-    a, amd = harness.stubs("auditor")
+    a, amd = module_harness.stubs("auditor")
     records = list(a.audit.ExportHistory(pb.QueryHistoryRequest(), metadata=amd))
     bad = [r for r in records if r.client_ref == "bad-1"]
     assert len(bad) == 1
@@ -103,8 +101,8 @@ def test_failed_calls_are_in_the_history(harness):
     assert bad[0].decision == pb.DECISION_UNSPECIFIED
 
 
-def test_bad_input_to_add_entry(harness):
-    op, md = harness.stubs("operator")
+def test_bad_input_to_add_entry(module_harness):
+    op, md = module_harness.stubs("operator")
     op.curation.CreateSet(pb.CreateSetRequest(name="bad-adds"), metadata=md)
     for data, code in (
         (b"", grpc.StatusCode.INVALID_ARGUMENT),

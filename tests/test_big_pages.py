@@ -12,7 +12,6 @@ import grpc
 import pytest
 
 from hashsvc.v1 import hashsvc_pb2 as pb
-from tests.helpers import start_harness
 
 PAGE_BYTES = 64 * 1024
 MESSAGE_BYTES = 256 * 1024
@@ -68,16 +67,12 @@ def _joined(messages) -> dict[str, list[bytes]]:
 
 
 @pytest.fixture
-def harness(store_url):
-    h = start_harness(store_url, max_message_bytes=MESSAGE_BYTES, max_page_bytes=PAGE_BYTES)
-    try:
-        yield h
-    finally:
-        h.close()
+def harness_config():
+    return {"max_message_bytes": MESSAGE_BYTES, "max_page_bytes": PAGE_BYTES}
 
 
-def test_list_and_export_of_entries_larger_than_a_message(harness):
-    s, md = harness.stubs("admin")
+def test_list_and_export_of_entries_larger_than_a_message(admin):
+    s, md = admin
     s.curation.CreateSet(pb.CreateSetRequest(name="videos"), metadata=md)
     want = _load_videos(s, md, "videos", videos=4, small=6)
 
@@ -107,10 +102,10 @@ def test_list_and_export_of_entries_larger_than_a_message(harness):
     assert _joined(s.curation.ExportEntries(since, metadata=md, timeout=30)) == want
 
 
-def test_an_entry_removed_between_its_parts_ends_cleanly(harness):
+def test_an_entry_removed_between_its_parts_ends_cleanly(harness, admin):
     """A page token that points into an entry removed meanwhile continues with
     the next entry."""
-    s, md = harness.stubs("admin")
+    s, md = admin
     s.curation.CreateSet(pb.CreateSetRequest(name="gone"), metadata=md)
     want = _load_videos(s, md, "gone", videos=2, small=2)
     first = s.curation.ListEntries(
@@ -138,20 +133,20 @@ def test_an_entry_removed_between_its_parts_ends_cleanly(harness):
 
 
 @pytest.mark.parametrize("token", ["1:", ":5", "1:x", "1:-1", "1:2:3", f"1:{2**63}", "1:²"])
-def test_an_odd_entry_page_token_is_invalid_argument(harness, token):
-    s, md = harness.stubs("admin")
+def test_an_odd_entry_page_token_is_invalid_argument(token, admin):
+    s, md = admin
     s.curation.CreateSet(pb.CreateSetRequest(name="t"), metadata=md)
     with pytest.raises(grpc.RpcError) as err:
         s.curation.ListEntries(pb.ListEntriesRequest(set="t", page_token=token), metadata=md)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_the_cli_puts_split_entries_back_together(harness, tmp_path, monkeypatch, capsys):
+def test_the_cli_puts_split_entries_back_together(harness, tmp_path, monkeypatch, capsys, admin):
     """`export --format vpdq` writes a file per video: parts of one video
     must not overwrite each other; `entries list` shows each entry once."""
     from hashsvc.client import cli
 
-    s, md = harness.stubs("admin")
+    s, md = admin
     s.curation.CreateSet(pb.CreateSetRequest(name="cli"), metadata=md)
     want = _load_videos(s, md, "cli", videos=2, small=1)
     monkeypatch.setenv("HASHSVC_SERVER", harness.address)
@@ -167,44 +162,41 @@ def test_the_cli_puts_split_entries_back_together(harness, tmp_path, monkeypatch
         assert [bytes.fromhex(x) for x in values] == want[f"video{v}"]
 
 
-def test_history_and_review_pages_are_cut_by_size(store_url):
+def test_history_and_review_pages_are_cut_by_size(store_url, make_harness):
     """QueryHistory and ListReviewItems pages hold at most max_page_bytes too
     (their records carry client refs, query signals and matches)."""
     page_bytes = 16 * 1024
-    h = start_harness(store_url, max_page_bytes=page_bytes)
-    try:
-        s, md = h.stubs("admin")
-        s.curation.CreateSet(pb.CreateSetRequest(name="rb", review_blocks=True), metadata=md)
-        s.curation.AddEntry(
-            pb.AddEntryRequest(
-                set="rb", name="e", signal=pb.SignalValue(signal_type="md5", value="ab" * 16)
+    h = make_harness(store_url, max_page_bytes=page_bytes)
+    s, md = h.stubs("admin")
+    s.curation.CreateSet(pb.CreateSetRequest(name="rb", review_blocks=True), metadata=md)
+    s.curation.AddEntry(
+        pb.AddEntryRequest(
+            set="rb", name="e", signal=pb.SignalValue(signal_type="md5", value="ab" * 16)
+        ),
+        metadata=md,
+    )
+    refs = [f"{k:04d}" + "r" * 996 for k in range(40)]
+    for ref in refs:
+        s.matcher.Match(
+            pb.MatchRequest(
+                signal=pb.SignalValue(signal_type="md5", value="ab" * 16), client_ref=ref
             ),
             metadata=md,
         )
-        refs = [f"{k:04d}" + "r" * 996 for k in range(40)]
-        for ref in refs:
-            s.matcher.Match(
-                pb.MatchRequest(
-                    signal=pb.SignalValue(signal_type="md5", value="ab" * 16), client_ref=ref
-                ),
-                metadata=md,
-            )
 
-        def walk(call, request_type, field):
-            seen, token, pages = [], "", 0
-            for _ in range(100):
-                page = call(request_type(page_size=1000, page_token=token), metadata=md)
-                assert page.ByteSize() <= page_bytes + 100, page.ByteSize()
-                seen += [r.client_ref for r in getattr(page, field)]
-                pages += 1
-                token = page.next_page_token
-                if not token:
-                    return seen, pages
-            raise AssertionError("no end")
+    def walk(call, request_type, field):
+        seen, token, pages = [], "", 0
+        for _ in range(100):
+            page = call(request_type(page_size=1000, page_token=token), metadata=md)
+            assert page.ByteSize() <= page_bytes + 100, page.ByteSize()
+            seen += [r.client_ref for r in getattr(page, field)]
+            pages += 1
+            token = page.next_page_token
+            if not token:
+                return seen, pages
+        raise AssertionError("no end")
 
-        history, pages = walk(s.audit.QueryHistory, pb.QueryHistoryRequest, "records")
-        assert [r for r in history if r] == refs and pages >= 3
-        review, pages = walk(s.review.ListReviewItems, pb.ListReviewItemsRequest, "items")
-        assert review == refs and pages >= 3
-    finally:
-        h.close()
+    history, pages = walk(s.audit.QueryHistory, pb.QueryHistoryRequest, "records")
+    assert [r for r in history if r] == refs and pages >= 3
+    review, pages = walk(s.review.ListReviewItems, pb.ListReviewItemsRequest, "items")
+    assert review == refs and pages >= 3

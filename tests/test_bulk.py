@@ -25,7 +25,7 @@ from hashsvc.index.live import LiveIndex
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
 from loaders.records import Record
-from tests.helpers import popen, start_harness
+from tests.helpers import popen
 from tests.test_process import REPO, ServerProcess
 
 PDQ = "0123456789abcdef" * 4
@@ -241,78 +241,71 @@ def _run_cli(monkeypatch, capsys, harness, *argv, stdin: str | None = None):
     return code, out, err
 
 
-def test_round_trip_and_since_through_the_cli(store_url, tmp_path, monkeypatch, capsys):
-    harness = start_harness(store_url)
-    try:
-        run = lambda *a, **kw: _run_cli(monkeypatch, capsys, harness, *a, **kw)  # noqa: E731
-        for name in ("src", "copy"):
-            assert run("sets", "create", name)[0] == 0
-        source = tmp_path / "list.csv"
-        source.write_text(
-            "signal_type,signal_value,entry,labels,quality,variant,position\n"
-            f"pdq,{PDQ},a,group=ISIS;outlet=Amaq,90,,\n"
-            f"md5,{'b' * 32},a,group=ISIS;outlet=Amaq,,,\n"
-            f"pdq,{'c' * 64},vid,group=AQ,80,frame:0,0\n"
-            f"pdq,{'d' * 64},vid,group=AQ,70,frame:30,1\n"
-            f"chromaprint,{'0badf00d' * 3},song,,,,\n"
-            f"text_sha256,{'e' * 64},doc,,,document,\n"
-        )
-        code, out, err = run("load", "--set", "src", "--json", str(source))
-        assert code == 0, err
-        assert json_of(out)["added"] == 4
-        code, exported, err = run("export", "--set", "src", "--format", "jsonl")
-        assert code == 0, err
-        code, out, err = run("load", "--set", "copy", "--json", "-", stdin=exported)
-        assert code == 0 and json_of(out)["added"] == 4, err
-        code, again, _ = run("export", "--set", "copy", "--format", "jsonl")
-        assert sorted(again.splitlines()) == sorted(exported.splitlines())
-        for fmt in ("csv", "tsv"):  # hma has no place for frames' variants
-            code, text, _ = run("export", "--set", "copy", "--format", fmt)
-            code, out, err = run(
-                "load", "--set", "copy", "--json", "--format", fmt, "-", stdin=text
-            )
-            assert code == 0 and json_of(out)["unchanged"] == 4, (fmt, err, out)
-        code, _, _ = run(
-            "export", "--set", "src", "--format", "vpdq", "--output", str(tmp_path / "v")
-        )
-        assert code == 0 and os.listdir(tmp_path / "v") == ["vid.txt"]
+def test_round_trip_and_since_through_the_cli(
+    store_url, tmp_path, monkeypatch, capsys, make_harness
+):
+    harness = make_harness(store_url)
+    run = lambda *a, **kw: _run_cli(monkeypatch, capsys, harness, *a, **kw)  # noqa: E731
+    for name in ("src", "copy"):
+        assert run("sets", "create", name)[0] == 0
+    source = tmp_path / "list.csv"
+    source.write_text(
+        "signal_type,signal_value,entry,labels,quality,variant,position\n"
+        f"pdq,{PDQ},a,group=ISIS;outlet=Amaq,90,,\n"
+        f"md5,{'b' * 32},a,group=ISIS;outlet=Amaq,,,\n"
+        f"pdq,{'c' * 64},vid,group=AQ,80,frame:0,0\n"
+        f"pdq,{'d' * 64},vid,group=AQ,70,frame:30,1\n"
+        f"chromaprint,{'0badf00d' * 3},song,,,,\n"
+        f"text_sha256,{'e' * 64},doc,,,document,\n"
+    )
+    code, out, err = run("load", "--set", "src", "--json", str(source))
+    assert code == 0, err
+    assert json_of(out)["added"] == 4
+    code, exported, err = run("export", "--set", "src", "--format", "jsonl")
+    assert code == 0, err
+    code, out, err = run("load", "--set", "copy", "--json", "-", stdin=exported)
+    assert code == 0 and json_of(out)["added"] == 4, err
+    code, again, _ = run("export", "--set", "copy", "--format", "jsonl")
+    assert sorted(again.splitlines()) == sorted(exported.splitlines())
+    for fmt in ("csv", "tsv"):  # hma has no place for frames' variants
+        code, text, _ = run("export", "--set", "copy", "--format", fmt)
+        code, out, err = run("load", "--set", "copy", "--json", "--format", fmt, "-", stdin=text)
+        assert code == 0 and json_of(out)["unchanged"] == 4, (fmt, err, out)
+    code, _, _ = run("export", "--set", "src", "--format", "vpdq", "--output", str(tmp_path / "v"))
+    assert code == 0 and os.listdir(tmp_path / "v") == ["vid.txt"]
 
-        time.sleep(0.01)
-        mark = time.time()
-        time.sleep(0.01)
-        assert run("remove", "--set", "src", "a")[0] == 0
-        since = (
-            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(mark)) + f".{int(mark % 1 * 1e6):06d}"
-        )
-        code, delta, err = run("export", "--set", "src", "--since", since)
-        assert code == 0, err
-        rows = delta.splitlines()
-        assert len(rows) == 2 and rows[1].startswith("pdq,") and rows[1].endswith(",true")
-        code, out, err = run("load", "--set", "copy", "--json", "-", stdin=delta)
-        assert code == 0 and json_of(out)["removed"] == 1, err
-        # an addition and a relabelling after the mark are in the delta too;
-        # the entries left alone are not
-        changes = f"signal_type,signal_value,entry,labels\npdq,{'9' * 64},new,group=HTS\n"
-        changes += f"chromaprint,{'0badf00d' * 3},song,group=AQ\n"
-        assert run("load", "--set", "src", "-", stdin=changes)[0] == 0
-        code, delta, err = run("export", "--set", "src", "--since", since, "--format", "jsonl")
-        assert code == 0, err
-        changed = {
-            (row["entry"], row.get("deleted", False), json.dumps(row["labels"], sort_keys=True))
-            for row in map(json.loads, delta.splitlines())
-        }
-        assert changed == {
-            ("a", True, '{"group": "ISIS", "outlet": "Amaq"}'),  # its two signals
-            ("new", False, '{"group": "HTS"}'),
-            ("song", False, '{"group": "AQ"}'),
-        }
-        one_bad = f"signal_type,signal_value\npdq,{'1' * 64}\npdq,{'1' * 32}\n"
-        code, out, err = run("load", "--set", "copy", "--strict", "--json", "-", stdin=one_bad)
-        assert code == 1 and "stdin:3:" in err
-        assert json_of(out)["rejected"] == 1
-        assert json_of(out)["added"] == 0
-    finally:
-        harness.close()
+    time.sleep(0.01)
+    mark = time.time()
+    time.sleep(0.01)
+    assert run("remove", "--set", "src", "a")[0] == 0
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(mark)) + f".{int(mark % 1 * 1e6):06d}"
+    code, delta, err = run("export", "--set", "src", "--since", since)
+    assert code == 0, err
+    rows = delta.splitlines()
+    assert len(rows) == 2 and rows[1].startswith("pdq,") and rows[1].endswith(",true")
+    code, out, err = run("load", "--set", "copy", "--json", "-", stdin=delta)
+    assert code == 0 and json_of(out)["removed"] == 1, err
+    # an addition and a relabelling after the mark are in the delta too;
+    # the entries left alone are not
+    changes = f"signal_type,signal_value,entry,labels\npdq,{'9' * 64},new,group=HTS\n"
+    changes += f"chromaprint,{'0badf00d' * 3},song,group=AQ\n"
+    assert run("load", "--set", "src", "-", stdin=changes)[0] == 0
+    code, delta, err = run("export", "--set", "src", "--since", since, "--format", "jsonl")
+    assert code == 0, err
+    changed = {
+        (row["entry"], row.get("deleted", False), json.dumps(row["labels"], sort_keys=True))
+        for row in map(json.loads, delta.splitlines())
+    }
+    assert changed == {
+        ("a", True, '{"group": "ISIS", "outlet": "Amaq"}'),  # its two signals
+        ("new", False, '{"group": "HTS"}'),
+        ("song", False, '{"group": "AQ"}'),
+    }
+    one_bad = f"signal_type,signal_value\npdq,{'1' * 64}\npdq,{'1' * 32}\n"
+    code, out, err = run("load", "--set", "copy", "--strict", "--json", "-", stdin=one_bad)
+    assert code == 1 and "stdin:3:" in err
+    assert json_of(out)["rejected"] == 1
+    assert json_of(out)["added"] == 0
 
 
 def json_of(text: str) -> dict:
@@ -419,46 +412,43 @@ def test_load_killed_with_kill_9_completes_when_run_again(
     server.stop(signal.SIGTERM)
 
 
-def test_client_cancelling_a_load_is_a_clean_cancel(tmp_path, caplog):
+def test_client_cancelling_a_load_is_a_clean_cancel(tmp_path, caplog, make_harness):
     """A client that goes away mid-load is no internal error: the server logs
     no traceback, and what it committed stays (a rerun completes it)."""
     import logging
     import threading
 
-    harness = start_harness(f"sqlite:///{tmp_path}/db.sqlite")
-    try:
-        stubs, metadata = harness.stubs("operator")
-        stubs.curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=metadata)
-        sent = threading.Event()
-        release = threading.Event()
+    harness = make_harness(f"sqlite:///{tmp_path}/db.sqlite")
+    stubs, metadata = harness.stubs("operator")
+    stubs.curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=metadata)
+    sent = threading.Event()
+    release = threading.Event()
 
-        def requests():
-            yield pb.BulkLoadRequest(header=pb.BulkLoadHeader(set="s"))
-            labelled = pb.BulkRows(
-                signal_type=["pdq"] * 100,
-                value=[os.urandom(32) for _ in range(100)],
-                labels=['{"k": "v"}'] * 100,
-            )
-            yield pb.BulkLoadRequest(rows=labelled)
-            sent.set()
-            release.wait(10)  # the client is still "sending" when it cancels
+    def requests():
+        yield pb.BulkLoadRequest(header=pb.BulkLoadHeader(set="s"))
+        labelled = pb.BulkRows(
+            signal_type=["pdq"] * 100,
+            value=[os.urandom(32) for _ in range(100)],
+            labels=['{"k": "v"}'] * 100,
+        )
+        yield pb.BulkLoadRequest(rows=labelled)
+        sent.set()
+        release.wait(10)  # the client is still "sending" when it cancels
 
-        with caplog.at_level(logging.INFO):
-            call = stubs.curation.BulkLoad.future(requests(), metadata=metadata)
-            assert sent.wait(10)
-            deadline = time.monotonic() + 10
-            while harness.core.store.get_set("s").entry_count < 100:
-                assert time.monotonic() < deadline, "the first batch was not written"
-                time.sleep(0.02)
-            call.cancel()
-            release.set()
-            time.sleep(0.5)  # the server notices the cancel
-        assert call.cancelled()
-        internal = [r for r in caplog.records if "internal error" in r.getMessage()]
-        assert internal == [] and not [r for r in caplog.records if r.exc_info]
-        assert harness.core.store.get_set("s").entry_count == 100
-    finally:
-        harness.close()
+    with caplog.at_level(logging.INFO):
+        call = stubs.curation.BulkLoad.future(requests(), metadata=metadata)
+        assert sent.wait(10)
+        deadline = time.monotonic() + 10
+        while harness.core.store.get_set("s").entry_count < 100:
+            assert time.monotonic() < deadline, "the first batch was not written"
+            time.sleep(0.02)
+        call.cancel()
+        release.set()
+        time.sleep(0.5)  # the server notices the cancel
+    assert call.cancelled()
+    internal = [r for r in caplog.records if "internal error" in r.getMessage()]
+    assert internal == [] and not [r for r in caplog.records if r.exc_info]
+    assert harness.core.store.get_set("s").entry_count == 100
 
 
 def test_an_entry_holds_at_most_the_signal_limit(store_and_index, monkeypatch):

@@ -14,21 +14,14 @@ import pytest
 from hashsvc.client import cli, cli_bulk
 from hashsvc.core import bulk
 from hashsvc.v1 import hashsvc_pb2 as pb
-from tests.helpers import start_harness
 
 PDQ = "f" * 64
 
 
 @pytest.fixture
-def harness(store_url):
-    h = start_harness(store_url)
-    yield h
-    h.close()
-
-
-@pytest.fixture
-def operator(harness):
-    stubs, metadata = harness.stubs("operator")
+def operator(operator):
+    """The operator's (stubs, metadata), with the set the loads go into."""
+    stubs, metadata = operator
     stubs.curation.CreateSet(pb.CreateSetRequest(name="partner-list"), metadata=metadata)
     return stubs, metadata
 

@@ -13,22 +13,16 @@ import pytest
 from hashdb import HistoryFilter
 from hashsvc.client import cli, client
 from hashsvc.client.commands import history, views
-from tests.helpers import encode, mirrored, photo, popen, reencoded, start_harness
-
-
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    h = start_harness(f"sqlite:///{tmp_path_factory.mktemp('cli')}/db.sqlite")
-    yield h
-    h.close()
+from hashsvc_testing.image_media import encode, mirrored, photo, reencoded
+from tests.helpers import popen
 
 
 @pytest.fixture
-def run(harness, monkeypatch, capsys):
-    monkeypatch.setenv("HASHSVC_SERVER", harness.address)
+def run(module_harness, monkeypatch, capsys):
+    monkeypatch.setenv("HASHSVC_SERVER", module_harness.address)
 
     def run(*argv, role="admin", stdin: bytes | None = None):
-        monkeypatch.setenv("HASHSVC_TOKEN", harness.tokens[role])
+        monkeypatch.setenv("HASHSVC_TOKEN", module_harness.tokens[role])
         if stdin is not None:
             monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
         code = cli.main(list(argv))
@@ -94,7 +88,7 @@ def test_operator_and_pipeline_workflow(run, tmp_path):
     assert len([r for r in rows if r["decision"] == "block"]) == 3
 
 
-def test_exit_codes_and_errors_go_to_stderr(run, tmp_path, harness, monkeypatch, capsys):
+def test_exit_codes_and_errors_go_to_stderr(run, tmp_path, module_harness, monkeypatch, capsys):
     code, out, err = run("match", "--json", str(tmp_path / "missing.jpg"), role="matcher")
     assert code == 1 and "missing.jpg" in err
     assert json.loads(out)["error"]["code"] == "LOCAL"
@@ -161,7 +155,7 @@ def test_token_create_on_the_store_and_help(tmp_path):
     assert wrong.returncode == 2 and "invalid choice" in wrong.stderr
 
 
-def test_history_verify(run, harness):
+def test_history_verify(run, module_harness):
     run("match", "--hash", "md5:" + "0" * 32, role="matcher")
     code, out, _ = run("history", "verify", "--json", role="auditor")
     result = json.loads(out)
@@ -171,25 +165,22 @@ def test_history_verify(run, harness):
     assert code == 0 and "intact" in out
 
 
-def test_history_verify_reports_tampering_with_exit_1(tmp_path, monkeypatch, capsys):
+def test_history_verify_reports_tampering_with_exit_1(tmp_path, monkeypatch, capsys, make_harness):
     from tests.test_store import _tamper
 
     db_url = f"sqlite:///{tmp_path}/audit.db"
-    h = start_harness(db_url)
-    try:
-        monkeypatch.setenv("HASHSVC_SERVER", h.address)
-        monkeypatch.setenv("HASHSVC_TOKEN", h.tokens["matcher"])
-        for _ in range(3):
-            cli.main(["match", "--hash", "md5:" + "1" * 32])
-        edited = h.core.store.query_history(HistoryFilter())[1].id
-        _tamper(db_url, f"UPDATE match_history SET decision = 'block' WHERE id = {edited}")
-        capsys.readouterr()
-        monkeypatch.setenv("HASHSVC_TOKEN", h.tokens["auditor"])
-        code = cli.main(["history", "verify"])
-        out = capsys.readouterr().out
-        assert code == 1 and "TAMPERED" in out and f"record {edited}: record was edited" in out
-    finally:
-        h.close()
+    h = make_harness(db_url)
+    monkeypatch.setenv("HASHSVC_SERVER", h.address)
+    monkeypatch.setenv("HASHSVC_TOKEN", h.tokens["matcher"])
+    for _ in range(3):
+        cli.main(["match", "--hash", "md5:" + "1" * 32])
+    edited = h.core.store.query_history(HistoryFilter())[1].id
+    _tamper(db_url, f"UPDATE match_history SET decision = 'block' WHERE id = {edited}")
+    capsys.readouterr()
+    monkeypatch.setenv("HASHSVC_TOKEN", h.tokens["auditor"])
+    code = cli.main(["history", "verify"])
+    out = capsys.readouterr().out
+    assert code == 1 and "TAMPERED" in out and f"record {edited}: record was edited" in out
 
 
 def test_serve_logs_json_lines(tmp_path):
@@ -281,7 +272,7 @@ def test_export_writes_the_exchangeable_hashes(run, tmp_path):
 def test_video_add_and_match_stream_and_report_time_ranges(run, tmp_path, monkeypatch):
     """Files over the one-message size go through the streaming RPCs (the
     threshold is lowered here so a small video crosses it)."""
-    from tests import video_media
+    from hashsvc_testing import video_media
 
     monkeypatch.setattr(client, "STREAM_ABOVE_BYTES", 10_000)
     known = video_media.slideshow(tmp_path / "release.mp4", [0, 1, 2], 3.3)
@@ -304,61 +295,60 @@ def test_video_add_and_match_stream_and_report_time_ranges(run, tmp_path, monkey
     assert "BLOCK" in out and "= known" in out
 
 
-def test_export_into_a_pipe_closed_early_ends_quietly(tmp_path):
+def test_export_into_a_pipe_closed_early_ends_quietly(tmp_path, make_harness):
     """`hashsvc export ... | head`: no traceback, the exit status of a
     process stopped by SIGPIPE."""
     import os
 
     from hashsvc.v1 import hashsvc_pb2 as pb
 
-    harness = start_harness(f"sqlite:///{tmp_path}/db.sqlite")
-    try:
-        stubs, metadata = harness.stubs("operator")
-        stubs.curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=metadata)
-        rows = pb.BulkRows(packed_type="pdq", packed_values=os.urandom(32 * 5_000))
-        requests = [
-            pb.BulkLoadRequest(header=pb.BulkLoadHeader(set="s")),
-            pb.BulkLoadRequest(rows=rows),
-        ]
-        assert stubs.curation.BulkLoad(iter(requests), metadata=metadata).added == 5_000
-        env = {
-            **os.environ,
-            "HASHSVC_SERVER": harness.address,
-            "HASHSVC_TOKEN": harness.tokens["operator"],
-        }
-        proc = popen(
-            [sys.executable, "-m", "hashsvc", "export", "--set", "s"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        )  # fmt: skip
-        assert proc.stdout.readline().startswith(b"signal_type,")
-        proc.stdout.close()  # more than a pipe holds is still to come
-        err = proc.stderr.read().decode()
-        assert proc.wait(timeout=60) == 141 and "Traceback" not in err, err
-    finally:
-        harness.close()
+    harness = make_harness(f"sqlite:///{tmp_path}/db.sqlite")
+    stubs, metadata = harness.stubs("operator")
+    stubs.curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=metadata)
+    rows = pb.BulkRows(packed_type="pdq", packed_values=os.urandom(32 * 5_000))
+    requests = [
+        pb.BulkLoadRequest(header=pb.BulkLoadHeader(set="s")),
+        pb.BulkLoadRequest(rows=rows),
+    ]
+    assert stubs.curation.BulkLoad(iter(requests), metadata=metadata).added == 5_000
+    env = {
+        **os.environ,
+        "HASHSVC_SERVER": harness.address,
+        "HASHSVC_TOKEN": harness.tokens["operator"],
+    }
+    proc = popen(
+        [sys.executable, "-m", "hashsvc", "export", "--set", "s"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )  # fmt: skip
+    assert proc.stdout.readline().startswith(b"signal_type,")
+    proc.stdout.close()  # more than a pipe holds is still to come
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and "Traceback" not in err, err
 
 
 # ------------------------------------------------------- a new user's first hour
 
 
-def test_server_and_tls_flags_go_before_or_after_the_command(run, harness, monkeypatch, tmp_path):
+def test_server_and_tls_flags_go_before_or_after_the_command(
+    run, module_harness, monkeypatch, tmp_path
+):
     """`hashsvc --server H:P stats`, as the top-level help says, and after the
     command as before; the flag given after the command wins."""
     monkeypatch.setenv("HASHSVC_SERVER", "127.0.0.1:1")  # nothing listens there
-    code, out, err = run("--server", harness.address, "stats", role="auditor")
+    code, out, err = run("--server", module_harness.address, "stats", role="auditor")
     assert code == 0 and "entries" in out, err
-    code, out, err = run("stats", "--server", harness.address, role="auditor")
+    code, out, err = run("stats", "--server", module_harness.address, role="auditor")
     assert code == 0, err
-    code, _, err = run("--server", harness.address, "stats", "--server", "127.0.0.1:1")
+    code, _, err = run("--server", module_harness.address, "stats", "--server", "127.0.0.1:1")
     assert code == 3 and "UNAVAILABLE" in err
     # --tls-ca before the command is read too: a CA file that is not there
     code, _, err = run(
-        "--server", harness.address, "--tls-ca", str(tmp_path / "no-ca.pem"), "stats"
+        "--server", module_harness.address, "--tls-ca", str(tmp_path / "no-ca.pem"), "stats"
     )
     assert code != 0 and "no-ca.pem" in err
     # a server-side command has no use for --server: a usage error, not ignored
-    code, _, err = run("--server", harness.address, "serve", "--db", "sqlite:///x.db")
+    code, _, err = run("--server", module_harness.address, "serve", "--db", "sqlite:///x.db")
     assert code == 2 and "--server" in err
 
 

@@ -8,26 +8,20 @@ import time
 
 from hashsvc.core.config import Config
 from hashsvc.core.core import Core, MatchQuery
-from tests.helpers import encode, noise_image, photo, reencoded
-
-
-def _core(db_url: str, **kw) -> Core:
-    core = Core.open(Config(db_url=db_url, **kw), hash_in_process=True)
-    core.start()
-    return core
+from hashsvc_testing.image_media import encode, noise_image, photo, reencoded
 
 
 def _decision(core: Core, data: bytes) -> str:
     return core.match(MatchQuery(media=data), caller="test").decision
 
 
-def test_restart_loads_snapshot_and_applies_later_changes(tmp_path):
+def test_restart_loads_snapshot_and_applies_later_changes(tmp_path, make_core):
     db = f"sqlite:///{tmp_path}/h.db"
-    core = _core(db)
+    core = make_core(db)
     core.curation.create_set("s")
     core.curation.add_entry("s", "a", {}, "op", media=encode(photo(0)))
     core.curation.add_entry("s", "b", {}, "op", media=encode(photo(1)))
-    core.close()  # writes the snapshot
+    make_core.stop(core)  # writes the snapshot
     snapshot = tmp_path / "h.db.index"
     assert (snapshot / "index-snapshot.json").exists()
 
@@ -39,49 +33,39 @@ def test_restart_loads_snapshot_and_applies_later_changes(tmp_path):
     other.hashing.close()
     other.store.close()
 
-    core = _core(db)
-    try:
-        assert core.live.seq == core.store.current_seq()
-        assert _decision(core, reencoded(photo(0))) == "allow"
-        assert _decision(core, reencoded(photo(1))) == "block"
-        assert _decision(core, reencoded(photo(2))) == "block"
-    finally:
-        core.close()
+    core = make_core(db)
+    assert core.live.seq == core.store.current_seq()
+    assert _decision(core, reencoded(photo(0))) == "allow"
+    assert _decision(core, reencoded(photo(1))) == "block"
+    assert _decision(core, reencoded(photo(2))) == "block"
 
 
-def test_unusable_snapshot_is_ignored_and_index_rebuilt(tmp_path):
+def test_unusable_snapshot_is_ignored_and_index_rebuilt(tmp_path, make_core):
     db = f"sqlite:///{tmp_path}/h.db"
-    core = _core(db)
+    core = make_core(db)
     core.curation.create_set("s")
     core.curation.add_entry("s", "a", {}, "op", media=encode(photo(3)))
-    core.close()
+    make_core.stop(core)
     for name in os.listdir(tmp_path / "h.db.index"):
         if name.endswith(".faiss"):
             (tmp_path / "h.db.index" / name).write_bytes(b"garbage")
-    core = _core(db)
-    try:
-        assert _decision(core, reencoded(photo(3))) == "block"
-    finally:
-        core.close()
+    core = make_core(db)
+    assert _decision(core, reencoded(photo(3))) == "block"
 
 
-def test_second_replica_follows_changes_within_two_seconds(store_url):
-    first = _core(store_url, change_poll_seconds=0.2)
-    second = _core(store_url, change_poll_seconds=0.2)
-    try:
-        data = encode(noise_image(11))
-        first.curation.create_set("shared")
-        first.curation.add_entry("shared", "n", {"group": "HTS"}, "op", media=data)
-        assert _wait_for(lambda: _decision(second, data) == "block")
-        first.curation.update_set("shared", enabled=False)
-        assert _wait_for(lambda: _decision(second, data) == "allow")
-        first.curation.update_set("shared", enabled=True)
-        assert _wait_for(lambda: _decision(second, data) == "block")
-        first.curation.remove_entry("shared", "n")
-        assert _wait_for(lambda: _decision(second, data) == "allow")
-    finally:
-        first.close()
-        second.close()
+def test_second_replica_follows_changes_within_two_seconds(store_url, make_core):
+    first = make_core(store_url, change_poll_seconds=0.2)
+    second = make_core(store_url, change_poll_seconds=0.2)
+    data = encode(noise_image(11))
+    first.curation.create_set("shared")
+    first.curation.add_entry("shared", "n", {"group": "HTS"}, "op", media=data)
+    assert _wait_for(lambda: _decision(second, data) == "block")
+    first.curation.update_set("shared", enabled=False)
+    assert _wait_for(lambda: _decision(second, data) == "allow")
+    first.curation.update_set("shared", enabled=True)
+    assert _wait_for(lambda: _decision(second, data) == "block")
+    first.curation.remove_entry("shared", "n")
+    assert _wait_for(lambda: _decision(second, data) == "allow")
 
 
 def _wait_for(condition, seconds: float = 2.0) -> bool:
@@ -93,16 +77,12 @@ def _wait_for(condition, seconds: float = 2.0) -> bool:
     return condition()
 
 
-def test_postgresql_notify_wakes_the_other_replica_at_once(pg_url):
+def test_postgresql_notify_wakes_the_other_replica_at_once(pg_url, make_core):
     # polling every 10 s: only a NOTIFY can make this fast
-    first = _core(pg_url, change_poll_seconds=10)
-    second = _core(pg_url, change_poll_seconds=10)
-    try:
-        data = encode(noise_image(12))
-        first.curation.create_set("notified")
-        time.sleep(0.3)  # the second replica's listener is up
-        first.curation.add_entry("notified", "n", {}, "op", media=data)
-        assert _wait_for(lambda: _decision(second, data) == "block", seconds=1.0)
-    finally:
-        first.close()
-        second.close()
+    first = make_core(pg_url, change_poll_seconds=10)
+    second = make_core(pg_url, change_poll_seconds=10)
+    data = encode(noise_image(12))
+    first.curation.create_set("notified")
+    time.sleep(0.3)  # the second replica's listener is up
+    first.curation.add_entry("notified", "n", {}, "op", media=data)
+    assert _wait_for(lambda: _decision(second, data) == "block", seconds=1.0)

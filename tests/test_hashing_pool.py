@@ -12,7 +12,7 @@ import pytest
 from hashsvc.base.errors import Timeout, Unavailable
 from hashsvc.core.config import ImageLimits
 from hashsvc.media.hashing import HashingPool
-from tests.helpers import encode, photo
+from hashsvc_testing.image_media import encode, photo
 
 
 # made when a test runs, not at import: they read ../shared/vectors
@@ -86,7 +86,7 @@ def test_workers_are_replaced_after_their_job_limit():
     behind by being replaced; jobs keep succeeding across replacements."""
     import os as _os
 
-    from tests.helpers import encode, photo
+    from hashsvc_testing.image_media import encode, photo
 
     pool = HashingPool(1, ImageLimits(), worker_max_jobs=2)
     try:

@@ -18,28 +18,24 @@ from hashsvc.client import cli
 from hashsvc.core import auth
 from hashsvc.core.core import MatchQuery
 from hashsvc.v1 import hashsvc_pb2 as pb
-from tests.helpers import start_harness
 
 MD5 = "md5:" + "1" * 32
 
 
 @pytest.fixture
-def audited(store_url, tmp_path):
+def audited(store_url, tmp_path, make_harness):
     """A server whose history is keyed and checkpointed to a file outside the
     database (checkpoints taken by the test, not by count or time)."""
     key = tmp_path / "history.key"
     key.write_bytes(b"k" * 32)
-    h = start_harness(
+    h = make_harness(
         store_url,
         history_key_file=str(key),
         history_checkpoint_file=str(tmp_path / "checkpoints.jsonl"),
         history_checkpoint_records=1_000_000,
         history_checkpoint_seconds=3600,
     )
-    try:
-        yield h
-    finally:
-        h.close()
+    yield h
 
 
 def _tamper(store_url: str, *statements: str) -> None:
@@ -158,9 +154,9 @@ def test_set_index_of_history_is_covered_by_the_chain(audited, store_url, monkey
     assert code == 1 and f"record {hit}: record was edited" in out
 
 
-def test_checkpoints_are_written_every_n_records(store_url, tmp_path):
+def test_checkpoints_are_written_every_n_records(store_url, tmp_path, make_harness):
     path = tmp_path / "cp.jsonl"
-    h = start_harness(
+    h = make_harness(
         store_url,
         history_checkpoint_file=str(path),
         history_checkpoint_records=3,
@@ -178,23 +174,20 @@ def test_checkpoints_are_written_every_n_records(store_url, tmp_path):
         ):
             time.sleep(0.05)
 
-    try:
-        _matches(h, 2)
-        time.sleep(0.3)
-        assert lines() == []  # 2 < 3 records: not due yet
-        _matches(h, 1)
-        wait_for(1)
-        assert [c["records"] for c in lines()] == [3]
-        _matches(h, 3)
-        wait_for(2)
-        last = lines()[-1]
-        assert len(lines()) == 2 and last["records"] == 7  # 6 matches + the first checkpoint
-        in_history = [r for r in _history(h) if r.rpc == "HistoryCheckpoint"]
-        assert in_history[-1].detail["head_hash"] == last["head_hash"]
-        assert in_history[-1].caller == "hashsvc" and in_history[-1].caller_token_id is None
-        assert h.core.audit.verify().intact
-    finally:
-        h.close()
+    _matches(h, 2)
+    time.sleep(0.3)
+    assert lines() == []  # 2 < 3 records: not due yet
+    _matches(h, 1)
+    wait_for(1)
+    assert [c["records"] for c in lines()] == [3]
+    _matches(h, 3)
+    wait_for(2)
+    last = lines()[-1]
+    assert len(lines()) == 2 and last["records"] == 7  # 6 matches + the first checkpoint
+    in_history = [r for r in _history(h) if r.rpc == "HistoryCheckpoint"]
+    assert in_history[-1].detail["head_hash"] == last["head_hash"]
+    assert in_history[-1].caller == "hashsvc" and in_history[-1].caller_token_id is None
+    assert h.core.audit.verify().intact
 
 
 # -- item 15: every call recorded
@@ -208,132 +201,115 @@ def _upload(stub, md, messages):
     return stub.matcher.MatchUpload(iter(messages), metadata=md, timeout=30)
 
 
-def test_failed_uploads_are_recorded(store_url):
-    h = start_harness(store_url, max_upload_bytes=1000)
+def test_failed_uploads_are_recorded(store_url, make_harness):
+    h = make_harness(store_url, max_upload_bytes=1000)
+    m, md = h.stubs("matcher")
+    matcher_id = h.core.store.find_token(auth.hash_token(h.tokens["matcher"])).id
+    header = pb.MatchUploadRequest(header=pb.MatchRequest(client_ref="up"))
+    chunk = pb.MatchUploadRequest(chunk=b"x" * 600)
+    cases = {
+        "too-large": ([header, chunk, chunk], grpc.StatusCode.RESOURCE_EXHAUSTED),
+        "header-only": ([header], grpc.StatusCode.INVALID_ARGUMENT),
+        "two-headers": ([header, header, chunk], grpc.StatusCode.INVALID_ARGUMENT),
+        "chunk-first": ([chunk, header], grpc.StatusCode.INVALID_ARGUMENT),
+    }
+    for name, (messages, code) in cases.items():
+        before = len(_history(h))
+        with pytest.raises(grpc.RpcError) as err:
+            _upload(m, md, messages)
+        assert err.value.code() == code, name
+        new = _history(h)[before:]
+        assert len(new) == 1, name
+        assert new[0].rpc == "MatchUpload" and new[0].status == code.name, name
+        assert new[0].caller == "test-matcher" and new[0].decision == ""
+        assert new[0].caller_token_id == matcher_id
+        assert new[0].error_message
+    assert h.core.audit.verify().intact
+
+
+def test_a_match_the_store_rejects_is_still_recorded(store_url, tmp_path, make_harness):
+    h = make_harness(store_url)
+    # PostgreSQL text cannot hold NUL: the record must not be lost to it
     try:
-        m, md = h.stubs("matcher")
-        matcher_id = h.core.store.find_token(auth.hash_token(h.tokens["matcher"])).id
-        header = pb.MatchUploadRequest(header=pb.MatchRequest(client_ref="up"))
-        chunk = pb.MatchUploadRequest(chunk=b"x" * 600)
-        cases = {
-            "too-large": ([header, chunk, chunk], grpc.StatusCode.RESOURCE_EXHAUSTED),
-            "header-only": ([header], grpc.StatusCode.INVALID_ARGUMENT),
-            "two-headers": ([header, header, chunk], grpc.StatusCode.INVALID_ARGUMENT),
-            "chunk-first": ([chunk, header], grpc.StatusCode.INVALID_ARGUMENT),
-        }
-        for name, (messages, code) in cases.items():
-            before = len(_history(h))
-            with pytest.raises(grpc.RpcError) as err:
-                _upload(m, md, messages)
-            assert err.value.code() == code, name
-            new = _history(h)[before:]
-            assert len(new) == 1, name
-            assert new[0].rpc == "MatchUpload" and new[0].status == code.name, name
-            assert new[0].caller == "test-matcher" and new[0].decision == ""
-            assert new[0].caller_token_id == matcher_id
-            assert new[0].error_message
-        assert h.core.audit.verify().intact
-    finally:
-        h.close()
+        h.core.match(MatchQuery(signal_type="md5", signal_value="2" * 32, client_ref="a\x00b"), "p")
+    except Exception:  # noqa: BLE001 - whatever the answer, it is recorded
+        pass
+    records = [r for r in _history(h) if r.rpc == "Match"]
+    assert len(records) == 1 and records[0].client_ref.startswith("a")
 
 
-def test_a_match_the_store_rejects_is_still_recorded(store_url, tmp_path):
-    h = start_harness(store_url)
-    try:
-        # PostgreSQL text cannot hold NUL: the record must not be lost to it
-        try:
-            h.core.match(
-                MatchQuery(signal_type="md5", signal_value="2" * 32, client_ref="a\x00b"), "p"
-            )
-        except Exception:  # noqa: BLE001 - whatever the answer, it is recorded
-            pass
-        records = [r for r in _history(h) if r.rpc == "Match"]
-        assert len(records) == 1 and records[0].client_ref.startswith("a")
-    finally:
-        h.close()
+def test_token_create_and_revoke_are_recorded_without_the_secret(store_url, make_harness):
+    h = make_harness(store_url)
+    a, md = h.stubs("admin")
+    made = a.admin.CreateToken(pb.CreateTokenRequest(role="matcher", name="cam"), metadata=md)
+    a.admin.RevokeToken(pb.RevokeTokenRequest(id=made.info.id), metadata=md)
+    with pytest.raises(grpc.RpcError):
+        a.admin.CreateToken(pb.CreateTokenRequest(role="root", name="x"), metadata=md)
+    records = {r.rpc: r for r in _history(h) if r.status == "OK"}
+    created, revoked = records["CreateToken"], records["RevokeToken"]
+    assert created.caller == "test-admin" and created.detail["token_id"] == made.info.id
+    assert created.detail["name"] == "cam" and created.detail["role"] == "matcher"
+    assert revoked.detail["token_id"] == made.info.id
+    failed = [r for r in _history(h) if r.rpc == "CreateToken" and r.status != "OK"]
+    assert failed and failed[0].status == "INVALID_ARGUMENT"
+    everything = json.dumps([r.__dict__ for r in _history(h)], default=str)
+    assert made.token not in everything and made.token[4:] not in everything
+    assert auth.hash_token(made.token) not in everything
 
 
-def test_token_create_and_revoke_are_recorded_without_the_secret(store_url):
-    h = start_harness(store_url)
-    try:
-        a, md = h.stubs("admin")
-        made = a.admin.CreateToken(pb.CreateTokenRequest(role="matcher", name="cam"), metadata=md)
-        a.admin.RevokeToken(pb.RevokeTokenRequest(id=made.info.id), metadata=md)
-        with pytest.raises(grpc.RpcError):
-            a.admin.CreateToken(pb.CreateTokenRequest(role="root", name="x"), metadata=md)
-        records = {r.rpc: r for r in _history(h) if r.status == "OK"}
-        created, revoked = records["CreateToken"], records["RevokeToken"]
-        assert created.caller == "test-admin" and created.detail["token_id"] == made.info.id
-        assert created.detail["name"] == "cam" and created.detail["role"] == "matcher"
-        assert revoked.detail["token_id"] == made.info.id
-        failed = [r for r in _history(h) if r.rpc == "CreateToken" and r.status != "OK"]
-        assert failed and failed[0].status == "INVALID_ARGUMENT"
-        everything = json.dumps([r.__dict__ for r in _history(h)], default=str)
-        assert made.token not in everything and made.token[4:] not in everything
-        assert auth.hash_token(made.token) not in everything
-    finally:
-        h.close()
-
-
-def test_history_of_a_set_holds_its_curation(store_url):
-    h = start_harness(store_url)
-    try:
-        op, md = h.stubs("operator")
-        op.curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=md)
-        op.curation.CreateSet(pb.CreateSetRequest(name="t"), metadata=md)
-        sig = pb.SignalValue(signal_type="md5", value="3" * 32)
-        added = op.curation.AddEntry(pb.AddEntryRequest(set="s", name="e", signal=sig), metadata=md)
-        assert h.core.review.raise_flood_alert(added.id, 250, 60.0) == "s"
-        op.curation.ReleaseEntry(pb.ReleaseEntryRequest(set="s", name="e"), metadata=md)
-        op.curation.RemoveEntry(pb.RemoveEntryRequest(set="s", name="e"), metadata=md)
-        a, amd = h.stubs("auditor")
-        got = a.audit.QueryHistory(pb.QueryHistoryRequest(set="s"), metadata=amd).records
-        assert [r.rpc for r in got] == [
-            "CreateSet",
-            "AddEntry",
-            "FloodAlert",
-            "ReleaseEntry",
-            "RemoveEntry",
-        ]
-        assert h.core.audit.verify().intact
-    finally:
-        h.close()
+def test_history_of_a_set_holds_its_curation(store_url, make_harness):
+    h = make_harness(store_url)
+    op, md = h.stubs("operator")
+    op.curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=md)
+    op.curation.CreateSet(pb.CreateSetRequest(name="t"), metadata=md)
+    sig = pb.SignalValue(signal_type="md5", value="3" * 32)
+    added = op.curation.AddEntry(pb.AddEntryRequest(set="s", name="e", signal=sig), metadata=md)
+    assert h.core.review.raise_flood_alert(added.id, 250, 60.0) == "s"
+    op.curation.ReleaseEntry(pb.ReleaseEntryRequest(set="s", name="e"), metadata=md)
+    op.curation.RemoveEntry(pb.RemoveEntryRequest(set="s", name="e"), metadata=md)
+    a, amd = h.stubs("auditor")
+    got = a.audit.QueryHistory(pb.QueryHistoryRequest(set="s"), metadata=amd).records
+    assert [r.rpc for r in got] == [
+        "CreateSet",
+        "AddEntry",
+        "FloodAlert",
+        "ReleaseEntry",
+        "RemoveEntry",
+    ]
+    assert h.core.audit.verify().intact
 
 
 # -- item 16: who did it
 
 
-def test_history_records_the_token_id(store_url, monkeypatch, capsys):
-    h = start_harness(store_url)
-    try:
-        a, md = h.stubs("admin")
-        one = a.admin.CreateToken(pb.CreateTokenRequest(role="matcher"), metadata=md)
-        two = a.admin.CreateToken(pb.CreateTokenRequest(role="matcher"), metadata=md)
-        assert one.info.name != two.info.name  # no shared default name
-        for made in (one, two):
-            stub = h.stubs("matcher")[0]
-            stub.matcher.Match(
-                pb.MatchRequest(signal=pb.SignalValue(signal_type="md5", value="4" * 32)),
-                metadata=(("authorization", f"Bearer {made.token}"),),
-            )
-        au, amd = h.stubs("auditor")
-        got = au.audit.QueryHistory(pb.QueryHistoryRequest(), metadata=amd).records
-        matched = [r for r in got if r.rpc == "Match"]
-        assert [r.caller_token_id for r in matched] == [one.info.id, two.info.id]
-        monkeypatch.setenv("HASHSVC_SERVER", h.address)
-        monkeypatch.setenv("HASHSVC_TOKEN", h.tokens["auditor"])
-        capsys.readouterr()
-        assert cli.main(["history", "--json"]) == 0
-        rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-        assert {r["caller_token_id"] for r in rows if r["rpc"] == "Match"} == {
-            one.info.id,
-            two.info.id,
-        }
-        # an action by a caller carries its token id too
-        admin_id = h.core.store.find_token(auth.hash_token(h.tokens["admin"])).id
-        assert {r["caller_token_id"] for r in rows if r["rpc"] == "CreateToken"} == {admin_id}
-    finally:
-        h.close()
+def test_history_records_the_token_id(store_url, monkeypatch, capsys, make_harness):
+    h = make_harness(store_url)
+    a, md = h.stubs("admin")
+    one = a.admin.CreateToken(pb.CreateTokenRequest(role="matcher"), metadata=md)
+    two = a.admin.CreateToken(pb.CreateTokenRequest(role="matcher"), metadata=md)
+    assert one.info.name != two.info.name  # no shared default name
+    for made in (one, two):
+        stub = h.stubs("matcher")[0]
+        stub.matcher.Match(
+            pb.MatchRequest(signal=pb.SignalValue(signal_type="md5", value="4" * 32)),
+            metadata=(("authorization", f"Bearer {made.token}"),),
+        )
+    au, amd = h.stubs("auditor")
+    got = au.audit.QueryHistory(pb.QueryHistoryRequest(), metadata=amd).records
+    matched = [r for r in got if r.rpc == "Match"]
+    assert [r.caller_token_id for r in matched] == [one.info.id, two.info.id]
+    monkeypatch.setenv("HASHSVC_SERVER", h.address)
+    monkeypatch.setenv("HASHSVC_TOKEN", h.tokens["auditor"])
+    capsys.readouterr()
+    assert cli.main(["history", "--json"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert {r["caller_token_id"] for r in rows if r["rpc"] == "Match"} == {
+        one.info.id,
+        two.info.id,
+    }
+    # an action by a caller carries its token id too
+    admin_id = h.core.store.find_token(auth.hash_token(h.tokens["admin"])).id
+    assert {r["caller_token_id"] for r in rows if r["rpc"] == "CreateToken"} == {admin_id}
 
 
 def test_token_id_is_covered_by_the_chain(audited, store_url, monkeypatch, capsys):
@@ -344,19 +320,16 @@ def test_token_id_is_covered_by_the_chain(audited, store_url, monkeypatch, capsy
     assert code == 1 and f"record {ids[1]}: record was edited" in out
 
 
-def test_token_names_are_unique_among_active_tokens(store_url):
-    h = start_harness(store_url)
-    try:
-        a, md = h.stubs("admin")
-        first = a.admin.CreateToken(pb.CreateTokenRequest(role="reviewer", name="rev"), metadata=md)
-        with pytest.raises(grpc.RpcError) as err:
-            a.admin.CreateToken(pb.CreateTokenRequest(role="matcher", name="rev"), metadata=md)
-        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
-        a.admin.RevokeToken(pb.RevokeTokenRequest(id=first.info.id), metadata=md)
-        again = a.admin.CreateToken(pb.CreateTokenRequest(role="reviewer", name="rev"), metadata=md)
-        assert again.info.id != first.info.id
-    finally:
-        h.close()
+def test_token_names_are_unique_among_active_tokens(store_url, make_harness):
+    h = make_harness(store_url)
+    a, md = h.stubs("admin")
+    first = a.admin.CreateToken(pb.CreateTokenRequest(role="reviewer", name="rev"), metadata=md)
+    with pytest.raises(grpc.RpcError) as err:
+        a.admin.CreateToken(pb.CreateTokenRequest(role="matcher", name="rev"), metadata=md)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    a.admin.RevokeToken(pb.RevokeTokenRequest(id=first.info.id), metadata=md)
+    again = a.admin.CreateToken(pb.CreateTokenRequest(role="reviewer", name="rev"), metadata=md)
+    assert again.info.id != first.info.id
 
 
 def test_migration_renames_tokens_that_share_an_active_name(store_url):
@@ -425,45 +398,42 @@ def test_nulled_chain_of_a_database_chained_from_the_start_is_caught_without_a_f
         store.close()
 
 
-def test_review_claims_name_the_token(store_url):
+def test_review_claims_name_the_token(store_url, make_harness):
     """Two tokens may carry one name over time (revoke, reissue): a claim
     belongs to the token that made it, and the history names both."""
-    h = start_harness(store_url)
-    try:
-        op, md = h.stubs("operator")
-        op.curation.CreateSet(pb.CreateSetRequest(name="q", review_blocks=True), metadata=md)
-        sig = pb.SignalValue(signal_type="md5", value="5" * 32)
-        op.curation.AddEntry(pb.AddEntryRequest(set="q", name="e", signal=sig), metadata=md)
-        m, mmd = h.stubs("matcher")
-        for _ in range(2):
-            assert m.matcher.Match(pb.MatchRequest(signal=sig), metadata=mmd).decision == pb.BLOCK
-        a, amd = h.stubs("admin")
-        old = a.admin.CreateToken(pb.CreateTokenRequest(role="reviewer", name="rev"), metadata=amd)
-        stub = h.stubs("reviewer")[0]
-        old_md = (("authorization", f"Bearer {old.token}"),)
-        claimed = stub.review.ClaimReviewItem(pb.ClaimReviewItemRequest(), metadata=old_md)
-        assert claimed.claimed_by == f"rev#{old.info.id}"
-        a.admin.RevokeToken(pb.RevokeTokenRequest(id=old.info.id), metadata=amd)
-        new = a.admin.CreateToken(pb.CreateTokenRequest(role="reviewer", name="rev"), metadata=amd)
-        new_md = (("authorization", f"Bearer {new.token}"),)
-        with pytest.raises(grpc.RpcError) as err:  # not the same reviewer's claim
-            stub.review.ResolveReviewItem(
-                pb.ResolveReviewItemRequest(id=claimed.id, resolution="confirmed"), metadata=new_md
-            )
-        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        mine = stub.review.ClaimReviewItem(pb.ClaimReviewItemRequest(), metadata=new_md)
-        done = stub.review.ResolveReviewItem(
-            pb.ResolveReviewItemRequest(id=mine.id, resolution="confirmed"), metadata=new_md
+    h = make_harness(store_url)
+    op, md = h.stubs("operator")
+    op.curation.CreateSet(pb.CreateSetRequest(name="q", review_blocks=True), metadata=md)
+    sig = pb.SignalValue(signal_type="md5", value="5" * 32)
+    op.curation.AddEntry(pb.AddEntryRequest(set="q", name="e", signal=sig), metadata=md)
+    m, mmd = h.stubs("matcher")
+    for _ in range(2):
+        assert m.matcher.Match(pb.MatchRequest(signal=sig), metadata=mmd).decision == pb.BLOCK
+    a, amd = h.stubs("admin")
+    old = a.admin.CreateToken(pb.CreateTokenRequest(role="reviewer", name="rev"), metadata=amd)
+    stub = h.stubs("reviewer")[0]
+    old_md = (("authorization", f"Bearer {old.token}"),)
+    claimed = stub.review.ClaimReviewItem(pb.ClaimReviewItemRequest(), metadata=old_md)
+    assert claimed.claimed_by == f"rev#{old.info.id}"
+    a.admin.RevokeToken(pb.RevokeTokenRequest(id=old.info.id), metadata=amd)
+    new = a.admin.CreateToken(pb.CreateTokenRequest(role="reviewer", name="rev"), metadata=amd)
+    new_md = (("authorization", f"Bearer {new.token}"),)
+    with pytest.raises(grpc.RpcError) as err:  # not the same reviewer's claim
+        stub.review.ResolveReviewItem(
+            pb.ResolveReviewItemRequest(id=claimed.id, resolution="confirmed"), metadata=new_md
         )
-        assert done.resolved_by == f"rev#{new.info.id}"
-        actions = [r for r in _history(h) if r.rpc in ("ClaimReview", "ResolveReview")]
-        assert [(r.rpc, r.caller, r.caller_token_id) for r in actions] == [
-            ("ClaimReview", "rev", old.info.id),
-            ("ClaimReview", "rev", new.info.id),
-            ("ResolveReview", "rev", new.info.id),
-        ]
-    finally:
-        h.close()
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    mine = stub.review.ClaimReviewItem(pb.ClaimReviewItemRequest(), metadata=new_md)
+    done = stub.review.ResolveReviewItem(
+        pb.ResolveReviewItemRequest(id=mine.id, resolution="confirmed"), metadata=new_md
+    )
+    assert done.resolved_by == f"rev#{new.info.id}"
+    actions = [r for r in _history(h) if r.rpc in ("ClaimReview", "ResolveReview")]
+    assert [(r.rpc, r.caller, r.caller_token_id) for r in actions] == [
+        ("ClaimReview", "rev", old.info.id),
+        ("ClaimReview", "rev", new.info.id),
+        ("ResolveReview", "rev", new.info.id),
+    ]
 
 
 def test_planted_checkpoint_record_is_a_problem_not_a_crash(
@@ -524,22 +494,19 @@ def _history_probe():
     return action_record("Probe", "test", {"n": 1})
 
 
-def test_empty_match_requests_are_recorded(store_url):
-    h = start_harness(store_url)
-    try:
-        m, md = h.stubs("matcher")
-        token_id = h.core.store.find_token(auth.hash_token(h.tokens["matcher"])).id
-        with pytest.raises(grpc.RpcError) as err:
-            m.matcher.Match(pb.MatchRequest(client_ref="empty"), metadata=md)
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        answers = list(
-            m.matcher.MatchBatch(iter([pb.MatchRequest(client_ref="empty-item")]), metadata=md)
-        )
-        assert answers[0].error_code == "INVALID_ARGUMENT"
-        got = [(r.rpc, r.client_ref, r.status, r.caller_token_id) for r in _history(h)]
-        assert got == [
-            ("Match", "empty", "INVALID_ARGUMENT", token_id),
-            ("MatchBatch", "empty-item", "INVALID_ARGUMENT", token_id),
-        ]
-    finally:
-        h.close()
+def test_empty_match_requests_are_recorded(store_url, make_harness):
+    h = make_harness(store_url)
+    m, md = h.stubs("matcher")
+    token_id = h.core.store.find_token(auth.hash_token(h.tokens["matcher"])).id
+    with pytest.raises(grpc.RpcError) as err:
+        m.matcher.Match(pb.MatchRequest(client_ref="empty"), metadata=md)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    answers = list(
+        m.matcher.MatchBatch(iter([pb.MatchRequest(client_ref="empty-item")]), metadata=md)
+    )
+    assert answers[0].error_code == "INVALID_ARGUMENT"
+    got = [(r.rpc, r.client_ref, r.status, r.caller_token_id) for r in _history(h)]
+    assert got == [
+        ("Match", "empty", "INVALID_ARGUMENT", token_id),
+        ("MatchBatch", "empty-item", "INVALID_ARGUMENT", token_id),
+    ]

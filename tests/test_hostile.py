@@ -15,8 +15,9 @@ import pytest
 from hashsvc.media.image import ImageLimits
 from hashsvc.media.pdf import PdfLimits
 from hashsvc.v1 import hashsvc_pb2 as pb
-from tests import hostile
-from tests.helpers import encode, match_request, photo, start_harness
+from hashsvc_testing import hostile
+from hashsvc_testing.image_media import encode, photo
+from tests.helpers import match_request
 
 MAX_MESSAGE = 4 * 1024 * 1024
 MAX_UPLOAD = 8 * 1024 * 1024
@@ -43,27 +44,30 @@ def hostile_media(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    h = start_harness(
-        f"sqlite:///{tmp_path_factory.mktemp('hostile')}/db.sqlite",
-        hash_in_process=False,
-        max_message_bytes=MAX_MESSAGE,
-        max_upload_bytes=MAX_UPLOAD,
-        media_timeout_seconds=MEDIA_TIMEOUT,
-        hash_timeout_seconds=HASH_TIMEOUT,
+def module_harness_config():
+    return {
+        "hash_in_process": False,
+        "max_message_bytes": MAX_MESSAGE,
+        "max_upload_bytes": MAX_UPLOAD,
+        "media_timeout_seconds": MEDIA_TIMEOUT,
+        "hash_timeout_seconds": HASH_TIMEOUT,
         # production limits, except a PDF's time budget (15 s) within this test's
-        image=ImageLimits(),
-        quarantine_matches=0,  # the known picture is matched after every case
-        pdf=PdfLimits(max_seconds=4.0, max_text_seconds=2.0),
-    )
-    op, md = h.stubs("operator")
+        "image": ImageLimits(),
+        "quarantine_matches": 0,  # the known picture is matched after every case
+        "pdf": PdfLimits(max_seconds=4.0, max_text_seconds=2.0),
+    }
+
+
+@pytest.fixture(scope="module")
+def module_harness(module_harness):
+    """The module's server, with the known picture every case is followed by."""
+    op, md = module_harness.stubs("operator")
     op.curation.CreateSet(pb.CreateSetRequest(name="hostile"), metadata=md)
     op.curation.AddEntry(
         pb.AddEntryRequest(set="hostile", name="known", media=pb.Media(content=known())),
         metadata=md,
     )
-    yield h
-    h.close()
+    return module_harness
 
 
 def call(stubs_by_role, case: hostile.Case, timeout: float = 60.0) -> tuple[str, str]:
@@ -77,9 +81,9 @@ def call(stubs_by_role, case: hostile.Case, timeout: float = 60.0) -> tuple[str,
         return exc.code().name, exc.details() or ""
 
 
-def test_every_hostile_case_ends_in_a_result_or_a_typed_status(harness, hostile_media):
+def test_every_hostile_case_ends_in_a_result_or_a_typed_status(module_harness, hostile_media):
     cases = hostile.corpus(hostile_media, MAX_MESSAGE, MAX_UPLOAD)
-    stubs_by_role = {role: harness.stubs(role) for role in ("matcher", "operator")}
+    stubs_by_role = {role: module_harness.stubs(role) for role in ("matcher", "operator")}
     matcher, md = stubs_by_role["matcher"]
     wrong, by_family = [], collections.defaultdict(collections.Counter)
     slowest = (0.0, "")

@@ -13,7 +13,7 @@ from hashsvc.base.errors import CorruptMedia, InvalidArgument, TooLarge, Unsuppo
 from hashsvc.base.signals import hamming
 from hashsvc.core.config import ImageLimits
 from hashsvc.media import image
-from tests.helpers import encode, photo
+from hashsvc_testing.image_media import encode, photo
 from tests.test_bad_input import png_bomb
 
 LIMITS = ImageLimits()

@@ -21,7 +21,7 @@ import pytest
 from hashsvc.base.signals import hamming
 from hashsvc.core.config import ImageLimits
 from hashsvc.media import image
-from tests.vectors import VECTORS, present, vector
+from hashsvc_testing.vectors import VECTORS, present, vector
 
 LIMITS = ImageLimits(max_pixels=100_000_000)
 

@@ -13,7 +13,7 @@ from hashsvc.index.binary import BinaryIndex, signal_id
 from hashsvc.index.engines import load_index, new_index
 from hashsvc.index.multi_index import EXACT_RADIUS, MultiIndexHash
 from hashsvc.media.image import hash_known, hash_query
-from tests.helpers import encode, photo, reencoded
+from hashsvc_testing.image_media import encode, photo, reencoded
 
 
 @pytest.fixture(autouse=True)

@@ -15,24 +15,18 @@ from pathlib import Path
 import pytest
 
 from hashsvc.client import cli, client, ingest
-from tests.helpers import encode, photo, popen, start_harness
+from hashsvc_testing.image_media import encode, photo
+from tests.helpers import popen
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    h = start_harness(f"sqlite:///{tmp_path_factory.mktemp('ingest')}/db.sqlite")
-    yield h
-    h.close()
-
-
 @pytest.fixture
-def run(harness, monkeypatch, capsys):
-    monkeypatch.setenv("HASHSVC_SERVER", harness.address)
+def run(module_harness, monkeypatch, capsys):
+    monkeypatch.setenv("HASHSVC_SERVER", module_harness.address)
 
     def run(*argv, role="operator"):
-        monkeypatch.setenv("HASHSVC_TOKEN", harness.tokens[role])
+        monkeypatch.setenv("HASHSVC_TOKEN", module_harness.tokens[role])
         code = cli.main(list(argv))
         out, err = capsys.readouterr()
         return code, out, err
@@ -55,7 +49,7 @@ def by_status(out: str) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
     """One small file of each media kind, a copy, and what else an archive holds."""
-    from tests import audio_media, pdf_media, video_media
+    from hashsvc_testing import audio_media, pdf_media, video_media
 
     root = tmp_path_factory.mktemp("archive")
     (root / "img").mkdir()
@@ -181,11 +175,11 @@ def test_help_says_what_bounds_the_parallel_hashing(capsys):
     assert "one per core of this machine" in text and "worker processes" in text
 
 
-def _cli_env(harness) -> dict[str, str]:
+def _cli_env(module_harness) -> dict[str, str]:
     return {
         **os.environ,
-        "HASHSVC_SERVER": harness.address,
-        "HASHSVC_TOKEN": harness.tokens["operator"],
+        "HASHSVC_SERVER": module_harness.address,
+        "HASHSVC_TOKEN": module_harness.tokens["operator"],
     }
 
 
@@ -197,12 +191,12 @@ def _images(root: Path, count: int, first: int) -> Path:
     return root
 
 
-def test_no_progress_line_when_stderr_is_not_a_terminal(harness, run, tmp_path):
+def test_no_progress_line_when_stderr_is_not_a_terminal(module_harness, run, tmp_path):
     archive = _images(tmp_path / "piped", 3, 20)
     run("sets", "create", "piped")
     proc = subprocess.run(
         [sys.executable, "-m", "hashsvc", "add", "--set", "piped", str(archive)],
-        env=_cli_env(harness),
+        env=_cli_env(module_harness),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -213,12 +207,12 @@ def test_no_progress_line_when_stderr_is_not_a_terminal(harness, run, tmp_path):
     assert "3 added, 0 already in the set, 1 not media (skipped), 0 failed" in proc.stderr
 
 
-def _on_a_terminal(harness, *argv: str) -> tuple[int, str]:
+def _on_a_terminal(module_harness, *argv: str) -> tuple[int, str]:
     """Runs the CLI with stderr on a pseudo-terminal; (exit code, what it showed)."""
     controller, terminal = pty.openpty()
     proc = popen(
         [sys.executable, "-m", "hashsvc", *argv],
-        env=_cli_env(harness),
+        env=_cli_env(module_harness),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=terminal,
@@ -237,17 +231,17 @@ def _on_a_terminal(harness, *argv: str) -> tuple[int, str]:
     return proc.wait(timeout=120), shown.decode(errors="replace")
 
 
-def test_progress_line_on_a_terminal_unless_quiet(harness, run, tmp_path):
+def test_progress_line_on_a_terminal_unless_quiet(module_harness, run, tmp_path):
     run("sets", "create", "tty")
     run("sets", "create", "tty-quiet")
     code, shown = _on_a_terminal(
-        harness, "add", "--set", "tty", str(_images(tmp_path / "a", 3, 30))
+        module_harness, "add", "--set", "tty", str(_images(tmp_path / "a", 3, 30))
     )
     assert code == 0, shown
     assert "3/4 files" in shown or "4/4 files" in shown
     assert "/s" in shown and "ETA" in shown
     code, shown = _on_a_terminal(
-        harness, "add", "--set", "tty-quiet", "--quiet", str(_images(tmp_path / "b", 3, 30))
+        module_harness, "add", "--set", "tty-quiet", "--quiet", str(_images(tmp_path / "b", 3, 30))
     )
     assert code == 0, shown
     assert "ETA" not in shown and "files " not in shown

@@ -14,7 +14,7 @@ import pytest
 from hashsvc.base.errors import HashsvcError, TooLarge, UnsupportedMedia
 from hashsvc.media.dispatch import MediaLimits, hash_media
 from hashsvc.media.video import VideoLimits, hash_video
-from tests import hostile
+from hashsvc_testing import hostile
 
 FUZZ = Path(__file__).resolve().parents[1] / "bench" / "fuzz.py"
 
@@ -82,7 +82,7 @@ def test_a_request_racing_a_pool_replacement_is_hashed_by_the_new_pool():
     reported as INTERNAL. It now goes to the new pool."""
     from hashsvc.media.hashing import HashingPool
     from hashsvc.media.image import ImageLimits
-    from tests.helpers import encode, photo
+    from hashsvc_testing.image_media import encode, photo
 
     pool = HashingPool(1, ImageLimits())
     try:

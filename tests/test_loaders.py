@@ -10,9 +10,9 @@ import random
 import pytest
 
 import loaders
+from hashsvc_testing.vectors import vector
 from loaders import hma, records, vpdq
 from loaders.records import Record, Rejected
-from tests.vectors import vector
 
 PDQ = "f" * 64
 PDQ2 = "0123456789abcdef" * 4

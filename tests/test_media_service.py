@@ -10,9 +10,8 @@ import pytest
 from PIL import ImageOps
 
 from hashsvc.v1 import hashsvc_pb2 as pb
-from tests import audio_media, pdf_media, video_media
-from tests.helpers import encode as encode_image
-from tests.helpers import start_harness
+from hashsvc_testing import audio_media, pdf_media, video_media
+from hashsvc_testing.image_media import encode as encode_image
 
 CHUNK = 64 * 1024  # small chunks: every upload here crosses many messages
 
@@ -92,11 +91,11 @@ def media(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory, media):
+def service(tmp_path_factory, media, make_module_harness):
     """A server (hashing in worker processes, as in production) holding one
     set with a video, an image, an audio track and a PDF, all streamed in."""
     db = tmp_path_factory.mktemp("svc") / "db.sqlite"
-    h = start_harness(f"sqlite:///{db}", hash_in_process=False, max_upload_bytes=64 << 20)
+    h = make_module_harness(f"sqlite:///{db}", hash_in_process=False, max_upload_bytes=64 << 20)
     stubs, md = h.stubs("operator")
     stubs.curation.CreateSet(pb.CreateSetRequest(name="known"), metadata=md)
     entries = {
@@ -105,8 +104,7 @@ def service(tmp_path_factory, media):
         "speech": _upload_add(stubs, md, "known", "speech", media["speech"]),
         "pdf": _upload_add(stubs, md, "known", "pdf", media["pdf"]),
     }
-    yield h, entries
-    h.close()
+    return h, entries
 
 
 def test_entries_know_their_media(service):
@@ -248,40 +246,34 @@ def test_history_keeps_the_ranges(service, media):
     assert video_match.unit == "seconds" and video_match.segments
 
 
-def test_upload_limits(tmp_path):
-    h = start_harness(f"sqlite:///{tmp_path}/db.sqlite", max_upload_bytes=200_000)
-    try:
-        stubs, md = h.stubs("matcher")
-        with pytest.raises(grpc.RpcError) as too_big:
-            _upload_match(stubs, md, b"\x00" * 300_000)
-        assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        # chunks without a header first
-        with pytest.raises(grpc.RpcError) as headless:
-            stubs.matcher.MatchUpload(iter([pb.MatchUploadRequest(chunk=b"x")]), metadata=md)
-        assert headless.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        with pytest.raises(grpc.RpcError) as empty:
-            _upload_match(stubs, md, b"")
-        assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        with pytest.raises(grpc.RpcError) as unknown:
-            _upload_match(stubs, md, b"not a media file at all" * 100)
-        assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "unsupported media format" in unknown.value.details()
-    finally:
-        h.close()
+def test_upload_limits(tmp_path, make_harness):
+    h = make_harness(f"sqlite:///{tmp_path}/db.sqlite", max_upload_bytes=200_000)
+    stubs, md = h.stubs("matcher")
+    with pytest.raises(grpc.RpcError) as too_big:
+        _upload_match(stubs, md, b"\x00" * 300_000)
+    assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # chunks without a header first
+    with pytest.raises(grpc.RpcError) as headless:
+        stubs.matcher.MatchUpload(iter([pb.MatchUploadRequest(chunk=b"x")]), metadata=md)
+    assert headless.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as empty:
+        _upload_match(stubs, md, b"")
+    assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as unknown:
+        _upload_match(stubs, md, b"not a media file at all" * 100)
+    assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unsupported media format" in unknown.value.details()
 
 
-def test_partial_hashing_is_reported(tmp_path):
+def test_partial_hashing_is_reported(tmp_path, make_harness):
     """A PDF longer than max_pages is hashed in part, and the answer says so."""
     from hashsvc.media.pdf import PdfLimits
 
-    h = start_harness(f"sqlite:///{tmp_path}/db.sqlite", pdf=PdfLimits(max_pages=3))
-    try:
-        stubs, md = h.stubs("matcher")
-        resp = _upload_match(stubs, md, pdf_media.many_pages(12))
-        assert resp.media_type == pb.PDF and resp.decision == pb.ALLOW
-        assert any("12" in note and "3" in note for note in resp.notes), list(resp.notes)
-        auditor, amd = h.stubs("auditor")
-        record = auditor.audit.QueryHistory(pb.QueryHistoryRequest(), metadata=amd).records[-1]
-        assert record.request_id == resp.request_id and "notes" in record.detail_json
-    finally:
-        h.close()
+    h = make_harness(f"sqlite:///{tmp_path}/db.sqlite", pdf=PdfLimits(max_pages=3))
+    stubs, md = h.stubs("matcher")
+    resp = _upload_match(stubs, md, pdf_media.many_pages(12))
+    assert resp.media_type == pb.PDF and resp.decision == pb.ALLOW
+    assert any("12" in note and "3" in note for note in resp.notes), list(resp.notes)
+    auditor, amd = h.stubs("auditor")
+    record = auditor.audit.QueryHistory(pb.QueryHistoryRequest(), metadata=amd).records[-1]
+    assert record.request_id == resp.request_id and "notes" in record.detail_json

@@ -16,7 +16,7 @@ from hashsvc.core.config import ImageLimits
 from hashsvc.matching import pdf_evidence as pdf_match
 from hashsvc.media.image import hash_known
 from hashsvc.media.pdf import PdfLimits, hash_pdf, hash_pdf_report
-from tests import pdf_media as media
+from hashsvc_testing import pdf_media as media
 
 LIMITS = PdfLimits()
 

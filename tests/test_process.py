@@ -20,7 +20,8 @@ from hashdb import HistoryFilter, open_store
 from hashsvc.core import auth
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
-from tests.helpers import encode, noise_image, photo, popen
+from hashsvc_testing.image_media import encode, noise_image, photo
+from tests.helpers import popen
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,8 @@ from hashsvc.core.config import Config, ImageLimits
 from hashsvc.index.live import LiveIndex
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
-from tests.helpers import encode, photo, start_harness
+from hashsvc_testing.image_media import encode, photo
+from tests.helpers import start_harness
 
 PDQ = "f" * 16 + "0" * 16 + "a5" * 16  # any 256 bits: matched exactly, at distance 0
 MD5 = "0123456789abcdef" * 2
@@ -225,27 +226,24 @@ def test_an_index_that_stopped_following_goes_stale(store_url, monkeypatch):
         running.stop(grace=1)
 
 
-def test_a_failed_history_write_is_never_an_allow(store_url, monkeypatch):
+def test_a_failed_history_write_is_never_an_allow(store_url, monkeypatch, make_harness):
     token = _known_store(store_url)
     md = (("authorization", f"Bearer {token}"),)
-    h = start_harness(store_url)
-    try:
-        store = h.core.store
+    h = make_harness(store_url)
+    store = h.core.store
 
-        def refused(record):
-            raise Unavailable("the database is unavailable: connection lost")
+    def refused(record):
+        raise Unavailable("the database is unavailable: connection lost")
 
-        monkeypatch.setattr(store, "record_match", refused)
-        channel = grpc.insecure_channel(h.address)
-        h.channels.append(channel)
-        matcher = pb_grpc.MatcherStub(channel)
-        unknown = pb.MatchRequest(signal=pb.SignalValue(signal_type="md5", value="f" * 32))
-        for request in [*_requests(), unknown]:
-            with pytest.raises(grpc.RpcError) as err:
-                matcher.Match(request, metadata=md, timeout=10)
-            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        answers = list(matcher.MatchBatch(iter([*_requests(), unknown]), metadata=md, timeout=10))
-        assert [a.error_code for a in answers] == ["UNAVAILABLE"] * 3
-        assert all(a.decision == pb.DECISION_UNSPECIFIED for a in answers)
-    finally:
-        h.close()
+    monkeypatch.setattr(store, "record_match", refused)
+    channel = grpc.insecure_channel(h.address)
+    h.channels.append(channel)
+    matcher = pb_grpc.MatcherStub(channel)
+    unknown = pb.MatchRequest(signal=pb.SignalValue(signal_type="md5", value="f" * 32))
+    for request in [*_requests(), unknown]:
+        with pytest.raises(grpc.RpcError) as err:
+            matcher.Match(request, metadata=md, timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    answers = list(matcher.MatchBatch(iter([*_requests(), unknown]), metadata=md, timeout=10))
+    assert [a.error_code for a in answers] == ["UNAVAILABLE"] * 3
+    assert all(a.decision == pb.DECISION_UNSPECIFIED for a in answers)

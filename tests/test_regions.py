@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from hashsvc.media import regions
-from tests.helpers import photo
+from hashsvc_testing.image_media import photo
 
 
 def gray(img: Image.Image) -> np.ndarray:

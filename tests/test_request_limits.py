@@ -5,10 +5,8 @@ every row, INTERNAL or a value stored for good (issue 16, items 7, 8, 13)."""
 from __future__ import annotations
 
 import hashlib
-import uuid
 
 import grpc
-import psycopg
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
 from google.rpc import error_details_pb2
@@ -17,46 +15,37 @@ from grpc_status import rpc_status
 from hashsvc.core.config import StringLimits
 from hashsvc.v1 import hashsvc_pb2 as pb
 from loaders.records import RowError, parse_labels
-from tests.conftest import PG_URL, pg_schema_url
-from tests.helpers import start_harness
 
 LIMITS = StringLimits()
 ROWS = 3  # entries, history records and review items made by the fixture
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def harness(request, tmp_path_factory):
-    schema = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('limits')}/db.sqlite"
-    else:
-        schema = f"hashsvc_test_{uuid.uuid4().hex[:12]}"
-        url = pg_schema_url(schema)
-    h = start_harness(url)
-    try:
-        s, md = h.stubs("admin")
-        s.curation.CreateSet(pb.CreateSetRequest(name="known", review_blocks=True), metadata=md)
-        for k in range(ROWS):
-            digest = hashlib.md5(str(k).encode()).hexdigest()
-            s.curation.AddEntry(
-                pb.AddEntryRequest(
-                    set="known",
-                    name=f"e{k}",
-                    signal=pb.SignalValue(signal_type="md5", value=digest),
-                ),
-                metadata=md,
-            )
-            # BLOCK in a review_blocks set: a history record and a review item
-            s.matcher.Match(
-                pb.MatchRequest(signal=pb.SignalValue(signal_type="md5", value=digest)),
-                metadata=md,
-            )
-        yield h
-    finally:
-        h.close()
-        if schema:
-            with psycopg.connect(PG_URL, autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+@pytest.fixture(scope="module")
+def module_harness_url(module_store_url):
+    return module_store_url  # both stores
+
+
+@pytest.fixture(scope="module")
+def module_harness(module_harness):
+    """The module's server, with ROWS entries, history records and review items."""
+    s, md = module_harness.stubs("admin")
+    s.curation.CreateSet(pb.CreateSetRequest(name="known", review_blocks=True), metadata=md)
+    for k in range(ROWS):
+        digest = hashlib.md5(str(k).encode()).hexdigest()
+        s.curation.AddEntry(
+            pb.AddEntryRequest(
+                set="known",
+                name=f"e{k}",
+                signal=pb.SignalValue(signal_type="md5", value=digest),
+            ),
+            metadata=md,
+        )
+        # BLOCK in a review_blocks set: a history record and a review item
+        s.matcher.Match(
+            pb.MatchRequest(signal=pb.SignalValue(signal_type="md5", value=digest)),
+            metadata=md,
+        )
+    return module_harness
 
 
 def _lists(s, md):
@@ -85,10 +74,10 @@ def _lists(s, md):
 
 @pytest.mark.parametrize("rpc", ["ListEntries", "QueryHistory", "ListReviewItems"])
 @pytest.mark.parametrize("size", [-1, -(2**31)])
-def test_a_negative_page_size_is_invalid_argument(harness, rpc, size):
+def test_a_negative_page_size_is_invalid_argument(module_harness, rpc, size):
     """SQLite returned every row (LIMIT -1, past the 1,000 cap), PostgreSQL
     INTERNAL."""
-    s, md = harness.stubs("admin")
+    s, md = module_harness.stubs("admin")
     call = _lists(s, md)[rpc]
     with pytest.raises(grpc.RpcError) as err:
         call(size, "")
@@ -108,10 +97,10 @@ BAD_TOKENS = ["²", "١", "9" * 20, str(2**63), "-1", "1.5", " 1", "0x1", "1" * 
 
 
 @pytest.mark.parametrize("rpc", ["ListEntries", "QueryHistory", "ListReviewItems"])
-def test_an_odd_page_token_is_invalid_argument(harness, rpc):
+def test_an_odd_page_token_is_invalid_argument(module_harness, rpc):
     """'²' passed str.isdigit() and int() raised, '١' read as 1, a number past
     int64 was INTERNAL on PostgreSQL."""
-    s, md = harness.stubs("admin")
+    s, md = module_harness.stubs("admin")
     call = _lists(s, md)[rpc]
     for token in BAD_TOKENS:
         with pytest.raises(grpc.RpcError) as err:
@@ -174,11 +163,11 @@ def _cases():
                 yield pytest.param(method, path, kind, id=f"{method.name}:{'.'.join(path)}:{kind}")
 
 
-def _call(harness, method, request):
+def _call(module_harness, method, request):
     """Calls the RPC with the one request (the first message of a stream);
     returns the status, and for MatchBatch the item's error code, and the
     fields the status details name (google.rpc.BadRequest)."""
-    s, md = harness.stubs("admin")
+    s, md = module_harness.stubs("admin")
     ser, de = type(request).SerializeToString, pb.__dict__[method.output_type.name].FromString
     full = f"/{method.containing_service.full_name}/{method.name}"
     ch = s.channel
@@ -226,14 +215,14 @@ def _field_path(method, path, kind) -> str:
 
 
 @pytest.mark.parametrize(("method", "path", "kind"), list(_cases()))
-def test_every_request_string_is_bounded_and_free_of_nul(harness, method, path, kind):
+def test_every_request_string_is_bounded_and_free_of_nul(module_harness, method, path, kind):
     """A 15 MiB client_ref stayed in the history and review queue for good
     and made their pages fail; NUL was INTERNAL on PostgreSQL. Every string
     field of every request message (found from the proto, so a field added
     later is covered) is refused at the edge."""
     limit = LIMITS.other_chars if kind.startswith("map") else _limit(path[-1])
     for text, words in (("x" * (limit + 1), "longer than"), ("a\x00b", "NUL")):
-        code, details, fields = _call(harness, method, _request(method, path, kind, text))
+        code, details, fields = _call(module_harness, method, _request(method, path, kind, text))
         if method.name == "MatchBatch":  # the item's error; the stream goes on
             code = grpc.StatusCode[code]
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (path, words, code, details)
@@ -242,8 +231,8 @@ def test_every_request_string_is_bounded_and_free_of_nul(harness, method, path, 
             assert fields == [_field_path(method, path, kind)], (fields, details)
 
 
-def test_strings_within_their_limit_are_kept_whole(harness):
-    s, md = harness.stubs("admin")
+def test_strings_within_their_limit_are_kept_whole(module_harness):
+    s, md = module_harness.stubs("admin")
     ref = "r" * LIMITS.client_ref_chars
     digest = hashlib.md5(b"0").hexdigest()
     answer = s.matcher.Match(
@@ -255,8 +244,8 @@ def test_strings_within_their_limit_are_kept_whole(harness):
     assert any(r.client_ref == ref for r in records)
 
 
-def test_too_many_items_in_a_repeated_field_is_invalid_argument(harness):
-    s, md = harness.stubs("admin")
+def test_too_many_items_in_a_repeated_field_is_invalid_argument(module_harness):
+    s, md = module_harness.stubs("admin")
     sets = [f"s{k}" for k in range(LIMITS.repeated_items + 1)]
     with pytest.raises(grpc.RpcError) as err:
         s.matcher.Match(
@@ -267,11 +256,11 @@ def test_too_many_items_in_a_repeated_field_is_invalid_argument(harness):
     assert "sets holds" in err.value.details()
 
 
-def test_bad_bulk_rows_are_rejected_rows_and_the_load_goes_on(harness):
+def test_bad_bulk_rows_are_rejected_rows_and_the_load_goes_on(module_harness):
     """Deeply nested labels JSON raised RecursionError and aborted a load that
     is not strict; a huge signal type or variant was repeated whole in each
     rejection of the answer."""
-    s, md = harness.stubs("admin")
+    s, md = module_harness.stubs("admin")
     s.curation.CreateSet(pb.CreateSetRequest(name="bulkbad"), metadata=md)
     good = [hashlib.sha256(b"g1").digest(), hashlib.sha256(b"g2").digest()]
     rows = pb.BulkRows(
@@ -307,10 +296,10 @@ def test_a_load_file_with_deeply_nested_labels_is_a_row_error():
         parse_labels('{"k": "' + "v" * 100_000 + '"}')
 
 
-def test_a_batch_item_with_an_oversized_string_fails_alone(harness):
+def test_a_batch_item_with_an_oversized_string_fails_alone(module_harness):
     """The item's error does not echo its 1 MB client_ref (past a client's
     4 MiB receive limit at four such items), and the next item is answered."""
-    s, md = harness.stubs("admin")
+    s, md = module_harness.stubs("admin")
     digest = hashlib.md5(b"1").hexdigest()
     items = [
         pb.MatchRequest(

@@ -14,23 +14,14 @@ import pytest
 from hashdb import ReviewFilter, Thresholds
 from hashsvc.base.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from hashsvc.client import cli
-from hashsvc.core.config import Config
 from hashsvc.core.core import Core, MatchQuery
 from hashsvc.v1 import hashsvc_pb2 as pb
-from tests.helpers import encode, photo, reencoded, start_harness
-
-
-def _core(store_url: str, **config) -> Core:
-    core = Core.open(Config(db_url=store_url, **config), hash_in_process=True)
-    core.start()
-    return core
+from hashsvc_testing.image_media import encode, photo, reencoded
 
 
 @pytest.fixture
-def core(store_url):
-    c = _core(store_url, review_claim_seconds=30, quarantine_matches=5)
-    yield c
-    c.close()
+def core_config():
+    return {"review_claim_seconds": 30, "quarantine_matches": 5}
 
 
 def _match(core: Core, data: bytes, caller: str = "pipeline-a", ref: str = "") -> str:
@@ -76,18 +67,15 @@ def test_queue_order_filters_and_claims(core):
         core.review.resolve("rev-2", first.id, "confirmed")
 
 
-def test_claims_expire(store_url):
-    core = _core(store_url, review_claim_seconds=0.5)
-    try:
-        _setup(core)
-        _match(core, reencoded(photo(1), scale=0.5, quality=20))
-        item = core.review.claim("slow", None, ReviewFilter())
-        time.sleep(0.7)
-        with pytest.raises(FailedPrecondition, match="expired"):
-            core.review.resolve("slow", item.id, "confirmed")
-        assert core.review.claim("fast", None, ReviewFilter()).id == item.id
-    finally:
-        core.close()
+def test_claims_expire(store_url, make_core):
+    core = make_core(store_url, review_claim_seconds=0.5)
+    _setup(core)
+    _match(core, reencoded(photo(1), scale=0.5, quality=20))
+    item = core.review.claim("slow", None, ReviewFilter())
+    time.sleep(0.7)
+    with pytest.raises(FailedPrecondition, match="expired"):
+        core.review.resolve("slow", item.id, "confirmed")
+    assert core.review.claim("fast", None, ReviewFilter()).id == item.id
 
 
 def test_concurrent_claims_one_wins(core):
@@ -189,64 +177,61 @@ def test_review_actions_are_audited_and_chained(core):
     assert core.store.verify_history().intact
 
 
-def test_reviewer_role_and_cli(tmp_path, monkeypatch, capsys):
+def test_reviewer_role_and_cli(tmp_path, monkeypatch, capsys, make_harness):
     """Through the service: the reviewer role, two reviewers racing over
     gRPC, and `hashsvc review list|claim|resolve --json`."""
-    h = start_harness(f"sqlite:///{tmp_path}/db.sqlite")
-    try:
-        op, omd = h.stubs("operator")
-        op.curation.CreateSet(
-            pb.CreateSetRequest(
-                name="isis",
-                review_target=True,
-                thresholds=[pb.Threshold(signal_type="pdq", block_distance=10, review_distance=60)],
-            ),
-            metadata=omd,
-        )
-        op.curation.AddEntry(
-            pb.AddEntryRequest(set="isis", name="poster", media=pb.Media(content=encode(photo(1)))),
-            metadata=omd,
-        )
-        m, mmd = h.stubs("matcher")
-        resp = m.matcher.Match(
-            pb.MatchRequest(
-                media=pb.Media(content=reencoded(photo(1), scale=0.5, quality=20)),
-                client_ref="post-31",
-            ),
-            metadata=mmd,
-        )
-        assert resp.decision == pb.REVIEW
-        with pytest.raises(grpc.RpcError) as denied:
-            m.review.ListReviewItems(pb.ListReviewItemsRequest(), metadata=mmd)
-        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    h = make_harness(f"sqlite:///{tmp_path}/db.sqlite")
+    op, omd = h.stubs("operator")
+    op.curation.CreateSet(
+        pb.CreateSetRequest(
+            name="isis",
+            review_target=True,
+            thresholds=[pb.Threshold(signal_type="pdq", block_distance=10, review_distance=60)],
+        ),
+        metadata=omd,
+    )
+    op.curation.AddEntry(
+        pb.AddEntryRequest(set="isis", name="poster", media=pb.Media(content=encode(photo(1)))),
+        metadata=omd,
+    )
+    m, mmd = h.stubs("matcher")
+    resp = m.matcher.Match(
+        pb.MatchRequest(
+            media=pb.Media(content=reencoded(photo(1), scale=0.5, quality=20)),
+            client_ref="post-31",
+        ),
+        metadata=mmd,
+    )
+    assert resp.decision == pb.REVIEW
+    with pytest.raises(grpc.RpcError) as denied:
+        m.review.ListReviewItems(pb.ListReviewItemsRequest(), metadata=mmd)
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
-        monkeypatch.setenv("HASHSVC_SERVER", h.address)
-        monkeypatch.setenv("HASHSVC_TOKEN", h.tokens["reviewer"])
+    monkeypatch.setenv("HASHSVC_SERVER", h.address)
+    monkeypatch.setenv("HASHSVC_TOKEN", h.tokens["reviewer"])
 
-        def run(*argv):
-            code = cli.main(list(argv))
-            return code, capsys.readouterr().out
+    def run(*argv):
+        code = cli.main(list(argv))
+        return code, capsys.readouterr().out
 
-        code, out = run("review", "list", "--json")
-        assert code == 0
-        listed = [json.loads(line) for line in out.splitlines()]
-        assert [i["client_ref"] for i in listed] == ["post-31"]
-        assert listed[0]["matches"][0]["entry"] == "poster"
-        code, out = run("review", "claim", "--json")
-        claimed = json.loads(out)
-        assert code == 0 and claimed["id"] == listed[0]["id"] and claimed["claimed_by"]
-        code, out = run(
-            "review", "resolve", str(claimed["id"]), "--confirmed", "--note", "ok",
-            "--add-to-set", "isis", "--json",
-        )  # fmt: skip
-        resolved = json.loads(out)
-        assert code == 0 and resolved["status"] == "confirmed"
-        code, out = run("review", "list", "--json")
-        assert code == 0 and out == ""
-        code, _ = run("review", "resolve", str(claimed["id"]), "--false-positive")
-        assert code == 1  # already resolved
-    finally:
-        h.close()
+    code, out = run("review", "list", "--json")
+    assert code == 0
+    listed = [json.loads(line) for line in out.splitlines()]
+    assert [i["client_ref"] for i in listed] == ["post-31"]
+    assert listed[0]["matches"][0]["entry"] == "poster"
+    code, out = run("review", "claim", "--json")
+    claimed = json.loads(out)
+    assert code == 0 and claimed["id"] == listed[0]["id"] and claimed["claimed_by"]
+    code, out = run(
+        "review", "resolve", str(claimed["id"]), "--confirmed", "--note", "ok",
+        "--add-to-set", "isis", "--json",
+    )  # fmt: skip
+    resolved = json.loads(out)
+    assert code == 0 and resolved["status"] == "confirmed"
+    code, out = run("review", "list", "--json")
+    assert code == 0 and out == ""
+    code, _ = run("review", "resolve", str(claimed["id"]), "--false-positive")
+    assert code == 1  # already resolved
 
 
 # -- pdq hashes a chosen number of bits apart (no image decoding: fast)
@@ -363,30 +348,25 @@ def test_review_target_on_a_set_changed_behind_the_core_is_checked_again(core):
 # -- issue 16 item 9: adding the entry and resolving is one transaction
 
 
-def test_expired_claim_adds_nothing_and_a_retry_succeeds(store_url):
-    core = _core(store_url, review_claim_seconds=0.5)
-    try:
-        _setup(core)
-        core.curation.update_set("isis", review_target=True)
-        _match(core, reencoded(photo(1), scale=0.5, quality=20))
-        item = core.review.claim("slow", None, ReviewFilter())
-        time.sleep(0.7)
-        with pytest.raises(FailedPrecondition, match="expired"):
-            core.review.resolve("slow", item.id, "confirmed", add_to_set="isis")
-        assert [e.name for e in core.curation.entry_page("isis", 100, "", 10_000).entries] == [
-            "poster"
-        ]
-        assert core.store.get_review_item(item.id).status == "open"
-        failed = [r for r in core.store.query_history(_all()) if r.rpc == "ResolveReview"]
-        assert [(r.caller, r.status) for r in failed] == [("slow", "FAILED_PRECONDITION")]
-        # another reviewer resolves it the same way: no ALREADY_EXISTS
-        core.review.claim("fast", item.id, ReviewFilter())
-        done = core.review.resolve("fast", item.id, "confirmed", add_to_set="isis")
-        assert done.status == "confirmed"
-        names = sorted(e.name for e in core.curation.entry_page("isis", 100, "", 10_000).entries)
-        assert names == ["poster", f"review-{item.id}"]
-    finally:
-        core.close()
+def test_expired_claim_adds_nothing_and_a_retry_succeeds(store_url, make_core):
+    core = make_core(store_url, review_claim_seconds=0.5)
+    _setup(core)
+    core.curation.update_set("isis", review_target=True)
+    _match(core, reencoded(photo(1), scale=0.5, quality=20))
+    item = core.review.claim("slow", None, ReviewFilter())
+    time.sleep(0.7)
+    with pytest.raises(FailedPrecondition, match="expired"):
+        core.review.resolve("slow", item.id, "confirmed", add_to_set="isis")
+    assert [e.name for e in core.curation.entry_page("isis", 100, "", 10_000).entries] == ["poster"]
+    assert core.store.get_review_item(item.id).status == "open"
+    failed = [r for r in core.store.query_history(_all()) if r.rpc == "ResolveReview"]
+    assert [(r.caller, r.status) for r in failed] == [("slow", "FAILED_PRECONDITION")]
+    # another reviewer resolves it the same way: no ALREADY_EXISTS
+    core.review.claim("fast", item.id, ReviewFilter())
+    done = core.review.resolve("fast", item.id, "confirmed", add_to_set="isis")
+    assert done.status == "confirmed"
+    names = sorted(e.name for e in core.curation.entry_page("isis", 100, "", 10_000).entries)
+    assert names == ["poster", f"review-{item.id}"]
 
 
 def test_taken_entry_name_leaves_the_item_open(core):
@@ -402,46 +382,41 @@ def test_taken_entry_name_leaves_the_item_open(core):
     assert done.added_entry_id == core.curation.get_entry("isis", "p2").id
 
 
-def test_review_target_over_grpc_and_cli(tmp_path, monkeypatch, capsys):
+def test_review_target_over_grpc_and_cli(tmp_path, monkeypatch, capsys, make_harness):
     """`sets create --review-target`, `sets update --review-target` and
     `sets show` over a real server; an allow list refused as a target."""
-    h = start_harness(f"sqlite:///{tmp_path}/db.sqlite")
-    try:
-        monkeypatch.setenv("HASHSVC_SERVER", h.address)
-        monkeypatch.setenv("HASHSVC_TOKEN", h.tokens["operator"])
+    h = make_harness(f"sqlite:///{tmp_path}/db.sqlite")
+    monkeypatch.setenv("HASHSVC_SERVER", h.address)
+    monkeypatch.setenv("HASHSVC_TOKEN", h.tokens["operator"])
 
-        def run(*argv):
-            code = cli.main(list(argv))
-            captured = capsys.readouterr()
-            return code, captured.out, captured.err
+    def run(*argv):
+        code = cli.main(list(argv))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
 
-        code, _, _ = run("sets", "create", "confirmed", "--review-target")
-        assert code == 0
-        code, out, _ = run("sets", "show", "confirmed", "--json")
-        assert code == 0 and json.loads(out)["review_target"] is True
-        code, _, _ = run("sets", "create", "isis")
-        code, out, _ = run("sets", "show", "isis", "--json")
-        assert json.loads(out)["review_target"] is False
-        code, out, _ = run("sets", "update", "isis", "--review-target", "--json")
-        assert code == 0 and json.loads(out)["review_target"] is True
-        code, out, _ = run("sets", "update", "isis", "--no-review-target", "--json")
-        assert code == 0 and json.loads(out)["review_target"] is False
-        code, _, err = run("sets", "create", "benign", "--allow-list", "--review-target")
-        assert code != 0 and "review target" in err
-        run("sets", "create", "benign", "--allow-list")
-        code, _, err = run("sets", "update", "benign", "--review-target")
-        assert code != 0 and "review target" in err
+    code, _, _ = run("sets", "create", "confirmed", "--review-target")
+    assert code == 0
+    code, out, _ = run("sets", "show", "confirmed", "--json")
+    assert code == 0 and json.loads(out)["review_target"] is True
+    code, _, _ = run("sets", "create", "isis")
+    code, out, _ = run("sets", "show", "isis", "--json")
+    assert json.loads(out)["review_target"] is False
+    code, out, _ = run("sets", "update", "isis", "--review-target", "--json")
+    assert code == 0 and json.loads(out)["review_target"] is True
+    code, out, _ = run("sets", "update", "isis", "--no-review-target", "--json")
+    assert code == 0 and json.loads(out)["review_target"] is False
+    code, _, err = run("sets", "create", "benign", "--allow-list", "--review-target")
+    assert code != 0 and "review target" in err
+    run("sets", "create", "benign", "--allow-list")
+    code, _, err = run("sets", "update", "benign", "--review-target")
+    assert code != 0 and "review target" in err
 
-        op, md = h.stubs("operator")
-        with pytest.raises(grpc.RpcError) as refused:
-            op.curation.UpdateSet(
-                pb.UpdateSetRequest(name="benign", review_target=True), metadata=md
-            )
-        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        got = op.curation.GetSet(pb.GetSetRequest(name="confirmed"), metadata=md)
-        assert got.review_target and not got.allow_list
-    finally:
-        h.close()
+    op, md = h.stubs("operator")
+    with pytest.raises(grpc.RpcError) as refused:
+        op.curation.UpdateSet(pb.UpdateSetRequest(name="benign", review_target=True), metadata=md)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    got = op.curation.GetSet(pb.GetSetRequest(name="confirmed"), metadata=md)
+    assert got.review_target and not got.allow_list
 
 
 def test_a_false_positive_verdict_never_lifts_a_block(core):

@@ -12,7 +12,6 @@ import json
 import pytest
 
 from hashsvc.client import cli
-from tests.helpers import start_harness
 
 PDQ = "0123456789abcdef" * 4
 PDQ2 = "f" * 64
@@ -64,9 +63,7 @@ VIDEOS = _rows(
 
 
 @pytest.fixture
-def run(store_url, monkeypatch, capsys):
-    harness = start_harness(store_url)
-
+def run(harness, monkeypatch, capsys):
     def run(*argv):
         monkeypatch.setenv("HASHSVC_SERVER", harness.address)
         monkeypatch.setenv("HASHSVC_TOKEN", harness.tokens["admin"])
@@ -75,8 +72,7 @@ def run(store_url, monkeypatch, capsys):
         assert code == 0, err
         return out
 
-    yield run
-    harness.close()
+    return run
 
 
 def _load(run, set_name: str, *paths) -> dict:

@@ -9,23 +9,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hashsvc.v1 import hashsvc_pb2 as pb
-from tests.helpers import (
-    encode,
-    flat_image,
-    match_request,
-    mirrored,
-    noise_image,
-    photo,
-    reencoded,
-    start_harness,
-)
-
-
-@pytest.fixture
-def harness(store_url):
-    h = start_harness(store_url)
-    yield h
-    h.close()
+from hashsvc_testing.image_media import encode, flat_image, mirrored, noise_image, photo, reencoded
+from tests.helpers import match_request
 
 
 def _known_set(h, name="isis-images", **labels):
@@ -119,8 +104,8 @@ def test_delisting_stops_matching_at_once(harness):
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_thresholds_per_set_and_low_quality_never_block(harness):
-    op, md = harness.stubs("operator")
+def test_thresholds_per_set_and_low_quality_never_block(harness, operator):
+    op, md = operator
     op.curation.CreateSet(
         pb.CreateSetRequest(
             name="strict",
@@ -214,7 +199,7 @@ def test_match_batch_answers_in_order_and_survives_bad_items(harness):
     assert responses[3].error_code == "INVALID_ARGUMENT"
 
 
-def test_history_records_every_call_and_filters(harness):
+def test_history_records_every_call_and_filters(harness, auditor):
     op, md = _known_set(harness, group="AQ")
     _add(op, md, "isis-images", "k", encode(photo(7)))
     m, mmd = harness.stubs("matcher")
@@ -222,7 +207,7 @@ def test_history_records_every_call_and_filters(harness):
     m.matcher.Match(match_request(encode(photo(8))), metadata=mmd)
     with pytest.raises(grpc.RpcError):
         m.matcher.Match(match_request(b"\x89PNG\r\n\x1a\ntruncated"), metadata=mmd)
-    a, amd = harness.stubs("auditor")
+    a, amd = auditor
     everything = a.audit.QueryHistory(pb.QueryHistoryRequest(), metadata=amd).records
     # the operator's writes come first, in the same chained history
     actions, calls = everything[:2], everything[2:]
@@ -335,41 +320,35 @@ def test_health_is_not_serving_until_the_index_is_loaded(tmp_path, monkeypatch):
         running.stop(grace=1)
 
 
-def test_batch_larger_than_the_limit_is_refused(store_url):
-    h = start_harness(store_url, max_batch_items=3)
-    try:
-        m, md = h.stubs("matcher")
-        requests = [match_request(encode(photo(i))) for i in range(5)]
-        with pytest.raises(grpc.RpcError) as err:
-            list(m.matcher.MatchBatch(iter(requests), metadata=md))
-        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "max_batch_items" in err.value.details()
-        assert m.matcher.Match(match_request(encode(photo(1))), metadata=md).decision == pb.ALLOW
-    finally:
-        h.close()
+def test_batch_larger_than_the_limit_is_refused(store_url, make_harness):
+    h = make_harness(store_url, max_batch_items=3)
+    m, md = h.stubs("matcher")
+    requests = [match_request(encode(photo(i))) for i in range(5)]
+    with pytest.raises(grpc.RpcError) as err:
+        list(m.matcher.MatchBatch(iter(requests), metadata=md))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_batch_items" in err.value.details()
+    assert m.matcher.Match(match_request(encode(photo(1))), metadata=md).decision == pb.ALLOW
 
 
-def test_batch_answers_each_item_without_waiting_for_the_next(store_url):
+def test_batch_answers_each_item_without_waiting_for_the_next(store_url, make_harness):
     """A pipeline may send one upload, wait for its answer, then send the next."""
     import threading
 
-    h = start_harness(store_url)
-    try:
-        m, md = h.stubs("matcher")
-        answered = threading.Event()
+    h = make_harness(store_url)
+    m, md = h.stubs("matcher")
+    answered = threading.Event()
 
-        def one_at_a_time():
-            yield match_request(encode(photo(1)), client_ref="a")
-            assert answered.wait(5), "the first answer never came"
-            yield match_request(encode(photo(2)), client_ref="b")
+    def one_at_a_time():
+        yield match_request(encode(photo(1)), client_ref="a")
+        assert answered.wait(5), "the first answer never came"
+        yield match_request(encode(photo(2)), client_ref="b")
 
-        refs = []
-        for response in m.matcher.MatchBatch(one_at_a_time(), metadata=md, timeout=15):
-            refs.append(response.client_ref)
-            answered.set()
-        assert refs == ["a", "b"]
-    finally:
-        h.close()
+    refs = []
+    for response in m.matcher.MatchBatch(one_at_a_time(), metadata=md, timeout=15):
+        refs.append(response.client_ref)
+        answered.set()
+    assert refs == ["a", "b"]
 
 
 def test_find_entries_by_exact_hash(harness):

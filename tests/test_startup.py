@@ -50,18 +50,15 @@ def _one_line(err: str) -> str:
 # -- item 17: a port in use
 
 
-def test_second_serve_on_a_port_in_use_fails_at_start(tmp_path):
-    first = start_harness(f"sqlite:///{tmp_path}/first.db")
-    try:
-        code, err = _serve("--listen", first.address, "--db", f"sqlite:///{tmp_path}/second.db")
-        line = _one_line(err)
-        assert code == 1 and "in use" in line and first.address in line, err
-        # the first server still answers every call: nothing was split off
-        stubs, md = first.stubs("operator")
-        for _ in range(8):
-            stubs.curation.ListSets(pb.ListSetsRequest(), metadata=md, timeout=5)
-    finally:
-        first.close()
+def test_second_serve_on_a_port_in_use_fails_at_start(tmp_path, make_harness):
+    first = make_harness(f"sqlite:///{tmp_path}/first.db")
+    code, err = _serve("--listen", first.address, "--db", f"sqlite:///{tmp_path}/second.db")
+    line = _one_line(err)
+    assert code == 1 and "in use" in line and first.address in line, err
+    # the first server still answers every call: nothing was split off
+    stubs, md = first.stubs("operator")
+    for _ in range(8):
+        stubs.curation.ListSets(pb.ListSetsRequest(), metadata=md, timeout=5)
 
 
 def test_start_server_on_a_port_in_use_raises_and_leaves_nothing_open(tmp_path):

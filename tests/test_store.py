@@ -16,13 +16,6 @@ from hashsvc.base.errors import AlreadyExists, InvalidArgument, NotFound
 from hashsvc.base.signals import Signal
 
 
-@pytest.fixture
-def store(store_url):
-    s = open_store(store_url)
-    yield s
-    s.close()
-
-
 def _signals(n: int = 1, seed: int = 0) -> list[Signal]:
     return [Signal("md5", bytes([seed]) * 16)] + [
         Signal("pdq", bytes([seed, i]) * 16, 80 + i, f"v{i}") for i in range(n)

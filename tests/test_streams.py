@@ -15,7 +15,8 @@ from hashsvc.core import auth
 from hashsvc.core.config import Config
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
-from tests.helpers import encode, photo, start_harness
+from hashsvc_testing.image_media import encode, photo
+from tests.helpers import start_harness
 
 IDLE = 3.0  # stream_idle_seconds in these tests: long enough to measure, short to wait for
 STREAMS_EACH = 200
@@ -317,34 +318,27 @@ def _wait(condition, timeout: float = 5.0) -> bool:
     return condition()
 
 
-def test_reflection_is_off_by_default_and_on_when_configured(tmp_path):
+def test_reflection_is_off_by_default_and_on_when_configured(tmp_path, make_harness):
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
         ProtoReflectionDescriptorDatabase,
     )
 
     ask = reflection_pb2.ServerReflectionRequest(list_services="")
-    h = start_harness(f"sqlite:///{tmp_path}/off.db")
-    try:
-        channel = grpc.insecure_channel(h.address)
-        h.channels.append(channel)
-        with pytest.raises(grpc.RpcError) as err:
-            list(
-                reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([ask]))
-            )
-        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    finally:
-        h.close()
-    h = start_harness(f"sqlite:///{tmp_path}/on.db", reflection=True)
-    try:
-        channel = grpc.insecure_channel(h.address)
-        h.channels.append(channel)
-        services = ProtoReflectionDescriptorDatabase(channel).get_services()
-        assert {"hashsvc.v1.Matcher", "hashsvc.v1.Curation", "hashsvc.v1.Audit"} <= set(services)
-        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        answers = list(stub.ServerReflectionInfo(iter([ask]), timeout=10))
-        assert "hashsvc.v1.Matcher" in {s.name for s in answers[0].list_services_response.service}
-    finally:
-        h.close()
+    h = make_harness(f"sqlite:///{tmp_path}/off.db")
+    channel = grpc.insecure_channel(h.address)
+    h.channels.append(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        list(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([ask])))
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    make_harness.stop(h)
+    h = make_harness(f"sqlite:///{tmp_path}/on.db", reflection=True)
+    channel = grpc.insecure_channel(h.address)
+    h.channels.append(channel)
+    services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert {"hashsvc.v1.Matcher", "hashsvc.v1.Curation", "hashsvc.v1.Audit"} <= set(services)
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    answers = list(stub.ServerReflectionInfo(iter([ask]), timeout=10))
+    assert "hashsvc.v1.Matcher" in {s.name for s in answers[0].list_services_response.service}
 
 
 def test_the_idle_clock_stands_still_while_the_handler_is_busy():

@@ -10,7 +10,6 @@ import pytest
 
 from hashsvc.client.client import Client
 from hashsvc.v1 import hashsvc_pb2 as pb
-from tests.helpers import start_harness
 
 
 @pytest.fixture(scope="module")
@@ -28,28 +27,25 @@ def certs(tmp_path_factory):
     return d
 
 
-def test_tls_server_accepts_trusted_client_and_refuses_plaintext(certs, tmp_path):
-    h = start_harness(
+def test_tls_server_accepts_trusted_client_and_refuses_plaintext(certs, tmp_path, make_harness):
+    h = make_harness(
         f"sqlite:///{tmp_path}/tls.db",
         tls_cert_file=str(certs / "cert.pem"),
         tls_key_file=str(certs / "key.pem"),
     )
-    try:
-        with Client(
-            server=f"localhost:{h.running.port}",
-            token=h.tokens["operator"],
-            tls_ca_file=str(certs / "cert.pem"),
-        ) as client:
-            created = client.curation.CreateSet(
-                pb.CreateSetRequest(name="over-tls"), metadata=client.metadata, timeout=10
-            )
-            assert created.name == "over-tls"
-        with Client(server=f"localhost:{h.running.port}", token=h.tokens["operator"]) as plain:
-            with pytest.raises(grpc.RpcError) as err:
-                plain.curation.ListSets(pb.ListSetsRequest(), metadata=plain.metadata, timeout=5)
-            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        h.close()
+    with Client(
+        server=f"localhost:{h.running.port}",
+        token=h.tokens["operator"],
+        tls_ca_file=str(certs / "cert.pem"),
+    ) as client:
+        created = client.curation.CreateSet(
+            pb.CreateSetRequest(name="over-tls"), metadata=client.metadata, timeout=10
+        )
+        assert created.name == "over-tls"
+    with Client(server=f"localhost:{h.running.port}", token=h.tokens["operator"]) as plain:
+        with pytest.raises(grpc.RpcError) as err:
+            plain.curation.ListSets(pb.ListSetsRequest(), metadata=plain.metadata, timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def _signed_client_cert(d, ca_name: str, name: str):
@@ -67,7 +63,9 @@ def _signed_client_cert(d, ca_name: str, name: str):
     )  # fmt: skip
 
 
-def test_mutual_tls_requires_a_client_certificate_from_the_configured_ca(certs, tmp_path):
+def test_mutual_tls_requires_a_client_certificate_from_the_configured_ca(
+    certs, tmp_path, make_harness
+):
     d = certs
     for ca in ("client-ca", "other-ca"):
         subprocess.run(
@@ -77,37 +75,30 @@ def test_mutual_tls_requires_a_client_certificate_from_the_configured_ca(certs, 
         )  # fmt: skip
     _signed_client_cert(d, "client-ca", "pipeline")
     _signed_client_cert(d, "other-ca", "intruder")
-    h = start_harness(
+    h = make_harness(
         f"sqlite:///{tmp_path}/mtls.db",
         tls_cert_file=str(d / "cert.pem"),
         tls_key_file=str(d / "key.pem"),
         tls_client_ca_file=str(d / "client-ca.pem"),
     )
     server = f"localhost:{h.running.port}"
-    try:
+    with Client(
+        server=server,
+        token=h.tokens["operator"],
+        tls_ca_file=str(d / "cert.pem"),
+        tls_cert_file=str(d / "pipeline.pem"),
+        tls_key_file=str(d / "pipeline.key"),
+    ) as client:
+        sets = client.curation.ListSets(pb.ListSetsRequest(), metadata=client.metadata, timeout=10)
+        assert list(sets.sets) == []
+    for cert in (None, "intruder"):
         with Client(
             server=server,
             token=h.tokens["operator"],
             tls_ca_file=str(d / "cert.pem"),
-            tls_cert_file=str(d / "pipeline.pem"),
-            tls_key_file=str(d / "pipeline.key"),
+            tls_cert_file=str(d / f"{cert}.pem") if cert else None,
+            tls_key_file=str(d / f"{cert}.key") if cert else None,
         ) as client:
-            sets = client.curation.ListSets(
-                pb.ListSetsRequest(), metadata=client.metadata, timeout=10
-            )
-            assert list(sets.sets) == []
-        for cert in (None, "intruder"):
-            with Client(
-                server=server,
-                token=h.tokens["operator"],
-                tls_ca_file=str(d / "cert.pem"),
-                tls_cert_file=str(d / f"{cert}.pem") if cert else None,
-                tls_key_file=str(d / f"{cert}.key") if cert else None,
-            ) as client:
-                with pytest.raises(grpc.RpcError) as err:
-                    client.curation.ListSets(
-                        pb.ListSetsRequest(), metadata=client.metadata, timeout=5
-                    )
-                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        h.close()
+            with pytest.raises(grpc.RpcError) as err:
+                client.curation.ListSets(pb.ListSetsRequest(), metadata=client.metadata, timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -187,32 +187,29 @@ def test_an_upload_that_stops_sending_frees_its_spool_file(store_url, tmp_path):
         h.close()
 
 
-def test_the_client_keeps_its_uploads_within_the_servers_default_caps(tmp_path):
+def test_the_client_keeps_its_uploads_within_the_servers_default_caps(tmp_path, make_harness):
     """`hashsvc add --parallel 8` on large files: the client opens at most 4
     upload streams at once, so none is refused by max_streams_per_token."""
     from concurrent.futures import ThreadPoolExecutor
 
     from hashsvc.client.client import Client
 
-    h = start_harness(f"sqlite:///{tmp_path}/client.db")
-    try:
-        data = noise_png(7, 100)
+    h = make_harness(f"sqlite:///{tmp_path}/client.db")
+    data = noise_png(7, 100)
 
-        def slow_chunks():
-            time.sleep(0.2)  # every upload is still open when the others start
-            yield from _chunks(data)
+    def slow_chunks():
+        time.sleep(0.2)  # every upload is still open when the others start
+        yield from _chunks(data)
 
-        with Client(h.address, h.tokens["matcher"]) as client:
-            with ThreadPoolExecutor(8) as pool:
-                answers = list(
-                    pool.map(
-                        lambda i: client.match_upload(
-                            pb.MatchRequest(client_ref=str(i)), slow_chunks()
-                        ),
-                        range(8),
-                    )
+    with Client(h.address, h.tokens["matcher"]) as client:
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(
+                pool.map(
+                    lambda i: client.match_upload(
+                        pb.MatchRequest(client_ref=str(i)), slow_chunks()
+                    ),
+                    range(8),
                 )
-        assert sorted(a.client_ref for a in answers) == [str(i) for i in range(8)]
-        assert all(a.decision == pb.ALLOW for a in answers)
-    finally:
-        h.close()
+            )
+    assert sorted(a.client_ref for a in answers) == [str(i) for i in range(8)]
+    assert all(a.decision == pb.ALLOW for a in answers)

@@ -21,10 +21,9 @@ from hashsvc.base.errors import (
 )
 from hashsvc.base.signals import Signal
 from hashsvc.matching import video_evidence as video_match
-from hashsvc.matching.video_evidence import FramePair
 from hashsvc.media import image, video
-from tests import vectors
-from tests import video_media as vm
+from hashsvc_testing import vectors
+from hashsvc_testing import video_media as vm
 
 KNOWN_PHOTOS = range(0, 6)  # 6 photos x 3.3 s = 19.8 s
 OTHER_PHOTOS = range(6, 12)
@@ -264,47 +263,6 @@ def test_file_named_as_another_container_or_missing(tmp_path, media):
         video.hash_video(str(empty))
 
 
-# ------------------------------------------------------------------ runs
-
-
-def _pair(q: float, k: float, distance: int = 10) -> FramePair:
-    return FramePair(
-        Signal("pdq", b"q", 100, f"frame:{int(q * 30)}", q),
-        Signal("pdq", b"k", 100, f"frame:{int(k * 30)}", k),
-        distance,
-    )
-
-
-def test_run_bridges_small_gaps_and_keeps_one_offset():
-    pairs = [_pair(t, t + 40) for t in (10, 11, 12, 14, 15, 16, 17)]  # 13 s missing
-    pairs += [_pair(30, 2), _pair(31, 90)]  # stray hits elsewhere
-    runs = video_match.find_runs(pairs)
-    assert (runs[0].query_start, runs[0].query_end) == (10, 17)
-    assert (runs[0].known_start, runs[0].known_end) == (50, 57)
-    ev = video_match.video_evidence([p.query for p in pairs] * 10, pairs, 120, 120.0)
-    assert ev.is_match and "shows the known video's 50-57 s" in ev.reason
-
-
-def test_scattered_hits_and_far_pairs_are_no_match():
-    pairs = [_pair(t, (t * 7) % 50) for t in range(0, 60, 5)]  # no consistent offset
-    pairs += [_pair(t, t, distance=40) for t in range(60, 80)]  # too far apart
-    ev = video_match.video_evidence([p.query for p in pairs], pairs, 100, 100.0)
-    assert not ev.is_match
-
-
-def test_flat_frames_are_no_evidence():
-    flat = [
-        FramePair(
-            Signal("pdq", b"q", 10, f"frame:{t}", float(t)),
-            Signal("pdq", b"k", 100, f"frame:{t}", float(t)),
-            0,
-        )
-        for t in range(30)
-    ]
-    ev = video_match.video_evidence([p.query for p in flat], flat, 30, 30.0)
-    assert not ev.is_match
-
-
 def test_bad_input_through_hash_video_is_never_a_raw_exception(tmp_path):
     path = tmp_path / "noise.avi"
     path.write_bytes(b"RIFF" + bytes(range(256)) * 40)
@@ -312,22 +270,12 @@ def test_bad_input_through_hash_video_is_never_a_raw_exception(tmp_path):
         video.hash_video(str(path))
 
 
-def test_a_frame_counts_by_its_picture_not_its_bars():
-    frames = [
-        Signal("pdq", b"a", 90, "frame:0", 0.0),  # bars make edges: high quality
-        Signal("pdq", b"b", 20, "frame:0:trimmed", 0.0),  # the flat picture inside
-        Signal("pdq", b"c", 80, "frame:25", 1.0),
-        Signal("pdq", b"d", 10, "frame:25:center", 1.0),
-    ]
-    assert video_match.countable_frames(frames) == 1
-
-
 def test_hostile_variants_of_every_format_end_in_a_result_or_a_typed_error(media):
     """Truncations and bit flips of MP4, WebM, GIF, AVI and MKV files, and a
     GIF claiming a 65535x65535 screen: never a raw exception."""
     import random
 
-    from tests.hostile import gif_bomb
+    from hashsvc_testing.hostile import gif_bomb
 
     rng = random.Random(3)
     seeds = [media[n].read_bytes() for n in ("excerpt", "webm_vp8", "gif")]

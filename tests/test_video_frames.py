@@ -18,7 +18,7 @@ import pytest
 from hashsvc.base.errors import InvalidArgument, UnsupportedMedia
 from hashsvc.base.signals import hamming
 from hashsvc.media import video
-from tests import vectors
+from hashsvc_testing import vectors
 
 # Paths only: each test that reads them first checks the folder is there.
 VECTORS = vectors.VECTORS / "threatexchange"

@@ -15,10 +15,12 @@ MISSING = "../shared/vectors not found at"
 
 
 def _clone_without_vectors(tmp_path: Path) -> Path:
-    """The tests copied into a folder with no ../shared beside it; the code
-    itself linked in (generated gRPC modules included)."""
+    """The tests and the testing package (which finds the vectors from where
+    it lies) copied into a folder with no ../shared beside it; the code itself
+    linked in (generated gRPC modules included)."""
     repo = tmp_path / "repo"
-    shutil.copytree(REPO / "tests", repo / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    for copied in ("tests", "hashsvc_testing"):
+        shutil.copytree(REPO / copied, repo / copied, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", repo)
     for package in ("hashsvc", "hashdb", "loaders"):
         (repo / package).symlink_to(REPO / package)

@@ -14,7 +14,7 @@ import pymupdf
 from PIL import Image, ImageFilter
 
 from hashsvc.base.signals import Signal
-from tests import vectors
+from hashsvc_testing import vectors
 
 SHARED = vectors.VECTORS.parent
 PHOTO_DIR = vectors.VECTORS / "pdqhash-python" / "images"  # read through photo_file()

@@ -20,7 +20,7 @@ from PIL import Image
 from hashsvc.base.signals import hamming
 from hashsvc.matching.video_evidence import FramePair
 from hashsvc.media import video
-from tests import vectors
+from hashsvc_testing import vectors
 
 VECTORS = vectors.VECTORS  # paths only: photo() checks the folder is there
 _REG = VECTORS / "threatexchange" / "pdq" / "data" / "reg-test-input"

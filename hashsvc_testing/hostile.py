@@ -31,7 +31,7 @@ from pathlib import Path
 from PIL import Image
 
 from hashsvc.v1 import hashsvc_pb2 as pb
-from tests import vectors
+from hashsvc_testing import vectors
 
 PHOTO = vectors.VECTORS / "pdqhash-python/images/image3.jpg"  # read in seeds()
 CHUNK = 256 * 1024
@@ -199,7 +199,7 @@ def seeds(cache_dir: Path) -> dict[str, bytes]:
         out[name] = path.read_bytes()
     pdf_path = cache_dir / "seed.pdf"
     if not pdf_path.exists():
-        from tests import pdf_media
+        from hashsvc_testing import pdf_media
 
         pdf_path.write_bytes(pdf_media.typeset(pdf_media.publication(5, "en", paragraphs=8)))
     out["pdf"] = pdf_path.read_bytes()
@@ -452,7 +452,7 @@ def wav_claiming(rate: int, channels: int, bits: int = 16, data_bytes: int = 409
 
 def pdf_inflating_to(megabytes: int) -> bytes:
     """A page whose content stream inflates to `megabytes` of no-op operators."""
-    from tests.pdf_media import raw_pdf
+    from hashsvc_testing.pdf_media import raw_pdf
 
     comp = zlib.compressobj(9)
     block = b"q Q " * (1 << 18)  # 1 MiB
@@ -467,7 +467,7 @@ def pdf_inflating_to(megabytes: int) -> bytes:
 
 def pdf_image_claiming(width: int, height: int) -> bytes:
     """A page drawing one embedded image that claims width x height RGB pixels."""
-    from tests.pdf_media import raw_pdf
+    from hashsvc_testing.pdf_media import raw_pdf
 
     data = zlib.compress(b"\x00" * 65536, 9)
     content = b"q 500 0 0 500 50 50 cm /Im1 Do Q"
@@ -485,7 +485,7 @@ def pdf_image_claiming(width: int, height: int) -> bytes:
 
 def pdf_object_stream_cycle() -> bytes:
     """Objects that refer to each other in a ring, and a catalog inside the ring."""
-    from tests.pdf_media import raw_pdf
+    from hashsvc_testing.pdf_media import raw_pdf
 
     return raw_pdf([
         b"<< /Type /Catalog /Pages 2 0 R /Next 5 0 R >>",
@@ -597,7 +597,7 @@ def corpus(
     add("audio:silent_hour_flac", s["silent_hour.flac"], REFUSED)
 
     # PDF: object graphs, pages, sizes, text, streams
-    from tests import pdf_media
+    from hashsvc_testing import pdf_media
 
     add("pdf:encrypted", pdf_media.encrypted(s["pdf"]), REFUSED)
     add("pdf:broken_xref", pdf_media.broken_xref(s["pdf"]))

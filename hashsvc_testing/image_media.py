@@ -1,0 +1,50 @@
+"""Pictures for tests and benches: real photographs from the reference vectors,
+the copies re-uploaders make of them (re-encoded, mirrored), and made-up ones
+(flat, noise)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from hashsvc_testing.vectors import VECTORS, require
+
+PHOTOS = sorted((VECTORS / "pdqhash-python" / "images").glob("image*.jpg"))
+
+
+def photo(n: int) -> Image.Image:
+    """A real photograph (public-domain test images shipped in ../shared)."""
+    require()
+    return Image.open(PHOTOS[n % len(PHOTOS)]).convert("RGB")
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", **params) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+def mirrored(img: Image.Image) -> Image.Image:
+    return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+
+def reencoded(img: Image.Image, scale: float = 0.6, quality: int = 40) -> bytes:
+    w, h = img.size
+    return encode(img.resize((int(w * scale), int(h * scale))), "JPEG", quality=quality)
+
+
+def flat_image(size: int = 256) -> Image.Image:
+    """Almost featureless: PDQ quality far below 50."""
+    img = Image.new("RGB", (size, size), (120, 120, 120))
+    ImageDraw.Draw(img).rectangle(
+        (size // 3, size // 3, size // 2, size // 2), fill=(124, 120, 120)
+    )
+    return img
+
+
+def noise_image(seed: int, size: int = 320) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (size // 16, size // 16, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
