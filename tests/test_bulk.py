@@ -455,9 +455,10 @@ def test_an_entry_holds_at_most_the_signal_limit(store_and_index, monkeypatch):
     """Rows past an entry's signal limit are rejected with their line, in one
     load or across loads; the others load."""
     from hashdb import bulk_sql
-    from hashsvc.core import bulk
+    from hashsvc.core import bulk, bulk_rows
 
     monkeypatch.setattr(bulk, "MAX_SIGNALS_PER_ENTRY", 5)
+    monkeypatch.setattr(bulk_rows, "MAX_SIGNALS_PER_ENTRY", 5)
     monkeypatch.setattr(bulk_sql, "MAX_SIGNALS_PER_ENTRY", 5)
     store, live = store_and_index
     hash_set = store.create_set("capped", "", {}, {})
@@ -600,11 +601,12 @@ def test_an_entry_longer_than_a_batch_is_split_and_capped(store_and_index, monke
     from hashdb import bulk_sql
     from hashsvc.api.bulk_pb import rows_from_pb
     from hashsvc.client import cli_bulk
-    from hashsvc.core import bulk
+    from hashsvc.core import bulk, bulk_rows
 
     monkeypatch.setattr(cli_bulk, "BATCH_ROWS", 4)
     monkeypatch.setattr(cli_bulk, "ENTRY_SPLIT_ROWS", 6)
     monkeypatch.setattr(bulk, "MAX_SIGNALS_PER_ENTRY", 10)
+    monkeypatch.setattr(bulk_rows, "MAX_SIGNALS_PER_ENTRY", 10)
     monkeypatch.setattr(bulk_sql, "MAX_SIGNALS_PER_ENTRY", 10)
     store, live = store_and_index
     hash_set = store.create_set("long", "", {}, {})

@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 from hashsvc.api import bulk_pb, convert, status
 from hashsvc.api.streams import ANONYMOUS, Requests, StreamLimiter, StreamSlot, UnreadCalls
 from hashsvc.base.errors import HashsvcError, InvalidArgument, TooLarge, status_name
-from hashsvc.core import audit, auth, bulk
+from hashsvc.core import audit, auth, export
 from hashsvc.core.config import StringLimits, new_spool
 from hashsvc.core.core import Core
 from hashsvc.media.spool import Spool
@@ -697,7 +697,7 @@ class CurationServicer(pb_grpc.CurationServicer):
         since = convert.from_timestamp(request, "since")
         since_micros = int(since.timestamp() * 1_000_000) if since else None
         yield from bulk_pb.export_batches(
-            bulk.export_entries(self.core.store, hash_set.id, since_micros),
+            export.export_entries(self.core.store, hash_set.id, since_micros),
             request.set,
             self.core.config.page_bytes(),
         )

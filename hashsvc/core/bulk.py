@@ -18,26 +18,34 @@ in a temporary file, not in memory (held as Python objects, 1M rows took
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import pickle
 import re
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Protocol
 
-import numpy as np
-
-from hashdb import BulkStore, EntryLookup, EntryStore
-from hashdb.bulk_sql import MAX_SIGNALS_PER_ENTRY, BulkCounts, EntryUpsert, PlainSignals
-from hashsvc.base import validation
+from hashdb import BulkStore, EntryLookup
+from hashdb.bulk_sql import MAX_SIGNALS_PER_ENTRY, BulkCounts, PlainSignals
 from hashsvc.base.errors import InvalidArgument, TooLarge, quoted
 from hashsvc.base.signals import SIGNAL_TYPES, Signal
+from hashsvc.core.bulk_rows import (
+    BulkResult,
+    CheckedPlainRows,
+    EntryGroup,
+    PackedRows,
+    RejectedRow,
+    RowBatch,
+    RowError,
+    checked_row_labels,
+    plain_rows,
+    row_entry_name,
+    row_value,
+    sorted_plain,
+)
 from hashsvc.index.binary import split_signal_id
 from hashsvc.index.live import LiveIndex
 
@@ -71,212 +79,6 @@ MAX_REPORTED_REJECTS = 1_000
 _VARIANT = re.compile(r"original|page|document|frame:\d{1,9}")
 
 
-@dataclass
-class RowBatch:
-    """Rows as columns; an optional column may be empty (all defaults)."""
-
-    signal_type: Sequence[str]
-    value: Sequence[bytes]
-    line: Sequence[int] = ()
-    entry: Sequence[str] = ()  # "" -> named after the signal
-    labels: Sequence[str] = ()  # JSON object text; "" -> the row says nothing
-    deleted: Sequence[bool] = ()
-    quality: Sequence[int] = ()  # -1 -> none
-    variant: Sequence[str] = ()  # "" -> "original"
-    position: Sequence[float] = ()  # NaN -> none
-    source: str = ""
-
-    def __len__(self) -> int:
-        return len(self.signal_type)
-
-    @classmethod
-    def from_records(cls, records: Sequence, source: str = "") -> RowBatch:
-        """From loaders.Record objects (tests and in-process loads)."""
-        return cls(
-            signal_type=[r.signal_type for r in records],
-            value=[r.signal_value for r in records],
-            line=[r.line for r in records],
-            entry=[r.entry for r in records],
-            labels=[
-                "" if r.labels is None else json.dumps(r.labels, sort_keys=True) for r in records
-            ],
-            deleted=[r.deleted for r in records],
-            quality=[-1 if r.quality is None else r.quality for r in records],
-            variant=[r.variant for r in records],
-            position=[math.nan if r.position is None else r.position for r in records],
-            source=source,
-        )
-
-
-@dataclass
-class PackedRows:
-    """A plain hash list's rows packed: one fixed-length signal type, every
-    row's value joined in `values`, rows numbered from first_line. Each row
-    is an entry of its own, as a RowBatch row with only a type and a value."""
-
-    kind: str
-    values: bytes
-    first_line: int = 1
-    source: str = ""
-
-    def __post_init__(self) -> None:
-        sig_type = SIGNAL_TYPES.get(self.kind)
-        if sig_type is None or sig_type.sequence:
-            raise InvalidArgument(
-                f"packed rows need a fixed-length signal type, not {quoted(self.kind)}"
-            )
-        if len(self.values) % sig_type.nbytes:
-            raise InvalidArgument(
-                f"packed {self.kind} values must be a multiple of {sig_type.nbytes} bytes"
-            )
-
-    def __len__(self) -> int:
-        return len(self.values) // SIGNAL_TYPES[self.kind].nbytes
-
-    def as_row_batch(self) -> RowBatch:
-        width = SIGNAL_TYPES[self.kind].nbytes
-        count = len(self)
-        return RowBatch(
-            signal_type=[self.kind] * count,
-            value=[self.values[k * width : (k + 1) * width] for k in range(count)],
-            line=range(self.first_line, self.first_line + count),
-            source=self.source,
-        )
-
-
-@dataclass(frozen=True)
-class RejectedRow:
-    source: str
-    line: int
-    reason: str
-
-
-@dataclass
-class BulkResult:
-    rows: int = 0
-    counts: BulkCounts = field(default_factory=BulkCounts)
-    rejected_count: int = 0
-    rejected: list[RejectedRow] = field(default_factory=list)
-    # False only for a strict load that found bad rows and wrote nothing
-    written: bool = True
-
-    @property
-    def added(self) -> int:
-        return self.counts.added
-
-    @property
-    def updated(self) -> int:
-        return self.counts.updated
-
-    @property
-    def removed(self) -> int:
-        return self.counts.removed
-
-    @property
-    def unchanged(self) -> int:
-        return self.counts.unchanged
-
-
-class _RowError(ValueError):
-    pass
-
-
-@lru_cache(maxsize=4096)
-def _labels(text: str) -> dict[str, str]:
-    try:
-        return validation.labels_json(text)
-    except InvalidArgument as exc:
-        raise _RowError(str(exc)) from None
-
-
-def _entry_name(name: str) -> str:
-    try:
-        return validation.entry_name(name)
-    except InvalidArgument as exc:
-        raise _RowError(str(exc)) from None
-
-
-def _value(kind: str, value: bytes, deleted: bool) -> bytes:
-    sig_type = SIGNAL_TYPES.get(kind)
-    if sig_type is None:
-        raise _RowError(f"unsupported signal type {quoted(kind)}")
-    if deleted and not value:
-        return value
-    if sig_type.sequence:
-        if not value or len(value) % sig_type.nbytes:
-            raise _RowError(f"{kind} value must be a non-empty multiple of {sig_type.nbytes} bytes")
-    elif len(value) != sig_type.nbytes:
-        raise _RowError(f"{kind} value must be {sig_type.nbytes} bytes, got {len(value)}")
-    return value
-
-
-def media_type_of(signals: Sequence[Signal]) -> str:
-    """What kind of media an imported entry is, from its signals (the matcher
-    treats video and PDF entries by their frames and pages)."""
-    if len(signals) == 1 and signals[0].variant == "original":
-        return _SINGLE_MEDIA_TYPE.get(signals[0].kind, "hash")  # the common case, fast
-    kinds = set()
-    for s in signals:
-        if s.variant.startswith("frame:") or s.kind == "videohash":
-            return "video"
-        kinds.add(s.kind)
-        if s.kind.startswith("text_") or s.variant in ("page", "document"):
-            kinds.add("pdf")
-    if "pdf" in kinds:
-        return "pdf"
-    if "chromaprint" in kinds:
-        return "audio"
-    return "hash"
-
-
-_SINGLE_MEDIA_TYPE = {
-    "videohash": "video",
-    "chromaprint": "audio",
-    "text_sha256": "pdf",
-    "text_simhash": "pdf",
-}
-
-
-class _Group:
-    """What the rows of one batch say about one entry."""
-
-    __slots__ = ("name", "signals", "keys", "labels", "deleted", "retracts", "source", "line")
-
-    def __init__(self, name: str, deleted: bool, source: str, line: int) -> None:
-        self.name = name
-        self.signals: list[Signal] = []
-        self.keys: set | None = None  # made when a second signal arrives
-        self.labels: dict[str, str] | None = None
-        self.deleted = deleted
-        # a tombstone that names no entry but a hash: (kind, value)
-        self.retracts: tuple[str, bytes] | None = None
-        self.source, self.line = source, line  # the entry's first row
-
-    def add(self, signal: Signal | None, labels: dict[str, str] | None) -> None:
-        """Raises _RowError, adding nothing, when the entry is full."""
-        if signal is not None and not self.deleted and self.signals:
-            if self.keys is None:
-                self.keys = {(s.kind, s.value, s.variant) for s in self.signals}
-            key = (signal.kind, signal.value, signal.variant)
-            if key in self.keys:
-                signal = None  # a repeat: its labels still count
-            elif len(self.signals) >= MAX_SIGNALS_PER_ENTRY:
-                raise _RowError(
-                    f"entry {quoted(self.name)} holds at most {MAX_SIGNALS_PER_ENTRY} signals"
-                )
-            else:
-                self.keys.add(key)
-        if labels is not None:
-            self.labels = labels if self.labels is None else {**self.labels, **labels}
-        if signal is not None and not self.deleted:
-            self.signals.append(signal)
-
-    def upsert(self) -> EntryUpsert:
-        return EntryUpsert(
-            self.name, self.signals, self.labels, media_type_of(self.signals), self.deleted
-        )
-
-
 class BulkLoad:
     """One load into one set: add_batch() for each batch, then finish()."""
 
@@ -304,7 +106,7 @@ class BulkLoad:
         self._held_rows = 0
         self._write_rows = WRITE_CHUNK  # plain lists: rows per transaction, tuned as it goes
         self._expect_new = True  # plain lists: see BulkStore.bulk_add_plain
-        self._pending: list[_PlainRows] = []  # plain rows waiting to be sorted and written
+        self._pending: list[CheckedPlainRows] = []  # plain rows waiting to be sorted and written
         self._pending_rows = 0
         self._writing: Future | None = None  # the sorted run being written, see _flush_plain
         self._following: Future | None = None  # the index follower, see _follow
@@ -332,7 +134,7 @@ class BulkLoad:
         self._held_rows += len(batch)
         if self._held_rows > MAX_STRICT_ROWS:
             raise TooLarge(f"a strict load holds at most {MAX_STRICT_ROWS} rows")
-        if _plain(batch) is None:  # a plain hash list passed its checks there
+        if plain_rows(batch) is None:  # a plain hash list passed its checks there
             for _ in self._grouped(batch):
                 pass
         pickle.dump(batch, self._spool, protocol=pickle.HIGHEST_PROTOCOL)
@@ -346,7 +148,7 @@ class BulkLoad:
                 return
 
     def _load(self, batch: RowBatch | PackedRows) -> None:
-        plain = _plain(batch)
+        plain = plain_rows(batch)
         if plain is not None:
             if self._pending and self._pending[0].kind_key != plain.kind_key:
                 self._flush_plain()
@@ -384,7 +186,7 @@ class BulkLoad:
         if spool is not None:
             spool.close()
 
-    def _write(self, groups: dict[str, _Group]) -> None:
+    def _write(self, groups: dict[str, EntryGroup]) -> None:
         if not groups:
             return
         if any(g.retracts for g in groups.values()):
@@ -408,7 +210,7 @@ class BulkLoad:
         follower thread indexes what it has committed (numpy, numba and the
         store drivers let go of the GIL); one run in flight at a time."""
         if self._pending:
-            rows = _sorted_plain(self._pending)
+            rows = sorted_plain(self._pending)
             self._pending, self._pending_rows = [], 0
             self.wait_for_writer()
             if self._following is None:
@@ -482,7 +284,7 @@ class BulkLoad:
         # not halve the next
         self._write_rows = int(min(MAX_WRITE_ROWS, max(MIN_WRITE_ROWS, (rows + wanted) / 2)))
 
-    def _with_retractions(self, groups: dict[str, _Group]) -> dict[str, _Group]:
+    def _with_retractions(self, groups: dict[str, EntryGroup]) -> dict[str, EntryGroup]:
         """A tombstone row that names no entry retracts its hash: partners
         send (type, value, deleted) for a hash they loaded with their own id
         (a ThreatExchange or HMA id), so the entry of that name is not the
@@ -501,7 +303,7 @@ class BulkLoad:
                 if entry.name in out:
                     continue  # the hash's own name, or a row of this batch
                 if all((s.kind, s.value) == (kind, value) for s in entry.signals):
-                    out[entry.name] = _Group(entry.name, True, group.source, group.line)
+                    out[entry.name] = EntryGroup(entry.name, True, group.source, group.line)
                 else:
                     mixed.append(entry.name)
             if mixed:
@@ -539,7 +341,7 @@ class BulkLoad:
                 out.setdefault(key, []).append(entry)
         return out
 
-    def _count(self, counts: BulkCounts, groups: dict[str, _Group]) -> None:
+    def _count(self, counts: BulkCounts, groups: dict[str, EntryGroup]) -> None:
         """Adds a write's counts; signals an entry had no room for (it was
         filled by an earlier load) are rejected rows, one an entry, at the
         entry's first row."""
@@ -562,7 +364,7 @@ class BulkLoad:
             if len(self.result.rejected) < MAX_REPORTED_REJECTS:
                 self.result.rejected.append(RejectedRow(source, line, reason))
 
-    def _grouped(self, batch: RowBatch) -> Iterable[dict[str, _Group]]:
+    def _grouped(self, batch: RowBatch) -> Iterable[dict[str, EntryGroup]]:
         """The batch's rows as entries. A name that flips between tombstone
         and live within the batch splits it, so the removal and the new entry
         are written in order."""
@@ -574,7 +376,7 @@ class BulkLoad:
         quality = batch.quality or [-1] * n
         variant = batch.variant or [""] * n
         position = batch.position or [math.nan] * n
-        groups: dict[str, _Group] = {}
+        groups: dict[str, EntryGroup] = {}
         for kind, value, line, entry, label_text, gone, q, var, pos in zip(
             batch.signal_type,
             batch.value,
@@ -588,16 +390,16 @@ class BulkLoad:
             strict=True,
         ):
             try:
-                value = _value(kind, value, gone)
-                name = _entry_name(entry) if entry else f"{kind}:{value.hex()}"
-                row_labels = _labels(label_text) if label_text else None
+                value = row_value(kind, value, gone)
+                name = row_entry_name(entry) if entry else f"{kind}:{value.hex()}"
+                row_labels = checked_row_labels(label_text) if label_text else None
                 if var and var != "original" and not _VARIANT.fullmatch(var):
-                    raise _RowError(f"variant {quoted(var)} is not exchanged")
+                    raise RowError(f"variant {quoted(var)} is not exchanged")
                 if q != -1 and not 0 <= q <= 100:
-                    raise _RowError("quality must be within 0..100")
+                    raise RowError("quality must be within 0..100")
                 if not (math.isnan(pos) or (math.isfinite(pos) and pos >= 0)):
-                    raise _RowError("position must be a finite number >= 0")
-            except _RowError as exc:
+                    raise RowError("position must be a finite number >= 0")
+            except RowError as exc:
                 self._reject(batch.source, line, str(exc))
                 continue
             group = groups.get(name)
@@ -605,7 +407,7 @@ class BulkLoad:
                 yield groups
                 groups, group = {}, None
             if group is None:
-                group = groups[name] = _Group(name, gone, batch.source, line)
+                group = groups[name] = EntryGroup(name, gone, batch.source, line)
                 if gone and value and not entry:
                     group.retracts = (kind, bytes(value))
             signal = (
@@ -621,81 +423,9 @@ class BulkLoad:
             )
             try:
                 group.add(signal, row_labels)
-            except _RowError as exc:
+            except RowError as exc:
                 self._reject(batch.source, line, str(exc))
         yield groups
-
-
-@dataclass
-class _PlainRows:
-    """A batch's rows as a plain hash list, checked; in row order, repeats
-    included."""
-
-    kind: str
-    values: np.ndarray  # (n, width) uint8
-    qualities: np.ndarray | None  # int16, -1 -> none; None: no row has one
-
-    @property
-    def kind_key(self) -> tuple[str, bool]:
-        return self.kind, self.qualities is not None
-
-
-def _plain(batch: RowBatch | PackedRows) -> _PlainRows | None:
-    """The batch as a plain hash list, checked column-wise: one fixed-length
-    signal type, every value of its length, and no row with an entry,
-    labels, tombstone, variant or position. None when a row needs the
-    row-by-row path (which also reports bad rows)."""
-    if isinstance(batch, PackedRows):
-        width = SIGNAL_TYPES[batch.kind].nbytes
-        values = np.frombuffer(batch.values, dtype=np.uint8).reshape(-1, width)
-        return _PlainRows(batch.kind, values, None)
-    says_more = (
-        any(batch.entry)
-        or any(batch.labels)
-        or any(batch.deleted)
-        or not set(batch.variant) <= {"", "original"}
-        or not all(map(math.isnan, batch.position))
-    )
-    if says_more:
-        return None
-    kinds = set(batch.signal_type)
-    if len(kinds) != 1:
-        return None
-    kind = kinds.pop()
-    sig_type = SIGNAL_TYPES.get(kind)
-    if sig_type is None or sig_type.sequence or set(map(len, batch.value)) != {sig_type.nbytes}:
-        return None
-    if batch.quality and (min(batch.quality) < -1 or max(batch.quality) > 100):
-        return None
-    values = np.frombuffer(b"".join(batch.value), dtype=np.uint8).reshape(-1, sig_type.nbytes)
-    qualities = np.asarray(batch.quality, dtype=np.int16) if batch.quality else None
-    return _PlainRows(kind, values, qualities)
-
-
-def _sorted_plain(parts: Sequence[_PlainRows]) -> PlainSignals:
-    """Plain rows of one kind as entries: one a value (its first row wins,
-    as in the row-by-row path), named after it, in name (= value) order, so
-    the store's name index is written page by page. All in numpy, which
-    lets other threads run meanwhile (sorted() held the GIL, and so every
-    Match, for 250 ms a run)."""
-    kind = parts[0].kind
-    rows = np.concatenate([p.values for p in parts]) if len(parts) > 1 else parts[0].values
-    width = rows.shape[1]
-    padded = np.zeros((len(rows), -(-width // 8) * 8), dtype=np.uint8)
-    padded[:, :width] = rows
-    words = padded.view(">u8").astype(np.uint64)
-    # by the first 8 bytes (4x faster than by all), unless two rows share them
-    order = np.argsort(words[:, 0], kind="stable")
-    if words.shape[1] > 1 and (np.diff(words[order, 0]) == 0).any():
-        order = np.lexsort(words.T[::-1])  # the first word the primary key; stable
-    ordered = words[order]
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
-    keep = order[first]
-    qualities = None
-    if parts[0].qualities is not None:
-        qualities = np.concatenate([p.qualities for p in parts])[keep]
-    return PlainSignals(kind, _SINGLE_MEDIA_TYPE.get(kind, "hash"), rows[keep], qualities)
 
 
 class LoadStore(BulkStore, EntryLookup, Protocol):
@@ -719,41 +449,3 @@ def load(
         run.abandon()
         raise
     return run.finish()
-
-
-EXPORT_BATCH = 1_000
-# Signals read a batch: ~100 bytes each as protobuf, a few messages' worth
-# (they are sent in messages of Config.max_page_bytes).
-EXPORT_BATCH_SIGNALS = 100_000
-
-
-def export_entries(
-    store: EntryStore,
-    set_id: int,
-    since_micros: int | None = None,
-    max_signals: int = EXPORT_BATCH_SIGNALS,
-):
-    """Batches of the set's entries with their signals: all active ones, or
-    those changed at or after `since_micros` (removed ones included, with
-    removed_at set), oldest first. A batch holds at most EXPORT_BATCH entries
-    and max_signals signals (or one entry): 1,000 four-hour videos are 14M."""
-    if since_micros is None:
-        after = 0
-        while entries := store.list_entries(set_id, after, EXPORT_BATCH, max_signals):
-            yield entries
-            after = entries[-1].id
-        return
-    ids = store.entries_changed_since(set_id, since_micros)
-    for start in range(0, len(ids), EXPORT_BATCH):
-        chunk = ids[start : start + EXPORT_BATCH]
-        counts = store.signal_counts(chunk)
-        run, signals = [], 0
-        for entry_id in [*chunk, None]:
-            count = counts.get(entry_id, 0) if entry_id is not None else 0
-            if run and (entry_id is None or signals + count > max_signals):
-                found = store.get_entries(run, with_signals=True)
-                yield [found[i] for i in sorted(found)]
-                run, signals = [], 0
-            if entry_id is not None:
-                run.append(entry_id)
-                signals += count
