@@ -795,6 +795,7 @@ class AuditServicer(pb_grpc.AuditServicer):
             ],
             checkpoints_checked=result.checkpoints_checked,
             notes=result.notes,
+            truncation_checked=result.truncation_checked,
         )
 
 
