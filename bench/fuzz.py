@@ -35,6 +35,7 @@ import argparse
 import collections
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -197,10 +198,10 @@ def run(
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         log = open(os.path.join(tmp, "server.log"), "wb")  # noqa: SIM115
-        server = subprocess.Popen(
-            [sys.executable, "-m", "hashsvc", "serve", "--listen", f"127.0.0.1:{port}",
-             "--db", db, "--workers", str(workers), "--config", str(config)],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        server = start_server(
+            ["--listen", f"127.0.0.1:{port}", "--db", db, "--workers", str(workers),
+             "--config", str(config)],
+            log,
         )  # fmt: skip
         channel = grpc.insecure_channel(
             f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 << 20)]
@@ -215,17 +216,45 @@ def run(
                 _protocol(channel, md, report, seeds, ping_latency_limit)
                 report.crashed = server.poll() is not None
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_server(server)
             channel.close()
             log.close()
             if store == "postgresql":
                 with psycopg.connect(PG_URL, autocommit=True) as conn:
                     conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     return report
+
+
+def start_server(args: list[str], log) -> subprocess.Popen:
+    """`hashsvc serve ARGS` in a session of its own: stopping its process
+    group stops its hashing workers too, even once the server itself died."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "hashsvc", "serve", *args],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop_server(server: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM to the server's process group, SIGKILL after `grace` seconds;
+    then SIGKILL to whatever is left of the group (workers of a server that
+    crashed or was killed, which nobody would stop otherwise)."""
+    _signal_group(server, signal.SIGTERM)
+    try:
+        server.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        _signal_group(server, signal.SIGKILL)
+        server.wait(timeout=10)
+    _signal_group(server, signal.SIGKILL)
+
+
+def _signal_group(server: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(server.pid, sig)  # its session's id is its pid
+    except ProcessLookupError:
+        pass  # nothing of the group is left
 
 
 def _wait_serving(channel, seconds: float) -> None:

@@ -146,6 +146,8 @@ class HistoryVerification:
     problems: list[tuple[int, str]] = field(default_factory=list)
     checkpoints_checked: int = 0  # checkpoints of the head the database was held against
     notes: list[str] = field(default_factory=list)  # what verify could not check
+    # whether a deleted tail could show (a checkpoint file outside the database)
+    truncation_checked: bool = False
 
     @property
     def intact(self) -> bool:

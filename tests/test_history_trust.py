@@ -18,6 +18,7 @@ from hashsvc.client import cli
 from hashsvc.core import auth
 from hashsvc.core.core import MatchQuery
 from hashsvc.v1 import hashsvc_pb2 as pb
+from tests.helpers import start_harness
 
 MD5 = "md5:" + "1" * 32
 
@@ -128,6 +129,75 @@ def test_forged_checkpoint_file_line_is_a_problem(audited, tmp_path, monkeypatch
     path.write_text(path.read_text() + json.dumps(line) + "\n")
     code, out = _verify(audited, monkeypatch, capsys)
     assert code == 1 and "not signed" in out
+
+
+def test_deleted_checkpoint_file_is_a_problem_not_a_note(
+    audited, store_url, tmp_path, monkeypatch, capsys
+):
+    _matches(audited, 2)
+    audited.core.audit.checkpoint()
+    ids = _matches(audited, 2)  # the first checkpoint record is ids[2]
+    audited.core.audit.checkpoint()
+    # the tail goes with its newer in-database checkpoint, and the file with
+    # it: the chain and the older checkpoint left in the history still hold
+    _tamper(store_url, f"DELETE FROM match_history WHERE id > {ids[2]}")
+    (tmp_path / "checkpoints.jsonl").unlink()
+    code, out = _verify(audited, monkeypatch, capsys)
+    assert code == 1 and "TAMPERED" in out and "checkpoints.jsonl is missing" in out
+
+
+def test_unreadable_checkpoint_file_is_a_problem(audited, tmp_path, monkeypatch, capsys):
+    _matches(audited, 2)
+    audited.core.audit.checkpoint()
+    path = tmp_path / "checkpoints.jsonl"
+    path.unlink()
+    path.mkdir()  # in the way of the file: it cannot be read
+    code, out = _verify(audited, monkeypatch, capsys)
+    assert code == 1 and "cannot be read" in out
+
+
+def test_no_checkpoint_yet_is_a_note(audited, monkeypatch, capsys):
+    _matches(audited, 2)  # no checkpoint written: the missing file is expected
+    code, out = _verify(audited, monkeypatch, capsys)
+    assert code == 0 and "note: checkpoint file" in out and "holds no checkpoint yet" in out
+
+
+def test_verify_says_truncation_is_not_checked_without_a_checkpoint_file(
+    store_url, monkeypatch, capsys
+):
+    h = start_harness(store_url)
+    try:
+        _matches(h, 2)
+        h.core.audit.checkpoint()
+        code, out = _verify(h, monkeypatch, capsys)
+        assert code == 0 and "history intact" in out and "truncation NOT checked" in out
+        assert cli.main(["history", "verify", "--json"]) == 0
+        row = json.loads(capsys.readouterr().out)
+        assert row["intact"] is True and row["truncation_checked"] is False
+    finally:
+        h.close()
+
+
+def test_a_checkpoint_file_makes_truncation_checked(audited, monkeypatch, capsys):
+    _matches(audited, 2)
+    audited.core.audit.checkpoint()
+    _verify(audited, monkeypatch, capsys)
+    assert cli.main(["history", "verify", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["truncation_checked"] is True and row["checkpoints_checked"] >= 1
+
+
+def test_history_key_without_checkpoint_file_refuses_to_start(tmp_path, capsys):
+    key = tmp_path / "history.key"
+    key.write_bytes(b"k" * 32)
+    config = tmp_path / "c.toml"
+    config.write_text(f'history_key_file = "{key}"\n')
+    argv = ["serve", "--db", f"sqlite:///{tmp_path}/h.db", "--config", str(config)]
+    assert cli.main(argv) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "history_checkpoint_file" in err
+    with pytest.raises(ValueError, match="history_checkpoint_file"):
+        start_harness(f"sqlite:///{tmp_path}/h.db", history_key_file=str(key))
 
 
 def test_set_index_of_history_is_covered_by_the_chain(audited, store_url, monkeypatch, capsys):
@@ -477,7 +547,9 @@ def test_token_created_with_db_is_recorded(store_url, tmp_path, capsys):
     assert cli.main(["token", "create", "--role", "matcher", "--db", store_url]) == 0
     assert "not in the history" in capsys.readouterr().err
     config = tmp_path / "c.toml"
-    config.write_text(f'history_key_file = "{key}"\n')
+    config.write_text(
+        f'history_key_file = "{key}"\nhistory_checkpoint_file = "{tmp_path}/cp.jsonl"\n'
+    )
     argv = ["token", "create", "--role", "matcher", "--db", store_url, "--config", str(config)]
     assert cli.main(argv) == 0
     keyed = open_store(store_url, history_key=b"s" * 32)

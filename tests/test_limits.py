@@ -5,6 +5,8 @@ hostile requests (a real `hashsvc serve`, via bench/fuzz.py)."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -62,10 +64,7 @@ def test_server_memory_stays_bounded_across_hostile_requests():
     only results or typed statuses, still serving, and the RSS of the server
     and its workers grows by less than 200 MB over the second half of the run
     (the server process alone by less than 40 MB)."""
-    spec = importlib.util.spec_from_file_location("bench_fuzz", FUZZ)
-    fuzz = importlib.util.module_from_spec(spec)
-    sys.modules["bench_fuzz"] = fuzz  # its dataclasses look their module up
-    spec.loader.exec_module(fuzz)
+    fuzz = _load_fuzz()
     report = fuzz.run(requests=150, seconds=120, seed=11, api_cases=False)
     print("\n".join(report.lines()))
     assert not report.crashed
@@ -74,6 +73,54 @@ def test_server_memory_stays_bounded_across_hostile_requests():
     assert report.requests >= 100
     assert report.growth_mb(2) < 200, report.lines()
     assert report.growth_mb(1) < 40, report.lines()
+
+
+def _load_fuzz():
+    spec = importlib.util.spec_from_file_location("bench_fuzz", FUZZ)
+    fuzz = importlib.util.module_from_spec(spec)
+    sys.modules["bench_fuzz"] = fuzz  # its dataclasses look their module up
+    spec.loader.exec_module(fuzz)
+    return fuzz
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone
+    except OSError:
+        return False
+
+
+def test_fuzz_server_stopped_leaves_no_hashing_workers(tmp_path):
+    """bench/fuzz.py's server runs in a session of its own and is stopped as a
+    group: its hashing workers go too, also one that does not answer (stuck
+    in a decode, here stopped). Before, the server was terminated alone and
+    such workers were left running, in the caller's own process group."""
+    fuzz = _load_fuzz()
+    with open(tmp_path / "server.log", "wb") as log:
+        server = fuzz.start_server(
+            ["--listen", "127.0.0.1:0", "--db", f"sqlite:///{tmp_path}/f.db", "--workers", "2"],
+            log,
+        )
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and time.monotonic() < deadline and server.poll() is None:
+            time.sleep(0.1)
+            workers = fuzz._children(server.pid)
+        assert len(workers) >= 2, (tmp_path / "server.log").read_text()
+        assert {os.getpgid(w) for w in workers} == {server.pid}  # not the caller's group
+        os.kill(workers[-1], signal.SIGSTOP)  # a worker that will not notice its server go
+        fuzz.stop_server(server, grace=5)
+        assert server.returncode is not None
+        deadline = time.monotonic() + 10
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)]
+    finally:
+        for pid in [server.pid, *workers]:  # whatever happened above, by pid
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_request_racing_a_pool_replacement_is_hashed_by_the_new_pool():

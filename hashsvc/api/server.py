@@ -154,6 +154,9 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
                 observe_rpc=metrics.observe_rpc,
                 streams=streams,
                 unread=unread,
+                record_refused_match=lambda rpc, record, exc: core.record_failed_match(
+                    rpc, record.name, exc, caller_token_id=record.id
+                ),
             )
         ],
         options=options,

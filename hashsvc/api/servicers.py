@@ -125,15 +125,6 @@ def _name_paging_field(request, exc: BaseException) -> None:
             exc.field = own.field
 
 
-def _within_rate(limiter: auth.RateLimiter, record) -> None:
-    """limiter.check, its refusal naming the limit's config key (ErrorInfo)."""
-    try:
-        limiter.check(record)
-    except TooLarge as exc:
-        exc.limit = exc.limit or "rate_limit_per_second"
-        raise
-
-
 def caller_name() -> str:
     return CALLER.get().name
 
@@ -156,9 +147,13 @@ class AuthInterceptor(grpc.ServerInterceptor):
         observe_rpc=None,
         streams: StreamLimiter | None = None,
         unread: UnreadCalls | None = None,
+        record_refused_match=None,
     ) -> None:
         self.store = store
         self.limiter = limiter or auth.RateLimiter(0)
+        # record_refused_match(rpc name, token record, error): a Match call
+        # refused by the rate limit is still a Match call, in the history
+        self.record_refused_match = record_refused_match
         # observe_rpc(rpc name, status code name, perf_counter start) for metrics
         self.observe_rpc = observe_rpc
         self.streams = streams
@@ -189,6 +184,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
             handler.request_streaming or handler.response_streaming
         )
         counted_per_item = method in auth.RATE_LIMITED_PER_ITEM
+        record_refused = (
+            self.record_refused_match if method in _RECORDED_WHEN_RATE_LIMITED else None
+        )
 
         def guard(behavior):
             @functools.wraps(behavior)
@@ -201,7 +199,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                         record = auth.authenticate(store, token)
                         auth.authorize(record, method)
                         if not counted_per_item:
-                            _within_rate(limiter, record)
+                            _within_rate(limiter, record, rpc_name, record_refused)
                         if is_stream:
                             held = [_admit(streams, context, record.id, f"token {record.name!r}")]
                     except HashsvcError as exc:
@@ -230,6 +228,29 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return guarded
 
         return _rewrap(handler, guard, reads_first)
+
+
+# Match calls refused by the rate limit before their handler runs: recorded
+# as failed Match calls (MatchBatch records its refused items itself).
+_RECORDED_WHEN_RATE_LIMITED = frozenset(
+    f"/{pb.DESCRIPTOR.package}.Matcher/{name}" for name in ("Match", "MatchUpload")
+)
+
+
+def _within_rate(
+    limiter: auth.RateLimiter, record, rpc_name: str = "", record_refused=None
+) -> None:
+    """limiter.check, its refusal naming the limit's config key (ErrorInfo);
+    record_refused(rpc name, token record, error), if given, records it."""
+    try:
+        limiter.check(record)
+    except TooLarge as exc:
+        exc.limit = exc.limit or "rate_limit_per_second"
+        if record_refused is not None:
+            # The request is not read (that would hold a thread for a caller
+            # already past its limit): the record has no client_ref.
+            record_refused(rpc_name, record, exc)
+        raise
 
 
 def _rewrap(handler, guard, reads_first: bool = False):
@@ -505,21 +526,31 @@ class MatcherServicer(pb_grpc.MatcherServicer):
             yield response
 
     def _match_later(self, request: pb.MatchRequest, record) -> Future:
-        """The item's answer to come; an item past the token's rate limit is
-        answered at once with its own RESOURCE_EXHAUSTED, like a bad item."""
+        """The item's answer to come. An item with a string past its limit, or
+        past the token's rate limit, is answered at once with its own error,
+        recorded as a failed MatchBatch item. Strings are checked first: a bad
+        item costs no rate, and its oversized client_ref is not sent back."""
         try:
+            convert.request_strings(request, self.limits)
             self.limiter.check(record)
-        except TooLarge as exc:
-            refused: Future = Future()
-            refused.set_result(
-                pb.MatchResponse(
-                    client_ref=request.client_ref,
-                    error_code=status_name(exc),
-                    error_message=str(exc),
-                )
+        except HashsvcError as exc:
+            self.core.record_failed_match(
+                "MatchBatch", record.name, exc, request.client_ref, caller_token_id=record.id
             )
+            refused: Future = Future()
+            refused.set_result(self._item_error(request, exc))
             return refused
         return self._batch_pool.submit(self._match_item, request, record.name, record.id)
+
+    def _item_error(self, request: pb.MatchRequest, exc: HashsvcError) -> pb.MatchResponse:
+        # an oversized client_ref is not sent back: one of 5 MiB made the
+        # stream's answer larger than the client's max message
+        ref = request.client_ref
+        return pb.MatchResponse(
+            client_ref=ref if len(ref) <= self.limits.client_ref_chars else "",
+            error_code=status_name(exc),
+            error_message=str(exc),
+        )
 
     def _match_item(
         self, request: pb.MatchRequest, caller: str, caller_token_id: int
@@ -529,13 +560,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
             outcome = self.core.match(query, caller, "MatchBatch", caller_token_id)
             return convert.match_response(outcome)
         except HashsvcError as exc:
-            # an oversized client_ref is not sent back (the reason it failed)
-            ref = request.client_ref
-            return pb.MatchResponse(
-                client_ref=ref if len(ref) <= self.limits.client_ref_chars else "",
-                error_code=status_name(exc),
-                error_message=str(exc),
-            )
+            return self._item_error(request, exc)
         except Exception:
             log.exception("batch item failed")
             return pb.MatchResponse(
@@ -804,6 +829,7 @@ class AuditServicer(pb_grpc.AuditServicer):
             ],
             checkpoints_checked=result.checkpoints_checked,
             notes=result.notes,
+            truncation_checked=result.truncation_checked,
         )
 
 

@@ -222,10 +222,21 @@ class Audit:
         result = self.history.verify_history()
         problems, notes, checked = list(result.problems), list(result.notes), 0
         file_head = None
+        in_history = self.history.last_history_record(CHECKPOINT_RPC)
         if self.checkpoint_file:
             line, problem = self._last_file_line()
             if problem:
                 problems.append((0, problem))
+            elif line is None and in_history is not None:
+                # The history holds checkpoints, so the file held them too: it
+                # was deleted or emptied, and a cut tail would not show.
+                problems.append(
+                    (
+                        0,
+                        f"checkpoint file {self.checkpoint_file} is missing or empty, though the"
+                        " history holds checkpoints: it was deleted or replaced",
+                    )
+                )
             elif line is None:
                 notes.append(f"checkpoint file {self.checkpoint_file} holds no checkpoint yet")
             else:
@@ -234,10 +245,9 @@ class Audit:
                 checked += 1
         else:
             notes.append(
-                "no history_checkpoint_file: a deleted tail or a wholesale rewrite of the chain"
-                " cannot be detected"
+                "truncation NOT checked (no history_checkpoint_file): a deleted tail or a"
+                " wholesale rewrite of the chain cannot be detected"
             )
-        in_history = self.history.last_history_record(CHECKPOINT_RPC)
         if in_history is not None and in_history.detail.get("head_id") != file_head:
             d = in_history.detail
             if _is_checkpoint(d.get("head_id"), d.get("head_hash"), d.get("records")):
@@ -252,6 +262,7 @@ class Audit:
             problems,
             checked,
             notes,
+            truncation_checked=bool(self.checkpoint_file),
         )
 
     def _check(self, where: str, head_id: int, head_hash, records: int) -> list[tuple[int, str]]:
@@ -289,6 +300,8 @@ class Audit:
                 tail = f.read().decode("utf-8", "replace")
         except FileNotFoundError:
             return None, ""
+        except OSError as exc:  # a directory, no permission: nothing to hold the database to
+            return None, f"checkpoint file {self.checkpoint_file} cannot be read: {exc.strerror}"
         lines = [x for x in tail.splitlines() if x.strip()]
         if not lines:
             return None, ""

@@ -153,7 +153,8 @@ class Config:
     # TLS-terminating proxy in front, a trusted network), logged as a warning.
     allow_insecure: bool = False
     # A secret file: the match history's hash chain becomes an HMAC under it,
-    # so database access alone cannot forge a consistent history.
+    # so database access alone cannot forge a consistent history. Needs
+    # history_checkpoint_file: a key alone cannot show a deleted tail.
     history_key_file: str = ""
     # Checkpoints of the history's head (newest record's id and hash, and how
     # many records lead up to it), HMAC-signed with the history key when there
@@ -161,7 +162,8 @@ class Config:
     # should live outside the database's reach (another disk, a WORM mount,
     # shipped off-host): `history verify` holds the database to the file's
     # last checkpoint, so a cut-off tail or a nulled chain shows. "" = none
-    # (then verify says it could not check truncation).
+    # (only without history_key_file; verify then says it could not check
+    # truncation).
     history_checkpoint_file: str = ""
     # A checkpoint after this many new records (one record in 100 more)...
     history_checkpoint_records: int = 100
@@ -191,6 +193,15 @@ class Config:
         if self.history_checkpoint_records < 1 or self.history_checkpoint_seconds <= 0:
             raise ValueError(
                 "history_checkpoint_records and history_checkpoint_seconds must be positive"
+            )
+        if self.history_key_file and not self.history_checkpoint_file:
+            # A keyed chain with its tail (and the checkpoint records in it)
+            # deleted is still a consistent chain: only a checkpoint outside
+            # the database shows the cut. An operator who keys the history
+            # wants that, so it is not left to be forgotten.
+            raise ValueError(
+                "history_key_file needs history_checkpoint_file (a file outside the database):"
+                " without it a deleted tail of the history still verifies"
             )
         if self.pdq_review_search not in PDQ_REVIEW_SEARCHES:
             raise ValueError(f"pdq_review_search must be one of {', '.join(PDQ_REVIEW_SEARCHES)}")

@@ -80,6 +80,7 @@ def cmd_history_verify(args: argparse.Namespace) -> int:
         "head_hash": resp.head_hash,
         "problems": [{"record_id": p.record_id, "problem": p.problem} for p in resp.problems],
         "notes": list(resp.notes),
+        "truncation_checked": resp.truncation_checked,
     }
     if args.json:
         print_json(row)
