@@ -23,9 +23,10 @@ from photos import load_photos
 from transforms import TRANSFORMS, jpeg
 
 from hashdb import HashSetRecord
+from hashsvc.base.decisions import strictest
 from hashsvc.base.signals import hamming
 from hashsvc.core.config import Config
-from hashsvc.matching.policy import ALLOW, BLOCK, Policy, strictest
+from hashsvc.matching.policy import ALLOW, BLOCK, Policy
 from hashsvc.media import image
 
 CONFIG = Config()

@@ -352,7 +352,7 @@ def test_server_and_tls_flags_go_before_or_after_the_command(
     assert code == 2 and "--server" in err
 
 
-def test_json_flag_goes_before_or_after_the_command(run, harness):
+def test_json_flag_goes_before_or_after_the_command(run, module_harness):
     """`hashsvc --json stats` prints what `hashsvc stats --json` prints; a
     command without JSON output refuses it rather than printing text."""
     code, before, err = run("--json", "stats", role="auditor")
@@ -366,7 +366,9 @@ def test_json_flag_goes_before_or_after_the_command(run, harness):
     assert row["file"] == "md5:" + "2" * 32 and row["decision"] == "allow"
     code, out, err = run("--json", "sets", "create", "json-first", role="operator")
     assert code == 0 and json.loads(out)["name"] == "json-first", err
-    code, out, err = run("--json", "--server", harness.address, "sets", "list", role="operator")
+    code, out, err = run(
+        "--json", "--server", module_harness.address, "sets", "list", role="operator"
+    )
     assert code == 0, err
     assert "json-first" in [json.loads(line)["name"] for line in out.splitlines()]
     for argv in (["export", "--set", "x"], ["token", "revoke", "1"], ["serve"]):

@@ -1,4 +1,4 @@
-"""The hostile corpus (tests/hostile.py) through a real server that hashes in
+"""The hostile corpus (hashsvc_testing/hostile.py) through a real server that hashes in
 worker processes, as in production: every case ends in a result or a typed
 status (never UNKNOWN or INTERNAL) within the limits, and the server goes on
 answering a normal Match after each one."""

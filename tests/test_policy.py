@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from hashdb import HashSetRecord, Thresholds
+from hashsvc.base.decisions import strictest
 from hashsvc.core.config import Config
 from hashsvc.matching.policy import (
     ALLOW,
@@ -19,7 +20,6 @@ from hashsvc.matching.policy import (
     REVIEW,
     PdqPolicy,
     Policy,
-    strictest,
 )
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

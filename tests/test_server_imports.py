@@ -24,8 +24,9 @@ from hashdb import open_store
 from hashsvc.core import auth
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
-from tests import audio_media, video_media
-from tests.helpers import encode, noise_image, popen
+from hashsvc_testing import audio_media, video_media
+from hashsvc_testing.image_media import encode, noise_image
+from tests.helpers import popen
 
 REPO = Path(__file__).resolve().parents[1]
 # Top-level modules of the decoders (fitz: PyMuPDF's old name).
