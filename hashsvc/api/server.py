@@ -19,11 +19,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from hashdb import safe_url
 from hashsvc.api import reflection
+from hashsvc.api.interceptors import AuthInterceptor
 from hashsvc.api.metrics import Metrics
 from hashsvc.api.servicers import (
     AdminServicer,
     AuditServicer,
-    AuthInterceptor,
     CurationServicer,
     MatcherServicer,
     ReviewServicer,

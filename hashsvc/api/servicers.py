@@ -1,26 +1,31 @@
 """gRPC servicers: thin. Each RPC unpacks the request, calls the core, packs the
-answer; core errors become status codes through errors.STATUS_FOR_ERROR, with
-google.rpc details (hashsvc/api/status.py)."""
+answer; core errors become status codes (hashsvc/api/calls.py, with google.rpc
+details from hashsvc/api/status.py)."""
 
 from __future__ import annotations
 
-import contextvars
 import functools
-import inspect
 import logging
 import queue
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import grpc
-from google.protobuf.message import Message
-
-from hashsvc.api import bulk_pb, convert, status
-from hashsvc.api.streams import ANONYMOUS, Requests, StreamLimiter, StreamSlot, UnreadCalls
+from hashsvc.api import bulk_pb, convert
+from hashsvc.api.calls import (
+    CALLER,
+    abort,
+    caller_name,
+    checks_own_strings,
+    counted_chunks,
+    reviewer_identity,
+    rpc,
+    status_of,
+    upload_parts,
+)
+from hashsvc.api.streams import Requests
 from hashsvc.base.errors import HashsvcError, InvalidArgument, TooLarge, status_name
-from hashsvc.core import audit, auth, export
-from hashsvc.core.config import StringLimits, new_spool
+from hashsvc.core import auth, export
+from hashsvc.core.config import new_spool
 from hashsvc.core.core import Core
 from hashsvc.media.spool import Spool
 from hashsvc.v1 import hashsvc_pb2 as pb
@@ -33,370 +38,6 @@ _END, _TOO_MANY = object(), object()  # MatchBatch queue markers
 # its type and variant): a page of ListEntries reads no more signals than
 # max_page_bytes / this.
 _SIGNAL_BYTES = 48
-
-# The authenticated caller of the RPC running in this thread (set by AuthInterceptor).
-CALLER: contextvars.ContextVar = contextvars.ContextVar("caller")
-
-
-def _status_of(context: grpc.ServicerContext, exc: BaseException | None) -> str:
-    """The status code name a call ends with, having raised `exc` (or None)."""
-    if context.code() is not None:
-        return context.code().name  # the handler called context.abort()
-    if (exc is None or isinstance(exc, grpc.RpcError)) and not context.is_active():
-        # grpc's request iterator raises a bare RpcError once the client has
-        # cancelled or gone away (e.g. `hashsvc load` interrupted), or ends
-        # as if the client had sent everything: no answer reaches it
-        return "CANCELLED"
-    return "OK" if exc is None else status_name(exc)
-
-
-def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
-    if context.code() is not None:
-        raise exc  # the handler called context.abort(): its status stands
-    code = _status_of(context, exc)
-    if code == "CANCELLED":
-        # no internal error, and what was committed stays (a rerun completes it)
-        log.info("the client cancelled the call")
-        context.abort_with_status(
-            status.status(code, "the client cancelled the call", status.CANCELLED)
-        )
-    if code == "INTERNAL":
-        log.exception("internal error", exc_info=exc)
-        context.abort_with_status(
-            status.status(code, "internal error (logged on the server)", status.INTERNAL)
-        )
-    context.abort_with_status(status.of_error(exc))
-
-
-def rpc(method):
-    """Turns core errors raised by a unary or server-streaming RPC into statuses.
-    A request message (not a client stream, whose messages are checked as
-    they are read) has its strings checked first (convert.request_strings)."""
-    if inspect.isgeneratorfunction(method):
-
-        @functools.wraps(method)
-        def streaming(self, request, context):
-            try:
-                _check_strings(request, self.limits)
-                yield from method(self, request, context)
-            except Exception as exc:  # noqa: BLE001 - every error gets a status
-                _abort(context, exc)
-
-        return streaming
-
-    @functools.wraps(method)
-    def unary(self, request, context):
-        try:
-            if not getattr(method, "checks_own_strings", False):
-                _check_strings(request, self.limits)
-            return method(self, request, context)
-        except Exception as exc:  # noqa: BLE001 - every error gets a status
-            _name_paging_field(request, exc)
-            _abort(context, exc)
-
-    return unary
-
-
-def checks_own_strings(method):
-    """Marks an RPC that checks its request's strings itself: a Match refused
-    for them is still a Match call, recorded in the history."""
-    method.checks_own_strings = True
-    return method
-
-
-def _check_strings(request, limits) -> None:
-    if isinstance(request, Message):
-        convert.request_strings(request, limits)
-
-
-def _name_paging_field(request, exc: BaseException) -> None:
-    """A unary list call's paging error, raised by the core where it reads
-    page_size and page_token (after looking up the set: NOT_FOUND comes
-    first), names its field for the status details: the error is the paging
-    check's own when the same check on the request fails the same way. (Only
-    unary calls: ExportHistory takes a QueryHistoryRequest and leaves its
-    paging fields unread.)"""
-    if not isinstance(exc, InvalidArgument) or exc.field or not isinstance(request, Message):
-        return
-    try:
-        convert.request_paging(request)
-    except InvalidArgument as own:
-        if str(own) == str(exc):
-            exc.field = own.field
-
-
-def caller_name() -> str:
-    return CALLER.get().name
-
-
-def reviewer_identity() -> str:
-    """NAME#ID: a review claim belongs to the token that made it, not to a
-    later token given the same name once the first was revoked."""
-    record = CALLER.get()
-    return f"{record.name}#{record.id}"
-
-
-class AuthInterceptor(grpc.ServerInterceptor):
-    """Authenticates the token and checks the role before the handler runs;
-    admits streams within the stream limits (hashsvc/api/streams.py)."""
-
-    def __init__(
-        self,
-        store,
-        limiter: auth.RateLimiter | None = None,
-        observe_rpc=None,
-        streams: StreamLimiter | None = None,
-        unread: UnreadCalls | None = None,
-        record_refused_match=None,
-    ) -> None:
-        self.store = store
-        self.limiter = limiter or auth.RateLimiter(0)
-        # record_refused_match(rpc name, token record, error): a Match call
-        # refused by the rate limit is still a Match call, in the history
-        self.record_refused_match = record_refused_match
-        # observe_rpc(rpc name, status code name, perf_counter start) for metrics
-        self.observe_rpc = observe_rpc
-        self.streams = streams
-        self.unread = unread
-
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None:
-            return handler
-        streams, unread = self.streams, self.unread
-        # A unary call's request message is read here, after the token (sent
-        # with the headers) is checked: grpc would hold a thread waiting for
-        # it before any check, for as long as the client sends nothing.
-        reads_first = unread is not None and not handler.request_streaming
-        if method.startswith(auth.PUBLIC_SERVICES):
-            if reads_first:  # health checks
-                return _rewrap(handler, lambda b: _public_unary(b, method, unread), reads_first)
-            # Reflection is a stream anyone may open: capped like the others,
-            # its callers counted as one.
-            if streams is None or not handler.request_streaming:
-                return handler
-            return _rewrap(handler, lambda behavior: _public_stream(behavior, streams))
-        token = auth.token_from_metadata(handler_call_details.invocation_metadata)
-        store, limiter, observe = self.store, self.limiter, self.observe_rpc
-        rpc_name = method.rsplit("/", 1)[-1]
-        is_stream = streams is not None and (
-            handler.request_streaming or handler.response_streaming
-        )
-        counted_per_item = method in auth.RATE_LIMITED_PER_ITEM
-        record_refused = (
-            self.record_refused_match if method in _RECORDED_WHEN_RATE_LIMITED else None
-        )
-
-        def guard(behavior):
-            @functools.wraps(behavior)
-            def guarded(request_or_iterator, context):
-                started = time.perf_counter()
-                held = None  # [slot, Requests or None] of an admitted stream
-                streaming = False
-                try:
-                    try:
-                        record = auth.authenticate(store, token)
-                        auth.authorize(record, method)
-                        if not counted_per_item:
-                            _within_rate(limiter, record, rpc_name, record_refused)
-                        if is_stream:
-                            held = [_admit(streams, context, record.id, f"token {record.name!r}")]
-                    except HashsvcError as exc:
-                        _abort(context, exc)
-                    CALLER.set(record)
-                    # action records by this caller carry its token id
-                    audit.ACTING_TOKEN.set((record.name, record.id))
-                    if reads_first:
-                        request_or_iterator = _first_request(
-                            request_or_iterator, context, method, unread, False, record.id
-                        )
-                    elif held is not None and handler.request_streaming:
-                        request_or_iterator = streams.requests(request_or_iterator)
-                        held.append(request_or_iterator)
-                    result = behavior(request_or_iterator, context)
-                    if inspect.isgenerator(result):
-                        streaming = True  # released and timed when the stream ends
-                        return _observed_stream(result, context, rpc_name, started, observe, held)
-                    return result
-                finally:
-                    if not streaming:
-                        _let_go(held)
-                        if observe is not None:
-                            observe(rpc_name, _code_name(context), started)
-
-            return guarded
-
-        return _rewrap(handler, guard, reads_first)
-
-
-# Match calls refused by the rate limit before their handler runs: recorded
-# as failed Match calls (MatchBatch records its refused items itself).
-_RECORDED_WHEN_RATE_LIMITED = frozenset(
-    f"/{pb.DESCRIPTOR.package}.Matcher/{name}" for name in ("Match", "MatchUpload")
-)
-
-
-def _within_rate(
-    limiter: auth.RateLimiter, record, rpc_name: str = "", record_refused=None
-) -> None:
-    """limiter.check, its refusal naming the limit's config key (ErrorInfo);
-    record_refused(rpc name, token record, error), if given, records it."""
-    try:
-        limiter.check(record)
-    except TooLarge as exc:
-        exc.limit = exc.limit or "rate_limit_per_second"
-        if record_refused is not None:
-            # The request is not read (that would hold a thread for a caller
-            # already past its limit): the record has no client_ref.
-            record_refused(rpc_name, record, exc)
-        raise
-
-
-def _rewrap(handler, guard, reads_first: bool = False):
-    """The handler with its behavior wrapped by guard; reads_first: a unary
-    request becomes a stream of one, which grpc hands over unread."""
-    kind = next(
-        k
-        for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
-        if getattr(handler, k)
-    )
-    served_as = kind
-    if reads_first:
-        served_as = {"unary_unary": "stream_unary", "unary_stream": "stream_stream"}[kind]
-    factory = getattr(grpc, f"{served_as}_rpc_method_handler")
-    return factory(
-        guard(getattr(handler, kind)),
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
-
-
-def _admit(streams: StreamLimiter, context, key, caller: str) -> StreamSlot:
-    slot = streams.admit(key, caller)
-    # grpc calls back when the call ends, however it ends: the place is given
-    # back even if the handler's stream is never run to its end
-    if not context.add_callback(slot.release):
-        slot.release()  # the call has ended already
-    return slot
-
-
-def _let_go(held) -> None:
-    """An admitted stream is over: its place back, its request reader stopped."""
-    if held is None:
-        return
-    held[0].release()
-    for requests in held[1:]:
-        requests.close()
-
-
-def _first_request(
-    request_iterator,
-    context,
-    method: str,
-    unread: UnreadCalls,
-    anonymous: bool,
-    token_id: int | None = None,
-):
-    try:
-        return unread.read_first(request_iterator, context, anonymous, token_id)
-    except StopIteration:
-        # what grpc answers a unary call that ends without a message
-        context.abort_with_status(
-            status.status(
-                "UNIMPLEMENTED",
-                f'"{method}" requires exactly one request message.',
-                status.NO_REQUEST_MESSAGE,
-            )
-        )
-    except grpc.RpcError as exc:  # cancelled: by the client, or for sending nothing
-        _abort(context, exc)
-
-
-def _public_unary(behavior, method: str, unread: UnreadCalls):
-    """A health check: its request read within the limits on calls without a token."""
-
-    def reading(request_iterator, context, *args, **kwargs):
-        request = _first_request(request_iterator, context, method, unread, anonymous=True)
-        return behavior(request, context, *args, **kwargs)
-
-    # Health's Watch answers through a callback and holds no thread: keep that
-    for name in ("experimental_non_blocking", "experimental_thread_pool"):
-        if hasattr(behavior, name):
-            setattr(reading, name, getattr(behavior, name))
-    return reading
-
-
-def _public_stream(behavior, streams: StreamLimiter):
-    """Reflection (no token): within the same caps and deadlines as any stream."""
-
-    @functools.wraps(behavior)
-    def guarded(request_iterator, context):
-        try:
-            held = [_admit(streams, context, ANONYMOUS, "callers without a token")]
-        except HashsvcError as exc:
-            _abort(context, exc)
-        requests = streams.requests(request_iterator)
-        held.append(requests)
-        try:
-            result = behavior(requests, context)
-        except BaseException:
-            _let_go(held)
-            raise
-        if not inspect.isgenerator(result):
-            _let_go(held)
-            return result
-        return _with_status(result, context, held)
-
-    return guarded
-
-
-def _with_status(stream, context, held):
-    # a handler that is not ours does not turn our errors (the deadlines) into statuses
-    try:
-        yield from stream
-    except HashsvcError as exc:
-        _abort(context, exc)
-    finally:
-        _let_go(held)
-
-
-def _code_name(context) -> str:
-    code = context.code()
-    return code.name if code is not None else "OK"
-
-
-def _observed_stream(stream, context, rpc_name, started, observe, held=None):
-    try:
-        yield from stream
-    finally:
-        _let_go(held)
-        if observe is not None:
-            observe(rpc_name, _code_name(context), started)
-
-
-def upload_parts(request_iterator, rpc_name: str, limits: StringLimits):
-    """(header, iterator of chunk bytes) of a client-streaming upload."""
-    first = next(request_iterator, None)
-    if first is None or first.WhichOneof("part") != "header":
-        raise InvalidArgument(f"{rpc_name}: the first message must be the header")
-    convert.request_strings(first.header, limits, "header.")
-
-    def chunks():
-        for message in request_iterator:
-            if message.WhichOneof("part") != "chunk":
-                raise InvalidArgument(f"{rpc_name}: only the first message may be a header")
-            yield message.chunk
-
-    return first.header, chunks()
-
-
-def _counted(chunks, received: list[int]):
-    """The chunks, counting their bytes into received[0] (for the record of an
-    upload that failed)."""
-    for chunk in chunks:
-        received[0] += len(chunk)
-        yield chunk
 
 
 class MatcherServicer(pb_grpc.MatcherServicer):
@@ -441,7 +82,9 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         matching = False
         try:
             header, chunks = upload_parts(request_iterator, "MatchUpload", self.limits)
-            with self.spool.upload(_counted(chunks, received), caller.id, caller.name) as upload:
+            with self.spool.upload(
+                counted_chunks(chunks, received), caller.id, caller.name
+            ) as upload:
                 query = convert.match_query(header, upload)
                 matching = True  # from here on match() records the call
                 outcome = self.core.match(query, caller.name, "MatchUpload")
@@ -456,7 +99,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
                     exc,
                     header.client_ref if header is not None else "",
                     received[0],
-                    _status_of(context, exc),
+                    status_of(context, exc),
                 )
             raise
         return convert.match_response(outcome)
@@ -512,7 +155,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
             if item is _END:
                 return
             if item is _TOO_MANY:
-                _abort(
+                abort(
                     context,
                     TooLarge(
                         f"a batch may hold at most {limit} items (max_batch_items)",
@@ -520,7 +163,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
                     ),
                 )
             if isinstance(item, HashsvcError):
-                _abort(context, item)
+                abort(context, item)
             response = item.result()
             counts["answered"] += 1
             yield response
@@ -712,7 +355,7 @@ class CurationServicer(pb_grpc.CurationServicer):
             caller_name(),
             batches,
             header.strict,
-            status_of=functools.partial(_status_of, context),
+            status_of=functools.partial(status_of, context),
         )
         return bulk_pb.response(result, header.strict)
 

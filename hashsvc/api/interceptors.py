@@ -1,0 +1,259 @@
+"""The interceptor in front of every RPC: token, role, rate limit, stream
+and unread-call limits (hashsvc/api/streams.py), and the metrics of each call."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import time
+
+import grpc
+
+from hashsvc.api import status
+from hashsvc.api.calls import CALLER, abort
+from hashsvc.api.streams import ANONYMOUS, StreamLimiter, StreamSlot, UnreadCalls
+from hashsvc.base.errors import HashsvcError, TooLarge
+from hashsvc.core import audit, auth
+from hashsvc.v1 import hashsvc_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Authenticates the token and checks the role before the handler runs;
+    admits streams within the stream limits (hashsvc/api/streams.py)."""
+
+    def __init__(
+        self,
+        store,
+        limiter: auth.RateLimiter | None = None,
+        observe_rpc=None,
+        streams: StreamLimiter | None = None,
+        unread: UnreadCalls | None = None,
+        record_refused_match=None,
+    ) -> None:
+        self.store = store
+        self.limiter = limiter or auth.RateLimiter(0)
+        # record_refused_match(rpc name, token record, error): a Match call
+        # refused by the rate limit is still a Match call, in the history
+        self.record_refused_match = record_refused_match
+        # observe_rpc(rpc name, status code name, perf_counter start) for metrics
+        self.observe_rpc = observe_rpc
+        self.streams = streams
+        self.unread = unread
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None:
+            return handler
+        streams, unread = self.streams, self.unread
+        # A unary call's request message is read here, after the token (sent
+        # with the headers) is checked: grpc would hold a thread waiting for
+        # it before any check, for as long as the client sends nothing.
+        reads_first = unread is not None and not handler.request_streaming
+        if method.startswith(auth.PUBLIC_SERVICES):
+            if reads_first:  # health checks
+                return _rewrap(handler, lambda b: _public_unary(b, method, unread), reads_first)
+            # Reflection is a stream anyone may open: capped like the others,
+            # its callers counted as one.
+            if streams is None or not handler.request_streaming:
+                return handler
+            return _rewrap(handler, lambda behavior: _public_stream(behavior, streams))
+        token = auth.token_from_metadata(handler_call_details.invocation_metadata)
+        store, limiter, observe = self.store, self.limiter, self.observe_rpc
+        rpc_name = method.rsplit("/", 1)[-1]
+        is_stream = streams is not None and (
+            handler.request_streaming or handler.response_streaming
+        )
+        counted_per_item = method in auth.RATE_LIMITED_PER_ITEM
+        record_refused = (
+            self.record_refused_match if method in _RECORDED_WHEN_RATE_LIMITED else None
+        )
+
+        def guard(behavior):
+            @functools.wraps(behavior)
+            def guarded(request_or_iterator, context):
+                started = time.perf_counter()
+                held = None  # [slot, Requests or None] of an admitted stream
+                streaming = False
+                try:
+                    try:
+                        record = auth.authenticate(store, token)
+                        auth.authorize(record, method)
+                        if not counted_per_item:
+                            _within_rate(limiter, record, rpc_name, record_refused)
+                        if is_stream:
+                            held = [_admit(streams, context, record.id, f"token {record.name!r}")]
+                    except HashsvcError as exc:
+                        abort(context, exc)
+                    CALLER.set(record)
+                    # action records by this caller carry its token id
+                    audit.ACTING_TOKEN.set((record.name, record.id))
+                    if reads_first:
+                        request_or_iterator = _first_request(
+                            request_or_iterator, context, method, unread, False, record.id
+                        )
+                    elif held is not None and handler.request_streaming:
+                        request_or_iterator = streams.requests(request_or_iterator)
+                        held.append(request_or_iterator)
+                    result = behavior(request_or_iterator, context)
+                    if inspect.isgenerator(result):
+                        streaming = True  # released and timed when the stream ends
+                        return _observed_stream(result, context, rpc_name, started, observe, held)
+                    return result
+                finally:
+                    if not streaming:
+                        _let_go(held)
+                        if observe is not None:
+                            observe(rpc_name, code_name(context), started)
+
+            return guarded
+
+        return _rewrap(handler, guard, reads_first)
+
+
+# Match calls refused by the rate limit before their handler runs: recorded
+# as failed Match calls (MatchBatch records its refused items itself).
+_RECORDED_WHEN_RATE_LIMITED = frozenset(
+    f"/{pb.DESCRIPTOR.package}.Matcher/{name}" for name in ("Match", "MatchUpload")
+)
+
+
+def _within_rate(
+    limiter: auth.RateLimiter, record, rpc_name: str = "", record_refused=None
+) -> None:
+    """limiter.check, its refusal naming the limit's config key (ErrorInfo);
+    record_refused(rpc name, token record, error), if given, records it."""
+    try:
+        limiter.check(record)
+    except TooLarge as exc:
+        exc.limit = exc.limit or "rate_limit_per_second"
+        if record_refused is not None:
+            # The request is not read (that would hold a thread for a caller
+            # already past its limit): the record has no client_ref.
+            record_refused(rpc_name, record, exc)
+        raise
+
+
+def _rewrap(handler, guard, reads_first: bool = False):
+    """The handler with its behavior wrapped by guard; reads_first: a unary
+    request becomes a stream of one, which grpc hands over unread."""
+    kind = next(
+        k
+        for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+        if getattr(handler, k)
+    )
+    served_as = kind
+    if reads_first:
+        served_as = {"unary_unary": "stream_unary", "unary_stream": "stream_stream"}[kind]
+    factory = getattr(grpc, f"{served_as}_rpc_method_handler")
+    return factory(
+        guard(getattr(handler, kind)),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _admit(streams: StreamLimiter, context, key, caller: str) -> StreamSlot:
+    slot = streams.admit(key, caller)
+    # grpc calls back when the call ends, however it ends: the place is given
+    # back even if the handler's stream is never run to its end
+    if not context.add_callback(slot.release):
+        slot.release()  # the call has ended already
+    return slot
+
+
+def _let_go(held) -> None:
+    """An admitted stream is over: its place back, its request reader stopped."""
+    if held is None:
+        return
+    held[0].release()
+    for requests in held[1:]:
+        requests.close()
+
+
+def _first_request(
+    request_iterator,
+    context,
+    method: str,
+    unread: UnreadCalls,
+    anonymous: bool,
+    token_id: int | None = None,
+):
+    try:
+        return unread.read_first(request_iterator, context, anonymous, token_id)
+    except StopIteration:
+        # what grpc answers a unary call that ends without a message
+        context.abort_with_status(
+            status.status(
+                "UNIMPLEMENTED",
+                f'"{method}" requires exactly one request message.',
+                status.NO_REQUEST_MESSAGE,
+            )
+        )
+    except grpc.RpcError as exc:  # cancelled: by the client, or for sending nothing
+        abort(context, exc)
+
+
+def _public_unary(behavior, method: str, unread: UnreadCalls):
+    """A health check: its request read within the limits on calls without a token."""
+
+    def reading(request_iterator, context, *args, **kwargs):
+        request = _first_request(request_iterator, context, method, unread, anonymous=True)
+        return behavior(request, context, *args, **kwargs)
+
+    # Health's Watch answers through a callback and holds no thread: keep that
+    for name in ("experimental_non_blocking", "experimental_thread_pool"):
+        if hasattr(behavior, name):
+            setattr(reading, name, getattr(behavior, name))
+    return reading
+
+
+def _public_stream(behavior, streams: StreamLimiter):
+    """Reflection (no token): within the same caps and deadlines as any stream."""
+
+    @functools.wraps(behavior)
+    def guarded(request_iterator, context):
+        try:
+            held = [_admit(streams, context, ANONYMOUS, "callers without a token")]
+        except HashsvcError as exc:
+            abort(context, exc)
+        requests = streams.requests(request_iterator)
+        held.append(requests)
+        try:
+            result = behavior(requests, context)
+        except BaseException:
+            _let_go(held)
+            raise
+        if not inspect.isgenerator(result):
+            _let_go(held)
+            return result
+        return _with_status(result, context, held)
+
+    return guarded
+
+
+def _with_status(stream, context, held):
+    # a handler that is not ours does not turn our errors (the deadlines) into statuses
+    try:
+        yield from stream
+    except HashsvcError as exc:
+        abort(context, exc)
+    finally:
+        _let_go(held)
+
+
+def code_name(context) -> str:
+    code = context.code()
+    return code.name if code is not None else "OK"
+
+
+def _observed_stream(stream, context, rpc_name, started, observe, held=None):
+    try:
+        yield from stream
+    finally:
+        _let_go(held)
+        if observe is not None:
+            observe(rpc_name, code_name(context), started)
