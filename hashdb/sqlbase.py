@@ -7,8 +7,6 @@ written `?` here and rewritten to `%s` for psycopg.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import time
 from collections.abc import Iterator
@@ -18,13 +16,11 @@ from datetime import datetime
 
 from hashdb import migrations
 from hashdb.bulk_sql import MAX_SIGNALS_PER_ENTRY, BulkSQL
+from hashdb.history_sql import HistorySQL, key_id
 from hashdb.model import (
     Change,
     EntryRecord,
     HashSetRecord,
-    HistoryFilter,
-    HistoryRecord,
-    HistoryVerification,
     IndexedSignal,
     NewEntry,
     Thresholds,
@@ -62,14 +58,9 @@ _SET_COLUMNS = (
 )
 _ENTRY_COLUMNS = "id, set_id, name, labels, media_type, created_at, added_by, removed_at"
 _TOKEN_COLUMNS = "id, name, role, token_hash, created_at, revoked_at, expires_at"
-_HISTORY_COLUMNS = (
-    "h.id, h.request_id, h.time, h.caller, h.rpc, h.media_type, h.decision, h.status,"
-    " h.error_message, h.client_ref, h.media_bytes, h.query_signals, h.matches, h.detail,"
-    " h.caller_token_id"
-)
 
 
-class SQLStore(BulkSQL):
+class SQLStore(BulkSQL, HistorySQL):
     """Subclasses call _init_history_key and provide _read(), _write() (context
     managers yielding a cursor that takes `?` placeholders; _write holds the
     writer lock that keeps change seqs in commit order) and _unique_violation
@@ -458,277 +449,6 @@ class SQLStore(BulkSQL):
             raise NotFound(f"no token with id {token_id}")
         return _token(row)
 
-    # -- history
-
-    def record_match(self, record: HistoryRecord) -> int:
-        set_ids = sorted(
-            {m["set_id"] for m in record.matches if m.get("set_id") is not None}
-            | set(record.set_ids)
-        )
-        fields = (
-            record.request_id,
-            to_micros(record.time),
-            record.caller,
-            record.rpc,
-            record.media_type,
-            record.decision,
-            record.status,
-            record.error_message,
-            record.client_ref,
-            record.media_bytes,
-            json.dumps(record.query_signals),
-            json.dumps(record.matches, ensure_ascii=False),
-        )
-        detail = (
-            json.dumps(record.detail, ensure_ascii=False, sort_keys=True) if record.detail else None
-        )
-        hashed = _format_2(fields, detail, record.caller_token_id, set_ids)
-        with self._history_write() as cur:  # serialised: one chain, one head
-            cur.execute(
-                "SELECT record_hash FROM match_history WHERE record_hash IS NOT NULL"
-                " ORDER BY id DESC LIMIT 1"
-            )
-            head = cur.fetchone()
-            prev_hash = head[0] if head else ""
-            record_hash = chain_hash(prev_hash, hashed, self._history_key)
-            cur.execute(
-                "INSERT INTO match_history (request_id, time, caller, rpc, media_type, decision,"
-                " status, error_message, client_ref, media_bytes, query_signals, matches,"
-                " prev_hash, record_hash, chain_key_id, detail, caller_token_id, chain_format)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 2) RETURNING id",
-                (
-                    *fields,
-                    prev_hash,
-                    record_hash,
-                    self._history_key_id,
-                    detail,
-                    record.caller_token_id,
-                ),
-            )
-            history_id = cur.fetchone()[0]
-            if set_ids:
-                cur.executemany(
-                    "INSERT INTO match_history_sets (history_id, set_id) VALUES (?, ?)",
-                    [(history_id, s) for s in set_ids],
-                )
-        return history_id
-
-    def _history_write(self) -> AbstractContextManager:
-        # History does not touch the change feed: no need for the writer lock.
-        return self._write()
-
-    def query_history(
-        self, filter: HistoryFilter, after_id: int = 0, limit: int = 100
-    ) -> list[HistoryRecord]:
-        clauses, params = ["h.id > ?"], [after_id]
-        if filter.since is not None:
-            clauses.append("h.time >= ?")
-            params.append(to_micros(filter.since))
-        if filter.until is not None:
-            clauses.append("h.time < ?")
-            params.append(to_micros(filter.until))
-        if filter.decision:
-            clauses.append("h.decision = ?")
-            params.append(filter.decision)
-        if filter.caller:
-            clauses.append("h.caller = ?")
-            params.append(filter.caller)
-        if filter.set_id is not None:
-            clauses.append(
-                "EXISTS (SELECT 1 FROM match_history_sets hs"
-                " WHERE hs.history_id = h.id AND hs.set_id = ?)"
-            )
-            params.append(filter.set_id)
-        with self._read() as cur:
-            cur.execute(
-                f"SELECT {_HISTORY_COLUMNS} FROM match_history h WHERE {' AND '.join(clauses)}"
-                " ORDER BY h.id LIMIT ?",
-                (*params, limit),
-            )
-            return [_history(row) for row in cur.fetchall()]
-
-    def verify_history(self, max_problems: int = 100) -> HistoryVerification:
-        chained_from_start = self._chained_from_start()
-        checked = unchained = 0
-        expected_prev, head = "", ""
-        problems: list[tuple[int, str]] = []
-        after_id = 0
-        while len(problems) < max_problems:
-            with self._read() as cur:
-                cur.execute(
-                    f"SELECT id, {_CHAINED_FIELDS}, prev_hash, record_hash, chain_key_id, detail,"
-                    " caller_token_id, chain_format FROM match_history"
-                    " WHERE id > ? ORDER BY id LIMIT 1000",
-                    (after_id,),
-                )
-                rows = cur.fetchall()
-                if rows:
-                    cur.execute(
-                        "SELECT history_id, set_id FROM match_history_sets"
-                        " WHERE history_id > ? AND history_id <= ? ORDER BY history_id, set_id",
-                        (after_id, rows[-1][0]),
-                    )
-                    sets_of: dict[int, list[int]] = {}
-                    for history_id, set_id in cur.fetchall():
-                        sets_of.setdefault(history_id, []).append(set_id)
-            if not rows:
-                break
-            for row in rows:
-                history_id, prev_hash, record_hash = row[0], row[13], row[14]
-                if row[18] == 2:
-                    fields = _format_2(row[1:13], row[16], row[17], sets_of.get(history_id, []))
-                else:
-                    fields = _with_detail(tuple(row[1:13]), row[16])
-                signed_with = row[15] or ""
-                after_id = history_id
-                checked += 1
-                if record_hash is None:
-                    if head:  # an unchained record after the chain began
-                        problems.append(
-                            (history_id, "record has no hash: inserted outside hashsvc")
-                        )
-                    elif chained_from_start:
-                        problems.append(
-                            (
-                                history_id,
-                                "record has no hash, though this database chained its history"
-                                " from the start: its chain columns were emptied",
-                            )
-                        )
-                    else:
-                        unchained += 1
-                    continue
-                if prev_hash != expected_prev:
-                    problems.append(
-                        (
-                            history_id,
-                            "chain broken before this record: a record was deleted,"
-                            " inserted or edited",
-                        )  # fmt: skip
-                    )
-                if signed_with and signed_with != self._history_key_id:
-                    problems.append(
-                        (history_id, f"signed with key {signed_with}, which this server lacks")
-                    )
-                elif self._history_key_id and not signed_with:
-                    # a keyed history holds no unkeyed record after keying began
-                    problems.append((history_id, "record is not signed: written without the key"))
-                else:
-                    key = self._history_key if signed_with else None
-                    if chain_hash(prev_hash, fields, key) != record_hash:
-                        problems.append((history_id, "record was edited: its hash does not match"))
-                expected_prev = head = record_hash
-        return HistoryVerification(checked, unchained, head, problems[:max_problems])
-
-    def _chained_from_start(self) -> bool:
-        # Unchained records are taken as written before the chain existed
-        # (migration 2). A database created with the chain (migrations 1 and 2
-        # applied in one run, within a second) holds none, so nulling every
-        # record's chain columns cannot pass them off as older. (Someone who
-        # also rewrites schema_migrations is caught by the checkpoints.)
-        with self._read() as cur:
-            cur.execute("SELECT version, applied_at FROM schema_migrations WHERE version <= 2")
-            applied = dict(cur.fetchall())
-        return len(applied) == 2 and abs(applied[2] - applied[1]) < 1_000_000
-
-    def history_head(self, after: tuple[int, int] | None = None) -> tuple[int, str, int] | None:
-        """(id, hash, records up to it) of the newest chained record: what a
-        checkpoint holds. `after` = (id, records up to it) of an earlier
-        checkpoint: only the records since are counted (a count of the whole
-        history scans it: 133 ms for 1M records on SQLite, against 0.1 ms for
-        the 100 since the last checkpoint)."""
-        since_id, since_count = after or (0, 0)
-        with self._read() as cur:
-            cur.execute(
-                "SELECT id, record_hash FROM match_history WHERE record_hash IS NOT NULL"
-                " ORDER BY id DESC LIMIT 1"
-            )
-            row = cur.fetchone()
-            if row is None:
-                return None
-            cur.execute(
-                "SELECT COUNT(*) FROM match_history WHERE id > ? AND id <= ?", (since_id, row[0])
-            )
-            return row[0], row[1], since_count + cur.fetchone()[0]
-
-    def can_extend_history(self) -> bool:
-        """Whether a record this store writes keeps the chain verifying: the
-        newest chained record is signed with this store's key, or with none
-        when it has none (a tool opened without the key must not append to a
-        keyed chain)."""
-        with self._read() as cur:
-            cur.execute(
-                "SELECT chain_key_id FROM match_history WHERE record_hash IS NOT NULL"
-                " ORDER BY id DESC LIMIT 1"
-            )
-            row = cur.fetchone()
-        return row is None or (row[0] or "") == self._history_key_id
-
-    def last_history_id(self) -> int:
-        with self._read() as cur:
-            cur.execute("SELECT COALESCE(MAX(id), 0) FROM match_history")
-            return cur.fetchone()[0]
-
-    def history_anchor(self, history_id: int) -> tuple[str | None, int] | None:
-        """(hash, records up to it) of one record, None if it is not there:
-        what a checkpoint is checked against."""
-        with self._read() as cur:
-            cur.execute("SELECT record_hash FROM match_history WHERE id = ?", (history_id,))
-            row = cur.fetchone()
-            if row is None:
-                return None
-            cur.execute("SELECT COUNT(*) FROM match_history WHERE id <= ?", (history_id,))
-            return row[0], cur.fetchone()[0]
-
-    def last_history_record(self, rpc: str) -> HistoryRecord | None:
-        """The newest record of one rpc (e.g. the last checkpoint written into
-        the history)."""
-        with self._read() as cur:
-            cur.execute(
-                f"SELECT {_HISTORY_COLUMNS} FROM match_history h WHERE h.rpc = ?"
-                " ORDER BY h.id DESC LIMIT 1",
-                (rpc,),
-            )
-            row = cur.fetchone()
-        return _history(row) if row else None
-
-    def count_history(self) -> int:
-        with self._read() as cur:
-            cur.execute("SELECT COUNT(*) FROM match_history")
-            return cur.fetchone()[0]
-
-
-_CHAINED_FIELDS = (
-    "request_id, time, caller, rpc, media_type, decision, status, error_message,"
-    " client_ref, media_bytes, query_signals, matches"
-)
-
-
-def _format_2(fields, detail: str | None, token_id: int | None, set_ids) -> tuple:
-    # Chain format 2 (issue 16) also covers who called (token id) and the
-    # per-set index rows, so neither can be changed without the hash showing.
-    return (*fields, detail, token_id, list(set_ids))
-
-
-def _with_detail(fields: tuple, detail: str | None) -> tuple:
-    # Records without a detail hash exactly as before the column existed, so
-    # older chains still verify.
-    return (*fields, detail) if detail else fields
-
-
-def chain_hash(prev_hash: str, fields: tuple, key: bytes | None = None) -> str:
-    """SHA-256 (or HMAC-SHA-256 with a key) over the previous record's hash and
-    this record's stored fields."""
-    canonical = json.dumps([prev_hash, *fields], ensure_ascii=False, separators=(",", ":"))
-    if key:
-        return hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def key_id(key: bytes) -> str:
-    """A short public name for a key (never the key): which key signed a record."""
-    return hashlib.sha256(b"hashsvc-history-key:" + key).hexdigest()[:16]
-
 
 def _set(row) -> HashSetRecord:
     return HashSetRecord(
@@ -773,24 +493,4 @@ def _token(row) -> TokenRecord:
         created_at=from_micros(row[4]),
         revoked_at=from_micros(row[5]),
         expires_at=from_micros(row[6]),
-    )
-
-
-def _history(row) -> HistoryRecord:
-    return HistoryRecord(
-        id=row[0],
-        request_id=row[1],
-        time=from_micros(row[2]),
-        caller=row[3],
-        rpc=row[4],
-        media_type=row[5],
-        decision=row[6],
-        status=row[7],
-        error_message=row[8],
-        client_ref=row[9],
-        media_bytes=row[10],
-        query_signals=json.loads(row[11]),
-        matches=json.loads(row[12]),
-        detail=json.loads(row[13]) if row[13] else {},
-        caller_token_id=row[14],
     )

@@ -288,7 +288,7 @@ def test_history_chain_names_an_inserted_record(store, store_url):
 def _forge_from(store_url: str, first_id: int) -> None:
     """What an attacker with database access but no key can do: edit a record
     and recompute an unkeyed chain from there on."""
-    from hashdb.sqlbase import _CHAINED_FIELDS, _format_2, chain_hash
+    from hashdb.history_sql import _CHAINED_FIELDS, _format_2, chain_hash
 
     if store_url.startswith("sqlite"):
         conn = sqlite3.connect(store_url[len("sqlite:///") :])

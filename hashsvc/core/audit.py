@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from hashdb import HistoryFilter, HistoryRecord, HistoryStore, HistoryVerification, SetLookup
-from hashdb.sqlbase import key_id
+from hashdb.history_sql import key_id
 from hashsvc.base import validation
 from hashsvc.base.errors import InvalidArgument, NotFound
 from hashsvc.matching.policy import DECISIONS
