@@ -20,6 +20,7 @@ from hashdb import HistoryFilter, HistoryRecord, HistoryStore, HistoryVerificati
 from hashdb.history_sql import key_id
 from hashsvc.base import validation
 from hashsvc.base.errors import InvalidArgument, NotFound
+from hashsvc.base.signals import Signal, signal_json
 from hashsvc.matching.policy import DECISIONS
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,72 @@ class Audit:
         # checkpointing): a process's first checkpoint counts the whole
         # history once, and is taken at the first poll that finds any record.
         self._last_at = time.monotonic()
+
+    # -- writing: every history record is built here
+
+    def record_action(
+        self,
+        action: str,
+        actor: str,
+        detail: dict,
+        *,
+        status: str = "OK",
+        error_message: str = "",
+        client_ref: str = "",
+        set_ids: tuple[int, ...] = (),
+    ) -> int:
+        """A reviewer's, operator's or admin's action (or a failed one, with
+        its status), indexed under the sets it names."""
+        return self.history.record_match(
+            action_record(
+                action,
+                actor,
+                detail,
+                status=status,
+                error_message=error_message,
+                client_ref=client_ref,
+                set_ids=set_ids,
+            )
+        )
+
+    def record_call(
+        self,
+        *,
+        request_id: str,
+        started: datetime,
+        caller: str,
+        rpc: str,
+        media_type: str,
+        decision: str,
+        status: str,
+        error_message: str,
+        client_ref: str,
+        media_bytes: int,
+        query_signals: list[Signal],
+        matches: list[dict],
+        notes: tuple[str, ...] = (),
+        caller_token_id: int | None = None,
+    ) -> int:
+        """A Match call, failed or not: what was asked (the upload's hashes,
+        never the media), what was found and decided."""
+        return self.history.record_match(
+            HistoryRecord(
+                request_id=request_id,
+                time=started,
+                caller=caller,
+                rpc=rpc,
+                media_type=media_type,
+                decision=decision,
+                status=status,
+                error_message=storable(error_message)[:1000],
+                client_ref=storable(client_ref[:1000]),
+                media_bytes=media_bytes,
+                query_signals=[signal_json(s) for s in query_signals],
+                matches=matches,
+                detail={"notes": list(notes)} if notes else {},
+                caller_token_id=caller_token_id,
+            )
+        )
 
     def make_filter(
         self,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from hashdb import HistoryRecord, Store, open_store
+from hashdb import Store, open_store
 from hashsvc.base.errors import (
     HashsvcError,
     InvalidArgument,
@@ -22,8 +22,8 @@ from hashsvc.base.errors import (
     quoted,
     status_name,
 )
-from hashsvc.base.signals import Signal, signal_json, signal_type
-from hashsvc.core.audit import Audit, acting_token_id, storable
+from hashsvc.base.signals import Signal, signal_type
+from hashsvc.core.audit import Audit, acting_token_id
 from hashsvc.core.bulk import BulkLoad, BulkResult, PackedRows, RowBatch
 from hashsvc.core.config import Config
 from hashsvc.core.curation import Curation
@@ -92,7 +92,7 @@ class Core:
             flood=store,
             entries=store,
             sets=store,
-            history=store,
+            audit=self.audit,
             curation=self.curation,
             claim_seconds=config.review_claim_seconds,
         )
@@ -302,7 +302,7 @@ class Core:
         its status, as a failed Match does. Indexed under the sets it names
         (that exist), so `history --set S` shows what was done to S."""
         set_ids = tuple(s.id for s in map(self.store.get_set, set_names) if s is not None)
-        self.review.record_action(
+        self.audit.record_action(
             action, actor, detail, status=status, error_message=error_message, set_ids=set_ids
         )
 
@@ -451,23 +451,22 @@ class Core:
         media_bytes: int = 0,
         status: str = "",
     ) -> None:
-        record = HistoryRecord(
+        self.audit.record_call(
             request_id=request_id,
-            time=started,
+            started=started,
             caller=caller,
             rpc=rpc,
             media_type=media_type or ("hash" if query.signal_type else "unknown"),
             decision=outcome.decision if outcome else "",
             status=status or ("OK" if exc is None else status_name(exc)),
-            error_message="" if exc is None else storable(str(exc))[:1000],
-            client_ref=storable(query.client_ref[:1000]),
+            error_message="" if exc is None else str(exc),
+            client_ref=query.client_ref,
             media_bytes=size_of(query.media) if query.media is not None else media_bytes,
-            query_signals=[signal_json(s) for s in signals],
+            query_signals=signals,
             matches=[m.to_json() for m in outcome.matches] if outcome else [],
-            detail={"notes": list(outcome.notes)} if outcome and outcome.notes else {},
+            notes=outcome.notes if outcome else (),
             caller_token_id=caller_token_id,
         )
-        self.store.record_match(record)
 
     def ready(self) -> bool:
         """Whether matching may decide: the index is loaded and current."""

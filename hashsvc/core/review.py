@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from hashdb import (
     EntryLookup,
     FloodStore,
-    HistoryWriter,
     NewEntry,
     ReviewFilter,
     ReviewItem,
@@ -45,7 +44,7 @@ from hashsvc.base.errors import (
     status_name,
 )
 from hashsvc.base.signals import Signal, signal_json, signal_type
-from hashsvc.core.audit import action_record
+from hashsvc.core.audit import Audit
 from hashsvc.matching.matcher import Match
 from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW
 
@@ -77,7 +76,7 @@ class ReviewQueue:
         flood: FloodStore,
         entries: EntryLookup,
         sets: SetLookup,
-        history: HistoryWriter,
+        audit: Audit,
         curation,
         claim_seconds: float,
     ) -> None:
@@ -85,7 +84,8 @@ class ReviewQueue:
         self.flood = flood
         self.entries = entries
         self.sets = sets
-        self.history = history
+        # the one writer of history records (hashsvc/core/audit.py)
+        self.audit = audit
         self.curation = curation
         self.claim_seconds = claim_seconds
 
@@ -311,16 +311,14 @@ class ReviewQueue:
     ) -> None:
         """One reviewer's or operator's action, in the hash-chained history;
         a failed one names its status, as a failed Match does."""
-        self.history.record_match(
-            action_record(
-                action,
-                actor,
-                detail,
-                status=status,
-                error_message=error_message,
-                client_ref=client_ref,
-                set_ids=set_ids,
-            )
+        self.audit.record_action(
+            action,
+            actor,
+            detail,
+            status=status,
+            error_message=error_message,
+            client_ref=client_ref,
+            set_ids=set_ids,
         )
 
 

@@ -98,7 +98,7 @@ def _record_local_token(store, record) -> None:
     keyed chain (then --config names the server's history_key_file)."""
     import getpass
 
-    from hashsvc.core.audit import action_record
+    from hashsvc.core.audit import Audit
 
     if not store.can_extend_history():
         print(
@@ -109,7 +109,7 @@ def _record_local_token(store, record) -> None:
         return
     detail = {"token_id": record.id, "name": record.name, "role": record.role, "via": "--db"}
     detail["expires_at"] = record.expires_at.isoformat() if record.expires_at else None
-    store.record_match(action_record("CreateToken", f"local:{getpass.getuser()}", detail))
+    Audit(store, store).record_action("CreateToken", f"local:{getpass.getuser()}", detail)
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
