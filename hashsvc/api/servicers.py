@@ -24,7 +24,7 @@ from hashsvc.api.calls import (
 )
 from hashsvc.api.streams import Requests
 from hashsvc.base.errors import HashsvcError, InvalidArgument, TooLarge, status_name
-from hashsvc.core import auth, export
+from hashsvc.core import auth
 from hashsvc.core.config import new_spool
 from hashsvc.core.core import Core
 from hashsvc.media.spool import Spool
@@ -361,11 +361,10 @@ class CurationServicer(pb_grpc.CurationServicer):
 
     @rpc
     def ExportEntries(self, request, context):  # noqa: N802
-        hash_set = self.curation.get_set(request.set)
         since = convert.from_timestamp(request, "since")
         since_micros = int(since.timestamp() * 1_000_000) if since else None
         yield from bulk_pb.export_batches(
-            export.export_entries(self.core.store, hash_set.id, since_micros),
+            self.core.export_entries(request.set, since_micros),
             request.set,
             self.core.config.page_bytes(),
         )
@@ -393,8 +392,7 @@ class ReviewServicer(pb_grpc.ReviewServicer):
         self.queue = core.review
 
     def _filter(self, msg):
-        sets = {s.name: s.id for s in self.core.live.sets_by_id.values()}
-        return convert.review_filter(msg, sets)
+        return convert.review_filter(msg, self.core.set_ids_by_name())
 
     @rpc
     def ListReviewItems(self, request, context):
@@ -479,46 +477,21 @@ class AuditServicer(pb_grpc.AuditServicer):
 class AdminServicer(pb_grpc.AdminServicer):
     def __init__(self, core: Core) -> None:
         self.core = core
-        self.store = core.store
         self.limits = core.config.strings
-
-    def _recorded(self, action: str, detail: dict, do):
-        """do(), recorded in the history whether it succeeds or fails (never
-        the token itself: only its id, name, role and expiry)."""
-        try:
-            record = do()
-        except Exception as exc:
-            self.core.record_action(action, caller_name(), detail, status_name(exc), str(exc))
-            raise
-        expires = record.expires_at.isoformat() if record.expires_at else None
-        done = {"token_id": record.id, "name": record.name, "role": record.role}
-        self.core.record_action(action, caller_name(), {**detail, **done, "expires_at": expires})
-        return record
 
     @rpc
     def CreateToken(self, request, context):
-        made = []
-
-        def create():
-            record, token = auth.create_token(
-                self.store, request.role, request.name, request.expires_in_seconds
-            )
-            made.append(token)
-            return record
-
-        detail = {"name": request.name[:200], "role": request.role[:50]}
-        record = self._recorded("CreateToken", detail, create)
-        return pb.CreateTokenResponse(info=convert.token_info(record), token=made[0])
+        record, token = self.core.create_token(
+            caller_name(), request.role, request.name, request.expires_in_seconds
+        )
+        return pb.CreateTokenResponse(info=convert.token_info(record), token=token)
 
     @rpc
     def ListTokens(self, request, context):
         return pb.ListTokensResponse(
-            tokens=[convert.token_info(t) for t in self.store.list_tokens()]
+            tokens=[convert.token_info(t) for t in self.core.list_tokens()]
         )
 
     @rpc
     def RevokeToken(self, request, context):
-        record = self._recorded(
-            "RevokeToken", {"token_id": request.id}, lambda: self.store.revoke_token(request.id)
-        )
-        return convert.token_info(record)
+        return convert.token_info(self.core.revoke_token(caller_name(), request.id))

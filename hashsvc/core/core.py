@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from hashdb import Store, open_store
+from hashdb import Store, TokenRecord, open_store
 from hashsvc.base.errors import (
     HashsvcError,
     InvalidArgument,
@@ -23,6 +23,7 @@ from hashsvc.base.errors import (
     status_name,
 )
 from hashsvc.base.signals import Signal, signal_type
+from hashsvc.core import auth, export
 from hashsvc.core.audit import Audit, acting_token_id
 from hashsvc.core.bulk import BulkLoad, BulkResult, PackedRows, RowBatch
 from hashsvc.core.config import Config
@@ -492,6 +493,53 @@ class Core:
         reason = self.not_ready_reason()
         if reason:
             raise Unavailable(reason)
+
+    # -- what the API layer asks of the core (it reaches no store itself)
+
+    def set_ids_by_name(self) -> dict[str, int]:
+        return {s.name: s.id for s in self.live.sets_by_id.values()}
+
+    def export_entries(self, set_name: str, since_micros: int | None = None):
+        """Batches of the set's entries (hashsvc/core/export.py)."""
+        hash_set = self.curation.get_set(set_name)
+        return export.export_entries(self.store, hash_set.id, since_micros)
+
+    def create_token(
+        self, actor: str, role: str, name: str, expires_in_seconds: int = 0
+    ) -> tuple[TokenRecord, str]:
+        """A new API token (the secret is returned once, never recorded)."""
+        made: list[str] = []
+
+        def create() -> TokenRecord:
+            record, token = auth.create_token(self.store, role, name, expires_in_seconds)
+            made.append(token)
+            return record
+
+        record = self._token_action(
+            "CreateToken", actor, {"name": name[:200], "role": role[:50]}, create
+        )
+        return record, made[0]
+
+    def list_tokens(self) -> list[TokenRecord]:
+        return self.store.list_tokens()
+
+    def revoke_token(self, actor: str, token_id: int) -> TokenRecord:
+        return self._token_action(
+            "RevokeToken", actor, {"token_id": token_id}, lambda: self.store.revoke_token(token_id)
+        )
+
+    def _token_action(self, action: str, actor: str, detail: dict, do) -> TokenRecord:
+        """do(), recorded in the history whether it succeeds or fails (never
+        the token itself: only its id, name, role and expiry)."""
+        try:
+            record = do()
+        except Exception as exc:
+            self.record_action(action, actor, detail, status_name(exc), str(exc))
+            raise
+        expires = record.expires_at.isoformat() if record.expires_at else None
+        done = {"token_id": record.id, "name": record.name, "role": record.role}
+        self.record_action(action, actor, {**detail, **done, "expires_at": expires})
+        return record
 
     def stats(self) -> dict:
         sets = list(self.live.sets_by_id.values())
