@@ -27,6 +27,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
+from hashsvc.base.media_kinds import frame_variant
 from loaders import records as r
 from loaders.records import Record, Rejected
 
@@ -138,7 +139,7 @@ def _video_records(line: int, cell) -> list[Record]:
     if deleted:
         return [Record("pdq", b"", name, labels, True, line)]
     return [
-        Record("pdq", value, name, labels, False, line, quality, f"frame:{n}", seconds)
+        Record("pdq", value, name, labels, False, line, quality, frame_variant(n), seconds)
         for n, (value, quality, seconds) in enumerate(frames)
     ]
 

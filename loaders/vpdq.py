@@ -14,6 +14,7 @@ from typing import TextIO
 
 from hashsvc.base import validation
 from hashsvc.base.errors import InvalidArgument
+from hashsvc.base.media_kinds import frame_variant
 from loaders import records as r
 from loaders.records import Record, Rejected, RowError
 
@@ -85,7 +86,7 @@ def read(
                 False,
                 line,
                 r.quality(parts[1].strip()),
-                f"frame:{int(frame)}",
+                frame_variant(int(frame)),
                 r.position(parts[3].strip()),
             )
         except RowError as exc:

@@ -18,7 +18,7 @@ from hashdb import (
     Thresholds,
     TokenRecord,
 )
-from hashsvc.base import validation
+from hashsvc.base import media_kinds, validation
 from hashsvc.base.errors import InvalidArgument, NotFound, quoted
 from hashsvc.base.signals import Signal
 from hashsvc.core.config import StringLimits
@@ -34,13 +34,9 @@ DECISION_TO_PB = {
     "": pb.DECISION_UNSPECIFIED,
 }
 DECISION_FROM_PB = {v: k for k, v in DECISION_TO_PB.items()}
-MEDIA_TO_PB = {
-    "image": pb.IMAGE,
-    "video": pb.VIDEO,
-    "audio": pb.AUDIO,
-    "pdf": pb.PDF,
-    "hash": pb.HASH,
-}
+# Each registered media kind is the MediaType value of its name in capitals
+# ("image" -> IMAGE); a kind registered without one fails here, at import.
+MEDIA_TO_PB = {name: pb.MediaType.Value(name.upper()) for name in media_kinds.MEDIA_KINDS}
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:

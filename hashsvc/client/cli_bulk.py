@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC
 
 import loaders
+from hashsvc.base.media_kinds import is_frame
 from hashsvc.base.signals import SIGNAL_TYPES
 from hashsvc.v1 import hashsvc_pb2 as pb
 from loaders.records import EXCHANGED_VARIANTS, PlainRows, Record, Rejected
@@ -303,7 +304,7 @@ def _export_vpdq(entries: Iterable[pb.Entry], output_dir: str | None) -> int:
     for entry in entries:
         if entry.HasField("removed_at"):
             continue
-        frames = [r for r in entry_records(entry) if r.variant.startswith("frame:")]
+        frames = [r for r in entry_records(entry) if is_frame(r.variant)]
         if not frames:
             continue
         path = os.path.join(output_dir, loaders.vpdq_file_name(entry.name))

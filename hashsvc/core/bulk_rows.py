@@ -16,6 +16,7 @@ import numpy as np
 from hashdb.bulk_sql import MAX_SIGNALS_PER_ENTRY, BulkCounts, EntryUpsert, PlainSignals
 from hashsvc.base import validation
 from hashsvc.base.errors import InvalidArgument, quoted
+from hashsvc.base.media_kinds import HASH, SINGLE_MEDIA_TYPE, media_type_of
 from hashsvc.base.signals import SIGNAL_TYPES, Signal
 
 
@@ -158,33 +159,6 @@ def row_value(kind: str, value: bytes, deleted: bool) -> bytes:
     return value
 
 
-def media_type_of(signals: Sequence[Signal]) -> str:
-    """What kind of media an imported entry is, from its signals (the matcher
-    treats video and PDF entries by their frames and pages)."""
-    if len(signals) == 1 and signals[0].variant == "original":
-        return SINGLE_MEDIA_TYPE.get(signals[0].kind, "hash")  # the common case, fast
-    kinds = set()
-    for s in signals:
-        if s.variant.startswith("frame:") or s.kind == "videohash":
-            return "video"
-        kinds.add(s.kind)
-        if s.kind.startswith("text_") or s.variant in ("page", "document"):
-            kinds.add("pdf")
-    if "pdf" in kinds:
-        return "pdf"
-    if "chromaprint" in kinds:
-        return "audio"
-    return "hash"
-
-
-SINGLE_MEDIA_TYPE = {
-    "videohash": "video",
-    "chromaprint": "audio",
-    "text_sha256": "pdf",
-    "text_simhash": "pdf",
-}
-
-
 class EntryGroup:
     """What the rows of one batch say about one entry."""
 
@@ -294,4 +268,4 @@ def sorted_plain(parts: Sequence[CheckedPlainRows]) -> PlainSignals:
     qualities = None
     if parts[0].qualities is not None:
         qualities = np.concatenate([p.qualities for p in parts])[keep]
-    return PlainSignals(kind, SINGLE_MEDIA_TYPE.get(kind, "hash"), rows[keep], qualities)
+    return PlainSignals(kind, SINGLE_MEDIA_TYPE.get(kind, HASH), rows[keep], qualities)

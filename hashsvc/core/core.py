@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from hashdb import Store, TokenRecord, open_store
+from hashsvc.base import media_kinds
 from hashsvc.base.errors import (
     HashsvcError,
     InvalidArgument,
@@ -425,7 +426,7 @@ class Core:
             if quality is not None and not 0 <= quality <= 100:
                 raise InvalidArgument("quality must be within 0..100")
             signal = Signal(sig_type.name, sig_type.parse(query.signal_value), quality)
-            return "hash", [signal], ()
+            return media_kinds.HASH, [signal], ()
         raise InvalidArgument("the request holds neither media nor a hash")
 
     def _set_ids(self, names: tuple[str, ...]) -> set[int] | None:
@@ -457,7 +458,7 @@ class Core:
             started=started,
             caller=caller,
             rpc=rpc,
-            media_type=media_type or ("hash" if query.signal_type else "unknown"),
+            media_type=media_type or (media_kinds.HASH if query.signal_type else "unknown"),
             decision=outcome.decision if outcome else "",
             status=status or ("OK" if exc is None else status_name(exc)),
             error_message="" if exc is None else str(exc),

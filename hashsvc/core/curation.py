@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hashdb import EntryRecord, EntryStore, HashSetRecord, SetStore, Thresholds
-from hashsvc.base import validation
+from hashsvc.base import media_kinds, validation
 from hashsvc.base.errors import InvalidArgument, NotFound, quoted
 from hashsvc.base.signals import Signal, signal_type
 from hashsvc.index.live import LiveIndex
@@ -132,7 +132,8 @@ class Curation:
             sig_type = signal_type(kind)
             if quality is not None and not 0 <= quality <= 100:
                 raise InvalidArgument("quality must be within 0..100")
-            media_type, signals = "hash", [Signal(sig_type.name, sig_type.parse(value), quality)]
+            media_type = media_kinds.HASH
+            signals = [Signal(sig_type.name, sig_type.parse(value), quality)]
         entry = self.entries.add_entry(hash_set.id, name, labels, media_type, signals, added_by)
         self.live.catch_up()
         return entry

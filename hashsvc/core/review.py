@@ -43,6 +43,7 @@ from hashsvc.base.errors import (
     quoted,
     status_name,
 )
+from hashsvc.base.media_kinds import HASH, REMEMBERED_VARIANTS, worth_keeping
 from hashsvc.base.signals import Signal, signal_json, signal_type
 from hashsvc.core.audit import Audit
 from hashsvc.matching.matcher import Match
@@ -50,8 +51,6 @@ from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW
 
 # Who raises flood alerts, in the history and the review queue.
 FLOOD_CALLER = "hashsvc"
-# The upload's hashes a false-positive judgement remembers.
-_REMEMBERED_VARIANTS = ("original", "untrimmed")
 
 
 def remembered_signals(query_signals: list[dict]) -> list[Signal]:
@@ -62,7 +61,7 @@ def remembered_signals(query_signals: list[dict]) -> list[Signal]:
         sig_type = signal_type(kind)
         if sig_type.sequence:
             continue  # audio is judged through the file's exact hashes
-        if sig_type.perceptual and sig.get("variant", "original") not in _REMEMBERED_VARIANTS:
+        if sig_type.perceptual and sig.get("variant", "original") not in REMEMBERED_VARIANTS:
             continue
         out.append(Signal(kind, bytes.fromhex(sig["value"]), sig.get("quality"), "original"))
     return out
@@ -108,7 +107,7 @@ class ReviewQueue:
             caller,
             outcome.media_type,
             outcome.client_ref,
-            [signal_json(s) for s in outcome.query_signals if _worth_keeping(s)],
+            [signal_json(s) for s in outcome.query_signals if worth_keeping(s)],
             [m.to_json() for m in outcome.matches if m.decision != ALLOW],
         )
 
@@ -219,7 +218,7 @@ class ReviewQueue:
         name = validation.entry_name(entry_name or f"review-{item.id}")
         labels = {"review_id": str(item.id), "confirmed_by": reviewer}
         return NewEntry(
-            hash_set.id, name, labels, item.media_type or "hash", tuple(signals), reviewer
+            hash_set.id, name, labels, item.media_type or HASH, tuple(signals), reviewer
         )
 
     # -- operators
@@ -320,13 +319,3 @@ class ReviewQueue:
             client_ref=client_ref,
             set_ids=set_ids,
         )
-
-
-def _worth_keeping(sig: Signal) -> bool:
-    # A reviewer needs the upload's own hashes, not every derived view.
-    return (
-        sig.variant in _REMEMBERED_VARIANTS
-        or not signal_type(sig.kind).perceptual
-        or (sig.variant.startswith("frame:") and sig.variant.count(":") == 1)
-        or sig.kind in ("chromaprint", "videohash")
-    )

@@ -23,7 +23,16 @@ from dataclasses import dataclass, replace
 
 from hashdb import EntryLookup, EntryRecord, HashSetRecord
 from hashsvc.base.decisions import rank, strictest
-from hashsvc.base.signals import Signal, signal_type
+from hashsvc.base.media_kinds import PAGE_VARIANT, PDF, VIDEO, is_frame
+from hashsvc.base.signals import (
+    CHROMAPRINT,
+    PDQ,
+    TEXT_SHA256,
+    TEXT_SIMHASH,
+    VIDEOHASH,
+    Signal,
+    signal_type,
+)
 from hashsvc.index.audio import AudioAlignment
 from hashsvc.index.binary import split_signal_id
 from hashsvc.index.live import LiveIndex, words_of
@@ -137,7 +146,7 @@ def ber_percent(ber: float) -> int:
 
 
 def _is_frame(sig: Signal) -> bool:
-    return sig.variant.startswith("frame:")
+    return is_frame(sig.variant)
 
 
 class Matcher:
@@ -218,9 +227,9 @@ class Matcher:
         self, query: list[Signal], sets: list[HashSetRecord]
     ) -> dict[int, list[AudioAlignment]]:
         found: dict[int, list[AudioAlignment]] = defaultdict(list)
-        max_ber = self.policy.search_radius(sets, "chromaprint") / 100
+        max_ber = self.policy.search_radius(sets, CHROMAPRINT.name) / 100
         for sig in query:
-            if sig.kind != "chromaprint":
+            if sig.kind != CHROMAPRINT.name:
                 continue
             for alignment in self.live.audio.search(words_of(sig.value), max_ber=max_ber):
                 found[alignment.track_id].append(alignment)
@@ -248,28 +257,51 @@ class Matcher:
         exact = [p for p in pairs if not signal_type(p[1].kind).perceptual]
         if exact:
             found.append(self._closest(entry, hash_set, [min(exact, key=lambda p: p[2])]))
-        if entry.media_type == "pdf":
-            found.extend(self._pdf_match(entry, hash_set, pairs))
-            return [m for m in found if m.decision != ALLOW]
-        visual = [p for p in pairs if p[1].kind == "pdq"]
-        if entry.media_type == "video" and query_is_video:
-            found.extend(self._video_match(entry, hash_set, visual, query))
-        elif query_is_video:
+        rule = EVIDENCE_RULES.get(entry.media_type, Matcher._pictures_evidence)
+        found.extend(rule(self, entry, hash_set, pairs, query, query_is_video))
+        return [m for m in found if m.decision != ALLOW]
+
+    # -- evidence rules per kind of known entry (EVIDENCE_RULES); each gets
+    # the (query signal, known signal, distance) pairs of its perceptual and
+    # exact hits; sounds and exact hashes are judged alike for every kind
+
+    def _pictures_evidence(self, entry, hash_set, pairs, query, query_is_video) -> list[Match]:
+        """An image, a bare hash, an audio file's picture: its closest PDQ
+        signal, or where it appears in an uploaded video."""
+        visual = [p for p in pairs if p[1].kind == PDQ.name]
+        found = []
+        if query_is_video:
             # a known picture shown in the upload: flat frames are no evidence
             good = [p for p in visual if min(p[0].quality or 0, p[1].quality or 0) >= 50]
             if good:
                 found.append(self._picture_in_video(entry, hash_set, good))
         elif visual:
             found.append(self._closest(entry, hash_set, visual))
-        whole_video = [p for p in pairs if p[1].kind == "videohash"]
-        if whole_video:
-            # bench/video.py: unrelated videos come within 10 bits; alone it
-            # is a hint for a person, never grounds to block
-            hint = self._closest(entry, hash_set, whole_video)
-            if hint.decision == BLOCK:
-                hint = replace(hint, decision=REVIEW, reason="videohash alone never blocks")
-            found.append(hint)
-        return [m for m in found if m.decision != ALLOW]
+        return found + self._whole_video_hint(entry, hash_set, pairs)
+
+    def _video_evidence(self, entry, hash_set, pairs, query, query_is_video) -> list[Match]:
+        """A known video: frame shares and runs against an uploaded video;
+        against a picture, its closest frame."""
+        if not query_is_video:
+            return self._pictures_evidence(entry, hash_set, pairs, query, query_is_video)
+        visual = [p for p in pairs if p[1].kind == PDQ.name]
+        found = self._video_match(entry, hash_set, visual, query)
+        return found + self._whole_video_hint(entry, hash_set, pairs)
+
+    def _pdf_evidence(self, entry, hash_set, pairs, query, query_is_video) -> list[Match]:
+        """A known PDF: pages, embedded pictures and text (pdf_evidence.py)."""
+        return self._pdf_match(entry, hash_set, pairs)
+
+    def _whole_video_hint(self, entry, hash_set, pairs) -> list[Match]:
+        whole_video = [p for p in pairs if p[1].kind == VIDEOHASH.name]
+        if not whole_video:
+            return []
+        # bench/video.py: unrelated videos come within 10 bits; alone it
+        # is a hint for a person, never grounds to block
+        hint = self._closest(entry, hash_set, whole_video)
+        if hint.decision == BLOCK:
+            hint = replace(hint, decision=REVIEW, reason="videohash alone never blocks")
+        return [hint]
 
     def _match(self, entry, hash_set, kind, distance, query_variant, known_variant, qq, kq, **kw):
         decision, reason = self.policy.decide(hash_set, kind, distance, qq, kq)
@@ -319,7 +351,7 @@ class Matcher:
         hits_by_frame = [
             (query, distance)
             for query, _, distance in pairs
-            if distance <= (self.policy.thresholds(hash_set, "pdq").review_distance)
+            if distance <= (self.policy.thresholds(hash_set, PDQ.name).review_distance)
         ]
         ranges = video_match.image_appearances(hits_by_frame)
         return replace(
@@ -343,7 +375,7 @@ class Matcher:
         match = self._match(
             entry,
             hash_set,
-            "pdq",
+            PDQ.name,
             evidence.best_distance,
             best[0].variant,
             best[1].variant,
@@ -373,7 +405,9 @@ class Matcher:
             return []
         kind = _PDF_EVIDENCE_TYPE[best.signal]
         query_pages = {m.query_page for m in evidence.pages}
-        known_pages = sum(1 for s in entry.signals if s.kind == "pdq" and s.variant == "page")
+        known_pages = sum(
+            1 for s in entry.signals if s.kind == PDQ.name and s.variant == PAGE_VARIANT
+        )
         match = self._match(
             entry,
             hash_set,
@@ -393,13 +427,13 @@ class Matcher:
 
     def _sound_match(self, entry, hash_set, sounds: list[AudioAlignment]) -> Match:
         best = min(sounds, key=lambda a: a.ber)
-        known = next((s for s in entry.signals if s.kind == "chromaprint"), None)
+        known = next((s for s in entry.signals if s.kind == CHROMAPRINT.name), None)
         known_seconds = len(known.value) / 4 * SECONDS_PER_WORD if known else 0.0
         covered = sum(a.duration for a in sounds)
         return self._match(
             entry,
             hash_set,
-            "chromaprint",
+            CHROMAPRINT.name,
             ber_percent(best.ber),
             "audio",
             "audio",
@@ -419,16 +453,23 @@ class Matcher:
         )
 
 
+# How a known entry is judged, by its media kind; a kind not listed (image,
+# audio, hash) by its pictures.
+EVIDENCE_RULES = {
+    VIDEO: Matcher._video_evidence,
+    PDF: Matcher._pdf_evidence,
+}
+
 # A known video found only through a shared stretch (no whole copy) blocks
 # when the stretch lasts this long; shorter runs (>= 5 s) ask for review.
 MIN_BLOCKING_RUN_SECONDS = 10.0
 
 _PDF_EVIDENCE_TYPE = {
-    pdf_match.DOCUMENT_TEXT_EXACT: "text_sha256",
-    pdf_match.PAGE_IMAGE: "pdq",
-    pdf_match.EMBEDDED_IMAGE: "pdq",
-    pdf_match.PAGE_TEXT: "text_simhash",
-    pdf_match.DOCUMENT_TEXT_NEAR: "text_simhash",
+    pdf_match.DOCUMENT_TEXT_EXACT: TEXT_SHA256.name,
+    pdf_match.PAGE_IMAGE: PDQ.name,
+    pdf_match.EMBEDDED_IMAGE: PDQ.name,
+    pdf_match.PAGE_TEXT: TEXT_SIMHASH.name,
+    pdf_match.DOCUMENT_TEXT_NEAR: TEXT_SIMHASH.name,
 }
 
 

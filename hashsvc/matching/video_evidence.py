@@ -23,16 +23,15 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from hashsvc.base.media_kinds import frame_number
 from hashsvc.base.signals import Signal
 
 
 def frame_of(signal: Signal) -> int:
     """Frame number from a frame signal's variant ("frame:120:flip" -> 120)."""
-    parts = signal.variant.split(":")
-    if len(parts) >= 2 and parts[0] == "frame" and parts[1].isdigit():
-        return int(parts[1])
+    number = frame_number(signal.variant)
     # Not a video frame (an image entry's view): one "frame" per position.
-    return -1
+    return -1 if number is None else number
 
 
 @dataclass(frozen=True)

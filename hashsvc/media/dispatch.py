@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from hashsvc.base import media_kinds
 from hashsvc.base.errors import HashsvcError, InvalidArgument, TooLarge, UnsupportedMedia
 from hashsvc.base.signals import Signal
 from hashsvc.media import sniff
@@ -89,14 +90,14 @@ def _hash_media(
         if not image.is_animated_gif(data):
             rgb = image.decode_rgb(data, limits.image, at_least=image.VIEW_SIDE if for_query else 0)
             views = image.query_views(rgb, part) if for_query else image.known_views(rgb)
-            return Hashed("image", [*exact, *views])
+            return Hashed(media_kinds.IMAGE, [*exact, *views])
         kind = sniff.AV
     path_or_bytes = source.path if isinstance(source, SpooledMedia) else source
     if kind == sniff.PDF:
         from hashsvc.media import pdf
 
         report = pdf.hash_pdf_report(path_or_bytes, limits.pdf, for_query)
-        return Hashed("pdf", [*exact, *report.signals], tuple(report.notes))
+        return Hashed(media_kinds.PDF, [*exact, *report.signals], tuple(report.notes))
     from hashsvc.media import audio, video
 
     if video.has_video_stream(path_or_bytes, limits.video.max_pixels_per_frame):
@@ -104,12 +105,12 @@ def _hash_media(
         hashed = video.hash_video(path_or_bytes, limits.video, for_query, on_audio_frame=sound)
         sound_signals = sound.signals()
         notes = (sound.note,) if hashed.has_audio and sound.note else ()
-        return Hashed("video", [*exact, *hashed.signals(), *sound_signals], notes)
+        return Hashed(media_kinds.VIDEO, [*exact, *hashed.signals(), *sound_signals], notes)
     fingerprint = audio.fingerprint_audio(path_or_bytes, limits.audio)
     notes = ()
     if fingerprint.truncated:
         notes = (f"only the first {limits.audio.max_seconds:g} s of audio were fingerprinted",)
-    return Hashed("audio", [*exact, fingerprint.to_signal()], notes)
+    return Hashed(media_kinds.AUDIO, [*exact, fingerprint.to_signal()], notes)
 
 
 class _SoundTrack:

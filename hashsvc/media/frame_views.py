@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pdqhash
 
+from hashsvc.base.media_kinds import frame_variant
 from hashsvc.base.signals import Signal
 from hashsvc.media import regions
 
@@ -42,31 +43,25 @@ def query_frame_signals(rgb: np.ndarray, number: int, seconds: float) -> list[Si
     """A query frame's PDQ views (RGB at <= QUERY_SIDE): as decoded, its
     center, and (when it has bars) the picture inside them, each also
     mirrored. Mirroring comes with the dihedral hash at no extra cost."""
-    name = f"frame:{number}"
+
+    def view(bits: np.ndarray, quality: float, name: str = "") -> Signal:
+        return Signal("pdq", _pack(bits), int(quality), frame_variant(number, name), seconds)
+
     hashes, quality = pdqhash.compute_dihedral(np.ascontiguousarray(rgb))
-    signals = [
-        Signal("pdq", _pack(hashes[0]), int(quality), name, seconds),
-        Signal("pdq", _pack(hashes[_FLIP_HORIZONTAL]), int(quality), f"{name}:flip", seconds),
-    ]
+    signals = [view(hashes[0], quality), view(hashes[_FLIP_HORIZONTAL], quality, "flip")]
     hashes, quality = pdqhash.compute_dihedral(np.ascontiguousarray(center(rgb)))
-    signals.append(Signal("pdq", _pack(hashes[0]), int(quality), f"{name}:center", seconds))
-    signals.append(
-        Signal("pdq", _pack(hashes[_FLIP_HORIZONTAL]), int(quality), f"{name}:center_flip", seconds)
-    )
+    signals += [
+        view(hashes[0], quality, "center"),
+        view(hashes[_FLIP_HORIZONTAL], quality, "center_flip"),
+    ]
     box = _bars_box(_gray(rgb))
     if box is not None:
         inner = np.ascontiguousarray(regions.cut(rgb, box))
         hashes, quality = pdqhash.compute_dihedral(inner)
-        signals.append(Signal("pdq", _pack(hashes[0]), int(quality), f"{name}:trimmed", seconds))
-        signals.append(
-            Signal(
-                "pdq",
-                _pack(hashes[_FLIP_HORIZONTAL]),
-                int(quality),
-                f"{name}:trimmed_flip",
-                seconds,
-            )
-        )
+        signals += [
+            view(hashes[0], quality, "trimmed"),
+            view(hashes[_FLIP_HORIZONTAL], quality, "trimmed_flip"),
+        ]
     return signals
 
 

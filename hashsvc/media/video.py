@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from hashsvc.base.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
+from hashsvc.base.media_kinds import frame_variant
 from hashsvc.base.signals import Signal
 from hashsvc.media import videohash as vh
 from hashsvc.media.frame_views import QUERY_SIDE, center, query_frame_signals
@@ -345,7 +346,7 @@ class _Pass:
             return
         value, quality = pdq_hash(full.get())
         self.frames.append(FrameHash(number, quality, value, seconds))
-        self.signals.append(Signal("pdq", value, quality, f"frame:{number}", seconds))
+        self.signals.append(Signal("pdq", value, quality, frame_variant(number), seconds))
         if not self.views:
             return
         # PDQ depends on the resolution it is given (its box-filter window
@@ -357,11 +358,11 @@ class _Pass:
         if max(frame.width, frame.height) > QUERY_SIDE:
             small, small_quality = pdq_hash(full.small())
             self.signals.append(
-                Signal("pdq", small, small_quality, f"frame:{number}:small", seconds)
+                Signal("pdq", small, small_quality, frame_variant(number, "small"), seconds)
             )
         middle, middle_quality = pdq_hash(np.ascontiguousarray(center(full.small())))
         self.signals.append(
-            Signal("pdq", middle, middle_quality, f"frame:{number}:center", seconds)
+            Signal("pdq", middle, middle_quality, frame_variant(number, "center"), seconds)
         )
 
     def _videohash_frame(self, frame: av.VideoFrame, full: _LazyRgb, seconds: float) -> None:
@@ -519,4 +520,4 @@ def parse_vpdq(text: str) -> list[FrameHash]:
 def iter_vpdq_signals(frames: list[FrameHash]) -> Iterator[Signal]:
     """Imported vPDQ hashes as the frame signals a known video stores."""
     for f in frames:
-        yield Signal("pdq", f.pdq, f.quality, f"frame:{f.frame}", f.seconds)
+        yield Signal("pdq", f.pdq, f.quality, frame_variant(f.frame), f.seconds)
