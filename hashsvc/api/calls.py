@@ -19,7 +19,7 @@ from hashsvc.core.config import StringLimits
 
 log = logging.getLogger(__name__)
 
-# The authenticated caller of the RPC running in this thread (set by AuthInterceptor).
+# The authenticated caller of the RPC running in this thread (set by interceptors.Access).
 CALLER: contextvars.ContextVar = contextvars.ContextVar("caller")
 
 

@@ -1,5 +1,19 @@
-"""The interceptor in front of every RPC: token, role, rate limit, stream
-and unread-call limits (hashsvc/api/streams.py), and the metrics of each call."""
+"""The interceptor in front of every RPC, composed of one wrapper per concern,
+outermost first:
+
+  CallMetrics  times each call and observes its final status (metrics.py);
+  Access       authenticates the token and checks the role, then sets CALLER;
+  Limits       the token's rate limit, stream admission and the unread-call
+               limits (hashsvc/api/streams.py), and reads a unary call's
+               request message itself.
+
+They are wrappers inside one grpc interceptor, not one grpc interceptor
+each: a unary call's message is read by Limits after Access has checked the
+token (sent with the headers), and grpc reads it before any interceptor's
+wrapper runs unless the handler is served as a stream (`_rewrap`). With the
+three in one handler, a call without a valid token is refused before its
+message is read and before it holds a stream slot, and metrics see the
+status that every concern's refusal leaves."""
 
 from __future__ import annotations
 
@@ -20,50 +34,116 @@ from hashsvc.v1 import hashsvc_pb2 as pb
 log = logging.getLogger(__name__)
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
-    """Authenticates the token and checks the role before the handler runs;
-    admits streams within the stream limits (hashsvc/api/streams.py)."""
+class CallInterceptor(grpc.ServerInterceptor):
+    """Wraps each RPC's handler in CallMetrics(Access(Limits(handler)));
+    the public services (health, reflection) in Limits' public wrappers."""
+
+    def __init__(self, call_metrics: CallMetrics, access: Access, limits: Limits) -> None:
+        self.call_metrics = call_metrics
+        self.access = access
+        self.limits = limits
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if method.startswith(auth.PUBLIC_SERVICES):
+            return self.limits.public(handler, method)
+        token = auth.token_from_metadata(handler_call_details.invocation_metadata)
+        rpc_name = method.rsplit("/", 1)[-1]
+
+        def guard(behavior):
+            limited = self.limits.wrap(behavior, handler, method)
+            return self.call_metrics.wrap(self.access.wrap(limited, token, method), rpc_name)
+
+        return _rewrap(handler, guard, self.limits.reads_first(handler))
+
+
+class CallMetrics:
+    """Each call's duration and final status, however it ends: a stream's
+    when it ends (its slot given back first)."""
+
+    def __init__(self, observe_rpc=None) -> None:
+        # observe_rpc(rpc name, status code name, perf_counter start)
+        self.observe_rpc = observe_rpc
+
+    def wrap(self, behavior, rpc_name: str):
+        observe = self.observe_rpc
+        if observe is None:
+            return behavior
+
+        @functools.wraps(behavior)
+        def observed(request_or_iterator, context):
+            started = time.perf_counter()
+            streaming = False
+            try:
+                result = behavior(request_or_iterator, context)
+                if inspect.isgenerator(result):
+                    streaming = True  # timed when the stream ends
+                    return _observed_stream(result, context, rpc_name, started, observe)
+                return result
+            finally:
+                if not streaming:
+                    observe(rpc_name, code_name(context), started)
+
+        return observed
+
+
+class Access:
+    """The token authenticated and its role checked against the RPC, before
+    anything else of the call runs; the caller then set for the handler."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+
+    def wrap(self, behavior, token: str | None, method: str):
+        store = self.store
+
+        @functools.wraps(behavior)
+        def authenticated(request_or_iterator, context):
+            try:
+                record = auth.authenticate(store, token)
+                auth.authorize(record, method)
+            except HashsvcError as exc:
+                abort(context, exc)
+            CALLER.set(record)
+            # action records by this caller carry its token id
+            audit.ACTING_TOKEN.set((record.name, record.id))
+            return behavior(request_or_iterator, context)
+
+        return authenticated
+
+
+class Limits:
+    """The authenticated caller's (CALLER's) rate limit, stream admission
+    and unread-call reading; for the public services, the same stream and
+    unread-call limits on callers without a token."""
 
     def __init__(
         self,
-        store,
         limiter: auth.RateLimiter | None = None,
-        observe_rpc=None,
         streams: StreamLimiter | None = None,
         unread: UnreadCalls | None = None,
         record_refused_match=None,
     ) -> None:
-        self.store = store
         self.limiter = limiter or auth.RateLimiter(0)
+        self.streams = streams
+        self.unread = unread
         # record_refused_match(rpc name, token record, error): a Match call
         # refused by the rate limit is still a Match call, in the history
         self.record_refused_match = record_refused_match
-        # observe_rpc(rpc name, status code name, perf_counter start) for metrics
-        self.observe_rpc = observe_rpc
-        self.streams = streams
-        self.unread = unread
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None:
-            return handler
-        streams, unread = self.streams, self.unread
-        # A unary call's request message is read here, after the token (sent
-        # with the headers) is checked: grpc would hold a thread waiting for
-        # it before any check, for as long as the client sends nothing.
-        reads_first = unread is not None and not handler.request_streaming
-        if method.startswith(auth.PUBLIC_SERVICES):
-            if reads_first:  # health checks
-                return _rewrap(handler, lambda b: _public_unary(b, method, unread), reads_first)
-            # Reflection is a stream anyone may open: capped like the others,
-            # its callers counted as one.
-            if streams is None or not handler.request_streaming:
-                return handler
-            return _rewrap(handler, lambda behavior: _public_stream(behavior, streams))
-        token = auth.token_from_metadata(handler_call_details.invocation_metadata)
-        store, limiter, observe = self.store, self.limiter, self.observe_rpc
+    def reads_first(self, handler) -> bool:
+        # A unary call's request message is read here, after the token is
+        # checked: grpc would hold a thread waiting for it before any check,
+        # for as long as the client sends nothing.
+        return self.unread is not None and not handler.request_streaming
+
+    def wrap(self, behavior, handler, method: str):
+        limiter, streams, unread = self.limiter, self.streams, self.unread
         rpc_name = method.rsplit("/", 1)[-1]
+        reads_first = self.reads_first(handler)
         is_stream = streams is not None and (
             handler.request_streaming or handler.response_streaming
         )
@@ -72,46 +152,48 @@ class AuthInterceptor(grpc.ServerInterceptor):
             self.record_refused_match if method in _RECORDED_WHEN_RATE_LIMITED else None
         )
 
-        def guard(behavior):
-            @functools.wraps(behavior)
-            def guarded(request_or_iterator, context):
-                started = time.perf_counter()
-                held = None  # [slot, Requests or None] of an admitted stream
-                streaming = False
+        @functools.wraps(behavior)
+        def limited(request_or_iterator, context):
+            record = CALLER.get()
+            held = None  # [slot, Requests or None] of an admitted stream
+            streaming = False
+            try:
                 try:
-                    try:
-                        record = auth.authenticate(store, token)
-                        auth.authorize(record, method)
-                        if not counted_per_item:
-                            _within_rate(limiter, record, rpc_name, record_refused)
-                        if is_stream:
-                            held = [_admit(streams, context, record.id, f"token {record.name!r}")]
-                    except HashsvcError as exc:
-                        abort(context, exc)
-                    CALLER.set(record)
-                    # action records by this caller carry its token id
-                    audit.ACTING_TOKEN.set((record.name, record.id))
-                    if reads_first:
-                        request_or_iterator = _first_request(
-                            request_or_iterator, context, method, unread, False, record.id
-                        )
-                    elif held is not None and handler.request_streaming:
-                        request_or_iterator = streams.requests(request_or_iterator)
-                        held.append(request_or_iterator)
-                    result = behavior(request_or_iterator, context)
-                    if inspect.isgenerator(result):
-                        streaming = True  # released and timed when the stream ends
-                        return _observed_stream(result, context, rpc_name, started, observe, held)
-                    return result
-                finally:
-                    if not streaming:
-                        _let_go(held)
-                        if observe is not None:
-                            observe(rpc_name, code_name(context), started)
+                    if not counted_per_item:
+                        _within_rate(limiter, record, rpc_name, record_refused)
+                    if is_stream:
+                        held = [_admit(streams, context, record.id, f"token {record.name!r}")]
+                except HashsvcError as exc:
+                    abort(context, exc)
+                if reads_first:
+                    request_or_iterator = _first_request(
+                        request_or_iterator, context, method, unread, False, record.id
+                    )
+                elif held is not None and handler.request_streaming:
+                    request_or_iterator = streams.requests(request_or_iterator)
+                    held.append(request_or_iterator)
+                result = behavior(request_or_iterator, context)
+                if inspect.isgenerator(result):
+                    streaming = True  # released when the stream ends
+                    return _released_stream(result, held)
+                return result
+            finally:
+                if not streaming:
+                    _let_go(held)
 
-            return guarded
+        return limited
 
-        return _rewrap(handler, guard, reads_first)
+    def public(self, handler, method: str):
+        """A public service's handler: health checks have their request read
+        within the limits on calls without a token; reflection is a stream
+        anyone may open, capped like the others, its callers counted as one."""
+        if self.reads_first(handler):
+            unread = self.unread
+            return _rewrap(handler, lambda b: _public_unary(b, method, unread), True)
+        if self.streams is None or not handler.request_streaming:
+            return handler
+        streams = self.streams
+        return _rewrap(handler, lambda behavior: _public_stream(behavior, streams))
 
 
 # Match calls refused by the rate limit before their handler runs: recorded
@@ -250,10 +332,15 @@ def code_name(context) -> str:
     return code.name if code is not None else "OK"
 
 
-def _observed_stream(stream, context, rpc_name, started, observe, held=None):
+def _observed_stream(stream, context, rpc_name, started, observe):
+    try:
+        yield from stream
+    finally:
+        observe(rpc_name, code_name(context), started)
+
+
+def _released_stream(stream, held):
     try:
         yield from stream
     finally:
         _let_go(held)
-        if observe is not None:
-            observe(rpc_name, code_name(context), started)
