@@ -54,7 +54,8 @@ def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
 
 
 def rpc(method):
-    """Turns core errors raised by a unary or server-streaming RPC into statuses.
+    """Turns errors raised by an RPC into statuses: a streaming RPC's
+    (MatchBatch) as its answers are produced, the same way as a unary one's.
     A request message (not a client stream, whose messages are checked as
     they are read) has its strings checked first (convert.request_strings)."""
     if inspect.isgeneratorfunction(method):

@@ -13,7 +13,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from hashsvc.api import bulk_pb, convert
 from hashsvc.api.calls import (
     CALLER,
-    abort,
     caller_name,
     checks_own_strings,
     counted_chunks,
@@ -104,7 +103,8 @@ class MatcherServicer(pb_grpc.MatcherServicer):
             raise
         return convert.match_response(outcome)
 
-    def MatchBatch(self, request_iterator, context):
+    @rpc
+    def MatchBatch(self, request_iterator, context):  # noqa: N802
         # Items are matched concurrently (hashing runs in worker processes) and
         # answered in request order, each as soon as it and those before it
         # are done: a client may wait for an answer before sending more. A bad
@@ -154,16 +154,15 @@ class MatcherServicer(pb_grpc.MatcherServicer):
                 continue
             if item is _END:
                 return
+            # The stream's own errors end it with a status (through @rpc, as
+            # any RPC's); an item's error is that item's answer.
             if item is _TOO_MANY:
-                abort(
-                    context,
-                    TooLarge(
-                        f"a batch may hold at most {limit} items (max_batch_items)",
-                        limit="max_batch_items",
-                    ),
+                raise TooLarge(
+                    f"a batch may hold at most {limit} items (max_batch_items)",
+                    limit="max_batch_items",
                 )
             if isinstance(item, HashsvcError):
-                abort(context, item)
+                raise item  # the request stream's idle or total deadline
             response = item.result()
             counts["answered"] += 1
             yield response
