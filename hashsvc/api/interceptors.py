@@ -1,19 +1,17 @@
-"""The interceptor in front of every RPC, composed of one wrapper per concern,
-outermost first:
+"""The interceptors in front of every RPC, one per concern, composed in
+hashsvc/api/server.py outermost first:
 
   CallMetrics  times each call and observes its final status (metrics.py);
   Access       authenticates the token and checks the role, then sets CALLER;
-  Limits       the token's rate limit, stream admission and the unread-call
-               limits (hashsvc/api/streams.py), and reads a unary call's
-               request message itself.
+  Limits       the caller's rate limit, stream admission and the unread-call
+               limits (hashsvc/api/streams.py).
 
-They are wrappers inside one grpc interceptor, not one grpc interceptor
-each: a unary call's message is read by Limits after Access has checked the
-token (sent with the headers), and grpc reads it before any interceptor's
-wrapper runs unless the handler is served as a stream (`_rewrap`). With the
-three in one handler, a call without a valid token is refused before its
-message is read and before it holds a stream slot, and metrics see the
-status that every concern's refusal leaves."""
+grpc runs the first interceptor's wrapper first. Limits, innermost, serves a
+unary call as a stream of one (`_rewrap`) and reads its message itself: grpc
+would otherwise read it, holding a thread for as long as the client sends
+nothing, before any wrapper runs. So a call without a valid token is refused
+by Access before its message is read and before it holds a stream slot, and
+CallMetrics sees the status every refusal leaves."""
 
 from __future__ import annotations
 
@@ -34,33 +32,12 @@ from hashsvc.v1 import hashsvc_pb2 as pb
 log = logging.getLogger(__name__)
 
 
-class CallInterceptor(grpc.ServerInterceptor):
-    """Wraps each RPC's handler in CallMetrics(Access(Limits(handler)));
-    the public services (health, reflection) in Limits' public wrappers."""
-
-    def __init__(self, call_metrics: CallMetrics, access: Access, limits: Limits) -> None:
-        self.call_metrics = call_metrics
-        self.access = access
-        self.limits = limits
-
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        if method.startswith(auth.PUBLIC_SERVICES):
-            return self.limits.public(handler, method)
-        token = auth.token_from_metadata(handler_call_details.invocation_metadata)
-        rpc_name = method.rsplit("/", 1)[-1]
-
-        def guard(behavior):
-            limited = self.limits.wrap(behavior, handler, method)
-            return self.call_metrics.wrap(self.access.wrap(limited, token, method), rpc_name)
-
-        return _rewrap(handler, guard, self.limits.reads_first(handler))
+def _own_rpc(handler, method: str) -> bool:
+    """An RPC of ours (not health or reflection, which take no token)."""
+    return handler is not None and not method.startswith(auth.PUBLIC_SERVICES)
 
 
-class CallMetrics:
+class CallMetrics(grpc.ServerInterceptor):
     """Each call's duration and final status, however it ends: a stream's
     when it ends (its slot given back first)."""
 
@@ -68,10 +45,16 @@ class CallMetrics:
         # observe_rpc(rpc name, status code name, perf_counter start)
         self.observe_rpc = observe_rpc
 
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if self.observe_rpc is None or not _own_rpc(handler, method):
+            return handler
+        rpc_name = method.rsplit("/", 1)[-1]
+        return _rewrap(handler, lambda behavior: self.wrap(behavior, rpc_name))
+
     def wrap(self, behavior, rpc_name: str):
         observe = self.observe_rpc
-        if observe is None:
-            return behavior
 
         @functools.wraps(behavior)
         def observed(request_or_iterator, context):
@@ -90,12 +73,20 @@ class CallMetrics:
         return observed
 
 
-class Access:
+class Access(grpc.ServerInterceptor):
     """The token authenticated and its role checked against the RPC, before
     anything else of the call runs; the caller then set for the handler."""
 
     def __init__(self, store) -> None:
         self.store = store
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if not _own_rpc(handler, method):
+            return handler
+        token = auth.token_from_metadata(handler_call_details.invocation_metadata)
+        return _rewrap(handler, lambda behavior: self.wrap(behavior, token, method))
 
     def wrap(self, behavior, token: str | None, method: str):
         store = self.store
@@ -115,10 +106,11 @@ class Access:
         return authenticated
 
 
-class Limits:
-    """The authenticated caller's (CALLER's) rate limit, stream admission
-    and unread-call reading; for the public services, the same stream and
-    unread-call limits on callers without a token."""
+class Limits(grpc.ServerInterceptor):
+    """The authenticated caller's (CALLER, set by Access outside it) rate
+    limit, stream admission and unread-call reading; for the public
+    services, the same stream and unread-call limits on callers without a
+    token."""
 
     def __init__(
         self,
@@ -133,6 +125,19 @@ class Limits:
         # record_refused_match(rpc name, token record, error): a Match call
         # refused by the rate limit is still a Match call, in the history
         self.record_refused_match = record_refused_match
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None:
+            return handler
+        if not _own_rpc(handler, method):
+            return self.public(handler, method)
+        return _rewrap(
+            handler,
+            lambda behavior: self.wrap(behavior, handler, method),
+            self.reads_first(handler),
+        )
 
     def reads_first(self, handler) -> bool:
         # A unary call's request message is read here, after the token is

@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from hashdb import safe_url
 from hashsvc.api import reflection
-from hashsvc.api.interceptors import Access, CallInterceptor, CallMetrics, Limits
+from hashsvc.api.interceptors import Access, CallMetrics, Limits
 from hashsvc.api.metrics import Metrics
 from hashsvc.api.servicers import (
     AdminServicer,
@@ -148,20 +148,19 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
     server = grpc.server(
         futures.ThreadPoolExecutor(config.grpc_threads, thread_name_prefix="grpc"),
         interceptors=[
-            # one grpc interceptor, a wrapper per concern (interceptors.py says
-            # why they are not three grpc interceptors)
-            CallInterceptor(
-                CallMetrics(metrics.observe_rpc),
-                Access(core.store),
-                Limits(
-                    limiter,
-                    streams=streams,
-                    unread=unread,
-                    record_refused_match=lambda rpc, record, exc: core.record_failed_match(
-                        rpc, record.name, exc, caller_token_id=record.id
-                    ),
+            # in this order (interceptors.py says why): metrics see every
+            # call's final status; a call without a valid token is refused
+            # before its message is read or it holds a stream slot
+            CallMetrics(metrics.observe_rpc),
+            Access(core.store),
+            Limits(
+                limiter,
+                streams=streams,
+                unread=unread,
+                record_refused_match=lambda rpc, record, exc: core.record_failed_match(
+                    rpc, record.name, exc, caller_token_id=record.id
                 ),
-            )
+            ),
         ],
         options=options,
     )
