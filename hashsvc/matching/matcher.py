@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 
 from hashdb import EntryLookup, EntryRecord, HashSetRecord
 from hashsvc.base.decisions import rank, strictest
+from hashsvc.base.match_json import match_json
 from hashsvc.base.media_kinds import PAGE_VARIANT, PDF, VIDEO, is_frame
 from hashsvc.base.signals import (
     CHROMAPRINT,
@@ -81,6 +82,7 @@ class Match:
     known_share: float = 0.0
 
     def to_json(self) -> dict:
+        """As the history and review items store it (ids and reason too)."""
         extent = {}
         if self.unit:
             extent = {
@@ -103,6 +105,23 @@ class Match:
             "reason": self.reason,
             **extent,
         }
+
+    def public_json(self) -> dict:
+        """The match as `hashsvc match --json` shows it (hashsvc/base/match_json.py)."""
+        return match_json(
+            set_name=self.set_name,
+            entry=self.entry_name,
+            signal_type=self.signal_type,
+            distance=self.distance,
+            labels=self.labels,
+            decision=self.decision,
+            query_variant=self.query_variant,
+            known_variant=self.known_variant,
+            unit=self.unit,
+            query_share=self.query_share,
+            known_share=self.known_share,
+            segments=self.segments,
+        )
 
     @classmethod
     def from_json(cls, d: dict) -> Match:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+from hashsvc.base.match_json import match_json as public_match_json
 from hashsvc.client.commands.values import iso
 from hashsvc.v1 import hashsvc_pb2 as pb
 
@@ -28,35 +29,20 @@ def query_signal_json(s: pb.QuerySignal) -> dict:
 
 
 def matched_json(m: pb.MatchedEntry) -> dict:
-    return {
-        "set": m.set,
-        "entry": m.entry,
-        "signal_type": m.signal_type,
-        "distance": m.distance,
-        "labels": dict(m.labels),
-        "decision": DECISION_NAMES.get(m.decision),
-        "query_variant": m.query_variant,
-        "known_variant": m.known_variant,
-        # video, audio, PDF: where the query matches the known media
-        **(
-            {
-                "unit": m.unit,
-                "query_share": round(m.query_share, 4),
-                "known_share": round(m.known_share, 4),
-                "segments": [
-                    {
-                        "query_start": seg.query_start,
-                        "query_end": seg.query_end,
-                        "known_start": seg.known_start,
-                        "known_end": seg.known_end,
-                    }
-                    for seg in m.segments
-                ],
-            }
-            if m.unit
-            else {}
-        ),
-    }
+    return public_match_json(
+        set_name=m.set,
+        entry=m.entry,
+        signal_type=m.signal_type,
+        distance=m.distance,
+        labels=m.labels,
+        decision=DECISION_NAMES.get(m.decision),
+        query_variant=m.query_variant,
+        known_variant=m.known_variant,
+        unit=m.unit,
+        query_share=m.query_share,
+        known_share=m.known_share,
+        segments=m.segments,
+    )
 
 
 def match_json(label: str, resp: pb.MatchResponse) -> dict:

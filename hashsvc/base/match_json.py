@@ -1,0 +1,53 @@
+"""A match as JSON, the public shape (`hashsvc match --json` prints it; the
+README names its fields as a contract), written once: the CLI builds it from
+a MatchedEntry message, the core from its own Match (Match.public_json), and
+both give the same object for the same match."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+
+def match_json(
+    *,
+    set_name: str,
+    entry: str,
+    signal_type: str,
+    distance: int,
+    labels: Mapping[str, str],
+    decision: str | None,
+    query_variant: str,
+    known_variant: str,
+    unit: str = "",
+    query_share: float = 0.0,
+    known_share: float = 0.0,
+    segments: Iterable = (),
+) -> dict:
+    """`segments`: objects with query_start, query_end, known_start and
+    known_end (a core Segment or a protobuf one)."""
+    out = {
+        "set": set_name,
+        "entry": entry,
+        "signal_type": signal_type,
+        "distance": distance,
+        "labels": dict(labels),
+        "decision": decision,
+        "query_variant": query_variant,
+        "known_variant": known_variant,
+    }
+    if unit:  # video, audio, PDF: where the query matches the known media
+        out.update(
+            unit=unit,
+            query_share=round(query_share, 4),
+            known_share=round(known_share, 4),
+            segments=[
+                {
+                    "query_start": seg.query_start,
+                    "query_end": seg.query_end,
+                    "known_start": seg.known_start,
+                    "known_end": seg.known_end,
+                }
+                for seg in segments
+            ],
+        )
+    return out

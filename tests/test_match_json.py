@@ -1,0 +1,48 @@
+"""The public match JSON is written once (hashsvc/base/match_json.py): the
+CLI's `match --json` (from the protobuf answer) and the core's own Match give
+the same object for the same match, with and without where it matched."""
+
+from __future__ import annotations
+
+import json
+
+from hashsvc.api import convert
+from hashsvc.client.commands import views
+from hashsvc.matching.matcher import Match, Segment
+
+
+def _match(**extent) -> Match:
+    return Match(
+        set_id=3,
+        set_name="isis-amaq",
+        entry_id=41,
+        entry_name="clip.mp4",
+        signal_type="pdq",
+        distance=12,
+        labels={"group": "ISIS", "outlet": "Amaq"},
+        decision="block",
+        query_variant="frame:4",
+        known_variant="frame:9",
+        reason="",
+        **extent,
+    )
+
+
+def test_the_cli_and_the_core_write_the_same_match_json():
+    video = _match(
+        unit="seconds",
+        segments=(Segment(0.0, 12.0, 30.0, 42.0), Segment(20.0, 26.0, 50.0, 56.0)),
+        query_share=0.123456,
+        known_share=0.5,
+    )
+    for m in (video, _match()):
+        from_cli = views.matched_json(convert.matched_entry(m))
+        assert from_cli == m.public_json()
+        assert json.dumps(from_cli) == json.dumps(m.public_json())  # same key order
+    shown = video.public_json()
+    assert list(shown) == [
+        "set", "entry", "signal_type", "distance", "labels", "decision",
+        "query_variant", "known_variant", "unit", "query_share", "known_share", "segments",
+    ]  # fmt: skip
+    assert shown["query_share"] == 0.1235
+    assert "unit" not in _match().public_json()
