@@ -178,7 +178,7 @@ class ReviewQueue:
             if resolved is None:
                 raise FailedPrecondition(f"the claim on review item {item_id} has expired")
         except HashsvcError as exc:
-            self.record_action(
+            self.audit.record_action(
                 "ResolveReview",
                 reviewer,
                 detail,
@@ -190,7 +190,7 @@ class ReviewQueue:
         if new_entry is not None:
             self.curation.live.catch_up()
         # an entry added to a set is that set's curation: `history --set` shows it
-        self.record_action(
+        self.audit.record_action(
             "ResolveReview",
             reviewer,
             detail,
@@ -229,7 +229,7 @@ class ReviewQueue:
         entry = self.curation.get_entry(set_name, entry_name)
         if not self.flood.release_entry(entry.id):
             raise FailedPrecondition(f"entry {quoted(entry_name)} has no open flood alert")
-        self.record_action(
+        self.audit.record_action(
             "ReleaseEntry",
             operator,
             {"set": set_name, "entry": entry_name, "entry_id": entry.id},
@@ -278,7 +278,7 @@ class ReviewQueue:
         review_id = self.flood.raise_flood_alert(entry_id, reason, item)
         if review_id is None:
             return None
-        self.record_action(
+        self.audit.record_action(
             "FloodAlert",
             FLOOD_CALLER,
             {
@@ -296,26 +296,4 @@ class ReviewQueue:
     # -- audit
 
     def _audit(self, action: str, actor: str, item: ReviewItem, detail: dict) -> None:
-        self.record_action(action, actor, detail, client_ref=item.client_ref)
-
-    def record_action(
-        self,
-        action: str,
-        actor: str,
-        detail: dict,
-        client_ref: str = "",
-        status: str = "OK",
-        error_message: str = "",
-        set_ids: tuple[int, ...] = (),
-    ) -> None:
-        """One reviewer's or operator's action, in the hash-chained history;
-        a failed one names its status, as a failed Match does."""
-        self.audit.record_action(
-            action,
-            actor,
-            detail,
-            status=status,
-            error_message=error_message,
-            client_ref=client_ref,
-            set_ids=set_ids,
-        )
+        self.audit.record_action(action, actor, detail, client_ref=item.client_ref)
