@@ -15,6 +15,7 @@ from hashdb import HistoryFilter
 from hashsvc.api.server import start_server
 from hashsvc.base.errors import Unavailable
 from hashsvc.core.config import Config, ImageLimits
+from hashsvc.core.core import MatchQuery
 from hashsvc.index.live import LiveIndex
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
@@ -247,3 +248,23 @@ def test_a_failed_history_write_is_never_an_allow(store_url, monkeypatch, make_h
     answers = list(matcher.MatchBatch(iter([*_requests(), unknown]), metadata=md, timeout=10))
     assert [a.error_code for a in answers] == ["UNAVAILABLE"] * 3
     assert all(a.decision == pb.DECISION_UNSPECIFIED for a in answers)
+
+
+def test_an_index_lost_while_an_upload_was_hashed_gives_no_decision(core, monkeypatch):
+    """Readiness is checked again after hashing: a slow upload hashed while
+    the index lost the store (an unrelated picture, which would be ALLOW) is
+    UNAVAILABLE, and recorded as such."""
+    core.curation.create_set("known")
+    core.curation.add_entry("known", "poster", {}, "op", media=encode(photo(1)))
+    hash_query = core.hashing.hash_query
+
+    def slow_hash(media):
+        hashed = hash_query(media)
+        core._index_lost.set()  # the change feed failed meanwhile
+        return hashed
+
+    monkeypatch.setattr(core.hashing, "hash_query", slow_hash)
+    with pytest.raises(Unavailable, match="cannot read the store"):
+        core.match(MatchQuery(media=encode(photo(5))), "pipeline")
+    last = core.store.query_history(HistoryFilter(), 0, 1000)[-1]
+    assert (last.status, last.decision) == ("UNAVAILABLE", "")

@@ -62,11 +62,14 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         outcome = self.core.match(query, caller_name(), "Match")
         return convert.match_response(outcome)
 
-    def _query(self, request, rpc: str, caller: str, caller_token_id: int):
-        """The core's query; a request refused here (neither media nor a hash)
-        is a failed Match call, recorded as one."""
+    def _query(
+        self, request, rpc: str, caller: str, caller_token_id: int, strings_checked: bool = False
+    ):
+        """The core's query; a request refused here (a string past its limit,
+        neither media nor a hash) is a failed Match call, recorded as one."""
         try:
-            convert.request_strings(request, self.limits)
+            if not strings_checked:
+                convert.request_strings(request, self.limits)
             return convert.match_query(request)
         except HashsvcError as exc:
             self.core.record_failed_match(
@@ -198,7 +201,8 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         self, request: pb.MatchRequest, caller: str, caller_token_id: int
     ) -> pb.MatchResponse:
         try:
-            query = self._query(request, "MatchBatch", caller, caller_token_id)
+            # strings checked in _match_later, before the rate limit
+            query = self._query(request, "MatchBatch", caller, caller_token_id, True)
             outcome = self.core.match(query, caller, "MatchBatch", caller_token_id)
             return convert.match_response(outcome)
         except HashsvcError as exc:

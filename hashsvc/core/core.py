@@ -250,14 +250,9 @@ class Core:
             result = self.matcher.match(signals, only_sets)
             result = self.feedback.apply(result, signals, self.live.sets_by_id)
             self._require_ready()  # the index may have been lost while hashing
-        except HashsvcError as exc:
-            self._record(
-                request_id, started, caller, rpc, query, media_type, signals, None, exc,
-                caller_token_id,
-            )  # fmt: skip
-            raise
         except Exception as exc:
-            log.exception("match %s failed", request_id)
+            if not isinstance(exc, HashsvcError):
+                log.exception("match %s failed", request_id)
             self._record(
                 request_id, started, caller, rpc, query, media_type, signals, None, exc,
                 caller_token_id,
@@ -432,7 +427,7 @@ class Core:
     def _set_ids(self, names: tuple[str, ...]) -> set[int] | None:
         if not names:
             return None
-        by_name = {s.name: s.id for s in self.live.sets_by_id.values()}
+        by_name = self.set_ids_by_name()
         missing = [n for n in names if n not in by_name]
         if missing:
             raise NotFound(f"no such set: {', '.join(missing)}")
@@ -460,7 +455,7 @@ class Core:
             rpc=rpc,
             media_type=media_type or (media_kinds.HASH if query.signal_type else "unknown"),
             decision=outcome.decision if outcome else "",
-            status=status or ("OK" if exc is None else status_name(exc)),
+            status=status or call_status(exc),
             error_message="" if exc is None else str(exc),
             client_ref=query.client_ref,
             media_bytes=size_of(query.media) if query.media is not None else media_bytes,

@@ -94,8 +94,13 @@ class Feedback:
         return allow.distance <= self.policy.thresholds(hash_set, allow.signal_type).block_distance
 
     def _suppressed(self, matches: list[Match], query: list[Signal]) -> list[Match]:
-        live = [m for m in matches if m.decision != ALLOW]
-        suppressions = self.suppressions.suppressions_for(m.entry_id for m in live)
+        # REVIEW only: a verdict never lifts a block (issue 16: a careless
+        # or hostile reviewer must not un-block known content), so a BLOCK
+        # (every copy in a mass re-upload) costs no query here
+        coverable = [m for m in matches if _coverable(m)]
+        if not coverable:
+            return matches
+        suppressions = self.suppressions.suppressions_for(m.entry_id for m in coverable)
         if not suppressions:
             return matches
         by_entry: dict[int, list[Suppression]] = defaultdict(list)
@@ -103,10 +108,8 @@ class Feedback:
             by_entry[s.entry_id].append(s)
         out = []
         for m in matches:
-            review_id = _covering_review(by_entry.get(m.entry_id, ()), query)
-            # REVIEW only: a verdict never lifts a block (issue 16: a careless
-            # or hostile reviewer must not un-block known content)
-            if m.decision == REVIEW and not _exact(m.signal_type) and review_id is not None:
+            review_id = _covering_review(by_entry[m.entry_id], query) if _coverable(m) else None
+            if review_id is not None:
                 m = replace(
                     m, decision=ALLOW, reason=f"judged a false positive in review {review_id}"
                 )
@@ -116,6 +119,11 @@ class Feedback:
 
 def _how_far(m: Match) -> str:
     return f"{m.signal_type} distance {m.distance}"
+
+
+def _coverable(m: Match) -> bool:
+    """Whether a false-positive verdict may turn this match into ALLOW."""
+    return m.decision == REVIEW and not _exact(m.signal_type)
 
 
 def _exact(kind: str) -> bool:
