@@ -89,7 +89,7 @@ def _hash_media(
         data = source.read() if isinstance(source, SpooledMedia) else source
         if not image.is_animated_gif(data):
             rgb = image.decode_rgb(data, limits.image, at_least=image.VIEW_SIDE if for_query else 0)
-            views = image.query_views(rgb, part) if for_query else image.known_views(rgb)
+            views = image.upload_views(rgb, part) if for_query else image.known_views(rgb)
             return Hashed(media_kinds.IMAGE, [*exact, *views])
         kind = sniff.AV
     path_or_bytes = source.path if isinstance(source, SpooledMedia) else source
