@@ -18,6 +18,11 @@ class PdqPolicy:
     review_distance: int = 56
     # Below this PDQ quality a hash is too flat to decide BLOCK on its own.
     quality_floor: int = 50
+    # ... and too flat for the review band: striped and faded pictures under
+    # the floor came within 32-56 bits of unrelated ones (15 pairs of 1600,
+    # bench/robustness.py --hard), so below the floor only this close reaches
+    # review (0 unrelated pairs).
+    low_quality_review_distance: int = 31
 
 
 BLOCK = Decision.BLOCK
@@ -74,15 +79,19 @@ class Policy:
     ) -> tuple[str, str]:
         """(decision, reason) for one match; reason says why it is not stronger."""
         limits = self.thresholds(hash_set, signal_type)
+        low = []
+        if signal_type == "pdq":
+            floor = self.pdq.quality_floor
+            low = [q for q in (query_quality, known_quality) if q is not None and q < floor]
         if distance <= limits.block_distance:
             decision = BLOCK
+        elif low and distance > self.pdq.low_quality_review_distance:
+            return ALLOW, ""
         elif distance <= limits.review_distance:
             return REVIEW, f"distance {distance} above block threshold {limits.block_distance}"
         else:
             return ALLOW, ""
         if signal_type == "pdq":
-            floor = self.pdq.quality_floor
-            low = [q for q in (query_quality, known_quality) if q is not None and q < floor]
             if low:
                 # A flat, featureless image hashes to near-arbitrary bits; such a
                 # match is a hint for a person, not grounds to block.
