@@ -63,6 +63,11 @@ def striped_image(seed: int, size: int = 320) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
+def faded(img: Image.Image, contrast: float = 0.12) -> Image.Image:
+    """The picture with almost no contrast left (PDQ quality < 50)."""
+    return ImageEnhance.Contrast(img).enhance(contrast)
+
+
 def faded_photo(n: int, contrast: float = 0.12) -> Image.Image:
     """A real photograph with almost no contrast left (PDQ quality < 50)."""
-    return ImageEnhance.Contrast(photo(n)).enhance(contrast)
+    return faded(photo(n), contrast)

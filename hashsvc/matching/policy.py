@@ -18,10 +18,12 @@ class PdqPolicy:
     review_distance: int = 56
     # Below this PDQ quality a hash is too flat to decide BLOCK on its own.
     quality_floor: int = 50
-    # ... and too flat for the review band: striped and faded pictures under
-    # the floor came within 32-56 bits of unrelated ones (15 pairs of 1600,
-    # bench/robustness.py --hard), so below the floor only this close reaches
-    # review (0 unrelated pairs).
+    # ... and too flat for the review band. bench/robustness.py --hard (striped
+    # pictures and faded textures): of 45k unrelated pairs with a side under
+    # the floor, 67 reached review at 56, 15 at 40, 4 at 31 (all <= 22 bits);
+    # the cost at 31: real photos' recall at review 0.878 -> 0.877 (one
+    # low-quality video frame cropped 5%), the hard pictures' own copies
+    # 0.573 -> 0.486.
     low_quality_review_distance: int = 31
 
 
