@@ -47,8 +47,8 @@ DEFAULT_THRESHOLDS = {
     # text blocks.
     "text_simhash": Thresholds(block_distance=16, review_distance=64),
     # The videohash package's 64-bit hash: it finds whole copies only, and
-    # unrelated videos come within 10 bits (bench/video.py); the matcher never
-    # blocks on it alone.
+    # unrelated videos come within 0-10 bits (bench/video.py); the matcher never
+    # blocks on it alone, and ignores it where the frames were compared.
     "videohash": Thresholds(block_distance=0, review_distance=4),
 }
 

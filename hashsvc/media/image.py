@@ -12,7 +12,9 @@ through `pdqhash`) with quality, on several views of the picture.
 * Uploads (hash_query) are hashed as the 8 dihedral transforms (mirror and
   90-degree rotations cost PDQ almost nothing extra), the same corner-free crops,
   and the rectangles framed by long straight edges (caption bars, a photo inside
-  a screenshot, letterboxing of any colour).
+  a screenshot, letterboxing of any colour), and, when those squashed it, the
+  picture "unsquashed" at its own aspect, as python-threatexchange and HMA hash
+  it, so partners' hashes find their exact re-uploads (bench/partner_pdq.py).
 """
 
 from __future__ import annotations
