@@ -29,9 +29,10 @@ unrelated pair in of 120. Use it to exchange hashes with systems that use it,
 and as a hint (review, <= 4 bits) where the frame signal cannot decide (a known
 entry without frames, or frames too flat on either side), never to block alone
 nor to find excerpts: where frames were compared and disagree it is ignored
-(matcher; bench/video.py --videohash-only: two-photo slideshows reached 0 bits). It costs little: it reuses the decode pass (one 144x144
-shrink per sampled second) and is ~60 kB of memory per sampled frame until the
-end (VideoLimits.max_videohash_frames).
+(matcher; bench/video.py --videohash-only: two-photo slideshows reached 0
+bits). It costs little: it reuses the decode pass (one 144x144 shrink per
+sampled second) and is ~60 kB of memory per sampled frame until the end
+(VideoLimits.max_videohash_frames).
 """
 
 from __future__ import annotations
