@@ -33,6 +33,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from hashsvc.base.signals import Signal, hamming
 
 DOCUMENT_TEXT_EXACT = "document_text_exact"
@@ -114,13 +116,15 @@ def match_pdf(
     signals) let page images that show only a template be told apart."""
     page_evidence: dict[int, PageMatch] = {}
     document: dict[str, PageMatch] = {}
-    layout = _Layout(query_signals, known_signals)
+    layout: _Layout | None = None
     for query, known, distance in pairs:
         signal = classify(query, known, distance)
         if signal is None:
             continue
-        if signal == PAGE_IMAGE and layout.explains(query, known):
-            continue
+        if signal == PAGE_IMAGE:
+            layout = layout or _Layout(query_signals, known_signals)
+            if layout.explains(query, known):
+                continue
         if signal in (DOCUMENT_TEXT_EXACT, DOCUMENT_TEXT_NEAR):
             found = PageMatch(None, None, signal, distance)
             if signal not in document or _rank(found) < _rank(document[signal]):
@@ -171,16 +175,24 @@ def classify(query: Signal, known: Signal, distance: int) -> str | None:
 
 
 class _Layout:
-    """What a page image match may owe to the page template (module doc)."""
+    """What a page image match may owe to the page template (module doc).
+    Built on the first page image pair, once per known document and upload."""
 
     def __init__(self, query_signals: Sequence[Signal], known_signals: Sequence[Signal]):
         self.query_text = _page_texts(query_signals)
         self.known_text = _page_texts(known_signals)
-        # the known document's page views, by view name: (page, value)
-        self.known_views: dict[str, list[tuple[int | None, bytes]]] = {}
+        # the known document's page views by view name: pages, and values as rows
+        by_view: dict[str, list[Signal]] = {}
         for s in known_signals:
-            if s.kind == "pdq" and s.variant.startswith("page:"):
-                self.known_views.setdefault(s.variant, []).append((_page(s), s.value))
+            if s.kind == "pdq" and s.variant.startswith("page:") and s.position is not None:
+                by_view.setdefault(s.variant, []).append(s)
+        self.known_views = {
+            view: (
+                np.array([_page(s) for s in views]),
+                np.frombuffer(b"".join(s.value for s in views), np.uint8).reshape(len(views), -1),
+            )
+            for view, views in by_view.items()
+        }
         self._shared: dict[tuple[str, int | None], bool] = {}
 
     def explains(self, query: Signal, known: Signal) -> bool:
@@ -193,10 +205,13 @@ class _Layout:
     def _shared_by_another_page(self, known: Signal) -> bool:
         key = (known.variant, _page(known))
         if key not in self._shared:
-            self._shared[key] = any(
-                page != key[1] and hamming(value, known.value) <= PAGE_PDQ_MAX
-                for page, value in self.known_views.get(known.variant, ())
-            )
+            shared = False
+            if key[1] is not None and known.variant in self.known_views:
+                pages, values = self.known_views[known.variant]
+                value = np.frombuffer(known.value, np.uint8)
+                distances = np.unpackbits(values ^ value, axis=1).sum(axis=1)
+                shared = bool(np.any((pages != key[1]) & (distances <= PAGE_PDQ_MAX)))
+            self._shared[key] = shared
         return self._shared[key]
 
 
