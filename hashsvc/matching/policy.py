@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from hashdb.model import HashSetRecord
 from hashsvc.base.decisions import Decision, Thresholds
+from hashsvc.base.signals import LOCAL_FEATURES
+from hashsvc.matching import local_geometry
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,20 @@ class PdqPolicy:
     review_distance: int = 56
     # Below this PDQ quality a hash is too flat to decide BLOCK on its own.
     quality_floor: int = 50
+
+
+@dataclass(frozen=True)
+class LocalFeatureMatching:
+    """What matching a local_features signal may cost (Config.local_features)."""
+
+    # Candidate pictures the feature index returns per query picture (by votes).
+    top_k: int = 8
+    # Candidates geometrically verified per query at most (RANSAC each), the
+    # best-voted first: bounds the work an upload can cause.
+    max_verified: int = 16
+    # Keypoints a blob may hold, stored (AddEntry by hash, bulk rows) or
+    # queried; extraction keeps at most a few hundred.
+    max_keypoints: int = 1000
 
 
 BLOCK = Decision.BLOCK
@@ -43,6 +59,16 @@ DEFAULT_THRESHOLDS = {
     # unrelated videos come within 10 bits (bench/video.py); the matcher never
     # blocks on it alone.
     "videohash": Thresholds(block_distance=0, review_distance=4),
+    # Local features are judged by geometric evidence, never by a distance;
+    # the defaults are measured in hashsvc/matching/local_geometry.py.
+    LOCAL_FEATURES.name: Thresholds(
+        block_distance=0,
+        review_distance=0,
+        block_inliers=local_geometry.DEFAULT_THRESHOLDS.block_inliers,
+        review_inliers=local_geometry.DEFAULT_THRESHOLDS.review_inliers,
+        block_coverage=local_geometry.DEFAULT_THRESHOLDS.block_coverage,
+        review_coverage=local_geometry.DEFAULT_THRESHOLDS.review_coverage,
+    ),
 }
 
 
@@ -63,6 +89,21 @@ class Policy:
         radii = [self.thresholds(s, signal_type).review_distance for s in sets]
         radii.append(self.default_thresholds(signal_type).review_distance)
         return max(radii)
+
+    def decide_local(
+        self, hash_set: HashSetRecord, inliers: int, coverage: float
+    ) -> tuple[str, str]:
+        """(decision, reason) for a verified local-feature match: enough
+        inliers covering enough of the known picture."""
+        limits = self.thresholds(hash_set, LOCAL_FEATURES.name)
+        if inliers >= limits.block_inliers and coverage >= limits.block_coverage:
+            return BLOCK, ""
+        if inliers >= limits.review_inliers and coverage >= limits.review_coverage:
+            return REVIEW, (
+                f"{inliers} inliers covering {coverage:.2f} of the known picture; blocking"
+                f" needs {limits.block_inliers} covering {limits.block_coverage:.2f}"
+            )
+        return ALLOW, ""
 
     def decide(
         self,

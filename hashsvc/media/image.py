@@ -13,6 +13,11 @@ through `pdqhash`) with quality, on several views of the picture.
   90-degree rotations cost PDQ almost nothing extra), the same corner-free crops,
   and the rectangles framed by long straight edges (caption bars, a photo inside
   a screenshot, letterboxing of any colour).
+
+Both also get one `local_features` signal (hashsvc/media/local_features.py:
+keypoints and descriptors, variant "original") when the picture has enough
+distinctive, well-spread keypoints; flat pictures get none. PDQ cannot see a
+crop of more than a few percent, a tilt or a collage; these can.
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ import pdqhash
 from PIL import Image, UnidentifiedImageError
 
 from hashsvc.base.errors import CorruptMedia, InvalidArgument, TooLarge, UnsupportedMedia
-from hashsvc.base.signals import Signal
-from hashsvc.media import regions
+from hashsvc.base.signals import LOCAL_FEATURES, Signal
+from hashsvc.media import local_features, regions
 from hashsvc.media.limits import ImageLimits
 
 FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
@@ -242,7 +247,20 @@ def _informative(signals: list[Signal]) -> list[Signal]:
 
 
 def hash_known(data: bytes, limits: ImageLimits) -> list[Signal]:
-    return [*_exact(data), *known_views(decode_rgb(data, limits))]
+    rgb = decode_rgb(data, limits)
+    return [*_exact(data), *known_views(rgb), *local_feature_signals(rgb)]
+
+
+def local_feature_signals(
+    rgb: np.ndarray, variant: str = "original", position: float | None = None
+) -> list[Signal]:
+    """The picture's local_features signal, or none when it has too few
+    distinctive, well-spread keypoints to be evidence. `variant` and
+    `position` say where it was taken, as for PDQ (a video frame, a page)."""
+    found = local_features.extract(Image.fromarray(rgb))
+    if found is None:
+        return []
+    return [Signal(LOCAL_FEATURES.name, local_features.encode(found), None, variant, position)]
 
 
 def known_views(rgb: np.ndarray) -> list[Signal]:
@@ -272,7 +290,8 @@ def hash_query(data: bytes, limits: ImageLimits, part: int | None = None) -> lis
     # view at VIEW_SIDE. The cost is a few bits (bench/robustness.py measures it).
     rgb = decode_rgb(data, limits, at_least=VIEW_SIDE)
     exact = _exact(data) if part in (None, 0) else []
-    return [*exact, *query_views(rgb, part)]
+    local = local_feature_signals(rgb) if part in (None, 1) else []
+    return [*exact, *query_views(rgb, part), *local]
 
 
 def query_views(rgb: np.ndarray, part: int | None = None) -> list[Signal]:
