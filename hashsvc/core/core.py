@@ -142,6 +142,7 @@ class Core:
     def start(self) -> None:
         """Load the index (the slow part) and follow other replicas' changes."""
         self.hashing.warm_up()
+        self.matcher.warm_up()
         self.live.load()
         self._poller = threading.Thread(target=self._poll_changes, daemon=True, name="changes")
         self._poller.start()

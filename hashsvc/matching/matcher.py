@@ -28,6 +28,8 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from hashdb import EntryLookup, EntryRecord, HashSetRecord
 from hashsvc.base.decisions import rank, strictest
 from hashsvc.base.errors import InvalidArgument
@@ -229,6 +231,16 @@ class Matcher:
         self.policy = policy
         self.max_matches = max_matches
         self.local = local or LocalFeatureMatching()
+
+    def warm_up(self) -> None:
+        """Compile the geometric check (numba) before the first upload needs
+        it: compiling took ~1.4 s, which the first local-feature candidate
+        would otherwise wait for."""
+        rng = np.random.default_rng(0)
+        points = rng.uniform(0, 100, (16, 2)).astype(np.float32)
+        descriptors = rng.integers(0, 256, (16, 32), dtype=np.uint8)
+        features = local_features.LocalFeatures(100, 100, points, descriptors)
+        local_geometry.verify(features, features)
 
     def match(self, query: list[Signal], only_sets: set[int] | None = None) -> MatchResult:
         sets = {

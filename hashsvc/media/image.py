@@ -45,6 +45,11 @@ REFERENCE_SIDE = 512  # the C++ hasher's squash size
 # Views are hashed small (PDQ reads a 64x64 summary), and not at a power of two:
 # pdqhash is measurably slower on those.
 VIEW_SIDE = 240
+# An upload is decoded with at least this short side (a JPEG at a reduced DCT
+# scale): local features need more pixels than PDQ's views. A picture inside a
+# 2x2 collage of a 1600x1004 upload kept 8 inliers decoded at 240 (400x251),
+# 22 at 320 (800x502), as many as at full size.
+QUERY_DECODE_SIDE = 320
 # Crops a re-upload may have made, as (keep share, vertical anchor, horizontal anchor).
 KNOWN_CROPS = [(0.95, ay, ax) for ay in (0.0, 0.5, 1.0) for ax in (0.0, 0.5, 1.0)]
 # Crops anchored in each corner that leave out the opposite corner's logo area.
@@ -286,9 +291,9 @@ def known_views(rgb: np.ndarray) -> list[Signal]:
 def hash_query(data: bytes, limits: ImageLimits, part: int | None = None) -> list[Signal]:
     """All signals of an upload, or (part = 0 or 1) one half of them."""
     # Uploads are only compared with our own stored views, never exported, so
-    # they can be decoded and hashed small: a JPEG at a reduced DCT scale, every
-    # view at VIEW_SIDE. The cost is a few bits (bench/robustness.py measures it).
-    rgb = decode_rgb(data, limits, at_least=VIEW_SIDE)
+    # they can be decoded and hashed small: a JPEG at a reduced DCT scale (enough
+    # for local features), every PDQ view at VIEW_SIDE. The cost is a few bits (bench/robustness.py measures it).
+    rgb = decode_rgb(data, limits, at_least=QUERY_DECODE_SIDE)
     exact = _exact(data) if part in (None, 0) else []
     local = local_feature_signals(rgb) if part in (None, 1) else []
     return [*exact, *query_views(rgb, part), *local]

@@ -1,0 +1,363 @@
+"""The local_features signal through the real service, on both stores: crops,
+tilts and collages of a known picture are found by local features with their
+evidence in `match --json`; unrelated pictures are allowed; adds and removals
+take effect at once, on a second replica too; snapshots, export -> load and
+set thresholds work; hostile blobs are INVALID_ARGUMENT where they enter."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import sys
+import time
+
+import grpc
+import pytest
+from PIL import Image
+
+from hashsvc.client import cli
+from hashsvc.media.local_features import decode, encode, extract
+from hashsvc.v1 import hashsvc_pb2 as pb
+from hashsvc_testing.image_media import encode as encode_image
+from hashsvc_testing.image_media import flat_image, photo
+from hashsvc_testing.vectors import vector
+from tests.helpers import match_request
+
+BRIDGE = ("threatexchange", "pdq", "data", "reg-test-input", "dih", "bridge-1-original.jpg")
+# PDQ at distance 0 only: whatever these sets find in a transformed copy is
+# found by local features (PDQ's own views would find some collages).
+PDQ_EXACT_ONLY = ("--block-threshold", "0", "--review-threshold", "0")
+
+
+def bridge() -> Image.Image:
+    return Image.open(vector(*BRIDGE)).convert("RGB")
+
+
+def crop(img: Image.Image, share: float) -> Image.Image:
+    """`share` of each side cut away, off-centre (more from the left and top)."""
+    w, h = img.size
+    left, top = int(w * share * 0.7), int(h * share * 0.7)
+    return img.crop((left, top, left + int(w * (1 - share)), top + int(h * (1 - share))))
+
+
+def rotated(img: Image.Image, degrees: float) -> Image.Image:
+    """Turned and cropped to fit, as a re-upload that straightens a photo."""
+    turned = img.rotate(degrees, resample=Image.Resampling.BILINEAR, expand=False)
+    return crop(turned, 0.12)
+
+
+def collage(img: Image.Image, others: list[Image.Image]) -> Image.Image:
+    """`img` as the top-left tile of a 2x2 collage with three other pictures."""
+    tile = (img.width // 2, img.height // 2)
+    out = Image.new("RGB", (tile[0] * 2, tile[1] * 2))
+    for n, picture in enumerate([img, *others[:3]]):
+        out.paste(picture.resize(tile), ((n % 2) * tile[0], (n // 2) * tile[1]))
+    return out
+
+
+def jpeg(img: Image.Image, quality: int = 85) -> bytes:
+    return encode_image(img, "JPEG", quality=quality)
+
+
+@pytest.fixture
+def run(harness, monkeypatch, capsys):
+    monkeypatch.setenv("HASHSVC_SERVER", harness.address)
+
+    def run(*argv, role="admin", stdin: bytes | None = None):
+        monkeypatch.setenv("HASHSVC_TOKEN", harness.tokens[role])
+        if stdin is not None:
+            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+        code = cli.main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def _match(run, tmp_path, name: str, data: bytes) -> dict:
+    path = tmp_path / name
+    path.write_bytes(data)
+    code, out, err = run("match", "--json", path, role="matcher")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def _local_hit(row: dict) -> dict:
+    hits = [m for m in row["matches"] if m["signal_type"] == "local_features"]
+    assert hits, row
+    return hits[0]
+
+
+def test_crops_tilts_and_collages_are_found_with_their_evidence(run, tmp_path):
+    known = tmp_path / "poster.jpg"
+    known.write_bytes(jpeg(bridge(), 92))
+    code, _, err = run("sets", "create", "lf", *PDQ_EXACT_ONLY, role="operator")
+    assert code == 0, err
+    code, _, err = run("add", "--set", "lf", known, role="operator")
+    assert code == 0, err
+
+    others = [photo(n) for n in (1, 4, 7)]
+    copies = {
+        "crop20": crop(bridge(), 0.20),
+        "rot10": rotated(bridge(), 10),
+        "collage": collage(bridge(), others),
+    }
+    for name, img in copies.items():
+        row = _match(run, tmp_path, f"{name}.jpg", jpeg(img))
+        assert row["decision"] in ("block", "review"), (name, row)
+        hit = _local_hit(row)
+        assert (hit["entry"], hit["decision"], hit["distance"]) == (
+            "poster.jpg",
+            row["decision"],
+            0,
+        )
+        evidence = hit["local_features"]
+        assert set(evidence) == {"inliers", "coverage", "query_coverage", "scale", "angle"}
+        assert evidence["inliers"] >= 20 and 0 < evidence["coverage"] <= 1, (name, evidence)
+        if name == "rot10":
+            assert abs(abs(evidence["angle"]) - 10) < 2, evidence
+        if name == "collage":
+            assert 0.4 < evidence["scale"] < 0.6, evidence  # a half-size tile
+
+    for n in (0, 2, 5, 9):
+        row = _match(run, tmp_path, f"other{n}.jpg", jpeg(photo(n)))
+        assert row["decision"] == "allow" and row["matches"] == [], row
+    # a flat picture has no local features at all: nothing to match on
+    assert extract(flat_image(512)) is None
+    assert _match(run, tmp_path, "flat.png", encode_image(flat_image(512), "PNG"))["decision"] == (
+        "allow"
+    )
+
+    # the history keeps the evidence
+    code, out, _ = run("history", "--json", role="auditor")
+    records = [json.loads(line) for line in out.splitlines()]
+    kept = [
+        m for r in records for m in r.get("matches", ()) if m["signal_type"] == "local_features"
+    ]
+    assert kept and set(kept[0]["local_features"]) >= {"inliers", "coverage", "scale"}
+
+
+def test_added_matches_at_once_and_removed_stops_at_once(harness, operator, matcher):
+    stub, md = operator
+    stub.curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=md)
+    upload = jpeg(rotated(bridge(), 10))
+
+    def decision() -> str:
+        m_stub, m_md = matcher
+        resp = m_stub.matcher.Match(match_request(upload), metadata=m_md)
+        assert all(
+            m.HasField("local_features") == (m.signal_type == "local_features")
+            for m in resp.matches
+        )
+        return pb.Decision.Name(resp.decision)
+
+    assert decision() == "ALLOW"
+    stub.curation.AddEntry(
+        pb.AddEntryRequest(set="s", name="known", media=pb.Media(content=jpeg(bridge()))),
+        metadata=md,
+    )
+    assert decision() in ("BLOCK", "REVIEW")
+    stub.curation.RemoveEntry(pb.RemoveEntryRequest(set="s", name="known"), metadata=md)
+    assert decision() == "ALLOW"
+
+
+def test_a_second_replica_sees_an_added_picture(pg_url, make_harness):
+    first = make_harness(pg_url, change_poll_seconds=0.2)
+    second = make_harness(pg_url, change_poll_seconds=0.2)
+    stub, md = first.stubs("operator")
+    stub.curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=md)
+    stub.curation.AddEntry(
+        pb.AddEntryRequest(set="s", name="known", media=pb.Media(content=jpeg(bridge()))),
+        metadata=md,
+    )
+    m_stub, m_md = second.stubs("matcher")
+    upload = match_request(jpeg(rotated(bridge(), 10)))
+    deadline = time.monotonic() + 5
+    while True:
+        resp = m_stub.matcher.Match(upload, metadata=m_md)
+        if resp.decision != pb.ALLOW or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert resp.decision != pb.ALLOW
+    assert any(m.signal_type == "local_features" for m in resp.matches)
+    assert second.core.live.sizes()["local_features"] == 1
+
+
+def _local_sets(core) -> None:
+    core.curation.create_set("s")
+    core.curation.add_entry("s", "known", {}, "op", media=jpeg(bridge()))
+
+
+def test_snapshot_and_restart_keep_matching(tmp_path, make_core):
+    from hashsvc.core.core import MatchQuery
+
+    db = f"sqlite:///{tmp_path}/h.db"
+    core = make_core(db)
+    _local_sets(core)
+    make_core.stop(core)  # writes the snapshot
+    snapshot = tmp_path / "h.db.index"
+    assert (snapshot / "index-local_features.lfi").exists()
+    core = make_core(db)
+    assert core.live.sizes()["local_features"] == 1
+    upload = jpeg(rotated(bridge(), 10))
+    assert core.match(MatchQuery(media=upload), caller="t").decision != "allow"
+    make_core.stop(core)
+
+    # a damaged feature snapshot is never an empty index: rebuilt from the store
+    (snapshot / "index-local_features.lfi").write_bytes(b"garbage")
+    core = make_core(db)
+    assert core.live.sizes()["local_features"] == 1
+    assert core.match(MatchQuery(media=upload), caller="t").decision != "allow"
+    make_core.stop(core)
+    (snapshot / "index-local_features.lfi").unlink()
+    core = make_core(db)
+    assert core.match(MatchQuery(media=upload), caller="t").decision != "allow"
+
+
+def test_export_then_load_gives_matchable_entries(run, tmp_path, make_harness, monkeypatch):
+    known = tmp_path / "poster.jpg"
+    known.write_bytes(jpeg(bridge()))
+    run("sets", "create", "src", *PDQ_EXACT_ONLY, role="operator")
+    run("add", "--set", "src", known, role="operator")
+    exports = {}
+    for fmt in ("jsonl", "csv"):
+        code, out, err = run("export", "--set", "src", "--format", fmt, role="operator")
+        assert code == 0, err
+        assert "local_features" in out
+        exports[fmt] = tmp_path / f"export.{fmt}"
+        exports[fmt].write_text(out, encoding="utf-8")
+
+    # a partner's server loads each export
+    for fmt, path in exports.items():
+        partner = make_harness(f"sqlite:///{tmp_path}/partner-{fmt}.db")
+        monkeypatch.setenv("HASHSVC_SERVER", partner.address)
+        monkeypatch.setenv("HASHSVC_TOKEN", partner.tokens["operator"])
+        assert cli.main(["sets", "create", "copy", *PDQ_EXACT_ONLY]) == 0
+        assert cli.main(["load", "--set", "copy", "--quiet", str(path)]) == 0
+        stub, md = partner.stubs("matcher")
+        resp = stub.matcher.Match(match_request(jpeg(rotated(bridge(), 10))), metadata=md)
+        assert resp.decision != pb.ALLOW, fmt
+        found = [(m.set, m.entry) for m in resp.matches if m.signal_type == "local_features"]
+        assert found == [("copy", "poster.jpg")], fmt
+        make_harness.stop(partner)
+
+
+def test_set_thresholds_change_decisions(run, tmp_path):
+    known = tmp_path / "poster.jpg"
+    known.write_bytes(jpeg(bridge()))
+    code, out, err = run(
+        "sets", "create", "strict", *PDQ_EXACT_ONLY, "--local-block-inliers", "5000",
+        "--local-review-inliers", "20", "--local-review-coverage", "0.05", "--json",
+        role="operator",
+    )  # fmt: skip
+    assert code == 0, err
+    shown = json.loads(out)["thresholds"]["local_features"]
+    assert shown["block_inliers"] == 5000 and shown["review_inliers"] == 20
+    assert shown["review_coverage"] == 0.05
+    run("add", "--set", "strict", known, role="operator")
+    upload = jpeg(crop(bridge(), 0.2))
+    assert _match(run, tmp_path, "u.jpg", upload)["decision"] == "review"
+
+    code, _, err = run(
+        "sets", "update", "strict", "--local-review-inliers", "5000", role="operator"
+    )
+    assert code == 0, err
+    assert _match(run, tmp_path, "u.jpg", upload)["decision"] == "allow"
+    code, out, _ = run("sets", "show", "strict", "--json", role="operator")
+    kept = json.loads(out)["thresholds"]["local_features"]
+    assert (kept["block_inliers"], kept["review_inliers"], kept["review_coverage"]) == (
+        5000,
+        5000,
+        0.05,
+    )
+    code, _, err = run(
+        "sets", "update", "strict", "--local-block-inliers", "40", "--local-review-inliers", "20",
+        "--local-block-coverage", "0.1", role="operator",
+    )  # fmt: skip
+    assert code == 0, err
+    assert _match(run, tmp_path, "u.jpg", upload)["decision"] == "block"
+
+    # refused: block less strict than review, coverage outside 0..1, under the floor
+    for flags in (
+        ("--local-block-inliers", "20", "--local-review-inliers", "30"),
+        ("--local-review-coverage", "1.5"),
+        ("--local-review-inliers", "2"),
+    ):
+        code, _, err = run("sets", "update", "strict", *flags, role="operator")
+        assert code != 0 and "INVALID_ARGUMENT" in err.upper().replace(" ", "_"), (flags, err)
+
+
+def _hostile_blobs() -> dict[str, bytes]:
+    good = encode(extract(bridge()))
+    header = struct.pack("<2sBBHHHB", b"LF", 1, 1, 100, 80, 2000, 32)
+    return {
+        "truncated": good[:-7],
+        "bad magic": b"XX" + good[2:],
+        "huge count": header + bytes(16),
+        "keypoint outside": _outside(good),
+    }
+
+
+def _outside(good: bytes) -> bytes:
+    features = decode(good)
+    blob = bytearray(good)
+    struct.pack_into("<H", blob, 11, min(65535, features.width * 4 + 40))
+    return bytes(blob)
+
+
+def test_hostile_blobs_are_invalid_argument_by_hash_and_in_bulk(harness, operator, tmp_path, run):
+    stub, md = operator
+    stub.curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=md)
+    for why, blob in _hostile_blobs().items():
+        with pytest.raises(grpc.RpcError) as err:
+            stub.curation.AddEntry(
+                pb.AddEntryRequest(
+                    set="s",
+                    name=why,
+                    signal=pb.SignalValue(signal_type="local_features", value=blob.hex()),
+                ),
+                metadata=md,
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, why
+        assert "local_features" in err.value.details(), (why, err.value.details())
+    # an odd number of hex digits, and more than the size cap
+    for text in ("abc", "00" * (64 * 1024 + 1)):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.curation.AddEntry(
+                pb.AddEntryRequest(
+                    set="s",
+                    name="x",
+                    signal=pb.SignalValue(signal_type="local_features", value=text),
+                ),
+                metadata=md,
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    # a good blob by hash is matchable
+    good = encode(extract(bridge()))
+    stub.curation.AddEntry(
+        pb.AddEntryRequest(
+            set="s",
+            name="by-hash",
+            signal=pb.SignalValue(signal_type="local_features", value=good.hex()),
+        ),
+        metadata=md,
+    )
+    m_stub, m_md = harness.stubs("matcher")
+    resp = m_stub.matcher.Match(match_request(jpeg(crop(bridge(), 0.2))), metadata=m_md)
+    assert [m.entry for m in resp.matches if m.signal_type == "local_features"] == ["by-hash"]
+
+    # in a bulk file: each bad row rejected with its line, the good one loaded
+    rows = ["signal_type,signal_value,entry"]
+    rows += [
+        f"local_features,{blob.hex()},bad-{n}" for n, blob in enumerate(_hostile_blobs().values())
+    ]
+    rows.append(f"local_features,{good.hex()},good")
+    path = tmp_path / "rows.csv"
+    path.write_text("\n".join(rows) + "\n")
+    code, out, _ = run("load", "--set", "s", "--json", "--quiet", path, role="operator")
+    summary = json.loads(out)
+    assert summary["added"] == 1 and summary["rejected"] == 4, summary
+    lines = sorted(r["line"] for r in summary["rejected_rows"])
+    assert lines == [2, 3, 4, 5], summary
