@@ -292,7 +292,8 @@ def hash_query(data: bytes, limits: ImageLimits, part: int | None = None) -> lis
     """All signals of an upload, or (part = 0 or 1) one half of them."""
     # Uploads are only compared with our own stored views, never exported, so
     # they can be decoded and hashed small: a JPEG at a reduced DCT scale (enough
-    # for local features), every PDQ view at VIEW_SIDE. The cost is a few bits (bench/robustness.py measures it).
+    # for local features), every PDQ view at VIEW_SIDE. The cost is a few bits
+    # (bench/robustness.py measures it).
     rgb = decode_rgb(data, limits, at_least=QUERY_DECODE_SIDE)
     exact = _exact(data) if part in (None, 0) else []
     local = local_feature_signals(rgb) if part in (None, 1) else []
