@@ -136,6 +136,14 @@ def test_crops_tilts_and_collages_are_found_with_their_evidence(run, tmp_path):
         m for r in records for m in r.get("matches", ()) if m["signal_type"] == "local_features"
     ]
     assert kept and set(kept[0]["local_features"]) >= {"inliers", "coverage", "scale"}
+    # ...but not the upload's ~18 KB blob (its size and SHA-256 in the store)
+    asked = [
+        s
+        for r in records
+        for s in r.get("query_signals", ())
+        if s["signal_type"] == "local_features"
+    ]
+    assert asked and all(s["value"] == "" for s in asked)
 
 
 def test_added_matches_at_once_and_removed_stops_at_once(harness, operator, matcher):
