@@ -80,7 +80,8 @@ class Feedback:
                 why = (
                     "past its set's block threshold"
                     if id(nearest) not in applies_ids
-                    else f"farther than this match ({_how_far(nearest)}; this match {m.distance})"
+                    else f"farther than this match ({_how_far(nearest)}; this match"
+                    f" {_how_far(m) if m.local_features else m.distance})"
                 )
                 note = f"not allow-listed: {nearest.set_name}/{nearest.entry_name} is {why}"
                 m = replace(m, reason=f"{m.reason}; {note}" if m.reason else note)
