@@ -369,3 +369,22 @@ def test_hostile_blobs_are_invalid_argument_by_hash_and_in_bulk(harness, operato
     assert summary["added"] == 1 and summary["rejected"] == 4, summary
     lines = sorted(r["line"] for r in summary["rejected_rows"])
     assert lines == [2, 3, 4, 5], summary
+
+
+def test_evidence_thresholds_are_stored_with_the_set_and_old_rows_still_load(store):
+    from hashdb import Thresholds
+
+    local = Thresholds(0, 0, block_inliers=60, review_inliers=25, block_coverage=0.3,
+                       review_coverage=0.1)  # fmt: skip
+    store.create_set("s", "", {}, {"local_features": local, "pdq": Thresholds(20, 40)})
+    kept = store.get_set("s").thresholds
+    assert kept == {"local_features": local, "pdq": Thresholds(20, 40)}
+    # a row written before evidence thresholds existed
+    with store._write() as cur:
+        cur.execute(
+            "UPDATE hash_sets SET thresholds = ? WHERE name = ?"
+            if "sqlite" in type(store).__name__.lower()
+            else "UPDATE hash_sets SET thresholds = %s WHERE name = %s",
+            ('{"pdq": {"block_distance": 10, "review_distance": 30}}', "s"),
+        )
+    assert store.get_set("s").thresholds == {"pdq": Thresholds(10, 30)}
