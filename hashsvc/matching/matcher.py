@@ -343,6 +343,16 @@ class Matcher:
         # the upload's own blobs, or a hash checked where it came in
         # (hashsvc/core/signal_values.py)
         decoded = [local_features.decode(s.value) for s in sigs]
+        # another detector's blob (a hash sent by a newer or older tool) has
+        # nothing to vote with here
+        kept = [
+            (s, f)
+            for s, f in zip(sigs, decoded, strict=True)
+            if f.descriptor_bytes == index.descriptor_bytes
+        ]
+        if not kept:
+            return {}
+        sigs, decoded = [s for s, _ in kept], [f for _, f in kept]
         results = index.search([f.descriptors for f in decoded], self.local.top_k)
         ranked = [
             (votes, *split_signal_id(sid), _LocalHit(sig, features, split_signal_id(sid)[1], votes))
