@@ -388,3 +388,20 @@ def test_evidence_thresholds_are_stored_with_the_set_and_old_rows_still_load(sto
             ('{"pdq": {"block_distance": 10, "review_distance": 30}}', "s"),
         )
     assert store.get_set("s").thresholds == {"pdq": Thresholds(10, 30)}
+
+
+def test_a_bulk_file_of_blobs_goes_in_messages_bounded_by_bytes(run, tmp_path, monkeypatch):
+    from hashsvc.client import cli_bulk
+
+    blob = encode(extract(bridge()))
+    rows = ["signal_type,signal_value,entry"]
+    rows += [f"local_features,{blob.hex()},poster-{n}" for n in range(20)]
+    path = tmp_path / "rows.csv"
+    path.write_text("\n".join(rows) + "\n")
+    monkeypatch.setattr(cli_bulk, "BATCH_VALUE_BYTES", 4 * len(blob))
+    messages = list(cli_bulk.read_rows([str(path)], "csv", cli_bulk.LoadProgress(None, False), []))
+    assert [len(m.value) for m in messages] == [4] * 5
+    run("sets", "create", "s", role="operator")
+    code, out, err = run("load", "--set", "s", "--json", "--quiet", path, role="operator")
+    assert code == 0, err
+    assert json.loads(out)["added"] == 20
