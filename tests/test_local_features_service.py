@@ -355,6 +355,15 @@ def test_hostile_blobs_are_invalid_argument_by_hash_and_in_bulk(harness, operato
     m_stub, m_md = harness.stubs("matcher")
     resp = m_stub.matcher.Match(match_request(jpeg(crop(bridge(), 0.2))), metadata=m_md)
     assert [m.entry for m in resp.matches if m.signal_type == "local_features"] == ["by-hash"]
+    # Match by hash: a good blob finds it, a hostile one is INVALID_ARGUMENT
+    by_hash = pb.MatchRequest(signal=pb.SignalValue(signal_type="local_features", value=good.hex()))
+    resp = m_stub.matcher.Match(by_hash, metadata=m_md)
+    assert [m.entry for m in resp.matches if m.signal_type == "local_features"] == ["by-hash"]
+    for why, blob in _hostile_blobs().items():
+        bad = pb.MatchRequest(signal=pb.SignalValue(signal_type="local_features", value=blob.hex()))
+        with pytest.raises(grpc.RpcError) as err:
+            m_stub.matcher.Match(bad, metadata=m_md)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, why
 
     # in a bulk file: each bad row rejected with its line, the good one loaded
     rows = ["signal_type,signal_value,entry"]
