@@ -238,8 +238,8 @@ def _local(set_id: int, entry_id: int, inliers: int, coverage: float) -> Match:
     thresholds of hashsvc/matching/local_geometry.py)."""
     from hashsvc.matching.matcher import LocalEvidence
 
-    decision, reason = POLICY.decide_local(SETS[set_id], inliers, coverage)
-    evidence = LocalEvidence(inliers, coverage, coverage, 1.0, 0.0)
+    decision, reason = POLICY.decide_local(SETS[set_id], inliers, coverage, 0.9)
+    evidence = LocalEvidence(inliers, coverage, coverage, 1.0, 0.0, 0.9)
     return Match(
         set_id=set_id,
         set_name=SETS[set_id].name,
@@ -257,7 +257,7 @@ def _local(set_id: int, entry_id: int, inliers: int, coverage: float) -> Match:
 
 
 def test_local_feature_allow_entries_suppress_by_evidence_not_by_distance(feedback):
-    strong, weak = _local(KNOWN, 10, 300, 0.9), _local(KNOWN, 11, 25, 0.15)
+    strong, weak = _local(KNOWN, 10, 300, 0.9), _local(KNOWN, 11, 25, 0.2)
     assert (strong.decision, weak.decision) == (BLOCK, REVIEW)
     # an allow entry with at least as many inliers suppresses a local match...
     out = _apply(feedback, strong, _local(BENIGN, 20, 300, 0.9))
@@ -266,7 +266,7 @@ def test_local_feature_allow_entries_suppress_by_evidence_not_by_distance(feedba
     out = _apply(feedback, strong, _local(BENIGN, 20, 120, 0.9))
     assert out.decision == BLOCK and "with 120 inliers" in out.matches[0].reason
     # an allow entry found only at review strength suppresses nothing
-    out = _apply(feedback, weak, _local(BENIGN, 20, 25, 0.15))
+    out = _apply(feedback, weak, _local(BENIGN, 20, 25, 0.2))
     assert out.decision == REVIEW
     # a local-feature allow match (part of a picture) never lifts a PDQ match,
     # however many inliers it has; a PDQ allow match within its block

@@ -94,7 +94,9 @@ class Feedback:
             return False
         if allow.local_features is not None:  # judged by evidence, not distance
             evidence = allow.local_features
-            decision, _ = self.policy.decide_local(hash_set, evidence.inliers, evidence.coverage)
+            decision, _ = self.policy.decide_local(
+                hash_set, evidence.inliers, evidence.coverage, evidence.agreement
+            )
             return decision == BLOCK
         return allow.distance <= self.policy.thresholds(hash_set, allow.signal_type).block_distance
 

@@ -16,7 +16,8 @@ the store. Then each known entry that was hit is judged by what it is:
 Local features (any kind of known entry, picture by picture): the feature
 index names the best-voted known pictures, each verified by a geometric
 transform (hashsvc/matching/local_geometry.py); a verified pair is judged by
-its inliers and coverage (Policy.decide_local), never by a distance.
+its inliers, coverage and agreement (Policy.decide_local), never by a
+distance.
 
 An entry yields at most one match, its strongest (by decision; on a tie a
 distance-based match before a local-feature one, then the closest).
@@ -88,6 +89,8 @@ class LocalEvidence:
     query_coverage: float
     scale: float
     angle: float
+    # share of the part both pictures show that agrees (local_geometry)
+    agreement: float = 1.0
 
     def to_json(self) -> dict:
         return local_features_json(self)
@@ -385,7 +388,7 @@ class Matcher:
             if verified is None:
                 continue
             decision, reason = self.policy.decide_local(
-                hash_set, verified.inliers, verified.coverage
+                hash_set, verified.inliers, verified.coverage, verified.agreement
             )
             candidate = self._match(
                 entry,
@@ -402,6 +405,7 @@ class Matcher:
                     query_coverage=verified.query_coverage,
                     scale=verified.scale,
                     angle=verified.angle,
+                    agreement=verified.agreement,
                 ),
             )
             candidate = replace(candidate, decision=decision, reason=reason)
@@ -634,7 +638,7 @@ class Matcher:
 
 def _local_strength(m: Match) -> tuple:
     evidence = m.local_features
-    return (rank(m.decision), evidence.inliers, evidence.coverage)
+    return (rank(m.decision), evidence.inliers, evidence.coverage, evidence.agreement)
 
 
 # How a known entry is judged, by its media kind; a kind not listed (image,
