@@ -276,7 +276,11 @@ class Matcher:
                 query,
                 query_is_video,
             )
-            found.extend(self._local_matches(entry, sets[entry.set_id], local_hits.get(entry.id)))
+            if not any(m.decision == BLOCK for m in found):
+                # a verification (RANSAC) could not beat a block found already
+                found.extend(
+                    self._local_matches(entry, sets[entry.set_id], local_hits.get(entry.id))
+                )
             if found:
                 # ties go to a distance (a near-identical hash is the stronger
                 # evidence), then the closest, then the match that says where
