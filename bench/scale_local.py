@@ -1,0 +1,172 @@
+"""The local-feature index (hashsvc/index/local_features.py) at scale: `bench/scale.py --local`.
+
+Known pictures are synthetic: descriptors near vocabulary words, each word drawn as often as it
+occurs in real pictures (the vocabulary's training counts), so posting lists are as long as real
+ones would be. Probe pictures (PROBES of them, 500 descriptors each, the index files their 200
+strongest) go through the whole path, descriptors -> words; the other known pictures are filed
+by their words directly (add_words, drawn from the same distribution), since assigning 200M
+descriptors to words is the hashing workers' cost, measured here per descriptor and not the
+index's. Queries: each probe re-uploaded (every bit flipped with probability 0.15, half of its
+descriptors replaced by unrelated ones), and as many unrelated pictures; recall is the share of
+re-uploads whose picture is in the top 10.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+from hashsvc.index.binary import signal_id
+from hashsvc.index.local_features import FeatureIndex, default_vocabulary
+from hashsvc_testing import descriptors as synth
+
+PROBES = 200
+QUERY_DESCRIPTORS = 500
+TOP_K = 10
+BUILD_BATCH = 50_000
+FILLER_BASE = 1 << 24  # filler entry ids start here; probes are entries 0..PROBES-1
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def filler_words(index: FeatureIndex, rng: np.random.Generator, count: int) -> list[np.ndarray]:
+    draws = synth.word_draws(index.vocabulary, rng, count * index.words_per_picture)
+    return list(draws.reshape(count, index.words_per_picture))
+
+
+def timed_queries(index: FeatureIndex, queries: list[np.ndarray]) -> tuple[list, list[float]]:
+    results, times = [], []
+    for query in queries:
+        started = time.perf_counter()
+        results.append(index.search([query], TOP_K)[0])
+        times.append((time.perf_counter() - started) * 1000)
+    return results, times
+
+
+def percentile(values: list[float], share: float) -> float:
+    return float(np.percentile(values, share * 100))
+
+
+def measure(n: int, seed: int = 5) -> dict:
+    rng = np.random.default_rng(seed)
+    vocabulary = default_vocabulary()
+    probes = synth.pictures(vocabulary, rng, PROBES, QUERY_DESCRIPTORS)
+    reuploads = [synth.altered_copy(p, vocabulary, rng, 0.15, 0.5) for p in probes]
+    unrelated = list(synth.pictures(vocabulary, rng, PROBES, QUERY_DESCRIPTORS))
+
+    started = time.perf_counter()
+    words = vocabulary.assign(probes[:20].reshape(-1, vocabulary.descriptor_bytes))
+    assign_us = (time.perf_counter() - started) * 1e6 / len(words)
+
+    gc.collect()
+    rss_before = rss_bytes()
+    index = FeatureIndex(vocabulary)
+    started = time.perf_counter()
+    index.add([signal_id(e, 0) for e in range(PROBES)], list(probes))
+    for first in range(0, n - PROBES, BUILD_BATCH):
+        count = min(BUILD_BATCH, n - PROBES - first)
+        ids = [signal_id(FILLER_BASE + first + k, 0) for k in range(count)]
+        index.add_words(ids, filler_words(index, rng, count))
+    build_s = time.perf_counter() - started
+    gc.collect()
+    rss_delta = rss_bytes() - rss_before
+    row = {
+        "n": n,
+        "build_s": build_s,
+        "segments": len(index._view.segments),
+        "assign_us": assign_us,
+        "rss_per_picture": rss_delta / n,
+        "arrays_per_picture": index.memory_bytes() / n,
+    }
+
+    for _ in range(3):  # warm caches and the allocator
+        index.search([unrelated[0]], TOP_K)
+    found, reupload_ms = timed_queries(index, reuploads)
+    _, unrelated_ms = timed_queries(index, unrelated)
+    hits = sum(signal_id(e, 0) in [sid for sid, _ in r] for e, r in enumerate(found))
+    first = sum(bool(r) and r[0][0] == signal_id(e, 0) for e, r in enumerate(found))
+    all_ms = reupload_ms + unrelated_ms
+    row.update(
+        recall_top10=hits / PROBES,
+        recall_top1=first / PROBES,
+        p50_ms=statistics.median(all_ms),
+        p95_ms=percentile(all_ms, 0.95),
+        reupload_p50_ms=statistics.median(reupload_ms),
+        unrelated_p50_ms=statistics.median(unrelated_ms),
+    )
+
+    extra = synth.pictures(vocabulary, rng, 1, QUERY_DESCRIPTORS)[0]
+    started = time.perf_counter()
+    index.add([signal_id(FILLER_BASE - 1, 0)], [extra])
+    row["live_add_ms"] = (time.perf_counter() - started) * 1000
+    started = time.perf_counter()
+    index.remove([signal_id(0, 0)])
+    row["remove_ms"] = (time.perf_counter() - started) * 1000
+    assert signal_id(0, 0) not in [sid for sid, _ in index.search([probes[0]], TOP_K)[0]]
+    index.add([signal_id(0, 0)], [probes[0]])
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        path = os.path.join(tmp, "local_features.snapshot")
+        started = time.perf_counter()
+        index.save(path)
+        row["save_s"] = time.perf_counter() - started
+        row["snapshot_bytes"] = os.path.getsize(path)
+        expected = [r for r, _ in [timed_queries(index, reuploads[:20])]][0]
+        del index
+        gc.collect()
+        rss_before = rss_bytes()
+        started = time.perf_counter()
+        loaded = FeatureIndex.load(path)
+        row["load_s"] = time.perf_counter() - started
+        gc.collect()
+        row["loaded_rss_per_picture"] = (rss_bytes() - rss_before) / n
+        again, _ = timed_queries(loaded, reuploads[:20])
+        row["snapshot_same"] = [[i for i, _ in r] for r in again] == [
+            [i for i, _ in r] for r in expected
+        ]
+    return row
+
+
+def report(rows: list[dict]) -> None:
+    print("\nlocal-feature index (synthetic descriptors, words as common as in real pictures)")
+    print(
+        f"{'pictures':>10} {'build':>7} {'assign':>9} {'RSS/pic':>8} {'arrays/pic':>10}"
+        f" {'p50':>7} {'p95':>7} {'top10':>6} {'top1':>5} {'save':>6} {'load':>6}"
+        f" {'snapshot':>9} {'add':>7} {'remove':>7}"
+    )
+    for r in rows:
+        print(
+            f"{r['n']:>10,} {r['build_s']:>6.1f}s {r['assign_us']:>6.1f} us"
+            f" {r['rss_per_picture']:>7,.0f}B {r['arrays_per_picture']:>9,.0f}B"
+            f" {r['p50_ms']:>5.1f}ms {r['p95_ms']:>5.1f}ms {r['recall_top10']:>6.3f}"
+            f" {r['recall_top1']:>5.2f} {r['save_s']:>5.1f}s {r['load_s']:>5.1f}s"
+            f" {r['snapshot_bytes'] / 2**20:>7,.0f}MB {r['live_add_ms']:>5.1f}ms"
+            f" {r['remove_ms']:>5.1f}ms"
+        )
+        print(
+            f"{'':>10} re-uploads p50 {r['reupload_p50_ms']:.1f} ms, unrelated p50"
+            f" {r['unrelated_p50_ms']:.1f} ms; {r['segments']} segments after the build;"
+            f" loaded RSS {r['loaded_rss_per_picture']:,.0f} B/picture;"
+            f" snapshot gives the same top 10: {r['snapshot_same']}"
+        )
+    print(
+        "  assign: descriptor -> word, per descriptor (one core); build: filing the words;"
+        " add/remove: one picture into / out of the full index"
+    )
+
+
+def run(sizes: list[int]) -> None:
+    rows = []
+    for n in sizes:
+        started = time.perf_counter()
+        rows.append(measure(n))
+        print(f"  local features {n:,} done in {time.perf_counter() - started:.0f} s", flush=True)
+    report(rows)
