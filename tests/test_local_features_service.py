@@ -410,3 +410,21 @@ def test_a_bulk_file_of_blobs_goes_in_messages_bounded_by_bytes(run, tmp_path, m
     code, out, err = run("load", "--set", "s", "--json", "--quiet", path, role="operator")
     assert code == 0, err
     assert json.loads(out)["added"] == 20
+
+
+def test_the_same_picture_in_two_sets_is_found_in_both(make_core, tmp_path):
+    """Sets share pictures (one poster in a group's set and an outlet's):
+    a word every known picture holds is still a vote, however few they are."""
+    from hashsvc.core.core import MatchQuery
+
+    core = make_core(f"sqlite:///{tmp_path}/h.db")
+    for name in ("group", "outlet"):
+        core.curation.create_set(name)
+        core.curation.add_entry(name, "poster", {}, "op", media=jpeg(bridge()))
+    outcome = core.match(MatchQuery(media=jpeg(rotated(bridge(), 10))), caller="t")
+    found = {m.set_name for m in outcome.matches if m.signal_type == "local_features"}
+    assert found == {"group", "outlet"}
+    # and after one is removed, the other still is
+    core.curation.remove_entry("group", "poster")
+    outcome = core.match(MatchQuery(media=jpeg(rotated(bridge(), 10))), caller="t")
+    assert [m.set_name for m in outcome.matches if m.signal_type == "local_features"] == ["outlet"]

@@ -51,6 +51,9 @@ DEFAULT_WORDS_PER_PICTURE = 200
 # A word held by more than this share of the known pictures (a blank corner, a straight edge)
 # says little and costs a long posting list: a query skips it.
 DEFAULT_MAX_WORD_SHARE = 0.05
+# ...but a word in fewer postings than this is never skipped: in a small index every word
+# of a picture known twice (one poster in two sets) passed the share, and neither was found.
+MIN_SKIPPED_WORD_POSTINGS = 1000
 # Postings appended before the tail becomes a segment: small, because a search scans the tail
 # whole.
 TAIL_POSTINGS = 1 << 16
@@ -509,11 +512,15 @@ class FeatureIndex:
         freq = np.bincount(tail_words, minlength=self.vocabulary.n_words)[words]
         for segment in view.segments:
             freq += segment.starts[words + 1] - segment.starts[words]
-        useful = (freq > 0) & (freq <= max(1.0, self.max_word_share * n_alive))
+        useful = (freq > 0) & (
+            freq <= max(MIN_SKIPPED_WORD_POSTINGS, self.max_word_share * n_alive)
+        )
         words, freq = words[useful], freq[useful]
         if not len(words):
             return []
-        idf = np.log((n_alive + 1) / freq).astype(np.float32)
+        # removed pictures' postings are still counted: a word cannot be in more pictures
+        # than are alive (else a picture known twice, one removed, weighed nothing: idf 0)
+        idf = np.log((n_alive + 1) / np.minimum(freq, n_alive)).astype(np.float32)
         gathered = [segment.gather(words, idf) for segment in view.segments]
         if view.tail_len:
             weight_of_word = np.zeros(self.vocabulary.n_words, np.float32)
