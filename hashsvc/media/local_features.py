@@ -23,10 +23,15 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-from PIL import Image
+
+if TYPE_CHECKING:
+    # imported where pictures are decoded (hashing workers), not by the server,
+    # which only decodes blobs (issue 17: no image decoder in the server process)
+    from PIL import Image
 
 from hashsvc.base.errors import InvalidArgument
 
@@ -115,6 +120,8 @@ def _grey(img: Image.Image, max_side: int) -> np.ndarray:
     if max(grey.size) > max_side:
         scale = max_side / max(grey.size)
         size = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))
+        from PIL import Image
+
         grey = grey.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.asarray(grey)
 
