@@ -231,6 +231,10 @@ def test_export_then_load_gives_matchable_entries(run, tmp_path, make_harness, m
         assert "local_features" in out
         exports[fmt] = tmp_path / f"export.{fmt}"
         exports[fmt].write_text(out, encoding="utf-8")
+    # other tools' formats carry only what those tools read
+    for fmt in ("hma", "tcap"):
+        code, out, err = run("export", "--set", "src", "--format", fmt, role="operator")
+        assert code == 0 and "pdq" in out.lower() and "local_features" not in out.lower(), fmt
 
     # a partner's server loads each export
     for fmt, path in exports.items():

@@ -24,6 +24,10 @@ from loaders.records import EXCHANGED_VARIANTS, PlainRows, Record, Rejected
 # server's limit of rows a message), and the rows past the entry's signal
 # limit are rejected as such instead of failing the whole load.
 BATCH_ROWS = 20_000
+# Exports in other tools' formats (HMA / python-threatexchange, TCAP) leave out
+# the signal types only hashsvc reads.
+OTHER_TOOLS_FORMATS = ("hma", "tcap")
+HASHSVC_ONLY_TYPES = ("local_features",)
 # ...or once its values reach this many bytes: 20,000 rows of local features
 # (~18 KB each) would be a 360 MB message, far past the server's 64 MiB.
 BATCH_VALUE_BYTES = 16 * 1024 * 1024
@@ -301,6 +305,10 @@ def export(client, set_name: str, fmt: str, since, output_dir: str | None) -> in
     if fmt == "vpdq":
         return _export_vpdq(entries, output_dir)
     records = (rec for entry in entries for rec in entry_records(entry))
+    if fmt in OTHER_TOOLS_FORMATS:
+        # other tools' formats carry what those tools read: a local-features
+        # blob is hashsvc's own (CSV, TSV and JSON lines carry it)
+        records = (rec for rec in records if rec.signal_type not in HASHSVC_ONLY_TYPES)
     return loaders.write(sys.stdout, records, fmt)
 
 
