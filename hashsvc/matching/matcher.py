@@ -361,15 +361,18 @@ class Matcher:
             return {}
         sigs, decoded = [s for s, _ in kept], [f for _, f in kept]
         results = index.search([f.descriptors for f in decoded], self.local.top_k)
-        ranked = [
-            (votes, *split_signal_id(sid), _LocalHit(sig, features, split_signal_id(sid)[1], votes))
-            for sig, features, hits in zip(sigs, decoded, results, strict=True)
-            for sid, votes in hits
-        ]
-        ranked.sort(key=lambda r: -r[0])
+        ranked = sorted(
+            (
+                (votes, sid, sig, features)
+                for sig, features, hits in zip(sigs, decoded, results, strict=True)
+                for sid, votes in hits
+            ),
+            key=lambda r: -r[0],
+        )
         found: dict[int, list[_LocalHit]] = defaultdict(list)
-        for _, entry_id, _, hit in ranked[: self.local.max_verified]:
-            found[entry_id].append(hit)
+        for votes, sid, sig, features in ranked[: self.local.max_verified]:
+            entry_id, variant_no = split_signal_id(sid)
+            found[entry_id].append(_LocalHit(sig, features, variant_no, votes))
         return found
 
     def _local_matches(
@@ -391,9 +394,6 @@ class Matcher:
             verified = local_geometry.verify(hit.features, known_features)
             if verified is None:
                 continue
-            decision, reason = self.policy.decide_local(
-                hash_set, verified.inliers, verified.coverage, verified.agreement
-            )
             candidate = self._match(
                 entry,
                 hash_set,
@@ -403,6 +403,9 @@ class Matcher:
                 known.variant,
                 None,
                 None,
+                decided=self.policy.decide_local(
+                    hash_set, verified.inliers, verified.coverage, verified.agreement
+                ),
                 local_features=LocalEvidence(
                     inliers=verified.inliers,
                     coverage=verified.coverage,
@@ -412,7 +415,6 @@ class Matcher:
                     agreement=verified.agreement,
                 ),
             )
-            candidate = replace(candidate, decision=decision, reason=reason)
             if _is_frame(known):  # a frame of a known video: say when
                 at = known.position or 0.0
                 candidate = replace(
@@ -490,8 +492,21 @@ class Matcher:
             hint = replace(hint, decision=REVIEW, reason="videohash alone never blocks")
         return [hint]
 
-    def _match(self, entry, hash_set, kind, distance, query_variant, known_variant, qq, kq, **kw):
-        decision, reason = self.policy.decide(hash_set, kind, distance, qq, kq)
+    def _match(
+        self,
+        entry,
+        hash_set,
+        kind,
+        distance,
+        query_variant,
+        known_variant,
+        qq,
+        kq,
+        decided: tuple[str, str] | None = None,
+        **kw,
+    ):
+        """`decided`: (decision, reason) when not by distance (local features)."""
+        decision, reason = decided or self.policy.decide(hash_set, kind, distance, qq, kq)
         return Match(
             set_id=hash_set.id,
             set_name=hash_set.name,
