@@ -16,6 +16,8 @@ from __future__ import annotations
 import gc
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -30,6 +32,19 @@ QUERY_DESCRIPTORS = 500
 TOP_K = 10
 BUILD_BATCH = 50_000
 FILLER_BASE = 1 << 24  # filler entry ids start here; probes are entries 0..PROBES-1
+
+LOAD_PROBE = """
+import os, sys, time
+from hashsvc.index.local_features import FeatureIndex, default_vocabulary
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+default_vocabulary()
+before = rss()
+started = time.perf_counter()
+index = FeatureIndex.load(sys.argv[1])
+print(time.perf_counter() - started, rss() - before)
+"""
 
 
 def rss_bytes() -> int:
@@ -62,8 +77,10 @@ def measure(n: int, seed: int = 5) -> dict:
     reuploads = [synth.altered_copy(p, vocabulary, rng, 0.15, 0.5) for p in probes]
     unrelated = list(synth.pictures(vocabulary, rng, PROBES, QUERY_DESCRIPTORS))
 
+    sample = probes[:20].reshape(-1, vocabulary.descriptor_bytes)
+    vocabulary.assign(sample)  # warm up
     started = time.perf_counter()
-    words = vocabulary.assign(probes[:20].reshape(-1, vocabulary.descriptor_bytes))
+    words = vocabulary.assign(sample)
     assign_us = (time.perf_counter() - started) * 1e6 / len(words)
 
     gc.collect()
@@ -119,15 +136,20 @@ def measure(n: int, seed: int = 5) -> dict:
         index.save(path)
         row["save_s"] = time.perf_counter() - started
         row["snapshot_bytes"] = os.path.getsize(path)
-        expected = [r for r, _ in [timed_queries(index, reuploads[:20])]][0]
+        expected, _ = timed_queries(index, reuploads[:20])
         del index
         gc.collect()
-        rss_before = rss_bytes()
-        started = time.perf_counter()
+        # Loaded in a fresh process: this one's freed memory would hide the growth.
+        probe = subprocess.run(
+            [sys.executable, "-c", LOAD_PROBE, path],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        load_s, rss_delta = probe.stdout.split()
+        row["load_s"] = float(load_s)
+        row["loaded_rss_per_picture"] = int(rss_delta) / n
         loaded = FeatureIndex.load(path)
-        row["load_s"] = time.perf_counter() - started
-        gc.collect()
-        row["loaded_rss_per_picture"] = (rss_bytes() - rss_before) / n
         again, _ = timed_queries(loaded, reuploads[:20])
         row["snapshot_same"] = [[i for i, _ in r] for r in again] == [
             [i for i, _ in r] for r in expected
