@@ -432,3 +432,27 @@ def test_the_same_picture_in_two_sets_is_found_in_both(make_core, tmp_path):
     core.curation.remove_entry("group", "poster")
     outcome = core.match(MatchQuery(media=jpeg(rotated(bridge(), 10))), caller="t")
     assert [m.set_name for m in outcome.matches if m.signal_type == "local_features"] == ["outlet"]
+
+
+def test_a_false_positive_verdict_lifts_a_local_review_for_that_upload(store_url, make_core):
+    """Verdicts treat local features as a perceptual signal: a reviewer's
+    false positive turns the same upload's REVIEW into ALLOW; a BLOCK stays."""
+    from hashdb import ReviewFilter, Thresholds
+    from hashsvc.core.core import MatchQuery
+
+    core = make_core(store_url)
+    exact_pdq = {"pdq": Thresholds(0, 0)}
+    core.curation.create_set("s", thresholds=exact_pdq)
+    core.curation.add_entry("s", "poster", {}, "op", media=jpeg(bridge()))
+    upload = jpeg(crop(bridge(), 0.2))
+    first = core.match(MatchQuery(media=upload), caller="pipeline")
+    assert first.decision == "review"
+    assert first.matches[0].signal_type == "local_features"
+    item = core.review.claim("rev", None, ReviewFilter())
+    assert any(s["signal_type"] == "local_features" and s["value"] for s in item.query_signals)
+    core.review.resolve("rev", item.id, "false_positive", "a different bridge")
+    again = core.match(MatchQuery(media=upload), caller="pipeline")
+    assert again.decision == "allow"
+    assert "judged a false positive" in again.matches[0].reason
+    # a tilt of the known picture that blocks is not lifted by that verdict
+    assert core.match(MatchQuery(media=jpeg(rotated(bridge(), 3))), caller="p").decision == "block"
