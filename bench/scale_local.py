@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -93,6 +94,7 @@ def measure(n: int, seed: int = 5) -> dict:
         ids = [signal_id(FILLER_BASE + first + k, 0) for k in range(count)]
         index.add_words(ids, filler_words(index, rng, count))
     build_s = time.perf_counter() - started
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     gc.collect()
     rss_delta = rss_bytes() - rss_before
     row = {
@@ -101,6 +103,7 @@ def measure(n: int, seed: int = 5) -> dict:
         "segments": len(index._view.segments),
         "assign_us": assign_us,
         "rss_per_picture": rss_delta / n,
+        "build_peak_per_picture": (peak_rss - rss_before) / n,
         "arrays_per_picture": index.memory_bytes() / n,
     }
 
@@ -175,7 +178,8 @@ def report(rows: list[dict]) -> None:
         )
         print(
             f"{'':>10} re-uploads p50 {r['reupload_p50_ms']:.1f} ms, unrelated p50"
-            f" {r['unrelated_p50_ms']:.1f} ms; {r['segments']} segments after the build;"
+            f" {r['unrelated_p50_ms']:.1f} ms; {r['segments']} segments after the build"
+            f" (peak RSS {r['build_peak_per_picture']:,.0f} B/picture);"
             f" loaded RSS {r['loaded_rss_per_picture']:,.0f} B/picture;"
             f" snapshot gives the same top 10: {r['snapshot_same']}"
         )
