@@ -11,8 +11,10 @@ centroids, then FINE_WORDS centroids inside each, so a descriptor's word is foun
 COARSE_WORDS + FINE_WORDS comparisons instead of one per word. Everything is seeded: the same inputs
 give the same file, byte for byte. The output is generated: retrain, never edit it.
 
-The detector is a parameter of the file (its descriptor length): when the extractor changes,
-retrain with that extractor (`--detector`) and commit the new file.
+Descriptors are the service's own (hashsvc.media.local_features.extract with its default limits:
+the picture shrunk to its max side, keypoints balanced over a grid); `--detector orb|akaze|brisk`
+takes a bare OpenCV detector instead. The detector and descriptor length are recorded in the file:
+when the extractor changes, rerun this script and commit the new file.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from pathlib import Path
 import cv2
 import faiss
 import numpy as np
+from PIL import Image
 
 from hashsvc.index.local_features import Vocabulary
+from hashsvc.media.local_features import DEFAULT_LIMITS, extract
 
 COARSE_WORDS = 1024
 FINE_WORDS = 64
@@ -42,6 +46,8 @@ SKIP_PARTS = ("/modes/", "/dih/", "/bridge-mods/", "resources/sample-b", "letter
 
 
 def detector(name: str):
+    if name == "extractor":
+        return None  # hashsvc.media.local_features.extract, as the service runs it
     if name == "orb":
         return cv2.ORB_create(nfeatures=500)
     if name == "akaze":
@@ -128,7 +134,11 @@ def descriptors_of(vectors: Path, detector_name: str) -> tuple[np.ndarray, int]:
             )
             if min(scaled.shape) < 64:
                 continue
-            _, desc = det.detectAndCompute(scaled, None)
+            if det is None:
+                features = extract(Image.fromarray(scaled))
+                desc = None if features is None else features.descriptors
+            else:
+                _, desc = det.detectAndCompute(scaled, None)
             if desc is not None:
                 chunks.append(desc)
     return np.unique(np.concatenate(chunks), axis=0), n_pictures
@@ -171,7 +181,12 @@ def kmajority(data: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vectors", type=Path, default=Path("/work/shared/vectors"))
-    parser.add_argument("--detector", default="orb", choices=["orb", "akaze", "brisk"])
+    parser.add_argument(
+        "--detector",
+        default="extractor",
+        choices=["extractor", "orb", "akaze", "brisk"],
+        help="extractor: hashsvc.media.local_features.extract with its default limits",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -191,14 +206,15 @@ def main() -> None:
     assigned = assigned[:, 0]
     fine = np.stack([kmajority(data[assigned == c], FINE_WORDS, rng) for c in range(COARSE_WORDS)])
     # How often each word occurs in real pictures: benches draw synthetic pictures' words from it.
-    untrained = Vocabulary(coarse, fine, args.detector, "", np.zeros(COARSE_WORDS * FINE_WORDS))
+    untrained = Vocabulary(coarse, fine, "", "", np.zeros(COARSE_WORDS * FINE_WORDS))
     word_counts = np.bincount(untrained.assign(data), minlength=untrained.n_words)
     source = (
         f"scripts/train_vocabulary.py --detector {args.detector}: {len(data)} descriptors "
         f"of {n_pictures} pictures ({args.vectors.name} photos and video frames, "
         f"scikit-image samples) at scales {SCALES}, seed {SEED}"
     )
-    Vocabulary(coarse, fine, args.detector, source, word_counts).save(args.out)
+    detector_name = DEFAULT_LIMITS.detector if args.detector == "extractor" else args.detector
+    Vocabulary(coarse, fine, detector_name, source, word_counts).save(args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes): {source}")
 
 

@@ -57,6 +57,8 @@ MIN_SKIPPED_WORD_POSTINGS = 1000
 # Postings appended before the tail becomes a segment: small, because a search scans the tail
 # whole.
 TAIL_POSTINGS = 1 << 16
+# Postings a merge handles at once (bounds its temporaries to ~32 bytes each).
+MERGE_BLOCK = 1 << 22
 # Descriptors assigned to words at once (bounds the temporary (n, FINE, bytes) array).
 ASSIGN_CHUNK = 8192
 
@@ -176,8 +178,18 @@ class _Segment:
     def nbytes(self) -> int:
         return self.starts.nbytes + self.slots.nbytes
 
-    def words(self) -> np.ndarray:
-        return np.repeat(np.arange(len(self.starts) - 1, dtype=np.int64), np.diff(self.starts))
+    def word_blocks(self) -> list[tuple[int, int, np.ndarray]]:
+        """(first word, end word, each posting's word) over runs of whole words of about
+        MERGE_BLOCK postings: merges and filters work block by block, so their temporaries
+        stay small beside the postings themselves."""
+        n_words = len(self.starts) - 1
+        cuts = np.searchsorted(self.starts, np.arange(0, len(self) + 1, MERGE_BLOCK), "right") - 1
+        bounds = np.unique(np.concatenate([[0], np.clip(cuts, 0, n_words), [n_words]]))
+        blocks = []
+        for first, end in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            lengths = np.diff(self.starts[first : end + 1])
+            blocks.append((first, end, np.repeat(np.arange(first, end, dtype=np.int64), lengths)))
+        return blocks
 
     def gather(self, words: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The slots filed under `words` (unique), each with its word's weight."""
@@ -193,31 +205,32 @@ class _Segment:
     def merged(self, other: _Segment, keep: np.ndarray | None = None) -> _Segment:
         """Both segments' postings in one (a linear merge: both are sorted by word), without the
         slots for which `keep` (indexed by slot) is False."""
-        mine, theirs = np.diff(self.starts), np.diff(other.starts)
         starts = self.starts + other.starts
         slots = np.empty(len(self) + len(other), dtype=np.uint32)
         # Within a word, this segment's postings come first, then the other's.
-        own_words = self.words()
-        slots[np.arange(len(self)) + other.starts[own_words]] = self.slots
-        del own_words
-        other_words = other.words()
-        slots[np.arange(len(other)) + self.starts[other_words + 1]] = other.slots
-        del other_words, mine, theirs
+        for source, offsets in ((self, other.starts[:-1]), (other, self.starts[1:])):
+            for first, _, words in source.word_blocks():
+                begin = int(source.starts[first])
+                where = np.arange(begin, begin + len(words), dtype=np.int64) + offsets[words]
+                slots[where] = source.slots[begin : begin + len(words)]
         merged = _Segment(starts, slots)
         return merged if keep is None else merged.filtered(keep)
 
     def filtered(self, keep: np.ndarray, renumber: np.ndarray | None = None) -> _Segment:
         """Without the slots for which `keep` is False; slots renamed through `renumber`."""
         mask = keep[self.slots]
-        if mask.all() and renumber is None:
+        if renumber is None and mask.all():
             return self
-        words = self.words()[mask]
-        counts = np.bincount(words, minlength=len(self.starts) - 1)
+        counts = np.zeros(len(self.starts) - 1, dtype=np.int64)
+        for first, end, words in self.word_blocks():
+            begin = int(self.starts[first])
+            kept = words[mask[begin : begin + len(words)]]
+            counts[first:end] = np.bincount(kept - first, minlength=end - first)
         starts = np.zeros(len(self.starts), dtype=np.int64)
         np.cumsum(counts, out=starts[1:])
         slots = self.slots[mask]
         if renumber is not None:
-            slots = renumber[slots].astype(np.uint32)
+            slots = renumber[slots]
         return _Segment(starts, slots)
 
 
@@ -467,7 +480,7 @@ class FeatureIndex:
     def _compacted(self, view: _View) -> _View:
         n = view.n_slots
         keep = view.alive[:n]
-        renumber = np.cumsum(keep) - 1
+        renumber = (np.cumsum(keep, dtype=np.int64) - 1).astype(np.uint32)  # kept slots only
         live_slots = np.flatnonzero(keep)
         segment = self._single_segment(view)
         segment = segment.filtered(keep, renumber)

@@ -27,10 +27,10 @@ from hashsvc.base.decisions import Decision
 from hashsvc.media.local_features import LocalFeatures
 
 # Lowe's ratio: the best match must be clearly better than the second best.
-RATIO = 0.8
+RATIO = 0.85
 # RANSAC reprojection error, in pixels of the query as extracted (<= 640 px
 # on the long side): tight, so chance alignments of noise rarely agree.
-REPROJECTION_PX = 4.0
+REPROJECTION_PX = 5.0
 RANSAC_ITERATIONS = 2000
 RANSAC_CONFIDENCE = 0.995
 # Query size / known size: a copy shown smaller than this or blown up more
@@ -40,7 +40,7 @@ MAX_SCALE = 6.0
 # Fewer inliers than this is no consistent transform at all (None).
 MIN_CONSISTENT_INLIERS = 8
 # Inlier spread is measured on a COVERAGE_GRID x COVERAGE_GRID grid.
-COVERAGE_GRID = 8
+COVERAGE_GRID = 12
 # Two inliers closer than this (pixels) count as one position.
 DISTINCT_PX = 3.0
 
@@ -77,11 +77,11 @@ class LocalThresholds:
     Defaults measured by bench/local_features.py (README: Local features)."""
 
     block_inliers: int = 30
-    block_coverage: float = 0.30
-    block_agreement: float = 0.60
+    block_coverage: float = 0.25
+    block_agreement: float = 0.45
     review_inliers: int = 16
     review_coverage: float = 0.15
-    review_agreement: float = 0.50
+    review_agreement: float = 0.33
 
     def level(self, verification: Verification | None) -> Decision | None:
         """BLOCK, REVIEW or None (no evidence) for one verification."""
