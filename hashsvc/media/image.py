@@ -15,6 +15,11 @@ through `pdqhash`) with quality, on several views of the picture.
   a screenshot, letterboxing of any colour), and, when those squashed it, the
   picture "unsquashed" at its own aspect, as python-threatexchange and HMA hash
   it, so partners' hashes find their exact re-uploads (bench/partner_pdq.py).
+
+Both also get one `local_features` signal (hashsvc/media/local_features.py:
+keypoints and descriptors, variant "original") when the picture has enough
+distinctive, well-spread keypoints; flat pictures get none. PDQ cannot see a
+crop of more than a few percent, a tilt or a collage; these can.
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ import pdqhash
 from PIL import Image, UnidentifiedImageError
 
 from hashsvc.base.errors import CorruptMedia, InvalidArgument, TooLarge, UnsupportedMedia
-from hashsvc.base.signals import Signal
-from hashsvc.media import regions
+from hashsvc.base.signals import LOCAL_FEATURES, Signal
+from hashsvc.media import local_features, regions
 from hashsvc.media.limits import ImageLimits
 
 FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
@@ -42,6 +47,11 @@ REFERENCE_SIDE = 512  # the C++ hasher's squash size
 # Views are hashed small (PDQ reads a 64x64 summary), and not at a power of two:
 # pdqhash is measurably slower on those.
 VIEW_SIDE = 240
+# An upload is decoded with at least this short side (a JPEG at a reduced DCT
+# scale): local features need more pixels than PDQ's views. A picture inside a
+# 2x2 collage of a 1600x1004 upload kept 8 inliers decoded at 240 (400x251),
+# 22 at 320 (800x502), as many as at full size.
+QUERY_DECODE_SIDE = 320
 # Crops a re-upload may have made, as (keep share, vertical anchor, horizontal anchor).
 KNOWN_CROPS = [(0.95, ay, ax) for ay in (0.0, 0.5, 1.0) for ax in (0.0, 0.5, 1.0)]
 # Crops anchored in each corner that leave out the opposite corner's logo area.
@@ -251,7 +261,20 @@ def _informative(signals: list[Signal]) -> list[Signal]:
 
 
 def hash_known(data: bytes, limits: ImageLimits) -> list[Signal]:
-    return [*_exact(data), *known_views(decode_rgb(data, limits))]
+    rgb = decode_rgb(data, limits)
+    return [*_exact(data), *known_views(rgb), *local_feature_signals(rgb)]
+
+
+def local_feature_signals(
+    rgb: np.ndarray, variant: str = "original", position: float | None = None
+) -> list[Signal]:
+    """The picture's local_features signal, or none when it has too few
+    distinctive, well-spread keypoints to be evidence. `variant` and
+    `position` say where it was taken, as for PDQ (a video frame, a page)."""
+    found = local_features.extract(Image.fromarray(rgb))
+    if found is None:
+        return []
+    return [Signal(LOCAL_FEATURES.name, local_features.encode(found), None, variant, position)]
 
 
 def known_views(rgb: np.ndarray) -> list[Signal]:
@@ -277,11 +300,13 @@ def known_views(rgb: np.ndarray) -> list[Signal]:
 def hash_query(data: bytes, limits: ImageLimits, part: int | None = None) -> list[Signal]:
     """All signals of an upload, or (part = 0 or 1) one half of them."""
     # Uploads are only compared with our own stored views, never exported, so
-    # they can be decoded and hashed small: a JPEG at a reduced DCT scale, every
-    # view at VIEW_SIDE. The cost is a few bits (bench/robustness.py measures it).
-    rgb = decode_rgb(data, limits, at_least=VIEW_SIDE)
+    # they can be decoded and hashed small: a JPEG at a reduced DCT scale (enough
+    # for local features), every PDQ view at VIEW_SIDE. The cost is a few bits
+    # (bench/robustness.py measures it).
+    rgb = decode_rgb(data, limits, at_least=QUERY_DECODE_SIDE)
     exact = _exact(data) if part in (None, 0) else []
-    return [*exact, *upload_views(rgb, part)]
+    local = local_feature_signals(rgb) if part in (None, 1) else []
+    return [*exact, *upload_views(rgb, part), *local]
 
 
 def upload_views(rgb: np.ndarray, part: int | None = None) -> list[Signal]:
