@@ -17,13 +17,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import cv2
 import numba
 import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
 from hashsvc.base.decisions import Decision
+from hashsvc.matching.ransac import inverted, similarity_ransac
 from hashsvc.media.local_features import LocalFeatures
 
 # Lowe's ratio: the best match must be clearly better than the second best.
@@ -199,7 +199,7 @@ def _agreement(
 ) -> float:
     """Share of the cells both pictures show and have content in that agree."""
     forward = matrix.astype(np.float64)
-    inverse = cv2.invertAffineTransform(forward)
+    inverse = inverted(forward)
     # known keypoints that land inside the query's frame
     mapped = known.points @ forward[:, :2].T + forward[:, 2]
     shown = (
@@ -228,15 +228,11 @@ def verify(query: LocalFeatures, known: LocalFeatures) -> Verification | None:
         return None
     src = known.points[k_idx].astype(np.float32)
     dst = query.points[q_idx].astype(np.float32)
-    matrix, mask = cv2.estimateAffinePartial2D(
-        src,
-        dst,
-        method=cv2.RANSAC,
-        ransacReprojThreshold=REPROJECTION_PX,
-        maxIters=RANSAC_ITERATIONS,
-        confidence=RANSAC_CONFIDENCE,
+    # seeded (hashsvc/matching/ransac.py): the same pair, the same answer
+    matrix, mask = similarity_ransac(
+        src, dst, REPROJECTION_PX, RANSAC_ITERATIONS, RANSAC_CONFIDENCE
     )
-    if matrix is None or mask is None:
+    if matrix is None:
         return None
     a, b = float(matrix[0, 0]), float(matrix[1, 0])
     scale = math.hypot(a, b)
