@@ -4,6 +4,7 @@ without losing true ones."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,9 +14,11 @@ from PIL import Image
 
 from hashsvc.matching.local_geometry import verify
 from hashsvc.matching.ransac import inverted, similarity_ransac
-from hashsvc.media.local_features import LocalFeatures, extract
+from hashsvc.media.local_features import LocalFeatures, decode, extract
+from hashsvc_testing.image_media import encode as encode_image
 from hashsvc_testing.local_media import perspective, rotate
 from hashsvc_testing.vectors import vector
+from tests.helpers import match_request
 
 BRIDGE = ("threatexchange", "pdq", "data", "reg-test-input", "dih", "bridge-1-original.jpg")
 
@@ -79,3 +82,23 @@ def test_a_pair_verifies_the_same_every_time_in_any_thread():
         with ThreadPoolExecutor(8) as pool:
             results = list(pool.map(verify, [query] * 50, [known] * 50))
         assert all(r == first for r in results)
+
+
+def test_a_match_answers_local_features_as_size_and_sha256_unless_asked(harness, matcher):
+    """The blob was ~36 KB of hex in every answer; the history keeps the same summary."""
+    stub, md = matcher
+    upload = encode_image(bridge(), "JPEG", quality=85)
+    request = match_request(upload)
+    request.full_signals = True
+    full = stub.matcher.Match(request, metadata=md)
+    (whole,) = [s for s in full.query_signals if s.signal_type == "local_features"]
+    blob = bytes.fromhex(whole.value)
+    assert len(decode(blob)) >= 60 and whole.value_bytes == 0 and whole.value_sha256 == ""
+    short = stub.matcher.Match(match_request(upload), metadata=md)
+    (summary,) = [s for s in short.query_signals if s.signal_type == "local_features"]
+    assert summary.value == ""
+    assert summary.value_bytes == len(blob)
+    assert summary.value_sha256 == hashlib.sha256(blob).hexdigest()
+    # the PDQ views stay whole: 64 hex digits each
+    assert all(len(s.value) == 64 for s in short.query_signals if s.signal_type == "pdq")
+    assert len(full.SerializeToString()) > len(short.SerializeToString()) + 2 * len(blob) - 100
