@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +24,7 @@ from hashsvc_testing.local_media import perspective, rotate
 from hashsvc_testing.vectors import vector
 from tests.helpers import match_request
 
+REPO = Path(__file__).resolve().parents[1]
 BRIDGE = ("threatexchange", "pdq", "data", "reg-test-input", "dih", "bridge-1-original.jpg")
 
 
@@ -102,3 +107,21 @@ def test_a_match_answers_local_features_as_size_and_sha256_unless_asked(harness,
     # the PDQ views stay whole: 64 hex digits each
     assert all(len(s.value) == 64 for s in short.query_signals if s.signal_type == "pdq")
     assert len(full.SerializeToString()) > len(short.SerializeToString()) + 2 * len(blob) - 100
+
+
+def test_the_cli_reads_default_thresholds_without_the_matching_code():
+    """`sets create --block-threshold` imports the policy for its defaults: that must not bring
+    numba, OpenCV or FAISS into a command-line process."""
+    script = (
+        "import json, sys\n"
+        "import hashsvc.client.cli\n"
+        "from hashsvc.matching.policy import DEFAULT_THRESHOLDS, PdqPolicy\n"
+        "assert DEFAULT_THRESHOLDS['local_features'].block_inliers > 0\n"
+        "heavy = ('numba', 'cv2', 'faiss', 'PIL')\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []

@@ -22,7 +22,10 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
-from hashsvc.base.decisions import Decision
+from hashsvc.matching.local_thresholds import (  # noqa: F401 - re-exported for callers
+    DEFAULT_THRESHOLDS,
+    LocalThresholds,
+)
 from hashsvc.matching.ransac import inverted, similarity_ransac
 from hashsvc.media.local_features import LocalFeatures
 
@@ -71,39 +74,8 @@ class Verification:
     agreement: float
 
 
-@dataclass(frozen=True)
-class LocalThresholds:
-    """When a verification blocks or goes to review: every minimum must hold.
-    Defaults measured by bench/local_features.py (README: Local features)."""
-
-    block_inliers: int = 30
-    block_coverage: float = 0.25
-    block_agreement: float = 0.45
-    review_inliers: int = 16
-    review_coverage: float = 0.15
-    review_agreement: float = 0.33
-
-    def level(self, verification: Verification | None) -> Decision | None:
-        """BLOCK, REVIEW or None (no evidence) for one verification."""
-        if verification is None:
-            return None
-        v = verification
-        if (
-            v.inliers >= self.block_inliers
-            and v.coverage >= self.block_coverage
-            and v.agreement >= self.block_agreement
-        ):
-            return Decision.BLOCK
-        if (
-            v.inliers >= self.review_inliers
-            and v.coverage >= self.review_coverage
-            and v.agreement >= self.review_agreement
-        ):
-            return Decision.REVIEW
-        return None
-
-
-DEFAULT_THRESHOLDS = LocalThresholds()
+# LocalThresholds live apart (local_thresholds.py): the policy and the CLI read them without
+# compiling (or importing) this module's numba code.
 
 
 @intrinsic

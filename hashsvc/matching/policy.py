@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from hashdb.model import HashSetRecord
 from hashsvc.base.decisions import Decision, Thresholds
 from hashsvc.base.signals import LOCAL_FEATURES
-from hashsvc.matching import local_geometry
+from hashsvc.matching import local_thresholds
 
 
 @dataclass(frozen=True)
@@ -67,14 +67,14 @@ DEFAULT_THRESHOLDS = {
     # blocks on it alone, and ignores it where the frames were compared.
     "videohash": Thresholds(block_distance=0, review_distance=4),
     # Local features are judged by geometric evidence, never by a distance;
-    # the defaults are measured in hashsvc/matching/local_geometry.py.
+    # the defaults are measured in hashsvc/matching/local_thresholds.py.
     LOCAL_FEATURES.name: Thresholds(
         block_distance=0,
         review_distance=0,
-        block_inliers=local_geometry.DEFAULT_THRESHOLDS.block_inliers,
-        review_inliers=local_geometry.DEFAULT_THRESHOLDS.review_inliers,
-        block_coverage=local_geometry.DEFAULT_THRESHOLDS.block_coverage,
-        review_coverage=local_geometry.DEFAULT_THRESHOLDS.review_coverage,
+        block_inliers=local_thresholds.DEFAULT_THRESHOLDS.block_inliers,
+        review_inliers=local_thresholds.DEFAULT_THRESHOLDS.review_inliers,
+        block_coverage=local_thresholds.DEFAULT_THRESHOLDS.block_coverage,
+        review_coverage=local_thresholds.DEFAULT_THRESHOLDS.review_coverage,
     ),
 }
 
@@ -105,7 +105,7 @@ class Policy:
         and agreeing over the part both pictures show (a fixed floor, not per
         set: below it only a shared logo, frame or page template agrees)."""
         limits = self.thresholds(hash_set, LOCAL_FEATURES.name)
-        floors = local_geometry.DEFAULT_THRESHOLDS
+        floors = local_thresholds.DEFAULT_THRESHOLDS
         if (
             inliers >= limits.block_inliers
             and coverage >= limits.block_coverage
