@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hashsvc.index.local_features import default_vocabulary
 from hashsvc.matching.local_geometry import verify
 from hashsvc.matching.ransac import inverted, similarity_ransac
 from hashsvc.media.local_features import LocalFeatures, decode, extract
+from hashsvc_testing.descriptors import pictures as descriptor_pictures
 from hashsvc_testing.image_media import encode as encode_image
 from hashsvc_testing.local_media import perspective, rotate
 from hashsvc_testing.vectors import vector
@@ -125,3 +127,18 @@ def test_the_cli_reads_default_thresholds_without_the_matching_code():
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []
+
+
+def test_compiled_word_assignment_gives_the_words_numpy_gave():
+    """Known pictures were filed with the numpy assignment: a query's words must be the same."""
+    vocabulary = default_vocabulary()
+    rng = np.random.default_rng(0)
+    near_words = descriptor_pictures(vocabulary, rng, 10, 300).reshape(-1, 32)
+    anywhere = rng.integers(0, 256, (5000, 32), dtype=np.uint8)
+    descriptors = np.concatenate([near_words, anywhere])
+    fine = vocabulary.fine.view(np.uint64)
+    _, coarse = vocabulary._coarse_index.search(descriptors, 1)
+    coarse = coarse[:, 0]
+    distances = np.bitwise_count(fine[coarse] ^ descriptors.view(np.uint64)[:, None, :])
+    expected = coarse * fine.shape[1] + distances.sum(axis=2).argmin(axis=1)
+    assert np.array_equal(vocabulary.assign(descriptors), expected)

@@ -40,6 +40,7 @@ import faiss
 import numpy as np
 
 from hashsvc.index.binary import signal_id
+from hashsvc.index.word_assign import nearest_fine
 
 VOCABULARY_PATH = Path(__file__).with_name("local_features_vocabulary.npz")
 VOCABULARY_FORMAT = 1
@@ -114,6 +115,10 @@ class Vocabulary:
             chunk = np.ascontiguousarray(descriptors[start : start + ASSIGN_CHUNK])
             _, coarse = self._coarse_index.search(chunk, 1)
             coarse = coarse[:, 0]
+            if lanes is np.uint64:  # compiled (word_assign.py): ~100x less CPU than numpy's
+                nearest = nearest_fine(chunk.view(np.uint64), coarse, fine)
+                words[start : start + len(chunk)] = coarse * n_fine + nearest
+                continue
             distances = np.bitwise_count(fine[coarse] ^ chunk.view(lanes)[:, None, :]).sum(
                 axis=2, dtype=np.uint16
             )
