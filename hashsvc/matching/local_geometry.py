@@ -190,13 +190,17 @@ def _agreement(
     return len(np.intersect1d(held, comparable)) / max(1, len(comparable))
 
 
-def verify(query: LocalFeatures, known: LocalFeatures) -> Verification | None:
+def verify(
+    query: LocalFeatures, known: LocalFeatures, min_matches: int = MIN_CONSISTENT_INLIERS
+) -> Verification | None:
     """The transform that maps `known` into `query`, with its evidence; None
-    when the descriptors agree on no plausible, consistent transform."""
+    when the descriptors agree on no plausible, consistent transform, or on
+    fewer than `min_matches` mutual matches (a caller that needs N inliers
+    skips RANSAC where fewer than N descriptors could be inliers)."""
     if query.algorithm != known.algorithm or query.descriptor_bytes != known.descriptor_bytes:
         return None
     q_idx, k_idx = _matches(query.descriptors, known.descriptors)
-    if len(q_idx) < MIN_CONSISTENT_INLIERS:
+    if len(q_idx) < max(MIN_CONSISTENT_INLIERS, min_matches):
         return None
     src = known.points[k_idx].astype(np.float32)
     dst = query.points[q_idx].astype(np.float32)

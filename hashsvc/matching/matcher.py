@@ -253,6 +253,8 @@ class Matcher:
         descriptors = rng.integers(0, 256, (16, 32), dtype=np.uint8)
         features = local_features.LocalFeatures(100, 100, points, descriptors)
         local_geometry.verify(features, features)
+        # and the word assignment (hashsvc/index/word_assign.py)
+        self.live.features.search([descriptors], 1)
 
     def match(self, query: list[Signal], only_sets: set[int] | None = None) -> MatchResult:
         sets = {
@@ -379,6 +381,9 @@ class Matcher:
             key=lambda r: -r[0],
         )
         found: dict[int, list[_LocalHit]] = defaultdict(list)
+        # a candidate voted for below min_votes is not worth a store read and a verification
+        # (bench: no true copy that verifies scores that low; see LocalFeatureMatching)
+        ranked = [r for r in ranked if r[0] >= self.local.min_votes]
         for votes, sid, sig, features in ranked[: self.local.max_verified]:
             entry_id, variant_no = split_signal_id(sid)
             found[entry_id].append(_LocalHit(sig, features, variant_no, votes))
@@ -389,6 +394,7 @@ class Matcher:
     ) -> list[Match]:
         """The entry's best verified local-feature match, if any decides."""
         best: Match | None = None
+        min_matches = self.policy.thresholds(hash_set, LOCAL_FEATURES.name).review_inliers
         for hit in hits or ():
             if hit.variant_no >= len(entry.signals):
                 continue
@@ -400,7 +406,9 @@ class Matcher:
             except InvalidArgument as exc:  # checked when stored; never silently
                 log.error("entry %d holds an unreadable local_features value: %s", entry.id, exc)
                 continue
-            verified = local_geometry.verify(hit.features, known_features)
+            # fewer mutual descriptor matches than the set's review inliers cannot decide
+            # (inliers are a subset of them): verify() stops before RANSAC
+            verified = local_geometry.verify(hit.features, known_features, min_matches)
             if verified is None:
                 continue
             candidate = self._match(

@@ -38,6 +38,10 @@ class LocalFeatureMatching:
     # Candidates geometrically verified per query at most (RANSAC each), the
     # best-voted first: bounds the work an upload can cause.
     max_verified: int = 16
+    # Candidates the index scores below this are not verified (nor read from the store): the
+    # score is the idf-weighted cosine of the two pictures' visual words (FeatureIndex.search).
+    # bench (tmp scores, see the lf-cost report): MEASURED_BELOW
+    min_votes: float = 0.0
     # Keypoints a blob may hold, stored (AddEntry by hash, bulk rows) or
     # queried; extraction keeps at most a few hundred.
     max_keypoints: int = 1000
