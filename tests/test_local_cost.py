@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from hashsvc.index.local_features import default_vocabulary
-from hashsvc.matching.local_geometry import verify
+from hashsvc.matching.local_geometry import _matches, verify
+from hashsvc.matching.policy import LocalFeatureMatching
 from hashsvc.matching.ransac import inverted, similarity_ransac
 from hashsvc.media.local_features import LocalFeatures, decode, extract
 from hashsvc_testing.descriptors import pictures as descriptor_pictures
@@ -142,3 +143,31 @@ def test_compiled_word_assignment_gives_the_words_numpy_gave():
     distances = np.bitwise_count(fine[coarse] ^ descriptors.view(np.uint64)[:, None, :])
     expected = coarse * fine.shape[1] + distances.sum(axis=2).argmin(axis=1)
     assert np.array_equal(vocabulary.assign(descriptors), expected)
+
+
+def test_verify_stops_before_ransac_below_the_mutual_matches_asked():
+    """Inliers are a subset of the mutual matches: asking for more matches than a pair has can
+    only turn a verification that could not decide into None."""
+    img = bridge()
+    query, known = features(jpeg(rotate(img, np.random.default_rng(4), 10))), features(img)
+    found = verify(query, known)
+    assert found is not None
+    assert verify(query, known, min_matches=found.inliers) == found
+    mutual = len(_matches(query.descriptors, known.descriptors)[0])
+    assert verify(query, known, min_matches=mutual) == found
+    assert verify(query, known, min_matches=mutual + 1) is None
+
+
+@pytest.mark.parametrize("min_votes, found", [(0.1, True), (0.0, True), (1000.0, False)])
+def test_candidates_scored_below_min_votes_are_not_verified(make_core, tmp_path, min_votes, found):
+    from hashsvc.core.core import MatchQuery
+
+    core = make_core(
+        f"sqlite:///{tmp_path}/h.db", local_features=LocalFeatureMatching(min_votes=min_votes)
+    )
+    core.curation.create_set("s")
+    core.curation.add_entry("s", "poster", {}, "op", media=encode_image(bridge(), "JPEG"))
+    upload = encode_image(rotate(bridge(), np.random.default_rng(0), 10), "JPEG")
+    outcome = core.match(MatchQuery(media=upload), caller="t")
+    local = [m for m in outcome.matches if m.signal_type == "local_features"]
+    assert bool(local) == found

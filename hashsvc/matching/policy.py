@@ -38,10 +38,13 @@ class LocalFeatureMatching:
     # Candidates geometrically verified per query at most (RANSAC each), the
     # best-voted first: bounds the work an upload can cause.
     max_verified: int = 16
-    # Candidates the index scores below this are not verified (nor read from the store): the
-    # score is the idf-weighted cosine of the two pictures' visual words (FeatureIndex.search).
-    # bench (tmp scores, see the lf-cost report): MEASURED_BELOW
-    min_votes: float = 0.0
+    # Candidates the index scores below this are not verified (nor read from the store; 0
+    # verifies all). Measured on the bench corpus (800 real pictures among 100k synthetic ones;
+    # crops, tilts, perspective, collages, grids): of the 137 true copies in the top 8 that
+    # verify, the lowest scored 0.124 (p5 0.18); wrong candidates scored p50 0.19, up to 0.89
+    # (shared clip art), synthetic ones <= 0.11. So the score only drops the hopeless: 14% of
+    # wrong candidates at 0.1, none lost. Scores grow slowly with the index (idf ~ log n).
+    min_votes: float = 0.1
     # Keypoints a blob may hold, stored (AddEntry by hash, bulk rows) or
     # queried; extraction keeps at most a few hundred.
     max_keypoints: int = 1000
