@@ -8,8 +8,8 @@ picture with many keypoints does not win by size alone. The best-scored pictures
 only: the matcher verifies each geometrically (hashsvc/matching/local_geometry.py).
 
 Words: two levels of k-majority centroids (COARSE x FINE, e.g. 1024 x 64 = 65,536), so a
-descriptor's word costs COARSE + FINE Hamming comparisons (FAISS for the coarse level, numpy for
-the fine one). Only the `words_per_picture` strongest descriptors of a known picture are filed:
+descriptor's word costs COARSE + FINE Hamming comparisons (compiled: index/word_assign.py).
+Only the `words_per_picture` strongest descriptors of a known picture are filed:
 the weak ones add memory and noise more than votes.
 
 Storage: postings word -> picture slot (uint32) in a few immutable CSR segments and a small
@@ -40,7 +40,7 @@ import faiss
 import numpy as np
 
 from hashsvc.index.binary import signal_id
-from hashsvc.index.word_assign import nearest_fine
+from hashsvc.index.word_assign import nearest_coarse, nearest_fine
 
 VOCABULARY_PATH = Path(__file__).with_name("local_features_vocabulary.npz")
 VOCABULARY_FORMAT = 1
@@ -113,12 +113,16 @@ class Vocabulary:
         fine = self.fine.view(lanes)
         for start in range(0, len(descriptors), ASSIGN_CHUNK):
             chunk = np.ascontiguousarray(descriptors[start : start + ASSIGN_CHUNK])
-            _, coarse = self._coarse_index.search(chunk, 1)
-            coarse = coarse[:, 0]
-            if lanes is np.uint64:  # compiled (word_assign.py): ~100x less CPU than numpy's
-                nearest = nearest_fine(chunk.view(np.uint64), coarse, fine)
+            if lanes is np.uint64:
+                # compiled (word_assign.py): one thread, no OpenMP (FAISS's pool spun on a
+                # loaded machine: ~360 ms a search in a gRPC thread), the same words
+                lanes_of_chunk = chunk.view(np.uint64)
+                coarse = nearest_coarse(lanes_of_chunk, self.coarse.view(np.uint64))
+                nearest = nearest_fine(lanes_of_chunk, coarse, fine)
                 words[start : start + len(chunk)] = coarse * n_fine + nearest
                 continue
+            _, coarse = self._coarse_index.search(chunk, 1)
+            coarse = coarse[:, 0]
             distances = np.bitwise_count(fine[coarse] ^ chunk.view(lanes)[:, None, :]).sum(
                 axis=2, dtype=np.uint16
             )

@@ -1,10 +1,17 @@
-"""The fine level of the visual-word assignment (hashsvc/index/local_features.py), compiled.
+"""The visual-word assignment (hashsvc/index/local_features.py), both levels compiled.
 
-numpy compared each descriptor with its coarse word's 64 fine centroids through a gathered
-(n, 64, words) array, an xor, a popcount and a sum with a dtype change: ~18 ms of CPU for a
-picture's 500 descriptors, more than the ORB extraction itself. The same loop here is one pass
-without temporaries (~0.2 ms), and runs without the GIL. Ties go to the first centroid, as
-numpy's argmin, so a word is the same whichever way it was assigned.
+Fine level: numpy compared each descriptor with its coarse word's 64 fine centroids through a
+gathered (n, 64, words) array, an xor, a popcount and a sum with a dtype change (1.5 ms of CPU
+for a picture's 500 descriptors); one pass without temporaries here takes ~0.1 ms.
+
+Coarse level: FAISS's flat binary search ran on OpenMP threads. faiss.omp_set_num_threads(1)
+holds only for the thread that calls it (the server's main thread), so every gRPC thread used a
+pool of its own, and on a loaded machine its spinning threads made one search ~360 ms of wall
+time (cProfile of core.match). Brute force over the 1024 centroids here: ~0.7 ms of CPU, one
+thread, without the GIL.
+
+Ties go to the first centroid at both levels, as numpy's argmin and FAISS did, so a word is the
+same whichever way it was assigned (tests/test_local_cost.py).
 """
 
 from __future__ import annotations
@@ -42,4 +49,22 @@ def nearest_fine(descriptors: np.ndarray, coarse: np.ndarray, fine: np.ndarray) 
             if d < best:
                 best, best_f = d, f
         out[i] = best_f
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def nearest_coarse(descriptors: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+    """Per descriptor (n, words) uint64: the index of the nearest of the (C, words) uint64
+    coarse centroids, the first on a tie (as FAISS's flat binary search gave)."""
+    n, n_coarse, words = descriptors.shape[0], coarse.shape[0], descriptors.shape[1]
+    out = np.empty(n, np.int64)
+    for i in range(n):
+        best, best_c = np.int64(1 << 30), np.int64(0)
+        for c in range(n_coarse):
+            d = np.int64(0)
+            for w in range(words):
+                d += np.int64(_popcount(descriptors[i, w] ^ coarse[c, w]))
+            if d < best:
+                best, best_c = d, c
+        out[i] = best_c
     return out
