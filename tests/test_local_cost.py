@@ -171,3 +171,21 @@ def test_candidates_scored_below_min_votes_are_not_verified(make_core, tmp_path,
     outcome = core.match(MatchQuery(media=upload), caller="t")
     local = [m for m in outcome.matches if m.signal_type == "local_features"]
     assert bool(local) == found
+
+
+def test_grpc_threads_run_faiss_on_one_openmp_thread(harness, matcher, monkeypatch):
+    """faiss.omp_set_num_threads(1) holds only for the thread that calls it; a gRPC thread that
+    left it unset searched on a spinning OpenMP pool of its own."""
+    import faiss
+
+    seen = []
+    match = harness.core.match
+
+    def recording(*args, **kwargs):
+        seen.append(faiss.omp_get_max_threads())
+        return match(*args, **kwargs)
+
+    monkeypatch.setattr(harness.core, "match", recording)
+    stub, md = matcher
+    stub.matcher.Match(match_request(encode_image(bridge(), "JPEG")), metadata=md)
+    assert seen == [1]
