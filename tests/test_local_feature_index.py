@@ -280,3 +280,15 @@ def test_corrupt_snapshot_is_refused_clearly(known, tmp_path, damage):
     assert data[: len(SNAPSHOT_MAGIC)] == SNAPSHOT_MAGIC or damage in ("empty", "magic")
     with pytest.raises(ValueError, match="snapshot"):
         FeatureIndex.load(path, vocabulary)
+
+
+def test_a_query_reads_its_rarest_words_within_its_posting_budget(known, vocabulary):
+    # A query's ~300 words hold ~700 postings here; a budget of 100 leaves most of them
+    # unread, but the rarest ones, read first, still point at the picture.
+    index = FeatureIndex(max_postings_per_query=100)
+    index.add([sid(n) for n in range(N_KNOWN)], list(known))
+    rng = np.random.default_rng(21)
+    for n in (4, 44, 144):
+        assert top_ids(index, synth.altered_copy(known[n], vocabulary, rng))[0] == sid(n)
+    with pytest.raises(ValueError, match="max_postings_per_query"):
+        FeatureIndex(max_postings_per_query=0)

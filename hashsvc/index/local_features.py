@@ -51,6 +51,11 @@ DEFAULT_WORDS_PER_PICTURE = 200
 # A word held by more than this share of the known pictures (a blank corner, a straight edge)
 # says little and costs a long posting list: a query skips it.
 DEFAULT_MAX_WORD_SHARE = 0.05
+# Postings a query reads at most: its words with the shortest lists (the rarest, most telling
+# ones) are read first, and the commonest are left out once this many postings are gathered.
+# Bounds a query's cost whatever the index's size: at 1M pictures a query's ~450 words hold
+# ~2.5M postings, most of them in common words that weigh little.
+DEFAULT_MAX_POSTINGS_PER_QUERY = 1_000_000
 # Postings appended before the tail becomes a segment: small, because a search scans the tail
 # whole.
 TAIL_POSTINGS = 1 << 16
@@ -272,6 +277,7 @@ class FeatureIndex:
         vocabulary: Vocabulary | None = None,
         words_per_picture: int = DEFAULT_WORDS_PER_PICTURE,
         max_word_share: float = DEFAULT_MAX_WORD_SHARE,
+        max_postings_per_query: int = DEFAULT_MAX_POSTINGS_PER_QUERY,
     ) -> None:
         if words_per_picture < 1:
             raise ValueError("words_per_picture must be at least 1")
@@ -280,6 +286,9 @@ class FeatureIndex:
         self.vocabulary = vocabulary or default_vocabulary()
         self.words_per_picture = words_per_picture
         self.max_word_share = max_word_share
+        if max_postings_per_query < 1:
+            raise ValueError("max_postings_per_query must be at least 1")
+        self.max_postings_per_query = max_postings_per_query
         self._writer = threading.Lock()
         self._slot_of: dict[int, int] = {}
         self._view = _View(
@@ -549,6 +558,13 @@ class FeatureIndex:
         words, freq = words[useful], freq[useful]
         if not len(words):
             return []
+        if int(freq.sum()) > self.max_postings_per_query:
+            rarest_first = np.argsort(freq, kind="stable")
+            within = np.cumsum(freq[rarest_first]) <= self.max_postings_per_query
+            chosen = np.sort(rarest_first[within])
+            words, freq = words[chosen], freq[chosen]
+            if not len(words):
+                return []
         idf = np.log((n_alive + 1) / freq).astype(np.float32)
         gathered = [segment.gather(words, idf) for segment in view.segments]
         if view.tail_len:
@@ -604,9 +620,15 @@ class FeatureIndex:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, vocabulary: Vocabulary | None = None) -> FeatureIndex:
+    def load(
+        cls,
+        path: str | os.PathLike,
+        vocabulary: Vocabulary | None = None,
+        max_postings_per_query: int = DEFAULT_MAX_POSTINGS_PER_QUERY,
+    ) -> FeatureIndex:
         """Read a snapshot written by save(); ValueError if it is not one, is damaged, or was
-        made with another vocabulary."""
+        made with another vocabulary. What was filed (words per picture, word share) comes from
+        the snapshot; how queries read it is given here."""
         vocabulary = vocabulary or default_vocabulary()
         try:
             with open(path, "rb") as src:
@@ -620,7 +642,9 @@ class FeatureIndex:
         header, signal_ids, norms, starts, slots = arrays
         try:
             fingerprint, words_per_picture, max_word_share = bytes(header).decode().split(" ")
-            index = cls(vocabulary, int(words_per_picture), float(max_word_share))
+            index = cls(
+                vocabulary, int(words_per_picture), float(max_word_share), max_postings_per_query
+            )
         except (UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"snapshot {path} has a damaged header") from exc
         if fingerprint != vocabulary.fingerprint:
