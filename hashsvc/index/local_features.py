@@ -486,10 +486,11 @@ class FeatureIndex:
     def _compacted(self, view: _View) -> _View:
         n = view.n_slots
         keep = view.alive[:n]
-        renumber = (np.cumsum(keep, dtype=np.int64) - 1).astype(np.uint32)  # kept slots only
         live_slots = np.flatnonzero(keep)
         segment = self._single_segment(view)
-        segment = segment.filtered(keep, renumber)
+        if len(live_slots) < n:  # else every slot keeps its number
+            renumber = (np.cumsum(keep, dtype=np.int64) - 1).astype(np.uint32)  # kept slots only
+            segment = segment.filtered(keep, renumber)
         capacity = max(1024, len(live_slots))
         signal_ids = np.zeros(capacity, np.int64)
         signal_ids[: len(live_slots)] = view.signal_ids[live_slots]
@@ -512,6 +513,8 @@ class FeatureIndex:
         )
 
     def _single_segment(self, view: _View) -> _Segment:
+        if len(view.segments) == 1 and not view.tail_len:
+            return view.segments[0]
         n_words = self.vocabulary.n_words
         segment = _Segment.from_pairs(
             view.tail_words[: view.tail_len].astype(np.int64),
