@@ -26,7 +26,8 @@ import numpy as np
 from photos import load_photos
 
 from hashsvc.index.binary import signal_id
-from hashsvc.index.local_features import FeatureIndex, default_vocabulary
+from hashsvc.index.local_features import FeatureIndex
+from hashsvc.index.vocabulary import default_vocabulary
 from hashsvc.media.local_features import extract
 from hashsvc_testing import descriptors as synth
 from hashsvc_testing import local_media
@@ -53,7 +54,8 @@ FILLER_BASE = 1 << 24  # filler entry ids start here; probes are entries 0..PROB
 
 LOAD_PROBE = """
 import os, sys, time
-from hashsvc.index.local_features import FeatureIndex, default_vocabulary
+from hashsvc.index.local_features import FeatureIndex
+from hashsvc.index.vocabulary import default_vocabulary
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

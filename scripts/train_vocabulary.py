@@ -30,7 +30,7 @@ import faiss
 import numpy as np
 from PIL import Image
 
-from hashsvc.index.local_features import Vocabulary
+from hashsvc.index.vocabulary import Vocabulary
 from hashsvc.media.local_features import DEFAULT_LIMITS, extract
 
 COARSE_WORDS = 1024
