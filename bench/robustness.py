@@ -113,8 +113,12 @@ class KnownViews:
 
 def evidence(match) -> dict:
     """What the public match JSON says about one match (inliers, coverage... when present)."""
-    public = match.public_json()
-    keep = {k: v for k, v in public.items() if k not in ("labels", "set")}
+    keep = {}
+    for key, value in match.public_json().items():
+        if isinstance(value, dict) and key != "labels":
+            keep.update(value)  # a signal's own evidence, e.g. "local_features": {inliers, ...}
+        elif key not in ("labels", "set", "segments"):
+            keep[key] = value
     return keep
 
 
