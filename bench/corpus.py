@@ -98,10 +98,6 @@ class CorpusPicture:
     pdq: str  # hex, of the stored picture
     quality: int
 
-    def min_side(self) -> int:
-        with Image.open(CACHE / self.file) as img:
-            return min(img.size)
-
     def open(self) -> Image.Image:
         with Image.open(CACHE / self.file) as img:
             return img.convert("RGB")

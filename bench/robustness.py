@@ -46,6 +46,7 @@ from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW
 from hashsvc.media.image import pdq_hash
 
 SET = "bench"
+MIN_TRANSFORMED = 256  # px, the shorter side of a known corpus photo whose edits are queried
 CALLER = "bench"
 
 
@@ -142,11 +143,7 @@ def main() -> None:
 
     corpus = load_corpus(short=args.short)
     held = args.known_corpus if args.known_corpus is not None else (8 if args.short else 200)
-    # known pictures are photos large enough for a 30% crop or a 3x3 tile to mean
-    # something (the small ones stay in the unrelated pool, where they are hard)
-    corpus_photos = [
-        p for p in corpus if p.category == "photo" and p.source != "pypi" and p.min_side() >= 256
-    ]
+    corpus_photos = [p for p in corpus if p.category == "photo" and p.source != "pypi"]
     step = max(1, len(corpus_photos) // max(1, held))
     known_corpus = corpus_photos[::step][:held]
     known_files = {p.file for p in known_corpus}
@@ -163,6 +160,12 @@ def main() -> None:
         else:
             unrelated.append(p)
     known = [(name, img) for name, img in photos] + [(p.name, p.open()) for p in known_corpus]
+    # Every known picture is an entry (small ones too: a 74 px roundel on white is
+    # a hard case for precision), but only those large enough for a 30% crop or a
+    # 3x3 tile to mean something are transformed for recall.
+    transformed = known[: len(photos)] + [
+        (name, img) for name, img in known[len(photos) :] if min(img.size) >= MIN_TRANSFORMED
+    ]
     # collage and feed tiles: unrelated pictures with something to see
     fillers = [p.open() for p in unrelated if p.category in ("photo", "artwork", "video frame")][
         :60
@@ -195,13 +198,15 @@ def main() -> None:
             print(
                 f"known: {len(known)} pictures ({len(photos)} bench photos, {len(known_corpus)}"
                 f" corpus photos); unrelated: {len(unrelated)} corpus pictures"
-                f" ({len(same_as_known)} left out: the same as a bench photo);"
+                f" ({len(same_as_known)} left out: the same as a bench photo); transformed: the"
+                f" bench photos and corpus photos of >= {MIN_TRANSFORMED} px, {len(transformed)};"
                 f" {len(transforms)} transforms; PDQ block <= {pdq.block_distance},"
                 f" review <= {pdq.review_distance}, quality floor {pdq.quality_floor};"
                 f" AddEntry median {statistics.median(add_ms):.0f} ms",
                 flush=True,
             )
             summary["known"] = len(known)
+            summary["transformed"] = len(transformed)
             summary["unrelated"] = len(unrelated)
             summary["thresholds"] = {
                 "pdq": {
@@ -245,7 +250,7 @@ def main() -> None:
             for tname, transform in transforms.items():
                 hits = Counter()
                 by_signal: Counter[str] = Counter()
-                for name, img in known:
+                for name, img in transformed:
                     data = transform(img, rng)
                     started = time.perf_counter()
                     outcome = core.match(MatchQuery(media=data), CALLER)
@@ -262,7 +267,7 @@ def main() -> None:
                     else:
                         best = min(own, key=lambda m: (m.decision != BLOCK, m.distance))
                         by_signal[f"{best.signal_type}:{best.decision}"] += 1
-                n = len(known)
+                n = len(transformed)
                 rows.append(
                     {
                         "transform": tname,
