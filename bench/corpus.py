@@ -221,11 +221,19 @@ def _debian_package(name: str) -> Path:
     debs.mkdir(parents=True, exist_ok=True)
     found = sorted(debs.glob(f"{name}_*.deb"))
     if not found:
-        subprocess.run(["apt-get", "download", "-qq", name], cwd=debs, check=False)
+        subprocess.run(
+            ["apt-get", "download", "-qq", "-o", "APT::Sandbox::User=root", name],
+            cwd=debs,
+            check=False,
+        )
         found = sorted(debs.glob(f"{name}_*.deb"))
         if not found:  # the package lists may never have been fetched on this machine
             subprocess.run(["apt-get", "update", "-qq"], check=True)
-            subprocess.run(["apt-get", "download", "-qq", name], cwd=debs, check=True)
+            subprocess.run(
+                ["apt-get", "download", "-qq", "-o", "APT::Sandbox::User=root", name],
+                cwd=debs,
+                check=True,
+            )
             found = sorted(debs.glob(f"{name}_*.deb"))
     root.mkdir(parents=True, exist_ok=True)
     subprocess.run(["dpkg-deb", "-x", str(found[-1]), str(root)], check=True)
