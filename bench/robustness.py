@@ -4,6 +4,8 @@ real pictures, as the service decides them.
     .venv/bin/python bench/robustness.py                  # full corpus (built on first use)
     .venv/bin/python bench/robustness.py --short          # ~300 pictures, CI
     .venv/bin/python bench/robustness.py --json out.json  # and a machine-readable summary
+    .venv/bin/python bench/robustness.py --hard           # + striped and faded known pictures
+    .venv/bin/python bench/robustness.py --review 52 --low-quality-review 40   # other thresholds
 
 Everything goes through the service's own core (hashsvc.core.Core over a
 temporary SQLite store, default config, hashing in process): the known pictures
@@ -26,6 +28,7 @@ Collage and feed tiles are unrelated corpus pictures, never known ones.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -42,16 +45,18 @@ from transforms import jpeg, robustness_transforms
 from hashsvc.base.decisions import strictest
 from hashsvc.core.config import Config
 from hashsvc.core.core import Core, MatchQuery
-from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW
+from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW, PdqPolicy
 from hashsvc.media.image import pdq_hash
+from hashsvc_testing.image_media import faded, noise_image, striped_image
 
 SET = "bench"
 MIN_TRANSFORMED = 256  # px, the shorter side of a known corpus photo whose edits are queried
 CALLER = "bench"
 
 
-def open_core(folder: str) -> Core:
-    core = Core.open(Config(db_url=f"sqlite:///{folder}/bench.db"), hash_in_process=True)
+def open_core(folder: str, pdq: PdqPolicy) -> Core:
+    config = Config(db_url=f"sqlite:///{folder}/bench.db", pdq=pdq)
+    core = Core.open(config, hash_in_process=True)
     core.start()
     core.curation.create_set(SET)
     return core
@@ -139,7 +144,22 @@ def main() -> None:
     parser.add_argument("--transforms", help="comma-separated names (default: all)")
     parser.add_argument("--unrelated", type=int, help="at most this many unrelated queries")
     parser.add_argument("--json", help="write a machine-readable summary here")
+    parser.add_argument("--block", type=int, help="PDQ block distance to try")
+    parser.add_argument("--review", type=int, help="PDQ review distance to try")
+    parser.add_argument("--low-quality-review", type=int, help="PDQ low-quality review distance")
+    parser.add_argument(
+        "--hard", action="store_true", help="+ 30 striped and 10 faded pictures as known entries"
+    )
     args = parser.parse_args()
+    # other default thresholds, to choose them from measurements
+    pdq_policy = Config().pdq
+    for field, value in (
+        ("block_distance", args.block),
+        ("review_distance", args.review),
+        ("low_quality_review_distance", args.low_quality_review),
+    ):
+        if value is not None:
+            pdq_policy = dataclasses.replace(pdq_policy, **{field: value})
 
     corpus = load_corpus(short=args.short)
     held = args.known_corpus if args.known_corpus is not None else (8 if args.short else 200)
@@ -160,12 +180,22 @@ def main() -> None:
         else:
             unrelated.append(p)
     known = [(name, img) for name, img in photos] + [(p.name, p.open()) for p in known_corpus]
+    hard = []
+    if args.hard:
+        # striped pictures and faded textures, many under the PDQ quality floor, as
+        # known entries: unrelated pictures must not reach them, their copies should
+        hard = [(f"stripes{s}", striped_image(s)) for s in range(30)]
+        hard += [(f"faded{n}", faded(noise_image(n))) for n in range(10)]
     # Every known picture is an entry (small ones too: a 74 px roundel on white is
     # a hard case for precision), but only those large enough for a 30% crop or a
     # 3x3 tile to mean something are transformed for recall.
     transformed = known[: len(photos)] + [
         (name, img) for name, img in known[len(photos) :] if min(img.size) >= MIN_TRANSFORMED
     ]
+    # the hard ones are transformed too, but their recall is a row of its own
+    hard_names = {name for name, _ in hard}
+    known += hard
+    transformed += hard
     # collage and feed tiles: unrelated pictures with something to see
     fillers = [p.open() for p in unrelated if p.category in ("photo", "artwork", "video frame")][
         :60
@@ -183,7 +213,7 @@ def main() -> None:
     # history record, and the bench times the service, not the disk's fsync
     shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
     with tempfile.TemporaryDirectory(prefix="hashsvc-bench-", dir=shm) as folder:
-        core = open_core(folder)
+        core = open_core(folder, pdq_policy)
         try:
             views = KnownViews()
             add_ms = []
@@ -247,6 +277,7 @@ def main() -> None:
                 if above is not None and (best is None or above < best["distance_above_floor"]):
                     closest[("pdq", "floor")] = {"query": query, **near}
 
+            hard_hits: Counter[str] = Counter()
             for tname, transform in transforms.items():
                 hits = Counter()
                 by_signal: Counter[str] = Counter()
@@ -261,13 +292,16 @@ def main() -> None:
                             note_false(f"{tname}({name})", "transform", m)
                     note_pdq(f"{tname}({name})", outcome.query_signals, skip=name)
                     decision = strictest([m.decision for m in own]) if own else ALLOW
+                    if name in hard_names:
+                        hard_hits[decision] += 1
+                        continue
                     hits[decision] += 1
                     if decision == ALLOW:
                         misses[tname].append(name)
                     else:
                         best = min(own, key=lambda m: (m.decision != BLOCK, m.distance))
                         by_signal[f"{best.signal_type}:{best.decision}"] += 1
-                n = len(transformed)
+                n = len(transformed) - len(hard)
                 rows.append(
                     {
                         "transform": tname,
@@ -314,6 +348,14 @@ def main() -> None:
             f"{'ALL (mean)':<24}{statistics.mean(r['recall_block'] for r in rows):>8.3f}"
             f"{statistics.mean(r['recall_review'] for r in rows):>8.3f}"
         )
+    if hard:
+        n = sum(hard_hits.values())
+        print(
+            f"hard pictures' own copies ({n}, every transform): recall@block"
+            f" {hard_hits[BLOCK] / n:.3f},"
+            f" recall@review {(hard_hits[BLOCK] + hard_hits[REVIEW]) / n:.3f}"
+        )
+        summary["hard_recall"] = {k: v / n for k, v in hard_hits.items()}
     print(f"\n{'unrelated category':<20}{'pictures':>9}{'review':>8}{'block':>7}")
     for category in CATEGORIES:
         c = per_category.get(category, Counter())

@@ -34,10 +34,20 @@ from hashsvc.base.signals import Signal
 SIGNAL_BATCH = 5_000
 
 
+# Evidence thresholds (local features) are written only when set, so the
+# rows of other signal types stay as they were; rows written before they
+# existed load with their defaults.
+_EVIDENCE_FIELDS = ("block_inliers", "review_inliers", "block_coverage", "review_coverage")
+
+
 def _thresholds_json(thresholds: dict[str, Thresholds]) -> str:
     return json.dumps(
         {
-            k: {"block_distance": t.block_distance, "review_distance": t.review_distance}
+            k: {
+                "block_distance": t.block_distance,
+                "review_distance": t.review_distance,
+                **{f: getattr(t, f) for f in _EVIDENCE_FIELDS if getattr(t, f)},
+            }
             for k, t in thresholds.items()
         },
         sort_keys=True,
@@ -46,7 +56,11 @@ def _thresholds_json(thresholds: dict[str, Thresholds]) -> str:
 
 def _thresholds(text: str) -> dict[str, Thresholds]:
     return {
-        k: Thresholds(v["block_distance"], v["review_distance"])
+        k: Thresholds(
+            v["block_distance"],
+            v["review_distance"],
+            **{f: v[f] for f in _EVIDENCE_FIELDS if f in v},
+        )
         for k, v in json.loads(text).items()
     }
 

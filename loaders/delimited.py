@@ -101,7 +101,7 @@ def _plain_block(block: list[list[str]], at_type: int, at_value: int, line: int)
         digits = [row[at_value] for row in block]
     except (IndexError, RowError):
         return None  # a short or blank row, an unknown type
-    if sig_type.sequence or {len(d) for d in digits} != {sig_type.nbytes * 2}:
+    if sig_type.sequence or sig_type.opaque or {len(d) for d in digits} != {sig_type.nbytes * 2}:
         return None
     try:
         # Every row has exactly 2n characters, so all of them are hex digits

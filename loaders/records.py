@@ -103,7 +103,14 @@ def signal_value(kind: str, text: str) -> bytes:
         raise RowError(f"{kind} value is not hexadecimal")
     digits = found.group(1)
     want = sig_type.nbytes * 2
-    if sig_type.sequence:
+    if sig_type.opaque:
+        # a blob's structure is checked by the server (hashsvc/core)
+        if not digits or len(digits) % 2 or len(digits) > sig_type.max_bytes * 2:
+            raise RowError(
+                f"{kind} value must be a non-empty, even number of hex digits, at most"
+                f" {sig_type.max_bytes * 2}; got {len(digits)}"
+            )
+    elif sig_type.sequence:
         if not digits or len(digits) % want:
             raise RowError(
                 f"{kind} value must be a non-empty multiple of {want} hex digits, got {len(digits)}"

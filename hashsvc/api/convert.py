@@ -108,6 +108,18 @@ def matched_entry(m: Match) -> pb.MatchedEntry:
         unit=m.unit,
         query_share=m.query_share,
         known_share=m.known_share,
+        local_features=(
+            None
+            if m.local_features is None
+            else pb.LocalFeatureEvidence(
+                inliers=m.local_features.inliers,
+                coverage=m.local_features.coverage,
+                query_coverage=m.local_features.query_coverage,
+                scale=m.local_features.scale,
+                angle=m.local_features.angle,
+                agreement=m.local_features.agreement,
+            )
+        ),
     )
 
 
@@ -124,7 +136,29 @@ def match_response(outcome: MatchOutcome) -> pb.MatchResponse:
 
 
 def thresholds_from_pb(items) -> dict[str, Thresholds]:
-    return {t.signal_type: Thresholds(t.block_distance, t.review_distance) for t in items}
+    return {
+        t.signal_type: Thresholds(
+            t.block_distance,
+            t.review_distance,
+            block_inliers=t.block_inliers,
+            review_inliers=t.review_inliers,
+            block_coverage=t.block_coverage,
+            review_coverage=t.review_coverage,
+        )
+        for t in items
+    }
+
+
+def threshold(signal_type: str, t: Thresholds) -> pb.Threshold:
+    return pb.Threshold(
+        signal_type=signal_type,
+        block_distance=t.block_distance,
+        review_distance=t.review_distance,
+        block_inliers=t.block_inliers,
+        review_inliers=t.review_inliers,
+        block_coverage=t.block_coverage,
+        review_coverage=t.review_coverage,
+    )
 
 
 def hash_set(record: HashSetRecord) -> pb.HashSet:
@@ -133,12 +167,7 @@ def hash_set(record: HashSetRecord) -> pb.HashSet:
         name=record.name,
         description=record.description,
         labels=record.labels,
-        thresholds=[
-            pb.Threshold(
-                signal_type=k, block_distance=t.block_distance, review_distance=t.review_distance
-            )
-            for k, t in sorted(record.thresholds.items())
-        ],
+        thresholds=[threshold(k, t) for k, t in sorted(record.thresholds.items())],
         enabled=record.enabled,
         entry_count=record.entry_count,
         created_at=timestamp(record.created_at),

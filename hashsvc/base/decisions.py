@@ -1,6 +1,7 @@
-"""Decisions and what a set decides with: the distances at which a match
-blocks or asks for review. Plain types every layer may use (the store keeps
-thresholds per set; the history keeps decisions by their value)."""
+"""Decisions and what a set decides with: the distances (or, for local
+features, the evidence) at which a match blocks or asks for review. Plain
+types every layer may use (the store keeps thresholds per set; the history
+keeps decisions by their value)."""
 
 from __future__ import annotations
 
@@ -38,5 +39,15 @@ def strictest(decisions: Iterable[str]) -> Decision:
 
 @dataclass(frozen=True)
 class Thresholds:
+    """Distances (Hamming bits; audio: bit error rate in percent) at or under
+    which a match blocks or asks for review. Local features are judged by
+    evidence instead (their distances are 0): a verified match blocks with at
+    least `block_inliers` geometric inliers covering at least `block_coverage`
+    of the known picture, and asks for review with the review pair."""
+
     block_distance: int
     review_distance: int
+    block_inliers: int = 0
+    review_inliers: int = 0
+    block_coverage: float = 0.0
+    review_coverage: float = 0.0

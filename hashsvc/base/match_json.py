@@ -22,9 +22,12 @@ def match_json(
     query_share: float = 0.0,
     known_share: float = 0.0,
     segments: Iterable = (),
+    local_features=None,
 ) -> dict:
     """`segments`: objects with query_start, query_end, known_start and
-    known_end (a core Segment or a protobuf one)."""
+    known_end (a core Segment or a protobuf one); `local_features`: an object
+    with inliers, coverage, query_coverage, scale, angle and agreement (the core's
+    LocalEvidence or the protobuf message), only on a local_features match."""
     out = {
         "set": set_name,
         "entry": entry,
@@ -50,4 +53,19 @@ def match_json(
                 for seg in segments
             ],
         )
+    if local_features is not None:
+        out["local_features"] = local_features_json(local_features)
     return out
+
+
+def local_features_json(evidence) -> dict:
+    """Why a local-feature match matched, as the public JSON and the history
+    show it."""
+    return {
+        "inliers": int(evidence.inliers),
+        "coverage": round(evidence.coverage, 4),
+        "query_coverage": round(evidence.query_coverage, 4),
+        "scale": round(evidence.scale, 4),
+        "angle": round(evidence.angle, 2),
+        "agreement": round(evidence.agreement, 4),
+    }

@@ -116,7 +116,7 @@ MEDIA_KINDS: dict[str, MediaKind] = {
             kept_signal_types=("chromaprint",),
             bulk_signal_types=("chromaprint",),
         ),
-        MediaKind(IMAGE, ("pdq",)),
+        MediaKind(IMAGE, ("pdq", "local_features")),
         MediaKind(HASH, ()),
     )
 }

@@ -23,6 +23,14 @@ class SignalType:
     # A sequence type's value is any number (>= 1) of `bits`-sized elements,
     # big-endian, e.g. a Chromaprint fingerprint: one 32-bit word per ~0.124 s.
     sequence: bool = False
+    # An opaque type's value is one versioned, variable-length blob of at most
+    # `max_bytes` (local features: keypoints and descriptors of a picture).
+    # It is neither a hash compared by Hamming distance nor a sequence of
+    # elements: only its own index and verifier read it (code that treats
+    # `sequence` as audio or `perceptual and not sequence` as a BinaryIndex
+    # must not pick it up).
+    opaque: bool = False
+    max_bytes: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -32,6 +40,8 @@ class SignalType:
     def max_distance(self) -> int:
         """Distances are Hamming bits; for a sequence type (audio), the bit
         error rate of an alignment in percent."""
+        if self.opaque:
+            return 0  # matched by evidence (inliers, coverage), not by a distance
         return 100 if self.sequence else self.bits
 
     def parse(self, text: str) -> bytes:
@@ -40,7 +50,15 @@ class SignalType:
         if text.startswith("0x"):
             text = text[2:]
         want = self.nbytes * 2
-        if self.sequence:
+        if self.opaque:
+            # structure (header, counts, ranges) is checked where values enter
+            # the store: hashsvc/core (AddEntry by hash, bulk rows)
+            if not text or len(text) % 2 or len(text) > self.max_bytes * 2:
+                raise InvalidArgument(
+                    f"{self.name} value must be a non-empty, even number of hex digits,"
+                    f" at most {self.max_bytes * 2}; got {len(text)}"
+                )
+        elif self.sequence:
             if not text or len(text) % want:
                 raise InvalidArgument(
                     f"{self.name} value must be a non-empty multiple of {want} hex digits,"
@@ -70,8 +88,28 @@ TEXT_SHA256 = SignalType("text_sha256", 256, perceptual=False)
 # Near-duplicate text signal of a page or a whole document.
 TEXT_SIMHASH = SignalType("text_simhash", 256, perceptual=True)
 
+# Local features of a picture (hashsvc/media/local_features.py encodes them):
+# keypoint positions and binary descriptors, matched by the feature index and
+# a geometric check, not by distance. 64 KiB holds ~1,800 keypoints of 32-byte
+# descriptors, several times what extraction keeps; a larger blob is refused
+# before it is decoded.
+LOCAL_FEATURES_MAX_BYTES = 64 * 1024
+LOCAL_FEATURES = SignalType(
+    "local_features", 8, perceptual=True, opaque=True, max_bytes=LOCAL_FEATURES_MAX_BYTES
+)
+
 SIGNAL_TYPES: dict[str, SignalType] = {
-    t.name: t for t in (PDQ, MD5, SHA256, VIDEOHASH, CHROMAPRINT, TEXT_SHA256, TEXT_SIMHASH)
+    t.name: t
+    for t in (
+        PDQ,
+        MD5,
+        SHA256,
+        VIDEOHASH,
+        CHROMAPRINT,
+        TEXT_SHA256,
+        TEXT_SIMHASH,
+        LOCAL_FEATURES,
+    )
 }
 
 

@@ -84,9 +84,30 @@ def label_pairs(pairs: Iterable[str]) -> dict[str, str]:
     return labels(out)
 
 
+# A set's local-feature thresholds may not ask for fewer geometric inliers
+# than this: with a handful of points, RANSAC finds a "consistent" transform
+# between unrelated pictures (flat and dark ones agreed on dozens).
+MIN_LOCAL_INLIERS = 8
+# ... nor more than any picture can have (a blob holds a few hundred points).
+MAX_LOCAL_INLIERS = 10_000
+
+
 def thresholds(values: dict[str, Thresholds]) -> dict[str, Thresholds]:
     for kind, limits in values.items():
         sig = signal_type(kind)
+        if sig.opaque:
+            _evidence_thresholds(kind, limits)
+            continue
+        if (
+            limits.block_inliers
+            or limits.review_inliers
+            or limits.block_coverage
+            or limits.review_coverage
+        ):
+            raise InvalidArgument(
+                f"{kind} is compared by distance: inliers and coverage thresholds are only"
+                " for local_features"
+            )
         if not sig.perceptual and (limits.block_distance or limits.review_distance):
             raise InvalidArgument(f"{kind} is an exact hash: its thresholds must be 0")
         for what, value in (("block", limits.block_distance), ("review", limits.review_distance)):
@@ -100,6 +121,32 @@ def thresholds(values: dict[str, Thresholds]) -> dict[str, Thresholds]:
                 f" threshold ({limits.review_distance})"
             )
     return dict(values)
+
+
+def _evidence_thresholds(kind: str, limits: Thresholds) -> None:
+    """Local features: judged by inliers and coverage, never by distance."""
+    if limits.block_distance or limits.review_distance:
+        raise InvalidArgument(
+            f"{kind} is judged by inliers and coverage: its distance thresholds must be 0"
+        )
+    for what, value in (("block", limits.block_inliers), ("review", limits.review_inliers)):
+        if not MIN_LOCAL_INLIERS <= value <= MAX_LOCAL_INLIERS:
+            raise InvalidArgument(
+                f"{kind} {what} inliers must be within {MIN_LOCAL_INLIERS}..{MAX_LOCAL_INLIERS}"
+                f" (fewer is no evidence), got {value}"
+            )
+    for what, value in (("block", limits.block_coverage), ("review", limits.review_coverage)):
+        if not 0.0 <= value <= 1.0:  # also refuses NaN
+            raise InvalidArgument(f"{kind} {what} coverage must be within 0..1, got {value}")
+    if (
+        limits.block_inliers < limits.review_inliers
+        or limits.block_coverage < limits.review_coverage
+    ):
+        raise InvalidArgument(
+            f"{kind} block thresholds ({limits.block_inliers} inliers, coverage"
+            f" {limits.block_coverage}) must be at least as strict as its review thresholds"
+            f" ({limits.review_inliers} inliers, coverage {limits.review_coverage})"
+        )
 
 
 def known_signal_types() -> list[str]:

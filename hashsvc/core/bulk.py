@@ -46,6 +46,7 @@ from hashsvc.core.bulk_rows import (
     row_value,
     sorted_plain,
 )
+from hashsvc.core.signal_values import DEFAULT_MAX_KEYPOINTS
 from hashsvc.index.binary import split_signal_id
 from hashsvc.index.live import LiveIndex
 
@@ -91,7 +92,9 @@ class BulkLoad:
         added_by: str,
         strict: bool = False,
         spool_dir: str = "",
+        max_keypoints: int = DEFAULT_MAX_KEYPOINTS,
     ) -> None:
+        self.max_keypoints = max_keypoints  # of a local_features row's blob
         self.bulk = bulk
         self.entries = entries
         self.live = live
@@ -390,7 +393,9 @@ class BulkLoad:
             strict=True,
         ):
             try:
-                value = row_value(kind, value, gone)
+                value = row_value(
+                    kind, value, gone, self.max_keypoints, self.live.features.descriptor_bytes
+                )
                 name = row_entry_name(entry) if entry else f"{kind}:{value.hex()}"
                 row_labels = checked_row_labels(label_text) if label_text else None
                 if var and var != "original" and not _VARIANT.fullmatch(var):

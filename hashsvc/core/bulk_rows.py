@@ -18,6 +18,7 @@ from hashsvc.base import validation
 from hashsvc.base.errors import InvalidArgument, quoted
 from hashsvc.base.media_kinds import HASH, SINGLE_MEDIA_TYPE, media_type_of
 from hashsvc.base.signals import SIGNAL_TYPES, Signal
+from hashsvc.core.signal_values import DEFAULT_MAX_KEYPOINTS, checked_value
 
 
 @dataclass
@@ -70,7 +71,7 @@ class PackedRows:
 
     def __post_init__(self) -> None:
         sig_type = SIGNAL_TYPES.get(self.kind)
-        if sig_type is None or sig_type.sequence:
+        if sig_type is None or sig_type.sequence or sig_type.opaque:
             raise InvalidArgument(
                 f"packed rows need a fixed-length signal type, not {quoted(self.kind)}"
             )
@@ -145,13 +146,26 @@ def row_entry_name(name: str) -> str:
         raise RowError(str(exc)) from None
 
 
-def row_value(kind: str, value: bytes, deleted: bool) -> bytes:
+def row_value(
+    kind: str,
+    value: bytes,
+    deleted: bool,
+    max_keypoints: int = DEFAULT_MAX_KEYPOINTS,
+    descriptor_bytes: int | None = None,
+) -> bytes:
     sig_type = SIGNAL_TYPES.get(kind)
     if sig_type is None:
         raise RowError(f"unsupported signal type {quoted(kind)}")
     if deleted and not value:
         return value
-    if sig_type.sequence:
+    if sig_type.opaque:
+        if not value or len(value) > sig_type.max_bytes:
+            raise RowError(f"{kind} value must be 1..{sig_type.max_bytes} bytes, got {len(value)}")
+        try:
+            checked_value(kind, value, max_keypoints, descriptor_bytes)
+        except InvalidArgument as exc:
+            raise RowError(str(exc)) from None
+    elif sig_type.sequence:
         if not value or len(value) % sig_type.nbytes:
             raise RowError(f"{kind} value must be a non-empty multiple of {sig_type.nbytes} bytes")
     elif len(value) != sig_type.nbytes:
@@ -236,7 +250,12 @@ def plain_rows(batch: RowBatch | PackedRows) -> CheckedPlainRows | None:
         return None
     kind = kinds.pop()
     sig_type = SIGNAL_TYPES.get(kind)
-    if sig_type is None or sig_type.sequence or set(map(len, batch.value)) != {sig_type.nbytes}:
+    if (
+        sig_type is None
+        or sig_type.sequence
+        or sig_type.opaque
+        or set(map(len, batch.value)) != {sig_type.nbytes}
+    ):
         return None
     if batch.quality and (min(batch.quality) < -1 or max(batch.quality) > 100):
         return None

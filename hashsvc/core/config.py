@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from hashsvc.base.addresses import is_loopback
-from hashsvc.matching.policy import PdqPolicy
+from hashsvc.matching.policy import LocalFeatureMatching, PdqPolicy
 from hashsvc.media.limits import AudioLimits, ImageLimits, PdfLimits, VideoLimits
 from hashsvc.media.spool import Spool
 
@@ -135,6 +135,9 @@ class Config:
     audio: AudioLimits = field(default_factory=AudioLimits)
     pdf: PdfLimits = field(default_factory=PdfLimits)
     pdq: PdqPolicy = field(default_factory=PdqPolicy)
+    # Local features ([local_features] in the file): candidates asked of the
+    # feature index, pictures verified per query, keypoints a blob may hold.
+    local_features: LocalFeatureMatching = field(default_factory=LocalFeatureMatching)
     strings: StringLimits = field(default_factory=StringLimits)
     # A message of ListEntries, ExportEntries, QueryHistory or ListReviewItems
     # holds at most this much: pages are cut by size as well as by count (50
@@ -215,6 +218,9 @@ class Config:
             raise ValueError("flood_flush_seconds must be more than 0")
         if self.flood_max_pending_entries < 1:
             raise ValueError("flood_max_pending_entries must be 1 or more")
+        for name in ("top_k", "max_verified", "max_keypoints"):
+            if getattr(self.local_features, name) < 1:
+                raise ValueError(f"local_features.{name} must be at least 1")
         self._check_transport()
         self._check_stream_limits()
 

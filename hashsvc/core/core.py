@@ -30,6 +30,7 @@ from hashsvc.core.bulk import BulkLoad, BulkResult, PackedRows, RowBatch
 from hashsvc.core.config import Config
 from hashsvc.core.curation import Curation
 from hashsvc.core.review import ReviewQueue
+from hashsvc.core.signal_values import checked_value
 from hashsvc.index.live import LiveIndex
 from hashsvc.matching.feedback import Feedback
 from hashsvc.matching.flood import FloodCounter
@@ -78,8 +79,10 @@ class Core:
         # Each part is handed the store interfaces it uses (hashdb/store.py),
         # all one store here.
         self.live = LiveIndex(store, store, _snapshot_dir(config), config.pdq_review_search)
-        self.matcher = Matcher(self.live, store, self.policy)
-        self.curation = Curation(store, store, self.live, hashing)
+        self.matcher = Matcher(self.live, store, self.policy, local=config.local_features)
+        self.curation = Curation(
+            store, store, self.live, hashing, config.local_features.max_keypoints
+        )
         self.audit = Audit(
             store,
             store,
@@ -139,6 +142,7 @@ class Core:
     def start(self) -> None:
         """Load the index (the slow part) and follow other replicas' changes."""
         self.hashing.warm_up()
+        self.matcher.warm_up()
         self.live.load()
         self._poller = threading.Thread(target=self._poll_changes, daemon=True, name="changes")
         self._poller.start()
@@ -362,6 +366,7 @@ class Core:
                 caller,
                 strict,
                 self.config.spool_dir,
+                self.config.local_features.max_keypoints,
             )
             for batch in batches:
                 run.add_batch(batch)
@@ -420,7 +425,13 @@ class Core:
             quality = query.signal_quality
             if quality is not None and not 0 <= quality <= 100:
                 raise InvalidArgument("quality must be within 0..100")
-            signal = Signal(sig_type.name, sig_type.parse(query.signal_value), quality)
+            value = checked_value(
+                sig_type.name,
+                sig_type.parse(query.signal_value),
+                self.config.local_features.max_keypoints,
+                self.live.features.descriptor_bytes,
+            )
+            signal = Signal(sig_type.name, value, quality)
             return media_kinds.HASH, [signal], ()
         raise InvalidArgument("the request holds neither media nor a hash")
 

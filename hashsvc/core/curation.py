@@ -10,6 +10,7 @@ from hashdb import EntryRecord, EntryStore, HashSetRecord, SetStore, Thresholds
 from hashsvc.base import media_kinds, validation
 from hashsvc.base.errors import InvalidArgument, NotFound, quoted
 from hashsvc.base.signals import Signal, signal_type
+from hashsvc.core.signal_values import DEFAULT_MAX_KEYPOINTS, checked_value
 from hashsvc.index.live import LiveIndex
 from hashsvc.media.dispatch import MediaSource
 from hashsvc.media.hashing import HashingPool
@@ -28,8 +29,14 @@ class EntryPage:
 
 class Curation:
     def __init__(
-        self, sets: SetStore, entries: EntryStore, live: LiveIndex, hashing: HashingPool
+        self,
+        sets: SetStore,
+        entries: EntryStore,
+        live: LiveIndex,
+        hashing: HashingPool,
+        max_keypoints: int = DEFAULT_MAX_KEYPOINTS,
     ) -> None:
+        self.max_keypoints = max_keypoints  # of a local_features blob added as a hash
         self.sets = sets
         self.entries = entries
         self.live = live
@@ -133,7 +140,13 @@ class Curation:
             if quality is not None and not 0 <= quality <= 100:
                 raise InvalidArgument("quality must be within 0..100")
             media_type = media_kinds.HASH
-            signals = [Signal(sig_type.name, sig_type.parse(value), quality)]
+            checked = checked_value(
+                sig_type.name,
+                sig_type.parse(value),
+                self.max_keypoints,
+                self.live.features.descriptor_bytes,
+            )
+            signals = [Signal(sig_type.name, checked, quality)]
         entry = self.entries.add_entry(hash_set.id, name, labels, media_type, signals, added_by)
         self.live.catch_up()
         return entry

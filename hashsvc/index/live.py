@@ -1,5 +1,7 @@
 """In-memory view of the store that matching reads: one BinaryIndex per
-perceptual signal type and the hash sets, kept current from the change feed.
+fixed-length perceptual signal type, the audio index, the local-feature index
+(FeatureIndex: descriptors of known pictures, decoded from their
+local_features blobs) and the hash sets, kept current from the change feed.
 
 The store is the source of truth. On start the view is loaded from a snapshot
 (index files plus the change seq they include) when one exists, else built from
@@ -21,7 +23,8 @@ import numpy as np
 
 from hashdb import ChangeFeed, HashSetRecord, SetLookup
 from hashdb.bulk_sql import AddedSignals, added_range
-from hashsvc.base.signals import SIGNAL_TYPES
+from hashsvc.base.errors import InvalidArgument
+from hashsvc.base.signals import LOCAL_FEATURES, SIGNAL_TYPES
 from hashsvc.index.audio import AudioIndex
 from hashsvc.index.binary import (
     ID_LAYOUT,
@@ -31,12 +34,18 @@ from hashsvc.index.binary import (
     signal_id,
 )
 from hashsvc.index.engines import load_index, new_index
+from hashsvc.index.local_features import FeatureIndex
+from hashsvc.media import local_features
 
 log = logging.getLogger(__name__)
 
 # Fixed-length perceptual types live in a BinaryIndex; sequence types (audio)
-# have their own index.
-PERCEPTUAL_TYPES = tuple(t for t in SIGNAL_TYPES.values() if t.perceptual and not t.sequence)
+# and opaque ones (local features) have their own index.
+PERCEPTUAL_TYPES = tuple(
+    t for t in SIGNAL_TYPES.values() if t.perceptual and not t.sequence and not t.opaque
+)
+# Local-feature pictures decoded and filed per index write while building.
+_FEATURE_BATCH = 5_000
 _BUILD_BATCH = 50_000
 # Changes read per step of catch_up: each step costs one index write per
 # signal type (a write scans the whole index), so a bulk load's steps are big.
@@ -61,6 +70,8 @@ class LiveIndex:
         # Audio fingerprints (one per entry with sound), by entry id. Not part
         # of the snapshot: rebuilt from the store at start (a sequential read).
         self.audio = AudioIndex()
+        # Known pictures' local features, by signal id; part of the snapshot.
+        self.features = FeatureIndex()
         self.sets_by_id: dict[int, HashSetRecord] = {}
         self.seq = 0
         self.ready = threading.Event()
@@ -98,7 +109,23 @@ class LiveIndex:
                     ids, values = [], []
             index.add(ids, values)
             self.indexes[sig_type.name] = index
+        self.features = self._features_from_store()
         log.info("index built from store: %s", self.sizes())
+
+    def _features_from_store(self) -> FeatureIndex:
+        features = FeatureIndex()
+        ids: list[int] = []
+        descriptors: list[np.ndarray] = []
+        for sig in self.changes.iter_signals([LOCAL_FEATURES.name]):
+            found = _descriptors(sig.entry_id, sig.value, features.descriptor_bytes)
+            if found is not None:
+                ids.append(signal_id(sig.entry_id, sig.variant_no))
+                descriptors.append(found)
+            if len(ids) >= _FEATURE_BATCH:
+                features.add(ids, descriptors)
+                ids, descriptors = [], []
+        features.add(ids, descriptors)
+        return features
 
     def _build_audio_from_store(self) -> None:
         # Replaying changes after this is harmless: adding a track is
@@ -116,6 +143,7 @@ class LiveIndex:
             t.name: os.path.join(self.snapshot_dir, f"index-{t.name}.faiss")
             for t in PERCEPTUAL_TYPES
         }
+        files[LOCAL_FEATURES.name] = os.path.join(self.snapshot_dir, "index-local_features.lfi")
         return meta, files
 
     def save_snapshot(self) -> None:
@@ -125,7 +153,10 @@ class LiveIndex:
         meta_path, files = self._snapshot_paths()
         with self._apply_lock:  # no change applied between the files and the seq
             for name, path in files.items():
-                self.indexes[name].save(path)
+                if name == LOCAL_FEATURES.name:
+                    self.features.save(path)
+                else:
+                    self.indexes[name].save(path)
             seq = self.seq
         tmp = meta_path + ".tmp"
         with open(tmp, "w") as f:
@@ -146,6 +177,9 @@ class LiveIndex:
                 t.name: load_index(files[t.name], t.bits, self.pdq_review_search)
                 for t in PERCEPTUAL_TYPES
             }
+            # A snapshot without it (older, or its file lost or damaged) is
+            # rebuilt whole: an empty feature index would silently match nothing.
+            features = FeatureIndex.load(files[LOCAL_FEATURES.name])
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             if os.path.exists(meta_path):
                 log.warning("ignoring unusable index snapshot: %s", exc)
@@ -155,7 +189,7 @@ class LiveIndex:
             # backup, different URL): it would hold entries the store lacks.
             log.warning("ignoring index snapshot newer than the store")
             return False
-        self.indexes, self.seq = indexes, meta["seq"]
+        self.indexes, self.features, self.seq = indexes, features, meta["seq"]
         log.info("index snapshot loaded at seq %d: %s", self.seq, self.sizes())
         return True
 
@@ -245,10 +279,17 @@ class LiveIndex:
                         (noted_ids << VARIANT_BITS, note.values[noted_ids - note.first_id])
                     )
         stored: dict[str, tuple[list[int], list[bytes]]] = {}
+        feature_ids: list[int] = []
+        feature_descriptors: list[np.ndarray] = []
         unnoted = ids[from_store]
         for sig in self.changes.indexed_signals(unnoted.tolist()) if len(unnoted) else ():
             if sig.kind == "chromaprint":
                 self.audio.add(sig.entry_id, words_of(sig.value))
+            if sig.kind == LOCAL_FEATURES.name:
+                found = _descriptors(sig.entry_id, sig.value, self.features.descriptor_bytes)
+                if found is not None:
+                    feature_ids.append(signal_id(sig.entry_id, sig.variant_no))
+                    feature_descriptors.append(found)
             if sig.kind in self.indexes:
                 sig_ids, values = stored.setdefault(sig.kind, ([], []))
                 sig_ids.append(signal_id(sig.entry_id, sig.variant_no))
@@ -264,6 +305,7 @@ class LiveIndex:
             self.indexes[kind].add(
                 np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
             )
+        self.features.add(feature_ids, feature_descriptors)
 
     def _add_entry_signals(self, entry_id: int, signals: Iterable) -> None:
         by_type: dict[str, tuple[list[int], list[bytes]]] = {}
@@ -276,11 +318,24 @@ class LiveIndex:
                 values.append(sig.value)
         for kind, (ids, values) in by_type.items():
             self.indexes[kind].add(ids, values)
+        feature_ids = [
+            signal_id(entry_id, n)
+            for n, sig in enumerate(signals)
+            if sig.kind == LOCAL_FEATURES.name
+        ]
+        found = [
+            _descriptors(entry_id, sig.value, self.features.descriptor_bytes)
+            for sig in signals
+            if sig.kind == LOCAL_FEATURES.name
+        ]
+        kept = [(i, d) for i, d in zip(feature_ids, found, strict=True) if d is not None]
+        self.features.add([i for i, _ in kept], [d for _, d in kept])
 
     def _remove_entry_signals(self, entry_id: int) -> None:
         for index in self.indexes.values():
             index.remove_entry(entry_id)
         self.audio.remove(entry_id)
+        self.features.remove_entry(entry_id)
 
     def _refresh_sets(self) -> None:
         self.sets_by_id = {s.id: s for s in self.sets.list_sets(include_disabled=True)}
@@ -289,6 +344,7 @@ class LiveIndex:
         return {
             **{name: len(index) for name, index in self.indexes.items()},
             "chromaprint": len(self.audio),
+            LOCAL_FEATURES.name: len(self.features),
         }
 
 
@@ -305,6 +361,28 @@ class _Run:
         parts = [np.arange(r.start, r.stop, dtype=np.int64) for r in self.ranges]
         parts.append(np.array(self.single, dtype=np.int64))
         return np.concatenate(parts)
+
+
+def _descriptors(entry_id: int, value: bytes, descriptor_bytes: int) -> np.ndarray | None:
+    """A stored local_features blob's descriptors. Values are checked when
+    they enter the store (hashsvc/core/signal_values.py), so one that does not
+    decode, or holds another detector's descriptors than the index's
+    vocabulary, was written by another tool or build: logged, never indexed,
+    never a reason to stop indexing the rest."""
+    try:
+        descriptors = local_features.decode(value).descriptors
+    except InvalidArgument as exc:
+        log.error("entry %d: unreadable local_features value not indexed: %s", entry_id, exc)
+        return None
+    if descriptors.shape[1] != descriptor_bytes:
+        log.error(
+            "entry %d: local_features of %d-byte descriptors not indexed (the index takes %d)",
+            entry_id,
+            descriptors.shape[1],
+            descriptor_bytes,
+        )
+        return None
+    return descriptors
 
 
 def words_of(value: bytes) -> np.ndarray:

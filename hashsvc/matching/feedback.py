@@ -19,7 +19,7 @@ from hashdb import Suppression, SuppressionLookup
 from hashsvc.base.decisions import strictest
 from hashsvc.base.signals import Signal, hamming, signal_type
 from hashsvc.matching.matcher import Match, MatchResult
-from hashsvc.matching.policy import ALLOW, REVIEW, Policy
+from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW, Policy
 
 # How close a later upload's hash must be to a hash judged a false positive to
 # be covered by that judgement: a re-encode of the same picture, not a
@@ -80,7 +80,8 @@ class Feedback:
                 why = (
                     "past its set's block threshold"
                     if id(nearest) not in applies_ids
-                    else f"farther than this match ({_how_far(nearest)}; this match {m.distance})"
+                    else f"farther than this match ({_how_far(nearest)}; this match"
+                    f" {_how_far(m) if m.local_features else m.distance})"
                 )
                 note = f"not allow-listed: {nearest.set_name}/{nearest.entry_name} is {why}"
                 m = replace(m, reason=f"{m.reason}; {note}" if m.reason else note)
@@ -91,6 +92,12 @@ class Feedback:
         hash_set = sets_by_id.get(allow.set_id)
         if hash_set is None:
             return False
+        if allow.local_features is not None:  # judged by evidence, not distance
+            evidence = allow.local_features
+            decision, _ = self.policy.decide_local(
+                hash_set, evidence.inliers, evidence.coverage, evidence.agreement
+            )
+            return decision == BLOCK
         return allow.distance <= self.policy.thresholds(hash_set, allow.signal_type).block_distance
 
     def _suppressed(self, matches: list[Match], query: list[Signal]) -> list[Match]:
@@ -118,6 +125,8 @@ class Feedback:
 
 
 def _how_far(m: Match) -> str:
+    if m.local_features is not None:
+        return f"{m.signal_type} with {m.local_features.inliers} inliers"
     return f"{m.signal_type} distance {m.distance}"
 
 
@@ -142,6 +151,15 @@ def _at_least_as_close(allow: Match, m: Match) -> bool:
         return True  # the upload is the allow entry's own file
     if _exact(m.signal_type):
         return False  # the upload is a known file; a look-alike is not as close
+    if allow.local_features is not None or m.local_features is not None:
+        # Local features find a part of a picture (a crop, a tile of a
+        # collage): weaker than any hash within a block threshold, and
+        # compared with each other by their inliers.
+        if allow.local_features is None:
+            return True
+        if m.local_features is None:
+            return False
+        return allow.local_features.inliers >= m.local_features.inliers
     if allow.signal_type == m.signal_type:
         return allow.distance <= m.distance
     return allow.distance == 0

@@ -13,20 +13,32 @@ the store. Then each known entry that was hit is judged by what it is:
 * sound (an audio entry, or a video's track): aligned stretches from the
   audio index, scored by bit error rate, reported as time ranges.
 
-An entry yields at most one match, its strongest.
+Local features (any kind of known entry, picture by picture): the feature
+index names the best-voted known pictures, each verified by a geometric
+transform (hashsvc/matching/local_geometry.py); a verified pair is judged by
+its inliers, coverage and agreement (Policy.decide_local), never by a
+distance.
+
+An entry yields at most one match, its strongest (by decision; on a tie a
+distance-based match before a local-feature one, then the closest).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from hashdb import EntryLookup, EntryRecord, HashSetRecord
 from hashsvc.base.decisions import rank, strictest
-from hashsvc.base.match_json import match_json
+from hashsvc.base.errors import InvalidArgument
+from hashsvc.base.match_json import local_features_json, match_json
 from hashsvc.base.media_kinds import PAGE_VARIANT, PDF, VIDEO, is_frame
 from hashsvc.base.signals import (
     CHROMAPRINT,
+    LOCAL_FEATURES,
     PDQ,
     TEXT_SHA256,
     TEXT_SIMHASH,
@@ -37,10 +49,14 @@ from hashsvc.base.signals import (
 from hashsvc.index.audio import AudioAlignment
 from hashsvc.index.binary import split_signal_id
 from hashsvc.index.live import LiveIndex, words_of
+from hashsvc.matching import local_geometry
 from hashsvc.matching import pdf_evidence as pdf_match
 from hashsvc.matching import video_evidence as video_match
-from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW, Policy
+from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW, LocalFeatureMatching, Policy
+from hashsvc.media import local_features
 from hashsvc.media.audio_words import SECONDS_PER_WORD
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,24 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class LocalEvidence:
+    """Why a local-feature match matched (hashsvc/matching/local_geometry.py
+    Verification): inliers of the transform, the share of the known picture
+    and of the upload they cover, and the transform's scale and angle."""
+
+    inliers: int
+    coverage: float
+    query_coverage: float
+    scale: float
+    angle: float
+    # share of the part both pictures show that agrees (local_geometry)
+    agreement: float = 1.0
+
+    def to_json(self) -> dict:
+        return local_features_json(self)
+
+
+@dataclass(frozen=True)
 class Match:
     set_id: int
     set_name: str
@@ -80,10 +114,14 @@ class Match:
     unit: str = ""
     query_share: float = 0.0
     known_share: float = 0.0
+    # A local_features match: its geometric evidence (distance is 0).
+    local_features: LocalEvidence | None = None
 
     def to_json(self) -> dict:
         """As the history and review items store it (ids and reason too)."""
         extent = {}
+        if self.local_features is not None:
+            extent["local_features"] = self.local_features.to_json()
         if self.unit:
             extent = {
                 "segments": [seg.to_json() for seg in self.segments],
@@ -121,6 +159,7 @@ class Match:
             query_share=self.query_share,
             known_share=self.known_share,
             segments=self.segments,
+            local_features=self.local_features,
         )
 
     @classmethod
@@ -142,6 +181,9 @@ class Match:
             unit=d.get("unit", ""),
             query_share=d.get("query_share", 0.0),
             known_share=d.get("known_share", 0.0),
+            local_features=(
+                LocalEvidence(**d["local_features"]) if d.get("local_features") else None
+            ),
         )
 
 
@@ -158,6 +200,16 @@ class _Hit:
     distance: int
 
 
+@dataclass(frozen=True)
+class _LocalHit:
+    """A known picture the feature index voted for, to be verified."""
+
+    query: Signal
+    features: local_features.LocalFeatures  # the query's, decoded
+    variant_no: int  # which of the known entry's signals
+    votes: float
+
+
 # Audio distances are bit error rates in percent, so per-set thresholds stay
 # integers like every other signal type's.
 def ber_percent(ber: float) -> int:
@@ -168,14 +220,39 @@ def _is_frame(sig: Signal) -> bool:
     return is_frame(sig.variant)
 
 
+def _frames_comparable(query: list[Signal], entry: EntryRecord) -> bool:
+    """Both the uploaded video and the known one have frames that are evidence
+    (PDQ quality >= the frame floor), so the frame signal could decide."""
+    return (
+        video_match.countable_frames(s for s in query if _is_frame(s)) > 0
+        and video_match.countable_frames(s for s in entry.signals if _is_frame(s)) > 0
+    )
+
+
 class Matcher:
     def __init__(
-        self, live: LiveIndex, entries: EntryLookup, policy: Policy, max_matches: int = 100
+        self,
+        live: LiveIndex,
+        entries: EntryLookup,
+        policy: Policy,
+        max_matches: int = 100,
+        local: LocalFeatureMatching | None = None,
     ) -> None:
         self.live = live
         self.entries = entries
         self.policy = policy
         self.max_matches = max_matches
+        self.local = local or LocalFeatureMatching()
+
+    def warm_up(self) -> None:
+        """Compile the geometric check (numba) before the first upload needs
+        it: compiling took ~1.4 s, which the first local-feature candidate
+        would otherwise wait for."""
+        rng = np.random.default_rng(0)
+        points = rng.uniform(0, 100, (16, 2)).astype(np.float32)
+        descriptors = rng.integers(0, 256, (16, 32), dtype=np.uint8)
+        features = local_features.LocalFeatures(100, 100, points, descriptors)
+        local_geometry.verify(features, features)
 
     def match(self, query: list[Signal], only_sets: set[int] | None = None) -> MatchResult:
         sets = {
@@ -187,9 +264,12 @@ class Matcher:
             return MatchResult(ALLOW, [])
         hits = self._search(query, list(sets.values()))
         sounds = self._search_audio(query, list(sets.values()))
-        if not hits and not sounds:
+        local_hits = self._search_local(query)
+        if not hits and not sounds and not local_hits:
             return MatchResult(ALLOW, [])
-        entries = self.entries.get_entries(set(hits) | set(sounds), with_signals=True)
+        entries = self.entries.get_entries(
+            set(hits) | set(sounds) | set(local_hits), with_signals=True
+        )
         query_is_video = any(_is_frame(sig) for sig in query)
         matches = []
         for entry in entries.values():
@@ -205,10 +285,25 @@ class Matcher:
                 query,
                 query_is_video,
             )
+            if not any(m.decision == BLOCK for m in found):
+                # a verification (RANSAC) could not beat a block found already
+                found.extend(
+                    self._local_matches(entry, sets[entry.set_id], local_hits.get(entry.id))
+                )
             if found:
-                # ties go to the match that says where (pages, time ranges)
+                # ties go to a distance (a near-identical hash is the stronger
+                # evidence), then the closest, then the match that says where
+                # (pages, time ranges)
                 matches.append(
-                    max(found, key=lambda m: (rank(m.decision), -m.distance, bool(m.unit)))
+                    max(
+                        found,
+                        key=lambda m: (
+                            rank(m.decision),
+                            m.local_features is None,
+                            -m.distance,
+                            bool(m.unit),
+                        ),
+                    )
                 )
         matches.sort(key=lambda m: (-rank(m.decision), m.distance, m.entry_id))
         decision = strictest(m.decision for m in matches)
@@ -253,6 +348,90 @@ class Matcher:
             for alignment in self.live.audio.search(words_of(sig.value), max_ber=max_ber):
                 found[alignment.track_id].append(alignment)
         return found
+
+    def _search_local(self, query: list[Signal]) -> dict[int, list[_LocalHit]]:
+        """Known pictures the feature index votes for, the best-voted
+        max_verified of all the query's pictures."""
+        sigs = [s for s in query if s.kind == LOCAL_FEATURES.name]
+        index = self.live.features
+        if not sigs or not len(index):
+            return {}
+        # the upload's own blobs, or a hash checked where it came in
+        # (hashsvc/core/signal_values.py)
+        decoded = [local_features.decode(s.value) for s in sigs]
+        # another detector's blob (a hash sent by a newer or older tool) has
+        # nothing to vote with here
+        kept = [
+            (s, f)
+            for s, f in zip(sigs, decoded, strict=True)
+            if f.descriptor_bytes == index.descriptor_bytes
+        ]
+        if not kept:
+            return {}
+        sigs, decoded = [s for s, _ in kept], [f for _, f in kept]
+        results = index.search([f.descriptors for f in decoded], self.local.top_k)
+        ranked = sorted(
+            (
+                (votes, sid, sig, features)
+                for sig, features, hits in zip(sigs, decoded, results, strict=True)
+                for sid, votes in hits
+            ),
+            key=lambda r: -r[0],
+        )
+        found: dict[int, list[_LocalHit]] = defaultdict(list)
+        for votes, sid, sig, features in ranked[: self.local.max_verified]:
+            entry_id, variant_no = split_signal_id(sid)
+            found[entry_id].append(_LocalHit(sig, features, variant_no, votes))
+        return found
+
+    def _local_matches(
+        self, entry: EntryRecord, hash_set: HashSetRecord, hits: list[_LocalHit] | None
+    ) -> list[Match]:
+        """The entry's best verified local-feature match, if any decides."""
+        best: Match | None = None
+        for hit in hits or ():
+            if hit.variant_no >= len(entry.signals):
+                continue
+            known = entry.signals[hit.variant_no]
+            if known.kind != LOCAL_FEATURES.name:
+                continue  # the index is a moment behind an update
+            try:
+                known_features = local_features.decode(known.value)
+            except InvalidArgument as exc:  # checked when stored; never silently
+                log.error("entry %d holds an unreadable local_features value: %s", entry.id, exc)
+                continue
+            verified = local_geometry.verify(hit.features, known_features)
+            if verified is None:
+                continue
+            candidate = self._match(
+                entry,
+                hash_set,
+                LOCAL_FEATURES.name,
+                0,
+                hit.query.variant,
+                known.variant,
+                None,
+                None,
+                decided=self.policy.decide_local(
+                    hash_set, verified.inliers, verified.coverage, verified.agreement
+                ),
+                local_features=LocalEvidence(
+                    inliers=verified.inliers,
+                    coverage=verified.coverage,
+                    query_coverage=verified.query_coverage,
+                    scale=verified.scale,
+                    angle=verified.angle,
+                    agreement=verified.agreement,
+                ),
+            )
+            if _is_frame(known):  # a frame of a known video: say when
+                at = known.position or 0.0
+                candidate = replace(
+                    candidate, unit="seconds", segments=(Segment(0.0, 0.0, at, at),)
+                )
+            if best is None or _local_strength(candidate) > _local_strength(best):
+                best = candidate
+        return [best] if best is not None and best.decision != ALLOW else []
 
     # -- judging one known entry
 
@@ -305,11 +484,16 @@ class Matcher:
             return self._pictures_evidence(entry, hash_set, pairs, query, query_is_video)
         visual = [p for p in pairs if p[1].kind == PDQ.name]
         found = self._video_match(entry, hash_set, visual, query)
+        if not found and _frames_comparable(query, entry):
+            # The frames were compared and disagree: the whole-video hash put
+            # unrelated videos at 0-4 bits (bench/video.py) where frames were
+            # right every time, so it is no hint here.
+            return found
         return found + self._whole_video_hint(entry, hash_set, pairs)
 
     def _pdf_evidence(self, entry, hash_set, pairs, query, query_is_video) -> list[Match]:
         """A known PDF: pages, embedded pictures and text (pdf_evidence.py)."""
-        return self._pdf_match(entry, hash_set, pairs)
+        return self._pdf_match(entry, hash_set, pairs, query)
 
     def _whole_video_hint(self, entry, hash_set, pairs) -> list[Match]:
         whole_video = [p for p in pairs if p[1].kind == VIDEOHASH.name]
@@ -322,8 +506,21 @@ class Matcher:
             hint = replace(hint, decision=REVIEW, reason="videohash alone never blocks")
         return [hint]
 
-    def _match(self, entry, hash_set, kind, distance, query_variant, known_variant, qq, kq, **kw):
-        decision, reason = self.policy.decide(hash_set, kind, distance, qq, kq)
+    def _match(
+        self,
+        entry,
+        hash_set,
+        kind,
+        distance,
+        query_variant,
+        known_variant,
+        qq,
+        kq,
+        decided: tuple[str, str] | None = None,
+        **kw,
+    ):
+        """`decided`: (decision, reason) when not by distance (local features)."""
+        decision, reason = decided or self.policy.decide(hash_set, kind, distance, qq, kq)
         return Match(
             set_id=hash_set.id,
             set_name=hash_set.name,
@@ -417,8 +614,8 @@ class Matcher:
             match = replace(match, reason=evidence.reason)
         return [match]
 
-    def _pdf_match(self, entry, hash_set, pairs) -> list[Match]:
-        evidence = pdf_match.match_pdf(pairs)
+    def _pdf_match(self, entry, hash_set, pairs, query) -> list[Match]:
+        evidence = pdf_match.match_pdf(pairs, query, entry.signals)
         best = evidence.best
         if best is None:
             return []
@@ -470,6 +667,11 @@ class Matcher:
             ),
             known_share=min(1.0, covered / known_seconds) if known_seconds else 0.0,
         )
+
+
+def _local_strength(m: Match) -> tuple:
+    evidence = m.local_features
+    return (rank(m.decision), evidence.inliers, evidence.coverage, evidence.agreement)
 
 
 # How a known entry is judged, by its media kind; a kind not listed (image,

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from hashdb.model import HashSetRecord
 from hashsvc.base.decisions import Decision, Thresholds
+from hashsvc.base.signals import LOCAL_FEATURES
+from hashsvc.matching import local_geometry
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,27 @@ class PdqPolicy:
     review_distance: int = 56
     # Below this PDQ quality a hash is too flat to decide BLOCK on its own.
     quality_floor: int = 50
+    # ... and too flat for the review band. bench/robustness.py --hard (striped
+    # pictures and faded textures): of 45k unrelated pairs with a side under
+    # the floor, 67 reached review at 56, 15 at 40, 4 at 31 (all <= 22 bits);
+    # the cost at 31: real photos' recall at review 0.878 -> 0.877 (one
+    # low-quality video frame cropped 5%), the hard pictures' own copies
+    # 0.573 -> 0.486.
+    low_quality_review_distance: int = 31
+
+
+@dataclass(frozen=True)
+class LocalFeatureMatching:
+    """What matching a local_features signal may cost (Config.local_features)."""
+
+    # Candidate pictures the feature index returns per query picture (by votes).
+    top_k: int = 8
+    # Candidates geometrically verified per query at most (RANSAC each), the
+    # best-voted first: bounds the work an upload can cause.
+    max_verified: int = 16
+    # Keypoints a blob may hold, stored (AddEntry by hash, bulk rows) or
+    # queried; extraction keeps at most a few hundred.
+    max_keypoints: int = 1000
 
 
 BLOCK = Decision.BLOCK
@@ -40,9 +63,19 @@ DEFAULT_THRESHOLDS = {
     # text blocks.
     "text_simhash": Thresholds(block_distance=16, review_distance=64),
     # The videohash package's 64-bit hash: it finds whole copies only, and
-    # unrelated videos come within 10 bits (bench/video.py); the matcher never
-    # blocks on it alone.
+    # unrelated videos come within 0-10 bits (bench/video.py); the matcher never
+    # blocks on it alone, and ignores it where the frames were compared.
     "videohash": Thresholds(block_distance=0, review_distance=4),
+    # Local features are judged by geometric evidence, never by a distance;
+    # the defaults are measured in hashsvc/matching/local_geometry.py.
+    LOCAL_FEATURES.name: Thresholds(
+        block_distance=0,
+        review_distance=0,
+        block_inliers=local_geometry.DEFAULT_THRESHOLDS.block_inliers,
+        review_inliers=local_geometry.DEFAULT_THRESHOLDS.review_inliers,
+        block_coverage=local_geometry.DEFAULT_THRESHOLDS.block_coverage,
+        review_coverage=local_geometry.DEFAULT_THRESHOLDS.review_coverage,
+    ),
 }
 
 
@@ -64,6 +97,33 @@ class Policy:
         radii.append(self.default_thresholds(signal_type).review_distance)
         return max(radii)
 
+    def decide_local(
+        self, hash_set: HashSetRecord, inliers: int, coverage: float, agreement: float
+    ) -> tuple[str, str]:
+        """(decision, reason) for a verified local-feature match: enough
+        inliers covering enough of the known picture (the set's thresholds),
+        and agreeing over the part both pictures show (a fixed floor, not per
+        set: below it only a shared logo, frame or page template agrees)."""
+        limits = self.thresholds(hash_set, LOCAL_FEATURES.name)
+        floors = local_geometry.DEFAULT_THRESHOLDS
+        if (
+            inliers >= limits.block_inliers
+            and coverage >= limits.block_coverage
+            and agreement >= floors.block_agreement
+        ):
+            return BLOCK, ""
+        if (
+            inliers >= limits.review_inliers
+            and coverage >= limits.review_coverage
+            and agreement >= floors.review_agreement
+        ):
+            return REVIEW, (
+                f"{inliers} inliers covering {coverage:.2f} of the known picture, agreement"
+                f" {agreement:.2f}; blocking needs {limits.block_inliers} covering"
+                f" {limits.block_coverage:.2f}, agreement {floors.block_agreement:.2f}"
+            )
+        return ALLOW, ""
+
     def decide(
         self,
         hash_set: HashSetRecord,
@@ -74,15 +134,19 @@ class Policy:
     ) -> tuple[str, str]:
         """(decision, reason) for one match; reason says why it is not stronger."""
         limits = self.thresholds(hash_set, signal_type)
+        low = []
+        if signal_type == "pdq":
+            floor = self.pdq.quality_floor
+            low = [q for q in (query_quality, known_quality) if q is not None and q < floor]
         if distance <= limits.block_distance:
             decision = BLOCK
+        elif low and distance > self.pdq.low_quality_review_distance:
+            return ALLOW, ""
         elif distance <= limits.review_distance:
             return REVIEW, f"distance {distance} above block threshold {limits.block_distance}"
         else:
             return ALLOW, ""
         if signal_type == "pdq":
-            floor = self.pdq.quality_floor
-            low = [q for q in (query_quality, known_quality) if q is not None and q < floor]
             if low:
                 # A flat, featureless image hashes to near-arbitrary bits; such a
                 # match is a hint for a person, not grounds to block.

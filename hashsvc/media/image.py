@@ -12,7 +12,14 @@ through `pdqhash`) with quality, on several views of the picture.
 * Uploads (hash_query) are hashed as the 8 dihedral transforms (mirror and
   90-degree rotations cost PDQ almost nothing extra), the same corner-free crops,
   and the rectangles framed by long straight edges (caption bars, a photo inside
-  a screenshot, letterboxing of any colour).
+  a screenshot, letterboxing of any colour), and, when those squashed it, the
+  picture "unsquashed" at its own aspect, as python-threatexchange and HMA hash
+  it, so partners' hashes find their exact re-uploads (bench/partner_pdq.py).
+
+Both also get one `local_features` signal (hashsvc/media/local_features.py:
+keypoints and descriptors, variant "original") when the picture has enough
+distinctive, well-spread keypoints; flat pictures get none. PDQ cannot see a
+crop of more than a few percent, a tilt or a collage; these can.
 """
 
 from __future__ import annotations
@@ -26,8 +33,8 @@ import pdqhash
 from PIL import Image, UnidentifiedImageError
 
 from hashsvc.base.errors import CorruptMedia, InvalidArgument, TooLarge, UnsupportedMedia
-from hashsvc.base.signals import Signal
-from hashsvc.media import regions
+from hashsvc.base.signals import LOCAL_FEATURES, Signal
+from hashsvc.media import local_features, regions
 from hashsvc.media.limits import ImageLimits
 
 FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
@@ -40,6 +47,11 @@ REFERENCE_SIDE = 512  # the C++ hasher's squash size
 # Views are hashed small (PDQ reads a 64x64 summary), and not at a power of two:
 # pdqhash is measurably slower on those.
 VIEW_SIDE = 240
+# An upload is decoded with at least this short side (a JPEG at a reduced DCT
+# scale): local features need more pixels than PDQ's views. A picture inside a
+# 2x2 collage of a 1600x1004 upload kept 8 inliers decoded at 240 (400x251),
+# 22 at 320 (800x502), as many as at full size.
+QUERY_DECODE_SIDE = 320
 # Crops a re-upload may have made, as (keep share, vertical anchor, horizontal anchor).
 KNOWN_CROPS = [(0.95, ay, ax) for ay in (0.0, 0.5, 1.0) for ax in (0.0, 0.5, 1.0)]
 # Crops anchored in each corner that leave out the opposite corner's logo area.
@@ -49,8 +61,15 @@ MIN_TRIM = 0.02  # trimming less than this is noise, not a border
 # Views of the whole picture are always kept (the policy caps low-quality
 # matches at REVIEW); a derived view (crop, region, band) this flat is no
 # evidence at all: a patch of sky or of app background matches any other.
-WHOLE_PICTURE_VIEWS = {*DIHEDRAL, "untrimmed", "trimmed", "small"}
+WHOLE_PICTURE_VIEWS = {*DIHEDRAL, "untrimmed", "trimmed", "small", "unsquashed"}
 MIN_DERIVED_QUALITY = 50
+# Partners' picture hashes (python-threatexchange, HMA) are PDQ at full
+# resolution, aspect kept; the views above squash by nearest neighbour, which
+# moved such a hash up to 108 bits on textured 256 px pictures (bench/
+# partner_pdq.py). An upload's picture is also hashed as decoded, box-reduced
+# while its short side stays >= this: within 14 bits of the full-resolution
+# hash on every vector picture, at ~1 ms (a 1600 px PNG: ~5 ms).
+UNSQUASHED_MIN_SIDE = 256
 
 # Our own pixel limit (ImageLimits) is checked from the header before any pixel
 # is decoded; Pillow's global one would override the configured value.
@@ -242,7 +261,20 @@ def _informative(signals: list[Signal]) -> list[Signal]:
 
 
 def hash_known(data: bytes, limits: ImageLimits) -> list[Signal]:
-    return [*_exact(data), *known_views(decode_rgb(data, limits))]
+    rgb = decode_rgb(data, limits)
+    return [*_exact(data), *known_views(rgb), *local_feature_signals(rgb)]
+
+
+def local_feature_signals(
+    rgb: np.ndarray, variant: str = "original", position: float | None = None
+) -> list[Signal]:
+    """The picture's local_features signal, or none when it has too few
+    distinctive, well-spread keypoints to be evidence. `variant` and
+    `position` say where it was taken, as for PDQ (a video frame, a page)."""
+    found = local_features.extract(Image.fromarray(rgb))
+    if found is None:
+        return []
+    return [Signal(LOCAL_FEATURES.name, local_features.encode(found), None, variant, position)]
 
 
 def known_views(rgb: np.ndarray) -> list[Signal]:
@@ -268,11 +300,32 @@ def known_views(rgb: np.ndarray) -> list[Signal]:
 def hash_query(data: bytes, limits: ImageLimits, part: int | None = None) -> list[Signal]:
     """All signals of an upload, or (part = 0 or 1) one half of them."""
     # Uploads are only compared with our own stored views, never exported, so
-    # they can be decoded and hashed small: a JPEG at a reduced DCT scale, every
-    # view at VIEW_SIDE. The cost is a few bits (bench/robustness.py measures it).
-    rgb = decode_rgb(data, limits, at_least=VIEW_SIDE)
+    # they can be decoded and hashed small: a JPEG at a reduced DCT scale (enough
+    # for local features), every PDQ view at VIEW_SIDE. The cost is a few bits
+    # (bench/robustness.py measures it).
+    rgb = decode_rgb(data, limits, at_least=QUERY_DECODE_SIDE)
     exact = _exact(data) if part in (None, 0) else []
-    return [*exact, *query_views(rgb, part)]
+    local = local_feature_signals(rgb) if part in (None, 1) else []
+    return [*exact, *upload_views(rgb, part), *local]
+
+
+def upload_views(rgb: np.ndarray, part: int | None = None) -> list[Signal]:
+    """The PDQ views of an uploaded picture: query_views and, when those
+    squashed it, the picture hashed as partners hash it (unsquashed_view)."""
+    signals = query_views(rgb, part)
+    if part in (None, 0) and max(rgb.shape[:2]) > VIEW_SIDE:
+        signals.append(unsquashed_view(rgb))
+    return signals
+
+
+def unsquashed_view(rgb: np.ndarray) -> Signal:
+    """PDQ of the whole picture at its own aspect, as python-threatexchange and
+    HMA hash it at full resolution; large pictures are box-reduced first (PDQ's
+    own filter averages boxes too, so little changes but the cost)."""
+    factor = min(rgb.shape[:2]) // UNSQUASHED_MIN_SIDE
+    if factor > 1:
+        rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).reduce(factor))
+    return _pdq_signal(rgb, "unsquashed")
 
 
 def query_views(rgb: np.ndarray, part: int | None = None) -> list[Signal]:

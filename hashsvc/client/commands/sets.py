@@ -29,6 +29,7 @@ def register(commands: Subcommands) -> None:
     p.add_argument(
         "--review-threshold", type=int, help="PDQ distance <= N is reviewed (default 56)"
     )
+    _local_threshold_flags(p)
     p.add_argument(
         "--allow-list",
         action="store_true",
@@ -61,6 +62,65 @@ def register(commands: Subcommands) -> None:
         action=argparse.BooleanOptionalAction,
         help="whether reviewers may add confirmed uploads to this set (never an allow list)",
     )
+    _local_threshold_flags(p)
+
+
+# flag -> Threshold field of the local_features type
+_LOCAL_FLAGS = {
+    "local_block_inliers": "block_inliers",
+    "local_review_inliers": "review_inliers",
+    "local_block_coverage": "block_coverage",
+    "local_review_coverage": "review_coverage",
+}
+
+
+def _local_threshold_flags(p: argparse.ArgumentParser) -> None:
+    what = "a verified local-feature match (crop, tilt, collage)"
+    p.add_argument(
+        "--local-block-inliers", type=int, metavar="N", help=f"{what} with >= N inliers blocks"
+    )
+    p.add_argument(
+        "--local-review-inliers",
+        type=int,
+        metavar="N",
+        help=f"{what} with >= N inliers is reviewed",
+    )
+    p.add_argument(
+        "--local-block-coverage",
+        type=float,
+        metavar="F",
+        help=f"{what} blocks only when its inliers cover >= F (0..1) of the known picture",
+    )
+    p.add_argument(
+        "--local-review-coverage",
+        type=float,
+        metavar="F",
+        help=f"{what} is reviewed only when its inliers cover >= F (0..1) of the known picture",
+    )
+
+
+def _local_threshold(args: argparse.Namespace, current: pb.Threshold | None) -> pb.Threshold | None:
+    """The local_features threshold the flags ask for, the rest taken from
+    `current` (the set's own) or the defaults; None when no flag is given."""
+    given = {f: getattr(args, flag) for flag, f in _LOCAL_FLAGS.items()}
+    if all(v is None for v in given.values()):
+        return None
+    if current is None:
+        # imported here: the policy brings the matching code, which no other
+        # client command needs
+        from hashsvc.matching.policy import DEFAULT_THRESHOLDS
+
+        defaults = DEFAULT_THRESHOLDS["local_features"]
+        current = pb.Threshold(
+            block_inliers=defaults.block_inliers,
+            review_inliers=defaults.review_inliers,
+            block_coverage=defaults.block_coverage,
+            review_coverage=defaults.review_coverage,
+        )
+    threshold = pb.Threshold(signal_type="local_features")
+    for f, value in given.items():
+        setattr(threshold, f, getattr(current, f) if value is None else value)
+    return threshold
 
 
 def _print_set(s: pb.HashSet, as_json: bool) -> None:
@@ -89,6 +149,9 @@ def cmd_sets_create(args: argparse.Namespace) -> int:
         thresholds.append(
             pb.Threshold(signal_type="pdq", block_distance=block, review_distance=review)
         )
+    local = _local_threshold(args, None)
+    if local is not None:
+        thresholds.append(local)
     req = pb.CreateSetRequest(
         name=args.name,
         description=args.description,
@@ -137,6 +200,12 @@ def cmd_sets_update(args: argparse.Namespace) -> int:
     if args.review_target is not None:
         req.review_target = args.review_target
     with connect(args) as client:
+        if any(getattr(args, flag) is not None for flag in _LOCAL_FLAGS):
+            current = client.curation.GetSet(
+                pb.GetSetRequest(name=args.name), metadata=client.metadata
+            )
+            own = next((t for t in current.thresholds if t.signal_type == "local_features"), None)
+            req.thresholds.append(_local_threshold(args, own))
         s = client.curation.UpdateSet(req, metadata=client.metadata)
     _print_set(s, args.json)
     return EXIT_OK

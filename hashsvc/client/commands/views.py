@@ -42,6 +42,7 @@ def matched_json(m: pb.MatchedEntry) -> dict:
         query_share=m.query_share,
         known_share=m.known_share,
         segments=m.segments,
+        local_features=m.local_features if m.HasField("local_features") else None,
     )
 
 
@@ -63,15 +64,23 @@ def set_json(s: pb.HashSet) -> dict:
         "labels": dict(s.labels),
         "enabled": s.enabled,
         "entries": s.entry_count,
-        "thresholds": {
-            t.signal_type: {"block": t.block_distance, "review": t.review_distance}
-            for t in s.thresholds
-        },
+        "thresholds": {t.signal_type: threshold_json(t) for t in s.thresholds},
         "allow_list": s.allow_list,
         "review_blocks": s.review_blocks,
         "review_target": s.review_target,
         "created_at": iso(s.created_at),
     }
+
+
+def threshold_json(t: pb.Threshold) -> dict:
+    if t.signal_type == "local_features":  # judged by evidence, not distance
+        return {
+            "block_inliers": t.block_inliers,
+            "block_coverage": t.block_coverage,
+            "review_inliers": t.review_inliers,
+            "review_coverage": t.review_coverage,
+        }
+    return {"block": t.block_distance, "review": t.review_distance}
 
 
 def entry_json(e: pb.Entry) -> dict:

@@ -1,0 +1,270 @@
+"""Geometric verification of a local-feature candidate: are the keypoints an
+upload shares with a known picture placed by one plausible similarity
+transform (shift, uniform scale, rotation), and do they cover enough of the
+known picture to be evidence?
+
+Descriptor votes alone are not evidence: flat, dark and patterned pictures
+share hundreds of look-alike descriptors. A match here needs, in order:
+mutual nearest neighbours that pass Lowe's ratio test; a similarity transform
+found by RANSAC with a tight reprojection error; a plausible scale; and
+inliers at distinct positions (a repeated pattern maps many keypoints to one
+place) spread over the known picture (coverage, grid cells). The thresholds
+that turn a Verification into block or review are LocalThresholds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numba
+import numpy as np
+from numba import types
+from numba.extending import intrinsic
+
+from hashsvc.base.decisions import Decision
+from hashsvc.media.local_features import LocalFeatures
+
+# Lowe's ratio: the best match must be clearly better than the second best.
+RATIO = 0.85
+# RANSAC reprojection error, in pixels of the query as extracted (<= 640 px
+# on the long side): tight, so chance alignments of noise rarely agree.
+REPROJECTION_PX = 5.0
+RANSAC_ITERATIONS = 2000
+RANSAC_CONFIDENCE = 0.995
+# Query size / known size: a copy shown smaller than this or blown up more
+# is not a plausible re-upload, but it is what a degenerate fit looks like.
+MIN_SCALE = 0.15
+MAX_SCALE = 6.0
+# Fewer inliers than this is no consistent transform at all (None).
+MIN_CONSISTENT_INLIERS = 8
+# Inlier spread is measured on a COVERAGE_GRID x COVERAGE_GRID grid.
+COVERAGE_GRID = 12
+# Two inliers closer than this (pixels) count as one position.
+DISTINCT_PX = 3.0
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Why a candidate matched: counted on inliers at distinct positions."""
+
+    inliers: int
+    # Share of the KNOWN picture covered by the inliers: of the cells of a
+    # COVERAGE_GRID x COVERAGE_GRID grid that hold its keypoints, those that
+    # hold an inlier (see _coverage).
+    coverage: float
+    # The same share on the query (small for a tile of a collage).
+    query_coverage: float
+    # Query size / known size, in the pictures as extracted.
+    scale: float
+    # Rotation from the known picture to the query, degrees counter-clockwise.
+    angle: float
+    # Cells of a COVERAGE_GRID x COVERAGE_GRID grid over the known picture
+    # holding at least one inlier.
+    cells: int
+    # Of the cells of the known picture that both pictures show (the query's
+    # frame mapped into the known) and where either has keypoints, the share
+    # that hold an inlier (see _agreement). Near 1 for a crop, a tilt or a
+    # collage tile; low when only a shared logo, frame or page template agrees
+    # and the rest of both pictures differs.
+    agreement: float
+
+
+@dataclass(frozen=True)
+class LocalThresholds:
+    """When a verification blocks or goes to review: every minimum must hold.
+    Defaults measured by bench/local_features.py (README: Local features)."""
+
+    block_inliers: int = 30
+    block_coverage: float = 0.25
+    block_agreement: float = 0.45
+    review_inliers: int = 16
+    review_coverage: float = 0.15
+    review_agreement: float = 0.33
+
+    def level(self, verification: Verification | None) -> Decision | None:
+        """BLOCK, REVIEW or None (no evidence) for one verification."""
+        if verification is None:
+            return None
+        v = verification
+        if (
+            v.inliers >= self.block_inliers
+            and v.coverage >= self.block_coverage
+            and v.agreement >= self.block_agreement
+        ):
+            return Decision.BLOCK
+        if (
+            v.inliers >= self.review_inliers
+            and v.coverage >= self.review_coverage
+            and v.agreement >= self.review_agreement
+        ):
+            return Decision.REVIEW
+        return None
+
+
+DEFAULT_THRESHOLDS = LocalThresholds()
+
+
+@intrinsic
+def _popcount(typingctx, x):
+    """The CPU's population count (LLVM ctpop) for a 64-bit word."""
+    sig = types.uint64(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    return sig, codegen
+
+
+@numba.njit(nogil=True, cache=True)
+def _nearest(query: np.ndarray, known: np.ndarray):
+    """One pass over all Hamming distances (words of 64 bits): per query its
+    best and second-best distance and best known; per known its best query.
+    Compiled: OpenCV's BFMatcher both ways cost ~5 ms for 450 x 450 keypoints,
+    this ~0.3 ms, and it runs without the GIL."""
+    nq, nk, words = query.shape[0], known.shape[0], query.shape[1]
+    best = np.full(nq, 1 << 30, np.int64)
+    second = np.full(nq, 1 << 30, np.int64)
+    best_known = np.full(nq, -1, np.int64)
+    known_best = np.full(nk, 1 << 30, np.int64)
+    known_best_query = np.full(nk, -1, np.int64)
+    for i in range(nq):
+        for j in range(nk):
+            d = np.int64(0)
+            for w in range(words):
+                d += np.int64(_popcount(query[i, w] ^ known[j, w]))
+            if d < best[i]:
+                second[i] = best[i]
+                best[i] = d
+                best_known[i] = j
+            elif d < second[i]:
+                second[i] = d
+            if d < known_best[j]:
+                known_best[j] = d
+                known_best_query[j] = i
+    return best, second, best_known, known_best_query
+
+
+def _words(descriptors: np.ndarray) -> np.ndarray:
+    """Descriptors as 64-bit words, zero-padded (zeros add no distance)."""
+    n, d = descriptors.shape
+    padded = -d % 8
+    if padded:
+        descriptors = np.concatenate([descriptors, np.zeros((n, padded), np.uint8)], axis=1)
+    return np.ascontiguousarray(descriptors).view(np.uint64)
+
+
+def _matches(query: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (query, known): mutual nearest neighbours passing the ratio test."""
+    if len(query) < 2 or len(known) < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    best, second, best_known, known_best_query = _nearest(_words(query), _words(known))
+    q_idx = np.arange(len(query))
+    ok = (best < RATIO * second) & (known_best_query[best_known] == q_idx)
+    return q_idx[ok], best_known[ok]
+
+
+def _distinct(points: np.ndarray) -> np.ndarray:
+    """Mask keeping the first of the points closer than DISTINCT_PX to one another."""
+    cells = np.floor(points / DISTINCT_PX).astype(np.int64)
+    _, first = np.unique(cells, axis=0, return_index=True)
+    mask = np.zeros(len(points), bool)
+    mask[first] = True
+    return mask
+
+
+def _cell_ids(points: np.ndarray, width: int, height: int) -> np.ndarray:
+    grid = COVERAGE_GRID
+    cx = np.clip((points[:, 0] * grid / width).astype(np.int64), 0, grid - 1)
+    cy = np.clip((points[:, 1] * grid / height).astype(np.int64), 0, grid - 1)
+    return np.unique(cy * grid + cx)
+
+
+def _coverage(inliers: np.ndarray, features: LocalFeatures) -> tuple[float, int]:
+    """(share, count) of the picture's cells with keypoints that hold an inlier.
+
+    Of the cells with keypoints, not of all cells: a logo in a corner, a
+    shared page heading or the frame of a template put inliers in a few cells
+    of a picture whose content fills most of them; a crop or a collage tile
+    keeps most of them. (A convex hull would count the empty middle between a
+    heading and a table at the foot of the page as covered.)"""
+    content = _cell_ids(features.points, features.width, features.height)
+    held = _cell_ids(inliers, features.width, features.height)
+    return len(held) / max(1, len(content)), len(held)
+
+
+def _agreement(
+    matrix: np.ndarray, inliers: np.ndarray, query: LocalFeatures, known: LocalFeatures
+) -> float:
+    """Share of the cells both pictures show and have content in that agree."""
+    forward = matrix.astype(np.float64)
+    inverse = cv2.invertAffineTransform(forward)
+    # known keypoints that land inside the query's frame
+    mapped = known.points @ forward[:, :2].T + forward[:, 2]
+    shown = (
+        (mapped[:, 0] >= 0)
+        & (mapped[:, 0] <= query.width)
+        & (mapped[:, 1] >= 0)
+        & (mapped[:, 1] <= query.height)
+    )
+    # query keypoints that land inside the known's frame, in known pixels
+    back = query.points @ inverse[:, :2].T + inverse[:, 2]
+    inside = (back[:, 0] >= 0) & (back[:, 0] <= known.width) & (back[:, 1] >= 0)
+    inside &= back[:, 1] <= known.height
+    both = np.concatenate([known.points[shown], back[inside].astype(np.float32)])
+    comparable = _cell_ids(both, known.width, known.height)
+    held = _cell_ids(inliers, known.width, known.height)
+    return len(np.intersect1d(held, comparable)) / max(1, len(comparable))
+
+
+def verify(query: LocalFeatures, known: LocalFeatures) -> Verification | None:
+    """The transform that maps `known` into `query`, with its evidence; None
+    when the descriptors agree on no plausible, consistent transform."""
+    if query.algorithm != known.algorithm or query.descriptor_bytes != known.descriptor_bytes:
+        return None
+    q_idx, k_idx = _matches(query.descriptors, known.descriptors)
+    if len(q_idx) < MIN_CONSISTENT_INLIERS:
+        return None
+    src = known.points[k_idx].astype(np.float32)
+    dst = query.points[q_idx].astype(np.float32)
+    matrix, mask = cv2.estimateAffinePartial2D(
+        src,
+        dst,
+        method=cv2.RANSAC,
+        ransacReprojThreshold=REPROJECTION_PX,
+        maxIters=RANSAC_ITERATIONS,
+        confidence=RANSAC_CONFIDENCE,
+    )
+    if matrix is None or mask is None:
+        return None
+    a, b = float(matrix[0, 0]), float(matrix[1, 0])
+    scale = math.hypot(a, b)
+    if not (MIN_SCALE <= scale <= MAX_SCALE) or not math.isfinite(scale):
+        return None
+    if int(mask.sum()) < MIN_CONSISTENT_INLIERS:
+        return None
+    inlier = mask.ravel().astype(bool)
+    src, dst = src[inlier], dst[inlier]
+    # Count a place once, on both sides: many keypoints of a repeated pattern
+    # (or of one blob at several pyramid levels) landing on one spot are one.
+    keep = _distinct(src)
+    src, dst = src[keep], dst[keep]
+    keep = _distinct(dst)
+    src, dst = src[keep], dst[keep]
+    if len(src) < MIN_CONSISTENT_INLIERS:
+        return None
+    coverage, cells = _coverage(src, known)
+    query_coverage, _ = _coverage(dst, query)
+    agreement = _agreement(matrix, src, query, known)
+    return Verification(
+        inliers=len(src),
+        coverage=coverage,
+        query_coverage=query_coverage,
+        scale=scale,
+        # image y points down: a counter-clockwise turn on screen is a negative
+        # angle in matrix terms
+        angle=-math.degrees(math.atan2(b, a)),
+        cells=cells,
+        agreement=agreement,
+    )

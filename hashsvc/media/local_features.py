@@ -1,0 +1,296 @@
+"""Local features of a picture: keypoints and binary descriptors, the second
+image signal beside PDQ (issue 18). PDQ is global, so crops, tilts and
+collages move it far; keypoints found again in the copy, checked for one
+consistent geometric transform (hashsvc/matching/local_geometry.py), survive
+them.
+
+The signal's value is one opaque blob per picture (`encode` / `decode`):
+
+    magic "LF" | version u8 | algorithm u8 | width u16 | height u16 | count u16 |
+    descriptor bytes u8 | count x (x u16, y u16) | count x descriptor
+
+little-endian; positions in quarter pixels of the picture the points were
+found in (the picture resized to `max_side`), descriptors as the detector
+gives them, strongest keypoint first. Blobs arrive from bulk files and
+AddEntry-by-hash, so `decode` trusts nothing in them.
+
+Pictures without enough distinctive, well-spread keypoints get no signal at
+all (`extract` returns None): flat, dark, gradient and tiny pictures would
+otherwise match each other on noise and compression artefacts.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+if TYPE_CHECKING:
+    # imported where pictures are decoded (hashing workers), not by the server,
+    # which only decodes blobs (issue 17: no image decoder in the server process)
+    from PIL import Image
+
+from hashsvc.base.errors import InvalidArgument
+
+MAGIC = b"LF"
+VERSION = 1
+ALGORITHM_ORB = 1
+ALGORITHM_AKAZE = 2
+ALGORITHM_BRISK = 3
+# algorithm -> descriptor bytes (AKAZE's 486 bits take 61)
+_ALGORITHMS = {ALGORITHM_ORB: 32, ALGORITHM_AKAZE: 61, ALGORITHM_BRISK: 64}
+DETECTORS = {"orb": ALGORITHM_ORB, "akaze": ALGORITHM_AKAZE, "brisk": ALGORITHM_BRISK}
+_HEADER = struct.Struct("<2sBBHHHB")
+# Positions are stored in quarter pixels: well under RANSAC's reprojection
+# threshold, and a u16 holds any side up to 16383 px.
+_POSITION_STEPS = 4
+MAX_SIDE_STORED = 65535 // _POSITION_STEPS
+# The most keypoints a blob may carry, whatever the limits it was made with:
+# a hostile count cannot make decode allocate or verify cost more.
+MAX_POINTS_STORED = 2000
+
+# OpenCV runs its own thread pool per call; the service already runs one
+# hashing job per core, and nested pools only add contention.
+cv2.setNumThreads(1)
+
+
+@dataclass(frozen=True)
+class LocalFeatureLimits:
+    """What extraction keeps and when it refuses a picture."""
+
+    # "orb", "akaze" or "brisk" (bench/local_features.py compares them);
+    # features of different detectors never match each other.
+    detector: str = "orb"
+
+    # Strongest keypoints kept per picture: verification cost and blob size
+    # grow with it, recall on crops and collages too.
+    max_keypoints: int = 500
+    # The picture is resized (down only) so its long side is at most this
+    # before detection: keypoints of a 4000 px photo and its 600 px re-upload
+    # then come from comparable scales, and detection cost is bounded.
+    max_side: int = 640
+    # Smaller pictures carry too little to be evidence (thumbnails are PDQ's job).
+    min_side: int = 64
+    # ORB's FAST threshold (grey levels): higher refuses weak corners that
+    # JPEG artefacts and sensor noise make in flat or dark regions. AKAZE and
+    # BRISK use their own (akaze_threshold, brisk_threshold).
+    fast_threshold: int = 20
+    akaze_threshold: float = 0.001
+    brisk_threshold: int = 30
+    pyramid_levels: int = 8
+    pyramid_scale: float = 1.2
+    # Refusal: fewer keypoints than this, or keypoints in fewer cells of a
+    # spread_grid x spread_grid grid, and the picture gets no signal.
+    min_keypoints: int = 60
+    # Keypoints are detected oversample x max_keypoints, then max_keypoints
+    # kept evenly over a balance_grid x balance_grid grid (see _balanced).
+    oversample: int = 3
+    balance_grid: int = 4
+    spread_grid: int = 4
+    min_spread_cells: int = 6
+
+
+DEFAULT_LIMITS = LocalFeatureLimits()
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    """Keypoints of one picture: `points` (N, 2) float32 x, y in pixels of a
+    `width` x `height` picture, `descriptors` (N, D) uint8, strongest first."""
+
+    width: int
+    height: int
+    points: np.ndarray
+    descriptors: np.ndarray
+    algorithm: int = ALGORITHM_ORB
+
+    @property
+    def descriptor_bytes(self) -> int:
+        return int(self.descriptors.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.points.shape[0])
+
+
+def _grey(img: Image.Image, max_side: int) -> np.ndarray:
+    grey = img.convert("L")
+    if max(grey.size) > max_side:
+        scale = max_side / max(grey.size)
+        size = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))
+        from PIL import Image
+
+        grey = grey.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(grey)
+
+
+def _contrib(name: str):
+    """AKAZE and BRISK left OpenCV's main package in 5.0 (now in
+    opencv-contrib's xfeatures2d); they are compared in the bench only."""
+    for module in (cv2, getattr(cv2, "xfeatures2d", None)):
+        if module is not None and hasattr(module, name):
+            return getattr(module, name)
+    raise ValueError(f"{name} needs opencv-contrib-python-headless (OpenCV 5 moved it there)")
+
+
+def _detector(limits: LocalFeatureLimits):
+    if limits.detector == "akaze":
+        return _contrib("AKAZE_create")(threshold=limits.akaze_threshold)
+    if limits.detector == "brisk":
+        return _contrib("BRISK_create")(thresh=limits.brisk_threshold, octaves=3)
+    if limits.detector != "orb":
+        raise ValueError(f"unknown local feature detector {limits.detector!r}")
+    return cv2.ORB_create(
+        nfeatures=limits.max_keypoints * limits.oversample,
+        scaleFactor=limits.pyramid_scale,
+        nlevels=limits.pyramid_levels,
+        fastThreshold=limits.fast_threshold,
+    )
+
+
+def extract(img: Image.Image, limits: LocalFeatureLimits = DEFAULT_LIMITS) -> LocalFeatures | None:
+    """Keypoints and descriptors of `img`, or None when it has too few
+    distinctive, well-spread keypoints to be evidence."""
+    if min(img.size) < limits.min_side:
+        return None
+    grey = _grey(img, limits.max_side)
+    height, width = grey.shape
+    if min(width, height) < limits.min_side:
+        return None
+    keypoints, descriptors = _detector(limits).detectAndCompute(grey, None)
+    if descriptors is None or len(keypoints) < limits.min_keypoints:
+        return None
+    points = np.array([k.pt for k in keypoints], dtype=np.float32).reshape(-1, 2)
+    response = np.array([k.response for k in keypoints], dtype=np.float64)
+    order = _balanced(points, response, width, height, limits)
+    points = points[order]
+    descriptors = np.ascontiguousarray(descriptors[order], dtype=np.uint8)
+    if _cells_occupied(points, width, height, limits.spread_grid) < limits.min_spread_cells:
+        return None
+    return LocalFeatures(width, height, points, descriptors, DETECTORS[limits.detector])
+
+
+def _balanced(
+    points: np.ndarray, response: np.ndarray, width: int, height: int, limits: LocalFeatureLimits
+) -> np.ndarray:
+    """Indexes of the keypoints to keep, strongest first: the strongest of each
+    cell of a balance_grid x balance_grid grid up to an equal share, then the
+    strongest of the rest. Kept by strength alone, the most textured part of a
+    picture takes them all, and a photo shown as one tile of a collage or in a
+    screenshot beside busier pictures keeps almost none."""
+    by_strength = np.argsort(-response, kind="stable")
+    grid = limits.balance_grid
+    if grid <= 1 or len(by_strength) <= limits.max_keypoints:
+        return by_strength[: limits.max_keypoints]
+    cx = np.clip((points[by_strength, 0] * grid / width).astype(np.int64), 0, grid - 1)
+    cy = np.clip((points[by_strength, 1] * grid / height).astype(np.int64), 0, grid - 1)
+    cell = cy * grid + cx
+    # rank of each keypoint among the stronger ones of its cell
+    rank = np.empty(len(cell), np.int64)
+    order = np.argsort(cell, kind="stable")
+    sorted_cells = cell[order]
+    starts = np.searchsorted(sorted_cells, sorted_cells, side="left")
+    rank[order] = np.arange(len(cell)) - starts
+    quota = max(1, limits.max_keypoints // (grid * grid))
+    first = by_strength[rank < quota]
+    rest = by_strength[rank >= quota]
+    chosen = np.concatenate([first, rest[: max(0, limits.max_keypoints - len(first))]])
+    # strongest first, as the contract says
+    return chosen[np.argsort(-response[chosen], kind="stable")]
+
+
+def _cells_occupied(points: np.ndarray, width: int, height: int, grid: int) -> int:
+    cx = np.clip((points[:, 0] * grid / width).astype(np.int64), 0, grid - 1)
+    cy = np.clip((points[:, 1] * grid / height).astype(np.int64), 0, grid - 1)
+    return int(np.unique(cy * grid + cx).size)
+
+
+def encode(features: LocalFeatures) -> bytes:
+    """The compact, versioned blob of `features` (see the module docstring)."""
+    _check(features)
+    steps = np.rint(features.points.astype(np.float64) * _POSITION_STEPS)
+    limit = np.array([features.width, features.height], dtype=np.float64) * _POSITION_STEPS
+    positions = np.minimum(steps, limit).astype("<u2")
+    header = _HEADER.pack(
+        MAGIC,
+        VERSION,
+        features.algorithm,
+        features.width,
+        features.height,
+        len(features),
+        features.descriptor_bytes,
+    )
+    return header + positions.tobytes() + np.ascontiguousarray(features.descriptors).tobytes()
+
+
+def decode(value: bytes) -> LocalFeatures:
+    """The features in a blob; InvalidArgument naming what is wrong with any
+    blob that `encode` would not have made."""
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise InvalidArgument("local_features value must be bytes")
+    value = bytes(value)
+    if len(value) < _HEADER.size:
+        raise InvalidArgument(f"local_features value is truncated: {len(value)} bytes, no header")
+    magic, version, algorithm, width, height, count, dbytes = _HEADER.unpack_from(value)
+    if magic != MAGIC:
+        raise InvalidArgument("local_features value has no LF header")
+    if version != VERSION:
+        raise InvalidArgument(f"local_features version {version} is not supported (only {VERSION})")
+    if algorithm not in _ALGORITHMS:
+        raise InvalidArgument(f"local_features algorithm {algorithm} is unknown")
+    if dbytes != _ALGORITHMS[algorithm]:
+        raise InvalidArgument(
+            f"local_features descriptors of {dbytes} bytes; algorithm {algorithm}"
+            f" has {_ALGORITHMS[algorithm]}"
+        )
+    if not (1 <= width <= MAX_SIDE_STORED and 1 <= height <= MAX_SIDE_STORED):
+        raise InvalidArgument(f"local_features picture size {width}x{height} is out of range")
+    if not 1 <= count <= MAX_POINTS_STORED:
+        raise InvalidArgument(
+            f"local_features keypoint count {count} is out of range (1..{MAX_POINTS_STORED})"
+        )
+    expected = _HEADER.size + count * 4 + count * dbytes
+    if len(value) != expected:
+        raise InvalidArgument(
+            f"local_features value is {len(value)} bytes; {count} keypoints need {expected}"
+        )
+    positions = np.frombuffer(value, dtype="<u2", count=count * 2, offset=_HEADER.size)
+    positions = positions.reshape(count, 2)
+    if (positions[:, 0] > width * _POSITION_STEPS).any() or (
+        positions[:, 1] > height * _POSITION_STEPS
+    ).any():
+        raise InvalidArgument(f"local_features keypoint outside its {width}x{height} picture")
+    points = positions.astype(np.float32) / _POSITION_STEPS
+    descriptors = np.frombuffer(value, dtype=np.uint8, offset=_HEADER.size + count * 4)
+    return LocalFeatures(
+        width, height, points, descriptors.reshape(count, dbytes).copy(), algorithm
+    )
+
+
+def _check(features: LocalFeatures) -> None:
+    """What encode refuses: anything decode would refuse."""
+    points, descriptors = features.points, features.descriptors
+    if features.algorithm not in _ALGORITHMS:
+        raise InvalidArgument(f"local_features algorithm {features.algorithm} is unknown")
+    if not (1 <= features.width <= MAX_SIDE_STORED and 1 <= features.height <= MAX_SIDE_STORED):
+        raise InvalidArgument(
+            f"local_features picture size {features.width}x{features.height} is out of range"
+        )
+    if points.ndim != 2 or points.shape[1] != 2 or descriptors.ndim != 2:
+        raise InvalidArgument("local_features points must be (N, 2), descriptors (N, D)")
+    if points.shape[0] != descriptors.shape[0] or not 1 <= points.shape[0] <= MAX_POINTS_STORED:
+        raise InvalidArgument(
+            f"local_features needs 1..{MAX_POINTS_STORED} keypoints with one descriptor each"
+        )
+    if descriptors.dtype != np.uint8 or descriptors.shape[1] != _ALGORITHMS[features.algorithm]:
+        raise InvalidArgument("local_features descriptors must be uint8 of the algorithm's size")
+    if not np.isfinite(points).all():
+        raise InvalidArgument("local_features keypoint position is not a finite number")
+    if (
+        (points < 0).any()
+        or (points[:, 0] > features.width).any()
+        or (points[:, 1] > features.height).any()
+    ):
+        raise InvalidArgument("local_features keypoint outside its picture")

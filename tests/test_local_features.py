@@ -1,0 +1,273 @@
+"""Local features (hashsvc/media/local_features.py) and their geometric
+verification (hashsvc/matching/local_geometry.py): the codec refuses hostile
+blobs, featureless pictures give no signal, transformed copies verify with the
+right transform, unrelated pictures do not."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from hashsvc.base.errors import InvalidArgument
+from hashsvc.matching.local_geometry import DEFAULT_THRESHOLDS, verify
+from hashsvc.media.local_features import (
+    LocalFeatureLimits,
+    LocalFeatures,
+    decode,
+    encode,
+    extract,
+)
+from hashsvc_testing.image_media import flat_image, noise_image, photo
+from hashsvc_testing.local_media import (
+    ARABIC,
+    LATIN,
+    collage,
+    document_page,
+    logo_template,
+    rotate,
+    text_screenshot,
+)
+from hashsvc_testing.vectors import vector
+
+BRIDGE = ("threatexchange", "pdq", "data", "reg-test-input", "dih", "bridge-1-original.jpg")
+
+
+def bridge() -> Image.Image:
+    return Image.open(vector(*BRIDGE)).convert("RGB")
+
+
+def features(img: Image.Image) -> LocalFeatures:
+    found = extract(img)
+    assert found is not None
+    return found
+
+
+# --- codec -----------------------------------------------------------------
+
+
+def test_round_trip_keeps_positions_to_a_quarter_pixel_and_descriptors_exactly():
+    original = features(bridge())
+    blob = encode(original)
+    back = decode(blob)
+    assert (back.width, back.height) == (original.width, original.height)
+    assert back.descriptor_bytes == original.descriptor_bytes == 32
+    assert np.array_equal(back.descriptors, original.descriptors)
+    assert np.abs(back.points - original.points).max() <= 0.125 + 1e-6
+    # compact: 4 bytes of position and 32 of descriptor a keypoint, 11 of header
+    assert len(blob) == 11 + 36 * len(original)
+    assert encode(back) == blob
+
+
+def test_extraction_keeps_the_limits_it_is_given():
+    img = bridge()
+    found = extract(img, LocalFeatureLimits(max_keypoints=120, max_side=400))
+    assert found is not None
+    assert len(found) <= 120
+    assert max(found.width, found.height) == 400
+    assert (found.points[:, 0] <= found.width).all() and (found.points[:, 1] <= found.height).all()
+
+
+def _blob(width=100, height=80, count=2, dbytes=32, version=1, algorithm=1, magic=b"LF"):
+    header = struct.pack("<2sBBHHHB", magic, version, algorithm, width, height, count, dbytes)
+    positions = np.array([[4, 8], [40, 40]] * count, "<u2")[:count].tobytes()
+    return header + positions + bytes(count * dbytes)
+
+
+@pytest.mark.parametrize(
+    "blob, message",
+    [
+        (b"", "truncated"),
+        (_blob()[:5], "truncated"),
+        (_blob()[:-1], "keypoints need"),
+        (_blob() + b"\0", "keypoints need"),
+        (_blob(magic=b"XX"), "no LF header"),
+        (_blob(version=2), "version 2"),
+        (_blob(algorithm=9), "algorithm 9"),
+        (_blob(dbytes=64), "descriptors of 64 bytes"),
+        (_blob(count=0), "count 0"),
+        (_blob(count=60000)[:40], "count 60000"),
+        (_blob(width=0), "size 0x80"),
+        (_blob(width=1, height=1), "outside"),
+    ],
+)
+def test_hostile_blobs_are_invalid_arguments(blob, message):
+    with pytest.raises(InvalidArgument, match=message):
+        decode(blob)
+
+
+def test_a_huge_count_is_refused_before_anything_is_allocated():
+    header = struct.pack("<2sBBHHHB", b"LF", 1, 1, 100, 100, 65535, 32)
+    with pytest.raises(InvalidArgument, match="count 65535"):
+        decode(header + bytes(65535 * 36))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -1.0, 101.0])
+def test_encode_refuses_positions_that_are_not_in_the_picture(bad):
+    points = np.array([[1.0, 2.0], [bad, 3.0]], np.float32)
+    with pytest.raises(InvalidArgument):
+        encode(LocalFeatures(100, 100, points, np.zeros((2, 32), np.uint8)))
+
+
+def test_decode_refuses_what_is_not_bytes():
+    with pytest.raises(InvalidArgument):
+        decode("4c46")  # type: ignore[arg-type]
+
+
+# --- pictures that are no evidence ---------------------------------------------
+
+
+def gradient(size=512, horizontal=True) -> Image.Image:
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    arr = np.tile(ramp, (size, 1)) if horizontal else np.tile(ramp[:, None], (1, size))
+    return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
+
+
+def stripes(size=512, period=16, angle=False) -> Image.Image:
+    img = Image.new("RGB", (size, size), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    for x in range(0, size, period):
+        draw.rectangle((x, 0, x + period // 2 - 1, size), fill=(0, 0, 0))
+    return img.rotate(30, fillcolor=(255, 255, 255)) if angle else img
+
+
+def checkerboard(size=512, cell=32) -> Image.Image:
+    idx = np.indices((size, size)) // cell
+    return Image.fromarray(((idx[0] + idx[1]) % 2 * 255).astype(np.uint8)).convert("RGB")
+
+
+def dark(seed: int, size=512) -> Image.Image:
+    """A nearly black picture with sensor noise, saved as a poor JPEG."""
+    rng = np.random.default_rng(seed)
+    arr = np.clip(rng.normal(8, 3, (size, size, 3)), 0, 255).astype(np.uint8)
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=40)
+    return Image.open(buf).convert("RGB")
+
+
+@pytest.mark.parametrize(
+    "img",
+    [flat_image(512), gradient(), gradient(horizontal=False), dark(1), Image.new("RGB", (40, 40))],
+    ids=["flat", "gradient-h", "gradient-v", "dark", "tiny"],
+)
+def test_featureless_pictures_get_no_signal(img):
+    assert extract(img) is None
+
+
+def test_patterns_and_noise_do_not_verify_against_each_other():
+    pictures = [
+        stripes(),
+        stripes(period=24),
+        stripes(angle=True),
+        checkerboard(),
+        checkerboard(cell=20),
+        noise_image(1, 512),
+        noise_image(2, 512),
+        dark(2),
+        dark(3),
+    ]
+    found = [f for f in map(extract, pictures) if f is not None]
+    for i, a in enumerate(found):
+        for b in found[i + 1 :]:
+            assert DEFAULT_THRESHOLDS.level(verify(a, b)) is None
+            assert DEFAULT_THRESHOLDS.level(verify(b, a)) is None
+
+
+def test_text_screenshots_documents_and_templates_are_not_matched_to_each_other():
+    # one layout, different words; one page template, different text; one
+    # channel's logo and frame around different photos
+    pictures = [text_screenshot(t, arabic=False) for t in LATIN[:3]]
+    pictures += [text_screenshot(t, arabic=True) for t in ARABIC[:3]]
+    pictures += [document_page(n) for n in range(3)]
+    pictures += [logo_template(photo(n)) for n in (1, 2, 5)]
+    pictures += [logo_template(bridge())]
+    found = [(n, f) for n, f in enumerate(map(extract, pictures)) if f is not None]
+    assert len(found) >= 10
+    for i, a in found:
+        for j, b in found:
+            if i != j:
+                assert DEFAULT_THRESHOLDS.level(verify(a, b)) is None, (i, j, verify(a, b))
+
+
+def test_unrelated_photographs_do_not_verify():
+    known = [features(photo(n)) for n in range(10)]
+    for i, a in enumerate(known):
+        for j, b in enumerate(known):
+            if i != j:
+                assert DEFAULT_THRESHOLDS.level(verify(a, b)) is None, (i, j)
+
+
+# --- transformed copies ---------------------------------------------------------
+
+
+def test_an_off_centre_crop_is_flagged_with_its_scale_and_no_turn():
+    img = bridge()
+    w, h = img.size
+    crop = img.crop((int(w * 0.25), int(h * 0.05), w, int(h * 0.95)))  # 25% off the left
+    known = features(img)
+    found = verify(features(crop), known)
+    assert DEFAULT_THRESHOLDS.level(found) in ("block", "review")
+    # both sides are resized to 640 px on the long side before detection
+    expected = (640 / crop.width) / (640 / w)
+    assert found.scale == pytest.approx(expected, rel=0.03)
+    assert abs(found.angle) < 1.0
+    assert found.coverage < found.query_coverage
+
+
+@pytest.mark.parametrize("angle", [3, 10, 20])
+def test_a_tilted_copy_is_found_with_its_angle(angle):
+    img = bridge()
+    w = img.width
+    rng = np.random.default_rng(angle)
+    turned = rotate(img, rng, angle)
+    found = verify(features(turned), features(img))
+    assert found is not None
+    if angle <= 10:  # at 20 degrees the crop keeps half the picture: often below review
+        assert DEFAULT_THRESHOLDS.level(found) in ("block", "review")
+    # rotate() turns either way, counter-clockwise on screen for a positive angle
+    direction = 1 if rng_direction(angle) else -1
+    assert found.angle == pytest.approx(direction * angle, abs=1.0)
+    assert found.scale == pytest.approx(w / turned.width, rel=0.05)
+
+
+def rng_direction(angle: int) -> bool:
+    return np.random.default_rng(angle).random() < 0.5
+
+
+def test_a_tile_of_a_collage_is_found_at_its_size():
+    """The transform is found; at half size too few keypoints agree for the
+    default review thresholds (README: Local features, collages)."""
+    others = [photo(n) for n in range(1, 9)]
+    canvas, _ = collage(bridge(), np.random.default_rng(1), 2, others)
+    found = verify(features(canvas), features(bridge()))
+    assert found is not None
+    # the tile is 531 px of a 1080 px collage, the original 1600 px: both are
+    # resized to 640 px on the long side, so the tile shows at 531/1080 of the known
+    assert found.scale == pytest.approx(531 / 1080, rel=0.05)
+    assert abs(found.angle) < 1.0
+
+
+def test_a_decoded_blob_verifies_as_the_features_it_was_made_from():
+    original = features(bridge())
+    found = verify(decode(encode(original)), original)
+    assert DEFAULT_THRESHOLDS.level(found) == "block"
+    assert found.scale == pytest.approx(1.0, abs=0.01)
+    assert abs(found.angle) < 0.5
+    assert found.coverage > 0.9 and found.agreement > 0.9
+
+
+@pytest.mark.parametrize("count", [1, 2, 50])
+def test_degenerate_hostile_features_give_no_verification(count):
+    """Blobs that decode (valid shape) but put every keypoint on one spot with
+    one descriptor: no transform, no crash."""
+    header = struct.pack("<2sBBHHHB", b"LF", 1, 1, 640, 480, count, 32)
+    blob = header + np.full((count, 2), 400, "<u2").tobytes() + bytes([7]) * (32 * count)
+    hostile = decode(blob)
+    real = features(bridge())
+    assert verify(hostile, real) is None
+    assert verify(real, hostile) is None
+    assert verify(hostile, hostile) is None

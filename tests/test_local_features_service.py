@@ -1,0 +1,464 @@
+"""The local_features signal through the real service, on both stores: crops
+and tilts of a known picture are found by local features with their
+evidence in `match --json`; unrelated pictures are allowed; adds and removals
+take effect at once, on a second replica too; snapshots, export -> load and
+set thresholds work; hostile blobs are INVALID_ARGUMENT where they enter."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import sys
+import time
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from hashsvc.client import cli
+from hashsvc.media.local_features import decode, encode, extract
+from hashsvc.v1 import hashsvc_pb2 as pb
+from hashsvc_testing import local_media
+from hashsvc_testing.image_media import encode as encode_image
+from hashsvc_testing.image_media import flat_image, photo
+from hashsvc_testing.vectors import vector
+from tests.helpers import match_request
+
+BRIDGE = ("threatexchange", "pdq", "data", "reg-test-input", "dih", "bridge-1-original.jpg")
+# PDQ at distance 0 only: whatever these sets find in a transformed copy is
+# found by local features (PDQ's own views would find some collages).
+PDQ_EXACT_ONLY = ("--block-threshold", "0", "--review-threshold", "0")
+
+
+def bridge() -> Image.Image:
+    return Image.open(vector(*BRIDGE)).convert("RGB")
+
+
+def crop(img: Image.Image, share: float) -> Image.Image:
+    """`share` of each side cut away, most of it from one side (as the bench)."""
+    return local_media.crop(img, np.random.default_rng(0), share)
+
+
+def rotated(img: Image.Image, degrees: float) -> Image.Image:
+    """Turned and cropped to the largest rectangle without fill (as the bench)."""
+    return local_media.rotate(img, np.random.default_rng(0), degrees)
+
+
+def jpeg(img: Image.Image, quality: int = 85) -> bytes:
+    return encode_image(img, "JPEG", quality=quality)
+
+
+@pytest.fixture
+def run(harness, monkeypatch, capsys):
+    monkeypatch.setenv("HASHSVC_SERVER", harness.address)
+
+    def run(*argv, role="admin", stdin: bytes | None = None):
+        monkeypatch.setenv("HASHSVC_TOKEN", harness.tokens[role])
+        if stdin is not None:
+            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+        code = cli.main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def _match(run, tmp_path, name: str, data: bytes) -> dict:
+    path = tmp_path / name
+    path.write_bytes(data)
+    code, out, err = run("match", "--json", path, role="matcher")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def _local_hit(row: dict) -> dict:
+    hits = [m for m in row["matches"] if m["signal_type"] == "local_features"]
+    assert hits, row
+    return hits[0]
+
+
+def test_crops_and_tilts_are_found_with_their_evidence(run, tmp_path):
+    known = tmp_path / "poster.jpg"
+    known.write_bytes(jpeg(bridge(), 92))
+    code, _, err = run("sets", "create", "lf", *PDQ_EXACT_ONLY, role="operator")
+    assert code == 0, err
+    code, _, err = run("add", "--set", "lf", known, role="operator")
+    assert code == 0, err
+
+    copies = {
+        "crop20": crop(bridge(), 0.20),
+        "rot10": rotated(bridge(), 10),
+        "rot3": rotated(bridge(), 3),
+    }
+    for name, img in copies.items():
+        row = _match(run, tmp_path, f"{name}.jpg", jpeg(img))
+        assert row["decision"] in ("block", "review"), (name, row)
+        hit = _local_hit(row)
+        assert (hit["entry"], hit["decision"], hit["distance"]) == (
+            "poster.jpg",
+            row["decision"],
+            0,
+        )
+        evidence = hit["local_features"]
+        assert set(evidence) == {
+            "inliers",
+            "coverage",
+            "query_coverage",
+            "scale",
+            "angle",
+            "agreement",
+        }
+        assert evidence["inliers"] >= 20 and 0 < evidence["coverage"] <= 1, (name, evidence)
+        if name == "rot10":
+            assert abs(abs(evidence["angle"]) - 10) < 2, evidence
+        if name == "rot3":  # most of the picture, agreeing: blocks
+            assert row["decision"] == "block", evidence
+
+    for n in (0, 2, 5, 9):
+        row = _match(run, tmp_path, f"other{n}.jpg", jpeg(photo(n)))
+        assert row["decision"] == "allow" and row["matches"] == [], row
+    # a flat picture has no local features at all: nothing to match on
+    assert extract(flat_image(512)) is None
+    assert _match(run, tmp_path, "flat.png", encode_image(flat_image(512), "PNG"))["decision"] == (
+        "allow"
+    )
+
+    # the history keeps the evidence
+    code, out, _ = run("history", "--json", role="auditor")
+    records = [json.loads(line) for line in out.splitlines()]
+    kept = [
+        m for r in records for m in r.get("matches", ()) if m["signal_type"] == "local_features"
+    ]
+    assert kept and set(kept[0]["local_features"]) >= {"inliers", "coverage", "scale"}
+    # ...but not the upload's ~18 KB blob (its size and SHA-256 in the store)
+    asked = [
+        s
+        for r in records
+        for s in r.get("query_signals", ())
+        if s["signal_type"] == "local_features"
+    ]
+    assert asked and all(s["value"] == "" for s in asked)
+
+
+def test_added_matches_at_once_and_removed_stops_at_once(harness, operator, matcher):
+    stub, md = operator
+    stub.curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=md)
+    upload = jpeg(rotated(bridge(), 10))
+
+    def decision() -> str:
+        m_stub, m_md = matcher
+        resp = m_stub.matcher.Match(match_request(upload), metadata=m_md)
+        assert all(
+            m.HasField("local_features") == (m.signal_type == "local_features")
+            for m in resp.matches
+        )
+        return pb.Decision.Name(resp.decision)
+
+    assert decision() == "ALLOW"
+    stub.curation.AddEntry(
+        pb.AddEntryRequest(set="s", name="known", media=pb.Media(content=jpeg(bridge()))),
+        metadata=md,
+    )
+    assert decision() in ("BLOCK", "REVIEW")
+    stub.curation.RemoveEntry(pb.RemoveEntryRequest(set="s", name="known"), metadata=md)
+    assert decision() == "ALLOW"
+
+
+def test_a_second_replica_sees_an_added_picture(pg_url, make_harness):
+    first = make_harness(pg_url, change_poll_seconds=0.2)
+    second = make_harness(pg_url, change_poll_seconds=0.2)
+    stub, md = first.stubs("operator")
+    stub.curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=md)
+    stub.curation.AddEntry(
+        pb.AddEntryRequest(set="s", name="known", media=pb.Media(content=jpeg(bridge()))),
+        metadata=md,
+    )
+    m_stub, m_md = second.stubs("matcher")
+    upload = match_request(jpeg(rotated(bridge(), 10)))
+    deadline = time.monotonic() + 5
+    while True:
+        resp = m_stub.matcher.Match(upload, metadata=m_md)
+        if resp.decision != pb.ALLOW or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert resp.decision != pb.ALLOW
+    assert any(m.signal_type == "local_features" for m in resp.matches)
+    assert second.core.live.sizes()["local_features"] == 1
+
+
+def _local_sets(core) -> None:
+    core.curation.create_set("s")
+    core.curation.add_entry("s", "known", {}, "op", media=jpeg(bridge()))
+
+
+def test_snapshot_and_restart_keep_matching(tmp_path, make_core):
+    from hashsvc.core.core import MatchQuery
+
+    db = f"sqlite:///{tmp_path}/h.db"
+    core = make_core(db)
+    _local_sets(core)
+    make_core.stop(core)  # writes the snapshot
+    snapshot = tmp_path / "h.db.index"
+    assert (snapshot / "index-local_features.lfi").exists()
+    core = make_core(db)
+    assert core.live.sizes()["local_features"] == 1
+    upload = jpeg(rotated(bridge(), 10))
+    assert core.match(MatchQuery(media=upload), caller="t").decision != "allow"
+    make_core.stop(core)
+
+    # a damaged feature snapshot is never an empty index: rebuilt from the store
+    (snapshot / "index-local_features.lfi").write_bytes(b"garbage")
+    core = make_core(db)
+    assert core.live.sizes()["local_features"] == 1
+    assert core.match(MatchQuery(media=upload), caller="t").decision != "allow"
+    make_core.stop(core)
+    (snapshot / "index-local_features.lfi").unlink()
+    core = make_core(db)
+    assert core.match(MatchQuery(media=upload), caller="t").decision != "allow"
+
+
+def test_export_then_load_gives_matchable_entries(run, tmp_path, make_harness, monkeypatch):
+    known = tmp_path / "poster.jpg"
+    known.write_bytes(jpeg(bridge()))
+    run("sets", "create", "src", *PDQ_EXACT_ONLY, role="operator")
+    run("add", "--set", "src", known, role="operator")
+    exports = {}
+    for fmt in ("jsonl", "csv"):
+        code, out, err = run("export", "--set", "src", "--format", fmt, role="operator")
+        assert code == 0, err
+        assert "local_features" in out
+        exports[fmt] = tmp_path / f"export.{fmt}"
+        exports[fmt].write_text(out, encoding="utf-8")
+    # other tools' formats carry only what those tools read
+    for fmt in ("hma", "tcap"):
+        code, out, err = run("export", "--set", "src", "--format", fmt, role="operator")
+        assert code == 0 and "pdq" in out.lower() and "local_features" not in out.lower(), fmt
+
+    # a partner's server loads each export
+    for fmt, path in exports.items():
+        partner = make_harness(f"sqlite:///{tmp_path}/partner-{fmt}.db")
+        monkeypatch.setenv("HASHSVC_SERVER", partner.address)
+        monkeypatch.setenv("HASHSVC_TOKEN", partner.tokens["operator"])
+        assert cli.main(["sets", "create", "copy", *PDQ_EXACT_ONLY]) == 0
+        assert cli.main(["load", "--set", "copy", "--quiet", str(path)]) == 0
+        stub, md = partner.stubs("matcher")
+        resp = stub.matcher.Match(match_request(jpeg(rotated(bridge(), 10))), metadata=md)
+        assert resp.decision != pb.ALLOW, fmt
+        found = [(m.set, m.entry) for m in resp.matches if m.signal_type == "local_features"]
+        assert found == [("copy", "poster.jpg")], fmt
+        make_harness.stop(partner)
+
+
+def test_set_thresholds_change_decisions(run, tmp_path):
+    known = tmp_path / "poster.jpg"
+    known.write_bytes(jpeg(bridge()))
+    code, out, err = run(
+        "sets", "create", "strict", *PDQ_EXACT_ONLY, "--local-block-inliers", "5000",
+        "--local-review-inliers", "20", "--local-review-coverage", "0.05", "--json",
+        role="operator",
+    )  # fmt: skip
+    assert code == 0, err
+    shown = json.loads(out)["thresholds"]["local_features"]
+    assert shown["block_inliers"] == 5000 and shown["review_inliers"] == 20
+    assert shown["review_coverage"] == 0.05
+    run("add", "--set", "strict", known, role="operator")
+    upload = jpeg(rotated(bridge(), 3))
+    assert _match(run, tmp_path, "u.jpg", upload)["decision"] == "review"
+
+    code, _, err = run(
+        "sets", "update", "strict", "--local-review-inliers", "5000", role="operator"
+    )
+    assert code == 0, err
+    assert _match(run, tmp_path, "u.jpg", upload)["decision"] == "allow"
+    code, out, _ = run("sets", "show", "strict", "--json", role="operator")
+    kept = json.loads(out)["thresholds"]["local_features"]
+    assert (kept["block_inliers"], kept["review_inliers"], kept["review_coverage"]) == (
+        5000,
+        5000,
+        0.05,
+    )
+    code, _, err = run(
+        "sets", "update", "strict", "--local-block-inliers", "40", "--local-review-inliers", "20",
+        "--local-block-coverage", "0.1", role="operator",
+    )  # fmt: skip
+    assert code == 0, err
+    assert _match(run, tmp_path, "u.jpg", upload)["decision"] == "block"
+
+    # refused: block less strict than review, coverage outside 0..1, under the floor
+    for flags in (
+        ("--local-block-inliers", "20", "--local-review-inliers", "30"),
+        ("--local-review-coverage", "1.5"),
+        ("--local-review-inliers", "2"),
+    ):
+        code, _, err = run("sets", "update", "strict", *flags, role="operator")
+        assert code != 0 and "INVALID_ARGUMENT" in err.upper().replace(" ", "_"), (flags, err)
+
+
+def _hostile_blobs() -> dict[str, bytes]:
+    good = encode(extract(bridge()))
+    header = struct.pack("<2sBBHHHB", b"LF", 1, 1, 100, 80, 2000, 32)
+    return {
+        "truncated": good[:-7],
+        "bad magic": b"XX" + good[2:],
+        "huge count": header + bytes(16),
+        "keypoint outside": _outside(good),
+    }
+
+
+def _outside(good: bytes) -> bytes:
+    features = decode(good)
+    blob = bytearray(good)
+    struct.pack_into("<H", blob, 11, min(65535, features.width * 4 + 40))
+    return bytes(blob)
+
+
+def test_hostile_blobs_are_invalid_argument_by_hash_and_in_bulk(harness, operator, tmp_path, run):
+    stub, md = operator
+    stub.curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=md)
+    for why, blob in _hostile_blobs().items():
+        with pytest.raises(grpc.RpcError) as err:
+            stub.curation.AddEntry(
+                pb.AddEntryRequest(
+                    set="s",
+                    name=why,
+                    signal=pb.SignalValue(signal_type="local_features", value=blob.hex()),
+                ),
+                metadata=md,
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, why
+        assert "local_features" in err.value.details(), (why, err.value.details())
+    # an odd number of hex digits, and more than the size cap
+    for text in ("abc", "00" * (64 * 1024 + 1)):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.curation.AddEntry(
+                pb.AddEntryRequest(
+                    set="s",
+                    name="x",
+                    signal=pb.SignalValue(signal_type="local_features", value=text),
+                ),
+                metadata=md,
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    # a good blob by hash is matchable
+    good = encode(extract(bridge()))
+    stub.curation.AddEntry(
+        pb.AddEntryRequest(
+            set="s",
+            name="by-hash",
+            signal=pb.SignalValue(signal_type="local_features", value=good.hex()),
+        ),
+        metadata=md,
+    )
+    m_stub, m_md = harness.stubs("matcher")
+    resp = m_stub.matcher.Match(match_request(jpeg(crop(bridge(), 0.2))), metadata=m_md)
+    assert [m.entry for m in resp.matches if m.signal_type == "local_features"] == ["by-hash"]
+    # Match by hash: a good blob finds it, a hostile one is INVALID_ARGUMENT
+    by_hash = pb.MatchRequest(signal=pb.SignalValue(signal_type="local_features", value=good.hex()))
+    resp = m_stub.matcher.Match(by_hash, metadata=m_md)
+    assert [m.entry for m in resp.matches if m.signal_type == "local_features"] == ["by-hash"]
+    for why, blob in _hostile_blobs().items():
+        bad = pb.MatchRequest(signal=pb.SignalValue(signal_type="local_features", value=blob.hex()))
+        with pytest.raises(grpc.RpcError) as err:
+            m_stub.matcher.Match(bad, metadata=m_md)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, why
+
+    # in a bulk file: each bad row rejected with its line, the good one loaded
+    rows = ["signal_type,signal_value,entry"]
+    rows += [
+        f"local_features,{blob.hex()},bad-{n}" for n, blob in enumerate(_hostile_blobs().values())
+    ]
+    rows.append(f"local_features,{good.hex()},good")
+    path = tmp_path / "rows.csv"
+    path.write_text("\n".join(rows) + "\n")
+    code, out, _ = run("load", "--set", "s", "--json", "--quiet", path, role="operator")
+    summary = json.loads(out)
+    assert summary["added"] == 1 and summary["rejected"] == 4, summary
+    lines = sorted(r["line"] for r in summary["rejected_rows"])
+    assert lines == [2, 3, 4, 5], summary
+
+
+def test_evidence_thresholds_are_stored_with_the_set_and_old_rows_still_load(store):
+    from hashdb import Thresholds
+
+    local = Thresholds(0, 0, block_inliers=60, review_inliers=25, block_coverage=0.3,
+                       review_coverage=0.1)  # fmt: skip
+    store.create_set("s", "", {}, {"local_features": local, "pdq": Thresholds(20, 40)})
+    kept = store.get_set("s").thresholds
+    assert kept == {"local_features": local, "pdq": Thresholds(20, 40)}
+    # a row written before evidence thresholds existed
+    with store._write() as cur:
+        cur.execute(
+            "UPDATE hash_sets SET thresholds = ? WHERE name = ?"
+            if "sqlite" in type(store).__name__.lower()
+            else "UPDATE hash_sets SET thresholds = %s WHERE name = %s",
+            ('{"pdq": {"block_distance": 10, "review_distance": 30}}', "s"),
+        )
+    assert store.get_set("s").thresholds == {"pdq": Thresholds(10, 30)}
+
+
+def test_a_bulk_file_of_blobs_goes_in_messages_bounded_by_bytes(run, tmp_path, monkeypatch):
+    from hashsvc.client import cli_bulk
+
+    blob = encode(extract(bridge()))
+    rows = ["signal_type,signal_value,entry"]
+    rows += [f"local_features,{blob.hex()},poster-{n}" for n in range(20)]
+    path = tmp_path / "rows.csv"
+    path.write_text("\n".join(rows) + "\n")
+    monkeypatch.setattr(cli_bulk, "BATCH_VALUE_BYTES", 4 * len(blob))
+    messages = list(cli_bulk.read_rows([str(path)], "csv", cli_bulk.LoadProgress(None, False), []))
+    assert [len(m.value) for m in messages] == [4] * 5
+    run("sets", "create", "s", role="operator")
+    code, out, err = run("load", "--set", "s", "--json", "--quiet", path, role="operator")
+    assert code == 0, err
+    assert json.loads(out)["added"] == 20
+
+
+def test_the_same_picture_in_two_sets_is_found_in_both(make_core, tmp_path):
+    """Sets share pictures (one poster in a group's set and an outlet's):
+    a word every known picture holds is still a vote, however few they are."""
+    from hashsvc.core.core import MatchQuery
+
+    core = make_core(f"sqlite:///{tmp_path}/h.db")
+    for name in ("group", "outlet"):
+        core.curation.create_set(name)
+        core.curation.add_entry(name, "poster", {}, "op", media=jpeg(bridge()))
+    outcome = core.match(MatchQuery(media=jpeg(rotated(bridge(), 10))), caller="t")
+    found = {m.set_name for m in outcome.matches if m.signal_type == "local_features"}
+    assert found == {"group", "outlet"}
+    # and after one is removed, the other still is
+    core.curation.remove_entry("group", "poster")
+    outcome = core.match(MatchQuery(media=jpeg(rotated(bridge(), 10))), caller="t")
+    assert [m.set_name for m in outcome.matches if m.signal_type == "local_features"] == ["outlet"]
+
+
+def test_a_false_positive_verdict_lifts_a_local_review_for_that_upload(store_url, make_core):
+    """Verdicts treat local features as a perceptual signal: a reviewer's
+    false positive turns the same upload's REVIEW into ALLOW; a BLOCK stays."""
+    from hashdb import ReviewFilter, Thresholds
+    from hashsvc.core.core import MatchQuery
+
+    core = make_core(store_url)
+    # this set never blocks on local features: the crop is a REVIEW
+    never_blocks = Thresholds(
+        0, 0, block_inliers=5000, review_inliers=16, block_coverage=0.25, review_coverage=0.15
+    )
+    core.curation.create_set(
+        "s", thresholds={"pdq": Thresholds(0, 0), "local_features": never_blocks}
+    )
+    core.curation.add_entry("s", "poster", {}, "op", media=jpeg(bridge()))
+    upload = jpeg(crop(bridge(), 0.2))
+    first = core.match(MatchQuery(media=upload), caller="pipeline")
+    assert first.decision == "review"
+    assert first.matches[0].signal_type == "local_features"
+    item = core.review.claim("rev", None, ReviewFilter())
+    assert any(s["signal_type"] == "local_features" and s["value"] for s in item.query_signals)
+    core.review.resolve("rev", item.id, "false_positive", "a different bridge")
+    again = core.match(MatchQuery(media=upload), caller="pipeline")
+    assert again.decision == "allow"
+    assert "judged a false positive" in again.matches[0].reason
+    # once the set blocks on that evidence, the verdict lifts nothing
+    core.curation.update_set("s", thresholds={"local_features": Thresholds(0, 0, 30, 16, 0.1, 0.1)})
+    assert core.match(MatchQuery(media=upload), caller="pipeline").decision == "block"
