@@ -277,6 +277,28 @@ def main() -> None:
                 if above is not None and (best is None or above < best["distance_above_floor"]):
                     closest[("pdq", "floor")] = {"query": query, **near}
 
+            # the unrelated pictures first: precision is the hard part
+            per_category: dict[str, Counter] = defaultdict(Counter)
+            unrelated_ms: list[float] = []
+            for p in unrelated:
+                data = (CACHE / p.file).read_bytes()  # the picture as it was found
+                started = time.perf_counter()
+                outcome = core.match(MatchQuery(media=data), CALLER)
+                unrelated_ms.append((time.perf_counter() - started) * 1000)
+                per_category[p.category]["pictures"] += 1
+                flagged = [m for m in outcome.matches if m.decision != ALLOW]
+                for m in flagged:
+                    note_false(p.name, p.category, m)
+                decision = strictest([m.decision for m in flagged]) if flagged else ALLOW
+                per_category[p.category]["review"] += decision == REVIEW
+                per_category[p.category]["block"] += decision == BLOCK
+                note_pdq(p.name, outcome.query_signals, skip=None)
+            print(
+                f"unrelated: {len(unrelated)} queries,"
+                f" {sum(c['review'] + c['block'] for c in per_category.values())} flagged",
+                file=sys.stderr,
+                flush=True,
+            )
             hard_hits: Counter[str] = Counter()
             for tname, transform in transforms.items():
                 hits = Counter()
@@ -319,21 +341,6 @@ def main() -> None:
                     flush=True,
                 )
 
-            per_category: dict[str, Counter] = defaultdict(Counter)
-            unrelated_ms: list[float] = []
-            for p in unrelated:
-                data = (CACHE / p.file).read_bytes()  # the picture as it was found
-                started = time.perf_counter()
-                outcome = core.match(MatchQuery(media=data), CALLER)
-                unrelated_ms.append((time.perf_counter() - started) * 1000)
-                per_category[p.category]["pictures"] += 1
-                flagged = [m for m in outcome.matches if m.decision != ALLOW]
-                for m in flagged:
-                    note_false(p.name, p.category, m)
-                decision = strictest([m.decision for m in flagged]) if flagged else ALLOW
-                per_category[p.category]["review"] += decision == REVIEW
-                per_category[p.category]["block"] += decision == BLOCK
-                note_pdq(p.name, outcome.query_signals, skip=None)
         finally:
             core.close()
 
