@@ -170,12 +170,17 @@ def main() -> None:
     photos = load_photos(12 if args.short else None)
     # a corpus picture that IS a bench photo (scikit-image's, in both) is not unrelated
     photo_bits = np.stack([picture_bits(img) for _, img in photos])
+    known_videos = {name.split("-")[1] for name, _ in photos if name.startswith("frame-")}
     unrelated, same_as_known = [], []
     for p in corpus:
         if p.file in known_files:
             continue
         bits = np.unpackbits(np.frombuffer(bytes.fromhex(p.pdq), dtype=np.uint8))
         if int((photo_bits != bits).sum(axis=1).min()) <= NEAR_DUPLICATE:
+            same_as_known.append(p.name)
+        elif p.category == "video frame" and p.name.split("-")[0] in known_videos:
+            # another frame (or another encoding: chair-19/chair-20, pattern-sd/hd)
+            # of a video a bench photo is a frame of: the same scene, not unrelated
             same_as_known.append(p.name)
         else:
             unrelated.append(p)
@@ -228,7 +233,7 @@ def main() -> None:
             print(
                 f"known: {len(known)} pictures ({len(photos)} bench photos, {len(known_corpus)}"
                 f" corpus photos); unrelated: {len(unrelated)} corpus pictures"
-                f" ({len(same_as_known)} left out: the same as a bench photo); transformed: the"
+                f" ({len(same_as_known)} left out: a bench photo or its video); transformed: the"
                 f" bench photos and corpus photos of >= {MIN_TRANSFORMED} px, {len(transformed)};"
                 f" {len(transforms)} transforms; PDQ block <= {pdq.block_distance},"
                 f" review <= {pdq.review_distance}, quality floor {pdq.quality_floor};"
