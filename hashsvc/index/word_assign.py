@@ -1,4 +1,4 @@
-"""The visual-word assignment (hashsvc/index/local_features.py), both levels compiled.
+"""The visual-word assignment (Vocabulary.assign in hashsvc/index/vocabulary.py), compiled.
 
 Fine level: numpy compared each descriptor with its coarse word's 64 fine centroids through a
 gathered (n, 64, words) array, an xor, a popcount and a sum with a dtype change (1.5 ms of CPU
