@@ -39,11 +39,12 @@ class LocalFeatureMatching:
     # best-voted first: bounds the work an upload can cause.
     max_verified: int = 16
     # Candidates the index scores below this are not verified (nor read from the store; 0
-    # verifies all). Measured on the bench corpus (800 real pictures among 100k synthetic ones;
-    # crops, tilts, perspective, collages, grids): of the 137 true copies in the top 8 that
-    # verify, the lowest scored 0.124 (p5 0.18); wrong candidates scored p50 0.19, up to 0.89
-    # (shared clip art), synthetic ones <= 0.11. So the score only drops the hopeless: 14% of
-    # wrong candidates at 0.1, none lost. Scores grow slowly with the index (idf ~ log n).
+    # verifies all). Measured on the bench corpus (600 real pictures among 100k synthetic ones,
+    # the retrained vocabulary; crops, tilts, perspective, 2x2/3x3 collages, grids): of the 117
+    # true copies in the top 8 that verify, the lowest scored 0.119 (p5 0.19); wrong candidates
+    # scored p50 0.18, up to 0.96 (shared clip art), synthetic ones <= 0.11. The score only
+    # drops the hopeless: 14% of wrong candidates at 0.1, no true copy lost (at 0.12 one is).
+    # Scores grow slowly with the index (idf ~ log n): measure again at another size.
     min_votes: float = 0.1
     # Keypoints a blob may hold, stored (AddEntry by hash, bulk rows) or
     # queried; extraction keeps at most a few hundred.
