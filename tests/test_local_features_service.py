@@ -441,8 +441,13 @@ def test_a_false_positive_verdict_lifts_a_local_review_for_that_upload(store_url
     from hashsvc.core.core import MatchQuery
 
     core = make_core(store_url)
-    exact_pdq = {"pdq": Thresholds(0, 0)}
-    core.curation.create_set("s", thresholds=exact_pdq)
+    # this set never blocks on local features: the crop is a REVIEW
+    never_blocks = Thresholds(
+        0, 0, block_inliers=5000, review_inliers=16, block_coverage=0.25, review_coverage=0.15
+    )
+    core.curation.create_set(
+        "s", thresholds={"pdq": Thresholds(0, 0), "local_features": never_blocks}
+    )
     core.curation.add_entry("s", "poster", {}, "op", media=jpeg(bridge()))
     upload = jpeg(crop(bridge(), 0.2))
     first = core.match(MatchQuery(media=upload), caller="pipeline")
@@ -454,5 +459,6 @@ def test_a_false_positive_verdict_lifts_a_local_review_for_that_upload(store_url
     again = core.match(MatchQuery(media=upload), caller="pipeline")
     assert again.decision == "allow"
     assert "judged a false positive" in again.matches[0].reason
-    # a tilt of the known picture that blocks is not lifted by that verdict
-    assert core.match(MatchQuery(media=jpeg(rotated(bridge(), 3))), caller="p").decision == "block"
+    # once the set blocks on that evidence, the verdict lifts nothing
+    core.curation.update_set("s", thresholds={"local_features": Thresholds(0, 0, 30, 16, 0.1, 0.1)})
+    assert core.match(MatchQuery(media=upload), caller="pipeline").decision == "block"
