@@ -42,7 +42,10 @@ from transforms import jpeg, robustness_transforms
 from hashsvc.base.decisions import strictest
 from hashsvc.core.config import Config
 from hashsvc.core.core import Core, MatchQuery
+from hashsvc.index.binary import split_signal_id
+from hashsvc.matching import local_geometry
 from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW
+from hashsvc.media import local_features
 from hashsvc.media.image import pdq_hash
 
 SET = "bench"
@@ -121,6 +124,55 @@ class KnownViews:
         }
 
 
+class KnownFeatures:
+    """The local features stored for every known entry, to report how close an
+    unrelated query came to a local-feature decision (the core returns only
+    what matched): each query signal's candidates from the service's own
+    feature index (top_k as configured) are verified as the matcher does."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.by_entry_id: dict[int, tuple[str, list]] = {}
+
+    def add(self, name: str, entry_id: int, signals) -> None:
+        self.by_entry_id[entry_id] = (name, signals)
+
+    def closest(self, signals, skip: str | None = None) -> dict | None:
+        """The strongest verification of an entry other than `skip`, by how
+        near it came to REVIEW (the smallest share of a review minimum)."""
+        local = [s for s in signals if s.kind == "local_features"]
+        index = self.core.live.features
+        if not local or not len(index):
+            return None
+        decoded = [local_features.decode(s.value) for s in local]
+        hits = index.search([f.descriptors for f in decoded], self.core.config.local_features.top_k)
+        t = local_geometry.DEFAULT_THRESHOLDS
+        best = None
+        for sig, query, found in zip(local, decoded, hits, strict=True):
+            for sid, _ in found:
+                entry_id, variant_no = split_signal_id(sid)
+                name, known_signals = self.by_entry_id.get(entry_id, (None, None))
+                if name is None or name == skip or variant_no >= len(known_signals):
+                    continue
+                known = local_features.decode(known_signals[variant_no].value)
+                v = local_geometry.verify(query, known)
+                if v is None:
+                    continue
+                # how far towards REVIEW: the weakest of the three ratios
+                nearness = min(
+                    v.inliers / t.review_inliers,
+                    v.coverage / t.review_coverage,
+                    v.agreement / t.review_agreement,
+                )
+                if best is None or nearness > best["nearness"]:
+                    best = {
+                        "nearness": round(nearness, 3), "entry": name, "query_variant": sig.variant,
+                        "inliers": v.inliers, "coverage": round(v.coverage, 3),
+                        "agreement": round(v.agreement, 3), "scale": round(v.scale, 2),
+                    }  # fmt: skip
+        return best
+
+
 def evidence(match) -> dict:
     """What the public match JSON says about one match (inliers, coverage... when present)."""
     keep = {}
@@ -186,13 +238,15 @@ def main() -> None:
         core = open_core(folder)
         try:
             views = KnownViews()
+            features = KnownFeatures(core)
             add_ms = []
             for name, img in known:
                 data = jpeg(img, 92)
                 started = time.perf_counter()
-                core.curation.add_entry(SET, name, {}, CALLER, media=data)
+                added = core.curation.add_entry(SET, name, {}, CALLER, media=data)
                 add_ms.append((time.perf_counter() - started) * 1000)
                 views.add(name, core.hashing.hash_known(data).signals)
+                features.add(name, added.id, added.signals)
             views.freeze()
             pdq = core.config.pdq
             print(
@@ -235,6 +289,12 @@ def main() -> None:
                         **evidence(m),
                     }  # fmt: skip
 
+            def note_local(query: str, signals, skip: str | None) -> None:
+                near = features.closest(signals, skip)
+                best = closest.get(("local", "any"))
+                if near is not None and (best is None or near["nearness"] > best["nearness"]):
+                    closest[("local", "any")] = {"query": query, **near}
+
             def note_pdq(query: str, signals, skip: str | None) -> None:
                 near = views.closest(signals, skip)
                 if near is None:
@@ -260,6 +320,7 @@ def main() -> None:
                         if m.entry_name != name and m.decision != ALLOW:
                             note_false(f"{tname}({name})", "transform", m)
                     note_pdq(f"{tname}({name})", outcome.query_signals, skip=name)
+                    note_local(f"{tname}({name})", outcome.query_signals, skip=name)
                     decision = strictest([m.decision for m in own]) if own else ALLOW
                     hits[decision] += 1
                     if decision == ALLOW:
@@ -300,6 +361,7 @@ def main() -> None:
                 per_category[p.category]["review"] += decision == REVIEW
                 per_category[p.category]["block"] += decision == BLOCK
                 note_pdq(p.name, outcome.query_signals, skip=None)
+                note_local(p.name, outcome.query_signals, skip=None)
         finally:
             core.close()
 
@@ -349,6 +411,17 @@ def main() -> None:
             f"  pdq, both above the quality floor: d={d} {floor_pdq['query']} ~"
             f" {floor_pdq['entry_above_floor']}; margin to review {d - pdq.review_distance:+d},"
             f" to block {d - pdq.block_distance:+d}"
+        )
+    near = closest.get(("local", "any"))
+    if near:
+        t = local_geometry.DEFAULT_THRESHOLDS
+        print(
+            f"  local_features, closest verified unrelated pair: {near['query']}"
+            f" [{near['query_variant']}] ~ {near['entry']} inliers={near['inliers']}"
+            f" coverage={near['coverage']} agreement={near['agreement']} scale={near['scale']};"
+            f" at {near['nearness']:.2f} of review (needs {t.review_inliers} inliers,"
+            f" coverage {t.review_coverage}, agreement {t.review_agreement}; margin"
+            f" {1 - near['nearness']:+.2f})"
         )
     for (kind, signal), c in sorted(closest.items()):
         if kind == "match":
