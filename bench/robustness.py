@@ -137,40 +137,43 @@ class KnownFeatures:
     def add(self, name: str, entry_id: int, signals) -> None:
         self.by_entry_id[entry_id] = (name, signals)
 
-    def closest(self, signals, skip: str | None = None) -> dict | None:
-        """The strongest verification of an entry other than `skip`, by how
-        near it came to REVIEW (the smallest share of a review minimum)."""
+    def verified(self, signals) -> list[dict]:
+        """Every verification of the query's candidates: each local_features
+        signal's top_k from the service's feature index (a superset of the
+        matcher's max_verified best-voted), with the entry's name."""
         local = [s for s in signals if s.kind == "local_features"]
         index = self.core.live.features
         if not local or not len(index):
-            return None
+            return []
         decoded = [local_features.decode(s.value) for s in local]
         hits = index.search([f.descriptors for f in decoded], self.core.config.local_features.top_k)
-        t = local_geometry.DEFAULT_THRESHOLDS
-        best = None
-        for sig, query, found in zip(local, decoded, hits, strict=True):
-            for sid, _ in found:
+        found = []
+        for sig, query, candidates in zip(local, decoded, hits, strict=True):
+            for sid, _ in candidates:
                 entry_id, variant_no = split_signal_id(sid)
                 name, known_signals = self.by_entry_id.get(entry_id, (None, None))
-                if name is None or name == skip or variant_no >= len(known_signals):
+                if name is None or variant_no >= len(known_signals):
                     continue
                 known = local_features.decode(known_signals[variant_no].value)
                 v = local_geometry.verify(query, known)
-                if v is None:
-                    continue
-                # how far towards REVIEW: the weakest of the three ratios
-                nearness = min(
-                    v.inliers / t.review_inliers,
-                    v.coverage / t.review_coverage,
-                    v.agreement / t.review_agreement,
-                )
-                if best is None or nearness > best["nearness"]:
-                    best = {
-                        "nearness": round(nearness, 3), "entry": name, "query_variant": sig.variant,
-                        "inliers": v.inliers, "coverage": round(v.coverage, 3),
-                        "agreement": round(v.agreement, 3), "scale": round(v.scale, 2),
-                    }  # fmt: skip
-        return best
+                if v is not None:
+                    found.append(
+                        {"entry": name, "query_variant": sig.variant, "inliers": v.inliers,
+                         "coverage": round(v.coverage, 3), "agreement": round(v.agreement, 3),
+                         "scale": round(v.scale, 2)}
+                    )  # fmt: skip
+        return found
+
+
+def nearness(v: dict) -> float:
+    """How far towards REVIEW a verification came: the weakest of its three
+    shares of a review minimum (1.0: it would be REVIEW)."""
+    t = local_geometry.DEFAULT_THRESHOLDS
+    return min(
+        v["inliers"] / t.review_inliers,
+        v["coverage"] / t.review_coverage,
+        v["agreement"] / t.review_agreement,
+    )
 
 
 def evidence(match) -> dict:
@@ -289,11 +292,26 @@ def main() -> None:
                         **evidence(m),
                     }  # fmt: skip
 
-            def note_local(query: str, signals, skip: str | None) -> None:
-                near = features.closest(signals, skip)
-                best = closest.get(("local", "any"))
-                if near is not None and (best is None or near["nearness"] > best["nearness"]):
-                    closest[("local", "any")] = {"query": query, **near}
+            verifications: list[dict] = []  # every query's, for choosing thresholds
+
+            def note_local(query: str, group: str, signals, skip: str | None, own_rest) -> None:
+                """Record the query's verifications (its own entry's and the
+                others'), the decision of its other signals, and the closest
+                unrelated one."""
+                found = features.verified(signals)
+                others = [v for v in found if v["entry"] != skip]
+                verifications.append(
+                    {"query": query, "group": group, "rest": own_rest,
+                     "own": [v for v in found if v["entry"] == skip], "others": others}
+                )  # fmt: skip
+                for v in others:
+                    best = closest.get(("local", "any"))
+                    if best is None or nearness(v) > best["nearness"]:
+                        closest[("local", "any")] = {
+                            "query": query,
+                            "nearness": round(nearness(v), 3),
+                            **v,
+                        }
 
             def note_pdq(query: str, signals, skip: str | None) -> None:
                 near = views.closest(signals, skip)
@@ -320,7 +338,11 @@ def main() -> None:
                         if m.entry_name != name and m.decision != ALLOW:
                             note_false(f"{tname}({name})", "transform", m)
                     note_pdq(f"{tname}({name})", outcome.query_signals, skip=name)
-                    note_local(f"{tname}({name})", outcome.query_signals, skip=name)
+                    rest = [m.decision for m in own if m.signal_type != "local_features"]
+                    note_local(
+                        f"{tname}({name})", tname, outcome.query_signals, name,
+                        strictest(rest) if rest else ALLOW,
+                    )  # fmt: skip
                     decision = strictest([m.decision for m in own]) if own else ALLOW
                     hits[decision] += 1
                     if decision == ALLOW:
@@ -361,7 +383,14 @@ def main() -> None:
                 per_category[p.category]["review"] += decision == REVIEW
                 per_category[p.category]["block"] += decision == BLOCK
                 note_pdq(p.name, outcome.query_signals, skip=None)
-                note_local(p.name, outcome.query_signals, skip=None)
+                rest = [m.decision for m in flagged if m.signal_type != "local_features"]
+                note_local(
+                    p.name,
+                    p.category,
+                    outcome.query_signals,
+                    None,
+                    strictest(rest) if rest else ALLOW,
+                )
         finally:
             core.close()
 
@@ -458,6 +487,7 @@ def main() -> None:
             closest={f"{k}:{s}": v for (k, s), v in closest.items()},
             median_ms={"transformed": t_med, "unrelated": u_med},
             misses=misses,
+            verifications=verifications,
         )
         Path(args.json).write_text(json.dumps(summary, indent=1, default=str))
         print(f"\nsummary: {args.json}", file=sys.stderr)
