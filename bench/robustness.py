@@ -169,10 +169,11 @@ def nearness(v: dict) -> float:
     """How far towards REVIEW a verification came: the weakest of its three
     shares of a review minimum (1.0: it would be REVIEW)."""
     t = local_geometry.DEFAULT_THRESHOLDS
+    _, review_agreement = t.agreement_floors(v["inliers"])
     return min(
         v["inliers"] / t.review_inliers,
         v["coverage"] / t.review_coverage,
-        v["agreement"] / t.review_agreement,
+        v["agreement"] / review_agreement,
     )
 
 
@@ -449,7 +450,8 @@ def main() -> None:
             f" [{near['query_variant']}] ~ {near['entry']} inliers={near['inliers']}"
             f" coverage={near['coverage']} agreement={near['agreement']} scale={near['scale']};"
             f" at {near['nearness']:.2f} of review (needs {t.review_inliers} inliers,"
-            f" coverage {t.review_coverage}, agreement {t.review_agreement}; margin"
+            f" coverage {t.review_coverage}, agreement {t.agreement_floors(near['inliers'])[1]};"
+            " margin"
             f" {1 - near['nearness']:+.2f})"
         )
     for (kind, signal), c in sorted(closest.items()):

@@ -82,22 +82,40 @@ class LocalThresholds:
     review_inliers: int = 16
     review_coverage: float = 0.15
     review_agreement: float = 0.33
+    # With at least many_inliers distinct inliers the agreement floors are
+    # these (when lower): a 30% crop, a 20-degree tilt or a collage tile at
+    # half size agrees on 0.25-0.45 of the shared cells with 40-150 inliers,
+    # where a shared logo or frame gives a few dozen inliers in a few cells.
+    # MANY_INLIERS_MEASUREMENT
+    many_inliers: int = 60
+    many_block_agreement: float = 0.33
+    many_review_agreement: float = 0.25
+
+    def agreement_floors(self, inliers: int) -> tuple[float, float]:
+        """(block, review) agreement floors for a verification with `inliers`."""
+        if inliers >= self.many_inliers:
+            return (
+                min(self.block_agreement, self.many_block_agreement),
+                min(self.review_agreement, self.many_review_agreement),
+            )
+        return self.block_agreement, self.review_agreement
 
     def level(self, verification: Verification | None) -> Decision | None:
         """BLOCK, REVIEW or None (no evidence) for one verification."""
         if verification is None:
             return None
         v = verification
+        block_agreement, review_agreement = self.agreement_floors(v.inliers)
         if (
             v.inliers >= self.block_inliers
             and v.coverage >= self.block_coverage
-            and v.agreement >= self.block_agreement
+            and v.agreement >= block_agreement
         ):
             return Decision.BLOCK
         if (
             v.inliers >= self.review_inliers
             and v.coverage >= self.review_coverage
-            and v.agreement >= self.review_agreement
+            and v.agreement >= review_agreement
         ):
             return Decision.REVIEW
         return None

@@ -105,22 +105,25 @@ class Policy:
         and agreeing over the part both pictures show (a fixed floor, not per
         set: below it only a shared logo, frame or page template agrees)."""
         limits = self.thresholds(hash_set, LOCAL_FEATURES.name)
-        floors = local_geometry.DEFAULT_THRESHOLDS
+        # fixed floors, lower with many inliers (local_geometry.LocalThresholds)
+        block_agreement, review_agreement = local_geometry.DEFAULT_THRESHOLDS.agreement_floors(
+            inliers
+        )
         if (
             inliers >= limits.block_inliers
             and coverage >= limits.block_coverage
-            and agreement >= floors.block_agreement
+            and agreement >= block_agreement
         ):
             return BLOCK, ""
         if (
             inliers >= limits.review_inliers
             and coverage >= limits.review_coverage
-            and agreement >= floors.review_agreement
+            and agreement >= review_agreement
         ):
             return REVIEW, (
                 f"{inliers} inliers covering {coverage:.2f} of the known picture, agreement"
                 f" {agreement:.2f}; blocking needs {limits.block_inliers} covering"
-                f" {limits.block_coverage:.2f}, agreement {floors.block_agreement:.2f}"
+                f" {limits.block_coverage:.2f}, agreement {block_agreement:.2f}"
             )
         return ALLOW, ""
 
