@@ -89,7 +89,7 @@ class LocalThresholds:
     # MANY_INLIERS_MEASUREMENT
     many_inliers: int = 60
     many_block_agreement: float = 0.33
-    many_review_agreement: float = 0.25
+    many_review_agreement: float = 0.33
 
     def agreement_floors(self, inliers: int) -> tuple[float, float]:
         """(block, review) agreement floors for a verification with `inliers`."""
