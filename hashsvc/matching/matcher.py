@@ -352,8 +352,8 @@ class Matcher:
         return found
 
     def _search_local(self, query: list[Signal]) -> dict[int, list[_LocalHit]]:
-        """Known pictures the feature index votes for, the best-voted
-        max_verified of all the query's pictures."""
+        """Known pictures the feature index votes for: max_verified of them
+        over all the query's pictures, each picture's best-voted first."""
         sigs = [s for s in query if s.kind == LOCAL_FEATURES.name]
         index = self.live.features
         if not sigs or not len(index):
@@ -372,19 +372,23 @@ class Matcher:
             return {}
         sigs, decoded = [s for s, _ in kept], [f for _, f in kept]
         results = index.search([f.descriptors for f in decoded], self.local.top_k)
+        # Each query picture's best candidate first, then each one's second...
+        # (votes order within a round): an upload cut into tiles
+        # (hashsvc/media/local_regions.py) has one picture of interest among
+        # a dozen, and its scores are not comparable with the others'.
         ranked = sorted(
             (
-                (votes, sid, sig, features)
+                (place, votes, sid, sig, features)
                 for sig, features, hits in zip(sigs, decoded, results, strict=True)
-                for sid, votes in hits
+                for place, (sid, votes) in enumerate(hits)
             ),
-            key=lambda r: -r[0],
+            key=lambda r: (r[0], -r[1]),
         )
         found: dict[int, list[_LocalHit]] = defaultdict(list)
         # a candidate voted for below min_votes is not worth a store read and a verification
         # (bench: no true copy that verifies scores that low; see LocalFeatureMatching)
-        ranked = [r for r in ranked if r[0] >= self.local.min_votes]
-        for votes, sid, sig, features in ranked[: self.local.max_verified]:
+        ranked = [r for r in ranked if r[1] >= self.local.min_votes]
+        for _, votes, sid, sig, features in ranked[: self.local.max_verified]:
             entry_id, variant_no = split_signal_id(sid)
             found[entry_id].append(_LocalHit(sig, features, variant_no, votes))
         return found
