@@ -16,6 +16,21 @@ one constant word, and any constant stretch says nothing about what was heard,
 so fingerprints that are silent or too short to match are refused with typed
 errors (`SilentAudio`, `TooShortToMatch`) instead of becoming signals that
 would match every other silent or quiet recording.
+
+Shifted views (queries only): a re-upload pitched or sped up by a few percent
+has other chroma, so its words match nothing. Resampling PCM by a ratio r and
+fingerprinting it at the same rate lowers pitch and speed together by r: it
+undoes `asetrate` exactly, and turns a pitch-only or tempo-only change into a
+tempo change alone, which the index's rate-aware search aligns. That holds
+well for a query up to ~13% faster than the known track, less for a slower one
+(BER ~0.16 at 12% slower: the words' time structure changes), so the stretch
+is also time-stretched back at the same pitch (atempo) by a few factors.
+Measured on
+speech over a music bed (bench/audio.py, README): a pitch error of 0.25% leaves
+a BER of ~0.08, 0.5% ~0.12, 0.75% ~0.17 and 1% ~0.21, so ratios 1% apart
+(error <= 0.5%) are needed; fingerprinting costs ~10,000x realtime once the
+PCM is decoded (decoding is ~95% of an audio Match), so 23 ratios over two 20 s
+stretches add ~0.1 s to a 3-minute upload's ~0.3 s.
 """
 
 from __future__ import annotations
@@ -24,6 +39,7 @@ import io
 import os
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import ClassVar
 
 import av
@@ -31,7 +47,12 @@ import numpy as np
 
 from hashsvc.base.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
 from hashsvc.base.signals import CHROMAPRINT, Signal
-from hashsvc.media.audio_words import SAMPLE_RATE, SECONDS_PER_WORD, informative_mask
+from hashsvc.media.audio_words import (
+    SAMPLE_RATE,
+    SECONDS_PER_WORD,
+    informative_mask,
+    shift_variant,
+)
 from hashsvc.media.audio_words import SILENCE_WORD as SILENCE_WORD  # read from here by callers
 from hashsvc.media.limits import AudioLimits
 
@@ -79,10 +100,18 @@ class AudioFingerprint:
     words: np.ndarray  # uint32, one per SECONDS_PER_WORD
     duration: float  # seconds of audio fingerprinted
     truncated: bool = False  # the audio ran past AudioLimits.max_seconds
+    # Query views of stretches of the audio resampled by pitch ratios (see the
+    # module docstring): chromaprint signals named by shift_variant, their
+    # position the stretch's start in seconds. Empty unless asked for.
+    shifted_views: tuple[Signal, ...] = ()
     seconds_per_word: ClassVar[float] = SECONDS_PER_WORD
 
     def to_signal(self) -> Signal:
         return Signal(kind=CHROMAPRINT.name, value=self.words.astype(">u4").tobytes(), position=0.0)
+
+    def query_signals(self) -> list[Signal]:
+        """The fingerprint and its shifted views: what a Match searches with."""
+        return [self.to_signal(), *self.shifted_views]
 
     @classmethod
     def from_signal(cls, signal: Signal) -> AudioFingerprint:
@@ -97,8 +126,11 @@ class AudioFingerprint:
         return float(informative_mask(self.words).sum()) * SECONDS_PER_WORD
 
 
-def fingerprint_audio(source: bytes | str | os.PathLike, limits: AudioLimits) -> AudioFingerprint:
-    """The raw Chromaprint fingerprint of an audio file's first audio stream."""
+def fingerprint_audio(
+    source: bytes | str | os.PathLike, limits: AudioLimits, shifted_views: bool = False
+) -> AudioFingerprint:
+    """The raw Chromaprint fingerprint of an audio file's first audio stream;
+    with shifted_views, its shifted query views too."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         size = len(source)
         opened = io.BytesIO(source)
@@ -121,13 +153,15 @@ def fingerprint_audio(source: bytes | str | os.PathLike, limits: AudioLimits) ->
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         raise CorruptMedia(f"cannot open the audio: {exc}") from None
     with container:
-        result = fingerprint_container(container, limits)
+        result = fingerprint_container(container, limits, shifted_views)
     if result is None:
         raise UnsupportedMedia("the file has no audio stream")
     return result
 
 
-def fingerprint_container(container, limits: AudioLimits) -> AudioFingerprint | None:
+def fingerprint_container(
+    container, limits: AudioLimits, shifted_views: bool = False
+) -> AudioFingerprint | None:
     """The fingerprint of an open PyAV container's first audio stream, or None
     when it has none (a silent-film video). Raises SilentAudio/TooShortToMatch
     like fingerprint_audio: a video caller may treat both as "no audio"."""
@@ -137,7 +171,7 @@ def fingerprint_container(container, limits: AudioLimits) -> AudioFingerprint | 
     if stream.codec_context is None:  # FFmpeg has no decoder for it (e.g. a 0-bit WAV)
         raise UnsupportedMedia("the audio stream is in a format no decoder reads")
     _check_format(stream.codec_context.sample_rate, stream.codec_context.channels, limits)
-    fingerprinter = AudioFrameFingerprinter(limits)
+    fingerprinter = AudioFrameFingerprinter(limits, shifted_views)
     packets = bad_packets = 0
     started = time.monotonic()
     try:
@@ -186,8 +220,9 @@ class AudioFrameFingerprinter:
     fingerprinted in the same decoding pass; frames past max_seconds are ignored
     and the result is marked truncated."""
 
-    def __init__(self, limits: AudioLimits) -> None:
+    def __init__(self, limits: AudioLimits, shifted_views: bool = False) -> None:
         self._limits = limits
+        self._windows = _ShiftWindows(limits) if shifted_views else None
         self._max_samples = int(limits.max_seconds * SAMPLE_RATE)
         self._samples = 0
         self._peak = 0
@@ -247,6 +282,8 @@ class AudioFrameFingerprinter:
         if len(pcm):
             self._peak = max(self._peak, int(pcm.max()), -int(pcm.min()))
             self._fingerprinter.feed(pcm.tobytes())
+            if self._windows is not None:
+                self._windows.feed(pcm)
 
     def finish(self) -> AudioFingerprint:
         """The fingerprint; SilentAudio or TooShortToMatch when it has nothing to match."""
@@ -265,4 +302,95 @@ class AudioFrameFingerprinter:
                 f"too short to match: {seconds:.1f} s of distinctive audio (not silence or"
                 f" held tones) in {duration:.1f} s; {self._limits.min_seconds:g} s are needed"
             )
-        return AudioFingerprint(words, duration, self._truncated)
+        views = self._windows.views() if self._windows is not None else ()
+        return AudioFingerprint(words, duration, self._truncated, views)
+
+
+class _ShiftWindows:
+    """Keeps the PCM of the stretches AudioLimits.shift_* name (at most
+    shift_windows x shift_window_seconds of it) and makes their shifted views."""
+
+    def __init__(self, limits: AudioLimits) -> None:
+        self._limits = limits
+        self._window = int(limits.shift_window_seconds * SAMPLE_RATE)
+        self._spacing = max(self._window, int(limits.shift_window_spacing * SAMPLE_RATE))
+        self._starts = [k * self._spacing for k in range(max(0, limits.shift_windows))]
+        self._parts: list[list[np.ndarray]] = [[] for _ in self._starts]
+        self._fed = 0  # samples seen so far
+        steps = int(round(limits.shift_pitch_range / limits.shift_pitch_step)) if (
+            limits.shift_pitch_step > 0
+        ) else 0
+        ratios = [round(1 + k * limits.shift_pitch_step, 4) for k in range(-steps, steps + 1)]
+        self._shifts = [(r, 1.0) for r in ratios] + [
+            (1.0, a) for a in limits.shift_tempo_stretches if a != 1.0
+        ]
+
+    def feed(self, pcm: np.ndarray) -> None:
+        lo, hi = self._fed, self._fed + len(pcm)
+        self._fed = hi
+        for start, parts in zip(self._starts, self._parts, strict=True):
+            a, b = max(lo, start), min(hi, start + self._window)
+            if a < b:
+                parts.append(pcm[a - lo : b - lo])
+
+    def views(self) -> tuple[Signal, ...]:
+        views = []
+        for start, parts in zip(self._starts, self._parts, strict=True):
+            if not parts:
+                break
+            pcm = np.concatenate(parts).astype(np.float32)
+            if len(pcm) < self._limits.min_seconds * SAMPLE_RATE:
+                continue
+            where = np.arange(len(pcm), dtype=np.float32)
+            for ratio, stretch in self._shifts:
+                if stretch != 1.0:
+                    view = _atempo(pcm.astype(np.int16), stretch)
+                else:
+                    # r times as many samples at the same rate: pitch and speed / r.
+                    # Linear interpolation: measured as good as a polyphase filter here.
+                    view = np.interp(np.arange(0, len(pcm) - 1, 1 / ratio), where, pcm)
+                words = _fingerprint_pcm(view.astype(np.int16))
+                if informative_mask(words).sum() * SECONDS_PER_WORD < self._limits.min_seconds:
+                    continue
+                views.append(
+                    Signal(
+                        kind=CHROMAPRINT.name,
+                        value=words.astype(">u4").tobytes(),
+                        variant=shift_variant(ratio, stretch),
+                        position=round(start / SAMPLE_RATE, 3),
+                    )
+                )
+        return tuple(views)
+
+
+def _atempo(pcm: np.ndarray, factor: float) -> np.ndarray:
+    """Mono s16 PCM at SAMPLE_RATE played `factor` times as fast, same pitch."""
+    graph = av.filter.Graph()
+    source = graph.add_abuffer(
+        format="s16", sample_rate=SAMPLE_RATE, layout="mono", time_base=f"1/{SAMPLE_RATE}"
+    )
+    tempo = graph.add("atempo", f"{factor}")
+    sink = graph.add("abuffersink")
+    source.link_to(tempo)
+    tempo.link_to(sink)
+    graph.configure()
+    frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = SAMPLE_RATE
+    frame.pts = 0
+    frame.time_base = Fraction(1, SAMPLE_RATE)
+    graph.push(frame)
+    graph.push(None)
+    out = []
+    while True:
+        try:
+            out.append(graph.pull().to_ndarray().reshape(-1))
+        except (av.error.EOFError, BlockingIOError):
+            break
+    return np.concatenate(out) if out else np.zeros(0, np.int16)
+
+
+def _fingerprint_pcm(pcm: np.ndarray) -> np.ndarray:
+    fingerprinter = chromaprint.Fingerprinter(_ALGORITHM)
+    fingerprinter.start(SAMPLE_RATE, 1)
+    fingerprinter.feed(pcm.tobytes())
+    return np.array(chromaprint.decode_fingerprint(fingerprinter.finish())[0], dtype=np.uint32)

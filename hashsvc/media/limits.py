@@ -57,6 +57,19 @@ class AudioLimits:
     # Wall-clock bound on one decode (Timeout beyond it; 0 = none): four hours of
     # audio take ~30 s on a free core, so this only stops a pathological decode.
     max_wall_seconds: float = 300.0
+    # Pitch- and tempo-shifted uploads (query only): stretches of the upload of
+    # shift_window_seconds, every shift_window_spacing seconds from the start,
+    # at most shift_windows of them, are resampled by each pitch ratio from
+    # 1 - shift_pitch_range to 1 + shift_pitch_range in steps of
+    # shift_pitch_step and fingerprinted again, and time-stretched at the same
+    # pitch by each of shift_tempo_stretches (hashsvc/media/audio.py says why
+    # these values). 0 windows turns the shifted search off.
+    shift_windows: int = 2
+    shift_window_seconds: float = 20.0
+    shift_window_spacing: float = 60.0
+    shift_pitch_range: float = 0.11
+    shift_pitch_step: float = 0.01
+    shift_tempo_stretches: tuple[float, ...] = (0.88, 0.94, 1.06, 1.12)
 
 
 @dataclass(frozen=True)
