@@ -108,6 +108,13 @@ def matched_entry(m: Match) -> pb.MatchedEntry:
         unit=m.unit,
         query_share=m.query_share,
         known_share=m.known_share,
+        audio_shift=(
+            pb.AudioShift(
+                tempo_ratio=m.audio_shift.tempo_ratio, pitch_ratio=m.audio_shift.pitch_ratio
+            )
+            if m.audio_shift is not None
+            else None
+        ),
     )
 
 

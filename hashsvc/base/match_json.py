@@ -22,9 +22,12 @@ def match_json(
     query_share: float = 0.0,
     known_share: float = 0.0,
     segments: Iterable = (),
+    audio_shift=None,
 ) -> dict:
     """`segments`: objects with query_start, query_end, known_start and
-    known_end (a core Segment or a protobuf one)."""
+    known_end (a core Segment or a protobuf one). `audio_shift`: None, or an
+    object with tempo_ratio and pitch_ratio (a core AudioShift or a protobuf
+    one), for a sound found pitched or sped up."""
     out = {
         "set": set_name,
         "entry": entry,
@@ -50,4 +53,9 @@ def match_json(
                 for seg in segments
             ],
         )
+    if audio_shift is not None:  # "sped up 8%": tempo_ratio 1.08
+        out["audio_shift"] = {
+            "tempo_ratio": round(audio_shift.tempo_ratio, 3),
+            "pitch_ratio": round(audio_shift.pitch_ratio, 3),
+        }
     return out

@@ -94,6 +94,10 @@ class AudioAlignment:
     # the known track's seconds covered (duration is the query's).
     rate: float = 1.0
     known_duration: float | None = None
+    # Set by a caller that searched a shifted view: the upload's pitch over
+    # the known track's (the view was resampled by it), and that it was one.
+    pitch_ratio: float = 1.0
+    shifted: bool = False
 
 
 class _Segment:

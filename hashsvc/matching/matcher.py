@@ -40,7 +40,7 @@ from hashsvc.index.live import LiveIndex, words_of
 from hashsvc.matching import pdf_evidence as pdf_match
 from hashsvc.matching import video_evidence as video_match
 from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW, Policy
-from hashsvc.media.audio_words import SECONDS_PER_WORD
+from hashsvc.media.audio_words import SECONDS_PER_WORD, parse_shift_variant
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,19 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class AudioShift:
+    """How a re-upload's sound differs from the known recording: tempo_ratio is
+    known seconds per upload second (1.08: sped up 8%), pitch_ratio the upload's
+    pitch over the known one (0.95: 5% lower)."""
+
+    tempo_ratio: float
+    pitch_ratio: float
+
+    def to_json(self) -> dict:
+        return {"tempo_ratio": self.tempo_ratio, "pitch_ratio": self.pitch_ratio}
+
+
+@dataclass(frozen=True)
 class Match:
     set_id: int
     set_name: str
@@ -80,6 +93,8 @@ class Match:
     unit: str = ""
     query_share: float = 0.0
     known_share: float = 0.0
+    # Audio found by the shifted search only: the pitch and tempo change.
+    audio_shift: AudioShift | None = None
 
     def to_json(self) -> dict:
         """As the history and review items store it (ids and reason too)."""
@@ -91,6 +106,8 @@ class Match:
                 "query_share": self.query_share,
                 "known_share": self.known_share,
             }
+        if self.audio_shift is not None:
+            extent["audio_shift"] = self.audio_shift.to_json()
         return {
             "set": self.set_name,
             "set_id": self.set_id,
@@ -121,6 +138,7 @@ class Match:
             query_share=self.query_share,
             known_share=self.known_share,
             segments=self.segments,
+            audio_shift=self.audio_shift,
         )
 
     @classmethod
@@ -142,6 +160,7 @@ class Match:
             unit=d.get("unit", ""),
             query_share=d.get("query_share", 0.0),
             known_share=d.get("known_share", 0.0),
+            audio_shift=AudioShift(**d["audio_shift"]) if d.get("audio_shift") else None,
         )
 
 
@@ -255,12 +274,28 @@ class Matcher:
         self, query: list[Signal], sets: list[HashSetRecord]
     ) -> dict[int, list[AudioAlignment]]:
         found: dict[int, list[AudioAlignment]] = defaultdict(list)
+        # Shifted views: the best alignment per known track and upload stretch.
+        shifted: dict[int, dict[float, AudioAlignment]] = defaultdict(dict)
         max_ber = self.policy.search_radius(sets, CHROMAPRINT.name) / 100
         for sig in query:
             if sig.kind != CHROMAPRINT.name:
                 continue
-            for alignment in self.live.audio.search(words_of(sig.value), max_ber=max_ber):
-                found[alignment.track_id].append(alignment)
+            shift = parse_shift_variant(sig.variant)
+            if shift is None:
+                for alignment in self.live.audio.search(words_of(sig.value), max_ber=max_ber):
+                    found[alignment.track_id].append(alignment)
+                continue
+            for alignment in self.live.audio.search_shifted(words_of(sig.value), max_ber=max_ber):
+                upload = _in_upload_seconds(alignment, sig.position or 0.0, *shift)
+                best = shifted[upload.track_id].get(sig.position or 0.0)
+                if best is None or upload.ber < best.ber:
+                    shifted[upload.track_id][sig.position or 0.0] = upload
+        for track_id, by_stretch in shifted.items():
+            plain = found.get(track_id)
+            best_shifted = min(a.ber for a in by_stretch.values())
+            # The plain search's evidence stands unless a shifted view aligns better.
+            if not plain or best_shifted < min(a.ber for a in plain):
+                found[track_id] = list(by_stretch.values())
         return found
 
     # -- judging one known entry
@@ -462,7 +497,10 @@ class Matcher:
         best = min(sounds, key=lambda a: a.ber)
         known = next((s for s in entry.signals if s.kind == CHROMAPRINT.name), None)
         known_seconds = len(known.value) / 4 * SECONDS_PER_WORD if known else 0.0
-        covered = sum(a.duration for a in sounds)
+        covered = sum(_known_seconds(a) for a in sounds)
+        audio_shift = None
+        if best.shifted:
+            audio_shift = AudioShift(round(best.rate, 3), round(best.pitch_ratio, 3))
         return self._match(
             entry,
             hash_set,
@@ -478,12 +516,36 @@ class Matcher:
                     round(a.query_start, 3),
                     round(a.query_start + a.duration, 3),
                     round(a.known_start, 3),
-                    round(a.known_start + a.duration, 3),
+                    round(a.known_start + _known_seconds(a), 3),
                 )
                 for a in sorted(sounds, key=lambda a: a.query_start)
             ),
             known_share=min(1.0, covered / known_seconds) if known_seconds else 0.0,
+            audio_shift=audio_shift,
         )
+
+
+def _known_seconds(alignment: AudioAlignment) -> float:
+    if alignment.known_duration is None:
+        return alignment.duration
+    return alignment.known_duration
+
+
+def _in_upload_seconds(
+    alignment: AudioAlignment, view_start: float, pitch_ratio: float, tempo_stretch: float
+) -> AudioAlignment:
+    """An alignment of a shifted view, in the upload's own seconds: the view
+    starts at view_start and was resampled by pitch_ratio (pitch_ratio times
+    as long), then time-stretched by tempo_stretch (1/tempo_stretch as long)."""
+    upload_per_view = tempo_stretch / pitch_ratio
+    return replace(
+        alignment,
+        query_start=round(view_start + alignment.query_start * upload_per_view, 3),
+        duration=round(alignment.duration * upload_per_view, 3),
+        rate=alignment.rate / upload_per_view,
+        pitch_ratio=pitch_ratio,
+        shifted=True,
+    )
 
 
 # How a known entry is judged, by its media kind; a kind not listed (image,

@@ -317,9 +317,11 @@ class _ShiftWindows:
         self._starts = [k * self._spacing for k in range(max(0, limits.shift_windows))]
         self._parts: list[list[np.ndarray]] = [[] for _ in self._starts]
         self._fed = 0  # samples seen so far
-        steps = int(round(limits.shift_pitch_range / limits.shift_pitch_step)) if (
-            limits.shift_pitch_step > 0
-        ) else 0
+        steps = (
+            int(round(limits.shift_pitch_range / limits.shift_pitch_step))
+            if (limits.shift_pitch_step > 0)
+            else 0
+        )
         ratios = [round(1 + k * limits.shift_pitch_step, 4) for k in range(-steps, steps + 1)]
         self._shifts = [(r, 1.0) for r in ratios] + [
             (1.0, a) for a in limits.shift_tempo_stretches if a != 1.0

@@ -42,6 +42,7 @@ def matched_json(m: pb.MatchedEntry) -> dict:
         query_share=m.query_share,
         known_share=m.known_share,
         segments=m.segments,
+        audio_shift=m.audio_shift if m.HasField("audio_shift") else None,
     )
 
 
