@@ -34,7 +34,7 @@ from hashsvc.base.signals import (
     Signal,
     signal_type,
 )
-from hashsvc.index.audio import AudioAlignment
+from hashsvc.index.audio import AudioAlignment, AudioIndex
 from hashsvc.index.binary import split_signal_id
 from hashsvc.index.live import LiveIndex, words_of
 from hashsvc.matching import pdf_evidence as pdf_match
@@ -273,30 +273,8 @@ class Matcher:
     def _search_audio(
         self, query: list[Signal], sets: list[HashSetRecord]
     ) -> dict[int, list[AudioAlignment]]:
-        found: dict[int, list[AudioAlignment]] = defaultdict(list)
-        # Shifted views: the best alignment per known track and upload stretch.
-        shifted: dict[int, dict[float, AudioAlignment]] = defaultdict(dict)
         max_ber = self.policy.search_radius(sets, CHROMAPRINT.name) / 100
-        for sig in query:
-            if sig.kind != CHROMAPRINT.name:
-                continue
-            shift = parse_shift_variant(sig.variant)
-            if shift is None:
-                for alignment in self.live.audio.search(words_of(sig.value), max_ber=max_ber):
-                    found[alignment.track_id].append(alignment)
-                continue
-            for alignment in self.live.audio.search_shifted(words_of(sig.value), max_ber=max_ber):
-                upload = _in_upload_seconds(alignment, sig.position or 0.0, *shift)
-                best = shifted[upload.track_id].get(sig.position or 0.0)
-                if best is None or upload.ber < best.ber:
-                    shifted[upload.track_id][sig.position or 0.0] = upload
-        for track_id, by_stretch in shifted.items():
-            plain = found.get(track_id)
-            best_shifted = min(a.ber for a in by_stretch.values())
-            # The plain search's evidence stands unless a shifted view aligns better.
-            if not plain or best_shifted < min(a.ber for a in plain):
-                found[track_id] = list(by_stretch.values())
-        return found
+        return search_sounds(self.live.audio, query, max_ber)
 
     # -- judging one known entry
 
@@ -523,6 +501,38 @@ class Matcher:
             known_share=min(1.0, covered / known_seconds) if known_seconds else 0.0,
             audio_shift=audio_shift,
         )
+
+
+def search_sounds(
+    audio_index: AudioIndex, query: list[Signal], max_ber: float
+) -> dict[int, list[AudioAlignment]]:
+    """Aligned stretches per known track for a query's chromaprint signals:
+    the fingerprint through the plain search, shifted views through the
+    rate-aware one (in the upload's seconds); a track's shifted evidence
+    replaces its plain one only when it aligns better."""
+    found: dict[int, list[AudioAlignment]] = defaultdict(list)
+    # Shifted views: the best alignment per known track and upload stretch.
+    shifted: dict[int, dict[float, AudioAlignment]] = defaultdict(dict)
+    for sig in query:
+        if sig.kind != CHROMAPRINT.name:
+            continue
+        shift = parse_shift_variant(sig.variant)
+        if shift is None:
+            for alignment in audio_index.search(words_of(sig.value), max_ber=max_ber):
+                found[alignment.track_id].append(alignment)
+            continue
+        for alignment in audio_index.search_shifted(words_of(sig.value), max_ber=max_ber):
+            upload = _in_upload_seconds(alignment, sig.position or 0.0, *shift)
+            best = shifted[upload.track_id].get(sig.position or 0.0)
+            if best is None or upload.ber < best.ber:
+                shifted[upload.track_id][sig.position or 0.0] = upload
+    for track_id, by_stretch in shifted.items():
+        plain = found.get(track_id)
+        best_shifted = min(a.ber for a in by_stretch.values())
+        # The plain search's evidence stands unless a shifted view aligns better.
+        if not plain or best_shifted < min(a.ber for a in plain):
+            found[track_id] = list(by_stretch.values())
+    return found
 
 
 def _known_seconds(alignment: AudioAlignment) -> float:

@@ -71,6 +71,20 @@ class AudioLimits:
     shift_pitch_step: float = 0.01
     shift_tempo_stretches: tuple[float, ...] = (0.88, 0.94, 1.06, 1.12)
 
+    def __post_init__(self) -> None:
+        # A bad shift setting would silently turn the shifted search off or
+        # make it unboundedly costly: refuse it when the config is read.
+        if not 0 <= self.shift_windows <= 20:
+            raise ValueError("audio.shift_windows must be within 0..20")
+        if not 5 <= self.shift_window_seconds <= 120:
+            raise ValueError("audio.shift_window_seconds must be within 5..120")
+        if not 0 < self.shift_pitch_step <= 0.05 or not 0 <= self.shift_pitch_range <= 0.3:
+            raise ValueError("audio.shift_pitch_step must be within (0, 0.05], range 0..0.3")
+        if self.shift_pitch_range / self.shift_pitch_step > 40:
+            raise ValueError("audio.shift_pitch_range / shift_pitch_step must be <= 40")
+        if any(not 0.5 <= a <= 2.0 for a in self.shift_tempo_stretches):
+            raise ValueError("audio.shift_tempo_stretches must each be within 0.5..2")
+
 
 @dataclass(frozen=True)
 class PdfLimits:
