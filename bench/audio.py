@@ -133,11 +133,10 @@ def decision(best_ber: float) -> str:
     return "review" if distance <= CHROMAPRINT_LIMITS.review_distance else "allow"
 
 
-def shift_recall(index: AudioIndex, pcm: dict) -> dict:
-    """Per (transform, form): (share at block, share at review or block,
-    median |tempo ratio error|)."""
+def shift_recall(index: AudioIndex, pcm: dict):
+    """Yields per (transform, form): (share at block, share at review or
+    block, median |tempo ratio error|)."""
     max_ber = CHROMAPRINT_LIMITS.review_distance / 100
-    out = {}
     for name, pitch, tempo in SHIFTS:
         for form in FORMS:
             block = review = 0
@@ -157,8 +156,7 @@ def shift_recall(index: AudioIndex, pcm: dict) -> dict:
                 review += verdict in ("block", "review")
                 errors.append(abs(best.rate - tempo))
             n = len(pcm)
-            out[name, form] = (block / n, review / n, statistics.median(errors or [0.0]))
-    return out
+            yield (name, form), (block / n, review / n, statistics.median(errors or [0.0]))
 
 
 def shift_false_matches(index: AudioIndex, n_sets: int, seconds: float):
@@ -240,7 +238,7 @@ def main() -> None:
     small.add_many(words.items())
     per_transform, true_bers, queries = recall(small, pcm)
     for name, value in per_transform.items():
-        print(f"recall {name:14s} {value:.2f}  ({len(pcm)} tracks of {seconds} s)")
+        print(f"recall {name:14s} {value:.2f}  ({len(pcm)} tracks of {seconds} s)", flush=True)
     print(
         f"BER of true matches: median {statistics.median(true_bers):.3f} max {max(true_bers):.3f}"
     )
@@ -252,10 +250,11 @@ def main() -> None:
     )
 
     shift_started = time.perf_counter()
-    for (name, form), (block, review, tempo_error) in shift_recall(small, pcm).items():
+    for (name, form), (block, review, tempo_error) in shift_recall(small, pcm):
         print(
             f"recall {name:18s} {form:10s} block {block:.2f} review {review:.2f}"
-            f"  (tempo ratio error median {tempo_error:.3f})"
+            f"  (tempo ratio error median {tempo_error:.3f})",
+            flush=True,
         )
     n_shift_unrelated, shift_false, shift_closest = shift_false_matches(
         small, 5 if args.short else 25, 20

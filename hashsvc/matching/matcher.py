@@ -528,11 +528,23 @@ def search_sounds(
                 shifted[upload.track_id][sig.position or 0.0] = upload
     for track_id, by_stretch in shifted.items():
         plain = found.get(track_id)
-        best_shifted = min(a.ber for a in by_stretch.values())
-        # The plain search's evidence stands unless a shifted view aligns better.
-        if not plain or best_shifted < min(a.ber for a in plain):
+        best = min(by_stretch.values(), key=lambda a: a.ber)
+        # The plain search's evidence (the whole upload, no shift) stands
+        # unless a shifted view aligns clearly better; an unshifted view (a
+        # plain copy's) never replaces it.
+        if not plain or (
+            not _unshifted(best) and best.ber < min(a.ber for a in plain) - SHIFT_PREFERENCE_BER
+        ):
             found[track_id] = list(by_stretch.values())
     return found
+
+
+# How much lower a shifted view's BER must be to replace the plain evidence.
+SHIFT_PREFERENCE_BER = 0.02
+
+
+def _unshifted(alignment: AudioAlignment) -> bool:
+    return abs(alignment.rate - 1) < 0.015 and abs(alignment.pitch_ratio - 1) < 0.005
 
 
 def _known_seconds(alignment: AudioAlignment) -> float:
