@@ -307,62 +307,68 @@ class AudioFrameFingerprinter:
 
 
 class _ShiftWindows:
-    """Keeps the PCM of the stretches AudioLimits.shift_* name (at most
-    shift_windows x shift_window_seconds of it) and makes their shifted views."""
+    """Keeps the first AudioLimits.shift_scan_seconds of PCM and makes the
+    shifted views of shift_windows stretches spread evenly over it (one: the
+    middle, so a known track preceded or followed by other audio is still
+    inside it)."""
 
     def __init__(self, limits: AudioLimits) -> None:
         self._limits = limits
         self._window = int(limits.shift_window_seconds * SAMPLE_RATE)
-        self._spacing = max(self._window, int(limits.shift_window_spacing * SAMPLE_RATE))
-        self._starts = [k * self._spacing for k in range(max(0, limits.shift_windows))]
-        self._parts: list[list[np.ndarray]] = [[] for _ in self._starts]
-        self._fed = 0  # samples seen so far
-        steps = (
-            int(round(limits.shift_pitch_range / limits.shift_pitch_step))
-            if (limits.shift_pitch_step > 0)
-            else 0
-        )
-        ratios = [round(1 + k * limits.shift_pitch_step, 4) for k in range(-steps, steps + 1)]
-        self._shifts = [(r, 1.0) for r in ratios] + [
-            (1.0, a) for a in limits.shift_tempo_stretches if a != 1.0
-        ]
+        self._room = int(limits.shift_scan_seconds * SAMPLE_RATE) if limits.shift_windows else 0
+        self._parts: list[np.ndarray] = []
+        self._kept = 0
+        steps = int(round(limits.shift_pitch_range / limits.shift_pitch_step))
+        self._ratios = [round(1 + k * limits.shift_pitch_step, 4) for k in range(-steps, steps + 1)]
 
     def feed(self, pcm: np.ndarray) -> None:
-        lo, hi = self._fed, self._fed + len(pcm)
-        self._fed = hi
-        for start, parts in zip(self._starts, self._parts, strict=True):
-            a, b = max(lo, start), min(hi, start + self._window)
-            if a < b:
-                parts.append(pcm[a - lo : b - lo])
+        take = min(len(pcm), self._room - self._kept)
+        if take > 0:
+            self._parts.append(pcm[:take])
+            self._kept += take
+
+    def starts(self) -> list[int]:
+        """Where the stretches start (samples), evenly spread over what was kept."""
+        window = min(self._window, self._kept)
+        n = self._limits.shift_windows
+        centers = [(k + 0.5) / n * self._kept for k in range(n)]
+        return sorted({int(min(max(c - window / 2, 0), self._kept - window)) for c in centers})
 
     def views(self) -> tuple[Signal, ...]:
+        if self._kept < self._limits.min_seconds * SAMPLE_RATE:
+            return ()
+        kept = np.concatenate(self._parts)
         views = []
-        for start, parts in zip(self._starts, self._parts, strict=True):
-            if not parts:
-                break
-            pcm = np.concatenate(parts).astype(np.float32)
-            if len(pcm) < self._limits.min_seconds * SAMPLE_RATE:
-                continue
-            where = np.arange(len(pcm), dtype=np.float32)
-            for ratio, stretch in self._shifts:
-                if stretch != 1.0:
-                    view = _atempo(pcm.astype(np.int16), stretch)
-                else:
-                    # r times as many samples at the same rate: pitch and speed / r.
-                    # Linear interpolation: measured as good as a polyphase filter here.
-                    view = np.interp(np.arange(0, len(pcm) - 1, 1 / ratio), where, pcm)
-                words = _fingerprint_pcm(view.astype(np.int16))
-                if informative_mask(words).sum() * SECONDS_PER_WORD < self._limits.min_seconds:
-                    continue
-                views.append(
-                    Signal(
-                        kind=CHROMAPRINT.name,
-                        value=words.astype(">u4").tobytes(),
-                        variant=shift_variant(ratio, stretch),
-                        position=round(start / SAMPLE_RATE, 3),
+        for start in self.starts():
+            window = kept[start : start + self._window]
+            for stretch in self._limits.shift_tempo_stretches:
+                stretched = window if stretch == 1.0 else _atempo(window, stretch)
+                for ratio in self._ratios:
+                    words = _fingerprint_pcm(_resampled(stretched, ratio))
+                    if informative_mask(words).sum() * SECONDS_PER_WORD < self._limits.min_seconds:
+                        continue
+                    views.append(
+                        Signal(
+                            kind=CHROMAPRINT.name,
+                            value=words.astype(">u4").tobytes(),
+                            variant=shift_variant(ratio, stretch),
+                            position=round(start / SAMPLE_RATE, 3),
+                        )
                     )
-                )
         return tuple(views)
+
+
+def _resampled(pcm: np.ndarray, ratio: float) -> np.ndarray:
+    """ratio times as many samples (int16), to be played at the same rate: pitch
+    and speed divided by ratio. Linear interpolation: measured as good as a
+    polyphase filter for the fingerprint, and 1.5x faster than np.interp."""
+    if ratio == 1.0:
+        return pcm
+    source = pcm.astype(np.float32)
+    step = np.append(np.diff(source), np.float32(0))
+    at = np.arange(int((len(pcm) - 1) * ratio), dtype=np.float64) / ratio
+    index = at.astype(np.int64)
+    return (source[index] + step[index] * (at - index).astype(np.float32)).astype(np.int16)
 
 
 def _atempo(pcm: np.ndarray, factor: float) -> np.ndarray:
