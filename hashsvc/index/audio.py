@@ -71,6 +71,15 @@ WINDOW_WORDS = 16
 # tempo changes it is asked to find, 1% apart, so over a 20 s view (160 words)
 # a rate between two grid points drifts under a word.
 SHIFT_RATES = tuple(round(0.84 + 0.01 * k, 2) for k in range(33))
+# Coarse offset bins (words) that pre-select the hits the rate grid votes on:
+# a line over a view of up to 36 s (290 words: a 20 s stretch slowed by 0.9 and
+# resampled by 1.11 is 25 s) at rates +-16% drifts up to 46 words from its
+# rate-1 offset, under half a bin.
+_COARSE_BIN = 96
+# Votes a shifted line needs to be aligned: a view's words keep their top 24
+# bits less often than a plain copy's (BER 0.10-0.15: 2-8% of them), and two
+# random hits of one track rarely fall on one line of a rate within +-16%.
+SHIFT_MIN_VOTES = 2
 # Best-voted (track, rate, offset) triples aligned per shifted view.
 SHIFT_MAX_CANDIDATES = 8
 # From this size bucket offsets (4 bytes per bucket) cost less than keys (4 per posting).
@@ -370,7 +379,22 @@ class AudioIndex:
         hits = segment.positions[first + np.arange(total)].astype(np.int64)
         local = np.searchsorted(segment.starts, hits, side="right") - 1
         known_pos = hits - segment.starts[local]
-        hit_qpos = np.repeat(qpos, counts).astype(np.float64)
+        hit_qpos = np.repeat(qpos, counts)
+        # Only hits that share a track and a rough offset with SHIFT_MIN_VOTES - 1
+        # others can be part of a line worth aligning: the rate grid (33 times
+        # the work) runs on those alone. A line's rate-1 offsets spread over
+        # less than half a coarse bin (for views up to ~36 s), so it lies whole
+        # in a bin of one of two binnings half a bin apart.
+        rough = known_pos - hit_qpos + (1 << 23)
+        kept = np.zeros(len(hits), dtype=bool)
+        for shift in (0, _COARSE_BIN // 2):
+            coarse = (local << 32) + (rough + shift) // _COARSE_BIN
+            _, inverse, counts_in_bin = np.unique(coarse, return_inverse=True, return_counts=True)
+            kept |= counts_in_bin[inverse] >= SHIFT_MIN_VOTES
+        if not kept.any():
+            return []
+        local, known_pos = local[kept], known_pos[kept]
+        hit_qpos = hit_qpos[kept].astype(np.float64)
         # (hits x rates): the offset each hit implies at each rate.
         offsets = known_pos[:, None] - np.rint(hit_qpos[:, None] * rate_grid[None, :]).astype(
             np.int64
@@ -380,7 +404,7 @@ class AudioIndex:
         # words (290 hours), rates index under 2**8.
         packed = (local[:, None] << 32) + (rate_index << 24) + (offsets + (1 << 23))
         pairs, votes = np.unique(packed.ravel(), return_counts=True)
-        strong = np.flatnonzero(votes >= MIN_VOTES)
+        strong = np.flatnonzero(votes >= SHIFT_MIN_VOTES)
         best = strong[np.argsort(-votes[strong], kind="stable")[:SHIFT_MAX_CANDIDATES]]
         found = []
         for pair, n in zip(pairs[best].tolist(), votes[best].tolist(), strict=True):

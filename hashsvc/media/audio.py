@@ -21,16 +21,19 @@ Shifted views (queries only): a re-upload pitched or sped up by a few percent
 has other chroma, so its words match nothing. Resampling PCM by a ratio r and
 fingerprinting it at the same rate lowers pitch and speed together by r: it
 undoes `asetrate` exactly, and turns a pitch-only or tempo-only change into a
-tempo change alone, which the index's rate-aware search aligns. That holds
-well for a query up to ~13% faster than the known track, less for a slower one
-(BER ~0.16 at 12% slower: the words' time structure changes), so the stretch
-is also time-stretched back at the same pitch (atempo) by a few factors.
-Measured on
-speech over a music bed (bench/audio.py, README): a pitch error of 0.25% leaves
-a BER of ~0.08, 0.5% ~0.12, 0.75% ~0.17 and 1% ~0.21, so ratios 1% apart
-(error <= 0.5%) are needed; fingerprinting costs ~10,000x realtime once the
-PCM is decoded (decoding is ~95% of an audio Match), so 23 ratios over two 20 s
-stretches add ~0.1 s to a 3-minute upload's ~0.3 s.
+tempo change alone, which the index's rate-aware search aligns. Measured on
+speech over a music bed (README, bench/audio.py):
+* a pitch error of 0.25% leaves a BER of ~0.08, 0.5% ~0.12, 0.75% ~0.17 and
+  1% ~0.21 (block is 0.15): pitch ratios must be 1% apart (error <= 0.5%);
+* a remaining tempo change aligned at its rate leaves ~0.07 at 3%, ~0.10 at
+  8%, 0.14-0.16 at 12-15%, and past ~8% so few words keep their top 24 bits
+  that the lookup finds no votes for the harder recordings; so each stretch is
+  also time-stretched at the same pitch (atempo) by 0.9 and 1.1 first, which
+  leaves at most ~5% for the alignment to absorb;
+* fingerprinting 20 s costs ~2 ms, resampling it ~1.2 ms, atempo ~5 ms: 69
+  views of one 20 s stretch add ~0.25 s to a 3-minute upload's ~0.3 s of
+  decoding and fingerprinting, so one stretch (the middle of the first two
+  minutes) is re-fingerprinted, not the whole upload.
 """
 
 from __future__ import annotations
