@@ -72,8 +72,8 @@ WINDOW_WORDS = 16
 # a rate between two grid points drifts under a word.
 SHIFT_RATES = tuple(round(0.84 + 0.01 * k, 2) for k in range(33))
 # Coarse offset bins (words) that pre-select the hits the rate grid votes on:
-# a line over a view of up to 36 s (290 words: a 20 s stretch slowed by 0.9 and
-# resampled by 1.11 is 25 s) at rates +-16% drifts up to 46 words from its
+# a line over a view of up to 36 s (290 words: a 16 s stretch slowed by 0.9 and
+# resampled by 1.1 is 20 s) at rates +-16% drifts up to 46 words from its
 # rate-1 offset, under half a bin.
 _COARSE_BIN = 96
 # Votes a shifted line needs to be aligned: a view's words keep their top 24

@@ -65,9 +65,9 @@ class AudioLimits:
     # shift_pitch_step, and fingerprinted again (hashsvc/media/audio.py says
     # why these values; each view costs ~4 ms). 0 windows: no shifted search.
     shift_windows: int = 1
-    shift_window_seconds: float = 20.0
+    shift_window_seconds: float = 16.0
     shift_scan_seconds: float = 120.0
-    shift_pitch_range: float = 0.11
+    shift_pitch_range: float = 0.10
     shift_pitch_step: float = 0.01
     shift_tempo_stretches: tuple[float, ...] = (0.9, 1.0, 1.1)
 
