@@ -322,7 +322,8 @@ def main() -> None:
     times.sort()
     p50, p99 = times[len(times) // 2] * 1000, times[int(len(times) * 0.99)] * 1000
     print(
-        f"shifted search latency ({len(views)} views of 20 s, {len(big)} tracks):"
+        f"shifted search latency ({len(views)} views of a"
+        f" {SHIFT_LIMITS.shift_window_seconds:g} s stretch, {len(big)} tracks):"
         f" p50 {p50:.1f} ms, p99 {p99:.1f} ms"
     )
     plain, shifted = match_cost(big, 3 if args.short else 5)
