@@ -2,7 +2,7 @@
 search latency and memory with 100k known tracks.
 
     .venv/bin/python bench/audio.py            # 12 real tracks, 100k known tracks
-    .venv/bin/python bench/audio.py --short    # 6 real tracks, 10k known tracks (< 60 s)
+    .venv/bin/python bench/audio.py --short    # 5 real tracks, 10k known tracks
 
 Known tracks are generated speech (espeak-ng, Arabic, English, French, German,
 several voices) over a tonal background bed, stored as 192 kbps MP3. Queries are
@@ -16,14 +16,23 @@ the queries are real fingerprints.
 from __future__ import annotations
 
 import argparse
+import io
 import resource
 import statistics
 import time
 
+import av
 import numpy as np
 
 from hashsvc.index.audio import DEFAULT_MAX_BER, DEFAULT_MIN_SECONDS, AudioIndex
-from hashsvc.media.audio import SECONDS_PER_WORD, AudioLimits, fingerprint_audio
+from hashsvc.matching.matcher import ber_percent, search_sounds
+from hashsvc.matching.policy import DEFAULT_THRESHOLDS
+from hashsvc.media.audio import (
+    SECONDS_PER_WORD,
+    AudioLimits,
+    fingerprint_audio,
+    fingerprint_container,
+)
 from hashsvc_testing import audio_media as am
 
 LIMITS = AudioLimits()
@@ -88,6 +97,107 @@ def false_matches(index: AudioIndex, n_real: int, seconds: float) -> tuple[int, 
     return len(queries), false, closest
 
 
+# The shifted re-uploads (issue 19): (name, pitch ratio, tempo ratio).
+SHIFTS = [
+    *[(f"pitch{p:+d}%", 1 + p / 100, 1.0) for p in (-10, -6, -3, 3, 6, 10)],
+    *[(f"tempo{t:+d}%", 1.0, 1 + t / 100) for t in (-15, -8, 8, 15)],
+    *[(f"speed{s:+d}%", 1 + s / 100, 1 + s / 100) for s in (-8, 8)],  # asetrate alone
+    ("pitch-3%tempo+10%", 0.97, 1.10),
+]
+FORMS = ("whole", "excerpt15s", "video")
+CHROMAPRINT_LIMITS = DEFAULT_THRESHOLDS["chromaprint"]
+SHIFT_LIMITS = AudioLimits()
+
+
+def shifted_query(track: np.ndarray, seed: int, pitch: float, tempo: float, form: str):
+    """(query signals, where the known audio starts in the known track)."""
+    known_start = 0.0
+    if form == "excerpt15s":
+        rng = np.random.default_rng(seed + 31)
+        known_start = float(rng.uniform(0, len(track) / am.RATE - 15))
+        track = track[int(known_start * am.RATE) : int((known_start + 15) * am.RATE)]
+    data = am.shifted(track, pitch, tempo, "-b:a", "128k")
+    if form == "video":
+        data = am.as_video_sound_track(data, len(track) / am.RATE / tempo)
+        with av.open(io.BytesIO(data)) as container:
+            fp = fingerprint_container(container, SHIFT_LIMITS, shifted_views=True)
+    else:
+        fp = fingerprint_audio(data, SHIFT_LIMITS, shifted_views=True)
+    return fp.query_signals(), known_start
+
+
+def decision(best_ber: float) -> str:
+    distance = ber_percent(best_ber)
+    if distance <= CHROMAPRINT_LIMITS.block_distance:
+        return "block"
+    return "review" if distance <= CHROMAPRINT_LIMITS.review_distance else "allow"
+
+
+def shift_recall(index: AudioIndex, pcm: dict):
+    """Yields per (transform, form): (share at block, share at review or
+    block, median |tempo ratio error|)."""
+    max_ber = CHROMAPRINT_LIMITS.review_distance / 100
+    for name, pitch, tempo in SHIFTS:
+        for form in FORMS:
+            block = review = 0
+            errors = []
+            for tid, track in pcm.items():
+                signals, known_start = shifted_query(track, tid, pitch, tempo, form)
+                found = search_sounds(index, signals, max_ber)
+                if set(found) - {tid} or tid not in found:
+                    continue  # missed, or found something else too
+                best = min(found[tid], key=lambda a: a.ber)
+                # the known range must be where the upload came from
+                expected = known_start + best.query_start * tempo
+                if abs(best.known_start - expected) > SLACK:
+                    continue
+                verdict = decision(best.ber)
+                block += verdict == "block"
+                review += verdict in ("block", "review")
+                errors.append(abs(best.rate - tempo))
+            n = len(pcm)
+            yield (name, form), (block / n, review / n, statistics.median(errors or [0.0]))
+
+
+def shift_false_matches(index: AudioIndex, n_sets: int, seconds: float):
+    """(unrelated uploads, false matches with the shifted search on, closest BER
+    of any loose alignment): other speech in the same language and voice over
+    the known tracks' own beds (both the bench's and the voice of its known
+    track 1), other languages, music, noise."""
+    uploads = []
+    for seed in range(n_sets):
+        bed = 1 + seed % 12
+        uploads += [data for _, data in am.unrelated(3000 + 10 * seed, seconds, bed)]
+        voice = am.VOICES["ar"][seed % 3]
+        same = am.speech_track(4000 + seed, seconds, "ar", voice=voice, background_seed=bed)
+        uploads.append(am.encode(same, "mp3"))
+    false, closest = 0, None
+    for data in uploads:
+        signals = fingerprint_audio(data, SHIFT_LIMITS, shifted_views=True).query_signals()
+        found = search_sounds(index, signals, CHROMAPRINT_LIMITS.review_distance / 100)
+        false += bool(found)
+        loose = search_sounds(index, signals, PROBE_MAX_BER)
+        bers = [a.ber for alignments in loose.values() for a in alignments]
+        if bers:
+            closest = min(bers) if closest is None else min(closest, min(bers))
+    return len(uploads), false, closest
+
+
+def match_cost(index: AudioIndex, rounds: int) -> tuple[float, float]:
+    """Median CPU seconds of an audio Match's work (decode, fingerprint,
+    search) for a 3-minute MP3: plain, and with the shifted search."""
+    mp3 = am.master(am.speech_track(98, 180, "ar"))
+    max_ber = CHROMAPRINT_LIMITS.review_distance / 100
+    costs = {False: [], True: []}
+    for _ in range(rounds):
+        for shifted in (False, True):
+            started = time.process_time()
+            fp = fingerprint_audio(mp3, SHIFT_LIMITS, shifted_views=shifted)
+            search_sounds(index, fp.query_signals(), max_ber)
+            costs[shifted].append(time.process_time() - started)
+    return statistics.median(costs[False]), statistics.median(costs[True])
+
+
 def fingerprint_speed() -> tuple[float, float, float]:
     """(seconds of audio, x realtime by wall clock, x realtime by CPU time): the
     machine is shared, so CPU time says what one free core would do."""
@@ -128,7 +238,7 @@ def main() -> None:
     small.add_many(words.items())
     per_transform, true_bers, queries = recall(small, pcm)
     for name, value in per_transform.items():
-        print(f"recall {name:14s} {value:.2f}  ({len(pcm)} tracks of {seconds} s)")
+        print(f"recall {name:14s} {value:.2f}  ({len(pcm)} tracks of {seconds} s)", flush=True)
     print(
         f"BER of true matches: median {statistics.median(true_bers):.3f} max {max(true_bers):.3f}"
     )
@@ -137,6 +247,30 @@ def main() -> None:
     print(
         f"closest unrelated alignment (max_ber {PROBE_MAX_BER}, {PROBE_MIN_SECONDS:g} s): "
         + ("none" if closest is None else f"BER {closest:.3f}")
+    )
+
+    shift_started = time.perf_counter()
+    for (name, form), (block, review, tempo_error) in shift_recall(small, pcm):
+        print(
+            f"recall {name:18s} {form:10s} block {block:.2f} review {review:.2f}"
+            f"  (tempo ratio error median {tempo_error:.3f})",
+            flush=True,
+        )
+    n_shift_unrelated, shift_false, shift_closest = shift_false_matches(
+        small, 5 if args.short else 25, 20
+    )
+    closest_text = "none"
+    if shift_closest is not None:
+        review_margin = shift_closest - CHROMAPRINT_LIMITS.review_distance / 100
+        block_margin = shift_closest - CHROMAPRINT_LIMITS.block_distance / 100
+        closest_text = (
+            f"BER {shift_closest:.3f} (margin {review_margin:+.3f} over review,"
+            f" {block_margin:+.3f} over block)"
+        )
+    print(
+        f"shifted search on: false matches {shift_false} of {n_shift_unrelated} unrelated uploads;"
+        f" closest unrelated alignment {closest_text}"
+        f" [{time.perf_counter() - shift_started:.0f} s]"
     )
 
     duration, wall, cpu = fingerprint_speed()
@@ -173,6 +307,31 @@ def main() -> None:
         bool(r) and r[0].track_id in words for r in (big.search(q) for q in queries)
     ) / len(queries)
     print(f"recall of the same queries with {len(big)} known tracks: {big_recall:.2f}")
+    views = [
+        np.frombuffer(sig.value, ">u4").astype(np.uint32)
+        for sig in fingerprint_audio(
+            am.master(am.speech_track(97, 60, "ar")), SHIFT_LIMITS, shifted_views=True
+        ).shifted_views
+    ]
+    times = []
+    for _ in range(1 if args.short else 3):
+        for view in views:
+            t0 = time.perf_counter()
+            big.search_shifted(view)
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    p50, p99 = times[len(times) // 2] * 1000, times[int(len(times) * 0.99)] * 1000
+    print(
+        f"shifted search latency ({len(views)} views of a"
+        f" {SHIFT_LIMITS.shift_window_seconds:g} s stretch, {len(big)} tracks):"
+        f" p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+    )
+    plain, shifted = match_cost(big, 3 if args.short else 5)
+    print(
+        f"audio Match CPU for a 3-minute MP3 (decode + fingerprint + search, {len(big)} tracks):"
+        f" plain {plain * 1000:.0f} ms, with the shifted search {shifted * 1000:.0f} ms,"
+        f" ratio {shifted / plain:.2f}"
+    )
     print(f"total {time.perf_counter() - started:.0f} s")
 
 

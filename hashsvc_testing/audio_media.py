@@ -246,3 +246,34 @@ def unrelated(seed: int, seconds: float, background_seed: int) -> list[tuple[str
         ("tones", encode(tones(seed, seconds), "mp3")),
         ("noise", encode(noise(seed, seconds), "mp3")),
     ]
+
+
+def shifted(pcm: np.ndarray, pitch: float = 1.0, tempo: float = 1.0, *encode_args: str) -> bytes:
+    """PCM re-uploaded pitched by `pitch` and played `tempo` times as fast (MP3):
+    asetrate changes both, atempo puts the speed where asked. pitch == tempo is
+    a plain speed-up (pitch and speed together); tempo 1 keeps the speed."""
+    filters = []
+    if pitch != 1.0:
+        filters += [f"asetrate={RATE}*{pitch}", f"aresample={RATE}"]
+    if tempo / pitch != 1.0:
+        filters.append(f"atempo={tempo / pitch}")
+    return encode(pcm, "mp3", "-af", ",".join(filters), *encode_args)
+
+
+def as_video_sound_track(audio: bytes, seconds: float) -> bytes:
+    """A video (generated frames, H.264 + AAC in MP4) whose sound is `audio`."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source, out = f"{tmp}/sound", f"{tmp}/video.mp4"
+        with open(source, "wb") as f:
+            f.write(audio)
+        subprocess.run(
+            ["ffmpeg", "-nostdin", "-v", "error", "-y",
+             "-f", "lavfi", "-i", f"testsrc2=size=320x240:rate=10:duration={seconds}",
+             "-i", source, "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset",
+             "ultrafast", "-c:a", "aac", "-b:a", "128k", "-shortest", out],
+            check=True,
+        )  # fmt: skip
+        with open(out, "rb") as f:
+            return f.read()

@@ -173,3 +173,22 @@ def test_concurrent_searches_while_tracks_come_and_go():
         t.join()
     assert not errors, errors[0]
     assert len(index) == 5 + 150 - 50
+
+
+def test_shifted_search_finds_a_line_of_another_slope():
+    """A query running 12% faster than a known track (every 1.12th word of it):
+    the plain search votes on offsets alone and misses it; the shifted search
+    finds it at its rate, with the known range longer by that rate."""
+    index = AudioIndex()
+    known_words = filler(7, 1500)
+    index.add(1, known_words)
+    for n in range(50):
+        index.add(100 + n, filler(1000 + n, 1500))
+    at = np.rint(300 + np.arange(160) * 1.12).astype(int)
+    query = known_words[at]
+    assert index.search(query) == []
+    (found,) = index.search_shifted(query)
+    assert found.track_id == 1 and found.rate == pytest.approx(1.12)
+    assert found.ber == 0.0
+    assert abs(found.known_start - 300 * SECONDS_PER_WORD) <= SLACK
+    assert found.known_duration == pytest.approx(found.duration * 1.12, abs=0.01)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from hashsvc.api import convert
 from hashsvc.client.commands import views
-from hashsvc.matching.matcher import LocalEvidence, Match, Segment
+from hashsvc.matching.matcher import AudioShift, LocalEvidence, Match, Segment
 
 
 def _match(**extent) -> Match:
@@ -65,3 +65,21 @@ def test_the_cli_and_the_core_write_the_same_match_json():
     }  # fmt: skip
     # the history keeps it, and gives it back
     assert Match.from_json(local.to_json()).public_json() == local.public_json()
+
+
+def test_a_shifted_sound_match_says_how_it_was_changed_in_both():
+    sound = _match(
+        unit="seconds",
+        segments=(Segment(0.0, 18.5, 10.0, 30.0),),
+        known_share=0.5,
+        audio_shift=AudioShift(tempo_ratio=1.08, pitch_ratio=0.95),
+    )
+    from_cli = views.matched_json(convert.matched_entry(sound))
+    assert from_cli == sound.public_json()
+    assert list(from_cli) == list(sound.public_json())
+    assert from_cli["audio_shift"] == {"tempo_ratio": 1.08, "pitch_ratio": 0.95}
+    assert list(from_cli)[-1] == "audio_shift"
+    # only on such matches
+    plain = _match(unit="seconds", segments=(Segment(0.0, 18.5, 10.0, 28.5),))
+    assert "audio_shift" not in views.matched_json(convert.matched_entry(plain))
+    assert Match.from_json(sound.to_json()) == sound

@@ -133,6 +133,13 @@ def matched_entry(m: Match) -> pb.MatchedEntry:
                 agreement=m.local_features.agreement,
             )
         ),
+        audio_shift=(
+            pb.AudioShift(
+                tempo_ratio=m.audio_shift.tempo_ratio, pitch_ratio=m.audio_shift.pitch_ratio
+            )
+            if m.audio_shift is not None
+            else None
+        ),
     )
 
 

@@ -23,11 +23,14 @@ def match_json(
     known_share: float = 0.0,
     segments: Iterable = (),
     local_features=None,
+    audio_shift=None,
 ) -> dict:
     """`segments`: objects with query_start, query_end, known_start and
     known_end (a core Segment or a protobuf one); `local_features`: an object
     with inliers, coverage, query_coverage, scale, angle and agreement (the core's
-    LocalEvidence or the protobuf message), only on a local_features match."""
+    LocalEvidence or the protobuf message), only on a local_features match.
+    `audio_shift`: None, or an object with tempo_ratio and pitch_ratio (a core
+    AudioShift or a protobuf one), for a sound found pitched or sped up."""
     out = {
         "set": set_name,
         "entry": entry,
@@ -55,6 +58,11 @@ def match_json(
         )
     if local_features is not None:
         out["local_features"] = local_features_json(local_features)
+    if audio_shift is not None:  # "sped up 8%": tempo_ratio 1.08
+        out["audio_shift"] = {
+            "tempo_ratio": round(audio_shift.tempo_ratio, 3),
+            "pitch_ratio": round(audio_shift.pitch_ratio, 3),
+        }
     return out
 
 

@@ -36,6 +36,7 @@ from hashsvc.matching.feedback import Feedback
 from hashsvc.matching.flood import FloodCounter
 from hashsvc.matching.matcher import Match, Matcher
 from hashsvc.matching.policy import Policy
+from hashsvc.media.audio_words import parse_shift_variant
 from hashsvc.media.dispatch import MediaLimits, MediaSource, size_of
 from hashsvc.media.hashing import HashingPool
 
@@ -254,12 +255,13 @@ class Core:
             result = self.matcher.match(signals, only_sets)
             result = self.feedback.apply(result, signals, self.live.sets_by_id)
             self._require_ready()  # the index may have been lost while hashing
+            signals = _without_shifted_views(signals)
         except Exception as exc:
             if not isinstance(exc, HashsvcError):
                 log.exception("match %s failed", request_id)
             self._record(
-                request_id, started, caller, rpc, query, media_type, signals, None, exc,
-                caller_token_id,
+                request_id, started, caller, rpc, query, media_type,
+                _without_shifted_views(signals), None, exc, caller_token_id,
             )  # fmt: skip
             raise
         outcome = MatchOutcome(
@@ -567,3 +569,10 @@ def _snapshot_dir(config: Config) -> str:
         path = config.db_url[len("sqlite:///") :]
         return os.path.abspath(path) + ".index"
     return ""
+
+
+def _without_shifted_views(signals: list[Signal]) -> list[Signal]:
+    """An audio upload's shifted views are searched, not shown or recorded: two
+    dozen re-fingerprinted stretches would dwarf the fingerprint in every
+    answer and history record, and the upload's own fingerprint yields them."""
+    return [s for s in signals if parse_shift_variant(s.variant) is None]

@@ -24,6 +24,12 @@ dropped when its segment is next merged. Segments merge like a binary counter,
 so one-by-one adds cost O(log n) sorts per word amortized; `add_many` builds
 one segment for a bulk load or a snapshot restore.
 
+Shifted search (`search_shifted`): a query view resampled to the known pitch
+(hashsvc/media/audio.py) may still run faster or slower than the known track,
+so its hits vote on (track, rate, offset) over a grid of rates, known words per
+query word, and the best are verified word by word along that line. The same
+postings serve both searches; nothing is stored for it.
+
 Memory: 4 bytes per word for the words, 4 for the posting and, in segments
 with more than CSR_MIN_POSTINGS postings, 64 MiB of bucket offsets instead of
 a 4-byte key per posting. 100k tracks of 3 minutes are 145M words: ~1.2 GB
@@ -61,6 +67,21 @@ MAX_CANDIDATES = 24
 MAX_POSTINGS_PER_KEY = 5_000
 # Sliding window for the BER of an alignment: ~2 s, the span one word describes.
 WINDOW_WORDS = 16
+# Rates (known words per query word) the shifted search votes on: +-16%, the
+# tempo changes it is asked to find, 1% apart, so over a 20 s view (160 words)
+# a rate between two grid points drifts under a word.
+SHIFT_RATES = tuple(round(0.84 + 0.01 * k, 2) for k in range(33))
+# Coarse offset bins (words) that pre-select the hits the rate grid votes on:
+# a line over a view of up to 36 s (290 words: a 16 s stretch slowed by 0.9 and
+# resampled by 1.1 is 20 s) at rates +-16% drifts up to 46 words from its
+# rate-1 offset, under half a bin.
+_COARSE_BIN = 96
+# Votes a shifted line needs to be aligned: a view's words keep their top 24
+# bits less often than a plain copy's (BER 0.10-0.15: 2-8% of them), and two
+# random hits of one track rarely fall on one line of a rate within +-16%.
+SHIFT_MIN_VOTES = 2
+# Best-voted (track, rate, offset) triples aligned per shifted view.
+SHIFT_MAX_CANDIDATES = 8
 # From this size bucket offsets (4 bytes per bucket) cost less than keys (4 per posting).
 CSR_MIN_POSTINGS = 1 << KEY_BITS
 
@@ -78,6 +99,14 @@ class AudioAlignment:
     duration: float
     ber: float  # bit error rate over the aligned informative words, 0..1
     votes: int  # key hits at this offset: how strongly the lookup pointed here
+    # Shifted search: known seconds per query second along the alignment, and
+    # the known track's seconds covered (duration is the query's).
+    rate: float = 1.0
+    known_duration: float | None = None
+    # Set by a caller that searched a shifted view: the upload's pitch over
+    # the known track's (the view was resampled by it), and that it was one.
+    pitch_ratio: float = 1.0
+    shifted: bool = False
 
 
 class _Segment:
@@ -291,6 +320,102 @@ class AudioIndex:
                 found.append((n, offset, track_id, segment.track_words(track_local)))
         return found
 
+    def search_shifted(
+        self,
+        words,
+        max_ber: float = DEFAULT_MAX_BER,
+        min_seconds: float = DEFAULT_MIN_SECONDS,
+        rates: tuple[float, ...] = SHIFT_RATES,
+    ) -> list[AudioAlignment]:
+        """search() for a query that may run at another rate than the known
+        track (a shifted view): offsets are voted on per rate of `rates`."""
+        query = np.asarray(words, dtype=np.uint32)
+        segments = self._segments
+        track_of_slot = self._track_of_slot
+        query_informative = informative_mask(query)
+        query_positions = np.flatnonzero(query_informative)
+        if len(query_positions) * SECONDS_PER_WORD < min_seconds:
+            return []
+        query_keys = query[query_positions] >> _KEY_SHIFT
+        rate_grid = np.asarray(rates, dtype=np.float64)
+        candidates = []  # votes, rate, offset, track, words
+        for segment in segments:
+            candidates += self._vote_rates(
+                segment, query_keys, query_positions, rate_grid, track_of_slot
+            )
+        candidates.sort(key=lambda c: -c[0])
+        alignments: list[AudioAlignment] = []
+        for votes, rate, offset, track_id, known in candidates[:SHIFT_MAX_CANDIDATES]:
+            found = _align_at_rate(query, query_informative, known, offset, rate, max_ber)
+            if found is None:
+                continue
+            start, end, ber, informative_words = found
+            if informative_words * SECONDS_PER_WORD < min_seconds:
+                continue
+            alignments.append(
+                AudioAlignment(
+                    track_id=track_id,
+                    query_start=round(start * SECONDS_PER_WORD, 3),
+                    known_start=round((offset + start * rate) * SECONDS_PER_WORD, 3),
+                    duration=round((end - start) * SECONDS_PER_WORD, 3),
+                    ber=round(ber, 4),
+                    votes=votes,
+                    rate=rate,
+                    known_duration=round((end - start) * rate * SECONDS_PER_WORD, 3),
+                )
+            )
+        return _distinct(alignments)
+
+    @staticmethod
+    def _vote_rates(segment, query_keys, query_positions, rate_grid, track_of_slot):
+        lo, hi = segment.lookup(query_keys)
+        counts = hi - lo
+        useful = (counts > 0) & (counts <= MAX_POSTINGS_PER_KEY)
+        lo, counts, qpos = lo[useful], counts[useful], query_positions[useful]
+        total = int(counts.sum())
+        if total == 0:
+            return []
+        first = np.repeat(lo - np.cumsum(counts) + counts, counts)
+        hits = segment.positions[first + np.arange(total)].astype(np.int64)
+        local = np.searchsorted(segment.starts, hits, side="right") - 1
+        known_pos = hits - segment.starts[local]
+        hit_qpos = np.repeat(qpos, counts)
+        # Only hits that share a track and a rough offset with SHIFT_MIN_VOTES - 1
+        # others can be part of a line worth aligning: the rate grid (33 times
+        # the work) runs on those alone. A line's rate-1 offsets spread over
+        # less than half a coarse bin (for views up to ~36 s), so it lies whole
+        # in a bin of one of two binnings half a bin apart.
+        rough = known_pos - hit_qpos + (1 << 23)
+        kept = np.zeros(len(hits), dtype=bool)
+        for shift in (0, _COARSE_BIN // 2):
+            coarse = (local << 32) + (rough + shift) // _COARSE_BIN
+            _, inverse, counts_in_bin = np.unique(coarse, return_inverse=True, return_counts=True)
+            kept |= counts_in_bin[inverse] >= SHIFT_MIN_VOTES
+        if not kept.any():
+            return []
+        local, known_pos = local[kept], known_pos[kept]
+        hit_qpos = hit_qpos[kept].astype(np.float64)
+        # (hits x rates): the offset each hit implies at each rate.
+        offsets = known_pos[:, None] - np.rint(hit_qpos[:, None] * rate_grid[None, :]).astype(
+            np.int64
+        )
+        rate_index = np.broadcast_to(np.arange(len(rate_grid), dtype=np.int64), offsets.shape)
+        # One integer per (track, rate, offset): offsets lie within +-2**23
+        # words (290 hours), rates index under 2**8.
+        packed = (local[:, None] << 32) + (rate_index << 24) + (offsets + (1 << 23))
+        pairs, votes = np.unique(packed.ravel(), return_counts=True)
+        strong = np.flatnonzero(votes >= SHIFT_MIN_VOTES)
+        best = strong[np.argsort(-votes[strong], kind="stable")[:SHIFT_MAX_CANDIDATES]]
+        found = []
+        for pair, n in zip(pairs[best].tolist(), votes[best].tolist(), strict=True):
+            track_local = pair >> 32
+            rate = float(rate_grid[(pair >> 24) & 0xFF])
+            offset = (pair & 0xFFFFFF) - (1 << 23)
+            track_id = track_of_slot.get(int(segment.slots[track_local]))
+            if track_id is not None:
+                found.append((n, rate, offset, track_id, segment.track_words(track_local)))
+        return found
+
     def save(self, path: str) -> None:
         """Snapshot the known tracks (words only; postings are rebuilt on load)."""
         words_of_track = self._words_of_track
@@ -318,9 +443,8 @@ class AudioIndex:
 
 
 def _align(query, query_informative, known, offset, max_ber):
-    """The longest stretch where query[i] lines up with known[i + offset] with a
-    windowed BER <= max_ber: (start, end, ber, informative words) in query word
-    positions, or None."""
+    """(start, end, ber, informative words) of the longest well-aligned stretch
+    of the query at this offset (query word i = known word i + offset), or None."""
     start = max(0, -offset)
     end = min(len(query), len(known) - offset)
     if end - start < WINDOW_WORDS:
@@ -328,6 +452,34 @@ def _align(query, query_informative, known, offset, max_ber):
     q = query[start:end]
     k = known[start + offset : end + offset]
     valid = query_informative[start:end] & informative_mask(k)
+    found = _longest_good_run(q, k, valid, max_ber)
+    if found is None:
+        return None
+    a, b, ber, informative_words = found
+    return start + a, start + b, ber, informative_words
+
+
+def _align_at_rate(query, query_informative, known, offset, rate, max_ber):
+    """_align along a line of another slope: query word i = known word
+    round(offset + i * rate)."""
+    known_at = np.rint(offset + np.arange(len(query)) * rate).astype(np.int64)
+    inside = np.flatnonzero((known_at >= 0) & (known_at < len(known)))
+    if len(inside) < WINDOW_WORDS:
+        return None
+    start, end = int(inside[0]), int(inside[-1]) + 1  # the line is monotonic
+    at = known_at[start:end]
+    # Informative as a word of the known track (a slower query repeats words).
+    valid = query_informative[start:end] & informative_mask(known)[at]
+    found = _longest_good_run(query[start:end], known[at], valid, max_ber)
+    if found is None:
+        return None
+    a, b, ber, informative_words = found
+    return start + a, start + b, ber, informative_words
+
+
+def _longest_good_run(q, k, valid, max_ber):
+    """(a, b, ber, informative words) of the longest run of aligned words
+    q[a:b] ~ k[a:b] whose sliding windows stay under max_ber, or None."""
     errors = np.where(valid, np.bitwise_count(q ^ k), 0).astype(np.int64)
     # Windowed sums via cumulative sums, window centred on each word.
     half = WINDOW_WORDS // 2
@@ -357,7 +509,7 @@ def _align(query, query_informative, known, offset, max_ber):
     ber = float(err_cum[b] - err_cum[a]) / (32 * informative_words)
     if ber > max_ber:
         return None
-    return start + a, start + b, ber, informative_words
+    return a, b, ber, informative_words
 
 
 def _distinct(alignments: list[AudioAlignment]) -> list[AudioAlignment]:

@@ -46,7 +46,7 @@ from hashsvc.base.signals import (
     Signal,
     signal_type,
 )
-from hashsvc.index.audio import AudioAlignment
+from hashsvc.index.audio import AudioAlignment, AudioIndex
 from hashsvc.index.binary import split_signal_id
 from hashsvc.index.live import LiveIndex, words_of
 from hashsvc.matching import local_geometry
@@ -54,7 +54,7 @@ from hashsvc.matching import pdf_evidence as pdf_match
 from hashsvc.matching import video_evidence as video_match
 from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW, LocalFeatureMatching, Policy
 from hashsvc.media import local_features
-from hashsvc.media.audio_words import SECONDS_PER_WORD
+from hashsvc.media.audio_words import SECONDS_PER_WORD, parse_shift_variant
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,19 @@ class LocalEvidence:
 
 
 @dataclass(frozen=True)
+class AudioShift:
+    """How a re-upload's sound differs from the known recording: tempo_ratio is
+    known seconds per upload second (1.08: sped up 8%), pitch_ratio the upload's
+    pitch over the known one (0.95: 5% lower)."""
+
+    tempo_ratio: float
+    pitch_ratio: float
+
+    def to_json(self) -> dict:
+        return {"tempo_ratio": self.tempo_ratio, "pitch_ratio": self.pitch_ratio}
+
+
+@dataclass(frozen=True)
 class Match:
     set_id: int
     set_name: str
@@ -116,6 +129,8 @@ class Match:
     known_share: float = 0.0
     # A local_features match: its geometric evidence (distance is 0).
     local_features: LocalEvidence | None = None
+    # Audio found by the shifted search only: the pitch and tempo change.
+    audio_shift: AudioShift | None = None
 
     def to_json(self) -> dict:
         """As the history and review items store it (ids and reason too)."""
@@ -129,6 +144,8 @@ class Match:
                 "query_share": self.query_share,
                 "known_share": self.known_share,
             }
+        if self.audio_shift is not None:
+            extent["audio_shift"] = self.audio_shift.to_json()
         return {
             "set": self.set_name,
             "set_id": self.set_id,
@@ -160,6 +177,7 @@ class Match:
             known_share=self.known_share,
             segments=self.segments,
             local_features=self.local_features,
+            audio_shift=self.audio_shift,
         )
 
     @classmethod
@@ -184,6 +202,7 @@ class Match:
             local_features=(
                 LocalEvidence(**d["local_features"]) if d.get("local_features") else None
             ),
+            audio_shift=AudioShift(**d["audio_shift"]) if d.get("audio_shift") else None,
         )
 
 
@@ -342,14 +361,8 @@ class Matcher:
     def _search_audio(
         self, query: list[Signal], sets: list[HashSetRecord]
     ) -> dict[int, list[AudioAlignment]]:
-        found: dict[int, list[AudioAlignment]] = defaultdict(list)
         max_ber = self.policy.search_radius(sets, CHROMAPRINT.name) / 100
-        for sig in query:
-            if sig.kind != CHROMAPRINT.name:
-                continue
-            for alignment in self.live.audio.search(words_of(sig.value), max_ber=max_ber):
-                found[alignment.track_id].append(alignment)
-        return found
+        return search_sounds(self.live.audio, query, max_ber)
 
     def _search_local(self, query: list[Signal]) -> dict[int, list[_LocalHit]]:
         """Known pictures the feature index votes for: max_verified of them
@@ -657,7 +670,10 @@ class Matcher:
         best = min(sounds, key=lambda a: a.ber)
         known = next((s for s in entry.signals if s.kind == CHROMAPRINT.name), None)
         known_seconds = len(known.value) / 4 * SECONDS_PER_WORD if known else 0.0
-        covered = sum(a.duration for a in sounds)
+        covered = sum(_known_seconds(a) for a in sounds)
+        audio_shift = None
+        if best.shifted:
+            audio_shift = AudioShift(round(best.rate, 3), round(best.pitch_ratio, 3))
         return self._match(
             entry,
             hash_set,
@@ -673,17 +689,85 @@ class Matcher:
                     round(a.query_start, 3),
                     round(a.query_start + a.duration, 3),
                     round(a.known_start, 3),
-                    round(a.known_start + a.duration, 3),
+                    round(a.known_start + _known_seconds(a), 3),
                 )
                 for a in sorted(sounds, key=lambda a: a.query_start)
             ),
             known_share=min(1.0, covered / known_seconds) if known_seconds else 0.0,
+            audio_shift=audio_shift,
         )
 
 
 def _local_strength(m: Match) -> tuple:
     evidence = m.local_features
     return (rank(m.decision), evidence.inliers, evidence.coverage, evidence.agreement)
+
+
+def search_sounds(
+    audio_index: AudioIndex, query: list[Signal], max_ber: float
+) -> dict[int, list[AudioAlignment]]:
+    """Aligned stretches per known track for a query's chromaprint signals:
+    the fingerprint through the plain search, shifted views through the
+    rate-aware one (in the upload's seconds); a track's shifted evidence
+    replaces its plain one only when it aligns better."""
+    found: dict[int, list[AudioAlignment]] = defaultdict(list)
+    # Shifted views: the best alignment per known track and upload stretch.
+    shifted: dict[int, dict[float, AudioAlignment]] = defaultdict(dict)
+    for sig in query:
+        if sig.kind != CHROMAPRINT.name:
+            continue
+        shift = parse_shift_variant(sig.variant)
+        if shift is None:
+            for alignment in audio_index.search(words_of(sig.value), max_ber=max_ber):
+                found[alignment.track_id].append(alignment)
+            continue
+        for alignment in audio_index.search_shifted(words_of(sig.value), max_ber=max_ber):
+            upload = _in_upload_seconds(alignment, sig.position or 0.0, *shift)
+            best = shifted[upload.track_id].get(sig.position or 0.0)
+            if best is None or upload.ber < best.ber:
+                shifted[upload.track_id][sig.position or 0.0] = upload
+    for track_id, by_stretch in shifted.items():
+        plain = found.get(track_id)
+        best = min(by_stretch.values(), key=lambda a: a.ber)
+        # The plain search's evidence (the whole upload, no shift) stands
+        # unless a shifted view aligns clearly better; an unshifted view (a
+        # plain copy's) never replaces it.
+        if not plain or (
+            not _unshifted(best) and best.ber < min(a.ber for a in plain) - SHIFT_PREFERENCE_BER
+        ):
+            found[track_id] = list(by_stretch.values())
+    return found
+
+
+# How much lower a shifted view's BER must be to replace the plain evidence.
+SHIFT_PREFERENCE_BER = 0.02
+
+
+def _unshifted(alignment: AudioAlignment) -> bool:
+    return abs(alignment.rate - 1) < 0.015 and abs(alignment.pitch_ratio - 1) < 0.005
+
+
+def _known_seconds(alignment: AudioAlignment) -> float:
+    if alignment.known_duration is None:
+        return alignment.duration
+    return alignment.known_duration
+
+
+def _in_upload_seconds(
+    alignment: AudioAlignment, view_start: float, pitch_ratio: float, tempo_stretch: float
+) -> AudioAlignment:
+    """An alignment of a shifted view, in the upload's own seconds: the view
+    starts at view_start and was resampled by pitch_ratio (pitch_ratio times
+    as long), then time-stretched by tempo_stretch (1/tempo_stretch as long)."""
+    upload_per_view = tempo_stretch / pitch_ratio
+    return replace(
+        alignment,
+        query_start=round(view_start + alignment.query_start * upload_per_view, 3),
+        duration=round(alignment.duration * upload_per_view, 3),
+        rate=alignment.rate / upload_per_view,
+        pitch_ratio=pitch_ratio,
+        shifted=True,
+    )
 
 
 # How a known entry is judged, by its media kind; a kind not listed (image,

@@ -16,6 +16,25 @@ one constant word, and any constant stretch says nothing about what was heard,
 so fingerprints that are silent or too short to match are refused with typed
 errors (`SilentAudio`, `TooShortToMatch`) instead of becoming signals that
 would match every other silent or quiet recording.
+
+Shifted views (queries only): a re-upload pitched or sped up by a few percent
+has other chroma, so its words match nothing. Resampling PCM by a ratio r and
+fingerprinting it at the same rate lowers pitch and speed together by r: it
+undoes `asetrate` exactly, and turns a pitch-only or tempo-only change into a
+tempo change alone, which the index's rate-aware search aligns. Measured on
+speech over a music bed (README, bench/audio.py):
+* a pitch error of 0.25% leaves a BER of ~0.08, 0.5% ~0.12, 0.75% ~0.17 and
+  1% ~0.21 (block is 0.15): pitch ratios must be 1% apart (error <= 0.5%);
+* a remaining tempo change aligned at its rate leaves ~0.07 at 3%, ~0.10 at
+  8%, 0.14-0.16 at 12-15%, and past ~8% so few words keep their top 24 bits
+  that the lookup finds no votes for the harder recordings; so each stretch is
+  also time-stretched at the same pitch (atempo) by 0.9 and 1.1 first, which
+  leaves at most ~5% for the alignment to absorb;
+* fingerprinting 20 s costs ~2 ms, resampling it ~1.2 ms, atempo ~5 ms: the
+  63 views (21 pitch ratios x 3 tempo factors) of one 16 s stretch, searched,
+  add ~0.27 s to a 3-minute upload's ~0.3 s Match (20 s stretches: 2.04x,
+  over the 2x budget), so one stretch (the middle of the first two minutes)
+  is re-fingerprinted, not the whole upload.
 """
 
 from __future__ import annotations
@@ -24,6 +43,7 @@ import io
 import os
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import ClassVar
 
 import av
@@ -31,7 +51,12 @@ import numpy as np
 
 from hashsvc.base.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
 from hashsvc.base.signals import CHROMAPRINT, Signal
-from hashsvc.media.audio_words import SAMPLE_RATE, SECONDS_PER_WORD, informative_mask
+from hashsvc.media.audio_words import (
+    SAMPLE_RATE,
+    SECONDS_PER_WORD,
+    informative_mask,
+    shift_variant,
+)
 from hashsvc.media.audio_words import SILENCE_WORD as SILENCE_WORD  # read from here by callers
 from hashsvc.media.limits import AudioLimits
 
@@ -79,10 +104,18 @@ class AudioFingerprint:
     words: np.ndarray  # uint32, one per SECONDS_PER_WORD
     duration: float  # seconds of audio fingerprinted
     truncated: bool = False  # the audio ran past AudioLimits.max_seconds
+    # Query views of stretches of the audio resampled by pitch ratios (see the
+    # module docstring): chromaprint signals named by shift_variant, their
+    # position the stretch's start in seconds. Empty unless asked for.
+    shifted_views: tuple[Signal, ...] = ()
     seconds_per_word: ClassVar[float] = SECONDS_PER_WORD
 
     def to_signal(self) -> Signal:
         return Signal(kind=CHROMAPRINT.name, value=self.words.astype(">u4").tobytes(), position=0.0)
+
+    def query_signals(self) -> list[Signal]:
+        """The fingerprint and its shifted views: what a Match searches with."""
+        return [self.to_signal(), *self.shifted_views]
 
     @classmethod
     def from_signal(cls, signal: Signal) -> AudioFingerprint:
@@ -97,8 +130,11 @@ class AudioFingerprint:
         return float(informative_mask(self.words).sum()) * SECONDS_PER_WORD
 
 
-def fingerprint_audio(source: bytes | str | os.PathLike, limits: AudioLimits) -> AudioFingerprint:
-    """The raw Chromaprint fingerprint of an audio file's first audio stream."""
+def fingerprint_audio(
+    source: bytes | str | os.PathLike, limits: AudioLimits, shifted_views: bool = False
+) -> AudioFingerprint:
+    """The raw Chromaprint fingerprint of an audio file's first audio stream;
+    with shifted_views, its shifted query views too."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         size = len(source)
         opened = io.BytesIO(source)
@@ -121,13 +157,15 @@ def fingerprint_audio(source: bytes | str | os.PathLike, limits: AudioLimits) ->
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         raise CorruptMedia(f"cannot open the audio: {exc}") from None
     with container:
-        result = fingerprint_container(container, limits)
+        result = fingerprint_container(container, limits, shifted_views)
     if result is None:
         raise UnsupportedMedia("the file has no audio stream")
     return result
 
 
-def fingerprint_container(container, limits: AudioLimits) -> AudioFingerprint | None:
+def fingerprint_container(
+    container, limits: AudioLimits, shifted_views: bool = False
+) -> AudioFingerprint | None:
     """The fingerprint of an open PyAV container's first audio stream, or None
     when it has none (a silent-film video). Raises SilentAudio/TooShortToMatch
     like fingerprint_audio: a video caller may treat both as "no audio"."""
@@ -137,7 +175,7 @@ def fingerprint_container(container, limits: AudioLimits) -> AudioFingerprint | 
     if stream.codec_context is None:  # FFmpeg has no decoder for it (e.g. a 0-bit WAV)
         raise UnsupportedMedia("the audio stream is in a format no decoder reads")
     _check_format(stream.codec_context.sample_rate, stream.codec_context.channels, limits)
-    fingerprinter = AudioFrameFingerprinter(limits)
+    fingerprinter = AudioFrameFingerprinter(limits, shifted_views)
     packets = bad_packets = 0
     started = time.monotonic()
     try:
@@ -186,8 +224,9 @@ class AudioFrameFingerprinter:
     fingerprinted in the same decoding pass; frames past max_seconds are ignored
     and the result is marked truncated."""
 
-    def __init__(self, limits: AudioLimits) -> None:
+    def __init__(self, limits: AudioLimits, shifted_views: bool = False) -> None:
         self._limits = limits
+        self._windows = _ShiftWindows(limits) if shifted_views else None
         self._max_samples = int(limits.max_seconds * SAMPLE_RATE)
         self._samples = 0
         self._peak = 0
@@ -247,6 +286,8 @@ class AudioFrameFingerprinter:
         if len(pcm):
             self._peak = max(self._peak, int(pcm.max()), -int(pcm.min()))
             self._fingerprinter.feed(pcm.tobytes())
+            if self._windows is not None:
+                self._windows.feed(pcm)
 
     def finish(self) -> AudioFingerprint:
         """The fingerprint; SilentAudio or TooShortToMatch when it has nothing to match."""
@@ -265,4 +306,103 @@ class AudioFrameFingerprinter:
                 f"too short to match: {seconds:.1f} s of distinctive audio (not silence or"
                 f" held tones) in {duration:.1f} s; {self._limits.min_seconds:g} s are needed"
             )
-        return AudioFingerprint(words, duration, self._truncated)
+        views = self._windows.views() if self._windows is not None else ()
+        return AudioFingerprint(words, duration, self._truncated, views)
+
+
+class _ShiftWindows:
+    """Keeps the first AudioLimits.shift_scan_seconds of PCM and makes the
+    shifted views of shift_windows stretches spread evenly over it (one: the
+    middle, so a known track preceded or followed by other audio is still
+    inside it)."""
+
+    def __init__(self, limits: AudioLimits) -> None:
+        self._limits = limits
+        self._window = int(limits.shift_window_seconds * SAMPLE_RATE)
+        self._room = int(limits.shift_scan_seconds * SAMPLE_RATE) if limits.shift_windows else 0
+        self._parts: list[np.ndarray] = []
+        self._kept = 0
+        steps = int(round(limits.shift_pitch_range / limits.shift_pitch_step))
+        self._ratios = [round(1 + k * limits.shift_pitch_step, 4) for k in range(-steps, steps + 1)]
+
+    def feed(self, pcm: np.ndarray) -> None:
+        take = min(len(pcm), self._room - self._kept)
+        if take > 0:
+            self._parts.append(pcm[:take])
+            self._kept += take
+
+    def starts(self) -> list[int]:
+        """Where the stretches start (samples), evenly spread over what was kept."""
+        window = min(self._window, self._kept)
+        n = self._limits.shift_windows
+        centers = [(k + 0.5) / n * self._kept for k in range(n)]
+        return sorted({int(min(max(c - window / 2, 0), self._kept - window)) for c in centers})
+
+    def views(self) -> tuple[Signal, ...]:
+        if self._kept < self._limits.min_seconds * SAMPLE_RATE:
+            return ()
+        kept = np.concatenate(self._parts)
+        views = []
+        for start in self.starts():
+            window = kept[start : start + self._window]
+            for stretch in self._limits.shift_tempo_stretches:
+                stretched = window if stretch == 1.0 else _atempo(window, stretch)
+                for ratio in self._ratios:
+                    words = _fingerprint_pcm(_resampled(stretched, ratio))
+                    if informative_mask(words).sum() * SECONDS_PER_WORD < self._limits.min_seconds:
+                        continue
+                    views.append(
+                        Signal(
+                            kind=CHROMAPRINT.name,
+                            value=words.astype(">u4").tobytes(),
+                            variant=shift_variant(ratio, stretch),
+                            position=round(start / SAMPLE_RATE, 3),
+                        )
+                    )
+        return tuple(views)
+
+
+def _resampled(pcm: np.ndarray, ratio: float) -> np.ndarray:
+    """ratio times as many samples (int16), to be played at the same rate: pitch
+    and speed divided by ratio. Linear interpolation: measured as good as a
+    polyphase filter for the fingerprint, and 1.5x faster than np.interp."""
+    if ratio == 1.0:
+        return pcm
+    source = pcm.astype(np.float32)
+    step = np.append(np.diff(source), np.float32(0))
+    at = np.arange(int((len(pcm) - 1) * ratio), dtype=np.float64) / ratio
+    index = at.astype(np.int64)
+    return (source[index] + step[index] * (at - index).astype(np.float32)).astype(np.int16)
+
+
+def _atempo(pcm: np.ndarray, factor: float) -> np.ndarray:
+    """Mono s16 PCM at SAMPLE_RATE played `factor` times as fast, same pitch."""
+    graph = av.filter.Graph()
+    source = graph.add_abuffer(
+        format="s16", sample_rate=SAMPLE_RATE, layout="mono", time_base=f"1/{SAMPLE_RATE}"
+    )
+    tempo = graph.add("atempo", f"{factor}")
+    sink = graph.add("abuffersink")
+    source.link_to(tempo)
+    tempo.link_to(sink)
+    graph.configure()
+    frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = SAMPLE_RATE
+    frame.pts = 0
+    frame.time_base = Fraction(1, SAMPLE_RATE)
+    graph.push(frame)
+    graph.push(None)
+    out = []
+    while True:
+        try:
+            out.append(graph.pull().to_ndarray().reshape(-1))
+        except (av.error.EOFError, BlockingIOError):
+            break
+    return np.concatenate(out) if out else np.zeros(0, np.int16)
+
+
+def _fingerprint_pcm(pcm: np.ndarray) -> np.ndarray:
+    fingerprinter = chromaprint.Fingerprinter(_ALGORITHM)
+    fingerprinter.start(SAMPLE_RATE, 1)
+    fingerprinter.feed(pcm.tobytes())
+    return np.array(chromaprint.decode_fingerprint(fingerprinter.finish())[0], dtype=np.uint32)

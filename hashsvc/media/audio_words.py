@@ -36,3 +36,32 @@ def informative_mask(words: np.ndarray) -> np.ndarray:
             in_run[i : i + len(run_starts)] |= run_starts
         mask &= ~in_run
     return mask
+
+
+# Query views for pitch- and tempo-shifted uploads (hashsvc/media/audio.py makes
+# them, the matcher reads them): a stretch of the upload's PCM resampled by a
+# ratio, fingerprinted like the original, and named by that ratio and where the
+# stretch starts, so the matcher can map a match back into the upload's seconds.
+SHIFT_VARIANT_PREFIX = "shift:"
+
+
+def shift_variant(pitch_ratio: float, tempo_stretch: float = 1.0) -> str:
+    """The variant name of a query view resampled by pitch_ratio (its pitch and
+    speed divided by the ratio, so an upload pitched up by that ratio is heard
+    at the known recording's pitch again), then time-stretched by tempo_stretch
+    at the same pitch (ffmpeg's atempo: > 1 plays faster)."""
+    name = f"{SHIFT_VARIANT_PREFIX}{pitch_ratio:.4f}"
+    return name if tempo_stretch == 1.0 else f"{name}x{tempo_stretch:.4f}"
+
+
+def parse_shift_variant(variant: str) -> tuple[float, float] | None:
+    """(pitch ratio, tempo stretch) of a shifted query view, None for any other
+    variant."""
+    if not variant.startswith(SHIFT_VARIANT_PREFIX):
+        return None
+    pitch, _, stretch = variant[len(SHIFT_VARIANT_PREFIX) :].partition("x")
+    try:
+        ratios = float(pitch), float(stretch or 1.0)
+    except ValueError:
+        return None
+    return ratios if all(0.5 <= r <= 2.0 for r in ratios) else None

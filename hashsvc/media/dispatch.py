@@ -109,16 +109,16 @@ def _hash_media(
     from hashsvc.media import audio, video
 
     if video.has_video_stream(path_or_bytes, limits.video.max_pixels_per_frame):
-        sound = _SoundTrack(audio.AudioFrameFingerprinter(limits.audio))
+        sound = _SoundTrack(audio.AudioFrameFingerprinter(limits.audio, shifted_views=for_query))
         hashed = video.hash_video(path_or_bytes, limits.video, for_query, on_audio_frame=sound)
         sound_signals = sound.signals()
         notes = (sound.note,) if hashed.has_audio and sound.note else ()
         return Hashed(media_kinds.VIDEO, [*exact, *hashed.signals(), *sound_signals], notes)
-    fingerprint = audio.fingerprint_audio(path_or_bytes, limits.audio)
+    fingerprint = audio.fingerprint_audio(path_or_bytes, limits.audio, shifted_views=for_query)
     notes = ()
     if fingerprint.truncated:
         notes = (f"only the first {limits.audio.max_seconds:g} s of audio were fingerprinted",)
-    return Hashed(media_kinds.AUDIO, [*exact, fingerprint.to_signal()], notes)
+    return Hashed(media_kinds.AUDIO, [*exact, *fingerprint.query_signals()], notes)
 
 
 class _SoundTrack:
@@ -147,7 +147,7 @@ class _SoundTrack:
             self.note = "sound track not fingerprinted: no audio decoded"
             return []
         try:
-            return [self._fingerprinter.finish().to_signal()]
+            return self._fingerprinter.finish().query_signals()
         except HashsvcError as exc:
             self.note = f"sound track not fingerprinted: {exc}"
             return []

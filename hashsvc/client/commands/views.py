@@ -47,6 +47,7 @@ def matched_json(m: pb.MatchedEntry) -> dict:
         known_share=m.known_share,
         segments=m.segments,
         local_features=m.local_features if m.HasField("local_features") else None,
+        audio_shift=m.audio_shift if m.HasField("audio_shift") else None,
     )
 
 

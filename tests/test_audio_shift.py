@@ -1,0 +1,128 @@
+"""Pitch- and tempo-shifted re-uploads of known audio, through the running
+service on both stores and `match --json`: found with their ranges in both
+recordings' seconds and the change they went through; other speech in the same
+voice over the same bed is not."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hashsvc.client import cli
+from hashsvc.v1 import hashsvc_pb2 as pb
+from hashsvc_testing import audio_media as am
+
+SECONDS = 40.0
+VOICE = "ar+m3"
+BED = 5
+
+
+@pytest.fixture(scope="module")
+def media():
+    known = am.speech_track(5, SECONDS, "ar", voice=VOICE, background_seed=BED)
+    excerpt = known[int(12 * am.RATE) : int(27 * am.RATE)]  # 15 s from 12 s
+    return {
+        "known": am.master(known),
+        "copy": am.encode(known, "mp3", "-b:a", "64k"),
+        "pitch_up_6": am.shifted(known, pitch=1.06),
+        "tempo_down_12": am.shifted(known, tempo=0.88),
+        "pitch_down_5": am.shifted(excerpt, pitch=0.95),
+        "video_sped_up_8": am.as_video_sound_track(
+            am.shifted(known, pitch=1.08, tempo=1.08), SECONDS
+        ),
+        # other speech, same language, voice and bed: the hard negatives
+        "same_voice_same_bed": [
+            am.encode(am.speech_track(seed, 30.0, "ar", voice=VOICE, background_seed=BED), "mp3")
+            for seed in (605, 606)
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def service(make_module_harness, module_store_url, media):
+    h = make_module_harness(module_store_url)
+    stubs, md = h.stubs("operator")
+    stubs.curation.CreateSet(pb.CreateSetRequest(name="nasheeds"), metadata=md)
+    stubs.curation.AddEntry(
+        pb.AddEntryRequest(set="nasheeds", name="speech", media=pb.Media(content=media["known"])),
+        metadata=md,
+    )
+    return h
+
+
+@pytest.fixture
+def match_json(service, monkeypatch, capsys, tmp_path):
+    """`hashsvc match --json FILE` as a pipeline runs it: the decoded line."""
+    monkeypatch.setenv("HASHSVC_SERVER", service.address)
+    monkeypatch.setenv("HASHSVC_TOKEN", service.tokens["matcher"])
+
+    def run(data: bytes, name: str) -> dict:
+        path = tmp_path / name
+        path.write_bytes(data)
+        code = cli.main(["match", "--json", str(path)])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        return json.loads(out)
+
+    return run
+
+
+def _only_match(row: dict) -> dict:
+    assert row["decision"] == "block", row
+    (match,) = row["matches"]
+    assert (match["entry"], match["signal_type"], match["unit"]) == (
+        "speech",
+        "chromaprint",
+        "seconds",
+    )
+    return match
+
+
+# (upload, file name, tempo ratio, pitch ratio, where the known audio starts)
+SHIFTS = [
+    ("pitch_up_6", "pitch-up-6.mp3", 1.0, 1.06, 0.0),
+    ("tempo_down_12", "tempo-down-12.mp3", 0.88, 1.0, 0.0),
+    ("pitch_down_5", "pitch-down-5-excerpt.mp3", 1.0, 0.95, 12.0),
+    ("video_sped_up_8", "sped-up-8.mp4", 1.08, 1.08, 0.0),
+]
+
+
+@pytest.mark.parametrize(("key", "name", "tempo", "pitch", "known_at"), SHIFTS)
+def test_shifted_reupload_blocks_with_ranges_and_ratio(
+    media, match_json, key, name, tempo, pitch, known_at
+):
+    match = _only_match(match_json(media[key], name))
+    shift = match["audio_shift"]
+    assert abs(shift["tempo_ratio"] - tempo) <= 0.02, shift
+    assert abs(shift["pitch_ratio"] - pitch) <= 0.011, shift
+    assert match["segments"]
+    for seg in match["segments"]:
+        query_seconds = seg["query_end"] - seg["query_start"]
+        known_seconds = seg["known_end"] - seg["known_start"]
+        assert query_seconds >= 5
+        # each range in its own recording's seconds: their lengths differ by the tempo
+        assert abs(known_seconds / query_seconds - tempo) <= 0.03, seg
+        # the known audio at query second s is at known second known_at + s * tempo
+        assert abs(seg["known_start"] - (known_at + seg["query_start"] * tempo)) <= 0.6, seg
+
+
+def test_plain_copy_has_no_shift(media, match_json):
+    match = _only_match(match_json(media["copy"], "copy.mp3"))
+    assert "audio_shift" not in match
+
+
+def test_same_voice_same_bed_is_allowed(media, match_json):
+    for n, data in enumerate(media["same_voice_same_bed"]):
+        row = match_json(data, f"other-{n}.mp3")
+        assert row["decision"] == "allow", row
+
+
+def test_answer_and_history_hold_the_fingerprint_not_the_views(service, media):
+    stubs, md = service.stubs("matcher")
+    resp = stubs.matcher.Match(
+        pb.MatchRequest(media=pb.Media(content=media["pitch_up_6"])), metadata=md
+    )
+    assert resp.decision == pb.BLOCK
+    assert resp.matches[0].audio_shift.pitch_ratio == pytest.approx(1.06, abs=0.011)
+    assert [s.variant for s in resp.query_signals if s.signal_type == "chromaprint"] == ["original"]
