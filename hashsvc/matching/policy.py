@@ -31,6 +31,9 @@ class LocalFeatureMatching:
     # Candidates geometrically verified per query at most (RANSAC each), the
     # best-voted first: bounds the work an upload can cause.
     max_verified: int = 16
+    # The same for an uploaded video, over all its sampled frames (taken
+    # round by round: each frame's best candidate first). ~1 ms each.
+    max_verified_video: int = 96
     # Keypoints a blob may hold, stored (AddEntry by hash, bulk rows) or
     # queried; extraction keeps at most a few hundred.
     max_keypoints: int = 1000
