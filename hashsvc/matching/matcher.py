@@ -361,7 +361,10 @@ class Matcher:
         picture (or a document's pictures) the best-voted max_verified of all;
         of a video's sampled frames, max_verified_video taken round by round
         (every frame's best candidate, then every frame's second, ...), so each
-        moment of the upload gets its chance whatever the others' votes."""
+        moment of the upload gets its chance whatever the others' votes. A
+        video frame is verified against at most frames_per_entry frames of
+        one known entry (the best-voted): the neighbours of a known frame show
+        the same scene, and runs need a pair or two per moment, not every pair."""
         sigs = [s for s in query if s.kind == LOCAL_FEATURES.name]
         index = self.live.features
         if not sigs or not len(index):
@@ -370,12 +373,19 @@ class Matcher:
         # (hashsvc/core/signal_values.py)
         decoded = [local_features.decode(s.value) for s in sigs]
         results = index.search([f.descriptors for f in decoded], self.local.top_k)
-        ranked = [
-            (place, -votes, _LocalHit(sig, features, *split_signal_id(sid), votes))
-            for sig, features, hits in zip(sigs, decoded, results, strict=True)
-            for place, (sid, votes) in enumerate(hits)
-        ]
-        if any(_is_frame(s) for s in sigs):
+        is_video = any(_is_frame(s) for s in sigs)
+        ranked = []
+        for sig, features, hits in zip(sigs, decoded, results, strict=True):
+            per_entry: dict[int, int] = defaultdict(int)
+            kept = 0
+            for sid, votes in hits:
+                hit = _LocalHit(sig, features, *split_signal_id(sid), votes)
+                if is_video and per_entry[hit.entry_id] >= self.local.frames_per_entry:
+                    continue
+                per_entry[hit.entry_id] += 1
+                kept += 1
+                ranked.append((kept, -votes, hit))
+        if is_video:
             ranked.sort(key=lambda r: (r[0], r[1]))
             budget = self.local.max_verified_video
         else:
@@ -508,7 +518,11 @@ class Matcher:
                 for p in verified
                 if p.decision != ALLOW
             ],
-            sum(1 for s in entry.signals if s.kind == LOCAL_FEATURES.name and _is_frame(s)),
+            [
+                s.position
+                for s in entry.signals
+                if s.kind == LOCAL_FEATURES.name and _is_frame(s) and s.position is not None
+            ],
         )
         if evidence.decision is None:
             return None

@@ -32,8 +32,13 @@ class LocalFeatureMatching:
     # best-voted first: bounds the work an upload can cause.
     max_verified: int = 16
     # The same for an uploaded video, over all its sampled frames (taken
-    # round by round: each frame's best candidate first). ~1 ms each.
-    max_verified_video: int = 96
+    # round by round: each frame's best candidate first; one frame per known
+    # entry). ~1-4 ms each on 2 shared cores: the largest part of a video's
+    # matching time.
+    max_verified_video: int = 64
+    # Of one known entry, frames an uploaded video's frame is verified
+    # against at most (the best-voted).
+    frames_per_entry: int = 2
     # Keypoints a blob may hold, stored (AddEntry by hash, bulk rows) or
     # queried; extraction keeps at most a few hundred.
     max_keypoints: int = 1000

@@ -19,9 +19,10 @@ Constants are tuned by bench/video.py (figures in its docstring).
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hashsvc.base.media_kinds import frame_number
 from hashsvc.base.signals import Signal
@@ -316,25 +317,39 @@ class LocalFrameEvidence:
 def local_frame_evidence(
     query_frames: Iterable[Signal],
     pairs: Iterable[LocalFramePair],
-    known_frames: int,
+    known_times: Iterable[float],
     settings: MatchSettings = DEFAULT_SETTINGS,
 ) -> LocalFrameEvidence:
     """Evidence that the query shows one known video, from verified frame
     pairs. query_frames: the query's sampled frames' local_features signals;
-    known_frames: how many sampled frames of the known video have them.
+    known_times: the seconds of the known video's sampled frames that have
+    them. The known share is of those times within offset_tolerance of a
+    matched known frame: uploads are sampled more sparsely than known videos,
+    so a whole copy matches every other known frame, and covers them all.
 
     One verified frame is a picture match; a video match needs
     min_local_frames distinct query frames verified (all of them when the
     upload has fewer sampled frames), and blocks only when that many verified
     at block level. Runs say when (query and known seconds)."""
     pairs = [p for p in pairs if p.query.position is not None and p.known.position is not None]
+    query_frames = list(query_frames)
     query_total = len({frame_of(s) for s in query_frames})
     matched = {frame_of(p.query) for p in pairs}
     blocking = {frame_of(p.query) for p in pairs if p.blocks}
-    matched_known = {frame_of(p.known) for p in pairs}
+    matched_known = sorted({p.known.position for p in pairs})
     query_share = len(matched) / query_total if query_total else 0.0
-    known_share = min(1.0, len(matched_known) / known_frames) if known_frames > 0 else 0.0
-    runs = find_runs([FramePair(p.query, p.known, 0) for p in pairs], settings)
+    known_times = sorted(set(known_times))
+    near = [t for t in known_times if _within(t, matched_known, settings.offset_tolerance)]
+    known_share = len(near) / len(known_times) if known_times else 0.0
+    # a run may skip one sampled frame (a moment without enough keypoints,
+    # or one that did not verify): samples are seconds apart
+    times = sorted({s.position for s in query_frames if s.position is not None})
+    step = sorted(b - a for a, b in zip(times, times[1:], strict=False))
+    gap = max(settings.max_gap_seconds, 2 * step[len(step) // 2] + 0.5) if step else 0.0
+    runs = find_runs(
+        [FramePair(p.query, p.known, 0) for p in pairs],
+        replace(settings, max_gap_seconds=max(gap, settings.max_gap_seconds)),
+    )
     need = max(1, min(settings.min_local_frames, query_total))
     if len(matched) < need:
         decision = None
@@ -347,3 +362,9 @@ def local_frame_evidence(
         f" ({len(blocking)} at block level; {need} needed)"
     )
     return LocalFrameEvidence(decision, query_share, known_share, runs, reason)
+
+
+def _within(t: float, times: list[float], tolerance: float) -> bool:
+    """Whether a sorted `times` holds one within `tolerance` of t."""
+    i = bisect.bisect_left(times, t - tolerance)
+    return i < len(times) and times[i] <= t + tolerance

@@ -41,13 +41,14 @@ class VideoLimits:
     # Local features of sampled frames (issue 18: a cropped or tilted copy
     # has no PDQ-close frame, its keypoints still agree). Known videos are
     # sampled densely, uploads half as often (a shared scene spans seconds);
-    # a longer video's samples are spread evenly so at most max_* are taken.
-    # Each known sample is a picture in the feature index (~1-2 kB, a
-    # ~12-16 kB blob in the store); each query sample costs ~9 ms to extract
-    # (2 shared cores) plus its verifications in the matcher.
+    # a longer video's samples are spread evenly so at most max_* are taken
+    # (a 10-minute known video: one every 5 s). Each known sample is a
+    # picture in the feature index (~1 kB) and an ~11 kB blob in the store and
+    # in the entry's messages (120: ~1.3 MB, well inside gRPC's 4 MiB); each
+    # query sample costs ~9 ms to extract plus its verifications.
     feature_every_seconds_known: float = 1.0
     feature_every_seconds_query: float = 2.0
-    max_feature_frames_known: int = 300
+    max_feature_frames_known: int = 120
     max_feature_frames_query: int = 60
 
 

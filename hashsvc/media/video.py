@@ -19,6 +19,12 @@ on the vPDQ samples (the full-size hash can be 10-30 away). Only sampled frames
 are ever converted to RGB. Speed (bench/video.py, 2 shared cores): query 720p
 ~30x realtime, 1080p ~20x; known (exact) 720p ~14x.
 
+Sampled frames also get local features (keypoints and descriptors,
+hashsvc/media/local_features.py) from the same small copy, one every
+VideoLimits.feature_every_seconds_* up to max_feature_frames_*: PDQ cannot see
+a cropped or tilted copy, they can. ~9 ms a sample, a few percent of a query's
+hashing time (bench/video.py).
+
 Matching frames into video matches is hashsvc/matching/video_evidence.py.
 """
 
