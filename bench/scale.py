@@ -2,6 +2,8 @@
 side by side with python-threatexchange's PDQ index.
 
     .venv/bin/python bench/scale.py --short        # 100k, a few photos (CI, < 60 s)
+    .venv/bin/python bench/scale.py --local --short                   # local features, 20k
+    nice .venv/bin/python bench/scale.py --local --sizes 100000,1000000  # (bench/scale_local.py)
     nice .venv/bin/python bench/scale.py           # 100k, 1M, 10M; threatexchange at 1M
     nice .venv/bin/python bench/scale.py --sizes 1000000 --te-sizes 1000000,10000000
 
@@ -28,6 +30,7 @@ import time
 
 import faiss
 import numpy as np
+import scale_local
 
 from hashsvc.core.config import ImageLimits
 from hashsvc.index.binary import signal_id, split_signal_id
@@ -366,7 +369,19 @@ def main() -> None:
     parser.add_argument(
         "--review-search", default="balanced", help="pdq_review_search: fast, balanced, thorough"
     )
+    parser.add_argument(
+        "--local",
+        action="store_true",
+        help="the local-feature index instead (bench/scale_local.py; --short: 20k pictures)",
+    )
     args = parser.parse_args()
+    if args.local:
+        faiss.omp_set_num_threads(1)  # as the server runs it
+        scale_local.run(
+            [int(s) for s in args.sizes.split(",") if s]
+            or ([20_000] if args.short else [100_000, 1_000_000])
+        )
+        return
     sizes = [int(s) for s in args.sizes.split(",") if s] or (
         [100_000] if args.short else [100_000, 1_000_000, 10_000_000]
     )

@@ -257,13 +257,14 @@ def test_export_writes_the_exchangeable_hashes(run, tmp_path):
     code, out, _ = run("export", "--set", "exported", role="operator")
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert sorted(r["signal_type"] for r in rows) == ["md5", "pdq", "sha256"]  # no crops
+    # no crops; the picture's local features go out as one blob
+    assert sorted(r["signal_type"] for r in rows) == ["local_features", "md5", "pdq", "sha256"]
     pdq = next(r for r in rows if r["signal_type"] == "pdq")
     assert len(pdq["signal_value"]) == 64 and pdq["entry"] == "amaq-7.jpg"
     assert pdq["labels"] == "outlet=Sahab" and int(pdq["quality"]) >= 50
     code, out, _ = run("export", "--set", "exported", "--format", "jsonl", role="operator")
     lines = [json.loads(line) for line in out.splitlines()]
-    assert len(lines) == 3 and lines[0]["labels"] == {"outlet": "Sahab"}
+    assert len(lines) == 4 and lines[0]["labels"] == {"outlet": "Sahab"}
     # the exported PDQ finds the entry again
     code, out, _ = run("match", "--json", "--hash", f"pdq:{pdq['signal_value']}", role="matcher")
     assert json.loads(out)["decision"] == "block"

@@ -228,3 +228,50 @@ def test_videohash_has_its_own_suppression_distance(store, feedback):
     assert near.decision == ALLOW
     far = _apply(feedback, known, query=[Signal("videohash", _bits_flipped(judged, 5))])
     assert far.decision == REVIEW
+
+
+# ------------------------------------------------------------------ local features
+
+
+def _local(set_id: int, entry_id: int, inliers: int, coverage: float) -> Match:
+    """A verified local-feature match, decided by the policy (default
+    thresholds of hashsvc/matching/local_geometry.py)."""
+    from hashsvc.matching.matcher import LocalEvidence
+
+    decision, reason = POLICY.decide_local(SETS[set_id], inliers, coverage, 0.9)
+    evidence = LocalEvidence(inliers, coverage, coverage, 1.0, 0.0, 0.9)
+    return Match(
+        set_id=set_id,
+        set_name=SETS[set_id].name,
+        entry_id=entry_id,
+        entry_name=f"e{entry_id}",
+        signal_type="local_features",
+        distance=0,
+        labels={},
+        decision=decision,
+        query_variant="original",
+        known_variant="original",
+        reason=reason,
+        local_features=evidence,
+    )
+
+
+def test_local_feature_allow_entries_suppress_by_evidence_not_by_distance(feedback):
+    strong, weak = _local(KNOWN, 10, 300, 0.9), _local(KNOWN, 11, 25, 0.2)
+    assert (strong.decision, weak.decision) == (BLOCK, REVIEW)
+    # an allow entry with at least as many inliers suppresses a local match...
+    out = _apply(feedback, strong, _local(BENIGN, 20, 300, 0.9))
+    assert out.decision == ALLOW and "allow-listed by benign/e20" in out.matches[0].reason
+    # ...one with fewer does not, and says why
+    out = _apply(feedback, strong, _local(BENIGN, 20, 120, 0.9))
+    assert out.decision == BLOCK and "with 120 inliers" in out.matches[0].reason
+    # an allow entry found only at review strength suppresses nothing
+    out = _apply(feedback, weak, _local(BENIGN, 20, 25, 0.2))
+    assert out.decision == REVIEW
+    # a local-feature allow match (part of a picture) never lifts a PDQ match,
+    # however many inliers it has; a PDQ allow match within its block
+    # threshold lifts a local one
+    out = _apply(feedback, _match(KNOWN, 12, 20), _local(BENIGN, 20, 500, 1.0))
+    assert out.decision == BLOCK
+    out = _apply(feedback, strong, _match(BENIGN, 21, 10))
+    assert out.decision == ALLOW

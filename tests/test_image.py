@@ -33,11 +33,13 @@ def test_every_format_hashes_close_to_the_original(fmt):
     data = encode(original, fmt, **params)
     signals = image.hash_query(data, LIMITS)
     pdq = next(s for s in signals if s.kind == "pdq" and s.variant == "original")
-    # Uploads are hashed from a 240 px decode (see hash_query): up to ~20 bits
+    # Uploads are hashed from a 320 px decode (see hash_query): up to ~20 bits
     # from the full-size reference; GIF also loses colour to its palette.
     limit = 40 if fmt == "GIF" else 24
     assert hamming(pdq.value, reference) <= limit
-    assert {s.kind for s in signals} == {"md5", "sha256", "pdq"}
+    # a photo also gets its local features (one blob, the picture as given)
+    assert {s.kind for s in signals} == {"md5", "sha256", "pdq", "local_features"}
+    assert [s.variant for s in signals if s.kind == "local_features"] == ["original"]
 
 
 def test_gif_first_frame_is_hashed():

@@ -1,5 +1,5 @@
-"""The local_features signal through the real service, on both stores: crops,
-tilts and collages of a known picture are found by local features with their
+"""The local_features signal through the real service, on both stores: crops
+and tilts of a known picture are found by local features with their
 evidence in `match --json`; unrelated pictures are allowed; adds and removals
 take effect at once, on a second replica too; snapshots, export -> load and
 set thresholds work; hostile blobs are INVALID_ARGUMENT where they enter."""
@@ -13,12 +13,14 @@ import sys
 import time
 
 import grpc
+import numpy as np
 import pytest
 from PIL import Image
 
 from hashsvc.client import cli
 from hashsvc.media.local_features import decode, encode, extract
 from hashsvc.v1 import hashsvc_pb2 as pb
+from hashsvc_testing import local_media
 from hashsvc_testing.image_media import encode as encode_image
 from hashsvc_testing.image_media import flat_image, photo
 from hashsvc_testing.vectors import vector
@@ -35,25 +37,13 @@ def bridge() -> Image.Image:
 
 
 def crop(img: Image.Image, share: float) -> Image.Image:
-    """`share` of each side cut away, off-centre (more from the left and top)."""
-    w, h = img.size
-    left, top = int(w * share * 0.7), int(h * share * 0.7)
-    return img.crop((left, top, left + int(w * (1 - share)), top + int(h * (1 - share))))
+    """`share` of each side cut away, most of it from one side (as the bench)."""
+    return local_media.crop(img, np.random.default_rng(0), share)
 
 
 def rotated(img: Image.Image, degrees: float) -> Image.Image:
-    """Turned and cropped to fit, as a re-upload that straightens a photo."""
-    turned = img.rotate(degrees, resample=Image.Resampling.BILINEAR, expand=False)
-    return crop(turned, 0.12)
-
-
-def collage(img: Image.Image, others: list[Image.Image]) -> Image.Image:
-    """`img` as the top-left tile of a 2x2 collage with three other pictures."""
-    tile = (img.width // 2, img.height // 2)
-    out = Image.new("RGB", (tile[0] * 2, tile[1] * 2))
-    for n, picture in enumerate([img, *others[:3]]):
-        out.paste(picture.resize(tile), ((n % 2) * tile[0], (n // 2) * tile[1]))
-    return out
+    """Turned and cropped to the largest rectangle without fill (as the bench)."""
+    return local_media.rotate(img, np.random.default_rng(0), degrees)
 
 
 def jpeg(img: Image.Image, quality: int = 85) -> bytes:
@@ -89,7 +79,7 @@ def _local_hit(row: dict) -> dict:
     return hits[0]
 
 
-def test_crops_tilts_and_collages_are_found_with_their_evidence(run, tmp_path):
+def test_crops_and_tilts_are_found_with_their_evidence(run, tmp_path):
     known = tmp_path / "poster.jpg"
     known.write_bytes(jpeg(bridge(), 92))
     code, _, err = run("sets", "create", "lf", *PDQ_EXACT_ONLY, role="operator")
@@ -97,11 +87,10 @@ def test_crops_tilts_and_collages_are_found_with_their_evidence(run, tmp_path):
     code, _, err = run("add", "--set", "lf", known, role="operator")
     assert code == 0, err
 
-    others = [photo(n) for n in (1, 4, 7)]
     copies = {
         "crop20": crop(bridge(), 0.20),
         "rot10": rotated(bridge(), 10),
-        "collage": collage(bridge(), others),
+        "rot3": rotated(bridge(), 3),
     }
     for name, img in copies.items():
         row = _match(run, tmp_path, f"{name}.jpg", jpeg(img))
@@ -113,12 +102,19 @@ def test_crops_tilts_and_collages_are_found_with_their_evidence(run, tmp_path):
             0,
         )
         evidence = hit["local_features"]
-        assert set(evidence) == {"inliers", "coverage", "query_coverage", "scale", "angle"}
+        assert set(evidence) == {
+            "inliers",
+            "coverage",
+            "query_coverage",
+            "scale",
+            "angle",
+            "agreement",
+        }
         assert evidence["inliers"] >= 20 and 0 < evidence["coverage"] <= 1, (name, evidence)
         if name == "rot10":
             assert abs(abs(evidence["angle"]) - 10) < 2, evidence
-        if name == "collage":
-            assert 0.4 < evidence["scale"] < 0.6, evidence  # a half-size tile
+        if name == "rot3":  # most of the picture, agreeing: blocks
+            assert row["decision"] == "block", evidence
 
     for n in (0, 2, 5, 9):
         row = _match(run, tmp_path, f"other{n}.jpg", jpeg(photo(n)))
@@ -136,6 +132,14 @@ def test_crops_tilts_and_collages_are_found_with_their_evidence(run, tmp_path):
         m for r in records for m in r.get("matches", ()) if m["signal_type"] == "local_features"
     ]
     assert kept and set(kept[0]["local_features"]) >= {"inliers", "coverage", "scale"}
+    # ...but not the upload's ~18 KB blob (its size and SHA-256 in the store)
+    asked = [
+        s
+        for r in records
+        for s in r.get("query_signals", ())
+        if s["signal_type"] == "local_features"
+    ]
+    assert asked and all(s["value"] == "" for s in asked)
 
 
 def test_added_matches_at_once_and_removed_stops_at_once(harness, operator, matcher):
@@ -227,6 +231,10 @@ def test_export_then_load_gives_matchable_entries(run, tmp_path, make_harness, m
         assert "local_features" in out
         exports[fmt] = tmp_path / f"export.{fmt}"
         exports[fmt].write_text(out, encoding="utf-8")
+    # other tools' formats carry only what those tools read
+    for fmt in ("hma", "tcap"):
+        code, out, err = run("export", "--set", "src", "--format", fmt, role="operator")
+        assert code == 0 and "pdq" in out.lower() and "local_features" not in out.lower(), fmt
 
     # a partner's server loads each export
     for fmt, path in exports.items():
@@ -256,7 +264,7 @@ def test_set_thresholds_change_decisions(run, tmp_path):
     assert shown["block_inliers"] == 5000 and shown["review_inliers"] == 20
     assert shown["review_coverage"] == 0.05
     run("add", "--set", "strict", known, role="operator")
-    upload = jpeg(crop(bridge(), 0.2))
+    upload = jpeg(rotated(bridge(), 3))
     assert _match(run, tmp_path, "u.jpg", upload)["decision"] == "review"
 
     code, _, err = run(
@@ -347,6 +355,15 @@ def test_hostile_blobs_are_invalid_argument_by_hash_and_in_bulk(harness, operato
     m_stub, m_md = harness.stubs("matcher")
     resp = m_stub.matcher.Match(match_request(jpeg(crop(bridge(), 0.2))), metadata=m_md)
     assert [m.entry for m in resp.matches if m.signal_type == "local_features"] == ["by-hash"]
+    # Match by hash: a good blob finds it, a hostile one is INVALID_ARGUMENT
+    by_hash = pb.MatchRequest(signal=pb.SignalValue(signal_type="local_features", value=good.hex()))
+    resp = m_stub.matcher.Match(by_hash, metadata=m_md)
+    assert [m.entry for m in resp.matches if m.signal_type == "local_features"] == ["by-hash"]
+    for why, blob in _hostile_blobs().items():
+        bad = pb.MatchRequest(signal=pb.SignalValue(signal_type="local_features", value=blob.hex()))
+        with pytest.raises(grpc.RpcError) as err:
+            m_stub.matcher.Match(bad, metadata=m_md)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, why
 
     # in a bulk file: each bad row rejected with its line, the good one loaded
     rows = ["signal_type,signal_value,entry"]
@@ -361,3 +378,87 @@ def test_hostile_blobs_are_invalid_argument_by_hash_and_in_bulk(harness, operato
     assert summary["added"] == 1 and summary["rejected"] == 4, summary
     lines = sorted(r["line"] for r in summary["rejected_rows"])
     assert lines == [2, 3, 4, 5], summary
+
+
+def test_evidence_thresholds_are_stored_with_the_set_and_old_rows_still_load(store):
+    from hashdb import Thresholds
+
+    local = Thresholds(0, 0, block_inliers=60, review_inliers=25, block_coverage=0.3,
+                       review_coverage=0.1)  # fmt: skip
+    store.create_set("s", "", {}, {"local_features": local, "pdq": Thresholds(20, 40)})
+    kept = store.get_set("s").thresholds
+    assert kept == {"local_features": local, "pdq": Thresholds(20, 40)}
+    # a row written before evidence thresholds existed
+    with store._write() as cur:
+        cur.execute(
+            "UPDATE hash_sets SET thresholds = ? WHERE name = ?"
+            if "sqlite" in type(store).__name__.lower()
+            else "UPDATE hash_sets SET thresholds = %s WHERE name = %s",
+            ('{"pdq": {"block_distance": 10, "review_distance": 30}}', "s"),
+        )
+    assert store.get_set("s").thresholds == {"pdq": Thresholds(10, 30)}
+
+
+def test_a_bulk_file_of_blobs_goes_in_messages_bounded_by_bytes(run, tmp_path, monkeypatch):
+    from hashsvc.client import cli_bulk
+
+    blob = encode(extract(bridge()))
+    rows = ["signal_type,signal_value,entry"]
+    rows += [f"local_features,{blob.hex()},poster-{n}" for n in range(20)]
+    path = tmp_path / "rows.csv"
+    path.write_text("\n".join(rows) + "\n")
+    monkeypatch.setattr(cli_bulk, "BATCH_VALUE_BYTES", 4 * len(blob))
+    messages = list(cli_bulk.read_rows([str(path)], "csv", cli_bulk.LoadProgress(None, False), []))
+    assert [len(m.value) for m in messages] == [4] * 5
+    run("sets", "create", "s", role="operator")
+    code, out, err = run("load", "--set", "s", "--json", "--quiet", path, role="operator")
+    assert code == 0, err
+    assert json.loads(out)["added"] == 20
+
+
+def test_the_same_picture_in_two_sets_is_found_in_both(make_core, tmp_path):
+    """Sets share pictures (one poster in a group's set and an outlet's):
+    a word every known picture holds is still a vote, however few they are."""
+    from hashsvc.core.core import MatchQuery
+
+    core = make_core(f"sqlite:///{tmp_path}/h.db")
+    for name in ("group", "outlet"):
+        core.curation.create_set(name)
+        core.curation.add_entry(name, "poster", {}, "op", media=jpeg(bridge()))
+    outcome = core.match(MatchQuery(media=jpeg(rotated(bridge(), 10))), caller="t")
+    found = {m.set_name for m in outcome.matches if m.signal_type == "local_features"}
+    assert found == {"group", "outlet"}
+    # and after one is removed, the other still is
+    core.curation.remove_entry("group", "poster")
+    outcome = core.match(MatchQuery(media=jpeg(rotated(bridge(), 10))), caller="t")
+    assert [m.set_name for m in outcome.matches if m.signal_type == "local_features"] == ["outlet"]
+
+
+def test_a_false_positive_verdict_lifts_a_local_review_for_that_upload(store_url, make_core):
+    """Verdicts treat local features as a perceptual signal: a reviewer's
+    false positive turns the same upload's REVIEW into ALLOW; a BLOCK stays."""
+    from hashdb import ReviewFilter, Thresholds
+    from hashsvc.core.core import MatchQuery
+
+    core = make_core(store_url)
+    # this set never blocks on local features: the crop is a REVIEW
+    never_blocks = Thresholds(
+        0, 0, block_inliers=5000, review_inliers=16, block_coverage=0.25, review_coverage=0.15
+    )
+    core.curation.create_set(
+        "s", thresholds={"pdq": Thresholds(0, 0), "local_features": never_blocks}
+    )
+    core.curation.add_entry("s", "poster", {}, "op", media=jpeg(bridge()))
+    upload = jpeg(crop(bridge(), 0.2))
+    first = core.match(MatchQuery(media=upload), caller="pipeline")
+    assert first.decision == "review"
+    assert first.matches[0].signal_type == "local_features"
+    item = core.review.claim("rev", None, ReviewFilter())
+    assert any(s["signal_type"] == "local_features" and s["value"] for s in item.query_signals)
+    core.review.resolve("rev", item.id, "false_positive", "a different bridge")
+    again = core.match(MatchQuery(media=upload), caller="pipeline")
+    assert again.decision == "allow"
+    assert "judged a false positive" in again.matches[0].reason
+    # once the set blocks on that evidence, the verdict lifts nothing
+    core.curation.update_set("s", thresholds={"local_features": Thresholds(0, 0, 30, 16, 0.1, 0.1)})
+    assert core.match(MatchQuery(media=upload), caller="pipeline").decision == "block"

@@ -37,7 +37,12 @@ def test_the_cli_and_the_core_write_the_same_match_json():
         signal_type="local_features",
         distance=0,
         local_features=LocalEvidence(
-            inliers=57, coverage=0.412345, query_coverage=0.2, scale=0.49876, angle=-10.0123
+            inliers=57,
+            coverage=0.412345,
+            query_coverage=0.2,
+            scale=0.49876,
+            angle=-10.0123,
+            agreement=0.87654,
         ),
     )
     for m in (video, _match(), local):
@@ -56,6 +61,7 @@ def test_the_cli_and_the_core_write_the_same_match_json():
     evidence = local.public_json()["local_features"]
     assert evidence == {
         "inliers": 57, "coverage": 0.4123, "query_coverage": 0.2, "scale": 0.4988, "angle": -10.01,
+        "agreement": 0.8765,
     }  # fmt: skip
     # the history keeps it, and gives it back
     assert Match.from_json(local.to_json()).public_json() == local.public_json()

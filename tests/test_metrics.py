@@ -46,4 +46,7 @@ def test_metrics_count_what_happened(tmp_path, make_harness):
     assert got['hashsvc_rpc_duration_seconds_count{code="OK",rpc="MatchBatch"}'] == 1
     assert got['hashsvc_rpc_duration_seconds_count{code="OK",rpc="AddEntry"}'] == 1
     assert got['hashsvc_index_hashes{signal_type="pdq"}'] >= 10
+    # the known photo's local features: one picture in the feature index
+    assert got['hashsvc_index_hashes{signal_type="local_features"}'] == 1
+    assert got["hashsvc_local_feature_index_bytes"] > 0
     assert got["hashsvc_index_version"] == 2 and got["hashsvc_ready"] == 1

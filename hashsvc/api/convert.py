@@ -117,6 +117,7 @@ def matched_entry(m: Match) -> pb.MatchedEntry:
                 query_coverage=m.local_features.query_coverage,
                 scale=m.local_features.scale,
                 angle=m.local_features.angle,
+                agreement=m.local_features.agreement,
             )
         ),
     )

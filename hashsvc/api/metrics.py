@@ -83,6 +83,11 @@ class _IndexCollector:
             sizes.add_metric([kind], size)
         yield sizes
         yield GaugeMetricFamily(
+            "hashsvc_local_feature_index_bytes",
+            "Bytes held by the local-feature index's arrays (known pictures' visual words).",
+            value=self.core.live.features.memory_bytes(),
+        )
+        yield GaugeMetricFamily(
             "hashsvc_index_version",
             "Change-feed sequence number the index has applied.",
             value=self.core.live.seq,

@@ -26,7 +26,7 @@ def match_json(
 ) -> dict:
     """`segments`: objects with query_start, query_end, known_start and
     known_end (a core Segment or a protobuf one); `local_features`: an object
-    with inliers, coverage, query_coverage, scale and angle (the core's
+    with inliers, coverage, query_coverage, scale, angle and agreement (the core's
     LocalEvidence or the protobuf message), only on a local_features match."""
     out = {
         "set": set_name,
@@ -67,4 +67,5 @@ def local_features_json(evidence) -> dict:
         "query_coverage": round(evidence.query_coverage, 4),
         "scale": round(evidence.scale, 4),
         "angle": round(evidence.angle, 2),
+        "agreement": round(evidence.agreement, 4),
     }

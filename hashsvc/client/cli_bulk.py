@@ -24,6 +24,13 @@ from loaders.records import EXCHANGED_VARIANTS, PlainRows, Record, Rejected
 # server's limit of rows a message), and the rows past the entry's signal
 # limit are rejected as such instead of failing the whole load.
 BATCH_ROWS = 20_000
+# Exports in other tools' formats (HMA / python-threatexchange, TCAP) leave out
+# the signal types only hashsvc reads.
+OTHER_TOOLS_FORMATS = ("hma", "tcap")
+HASHSVC_ONLY_TYPES = ("local_features",)
+# ...or once its values reach this many bytes: 20,000 rows of local features
+# (~18 KB each) would be a 360 MB message, far past the server's 64 MiB.
+BATCH_VALUE_BYTES = 16 * 1024 * 1024
 ENTRY_SPLIT_ROWS = 100_000
 # Client-side rejections printed before "... and N more".
 MAX_PRINTED_REJECTS = 1_000
@@ -112,6 +119,7 @@ def read_rows(
     for source, stream in _sources(paths):
         counted = _CountingLines(stream)
         batch: list[Record] = []
+        batch_bytes = 0
         for item in loaders.read_blocks(counted, fmt, source, BATCH_ROWS):
             if isinstance(item, Rejected):
                 rejected.append(item)
@@ -129,13 +137,17 @@ def read_rows(
                 )
                 progress.update(rows_seen, done_chars + counted.chars)
                 continue
-            if len(batch) >= BATCH_ROWS and (
-                item.entry_name != batch[-1].entry_name or len(batch) >= ENTRY_SPLIT_ROWS
+            full = len(batch) >= BATCH_ROWS or batch_bytes >= BATCH_VALUE_BYTES
+            if full and (
+                item.entry_name != batch[-1].entry_name
+                or len(batch) >= ENTRY_SPLIT_ROWS
+                or batch_bytes >= 2 * BATCH_VALUE_BYTES
             ):
                 yield _to_pb(batch, source)
-                batch = []
+                batch, batch_bytes = [], 0
                 progress.update(rows_seen, done_chars + counted.chars)
             batch.append(item)
+            batch_bytes += len(item.signal_value)
             rows_seen += 1
         if batch:
             yield _to_pb(batch, source)
@@ -293,6 +305,10 @@ def export(client, set_name: str, fmt: str, since, output_dir: str | None) -> in
     if fmt == "vpdq":
         return _export_vpdq(entries, output_dir)
     records = (rec for entry in entries for rec in entry_records(entry))
+    if fmt in OTHER_TOOLS_FORMATS:
+        # other tools' formats carry what those tools read: a local-features
+        # blob is hashsvc's own (CSV, TSV and JSON lines carry it)
+        records = (rec for rec in records if rec.signal_type not in HASHSVC_ONLY_TYPES)
     return loaders.write(sys.stdout, records, fmt)
 
 

@@ -20,7 +20,7 @@ from hashdb import HistoryFilter, HistoryRecord, HistoryStore, HistoryVerificati
 from hashdb.history_sql import key_id
 from hashsvc.base import validation
 from hashsvc.base.errors import InvalidArgument, NotFound
-from hashsvc.base.signals import Signal, signal_json
+from hashsvc.base.signals import Signal, signal_json, signal_type
 from hashsvc.matching.policy import DECISIONS
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,22 @@ def storable(text: str) -> str:
     # PostgreSQL text cannot hold NUL: a record must not be lost to one (it
     # was: the call then had no record at all). Shown escaped instead.
     return text.replace("\x00", "\\x00")
+
+
+def history_signal_json(sig: Signal) -> dict:
+    """A query signal as the match history keeps it. An opaque blob (a
+    picture's local features, ~18 KB) is kept as its size and SHA-256, not
+    its bytes: every Match is recorded, and the blobs would be most of the
+    history's size. A review item keeps the whole blob (it may become an
+    entry)."""
+    out = signal_json(sig)
+    try:
+        opaque = signal_type(sig.kind).opaque
+    except InvalidArgument:
+        opaque = False
+    if opaque:
+        out.update(value="", bytes=len(sig.value), sha256=hashlib.sha256(sig.value).hexdigest())
+    return out
 
 
 class Audit:
@@ -173,7 +189,7 @@ class Audit:
                 error_message=storable(error_message)[:1000],
                 client_ref=storable(client_ref[:1000]),
                 media_bytes=media_bytes,
-                query_signals=[signal_json(s) for s in query_signals],
+                query_signals=[history_signal_json(s) for s in query_signals],
                 matches=matches,
                 detail={"notes": list(notes)} if notes else {},
                 caller_token_id=caller_token_id,

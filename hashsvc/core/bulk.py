@@ -393,7 +393,9 @@ class BulkLoad:
             strict=True,
         ):
             try:
-                value = row_value(kind, value, gone, self.max_keypoints)
+                value = row_value(
+                    kind, value, gone, self.max_keypoints, self.live.features.descriptor_bytes
+                )
                 name = row_entry_name(entry) if entry else f"{kind}:{value.hex()}"
                 row_labels = checked_row_labels(label_text) if label_text else None
                 if var and var != "original" and not _VARIANT.fullmatch(var):

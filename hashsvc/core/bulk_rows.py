@@ -147,7 +147,11 @@ def row_entry_name(name: str) -> str:
 
 
 def row_value(
-    kind: str, value: bytes, deleted: bool, max_keypoints: int = DEFAULT_MAX_KEYPOINTS
+    kind: str,
+    value: bytes,
+    deleted: bool,
+    max_keypoints: int = DEFAULT_MAX_KEYPOINTS,
+    descriptor_bytes: int | None = None,
 ) -> bytes:
     sig_type = SIGNAL_TYPES.get(kind)
     if sig_type is None:
@@ -158,7 +162,7 @@ def row_value(
         if not value or len(value) > sig_type.max_bytes:
             raise RowError(f"{kind} value must be 1..{sig_type.max_bytes} bytes, got {len(value)}")
         try:
-            checked_value(kind, value, max_keypoints)
+            checked_value(kind, value, max_keypoints, descriptor_bytes)
         except InvalidArgument as exc:
             raise RowError(str(exc)) from None
     elif sig_type.sequence:

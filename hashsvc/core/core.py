@@ -429,6 +429,7 @@ class Core:
                 sig_type.name,
                 sig_type.parse(query.signal_value),
                 self.config.local_features.max_keypoints,
+                self.live.features.descriptor_bytes,
             )
             signal = Signal(sig_type.name, value, quality)
             return media_kinds.HASH, [signal], ()

@@ -140,7 +140,12 @@ class Curation:
             if quality is not None and not 0 <= quality <= 100:
                 raise InvalidArgument("quality must be within 0..100")
             media_type = media_kinds.HASH
-            checked = checked_value(sig_type.name, sig_type.parse(value), self.max_keypoints)
+            checked = checked_value(
+                sig_type.name,
+                sig_type.parse(value),
+                self.max_keypoints,
+                self.live.features.descriptor_bytes,
+            )
             signals = [Signal(sig_type.name, checked, quality)]
         entry = self.entries.add_entry(hash_set.id, name, labels, media_type, signals, added_by)
         self.live.catch_up()

@@ -18,13 +18,26 @@ from hashsvc.media import local_features
 DEFAULT_MAX_KEYPOINTS = LocalFeatureMatching().max_keypoints
 
 
-def checked_value(kind: str, value: bytes, max_keypoints: int = DEFAULT_MAX_KEYPOINTS) -> bytes:
-    """The value, or InvalidArgument saying what is wrong with it."""
+def checked_value(
+    kind: str,
+    value: bytes,
+    max_keypoints: int = DEFAULT_MAX_KEYPOINTS,
+    descriptor_bytes: int | None = None,
+) -> bytes:
+    """The value, or InvalidArgument saying what is wrong with it.
+    `descriptor_bytes`: what the feature index takes (its vocabulary's); a blob
+    of another detector could never match, and is refused rather than kept
+    unmatchable."""
     if kind == LOCAL_FEATURES.name:
         features = local_features.decode(value)  # InvalidArgument when malformed
         if len(features.points) > max_keypoints:
             raise InvalidArgument(
                 f"{kind} value holds {len(features.points)} keypoints; at most"
                 f" {max_keypoints} are accepted"
+            )
+        if descriptor_bytes is not None and features.descriptor_bytes != descriptor_bytes:
+            raise InvalidArgument(
+                f"{kind} value has {features.descriptor_bytes}-byte descriptors; this"
+                f" server matches {descriptor_bytes}-byte ones (another detector)"
             )
     return value

@@ -117,7 +117,7 @@ class LiveIndex:
         ids: list[int] = []
         descriptors: list[np.ndarray] = []
         for sig in self.changes.iter_signals([LOCAL_FEATURES.name]):
-            found = _descriptors(sig.entry_id, sig.value)
+            found = _descriptors(sig.entry_id, sig.value, features.descriptor_bytes)
             if found is not None:
                 ids.append(signal_id(sig.entry_id, sig.variant_no))
                 descriptors.append(found)
@@ -286,7 +286,7 @@ class LiveIndex:
             if sig.kind == "chromaprint":
                 self.audio.add(sig.entry_id, words_of(sig.value))
             if sig.kind == LOCAL_FEATURES.name:
-                found = _descriptors(sig.entry_id, sig.value)
+                found = _descriptors(sig.entry_id, sig.value, self.features.descriptor_bytes)
                 if found is not None:
                     feature_ids.append(signal_id(sig.entry_id, sig.variant_no))
                     feature_descriptors.append(found)
@@ -324,7 +324,9 @@ class LiveIndex:
             if sig.kind == LOCAL_FEATURES.name
         ]
         found = [
-            _descriptors(entry_id, sig.value) for sig in signals if sig.kind == LOCAL_FEATURES.name
+            _descriptors(entry_id, sig.value, self.features.descriptor_bytes)
+            for sig in signals
+            if sig.kind == LOCAL_FEATURES.name
         ]
         kept = [(i, d) for i, d in zip(feature_ids, found, strict=True) if d is not None]
         self.features.add([i for i, _ in kept], [d for _, d in kept])
@@ -361,16 +363,26 @@ class _Run:
         return np.concatenate(parts)
 
 
-def _descriptors(entry_id: int, value: bytes) -> np.ndarray | None:
+def _descriptors(entry_id: int, value: bytes, descriptor_bytes: int) -> np.ndarray | None:
     """A stored local_features blob's descriptors. Values are checked when
     they enter the store (hashsvc/core/signal_values.py), so one that does not
-    decode was written by another tool or build: logged, never indexed, never
-    a reason to stop indexing the rest."""
+    decode, or holds another detector's descriptors than the index's
+    vocabulary, was written by another tool or build: logged, never indexed,
+    never a reason to stop indexing the rest."""
     try:
-        return local_features.decode(value).descriptors
+        descriptors = local_features.decode(value).descriptors
     except InvalidArgument as exc:
         log.error("entry %d: unreadable local_features value not indexed: %s", entry_id, exc)
         return None
+    if descriptors.shape[1] != descriptor_bytes:
+        log.error(
+            "entry %d: local_features of %d-byte descriptors not indexed (the index takes %d)",
+            entry_id,
+            descriptors.shape[1],
+            descriptor_bytes,
+        )
+        return None
+    return descriptors
 
 
 def words_of(value: bytes) -> np.ndarray:

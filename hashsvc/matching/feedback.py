@@ -80,7 +80,8 @@ class Feedback:
                 why = (
                     "past its set's block threshold"
                     if id(nearest) not in applies_ids
-                    else f"farther than this match ({_how_far(nearest)}; this match {m.distance})"
+                    else f"farther than this match ({_how_far(nearest)}; this match"
+                    f" {_how_far(m) if m.local_features else m.distance})"
                 )
                 note = f"not allow-listed: {nearest.set_name}/{nearest.entry_name} is {why}"
                 m = replace(m, reason=f"{m.reason}; {note}" if m.reason else note)
@@ -93,7 +94,9 @@ class Feedback:
             return False
         if allow.local_features is not None:  # judged by evidence, not distance
             evidence = allow.local_features
-            decision, _ = self.policy.decide_local(hash_set, evidence.inliers, evidence.coverage)
+            decision, _ = self.policy.decide_local(
+                hash_set, evidence.inliers, evidence.coverage, evidence.agreement
+            )
             return decision == BLOCK
         return allow.distance <= self.policy.thresholds(hash_set, allow.signal_type).block_distance
 

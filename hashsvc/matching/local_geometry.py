@@ -23,13 +23,14 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
+from hashsvc.base.decisions import Decision
 from hashsvc.media.local_features import LocalFeatures
 
 # Lowe's ratio: the best match must be clearly better than the second best.
-RATIO = 0.8
+RATIO = 0.85
 # RANSAC reprojection error, in pixels of the query as extracted (<= 640 px
 # on the long side): tight, so chance alignments of noise rarely agree.
-REPROJECTION_PX = 4.0
+REPROJECTION_PX = 5.0
 RANSAC_ITERATIONS = 2000
 RANSAC_CONFIDENCE = 0.995
 # Query size / known size: a copy shown smaller than this or blown up more
@@ -39,7 +40,7 @@ MAX_SCALE = 6.0
 # Fewer inliers than this is no consistent transform at all (None).
 MIN_CONSISTENT_INLIERS = 8
 # Inlier spread is measured on a COVERAGE_GRID x COVERAGE_GRID grid.
-COVERAGE_GRID = 8
+COVERAGE_GRID = 12
 # Two inliers closer than this (pixels) count as one position.
 DISTINCT_PX = 3.0
 
@@ -49,9 +50,11 @@ class Verification:
     """Why a candidate matched: counted on inliers at distinct positions."""
 
     inliers: int
-    # Share of the KNOWN picture inside the convex hull of its inliers.
+    # Share of the KNOWN picture covered by the inliers: of the cells of a
+    # COVERAGE_GRID x COVERAGE_GRID grid that hold its keypoints, those that
+    # hold an inlier (see _coverage).
     coverage: float
-    # The same share on the query.
+    # The same share on the query (small for a tile of a collage).
     query_coverage: float
     # Query size / known size, in the pictures as extracted.
     scale: float
@@ -60,31 +63,43 @@ class Verification:
     # Cells of a COVERAGE_GRID x COVERAGE_GRID grid over the known picture
     # holding at least one inlier.
     cells: int
+    # Of the cells of the known picture that both pictures show (the query's
+    # frame mapped into the known) and where either has keypoints, the share
+    # that hold an inlier (see _agreement). Near 1 for a crop, a tilt or a
+    # collage tile; low when only a shared logo, frame or page template agrees
+    # and the rest of both pictures differs.
+    agreement: float
 
 
 @dataclass(frozen=True)
 class LocalThresholds:
-    """When a verification blocks or goes to review: both minima must hold."""
+    """When a verification blocks or goes to review: every minimum must hold.
+    Defaults measured by bench/local_features.py (README: Local features)."""
 
-    block_inliers: int = 40
+    block_inliers: int = 30
     block_coverage: float = 0.25
-    review_inliers: int = 20
-    review_coverage: float = 0.10
+    block_agreement: float = 0.45
+    review_inliers: int = 16
+    review_coverage: float = 0.15
+    review_agreement: float = 0.33
 
-    def level(self, verification: Verification | None) -> str | None:
-        """'block', 'review' or None (no evidence) for one verification."""
+    def level(self, verification: Verification | None) -> Decision | None:
+        """BLOCK, REVIEW or None (no evidence) for one verification."""
         if verification is None:
             return None
+        v = verification
         if (
-            verification.inliers >= self.block_inliers
-            and verification.coverage >= self.block_coverage
+            v.inliers >= self.block_inliers
+            and v.coverage >= self.block_coverage
+            and v.agreement >= self.block_agreement
         ):
-            return "block"
+            return Decision.BLOCK
         if (
-            verification.inliers >= self.review_inliers
-            and verification.coverage >= self.review_coverage
+            v.inliers >= self.review_inliers
+            and v.coverage >= self.review_coverage
+            and v.agreement >= self.review_agreement
         ):
-            return "review"
+            return Decision.REVIEW
         return None
 
 
@@ -159,17 +174,48 @@ def _distinct(points: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _hull_share(points: np.ndarray, width: int, height: int) -> float:
-    if len(points) < 3:
-        return 0.0
-    hull = cv2.convexHull(points.astype(np.float32))
-    return float(min(1.0, cv2.contourArea(hull) / float(width * height)))
+def _cell_ids(points: np.ndarray, width: int, height: int) -> np.ndarray:
+    grid = COVERAGE_GRID
+    cx = np.clip((points[:, 0] * grid / width).astype(np.int64), 0, grid - 1)
+    cy = np.clip((points[:, 1] * grid / height).astype(np.int64), 0, grid - 1)
+    return np.unique(cy * grid + cx)
 
 
-def _cells(points: np.ndarray, width: int, height: int) -> int:
-    cx = np.clip((points[:, 0] * COVERAGE_GRID / width).astype(np.int64), 0, COVERAGE_GRID - 1)
-    cy = np.clip((points[:, 1] * COVERAGE_GRID / height).astype(np.int64), 0, COVERAGE_GRID - 1)
-    return int(np.unique(cy * COVERAGE_GRID + cx).size)
+def _coverage(inliers: np.ndarray, features: LocalFeatures) -> tuple[float, int]:
+    """(share, count) of the picture's cells with keypoints that hold an inlier.
+
+    Of the cells with keypoints, not of all cells: a logo in a corner, a
+    shared page heading or the frame of a template put inliers in a few cells
+    of a picture whose content fills most of them; a crop or a collage tile
+    keeps most of them. (A convex hull would count the empty middle between a
+    heading and a table at the foot of the page as covered.)"""
+    content = _cell_ids(features.points, features.width, features.height)
+    held = _cell_ids(inliers, features.width, features.height)
+    return len(held) / max(1, len(content)), len(held)
+
+
+def _agreement(
+    matrix: np.ndarray, inliers: np.ndarray, query: LocalFeatures, known: LocalFeatures
+) -> float:
+    """Share of the cells both pictures show and have content in that agree."""
+    forward = matrix.astype(np.float64)
+    inverse = cv2.invertAffineTransform(forward)
+    # known keypoints that land inside the query's frame
+    mapped = known.points @ forward[:, :2].T + forward[:, 2]
+    shown = (
+        (mapped[:, 0] >= 0)
+        & (mapped[:, 0] <= query.width)
+        & (mapped[:, 1] >= 0)
+        & (mapped[:, 1] <= query.height)
+    )
+    # query keypoints that land inside the known's frame, in known pixels
+    back = query.points @ inverse[:, :2].T + inverse[:, 2]
+    inside = (back[:, 0] >= 0) & (back[:, 0] <= known.width) & (back[:, 1] >= 0)
+    inside &= back[:, 1] <= known.height
+    both = np.concatenate([known.points[shown], back[inside].astype(np.float32)])
+    comparable = _cell_ids(both, known.width, known.height)
+    held = _cell_ids(inliers, known.width, known.height)
+    return len(np.intersect1d(held, comparable)) / max(1, len(comparable))
 
 
 def verify(query: LocalFeatures, known: LocalFeatures) -> Verification | None:
@@ -196,6 +242,8 @@ def verify(query: LocalFeatures, known: LocalFeatures) -> Verification | None:
     scale = math.hypot(a, b)
     if not (MIN_SCALE <= scale <= MAX_SCALE) or not math.isfinite(scale):
         return None
+    if int(mask.sum()) < MIN_CONSISTENT_INLIERS:
+        return None
     inlier = mask.ravel().astype(bool)
     src, dst = src[inlier], dst[inlier]
     # Count a place once, on both sides: many keypoints of a repeated pattern
@@ -206,13 +254,17 @@ def verify(query: LocalFeatures, known: LocalFeatures) -> Verification | None:
     src, dst = src[keep], dst[keep]
     if len(src) < MIN_CONSISTENT_INLIERS:
         return None
+    coverage, cells = _coverage(src, known)
+    query_coverage, _ = _coverage(dst, query)
+    agreement = _agreement(matrix, src, query, known)
     return Verification(
         inliers=len(src),
-        coverage=_hull_share(src, known.width, known.height),
-        query_coverage=_hull_share(dst, query.width, query.height),
+        coverage=coverage,
+        query_coverage=query_coverage,
         scale=scale,
         # image y points down: a counter-clockwise turn on screen is a negative
         # angle in matrix terms
         angle=-math.degrees(math.atan2(b, a)),
-        cells=_cells(src, known.width, known.height),
+        cells=cells,
+        agreement=agreement,
     )

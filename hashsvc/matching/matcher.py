@@ -16,7 +16,8 @@ the store. Then each known entry that was hit is judged by what it is:
 Local features (any kind of known entry, picture by picture): the feature
 index names the best-voted known pictures, each verified by a geometric
 transform (hashsvc/matching/local_geometry.py); a verified pair is judged by
-its inliers and coverage (Policy.decide_local), never by a distance.
+its inliers, coverage and agreement (Policy.decide_local), never by a
+distance.
 
 An entry yields at most one match, its strongest (by decision; on a tie a
 distance-based match before a local-feature one, then the closest).
@@ -89,6 +90,8 @@ class LocalEvidence:
     query_coverage: float
     scale: float
     angle: float
+    # share of the part both pictures show that agrees (local_geometry)
+    agreement: float = 1.0
 
     def to_json(self) -> dict:
         return local_features_json(self)
@@ -221,7 +224,8 @@ class _Verified:
     reason: str
 
     def strength(self) -> tuple:
-        return (rank(self.decision), self.verification.inliers, self.verification.coverage)
+        v = self.verification
+        return (rank(self.decision), v.inliers, v.coverage, v.agreement)
 
 
 # Audio distances are bit error rates in percent, so per-set thresholds stay
@@ -290,11 +294,13 @@ class Matcher:
                 query,
                 query_is_video,
             )
-            found.extend(
-                self._local_matches(
-                    entry, sets[entry.set_id], local_hits.get(entry.id), query, query_is_video
+            if not any(m.decision == BLOCK for m in found):
+                # a verification (RANSAC) could not beat a block found already
+                found.extend(
+                    self._local_matches(
+                        entry, sets[entry.set_id], local_hits.get(entry.id), query, query_is_video
+                    )
                 )
-            )
             if found:
                 # ties go to anything before a videohash hint (its unrelated
                 # videos come within 10 bits), then a distance (a near-identical
@@ -372,19 +378,29 @@ class Matcher:
         # the upload's own blobs, or a hash checked where it came in
         # (hashsvc/core/signal_values.py)
         decoded = [local_features.decode(s.value) for s in sigs]
+        # another detector's blob (a hash sent by a newer or older tool) has
+        # nothing to vote with here
+        kept = [
+            (s, f)
+            for s, f in zip(sigs, decoded, strict=True)
+            if f.descriptor_bytes == index.descriptor_bytes
+        ]
+        if not kept:
+            return {}
+        sigs, decoded = [s for s, _ in kept], [f for _, f in kept]
         results = index.search([f.descriptors for f in decoded], self.local.top_k)
         is_video = any(_is_frame(s) for s in sigs)
         ranked = []
         for sig, features, hits in zip(sigs, decoded, results, strict=True):
             per_entry: dict[int, int] = defaultdict(int)
-            kept = 0
+            place = 0
             for sid, votes in hits:
                 hit = _LocalHit(sig, features, *split_signal_id(sid), votes)
                 if is_video and per_entry[hit.entry_id] >= self.local.frames_per_entry:
                     continue
                 per_entry[hit.entry_id] += 1
-                kept += 1
-                ranked.append((kept, -votes, hit))
+                place += 1
+                ranked.append((place, -votes, hit))
         if is_video:
             ranked.sort(key=lambda r: (r[0], r[1]))
             budget = self.local.max_verified_video
@@ -447,7 +463,10 @@ class Matcher:
             if verification is None:
                 continue
             decision, reason = self.policy.decide_local(
-                hash_set, verification.inliers, verification.coverage
+                hash_set,
+                verification.inliers,
+                verification.coverage,
+                verification.agreement,
             )
             found.append(_Verified(hit.query, known, verification, decision, reason))
         return found
@@ -463,16 +482,18 @@ class Matcher:
             pair.known.variant,
             None,
             None,
+            decided=(pair.decision, pair.reason),
             local_features=LocalEvidence(
                 inliers=v.inliers,
                 coverage=v.coverage,
                 query_coverage=v.query_coverage,
                 scale=v.scale,
                 angle=v.angle,
+                agreement=v.agreement,
             ),
             **kw,
         )
-        return replace(match, decision=pair.decision, reason=pair.reason)
+        return match
 
     def _local_best(self, entry, hash_set, verified: list[_Verified]) -> Match:
         """An uploaded picture or document: the strongest verified pair
@@ -616,8 +637,21 @@ class Matcher:
             hint = replace(hint, decision=REVIEW, reason="videohash alone never blocks")
         return [hint]
 
-    def _match(self, entry, hash_set, kind, distance, query_variant, known_variant, qq, kq, **kw):
-        decision, reason = self.policy.decide(hash_set, kind, distance, qq, kq)
+    def _match(
+        self,
+        entry,
+        hash_set,
+        kind,
+        distance,
+        query_variant,
+        known_variant,
+        qq,
+        kq,
+        decided: tuple[str, str] | None = None,
+        **kw,
+    ):
+        """`decided`: (decision, reason) when not by distance (local features)."""
+        decision, reason = decided or self.policy.decide(hash_set, kind, distance, qq, kq)
         return Match(
             set_id=hash_set.id,
             set_name=hash_set.name,

@@ -32,9 +32,9 @@ class LocalFeatureMatching:
     # best-voted first: bounds the work an upload can cause.
     max_verified: int = 16
     # The same for an uploaded video, over all its sampled frames (taken
-    # round by round: each frame's best candidate first; one frame per known
-    # entry). ~1-4 ms each on 2 shared cores: the largest part of a video's
-    # matching time.
+    # round by round: each frame's best candidate first; at most
+    # frames_per_entry of one known entry). ~1-4 ms each on 2 shared cores:
+    # the largest part of a video's matching time.
     max_verified_video: int = 64
     # Of one known entry, frames an uploaded video's frame is verified
     # against at most (the best-voted).
@@ -99,17 +99,29 @@ class Policy:
         return max(radii)
 
     def decide_local(
-        self, hash_set: HashSetRecord, inliers: int, coverage: float
+        self, hash_set: HashSetRecord, inliers: int, coverage: float, agreement: float
     ) -> tuple[str, str]:
         """(decision, reason) for a verified local-feature match: enough
-        inliers covering enough of the known picture."""
+        inliers covering enough of the known picture (the set's thresholds),
+        and agreeing over the part both pictures show (a fixed floor, not per
+        set: below it only a shared logo, frame or page template agrees)."""
         limits = self.thresholds(hash_set, LOCAL_FEATURES.name)
-        if inliers >= limits.block_inliers and coverage >= limits.block_coverage:
+        floors = local_geometry.DEFAULT_THRESHOLDS
+        if (
+            inliers >= limits.block_inliers
+            and coverage >= limits.block_coverage
+            and agreement >= floors.block_agreement
+        ):
             return BLOCK, ""
-        if inliers >= limits.review_inliers and coverage >= limits.review_coverage:
+        if (
+            inliers >= limits.review_inliers
+            and coverage >= limits.review_coverage
+            and agreement >= floors.review_agreement
+        ):
             return REVIEW, (
-                f"{inliers} inliers covering {coverage:.2f} of the known picture; blocking"
-                f" needs {limits.block_inliers} covering {limits.block_coverage:.2f}"
+                f"{inliers} inliers covering {coverage:.2f} of the known picture, agreement"
+                f" {agreement:.2f}; blocking needs {limits.block_inliers} covering"
+                f" {limits.block_coverage:.2f}, agreement {floors.block_agreement:.2f}"
             )
         return ALLOW, ""
 

@@ -23,17 +23,26 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-from PIL import Image
+
+if TYPE_CHECKING:
+    # imported where pictures are decoded (hashing workers), not by the server,
+    # which only decodes blobs (issue 17: no image decoder in the server process)
+    from PIL import Image
 
 from hashsvc.base.errors import InvalidArgument
 
 MAGIC = b"LF"
 VERSION = 1
 ALGORITHM_ORB = 1
-_ALGORITHMS = {ALGORITHM_ORB: 32}  # algorithm -> descriptor bytes
+ALGORITHM_AKAZE = 2
+ALGORITHM_BRISK = 3
+# algorithm -> descriptor bytes (AKAZE's 486 bits take 61)
+_ALGORITHMS = {ALGORITHM_ORB: 32, ALGORITHM_AKAZE: 61, ALGORITHM_BRISK: 64}
+DETECTORS = {"orb": ALGORITHM_ORB, "akaze": ALGORITHM_AKAZE, "brisk": ALGORITHM_BRISK}
 _HEADER = struct.Struct("<2sBBHHHB")
 # Positions are stored in quarter pixels: well under RANSAC's reprojection
 # threshold, and a u16 holds any side up to 16383 px.
@@ -52,6 +61,10 @@ cv2.setNumThreads(1)
 class LocalFeatureLimits:
     """What extraction keeps and when it refuses a picture."""
 
+    # "orb", "akaze" or "brisk" (bench/local_features.py compares them);
+    # features of different detectors never match each other.
+    detector: str = "orb"
+
     # Strongest keypoints kept per picture: verification cost and blob size
     # grow with it, recall on crops and collages too.
     max_keypoints: int = 500
@@ -62,13 +75,20 @@ class LocalFeatureLimits:
     # Smaller pictures carry too little to be evidence (thumbnails are PDQ's job).
     min_side: int = 64
     # ORB's FAST threshold (grey levels): higher refuses weak corners that
-    # JPEG artefacts and sensor noise make in flat or dark regions.
+    # JPEG artefacts and sensor noise make in flat or dark regions. AKAZE and
+    # BRISK use their own (akaze_threshold, brisk_threshold).
     fast_threshold: int = 20
+    akaze_threshold: float = 0.001
+    brisk_threshold: int = 30
     pyramid_levels: int = 8
     pyramid_scale: float = 1.2
     # Refusal: fewer keypoints than this, or keypoints in fewer cells of a
     # spread_grid x spread_grid grid, and the picture gets no signal.
     min_keypoints: int = 60
+    # Keypoints are detected oversample x max_keypoints, then max_keypoints
+    # kept evenly over a balance_grid x balance_grid grid (see _balanced).
+    oversample: int = 3
+    balance_grid: int = 4
     spread_grid: int = 4
     min_spread_cells: int = 6
 
@@ -100,13 +120,30 @@ def _grey(img: Image.Image, max_side: int) -> np.ndarray:
     if max(grey.size) > max_side:
         scale = max_side / max(grey.size)
         size = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))
+        from PIL import Image
+
         grey = grey.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.asarray(grey)
 
 
+def _contrib(name: str):
+    """AKAZE and BRISK left OpenCV's main package in 5.0 (now in
+    opencv-contrib's xfeatures2d); they are compared in the bench only."""
+    for module in (cv2, getattr(cv2, "xfeatures2d", None)):
+        if module is not None and hasattr(module, name):
+            return getattr(module, name)
+    raise ValueError(f"{name} needs opencv-contrib-python-headless (OpenCV 5 moved it there)")
+
+
 def _detector(limits: LocalFeatureLimits):
+    if limits.detector == "akaze":
+        return _contrib("AKAZE_create")(threshold=limits.akaze_threshold)
+    if limits.detector == "brisk":
+        return _contrib("BRISK_create")(thresh=limits.brisk_threshold, octaves=3)
+    if limits.detector != "orb":
+        raise ValueError(f"unknown local feature detector {limits.detector!r}")
     return cv2.ORB_create(
-        nfeatures=limits.max_keypoints,
+        nfeatures=limits.max_keypoints * limits.oversample,
         scaleFactor=limits.pyramid_scale,
         nlevels=limits.pyramid_levels,
         fastThreshold=limits.fast_threshold,
@@ -125,12 +162,43 @@ def extract(img: Image.Image, limits: LocalFeatureLimits = DEFAULT_LIMITS) -> Lo
     keypoints, descriptors = _detector(limits).detectAndCompute(grey, None)
     if descriptors is None or len(keypoints) < limits.min_keypoints:
         return None
-    order = np.argsort([-k.response for k in keypoints], kind="stable")[: limits.max_keypoints]
-    points = np.array([keypoints[i].pt for i in order], dtype=np.float32).reshape(-1, 2)
+    points = np.array([k.pt for k in keypoints], dtype=np.float32).reshape(-1, 2)
+    response = np.array([k.response for k in keypoints], dtype=np.float64)
+    order = _balanced(points, response, width, height, limits)
+    points = points[order]
     descriptors = np.ascontiguousarray(descriptors[order], dtype=np.uint8)
     if _cells_occupied(points, width, height, limits.spread_grid) < limits.min_spread_cells:
         return None
-    return LocalFeatures(width, height, points, descriptors, ALGORITHM_ORB)
+    return LocalFeatures(width, height, points, descriptors, DETECTORS[limits.detector])
+
+
+def _balanced(
+    points: np.ndarray, response: np.ndarray, width: int, height: int, limits: LocalFeatureLimits
+) -> np.ndarray:
+    """Indexes of the keypoints to keep, strongest first: the strongest of each
+    cell of a balance_grid x balance_grid grid up to an equal share, then the
+    strongest of the rest. Kept by strength alone, the most textured part of a
+    picture takes them all, and a photo shown as one tile of a collage or in a
+    screenshot beside busier pictures keeps almost none."""
+    by_strength = np.argsort(-response, kind="stable")
+    grid = limits.balance_grid
+    if grid <= 1 or len(by_strength) <= limits.max_keypoints:
+        return by_strength[: limits.max_keypoints]
+    cx = np.clip((points[by_strength, 0] * grid / width).astype(np.int64), 0, grid - 1)
+    cy = np.clip((points[by_strength, 1] * grid / height).astype(np.int64), 0, grid - 1)
+    cell = cy * grid + cx
+    # rank of each keypoint among the stronger ones of its cell
+    rank = np.empty(len(cell), np.int64)
+    order = np.argsort(cell, kind="stable")
+    sorted_cells = cell[order]
+    starts = np.searchsorted(sorted_cells, sorted_cells, side="left")
+    rank[order] = np.arange(len(cell)) - starts
+    quota = max(1, limits.max_keypoints // (grid * grid))
+    first = by_strength[rank < quota]
+    rest = by_strength[rank >= quota]
+    chosen = np.concatenate([first, rest[: max(0, limits.max_keypoints - len(first))]])
+    # strongest first, as the contract says
+    return chosen[np.argsort(-response[chosen], kind="stable")]
 
 
 def _cells_occupied(points: np.ndarray, width: int, height: int, grid: int) -> int:
