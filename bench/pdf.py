@@ -104,7 +104,7 @@ def main() -> None:
         for k, (_, _, k_signals) in enumerate(known):
             pairs = media.brute_force_pairs(q_signals, k_signals, radius=256)
             _record_margins(pairs, near, k == source, expected)
-            evidence = pdf_match.match_pdf(pairs)
+            evidence = pdf_match.match_pdf(pairs, q_signals, k_signals)
             if k != source:
                 if evidence.matched:
                     false_matches.append((name, source, k, evidence))
@@ -135,6 +135,54 @@ def main() -> None:
     for side in ("known", "query"):
         rate = pages_hashed[side] / hash_seconds[side]
         print(f"hashing speed ({side}, one core): {rate:.0f} pages/s over {pages_hashed[side]}")
+    template_case(photo_dir, names, 4 if args.short else 8)
+
+
+def template_case(photo_dir: Path, names: list[str], documents: int) -> None:
+    """Unrelated documents of one page template (a dark photo in the same
+    frame at the top, Arabic text below; hashsvc_testing.pdf_media.
+    template_document), three pages each, no photo or text shared: how many
+    (query, known) pairs match, with and without the template rule of
+    pdf_match; and whether re-saved copies and page subsets still match."""
+    dark = media.dark_photos(photo_dir, names[: 3 * documents])
+    docs = [
+        media.template_document(3000 + i, tuple(dark[3 * i : 3 * i + 3]), "ar", photo_dir)
+        for i in range(len(dark) // 3)
+    ]
+    known = [hash_pdf(d, LIMITS, False) for d in docs]
+    queries = [hash_pdf(d, LIMITS, True) for d in docs]
+    copies = [
+        hash_pdf(c, LIMITS, True)
+        for d in docs
+        for c in (media.resave(d), media.page_subset(d, [2, 0]))
+    ]
+    before = after = 0
+    closest = 256
+    for i, q in enumerate(queries):
+        for k, kn in enumerate(known):
+            if i == k:
+                continue
+            pairs = media.brute_force_pairs(q, kn, radius=80)
+            old = pdf_match.match_pdf(pairs)
+            before += old.matched
+            after += pdf_match.match_pdf(pairs, q, kn).matched
+            if old.best_distance is not None:
+                closest = min(closest, old.best_distance)
+    # copies match by their text anyway: count those still matched by page image
+    by_page_image = sum(
+        pdf_match.PAGE_IMAGE
+        in pdf_match.match_pdf(
+            media.brute_force_pairs(c, known[n // 2], radius=80), c, known[n // 2]
+        ).matched_by
+        for n, c in enumerate(copies)
+    )
+    pairs_count = len(docs) * (len(docs) - 1)
+    print(
+        f"template: {len(docs)} documents of one template, {pairs_count} unrelated pairs;"
+        f" matched without the template rule {before} (closest evidence {closest} bits),"
+        f" with it {after}; copies (re-saved, page subset) still matched by page image"
+        f" {by_page_image}/{len(copies)}"
+    )
 
 
 def _record_margins(pairs, near, truth: bool, expected: dict | None) -> None:

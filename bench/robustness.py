@@ -2,6 +2,14 @@
 
     .venv/bin/python bench/robustness.py           # every photo
     .venv/bin/python bench/robustness.py --short   # 12 photos (CI)
+    .venv/bin/python bench/robustness.py --hard    # + striped and faded pictures
+
+--hard adds 30 striped pictures and 10 faded textures (hashsvc_testing.image_media),
+many under the PDQ quality floor, as entries and queries of their own: the
+recall table stays over real photos; a line reports the hard pictures'
+recall and the false matches among pairs with a side under the floor.
+--low-quality-review N tries another PdqPolicy.low_quality_review_distance
+(56, the review distance, is the rule before it existed).
 
 Every photo is a known entry (hash_known, as AddEntry stores it). Every
 transformed copy is a query (hash_query, as Match hashes it) compared against
@@ -28,18 +36,22 @@ from hashsvc.base.signals import hamming
 from hashsvc.core.config import Config
 from hashsvc.matching.policy import ALLOW, BLOCK, Policy
 from hashsvc.media import image
+from hashsvc_testing.image_media import faded, noise_image, striped_image
 
 CONFIG = Config()
 POLICY = Policy(CONFIG.pdq)
 
 
-def use_thresholds(block: int | None, review: int | None) -> None:
+def use_thresholds(block: int | None, review: int | None, low_quality: int | None) -> None:
     """Try other default thresholds (to choose them from measurements)."""
     global CONFIG, POLICY
     pdq = dataclasses.replace(
         CONFIG.pdq,
         block_distance=CONFIG.pdq.block_distance if block is None else block,
         review_distance=CONFIG.pdq.review_distance if review is None else review,
+        low_quality_review_distance=(
+            CONFIG.pdq.low_quality_review_distance if low_quality is None else low_quality
+        ),
     )
     CONFIG = dataclasses.replace(CONFIG, pdq=pdq)
     POLICY = Policy(pdq)
@@ -72,9 +84,20 @@ def main() -> None:
     parser.add_argument("--short", action="store_true", help="12 photos, for CI")
     parser.add_argument("--block", type=int, help="PDQ block threshold to try")
     parser.add_argument("--review", type=int, help="PDQ review threshold to try")
+    parser.add_argument("--low-quality-review", type=int, help="PDQ low-quality review distance")
+    parser.add_argument("--hard", action="store_true", help="+ striped and faded pictures")
     args = parser.parse_args()
-    use_thresholds(args.block, args.review)
+    use_thresholds(args.block, args.review, args.low_quality_review)
     photos = load_photos(12 if args.short else None)
+    real = len(photos)
+    if args.hard:
+        photos += [(f"stripes{s}", striped_image(s)) for s in range(30)]
+        # faded made-up textures, not faded bench photos (those are copies)
+        photos += [(f"faded{n}", faded(noise_image(n))) for n in range(10)]
+    floor = CONFIG.pdq.quality_floor
+    low_false_review = low_pairs = hard_false_block = hard_false_review = 0
+    hard_block = hard_review = hard_queries = 0
+    closest_low: tuple[int, str, str] | None = None
     limits = CONFIG.image
     rng = np.random.default_rng(20261124)
 
@@ -120,20 +143,35 @@ def main() -> None:
                 d, qi, ki = min_distance(q_arr, k_arr)
                 decision = decide(q_sigs, k_sigs, qi, ki, d)
                 if j == i:
-                    distances.append(d)
                     decisions.append(decision)
-                    if decision != ALLOW:
+                    if i < real:
+                        distances.append(d)
+                    if decision != ALLOW and i < real:
                         variant_hits[f"{q_sigs[qi].variant} ~ {k_sigs[ki].variant}"] += 1
                 else:
+                    if min(q_sigs[qi].quality or 0, k_sigs[ki].quality or 0) < floor:
+                        low_pairs += 1
+                        low_false_review += decision != ALLOW
+                        if closest_low is None or d < closest_low[0]:
+                            closest_low = (d, f"{photo_name}/{name}", photos[j][0])
+                    if i >= real or j >= real:  # a pair with a hard picture
+                        hard_false_block += decision == BLOCK
+                        hard_false_review += decision != ALLOW
+                        continue
                     unrelated_min.append(d)
                     false_block += decision == BLOCK
                     false_review += decision != ALLOW
             own = strictest(decisions)
+            if i >= real:  # a hard picture: reported apart
+                hard_queries += 1
+                hard_block += own == BLOCK
+                hard_review += own != ALLOW
+                continue
             block += own == BLOCK
             review += own != ALLOW
             if own == ALLOW:
                 misses[name].append(f"{photo_name}({distances[-1]})")
-        n = len(photos)
+        n = real
         rows.append((name, block / n, review / n, statistics.median(distances), max(distances)))
 
     header = f"{'transform':<22}{'recall@block':>13}{'recall@review':>14}{'median d':>9}"
@@ -149,6 +187,18 @@ def main() -> None:
         f"\nfalse matches over {pairs} (query, unrelated entry) pairs:"
         f" BLOCK {false_block}, REVIEW or BLOCK {false_review}"
     )
+    print(
+        f"pairs with a side under PDQ quality {floor}: {low_pairs}, false REVIEW or BLOCK"
+        f" {low_false_review} (low-quality review distance"
+        f" {CONFIG.pdq.low_quality_review_distance}); closest {closest_low}"
+    )
+    if hard_queries:
+        print(
+            f"hard pictures' own copies ({hard_queries}): recall@block"
+            f" {hard_block / hard_queries:.3f}, recall@review {hard_review / hard_queries:.3f};"
+            f" false matches in pairs with a hard picture: BLOCK {hard_false_block},"
+            f" REVIEW or BLOCK {hard_false_review}"
+        )
     lowest = sorted(unrelated_min)[:10]
     print(f"smallest unrelated distances: {lowest}")
     print(

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from hashsvc.matching import video_evidence as video_match
+from hashsvc.matching.policy import DEFAULT_THRESHOLDS
 from hashsvc.media import video
 from hashsvc.media.limits import VideoLimits
 from hashsvc_testing import video_media as vm
@@ -82,6 +83,11 @@ def robustness(n_known: int, n_unrelated: int, out: Path, verbose: bool = False)
     frame_hits: dict[str, list[bool]] = {}
     vh_hits: dict[str, list[bool]] = {}
     frame_false = vh_false = comparisons = 0
+    # Unrelated pairs the videohash sends to review (<= its review distance):
+    # before, whatever the frames said; now only when the frames could not
+    # be compared (matcher._frames_comparable).
+    vh_review = DEFAULT_THRESHOLDS["videohash"].review_distance
+    vh_review_before = vh_review_after = 0
     closest_unrelated_frames = 256
     vh_same: dict[str, list[int]] = {}
     vh_unrelated: list[int] = []
@@ -106,6 +112,11 @@ def robustness(n_known: int, n_unrelated: int, out: Path, verbose: bool = False)
                 comparisons += 1
                 frame_false += ev.is_match
                 vh_false += vh_close
+                if vh_distance <= vh_review and not ev.is_match:
+                    vh_review_before += 1
+                    query_frames = video_match.countable_frames(query.frame_signals)
+                    known_frames = video_match.countable_frames(entry.frame_signals)
+                    vh_review_after += not (query_frames and known_frames)
                 vh_unrelated.append(vh_distance)
                 everything = vm.brute_force_pairs(query, entry, radius=256)
                 good = [
@@ -125,6 +136,51 @@ def robustness(n_known: int, n_unrelated: int, out: Path, verbose: bool = False)
     print(f"\nfalse matches over {comparisons} unrelated (query, known) pairs: "
           f"frames+runs {frame_false}, videohash {vh_false}")  # fmt: skip
     print(f"closest unrelated frame pair (quality >= 50): {closest_unrelated_frames} bits")
+    print(f"unrelated pairs sent to review by the videohash (<= {vh_review} bits) while the"
+          f" frames disagreed: before {vh_review_before}, now {vh_review_after}"
+          f" (of {comparisons})")  # fmt: skip
+
+
+def videohash_alone(out: Path) -> None:
+    """Short slideshows of two photos each (every picture of
+    hashsvc_testing.video_media, none shared): unrelated pairs that the
+    videohash alone sends to review (<= its review distance) before, and now
+    that it is no hint where the frames were compared and disagree."""
+    vh_review = DEFAULT_THRESHOLDS["videohash"].review_distance
+    count = len(vm.PICTURES) // 2
+    paths = [vm.slideshow(out / f"pair{n}.mp4", [2 * n, 2 * n + 1]) for n in range(count)]
+    queries = [video.hash_video(str(p), for_query=True) for p in paths]
+    knowns = [video.hash_video(str(p)) for p in paths]
+    before = after = frame_false = pairs = 0
+    closest = 64
+    kept = []  # where the hint stays: frames of quality < 50 only
+    for i, query in enumerate(queries):
+        for k, known in enumerate(knowns):
+            if i == k:
+                continue
+            pairs += 1
+            ev = video_match.video_evidence(
+                query.frame_signals,
+                vm.brute_force_pairs(query, known),
+                video_match.countable_frames(known.frame_signals),
+                known.duration,
+            )
+            frame_false += ev.is_match
+            distance = hamming64(query.videohash, known.videohash)
+            closest = min(closest, distance)
+            if distance <= vh_review and not ev.is_match:
+                before += 1
+                query_frames = video_match.countable_frames(query.frame_signals)
+                known_frames = video_match.countable_frames(known.frame_signals)
+                if not (query_frames and known_frames):
+                    after += 1
+                    kept.append(f"pair{i}->pair{k} ({query_frames}/{known_frames} good frames)")
+    print(
+        f"\nvideohash alone: {count} two-photo slideshows, {pairs} unrelated (query, known)"
+        f" pairs; closest videohash {closest} bits; frame matches {frame_false};"
+        f" sent to review by videohash (<= {vh_review} bits) before {before}, now {after}"
+        + (f": {', '.join(kept)}" if kept else "")
+    )
 
 
 def speed(seconds: float, out: Path, repeats: int = 3) -> None:
@@ -311,21 +367,29 @@ def main() -> None:
         action="store_true",
         help="the service's video frames without local features (before issue 18)",
     )
+    parser.add_argument(
+        "--videohash-only", action="store_true", help="only the videohash-alone case (~30 s)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         with_lf = not args.without_local_features
-        if args.short:
-            if not args.service_only:
+        everything = not (args.service_only or args.videohash_only)
+        if args.videohash_only:
+            videohash_alone(out)
+        elif args.short:
+            if everything:
                 robustness(n_known=2, n_unrelated=2, out=out, verbose=args.verbose)
+                videohash_alone(out)
             service_bench(n_generated=1, n_real=1, n_unrelated=2, out=out, local_features=with_lf)
-            if not args.service_only:
+            if everything:
                 speed(10, out, repeats=1)
         else:
-            if not args.service_only:
+            if everything:
                 robustness(n_known=4, n_unrelated=3, out=out, verbose=args.verbose)
+                videohash_alone(out)
             service_bench(n_generated=3, n_real=3, n_unrelated=6, out=out, local_features=with_lf)
-            if not args.service_only:
+            if everything:
                 speed(30, out)
 
 

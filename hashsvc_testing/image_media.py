@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageEnhance
 
 from hashsvc_testing.vectors import VECTORS, require
 
@@ -48,3 +48,26 @@ def noise_image(seed: int, size: int = 320) -> Image.Image:
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (size // 16, size // 16, 3), dtype=np.uint8)
     return Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
+
+
+def striped_image(seed: int, size: int = 320) -> Image.Image:
+    """Soft stripes of one colour at a random angle and period (a pattern, a
+    fabric, a blind): PDQ quality from ~5 to 100 by seed; many fall below the
+    policy's floor of 50."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    angle, period = rng.uniform(0, np.pi), rng.uniform(12, 60)
+    phase = (x * np.cos(angle) + y * np.sin(angle)) / period * 2 * np.pi
+    amplitude, base = rng.uniform(4, 14), rng.uniform(60, 200, 3)
+    pixels = np.sin(phase)[..., None] * amplitude + base + rng.normal(0, 1.0, (size, size, 1))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def faded(img: Image.Image, contrast: float = 0.12) -> Image.Image:
+    """The picture with almost no contrast left (PDQ quality < 50)."""
+    return ImageEnhance.Contrast(img).enhance(contrast)
+
+
+def faded_photo(n: int, contrast: float = 0.12) -> Image.Image:
+    """A real photograph with almost no contrast left (PDQ quality < 50)."""
+    return faded(photo(n), contrast)

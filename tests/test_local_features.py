@@ -249,3 +249,25 @@ def test_a_tile_of_a_collage_is_found_at_its_size():
     # resized to 640 px on the long side, so the tile shows at 531/1080 of the known
     assert found.scale == pytest.approx(531 / 1080, rel=0.05)
     assert abs(found.angle) < 1.0
+
+
+def test_a_decoded_blob_verifies_as_the_features_it_was_made_from():
+    original = features(bridge())
+    found = verify(decode(encode(original)), original)
+    assert DEFAULT_THRESHOLDS.level(found) == "block"
+    assert found.scale == pytest.approx(1.0, abs=0.01)
+    assert abs(found.angle) < 0.5
+    assert found.coverage > 0.9 and found.agreement > 0.9
+
+
+@pytest.mark.parametrize("count", [1, 2, 50])
+def test_degenerate_hostile_features_give_no_verification(count):
+    """Blobs that decode (valid shape) but put every keypoint on one spot with
+    one descriptor: no transform, no crash."""
+    header = struct.pack("<2sBBHHHB", b"LF", 1, 1, 640, 480, count, 32)
+    blob = header + np.full((count, 2), 400, "<u2").tobytes() + bytes([7]) * (32 * count)
+    hostile = decode(blob)
+    real = features(bridge())
+    assert verify(hostile, real) is None
+    assert verify(real, hostile) is None
+    assert verify(hostile, hostile) is None

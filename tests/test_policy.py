@@ -109,9 +109,27 @@ def test_the_quality_floor_is_configured_and_applies_to_pdq_only():
 
 
 def test_low_quality_does_not_raise_what_is_only_a_review_or_no_match():
-    decision, reason = POLICY.decide(_set(), "pdq", 40, 10, 10)
-    assert decision == REVIEW and "block threshold" in reason
     assert POLICY.decide(_set(), "pdq", 90, 10, 10) == (ALLOW, "")
+    decision, reason = POLICY.decide(_set(), "pdq", 40, 60, 60)
+    assert decision == REVIEW and "block threshold" in reason
+
+
+def test_low_quality_reaches_review_only_within_its_own_distance():
+    """Striped and faded pictures under the floor came within 32-56 bits of
+    unrelated ones (bench/robustness.py --hard): the review band is no
+    evidence for them, either side under the floor."""
+    assert POLICY.decide(_set(), "pdq", 40, 10, 10) == (ALLOW, "")
+    assert POLICY.decide(_set(), "pdq", 32, 80, 49) == (ALLOW, "")
+    assert POLICY.decide(_set(), "pdq", 32, None, 49) == (ALLOW, "")
+    assert POLICY.decide(_set(), "pdq", 31, 10, 10)[0] == REVIEW
+    wider = Policy(PdqPolicy(low_quality_review_distance=44))
+    assert wider.decide(_set(), "pdq", 40, 10, 10)[0] == REVIEW
+    # a set's own, narrower review band still applies
+    narrow = _set("narrow", pdq=Thresholds(10, 20))
+    assert POLICY.decide(narrow, "pdq", 25, 10, 10) == (ALLOW, "")
+    assert POLICY.decide(narrow, "pdq", 15, 10, 10)[0] == REVIEW
+    # other signal types have no PDQ quality
+    assert POLICY.decide(_set(), "text_simhash", 40, 10, 10)[0] == REVIEW
 
 
 def test_search_radius_is_the_widest_review_distance_of_any_set_or_the_default():

@@ -238,6 +238,15 @@ def _is_frame(sig: Signal) -> bool:
     return is_frame(sig.variant)
 
 
+def _frames_comparable(query: list[Signal], entry: EntryRecord) -> bool:
+    """Both the uploaded video and the known one have frames that are evidence
+    (PDQ quality >= the frame floor), so the frame signal could decide."""
+    return (
+        video_match.countable_frames(s for s in query if _is_frame(s)) > 0
+        and video_match.countable_frames(s for s in entry.signals if _is_frame(s)) > 0
+    )
+
+
 class Matcher:
     def __init__(
         self,
@@ -620,11 +629,16 @@ class Matcher:
             return self._pictures_evidence(entry, hash_set, pairs, query, query_is_video)
         visual = [p for p in pairs if p[1].kind == PDQ.name]
         found = self._video_match(entry, hash_set, visual, query)
+        if not found and _frames_comparable(query, entry):
+            # The frames were compared and disagree: the whole-video hash put
+            # unrelated videos at 0-4 bits (bench/video.py) where frames were
+            # right every time, so it is no hint here.
+            return found
         return found + self._whole_video_hint(entry, hash_set, pairs)
 
     def _pdf_evidence(self, entry, hash_set, pairs, query, query_is_video) -> list[Match]:
         """A known PDF: pages, embedded pictures and text (pdf_evidence.py)."""
-        return self._pdf_match(entry, hash_set, pairs)
+        return self._pdf_match(entry, hash_set, pairs, query)
 
     def _whole_video_hint(self, entry, hash_set, pairs) -> list[Match]:
         whole_video = [p for p in pairs if p[1].kind == VIDEOHASH.name]
@@ -746,8 +760,8 @@ class Matcher:
             match = replace(match, reason=evidence.reason)
         return [match]
 
-    def _pdf_match(self, entry, hash_set, pairs) -> list[Match]:
-        evidence = pdf_match.match_pdf(pairs)
+    def _pdf_match(self, entry, hash_set, pairs, query) -> list[Match]:
+        evidence = pdf_match.match_pdf(pairs, query, entry.signals)
         best = evidence.best
         if best is None:
             return []

@@ -16,14 +16,26 @@ Evidence, strongest first:
 
 Thresholds are in bits and were chosen with bench/pdf.py: each sits well below
 the closest unrelated pair it saw and above most transformed pairs.
+
+A page image is no evidence where the page's look is explained by its layout
+(bench/pdf.py, "template"): unrelated documents of one page template (a photo
+in the same frame at the top, text below) matched at 26-38 bits. So a
+page_image pair does not count when the two pages have text layers that
+disagree (a copy keeps its text; a scan has none, so is judged by its look),
+nor when the known page's view that matched is shared by another page of the
+known document (the view shows the template, not the page). Not even review:
+what such pages may truly share, a photo or text, is judged by its own
+evidence (embedded_image, page_text).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from hashsvc.base.signals import Signal
+import numpy as np
+
+from hashsvc.base.signals import Signal, hamming
 
 DOCUMENT_TEXT_EXACT = "document_text_exact"
 PAGE_IMAGE = "page_image"
@@ -46,6 +58,9 @@ MIN_PDQ_QUALITY = 50
 # vocalised page or document stays within ~20, half a document within ~60.
 PAGE_SIMHASH_MAX = 64
 DOCUMENT_SIMHASH_MAX = 64
+# Two pages' texts disagree past this: unrelated texts came no closer than 93
+# bits, the pages of one template's documents at 113+ (bench/pdf.py).
+PAGE_TEXT_DISAGREE = PAGE_SIMHASH_MAX
 
 
 @dataclass(frozen=True)
@@ -86,20 +101,30 @@ class PdfEvidence:
 NO_MATCH = PdfEvidence((), (), ())
 
 
-def match_pdf(pairs: Iterable[tuple[Signal, Signal, int]]) -> PdfEvidence:
+def match_pdf(
+    pairs: Iterable[tuple[Signal, Signal, int]],
+    query_signals: Sequence[Signal] = (),
+    known_signals: Sequence[Signal] = (),
+) -> PdfEvidence:
     """The evidence that one known PDF matches the upload.
 
     pairs: (query signal, known signal, Hamming distance) for the known
     entry's signals that the index search found near the upload's signals.
     Pairs that are no evidence (too far, too flat, page text against the
     whole document) are ignored, so the search radius may be wider than any
-    threshold here."""
+    threshold here. query_signals and known_signals (all of each side's
+    signals) let page images that show only a template be told apart."""
     page_evidence: dict[int, PageMatch] = {}
     document: dict[str, PageMatch] = {}
+    layout: _Layout | None = None
     for query, known, distance in pairs:
         signal = classify(query, known, distance)
         if signal is None:
             continue
+        if signal == PAGE_IMAGE:
+            layout = layout or _Layout(query_signals, known_signals)
+            if layout.explains(query, known):
+                continue
         if signal in (DOCUMENT_TEXT_EXACT, DOCUMENT_TEXT_NEAR):
             found = PageMatch(None, None, signal, distance)
             if signal not in document or _rank(found) < _rank(document[signal]):
@@ -147,6 +172,55 @@ def classify(query: Signal, known: Signal, distance: int) -> str | None:
             # A page, or a full-page picture (a scan) of the upload.
             return PAGE_IMAGE if distance <= PAGE_PDQ_MAX else None
     return None
+
+
+class _Layout:
+    """What a page image match may owe to the page template (module doc).
+    Built on the first page image pair, once per known document and upload."""
+
+    def __init__(self, query_signals: Sequence[Signal], known_signals: Sequence[Signal]):
+        self.query_text = _page_texts(query_signals)
+        self.known_text = _page_texts(known_signals)
+        # the known document's page views by view name: pages, and values as rows
+        by_view: dict[str, list[Signal]] = {}
+        for s in known_signals:
+            if s.kind == "pdq" and s.variant.startswith("page:") and s.position is not None:
+                by_view.setdefault(s.variant, []).append(s)
+        self.known_views = {
+            view: (
+                np.array([_page(s) for s in views]),
+                np.frombuffer(b"".join(s.value for s in views), np.uint8).reshape(len(views), -1),
+            )
+            for view, views in by_view.items()
+        }
+        self._shared: dict[tuple[str, int | None], bool] = {}
+
+    def explains(self, query: Signal, known: Signal) -> bool:
+        query_text = self.query_text.get(_page(query))
+        known_text = self.known_text.get(_page(known))
+        if query_text and known_text and hamming(query_text, known_text) > PAGE_TEXT_DISAGREE:
+            return True
+        return self._shared_by_another_page(known)
+
+    def _shared_by_another_page(self, known: Signal) -> bool:
+        key = (known.variant, _page(known))
+        if key not in self._shared:
+            shared = False
+            if key[1] is not None and known.variant in self.known_views:
+                pages, values = self.known_views[known.variant]
+                value = np.frombuffer(known.value, np.uint8)
+                distances = np.unpackbits(values ^ value, axis=1).sum(axis=1)
+                shared = bool(np.any((pages != key[1]) & (distances <= PAGE_PDQ_MAX)))
+            self._shared[key] = shared
+        return self._shared[key]
+
+
+def _page_texts(signals: Sequence[Signal]) -> dict[int | None, bytes]:
+    return {
+        _page(s): s.value
+        for s in signals
+        if s.kind == "text_simhash" and s.variant == "page" and s.position is not None
+    }
 
 
 def _page(signal: Signal) -> int | None:

@@ -170,6 +170,8 @@ def countable_frames(
     as_decoded: dict[int, int] = {}
     without_bars: dict[int, int] = {}
     for s in frame_signals:
+        if s.kind != "pdq":
+            continue  # a sampled frame's local features share its variant
         view = s.variant.split(":", 2)[2] if s.variant.count(":") >= 2 else ""
         if view == "":
             as_decoded[frame_of(s)] = s.quality or 0

@@ -91,7 +91,7 @@ def _hash_media(
             rgb = image.decode_rgb(
                 data, limits.image, at_least=image.QUERY_DECODE_SIDE if for_query else 0
             )
-            views = image.query_views(rgb, part) if for_query else image.known_views(rgb)
+            views = image.upload_views(rgb, part) if for_query else image.known_views(rgb)
             # one half of a split query carries them (the regions' half)
             local = image.local_feature_signals(rgb) if part in (None, 1) else []
             return Hashed(media_kinds.IMAGE, [*exact, *views, *local])

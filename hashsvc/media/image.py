@@ -12,7 +12,9 @@ through `pdqhash`) with quality, on several views of the picture.
 * Uploads (hash_query) are hashed as the 8 dihedral transforms (mirror and
   90-degree rotations cost PDQ almost nothing extra), the same corner-free crops,
   and the rectangles framed by long straight edges (caption bars, a photo inside
-  a screenshot, letterboxing of any colour).
+  a screenshot, letterboxing of any colour), and, when those squashed it, the
+  picture "unsquashed" at its own aspect, as python-threatexchange and HMA hash
+  it, so partners' hashes find their exact re-uploads (bench/partner_pdq.py).
 
 Both also get one `local_features` signal (hashsvc/media/local_features.py:
 keypoints and descriptors, variant "original") when the picture has enough
@@ -59,8 +61,15 @@ MIN_TRIM = 0.02  # trimming less than this is noise, not a border
 # Views of the whole picture are always kept (the policy caps low-quality
 # matches at REVIEW); a derived view (crop, region, band) this flat is no
 # evidence at all: a patch of sky or of app background matches any other.
-WHOLE_PICTURE_VIEWS = {*DIHEDRAL, "untrimmed", "trimmed", "small"}
+WHOLE_PICTURE_VIEWS = {*DIHEDRAL, "untrimmed", "trimmed", "small", "unsquashed"}
 MIN_DERIVED_QUALITY = 50
+# Partners' picture hashes (python-threatexchange, HMA) are PDQ at full
+# resolution, aspect kept; the views above squash by nearest neighbour, which
+# moved such a hash up to 108 bits on textured 256 px pictures (bench/
+# partner_pdq.py). An upload's picture is also hashed as decoded, box-reduced
+# while its short side stays >= this: within 14 bits of the full-resolution
+# hash on every vector picture, at ~1 ms (a 1600 px PNG: ~5 ms).
+UNSQUASHED_MIN_SIDE = 256
 
 # Our own pixel limit (ImageLimits) is checked from the header before any pixel
 # is decoded; Pillow's global one would override the configured value.
@@ -300,7 +309,26 @@ def hash_query(data: bytes, limits: ImageLimits, part: int | None = None) -> lis
     rgb = decode_rgb(data, limits, at_least=QUERY_DECODE_SIDE)
     exact = _exact(data) if part in (None, 0) else []
     local = local_feature_signals(rgb) if part in (None, 1) else []
-    return [*exact, *query_views(rgb, part), *local]
+    return [*exact, *upload_views(rgb, part), *local]
+
+
+def upload_views(rgb: np.ndarray, part: int | None = None) -> list[Signal]:
+    """The PDQ views of an uploaded picture: query_views and, when those
+    squashed it, the picture hashed as partners hash it (unsquashed_view)."""
+    signals = query_views(rgb, part)
+    if part in (None, 0) and max(rgb.shape[:2]) > VIEW_SIDE:
+        signals.append(unsquashed_view(rgb))
+    return signals
+
+
+def unsquashed_view(rgb: np.ndarray) -> Signal:
+    """PDQ of the whole picture at its own aspect, as python-threatexchange and
+    HMA hash it at full resolution; large pictures are box-reduced first (PDQ's
+    own filter averages boxes too, so little changes but the cost)."""
+    factor = min(rgb.shape[:2]) // UNSQUASHED_MIN_SIDE
+    if factor > 1:
+        rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).reduce(factor))
+    return _pdq_signal(rgb, "unsquashed")
 
 
 def query_views(rgb: np.ndarray, part: int | None = None) -> list[Signal]:

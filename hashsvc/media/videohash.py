@@ -26,10 +26,13 @@ within 9; an 8 s excerpt or a 12 s segment in a compilation is 20-29 bits away,
 as far as unrelated videos (min 10, 10th percentile 14, median 23). So it finds
 whole copies only, and the package's own "similar" (<= 10 bits) already let one
 unrelated pair in of 120. Use it to exchange hashes with systems that use it,
-and as a hint (review, <= 4 bits) beside the frame signal, never to block alone
-nor to find excerpts. It costs little: it reuses the decode pass (one 144x144
-shrink per sampled second) and is ~60 kB of memory per sampled frame until the
-end (VideoLimits.max_videohash_frames).
+and as a hint (review, <= 4 bits) where the frame signal cannot decide (a known
+entry without frames, or frames too flat on either side), never to block alone
+nor to find excerpts: where frames were compared and disagree it is ignored
+(matcher; bench/video.py --videohash-only: two-photo slideshows reached 0
+bits). It costs little: it reuses the decode pass (one 144x144 shrink per
+sampled second) and is ~60 kB of memory per sampled frame until the end
+(VideoLimits.max_videohash_frames).
 """
 
 from __future__ import annotations
