@@ -60,6 +60,7 @@ def media(tmp_path_factory):
     photo_dir = d / "photos"
     photo_dir.mkdir()
     tilted(picture, 5).save(photo_dir / "shown.jpg", quality=90)
+    picture.save(photo_dir / "picture.jpg", quality=90)
     video_media.photo(16).save(photo_dir / "unrelated.jpg", quality=90)
     in_pdf = pdf_media.typeset(
         pdf_media.publication(7, "ar", photos=("shown.jpg",), photo_dir=photo_dir)
@@ -80,6 +81,10 @@ def media(tmp_path_factory):
         "picture_in_video": in_video.read_bytes(),
         "picture_in_pdf": in_pdf,
         "frame_crop": encode_image(frame_crop, "JPEG", quality=85),
+        # a known document with the picture in it (other text than the upload's)
+        "document": pdf_media.typeset(
+            pdf_media.publication(9, "ar", photos=("picture.jpg",), photo_dir=photo_dir)
+        ),
         "unrelated_pdf": pdf_media.typeset(
             pdf_media.publication(8, "ar", photos=("unrelated.jpg",), photo_dir=photo_dir)
         ),
@@ -91,7 +96,7 @@ def service(media, module_store_url, make_module_harness):
     h = make_module_harness(module_store_url, max_upload_bytes=64 << 20)
     stubs, md = h.stubs("operator")
     stubs.curation.CreateSet(pb.CreateSetRequest(name="lf", thresholds=PDQ_EXACT_ONLY), metadata=md)
-    for name in ("video", "picture"):
+    for name in ("video", "picture", "document"):
         stubs.curation.AddEntry(
             pb.AddEntryRequest(set="lf", name=name, media=pb.Media(content=media[name])),
             metadata=md,
@@ -162,6 +167,15 @@ def test_known_picture_inside_an_uploaded_pdf_is_found_on_its_page(service, medi
     found = _found(resp, "picture")
     assert found.signal_type == "local_features" and found.decision != pb.ALLOW
     assert found.unit == "pages" and found.segments[0].query_start >= 1
+
+
+def test_a_known_documents_picture_in_another_document_never_blocks_alone(service, media):
+    """The known document's picture is in the upload (tilted), its text is
+    not: a picture shared whole may be a logo or a template photo."""
+    resp = _match(service, media["picture_in_pdf"])
+    found = _found(resp, "document")
+    assert found.signal_type == "local_features" and found.decision == pb.REVIEW
+    assert found.unit == "pages" and found.segments[0].known_start >= 1
 
 
 def test_cropped_frame_of_a_known_video_names_the_known_time(service, media):
