@@ -8,7 +8,7 @@ from functools import cache
 
 import numpy as np
 
-from hashsvc.index.local_features import Vocabulary
+from hashsvc.index.vocabulary import Vocabulary
 
 
 def word_centroids(vocabulary: Vocabulary) -> np.ndarray:

@@ -8,8 +8,10 @@ their videos, scikit-image's bundled sample pictures), each also at smaller scal
 follow the statistics of real keypoints rather than of noise. Clustering is k-majority (k-means in
 Hamming space: a centroid is the bitwise majority of its members), two levels: COARSE_WORDS coarse
 centroids, then FINE_WORDS centroids inside each, so a descriptor's word is found with
-COARSE_WORDS + FINE_WORDS comparisons instead of one per word. Everything is seeded: the same inputs
-give the same file, byte for byte. The output is generated: retrain, never edit it.
+COARSE_WORDS + FINE_WORDS comparisons instead of one per word. Everything is seeded and FAISS
+runs on one thread, so a rerun on the same inputs should give the same file (not yet checked
+byte for byte). The output is generated: retrain, never edit it. It also records how often each
+word occurs among the training descriptors (benches draw synthetic pictures from that).
 
 Descriptors are the service's own (hashsvc.media.local_features.extract with its default limits:
 the picture shrunk to its max side, keypoints balanced over a grid); `--detector orb|akaze|brisk`
@@ -28,7 +30,7 @@ import faiss
 import numpy as np
 from PIL import Image
 
-from hashsvc.index.local_features import Vocabulary
+from hashsvc.index.vocabulary import Vocabulary
 from hashsvc.media.local_features import DEFAULT_LIMITS, extract
 
 COARSE_WORDS = 1024

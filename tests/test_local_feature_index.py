@@ -9,14 +9,12 @@ import faiss
 import numpy as np
 import pytest
 
-from hashsvc.index import local_features
+from hashsvc.index import word_postings
 from hashsvc.index.binary import signal_id
-from hashsvc.index.local_features import (
-    SNAPSHOT_MAGIC,
-    TAIL_POSTINGS,
+from hashsvc.index.local_features import SNAPSHOT_MAGIC, TAIL_POSTINGS, FeatureIndex
+from hashsvc.index.vocabulary import (
     VOCABULARY_FORMAT,
     VOCABULARY_PATH,
-    FeatureIndex,
     Vocabulary,
     default_vocabulary,
 )
@@ -134,12 +132,12 @@ def test_remove_entry_removes_all_its_pictures(known):
     assert top_ids(index, known[2], 5) == [signal_id(8, 0)]
 
 
-@pytest.mark.parametrize("merge_block", [local_features.MERGE_BLOCK, 997])
+@pytest.mark.parametrize("merge_block", [word_postings.MERGE_BLOCK, 997])
 def test_many_adds_one_by_one_merge_segments_and_stay_searchable(
     known, vocabulary, monkeypatch, merge_block
 ):
     # merge_block 997: merges and filters go block by block, as at millions of pictures.
-    monkeypatch.setattr(local_features, "MERGE_BLOCK", merge_block)
+    monkeypatch.setattr(word_postings, "MERGE_BLOCK", merge_block)
     # Enough postings for several tail flushes and segment merges, with removals between.
     index = FeatureIndex()
     pictures = synth.pictures(vocabulary, np.random.default_rng(9), 3 * TAIL_POSTINGS // 200 + 50)
@@ -156,9 +154,9 @@ def test_many_adds_one_by_one_merge_segments_and_stay_searchable(
         assert sid(n) not in top_ids(index, pictures[n], len(pictures))
 
 
-@pytest.mark.parametrize("merge_block", [local_features.MERGE_BLOCK, 997])
+@pytest.mark.parametrize("merge_block", [word_postings.MERGE_BLOCK, 997])
 def test_compaction_after_many_removals_keeps_the_rest(known, vocabulary, monkeypatch, merge_block):
-    monkeypatch.setattr(local_features, "MERGE_BLOCK", merge_block)
+    monkeypatch.setattr(word_postings, "MERGE_BLOCK", merge_block)
     index = filled(known)
     index.remove([sid(n) for n in range(0, N_KNOWN, 2)] + [sid(n) for n in range(1, 200, 2)])
     assert len(index) == 100
@@ -280,3 +278,15 @@ def test_corrupt_snapshot_is_refused_clearly(known, tmp_path, damage):
     assert data[: len(SNAPSHOT_MAGIC)] == SNAPSHOT_MAGIC or damage in ("empty", "magic")
     with pytest.raises(ValueError, match="snapshot"):
         FeatureIndex.load(path, vocabulary)
+
+
+def test_a_query_reads_its_rarest_words_within_its_posting_budget(known, vocabulary):
+    # A query's ~300 words hold ~700 postings here; a budget of 100 leaves most of them
+    # unread, but the rarest ones, read first, still point at the picture.
+    index = FeatureIndex(max_postings_per_query=100)
+    index.add([sid(n) for n in range(N_KNOWN)], list(known))
+    rng = np.random.default_rng(21)
+    for n in (4, 44, 144):
+        assert top_ids(index, synth.altered_copy(known[n], vocabulary, rng))[0] == sid(n)
+    with pytest.raises(ValueError, match="max_postings_per_query"):
+        FeatureIndex(max_postings_per_query=0)

@@ -12,7 +12,8 @@ descriptor's word costs COARSE + FINE Hamming comparisons (FAISS for the coarse 
 the fine one). Only the `words_per_picture` strongest descriptors of a known picture are filed:
 the weak ones add memory and noise more than votes.
 
-Storage: postings word -> picture slot (uint32) in a few immutable CSR segments and a small
+Storage: postings word -> picture slot (uint32) in a few immutable CSR segments (WordPostings,
+hashsvc/index/word_postings.py; words from hashsvc/index/vocabulary.py) and a small
 appendable tail; slots map to the int64 signal ids (hashsvc.index.binary.signal_id). Adds go to the
 tail (searchable at once); a full tail becomes a segment, and segments merge like a binary counter
 (a linear merge of two word-sorted segments, no sort), so a one-by-one add costs O(log n) amortized.
@@ -27,22 +28,18 @@ from the store).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 
-import faiss
 import numpy as np
 
 from hashsvc.index.binary import signal_id
+from hashsvc.index.vocabulary import Vocabulary, default_vocabulary
+from hashsvc.index.word_postings import WordPostings
 
-VOCABULARY_PATH = Path(__file__).with_name("local_features_vocabulary.npz")
-VOCABULARY_FORMAT = 1
 SNAPSHOT_MAGIC = b"HSVC-LF-INDEX-v1\n"
 
 # The strongest descriptors of a known picture that are filed (the rest are kept for geometric
@@ -54,191 +51,21 @@ DEFAULT_MAX_WORD_SHARE = 0.05
 # ...but a word in fewer postings than this is never skipped: in a small index every word
 # of a picture known twice (one poster in two sets) passed the share, and neither was found.
 MIN_SKIPPED_WORD_POSTINGS = 1000
+# Postings a query reads at most: its words with the shortest lists (the rarest, most telling
+# ones) are read first, and the commonest are left out once this many postings are gathered.
+# Bounds a query's cost whatever the index's size: at 1M pictures a query's ~450 words hold
+# ~2.5M postings, most of them in common words that weigh little.
+DEFAULT_MAX_POSTINGS_PER_QUERY = 1_000_000
 # Postings appended before the tail becomes a segment: small, because a search scans the tail
 # whole.
 TAIL_POSTINGS = 1 << 16
-# Postings a merge handles at once (bounds its temporaries to ~32 bytes each).
-MERGE_BLOCK = 1 << 22
-# Descriptors assigned to words at once (bounds the temporary (n, FINE, bytes) array).
-ASSIGN_CHUNK = 8192
-
-
-@dataclass(frozen=True, eq=False)  # arrays: compared (and hashed) by identity
-class Vocabulary:
-    """Visual words: coarse (C, D) and fine (C, F, D) uint8 centroids of D-byte descriptors;
-    word c * F + f is fine[c, f]. `word_counts`: each word's occurrences among the training
-    descriptors (how common it is in real pictures)."""
-
-    coarse: np.ndarray
-    fine: np.ndarray
-    detector: str
-    source: str
-    word_counts: np.ndarray
-
-    def __post_init__(self) -> None:
-        c, d = self.coarse.shape
-        if self.coarse.dtype != np.uint8 or self.fine.dtype != np.uint8:
-            raise ValueError("vocabulary centroids must be uint8")
-        if self.fine.ndim != 3 or self.fine.shape[0] != c or self.fine.shape[2] != d:
-            raise ValueError(f"fine centroids {self.fine.shape} do not fit coarse {(c, d)}")
-        if self.word_counts.shape != (self.n_words,):
-            raise ValueError(
-                f"word counts {self.word_counts.shape} do not fit {self.n_words} words"
-            )
-        flat = faiss.IndexBinaryFlat(d * 8)
-        flat.add(np.ascontiguousarray(self.coarse))
-        object.__setattr__(self, "_coarse_index", flat)
-
-    @property
-    def descriptor_bytes(self) -> int:
-        return self.coarse.shape[1]
-
-    @property
-    def n_words(self) -> int:
-        return self.fine.shape[0] * self.fine.shape[1]
-
-    @property
-    def fingerprint(self) -> str:
-        digest = hashlib.sha256(self.coarse.tobytes())
-        digest.update(self.fine.tobytes())
-        return digest.hexdigest()[:32]
-
-    def assign(self, descriptors: np.ndarray) -> np.ndarray:
-        """The word (int64) of each descriptor row."""
-        words = np.empty(len(descriptors), dtype=np.int64)
-        n_fine = self.fine.shape[1]
-        # Compared 8 bytes at a time where the length allows: 3x faster than byte by byte.
-        lanes = np.uint64 if self.descriptor_bytes % 8 == 0 else np.uint8
-        fine = self.fine.view(lanes)
-        for start in range(0, len(descriptors), ASSIGN_CHUNK):
-            chunk = np.ascontiguousarray(descriptors[start : start + ASSIGN_CHUNK])
-            _, coarse = self._coarse_index.search(chunk, 1)
-            coarse = coarse[:, 0]
-            distances = np.bitwise_count(fine[coarse] ^ chunk.view(lanes)[:, None, :]).sum(
-                axis=2, dtype=np.uint16
-            )
-            words[start : start + len(chunk)] = coarse * n_fine + distances.argmin(axis=1)
-        return words
-
-    def save(self, path: str | os.PathLike) -> None:
-        with open(path, "wb") as out:
-            np.savez(
-                out,
-                format=np.int64(VOCABULARY_FORMAT),
-                coarse=self.coarse,
-                fine=self.fine,
-                detector=np.str_(self.detector),
-                source=np.str_(self.source),
-                word_counts=self.word_counts.astype(np.int64),
-            )
-
-    @classmethod
-    def load(cls, path: str | os.PathLike = VOCABULARY_PATH) -> Vocabulary:
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                if int(data["format"]) != VOCABULARY_FORMAT:
-                    raise ValueError(f"vocabulary {path} is format {int(data['format'])}")
-                return cls(
-                    data["coarse"],
-                    data["fine"],
-                    str(data["detector"]),
-                    str(data["source"]),
-                    data["word_counts"],
-                )
-        except (KeyError, OSError, EOFError) as exc:
-            raise ValueError(f"{path} is not a local-feature vocabulary: {exc}") from exc
-
-
-@cache
-def default_vocabulary() -> Vocabulary:
-    return Vocabulary.load(VOCABULARY_PATH)
-
-
-class _Segment:
-    """Immutable postings sorted by word: slots[starts[w]:starts[w + 1]] hold word w."""
-
-    __slots__ = ("starts", "slots")
-
-    def __init__(self, starts: np.ndarray, slots: np.ndarray) -> None:
-        self.starts = starts  # int64 (n_words + 1,)
-        self.slots = slots  # uint32
-
-    @classmethod
-    def from_pairs(cls, words: np.ndarray, slots: np.ndarray, n_words: int) -> _Segment:
-        order = np.argsort(words, kind="stable")
-        counts = np.bincount(words, minlength=n_words)
-        starts = np.zeros(n_words + 1, dtype=np.int64)
-        np.cumsum(counts, out=starts[1:])
-        return cls(starts, slots[order].astype(np.uint32, copy=False))
-
-    def __len__(self) -> int:
-        return len(self.slots)
-
-    @property
-    def nbytes(self) -> int:
-        return self.starts.nbytes + self.slots.nbytes
-
-    def word_blocks(self) -> list[tuple[int, int, np.ndarray]]:
-        """(first word, end word, each posting's word) over runs of whole words of about
-        MERGE_BLOCK postings: merges and filters work block by block, so their temporaries
-        stay small beside the postings themselves."""
-        n_words = len(self.starts) - 1
-        cuts = np.searchsorted(self.starts, np.arange(0, len(self) + 1, MERGE_BLOCK), "right") - 1
-        bounds = np.unique(np.concatenate([[0], np.clip(cuts, 0, n_words), [n_words]]))
-        blocks = []
-        for first, end in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-            lengths = np.diff(self.starts[first : end + 1])
-            blocks.append((first, end, np.repeat(np.arange(first, end, dtype=np.int64), lengths)))
-        return blocks
-
-    def gather(self, words: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The slots filed under `words` (unique), each with its word's weight."""
-        starts = self.starts[words]
-        lengths = self.starts[words + 1] - starts
-        total = int(lengths.sum())
-        if not total:
-            return np.zeros(0, np.uint32), np.zeros(0, np.float32)
-        ends = np.cumsum(lengths)
-        positions = np.arange(total, dtype=np.int64) + np.repeat(starts - ends + lengths, lengths)
-        return self.slots[positions], np.repeat(weights, lengths)
-
-    def merged(self, other: _Segment, keep: np.ndarray | None = None) -> _Segment:
-        """Both segments' postings in one (a linear merge: both are sorted by word), without the
-        slots for which `keep` (indexed by slot) is False."""
-        starts = self.starts + other.starts
-        slots = np.empty(len(self) + len(other), dtype=np.uint32)
-        # Within a word, this segment's postings come first, then the other's.
-        for source, offsets in ((self, other.starts[:-1]), (other, self.starts[1:])):
-            for first, _, words in source.word_blocks():
-                begin = int(source.starts[first])
-                where = np.arange(begin, begin + len(words), dtype=np.int64) + offsets[words]
-                slots[where] = source.slots[begin : begin + len(words)]
-        merged = _Segment(starts, slots)
-        return merged if keep is None else merged.filtered(keep)
-
-    def filtered(self, keep: np.ndarray, renumber: np.ndarray | None = None) -> _Segment:
-        """Without the slots for which `keep` is False; slots renamed through `renumber`."""
-        mask = keep[self.slots]
-        if renumber is None and mask.all():
-            return self
-        counts = np.zeros(len(self.starts) - 1, dtype=np.int64)
-        for first, end, words in self.word_blocks():
-            begin = int(self.starts[first])
-            kept = words[mask[begin : begin + len(words)]]
-            counts[first:end] = np.bincount(kept - first, minlength=end - first)
-        starts = np.zeros(len(self.starts), dtype=np.int64)
-        np.cumsum(counts, out=starts[1:])
-        slots = self.slots[mask]
-        if renumber is not None:
-            slots = renumber[slots]
-        return _Segment(starts, slots)
 
 
 @dataclass(frozen=True)
 class _View:
     """What a search reads; published whole by the writer."""
 
-    segments: tuple[_Segment, ...]
+    segments: tuple[WordPostings, ...]
     tail_words: np.ndarray  # uint32, first tail_len valid
     tail_slots: np.ndarray
     tail_len: int
@@ -275,6 +102,7 @@ class FeatureIndex:
         vocabulary: Vocabulary | None = None,
         words_per_picture: int = DEFAULT_WORDS_PER_PICTURE,
         max_word_share: float = DEFAULT_MAX_WORD_SHARE,
+        max_postings_per_query: int = DEFAULT_MAX_POSTINGS_PER_QUERY,
     ) -> None:
         if words_per_picture < 1:
             raise ValueError("words_per_picture must be at least 1")
@@ -283,6 +111,9 @@ class FeatureIndex:
         self.vocabulary = vocabulary or default_vocabulary()
         self.words_per_picture = words_per_picture
         self.max_word_share = max_word_share
+        if max_postings_per_query < 1:
+            raise ValueError("max_postings_per_query must be at least 1")
+        self.max_postings_per_query = max_postings_per_query
         self._writer = threading.Lock()
         self._slot_of: dict[int, int] = {}
         self._view = _View(
@@ -435,7 +266,7 @@ class FeatureIndex:
             pending_slots = np.concatenate([tail_slots[:tail_len], slots.astype(np.uint32)])
             segments = self._pushed(
                 segments,
-                _Segment.from_pairs(pending_words.astype(np.int64), pending_slots, n_words),
+                WordPostings.from_pairs(pending_words.astype(np.int64), pending_slots, n_words),
                 view.alive,
             )
             tail_words = np.zeros(TAIL_POSTINGS, np.uint32)
@@ -454,8 +285,8 @@ class FeatureIndex:
 
     @staticmethod
     def _pushed(
-        segments: tuple[_Segment, ...], segment: _Segment, alive: np.ndarray
-    ) -> tuple[_Segment, ...]:
+        segments: tuple[WordPostings, ...], segment: WordPostings, alive: np.ndarray
+    ) -> tuple[WordPostings, ...]:
         # Binary-counter merging: a segment merges into the one before it while that one is not
         # more than twice its size, so there are O(log n) segments and each posting is copied
         # O(log n) times. New postings' slots are alive only after publication: keep them all.
@@ -480,10 +311,11 @@ class FeatureIndex:
     def _compacted(self, view: _View) -> _View:
         n = view.n_slots
         keep = view.alive[:n]
-        renumber = (np.cumsum(keep, dtype=np.int64) - 1).astype(np.uint32)  # kept slots only
         live_slots = np.flatnonzero(keep)
         segment = self._single_segment(view)
-        segment = segment.filtered(keep, renumber)
+        if len(live_slots) < n:  # else every slot keeps its number
+            renumber = (np.cumsum(keep, dtype=np.int64) - 1).astype(np.uint32)  # kept slots only
+            segment = segment.filtered(keep, renumber)
         capacity = max(1024, len(live_slots))
         signal_ids = np.zeros(capacity, np.int64)
         signal_ids[: len(live_slots)] = view.signal_ids[live_slots]
@@ -505,9 +337,11 @@ class FeatureIndex:
             norms,
         )
 
-    def _single_segment(self, view: _View) -> _Segment:
+    def _single_segment(self, view: _View) -> WordPostings:
+        if len(view.segments) == 1 and not view.tail_len:
+            return view.segments[0]
         n_words = self.vocabulary.n_words
-        segment = _Segment.from_pairs(
+        segment = WordPostings.from_pairs(
             view.tail_words[: view.tail_len].astype(np.int64),
             view.tail_slots[: view.tail_len],
             n_words,
@@ -554,6 +388,13 @@ class FeatureIndex:
         words, freq = words[useful], freq[useful]
         if not len(words):
             return []
+        if int(freq.sum()) > self.max_postings_per_query:
+            rarest_first = np.argsort(freq, kind="stable")
+            within = np.cumsum(freq[rarest_first]) <= self.max_postings_per_query
+            chosen = np.sort(rarest_first[within])
+            words, freq = words[chosen], freq[chosen]
+            if not len(words):
+                return []
         # removed pictures' postings are still counted: a word cannot be in more pictures
         # than are alive (else a picture known twice, one removed, weighed nothing: idf 0)
         idf = np.log((n_alive + 1) / np.minimum(freq, n_alive)).astype(np.float32)
@@ -593,7 +434,9 @@ class FeatureIndex:
         segment = (
             compact.segments[0]
             if compact.segments
-            else _Segment(np.zeros(self.vocabulary.n_words + 1, np.int64), np.zeros(0, np.uint32))
+            else WordPostings(
+                np.zeros(self.vocabulary.n_words + 1, np.int64), np.zeros(0, np.uint32)
+            )
         )
         settings = f"{self.vocabulary.fingerprint} {self.words_per_picture} {self.max_word_share!r}"
         header = np.frombuffer(settings.encode(), dtype=np.uint8)
@@ -611,9 +454,15 @@ class FeatureIndex:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, vocabulary: Vocabulary | None = None) -> FeatureIndex:
+    def load(
+        cls,
+        path: str | os.PathLike,
+        vocabulary: Vocabulary | None = None,
+        max_postings_per_query: int = DEFAULT_MAX_POSTINGS_PER_QUERY,
+    ) -> FeatureIndex:
         """Read a snapshot written by save(); ValueError if it is not one, is damaged, or was
-        made with another vocabulary."""
+        made with another vocabulary. What was filed (words per picture, word share) comes from
+        the snapshot; how queries read it is given here."""
         vocabulary = vocabulary or default_vocabulary()
         try:
             with open(path, "rb") as src:
@@ -627,7 +476,9 @@ class FeatureIndex:
         header, signal_ids, norms, starts, slots = arrays
         try:
             fingerprint, words_per_picture, max_word_share = bytes(header).decode().split(" ")
-            index = cls(vocabulary, int(words_per_picture), float(max_word_share))
+            index = cls(
+                vocabulary, int(words_per_picture), float(max_word_share), max_postings_per_query
+            )
         except (UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"snapshot {path} has a damaged header") from exc
         if fingerprint != vocabulary.fingerprint:
@@ -649,7 +500,7 @@ class FeatureIndex:
             or len(np.unique(signal_ids)) != n
         ):
             raise ValueError(f"snapshot {path} is damaged (arrays do not fit together)")
-        segment = _Segment(starts, slots)
+        segment = WordPostings(starts, slots)
         capacity = max(1024, n)
         grown = []
         for array in (signal_ids, norms):
