@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hashsvc.base.media_kinds import frame_variant
+from hashsvc.base.signals import Signal
+from hashsvc.matching.video_evidence import LocalFramePair, local_frame_evidence
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc_testing import pdf_media, video_media
 from hashsvc_testing.image_media import encode as encode_image
@@ -190,3 +193,35 @@ def test_unrelated_picture_and_document_are_allowed(service, media):
     img = video_media.photo(20)
     assert _match(service, encode_image(img, "JPEG")).decision == pb.ALLOW
     assert _match(service, media["unrelated_pdf"]).decision == pb.ALLOW
+
+
+# -- the frame rule alone (hashsvc/matching/video_evidence.local_frame_evidence)
+
+
+def _frame(n: int, seconds: float) -> Signal:
+    return Signal("local_features", b"", None, frame_variant(n), seconds)
+
+
+def _pairs(query_times, offset: float, blocks: bool = True) -> list[LocalFramePair]:
+    return [
+        LocalFramePair(
+            _frame(round(t * 25), t), _frame(round((t + offset) * 25), t + offset), blocks
+        )
+        for t in query_times
+    ]
+
+
+def test_frame_rule_runs_shares_and_levels():
+    query = [_frame(round(t * 25), t) for t in range(0, 20, 2)]
+    known = [float(t) for t in range(20)]
+    # every other query frame verified, one sample missed at 8 s: one run
+    pairs = _pairs([0, 2, 4, 6, 10, 12, 14, 16, 18], 0.0)
+    evidence = local_frame_evidence(query, pairs, known)
+    assert evidence.decision == "block"
+    assert [(r.query_start, r.query_end) for r in evidence.runs] == [(0, 18)]
+    assert evidence.query_share == 0.9 and evidence.known_share == 9 / 20
+    # one frame is a picture match, not a video match; review-level frames review
+    assert local_frame_evidence(query, _pairs([4], 0.0), known).decision is None
+    assert local_frame_evidence(query, _pairs([4, 6], 0.0, False), known).decision == "review"
+    # an upload with one sampled frame: that frame is enough
+    assert local_frame_evidence(query[:1], _pairs([0], 3.0), known).decision == "block"
