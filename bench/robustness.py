@@ -1,222 +1,447 @@
-"""Recall per re-upload transform, and false matches, on real photographs.
+"""Recall per re-upload transform, and false matches over thousands of unrelated
+real pictures, as the service decides them.
 
-    .venv/bin/python bench/robustness.py           # every photo
-    .venv/bin/python bench/robustness.py --short   # 12 photos (CI)
-    .venv/bin/python bench/robustness.py --hard    # + striped and faded pictures
+    .venv/bin/python bench/robustness.py                  # full corpus (built on first use)
+    .venv/bin/python bench/robustness.py --short          # ~300 pictures, CI
+    .venv/bin/python bench/robustness.py --json out.json  # and a machine-readable summary
+    .venv/bin/python bench/robustness.py --hard           # + striped and faded known pictures
+    .venv/bin/python bench/robustness.py --review 52 --low-quality-review 40   # other thresholds
 
---hard adds 30 striped pictures and 10 faded textures (hashsvc_testing.image_media),
-many under the PDQ quality floor, as entries and queries of their own: the
-recall table stays over real photos; a line reports the hard pictures'
-recall and the false matches among pairs with a side under the floor.
---low-quality-review N tries another PdqPolicy.low_quality_review_distance
-(56, the review distance, is the rule before it existed).
+Everything goes through the service's own core (hashsvc.core.Core over a
+temporary SQLite store, default config, hashing in process): the known pictures
+are added as entries of one set (Curation.add_entry, as AddEntry does) and every
+query is Core.match on the bytes (as Match does), so whatever signals the
+service has (PDQ today, local features when they land) decide, with the
+service's thresholds, quality floor and evidence rules.
 
-Every photo is a known entry (hash_known, as AddEntry stores it). Every
-transformed copy is a query (hash_query, as Match hashes it) compared against
-every entry with the service's own policy (default PDQ thresholds, quality
-floor). The index is exact, so this is what the service answers. A query that
-reaches an entry made from a *different* photo is a false match.
+Known pictures: the real photos of bench/photos.py and a few hundred photos of
+the corpus (bench/corpus.py), held out of the unrelated pool. Queries:
+- every transformed copy of every known picture (bench/transforms.py): its own
+  entry at REVIEW or BLOCK is a hit; any OTHER entry at REVIEW or BLOCK is a
+  false match;
+- every other corpus picture (thousands: photos, artwork, video frames, flat,
+  gradients, patterns, text screenshots, document pages): any match at REVIEW or
+  BLOCK is a false match.
+Collage and feed tiles are unrelated corpus pictures, never known ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import statistics
+import sys
+import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from pathlib import Path
 
 import numpy as np
+from corpus import CACHE, CATEGORIES, NEAR_DUPLICATE, load_corpus
 from photos import load_photos
-from transforms import TRANSFORMS, jpeg
+from transforms import jpeg, robustness_transforms
 
-from hashdb import HashSetRecord
 from hashsvc.base.decisions import strictest
-from hashsvc.base.signals import hamming
 from hashsvc.core.config import Config
-from hashsvc.matching.policy import ALLOW, BLOCK, Policy
-from hashsvc.media import image
+from hashsvc.core.core import Core, MatchQuery
+from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW, PdqPolicy
+from hashsvc.media.image import pdq_hash
 from hashsvc_testing.image_media import faded, noise_image, striped_image
 
-CONFIG = Config()
-POLICY = Policy(CONFIG.pdq)
+SET = "bench"
+MIN_TRANSFORMED = 256  # px, the shorter side of a known corpus photo whose edits are queried
+CALLER = "bench"
 
 
-def use_thresholds(block: int | None, review: int | None, low_quality: int | None) -> None:
-    """Try other default thresholds (to choose them from measurements)."""
-    global CONFIG, POLICY
-    pdq = dataclasses.replace(
-        CONFIG.pdq,
-        block_distance=CONFIG.pdq.block_distance if block is None else block,
-        review_distance=CONFIG.pdq.review_distance if review is None else review,
-        low_quality_review_distance=(
-            CONFIG.pdq.low_quality_review_distance if low_quality is None else low_quality
-        ),
-    )
-    CONFIG = dataclasses.replace(CONFIG, pdq=pdq)
-    POLICY = Policy(pdq)
+def open_core(folder: str, pdq: PdqPolicy) -> Core:
+    config = Config(db_url=f"sqlite:///{folder}/bench.db", pdq=pdq)
+    core = Core.open(config, hash_in_process=True)
+    core.start()
+    core.curation.create_set(SET)
+    return core
 
 
-DEFAULT_SET = HashSetRecord(0, "bench", "", {}, {}, True, None, None)
+def picture_bits(img) -> np.ndarray:
+    """The PDQ bits of a picture as bench/corpus.py hashes it (whole, <= 1024 px)."""
+    img = img.copy()
+    img.thumbnail((1024, 1024))
+    value, _ = pdq_hash(np.asarray(img.convert("RGB")))
+    return np.unpackbits(np.frombuffer(value, dtype=np.uint8))
 
 
-def pdq_matrix(signals) -> tuple[np.ndarray, list]:
+def pdq_views(signals) -> tuple[np.ndarray, list[int]]:
+    """(views x 32 bytes, their qualities) of the PDQ signals among `signals`."""
     pdq = [s for s in signals if s.kind == "pdq"]
-    return np.frombuffer(b"".join(s.value for s in pdq), dtype=np.uint8).reshape(-1, 32), pdq
+    if not pdq:
+        return np.zeros((0, 32), dtype=np.uint8), []
+    values = np.frombuffer(b"".join(s.value for s in pdq), dtype=np.uint8).reshape(-1, 32)
+    return values, [int(s.quality or 0) for s in pdq]
 
 
-def min_distance(query: np.ndarray, known: np.ndarray) -> tuple[int, int, int]:
-    """Smallest Hamming distance over all pairs: (distance, query row, known row)."""
-    x = np.bitwise_xor(query[:, None, :], known[None, :, :])
-    d = np.unpackbits(x, axis=2).sum(axis=2)
-    qi, ki = np.unravel_index(np.argmin(d), d.shape)
-    return int(d[qi, ki]), int(qi), int(ki)
+class KnownViews:
+    """The PDQ views stored for every known entry, to report how close an unrelated
+    query came (the core returns only what matched)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.rows: list[np.ndarray] = []
+        self.owner: list[int] = []
+        self.quality: list[int] = []
+
+    def add(self, name: str, signals) -> None:
+        values, quality = pdq_views(signals)
+        for row, q in zip(values, quality, strict=True):
+            self.rows.append(row)
+            self.owner.append(len(self.names))
+            self.quality.append(q)
+        self.names.append(name)
+
+    def freeze(self) -> None:
+        self.matrix = np.stack(self.rows)
+        self.owner_arr = np.asarray(self.owner)
+        self.quality_arr = np.asarray(self.quality)
+
+    def closest(self, signals, skip: str | None = None) -> dict | None:
+        """The closest (query view, known view) pair over entries other than `skip`."""
+        values, quality = pdq_views(signals)
+        if not len(values):
+            return None
+        d = np.unpackbits(np.bitwise_xor(values[:, None, :], self.matrix[None]), axis=2).sum(axis=2)
+        if skip is not None:
+            d[:, self.owner_arr == self.names.index(skip)] = 999
+        qi, ki = np.unravel_index(np.argmin(d), d.shape)
+        # the closest pair the quality floor lets through, too
+        floor = Config().pdq.quality_floor
+        ok = (np.asarray(quality)[:, None] >= floor) & (self.quality_arr[None, :] >= floor)
+        d_ok = np.where(ok, d, 999)
+        qj, kj = np.unravel_index(np.argmin(d_ok), d_ok.shape)
+        return {
+            "distance": int(d[qi, ki]),
+            "entry": self.names[self.owner_arr[ki]],
+            "query_quality": quality[qi],
+            "known_quality": int(self.quality_arr[ki]),
+            "distance_above_floor": int(d_ok[qj, kj]) if d_ok[qj, kj] < 999 else None,
+            "entry_above_floor": self.names[self.owner_arr[kj]] if d_ok[qj, kj] < 999 else None,
+        }
 
 
-def decide(q_sigs, k_sigs, qi, ki, distance) -> str:
-    q_quality, k_quality = q_sigs[qi].quality, k_sigs[ki].quality
-    decision, _ = POLICY.decide(DEFAULT_SET, "pdq", distance, q_quality, k_quality)
-    return decision
+def evidence(match) -> dict:
+    """What the public match JSON says about one match (inliers, coverage... when present)."""
+    keep = {}
+    for key, value in match.public_json().items():
+        if isinstance(value, dict) and key != "labels":
+            keep.update(value)  # a signal's own evidence, e.g. "local_features": {inliers, ...}
+        elif key not in ("labels", "set", "segments"):
+            keep[key] = value
+    return keep
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--short", action="store_true", help="12 photos, for CI")
-    parser.add_argument("--block", type=int, help="PDQ block threshold to try")
-    parser.add_argument("--review", type=int, help="PDQ review threshold to try")
+    parser.add_argument("--short", action="store_true", help="~300 pictures, for CI")
+    parser.add_argument("--known-corpus", type=int, help="corpus photos held out as known")
+    parser.add_argument("--transforms", help="comma-separated names (default: all)")
+    parser.add_argument("--unrelated", type=int, help="at most this many unrelated queries")
+    parser.add_argument("--json", help="write a machine-readable summary here")
+    parser.add_argument("--block", type=int, help="PDQ block distance to try")
+    parser.add_argument("--review", type=int, help="PDQ review distance to try")
     parser.add_argument("--low-quality-review", type=int, help="PDQ low-quality review distance")
-    parser.add_argument("--hard", action="store_true", help="+ striped and faded pictures")
+    parser.add_argument(
+        "--hard", action="store_true", help="+ 30 striped and 10 faded pictures as known entries"
+    )
     args = parser.parse_args()
-    use_thresholds(args.block, args.review, args.low_quality_review)
-    photos = load_photos(12 if args.short else None)
-    real = len(photos)
-    if args.hard:
-        photos += [(f"stripes{s}", striped_image(s)) for s in range(30)]
-        # faded made-up textures, not faded bench photos (those are copies)
-        photos += [(f"faded{n}", faded(noise_image(n))) for n in range(10)]
-    floor = CONFIG.pdq.quality_floor
-    low_false_review = low_pairs = hard_false_block = hard_false_review = 0
-    hard_block = hard_review = hard_queries = 0
-    closest_low: tuple[int, str, str] | None = None
-    limits = CONFIG.image
-    rng = np.random.default_rng(20261124)
+    # other default thresholds, to choose them from measurements
+    pdq_policy = Config().pdq
+    for field, value in (
+        ("block_distance", args.block),
+        ("review_distance", args.review),
+        ("low_quality_review_distance", args.low_quality_review),
+    ):
+        if value is not None:
+            pdq_policy = dataclasses.replace(pdq_policy, **{field: value})
 
-    known = []
-    fast_path_cost = []
-    for _, img in photos:
-        data = jpeg(img, 92)
-        sigs = image.hash_known(data, limits)
-        known.append(pdq_matrix(sigs))
-        # the same bytes through the upload path (reduced-scale decode, small views)
-        stored = [s for s in sigs if s.kind == "pdq" and s.variant in ("original", "small")]
-        query = image.hash_query(data, limits)
-        fast_path_cost.append(
-            min(
-                hamming(k.value, s.value)
-                for k in stored
-                for s in query
-                if s.kind == "pdq" and s.variant in ("original", "untrimmed")
+    corpus = load_corpus(short=args.short)
+    held = args.known_corpus if args.known_corpus is not None else (8 if args.short else 200)
+    corpus_photos = [p for p in corpus if p.category == "photo" and p.source != "pypi"]
+    step = max(1, len(corpus_photos) // max(1, held))
+    known_corpus = corpus_photos[::step][:held]
+    known_files = {p.file for p in known_corpus}
+    photos = load_photos(12 if args.short else None)
+    # a corpus picture that IS a bench photo (scikit-image's, in both) is not unrelated
+    photo_bits = np.stack([picture_bits(img) for _, img in photos])
+    known_videos = {name.split("-")[1] for name, _ in photos if name.startswith("frame-")}
+    unrelated, same_as_known = [], []
+    for p in corpus:
+        if p.file in known_files:
+            continue
+        bits = np.unpackbits(np.frombuffer(bytes.fromhex(p.pdq), dtype=np.uint8))
+        if int((photo_bits != bits).sum(axis=1).min()) <= NEAR_DUPLICATE:
+            same_as_known.append(p.name)
+        elif p.category == "video frame" and p.name.split("-")[0] in known_videos:
+            # another frame (or another encoding: chair-19/chair-20, pattern-sd/hd)
+            # of a video a bench photo is a frame of: the same scene, not unrelated
+            same_as_known.append(p.name)
+        else:
+            unrelated.append(p)
+    known = [(name, img) for name, img in photos] + [(p.name, p.open()) for p in known_corpus]
+    hard = []
+    if args.hard:
+        # striped pictures and faded textures, many under the PDQ quality floor, as
+        # known entries: unrelated pictures must not reach them, their copies should
+        hard = [(f"stripes{s}", striped_image(s)) for s in range(30)]
+        hard += [(f"faded{n}", faded(noise_image(n))) for n in range(10)]
+    # Every known picture is an entry (small ones too: a 74 px roundel on white is
+    # a hard case for precision), but only those large enough for a 30% crop or a
+    # 3x3 tile to mean something are transformed for recall.
+    transformed = known[: len(photos)] + [
+        (name, img) for name, img in known[len(photos) :] if min(img.size) >= MIN_TRANSFORMED
+    ]
+    # the hard ones are transformed too, but their recall is a row of its own
+    hard_names = {name for name, _ in hard}
+    known += hard
+    transformed += hard
+    # collage and feed tiles: unrelated pictures with something to see
+    fillers = [p.open() for p in unrelated if p.category in ("photo", "artwork", "video frame")][
+        :60
+    ]
+    if args.unrelated is not None and args.unrelated < len(unrelated):
+        every = len(unrelated) / args.unrelated  # a spread over every category
+        unrelated = [unrelated[int(i * every)] for i in range(args.unrelated)]
+    transforms = robustness_transforms(fillers)
+    if args.transforms:
+        wanted = args.transforms.split(",")
+        transforms = {k: v for k, v in transforms.items() if k in wanted}
+
+    summary: dict = {"short": args.short}
+    # the store in memory where the machine has it: every Match writes its
+    # history record, and the bench times the service, not the disk's fsync
+    shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
+    with tempfile.TemporaryDirectory(prefix="hashsvc-bench-", dir=shm) as folder:
+        core = open_core(folder, pdq_policy)
+        try:
+            views = KnownViews()
+            add_ms = []
+            for name, img in known:
+                data = jpeg(img, 92)
+                started = time.perf_counter()
+                core.curation.add_entry(SET, name, {}, CALLER, media=data)
+                add_ms.append((time.perf_counter() - started) * 1000)
+                views.add(name, core.hashing.hash_known(data).signals)
+            views.freeze()
+            pdq = core.config.pdq
+            print(
+                f"known: {len(known)} pictures ({len(photos)} bench photos, {len(known_corpus)}"
+                f" corpus photos); unrelated: {len(unrelated)} corpus pictures"
+                f" ({len(same_as_known)} left out: a bench photo or its video); transformed: the"
+                f" bench photos and corpus photos of >= {MIN_TRANSFORMED} px, {len(transformed)};"
+                f" {len(transforms)} transforms; PDQ block <= {pdq.block_distance},"
+                f" review <= {pdq.review_distance}, quality floor {pdq.quality_floor};"
+                f" AddEntry median {statistics.median(add_ms):.0f} ms",
+                flush=True,
+            )
+            summary["known"] = len(known)
+            summary["transformed"] = len(transformed)
+            summary["unrelated"] = len(unrelated)
+            summary["thresholds"] = {
+                "pdq": {
+                    "block": pdq.block_distance,
+                    "review": pdq.review_distance,
+                    "quality_floor": pdq.quality_floor,
+                }
+            }
+            rng = np.random.default_rng(20261124)
+            rows, false_matches, closest = [], [], {}
+            transform_ms: list[float] = []
+            misses: dict[str, list[str]] = defaultdict(list)
+
+            def note_false(query: str, category: str, m) -> None:
+                false_matches.append(
+                    {"query": query, "category": category, "decision": m.decision,
+                     "entry": m.entry_name, **evidence(m)}
+                )  # fmt: skip
+                best = closest.get(("match", m.signal_type))
+                if best is None or (m.decision == BLOCK, -m.distance) > (
+                    best["decision"] == BLOCK,
+                    -best["distance"],
+                ):
+                    closest[("match", m.signal_type)] = {
+                        "query": query, "entry": m.entry_name, "decision": m.decision,
+                        **evidence(m),
+                    }  # fmt: skip
+
+            def note_pdq(query: str, signals, skip: str | None) -> None:
+                near = views.closest(signals, skip)
+                if near is None:
+                    return
+                best = closest.get(("pdq", "any"))
+                if best is None or near["distance"] < best["distance"]:
+                    closest[("pdq", "any")] = {"query": query, **near}
+                above = near["distance_above_floor"]
+                best = closest.get(("pdq", "floor"))
+                if above is not None and (best is None or above < best["distance_above_floor"]):
+                    closest[("pdq", "floor")] = {"query": query, **near}
+
+            # the unrelated pictures first: precision is the hard part
+            per_category: dict[str, Counter] = defaultdict(Counter)
+            unrelated_ms: list[float] = []
+            for p in unrelated:
+                data = (CACHE / p.file).read_bytes()  # the picture as it was found
+                started = time.perf_counter()
+                outcome = core.match(MatchQuery(media=data), CALLER)
+                unrelated_ms.append((time.perf_counter() - started) * 1000)
+                per_category[p.category]["pictures"] += 1
+                flagged = [m for m in outcome.matches if m.decision != ALLOW]
+                for m in flagged:
+                    note_false(p.name, p.category, m)
+                decision = strictest([m.decision for m in flagged]) if flagged else ALLOW
+                per_category[p.category]["review"] += decision == REVIEW
+                per_category[p.category]["block"] += decision == BLOCK
+                note_pdq(p.name, outcome.query_signals, skip=None)
+            print(
+                f"unrelated: {len(unrelated)} queries,"
+                f" {sum(c['review'] + c['block'] for c in per_category.values())} flagged",
+                file=sys.stderr,
+                flush=True,
+            )
+            hard_hits: Counter[str] = Counter()
+            for tname, transform in transforms.items():
+                hits = Counter()
+                by_signal: Counter[str] = Counter()
+                for name, img in transformed:
+                    data = transform(img, rng)
+                    started = time.perf_counter()
+                    outcome = core.match(MatchQuery(media=data), CALLER)
+                    transform_ms.append((time.perf_counter() - started) * 1000)
+                    own = [m for m in outcome.matches if m.entry_name == name]
+                    for m in outcome.matches:
+                        if m.entry_name != name and m.decision != ALLOW:
+                            note_false(f"{tname}({name})", "transform", m)
+                    note_pdq(f"{tname}({name})", outcome.query_signals, skip=name)
+                    decision = strictest([m.decision for m in own]) if own else ALLOW
+                    if name in hard_names:
+                        hard_hits[decision] += 1
+                        continue
+                    hits[decision] += 1
+                    if decision == ALLOW:
+                        misses[tname].append(name)
+                    else:
+                        best = min(own, key=lambda m: (m.decision != BLOCK, m.distance))
+                        by_signal[f"{best.signal_type}:{best.decision}"] += 1
+                n = len(transformed) - len(hard)
+                rows.append(
+                    {
+                        "transform": tname,
+                        "queries": n,
+                        "recall_block": hits[BLOCK] / n,
+                        "recall_review": (hits[BLOCK] + hits[REVIEW]) / n,
+                        "decided_by": dict(by_signal),
+                    }
+                )
+                r = rows[-1]
+                print(
+                    f"{tname:<24}{r['recall_block']:>8.2f}{r['recall_review']:>8.2f}  "
+                    + " ".join(f"{k}={v}" for k, v in sorted(by_signal.items())),
+                    file=sys.stderr,  # progress; the table below is the result
+                    flush=True,
+                )
+
+        finally:
+            core.close()
+
+    print(f"\n{'transform':<24}{'@block':>8}{'@review':>8}  decided by (signal:decision=count)")
+    for r in rows:
+        print(
+            f"{r['transform']:<24}{r['recall_block']:>8.2f}{r['recall_review']:>8.2f}  "
+            + " ".join(f"{k}={v}" for k, v in sorted(r["decided_by"].items()))
+        )
+    if rows:
+        print(
+            f"{'ALL (mean)':<24}{statistics.mean(r['recall_block'] for r in rows):>8.3f}"
+            f"{statistics.mean(r['recall_review'] for r in rows):>8.3f}"
+        )
+    if hard:
+        n = sum(hard_hits.values())
+        print(
+            f"hard pictures' own copies ({n}, every transform): recall@block"
+            f" {hard_hits[BLOCK] / n:.3f},"
+            f" recall@review {(hard_hits[BLOCK] + hard_hits[REVIEW]) / n:.3f}"
+        )
+        summary["hard_recall"] = {k: v / n for k, v in hard_hits.items()}
+    print(f"\n{'unrelated category':<20}{'pictures':>9}{'review':>8}{'block':>7}")
+    for category in CATEGORIES:
+        c = per_category.get(category, Counter())
+        print(f"{category:<20}{c['pictures']:>9}{c['review']:>8}{c['block']:>7}")
+    total = sum(c["pictures"] for c in per_category.values())
+    print(
+        f"{'ALL':<20}{total:>9}{sum(c['review'] for c in per_category.values()):>8}"
+        f"{sum(c['block'] for c in per_category.values()):>7}"
+    )
+    print(f"\nfalse matches (REVIEW or BLOCK on an unrelated entry): {len(false_matches)}")
+    for f in false_matches[:40]:
+        print(
+            f"  {f['decision']:<6} {f['query']} [{f['category']}] -> {f['entry']}"
+            f" by {f['signal_type']} d={f['distance']}"
+            f" ({f.get('query_variant', '')} ~ {f.get('known_variant', '')})"
+            + "".join(
+                f" {k}={f[k]}"
+                for k in ("inliers", "coverage", "query_coverage", "scale", "angle")
+                if k in f
             )
         )
-    print(
-        f"{len(photos)} photos; {known[0][0].shape[0]} stored PDQ views per entry;"
-        f" thresholds block <= {CONFIG.pdq.block_distance}, review <= {CONFIG.pdq.review_distance},"
-        f" quality floor {CONFIG.pdq.quality_floor}"
-    )
-
-    rows = []
-    unrelated_min: list[int] = []
-    false_block, false_review = 0, 0
-    variant_hits: dict[str, int] = defaultdict(int)
-    misses: dict[str, list[str]] = defaultdict(list)
-    query_ms: list[float] = []
-    for name, transform in TRANSFORMS.items():
-        block = review = 0
-        distances = []
-        for i, (photo_name, img) in enumerate(photos):
-            data = transform(img, rng)
-            started = time.perf_counter()
-            q_arr, q_sigs = pdq_matrix(image.hash_query(data, limits))
-            query_ms.append((time.perf_counter() - started) * 1000)
-            decisions = []
-            for j, (k_arr, k_sigs) in enumerate(known):
-                d, qi, ki = min_distance(q_arr, k_arr)
-                decision = decide(q_sigs, k_sigs, qi, ki, d)
-                if j == i:
-                    decisions.append(decision)
-                    if i < real:
-                        distances.append(d)
-                    if decision != ALLOW and i < real:
-                        variant_hits[f"{q_sigs[qi].variant} ~ {k_sigs[ki].variant}"] += 1
-                else:
-                    if min(q_sigs[qi].quality or 0, k_sigs[ki].quality or 0) < floor:
-                        low_pairs += 1
-                        low_false_review += decision != ALLOW
-                        if closest_low is None or d < closest_low[0]:
-                            closest_low = (d, f"{photo_name}/{name}", photos[j][0])
-                    if i >= real or j >= real:  # a pair with a hard picture
-                        hard_false_block += decision == BLOCK
-                        hard_false_review += decision != ALLOW
-                        continue
-                    unrelated_min.append(d)
-                    false_block += decision == BLOCK
-                    false_review += decision != ALLOW
-            own = strictest(decisions)
-            if i >= real:  # a hard picture: reported apart
-                hard_queries += 1
-                hard_block += own == BLOCK
-                hard_review += own != ALLOW
-                continue
-            block += own == BLOCK
-            review += own != ALLOW
-            if own == ALLOW:
-                misses[name].append(f"{photo_name}({distances[-1]})")
-        n = real
-        rows.append((name, block / n, review / n, statistics.median(distances), max(distances)))
-
-    header = f"{'transform':<22}{'recall@block':>13}{'recall@review':>14}{'median d':>9}"
-    print(f"\n{header}{'max d':>7}")
-    for name, rb, rr, med, worst in rows:
-        print(f"{name:<22}{rb:>13.2f}{rr:>14.2f}{med:>9.0f}{worst:>7}")
-    print(
-        f"{'ALL':<22}{statistics.mean(r[1] for r in rows):>13.3f}"
-        f"{statistics.mean(r[2] for r in rows):>14.3f}"
-    )
-    pairs = len(unrelated_min)
-    print(
-        f"\nfalse matches over {pairs} (query, unrelated entry) pairs:"
-        f" BLOCK {false_block}, REVIEW or BLOCK {false_review}"
-    )
-    print(
-        f"pairs with a side under PDQ quality {floor}: {low_pairs}, false REVIEW or BLOCK"
-        f" {low_false_review} (low-quality review distance"
-        f" {CONFIG.pdq.low_quality_review_distance}); closest {closest_low}"
-    )
-    if hard_queries:
+    print("\nclosest unrelated pairs:")
+    any_pdq, floor_pdq = closest.get(("pdq", "any")), closest.get(("pdq", "floor"))
+    if any_pdq:
         print(
-            f"hard pictures' own copies ({hard_queries}): recall@block"
-            f" {hard_block / hard_queries:.3f}, recall@review {hard_review / hard_queries:.3f};"
-            f" false matches in pairs with a hard picture: BLOCK {hard_false_block},"
-            f" REVIEW or BLOCK {hard_false_review}"
+            f"  pdq, any quality: d={any_pdq['distance']} {any_pdq['query']} ~ {any_pdq['entry']}"
+            f" (qualities {any_pdq['query_quality']}/{any_pdq['known_quality']});"
+            f" margin to review {any_pdq['distance'] - pdq.review_distance:+d}"
         )
-    lowest = sorted(unrelated_min)[:10]
-    print(f"smallest unrelated distances: {lowest}")
+    if floor_pdq:
+        d = floor_pdq["distance_above_floor"]
+        print(
+            f"  pdq, both above the quality floor: d={d} {floor_pdq['query']} ~"
+            f" {floor_pdq['entry_above_floor']}; margin to review {d - pdq.review_distance:+d},"
+            f" to block {d - pdq.block_distance:+d}"
+        )
+    for (kind, signal), c in sorted(closest.items()):
+        if kind == "match":
+            print(
+                f"  {signal} (a false match): {c['decision']} {c['query']} ~ {c['entry']} "
+                + " ".join(
+                    f"{k}={c[k]}"
+                    for k in ("distance", "inliers", "coverage", "query_coverage", "scale", "angle")
+                    if k in c
+                )
+            )
+    if not any(kind == "match" for kind, _ in closest):
+        print("  no signal matched an unrelated picture at REVIEW or BLOCK")
+    t_med = statistics.median(transform_ms) if transform_ms else 0.0
+    u_med = statistics.median(unrelated_ms) if unrelated_ms else 0.0
     print(
-        "unrelated distance percentiles: "
-        + ", ".join(f"p{p}={np.percentile(unrelated_min, p):.0f}" for p in (0.1, 1, 5, 50))
+        f"\nCore.match (hash + match + history record, one core): median {t_med:.1f} ms per"
+        f" transformed query ({len(transform_ms)}), {u_med:.1f} ms per unrelated picture"
+        f" ({len(unrelated_ms)})"
     )
-    print(f"\nhash_query: median {statistics.median(query_ms):.1f} ms per upload (one core)")
-    print(
-        "fast upload path vs stored whole-picture hashes, same bytes: median"
-        f" {statistics.median(fast_path_cost):.0f} bits, max {max(fast_path_cost)}"
-    )
-    print("\nwhich query view ~ stored view decided the true matches:")
-    for key, count in sorted(variant_hits.items(), key=lambda kv: -kv[1])[:12]:
-        print(f"  {count:5}  {key}")
     if misses:
-        print("\nmissed (photo(distance)):")
-        for name, items in misses.items():
-            print(f"  {name}: {', '.join(items)}")
+        print("\nmissed (transform: known pictures):")
+        for tname, names in misses.items():
+            print(
+                f"  {tname} ({len(names)}): {', '.join(names[:12])}"
+                + (" ..." if len(names) > 12 else "")
+            )
+
+    if args.json:
+        summary.update(
+            transforms=rows,
+            unrelated_by_category={k: dict(v) for k, v in per_category.items()},
+            false_matches=false_matches,
+            closest={f"{k}:{s}": v for (k, s), v in closest.items()},
+            median_ms={"transformed": t_med, "unrelated": u_med},
+            misses=misses,
+        )
+        Path(args.json).write_text(json.dumps(summary, indent=1, default=str))
+        print(f"\nsummary: {args.json}", file=sys.stderr)
 
 
 if __name__ == "__main__":
