@@ -30,7 +30,8 @@ from tests.helpers import popen
 
 REPO = Path(__file__).resolve().parents[1]
 # Top-level modules of the decoders (fitz: PyMuPDF's old name).
-DECODER_MODULES = ("av", "fitz", "pymupdf", "chromaprint", "pdqhash", "PIL")
+# cv2: OpenCV (ORB extraction) maps 33 MB and its own FFmpeg; the server only verifies.
+DECODER_MODULES = ("av", "fitz", "pymupdf", "chromaprint", "pdqhash", "PIL", "cv2")
 # The shared object each decoder maps when imported, by a part of its path.
 DECODER_LIBRARIES = {
     "av": "/av/_core",
@@ -38,6 +39,7 @@ DECODER_LIBRARIES = {
     "chromaprint": "/libchromaprint",
     "pdqhash": "/pdqhash/",
     "PIL": "/PIL/_imaging",
+    "cv2": "/cv2/",
 }
 
 
@@ -145,7 +147,7 @@ def test_a_running_server_maps_no_decoder_while_its_worker_loads_each_kind_at_fi
             assert pb.MediaType.Name(reply.media_type) == kind.upper()
 
         match("image")
-        assert _mapped_decoders(worker) == {"PIL", "pdqhash"}  # only what images need
+        assert _mapped_decoders(worker) == {"PIL", "pdqhash", "cv2"}  # only what images need
         for kind in ("video", "audio", "pdf"):
             match(kind)
         assert _hashing_workers(server.pid) == [worker]  # the same worker hashed them all

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from hashdb import (
 )
 from hashsvc.base import media_kinds, validation
 from hashsvc.base.errors import InvalidArgument, NotFound, quoted
-from hashsvc.base.signals import Signal
+from hashsvc.base.signals import Signal, signal_type
 from hashsvc.core.config import StringLimits
 from hashsvc.core.core import MatchOutcome, MatchQuery
 from hashsvc.matching.matcher import Match
@@ -74,7 +75,19 @@ def match_query(req: pb.MatchRequest, upload: SpooledMedia | None = None) -> Mat
     raise InvalidArgument("the request holds neither media nor a hash")
 
 
-def query_signal(sig: Signal) -> pb.QuerySignal:
+def query_signal(sig: Signal, full: bool = True) -> pb.QuerySignal:
+    """`full` False: an opaque value (a picture's local features, ~36 KB of hex) is answered as
+    its size and SHA-256 only; most callers read the decision, and the blob was most of a Match
+    answer's bytes."""
+    if not full and signal_type(sig.kind).opaque:
+        return pb.QuerySignal(
+            signal_type=sig.kind,
+            quality=sig.quality or 0,
+            variant=sig.variant,
+            position=sig.position,
+            value_bytes=len(sig.value),
+            value_sha256=hashlib.sha256(sig.value).hexdigest(),
+        )
     return pb.QuerySignal(
         signal_type=sig.kind,
         value=sig.hex(),
@@ -123,13 +136,14 @@ def matched_entry(m: Match) -> pb.MatchedEntry:
     )
 
 
-def match_response(outcome: MatchOutcome) -> pb.MatchResponse:
+def match_response(outcome: MatchOutcome, full_signals: bool = False) -> pb.MatchResponse:
+    """`full_signals`: MatchRequest.full_signals (opaque values whole, not summarised)."""
     return pb.MatchResponse(
         request_id=outcome.request_id,
         decision=DECISION_TO_PB[outcome.decision],
         matches=[matched_entry(m) for m in outcome.matches],
         media_type=MEDIA_TO_PB.get(outcome.media_type, pb.MEDIA_TYPE_UNSPECIFIED),
-        query_signals=[query_signal(s) for s in outcome.query_signals],
+        query_signals=[query_signal(s, full_signals) for s in outcome.query_signals],
         client_ref=outcome.client_ref,
         notes=list(outcome.notes),
     )
@@ -275,6 +289,9 @@ def history_record(record: HistoryRecord) -> pb.HistoryRecord:
                 value=s["value"],
                 quality=s.get("quality") or 0,
                 variant=s.get("variant", ""),
+                # an opaque blob is kept as its size and SHA-256 (history_signal_json)
+                value_bytes=s.get("bytes", 0),
+                value_sha256=s.get("sha256", ""),
             )
             for s in record.query_signals
         ],

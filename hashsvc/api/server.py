@@ -109,7 +109,8 @@ def start_server(
     server reports SERVING only when the index is loaded and current."""
     # Each gRPC thread searches on its own: FAISS's OpenMP threads on top of
     # concurrent requests made flat searches many times slower under load
-    # (bench/scale.py). One thread per search.
+    # (bench/scale.py). One thread per search: here for this thread, and in
+    # each gRPC thread as it starts (the setting is per thread).
     faiss.omp_set_num_threads(1)
     # Before anything starts: a port in use is the commonest first-day mistake.
     _check_can_listen(config.listen)
@@ -146,7 +147,13 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
         config.max_unread_token_calls,
     )
     server = grpc.server(
-        futures.ThreadPoolExecutor(config.grpc_threads, thread_name_prefix="grpc"),
+        # OpenMP's thread count is per thread: the call above set only this one's
+        futures.ThreadPoolExecutor(
+            config.grpc_threads,
+            thread_name_prefix="grpc",
+            initializer=faiss.omp_set_num_threads,
+            initargs=(1,),
+        ),
         interceptors=[
             # in this order (interceptors.py says why): metrics see every
             # call's final status; a call without a valid token is refused

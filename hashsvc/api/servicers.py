@@ -60,7 +60,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
     def Match(self, request, context):  # noqa: N802 - gRPC method names
         query = self._query(request, "Match", caller_name(), CALLER.get().id)
         outcome = self.core.match(query, caller_name(), "Match")
-        return convert.match_response(outcome)
+        return convert.match_response(outcome, request.full_signals)
 
     def _query(
         self, request, rpc: str, caller: str, caller_token_id: int, strings_checked: bool = False
@@ -104,7 +104,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
                     status_of(context, exc),
                 )
             raise
-        return convert.match_response(outcome)
+        return convert.match_response(outcome, header.full_signals)
 
     @rpc
     def MatchBatch(self, request_iterator, context):  # noqa: N802
@@ -204,7 +204,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
             # strings checked in _match_later, before the rate limit
             query = self._query(request, "MatchBatch", caller, caller_token_id, True)
             outcome = self.core.match(query, caller, "MatchBatch", caller_token_id)
-            return convert.match_response(outcome)
+            return convert.match_response(outcome, request.full_signals)
         except HashsvcError as exc:
             return self._item_error(request, exc)
         except Exception:

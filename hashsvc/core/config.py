@@ -227,6 +227,8 @@ class Config:
         ):
             if getattr(self.local_features, name) < 1:
                 raise ValueError(f"local_features.{name} must be at least 1")
+        if not self.local_features.min_votes >= 0:  # NaN too
+            raise ValueError("local_features.min_votes must be 0 (verify all) or more")
         self._check_transport()
         self._check_stream_limits()
 

@@ -8,8 +8,8 @@ picture with many keypoints does not win by size alone. The best-scored pictures
 only: the matcher verifies each geometrically (hashsvc/matching/local_geometry.py).
 
 Words: two levels of k-majority centroids (COARSE x FINE, e.g. 1024 x 64 = 65,536), so a
-descriptor's word costs COARSE + FINE Hamming comparisons (FAISS for the coarse level, numpy for
-the fine one). Only the `words_per_picture` strongest descriptors of a known picture are filed:
+descriptor's word costs COARSE + FINE Hamming comparisons (compiled: index/word_assign.py).
+Only the `words_per_picture` strongest descriptors of a known picture are filed:
 the weak ones add memory and noise more than votes.
 
 Storage: postings word -> picture slot (uint32) in a few immutable CSR segments (WordPostings,

@@ -13,6 +13,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from hashsvc.index.word_assign import nearest_coarse, nearest_fine
+
 VOCABULARY_PATH = Path(__file__).with_name("local_features_vocabulary.npz")
 VOCABULARY_FORMAT = 1
 # Descriptors assigned to words at once (bounds the temporary (n, FINE, bytes) array).
@@ -68,6 +70,14 @@ class Vocabulary:
         fine = self.fine.view(lanes)
         for start in range(0, len(descriptors), ASSIGN_CHUNK):
             chunk = np.ascontiguousarray(descriptors[start : start + ASSIGN_CHUNK])
+            if lanes is np.uint64:
+                # compiled (word_assign.py): one thread, no OpenMP (FAISS's pool spun on a
+                # loaded machine: ~360 ms a search in a gRPC thread), the same words
+                lanes_of_chunk = chunk.view(np.uint64)
+                coarse = nearest_coarse(lanes_of_chunk, self.coarse.view(np.uint64))
+                nearest = nearest_fine(lanes_of_chunk, coarse, fine)
+                words[start : start + len(chunk)] = coarse * n_fine + nearest
+                continue
             _, coarse = self._coarse_index.search(chunk, 1)
             coarse = coarse[:, 0]
             distances = np.bitwise_count(fine[coarse] ^ chunk.view(lanes)[:, None, :]).sum(

@@ -17,13 +17,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import cv2
 import numba
 import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
-from hashsvc.base.decisions import Decision
+from hashsvc.matching.local_thresholds import (  # noqa: F401 - re-exported for callers
+    DEFAULT_THRESHOLDS,
+    LocalThresholds,
+)
+from hashsvc.matching.ransac import inverted, similarity_ransac
 from hashsvc.media.local_features import LocalFeatures
 
 # Lowe's ratio: the best match must be clearly better than the second best.
@@ -71,39 +74,8 @@ class Verification:
     agreement: float
 
 
-@dataclass(frozen=True)
-class LocalThresholds:
-    """When a verification blocks or goes to review: every minimum must hold.
-    Defaults measured by bench/local_features.py (README: Local features)."""
-
-    block_inliers: int = 30
-    block_coverage: float = 0.25
-    block_agreement: float = 0.45
-    review_inliers: int = 16
-    review_coverage: float = 0.15
-    review_agreement: float = 0.33
-
-    def level(self, verification: Verification | None) -> Decision | None:
-        """BLOCK, REVIEW or None (no evidence) for one verification."""
-        if verification is None:
-            return None
-        v = verification
-        if (
-            v.inliers >= self.block_inliers
-            and v.coverage >= self.block_coverage
-            and v.agreement >= self.block_agreement
-        ):
-            return Decision.BLOCK
-        if (
-            v.inliers >= self.review_inliers
-            and v.coverage >= self.review_coverage
-            and v.agreement >= self.review_agreement
-        ):
-            return Decision.REVIEW
-        return None
-
-
-DEFAULT_THRESHOLDS = LocalThresholds()
+# LocalThresholds live apart (local_thresholds.py): the policy and the CLI read them without
+# compiling (or importing) this module's numba code.
 
 
 @intrinsic
@@ -199,7 +171,7 @@ def _agreement(
 ) -> float:
     """Share of the cells both pictures show and have content in that agree."""
     forward = matrix.astype(np.float64)
-    inverse = cv2.invertAffineTransform(forward)
+    inverse = inverted(forward)
     # known keypoints that land inside the query's frame
     mapped = known.points @ forward[:, :2].T + forward[:, 2]
     shown = (
@@ -218,25 +190,25 @@ def _agreement(
     return len(np.intersect1d(held, comparable)) / max(1, len(comparable))
 
 
-def verify(query: LocalFeatures, known: LocalFeatures) -> Verification | None:
+def verify(
+    query: LocalFeatures, known: LocalFeatures, min_matches: int = MIN_CONSISTENT_INLIERS
+) -> Verification | None:
     """The transform that maps `known` into `query`, with its evidence; None
-    when the descriptors agree on no plausible, consistent transform."""
+    when the descriptors agree on no plausible, consistent transform, or on
+    fewer than `min_matches` mutual matches (a caller that needs N inliers
+    skips RANSAC where fewer than N descriptors could be inliers)."""
     if query.algorithm != known.algorithm or query.descriptor_bytes != known.descriptor_bytes:
         return None
     q_idx, k_idx = _matches(query.descriptors, known.descriptors)
-    if len(q_idx) < MIN_CONSISTENT_INLIERS:
+    if len(q_idx) < max(MIN_CONSISTENT_INLIERS, min_matches):
         return None
     src = known.points[k_idx].astype(np.float32)
     dst = query.points[q_idx].astype(np.float32)
-    matrix, mask = cv2.estimateAffinePartial2D(
-        src,
-        dst,
-        method=cv2.RANSAC,
-        ransacReprojThreshold=REPROJECTION_PX,
-        maxIters=RANSAC_ITERATIONS,
-        confidence=RANSAC_CONFIDENCE,
+    # seeded (hashsvc/matching/ransac.py): the same pair, the same answer
+    matrix, mask = similarity_ransac(
+        src, dst, REPROJECTION_PX, RANSAC_ITERATIONS, RANSAC_CONFIDENCE
     )
-    if matrix is None or mask is None:
+    if matrix is None:
         return None
     a, b = float(matrix[0, 0]), float(matrix[1, 0])
     scale = math.hypot(a, b)

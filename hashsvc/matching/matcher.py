@@ -271,6 +271,8 @@ class Matcher:
         descriptors = rng.integers(0, 256, (16, 32), dtype=np.uint8)
         features = local_features.LocalFeatures(100, 100, points, descriptors)
         local_geometry.verify(features, features)
+        # and the word assignment (hashsvc/index/word_assign.py)
+        self.live.features.search([descriptors], 1)
 
     def match(self, query: list[Signal], only_sets: set[int] | None = None) -> MatchResult:
         sets = {
@@ -417,6 +419,9 @@ class Matcher:
             ranked.sort(key=lambda r: r[1])
             budget = self.local.max_verified
         found: dict[int, list[_LocalHit]] = defaultdict(list)
+        # a candidate voted for below min_votes is not worth a store read and a verification
+        # (bench: no true copy that verifies scores that low; see LocalFeatureMatching)
+        ranked = [r for r in ranked if r[2].votes >= self.local.min_votes]
         for _, _, hit in ranked[:budget]:
             found[hit.entry_id].append(hit)
         return found
@@ -457,6 +462,7 @@ class Matcher:
     ) -> list[_Verified]:
         """The hits whose geometry checks out, with their decision."""
         found = []
+        min_matches = self.policy.thresholds(hash_set, LOCAL_FEATURES.name).review_inliers
         for hit in hits:
             if hit.variant_no >= len(entry.signals):
                 continue
@@ -468,7 +474,9 @@ class Matcher:
             except InvalidArgument as exc:  # checked when stored; never silently
                 log.error("entry %d holds an unreadable local_features value: %s", entry.id, exc)
                 continue
-            verification = local_geometry.verify(hit.features, known_features)
+            # fewer mutual descriptor matches than the set's review inliers cannot decide
+            # (inliers are a subset of them): verify() stops before RANSAC
+            verification = local_geometry.verify(hit.features, known_features, min_matches)
             if verification is None:
                 continue
             decision, reason = self.policy.decide_local(

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
 if TYPE_CHECKING:
@@ -52,9 +52,17 @@ MAX_SIDE_STORED = 65535 // _POSITION_STEPS
 # a hostile count cannot make decode allocate or verify cost more.
 MAX_POINTS_STORED = 2000
 
-# OpenCV runs its own thread pool per call; the service already runs one
-# hashing job per core, and nested pools only add contention.
-cv2.setNumThreads(1)
+
+@cache
+def _cv2():
+    """OpenCV, imported where pictures are hashed (workers), not by the server, which only
+    decodes and verifies blobs: it maps 33 MB and a bundled FFmpeg."""
+    import cv2
+
+    # OpenCV runs its own thread pool per call; the service already runs one
+    # hashing job per core, and nested pools only add contention.
+    cv2.setNumThreads(1)
+    return cv2
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,7 @@ def _grey(img: Image.Image, max_side: int) -> np.ndarray:
 def _contrib(name: str):
     """AKAZE and BRISK left OpenCV's main package in 5.0 (now in
     opencv-contrib's xfeatures2d); they are compared in the bench only."""
+    cv2 = _cv2()
     for module in (cv2, getattr(cv2, "xfeatures2d", None)):
         if module is not None and hasattr(module, name):
             return getattr(module, name)
@@ -142,7 +151,7 @@ def _detector(limits: LocalFeatureLimits):
         return _contrib("BRISK_create")(thresh=limits.brisk_threshold, octaves=3)
     if limits.detector != "orb":
         raise ValueError(f"unknown local feature detector {limits.detector!r}")
-    return cv2.ORB_create(
+    return _cv2().ORB_create(
         nfeatures=limits.max_keypoints * limits.oversample,
         scaleFactor=limits.pyramid_scale,
         nlevels=limits.pyramid_levels,

@@ -33,6 +33,11 @@ def register(commands: Subcommands) -> None:
     p.add_argument("--hash", action="append", default=[], metavar="TYPE:HEX")
     p.add_argument("--set", action="append", default=[], dest="sets", help="only these sets")
     p.add_argument("--client-ref", default="", help="your reference to the upload")
+    p.add_argument(
+        "--full-signals",
+        action="store_true",
+        help="answer a picture's local features whole (~36 KB), not as their size and SHA-256",
+    )
 
 
 def cmd_match(args: argparse.Namespace) -> int:
@@ -42,7 +47,9 @@ def cmd_match(args: argparse.Namespace) -> int:
 
     def match(item):
         path, hash_text = item
-        req = pb.MatchRequest(client_ref=args.client_ref, sets=args.sets)
+        req = pb.MatchRequest(
+            client_ref=args.client_ref, sets=args.sets, full_signals=args.full_signals
+        )
         if path == "-":
             data = sys.stdin.buffer.read()
             if streamed(len(data)):

@@ -19,13 +19,17 @@ def media_type_name(media_type: int) -> str:
 
 
 def query_signal_json(s: pb.QuerySignal) -> dict:
-    """A hash as the API returns it (hex value), of an upload or an entry."""
-    return {
+    """A hash as the API returns it (hex value), of an upload or an entry. An opaque value
+    the server left out (local features) is its size and SHA-256."""
+    out = {
         "signal_type": s.signal_type,
         "value": s.value,
         "quality": s.quality,
         "variant": s.variant,
     }
+    if s.value_sha256:
+        out.update(bytes=s.value_bytes, sha256=s.value_sha256)
+    return out
 
 
 def matched_json(m: pb.MatchedEntry) -> dict:
