@@ -45,7 +45,10 @@ from transforms import jpeg, robustness_transforms
 from hashsvc.base.decisions import strictest
 from hashsvc.core.config import Config
 from hashsvc.core.core import Core, MatchQuery
+from hashsvc.index.binary import split_signal_id
+from hashsvc.matching import local_geometry
 from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW, PdqPolicy
+from hashsvc.media import local_features
 from hashsvc.media.image import pdq_hash
 from hashsvc_testing.image_media import faded, noise_image, striped_image
 
@@ -124,6 +127,59 @@ class KnownViews:
             "distance_above_floor": int(d_ok[qj, kj]) if d_ok[qj, kj] < 999 else None,
             "entry_above_floor": self.names[self.owner_arr[kj]] if d_ok[qj, kj] < 999 else None,
         }
+
+
+class KnownFeatures:
+    """The local features stored for every known entry, to report how close an
+    unrelated query came to a local-feature decision (the core returns only
+    what matched): each query signal's candidates from the service's own
+    feature index (top_k as configured) are verified as the matcher does."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.by_entry_id: dict[int, tuple[str, list]] = {}
+
+    def add(self, name: str, entry_id: int, signals) -> None:
+        self.by_entry_id[entry_id] = (name, signals)
+
+    def verified(self, signals) -> list[dict]:
+        """Every verification of the query's candidates: each local_features
+        signal's top_k from the service's feature index (a superset of the
+        matcher's max_verified best-voted), with the entry's name."""
+        local = [s for s in signals if s.kind == "local_features"]
+        index = self.core.live.features
+        if not local or not len(index):
+            return []
+        decoded = [local_features.decode(s.value) for s in local]
+        hits = index.search([f.descriptors for f in decoded], self.core.config.local_features.top_k)
+        found = []
+        for sig, query, candidates in zip(local, decoded, hits, strict=True):
+            for sid, _ in candidates:
+                entry_id, variant_no = split_signal_id(sid)
+                name, known_signals = self.by_entry_id.get(entry_id, (None, None))
+                if name is None or variant_no >= len(known_signals):
+                    continue
+                known = local_features.decode(known_signals[variant_no].value)
+                v = local_geometry.verify(query, known)
+                if v is not None:
+                    found.append(
+                        {"entry": name, "query_variant": sig.variant, "inliers": v.inliers,
+                         "coverage": round(v.coverage, 3), "agreement": round(v.agreement, 3),
+                         "scale": round(v.scale, 2)}
+                    )  # fmt: skip
+        return found
+
+
+def nearness(v: dict) -> float:
+    """How far towards REVIEW a verification came: the weakest of its three
+    shares of a review minimum (1.0: it would be REVIEW)."""
+    t = local_geometry.DEFAULT_THRESHOLDS
+    _, review_agreement = t.agreement_floors(v["inliers"])
+    return min(
+        v["inliers"] / t.review_inliers,
+        v["coverage"] / t.review_coverage,
+        v["agreement"] / review_agreement,
+    )
 
 
 def evidence(match) -> dict:
@@ -221,13 +277,15 @@ def main() -> None:
         core = open_core(folder, pdq_policy)
         try:
             views = KnownViews()
+            features = KnownFeatures(core)
             add_ms = []
             for name, img in known:
                 data = jpeg(img, 92)
                 started = time.perf_counter()
-                core.curation.add_entry(SET, name, {}, CALLER, media=data)
+                added = core.curation.add_entry(SET, name, {}, CALLER, media=data)
                 add_ms.append((time.perf_counter() - started) * 1000)
                 views.add(name, core.hashing.hash_known(data).signals)
+                features.add(name, added.id, added.signals)
             views.freeze()
             pdq = core.config.pdq
             print(
@@ -270,6 +328,27 @@ def main() -> None:
                         **evidence(m),
                     }  # fmt: skip
 
+            verifications: list[dict] = []  # every query's, for choosing thresholds
+
+            def note_local(query: str, group: str, signals, skip: str | None, own_rest) -> None:
+                """Record the query's verifications (its own entry's and the
+                others'), the decision of its other signals, and the closest
+                unrelated one."""
+                found = features.verified(signals)
+                others = [v for v in found if v["entry"] != skip]
+                verifications.append(
+                    {"query": query, "group": group, "rest": own_rest,
+                     "own": [v for v in found if v["entry"] == skip], "others": others}
+                )  # fmt: skip
+                for v in others:
+                    best = closest.get(("local", "any"))
+                    if best is None or nearness(v) > best["nearness"]:
+                        closest[("local", "any")] = {
+                            "query": query,
+                            "nearness": round(nearness(v), 3),
+                            **v,
+                        }
+
             def note_pdq(query: str, signals, skip: str | None) -> None:
                 near = views.closest(signals, skip)
                 if near is None:
@@ -298,6 +377,14 @@ def main() -> None:
                 per_category[p.category]["review"] += decision == REVIEW
                 per_category[p.category]["block"] += decision == BLOCK
                 note_pdq(p.name, outcome.query_signals, skip=None)
+                rest = [m.decision for m in flagged if m.signal_type != "local_features"]
+                note_local(
+                    p.name,
+                    p.category,
+                    outcome.query_signals,
+                    None,
+                    strictest(rest) if rest else ALLOW,
+                )
             print(
                 f"unrelated: {len(unrelated)} queries,"
                 f" {sum(c['review'] + c['block'] for c in per_category.values())} flagged",
@@ -318,6 +405,11 @@ def main() -> None:
                         if m.entry_name != name and m.decision != ALLOW:
                             note_false(f"{tname}({name})", "transform", m)
                     note_pdq(f"{tname}({name})", outcome.query_signals, skip=name)
+                    rest = [m.decision for m in own if m.signal_type != "local_features"]
+                    note_local(
+                        f"{tname}({name})", tname, outcome.query_signals, name,
+                        strictest(rest) if rest else ALLOW,
+                    )  # fmt: skip
                     decision = strictest([m.decision for m in own]) if own else ALLOW
                     if name in hard_names:
                         hard_hits[decision] += 1
@@ -404,6 +496,18 @@ def main() -> None:
             f" {floor_pdq['entry_above_floor']}; margin to review {d - pdq.review_distance:+d},"
             f" to block {d - pdq.block_distance:+d}"
         )
+    near = closest.get(("local", "any"))
+    if near:
+        t = local_geometry.DEFAULT_THRESHOLDS
+        print(
+            f"  local_features, closest verified unrelated pair: {near['query']}"
+            f" [{near['query_variant']}] ~ {near['entry']} inliers={near['inliers']}"
+            f" coverage={near['coverage']} agreement={near['agreement']} scale={near['scale']};"
+            f" at {near['nearness']:.2f} of review (needs {t.review_inliers} inliers,"
+            f" coverage {t.review_coverage}, agreement {t.agreement_floors(near['inliers'])[1]};"
+            " margin"
+            f" {1 - near['nearness']:+.2f})"
+        )
     for (kind, signal), c in sorted(closest.items()):
         if kind == "match":
             print(
@@ -439,6 +543,7 @@ def main() -> None:
             closest={f"{k}:{s}": v for (k, s), v in closest.items()},
             median_ms={"transformed": t_med, "unrelated": u_med},
             misses=misses,
+            verifications=verifications,
         )
         Path(args.json).write_text(json.dumps(summary, indent=1, default=str))
         print(f"\nsummary: {args.json}", file=sys.stderr)

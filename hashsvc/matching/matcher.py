@@ -375,13 +375,14 @@ class Matcher:
 
     def _search_local(self, query: list[Signal]) -> dict[int, list[_LocalHit]]:
         """Known pictures the feature index votes for, to be verified: of a
-        picture (or a document's pictures) the best-voted max_verified of all;
-        of a video's sampled frames, max_verified_video taken round by round
-        (every frame's best candidate, then every frame's second, ...), so each
-        moment of the upload gets its chance whatever the others' votes. A
-        video frame is verified against at most frames_per_entry frames of
-        one known entry (the best-voted): the neighbours of a known frame show
-        the same scene, and runs need a pair or two per moment, not every pair."""
+        picture (or a document's pictures, or an upload's tiles) max_verified,
+        of a video's sampled frames max_verified_video, taken round by round
+        (each query picture's best candidate first, then each one's second,
+        ...), so each tile or moment of the upload gets its chance whatever
+        the others' votes. A video frame is verified against at most
+        frames_per_entry frames of one known entry (the best-voted): the
+        neighbours of a known frame show the same scene, and runs need a pair
+        or two per moment, not every pair."""
         sigs = [s for s in query if s.kind == LOCAL_FEATURES.name]
         index = self.live.features
         if not sigs or not len(index):
@@ -400,6 +401,10 @@ class Matcher:
             return {}
         sigs, decoded = [s for s, _ in kept], [f for _, f in kept]
         results = index.search([f.descriptors for f in decoded], self.local.top_k)
+        # Each query picture's best candidate first, then each one's second...
+        # (votes order within a round): an upload cut into tiles
+        # (hashsvc/media/local_regions.py) has one picture of interest among
+        # a dozen, and its scores are not comparable with the others'.
         is_video = any(_is_frame(s) for s in sigs)
         ranked = []
         for sig, features, hits in zip(sigs, decoded, results, strict=True):
@@ -412,12 +417,8 @@ class Matcher:
                 per_entry[hit.entry_id] += 1
                 place += 1
                 ranked.append((place, -votes, hit))
-        if is_video:
-            ranked.sort(key=lambda r: (r[0], r[1]))
-            budget = self.local.max_verified_video
-        else:
-            ranked.sort(key=lambda r: r[1])
-            budget = self.local.max_verified
+        ranked.sort(key=lambda r: (r[0], r[1]))
+        budget = self.local.max_verified_video if is_video else self.local.max_verified
         found: dict[int, list[_LocalHit]] = defaultdict(list)
         # a candidate voted for below min_votes is not worth a store read and a verification
         # (bench: no true copy that verifies scores that low; see LocalFeatureMatching)

@@ -20,7 +20,7 @@ class PdqPolicy:
     review_distance: int = 56
     # Below this PDQ quality a hash is too flat to decide BLOCK on its own.
     quality_floor: int = 50
-    # ... and too flat for the review band. bench/robustness.py --hard (striped
+    # ... and too flat for the review band. bench/robustness.py --hard at 7be2b7b (striped
     # pictures and faded textures): of 45k unrelated pairs with a side under
     # the floor, 67 reached review at 56, 15 at 40, 4 at 31 (all <= 22 bits);
     # the cost at 31: real photos' recall at review 0.878 -> 0.877 (one
@@ -121,22 +121,25 @@ class Policy:
         and agreeing over the part both pictures show (a fixed floor, not per
         set: below it only a shared logo, frame or page template agrees)."""
         limits = self.thresholds(hash_set, LOCAL_FEATURES.name)
-        floors = local_thresholds.DEFAULT_THRESHOLDS
+        # fixed floors, lower with many inliers (local_thresholds.LocalThresholds)
+        block_agreement, review_agreement = local_thresholds.DEFAULT_THRESHOLDS.agreement_floors(
+            inliers
+        )
         if (
             inliers >= limits.block_inliers
             and coverage >= limits.block_coverage
-            and agreement >= floors.block_agreement
+            and agreement >= block_agreement
         ):
             return BLOCK, ""
         if (
             inliers >= limits.review_inliers
             and coverage >= limits.review_coverage
-            and agreement >= floors.review_agreement
+            and agreement >= review_agreement
         ):
             return REVIEW, (
                 f"{inliers} inliers covering {coverage:.2f} of the known picture, agreement"
                 f" {agreement:.2f}; blocking needs {limits.block_inliers} covering"
-                f" {limits.block_coverage:.2f}, agreement {floors.block_agreement:.2f}"
+                f" {limits.block_coverage:.2f}, agreement {block_agreement:.2f}"
             )
         return ALLOW, ""
 

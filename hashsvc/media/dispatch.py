@@ -93,7 +93,11 @@ def _hash_media(
             )
             views = image.upload_views(rgb, part) if for_query else image.known_views(rgb)
             # one half of a split query carries them (the regions' half)
-            local = image.local_feature_signals(rgb) if part in (None, 1) else []
+            local = []
+            if part in (None, 1):
+                local = image.local_feature_signals(rgb)
+                if for_query:  # windows of an upload (a collage tile, a feed)
+                    local += image.region_signals(rgb, data, limits.image)
             return Hashed(media_kinds.IMAGE, [*exact, *views, *local])
         kind = sniff.AV
     path_or_bytes = source.path if isinstance(source, SpooledMedia) else source

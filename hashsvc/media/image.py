@@ -34,7 +34,7 @@ from PIL import Image, UnidentifiedImageError
 
 from hashsvc.base.errors import CorruptMedia, InvalidArgument, TooLarge, UnsupportedMedia
 from hashsvc.base.signals import LOCAL_FEATURES, Signal
-from hashsvc.media import local_features, regions
+from hashsvc.media import local_features, local_regions, regions
 from hashsvc.media.limits import ImageLimits
 
 FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
@@ -52,6 +52,11 @@ VIEW_SIDE = 240
 # 2x2 collage of a 1600x1004 upload kept 8 inliers decoded at 240 (400x251),
 # 22 at 320 (800x502), as many as at full size.
 QUERY_DECODE_SIDE = 320
+# The tiles of a collage or feed screenshot (hashsvc/media/local_regions.py)
+# are cut from the upload decoded at least this large: a 3x3 tile of a
+# 1080 px collage decoded at 540 was found in 0.13 of uploads at review, at
+# full size in 0.84 (bench/robustness.py). Only uploads with tiles pay for it.
+TILE_DECODE_SIDE = 1024
 # Crops a re-upload may have made, as (keep share, vertical anchor, horizontal anchor).
 KNOWN_CROPS = [(0.95, ay, ax) for ay in (0.0, 0.5, 1.0) for ax in (0.0, 0.5, 1.0)]
 # Crops anchored in each corner that leave out the opposite corner's logo area.
@@ -308,8 +313,35 @@ def hash_query(data: bytes, limits: ImageLimits, part: int | None = None) -> lis
     # (bench/robustness.py measures it).
     rgb = decode_rgb(data, limits, at_least=QUERY_DECODE_SIDE)
     exact = _exact(data) if part in (None, 0) else []
-    local = local_feature_signals(rgb) if part in (None, 1) else []
+    local = (
+        local_feature_signals(rgb) + region_signals(rgb, data, limits) if part in (None, 1) else []
+    )
     return [*exact, *upload_views(rgb, part), *local]
+
+
+def region_signals(
+    rgb: np.ndarray, data: bytes | None = None, limits: ImageLimits | None = None
+) -> list[Signal]:
+    """local_features signals of the pictures inside an upload (a collage
+    tile, a picture in a feed screenshot: hashsvc/media/local_regions.py).
+    Tiles are found on `rgb` as decoded for the upload's other signals, and
+    cut from the upload decoded again at TILE_DECODE_SIDE when `rgb` is a
+    reduced JPEG decode (`data`, `limits`) and the upload has tiles."""
+    boxes = local_regions.tiles(np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.float32))
+    if not boxes:
+        return []
+    full = rgb
+    if data is not None and limits is not None and min(rgb.shape[:2]) < TILE_DECODE_SIDE:
+        full = decode_rgb(data, limits, at_least=TILE_DECODE_SIDE)
+    if full.shape[:2] != rgb.shape[:2]:
+        sx, sy = full.shape[1] / rgb.shape[1], full.shape[0] / rgb.shape[0]
+        boxes = [
+            (round(b[0] * sx), round(b[1] * sy), round(b[2] * sx), round(b[3] * sy)) for b in boxes
+        ]
+    return [
+        Signal(LOCAL_FEATURES.name, local_features.encode(found), None, variant)
+        for variant, found in local_regions.tile_features(Image.fromarray(full), boxes)
+    ]
 
 
 def upload_views(rgb: np.ndarray, part: int | None = None) -> list[Signal]:

@@ -1,0 +1,110 @@
+"""Local features of the pictures inside an upload: a known picture shown as
+one tile of a collage, or among other pictures in a feed or gallery screenshot.
+
+The upload's own local_features signal (keypoints of the whole picture at
+<= 640 px, the strongest 500) leaves such a tile a few dozen keypoints and its
+descriptors a small share of the upload's votes in the feature index.
+Keypoints of the whole upload split into windows did not help: the edges of
+every tile against the gutter are the strongest corners of the picture and
+take the tile's share (a 3x3 tile kept 0-46 inliers so, 80-113 extracted on
+its own; bench/robustness.py, README: Local features).
+
+So the upload is cut into its tiles first, as a layout is built: rows that
+are flat across the whole picture (gutters, the gaps under captions) split it
+into bands, columns flat across a band split the band into cells, and each
+cell without its flat margins is a tile. Each tile large enough to carry
+evidence is extracted on its own and becomes one more query signal (variant
+"tile:<n>"), searched and verified like the whole picture. An ordinary photo
+has no flat line across it and costs one pass over its rows and columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from hashsvc.media import local_features
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+Box = tuple[int, int, int, int]  # left, top, right, bottom in pixels
+
+
+@dataclass(frozen=True)
+class TileLimits:
+    """How an upload is cut into tiles (measured by bench/robustness.py)."""
+
+    # A row or column is a separator when its pixels vary less than this
+    # (grey levels, standard deviation): a gutter under JPEG noise does,
+    # photo content does not.
+    flat_std: float = 8.0
+    # Separator lines within this share of the picture's edge are its margins,
+    # not a split between tiles.
+    # A tile must be at least this many pixels on its short side (a 3x3 tile
+    # of a 540 px collage is ~170) and this share of the upload's area...
+    min_tile_side: int = 96
+    min_tile_share: float = 0.03
+    # ... and at most this share: a "tile" that is the whole upload is the
+    # whole-picture signal already.
+    max_tile_share: float = 0.85
+    # Tiles searched per upload at most, the largest first: bounds the cost.
+    max_tiles: int = 12
+    # Each tile's extraction (the whole picture's defaults).
+    extraction: local_features.LocalFeatureLimits = local_features.DEFAULT_LIMITS
+
+
+DEFAULT_TILE_LIMITS = TileLimits()
+
+
+def tiles(gray: np.ndarray, limits: TileLimits = DEFAULT_TILE_LIMITS) -> list[Box]:
+    """The tiles of a grey picture (H x W uint8), largest first; none when it
+    is one picture."""
+    h, w = gray.shape
+    found: list[Box] = []
+    for top, bottom in _spans(gray.std(axis=1) < limits.flat_std, limits.min_tile_side):
+        band = gray[top:bottom]
+        for left, right in _spans(band.std(axis=0) < limits.flat_std, limits.min_tile_side):
+            cell = band[:, left:right]
+            # the cell without its flat margins (a tile fitted into its cell)
+            rows = np.nonzero(cell.std(axis=1) >= limits.flat_std)[0]
+            cols = np.nonzero(cell.std(axis=0) >= limits.flat_std)[0]
+            if not len(rows) or not len(cols):
+                continue
+            box = (
+                left + int(cols[0]),
+                top + int(rows[0]),
+                left + int(cols[-1]) + 1,
+                top + int(rows[-1]) + 1,
+            )
+            bw, bh = box[2] - box[0], box[3] - box[1]
+            share = bw * bh / (w * h)
+            if min(bw, bh) >= limits.min_tile_side and (
+                limits.min_tile_share <= share <= limits.max_tile_share
+            ):
+                found.append(box)
+    found.sort(key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
+    return found[: limits.max_tiles]
+
+
+def _spans(flat: np.ndarray, min_len: int) -> list[tuple[int, int]]:
+    """Runs of non-flat lines at least `min_len` long, as (start, end)."""
+    busy = np.concatenate([[False], ~flat, [False]])
+    edges = np.flatnonzero(busy[1:] != busy[:-1])
+    starts, ends = edges[::2], edges[1::2]
+    return [(int(s), int(e)) for s, e in zip(starts, ends, strict=True) if e - s >= min_len]
+
+
+def tile_features(
+    img: Image.Image, boxes: list[Box], limits: TileLimits = DEFAULT_TILE_LIMITS
+) -> list[tuple[str, local_features.LocalFeatures]]:
+    """(variant, features) of each tile of `img` (boxes from `tiles`, in its
+    pixels) with enough distinctive, well-spread keypoints to be evidence."""
+    found = []
+    for n, box in enumerate(boxes):
+        features = local_features.extract(img.crop(box), limits.extraction)
+        if features is not None:
+            found.append((f"tile:{n}", features))
+    return found

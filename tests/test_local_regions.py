@@ -1,0 +1,83 @@
+"""The tiles of an upload (hashsvc/media/local_regions.py): a collage and a
+feed screenshot are cut into their pictures, an ordinary photo is not, and a
+tile's own features verify against the known picture where the whole
+upload's do not decide."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from hashsvc.matching.local_geometry import DEFAULT_THRESHOLDS, verify
+from hashsvc.media import image as image_media
+from hashsvc.media.limits import ImageLimits
+from hashsvc.media.local_features import decode, extract
+from hashsvc.media.local_regions import tile_features, tiles
+from hashsvc_testing.image_media import encode, photo
+from hashsvc_testing.local_media import collage, screenshot_grid, text_screenshot
+from hashsvc_testing.vectors import vector
+
+BRIDGE = ("threatexchange", "pdq", "data", "reg-test-input", "dih", "bridge-1-original.jpg")
+
+
+def bridge() -> Image.Image:
+    return Image.open(vector(*BRIDGE)).convert("RGB")
+
+
+def grey(img: Image.Image) -> np.ndarray:
+    return np.asarray(img.convert("L"), dtype=np.float32)
+
+
+def test_a_collage_is_cut_into_its_tiles():
+    canvas, _ = collage(bridge(), np.random.default_rng(3), 3, [photo(n) for n in range(1, 9)])
+    boxes = tiles(grey(canvas))
+    assert len(boxes) == 9
+    for left, top, right, bottom in boxes:  # each inside one cell of 352 px
+        assert right - left <= 352 and bottom - top <= 352
+        assert right - left >= 200 and bottom - top >= 150
+
+
+def test_an_ordinary_photo_and_a_text_screenshot_have_no_tiles_to_speak_of():
+    assert tiles(grey(bridge())) == []
+    # a photo with a flat band across it (sky) may give its textured part
+    assert len(tiles(grey(photo(4)))) <= 1
+    # lines of text are shorter than a tile: at most the block of text itself
+    assert len(tiles(grey(text_screenshot("the quick brown fox " * 30, arabic=False)))) <= 1
+
+
+def test_a_tile_of_a_3x3_collage_is_found_where_the_whole_collage_is_not():
+    known = extract(bridge())
+    canvas, _ = collage(bridge(), np.random.default_rng(1), 3, [photo(n) for n in range(1, 9)])
+    assert DEFAULT_THRESHOLDS.level(verify(extract(canvas), known)) is None
+    levels = [
+        DEFAULT_THRESHOLDS.level(verify(f, known))
+        for _, f in tile_features(canvas, tiles(grey(canvas)))
+    ]
+    assert levels.count("block") + levels.count("review") == 1
+    assert levels.count(None) == len(levels) - 1  # the other tiles are other pictures
+
+
+def test_a_picture_in_a_feed_screenshot_is_found():
+    known = extract(bridge())
+    canvas, _ = screenshot_grid(bridge(), np.random.default_rng(2), [photo(n) for n in range(9)])
+    found = tile_features(canvas, tiles(grey(canvas)))
+    assert any(DEFAULT_THRESHOLDS.level(verify(f, known)) == "block" for _, f in found)
+
+
+def test_an_upload_decoded_small_is_cut_from_its_full_size():
+    """A JPEG upload is decoded at a reduced scale for its other signals; its
+    tiles are cut from it decoded again large enough (TILE_DECODE_SIDE)."""
+    canvas, _ = collage(bridge(), np.random.default_rng(1), 3, [photo(n) for n in range(1, 9)])
+    signals = image_media.hash_query(encode(canvas, "JPEG", quality=85), ImageLimits())
+    local = {s.variant: decode(s.value) for s in signals if s.kind == "local_features"}
+    assert "original" in local
+    tile_sides = [max(f.width, f.height) for v, f in local.items() if v.startswith("tile:")]
+    # the tiles with features (352 px cells), cut from the full-size decode, not
+    # from the 540 px one the other signals use (176 px tiles)
+    assert len(tile_sides) >= 4 and min(tile_sides) > 290
+    known = extract(bridge())
+    assert any(
+        DEFAULT_THRESHOLDS.level(verify(f, known)) is not None
+        for v, f in local.items()
+        if v.startswith("tile:")
+    )
