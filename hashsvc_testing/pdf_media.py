@@ -155,7 +155,9 @@ def brute_force_pairs(
     """What the index search would find: every (query, known) pair of the same
     kind within `radius` bits (exact kinds: equal values)."""
     found = []
-    for kind in {k.kind for k in known}:
+    # local_features blobs are found by the feature index and verified, not
+    # by a distance (hashsvc/matching/local_geometry.py)
+    for kind in {k.kind for k in known} - {"local_features"}:
         qs = [q for q in query if q.kind == kind]
         ks = [k for k in known if k.kind == kind]
         if not qs:

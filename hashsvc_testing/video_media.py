@@ -152,7 +152,33 @@ TRANSFORMS: dict[str, tuple[list[str], str]] = {
         ".mp4",
     ),
     "logo": (["-vf", LOGO, *X264_FAST], ".mp4"),
+    # Issue 18's re-uploads, each with the sound track removed (re-uploads
+    # often replace it): 20% of each side cut away off-centre; turned by 5
+    # degrees inside the same frame (black corners); shown at half size on a
+    # coloured background; played 1.25x as fast.
+    "cropped_20": (
+        [
+            "-vf",
+            "crop=trunc(iw*0.4)*2:trunc(ih*0.4)*2:trunc(iw*0.14):trunc(ih*0.06)",
+            "-an",
+            *X264_FAST,
+        ],
+        ".mp4",
+    ),  # fmt: skip
+    "tilted_5": (["-vf", "rotate=5*PI/180", "-an", *X264_FAST], ".mp4"),
+    "half_size_on_background": (
+        [
+            "-vf",
+            "scale=trunc(iw/4)*2:trunc(ih/4)*2,pad=iw*2:ih*2:iw/2:ih/3:color=0x4a6a3a",
+            "-an",
+            *X264_FAST,
+        ],
+        ".mp4",
+    ),  # fmt: skip
+    "speed_1.25x": (["-vf", "setpts=PTS/1.25", "-an", *X264_FAST], ".mp4"),
 }
+# The transforms PDQ frames cannot see (issue 18), found by local features.
+CROP_AND_TILT = ("cropped_20", "tilted_5")
 
 
 def transformed(src: Path, name: str, out_dir: Path) -> Path:

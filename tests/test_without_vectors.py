@@ -19,7 +19,8 @@ def _clone_without_vectors(tmp_path: Path) -> Path:
     it lies) copied into a folder with no ../shared beside it; the code itself
     linked in (generated gRPC modules included)."""
     repo = tmp_path / "repo"
-    for copied in ("tests", "hashsvc_testing"):
+    # bench/: tests/test_bench_transforms.py loads the bench's edits from there
+    for copied in ("tests", "hashsvc_testing", "bench"):
         shutil.copytree(REPO / copied, repo / copied, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", repo)
     for package in ("hashsvc", "hashdb", "loaders"):

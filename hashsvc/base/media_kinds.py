@@ -77,8 +77,9 @@ class MediaKind:
 
     def keeps(self, sig: Signal) -> bool:
         """Whether a reviewer keeps this query signal (a perceptual one)."""
+        # a frame's PDQ, not its local features (~10 kB each, dozens a video)
         return sig.kind in self.kept_signal_types or (
-            self.keeps_plain_frames and is_plain_frame(sig.variant)
+            self.keeps_plain_frames and is_plain_frame(sig.variant) and sig.kind == "pdq"
         )
 
     def claims(self, sig: Signal) -> bool:
@@ -98,7 +99,7 @@ MEDIA_KINDS: dict[str, MediaKind] = {
     for k in (
         MediaKind(
             VIDEO,
-            ("pdq", "videohash", "chromaprint"),
+            ("pdq", "videohash", "chromaprint", "local_features"),
             keeps_plain_frames=True,
             kept_signal_types=("videohash", "chromaprint"),
             bulk_signal_types=("videohash",),
@@ -106,7 +107,7 @@ MEDIA_KINDS: dict[str, MediaKind] = {
         ),
         MediaKind(
             PDF,
-            ("pdq", "text_sha256", "text_simhash"),
+            ("pdq", "text_sha256", "text_simhash", "local_features"),
             bulk_signal_types=("text_sha256", "text_simhash"),
             bulk_variants=(PAGE_VARIANT, DOCUMENT_VARIANT),
         ),

@@ -218,7 +218,13 @@ class Config:
             raise ValueError("flood_flush_seconds must be more than 0")
         if self.flood_max_pending_entries < 1:
             raise ValueError("flood_max_pending_entries must be 1 or more")
-        for name in ("top_k", "max_verified", "max_keypoints"):
+        for name in (
+            "top_k",
+            "max_verified",
+            "max_verified_video",
+            "frames_per_entry",
+            "max_keypoints",
+        ):
             if getattr(self.local_features, name) < 1:
                 raise ValueError(f"local_features.{name} must be at least 1")
         if not self.local_features.min_votes >= 0:  # NaN too

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -139,6 +140,7 @@ class Match:
             extent["local_features"] = self.local_features.to_json()
         if self.unit:
             extent = {
+                **extent,
                 "segments": [seg.to_json() for seg in self.segments],
                 "unit": self.unit,
                 "query_share": self.query_share,
@@ -225,8 +227,24 @@ class _LocalHit:
 
     query: Signal
     features: local_features.LocalFeatures  # the query's, decoded
+    entry_id: int
     variant_no: int  # which of the known entry's signals
     votes: float
+
+
+@dataclass(frozen=True)
+class _Verified:
+    """A query picture and a known one whose geometry checked out."""
+
+    query: Signal
+    known: Signal
+    verification: local_geometry.Verification
+    decision: str  # by the set's local_features thresholds
+    reason: str
+
+    def strength(self) -> tuple:
+        v = self.verification
+        return (rank(self.decision), v.inliers, v.coverage, v.agreement)
 
 
 # Audio distances are bit error rates in percent, so per-set thresholds stay
@@ -309,17 +327,21 @@ class Matcher:
             if not any(m.decision == BLOCK for m in found):
                 # a verification (RANSAC) could not beat a block found already
                 found.extend(
-                    self._local_matches(entry, sets[entry.set_id], local_hits.get(entry.id))
+                    self._local_matches(
+                        entry, sets[entry.set_id], local_hits.get(entry.id), query, query_is_video
+                    )
                 )
             if found:
-                # ties go to a distance (a near-identical hash is the stronger
-                # evidence), then the closest, then the match that says where
-                # (pages, time ranges)
+                # ties go to anything before a videohash hint (its unrelated
+                # videos come within 10 bits), then a distance (a near-identical
+                # hash is the stronger evidence), then the closest, then the
+                # match that says where (pages, time ranges)
                 matches.append(
                     max(
                         found,
                         key=lambda m: (
                             rank(m.decision),
+                            m.signal_type != VIDEOHASH.name,
                             m.local_features is None,
                             -m.distance,
                             bool(m.unit),
@@ -365,8 +387,15 @@ class Matcher:
         return search_sounds(self.live.audio, query, max_ber)
 
     def _search_local(self, query: list[Signal]) -> dict[int, list[_LocalHit]]:
-        """Known pictures the feature index votes for: max_verified of them
-        over all the query's pictures, each picture's best-voted first."""
+        """Known pictures the feature index votes for, to be verified: of a
+        picture (or a document's pictures, or an upload's tiles) max_verified,
+        of a video's sampled frames max_verified_video, taken round by round
+        (each query picture's best candidate first, then each one's second,
+        ...), so each tile or moment of the upload gets its chance whatever
+        the others' votes. A video frame is verified against at most
+        frames_per_entry frames of one known entry (the best-voted): the
+        neighbours of a known frame show the same scene, and runs need a pair
+        or two per moment, not every pair."""
         sigs = [s for s in query if s.kind == LOCAL_FEATURES.name]
         index = self.live.features
         if not sigs or not len(index):
@@ -389,30 +418,66 @@ class Matcher:
         # (votes order within a round): an upload cut into tiles
         # (hashsvc/media/local_regions.py) has one picture of interest among
         # a dozen, and its scores are not comparable with the others'.
-        ranked = sorted(
-            (
-                (place, votes, sid, sig, features)
-                for sig, features, hits in zip(sigs, decoded, results, strict=True)
-                for place, (sid, votes) in enumerate(hits)
-            ),
-            key=lambda r: (r[0], -r[1]),
-        )
+        is_video = any(_is_frame(s) for s in sigs)
+        ranked = []
+        for sig, features, hits in zip(sigs, decoded, results, strict=True):
+            per_entry: dict[int, int] = defaultdict(int)
+            place = 0
+            for sid, votes in hits:
+                hit = _LocalHit(sig, features, *split_signal_id(sid), votes)
+                if is_video and per_entry[hit.entry_id] >= self.local.frames_per_entry:
+                    continue
+                per_entry[hit.entry_id] += 1
+                place += 1
+                ranked.append((place, -votes, hit))
+        ranked.sort(key=lambda r: (r[0], r[1]))
+        budget = self.local.max_verified_video if is_video else self.local.max_verified
         found: dict[int, list[_LocalHit]] = defaultdict(list)
         # a candidate voted for below min_votes is not worth a store read and a verification
         # (bench: no true copy that verifies scores that low; see LocalFeatureMatching)
-        ranked = [r for r in ranked if r[1] >= self.local.min_votes]
-        for _, votes, sid, sig, features in ranked[: self.local.max_verified]:
-            entry_id, variant_no = split_signal_id(sid)
-            found[entry_id].append(_LocalHit(sig, features, variant_no, votes))
+        ranked = [r for r in ranked if r[2].votes >= self.local.min_votes]
+        for _, _, hit in ranked[:budget]:
+            found[hit.entry_id].append(hit)
         return found
 
     def _local_matches(
-        self, entry: EntryRecord, hash_set: HashSetRecord, hits: list[_LocalHit] | None
+        self,
+        entry: EntryRecord,
+        hash_set: HashSetRecord,
+        hits: list[_LocalHit] | None,
+        query: list[Signal],
+        query_is_video: bool,
     ) -> list[Match]:
-        """The entry's best verified local-feature match, if any decides."""
-        best: Match | None = None
+        """The entry's local-feature match, if any decides: its pictures
+        (or sampled frames) verified against the upload's."""
+        verified = self._verified(entry, hash_set, hits or ())
+        if not verified:
+            return []
+        if query_is_video and entry.media_type == VIDEO:
+            found = self._local_video_match(entry, hash_set, verified, query)
+        elif query_is_video:
+            found = self._local_picture_in_video(entry, hash_set, verified)
+        else:
+            found = self._local_best(entry, hash_set, verified)
+        if found is not None and entry.media_type == PDF and found.decision == BLOCK:
+            # A document's pictures include logos, emblems and template photos
+            # that unrelated documents share whole (coverage 1): one of them
+            # found is a reason to look, not to block.
+            found = replace(
+                found,
+                decision=REVIEW,
+                reason="a picture of a known document, found by local features, never blocks"
+                " alone (shared logos and templates)",
+            )
+        return [found] if found is not None and found.decision != ALLOW else []
+
+    def _verified(
+        self, entry: EntryRecord, hash_set: HashSetRecord, hits: Iterable[_LocalHit]
+    ) -> list[_Verified]:
+        """The hits whose geometry checks out, with their decision."""
+        found = []
         min_matches = self.policy.thresholds(hash_set, LOCAL_FEATURES.name).review_inliers
-        for hit in hits or ():
+        for hit in hits:
             if hit.variant_no >= len(entry.signals):
                 continue
             known = entry.signals[hit.variant_no]
@@ -425,38 +490,115 @@ class Matcher:
                 continue
             # fewer mutual descriptor matches than the set's review inliers cannot decide
             # (inliers are a subset of them): verify() stops before RANSAC
-            verified = local_geometry.verify(hit.features, known_features, min_matches)
-            if verified is None:
+            verification = local_geometry.verify(hit.features, known_features, min_matches)
+            if verification is None:
                 continue
-            candidate = self._match(
-                entry,
+            decision, reason = self.policy.decide_local(
                 hash_set,
-                LOCAL_FEATURES.name,
-                0,
-                hit.query.variant,
-                known.variant,
-                None,
-                None,
-                decided=self.policy.decide_local(
-                    hash_set, verified.inliers, verified.coverage, verified.agreement
-                ),
-                local_features=LocalEvidence(
-                    inliers=verified.inliers,
-                    coverage=verified.coverage,
-                    query_coverage=verified.query_coverage,
-                    scale=verified.scale,
-                    angle=verified.angle,
-                    agreement=verified.agreement,
+                verification.inliers,
+                verification.coverage,
+                verification.agreement,
+            )
+            found.append(_Verified(hit.query, known, verification, decision, reason))
+        return found
+
+    def _local_match(self, entry, hash_set, pair: _Verified, **kw) -> Match:
+        v = pair.verification
+        match = self._match(
+            entry,
+            hash_set,
+            LOCAL_FEATURES.name,
+            0,
+            pair.query.variant,
+            pair.known.variant,
+            None,
+            None,
+            decided=(pair.decision, pair.reason),
+            local_features=LocalEvidence(
+                inliers=v.inliers,
+                coverage=v.coverage,
+                query_coverage=v.query_coverage,
+                scale=v.scale,
+                angle=v.angle,
+                agreement=v.agreement,
+            ),
+            **kw,
+        )
+        return match
+
+    def _local_best(self, entry, hash_set, verified: list[_Verified]) -> Match:
+        """An uploaded picture or document: the strongest verified pair
+        decides, and says when (a known video's frame) or on which pages (a
+        picture embedded in a document, either side)."""
+        strongest = max(verified, key=_Verified.strength)
+        best = self._local_match(entry, hash_set, strongest)
+        query, known = strongest.query, strongest.known
+        if is_frame(known.variant):
+            at = known.position or 0.0
+            best = replace(best, unit="seconds", segments=(Segment(0.0, 0.0, at, at),))
+        elif _embedded(query) or _embedded(known):
+            query_page = query.position if _embedded(query) else 0
+            known_page = known.position if _embedded(known) else 0
+            best = replace(
+                best,
+                unit="pages",
+                segments=(
+                    Segment(query_page or 0, query_page or 0, known_page or 0, known_page or 0),
                 ),
             )
-            if _is_frame(known):  # a frame of a known video: say when
-                at = known.position or 0.0
-                candidate = replace(
-                    candidate, unit="seconds", segments=(Segment(0.0, 0.0, at, at),)
-                )
-            if best is None or _local_strength(candidate) > _local_strength(best):
-                best = candidate
-        return [best] if best is not None and best.decision != ALLOW else []
+        return best
+
+    def _local_picture_in_video(self, entry, hash_set, verified: list[_Verified]) -> Match:
+        """A known picture shown in the uploaded video: the strongest frame
+        decides, and the frames that verified at review or better say when."""
+        best = self._local_match(entry, hash_set, max(verified, key=_Verified.strength))
+        shown = [(p.query, 0) for p in verified if p.decision != ALLOW]
+        ranges = video_match.image_appearances(shown)
+        return replace(
+            best,
+            unit="seconds",
+            segments=tuple(Segment(r.start, r.end, 0.0, 0.0) for r in ranges),
+        )
+
+    def _local_video_match(self, entry, hash_set, verified, query) -> Match | None:
+        """A known video against an uploaded one: verified frame pairs become
+        runs and shares (video_evidence.local_frame_evidence)."""
+        evidence = video_match.local_frame_evidence(
+            [s for s in query if s.kind == LOCAL_FEATURES.name and _is_frame(s)],
+            [
+                video_match.LocalFramePair(p.query, p.known, p.decision == BLOCK)
+                for p in verified
+                if p.decision != ALLOW
+            ],
+            [
+                s.position
+                for s in entry.signals
+                if s.kind == LOCAL_FEATURES.name and _is_frame(s) and s.position is not None
+            ],
+        )
+        if evidence.decision is None:
+            return None
+        best = max(verified, key=_Verified.strength)
+        match = self._local_match(
+            entry,
+            hash_set,
+            best,
+            unit="seconds",
+            segments=tuple(
+                Segment(r.query_start, r.query_end, r.known_start, r.known_end)
+                for r in evidence.runs
+            ),
+            query_share=evidence.query_share,
+            known_share=evidence.known_share,
+        )
+        decision = BLOCK if evidence.decision == "block" else REVIEW
+        reason = "" if decision == BLOCK else evidence.reason
+        whole = evidence.query_share >= 0.5 and evidence.known_share >= 0.5
+        longest = evidence.runs[0].seconds if evidence.runs else 0.0
+        if decision == BLOCK and not whole and longest < MIN_BLOCKING_RUN_SECONDS:
+            # as for PDQ frames: a short shared stretch may be a common intro
+            decision, reason = REVIEW, f"{evidence.reason}; longest run {longest:.0f} s"
+        return replace(match, decision=decision, reason=reason)
 
     # -- judging one known entry
 
@@ -602,10 +744,11 @@ class Matcher:
         )
 
     def _video_match(self, entry, hash_set, pairs, query) -> list[Match]:
-        known_frames = [s for s in entry.signals if _is_frame(s)]
+        # PDQ frames only: a sampled frame's local_features shares its variant
+        known_frames = [s for s in entry.signals if _is_frame(s) and s.kind == PDQ.name]
         duration = max((s.position or 0.0 for s in known_frames), default=0.0)
         evidence = video_match.video_evidence(
-            [s for s in query if _is_frame(s)],
+            [s for s in query if _is_frame(s) and s.kind == PDQ.name],
             [video_match.FramePair(q, k, d) for q, k, d in pairs],
             video_match.countable_frames(known_frames),
             duration,
@@ -698,11 +841,6 @@ class Matcher:
         )
 
 
-def _local_strength(m: Match) -> tuple:
-    evidence = m.local_features
-    return (rank(m.decision), evidence.inliers, evidence.coverage, evidence.agreement)
-
-
 def search_sounds(
     audio_index: AudioIndex, query: list[Signal], max_ber: float
 ) -> dict[int, list[AudioAlignment]]:
@@ -788,6 +926,11 @@ _PDF_EVIDENCE_TYPE = {
     pdf_match.PAGE_TEXT: TEXT_SIMHASH.name,
     pdf_match.DOCUMENT_TEXT_NEAR: TEXT_SIMHASH.name,
 }
+
+
+def _embedded(sig: Signal) -> bool:
+    """A picture embedded in a PDF (hashsvc/media/pdf.py: "image:<view>", position = page)."""
+    return sig.variant.startswith("image:") and sig.position is not None
 
 
 def _page_segments(pages) -> tuple[Segment, ...]:

@@ -38,6 +38,14 @@ class LocalFeatureMatching:
     # Candidates geometrically verified per query at most (RANSAC each), the
     # best-voted first: bounds the work an upload can cause.
     max_verified: int = 16
+    # The same for an uploaded video, over all its sampled frames (taken
+    # round by round: each frame's best candidate first; at most
+    # frames_per_entry of one known entry). ~1-4 ms each on 2 shared cores:
+    # the largest part of a video's matching time.
+    max_verified_video: int = 64
+    # Of one known entry, frames an uploaded video's frame is verified
+    # against at most (the best-voted).
+    frames_per_entry: int = 2
     # Candidates the index scores below this are not verified (nor read from the store; 0
     # verifies all). Measured on the bench corpus (600 real pictures among 100k synthetic ones,
     # the retrained vocabulary; crops, tilts, perspective, 2x2/3x3 collages, grids): of the 117

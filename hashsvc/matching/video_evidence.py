@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hashsvc.base.media_kinds import frame_number
 from hashsvc.base.signals import Signal
@@ -52,6 +52,9 @@ class MatchSettings:
     # (sampling at 1 fps, frame-rate changes) that are tolerated.
     max_gap_seconds: float = 3.0
     offset_tolerance: float = 1.5
+    # Local features: distinct query frames that must verify against one
+    # known video (each alone would be a picture match: two agree on more).
+    min_local_frames: int = 2
 
 
 DEFAULT_SETTINGS = MatchSettings()
@@ -167,6 +170,8 @@ def countable_frames(
     as_decoded: dict[int, int] = {}
     without_bars: dict[int, int] = {}
     for s in frame_signals:
+        if s.kind != "pdq":
+            continue  # a sampled frame's local features share its variant
         view = s.variant.split(":", 2)[2] if s.variant.count(":") >= 2 else ""
         if view == "":
             as_decoded[frame_of(s)] = s.quality or 0
@@ -284,3 +289,76 @@ def image_appearances(
             )
             start = i
     return ranges
+
+
+# -- local features of sampled frames (issue 18): a cropped or tilted copy
+# has no PDQ-close frame, but its frames verify geometrically against the
+# known video's sampled frames (hashsvc/matching/local_geometry.py).
+
+
+@dataclass(frozen=True)
+class LocalFramePair:
+    """A query frame and a known frame whose local features verified at
+    review level or better (the set's local_features thresholds)."""
+
+    query: Signal  # position = seconds
+    known: Signal
+    blocks: bool  # verified at block level
+
+
+@dataclass(frozen=True)
+class LocalFrameEvidence:
+    decision: str | None  # "block", "review" or None (no match)
+    query_share: float  # of the query's sampled frames with features
+    known_share: float
+    runs: list[Run]
+    reason: str
+
+
+def local_frame_evidence(
+    query_frames: Iterable[Signal],
+    pairs: Iterable[LocalFramePair],
+    known_times: Iterable[float],
+    settings: MatchSettings = DEFAULT_SETTINGS,
+) -> LocalFrameEvidence:
+    """Evidence that the query shows one known video, from verified frame
+    pairs. query_frames: the query's sampled frames' local_features signals;
+    known_times: the seconds of the known video's sampled frames that have
+    them; the known share is of those that some query frame verified against
+    (each query frame is verified against up to two known frames, its best
+    voted: a whole copy reaches ~1, a 7 s excerpt of 20 s ~0.4).
+
+    One verified frame is a picture match; a video match needs
+    min_local_frames distinct query frames verified (all of them when the
+    upload has fewer sampled frames), and blocks only when that many verified
+    at block level. Runs say when (query and known seconds)."""
+    pairs = [p for p in pairs if p.query.position is not None and p.known.position is not None]
+    query_frames = list(query_frames)
+    query_total = len({frame_of(s) for s in query_frames})
+    matched = {frame_of(p.query) for p in pairs}
+    blocking = {frame_of(p.query) for p in pairs if p.blocks}
+    matched_known = {p.known.position for p in pairs}
+    query_share = len(matched) / query_total if query_total else 0.0
+    known_times = set(known_times)
+    known_share = len(matched_known & known_times) / len(known_times) if known_times else 0.0
+    # a run may skip one sampled frame (a moment without enough keypoints,
+    # or one that did not verify): samples are seconds apart
+    times = sorted({s.position for s in query_frames if s.position is not None})
+    step = sorted(b - a for a, b in zip(times, times[1:], strict=False))
+    gap = max(settings.max_gap_seconds, 2 * step[len(step) // 2] + 0.5) if step else 0.0
+    runs = find_runs(
+        [FramePair(p.query, p.known, 0) for p in pairs],
+        replace(settings, max_gap_seconds=max(gap, settings.max_gap_seconds)),
+    )
+    need = max(1, min(settings.min_local_frames, query_total))
+    if len(matched) < need:
+        decision = None
+    elif len(blocking) >= need:
+        decision = "block"
+    else:
+        decision = "review"
+    reason = (
+        f"local features: {len(matched)} of {query_total} sampled frames verified"
+        f" ({len(blocking)} at block level; {need} needed)"
+    )
+    return LocalFrameEvidence(decision, query_share, known_share, runs, reason)

@@ -271,12 +271,15 @@ def hash_known(data: bytes, limits: ImageLimits) -> list[Signal]:
 
 
 def local_feature_signals(
-    rgb: np.ndarray, variant: str = "original", position: float | None = None
+    rgb: np.ndarray,
+    variant: str = "original",
+    position: float | None = None,
+    limits: local_features.LocalFeatureLimits = local_features.DEFAULT_LIMITS,
 ) -> list[Signal]:
     """The picture's local_features signal, or none when it has too few
     distinctive, well-spread keypoints to be evidence. `variant` and
     `position` say where it was taken, as for PDQ (a video frame, a page)."""
-    found = local_features.extract(Image.fromarray(rgb))
+    found = local_features.extract(Image.fromarray(rgb), limits)
     if found is None:
         return []
     return [Signal(LOCAL_FEATURES.name, local_features.encode(found), None, variant, position)]

@@ -38,6 +38,18 @@ class VideoLimits:
     # (an hour at the default rate) it is left out rather than use ~GBs. The
     # package itself cannot hash such videos (a strip of 2M x 144 pixels).
     max_videohash_frames: int = 3600
+    # Local features of sampled frames (issue 18: a cropped or tilted copy
+    # has no PDQ-close frame, its keypoints still agree). Known videos are
+    # sampled densely, uploads half as often (a shared scene spans seconds);
+    # a longer video's samples are spread evenly so at most max_* are taken
+    # (a 10-minute known video: one every 5 s). Each known sample is a
+    # picture in the feature index (~1 kB) and an ~11 kB blob in the store and
+    # in the entry's messages (120: ~1.3 MB, well inside gRPC's 4 MiB); each
+    # query sample costs ~9 ms to extract plus its verifications.
+    feature_every_seconds_known: float = 1.0
+    feature_every_seconds_query: float = 2.0
+    max_feature_frames_known: int = 120
+    max_feature_frames_query: int = 60
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,10 @@ class PdfLimits:
     max_images: int = 200
     min_image_side: int = 100
     max_image_pixels: int = 50_000_000
+    # Embedded pictures that also get local features (the first ones with
+    # enough keypoints; ~9 ms each): a known picture shown cropped or tilted
+    # inside a document is found by them.
+    max_feature_images: int = 20
     # Whole-document budget: pages are hashed until it runs out.
     max_seconds: float = 15.0
     # Text extraction budget within it: past it, no more text is read, and

@@ -10,6 +10,9 @@ Per page (position = 1-based page number):
   a JPEG stream as stored ("image:exact"), which is the JPEG file that was
   embedded. The views are those of image entries, so a known photo reused in a
   new PDF matches image sets, and a known PDF's photos match image uploads.
+  The first PdfLimits.max_feature_images of them with enough keypoints also
+  get local features ("image:original"), as image entries do: a known picture
+  shown cropped or tilted in a document is found by them.
 * TEXT_SIMHASH of the page's normalised text ("page"), when it has enough words.
 
 Whole document (position None): TEXT_SHA256 of the normalised text of all
@@ -40,7 +43,7 @@ from PIL import Image, ImageFilter
 
 from hashsvc.base.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
 from hashsvc.base.signals import TEXT_SIMHASH, Signal
-from hashsvc.media.image import VIEW_SIDE, known_views, query_views
+from hashsvc.media.image import VIEW_SIDE, known_views, local_feature_signals, query_views
 from hashsvc.media.limits import PdfLimits
 from hashsvc.media.textnorm import normalise, shingles, simhash, text_sha256, words
 
@@ -162,6 +165,7 @@ class _Hasher:
         self.text_complete = True
         self.text_seconds = 0.0
         self.seen_images: set[int] = set()
+        self.feature_images = 0
         self.deadline = time.monotonic() + limits.max_seconds
 
     def run(self) -> PdfHashes:
@@ -273,7 +277,12 @@ class _Hasher:
                         "sha256", hashlib.sha256(jpeg).digest(), None, f"{IMAGE}:exact", position
                     )
                 )
-            self._add_views(_image_rgb(self.doc, xref, limits.render_side), IMAGE, position)
+            rgb = _image_rgb(self.doc, xref, limits.render_side)
+            self._add_views(rgb, IMAGE, position)
+            if self.feature_images < limits.max_feature_images:
+                found = local_feature_signals(rgb, f"{IMAGE}:original", position)
+                self.feature_images += bool(found)
+                self.signals.extend(found)
 
     def _document_text(self) -> None:
         if not self.text_complete:

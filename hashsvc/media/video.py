@@ -19,6 +19,12 @@ on the vPDQ samples (the full-size hash can be 10-30 away). Only sampled frames
 are ever converted to RGB. Speed (bench/video.py, 2 shared cores): query 720p
 ~30x realtime, 1080p ~20x; known (exact) 720p ~14x.
 
+Sampled frames also get local features (keypoints and descriptors,
+hashsvc/media/local_features.py) from the same small copy, one every
+VideoLimits.feature_every_seconds_* up to max_feature_frames_*: PDQ cannot see
+a cropped or tilted copy, they can. ~9 ms a sample, a few percent of a query's
+hashing time (bench/video.py).
+
 Matching frames into video matches is hashsvc/matching/video_evidence.py.
 """
 
@@ -28,7 +34,7 @@ import io
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import av
 import numpy as np
@@ -39,8 +45,9 @@ from hashsvc.base.media_kinds import frame_variant
 from hashsvc.base.signals import Signal
 from hashsvc.media import videohash as vh
 from hashsvc.media.frame_views import QUERY_SIDE, center, query_frame_signals
-from hashsvc.media.image import pdq_hash
+from hashsvc.media.image import local_feature_signals, pdq_hash
 from hashsvc.media.limits import VideoLimits
+from hashsvc.media.local_features import DEFAULT_LIMITS as PICTURE_FEATURE_LIMITS
 
 # Containers we accept, by FFmpeg demuxer name, and the file extensions that may
 # name each (a path whose extension names another container is refused).
@@ -57,6 +64,10 @@ CROP_SETTLED_SECONDS = 41.0
 # 41 held 4K frames would be ~1 GB. Costs exactness on the first 41 s of such
 # videos only, and only by what a box pre-filter changes in a 144 px shrink.
 VIDEOHASH_HOLD_MAX_PIXELS = 1280 * 720
+# A sampled frame keeps fewer keypoints than a picture: a video has many
+# samples (store and index size), and a re-upload's frames still shared
+# 60-190 verified inliers with the known ones at this count (bench/video.py).
+FRAME_FEATURE_LIMITS = replace(PICTURE_FEATURE_LIMITS, max_keypoints=300)
 
 
 @dataclass(frozen=True)
@@ -91,9 +102,18 @@ class VideoHashes:
     has_audio: bool = False
     decode_seconds: float = 0.0
     frames_decoded: int = 0
+    # local_features of sampled frames ("frame:<n>", position = seconds), at
+    # most VideoLimits.max_feature_frames_*; frames without enough keypoints
+    # (fades, title cards) have none.
+    feature_signals: list[Signal] = field(default_factory=list)
+    feature_seconds: float = 0.0  # of decode_seconds, spent extracting them
 
     def signals(self) -> list[Signal]:
-        return [*self.frame_signals, *([self.videohash] if self.videohash else [])]
+        return [
+            *self.frame_signals,
+            *self.feature_signals,
+            *([self.videohash] if self.videohash else []),
+        ]
 
 
 AudioHook = Callable[["av.AudioFrame"], None]
@@ -119,8 +139,10 @@ def hash_video(
     """Decode once: sampled-frame PDQ signals, the videohash (videohash_rate
     frames per second, the package's frame_interval; 0 = none), duration, fps.
     Decoded audio frames of the first audio stream go to on_audio_frame (for
-    the audio fingerprint) in the same pass. views=False: the vPDQ frame
-    hashes only, no derived views (for export). Typed errors only."""
+    the audio fingerprint) in the same pass. Sampled frames also get local
+    features (VideoLimits.feature_*). views=False: the vPDQ frame hashes
+    only, no derived views and no local features (for export). Typed errors
+    only."""
     limits = limits or VideoLimits()
     started = time.monotonic()
     container, extension = _open(source, limits.max_pixels_per_frame)
@@ -271,6 +293,10 @@ class _Pass:
     views: bool
     frames: list[FrameHash] = field(default_factory=list)
     signals: list[Signal] = field(default_factory=list)
+    feature_signals: list[Signal] = field(default_factory=list)
+    feature_samples: int = 0
+    feature_seconds: float = 0.0
+    next_feature: float = 0.0
     decoded: int = 0
     next_sample: int = 0
     last_seconds: float = 0.0
@@ -294,6 +320,21 @@ class _Pass:
         self.crop: tuple[int, int, int, int] | None = None
         self.crop_fixed = False
         self.small_frames: list[np.ndarray] = []
+        self.feature_interval, self.max_feature_frames = self._feature_sampling()
+
+    def _feature_sampling(self) -> tuple[float, int]:
+        """(seconds between local-feature samples, most samples); (0, 0): none."""
+        limits = self.limits
+        if self.for_query:
+            every, most = limits.feature_every_seconds_query, limits.max_feature_frames_query
+        else:
+            every, most = limits.feature_every_seconds_known, limits.max_feature_frames_known
+        if not self.views or every <= 0 or most <= 0:
+            return 0.0, 0
+        duration = self.container.duration / 1e6 if self.container.duration else 0.0
+        # spread over the whole video; a header that lies about the duration
+        # only ends the samples early (the count is also capped)
+        return max(every, duration / most), most
 
     def _start_seconds(self) -> float:
         # ffmpeg's CLI (and so the videohash package) shifts times so the
@@ -323,6 +364,8 @@ class _Pass:
         if number >= self.next_sample:
             self.next_sample = (number // self.step + 1) * self.step
             self._hash_frame(frame, rgb, number)
+        if self.feature_interval and number / self.fps >= self.next_feature - 0.5 / self.fps:
+            self._feature_frame(rgb, number)
         if self.cfr is not None:
             self._videohash_frame(frame, rgb, seconds)
 
@@ -364,6 +407,21 @@ class _Pass:
         self.signals.append(
             Signal("pdq", middle, middle_quality, frame_variant(number, "center"), seconds)
         )
+
+    def _feature_frame(self, full: _LazyRgb, number: int) -> None:
+        """Local features of one sampled frame, from its small copy (the one
+        PDQ's query views use, <= QUERY_SIDE: the same scale on both sides)."""
+        seconds = round(number / self.fps, 3)
+        self.next_feature = seconds + self.feature_interval
+        self.feature_samples += 1
+        if self.feature_samples >= self.max_feature_frames:
+            self.feature_interval = 0.0  # the last sample
+        started = time.monotonic()
+        found = local_feature_signals(
+            full.small(), frame_variant(number), seconds, FRAME_FEATURE_LIMITS
+        )
+        self.feature_seconds += time.monotonic() - started
+        self.feature_signals.extend(found)
 
     def _videohash_frame(self, frame: av.VideoFrame, full: _LazyRgb, seconds: float) -> None:
         if not self.crop_fixed and self.crop_votes.wants(seconds):
@@ -429,6 +487,8 @@ class _Pass:
             height=ctx.height,
             container=container.format.name,
             frames_decoded=self.decoded,
+            feature_signals=self.feature_signals,
+            feature_seconds=self.feature_seconds,
         )
 
 
