@@ -58,9 +58,10 @@ def test_memory_limit_turns_a_ballooning_decode_into_an_error():
     from tests.test_bad_input import png_bomb
 
     lax = ImageLimits(max_pixels=500_000_000, max_side=50_000)
-    # a worker maps ~100 MB of address space at rest and ~240 MB once it has
-    # hashed an image (numpy, Pillow, PDQ: imported at its first image)
-    small_memory = HashingPool(1, lax, worker_memory_bytes=900 << 20)
+    # a worker maps ~150 MB of address space at rest and ~500 MB once it has
+    # hashed an image (numpy, Pillow, PDQ, OpenCV's ORB and numba: imported at
+    # its first image); the bomb's pixels alone are 1.2 GB
+    small_memory = HashingPool(1, lax, worker_memory_bytes=1200 << 20)
     try:
         with pytest.raises((TooLarge, Unavailable)):
             small_memory.hash_known(png_bomb(20000, 20000))
