@@ -8,7 +8,8 @@ through `pdqhash`) with quality, on several views of the picture.
   nearest neighbour first (also what makes hashing fast); no EXIF rotation.
 * Known images (hash_known) also store views that survive common edits: the
   picture without uniform borders, crops that a re-upload may have made, and
-  crops that leave out each corner (where logos and watermarks go).
+  crops that leave out each corner (where logos and watermarks go), unless all
+  four corners are plain background (a roundel or a logo on white).
 * Uploads (hash_query) are hashed as the 8 dihedral transforms (mirror and
   90-degree rotations cost PDQ almost nothing extra), the same corner-free crops,
   and the rectangles framed by long straight edges (caption bars, a photo inside
