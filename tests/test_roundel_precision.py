@@ -1,7 +1,8 @@
 """Small roundels and ovals on white (badges, clip art, children's-game
 thumbnails) do not match each other: the crops that leave out a corner are
 mostly the shape's outline against the background, the same for every such
-picture, so pictures whose four corners are plain get no corner views. Before,
+picture, so uploads whose four corners are plain get no corner views, nor do
+such known pictures under 256 px (which keep only the centred 95% crop). Before,
 the pairs below came within PDQ 48-50 of each other (review) on corner views
 alone; the bench corpus had 81 such false matches, 3 at BLOCK
 (bench/robustness.py). A re-upload of a roundel still blocks on its whole-picture
@@ -40,6 +41,11 @@ def test_plain_cornered_pictures_have_no_corner_views_and_photos_keep_them():
         # and of the crops a re-upload may have made, only the centred one
         assert [s.variant for s in known if s.variant.startswith("crop_")] == ["crop_0.95_0.5_0.5"]
         assert _corner_views(image.hash_query(data, LIMITS)) == []
+    # a large shape on plain background keeps them as a known picture (a mark
+    # in its corner is found by them); as an upload it has none
+    data = _roundel(3, 400, False)
+    assert len(_corner_views(image.hash_known(data, LIMITS))) == 4
+    assert _corner_views(image.hash_query(data, LIMITS)) == []
     data = im.encode(im.photo(3))
     known = image.hash_known(data, LIMITS)
     assert len(_corner_views(known)) == 4
