@@ -131,7 +131,7 @@ class KnownViews:
 def history_counts(core: Core) -> Counter:
     """The run's history records by (rpc, decision, status). A Match answered OK
     always has a decision; records of other rpcs (HistoryCheckpoint, written
-    every history_checkpoint_seconds) have none, and are no pictures."""
+    every history_checkpoint_records or _seconds) have none, and are no pictures."""
     return Counter(
         (r.rpc, r.decision, r.status) for r in core.audit.export(core.audit.make_filter())
     )
