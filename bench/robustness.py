@@ -6,6 +6,7 @@ real pictures, as the service decides them.
     .venv/bin/python bench/robustness.py --json out.json  # and a machine-readable summary
     .venv/bin/python bench/robustness.py --hard           # + striped and faded known pictures
     .venv/bin/python bench/robustness.py --review 52 --low-quality-review 40   # other thresholds
+    .venv/bin/python bench/robustness.py --pdq-only       # PDQ views alone (minutes, not an hour)
 
 Everything goes through the service's own core (hashsvc.core.Core over a
 temporary SQLite store, default config, hashing in process): the known pictures
@@ -48,7 +49,7 @@ from hashsvc.core.core import Core, MatchQuery
 from hashsvc.index.binary import split_signal_id
 from hashsvc.matching import local_geometry
 from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW, PdqPolicy
-from hashsvc.media import local_features
+from hashsvc.media import image, local_features
 from hashsvc.media.image import pdq_hash
 from hashsvc_testing.image_media import faded, noise_image, striped_image
 
@@ -182,6 +183,15 @@ def nearness(v: dict) -> float:
     )
 
 
+def history_counts(core: Core) -> Counter:
+    """The run's history records by (rpc, decision, status). A Match answered OK
+    always has a decision; records of other rpcs (HistoryCheckpoint, written
+    every history_checkpoint_records or _seconds) have none, and are no pictures."""
+    return Counter(
+        (r.rpc, r.decision, r.status) for r in core.audit.export(core.audit.make_filter())
+    )
+
+
 def evidence(match) -> dict:
     """What the public match JSON says about one match (inliers, coverage... when present)."""
     keep = {}
@@ -206,7 +216,15 @@ def main() -> None:
     parser.add_argument(
         "--hard", action="store_true", help="+ 30 striped and 10 faded pictures as known entries"
     )
+    parser.add_argument(
+        "--pdq-only",
+        action="store_true",
+        help="no local_features signal: the PDQ views' precision and recall alone, fast",
+    )
     args = parser.parse_args()
+    if args.pdq_only:
+        # the core hashes in process, through this module's function
+        image.local_feature_signals = lambda *args, **kwargs: []
     # other default thresholds, to choose them from measurements
     pdq_policy = Config().pdq
     for field, value in (
@@ -438,6 +456,7 @@ def main() -> None:
                     flush=True,
                 )
 
+            records = history_counts(core)
         finally:
             core.close()
 
@@ -535,8 +554,24 @@ def main() -> None:
                 + (" ..." if len(names) > 12 else "")
             )
 
+    print(
+        "\nhistory records (rpc, decision, status: count): "
+        + ", ".join(
+            f"{rpc} {decision or '-'} {status}: {n}"
+            for (rpc, decision, status), n in sorted(records.items())
+        )
+    )
+    undecided = sum(
+        n for (rpc, decision, status), n in records.items()
+        if rpc == "Match" and status == "OK" and not decision
+    )  # fmt: skip
+    if undecided:
+        print(f"ERROR: {undecided} Match calls answered OK without a decision", file=sys.stderr)
     if args.json:
         summary.update(
+            history={
+                f"{rpc}:{decision}:{status}": n for (rpc, decision, status), n in records.items()
+            },
             transforms=rows,
             unrelated_by_category={k: dict(v) for k, v in per_category.items()},
             false_matches=false_matches,
@@ -547,6 +582,8 @@ def main() -> None:
         )
         Path(args.json).write_text(json.dumps(summary, indent=1, default=str))
         print(f"\nsummary: {args.json}", file=sys.stderr)
+    if undecided:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -71,3 +71,14 @@ def faded(img: Image.Image, contrast: float = 0.12) -> Image.Image:
 def faded_photo(n: int, contrast: float = 0.12) -> Image.Image:
     """A real photograph with almost no contrast left (PDQ quality < 50)."""
     return faded(photo(n), contrast)
+
+
+def roundel(img: Image.Image, size: int = 80, oval: bool = False) -> Image.Image:
+    """The picture as a small roundel (or an upright oval) on white, as clip
+    art, badges and children's-game thumbnails are: every corner is plain."""
+    width = int(size * 0.75) if oval else size
+    shape = Image.new("L", (width, size), 0)
+    ImageDraw.Draw(shape).ellipse((0, 0, width - 1, size - 1), fill=255)
+    out = Image.new("RGB", (width, size), (255, 255, 255))
+    out.paste(img.convert("RGB").resize((width, size), Image.Resampling.LANCZOS), (0, 0), shape)
+    return out
