@@ -8,6 +8,7 @@ distance of that hash."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -269,9 +270,14 @@ def test_local_feature_allow_entries_suppress_by_evidence_not_by_distance(feedba
     out = _apply(feedback, weak, _local(BENIGN, 20, 25, 0.2))
     assert out.decision == REVIEW
     # a local-feature allow match (part of a picture) never lifts a PDQ match,
-    # however many inliers it has; a PDQ allow match within its block
-    # threshold lifts a local one
+    # however many inliers it has; nor does a PDQ allow match lift a local one:
+    # a known picture pasted into an allow-listed one keeps the upload's PDQ
+    # near the allow entry while the known picture is found by its features
     out = _apply(feedback, _match(KNOWN, 12, 20), _local(BENIGN, 20, 500, 1.0))
     assert out.decision == BLOCK
-    out = _apply(feedback, strong, _match(BENIGN, 21, 10))
-    assert out.decision == ALLOW
+    out = _apply(feedback, strong, _match(BENIGN, 21, 0))
+    assert out.decision == BLOCK and "not allow-listed" in out.matches[0].reason
+    # a local allow match found in another part of the upload (a tile) lifts nothing
+    tile = replace(strong, query_variant="tile:2")
+    out = _apply(feedback, tile, _local(BENIGN, 20, 300, 0.9))
+    assert out.decision == BLOCK

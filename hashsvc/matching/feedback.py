@@ -153,13 +153,18 @@ def _at_least_as_close(allow: Match, m: Match) -> bool:
         return False  # the upload is a known file; a look-alike is not as close
     if allow.local_features is not None or m.local_features is not None:
         # Local features find a part of a picture (a crop, a tile of a
-        # collage): weaker than any hash within a block threshold, and
-        # compared with each other by their inliers.
-        if allow.local_features is None:
-            return True
-        if m.local_features is None:
+        # collage). A whole-picture hash of an allow-listed picture says
+        # nothing about a known picture pasted into it (an uploader's way to
+        # turn an allow list against the service: a tile of propaganda on an
+        # allow-listed meme), so only a local allow match lifts a local
+        # match, found in the same part of the upload with at least as many
+        # inliers; and a part never lifts a whole-picture hash.
+        if allow.local_features is None or m.local_features is None:
             return False
-        return allow.local_features.inliers >= m.local_features.inliers
+        return (
+            allow.query_variant == m.query_variant
+            and allow.local_features.inliers >= m.local_features.inliers
+        )
     if allow.signal_type == m.signal_type:
         return allow.distance <= m.distance
     return allow.distance == 0
