@@ -155,3 +155,27 @@ def test_tags_in_bad_utf8_do_not_fail_the_upload(tmp_path, fmt, tag):
     at = data.find(tag)
     data[at : at + 2] = b"\xe1\xff"
     assert hash_media(bytes(data), MediaLimits(), for_query=True).media_type == "video"
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("max_feature_frames_known", 100_000),
+        ("max_feature_frames_query", -1),
+        ("feature_every_seconds_known", -1.0),
+        ("feature_every_seconds_query", 1e9),
+    ],
+)
+def test_video_feature_sampling_limits_are_refused_when_the_config_is_read(
+    tmp_path, setting, value
+):
+    """A known video's samples travel in its entry's messages (~11 kB each):
+    an unbounded count would outgrow them, a negative interval means nothing."""
+    from hashsvc.core.config import load_config
+
+    path = tmp_path / "hashsvc.toml"
+    path.write_text(f"[video]\n{setting} = {value}\n")
+    with pytest.raises(ValueError, match=f"video.{setting}"):
+        load_config(str(path))
+    path.write_text(f"[video]\n{setting} = 0\n")  # 0: no samples, allowed
+    assert getattr(load_config(str(path)).video, setting) == 0

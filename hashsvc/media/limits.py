@@ -51,6 +51,18 @@ class VideoLimits:
     max_feature_frames_known: int = 120
     max_feature_frames_query: int = 60
 
+    def __post_init__(self) -> None:
+        # A negative interval or an unbounded count would make a long video's
+        # entry outgrow gRPC's 4 MiB messages (~11 kB a known sample) or a
+        # query's hashing unbounded: refuse them when the config is read. 0
+        # turns the samples off.
+        for name in ("feature_every_seconds_known", "feature_every_seconds_query"):
+            if not 0 <= getattr(self, name) <= 3600:
+                raise ValueError(f"video.{name} must be within 0..3600 (0: no samples)")
+        for name in ("max_feature_frames_known", "max_feature_frames_query"):
+            if not 0 <= getattr(self, name) <= 300:
+                raise ValueError(f"video.{name} must be within 0..300")
+
 
 @dataclass(frozen=True)
 class AudioLimits:
