@@ -295,19 +295,30 @@ class AudioIndex:
         return _distinct(alignments)
 
     @staticmethod
-    def _vote(segment, query_keys, query_positions, track_of_slot):
+    def _gather(segment, query_keys, query_positions):
+        """Every posting of every query word's key, as (track within the
+        segment, position in the known track, position in the query), or None
+        when no key has a usable posting list."""
         lo, hi = segment.lookup(query_keys)
         counts = hi - lo
         useful = (counts > 0) & (counts <= MAX_POSTINGS_PER_KEY)
         lo, counts, qpos = lo[useful], counts[useful], query_positions[useful]
         total = int(counts.sum())
         if total == 0:
-            return []
+            return None
         # Ragged gather: for each query word, every posting of its key.
         first = np.repeat(lo - np.cumsum(counts) + counts, counts)
         hits = segment.positions[first + np.arange(total)].astype(np.int64)
         local = np.searchsorted(segment.starts, hits, side="right") - 1
-        offsets = hits - segment.starts[local] - np.repeat(qpos, counts)
+        return local, hits - segment.starts[local], np.repeat(qpos, counts)
+
+    @staticmethod
+    def _vote(segment, query_keys, query_positions, track_of_slot):
+        gathered = AudioIndex._gather(segment, query_keys, query_positions)
+        if gathered is None:
+            return []
+        local, known_pos, hit_qpos = gathered
+        offsets = known_pos - hit_qpos
         # One integer per (track, offset) pair; offsets lie within +-2**31.
         pairs, votes = np.unique((local << 32) + (offsets + (1 << 31)), return_counts=True)
         strong = np.flatnonzero(votes >= MIN_VOTES)
@@ -368,25 +379,17 @@ class AudioIndex:
 
     @staticmethod
     def _vote_rates(segment, query_keys, query_positions, rate_grid, track_of_slot):
-        lo, hi = segment.lookup(query_keys)
-        counts = hi - lo
-        useful = (counts > 0) & (counts <= MAX_POSTINGS_PER_KEY)
-        lo, counts, qpos = lo[useful], counts[useful], query_positions[useful]
-        total = int(counts.sum())
-        if total == 0:
+        gathered = AudioIndex._gather(segment, query_keys, query_positions)
+        if gathered is None:
             return []
-        first = np.repeat(lo - np.cumsum(counts) + counts, counts)
-        hits = segment.positions[first + np.arange(total)].astype(np.int64)
-        local = np.searchsorted(segment.starts, hits, side="right") - 1
-        known_pos = hits - segment.starts[local]
-        hit_qpos = np.repeat(qpos, counts)
+        local, known_pos, hit_qpos = gathered
         # Only hits that share a track and a rough offset with SHIFT_MIN_VOTES - 1
         # others can be part of a line worth aligning: the rate grid (33 times
         # the work) runs on those alone. A line's rate-1 offsets spread over
         # less than half a coarse bin (for views up to ~36 s), so it lies whole
         # in a bin of one of two binnings half a bin apart.
         rough = known_pos - hit_qpos + (1 << 23)
-        kept = np.zeros(len(hits), dtype=bool)
+        kept = np.zeros(len(local), dtype=bool)
         for shift in (0, _COARSE_BIN // 2):
             coarse = (local << 32) + (rough + shift) // _COARSE_BIN
             _, inverse, counts_in_bin = np.unique(coarse, return_inverse=True, return_counts=True)
