@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hashdb.model import HashSetRecord
 from hashsvc.base.decisions import Decision, Thresholds
@@ -121,21 +121,20 @@ class Policy:
         and agreeing over the part both pictures show (a fixed floor, not per
         set: below it only a shared logo, frame or page template agrees)."""
         limits = self.thresholds(hash_set, LOCAL_FEATURES.name)
-        # fixed floors, lower with many inliers (local_thresholds.LocalThresholds)
-        block_agreement, review_agreement = local_thresholds.DEFAULT_THRESHOLDS.agreement_floors(
-            inliers
+        # the set's inliers and coverage, the fixed agreement floors (lower
+        # with many inliers): one rule, LocalThresholds.level
+        rule = replace(
+            local_thresholds.DEFAULT_THRESHOLDS,
+            block_inliers=limits.block_inliers,
+            block_coverage=limits.block_coverage,
+            review_inliers=limits.review_inliers,
+            review_coverage=limits.review_coverage,
         )
-        if (
-            inliers >= limits.block_inliers
-            and coverage >= limits.block_coverage
-            and agreement >= block_agreement
-        ):
+        level = rule.level(_Evidence(inliers, coverage, agreement))
+        if level == BLOCK:
             return BLOCK, ""
-        if (
-            inliers >= limits.review_inliers
-            and coverage >= limits.review_coverage
-            and agreement >= review_agreement
-        ):
+        if level == REVIEW:
+            block_agreement, _ = rule.agreement_floors(inliers)
             return REVIEW, (
                 f"{inliers} inliers covering {coverage:.2f} of the known picture, agreement"
                 f" {agreement:.2f}; blocking needs {limits.block_inliers} covering"
@@ -171,3 +170,12 @@ class Policy:
                 # match is a hint for a person, not grounds to block.
                 return REVIEW, f"PDQ quality {min(low)} below floor {floor}"
         return decision, ""
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    """What LocalThresholds.level reads of a verification."""
+
+    inliers: int
+    coverage: float
+    agreement: float
