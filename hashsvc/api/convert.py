@@ -400,45 +400,22 @@ def request_strings(message, limits: StringLimits, path: str = "") -> None:
         if fd.type == FieldDescriptor.TYPE_MESSAGE:
             if fd.message_type.GetOptions().map_entry:
                 for key, item in value.items():
-                    _string(key, f"{where} key", limits, "other_chars", where)
+                    limits.check(key, f"{where} key", "other_chars", where)
                     if isinstance(item, str):
                         shown = f"{where}[{quoted(key, 40)}]"
-                        _string(item, shown, limits, "other_chars", where)
+                        limits.check(item, shown, "other_chars", where)
             elif fd.is_repeated:
                 for k, item in enumerate(value):
                     request_strings(item, limits, f"{where}[{k}].")
             else:
                 request_strings(value, limits, f"{where}.")
         elif fd.type == FieldDescriptor.TYPE_STRING:
-            limit = _string_limit(fd.name)
+            limit = StringLimits.limit_for(fd.name)
             if fd.is_repeated:
                 for k, item in enumerate(value):
-                    _string(item, where, limits, limit, f"{where}[{k}]")
+                    limits.check(item, where, limit, f"{where}[{k}]")
             else:
-                _string(value, where, limits, limit, where)
-
-
-def _string_limit(field: str) -> str:
-    """The StringLimits field that bounds a string field of this name."""
-    if field == "client_ref":
-        return "client_ref_chars"
-    if field in ("description", "note"):
-        return "text_chars"
-    if field == "value":  # SignalValue.value: a hash's hex
-        return "signal_value_chars"
-    return "other_chars"
-
-
-def _string(value: str, where: str, limits: StringLimits, limit: str, field: str) -> None:
-    most = getattr(limits, limit)
-    if len(value) > most:
-        raise InvalidArgument(
-            f"{where} is longer than {most} characters ({len(value)})",
-            field=field,
-            limit=f"strings.{limit}",
-        )
-    if "\x00" in value:
-        raise InvalidArgument(f"{where} holds a NUL character", field=field)
+                limits.check(value, where, limit, where)
 
 
 def request_paging(message) -> None:

@@ -66,6 +66,7 @@ class RunningServer:
     streams: StreamLimiter | None = None  # streams open now, within max_streams
     spool: Spool | None = None  # uploads waiting for hashing, within spool_max_bytes
     unread: UnreadCalls | None = None  # calls whose request message has not arrived
+    limiter: RateLimiter | None = None  # requests per token; the HTTP API shares it
 
     def stop(self, grace: float = 5.0) -> None:
         self.stopping.set()  # the health follower first: it must not say SERVING again
@@ -188,8 +189,9 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
     if warning := plaintext_warning(config):
         log.warning(warning)
     running = RunningServer(
-        server, port, core, health_servicer, metrics, streams=streams, spool=spool, unread=unread
-    )
+        server, port, core, health_servicer, metrics, streams=streams, spool=spool, unread=unread,
+        limiter=limiter,
+    )  # fmt: skip
     if config.metrics_listen:
         try:
             running.metrics_port = metrics.serve(config.metrics_listen)
@@ -318,7 +320,10 @@ def _check_can_listen(listen: str) -> None:
                 raise StartupError(f"cannot listen on {listen}: {exc.strerror}") from None
 
 
-def serve_forever(config: Config) -> None:
+def serve_forever(config: Config, companions=()) -> None:
+    """Serves until SIGTERM or SIGINT. `companions`: callables given the
+    running server, each starting a server beside it over the same core (the
+    HTTP API) and returning what has a .stop(), stopped first."""
     # Handlers first: a SIGTERM that arrives while starting still stops cleanly.
     stop = threading.Event()
 
@@ -329,6 +334,14 @@ def serve_forever(config: Config) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     running = start_server(config, block_until_ready=False)
+    beside = []
+    try:
+        beside = [start(running) for start in companions]
+    except BaseException:
+        for server in beside:
+            server.stop()
+        running.stop()
+        raise
     if not running.core.store.list_tokens():
         log.warning(
             "no API tokens yet: create one with `hashsvc token create --role admin --db %s`",
@@ -344,4 +357,6 @@ def serve_forever(config: Config) -> None:
     # its Python handler when the main thread next executes bytecode.
     while not stop.wait(0.5):
         pass
+    for server in beside:
+        server.stop()
     running.stop()

@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from hashsvc.base.addresses import is_loopback
+from hashsvc.base.errors import InvalidArgument
 from hashsvc.matching.policy import LocalFeatureMatching, PdqPolicy
 from hashsvc.media.limits import AudioLimits, ImageLimits, PdfLimits, VideoLimits
 from hashsvc.media.spool import Spool
@@ -38,6 +39,31 @@ class StringLimits:
     other_chars: int = 1024
     # Items of a repeated field (MatchRequest.sets, thresholds) and labels.
     repeated_items: int = 1000
+
+    @staticmethod
+    def limit_for(field: str) -> str:
+        """The field of this class that bounds a request string of this name
+        (the gRPC and the HTTP API name their fields alike)."""
+        if field == "client_ref":
+            return "client_ref_chars"
+        if field in ("description", "note"):
+            return "text_chars"
+        if field == "value":  # a hash's hex
+            return "signal_value_chars"
+        return "other_chars"
+
+    def check(self, value: str, where: str, limit: str, field: str) -> None:
+        """InvalidArgument naming the field and the limit's config key, if the
+        string is longer than its limit or holds a NUL."""
+        most = getattr(self, limit)
+        if len(value) > most:
+            raise InvalidArgument(
+                f"{where} is longer than {most} characters ({len(value)})",
+                field=field,
+                limit=f"strings.{limit}",
+            )
+        if "\x00" in value:
+            raise InvalidArgument(f"{where} holds a NUL character", field=field)
 
 
 # hashsvc/index/multi_index.py REVIEW_SEARCHES (named here without importing it).
@@ -173,6 +199,21 @@ class Config:
     # ...or this long after the last one, if anything was written since: a
     # tail deleted after the last checkpoint is what verify cannot see.
     history_checkpoint_seconds: float = 60.0
+    # The HTTP/JSON API (hashsvc/http) at HOST:PORT, in the same process and
+    # over the same core, tokens, roles and limits as gRPC; empty = off. It
+    # follows `listen`'s transport rules: TLS with tls_cert_file and
+    # tls_key_file, plaintext only on loopback unless allow_insecure.
+    http_listen: str = ""
+    # HTTP connections served at once; past it a new one is answered 503 at
+    # once (uvicorn's limit_concurrency): idle clients cannot take them all.
+    http_max_connections: int = 64
+    # Threads that run the HTTP API's blocking work (matching, the store):
+    # the rest wait their turn, so HTTP cannot starve the gRPC threads.
+    http_threads: int = 16
+    # Finished bulk-load jobs whose progress stays readable (the oldest
+    # finished one is forgotten past this), and jobs running at once.
+    http_jobs_kept: int = 100
+    http_jobs_running: int = 2
     # Prometheus metrics over HTTP at HOST:PORT/metrics; empty = off.
     metrics_listen: str = ""
     # Where the index snapshot lives; empty -> next to a SQLite file, or none.
@@ -242,9 +283,12 @@ class Config:
                 "tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file too; "
                 "without them the server would listen in plaintext"
             )
-        if not self.tls_cert_file and not self.allow_insecure and not is_loopback(self.listen):
+        for key in ("listen", "http_listen"):
+            address = getattr(self, key)
+            if not address or self.tls_cert_file or self.allow_insecure or is_loopback(address):
+                continue
             raise ValueError(
-                f"listen = {self.listen!r} is not a loopback address and TLS is not set: "
+                f"{key} = {address!r} is not a loopback address and TLS is not set: "
                 "tokens and uploads would cross the network in clear; set tls_cert_file and "
                 "tls_key_file, or allow_insecure = true (e.g. behind a TLS-terminating proxy)"
             )
@@ -259,6 +303,10 @@ class Config:
                 " no idle caller can hold"
             )
         for name in (
+            "http_max_connections",
+            "http_threads",
+            "http_jobs_kept",
+            "http_jobs_running",
             "max_streams_per_token",
             "max_uploads_per_token",
             "max_unread_anonymous_calls",

@@ -52,7 +52,8 @@ class SpoolBudget:
             if self._held + size > self.max_bytes:
                 raise TooLarge(
                     f"the upload spool is full: uploads in flight hold {self._held} of"
-                    f" {self.max_bytes} bytes (spool_max_bytes); retry later"
+                    f" {self.max_bytes} bytes (spool_max_bytes); retry later",
+                    limit="spool_max_bytes",
                 )
             self._held += size
 
@@ -81,7 +82,8 @@ class Spool:
             if self._uploads[token_id] >= self.max_per_token:
                 raise TooLarge(
                     f"token {caller!r} already has {self._uploads[token_id]} uploads in flight,"
-                    " its limit (max_uploads_per_token); retry later"
+                    " its limit (max_uploads_per_token); retry later",
+                    limit="max_uploads_per_token",
                 )
             self._uploads[token_id] += 1
         try:
@@ -112,7 +114,10 @@ def spooled(
             for chunk in chunks:
                 size += len(chunk)
                 if size > max_bytes:
-                    raise TooLarge(f"upload exceeds the limit of {max_bytes} bytes")
+                    raise TooLarge(
+                        f"upload exceeds the limit of {max_bytes} bytes (max_upload_bytes)",
+                        limit="max_upload_bytes",
+                    )
                 if budget is not None:
                     budget.take(len(chunk))
                     taken += len(chunk)

@@ -13,6 +13,10 @@ def register(commands: Subcommands) -> None:
         "serve", help="run the gRPC service", description="Run the gRPC service."
     )
     p.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:50051)")
+    p.add_argument(
+        "--http-listen",
+        help="HOST:PORT of the HTTP/JSON API beside gRPC (config http_listen; off when unset)",
+    )
     p.add_argument("--db", help="store URL: sqlite:///PATH (default) or postgresql://...")
     p.add_argument("--config", help="TOML config file (see README)")
     p.add_argument("--workers", type=int, help="hashing processes (default: one per core)")
@@ -27,15 +31,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hashsvc.api.server import StartupError, serve_forever
     from hashsvc.base import logs
     from hashsvc.core.config import load_config
+    from hashsvc.http.server import HttpStartupError, start_http
 
     logs.configure(args.log_level, json_lines=args.log_json)
     try:
-        config = load_config(args.config, listen=args.listen, db_url=args.db, workers=args.workers)
+        config = load_config(
+            args.config,
+            listen=args.listen,
+            http_listen=args.http_listen,
+            db_url=args.db,
+            workers=args.workers,
+        )
     except (OSError, ValueError) as exc:
         raise UsageError(f"config: {exc}") from None
+
+    def http_api(running):  # same process, core, rate limiter and spool
+        return start_http(running.core, running.limiter, running.spool)
+
     try:
-        serve_forever(config)
-    except StartupError as exc:  # one line, no traceback: what to fix
+        serve_forever(config, [http_api] if config.http_listen else [])
+    except (StartupError, HttpStartupError) as exc:  # one line, no traceback: what to fix
         print(f"hashsvc: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK

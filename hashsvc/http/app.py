@@ -1,0 +1,169 @@
+"""The ASGI app: the route table (routes_*.py), each route behind the token,
+role (RPC_ROLES, the gRPC table) and rate-limit checks; health and readiness;
+the OpenAPI description and its page; and the web console at /ui."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from hashsvc.base.errors import HashsvcError, TooLarge
+from hashsvc.core import audit, auth
+from hashsvc.core.auth import RateLimiter
+from hashsvc.core.config import new_spool
+from hashsvc.core.core import Core
+from hashsvc.http import routes_curation, routes_match, routes_people
+from hashsvc.http.calls import Call, Endpoint, Services
+from hashsvc.http.errors import error_body, error_response, plain_error
+from hashsvc.http.jobs import BulkJobs
+from hashsvc.http.openapi import docs_html, openapi
+from hashsvc.media.spool import Spool
+
+log = logging.getLogger(__name__)
+
+ENDPOINTS: list[Endpoint] = [
+    *routes_match.ENDPOINTS,
+    *routes_curation.ENDPOINTS,
+    *routes_people.ENDPOINTS,
+]
+RPC_PREFIX = "/hashsvc.v1."
+# A Match refused by the rate limit is still a Match call, in the history (as gRPC's).
+_RECORDED_WHEN_RATE_LIMITED = frozenset({"Matcher/Match"})
+# Every answer: no caching of tokens' answers, no sniffing a JSON body as HTML.
+_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+# /docs: no script at all, its own inline style only.
+_DOCS_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    return auth.token_from_metadata([("authorization", header)])
+
+
+def guarded(endpoint: Endpoint, services: Services):
+    """The route's handler behind authentication, the role check and the
+    caller's rate limit, its errors answered as JSON."""
+    method = f"{RPC_PREFIX}{endpoint.rpc}"
+    store = services.core.store
+
+    async def run(request: Request) -> Response:
+        record = None
+        try:
+            token = bearer_token(request)
+            record = await anyio.to_thread.run_sync(
+                auth.authenticate, store, token, limiter=services.threads
+            )
+            auth.authorize(record, method)
+            # action records by this caller carry its token id (worker threads
+            # inherit the context)
+            audit.ACTING_TOKEN.set((record.name, record.id))
+            try:
+                services.limiter.check(record)
+            except TooLarge as exc:
+                exc.limit = exc.limit or "rate_limit_per_second"
+                if endpoint.rpc in _RECORDED_WHEN_RATE_LIMITED:
+                    refused = functools.partial(
+                        services.core.record_failed_match,
+                        "Match",
+                        record.name,
+                        exc,
+                        caller_token_id=record.id,
+                    )
+                    await anyio.to_thread.run_sync(refused)
+                raise
+            response = await endpoint.handler(Call(request, record, services))
+        except HashsvcError as exc:
+            response = error_response(exc)
+            if response.status_code == 401:
+                response.headers["WWW-Authenticate"] = "Bearer"
+        except Exception as exc:  # a bug: logged, answered INTERNAL
+            response = error_response(exc)
+        response.headers.update(_HEADERS)
+        return response
+
+    run.__name__ = endpoint.handler.__name__
+    return run
+
+
+def build_app(
+    core: Core,
+    limiter: RateLimiter | None = None,
+    spool: Spool | None = None,
+    jobs: BulkJobs | None = None,
+) -> Starlette:
+    """The HTTP API over `core`; `limiter` and `spool` the gRPC server's own
+    when both serve in one process (one rate budget per token, one spool)."""
+    config = core.config
+    services = Services(
+        core,
+        limiter or RateLimiter(config.rate_limit_per_second, config.rate_limit_burst),
+        spool or new_spool(config),
+        jobs or BulkJobs(core, config.http_jobs_kept, config.http_jobs_running),
+        anyio.CapacityLimiter(config.http_threads),
+    )
+    spec = openapi(ENDPOINTS, RPC_PREFIX)
+    docs = docs_html(spec)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"}, headers=_HEADERS)
+
+    async def readyz(request: Request) -> Response:
+        reason = core.not_ready_reason()
+        if reason:
+            return JSONResponse(error_body("UNAVAILABLE", reason), 503, headers=_HEADERS)
+        return JSONResponse({"status": "ready"}, headers=_HEADERS)
+
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(spec)
+
+    async def docs_page(request: Request) -> Response:
+        return HTMLResponse(
+            docs,
+            headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"},
+        )
+
+    routes = [Route(ep.path, guarded(ep, services), methods=[ep.method]) for ep in ENDPOINTS] + [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/docs", docs_page, methods=["GET"]),
+    ]
+    # ---- the web console (issue 21 part 2: hashsvc/http/console/,
+    # build_console(core, ...) -> an ASGI app) is mounted here at /ui. ----
+    console = console_app(core)
+    if console is not None:
+        routes.append(Mount("/ui", app=console))
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        code = {404: "NOT_FOUND", 405: "UNIMPLEMENTED"}.get(exc.status_code, "INVALID_ARGUMENT")
+        what = {404: f"no such route: {request.url.path[:200]}",
+                405: f"{request.method} is not allowed on {request.url.path[:200]}"}  # fmt: skip
+        response = plain_error(exc.status_code, code, what.get(exc.status_code, str(exc.detail)))
+        response.headers.update(_HEADERS)
+        return response
+
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app.state.services = services
+    return app
+
+
+def console_app(core: Core):
+    """The web console's app, if that package is installed here (the lead
+    wires its arguments at merge); None without it."""
+    try:
+        from hashsvc.http.console import build_console  # noqa: PLC0415 - optional part
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("hashsvc.http.console",):
+            raise
+        return None
+    return build_console(core)

@@ -1,0 +1,242 @@
+"""The review queue, the history and the tokens: the Review, Audit and Admin
+RPCs over HTTP."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from hashdb import ReviewFilter
+from hashsvc.base import media_kinds
+from hashsvc.base.errors import InvalidArgument, NotFound
+from hashsvc.http.calls import Call, Endpoint, Fields, Param, parse_int
+from hashsvc.http.routes_curation import PAGING, parse_time
+from hashsvc.http.views import history_json, review_item_json, token_json
+
+# History records exported per worker-thread round trip.
+_EXPORT_CHUNK = 200
+
+
+def _review_filter(call: Call, get) -> ReviewFilter:
+    """get(name) -> the filter field's text ("" when not given)."""
+    set_id = None
+    if set_name := get("set"):
+        set_id = call.core.set_ids_by_name().get(set_name)
+        if set_id is None:
+            raise NotFound(f"no such set: {set_name}")
+    label = None
+    if text := get("label"):
+        key, sep, value = text.partition("=")
+        if not sep:
+            raise InvalidArgument("label filter must be key=value", field="label")
+        label = (key.strip(), value.strip())
+    media = get("media_type")
+    if media and media not in media_kinds.MEDIA_KINDS:
+        raise InvalidArgument(
+            f"media_type must be one of {', '.join(media_kinds.MEDIA_KINDS)}", field="media_type"
+        )
+    return ReviewFilter(
+        status=get("status") or "open",
+        set_id=set_id,
+        label=label,
+        media_type=media or None,
+        caller=get("caller") or None,
+    )
+
+
+REVIEW_FILTER = (
+    Param("status", description="open (default), confirmed, false_positive"),
+    Param("set"),
+    Param("label", description="key=value"),
+    Param("media_type", description=", ".join(media_kinds.MEDIA_KINDS)),
+    Param("caller"),
+)
+
+
+async def list_review_items(call: Call) -> Response:
+    page_size, token = call.query_int("page_size"), call.query_str("page_token")
+
+    def page():
+        return call.core.review.list(_review_filter(call, call.query_str), page_size, token)
+
+    items, next_token = await call.blocking(page)
+    return JSONResponse(
+        {"items": [review_item_json(i) for i in items], "next_page_token": next_token}
+    )
+
+
+def _reviewer(call: Call) -> str:
+    # a claim belongs to the token that made it (hashsvc/api/calls.py reviewer_identity)
+    return f"{call.caller.name}#{call.caller.id}"
+
+
+async def claim_review_item(call: Call) -> Response:
+    body = Fields(call, await call.json())
+    item_id = body.int("id")
+    if item_id < 0:
+        raise InvalidArgument("id must be positive", field="id")
+
+    def claim():
+        item_filter = _review_filter(call, lambda name: body.str(name))
+        return call.core.review.claim(_reviewer(call), item_id or None, item_filter)
+
+    return JSONResponse(review_item_json(await call.blocking(claim)))
+
+
+async def resolve_review_item(call: Call) -> Response:
+    item_id = parse_int(call.path_str("id"), "id")
+    body = Fields(call, await call.json())
+    item = await call.blocking(
+        call.core.review.resolve,
+        _reviewer(call),
+        item_id,
+        body.str("resolution"),
+        body.str("note"),
+        body.str("add_to_set"),
+        body.str("entry_name"),
+    )
+    return JSONResponse(review_item_json(item))
+
+
+def _history_filter(call: Call):
+    return call.core.audit.make_filter(
+        since=parse_time(call.query_str("since"), "since"),
+        until=parse_time(call.query_str("until"), "until"),
+        decision=call.query_str("decision") or None,
+        set_name=call.query_str("set") or None,
+        caller=call.query_str("caller") or None,
+    )
+
+
+HISTORY_FILTER = (
+    Param("since", description="ISO 8601"),
+    Param("until", description="ISO 8601"),
+    Param("decision", description="allow, review, block"),
+    Param("set"),
+    Param("caller", description="the token name"),
+)
+
+
+async def query_history(call: Call) -> Response:
+    page_size, token = call.query_int("page_size"), call.query_str("page_token")
+
+    def page():
+        return call.core.audit.query(_history_filter(call), page_size, token)
+
+    records, next_token = await call.blocking(page)
+    return JSONResponse(
+        {"records": [history_json(r) for r in records], "next_page_token": next_token}
+    )
+
+
+async def export_history(call: Call) -> Response:
+    records = iter(await call.blocking(lambda: call.core.audit.export(_history_filter(call))))
+
+    def next_lines() -> bytes:
+        lines = []
+        for record in records:
+            lines.append(json.dumps(history_json(record), ensure_ascii=False) + "\n")
+            if len(lines) >= _EXPORT_CHUNK:
+                break
+        return "".join(lines).encode()
+
+    async def body():
+        while text := await call.blocking(next_lines):
+            yield text
+
+    return StreamingResponse(body(), media_type="application/x-ndjson")
+
+
+async def verify_history(call: Call) -> Response:
+    result = await call.blocking(call.core.audit.verify)
+    return JSONResponse(
+        {
+            "intact": result.intact,
+            "records_checked": result.records_checked,
+            "unchained_records": result.unchained_records,
+            "head_hash": result.head_hash,
+            "problems": [{"record_id": i, "problem": p} for i, p in result.problems],
+            "checkpoints_checked": result.checkpoints_checked,
+            "notes": list(result.notes),
+            "truncation_checked": result.truncation_checked,
+        }
+    )
+
+
+async def create_token(call: Call) -> Response:
+    body = Fields(call, await call.json())
+    record, token = await call.blocking(
+        call.core.create_token,
+        call.caller.name,
+        body.str("role"),
+        body.str("name"),
+        body.int("expires_in_seconds"),
+    )
+    # the secret is shown once, here
+    return JSONResponse({"token": token, "info": token_json(record)}, 201)
+
+
+async def list_tokens(call: Call) -> Response:
+    tokens = await call.blocking(call.core.list_tokens)
+    return JSONResponse({"tokens": [token_json(t) for t in tokens]})
+
+
+async def revoke_token(call: Call) -> Response:
+    token_id = parse_int(call.path_str("id"), "id")
+    record = await call.blocking(call.core.revoke_token, call.caller.name, token_id)
+    return JSONResponse(token_json(record))
+
+
+ID = Param("id", "integer", where="path", required=True)
+FILTER_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer", "description": "this item (0 or none: the oldest free one)"},
+        **{p.name: {"type": "string"} for p in REVIEW_FILTER},
+    },
+}
+RESOLVE_SCHEMA = {
+    "type": "object",
+    "required": ["resolution"],
+    "properties": {
+        "resolution": {"type": "string", "enum": ["confirmed", "false_positive"]},
+        "note": {"type": "string"},
+        "add_to_set": {"type": "string"},
+        "entry_name": {"type": "string"},
+    },
+}
+TOKEN_SCHEMA = {
+    "type": "object",
+    "required": ["role"],
+    "properties": {
+        "role": {"type": "string"},
+        "name": {"type": "string"},
+        "expires_in_seconds": {"type": "integer", "minimum": 0},
+    },
+}
+
+ENDPOINTS = [
+    Endpoint("GET", "/v1/review/items", "Review/ListReviewItems", list_review_items,
+             "A page of the review queue, oldest first", params=(*REVIEW_FILTER, *PAGING)),
+    Endpoint("POST", "/v1/review/claim", "Review/ClaimReviewItem", claim_review_item,
+             "Claim an item (by id, or the oldest free one matching the filter)",
+             body="json", body_schema=FILTER_SCHEMA),
+    Endpoint("POST", "/v1/review/items/{id}/resolve", "Review/ResolveReviewItem",
+             resolve_review_item, "Resolve a claimed item as confirmed or false_positive",
+             params=(ID,), body="json", body_schema=RESOLVE_SCHEMA),
+    Endpoint("GET", "/v1/history", "Audit/QueryHistory", query_history,
+             "A page of the history (matches and actions)",
+             params=(*HISTORY_FILTER, *PAGING)),
+    Endpoint("GET", "/v1/history/export", "Audit/ExportHistory", export_history,
+             "The history matching the filters, streamed as JSON lines",
+             params=HISTORY_FILTER, answers="jsonl"),
+    Endpoint("GET", "/v1/history/verify", "Audit/VerifyHistory", verify_history,
+             "Verify the history's hash chain and checkpoints"),
+    Endpoint("POST", "/v1/tokens", "Admin/CreateToken", create_token,
+             "Create an API token (its secret is answered once)", body="json",
+             body_schema=TOKEN_SCHEMA, ok_status=201),
+    Endpoint("GET", "/v1/tokens", "Admin/ListTokens", list_tokens, "List the API tokens"),
+    Endpoint("DELETE", "/v1/tokens/{id}", "Admin/RevokeToken", revoke_token,
+             "Revoke an API token", params=(ID,)),
+]  # fmt: skip

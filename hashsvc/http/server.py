@@ -1,0 +1,104 @@
+"""The HTTP API served by uvicorn on a thread of the gRPC server's process
+(`hashsvc serve --http-listen HOST:PORT`): the same core, rate limiter and
+spool. TLS with the gRPC server's certificate and key (and client CA)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+
+import uvicorn
+
+from hashsvc.core.auth import RateLimiter
+from hashsvc.core.core import Core
+from hashsvc.http.app import build_app
+from hashsvc.http.jobs import BulkJobs
+from hashsvc.media.spool import Spool
+
+log = logging.getLogger(__name__)
+
+_START_SECONDS = 30.0
+
+
+class HttpStartupError(OSError):
+    """The HTTP API cannot listen where configured (the message says why)."""
+
+
+class HttpServer:
+    def __init__(
+        self, core: Core, limiter: RateLimiter | None = None, spool: Spool | None = None
+    ) -> None:
+        config = core.config
+        self.jobs = BulkJobs(core, config.http_jobs_kept, config.http_jobs_running)
+        self.app = build_app(core, limiter, spool, self.jobs)
+        self.listen = config.http_listen
+        host, _, port = config.http_listen.rpartition(":")
+        self._socket = _bind(host.strip("[]"), port, config.http_listen)
+        self.port = self._socket.getsockname()[1]
+        tls = {}
+        if config.tls_cert_file:
+            tls = {"ssl_certfile": config.tls_cert_file, "ssl_keyfile": config.tls_key_file}
+            if config.tls_client_ca_file:
+                tls.update(ssl_ca_certs=config.tls_client_ca_file, ssl_cert_reqs=ssl.CERT_REQUIRED)
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                self.app,
+                log_config=None,  # the process's own logging (hashsvc/base/logs.py)
+                access_log=False,
+                limit_concurrency=config.http_max_connections,
+                # an idle keep-alive connection is closed after this
+                timeout_keep_alive=int(min(config.stream_idle_seconds, 30)) or 5,
+                lifespan="off",
+                server_header=False,
+                **tls,
+            )
+        )
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> HttpServer:
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self._socket]}, daemon=True, name="http"
+        )
+        self._thread.start()
+        deadline = time.monotonic() + _START_SECONDS
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise HttpStartupError(f"the HTTP API did not start on {self.listen}")
+            time.sleep(0.02)
+        log.info("HTTP API listening on %s (port %d)", self.listen, self.port)
+        return self
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=grace + 5)
+        self.jobs.wait(grace)
+        self._socket.close()
+
+
+def _bind(host: str, port_text: str, listen: str) -> socket.socket:
+    try:
+        port = int(port_text)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except (ValueError, OSError) as exc:
+        raise HttpStartupError(
+            f"cannot listen on {listen}: not a HOST:PORT address ({exc})"
+        ) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host or "127.0.0.1", port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise HttpStartupError(f"cannot listen on {listen} (HTTP API): {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def start_http(core: Core, limiter: RateLimiter | None = None, spool: Spool | None = None):
+    """The HTTP API on config.http_listen, started; .stop() stops it."""
+    return HttpServer(core, limiter, spool).start()

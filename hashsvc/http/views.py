@@ -1,0 +1,159 @@
+"""The core's records as the API's JSON. Field names are those of the CLI's
+--json output (hashsvc/client/commands/views.py, a public contract): a script
+reads the same object from `hashsvc history --json` and `GET /v1/history`.
+Matches come from hashsvc/base/match_json.py, as `hashsvc match --json`'s do."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from hashdb import EntryRecord, HashSetRecord, HistoryRecord, ReviewItem, TokenRecord
+from hashsvc.base.decisions import Thresholds
+from hashsvc.core.audit import history_signal_json
+from hashsvc.core.bulk_rows import BulkResult
+from hashsvc.core.core import MatchOutcome
+from hashsvc.matching.matcher import Match
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def match_outcome_json(label: str, outcome: MatchOutcome) -> dict:
+    """The object `hashsvc match --json` prints for one file: `file` is the
+    upload's name (a hash's TYPE:HEX)."""
+    return {
+        "file": label,
+        "decision": outcome.decision,
+        "request_id": outcome.request_id,
+        "matches": [m.public_json() for m in outcome.matches],
+        **({"notes": list(outcome.notes)} if outcome.notes else {}),
+    }
+
+
+def stored_matches_json(matches: list[dict]) -> list[dict]:
+    """Matches as the history and review items keep them, in the public shape."""
+    return [Match.from_json(m).public_json() for m in matches]
+
+
+def stored_signal_json(s: dict) -> dict:
+    out = {
+        "signal_type": s["signal_type"],
+        "value": s["value"],
+        "quality": s.get("quality") or 0,
+        "variant": s.get("variant", ""),
+    }
+    if s.get("sha256"):
+        out.update(bytes=s.get("bytes", 0), sha256=s["sha256"])
+    return out
+
+
+def threshold_json(signal_type: str, t: Thresholds) -> dict:
+    if signal_type == "local_features":  # judged by evidence, not distance
+        return {
+            "block_inliers": t.block_inliers,
+            "block_coverage": t.block_coverage,
+            "review_inliers": t.review_inliers,
+            "review_coverage": t.review_coverage,
+        }
+    return {"block": t.block_distance, "review": t.review_distance}
+
+
+def set_json(s: HashSetRecord) -> dict:
+    return {
+        "name": s.name,
+        "description": s.description,
+        "labels": dict(s.labels),
+        "enabled": s.enabled,
+        "entries": s.entry_count,
+        "thresholds": {k: threshold_json(k, t) for k, t in sorted(s.thresholds.items())},
+        "allow_list": s.allow_list,
+        "review_blocks": s.review_blocks,
+        "review_target": s.review_target,
+        "created_at": iso(s.created_at),
+    }
+
+
+def entry_json(e: EntryRecord, set_name: str) -> dict:
+    out = {
+        "set": set_name,
+        "entry": e.name,
+        "id": e.id,
+        "labels": dict(e.labels),
+        "media_type": e.media_type,
+        # an opaque blob (local features) as its size and SHA-256, as in the history
+        "signals": [stored_signal_json(history_signal_json(s)) for s in e.signals],
+        "created_at": iso(e.created_at),
+        "added_by": e.added_by,
+    }
+    if e.removed_at is not None:
+        out["removed_at"] = iso(e.removed_at)
+    return out
+
+
+def history_json(r: HistoryRecord) -> dict:
+    return {
+        "id": r.id,
+        "request_id": r.request_id,
+        "time": iso(r.time),
+        "caller": r.caller,
+        "caller_token_id": r.caller_token_id or None,
+        "rpc": r.rpc,
+        "media_type": r.media_type or "unspecified",
+        "decision": r.decision or None,
+        "status": r.status,
+        "error_message": r.error_message,
+        "client_ref": r.client_ref,
+        "media_bytes": r.media_bytes,
+        "query_signals": [stored_signal_json(s) for s in r.query_signals],
+        "matches": stored_matches_json(r.matches),
+        "detail": r.detail or None,
+    }
+
+
+def review_item_json(item: ReviewItem) -> dict:
+    return {
+        "id": item.id,
+        "request_id": item.request_id,
+        "created_at": iso(item.created_at),
+        "caller": item.caller,
+        "media_type": item.media_type,
+        "client_ref": item.client_ref,
+        "status": item.status,
+        "claimed_by": item.claimed_by,
+        "claim_expires_at": iso(item.claim_expires_at) if item.claimed_by else None,
+        "resolved_by": item.resolved_by,
+        "resolved_at": iso(item.resolved_at) if item.resolved_by else None,
+        "note": item.note,
+        "added_entry_id": item.added_entry_id or None,
+        "query_signals": [stored_signal_json(s) for s in item.query_signals],
+        "matches": stored_matches_json(item.matches),
+    }
+
+
+def token_json(t: TokenRecord) -> dict:
+    return {
+        "id": t.id,
+        "name": t.name,
+        "role": t.role,
+        "created_at": iso(t.created_at),
+        "revoked_at": iso(t.revoked_at),
+        "expires_at": iso(t.expires_at),
+    }
+
+
+def bulk_result_json(result: BulkResult) -> dict:
+    return {
+        "rows": result.rows,
+        "added": result.added,
+        "updated": result.updated,
+        "removed": result.removed,
+        "unchanged": result.unchanged,
+        "rejected_count": result.rejected_count,
+        "rejected": [
+            {"source": r.source, "line": r.line, "reason": r.reason} for r in result.rejected
+        ],
+        "written": result.written,
+    }
