@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 
+from hashdb import HistoryFilter
 from hashsvc.core import auth
 from hashsvc.v1 import hashsvc_pb2 as pb
 
@@ -150,3 +151,140 @@ def test_rate_limit_is_per_token(tmp_path, make_harness):
     # another pipeline's token is not slowed down by the first one
     _, admin_md = h.stubs("admin")
     stubs.matcher.Match(REQUESTS["Matcher/Match"], metadata=admin_md)
+
+
+# -- the same matrix over the HTTP API (hashsvc/http): one role table for both
+
+
+@pytest.fixture(scope="module")
+def http_url(module_harness):
+    """The HTTP API on the module's server: same core, rate limiter and spool."""
+    running = module_harness.running
+    server = start_http_on(running)
+    yield f"http://127.0.0.1:{server.port}"
+    server.stop()
+
+
+def start_http_on(running):
+    import dataclasses
+
+    from hashsvc.http.server import HttpServer
+
+    core = running.core
+    core.config = dataclasses.replace(core.config, http_listen="127.0.0.1:0")
+    return HttpServer(core, running.limiter, running.spool).start()
+
+
+def _http_request(endpoint) -> dict:
+    """A minimal request for a route; what matters is the status class."""
+    path = (
+        endpoint.path.replace("{set}", "s")
+        .replace("{name:path}", "e")
+        .replace("{id}", "999999")
+        .replace("{job_id}", "x")
+    )
+    body: dict = {"json": {}}
+    if endpoint.body == "match":
+        body = {"json": {"signal": {"signal_type": "md5", "value": "0" * 32}}}
+    elif endpoint.body == "media":
+        body = {"content": b"\x89PNG\r\n\x1a\n"}
+    elif not endpoint.body:
+        body = {}
+    return {"method": endpoint.method, "url": path, **body}
+
+
+def test_every_rpc_has_an_http_route_with_its_roles():
+    from hashsvc.http.app import ENDPOINTS, RPCS_SERVED_ELSEWHERE
+
+    routed = {f"/hashsvc.v1.{ep.rpc}" for ep in ENDPOINTS}
+    elsewhere = {f"/hashsvc.v1.{rpc}" for rpc in RPCS_SERVED_ELSEWHERE}
+    assert routed | elsewhere == set(auth.RPC_ROLES)
+    assert routed <= set(auth.RPC_ROLES)
+
+
+def _http_endpoints():
+    from hashsvc.http.app import ENDPOINTS
+
+    return ENDPOINTS
+
+
+@pytest.mark.parametrize("endpoint", _http_endpoints(), ids=lambda ep: f"{ep.method} {ep.path}")
+@pytest.mark.parametrize("role", [*auth.ROLES, None, "wrong-token", "revoked", "expired"])
+def test_http_role_matrix(module_harness, http_url, endpoint, role):
+    import httpx
+
+    if role == "wrong-token":
+        headers = {"Authorization": "Bearer hsv_not-a-real-token"}
+    elif role is None:
+        headers = {}
+    else:
+        headers = {"Authorization": f"Bearer {module_harness.tokens[role]}"}
+    allowed = role in auth.RPC_ROLES[f"/hashsvc.v1.{endpoint.rpc}"]
+    with httpx.Client(base_url=http_url, headers=headers, timeout=60) as client:
+        resp = client.request(**_http_request(endpoint))
+    assert resp.status_code != 500, resp.text
+    if allowed:
+        assert resp.status_code not in (401, 403), f"{role}: {resp.status_code} {resp.text}"
+    elif role in (None, "wrong-token", "revoked", "expired"):
+        assert resp.status_code == 401 and resp.json()["error"]["code"] == "UNAUTHENTICATED"
+    else:
+        assert resp.status_code == 403 and resp.json()["error"]["code"] == "PERMISSION_DENIED"
+
+
+def test_http_rate_limit_is_the_grpc_one(tmp_path, make_harness):
+    """One budget per token over both APIs: 3 gRPC calls use the burst up,
+    the HTTP call after them is refused (429) and recorded as a Match."""
+    import httpx
+
+    h = make_harness(f"sqlite:///{tmp_path}/rate.db", rate_limit_per_second=0.2, rate_limit_burst=3)
+    server = start_http_on(h.running)
+    try:
+        stubs, md = h.stubs("matcher")
+        for _ in range(3):
+            stubs.matcher.Match(REQUESTS["Matcher/Match"], metadata=md)
+        headers = {"Authorization": f"Bearer {h.tokens['matcher']}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", headers=headers) as c:
+            resp = c.post("/v1/match", json={"signal": {"signal_type": "md5", "value": "0" * 32}})
+        assert resp.status_code == 429
+        assert resp.json()["error"] == {
+            "code": "RESOURCE_EXHAUSTED",
+            "message": resp.json()["error"]["message"],
+            "limit": "rate_limit_per_second",
+        }
+        records = h.core.store.query_history(HistoryFilter())
+        assert [r.status for r in records if r.rpc == "Match"].count("RESOURCE_EXHAUSTED") == 1
+    finally:
+        server.stop()
+
+
+def test_http_match_fails_closed_while_the_index_is_not_loaded(tmp_path):
+    """No index, no decision: 503 UNAVAILABLE and /readyz 503, never an ALLOW."""
+    import httpx
+
+    from hashsvc.core.config import Config
+    from hashsvc.core.core import Core
+    from hashsvc.http.server import HttpServer
+
+    core = Core.open(
+        Config(db_url=f"sqlite:///{tmp_path}/cold.db", http_listen="127.0.0.1:0"),
+        hash_in_process=True,
+    )
+    _, token = auth.create_token(core.store, "matcher", "cold")
+    server = HttpServer(core).start()  # the core is never started: no index
+    try:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{server.port}",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as client:
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["error"]["code"] == "UNAVAILABLE"
+            assert client.get("/healthz").status_code == 200
+            resp = client.post(
+                "/v1/match", json={"signal": {"signal_type": "md5", "value": "0" * 32}}
+            )
+            assert resp.status_code == 503 and resp.json()["error"]["code"] == "UNAVAILABLE"
+            raw = client.post("/v1/match", content=b"\xff\xd8\xff" + b"\x00" * 100)
+            assert raw.status_code == 503, raw.text
+    finally:
+        server.stop()
+        core.close()

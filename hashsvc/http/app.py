@@ -34,6 +34,12 @@ ENDPOINTS: list[Endpoint] = [
     *routes_people.ENDPOINTS,
 ]
 RPC_PREFIX = "/hashsvc.v1."
+# RPCs without a route of their own: a route above serves what they do.
+RPCS_SERVED_ELSEWHERE = {
+    "Matcher/MatchUpload": "POST /v1/match (a large body is streamed to the spool)",
+    "Matcher/MatchBatch": "POST /v1/match once per upload (HTTP/1.1 keep-alive, or HTTP/2)",
+    "Curation/AddEntry": "POST /v1/sets/{set}/entries (JSON with a signal)",
+}
 # A Match refused by the rate limit is still a Match call, in the history (as gRPC's).
 _RECORDED_WHEN_RATE_LIMITED = frozenset({"Matcher/Match"})
 # Every answer: no caching of tokens' answers, no sniffing a JSON body as HTML.
