@@ -3,6 +3,10 @@
     .venv/bin/python bench/speed.py            # 100k and 1M known hashes
     .venv/bin/python bench/speed.py --short    # 100k, fewer requests (CI)
 
+Last, `POST /v1/match` of the HTTP API (hashsvc/http, served beside gRPC by the same
+process and core) against gRPC Match: p50 of the same 1024x768 JPEGs, one client each,
+the two interleaved request by request so both see the same machine (target: within 2 ms).
+
 Beside the PDQ hashes, the feature index holds --features known pictures (default 100k;
 synthetic visual words as real pictures' are distributed: hashsvc_testing/descriptors.py), so an
 upload's local features are searched and its candidates verified as in production. The server
@@ -34,6 +38,7 @@ from PIL import Image
 from hashsvc.api.server import start_server
 from hashsvc.core import auth
 from hashsvc.core.config import Config
+from hashsvc.http.server import HttpServer
 from hashsvc.index.binary import signal_id
 from hashsvc.index.engines import load_index
 from hashsvc.index.local_features import FeatureIndex
@@ -126,6 +131,42 @@ def run_requests(
     return latencies, time.perf_counter() - started
 
 
+def compare_http(running, stubs, metadata, token: str, uploads: list[bytes]) -> None:
+    """p50 of POST /v1/match (raw JPEG body, keep-alive) beside gRPC Match, interleaved."""
+    import httpx
+
+    http = HttpServer(running.core, running.limiter, running.spool).start()
+    try:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{http.port}",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "image/jpeg"},
+            timeout=60,
+        ) as client:
+
+            def one_http(data: bytes) -> float:
+                t = time.perf_counter()
+                resp = client.post("/v1/match", content=data)
+                elapsed = (time.perf_counter() - t) * 1000
+                if resp.status_code != 200:
+                    raise SystemExit(f"POST /v1/match: {resp.status_code} {resp.text[:300]}")
+                return elapsed
+
+            for data in uploads[:5]:  # warm up the connection
+                one_http(data)
+            grpc_ms, http_ms = [], []
+            for data in uploads:
+                grpc_ms.append(run_requests(stubs, metadata, [data], 1)[0][0])
+                http_ms.append(one_http(data))
+    finally:
+        http.stop(grace=1)
+    grpc_p50, http_p50 = percentile(grpc_ms, 50), percentile(http_ms, 50)
+    print(
+        f"\nHTTP API vs gRPC, {len(uploads)} JPEGs 1024x768, one client, interleaved:"
+        f" gRPC Match p50 {grpc_p50:.1f} ms, POST /v1/match p50 {http_p50:.1f} ms"
+        f" ({http_p50 - grpc_p50:+.1f} ms; target: within 2 ms)"
+    )
+
+
 def report_restart(core, tmp: str) -> None:
     """How long a restart takes to get the index back: snapshot vs rebuild."""
 
@@ -170,7 +211,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         config = Config(
-            listen="127.0.0.1:0", db_url=f"sqlite:///{tmp}/bench.db", workers=args.workers
+            listen="127.0.0.1:0",
+            http_listen="127.0.0.1:0",
+            db_url=f"sqlite:///{tmp}/bench.db",
+            workers=args.workers,
         )
         running = start_server(config)
         try:
@@ -234,6 +278,7 @@ def main() -> None:
                 f"p50/p99: one client; CPU ms/upload: 4 clients, {args.workers} hashing workers,"
                 " this process (server and clients) and the workers together"
             )
+            compare_http(running, stubs, md, token, uploads)
             report_restart(running.core, tmp)
             channel.close()
         finally:
