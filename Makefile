@@ -20,11 +20,14 @@ proto $(PROTO_OUT): protos/hashsvc/v1/hashsvc.proto $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. \
 		--pyi_out=. protos/hashsvc/v1/hashsvc.proto
 
-# Runs the service on the embedded default store (./hashsvc.db); another
-# address with `make run LISTEN=127.0.0.1:50052`.
+# Runs the service on the embedded default store (./hashsvc.db), with the
+# HTTP/JSON API beside gRPC; another address with `make run
+# LISTEN=127.0.0.1:50052`, no HTTP API with `make run HTTP_LISTEN=`.
 LISTEN ?= 127.0.0.1:50051
+HTTP_LISTEN ?= 127.0.0.1:8080
 run: install
-	$(BIN)/hashsvc serve --listen $(LISTEN) --db sqlite:///hashsvc.db
+	$(BIN)/hashsvc serve --listen $(LISTEN) $(if $(HTTP_LISTEN),--http-listen $(HTTP_LISTEN)) \
+		--db sqlite:///hashsvc.db
 
 # A few pictures for the README's first steps, made locally into ./samples.
 samples: install
