@@ -31,7 +31,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hashsvc.api.server import StartupError, serve_forever
     from hashsvc.base import logs
     from hashsvc.core.config import load_config
-    from hashsvc.http.server import HttpStartupError, start_http
 
     logs.configure(args.log_level, json_lines=args.log_json)
     try:
@@ -46,11 +45,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"config: {exc}") from None
 
     def http_api(running):  # same process, core, rate limiter and spool
-        return start_http(running.core, running.limiter, running.spool)
+        # its stack is loaded only when asked for
+        from hashsvc.http.server import HttpStartupError, start_http
+
+        try:
+            return start_http(running.core, running.limiter, running.spool)
+        except HttpStartupError as exc:
+            raise StartupError(str(exc)) from None
 
     try:
         serve_forever(config, [http_api] if config.http_listen else [])
-    except (StartupError, HttpStartupError) as exc:  # one line, no traceback: what to fix
+    except StartupError as exc:  # one line, no traceback: what to fix
         print(f"hashsvc: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
