@@ -438,3 +438,33 @@ def test_openapi_describes_every_route_and_is_valid(sqlite_server):
     assert docs.status_code == 200 and "<script" not in docs.text.lower()
     for _, path in routes:
         assert path in docs.text
+
+
+def test_http_port_in_use_is_one_line_and_exit_1(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "hashsvc", "serve", "--listen", "127.0.0.1:0",
+             "--http-listen", f"127.0.0.1:{port}", "--db", f"sqlite:///{tmp_path}/db.sqlite",
+             "--workers", "1"],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"cannot listen on 127.0.0.1:{port} (HTTP API)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_http_listen_beyond_loopback_needs_tls(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "hashsvc", "serve", "--http-listen", "0.0.0.0:0",
+         "--db", f"sqlite:///{tmp_path}/db.sqlite"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "http_listen = '0.0.0.0:0' is not a loopback address" in done.stderr

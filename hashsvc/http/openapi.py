@@ -18,7 +18,10 @@ ERROR_SCHEMA = {
             "type": "object",
             "required": ["code", "message"],
             "properties": {
-                "code": {"type": "string", "enum": sorted({*HTTP_STATUS, "CANCELLED"})},
+                "code": {
+                    "type": "string",
+                    "enum": sorted({*HTTP_STATUS, "CANCELLED", "UNIMPLEMENTED"}),
+                },
                 "message": {"type": "string"},
                 "field": {"type": "string", "description": "the request field at fault"},
                 "limit": {"type": "string", "description": "the config key of a limit"},

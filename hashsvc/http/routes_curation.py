@@ -246,7 +246,11 @@ async def bulk_load(call: Call) -> Response:
         media = multipart.chunks(chunks) if multipart is not None else chunks
         upload = call.services.spool.upload(media, caller.id, caller.name)
         spooled = upload.__enter__()  # the job exits it when the load ends
-        return jobs.start(caller, set_name, fmt, strict, upload, spooled)
+        try:
+            return jobs.start(caller, set_name, fmt, strict, upload, spooled)
+        except BaseException:
+            upload.__exit__(None, None, None)
+            raise
 
     try:
         job = await call.blocking(spool_and_start)
