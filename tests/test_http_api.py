@@ -252,6 +252,15 @@ def test_bulk_load_job_and_export(sqlite_server):
         assert len(lines) == 50 and {row["entry"] for row in lines} == {
             f"row-{k}" for k in range(50)
         }
+        # a partner's file that is not text: the job fails with its reason
+        binary = op.post("/v1/sets/bulk/load", content=b"md5,\xff\xfe\x00\x01" * 100)
+        assert binary.status_code == 202, binary.text
+        deadline = time.monotonic() + 60
+        bad_id = binary.json()["job_id"]
+        while (bad := op.get(f"/v1/jobs/{bad_id}").json())["state"] == "running":
+            assert time.monotonic() < deadline, bad
+            time.sleep(0.1)
+        assert bad["state"] == "failed" and bad["error"]["code"] == "INVALID_ARGUMENT", bad
     # another token (even of the same role) does not see the job
     with sqlite_server.client("admin") as admin:
         other = admin.post("/v1/tokens", json={"role": "operator", "name": "other-op"}).json()
