@@ -288,3 +288,31 @@ def test_http_match_fails_closed_while_the_index_is_not_loaded(tmp_path):
     finally:
         server.stop()
         core.close()
+
+
+def test_http_connections_without_a_request_are_closed(tmp_path, make_harness):
+    """A caller without a token holding connections open without sending a
+    request (or its headers a byte at a time) cannot take them all: each is
+    closed stream_idle_seconds after it opened or after its last answer."""
+    import socket
+    import time
+
+    h = make_harness(f"sqlite:///{tmp_path}/idle.db", stream_idle_seconds=1.0)
+    server = start_http_on(h.running)
+    try:
+        silent = socket.create_connection(("127.0.0.1", server.port))
+        dribbling = socket.create_connection(("127.0.0.1", server.port))
+        dribbling.sendall(b"GET /healthz HTTP/1.1\r\n")
+        kept = socket.create_connection(("127.0.0.1", server.port))
+        kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        started = time.monotonic()
+        for sock in (silent, dribbling):
+            sock.settimeout(10)
+            assert sock.recv(1024) == b""  # closed by the server
+        assert time.monotonic() - started < 5
+        kept.settimeout(10)
+        assert kept.recv(1024).startswith(b"HTTP/1.1 200")
+        for sock in (silent, dribbling, kept):
+            sock.close()
+    finally:
+        server.stop()

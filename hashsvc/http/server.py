@@ -11,6 +11,7 @@ import threading
 import time
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from hashsvc.core.auth import RateLimiter
 from hashsvc.core.core import Core
@@ -21,6 +22,49 @@ from hashsvc.media.spool import Spool
 log = logging.getLogger(__name__)
 
 _START_SECONDS = 30.0
+
+
+class HeadersDeadline(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, with a deadline on a request's headers:
+    uvicorn waits for the first request of a connection, and for headers sent
+    a byte at a time, for ever, so callers without a token could hold every
+    connection (http_max_connections) with idle sockets. A request's headers
+    must arrive within `headers_seconds` of the connection or of the previous
+    answer; past it the connection is closed."""
+
+    headers_seconds = 30.0
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._awaited_cycle = None
+        self._headers_timer = None
+        self._await_headers()
+
+    def _await_headers(self) -> None:
+        self._awaited_cycle = self.cycle
+        self._headers_timer = self.loop.call_later(self.headers_seconds, self._headers_late)
+
+    def _headers_late(self) -> None:
+        idle = self.cycle is None or self.cycle.response_complete  # no request in progress
+        if self.cycle is self._awaited_cycle and idle and not self.transport.is_closing():
+            self.logger.debug("closing a connection whose request headers did not arrive")
+            self.transport.close()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self._headers_timer is not None and self.cycle is not self._awaited_cycle:
+            self._headers_timer.cancel()  # a new request's headers are complete
+            self._headers_timer = None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._headers_timer is None and not self.transport.is_closing():
+            self._await_headers()
+
+    def connection_lost(self, exc) -> None:
+        if self._headers_timer is not None:
+            self._headers_timer.cancel()
+        super().connection_lost(exc)
 
 
 class HttpStartupError(OSError):
@@ -43,9 +87,13 @@ class HttpServer:
             tls = {"ssl_certfile": config.tls_cert_file, "ssl_keyfile": config.tls_key_file}
             if config.tls_client_ca_file:
                 tls.update(ssl_ca_certs=config.tls_client_ca_file, ssl_cert_reqs=ssl.CERT_REQUIRED)
+        protocol = type(
+            "HeadersDeadline", (HeadersDeadline,), {"headers_seconds": config.stream_idle_seconds}
+        )
         self.server = uvicorn.Server(
             uvicorn.Config(
                 self.app,
+                http=protocol,
                 log_config=None,  # the process's own logging (hashsvc/base/logs.py)
                 access_log=False,
                 limit_concurrency=config.http_max_connections,
