@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import statistics
 import tempfile
@@ -166,7 +167,11 @@ def compare_http(running, stubs, metadata, token: str, uploads: list[bytes]) -> 
                 stubs.matcher.Match(hash_request, metadata=metadata)
                 grpc_hash_ms.append((time.perf_counter() - t) * 1000)
                 t = time.perf_counter()
-                client.post("/v1/match", json={"signal": signal}).raise_for_status()
+                client.post(
+                    "/v1/match",
+                    content=json.dumps({"signal": signal}),
+                    headers={"Content-Type": "application/json"},
+                ).raise_for_status()
                 http_hash_ms.append((time.perf_counter() - t) * 1000)
     finally:
         http.stop(grace=1)
