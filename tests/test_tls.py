@@ -102,3 +102,32 @@ def test_mutual_tls_requires_a_client_certificate_from_the_configured_ca(
             with pytest.raises(grpc.RpcError) as err:
                 client.curation.ListSets(pb.ListSetsRequest(), metadata=client.metadata, timeout=5)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_http_api_uses_the_same_tls(certs, tmp_path, make_harness):
+    """The HTTP API listens with the gRPC server's certificate and key: HTTPS
+    works with the CA, plaintext HTTP does not."""
+    import dataclasses
+    import ssl
+
+    import httpx
+
+    from hashsvc.http.server import HttpServer
+
+    h = make_harness(
+        f"sqlite:///{tmp_path}/tls-http.db",
+        tls_cert_file=str(certs / "cert.pem"),
+        tls_key_file=str(certs / "key.pem"),
+    )
+    core = h.core
+    core.config = dataclasses.replace(core.config, http_listen="127.0.0.1:0")
+    server = HttpServer(core, h.running.limiter, h.running.spool).start()
+    try:
+        headers = {"Authorization": f"Bearer {h.tokens['operator']}"}
+        trusted = ssl.create_default_context(cafile=str(certs / "cert.pem"))
+        with httpx.Client(verify=trusted, headers=headers, timeout=10) as tls:
+            assert tls.get(f"https://localhost:{server.port}/v1/sets").status_code == 200
+        with httpx.Client(headers=headers, timeout=10) as plain, pytest.raises(httpx.HTTPError):
+            plain.get(f"http://127.0.0.1:{server.port}/v1/sets")
+    finally:
+        server.stop()
