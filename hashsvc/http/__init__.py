@@ -1,0 +1,1 @@
+"""HTTP front ends of hashsvc: the JSON API and the web console (console/)."""

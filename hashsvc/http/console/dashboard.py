@@ -1,0 +1,65 @@
+"""The dashboard: decisions per hour over the last day and week, the review
+queue's size and age, the entries that matched most, and the index's size
+per signal type, from the store's own data (hashdb/console_sql.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from hashsvc.http.console import charts
+from hashsvc.http.console.web import NAV, Web
+
+DAY_HOURS = 24
+WEEK_HOURS = 7 * 24
+TOP_ENTRIES = 10
+
+
+def routes(web: Web) -> list[Route]:
+    async def home(request: Request) -> Response:
+        caller = web.caller(request)
+        if caller is None:
+            return web.redirect(request, "/login")
+        if not caller.may("Curation/GetStats"):
+            # the first page this role may see, else the forbidden page
+            for path, _title, rpc in NAV:
+                if caller.may(rpc):
+                    return web.redirect(request, path)
+            return web.error_page(request, 403, f"role {caller.record.role!r} has no console pages")
+
+        def read():
+            now = datetime.now(UTC)
+            store = web.core.store
+            week = store.decisions_per_hour(now - timedelta(hours=WEEK_HOURS))
+            queue_size, oldest = store.open_review_summary()
+            stats = web.core.stats()
+            return {
+                "now": now,
+                "day": charts.decisions_chart(week, now, DAY_HOURS),
+                "week": charts.decisions_chart(week, now, WEEK_HOURS),
+                "queue_size": queue_size,
+                "queue_age": _age(now - oldest) if oldest else "",
+                "top": store.top_matched_entries(
+                    now - timedelta(hours=WEEK_HOURS), web.limits.top_entries_records, TOP_ENTRIES
+                ),
+                "top_records": web.limits.top_entries_records,
+                "index": sorted(stats["indexed_signals"].items()),
+                "stats": stats,
+            }
+
+        data = await web.call(caller, read)
+        return web.render(request, "dashboard.html", caller, **data)
+
+    return [Route("/", home, methods=["GET"])]
+
+
+def _age(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
