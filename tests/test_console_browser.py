@@ -428,3 +428,77 @@ def test_secure_cookies_and_revoked_tokens(core):
             record = auth.authenticate(core.store, token)
             core.revoke_token("admin-1", record.id)
             assert client.get("/ui/history").status_code == 303  # back to sign-in
+
+
+def test_item_evidence_timelines_pages_and_local_features(browser, server, core, tokens, shots):
+    """A video match's matched seconds on both sides, a PDF's page pairs and a
+    local-features match's inliers, coverage, scale and angle."""
+    base = {"set_id": 1, "entry_id": 1, "labels": {}, "decision": "review", "reason": ""}
+    matches = [
+        {
+            **base,
+            "set": "known-set",
+            "entry": "speech.mp4",
+            "signal_type": "pdq_frame",
+            "distance": 20,
+            "query_variant": "frame",
+            "known_variant": "frame",
+            "unit": "seconds",
+            "query_share": 0.4,
+            "known_share": 0.2,
+            "segments": [
+                {"query_start": 0.0, "query_end": 12.0, "known_start": 30.0, "known_end": 42.0},
+                {"query_start": 20.0, "query_end": 24.0, "known_start": 80.0, "known_end": 84.0},
+            ],
+        },
+        {
+            **base,
+            "set": "known-set",
+            "entry": "magazine.pdf",
+            "signal_type": "pdq",
+            "distance": 10,
+            "query_variant": "page",
+            "known_variant": "page",
+            "unit": "pages",
+            "query_share": 0.5,
+            "known_share": 0.1,
+            "segments": [
+                {"query_start": 1, "query_end": 1, "known_start": 7, "known_end": 7},
+                {"query_start": 2, "query_end": 2, "known_start": 8, "known_end": 8},
+            ],
+        },
+        {
+            **base,
+            "set": "known-set",
+            "entry": "poster.jpg",
+            "signal_type": "local_features",
+            "distance": 0,
+            "query_variant": "original",
+            "known_variant": "original",
+            "local_features": {
+                "inliers": 64,
+                "coverage": 0.35,
+                "query_coverage": 0.2,
+                "scale": 0.5,
+                "angle": 12.0,
+                "agreement": 0.9,
+            },
+        },
+    ]
+    from datetime import UTC, datetime
+
+    item_id = core.store.create_review_item(
+        "evidence-1", datetime.now(UTC), "matcher-1", "video", "evidence", [], matches
+    )
+    page = signed_in(browser, server, tokens["reviewer"])
+    page.goto(f"{server.url}/review/{item_id}")
+    rows = page.locator("table.matches tbody tr")
+    video = rows.nth(0)
+    assert video.locator("svg.timeline rect.upload").count() == 2
+    assert video.locator("svg.timeline rect.known").count() == 2
+    assert "40% of the upload, 20% of the known seconds" in video.inner_text()
+    assert "pages (upload → known): 1→7, 2→8" in rows.nth(1).inner_text()
+    local = rows.nth(2).inner_text()
+    assert "64" in local and "35%" in local and "0.50" in local and "12°" in local
+    page.screenshot(path=shots / "item-evidence.png", full_page=True)
+    page.context.close()
