@@ -4,6 +4,7 @@ per signal type, from the store's own data (hashdb/console_sql.py)."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 from starlette.requests import Request
@@ -18,7 +19,43 @@ WEEK_HOURS = 7 * 24
 TOP_ENTRIES = 10
 
 
+class HourlyDecisions:
+    """Decisions per hour, remembered for the hours no record can still be
+    written into: the history is append-only, and a record is stamped when
+    its call began, so an hour is final once the longest call
+    (stream_max_seconds) and a margin have passed since it ended."""
+
+    def __init__(self, store, final_after_seconds: float, max_hours: int = 2 * WEEK_HOURS) -> None:
+        self.store = store
+        self.final_after_seconds = final_after_seconds
+        self.max_hours = max_hours
+        self._final: dict[int, dict[str, int]] = {}
+        self._lock = threading.Lock()
+
+    def counts(self, now: datetime, hours: int) -> dict[tuple[int, str], int]:
+        last_hour = int(now.timestamp()) // 3600
+        first_hour = last_hour - hours + 1
+        last_final = int(now.timestamp() - self.final_after_seconds) // 3600 - 1
+        with self._lock:
+            known = {h: c for h, c in self._final.items() if h >= first_hour}
+        missing = [h for h in range(first_hour, last_hour + 1) if h not in known]
+        fresh = {}
+        if missing:
+            fresh = self.store.decisions_per_hour(missing[0], missing[-1])
+        out = {(h, d): n for h, counts in known.items() for d, n in counts.items()}
+        out.update(fresh)
+        with self._lock:
+            for hour in missing:
+                if hour <= last_final:
+                    self._final[hour] = {d: n for (h, d), n in fresh.items() if h == hour}
+            for hour in [h for h in self._final if h < last_hour - self.max_hours]:
+                del self._final[hour]
+        return out
+
+
 def routes(web: Web) -> list[Route]:
+    hourly = HourlyDecisions(web.core.store, web.core.config.stream_max_seconds + 300)
+
     async def home(request: Request) -> Response:
         caller = web.caller(request)
         if caller is None:
@@ -33,7 +70,7 @@ def routes(web: Web) -> list[Route]:
         def read():
             now = datetime.now(UTC)
             store = web.core.store
-            week = store.decisions_per_hour(now - timedelta(hours=WEEK_HOURS))
+            week = hourly.counts(now, WEEK_HOURS)
             queue_size, oldest = store.open_review_summary()
             stats = web.core.stats()
             return {

@@ -67,7 +67,7 @@ class ConsoleLimits:
     hash_list_max_bytes: int = 512 * 1024 * 1024  # a hash list loaded from the console
     max_load_jobs: int = 20  # loads (running or finished) kept for their progress page
     shown_rejected_rows: int = 1000
-    top_entries_records: int = 5000  # newest block/review records the top entries come from
+    top_entries_records: int = 2000  # newest block/review records the top entries come from
     export_max_records: int = 1_000_000  # rows of one history export
 
 
