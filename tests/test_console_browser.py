@@ -502,3 +502,20 @@ def test_item_evidence_timelines_pages_and_local_features(browser, server, core,
     assert "64" in local and "35%" in local and "0.50" in local and "12°" in local
     page.screenshot(path=shots / "item-evidence.png", full_page=True)
     page.context.close()
+
+
+def test_without_a_session_nothing_is_shown_or_done(server, core):
+    import httpx
+
+    with httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as client:
+        for path in ("/ui/", "/ui/sets", "/ui/review", "/ui/history", "/ui/review/1"):
+            answer = client.get(path)
+            assert answer.status_code == 303 and answer.headers["location"] == "/ui/login"
+        answer = client.post("/ui/sets", data={"name": "anonymous", "csrf_token": "x"})
+        assert answer.status_code == 303
+        assert core.store.get_set("anonymous") is None
+        # a forged session cookie is no session
+        client.cookies.set("hashsvc_console", "forged")
+        assert client.get("/ui/sets").status_code == 303
+        # the sign-in form itself needs its CSRF cookie (login CSRF)
+        assert client.post("/ui/login", data={"token": "x", "csrf_token": "y"}).status_code == 403
