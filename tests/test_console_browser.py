@@ -519,3 +519,71 @@ def test_without_a_session_nothing_is_shown_or_done(server, core):
         assert client.get("/ui/sets").status_code == 303
         # the sign-in form itself needs its CSRF cookie (login CSRF)
         assert client.post("/ui/login", data={"token": "x", "csrf_token": "y"}).status_code == 403
+
+
+def _http_session(server, token: str):
+    import httpx
+
+    client = httpx.Client(base_url=f"http://127.0.0.1:{server.port}")
+    login = client.get("/ui/login")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', login.text).group(1)
+    assert client.post("/ui/login", data={"csrf_token": csrf, "token": token}).status_code == 303
+    page = client.get("/ui/")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    return client, csrf
+
+
+def test_bad_input_gets_a_clear_error_page_never_a_500(server, tokens, known):
+    client, csrf = _http_session(server, tokens["admin"])
+    try:
+        gets = {
+            "/ui/history?since=yesterday": 400,
+            "/ui/history?since=2026-12-07T10:00&until=2026-12-01T10:00": 400,
+            "/ui/history?decision=maybe": 400,
+            "/ui/history?set=no-such-set": 404,
+            "/ui/history?after=-5": 400,
+            "/ui/history/abc": 404,
+            "/ui/history/99999999": 404,
+            "/ui/history/export?format=xlsx": 400,
+            "/ui/review?label=no-equals-sign": 400,
+            "/ui/review/abc": 404,
+            "/ui/review/99999999": 404,
+            "/ui/review?after=x": 400,
+            "/ui/sets/no-such-set": 404,
+            "/ui/sets/known-set/entries/no-such-entry": 404,
+            "/ui/sets/known-set/export?format=exe": 400,
+            "/ui/sets/known-set/loads/nope": 404,
+            "/ui/nowhere": 404,
+        }
+        for path, status in gets.items():
+            answer = client.get(path)
+            assert answer.status_code == status, (path, answer.status_code, answer.text[:300])
+            assert "<h1>" in answer.text
+        posts = {
+            "/ui/sets": ({"name": "bad name!"}, 400),
+            "/ui/sets/known-set": ({"change": "explode"}, 400),
+            "/ui/sets/known-set?x": ({"change": "settings", "labels": "novalue"}, 400),
+            "/ui/sets/no-such-set": ({"change": "enable"}, 404),
+            "/ui/review/99999999/resolve": ({"resolution": "confirmed"}, 404),
+            "/ui/review/claim": ({"set": "no-such-set"}, 404),
+            "/ui/sets/known-set/upload": ({"labels": ""}, 400),
+            "/ui/sets/known-set/load": ({"format": "auto"}, 400),
+        }
+        for path, (form, status) in posts.items():
+            answer = client.post(path, data={"csrf_token": csrf, **form})
+            assert answer.status_code == status, (path, answer.status_code, answer.text[:300])
+        # a form without its size said, or too large, is refused before it is read
+        answer = client.post(
+            "/ui/sets/known-set/upload",
+            content=b"x" * 100,
+            headers={"content-type": "multipart/form-data; boundary=x", "x-csrf-token": csrf},
+        )
+        assert answer.status_code == 400
+        answer = client.post(
+            "/ui/sets",
+            content=b"a=" + b"x" * (70 * 1024),
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert answer.status_code == 413
+    finally:
+        client.close()

@@ -101,7 +101,7 @@ def build_console(
         return response
 
     async def logout(request: Request) -> Response:
-        caller = web.caller(request)
+        caller = await web.caller(request)
         if caller is not None:
             await web.small_form(request, caller)
             web.sessions.close(caller.session_id)
@@ -110,17 +110,17 @@ def build_console(
         return response
 
     async def refused(request: Request, exc: Refused) -> Response:
-        return web.error_page(request, exc.status, str(exc))
+        return await web.error_page(request, exc.status, str(exc))
 
     async def core_error(request: Request, exc: HashsvcError) -> Response:
-        return web.core_error(request, exc)
+        return await web.core_error(request, exc)
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        return web.error_page(request, exc.status_code, str(exc.detail))
+        return await web.error_page(request, exc.status_code, str(exc.detail))
 
     async def internal(request: Request, exc: Exception) -> Response:
         log.exception("console page %s failed", request.url.path)
-        return web.error_page(request, 500, "internal error (logged on the server)")
+        return await web.error_page(request, 500, "internal error (logged on the server)")
 
     class SecurityHeaders(BaseHTTPMiddleware):
         async def dispatch(self, request: Request, call_next):

@@ -48,7 +48,7 @@ def routes(web: Web) -> list[Route]:
         return filter, shown
 
     async def history(request: Request):
-        caller = web.require(request, "Audit/QueryHistory")
+        caller = await web.require(request, "Audit/QueryHistory")
         filter, shown = search(request.query_params)
         after = request.query_params.get("after", "")
 
@@ -72,7 +72,7 @@ def routes(web: Web) -> list[Route]:
         )
 
     async def record_page(request: Request):
-        caller = web.require(request, "Audit/QueryHistory")
+        caller = await web.require(request, "Audit/QueryHistory")
         raw = request.path_params["record_id"]
         if not raw.isdigit() or len(raw) > 18:
             raise Refused(404, "no such history record")
@@ -89,12 +89,12 @@ def routes(web: Web) -> list[Route]:
         )
 
     async def verify(request: Request):
-        caller = web.require(request, "Audit/VerifyHistory")
+        caller = await web.require(request, "Audit/VerifyHistory")
         result = await web.call(caller, audit.verify)
         return web.render(request, "verify.html", caller, result=result)
 
     async def export(request: Request):
-        web.require(request, "Audit/ExportHistory")
+        await web.require(request, "Audit/ExportHistory")
         fmt = request.query_params.get("format", "csv")
         if fmt not in ("csv", "jsonl"):
             raise InvalidArgument("format must be csv or jsonl")

@@ -58,7 +58,7 @@ def routes(web: Web) -> list[Route]:
         web.core.record_action(action, caller_name, detail, set_names=(detail["set"],))
 
     async def sets_page(request: Request):
-        caller = web.require(request, "Curation/ListSets")
+        caller = await web.require(request, "Curation/ListSets")
         sets = await web.call(caller, curation.list_sets, True)
         return web.render(
             request,
@@ -69,7 +69,7 @@ def routes(web: Web) -> list[Route]:
         )
 
     async def create_set(request: Request):
-        caller = web.require(request, "Curation/CreateSet")
+        caller = await web.require(request, "Curation/CreateSet")
         form = await web.small_form(request, caller)
 
         def create():
@@ -97,7 +97,7 @@ def routes(web: Web) -> list[Route]:
         )
 
     async def set_page(request: Request):
-        caller = web.require(request, "Curation/GetSet")
+        caller = await web.require(request, "Curation/GetSet")
         name = request.path_params["name"]
         search = request.query_params.get("q", "").strip()[:200]
         after = _after(request.query_params.get("after", ""))
@@ -131,7 +131,7 @@ def routes(web: Web) -> list[Route]:
         )
 
     async def update_set(request: Request):
-        caller = web.require(request, "Curation/UpdateSet")
+        caller = await web.require(request, "Curation/UpdateSet")
         form = await web.small_form(request, caller)
         name = request.path_params["name"]
         change = str(form.get("change", ""))
@@ -166,7 +166,7 @@ def routes(web: Web) -> list[Route]:
         return web.redirect(request, f"/sets/{name}", caller, ("ok", f"set {name} updated"))
 
     async def entry_page(request: Request):
-        caller = web.require(request, "Curation/GetEntry")
+        caller = await web.require(request, "Curation/GetEntry")
         name, entry_name = request.path_params["name"], request.path_params["entry"]
 
         def read():
@@ -201,7 +201,7 @@ def routes(web: Web) -> list[Route]:
         )
 
     async def remove_entry(request: Request):
-        caller = web.require(request, "Curation/RemoveEntry")
+        caller = await web.require(request, "Curation/RemoveEntry")
         await web.small_form(request, caller)
         name, entry_name = request.path_params["name"], request.path_params["entry"]
 
@@ -213,7 +213,7 @@ def routes(web: Web) -> list[Route]:
         return web.redirect(request, f"/sets/{name}", caller, ("ok", f"{entry_name} removed"))
 
     async def release_entry(request: Request):
-        caller = web.require(request, "Curation/ReleaseEntry")
+        caller = await web.require(request, "Curation/ReleaseEntry")
         await web.small_form(request, caller)
         name, entry_name = request.path_params["name"], request.path_params["entry"]
         await web.call(caller, web.core.review.release_entry, caller.name, name, entry_name)
@@ -225,7 +225,7 @@ def routes(web: Web) -> list[Route]:
         """Media files added as entries (one per file, named after it). The
         page's script sends one file per request and reads the JSON answer;
         without the script the form sends them all and gets a page."""
-        caller = web.require(request, UPLOAD_RPC)
+        caller = await web.require(request, UPLOAD_RPC)
         limits = web.limits
         form = await web.form(
             request, caller, limits.upload_max_bytes + 64 * 1024, limits.upload_max_files
@@ -276,7 +276,7 @@ def routes(web: Web) -> list[Route]:
             return {"file": file_name, "error": {"code": status_name(exc), "message": str(exc)}}
 
     async def load(request: Request):
-        caller = web.require(request, "Curation/BulkLoad")
+        caller = await web.require(request, "Curation/BulkLoad")
         form = await web.form(request, caller, web.limits.hash_list_max_bytes + 64 * 1024, 1)
         name = request.path_params["name"]
         upload_file = form.get("file")
@@ -306,16 +306,16 @@ def routes(web: Web) -> list[Route]:
         return job
 
     async def load_page(request: Request):
-        caller = web.require(request, "Curation/BulkLoad")
+        caller = await web.require(request, "Curation/BulkLoad")
         job = _job(request, caller)
         return web.render(request, "load.html", caller, job=job, progress=job.progress())
 
     async def load_progress(request: Request):
-        caller = web.require(request, "Curation/BulkLoad")
+        caller = await web.require(request, "Curation/BulkLoad")
         return JSONResponse(_job(request, caller).progress())
 
     async def export(request: Request):
-        caller = web.require(request, "Curation/ExportEntries")
+        caller = await web.require(request, "Curation/ExportEntries")
         name = request.path_params["name"]
         fmt = request.query_params.get("format", "csv")
         if fmt not in ("csv", "tsv", "jsonl", "hma", "tcap"):

@@ -57,7 +57,7 @@ def routes(web: Web) -> list[Route]:
     hourly = HourlyDecisions(web.core.store, web.core.config.stream_max_seconds + 300)
 
     async def home(request: Request) -> Response:
-        caller = web.caller(request)
+        caller = await web.caller(request)
         if caller is None:
             return web.redirect(request, "/login")
         if not caller.may("Curation/GetStats"):
@@ -65,7 +65,9 @@ def routes(web: Web) -> list[Route]:
             for path, _title, rpc in NAV:
                 if caller.may(rpc):
                     return web.redirect(request, path)
-            return web.error_page(request, 403, f"role {caller.record.role!r} has no console pages")
+            return await web.error_page(
+                request, 403, f"role {caller.record.role!r} has no console pages"
+            )
 
         def read():
             now = datetime.now(UTC)

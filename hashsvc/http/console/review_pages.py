@@ -47,8 +47,8 @@ def matches_view(matches: list[dict]) -> list[dict]:
 
 def routes(web: Web) -> list[Route]:
     async def queue(request: Request):
-        caller = web.require(request, "Review/ListReviewItems")
-        filter, shown = review_filter(web, request.query_params)
+        caller = await web.require(request, "Review/ListReviewItems")
+        filter, shown = await web.call(caller, review_filter, web, request.query_params)
         after = request.query_params.get("after", "")
 
         def read():
@@ -68,21 +68,21 @@ def routes(web: Web) -> list[Route]:
         )
 
     async def claim_next(request: Request):
-        caller = web.require(request, "Review/ClaimReviewItem")
+        caller = await web.require(request, "Review/ClaimReviewItem")
         form = await web.small_form(request, caller)
-        filter, shown = review_filter(web, form)
+        filter, _ = await web.call(caller, review_filter, web, form)
         item = await web.call(caller, web.core.review.claim, caller.identity, None, filter)
         return web.redirect(request, f"/review/{item.id}")
 
     async def claim(request: Request):
-        caller = web.require(request, "Review/ClaimReviewItem")
+        caller = await web.require(request, "Review/ClaimReviewItem")
         await web.small_form(request, caller)
         item_id = _item_id(request)
         await web.call(caller, web.core.review.claim, caller.identity, item_id, ReviewFilter())
         return web.redirect(request, f"/review/{item_id}")
 
     async def item_page(request: Request):
-        caller = web.require(request, "Review/ListReviewItems")
+        caller = await web.require(request, "Review/ListReviewItems")
         item_id = _item_id(request)
         item = await web.call(caller, web.core.store.get_review_item, item_id)
         if item is None:
@@ -108,7 +108,7 @@ def routes(web: Web) -> list[Route]:
         )
 
     async def resolve(request: Request):
-        caller = web.require(request, "Review/ResolveReviewItem")
+        caller = await web.require(request, "Review/ResolveReviewItem")
         form = await web.small_form(request, caller)
         item_id = _item_id(request)
         resolution = str(form.get("resolution", ""))

@@ -132,7 +132,12 @@ class Web:
 
     # -- who calls
 
-    def caller(self, request: Request) -> Caller | None:
+    async def caller(self, request: Request) -> Caller | None:
+        """The signed-in caller, or None (the token is read in a worker thread:
+        the event loop waits on no database)."""
+        return await run_in_threadpool(self._caller, request)
+
+    def _caller(self, request: Request) -> Caller | None:
         session_id = request.cookies.get(COOKIE)
         session = self.sessions.get(session_id)
         if session is None:
@@ -143,8 +148,8 @@ class Web:
             return None
         return Caller(record, session, session_id or "")
 
-    def require(self, request: Request, rpc: str, *, post: bool = False) -> Caller:
-        caller = self.caller(request)
+    async def require(self, request: Request, rpc: str) -> Caller:
+        caller = await self.caller(request)
         if caller is None:
             raise Refused(401, "sign in")
         if not caller.may(rpc):
@@ -229,17 +234,17 @@ class Web:
             caller.session.data["flash"] = flash
         return RedirectResponse(self.url(request, path, **query), status_code=303)
 
-    def error_page(self, request: Request, status: int, message: str) -> Response:
+    async def error_page(self, request: Request, status: int, message: str) -> Response:
         if status == 401:
             return self.redirect(request, "/login")
-        caller = self.caller(request)
+        caller = await self.caller(request)
         return self.render(
             request, "error.html", caller, status=status, status_code=status, message=message
         )
 
-    def core_error(self, request: Request, exc: HashsvcError) -> Response:
+    async def core_error(self, request: Request, exc: HashsvcError) -> Response:
         name = status_name(exc)
-        return self.error_page(request, HTTP_STATUS.get(name, 400), f"{name}: {exc}")
+        return await self.error_page(request, HTTP_STATUS.get(name, 400), f"{name}: {exc}")
 
 
 def _usable(record: TokenRecord) -> bool:
