@@ -386,7 +386,9 @@ def test_csrf(browser, server, tokens, core):
     page.context.close()
 
 
-def test_load_a_hash_list_with_progress_and_rejected_rows(browser, server, tokens, core, tmp_path):
+def test_load_a_hash_list_with_progress_and_rejected_rows(
+    browser, server, tokens, core, tmp_path, shots
+):
     rows = ["signal_type,signal_value,entry"]
     rows += [
         f"pdq,{'%064x' % (n * 0x9E3779B97F4A7C15 % (1 << 256))},partner-{n}" for n in range(1, 200)
@@ -403,6 +405,7 @@ def test_load_a_hash_list_with_progress_and_rejected_rows(browser, server, token
     state = page.locator("#load-state").inner_text()
     assert "Done: 199 added" in state and "1 rejected" in state
     assert page.locator("#rejected-rows tr td").first.inner_text() == "6"
+    page.screenshot(path=shots / "load.png", full_page=True)
     page.context.close()
 
 
