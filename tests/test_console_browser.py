@@ -568,7 +568,7 @@ def test_bad_input_gets_a_clear_error_page_never_a_500(server, tokens, known):
             "/ui/sets/known-set?x": ({"change": "settings", "labels": "novalue"}, 400),
             "/ui/sets/no-such-set": ({"change": "enable"}, 404),
             "/ui/review/99999999/resolve": ({"resolution": "confirmed"}, 404),
-            "/ui/review/claim": ({"set": "no-such-set"}, 404),
+            "/ui/review/claim": ({"set": "no-such-set"}, 303),  # nothing to claim
             "/ui/sets/known-set/upload": ({"labels": ""}, 400),
             "/ui/sets/known-set/load": ({"format": "auto"}, 400),
         }

@@ -97,3 +97,19 @@ def test_entry_search_by_name_and_label_takes_wildcards_literally(store):
     assert names("group=ISIS") == ["poster_100%.jpg", "speech.mp4"]
     assert names("group=IS") == []  # a label is matched whole
     assert names("nothing") == []
+
+
+def test_hourly_decisions_remember_only_final_hours(store):
+    from hashsvc.http.console.dashboard import HourlyDecisions
+
+    now = datetime.now(UTC)
+    hour = int(now.timestamp()) // 3600
+    store.record_match(_record(1, now - timedelta(hours=3), "block"))
+    store.record_match(_record(2, now, "review"))
+    hourly = HourlyDecisions(store, final_after_seconds=3600)
+    first = hourly.counts(now, 24)
+    assert first == {(hour - 3, "block"): 1, (hour, "review"): 1}
+    # the current hour is read again; a final hour is not (the history is append-only)
+    store.record_match(_record(3, now, "review"))
+    assert hourly.counts(now, 24)[(hour, "review")] == 2
+    assert hourly.counts(now, 24)[(hour - 3, "block")] == 1

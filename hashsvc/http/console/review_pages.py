@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from hashdb import ReviewFilter
-from hashsvc.base.errors import InvalidArgument
+from hashsvc.base.errors import InvalidArgument, NotFound
 from hashsvc.http.console import charts
 from hashsvc.http.console.links import external_link
 from hashsvc.http.console.web import Refused, Web
@@ -70,8 +70,13 @@ def routes(web: Web) -> list[Route]:
     async def claim_next(request: Request):
         caller = await web.require(request, "Review/ClaimReviewItem")
         form = await web.small_form(request, caller)
-        filter, _ = await web.call(caller, review_filter, web, form)
-        item = await web.call(caller, web.core.review.claim, caller.identity, None, filter)
+        filter, shown = await web.call(caller, review_filter, web, form)
+        try:
+            item = await web.call(caller, web.core.review.claim, caller.identity, None, filter)
+        except NotFound:  # an empty queue is no error: back to it, saying so
+            return web.redirect(
+                request, "/review", caller, ("ok", "nothing to claim: the queue is empty"), **shown
+            )
         return web.redirect(request, f"/review/{item.id}")
 
     async def claim(request: Request):
