@@ -75,7 +75,7 @@ def routes(web: Web) -> list[Route]:
             item = await web.call(caller, web.core.review.claim, caller.identity, None, filter)
         except NotFound:  # an empty queue is no error: back to it, saying so
             return web.redirect(
-                request, "/review", caller, ("ok", "nothing to claim: the queue is empty"), **shown
+                request, "/review", caller, ("ok", "nothing to claim: the queue is empty"), shown
             )
         return web.redirect(request, f"/review/{item.id}")
 

@@ -228,11 +228,17 @@ class Web:
         )
         return HTMLResponse(html, status_code=status)
 
-    def redirect(self, request: Request, path: str, caller: Caller | None = None,
-                 flash: tuple[str, str] | None = None, **query) -> RedirectResponse:  # fmt: skip
+    def redirect(
+        self,
+        request: Request,
+        path: str,
+        caller: Caller | None = None,
+        flash: tuple[str, str] | None = None,
+        query: dict | None = None,
+    ) -> RedirectResponse:
         if caller is not None and flash is not None:
             caller.session.data["flash"] = flash
-        return RedirectResponse(self.url(request, path, **query), status_code=303)
+        return RedirectResponse(self.url(request, path, **(query or {})), status_code=303)
 
     async def error_page(self, request: Request, status: int, message: str) -> Response:
         if status == 401:
