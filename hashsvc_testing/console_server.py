@@ -12,7 +12,8 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from hashsvc.core import auth
-from hashsvc.http.console import ConsoleLimits, build_console
+from hashsvc.core.config import ConsoleSettings
+from hashsvc.http.console import build_console
 
 START_SECONDS = 20.0
 
@@ -25,7 +26,7 @@ class ConsoleServer:
         secure_cookies: bool = False,
         preview_url_template: str | None = None,
         preview_allowed_hosts=(),
-        limits: ConsoleLimits | None = None,
+        limits: ConsoleSettings | None = None,
     ) -> None:
         self.core = core
         console = build_console(

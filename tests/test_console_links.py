@@ -91,3 +91,24 @@ def test_timeline_and_page_pairs():
         "segments": [{"query_start": 2, "query_end": 2, "known_start": 9, "known_end": 9}],
     }
     assert page_pairs(pdf) == [(2, 9)]
+
+
+def test_console_settings_come_from_the_config_file(tmp_path):
+    from hashsvc.core.config import load_config
+
+    path = tmp_path / "hashsvc.toml"
+    path.write_text(
+        "[console]\n"
+        'preview_url_template = "https://media.internal/p/{client_ref}"\n'
+        'preview_allowed_hosts = ["media.internal"]\n'
+        "page_size = 20\n"
+    )
+    console = load_config(str(path)).console
+    assert console.preview_allowed_hosts == ("media.internal",)
+    assert (console.page_size, console.upload_max_files) == (20, 100)
+    path.write_text("[console]\npage_size = 0\n")
+    with pytest.raises(ValueError, match="page_size"):
+        load_config(str(path))
+    path.write_text("[console]\nno_such = 1\n")
+    with pytest.raises(ValueError, match="unknown setting"):
+        load_config(str(path))

@@ -3,6 +3,5 @@ auditors over the same core, tokens and roles as the gRPC API (README: Web
 console). `build_console(core, ...)` is the ASGI app the HTTP server mounts."""
 
 from hashsvc.http.console.app import build_console
-from hashsvc.http.console.web import ConsoleLimits
 
-__all__ = ["ConsoleLimits", "build_console"]
+__all__ = ["build_console"]

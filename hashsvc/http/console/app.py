@@ -19,10 +19,11 @@ from starlette.staticfiles import StaticFiles
 
 from hashsvc.base.errors import HashsvcError
 from hashsvc.core import auth
+from hashsvc.core.config import ConsoleSettings
 from hashsvc.core.core import Core
 from hashsvc.http.console import audit_pages, curation_pages, dashboard, review_pages
 from hashsvc.http.console.links import preview_sources, preview_url
-from hashsvc.http.console.web import COOKIE, LOGIN_CSRF_COOKIE, ConsoleLimits, Refused, Web
+from hashsvc.http.console.web import COOKIE, LOGIN_CSRF_COOKIE, Refused, Web
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +36,21 @@ def build_console(
     secure_cookies: bool,
     preview_url_template: str | None,
     preview_allowed_hosts: Iterable[str] = (),
-    limits: ConsoleLimits | None = None,
+    limits: ConsoleSettings | None = None,
 ) -> Starlette:
     """The web console as an ASGI app, to be mounted at /ui (it works under
     any prefix: links follow the mount's root_path).
 
     secure_cookies: the session cookie is Secure (serve the console over TLS).
     preview_url_template: an https URL with `{client_ref}` and/or `{request_id}`
-    where reviewers' previews come from; shown only on preview_allowed_hosts."""
+    where reviewers' previews come from; shown only on preview_allowed_hosts
+    (the config's `[console]` table has both). limits: the console's limits,
+    by default the config's `[console]` table."""
     allowed = frozenset(h.strip().lower() for h in preview_allowed_hosts if h.strip())
     web = Web(
         core,
         secure_cookies=secure_cookies,
-        limits=limits or ConsoleLimits(),
+        limits=limits or core.config.console,
         preview=lambda ref, request_id: preview_url(preview_url_template, allowed, ref, request_id),
     )
     csp = "; ".join(

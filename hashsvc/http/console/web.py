@@ -22,6 +22,7 @@ from hashdb import TokenRecord
 from hashsvc.base.errors import HashsvcError, PermissionDenied, status_name
 from hashsvc.core import auth
 from hashsvc.core.audit import ACTING_TOKEN
+from hashsvc.core.config import ConsoleSettings
 from hashsvc.core.core import Core
 from hashsvc.http.console.sessions import Session, SessionTable, csrf_ok
 
@@ -52,23 +53,6 @@ NAV = (
     ("/sets", "Sets", "Curation/ListSets"),
     ("/history", "History", "Audit/QueryHistory"),
 )
-
-
-@dataclass(frozen=True)
-class ConsoleLimits:
-    """The console's own limits (the core's apply too)."""
-
-    session_idle_seconds: float = 1800.0
-    session_max_seconds: float = 12 * 3600.0
-    max_sessions: int = 10_000
-    page_size: int = 50  # rows of a queue, history or entries page
-    upload_max_bytes: int = 64 * 1024 * 1024  # one media file added by upload
-    upload_max_files: int = 100  # files in one upload form
-    hash_list_max_bytes: int = 512 * 1024 * 1024  # a hash list loaded from the console
-    max_load_jobs: int = 20  # loads (running or finished) kept for their progress page
-    shown_rejected_rows: int = 1000
-    top_entries_records: int = 2000  # newest block/review records the top entries come from
-    export_max_records: int = 1_000_000  # rows of one history export
 
 
 class Refused(Exception):
@@ -112,7 +96,7 @@ class Web:
         core: Core,
         *,
         secure_cookies: bool,
-        limits: ConsoleLimits,
+        limits: ConsoleSettings,
         preview: Callable[[str, str], str | None],
     ) -> None:
         self.core = core
