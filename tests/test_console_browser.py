@@ -15,6 +15,7 @@ import random
 import re
 import shutil
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -531,7 +532,7 @@ def _http_session(server, token: str):
     login = client.get("/ui/login")
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', login.text).group(1)
     assert client.post("/ui/login", data={"csrf_token": csrf, "token": token}).status_code == 303
-    page = client.get("/ui/")
+    page = client.get("/ui/", follow_redirects=True)
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
     return client, csrf
 
@@ -590,3 +591,33 @@ def test_bad_input_gets_a_clear_error_page_never_a_500(server, tokens, known):
         assert answer.status_code == 413
     finally:
         client.close()
+
+
+def test_every_page_follows_rpc_roles(server, tokens, known, core):
+    """Each page against each role: shown exactly to the roles RPC_ROLES
+    gives the RPC the page stands for, 403 to the others."""
+    from hashsvc.core.auth import RPC_ROLES
+
+    record_id = core.store.history_ids_by_request(review_item(core, known, "matrix"))[0]
+    item_id = core.review.list(ReviewFilter(), 1000)[0][0].id
+    pages = {
+        "/ui/review": "Review/ListReviewItems",
+        f"/ui/review/{item_id}": "Review/ListReviewItems",
+        "/ui/sets": "Curation/ListSets",
+        "/ui/sets/known-set": "Curation/GetSet",
+        f"/ui/sets/known-set/entries/{quote(XSS_IMG, safe='')}": "Curation/GetEntry",
+        "/ui/sets/known-set/export?format=csv": "Curation/ExportEntries",
+        "/ui/history": "Audit/QueryHistory",
+        f"/ui/history/{record_id}": "Audit/QueryHistory",
+        "/ui/history/verify": "Audit/VerifyHistory",
+        "/ui/history/export?format=jsonl": "Audit/ExportHistory",
+    }
+    for role, token in tokens.items():
+        client, _ = _http_session(server, token)
+        try:
+            for path, rpc in pages.items():
+                allowed = role in RPC_ROLES[f"/hashsvc.v1.{rpc}"]
+                status = client.get(path).status_code
+                assert status == (200 if allowed else 403), (role, path, status)
+        finally:
+            client.close()
