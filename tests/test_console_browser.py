@@ -523,6 +523,11 @@ def test_without_a_session_nothing_is_shown_or_done(server, core):
         assert client.get("/ui/sets").status_code == 303
         # the sign-in form itself needs its CSRF cookie (login CSRF)
         assert client.post("/ui/login", data={"token": "x", "csrf_token": "y"}).status_code == 403
+        # a file where a token goes, or a form too large: refused before any work
+        answer = client.post("/ui/login", files={"token": ("t.txt", b"x")})
+        assert answer.status_code == 400
+        answer = client.post("/ui/login", data={"token": "x" * 20_000})
+        assert answer.status_code == 413
 
 
 def _http_session(server, token: str):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
@@ -76,7 +77,10 @@ def build_console(
         length = request.headers.get("content-length", "")
         if not length.isdigit() or int(length) > 16 * 1024:
             raise Refused(413, "the sign-in form is too large")
-        form = await request.form(max_files=0, max_fields=10)
+        try:
+            form = await request.form(max_files=0, max_fields=10)
+        except MultiPartException as exc:
+            raise Refused(400, f"bad sign-in form: {exc}") from None
         sent, expected = str(form.get("csrf_token", "")), request.cookies.get(LOGIN_CSRF_COOKIE)
         if not expected or not secrets.compare_digest(sent.encode(), expected.encode()):
             raise Refused(403, "the sign-in form's CSRF token is missing or wrong: reload it")
