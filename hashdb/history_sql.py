@@ -89,12 +89,38 @@ class HistorySQL:
     def query_history(
         self, filter: HistoryFilter, after_id: int = 0, limit: int = 100
     ) -> list[HistoryRecord]:
-        clauses, params = ["h.id > ?"], [after_id]
+        # A time range bounds the ids too (the first and last record in it,
+        # found on the time index), and the page is then read in id order
+        # (`+h.time`: not through the time index, which sorted every record
+        # of the range: the last day of 1M records took 330 ms).
+        lowest, highest = after_id, None
+        with self._read() as cur:
+            if filter.since is not None:
+                cur.execute(
+                    "SELECT MIN(+id) FROM match_history WHERE time >= ?", (to_micros(filter.since),)
+                )
+                first = cur.fetchone()[0]
+                if first is None:
+                    return []
+                lowest = max(lowest, first - 1)
+            if filter.since is not None and filter.until is not None:
+                # only over the range: below `until` alone is most of a history
+                cur.execute(
+                    "SELECT MAX(+id) FROM match_history WHERE time >= ? AND time < ?",
+                    (to_micros(filter.since), to_micros(filter.until)),
+                )
+                highest = cur.fetchone()[0]
+                if highest is None:
+                    return []
+        clauses, params = ["h.id > ?"], [lowest]
+        if highest is not None:
+            clauses.append("h.id <= ?")
+            params.append(highest)
         if filter.since is not None:
-            clauses.append("h.time >= ?")
+            clauses.append("+h.time >= ?")
             params.append(to_micros(filter.since))
         if filter.until is not None:
-            clauses.append("h.time < ?")
+            clauses.append("+h.time < ?")
             params.append(to_micros(filter.until))
         if filter.decision:
             clauses.append("h.decision = ?")

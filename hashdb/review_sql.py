@@ -55,7 +55,7 @@ class ReviewSQL:
         self, filter: ReviewFilter, after_id: int = 0, limit: int = 100
     ) -> list[ReviewItem]:
         """Oldest first."""
-        where, params = _where(filter)
+        where, params = review_where(filter)
         with self._read() as cur:
             cur.execute(
                 f"SELECT {_ITEM_COLUMNS} FROM review_items WHERE id > ? AND {where}"
@@ -78,7 +78,7 @@ class ReviewSQL:
         if item_id is not None:
             candidates = [item_id]
         else:
-            where, params = _where(filter or ReviewFilter())
+            where, params = review_where(filter or ReviewFilter())
             with self._read() as cur:
                 cur.execute(
                     f"SELECT id FROM review_items WHERE {where}"
@@ -289,7 +289,7 @@ def _insert_review_item(
     return cur.fetchone()[0]
 
 
-def _where(filter: ReviewFilter) -> tuple[str, list]:
+def review_where(filter: ReviewFilter) -> tuple[str, list]:
     clauses, params = ["status = ?"], [filter.status]
     if filter.set_id is not None:
         clauses.append("set_ids LIKE ?")

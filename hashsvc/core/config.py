@@ -66,6 +66,43 @@ class StringLimits:
             raise InvalidArgument(f"{where} holds a NUL character", field=field)
 
 
+@dataclass(frozen=True)
+class ConsoleSettings:
+    """The web console's (hashsvc/http/console) settings and limits; the
+    core's apply to what it does as well."""
+
+    # Reviewers' previews: an https URL with {client_ref} and/or {request_id}
+    # (each filled in percent-encoded whole), shown only when its host is one
+    # of preview_allowed_hosts; "" = no previews.
+    preview_url_template: str = ""
+    preview_allowed_hosts: tuple[str, ...] = ()
+    # A session ends after this long without a request, or this long after sign-in.
+    session_idle_seconds: float = 1800.0
+    session_max_seconds: float = 12 * 3600.0
+    max_sessions: int = 10_000  # past it, the least recently used session ends
+    page_size: int = 50  # rows of a queue, history or entries page
+    upload_max_bytes: int = 64 * 1024 * 1024  # one media file added by upload
+    upload_max_files: int = 100  # files in one upload form
+    hash_list_max_bytes: int = 512 * 1024 * 1024  # a hash list loaded from the console
+    max_load_jobs: int = 20  # loads kept for their progress page (running: all refused past it)
+    shown_rejected_rows: int = 1000  # a load's rejected rows listed (all are counted)
+    top_entries_records: int = 2000  # newest block/review records the top entries come from
+    export_max_records: int = 1_000_000  # rows of one history export
+
+    def __post_init__(self) -> None:
+        # TOML gives a list; the settings are frozen
+        object.__setattr__(self, "preview_allowed_hosts", tuple(self.preview_allowed_hosts))
+        if not 1 <= self.page_size <= 1000:
+            raise ValueError("console.page_size must be within 1..1000")
+        numbers = (
+            self.session_idle_seconds, self.session_max_seconds, self.max_sessions,
+            self.upload_max_bytes, self.upload_max_files, self.hash_list_max_bytes,
+            self.max_load_jobs, self.top_entries_records, self.export_max_records,
+        )  # fmt: skip
+        if min(numbers) <= 0 or self.shown_rejected_rows < 0:
+            raise ValueError("console limits must be positive")
+
+
 # hashsvc/index/multi_index.py REVIEW_SEARCHES (named here without importing it).
 PDQ_REVIEW_SEARCHES = ("fast", "balanced", "thorough")
 
@@ -165,6 +202,7 @@ class Config:
     # feature index, pictures verified per query, keypoints a blob may hold.
     local_features: LocalFeatureMatching = field(default_factory=LocalFeatureMatching)
     strings: StringLimits = field(default_factory=StringLimits)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
     # A message of ListEntries, ExportEntries, QueryHistory or ListReviewItems
     # holds at most this much: pages are cut by size as well as by count (50
     # four-hour videos made a 69 MB page), and an entry larger than this is

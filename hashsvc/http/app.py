@@ -21,6 +21,7 @@ from hashsvc.core.config import new_spool
 from hashsvc.core.core import Core
 from hashsvc.http import routes_curation, routes_match, routes_people
 from hashsvc.http.calls import Call, Endpoint, Services
+from hashsvc.http.console import build_console
 from hashsvc.http.errors import error_body, error_response, plain_error
 from hashsvc.http.jobs import BulkJobs
 from hashsvc.http.openapi import docs_html, openapi
@@ -144,11 +145,9 @@ def build_app(
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/docs", docs_page, methods=["GET"]),
     ]
-    # ---- the web console (issue 21 part 2: hashsvc/http/console/,
-    # build_console(core, ...) -> an ASGI app) is mounted here at /ui. ----
-    console = console_app(core)
-    if console is not None:
-        routes.append(Mount("/ui", app=console))
+    # The web console for people (hashsvc/http/console) at /ui, over the same
+    # core; its session cookie is Secure whenever the server speaks TLS.
+    routes.append(Mount("/ui", app=console_app(core)))
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         code = {404: "NOT_FOUND", 405: "UNIMPLEMENTED"}.get(exc.status_code, "INVALID_ARGUMENT")
@@ -164,12 +163,11 @@ def build_app(
 
 
 def console_app(core: Core):
-    """The web console's app, if that package is installed here (the lead
-    wires its arguments at merge); None without it."""
-    try:
-        from hashsvc.http.console import build_console  # noqa: PLC0415 - optional part
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("hashsvc.http.console",):
-            raise
-        return None
-    return build_console(core)
+    """The web console, configured from the config's [console] table."""
+    settings = core.config.console
+    return build_console(
+        core,
+        secure_cookies=bool(core.config.tls_cert_file),
+        preview_url_template=settings.preview_url_template or None,
+        preview_allowed_hosts=settings.preview_allowed_hosts,
+    )
