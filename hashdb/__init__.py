@@ -10,6 +10,7 @@ The store is the source of truth; in-memory indexes follow it through
 
 from hashdb.model import (
     Change,
+    ConsoleSession,
     EntryRecord,
     HashSetRecord,
     HistoryFilter,
@@ -45,6 +46,7 @@ __all__ = [
     "BulkStore",
     "Change",
     "ChangeFeed",
+    "ConsoleSession",
     "EntryLookup",
     "EntryRecord",
     "EntryStore",

@@ -9,9 +9,9 @@ import json
 from collections import Counter
 from datetime import datetime
 
-from hashdb.model import EntryRecord, HistoryFilter, HistoryRecord, ReviewFilter
+from hashdb.model import ConsoleSession, EntryRecord, HistoryFilter, HistoryRecord, ReviewFilter
 from hashdb.review_sql import review_where
-from hashdb.times import from_micros, to_micros
+from hashdb.times import from_micros, now_micros, to_micros
 
 _HOUR_MICROS = 3_600_000_000
 
@@ -103,3 +103,78 @@ class ConsoleSQL:
     def history_record(self, history_id: int) -> HistoryRecord | None:
         records = self.query_history(HistoryFilter(), history_id - 1, 1)
         return records[0] if records and records[0].id == history_id else None
+
+    # -- sessions (written without the change feed's lock, as flood counts are:
+    # a bulk load holding it must not stall every page of the console)
+
+    def open_console_session(
+        self,
+        id_hash: str,
+        token_id: int,
+        csrf: str,
+        expires_at: datetime,
+        idle_seconds: float,
+        max_sessions: int,
+    ) -> None:
+        """Stores a new session after deleting the expired ones; past
+        max_sessions the least recently used sessions end."""
+        now = now_micros()
+        with self._counter_write() as cur:
+            cur.execute(
+                "DELETE FROM console_sessions WHERE expires_at <= ? OR seen_at < ?",
+                (now, now - int(idle_seconds * 1_000_000)),
+            )
+            cur.execute(
+                "INSERT INTO console_sessions"
+                " (id_hash, token_id, csrf, created_at, expires_at, seen_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (id_hash, token_id, csrf, now, to_micros(expires_at), now),
+            )
+            cur.execute("SELECT COUNT(*) FROM console_sessions")
+            extra = int(cur.fetchone()[0]) - max_sessions
+            if extra > 0:
+                cur.execute(
+                    "DELETE FROM console_sessions WHERE id_hash IN (SELECT id_hash FROM"
+                    " console_sessions WHERE id_hash <> ? ORDER BY seen_at, id_hash LIMIT ?)",
+                    (id_hash, extra),
+                )
+
+    def console_session(
+        self, id_hash: str, idle_seconds: float, touch_seconds: float
+    ) -> ConsoleSession | None:
+        """The live session and its token's record (as it is now), or None
+        (an ended session is deleted). Its last use is written when it is
+        older than touch_seconds (not at every page), and its flash is taken."""
+        now = now_micros()
+        with self._read() as cur:
+            cur.execute(
+                "SELECT s.csrf, s.created_at, s.expires_at, s.seen_at, s.flash,"
+                f" {', '.join('t.' + c.strip() for c in self._token_columns.split(','))}"
+                " FROM console_sessions s JOIN tokens t ON t.id = s.token_id"
+                " WHERE s.id_hash = ?",
+                (id_hash,),
+            )
+            row = cur.fetchone()
+        if row is None:
+            return None
+        csrf, created, expires, seen, flash = row[:5]
+        if expires <= now or seen < now - int(idle_seconds * 1_000_000):
+            self.close_console_session(id_hash)
+            return None
+        if flash is not None or seen < now - int(touch_seconds * 1_000_000):
+            with self._counter_write() as cur:
+                cur.execute(
+                    "UPDATE console_sessions SET seen_at = ?, flash = NULL WHERE id_hash = ?",
+                    (now, id_hash),
+                )
+        return ConsoleSession(
+            self._token_row(row[5:]), csrf, from_micros(created), from_micros(expires), flash
+        )
+
+    def set_console_flash(self, id_hash: str, flash: str) -> None:
+        with self._counter_write() as cur:
+            cur.execute("UPDATE console_sessions SET flash = ? WHERE id_hash = ?", (flash, id_hash))
+
+    def close_console_session(self, id_hash: str) -> None:
+        with self._counter_write() as cur:
+            cur.execute("DELETE FROM console_sessions WHERE id_hash = ?", (id_hash,))

@@ -364,3 +364,28 @@ _CONSOLE = [
 ]
 SQLITE.append(_CONSOLE)
 POSTGRES.append(_CONSOLE)
+
+
+# Issue 21 follow-up: console sessions live in the store, so any replica
+# serves any session (no sticky sessions). A row holds the SHA-256 of the
+# session id (the cookie's secret is never stored: database access alone
+# does not hand out live sessions), the token it was opened with (its record
+# is read with the session, so a revoked token ends it at once), its CSRF
+# token, when it ends (sign-in + session_max_seconds), when it was last used
+# (idle sessions end) and a message for the next page. Expired rows are
+# deleted at every sign-in, by the expiry and last-use indexes.
+_CONSOLE_SESSIONS = [
+    """CREATE TABLE console_sessions (
+        id_hash TEXT PRIMARY KEY,
+        token_id BIGINT NOT NULL,
+        csrf TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        seen_at BIGINT NOT NULL,
+        flash TEXT
+    )""",
+    "CREATE INDEX console_sessions_expires ON console_sessions (expires_at)",
+    "CREATE INDEX console_sessions_seen ON console_sessions (seen_at)",
+]
+SQLITE.append(_CONSOLE_SESSIONS)
+POSTGRES.append(_CONSOLE_SESSIONS)

@@ -94,6 +94,18 @@ class TokenRecord:
 
 
 @dataclass(frozen=True)
+class ConsoleSession:
+    """A web console session as the store keeps it (hashdb/console_sql.py),
+    with the record of the token it was opened with, as it is now."""
+
+    token: TokenRecord
+    csrf: str
+    created_at: datetime
+    expires_at: datetime  # sign-in + the console's session_max_seconds
+    flash: str | None = None  # a message for the next page, taken by this read
+
+
+@dataclass(frozen=True)
 class HistoryRecord:
     """One Match call (or failed call). Append-only once written."""
 

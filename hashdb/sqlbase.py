@@ -86,6 +86,8 @@ class SQLStore(BulkSQL, HistorySQL, ConsoleSQL):
     # database but does not hold the key cannot forge a consistent chain.
     _history_key: bytes | None = None
     _history_key_id: str = ""
+    # the token columns and row reader, for mixins that read tokens (ConsoleSQL)
+    _token_columns = _TOKEN_COLUMNS
 
     def _init_history_key(self, key: bytes | None) -> None:
         self._history_key = key or None
@@ -446,6 +448,9 @@ class SQLStore(BulkSQL, HistorySQL, ConsoleSQL):
             cur.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_hash = ?", (token_hash,))
             row = cur.fetchone()
         return _token(row) if row else None
+
+    def _token_row(self, row) -> TokenRecord:
+        return _token(row)
 
     def list_tokens(self) -> list[TokenRecord]:
         with self._read() as cur:

@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
+import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -16,6 +18,21 @@ from hashsvc.core.config import ConsoleSettings
 from hashsvc.http.console import build_console
 
 START_SECONDS = 20.0
+CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def sign_in(client: httpx.Client, token: str) -> httpx.Response:
+    """Sends the sign-in form (with its CSRF token) from `client`, whose
+    base_url is a console server; the answer: 303 signed in, 401, 429..."""
+    login = client.get("/ui/login")
+    csrf = CSRF_FIELD.search(login.text).group(1)
+    return client.post("/ui/login", data={"csrf_token": csrf, "token": token})
+
+
+def page_csrf(client: httpx.Client, path: str = "/ui/") -> str:
+    """The session's CSRF token, as a page's forms carry it."""
+    page = client.get(path, follow_redirects=True)
+    return CSRF_FIELD.search(page.text).group(1)
 
 
 class ConsoleServer:
@@ -42,6 +59,10 @@ class ConsoleServer:
         )
         self._thread: threading.Thread | None = None
         self.port = 0
+
+    def client(self, **kwargs) -> httpx.Client:
+        """An HTTP client of this server (close it)."""
+        return httpx.Client(base_url=f"http://127.0.0.1:{self.port}", **kwargs)
 
     @property
     def url(self) -> str:

@@ -22,7 +22,7 @@ import pytest
 from hashdb import ReviewFilter
 from hashsvc.core.config import Config
 from hashsvc.core.core import Core, MatchQuery
-from hashsvc_testing.console_server import ConsoleServer
+from hashsvc_testing.console_server import ConsoleServer, page_csrf, sign_in
 from hashsvc_testing.image_media import encode, photo, reencoded
 
 pytestmark = pytest.mark.browser
@@ -251,8 +251,8 @@ def test_operator_adds_an_image_that_then_matches_and_auditor_finds_it(
     form = page.locator("#create-set")
     form.locator('input[name="name"]').fill("amaq-photos")
     form.locator('textarea[name="labels"]').fill("group=ISIS\noutlet=Amaq")
-    form.locator('input[name="block_distance"]').fill("31")
-    form.locator('input[name="review_distance"]').fill("56")
+    form.locator('input[name="pdq_block_distance"]').fill("31")
+    form.locator('input[name="pdq_review_distance"]').fill("56")
     form.locator('input[name="review_target"]').check()
     form.locator("button[type=submit]").click()
     page.wait_for_url(re.compile(r"/ui/sets/amaq-photos$"))
@@ -531,15 +531,9 @@ def test_without_a_session_nothing_is_shown_or_done(server, core):
 
 
 def _http_session(server, token: str):
-    import httpx
-
-    client = httpx.Client(base_url=f"http://127.0.0.1:{server.port}")
-    login = client.get("/ui/login")
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', login.text).group(1)
-    assert client.post("/ui/login", data={"csrf_token": csrf, "token": token}).status_code == 303
-    page = client.get("/ui/", follow_redirects=True)
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-    return client, csrf
+    client = server.client()
+    assert sign_in(client, token).status_code == 303
+    return client, page_csrf(client)
 
 
 def test_bad_input_gets_a_clear_error_page_never_a_500(server, tokens, known):
@@ -626,3 +620,141 @@ def test_every_page_follows_rpc_roles(server, tokens, known, core):
                 assert status == (200 if allowed else 403), (role, path, status)
         finally:
             client.close()
+
+
+def test_failed_sign_ins_past_the_limit_get_a_clear_page(browser, core, shots):
+    from hashsvc.core.config import ConsoleSettings
+
+    with ConsoleServer(core, limits=ConsoleSettings(sign_in_failures_per_minute=2)) as limited:
+        token = limited.token("auditor", "auditor-limited")
+        context = browser.new_context(viewport={"width": 1280, "height": 700})
+        page = context.new_page()
+        try:
+            for guess in ("hs_guess-1", "hs_guess-2"):
+                page.goto(f"{limited.url}/login")
+                page.fill('input[name="token"]', guess)
+                page.click('button[type="submit"]')
+                page.wait_for_load_state()
+                assert "unknown, revoked or expired token" in page.content()
+            page.goto(f"{limited.url}/login")
+            page.fill('input[name="token"]', token)  # the right one: refused all the same
+            with page.expect_response(lambda r: r.request.method == "POST") as answer:
+                page.click('button[type="submit"]')
+            assert answer.value.status == 429
+            assert page.locator("h1").inner_text() == "Too many attempts"
+            assert "too many failed sign-ins from your address" in page.inner_text(".flash")
+            page.screenshot(path=shots / "sign-in-429.png", full_page=True)
+        finally:
+            context.close()
+
+
+def test_set_form_sets_every_signal_types_thresholds(browser, server, core, tokens, shots):
+    from hashdb import Thresholds
+
+    core.curation.create_set("tuned-set")
+    page = signed_in(browser, server, tokens["operator"])
+    page.goto(f"{server.url}/sets/tuned-set")
+    page.click("details.card summary")
+    form = page.locator("#set-settings")
+    values = {
+        "pdq_block_distance": "30",
+        "pdq_review_distance": "60",
+        "videohash_block_distance": "2",
+        "videohash_review_distance": "6",
+        "chromaprint_block_distance": "10",
+        "chromaprint_review_distance": "18",
+        "text_simhash_block_distance": "12",
+        "text_simhash_review_distance": "40",
+        "local_features_block_inliers": "40",
+        "local_features_review_inliers": "20",
+        "local_features_block_coverage": "0.3",
+        "local_features_review_coverage": "0.15",
+    }
+    for name, value in values.items():
+        form.locator(f'input[name="{name}"]').fill(value)
+    page.screenshot(path=shots / "set-thresholds.png", full_page=True)
+    form.locator("button[type=submit]").click()
+    page.wait_for_url(re.compile(r"/ui/sets/tuned-set$"))
+    assert "set tuned-set updated" in page.content()
+    assert core.curation.get_set("tuned-set").thresholds == {
+        "pdq": Thresholds(30, 60),
+        "videohash": Thresholds(2, 6),
+        "chromaprint": Thresholds(10, 18),
+        "text_simhash": Thresholds(12, 40),
+        "local_features": Thresholds(0, 0, 40, 20, 0.3, 0.15),
+    }
+    # the form shows what the set has
+    page.click("details.card summary")
+    for name, value in values.items():
+        assert float(form.locator(f'input[name="{name}"]').input_value()) == float(value)
+    assert "inliers ≥ 40 / 20, coverage ≥ 0.3 / 0.15" in page.inner_text("dl.facts")
+    # what the core refuses is a 400 page saying why, and nothing changes
+    client, csrf = _http_session(server, tokens["operator"])
+    try:
+
+        def local(inliers: str, coverage: str = "") -> str:
+            fields = [*zip(("block_inliers", "review_inliers"), inliers.split("/"), strict=True)]
+            if coverage:
+                pairs = zip(("block_coverage", "review_coverage"), coverage.split("/"), strict=True)
+                fields += pairs
+            return "&".join(f"local_features_{name}={value}" for name, value in fields)
+
+        refused = {
+            local("5/5", "0.3/0.1"): "inliers must be within 8..",
+            local("40/20"): "give inliers and coverage",
+            local("20/40", "0.3/0.1"): "at least as strict",
+            local("40/20", "nan/0.1"): "coverage must be within 0..1",
+            "chromaprint_block_distance=30&chromaprint_review_distance=101": "within 0..100",
+            "videohash_block_distance=1": "give both block_distance and review_distance",
+            "text_simhash_block_distance=ten&text_simhash_review_distance=20": "as numbers",
+            "pdq_block_distance=60&pdq_review_distance=30": "is above its review",
+        }
+        for fields, message in refused.items():
+            answer = client.post(
+                "/ui/sets/tuned-set",
+                content=f"csrf_token={csrf}&change=settings&{fields}",
+                headers={"content-type": "application/x-www-form-urlencoded"},
+            )
+            assert answer.status_code == 400, fields
+            assert message in answer.text, (fields, answer.text[-600:])
+    finally:
+        client.close()
+    assert core.curation.get_set("tuned-set").thresholds["local_features"].block_inliers == 40
+    page.context.close()
+
+
+def test_shortcuts_do_not_fire_while_typing(browser, server, core, known, tokens, shots):
+    review_item(core, known, "https://uploads.example/post/typing")
+    page = signed_in(browser, server, tokens["reviewer"])
+    page.goto(f"{server.url}/review")
+    # the queue's filter fields: "n" is a letter there, not "claim next"
+    page.click('input[name="caller"]')
+    page.keyboard.type("nn")
+    assert page.url.endswith("/ui/review")
+    assert page.input_value('input[name="caller"]') == "nn"
+    page.fill('input[name="caller"]', "")
+    page.locator("h1").click()  # out of the field: the shortcut works
+    page.keyboard.press("n")
+    page.wait_for_url(re.compile(r"/ui/review/\d+$"))
+    item_url = page.url
+    radios = ("#res-confirmed", "#res-fp")
+    for field in ("#note", 'input[name="entry_name"]'):
+        page.click(field)
+        page.keyboard.type("c f n r")
+        assert page.input_value(field) == "c f n r"
+        assert page.url == item_url  # "n" did not go back to the queue
+        assert not any(page.is_checked(radio) for radio in radios)  # "c", "f" chose nothing
+        assert "veiled" in page.locator("#preview-img").get_attribute(
+            "class"
+        )  # "r" revealed nothing
+    page.screenshot(path=shots / "item-typing.png", full_page=True)
+    page.locator("h1").click()
+    page.keyboard.press("f")  # outside the fields the shortcuts work
+    assert page.is_checked("#res-fp")
+    assert page.evaluate("document.activeElement.id") == "note"
+    page.click("#resolve button[type=submit]")
+    page.wait_for_url(re.compile(r"/ui/review$"))
+    item_id = int(item_url.rsplit("/", 1)[1])
+    item = core.store.get_review_item(item_id)
+    assert (item.status, item.note) == ("false_positive", "c f n r")
+    page.context.close()

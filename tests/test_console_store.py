@@ -113,3 +113,40 @@ def test_hourly_decisions_remember_only_final_hours(store):
     store.record_match(_record(3, now, "review"))
     assert hourly.counts(now, 24)[(hour, "review")] == 2
     assert hourly.counts(now, 24)[(hour - 3, "block")] == 1
+
+
+def test_console_sessions_on_both_stores(store):
+    """The console's session rows (hashdb/console_sql.py): read with their
+    token's record as it is now, a flash taken once, idle, expired and
+    surplus sessions gone, the least recently used first."""
+    import time
+
+    from hashsvc.core import auth
+
+    record, _ = auth.create_token(store, "reviewer", "reviewer-s")
+    later = datetime.now(UTC) + timedelta(hours=1)
+    store.open_console_session("a" * 64, record.id, "csrf-a", later, 60, 3)
+    found = store.console_session("a" * 64, 60, 60)
+    assert (found.token.id, found.token.role, found.csrf, found.flash) == (
+        record.id, "reviewer", "csrf-a", None,
+    )  # fmt: skip
+    store.set_console_flash("a" * 64, '["ok", "done"]')
+    assert store.console_session("a" * 64, 60, 60).flash == '["ok", "done"]'
+    assert store.console_session("a" * 64, 60, 60).flash is None  # taken
+    assert store.console_session("b" * 64, 60, 60) is None
+    # revoked since: the row still reads, with the record saying so (the console ends it)
+    store.revoke_token(record.id)
+    assert store.console_session("a" * 64, 60, 60).token.revoked_at is not None
+    # past its end (sign-in + max) or idle: None, and the row is gone
+    store.open_console_session("c" * 64, record.id, "csrf-c", datetime.now(UTC), 60, 3)
+    assert store.console_session("c" * 64, 60, 60) is None
+    time.sleep(0.3)
+    assert store.console_session("a" * 64, 0.2, 60) is None
+    # past max_sessions (3), the least recently used end
+    for key in "defg":
+        store.open_console_session(key * 64, record.id, "x", later, 60, 3)
+        time.sleep(0.01)
+    assert store.console_session("d" * 64, 60, 60) is None
+    assert all(store.console_session(k * 64, 60, 60) for k in "efg")
+    store.close_console_session("e" * 64)
+    assert store.console_session("e" * 64, 60, 60) is None

@@ -85,6 +85,13 @@ class ConsoleSettings:
     upload_max_files: int = 100  # files in one upload form
     hash_list_max_bytes: int = 512 * 1024 * 1024  # a hash list loaded from the console
     max_load_jobs: int = 20  # loads kept for their progress page (running: all refused past it)
+    max_load_jobs_per_token: int = 2  # loads one token may have running at once
+    # Failed sign-ins a client address may make in a minute; past it the
+    # address may not sign in (429) until its oldest failure is a minute old.
+    # Each replica counts its own; behind a proxy every caller shares its
+    # address (uvicorn's --proxy-headers gives the client's).
+    sign_in_failures_per_minute: int = 10
+    sign_in_tracked_addresses: int = 100_000  # past it, the longest-quiet address is forgotten
     shown_rejected_rows: int = 1000  # a load's rejected rows listed (all are counted)
     top_entries_records: int = 2000  # newest block/review records the top entries come from
     export_max_records: int = 1_000_000  # rows of one history export
@@ -97,7 +104,9 @@ class ConsoleSettings:
         numbers = (
             self.session_idle_seconds, self.session_max_seconds, self.max_sessions,
             self.upload_max_bytes, self.upload_max_files, self.hash_list_max_bytes,
-            self.max_load_jobs, self.top_entries_records, self.export_max_records,
+            self.max_load_jobs, self.max_load_jobs_per_token, self.top_entries_records,
+            self.export_max_records, self.sign_in_failures_per_minute,
+            self.sign_in_tracked_addresses,
         )  # fmt: skip
         if min(numbers) <= 0 or self.shown_rejected_rows < 0:
             raise ValueError("console limits must be positive")

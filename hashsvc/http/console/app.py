@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.middleware import Middleware
@@ -18,12 +19,14 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from hashdb import TokenRecord
 from hashsvc.base.errors import HashsvcError
 from hashsvc.core import auth
 from hashsvc.core.config import ConsoleSettings
 from hashsvc.core.core import Core
 from hashsvc.http.console import audit_pages, curation_pages, dashboard, review_pages
 from hashsvc.http.console.links import preview_sources, preview_url
+from hashsvc.http.console.sign_in_limits import SignInLimits
 from hashsvc.http.console.web import COOKIE, LOGIN_CSRF_COOKIE, Refused, Web
 
 log = logging.getLogger(__name__)
@@ -73,7 +76,21 @@ def build_console(
         _set_cookie(web, request, response, LOGIN_CSRF_COOKIE, login_csrf)
         return response
 
+    sign_ins = SignInLimits(
+        web.limits.sign_in_failures_per_minute, web.limits.sign_in_tracked_addresses
+    )
+
     async def login(request: Request) -> Response:
+        address = request.client.host if request.client else ""
+        wait = sign_ins.retry_after(address)
+        if wait:
+            response = await web.error_page(
+                request,
+                429,
+                f"too many failed sign-ins from your address: try again in {wait} seconds",
+            )
+            response.headers["retry-after"] = str(wait)
+            return response
         length = request.headers.get("content-length", "")
         if not length.isdigit() or int(length) > 16 * 1024:
             raise Refused(413, "the sign-in form is too large")
@@ -85,9 +102,20 @@ def build_console(
         if not expected or not secrets.compare_digest(sent.encode(), expected.encode()):
             raise Refused(403, "the sign-in form's CSRF token is missing or wrong: reload it")
         token = str(form.get("token", "")).strip()
-        try:
-            record = auth.authenticate(core.store, token[:200])
-        except HashsvcError:
+
+        def sign_in() -> tuple[TokenRecord, str] | None:
+            try:
+                record = auth.authenticate(core.store, token[:200])
+            except HashsvcError:
+                return None
+            web.sessions.close(request.cookies.get(COOKIE))  # a fresh id at every sign-in
+            session_id, _ = web.sessions.open(record.id)
+            return record, session_id
+
+        signed_in = await run_in_threadpool(sign_in)
+        if signed_in is None:
+            sign_ins.failed(address)
+            log.warning("console sign-in failed from %s", address)
             login_csrf = secrets.token_urlsafe(32)
             response = web.render(
                 request,
@@ -99,9 +127,8 @@ def build_console(
             )
             _set_cookie(web, request, response, LOGIN_CSRF_COOKIE, login_csrf)
             return response
-        web.sessions.close(request.cookies.get(COOKIE))  # a fresh id at every sign-in
-        session_id, _ = web.sessions.open(record.token_hash)
-        response = web.redirect(request, "/")
+        record, session_id = signed_in
+        response = await web.redirect(request, "/")
         _set_cookie(web, request, response, COOKIE, session_id)
         response.delete_cookie(LOGIN_CSRF_COOKIE, path=_cookie_path(request))
         log.info("console sign-in: %s (%s)", record.name, record.role)
@@ -111,8 +138,8 @@ def build_console(
         caller = await web.caller(request)
         if caller is not None:
             await web.small_form(request, caller)
-            web.sessions.close(caller.session_id)
-        response = web.redirect(request, "/login")
+            await run_in_threadpool(web.sessions.close, caller.session_id)
+        response = await web.redirect(request, "/login")
         response.delete_cookie(COOKIE, path=_cookie_path(request))
         return response
 

@@ -37,21 +37,56 @@ def parse_labels(text: str) -> dict[str, str]:
     return labels
 
 
+# The thresholds a set can tune on its form (the core's Thresholds): a
+# distance pair for each perceptual type, an evidence pair (inliers and
+# coverage) for local features. Exact hashes have none (equal is a match).
+DISTANCE_KINDS = tuple(k for k, t in SIGNAL_TYPES.items() if t.perceptual and not t.opaque)
+EVIDENCE_KINDS = tuple(k for k, t in SIGNAL_TYPES.items() if t.opaque)
+THRESHOLD_FORM = {
+    "distance_kinds": [(k, SIGNAL_TYPES[k].max_distance) for k in DISTANCE_KINDS],
+    "evidence_kinds": EVIDENCE_KINDS,
+}
+
+
 def parse_thresholds(form) -> dict[str, Thresholds]:
-    """PDQ block/review distances from the form (empty: the set keeps its own
-    or the defaults)."""
-    block, review = str(form.get("block_distance", "")), str(form.get("review_distance", ""))
-    if not block.strip() and not review.strip():
-        return {}
+    """Thresholds from the form's `KIND_block_distance` / `KIND_review_distance`
+    fields, and local features' `KIND_block_inliers`, `..._review_inliers`,
+    `..._block_coverage`, `..._review_coverage` (a type left empty: the set
+    keeps its own or the defaults). The core checks the values."""
+    thresholds = {}
+    for kind in DISTANCE_KINDS:
+        distances = _numbers(form, kind, ("block_distance", "review_distance"), int)
+        if distances:
+            thresholds[kind] = Thresholds(*distances)
+    for kind in EVIDENCE_KINDS:
+        inliers = _numbers(form, kind, ("block_inliers", "review_inliers"), int)
+        coverage = _numbers(form, kind, ("block_coverage", "review_coverage"), float)
+        if inliers or coverage:
+            if not (inliers and coverage):
+                raise InvalidArgument(f"{kind} thresholds: give inliers and coverage, both pairs")
+            thresholds[kind] = Thresholds(0, 0, *inliers, *coverage)
+    return thresholds
+
+
+def _numbers(form, kind: str, fields: tuple[str, str], number) -> tuple | None:
+    raw = [str(form.get(f"{kind}_{name}", "")).strip()[:40] for name in fields]
+    if not any(raw):
+        return None
     try:
-        block_n, review_n = int(block), int(review)
+        return tuple(number(value) for value in raw)
     except ValueError:
-        raise InvalidArgument("thresholds are whole numbers of bits: give both") from None
-    return {"pdq": Thresholds(block_n, review_n)}
+        raise InvalidArgument(
+            f"{kind} thresholds: give both {' and '.join(fields)} as numbers"
+        ) from None
 
 
 def routes(web: Web) -> list[Route]:
-    jobs = LoadJobs(web.core, web.limits.max_load_jobs, web.limits.shown_rejected_rows)
+    jobs = LoadJobs(
+        web.core,
+        web.limits.max_load_jobs,
+        web.limits.max_load_jobs_per_token,
+        web.limits.shown_rejected_rows,
+    )
     curation = web.core.curation
 
     def record(caller_name: str, action: str, **detail) -> None:
@@ -67,6 +102,7 @@ def routes(web: Web) -> list[Route]:
             caller,
             sets=sets,
             may_create=caller.may("Curation/CreateSet"),
+            **THRESHOLD_FORM,
         )
 
     async def create_set(request: Request):
@@ -93,7 +129,7 @@ def routes(web: Web) -> list[Route]:
             return hash_set
 
         hash_set = await web.call(caller, create)
-        return web.redirect(
+        return await web.redirect(
             request, f"/sets/{hash_set.name}", caller, ("ok", f"set {hash_set.name} created")
         )
 
@@ -129,6 +165,7 @@ def routes(web: Web) -> list[Route]:
             may_export=caller.may("Curation/ExportEntries"),
             formats=loaders.FORMATS,
             upload_max_bytes=web.limits.upload_max_bytes,
+            **THRESHOLD_FORM,
         )
 
     async def update_set(request: Request):
@@ -164,7 +201,7 @@ def routes(web: Web) -> list[Route]:
             return hash_set
 
         await web.call(caller, update)
-        return web.redirect(request, f"/sets/{name}", caller, ("ok", f"set {name} updated"))
+        return await web.redirect(request, f"/sets/{name}", caller, ("ok", f"set {name} updated"))
 
     async def entry_page(request: Request):
         caller = await web.require(request, "Curation/GetEntry")
@@ -211,14 +248,14 @@ def routes(web: Web) -> list[Route]:
             record(caller.name, "RemoveEntry", set=name, entry=entry.name, entry_id=entry.id)
 
         await web.call(caller, remove)
-        return web.redirect(request, f"/sets/{name}", caller, ("ok", f"{entry_name} removed"))
+        return await web.redirect(request, f"/sets/{name}", caller, ("ok", f"{entry_name} removed"))
 
     async def release_entry(request: Request):
         caller = await web.require(request, "Curation/ReleaseEntry")
         await web.small_form(request, caller)
         name, entry_name = request.path_params["name"], request.path_params["entry"]
         await web.call(caller, web.core.review.release_entry, caller.name, name, entry_name)
-        return web.redirect(
+        return await web.redirect(
             request, f"/sets/{name}/entries/{entry_name}", caller, ("ok", "flood alert released")
         )
 
@@ -245,7 +282,7 @@ def routes(web: Web) -> list[Route]:
             return JSONResponse({"results": results}, status_code=status)
         added = sum(1 for r in results if "entry" in r)
         errors = "; ".join(f"{r['file']}: {r['error']['message']}" for r in results if "error" in r)
-        return web.redirect(
+        return await web.redirect(
             request,
             f"/sets/{name}",
             caller,
@@ -298,7 +335,7 @@ def routes(web: Web) -> list[Route]:
             caller.name,
             caller.record.id,
         )
-        return web.redirect(request, f"/sets/{name}/loads/{job.id}")
+        return await web.redirect(request, f"/sets/{name}/loads/{job.id}")
 
     def _job(request: Request, caller: Caller):
         job = jobs.get(request.path_params["job"], caller.record.id)

@@ -59,12 +59,12 @@ def routes(web: Web) -> list[Route]:
     async def home(request: Request) -> Response:
         caller = await web.caller(request)
         if caller is None:
-            return web.redirect(request, "/login")
+            return await web.redirect(request, "/login")
         if not caller.may("Curation/GetStats"):
             # the first page this role may see, else the forbidden page
             for path, _title, rpc in NAV:
                 if caller.may(rpc):
-                    return web.redirect(request, path)
+                    return await web.redirect(request, path)
             return await web.error_page(
                 request, 403, f"role {caller.record.role!r} has no console pages"
             )

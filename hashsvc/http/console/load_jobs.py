@@ -1,8 +1,10 @@
 """Hash lists loaded from the console: the uploaded file is copied to the
 spool directory and loaded by a thread (core.bulk_load, as BulkLoad does);
 its page polls the job's progress (bytes read) and shows the rejected rows by
-line. A job is visible only to the token that started it; at most max_jobs
-are kept (the oldest finished one goes first; all running: refused)."""
+line. A job is visible only to the token that started it. A token may have
+max_jobs_per_token loads running at once, so one caller cannot take every
+slot; at most max_jobs are kept in all (the oldest finished one goes first;
+all running: refused)."""
 
 from __future__ import annotations
 
@@ -52,9 +54,12 @@ class LoadJob:
 
 
 class LoadJobs:
-    def __init__(self, core: Core, max_jobs: int, shown_rejected: int) -> None:
+    def __init__(
+        self, core: Core, max_jobs: int, max_jobs_per_token: int, shown_rejected: int
+    ) -> None:
         self.core = core
         self.max_jobs = max_jobs
+        self.max_jobs_per_token = max_jobs_per_token
         self.shown_rejected = shown_rejected
         self._jobs: OrderedDict[str, LoadJob] = OrderedDict()
         self._lock = threading.Lock()
@@ -64,20 +69,21 @@ class LoadJobs:
     ) -> LoadJob:
         """Copies `upload` (a file object) to the spool directory and loads it."""
         with self._lock:
-            if len(self._jobs) >= self.max_jobs:
-                finished = next((k for k, j in self._jobs.items() if j.done), None)
-                if finished is None:
-                    raise TooLarge(
-                        f"{self.max_jobs} loads are running; retry when one has finished",
-                        limit="console max_load_jobs",
-                    )
-                del self._jobs[finished]
-        spool = tempfile.TemporaryFile(dir=self.core.config.spool_dir or None)
-        size = _copy(upload, spool)
-        spool.seek(0)
-        job = LoadJob(secrets.token_urlsafe(12), set_name, source, token_id, size)
-        with self._lock:
+            self._make_room(token_id)
+            # the slot is taken before the copy: concurrent starts count it
+            job = LoadJob(secrets.token_urlsafe(12), set_name, source, token_id, 0)
             self._jobs[job.id] = job
+        spool = None
+        try:
+            spool = tempfile.TemporaryFile(dir=self.core.config.spool_dir or None)
+            job.total_bytes = _copy(upload, spool)
+        except BaseException:
+            if spool is not None:
+                spool.close()
+            with self._lock:
+                self._jobs.pop(job.id, None)
+            raise
+        spool.seek(0)
         context = contextvars.copy_context()  # the caller's token id for the history
         threading.Thread(
             target=context.run,
@@ -86,6 +92,26 @@ class LoadJobs:
             name="console-load",
         ).start()
         return job
+
+    def _make_room(self, token_id: int) -> None:
+        """Under the lock: refuses a token at its running limit, or everyone
+        when max_jobs are running; else forgets the oldest finished job if
+        max_jobs are kept."""
+        running = sum(1 for j in self._jobs.values() if j.owner_token_id == token_id and not j.done)
+        if running >= self.max_jobs_per_token:
+            raise TooLarge(
+                f"you have {running} loads running (at most {self.max_jobs_per_token} a token);"
+                " retry when one has finished",
+                limit="console max_load_jobs_per_token",
+            )
+        if len(self._jobs) >= self.max_jobs:
+            finished = next((k for k, j in self._jobs.items() if j.done), None)
+            if finished is None:
+                raise TooLarge(
+                    f"{self.max_jobs} loads are running; retry when one has finished",
+                    limit="console max_load_jobs",
+                )
+            del self._jobs[finished]
 
     def get(self, job_id: str, token_id: int) -> LoadJob | None:
         with self._lock:

@@ -74,17 +74,17 @@ def routes(web: Web) -> list[Route]:
         try:
             item = await web.call(caller, web.core.review.claim, caller.identity, None, filter)
         except NotFound:  # an empty queue is no error: back to it, saying so
-            return web.redirect(
+            return await web.redirect(
                 request, "/review", caller, ("ok", "nothing to claim: the queue is empty"), shown
             )
-        return web.redirect(request, f"/review/{item.id}")
+        return await web.redirect(request, f"/review/{item.id}")
 
     async def claim(request: Request):
         caller = await web.require(request, "Review/ClaimReviewItem")
         await web.small_form(request, caller)
         item_id = _item_id(request)
         await web.call(caller, web.core.review.claim, caller.identity, item_id, ReviewFilter())
-        return web.redirect(request, f"/review/{item_id}")
+        return await web.redirect(request, f"/review/{item_id}")
 
     async def item_page(request: Request):
         caller = await web.require(request, "Review/ListReviewItems")
@@ -128,7 +128,7 @@ def routes(web: Web) -> list[Route]:
             add_to_set,
             str(form.get("entry_name", "")),
         )
-        return web.redirect(
+        return await web.redirect(
             request,
             "/review",
             caller,

@@ -1,76 +1,91 @@
-"""Console sessions: a server-side table of random session ids (the cookie
-holds only the id), each bound to the token it was opened with and to its
-own CSRF token. The token's record is looked up again on every request, so a
-revoked or expired token ends its sessions at once."""
+"""Console sessions, kept in the store (hashdb/console_sql.py) so that any
+replica serves any session: no sticky sessions. The cookie holds a random
+session id; the store holds its SHA-256 (database access alone does not hand
+out live sessions), the token it was opened with, its own CSRF token, and a
+message for the next page. The token's record is read with the session on
+every request, so a revoked or expired token ends its sessions at once."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
-import threading
-import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from hashdb import TokenRecord
+
+# A session's last use is written at most this often (not at every page);
+# idle_seconds is exact to within this.
+TOUCH_SECONDS = 60.0
 
 
 @dataclass
 class Session:
-    token_hash: str  # SHA-256 of the API token (as the store keeps it)
+    id_hash: str
     csrf: str
-    created: float
-    seen: float
-    # review filters and the like the pages carry from one request to the next
-    data: dict = field(default_factory=dict)
+    # the message a redirect left for this page (taken from the store as it was read)
+    flash: tuple[str, str] | None = None
 
 
 class SessionTable:
-    """At most max_sessions sessions (the least recently used goes first);
+    """At most max_sessions sessions (past it the least recently used end);
     a session ends after idle_seconds without a request or max_seconds after
-    sign-in, whichever comes first."""
+    sign-in, whichever comes first. Calls read or write the store: call them
+    from a worker thread."""
 
-    def __init__(self, idle_seconds: float, max_seconds: float, max_sessions: int) -> None:
+    def __init__(self, store, idle_seconds: float, max_seconds: float, max_sessions: int) -> None:
+        self.store = store
         self.idle_seconds = idle_seconds
         self.max_seconds = max_seconds
         self.max_sessions = max_sessions
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
-        self._lock = threading.Lock()
+        self.touch_seconds = min(TOUCH_SECONDS, idle_seconds / 10)
 
-    def open(self, token_hash: str) -> tuple[str, Session]:
+    def open(self, token_id: int) -> tuple[str, Session]:
         session_id = secrets.token_urlsafe(32)
-        now = time.monotonic()
-        session = Session(token_hash, secrets.token_urlsafe(32), now, now)
-        with self._lock:
-            self._sessions[_key(session_id)] = session
-            while len(self._sessions) > self.max_sessions:
-                self._sessions.popitem(last=False)
+        session = Session(_key(session_id), secrets.token_urlsafe(32))
+        self.store.open_console_session(
+            session.id_hash,
+            token_id,
+            session.csrf,
+            datetime.now(UTC) + timedelta(seconds=self.max_seconds),
+            self.idle_seconds,
+            self.max_sessions,
+        )
         return session_id, session
 
-    def get(self, session_id: str | None) -> Session | None:
+    def get(self, session_id: str | None) -> tuple[Session, TokenRecord] | None:
+        """The live session and its token's record as it is now, or None."""
         if not session_id or len(session_id) > 100:
             return None
-        now = time.monotonic()
-        key = _key(session_id)
-        with self._lock:
-            session = self._sessions.get(key)
-            if session is None:
-                return None
-            if now - session.seen > self.idle_seconds or now - session.created > self.max_seconds:
-                del self._sessions[key]
-                return None
-            session.seen = now
-            self._sessions.move_to_end(key)
-            return session
+        id_hash = _key(session_id)
+        found = self.store.console_session(id_hash, self.idle_seconds, self.touch_seconds)
+        if found is None:
+            return None
+        flash = _flash(found.flash)
+        return Session(id_hash, found.csrf, flash), found.token
+
+    def flash(self, session: Session, kind: str, message: str) -> None:
+        self.store.set_console_flash(session.id_hash, json.dumps([kind, message]))
 
     def close(self, session_id: str | None) -> None:
-        if session_id:
-            with self._lock:
-                self._sessions.pop(_key(session_id), None)
+        if session_id and len(session_id) <= 100:
+            self.store.close_console_session(_key(session_id))
 
 
 def _key(session_id: str) -> str:
-    # the table holds hashes: a memory dump does not hand out live sessions
     return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+def _flash(stored: str | None) -> tuple[str, str] | None:
+    if not stored:
+        return None
+    try:
+        kind, message = json.loads(stored)
+        return str(kind), str(message)
+    except (ValueError, TypeError):  # not ours: shown as nothing
+        return None
 
 
 def csrf_ok(session: Session, sent: str | None) -> bool:

@@ -92,7 +92,7 @@ class Web:
         self.limits = limits
         self.preview = preview
         self.sessions = SessionTable(
-            limits.session_idle_seconds, limits.session_max_seconds, limits.max_sessions
+            core.store, limits.session_idle_seconds, limits.session_max_seconds, limits.max_sessions
         )
         self.templates = Environment(
             loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -111,11 +111,11 @@ class Web:
 
     def _caller(self, request: Request) -> Caller | None:
         session_id = request.cookies.get(COOKIE)
-        session = self.sessions.get(session_id)
-        if session is None:
+        found = self.sessions.get(session_id)
+        if found is None:
             return None
-        record = self.core.store.find_token(session.token_hash)
-        if record is None or not _usable(record):  # revoked or expired since sign-in
+        session, record = found
+        if not _usable(record):  # revoked or expired since sign-in
             self.sessions.close(session_id)
             return None
         return Caller(record, session, session_id or "")
@@ -183,7 +183,7 @@ class Web:
         status: int = 200,
         **context,
     ) -> HTMLResponse:
-        flash = caller.session.data.pop("flash", None) if caller else None
+        flash = caller.session.flash if caller else None
         nav = [
             (self.url(request, path), title)
             for path, title, rpc in NAV
@@ -200,7 +200,7 @@ class Web:
         )
         return HTMLResponse(html, status_code=status)
 
-    def redirect(
+    async def redirect(
         self,
         request: Request,
         path: str,
@@ -208,13 +208,15 @@ class Web:
         flash: tuple[str, str] | None = None,
         query: dict | None = None,
     ) -> RedirectResponse:
+        """A 303 to path; flash: a message (kind, text) for the next page, kept
+        with the session (the next request may reach another replica)."""
         if caller is not None and flash is not None:
-            caller.session.data["flash"] = flash
+            await run_in_threadpool(self.sessions.flash, caller.session, *flash)
         return RedirectResponse(self.url(request, path, **(query or {})), status_code=303)
 
     async def error_page(self, request: Request, status: int, message: str) -> Response:
         if status == 401:
-            return self.redirect(request, "/login")
+            return await self.redirect(request, "/login")
         caller = await self.caller(request)
         return self.render(
             request, "error.html", caller, status=status, status_code=status, message=message

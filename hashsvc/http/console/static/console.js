@@ -13,6 +13,8 @@ function csrfToken(form) {
 }
 
 document.addEventListener("keydown", (event) => {
+  // a key that composes a character (an input method's) is typing too
+  if (event.isComposing) return;
   const resolve = document.getElementById("resolve");
   if (resolve && event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
     event.preventDefault();
