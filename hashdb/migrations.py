@@ -352,3 +352,44 @@ _HISTORY_IDENTITY = [
 ]
 SQLITE.append(_HISTORY_IDENTITY)
 POSTGRES.append(_HISTORY_IDENTITY)
+
+
+# Issue 20 (notifications): the durable outbox, written in the transaction of
+# each event's cause (ids in commit order: PostgreSQL takes an advisory lock
+# before the insert, held to the commit), each webhook endpoint's position
+# (one row all replicas share; a lease says which replica delivers), and the
+# events an endpoint never took within its retry time.
+def _outbox(serial: str) -> list[str]:
+    return [
+        f"""CREATE TABLE event_outbox (
+            id {serial},
+            type TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            set_names TEXT NOT NULL,
+            body TEXT NOT NULL
+        )""",
+        """CREATE TABLE webhook_endpoints (
+            name TEXT PRIMARY KEY,
+            delivered_through BIGINT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            first_failed_at BIGINT,
+            next_attempt_at BIGINT,
+            last_error TEXT NOT NULL DEFAULT '',
+            lease_owner TEXT,
+            lease_until BIGINT NOT NULL DEFAULT 0,
+            updated_at BIGINT NOT NULL
+        )""",
+        """CREATE TABLE webhook_failures (
+            endpoint TEXT NOT NULL,
+            event_id BIGINT NOT NULL,
+            failed_at BIGINT NOT NULL,
+            attempts INTEGER NOT NULL,
+            last_error TEXT NOT NULL,
+            PRIMARY KEY (endpoint, event_id)
+        )""",
+        "CREATE INDEX webhook_failures_failed_at ON webhook_failures (failed_at)",
+    ]
+
+
+SQLITE.append(_outbox("INTEGER PRIMARY KEY AUTOINCREMENT"))
+POSTGRES.append(_outbox("BIGSERIAL PRIMARY KEY"))

@@ -17,6 +17,7 @@ from datetime import datetime
 from hashdb import migrations
 from hashdb.bulk_sql import MAX_SIGNALS_PER_ENTRY, BulkSQL
 from hashdb.history_sql import HistorySQL, key_id
+from hashdb.outbox_sql import OutboxSQL
 from hashdb.model import (
     Change,
     EntryRecord,
@@ -74,7 +75,7 @@ _ENTRY_COLUMNS = "id, set_id, name, labels, media_type, created_at, added_by, re
 _TOKEN_COLUMNS = "id, name, role, token_hash, created_at, revoked_at, expires_at"
 
 
-class SQLStore(BulkSQL, HistorySQL):
+class SQLStore(BulkSQL, HistorySQL, OutboxSQL):
     """Subclasses call _init_history_key and provide _read(), _write() (context
     managers yielding a cursor that takes `?` placeholders; _write holds the
     writer lock that keeps change seqs in commit order) and _unique_violation

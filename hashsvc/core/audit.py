@@ -13,10 +13,17 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
-from hashdb import HistoryFilter, HistoryRecord, HistoryStore, HistoryVerification, SetLookup
+from hashdb import (
+    HistoryFilter,
+    HistoryRecord,
+    HistoryStore,
+    HistoryVerification,
+    NewEvent,
+    SetLookup,
+)
 from hashdb.history_sql import key_id
 from hashsvc.base import validation
 from hashsvc.base.errors import InvalidArgument, NotFound
@@ -174,9 +181,11 @@ class Audit:
         matches: list[dict],
         notes: tuple[str, ...] = (),
         caller_token_id: int | None = None,
+        events: Iterable[NewEvent] = (),
     ) -> int:
         """A Match call, failed or not: what was asked (the upload's hashes,
-        never the media), what was found and decided."""
+        never the media), what was found and decided; `events` (its
+        notifications) go to the outbox in the record's transaction."""
         return self.history.record_match(
             HistoryRecord(
                 request_id=request_id,
@@ -193,7 +202,8 @@ class Audit:
                 matches=matches,
                 detail={"notes": list(notes)} if notes else {},
                 caller_token_id=caller_token_id,
-            )
+            ),
+            events,
         )
 
     def make_filter(

@@ -24,12 +24,14 @@ from hashsvc.base.errors import (
     status_name,
 )
 from hashsvc.base.signals import Signal, signal_type
-from hashsvc.core import auth, export
+from hashsvc.core import auth, events, export
 from hashsvc.core.audit import Audit, acting_token_id
 from hashsvc.core.bulk import BulkLoad, BulkResult, PackedRows, RowBatch
 from hashsvc.core.config import Config
 from hashsvc.core.curation import Curation
+from hashsvc.core.event_feed import EventFeed
 from hashsvc.core.review import ReviewQueue
+from hashsvc.core.webhooks import Webhooks
 from hashsvc.core.signal_values import checked_value
 from hashsvc.index.live import LiveIndex
 from hashsvc.matching.feedback import Feedback
@@ -109,6 +111,11 @@ class Core:
             config.flood_max_pending_entries,
             self._flood_alerts,
         )
+        self.event_feed = EventFeed(store, config.events)
+        # Webhook deliverers (threads of their own), started with the server.
+        self.webhooks = (
+            Webhooks(store, config.webhook, config.events) if config.webhook else None
+        )
         self._poller: threading.Thread | None = None
         self._flusher: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -149,6 +156,8 @@ class Core:
         self._poller.start()
         self._flusher = threading.Thread(target=self._flush_floods, daemon=True, name="flood")
         self._flusher.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
 
     def _flush_floods(self) -> None:
         while not self._stopping.is_set():
@@ -216,6 +225,8 @@ class Core:
 
     def close(self) -> None:
         self._stopping.set()
+        if self.webhooks is not None:
+            self.webhooks.stop()
         self.flood.wake.set()
         if self._flusher is not None:
             self._flusher.join(timeout=10)
@@ -476,6 +487,7 @@ class Core:
             matches=[m.to_json() for m in outcome.matches] if outcome else [],
             notes=outcome.notes if outcome else (),
             caller_token_id=caller_token_id,
+            events=_decision_events(outcome, caller, query.client_ref),
         )
 
     def ready(self) -> bool:
@@ -569,6 +581,22 @@ def _snapshot_dir(config: Config) -> str:
         path = config.db_url[len("sqlite:///") :]
         return os.path.abspath(path) + ".index"
     return ""
+
+
+def _decision_events(outcome: MatchOutcome | None, caller: str, client_ref: str) -> list:
+    """match.block / match.review for a decided Match (none for allow or a
+    failed call): written with its history record."""
+    if outcome is None:
+        return []
+    event = events.decision_event(
+        request_id=outcome.request_id,
+        decision=outcome.decision,
+        media_type=outcome.media_type,
+        client_ref=client_ref,
+        caller=caller,
+        matches=outcome.matches,
+    )
+    return [event] if event is not None else []
 
 
 def _without_shifted_views(signals: list[Signal]) -> list[Signal]:

@@ -1,0 +1,246 @@
+"""The event outbox in SQL, for both stores (mixed into SQLStore; `?`
+placeholders, times as integer microseconds).
+
+Events are appended inside the transaction of their cause (a Match's history
+record, a review verdict, a flood alert), so an event exists exactly when its
+cause committed. Each webhook endpoint has one row that all replicas share:
+the last event done, the failing one's attempts, and a lease. Every write of
+a deliverer is fenced by its lease (`lease_owner = me AND lease_until > now`),
+so a replica whose lease ran out can no longer move the endpoint on, and only
+the lease holder sends: no event goes out twice at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+
+from hashdb.model import EndpointState, EventFailure, NewEvent, OutboxEvent
+from hashdb.times import from_micros, now_micros
+
+_ENDPOINT_COLUMNS = (
+    "name, delivered_through, attempts, first_failed_at, next_attempt_at, last_error, lease_until"
+)
+
+
+class OutboxSQL:
+    def _endpoint_write(self) -> AbstractContextManager:
+        """A transaction for an endpoint's row (it touches no change feed)."""
+        return self._write()
+
+    def _outbox_lock(self, cur) -> None:
+        """Held from the insert to the commit where ids could otherwise
+        commit out of order (PostgreSQL); a reader following ids must never
+        pass an event that commits later with a smaller id."""
+
+    def _db_now(self, cur) -> int:
+        """Now, in microseconds, by the clock every replica's leases use."""
+        return now_micros()
+
+    # -- writing (in the cause's transaction)
+
+    def _append_events(self, cur, events: Iterable[NewEvent]) -> list[int]:
+        """Appends within the caller's transaction; call it last in the
+        transaction (the outbox lock is held from here to the commit)."""
+        events = list(events)
+        if not events:
+            return []
+        self._outbox_lock(cur)
+        now = now_micros()
+        ids = []
+        for event in events:
+            cur.execute(
+                "INSERT INTO event_outbox (type, created_at, set_names, body)"
+                " VALUES (?, ?, ?, ?) RETURNING id",
+                (
+                    event.type,
+                    now,
+                    json.dumps(list(event.set_names), ensure_ascii=False),
+                    json.dumps(event.body, ensure_ascii=False, sort_keys=True),
+                ),
+            )
+            ids.append(cur.fetchone()[0])
+        return ids
+
+    def append_events(self, events: Iterable[NewEvent]) -> list[int]:
+        with self._write() as cur:
+            return self._append_events(cur, events)
+
+    # -- reading
+
+    def events_after(self, after_id: int, limit: int = 100) -> list[OutboxEvent]:
+        with self._read() as cur:
+            cur.execute(
+                "SELECT id, type, created_at, set_names, body FROM event_outbox"
+                " WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            )
+            return [_event(row) for row in cur.fetchall()]
+
+    def last_event_id(self) -> int:
+        with self._read() as cur:
+            cur.execute("SELECT COALESCE(MAX(id), 0) FROM event_outbox")
+            return cur.fetchone()[0]
+
+    def endpoint_states(self) -> list[EndpointState]:
+        with self._read() as cur:
+            cur.execute(f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints ORDER BY name")
+            return [_endpoint(row, 0) for row in cur.fetchall()]
+
+    def event_failures(self, after: tuple[int, str] = (0, ""), limit: int = 100):
+        """Failed deliveries ordered by (event id, endpoint), after `after`."""
+        event_id, endpoint = after
+        with self._read() as cur:
+            cur.execute(
+                "SELECT f.endpoint, f.event_id, COALESCE(o.type, ''), f.failed_at, f.attempts,"
+                " f.last_error FROM webhook_failures f LEFT JOIN event_outbox o"
+                " ON o.id = f.event_id WHERE f.event_id > ? OR (f.event_id = ? AND f.endpoint > ?)"
+                " ORDER BY f.event_id, f.endpoint LIMIT ?",
+                (event_id, event_id, endpoint, limit),
+            )
+            return [
+                EventFailure(name, eid, etype, from_micros(at), attempts, error)
+                for name, eid, etype, at, attempts, error in cur.fetchall()
+            ]
+
+    def count_event_failures(self) -> dict[str, int]:
+        with self._read() as cur:
+            cur.execute("SELECT endpoint, COUNT(*) FROM webhook_failures GROUP BY endpoint")
+            return dict(cur.fetchall())
+
+    # -- delivering (fenced by the endpoint's lease)
+
+    def start_endpoint(self, name: str) -> None:
+        """Registers an endpoint at the outbox's head: a new receiver gets
+        what happens from now on, not the outbox's past."""
+        with self._endpoint_write() as cur:
+            cur.execute("SELECT COALESCE(MAX(id), 0) FROM event_outbox")
+            head = cur.fetchone()[0]
+            cur.execute(
+                "INSERT INTO webhook_endpoints (name, delivered_through, updated_at)"
+                " VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                (name, head, now_micros()),
+            )
+
+    def claim_endpoint(self, name: str, owner: str, lease_seconds: float) -> EndpointState | None:
+        """The endpoint's state with a lease for `owner`, if no other
+        replica holds a live lease on it (or `owner` holds it already)."""
+        with self._endpoint_write() as cur:
+            now = self._db_now(cur)
+            cur.execute(
+                "UPDATE webhook_endpoints SET lease_owner = ?, lease_until = ?"
+                " WHERE name = ? AND (lease_owner = ? OR lease_until <= ? OR lease_owner IS NULL)"
+                f" RETURNING {_ENDPOINT_COLUMNS}",
+                (owner, now + int(lease_seconds * 1e6), name, owner, now),
+            )
+            row = cur.fetchone()
+            return _endpoint(row, now) if row else None
+
+    def advance_endpoint(
+        self, name: str, owner: str, through_id: int, lease_seconds: float
+    ) -> EndpointState | None:
+        """Marks events up to through_id done and renews the lease; None if
+        the lease was lost (then nothing is written)."""
+        with self._endpoint_write() as cur:
+            now = self._db_now(cur)
+            cur.execute(
+                "UPDATE webhook_endpoints SET delivered_through = ?, attempts = 0,"
+                " first_failed_at = NULL, next_attempt_at = NULL, last_error = '',"
+                " lease_until = ?, updated_at = ?"
+                " WHERE name = ? AND lease_owner = ? AND lease_until > ?"
+                " AND delivered_through <= ?"
+                f" RETURNING {_ENDPOINT_COLUMNS}",
+                (through_id, now + int(lease_seconds * 1e6), now, name, owner, now, through_id),
+            )
+            row = cur.fetchone()
+            return _endpoint(row, now) if row else None
+
+    def endpoint_attempt_failed(
+        self,
+        name: str,
+        owner: str,
+        error: str,
+        retry_in_seconds: float,
+        lease_seconds: float,
+    ) -> EndpointState | None:
+        """One more failed attempt at the next event (first_failed_at set on
+        the first one); None if the lease was lost."""
+        with self._endpoint_write() as cur:
+            now = self._db_now(cur)
+            cur.execute(
+                "UPDATE webhook_endpoints SET attempts = attempts + 1,"
+                " first_failed_at = COALESCE(first_failed_at, ?), next_attempt_at = ?,"
+                " last_error = ?, lease_until = ?, updated_at = ?"
+                " WHERE name = ? AND lease_owner = ? AND lease_until > ?"
+                f" RETURNING {_ENDPOINT_COLUMNS}",
+                (
+                    now,
+                    now + int(retry_in_seconds * 1e6),
+                    error[:1000],
+                    now + int(lease_seconds * 1e6),
+                    now,
+                    name,
+                    owner,
+                    now,
+                ),
+            )
+            row = cur.fetchone()
+            return _endpoint(row, now) if row else None
+
+    def endpoint_give_up(
+        self, name: str, owner: str, event_id: int, lease_seconds: float
+    ) -> EndpointState | None:
+        """Records the event as failed for this endpoint and moves past it,
+        in one transaction; None (nothing written) if the lease was lost."""
+        with self._endpoint_write() as cur:
+            now = self._db_now(cur)
+            cur.execute(
+                "SELECT attempts, last_error FROM webhook_endpoints"
+                " WHERE name = ? AND lease_owner = ? AND lease_until > ? AND delivered_through < ?",
+                (name, owner, now, event_id),
+            )
+            held = cur.fetchone()
+            if held is None:
+                return None
+            cur.execute(
+                "INSERT INTO webhook_failures (endpoint, event_id, failed_at, attempts,"
+                " last_error) VALUES (?, ?, ?, ?, ?) ON CONFLICT (endpoint, event_id) DO NOTHING",
+                (name, event_id, now, held[0], held[1]),
+            )
+            cur.execute(
+                "UPDATE webhook_endpoints SET delivered_through = ?, attempts = 0,"
+                " first_failed_at = NULL, next_attempt_at = NULL, last_error = '',"
+                " lease_until = ?, updated_at = ? WHERE name = ?"
+                f" RETURNING {_ENDPOINT_COLUMNS}",
+                (event_id, now + int(lease_seconds * 1e6), now, name),
+            )
+            return _endpoint(cur.fetchone(), now)
+
+    def release_endpoint(self, name: str, owner: str) -> None:
+        with self._endpoint_write() as cur:
+            cur.execute(
+                "UPDATE webhook_endpoints SET lease_owner = NULL, lease_until = 0"
+                " WHERE name = ? AND lease_owner = ?",
+                (name, owner),
+            )
+
+
+def _event(row) -> OutboxEvent:
+    event_id, event_type, created_at, set_names, body = row
+    return OutboxEvent(
+        event_id, event_type, from_micros(created_at), tuple(json.loads(set_names)), json.loads(body)
+    )
+
+
+def _endpoint(row, now: int) -> EndpointState:
+    name, through, attempts, first_failed, next_attempt, error, lease_until = row
+    return EndpointState(
+        name,
+        through,
+        attempts,
+        from_micros(first_failed),
+        from_micros(next_attempt),
+        error,
+        max(0.0, (lease_until - now) / 1e6) if now else 0.0,
+    )
