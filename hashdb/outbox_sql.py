@@ -229,7 +229,11 @@ class OutboxSQL:
 def _event(row) -> OutboxEvent:
     event_id, event_type, created_at, set_names, body = row
     return OutboxEvent(
-        event_id, event_type, from_micros(created_at), tuple(json.loads(set_names)), json.loads(body)
+        event_id,
+        event_type,
+        from_micros(created_at),
+        tuple(json.loads(set_names)),
+        json.loads(body),
     )
 
 

@@ -17,7 +17,6 @@ from datetime import datetime
 from hashdb import migrations
 from hashdb.bulk_sql import MAX_SIGNALS_PER_ENTRY, BulkSQL
 from hashdb.history_sql import HistorySQL, key_id
-from hashdb.outbox_sql import OutboxSQL
 from hashdb.model import (
     Change,
     EntryRecord,
@@ -27,6 +26,7 @@ from hashdb.model import (
     Thresholds,
     TokenRecord,
 )
+from hashdb.outbox_sql import OutboxSQL
 from hashdb.times import from_micros, now_micros, to_micros
 from hashsvc.base.errors import AlreadyExists, InvalidArgument, NotFound
 from hashsvc.base.signals import Signal

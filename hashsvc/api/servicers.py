@@ -519,7 +519,9 @@ class EventsServicer(pb_grpc.EventsServicer):
 
     @rpc
     def ListEvents(self, request, context):  # noqa: N802
-        page = self.feed.list(request.failed, request.from_id, request.page_size, request.page_token)
+        page = self.feed.list(
+            request.failed, request.from_id, request.page_size, request.page_token
+        )
         events = convert.within_bytes([convert.event(e) for e in page.events], self.page_bytes)
         next_token = page.next_page_token
         if len(events) < len(page.events):

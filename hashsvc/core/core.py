@@ -31,8 +31,8 @@ from hashsvc.core.config import Config
 from hashsvc.core.curation import Curation
 from hashsvc.core.event_feed import EventFeed
 from hashsvc.core.review import ReviewQueue
-from hashsvc.core.webhooks import Webhooks
 from hashsvc.core.signal_values import checked_value
+from hashsvc.core.webhooks import Webhooks
 from hashsvc.index.live import LiveIndex
 from hashsvc.matching.feedback import Feedback
 from hashsvc.matching.flood import FloodCounter
@@ -113,9 +113,7 @@ class Core:
         )
         self.event_feed = EventFeed(store, config.events)
         # Webhook deliverers (threads of their own), started with the server.
-        self.webhooks = (
-            Webhooks(store, config.webhook, config.events) if config.webhook else None
-        )
+        self.webhooks = Webhooks(store, config.webhook, config.events) if config.webhook else None
         self._poller: threading.Thread | None = None
         self._flusher: threading.Thread | None = None
         self._stopping = threading.Event()

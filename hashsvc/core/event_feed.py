@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from hashdb import EndpointState, EventFailure, OutboxEvent, OutboxStore
 from hashsvc.base import validation
 from hashsvc.base.errors import InvalidArgument, quoted
-
 from hashsvc.core.events import EVENT_TYPES
 from hashsvc.core.webhook_config import EventSettings
 

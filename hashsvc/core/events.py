@@ -168,7 +168,9 @@ def quarantine_event(
 
 def feed_updated_event(*, set_name: str, source: str, counts: dict[str, int]) -> NewEvent:
     """feed.updated: a partner feed changed a set (counts: added, updated, removed...)."""
-    return new_event(FEED_UPDATED, {"set": set_name, "source": source, "counts": counts}, [set_name])
+    return new_event(
+        FEED_UPDATED, {"set": set_name, "source": source, "counts": counts}, [set_name]
+    )
 
 
 def event_json(event: OutboxEvent) -> dict:

@@ -155,7 +155,10 @@ class _Deliverer:
             if not self.webhook.wants(event.type, event.set_names):
                 done = event.id
                 continue
-            if self._lease_ends - time.monotonic() < self.webhook.timeout_seconds + _LEASE_MARGIN_SECONDS:
+            if (
+                self._lease_ends - time.monotonic()
+                < self.webhook.timeout_seconds + _LEASE_MARGIN_SECONDS
+            ):
                 state = self._held(self.store.advance_endpoint(name, self.owner, done, lease))
                 if state is None:
                     log.warning("webhook %s: lease lost; another replica goes on", name)
