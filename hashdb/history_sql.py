@@ -82,7 +82,7 @@ class HistorySQL:
                     "INSERT INTO match_history_sets (history_id, set_id) VALUES (?, ?)",
                     [(history_id, s) for s in set_ids],
                 )
-            self._append_events(cur, events)  # last: see OutboxSQL._append_events
+            self._append_events(cur, events)
         return history_id
 
     def _history_write(self) -> AbstractContextManager:

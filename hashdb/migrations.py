@@ -355,19 +355,22 @@ POSTGRES.append(_HISTORY_IDENTITY)
 
 
 # Issue 20 (notifications): the durable outbox, written in the transaction of
-# each event's cause (ids in commit order: PostgreSQL takes an advisory lock
-# before the insert, held to the commit), each webhook endpoint's position
-# (one row all replicas share; a lease says which replica delivers), and the
-# events an endpoint never took within its retry time.
+# each event's cause; `seq`, the event's public id, is given after the commit
+# in the order rows became visible (hashdb/outbox_sql.py: ids from a sequence
+# commit out of order, and a cursor past a late one would skip it). Each
+# webhook endpoint's position (one row all replicas share; a lease says which
+# replica delivers), and the events an endpoint never took within its retry time.
 def _outbox(serial: str) -> list[str]:
     return [
         f"""CREATE TABLE event_outbox (
             id {serial},
+            seq BIGINT UNIQUE,
             type TEXT NOT NULL,
             created_at BIGINT NOT NULL,
             set_names TEXT NOT NULL,
             body TEXT NOT NULL
         )""",
+        "CREATE INDEX event_outbox_unsequenced ON event_outbox (id) WHERE seq IS NULL",
         """CREATE TABLE webhook_endpoints (
             name TEXT PRIMARY KEY,
             delivered_through BIGINT NOT NULL,

@@ -3,11 +3,13 @@ placeholders, times as integer microseconds).
 
 Events are appended inside the transaction of their cause (a Match's history
 record, a review verdict, a flood alert), so an event exists exactly when its
-cause committed. Each webhook endpoint has one row that all replicas share:
-the last event done, the failing one's attempts, and a lease. Every write of
-a deliverer is fenced by its lease (`lease_owner = me AND lease_until > now`),
-so a replica whose lease ran out can no longer move the endpoint on, and only
-the lease holder sends: no event goes out twice at once.
+cause committed. Its public id (seq) is given in the order events became
+visible: at the insert on SQLite (one writer at a time), after the commit on
+PostgreSQL (_sequence_events). Each webhook endpoint has one row that all
+replicas share: the last event done, the failing one's attempts, and a lease.
+Every write of a deliverer is fenced by its lease (`lease_owner = me AND
+lease_until > now`), so a replica whose lease ran out can no longer move the
+endpoint on, and only the lease holder sends: no event goes out twice at once.
 """
 
 from __future__ import annotations
@@ -25,14 +27,19 @@ _ENDPOINT_COLUMNS = (
 
 
 class OutboxSQL:
+    # Events given their seq in one sequencing transaction at most.
+    SEQUENCE_BATCH = 5_000
+    # A store whose write transactions commit one at a time, in the order
+    # they wrote (SQLite), gives the seq as it inserts.
+    _sequence_at_insert = False
+
     def _endpoint_write(self) -> AbstractContextManager:
         """A transaction for an endpoint's row (it touches no change feed)."""
         return self._write()
 
-    def _outbox_lock(self, cur) -> None:
-        """Held from the insert to the commit where ids could otherwise
-        commit out of order (PostgreSQL); a reader following ids must never
-        pass an event that commits later with a smaller id."""
+    def _sequence_lock(self, cur) -> None:
+        """Makes sequencing transactions take turns (PostgreSQL; SQLite's
+        writes always do)."""
 
     def _db_now(self, cur) -> int:
         """Now, in microseconds, by the clock every replica's leases use."""
@@ -40,47 +47,74 @@ class OutboxSQL:
 
     # -- writing (in the cause's transaction)
 
-    def _append_events(self, cur, events: Iterable[NewEvent]) -> list[int]:
-        """Appends within the caller's transaction; call it last in the
-        transaction (the outbox lock is held from here to the commit)."""
-        events = list(events)
-        if not events:
-            return []
-        self._outbox_lock(cur)
+    def _append_events(self, cur, events: Iterable[NewEvent]) -> None:
+        """Appends within the caller's transaction. No lock: the event gets
+        its public id (seq) once committed (_sequence_events)."""
         now = now_micros()
-        ids = []
-        for event in events:
-            cur.execute(
-                "INSERT INTO event_outbox (type, created_at, set_names, body)"
-                " VALUES (?, ?, ?, ?) RETURNING id",
-                (
-                    event.type,
-                    now,
-                    json.dumps(list(event.set_names), ensure_ascii=False),
-                    json.dumps(event.body, ensure_ascii=False, sort_keys=True),
-                ),
+        rows = [
+            (
+                event.type,
+                now,
+                json.dumps(list(event.set_names), ensure_ascii=False),
+                json.dumps(event.body, ensure_ascii=False, sort_keys=True),
             )
-            ids.append(cur.fetchone()[0])
-        return ids
+            for event in events
+        ]
+        if not rows:
+            return
+        if self._sequence_at_insert:
+            cur.executemany(
+                "INSERT INTO event_outbox (seq, type, created_at, set_names, body) VALUES"
+                " ((SELECT COALESCE(MAX(seq), 0) + 1 FROM event_outbox), ?, ?, ?, ?)",
+                rows,
+            )
+        else:
+            cur.executemany(
+                "INSERT INTO event_outbox (type, created_at, set_names, body) VALUES (?, ?, ?, ?)",
+                rows,
+            )
 
-    def append_events(self, events: Iterable[NewEvent]) -> list[int]:
-        with self._write() as cur:
-            return self._append_events(cur, events)
+    def append_events(self, events: Iterable[NewEvent]) -> None:
+        with self._endpoint_write() as cur:
+            self._append_events(cur, events)
+
+    def _sequence_events(self) -> None:
+        """Gives committed events without a seq the next seqs, in id order.
+        A sequencing transaction sees only committed rows and runs alone, so
+        seq order is the order events became visible: a reader following
+        seqs never passes one that shows up later. Causal order holds too: an
+        event caused by another was written after that one had committed."""
+        with self._read() as cur:
+            cur.execute("SELECT 1 FROM event_outbox WHERE seq IS NULL LIMIT 1")
+            if cur.fetchone() is None:
+                return
+        with self._endpoint_write() as cur:
+            self._sequence_lock(cur)
+            cur.execute("SELECT COALESCE(MAX(seq), 0) FROM event_outbox")
+            head = cur.fetchone()[0]
+            cur.execute(
+                "UPDATE event_outbox SET seq = ? + t.rn FROM (SELECT id,"
+                " ROW_NUMBER() OVER (ORDER BY id) AS rn FROM event_outbox WHERE seq IS NULL"
+                " ORDER BY id LIMIT ?) AS t WHERE event_outbox.id = t.id",
+                (head, self.SEQUENCE_BATCH),
+            )
 
     # -- reading
 
     def events_after(self, after_id: int, limit: int = 100) -> list[OutboxEvent]:
+        self._sequence_events()
         with self._read() as cur:
             cur.execute(
-                "SELECT id, type, created_at, set_names, body FROM event_outbox"
-                " WHERE id > ? ORDER BY id LIMIT ?",
+                "SELECT seq, type, created_at, set_names, body FROM event_outbox"
+                " WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after_id, limit),
             )
             return [_event(row) for row in cur.fetchall()]
 
     def last_event_id(self) -> int:
+        self._sequence_events()
         with self._read() as cur:
-            cur.execute("SELECT COALESCE(MAX(id), 0) FROM event_outbox")
+            cur.execute("SELECT COALESCE(MAX(seq), 0) FROM event_outbox")
             return cur.fetchone()[0]
 
     def endpoint_states(self) -> list[EndpointState]:
@@ -95,7 +129,7 @@ class OutboxSQL:
             cur.execute(
                 "SELECT f.endpoint, f.event_id, COALESCE(o.type, ''), f.failed_at, f.attempts,"
                 " f.last_error FROM webhook_failures f LEFT JOIN event_outbox o"
-                " ON o.id = f.event_id WHERE f.event_id > ? OR (f.event_id = ? AND f.endpoint > ?)"
+                " ON o.seq = f.event_id WHERE f.event_id > ? OR (f.event_id = ? AND f.endpoint > ?)"
                 " ORDER BY f.event_id, f.endpoint LIMIT ?",
                 (event_id, event_id, endpoint, limit),
             )
@@ -114,9 +148,8 @@ class OutboxSQL:
     def start_endpoint(self, name: str) -> None:
         """Registers an endpoint at the outbox's head: a new receiver gets
         what happens from now on, not the outbox's past."""
+        head = self.last_event_id()
         with self._endpoint_write() as cur:
-            cur.execute("SELECT COALESCE(MAX(id), 0) FROM event_outbox")
-            head = cur.fetchone()[0]
             cur.execute(
                 "INSERT INTO webhook_endpoints (name, delivered_through, updated_at)"
                 " VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",

@@ -27,9 +27,8 @@ _MIGRATE_LOCK = 0x687376_01
 _CHANGES_LOCK = 0x687376_02
 # Appends to the hash-chained history take turns, so each links to the head.
 _HISTORY_LOCK = 0x687376_03
-# Appends to the event outbox hold this from the insert to the commit, so
-# event ids become visible in id order (a follower of ids skips none).
-_OUTBOX_LOCK = 0x687376_04
+# Giving committed events their seq (hashdb/outbox_sql.py) takes turns.
+_SEQUENCE_LOCK = 0x687376_04
 _SCHEMA = re.compile(r"search_path\s*=\s*([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -140,8 +139,8 @@ class PostgresStore(SQLStore, ReviewSQL):
         ):
             yield _Cursor(cur)
 
-    def _outbox_lock(self, cur) -> None:
-        cur.execute("SELECT pg_advisory_xact_lock(?)", (_OUTBOX_LOCK,))
+    def _sequence_lock(self, cur) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(?)", (_SEQUENCE_LOCK,))
 
     def _db_now(self, cur) -> int:
         # one clock for every replica's leases: the database's

@@ -147,7 +147,7 @@ class ReviewSQL:
                     )
                 if suppressions:
                     _insert_suppressions(cur, suppressions)
-                self._append_events(cur, events)  # last: see OutboxSQL._append_events
+                self._append_events(cur, events)
         except self._unique_violation:
             name = new_entry.name if new_entry else ""
             raise AlreadyExists(f"an entry named {name!r} is already in the set") from None

@@ -317,8 +317,8 @@ class FloodStore(Protocol):
 class EventWriter(Protocol):
     """Appending events with no other cause to write (hashsvc/core/events.py)."""
 
-    def append_events(self, events: Iterable[NewEvent]) -> list[int]:
-        """In one transaction; the new ids, in order."""
+    def append_events(self, events: Iterable[NewEvent]) -> None:
+        """In one transaction (their ids are given when they are read)."""
 
 
 class OutboxStore(EventWriter, Protocol):
@@ -326,7 +326,8 @@ class OutboxStore(EventWriter, Protocol):
     replicas (hashdb/outbox_sql.py; delivery and Events/Subscribe)."""
 
     def events_after(self, after_id: int, limit: int = 100) -> list[OutboxEvent]:
-        """Events with id > after_id, oldest first (ids grow in commit order)."""
+        """Events with id > after_id, oldest first: ids are given to committed
+        events in the order they became visible, so a follower skips none."""
 
     def last_event_id(self) -> int: ...
 

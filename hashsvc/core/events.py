@@ -53,9 +53,9 @@ def new_event(event_type: str, body: dict, set_names: Iterable[str] = ()) -> New
     return NewEvent(event_type, dict(body), tuple(sorted(set(set_names))))
 
 
-def emit(store: EventWriter, event_type: str, body: dict, set_names: Iterable[str] = ()) -> int:
-    """Appends one event in a transaction of its own; its id."""
-    return store.append_events([new_event(event_type, body, set_names)])[0]
+def emit(store: EventWriter, event_type: str, body: dict, set_names: Iterable[str] = ()) -> None:
+    """Appends one event in a transaction of its own."""
+    store.append_events([new_event(event_type, body, set_names)])
 
 
 def matches_json(matches: Iterable[Match]) -> list[dict]:
