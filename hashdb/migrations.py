@@ -359,7 +359,9 @@ POSTGRES.append(_HISTORY_IDENTITY)
 # in the order rows became visible (hashdb/outbox_sql.py: ids from a sequence
 # commit out of order, and a cursor past a late one would skip it). Each
 # webhook endpoint's position (one row all replicas share; a lease says which
-# replica delivers), and the events an endpoint never took within its retry time.
+# replica delivers), and the events an endpoint never took within its retry
+# time. `mac`: an HMAC under the history key, when there is one, so a row
+# written by someone with database access alone is never sent as hashsvc's.
 def _outbox(serial: str) -> list[str]:
     return [
         f"""CREATE TABLE event_outbox (
@@ -368,8 +370,10 @@ def _outbox(serial: str) -> list[str]:
             type TEXT NOT NULL,
             created_at BIGINT NOT NULL,
             set_names TEXT NOT NULL,
-            body TEXT NOT NULL
+            body TEXT NOT NULL,
+            mac TEXT
         )""",
+        "CREATE INDEX event_outbox_created ON event_outbox (created_at)",
         "CREATE INDEX event_outbox_unsequenced ON event_outbox (id) WHERE seq IS NULL",
         """CREATE TABLE webhook_endpoints (
             name TEXT PRIMARY KEY,

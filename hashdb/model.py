@@ -215,6 +215,9 @@ class OutboxEvent:
     time: datetime
     set_names: tuple[str, ...]
     body: dict
+    # With a history key: whether the row's MAC verifies (False: not written
+    # by hashsvc, never sent); None without a key.
+    authentic: bool | None = None
 
 
 @dataclass(frozen=True)

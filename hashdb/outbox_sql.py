@@ -14,12 +14,15 @@ endpoint on, and only the lease holder sends: no event goes out twice at once.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
+from datetime import datetime
 
 from hashdb.model import EndpointState, EventFailure, NewEvent, OutboxEvent
-from hashdb.times import from_micros, now_micros
+from hashdb.times import from_micros, now_micros, to_micros
 
 _ENDPOINT_COLUMNS = (
     "name, delivered_through, attempts, first_failed_at, next_attempt_at, last_error, lease_until"
@@ -27,6 +30,7 @@ _ENDPOINT_COLUMNS = (
 
 
 class OutboxSQL:
+    _history_key: bytes | None = None
     # Events given their seq in one sequencing transaction at most.
     SEQUENCE_BATCH = 5_000
     # A store whose write transactions commit one at a time, in the order
@@ -51,28 +55,25 @@ class OutboxSQL:
         """Appends within the caller's transaction. No lock: the event gets
         its public id (seq) once committed (_sequence_events)."""
         now = now_micros()
-        rows = [
-            (
+        rows = []
+        for event in events:
+            fields = (
                 event.type,
                 now,
                 json.dumps(list(event.set_names), ensure_ascii=False),
                 json.dumps(event.body, ensure_ascii=False, sort_keys=True),
             )
-            for event in events
-        ]
+            rows.append((*fields, _mac(self._history_key, fields)))
         if not rows:
             return
-        if self._sequence_at_insert:
-            cur.executemany(
-                "INSERT INTO event_outbox (seq, type, created_at, set_names, body) VALUES"
-                " ((SELECT COALESCE(MAX(seq), 0) + 1 FROM event_outbox), ?, ?, ?, ?)",
-                rows,
-            )
-        else:
-            cur.executemany(
-                "INSERT INTO event_outbox (type, created_at, set_names, body) VALUES (?, ?, ?, ?)",
-                rows,
-            )
+        seq = "(SELECT COALESCE(MAX(seq), 0) + 1 FROM event_outbox)"
+        if not self._sequence_at_insert:
+            seq = "NULL"
+        cur.executemany(
+            "INSERT INTO event_outbox (seq, type, created_at, set_names, body, mac)"
+            f" VALUES ({seq}, ?, ?, ?, ?, ?)",
+            rows,
+        )
 
     def append_events(self, events: Iterable[NewEvent]) -> None:
         with self._endpoint_write() as cur:
@@ -105,17 +106,28 @@ class OutboxSQL:
         self._sequence_events()
         with self._read() as cur:
             cur.execute(
-                "SELECT seq, type, created_at, set_names, body FROM event_outbox"
+                "SELECT seq, type, created_at, set_names, body, mac FROM event_outbox"
                 " WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after_id, limit),
             )
-            return [_event(row) for row in cur.fetchall()]
+            return [_event(row, self._history_key) for row in cur.fetchall()]
 
     def last_event_id(self) -> int:
         self._sequence_events()
         with self._read() as cur:
             cur.execute("SELECT COALESCE(MAX(seq), 0) FROM event_outbox")
             return cur.fetchone()[0]
+
+    def prune_events(self, before: datetime, through_id: int, limit: int = 10_000) -> int:
+        """Deletes up to `limit` events created before `before` with ids up
+        to through_id (delivered everywhere); how many it deleted."""
+        with self._endpoint_write() as cur:
+            cur.execute(
+                "DELETE FROM event_outbox WHERE id IN (SELECT id FROM event_outbox"
+                " WHERE created_at < ? AND seq <= ? ORDER BY created_at LIMIT ?)",
+                (to_micros(before), through_id, limit),
+            )
+            return cur.rowcount
 
     def endpoint_states(self) -> list[EndpointState]:
         with self._read() as cur:
@@ -259,14 +271,26 @@ class OutboxSQL:
             )
 
 
-def _event(row) -> OutboxEvent:
-    event_id, event_type, created_at, set_names, body = row
+def _mac(key: bytes | None, fields: tuple) -> str | None:
+    if not key:
+        return None
+    canonical = json.dumps(["hashsvc-event", *fields], ensure_ascii=False, separators=(",", ":"))
+    return hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()
+
+
+def _event(row, key: bytes | None) -> OutboxEvent:
+    event_id, event_type, created_at, set_names, body, mac = row
+    authentic = None
+    if key:
+        expected = _mac(key, (event_type, created_at, set_names, body))
+        authentic = mac is not None and hmac.compare_digest(expected, mac)
     return OutboxEvent(
         event_id,
         event_type,
         from_micros(created_at),
         tuple(json.loads(set_names)),
         json.loads(body),
+        authentic,
     )
 
 

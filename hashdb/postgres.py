@@ -50,6 +50,10 @@ class _Cursor:
     def fetchall(self):
         return self._cur.fetchall()
 
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount
+
     def copy(self, sql: str):
         """psycopg's COPY ... FROM STDIN context (write / write_row)."""
         return self._cur.copy(sql)

@@ -364,6 +364,9 @@ class OutboxStore(EventWriter, Protocol):
 
     def release_endpoint(self, name: str, owner: str) -> None: ...
 
+    def prune_events(self, before: datetime, through_id: int, limit: int = 10_000) -> int:
+        """Deletes events created before `before` with ids up to through_id."""
+
 
 class Store(
     SetStore,

@@ -425,3 +425,76 @@ lease_seconds = 60
     assert first.events == ("match.block", "retro_match") and first.sets == ("isis-amaq",)
     assert second.retry_for_seconds == 3600 and second.events == events.EVENT_TYPES
     assert config.events.lease_seconds == 60
+
+
+def test_a_row_forged_in_the_database_is_never_sent(
+    store_url, make_core, receiver, secret_file, tmp_path
+):
+    """Someone with database access but not the history key cannot make
+    hashsvc sign and send an event of theirs."""
+    key = tmp_path / "history.key"
+    key.write_bytes(b"k" * 32)
+    core = make_core(
+        store_url,
+        webhook=(webhook(receiver, secret_file),),
+        events=FAST,
+        history_key_file=str(key),
+        history_checkpoint_file=str(tmp_path / "checkpoints.jsonl"),
+    )
+    value = _known(core, 1)
+    _match(core, value)  # 1: genuine
+    assert core.store.last_event_id() == 1
+    with core.store._write() as cur:  # the forger's INSERT, copying a genuine row's shape
+        cur.execute(
+            "INSERT INTO event_outbox (seq, type, created_at, set_names, body)"
+            " VALUES ((SELECT COALESCE(MAX(seq), 0) + 1 FROM event_outbox), 'match.block',"
+            ' 1, \'["isis"]\', \'{"decision": "block", "request_id": "forged"}\')'
+        )
+    _match(core, value)  # 3: genuine
+    assert receiver.wait_for(2)
+    time.sleep(0.3)
+    assert [r.body["request_id"] != "forged" for r in receiver.received] == [True, True]
+    [failure] = core.store.event_failures()
+    assert failure.event_id == 2 and "does not verify" in failure.last_error
+    pulled = list(core.event_feed.subscribe(1, (), True, lambda: True))
+    assert [e.id for e in pulled] == [1, 3]
+
+
+def test_prune_keeps_what_an_endpoint_has_not_taken(store_url, make_core, receiver, secret_file):
+    core = make_core(
+        store_url,
+        webhook=(webhook(receiver, secret_file),),
+        events=EventSettings(
+            poll_seconds=0.05,
+            backoff_initial_seconds=0.1,
+            backoff_max_seconds=0.4,
+            lease_seconds=5.0,
+            keep_seconds=0.2,
+        ),
+    )
+    value = _known(core, 1)
+    _match(core, value)
+    assert receiver.wait_for(1)
+    receiver.mode = "error"
+    _match(core, value)
+    time.sleep(0.5)
+    assert core.event_feed.prune([core.config.webhook[0].name]) == 1  # the delivered one
+    assert [e.id for e in core.store.events_after(0, 10)] == [2]  # the other waits
+    receiver.mode = "ok"
+    assert receiver.wait_for(2)
+
+
+def test_list_events_refuses_bad_paging(make_harness, tmp_path):
+    h = make_harness(f"sqlite:///{tmp_path}/l.db")
+    stubs, md = h.stubs("auditor")
+    for bad in (
+        pb.ListEventsRequest(page_size=-1),
+        pb.ListEventsRequest(page_token="x"),
+        pb.ListEventsRequest(failed=True, page_token="abc"),
+        pb.ListEventsRequest(from_id=-1),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.events.ListEvents(bad, metadata=md)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+    resp = stubs.events.ListEvents(pb.ListEventsRequest(), metadata=md)
+    assert resp.last_event_id == 0 and list(resp.events) == []

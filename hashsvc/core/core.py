@@ -112,6 +112,7 @@ class Core:
             self._flood_alerts,
         )
         self.event_feed = EventFeed(store, config.events)
+        self._pruned_at = time.monotonic()
         # Webhook deliverers (threads of their own), started with the server.
         self.webhooks = Webhooks(store, config.webhook, config.events) if config.webhook else None
         self._poller: threading.Thread | None = None
@@ -178,6 +179,16 @@ class Core:
                 if self.on_flood_alert is not None:
                     self.on_flood_alert(set_name)
 
+    def _prune_events(self) -> None:
+        # the outbox keeps what is not yet everywhere, and keep_seconds more
+        if time.monotonic() - self._pruned_at < self.config.events.prune_every_seconds:
+            return
+        self._pruned_at = time.monotonic()
+        try:
+            self.event_feed.prune([w.name for w in self.config.webhook])
+        except Exception:
+            log.exception("pruning the event outbox failed")
+
     def _poll_changes(self) -> None:
         saved_seq, saved_at = self.live.seq, time.monotonic()
         while not self._stopping.is_set():
@@ -196,6 +207,7 @@ class Core:
             if self._index_lost.is_set():
                 self._index_lost.clear()
                 log.warning("the index caught up with the store again; matching resumes")
+            self._prune_events()
             try:
                 self._checkpoint_history()
                 # A fresh snapshot keeps restarts fast even after a crash.

@@ -4,16 +4,20 @@ are paged by id, so a backlog of millions costs one page of memory."""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from hashdb import EndpointState, EventFailure, OutboxEvent, OutboxStore
 from hashsvc.base import validation
 from hashsvc.base.errors import InvalidArgument, quoted
 from hashsvc.core.events import EVENT_TYPES
 from hashsvc.core.webhook_config import EventSettings
+
+log = logging.getLogger(__name__)
 
 _FAILURE_TOKEN = re.compile(r"([0-9]{1,19}):(.{1,1000})", re.DOTALL)
 
@@ -47,8 +51,9 @@ class EventFeed:
             next_token = f"{last.event_id}:{last.endpoint}" if last else ""
         else:
             after_id, limit = validation.page(page_size, page_token)
-            events = self.store.events_after(max(after_id, from_id - 1), limit)
-            next_token = str(events[-1].id) if len(events) == limit else ""
+            read = self.store.events_after(max(after_id, from_id - 1), limit)
+            next_token = str(read[-1].id) if len(read) == limit else ""
+            events = [e for e in read if authentic(e)]
         return EventPage(
             events,
             failures,
@@ -57,6 +62,18 @@ class EventFeed:
             self.store.count_event_failures(),
             self.store.last_event_id(),
         )
+
+    def prune(self, endpoint_names: list[str]) -> int:
+        """Deletes events older than keep_seconds that every endpoint named
+        has done (all, without endpoints); how many."""
+        if not self.settings.keep_seconds:
+            return 0
+        states = {s.name: s.delivered_through for s in self.store.endpoint_states()}
+        through = min(
+            (states.get(name, 0) for name in endpoint_names), default=self.store.last_event_id()
+        )
+        before = datetime.now(UTC) - timedelta(seconds=self.settings.keep_seconds)
+        return self.store.prune_events(before, through)
 
     def subscribe(
         self,
@@ -81,12 +98,23 @@ class EventFeed:
             page = self.store.events_after(cursor, page_size)
             for event in page:
                 cursor = event.id
-                if not types or event.type in types:
+                if (not types or event.type in types) and authentic(event):
                     yield event
             if len(page) < page_size:
                 if stop_at_end:
                     return
                 time.sleep(self.settings.subscribe_poll_seconds)
+
+
+def authentic(event: OutboxEvent) -> bool:
+    """False (and logged) for a row whose MAC under the history key does
+    not verify: written into the database by someone else, never passed on."""
+    if event.authentic is False:
+        log.error(
+            "outbox event %d (%s) is not signed by this server: not sent", event.id, event.type
+        )
+        return False
+    return True
 
 
 def _failure_after(token: str, from_id: int) -> tuple[int, str]:

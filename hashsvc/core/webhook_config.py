@@ -115,6 +115,11 @@ class EventSettings:
     subscribe_page_size: int = 100
     subscribe_poll_seconds: float = 0.5
     subscribe_max_seconds: float = 3600.0
+    # Events older than this are deleted once every configured endpoint has
+    # them (a subscriber's cursor older than this misses them); 0 = kept for
+    # ever. Checked every prune_every_seconds.
+    keep_seconds: float = 30 * 24 * 3600.0
+    prune_every_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_response_bytes", "subscribe_page_size"):
@@ -127,9 +132,12 @@ class EventSettings:
             "backoff_max_seconds",
             "subscribe_poll_seconds",
             "subscribe_max_seconds",
+            "prune_every_seconds",
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"events.{name} must be more than 0")
+        if self.keep_seconds < 0:
+            raise ValueError("events.keep_seconds must be 0 (keep for ever) or more")
         if self.backoff_max_seconds < self.backoff_initial_seconds:
             raise ValueError("events.backoff_max_seconds must be at least backoff_initial_seconds")
 

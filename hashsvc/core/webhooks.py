@@ -30,12 +30,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from hashdb import EndpointState, OutboxEvent, OutboxStore
+from hashsvc.core.event_feed import authentic
 from hashsvc.core.events import event_bytes
 from hashsvc.core.http_post import HttpPoster, PostFailed
 from hashsvc.core.webhook_config import EventSettings, WebhookConfig
 
 log = logging.getLogger(__name__)
 
+FORGED = "not written by this server (its MAC under the history key does not verify)"
 # A POST starts only with this much lease left beyond its timeout.
 _LEASE_MARGIN_SECONDS = 1.0
 
@@ -155,6 +157,13 @@ class _Deliverer:
             if not self.webhook.wants(event.type, event.set_names):
                 done = event.id
                 continue
+            if not authentic(event):  # a row forged in the database: never signed and sent
+                state = self._held(self.store.advance_endpoint(name, self.owner, done, lease))
+                if state is None:
+                    return self.settings.poll_seconds
+                self.store.endpoint_attempt_failed(name, self.owner, FORGED, 0, lease)
+                self.store.endpoint_give_up(name, self.owner, event.id, lease)
+                return 0.0
             if (
                 self._lease_ends - time.monotonic()
                 < self.webhook.timeout_seconds + _LEASE_MARGIN_SECONDS
