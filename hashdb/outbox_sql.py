@@ -120,11 +120,14 @@ class OutboxSQL:
 
     def prune_events(self, before: datetime, through_id: int, limit: int = 10_000) -> int:
         """Deletes up to `limit` events created before `before` with ids up
-        to through_id (delivered everywhere); how many it deleted."""
+        to through_id (delivered everywhere); how many it deleted. The newest
+        event always stays: the next id follows it, so it must never start
+        again below an endpoint's position."""
         with self._endpoint_write() as cur:
             cur.execute(
                 "DELETE FROM event_outbox WHERE id IN (SELECT id FROM event_outbox"
-                " WHERE created_at < ? AND seq <= ? ORDER BY created_at LIMIT ?)",
+                " WHERE created_at < ? AND seq <= ?"
+                " AND seq < (SELECT MAX(seq) FROM event_outbox) ORDER BY created_at LIMIT ?)",
                 (to_micros(before), through_id, limit),
             )
             return cur.rowcount

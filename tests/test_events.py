@@ -498,3 +498,12 @@ def test_list_events_refuses_bad_paging(make_harness, tmp_path):
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
     resp = stubs.events.ListEvents(pb.ListEventsRequest(), metadata=md)
     assert resp.last_event_id == 0 and list(resp.events) == []
+
+
+def test_pruning_everything_never_restarts_the_ids(store_url, make_core):
+    core = make_core(store_url, events=EventSettings(keep_seconds=0.01))
+    core.store.append_events([events.new_event(events.FEED_UPDATED, {"n": n}) for n in range(3)])
+    time.sleep(0.05)
+    assert core.event_feed.prune([]) == 2  # the newest stays
+    core.store.append_events([events.new_event(events.FEED_UPDATED, {"n": 3})])
+    assert [e.id for e in core.store.events_after(0, 10)] == [3, 4]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import signal
 import socket
 import subprocess
@@ -247,6 +248,16 @@ def test_events_list_failed_on_the_command_line(tmp_path):
         assert SECRET.decode() not in done.stdout + done.stderr
         done = cli("list", "--json")
         assert json.loads(done.stdout.splitlines()[0])["type"] == "match.block"
+        tail = popen(
+            [sys.executable, "-m", "hashsvc", "events", "tail", "--from", "1", "--json"],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        ready, _, _ = select.select([tail.stdout], [], [], 30)  # bounded: no line, no wait
+        assert ready, "events tail printed nothing in 30 s"
+        first = json.loads(tail.stdout.readline())  # then it follows; stopped below
+        assert first["id"] == 1 and first["type"] == "match.block"
+        tail.terminate()
+        tail.wait(timeout=30)
         no_token = {k: v for k, v in env.items() if k != "HASHSVC_TOKEN"}
         done = subprocess.run(
             [sys.executable, "-m", "hashsvc", "events", "list"],

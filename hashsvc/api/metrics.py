@@ -4,12 +4,15 @@ per server, so several servers in one process (tests) do not mix their figures."
 
 from __future__ import annotations
 
+import logging
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from hashsvc.core.core import Core, MatchOutcome
+
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 
@@ -129,9 +132,13 @@ class _WebhookCollector:
             "POSTs this replica made that got no 2xx (retried later), by endpoint.",
             labels=["endpoint"],
         )
-        counts = store.count_event_failures()
-        head = store.last_event_id()
-        states = {s.name: s for s in store.endpoint_states()}
+        try:
+            counts = store.count_event_failures()
+            head = store.last_event_id()
+            states = {s.name: s for s in store.endpoint_states()}
+        except Exception:  # the store is down: the other figures still come
+            log.warning("webhook metrics: the store cannot be read", exc_info=True)
+            return
         for name, counters in self.core.webhooks.counters().items():
             failed.add_metric([name], counts.get(name, 0))
             state = states.get(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import grpc
 
@@ -21,6 +22,9 @@ from hashsvc.v1 import hashsvc_pb2 as pb
 
 # Events or failures a ListEvents page asks for.
 PAGE_SIZE = 500
+# Between the end of one Subscribe stream (the server's subscribe_max_seconds)
+# and the next.
+RESUME_PAUSE_SECONDS = 0.5
 
 
 def register(commands: Subcommands) -> None:
@@ -93,6 +97,7 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
                     from_id = event.id + 1
                 if from_id == 0:  # "from now on": resume after the last event there was
                     from_id = _next_id(client)
+                time.sleep(RESUME_PAUSE_SECONDS)
         except KeyboardInterrupt:
             return EXIT_OK
         except grpc.RpcError as exc:
