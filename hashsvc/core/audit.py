@@ -203,7 +203,7 @@ class Audit:
                 detail={"notes": list(notes)} if notes else {},
                 caller_token_id=caller_token_id,
             ),
-            events,
+            events=events,
         )
 
     def make_filter(
