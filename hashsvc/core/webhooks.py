@@ -114,6 +114,7 @@ class _Deliverer:
             target=self._run, name=f"webhook {webhook.name}", daemon=True
         )
         self._lease_ends = 0.0  # monotonic
+        self._state: EndpointState | None = None
 
     def _run(self) -> None:
         try:
@@ -133,14 +134,20 @@ class _Deliverer:
                 log.warning("webhook %s: could not release its lease", self.webhook.name)
 
     def _held(self, state: EndpointState | None) -> EndpointState | None:
-        if state is not None:
-            self._lease_ends = time.monotonic() + state.lease_seconds_left
+        """Every answer of a lease-fenced write passes here: the endpoint's
+        state as this replica last wrote it (None: the lease is lost)."""
+        self._state = state
+        self._lease_ends = time.monotonic() + state.lease_seconds_left if state else 0.0
         return state
 
     def _round(self) -> float:
         """One page of events; how long to wait before the next round."""
         name, lease = self.webhook.name, self.settings.lease_seconds
-        state = self._held(self.store.claim_endpoint(name, self.owner, lease))
+        state = self._state
+        if state is None or self._lease_ends - time.monotonic() < lease / 2:
+            # a write only when the lease needs renewing: while it holds, only
+            # this replica moves the endpoint, so the state it wrote is current
+            state = self._held(self.store.claim_endpoint(name, self.owner, lease))
         if state is None:  # another replica delivers to it
             return self.settings.poll_seconds
         if state.next_attempt_at is not None:
@@ -161,8 +168,8 @@ class _Deliverer:
                 state = self._held(self.store.advance_endpoint(name, self.owner, done, lease))
                 if state is None:
                     return self.settings.poll_seconds
-                self.store.endpoint_attempt_failed(name, self.owner, FORGED, 0, lease)
-                self.store.endpoint_give_up(name, self.owner, event.id, lease)
+                self._held(self.store.endpoint_attempt_failed(name, self.owner, FORGED, 0, lease))
+                self._held(self.store.endpoint_give_up(name, self.owner, event.id, lease))
                 return 0.0
             if (
                 self._lease_ends - time.monotonic()
@@ -212,8 +219,8 @@ class _Deliverer:
             and (datetime.now(UTC) - first_failed).total_seconds() >= self.webhook.retry_for_seconds
         ):
             # last_error and attempts were recorded by the attempts before
-            self.store.endpoint_attempt_failed(name, self.owner, error, 0, lease)
-            if self.store.endpoint_give_up(name, self.owner, event.id, lease) is not None:
+            self._held(self.store.endpoint_attempt_failed(name, self.owner, error, 0, lease))
+            if self._held(self.store.endpoint_give_up(name, self.owner, event.id, lease)):
                 self.counters.failed += 1
                 log.error(
                     "webhook %s: event %d (%s) not taken within %g s, marked failed: %s",
