@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from hashdb import EndpointState, OutboxEvent, OutboxStore
@@ -52,15 +52,7 @@ class EndpointCounters:
     """This replica's figures for one endpoint (the metrics read them)."""
 
     delivered: int = 0
-    failed: int = 0  # given up after retry_for_seconds
-    attempts_failed: int = 0
-    # seconds from an event's creation to its 2xx, the last ones
-    latencies: list[float] = field(default_factory=list)
-
-    def note_latency(self, seconds: float) -> None:
-        self.latencies.append(seconds)
-        if len(self.latencies) > 10_000:
-            del self.latencies[:5_000]
+    attempts_failed: int = 0  # POSTs without a 2xx (retried, or given up)
 
 
 class Webhooks:
@@ -202,7 +194,6 @@ class _Deliverer:
             return str(exc)
         if 200 <= status < 300:
             self.counters.delivered += 1
-            self.counters.note_latency((datetime.now(UTC) - event.time).total_seconds())
             return None
         return f"HTTP {status}"
 
@@ -221,7 +212,6 @@ class _Deliverer:
             # last_error and attempts were recorded by the attempts before
             self._held(self.store.endpoint_attempt_failed(name, self.owner, error, 0, lease))
             if self._held(self.store.endpoint_give_up(name, self.owner, event.id, lease)):
-                self.counters.failed += 1
                 log.error(
                     "webhook %s: event %d (%s) not taken within %g s, marked failed: %s",
                     name, event.id, event.type, self.webhook.retry_for_seconds, error,
