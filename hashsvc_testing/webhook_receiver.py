@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -25,8 +26,16 @@ class Receiver:
     """mode: "ok" (204), "error" (500), "hang" (no answer until released or
     hang_seconds), "slow" (answers after `delay` seconds)."""
 
-    def __init__(self, secret: bytes, mode: str = "ok", delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        secret: bytes,
+        mode: str = "ok",
+        delay: float = 0.0,
+        tls: tuple[str, str] | None = None,
+    ) -> None:
+        """tls: (certificate file, key file) to answer over https."""
         self.secret = secret
+        self.tls = tls
         self.mode = mode
         self.delay = delay
         self.hang_seconds = 60.0
@@ -43,7 +52,7 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/hook"
 
     def start(self) -> Receiver:
         receiver = self
@@ -61,6 +70,10 @@ class Receiver:
         self._release.clear()
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
+        if self.tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

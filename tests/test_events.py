@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 import random
+import subprocess
 import time
 
 import grpc
@@ -507,3 +508,32 @@ def test_pruning_everything_never_restarts_the_ids(store_url, make_core):
     assert core.event_feed.prune([]) == 2  # the newest stays
     core.store.append_events([events.new_event(events.FEED_UPDATED, {"n": 3})])
     assert [e.id for e in core.store.events_after(0, 10)] == [3, 4]
+
+
+def test_https_receiver_is_verified_against_ca_file(store_url, make_core, secret_file, tmp_path):
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
+            "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    receiver = Receiver(SECRET, tls=(str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")))
+    receiver.start()
+    try:
+        trusted = webhook(receiver, secret_file, ca_file=str(tmp_path / "cert.pem"))
+        untrusted = webhook(receiver, secret_file, name="no-ca")  # the system's CAs
+        core = make_core(store_url, webhook=(trusted, untrusted), events=FAST)
+        _match(core, _known(core, 1))
+        assert receiver.wait_for(1)
+        time.sleep(0.5)
+        assert len(receiver.received) == 1  # only the endpoint that trusts the CA
+        states = {s.name: s for s in core.store.endpoint_states()}
+        assert "CERTIFICATE_VERIFY_FAILED" in states["no-ca"].last_error
+    finally:
+        receiver.stop()
+    with pytest.raises(ValueError, match="ca_file is for an https"):
+        WebhookConfig(url="http://h/", secret_file=secret_file, ca_file=str(tmp_path / "cert.pem"))
+    with pytest.raises(ValueError, match="not a readable CA bundle"):
+        WebhookConfig(url="https://h/", secret_file=secret_file, ca_file=secret_file)

@@ -35,11 +35,15 @@ class Target:
 class HttpPoster:
     """POSTs to one endpoint over a kept-alive connection (one thread)."""
 
-    def __init__(self, url: str, max_response_bytes: int = 65536) -> None:
+    def __init__(self, url: str, max_response_bytes: int = 65536, ca_file: str = "") -> None:
         self.target = Target.parse(url)
         self.max_response_bytes = max_response_bytes
         self._sock: socket.socket | None = None
-        self._tls = ssl.create_default_context() if self.target.scheme == "https" else None
+        self._tls = (
+            ssl.create_default_context(cafile=ca_file or None)
+            if self.target.scheme == "https"
+            else None
+        )
 
     def post(self, body: bytes, headers: dict[str, str], timeout: float) -> int:
         """The answer's status code; PostFailed if there is none in time."""

@@ -5,6 +5,7 @@ instead of losing events later."""
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -34,6 +35,9 @@ class WebhookConfig:
     retry_for_seconds: float = 24 * 3600.0
     # One POST, connect to last byte of the answer's headers.
     timeout_seconds: float = 10.0
+    # https: the CA bundle that signs the receiver's certificate ("" = the
+    # system's); checked at start. The receiver's name is always verified.
+    ca_file: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "events", tuple(self.events))
@@ -65,6 +69,15 @@ class WebhookConfig:
             raise ValueError(f"{where}: sets must be set names")
         if not self.retry_for_seconds > 0 or not self.timeout_seconds > 0:
             raise ValueError(f"{where}: retry_for_seconds and timeout_seconds must be more than 0")
+        if self.ca_file:
+            if parts.scheme != "https":
+                raise ValueError(f"{where}: ca_file is for an https:// url")
+            try:
+                ssl.create_default_context(cafile=self.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(
+                    f"{where}: ca_file {self.ca_file!r} is not a readable CA bundle: {exc}"
+                ) from None
         self.secret()  # unreadable or empty: refused now
 
     def secret(self) -> bytes:

@@ -100,7 +100,7 @@ class _Deliverer:
         self.owner = owner
         self.stop = stop
         self.secret = webhook.secret()
-        self.poster = HttpPoster(webhook.url, settings.max_response_bytes)
+        self.poster = HttpPoster(webhook.url, settings.max_response_bytes, webhook.ca_file)
         self.counters = EndpointCounters()
         self.thread = threading.Thread(
             target=self._run, name=f"webhook {webhook.name}", daemon=True
