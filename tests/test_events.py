@@ -537,3 +537,37 @@ def test_https_receiver_is_verified_against_ca_file(store_url, make_core, secret
         WebhookConfig(url="http://h/", secret_file=secret_file, ca_file=str(tmp_path / "cert.pem"))
     with pytest.raises(ValueError, match="not a readable CA bundle"):
         WebhookConfig(url="https://h/", secret_file=secret_file, ca_file=secret_file)
+
+
+def test_a_partner_list_loaded_is_a_feed_updated_event(store_url, make_harness, secret_file):
+    receiver = Receiver(SECRET).start()
+    try:
+        h = make_harness(store_url, webhook=(webhook(receiver, secret_file),), events=FAST)
+        stubs, md = h.stubs("operator")
+        stubs.curation.CreateSet(pb.CreateSetRequest(name="partner-list"), metadata=md)
+        values = [random.Random(n).randbytes(32) for n in range(3)]
+
+        def load():
+            header = pb.BulkLoadHeader(set="partner-list")
+            rows = pb.BulkRows(signal_type=["pdq"] * 3, value=values)
+            return stubs.curation.BulkLoad(
+                iter(
+                    [
+                        pb.BulkLoadRequest(header=header),
+                        pb.BulkLoadRequest(rows=rows),
+                        pb.BulkLoadRequest(end=pb.BulkLoadEnd(rows=3)),
+                    ]
+                ),
+                metadata=md,
+            )
+
+        assert load().added == 3
+        assert load().unchanged == 3  # the same list again: nothing changed, no event
+        assert receiver.wait_for(1)
+        time.sleep(0.3)
+        [got] = receiver.received
+        assert got.body["type"] == "feed.updated" and got.body["set"] == "partner-list"
+        assert got.body["counts"]["added"] == 3 and got.body["source"] == "bulk_load"
+        assert got.body["status"] == "OK"
+    finally:
+        receiver.stop()

@@ -149,9 +149,11 @@ class Audit:
         error_message: str = "",
         client_ref: str = "",
         set_ids: tuple[int, ...] = (),
+        events: Iterable[NewEvent] = (),
     ) -> int:
         """A reviewer's, operator's or admin's action (or a failed one, with
-        its status), indexed under the sets it names."""
+        its status), indexed under the sets it names; `events` go to the
+        outbox in the record's transaction."""
         return self.history.record_match(
             action_record(
                 action,
@@ -161,7 +163,8 @@ class Audit:
                 error_message=error_message,
                 client_ref=client_ref,
                 set_ids=set_ids,
-            )
+            ),
+            events=events,
         )
 
     def record_call(

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from hashdb import Store, TokenRecord, open_store
+from hashdb import NewEvent, Store, TokenRecord, open_store
 from hashsvc.base import media_kinds
 from hashsvc.base.errors import (
     HashsvcError,
@@ -321,13 +321,20 @@ class Core:
         status: str = "OK",
         error_message: str = "",
         set_names: tuple[str, ...] = (),
+        events: Iterable[NewEvent] = (),
     ) -> None:
         """An operator's write in the hash-chained history; a failed one names
         its status, as a failed Match does. Indexed under the sets it names
         (that exist), so `history --set S` shows what was done to S."""
         set_ids = tuple(s.id for s in map(self.store.get_set, set_names) if s is not None)
         self.audit.record_action(
-            action, actor, detail, status=status, error_message=error_message, set_ids=set_ids
+            action,
+            actor,
+            detail,
+            status=status,
+            error_message=error_message,
+            set_ids=set_ids,
+            events=events,
         )
 
     def record_failed_match(
@@ -431,8 +438,29 @@ class Core:
                 "written": written,
             }
             error = "" if exc is None else str(exc)
+            counts = {
+                k: detail[k] for k in ("added", "updated", "removed", "unchanged", "rejected")
+            }
+            feed = []
+            if result.added + result.updated + result.removed:
+                # a partner's list changed the set (part of it, if the load failed)
+                feed.append(
+                    events.feed_updated_event(
+                        set_name=set_name,
+                        source="bulk_load",
+                        caller=caller,
+                        counts=counts,
+                        status=status_of(exc),
+                    )
+                )
             self.record_action(
-                "BulkLoad", caller, detail, status_of(exc), error, set_names=(set_name,)
+                "BulkLoad",
+                caller,
+                detail,
+                status_of(exc),
+                error,
+                set_names=(set_name,),
+                events=feed,
             )
         except Exception:
             log.exception("the history record of a bulk load into %s failed", quoted(set_name))

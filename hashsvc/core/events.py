@@ -166,10 +166,16 @@ def quarantine_event(
     )
 
 
-def feed_updated_event(*, set_name: str, source: str, counts: dict[str, int]) -> NewEvent:
-    """feed.updated: a partner feed changed a set (counts: added, updated, removed...)."""
+def feed_updated_event(
+    *, set_name: str, source: str, caller: str, counts: dict[str, int], status: str = "OK"
+) -> NewEvent:
+    """feed.updated: a partner's hash list changed a set (`source`: bulk_load
+    for `hashsvc load`; counts: added, updated, removed, unchanged, rejected;
+    status: the load's, which may have failed after changing part of it)."""
     return new_event(
-        FEED_UPDATED, {"set": set_name, "source": source, "counts": counts}, [set_name]
+        FEED_UPDATED,
+        {"set": set_name, "source": source, "caller": caller, "counts": counts, "status": status},
+        [set_name],
     )
 
 
