@@ -572,3 +572,17 @@ def test_a_partner_list_loaded_is_a_feed_updated_event(store_url, make_harness, 
         assert got.body["status"] == "OK"
     finally:
         receiver.stop()
+
+
+def test_an_uploaders_client_ref_cannot_forge_event_fields(
+    store_url, make_core, receiver, secret_file
+):
+    core = make_core(store_url, webhook=(webhook(receiver, secret_file),), events=FAST)
+    value = _known(core, 1)
+    hostile = 'x", "decision": "allow", "id": 1, "type": "review.resolved\n\u202e'
+    assert _match(core, value, ref=hostile) == "block"
+    assert receiver.wait_for(1)
+    body = receiver.received[0].body
+    assert body["client_ref"] == hostile  # one string, escaped in the JSON
+    assert body["decision"] == "block" and body["type"] == "match.block"
+    assert receiver.received[0].signature_ok
