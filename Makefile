@@ -57,6 +57,7 @@ bench: install
 	$(BIN)/python bench/fuzz.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/console.py
+	$(BIN)/python bench/events.py
 
 # The same in a few minutes, as CI runs them.
 bench-short: install
@@ -71,6 +72,7 @@ bench-short: install
 	$(BIN)/python bench/loadtest.py --short
 	$(BIN)/python bench/memory.py --short
 	$(BIN)/python bench/console.py --short
+	$(BIN)/python bench/events.py --short
 
 clean:
 	rm -rf $(VENV) hashsvc/v1/*_pb2*.py* .pytest_cache

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 
-from hashdb.model import HistoryFilter, HistoryRecord, HistoryVerification
+from hashdb.model import HistoryFilter, HistoryRecord, HistoryVerification, NewEvent
 from hashdb.times import from_micros, to_micros
 
 _HISTORY_COLUMNS = (
@@ -29,7 +30,8 @@ class HistorySQL:
 
     # -- history
 
-    def record_match(self, record: HistoryRecord) -> int:
+    def record_match(self, record: HistoryRecord, events: Iterable[NewEvent] = ()) -> int:
+        """Appends the record, and `events` to the outbox in the same transaction."""
         set_ids = sorted(
             {m["set_id"] for m in record.matches if m.get("set_id") is not None}
             | set(record.set_ids)
@@ -80,6 +82,7 @@ class HistorySQL:
                     "INSERT INTO match_history_sets (history_id, set_id) VALUES (?, ?)",
                     [(history_id, s) for s in set_ids],
                 )
+            self._append_events(cur, events)
         return history_id
 
     def _history_write(self) -> AbstractContextManager:

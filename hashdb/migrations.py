@@ -389,3 +389,49 @@ _CONSOLE_SESSIONS = [
 ]
 SQLITE.append(_CONSOLE_SESSIONS)
 POSTGRES.append(_CONSOLE_SESSIONS)
+# Issue 20 (notifications): the durable outbox, written in the transaction of
+# each event's cause; `seq`, the event's public id, is given after the commit
+# in the order rows became visible (hashdb/outbox_sql.py: ids from a sequence
+# commit out of order, and a cursor past a late one would skip it). Each
+# webhook endpoint's position (one row all replicas share; a lease says which
+# replica delivers), and the events an endpoint never took within its retry
+# time. `mac`: an HMAC under the history key, when there is one, so a row
+# written by someone with database access alone is never sent as hashsvc's.
+def _outbox(serial: str) -> list[str]:
+    return [
+        f"""CREATE TABLE event_outbox (
+            id {serial},
+            seq BIGINT UNIQUE,
+            type TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            set_names TEXT NOT NULL,
+            body TEXT NOT NULL,
+            mac TEXT
+        )""",
+        "CREATE INDEX event_outbox_created ON event_outbox (created_at)",
+        "CREATE INDEX event_outbox_unsequenced ON event_outbox (id) WHERE seq IS NULL",
+        """CREATE TABLE webhook_endpoints (
+            name TEXT PRIMARY KEY,
+            delivered_through BIGINT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            first_failed_at BIGINT,
+            next_attempt_at BIGINT,
+            last_error TEXT NOT NULL DEFAULT '',
+            lease_owner TEXT,
+            lease_until BIGINT NOT NULL DEFAULT 0,
+            updated_at BIGINT NOT NULL
+        )""",
+        """CREATE TABLE webhook_failures (
+            endpoint TEXT NOT NULL,
+            event_id BIGINT NOT NULL,
+            failed_at BIGINT NOT NULL,
+            attempts INTEGER NOT NULL,
+            last_error TEXT NOT NULL,
+            PRIMARY KEY (endpoint, event_id)
+        )""",
+        "CREATE INDEX webhook_failures_failed_at ON webhook_failures (failed_at)",
+    ]
+
+
+SQLITE.append(_outbox("INTEGER PRIMARY KEY AUTOINCREMENT"))
+POSTGRES.append(_outbox("BIGSERIAL PRIMARY KEY"))

@@ -204,3 +204,57 @@ class Suppression:
     kind: str
     value: bytes
     review_id: int
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """A notification to append to the outbox, in the transaction of its
+    cause (hashsvc/core/events.py builds them). `body`: the event's JSON
+    without its id, type and time (the store gives those)."""
+
+    type: str
+    body: dict
+    # the hash sets it concerns: webhooks that name sets get only theirs
+    set_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    """An event as the outbox keeps it; ids grow in commit order."""
+
+    id: int
+    type: str
+    time: datetime
+    set_names: tuple[str, ...]
+    body: dict
+    # With a history key: whether the row's MAC verifies (False: not written
+    # by hashsvc, never sent); None without a key.
+    authentic: bool | None = None
+
+
+@dataclass(frozen=True)
+class EndpointState:
+    """One webhook endpoint's delivery position, shared by all replicas.
+    Events up to delivered_through are done (delivered, or failed and
+    recorded); the next one is retried from first_failed_at on."""
+
+    name: str
+    delivered_through: int
+    attempts: int
+    first_failed_at: datetime | None
+    next_attempt_at: datetime | None
+    last_error: str
+    # seconds of lease left, by the database's clock (claim and advance)
+    lease_seconds_left: float = 0.0
+
+
+@dataclass(frozen=True)
+class EventFailure:
+    """An event an endpoint never took within its retry_for_seconds."""
+
+    endpoint: str
+    event_id: int
+    event_type: str
+    failed_at: datetime
+    attempts: int
+    last_error: str

@@ -27,6 +27,8 @@ _MIGRATE_LOCK = 0x687376_01
 _CHANGES_LOCK = 0x687376_02
 # Appends to the hash-chained history take turns, so each links to the head.
 _HISTORY_LOCK = 0x687376_03
+# Giving committed events their seq (hashdb/outbox_sql.py) takes turns.
+_SEQUENCE_LOCK = 0x687376_04
 _SCHEMA = re.compile(r"search_path\s*=\s*([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -47,6 +49,10 @@ class _Cursor:
 
     def fetchall(self):
         return self._cur.fetchall()
+
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount
 
     def copy(self, sql: str):
         """psycopg's COPY ... FROM STDIN context (write / write_row)."""
@@ -136,6 +142,18 @@ class PostgresStore(SQLStore, ReviewSQL):
             conn.cursor() as cur,
         ):
             yield _Cursor(cur)
+
+    def _sequence_lock(self, cur) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(?)", (_SEQUENCE_LOCK,))
+
+    def _db_now(self, cur) -> int:
+        # one clock for every replica's leases: the database's
+        cur.execute("SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::bigint")
+        return cur.fetchone()[0]
+
+    def _endpoint_write(self):
+        # a webhook endpoint's row touches no change feed: no wait for a bulk load
+        return self._counter_write()
 
     def _change(self, cur, op: str, set_id: int, entry_id: int | None) -> None:
         super()._change(cur, op, set_id, entry_id)

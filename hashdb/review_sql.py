@@ -10,9 +10,11 @@ comes back to exactly one of them.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime
 
-from hashdb.model import NewEntry, ReviewFilter, ReviewItem, Suppression
+from hashdb.model import NewEntry, NewEvent, ReviewFilter, ReviewItem, Suppression
 from hashdb.times import from_micros, now_micros, to_micros
 from hashsvc.base.errors import AlreadyExists, FailedPrecondition
 
@@ -108,6 +110,7 @@ class ReviewSQL:
         note: str,
         new_entry: NewEntry | None = None,
         suppressions: list[Suppression] | None = None,
+        events: Iterable[NewEvent] = (),
     ) -> ReviewItem | None:
         """Resolve an item the reviewer holds a live claim on, adding the
         confirmed upload as new_entry and remembering a false positive's
@@ -144,6 +147,7 @@ class ReviewSQL:
                     )
                 if suppressions:
                     _insert_suppressions(cur, suppressions)
+                self._append_events(cur, events)
         except self._unique_violation:
             name = new_entry.name if new_entry else ""
             raise AlreadyExists(f"an entry named {name!r} is already in the set") from None
@@ -210,7 +214,9 @@ class ReviewSQL:
             cur.execute("SELECT COUNT(DISTINCT entry_id) FROM flood_counts")
             return cur.fetchone()[0]
 
-    def raise_flood_alert(self, entry_id: int, reason: str, item: dict) -> int | None:
+    def raise_flood_alert(
+        self, entry_id: int, reason: str, item: dict, events: Iterable[NewEvent] = ()
+    ) -> int | None:
         """Opens the entry's alert and its review item together; None when an
         alert is open already (another replica raised it first). `item`: the
         create_review_item arguments."""
@@ -222,7 +228,9 @@ class ReviewSQL:
             )
             if cur.fetchone() is None:
                 return None
-            return _insert_review_item(cur, **item)
+            item_id = _insert_review_item(cur, **item)
+            self._append_events(cur, [_with_review_id(e, item_id) for e in events])
+            return item_id
 
     def release_entry(self, entry_id: int) -> bool:
         """Acknowledges the entry's open alert and restarts its count; False
@@ -332,3 +340,8 @@ def _item(row) -> ReviewItem:
         note=row[13] or "",
         added_entry_id=row[14],
     )
+
+
+def _with_review_id(event: NewEvent, item_id: int) -> NewEvent:
+    """A flood alert's event names the review item made with it."""
+    return replace(event, body={**event.body, "review_id": item_id})

@@ -27,6 +27,7 @@ from hashdb.model import (
     Thresholds,
     TokenRecord,
 )
+from hashdb.outbox_sql import OutboxSQL
 from hashdb.times import from_micros, now_micros, to_micros
 from hashsvc.base.errors import AlreadyExists, InvalidArgument, NotFound
 from hashsvc.base.signals import Signal
@@ -75,7 +76,7 @@ _ENTRY_COLUMNS = "id, set_id, name, labels, media_type, created_at, added_by, re
 _TOKEN_COLUMNS = "id, name, role, token_hash, created_at, revoked_at, expires_at"
 
 
-class SQLStore(BulkSQL, HistorySQL, ConsoleSQL):
+class SQLStore(BulkSQL, HistorySQL, ConsoleSQL, OutboxSQL):
     """Subclasses call _init_history_key and provide _read(), _write() (context
     managers yielding a cursor that takes `?` placeholders; _write holds the
     writer lock that keeps change seqs in commit order) and _unique_violation

@@ -23,6 +23,8 @@ from hashsvc.base.errors import Unavailable
 
 class SQLiteStore(SQLStore, ReviewSQL):
     _unique_violation = sqlite3.IntegrityError
+    # one writer at a time: an event's seq is given with its insert
+    _sequence_at_insert = True
 
     def __init__(self, url: str, history_key: bytes | None = None) -> None:
         self._init_history_key(history_key)

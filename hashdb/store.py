@@ -9,13 +9,17 @@ from typing import Protocol
 from hashdb.bulk_sql import AddedSignals, BulkCounts, EntryUpsert, PlainSignals
 from hashdb.model import (
     Change,
+    EndpointState,
     EntryRecord,
+    EventFailure,
     HashSetRecord,
     HistoryFilter,
     HistoryRecord,
     HistoryVerification,
     IndexedSignal,
     NewEntry,
+    NewEvent,
+    OutboxEvent,
     ReviewFilter,
     ReviewItem,
     Suppression,
@@ -198,8 +202,9 @@ class HistoryWriter(Protocol):
     """Appending to the match history (append-only: there is no update or
     delete)."""
 
-    def record_match(self, record: HistoryRecord) -> int:
-        """Appends; returns the new id."""
+    def record_match(self, record: HistoryRecord, events: Iterable[NewEvent] = ()) -> int:
+        """Appends; returns the new id. `events` go to the outbox in the
+        same transaction (the record is their cause)."""
 
 
 class HistoryStore(HistoryWriter, Protocol):
@@ -273,11 +278,12 @@ class ReviewStore(SuppressionLookup, Protocol):
         note: str,
         new_entry: NewEntry | None = None,
         suppressions: list[Suppression] | None = None,
+        events: Iterable[NewEvent] = (),
     ) -> ReviewItem | None:
         """Only with a live claim of this reviewer; None otherwise. Adds
         new_entry (to a review-target set that is not an allow list, else
         FailedPrecondition; AlreadyExists if its name is taken) and the
-        suppressions in the same transaction: all of it or none."""
+        suppressions and the events in the same transaction: all of it or none."""
 
     def add_suppressions(self, suppressions: list[Suppression]) -> None: ...
 
@@ -294,16 +300,72 @@ class FloodStore(Protocol):
 
     def flood_counted_entries(self) -> int: ...
 
-    def raise_flood_alert(self, entry_id: int, reason: str, item: dict) -> int | None:
-        """Opens the alert and its review item (create_review_item's
-        arguments) in one transaction: the item's id, or None if an alert was
-        open already."""
+    def raise_flood_alert(
+        self, entry_id: int, reason: str, item: dict, events: Iterable[NewEvent] = ()
+    ) -> int | None:
+        """Opens the alert, its review item (create_review_item's
+        arguments) and the events (each given the item's id as review_id) in
+        one transaction: the item's id, or None if an alert was open already."""
 
     def release_entry(self, entry_id: int) -> bool:
         """Acknowledges the open alert and restarts the count; False if none."""
 
     def open_flood_alerts(self, entry_ids: Iterable[int]) -> dict[int, str]:
         """entry id -> reason, for those with an open alert."""
+
+
+class EventWriter(Protocol):
+    """Appending events with no other cause to write (hashsvc/core/events.py)."""
+
+    def append_events(self, events: Iterable[NewEvent]) -> None:
+        """In one transaction (their ids are given when they are read)."""
+
+
+class OutboxStore(EventWriter, Protocol):
+    """The event outbox and the webhook endpoints' positions, shared by all
+    replicas (hashdb/outbox_sql.py; delivery and Events/Subscribe)."""
+
+    def events_after(self, after_id: int, limit: int = 100) -> list[OutboxEvent]:
+        """Events with id > after_id, oldest first: ids are given to committed
+        events in the order they became visible, so a follower skips none."""
+
+    def last_event_id(self) -> int: ...
+
+    def endpoint_states(self) -> list[EndpointState]: ...
+
+    def event_failures(
+        self, after: tuple[int, str] = (0, ""), limit: int = 100
+    ) -> list[EventFailure]:
+        """By (event id, endpoint), after `after`."""
+
+    def count_event_failures(self) -> dict[str, int]:
+        """Endpoint name -> events it never took."""
+
+    def start_endpoint(self, name: str) -> None:
+        """Registers the endpoint at the outbox's head if it is new."""
+
+    def claim_endpoint(self, name: str, owner: str, lease_seconds: float) -> EndpointState | None:
+        """A lease on the endpoint for owner, unless another owner holds a live one."""
+
+    def advance_endpoint(
+        self, name: str, owner: str, through_id: int, lease_seconds: float
+    ) -> EndpointState | None:
+        """Events up to through_id done, lease renewed; None: lease lost."""
+
+    def endpoint_attempt_failed(
+        self, name: str, owner: str, error: str, retry_in_seconds: float, lease_seconds: float
+    ) -> EndpointState | None:
+        """One more failed attempt at the next event; None: lease lost."""
+
+    def endpoint_give_up(
+        self, name: str, owner: str, event_id: int, lease_seconds: float
+    ) -> EndpointState | None:
+        """Records event_id as failed for the endpoint and moves past it; None: lease lost."""
+
+    def release_endpoint(self, name: str, owner: str) -> None: ...
+
+    def prune_events(self, before: datetime, through_id: int, limit: int = 10_000) -> int:
+        """Deletes events created before `before` with ids up to through_id."""
 
 
 class Store(
@@ -315,6 +377,7 @@ class Store(
     HistoryStore,
     ReviewStore,
     FloodStore,
+    OutboxStore,
     Protocol,
 ):
     """Everything hashsvc persists: what open_store returns. Implementations

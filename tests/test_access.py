@@ -47,6 +47,8 @@ REQUESTS = {
     "Admin/CreateToken": pb.CreateTokenRequest(role="matcher"),
     "Admin/ListTokens": pb.ListTokensRequest(),
     "Admin/RevokeToken": pb.RevokeTokenRequest(id=999999),
+    "Events/Subscribe": pb.SubscribeRequest(from_id=1, stop_at_end=True),
+    "Events/ListEvents": pb.ListEventsRequest(),
 }
 DENIED = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
 
@@ -84,6 +86,7 @@ def _call(module_harness, method: str, metadata):
         "Audit": stubs.audit,
         "Admin": stubs.admin,
         "Review": stubs.review,
+        "Events": stubs.events,
     }[service]
     request = REQUESTS[method]
     if isinstance(request, list):  # a client stream, sent afresh each call

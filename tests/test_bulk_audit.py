@@ -160,10 +160,10 @@ def test_a_failing_history_write_hides_neither_answer_nor_error(harness, operato
     store = harness.core.store
     record_match = store.record_match
 
-    def broken(record):
+    def broken(record, events=()):
         if record.rpc == "BulkLoad":
             raise OSError("disk full")
-        return record_match(record)
+        return record_match(record, events=events)
 
     monkeypatch.setattr(store, "record_match", broken)
     answer = stubs.curation.BulkLoad(

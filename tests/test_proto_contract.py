@@ -194,6 +194,7 @@ def test_reflection_answers_v1_as_well_as_v1alpha(tmp_path):
         assert {
             "hashsvc.v1.Matcher",
             "hashsvc.v1.Curation",
+            "hashsvc.v1.Events",
             "hashsvc.v1.Review",
             "hashsvc.v1.Audit",
             "hashsvc.v1.Admin",

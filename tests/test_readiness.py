@@ -233,7 +233,7 @@ def test_a_failed_history_write_is_never_an_allow(store_url, monkeypatch, make_h
     h = make_harness(store_url)
     store = h.core.store
 
-    def refused(record):
+    def refused(record, events=()):
         raise Unavailable("the database is unavailable: connection lost")
 
     monkeypatch.setattr(store, "record_match", refused)

@@ -24,7 +24,7 @@ def _keys_by_table(block: str) -> dict[str, set[str]]:
     keys: dict[str, set[str]] = {"": set()}
     table = ""
     for line in block.splitlines():
-        header = re.match(r"\s*\[(\w+)\]", line)
+        header = re.match(r"\s*\[\[?(\w+)\]\]?", line)  # [table] or [[table]]
         if header:
             table = header.group(1)
             keys.setdefault(table, set())
@@ -40,7 +40,10 @@ def _fields(cls, table: str = "") -> list[tuple[str, str]]:
     defaults = cls()
     for field in dataclasses.fields(cls):
         value = getattr(defaults, field.name)
-        if dataclasses.is_dataclass(value):
+        table_of = field.metadata.get("table_of")
+        if table_of is not None:  # [[webhook]]: a list of tables
+            found += [(field.name, f.name) for f in dataclasses.fields(table_of)]
+        elif dataclasses.is_dataclass(value):
             found += _fields(type(value), field.name)
         else:
             found.append((table, field.name))

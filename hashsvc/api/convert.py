@@ -24,6 +24,7 @@ from hashsvc.base.errors import InvalidArgument, NotFound, quoted
 from hashsvc.base.signals import Signal, signal_type
 from hashsvc.core.config import StringLimits
 from hashsvc.core.core import MatchOutcome, MatchQuery
+from hashsvc.core.events import event_bytes
 from hashsvc.matching.matcher import Match
 from hashsvc.media.spool import SpooledMedia
 from hashsvc.v1 import hashsvc_pb2 as pb
@@ -435,3 +436,40 @@ def request_paging(message) -> None:
         except InvalidArgument as exc:
             exc.field = field
             raise
+
+
+# -- events (hashsvc/core/events.py)
+
+
+def event(e) -> pb.Event:
+    """An outbox event (hashdb OutboxEvent), its JSON exactly as webhooks get it."""
+    return pb.Event(
+        id=e.id,
+        type=e.type,
+        time=timestamp(e.time),
+        json=event_bytes(e).decode(),
+        sets=list(e.set_names),
+    )
+
+
+def event_failure(f) -> pb.EventFailure:
+    return pb.EventFailure(
+        endpoint=f.endpoint,
+        event_id=f.event_id,
+        event_type=f.event_type,
+        failed_at=timestamp(f.failed_at),
+        attempts=f.attempts,
+        last_error=f.last_error,
+    )
+
+
+def webhook_endpoint(state, failed_events: int) -> pb.WebhookEndpoint:
+    return pb.WebhookEndpoint(
+        name=state.name,
+        delivered_through=state.delivered_through,
+        attempts=state.attempts,
+        last_error=state.last_error,
+        first_failed_at=timestamp(state.first_failed_at),
+        next_attempt_at=timestamp(state.next_attempt_at),
+        failed_events=failed_events,
+    )

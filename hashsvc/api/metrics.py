@@ -1,15 +1,18 @@
 """Prometheus metrics: request latency per RPC, decisions per media type,
-matches per set, flood alerts, index size and version. One registry per server, so several
-servers in one process (tests) do not mix their figures."""
+matches per set, flood alerts, index size and version, webhooks. One registry
+per server, so several servers in one process (tests) do not mix their figures."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from hashsvc.core.core import Core, MatchOutcome
+
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 
@@ -44,6 +47,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_IndexCollector(core))
+        self.registry.register(_WebhookCollector(core))
         self._http = None
 
     def observe_rpc(self, rpc: str, code: str, started: float) -> None:
@@ -95,3 +99,50 @@ class _IndexCollector:
         yield GaugeMetricFamily(
             "hashsvc_ready", "1 when the index is loaded and current.", value=int(self.core.ready())
         )
+
+
+class _WebhookCollector:
+    """Each webhook endpoint's failed events and backlog (from the store,
+    all replicas), and what this replica delivered, read at scrape time."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def collect(self):
+        if self.core.webhooks is None:
+            return
+        store = self.core.store
+        failed = GaugeMetricFamily(
+            "hashsvc_webhook_failed_events",
+            "Events an endpoint never took within its retry_for_seconds (all replicas).",
+            labels=["endpoint"],
+        )
+        backlog = GaugeMetricFamily(
+            "hashsvc_webhook_backlog_events",
+            "Events in the outbox past an endpoint's position (not yet delivered).",
+            labels=["endpoint"],
+        )
+        delivered = CounterMetricFamily(
+            "hashsvc_webhook_delivered_events",
+            "Events this replica delivered (2xx), by endpoint.",
+            labels=["endpoint"],
+        )
+        retries = CounterMetricFamily(
+            "hashsvc_webhook_failed_attempts",
+            "POSTs this replica made that got no 2xx (retried later), by endpoint.",
+            labels=["endpoint"],
+        )
+        try:
+            counts = store.count_event_failures()
+            head = store.last_event_id()
+            states = {s.name: s for s in store.endpoint_states()}
+        except Exception:  # the store is down: the other figures still come
+            log.warning("webhook metrics: the store cannot be read", exc_info=True)
+            return
+        for name, counters in self.core.webhooks.counters().items():
+            failed.add_metric([name], counts.get(name, 0))
+            state = states.get(name)
+            backlog.add_metric([name], max(0, head - state.delivered_through) if state else 0)
+            delivered.add_metric([name], counters.delivered)
+            retries.add_metric([name], counters.attempts_failed)
+        yield from (failed, backlog, delivered, retries)

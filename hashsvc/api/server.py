@@ -25,6 +25,7 @@ from hashsvc.api.servicers import (
     AdminServicer,
     AuditServicer,
     CurationServicer,
+    EventsServicer,
     MatcherServicer,
     ReviewServicer,
 )
@@ -180,6 +181,7 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
     pb_grpc.add_AuditServicer_to_server(AuditServicer(core), server)
     pb_grpc.add_ReviewServicer_to_server(ReviewServicer(core), server)
     pb_grpc.add_AdminServicer_to_server(AdminServicer(core), server)
+    pb_grpc.add_EventsServicer_to_server(EventsServicer(core), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:  # off by default: anyone may call it, no token needed

@@ -498,3 +498,41 @@ class AdminServicer(pb_grpc.AdminServicer):
     @rpc
     def RevokeToken(self, request, context):
         return convert.token_info(self.core.revoke_token(caller_name(), request.id))
+
+
+class EventsServicer(pb_grpc.EventsServicer):
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.feed = core.event_feed
+        self.limits = core.config.strings
+        self.page_bytes = core.config.page_bytes()
+
+    @rpc
+    def Subscribe(self, request, context):  # noqa: N802
+        def active() -> bool:
+            return context.is_active() and not self.core.stopping
+
+        for event in self.feed.subscribe(
+            request.from_id, tuple(request.types), request.stop_at_end, active
+        ):
+            yield convert.event(event)
+
+    @rpc
+    def ListEvents(self, request, context):  # noqa: N802
+        page = self.feed.list(
+            request.failed, request.from_id, request.page_size, request.page_token
+        )
+        events = convert.within_bytes([convert.event(e) for e in page.events], self.page_bytes)
+        next_token = page.next_page_token
+        if len(events) < len(page.events):
+            next_token = str(events[-1].id)
+        return pb.ListEventsResponse(
+            events=events,
+            failures=[convert.event_failure(f) for f in page.failures],
+            next_page_token=next_token,
+            endpoints=[
+                convert.webhook_endpoint(s, page.failed_counts.get(s.name, 0))
+                for s in page.endpoints
+            ],
+            last_event_id=page.last_event_id,
+        )

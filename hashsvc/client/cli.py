@@ -21,6 +21,7 @@ from hashsvc.base.errors import HashsvcError
 from hashsvc.client.commands import (
     bulk,
     entries,
+    events,
     history,
     match,
     review,
@@ -63,6 +64,7 @@ _REGISTER = (
     review.register,
     match.register,
     history.register,
+    events.register,
     stats.register,
 )
 

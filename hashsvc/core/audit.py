@@ -13,10 +13,17 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
-from hashdb import HistoryFilter, HistoryRecord, HistoryStore, HistoryVerification, SetLookup
+from hashdb import (
+    HistoryFilter,
+    HistoryRecord,
+    HistoryStore,
+    HistoryVerification,
+    NewEvent,
+    SetLookup,
+)
 from hashdb.history_sql import key_id
 from hashsvc.base import validation
 from hashsvc.base.errors import InvalidArgument, NotFound
@@ -142,9 +149,11 @@ class Audit:
         error_message: str = "",
         client_ref: str = "",
         set_ids: tuple[int, ...] = (),
+        events: Iterable[NewEvent] = (),
     ) -> int:
         """A reviewer's, operator's or admin's action (or a failed one, with
-        its status), indexed under the sets it names."""
+        its status), indexed under the sets it names; `events` go to the
+        outbox in the record's transaction."""
         return self.history.record_match(
             action_record(
                 action,
@@ -154,7 +163,8 @@ class Audit:
                 error_message=error_message,
                 client_ref=client_ref,
                 set_ids=set_ids,
-            )
+            ),
+            events=events,
         )
 
     def record_call(
@@ -174,9 +184,11 @@ class Audit:
         matches: list[dict],
         notes: tuple[str, ...] = (),
         caller_token_id: int | None = None,
+        events: Iterable[NewEvent] = (),
     ) -> int:
         """A Match call, failed or not: what was asked (the upload's hashes,
-        never the media), what was found and decided."""
+        never the media), what was found and decided; `events` (its
+        notifications) go to the outbox in the record's transaction."""
         return self.history.record_match(
             HistoryRecord(
                 request_id=request_id,
@@ -193,7 +205,8 @@ class Audit:
                 matches=matches,
                 detail={"notes": list(notes)} if notes else {},
                 caller_token_id=caller_token_id,
-            )
+            ),
+            events=events,
         )
 
     def make_filter(

@@ -27,7 +27,10 @@ OPERATOR = "operator"
 AUDITOR = "auditor"
 ADMIN = "admin"
 REVIEWER = "reviewer"
-ROLES = (MATCHER, OPERATOR, AUDITOR, REVIEWER, ADMIN)
+# A platform's consumer of notifications (Events/Subscribe): it reads what
+# the webhooks push, and nothing else of the history.
+SUBSCRIBER = "subscriber"
+ROLES = (MATCHER, OPERATOR, AUDITOR, REVIEWER, SUBSCRIBER, ADMIN)
 
 _PREFIX = "/hashsvc.v1."
 RPC_ROLES: dict[str, frozenset[str]] = {
@@ -57,6 +60,8 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     f"{_PREFIX}Admin/CreateToken": frozenset({ADMIN}),
     f"{_PREFIX}Admin/ListTokens": frozenset({ADMIN}),
     f"{_PREFIX}Admin/RevokeToken": frozenset({ADMIN}),
+    f"{_PREFIX}Events/Subscribe": frozenset({AUDITOR, SUBSCRIBER, ADMIN}),
+    f"{_PREFIX}Events/ListEvents": frozenset({AUDITOR, SUBSCRIBER, ADMIN}),
 }
 
 # Calls whose every item counts against the rate limit, not the call itself:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from hashsvc.base.addresses import is_loopback
 from hashsvc.base.errors import InvalidArgument
+from hashsvc.core.webhook_config import EventSettings, WebhookConfig, check_webhooks
 from hashsvc.matching.policy import LocalFeatureMatching, PdqPolicy
 from hashsvc.media.limits import AudioLimits, ImageLimits, PdfLimits, VideoLimits
 from hashsvc.media.spool import Spool
@@ -279,6 +280,10 @@ class Config:
     # cannot be exact): "fast", "balanced" or "thorough" (more of the band found
     # for more search time; hashsvc/index/multi_index.py, bench/scale.py).
     pdq_review_search: str = "balanced"
+    # Notifications: [[webhook]] tables, one per endpoint, and [events]
+    # (hashsvc/core/webhook_config.py).
+    webhook: tuple[WebhookConfig, ...] = field(default=(), metadata={"table_of": WebhookConfig})
+    events: EventSettings = field(default_factory=EventSettings)
 
     def __post_init__(self) -> None:
         if self.history_checkpoint_records < 1 or self.history_checkpoint_seconds <= 0:
@@ -319,6 +324,7 @@ class Config:
             raise ValueError("local_features.min_votes must be 0 (verify all) or more")
         self._check_transport()
         self._check_stream_limits()
+        check_webhooks(self.webhook, self.events)
 
     def _check_transport(self) -> None:
         # A half-made TLS config used to serve plaintext without a word.
@@ -410,12 +416,34 @@ def _build(cls, values: dict, where: str):
             if callable(fields[name].default_factory)
             else fields[name].default
         )
-        if dataclasses.is_dataclass(default):
+        table_of = fields[name].metadata.get("table_of")
+        if table_of is not None:  # [[name]]: a list of tables
+            if not isinstance(value, list | tuple):
+                raise ValueError(f"{where}.{name} must be a list of tables ([[{name}]])")
+            items = []
+            for i, item in enumerate(value):
+                if isinstance(item, table_of):
+                    items.append(item)
+                elif isinstance(item, dict):
+                    items.append(_build(table_of, item, f"{where}.{name}[{i}]"))
+                else:
+                    raise ValueError(f"{where}.{name}[{i}] must be a table")
+            kwargs[name] = tuple(items)
+        elif dataclasses.is_dataclass(default):
             if not isinstance(value, dict):
                 raise ValueError(f"{where}.{name} must be a table")
             kwargs[name] = _build(type(default), value, f"{where}.{name}")
         else:
             kwargs[name] = value
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ValueError(f"{where} needs {', '.join(missing)}")
     return cls(**kwargs)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from hashdb import Store, TokenRecord, open_store
+from hashdb import NewEvent, Store, TokenRecord, open_store
 from hashsvc.base import media_kinds
 from hashsvc.base.errors import (
     HashsvcError,
@@ -24,13 +24,15 @@ from hashsvc.base.errors import (
     status_name,
 )
 from hashsvc.base.signals import Signal, signal_type
-from hashsvc.core import auth, export
+from hashsvc.core import auth, events, export
 from hashsvc.core.audit import Audit, acting_token_id
 from hashsvc.core.bulk import BulkLoad, BulkResult, PackedRows, RowBatch
 from hashsvc.core.config import Config
 from hashsvc.core.curation import Curation
+from hashsvc.core.event_feed import EventFeed
 from hashsvc.core.review import ReviewQueue
 from hashsvc.core.signal_values import checked_value
+from hashsvc.core.webhooks import Webhooks
 from hashsvc.index.live import LiveIndex
 from hashsvc.matching.feedback import Feedback
 from hashsvc.matching.flood import FloodCounter
@@ -109,6 +111,10 @@ class Core:
             config.flood_max_pending_entries,
             self._flood_alerts,
         )
+        self.event_feed = EventFeed(store, config.events)
+        self._pruned_at = time.monotonic()
+        # Webhook deliverers (threads of their own), started with the server.
+        self.webhooks = Webhooks(store, config.webhook, config.events) if config.webhook else None
         self._poller: threading.Thread | None = None
         self._flusher: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -149,6 +155,8 @@ class Core:
         self._poller.start()
         self._flusher = threading.Thread(target=self._flush_floods, daemon=True, name="flood")
         self._flusher.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
 
     def _flush_floods(self) -> None:
         while not self._stopping.is_set():
@@ -171,6 +179,16 @@ class Core:
                 if self.on_flood_alert is not None:
                     self.on_flood_alert(set_name)
 
+    def _prune_events(self) -> None:
+        # the outbox keeps what is not yet everywhere, and keep_seconds more
+        if time.monotonic() - self._pruned_at < self.config.events.prune_every_seconds:
+            return
+        self._pruned_at = time.monotonic()
+        try:
+            self.event_feed.prune([w.name for w in self.config.webhook])
+        except Exception:
+            log.exception("pruning the event outbox failed")
+
     def _poll_changes(self) -> None:
         saved_seq, saved_at = self.live.seq, time.monotonic()
         while not self._stopping.is_set():
@@ -189,6 +207,7 @@ class Core:
             if self._index_lost.is_set():
                 self._index_lost.clear()
                 log.warning("the index caught up with the store again; matching resumes")
+            self._prune_events()
             try:
                 self._checkpoint_history()
                 # A fresh snapshot keeps restarts fast even after a crash.
@@ -216,6 +235,8 @@ class Core:
 
     def close(self) -> None:
         self._stopping.set()
+        if self.webhooks is not None:
+            self.webhooks.stop()
         self.flood.wake.set()
         if self._flusher is not None:
             self._flusher.join(timeout=10)
@@ -300,13 +321,20 @@ class Core:
         status: str = "OK",
         error_message: str = "",
         set_names: tuple[str, ...] = (),
+        events: Iterable[NewEvent] = (),
     ) -> None:
         """An operator's write in the hash-chained history; a failed one names
         its status, as a failed Match does. Indexed under the sets it names
         (that exist), so `history --set S` shows what was done to S."""
         set_ids = tuple(s.id for s in map(self.store.get_set, set_names) if s is not None)
         self.audit.record_action(
-            action, actor, detail, status=status, error_message=error_message, set_ids=set_ids
+            action,
+            actor,
+            detail,
+            status=status,
+            error_message=error_message,
+            set_ids=set_ids,
+            events=events,
         )
 
     def record_failed_match(
@@ -410,8 +438,29 @@ class Core:
                 "written": written,
             }
             error = "" if exc is None else str(exc)
+            counts = {
+                k: detail[k] for k in ("added", "updated", "removed", "unchanged", "rejected")
+            }
+            feed = []
+            if result.added + result.updated + result.removed:
+                # a partner's list changed the set (part of it, if the load failed)
+                feed.append(
+                    events.feed_updated_event(
+                        set_name=set_name,
+                        source="bulk_load",
+                        caller=caller,
+                        counts=counts,
+                        status=status_of(exc),
+                    )
+                )
             self.record_action(
-                "BulkLoad", caller, detail, status_of(exc), error, set_names=(set_name,)
+                "BulkLoad",
+                caller,
+                detail,
+                status_of(exc),
+                error,
+                set_names=(set_name,),
+                events=feed,
             )
         except Exception:
             log.exception("the history record of a bulk load into %s failed", quoted(set_name))
@@ -476,6 +525,7 @@ class Core:
             matches=[m.to_json() for m in outcome.matches] if outcome else [],
             notes=outcome.notes if outcome else (),
             caller_token_id=caller_token_id,
+            events=_decision_events(outcome, caller, query.client_ref),
         )
 
     def ready(self) -> bool:
@@ -569,6 +619,22 @@ def _snapshot_dir(config: Config) -> str:
         path = config.db_url[len("sqlite:///") :]
         return os.path.abspath(path) + ".index"
     return ""
+
+
+def _decision_events(outcome: MatchOutcome | None, caller: str, client_ref: str) -> list:
+    """match.block / match.review for a decided Match (none for allow or a
+    failed call): written with its history record."""
+    if outcome is None:
+        return []
+    event = events.decision_event(
+        request_id=outcome.request_id,
+        decision=outcome.decision,
+        media_type=outcome.media_type,
+        client_ref=client_ref,
+        caller=caller,
+        matches=outcome.matches,
+    )
+    return [event] if event is not None else []
 
 
 def _without_shifted_views(signals: list[Signal]) -> list[Signal]:

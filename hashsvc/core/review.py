@@ -45,6 +45,7 @@ from hashsvc.base.errors import (
 )
 from hashsvc.base.media_kinds import HASH, REMEMBERED_VARIANTS, worth_keeping
 from hashsvc.base.signals import Signal, signal_json, signal_type
+from hashsvc.core import events
 from hashsvc.core.audit import Audit
 from hashsvc.matching.matcher import Match
 from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW
@@ -173,7 +174,25 @@ class ReviewQueue:
         # none of it, so the same call can simply be made again.
         try:
             resolved = self.reviews.resolve_review_item(
-                item_id, reviewer, resolution, note, new_entry, suppressions
+                item_id,
+                reviewer,
+                resolution,
+                note,
+                new_entry,
+                suppressions,
+                events=[
+                    events.review_resolved_event(
+                        review_id=item.id,
+                        request_id=item.request_id,
+                        resolution=resolution,
+                        reviewer=reviewer,
+                        client_ref=item.client_ref,
+                        media_type=item.media_type,
+                        matches=item.matches,
+                        added_to_set=add_to_set if new_entry is not None else "",
+                        added_entry=new_entry.name if new_entry is not None else "",
+                    )
+                ],
             )
             if resolved is None:
                 raise FailedPrecondition(f"the claim on review item {item_id} has expired")
@@ -275,7 +294,14 @@ class ReviewQueue:
             "query_signals": [],
             "matches": [match.to_json()],
         }
-        review_id = self.flood.raise_flood_alert(entry_id, reason, item)
+        quarantined = events.quarantine_event(
+            set_name=hash_set.name,
+            entry=entry.name,
+            matches=count,
+            window_seconds=window_seconds,
+            reason=reason,
+        )
+        review_id = self.flood.raise_flood_alert(entry_id, reason, item, events=[quarantined])
         if review_id is None:
             return None
         self.audit.record_action(

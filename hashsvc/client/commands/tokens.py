@@ -17,7 +17,7 @@ from hashsvc.client.commands.common import (
 from hashsvc.client.commands.values import iso, parse_seconds
 from hashsvc.v1 import hashsvc_pb2 as pb
 
-ROLES = ["matcher", "operator", "auditor", "reviewer", "admin"]
+ROLES = ["matcher", "operator", "auditor", "reviewer", "subscriber", "admin"]
 
 
 def register(commands: Subcommands) -> None:
