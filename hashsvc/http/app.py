@@ -40,6 +40,7 @@ RPCS_SERVED_ELSEWHERE = {
     "Matcher/MatchUpload": "POST /v1/match (a large body is streamed to the spool)",
     "Matcher/MatchBatch": "POST /v1/match once per upload (HTTP/1.1 keep-alive, or HTTP/2)",
     "Curation/AddEntry": "POST /v1/sets/{set}/entries (JSON with a signal)",
+    "Events/Subscribe": "GET /v1/events from the last id seen (a pulling consumer pages it)",
 }
 # A Match refused by the rate limit is still a Match call, in the history (as gRPC's).
 _RECORDED_WHEN_RATE_LIMITED = frozenset({"Matcher/Match"})

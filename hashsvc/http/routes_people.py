@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from hashdb import ReviewFilter
 from hashsvc.base import media_kinds
 from hashsvc.base.errors import InvalidArgument, NotFound
+from hashsvc.core.events import event_json
 from hashsvc.http.calls import Call, Endpoint, Fields, Param, parse_int
 from hashsvc.http.routes_curation import PAGING, parse_time
 from hashsvc.http.views import history_json, review_item_json, token_json
@@ -188,6 +189,43 @@ async def revoke_token(call: Call) -> Response:
     return JSONResponse(token_json(record))
 
 
+async def list_events(call: Call) -> Response:
+    """A page of the outbox (or of the events an endpoint never took), with
+    each endpoint's position: what a pulling consumer pages from a cursor."""
+    failed = call.query_bool("failed")
+    from_id, page_size = call.query_int("from"), call.query_int("page_size")
+    token = call.query_str("page_token")
+    page = await call.blocking(call.core.event_feed.list, failed, from_id, page_size, token)
+    return JSONResponse(
+        {
+            "events": [event_json(e) for e in page.events],
+            "failures": [
+                {
+                    "endpoint": f.endpoint,
+                    "event_id": f.event_id,
+                    "event_type": f.event_type,
+                    "failed_at": f.failed_at.isoformat().replace("+00:00", "Z"),
+                    "attempts": f.attempts,
+                    "last_error": f.last_error,
+                }
+                for f in page.failures
+            ],
+            "endpoints": [
+                {
+                    "name": e.name,
+                    "delivered_through": e.delivered_through,
+                    "attempts": e.attempts,
+                    "last_error": e.last_error,
+                    "failed_events": page.failed_counts.get(e.name, 0),
+                }
+                for e in page.endpoints
+            ],
+            "next_page_token": page.next_page_token,
+            "last_event_id": page.last_event_id,
+        }
+    )
+
+
 ID = Param("id", "integer", where="path", required=True)
 FILTER_SCHEMA = {
     "type": "object",
@@ -239,4 +277,10 @@ ENDPOINTS = [
     Endpoint("GET", "/v1/tokens", "Admin/ListTokens", list_tokens, "List the API tokens"),
     Endpoint("DELETE", "/v1/tokens/{id}", "Admin/RevokeToken", revoke_token,
              "Revoke an API token", params=(ID,)),
+    Endpoint("GET", "/v1/events", "Events/ListEvents", list_events,
+             "A page of the event outbox from an event id (or, failed=true, the events an "
+             "endpoint never took), with each webhook endpoint's position",
+             params=(Param("from", "integer", description="first event id (0: the oldest kept)"),
+                     Param("failed", "boolean", description="the failed deliveries instead"),
+                     *PAGING)),
 ]  # fmt: skip
