@@ -352,3 +352,49 @@ _HISTORY_IDENTITY = [
 ]
 SQLITE.append(_HISTORY_IDENTITY)
 POSTGRES.append(_HISTORY_IDENTITY)
+
+
+# Issue 20 (retro-hunt): runs of a retro-hunt and their checkpoint (the last
+# history id scanned), so a run survives a restart; its hits, each reported
+# once (unique per entry and original request); review items say where they
+# come from (a Match, or a retro-hunt: then the original upload's request id
+# is origin_request_id, and request_id, unique, names the hit); a set's own
+# retro window (NULL: the server's retro_window; 0: no retro-hunt).
+def _retro(serial: str) -> list[str]:
+    return [
+        f"""CREATE TABLE retro_runs (
+            id {serial},
+            trigger TEXT NOT NULL,
+            requested_by TEXT NOT NULL,
+            set_id BIGINT,
+            entry_ids TEXT NOT NULL,
+            since BIGINT NOT NULL,
+            last_history_id BIGINT NOT NULL,
+            checkpoint BIGINT NOT NULL DEFAULT 0,
+            scanned BIGINT NOT NULL DEFAULT 0,
+            hits BIGINT NOT NULL DEFAULT 0,
+            state TEXT NOT NULL,
+            error TEXT NOT NULL DEFAULT '',
+            created_at BIGINT NOT NULL,
+            started_at BIGINT,
+            finished_at BIGINT,
+            lease_until BIGINT NOT NULL DEFAULT 0)""",
+        "CREATE INDEX retro_runs_state ON retro_runs (state, id)",
+        f"""CREATE TABLE retro_matches (
+            id {serial},
+            run_id BIGINT NOT NULL,
+            entry_id BIGINT NOT NULL,
+            request_id TEXT NOT NULL,
+            history_id BIGINT NOT NULL,
+            decision TEXT NOT NULL,
+            review_item_id BIGINT,
+            created_at BIGINT NOT NULL,
+            UNIQUE (entry_id, request_id))""",
+        "ALTER TABLE review_items ADD COLUMN source TEXT NOT NULL DEFAULT 'match'",
+        "ALTER TABLE review_items ADD COLUMN origin_request_id TEXT",
+        "ALTER TABLE hash_sets ADD COLUMN retro_window_seconds BIGINT",
+    ]
+
+
+SQLITE.append(_retro("INTEGER PRIMARY KEY AUTOINCREMENT"))
+POSTGRES.append(_retro("BIGSERIAL PRIMARY KEY"))

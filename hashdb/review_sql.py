@@ -18,7 +18,8 @@ from hashsvc.base.errors import AlreadyExists, FailedPrecondition
 
 _ITEM_COLUMNS = (
     "id, request_id, created_at, caller, media_type, client_ref, query_signals, matches,"
-    " status, claimed_by, claim_expires_at, resolved_by, resolved_at, note, added_entry_id"
+    " status, claimed_by, claim_expires_at, resolved_by, resolved_at, note, added_entry_id,"
+    " source, origin_request_id"
 )
 OPEN = "open"
 RESOLUTIONS = ("confirmed", "false_positive")
@@ -41,7 +42,7 @@ class ReviewSQL:
         matches: list[dict],
     ) -> int:
         with self._write() as cur:
-            return _insert_review_item(
+            return insert_review_item(
                 cur, request_id, created_at, caller, media_type, client_ref, query_signals, matches
             )
 
@@ -222,7 +223,7 @@ class ReviewSQL:
             )
             if cur.fetchone() is None:
                 return None
-            return _insert_review_item(cur, **item)
+            return insert_review_item(cur, **item)
 
     def release_entry(self, entry_id: int) -> bool:
         """Acknowledges the entry's open alert and restarts its count; False
@@ -257,7 +258,7 @@ def _insert_suppressions(cur, suppressions: list[Suppression]) -> None:
     )
 
 
-def _insert_review_item(
+def insert_review_item(
     cur,
     request_id: str,
     created_at: datetime,
@@ -266,13 +267,15 @@ def _insert_review_item(
     client_ref: str,
     query_signals: list[dict],
     matches: list[dict],
+    source: str = "match",
+    origin_request_id: str | None = None,
 ) -> int:
     set_ids = sorted({m["set_id"] for m in matches if m.get("set_id") is not None})
     labels = sorted({f"{k}={v}" for m in matches for k, v in m.get("labels", {}).items()})
     cur.execute(
         "INSERT INTO review_items (request_id, created_at, caller, media_type,"
-        " client_ref, query_signals, matches, set_ids, labels, status)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        " client_ref, query_signals, matches, set_ids, labels, status, source, origin_request_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (
             request_id,
             to_micros(created_at),
@@ -284,6 +287,8 @@ def _insert_review_item(
             "," + ",".join(map(str, set_ids)) + ",",
             "\n" + "\n".join(labels) + "\n",
             OPEN,
+            source,
+            origin_request_id,
         ),
     )
     return cur.fetchone()[0]
@@ -317,7 +322,8 @@ def _like_escape(text: str) -> str:
 def _item(row) -> ReviewItem:
     return ReviewItem(
         id=row[0],
-        request_id=row[1],
+        # a retro item's own request_id only keys the hit: the upload's is shown
+        request_id=row[16] or row[1],
         created_at=from_micros(row[2]),
         caller=row[3],
         media_type=row[4],
@@ -331,4 +337,5 @@ def _item(row) -> ReviewItem:
         resolved_at=from_micros(row[12]),
         note=row[13] or "",
         added_entry_id=row[14],
+        source=row[15],
     )

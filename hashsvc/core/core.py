@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from hashdb import Store, TokenRecord, open_store
+from hashdb.times import to_micros
 from hashsvc.base import media_kinds
 from hashsvc.base.errors import (
     HashsvcError,
@@ -29,6 +30,7 @@ from hashsvc.core.audit import Audit, acting_token_id
 from hashsvc.core.bulk import BulkLoad, BulkResult, PackedRows, RowBatch
 from hashsvc.core.config import Config
 from hashsvc.core.curation import Curation
+from hashsvc.core.retro import RetroHunt
 from hashsvc.core.review import ReviewQueue
 from hashsvc.core.signal_values import checked_value
 from hashsvc.index.live import LiveIndex
@@ -91,6 +93,7 @@ class Core:
             config.history_key(),
             config.history_checkpoint_records,
             config.history_checkpoint_seconds,
+            keep_local_features=config.history_keep_local_features,
         )
         self.feedback = Feedback(store, self.policy)
         self.review = ReviewQueue(
@@ -102,6 +105,18 @@ class Core:
             curation=self.curation,
             claim_seconds=config.review_claim_seconds,
         )
+        self.retro = RetroHunt(
+            store,
+            self.live,
+            self.matcher,
+            self.feedback,
+            self.policy,
+            self.audit,
+            config.retro_settings(),
+            local=config.local_features,
+            pdq_review_search=config.pdq_review_search,
+        )
+        self.curation.on_entries_added = self.retro.entries_added
         self.flood = FloodCounter(
             store,
             config.quarantine_matches,
@@ -149,6 +164,7 @@ class Core:
         self._poller.start()
         self._flusher = threading.Thread(target=self._flush_floods, daemon=True, name="flood")
         self._flusher.start()
+        self.retro.start()  # resumes unfinished runs too
 
     def _flush_floods(self) -> None:
         while not self._stopping.is_set():
@@ -216,6 +232,7 @@ class Core:
 
     def close(self) -> None:
         self._stopping.set()
+        self.retro.stop()  # a run stops at its checkpoint; the next start resumes it
         self.flood.wake.set()
         if self._flusher is not None:
             self._flusher.join(timeout=10)
@@ -358,6 +375,7 @@ class Core:
         had sent everything: the load then completes, and its client never
         hears of it)."""
         run: BulkLoad | None = None
+        started = datetime.now(UTC)
         try:
             hash_set = self.curation.get_set(set_name)
             run = BulkLoad(
@@ -381,9 +399,23 @@ class Core:
             self._record_bulk_load(
                 set_name, caller, strict, partial, bool(committed), status_of, exc
             )
+            if committed:
+                self._hunt_loaded(run.set_id, started, caller)
             raise
         self._record_bulk_load(set_name, caller, strict, result, result.written, status_of)
+        if result.added or result.updated:
+            self._hunt_loaded(hash_set.id, started, caller)
         return result
+
+    def _hunt_loaded(self, set_id: int, started: datetime, caller: str) -> None:
+        # The entries a load added or gave new signals (a concurrent load's
+        # too: a hit is reported once whichever run finds it).
+        try:
+            ids = self.store.entries_changed_since(set_id, to_micros(started))
+        except Exception:
+            log.exception("finding a bulk load's entries for the retro-hunt failed")
+            return
+        self.curation.entries_added(ids, "BulkLoad", caller)
 
     def _record_bulk_load(
         self,

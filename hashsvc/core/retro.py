@@ -1,0 +1,498 @@
+"""Retro-hunt: when entries are added, find the uploads of the last days that
+they match, which were let through before their hashes were known.
+
+The history keeps every Match's query signals (hashsvc/core/audit.py). A run
+streams the history records of its window through a small index built of the
+NEW entries' signals only (the same index and matcher classes as Match, in
+hashsvc/index and hashsvc/matching), so its cost grows with the window, not
+with the known sets. A hit is then held to what Match would apply today:
+allow lists and reviewers' false-positive verdicts (hashsvc/matching/
+feedback.py), a set still enabled, an entry not removed meanwhile.
+
+Every hit is a retro-match (record_retro_match): a review item with source
+"retro" and the original upload's request id, and its own record in the
+hash-chained history. Runs live in the store with a checkpoint (the last
+history id scanned) and a lease, so a run survives a restart or a replica's
+death; a hit is unique per (entry, request id), so it is never reported twice.
+
+Runs are made by triggers (entries_added: AddEntry, AddEntryUpload, BulkLoad,
+a confirmed review added to a set, partner feeds) and by hand (start_run),
+and scanned by one background thread per server: the RPC that added the
+entry only writes the queued run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from hashdb import (
+    EntryRecord,
+    HashSetRecord,
+    HistoryUpload,
+    IndexedSignal,
+    RetroRun,
+    SetLookup,
+    Store,
+)
+from hashdb.retro_sql import DONE, FAILED, QUEUED, SKIPPED
+from hashdb.times import to_micros
+from hashsvc.base.errors import InvalidArgument, NotFound, TooLarge
+from hashsvc.base.media_kinds import worth_keeping
+from hashsvc.base.signals import SIGNAL_TYPES, Signal, signal_json
+from hashsvc.core.audit import SYSTEM_ACTOR, Audit
+from hashsvc.index.live import LiveIndex
+from hashsvc.matching.feedback import Feedback
+from hashsvc.matching.matcher import Match, Matcher, MatchResult
+from hashsvc.matching.policy import BLOCK, REVIEW, LocalFeatureMatching, Policy
+
+log = logging.getLogger(__name__)
+
+RETRO_MATCH_RPC = "RetroMatch"  # a retro-match's record kind in the history
+RETRO_RUN_RPC = "RetroRun"  # a finished run's record (by hand or triggered)
+SECONDS_PER_DAY = 86_400
+
+
+@dataclass(frozen=True)
+class RetroSettings:
+    """Limits of retro-hunts (Config retro_*)."""
+
+    # How far back a run looks (a set's own retro window overrides it; 0: off)
+    window_seconds: float = 7 * SECONDS_PER_DAY
+    # New entries one run hunts with; a larger addition (a bulk load) is
+    # split into several runs. Each entry's signals go into the run's index.
+    max_entries_per_run: int = 100_000
+    # Runs queued or running at once; past it a triggered run is recorded as
+    # skipped (visible in `retro list`, rerun by hand) and a run asked for by
+    # hand is RESOURCE_EXHAUSTED: a flood of new entries cannot pile up work.
+    max_open_runs: int = 100
+    # History records read per step; the checkpoint is saved after each.
+    batch_records: int = 2_000
+    # A run's lease: a server that died holding it loses it after this, and
+    # another (or the restarted one) resumes from the checkpoint.
+    lease_seconds: float = 60.0
+    # How often the worker looks for runs it was not woken for (other
+    # replicas' triggers, expired leases).
+    poll_seconds: float = 5.0
+    # Pause after each step (seconds): leaves the cores to Match on a busy
+    # server. 0: none.
+    pause_seconds: float = 0.0
+
+
+class RetroHunt:
+    def __init__(
+        self,
+        store: Store,
+        live: LiveIndex,
+        matcher: Matcher,
+        feedback: Feedback,
+        policy: Policy,
+        audit: Audit,
+        settings: RetroSettings,
+        local: LocalFeatureMatching | None = None,
+        pdq_review_search: str | None = None,
+    ) -> None:
+        self.store = store
+        self.live = live
+        self.matcher = matcher
+        self.feedback = feedback
+        self.policy = policy
+        self.audit = audit
+        self.settings = settings
+        self.local = local
+        self.pdq_review_search = pdq_review_search
+        self.wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- triggers
+
+    def entries_added(self, entry_ids: Iterable[int], trigger: str, caller: str) -> list[RetroRun]:
+        """Queues runs for entries just added (AddEntry, BulkLoad, a confirmed
+        review, a partner feed: call this with the new entry ids). Never
+        raises: the entries are added whatever happens here (logged)."""
+        try:
+            return self._queue(list(entry_ids), trigger, caller, by_hand=False)
+        except Exception:
+            log.exception("queueing a retro-hunt for %s failed", trigger)
+            return []
+
+    def start_run(
+        self, caller: str, set_name: str = "", since_seconds: float | None = None
+    ) -> RetroRun:
+        """A run by hand: the entries added to the set (all enabled sets
+        without a name) within the window, against the uploads within it."""
+        if since_seconds is not None and not since_seconds > 0:
+            raise InvalidArgument("since must be more than 0 seconds", field="since_seconds")
+        if set_name:
+            hash_set = self.store.get_set(set_name)
+            if hash_set is None:
+                raise NotFound(f"no such set: {set_name}", field="set")
+            sets = [hash_set]
+        else:
+            sets = [s for s in self.store.list_sets(include_disabled=False) if _hunts(s)]
+        runs = []
+        for hash_set in sets:
+            window = since_seconds if since_seconds is not None else self._window(hash_set)
+            if not window:
+                continue
+            since = to_micros(datetime.now(UTC) - timedelta(seconds=window))
+            ids = self.store.entries_changed_since(hash_set.id, since)
+            runs += self._queue(ids, "manual", caller, by_hand=True, window=window)
+        if not runs:
+            raise NotFound(
+                "no entries to hunt with: none added within the window to an enabled set"
+                " whose retro window is on"
+            )
+        return runs[0] if len(runs) == 1 else runs[-1]
+
+    def _queue(
+        self,
+        entry_ids: list[int],
+        trigger: str,
+        caller: str,
+        by_hand: bool,
+        window: float | None = None,
+    ) -> list[RetroRun]:
+        entries = self.store.get_entries(entry_ids)
+        by_set: dict[int, list[int]] = {}
+        for entry in entries.values():
+            if entry.removed_at is None:
+                by_set.setdefault(entry.set_id, []).append(entry.id)
+        runs = []
+        step = self.settings.max_entries_per_run
+        for set_id, ids in sorted(by_set.items()):
+            hash_set = self.store.get_set_by_id(set_id)
+            if hash_set is None or not _hunts(hash_set):
+                continue  # a disabled set or an allow list does not hunt
+            set_window = window if window is not None else self._window(hash_set)
+            if not set_window:
+                continue
+            since = to_micros(datetime.now(UTC) - timedelta(seconds=set_window))
+            for start in range(0, len(ids), step):
+                chunk = ids[start : start + step]
+                open_runs = self.store.count_open_retro_runs()
+                if open_runs >= self.settings.max_open_runs:
+                    why = (
+                        f"{open_runs} retro-hunts are queued or running (retro_max_open_runs);"
+                        f" hunt later with `hashsvc retro run --set {hash_set.name}`"
+                    )
+                    if by_hand:
+                        raise TooLarge(why, limit="retro_max_open_runs")
+                    log.warning("retro-hunt for %d entries skipped: %s", len(chunk), why)
+                    runs.append(
+                        self.store.create_retro_run(
+                            trigger, caller, set_id, chunk, since, state=SKIPPED, error=why
+                        )
+                    )
+                    continue
+                runs.append(self.store.create_retro_run(trigger, caller, set_id, chunk, since))
+        if any(r.state == QUEUED for r in runs):
+            self.wake.set()
+        return runs
+
+    def _window(self, hash_set: HashSetRecord) -> float:
+        if hash_set.retro_window_seconds is not None:
+            return float(hash_set.retro_window_seconds)
+        return self.settings.window_seconds
+
+    def set_window(self, set_name: str, seconds: int | None) -> HashSetRecord:
+        """The set's own retro window (None: the server's; 0: off)."""
+        if seconds is not None and not 0 <= seconds <= 10 * 365 * SECONDS_PER_DAY:
+            raise InvalidArgument(
+                "retro_window_seconds must be within 0..10 years", field="retro_window_seconds"
+            )
+        hash_set = self.store.get_set(set_name)
+        if hash_set is None:
+            raise NotFound(f"no such set: {set_name}", field="set")
+        self.store.set_retro_window(hash_set.id, seconds)
+        self.live.catch_up()
+        return self.store.get_set_by_id(hash_set.id)
+
+    def list_runs(self, after_id: int = 0, limit: int = 100) -> list[RetroRun]:
+        return self.store.list_retro_runs(after_id, limit)
+
+    def get_run(self, run_id: int) -> RetroRun:
+        run = self.store.get_retro_run(run_id)
+        if run is None:
+            raise NotFound(f"no retro run {run_id}", field="run_id")
+        return run
+
+    # -- the worker
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._work, daemon=True, name="retro")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _work(self) -> None:
+        # Unfinished runs (a restart) are claimed like queued ones once their
+        # lease has expired.
+        while not self._stopping.is_set():
+            try:
+                run = self.store.claim_retro_run(self.settings.lease_seconds)
+            except Exception:
+                log.exception("claiming a retro-hunt failed")
+                run = None
+            if run is None:
+                self.wake.wait(self.settings.poll_seconds)
+                self.wake.clear()
+                continue
+            try:
+                self.scan(run)
+            except Exception as exc:
+                log.exception("retro-hunt %d failed", run.id)
+                try:
+                    self.store.finish_retro_run(run.id, FAILED, str(exc))
+                    self._record_run(run.id)
+                except Exception:
+                    log.exception("recording retro-hunt %d as failed failed", run.id)
+
+    def scan(self, run: RetroRun) -> None:
+        """Scans the run from its checkpoint to its end (the worker's lease
+        is renewed at every step); stops early when the server stops (the
+        run resumes at its checkpoint)."""
+        self.live.catch_up()  # the index the hits are held to knows the new entries
+        entries = self._hunting_entries(run.entry_ids)
+        if entries:
+            scanner = RetroScanner(
+                entries, self.store, self.policy, self.local, self.pdq_review_search
+            )
+            checkpoint = run.checkpoint
+            since = run.since
+            while not self._stopping.is_set():
+                uploads = self.store.history_uploads(
+                    checkpoint, run.last_history_id, self.settings.batch_records
+                )
+                if not uploads:
+                    break
+                for upload in uploads:
+                    if upload.time < since:
+                        continue
+                    for hit in scanner.hits(upload):
+                        self._hold(run, upload, hit, scanner)
+                checkpoint = uploads[-1].id
+                if not self.store.retro_progress(
+                    run.id, checkpoint, len(uploads), self.settings.lease_seconds
+                ):
+                    log.warning("retro-hunt %d was taken over by another server", run.id)
+                    return
+                if self.settings.pause_seconds:
+                    self._stopping.wait(self.settings.pause_seconds)
+            if self._stopping.is_set():
+                return
+        self.store.finish_retro_run(run.id, DONE)
+        self._record_run(run.id)
+
+    def _hunting_entries(self, entry_ids: Iterable[int]) -> list[EntryRecord]:
+        """The run's entries that may still hunt: not removed, in an enabled
+        set that is not an allow list."""
+        out = []
+        for entry in self.store.get_entries(entry_ids, with_signals=True).values():
+            hash_set = self.live.sets_by_id.get(entry.set_id)
+            if entry.removed_at is None and hash_set is not None and _hunts(hash_set):
+                out.append(entry)
+        return out
+
+    def _hold(self, run: RetroRun, upload: HistoryUpload, hit: Match, scanner) -> None:
+        """The hit as Match would decide it today: allow lists and
+        false-positive verdicts applied, the entry still there, its set still
+        enabled; then recorded."""
+        allow_ids = {s.id for s in self.live.sets_by_id.values() if s.enabled and s.allow_list}
+        signals = scanner.signals_of(upload)
+        matches = [hit]
+        if allow_ids:
+            matches += self.matcher.match(signals, only_sets=allow_ids).matches
+        result = self.feedback.apply(
+            MatchResult(hit.decision, matches), signals, self.live.sets_by_id
+        )
+        held = next((m for m in result.matches if m.entry_id == hit.entry_id), None)
+        if held is None or held.decision not in (BLOCK, REVIEW):
+            return
+        entry = self.store.get_entries([hit.entry_id]).get(hit.entry_id)
+        hash_set = self.store.get_set_by_id(hit.set_id)
+        if entry is None or entry.removed_at is not None or hash_set is None:
+            return
+        if not _hunts(hash_set):
+            return
+        record_retro_match(self.store, self.audit, run, upload, signals, held)
+
+    def _record_run(self, run_id: int) -> None:
+        run = self.store.get_retro_run(run_id)
+        self.audit.record_action(
+            RETRO_RUN_RPC,
+            SYSTEM_ACTOR,
+            run_json(run),
+            status="OK" if run.state == DONE else "INTERNAL",
+            error_message=run.error,
+            set_ids=(run.set_id,) if run.set_id is not None else (),
+        )
+
+
+def record_retro_match(
+    store: Store,
+    audit: Audit,
+    run: RetroRun,
+    upload: HistoryUpload,
+    signals: list[Signal],
+    match: Match,
+) -> int | None:
+    """THE place a retro-match is made: its unique hit and review item (one
+    transaction), then its record in the hash-chained history. None when the
+    hit was reported before (a resumed run)."""
+    item = {
+        "request_id": upload.request_id,
+        "created_at": datetime.now(UTC),
+        "caller": upload.caller,
+        "media_type": upload.media_type,
+        "client_ref": upload.client_ref,
+        "query_signals": [signal_json(s) for s in signals if worth_keeping(s)],
+        "matches": [match.to_json()],
+    }
+    review_id = store.add_retro_match(run.id, match.entry_id, upload.id, match.decision, item)
+    if review_id is None:
+        return None
+    # events: emit retro_match here
+    audit.record_retro_match(
+        request_id=upload.request_id,
+        upload_time=upload.time,
+        caller=upload.caller,
+        caller_token_id=upload.caller_token_id,
+        client_ref=upload.client_ref,
+        media_type=upload.media_type,
+        match=match.to_json(),
+        detail={"run_id": run.id, "review_id": review_id, "history_id": upload.id},
+    )
+    log.info(
+        "retro-match: upload %s matches %s/%s (%s)",
+        upload.request_id,
+        match.set_name,
+        match.entry_name,
+        match.decision,
+    )
+    return review_id
+
+
+def run_json(run: RetroRun) -> dict:
+    duration = None
+    if run.started_at is not None:
+        end = run.finished_at or datetime.now(UTC)
+        duration = round((end - run.started_at).total_seconds(), 3)
+    return {
+        "run_id": run.id,
+        "trigger": run.trigger,
+        "requested_by": run.requested_by,
+        "set_id": run.set_id,
+        "entries": len(run.entry_ids),
+        "since": run.since.isoformat(),
+        "uploads_scanned": run.scanned,
+        "hits": run.hits,
+        "duration_seconds": duration,
+        "state": run.state,
+        "error": run.error,
+    }
+
+
+def _hunts(hash_set: HashSetRecord) -> bool:
+    return hash_set.enabled and not hash_set.allow_list
+
+
+class RetroScanner:
+    """The new entries' signals as a small index and a matcher over it: the
+    classes Match uses, built of these entries only."""
+
+    def __init__(
+        self,
+        entries: list[EntryRecord],
+        sets: SetLookup,
+        policy: Policy,
+        local: LocalFeatureMatching | None = None,
+        pdq_review_search: str | None = None,
+    ) -> None:
+        self.entries = {e.id: e for e in entries}
+        self.set_ids = {e.set_id for e in entries}
+        source = _NewEntries(self.entries)
+        self.index = LiveIndex(source, sets, "", pdq_review_search)
+        self.index.load()
+        self.matcher = Matcher(self.index, source, policy, local=local)
+
+    def signals_of(self, upload: HistoryUpload) -> list[Signal]:
+        return history_signals(upload.query_signals)
+
+    def hits(self, upload: HistoryUpload) -> list[Match]:
+        signals = self.signals_of(upload)
+        if not signals:
+            return []
+        result = self.matcher.match(signals, only_sets=self.set_ids)
+        return [m for m in result.matches if m.decision in (BLOCK, REVIEW)]
+
+
+def history_signals(stored: list[dict]) -> list[Signal]:
+    """An upload's query signals from its history record (opaque values kept
+    as size and digest only are left out: nothing to compare)."""
+    out = []
+    for sig in stored:
+        kind = sig.get("signal_type")
+        value = sig.get("value")
+        if kind not in SIGNAL_TYPES or not value:
+            continue
+        out.append(
+            Signal(
+                kind,
+                bytes.fromhex(value),
+                sig.get("quality"),
+                sig.get("variant", "original"),
+                sig.get("position"),
+            )
+        )
+    return out
+
+
+class _NewEntries:
+    """The change feed and entry lookup a RetroScanner's index and matcher
+    read: the new entries only, from memory."""
+
+    def __init__(self, entries: dict[int, EntryRecord]) -> None:
+        self._entries = entries
+        self._exact: dict[tuple[str, bytes], list[tuple[int, int]]] = {}
+        for entry in entries.values():
+            for variant_no, sig in enumerate(entry.signals):
+                if not SIGNAL_TYPES[sig.kind].perceptual:
+                    self._exact.setdefault((sig.kind, sig.value), []).append((entry.id, variant_no))
+
+    def current_seq(self) -> int:
+        return 0
+
+    def changes_since(self, seq: int, limit: int = 10_000) -> list:
+        return []
+
+    def wait_for_change(self, timeout: float) -> bool:
+        return False
+
+    def iter_signals(
+        self, kinds: Iterable[str], after_entry_id: int = 0
+    ) -> Iterator[IndexedSignal]:
+        wanted = set(kinds)
+        for entry_id in sorted(self._entries):
+            if entry_id <= after_entry_id:
+                continue
+            for variant_no, sig in enumerate(self._entries[entry_id].signals):
+                if sig.kind in wanted:
+                    yield IndexedSignal(entry_id, variant_no, sig.kind, sig.value)
+
+    def indexed_signals(self, entry_ids: Iterable[int]) -> list[IndexedSignal]:
+        return []
+
+    def get_entries(self, entry_ids: Iterable[int], with_signals: bool = False) -> dict:
+        return {i: self._entries[i] for i in entry_ids if i in self._entries}
+
+    def find_exact(self, kind: str, value: bytes) -> list[tuple[int, int]]:
+        return self._exact.get((kind, value), [])
