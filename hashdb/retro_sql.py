@@ -25,8 +25,6 @@ QUEUED, RUNNING, DONE, FAILED, SKIPPED = "queued", "running", "done", "failed", 
 OPEN_STATES = (QUEUED, RUNNING)
 # The history records of uploads (the calls hashsvc/api/servicers.py records).
 MATCH_RPCS = ("Match", "MatchUpload", "MatchBatch")
-# Query signals of a record whose signals were pruned (`history prune`).
-PRUNED_SIGNALS = "[]"
 
 
 class RetroSQL:

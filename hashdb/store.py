@@ -230,6 +230,10 @@ class HistoryStore(HistoryWriter, Protocol):
 
     def last_history_record(self, rpc: str) -> HistoryRecord | None: ...
 
+    def prune_history_signals(self, before_micros: int, batch: int = 10_000) -> int:
+        """Drops the query signals of records before the time, keeping the
+        chain verifying; how many records were pruned."""
+
 
 class SuppressionLookup(Protocol):
     """Reviewers' verdicts that suppress matches (feedback)."""

@@ -23,6 +23,7 @@ from hashsvc.client.commands import (
     entries,
     history,
     match,
+    retro,
     review,
     serve,
     sets,
@@ -63,6 +64,7 @@ _REGISTER = (
     review.register,
     match.register,
     history.register,
+    retro.register,
     stats.register,
 )
 

@@ -417,6 +417,25 @@ class Core:
             return
         self.curation.entries_added(ids, "BulkLoad", caller)
 
+    def prune_history(self, actor: str, before: datetime) -> int:
+        """Drops the query signals of the history's records before `before`
+        (what retro-hunts read; 18 views of an upload are most of a record):
+        the records stay and the chain verifies (hashdb/history_sql.py chain
+        format 3). Records written before format 3 keep their signals."""
+        if before > datetime.now(UTC):
+            raise InvalidArgument("before must not be in the future", field="before")
+        try:
+            pruned = self.store.prune_history_signals(to_micros(before))
+        except Exception as exc:
+            self.record_action(
+                "PruneHistory", actor, {"before": before.isoformat()}, status_name(exc), str(exc)
+            )
+            raise
+        self.record_action(
+            "PruneHistory", actor, {"before": before.isoformat(), "records_pruned": pruned}
+        )
+        return pruned
+
     def _record_bulk_load(
         self,
         set_name: str,

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 RETRO_MATCH_RPC = "RetroMatch"  # a retro-match's record kind in the history
 RETRO_RUN_RPC = "RetroRun"  # a finished run's record (by hand or triggered)
 SECONDS_PER_DAY = 86_400
+MAX_WINDOW_SECONDS = 10 * 365 * SECONDS_PER_DAY
 
 
 @dataclass(frozen=True)
@@ -201,10 +202,7 @@ class RetroHunt:
 
     def set_window(self, set_name: str, seconds: int | None) -> HashSetRecord:
         """The set's own retro window (None: the server's; 0: off)."""
-        if seconds is not None and not 0 <= seconds <= 10 * 365 * SECONDS_PER_DAY:
-            raise InvalidArgument(
-                "retro_window_seconds must be within 0..10 years", field="retro_window_seconds"
-            )
+        check_window(seconds)
         hash_set = self.store.get_set(set_name)
         if hash_set is None:
             raise NotFound(f"no such set: {set_name}", field="set")
@@ -399,6 +397,13 @@ def run_json(run: RetroRun) -> dict:
         "state": run.state,
         "error": run.error,
     }
+
+
+def check_window(seconds: int | None) -> None:
+    if seconds is not None and not 0 <= seconds <= MAX_WINDOW_SECONDS:
+        raise InvalidArgument(
+            "retro_window_seconds must be within 0 (off) .. 10 years", field="retro_window_seconds"
+        )
 
 
 def _hunts(hash_set: HashSetRecord) -> bool:
