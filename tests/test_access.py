@@ -43,6 +43,9 @@ REQUESTS = {
     "Audit/QueryHistory": pb.QueryHistoryRequest(),
     "Audit/ExportHistory": pb.QueryHistoryRequest(),
     "Audit/VerifyHistory": pb.VerifyHistoryRequest(),
+    "Retro/StartRetroRun": pb.StartRetroRunRequest(set="s"),
+    "Retro/ListRetroRuns": pb.ListRetroRunsRequest(),
+    "Retro/PruneHistory": pb.PruneHistoryRequest(),
     "Admin/CreateToken": pb.CreateTokenRequest(role="matcher"),
     "Admin/ListTokens": pb.ListTokensRequest(),
     "Admin/RevokeToken": pb.RevokeTokenRequest(id=999999),
@@ -83,6 +86,7 @@ def _call(module_harness, method: str, metadata):
         "Audit": stubs.audit,
         "Admin": stubs.admin,
         "Review": stubs.review,
+        "Retro": stubs.retro,
     }[service]
     request = REQUESTS[method]
     if isinstance(request, list):  # a client stream, sent afresh each call

@@ -408,7 +408,8 @@ def test_migration_renames_tokens_that_share_an_active_name(store_url):
     from hashdb import migrations, open_store
     from hashdb.postgres import _Cursor
 
-    older = (migrations.SQLITE if store_url.startswith("sqlite") else migrations.POSTGRES)[:-1]
+    every = migrations.SQLITE if store_url.startswith("sqlite") else migrations.POSTGRES
+    older = every[: every.index(migrations._HISTORY_IDENTITY)]  # the schema before the renaming
     if store_url.startswith("sqlite"):
         conn = sqlite3.connect(store_url[len("sqlite:///") :])
         cur = conn.cursor()

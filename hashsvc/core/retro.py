@@ -324,6 +324,8 @@ class RetroHunt:
         record_retro_match(self.store, self.audit, run, upload, signals, held)
 
     def _record_run(self, run_id: int) -> None:
+        # Not indexed under the set: `history --set` shows what people did
+        # to the set, and each hit has its own RetroMatch record there.
         run = self.store.get_retro_run(run_id)
         self.audit.record_action(
             RETRO_RUN_RPC,
@@ -331,7 +333,6 @@ class RetroHunt:
             run_json(run),
             status="OK" if run.state == DONE else "INTERNAL",
             error_message=run.error,
-            set_ids=(run.set_id,) if run.set_id is not None else (),
         )
 
 
