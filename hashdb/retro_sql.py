@@ -139,14 +139,16 @@ class RetroSQL:
     # -- what a run reads
 
     def history_uploads(self, after_id: int, upto_id: int, limit: int) -> list[HistoryUpload]:
-        """Answered Match records with after_id < id <= upto_id, by id (the
-        last one is the checkpoint after them); records whose signals were
-        pruned hold none."""
+        """Match records that were allowed, after_id < id <= upto_id, by id
+        (the last one is the checkpoint after them): what was let through.
+        Blocked uploads were stopped, reviewed ones are in the queue already
+        (and a confirmed one added as an entry would find itself). Records
+        whose signals were pruned hold none."""
         with self._read() as cur:
             cur.execute(
                 "SELECT id, request_id, time, caller, client_ref, media_type, query_signals,"
                 " caller_token_id FROM match_history"
-                " WHERE id > ? AND id <= ? AND rpc IN (?, ?, ?) AND status = 'OK'"
+                " WHERE id > ? AND id <= ? AND rpc IN (?, ?, ?) AND decision = 'allow'"
                 " ORDER BY id LIMIT ?",
                 (after_id, upto_id, *MATCH_RPCS, limit),
             )

@@ -324,9 +324,12 @@ class RetroHunt:
         record_retro_match(self.store, self.audit, run, upload, signals, held)
 
     def _record_run(self, run_id: int) -> None:
-        # Not indexed under the set: `history --set` shows what people did
-        # to the set, and each hit has its own RetroMatch record there.
+        # A run that found something or failed is recorded (every run is in
+        # `retro list`); not indexed under the set: `history --set` shows
+        # what people did to the set, and each hit has its RetroMatch there.
         run = self.store.get_retro_run(run_id)
+        if run.state == DONE and not run.hits:
+            return
         self.audit.record_action(
             RETRO_RUN_RPC,
             SYSTEM_ACTOR,
