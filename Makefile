@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python bench/speed.py
 	$(BIN)/python bench/fuzz.py
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/retro.py
 
 # The same in a few minutes, as CI runs them.
 bench-short: install
@@ -66,6 +67,7 @@ bench-short: install
 	$(BIN)/python bench/load.py --short
 	$(BIN)/python bench/loadtest.py --short
 	$(BIN)/python bench/memory.py --short
+	$(BIN)/python bench/retro.py --short
 
 clean:
 	rm -rf $(VENV) hashsvc/v1/*_pb2*.py* .pytest_cache
