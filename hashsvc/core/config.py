@@ -201,6 +201,7 @@ class Config:
     retro_lease_seconds: float = 60.0
     retro_poll_seconds: float = 5.0
     retro_pause_seconds: float = 0.0
+    retro_nice: int = 10
     # Keep uploads' local features (~18 KB a picture) in the history, so a
     # retro-hunt can match crops and collages too. Off: the history keeps
     # their size and SHA-256 (README, Retro-hunt: the cost per day).
@@ -258,6 +259,8 @@ class Config:
                 raise ValueError(f"{name} must be more than 0")
         if not self.retro_pause_seconds >= 0:
             raise ValueError("retro_pause_seconds must be 0 or more")
+        if not 0 <= self.retro_nice <= 19:
+            raise ValueError("retro_nice must be within 0..19")
 
     def retro_settings(self):
         from hashsvc.core.retro import RetroSettings
@@ -270,6 +273,7 @@ class Config:
             lease_seconds=self.retro_lease_seconds,
             poll_seconds=self.retro_poll_seconds,
             pause_seconds=self.retro_pause_seconds,
+            nice=self.retro_nice,
         )
 
     def _check_transport(self) -> None:

@@ -24,6 +24,7 @@ entry only writes the queued run.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -86,6 +87,9 @@ class RetroSettings:
     # Pause after each step (seconds): leaves the cores to Match on a busy
     # server. 0: none.
     pause_seconds: float = 0.0
+    # The hunting thread's nice value (Linux: per thread): the scheduler
+    # gives Match's threads and the hashing workers the cores first.
+    nice: int = 10
 
 
 class RetroHunt:
@@ -237,6 +241,7 @@ class RetroHunt:
             self._thread.join(timeout=30)
 
     def _work(self) -> None:
+        lower_priority(self.settings.nice)
         # Unfinished runs (a restart) are claimed like queued ones once their
         # lease has expired.
         while not self._stopping.is_set():
@@ -405,6 +410,18 @@ def run_json(run: RetroRun) -> dict:
         "state": run.state,
         "error": run.error,
     }
+
+
+def lower_priority(nice: int) -> None:
+    """Lowers the calling thread's CPU priority by `nice` (Linux schedules
+    threads one by one; elsewhere, or without permission, nothing)."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError:
+        log.warning("could not lower the retro-hunt thread's priority")
 
 
 def check_window(seconds: int | None) -> None:
