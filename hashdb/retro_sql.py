@@ -129,6 +129,15 @@ class RetroSQL:
             )
             return cur.fetchone() is not None
 
+    def release_retro_run(self, run_id: int) -> None:
+        """Gives a running run back (its server is stopping): queued again,
+        from its checkpoint, for the next server that looks."""
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE retro_runs SET state = ?, lease_until = 0 WHERE id = ? AND state = ?",
+                (QUEUED, run_id, RUNNING),
+            )
+
     def finish_retro_run(self, run_id: int, state: str, error: str = "") -> None:
         with self._write() as cur:
             cur.execute(

@@ -340,6 +340,9 @@ class RetroStore(Protocol):
         self, run_id: int, checkpoint: int, scanned: int, lease_seconds: float
     ) -> bool: ...
 
+    def release_retro_run(self, run_id: int) -> None:
+        """A stopping server gives its run back (queued, from its checkpoint)."""
+
     def finish_retro_run(self, run_id: int, state: str, error: str = "") -> None: ...
 
     def history_uploads(self, after_id: int, upto_id: int, limit: int) -> list[HistoryUpload]: ...

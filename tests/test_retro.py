@@ -378,3 +378,34 @@ def test_prune_keeps_the_chain_verifying(harness, matcher, monkeypatch, capsys):
     assert len(uploads) == 3 and all(r.query_signals == [] for r in uploads)
     assert cli.main(["--server", harness.address, "history", "verify"]) == 0
     assert "history intact" in capsys.readouterr().out
+
+
+def test_a_stopping_server_gives_its_run_back(store_url, make_core):
+    """SIGTERM-like stop mid-run: the run is queued again at its checkpoint
+    and the next server finishes it at once (no lease to wait for)."""
+    settings = {"retro_batch_records": 50, "retro_pause_seconds": 0.1, "retro_poll_seconds": 0.2}
+    core = make_core(store_url, **settings)
+    known = bytes(range(32))
+    near = bytes([known[0] ^ 0x03]) + known[1:]
+    for i in range(400):
+        value = near if i % 20 == 0 else hashlib.sha256(b"%d" % i).digest()
+        _history_upload(core.store, Signal("pdq", value, 90), 0.5, request_id=f"up-{i}")
+    core.curation.create_set("s")
+    core.curation.add_entry("s", "e", {}, "op", signal=("pdq", known.hex(), None))
+    deadline = time.monotonic() + 60
+    while core.store.list_retro_runs()[0].checkpoint == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    make_core.stop(core)
+    probe = open_store(store_url)
+    try:
+        (run,) = probe.list_retro_runs()
+    finally:
+        probe.close()
+    assert run.state == "queued" and 0 < run.scanned < 400
+    again = make_core(store_url, **settings)
+    deadline = time.monotonic() + 60
+    while again.store.get_retro_run(run.id).state != "done" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    finished = again.store.get_retro_run(run.id)
+    assert finished.state == "done" and finished.hits == 20
+    assert len(again.store.retro_matches_of(run.id)) == 20

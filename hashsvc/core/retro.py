@@ -295,6 +295,10 @@ class RetroHunt:
                 if self.settings.pause_seconds:
                     self._stopping.wait(self.settings.pause_seconds)
             if self._stopping.is_set():
+                # a restart (or another replica) resumes it at once, from
+                # the checkpoint, instead of after the lease; after a crash
+                # it waits for the lease
+                self.store.release_retro_run(run.id)
                 return
         self.store.finish_retro_run(run.id, DONE)
         self._record_run(run.id)
