@@ -264,6 +264,9 @@ def test_retro_cli_and_roles(harness, operator, matcher, monkeypatch, capsys):
     monkeypatch.setenv("HASHSVC_TOKEN", harness.tokens["operator"])
     assert cli.main(["--server", harness.address, "retro", "run", "--set", "nope"]) == 1
     assert "NOT_FOUND" in capsys.readouterr().err
+    # the set's window is 0: a run by hand needs its own
+    assert cli.main(["--server", harness.address, "retro", "run", "--set", "isis"]) == 1
+    assert "FAILED_PRECONDITION" in capsys.readouterr().err
     with pytest.raises(grpc.RpcError) as bad:
         ops.curation.UpdateSet(
             pb.UpdateSetRequest(name="isis", retro_window_seconds=-1), metadata=op_md

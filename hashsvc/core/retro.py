@@ -43,7 +43,7 @@ from hashdb import (
 )
 from hashdb.retro_sql import DONE, FAILED, QUEUED, SKIPPED
 from hashdb.times import to_micros
-from hashsvc.base.errors import InvalidArgument, NotFound, TooLarge
+from hashsvc.base.errors import FailedPrecondition, InvalidArgument, NotFound, TooLarge
 from hashsvc.base.media_kinds import worth_keeping
 from hashsvc.base.signals import PDQ, SIGNAL_TYPES, Signal, signal_json
 from hashsvc.core.audit import SYSTEM_ACTOR, Audit
@@ -125,7 +125,7 @@ class RetroHunt:
         review, a partner feed: call this with the new entry ids). Never
         raises: the entries are added whatever happens here (logged)."""
         try:
-            return self._queue(list(entry_ids), trigger, caller, by_hand=False)
+            return self._queue(list(entry_ids), trigger, caller)
         except Exception:
             log.exception("queueing a retro-hunt for %s failed", trigger)
             return []
@@ -133,43 +133,58 @@ class RetroHunt:
     def start_run(
         self, caller: str, set_name: str = "", since_seconds: float | None = None
     ) -> RetroRun:
-        """A run by hand: the entries added to the set (all enabled sets
-        without a name) within the window, against the uploads within it."""
+        """One run by hand: the entries added within the window to the set
+        (to every set that hunts, without a name) against the uploads within
+        it. The window: since_seconds, else the set's (the server's)."""
         if since_seconds is not None and not since_seconds > 0:
             raise InvalidArgument("since must be more than 0 seconds", field="since_seconds")
         if set_name:
             hash_set = self.store.get_set(set_name)
             if hash_set is None:
                 raise NotFound(f"no such set: {set_name}", field="set")
-            sets = [hash_set]
+            if not _hunts(hash_set):
+                raise FailedPrecondition(
+                    f"set {set_name} is disabled or an allow list: it does not hunt"
+                )
+            sets, set_id = [hash_set], hash_set.id
+            window = since_seconds or self._window(hash_set)
         else:
             sets = [s for s in self.store.list_sets(include_disabled=False) if _hunts(s)]
-        runs = []
-        for hash_set in sets:
-            window = since_seconds if since_seconds is not None else self._window(hash_set)
-            if not window:
-                continue
-            since = to_micros(datetime.now(UTC) - timedelta(seconds=window))
-            ids = self.store.entries_changed_since(hash_set.id, since)
-            runs += self._queue(ids, "manual", caller, by_hand=True, window=window)
-        if not runs:
-            raise NotFound(
-                "no entries to hunt with: none added within the window to an enabled set"
-                " whose retro window is on"
+            set_id, window = None, since_seconds or self.settings.window_seconds
+        if not window:
+            raise FailedPrecondition("the retro window is 0 (off): give since_seconds")
+        since = to_micros(datetime.now(UTC) - timedelta(seconds=window))
+        ids = [i for s in sets for i in self.store.entries_changed_since(s.id, since)]
+        active = [e.id for e in self.store.get_entries(ids).values() if e.removed_at is None]
+        if not active:
+            raise NotFound("no entries to hunt with: none was added within the window")
+        if len(active) > self.settings.max_entries_per_run:
+            raise TooLarge(
+                f"{len(active)} entries were added within the window, more than one run takes"
+                f" ({self.settings.max_entries_per_run}): hunt with a shorter window or per set",
+                limit="retro_max_entries_per_run",
             )
-        return runs[0] if len(runs) == 1 else runs[-1]
+        self._refuse_when_full()
+        run = self.store.create_retro_run("manual", caller, set_id, active, since)
+        self.wake.set()
+        return run
 
-    def _queue(
-        self,
-        entry_ids: list[int],
-        trigger: str,
-        caller: str,
-        by_hand: bool,
-        window: float | None = None,
-    ) -> list[RetroRun]:
-        entries = self.store.get_entries(entry_ids)
+    def _refuse_when_full(self, set_name: str = "") -> str:
+        """Why no run may be queued now ("" when it may); raises for a run
+        by hand (set_name empty)."""
+        open_runs = self.store.count_open_retro_runs()
+        if open_runs < self.settings.max_open_runs:
+            return ""
+        why = f"{open_runs} retro-hunts are queued or running (retro_max_open_runs)"
+        if not set_name:
+            raise TooLarge(f"{why}; retry later", limit="retro_max_open_runs")
+        return f"{why}; hunt later with `hashsvc retro run --set {set_name}`"
+
+    def _queue(self, entry_ids: list[int], trigger: str, caller: str) -> list[RetroRun]:
+        """Runs for added entries: one per set (at most max_entries_per_run
+        entries each), over the set's window."""
         by_set: dict[int, list[int]] = {}
-        for entry in entries.values():
+        for entry in self.store.get_entries(entry_ids).values():
             if entry.removed_at is None:
                 by_set.setdefault(entry.set_id, []).append(entry.id)
         runs = []
@@ -178,28 +193,21 @@ class RetroHunt:
             hash_set = self.store.get_set_by_id(set_id)
             if hash_set is None or not _hunts(hash_set):
                 continue  # a disabled set or an allow list does not hunt
-            set_window = window if window is not None else self._window(hash_set)
-            if not set_window:
+            window = self._window(hash_set)
+            if not window:
                 continue
-            since = to_micros(datetime.now(UTC) - timedelta(seconds=set_window))
+            since = to_micros(datetime.now(UTC) - timedelta(seconds=window))
             for start in range(0, len(ids), step):
                 chunk = ids[start : start + step]
-                open_runs = self.store.count_open_retro_runs()
-                if open_runs >= self.settings.max_open_runs:
-                    why = (
-                        f"{open_runs} retro-hunts are queued or running (retro_max_open_runs);"
-                        f" hunt later with `hashsvc retro run --set {hash_set.name}`"
+                skipped = self._refuse_when_full(hash_set.name)
+                if skipped:
+                    log.warning("retro-hunt for %d entries skipped: %s", len(chunk), skipped)
+                    run = self.store.create_retro_run(
+                        trigger, caller, set_id, chunk, since, state=SKIPPED, error=skipped
                     )
-                    if by_hand:
-                        raise TooLarge(why, limit="retro_max_open_runs")
-                    log.warning("retro-hunt for %d entries skipped: %s", len(chunk), why)
-                    runs.append(
-                        self.store.create_retro_run(
-                            trigger, caller, set_id, chunk, since, state=SKIPPED, error=why
-                        )
-                    )
-                    continue
-                runs.append(self.store.create_retro_run(trigger, caller, set_id, chunk, since))
+                else:
+                    run = self.store.create_retro_run(trigger, caller, set_id, chunk, since)
+                runs.append(run)
         if any(r.state == QUEUED for r in runs):
             self.wake.set()
         return runs
