@@ -412,3 +412,26 @@ def test_a_stopping_server_gives_its_run_back(store_url, make_core):
     finished = again.store.get_retro_run(run.id)
     assert finished.state == "done" and finished.hits == 20
     assert len(again.store.retro_matches_of(run.id)) == 20
+
+
+def test_kept_local_features_find_a_tilted_copy(tmp_path, make_harness):
+    """With history_keep_local_features the history keeps an upload's local
+    features whole, so a retro-hunt finds what only they match (a tilted
+    copy, with PDQ held to distance 0)."""
+    from tests.test_local_features_service import bridge, jpeg, rotated
+
+    h = make_harness(
+        f"sqlite:///{tmp_path}/lf.db", history_keep_local_features=True, retro_poll_seconds=0.2
+    )
+    ops, op_md = h.stubs("operator")
+    m, m_md = h.stubs("matcher")
+    exact_pdq = pb.Threshold(signal_type="pdq", block_distance=0, review_distance=0)
+    ops.curation.CreateSet(pb.CreateSetRequest(name="isis", thresholds=[exact_pdq]), metadata=op_md)
+    asked = _match(m, m_md, jpeg(rotated(bridge(), 10)), "tilted")
+    assert asked.decision == pb.ALLOW
+    _add(ops, op_md, "isis", "bridge", jpeg(bridge()))
+    _wait_runs(ops, op_md)
+    rev, rev_md = h.stubs("reviewer")
+    (item,) = _retro_items(rev, rev_md)
+    assert item.request_id == asked.request_id
+    assert item.matches[0].signal_type == "local_features"
