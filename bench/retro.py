@@ -14,6 +14,10 @@ upload through Core.match, idle and then while the hunt runs. Printed:
 uploads/s, per core (the hunt's thread CPU), the extrapolation to 10M
 uploads (target < 2 min), and Match p50/p95 idle and during the hunt
 (target: within 20%).
+
+Measured (200k uploads, 2 cores under a load of ~12): 3,848 uploads/s per
+core, 1,187 wall; 10M = 43 core-minutes (target 2 min: not met); 200/200
+copies found; Match p50 68.5 -> 88.1 ms during the hunt (+29%; --short +11%).
 """
 
 from __future__ import annotations

@@ -41,8 +41,9 @@ class RetroSQL:
         error: str = "",
     ) -> RetroRun:
         """A run over the history from since_micros up to its newest record
-        now; starts at the first record of the window (the time index finds
-        it once, the scan then walks ids)."""
+        (now, and again when the run first starts); starts at the first
+        record of the window (the time index finds it once, the scan then
+        walks ids)."""
         now = now_micros()
         with self._write() as cur:
             cur.execute("SELECT COALESCE(MAX(id), 0) FROM match_history")
@@ -105,8 +106,15 @@ class RetroSQL:
             candidates = [row[0] for row in cur.fetchall()]
         for run_id in candidates:
             with self._write() as cur:
+                # A run's end is the history's newest record when it first
+                # starts, not when it was queued: a Match that had matched
+                # without the entry may write its record a moment after the
+                # run was queued. Uploads matched later with the entry known
+                # were not allowed, and only allowed ones are scanned.
                 cur.execute(
                     "UPDATE retro_runs SET state = ?, lease_until = ?,"
+                    " last_history_id = CASE WHEN started_at IS NULL THEN"
+                    " (SELECT COALESCE(MAX(id), 0) FROM match_history) ELSE last_history_id END,"
                     " started_at = COALESCE(started_at, ?)"
                     " WHERE id = ? AND (state = ? OR (state = ? AND lease_until < ?)) RETURNING id",
                     (RUNNING, now + int(lease_seconds * 1e6), now, run_id, QUEUED, RUNNING, now),
