@@ -435,3 +435,70 @@ def test_kept_local_features_find_a_tilted_copy(tmp_path, make_harness):
     (item,) = _retro_items(rev, rev_md)
     assert item.request_id == asked.request_id
     assert item.matches[0].signal_type == "local_features"
+
+
+def test_a_bulk_load_hunts(harness, matcher, monkeypatch, capsys, tmp_path):
+    """`hashsvc load` (BulkLoad): the loaded hashes hunt too."""
+    m, m_md = matcher
+    known = hashlib.sha256(b"partner-list").digest()
+    near = bytes([known[0] ^ 0x01]) + known[1:]
+    asked = m.matcher.Match(
+        pb.MatchRequest(signal=pb.SignalValue(signal_type="pdq", value=near.hex())), metadata=m_md
+    )
+    ops, op_md = harness.stubs("operator")
+    ops.curation.CreateSet(pb.CreateSetRequest(name="partner"), metadata=op_md)
+    rows = tmp_path / "list.csv"
+    rows.write_text(f"signal_type,signal_value,entry\npdq,{known.hex()},amaq-1\n")
+    monkeypatch.setenv("HASHSVC_TOKEN", harness.tokens["operator"])
+    assert cli.main(["--server", harness.address, "load", "--set", "partner", str(rows)]) == 0
+    capsys.readouterr()
+    (run,) = _wait_runs(ops, op_md)
+    assert run.trigger == "BulkLoad" and run.hits == 1
+    rev, rev_md = harness.stubs("reviewer")
+    assert [i.request_id for i in _retro_items(rev, rev_md)] == [asked.request_id]
+
+
+def _flipped(value: bytes, bits: int) -> bytes:
+    """value with its first `bits` bits flipped."""
+    as_int = int.from_bytes(value, "big") ^ (((1 << bits) - 1) << (256 - bits))
+    return as_int.to_bytes(32, "big")
+
+
+def test_a_confirmed_review_added_to_a_set_hunts(harness, operator, matcher, reviewer):
+    """An upload let through (48 bits from the known hash, past the seed
+    set's review threshold of 45) is found when a reviewer confirms a
+    look-alike (40 bits: reviewed) and adds it to a set: 8 bits apart."""
+    ops, op_md = operator
+    m, m_md = matcher
+    rev, rev_md = reviewer
+    known = hashlib.sha256(b"seed").digest()
+    strict = pb.Threshold(signal_type="pdq", block_distance=10, review_distance=45)
+    ops.curation.CreateSet(pb.CreateSetRequest(name="seed", thresholds=[strict]), metadata=op_md)
+    ops.curation.CreateSet(pb.CreateSetRequest(name="isis", review_target=True), metadata=op_md)
+    ops.curation.AddEntry(
+        pb.AddEntryRequest(
+            set="seed", name="x", signal=pb.SignalValue(signal_type="pdq", value=known.hex())
+        ),
+        metadata=op_md,
+    )
+
+    def ask(value: bytes) -> pb.MatchResponse:
+        return m.matcher.Match(
+            pb.MatchRequest(signal=pb.SignalValue(signal_type="pdq", value=value.hex())),
+            metadata=m_md,
+        )
+
+    let_through = ask(_flipped(known, 48))
+    assert let_through.decision == pb.ALLOW
+    assert ask(_flipped(known, 40)).decision == pb.REVIEW
+    _wait_runs(ops, op_md)  # the seed entry's run: nothing (its uploads came after)
+    item = rev.review.ClaimReviewItem(pb.ClaimReviewItemRequest(), metadata=rev_md)
+    rev.review.ResolveReviewItem(
+        pb.ResolveReviewItemRequest(id=item.id, resolution="confirmed", add_to_set="isis"),
+        metadata=rev_md,
+    )
+    runs = _wait_runs(ops, op_md)
+    assert [r.hits for r in runs if r.trigger == "ResolveReview"] == [1]
+    (found,) = _retro_items(rev, rev_md)
+    assert found.request_id == let_through.request_id
+    assert found.matches[0].set == "isis" and found.matches[0].distance == 8
