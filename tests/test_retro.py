@@ -252,6 +252,7 @@ def test_retro_cli_and_roles(harness, operator, matcher, monkeypatch, capsys):
     summary = json.loads(out)
     assert summary["state"] == "done" and summary["hits"] == 1
     assert summary["trigger"] == "manual" and summary["uploads_scanned"] == 1
+    assert summary["window_seconds"] == 86_400
     assert f"retro run {summary['id']}" in err or summary["duration_seconds"] >= 0
 
     monkeypatch.setenv("HASHSVC_TOKEN", harness.tokens["auditor"])

@@ -49,6 +49,7 @@ def run_json(run: pb.RetroRunInfo) -> dict:
         "set": run.set,
         "entries": run.entries,
         "since": iso(run.since),
+        "window_seconds": max(0, run.created_at.seconds - run.since.seconds),
         "uploads_scanned": run.uploads_scanned,
         "hits": run.hits,
         "duration_seconds": run.duration_seconds,
@@ -102,6 +103,7 @@ def _line(row: dict) -> str:
     error = f"\t{row['error']}" if row["error"] else ""
     return (
         f"{row['id']}\t{row['state']}\t{row['trigger']}\t{row['set'] or '-'}"
-        f"\tentries={row['entries']}\tsince={row['since']}\tscanned={row['uploads_scanned']}"
+        f"\tentries={row['entries']}\twindow={row['window_seconds']}s"
+        f"\tscanned={row['uploads_scanned']}"
         f"\thits={row['hits']}\t{row['duration_seconds']:.1f}s{error}"
     )
