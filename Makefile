@@ -58,6 +58,7 @@ bench: install
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/console.py
 	$(BIN)/python bench/events.py
+	$(BIN)/python bench/retro.py
 
 # The same in a few minutes, as CI runs them.
 bench-short: install
@@ -73,6 +74,7 @@ bench-short: install
 	$(BIN)/python bench/memory.py --short
 	$(BIN)/python bench/console.py --short
 	$(BIN)/python bench/events.py --short
+	$(BIN)/python bench/retro.py --short
 
 clean:
 	rm -rf $(VENV) hashsvc/v1/*_pb2*.py* .pytest_cache

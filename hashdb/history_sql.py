@@ -15,7 +15,10 @@ from collections.abc import Iterable
 from contextlib import AbstractContextManager
 
 from hashdb.model import HistoryFilter, HistoryRecord, HistoryVerification, NewEvent
-from hashdb.times import from_micros, to_micros
+from hashdb.times import from_micros, now_micros, to_micros
+
+# The query signals of a record whose signals were pruned (`history prune`).
+PRUNED_SIGNALS = "[]"
 
 _HISTORY_COLUMNS = (
     "h.id, h.request_id, h.time, h.caller, h.rpc, h.media_type, h.decision, h.status,"
@@ -36,6 +39,8 @@ class HistorySQL:
             {m["set_id"] for m in record.matches if m.get("set_id") is not None}
             | set(record.set_ids)
         )
+        signals_text = json.dumps(record.query_signals)
+        signals_digest = hashlib.sha256(signals_text.encode()).hexdigest()
         fields = (
             record.request_id,
             to_micros(record.time),
@@ -47,13 +52,13 @@ class HistorySQL:
             record.error_message,
             record.client_ref,
             record.media_bytes,
-            json.dumps(record.query_signals),
+            signals_text,
             json.dumps(record.matches, ensure_ascii=False),
         )
         detail = (
             json.dumps(record.detail, ensure_ascii=False, sort_keys=True) if record.detail else None
         )
-        hashed = _format_2(fields, detail, record.caller_token_id, set_ids)
+        hashed = _format_3(fields, signals_digest, detail, record.caller_token_id, set_ids)
         with self._history_write() as cur:  # serialised: one chain, one head
             cur.execute(
                 "SELECT record_hash FROM match_history WHERE record_hash IS NOT NULL"
@@ -65,8 +70,9 @@ class HistorySQL:
             cur.execute(
                 "INSERT INTO match_history (request_id, time, caller, rpc, media_type, decision,"
                 " status, error_message, client_ref, media_bytes, query_signals, matches,"
-                " prev_hash, record_hash, chain_key_id, detail, caller_token_id, chain_format)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 2) RETURNING id",
+                " prev_hash, record_hash, chain_key_id, detail, caller_token_id, chain_format,"
+                " query_signals_sha256)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 3, ?) RETURNING id",
                 (
                     *fields,
                     prev_hash,
@@ -74,6 +80,7 @@ class HistorySQL:
                     self._history_key_id,
                     detail,
                     record.caller_token_id,
+                    signals_digest,
                 ),
             )
             history_id = cur.fetchone()[0]
@@ -155,7 +162,8 @@ class HistorySQL:
             with self._read() as cur:
                 cur.execute(
                     f"SELECT id, {_CHAINED_FIELDS}, prev_hash, record_hash, chain_key_id, detail,"
-                    " caller_token_id, chain_format FROM match_history"
+                    " caller_token_id, chain_format, query_signals_sha256, signals_pruned_at"
+                    " FROM match_history"
                     " WHERE id > ? ORDER BY id LIMIT 1000",
                     (after_id,),
                 )
@@ -173,7 +181,20 @@ class HistorySQL:
                 break
             for row in rows:
                 history_id, prev_hash, record_hash = row[0], row[13], row[14]
-                if row[18] == 2:
+                if row[18] == 3:
+                    digest, pruned_at, signals_text = row[19], row[20], row[11]
+                    fields = _format_3(
+                        row[1:13], digest, row[16], row[17], sets_of.get(history_id, [])
+                    )
+                    if pruned_at is not None and signals_text != PRUNED_SIGNALS:
+                        problems.append((history_id, "pruned record holds query signals again"))
+                    elif pruned_at is None and (
+                        hashlib.sha256(signals_text.encode()).hexdigest() != digest
+                    ):
+                        problems.append(
+                            (history_id, "record was edited: its query signals do not match")
+                        )
+                elif row[18] == 2:
                     fields = _format_2(row[1:13], row[16], row[17], sets_of.get(history_id, []))
                 else:
                     fields = _with_detail(tuple(row[1:13]), row[16])
@@ -262,6 +283,25 @@ class HistorySQL:
             row = cur.fetchone()
         return row is None or (row[0] or "") == self._history_key_id
 
+    def prune_history_signals(self, before_micros: int, batch: int = 10_000) -> int:
+        """Drops the query signals of records before the time (chain format
+        3 only: older formats hash the signals themselves); returns how many.
+        In batches, so a large prune does not hold one long transaction."""
+        pruned = 0
+        while True:
+            with self._history_write() as cur:
+                cur.execute(
+                    "UPDATE match_history SET query_signals = ?, signals_pruned_at = ?"
+                    " WHERE id IN (SELECT id FROM match_history WHERE time < ?"
+                    " AND chain_format = 3 AND signals_pruned_at IS NULL"
+                    " AND query_signals <> ? ORDER BY id LIMIT ?) RETURNING id",
+                    (PRUNED_SIGNALS, now_micros(), before_micros, PRUNED_SIGNALS, batch),
+                )
+                done = len(cur.fetchall())
+            pruned += done
+            if done < batch:
+                return pruned
+
     def last_history_id(self) -> int:
         with self._read() as cur:
             cur.execute("SELECT COALESCE(MAX(id), 0) FROM match_history")
@@ -306,6 +346,13 @@ def _format_2(fields, detail: str | None, token_id: int | None, set_ids) -> tupl
     # Chain format 2 (issue 16) also covers who called (token id) and the
     # per-set index rows, so neither can be changed without the hash showing.
     return (*fields, detail, token_id, list(set_ids))
+
+
+def _format_3(fields, signals_digest: str, detail, token_id, set_ids) -> tuple:
+    # Chain format 3 (issue 20) covers the query signals through their
+    # SHA-256 (stored beside them), so pruning old signals keeps the chain.
+    hashed = (*fields[:10], f"sha256:{signals_digest}", *fields[11:])
+    return _format_2(hashed, detail, token_id, set_ids)
 
 
 def _with_detail(fields: tuple, detail: str | None) -> tuple:

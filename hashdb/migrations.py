@@ -389,6 +389,8 @@ _CONSOLE_SESSIONS = [
 ]
 SQLITE.append(_CONSOLE_SESSIONS)
 POSTGRES.append(_CONSOLE_SESSIONS)
+
+
 # Issue 20 (notifications): the durable outbox, written in the transaction of
 # each event's cause; `seq`, the event's public id, is given after the commit
 # in the order rows became visible (hashdb/outbox_sql.py: ids from a sequence
@@ -435,3 +437,109 @@ def _outbox(serial: str) -> list[str]:
 
 SQLITE.append(_outbox("INTEGER PRIMARY KEY AUTOINCREMENT"))
 POSTGRES.append(_outbox("BIGSERIAL PRIMARY KEY"))
+
+
+# Issue 20 (retro-hunt): runs of a retro-hunt and their checkpoint (the last
+# history id scanned), so a run survives a restart; its hits, each reported
+# once (unique per entry and original request); review items say where they
+# come from (a Match, or a retro-hunt: then the original upload's request id
+# is origin_request_id, and request_id, unique, names the hit); a set's own
+# retro window (NULL: the server's retro_window; 0: no retro-hunt).
+def _retro(serial: str) -> list[str]:
+    return [
+        f"""CREATE TABLE retro_runs (
+            id {serial},
+            trigger TEXT NOT NULL,
+            requested_by TEXT NOT NULL,
+            set_id BIGINT,
+            entry_ids TEXT NOT NULL,
+            since BIGINT NOT NULL,
+            last_history_id BIGINT NOT NULL,
+            checkpoint BIGINT NOT NULL DEFAULT 0,
+            scanned BIGINT NOT NULL DEFAULT 0,
+            hits BIGINT NOT NULL DEFAULT 0,
+            state TEXT NOT NULL,
+            error TEXT NOT NULL DEFAULT '',
+            created_at BIGINT NOT NULL,
+            started_at BIGINT,
+            finished_at BIGINT,
+            lease_until BIGINT NOT NULL DEFAULT 0)""",
+        "CREATE INDEX retro_runs_state ON retro_runs (state, id)",
+        f"""CREATE TABLE retro_matches (
+            id {serial},
+            run_id BIGINT NOT NULL,
+            entry_id BIGINT NOT NULL,
+            request_id TEXT NOT NULL,
+            history_id BIGINT NOT NULL,
+            decision TEXT NOT NULL,
+            review_item_id BIGINT,
+            created_at BIGINT NOT NULL,
+            UNIQUE (entry_id, request_id))""",
+        "ALTER TABLE review_items ADD COLUMN source TEXT NOT NULL DEFAULT 'match'",
+        "ALTER TABLE review_items ADD COLUMN origin_request_id TEXT",
+        "ALTER TABLE hash_sets ADD COLUMN retro_window_seconds BIGINT",
+    ]
+
+
+SQLITE.append(_retro("INTEGER PRIMARY KEY AUTOINCREMENT"))
+POSTGRES.append(_retro("BIGSERIAL PRIMARY KEY"))
+
+
+# Issue 20: the query signals of old uploads can be pruned (`history prune`)
+# without breaking the hash chain. Records of chain format 3 hash a SHA-256
+# of their query signals instead of the signals themselves (the digest is
+# stored beside them), so dropping the signals of a record leaves its hash
+# and every link intact. The append-only triggers let exactly that update
+# through: query_signals to '[]' with signals_pruned_at set, on a format-3
+# record, every other column unchanged; everything else is still refused.
+_HISTORY_COLUMNS_FIXED = (
+    "id, request_id, time, caller, rpc, media_type, decision, status, error_message,"
+    " client_ref, media_bytes, matches, prev_hash, record_hash, chain_key_id, detail,"
+    " caller_token_id, chain_format, query_signals_sha256"
+)
+
+
+def _prune_allowed(dialect: str) -> str:
+    same = (
+        " AND ".join(
+            f"NEW.{c.strip()} IS OLD.{c.strip()}" for c in _HISTORY_COLUMNS_FIXED.split(",")
+        )
+        if dialect == "sqlite"
+        else "ROW("
+        + ", ".join(f"NEW.{c.strip()}" for c in _HISTORY_COLUMNS_FIXED.split(","))
+        + ") IS NOT DISTINCT FROM ROW("
+        + ", ".join(f"OLD.{c.strip()}" for c in _HISTORY_COLUMNS_FIXED.split(","))
+        + ")"
+    )
+    return (
+        f"OLD.chain_format = 3 AND OLD.signals_pruned_at IS NULL AND NEW.query_signals = '[]'"
+        f" AND NEW.signals_pruned_at IS NOT NULL AND {same}"
+    )
+
+
+SQLITE.append(
+    [
+        "ALTER TABLE match_history ADD COLUMN query_signals_sha256 TEXT",
+        "ALTER TABLE match_history ADD COLUMN signals_pruned_at BIGINT",
+        "DROP TRIGGER match_history_no_update",
+        f"""CREATE TRIGGER match_history_no_update BEFORE UPDATE ON match_history
+            WHEN NOT ({_prune_allowed("sqlite")})
+            BEGIN SELECT RAISE(ABORT, 'match_history is append-only'); END""",
+    ]
+)
+POSTGRES.append(
+    [
+        "ALTER TABLE match_history ADD COLUMN query_signals_sha256 TEXT",
+        "ALTER TABLE match_history ADD COLUMN signals_pruned_at BIGINT",
+        "DROP TRIGGER match_history_append_only ON match_history",
+        """CREATE TRIGGER match_history_no_delete BEFORE DELETE ON match_history
+            FOR EACH ROW EXECUTE FUNCTION hashsvc_append_only()""",
+        f"""CREATE FUNCTION hashsvc_history_prune_only() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              IF {_prune_allowed("postgres")} THEN RETURN NEW; END IF;
+              RAISE EXCEPTION 'match_history is append-only';
+            END $$""",
+        """CREATE TRIGGER match_history_no_update BEFORE UPDATE ON match_history
+            FOR EACH ROW EXECUTE FUNCTION hashsvc_history_prune_only()""",
+    ]
+)

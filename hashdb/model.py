@@ -29,6 +29,9 @@ class HashSetRecord:
     # Reviewers may add confirmed uploads to this set (never an allow list:
     # a reviewer must not be able to un-block known content).
     review_target: bool = False
+    # How far back a retro-hunt looks when entries are added to this set
+    # (seconds); None: the server's retro_window; 0: no retro-hunt.
+    retro_window_seconds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,10 @@ class ReviewItem:
     resolved_at: datetime | None = None
     note: str = ""
     added_entry_id: int | None = None
+    # "match" (a Match that needed a person) or "retro" (a retro-hunt found
+    # an upload that was let through before its hash was known; request_id is
+    # that upload's).
+    source: str = "match"
 
 
 @dataclass(frozen=True)
@@ -258,3 +265,41 @@ class EventFailure:
     failed_at: datetime
     attempts: int
     last_error: str
+
+
+@dataclass(frozen=True)
+class RetroRun:
+    """One retro-hunt: new entries' signals against the uploads in the
+    history since `since`, up to last_history_id (uploads after it were
+    matched with the entries known); checkpoint is the last history id
+    scanned, so a restarted server resumes there."""
+
+    id: int
+    trigger: str  # "AddEntry", "BulkLoad", "ResolveReview", "feed", "manual", ...
+    requested_by: str
+    set_id: int | None
+    entry_ids: tuple[int, ...]
+    since: datetime
+    last_history_id: int
+    checkpoint: int
+    scanned: int
+    hits: int
+    state: str  # "queued", "running", "done", "failed", "skipped"
+    error: str
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class HistoryUpload:
+    """What a retro-hunt reads of one Match record in the history."""
+
+    id: int
+    request_id: str
+    time: datetime
+    caller: str
+    client_ref: str
+    media_type: str
+    query_signals: list[dict]
+    caller_token_id: int | None = None

@@ -20,7 +20,8 @@ from hashsvc.base.errors import AlreadyExists, FailedPrecondition
 
 _ITEM_COLUMNS = (
     "id, request_id, created_at, caller, media_type, client_ref, query_signals, matches,"
-    " status, claimed_by, claim_expires_at, resolved_by, resolved_at, note, added_entry_id"
+    " status, claimed_by, claim_expires_at, resolved_by, resolved_at, note, added_entry_id,"
+    " source, origin_request_id"
 )
 OPEN = "open"
 RESOLUTIONS = ("confirmed", "false_positive")
@@ -43,7 +44,7 @@ class ReviewSQL:
         matches: list[dict],
     ) -> int:
         with self._write() as cur:
-            return _insert_review_item(
+            return insert_review_item(
                 cur, request_id, created_at, caller, media_type, client_ref, query_signals, matches
             )
 
@@ -228,8 +229,8 @@ class ReviewSQL:
             )
             if cur.fetchone() is None:
                 return None
-            item_id = _insert_review_item(cur, **item)
-            self._append_events(cur, [_with_review_id(e, item_id) for e in events])
+            item_id = insert_review_item(cur, **item)
+            self._append_events(cur, [with_review_id(e, item_id) for e in events])
             return item_id
 
     def release_entry(self, entry_id: int) -> bool:
@@ -265,7 +266,7 @@ def _insert_suppressions(cur, suppressions: list[Suppression]) -> None:
     )
 
 
-def _insert_review_item(
+def insert_review_item(
     cur,
     request_id: str,
     created_at: datetime,
@@ -274,13 +275,15 @@ def _insert_review_item(
     client_ref: str,
     query_signals: list[dict],
     matches: list[dict],
+    source: str = "match",
+    origin_request_id: str | None = None,
 ) -> int:
     set_ids = sorted({m["set_id"] for m in matches if m.get("set_id") is not None})
     labels = sorted({f"{k}={v}" for m in matches for k, v in m.get("labels", {}).items()})
     cur.execute(
         "INSERT INTO review_items (request_id, created_at, caller, media_type,"
-        " client_ref, query_signals, matches, set_ids, labels, status)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        " client_ref, query_signals, matches, set_ids, labels, status, source, origin_request_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (
             request_id,
             to_micros(created_at),
@@ -292,6 +295,8 @@ def _insert_review_item(
             "," + ",".join(map(str, set_ids)) + ",",
             "\n" + "\n".join(labels) + "\n",
             OPEN,
+            source,
+            origin_request_id,
         ),
     )
     return cur.fetchone()[0]
@@ -325,7 +330,8 @@ def _like_escape(text: str) -> str:
 def _item(row) -> ReviewItem:
     return ReviewItem(
         id=row[0],
-        request_id=row[1],
+        # a retro item's own request_id only keys the hit: the upload's is shown
+        request_id=row[16] or row[1],
         created_at=from_micros(row[2]),
         caller=row[3],
         media_type=row[4],
@@ -339,9 +345,10 @@ def _item(row) -> ReviewItem:
         resolved_at=from_micros(row[12]),
         note=row[13] or "",
         added_entry_id=row[14],
+        source=row[15],
     )
 
 
-def _with_review_id(event: NewEvent, item_id: int) -> NewEvent:
-    """A flood alert's event names the review item made with it."""
+def with_review_id(event: NewEvent, item_id: int) -> NewEvent:
+    """An event names the review item made with it (a flood alert, a retro-match)."""
     return replace(event, body={**event.body, "review_id": item_id})

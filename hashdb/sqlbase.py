@@ -70,7 +70,7 @@ def _thresholds(text: str) -> dict[str, Thresholds]:
 _SET_COLUMNS = (
     "s.id, s.name, s.description, s.labels, s.thresholds, s.enabled, s.created_at, s.updated_at,"
     " (SELECT COUNT(*) FROM entries e WHERE e.set_id = s.id AND e.removed_at IS NULL),"
-    " s.allow_list, s.review_blocks, s.review_target"
+    " s.allow_list, s.review_blocks, s.review_target, s.retro_window_seconds"
 )
 _ENTRY_COLUMNS = "id, set_id, name, labels, media_type, created_at, added_by, removed_at"
 _TOKEN_COLUMNS = "id, name, role, token_hash, created_at, revoked_at, expires_at"
@@ -485,6 +485,7 @@ def _set(row) -> HashSetRecord:
         allow_list=bool(row[9]),
         review_blocks=bool(row[10]),
         review_target=bool(row[11]),
+        retro_window_seconds=row[12],
     )
 
 

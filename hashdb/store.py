@@ -15,11 +15,13 @@ from hashdb.model import (
     HashSetRecord,
     HistoryFilter,
     HistoryRecord,
+    HistoryUpload,
     HistoryVerification,
     IndexedSignal,
     NewEntry,
     NewEvent,
     OutboxEvent,
+    RetroRun,
     ReviewFilter,
     ReviewItem,
     Suppression,
@@ -233,6 +235,10 @@ class HistoryStore(HistoryWriter, Protocol):
 
     def last_history_record(self, rpc: str) -> HistoryRecord | None: ...
 
+    def prune_history_signals(self, before_micros: int, batch: int = 10_000) -> int:
+        """Drops the query signals of records before the time, keeping the
+        chain verifying; how many records were pruned."""
+
 
 class SuppressionLookup(Protocol):
     """Reviewers' verdicts that suppress matches (feedback)."""
@@ -368,7 +374,60 @@ class OutboxStore(EventWriter, Protocol):
         """Deletes events created before `before` with ids up to through_id."""
 
 
+class RetroStore(Protocol):
+    """Retro-hunt runs, their hits and what they read (hashdb/retro_sql.py)."""
+
+    def create_retro_run(
+        self,
+        trigger: str,
+        requested_by: str,
+        set_id: int | None,
+        entry_ids: Iterable[int],
+        since_micros: int,
+        state: str = "queued",
+        error: str = "",
+    ) -> RetroRun: ...
+
+    def get_retro_run(self, run_id: int) -> RetroRun | None: ...
+
+    def list_retro_runs(self, after_id: int = 0, limit: int = 100) -> list[RetroRun]:
+        """Newest first."""
+
+    def count_open_retro_runs(self) -> int: ...
+
+    def claim_retro_run(self, lease_seconds: float) -> RetroRun | None:
+        """Atomic: of replicas racing for a run, exactly one gets it."""
+
+    def retro_progress(
+        self, run_id: int, checkpoint: int, scanned: int, lease_seconds: float
+    ) -> bool: ...
+
+    def release_retro_run(self, run_id: int) -> None:
+        """A stopping server gives its run back (queued, from its checkpoint)."""
+
+    def finish_retro_run(self, run_id: int, state: str, error: str = "") -> None: ...
+
+    def history_uploads(self, after_id: int, upto_id: int, limit: int) -> list[HistoryUpload]: ...
+
+    def add_retro_match(
+        self,
+        run_id: int,
+        entry_id: int,
+        history_id: int,
+        decision: str,
+        item: dict,
+        events: Iterable[NewEvent] = (),
+    ) -> int | None:
+        """The review item's id, or None if the hit was reported already;
+        the events (retro_match) are written in the same transaction."""
+
+    def retro_matches_of(self, run_id: int) -> list[tuple[int, str, str, int | None]]: ...
+
+    def set_retro_window(self, set_id: int, seconds: int | None) -> None: ...
+
+
 class Store(
+    RetroStore,
     SetStore,
     EntryStore,
     ChangeFeed,

@@ -15,4 +15,5 @@ class Stubs:
         self.admin = pb_grpc.AdminStub(channel)
         self.review = pb_grpc.ReviewStub(channel)
         self.events = pb_grpc.EventsStub(channel)
+        self.retro = pb_grpc.RetroStub(channel)
         self.channel = channel

@@ -44,6 +44,9 @@ REQUESTS = {
     "Audit/QueryHistory": pb.QueryHistoryRequest(),
     "Audit/ExportHistory": pb.QueryHistoryRequest(),
     "Audit/VerifyHistory": pb.VerifyHistoryRequest(),
+    "Retro/StartRetroRun": pb.StartRetroRunRequest(set="s"),
+    "Retro/ListRetroRuns": pb.ListRetroRunsRequest(),
+    "Retro/PruneHistory": pb.PruneHistoryRequest(),
     "Admin/CreateToken": pb.CreateTokenRequest(role="matcher"),
     "Admin/ListTokens": pb.ListTokensRequest(),
     "Admin/RevokeToken": pb.RevokeTokenRequest(id=999999),
@@ -87,6 +90,7 @@ def _call(module_harness, method: str, metadata):
         "Admin": stubs.admin,
         "Review": stubs.review,
         "Events": stubs.events,
+        "Retro": stubs.retro,
     }[service]
     request = REQUESTS[method]
     if isinstance(request, list):  # a client stream, sent afresh each call

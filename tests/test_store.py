@@ -288,7 +288,7 @@ def test_history_chain_names_an_inserted_record(store, store_url):
 def _forge_from(store_url: str, first_id: int) -> None:
     """What an attacker with database access but no key can do: edit a record
     and recompute an unkeyed chain from there on."""
-    from hashdb.history_sql import _CHAINED_FIELDS, _format_2, chain_hash
+    from hashdb.history_sql import _CHAINED_FIELDS, _format_3, chain_hash
 
     if store_url.startswith("sqlite"):
         conn = sqlite3.connect(store_url[len("sqlite:///") :])
@@ -297,8 +297,8 @@ def _forge_from(store_url: str, first_id: int) -> None:
         conn = psycopg.connect(store_url)
         placeholder = "%s"
     rows = conn.execute(
-        f"SELECT id, {_CHAINED_FIELDS}, prev_hash, detail, caller_token_id FROM match_history"
-        " ORDER BY id"
+        f"SELECT id, {_CHAINED_FIELDS}, prev_hash, detail, caller_token_id,"
+        " query_signals_sha256 FROM match_history ORDER BY id"
     ).fetchall()
     sets: dict[int, list[int]] = {}
     for history_id, set_id in conn.execute(
@@ -310,7 +310,7 @@ def _forge_from(store_url: str, first_id: int) -> None:
         history_id, fields = row[0], list(row[1:13])
 
         def hashed(fields, row=row, history_id=history_id):
-            return _format_2(tuple(fields), row[14], row[15], sets.get(history_id, []))
+            return _format_3(tuple(fields), row[16], row[14], row[15], sets.get(history_id, []))
 
         if history_id < first_id:
             prev = chain_hash(row[13], hashed(fields), None)  # the attacker's best guess

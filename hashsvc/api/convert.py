@@ -14,6 +14,7 @@ from hashdb import (
     EntryRecord,
     HashSetRecord,
     HistoryRecord,
+    RetroRun,
     ReviewFilter,
     ReviewItem,
     Thresholds,
@@ -25,6 +26,7 @@ from hashsvc.base.signals import Signal, signal_type
 from hashsvc.core.config import StringLimits
 from hashsvc.core.core import MatchOutcome, MatchQuery
 from hashsvc.core.events import event_bytes
+from hashsvc.core.retro import run_json
 from hashsvc.matching.matcher import Match
 from hashsvc.media.spool import SpooledMedia
 from hashsvc.v1 import hashsvc_pb2 as pb
@@ -197,6 +199,26 @@ def hash_set(record: HashSetRecord) -> pb.HashSet:
         allow_list=record.allow_list,
         review_blocks=record.review_blocks,
         review_target=record.review_target,
+        retro_window_seconds=record.retro_window_seconds,
+    )
+
+
+def retro_run(run: RetroRun, set_name: str) -> pb.RetroRunInfo:
+    summary = run_json(run)
+    return pb.RetroRunInfo(
+        id=run.id,
+        trigger=run.trigger,
+        requested_by=run.requested_by,
+        set=set_name,
+        entries=len(run.entry_ids),
+        since=timestamp(run.since),
+        uploads_scanned=run.scanned,
+        hits=run.hits,
+        duration_seconds=summary["duration_seconds"] or 0.0,
+        state=run.state,
+        error=run.error,
+        created_at=timestamp(run.created_at),
+        finished_at=timestamp(run.finished_at),
     )
 
 
@@ -344,6 +366,7 @@ def review_item(item: ReviewItem) -> pb.ReviewItem:
         resolved_at=timestamp(item.resolved_at),
         note=item.note,
         added_entry_id=item.added_entry_id or 0,
+        source=item.source,
     )
 
 

@@ -21,6 +21,7 @@ from hashdb import safe_url
 from hashsvc.api import reflection
 from hashsvc.api.interceptors import Access, CallMetrics, Limits
 from hashsvc.api.metrics import Metrics
+from hashsvc.api.retro_servicer import RetroServicer
 from hashsvc.api.servicers import (
     AdminServicer,
     AuditServicer,
@@ -182,6 +183,7 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
     pb_grpc.add_ReviewServicer_to_server(ReviewServicer(core), server)
     pb_grpc.add_AdminServicer_to_server(AdminServicer(core), server)
     pb_grpc.add_EventsServicer_to_server(EventsServicer(core), server)
+    pb_grpc.add_RetroServicer_to_server(RetroServicer(core), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:  # off by default: anyone may call it, no token needed

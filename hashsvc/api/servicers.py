@@ -26,6 +26,7 @@ from hashsvc.base.errors import HashsvcError, InvalidArgument, TooLarge, status_
 from hashsvc.core import auth
 from hashsvc.core.config import new_spool
 from hashsvc.core.core import Core
+from hashsvc.core.retro import check_window
 from hashsvc.media.spool import Spool
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
@@ -258,6 +259,8 @@ class CurationServicer(pb_grpc.CurationServicer):
 
     @rpc
     def UpdateSet(self, request, context):
+        if request.HasField("retro_window_seconds"):  # before anything changes
+            check_window(request.retro_window_seconds)
         record = self.curation.update_set(
             request.name,
             enabled=request.enabled if request.HasField("enabled") else None,
@@ -268,11 +271,22 @@ class CurationServicer(pb_grpc.CurationServicer):
             review_blocks=request.review_blocks if request.HasField("review_blocks") else None,
             review_target=request.review_target if request.HasField("review_target") else None,
         )
+        if request.retro_window_default or request.HasField("retro_window_seconds"):
+            if request.retro_window_default and request.HasField("retro_window_seconds"):
+                raise InvalidArgument(
+                    "give retro_window_seconds or retro_window_default, not both",
+                    field="retro_window_seconds",
+                )
+            record = self.core.retro.set_window(
+                record.name,
+                None if request.retro_window_default else request.retro_window_seconds,
+            )
         self._done(
             "UpdateSet",
             set=record.name,
             enabled=record.enabled,
             review_target=record.review_target,
+            retro_window_seconds=record.retro_window_seconds,
         )
         return convert.hash_set(record)
 

@@ -24,6 +24,7 @@ from hashsvc.client.commands import (
     events,
     history,
     match,
+    retro,
     review,
     serve,
     sets,
@@ -65,6 +66,7 @@ _REGISTER = (
     match.register,
     history.register,
     events.register,
+    retro.register,
     stats.register,
 )
 

@@ -123,6 +123,7 @@ class Client:
         self.admin = pb_grpc.AdminStub(self.channel)
         self.review = pb_grpc.ReviewStub(self.channel)
         self.events = pb_grpc.EventsStub(self.channel)
+        self.retro = pb_grpc.RetroStub(self.channel)
         self._uploads = threading.BoundedSemaphore(UPLOADS_IN_FLIGHT)
 
     @property

@@ -94,18 +94,23 @@ def storable(text: str) -> str:
     return text.replace("\x00", "\\x00")
 
 
-def history_signal_json(sig: Signal) -> dict:
-    """A query signal as the match history keeps it. An opaque blob (a
-    picture's local features, ~18 KB) is kept as its size and SHA-256, not
-    its bytes: every Match is recorded, and the blobs would be most of the
-    history's size. A review item keeps the whole blob (it may become an
-    entry)."""
+def history_signal_json(sig: Signal, keep_opaque: bool = False) -> dict:
+    """A query signal as the match history keeps it, with where in the media
+    it was taken (a video frame's or audio stretch's seconds, a PDF page),
+    so a retro-hunt finds time ranges and pages as Match does. An opaque blob
+    (a picture's local features, ~18 KB) is kept as its size and SHA-256, not
+    its bytes, unless keep_opaque (history_keep_local_features): every Match
+    is recorded, and the blobs would be most of the history's size (see the
+    README's Retro-hunt). A review item keeps the whole blob (it may become
+    an entry)."""
     out = signal_json(sig)
+    if sig.position is not None:
+        out["position"] = sig.position
     try:
         opaque = signal_type(sig.kind).opaque
     except InvalidArgument:
         opaque = False
-    if opaque:
+    if opaque and not keep_opaque:
         out.update(value="", bytes=len(sig.value), sha256=hashlib.sha256(sig.value).hexdigest())
     return out
 
@@ -119,8 +124,10 @@ class Audit:
         history_key: bytes | None = None,
         checkpoint_records: int = 100,
         checkpoint_seconds: float = 60.0,
+        keep_local_features: bool = False,
     ) -> None:
         self.history = history
+        self.keep_local_features = keep_local_features
         self.sets = sets
         self.checkpoint_file = checkpoint_file
         self._key = history_key or None
@@ -201,12 +208,52 @@ class Audit:
                 error_message=storable(error_message)[:1000],
                 client_ref=storable(client_ref[:1000]),
                 media_bytes=media_bytes,
-                query_signals=[history_signal_json(s) for s in query_signals],
+                query_signals=[
+                    history_signal_json(s, self.keep_local_features) for s in query_signals
+                ],
                 matches=matches,
                 detail={"notes": list(notes)} if notes else {},
                 caller_token_id=caller_token_id,
             ),
             events=events,
+        )
+
+    def record_retro_match(
+        self,
+        *,
+        request_id: str,
+        upload_time: datetime,
+        caller: str,
+        caller_token_id: int | None,
+        client_ref: str,
+        media_type: str,
+        match: dict,
+        detail: dict,
+    ) -> int:
+        """A retro-match (hashsvc/core/retro.py), its own record kind: the
+        upload that was let through (its request id, time, caller), the new
+        entry it matches and the decision the set's thresholds give now.
+        Written by the server; indexed under the entry's set."""
+        return self.history.record_match(
+            HistoryRecord(
+                request_id=f"retro-{request_id}-{match['entry_id']}",
+                time=datetime.now(UTC),
+                caller=SYSTEM_ACTOR,
+                rpc="RetroMatch",
+                media_type=media_type,
+                decision=match["decision"],
+                status="OK",
+                client_ref=storable(client_ref[:1000]),
+                matches=[match],
+                detail={
+                    **detail,
+                    "source": "retro",
+                    "request_id": request_id,
+                    "upload_time": upload_time.isoformat(),
+                    "upload_caller": caller,
+                    "upload_caller_token_id": caller_token_id,
+                },
+            )
         )
 
     def make_filter(

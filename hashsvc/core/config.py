@@ -284,6 +284,21 @@ class Config:
     # (hashsvc/core/webhook_config.py).
     webhook: tuple[WebhookConfig, ...] = field(default=(), metadata={"table_of": WebhookConfig})
     events: EventSettings = field(default_factory=EventSettings)
+    # Retro-hunt (hashsvc/core/retro.py): when entries are added, the uploads
+    # of the last retro_window seconds (a set's own window overrides it; 0:
+    # off) are matched against them. The other limits: RetroSettings.
+    retro_window: float = 7 * 86_400
+    retro_max_entries_per_run: int = 100_000
+    retro_max_open_runs: int = 100
+    retro_batch_records: int = 2_000
+    retro_lease_seconds: float = 60.0
+    retro_poll_seconds: float = 5.0
+    retro_pause_seconds: float = 0.0
+    retro_nice: int = 10
+    # Keep uploads' local features (~18 KB a picture) in the history, so a
+    # retro-hunt can match crops and collages too. Off: the history keeps
+    # their size and SHA-256 (README, Retro-hunt: the cost per day).
+    history_keep_local_features: bool = False
 
     def __post_init__(self) -> None:
         if self.history_checkpoint_records < 1 or self.history_checkpoint_seconds <= 0:
@@ -325,6 +340,35 @@ class Config:
         self._check_transport()
         self._check_stream_limits()
         check_webhooks(self.webhook, self.events)
+        self._check_retro()
+
+    def _check_retro(self) -> None:
+        if not 0 <= self.retro_window <= 10 * 365 * 86_400:
+            raise ValueError("retro_window must be within 0 (off) .. 10 years, in seconds")
+        for name in ("retro_max_entries_per_run", "retro_max_open_runs", "retro_batch_records"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("retro_lease_seconds", "retro_poll_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be more than 0")
+        if not self.retro_pause_seconds >= 0:
+            raise ValueError("retro_pause_seconds must be 0 or more")
+        if not 0 <= self.retro_nice <= 19:
+            raise ValueError("retro_nice must be within 0..19")
+
+    def retro_settings(self):
+        from hashsvc.core.retro import RetroSettings
+
+        return RetroSettings(
+            window_seconds=self.retro_window,
+            max_entries_per_run=self.retro_max_entries_per_run,
+            max_open_runs=self.retro_max_open_runs,
+            batch_records=self.retro_batch_records,
+            lease_seconds=self.retro_lease_seconds,
+            poll_seconds=self.retro_poll_seconds,
+            pause_seconds=self.retro_pause_seconds,
+            nice=self.retro_nice,
+        )
 
     def _check_transport(self) -> None:
         # A half-made TLS config used to serve plaintext without a word.

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from hashdb import NewEvent, Store, TokenRecord, open_store
+from hashdb import NewEvent, RetroRun, Store, TokenRecord, open_store
+from hashdb.times import to_micros
 from hashsvc.base import media_kinds
 from hashsvc.base.errors import (
     HashsvcError,
@@ -30,6 +31,7 @@ from hashsvc.core.bulk import BulkLoad, BulkResult, PackedRows, RowBatch
 from hashsvc.core.config import Config
 from hashsvc.core.curation import Curation
 from hashsvc.core.event_feed import EventFeed
+from hashsvc.core.retro import RetroHunt
 from hashsvc.core.review import ReviewQueue
 from hashsvc.core.signal_values import checked_value
 from hashsvc.core.webhooks import Webhooks
@@ -93,6 +95,7 @@ class Core:
             config.history_key(),
             config.history_checkpoint_records,
             config.history_checkpoint_seconds,
+            keep_local_features=config.history_keep_local_features,
         )
         self.feedback = Feedback(store, self.policy)
         self.review = ReviewQueue(
@@ -104,6 +107,18 @@ class Core:
             curation=self.curation,
             claim_seconds=config.review_claim_seconds,
         )
+        self.retro = RetroHunt(
+            store,
+            self.live,
+            self.matcher,
+            self.feedback,
+            self.policy,
+            self.audit,
+            config.retro_settings(),
+            local=config.local_features,
+            pdq_review_search=config.pdq_review_search,
+        )
+        self.curation.on_entries_added = self.retro.entries_added
         self.flood = FloodCounter(
             store,
             config.quarantine_matches,
@@ -157,6 +172,7 @@ class Core:
         self._flusher.start()
         if self.webhooks is not None:
             self.webhooks.start()
+        self.retro.start()  # resumes unfinished runs too
 
     def _flush_floods(self) -> None:
         while not self._stopping.is_set():
@@ -237,6 +253,7 @@ class Core:
         self._stopping.set()
         if self.webhooks is not None:
             self.webhooks.stop()
+        self.retro.stop()  # a run stops at its checkpoint; the next start resumes it
         self.flood.wake.set()
         if self._flusher is not None:
             self._flusher.join(timeout=10)
@@ -386,6 +403,7 @@ class Core:
         had sent everything: the load then completes, and its client never
         hears of it)."""
         run: BulkLoad | None = None
+        started = datetime.now(UTC)
         try:
             hash_set = self.curation.get_set(set_name)
             run = BulkLoad(
@@ -409,9 +427,57 @@ class Core:
             self._record_bulk_load(
                 set_name, caller, strict, partial, bool(committed), status_of, exc
             )
+            if committed:
+                self._hunt_loaded(run.set_id, started, caller)
             raise
         self._record_bulk_load(set_name, caller, strict, result, result.written, status_of)
+        if result.added or result.updated:
+            self._hunt_loaded(hash_set.id, started, caller)
         return result
+
+    def _hunt_loaded(self, set_id: int, started: datetime, caller: str) -> None:
+        # The entries a load added or gave new signals (a concurrent load's
+        # too: a hit is reported once whichever run finds it).
+        try:
+            ids = self.store.entries_changed_since(set_id, to_micros(started))
+        except Exception:
+            log.exception("finding a bulk load's entries for the retro-hunt failed")
+            return
+        self.curation.entries_added(ids, "BulkLoad", caller)
+
+    def start_retro_run(self, actor: str, set_name: str = "", since_seconds: int = 0) -> RetroRun:
+        """A retro-hunt by hand (StartRetroRun, POST /v1/retro/runs), in the history."""
+        if since_seconds < 0:
+            raise InvalidArgument(
+                "since_seconds must be 0 (the window) or more", field="since_seconds"
+            )
+        run = self.retro.start_run(actor, set_name, float(since_seconds) or None)
+        self.record_action(
+            "StartRetroRun",
+            actor,
+            {"run_id": run.id, "set": set_name, "since_seconds": since_seconds},
+            set_names=(set_name,) if set_name else (),
+        )
+        return run
+
+    def prune_history(self, actor: str, before: datetime) -> int:
+        """Drops the query signals of the history's records before `before`
+        (what retro-hunts read; 18 views of an upload are most of a record):
+        the records stay and the chain verifies (hashdb/history_sql.py chain
+        format 3). Records written before format 3 keep their signals."""
+        if before > datetime.now(UTC):
+            raise InvalidArgument("before must not be in the future", field="before")
+        try:
+            pruned = self.store.prune_history_signals(to_micros(before))
+        except Exception as exc:
+            self.record_action(
+                "PruneHistory", actor, {"before": before.isoformat()}, status_name(exc), str(exc)
+            )
+            raise
+        self.record_action(
+            "PruneHistory", actor, {"before": before.isoformat(), "records_pruned": pruned}
+        )
+        return pruned
 
     def _record_bulk_load(
         self,

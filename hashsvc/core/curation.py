@@ -4,6 +4,7 @@ or disabled set stops matching, before the call returns."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hashdb import EntryRecord, EntryStore, HashSetRecord, SetStore, Thresholds
@@ -41,6 +42,13 @@ class Curation:
         self.entries = entries
         self.live = live
         self.hashing = hashing
+        # Told of every entry added (ids, trigger, who): the retro-hunt
+        # (hashsvc/core/retro.py RetroHunt.entries_added). Must not raise.
+        self.on_entries_added: Callable[[list[int], str, str], object] | None = None
+
+    def entries_added(self, entry_ids: list[int], trigger: str, added_by: str) -> None:
+        if self.on_entries_added is not None and entry_ids:
+            self.on_entries_added(entry_ids, trigger, added_by)
 
     # -- sets
 
@@ -149,6 +157,7 @@ class Curation:
             signals = [Signal(sig_type.name, checked, quality)]
         entry = self.entries.add_entry(hash_set.id, name, labels, media_type, signals, added_by)
         self.live.catch_up()
+        self.entries_added([entry.id], "AddEntry", added_by)
         return entry
 
     def get_entry(self, set_name: str, name: str) -> EntryRecord:

@@ -208,6 +208,7 @@ class ReviewQueue:
             raise
         if new_entry is not None:
             self.curation.live.catch_up()
+            self.curation.entries_added([resolved.added_entry_id], "ResolveReview", reviewer)
         # an entry added to a set is that set's curation: `history --set` shows it
         self.audit.record_action(
             "ResolveReview",

@@ -8,9 +8,10 @@ import json
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from hashdb import ReviewFilter
-from hashsvc.base import media_kinds
+from hashsvc.base import media_kinds, validation
 from hashsvc.base.errors import InvalidArgument, NotFound
 from hashsvc.core.events import event_json
+from hashsvc.core.retro import run_json
 from hashsvc.http.calls import Call, Endpoint, Fields, Param, parse_int
 from hashsvc.http.routes_curation import PAGING, parse_time
 from hashsvc.http.views import history_json, review_item_json, token_json
@@ -226,6 +227,47 @@ async def list_events(call: Call) -> Response:
     )
 
 
+def _run_json(call: Call, run) -> dict:
+    # the same fields as `hashsvc retro list --json`, with the set's name
+    hash_set = call.core.live.sets_by_id.get(run.set_id) if run.set_id else None
+    return {**run_json(run), "set": hash_set.name if hash_set else ""}
+
+
+async def start_retro_run(call: Call) -> Response:
+    body = Fields(call, await call.json())
+    run = await call.blocking(
+        call.core.start_retro_run, call.caller.name, body.str("set"), body.int("since_seconds")
+    )
+    return JSONResponse(_run_json(call, run), 202)
+
+
+async def list_retro_runs(call: Call) -> Response:
+    page_size, token = call.query_int("page_size"), call.query_str("page_token")
+
+    def page():
+        after_id, limit = validation.page(page_size, token)
+        runs = call.core.retro.list_runs(after_id, limit)
+        return runs, (str(runs[-1].id) if len(runs) == limit else "")
+
+    runs, next_token = await call.blocking(page)
+    return JSONResponse({"runs": [_run_json(call, r) for r in runs], "next_page_token": next_token})
+
+
+async def get_retro_run(call: Call) -> Response:
+    run_id = parse_int(call.path_str("id"), "id")
+    run = await call.blocking(call.core.retro.get_run, run_id)
+    return JSONResponse(_run_json(call, run))
+
+
+async def prune_history(call: Call) -> Response:
+    body = Fields(call, await call.json())
+    before = parse_time(body.str("before"), "before")
+    if before is None:
+        raise InvalidArgument("prune needs `before` (an ISO 8601 time)", field="before")
+    pruned = await call.blocking(call.core.prune_history, call.caller.name, before)
+    return JSONResponse({"records_pruned": pruned})
+
+
 ID = Param("id", "integer", where="path", required=True)
 FILTER_SCHEMA = {
     "type": "object",
@@ -277,6 +319,23 @@ ENDPOINTS = [
     Endpoint("GET", "/v1/tokens", "Admin/ListTokens", list_tokens, "List the API tokens"),
     Endpoint("DELETE", "/v1/tokens/{id}", "Admin/RevokeToken", revoke_token,
              "Revoke an API token", params=(ID,)),
+    Endpoint("POST", "/v1/retro/runs", "Retro/StartRetroRun", start_retro_run,
+             "Start a retro-hunt now: the entries added within the window against the "
+             "uploads let through within it (follow it with GET /v1/retro/runs/{id})",
+             body="json", ok_status=202,
+             body_schema={"type": "object", "properties": {
+                 "set": {"type": "string", "description": "empty: every enabled set"},
+                 "since_seconds": {"type": "integer", "minimum": 0,
+                                   "description": "the window; 0: the set's (or the server's)"}}}),
+    Endpoint("GET", "/v1/retro/runs", "Retro/ListRetroRuns", list_retro_runs,
+             "Retro-hunt runs, newest first", params=PAGING),
+    Endpoint("GET", "/v1/retro/runs/{id}", "Retro/ListRetroRuns", get_retro_run,
+             "One retro-hunt run", params=(ID,)),
+    Endpoint("POST", "/v1/history/prune", "Retro/PruneHistory", prune_history,
+             "Drop the query signals of history records before a time (the records and "
+             "the chain stay)", body="json",
+             body_schema={"type": "object", "required": ["before"],
+                          "properties": {"before": {"type": "string", "format": "date-time"}}}),
     Endpoint("GET", "/v1/events", "Events/ListEvents", list_events,
              "A page of the event outbox from an event id (or, failed=true, the events an "
              "endpoint never took), with each webhook endpoint's position",

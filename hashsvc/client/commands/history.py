@@ -10,6 +10,7 @@ from hashsvc.client.commands.common import (
     EXIT_FAILED,
     EXIT_OK,
     Subcommands,
+    UsageError,
     client_command,
     connect,
     print_json,
@@ -32,9 +33,12 @@ def register(commands: Subcommands) -> None:
     p.add_argument(
         "action",
         nargs="?",
-        choices=["verify"],
-        help="verify: check that no record was edited, inserted or deleted (exit 1 if one was)",
+        choices=["verify", "prune"],
+        help="verify: check that no record was edited, inserted or deleted (exit 1 if one was);"
+        " prune (admin): drop the query signals of records before --before (the chain still"
+        " verifies)",
     )
+    p.add_argument("--before", help=f"prune: records older than this ({TIME_HELP})")
     p.add_argument("--since", help=TIME_HELP)
     p.add_argument("--until", help=TIME_HELP)
     p.add_argument("--decision", choices=["block", "review", "allow"])
@@ -46,6 +50,10 @@ def register(commands: Subcommands) -> None:
 def cmd_history(args: argparse.Namespace) -> int:
     if args.action == "verify":
         return cmd_history_verify(args)
+    if args.action == "prune":
+        return cmd_history_prune(args)
+    if args.before:
+        raise UsageError("--before is for `history prune`")
     req = pb.QueryHistoryRequest(
         set=args.set_name or "",
         caller=args.caller or "",
@@ -66,6 +74,19 @@ def cmd_history(args: argparse.Namespace) -> int:
             printed += 1
             if args.limit and printed >= args.limit:
                 break
+    return EXIT_OK
+
+
+def cmd_history_prune(args: argparse.Namespace) -> int:
+    if not args.before:
+        raise UsageError("history prune needs --before (e.g. 7d)")
+    req = pb.PruneHistoryRequest(before=timestamp(parse_time(args.before)))
+    with connect(args) as client:
+        resp = client.retro.PruneHistory(req, metadata=client.metadata)
+    if args.json:
+        print_json({"records_pruned": resp.records_pruned})
+    else:
+        print(f"query signals pruned from {resp.records_pruned} record(s)")
     return EXIT_OK
 
 

@@ -13,7 +13,7 @@ from hashsvc.client.commands.common import (
     connect,
     print_json,
 )
-from hashsvc.client.commands.values import parse_labels
+from hashsvc.client.commands.values import parse_labels, parse_seconds
 from hashsvc.client.commands.views import set_json
 from hashsvc.v1 import hashsvc_pb2 as pb
 
@@ -61,6 +61,11 @@ def register(commands: Subcommands) -> None:
         "--review-target",
         action=argparse.BooleanOptionalAction,
         help="whether reviewers may add confirmed uploads to this set (never an allow list)",
+    )
+    p.add_argument(
+        "--retro-window",
+        help="how far back a retro-hunt looks when entries are added (7d, 12h; 0: off;"
+        " default: the server's retro_window)",
     )
     _local_threshold_flags(p)
 
@@ -199,6 +204,12 @@ def cmd_sets_update(args: argparse.Namespace) -> int:
     req = pb.UpdateSetRequest(name=args.name)
     if args.review_target is not None:
         req.review_target = args.review_target
+    if args.retro_window == "default":
+        req.retro_window_default = True
+    elif args.retro_window is not None:
+        req.retro_window_seconds = (
+            0 if args.retro_window == "0" else parse_seconds(args.retro_window)
+        )
     with connect(args) as client:
         if any(getattr(args, flag) is not None for flag in _LOCAL_FLAGS):
             current = client.curation.GetSet(

@@ -73,6 +73,9 @@ def set_json(s: pb.HashSet) -> dict:
         "allow_list": s.allow_list,
         "review_blocks": s.review_blocks,
         "review_target": s.review_target,
+        "retro_window_seconds": (
+            s.retro_window_seconds if s.HasField("retro_window_seconds") else None
+        ),
         "created_at": iso(s.created_at),
     }
 
@@ -125,6 +128,7 @@ def history_json(r: pb.HistoryRecord) -> dict:
 def review_item_json(item: pb.ReviewItem) -> dict:
     return {
         "id": item.id,
+        "source": item.source or "match",
         "request_id": item.request_id,
         "created_at": iso(item.created_at),
         "caller": item.caller,

@@ -1,0 +1,257 @@
+"""Retro-hunt runs, their hits, and the history they read, in SQL for both
+stores (mixed into SQLStore; `?` placeholders, times in microseconds).
+
+A run is claimed with a lease (one UPDATE whose WHERE says it is free): of
+several replicas exactly one scans it, and a run whose server died (lease
+expired) is taken over from its checkpoint. A hit is inserted under the
+unique key (entry, original request id) together with its review item, so a
+resumed run never reports it twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from hashdb.model import HistoryUpload, NewEvent, RetroRun
+from hashdb.review_sql import insert_review_item, with_review_id
+from hashdb.times import from_micros, now_micros
+
+_RUN_COLUMNS = (
+    "id, trigger, requested_by, set_id, entry_ids, since, last_history_id, checkpoint,"
+    " scanned, hits, state, error, created_at, started_at, finished_at"
+)
+QUEUED, RUNNING, DONE, FAILED, SKIPPED = "queued", "running", "done", "failed", "skipped"
+OPEN_STATES = (QUEUED, RUNNING)
+# The history records of uploads (the calls hashsvc/api/servicers.py records).
+MATCH_RPCS = ("Match", "MatchUpload", "MatchBatch")
+
+
+class RetroSQL:
+    # -- runs
+
+    def create_retro_run(
+        self,
+        trigger: str,
+        requested_by: str,
+        set_id: int | None,
+        entry_ids: Iterable[int],
+        since_micros: int,
+        state: str = QUEUED,
+        error: str = "",
+    ) -> RetroRun:
+        """A run over the history from since_micros up to its newest record
+        (now, and again when the run first starts); starts at the first
+        record of the window (the time index finds it once, the scan then
+        walks ids)."""
+        now = now_micros()
+        with self._write() as cur:
+            cur.execute("SELECT COALESCE(MAX(id), 0) FROM match_history")
+            last_id = cur.fetchone()[0]
+            cur.execute("SELECT MIN(id) FROM match_history WHERE time >= ?", (since_micros,))
+            first = cur.fetchone()[0]
+            checkpoint = (first - 1) if first is not None else last_id
+            cur.execute(
+                "INSERT INTO retro_runs (trigger, requested_by, set_id, entry_ids, since,"
+                " last_history_id, checkpoint, state, error, created_at,"
+                " finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (
+                    trigger,
+                    requested_by,
+                    set_id,
+                    json.dumps(sorted(set(entry_ids))),
+                    since_micros,
+                    last_id,
+                    checkpoint,
+                    state,
+                    error,
+                    now,
+                    None if state in OPEN_STATES else now,
+                ),
+            )
+            run_id = cur.fetchone()[0]
+        return self.get_retro_run(run_id)
+
+    def get_retro_run(self, run_id: int) -> RetroRun | None:
+        with self._read() as cur:
+            cur.execute(f"SELECT {_RUN_COLUMNS} FROM retro_runs WHERE id = ?", (run_id,))
+            row = cur.fetchone()
+        return _run(row) if row else None
+
+    def list_retro_runs(self, after_id: int = 0, limit: int = 100) -> list[RetroRun]:
+        """Newest first: ids below after_id (0: from the newest)."""
+        with self._read() as cur:
+            cur.execute(
+                f"SELECT {_RUN_COLUMNS} FROM retro_runs WHERE (? = 0 OR id < ?)"
+                " ORDER BY id DESC LIMIT ?",
+                (after_id, after_id, limit),
+            )
+            return [_run(row) for row in cur.fetchall()]
+
+    def count_open_retro_runs(self) -> int:
+        with self._read() as cur:
+            cur.execute("SELECT COUNT(*) FROM retro_runs WHERE state IN (?, ?)", OPEN_STATES)
+            return cur.fetchone()[0]
+
+    def claim_retro_run(self, lease_seconds: float) -> RetroRun | None:
+        """The oldest queued run, or a running one whose lease expired (its
+        server died), now this caller's for lease_seconds; None if none."""
+        now = now_micros()
+        with self._read() as cur:
+            cur.execute(
+                "SELECT id FROM retro_runs WHERE state = ? OR (state = ? AND lease_until < ?)"
+                " ORDER BY id LIMIT 10",
+                (QUEUED, RUNNING, now),
+            )
+            candidates = [row[0] for row in cur.fetchall()]
+        for run_id in candidates:
+            with self._write() as cur:
+                # A run's end is the history's newest record when it first
+                # starts, not when it was queued: a Match that had matched
+                # without the entry may write its record a moment after the
+                # run was queued. Uploads matched later with the entry known
+                # were not allowed, and only allowed ones are scanned.
+                cur.execute(
+                    "UPDATE retro_runs SET state = ?, lease_until = ?,"
+                    " last_history_id = CASE WHEN started_at IS NULL THEN"
+                    " (SELECT COALESCE(MAX(id), 0) FROM match_history) ELSE last_history_id END,"
+                    " started_at = COALESCE(started_at, ?)"
+                    " WHERE id = ? AND (state = ? OR (state = ? AND lease_until < ?)) RETURNING id",
+                    (RUNNING, now + int(lease_seconds * 1e6), now, run_id, QUEUED, RUNNING, now),
+                )
+                won = cur.fetchone() is not None
+            if won:
+                return self.get_retro_run(run_id)
+        return None
+
+    def retro_progress(
+        self, run_id: int, checkpoint: int, scanned: int, lease_seconds: float
+    ) -> bool:
+        """Saves the checkpoint and renews the lease; False if the run is no
+        longer running (its lease expired and another server took it)."""
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE retro_runs SET checkpoint = ?, scanned = scanned + ?, lease_until = ?"
+                " WHERE id = ? AND state = ? RETURNING id",
+                (checkpoint, scanned, now_micros() + int(lease_seconds * 1e6), run_id, RUNNING),
+            )
+            return cur.fetchone() is not None
+
+    def release_retro_run(self, run_id: int) -> None:
+        """Gives a running run back (its server is stopping): queued again,
+        from its checkpoint, for the next server that looks."""
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE retro_runs SET state = ?, lease_until = 0 WHERE id = ? AND state = ?",
+                (QUEUED, run_id, RUNNING),
+            )
+
+    def finish_retro_run(self, run_id: int, state: str, error: str = "") -> None:
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE retro_runs SET state = ?, error = ?, finished_at = ? WHERE id = ?",
+                (state, error[:1000], now_micros(), run_id),
+            )
+
+    # -- what a run reads
+
+    def history_uploads(self, after_id: int, upto_id: int, limit: int) -> list[HistoryUpload]:
+        """Match records that were allowed, after_id < id <= upto_id, by id
+        (the last one is the checkpoint after them): what was let through.
+        Blocked uploads were stopped, reviewed ones are in the queue already
+        (and a confirmed one added as an entry would find itself). Records
+        whose signals were pruned hold none."""
+        with self._read() as cur:
+            cur.execute(
+                "SELECT id, request_id, time, caller, client_ref, media_type, query_signals,"
+                " caller_token_id FROM match_history"
+                " WHERE id > ? AND id <= ? AND rpc IN (?, ?, ?) AND decision = 'allow'"
+                " ORDER BY id LIMIT ?",
+                (after_id, upto_id, *MATCH_RPCS, limit),
+            )
+            rows = cur.fetchall()
+        return [
+            HistoryUpload(r[0], r[1], from_micros(r[2]), r[3], r[4], r[5], json.loads(r[6]), r[7])
+            for r in rows
+        ]
+
+    # -- hits
+
+    def add_retro_match(
+        self,
+        run_id: int,
+        entry_id: int,
+        history_id: int,
+        decision: str,
+        item: dict,
+        events: Iterable[NewEvent] = (),
+    ) -> int | None:
+        """The hit, its review item (`item`: insert_review_item's arguments,
+        request_id the upload's) and its events (outbox, naming the item) in
+        one transaction; the review item's id, or None if this (entry,
+        request) was reported already (and no event is written again)."""
+        request_id = item["request_id"]
+        with self._write() as cur:
+            cur.execute(
+                "INSERT INTO retro_matches (run_id, entry_id, request_id, history_id, decision,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (entry_id, request_id) DO NOTHING RETURNING id",
+                (run_id, entry_id, request_id, history_id, decision, now_micros()),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return None
+            review_id = insert_review_item(
+                cur,
+                **{**item, "request_id": f"retro:{entry_id}:{request_id}"},
+                source="retro",
+                origin_request_id=request_id,
+            )
+            cur.execute(
+                "UPDATE retro_matches SET review_item_id = ? WHERE id = ?", (review_id, row[0])
+            )
+            cur.execute("UPDATE retro_runs SET hits = hits + 1 WHERE id = ?", (run_id,))
+            self._append_events(cur, [with_review_id(e, review_id) for e in events])
+            return review_id
+
+    def retro_matches_of(self, run_id: int) -> list[tuple[int, str, str, int | None]]:
+        """(entry id, request id, decision, review item id) of a run's hits."""
+        with self._read() as cur:
+            cur.execute(
+                "SELECT entry_id, request_id, decision, review_item_id FROM retro_matches"
+                " WHERE run_id = ? ORDER BY id",
+                (run_id,),
+            )
+            return [tuple(r) for r in cur.fetchall()]
+
+    # -- sets
+
+    def set_retro_window(self, set_id: int, seconds: int | None) -> None:
+        """The set's own window (None: the server's); records an update_set
+        change so every replica's view of the set follows."""
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE hash_sets SET retro_window_seconds = ?, updated_at = ? WHERE id = ?",
+                (seconds, now_micros(), set_id),
+            )
+            self._change(cur, "update_set", set_id, None)
+
+
+def _run(row) -> RetroRun:
+    return RetroRun(
+        id=row[0],
+        trigger=row[1],
+        requested_by=row[2],
+        set_id=row[3],
+        entry_ids=tuple(json.loads(row[4])),
+        since=from_micros(row[5]),
+        last_history_id=row[6],
+        checkpoint=row[7],
+        scanned=row[8],
+        hits=row[9],
+        state=row[10],
+        error=row[11],
+        created_at=from_micros(row[12]),
+        started_at=from_micros(row[13]),
+        finished_at=from_micros(row[14]),
+    )

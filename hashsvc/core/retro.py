@@ -1,0 +1,453 @@
+"""Retro-hunt: when entries are added, find the uploads of the last days that
+they match, which were let through before their hashes were known.
+
+The history keeps every Match's query signals (hashsvc/core/audit.py). A run
+streams the history records of its window through a small index built of the
+NEW entries' signals only (the same index and matcher classes as Match, in
+hashsvc/index and hashsvc/matching), so its cost grows with the window, not
+with the known sets. A hit is then held to what Match would apply today:
+allow lists and reviewers' false-positive verdicts (hashsvc/matching/
+feedback.py), a set still enabled, an entry not removed meanwhile.
+
+Every hit is a retro-match (record_retro_match): a review item with source
+"retro" and the original upload's request id, and its own record in the
+hash-chained history. Runs live in the store with a checkpoint (the last
+history id scanned) and a lease, so a run survives a restart or a replica's
+death; a hit is unique per (entry, request id), so it is never reported twice.
+
+Runs are made by triggers (entries_added: AddEntry, AddEntryUpload, BulkLoad,
+a confirmed review added to a set, partner feeds) and by hand (start_run),
+and scanned by one background thread per server: the RPC that added the
+entry only writes the queued run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from hashdb import (
+    EntryRecord,
+    HashSetRecord,
+    HistoryUpload,
+    RetroRun,
+    Store,
+)
+from hashdb.retro_sql import DONE, FAILED, QUEUED, SKIPPED
+from hashdb.times import to_micros
+from hashsvc.base.errors import FailedPrecondition, InvalidArgument, NotFound, TooLarge
+from hashsvc.base.media_kinds import worth_keeping
+from hashsvc.base.signals import Signal, signal_json
+from hashsvc.core import events
+from hashsvc.core.audit import SYSTEM_ACTOR, Audit
+from hashsvc.core.retro_scan import RetroScanner
+from hashsvc.index.live import LiveIndex
+from hashsvc.matching.feedback import Feedback
+from hashsvc.matching.matcher import Match, Matcher, MatchResult
+from hashsvc.matching.policy import BLOCK, REVIEW, LocalFeatureMatching, Policy
+
+log = logging.getLogger(__name__)
+
+RETRO_RUN_RPC = "RetroRun"  # a finished run's record (by hand or triggered)
+SECONDS_PER_DAY = 86_400
+MAX_WINDOW_SECONDS = 10 * 365 * SECONDS_PER_DAY
+
+
+@dataclass(frozen=True)
+class RetroSettings:
+    """Limits of retro-hunts (Config retro_*)."""
+
+    # How far back a run looks (a set's own retro window overrides it; 0: off)
+    window_seconds: float = 7 * SECONDS_PER_DAY
+    # New entries one run hunts with; a larger addition (a bulk load) is
+    # split into several runs. Each entry's signals go into the run's index.
+    max_entries_per_run: int = 100_000
+    # Runs queued or running at once; past it a triggered run is recorded as
+    # skipped (visible in `retro list`, rerun by hand) and a run asked for by
+    # hand is RESOURCE_EXHAUSTED: a flood of new entries cannot pile up work.
+    max_open_runs: int = 100
+    # History records read per step; the checkpoint is saved after each.
+    batch_records: int = 2_000
+    # A run's lease: a server that died holding it loses it after this, and
+    # another (or the restarted one) resumes from the checkpoint.
+    lease_seconds: float = 60.0
+    # How often the worker looks for runs it was not woken for (other
+    # replicas' triggers, expired leases).
+    poll_seconds: float = 5.0
+    # Pause after each step (seconds): leaves the cores to Match on a busy
+    # server. 0: none.
+    pause_seconds: float = 0.0
+    # The hunting thread's nice value (Linux: per thread): the scheduler
+    # gives Match's threads and the hashing workers the cores first.
+    nice: int = 10
+
+
+class RetroHunt:
+    def __init__(
+        self,
+        store: Store,
+        live: LiveIndex,
+        matcher: Matcher,
+        feedback: Feedback,
+        policy: Policy,
+        audit: Audit,
+        settings: RetroSettings,
+        local: LocalFeatureMatching | None = None,
+        pdq_review_search: str | None = None,
+    ) -> None:
+        self.store = store
+        self.live = live
+        self.matcher = matcher
+        self.feedback = feedback
+        self.policy = policy
+        self.audit = audit
+        self.settings = settings
+        self.local = local
+        self.pdq_review_search = pdq_review_search
+        self.wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- triggers
+
+    def entries_added(self, entry_ids: Iterable[int], trigger: str, caller: str) -> list[RetroRun]:
+        """Queues runs for entries just added (AddEntry, BulkLoad, a confirmed
+        review, a partner feed: call this with the new entry ids). Never
+        raises: the entries are added whatever happens here (logged)."""
+        try:
+            return self._queue(list(entry_ids), trigger, caller)
+        except Exception:
+            log.exception("queueing a retro-hunt for %s failed", trigger)
+            return []
+
+    def start_run(
+        self, caller: str, set_name: str = "", since_seconds: float | None = None
+    ) -> RetroRun:
+        """One run by hand: the entries added within the window to the set
+        (to every set that hunts, without a name) against the uploads within
+        it. The window: since_seconds, else the set's (the server's)."""
+        if since_seconds is not None and not since_seconds > 0:
+            raise InvalidArgument("since must be more than 0 seconds", field="since_seconds")
+        if set_name:
+            hash_set = self.store.get_set(set_name)
+            if hash_set is None:
+                raise NotFound(f"no such set: {set_name}", field="set")
+            if not _hunts(hash_set):
+                raise FailedPrecondition(
+                    f"set {set_name} is disabled or an allow list: it does not hunt"
+                )
+            sets, set_id = [hash_set], hash_set.id
+            window = since_seconds or self._window(hash_set)
+        else:
+            sets = [s for s in self.store.list_sets(include_disabled=False) if _hunts(s)]
+            set_id, window = None, since_seconds or self.settings.window_seconds
+        if not window:
+            raise FailedPrecondition("the retro window is 0 (off): give since_seconds")
+        since = to_micros(datetime.now(UTC) - timedelta(seconds=window))
+        ids = [i for s in sets for i in self.store.entries_changed_since(s.id, since)]
+        active = [e.id for e in self.store.get_entries(ids).values() if e.removed_at is None]
+        if not active:
+            raise NotFound("no entries to hunt with: none was added within the window")
+        if len(active) > self.settings.max_entries_per_run:
+            raise TooLarge(
+                f"{len(active)} entries were added within the window, more than one run takes"
+                f" ({self.settings.max_entries_per_run}): hunt with a shorter window or per set",
+                limit="retro_max_entries_per_run",
+            )
+        self._refuse_when_full()
+        run = self.store.create_retro_run("manual", caller, set_id, active, since)
+        self.wake.set()
+        return run
+
+    def _refuse_when_full(self, set_name: str = "") -> str:
+        """Why no run may be queued now ("" when it may); raises for a run
+        by hand (set_name empty)."""
+        open_runs = self.store.count_open_retro_runs()
+        if open_runs < self.settings.max_open_runs:
+            return ""
+        why = f"{open_runs} retro-hunts are queued or running (retro_max_open_runs)"
+        if not set_name:
+            raise TooLarge(f"{why}; retry later", limit="retro_max_open_runs")
+        return f"{why}; hunt later with `hashsvc retro run --set {set_name}`"
+
+    def _queue(self, entry_ids: list[int], trigger: str, caller: str) -> list[RetroRun]:
+        """Runs for added entries: one per set (at most max_entries_per_run
+        entries each), over the set's window."""
+        by_set: dict[int, list[int]] = {}
+        for entry in self.store.get_entries(entry_ids).values():
+            if entry.removed_at is None:
+                by_set.setdefault(entry.set_id, []).append(entry.id)
+        runs = []
+        step = self.settings.max_entries_per_run
+        for set_id, ids in sorted(by_set.items()):
+            hash_set = self.store.get_set_by_id(set_id)
+            if hash_set is None or not _hunts(hash_set):
+                continue  # a disabled set or an allow list does not hunt
+            window = self._window(hash_set)
+            if not window:
+                continue
+            since = to_micros(datetime.now(UTC) - timedelta(seconds=window))
+            for start in range(0, len(ids), step):
+                chunk = ids[start : start + step]
+                skipped = self._refuse_when_full(hash_set.name)
+                if skipped:
+                    log.warning("retro-hunt for %d entries skipped: %s", len(chunk), skipped)
+                    run = self.store.create_retro_run(
+                        trigger, caller, set_id, chunk, since, state=SKIPPED, error=skipped
+                    )
+                else:
+                    run = self.store.create_retro_run(trigger, caller, set_id, chunk, since)
+                runs.append(run)
+        if any(r.state == QUEUED for r in runs):
+            self.wake.set()
+        return runs
+
+    def _window(self, hash_set: HashSetRecord) -> float:
+        if hash_set.retro_window_seconds is not None:
+            return float(hash_set.retro_window_seconds)
+        return self.settings.window_seconds
+
+    def set_window(self, set_name: str, seconds: int | None) -> HashSetRecord:
+        """The set's own retro window (None: the server's; 0: off)."""
+        check_window(seconds)
+        hash_set = self.store.get_set(set_name)
+        if hash_set is None:
+            raise NotFound(f"no such set: {set_name}", field="set")
+        self.store.set_retro_window(hash_set.id, seconds)
+        self.live.catch_up()
+        return self.store.get_set_by_id(hash_set.id)
+
+    def list_runs(self, after_id: int = 0, limit: int = 100) -> list[RetroRun]:
+        return self.store.list_retro_runs(after_id, limit)
+
+    def get_run(self, run_id: int) -> RetroRun:
+        run = self.store.get_retro_run(run_id)
+        if run is None:
+            raise NotFound(f"no retro run {run_id}", field="run_id")
+        return run
+
+    # -- the worker
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._work, daemon=True, name="retro")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _work(self) -> None:
+        lower_priority(self.settings.nice)
+        # Unfinished runs (a restart) are claimed like queued ones once their
+        # lease has expired.
+        while not self._stopping.is_set():
+            try:
+                run = self.store.claim_retro_run(self.settings.lease_seconds)
+            except Exception:
+                log.exception("claiming a retro-hunt failed")
+                run = None
+            if run is None:
+                self.wake.wait(self.settings.poll_seconds)
+                self.wake.clear()
+                continue
+            try:
+                self.scan(run)
+            except Exception as exc:
+                log.exception("retro-hunt %d failed", run.id)
+                try:
+                    self.store.finish_retro_run(run.id, FAILED, str(exc))
+                    self._record_run(run.id)
+                except Exception:
+                    log.exception("recording retro-hunt %d as failed failed", run.id)
+
+    def scan(self, run: RetroRun) -> None:
+        """Scans the run from its checkpoint to its end (the worker's lease
+        is renewed at every step); stops early when the server stops (the
+        run resumes at its checkpoint)."""
+        self.live.catch_up()  # the index the hits are held to knows the new entries
+        entries = self._hunting_entries(run.entry_ids)
+        if entries:
+            scanner = RetroScanner(
+                entries, self.store, self.policy, self.local, self.pdq_review_search
+            )
+            checkpoint = run.checkpoint
+            since = run.since
+            while not self._stopping.is_set():
+                uploads = self.store.history_uploads(
+                    checkpoint, run.last_history_id, self.settings.batch_records
+                )
+                if not uploads:
+                    break
+                in_window = [u for u in uploads if u.time >= since]
+                for upload in scanner.candidates(in_window):
+                    for hit in scanner.hits(upload):
+                        self._hold(run, upload, hit, scanner)
+                checkpoint = uploads[-1].id
+                if not self.store.retro_progress(
+                    run.id, checkpoint, len(uploads), self.settings.lease_seconds
+                ):
+                    log.warning("retro-hunt %d was taken over by another server", run.id)
+                    return
+                if self.settings.pause_seconds:
+                    self._stopping.wait(self.settings.pause_seconds)
+            if self._stopping.is_set():
+                # a restart (or another replica) resumes it at once, from
+                # the checkpoint, instead of after the lease; after a crash
+                # it waits for the lease
+                self.store.release_retro_run(run.id)
+                return
+        self.store.finish_retro_run(run.id, DONE)
+        self._record_run(run.id)
+
+    def _hunting_entries(self, entry_ids: Iterable[int]) -> list[EntryRecord]:
+        """The run's entries that may still hunt: not removed, in an enabled
+        set that is not an allow list."""
+        out = []
+        for entry in self.store.get_entries(entry_ids, with_signals=True).values():
+            hash_set = self.live.sets_by_id.get(entry.set_id)
+            if entry.removed_at is None and hash_set is not None and _hunts(hash_set):
+                out.append(entry)
+        return out
+
+    def _hold(self, run: RetroRun, upload: HistoryUpload, hit: Match, scanner) -> None:
+        """The hit as Match would decide it today: allow lists and
+        false-positive verdicts applied, the entry still there, its set still
+        enabled; then recorded."""
+        allow_ids = {s.id for s in self.live.sets_by_id.values() if s.enabled and s.allow_list}
+        signals = scanner.signals_of(upload)
+        matches = [hit]
+        if allow_ids:
+            matches += self.matcher.match(signals, only_sets=allow_ids).matches
+        result = self.feedback.apply(
+            MatchResult(hit.decision, matches), signals, self.live.sets_by_id
+        )
+        held = next((m for m in result.matches if m.entry_id == hit.entry_id), None)
+        if held is None or held.decision not in (BLOCK, REVIEW):
+            return
+        entry = self.store.get_entries([hit.entry_id]).get(hit.entry_id)
+        hash_set = self.store.get_set_by_id(hit.set_id)
+        if entry is None or entry.removed_at is not None or hash_set is None:
+            return
+        if not _hunts(hash_set):
+            return
+        record_retro_match(self.store, self.audit, run, upload, signals, held)
+
+    def _record_run(self, run_id: int) -> None:
+        # A run that found something or failed is recorded (every run is in
+        # `retro list`); not indexed under the set: `history --set` shows
+        # what people did to the set, and each hit has its RetroMatch there.
+        run = self.store.get_retro_run(run_id)
+        if run.state == DONE and not run.hits:
+            return
+        self.audit.record_action(
+            RETRO_RUN_RPC,
+            SYSTEM_ACTOR,
+            run_json(run),
+            status="OK" if run.state == DONE else "INTERNAL",
+            error_message=run.error,
+        )
+
+
+def record_retro_match(
+    store: Store,
+    audit: Audit,
+    run: RetroRun,
+    upload: HistoryUpload,
+    signals: list[Signal],
+    match: Match,
+) -> int | None:
+    """THE place a retro-match is made: its unique hit and review item (one
+    transaction), then its record in the hash-chained history. None when the
+    hit was reported before (a resumed run)."""
+    item = {
+        "request_id": upload.request_id,
+        "created_at": datetime.now(UTC),
+        "caller": upload.caller,
+        "media_type": upload.media_type,
+        "client_ref": upload.client_ref,
+        "query_signals": [signal_json(s) for s in signals if worth_keeping(s)],
+        "matches": [match.to_json()],
+    }
+    # the notification goes out with the hit, in its transaction (the outbox
+    # names the review item): a hit reported before writes neither again
+    event = events.retro_match_event(
+        request_id=upload.request_id,
+        upload_time=upload.time.isoformat().replace("+00:00", "Z"),
+        caller=upload.caller,
+        client_ref=upload.client_ref,
+        media_type=upload.media_type,
+        decision=match.decision,
+        matches=[match],
+    )
+    review_id = store.add_retro_match(
+        run.id, match.entry_id, upload.id, match.decision, item, events=[event]
+    )
+    if review_id is None:
+        return None
+    audit.record_retro_match(
+        request_id=upload.request_id,
+        upload_time=upload.time,
+        caller=upload.caller,
+        caller_token_id=upload.caller_token_id,
+        client_ref=upload.client_ref,
+        media_type=upload.media_type,
+        match=match.to_json(),
+        detail={"run_id": run.id, "review_id": review_id, "history_id": upload.id},
+    )
+    log.info(
+        "retro-match: upload %s matches %s/%s (%s)",
+        upload.request_id,
+        match.set_name,
+        match.entry_name,
+        match.decision,
+    )
+    return review_id
+
+
+def run_json(run: RetroRun) -> dict:
+    duration = None
+    if run.started_at is not None:
+        end = run.finished_at or datetime.now(UTC)
+        duration = round((end - run.started_at).total_seconds(), 3)
+    return {
+        "run_id": run.id,
+        "trigger": run.trigger,
+        "requested_by": run.requested_by,
+        "set_id": run.set_id,
+        "entries": len(run.entry_ids),
+        "since": run.since.isoformat(),
+        "uploads_scanned": run.scanned,
+        "hits": run.hits,
+        "duration_seconds": duration,
+        "state": run.state,
+        "error": run.error,
+    }
+
+
+def lower_priority(nice: int) -> None:
+    """Lowers the calling thread's CPU priority by `nice` (Linux schedules
+    threads one by one; elsewhere, or without permission, nothing)."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError:
+        log.warning("could not lower the retro-hunt thread's priority")
+
+
+def check_window(seconds: int | None) -> None:
+    if seconds is not None and not 0 <= seconds <= MAX_WINDOW_SECONDS:
+        raise InvalidArgument(
+            "retro_window_seconds must be within 0 (off) .. 10 years", field="retro_window_seconds"
+        )
+
+
+def _hunts(hash_set: HashSetRecord) -> bool:
+    return hash_set.enabled and not hash_set.allow_list

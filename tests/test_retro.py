@@ -1,0 +1,505 @@
+"""Retro-hunt through the running service, on both stores: uploads that were
+allowed before their hash was known end up in review (source "retro", the
+original request id) and in the history, for pictures, video frames (time
+ranges), audio (offsets) and PDFs (pages); the window, allow lists, disabled
+sets and removed entries hold; `retro run` / `retro list`; a run killed with
+-9 resumes without reporting a hit twice; pruned signals keep the chain
+verifying."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import time
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+
+from hashdb import HistoryFilter, HistoryRecord, open_store
+from hashdb.times import to_micros
+from hashsvc.base.signals import Signal
+from hashsvc.client import cli
+from hashsvc.core import auth
+from hashsvc.core.audit import history_signal_json
+from hashsvc.v1 import hashsvc_pb2 as pb
+from hashsvc_testing import audio_media, pdf_media, video_media
+from hashsvc_testing.image_media import encode, photo, reencoded
+from hashsvc_testing.stubs import Stubs
+from tests.test_process import ServerProcess
+
+CHUNK = 64 * 1024
+OPEN = ("queued", "running")
+
+
+@pytest.fixture
+def harness_config():
+    return {"retro_poll_seconds": 0.2}
+
+
+def _wait_runs(stubs, md, seconds: float = 120) -> list[pb.RetroRunInfo]:
+    """Every run once none is queued or running (bounded)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        runs = list(stubs.retro.ListRetroRuns(pb.ListRetroRunsRequest(), metadata=md).runs)
+        if runs and all(r.state not in OPEN for r in runs):
+            return runs
+        time.sleep(0.1)
+    raise AssertionError(f"retro runs still open after {seconds} s: {runs}")
+
+
+def _retro_items(stubs, md) -> list[pb.ReviewItem]:
+    items = stubs.review.ListReviewItems(pb.ListReviewItemsRequest(), metadata=md).items
+    return [i for i in items if i.source == "retro"]
+
+
+def _match(stubs, md, data: bytes, ref: str) -> pb.MatchResponse:
+    return stubs.matcher.Match(
+        pb.MatchRequest(media=pb.Media(content=data), client_ref=ref), metadata=md
+    )
+
+
+def _add(stubs, md, set_name: str, name: str, data: bytes) -> pb.Entry:
+    return stubs.curation.AddEntry(
+        pb.AddEntryRequest(set=set_name, name=name, media=pb.Media(content=data)), metadata=md
+    )
+
+
+def test_allowed_picture_is_found_when_its_hash_arrives(harness, operator, matcher, reviewer):
+    ops, op_md = operator
+    m, m_md = matcher
+    rev, rev_md = reviewer
+    ops.curation.CreateSet(pb.CreateSetRequest(name="isis"), metadata=op_md)
+    ops.curation.CreateSet(pb.CreateSetRequest(name="benign", allow_list=True), metadata=op_md)
+    ops.curation.CreateSet(pb.CreateSetRequest(name="off"), metadata=op_md)
+    ops.curation.UpdateSet(pb.UpdateSetRequest(name="off", enabled=False), metadata=op_md)
+    _add(ops, op_md, "benign", "meme", encode(photo(5)))
+    # the uploads, all allowed: nothing was known yet (photo 5 is allow-listed)
+    copy = _match(m, m_md, reencoded(photo(1), scale=0.5, quality=40), "u-copy")
+    _match(m, m_md, encode(photo(3)), "u-unrelated")
+    _match(m, m_md, encode(photo(5)), "u-benign")
+    _match(m, m_md, encode(photo(6)), "u-disabled")
+    assert copy.decision == pb.ALLOW
+
+    _add(ops, op_md, "isis", "poster", encode(photo(1)))
+    _add(ops, op_md, "isis", "benign-lookalike", encode(photo(5)))  # allow list holds
+    _add(ops, op_md, "off", "disabled", encode(photo(6)))  # a disabled set does not hunt
+    runs = _wait_runs(ops, op_md)
+    assert {r.trigger for r in runs} == {"AddEntry"}
+    assert sum(r.hits for r in runs) == 1 and all(r.state == "done" for r in runs)
+
+    (item,) = _retro_items(rev, rev_md)
+    assert item.request_id == copy.request_id and item.client_ref == "u-copy"
+    assert item.caller == "test-matcher" and item.media_type == pb.IMAGE
+    (found,) = item.matches
+    assert (found.set, found.entry, found.decision) == ("isis", "poster", pb.BLOCK)
+    # its record in the history: its own kind, naming the upload
+    aud, aud_md = harness.stubs("auditor")
+    records = aud.audit.ExportHistory(pb.QueryHistoryRequest(set="isis"), metadata=aud_md)
+    retro = [r for r in records if r.rpc == "RetroMatch"]
+    assert len(retro) == 1 and json.loads(retro[0].detail_json)["request_id"] == copy.request_id
+
+    # a run by hand over the same window finds it again: never reported twice
+    run = ops.retro.StartRetroRun(pb.StartRetroRunRequest(set="isis"), metadata=op_md)
+    assert run.trigger == "manual"
+    _wait_runs(ops, op_md)
+    assert len(_retro_items(rev, rev_md)) == 1
+    verified = aud.audit.VerifyHistory(pb.VerifyHistoryRequest(), metadata=aud_md)
+    assert verified.intact
+
+
+def test_window_and_removed_entries(harness, operator, reviewer):
+    """Uploads older than the set's window are not hunted; a run whose entry
+    was removed before it was scanned finds nothing."""
+    ops, op_md = operator
+    core = harness.core
+    store = core.store
+    ops.curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=op_md)
+    ops.curation.UpdateSet(pb.UpdateSetRequest(name="s", retro_window_seconds=3600), metadata=op_md)
+    pdq = Signal("pdq", bytes(range(32)), 90)
+    old, recent = _history_upload(store, pdq, hours_ago=2), _history_upload(store, pdq, 0.1)
+    entry = ops.curation.AddEntry(
+        pb.AddEntryRequest(
+            set="s", name="e", signal=pb.SignalValue(signal_type="pdq", value=pdq.value.hex())
+        ),
+        metadata=op_md,
+    )
+    _wait_runs(ops, op_md)
+    rev, rev_md = reviewer
+    assert [i.request_id for i in _retro_items(rev, rev_md)] == [recent]
+    assert old != recent
+
+    # a queued run whose entry is removed before the scan: no hit
+    _history_upload(store, pdq, 0.1, request_id="after-removal")
+    hash_set = store.get_set("s")
+    run = store.create_retro_run(
+        "feed",
+        "partner",
+        hash_set.id,
+        [entry.id],
+        to_micros(datetime.now(UTC) - timedelta(hours=1)),
+    )
+    ops.curation.RemoveEntry(pb.RemoveEntryRequest(set="s", name="e"), metadata=op_md)
+    core.retro.wake.set()
+    _wait_runs(ops, op_md)
+    assert store.get_retro_run(run.id).hits == 0
+    assert [i.request_id for i in _retro_items(rev, rev_md)] == [recent]
+
+
+def _history_upload(store, sig, hours_ago: float, request_id: str = "") -> str:
+    """A Match record written as the server writes one, `hours_ago` old."""
+    request_id = request_id or f"req-{time.time_ns()}"
+    store.record_match(
+        HistoryRecord(
+            request_id=request_id,
+            time=datetime.now(UTC) - timedelta(hours=hours_ago),
+            caller="pipeline",
+            rpc="Match",
+            media_type="image",
+            decision="allow",
+            status="OK",
+            query_signals=[history_signal_json(sig)],
+        )
+    )
+    return request_id
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("retro-media")
+    known_video = video_media.slideshow(d / "known.mp4", [0, 1, 2, 3, 4, 5], 3.3)
+    speech = audio_media.speech_track(1, 40.0, "ar")
+    pub = pdf_media.publication(3, "ar")
+    return {
+        "video": known_video.read_bytes(),
+        "video_excerpt": video_media.excerpt(known_video, 6.0, 12.0, d).read_bytes(),
+        "audio": audio_media.master(speech),
+        "audio_excerpt": audio_media.encode(
+            speech[int(20 * audio_media.RATE) : int(32 * audio_media.RATE)], "ogg", "-q:a", "0"
+        ),
+        "pdf": pdf_media.typeset(pub),
+        "pdf_retypeset": pdf_media.retypeset(pub),
+    }
+
+
+def _upload_match(stubs, md, data: bytes, ref: str) -> pb.MatchResponse:
+    messages = [pb.MatchUploadRequest(header=pb.MatchRequest(client_ref=ref))]
+    messages += [
+        pb.MatchUploadRequest(chunk=data[i : i + CHUNK]) for i in range(0, len(data), CHUNK)
+    ]
+    return stubs.matcher.MatchUpload(iter(messages), metadata=md)
+
+
+def _upload_add(stubs, md, set_name: str, name: str, data: bytes) -> pb.Entry:
+    messages = [pb.AddEntryUploadRequest(header=pb.AddEntryRequest(set=set_name, name=name))]
+    messages += [
+        pb.AddEntryUploadRequest(chunk=data[i : i + CHUNK]) for i in range(0, len(data), CHUNK)
+    ]
+    return stubs.curation.AddEntryUpload(iter(messages), metadata=md)
+
+
+def test_video_audio_and_pdf_uploads_are_found_with_where(
+    harness, operator, matcher, reviewer, media
+):
+    ops, op_md = operator
+    m, m_md = matcher
+    ops.curation.CreateSet(pb.CreateSetRequest(name="isis"), metadata=op_md)
+    asked = {
+        kind: _upload_match(m, m_md, media[query], kind)
+        for kind, query in (
+            ("video", "video_excerpt"),
+            ("audio", "audio_excerpt"),
+            ("pdf", "pdf_retypeset"),
+        )
+    }
+    assert all(r.decision == pb.ALLOW for r in asked.values())
+    for kind in asked:
+        _upload_add(ops, op_md, "isis", f"known-{kind}", media[kind])
+    _wait_runs(ops, op_md, seconds=300)
+    rev, rev_md = reviewer
+    items = {i.client_ref: i for i in _retro_items(rev, rev_md)}
+    assert set(items) == {"video", "audio", "pdf"}
+    for kind, resp in asked.items():
+        item = items[kind]
+        assert item.request_id == resp.request_id
+        (found,) = item.matches
+        assert found.entry == f"known-{kind}" and found.decision in (pb.BLOCK, pb.REVIEW)
+        assert found.segments, kind
+    video = items["video"].matches[0]
+    assert video.unit == "seconds"
+    assert abs(video.segments[0].known_start - 6.0) <= 1.5  # the excerpt's place
+    audio = items["audio"].matches[0]
+    assert audio.unit == "seconds" and abs(audio.segments[0].known_start - 20.0) <= 1.5
+    assert items["pdf"].matches[0].unit == "pages"
+
+
+def test_retro_cli_and_roles(harness, operator, matcher, monkeypatch, capsys):
+    ops, op_md = operator
+    m, m_md = matcher
+    ops.curation.CreateSet(pb.CreateSetRequest(name="isis"), metadata=op_md)
+    ops.curation.UpdateSet(pb.UpdateSetRequest(name="isis", retro_window_seconds=0), metadata=op_md)
+    _match(m, m_md, reencoded(photo(1)), "u1")
+    _add(ops, op_md, "isis", "poster", encode(photo(1)))  # the set's window is 0: no run
+    assert not ops.retro.ListRetroRuns(pb.ListRetroRunsRequest(), metadata=op_md).runs
+
+    monkeypatch.setenv("HASHSVC_TOKEN", harness.tokens["operator"])
+    code = cli.main(
+        ["--server", harness.address, "retro", "run", "--set", "isis", "--since", "1d", "--json"]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["state"] == "done" and summary["hits"] == 1
+    assert summary["trigger"] == "manual" and summary["uploads_scanned"] == 1
+    assert summary["window_seconds"] == 86_400
+    assert f"retro run {summary['id']}" in err or summary["duration_seconds"] >= 0
+
+    monkeypatch.setenv("HASHSVC_TOKEN", harness.tokens["auditor"])
+    assert cli.main(["--server", harness.address, "retro", "list", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["id"] for r in rows] == [summary["id"]] and rows[0]["set"] == "isis"
+    assert cli.main(["--server", harness.address, "retro", "run", "--set", "isis"]) == 1
+    assert "PERMISSION_DENIED" in capsys.readouterr().err
+
+    monkeypatch.setenv("HASHSVC_TOKEN", harness.tokens["operator"])
+    assert cli.main(["--server", harness.address, "retro", "run", "--set", "nope"]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+    # the set's window is 0: a run by hand needs its own
+    assert cli.main(["--server", harness.address, "retro", "run", "--set", "isis"]) == 1
+    assert "FAILED_PRECONDITION" in capsys.readouterr().err
+    with pytest.raises(grpc.RpcError) as bad:
+        ops.curation.UpdateSet(
+            pb.UpdateSetRequest(name="isis", retro_window_seconds=-1), metadata=op_md
+        )
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_too_many_open_runs(store_url, make_harness):
+    """A flood of additions cannot pile up runs: past retro_max_open_runs a
+    triggered run is recorded as skipped, one by hand is RESOURCE_EXHAUSTED."""
+    h = make_harness(store_url, retro_max_open_runs=1, retro_poll_seconds=3600)
+    ops, op_md = h.stubs("operator")
+    ops.curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=op_md)
+    h.core.retro.stop()  # nothing is scanned: the runs stay open
+    for i in range(3):
+        ops.curation.AddEntry(
+            pb.AddEntryRequest(
+                set="s",
+                name=f"e{i}",
+                signal=pb.SignalValue(signal_type="pdq", value=f"{i + 1:064x}"),
+            ),
+            metadata=op_md,
+        )
+    states = [
+        r.state for r in ops.retro.ListRetroRuns(pb.ListRetroRunsRequest(), metadata=op_md).runs
+    ]
+    assert sorted(states) == ["queued", "skipped", "skipped"]
+    with pytest.raises(grpc.RpcError) as full:
+        ops.retro.StartRetroRun(pb.StartRetroRunRequest(set="s"), metadata=op_md)
+    assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_kill_9_mid_run_resumes_without_duplicates(store_url, tmp_path):
+    """A run over 3,000 uploads (every 10th a copy) is killed with -9 half-way;
+    the restarted server resumes it from its checkpoint: every hit once."""
+    store = open_store(store_url)
+    try:
+        known = bytes(range(32))
+        near = bytes([known[0] ^ 0x07]) + known[1:]  # 3 bits away
+        for i in range(3000):
+            # unrelated uploads: random hashes, ~128 bits from anything
+            value = near if i % 10 == 0 else hashlib.sha256(b"%d" % i).digest()
+            _history_upload(store, Signal("pdq", value, 90), 0.5, request_id=f"up-{i}")
+        _, token = auth.create_token(store, "admin", "test")
+    finally:
+        store.close()
+    md = (("authorization", f"Bearer {token}"),)
+    config = tmp_path / "hashsvc.toml"
+    config.write_text(
+        "retro_batch_records = 100\nretro_pause_seconds = 0.1\nretro_lease_seconds = 1.0\n"
+        "retro_poll_seconds = 0.2\n"
+    )
+    server = ServerProcess(store_url, tmp_path, ("--config", str(config)))
+    stubs = Stubs(server.channel)
+    stubs.curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=md)
+    stubs.curation.AddEntry(
+        pb.AddEntryRequest(
+            set="s", name="e", signal=pb.SignalValue(signal_type="pdq", value=known.hex())
+        ),
+        metadata=md,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        (run,) = stubs.retro.ListRetroRuns(pb.ListRetroRunsRequest(), metadata=md).runs
+        if run.uploads_scanned >= 500:
+            break
+        time.sleep(0.05)
+    assert run.state == "running" and 0 < run.uploads_scanned < 3000
+    server.stop(signal.SIGKILL)
+
+    restarted = ServerProcess(store_url, tmp_path, ("--config", str(config)))
+    try:
+        stubs = Stubs(restarted.channel)
+        (run,) = _wait_runs(stubs, md, seconds=120)
+        assert run.state == "done" and run.hits == 300
+        items = []
+        token = ""
+        while True:
+            page = stubs.review.ListReviewItems(
+                pb.ListReviewItemsRequest(page_size=1000, page_token=token), metadata=md
+            )
+            items += [i for i in page.items if i.source == "retro"]
+            token = page.next_page_token
+            if not token:
+                break
+        ids = [i.request_id for i in items]
+        assert len(ids) == 300 and len(set(ids)) == 300
+        assert set(ids) == {f"up-{i}" for i in range(0, 3000, 10)}
+    finally:
+        assert restarted.stop(signal.SIGTERM) == 0
+
+
+def test_prune_keeps_the_chain_verifying(harness, matcher, monkeypatch, capsys):
+    m, m_md = matcher
+    for i in range(3):
+        _match(m, m_md, encode(photo(i)), f"u{i}")
+    monkeypatch.setenv("HASHSVC_TOKEN", harness.tokens["operator"])
+    assert cli.main(["--server", harness.address, "history", "prune", "--before", "1m"]) == 1
+    assert "PERMISSION_DENIED" in capsys.readouterr().err
+    monkeypatch.setenv("HASHSVC_TOKEN", harness.tokens["admin"])
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    assert cli.main(["--server", harness.address, "history", "prune", "--before", future]) == 1
+    assert "INVALID_ARGUMENT" in capsys.readouterr().err
+    before = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    time.sleep(1.1)
+    code = cli.main(["--server", harness.address, "--json", "history", "prune", "--before", before])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["records_pruned"] >= 3
+    uploads = [
+        r for r in harness.core.store.query_history(HistoryFilter(), 0, 1000) if r.rpc == "Match"
+    ]
+    assert len(uploads) == 3 and all(r.query_signals == [] for r in uploads)
+    assert cli.main(["--server", harness.address, "history", "verify"]) == 0
+    assert "history intact" in capsys.readouterr().out
+
+
+def test_a_stopping_server_gives_its_run_back(store_url, make_core):
+    """SIGTERM-like stop mid-run: the run is queued again at its checkpoint
+    and the next server finishes it at once (no lease to wait for)."""
+    settings = {"retro_batch_records": 50, "retro_pause_seconds": 0.1, "retro_poll_seconds": 0.2}
+    core = make_core(store_url, **settings)
+    known = bytes(range(32))
+    near = bytes([known[0] ^ 0x03]) + known[1:]
+    for i in range(400):
+        value = near if i % 20 == 0 else hashlib.sha256(b"%d" % i).digest()
+        _history_upload(core.store, Signal("pdq", value, 90), 0.5, request_id=f"up-{i}")
+    core.curation.create_set("s")
+    core.curation.add_entry("s", "e", {}, "op", signal=("pdq", known.hex(), None))
+    deadline = time.monotonic() + 60
+    while core.store.list_retro_runs()[0].checkpoint == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    make_core.stop(core)
+    probe = open_store(store_url)
+    try:
+        (run,) = probe.list_retro_runs()
+    finally:
+        probe.close()
+    assert run.state == "queued" and 0 < run.scanned < 400
+    again = make_core(store_url, **settings)
+    deadline = time.monotonic() + 60
+    while again.store.get_retro_run(run.id).state != "done" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    finished = again.store.get_retro_run(run.id)
+    assert finished.state == "done" and finished.hits == 20
+    assert len(again.store.retro_matches_of(run.id)) == 20
+
+
+def test_kept_local_features_find_a_tilted_copy(tmp_path, make_harness):
+    """With history_keep_local_features the history keeps an upload's local
+    features whole, so a retro-hunt finds what only they match (a tilted
+    copy, with PDQ held to distance 0)."""
+    from tests.test_local_features_service import bridge, jpeg, rotated
+
+    h = make_harness(
+        f"sqlite:///{tmp_path}/lf.db", history_keep_local_features=True, retro_poll_seconds=0.2
+    )
+    ops, op_md = h.stubs("operator")
+    m, m_md = h.stubs("matcher")
+    exact_pdq = pb.Threshold(signal_type="pdq", block_distance=0, review_distance=0)
+    ops.curation.CreateSet(pb.CreateSetRequest(name="isis", thresholds=[exact_pdq]), metadata=op_md)
+    asked = _match(m, m_md, jpeg(rotated(bridge(), 10)), "tilted")
+    assert asked.decision == pb.ALLOW
+    _add(ops, op_md, "isis", "bridge", jpeg(bridge()))
+    _wait_runs(ops, op_md)
+    rev, rev_md = h.stubs("reviewer")
+    (item,) = _retro_items(rev, rev_md)
+    assert item.request_id == asked.request_id
+    assert item.matches[0].signal_type == "local_features"
+
+
+def test_a_bulk_load_hunts(harness, matcher, monkeypatch, capsys, tmp_path):
+    """`hashsvc load` (BulkLoad): the loaded hashes hunt too."""
+    m, m_md = matcher
+    known = hashlib.sha256(b"partner-list").digest()
+    near = bytes([known[0] ^ 0x01]) + known[1:]
+    asked = m.matcher.Match(
+        pb.MatchRequest(signal=pb.SignalValue(signal_type="pdq", value=near.hex())), metadata=m_md
+    )
+    ops, op_md = harness.stubs("operator")
+    ops.curation.CreateSet(pb.CreateSetRequest(name="partner"), metadata=op_md)
+    rows = tmp_path / "list.csv"
+    rows.write_text(f"signal_type,signal_value,entry\npdq,{known.hex()},amaq-1\n")
+    monkeypatch.setenv("HASHSVC_TOKEN", harness.tokens["operator"])
+    assert cli.main(["--server", harness.address, "load", "--set", "partner", str(rows)]) == 0
+    capsys.readouterr()
+    (run,) = _wait_runs(ops, op_md)
+    assert run.trigger == "BulkLoad" and run.hits == 1
+    rev, rev_md = harness.stubs("reviewer")
+    assert [i.request_id for i in _retro_items(rev, rev_md)] == [asked.request_id]
+
+
+def _flipped(value: bytes, bits: int) -> bytes:
+    """value with its first `bits` bits flipped."""
+    as_int = int.from_bytes(value, "big") ^ (((1 << bits) - 1) << (256 - bits))
+    return as_int.to_bytes(32, "big")
+
+
+def test_a_confirmed_review_added_to_a_set_hunts(harness, operator, matcher, reviewer):
+    """An upload let through (48 bits from the known hash, past the seed
+    set's review threshold of 45) is found when a reviewer confirms a
+    look-alike (40 bits: reviewed) and adds it to a set: 8 bits apart."""
+    ops, op_md = operator
+    m, m_md = matcher
+    rev, rev_md = reviewer
+    known = hashlib.sha256(b"seed").digest()
+    strict = pb.Threshold(signal_type="pdq", block_distance=10, review_distance=45)
+    ops.curation.CreateSet(pb.CreateSetRequest(name="seed", thresholds=[strict]), metadata=op_md)
+    ops.curation.CreateSet(pb.CreateSetRequest(name="isis", review_target=True), metadata=op_md)
+    ops.curation.AddEntry(
+        pb.AddEntryRequest(
+            set="seed", name="x", signal=pb.SignalValue(signal_type="pdq", value=known.hex())
+        ),
+        metadata=op_md,
+    )
+
+    def ask(value: bytes) -> pb.MatchResponse:
+        return m.matcher.Match(
+            pb.MatchRequest(signal=pb.SignalValue(signal_type="pdq", value=value.hex())),
+            metadata=m_md,
+        )
+
+    let_through = ask(_flipped(known, 48))
+    assert let_through.decision == pb.ALLOW
+    assert ask(_flipped(known, 40)).decision == pb.REVIEW
+    _wait_runs(ops, op_md)  # the seed entry's run: nothing (its uploads came after)
+    item = rev.review.ClaimReviewItem(pb.ClaimReviewItemRequest(), metadata=rev_md)
+    rev.review.ResolveReviewItem(
+        pb.ResolveReviewItemRequest(id=item.id, resolution="confirmed", add_to_set="isis"),
+        metadata=rev_md,
+    )
+    runs = _wait_runs(ops, op_md)
+    assert [r.hits for r in runs if r.trigger == "ResolveReview"] == [1]
+    (found,) = _retro_items(rev, rev_md)
+    assert found.request_id == let_through.request_id
+    assert found.matches[0].set == "isis" and found.matches[0].distance == 8
