@@ -305,6 +305,52 @@ def test_tokens_create_list_revoke(sqlite_server):
             _error(auditor.get("/v1/stats"), 401, "UNAUTHENTICATED")
 
 
+def test_retro_hunt_and_events_over_http(sqlite_server):
+    """An upload let through, then its hash added: a retro-hunt run by hand
+    over HTTP finds it, the run is listed, the platform's event is in the
+    outbox page, and a prune with a bad time is a JSON error."""
+    value = f"{7:032x}"
+    with sqlite_server.client("operator") as op:
+        op.post("/v1/sets", json={"name": "retro-http"})
+    with sqlite_server.client("matcher") as matcher:
+        before = matcher.post(
+            "/v1/match",
+            json={"signal": {"signal_type": "md5", "value": value}},
+            params={"client_ref": "u-retro"},
+        ).json()
+        assert before["decision"] == "allow"
+    with sqlite_server.client("operator") as op:
+        added = op.post(
+            "/v1/sets/retro-http/entries",
+            json={"name": "claim", "signal": {"signal_type": "md5", "value": value}},
+        )
+        assert added.status_code == 201, added.text
+        started = op.post("/v1/retro/runs", json={"set": "retro-http"})
+        assert started.status_code == 202, started.text
+        run_id = started.json()["run_id"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            run = op.get(f"/v1/retro/runs/{run_id}").json()
+            if run["state"] not in ("queued", "running"):
+                break
+            time.sleep(0.2)
+        assert run["state"] == "done" and run["set"] == "retro-http", run
+        listed = op.get("/v1/retro/runs").json()["runs"]
+        assert run_id in [r["run_id"] for r in listed]
+        _error(op.post("/v1/retro/runs", json={"since_seconds": -1}), 400, "INVALID_ARGUMENT")
+        _error(op.get("/v1/retro/runs/999999"), 404, "NOT_FOUND")
+    with sqlite_server.client("auditor") as auditor:
+        events = auditor.get("/v1/events", params={"from": 1}).json()["events"]
+        told = [e for e in events if e["type"] == "retro_match"]
+        assert [e["request_id"] for e in told] == [before["request_id"]]
+        assert told[0]["client_ref"] == "u-retro" and told[0]["decision"] == "block"
+    with sqlite_server.client("admin") as admin:
+        _error(admin.post("/v1/history/prune", json={"before": "soon"}), 400, "INVALID_ARGUMENT")
+        _error(admin.post("/v1/history/prune", json={}), 400, "INVALID_ARGUMENT")
+        pruned = admin.post("/v1/history/prune", json={"before": "2000-01-01T00:00:00Z"})
+        assert pruned.status_code == 200 and pruned.json() == {"records_pruned": 0}
+
+
 # -- bad input of every kind
 
 

@@ -108,6 +108,16 @@ def test_allowed_picture_is_found_when_its_hash_arrives(harness, operator, match
     verified = aud.audit.VerifyHistory(pb.VerifyHistoryRequest(), metadata=aud_md)
     assert verified.intact
 
+    # the platform is told once, in the hit's transaction: a retro_match event
+    # naming the upload, its review item and the match, as `match --json` does
+    page = aud.events.ListEvents(pb.ListEventsRequest(from_id=1), metadata=aud_md)
+    told = [json.loads(e.json) for e in page.events if e.type == "retro_match"]
+    assert len(told) == 1, told
+    (event,) = told
+    assert event["request_id"] == copy.request_id and event["client_ref"] == "u-copy"
+    assert event["review_id"] == item.id and event["decision"] == "block"
+    assert [(m["set"], m["entry"]) for m in event["matches"]] == [("isis", "poster")]
+
 
 def test_window_and_removed_entries(harness, operator, reviewer):
     """Uploads older than the set's window are not hunted; a run whose entry
