@@ -14,6 +14,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from hashdb import columns, migrations
 from hashdb.bulk_sql import AddedSignals, PlainSignals
+from hashdb.exchange_sql import ExchangeSQL
 from hashdb.review_sql import ReviewSQL
 from hashdb.sqlbase import SQLStore
 from hashdb.urls import CONNECT_TIMEOUT_SECONDS, safe_url
@@ -53,7 +54,7 @@ class _Cursor:
         return self._cur.copy(sql)
 
 
-class PostgresStore(SQLStore, ReviewSQL):
+class PostgresStore(SQLStore, ReviewSQL, ExchangeSQL):
     _unique_violation = pg_errors.UniqueViolation
 
     def __init__(

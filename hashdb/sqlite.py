@@ -16,12 +16,13 @@ from pathlib import Path
 
 from hashdb import columns, migrations
 from hashdb.bulk_sql import AddedSignals, PlainSignals
+from hashdb.exchange_sql import ExchangeSQL
 from hashdb.review_sql import ReviewSQL
 from hashdb.sqlbase import SQLStore
 from hashsvc.base.errors import Unavailable
 
 
-class SQLiteStore(SQLStore, ReviewSQL):
+class SQLiteStore(SQLStore, ReviewSQL, ExchangeSQL):
     _unique_violation = sqlite3.IntegrityError
 
     def __init__(self, url: str, history_key: bytes | None = None) -> None:

@@ -14,4 +14,5 @@ class Stubs:
         self.audit = pb_grpc.AuditStub(channel)
         self.admin = pb_grpc.AdminStub(channel)
         self.review = pb_grpc.ReviewStub(channel)
+        self.exchange = pb_grpc.ExchangeStub(channel)
         self.channel = channel

@@ -46,6 +46,13 @@ REQUESTS = {
     "Admin/CreateToken": pb.CreateTokenRequest(role="matcher"),
     "Admin/ListTokens": pb.ListTokensRequest(),
     "Admin/RevokeToken": pb.RevokeTokenRequest(id=999999),
+    "Exchange/AddFeed": pb.AddFeedRequest(name="f", api="file", set="s"),
+    "Exchange/ListFeeds": pb.ListFeedsRequest(),
+    "Exchange/GetFeed": pb.GetFeedRequest(name="f"),
+    "Exchange/SetFeedEnabled": pb.SetFeedEnabledRequest(name="f", enabled=True),
+    "Exchange/RemoveFeed": pb.RemoveFeedRequest(name="f"),
+    "Exchange/FetchFeed": pb.FetchFeedRequest(name="f"),
+    "Exchange/SendFeedback": pb.SendFeedbackRequest(feed="f", entry="e", verdict="confirmed"),
 }
 DENIED = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
 
@@ -83,6 +90,7 @@ def _call(module_harness, method: str, metadata):
         "Audit": stubs.audit,
         "Admin": stubs.admin,
         "Review": stubs.review,
+        "Exchange": stubs.exchange,
     }[service]
     request = REQUESTS[method]
     if isinstance(request, list):  # a client stream, sent afresh each call

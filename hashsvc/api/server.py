@@ -7,6 +7,7 @@ import errno
 import functools
 import gc
 import logging
+import os
 import signal
 import socket
 import threading
@@ -19,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from hashdb import safe_url
 from hashsvc.api import reflection
+from hashsvc.api.exchange_servicer import ExchangeServicer
 from hashsvc.api.interceptors import Access, CallMetrics, Limits
 from hashsvc.api.metrics import Metrics
 from hashsvc.api.servicers import (
@@ -33,6 +35,7 @@ from hashsvc.base.addresses import is_loopback
 from hashsvc.core.auth import RateLimiter
 from hashsvc.core.config import Config, new_spool
 from hashsvc.core.core import Core
+from hashsvc.exchange.feeds import Feeds
 from hashsvc.media.spool import Spool
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
@@ -66,11 +69,14 @@ class RunningServer:
     streams: StreamLimiter | None = None  # streams open now, within max_streams
     spool: Spool | None = None  # uploads waiting for hashing, within spool_max_bytes
     unread: UnreadCalls | None = None  # calls whose request message has not arrived
+    feeds: Feeds | None = None  # partner feeds and their background fetcher
 
     def stop(self, grace: float = 5.0) -> None:
         self.stopping.set()  # the health follower first: it must not say SERVING again
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
+        if self.feeds is not None:
+            self.feeds.stop()
         if self.unread is not None:
             self.unread.close()
         self.metrics.stop()
@@ -179,6 +185,10 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
     pb_grpc.add_AuditServicer_to_server(AuditServicer(core), server)
     pb_grpc.add_ReviewServicer_to_server(ReviewServicer(core), server)
     pb_grpc.add_AdminServicer_to_server(AdminServicer(core), server)
+    # this replica's name in feed leases: unique per process
+    feeds = Feeds(core, config.exchange, f"{socket.gethostname()}:{os.getpid()}:{id(core):x}")
+    feeds.on_fetch = metrics.observe_feed_fetch
+    pb_grpc.add_ExchangeServicer_to_server(ExchangeServicer(feeds), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:  # off by default: anyone may call it, no token needed
@@ -188,7 +198,15 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
     if warning := plaintext_warning(config):
         log.warning(warning)
     running = RunningServer(
-        server, port, core, health_servicer, metrics, streams=streams, spool=spool, unread=unread
+        server,
+        port,
+        core,
+        health_servicer,
+        metrics,
+        streams=streams,
+        spool=spool,
+        unread=unread,
+        feeds=feeds,
     )
     if config.metrics_listen:
         try:
@@ -229,6 +247,7 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
             return
         running._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("ready on port %d; index %s", port, core.live.sizes())
+        feeds.start()  # fetched rows go through the index: it is loaded now
         threading.Thread(target=running.follow_readiness, daemon=True, name="health").start()
 
     if block_until_ready:
