@@ -21,6 +21,7 @@ from hashsvc.base.errors import HashsvcError
 from hashsvc.client.commands import (
     bulk,
     entries,
+    exchange,
     history,
     match,
     review,
@@ -60,6 +61,7 @@ _REGISTER = (
     entries.register,
     bulk.register,
     entries.register_entries,
+    exchange.register,
     review.register,
     match.register,
     history.register,

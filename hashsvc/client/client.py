@@ -122,6 +122,7 @@ class Client:
         self.audit = pb_grpc.AuditStub(self.channel)
         self.admin = pb_grpc.AdminStub(self.channel)
         self.review = pb_grpc.ReviewStub(self.channel)
+        self.exchange = pb_grpc.ExchangeStub(self.channel)
         self._uploads = threading.BoundedSemaphore(UPLOADS_IN_FLIGHT)
 
     @property

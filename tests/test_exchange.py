@@ -1,0 +1,377 @@
+"""Partner feeds (issue 22) against real local HTTP servers that speak the
+TCAP and ThreatExchange APIs as python-threatexchange's clients call them
+(hashsvc_testing/exchange_servers.py), and the local-file exchange."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import grpc
+import pytest
+
+from hashsvc.core.config import ExchangeSettings
+from hashsvc.v1 import hashsvc_pb2 as pb
+from hashsvc_testing.exchange_servers import TE_TOKEN, TcapServer, ThreatExchangeServer
+
+SETTINGS = ExchangeSettings(
+    background=False,
+    http_timeout_seconds=1.0,
+    http_retries=0,
+    min_every_seconds=1,
+    retry_base_seconds=5,
+    feedback_retry_seconds=0.01,
+)
+
+
+@pytest.fixture
+def harness_config() -> dict:
+    return {"exchange": SETTINGS}
+
+
+def _hex(nbytes: int = 32) -> str:
+    return secrets.token_hex(nbytes)
+
+
+def _set(stubs, md, name="partners"):
+    stubs.curation.CreateSet(pb.CreateSetRequest(name=name), metadata=md)
+
+
+def _add(stubs, md, name, api, credentials="", **options):
+    return stubs.exchange.AddFeed(
+        pb.AddFeedRequest(
+            name=name,
+            api=api,
+            set="partners",
+            options={k: str(v) for k, v in options.items()},
+            every_seconds=60,
+            credentials=credentials,
+            labels={"partner": "gifct"},
+        ),
+        metadata=md,
+    )
+
+
+def _fetch(stubs, md, name, full=False):
+    messages = list(
+        stubs.exchange.FetchFeed(pb.FetchFeedRequest(name=name, full=full), metadata=md)
+    )
+    assert messages[-1].done
+    return messages
+
+
+def _entries(stubs, md) -> dict[str, pb.Entry]:
+    out = {}
+    token = ""
+    while True:
+        page = stubs.curation.ListEntries(
+            pb.ListEntriesRequest(set="partners", page_size=1000, page_token=token), metadata=md
+        )
+        out.update({e.name: e for e in page.entries})
+        token = page.next_page_token
+        if not token:
+            return out
+
+
+def _match_hash(harness, kind: str, value: str) -> pb.MatchResponse:
+    stubs, md = harness.stubs("matcher")
+    return stubs.matcher.Match(
+        pb.MatchRequest(signal=pb.SignalValue(signal_type=kind, value=value)), metadata=md
+    )
+
+
+# -- the local file exchange: a whole snapshot each time
+
+
+def test_file_feed_snapshot_adds_skips_and_deletes(harness, tmp_path):
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    kept, dropped = _hex(), _hex()
+    path = tmp_path / "list.txt"
+    path.write_text(f"pdq {kept}\npdq {dropped}\nurl https://example.org/x\n")
+    _add(stubs, md, "local-list", "file", path=path)
+    # an analyst added the dropped hash locally too: it must survive the feed's deletion
+    stubs.curation.AddEntry(
+        pb.AddEntryRequest(
+            set="partners",
+            name="analyst-1",
+            signal=pb.SignalValue(signal_type="pdq", value=dropped),
+        ),
+        metadata=md,
+    )
+    last = _fetch(stubs, md, "local-list")[-1]
+    assert (last.added, last.skipped, last.deleted) == (2, 1, 0)
+    entries = _entries(stubs, md)
+    feed_entry = entries[f"local-list:pdq:{kept}"]
+    assert dict(feed_entry.labels) == {"partner": "gifct", "feed": "local-list"}
+    assert _match_hash(harness, "pdq", kept).decision == pb.BLOCK
+
+    path.write_text(f"pdq {kept}\n")  # the partner dropped one hash
+    last = _fetch(stubs, md, "local-list")[-1]
+    assert (last.added, last.deleted) == (0, 1)
+    entries = _entries(stubs, md)
+    assert f"local-list:pdq:{dropped}" not in entries
+    assert "analyst-1" in entries  # the local entry keeps matching
+    matched = _match_hash(harness, "pdq", dropped)
+    assert [m.entry for m in matched.matches] == ["analyst-1"]
+    feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="local-list"), metadata=md)
+    assert (feed.added, feed.deleted, feed.items, feed.last_result) == (2, 1, 1, "ok")
+
+
+def test_file_feed_missing_file_fails_clearly_and_keeps_entries(harness, tmp_path):
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    path = tmp_path / "list.txt"
+    value = _hex()
+    path.write_text(f"pdq {value}\n")
+    _add(stubs, md, "f", "file", path=path)
+    _fetch(stubs, md, "f")
+    path.unlink()
+    with pytest.raises(grpc.RpcError) as err:
+        _fetch(stubs, md, "f")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "cannot read" in err.value.details()
+    feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="f"), metadata=md)
+    assert feed.last_result == "failed" and feed.failures == 1
+    assert f"f:pdq:{value}" in _entries(stubs, md)  # nothing lost
+
+
+# -- TCAP
+
+
+def test_tcap_first_incremental_deletion_relabel_paging(harness):
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    with TcapServer(page_size=2) as tcap:
+        pdqs = [_hex() for _ in range(4)]
+        for value in pdqs:
+            tcap.add(value, ideology="far-right", file_type="png")
+        sha512 = _hex(64)
+        tcap.add(sha512, algorithm="SHA512", file_type="mp4")
+        tcap.add(_hex(16), algorithm="TLSH")  # a type hashsvc does not keep
+        _add(stubs, md, "tcap", "tcap", "user:secret-pass", base_url=tcap.url)
+        messages = _fetch(stubs, md, "tcap")
+        last = messages[-1]
+        assert (last.pages, last.added, last.skipped) == (3, 5, 1)
+        assert len(messages) == 4  # a progress message per page, then done
+        entry = _entries(stubs, md)[f"tcap:pdq:{pdqs[0]}"]
+        assert entry.labels["tcap_ideology"] == "far-right"
+        assert entry.labels["tcap_file_type"] == "png"
+        assert entry.labels["feed"] == "tcap" and entry.labels["source_id"]
+        # SHA-512 is kept for exact match
+        assert _match_hash(harness, "sha512", sha512).decision == pb.BLOCK
+        checkpoint = stubs.exchange.GetFeed(pb.GetFeedRequest(name="tcap"), metadata=md).checkpoint
+        assert json.loads(checkpoint)["checkpoint"]
+
+        requests_before = tcap.page_requests
+        tcap.delete(pdqs[1])
+        tcap.add(pdqs[2], ideology="islamist", file_type="png")  # relabelled at the source
+        new = _hex()
+        tcap.add(new)
+        last = _fetch(stubs, md, "tcap")[-1]
+        assert (last.added, last.updated, last.deleted) == (1, 1, 1)
+        assert tcap.page_requests - requests_before == 2  # only what changed: 3 rows
+        entries = _entries(stubs, md)
+        assert f"tcap:pdq:{pdqs[1]}" not in entries
+        assert entries[f"tcap:pdq:{pdqs[2]}"].labels["tcap_ideology"] == "islamist"
+        assert _match_hash(harness, "pdq", new).decision == pb.BLOCK
+        assert _match_hash(harness, "pdq", pdqs[1]).decision == pb.ALLOW
+
+        # a fetch with nothing new changes nothing, and --full loads nothing twice
+        assert _fetch(stubs, md, "tcap")[-1].added == 0
+        last = _fetch(stubs, md, "tcap", full=True)[-1]
+        assert (last.added, last.updated) == (0, 0)
+        assert len(_entries(stubs, md)) == 5
+
+
+def test_tcap_wrong_credentials_fail_clearly_and_lose_nothing(harness):
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    with TcapServer() as tcap:
+        value = _hex()
+        tcap.add(value)
+        _add(stubs, md, "tcap", "tcap", "user:secret-pass", base_url=tcap.url)
+        _fetch(stubs, md, "tcap")
+        before = stubs.exchange.GetFeed(pb.GetFeedRequest(name="tcap"), metadata=md)
+        tcap.password = "rotated"  # the partner rotated it: ours is now wrong
+        tcap.add(_hex())
+        with pytest.raises(grpc.RpcError) as err:
+            _fetch(stubs, md, "tcap")
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "HTTP 400" in err.value.details() and "credentials refused" in err.value.details()
+        assert "secret-pass" not in err.value.details()
+        after = stubs.exchange.GetFeed(pb.GetFeedRequest(name="tcap"), metadata=md)
+        assert after.checkpoint == before.checkpoint
+        assert after.last_result == "failed" and "credentials refused" in after.last_error
+        assert list(_entries(stubs, md)) == [f"tcap:pdq:{value}"]
+
+
+def test_credentials_are_write_only(harness):
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    secret = "user:do-not-show-" + secrets.token_hex(8)
+    with TcapServer(password=secret.split(":")[1]) as tcap:
+        tcap.add(_hex())
+        added = _add(stubs, md, "tcap", "tcap", secret, base_url=tcap.url)
+        _fetch(stubs, md, "tcap")
+        shown = [
+            added,
+            stubs.exchange.GetFeed(pb.GetFeedRequest(name="tcap"), metadata=md),
+            stubs.exchange.ListFeeds(pb.ListFeedsRequest(), metadata=md),
+        ]
+        assert added.has_credentials
+        for message in shown:
+            assert secret.split(":")[1] not in str(message)
+        a_stubs, a_md = harness.stubs("auditor")
+        history = a_stubs.audit.QueryHistory(pb.QueryHistoryRequest(page_size=1000), metadata=a_md)
+        assert "ExchangeAdd" in str(history) and "ExchangeFetch" in str(history)
+        assert secret.split(":")[1] not in str(history)
+    # malformed credentials are refused without being echoed
+    with pytest.raises(grpc.RpcError) as err:
+        _add(stubs, md, "bad", "tcap", "no-colon-here-secret", base_url="http://127.0.0.1:9/")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "no-colon-here-secret" not in err.value.details()
+
+
+def test_server_error_and_hanging_server_time_out_and_back_off(harness):
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    with TcapServer() as tcap:
+        tcap.add(_hex())
+        _add(stubs, md, "tcap", "tcap", "user:secret-pass", base_url=tcap.url)
+        tcap.fail_status = 500
+        with pytest.raises(grpc.RpcError) as err:
+            _fetch(stubs, md, "tcap")
+        assert "HTTP 500" in err.value.details()
+        tcap.fail_status = 0
+        tcap.hang_seconds = 30  # longer than the 1 s timeout
+        with pytest.raises(grpc.RpcError) as err:
+            _fetch(stubs, md, "tcap")
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "timed out" in err.value.details().lower()
+        feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="tcap"), metadata=md)
+        assert feed.failures == 2 and feed.last_result == "failed"
+        # backoff: the next run is sooner than --every (60 s) after a failure
+        assert feed.next_run_at.seconds - feed.last_fetch_at.seconds <= 20
+        tcap.hang_seconds = 0
+        assert _fetch(stubs, md, "tcap")[-1].added == 1
+        feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="tcap"), metadata=md)
+        assert feed.failures == 0 and feed.last_error == ""
+
+
+# -- ThreatExchange (GIFCT)
+
+
+def test_threatexchange_tags_paging_deletion_and_feedback(harness):
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    with ThreatExchangeServer(page_size=2) as te:
+        values = [_hex() for _ in range(3)]
+        for value in values:
+            te.add(value, tags=["entity:ISIS", "content_type:video", "gifct"])
+        te.add(_hex(16), type="HASH_MD5", tags=["behaviour:recruitment"])
+        te.add("https://example.org", type="URI")  # not a hash hashsvc keeps
+        _add(stubs, md, "gifct", "threatexchange", TE_TOKEN, privacy_group=303, base_url=te.url)
+        last = _fetch(stubs, md, "gifct")[-1]
+        assert (last.pages, last.added, last.skipped) == (3, 4, 1)
+        entry = _entries(stubs, md)[f"gifct:hash_pdq:{values[0]}"]
+        assert entry.labels["entity"] == "ISIS"
+        assert entry.labels["content_type"] == "video"
+        assert entry.labels["tags"] == "gifct"
+        assert entry.labels["source_id"].isdigit()
+
+        te.add(values[1], should_delete=True)
+        te.add(values[2], tags=["entity:AQ"])  # relabelled
+        last = _fetch(stubs, md, "gifct")[-1]
+        assert (last.deleted, last.updated) == (1, 1)
+        entries = _entries(stubs, md)
+        assert f"gifct:hash_pdq:{values[1]}" not in entries
+        assert entries[f"gifct:hash_pdq:{values[2]}"].labels["entity"] == "AQ"
+
+        # a reviewer's verdict goes back as a reaction, retried when the API fails
+        r_stubs, r_md = harness.stubs("reviewer")
+        te.fail_posts = 1
+        item = r_stubs.exchange.SendFeedback(
+            pb.SendFeedbackRequest(
+                feed="gifct", entry=f"gifct:hash_pdq:{values[0]}", verdict="false_positive"
+            ),
+            metadata=r_md,
+        )
+        assert item.state == "queued"
+        feeds = harness.running.feeds
+        assert feeds.send_due_feedback() == 0  # 500: kept queued
+        shown = stubs.exchange.GetFeed(pb.GetFeedRequest(name="gifct"), metadata=md).feedback
+        assert shown[0].state == "queued" and shown[0].attempts == 1 and shown[0].last_error
+        _wait_for_retry()
+        assert feeds.send_due_feedback() == 1
+        descriptor = int(entries[f"gifct:hash_pdq:{values[0]}"].labels["source_id"])
+        assert te.reactions == [(descriptor, "DISAGREE_WITH_TAGS")]
+        shown = stubs.exchange.GetFeed(pb.GetFeedRequest(name="gifct"), metadata=md).feedback
+        assert shown[0].state == "sent"
+        with pytest.raises(grpc.RpcError) as err:  # not an entry of the feed
+            r_stubs.exchange.SendFeedback(
+                pb.SendFeedbackRequest(feed="gifct", entry="nope", verdict="confirmed"),
+                metadata=r_md,
+            )
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _wait_for_retry() -> None:
+    import time
+
+    time.sleep(0.1)  # feedback_retry_seconds is 0.01 (doubling once)
+
+
+def test_a_partner_cannot_pose_as_another_feed(harness):
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    with ThreatExchangeServer() as te:
+        value = _hex()
+        te.add(value, tags=["feed:other", "source_id:1", "partner:evil", "entity:ISIS"])
+        _add(stubs, md, "gifct", "threatexchange", TE_TOKEN, privacy_group=303, base_url=te.url)
+        _fetch(stubs, md, "gifct")
+        labels = _entries(stubs, md)[f"gifct:hash_pdq:{value}"].labels
+        assert labels["feed"] == "gifct" and labels["partner"] == "gifct"
+        assert labels["source_id"] != "1" and labels["entity"] == "ISIS"
+
+
+def test_feed_commands_and_their_errors(harness, tmp_path):
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    path = tmp_path / "l.txt"
+    path.write_text("")
+    _add(stubs, md, "f", "file", path=path)
+    bad = [
+        pb.AddFeedRequest(name="f", api="file", set="partners", options={"path": str(path)}),
+        pb.AddFeedRequest(name="g", api="nope", set="partners"),
+        pb.AddFeedRequest(name="g", api="file", set="missing", options={"path": str(path)}),
+        pb.AddFeedRequest(name="bad name", api="file", set="partners"),
+        pb.AddFeedRequest(name="g", api="threatexchange", set="partners", credentials=TE_TOKEN),
+        pb.AddFeedRequest(name="g", api="file", set="partners", options={"privacy_group": "1"}),
+        pb.AddFeedRequest(
+            name="g", api="file", set="partners", options={"path": "x"}, every_seconds=-5
+        ),
+    ]
+    codes = []
+    for request in bad:
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.exchange.AddFeed(request, metadata=md)
+        codes.append(err.value.code())
+    assert codes == [
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ]
+    disabled = stubs.exchange.SetFeedEnabled(
+        pb.SetFeedEnabledRequest(name="f", enabled=False), metadata=md
+    )
+    assert not disabled.enabled
+    assert harness.running.feeds.run_due() == []  # a disabled feed is not fetched
+    stubs.exchange.RemoveFeed(pb.RemoveFeedRequest(name="f"), metadata=md)
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.exchange.GetFeed(pb.GetFeedRequest(name="f"), metadata=md)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
