@@ -33,14 +33,14 @@ def _free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, db_url: str, tmp_path: Path) -> None:
+    def __init__(self, db_url: str, tmp_path: Path, extra_args: tuple[str, ...] = ()) -> None:
         self.db_url = db_url
         self.port = _free_port()
         self.log = open(tmp_path / f"server-{self.port}.log", "wb")  # noqa: SIM115
         # popen: stopped when the test ends, however it ends (tests/conftest.py)
         self.proc = popen(
             [sys.executable, "-m", "hashsvc", "serve", "--listen", f"127.0.0.1:{self.port}",
-             "--db", db_url, "--workers", "1"],
+             "--db", db_url, "--workers", "1", *extra_args],
             cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
