@@ -375,3 +375,35 @@ def test_feed_commands_and_their_errors(harness, tmp_path):
     with pytest.raises(grpc.RpcError) as err:
         stubs.exchange.GetFeed(pb.GetFeedRequest(name="f"), metadata=md)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_reviewers_verdict_on_a_feed_entry_goes_back_to_the_source(harness):
+    """Review resolves a match on a ThreatExchange entry: the verdict is
+    queued on the feed and sent as a reaction to the entry's descriptor."""
+    stubs, md = harness.stubs("operator")
+    stubs.curation.CreateSet(
+        pb.CreateSetRequest(
+            name="partners",
+            thresholds=[pb.Threshold(signal_type="pdq", block_distance=10, review_distance=60)],
+        ),
+        metadata=md,
+    )
+    with ThreatExchangeServer() as te:
+        value = bytes.fromhex(_hex())
+        te.add(value.hex(), tags=["entity:ISIS"], descriptor_id=777)
+        _add(stubs, md, "gifct", "threatexchange", TE_TOKEN, privacy_group=303, base_url=te.url)
+        _fetch(stubs, md, "gifct")
+        near = bytes([value[0] ^ 0xFF, value[1] ^ 0xFF, value[2] ^ 0xFF]) + value[3:]  # 24 bits
+        assert _match_hash(harness, "pdq", near.hex()).decision == pb.REVIEW
+        r_stubs, r_md = harness.stubs("reviewer")
+        claimed = r_stubs.review.ClaimReviewItem(pb.ClaimReviewItemRequest(), metadata=r_md)
+        r_stubs.review.ResolveReviewItem(
+            pb.ResolveReviewItemRequest(id=claimed.id, resolution="false_positive"),
+            metadata=r_md,
+        )
+        feedback = stubs.exchange.GetFeed(pb.GetFeedRequest(name="gifct"), metadata=md).feedback
+        assert [(f.entry, f.verdict, f.state) for f in feedback] == [
+            (f"gifct:hash_pdq:{value.hex()}", "false_positive", "queued")
+        ]
+        assert harness.running.feeds.send_due_feedback() == 1
+        assert te.reactions == [(777, "DISAGREE_WITH_TAGS")]

@@ -188,6 +188,7 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
     # this replica's name in feed leases: unique per process
     feeds = Feeds(core, config.exchange, f"{socket.gethostname()}:{os.getpid()}:{id(core):x}")
     feeds.on_fetch = metrics.observe_feed_fetch
+    core.review.on_resolved = feeds.review_resolved
     pb_grpc.add_ExchangeServicer_to_server(ExchangeServicer(feeds), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -405,6 +405,23 @@ class Feeds:
         )
         return feedback_id
 
+    def review_resolved(self, item) -> None:
+        """A resolved review item (ReviewQueue.on_resolved): its verdict is
+        queued for every matched entry a feed loaded. Never raises (the
+        review is resolved either way; a failure is logged)."""
+        try:
+            ids = [m["entry_id"] for m in item.matches if m.get("entry_id")]
+            entries = self.core.store.get_entries(ids)
+            for entry in entries.values():
+                feed = self.store.get_feed(entry.name.partition(":")[0])
+                if feed is None or feed.set_id != entry.set_id:
+                    continue
+                if self.store.feed_item_for_entry(feed.id, entry.name) is None:
+                    continue
+                self.store.queue_feedback(feed.id, entry.name, item.status, item.resolved_by)
+        except Exception:
+            log.exception("queueing feedback for review item %d failed", item.id)
+
     def send_due_feedback(self) -> int:
         """Sends queued feedback that is due; returns how many were sent."""
         sent = 0
