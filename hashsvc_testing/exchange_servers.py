@@ -16,6 +16,7 @@ Both can answer 500, hang, or wait between pages (`delay`), and count requests.
 
 from __future__ import annotations
 
+import bisect
 import json
 import threading
 import time
@@ -129,13 +130,15 @@ class TcapServer(_Server):
         self.tokens: set[str] = set()
         self._clock = 1_700_000_000.0
         self._next_id = 0
+        self.by_digest: dict[str, TcapRecord] = {}
         super().__init__()
 
     def add(self, digest: str, **kw) -> TcapRecord:
-        """A new or changed row: its updated_on moves past every other."""
+        """A new or changed row: its updated_on moves past every other, so
+        the rows stay in (updated_on, id) order."""
         with self.lock:
             self._clock += 1
-            old = next((r for r in self.records if r.hash_digest == digest), None)
+            old = self.by_digest.get(digest)
             if old is not None:
                 self.records.remove(old)
                 kw.setdefault("id", old.id)
@@ -144,10 +147,11 @@ class TcapServer(_Server):
                 kw["id"] = self._next_id
             record = TcapRecord(digest, updated_on=self._clock, **kw)
             self.records.append(record)
+            self.by_digest[digest] = record
             return record
 
     def delete(self, digest: str) -> None:
-        old = next(r for r in self.records if r.hash_digest == digest)
+        old = self.by_digest[digest]
         self.add(
             digest,
             algorithm=old.algorithm,
@@ -177,15 +181,16 @@ class TcapServer(_Server):
     def _page(self, query) -> dict:
         after = query.get("after", "")
         after_key = (float(after.split(",")[0]), int(after.split(",")[1])) if after else None
-        rows = sorted(self.records, key=lambda r: (r.updated_on, r.id))
+        rows = self.records  # in (updated_on, id) order: see add()
+        first = 0
         if after_key is not None:
-            rows = [r for r in rows if (r.updated_on, r.id) > after_key]
+            first = bisect.bisect_right(rows, after_key, key=lambda r: (r.updated_on, r.id))
         offset = int(query.get("offset") or 0)
         limit = int(query.get("limit") or self.page_size)
-        page = rows[offset : offset + limit]
-        more = offset + limit < len(rows)
+        page = rows[first + offset : first + offset + limit]
+        more = first + offset + limit < len(rows)
         return {
-            "count": len(rows),
+            "count": len(rows) - first,
             "next": f"offset={offset + limit}&limit={limit}" if more else None,
             "previous": None,
             "checkpoint": f"{page[-1].updated_on},{page[-1].id}" if page else after,
