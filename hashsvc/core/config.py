@@ -70,6 +70,10 @@ class ExchangeSettings:
     # at most feedback_max_attempts times).
     feedback_retry_seconds: float = 60.0
     feedback_max_attempts: int = 20
+    # A fetched page is written through the bulk path this many rows at a
+    # time (each a few short transactions and an index catch-up): Match waits
+    # for at most one such write.
+    write_rows: int = 1000
 
     def __post_init__(self) -> None:
         for name in (
@@ -82,6 +86,8 @@ class ExchangeSettings:
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"exchange.{name} must be more than 0")
+        if self.write_rows < 1:
+            raise ValueError("exchange.write_rows must be 1 or more")
         if self.http_retries < 0 or self.min_every_seconds < 1 or self.feedback_max_attempts < 1:
             raise ValueError(
                 "exchange.http_retries must be >= 0, min_every_seconds and"

@@ -16,12 +16,14 @@ locally with the same hash keeps matching.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import queue
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from hashdb import ExchangeStore
@@ -46,6 +48,7 @@ from hashsvc.exchange.sources import (
     FeedbackUnsupported,
     SourceConfig,
     SourceItem,
+    SourcePage,
     open_source,
 )
 
@@ -284,8 +287,9 @@ class Feeds:
         )
         seen: set[str] | None = set() if source.snapshot else None
         checkpoint = feed.checkpoint
+        pages = _prefetched(source.pages(feed.checkpoint), self._stopping)
         try:
-            for page in source.pages(feed.checkpoint):
+            for page in pages:
                 if seen is not None:
                     seen.update(item.key for item in page.items)
                 checkpoint = page.checkpoint if page.checkpoint is not None else checkpoint
@@ -306,6 +310,8 @@ class Feeds:
         except BaseException:
             run.abandon()
             raise
+        finally:
+            pages.close()
 
     def _write_page(
         self,
@@ -326,6 +332,7 @@ class Feeds:
         }
         mapped: list[FeedItem] = []
         unmapped: list[str] = []
+        label_cache: dict = {}
         for item in items:
             counts.skipped += item.skipped
             if item.deleted:
@@ -337,7 +344,7 @@ class Feeds:
             if not item.signals:
                 continue
             name = entry_name(feed.name, item.key)
-            labels = json.dumps(self._labels(feed, item), sort_keys=True)
+            labels = self._labels_json(feed, item, label_cache)
             for kind, hex_value in item.signals:
                 try:
                     value = bytes.fromhex(hex_value)
@@ -348,8 +355,12 @@ class Feeds:
             mapped.append(FeedItem(item.key, name, item.source_id))
         before = run.result.counts
         before = (before.added, before.updated, before.removed, run.result.rejected_count)
-        if columns["value"]:
-            run.add_batch(RowBatch(**columns, source=f"exchange:{feed.name}"))
+        # in batches of write_rows: each is a few short store transactions and
+        # an index catch-up, so a Match waits for a small one at most
+        step = self.settings.write_rows
+        for start in range(0, len(columns["value"]), step):
+            part = {key: values[start : start + step] for key, values in columns.items()}
+            run.add_batch(RowBatch(**part, source=f"exchange:{feed.name}"))
         after = run.result.counts
         counts.added = after.added - before[0]
         counts.updated = after.updated - before[1]
@@ -366,25 +377,32 @@ class Feeds:
         result.deleted += counts.deleted
         result.skipped += counts.skipped
 
-    def _labels(self, feed: FeedRecord, item: SourceItem) -> dict[str, str]:
-        """The source's labels, then the feed's, then the feed's name and the
-        source id: a partner cannot pose as another feed or drop its id.
-        Source labels past the per-entry limit or too long are dropped (the
-        hashes still load)."""
-        ours = {**feed.labels, FEED_LABEL: feed.name}
-        if item.source_id:
-            ours[SOURCE_ID_LABEL] = item.source_id[: validation.MAX_LABEL_VALUE]
-        room = validation.MAX_LABELS - len(ours)
-        theirs = {}
-        for key, value in sorted(item.labels.items()):
-            if len(theirs) >= room or key in ours:
-                continue
-            try:
-                validation.labels({key: value})
-            except InvalidArgument:
-                continue
-            theirs[key] = value
-        return {**theirs, **ours}
+    def _labels_json(self, feed: FeedRecord, item: SourceItem, cache: dict) -> str:
+        """The entry's labels as the bulk rows carry them (JSON text): the
+        source's, then the feed's, then the feed's name and the source id,
+        so a partner cannot pose as another feed or drop its id. Source
+        labels past the per-entry limit or invalid are dropped (the hashes
+        still load). Rows of a page share few label sets: each is checked
+        and written once, the source id (one a row) appended as text."""
+        shared = tuple(sorted(item.labels.items()))
+        text = cache.get(shared)
+        if text is None:
+            ours = {**feed.labels, FEED_LABEL: feed.name}
+            room = validation.MAX_LABELS - len(ours) - 1  # one for the source id
+            theirs = {}
+            for key, value in shared:
+                if len(theirs) >= room or key in ours or key == SOURCE_ID_LABEL:
+                    continue
+                try:
+                    validation.labels({key: value})
+                except InvalidArgument:
+                    continue
+                theirs[key] = value
+            text = cache[shared] = json.dumps({**theirs, **ours}, sort_keys=True)
+        if not item.source_id:
+            return text
+        source_id = json.dumps(item.source_id[: validation.MAX_LABEL_VALUE])
+        return f'{text[:-1]}, "{SOURCE_ID_LABEL}": {source_id}}}'
 
     # -- feedback to the source
 
@@ -513,6 +531,46 @@ class Feeds:
             )
         except Exception:
             log.exception("the history record of %s on a feed failed", action)
+
+
+def _prefetched(pages: Iterator[SourcePage], stopping: threading.Event) -> Iterator[SourcePage]:
+    """The pages, the next one fetched (and parsed) by a thread while the
+    current one is written: the partner's server and the network work while
+    the store does. One page ahead at most (memory)."""
+    ahead: queue.Queue = queue.Queue(maxsize=1)
+    done = threading.Event()
+    end = object()
+
+    def fetch() -> None:
+        try:
+            for page in pages:
+                while not done.is_set():
+                    try:
+                        ahead.put(page, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if done.is_set() or stopping.is_set():
+                    return
+            ahead.put(end)
+        except BaseException as exc:  # raised in the fetching thread below
+            ahead.put(exc)
+
+    thread = threading.Thread(target=fetch, daemon=True, name="exchange-prefetch")
+    thread.start()
+    try:
+        while True:
+            page = ahead.get()
+            if page is end:
+                return
+            if isinstance(page, BaseException):
+                raise page
+            yield page
+    finally:
+        done.set()
+        with contextlib.suppress(queue.Empty):
+            ahead.get_nowait()  # lets a blocked put see `done`
+        thread.join(timeout=60)
 
 
 def _add_row(
