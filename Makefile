@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python bench/speed.py
 	$(BIN)/python bench/fuzz.py
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/exchange.py
 
 # The same in a few minutes, as CI runs them.
 bench-short: install
@@ -64,6 +65,7 @@ bench-short: install
 	$(BIN)/python bench/fuzz.py --requests 200 --store both
 	$(BIN)/python bench/scale.py --short
 	$(BIN)/python bench/load.py --short
+	$(BIN)/python bench/exchange.py --short
 	$(BIN)/python bench/loadtest.py --short
 	$(BIN)/python bench/memory.py --short
 
