@@ -4,6 +4,7 @@ TCAP and ThreatExchange APIs as python-threatexchange's clients call them
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 
@@ -407,3 +408,51 @@ def test_a_reviewers_verdict_on_a_feed_entry_goes_back_to_the_source(harness):
         ]
         assert harness.running.feeds.send_due_feedback() == 1
         assert te.reactions == [(777, "DISAGREE_WITH_TAGS")]
+
+
+def test_file_feeds_stay_within_file_dir(make_harness, tmp_path):
+    allowed = tmp_path / "lists"
+    allowed.mkdir()
+    (allowed / "ok.txt").write_text(f"pdq {_hex()}\n")
+    settings = dataclasses.replace(SETTINGS, file_dir=str(allowed))
+    h = make_harness(f"sqlite:///{tmp_path}/db.sqlite", exchange=settings)
+    stubs, md = h.stubs("operator")
+    _set(stubs, md)
+    for path in ("/etc/passwd", str(allowed / ".." / "db.sqlite")):
+        with pytest.raises(grpc.RpcError) as err:
+            _add(stubs, md, "f", "file", path=path)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "exchange.file_dir" in err.value.details()
+    _add(stubs, md, "f", "file", path=allowed / "ok.txt")
+    assert _fetch(stubs, md, "f")[-1].added == 1
+
+
+def test_library_sources_ncmec_and_stopncii_records():
+    """NCMEC (an entry of fingerprints by its id) and StopNCII (type, value)
+    deltas as the library yields them, turned into items."""
+    from threatexchange.exchanges.clients.ncmec.hash_api import (
+        NCMECEntryType,
+        NCMECEntryUpdate,
+    )
+
+    from hashsvc.exchange.sources import _library_item
+
+    pdq, md5 = _hex(), _hex(16)
+    update = NCMECEntryUpdate(
+        id="e1",
+        member_id=42,
+        entry_type=NCMECEntryType.image,
+        deleted=False,
+        classification="A1",
+        fingerprints={"pdq": pdq, "md5": md5, "photodna": "zz"},
+        feedback={},
+    )
+    item = _library_item("e1", update)
+    assert (item.key, item.source_id, item.skipped) == ("id:e1", "e1", 1)
+    assert item.signals == [("pdq", pdq), ("md5", md5)]
+    assert item.labels == {"ncmec_classification": "A1"}
+    assert _library_item("e1", None).deleted
+    item = _library_item(("pdq", pdq.upper()), object())
+    assert item.key == f"pdq:{pdq}" and item.signals == [("pdq", pdq)]
+    assert _library_item(("url", "https://x"), object()).skipped == 1
+    assert _library_item(("pdq", pdq), None).deleted

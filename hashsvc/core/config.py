@@ -74,6 +74,9 @@ class ExchangeSettings:
     # time (each a few short transactions and an index catch-up): Match waits
     # for at most one such write.
     write_rows: int = 1000
+    # File feeds read lists on the server's disk: only under this directory
+    # ("" = anywhere the server may read).
+    file_dir: str = ""
 
     def __post_init__(self) -> None:
         for name in (

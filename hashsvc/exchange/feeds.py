@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import queue
 import re
 import threading
@@ -54,6 +55,7 @@ from hashsvc.exchange.sources import (
 
 log = logging.getLogger(__name__)
 
+_PLAIN_ID = re.compile(r"[A-Za-z0-9,._:-]*")
 _FEED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Options each API takes (`exchange add` flags); base_url points a client at
 # another server (a mirror, or the tests' local one).
@@ -135,6 +137,8 @@ class Feeds:
         labels = validation.labels(labels)
         if len(credentials) > MAX_CREDENTIALS_CHARS:
             raise InvalidArgument(f"credentials are longer than {MAX_CREDENTIALS_CHARS} characters")
+        if api == "file":
+            options = {**options, "path": self._file_path(options.get("path", ""))}
         hash_set = self.core.curation.get_set(set_name)
         # the adapter checks options and the credentials' form now, not at
         # the first fetch (its errors never quote the secret)
@@ -150,6 +154,17 @@ class Feeds:
             set_name,
         )
         return feed
+
+    def _file_path(self, path: str) -> str:
+        """A file feed's path, absolute; within exchange.file_dir when that is
+        set (an operator token cannot make the server read any file it can)."""
+        if not path:
+            raise InvalidArgument("a file feed needs --path FILE")
+        real = os.path.realpath(path)
+        root = self.settings.file_dir
+        if root and os.path.commonpath([real, os.path.realpath(root)]) != os.path.realpath(root):
+            raise InvalidArgument(f"a file feed's path must be within {root} (exchange.file_dir)")
+        return real
 
     def get(self, name: str) -> FeedRecord:
         feed = self.store.get_feed(name)
@@ -401,8 +416,10 @@ class Feeds:
             text = cache[shared] = json.dumps({**theirs, **ours}, sort_keys=True)
         if not item.source_id:
             return text
-        source_id = json.dumps(item.source_id[: validation.MAX_LABEL_VALUE])
-        return f'{text[:-1]}, "{SOURCE_ID_LABEL}": {source_id}}}'
+        source_id = item.source_id[: validation.MAX_LABEL_VALUE]
+        # ids are digits (and commas) nearly always: quoted as they are
+        quoted_id = f'"{source_id}"' if _PLAIN_ID.fullmatch(source_id) else json.dumps(source_id)
+        return f'{text[:-1]}, "{SOURCE_ID_LABEL}": {quoted_id}}}'
 
     # -- feedback to the source
 
