@@ -59,6 +59,7 @@ class _Server:
         self.hang_seconds = 0.0  # sleep this long before answering
         self.delay = 0.0  # seconds before each page (kill -9 mid-fetch)
         self.page_requests = 0
+        self.requests = 0  # every call, answered or not
         self.stop_event = threading.Event()
         outer = self
 
@@ -94,6 +95,8 @@ class _Server:
         self.close()
 
     def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        with self.lock:
+            self.requests += 1
         if self.hang_seconds:
             self.stop_event.wait(self.hang_seconds)
         if self.fail_status:

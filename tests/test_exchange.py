@@ -456,3 +456,32 @@ def test_library_sources_ncmec_and_stopncii_records():
     assert item.key == f"pdq:{pdq}" and item.signals == [("pdq", pdq)]
     assert _library_item(("url", "https://x"), object()).skipped == 1
     assert _library_item(("pdq", pdq), None).deleted
+
+
+def test_sealed_credentials_survive_no_tampering_with_the_feed(make_harness, tmp_path):
+    """With exchange.credentials_key_file, someone who can write to the
+    database reads no credentials, and pointing the feed at their own server
+    makes the fetch fail closed: the token never leaves."""
+    key_file = tmp_path / "feeds.key"
+    key_file.write_bytes(secrets.token_bytes(48))
+    settings = dataclasses.replace(SETTINGS, credentials_key_file=str(key_file))
+    db = tmp_path / "db.sqlite"
+    h = make_harness(f"sqlite:///{db}", exchange=settings)
+    stubs, md = h.stubs("operator")
+    _set(stubs, md)
+    with TcapServer(password="sealed-pass-123") as tcap, TcapServer() as attacker:
+        tcap.add(_hex())
+        _add(stubs, md, "tcap", "tcap", "user:sealed-pass-123", base_url=tcap.url)
+        assert _fetch(stubs, md, "tcap")[-1].added == 1
+        store = h.core.store
+        feed = store.get_feed("tcap")
+        assert b"sealed-pass-123" not in store.feed_secret(feed.id)
+        with store._write() as cur:  # the attacker's UPDATE
+            cur.execute(
+                "UPDATE exchange_feeds SET options = ? WHERE id = ?",
+                (json.dumps({"base_url": attacker.url}), feed.id),
+            )
+        with pytest.raises(grpc.RpcError) as err:
+            _fetch(stubs, md, "tcap")
+        assert "do not open" in err.value.details()
+        assert attacker.requests == 0  # the credentials never left

@@ -77,6 +77,10 @@ class ExchangeSettings:
     # File feeds read lists on the server's disk: only under this directory
     # ("" = anywhere the server may read).
     file_dir: str = ""
+    # A secret file (>= 32 bytes, outside the database): feed credentials are
+    # sealed under it, bound to their feed's settings (hashsvc/exchange/
+    # credentials.py). "" = kept as text in their own table.
+    credentials_key_file: str = ""
 
     def __post_init__(self) -> None:
         for name in (

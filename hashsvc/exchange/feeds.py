@@ -44,6 +44,7 @@ from hashsvc.base.errors import FailedPrecondition, InvalidArgument, NotFound, q
 from hashsvc.core.bulk import BulkLoad, RowBatch
 from hashsvc.core.config import ExchangeSettings
 from hashsvc.core.core import Core
+from hashsvc.exchange.credentials import CredentialBox
 from hashsvc.exchange.sources import (
     APIS,
     FeedbackUnsupported,
@@ -106,6 +107,7 @@ class Feeds:
         self.on_fetch: Callable[[FetchResult], None] | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self.box = CredentialBox(settings.credentials_key_file)
 
     # -- feeds
 
@@ -143,7 +145,7 @@ class Feeds:
         # the adapter checks options and the credentials' form now, not at
         # the first fetch (its errors never quote the secret)
         open_source(api, self._source_config(name, options, credentials or None))
-        secret = credentials.encode() if credentials else None
+        secret = self.box.seal(credentials, name, api, options) if credentials else None
         feed = self.store.create_feed(
             name, api, hash_set.id, labels, options, every_seconds, secret, actor
         )
@@ -287,10 +289,8 @@ class Feeds:
         result: FetchResult,
         progress: Callable[[FetchResult], None] | None,
     ) -> None:
-        secret = self.store.feed_secret(feed.id)
         source = open_source(
-            feed.api,
-            self._source_config(feed.name, feed.options, secret.decode() if secret else None),
+            feed.api, self._source_config(feed.name, feed.options, self._credentials(feed))
         )
         run = BulkLoad(
             self.core.store,
@@ -472,12 +472,9 @@ class Feeds:
                 mapped = self.store.feed_item_for_entry(feed.id, item.entry_name)
                 if mapped is None:
                     raise FeedbackUnsupported("the entry is no longer in the feed")
-                secret = self.store.feed_secret(feed.id)
                 source = open_source(
                     feed.api,
-                    self._source_config(
-                        feed.name, feed.options, secret.decode() if secret else None
-                    ),
+                    self._source_config(feed.name, feed.options, self._credentials(feed)),
                 )
                 source.send_feedback(mapped.key, mapped.source_id, item.verdict)
             except FeedbackUnsupported as exc:
@@ -517,6 +514,10 @@ class Feeds:
                 log.exception("the exchange fetcher failed a round")
 
     # --
+
+    def _credentials(self, feed: FeedRecord) -> str | None:
+        secret = self.store.feed_secret(feed.id)
+        return None if secret is None else self.box.open(secret, feed.name, feed.api, feed.options)
 
     def _lease(self) -> float:
         return self.settings.lease_seconds
