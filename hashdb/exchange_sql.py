@@ -340,14 +340,17 @@ class ExchangeSQL:
                 (state, error[:2000], sent_at, feedback_id),
             )
 
-    def feedback_for(self, feed_id: int, entry_name: str | None = None) -> list[FeedbackRecord]:
+    def feedback_for(
+        self, feed_id: int, entry_name: str | None = None, limit: int = 100
+    ) -> list[FeedbackRecord]:
+        """The feed's (or one entry's) newest feedback items, newest first."""
         query = f"SELECT {_FEEDBACK_COLUMNS} FROM exchange_feedback WHERE feed_id = ?"
         params: tuple = (feed_id,)
         if entry_name is not None:
             query += " AND entry_name = ?"
             params += (entry_name,)
         with self._read() as cur:
-            cur.execute(query + " ORDER BY id", params)
+            cur.execute(query + " ORDER BY id DESC LIMIT ?", (*params, limit))
             return [FeedbackRecord(*row) for row in cur.fetchall()]
 
 
