@@ -34,7 +34,6 @@ from threatexchange.exchanges.impl.file_api import (
     FileCollaborationConfig,
     LocalFileSignalExchangeAPI,
 )
-from threatexchange.exchanges.impl.techagainstterrorism_api import TATCredentials
 from urllib3.util.retry import Retry
 
 from hashsvc.base.errors import InvalidArgument, Unavailable
@@ -252,10 +251,13 @@ class TcapSource(Source):
     hashsvc keeps as labels (and SHA-256/512 for exact match)."""
 
     def __init__(self, cfg: SourceConfig) -> None:
-        creds = _credentials(TATCredentials, cfg, "USERNAME:PASSWORD")
-        self.client = _TimedTATHashListAPI(
-            creds.username, creds.password, cfg.options.get("base_url", ""), cfg
-        )
+        # USERNAME:PASSWORD, as the library's TATCredentials reads it; that
+        # class's module imports the library's PDQ signal type, and with it
+        # Pillow and pdqhash, which the server process never loads
+        username, _, password = (cfg.credentials or "").strip().partition(":")
+        if not (username and password):
+            raise InvalidArgument(f"the credentials of feed {cfg.name!r} are not USERNAME:PASSWORD")
+        self.client = _TimedTATHashListAPI(username, password, cfg.options.get("base_url", ""), cfg)
 
     def pages(self, checkpoint: str | None) -> Iterator[SourcePage]:
         after = json.loads(checkpoint)["checkpoint"] if checkpoint else ""
@@ -327,7 +329,9 @@ class FileSource(Source):
 class LibrarySource(Source):
     """An API whose fetch_iter already says what hashsvc needs: NCMEC (keyed
     by its entry id, fingerprints by type) and StopNCII (keyed by type and
-    value). Their credentials are parsed by the library."""
+    value). Their credentials are parsed by the library. Imported when such a
+    feed is used: their modules import the library's signal types, which load
+    Pillow and pdqhash into the server process."""
 
     def __init__(self, cfg: SourceConfig, api: str) -> None:
         if api == "ncmec":
