@@ -485,3 +485,36 @@ def test_sealed_credentials_survive_no_tampering_with_the_feed(make_harness, tmp
             _fetch(stubs, md, "tcap")
         assert "do not open" in err.value.details()
         assert attacker.requests == 0  # the credentials never left
+
+
+def test_threatexchange_wrong_token_and_outage_never_show_the_token(make_harness, tmp_path, caplog):
+    """A refused token and a server that fails every retry: clear errors,
+    the failures counted in the metrics, and the token (sent in the URL's
+    query) in no error, status or log line."""
+    import logging
+
+    settings = dataclasses.replace(SETTINGS, http_retries=2)
+    h = make_harness(f"sqlite:///{tmp_path}/db.sqlite", exchange=settings)
+    stubs, md = h.stubs("operator")
+    _set(stubs, md)
+    secret_part = TE_TOKEN.split("|")[1]
+    with ThreatExchangeServer(token="9876543210|zyxwvutsrqponmlkjihgfedcba") as te:
+        te.add(_hex())
+        _add(stubs, md, "gifct", "threatexchange", TE_TOKEN, privacy_group=303, base_url=te.url)
+        caplog.set_level(logging.DEBUG)
+        with pytest.raises(grpc.RpcError) as refused:
+            _fetch(stubs, md, "gifct")
+        assert "HTTP 400" in refused.value.details()
+        assert "credentials refused" in refused.value.details()
+        te.token = TE_TOKEN
+        te.fail_status = 503  # retried by urllib3 (logged), then failed
+        with pytest.raises(grpc.RpcError) as outage:
+            _fetch(stubs, md, "gifct")
+        feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="gifct"), metadata=md)
+    for text in (refused.value.details(), outage.value.details(), str(feed), caplog.text):
+        assert secret_part not in text
+    assert "Incremented Retry" in caplog.text  # urllib3 logged its retries, redacted
+    failed = h.running.metrics.registry.get_sample_value(
+        "hashsvc_feed_fetches_total", {"feed": "gifct", "result": "failed"}
+    )
+    assert failed == 2

@@ -52,6 +52,7 @@ from hashsvc.exchange.sources import (
     SourceItem,
     SourcePage,
     open_source,
+    redact,
 )
 
 log = logging.getLogger(__name__)
@@ -384,7 +385,8 @@ class Feeds:
         self.store.commit_feed_page(
             feed.id, self.owner, checkpoint, mapped, unmapped, counts, self._lease()
         )
-        # retro: hand new entry ids to the retro-hunt here
+        # retro: hand new entry ids to the retro-hunt here (`mapped` names this
+        # page's added and updated entries; counts.added says how many are new)
         result.pages += 1
         result.items += len(items)
         result.added += counts.added
@@ -610,5 +612,4 @@ def _error_text(exc: BaseException) -> str:
         code = response.status_code
         hint = " (credentials refused)" if code in (400, 401, 403) else ""
         return f"HTTP {code} from {url}{hint}"
-    text = str(exc).split("?", 1)[0] if "access_token" in str(exc) else str(exc)
-    return f"{type(exc).__name__}: {text}"[:500]
+    return redact(f"{type(exc).__name__}: {exc}")[:500]

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +61,28 @@ _KINDS = {
 TE_REACTIONS = {"confirmed": "SAW_THIS_TOO", "false_positive": "DISAGREE_WITH_TAGS"}
 # TCAP's ideology and file type become these labels
 TCAP_LABELS = ("tcap_ideology", "tcap_file_type")
+
+
+_SECRET_PARAM = re.compile(r"(access_token=)[^&\s'\"]+")
+
+
+def redact(text: str) -> str:
+    """A URL's access token (ThreatExchange sends it in the query) blanked."""
+    return _SECRET_PARAM.sub(r"\1***", text)
+
+
+class _RedactTokens(logging.Filter):
+    """urllib3 logs each request and retry with its URL, query and all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "access_token=" in message:
+            record.msg, record.args = redact(message), ()
+        return True
+
+
+for _logger in ("urllib3.connectionpool", "urllib3.util.retry"):
+    logging.getLogger(_logger).addFilter(_RedactTokens())
 
 
 class FeedbackUnsupported(Exception):
@@ -183,7 +207,9 @@ class ThreatExchangeSource(Source):
         group = cfg.options.get("privacy_group", "")
         if not group.isdigit():
             raise InvalidArgument("a threatexchange feed needs --privacy-group ID (digits)")
-        self.client = _TimedThreatExchangeAPI(creds.api_token, cfg.options.get("base_url", ""), cfg)
+        # the library joins "BASE/GROUP/threat_updates/": no trailing slash
+        base_url = cfg.options.get("base_url", "").rstrip("/")
+        self.client = _TimedThreatExchangeAPI(creds.api_token, base_url, cfg)
         collab = FBThreatExchangeCollabConfig(name=cfg.name, privacy_group=int(group))
         self.api = FBThreatExchangeSignalExchangeAPI(self.client, collab)
 
