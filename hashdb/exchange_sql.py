@@ -274,14 +274,38 @@ class ExchangeSQL:
                     "DELETE FROM exchange_items WHERE feed_id = ? AND item_key = ?",
                     [(feed_id, key) for key in unmapped[start : start + _ITEM_CHUNK]],
                 )
-            for start in range(0, len(mapped), _ITEM_CHUNK):
-                part = mapped[start : start + _ITEM_CHUNK]
-                cur.executemany(
-                    "INSERT INTO exchange_items (feed_id, item_key, entry_name, source_id)"
-                    " VALUES (?, ?, ?, ?) ON CONFLICT (feed_id, item_key) DO UPDATE SET"
-                    " entry_name = excluded.entry_name, source_id = excluded.source_id",
-                    [(feed_id, i.key, i.entry_name, i.source_id) for i in part],
-                )
+            self._map_items(cur, feed_id, mapped)
+
+    def _map_items(self, cur, feed_id: int, mapped: list[FeedItem]) -> None:
+        """New items written in bulk (COPY on PostgreSQL), changed ones
+        updated: a first fetch of 1M items wrote them one statement each."""
+        items = {item.key: item for item in mapped}  # a key listed twice: the last
+        keys = list(items)
+        known: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(keys), _ITEM_CHUNK):
+            cur.execute(
+                "SELECT item_key, entry_name, source_id FROM exchange_items"
+                f" WHERE feed_id = ? AND {self._in_list('item_key')}",
+                (feed_id, self._list_param(keys[start : start + _ITEM_CHUNK])),
+            )
+            known.update({key: (entry, source) for key, entry, source in cur.fetchall()})
+        new = [
+            (feed_id, i.key, i.entry_name, i.source_id)
+            for i in items.values()
+            if i.key not in known
+        ]
+        self._insert_rows(cur, "exchange_items", "feed_id, item_key, entry_name, source_id", new)
+        changed = [
+            (i.entry_name, i.source_id, feed_id, i.key)
+            for i in items.values()
+            if i.key in known and known[i.key] != (i.entry_name, i.source_id)
+        ]
+        if changed:
+            cur.executemany(
+                "UPDATE exchange_items SET entry_name = ?, source_id = ?"
+                " WHERE feed_id = ? AND item_key = ?",
+                changed,
+            )
 
     def finish_feed_fetch(
         self, feed_id: int, owner: str, result: str, error: str, next_run_at: int, failed: bool
