@@ -518,3 +518,36 @@ def test_threatexchange_wrong_token_and_outage_never_show_the_token(make_harness
         "hashsvc_feed_fetches_total", {"feed": "gifct", "result": "failed"}
     )
     assert failed == 2
+
+
+def test_an_item_added_and_deleted_in_one_page_ends_deleted(harness):
+    """Rows are applied in order: a page that adds a hash and then deletes it
+    leaves no entry (and one that deletes and adds again, one)."""
+    from hashsvc_testing.exchange_servers import TcapRecord
+
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    with TcapServer() as tcap:
+        gone, back = _hex(), _hex()
+        first = tcap.add(gone)
+        tcap.records.append(TcapRecord(gone, deleted=True, updated_on=first.updated_on + 1e5, id=9))
+        tcap.add(back)
+        _add(stubs, md, "tcap", "tcap", "user:secret-pass", base_url=tcap.url)
+        last = _fetch(stubs, md, "tcap")[-1]
+        assert (last.added, last.deleted) == (2, 1)
+        assert list(_entries(stubs, md)) == [f"tcap:pdq:{back}"]
+        assert _match_hash(harness, "pdq", gone).decision == pb.ALLOW
+        feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="tcap"), metadata=md)
+        assert feed.items == 1
+
+
+def test_bad_rows_from_a_partner_are_counted_and_the_rest_loads(harness, tmp_path):
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    good = _hex()
+    path = tmp_path / "list.txt"
+    path.write_text(f"pdq not-hex\npdq abcd\npdq {good}\nmd5 {_hex(16)}\n")
+    _add(stubs, md, "f", "file", path=path)
+    last = _fetch(stubs, md, "f")[-1]
+    assert (last.added, last.rejected) == (2, 2)
+    assert _match_hash(harness, "pdq", good).decision == pb.BLOCK

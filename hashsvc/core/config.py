@@ -73,7 +73,7 @@ class ExchangeSettings:
     # A fetched page is written through the bulk path this many rows at a
     # time (each a few short transactions and an index catch-up): Match waits
     # for at most one such write.
-    write_rows: int = 1000
+    write_rows: int = 2000
     # File feeds read lists on the server's disk: only under this directory
     # ("" = anywhere the server may read).
     file_dir: str = ""

@@ -346,16 +346,17 @@ class Feeds:
             "labels": [],
             "deleted": [],
         }
-        mapped: list[FeedItem] = []
-        unmapped: list[str] = []
+        # each key's last state in this page: a page may add and then delete
+        # (or delete and add again) the same item, and rows are written in order
+        final: dict[str, FeedItem | None] = {}
         label_cache: dict = {}
         for item in items:
             counts.skipped += item.skipped
             if item.deleted:
-                held = known.get(item.key)
+                held = final.get(item.key) or known.get(item.key)
                 if held is not None:
                     _add_row(columns, "md5", b"", held.entry_name, "", True)
-                    unmapped.append(item.key)
+                    final[item.key] = None
                 continue
             if not item.signals:
                 continue
@@ -368,7 +369,9 @@ class Feeds:
                     result.rejected += 1
                     continue
                 _add_row(columns, kind, value, name, labels, False)
-            mapped.append(FeedItem(item.key, name, item.source_id))
+            final[item.key] = FeedItem(item.key, name, item.source_id)
+        mapped = [mapping for mapping in final.values() if mapping is not None]
+        unmapped = [key for key, mapping in final.items() if mapping is None]
         before = run.result.counts
         before = (before.added, before.updated, before.removed, run.result.rejected_count)
         # in batches of write_rows: each is a few short store transactions and
