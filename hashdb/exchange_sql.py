@@ -319,10 +319,6 @@ class ExchangeSQL:
                 (now_micros(), result, error[:2000], next_run_at, bool(failed), feed_id, owner),
             )
 
-    def reset_feed_checkpoint(self, feed_id: int) -> None:
-        with self._counter_write() as cur:
-            cur.execute("UPDATE exchange_feeds SET checkpoint = NULL WHERE id = ?", (feed_id,))
-
     # -- feedback to the source
 
     def queue_feedback(self, feed_id: int, entry_name: str, verdict: str, created_by: str) -> int:

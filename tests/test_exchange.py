@@ -551,3 +551,52 @@ def test_bad_rows_from_a_partner_are_counted_and_the_rest_loads(harness, tmp_pat
     last = _fetch(stubs, md, "f")[-1]
     assert (last.added, last.rejected) == (2, 2)
     assert _match_hash(harness, "pdq", good).decision == pb.BLOCK
+
+
+def test_whole_listings_delete_what_they_leave_out_within_a_limit(harness, tmp_path):
+    """A file that lost most of its lines (truncated) deletes nothing and
+    fails; --full on TCAP deletes what the partner purged without a
+    tombstone; a ThreatExchange checkpoint older than its 90 days of
+    deletions is fetched whole the same way."""
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    values = [_hex() for _ in range(4)]
+    path = tmp_path / "list.txt"
+    path.write_text("".join(f"pdq {v}\n" for v in values))
+    _add(stubs, md, "f", "file", path=path)
+    _fetch(stubs, md, "f")
+    path.write_text(f"pdq {values[0]}\n")  # 3 of 4 gone: more than half
+    with pytest.raises(grpc.RpcError) as err:
+        _fetch(stubs, md, "f")
+    assert "snapshot_max_delete_fraction" in err.value.details()
+    assert len(_entries(stubs, md)) == 4
+
+    with TcapServer() as tcap:
+        kept, purged = _hex(), _hex()
+        tcap.add(kept)
+        tcap.add(purged)
+        _add(stubs, md, "tcap", "tcap", "user:secret-pass", base_url=tcap.url)
+        _fetch(stubs, md, "tcap")
+        tcap.records.remove(tcap.by_digest.pop(purged))  # no tombstone: just gone
+        assert _fetch(stubs, md, "tcap")[-1].deleted == 0  # incremental: cannot see it
+        assert _fetch(stubs, md, "tcap", full=True)[-1].deleted == 1
+        assert f"tcap:pdq:{purged}" not in _entries(stubs, md)
+
+    with ThreatExchangeServer() as te:
+        a, b, c = _hex(), _hex(), _hex()
+        for value in (a, b, c):
+            te.add(value)
+        _add(stubs, md, "gifct", "threatexchange", TE_TOKEN, privacy_group=303, base_url=te.url)
+        _fetch(stubs, md, "gifct")
+        te.updates = [u for u in te.updates if u.indicator != c]  # expired from its log
+        store = harness.core.store
+        feed = store.get_feed("gifct")
+        old = json.loads(feed.checkpoint)
+        old["last_fetch_time"] -= 100 * 24 * 3600
+        with store._write() as cur:
+            cur.execute(
+                "UPDATE exchange_feeds SET checkpoint = ? WHERE id = ?", (json.dumps(old), feed.id)
+            )
+        assert _fetch(stubs, md, "gifct")[-1].deleted == 1
+        assert f"gifct:hash_pdq:{c}" not in _entries(stubs, md)
+        assert f"gifct:hash_pdq:{a}" in _entries(stubs, md)

@@ -81,6 +81,10 @@ class ExchangeSettings:
     # sealed under it, bound to their feed's settings (hashsvc/exchange/
     # credentials.py). "" = kept as text in their own table.
     credentials_key_file: str = ""
+    # A whole listing (a file feed; --full; a stale checkpoint) deletes what it
+    # no longer lists, but never more than this fraction of the feed's items
+    # (a truncated file, a partner's bad day): past it the fetch fails.
+    snapshot_max_delete_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         for name in (
@@ -93,6 +97,8 @@ class ExchangeSettings:
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"exchange.{name} must be more than 0")
+        if not 0 <= self.snapshot_max_delete_fraction <= 1:
+            raise ValueError("exchange.snapshot_max_delete_fraction must be within 0..1")
         if self.write_rows < 1:
             raise ValueError("exchange.write_rows must be 1 or more")
         if self.http_retries < 0 or self.min_every_seconds < 1 or self.feedback_max_attempts < 1:

@@ -237,10 +237,7 @@ class Feeds:
         started = time.perf_counter()
         failed = False
         try:
-            if full:
-                self.store.reset_feed_checkpoint(feed.id)
-                feed = self.get(feed.name)
-            self._fetch(feed, actor, result, progress)
+            self._fetch(feed, full, result, progress)
         except Exception as exc:  # recorded and retried with backoff; never lost
             failed = True
             result.error = _error_text(exc)
@@ -286,13 +283,18 @@ class Feeds:
     def _fetch(
         self,
         feed: FeedRecord,
-        actor: str,
+        full: bool,
         result: FetchResult,
         progress: Callable[[FetchResult], None] | None,
     ) -> None:
         source = open_source(
             feed.api, self._source_config(feed.name, feed.options, self._credentials(feed))
         )
+        # A whole listing (a file each time; any API fetched from the start:
+        # --full, or a checkpoint the API has forgotten the deletions after):
+        # what it no longer lists is deleted, once every page has loaded.
+        snapshot = source.snapshot or full or source.stale(feed.checkpoint)
+        start = None if snapshot and not source.snapshot else feed.checkpoint
         run = BulkLoad(
             self.core.store,
             self.core.store,
@@ -301,9 +303,9 @@ class Feeds:
             f"exchange:{feed.name}",
             max_keypoints=self.core.config.local_features.max_keypoints,
         )
-        seen: set[str] | None = set() if source.snapshot else None
-        checkpoint = feed.checkpoint
-        pages = _prefetched(source.pages(feed.checkpoint), self._stopping)
+        seen: set[str] | None = set() if snapshot else None
+        checkpoint = start
+        pages = _prefetched(source.pages(start), self._stopping)
         try:
             for page in pages:
                 if seen is not None:
@@ -314,20 +316,37 @@ class Feeds:
                     progress(result)
                 if self._stopping.is_set():
                     raise FailedPrecondition("the server is stopping")
-            if seen is not None:  # a snapshot: what it no longer lists is deleted
-                gone = [
-                    SourceItem(key, deleted=True)
-                    for key in self.store.all_feed_items(feed.id)
-                    if key not in seen
-                ]
-                if gone:
-                    self._write_page(feed, run, gone, checkpoint, result)
+            if seen is not None:
+                self._delete_unlisted(feed, run, seen, checkpoint, result)
             run.finish()
         except BaseException:
             run.abandon()
             raise
         finally:
             pages.close()
+
+    def _delete_unlisted(
+        self,
+        feed: FeedRecord,
+        run: BulkLoad,
+        seen: set[str],
+        checkpoint: str | None,
+        result: FetchResult,
+    ) -> None:
+        """A whole listing: the feed's items it no longer lists are deleted,
+        unless that is more than exchange.snapshot_max_delete_fraction of
+        them (a truncated file, a partner's bad day): then the fetch fails,
+        deleting nothing, until an operator raises the fraction."""
+        held = self.store.all_feed_items(feed.id)
+        gone = [SourceItem(key, deleted=True) for key in held if key not in seen]
+        limit = self.settings.snapshot_max_delete_fraction
+        if gone and len(gone) > limit * len(held):
+            raise FailedPrecondition(
+                f"the listing leaves out {len(gone)} of the feed's {len(held)} items, more than"
+                f" {limit:.0%} (exchange.snapshot_max_delete_fraction): nothing deleted"
+            )
+        if gone:
+            self._write_page(feed, run, gone, checkpoint, result)
 
     def _write_page(
         self,
