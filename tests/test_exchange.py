@@ -353,6 +353,8 @@ def test_feed_commands_and_their_errors(harness, tmp_path):
             name="g", api="file", set="partners", options={"path": "x"}, every_seconds=-5
         ),
     ]
+    stubs.curation.CreateSet(pb.CreateSetRequest(name="benign", allow_list=True), metadata=md)
+    bad.append(pb.AddFeedRequest(name="g", api="file", set="benign", options={"path": str(path)}))
     codes = []
     for request in bad:
         with pytest.raises(grpc.RpcError) as err:
@@ -366,6 +368,7 @@ def test_feed_commands_and_their_errors(harness, tmp_path):
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,  # a partner never fills an allow list
     ]
     disabled = stubs.exchange.SetFeedEnabled(
         pb.SetFeedEnabledRequest(name="f", enabled=False), metadata=md

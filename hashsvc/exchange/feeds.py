@@ -143,6 +143,12 @@ class Feeds:
         if api == "file":
             options = {**options, "path": self._file_path(options.get("path", ""))}
         hash_set = self.core.curation.get_set(set_name)
+        if hash_set.allow_list:
+            # a partner (or whoever holds its credentials) would decide what
+            # hashsvc lets through: allow lists hold curated entries only
+            raise FailedPrecondition(
+                f"set {quoted(set_name)} is an allow list: feeds load only into block sets"
+            )
         # the adapter checks options and the credentials' form now, not at
         # the first fetch (its errors never quote the secret)
         open_source(api, self._source_config(name, options, credentials or None))
