@@ -25,7 +25,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from hashdb import ExchangeStore
 from hashdb.exchange_sql import (
@@ -88,7 +88,6 @@ class FetchResult:
     rejected: int = 0  # rows the bulk path refused (bad hex, bad labels)
     seconds: float = 0.0
     error: str = ""
-    new_entry_names: list[str] = field(default_factory=list)
 
 
 def entry_name(feed: str, key: str) -> str:
@@ -278,7 +277,9 @@ class Feeds:
                 "rejected": result.rejected,
             },
             self.set_name(feed),
-            status="FAILED" if failed else "OK",
+            # a fetch fails on the partner's side (HTTP, credentials, timeouts)
+            # or on a refusal (lease lost, mass deletion): one status for both
+            status="UNAVAILABLE" if failed else "OK",
             error=result.error,
         )
         # events: emit feed.updated here
