@@ -193,7 +193,20 @@ def test_status_json_names_every_field(make_harness, tmp_path):
         out = io.StringIO()
         with redirect_stdout(out):
             assert main([*base, "exchange", "status", "--json"]) == 0
-    row = json.loads(out.getvalue())
+        row = json.loads(out.getvalue())
+        shown = io.StringIO()
+        with redirect_stdout(shown):
+            assert main([*base, "exchange", "show", "f", "--json"]) == 0
+            assert main([*base, "exchange", "disable", "f"]) == 0
+            assert main([*base, "exchange", "list", "--json"]) == 0
+            assert main([*base, "exchange", "enable", "f"]) == 0
+            assert main([*base, "exchange", "remove", "f"]) == 0
+            assert main([*base, "exchange", "list", "--json"]) == 0
+            assert main([*base, "exchange", "show", "f"]) == 1  # NOT_FOUND
     assert set(row) >= {"name", "last_fetch", "result", "added", "updated", "deleted",
                         "checkpoint", "next_run"}  # fmt: skip
     assert (row["name"], row["result"], row["added"]) == ("f", "ok", 1)
+    show, listed = (json.loads(line) for line in shown.getvalue().splitlines())
+    assert show["labels"] == {"k": "v"} and show["every_seconds"] == 3600
+    assert show["has_credentials"] is False and show["feedback"] == []
+    assert listed["enabled"] is False
