@@ -247,40 +247,38 @@ class ExchangeSQL:
         unmapped: list[str],
         counts: PageCounts,
         lease_seconds: float,
-    ) -> None:
+    ) -> PageCounts:
         """One page's mapping, counts and checkpoint, together; raises
-        FailedPrecondition (writing nothing) if the lease was lost."""
+        FailedPrecondition (writing nothing) if the lease was lost. Items
+        added and deleted are counted here, by the mapping, in the same
+        transaction as the checkpoint: a page written again after a crash
+        (its entries already there) still counts once. Returns the counts
+        as committed (counts.updated and .skipped as given)."""
         now = now_micros()
         with self._counter_write() as cur:
             cur.execute(
-                "UPDATE exchange_feeds SET checkpoint = ?, added = added + ?,"
-                " updated = updated + ?, deleted = deleted + ?, skipped = skipped + ?,"
-                " lease_until = ? WHERE id = ? AND lease_owner = ? RETURNING id",
-                (
-                    checkpoint,
-                    counts.added,
-                    counts.updated,
-                    counts.deleted,
-                    counts.skipped,
-                    now + int(lease_seconds * 1_000_000),
-                    feed_id,
-                    owner,
-                ),
+                "UPDATE exchange_feeds SET checkpoint = ?, lease_until = ?"
+                " WHERE id = ? AND lease_owner = ? RETURNING id",
+                (checkpoint, now + int(lease_seconds * 1_000_000), feed_id, owner),
             )
             if cur.fetchone() is None:
                 raise FailedPrecondition("this replica lost the feed's lease: the fetch stops")
+            gone = set(self._mapped_keys(cur, feed_id, unmapped))
             for start in range(0, len(unmapped), _ITEM_CHUNK):
                 cur.executemany(
                     "DELETE FROM exchange_items WHERE feed_id = ? AND item_key = ?",
                     [(feed_id, key) for key in unmapped[start : start + _ITEM_CHUNK]],
                 )
-            self._map_items(cur, feed_id, mapped)
+            added = self._map_items(cur, feed_id, mapped)
+            committed = PageCounts(added, counts.updated, len(gone), counts.skipped)
+            cur.execute(
+                "UPDATE exchange_feeds SET added = added + ?, updated = updated + ?,"
+                " deleted = deleted + ?, skipped = skipped + ? WHERE id = ?",
+                (committed.added, committed.updated, committed.deleted, committed.skipped, feed_id),
+            )
+        return committed
 
-    def _map_items(self, cur, feed_id: int, mapped: list[FeedItem]) -> None:
-        """New items written in bulk (COPY on PostgreSQL), changed ones
-        updated: a first fetch of 1M items wrote them one statement each."""
-        items = {item.key: item for item in mapped}  # a key listed twice: the last
-        keys = list(items)
+    def _mapped_keys(self, cur, feed_id: int, keys: list[str]) -> dict[str, tuple[str, str]]:
         known: dict[str, tuple[str, str]] = {}
         for start in range(0, len(keys), _ITEM_CHUNK):
             cur.execute(
@@ -289,6 +287,14 @@ class ExchangeSQL:
                 (feed_id, self._list_param(keys[start : start + _ITEM_CHUNK])),
             )
             known.update({key: (entry, source) for key, entry, source in cur.fetchall()})
+        return known
+
+    def _map_items(self, cur, feed_id: int, mapped: list[FeedItem]) -> int:
+        """New items written in bulk (COPY on PostgreSQL), changed ones
+        updated (a first fetch of 1M items wrote them one statement each).
+        Returns how many are new."""
+        items = {item.key: item for item in mapped}  # a key listed twice: the last
+        known = self._mapped_keys(cur, feed_id, list(items))
         new = [
             (feed_id, i.key, i.entry_name, i.source_id)
             for i in items.values()
@@ -306,6 +312,7 @@ class ExchangeSQL:
                 " WHERE feed_id = ? AND item_key = ?",
                 changed,
             )
+        return len(new)
 
     def finish_feed_fetch(
         self, feed_id: int, owner: str, result: str, error: str, next_run_at: int, failed: bool

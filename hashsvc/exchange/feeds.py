@@ -42,6 +42,7 @@ from hashdb.times import now_micros
 from hashsvc.base import validation
 from hashsvc.base.errors import FailedPrecondition, InvalidArgument, NotFound, quoted
 from hashsvc.core.bulk import BulkLoad, RowBatch
+from hashsvc.core.bulk_rows import RowError, row_value
 from hashsvc.core.config import ExchangeSettings
 from hashsvc.core.core import Core
 from hashsvc.exchange.credentials import CredentialBox
@@ -388,30 +389,31 @@ class Feeds:
                 continue
             name = entry_name(feed.name, item.key)
             labels = self._labels_json(feed, item, label_cache)
+            good = 0
             for kind, hex_value in item.signals:
-                try:
-                    value = bytes.fromhex(hex_value)
-                except ValueError:
+                try:  # the bulk path's own check, here so a bad hash is never mapped
+                    value = row_value(kind, bytes.fromhex(hex_value), False)
+                except (ValueError, RowError):
                     result.rejected += 1
                     continue
                 _add_row(columns, kind, value, name, labels, False)
-            final[item.key] = FeedItem(item.key, name, item.source_id)
+                good += 1
+            if good:
+                final[item.key] = FeedItem(item.key, name, item.source_id)
         mapped = [mapping for mapping in final.values() if mapping is not None]
         unmapped = [key for key, mapping in final.items() if mapping is None]
-        before = run.result.counts
-        before = (before.added, before.updated, before.removed, run.result.rejected_count)
+        before = (run.result.counts.updated, run.result.rejected_count)
         # in batches of write_rows: each is a few short store transactions and
         # an index catch-up, so a Match waits for a small one at most
         step = self.settings.write_rows
         for start in range(0, len(columns["value"]), step):
             part = {key: values[start : start + step] for key, values in columns.items()}
             run.add_batch(RowBatch(**part, source=f"exchange:{feed.name}"))
-        after = run.result.counts
-        counts.added = after.added - before[0]
-        counts.updated = after.updated - before[1]
-        counts.deleted = after.removed - before[2]
-        result.rejected += run.result.rejected_count - before[3]
-        self.store.commit_feed_page(
+        # updated: the bulk path's count (labels changed); added and deleted
+        # are counted by the store with the checkpoint (see commit_feed_page)
+        counts.updated = run.result.counts.updated - before[0]
+        result.rejected += run.result.rejected_count - before[1]
+        counts = self.store.commit_feed_page(
             feed.id, self.owner, checkpoint, mapped, unmapped, counts, self._lease()
         )
         # retro: hand new entry ids to the retro-hunt here (`mapped` names this
