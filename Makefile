@@ -59,6 +59,7 @@ bench: install
 	$(BIN)/python bench/console.py
 	$(BIN)/python bench/events.py
 	$(BIN)/python bench/retro.py
+	$(BIN)/python bench/exchange.py
 
 # The same in a few minutes, as CI runs them.
 bench-short: install
@@ -70,6 +71,7 @@ bench-short: install
 	$(BIN)/python bench/fuzz.py --requests 200 --store both
 	$(BIN)/python bench/scale.py --short
 	$(BIN)/python bench/load.py --short
+	$(BIN)/python bench/exchange.py --short
 	$(BIN)/python bench/loadtest.py --short
 	$(BIN)/python bench/memory.py --short
 	$(BIN)/python bench/console.py --short

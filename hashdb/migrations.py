@@ -283,14 +283,19 @@ POSTGRES.append(_review("BIGSERIAL PRIMARY KEY", "BYTEA"))
 # lookups name their kind as a literal (see SQLStore.find_exact), which both
 # planners match against this OR list; a new exact signal type needs a
 # migration that adds it (tests/test_store.py checks there is none missing).
-EXACT_KINDS = ("md5", "sha256", "text_sha256")
-_EXACT_VALUE_INDEX = [
-    "DROP INDEX entry_signals_value",
-    "CREATE INDEX entry_signals_value ON entry_signals (kind, substr(value, 1, 32)) WHERE "
-    + " OR ".join(f"kind = '{kind}'" for kind in EXACT_KINDS),
-]
-SQLITE.append(_EXACT_VALUE_INDEX)
-POSTGRES.append(_EXACT_VALUE_INDEX)
+def _exact_value_index(kinds: tuple[str, ...]) -> list[str]:
+    return [
+        "DROP INDEX entry_signals_value",
+        "CREATE INDEX entry_signals_value ON entry_signals (kind, substr(value, 1, 32)) WHERE "
+        + " OR ".join(f"kind = '{kind}'" for kind in kinds),
+    ]
+
+
+# migration 7 as it was applied; the exchange migration below adds sha512
+_EXACT_KINDS_7 = ("md5", "sha256", "text_sha256")
+EXACT_KINDS = (*_EXACT_KINDS_7, "sha512")
+SQLITE.append(_exact_value_index(_EXACT_KINDS_7))
+POSTGRES.append(_exact_value_index(_EXACT_KINDS_7))
 
 
 # 8: PostgreSQL checks no foreign keys on entries and their signals (issue 6).
@@ -543,3 +548,67 @@ POSTGRES.append(
             FOR EACH ROW EXECUTE FUNCTION hashsvc_history_prune_only()""",
     ]
 )
+# Issue 22: partner feeds (hashsvc/exchange). A feed loads one set from one
+# exchange API, incrementally from its checkpoint (the API's own, as JSON).
+# Its credentials live in their own table that no listing reads, so no answer,
+# log or history record can carry them. exchange_items maps each source item
+# (the API's signal type and value) to the entry written for it: deletions,
+# relabels and a snapshot's missing hashes find their entry there, and
+# feedback its source id. The lease (lease_owner, lease_until) lets one replica
+# fetch a feed at a time. exchange_feedback is the durable queue of verdicts
+# sent back to the source. SHA-512 (TCAP) joins the exact types looked up by
+# value.
+def _exchange(id_type: str, blob: str) -> list[str]:
+    return [
+        *_exact_value_index(EXACT_KINDS),
+        f"""CREATE TABLE exchange_feeds (
+            id {id_type},
+            name TEXT NOT NULL UNIQUE,
+            api TEXT NOT NULL,
+            set_id BIGINT NOT NULL,
+            labels TEXT NOT NULL,
+            options TEXT NOT NULL,
+            every_seconds BIGINT NOT NULL,
+            enabled BOOLEAN NOT NULL,
+            checkpoint TEXT,
+            created_at BIGINT NOT NULL,
+            created_by TEXT NOT NULL,
+            last_fetch_at BIGINT,
+            last_result TEXT NOT NULL DEFAULT '',
+            last_error TEXT NOT NULL DEFAULT '',
+            added BIGINT NOT NULL DEFAULT 0,
+            updated BIGINT NOT NULL DEFAULT 0,
+            deleted BIGINT NOT NULL DEFAULT 0,
+            skipped BIGINT NOT NULL DEFAULT 0,
+            failures INTEGER NOT NULL DEFAULT 0,
+            next_run_at BIGINT NOT NULL,
+            lease_owner TEXT,
+            lease_until BIGINT)""",
+        f"""CREATE TABLE exchange_credentials (
+            feed_id BIGINT PRIMARY KEY,
+            secret {blob} NOT NULL)""",
+        """CREATE TABLE exchange_items (
+            feed_id BIGINT NOT NULL,
+            item_key TEXT NOT NULL,
+            entry_name TEXT NOT NULL,
+            source_id TEXT NOT NULL,
+            PRIMARY KEY (feed_id, item_key))""",
+        f"""CREATE TABLE exchange_feedback (
+            id {id_type},
+            feed_id BIGINT NOT NULL,
+            entry_name TEXT NOT NULL,
+            verdict TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT NOT NULL DEFAULT '',
+            created_at BIGINT NOT NULL,
+            created_by TEXT NOT NULL,
+            next_attempt_at BIGINT NOT NULL,
+            sent_at BIGINT)""",
+        "CREATE INDEX exchange_feedback_due ON exchange_feedback (state, next_attempt_at)",
+        "CREATE INDEX exchange_feedback_entry ON exchange_feedback (feed_id, entry_name)",
+    ]
+
+
+SQLITE.append(_exchange("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"))
+POSTGRES.append(_exchange("BIGSERIAL PRIMARY KEY", "BYTEA"))

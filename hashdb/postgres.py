@@ -14,6 +14,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from hashdb import columns, migrations
 from hashdb.bulk_sql import AddedSignals, PlainSignals
+from hashdb.exchange_sql import ExchangeSQL
 from hashdb.retro_sql import RetroSQL
 from hashdb.review_sql import ReviewSQL
 from hashdb.sqlbase import SQLStore
@@ -60,7 +61,7 @@ class _Cursor:
         return self._cur.copy(sql)
 
 
-class PostgresStore(SQLStore, ReviewSQL, RetroSQL):
+class PostgresStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
     _unique_violation = pg_errors.UniqueViolation
 
     def __init__(

@@ -16,13 +16,14 @@ from pathlib import Path
 
 from hashdb import columns, migrations
 from hashdb.bulk_sql import AddedSignals, PlainSignals
+from hashdb.exchange_sql import ExchangeSQL
 from hashdb.retro_sql import RetroSQL
 from hashdb.review_sql import ReviewSQL
 from hashdb.sqlbase import SQLStore
 from hashsvc.base.errors import Unavailable
 
 
-class SQLiteStore(SQLStore, ReviewSQL, RetroSQL):
+class SQLiteStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
     _unique_violation = sqlite3.IntegrityError
     # one writer at a time: an event's seq is given with its insert
     _sequence_at_insert = True

@@ -16,4 +16,5 @@ class Stubs:
         self.review = pb_grpc.ReviewStub(channel)
         self.events = pb_grpc.EventsStub(channel)
         self.retro = pb_grpc.RetroStub(channel)
+        self.exchange = pb_grpc.ExchangeStub(channel)
         self.channel = channel

@@ -52,6 +52,13 @@ REQUESTS = {
     "Admin/RevokeToken": pb.RevokeTokenRequest(id=999999),
     "Events/Subscribe": pb.SubscribeRequest(from_id=1, stop_at_end=True),
     "Events/ListEvents": pb.ListEventsRequest(),
+    "Exchange/AddFeed": pb.AddFeedRequest(name="f", api="file", set="s"),
+    "Exchange/ListFeeds": pb.ListFeedsRequest(),
+    "Exchange/GetFeed": pb.GetFeedRequest(name="f"),
+    "Exchange/SetFeedEnabled": pb.SetFeedEnabledRequest(name="f", enabled=True),
+    "Exchange/RemoveFeed": pb.RemoveFeedRequest(name="f"),
+    "Exchange/FetchFeed": pb.FetchFeedRequest(name="f"),
+    "Exchange/SendFeedback": pb.SendFeedbackRequest(feed="f", entry="e", verdict="confirmed"),
 }
 DENIED = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
 
@@ -91,6 +98,7 @@ def _call(module_harness, method: str, metadata):
         "Review": stubs.review,
         "Events": stubs.events,
         "Retro": stubs.retro,
+        "Exchange": stubs.exchange,
     }[service]
     request = REQUESTS[method]
     if isinstance(request, list):  # a client stream, sent afresh each call

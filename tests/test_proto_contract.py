@@ -199,6 +199,7 @@ def test_reflection_answers_v1_as_well_as_v1alpha(tmp_path):
             "hashsvc.v1.Audit",
             "hashsvc.v1.Admin",
             "hashsvc.v1.Retro",
+            "hashsvc.v1.Exchange",
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",

@@ -20,6 +20,7 @@ from hashdb import (
     Thresholds,
     TokenRecord,
 )
+from hashdb.times import from_micros
 from hashsvc.base import media_kinds, validation
 from hashsvc.base.errors import InvalidArgument, NotFound, quoted
 from hashsvc.base.signals import Signal, signal_type
@@ -495,4 +496,58 @@ def webhook_endpoint(state, failed_events: int) -> pb.WebhookEndpoint:
         first_failed_at=timestamp(state.first_failed_at),
         next_attempt_at=timestamp(state.next_attempt_at),
         failed_events=failed_events,
+    )
+
+
+def feed(record, set_name: str, feedback=()) -> pb.Feed:
+    """A feed as the Exchange service shows it: never its credentials."""
+    return pb.Feed(
+        name=record.name,
+        api=record.api,
+        set=set_name,
+        labels=record.labels,
+        options=record.options,
+        every_seconds=record.every_seconds,
+        enabled=record.enabled,
+        checkpoint=record.checkpoint or "",
+        has_credentials=record.has_credentials,
+        last_fetch_at=timestamp(from_micros(record.last_fetch_at)),
+        last_result=record.last_result,
+        last_error=record.last_error,
+        added=record.added,
+        updated=record.updated,
+        deleted=record.deleted,
+        skipped=record.skipped,
+        failures=record.failures,
+        next_run_at=timestamp(from_micros(record.next_run_at)),
+        items=record.items,
+        fetching_replica=record.lease_owner or "",
+        feedback=[feedback_item(f) for f in feedback],
+    )
+
+
+def feedback_item(record) -> pb.FeedbackItem:
+    return pb.FeedbackItem(
+        id=record.id,
+        entry=record.entry_name,
+        verdict=record.verdict,
+        state=record.state,
+        attempts=record.attempts,
+        last_error=record.last_error,
+        created_at=timestamp(from_micros(record.created_at)),
+        sent_at=timestamp(from_micros(record.sent_at)),
+    )
+
+
+def fetch_progress(result, done: bool) -> pb.FetchProgress:
+    return pb.FetchProgress(
+        pages=result.pages,
+        items=result.items,
+        added=result.added,
+        updated=result.updated,
+        deleted=result.deleted,
+        skipped=result.skipped,
+        rejected=result.rejected,
+        seconds=result.seconds,
+        done=done,
     )

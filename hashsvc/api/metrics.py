@@ -46,6 +46,18 @@ class Metrics:
             ["set"],
             registry=self.registry,
         )
+        self.feed_fetches = Counter(
+            "hashsvc_feed_fetches",
+            "Partner feed fetches this replica ran, by feed and result (ok, failed).",
+            ["feed", "result"],
+            registry=self.registry,
+        )
+        self.feed_hashes = Counter(
+            "hashsvc_feed_hashes",
+            "Entries partner feeds changed, by feed and change (added, updated, deleted, skipped).",
+            ["feed", "change"],
+            registry=self.registry,
+        )
         self.registry.register(_IndexCollector(core))
         self.registry.register(_WebhookCollector(core))
         self._http = None
@@ -60,6 +72,11 @@ class Metrics:
 
     def observe_flood_alert(self, set_name: str) -> None:
         self.flood_alerts.labels(set_name).inc()
+
+    def observe_feed_fetch(self, result) -> None:
+        self.feed_fetches.labels(result.feed, "failed" if result.error else "ok").inc()
+        for change in ("added", "updated", "deleted", "skipped"):
+            self.feed_hashes.labels(result.feed, change).inc(getattr(result, change))
 
     def serve(self, listen: str) -> int:
         """Serves /metrics over HTTP on HOST:PORT (port 0: any free port)."""

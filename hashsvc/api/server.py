@@ -7,6 +7,7 @@ import errno
 import functools
 import gc
 import logging
+import os
 import signal
 import socket
 import threading
@@ -19,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from hashdb import safe_url
 from hashsvc.api import reflection
+from hashsvc.api.exchange_servicer import ExchangeServicer
 from hashsvc.api.interceptors import Access, CallMetrics, Limits
 from hashsvc.api.metrics import Metrics
 from hashsvc.api.retro_servicer import RetroServicer
@@ -35,6 +37,7 @@ from hashsvc.base.addresses import is_loopback
 from hashsvc.core.auth import RateLimiter
 from hashsvc.core.config import Config, new_spool
 from hashsvc.core.core import Core
+from hashsvc.exchange.feeds import Feeds
 from hashsvc.media.spool import Spool
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
@@ -69,11 +72,14 @@ class RunningServer:
     spool: Spool | None = None  # uploads waiting for hashing, within spool_max_bytes
     unread: UnreadCalls | None = None  # calls whose request message has not arrived
     limiter: RateLimiter | None = None  # requests per token; the HTTP API shares it
+    feeds: Feeds | None = None  # partner feeds and their background fetcher
 
     def stop(self, grace: float = 5.0) -> None:
         self.stopping.set()  # the health follower first: it must not say SERVING again
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server.stop(grace).wait()
+        if self.feeds is not None:
+            self.feeds.stop()
         if self.unread is not None:
             self.unread.close()
         self.metrics.stop()
@@ -184,6 +190,11 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
     pb_grpc.add_AdminServicer_to_server(AdminServicer(core), server)
     pb_grpc.add_EventsServicer_to_server(EventsServicer(core), server)
     pb_grpc.add_RetroServicer_to_server(RetroServicer(core), server)
+    # this replica's name in feed leases: unique per process
+    feeds = Feeds(core, config.exchange, f"{socket.gethostname()}:{os.getpid()}:{id(core):x}")
+    feeds.on_fetch = metrics.observe_feed_fetch
+    core.review.on_resolved = feeds.review_resolved
+    pb_grpc.add_ExchangeServicer_to_server(ExchangeServicer(feeds), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if config.reflection:  # off by default: anyone may call it, no token needed
@@ -194,7 +205,7 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
         log.warning(warning)
     running = RunningServer(
         server, port, core, health_servicer, metrics, streams=streams, spool=spool, unread=unread,
-        limiter=limiter,
+        limiter=limiter, feeds=feeds,
     )  # fmt: skip
     if config.metrics_listen:
         try:
@@ -235,6 +246,7 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
             return
         running._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("ready on port %d; index %s", port, core.live.sizes())
+        feeds.start()  # fetched rows go through the index: it is loaded now
         threading.Thread(target=running.follow_readiness, daemon=True, name="health").start()
 
     if block_until_ready:

@@ -79,6 +79,9 @@ _HEX = re.compile(r"[0-9a-f]*")
 PDQ = SignalType("pdq", 256, perceptual=True)
 MD5 = SignalType("md5", 128, perceptual=False)
 SHA256 = SignalType("sha256", 256, perceptual=False)
+# Partner feeds (TCAP) share SHA-512 file hashes: stored for exact match only,
+# hashsvc never computes them from media.
+SHA512 = SignalType("sha512", 512, perceptual=False)
 # Whole-video hash of the `videohash` package (collage of frames -> wavelet hash).
 VIDEOHASH = SignalType("videohash", 64, perceptual=True)
 # Raw Chromaprint fingerprint (as `fpcalc -raw`), 32-bit words big-endian.
@@ -104,6 +107,7 @@ SIGNAL_TYPES: dict[str, SignalType] = {
         PDQ,
         MD5,
         SHA256,
+        SHA512,
         VIDEOHASH,
         CHROMAPRINT,
         TEXT_SHA256,

@@ -124,6 +124,7 @@ class Client:
         self.review = pb_grpc.ReviewStub(self.channel)
         self.events = pb_grpc.EventsStub(self.channel)
         self.retro = pb_grpc.RetroStub(self.channel)
+        self.exchange = pb_grpc.ExchangeStub(self.channel)
         self._uploads = threading.BoundedSemaphore(UPLOADS_IN_FLIGHT)
 
     @property

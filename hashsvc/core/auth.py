@@ -65,6 +65,13 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     f"{_PREFIX}Admin/RevokeToken": frozenset({ADMIN}),
     f"{_PREFIX}Events/Subscribe": frozenset({AUDITOR, SUBSCRIBER, ADMIN}),
     f"{_PREFIX}Events/ListEvents": frozenset({AUDITOR, SUBSCRIBER, ADMIN}),
+    f"{_PREFIX}Exchange/AddFeed": frozenset({OPERATOR, ADMIN}),
+    f"{_PREFIX}Exchange/ListFeeds": frozenset({OPERATOR, ADMIN}),
+    f"{_PREFIX}Exchange/GetFeed": frozenset({OPERATOR, ADMIN}),
+    f"{_PREFIX}Exchange/SetFeedEnabled": frozenset({OPERATOR, ADMIN}),
+    f"{_PREFIX}Exchange/RemoveFeed": frozenset({OPERATOR, ADMIN}),
+    f"{_PREFIX}Exchange/FetchFeed": frozenset({OPERATOR, ADMIN}),
+    f"{_PREFIX}Exchange/SendFeedback": frozenset({OPERATOR, REVIEWER, ADMIN}),
 }
 
 # Calls whose every item counts against the rate limit, not the call itself:

@@ -118,6 +118,70 @@ PDQ_REVIEW_SEARCHES = ("fast", "balanced", "thorough")
 
 
 @dataclass(frozen=True)
+class ExchangeSettings:
+    """Partner feeds (hashsvc/exchange): the background fetcher's limits.
+    Config file: an [exchange] table."""
+
+    # The server fetches due feeds in the background (false: only
+    # `exchange fetch` fetches).
+    background: bool = True
+    # How often the fetcher looks for due feeds and queued feedback (seconds).
+    poll_seconds: float = 5.0
+    # A replica holds a feed this long past its last committed page; a replica
+    # that died mid-fetch frees its feeds after it (PostgreSQL: one fetcher a feed).
+    lease_seconds: float = 300.0
+    # Every HTTP call to a partner: its timeout and retries (5xx, 429).
+    http_timeout_seconds: float = 60.0
+    http_retries: int = 2
+    # A failed fetch is retried after retry_base_seconds, doubling per
+    # failure up to retry_max_seconds (never later than the feed's --every).
+    retry_base_seconds: float = 30.0
+    retry_max_seconds: float = 3600.0
+    # The shortest --every a feed may have (a partner's rate limits).
+    min_every_seconds: int = 60
+    # Feedback to a partner that failed is retried after this (doubling,
+    # at most feedback_max_attempts times).
+    feedback_retry_seconds: float = 60.0
+    feedback_max_attempts: int = 20
+    # A fetched page is written through the bulk path this many rows at a
+    # time (each a few short transactions and an index catch-up): Match waits
+    # for at most one such write.
+    write_rows: int = 2000
+    # File feeds read lists on the server's disk: only under this directory
+    # ("" = anywhere the server may read).
+    file_dir: str = ""
+    # A secret file (>= 32 bytes, outside the database): feed credentials are
+    # sealed under it, bound to their feed's settings (hashsvc/exchange/
+    # credentials.py). "" = kept as text in their own table.
+    credentials_key_file: str = ""
+    # A whole listing (a file feed; --full; a stale checkpoint) deletes what it
+    # no longer lists, but never more than this fraction of the feed's items
+    # (a truncated file, a partner's bad day): past it the fetch fails.
+    snapshot_max_delete_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in (
+            "poll_seconds",
+            "lease_seconds",
+            "http_timeout_seconds",
+            "retry_base_seconds",
+            "retry_max_seconds",
+            "feedback_retry_seconds",
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"exchange.{name} must be more than 0")
+        if not 0 <= self.snapshot_max_delete_fraction <= 1:
+            raise ValueError("exchange.snapshot_max_delete_fraction must be within 0..1")
+        if self.write_rows < 1:
+            raise ValueError("exchange.write_rows must be 1 or more")
+        if self.http_retries < 0 or self.min_every_seconds < 1 or self.feedback_max_attempts < 1:
+            raise ValueError(
+                "exchange.http_retries must be >= 0, min_every_seconds and"
+                " feedback_max_attempts >= 1"
+            )
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = "127.0.0.1:50051"
     db_url: str = "sqlite:///hashsvc.db"
@@ -213,6 +277,7 @@ class Config:
     local_features: LocalFeatureMatching = field(default_factory=LocalFeatureMatching)
     strings: StringLimits = field(default_factory=StringLimits)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    exchange: ExchangeSettings = field(default_factory=ExchangeSettings)
     # A message of ListEntries, ExportEntries, QueryHistory or ListReviewItems
     # holds at most this much: pages are cut by size as well as by count (50
     # four-hour videos made a 69 MB page), and an entry larger than this is

@@ -428,22 +428,23 @@ class Core:
                 set_name, caller, strict, partial, bool(committed), status_of, exc
             )
             if committed:
-                self._hunt_loaded(run.set_id, started, caller)
+                self.hunt_changed_since(run.set_id, started, caller, "BulkLoad")
             raise
         self._record_bulk_load(set_name, caller, strict, result, result.written, status_of)
         if result.added or result.updated:
-            self._hunt_loaded(hash_set.id, started, caller)
+            self.hunt_changed_since(hash_set.id, started, caller, "BulkLoad")
         return result
 
-    def _hunt_loaded(self, set_id: int, started: datetime, caller: str) -> None:
-        # The entries a load added or gave new signals (a concurrent load's
-        # too: a hit is reported once whichever run finds it).
+    def hunt_changed_since(self, set_id: int, started: datetime, caller: str, trigger: str) -> None:
+        """A retro-hunt for the entries of the set added or given new signals
+        since `started` (a bulk load, a partner feed's fetch; a concurrent
+        load's too: a hit is reported once whichever run finds it)."""
         try:
             ids = self.store.entries_changed_since(set_id, to_micros(started))
         except Exception:
             log.exception("finding a bulk load's entries for the retro-hunt failed")
             return
-        self.curation.entries_added(ids, "BulkLoad", caller)
+        self.curation.entries_added(ids, trigger, caller)
 
     def start_retro_run(self, actor: str, set_name: str = "", since_seconds: int = 0) -> RetroRun:
         """A retro-hunt by hand (StartRetroRun, POST /v1/retro/runs), in the history."""

@@ -21,6 +21,7 @@ Every reviewer and operator action is written to the hash-chained history.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from hashdb import (
@@ -88,6 +89,9 @@ class ReviewQueue:
         self.audit = audit
         self.curation = curation
         self.claim_seconds = claim_seconds
+        # Called with each resolved item (its matched entries' feeds send the
+        # verdict back to their source, hashsvc/exchange); must not raise.
+        self.on_resolved: Callable[[ReviewItem], None] | None = None
 
     # -- filling
 
@@ -217,6 +221,8 @@ class ReviewQueue:
             client_ref=resolved.client_ref,
             set_ids=(new_entry.set_id,) if new_entry is not None else (),
         )
+        if self.on_resolved is not None:
+            self.on_resolved(resolved)
         return resolved
 
     def _confirmed_entry(

@@ -41,6 +41,14 @@ RPCS_SERVED_ELSEWHERE = {
     "Matcher/MatchBatch": "POST /v1/match once per upload (HTTP/1.1 keep-alive, or HTTP/2)",
     "Curation/AddEntry": "POST /v1/sets/{set}/entries (JSON with a signal)",
     "Events/Subscribe": "GET /v1/events from the last id seen (a pulling consumer pages it)",
+    # partner feeds: gRPC and `hashsvc exchange` until their routes land
+    "Exchange/AddFeed": "gRPC only",
+    "Exchange/ListFeeds": "gRPC only",
+    "Exchange/GetFeed": "gRPC only",
+    "Exchange/SetFeedEnabled": "gRPC only",
+    "Exchange/RemoveFeed": "gRPC only",
+    "Exchange/FetchFeed": "gRPC only",
+    "Exchange/SendFeedback": "gRPC only",
 }
 # A Match refused by the rate limit is still a Match call, in the history (as gRPC's).
 _RECORDED_WHEN_RATE_LIMITED = frozenset({"Matcher/Match"})

@@ -1,0 +1,395 @@
+"""Partner feeds' storage (issue 22), shared by the SQLite and PostgreSQL
+stores (mixed into SQLStore; `?` placeholders, times as integer microseconds).
+
+A feed's credentials are in exchange_credentials, read by feed_secret() only:
+no listing joins them, so no answer, log line or history record can carry
+them. A page of a fetch commits its item mapping, its counts and the new
+checkpoint in one transaction, under the feed's lease: a replica that lost
+the lease (it stalled past lease_until and another took over) writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from hashdb.times import now_micros
+from hashsvc.base.errors import AlreadyExists, FailedPrecondition, NotFound
+
+_FEED_COLUMNS = (
+    "f.id, f.name, f.api, f.set_id, f.labels, f.options, f.every_seconds, f.enabled,"
+    " f.checkpoint, f.created_at, f.created_by, f.last_fetch_at, f.last_result, f.last_error,"
+    " f.added, f.updated, f.deleted, f.skipped, f.failures, f.next_run_at, f.lease_owner,"
+    " f.lease_until, (SELECT COUNT(*) FROM exchange_items i WHERE i.feed_id = f.id),"
+    " (SELECT COUNT(*) FROM exchange_credentials c WHERE c.feed_id = f.id)"
+)
+_FEEDBACK_COLUMNS = (
+    "id, feed_id, entry_name, verdict, state, attempts, last_error, created_at, created_by,"
+    " next_attempt_at, sent_at"
+)
+# Feedback states: queued (to send, or to retry at next_attempt_at), sent,
+# unsupported (the API takes no feedback: kept, so the entry shows it).
+FEEDBACK_QUEUED = "queued"
+FEEDBACK_SENT = "sent"
+FEEDBACK_UNSUPPORTED = "unsupported"
+# exchange_items rows written per statement batch
+_ITEM_CHUNK = 5_000
+
+
+@dataclass(frozen=True)
+class FeedRecord:
+    id: int
+    name: str
+    api: str
+    set_id: int
+    labels: dict[str, str]
+    options: dict[str, str]
+    every_seconds: int
+    enabled: bool
+    checkpoint: str | None  # the API's checkpoint as JSON; None: fetch from the start
+    created_at: int
+    created_by: str
+    last_fetch_at: int | None
+    last_result: str  # "", "ok", "failed", "running"
+    last_error: str
+    added: int
+    updated: int
+    deleted: int
+    skipped: int
+    failures: int  # consecutive failed fetches (backoff)
+    next_run_at: int
+    lease_owner: str | None
+    lease_until: int | None
+    items: int  # source items mapped to entries
+    has_credentials: bool
+
+
+@dataclass(frozen=True)
+class FeedItem:
+    """A source item (the API's signal type and value) and its entry."""
+
+    key: str
+    entry_name: str
+    source_id: str
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    id: int
+    feed_id: int
+    entry_name: str
+    verdict: str  # "confirmed" | "false_positive"
+    state: str
+    attempts: int
+    last_error: str
+    created_at: int
+    created_by: str
+    next_attempt_at: int
+    sent_at: int | None
+
+
+@dataclass
+class PageCounts:
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    skipped: int = 0
+
+
+class ExchangeSQL:
+    def create_feed(
+        self,
+        name: str,
+        api: str,
+        set_id: int,
+        labels: dict[str, str],
+        options: dict[str, str],
+        every_seconds: int,
+        secret: bytes | None,
+        created_by: str,
+    ) -> FeedRecord:
+        now = now_micros()
+        try:
+            with self._counter_write() as cur:
+                cur.execute(
+                    "INSERT INTO exchange_feeds (name, api, set_id, labels, options,"
+                    " every_seconds, enabled, checkpoint, created_at, created_by, next_run_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?) RETURNING id",
+                    (
+                        name,
+                        api,
+                        set_id,
+                        json.dumps(labels, sort_keys=True),
+                        json.dumps(options, sort_keys=True),
+                        every_seconds,
+                        True,
+                        now,
+                        created_by,
+                        now,
+                    ),
+                )
+                feed_id = cur.fetchone()[0]
+                if secret is not None:
+                    cur.execute(
+                        "INSERT INTO exchange_credentials (feed_id, secret) VALUES (?, ?)",
+                        (feed_id, secret),
+                    )
+        except self._unique_violation:
+            raise AlreadyExists(f"a feed named {name!r} already exists") from None
+        return self.get_feed(name)
+
+    def get_feed(self, name: str) -> FeedRecord | None:
+        with self._read() as cur:
+            cur.execute(f"SELECT {_FEED_COLUMNS} FROM exchange_feeds f WHERE f.name = ?", (name,))
+            row = cur.fetchone()
+        return _feed(row) if row else None
+
+    def list_feeds(self) -> list[FeedRecord]:
+        with self._read() as cur:
+            cur.execute(f"SELECT {_FEED_COLUMNS} FROM exchange_feeds f ORDER BY f.name")
+            return [_feed(row) for row in cur.fetchall()]
+
+    def set_feed_enabled(self, name: str, enabled: bool) -> FeedRecord:
+        with self._counter_write() as cur:
+            cur.execute(
+                "UPDATE exchange_feeds SET enabled = ?, next_run_at = ?, failures = 0"
+                " WHERE name = ? RETURNING id",
+                (bool(enabled), now_micros(), name),
+            )
+            if cur.fetchone() is None:
+                raise NotFound(f"no feed named {name!r}")
+        return self.get_feed(name)
+
+    def remove_feed(self, name: str) -> FeedRecord:
+        """The feed, its credentials, item mapping and feedback queue go; the
+        entries it loaded stay in their set (remove them there if meant)."""
+        feed = self.get_feed(name)
+        if feed is None:
+            raise NotFound(f"no feed named {name!r}")
+        with self._counter_write() as cur:
+            for table in ("exchange_credentials", "exchange_items", "exchange_feedback"):
+                cur.execute(f"DELETE FROM {table} WHERE feed_id = ?", (feed.id,))
+            cur.execute("DELETE FROM exchange_feeds WHERE id = ?", (feed.id,))
+        return feed
+
+    def feed_secret(self, feed_id: int) -> bytes | None:
+        """The credentials, for the fetcher and the feedback sender only."""
+        with self._read() as cur:
+            cur.execute("SELECT secret FROM exchange_credentials WHERE feed_id = ?", (feed_id,))
+            row = cur.fetchone()
+        return bytes(row[0]) if row else None
+
+    def due_feeds(self, now: int) -> list[FeedRecord]:
+        """Enabled feeds whose next run has come and that no replica holds."""
+        with self._read() as cur:
+            cur.execute(
+                f"SELECT {_FEED_COLUMNS} FROM exchange_feeds f WHERE f.enabled AND"
+                " f.next_run_at <= ? AND (f.lease_until IS NULL OR f.lease_until < ?)"
+                " ORDER BY f.next_run_at",
+                (now, now),
+            )
+            return [_feed(row) for row in cur.fetchall()]
+
+    def acquire_feed_lease(self, feed_id: int, owner: str, seconds: float) -> bool:
+        """True when this owner now holds the feed (free, expired or its own):
+        one UPDATE, so two replicas racing get one row between them."""
+        now = now_micros()
+        with self._counter_write() as cur:
+            cur.execute(
+                "UPDATE exchange_feeds SET lease_owner = ?, lease_until = ?, last_result = ?"
+                " WHERE id = ? AND (lease_owner IS NULL OR lease_until < ? OR lease_owner = ?)"
+                " RETURNING id",
+                (owner, now + int(seconds * 1_000_000), "running", feed_id, now, owner),
+            )
+            return cur.fetchone() is not None
+
+    def feed_items(self, feed_id: int, keys: list[str]) -> dict[str, FeedItem]:
+        out: dict[str, FeedItem] = {}
+        with self._read() as cur:
+            for start in range(0, len(keys), 500):
+                part = keys[start : start + 500]
+                marks = ", ".join("?" * len(part))
+                cur.execute(
+                    "SELECT item_key, entry_name, source_id FROM exchange_items"
+                    f" WHERE feed_id = ? AND item_key IN ({marks})",
+                    (feed_id, *part),
+                )
+                for key, entry, source in cur.fetchall():
+                    out[key] = FeedItem(key, entry, source)
+        return out
+
+    def all_feed_items(self, feed_id: int) -> dict[str, FeedItem]:
+        """Every mapped item (a snapshot API's deletions are those it no
+        longer lists)."""
+        with self._read() as cur:
+            cur.execute(
+                "SELECT item_key, entry_name, source_id FROM exchange_items WHERE feed_id = ?",
+                (feed_id,),
+            )
+            return {key: FeedItem(key, entry, source) for key, entry, source in cur.fetchall()}
+
+    def feed_item_for_entry(self, feed_id: int, entry_name: str) -> FeedItem | None:
+        with self._read() as cur:
+            cur.execute(
+                "SELECT item_key, entry_name, source_id FROM exchange_items"
+                " WHERE feed_id = ? AND entry_name = ?",
+                (feed_id, entry_name),
+            )
+            row = cur.fetchone()
+        return FeedItem(*row) if row else None
+
+    def commit_feed_page(
+        self,
+        feed_id: int,
+        owner: str,
+        checkpoint: str | None,
+        mapped: list[FeedItem],
+        unmapped: list[str],
+        counts: PageCounts,
+        lease_seconds: float,
+    ) -> PageCounts:
+        """One page's mapping, counts and checkpoint, together; raises
+        FailedPrecondition (writing nothing) if the lease was lost. Items
+        added and deleted are counted here, by the mapping, in the same
+        transaction as the checkpoint: a page written again after a crash
+        (its entries already there) still counts once. Returns the counts
+        as committed (counts.updated and .skipped as given)."""
+        now = now_micros()
+        with self._counter_write() as cur:
+            cur.execute(
+                "UPDATE exchange_feeds SET checkpoint = ?, lease_until = ?"
+                " WHERE id = ? AND lease_owner = ? RETURNING id",
+                (checkpoint, now + int(lease_seconds * 1_000_000), feed_id, owner),
+            )
+            if cur.fetchone() is None:
+                raise FailedPrecondition("this replica lost the feed's lease: the fetch stops")
+            gone = set(self._mapped_keys(cur, feed_id, unmapped))
+            for start in range(0, len(unmapped), _ITEM_CHUNK):
+                cur.executemany(
+                    "DELETE FROM exchange_items WHERE feed_id = ? AND item_key = ?",
+                    [(feed_id, key) for key in unmapped[start : start + _ITEM_CHUNK]],
+                )
+            added = self._map_items(cur, feed_id, mapped)
+            committed = PageCounts(added, counts.updated, len(gone), counts.skipped)
+            cur.execute(
+                "UPDATE exchange_feeds SET added = added + ?, updated = updated + ?,"
+                " deleted = deleted + ?, skipped = skipped + ? WHERE id = ?",
+                (committed.added, committed.updated, committed.deleted, committed.skipped, feed_id),
+            )
+        return committed
+
+    def _mapped_keys(self, cur, feed_id: int, keys: list[str]) -> dict[str, tuple[str, str]]:
+        known: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(keys), _ITEM_CHUNK):
+            cur.execute(
+                "SELECT item_key, entry_name, source_id FROM exchange_items"
+                f" WHERE feed_id = ? AND {self._in_list('item_key')}",
+                (feed_id, self._list_param(keys[start : start + _ITEM_CHUNK])),
+            )
+            known.update({key: (entry, source) for key, entry, source in cur.fetchall()})
+        return known
+
+    def _map_items(self, cur, feed_id: int, mapped: list[FeedItem]) -> int:
+        """New items written in bulk (COPY on PostgreSQL), changed ones
+        updated (a first fetch of 1M items wrote them one statement each).
+        Returns how many are new."""
+        items = {item.key: item for item in mapped}  # a key listed twice: the last
+        known = self._mapped_keys(cur, feed_id, list(items))
+        new = [
+            (feed_id, i.key, i.entry_name, i.source_id)
+            for i in items.values()
+            if i.key not in known
+        ]
+        self._insert_rows(cur, "exchange_items", "feed_id, item_key, entry_name, source_id", new)
+        changed = [
+            (i.entry_name, i.source_id, feed_id, i.key)
+            for i in items.values()
+            if i.key in known and known[i.key] != (i.entry_name, i.source_id)
+        ]
+        if changed:
+            cur.executemany(
+                "UPDATE exchange_items SET entry_name = ?, source_id = ?"
+                " WHERE feed_id = ? AND item_key = ?",
+                changed,
+            )
+        return len(new)
+
+    def finish_feed_fetch(
+        self, feed_id: int, owner: str, result: str, error: str, next_run_at: int, failed: bool
+    ) -> None:
+        """Records the fetch's outcome and gives the lease back."""
+        with self._counter_write() as cur:
+            cur.execute(
+                "UPDATE exchange_feeds SET last_fetch_at = ?, last_result = ?, last_error = ?,"
+                " next_run_at = ?, failures = CASE WHEN ? THEN failures + 1 ELSE 0 END,"
+                " lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?",
+                (now_micros(), result, error[:2000], next_run_at, bool(failed), feed_id, owner),
+            )
+
+    # -- feedback to the source
+
+    def queue_feedback(self, feed_id: int, entry_name: str, verdict: str, created_by: str) -> int:
+        now = now_micros()
+        with self._counter_write() as cur:
+            cur.execute(
+                "INSERT INTO exchange_feedback (feed_id, entry_name, verdict, state, created_at,"
+                " created_by, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (feed_id, entry_name, verdict, FEEDBACK_QUEUED, now, created_by, now),
+            )
+            return cur.fetchone()[0]
+
+    def due_feedback(self, now: int, limit: int = 100) -> list[FeedbackRecord]:
+        with self._read() as cur:
+            cur.execute(
+                f"SELECT {_FEEDBACK_COLUMNS} FROM exchange_feedback WHERE state = ? AND"
+                " next_attempt_at <= ? ORDER BY id LIMIT ?",
+                (FEEDBACK_QUEUED, now, limit),
+            )
+            return [FeedbackRecord(*row) for row in cur.fetchall()]
+
+    def claim_feedback(self, feedback_id: int, retry_at: int) -> bool:
+        """Moves the item's next attempt on before it is sent, so another
+        replica does not send it at the same time; False if taken."""
+        now = now_micros()
+        with self._counter_write() as cur:
+            cur.execute(
+                "UPDATE exchange_feedback SET next_attempt_at = ?, attempts = attempts + 1"
+                " WHERE id = ? AND state = ? AND next_attempt_at <= ? RETURNING id",
+                (retry_at, feedback_id, FEEDBACK_QUEUED, now),
+            )
+            return cur.fetchone() is not None
+
+    def mark_feedback(self, feedback_id: int, state: str, error: str = "") -> None:
+        sent_at = now_micros() if state == FEEDBACK_SENT else None
+        with self._counter_write() as cur:
+            cur.execute(
+                "UPDATE exchange_feedback SET state = ?, last_error = ?, sent_at = ? WHERE id = ?",
+                (state, error[:2000], sent_at, feedback_id),
+            )
+
+    def feedback_for(
+        self, feed_id: int, entry_name: str | None = None, limit: int = 100
+    ) -> list[FeedbackRecord]:
+        """The feed's (or one entry's) newest feedback items, newest first."""
+        query = f"SELECT {_FEEDBACK_COLUMNS} FROM exchange_feedback WHERE feed_id = ?"
+        params: tuple = (feed_id,)
+        if entry_name is not None:
+            query += " AND entry_name = ?"
+            params += (entry_name,)
+        with self._read() as cur:
+            cur.execute(query + " ORDER BY id DESC LIMIT ?", (*params, limit))
+            return [FeedbackRecord(*row) for row in cur.fetchall()]
+
+
+def _feed(row) -> FeedRecord:
+    values = list(row)
+    values[4] = json.loads(values[4])
+    values[5] = json.loads(values[5])
+    values[7] = bool(values[7])
+    values[23] = bool(values[23])
+    return FeedRecord(*values)
+
+
+def require_lease(held: bool, name: str) -> None:
+    if not held:
+        raise FailedPrecondition(f"feed {name!r} is being fetched by another replica")

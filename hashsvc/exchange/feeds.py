@@ -1,0 +1,671 @@
+"""Partner feeds: a feed loads one set from one exchange API, incrementally
+from its stored checkpoint, through the bulk path (hashsvc/core/bulk.py), so
+what bulk loads gain, feeds gain, and Match keeps running between its short
+transactions.
+
+Each page of a fetch is written as bulk rows (one entry per source item,
+named FEED:ITEM, with the source's labels, its id and the feed's name), then
+its item mapping, counts and checkpoint commit together. A fetch killed
+between the two writes the page again when it resumes: the bulk path finds
+the entries as they are (unchanged), so nothing is duplicated.
+
+A feed's entries are its own (their names start with the feed's name): a
+deletion at the source tombstones the feed's entry only, and an entry added
+locally with the same hash keeps matching.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from hashdb import ExchangeStore
+from hashdb.exchange_sql import (
+    FEEDBACK_QUEUED,
+    FEEDBACK_SENT,
+    FEEDBACK_UNSUPPORTED,
+    FeedbackRecord,
+    FeedItem,
+    FeedRecord,
+    PageCounts,
+    require_lease,
+)
+from hashdb.times import now_micros
+from hashsvc.base import validation
+from hashsvc.base.errors import FailedPrecondition, InvalidArgument, NotFound, quoted
+from hashsvc.core import events
+from hashsvc.core.bulk import BulkLoad, RowBatch
+from hashsvc.core.bulk_rows import RowError, row_value
+from hashsvc.core.config import ExchangeSettings
+from hashsvc.core.core import Core
+from hashsvc.exchange.credentials import CredentialBox
+from hashsvc.exchange.sources import (
+    APIS,
+    FeedbackUnsupported,
+    SourceConfig,
+    SourceItem,
+    SourcePage,
+    open_source,
+    redact,
+)
+
+log = logging.getLogger(__name__)
+
+_PLAIN_ID = re.compile(r"[A-Za-z0-9,._:-]*")
+_FEED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# Options each API takes (`exchange add` flags); base_url points a client at
+# another server (a mirror, or the tests' local one).
+API_OPTIONS = {
+    "threatexchange": {"privacy_group", "base_url"},
+    "tcap": {"base_url"},
+    "ncmec": {"environment"},
+    "stopncii": set(),
+    "file": {"path", "signal_type"},
+}
+VERDICTS = ("confirmed", "false_positive")
+# Labels hashsvc sets on every feed entry (they win over the source's)
+FEED_LABEL = "feed"
+SOURCE_ID_LABEL = "source_id"
+# Longest credentials text accepted (a token, user:password, two keys)
+MAX_CREDENTIALS_CHARS = 4096
+
+
+@dataclass
+class FetchResult:
+    feed: str
+    pages: int = 0
+    items: int = 0
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    skipped: int = 0  # signals of types hashsvc does not keep
+    rejected: int = 0  # rows the bulk path refused (bad hex, bad labels)
+    seconds: float = 0.0
+    error: str = ""
+
+
+def entry_name(feed: str, key: str) -> str:
+    return f"{feed}:{key}"
+
+
+class Feeds:
+    """The use cases behind `hashsvc exchange ...` and the Exchange service,
+    and the background fetcher. `owner` names this replica in leases."""
+
+    def __init__(self, core: Core, settings: ExchangeSettings, owner: str) -> None:
+        self.core = core
+        self.store: ExchangeStore = core.store
+        self.settings = settings
+        self.owner = owner
+        # Called after every fetch with its result (metrics); must not raise.
+        self.on_fetch: Callable[[FetchResult], None] | None = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.box = CredentialBox(settings.credentials_key_file)
+
+    # -- feeds
+
+    def add(
+        self,
+        actor: str,
+        name: str,
+        api: str,
+        set_name: str,
+        labels: dict[str, str],
+        options: dict[str, str],
+        every_seconds: int,
+        credentials: str,
+    ) -> FeedRecord:
+        if not _FEED_NAME.fullmatch(name):
+            raise InvalidArgument(
+                f"invalid feed name {quoted(name)}: 1-64 letters, digits, '.', '_' or '-'"
+            )
+        if api not in APIS:
+            raise InvalidArgument(f"unknown exchange API {quoted(api)} (known: {', '.join(APIS)})")
+        unknown = set(options) - API_OPTIONS[api]
+        if unknown:
+            raise InvalidArgument(f"{api} feeds take no option {', '.join(sorted(unknown))}")
+        if every_seconds < self.settings.min_every_seconds:
+            raise InvalidArgument(
+                f"--every must be at least {self.settings.min_every_seconds} s"
+                " (exchange.min_every_seconds)"
+            )
+        labels = validation.labels(labels)
+        if len(credentials) > MAX_CREDENTIALS_CHARS:
+            raise InvalidArgument(f"credentials are longer than {MAX_CREDENTIALS_CHARS} characters")
+        if api == "file":
+            options = {**options, "path": self._file_path(options.get("path", ""))}
+        hash_set = self.core.curation.get_set(set_name)
+        if hash_set.allow_list:
+            # a partner (or whoever holds its credentials) would decide what
+            # hashsvc lets through: allow lists hold curated entries only
+            raise FailedPrecondition(
+                f"set {quoted(set_name)} is an allow list: feeds load only into block sets"
+            )
+        # the adapter checks options and the credentials' form now, not at
+        # the first fetch (its errors never quote the secret)
+        open_source(api, self._source_config(name, options, credentials or None))
+        secret = self.box.seal(credentials, name, api, options) if credentials else None
+        feed = self.store.create_feed(
+            name, api, hash_set.id, labels, options, every_seconds, secret, actor
+        )
+        self._record(
+            "ExchangeAdd",
+            actor,
+            {"feed": name, "api": api, "set": set_name, "every_seconds": every_seconds},
+            set_name,
+        )
+        return feed
+
+    def _file_path(self, path: str) -> str:
+        """A file feed's path, absolute; within exchange.file_dir when that is
+        set (an operator token cannot make the server read any file it can)."""
+        if not path:
+            raise InvalidArgument("a file feed needs --path FILE")
+        real = os.path.realpath(path)
+        root = self.settings.file_dir
+        if root and os.path.commonpath([real, os.path.realpath(root)]) != os.path.realpath(root):
+            raise InvalidArgument(f"a file feed's path must be within {root} (exchange.file_dir)")
+        return real
+
+    def get(self, name: str) -> FeedRecord:
+        feed = self.store.get_feed(name)
+        if feed is None:
+            raise NotFound(f"no feed named {quoted(name)}")
+        return feed
+
+    def list(self) -> list[FeedRecord]:
+        return self.store.list_feeds()
+
+    def set_enabled(self, actor: str, name: str, enabled: bool) -> FeedRecord:
+        feed = self.store.set_feed_enabled(name, enabled)
+        self._record(
+            "ExchangeEnable" if enabled else "ExchangeDisable", actor, {"feed": name}, None
+        )
+        return feed
+
+    def remove(self, actor: str, name: str) -> FeedRecord:
+        feed = self.store.remove_feed(name)
+        self._record("ExchangeRemove", actor, {"feed": name}, None)
+        return feed
+
+    def set_name(self, feed: FeedRecord) -> str:
+        hash_set = self.store.get_set_by_id(feed.set_id)
+        return hash_set.name if hash_set else ""
+
+    def feedback(self, name: str, entry: str | None = None) -> list[FeedbackRecord]:
+        return self.store.feedback_for(self.get(name).id, entry)
+
+    # -- fetching
+
+    def fetch(
+        self,
+        name: str,
+        actor: str,
+        full: bool = False,
+        progress: Callable[[FetchResult], None] | None = None,
+    ) -> FetchResult:
+        """One fetch now (`exchange fetch`): FAILED_PRECONDITION when another
+        replica is fetching it. A failed fetch raises after it is recorded."""
+        feed = self.get(name)
+        require_lease(self.store.acquire_feed_lease(feed.id, self.owner, self._lease()), name)
+        result = self._fetch_leased(feed, actor, full, progress)
+        if result.error:
+            raise FailedPrecondition(f"fetching feed {quoted(name)} failed: {result.error}")
+        return result
+
+    def run_due(self) -> list[FetchResult]:
+        """Fetches every due feed this replica can lease (the background loop)."""
+        results = []
+        for feed in self.store.due_feeds(now_micros()):
+            if self._stopping.is_set():
+                break
+            if not self.store.acquire_feed_lease(feed.id, self.owner, self._lease()):
+                continue  # another replica took it
+            results.append(self._fetch_leased(feed, "hashsvc", False, None))
+        return results
+
+    def _fetch_leased(
+        self,
+        feed: FeedRecord,
+        actor: str,
+        full: bool,
+        progress: Callable[[FetchResult], None] | None,
+    ) -> FetchResult:
+        result = FetchResult(feed.name)
+        started = time.perf_counter()
+        started_at = datetime.now(UTC)  # entries changed from here on: the retro-hunt's
+        failed = False
+        try:
+            self._fetch(feed, full, result, progress)
+        except Exception as exc:  # recorded and retried with backoff; never lost
+            failed = True
+            result.error = _error_text(exc)
+            log.warning("feed %s: fetch failed: %s", feed.name, result.error)
+        result.seconds = time.perf_counter() - started
+        delay = feed.every_seconds
+        if failed:
+            delay = min(
+                feed.every_seconds,
+                self.settings.retry_max_seconds,
+                self.settings.retry_base_seconds * 2 ** min(feed.failures, 20),
+            )
+        self.store.finish_feed_fetch(
+            feed.id,
+            self.owner,
+            "failed" if failed else "ok",
+            result.error,
+            now_micros() + int(delay * 1_000_000),
+            failed,
+        )
+        counts = {
+            "added": result.added,
+            "updated": result.updated,
+            "deleted": result.deleted,
+            "skipped": result.skipped,
+            "rejected": result.rejected,
+        }
+        set_name = self.set_name(feed)
+        changed = bool(result.added or result.updated or result.deleted)
+        # the platform hears of a fetch that changed the set (even one that
+        # failed after some pages), in the transaction of its history record
+        told = ()
+        if changed and set_name:
+            told = (
+                events.feed_updated_event(
+                    set_name=set_name,
+                    source=f"exchange:{feed.name}",
+                    caller=actor,
+                    counts=counts,
+                    status="UNAVAILABLE" if failed else "OK",
+                ),
+            )
+        self._record(
+            "ExchangeFetch",
+            actor,
+            {"feed": feed.name, "full": full, "pages": result.pages, **counts},
+            set_name,
+            # a fetch fails on the partner's side (HTTP, credentials, timeouts)
+            # or on a refusal (lease lost, mass deletion): one status for both
+            status="UNAVAILABLE" if failed else "OK",
+            error=result.error,
+            events=told,
+        )
+        # uploads let through before these hashes arrived: the retro-hunt
+        # looks back for them (pages committed before a failure count too)
+        if result.added or result.updated:
+            self.core.hunt_changed_since(feed.set_id, started_at, actor, "feed")
+        if self.on_fetch is not None:
+            self.on_fetch(result)
+        return result
+
+    def _fetch(
+        self,
+        feed: FeedRecord,
+        full: bool,
+        result: FetchResult,
+        progress: Callable[[FetchResult], None] | None,
+    ) -> None:
+        source = open_source(
+            feed.api, self._source_config(feed.name, feed.options, self._credentials(feed))
+        )
+        # A whole listing (a file each time; any API fetched from the start:
+        # --full, or a checkpoint the API has forgotten the deletions after):
+        # what it no longer lists is deleted, once every page has loaded.
+        snapshot = source.snapshot or full or source.stale(feed.checkpoint)
+        start = None if snapshot and not source.snapshot else feed.checkpoint
+        run = BulkLoad(
+            self.core.store,
+            self.core.store,
+            self.core.live,
+            feed.set_id,
+            f"exchange:{feed.name}",
+            max_keypoints=self.core.config.local_features.max_keypoints,
+        )
+        seen: set[str] | None = set() if snapshot else None
+        checkpoint = start
+        pages = _prefetched(source.pages(start), self._stopping)
+        try:
+            for page in pages:
+                if seen is not None:
+                    seen.update(item.key for item in page.items)
+                checkpoint = page.checkpoint if page.checkpoint is not None else checkpoint
+                self._write_page(feed, run, page.items, checkpoint, result)
+                if progress is not None:
+                    progress(result)
+                if self._stopping.is_set():
+                    raise FailedPrecondition("the server is stopping")
+            if seen is not None:
+                self._delete_unlisted(feed, run, seen, checkpoint, result)
+            run.finish()
+        except BaseException:
+            run.abandon()
+            raise
+        finally:
+            pages.close()
+
+    def _delete_unlisted(
+        self,
+        feed: FeedRecord,
+        run: BulkLoad,
+        seen: set[str],
+        checkpoint: str | None,
+        result: FetchResult,
+    ) -> None:
+        """A whole listing: the feed's items it no longer lists are deleted,
+        unless that is more than exchange.snapshot_max_delete_fraction of
+        them (a truncated file, a partner's bad day): then the fetch fails,
+        deleting nothing, until an operator raises the fraction."""
+        held = self.store.all_feed_items(feed.id)
+        gone = [SourceItem(key, deleted=True) for key in held if key not in seen]
+        limit = self.settings.snapshot_max_delete_fraction
+        if gone and len(gone) > limit * len(held):
+            raise FailedPrecondition(
+                f"the listing leaves out {len(gone)} of the feed's {len(held)} items, more than"
+                f" {limit:.0%} (exchange.snapshot_max_delete_fraction): nothing deleted"
+            )
+        if gone:
+            self._write_page(feed, run, gone, checkpoint, result)
+
+    def _write_page(
+        self,
+        feed: FeedRecord,
+        run: BulkLoad,
+        items: list[SourceItem],
+        checkpoint: str | None,
+        result: FetchResult,
+    ) -> None:
+        counts = PageCounts()
+        known = self.store.feed_items(feed.id, [i.key for i in items if i.deleted])
+        columns: dict[str, list] = {
+            "signal_type": [],
+            "value": [],
+            "entry": [],
+            "labels": [],
+            "deleted": [],
+        }
+        # each key's last state in this page: a page may add and then delete
+        # (or delete and add again) the same item, and rows are written in order
+        final: dict[str, FeedItem | None] = {}
+        label_cache: dict = {}
+        for item in items:
+            counts.skipped += item.skipped
+            if item.deleted:
+                held = final.get(item.key) or known.get(item.key)
+                if held is not None:
+                    _add_row(columns, "md5", b"", held.entry_name, "", True)
+                    final[item.key] = None
+                continue
+            if not item.signals:
+                continue
+            name = entry_name(feed.name, item.key)
+            labels = self._labels_json(feed, item, label_cache)
+            good = 0
+            for kind, hex_value in item.signals:
+                try:  # the bulk path's own check, here so a bad hash is never mapped
+                    value = row_value(kind, bytes.fromhex(hex_value), False)
+                except (ValueError, RowError):
+                    result.rejected += 1
+                    continue
+                _add_row(columns, kind, value, name, labels, False)
+                good += 1
+            if good:
+                final[item.key] = FeedItem(item.key, name, item.source_id)
+        mapped = [mapping for mapping in final.values() if mapping is not None]
+        unmapped = [key for key, mapping in final.items() if mapping is None]
+        before = (run.result.counts.updated, run.result.rejected_count)
+        # in batches of write_rows: each is a few short store transactions and
+        # an index catch-up, so a Match waits for a small one at most
+        step = self.settings.write_rows
+        for start in range(0, len(columns["value"]), step):
+            part = {key: values[start : start + step] for key, values in columns.items()}
+            run.add_batch(RowBatch(**part, source=f"exchange:{feed.name}"))
+        # updated: the bulk path's count (labels changed); added and deleted
+        # are counted by the store with the checkpoint (see commit_feed_page)
+        counts.updated = run.result.counts.updated - before[0]
+        result.rejected += run.result.rejected_count - before[1]
+        counts = self.store.commit_feed_page(
+            feed.id, self.owner, checkpoint, mapped, unmapped, counts, self._lease()
+        )
+        result.pages += 1
+        result.items += len(items)
+        result.added += counts.added
+        result.updated += counts.updated
+        result.deleted += counts.deleted
+        result.skipped += counts.skipped
+
+    def _labels_json(self, feed: FeedRecord, item: SourceItem, cache: dict) -> str:
+        """The entry's labels as the bulk rows carry them (JSON text): the
+        source's, then the feed's, then the feed's name and the source id,
+        so a partner cannot pose as another feed or drop its id. Source
+        labels past the per-entry limit or invalid are dropped (the hashes
+        still load). Rows of a page share few label sets: each is checked
+        and written once, the source id (one a row) appended as text."""
+        shared = tuple(sorted(item.labels.items()))
+        text = cache.get(shared)
+        if text is None:
+            ours = {**feed.labels, FEED_LABEL: feed.name}
+            room = validation.MAX_LABELS - len(ours) - 1  # one for the source id
+            theirs = {}
+            for key, value in shared:
+                if len(theirs) >= room or key in ours or key == SOURCE_ID_LABEL:
+                    continue
+                try:
+                    validation.labels({key: value})
+                except InvalidArgument:
+                    continue
+                theirs[key] = value
+            text = cache[shared] = json.dumps({**theirs, **ours}, sort_keys=True)
+        if not item.source_id:
+            return text
+        source_id = item.source_id[: validation.MAX_LABEL_VALUE]
+        # ids are digits (and commas) nearly always: quoted as they are
+        quoted_id = f'"{source_id}"' if _PLAIN_ID.fullmatch(source_id) else json.dumps(source_id)
+        return f'{text[:-1]}, "{SOURCE_ID_LABEL}": {quoted_id}}}'
+
+    # -- feedback to the source
+
+    def queue_feedback(self, actor: str, name: str, entry: str, verdict: str) -> int:
+        """A reviewer's verdict on a feed entry, queued durably; the fetcher
+        sends it (and retries) where the API takes feedback."""
+        if verdict not in VERDICTS:
+            raise InvalidArgument(f"verdict must be one of {', '.join(VERDICTS)}")
+        feed = self.get(name)
+        if self.store.feed_item_for_entry(feed.id, entry) is None:
+            raise NotFound(f"feed {quoted(name)} loaded no entry {quoted(entry)}")
+        feedback_id = self.store.queue_feedback(feed.id, entry, verdict, actor)
+        self._record(
+            "ExchangeFeedback",
+            actor,
+            {"feed": name, "entry": entry, "verdict": verdict},
+            self.set_name(feed),
+        )
+        return feedback_id
+
+    def review_resolved(self, item) -> None:
+        """A resolved review item (ReviewQueue.on_resolved): its verdict is
+        queued for every matched entry a feed loaded. Never raises (the
+        review is resolved either way; a failure is logged)."""
+        try:
+            ids = [m["entry_id"] for m in item.matches if m.get("entry_id")]
+            entries = self.core.store.get_entries(ids)
+            for entry in entries.values():
+                feed = self.store.get_feed(entry.name.partition(":")[0])
+                if feed is None or feed.set_id != entry.set_id:
+                    continue
+                if self.store.feed_item_for_entry(feed.id, entry.name) is None:
+                    continue
+                self.store.queue_feedback(feed.id, entry.name, item.status, item.resolved_by)
+        except Exception:
+            log.exception("queueing feedback for review item %d failed", item.id)
+
+    def send_due_feedback(self) -> int:
+        """Sends queued feedback that is due; returns how many were sent."""
+        sent = 0
+        feeds = {f.id: f for f in self.store.list_feeds()}
+        for item in self.store.due_feedback(now_micros()):
+            feed = feeds.get(item.feed_id)
+            if feed is None:
+                continue
+            wait = self.settings.feedback_retry_seconds * 2 ** min(item.attempts, 20)
+            if not self.store.claim_feedback(item.id, now_micros() + int(wait * 1_000_000)):
+                continue  # another replica is sending it
+            try:
+                mapped = self.store.feed_item_for_entry(feed.id, item.entry_name)
+                if mapped is None:
+                    raise FeedbackUnsupported("the entry is no longer in the feed")
+                source = open_source(
+                    feed.api,
+                    self._source_config(feed.name, feed.options, self._credentials(feed)),
+                )
+                source.send_feedback(mapped.key, mapped.source_id, item.verdict)
+            except FeedbackUnsupported as exc:
+                self.store.mark_feedback(item.id, FEEDBACK_UNSUPPORTED, str(exc))
+                continue
+            except Exception as exc:  # kept queued: retried after `wait`
+                error = _error_text(exc)
+                state = FEEDBACK_QUEUED
+                if item.attempts + 1 >= self.settings.feedback_max_attempts:
+                    state = "failed"
+                self.store.mark_feedback(item.id, state, error)
+                log.warning("feed %s: feedback %d not sent: %s", feed.name, item.id, error)
+                continue
+            self.store.mark_feedback(item.id, FEEDBACK_SENT)
+            sent += 1
+        return sent
+
+    # -- the background loop
+
+    def start(self) -> None:
+        if not self.settings.background:
+            return
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="exchange")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.settings.http_timeout_seconds + 10)
+
+    def _loop(self) -> None:
+        while not self._stopping.wait(self.settings.poll_seconds):
+            try:
+                self.run_due()
+                self.send_due_feedback()
+            except Exception:  # the store is down: the next round retries
+                log.exception("the exchange fetcher failed a round")
+
+    # --
+
+    def _credentials(self, feed: FeedRecord) -> str | None:
+        secret = self.store.feed_secret(feed.id)
+        return None if secret is None else self.box.open(secret, feed.name, feed.api, feed.options)
+
+    def _lease(self) -> float:
+        return self.settings.lease_seconds
+
+    def _source_config(
+        self, name: str, options: dict[str, str], credentials: str | None
+    ) -> SourceConfig:
+        return SourceConfig(
+            name,
+            dict(options),
+            credentials,
+            self.settings.http_timeout_seconds,
+            self.settings.http_retries,
+        )
+
+    def _record(
+        self,
+        action: str,
+        actor: str,
+        detail: dict,
+        set_name: str | None,
+        status: str = "OK",
+        error: str = "",
+        events: tuple = (),
+    ) -> None:
+        # credentials never reach here: details name the feed, not its secret
+        try:
+            self.core.record_action(
+                action,
+                actor,
+                detail,
+                status,
+                error,
+                set_names=(set_name,) if set_name else (),
+                events=events,
+            )
+        except Exception:
+            log.exception("the history record of %s on a feed failed", action)
+
+
+def _prefetched(pages: Iterator[SourcePage], stopping: threading.Event) -> Iterator[SourcePage]:
+    """The pages, the next one fetched (and parsed) by a thread while the
+    current one is written: the partner's server and the network work while
+    the store does. One page ahead at most (memory)."""
+    ahead: queue.Queue = queue.Queue(maxsize=1)
+    done = threading.Event()
+    end = object()
+
+    def fetch() -> None:
+        try:
+            for page in pages:
+                while not done.is_set():
+                    try:
+                        ahead.put(page, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if done.is_set() or stopping.is_set():
+                    return
+            ahead.put(end)
+        except BaseException as exc:  # raised in the fetching thread below
+            ahead.put(exc)
+
+    thread = threading.Thread(target=fetch, daemon=True, name="exchange-prefetch")
+    thread.start()
+    try:
+        while True:
+            page = ahead.get()
+            if page is end:
+                return
+            if isinstance(page, BaseException):
+                raise page
+            yield page
+    finally:
+        done.set()
+        with contextlib.suppress(queue.Empty):
+            ahead.get_nowait()  # lets a blocked put see `done`
+        thread.join(timeout=60)
+
+
+def _add_row(
+    columns: dict[str, list], kind: str, value: bytes, entry: str, labels: str, deleted: bool
+) -> None:
+    columns["signal_type"].append(kind)
+    columns["value"].append(value)
+    columns["entry"].append(entry)
+    columns["labels"].append(labels)
+    columns["deleted"].append(deleted)
+
+
+def _error_text(exc: BaseException) -> str:
+    """One line for status and history; an HTTP error names its status and
+    URL without the query (ThreatExchange puts the token there)."""
+    response = getattr(exc, "response", None)
+    if response is not None and getattr(response, "status_code", None):
+        url = str(getattr(response, "url", "")).split("?", 1)[0]
+        code = response.status_code
+        hint = " (credentials refused)" if code in (400, 401, 403) else ""
+        return f"HTTP {code} from {url}{hint}"
+    return redact(f"{type(exc).__name__}: {exc}")[:500]

@@ -1,0 +1,444 @@
+"""One small adapter per exchange API, wrapping python-threatexchange's
+clients (pinned: its SignalExchangeAPI interfaces change between minor
+versions). Each turns the API's fetch deltas (a checkpoint and updates keyed
+by the source's item, with metadata or None for a deletion) into SourceItems:
+the item's key, the hashsvc signals it carries, its labels and source id.
+
+Credentials are parsed with the library's own CredentialHelper._from_str and
+always handed to for_collab, so the library never looks in the environment
+or in ~/.txtoken and the like. Every HTTP call has the feed's timeout: the
+ThreatExchange client calls requests without one (a hanging server hung the
+fetch for ever).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from threatexchange.exchanges.clients.fb_threatexchange.api import ThreatExchangeAPI
+from threatexchange.exchanges.clients.techagainstterrorism.api import TATHashListAPI
+from threatexchange.exchanges.collab_config import CollaborationConfigWithDefaults
+from threatexchange.exchanges.impl.fb_threatexchange_api import (
+    FBThreatExchangeCheckpoint,
+    FBThreatExchangeCollabConfig,
+    FBThreatExchangeCredentials,
+    FBThreatExchangeSignalExchangeAPI,
+)
+from threatexchange.exchanges.impl.file_api import (
+    FileCollaborationConfig,
+    LocalFileSignalExchangeAPI,
+)
+from urllib3.util.retry import Retry
+
+from hashsvc.base.errors import InvalidArgument, Unavailable
+from loaders.hma import tags_to_labels
+
+APIS = ("threatexchange", "tcap", "ncmec", "stopncii", "file")
+# Source signal type names (python-threatexchange's SignalType names,
+# ThreatExchange threat types, TCAP algorithms) -> hashsvc's. Anything else
+# is a type hashsvc does not keep: counted and skipped.
+_KINDS = {
+    "pdq": "pdq",
+    "video_md5": "md5",
+    "md5": "md5",
+    "sha256": "sha256",
+    "sha512": "sha512",
+    "hash_pdq": "pdq",
+    "hash_md5": "md5",
+    "hash_video_md5": "md5",
+    "hash_sha256": "sha256",
+    "hash_sha512": "sha512",
+}
+# ThreatExchange reactions for a reviewer's verdict on a descriptor.
+TE_REACTIONS = {"confirmed": "SAW_THIS_TOO", "false_positive": "DISAGREE_WITH_TAGS"}
+# TCAP's ideology and file type become these labels
+TCAP_LABELS = ("tcap_ideology", "tcap_file_type")
+
+
+_SECRET_PARAM = re.compile(r"(access_token=)[^&\s'\"]+")
+
+
+def redact(text: str) -> str:
+    """A URL's access token (ThreatExchange sends it in the query) blanked."""
+    return _SECRET_PARAM.sub(r"\1***", text)
+
+
+class _RedactTokens(logging.Filter):
+    """urllib3 logs each request and retry with its URL, query and all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "access_token=" in message:
+            record.msg, record.args = redact(message), ()
+        return True
+
+
+for _logger in ("urllib3.connectionpool", "urllib3.util.retry"):
+    logging.getLogger(_logger).addFilter(_RedactTokens())
+
+
+class FeedbackUnsupported(Exception):
+    """The API takes no feedback of this kind."""
+
+
+@dataclass
+class SourceItem:
+    key: str  # the source's item: "type:value" (or its own id)
+    signals: list[tuple[str, str]] = field(default_factory=list)  # (hashsvc kind, hex)
+    labels: dict[str, str] = field(default_factory=dict)
+    source_id: str = ""
+    deleted: bool = False
+    skipped: int = 0  # signals of types hashsvc does not keep
+
+
+@dataclass
+class SourcePage:
+    items: list[SourceItem]
+    checkpoint: str | None  # JSON text to store once the page is written
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """What a feed tells its adapter (options as given to `exchange add`)."""
+
+    name: str
+    options: dict[str, str]
+    credentials: str | None
+    timeout_seconds: float
+    retries: int
+
+
+class Source:
+    snapshot = False  # every fetch returns the whole list (missing = deleted)
+
+    def pages(self, checkpoint: str | None) -> Iterator[SourcePage]:
+        raise NotImplementedError
+
+    def send_feedback(self, item_key: str, source_id: str, verdict: str) -> None:
+        raise FeedbackUnsupported(f"{type(self).__name__} takes no feedback")
+
+    def stale(self, checkpoint: str | None) -> bool:
+        """True when the API no longer keeps the deletions since checkpoint:
+        the feed must be listed whole again."""
+        return False
+
+
+def kind_of(source_type: str) -> str | None:
+    return _KINDS.get(source_type.strip().lower())
+
+
+def item_key(source_type: str, value: str) -> str:
+    return f"{source_type.strip().lower()}:{value.strip().lower()}"
+
+
+def _timeout_adapter(cfg: SourceConfig) -> HTTPAdapter:
+    # requests' adapter with the feed's timeout on every call; retries only
+    # for idempotent calls, as the library's own sessions
+    adapter = HTTPAdapter(
+        max_retries=Retry(
+            total=cfg.retries,
+            status_forcelist=[429, 500, 502, 503, 504],
+            allowed_methods=["HEAD", "GET", "OPTIONS"],
+            backoff_factor=0.2,
+        )
+    )
+    send = adapter.send
+
+    def send_with_timeout(request, **kwargs):
+        kwargs["timeout"] = cfg.timeout_seconds
+        return send(request, **kwargs)
+
+    adapter.send = send_with_timeout
+    return adapter
+
+
+def _session(cfg: SourceConfig) -> requests.Session:
+    session = requests.Session()
+    adapter = _timeout_adapter(cfg)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def _checkpoint_json(checkpoint: Any) -> str:
+    return json.dumps(dataclasses.asdict(checkpoint), sort_keys=True)
+
+
+def _credentials(helper: type, cfg: SourceConfig, what: str):
+    """The library's parser; errors never quote the secret."""
+    if not cfg.credentials:
+        raise InvalidArgument(f"feed {cfg.name!r} needs credentials ({what})")
+    try:
+        creds = helper._from_str(cfg.credentials)
+    except ValueError:
+        creds = None
+    if creds is None or not creds._are_valid():
+        raise InvalidArgument(f"the credentials of feed {cfg.name!r} are not {what}")
+    return creds
+
+
+# -- ThreatExchange (GIFCT's hash-sharing database)
+
+
+class _TimedThreatExchangeAPI(ThreatExchangeAPI):
+    """The library's client with the feed's timeout: its GETs call
+    requests.get without one, and its session with a fixed 60 s."""
+
+    def __init__(self, token: str, base_url: str, cfg: SourceConfig) -> None:
+        super().__init__(token, endpoint_override=base_url or None)
+        self._cfg = cfg
+
+    def _get_session(self):
+        return _session(self._cfg)
+
+    def get_json_from_url(self, url, params=None, *, json_obj_hook=None):
+        with self._get_session() as session:
+            response = session.get(url, params=params or {})
+            response.raise_for_status()
+            return response.json(object_hook=json_obj_hook)
+
+
+class ThreatExchangeSource(Source):
+    def __init__(self, cfg: SourceConfig) -> None:
+        creds = _credentials(FBThreatExchangeCredentials, cfg, "an app token (APPID|SECRET)")
+        group = cfg.options.get("privacy_group", "")
+        if not group.isdigit():
+            raise InvalidArgument("a threatexchange feed needs --privacy-group ID (digits)")
+        # the library joins "BASE/GROUP/threat_updates/": no trailing slash
+        base_url = cfg.options.get("base_url", "").rstrip("/")
+        self.client = _TimedThreatExchangeAPI(creds.api_token, base_url, cfg)
+        collab = FBThreatExchangeCollabConfig(name=cfg.name, privacy_group=int(group))
+        self.api = FBThreatExchangeSignalExchangeAPI(self.client, collab)
+
+    def stale(self, checkpoint: str | None) -> bool:
+        # ThreatExchange keeps deletion records for 90 days (the library's
+        # is_stale says 85): after that, what was deleted meanwhile shows
+        # only as missing from a fetch from the start
+        return bool(checkpoint) and FBThreatExchangeCheckpoint(**json.loads(checkpoint)).is_stale()
+
+    def pages(self, checkpoint: str | None) -> Iterator[SourcePage]:
+        start = FBThreatExchangeCheckpoint(**json.loads(checkpoint)) if checkpoint else None
+        for delta in self.api.fetch_iter((), start):
+            items = []
+            for (threat_type, indicator), record in delta.updates.items():
+                items.append(_te_item(threat_type, indicator, record))
+            yield SourcePage(items, _checkpoint_json(delta.checkpoint))
+
+    def send_feedback(self, item_key: str, source_id: str, verdict: str) -> None:
+        reaction = TE_REACTIONS.get(verdict)
+        if reaction is None or not source_id:
+            raise FeedbackUnsupported(f"no ThreatExchange reaction for {verdict!r}")
+        for descriptor in source_id.split(","):
+            _, _, answer = self.client.react_to_threat_descriptor(int(descriptor), reaction)
+            if not (isinstance(answer, dict) and answer.get("success")):
+                raise Unavailable(f"ThreatExchange did not take the reaction: {answer!r:.200}")
+
+
+def _te_item(threat_type: str, indicator: str, record) -> SourceItem:
+    item = SourceItem(item_key(threat_type, indicator))
+    if record is None:
+        item.deleted = True
+        return item
+    kind = kind_of(threat_type)
+    if kind is None:
+        item.skipped = 1
+        return item
+    item.signals.append((kind, indicator.lower()))
+    tags = sorted({tag for opinion in record.opinions for tag in opinion.tags})
+    # GIFCT's categories travel as `key:value` tags (entity, content type,
+    # behaviour): labels of their own, like the HMA file loader reads them
+    item.labels = tags_to_labels(" ".join(tags))
+    descriptors = sorted(
+        o.descriptor_id
+        for o in record.opinions
+        if o.descriptor_id is not None and o.descriptor_id >= 0
+    )
+    item.source_id = ",".join(str(d) for d in descriptors)
+    return item
+
+
+# -- Tech Against Terrorism's TCAP hash list
+
+
+class _TimedTATHashListAPI(TATHashListAPI):
+    def __init__(self, username: str, password: str, base_url: str, cfg: SourceConfig) -> None:
+        super().__init__(username, password)
+        if base_url:
+            self.BASE_URL = base_url.rstrip("/") + "/"
+        self._cfg = cfg
+
+    def _get_session(self, auth_token=None):
+        session = _session(self._cfg)
+        if auth_token:
+            session.headers.update({"Authorization": f"Bearer {auth_token}"})
+        return session
+
+
+class TcapSource(Source):
+    """The client, not the library's TATSignalExchangeAPI: that one keeps only
+    PDQ and video MD5 and drops each row's ideology and file type, which
+    hashsvc keeps as labels (and SHA-256/512 for exact match)."""
+
+    def __init__(self, cfg: SourceConfig) -> None:
+        # USERNAME:PASSWORD, as the library's TATCredentials reads it; that
+        # class's module imports the library's PDQ signal type, and with it
+        # Pillow and pdqhash, which the server process never loads
+        username, _, password = (cfg.credentials or "").strip().partition(":")
+        if not (username and password):
+            raise InvalidArgument(f"the credentials of feed {cfg.name!r} are not USERNAME:PASSWORD")
+        self.client = _TimedTATHashListAPI(username, password, cfg.options.get("base_url", ""), cfg)
+
+    def pages(self, checkpoint: str | None) -> Iterator[SourcePage]:
+        after = json.loads(checkpoint)["checkpoint"] if checkpoint else ""
+        for response in self.client.fetch_hashes_iter(after):
+            items = [_tcap_item(entry) for entry in response.results]
+            if response.checkpoint:
+                after = response.checkpoint
+            yield SourcePage(items, json.dumps({"checkpoint": after}) if after else checkpoint)
+
+
+def _tcap_item(entry) -> SourceItem:
+    algorithm = str(entry.algorithm)
+    item = SourceItem(item_key(algorithm, entry.hash_digest), source_id=str(entry.id))
+    if entry.deleted:
+        item.deleted = True
+        return item
+    kind = kind_of(algorithm)
+    if kind is None:
+        item.skipped = 1
+        return item
+    item.signals.append((kind, entry.hash_digest.lower()))
+    ideology = getattr(entry.ideology, "value", entry.ideology)
+    item.labels = {
+        label: str(value)
+        for label, value in zip(TCAP_LABELS, (ideology, entry.file_type), strict=True)
+        if value
+    }
+    return item
+
+
+# -- the local file exchange: a whole snapshot each fetch
+
+
+class FileSource(Source):
+    snapshot = True
+
+    def __init__(self, cfg: SourceConfig) -> None:
+        path = cfg.options.get("path", "")
+        if not path:
+            raise InvalidArgument("a file feed needs --path FILE")
+        collab = FileCollaborationConfig(
+            name=cfg.name, filename=path, signal_type=cfg.options.get("signal_type") or None
+        )
+        self.api = LocalFileSignalExchangeAPI(collab)
+        self.page_items = int(cfg.options.get("page_items", "50000"))
+
+    def pages(self, checkpoint: str | None) -> Iterator[SourcePage]:
+        try:
+            deltas = list(self.api.fetch_iter((), None))
+        except (AssertionError, OSError) as exc:  # the library asserts the file exists
+            raise Unavailable(f"cannot read the feed's file: {exc}") from None
+        items = []
+        for delta in deltas:
+            for source_type, value in delta.updates:
+                item = SourceItem(item_key(source_type, value), source_id="")
+                kind = kind_of(source_type)
+                if kind is None:
+                    item.skipped = 1
+                else:
+                    item.signals.append((kind, value.strip().lower()))
+                items.append(item)
+        for start in range(0, max(len(items), 1), self.page_items):
+            yield SourcePage(items[start : start + self.page_items], None)
+
+
+# -- NCMEC and StopNCII: the library's SignalExchangeAPI as it is
+
+
+class LibrarySource(Source):
+    """An API whose fetch_iter already says what hashsvc needs: NCMEC (keyed
+    by its entry id, fingerprints by type) and StopNCII (keyed by type and
+    value). Their credentials are parsed by the library. Imported when such a
+    feed is used: their modules import the library's signal types, which load
+    Pillow and pdqhash into the server process."""
+
+    def __init__(self, cfg: SourceConfig, api: str) -> None:
+        if api == "ncmec":
+            from threatexchange.exchanges.clients.ncmec.hash_api import NCMECEnvironment
+            from threatexchange.exchanges.impl.ncmec_api import (
+                NCMECCollabConfig,
+                NCMECCredentials,
+                NCMECSignalExchangeAPI,
+            )
+
+            env_name = cfg.options.get("environment", "Industry")
+            try:
+                env = NCMECEnvironment[env_name]
+            except KeyError:
+                raise InvalidArgument(f"unknown NCMEC environment {env_name!r}") from None
+            creds = _credentials(NCMECCredentials, cfg, "USER:PASSWORD")
+            collab = NCMECCollabConfig(name=cfg.name, environment=env)
+            self.api = NCMECSignalExchangeAPI.for_collab(collab, creds)
+        else:
+            from threatexchange.exchanges.impl.stop_ncii_api import (
+                StopNCIICredentials,
+                StopNCIISignalExchangeAPI,
+            )
+
+            creds = _credentials(StopNCIICredentials, cfg, "FETCH_KEY,SUBSCRIPTION_KEY")
+            collab = CollaborationConfigWithDefaults(name=cfg.name, api="stopncii")
+            self.api = StopNCIISignalExchangeAPI.for_collab(collab, creds)
+
+    def pages(self, checkpoint: str | None) -> Iterator[SourcePage]:
+        start = None
+        if checkpoint:
+            start = self.api.get_checkpoint_cls()(**json.loads(checkpoint))
+        for delta in self.api.fetch_iter((), start):
+            items = [_library_item(key, value) for key, value in delta.updates.items()]
+            yield SourcePage(items, _checkpoint_json(delta.checkpoint))
+
+
+def _library_item(key, value) -> SourceItem:
+    if isinstance(key, tuple):  # (signal type, value)
+        item = SourceItem(item_key(*key))
+        if value is None:
+            item.deleted = True
+        elif kind_of(key[0]) is None:
+            item.skipped = 1
+        else:
+            item.signals.append((kind_of(key[0]), key[1].strip().lower()))
+        return item
+    item = SourceItem(f"id:{key}", source_id=str(key))  # NCMEC: an entry of fingerprints
+    if value is None or getattr(value, "deleted", False):
+        item.deleted = True
+        return item
+    for source_type, hex_value in getattr(value, "fingerprints", {}).items():
+        kind = kind_of(source_type)
+        if kind is None:
+            item.skipped += 1
+        else:
+            item.signals.append((kind, hex_value.strip().lower()))
+    classification = getattr(value, "classification", None)
+    if classification:
+        item.labels["ncmec_classification"] = str(classification)
+    return item
+
+
+def open_source(api: str, cfg: SourceConfig) -> Source:
+    if api == "threatexchange":
+        return ThreatExchangeSource(cfg)
+    if api == "tcap":
+        return TcapSource(cfg)
+    if api == "file":
+        return FileSource(cfg)
+    if api in ("ncmec", "stopncii"):
+        return LibrarySource(cfg, api)
+    raise InvalidArgument(f"unknown exchange API {api!r} (known: {', '.join(APIS)})")

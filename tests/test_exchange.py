@@ -1,0 +1,605 @@
+"""Partner feeds (issue 22) against real local HTTP servers that speak the
+TCAP and ThreatExchange APIs as python-threatexchange's clients call them
+(hashsvc_testing/exchange_servers.py), and the local-file exchange."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+
+import grpc
+import pytest
+
+from hashsvc.core.config import ExchangeSettings
+from hashsvc.v1 import hashsvc_pb2 as pb
+from hashsvc_testing.exchange_servers import TE_TOKEN, TcapServer, ThreatExchangeServer
+
+SETTINGS = ExchangeSettings(
+    background=False,
+    http_timeout_seconds=1.0,
+    http_retries=0,
+    min_every_seconds=1,
+    retry_base_seconds=5,
+    feedback_retry_seconds=0.01,
+)
+
+
+@pytest.fixture
+def harness_config() -> dict:
+    return {"exchange": SETTINGS}
+
+
+def _hex(nbytes: int = 32) -> str:
+    return secrets.token_hex(nbytes)
+
+
+def _set(stubs, md, name="partners"):
+    stubs.curation.CreateSet(pb.CreateSetRequest(name=name), metadata=md)
+
+
+def _add(stubs, md, name, api, credentials="", **options):
+    return stubs.exchange.AddFeed(
+        pb.AddFeedRequest(
+            name=name,
+            api=api,
+            set="partners",
+            options={k: str(v) for k, v in options.items()},
+            every_seconds=60,
+            credentials=credentials,
+            labels={"partner": "gifct"},
+        ),
+        metadata=md,
+    )
+
+
+def _fetch(stubs, md, name, full=False):
+    messages = list(
+        stubs.exchange.FetchFeed(pb.FetchFeedRequest(name=name, full=full), metadata=md)
+    )
+    assert messages[-1].done
+    return messages
+
+
+def _entries(stubs, md) -> dict[str, pb.Entry]:
+    out = {}
+    token = ""
+    while True:
+        page = stubs.curation.ListEntries(
+            pb.ListEntriesRequest(set="partners", page_size=1000, page_token=token), metadata=md
+        )
+        out.update({e.name: e for e in page.entries})
+        token = page.next_page_token
+        if not token:
+            return out
+
+
+def _match_hash(harness, kind: str, value: str) -> pb.MatchResponse:
+    stubs, md = harness.stubs("matcher")
+    return stubs.matcher.Match(
+        pb.MatchRequest(signal=pb.SignalValue(signal_type=kind, value=value)), metadata=md
+    )
+
+
+# -- the local file exchange: a whole snapshot each time
+
+
+def test_file_feed_snapshot_adds_skips_and_deletes(harness, tmp_path):
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    kept, dropped = _hex(), _hex()
+    path = tmp_path / "list.txt"
+    path.write_text(f"pdq {kept}\npdq {dropped}\nurl https://example.org/x\n")
+    _add(stubs, md, "local-list", "file", path=path)
+    # an analyst added the dropped hash locally too: it must survive the feed's deletion
+    stubs.curation.AddEntry(
+        pb.AddEntryRequest(
+            set="partners",
+            name="analyst-1",
+            signal=pb.SignalValue(signal_type="pdq", value=dropped),
+        ),
+        metadata=md,
+    )
+    last = _fetch(stubs, md, "local-list")[-1]
+    assert (last.added, last.skipped, last.deleted) == (2, 1, 0)
+    entries = _entries(stubs, md)
+    feed_entry = entries[f"local-list:pdq:{kept}"]
+    assert dict(feed_entry.labels) == {"partner": "gifct", "feed": "local-list"}
+    assert _match_hash(harness, "pdq", kept).decision == pb.BLOCK
+
+    path.write_text(f"pdq {kept}\n")  # the partner dropped one hash
+    last = _fetch(stubs, md, "local-list")[-1]
+    assert (last.added, last.deleted) == (0, 1)
+    entries = _entries(stubs, md)
+    assert f"local-list:pdq:{dropped}" not in entries
+    assert "analyst-1" in entries  # the local entry keeps matching
+    matched = _match_hash(harness, "pdq", dropped)
+    assert [m.entry for m in matched.matches] == ["analyst-1"]
+    feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="local-list"), metadata=md)
+    assert (feed.added, feed.deleted, feed.items, feed.last_result) == (2, 1, 1, "ok")
+
+
+def test_file_feed_missing_file_fails_clearly_and_keeps_entries(harness, tmp_path):
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    path = tmp_path / "list.txt"
+    value = _hex()
+    path.write_text(f"pdq {value}\n")
+    _add(stubs, md, "f", "file", path=path)
+    _fetch(stubs, md, "f")
+    path.unlink()
+    with pytest.raises(grpc.RpcError) as err:
+        _fetch(stubs, md, "f")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "cannot read" in err.value.details()
+    feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="f"), metadata=md)
+    assert feed.last_result == "failed" and feed.failures == 1
+    assert f"f:pdq:{value}" in _entries(stubs, md)  # nothing lost
+
+
+# -- TCAP
+
+
+def test_tcap_first_incremental_deletion_relabel_paging(harness):
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    with TcapServer(page_size=2) as tcap:
+        pdqs = [_hex() for _ in range(4)]
+        for value in pdqs:
+            tcap.add(value, ideology="far-right", file_type="png")
+        sha512 = _hex(64)
+        tcap.add(sha512, algorithm="SHA512", file_type="mp4")
+        tcap.add(_hex(16), algorithm="TLSH")  # a type hashsvc does not keep
+        _add(stubs, md, "tcap", "tcap", "user:secret-pass", base_url=tcap.url)
+        messages = _fetch(stubs, md, "tcap")
+        last = messages[-1]
+        assert (last.pages, last.added, last.skipped) == (3, 5, 1)
+        assert len(messages) == 4  # a progress message per page, then done
+        entry = _entries(stubs, md)[f"tcap:pdq:{pdqs[0]}"]
+        assert entry.labels["tcap_ideology"] == "far-right"
+        assert entry.labels["tcap_file_type"] == "png"
+        assert entry.labels["feed"] == "tcap" and entry.labels["source_id"]
+        # SHA-512 is kept for exact match
+        assert _match_hash(harness, "sha512", sha512).decision == pb.BLOCK
+        checkpoint = stubs.exchange.GetFeed(pb.GetFeedRequest(name="tcap"), metadata=md).checkpoint
+        assert json.loads(checkpoint)["checkpoint"]
+
+        requests_before = tcap.page_requests
+        tcap.delete(pdqs[1])
+        tcap.add(pdqs[2], ideology="islamist", file_type="png")  # relabelled at the source
+        new = _hex()
+        tcap.add(new)
+        last = _fetch(stubs, md, "tcap")[-1]
+        assert (last.added, last.updated, last.deleted) == (1, 1, 1)
+        assert tcap.page_requests - requests_before == 2  # only what changed: 3 rows
+        entries = _entries(stubs, md)
+        assert f"tcap:pdq:{pdqs[1]}" not in entries
+        assert entries[f"tcap:pdq:{pdqs[2]}"].labels["tcap_ideology"] == "islamist"
+        assert _match_hash(harness, "pdq", new).decision == pb.BLOCK
+        assert _match_hash(harness, "pdq", pdqs[1]).decision == pb.ALLOW
+
+        # a fetch with nothing new changes nothing, and --full loads nothing twice
+        assert _fetch(stubs, md, "tcap")[-1].added == 0
+        last = _fetch(stubs, md, "tcap", full=True)[-1]
+        assert (last.added, last.updated) == (0, 0)
+        assert len(_entries(stubs, md)) == 5
+
+
+def test_tcap_wrong_credentials_fail_clearly_and_lose_nothing(harness):
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    with TcapServer() as tcap:
+        value = _hex()
+        tcap.add(value)
+        _add(stubs, md, "tcap", "tcap", "user:secret-pass", base_url=tcap.url)
+        _fetch(stubs, md, "tcap")
+        before = stubs.exchange.GetFeed(pb.GetFeedRequest(name="tcap"), metadata=md)
+        tcap.password = "rotated"  # the partner rotated it: ours is now wrong
+        tcap.add(_hex())
+        with pytest.raises(grpc.RpcError) as err:
+            _fetch(stubs, md, "tcap")
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "HTTP 400" in err.value.details() and "credentials refused" in err.value.details()
+        assert "secret-pass" not in err.value.details()
+        after = stubs.exchange.GetFeed(pb.GetFeedRequest(name="tcap"), metadata=md)
+        assert after.checkpoint == before.checkpoint
+        assert after.last_result == "failed" and "credentials refused" in after.last_error
+        assert list(_entries(stubs, md)) == [f"tcap:pdq:{value}"]
+
+
+def test_credentials_are_write_only(harness):
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    secret = "user:do-not-show-" + secrets.token_hex(8)
+    with TcapServer(password=secret.split(":")[1]) as tcap:
+        tcap.add(_hex())
+        added = _add(stubs, md, "tcap", "tcap", secret, base_url=tcap.url)
+        _fetch(stubs, md, "tcap")
+        shown = [
+            added,
+            stubs.exchange.GetFeed(pb.GetFeedRequest(name="tcap"), metadata=md),
+            stubs.exchange.ListFeeds(pb.ListFeedsRequest(), metadata=md),
+        ]
+        assert added.has_credentials
+        for message in shown:
+            assert secret.split(":")[1] not in str(message)
+        a_stubs, a_md = harness.stubs("auditor")
+        history = a_stubs.audit.QueryHistory(pb.QueryHistoryRequest(page_size=1000), metadata=a_md)
+        assert "ExchangeAdd" in str(history) and "ExchangeFetch" in str(history)
+        assert secret.split(":")[1] not in str(history)
+    # malformed credentials are refused without being echoed
+    with pytest.raises(grpc.RpcError) as err:
+        _add(stubs, md, "bad", "tcap", "no-colon-here-secret", base_url="http://127.0.0.1:9/")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "no-colon-here-secret" not in err.value.details()
+
+
+def test_server_error_and_hanging_server_time_out_and_back_off(harness):
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    with TcapServer() as tcap:
+        tcap.add(_hex())
+        _add(stubs, md, "tcap", "tcap", "user:secret-pass", base_url=tcap.url)
+        tcap.fail_status = 500
+        with pytest.raises(grpc.RpcError) as err:
+            _fetch(stubs, md, "tcap")
+        assert "HTTP 500" in err.value.details()
+        tcap.fail_status = 0
+        tcap.hang_seconds = 30  # longer than the 1 s timeout
+        with pytest.raises(grpc.RpcError) as err:
+            _fetch(stubs, md, "tcap")
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "timed out" in err.value.details().lower()
+        feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="tcap"), metadata=md)
+        assert feed.failures == 2 and feed.last_result == "failed"
+        # backoff: the next run is sooner than --every (60 s) after a failure
+        assert feed.next_run_at.seconds - feed.last_fetch_at.seconds <= 20
+        tcap.hang_seconds = 0
+        assert _fetch(stubs, md, "tcap")[-1].added == 1
+        feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="tcap"), metadata=md)
+        assert feed.failures == 0 and feed.last_error == ""
+
+
+# -- ThreatExchange (GIFCT)
+
+
+def test_threatexchange_tags_paging_deletion_and_feedback(harness):
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    with ThreatExchangeServer(page_size=2) as te:
+        values = [_hex() for _ in range(3)]
+        for value in values:
+            te.add(value, tags=["entity:ISIS", "content_type:video", "gifct"])
+        te.add(_hex(16), type="HASH_MD5", tags=["behaviour:recruitment"])
+        te.add("https://example.org", type="URI")  # not a hash hashsvc keeps
+        _add(stubs, md, "gifct", "threatexchange", TE_TOKEN, privacy_group=303, base_url=te.url)
+        last = _fetch(stubs, md, "gifct")[-1]
+        assert (last.pages, last.added, last.skipped) == (3, 4, 1)
+        entry = _entries(stubs, md)[f"gifct:hash_pdq:{values[0]}"]
+        assert entry.labels["entity"] == "ISIS"
+        assert entry.labels["content_type"] == "video"
+        assert entry.labels["tags"] == "gifct"
+        assert entry.labels["source_id"].isdigit()
+
+        te.add(values[1], should_delete=True)
+        te.add(values[2], tags=["entity:AQ"])  # relabelled
+        last = _fetch(stubs, md, "gifct")[-1]
+        assert (last.deleted, last.updated) == (1, 1)
+        entries = _entries(stubs, md)
+        assert f"gifct:hash_pdq:{values[1]}" not in entries
+        assert entries[f"gifct:hash_pdq:{values[2]}"].labels["entity"] == "AQ"
+
+        # a reviewer's verdict goes back as a reaction, retried when the API fails
+        r_stubs, r_md = harness.stubs("reviewer")
+        te.fail_posts = 1
+        item = r_stubs.exchange.SendFeedback(
+            pb.SendFeedbackRequest(
+                feed="gifct", entry=f"gifct:hash_pdq:{values[0]}", verdict="false_positive"
+            ),
+            metadata=r_md,
+        )
+        assert item.state == "queued"
+        feeds = harness.running.feeds
+        assert feeds.send_due_feedback() == 0  # 500: kept queued
+        shown = stubs.exchange.GetFeed(pb.GetFeedRequest(name="gifct"), metadata=md).feedback
+        assert shown[0].state == "queued" and shown[0].attempts == 1 and shown[0].last_error
+        _wait_for_retry()
+        assert feeds.send_due_feedback() == 1
+        descriptor = int(entries[f"gifct:hash_pdq:{values[0]}"].labels["source_id"])
+        assert te.reactions == [(descriptor, "DISAGREE_WITH_TAGS")]
+        shown = stubs.exchange.GetFeed(pb.GetFeedRequest(name="gifct"), metadata=md).feedback
+        assert shown[0].state == "sent"
+        with pytest.raises(grpc.RpcError) as err:  # not an entry of the feed
+            r_stubs.exchange.SendFeedback(
+                pb.SendFeedbackRequest(feed="gifct", entry="nope", verdict="confirmed"),
+                metadata=r_md,
+            )
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _wait_for_retry() -> None:
+    import time
+
+    time.sleep(0.1)  # feedback_retry_seconds is 0.01 (doubling once)
+
+
+def test_a_partner_cannot_pose_as_another_feed(harness):
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    with ThreatExchangeServer() as te:
+        value = _hex()
+        te.add(value, tags=["feed:other", "source_id:1", "partner:evil", "entity:ISIS"])
+        _add(stubs, md, "gifct", "threatexchange", TE_TOKEN, privacy_group=303, base_url=te.url)
+        _fetch(stubs, md, "gifct")
+        labels = _entries(stubs, md)[f"gifct:hash_pdq:{value}"].labels
+        assert labels["feed"] == "gifct" and labels["partner"] == "gifct"
+        assert labels["source_id"] != "1" and labels["entity"] == "ISIS"
+
+
+def test_feed_commands_and_their_errors(harness, tmp_path):
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    path = tmp_path / "l.txt"
+    path.write_text("")
+    _add(stubs, md, "f", "file", path=path)
+    bad = [
+        pb.AddFeedRequest(name="f", api="file", set="partners", options={"path": str(path)}),
+        pb.AddFeedRequest(name="g", api="nope", set="partners"),
+        pb.AddFeedRequest(name="g", api="file", set="missing", options={"path": str(path)}),
+        pb.AddFeedRequest(name="bad name", api="file", set="partners"),
+        pb.AddFeedRequest(name="g", api="threatexchange", set="partners", credentials=TE_TOKEN),
+        pb.AddFeedRequest(name="g", api="file", set="partners", options={"privacy_group": "1"}),
+        pb.AddFeedRequest(
+            name="g", api="file", set="partners", options={"path": "x"}, every_seconds=-5
+        ),
+    ]
+    stubs.curation.CreateSet(pb.CreateSetRequest(name="benign", allow_list=True), metadata=md)
+    bad.append(pb.AddFeedRequest(name="g", api="file", set="benign", options={"path": str(path)}))
+    codes = []
+    for request in bad:
+        with pytest.raises(grpc.RpcError) as err:
+            stubs.exchange.AddFeed(request, metadata=md)
+        codes.append(err.value.code())
+    assert codes == [
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,  # a partner never fills an allow list
+    ]
+    disabled = stubs.exchange.SetFeedEnabled(
+        pb.SetFeedEnabledRequest(name="f", enabled=False), metadata=md
+    )
+    assert not disabled.enabled
+    assert harness.running.feeds.run_due() == []  # a disabled feed is not fetched
+    stubs.exchange.RemoveFeed(pb.RemoveFeedRequest(name="f"), metadata=md)
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.exchange.GetFeed(pb.GetFeedRequest(name="f"), metadata=md)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_reviewers_verdict_on_a_feed_entry_goes_back_to_the_source(harness):
+    """Review resolves a match on a ThreatExchange entry: the verdict is
+    queued on the feed and sent as a reaction to the entry's descriptor."""
+    stubs, md = harness.stubs("operator")
+    stubs.curation.CreateSet(
+        pb.CreateSetRequest(
+            name="partners",
+            thresholds=[pb.Threshold(signal_type="pdq", block_distance=10, review_distance=60)],
+        ),
+        metadata=md,
+    )
+    with ThreatExchangeServer() as te:
+        value = bytes.fromhex(_hex())
+        te.add(value.hex(), tags=["entity:ISIS"], descriptor_id=777)
+        _add(stubs, md, "gifct", "threatexchange", TE_TOKEN, privacy_group=303, base_url=te.url)
+        _fetch(stubs, md, "gifct")
+        near = bytes([value[0] ^ 0xFF, value[1] ^ 0xFF, value[2] ^ 0xFF]) + value[3:]  # 24 bits
+        assert _match_hash(harness, "pdq", near.hex()).decision == pb.REVIEW
+        r_stubs, r_md = harness.stubs("reviewer")
+        claimed = r_stubs.review.ClaimReviewItem(pb.ClaimReviewItemRequest(), metadata=r_md)
+        r_stubs.review.ResolveReviewItem(
+            pb.ResolveReviewItemRequest(id=claimed.id, resolution="false_positive"),
+            metadata=r_md,
+        )
+        feedback = stubs.exchange.GetFeed(pb.GetFeedRequest(name="gifct"), metadata=md).feedback
+        assert [(f.entry, f.verdict, f.state) for f in feedback] == [
+            (f"gifct:hash_pdq:{value.hex()}", "false_positive", "queued")
+        ]
+        assert harness.running.feeds.send_due_feedback() == 1
+        assert te.reactions == [(777, "DISAGREE_WITH_TAGS")]
+
+
+def test_file_feeds_stay_within_file_dir(make_harness, tmp_path):
+    allowed = tmp_path / "lists"
+    allowed.mkdir()
+    (allowed / "ok.txt").write_text(f"pdq {_hex()}\n")
+    settings = dataclasses.replace(SETTINGS, file_dir=str(allowed))
+    h = make_harness(f"sqlite:///{tmp_path}/db.sqlite", exchange=settings)
+    stubs, md = h.stubs("operator")
+    _set(stubs, md)
+    for path in ("/etc/passwd", str(allowed / ".." / "db.sqlite")):
+        with pytest.raises(grpc.RpcError) as err:
+            _add(stubs, md, "f", "file", path=path)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "exchange.file_dir" in err.value.details()
+    _add(stubs, md, "f", "file", path=allowed / "ok.txt")
+    assert _fetch(stubs, md, "f")[-1].added == 1
+
+
+def test_library_sources_ncmec_and_stopncii_records():
+    """NCMEC (an entry of fingerprints by its id) and StopNCII (type, value)
+    deltas as the library yields them, turned into items."""
+    from threatexchange.exchanges.clients.ncmec.hash_api import (
+        NCMECEntryType,
+        NCMECEntryUpdate,
+    )
+
+    from hashsvc.exchange.sources import _library_item
+
+    pdq, md5 = _hex(), _hex(16)
+    update = NCMECEntryUpdate(
+        id="e1",
+        member_id=42,
+        entry_type=NCMECEntryType.image,
+        deleted=False,
+        classification="A1",
+        fingerprints={"pdq": pdq, "md5": md5, "photodna": "zz"},
+        feedback={},
+    )
+    item = _library_item("e1", update)
+    assert (item.key, item.source_id, item.skipped) == ("id:e1", "e1", 1)
+    assert item.signals == [("pdq", pdq), ("md5", md5)]
+    assert item.labels == {"ncmec_classification": "A1"}
+    assert _library_item("e1", None).deleted
+    item = _library_item(("pdq", pdq.upper()), object())
+    assert item.key == f"pdq:{pdq}" and item.signals == [("pdq", pdq)]
+    assert _library_item(("url", "https://x"), object()).skipped == 1
+    assert _library_item(("pdq", pdq), None).deleted
+
+
+def test_sealed_credentials_survive_no_tampering_with_the_feed(make_harness, tmp_path):
+    """With exchange.credentials_key_file, someone who can write to the
+    database reads no credentials, and pointing the feed at their own server
+    makes the fetch fail closed: the token never leaves."""
+    key_file = tmp_path / "feeds.key"
+    key_file.write_bytes(secrets.token_bytes(48))
+    settings = dataclasses.replace(SETTINGS, credentials_key_file=str(key_file))
+    db = tmp_path / "db.sqlite"
+    h = make_harness(f"sqlite:///{db}", exchange=settings)
+    stubs, md = h.stubs("operator")
+    _set(stubs, md)
+    with TcapServer(password="sealed-pass-123") as tcap, TcapServer() as attacker:
+        tcap.add(_hex())
+        _add(stubs, md, "tcap", "tcap", "user:sealed-pass-123", base_url=tcap.url)
+        assert _fetch(stubs, md, "tcap")[-1].added == 1
+        store = h.core.store
+        feed = store.get_feed("tcap")
+        assert b"sealed-pass-123" not in store.feed_secret(feed.id)
+        with store._write() as cur:  # the attacker's UPDATE
+            cur.execute(
+                "UPDATE exchange_feeds SET options = ? WHERE id = ?",
+                (json.dumps({"base_url": attacker.url}), feed.id),
+            )
+        with pytest.raises(grpc.RpcError) as err:
+            _fetch(stubs, md, "tcap")
+        assert "do not open" in err.value.details()
+        assert attacker.requests == 0  # the credentials never left
+
+
+def test_threatexchange_wrong_token_and_outage_never_show_the_token(make_harness, tmp_path, caplog):
+    """A refused token and a server that fails every retry: clear errors,
+    the failures counted in the metrics, and the token (sent in the URL's
+    query) in no error, status or log line."""
+    import logging
+
+    settings = dataclasses.replace(SETTINGS, http_retries=2)
+    h = make_harness(f"sqlite:///{tmp_path}/db.sqlite", exchange=settings)
+    stubs, md = h.stubs("operator")
+    _set(stubs, md)
+    secret_part = TE_TOKEN.split("|")[1]
+    with ThreatExchangeServer(token="9876543210|zyxwvutsrqponmlkjihgfedcba") as te:
+        te.add(_hex())
+        _add(stubs, md, "gifct", "threatexchange", TE_TOKEN, privacy_group=303, base_url=te.url)
+        caplog.set_level(logging.DEBUG)
+        with pytest.raises(grpc.RpcError) as refused:
+            _fetch(stubs, md, "gifct")
+        assert "HTTP 400" in refused.value.details()
+        assert "credentials refused" in refused.value.details()
+        te.token = TE_TOKEN
+        te.fail_status = 503  # retried by urllib3 (logged), then failed
+        with pytest.raises(grpc.RpcError) as outage:
+            _fetch(stubs, md, "gifct")
+        feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="gifct"), metadata=md)
+    for text in (refused.value.details(), outage.value.details(), str(feed), caplog.text):
+        assert secret_part not in text
+    assert "Incremented Retry" in caplog.text  # urllib3 logged its retries, redacted
+    failed = h.running.metrics.registry.get_sample_value(
+        "hashsvc_feed_fetches_total", {"feed": "gifct", "result": "failed"}
+    )
+    assert failed == 2
+
+
+def test_an_item_added_and_deleted_in_one_page_ends_deleted(harness):
+    """Rows are applied in order: a page that adds a hash and then deletes it
+    leaves no entry (and one that deletes and adds again, one)."""
+    from hashsvc_testing.exchange_servers import TcapRecord
+
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    with TcapServer() as tcap:
+        gone, back = _hex(), _hex()
+        first = tcap.add(gone)
+        tcap.records.append(TcapRecord(gone, deleted=True, updated_on=first.updated_on + 1e5, id=9))
+        tcap.add(back)
+        _add(stubs, md, "tcap", "tcap", "user:secret-pass", base_url=tcap.url)
+        last = _fetch(stubs, md, "tcap")[-1]
+        assert (last.added, last.deleted) == (1, 0)  # as the feed stands after the page
+        assert list(_entries(stubs, md)) == [f"tcap:pdq:{back}"]
+        assert _match_hash(harness, "pdq", gone).decision == pb.ALLOW
+        feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="tcap"), metadata=md)
+        assert feed.items == 1
+
+
+def test_bad_rows_from_a_partner_are_counted_and_the_rest_loads(harness, tmp_path):
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    good = _hex()
+    path = tmp_path / "list.txt"
+    path.write_text(f"pdq not-hex\npdq abcd\npdq {good}\nmd5 {_hex(16)}\n")
+    _add(stubs, md, "f", "file", path=path)
+    last = _fetch(stubs, md, "f")[-1]
+    assert (last.added, last.rejected) == (2, 2)
+    assert _match_hash(harness, "pdq", good).decision == pb.BLOCK
+
+
+def test_whole_listings_delete_what_they_leave_out_within_a_limit(harness, tmp_path):
+    """A file that lost most of its lines (truncated) deletes nothing and
+    fails; --full on TCAP deletes what the partner purged without a
+    tombstone; a ThreatExchange checkpoint older than its 90 days of
+    deletions is fetched whole the same way."""
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    values = [_hex() for _ in range(4)]
+    path = tmp_path / "list.txt"
+    path.write_text("".join(f"pdq {v}\n" for v in values))
+    _add(stubs, md, "f", "file", path=path)
+    _fetch(stubs, md, "f")
+    path.write_text(f"pdq {values[0]}\n")  # 3 of 4 gone: more than half
+    with pytest.raises(grpc.RpcError) as err:
+        _fetch(stubs, md, "f")
+    assert "snapshot_max_delete_fraction" in err.value.details()
+    assert len(_entries(stubs, md)) == 4
+
+    with TcapServer() as tcap:
+        kept, purged = _hex(), _hex()
+        tcap.add(kept)
+        tcap.add(purged)
+        _add(stubs, md, "tcap", "tcap", "user:secret-pass", base_url=tcap.url)
+        _fetch(stubs, md, "tcap")
+        tcap.records.remove(tcap.by_digest.pop(purged))  # no tombstone: just gone
+        assert _fetch(stubs, md, "tcap")[-1].deleted == 0  # incremental: cannot see it
+        assert _fetch(stubs, md, "tcap", full=True)[-1].deleted == 1
+        assert f"tcap:pdq:{purged}" not in _entries(stubs, md)
+
+    with ThreatExchangeServer() as te:
+        a, b, c = _hex(), _hex(), _hex()
+        for value in (a, b, c):
+            te.add(value)
+        _add(stubs, md, "gifct", "threatexchange", TE_TOKEN, privacy_group=303, base_url=te.url)
+        _fetch(stubs, md, "gifct")
+        te.updates = [u for u in te.updates if u.indicator != c]  # expired from its log
+        store = harness.core.store
+        feed = store.get_feed("gifct")
+        old = json.loads(feed.checkpoint)
+        old["last_fetch_time"] -= 100 * 24 * 3600
+        with store._write() as cur:
+            cur.execute(
+                "UPDATE exchange_feeds SET checkpoint = ? WHERE id = ?", (json.dumps(old), feed.id)
+            )
+        assert _fetch(stubs, md, "gifct")[-1].deleted == 1
+        assert f"gifct:hash_pdq:{c}" not in _entries(stubs, md)
+        assert f"gifct:hash_pdq:{a}" in _entries(stubs, md)
