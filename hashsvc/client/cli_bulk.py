@@ -129,12 +129,7 @@ def read_rows(
                     yield _to_pb(batch, source)
                     batch = []
                 rows_seen += len(item)
-                yield pb.BulkRows(
-                    packed_type=item.signal_type,
-                    packed_values=item.values,
-                    first_line=item.first_line,
-                    source=source,
-                )
+                yield _plain_to_pb(item, source)
                 progress.update(rows_seen, done_chars + counted.chars)
                 continue
             full = len(batch) >= BATCH_ROWS or batch_bytes >= BATCH_VALUE_BYTES
@@ -161,6 +156,26 @@ def _row_count(rows: pb.BulkRows) -> int:
     return len(rows.signal_type)
 
 
+def _plain_to_pb(rows: PlainRows, source: str) -> pb.BulkRows:
+    if rows.entries is None and rows.labels is None:  # packed
+        return pb.BulkRows(
+            packed_type=rows.signal_type,
+            packed_values=rows.values,
+            first_line=rows.first_line,
+            source=source,
+        )
+    # A feed's rows, as columns (the server checks them a column at a time)
+    width = SIGNAL_TYPES[rows.signal_type].nbytes
+    return pb.BulkRows(
+        signal_type=[rows.signal_type] * len(rows),
+        value=[rows.values[k : k + width] for k in range(0, len(rows.values), width)],
+        line=range(rows.first_line, rows.first_line + len(rows)),
+        entry=rows.entries or (),
+        labels=rows.labels or (),
+        source=source,
+    )
+
+
 def _to_pb(records: list[Record], source: str) -> pb.BulkRows:
     rows = pb.BulkRows(
         signal_type=[r.signal_type for r in records],
@@ -172,7 +187,12 @@ def _to_pb(records: list[Record], source: str) -> pb.BulkRows:
     if any(r.entry for r in records):
         rows.entry.extend(r.entry for r in records)
     if any(r.labels is not None for r in records):
-        rows.labels.extend(loaders.records.labels_json(r.labels) for r in records)
+        # each label set once: a reader's rows share the dicts of a few sets
+        wire: dict[int, str] = {}
+        for r in records:
+            if id(r.labels) not in wire:
+                wire[id(r.labels)] = loaders.records.labels_json(r.labels)
+        rows.labels.extend(wire[id(r.labels)] for r in records)
     if any(r.deleted for r in records):
         rows.deleted.extend(r.deleted for r in records)
     if any(r.quality is not None for r in records):

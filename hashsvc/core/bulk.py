@@ -111,6 +111,7 @@ class BulkLoad:
         self._expect_new = True  # plain lists: see BulkStore.bulk_add_plain
         self._pending: list[CheckedPlainRows] = []  # plain rows waiting to be sorted and written
         self._pending_rows = 0
+        self._pending_names: set[str] = set()  # of named pending rows, unique in a run
         self._writing: Future | None = None  # the sorted run being written, see _flush_plain
         self._following: Future | None = None  # the index follower, see _follow
         self._committed = threading.Event()  # the writer committed rows
@@ -153,10 +154,17 @@ class BulkLoad:
     def _load(self, batch: RowBatch | PackedRows) -> None:
         plain = plain_rows(batch)
         if plain is not None:
-            if self._pending and self._pending[0].kind_key != plain.kind_key:
+            if self._pending and (
+                self._pending[0].kind_key != plain.kind_key
+                or (plain.names is not None and not self._pending_names.isdisjoint(plain.names))
+            ):
+                # a name of the run again: the run is written first, so its
+                # entry is updated by this row as the row-by-row path would
                 self._flush_plain()
             self._pending.append(plain)
             self._pending_rows += len(plain.values)
+            if plain.names is not None:
+                self._pending_names.update(plain.names)
             if self._pending_rows >= SORT_ROWS:
                 self._flush_plain()
             return
@@ -215,6 +223,7 @@ class BulkLoad:
         if self._pending:
             rows = sorted_plain(self._pending)
             self._pending, self._pending_rows = [], 0
+            self._pending_names = set()
             self.wait_for_writer()
             if self._following is None:
                 self._following = _WRITERS.submit(self._follow)
@@ -258,8 +267,9 @@ class BulkLoad:
                 self._done.wait(FOLLOW_SECONDS)
 
     def _write_plain(self, rows: PlainSignals) -> None:
-        """A plain hash list: column-wise writes; the index takes the new
-        signals as they were written instead of reading them back."""
+        """A hash list of one signal an entry (plain, or a feed's named and
+        labelled rows): column-wise writes; the index takes the new signals
+        as they were written instead of reading them back."""
         start = 0
         while start < len(rows):
             part = rows[start : start + self._write_rows]
