@@ -111,7 +111,6 @@ class BulkLoad:
         self._expect_new = True  # plain lists: see BulkStore.bulk_add_plain
         self._pending: list[CheckedPlainRows] = []  # plain rows waiting to be sorted and written
         self._pending_rows = 0
-        self._pending_names: set[str] = set()  # of named pending rows, unique in a run
         self._writing: Future | None = None  # the sorted run being written, see _flush_plain
         self._following: Future | None = None  # the index follower, see _follow
         self._committed = threading.Event()  # the writer committed rows
@@ -154,18 +153,15 @@ class BulkLoad:
     def _load(self, batch: RowBatch | PackedRows) -> None:
         plain = plain_rows(batch)
         if plain is not None:
-            if self._pending and (
-                self._pending[0].kind_key != plain.kind_key
-                or (plain.names is not None and not self._pending_names.isdisjoint(plain.names))
-            ):
-                # a name of the run again: the run is written first, so its
-                # entry is updated by this row as the row-by-row path would
+            if self._pending and self._pending[0].kind_key != plain.kind_key:
                 self._flush_plain()
             self._pending.append(plain)
             self._pending_rows += len(plain.values)
-            if plain.names is not None:
-                self._pending_names.update(plain.names)
-            if self._pending_rows >= SORT_ROWS:
+            # A batch of named rows (a feed's) is written as it arrives, as
+            # rows of entries always were: a load that fails keeps what
+            # arrived before, and names repeated in a later batch update
+            # what this one wrote, in order.
+            if plain.names is not None or self._pending_rows >= SORT_ROWS:
                 self._flush_plain()
             return
         self._flush_plain()  # rows are written in the order they came
@@ -223,7 +219,6 @@ class BulkLoad:
         if self._pending:
             rows = sorted_plain(self._pending)
             self._pending, self._pending_rows = [], 0
-            self._pending_names = set()
             self.wait_for_writer()
             if self._following is None:
                 self._following = _WRITERS.submit(self._follow)

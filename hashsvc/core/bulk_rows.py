@@ -349,7 +349,7 @@ _NAME_SORT_BYTES = 48
 
 
 def _sorted_named(parts: Sequence[CheckedPlainRows]) -> PlainSignals:
-    """Named rows (names unique across the parts: see BulkLoad._load)."""
+    """Named rows (names unique across the parts: one batch, see BulkLoad._load)."""
     kind = parts[0].kind
     rows = np.concatenate([p.values for p in parts]) if len(parts) > 1 else parts[0].values
     names = np.array([name for p in parts for name in p.names], dtype=object)
