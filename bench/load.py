@@ -1,10 +1,18 @@
 """Bulk load throughput end to end, and Match latency while a load runs.
 
-    .venv/bin/python bench/load.py            # 1M PDQ rows, SQLite and PostgreSQL
-    .venv/bin/python bench/load.py --short    # 100k rows (CI, < 60 s)
+    .venv/bin/python bench/load.py            # 1M PDQ rows a shape, SQLite and PostgreSQL,
+                                              # the median of 3 loads each
+    .venv/bin/python bench/load.py --short    # 100k rows, one load each (CI)
     .venv/bin/python bench/load.py --rerun    # then the same rows again (a resume)
-    .venv/bin/python bench/load.py --repeat 5 # five loads a store, and their median
+    .venv/bin/python bench/load.py --repeat 5 # five loads a shape and store, and their median
     .venv/bin/python bench/load.py --strict   # --strict loads (checked whole, then written)
+    .venv/bin/python bench/load.py --shapes plain,both --rows 500000
+
+Shapes: `plain` rows (signal_type,signal_value), and as partner feeds send
+them: `entry` (a source id a row), `labels` (a JSON object a row, from 300
+distinct sets such as {"source": "gifct", "entity": ..., "content_type":
+"video"}) and `both`. The summary gives each shape's median and its ratio to
+plain rows on the same store.
 
 End to end: a CSV file of random PDQ hashes is read, checked and streamed by
 the `hashsvc load` client code (its own process) through the BulkLoad RPC to a

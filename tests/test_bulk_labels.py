@@ -79,7 +79,7 @@ def _load_row_by_row(store, live, set_id: int, text: str):
 
 def _entries(store, set_id: int) -> dict[str, tuple[dict, list[tuple[str, bytes]]]]:
     out = {}
-    for entry in store.list_entries(set_id, 0, 10_000):
+    for entry in store.list_entries(set_id, 0, 100_000):
         out[entry.name] = (entry.labels, sorted((s.kind, s.value) for s in entry.signals))
     return out
 
@@ -112,6 +112,27 @@ def test_a_feed_loads_column_wise_with_its_names_and_labels(store_and_index, mon
     entries = _entries(store, hash_set.id)
     assert entries["gifct:5"][0] == {"source": "gifct", "entity": "aq"}
     assert len(entries["gifct:6"][1]) == 2 and len(entries) == 40
+
+
+@pytest.mark.parametrize("count,label_sets", [(2_000, 4), (5_000, 5_000)])
+def test_many_rows_a_label_set_or_a_set_a_row(store_and_index, monkeypatch, count, label_sets):
+    """Large batches: a few label sets shared by many rows (written a set at
+    a time) and a set for every row, as a feed that puts its own id in the
+    labels sends (more sets than any cache holds): each kept exactly."""
+    store, live = store_and_index
+    hash_set = store.create_set("many", "", {}, {})
+    rows = [
+        (_value(row + 1), f"te:{row}", {"source": "te", "n": str(row % label_sets)})
+        for row in range(count)
+    ]
+    result, _, messages = _load_as_client(
+        store, live, hash_set.id, _csv(rows), monkeypatch, block_rows=1_000
+    )
+    assert (result.added, result.rejected_count) == (count, 0)
+    assert all(plain_rows(rows_from_pb(m)) is not None for m in messages)
+    assert _entries(store, hash_set.id) == {
+        name: (labels, [("pdq", bytes.fromhex(value))]) for value, name, labels in rows
+    }
 
 
 def test_labelled_rows_without_names_and_empty_cells(store_and_index, monkeypatch):
