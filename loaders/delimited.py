@@ -70,12 +70,18 @@ _BLOCK_COLUMNS = {"signal_type", "signal_value", "entry", "labels"}
 
 
 def read_blocks(
-    stream: TextIO, source: str = "", delimiter: str = ",", block_rows: int = 20_000
+    stream: TextIO,
+    source: str = "",
+    delimiter: str = ",",
+    block_rows: int = 20_000,
+    hash_named_block_rows: int | None = None,
 ) -> Iterator[PlainRows | Record | Rejected]:
     """As read(), but a file with only the type and value columns, and
     perhaps entry and labels, comes as PlainRows blocks, checked a column
     at a time (a million-row hash list is read 3x faster, a feed's 4x); a
-    block with an odd row, or two rows of one entry, is read row by row."""
+    block with an odd row, or two rows of one entry, is read row by row.
+    Labelled rows without an entry column (entries named after their hash)
+    come in blocks of hash_named_block_rows, if given."""
     rows = csv.reader(stream, delimiter=delimiter)
     header = next(rows, None)
     if header is None:
@@ -85,6 +91,8 @@ def read_blocks(
         yield from read_rows(rows, columns, source, start_line=2)
         return
     named = "entry" in columns or "labels" in columns
+    if hash_named_block_rows and "entry" not in columns:
+        block_rows = hash_named_block_rows
     line = 2
     carried: list[list[str]] = []
     while block := carried + list(islice(rows, block_rows - len(carried))):
