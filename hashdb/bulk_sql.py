@@ -392,7 +392,8 @@ class BulkSQL:
         expect_new: bool = False,
         noted: Callable[[AddedSignals], None] | None = None,
     ) -> tuple[BulkCounts, AddedSignals]:
-        """bulk_upsert for a plain hash list, without an object per row: new
+        """bulk_upsert for a hash list of one signal an entry (plain, or a
+        feed's names and labels), without an object per row: new
         names are inserted column-wise, names already in the set go through
         the general path (they may gain the signal). One transaction.
 
