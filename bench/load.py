@@ -1,10 +1,18 @@
 """Bulk load throughput end to end, and Match latency while a load runs.
 
-    .venv/bin/python bench/load.py            # 1M PDQ rows, SQLite and PostgreSQL
-    .venv/bin/python bench/load.py --short    # 100k rows (CI, < 60 s)
+    .venv/bin/python bench/load.py            # 1M PDQ rows a shape, SQLite and PostgreSQL,
+                                              # the median of 3 loads each
+    .venv/bin/python bench/load.py --short    # 100k rows, one load each (CI)
     .venv/bin/python bench/load.py --rerun    # then the same rows again (a resume)
-    .venv/bin/python bench/load.py --repeat 5 # five loads a store, and their median
+    .venv/bin/python bench/load.py --repeat 5 # five loads a shape and store, and their median
     .venv/bin/python bench/load.py --strict   # --strict loads (checked whole, then written)
+    .venv/bin/python bench/load.py --shapes plain,both --rows 500000
+
+Shapes: `plain` rows (signal_type,signal_value), and as partner feeds send
+them: `entry` (a source id a row), `labels` (a JSON object a row, from 300
+distinct sets such as {"source": "gifct", "entity": ..., "content_type":
+"video"}) and `both`. The summary gives each shape's median and its ratio to
+plain rows on the same store.
 
 End to end: a CSV file of random PDQ hashes is read, checked and streamed by
 the `hashsvc load` client code (its own process) through the BulkLoad RPC to a
@@ -20,6 +28,7 @@ transaction (on SQLite a Match's history write waits for it).
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import statistics
@@ -89,11 +98,42 @@ def _measure_holds() -> None:
     SQLStore.record_match = timed(SQLStore.record_match, "history write")
 
 
-def write_rows(path: str, rows: int) -> None:
+# Row shapes: what a line of the file says besides its hash. Feeds send a
+# source id per row (`entry`) and the source's labels (`labels`), drawn from a
+# few hundred distinct sets (GIFCT: entity x content type; TCAP: ideology x
+# file type).
+SHAPES = ("plain", "entry", "labels", "both")
+_SOURCES = ("gifct", "tcap", "threatexchange")
+_ENTITIES = tuple(f"entity-{k}" for k in range(25))
+_CONTENT_TYPES = ("video", "photo", "pdf", "url")
+
+
+def label_sets() -> list[str]:
+    """300 distinct label sets as CSV cells (JSON objects, quoted)."""
+    out = []
+    for source in _SOURCES:
+        for entity in _ENTITIES:
+            for content_type in _CONTENT_TYPES:
+                labels = {"source": source, "entity": entity, "content_type": content_type}
+                text = json.dumps(labels)
+                out.append('"' + text.replace('"', '""') + '"')
+    return out
+
+
+def write_rows(path: str, rows: int, shape: str = "plain") -> None:
+    named = shape in ("entry", "both")
+    labelled = shape in ("labels", "both")
+    labels = label_sets()
+    header = ["signal_type", "signal_value"] + ["entry"] * named + ["labels"] * labelled
     with open(path, "w") as f:
-        f.write("signal_type,signal_value\n")
-        for _ in range(rows):
-            f.write(f"pdq,{os.urandom(32).hex()}\n")
+        f.write(",".join(header) + "\n")
+        for row in range(rows):
+            line = f"pdq,{os.urandom(32).hex()}"
+            if named:
+                line += f",{_SOURCES[row % 3]}:{100_000_000 + row}"
+            if labelled:
+                line += "," + labels[(row * 7919) % len(labels)]
+            f.write(line + "\n")
 
 
 def _memory() -> dict[str, int]:
@@ -160,7 +200,7 @@ def bench(
         loader.join()
         after = _memory()
         print(
-            f"{name:10s} server memory{' (strict load)' if strict else ''}:"
+            f"{name:17s} server memory{' (strict load)' if strict else ''}:"
             f" {before['VmRSS']} MB before, peak {after['VmHWM']} MB"
             f" (+{after['VmHWM'] - before['VmRSS']}), {after['VmRSS']} MB after",
             flush=True,
@@ -180,7 +220,7 @@ def bench(
     assert summary["added"] == rows, summary
     p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000  # noqa: E731
     print(
-        f"{name:10s} {rows:>9,d} rows in {seconds:6.1f} s = {rows / seconds:>9,.0f} rows/s;"
+        f"{name:17s} {rows:>9,d} rows in {seconds:6.1f} s = {rows / seconds:>9,.0f} rows/s;"
         f"  Match during load ({len(lat)} calls): p50 {statistics.median(lat) * 1000:.1f} ms,"
         f" p99 {p(0.99):.1f} ms, max {lat[-1] * 1000:.1f} ms;"
         f" longest index lock {LONGEST['index lock'] * 1000:.1f} ms,"
@@ -191,7 +231,7 @@ def bench(
     )
     if rerun_seconds:
         print(
-            f"{name:10s} rerun of the same rows: {rows / rerun_seconds:>9,.0f} rows/s"
+            f"{name:17s} rerun of the same rows: {rows / rerun_seconds:>9,.0f} rows/s"
             " (every row already there)",
             flush=True,
         )
@@ -200,35 +240,53 @@ def bench(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--short", action="store_true", help="100k rows (CI)")
+    parser.add_argument("--short", action="store_true", help="100k rows, one load each (CI)")
     parser.add_argument("--rows", type=int)
     parser.add_argument("--stores", default="sqlite,postgresql")
+    parser.add_argument(
+        "--shapes", default=",".join(SHAPES), help=f"row shapes, of {', '.join(SHAPES)}"
+    )
     parser.add_argument("--rerun", action="store_true", help="then load the same rows again")
     parser.add_argument("--strict", action="store_true", help="strict loads")
     parser.add_argument(
-        "--repeat", type=int, default=1, help="loads a store (runs on a VM vary by +-20%%)"
+        "--repeat",
+        type=int,
+        help="loads a shape and store, and their median (runs on a VM vary by +-20%%);"
+        " 3, or 1 with --short",
     )
     args = parser.parse_args()
     rows = args.rows or (100_000 if args.short else 1_000_000)
+    repeat = args.repeat or (1 if args.short else 3)
+    shapes = args.shapes.split(",")
+    if not set(shapes) <= set(SHAPES):
+        parser.error(f"--shapes: of {', '.join(SHAPES)}")
     _measure_holds()
+    medians: dict[tuple[str, str], float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "rows.csv")
-        write_rows(path, rows)
-        for store in args.stores.split(","):
-            rates = []
-            for run in range(args.repeat):
-                if store == "sqlite":
-                    url = f"sqlite:///{tmp}/bench-{run}.db"
-                    rates.append(bench("SQLite", url, path, rows, args.rerun, args.strict))
-                else:
-                    url = pg_schema_url("bench_load")
-                    rates.append(bench("PostgreSQL", url, path, rows, args.rerun, args.strict))
-            if args.repeat > 1:
+        for shape in shapes:
+            path = os.path.join(tmp, f"{shape}.csv")
+            write_rows(path, rows, shape)
+            for store in args.stores.split(","):
+                rates = []
+                for run in range(repeat):
+                    if store == "sqlite":
+                        name, url = "SQLite", f"sqlite:///{tmp}/bench-{shape}-{run}.db"
+                    else:
+                        name, url = "PostgreSQL", pg_schema_url("bench_load")
+                    label = f"{name} {shape}"
+                    rates.append(bench(label, url, path, rows, args.rerun, args.strict))
+                medians[store, shape] = statistics.median(rates)
                 print(
-                    f"{store}: median of {args.repeat} loads {statistics.median(rates):,.0f}"
+                    f"{store} {shape}: median of {repeat} loads {medians[store, shape]:,.0f}"
                     f" rows/s (min {min(rates):,.0f}, max {max(rates):,.0f})",
                     flush=True,
                 )
+            os.remove(path)
+    print(f"rows/s, median of {repeat} loads of {rows:,d} rows (ratio to plain rows):")
+    for (store, shape), rate in medians.items():
+        plain = medians.get((store, "plain"))
+        ratio = f" ({rate / plain:.2f})" if plain else ""
+        print(f"  {store:10s} {shape:7s} {rate:>9,.0f}{ratio}", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -57,15 +58,21 @@ class EntryUpsert:
 
 @dataclass
 class PlainSignals:
-    """Entries of one signal each, all of one fixed-length type, named after
-    their signal and saying nothing about labels: a plain hash list, as
-    arrays. Values are unique and sorted (so the name index is written page
-    by page)."""
+    """Entries of one signal each, all of one fixed-length type: a hash list
+    as arrays, a feed's too. Without entry_names each entry is named after
+    its signal ("<kind>:<hex>") and the values are unique and sorted (so the
+    name index is written page by page); with them, the names are unique and
+    sorted. Without labels the rows say nothing about labels."""
 
     kind: str
     media_type: str
     values: np.ndarray  # (n, width) uint8
     qualities: np.ndarray | None = None  # int16, -1 = none; None: no row has one
+    # object arrays of n: each entry's name; its labels as JSON text
+    # (json.dumps(labels, sort_keys=True), the stored form) or None: the row
+    # says nothing (a new entry has none, an existing one keeps its own).
+    entry_names: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.values)
@@ -76,20 +83,68 @@ class PlainSignals:
             self.media_type,
             self.values[part],
             None if self.qualities is None else self.qualities[part],
+            None if self.entry_names is None else self.entry_names[part],
+            None if self.labels is None else self.labels[part],
         )
 
     @property
     def name_prefix(self) -> str:
         return f"{self.kind}:"
 
+    @property
+    def named_after_values(self) -> bool:
+        """Each entry named after its signal and saying nothing about labels:
+        the stores write such rows from the values alone."""
+        return self.entry_names is None and self.labels is None
+
     def names(self) -> list[str]:
-        """The entries' names ("<kind>:<hex>"), as bulk.py names them."""
+        """The entries' names (by default "<kind>:<hex>", as bulk.py names them)."""
+        if self.entry_names is not None:
+            return self.entry_names.tolist()
         return columns.names(self.name_prefix, self.values)
+
+    def stored_labels(self) -> list[str]:
+        """Each new entry's labels as stored: "{}" where the row says nothing."""
+        if self.labels is None:
+            return ["{}"] * len(self)
+        return [text or "{}" for text in self.labels.tolist()]
+
+    def row_labels(self, row: int) -> dict[str, str] | None:
+        """The row's labels (a shared dict: not to be changed), or None."""
+        if self.labels is None or self.labels[row] is None:
+            return None
+        return parsed_labels(self.labels[row])
+
+    def by_labels(self) -> PlainSignals:
+        """The rows grouped by their labels text (stably: in name order
+        within a group), so a store writes each group's labels once."""
+        if self.labels is None:
+            return self
+        order = np.argsort(np.array(self.stored_labels()), kind="stable")
+        return self[order]
+
+    def label_runs(self) -> list[tuple[str, int, int]]:
+        """(stored labels text, start, end) of each run of rows with the same
+        labels, in row order."""
+        texts = self.stored_labels()
+        runs, start = [], 0
+        for row in range(1, len(texts) + 1):
+            if row == len(texts) or texts[row] != texts[start]:
+                runs.append((texts[start], start, row))
+                start = row
+        return runs
 
     def quality(self, row: int) -> int | None:
         if self.qualities is None or self.qualities[row] < 0:
             return None
         return int(self.qualities[row])
+
+
+@lru_cache(maxsize=4096)
+def parsed_labels(text: str) -> dict[str, str]:
+    """Stored labels text -> dict; cached (a feed repeats a few hundred label
+    sets), so callers must not change what they get."""
+    return json.loads(text)
 
 
 @dataclass
@@ -128,6 +183,16 @@ class BulkCounts:
 
 def _signal_key(kind: str, value: bytes, variant: str) -> tuple[str, bytes, str]:
     return kind, bytes(value), variant
+
+
+def _same_labels(stored: str, wanted: str, wanted_labels: dict | None = None) -> bool:
+    """Whether stored labels text says what `wanted` (text, parsed as
+    wanted_labels if given) says; the same text is the common case."""
+    if stored == wanted:
+        return True
+    return parsed_labels(stored) == (
+        parsed_labels(wanted) if wanted_labels is None else wanted_labels
+    )
 
 
 class BulkSQL:
@@ -283,7 +348,7 @@ class BulkSQL:
             changed = False
             if e.labels is not None:
                 labels_json = json.dumps(e.labels, sort_keys=True)
-                if json.loads(labels_text) != e.labels:
+                if not _same_labels(labels_text, labels_json, e.labels):
                     label_updates.append((labels_json, entry_id))
                     changed = True
             have, next_no = known_signals.get(entry_id, (set(), 0))
@@ -327,7 +392,8 @@ class BulkSQL:
         expect_new: bool = False,
         noted: Callable[[AddedSignals], None] | None = None,
     ) -> tuple[BulkCounts, AddedSignals]:
-        """bulk_upsert for a plain hash list, without an object per row: new
+        """bulk_upsert for a hash list of one signal an entry (plain, or a
+        feed's names and labels), without an object per row: new
         names are inserted column-wise, names already in the set go through
         the general path (they may gain the signal). One transaction.
 
@@ -400,7 +466,9 @@ class BulkSQL:
         for row, name in enumerate(names):
             found = existing.get(name)
             if found is not None and (found[0], rows.values[row].tobytes()) in held:
-                there[row] = True
+                # ... and its labels, when the row says what they are
+                wanted = None if rows.labels is None else rows.labels[row]
+                there[row] = wanted is None or _same_labels(found[1], wanted)
         return there, {
             name
             for name, row_there in zip(names, there, strict=True)
@@ -429,7 +497,7 @@ class BulkSQL:
                         EntryUpsert(
                             names[i],
                             [Signal(rows.kind, rows.values[i].tobytes(), rows.quality(i))],
-                            None,
+                            rows.row_labels(i),
                             rows.media_type,
                         )
                         for i in old
@@ -439,6 +507,7 @@ class BulkSQL:
                 keep = np.ones(len(rows), dtype=bool)
                 keep[old] = False
                 rows = rows[keep]
+            rows = rows.by_labels()  # ids follow: a group's rows are consecutive
             first_id = self._new_entry_range(cur, len(rows))
             counts.added = len(rows)
             if len(rows):

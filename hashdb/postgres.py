@@ -6,6 +6,7 @@ import math
 import re
 import time
 from contextlib import contextmanager
+from functools import lru_cache
 from urllib.parse import parse_qs, urlparse
 
 import psycopg
@@ -243,50 +244,55 @@ class PostgresStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
             noted(added)
 
     def _insert_plain(self, cur, set_id, rows: PlainSignals, first_id, at, added_by) -> None:
-        qualities = rows.qualities
-        if qualities is None or qualities.min() >= 0:
+        entries = "entries (id, set_id, name, labels, media_type, created_at, added_by)"
+        if rows.named_after_values:
             # Binary COPY built by numpy: every field of a row has the same
             # length in all rows (names are "<kind>:<hex>", from the values).
+            name_table = columns.name_rows(rows.name_prefix, rows.values)
+            data = columns.entries_copy(first_id, set_id, name_table, rows.media_type, at, added_by)
+            _copy(cur, entries, data, binary=True)
+        else:
+            # COPY text built with joins: a feed's names and labels. Names
+            # hold no control characters; a backslash is COPY's escape.
+            names = rows.names()
+            if any("\\" in name for name in names):
+                names = [_copy_text(name) for name in names]
+            labels = [_copy_labels(text) for text in rows.stored_labels()]
+            tail = f"\t{rows.media_type}\t{at}\t{_copy_text(added_by)}\n"
+            ids = range(first_id, first_id + len(rows))
             _copy(
                 cur,
-                "entries (id, set_id, name, labels, media_type, created_at, added_by)",
-                columns.entries_copy(
-                    first_id,
-                    set_id,
-                    columns.name_rows(rows.name_prefix, rows.values),
-                    rows.media_type,
-                    at,
-                    added_by,
+                entries,
+                "".join(
+                    [
+                        f"{i}\t{set_id}\t{n}\t{labels_text}{tail}"
+                        for i, n, labels_text in zip(ids, names, labels, strict=True)
+                    ]
                 ),
-                binary=True,
             )
+        qualities = rows.qualities
+        signals = "entry_signals (entry_id, variant_no, kind, variant, value, quality)"
+        if qualities is None or qualities.min() >= 0:
             _copy(
                 cur,
-                "entry_signals (entry_id, variant_no, kind, variant, value, quality)",
+                signals,
                 columns.signals_copy(first_id, rows.kind, rows.values, qualities),
                 binary=True,
             )
             return
-        # COPY text built with joins (some rows have a quality, some none).
-        # Names are "<kind>:<hex>"; only added_by may need escaping.
+        # COPY text (some rows have a quality, some none)
         ids = range(first_id, first_id + len(rows))
-        by = _copy_text(added_by)
-        names = rows.names()
-        tail = f"\t{{}}\t{rows.media_type}\t{at}\t{by}\n"
-        _copy(
-            cur,
-            "entries (id, set_id, name, labels, media_type, created_at, added_by)",
-            "".join([f"{i}\t{set_id}\t{n}{tail}" for i, n in zip(ids, names, strict=True)]),
-        )
         kind_variant = f"\t0\t{rows.kind}\toriginal\t\\\\x"
         quality_text = [r"\N" if q < 0 else str(q) for q in qualities.tolist()]
         _copy(
             cur,
-            "entry_signals (entry_id, variant_no, kind, variant, value, quality)",
+            signals,
             "".join(
                 [
-                    f"{i}{kind_variant}{n[len(rows.name_prefix) :]}\t{q}\n"
-                    for i, n, q in zip(ids, names, quality_text, strict=True)
+                    f"{i}{kind_variant}{digits}\t{q}\n"
+                    for i, digits, q in zip(
+                        ids, columns.names("", rows.values), quality_text, strict=True
+                    )
                 ]
             ),
         )
@@ -308,6 +314,13 @@ def _copy_text(value: str) -> str:
     return (
         value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
     )
+
+
+@lru_cache(maxsize=4096)
+def _copy_labels(text: str) -> str:
+    """Labels text in COPY's text format (JSON escapes are backslashes);
+    cached: a feed repeats a few hundred label sets."""
+    return _copy_text(text)
 
 
 def _copy(cur: _Cursor, target: str, data: str | bytes, binary: bool = False) -> None:

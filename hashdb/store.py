@@ -174,8 +174,9 @@ class BulkStore(Protocol):
         expect_new: bool = False,
         noted: Callable[[AddedSignals], None] | None = None,
     ) -> tuple[BulkCounts, AddedSignals]:
-        """bulk_upsert for a plain hash list (one signal an entry, named after
-        it, no labels), column-wise; also returns what it created and tells
+        """bulk_upsert for a hash list of one signal an entry, column-wise:
+        plain (named after the signal, no labels) or a feed's (its names and
+        labels, see PlainSignals); also returns what it created and tells
         `noted` (on PostgreSQL before the commit wakes other threads, see
         hashdb/bulk_sql.py). With expect_new
         the names are not looked up first (same outcome; faster when none is

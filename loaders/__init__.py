@@ -58,13 +58,19 @@ def read(stream: Iterable[str], fmt: str = "auto", source: str = "") -> Iterator
 
 
 def read_blocks(
-    stream: Iterable[str], fmt: str = "auto", source: str = "", block_rows: int = 20_000
+    stream: Iterable[str],
+    fmt: str = "auto",
+    source: str = "",
+    block_rows: int = 20_000,
+    hash_named_block_rows: int | None = None,
 ) -> Iterator[PlainRows | Record | Rejected]:
-    """As read(), but a plain CSV/TSV hash list (type and value columns only)
-    comes in PlainRows blocks of up to block_rows rows."""
+    """As read(), but a CSV/TSV hash list (type and value columns, perhaps
+    entry and labels) comes in PlainRows blocks of up to block_rows rows
+    (hash_named_block_rows: of labelled rows without entries)."""
     fmt, stream = _detected(stream, fmt, source)
     if fmt in ("csv", "tsv"):
-        return delimited.read_blocks(stream, source, "," if fmt == "csv" else "\t", block_rows)
+        delimiter = "," if fmt == "csv" else "\t"
+        return delimited.read_blocks(stream, source, delimiter, block_rows, hash_named_block_rows)
     return read(stream, fmt, source)
 
 

@@ -42,15 +42,18 @@ class Record:
 
 @dataclass(slots=True)
 class PlainRows:
-    """Checked rows of a plain hash list (a type and a value each, nothing
-    else) of one fixed-length type, packed: row k is the Record(signal_type,
-    values[k * width : (k + 1) * width], line=first_line + k) the row-by-row
-    reader would make."""
+    """Checked rows of a hash list of one fixed-length type, a signal each,
+    packed: row k is the Record(signal_type, values[k * width : (k + 1) *
+    width], entries[k], labels[k], line=first_line + k) the row-by-row reader
+    would make. A plain list has neither entries nor labels; with entries,
+    no two rows name the same entry."""
 
     signal_type: str
     values: bytes  # every row's value, joined
     first_line: int
     count: int
+    entries: list[str] | None = None  # "" -> named after the signal
+    labels: list[str] | None = None  # in the wire form of labels_json()
 
     def __len__(self) -> int:
         return self.count
@@ -268,6 +271,13 @@ def record(
 def labels_json(labels: dict[str, str] | None) -> str:
     """The wire form of a record's labels: "" when the row says nothing."""
     return "" if labels is None else json.dumps(labels, sort_keys=True, ensure_ascii=False)
+
+
+@lru_cache(maxsize=4096)
+def labels_cell_json(text: str) -> str:
+    """A labels cell's wire form (labels_json(parse_labels(text))); cached,
+    as a file repeats a few label sets. Raises RowError."""
+    return labels_json(parse_labels(text))
 
 
 def named_rows(

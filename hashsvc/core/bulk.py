@@ -157,7 +157,11 @@ class BulkLoad:
                 self._flush_plain()
             self._pending.append(plain)
             self._pending_rows += len(plain.values)
-            if self._pending_rows >= SORT_ROWS:
+            # A batch of named rows (a feed's) is written as it arrives, as
+            # rows of entries always were: a load that fails keeps what
+            # arrived before, and names repeated in a later batch update
+            # what this one wrote, in order.
+            if plain.names is not None or self._pending_rows >= SORT_ROWS:
                 self._flush_plain()
             return
         self._flush_plain()  # rows are written in the order they came
@@ -258,8 +262,9 @@ class BulkLoad:
                 self._done.wait(FOLLOW_SECONDS)
 
     def _write_plain(self, rows: PlainSignals) -> None:
-        """A plain hash list: column-wise writes; the index takes the new
-        signals as they were written instead of reading them back."""
+        """A hash list of one signal an entry (plain, or a feed's named and
+        labelled rows): column-wise writes; the index takes the new signals
+        as they were written instead of reading them back."""
         start = 0
         while start < len(rows):
             part = rows[start : start + self._write_rows]

@@ -13,6 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from hashdb import columns
 from hashdb.bulk_sql import MAX_SIGNALS_PER_ENTRY, BulkCounts, EntryUpsert, PlainSignals
 from hashsvc.base import validation
 from hashsvc.base.errors import InvalidArgument, quoted
@@ -215,31 +216,36 @@ class EntryGroup:
 
 @dataclass
 class CheckedPlainRows:
-    """A batch's rows as a plain hash list, checked; in row order, repeats
-    included."""
+    """A batch's rows as a hash list of one signal each, checked; in row
+    order. Plain (no names, no labels): repeats included. With names (a
+    feed's ids, or "<kind>:<hex>" when the rows are only labelled): every
+    name unique, so each row is an entry of its own."""
 
     kind: str
     values: np.ndarray  # (n, width) uint8
     qualities: np.ndarray | None  # int16, -1 -> none; None: no row has one
+    names: list[str] | None = None
+    labels: list[str | None] | None = None  # stored JSON text; None: says nothing
+    own_names: bool = False  # every row names its entry (none named after its hash)
 
     @property
-    def kind_key(self) -> tuple[str, bool]:
-        return self.kind, self.qualities is not None
+    def kind_key(self) -> tuple[str, bool, bool, bool]:
+        """Rows of one key are written together, in one run."""
+        return self.kind, self.qualities is not None, self.names is not None, bool(self.labels)
 
 
 def plain_rows(batch: RowBatch | PackedRows) -> CheckedPlainRows | None:
-    """The batch as a plain hash list, checked column-wise: one fixed-length
-    signal type, every value of its length, and no row with an entry,
-    labels, tombstone, variant or position. None when a row needs the
-    row-by-row path (which also reports bad rows)."""
+    """The batch as a hash list of one signal an entry, checked column-wise:
+    one fixed-length signal type, every value of its length, no tombstone,
+    variant or position, and entry names (if any) valid and unique, labels
+    (if any) valid. None when a row needs the row-by-row path (which also
+    reports bad rows)."""
     if isinstance(batch, PackedRows):
         width = SIGNAL_TYPES[batch.kind].nbytes
         values = np.frombuffer(batch.values, dtype=np.uint8).reshape(-1, width)
         return CheckedPlainRows(batch.kind, values, None)
     says_more = (
-        any(batch.entry)
-        or any(batch.labels)
-        or any(batch.deleted)
+        any(batch.deleted)
         or not set(batch.variant) <= {"", "original"}
         or not all(map(math.isnan, batch.position))
     )
@@ -261,15 +267,64 @@ def plain_rows(batch: RowBatch | PackedRows) -> CheckedPlainRows | None:
         return None
     values = np.frombuffer(b"".join(batch.value), dtype=np.uint8).reshape(-1, sig_type.nbytes)
     qualities = np.asarray(batch.quality, dtype=np.int16) if batch.quality else None
-    return CheckedPlainRows(kind, values, qualities)
+    labels = None
+    if any(batch.labels):
+        labels = _stored_labels(batch.labels)
+        if labels is None:
+            return None
+    names = None
+    if any(batch.entry) or labels is not None:
+        names = _entry_names(kind, batch.entry, values)
+        if names is None:
+            return None
+    own_names = bool(batch.entry) and all(batch.entry)
+    return CheckedPlainRows(kind, values, qualities, names, labels, own_names)
+
+
+def _entry_names(kind: str, entries: Sequence[str], values: np.ndarray) -> list[str] | None:
+    """Each row's entry name (its own, or "<kind>:<hex>"), when all are valid
+    and no two rows name the same entry; else None."""
+    if entries and all(entries):
+        names = list(entries)
+        if not validation.entry_names_valid(names):
+            return None
+    else:
+        own = [name for name in entries if name]
+        if own and not validation.entry_names_valid(own):
+            return None
+        derived = columns.names(f"{kind}:", values)
+        names = (
+            [name or after for name, after in zip(entries, derived, strict=True)]
+            if own
+            else derived
+        )
+    if len(set(names)) != len(names):
+        return None  # an entry of several rows (signals, labels merged): row by row
+    return names
+
+
+def _stored_labels(texts: Sequence[str]) -> list[str | None] | None:
+    """Each row's labels as stored (checked and canonical JSON text, each
+    distinct text checked once), None where a row says nothing; None when
+    one is invalid."""
+    stored: dict[str, str | None] = {"": None}
+    for text in set(texts):
+        if text not in stored:
+            try:
+                stored[text] = json.dumps(checked_row_labels(text), sort_keys=True)
+            except RowError:
+                return None
+    return [stored[text] for text in texts]
 
 
 def sorted_plain(parts: Sequence[CheckedPlainRows]) -> PlainSignals:
-    """Plain rows of one kind as entries: one a value (its first row wins,
-    as in the row-by-row path), named after it, in name (= value) order, so
-    the store's name index is written page by page. All in numpy, which
-    lets other threads run meanwhile (sorted() held the GIL, and so every
-    Match, for 250 ms a run)."""
+    """Rows of one kind_key as entries in name order, so the store's name
+    index is written page by page. Plain rows: one entry a value (its first
+    row wins, as in the row-by-row path), named after it. All in numpy,
+    which lets other threads run meanwhile (sorted() held the GIL, and so
+    every Match, for 250 ms a run)."""
+    if parts[0].names is not None:
+        return _sorted_named(parts)
     kind = parts[0].kind
     rows = np.concatenate([p.values for p in parts]) if len(parts) > 1 else parts[0].values
     width = rows.shape[1]
@@ -288,3 +343,41 @@ def sorted_plain(parts: Sequence[CheckedPlainRows]) -> PlainSignals:
     if parts[0].qualities is not None:
         qualities = np.concatenate([p.qualities for p in parts])[keep]
     return PlainSignals(kind, SINGLE_MEDIA_TYPE.get(kind, HASH), rows[keep], qualities)
+
+
+# Named rows are sorted by the first bytes of their names: the order only
+# makes the name index's writes local, and a fixed width keeps it in numpy.
+_NAME_SORT_BYTES = 48
+
+
+def _sorted_named(parts: Sequence[CheckedPlainRows]) -> PlainSignals:
+    """Named rows (names unique across the parts: one batch, see BulkLoad._load)."""
+    kind = parts[0].kind
+    rows = np.concatenate([p.values for p in parts]) if len(parts) > 1 else parts[0].values
+    names = np.array([name for p in parts for name in p.names], dtype=object)
+    keys = np.array(
+        [name.encode()[:_NAME_SORT_BYTES] for name in names.tolist()],
+        dtype=f"S{_NAME_SORT_BYTES}",
+    )
+    labels = None
+    if parts[0].labels:
+        labels = np.array([text for p in parts for text in p.labels], dtype=object)
+    if labels is not None and all(p.own_names for p in parts):
+        # A feed's ids, by label set and then by id: each short write holds
+        # a few label sets, whose rows the store writes a set at a time (at
+        # 300 sets a batch, by id alone, it bound them row by row: 2x the
+        # time). Ids are mostly the feed's own sequence, so a write's ids
+        # still lie close together in the name index. Ids named after
+        # hashes lie all over it: those keep name order.
+        codes = {text: code for code, text in enumerate(sorted(set(labels.tolist()), key=str))}
+        order = np.lexsort((keys, np.fromiter(map(codes.__getitem__, labels.tolist()), np.int64)))
+    else:
+        order = np.argsort(keys, kind="stable")
+    if labels is not None:
+        labels = labels[order]
+    qualities = None
+    if parts[0].qualities is not None:
+        qualities = np.concatenate([p.qualities for p in parts])[order]
+    return PlainSignals(
+        kind, SINGLE_MEDIA_TYPE.get(kind, HASH), rows[order], qualities, names[order], labels
+    )

@@ -1,0 +1,279 @@
+"""A feed's rows (a source id and the source's labels on every row) load
+column-wise on both stores, and say exactly what the row-by-row path says:
+labels kept as given, one entry a name, a reload unchanged or updated as
+before, bad rows rejected with their line and the same reason, an entry of
+several rows across a block boundary kept whole, and what loads matches at
+once and exports back the same."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+import loaders
+from hashdb import open_store
+from hashsvc.api.bulk_pb import rows_from_pb
+from hashsvc.client import cli_bulk
+from hashsvc.core.bulk import RowBatch, load
+from hashsvc.core.bulk_rows import plain_rows
+from hashsvc.index.live import LiveIndex
+from tests.test_round_trip import _contents, run  # noqa: F401 (a fixture)
+
+LABEL_SETS = [
+    {"source": "gifct", "entity": "isis", "content_type": "video"},
+    {"source": "tcap", "ideology": "Islamist; Salafi", "file_type": " mp4 "},
+    {"source": "te", "path": "C:\\x\\;y", "nbsp": "Al\u00a0Qaeda", "quote": 'say "x"'},
+    {},
+]
+
+
+def _value(row: int) -> str:
+    return f"{row:064x}"
+
+
+def _csv(rows: list[tuple[str, str, dict | str]]) -> str:
+    """signal_type,signal_value,entry,labels with labels as JSON cells."""
+    out = io.StringIO()
+    cells = [
+        ["pdq", value, entry, labels if isinstance(labels, str) else json.dumps(labels)]
+        for value, entry, labels in rows
+    ]
+    loaders.records.write_csv(out, ["signal_type", "signal_value", "entry", "labels"], cells)
+    return out.getvalue()
+
+
+def _feed(count: int, prefix: str = "gifct:") -> list[tuple[str, str, dict]]:
+    return [(_value(row + 1), f"{prefix}{row}", LABEL_SETS[row % 4]) for row in range(count)]
+
+
+@pytest.fixture
+def store_and_index(store_url):
+    store = open_store(store_url)
+    live = LiveIndex(store, store)
+    live.load()
+    yield store, live
+    store.close()
+
+
+def _load_as_client(store, live, set_id: int, text: str, monkeypatch, block_rows: int = 7):
+    """Through the client's reader (small blocks: many of them) and the wire
+    form, as `hashsvc load` sends a file; client rejections added."""
+    path = io.StringIO(text)
+    monkeypatch.setattr(cli_bulk, "BATCH_ROWS", block_rows)
+    monkeypatch.setattr(cli_bulk, "_sources", lambda paths: iter([("feed.csv", path)]))
+    rejected = cli_bulk.RejectedRows()
+    messages = list(
+        cli_bulk.read_rows(["feed.csv"], "csv", cli_bulk.LoadProgress(None, False), rejected)
+    )
+    result = load(store, live, set_id, "op", [rows_from_pb(m) for m in messages])
+    return result, rejected.kept, messages
+
+
+def _load_row_by_row(store, live, set_id: int, text: str):
+    items = list(loaders.read(io.StringIO(text), "csv", "feed.csv"))
+    records = [i for i in items if isinstance(i, loaders.Record)]
+    return load(store, live, set_id, "op", [RowBatch.from_records(records, "feed.csv")])
+
+
+def _entries(store, set_id: int) -> dict[str, tuple[dict, list[tuple[str, bytes]]]]:
+    out = {}
+    for entry in store.list_entries(set_id, 0, 100_000):
+        out[entry.name] = (entry.labels, sorted((s.kind, s.value) for s in entry.signals))
+    return out
+
+
+def test_a_feed_loads_column_wise_with_its_names_and_labels(store_and_index, monkeypatch):
+    store, live = store_and_index
+    hash_set = store.create_set("feed", "", {}, {})
+    text = _csv(_feed(40))
+    result, rejected, messages = _load_as_client(store, live, hash_set.id, text, monkeypatch)
+    assert (result.added, result.rejected_count, rejected) == (40, 0, [])
+    # every batch took the column-wise path, none row by row
+    assert all(plain_rows(rows_from_pb(m)) is not None for m in messages)
+    entries = _entries(store, hash_set.id)
+    assert entries == {
+        f"gifct:{row}": (LABEL_SETS[row % 4], [("pdq", bytes.fromhex(_value(row + 1)))])
+        for row in range(40)
+    }
+    hits = live.indexes["pdq"].search([bytes.fromhex(_value(13))], 0)[0]
+    assert {sid >> 20 for sid, _ in hits} == {store.get_entry(hash_set.id, "gifct:12").id}
+
+    again, _, _ = _load_as_client(store, live, hash_set.id, text, monkeypatch)
+    assert (again.added, again.updated, again.unchanged) == (0, 0, 40)
+
+    # the partner relabels one entry and gives another a second hash
+    feed = _feed(40)
+    feed[5] = (feed[5][0], feed[5][1], {"source": "gifct", "entity": "aq"})
+    feed[6] = ("e" * 64, feed[6][1], feed[6][2])
+    changed, _, _ = _load_as_client(store, live, hash_set.id, _csv(feed), monkeypatch)
+    assert (changed.added, changed.updated, changed.unchanged) == (0, 2, 38)
+    entries = _entries(store, hash_set.id)
+    assert entries["gifct:5"][0] == {"source": "gifct", "entity": "aq"}
+    assert len(entries["gifct:6"][1]) == 2 and len(entries) == 40
+
+
+@pytest.mark.parametrize("count,label_sets", [(2_000, 4), (5_000, 5_000)])
+def test_many_rows_a_label_set_or_a_set_a_row(store_and_index, monkeypatch, count, label_sets):
+    """Large batches: a few label sets shared by many rows (written a set at
+    a time) and a set for every row, as a feed that puts its own id in the
+    labels sends (more sets than any cache holds): each kept exactly."""
+    store, live = store_and_index
+    hash_set = store.create_set("many", "", {}, {})
+    rows = [
+        (_value(row + 1), f"te:{row}", {"source": "te", "n": str(row % label_sets)})
+        for row in range(count)
+    ]
+    result, _, messages = _load_as_client(
+        store, live, hash_set.id, _csv(rows), monkeypatch, block_rows=1_000
+    )
+    assert (result.added, result.rejected_count) == (count, 0)
+    assert all(plain_rows(rows_from_pb(m)) is not None for m in messages)
+    assert _entries(store, hash_set.id) == {
+        name: (labels, [("pdq", bytes.fromhex(value))]) for value, name, labels in rows
+    }
+
+
+def test_labelled_rows_without_names_and_empty_cells(store_and_index, monkeypatch):
+    """Rows named after their hash, and a labels cell left empty (no labels)
+    or a row without an entry among named ones."""
+    store, live = store_and_index
+    hash_set = store.create_set("mixed", "", {}, {})
+    rows = [
+        (_value(row + 1), "" if row % 3 else f"id-{row}", LABEL_SETS[row % 4]) for row in range(20)
+    ]
+    rows.append((_value(99), "", ""))
+    text = _csv(rows)
+    fast, _, _ = _load_as_client(store, live, hash_set.id, text, monkeypatch)
+    other = store.create_set("mixed-row-by-row", "", {}, {})
+    slow = _load_row_by_row(store, live, other.id, text)
+    assert (fast.added, fast.rejected_count) == (slow.added, slow.rejected_count) == (21, 0)
+    assert _entries(store, hash_set.id) == _entries(store, other.id)
+    assert _entries(store, hash_set.id)[f"pdq:{_value(99)}"][0] == {}
+
+
+def test_an_entry_of_several_rows_across_blocks_stays_whole(store_and_index, monkeypatch):
+    store, live = store_and_index
+    rows = _feed(12)
+    # rows 6, 7, 8 (the end of the first block of 7 and the next) are one entry
+    rows[6] = (rows[6][0], "video-1", {"group": "a", "outlet": "x"})
+    rows[7] = (rows[7][0], "video-1", {"group": "b"})
+    rows[8] = (rows[8][0], "video-1", {"group": "b"})
+    rows[10] = (rows[10][0], "gifct:3", LABEL_SETS[0])  # a name again, later on
+    text = _csv(rows)
+    fast_set = store.create_set("fast", "", {}, {})
+    fast, _, _ = _load_as_client(store, live, fast_set.id, text, monkeypatch)
+    slow_set = store.create_set("slow", "", {}, {})
+    slow = _load_row_by_row(store, live, slow_set.id, text)
+    assert (fast.added, fast.rejected_count) == (slow.added, 0)
+    assert _entries(store, fast_set.id) == _entries(store, slow_set.id)
+    labels, signals = _entries(store, fast_set.id)["video-1"]
+    assert labels == {"group": "b", "outlet": "x"} and len(signals) == 3
+    assert len(_entries(store, fast_set.id)["gifct:3"][1]) == 2
+
+
+BAD_ROWS = [
+    ("{not json", "not a JSON object"),
+    ('{"group": 1}', "not a JSON object of strings"),
+    ('{"1bad": "x"}', "invalid label key"),
+    ('{"group": "a\\u0007"}', "no control characters"),
+    (json.dumps({f"k{n}": "v" for n in range(33)}), "at most 32 labels"),
+]
+
+
+@pytest.mark.parametrize("cell,reason", BAD_ROWS)
+def test_bad_labels_are_rejected_with_their_line(store_and_index, monkeypatch, cell, reason):
+    """The client rejects them as its row-by-row reader does; the server,
+    sent them anyway, rejects the same rows with the same reasons."""
+    store, live = store_and_index
+    rows = _feed(15)
+    rows[9] = (rows[9][0], rows[9][1], cell)
+    text = _csv(rows)
+    hash_set = store.create_set("bad", "", {}, {})
+    result, rejected, _ = _load_as_client(store, live, hash_set.id, text, monkeypatch)
+    expected = [
+        r
+        for r in loaders.read(io.StringIO(text), "csv", "feed.csv")
+        if isinstance(r, loaders.Rejected)
+    ]
+    assert rejected == expected and [r.line for r in rejected] == [11]
+    assert reason in rejected[0].reason and result.added == 14
+
+    # a client that sends the bad row: the server's own checks
+    raw = RowBatch(
+        signal_type=["pdq"] * 15,
+        value=[bytes.fromhex(v) for v, _, _ in rows],
+        line=list(range(2, 17)),
+        entry=[f"x{n}" for n in range(15)],
+        labels=[c if isinstance(c, str) else json.dumps(c) for _, _, c in rows],
+        source="feed.csv",
+    )
+    other = store.create_set("bad-server", "", {}, {})
+    result = load(store, live, other.id, "op", [raw])
+    assert result.added == 14 and [(r.line, reason in r.reason) for r in result.rejected] == [
+        (11, True)
+    ]
+
+
+@pytest.mark.parametrize(
+    "entry,reason",
+    [("a\tb", "no control characters"), ("x" * 513, "1-512 characters")],
+)
+def test_bad_names_are_rejected_with_their_line(store_and_index, monkeypatch, entry, reason):
+    store, live = store_and_index
+    rows = _feed(10)
+    rows[4] = (rows[4][0], entry, rows[4][2])
+    hash_set = store.create_set("bad-name", "", {}, {})
+    raw = RowBatch(
+        signal_type=["pdq"] * 10,
+        value=[bytes.fromhex(v) for v, _, _ in rows],
+        line=list(range(2, 12)),
+        entry=[e for _, e, _ in rows],
+        labels=[json.dumps(c) for _, _, c in rows],
+    )
+    assert plain_rows(raw) is None  # the row-by-row path, which names the row
+    result = load(store, live, hash_set.id, "op", [raw])
+    assert result.added == 9 and [r.line for r in result.rejected] == [6]
+    assert reason in result.rejected[0].reason
+
+
+def test_a_repeated_name_in_a_batch_is_one_entry_as_before(store_and_index):
+    """Two rows of one name in one batch (a tampered or careless feed) are
+    one entry with both signals and the labels merged, not two entries."""
+    store, live = store_and_index
+    hash_set = store.create_set("repeat", "", {}, {})
+    batch = RowBatch(
+        signal_type=["pdq", "pdq", "pdq"],
+        value=[bytes.fromhex(_value(n)) for n in (1, 2, 3)],
+        line=[2, 3, 4],
+        entry=["same", "same", "other"],
+        labels=['{"a": "1"}', '{"b": "2"}', "{}"],
+    )
+    assert plain_rows(batch) is None
+    result = load(store, live, hash_set.id, "op", [batch])
+    assert result.added == 2
+    assert _entries(store, hash_set.id)["same"][0] == {"a": "1", "b": "2"}
+    assert store.get_set_by_id(hash_set.id).entry_count == 2
+
+
+def test_a_feed_round_trips_through_the_cli(run, tmp_path):  # noqa: F811 (the fixture)
+    feed = tmp_path / "feed.csv"
+    feed.write_text(_csv(_feed(30)), encoding="utf-8")
+    run("sets", "create", "feed")
+    summary = json.loads(run("load", "--set", "feed", "--json", "--quiet", str(feed)))
+    assert (summary["added"], summary["rejected"]) == (30, 0)
+    want = _contents(run, "feed")
+    assert (
+        "gifct:2",
+        "pdq",
+        _value(3),
+        "original",
+        json.dumps(LABEL_SETS[2], sort_keys=True),
+    ) in want
+    exported = tmp_path / "export.csv"
+    exported.write_text(run("export", "--set", "feed", "--format", "csv"), encoding="utf-8")
+    run("sets", "create", "copy")
+    summary = json.loads(run("load", "--set", "copy", "--json", "--quiet", str(exported)))
+    assert (summary["added"], summary["rejected"]) == (30, 0)
+    assert _contents(run, "copy") == want
