@@ -429,6 +429,10 @@ class Feeds:
         for start in range(0, len(columns["value"]), step):
             part = {key: values[start : start + step] for key, values in columns.items()}
             run.add_batch(RowBatch(**part, source=f"exchange:{feed.name}"))
+        # the bulk path writes named batches on its writer thread: the page's
+        # rows are committed (and counted) before its checkpoint is, so a crash
+        # between the two replays the page instead of skipping it
+        run.wait_for_writer()
         # updated: the bulk path's count (labels changed); added and deleted
         # are counted by the store with the checkpoint (see commit_feed_page)
         counts.updated = run.result.counts.updated - before[0]
