@@ -189,3 +189,32 @@ def test_grpc_threads_run_faiss_on_one_openmp_thread(harness, matcher, monkeypat
     stub, md = matcher
     stub.matcher.Match(match_request(encode_image(bridge(), "JPEG")), metadata=md)
     assert seen == [1]
+
+
+def test_describing_only_the_kept_keypoints_gives_the_blobs_describing_all_gave():
+    """extract() describes the 500 keypoints it keeps, not the 1,500 detected: known
+    pictures' stored blobs must stay what detectAndCompute made (same bytes)."""
+    import cv2
+
+    from hashsvc.media.local_features import DEFAULT_LIMITS, _balanced, _detector, _grey, encode
+    from hashsvc_testing.image_media import PHOTOS, photo
+
+    def described_all(img: Image.Image) -> LocalFeatures:
+        grey = _grey(img, DEFAULT_LIMITS.max_side)
+        keypoints, descriptors = _detector(DEFAULT_LIMITS).detectAndCompute(grey, None)
+        points = cv2.KeyPoint_convert(keypoints).astype(np.float32)
+        response = np.array([k.response for k in keypoints])
+        order = _balanced(points, response, grey.shape[1], grey.shape[0], DEFAULT_LIMITS)
+        return LocalFeatures(grey.shape[1], grey.shape[0], points[order], descriptors[order])
+
+    rng = np.random.default_rng(3)
+    checked = 0
+    for n in range(len(PHOTOS)):
+        img = photo(n)
+        for variant in (img, jpeg(rotate(img, rng, 10)), img.resize((1400, 1000))):
+            found = extract(variant)
+            if found is None:
+                continue
+            assert encode(found) == encode(described_all(variant))
+            checked += 1
+    assert checked >= 20
