@@ -284,8 +284,9 @@ CONTENT_RUNS = {"content": 0.0, "content_wide": 0.08}
 def _content_views(small: np.ndarray, gray: np.ndarray, hasher=pdq_hash) -> list[Signal]:
     boxes: list[regions.Box] = []
     signals = []
-    for name, run in CONTENT_RUNS.items():
-        box = _box_or_none(regions.content_box(gray, run))
+    found = regions.content_boxes(gray, tuple(CONTENT_RUNS.values()))
+    for name, content in zip(CONTENT_RUNS, found, strict=True):
+        box = _box_or_none(content)
         if box and box not in boxes:
             boxes.append(box)
             signals.append(_pdq_signal(regions.cut(small, box), name, hasher))
