@@ -327,9 +327,11 @@ def picture_signals(
     def local() -> list[Signal]:
         if part not in (None, 1):
             return []  # one half of a split query carries them (the regions' half)
-        found = local_feature_signals(rgb)
+        # ORB and the tiles both read the grey picture: converted once
+        grey = np.asarray(Image.fromarray(rgb).convert("L"))
+        found = local_feature_signals(grey)
         if for_query:  # the pictures inside an upload (a collage tile, a feed)
-            found += region_signals(rgb, data, limits)
+            found += region_signals(rgb, data, limits, grey)
         return found
 
     pending = _in_background(local) if limits.local_features_thread else None
@@ -361,7 +363,9 @@ def local_feature_signals(
 ) -> list[Signal]:
     """The picture's local_features signal, or none when it has too few
     distinctive, well-spread keypoints to be evidence. `variant` and
-    `position` say where it was taken, as for PDQ (a video frame, a page)."""
+    `position` say where it was taken, as for PDQ (a video frame, a page).
+    `rgb` may be the picture in grey already (H x W): keypoints are found
+    on the grey picture either way."""
     found = local_features.extract(Image.fromarray(rgb), limits)
     if found is None:
         return []
@@ -405,14 +409,19 @@ def hash_query(data: bytes, limits: ImageLimits, part: int | None = None) -> lis
 
 
 def region_signals(
-    rgb: np.ndarray, data: bytes | None = None, limits: ImageLimits | None = None
+    rgb: np.ndarray,
+    data: bytes | None = None,
+    limits: ImageLimits | None = None,
+    grey: np.ndarray | None = None,
 ) -> list[Signal]:
     """local_features signals of the pictures inside an upload (a collage
     tile, a picture in a feed screenshot: hashsvc/media/local_regions.py).
     Tiles are found on `rgb` as decoded for the upload's other signals, and
     cut from the upload decoded again at TILE_DECODE_SIDE when `rgb` is a
     reduced JPEG decode (`data`, `limits`) and the upload has tiles."""
-    boxes = local_regions.tiles(np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.float32))
+    if grey is None:  # `rgb` in grey, when the caller has it
+        grey = np.asarray(Image.fromarray(rgb).convert("L"))
+    boxes = local_regions.tiles(np.asarray(grey, dtype=np.float32))
     if not boxes:
         return []
     full = rgb
