@@ -325,8 +325,6 @@ def picture_signals(
     rgb = decode_rgb(data, limits, at_least=QUERY_DECODE_SIDE if for_query else 0)
 
     def local() -> list[Signal]:
-        if part not in (None, 1):
-            return []  # one half of a split query carries them (the regions' half)
         # ORB and the tiles both read the grey picture: converted once
         grey = np.asarray(Image.fromarray(rgb).convert("L"))
         found = local_feature_signals(grey)
@@ -334,6 +332,8 @@ def picture_signals(
             found += region_signals(rgb, data, limits, grey)
         return found
 
+    if part not in (None, 1):  # one half of a split query carries them (the regions' half)
+        return upload_views(rgb, part)
     pending = _in_background(local) if limits.local_features_thread else None
     views = upload_views(rgb, part) if for_query else known_views(rgb)
     return [*views, *(pending.result() if pending is not None else local())]
