@@ -189,3 +189,98 @@ def test_grpc_threads_run_faiss_on_one_openmp_thread(harness, matcher, monkeypat
     stub, md = matcher
     stub.matcher.Match(match_request(encode_image(bridge(), "JPEG")), metadata=md)
     assert seen == [1]
+
+
+def test_describing_only_the_kept_keypoints_gives_the_blobs_describing_all_gave():
+    """extract() describes the 500 keypoints it keeps, not the 1,500 detected: known
+    pictures' stored blobs must stay what detectAndCompute made (same bytes)."""
+    import cv2
+
+    from hashsvc.media.local_features import DEFAULT_LIMITS, _balanced, _detector, _grey, encode
+    from hashsvc_testing.image_media import PHOTOS, photo
+
+    def described_all(img: Image.Image) -> LocalFeatures:
+        grey = _grey(img, DEFAULT_LIMITS.max_side)
+        keypoints, descriptors = _detector(DEFAULT_LIMITS).detectAndCompute(grey, None)
+        points = cv2.KeyPoint_convert(keypoints).astype(np.float32)
+        response = np.array([k.response for k in keypoints])
+        order = _balanced(points, response, grey.shape[1], grey.shape[0], DEFAULT_LIMITS)
+        return LocalFeatures(grey.shape[1], grey.shape[0], points[order], descriptors[order])
+
+    rng = np.random.default_rng(3)
+    checked = 0
+    for n in range(len(PHOTOS)):
+        img = photo(n)
+        for variant in (img, jpeg(rotate(img, rng, 10)), img.resize((1400, 1000))):
+            found = extract(variant)
+            if found is None:
+                continue
+            assert encode(found) == encode(described_all(variant))
+            checked += 1
+    assert checked >= 20
+
+
+def test_votes_added_in_place_give_the_scores_gathering_gave():
+    """The feature index adds each posting's weight straight into the scores (compiled): the
+    candidates and scores must be those of gathering the postings and np.add.at, over several
+    segments and the tail, with a removed picture among them."""
+    from hashsvc.index import local_features as feature_index
+    from hashsvc.index.local_features import FeatureIndex, _top
+    from hashsvc_testing.descriptors import word_draws
+
+    index = FeatureIndex()
+    rng = np.random.default_rng(7)
+    per = index.words_per_picture
+    first = 0
+    for count in (400, 400, 400, 50):  # > TAIL_POSTINGS postings, then a few: segments, a tail
+        words = word_draws(index.vocabulary, rng, count * per).reshape(count, per)
+        index.add_words(list(range(first, first + count)), list(words))
+        first += count
+    index.remove([5])
+    view = index._view
+    assert len(view.segments) >= 1 and view.tail_len > 0
+    query = np.unique(word_draws(index.vocabulary, rng, 500))
+
+    def gathered(words: np.ndarray, idf: np.ndarray) -> np.ndarray:
+        scores = np.zeros(view.n_slots, np.float32)
+        parts = []
+        for segment in view.segments:
+            starts, ends = segment.starts[words], segment.starts[words + 1]
+            for word_slots, weight in zip(
+                [segment.slots[a:b] for a, b in zip(starts, ends, strict=True)], idf, strict=True
+            ):
+                parts.append((word_slots, np.full(len(word_slots), weight, np.float32)))
+        weight_of_word = np.zeros(index.vocabulary.n_words, np.float32)
+        weight_of_word[words] = idf
+        tail_weights = weight_of_word[view.tail_words[: view.tail_len]]
+        hit = tail_weights > 0
+        parts.append((view.tail_slots[: view.tail_len][hit], tail_weights[hit]))
+        np.add.at(
+            scores, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        )
+        return scores * view.norms[: view.n_slots]
+
+    recorded = {}
+    real_top = feature_index._top
+
+    def recording_top(scores, k):
+        recorded["scores"] = scores.copy()
+        return real_top(scores, k)
+
+    feature_index._top = recording_top
+    try:
+        found = index.search_words([query], 20)[0]
+    finally:
+        feature_index._top = real_top
+    assert found and all(sid != 5 for sid, _ in found)
+    # the words and weights the search used, recomputed as it does
+    n_alive = len(index._slot_of)
+    freq = np.bincount(view.tail_words[: view.tail_len], minlength=index.vocabulary.n_words)
+    freq = freq[query] + sum(s.starts[query + 1] - s.starts[query] for s in view.segments)
+    useful = (freq > 0) & (
+        freq <= max(feature_index.MIN_SKIPPED_WORD_POSTINGS, index.max_word_share * n_alive)
+    )
+    words, freq = query[useful], freq[useful]
+    idf = np.log((n_alive + 1) / np.minimum(freq, n_alive)).astype(np.float32)
+    assert np.array_equal(recorded["scores"], gathered(words, idf))
+    assert _top(recorded["scores"], 20).tolist() == real_top(gathered(words, idf), 20).tolist()

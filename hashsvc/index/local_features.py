@@ -398,20 +398,16 @@ class FeatureIndex:
         # removed pictures' postings are still counted: a word cannot be in more pictures
         # than are alive (else a picture known twice, one removed, weighed nothing: idf 0)
         idf = np.log((n_alive + 1) / np.minimum(freq, n_alive)).astype(np.float32)
-        gathered = [segment.gather(words, idf) for segment in view.segments]
+        n = view.n_slots
+        scores = np.zeros(n, np.float32)  # float32 in place: cheaper than a float64 bincount
+        for segment in view.segments:
+            segment.vote(words, idf, scores)
         if view.tail_len:
             weight_of_word = np.zeros(self.vocabulary.n_words, np.float32)
             weight_of_word[words] = idf
             tail_weights = weight_of_word[tail_words]
             hit = tail_weights > 0
-            gathered.append((view.tail_slots[: view.tail_len][hit], tail_weights[hit]))
-        slots = np.concatenate([g[0] for g in gathered])
-        if not len(slots):
-            return []
-        weights = np.concatenate([g[1] for g in gathered])
-        n = view.n_slots
-        scores = np.zeros(n, np.float32)
-        np.add.at(scores, slots, weights)  # float32 in place: cheaper than a float64 bincount
+            np.add.at(scores, view.tail_slots[: view.tail_len][hit], tail_weights[hit])
         scores *= view.norms[:n]  # a removed picture's norm is 0
         best = _top(scores, top_k)
         scale = 1.0 / math.sqrt(float(idf.sum()))

@@ -4,6 +4,7 @@ so that their temporaries stay small beside the postings at millions of pictures
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 # Postings a merge handles at once (bounds its temporaries to ~32 bytes each).
@@ -47,16 +48,12 @@ class WordPostings:
             blocks.append((first, end, np.repeat(np.arange(first, end, dtype=np.int64), lengths)))
         return blocks
 
-    def gather(self, words: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The slots filed under `words` (unique), each with its word's weight."""
-        starts = self.starts[words]
-        lengths = self.starts[words + 1] - starts
-        total = int(lengths.sum())
-        if not total:
-            return np.zeros(0, np.uint32), np.zeros(0, np.float32)
-        ends = np.cumsum(lengths)
-        positions = np.arange(total, dtype=np.int64) + np.repeat(starts - ends + lengths, lengths)
-        return self.slots[positions], np.repeat(weights, lengths)
+    def vote(self, words: np.ndarray, weights: np.ndarray, scores: np.ndarray) -> None:
+        """scores[slot] += the word's weight for every slot filed under `words` (unique), in
+        place (compiled): what gathering the slots and np.add.at did, in the same order (the
+        same float32 sums), without the gathered arrays: a query's votes at 100k pictures
+        took ~1.8 ms, now ~0.4 (tests/test_local_cost.py)."""
+        _vote(self.starts, self.slots, words, weights, scores)
 
     def merged(self, other: WordPostings, keep: np.ndarray | None = None) -> WordPostings:
         """Both segments' postings in one (a linear merge: both are sorted by word), without the
@@ -88,3 +85,17 @@ class WordPostings:
         if renumber is not None:
             slots = renumber[slots]
         return WordPostings(starts, slots)
+
+
+@numba.njit(nogil=True, cache=True)
+def _vote(
+    starts: np.ndarray,
+    slots: np.ndarray,
+    words: np.ndarray,
+    weights: np.ndarray,
+    scores: np.ndarray,
+) -> None:
+    for i in range(len(words)):
+        weight = weights[i]
+        for p in range(starts[words[i]], starts[words[i] + 1]):
+            scores[slots[p]] += weight

@@ -88,17 +88,8 @@ def _hash_media(
 
         data = source.read() if isinstance(source, SpooledMedia) else source
         if not image.is_animated_gif(data):
-            rgb = image.decode_rgb(
-                data, limits.image, at_least=image.QUERY_DECODE_SIDE if for_query else 0
-            )
-            views = image.upload_views(rgb, part) if for_query else image.known_views(rgb)
-            # one half of a split query carries them (the regions' half)
-            local = []
-            if part in (None, 1):
-                local = image.local_feature_signals(rgb)
-                if for_query:  # windows of an upload (a collage tile, a feed)
-                    local += image.region_signals(rgb, data, limits.image)
-            return Hashed(media_kinds.IMAGE, [*exact, *views, *local])
+            signals = image.picture_signals(data, limits.image, for_query, part)
+            return Hashed(media_kinds.IMAGE, [*exact, *signals])
         kind = sniff.AV
     path_or_bytes = source.path if isinstance(source, SpooledMedia) else source
     if kind == sniff.PDF:

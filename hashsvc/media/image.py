@@ -28,7 +28,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import threading
 import warnings
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pdqhash
@@ -36,7 +40,7 @@ from PIL import Image, UnidentifiedImageError
 
 from hashsvc.base.errors import CorruptMedia, InvalidArgument, TooLarge, UnsupportedMedia
 from hashsvc.base.signals import LOCAL_FEATURES, Signal
-from hashsvc.media import local_features, local_regions, regions
+from hashsvc.media import local_features, local_regions, pdq_luma, regions
 from hashsvc.media.limits import ImageLimits
 
 FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
@@ -59,6 +63,11 @@ QUERY_DECODE_SIDE = 320
 # 1080 px collage decoded at 540 was found in 0.13 of uploads at review, at
 # full size in 0.84 (bench/robustness.py). Only uploads with tiles pay for it.
 TILE_DECODE_SIDE = 1024
+# ... unless every tile is at least this long on its long side in the upload
+# as decoded for its other signals: 3/4 of the extraction's max_side, as a
+# 1024x768 upload's own features (decoded at 512x384). Measured by
+# bench/robustness.py: recall of collages, feeds and captioned crops unchanged.
+TILE_CUT_MIN_SIDE = 480
 # Crops a re-upload may have made, as (keep share, vertical anchor, horizontal anchor).
 KNOWN_CROPS = [(0.95, ay, ax) for ay in (0.0, 0.5, 1.0) for ax in (0.0, 0.5, 1.0)]
 # Crops anchored in each corner that leave out the opposite corner's logo area.
@@ -195,8 +204,12 @@ def pdq_hash(rgb: np.ndarray) -> tuple[bytes, int]:
     return _pack(bits), int(quality)
 
 
-def _pdq_signal(rgb: np.ndarray, variant: str) -> Signal:
-    value, quality = pdq_hash(rgb)
+def _pdq_signal(
+    view: np.ndarray, variant: str, hasher: Callable[[np.ndarray], tuple[bytes, int]] = pdq_hash
+) -> Signal:
+    """PDQ of an RGB view (pdq_hash), or of a luma view (hasher=pdq_luma.pdq:
+    an upload's views, see query_views)."""
+    value, quality = hasher(view)
     return Signal("pdq", value, quality, variant)
 
 
@@ -233,9 +246,9 @@ def _plain_corners(gray: np.ndarray) -> bool:
     return all(float(patch.std()) <= PLAIN_CORNER_STD for patch in patches)
 
 
-def _corner_views(view: np.ndarray) -> list[Signal]:
+def _corner_views(view: np.ndarray, hasher=pdq_hash) -> list[Signal]:
     return [
-        _pdq_signal(_crop(view, CORNER_KEEP, ay, ax), f"corner_{int(ay)}{int(ax)}")
+        _pdq_signal(_crop(view, CORNER_KEEP, ay, ax), f"corner_{int(ay)}{int(ax)}", hasher)
         for ay, ax in CORNERS
     ]
 
@@ -268,14 +281,15 @@ class _Views:
 CONTENT_RUNS = {"content": 0.0, "content_wide": 0.08}
 
 
-def _content_views(small: np.ndarray, gray: np.ndarray) -> list[Signal]:
+def _content_views(small: np.ndarray, gray: np.ndarray, hasher=pdq_hash) -> list[Signal]:
     boxes: list[regions.Box] = []
     signals = []
-    for name, run in CONTENT_RUNS.items():
-        box = _box_or_none(regions.content_box(gray, run))
+    found = regions.content_boxes(gray, tuple(CONTENT_RUNS.values()))
+    for name, content in zip(CONTENT_RUNS, found, strict=True):
+        box = _box_or_none(content)
         if box and box not in boxes:
             boxes.append(box)
-            signals.append(_pdq_signal(regions.cut(small, box), name))
+            signals.append(_pdq_signal(regions.cut(small, box), name, hasher))
     return signals
 
 
@@ -290,8 +304,55 @@ def _informative(signals: list[Signal]) -> list[Signal]:
 
 
 def hash_known(data: bytes, limits: ImageLimits) -> list[Signal]:
-    rgb = decode_rgb(data, limits)
-    return [*_exact(data), *known_views(rgb), *local_feature_signals(rgb)]
+    return [*_exact(data), *picture_signals(data, limits, for_query=False)]
+
+
+def picture_signals(
+    data: bytes, limits: ImageLimits, for_query: bool, part: int | None = None
+) -> list[Signal]:
+    """A picture's PDQ views and local features (not its exact hashes), for a
+    query (`part` 0 or 1: one half, as in hash_query) or a known picture.
+
+    The local features (ORB on the whole picture, then on an upload's tiles)
+    run in a second thread while this one hashes the PDQ views
+    (ImageLimits.local_features_thread): OpenCV releases the GIL, and the two
+    cost about the same, so an upload's latency drops by the shorter one when
+    a core is free. Under full load the CPU per upload is the same."""
+    # Uploads are only compared with our own stored views, never exported, so
+    # they can be decoded and hashed small: a JPEG at a reduced DCT scale (enough
+    # for local features), every PDQ view at VIEW_SIDE. The cost is a few bits
+    # (bench/robustness.py measures it).
+    rgb = decode_rgb(data, limits, at_least=QUERY_DECODE_SIDE if for_query else 0)
+
+    def local() -> list[Signal]:
+        # ORB and the tiles both read the grey picture: converted once
+        grey = np.asarray(Image.fromarray(rgb).convert("L"))
+        found = local_feature_signals(grey)
+        if for_query:  # the pictures inside an upload (a collage tile, a feed)
+            found += region_signals(rgb, data, limits, grey)
+        return found
+
+    if part not in (None, 1):  # one half of a split query carries them (the regions' half)
+        return upload_views(rgb, part)
+    pending = _in_background(local) if limits.local_features_thread else None
+    views = upload_views(rgb, part) if for_query else known_views(rgb)
+    return [*views, *(pending.result() if pending is not None else local())]
+
+
+_background: ThreadPoolExecutor | None = None
+_background_lock = threading.Lock()
+
+
+def _in_background(work: Callable[[], list[Signal]]) -> Future[list[Signal]]:
+    # One pool per process, started at its first picture: a hashing worker
+    # runs one job at a time, an in-process core (workers = 0) one per caller.
+    global _background
+    with _background_lock:
+        if _background is None:
+            _background = ThreadPoolExecutor(
+                max(1, os.cpu_count() or 1), thread_name_prefix="local-features"
+            )
+    return _background.submit(work)
 
 
 def local_feature_signals(
@@ -302,7 +363,9 @@ def local_feature_signals(
 ) -> list[Signal]:
     """The picture's local_features signal, or none when it has too few
     distinctive, well-spread keypoints to be evidence. `variant` and
-    `position` say where it was taken, as for PDQ (a video frame, a page)."""
+    `position` say where it was taken, as for PDQ (a video frame, a page).
+    `rgb` may be the picture in grey already (H x W): keypoints are found
+    on the grey picture either way."""
     found = local_features.extract(Image.fromarray(rgb), limits)
     if found is None:
         return []
@@ -341,31 +404,28 @@ def known_views(rgb: np.ndarray) -> list[Signal]:
 
 def hash_query(data: bytes, limits: ImageLimits, part: int | None = None) -> list[Signal]:
     """All signals of an upload, or (part = 0 or 1) one half of them."""
-    # Uploads are only compared with our own stored views, never exported, so
-    # they can be decoded and hashed small: a JPEG at a reduced DCT scale (enough
-    # for local features), every PDQ view at VIEW_SIDE. The cost is a few bits
-    # (bench/robustness.py measures it).
-    rgb = decode_rgb(data, limits, at_least=QUERY_DECODE_SIDE)
     exact = _exact(data) if part in (None, 0) else []
-    local = (
-        local_feature_signals(rgb) + region_signals(rgb, data, limits) if part in (None, 1) else []
-    )
-    return [*exact, *upload_views(rgb, part), *local]
+    return [*exact, *picture_signals(data, limits, for_query=True, part=part)]
 
 
 def region_signals(
-    rgb: np.ndarray, data: bytes | None = None, limits: ImageLimits | None = None
+    rgb: np.ndarray,
+    data: bytes | None = None,
+    limits: ImageLimits | None = None,
+    grey: np.ndarray | None = None,
 ) -> list[Signal]:
     """local_features signals of the pictures inside an upload (a collage
     tile, a picture in a feed screenshot: hashsvc/media/local_regions.py).
     Tiles are found on `rgb` as decoded for the upload's other signals, and
     cut from the upload decoded again at TILE_DECODE_SIDE when `rgb` is a
     reduced JPEG decode (`data`, `limits`) and the upload has tiles."""
-    boxes = local_regions.tiles(np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.float32))
+    if grey is None:  # `rgb` in grey, when the caller has it
+        grey = np.asarray(Image.fromarray(rgb).convert("L"))
+    boxes = local_regions.tiles(np.asarray(grey, dtype=np.float32))
     if not boxes:
         return []
     full = rgb
-    if data is not None and limits is not None and min(rgb.shape[:2]) < TILE_DECODE_SIDE:
+    if data is not None and limits is not None and _tiles_need_pixels(rgb, boxes, data):
         full = decode_rgb(data, limits, at_least=TILE_DECODE_SIDE)
     if full.shape[:2] != rgb.shape[:2]:
         sx, sy = full.shape[1] / rgb.shape[1], full.shape[0] / rgb.shape[0]
@@ -376,6 +436,21 @@ def region_signals(
         Signal(LOCAL_FEATURES.name, local_features.encode(found), None, variant)
         for variant, found in local_regions.tile_features(Image.fromarray(full), boxes)
     ]
+
+
+def _tiles_need_pixels(rgb: np.ndarray, boxes: list[local_regions.Box], data: bytes) -> bool:
+    """Whether the tiles are worth decoding the upload again at TILE_DECODE_SIDE:
+    the picture was decoded smaller than it is (a reduced JPEG decode) and a tile
+    is small in it. One large tile (a photo under a caption, beside a flat sky)
+    is cut from the decode at hand, at about the size the whole upload's own
+    features are extracted at: the second decode and the larger extraction
+    cost ~10 ms of a 1024x768 upload's ~20 (bench/profile_match.py)."""
+    if min(rgb.shape[:2]) >= TILE_DECODE_SIDE:
+        return False
+    with Image.open(io.BytesIO(data)) as img:  # the header only
+        if max(img.size) <= max(rgb.shape[:2]):
+            return False  # decoded whole already
+    return any(max(b[2] - b[0], b[3] - b[1]) < TILE_CUT_MIN_SIDE for b in boxes)
 
 
 def upload_views(rgb: np.ndarray, part: int | None = None) -> list[Signal]:
@@ -394,30 +469,37 @@ def unsquashed_view(rgb: np.ndarray) -> Signal:
     factor = min(rgb.shape[:2]) // UNSQUASHED_MIN_SIDE
     if factor > 1:
         rgb = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).reduce(factor))
-    return _pdq_signal(rgb, "unsquashed")
+    return _pdq_signal(pdq_luma.luma(rgb), "unsquashed", pdq_luma.pdq)
 
 
 def query_views(rgb: np.ndarray, part: int | None = None) -> list[Signal]:
     """The PDQ views of an upload's picture (RGB array, best at least
     VIEW_SIDE on its short side): dihedral, trimmed, corners, bands, regions.
-    Also used for video frames and PDF pages of a query."""
+    Also used for video frames and PDF pages of a query.
+
+    Every view is a rectangle of one VIEW_SIDE picture (here `reference` and
+    `small` are the same array), hashed from its luma computed once
+    (hashsvc/media/pdq_luma.py: the bits pdqhash gives, ~8x cheaper a view)."""
     views = _Views(rgb, reference_side=VIEW_SIDE)
-    small, gray = views.picture_small()
+    whole = pdq_luma.luma(views.small)
+    small = regions.cut(whole, views.border) if views.border else whole
+    gray = views.picture_small()[1]
+    hasher = pdq_luma.pdq
     signals: list[Signal] = []
     if part in (None, 0):
         if views.border:
             # the upload as is, as another platform would hash it
-            signals.append(_pdq_signal(views.reference, "untrimmed"))
-        hashes, quality = pdqhash.compute_dihedral(np.ascontiguousarray(views.picture()))
-        for name, bits in zip(DIHEDRAL, hashes, strict=True):
-            signals.append(Signal("pdq", _pack(bits), int(quality), name))
+            signals.append(_pdq_signal(whole, "untrimmed", hasher))
+        hashes, quality = pdq_luma.pdq_dihedral(small)
+        for name, value in zip(DIHEDRAL, hashes, strict=True):
+            signals.append(Signal("pdq", value, quality, name))
         if not _plain_corners(gray):
-            signals.extend(_corner_views(small))
+            signals.extend(_corner_views(small, hasher))
     if part in (None, 1):
-        signals.extend(_content_views(small, gray))
+        signals.extend(_content_views(small, gray, hasher))
         for n, box in enumerate(regions.candidate_boxes(gray)):
-            signals.append(_pdq_signal(regions.cut(small, box), f"region_{n}"))
+            signals.append(_pdq_signal(regions.cut(small, box), f"region_{n}", hasher))
         textured = regions.textured_box(gray)
         if textured is not None:
-            signals.append(_pdq_signal(regions.cut(small, textured), "textured"))
+            signals.append(_pdq_signal(regions.cut(small, textured), "textured", hasher))
     return _informative(signals)

@@ -20,6 +20,11 @@ class ImageLimits:
     # camera photo; a 30,000 x 30,000 PNG (900 MP) is refused.
     max_pixels: int = 50_000_000
     max_side: int = 20_000
+    # A picture's local features (ORB, tiles) are extracted in a second
+    # thread beside its PDQ views: one upload's latency drops by ~7 ms when a
+    # core is free (bench/speed.py); off, one thread does both, one after the
+    # other. The signals are the same either way.
+    local_features_thread: bool = True
 
 
 @dataclass(frozen=True)

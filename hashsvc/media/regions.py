@@ -59,11 +59,23 @@ def content_box(gray: np.ndarray, run: float = 0.0, keep: float = 0.3) -> Box:
     not: a caption bar, a title strip, letterboxing with a logo, app chrome.
     Content starts where `run` (a share of the side; 0: 3 rows) of rows in a
     row are not flat: a larger run also steps over lines of dense text."""
+    return content_boxes(gray, (run,), keep)[0]
+
+
+def content_boxes(gray: np.ndarray, runs: tuple[float, ...], keep: float = 0.3) -> list[Box]:
+    """content_box for each run, the rows' flatness found once (the median of
+    every row is most of the cost) and the columns' once per band."""
     h, w = gray.shape
-    top, bottom = _content_span(_mostly_flat(gray), int(h * keep), _run(h, run))
-    inner = gray[top:bottom]
-    left, right = _content_span(_mostly_flat(inner.T), int(w * keep), _run(w, run))
-    return top / h, left / w, bottom / h, right / w
+    flat_rows = _mostly_flat(gray)
+    flat_cols: dict[tuple[int, int], np.ndarray] = {}
+    boxes = []
+    for run in runs:
+        top, bottom = _content_span(flat_rows, int(h * keep), _run(h, run))
+        if (top, bottom) not in flat_cols:
+            flat_cols[top, bottom] = _mostly_flat(gray[top:bottom].T)
+        left, right = _content_span(flat_cols[top, bottom], int(w * keep), _run(w, run))
+        boxes.append((top / h, left / w, bottom / h, right / w))
+    return boxes
 
 
 def _mostly_flat(gray: np.ndarray) -> np.ndarray:
@@ -101,7 +113,9 @@ def textured_box(gray: np.ndarray, block: int = 8) -> Box | None:
     if rows < 6 or cols < 6:
         return None
     blocks = gray[: rows * block, : cols * block].reshape(rows, block, cols, block)
-    busy = blocks.std(axis=(1, 3)) > TEXTURE_STD
+    # each block's pixels made contiguous first: std over one axis is ~2.5x faster
+    pixels = blocks.transpose(0, 2, 1, 3).reshape(rows, cols, block * block)
+    busy = pixels.std(axis=2) > TEXTURE_STD
     # erode by one block in every direction (3x3): a line of text is one or two
     # blocks tall and disappears; a photo keeps its core
     core = busy.copy()
