@@ -5,13 +5,13 @@ from their history records."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 from hashdb import EntryRecord, HistoryUpload, IndexedSignal, SetLookup
 from hashsvc.base.signals import PDQ, SIGNAL_TYPES, Signal
+from hashsvc.core.history_views import PDQ_BYTES, read_pdq_views
 from hashsvc.index.binary import BinaryIndex, signal_id
 from hashsvc.index.flat_scan import FlatScan
 from hashsvc.index.live import LiveIndex
@@ -20,7 +20,6 @@ from hashsvc.matching.policy import BLOCK, REVIEW, LocalFeatureMatching, Policy
 
 # Signal kinds compared byte for byte (looked up, not searched).
 EXACT_KINDS = frozenset(t.name for t in SIGNAL_TYPES.values() if not t.perceptual)
-PDQ_BYTES = PDQ.bits // 8
 
 
 class RetroScanner:
@@ -119,51 +118,31 @@ class RetroScanner:
         return views, np.array(owners, dtype=np.int64)
 
 
-# A PDQ view as the history writes it (hashsvc/base/signals.py signal_json,
-# json.dumps): type first, then the value, 64 lowercase hex digits.
-_PDQ_VIEW = re.compile(r'"signal_type": "pdq", "value": "([0-9a-f]{64})"')
-_PDQ_NAME = '"pdq"'
-
-
 def pdq_views(uploads: list[HistoryUpload]) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """The PDQ views of the uploads' records, read out of their stored text:
-    (views as (n, 32) uint8 rows, the index of each view's upload, the
-    uploads whose text is not as the history writes it). A record is read
-    this way only if every "pdq" string in it is a view's type followed by
-    its value (a record written otherwise, or with "pdq" anywhere else, is
-    parsed instead): no view can be skipped unseen."""
-    values: list[str] = []
-    counts: list[int] = []
-    odd: list[int] = []
-    for i, upload in enumerate(uploads):
-        text = upload.signals_text
-        found = _PDQ_VIEW.findall(text)
-        if len(found) != text.count(_PDQ_NAME):
-            odd.append(i)
-            found = []
-        values += found
-        counts.append(len(found))
-    views = np.frombuffer(bytes.fromhex("".join(values)), dtype=np.uint8).reshape(-1, PDQ_BYTES)
-    owners = np.repeat(np.arange(len(uploads), dtype=np.int64), counts)
+    """The PDQ views of the uploads' records: (views as (n, 32) uint8 rows,
+    the index of each view's upload, the uploads with a view that cannot be
+    compared here: the matcher judges them). Read out of the stored text
+    (hashsvc/core/history_views.py); a record not written as the history
+    writes it is parsed."""
+    views, owners, odd = read_pdq_views([u.signals_text for u in uploads])
     unread: list[int] = []
-    if odd:
-        parsed_views = []
-        for i in odd:
-            for sig in uploads[i].query_signals:
-                if sig.get("signal_type") != PDQ.name or not sig.get("value"):
-                    continue
-                try:
-                    value = bytes.fromhex(sig["value"])
-                except (TypeError, ValueError):
-                    value = b""
-                if len(value) == PDQ_BYTES:
-                    parsed_views.append((i, value))
-                else:
-                    unread.append(i)  # not comparable here: the matcher judges
-        if parsed_views:
-            extra = np.frombuffer(b"".join(v for _, v in parsed_views), dtype=np.uint8)
-            views = np.concatenate([views, extra.reshape(-1, PDQ_BYTES)])
-            owners = np.concatenate([owners, np.array([i for i, _ in parsed_views])])
+    parsed: list[tuple[int, bytes]] = []
+    for i in np.flatnonzero(odd).tolist():
+        for sig in uploads[i].query_signals:
+            if sig.get("signal_type") != PDQ.name or not sig.get("value"):
+                continue
+            try:
+                value = bytes.fromhex(sig["value"])
+            except (TypeError, ValueError):
+                value = b""
+            if len(value) == PDQ_BYTES:
+                parsed.append((i, value))
+            else:
+                unread.append(i)
+    if parsed:
+        extra = np.frombuffer(b"".join(v for _, v in parsed), dtype=np.uint8)
+        views = np.concatenate([views, extra.reshape(-1, PDQ_BYTES)])
+        owners = np.concatenate([owners, np.array([i for i, _ in parsed], dtype=np.int64)])
     return views, owners, unread
 
 
