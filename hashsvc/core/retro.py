@@ -45,6 +45,7 @@ from hashsvc.base.signals import Signal, signal_json
 from hashsvc.core import events
 from hashsvc.core.audit import SYSTEM_ACTOR, Audit
 from hashsvc.core.retro_scan import RetroScanner
+from hashsvc.index.binary import search_on_this_thread
 from hashsvc.index.live import LiveIndex
 from hashsvc.matching.feedback import Feedback
 from hashsvc.matching.matcher import Match, Matcher, MatchResult
@@ -270,6 +271,7 @@ class RetroHunt:
         """Scans the run from its checkpoint to its end (the worker's lease
         is renewed at every step); stops early when the server stops (the
         run resumes at its checkpoint)."""
+        search_on_this_thread()  # the hunt takes one core: Match has the others
         self.live.catch_up()  # the index the hits are held to knows the new entries
         entries = self._hunting_entries(run.entry_ids)
         if entries:
