@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import faiss
@@ -19,6 +20,7 @@ import pytest
 from hashdb import HistoryUpload
 from hashsvc.base.signals import PDQ, Signal
 from hashsvc.core.audit import history_signal_json
+from hashsvc.core.config import MAX_RETRO_THREADS, Config
 from hashsvc.core.history_views import read_pdq_views
 from hashsvc.core.retro_scan import pdq_views
 from hashsvc.index.flat_scan import FlatScan
@@ -66,6 +68,29 @@ def test_flat_scan_on_reference_pdq_hashes():
         for radius in (31, 56, 90):
             found = FlatScan(others).any_within(hashes[held_out : held_out + 1], radius)
             assert found[0] == _faiss_any_within(others, hashes[held_out : held_out + 1], radius)[0]
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_flat_scan_in_parts_on_threads(parts):
+    """retro_threads > 1: the views compared in parts on a pool's threads
+    give the same answer, in the views' order."""
+    rng = np.random.default_rng(parts)
+    hashes = rng.integers(0, 256, (500, 32), dtype=np.uint8)
+    views = rng.integers(0, 256, (1003, 32), dtype=np.uint8)
+    for n in range(0, 1003, 17):
+        views[n] = _flip(hashes[n % 500], n % 70, rng)
+    scan = FlatScan(hashes)
+    with ThreadPoolExecutor(parts - 1) as pool:
+        assert np.array_equal(scan.any_within(views, 56, pool, parts), scan.any_within(views, 56))
+    assert np.array_equal(
+        scan.any_within(views[:3], 56, pool=None, parts=parts), scan.any_within(views[:3], 56)
+    )
+
+
+@pytest.mark.parametrize("threads", [0, MAX_RETRO_THREADS + 1])
+def test_retro_threads_out_of_range_refused(threads):
+    with pytest.raises(ValueError, match="retro_threads"):
+        Config(retro_threads=threads)
 
 
 def test_flat_scan_without_views_or_hashes():

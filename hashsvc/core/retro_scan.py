@@ -6,6 +6,7 @@ from their history records."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor
 
 import numpy as np
 
@@ -33,7 +34,12 @@ class RetroScanner:
         policy: Policy,
         local: LocalFeatureMatching | None = None,
         pdq_review_search: str | None = None,
+        pool: Executor | None = None,
+        parts: int = 1,
     ) -> None:
+        # the step's views are compared in `parts` parts, all but one on
+        # the pool's threads (RetroSettings.threads)
+        self.pool, self.parts = pool, parts
         self.entries = {e.id: e for e in entries}
         self.set_ids = {e.set_id for e in entries}
         self.source = _NewEntries(self.entries)
@@ -86,7 +92,7 @@ class RetroScanner:
         else:
             views, owners = self._parsed_views(uploads, out)
         if len(views) and len(self.pdq_scan):
-            found = self.pdq_scan.any_within(views, self.pdq_radius)
+            found = self.pdq_scan.any_within(views, self.pdq_radius, self.pool, self.parts)
             out.update(owners[found].tolist())
         return [uploads[i] for i in sorted(out)]
 

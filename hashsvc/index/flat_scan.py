@@ -17,6 +17,8 @@ a retro-hunt's thread, at its nice value, leaves Match the other core.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
+
 import numba
 import numpy as np
 
@@ -42,14 +44,26 @@ class FlatScan:
     def __len__(self) -> int:
         return self._columns.shape[1]
 
-    def any_within(self, views: np.ndarray, max_distance: int) -> np.ndarray:
+    def any_within(
+        self, views: np.ndarray, max_distance: int, pool: Executor | None = None, parts: int = 1
+    ) -> np.ndarray:
         """For each view ((n, 32) uint8 rows), whether a hash is within
-        max_distance bits."""
+        max_distance bits. With a pool, in `parts` parts: all but the last
+        on the pool's threads, the last on the caller's (the loop holds no
+        GIL, so they run at once)."""
         if len(views) == 0 or len(self) == 0:
             return np.zeros(len(views), dtype=bool)
         queries = np.ascontiguousarray(hash_matrix(views, len(views), BITS)).view("<u8")
         c = self._columns
-        return _any_within(queries, c[0], c[1], c[2], c[3], np.uint64(max_distance))
+        radius = np.uint64(max_distance)
+        if pool is None or parts < 2:
+            return _any_within(queries, c[0], c[1], c[2], c[3], radius)
+        # parts of whole blocks of four views (the loop's step)
+        bounds = [len(queries) * k // parts // 4 * 4 for k in range(parts)] + [len(queries)]
+        pieces = [queries[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+        futures = [pool.submit(_any_within, p, c[0], c[1], c[2], c[3], radius) for p in pieces[:-1]]
+        last = _any_within(pieces[-1], c[0], c[1], c[2], c[3], radius)
+        return np.concatenate([f.result() for f in futures] + [last])
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
