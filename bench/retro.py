@@ -3,6 +3,7 @@ PDQ views each, and Match latency while a hunt runs.
 
     .venv/bin/python bench/retro.py            # 200k uploads (extrapolated to 10M)
     .venv/bin/python bench/retro.py --short    # 20k uploads, fewer Match calls (CI)
+    .venv/bin/python bench/retro.py --threads 2  # the comparison on 2 threads (retro_threads)
 
 The history rows are synthetic (random PDQ views, as many as an upload's
 views, 1 upload in 1,000 a near copy of a new entry) written straight into a
