@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 
 from hashsvc.base.decisions import Thresholds
 from hashsvc.base.signals import Signal
@@ -301,5 +303,12 @@ class HistoryUpload:
     caller: str
     client_ref: str
     media_type: str
-    query_signals: list[dict]
+    # the record's query_signals column as stored (JSON): a retro-hunt reads
+    # the PDQ views out of it without parsing (hashsvc/core/retro_scan.py),
+    # and parses the few uploads that may match (query_signals)
+    signals_text: str
     caller_token_id: int | None = None
+
+    @cached_property
+    def query_signals(self) -> list[dict]:
+        return json.loads(self.signals_text)

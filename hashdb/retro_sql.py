@@ -171,8 +171,7 @@ class RetroSQL:
             )
             rows = cur.fetchall()
         return [
-            HistoryUpload(r[0], r[1], from_micros(r[2]), r[3], r[4], r[5], json.loads(r[6]), r[7])
-            for r in rows
+            HistoryUpload(r[0], r[1], from_micros(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in rows
         ]
 
     # -- hits

@@ -66,6 +66,27 @@ def _add(stubs, md, set_name: str, name: str, data: bytes) -> pb.Entry:
     )
 
 
+@pytest.mark.parametrize("harness_config", [{"retro_poll_seconds": 0.2, "retro_threads": 2}])
+def test_hunt_on_two_threads_finds_the_copy(harness, operator, matcher, reviewer):
+    """retro_threads = 2: a step's views are compared on two threads (the
+    parts are put back in order): the one allowed copy among other uploads
+    is found, once."""
+    ops, op_md = operator
+    m, m_md = matcher
+    rev, rev_md = reviewer
+    ops.curation.CreateSet(pb.CreateSetRequest(name="isis"), metadata=op_md)
+    for n in (2, 3, 4):
+        _match(m, m_md, encode(photo(n)), f"u-other-{n}")
+    copy = _match(m, m_md, reencoded(photo(1), scale=0.5, quality=40), "u-copy")
+    _match(m, m_md, encode(photo(6)), "u-other-6")
+    assert copy.decision == pb.ALLOW
+    _add(ops, op_md, "isis", "poster", encode(photo(1)))
+    runs = _wait_runs(ops, op_md)
+    assert [(r.state, r.hits) for r in runs] == [("done", 1)]
+    (item,) = _retro_items(rev, rev_md)
+    assert item.request_id == copy.request_id
+
+
 def test_allowed_picture_is_found_when_its_hash_arrives(harness, operator, matcher, reviewer):
     ops, op_md = operator
     m, m_md = matcher

@@ -19,6 +19,9 @@ from hashsvc.matching.policy import LocalFeatureMatching, PdqPolicy
 from hashsvc.media.limits import AudioLimits, ImageLimits, PdfLimits, VideoLimits
 from hashsvc.media.spool import Spool
 
+# Threads a retro-hunt compares views on (more than the cores only waits).
+MAX_RETRO_THREADS = 64
+
 
 @dataclass(frozen=True)
 class StringLimits:
@@ -360,6 +363,7 @@ class Config:
     retro_poll_seconds: float = 5.0
     retro_pause_seconds: float = 0.0
     retro_nice: int = 10
+    retro_threads: int = 1
     # Keep uploads' local features (~18 KB a picture) in the history, so a
     # retro-hunt can match crops and collages too. Off: the history keeps
     # their size and SHA-256 (README, Retro-hunt: the cost per day).
@@ -420,6 +424,8 @@ class Config:
             raise ValueError("retro_pause_seconds must be 0 or more")
         if not 0 <= self.retro_nice <= 19:
             raise ValueError("retro_nice must be within 0..19")
+        if not 1 <= self.retro_threads <= MAX_RETRO_THREADS:
+            raise ValueError(f"retro_threads must be within 1..{MAX_RETRO_THREADS}")
 
     def retro_settings(self):
         from hashsvc.core.retro import RetroSettings
@@ -433,6 +439,7 @@ class Config:
             poll_seconds=self.retro_poll_seconds,
             pause_seconds=self.retro_pause_seconds,
             nice=self.retro_nice,
+            threads=self.retro_threads,
         )
 
     def _check_transport(self) -> None:

@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -45,6 +46,7 @@ from hashsvc.base.signals import Signal, signal_json
 from hashsvc.core import events
 from hashsvc.core.audit import SYSTEM_ACTOR, Audit
 from hashsvc.core.retro_scan import RetroScanner
+from hashsvc.index.binary import search_on_this_thread
 from hashsvc.index.live import LiveIndex
 from hashsvc.matching.feedback import Feedback
 from hashsvc.matching.matcher import Match, Matcher, MatchResult
@@ -84,6 +86,10 @@ class RetroSettings:
     # The hunting thread's nice value (Linux: per thread): the scheduler
     # gives Match's threads and the hashing workers the cores first.
     nice: int = 10
+    # Threads comparing a step's PDQ views with the new hashes (the hunting
+    # thread and threads-1 more, each at `nice`). 1 leaves the other cores
+    # to Match; each more makes a run faster on cores that are free.
+    threads: int = 1
 
 
 class RetroHunt:
@@ -270,40 +276,64 @@ class RetroHunt:
         """Scans the run from its checkpoint to its end (the worker's lease
         is renewed at every step); stops early when the server stops (the
         run resumes at its checkpoint)."""
+        search_on_this_thread()  # not on OpenMP's threads: retro_threads says how many
         self.live.catch_up()  # the index the hits are held to knows the new entries
         entries = self._hunting_entries(run.entry_ids)
         if entries:
-            scanner = RetroScanner(
-                entries, self.store, self.policy, self.local, self.pdq_review_search
-            )
-            checkpoint = run.checkpoint
-            since = run.since
-            while not self._stopping.is_set():
-                uploads = self.store.history_uploads(
-                    checkpoint, run.last_history_id, self.settings.batch_records
+            helpers = self.settings.threads - 1
+            pool = None
+            if helpers:
+                pool = ThreadPoolExecutor(
+                    helpers, "retro-scan", _hunting_thread, (self.settings.nice,)
                 )
-                if not uploads:
-                    break
-                in_window = [u for u in uploads if u.time >= since]
-                for upload in scanner.candidates(in_window):
-                    for hit in scanner.hits(upload):
-                        self._hold(run, upload, hit, scanner)
-                checkpoint = uploads[-1].id
-                if not self.store.retro_progress(
-                    run.id, checkpoint, len(uploads), self.settings.lease_seconds
-                ):
-                    log.warning("retro-hunt %d was taken over by another server", run.id)
+            try:
+                scanner = RetroScanner(
+                    entries,
+                    self.store,
+                    self.policy,
+                    self.local,
+                    self.pdq_review_search,
+                    pool=pool,
+                    parts=self.settings.threads,
+                )
+                if not self._scan_steps(run, scanner):
                     return
-                if self.settings.pause_seconds:
-                    self._stopping.wait(self.settings.pause_seconds)
-            if self._stopping.is_set():
-                # a restart (or another replica) resumes it at once, from
-                # the checkpoint, instead of after the lease; after a crash
-                # it waits for the lease
-                self.store.release_retro_run(run.id)
-                return
+            finally:
+                if pool is not None:
+                    pool.shutdown()
         self.store.finish_retro_run(run.id, DONE)
         self._record_run(run.id)
+
+    def _scan_steps(self, run: RetroRun, scanner: RetroScanner) -> bool:
+        """scan()'s steps from the checkpoint to the run's end; False when
+        it stopped before (the server stops, or another took the run)."""
+        checkpoint = run.checkpoint
+        since = run.since
+        while not self._stopping.is_set():
+            uploads = self.store.history_uploads(
+                checkpoint, run.last_history_id, self.settings.batch_records
+            )
+            if not uploads:
+                break
+            in_window = [u for u in uploads if u.time >= since]
+            for upload in scanner.candidates(in_window):
+                for hit in scanner.hits(upload):
+                    self._hold(run, upload, hit, scanner)
+            checkpoint = uploads[-1].id
+            if not self.store.retro_progress(
+                run.id, checkpoint, len(uploads), self.settings.lease_seconds
+            ):
+                log.warning("retro-hunt %d was taken over by another server", run.id)
+                return False
+            if self.settings.pause_seconds:
+                self._stopping.wait(self.settings.pause_seconds)
+        if self._stopping.is_set():
+            # a restart (or another replica) resumes it at once, from the
+            # checkpoint, instead of after the lease; after a crash it waits
+            # for the lease
+            self.store.release_retro_run(run.id)
+            return False
+        return True
 
     def _hunting_entries(self, entry_ids: Iterable[int]) -> list[EntryRecord]:
         """The run's entries that may still hunt: not removed, in an enabled
@@ -428,6 +458,12 @@ def run_json(run: RetroRun) -> dict:
         "state": run.state,
         "error": run.error,
     }
+
+
+def _hunting_thread(nice: int) -> None:
+    """A retro-hunt helper thread starts as the hunting thread runs."""
+    lower_priority(nice)
+    search_on_this_thread()
 
 
 def lower_priority(nice: int) -> None:

@@ -6,12 +6,15 @@ from their history records."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor
 
 import numpy as np
 
 from hashdb import EntryRecord, HistoryUpload, IndexedSignal, SetLookup
 from hashsvc.base.signals import PDQ, SIGNAL_TYPES, Signal
+from hashsvc.core.history_views import PDQ_BYTES, read_pdq_views
 from hashsvc.index.binary import BinaryIndex, signal_id
+from hashsvc.index.flat_scan import FlatScan
 from hashsvc.index.live import LiveIndex
 from hashsvc.matching.matcher import Match, Matcher
 from hashsvc.matching.policy import BLOCK, REVIEW, LocalFeatureMatching, Policy
@@ -31,7 +34,12 @@ class RetroScanner:
         policy: Policy,
         local: LocalFeatureMatching | None = None,
         pdq_review_search: str | None = None,
+        pool: Executor | None = None,
+        parts: int = 1,
     ) -> None:
+        # the step's views are compared in `parts` parts, all but one on
+        # the pool's threads (RetroSettings.threads)
+        self.pool, self.parts = pool, parts
         self.entries = {e.id: e for e in entries}
         self.set_ids = {e.set_id for e in entries}
         self.source = _NewEntries(self.entries)
@@ -44,7 +52,12 @@ class RetroScanner:
         flat = BinaryIndex(PDQ.bits)
         pdq = list(self.source.iter_signals([PDQ.name]))
         flat.add([signal_id(s.entry_id, s.variant_no) for s in pdq], [s.value for s in pdq])
-        self.index.indexes[PDQ.name] = self.flat_pdq = flat
+        self.index.indexes[PDQ.name] = flat
+        # which uploads may match at all: the whole history goes through it
+        # (hashsvc/index/flat_scan.py); the few that may are matched above
+        self.pdq_scan = FlatScan(
+            np.frombuffer(b"".join(s.value for s in pdq), dtype=np.uint8).reshape(-1, PDQ_BYTES)
+        )
         self.matcher = Matcher(self.index, self.source, policy, local=local)
         # the signal kinds the new entries hold: no other kind can match
         self.kinds = {sig.kind for e in entries for sig in e.signals}
@@ -65,32 +78,78 @@ class RetroScanner:
     def candidates(self, uploads: list[HistoryUpload]) -> list[HistoryUpload]:
         """Those of the uploads that may match a new entry, found for a whole
         batch at once: PDQ views (pictures, video frames, PDF pages: nearly
-        all of an upload's signals) in one index search of every view of the
+        all of an upload's signals) in one search of every view of the
         batch; exact hashes by lookup; any other kind the new entries hold
         sends the upload to the matcher whole. An upload left out has no
         signal within the search radius of any new entry, so the matcher
         would find nothing in it either."""
-        pdq_index = self.flat_pdq
+        out: set[int] = set()
+        if self.kinds <= {PDQ.name}:
+            # only PDQ can match: the views are read out of the stored text
+            # without parsing it (parsing cost more than the search)
+            views, owners, unread = pdq_views(uploads)
+            out.update(unread)
+        else:
+            views, owners = self._parsed_views(uploads, out)
+        if len(views) and len(self.pdq_scan):
+            found = self.pdq_scan.any_within(views, self.pdq_radius, self.pool, self.parts)
+            out.update(owners[found].tolist())
+        return [uploads[i] for i in sorted(out)]
+
+    def _parsed_views(
+        self, uploads: list[HistoryUpload], out: set[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The PDQ views of the uploads from their parsed signals (and the
+        uploads that other kinds send to the matcher, added to out)."""
         pdq_views: list[bytes] = []
         owners: list[int] = []
-        out: set[int] = set()
         for i, upload in enumerate(uploads):
             for sig in upload.query_signals:
                 kind = sig.get("signal_type")
                 if kind not in self.kinds or not sig.get("value"):
                     continue
                 if kind == PDQ.name:
-                    pdq_views.append(bytes.fromhex(sig["value"]))
-                    owners.append(i)
+                    value = bytes.fromhex(sig["value"])
+                    if len(value) == PDQ_BYTES:
+                        pdq_views.append(value)
+                        owners.append(i)
+                    else:
+                        out.add(i)  # not comparable here: the matcher judges
                 elif kind in EXACT_KINDS:
                     if self.source.find_exact(kind, bytes.fromhex(sig["value"])):
                         out.add(i)
                 else:
                     out.add(i)
-        if pdq_views and len(pdq_index):
-            found = pdq_index.any_within(pdq_views, self.pdq_radius)
-            out.update(owners[n] for n in np.flatnonzero(found))
-        return [uploads[i] for i in sorted(out)]
+        views = np.frombuffer(b"".join(pdq_views), dtype=np.uint8).reshape(-1, PDQ_BYTES)
+        return views, np.array(owners, dtype=np.int64)
+
+
+def pdq_views(uploads: list[HistoryUpload]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The PDQ views of the uploads' records: (views as (n, 32) uint8 rows,
+    the index of each view's upload, the uploads with a view that cannot be
+    compared here: the matcher judges them). Read out of the stored text
+    (hashsvc/core/history_views.py); a record not written as the history
+    writes it is parsed."""
+    views, owners, odd = read_pdq_views([u.signals_text for u in uploads])
+    unread: list[int] = []
+    parsed: list[tuple[int, bytes]] = []
+    for i in np.flatnonzero(odd).tolist():
+        for sig in uploads[i].query_signals:
+            if sig.get("signal_type") != PDQ.name or not sig.get("value"):
+                continue
+            try:
+                value = bytes.fromhex(sig["value"])
+            except (TypeError, ValueError):
+                value = b""
+            if len(value) == PDQ_BYTES:
+                parsed.append((i, value))
+            else:
+                unread.append(i)
+    if parsed:
+        extra = np.frombuffer(b"".join(v for _, v in parsed), dtype=np.uint8)
+        views = np.concatenate([views, extra.reshape(-1, PDQ_BYTES)])
+        owners = np.concatenate([owners, np.array([i for i, _ in parsed], dtype=np.int64)])
+    return views, owners, unread
 
 
 def history_signals(stored: list[dict]) -> list[Signal]:

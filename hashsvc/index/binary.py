@@ -55,6 +55,16 @@ def hash_matrix(hashes: Iterable[bytes] | np.ndarray, count: int, bits: int) -> 
     return matrix.reshape(count, bits // 8)
 
 
+def search_on_this_thread() -> None:
+    """FAISS searches made by the calling thread run on it alone, not on
+    OpenMP threads (the setting is per thread; the server sets it for its
+    gRPC threads, hashsvc/api/server.py). On a loaded machine a search split
+    across OpenMP threads waits for the slowest: a retro-hunt's matcher took
+    47 ms to search 18 views against 10,000 new hashes, ~0.2 ms on one thread
+    (bench/retro.py)."""
+    faiss.omp_set_num_threads(1)
+
+
 def id_array(ids: Iterable[int]) -> np.ndarray:
     """Signal ids as an int64 array (arrays pass through without a copy)."""
     if isinstance(ids, np.ndarray):

@@ -1,0 +1,167 @@
+"""The retro-hunt's fast path (issue 20, Scale): the compiled comparison of
+the history's PDQ views with the new hashes (hashsvc/index/flat_scan.py) and
+the reading of the views out of the stored text (hashsvc/core/
+history_views.py) give exactly what the plain ways give: FAISS's range search
+and json.loads. No view within the radius is missed (recall), none beyond it
+is reported; a record not written as the history writes it (another key
+order, compact JSON, "pdq" elsewhere, a bad value) is parsed, never skipped."""
+
+from __future__ import annotations
+
+import csv
+import json
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import faiss
+import numpy as np
+import pytest
+
+from hashdb import HistoryUpload
+from hashsvc.base.signals import PDQ, Signal
+from hashsvc.core.audit import history_signal_json
+from hashsvc.core.config import MAX_RETRO_THREADS, Config
+from hashsvc.core.history_views import read_pdq_views
+from hashsvc.core.retro_scan import pdq_views
+from hashsvc.index.flat_scan import FlatScan
+from hashsvc_testing.vectors import vector
+
+
+def _faiss_any_within(hashes: np.ndarray, views: np.ndarray, radius: int) -> np.ndarray:
+    index = faiss.IndexBinaryFlat(256)
+    index.add(hashes)
+    lims, _, _ = index.range_search(views, radius + 1)
+    return np.diff(lims) > 0
+
+
+def _flip(hash_row: np.ndarray, bits: int, rng) -> np.ndarray:
+    unpacked = np.unpackbits(hash_row)
+    unpacked[rng.choice(256, bits, replace=False)] ^= 1
+    return np.packbits(unpacked)
+
+
+@pytest.mark.parametrize("radius", [0, 31, 56, 64])
+def test_flat_scan_finds_exactly_what_faiss_finds(radius):
+    """Views planted at every distance 0..80 around the radius from random
+    hashes, among random views; a view count that is not a multiple of the
+    loop's block of four."""
+    rng = np.random.default_rng(radius)
+    hashes = rng.integers(0, 256, (3001, 32), dtype=np.uint8)
+    views = rng.integers(0, 256, (4003, 32), dtype=np.uint8)
+    for n, distance in enumerate(range(81)):
+        views[n * 37] = _flip(hashes[(n * 91) % len(hashes)], distance, rng)
+    found = FlatScan(hashes).any_within(views, radius)
+    expected = _faiss_any_within(hashes, views, radius)
+    assert expected.sum() >= radius + 1  # the planted ones within the radius at least
+    assert np.array_equal(found, expected)
+
+
+def test_flat_scan_on_reference_pdq_hashes():
+    """Real PDQ hashes (rotations, crops, re-encodings of the same pictures:
+    near each other, unlike random ones), each against all the others."""
+    with open(vector("threatexchange", "expected_pdq.csv"), newline="") as f:
+        hexes = sorted({row["expected_hex"] for row in csv.DictReader(f) if row["expected_hex"]})
+    hashes = np.frombuffer(bytes.fromhex("".join(hexes)), dtype=np.uint8).reshape(-1, 32)
+    assert len(hashes) > 20
+    for held_out in range(len(hashes)):
+        others = np.delete(hashes, held_out, axis=0)
+        for radius in (31, 56, 90):
+            found = FlatScan(others).any_within(hashes[held_out : held_out + 1], radius)
+            assert found[0] == _faiss_any_within(others, hashes[held_out : held_out + 1], radius)[0]
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_flat_scan_in_parts_on_threads(parts):
+    """retro_threads > 1: the views compared in parts on a pool's threads
+    give the same answer, in the views' order."""
+    rng = np.random.default_rng(parts)
+    hashes = rng.integers(0, 256, (500, 32), dtype=np.uint8)
+    views = rng.integers(0, 256, (1003, 32), dtype=np.uint8)
+    for n in range(0, 1003, 17):
+        views[n] = _flip(hashes[n % 500], n % 70, rng)
+    scan = FlatScan(hashes)
+    with ThreadPoolExecutor(parts - 1) as pool:
+        assert np.array_equal(scan.any_within(views, 56, pool, parts), scan.any_within(views, 56))
+    assert np.array_equal(
+        scan.any_within(views[:3], 56, pool=None, parts=parts), scan.any_within(views[:3], 56)
+    )
+
+
+@pytest.mark.parametrize("threads", [0, MAX_RETRO_THREADS + 1])
+def test_retro_threads_out_of_range_refused(threads):
+    with pytest.raises(ValueError, match="retro_threads"):
+        Config(retro_threads=threads)
+
+
+def test_flat_scan_without_views_or_hashes():
+    rng = np.random.default_rng(1)
+    some = rng.integers(0, 256, (5, 32), dtype=np.uint8)
+    assert FlatScan(some).any_within(np.zeros((0, 32), np.uint8), 56).shape == (0,)
+    assert not FlatScan(np.zeros((0, 32), np.uint8)).any_within(some, 256).any()
+    with pytest.raises(ValueError):
+        FlatScan(some).any_within(np.zeros((2, 31), np.uint8), 56)
+
+
+def _upload(number: int, text: str) -> HistoryUpload:
+    return HistoryUpload(number, f"r{number}", datetime.now(UTC), "c", "", "image", text)
+
+
+def _history_text(views: list[bytes], more: list[dict] = ()) -> str:
+    """A record's query_signals as the server writes them."""
+    signals = [
+        Signal(PDQ.name, v, 90, "original" if k == 0 else f"view{k}", None)
+        for k, v in enumerate(views)
+    ]
+    return json.dumps([history_signal_json(s) for s in signals] + list(more))
+
+
+def test_views_read_from_history_text_as_parsed():
+    """The views read out of the text are those json.loads gives, in order,
+    with each one's upload; other kinds and a non-ASCII variant (bytes are not
+    characters) in between change nothing."""
+    rng = np.random.default_rng(2)
+    records = [[rng.bytes(32) for _ in range(n % 19)] for n in range(50)]
+    texts = []
+    for n, views in enumerate(records):
+        more = [{"signal_type": "md5", "value": "ab" * 16, "quality": None, "variant": "été"}]
+        texts.append(_history_text(views, more=more if n % 3 else []))
+    views, owners, odd = read_pdq_views(texts)
+    assert not odd.any()
+    expected = [(n, v) for n, record in enumerate(records) for v in record]
+    assert [(int(o), bytes(v)) for o, v in zip(owners, views, strict=True)] == expected
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        # another key order (another writer, a JSON column that reorders keys)
+        lambda v: json.dumps([{"value": v.hex(), "signal_type": "pdq", "quality": 90}]),
+        # compact separators
+        lambda v: json.dumps([{"signal_type": "pdq", "value": v.hex()}], separators=(",", ":")),
+        # upper-case hex
+        lambda v: json.dumps([{"signal_type": "pdq", "value": v.hex().upper()}]),
+        # "pdq" elsewhere too (a variant named so)
+        lambda v: json.dumps([{"signal_type": "pdq", "value": v.hex(), "variant": "pdq"}]),
+    ],
+)
+def test_record_written_otherwise_is_parsed_not_skipped(written):
+    """Someone with DB access (or another version) writes a record another
+    way: its view is still compared, through json.loads."""
+    rng = np.random.default_rng(3)
+    near = rng.bytes(32)
+    plain = _history_text([rng.bytes(32) for _ in range(18)])
+    uploads = [_upload(1, plain), _upload(2, written(near)), _upload(3, plain)]
+    views, owners, unread = pdq_views(uploads)
+    assert unread == []
+    assert 1 in owners.tolist()
+    assert near in [bytes(v) for v, o in zip(views, owners, strict=True) if o == 1]
+    assert len(views) == 37
+
+
+def test_view_that_cannot_be_compared_goes_to_the_matcher():
+    """A PDQ value of the wrong length is not dropped: the upload is handed
+    to the matcher (which judges it, or fails the run: never a silent ALLOW)."""
+    bad = json.dumps([{"signal_type": "pdq", "value": "ab" * 31, "quality": 90}])
+    views, owners, unread = pdq_views([_upload(1, bad)])
+    assert unread == [0]
+    assert len(views) == 0
