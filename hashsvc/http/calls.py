@@ -83,6 +83,10 @@ class Services:
     spool: Spool
     jobs: object = None  # hashsvc.http.jobs.BulkJobs
     threads: anyio.CapacityLimiter | None = None
+    # partner feeds: the gRPC server's (one lease owner, one background
+    # fetcher); None: the Exchange routes answer UNAVAILABLE
+    feeds: object = None  # hashsvc.exchange.feeds.Feeds
+    fetches: object = None  # hashsvc.http.routes_exchange.FeedFetches
 
     @property
     def config(self) -> Config:
