@@ -119,6 +119,7 @@ def history_json(r: HistoryRecord) -> dict:
 def review_item_json(item: ReviewItem) -> dict:
     return {
         "id": item.id,
+        "source": item.source or "match",  # "retro": found by a retro-hunt
         "request_id": item.request_id,
         "created_at": iso(item.created_at),
         "caller": item.caller,
