@@ -368,9 +368,13 @@ class Feeds:
         held = self.store.all_feed_items(feed.id)
         gone = [SourceItem(key, deleted=True) for key in held if key not in seen]
         limit = self.settings.snapshot_max_delete_fraction
-        if gone and len(gone) > limit * len(held):
+        # the fraction of what the feed held before this fetch: its own pages
+        # are mapped by now, and a listing swapped for another (N new items,
+        # the N old ones left out) must not halve its way past the limit
+        before = max(len(held) - result.added + result.deleted, 0)
+        if gone and len(gone) > limit * before:
             raise FailedPrecondition(
-                f"the listing leaves out {len(gone)} of the feed's {len(held)} items, more than"
+                f"the listing leaves out {len(gone)} of the feed's {before} items, more than"
                 f" {limit:.0%} (exchange.snapshot_max_delete_fraction): nothing deleted"
             )
         if gone:
