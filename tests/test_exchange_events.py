@@ -9,12 +9,14 @@ tests/test_http_exchange.py."""
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 
 import grpc
 import pytest
 
 from hashsvc.v1 import hashsvc_pb2 as pb
+from hashsvc_testing.exchange_servers import TcapServer
 from tests.test_exchange import SETTINGS, _fetch
 
 
@@ -134,3 +136,42 @@ def test_a_swapped_listing_deletes_nothing(harness, tmp_path):
             pb.MatchRequest(signal=pb.SignalValue(signal_type="pdq", value=value)), metadata=m_md
         )
         assert answer.decision == pb.BLOCK
+
+
+def test_one_fetch_of_a_feed_at_a_time_in_a_server(harness):
+    """A replica's lease is its own: without a guard in the process, a
+    second `exchange fetch` (gRPC or HTTP) or the background loop would fetch
+    a feed that this server is already fetching, both writing its pages."""
+    stubs, md = harness.stubs("operator")
+    stubs.curation.CreateSet(pb.CreateSetRequest(name="partners"), metadata=md)
+    with TcapServer(page_size=1) as tcap:
+        for _ in range(3):
+            tcap.add(secrets.token_hex(32))
+        tcap.delay = 0.5
+        stubs.exchange.AddFeed(
+            pb.AddFeedRequest(
+                name="slow",
+                api="tcap",
+                set="partners",
+                credentials="user:secret-pass",
+                options={"base_url": tcap.url},
+                every_seconds=60,
+            ),
+            metadata=md,
+        )
+        first: list = []
+        fetching = threading.Thread(target=lambda: first.append(_fetch(stubs, md, "slow")))
+        fetching.start()
+        try:
+            deadline = time.monotonic() + 30
+            while tcap.page_requests == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert tcap.page_requests > 0
+            with pytest.raises(grpc.RpcError) as err:
+                _fetch(stubs, md, "slow")
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "being fetched on this server" in err.value.details()
+            assert harness.running.feeds.run_due() == []  # due, but being fetched
+        finally:
+            fetching.join(timeout=60)
+        assert first and first[0][-1].added == 3

@@ -110,6 +110,11 @@ class Feeds:
         self.on_fetch: Callable[[FetchResult], None] | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # feeds this replica is fetching now: its lease is its own (one owner
+        # a process), so it alone would let `exchange fetch` (gRPC, HTTP) and
+        # the background loop fetch the same feed at once
+        self._fetching: set[int] = set()
+        self._fetching_lock = threading.Lock()
         self.box = CredentialBox(settings.credentials_key_file)
 
     # -- feeds
@@ -217,8 +222,13 @@ class Feeds:
         """One fetch now (`exchange fetch`): FAILED_PRECONDITION when another
         replica is fetching it. A failed fetch raises after it is recorded."""
         feed = self.get(name)
-        require_lease(self.store.acquire_feed_lease(feed.id, self.owner, self._lease()), name)
-        result = self._fetch_leased(feed, actor, full, progress)
+        if not self._claim(feed.id):
+            raise FailedPrecondition(f"feed {quoted(name)} is being fetched on this server")
+        try:
+            require_lease(self.store.acquire_feed_lease(feed.id, self.owner, self._lease()), name)
+            result = self._fetch_leased(feed, actor, full, progress)
+        finally:
+            self._release(feed.id)
         if result.error:
             raise FailedPrecondition(f"fetching feed {quoted(name)} failed: {result.error}")
         return result
@@ -229,10 +239,26 @@ class Feeds:
         for feed in self.store.due_feeds(now_micros()):
             if self._stopping.is_set():
                 break
-            if not self.store.acquire_feed_lease(feed.id, self.owner, self._lease()):
-                continue  # another replica took it
-            results.append(self._fetch_leased(feed, "hashsvc", False, None))
+            if not self._claim(feed.id):
+                continue  # `exchange fetch` is fetching it here now
+            try:
+                if not self.store.acquire_feed_lease(feed.id, self.owner, self._lease()):
+                    continue  # another replica took it
+                results.append(self._fetch_leased(feed, "hashsvc", False, None))
+            finally:
+                self._release(feed.id)
         return results
+
+    def _claim(self, feed_id: int) -> bool:
+        with self._fetching_lock:
+            if feed_id in self._fetching:
+                return False
+            self._fetching.add(feed_id)
+            return True
+
+    def _release(self, feed_id: int) -> None:
+        with self._fetching_lock:
+            self._fetching.discard(feed_id)
 
     def _fetch_leased(
         self,
