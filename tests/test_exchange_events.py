@@ -175,3 +175,46 @@ def test_one_fetch_of_a_feed_at_a_time_in_a_server(harness):
         finally:
             fetching.join(timeout=60)
         assert first and first[0][-1].added == 3
+
+
+def test_stopping_waits_for_a_fetch_started_by_hand(harness):
+    """A fetch started by `exchange fetch` (its own thread) ends, recorded,
+    before the server closes the store under it."""
+    stubs, md = harness.stubs("operator")
+    stubs.curation.CreateSet(pb.CreateSetRequest(name="partners"), metadata=md)
+    with TcapServer(page_size=1) as tcap:
+        for _ in range(4):
+            tcap.add(secrets.token_hex(32))
+        tcap.delay = 0.5
+        stubs.exchange.AddFeed(
+            pb.AddFeedRequest(
+                name="slow",
+                api="tcap",
+                set="partners",
+                credentials="user:secret-pass",
+                options={"base_url": tcap.url},
+                every_seconds=60,
+            ),
+            metadata=md,
+        )
+        outcome: list = []
+
+        def fetch() -> None:
+            try:
+                outcome.append(_fetch(stubs, md, "slow"))
+            except grpc.RpcError as exc:
+                outcome.append(exc)
+
+        fetching = threading.Thread(target=fetch)
+        fetching.start()
+        try:
+            deadline = time.monotonic() + 30
+            while tcap.page_requests == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            harness.running.feeds.stop()
+            feed = harness.core.store.get_feed("slow")
+            assert feed.last_result == "failed" and "stopping" in feed.last_error
+            assert feed.lease_owner is None and 0 < feed.items < 4  # its pages kept
+        finally:
+            fetching.join(timeout=60)
+        assert isinstance(outcome[0], grpc.RpcError)

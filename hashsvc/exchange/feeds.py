@@ -114,7 +114,7 @@ class Feeds:
         # a process), so it alone would let `exchange fetch` (gRPC, HTTP) and
         # the background loop fetch the same feed at once
         self._fetching: set[int] = set()
-        self._fetching_lock = threading.Lock()
+        self._fetching_lock = threading.Condition()
         self.box = CredentialBox(settings.credentials_key_file)
 
     # -- feeds
@@ -259,6 +259,7 @@ class Feeds:
     def _release(self, feed_id: int) -> None:
         with self._fetching_lock:
             self._fetching.discard(feed_id)
+            self._fetching_lock.notify_all()
 
     def _fetch_leased(
         self,
@@ -582,9 +583,16 @@ class Feeds:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stops the background loop and every fetch of this process (each
+        stops after its page in progress, recorded as failed, its committed
+        pages kept), before the store they write to closes."""
         self._stopping.set()
+        most = self.settings.http_timeout_seconds + 10
         if self._thread is not None:
-            self._thread.join(timeout=self.settings.http_timeout_seconds + 10)
+            self._thread.join(timeout=most)
+        with self._fetching_lock:  # `exchange fetch`es (gRPC, HTTP) run on threads of their own
+            if not self._fetching_lock.wait_for(lambda: not self._fetching, timeout=most):
+                log.warning("feeds %s still fetching after %g s", sorted(self._fetching), most)
 
     def _loop(self) -> None:
         while not self._stopping.wait(self.settings.poll_seconds):
