@@ -215,6 +215,9 @@ def test_stopping_waits_for_a_fetch_started_by_hand(harness):
             feed = harness.core.store.get_feed("slow")
             assert feed.last_result == "failed" and "stopping" in feed.last_error
             assert feed.lease_owner is None and 0 < feed.items < 4  # its pages kept
+            with pytest.raises(grpc.RpcError) as err:  # nothing new starts
+                _fetch(stubs, md, "slow")
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         finally:
             fetching.join(timeout=60)
         assert isinstance(outcome[0], grpc.RpcError)

@@ -41,7 +41,13 @@ from hashdb.exchange_sql import (
 )
 from hashdb.times import now_micros
 from hashsvc.base import validation
-from hashsvc.base.errors import FailedPrecondition, InvalidArgument, NotFound, quoted
+from hashsvc.base.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    quoted,
+)
 from hashsvc.core import events
 from hashsvc.core.bulk import BulkLoad, RowBatch
 from hashsvc.core.bulk_rows import RowError, row_value
@@ -222,6 +228,8 @@ class Feeds:
         """One fetch now (`exchange fetch`): FAILED_PRECONDITION when another
         replica is fetching it. A failed fetch raises after it is recorded."""
         feed = self.get(name)
+        if self._stopping.is_set():
+            raise Unavailable("the server is stopping: no new fetch")
         if not self._claim(feed.id):
             raise FailedPrecondition(f"feed {quoted(name)} is being fetched on this server")
         try:
