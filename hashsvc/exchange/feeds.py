@@ -78,6 +78,8 @@ API_OPTIONS = {
     "file": {"path", "signal_type"},
 }
 VERDICTS = ("confirmed", "false_positive")
+# A feed is fetched every 15 minutes unless told otherwise (`exchange add --every`)
+DEFAULT_EVERY_SECONDS = 900
 # Labels hashsvc sets on every feed entry (they win over the source's)
 FEED_LABEL = "feed"
 SOURCE_ID_LABEL = "source_id"

@@ -76,7 +76,8 @@ class Endpoint:
 class Services:
     """What the routes share beside the core: the gRPC server's own rate
     limiter and upload spool when both APIs run in one process (one budget
-    per token, one spool), the bulk-load jobs, the worker threads."""
+    per token, one spool), the bulk-load jobs, the worker threads, and the
+    partner feeds with their fetches started over HTTP."""
 
     core: Core
     limiter: RateLimiter

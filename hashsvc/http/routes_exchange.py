@@ -29,13 +29,10 @@ from hashsvc.base.errors import (
     Unavailable,
     quoted,
 )
-from hashsvc.exchange.feeds import FetchResult
+from hashsvc.exchange.feeds import DEFAULT_EVERY_SECONDS, FetchResult
 from hashsvc.http.calls import Call, Endpoint, Fields, Param
 from hashsvc.http.errors import error_response
 from hashsvc.http.views import feed_json, feedback_json, fetch_json
-
-# A feed fetched every 15 minutes unless told otherwise, as `exchange add --every`.
-DEFAULT_EVERY_SECONDS = 900
 
 
 @dataclass
