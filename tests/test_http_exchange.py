@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hashsvc.client.commands.exchange import feed_status
+from hashsvc.client.commands.exchange import _feed_row, feed_status
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc_testing.exchange_servers import TcapServer
 from hashsvc_testing.http_server import HttpServerProcess
@@ -28,8 +28,10 @@ min_every_seconds = 1
 http_timeout_seconds = 5.0
 http_retries = 0
 """
-# the CLI's `exchange status --json` object: the HTTP answers carry the same fields
+# the CLI's `exchange status --json` and `exchange list --json` objects: the
+# HTTP answers carry the same fields
 STATUS_FIELDS = set(feed_status(pb.Feed()))
+FEED_FIELDS = set(_feed_row(pb.Feed()))
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +111,7 @@ def test_file_feed_added_fetched_and_shown(server, tmp_path):
         )  # fmt: skip
         assert added.status_code == 201, added.text
         feed = added.json()
-        assert STATUS_FIELDS <= set(feed)
+        assert STATUS_FIELDS <= FEED_FIELDS == set(feed)
         assert (feed["name"], feed["api"], feed["set"], feed["enabled"]) == (
             "local-list", "file", "partners", True,
         )  # fmt: skip
@@ -124,10 +126,12 @@ def test_file_feed_added_fetched_and_shown(server, tmp_path):
         assert op.get("/v1/exchange/feeds/local-list/fetch").json() == result
 
         [status] = op.get("/v1/exchange/feeds").json()["feeds"]
+        assert set(status) == FEED_FIELDS
         assert status["result"] == "ok" and status["error"] is None
         assert (status["added"], status["skipped"], status["items"]) == (2, 1, 2)
         assert status["last_fetch"] and status["next_run"]
         shown = op.get("/v1/exchange/feeds/local-list").json()
+        assert set(shown) == FEED_FIELDS | {"feedback"}
         assert shown["feedback"] == [] and shown["added"] == 2
     with server.client("matcher") as matcher:
         answer = matcher.post("/v1/match", json={"signal": {"signal_type": "pdq", "value": kept}})
