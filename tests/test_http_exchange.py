@@ -138,7 +138,16 @@ def test_file_feed_added_fetched_and_shown(server, tmp_path):
         assert answer.json()["decision"] == "block"
         assert answer.json()["matches"][0]["entry"] == f"local-list:pdq:{kept}"
 
+    with server.client("reviewer") as reviewer:  # a verdict back to the source, queued
+        sent = reviewer.post(
+            "/v1/exchange/feeds/local-list/feedback",
+            json={"entry": f"local-list:pdq:{kept}", "verdict": "confirmed"},
+        )
+        assert sent.status_code == 201, sent.text
+        assert (sent.json()["verdict"], sent.json()["state"]) == ("confirmed", "queued")
     with server.client("operator") as op:
+        [item] = op.get("/v1/exchange/feeds/local-list").json()["feedback"]
+        assert item["entry"] == f"local-list:pdq:{kept}" and item["id"] == sent.json()["id"]
         path.write_text(f"pdq {kept}\n")  # the partner dropped one
         result = op.post("/v1/exchange/feeds/local-list/fetch", json={}).json()
         assert (result["added"], result["deleted"]) == (0, 1)
