@@ -187,7 +187,7 @@ def start_http_on(running):
 
     core = running.core
     core.config = dataclasses.replace(core.config, http_listen="127.0.0.1:0")
-    return HttpServer(core, running.limiter, running.spool).start()
+    return HttpServer(core, running.limiter, running.spool, running.feeds).start()
 
 
 def _http_request(endpoint) -> dict:
@@ -197,6 +197,7 @@ def _http_request(endpoint) -> dict:
         .replace("{name:path}", "e")
         .replace("{id}", "999999")
         .replace("{job_id}", "x")
+        .replace("{name}", "f")
     )
     body: dict = {"json": {}}
     if endpoint.body == "match":

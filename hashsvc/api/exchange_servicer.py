@@ -8,12 +8,9 @@ import threading
 
 from hashsvc.api import convert
 from hashsvc.api.calls import caller_name, rpc
-from hashsvc.exchange.feeds import Feeds
+from hashsvc.exchange.feeds import DEFAULT_EVERY_SECONDS, Feeds
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
-
-# A feed fetched every 15 minutes unless told otherwise (`--every`)
-DEFAULT_EVERY_SECONDS = 900
 
 
 class ExchangeServicer(pb_grpc.ExchangeServicer):

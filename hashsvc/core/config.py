@@ -327,9 +327,14 @@ class Config:
     # the rest wait their turn, so HTTP cannot starve the gRPC threads.
     http_threads: int = 16
     # Finished bulk-load jobs whose progress stays readable (the oldest
-    # finished one is forgotten past this), and jobs running at once.
+    # finished one is forgotten past this; so are feeds' last fetches over
+    # HTTP), and jobs running at once.
     http_jobs_kept: int = 100
     http_jobs_running: int = 2
+    # POST /v1/exchange/feeds/NAME/fetch waits this long for the fetch to end
+    # and answers its result (200); a longer fetch goes on and is answered
+    # 202 with its progress so far, polled at GET .../fetch. 0: always 202.
+    http_fetch_wait_seconds: float = 10.0
     # Prometheus metrics over HTTP at HOST:PORT/metrics; empty = off.
     metrics_listen: str = ""
     # Where the index snapshot lives; empty -> next to a SQLite file, or none.
@@ -487,6 +492,11 @@ class Config:
         for name in ("stream_idle_seconds", "stream_max_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be more than 0")
+        if not 0 <= self.http_fetch_wait_seconds <= self.stream_max_seconds:
+            raise ValueError(
+                "http_fetch_wait_seconds must be between 0 and stream_max_seconds"
+                f" ({self.stream_max_seconds:g})"
+            )
         if self.spool_max_bytes < self.max_upload_bytes:
             raise ValueError(
                 f"spool_max_bytes ({self.spool_max_bytes}) must be at least max_upload_bytes"

@@ -41,7 +41,13 @@ from hashdb.exchange_sql import (
 )
 from hashdb.times import now_micros
 from hashsvc.base import validation
-from hashsvc.base.errors import FailedPrecondition, InvalidArgument, NotFound, quoted
+from hashsvc.base.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    quoted,
+)
 from hashsvc.core import events
 from hashsvc.core.bulk import BulkLoad, RowBatch
 from hashsvc.core.bulk_rows import RowError, row_value
@@ -72,6 +78,8 @@ API_OPTIONS = {
     "file": {"path", "signal_type"},
 }
 VERDICTS = ("confirmed", "false_positive")
+# A feed is fetched every 15 minutes unless told otherwise (`exchange add --every`)
+DEFAULT_EVERY_SECONDS = 900
 # Labels hashsvc sets on every feed entry (they win over the source's)
 FEED_LABEL = "feed"
 SOURCE_ID_LABEL = "source_id"
@@ -110,6 +118,11 @@ class Feeds:
         self.on_fetch: Callable[[FetchResult], None] | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # feeds this replica is fetching now: its lease is its own (one owner
+        # a process), so it alone would let `exchange fetch` (gRPC, HTTP) and
+        # the background loop fetch the same feed at once
+        self._fetching: set[int] = set()
+        self._fetching_lock = threading.Condition()
         self.box = CredentialBox(settings.credentials_key_file)
 
     # -- feeds
@@ -217,8 +230,15 @@ class Feeds:
         """One fetch now (`exchange fetch`): FAILED_PRECONDITION when another
         replica is fetching it. A failed fetch raises after it is recorded."""
         feed = self.get(name)
-        require_lease(self.store.acquire_feed_lease(feed.id, self.owner, self._lease()), name)
-        result = self._fetch_leased(feed, actor, full, progress)
+        if self._stopping.is_set():
+            raise Unavailable("the server is stopping: no new fetch")
+        if not self._claim(feed.id):
+            raise FailedPrecondition(f"feed {quoted(name)} is being fetched on this server")
+        try:
+            require_lease(self.store.acquire_feed_lease(feed.id, self.owner, self._lease()), name)
+            result = self._fetch_leased(feed, actor, full, progress)
+        finally:
+            self._release(feed.id)
         if result.error:
             raise FailedPrecondition(f"fetching feed {quoted(name)} failed: {result.error}")
         return result
@@ -229,10 +249,27 @@ class Feeds:
         for feed in self.store.due_feeds(now_micros()):
             if self._stopping.is_set():
                 break
-            if not self.store.acquire_feed_lease(feed.id, self.owner, self._lease()):
-                continue  # another replica took it
-            results.append(self._fetch_leased(feed, "hashsvc", False, None))
+            if not self._claim(feed.id):
+                continue  # `exchange fetch` is fetching it here now
+            try:
+                if not self.store.acquire_feed_lease(feed.id, self.owner, self._lease()):
+                    continue  # another replica took it
+                results.append(self._fetch_leased(feed, "hashsvc", False, None))
+            finally:
+                self._release(feed.id)
         return results
+
+    def _claim(self, feed_id: int) -> bool:
+        with self._fetching_lock:
+            if feed_id in self._fetching:
+                return False
+            self._fetching.add(feed_id)
+            return True
+
+    def _release(self, feed_id: int) -> None:
+        with self._fetching_lock:
+            self._fetching.discard(feed_id)
+            self._fetching_lock.notify_all()
 
     def _fetch_leased(
         self,
@@ -368,9 +405,13 @@ class Feeds:
         held = self.store.all_feed_items(feed.id)
         gone = [SourceItem(key, deleted=True) for key in held if key not in seen]
         limit = self.settings.snapshot_max_delete_fraction
-        if gone and len(gone) > limit * len(held):
+        # the fraction of what the feed held before this fetch: its own pages
+        # are mapped by now, and a listing swapped for another (N new items,
+        # the N old ones left out) must not halve its way past the limit
+        before = max(len(held) - result.added + result.deleted, 0)
+        if gone and len(gone) > limit * before:
             raise FailedPrecondition(
-                f"the listing leaves out {len(gone)} of the feed's {len(held)} items, more than"
+                f"the listing leaves out {len(gone)} of the feed's {before} items, more than"
                 f" {limit:.0%} (exchange.snapshot_max_delete_fraction): nothing deleted"
             )
         if gone:
@@ -556,9 +597,16 @@ class Feeds:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stops the background loop and every fetch of this process (each
+        stops after its page in progress, recorded as failed, its committed
+        pages kept), before the store they write to closes."""
         self._stopping.set()
+        most = self.settings.http_timeout_seconds + 10
         if self._thread is not None:
-            self._thread.join(timeout=self.settings.http_timeout_seconds + 10)
+            self._thread.join(timeout=most)
+        with self._fetching_lock:  # `exchange fetch`es (gRPC, HTTP) run on threads of their own
+            if not self._fetching_lock.wait_for(lambda: not self._fetching, timeout=most):
+                log.warning("feeds %s still fetching after %g s", sorted(self._fetching), most)
 
     def _loop(self) -> None:
         while not self._stopping.wait(self.settings.poll_seconds):

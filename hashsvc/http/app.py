@@ -19,7 +19,8 @@ from hashsvc.core import audit, auth
 from hashsvc.core.auth import RateLimiter
 from hashsvc.core.config import new_spool
 from hashsvc.core.core import Core
-from hashsvc.http import routes_curation, routes_match, routes_people
+from hashsvc.exchange.feeds import Feeds
+from hashsvc.http import routes_curation, routes_exchange, routes_match, routes_people
 from hashsvc.http.calls import Call, Endpoint, Services
 from hashsvc.http.console import build_console
 from hashsvc.http.errors import error_body, error_response, plain_error
@@ -33,6 +34,7 @@ ENDPOINTS: list[Endpoint] = [
     *routes_match.ENDPOINTS,
     *routes_curation.ENDPOINTS,
     *routes_people.ENDPOINTS,
+    *routes_exchange.ENDPOINTS,
 ]
 RPC_PREFIX = "/hashsvc.v1."
 # RPCs without a route of their own: a route above serves what they do.
@@ -41,14 +43,6 @@ RPCS_SERVED_ELSEWHERE = {
     "Matcher/MatchBatch": "POST /v1/match once per upload (HTTP/1.1 keep-alive, or HTTP/2)",
     "Curation/AddEntry": "POST /v1/sets/{set}/entries (JSON with a signal)",
     "Events/Subscribe": "GET /v1/events from the last id seen (a pulling consumer pages it)",
-    # partner feeds: gRPC and `hashsvc exchange` until their routes land
-    "Exchange/AddFeed": "gRPC only",
-    "Exchange/ListFeeds": "gRPC only",
-    "Exchange/GetFeed": "gRPC only",
-    "Exchange/SetFeedEnabled": "gRPC only",
-    "Exchange/RemoveFeed": "gRPC only",
-    "Exchange/FetchFeed": "gRPC only",
-    "Exchange/SendFeedback": "gRPC only",
 }
 # A Match refused by the rate limit is still a Match call, in the history (as gRPC's).
 _RECORDED_WHEN_RATE_LIMITED = frozenset({"Matcher/Match"})
@@ -116,9 +110,12 @@ def build_app(
     limiter: RateLimiter | None = None,
     spool: Spool | None = None,
     jobs: BulkJobs | None = None,
+    feeds: Feeds | None = None,
 ) -> Starlette:
-    """The HTTP API over `core`; `limiter` and `spool` the gRPC server's own
-    when both serve in one process (one rate budget per token, one spool)."""
+    """The HTTP API over `core`; `limiter`, `spool` and `feeds` the gRPC
+    server's own when both serve in one process (one rate budget per token,
+    one spool, one lease owner for feeds; without feeds the Exchange routes
+    answer UNAVAILABLE)."""
     config = core.config
     services = Services(
         core,
@@ -126,6 +123,8 @@ def build_app(
         spool or new_spool(config),
         jobs or BulkJobs(core, config.http_jobs_kept, config.http_jobs_running),
         anyio.CapacityLimiter(config.http_threads),
+        feeds,
+        routes_exchange.FeedFetches(feeds, config.http_jobs_kept) if feeds is not None else None,
     )
     spec = openapi(ENDPOINTS, RPC_PREFIX)
     docs = docs_html(spec)

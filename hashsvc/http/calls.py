@@ -76,13 +76,18 @@ class Endpoint:
 class Services:
     """What the routes share beside the core: the gRPC server's own rate
     limiter and upload spool when both APIs run in one process (one budget
-    per token, one spool), the bulk-load jobs, the worker threads."""
+    per token, one spool), the bulk-load jobs, the worker threads, and the
+    partner feeds with their fetches started over HTTP."""
 
     core: Core
     limiter: RateLimiter
     spool: Spool
     jobs: object = None  # hashsvc.http.jobs.BulkJobs
     threads: anyio.CapacityLimiter | None = None
+    # partner feeds: the gRPC server's (one lease owner, one background
+    # fetcher); None: the Exchange routes answer UNAVAILABLE
+    feeds: object = None  # hashsvc.exchange.feeds.Feeds
+    fetches: object = None  # hashsvc.http.routes_exchange.FeedFetches
 
     @property
     def config(self) -> Config:

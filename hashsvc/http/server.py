@@ -1,6 +1,6 @@
 """The HTTP API served by uvicorn on a thread of the gRPC server's process
-(`hashsvc serve --http-listen HOST:PORT`): the same core, rate limiter and
-spool. TLS with the gRPC server's certificate and key (and client CA)."""
+(`hashsvc serve --http-listen HOST:PORT`): the same core, rate limiter,
+spool and partner feeds. TLS with the gRPC server's certificate and key (and client CA)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from hashsvc.core.auth import RateLimiter
 from hashsvc.core.core import Core
+from hashsvc.exchange.feeds import Feeds
 from hashsvc.http.app import build_app
 from hashsvc.http.jobs import BulkJobs
 from hashsvc.media.spool import Spool
@@ -73,11 +74,15 @@ class HttpStartupError(OSError):
 
 class HttpServer:
     def __init__(
-        self, core: Core, limiter: RateLimiter | None = None, spool: Spool | None = None
+        self,
+        core: Core,
+        limiter: RateLimiter | None = None,
+        spool: Spool | None = None,
+        feeds: Feeds | None = None,
     ) -> None:
         config = core.config
         self.jobs = BulkJobs(core, config.http_jobs_kept, config.http_jobs_running)
-        self.app = build_app(core, limiter, spool, self.jobs)
+        self.app = build_app(core, limiter, spool, self.jobs, feeds)
         self.listen = config.http_listen
         host, _, port = config.http_listen.rpartition(":")
         self._socket = _bind(host.strip("[]"), port, config.http_listen)
@@ -151,6 +156,11 @@ def _bind(host: str, port_text: str, listen: str) -> socket.socket:
     return sock
 
 
-def start_http(core: Core, limiter: RateLimiter | None = None, spool: Spool | None = None):
+def start_http(
+    core: Core,
+    limiter: RateLimiter | None = None,
+    spool: Spool | None = None,
+    feeds: Feeds | None = None,
+):
     """The HTTP API on config.http_listen, started; .stop() stops it."""
-    return HttpServer(core, limiter, spool).start()
+    return HttpServer(core, limiter, spool, feeds).start()

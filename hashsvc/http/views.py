@@ -8,10 +8,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from hashdb import EntryRecord, HashSetRecord, HistoryRecord, ReviewItem, TokenRecord
+from hashdb.exchange_sql import FeedbackRecord, FeedRecord
+from hashdb.times import from_micros
 from hashsvc.base.decisions import Thresholds
 from hashsvc.core.audit import history_signal_json
 from hashsvc.core.bulk_rows import BulkResult
 from hashsvc.core.core import MatchOutcome
+from hashsvc.exchange.feeds import FetchResult
 from hashsvc.matching.matcher import Match
 
 
@@ -116,6 +119,7 @@ def history_json(r: HistoryRecord) -> dict:
 def review_item_json(item: ReviewItem) -> dict:
     return {
         "id": item.id,
+        "source": item.source or "match",  # "retro": found by a retro-hunt
         "request_id": item.request_id,
         "created_at": iso(item.created_at),
         "caller": item.caller,
@@ -156,4 +160,68 @@ def bulk_result_json(result: BulkResult) -> dict:
             {"source": r.source, "line": r.line, "reason": r.reason} for r in result.rejected
         ],
         "written": result.written,
+    }
+
+
+def feed_status_json(feed: FeedRecord, set_name: str) -> dict:
+    """A feed's status as `hashsvc exchange status --json` prints it
+    (hashsvc/client/commands/exchange.py feed_status): never its credentials."""
+    return {
+        "name": feed.name,
+        "api": feed.api,
+        "set": set_name,
+        "enabled": feed.enabled,
+        "last_fetch": iso(from_micros(feed.last_fetch_at)),
+        "result": feed.last_result or None,
+        "error": feed.last_error or None,
+        "added": feed.added,
+        "updated": feed.updated,
+        "deleted": feed.deleted,
+        "skipped": feed.skipped,
+        "failures": feed.failures,
+        "checkpoint": feed.checkpoint or None,
+        "next_run": iso(from_micros(feed.next_run_at)),
+        "fetching_replica": feed.lease_owner or None,
+    }
+
+
+def feed_json(feed: FeedRecord, set_name: str) -> dict:
+    """A feed as `hashsvc exchange list --json` prints it: its status, labels,
+    options and schedule; `has_credentials` says whether it has any, never what."""
+    return {
+        **feed_status_json(feed, set_name),
+        "labels": dict(feed.labels),
+        "options": dict(feed.options),
+        "every_seconds": feed.every_seconds,
+        "has_credentials": feed.has_credentials,
+        "items": feed.items,
+    }
+
+
+def feedback_json(item: FeedbackRecord) -> dict:
+    """A verdict sent back to a feed's source, as `exchange show --json` lists it."""
+    return {
+        "id": item.id,
+        "entry": item.entry_name,
+        "verdict": item.verdict,
+        "state": item.state,
+        "attempts": item.attempts,
+        "error": item.last_error or None,
+        "created_at": iso(from_micros(item.created_at)),
+        "sent_at": iso(from_micros(item.sent_at)),
+    }
+
+
+def fetch_json(result: FetchResult) -> dict:
+    """A fetch's progress or result, as `hashsvc exchange fetch --json` prints it."""
+    return {
+        "feed": result.feed,
+        "pages": result.pages,
+        "items": result.items,
+        "added": result.added,
+        "updated": result.updated,
+        "deleted": result.deleted,
+        "skipped": result.skipped,
+        "rejected": result.rejected,
+        "seconds": round(result.seconds, 3),
     }
