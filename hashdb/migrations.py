@@ -548,6 +548,8 @@ POSTGRES.append(
             FOR EACH ROW EXECUTE FUNCTION hashsvc_history_prune_only()""",
     ]
 )
+
+
 # Issue 22: partner feeds (hashsvc/exchange). A feed loads one set from one
 # exchange API, incrementally from its checkpoint (the API's own, as JSON).
 # Its credentials live in their own table that no listing reads, so no answer,
