@@ -196,7 +196,9 @@ async def fetch_feed(call: Call) -> Response:
     full = Fields(call, await call.json()).bool("full")
     fetch = await call.blocking(fetches.start, name, call.caller.name, full)
     # the wait holds no worker thread: the fetch runs on its own
-    with anyio.move_on_after(call.config.http_fetch_wait_seconds):
+    # never past a request's own deadline (stream_max_seconds): then 202
+    wait = min(call.config.http_fetch_wait_seconds, call.config.stream_max_seconds)
+    with anyio.move_on_after(wait):
         while not fetch.finished.is_set():
             await anyio.sleep(0.05)
     if fetch.state == "failed":
