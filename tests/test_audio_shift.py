@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from hashsvc.client import cli
 from hashsvc.index.audio import AudioIndex
 from hashsvc.matching.matcher import search_sounds
-from hashsvc.media.audio import AudioLimits, fingerprint_audio
+from hashsvc.media.audio import AudioLimits, _resampled, fingerprint_audio
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc_testing import audio_media as am
 
@@ -160,3 +161,15 @@ def test_second_stretch_finds_a_shifted_track_after_a_long_intro(media):
     assert best.query_start >= intro_seconds - 1, best
     # the known audio at upload second s is at known second (s - intro) * tempo
     assert abs(best.known_start - (best.query_start - intro_seconds) * 1.08) <= 0.6, best
+
+
+@pytest.mark.parametrize("ratio", [0.9, 0.97, 1.0, 1.03, 1.1])
+def test_resampled_is_linear_interpolation(ratio):
+    """The views' resampler (written for speed) gives the samples of plain
+    linear interpolation at positions i / ratio, to the rounding of float32."""
+    pcm = (np.random.default_rng(19).standard_normal(16 * 11025) * 8000).astype(np.int16)
+    out = _resampled(pcm, ratio)
+    n = len(pcm) if ratio == 1.0 else int((len(pcm) - 1) * ratio)
+    expected = np.interp(np.arange(n) / ratio, np.arange(len(pcm)), pcm.astype(np.float64))
+    assert out.dtype == np.int16 and len(out) == n
+    assert np.abs(out.astype(np.float64) - np.trunc(expected)).max() <= 1
