@@ -30,7 +30,7 @@ speech over a music bed (README, bench/audio.py):
   that the lookup finds no votes for the harder recordings; so each stretch is
   also time-stretched at the same pitch (atempo) by 0.9 and 1.1 first, which
   leaves at most ~5% for the alignment to absorb;
-* fingerprinting 20 s costs ~2 ms, resampling it ~1.2 ms, atempo ~5 ms: the
+* fingerprinting 20 s costs ~2 ms, resampling it ~0.4 ms, atempo ~5 ms: the
   63 views (21 pitch ratios x 3 tempo factors) of one 16 s stretch, searched,
   add ~0.27 s to a 3-minute upload's ~0.3 s Match (20 s stretches: 2.04x,
   over the 2x budget), so one stretch (the middle of the first two minutes)
