@@ -252,12 +252,31 @@ def shifted(pcm: np.ndarray, pitch: float = 1.0, tempo: float = 1.0, *encode_arg
     """PCM re-uploaded pitched by `pitch` and played `tempo` times as fast (MP3):
     asetrate changes both, atempo puts the speed where asked. pitch == tempo is
     a plain speed-up (pitch and speed together); tempo 1 keeps the speed."""
+    return encode(pcm, "mp3", "-af", _shift_filters(pitch, tempo), *encode_args)
+
+
+def _shift_filters(pitch: float, tempo: float) -> str:
     filters = []
     if pitch != 1.0:
         filters += [f"asetrate={RATE}*{pitch}", f"aresample={RATE}"]
     if tempo / pitch != 1.0:
         filters.append(f"atempo={tempo / pitch}")
-    return encode(pcm, "mp3", "-af", ",".join(filters), *encode_args)
+    return ",".join(filters)
+
+
+def shifted_after_intro(
+    intro: np.ndarray, pcm: np.ndarray, pitch: float = 1.0, tempo: float = 1.0
+) -> bytes:
+    """`shifted` audio that starts after an unshifted intro (other audio: a
+    re-upload whose first minute is something else), as one MP3."""
+    seconds = len(intro) / RATE
+    whole = np.concatenate([stereo(intro), stereo(pcm)])
+    graph = (
+        f"[0:a]atrim=end={seconds},asetpts=PTS-STARTPTS[intro];"
+        f"[0:a]atrim=start={seconds},asetpts=PTS-STARTPTS,{_shift_filters(pitch, tempo)}[known];"
+        "[intro][known]concat=n=2:v=0:a=1"
+    )
+    return encode(whole, "mp3", "-filter_complex", graph)
 
 
 def as_video_sound_track(audio: bytes, seconds: float) -> bytes:

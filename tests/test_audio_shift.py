@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from hashsvc.client import cli
+from hashsvc.index.audio import AudioIndex
+from hashsvc.matching.matcher import search_sounds
+from hashsvc.media.audio import AudioLimits, _resampled, fingerprint_audio
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc_testing import audio_media as am
 
@@ -23,6 +27,7 @@ def media():
     known = am.speech_track(5, SECONDS, "ar", voice=VOICE, background_seed=BED)
     excerpt = known[int(12 * am.RATE) : int(27 * am.RATE)]  # 15 s from 12 s
     return {
+        "known_pcm": known,
         "known": am.master(known),
         "copy": am.encode(known, "mp3", "-b:a", "64k"),
         "pitch_up_6": am.shifted(known, pitch=1.06),
@@ -126,3 +131,45 @@ def test_answer_and_history_hold_the_fingerprint_not_the_views(service, media):
     assert resp.decision == pb.BLOCK
     assert resp.matches[0].audio_shift.pitch_ratio == pytest.approx(1.06, abs=0.011)
     assert [s.variant for s in resp.query_signals if s.signal_type == "chromaprint"] == ["original"]
+
+
+def test_second_stretch_finds_a_shifted_track_after_a_long_intro(media):
+    """A re-upload whose first minute is other audio (music), then the known
+    speech sped up 8%: one stretch in the middle of the first 120 s (the
+    default) lies in the intro and sees nothing of the known speech; with
+    shift_windows = 2 the second stretch (centred at 3/4 of what was scanned)
+    lies in it and the match comes with the upload's seconds after the intro."""
+    intro_seconds = 60.0
+    upload = am.shifted_after_intro(
+        am.tones(611, intro_seconds), media["known_pcm"], pitch=1.08, tempo=1.08
+    )
+    index = AudioIndex()
+    known_words = fingerprint_audio(media["known"], AudioLimits()).words
+    index.add(1, known_words)
+    max_ber = 0.20
+
+    def found(limits: AudioLimits) -> list:
+        signals = fingerprint_audio(upload, limits, shifted_views=True).query_signals()
+        return search_sounds(index, signals, max_ber).get(1, [])
+
+    assert found(AudioLimits()) == []  # the one stretch lies in the intro
+    alignments = found(AudioLimits(shift_windows=2))
+    assert alignments
+    best = min(alignments, key=lambda a: a.ber)
+    assert best.shifted and best.ber <= 0.15, best
+    assert abs(best.rate - 1.08) <= 0.02 and abs(best.pitch_ratio - 1.08) <= 0.011, best
+    assert best.query_start >= intro_seconds - 1, best
+    # the known audio at upload second s is at known second (s - intro) * tempo
+    assert abs(best.known_start - (best.query_start - intro_seconds) * 1.08) <= 0.6, best
+
+
+@pytest.mark.parametrize("ratio", [0.9, 0.97, 1.0, 1.03, 1.1])
+def test_resampled_is_linear_interpolation(ratio):
+    """The views' resampler (written for speed) gives the samples of plain
+    linear interpolation at positions i / ratio, to the rounding of float32."""
+    pcm = (np.random.default_rng(19).standard_normal(16 * 11025) * 8000).astype(np.int16)
+    out = _resampled(pcm, ratio)
+    n = len(pcm) if ratio == 1.0 else int((len(pcm) - 1) * ratio)
+    expected = np.interp(np.arange(n) / ratio, np.arange(len(pcm)), pcm.astype(np.float64))
+    assert out.dtype == np.int16 and len(out) == n
+    assert np.abs(out.astype(np.float64) - np.trunc(expected)).max() <= 1
