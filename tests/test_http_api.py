@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import numpy as np
 import pytest
 from openapi_spec_validator import validate
@@ -523,3 +524,34 @@ def test_http_listen_beyond_loopback_needs_tls(tmp_path):
     )  # fmt: skip
     assert done.returncode != 0
     assert "http_listen = '0.0.0.0:0' is not a loopback address" in done.stderr
+
+
+def test_failed_authentications_are_limited_per_address_with_the_console(tmp_path):
+    """Bad tokens on /v1/* count against the address's failed sign-ins (the
+    console's limiter, one budget): past the limit even a good token is
+    refused 429 with Retry-After before any lookup, the console's sign-in
+    too; another address is not held back."""
+    config = LIMITS + "[console]\nsign_in_failures_per_minute = 3\n"
+    proc = HttpServerProcess(f"sqlite:///{tmp_path}/db.sqlite", tmp_path / "server.log", config)
+    try:
+        with proc.client(token="hs_guess") as guesser:
+            for _ in range(3):
+                _error(guesser.get("/v1/stats"), 401, "UNAUTHENTICATED")
+        with proc.client("auditor") as right:
+            refused = right.get("/v1/stats")
+            error = _error(refused, 429, "RESOURCE_EXHAUSTED")
+            assert error["limit"] == "console.sign_in_failures_per_minute"
+            assert 1 <= int(refused.headers["retry-after"]) <= 60
+            assert refused.headers["cache-control"] == "no-store"
+            assert right.post("/ui/login").status_code == 429  # the console's, same budget
+            assert right.get("/healthz").status_code == 200
+        elsewhere = httpx.Client(
+            base_url=proc.url,
+            headers={"Authorization": f"Bearer {proc.tokens['auditor']}"},
+            transport=httpx.HTTPTransport(local_address="127.0.0.2"),
+            timeout=30,
+        )
+        with elsewhere:
+            assert elsewhere.get("/v1/stats").status_code == 200
+    finally:
+        proc.stop()

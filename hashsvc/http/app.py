@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from hashsvc.base.errors import HashsvcError, TooLarge
+from hashsvc.base.errors import HashsvcError, TooLarge, Unauthenticated
 from hashsvc.core import audit, auth
 from hashsvc.core.auth import RateLimiter
 from hashsvc.core.config import new_spool
@@ -23,6 +23,7 @@ from hashsvc.exchange.feeds import Feeds
 from hashsvc.http import routes_curation, routes_exchange, routes_match, routes_people
 from hashsvc.http.calls import Call, Endpoint, Services
 from hashsvc.http.console import build_console
+from hashsvc.http.console.sign_in_limits import SignInLimits
 from hashsvc.http.errors import error_body, error_response, plain_error
 from hashsvc.http.jobs import BulkJobs
 from hashsvc.http.openapi import docs_html, openapi
@@ -46,6 +47,8 @@ RPCS_SERVED_ELSEWHERE = {
 }
 # A Match refused by the rate limit is still a Match call, in the history (as gRPC's).
 _RECORDED_WHEN_RATE_LIMITED = frozenset({"Matcher/Match"})
+# The config key of the failed-authentication limit (shared with the console).
+SIGN_IN_LIMIT = "console.sign_in_failures_per_minute"
 # Every answer: no caching of tokens' answers, no sniffing a JSON body as HTML.
 _HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
@@ -62,17 +65,34 @@ def bearer_token(request: Request) -> str | None:
 
 def guarded(endpoint: Endpoint, services: Services):
     """The route's handler behind authentication, the role check and the
-    caller's rate limit, its errors answered as JSON."""
+    caller's rate limit, its errors answered as JSON. An address past its
+    failed authentications (shared with the console's sign-ins) is refused
+    before its token is looked up: a caller without a token can neither
+    guess on unthrottled nor take the worker threads Match needs."""
     method = f"{RPC_PREFIX}{endpoint.rpc}"
     store = services.core.store
+    sign_ins: SignInLimits = services.sign_ins
 
     async def run(request: Request) -> Response:
         record = None
+        retry_after = 0
         try:
+            address = request.client.host if request.client else ""
+            retry_after = sign_ins.retry_after(address)
+            if retry_after:
+                raise TooLarge(
+                    "too many failed authentications from your address: "
+                    f"try again in {retry_after} seconds",
+                    limit=SIGN_IN_LIMIT,
+                )
             token = bearer_token(request)
-            record = await anyio.to_thread.run_sync(
-                auth.authenticate, store, token, limiter=services.threads
-            )
+            try:
+                record = await anyio.to_thread.run_sync(
+                    auth.authenticate, store, token, limiter=services.threads
+                )
+            except Unauthenticated:
+                sign_ins.failed(address)
+                raise
             auth.authorize(record, method)
             # action records by this caller carry its token id (worker threads
             # inherit the context)
@@ -96,6 +116,8 @@ def guarded(endpoint: Endpoint, services: Services):
             response = error_response(exc)
             if response.status_code == 401:
                 response.headers["WWW-Authenticate"] = "Bearer"
+            if retry_after:
+                response.headers["Retry-After"] = str(retry_after)
         except Exception as exc:  # a bug: logged, answered INTERNAL
             response = error_response(exc)
         response.headers.update(_HEADERS)
@@ -117,6 +139,9 @@ def build_app(
     one spool, one lease owner for feeds; without feeds the Exchange routes
     answer UNAVAILABLE)."""
     config = core.config
+    sign_ins = SignInLimits(
+        config.console.sign_in_failures_per_minute, config.console.sign_in_tracked_addresses
+    )
     services = Services(
         core,
         limiter or RateLimiter(config.rate_limit_per_second, config.rate_limit_burst),
@@ -125,6 +150,7 @@ def build_app(
         anyio.CapacityLimiter(config.http_threads),
         feeds,
         routes_exchange.FeedFetches(feeds, config.http_jobs_kept) if feeds is not None else None,
+        sign_ins,
     )
     spec = openapi(ENDPOINTS, RPC_PREFIX)
     docs = docs_html(spec)
@@ -155,7 +181,7 @@ def build_app(
     ]
     # The web console for people (hashsvc/http/console) at /ui, over the same
     # core; its session cookie is Secure whenever the server speaks TLS.
-    routes.append(Mount("/ui", app=console_app(core)))
+    routes.append(Mount("/ui", app=console_app(core, sign_ins)))
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         code = {404: "NOT_FOUND", 405: "UNIMPLEMENTED"}.get(exc.status_code, "INVALID_ARGUMENT")
@@ -170,12 +196,14 @@ def build_app(
     return app
 
 
-def console_app(core: Core):
-    """The web console, configured from the config's [console] table."""
+def console_app(core: Core, sign_ins: SignInLimits | None = None):
+    """The web console, configured from the config's [console] table;
+    `sign_ins` the failed sign-ins per address it shares with the API."""
     settings = core.config.console
     return build_console(
         core,
         secure_cookies=bool(core.config.tls_cert_file),
         preview_url_template=settings.preview_url_template or None,
         preview_allowed_hosts=settings.preview_allowed_hosts,
+        sign_ins=sign_ins,
     )

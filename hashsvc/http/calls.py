@@ -77,7 +77,8 @@ class Services:
     """What the routes share beside the core: the gRPC server's own rate
     limiter and upload spool when both APIs run in one process (one budget
     per token, one spool), the bulk-load jobs, the worker threads, and the
-    partner feeds with their fetches started over HTTP."""
+    partner feeds with their fetches started over HTTP, and the failed
+    authentications per client address."""
 
     core: Core
     limiter: RateLimiter
@@ -88,6 +89,9 @@ class Services:
     # fetcher); None: the Exchange routes answer UNAVAILABLE
     feeds: object = None  # hashsvc.exchange.feeds.Feeds
     fetches: object = None  # hashsvc.http.routes_exchange.FeedFetches
+    # failed authentications per client address, shared with the console's
+    # sign-in form (one budget per address for guessing tokens)
+    sign_ins: object = None  # hashsvc.http.console.sign_in_limits.SignInLimits
 
     @property
     def config(self) -> Config:

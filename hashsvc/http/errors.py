@@ -28,7 +28,13 @@ HTTP_STATUS = {
 # RESOURCE_EXHAUSTED is 429 (retry later) when it is about load, 413 when the
 # request itself is too large: a retry of the same upload would fail again.
 _LOAD_LIMITS = frozenset(
-    {"rate_limit_per_second", "spool_max_bytes", "max_uploads_per_token", "http_jobs_running"}
+    {
+        "rate_limit_per_second",
+        "spool_max_bytes",
+        "max_uploads_per_token",
+        "http_jobs_running",
+        "console.sign_in_failures_per_minute",
+    }
 )
 # Longer messages are cut, as the gRPC statuses are (hashsvc/api/status.py).
 MAX_MESSAGE_CHARS = 1000

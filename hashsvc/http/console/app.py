@@ -41,6 +41,7 @@ def build_console(
     preview_url_template: str | None,
     preview_allowed_hosts: Iterable[str] = (),
     limits: ConsoleSettings | None = None,
+    sign_ins: SignInLimits | None = None,
 ) -> Starlette:
     """The web console as an ASGI app, to be mounted at /ui (it works under
     any prefix: links follow the mount's root_path).
@@ -49,7 +50,9 @@ def build_console(
     preview_url_template: an https URL with `{client_ref}` and/or `{request_id}`
     where reviewers' previews come from; shown only on preview_allowed_hosts
     (the config's `[console]` table has both). limits: the console's limits,
-    by default the config's `[console]` table."""
+    by default the config's `[console]` table. sign_ins: the failed sign-ins
+    per client address, shared with the HTTP API's failed authentications
+    (by default the console's own)."""
     allowed = frozenset(h.strip().lower() for h in preview_allowed_hosts if h.strip())
     web = Web(
         core,
@@ -76,7 +79,7 @@ def build_console(
         _set_cookie(web, request, response, LOGIN_CSRF_COOKIE, login_csrf)
         return response
 
-    sign_ins = SignInLimits(
+    sign_ins = sign_ins or SignInLimits(
         web.limits.sign_in_failures_per_minute, web.limits.sign_in_tracked_addresses
     )
 
