@@ -57,6 +57,16 @@ def _error(resp, status: int, code: str) -> dict:
     return body["error"]
 
 
+def _cli_json_lines(server, role: str, *command: str) -> list[dict]:
+    """`hashsvc COMMAND --json` against the server's gRPC API, one object a line."""
+    out = subprocess.run(
+        [sys.executable, "-m", "hashsvc", *command, "--json", "--server", server.grpc_address],
+        cwd=REPO, env={**os.environ, "HASHSVC_TOKEN": server.tokens[role], "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
 def _cli_match_json(server, token: str, path) -> dict:
     out = subprocess.run(
         [sys.executable, "-m", "hashsvc", "match", "--json", "--server", server.grpc_address,
@@ -328,7 +338,7 @@ def test_retro_hunt_and_events_over_http(sqlite_server):
         assert added.status_code == 201, added.text
         started = op.post("/v1/retro/runs", json={"set": "retro-http"})
         assert started.status_code == 202, started.text
-        run_id = started.json()["run_id"]
+        run_id = started.json()["id"]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             run = op.get(f"/v1/retro/runs/{run_id}").json()
@@ -337,7 +347,10 @@ def test_retro_hunt_and_events_over_http(sqlite_server):
             time.sleep(0.2)
         assert run["state"] == "done" and run["set"] == "retro-http", run
         listed = op.get("/v1/retro/runs").json()["runs"]
-        assert run_id in [r["run_id"] for r in listed]
+        # the same objects as `hashsvc retro list --json` (names and values)
+        assert listed == _cli_json_lines(sqlite_server, "operator", "retro", "list")
+        assert run_id in [r["id"] for r in listed] and run["window_seconds"] > 0
+        assert run["created_at"].endswith("Z") and run["finished_at"].endswith("Z")
         _error(op.post("/v1/retro/runs", json={"since_seconds": -1}), 400, "INVALID_ARGUMENT")
         _error(op.get("/v1/retro/runs/999999"), 404, "NOT_FOUND")
     with sqlite_server.client("auditor") as auditor:

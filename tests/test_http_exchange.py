@@ -80,7 +80,7 @@ def _events(server, feed: str) -> list[dict]:
 
 
 def _runs_after(client, run_id: int) -> list[dict]:
-    return [r for r in client.get("/v1/retro/runs").json()["runs"] if r["run_id"] > run_id]
+    return [r for r in client.get("/v1/retro/runs").json()["runs"] if r["id"] > run_id]
 
 
 def _wait_fetch(client, name: str, seconds: float = 60) -> dict:
@@ -183,7 +183,7 @@ def test_fetch_that_changes_the_set_tells_the_platform_and_hunts_back(server, tm
             json={"name": "gifct-md5", "api": "file", "set": "gifct",
                   "options": {"path": str(path)}, "every_seconds": 60},
         ).raise_for_status()  # fmt: skip
-        before = max([r["run_id"] for r in op.get("/v1/retro/runs").json()["runs"]], default=0)
+        before = max([r["id"] for r in op.get("/v1/retro/runs").json()["runs"]], default=0)
         assert op.post("/v1/exchange/feeds/gifct-md5/fetch", json={}).json()["added"] == 1
         [event] = _events(server, "gifct-md5")
         assert event["set"] == "gifct" and event["status"] == "OK"

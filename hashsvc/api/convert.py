@@ -27,7 +27,7 @@ from hashsvc.base.signals import Signal, signal_type
 from hashsvc.core.config import StringLimits
 from hashsvc.core.core import MatchOutcome, MatchQuery
 from hashsvc.core.events import event_bytes
-from hashsvc.core.retro import run_json
+from hashsvc.core.retro import run_duration
 from hashsvc.matching.matcher import Match
 from hashsvc.media.spool import SpooledMedia
 from hashsvc.v1 import hashsvc_pb2 as pb
@@ -205,7 +205,6 @@ def hash_set(record: HashSetRecord) -> pb.HashSet:
 
 
 def retro_run(run: RetroRun, set_name: str) -> pb.RetroRunInfo:
-    summary = run_json(run)
     return pb.RetroRunInfo(
         id=run.id,
         trigger=run.trigger,
@@ -215,7 +214,7 @@ def retro_run(run: RetroRun, set_name: str) -> pb.RetroRunInfo:
         since=timestamp(run.since),
         uploads_scanned=run.scanned,
         hits=run.hits,
-        duration_seconds=summary["duration_seconds"] or 0.0,
+        duration_seconds=run_duration(run) or 0.0,
         state=run.state,
         error=run.error,
         created_at=timestamp(run.created_at),

@@ -42,6 +42,7 @@ from hashdb.retro_sql import DONE, FAILED, QUEUED, SKIPPED
 from hashdb.times import to_micros
 from hashsvc.base.errors import FailedPrecondition, InvalidArgument, NotFound, TooLarge
 from hashsvc.base.media_kinds import worth_keeping
+from hashsvc.base.retro_json import retro_run_json
 from hashsvc.base.signals import Signal, signal_json
 from hashsvc.core import events
 from hashsvc.core.audit import SYSTEM_ACTOR, Audit
@@ -440,11 +441,36 @@ def record_retro_match(
     return review_id
 
 
+def run_duration(run: RetroRun) -> float | None:
+    """Seconds the run has been running (so far, while it runs); None: not started."""
+    if run.started_at is None:
+        return None
+    end = run.finished_at or datetime.now(UTC)
+    return round((end - run.started_at).total_seconds(), 3)
+
+
+def public_run_json(run: RetroRun, set_name: str) -> dict:
+    """The run as `hashsvc retro list --json` prints it (hashsvc/base/retro_json.py)."""
+    return retro_run_json(
+        run_id=run.id,
+        trigger=run.trigger,
+        requested_by=run.requested_by,
+        set_name=set_name,
+        entries=len(run.entry_ids),
+        since=run.since,
+        uploads_scanned=run.scanned,
+        hits=run.hits,
+        duration_seconds=run_duration(run) or 0.0,
+        state=run.state,
+        error=run.error,
+        created_at=run.created_at,
+        finished_at=run.finished_at,
+    )
+
+
 def run_json(run: RetroRun) -> dict:
-    duration = None
-    if run.started_at is not None:
-        end = run.finished_at or datetime.now(UTC)
-        duration = round((end - run.started_at).total_seconds(), 3)
+    """The run as its action record in the history holds it (ids, not names:
+    a set renamed later is still the same set)."""
     return {
         "run_id": run.id,
         "trigger": run.trigger,
@@ -454,7 +480,7 @@ def run_json(run: RetroRun) -> dict:
         "since": run.since.isoformat(),
         "uploads_scanned": run.scanned,
         "hits": run.hits,
-        "duration_seconds": duration,
+        "duration_seconds": run_duration(run),
         "state": run.state,
         "error": run.error,
     }

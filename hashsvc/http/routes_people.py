@@ -11,7 +11,7 @@ from hashdb import ReviewFilter
 from hashsvc.base import media_kinds, validation
 from hashsvc.base.errors import InvalidArgument, NotFound
 from hashsvc.core.events import event_json
-from hashsvc.core.retro import run_json
+from hashsvc.core.retro import public_run_json
 from hashsvc.http.calls import Call, Endpoint, Fields, Param, parse_int
 from hashsvc.http.routes_curation import PAGING, parse_time
 from hashsvc.http.views import history_json, review_item_json, token_json
@@ -228,9 +228,9 @@ async def list_events(call: Call) -> Response:
 
 
 def _run_json(call: Call, run) -> dict:
-    # the same fields as `hashsvc retro list --json`, with the set's name
+    # the same object as `hashsvc retro list --json` (one writer of it)
     hash_set = call.core.live.sets_by_id.get(run.set_id) if run.set_id else None
-    return {**run_json(run), "set": hash_set.name if hash_set else ""}
+    return public_run_json(run, hash_set.name if hash_set else "")
 
 
 async def start_retro_run(call: Call) -> Response:

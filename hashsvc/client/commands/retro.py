@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from datetime import UTC
 
+from hashsvc.base.retro_json import OPEN_STATES, retro_run_json
 from hashsvc.client.commands.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -14,12 +16,12 @@ from hashsvc.client.commands.common import (
     connect,
     print_json,
 )
-from hashsvc.client.commands.values import iso, parse_seconds
+from hashsvc.client.commands.values import parse_seconds
 from hashsvc.v1 import hashsvc_pb2 as pb
 
 # How often `retro run` asks how its run is doing.
 _POLL_SECONDS = 0.5
-_OPEN = ("queued", "running")
+_OPEN = OPEN_STATES
 
 
 def register(commands: Subcommands) -> None:
@@ -42,22 +44,22 @@ def register(commands: Subcommands) -> None:
 
 
 def run_json(run: pb.RetroRunInfo) -> dict:
-    return {
-        "id": run.id,
-        "trigger": run.trigger,
-        "requested_by": run.requested_by,
-        "set": run.set,
-        "entries": run.entries,
-        "since": iso(run.since),
-        "window_seconds": max(0, run.created_at.seconds - run.since.seconds),
-        "uploads_scanned": run.uploads_scanned,
-        "hits": run.hits,
-        "duration_seconds": run.duration_seconds,
-        "state": run.state,
-        "error": run.error,
-        "created_at": iso(run.created_at),
-        "finished_at": iso(run.finished_at) if run.state not in _OPEN else None,
-    }
+    # one writer of the shape, also GET /v1/retro/runs's (hashsvc/base/retro_json.py)
+    return retro_run_json(
+        run_id=run.id,
+        trigger=run.trigger,
+        requested_by=run.requested_by,
+        set_name=run.set,
+        entries=run.entries,
+        since=run.since.ToDatetime(tzinfo=UTC),
+        uploads_scanned=run.uploads_scanned,
+        hits=run.hits,
+        duration_seconds=run.duration_seconds,
+        state=run.state,
+        error=run.error,
+        created_at=run.created_at.ToDatetime(tzinfo=UTC),
+        finished_at=run.finished_at.ToDatetime(tzinfo=UTC) if run.HasField("finished_at") else None,
+    )
 
 
 def cmd_retro_run(args: argparse.Namespace) -> int:
