@@ -18,7 +18,7 @@ from functools import lru_cache
 
 from hashsvc.base import validation
 from hashsvc.base.errors import InvalidArgument, quoted
-from hashsvc.base.signals import SIGNAL_TYPES
+from hashsvc.base.signals import SIGNAL_TYPES, Signal
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +88,40 @@ _VARIANT = re.compile(r"original|page|document|frame:\d{1,9}")
 # Variants another platform can use: the media as given, a video's decoded
 # frames, a document's pages and whole text. Crops and bands stay inside.
 EXCHANGED_VARIANTS = _VARIANT
+# Exports in other tools' formats (HMA / python-threatexchange, TCAP) leave out
+# the signal types only hashsvc reads (CSV, TSV and JSON lines carry them).
+OTHER_TOOLS_FORMATS = ("hma", "tcap")
+HASHSVC_ONLY_TYPES = ("local_features",)
+
+
+def entry_records(
+    name: str, labels: dict[str, str], removed: bool, signals: Iterable[Signal]
+) -> list[Record]:
+    """An entry's exchangeable signals as records, as every export writes
+    them (`hashsvc export` from the API's entries, the HTTP API's and the
+    console's from the store's): hashsvc's own views (crops, bands, small
+    copies) left out; a removed entry is one tombstone record."""
+    out = []
+    for sig in signals:
+        variant = sig.variant or "original"
+        if not EXCHANGED_VARIANTS.fullmatch(variant):
+            continue
+        quality = sig.quality if sig.kind == "pdq" else None
+        out.append(
+            Record(
+                sig.kind, sig.value, name, dict(labels), removed, 0, quality, variant, sig.position
+            )
+        )
+        if removed:
+            break
+    return out
+
+
+def carried_by(records: Iterable[Record], fmt: str) -> Iterable[Record]:
+    """The records format `fmt` carries (OTHER_TOOLS_FORMATS: not hashsvc's own types)."""
+    if fmt not in OTHER_TOOLS_FORMATS:
+        return records
+    return (r for r in records if r.signal_type not in HASHSVC_ONLY_TYPES)
 
 
 def signal_type_name(text: str) -> str:

@@ -13,9 +13,9 @@ from datetime import UTC
 
 import loaders
 from hashsvc.base.media_kinds import is_frame
-from hashsvc.base.signals import SIGNAL_TYPES
+from hashsvc.base.signals import SIGNAL_TYPES, Signal
 from hashsvc.v1 import hashsvc_pb2 as pb
-from loaders.records import EXCHANGED_VARIANTS, PlainRows, Record, Rejected
+from loaders.records import PlainRows, Record, Rejected
 
 # Rows per BulkRows message (one server transaction). A batch ends only
 # between entries, so an entry's rows are written together, unless one entry
@@ -30,10 +30,6 @@ BATCH_ROWS = 20_000
 # writes fewer pages of the index the larger the batch (SQLite, 500k rows:
 # 20k-row batches ~5x slower than plain rows).
 HASH_NAMED_BATCH_ROWS = 100_000
-# Exports in other tools' formats (HMA / python-threatexchange, TCAP) leave out
-# the signal types only hashsvc reads.
-OTHER_TOOLS_FORMATS = ("hma", "tcap")
-HASHSVC_ONLY_TYPES = ("local_features",)
 # ...or once its values reach this many bytes: 20,000 rows of local features
 # (~18 KB each) would be a 360 MB message, far past the server's 64 MiB.
 BATCH_VALUE_BYTES = 16 * 1024 * 1024
@@ -297,29 +293,20 @@ def joined_entries(entries: Iterable[pb.Entry]) -> Iterator[pb.Entry]:
 
 
 def entry_records(entry: pb.Entry) -> list[Record]:
-    """An entry's exchangeable signals as records; a removed entry is one
-    tombstone record."""
-    removed = entry.HasField("removed_at")
-    out = []
-    for sig in entry.signals:
-        if not EXCHANGED_VARIANTS.fullmatch(sig.variant or "original"):
-            continue  # hashsvc's own views (crops, bands, small copies)
-        out.append(
-            Record(
-                sig.signal_type,
-                bytes.fromhex(sig.value),
-                entry.name,
-                dict(entry.labels),
-                removed,
-                0,
-                sig.quality if sig.signal_type == "pdq" else None,
-                sig.variant or "original",
-                sig.position if sig.HasField("position") else None,
-            )
+    """An entry's exchangeable signals as records (loaders/records.py)."""
+    signals = (
+        Signal(
+            sig.signal_type,
+            bytes.fromhex(sig.value),
+            sig.quality,
+            sig.variant,
+            sig.position if sig.HasField("position") else None,
         )
-        if removed:
-            break
-    return out
+        for sig in entry.signals
+    )
+    return loaders.records.entry_records(
+        entry.name, entry.labels, entry.HasField("removed_at"), signals
+    )
 
 
 def export(client, set_name: str, fmt: str, since, output_dir: str | None) -> int:
@@ -331,12 +318,10 @@ def export(client, set_name: str, fmt: str, since, output_dir: str | None) -> in
     entries = joined_entries(entry for batch in stream for entry in batch.entries)
     if fmt == "vpdq":
         return _export_vpdq(entries, output_dir)
-    records = (rec for entry in entries for rec in entry_records(entry))
-    if fmt in OTHER_TOOLS_FORMATS:
-        # other tools' formats carry what those tools read: a local-features
-        # blob is hashsvc's own (CSV, TSV and JSON lines carry it)
-        records = (rec for rec in records if rec.signal_type not in HASHSVC_ONLY_TYPES)
-    return loaders.write(sys.stdout, records, fmt)
+    rows = loaders.records.carried_by(
+        (rec for entry in entries for rec in entry_records(entry)), fmt
+    )
+    return loaders.write(sys.stdout, rows, fmt)
 
 
 def _export_vpdq(entries: Iterable[pb.Entry], output_dir: str | None) -> int:

@@ -19,7 +19,7 @@ from hashsvc.http.jobs import FORMATS
 from hashsvc.http.routes_match import SIGNAL_SCHEMA, signal_query
 from hashsvc.http.uploads import MultipartUpload
 from hashsvc.http.views import entry_json, set_json
-from loaders.records import EXCHANGED_VARIANTS, Record
+from loaders.records import Record
 
 # The fewest bytes a signal takes in a page (as the gRPC ListEntries counts):
 # a page reads no more signals than max_page_bytes / this.
@@ -265,29 +265,10 @@ async def get_job(call: Call) -> Response:
 
 
 def entry_records(entry: EntryRecord) -> list[Record]:
-    """An entry's exchangeable signals as load-file rows; a removed entry is
-    one tombstone row (as `hashsvc export` writes them)."""
-    removed = entry.removed_at is not None
-    out = []
-    for sig in entry.signals:
-        if not EXCHANGED_VARIANTS.fullmatch(sig.variant or "original"):
-            continue  # hashsvc's own views (crops, bands, small copies)
-        out.append(
-            Record(
-                sig.kind,
-                sig.value,
-                entry.name,
-                dict(entry.labels),
-                removed,
-                0,
-                sig.quality if sig.kind == "pdq" else None,
-                sig.variant or "original",
-                sig.position,
-            )  # fmt: skip
-        )
-        if removed:
-            break
-    return out
+    """An entry's exchangeable signals as load-file rows (loaders/records.py)."""
+    return loaders.records.entry_records(
+        entry.name, entry.labels, entry.removed_at is not None, entry.signals
+    )
 
 
 def parse_time(text: str, name: str) -> datetime | None:

@@ -11,11 +11,7 @@ from collections.abc import Iterable, Iterator
 
 import loaders
 from hashdb import EntryRecord, HistoryRecord
-from loaders.records import EXCHANGED_VARIANTS, Record
-
-# hashsvc's own signal types, which other tools' formats do not carry
-_HASHSVC_ONLY_TYPES = ("local_features",)
-_OTHER_TOOLS_FORMATS = ("hma", "tcap")
+from loaders.records import carried_by, entry_records
 
 HISTORY_COLUMNS = (
     "id", "time", "request_id", "caller", "rpc", "media_type", "decision", "status",
@@ -23,31 +19,16 @@ HISTORY_COLUMNS = (
 )  # fmt: skip
 
 
-def entry_records(entry: EntryRecord) -> list[Record]:
-    """An entry's exchangeable signals as records (hashsvc/client/cli_bulk.py
-    does the same from the gRPC messages)."""
-    return [
-        Record(
-            sig.kind,
-            sig.value,
-            entry.name,
-            dict(entry.labels),
-            False,
-            0,
-            sig.quality if sig.kind == "pdq" else None,
-            sig.variant or "original",
-            sig.position,
-        )
-        for sig in entry.signals
-        if EXCHANGED_VARIANTS.fullmatch(sig.variant or "original")
-    ]
-
-
 def entry_rows(batches: Iterable[list[EntryRecord]], fmt: str) -> Iterator[str]:
     for batch in batches:
-        records = [r for entry in batch for r in entry_records(entry)]
-        if fmt in _OTHER_TOOLS_FORMATS:
-            records = [r for r in records if r.signal_type not in _HASHSVC_ONLY_TYPES]
+        records = carried_by(
+            (
+                r
+                for e in batch
+                for r in entry_records(e.name, e.labels, e.removed_at is not None, e.signals)
+            ),
+            fmt,
+        )
         out = io.StringIO()
         loaders.write(out, records, fmt)
         yield out.getvalue()
