@@ -544,6 +544,61 @@ def test_an_item_added_and_deleted_in_one_page_ends_deleted(harness):
         assert feed.items == 1
 
 
+def test_a_fetch_deleting_most_of_a_feed_deletes_nothing_and_fails(harness):
+    """A broken or hostile ThreatExchange page marking most hashes deleted
+    would tombstone the set (then ALLOW): past exchange.max_delete_fraction
+    of what the feed held, none of the fetch's deletions is applied (not the
+    earlier pages' either), the checkpoint stays, the fetch is failed (status,
+    metric, history), every retry is refused alike (never half now and half
+    of the rest next time) and every hash still matches. Within the limit,
+    deletions spread over pages apply, with the last page's checkpoint."""
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    with ThreatExchangeServer(page_size=2) as te:
+        values = [_hex() for _ in range(6)]
+        for value in values:
+            te.add(value)
+        _add(stubs, md, "gifct", "threatexchange", TE_TOKEN, privacy_group=303, base_url=te.url)
+        _fetch(stubs, md, "gifct")
+        checkpoint = harness.core.store.get_feed("gifct").checkpoint
+        for value in values[:4]:  # 4 of 6 over three pages: each under half
+            te.add(value, should_delete=True)
+        for _attempt in range(2):
+            with pytest.raises(grpc.RpcError) as err:
+                _fetch(stubs, md, "gifct")
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "4 of the feed's 6 items" in err.value.details()
+            assert "exchange.max_delete_fraction" in err.value.details()
+            feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="gifct"), metadata=md)
+            assert feed.last_result == "failed" and "max_delete_fraction" in feed.last_error
+            assert feed.items == 6
+            assert harness.core.store.get_feed("gifct").checkpoint == checkpoint
+            assert len(_entries(stubs, md)) == 6
+            for value in values:
+                assert _match_hash(harness, "pdq", value).decision == pb.BLOCK
+
+        te.add(values[2])  # listed again after its deletion: 2 of 6 now
+        te.add(values[3])
+        last = _fetch(stubs, md, "gifct")[-1]
+        assert last.deleted == 2
+        assert sorted(_entries(stubs, md)) == sorted(f"gifct:hash_pdq:{v}" for v in values[2:])
+        assert _match_hash(harness, "pdq", values[0]).decision == pb.ALLOW
+        assert _match_hash(harness, "pdq", values[2]).decision == pb.BLOCK
+        assert harness.core.store.get_feed("gifct").checkpoint != checkpoint
+    failed = harness.running.metrics.registry.get_sample_value(
+        "hashsvc_feed_fetches_total", {"feed": "gifct", "result": "failed"}
+    )
+    assert failed == 2
+    a_stubs, a_md = harness.stubs("auditor")
+    history = a_stubs.audit.QueryHistory(pb.QueryHistoryRequest(page_size=1000), metadata=a_md)
+    refused = [
+        r
+        for r in history.records
+        if r.rpc == "ExchangeFetch" and "max_delete_fraction" in r.error_message
+    ]
+    assert len(refused) == 2 and all(r.status == "UNAVAILABLE" for r in refused)
+
+
 def test_bad_rows_from_a_partner_are_counted_and_the_rest_loads(harness, tmp_path):
     stubs, md = harness.stubs("operator")
     _set(stubs, md)

@@ -25,7 +25,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from hashdb import ExchangeStore
@@ -99,6 +99,39 @@ class FetchResult:
     rejected: int = 0  # rows the bulk path refused (bad hex, bad labels)
     seconds: float = 0.0
     error: str = ""
+
+
+@dataclass
+class _DeleteGuard:
+    """A fetch's deletions at the source, held back until its last page: a
+    broken or hostile page marking most hashes deleted would tombstone the
+    set, which then answers ALLOW. Past exchange.max_delete_fraction of what
+    the feed held before the fetch none is applied and the checkpoint stays
+    before the first page that deleted, so every retry is refused the same
+    way (never half now, half of the rest next time) until an operator acts."""
+
+    held: int  # the feed's items before the fetch
+    limit: float
+    # keys the fetch mapped that the feed did not hold: deleted at once (they
+    # take nothing held away)
+    fresh: set[str] = field(default_factory=set)
+    pending: dict[str, FeedItem] = field(default_factory=dict)  # held items deleted
+    kept: str | None = None  # the checkpoint before the first pending deletion
+    holding: bool = False
+
+    def checkpoint(self, previous: str | None, current: str | None) -> str | None:
+        """The checkpoint a page commits: the page's, until a deletion is held."""
+        if self.pending and not self.holding:
+            self.holding, self.kept = True, previous
+        return self.kept if self.holding else current
+
+    def check(self) -> None:
+        if len(self.pending) > self.limit * self.held:
+            raise FailedPrecondition(
+                f"the source deletes {len(self.pending)} of the feed's {self.held} items in"
+                f" one fetch, more than {self.limit:.0%} (exchange.max_delete_fraction):"
+                " nothing deleted, checkpoint kept"
+            )
 
 
 def entry_name(feed: str, key: str) -> str:
@@ -369,18 +402,24 @@ class Feeds:
             max_keypoints=self.core.config.local_features.max_keypoints,
         )
         seen: set[str] | None = set() if snapshot else None
+        guard = _DeleteGuard(feed.items, self.settings.max_delete_fraction)
         checkpoint = start
         pages = _prefetched(source.pages(start), self._stopping)
         try:
             for page in pages:
                 if seen is not None:
                     seen.update(item.key for item in page.items)
+                previous = checkpoint
                 checkpoint = page.checkpoint if page.checkpoint is not None else checkpoint
-                self._write_page(feed, run, page.items, checkpoint, result)
+                self._write_page(feed, run, page.items, checkpoint, result, guard, previous)
                 if progress is not None:
                     progress(result)
                 if self._stopping.is_set():
                     raise FailedPrecondition("the server is stopping")
+            if guard.pending:
+                guard.check()
+                deleted = [SourceItem(key, deleted=True) for key in guard.pending]
+                self._write_page(feed, run, deleted, checkpoint, result)
             if seen is not None:
                 self._delete_unlisted(feed, run, seen, checkpoint, result)
             run.finish()
@@ -424,9 +463,16 @@ class Feeds:
         items: list[SourceItem],
         checkpoint: str | None,
         result: FetchResult,
+        guard: _DeleteGuard | None = None,
+        previous: str | None = None,
     ) -> None:
+        """One page's rows, then its mapping, counts and checkpoint. With a
+        guard (a source's page; previous: the checkpoint before it),
+        deletions of items held before the fetch wait in the guard."""
         counts = PageCounts()
-        known = self.store.feed_items(feed.id, [i.key for i in items if i.deleted])
+        # every key of the page when guarded: which ones the feed holds
+        wanted = [i.key for i in items if guard is not None or i.deleted]
+        known = self.store.feed_items(feed.id, wanted)
         columns: dict[str, list] = {
             "signal_type": [],
             "value": [],
@@ -441,6 +487,9 @@ class Feeds:
         for item in items:
             counts.skipped += item.skipped
             if item.deleted:
+                if guard is not None and item.key in known and item.key not in guard.fresh:
+                    guard.pending[item.key] = known[item.key]
+                    continue
                 held = final.get(item.key) or known.get(item.key)
                 if held is not None:
                     _add_row(columns, "md5", b"", held.entry_name, "", True)
@@ -461,8 +510,13 @@ class Feeds:
                 good += 1
             if good:
                 final[item.key] = FeedItem(item.key, name, item.source_id)
+                if guard is not None:  # listed again after a held deletion
+                    guard.pending.pop(item.key, None)
         mapped = [mapping for mapping in final.values() if mapping is not None]
         unmapped = [key for key, mapping in final.items() if mapping is None]
+        if guard is not None:
+            checkpoint = guard.checkpoint(previous, checkpoint)
+            guard.fresh.update(m.key for m in mapped if m.key not in known)
         before = (run.result.counts.updated, run.result.rejected_count)
         # in batches of write_rows: each is a few short store transactions and
         # an index catch-up, so a Match waits for a small one at most
