@@ -317,6 +317,46 @@ def test_threatexchange_tags_paging_deletion_and_feedback(harness):
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_an_entrys_feedback_shows_on_the_entry(harness, tmp_path, monkeypatch):
+    """Issue 22: a verdict's state is visible on the entry: GetFeed with an
+    entry (`exchange show NAME --entry E`) lists that entry's feedback only,
+    queued, then as the fetcher left it."""
+    import io
+    from contextlib import redirect_stdout
+
+    from hashsvc.client.cli import main
+
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    values = [_hex(), _hex()]
+    path = tmp_path / "list.txt"
+    path.write_text("".join(f"pdq {v}\n" for v in values))
+    _add(stubs, md, "f", "file", path=path)
+    _fetch(stubs, md, "f")
+    first, second = sorted(_entries(stubs, md))
+    r_stubs, r_md = harness.stubs("reviewer")
+    for entry, verdict in ((first, "confirmed"), (second, "false_positive")):
+        r_stubs.exchange.SendFeedback(
+            pb.SendFeedbackRequest(feed="f", entry=entry, verdict=verdict), metadata=r_md
+        )
+    shown = stubs.exchange.GetFeed(pb.GetFeedRequest(name="f", entry=first), metadata=md)
+    assert [(f.entry, f.verdict, f.state) for f in shown.feedback] == [
+        (first, "confirmed", "queued")
+    ]
+    harness.running.feeds.send_due_feedback()  # a file takes no feedback
+    monkeypatch.setenv("HASHSVC_TOKEN", harness.tokens["operator"])
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["--server", harness.address, "exchange", "show", "f", "--entry", second,
+                     "--json"]) == 0  # fmt: skip
+    feedback = json.loads(out.getvalue())["feedback"]
+    assert [(f["entry"], f["verdict"], f["state"]) for f in feedback] == [
+        (second, "false_positive", "unsupported")
+    ]
+    nothing = stubs.exchange.GetFeed(pb.GetFeedRequest(name="f", entry="f:none"), metadata=md)
+    assert list(nothing.feedback) == []
+
+
 def _wait_for_retry() -> None:
     import time
 

@@ -42,7 +42,7 @@ class ExchangeServicer(pb_grpc.ExchangeServicer):
     @rpc
     def GetFeed(self, request, context):
         record = self.feeds.get(request.name)
-        return self._feed(record, self.feeds.feedback(request.name))
+        return self._feed(record, self.feeds.feedback(request.name, request.entry or None))
 
     @rpc
     def SetFeedEnabled(self, request, context):

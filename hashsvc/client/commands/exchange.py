@@ -67,6 +67,10 @@ def register(commands: Subcommands) -> None:
     ):
         p = client_command(sub, name, func, help, json_help=None if name != "show" else "")
         p.add_argument("name")
+        if name == "show":
+            p.add_argument(
+                "--entry", default="", help="the feedback on this entry (queued, sent, failed)"
+            )
     p = client_command(sub, "fetch", cmd_fetch, "fetch a feed now (progress on stderr)")
     p.add_argument("name")
     p.add_argument("--full", action="store_true", help="from the start, not the checkpoint")
@@ -191,7 +195,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        feed = client.exchange.GetFeed(pb.GetFeedRequest(name=args.name), metadata=client.metadata)
+        feed = client.exchange.GetFeed(
+            pb.GetFeedRequest(name=args.name, entry=args.entry), metadata=client.metadata
+        )
     row = _feed_row(feed)
     row["feedback"] = [
         {
