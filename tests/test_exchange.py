@@ -625,10 +625,20 @@ def test_a_fetch_deleting_most_of_a_feed_deletes_nothing_and_fails(harness):
         assert _match_hash(harness, "pdq", values[0]).decision == pb.ALLOW
         assert _match_hash(harness, "pdq", values[2]).decision == pb.BLOCK
         assert harness.core.store.get_feed("gifct").checkpoint != checkpoint
+
+        # an operator who checked with the partner: this fetch only, recorded
+        for value in values[2:5]:  # 3 of the 4 left
+            te.add(value, should_delete=True)
+        with pytest.raises(grpc.RpcError):
+            _fetch(stubs, md, "gifct")
+        request = pb.FetchFeedRequest(name="gifct", allow_mass_delete=True)
+        last = list(stubs.exchange.FetchFeed(request, metadata=md))[-1]
+        assert last.done and last.deleted == 3
+        assert list(_entries(stubs, md)) == [f"gifct:hash_pdq:{values[5]}"]
     failed = harness.running.metrics.registry.get_sample_value(
         "hashsvc_feed_fetches_total", {"feed": "gifct", "result": "failed"}
     )
-    assert failed == 2
+    assert failed == 3
     a_stubs, a_md = harness.stubs("auditor")
     history = a_stubs.audit.QueryHistory(pb.QueryHistoryRequest(page_size=1000), metadata=a_md)
     refused = [
@@ -636,7 +646,8 @@ def test_a_fetch_deleting_most_of_a_feed_deletes_nothing_and_fails(harness):
         for r in history.records
         if r.rpc == "ExchangeFetch" and "max_delete_fraction" in r.error_message
     ]
-    assert len(refused) == 2 and all(r.status == "UNAVAILABLE" for r in refused)
+    assert len(refused) == 3 and all(r.status == "UNAVAILABLE" for r in refused)
+    assert "allow_mass_delete" in str(history)
 
 
 def test_bad_rows_from_a_partner_are_counted_and_the_rest_loads(harness, tmp_path):

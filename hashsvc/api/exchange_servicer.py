@@ -70,6 +70,7 @@ class ExchangeServicer(pb_grpc.ExchangeServicer):
                         actor,
                         request.full,
                         lambda r: progress.put(convert.fetch_progress(r, False)),
+                        request.allow_mass_delete,
                     )
                 )
             except BaseException as exc:  # raised to the caller below

@@ -259,9 +259,13 @@ class Feeds:
         actor: str,
         full: bool = False,
         progress: Callable[[FetchResult], None] | None = None,
+        allow_mass_delete: bool = False,
     ) -> FetchResult:
         """One fetch now (`exchange fetch`): FAILED_PRECONDITION when another
-        replica is fetching it. A failed fetch raises after it is recorded."""
+        replica is fetching it. A failed fetch raises after it is recorded.
+        allow_mass_delete (an operator who checked with the partner): this
+        fetch only, past exchange.max_delete_fraction and
+        snapshot_max_delete_fraction; never the background loop's."""
         feed = self.get(name)
         if self._stopping.is_set():
             raise Unavailable("the server is stopping: no new fetch")
@@ -269,7 +273,7 @@ class Feeds:
             raise FailedPrecondition(f"feed {quoted(name)} is being fetched on this server")
         try:
             require_lease(self.store.acquire_feed_lease(feed.id, self.owner, self._lease()), name)
-            result = self._fetch_leased(feed, actor, full, progress)
+            result = self._fetch_leased(feed, actor, full, progress, allow_mass_delete)
         finally:
             self._release(feed.id)
         if result.error:
@@ -310,13 +314,14 @@ class Feeds:
         actor: str,
         full: bool,
         progress: Callable[[FetchResult], None] | None,
+        allow_mass_delete: bool = False,
     ) -> FetchResult:
         result = FetchResult(feed.name)
         started = time.perf_counter()
         started_at = datetime.now(UTC)  # entries changed from here on: the retro-hunt's
         failed = False
         try:
-            self._fetch(feed, full, result, progress)
+            self._fetch(feed, full, result, progress, allow_mass_delete)
         except Exception as exc:  # recorded and retried with backoff; never lost
             failed = True
             result.error = _error_text(exc)
@@ -362,7 +367,13 @@ class Feeds:
         self._record(
             "ExchangeFetch",
             actor,
-            {"feed": feed.name, "full": full, "pages": result.pages, **counts},
+            {
+                "feed": feed.name,
+                "full": full,
+                "pages": result.pages,
+                **counts,
+                **({"allow_mass_delete": True} if allow_mass_delete else {}),
+            },
             set_name,
             # a fetch fails on the partner's side (HTTP, credentials, timeouts)
             # or on a refusal (lease lost, mass deletion): one status for both
@@ -384,6 +395,7 @@ class Feeds:
         full: bool,
         result: FetchResult,
         progress: Callable[[FetchResult], None] | None,
+        allow_mass_delete: bool,
     ) -> None:
         source = open_source(
             feed.api, self._source_config(feed.name, feed.options, self._credentials(feed))
@@ -402,7 +414,9 @@ class Feeds:
             max_keypoints=self.core.config.local_features.max_keypoints,
         )
         seen: set[str] | None = set() if snapshot else None
-        guard = _DeleteGuard(feed.items, self.settings.max_delete_fraction)
+        guard = _DeleteGuard(
+            feed.items, 1.0 if allow_mass_delete else self.settings.max_delete_fraction
+        )
         checkpoint = start
         pages = _prefetched(source.pages(start), self._stopping)
         try:
@@ -421,7 +435,7 @@ class Feeds:
                 deleted = [SourceItem(key, deleted=True) for key in guard.pending]
                 self._write_page(feed, run, deleted, checkpoint, result)
             if seen is not None:
-                self._delete_unlisted(feed, run, seen, checkpoint, result)
+                self._delete_unlisted(feed, run, seen, checkpoint, result, allow_mass_delete)
             run.finish()
         except BaseException:
             run.abandon()
@@ -436,6 +450,7 @@ class Feeds:
         seen: set[str],
         checkpoint: str | None,
         result: FetchResult,
+        allow_mass_delete: bool,
     ) -> None:
         """A whole listing: the feed's items it no longer lists are deleted,
         unless that is more than exchange.snapshot_max_delete_fraction of
@@ -443,7 +458,7 @@ class Feeds:
         deleting nothing, until an operator raises the fraction."""
         held = self.store.all_feed_items(feed.id)
         gone = [SourceItem(key, deleted=True) for key in held if key not in seen]
-        limit = self.settings.snapshot_max_delete_fraction
+        limit = 1.0 if allow_mass_delete else self.settings.snapshot_max_delete_fraction
         # the fraction of what the feed held before this fetch: its own pages
         # are mapped by now, and a listing swapped for another (N new items,
         # the N old ones left out) must not halve its way past the limit
