@@ -584,6 +584,32 @@ def test_an_item_added_and_deleted_in_one_page_ends_deleted(harness):
         assert feed.items == 1
 
 
+def test_a_held_deletion_listed_again_keeps_the_entry_and_moves_the_checkpoint(harness):
+    """A deletion held to the fetch's end and then listed again on a later
+    page: the entry stays, and the fetch's checkpoint is stored (not the one
+    kept before the deletion, which would replay those pages forever)."""
+    from hashsvc_testing.exchange_servers import TcapRecord
+
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    with TcapServer(page_size=1) as tcap:
+        kept, other = _hex(), _hex()
+        first = tcap.add(kept)
+        tcap.add(other)
+        _add(stubs, md, "tcap", "tcap", "user:secret-pass", base_url=tcap.url)
+        _fetch(stubs, md, "tcap")
+        before = harness.core.store.get_feed("tcap").checkpoint
+        when = first.updated_on + 1e5
+        tcap.records.append(TcapRecord(kept, deleted=True, updated_on=when, id=first.id))
+        tcap.records.append(TcapRecord(kept, updated_on=when + 1, id=first.id))
+        last = _fetch(stubs, md, "tcap")[-1]
+        assert last.deleted == 0
+        assert _match_hash(harness, "pdq", kept).decision == pb.BLOCK
+        after = harness.core.store.get_feed("tcap").checkpoint
+        assert after != before
+        assert json.loads(after) != json.loads(before)
+
+
 def test_a_fetch_deleting_most_of_a_feed_deletes_nothing_and_fails(harness):
     """A broken or hostile ThreatExchange page marking most hashes deleted
     would tombstone the set (then ALLOW): past exchange.max_delete_fraction

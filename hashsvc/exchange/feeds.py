@@ -430,8 +430,8 @@ class Feeds:
                     progress(result)
                 if self._stopping.is_set():
                     raise FailedPrecondition("the server is stopping")
-            if guard.pending:
-                guard.check()
+            if guard.holding:  # also when every held deletion was listed again:
+                guard.check()  # the fetch's own checkpoint, not the one kept
                 deleted = [SourceItem(key, deleted=True) for key in guard.pending]
                 self._write_page(feed, run, deleted, checkpoint, result)
             if seen is not None:
