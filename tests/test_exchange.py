@@ -317,6 +317,46 @@ def test_threatexchange_tags_paging_deletion_and_feedback(harness):
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_an_entrys_feedback_shows_on_the_entry(harness, tmp_path, monkeypatch):
+    """Issue 22: a verdict's state is visible on the entry: GetFeed with an
+    entry (`exchange show NAME --entry E`) lists that entry's feedback only,
+    queued, then as the fetcher left it."""
+    import io
+    from contextlib import redirect_stdout
+
+    from hashsvc.client.cli import main
+
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    values = [_hex(), _hex()]
+    path = tmp_path / "list.txt"
+    path.write_text("".join(f"pdq {v}\n" for v in values))
+    _add(stubs, md, "f", "file", path=path)
+    _fetch(stubs, md, "f")
+    first, second = sorted(_entries(stubs, md))
+    r_stubs, r_md = harness.stubs("reviewer")
+    for entry, verdict in ((first, "confirmed"), (second, "false_positive")):
+        r_stubs.exchange.SendFeedback(
+            pb.SendFeedbackRequest(feed="f", entry=entry, verdict=verdict), metadata=r_md
+        )
+    shown = stubs.exchange.GetFeed(pb.GetFeedRequest(name="f", entry=first), metadata=md)
+    assert [(f.entry, f.verdict, f.state) for f in shown.feedback] == [
+        (first, "confirmed", "queued")
+    ]
+    harness.running.feeds.send_due_feedback()  # a file takes no feedback
+    monkeypatch.setenv("HASHSVC_TOKEN", harness.tokens["operator"])
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["--server", harness.address, "exchange", "show", "f", "--entry", second,
+                     "--json"]) == 0  # fmt: skip
+    feedback = json.loads(out.getvalue())["feedback"]
+    assert [(f["entry"], f["verdict"], f["state"]) for f in feedback] == [
+        (second, "false_positive", "unsupported")
+    ]
+    nothing = stubs.exchange.GetFeed(pb.GetFeedRequest(name="f", entry="f:none"), metadata=md)
+    assert list(nothing.feedback) == []
+
+
 def _wait_for_retry() -> None:
     import time
 
@@ -542,6 +582,98 @@ def test_an_item_added_and_deleted_in_one_page_ends_deleted(harness):
         assert _match_hash(harness, "pdq", gone).decision == pb.ALLOW
         feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="tcap"), metadata=md)
         assert feed.items == 1
+
+
+def test_a_held_deletion_listed_again_keeps_the_entry_and_moves_the_checkpoint(harness):
+    """A deletion held to the fetch's end and then listed again on a later
+    page: the entry stays, and the fetch's checkpoint is stored (not the one
+    kept before the deletion, which would replay those pages forever)."""
+    from hashsvc_testing.exchange_servers import TcapRecord
+
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    with TcapServer(page_size=1) as tcap:
+        kept, other = _hex(), _hex()
+        first = tcap.add(kept)
+        tcap.add(other)
+        _add(stubs, md, "tcap", "tcap", "user:secret-pass", base_url=tcap.url)
+        _fetch(stubs, md, "tcap")
+        before = harness.core.store.get_feed("tcap").checkpoint
+        when = first.updated_on + 1e5
+        tcap.records.append(TcapRecord(kept, deleted=True, updated_on=when, id=first.id))
+        tcap.records.append(TcapRecord(kept, updated_on=when + 1, id=first.id))
+        last = _fetch(stubs, md, "tcap")[-1]
+        assert last.deleted == 0
+        assert _match_hash(harness, "pdq", kept).decision == pb.BLOCK
+        after = harness.core.store.get_feed("tcap").checkpoint
+        assert after != before
+        assert json.loads(after) != json.loads(before)
+
+
+def test_a_fetch_deleting_most_of_a_feed_deletes_nothing_and_fails(harness):
+    """A broken or hostile ThreatExchange page marking most hashes deleted
+    would tombstone the set (then ALLOW): past exchange.max_delete_fraction
+    of what the feed held, none of the fetch's deletions is applied (not the
+    earlier pages' either), the checkpoint stays, the fetch is failed (status,
+    metric, history), every retry is refused alike (never half now and half
+    of the rest next time) and every hash still matches. Within the limit,
+    deletions spread over pages apply, with the last page's checkpoint."""
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    with ThreatExchangeServer(page_size=2) as te:
+        values = [_hex() for _ in range(6)]
+        for value in values:
+            te.add(value)
+        _add(stubs, md, "gifct", "threatexchange", TE_TOKEN, privacy_group=303, base_url=te.url)
+        _fetch(stubs, md, "gifct")
+        checkpoint = harness.core.store.get_feed("gifct").checkpoint
+        for value in values[:4]:  # 4 of 6 over three pages: each under half
+            te.add(value, should_delete=True)
+        for _attempt in range(2):
+            with pytest.raises(grpc.RpcError) as err:
+                _fetch(stubs, md, "gifct")
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "4 of the feed's 6 items" in err.value.details()
+            assert "exchange.max_delete_fraction" in err.value.details()
+            feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="gifct"), metadata=md)
+            assert feed.last_result == "failed" and "max_delete_fraction" in feed.last_error
+            assert feed.items == 6
+            assert harness.core.store.get_feed("gifct").checkpoint == checkpoint
+            assert len(_entries(stubs, md)) == 6
+            for value in values:
+                assert _match_hash(harness, "pdq", value).decision == pb.BLOCK
+
+        te.add(values[2])  # listed again after its deletion: 2 of 6 now
+        te.add(values[3])
+        last = _fetch(stubs, md, "gifct")[-1]
+        assert last.deleted == 2
+        assert sorted(_entries(stubs, md)) == sorted(f"gifct:hash_pdq:{v}" for v in values[2:])
+        assert _match_hash(harness, "pdq", values[0]).decision == pb.ALLOW
+        assert _match_hash(harness, "pdq", values[2]).decision == pb.BLOCK
+        assert harness.core.store.get_feed("gifct").checkpoint != checkpoint
+
+        # an operator who checked with the partner: this fetch only, recorded
+        for value in values[2:5]:  # 3 of the 4 left
+            te.add(value, should_delete=True)
+        with pytest.raises(grpc.RpcError):
+            _fetch(stubs, md, "gifct")
+        request = pb.FetchFeedRequest(name="gifct", allow_mass_delete=True)
+        last = list(stubs.exchange.FetchFeed(request, metadata=md))[-1]
+        assert last.done and last.deleted == 3
+        assert list(_entries(stubs, md)) == [f"gifct:hash_pdq:{values[5]}"]
+    failed = harness.running.metrics.registry.get_sample_value(
+        "hashsvc_feed_fetches_total", {"feed": "gifct", "result": "failed"}
+    )
+    assert failed == 3
+    a_stubs, a_md = harness.stubs("auditor")
+    history = a_stubs.audit.QueryHistory(pb.QueryHistoryRequest(page_size=1000), metadata=a_md)
+    refused = [
+        r
+        for r in history.records
+        if r.rpc == "ExchangeFetch" and "max_delete_fraction" in r.error_message
+    ]
+    assert len(refused) == 3 and all(r.status == "UNAVAILABLE" for r in refused)
+    assert "allow_mass_delete" in str(history)
 
 
 def test_bad_rows_from_a_partner_are_counted_and_the_rest_loads(harness, tmp_path):

@@ -42,7 +42,7 @@ class ExchangeServicer(pb_grpc.ExchangeServicer):
     @rpc
     def GetFeed(self, request, context):
         record = self.feeds.get(request.name)
-        return self._feed(record, self.feeds.feedback(request.name))
+        return self._feed(record, self.feeds.feedback(request.name, request.entry or None))
 
     @rpc
     def SetFeedEnabled(self, request, context):
@@ -70,6 +70,7 @@ class ExchangeServicer(pb_grpc.ExchangeServicer):
                         actor,
                         request.full,
                         lambda r: progress.put(convert.fetch_progress(r, False)),
+                        request.allow_mass_delete,
                     )
                 )
             except BaseException as exc:  # raised to the caller below

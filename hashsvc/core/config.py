@@ -161,6 +161,10 @@ class ExchangeSettings:
     # no longer lists, but never more than this fraction of the feed's items
     # (a truncated file, a partner's bad day): past it the fetch fails.
     snapshot_max_delete_fraction: float = 0.5
+    # A fetch's deletions at the source (tombstones in its pages) remove at
+    # most this fraction of the items the feed held before it (a broken or
+    # hostile page): the page past it is not applied and the fetch fails.
+    max_delete_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         for name in (
@@ -173,8 +177,9 @@ class ExchangeSettings:
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"exchange.{name} must be more than 0")
-        if not 0 <= self.snapshot_max_delete_fraction <= 1:
-            raise ValueError("exchange.snapshot_max_delete_fraction must be within 0..1")
+        for name in ("snapshot_max_delete_fraction", "max_delete_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"exchange.{name} must be within 0..1")
         if self.write_rows < 1:
             raise ValueError("exchange.write_rows must be 1 or more")
         if self.http_retries < 0 or self.min_every_seconds < 1 or self.feedback_max_attempts < 1:

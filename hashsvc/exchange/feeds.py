@@ -25,7 +25,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from hashdb import ExchangeStore
@@ -99,6 +99,39 @@ class FetchResult:
     rejected: int = 0  # rows the bulk path refused (bad hex, bad labels)
     seconds: float = 0.0
     error: str = ""
+
+
+@dataclass
+class _DeleteGuard:
+    """A fetch's deletions at the source, held back until its last page: a
+    broken or hostile page marking most hashes deleted would tombstone the
+    set, which then answers ALLOW. Past exchange.max_delete_fraction of what
+    the feed held before the fetch none is applied and the checkpoint stays
+    before the first page that deleted, so every retry is refused the same
+    way (never half now, half of the rest next time) until an operator acts."""
+
+    held: int  # the feed's items before the fetch
+    limit: float
+    # keys the fetch mapped that the feed did not hold: deleted at once (they
+    # take nothing held away)
+    fresh: set[str] = field(default_factory=set)
+    pending: dict[str, FeedItem] = field(default_factory=dict)  # held items deleted
+    kept: str | None = None  # the checkpoint before the first pending deletion
+    holding: bool = False
+
+    def checkpoint(self, previous: str | None, current: str | None) -> str | None:
+        """The checkpoint a page commits: the page's, until a deletion is held."""
+        if self.pending and not self.holding:
+            self.holding, self.kept = True, previous
+        return self.kept if self.holding else current
+
+    def check(self) -> None:
+        if len(self.pending) > self.limit * self.held:
+            raise FailedPrecondition(
+                f"the source deletes {len(self.pending)} of the feed's {self.held} items in"
+                f" one fetch, more than {self.limit:.0%} (exchange.max_delete_fraction):"
+                " nothing deleted, checkpoint kept"
+            )
 
 
 def entry_name(feed: str, key: str) -> str:
@@ -226,9 +259,13 @@ class Feeds:
         actor: str,
         full: bool = False,
         progress: Callable[[FetchResult], None] | None = None,
+        allow_mass_delete: bool = False,
     ) -> FetchResult:
         """One fetch now (`exchange fetch`): FAILED_PRECONDITION when another
-        replica is fetching it. A failed fetch raises after it is recorded."""
+        replica is fetching it. A failed fetch raises after it is recorded.
+        allow_mass_delete (an operator who checked with the partner): this
+        fetch only, past exchange.max_delete_fraction and
+        snapshot_max_delete_fraction; never the background loop's."""
         feed = self.get(name)
         if self._stopping.is_set():
             raise Unavailable("the server is stopping: no new fetch")
@@ -236,7 +273,7 @@ class Feeds:
             raise FailedPrecondition(f"feed {quoted(name)} is being fetched on this server")
         try:
             require_lease(self.store.acquire_feed_lease(feed.id, self.owner, self._lease()), name)
-            result = self._fetch_leased(feed, actor, full, progress)
+            result = self._fetch_leased(feed, actor, full, progress, allow_mass_delete)
         finally:
             self._release(feed.id)
         if result.error:
@@ -277,13 +314,14 @@ class Feeds:
         actor: str,
         full: bool,
         progress: Callable[[FetchResult], None] | None,
+        allow_mass_delete: bool = False,
     ) -> FetchResult:
         result = FetchResult(feed.name)
         started = time.perf_counter()
         started_at = datetime.now(UTC)  # entries changed from here on: the retro-hunt's
         failed = False
         try:
-            self._fetch(feed, full, result, progress)
+            self._fetch(feed, full, result, progress, allow_mass_delete)
         except Exception as exc:  # recorded and retried with backoff; never lost
             failed = True
             result.error = _error_text(exc)
@@ -329,7 +367,13 @@ class Feeds:
         self._record(
             "ExchangeFetch",
             actor,
-            {"feed": feed.name, "full": full, "pages": result.pages, **counts},
+            {
+                "feed": feed.name,
+                "full": full,
+                "pages": result.pages,
+                **counts,
+                **({"allow_mass_delete": True} if allow_mass_delete else {}),
+            },
             set_name,
             # a fetch fails on the partner's side (HTTP, credentials, timeouts)
             # or on a refusal (lease lost, mass deletion): one status for both
@@ -351,6 +395,7 @@ class Feeds:
         full: bool,
         result: FetchResult,
         progress: Callable[[FetchResult], None] | None,
+        allow_mass_delete: bool,
     ) -> None:
         source = open_source(
             feed.api, self._source_config(feed.name, feed.options, self._credentials(feed))
@@ -369,20 +414,28 @@ class Feeds:
             max_keypoints=self.core.config.local_features.max_keypoints,
         )
         seen: set[str] | None = set() if snapshot else None
+        guard = _DeleteGuard(
+            feed.items, 1.0 if allow_mass_delete else self.settings.max_delete_fraction
+        )
         checkpoint = start
         pages = _prefetched(source.pages(start), self._stopping)
         try:
             for page in pages:
                 if seen is not None:
                     seen.update(item.key for item in page.items)
+                previous = checkpoint
                 checkpoint = page.checkpoint if page.checkpoint is not None else checkpoint
-                self._write_page(feed, run, page.items, checkpoint, result)
+                self._write_page(feed, run, page.items, checkpoint, result, guard, previous)
                 if progress is not None:
                     progress(result)
                 if self._stopping.is_set():
                     raise FailedPrecondition("the server is stopping")
+            if guard.holding:  # also when every held deletion was listed again:
+                guard.check()  # the fetch's own checkpoint, not the one kept
+                deleted = [SourceItem(key, deleted=True) for key in guard.pending]
+                self._write_page(feed, run, deleted, checkpoint, result)
             if seen is not None:
-                self._delete_unlisted(feed, run, seen, checkpoint, result)
+                self._delete_unlisted(feed, run, seen, checkpoint, result, allow_mass_delete)
             run.finish()
         except BaseException:
             run.abandon()
@@ -397,6 +450,7 @@ class Feeds:
         seen: set[str],
         checkpoint: str | None,
         result: FetchResult,
+        allow_mass_delete: bool,
     ) -> None:
         """A whole listing: the feed's items it no longer lists are deleted,
         unless that is more than exchange.snapshot_max_delete_fraction of
@@ -404,7 +458,7 @@ class Feeds:
         deleting nothing, until an operator raises the fraction."""
         held = self.store.all_feed_items(feed.id)
         gone = [SourceItem(key, deleted=True) for key in held if key not in seen]
-        limit = self.settings.snapshot_max_delete_fraction
+        limit = 1.0 if allow_mass_delete else self.settings.snapshot_max_delete_fraction
         # the fraction of what the feed held before this fetch: its own pages
         # are mapped by now, and a listing swapped for another (N new items,
         # the N old ones left out) must not halve its way past the limit
@@ -424,9 +478,16 @@ class Feeds:
         items: list[SourceItem],
         checkpoint: str | None,
         result: FetchResult,
+        guard: _DeleteGuard | None = None,
+        previous: str | None = None,
     ) -> None:
+        """One page's rows, then its mapping, counts and checkpoint. With a
+        guard (a source's page; previous: the checkpoint before it),
+        deletions of items held before the fetch wait in the guard."""
         counts = PageCounts()
-        known = self.store.feed_items(feed.id, [i.key for i in items if i.deleted])
+        # every key of the page when guarded: which ones the feed holds
+        wanted = [i.key for i in items if guard is not None or i.deleted]
+        known = self.store.feed_items(feed.id, wanted)
         columns: dict[str, list] = {
             "signal_type": [],
             "value": [],
@@ -441,6 +502,9 @@ class Feeds:
         for item in items:
             counts.skipped += item.skipped
             if item.deleted:
+                if guard is not None and item.key in known and item.key not in guard.fresh:
+                    guard.pending[item.key] = known[item.key]
+                    continue
                 held = final.get(item.key) or known.get(item.key)
                 if held is not None:
                     _add_row(columns, "md5", b"", held.entry_name, "", True)
@@ -461,8 +525,13 @@ class Feeds:
                 good += 1
             if good:
                 final[item.key] = FeedItem(item.key, name, item.source_id)
+                if guard is not None:  # listed again after a held deletion
+                    guard.pending.pop(item.key, None)
         mapped = [mapping for mapping in final.values() if mapping is not None]
         unmapped = [key for key, mapping in final.items() if mapping is None]
+        if guard is not None:
+            checkpoint = guard.checkpoint(previous, checkpoint)
+            guard.fresh.update(m.key for m in mapped if m.key not in known)
         before = (run.result.counts.updated, run.result.rejected_count)
         # in batches of write_rows: each is a few short store transactions and
         # an index catch-up, so a Match waits for a small one at most

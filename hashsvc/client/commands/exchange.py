@@ -67,9 +67,18 @@ def register(commands: Subcommands) -> None:
     ):
         p = client_command(sub, name, func, help, json_help=None if name != "show" else "")
         p.add_argument("name")
+        if name == "show":
+            p.add_argument(
+                "--entry", default="", help="the feedback on this entry (queued, sent, failed)"
+            )
     p = client_command(sub, "fetch", cmd_fetch, "fetch a feed now (progress on stderr)")
     p.add_argument("name")
     p.add_argument("--full", action="store_true", help="from the start, not the checkpoint")
+    p.add_argument(
+        "--allow-mass-delete",
+        action="store_true",
+        help="apply deletions past exchange.max_delete_fraction (this fetch only)",
+    )
     client_command(sub, "status", cmd_status, "each feed's last fetch and next run")
     p = client_command(
         sub,
@@ -191,7 +200,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        feed = client.exchange.GetFeed(pb.GetFeedRequest(name=args.name), metadata=client.metadata)
+        feed = client.exchange.GetFeed(
+            pb.GetFeedRequest(name=args.name, entry=args.entry), metadata=client.metadata
+        )
     row = _feed_row(feed)
     row["feedback"] = [
         {
@@ -238,7 +249,9 @@ def cmd_remove(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     last = None
     with connect(args) as client:
-        request = pb.FetchFeedRequest(name=args.name, full=args.full)
+        request = pb.FetchFeedRequest(
+            name=args.name, full=args.full, allow_mass_delete=args.allow_mass_delete
+        )
         for progress in client.exchange.FetchFeed(request, metadata=client.metadata):
             last = progress
             print(
