@@ -614,3 +614,29 @@ def _exchange(id_type: str, blob: str) -> list[str]:
 
 SQLITE.append(_exchange("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"))
 POSTGRES.append(_exchange("BIGSERIAL PRIMARY KEY", "BYTEA"))
+
+
+# Retro-hunt durability (review of issues 20/22). retro_pending: a bulk
+# load's or a feed fetch's retro-hunt, written before its first entry and
+# cleared once its runs are queued, so a server killed in between queues
+# them when it starts again (uploads let through stay found, not allowed).
+# retro_matches.history_recorded: a hit is committed before its record in
+# the hash-chained history is written; until that record is in, the run
+# that made the hit (resumed after a crash) writes it. Hits made before this
+# migration are taken as recorded (their runs are finished).
+def _retro_durable(serial: str) -> list[str]:
+    return [
+        f"""CREATE TABLE retro_pending (
+            id {serial},
+            set_id BIGINT NOT NULL,
+            since BIGINT NOT NULL,
+            trigger TEXT NOT NULL,
+            requested_by TEXT NOT NULL,
+            created_at BIGINT NOT NULL)""",
+        "ALTER TABLE retro_matches ADD COLUMN history_recorded BOOLEAN NOT NULL DEFAULT FALSE",
+        "UPDATE retro_matches SET history_recorded = TRUE",
+    ]
+
+
+SQLITE.append(_retro_durable("INTEGER PRIMARY KEY AUTOINCREMENT"))
+POSTGRES.append(_retro_durable("BIGSERIAL PRIMARY KEY"))

@@ -270,6 +270,19 @@ class EventFailure:
 
 
 @dataclass(frozen=True)
+class RetroPending:
+    """A retro-hunt owed for the set's entries changed since `since`
+    (microseconds): written before a bulk load or a feed fetch writes its
+    first entry, cleared once its runs are queued."""
+
+    id: int
+    set_id: int
+    since: int
+    trigger: str
+    requested_by: str
+
+
+@dataclass(frozen=True)
 class RetroRun:
     """One retro-hunt: new entries' signals against the uploads in the
     history since `since`, up to last_history_id (uploads after it were

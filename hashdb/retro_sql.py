@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from hashdb.model import HistoryUpload, NewEvent, RetroRun
+from hashdb.model import HistoryUpload, NewEvent, RetroPending, RetroRun
 from hashdb.review_sql import insert_review_item, with_review_id
 from hashdb.times import from_micros, now_micros
 
@@ -187,19 +187,28 @@ class RetroSQL:
     ) -> int | None:
         """The hit, its review item (`item`: insert_review_item's arguments,
         request_id the upload's) and its events (outbox, naming the item) in
-        one transaction; the review item's id, or None if this (entry,
-        request) was reported already (and no event is written again)."""
+        one transaction; the review item's id while the hit's history record
+        is to be written: a new hit, or one this run made without its record
+        (the server died in between; no item or event is written again).
+        None if this (entry, request) was reported and recorded already, or
+        is another run's (that run writes its record when it resumes)."""
         request_id = item["request_id"]
         with self._write() as cur:
             cur.execute(
                 "INSERT INTO retro_matches (run_id, entry_id, request_id, history_id, decision,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?)"
+                " created_at, history_recorded) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (entry_id, request_id) DO NOTHING RETURNING id",
-                (run_id, entry_id, request_id, history_id, decision, now_micros()),
+                (run_id, entry_id, request_id, history_id, decision, now_micros(), False),
             )
             row = cur.fetchone()
             if row is None:
-                return None
+                cur.execute(
+                    "SELECT review_item_id FROM retro_matches WHERE entry_id = ?"
+                    " AND request_id = ? AND run_id = ? AND history_recorded = ?",
+                    (entry_id, request_id, run_id, False),
+                )
+                unrecorded = cur.fetchone()
+                return unrecorded[0] if unrecorded else None
             review_id = insert_review_item(
                 cur,
                 **{**item, "request_id": f"retro:{entry_id}:{request_id}"},
@@ -212,6 +221,40 @@ class RetroSQL:
             cur.execute("UPDATE retro_runs SET hits = hits + 1 WHERE id = ?", (run_id,))
             self._append_events(cur, [with_review_id(e, review_id) for e in events])
             return review_id
+
+    def retro_match_recorded(self, entry_id: int, request_id: str) -> None:
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE retro_matches SET history_recorded = ?"
+                " WHERE entry_id = ? AND request_id = ?",
+                (True, entry_id, request_id),
+            )
+
+    # -- hunts owed (a bulk load's, a feed fetch's)
+
+    def add_retro_pending(
+        self, set_id: int, since_micros: int, trigger: str, requested_by: str
+    ) -> RetroPending:
+        with self._write() as cur:
+            cur.execute(
+                "INSERT INTO retro_pending (set_id, since, trigger, requested_by, created_at)"
+                " VALUES (?, ?, ?, ?, ?) RETURNING id",
+                (set_id, since_micros, trigger, requested_by, now_micros()),
+            )
+            pending_id = cur.fetchone()[0]
+        return RetroPending(pending_id, set_id, since_micros, trigger, requested_by)
+
+    def list_retro_pending(self) -> list[RetroPending]:
+        """Oldest first."""
+        with self._read() as cur:
+            cur.execute(
+                "SELECT id, set_id, since, trigger, requested_by FROM retro_pending ORDER BY id"
+            )
+            return [RetroPending(*row) for row in cur.fetchall()]
+
+    def clear_retro_pending(self, pending_id: int) -> None:
+        with self._write() as cur:
+            cur.execute("DELETE FROM retro_pending WHERE id = ?", (pending_id,))
 
     def retro_matches_of(self, run_id: int) -> list[tuple[int, str, str, int | None]]:
         """(entry id, request id, decision, review item id) of a run's hits."""

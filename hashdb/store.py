@@ -22,6 +22,7 @@ from hashdb.model import (
     NewEntry,
     NewEvent,
     OutboxEvent,
+    RetroPending,
     RetroRun,
     ReviewFilter,
     ReviewItem,
@@ -420,8 +421,20 @@ class RetroStore(Protocol):
         item: dict,
         events: Iterable[NewEvent] = (),
     ) -> int | None:
-        """The review item's id, or None if the hit was reported already;
-        the events (retro_match) are written in the same transaction."""
+        """The review item's id while the hit's history record is still to
+        be written (a new hit, or one this run made before the server died),
+        else None; the events (retro_match) are written with a new hit."""
+
+    def retro_match_recorded(self, entry_id: int, request_id: str) -> None:
+        """The hit's record is in the history (add_retro_match: not again)."""
+
+    def add_retro_pending(
+        self, set_id: int, since_micros: int, trigger: str, requested_by: str
+    ) -> RetroPending: ...
+
+    def list_retro_pending(self) -> list[RetroPending]: ...
+
+    def clear_retro_pending(self, pending_id: int) -> None: ...
 
     def retro_matches_of(self, run_id: int) -> list[tuple[int, str, str, int | None]]: ...
 

@@ -534,3 +534,138 @@ def test_a_confirmed_review_added_to_a_set_hunts(harness, operator, matcher, rev
     (found,) = _retro_items(rev, rev_md)
     assert found.request_id == let_through.request_id
     assert found.matches[0].set == "isis" and found.matches[0].distance == 8
+
+
+# -- a crash between writing entries (or a hit) and what must follow them
+
+
+def _crash_before_queueing(core, monkeypatch) -> None:
+    """The server dies after the entries are committed, before the retro-hunt
+    is queued (kill -9 there): nothing after the commit happens."""
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed before the retro-hunt was queued")
+
+    monkeypatch.setattr(core.retro, "_queue", killed)
+
+
+def _wait_done(store, seconds: float = 60):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        runs = store.list_retro_runs()
+        if runs and all(r.state not in OPEN for r in runs):
+            return runs
+        time.sleep(0.1)
+    raise AssertionError(f"retro runs still open after {seconds} s: {store.list_retro_runs()}")
+
+
+def test_a_bulk_loads_hunt_survives_a_crash(store_url, make_core, monkeypatch):
+    """A bulk load committed, then the server died before queueing its hunt:
+    the restarted server queues it, and the upload let through ends in
+    review (source retro) instead of staying allowed."""
+    from hashsvc.core.bulk import RowBatch
+
+    settings = {"retro_poll_seconds": 0.2}
+    core = make_core(store_url, **settings)
+    known = hashlib.sha256(b"crash-load").digest()
+    near = bytes([known[0] ^ 0x01]) + known[1:]
+    asked = _history_upload(core.store, Signal("pdq", near, 90), 0.5)
+    core.curation.create_set("partner")
+    _crash_before_queueing(core, monkeypatch)
+    result = core.bulk_load("partner", "op", [RowBatch(["pdq"], [known], entry=["amaq-1"])])
+    assert result.added == 1
+    assert core.store.list_retro_runs() == []
+    make_core.stop(core)
+
+    again = make_core(store_url, **settings)
+    (run,) = _wait_done(again.store)
+    assert (run.trigger, run.state, run.hits) == ("BulkLoad", "done", 1)
+    ((_, request_id, _, review_id),) = again.store.retro_matches_of(run.id)
+    item = again.store.get_review_item(review_id)
+    assert request_id == asked and item.source == "retro"
+    assert again.store.list_retro_pending() == []
+
+
+def test_a_feeds_hunt_survives_a_crash(store_url, make_harness, monkeypatch, tmp_path):
+    """A partner feed's pages committed, then the server died before queueing
+    the hunt: the restarted server queues it (trigger "feed")."""
+    from tests.test_exchange import SETTINGS
+
+    config = {"exchange": SETTINGS, "retro_poll_seconds": 0.2}
+    h = make_harness(store_url, **config)
+    m, m_md = h.stubs("matcher")
+    known = hashlib.sha256(b"crash-feed").digest()
+    near = bytes([known[0] ^ 0x01]) + known[1:]
+    asked = m.matcher.Match(
+        pb.MatchRequest(signal=pb.SignalValue(signal_type="pdq", value=near.hex())), metadata=m_md
+    )
+    assert asked.decision == pb.ALLOW
+    ops, op_md = h.stubs("operator")
+    ops.curation.CreateSet(pb.CreateSetRequest(name="partners"), metadata=op_md)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"pdq {known.hex()}\n")
+    ops.exchange.AddFeed(
+        pb.AddFeedRequest(
+            name="gifct",
+            api="file",
+            set="partners",
+            options={"path": str(listing)},
+            every_seconds=60,
+        ),
+        metadata=op_md,
+    )
+    _crash_before_queueing(h.core, monkeypatch)
+    done = list(ops.exchange.FetchFeed(pb.FetchFeedRequest(name="gifct"), metadata=op_md))[-1]
+    assert done.added == 1
+    assert h.core.store.list_retro_runs() == []
+    make_harness.stop(h)
+
+    again = make_harness(store_url, **config)
+    ops, op_md = again.stubs("operator")
+    (run,) = _wait_runs(ops, op_md, seconds=60)
+    assert (run.trigger, run.state, run.hits) == ("feed", "done", 1)
+    rev, rev_md = again.stubs("reviewer")
+    assert [i.request_id for i in _retro_items(rev, rev_md)] == [asked.request_id]
+
+
+def test_a_hit_committed_without_its_history_record_gets_it_on_resume(store_url, make_core):
+    """The hit and its review item are committed, then the server dies
+    before the hit's record in the chained history is written: the resumed
+    run writes it (once); another run finding the same hit writes nothing."""
+    from hashsvc.core.retro import record_retro_match
+    from hashsvc.matching.matcher import Match
+
+    core = make_core(store_url, retro_window=0)  # no triggered runs
+    known = bytes(range(32))
+    _history_upload(core.store, Signal("pdq", known, 90), 0.5, request_id="up-1")
+    core.curation.create_set("s")
+    entry = core.curation.add_entry("s", "e", {}, "op", signal=("pdq", known.hex(), None))
+    since = to_micros(datetime.now(UTC) - timedelta(days=1))
+    # not queued: the worker leaves them to this test
+    run = core.store.create_retro_run("manual", "op", None, [entry.id], since, state="skipped")
+    other = core.store.create_retro_run("manual", "op", None, [entry.id], since, state="skipped")
+    (upload,) = core.store.history_uploads(0, run.last_history_id, 10)
+    sig = Signal("pdq", known, 90)
+    hit = Match(entry.set_id, "s", entry.id, "e", "pdq", 0, {}, "block", "", "")
+
+    class Died:
+        def record_retro_match(self, **kwargs):
+            raise RuntimeError("killed before the history record")
+
+    with pytest.raises(RuntimeError):
+        record_retro_match(core.store, Died(), run, upload, [sig], hit)
+
+    def records():
+        found = core.store.query_history(HistoryFilter(), 0, 1000)
+        return [r for r in found if r.rpc == "RetroMatch"]
+
+    assert records() == []
+    assert record_retro_match(core.store, core.audit, other, upload, [sig], hit) is None
+    assert records() == []  # not another run's to write
+    review_id = record_retro_match(core.store, core.audit, run, upload, [sig], hit)
+    assert review_id is not None
+    assert record_retro_match(core.store, core.audit, run, upload, [sig], hit) is None
+    (record,) = records()
+    assert record.detail["review_id"] == review_id and record.detail["request_id"] == "up-1"
+    assert len(core.store.retro_matches_of(run.id)) == 1
+    assert core.store.get_review_item(review_id).source == "retro"

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from hashdb import NewEvent, RetroRun, Store, TokenRecord, open_store
+from hashdb import NewEvent, RetroPending, RetroRun, Store, TokenRecord, open_store
 from hashdb.times import to_micros
 from hashsvc.base import media_kinds
 from hashsvc.base.errors import (
@@ -403,9 +403,11 @@ class Core:
         had sent everything: the load then completes, and its client never
         hears of it)."""
         run: BulkLoad | None = None
+        pending: RetroPending | None = None
         started = datetime.now(UTC)
         try:
             hash_set = self.curation.get_set(set_name)
+            pending = self.retro.hunt_pending(hash_set.id, started, "BulkLoad", caller)
             run = BulkLoad(
                 self.store,
                 self.store,
@@ -427,24 +429,23 @@ class Core:
             self._record_bulk_load(
                 set_name, caller, strict, partial, bool(committed), status_of, exc
             )
-            if committed:
-                self.hunt_changed_since(run.set_id, started, caller, "BulkLoad")
+            if pending is not None:
+                self.hunt_changed_since(pending)
             raise
         self._record_bulk_load(set_name, caller, strict, result, result.written, status_of)
-        if result.added or result.updated:
-            self.hunt_changed_since(hash_set.id, started, caller, "BulkLoad")
+        self.hunt_changed_since(pending)
         return result
 
-    def hunt_changed_since(self, set_id: int, started: datetime, caller: str, trigger: str) -> None:
-        """A retro-hunt for the entries of the set added or given new signals
-        since `started` (a bulk load, a partner feed's fetch; a concurrent
-        load's too: a hit is reported once whichever run finds it)."""
+    def hunt_changed_since(self, pending: RetroPending) -> None:
+        """The retro-hunt a bulk load or a partner feed's fetch owes (written
+        by RetroHunt.hunt_pending before its first entry): runs for the
+        set's entries added or given new signals since then (a concurrent
+        load's too: a hit is reported once whichever run finds it). When
+        queueing fails the hunt stays pending and the next start queues it."""
         try:
-            ids = self.store.entries_changed_since(set_id, to_micros(started))
+            self.retro.queue_pending(pending)
         except Exception:
-            log.exception("finding a bulk load's entries for the retro-hunt failed")
-            return
-        self.curation.entries_added(ids, trigger, caller)
+            log.exception("queueing the retro-hunt of a %s failed: left pending", pending.trigger)
 
     def start_retro_run(self, actor: str, set_name: str = "", since_seconds: int = 0) -> RetroRun:
         """A retro-hunt by hand (StartRetroRun, POST /v1/retro/runs), in the history."""

@@ -35,6 +35,7 @@ from hashdb import (
     EntryRecord,
     HashSetRecord,
     HistoryUpload,
+    RetroPending,
     RetroRun,
     Store,
 )
@@ -130,6 +131,38 @@ class RetroHunt:
         except Exception:
             log.exception("queueing a retro-hunt for %s failed", trigger)
             return []
+
+    def hunt_pending(self, set_id: int, since: datetime, trigger: str, caller: str) -> RetroPending:
+        """Writes down, BEFORE a bulk load or a feed fetch writes its first
+        entry, that the set's entries changed since `since` are to hunt;
+        queue_pending clears it once their runs are queued. A server killed
+        in between queues them when it starts again (start), so the uploads
+        they match do not stay allowed. Raises: no entry is written then."""
+        return self.store.add_retro_pending(set_id, to_micros(since), trigger, caller)
+
+    def queue_pending(self, pending: RetroPending) -> None:
+        """Queues the runs a pending hunt owes, then clears it (it stays,
+        for the next start, when this raises)."""
+        ids = self.store.entries_changed_since(pending.set_id, pending.since)
+        if ids:
+            self._queue(ids, pending.trigger, pending.requested_by)
+        self.store.clear_retro_pending(pending.id)
+
+    def _queue_all_pending(self) -> None:
+        """At start: the hunts of loads and fetches a dead server left (a
+        live replica's load may be among them: it queues its own runs again
+        when it ends, and a hit is reported once whichever run finds it)."""
+        try:
+            owed = self.store.list_retro_pending()
+        except Exception:
+            log.exception("reading the pending retro-hunts failed")
+            return
+        for pending in owed:
+            try:
+                self.queue_pending(pending)
+                log.info("queued the retro-hunt of an unfinished %s", pending.trigger)
+            except Exception:
+                log.exception("queueing a pending retro-hunt (%s) failed", pending.trigger)
 
     def start_run(
         self, caller: str, set_name: str = "", since_seconds: float | None = None
@@ -240,6 +273,7 @@ class RetroHunt:
     # -- the worker
 
     def start(self) -> None:
+        self._queue_all_pending()
         self._thread = threading.Thread(target=self._work, daemon=True, name="retro")
         self._thread.start()
 
@@ -395,7 +429,9 @@ def record_retro_match(
 ) -> int | None:
     """THE place a retro-match is made: its unique hit and review item (one
     transaction), then its record in the hash-chained history. None when the
-    hit was reported before (a resumed run)."""
+    hit was reported and recorded before (a resumed run). A hit committed
+    without its record (the server died in between) gets it when its run
+    resumes: the hit is marked recorded only after the record is in."""
     item = {
         "request_id": upload.request_id,
         "created_at": datetime.now(UTC),
@@ -431,6 +467,7 @@ def record_retro_match(
         match=match.to_json(),
         detail={"run_id": run.id, "review_id": review_id, "history_id": upload.id},
     )
+    store.retro_match_recorded(match.entry_id, upload.request_id)
     log.info(
         "retro-match: upload %s matches %s/%s (%s)",
         upload.request_id,

@@ -318,9 +318,12 @@ class Feeds:
     ) -> FetchResult:
         result = FetchResult(feed.name)
         started = time.perf_counter()
-        started_at = datetime.now(UTC)  # entries changed from here on: the retro-hunt's
         failed = False
+        pending = None
         try:
+            # entries changed from here on: the retro-hunt's, pending in the
+            # store before the first page is written (a crash does not lose it)
+            pending = self.core.retro.hunt_pending(feed.set_id, datetime.now(UTC), "feed", actor)
             self._fetch(feed, full, result, progress, allow_mass_delete)
         except Exception as exc:  # recorded and retried with backoff; never lost
             failed = True
@@ -383,8 +386,8 @@ class Feeds:
         )
         # uploads let through before these hashes arrived: the retro-hunt
         # looks back for them (pages committed before a failure count too)
-        if result.added or result.updated:
-            self.core.hunt_changed_since(feed.set_id, started_at, actor, "feed")
+        if pending is not None:
+            self.core.hunt_changed_since(pending)
         if self.on_fetch is not None:
             self.on_fetch(result)
         return result
