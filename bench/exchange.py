@@ -22,6 +22,8 @@ import os
 import statistics
 import time
 
+from load import run_matcher  # bench/load.py: Match in a loop beside the load
+
 from hashsvc.api.server import start_server
 from hashsvc.client.client import Client
 from hashsvc.core import auth
@@ -53,18 +55,6 @@ def serve_tcap(rows: int, commands, answers) -> None:
             for value in new:
                 tcap.add(value, ideology="islamist", file_type="jpg")
             answers.put(new)
-
-
-def run_matcher(address: str, token: str, stop, out) -> None:
-    client = Client(server=address, token=token)
-    query = pb.MatchRequest(signal=pb.SignalValue(signal_type="pdq", value=os.urandom(32).hex()))
-    latencies = []
-    while not stop.is_set():
-        started = time.perf_counter()
-        client.matcher.Match(query, metadata=client.metadata)
-        latencies.append(time.perf_counter() - started)
-        time.sleep(0.005)
-    out.put(latencies)
 
 
 def pg_schema_url(schema: str) -> str:
