@@ -128,7 +128,9 @@ def create_token(
 
 def authenticate(store: TokenStore, token: str | None) -> TokenRecord:
     if not token:
-        raise Unauthenticated("missing token: send 'authorization: Bearer <token>' metadata")
+        # One message for both APIs: gRPC callers send it as metadata, HTTP
+        # callers as a header of the same name.
+        raise Unauthenticated("missing token: send 'authorization: Bearer <token>'")
     record = store.find_token(hash_token(token))
     if record is None:
         raise Unauthenticated("unknown token")
