@@ -302,6 +302,47 @@ def test_review_claim_and_resolve(sqlite_server):
         _error(reviewer.post("/v1/review/claim", json={"set": "rev"}), 404, "NOT_FOUND")
 
 
+def test_sets_entries_history_and_review_are_the_clis_objects(sqlite_server):
+    """One writer for both APIs (hashsvc/base/record_json.py): the HTTP answer
+    for a set, an entry, a history record and a review item is the object
+    `hashsvc ... --json` prints for it over gRPC (they once differed: the
+    HTTP set had no retro_window_seconds)."""
+    with sqlite_server.client("operator") as op:
+        made = op.post(
+            "/v1/sets",
+            json={"name": "same", "labels": {"group": "AQ"},
+                  "thresholds": {"pdq": {"block": 0, "review": 60}}},
+        )  # fmt: skip
+        assert made.status_code == 201, made.text
+        assert made.json()["retro_window_seconds"] is None  # the server's window
+        window = op.patch("/v1/sets/same", json={"retro_window_seconds": 3600})
+        assert window.status_code == 200, window.text
+        both = op.patch(
+            "/v1/sets/same", json={"retro_window_seconds": 60, "retro_window_default": True}
+        )
+        _error(both, 400, "INVALID_ARGUMENT")
+        op.post("/v1/sets/same/entries", params={"name": "p11"}, content=encode(photo(11)))
+        http_set = op.get("/v1/sets/same").json()
+        http_entries = op.get("/v1/sets/same/entries").json()["entries"]
+    assert http_set["retro_window_seconds"] == 3600
+    assert [http_set] == _cli_json_lines(sqlite_server, "operator", "sets", "show", "same")
+    cli_entries = _cli_json_lines(sqlite_server, "operator", "entries", "list", "same")
+    assert [e["entry"] for e in http_entries] == ["p11"]
+    assert http_entries == cli_entries
+    with sqlite_server.client("matcher") as matcher:
+        answer = matcher.post(
+            "/v1/match", content=reencoded(photo(11)), params={"sets": "same", "client_ref": "s1"}
+        ).json()
+    assert answer["decision"] == "review", answer
+    with sqlite_server.client("reviewer") as reviewer:
+        items = reviewer.get("/v1/review/items", params={"set": "same"}).json()["items"]
+    assert items == _cli_json_lines(sqlite_server, "reviewer", "review", "list", "--set", "same")
+    with sqlite_server.client("auditor") as auditor:
+        records = auditor.get("/v1/history", params={"set": "same"}).json()["records"]
+    cli_records = _cli_json_lines(sqlite_server, "auditor", "history", "--set", "same")
+    assert records and records == cli_records
+
+
 def test_tokens_create_list_revoke(sqlite_server):
     with sqlite_server.client("admin") as admin:
         made = admin.post("/v1/tokens", json={"role": "auditor", "name": "short-lived"})

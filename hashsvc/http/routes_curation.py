@@ -14,6 +14,7 @@ from hashdb import EntryRecord
 from hashsvc.base import validation
 from hashsvc.base.decisions import Thresholds
 from hashsvc.base.errors import InvalidArgument, quoted
+from hashsvc.core.retro import check_window
 from hashsvc.http.calls import Call, Endpoint, Fields, Param, content_kind
 from hashsvc.http.jobs import FORMATS
 from hashsvc.http.routes_match import SIGNAL_SCHEMA, signal_query
@@ -45,6 +46,15 @@ SET_SCHEMA = {
         "review_target": {"type": "boolean"},
         "enabled": {"type": "boolean"},
         "replace_labels": {"type": "boolean"},
+        "retro_window_seconds": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "update only: how far back a retro-hunt looks (0: no retro-hunt)",
+        },
+        "retro_window_default": {
+            "type": "boolean",
+            "description": "update only: use the server's retro_window",
+        },
     },
 }
 ENTRY_SCHEMA = {
@@ -121,6 +131,19 @@ async def update_set(call: Call) -> Response:
     body = Fields(call, await call.json())
     name = call.path_str("set")
 
+    # The retro-hunt window: seconds (0: none for this set), or
+    # "retro_window_default": true for the server's retro_window, as UpdateSet.
+    window_given = body.has("retro_window_seconds")
+    window_default = body.bool("retro_window_default")
+    if window_given and window_default:
+        raise InvalidArgument(
+            "give retro_window_seconds or retro_window_default, not both",
+            field="retro_window_seconds",
+        )
+    window = body.int("retro_window_seconds") if window_given else None
+    if window_given:  # before anything changes
+        check_window(window)
+
     def update():
         record = call.core.curation.update_set(
             name,
@@ -132,9 +155,11 @@ async def update_set(call: Call) -> Response:
             review_blocks=body.optional_bool("review_blocks"),
             review_target=body.optional_bool("review_target"),
         )
+        if window_given or window_default:
+            record = call.core.retro.set_window(record.name, window)
         _done(
             call, "UpdateSet", set=record.name, enabled=record.enabled,
-            review_target=record.review_target,
+            review_target=record.review_target, retro_window_seconds=record.retro_window_seconds,
         )  # fmt: skip
         return record
 
@@ -347,7 +372,8 @@ ENDPOINTS = [
     Endpoint("GET", "/v1/sets/{set}", "Curation/GetSet", get_set, "A hash set", params=(SET,)),
     Endpoint("PATCH", "/v1/sets/{set}", "Curation/UpdateSet", update_set,
              "Update a set (enabled, description, labels, thresholds, review_blocks,"
-             " review_target)", params=(SET,), body="json", body_schema=SET_SCHEMA),
+             " review_target, retro_window_seconds)",
+             params=(SET,), body="json", body_schema=SET_SCHEMA),
     Endpoint("GET", "/v1/sets/{set}/entries", "Curation/ListEntries", list_entries,
              "A page of the set's entries", params=(SET, *PAGING)),
     Endpoint("POST", "/v1/sets/{set}/entries", "Curation/AddEntryUpload", add_entry,

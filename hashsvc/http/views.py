@@ -1,27 +1,21 @@
-"""The core's records as the API's JSON. Field names are those of the CLI's
---json output (hashsvc/client/commands/views.py, a public contract): a script
-reads the same object from `hashsvc history --json` and `GET /v1/history`.
-Matches come from hashsvc/base/match_json.py, as `hashsvc match --json`'s do."""
+"""The core's records as the API's JSON. Sets, entries, history and review
+items are written by hashsvc/base/record_json.py, as the CLI's --json output
+is (a public contract): a script reads the same object from `hashsvc history
+--json` and `GET /v1/history`. Matches come from hashsvc/base/match_json.py,
+as `hashsvc match --json`'s do."""
 
 from __future__ import annotations
-
-from datetime import UTC, datetime
 
 from hashdb import EntryRecord, HashSetRecord, HistoryRecord, ReviewItem, TokenRecord
 from hashdb.exchange_sql import FeedbackRecord, FeedRecord
 from hashdb.times import from_micros
-from hashsvc.base.decisions import Thresholds
+from hashsvc.base import record_json
+from hashsvc.base.record_json import iso
 from hashsvc.core.audit import history_signal_json
 from hashsvc.core.bulk_rows import BulkResult
 from hashsvc.core.core import MatchOutcome
 from hashsvc.exchange.feeds import FetchResult
 from hashsvc.matching.matcher import Match
-
-
-def iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def match_outcome_json(label: str, outcome: MatchOutcome) -> dict:
@@ -42,99 +36,86 @@ def stored_matches_json(matches: list[dict]) -> list[dict]:
 
 
 def stored_signal_json(s: dict) -> dict:
-    out = {
-        "signal_type": s["signal_type"],
-        "value": s["value"],
-        "quality": s.get("quality") or 0,
-        "variant": s.get("variant", ""),
-    }
-    if s.get("sha256"):
-        out.update(bytes=s.get("bytes", 0), sha256=s["sha256"])
-    return out
-
-
-def threshold_json(signal_type: str, t: Thresholds) -> dict:
-    if signal_type == "local_features":  # judged by evidence, not distance
-        return {
-            "block_inliers": t.block_inliers,
-            "block_coverage": t.block_coverage,
-            "review_inliers": t.review_inliers,
-            "review_coverage": t.review_coverage,
-        }
-    return {"block": t.block_distance, "review": t.review_distance}
+    return record_json.signal_json(
+        signal_type=s["signal_type"],
+        value=s["value"],
+        quality=s.get("quality") or 0,
+        variant=s.get("variant", ""),
+        size=s.get("bytes", 0),
+        sha256=s.get("sha256", ""),
+    )
 
 
 def set_json(s: HashSetRecord) -> dict:
-    return {
-        "name": s.name,
-        "description": s.description,
-        "labels": dict(s.labels),
-        "enabled": s.enabled,
-        "entries": s.entry_count,
-        "thresholds": {k: threshold_json(k, t) for k, t in sorted(s.thresholds.items())},
-        "allow_list": s.allow_list,
-        "review_blocks": s.review_blocks,
-        "review_target": s.review_target,
-        "created_at": iso(s.created_at),
-    }
+    return record_json.set_json(
+        name=s.name,
+        description=s.description,
+        labels=s.labels,
+        enabled=s.enabled,
+        entries=s.entry_count,
+        thresholds={k: record_json.threshold_json(k, t) for k, t in s.thresholds.items()},
+        allow_list=s.allow_list,
+        review_blocks=s.review_blocks,
+        review_target=s.review_target,
+        retro_window_seconds=s.retro_window_seconds,
+        created_at=s.created_at,
+    )
 
 
 def entry_json(e: EntryRecord, set_name: str) -> dict:
-    out = {
-        "set": set_name,
-        "entry": e.name,
-        "id": e.id,
-        "labels": dict(e.labels),
-        "media_type": e.media_type,
+    return record_json.entry_json(
+        set_name=set_name,
+        name=e.name,
+        entry_id=e.id,
+        labels=e.labels,
+        media_type=e.media_type,
         # an opaque blob (local features) as its size and SHA-256, as in the history
-        "signals": [stored_signal_json(history_signal_json(s)) for s in e.signals],
-        "created_at": iso(e.created_at),
-        "added_by": e.added_by,
-    }
-    if e.removed_at is not None:
-        out["removed_at"] = iso(e.removed_at)
-    return out
+        signals=[stored_signal_json(history_signal_json(s)) for s in e.signals],
+        created_at=e.created_at,
+        added_by=e.added_by,
+        removed_at=e.removed_at,
+    )
 
 
 def history_json(r: HistoryRecord) -> dict:
-    return {
-        "id": r.id,
-        "request_id": r.request_id,
-        "time": iso(r.time),
-        "caller": r.caller,
-        "caller_token_id": r.caller_token_id or None,
-        "rpc": r.rpc,
-        "media_type": r.media_type or "unspecified",
-        "decision": r.decision or None,
-        "status": r.status,
-        "error_message": r.error_message,
-        "client_ref": r.client_ref,
-        "media_bytes": r.media_bytes,
-        "query_signals": [stored_signal_json(s) for s in r.query_signals],
-        "matches": stored_matches_json(r.matches),
-        "detail": r.detail or None,
-    }
+    return record_json.history_json(
+        record_id=r.id,
+        request_id=r.request_id,
+        time=r.time,
+        caller=r.caller,
+        caller_token_id=r.caller_token_id,
+        rpc=r.rpc,
+        media_type=r.media_type or "unspecified",
+        decision=r.decision,
+        status=r.status,
+        error_message=r.error_message,
+        client_ref=r.client_ref,
+        media_bytes=r.media_bytes,
+        query_signals=[stored_signal_json(s) for s in r.query_signals],
+        matches=stored_matches_json(r.matches),
+        detail=r.detail,
+    )
 
 
 def review_item_json(item: ReviewItem) -> dict:
-    return {
-        "id": item.id,
-        "source": item.source or "match",  # "retro": found by a retro-hunt
-        "request_id": item.request_id,
-        "created_at": iso(item.created_at),
-        "caller": item.caller,
-        "media_type": item.media_type,
-        "client_ref": item.client_ref,
-        "status": item.status,
-        "claimed_by": item.claimed_by,
-        "claim_expires_at": iso(item.claim_expires_at) if item.claimed_by else None,
-        "resolved_by": item.resolved_by,
-        "resolved_at": iso(item.resolved_at) if item.resolved_by else None,
-        "note": item.note,
-        "added_entry_id": item.added_entry_id or None,
-        "query_signals": [stored_signal_json(s) for s in item.query_signals],
-        "matches": stored_matches_json(item.matches),
-    }
+    return record_json.review_item_json(
+        item_id=item.id,
+        source=item.source,
+        request_id=item.request_id,
+        created_at=item.created_at,
+        caller=item.caller,
+        media_type=item.media_type,
+        client_ref=item.client_ref,
+        status=item.status,
+        claimed_by=item.claimed_by,
+        claim_expires_at=item.claim_expires_at,
+        resolved_by=item.resolved_by,
+        resolved_at=item.resolved_at,
+        note=item.note,
+        added_entry_id=item.added_entry_id,
+        query_signals=[stored_signal_json(s) for s in item.query_signals],
+        matches=stored_matches_json(item.matches),
+    )
 
 
 def token_json(t: TokenRecord) -> dict:

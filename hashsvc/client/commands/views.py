@@ -5,9 +5,10 @@ renamed."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
+from hashsvc.base import record_json
 from hashsvc.base.match_json import match_json as public_match_json
-from hashsvc.client.commands.values import iso
 from hashsvc.v1 import hashsvc_pb2 as pb
 
 DECISION_NAMES = {pb.ALLOW: "allow", pb.REVIEW: "review", pb.BLOCK: "block"}
@@ -19,17 +20,15 @@ def media_type_name(media_type: int) -> str:
 
 
 def query_signal_json(s: pb.QuerySignal) -> dict:
-    """A hash as the API returns it (hex value), of an upload or an entry. An opaque value
-    the server left out (local features) is its size and SHA-256."""
-    out = {
-        "signal_type": s.signal_type,
-        "value": s.value,
-        "quality": s.quality,
-        "variant": s.variant,
-    }
-    if s.value_sha256:
-        out.update(bytes=s.value_bytes, sha256=s.value_sha256)
-    return out
+    """A hash as the API returns it, of an upload or an entry."""
+    return record_json.signal_json(
+        signal_type=s.signal_type,
+        value=s.value,
+        quality=s.quality,
+        variant=s.variant,
+        size=s.value_bytes,
+        sha256=s.value_sha256,
+    )
 
 
 def matched_json(m: pb.MatchedEntry) -> dict:
@@ -62,85 +61,80 @@ def match_json(label: str, resp: pb.MatchResponse) -> dict:
     }
 
 
+def _when(ts) -> datetime | None:
+    # an unset Timestamp is the epoch: the writer prints it, as before
+    return ts.ToDatetime(tzinfo=UTC)
+
+
 def set_json(s: pb.HashSet) -> dict:
-    return {
-        "name": s.name,
-        "description": s.description,
-        "labels": dict(s.labels),
-        "enabled": s.enabled,
-        "entries": s.entry_count,
-        "thresholds": {t.signal_type: threshold_json(t) for t in s.thresholds},
-        "allow_list": s.allow_list,
-        "review_blocks": s.review_blocks,
-        "review_target": s.review_target,
-        "retro_window_seconds": (
+    return record_json.set_json(
+        name=s.name,
+        description=s.description,
+        labels=s.labels,
+        enabled=s.enabled,
+        entries=s.entry_count,
+        thresholds={
+            t.signal_type: record_json.threshold_json(t.signal_type, t) for t in s.thresholds
+        },
+        allow_list=s.allow_list,
+        review_blocks=s.review_blocks,
+        review_target=s.review_target,
+        retro_window_seconds=(
             s.retro_window_seconds if s.HasField("retro_window_seconds") else None
         ),
-        "created_at": iso(s.created_at),
-    }
-
-
-def threshold_json(t: pb.Threshold) -> dict:
-    if t.signal_type == "local_features":  # judged by evidence, not distance
-        return {
-            "block_inliers": t.block_inliers,
-            "block_coverage": t.block_coverage,
-            "review_inliers": t.review_inliers,
-            "review_coverage": t.review_coverage,
-        }
-    return {"block": t.block_distance, "review": t.review_distance}
+        created_at=_when(s.created_at),
+    )
 
 
 def entry_json(e: pb.Entry) -> dict:
-    return {
-        "set": e.set,
-        "entry": e.name,
-        "id": e.id,
-        "labels": dict(e.labels),
-        "media_type": media_type_name(e.media_type),
-        "signals": [query_signal_json(s) for s in e.signals],
-        "created_at": iso(e.created_at),
-        "added_by": e.added_by,
-    }
+    return record_json.entry_json(
+        set_name=e.set,
+        name=e.name,
+        entry_id=e.id,
+        labels=e.labels,
+        media_type=media_type_name(e.media_type),
+        signals=[query_signal_json(s) for s in e.signals],
+        created_at=_when(e.created_at),
+        added_by=e.added_by,
+    )
 
 
 def history_json(r: pb.HistoryRecord) -> dict:
-    return {
-        "id": r.id,
-        "request_id": r.request_id,
-        "time": iso(r.time),
-        "caller": r.caller,
-        "caller_token_id": r.caller_token_id or None,
-        "rpc": r.rpc,
-        "media_type": media_type_name(r.media_type),
-        "decision": DECISION_NAMES.get(r.decision),
-        "status": r.status,
-        "error_message": r.error_message,
-        "client_ref": r.client_ref,
-        "media_bytes": r.media_bytes,
-        "query_signals": [query_signal_json(s) for s in r.query_signals],
-        "matches": [matched_json(m) for m in r.matches],
-        # reviewers' and operators' actions: what was done
-        "detail": json.loads(r.detail_json) if r.detail_json else None,
-    }
+    return record_json.history_json(
+        record_id=r.id,
+        request_id=r.request_id,
+        time=_when(r.time),
+        caller=r.caller,
+        caller_token_id=r.caller_token_id,
+        rpc=r.rpc,
+        media_type=media_type_name(r.media_type),
+        decision=DECISION_NAMES.get(r.decision),
+        status=r.status,
+        error_message=r.error_message,
+        client_ref=r.client_ref,
+        media_bytes=r.media_bytes,
+        query_signals=[query_signal_json(s) for s in r.query_signals],
+        matches=[matched_json(m) for m in r.matches],
+        detail=json.loads(r.detail_json) if r.detail_json else None,
+    )
 
 
 def review_item_json(item: pb.ReviewItem) -> dict:
-    return {
-        "id": item.id,
-        "source": item.source or "match",
-        "request_id": item.request_id,
-        "created_at": iso(item.created_at),
-        "caller": item.caller,
-        "media_type": media_type_name(item.media_type),
-        "client_ref": item.client_ref,
-        "status": item.status,
-        "claimed_by": item.claimed_by,
-        "claim_expires_at": iso(item.claim_expires_at) if item.claimed_by else None,
-        "resolved_by": item.resolved_by,
-        "resolved_at": iso(item.resolved_at) if item.resolved_by else None,
-        "note": item.note,
-        "added_entry_id": item.added_entry_id or None,
-        "query_signals": [query_signal_json(s) for s in item.query_signals],
-        "matches": [matched_json(m) for m in item.matches],
-    }
+    return record_json.review_item_json(
+        item_id=item.id,
+        source=item.source,
+        request_id=item.request_id,
+        created_at=_when(item.created_at),
+        caller=item.caller,
+        media_type=media_type_name(item.media_type),
+        client_ref=item.client_ref,
+        status=item.status,
+        claimed_by=item.claimed_by,
+        claim_expires_at=_when(item.claim_expires_at),
+        resolved_by=item.resolved_by,
+        resolved_at=_when(item.resolved_at),
+        note=item.note,
+        added_entry_id=item.added_entry_id,
+        query_signals=[query_signal_json(s) for s in item.query_signals],
+        matches=[matched_json(m) for m in item.matches],
+    )
