@@ -74,6 +74,15 @@ def test_decisions_chart_stacks_an_hour_per_bar():
     block, review = (b for b in chart.bars if b.x > 90)
     assert (block.height, review.height) == (50.0, 50.0) and review.y == 0.0
     assert [b.kind for b in chart.bars if b.x < 5] == ["allow"]
+    # a week in 6-hour bars: the same decisions, summed into 28 bars
+    week = decisions_chart(
+        {(hour, "block"): 2, (hour - 5, "block"): 1, (hour - 6, "allow"): 3}, now, 168, 6
+    )
+    assert week.totals == {"block": 3, "review": 0, "allow": 3} and week.peak == 3
+    assert (chart.per, week.per) == ("h", "6 h")
+    assert len({b.x for b in week.bars}) == 2 and all(b.width < 100 / 28 for b in week.bars)
+    newest = [b for b in week.bars if b.x == max(b.x for b in week.bars)]
+    assert [(b.kind, b.height) for b in newest] == [("block", 100.0)]  # hours -5..0
 
 
 def test_timeline_and_page_pairs():

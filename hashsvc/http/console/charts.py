@@ -28,40 +28,45 @@ class Chart:
     first_label: str
     last_label: str
     totals: dict[str, int]
+    per: str = "h"  # what one bar counts: "h", or "6 h" for the week chart
 
 
-def decisions_chart(counts: dict[tuple[int, str], int], now: datetime, hours: int) -> Chart:
-    """One stacked bar per hour over the last `hours` hours, oldest left."""
+def decisions_chart(
+    counts: dict[tuple[int, str], int], now: datetime, hours: int, bucket_hours: int = 1
+) -> Chart:
+    """One stacked bar per `bucket_hours` over the last `hours` hours, oldest
+    left (a week of hourly bars is 168 hairlines: the week chart has one bar
+    per 6 hours)."""
     last_hour = int(now.timestamp()) // _HOUR
-    first_hour = last_hour - hours + 1
-    per_hour = [
-        [counts.get((hour, d), 0) for d in DECISION_ORDER]
-        for hour in range(first_hour, last_hour + 1)
+    buckets = max(1, hours // bucket_hours)
+    first_hour = last_hour - buckets * bucket_hours + 1
+    per_bucket = [
+        [
+            sum(counts.get((first_hour + b * bucket_hours + h, d), 0) for h in range(bucket_hours))
+            for d in DECISION_ORDER
+        ]
+        for b in range(buckets)
     ]
-    peak = max((sum(h) for h in per_hour), default=0)
-    width = 100.0 / hours
+    peak = max((sum(c) for c in per_bucket), default=0)
+    width = 100.0 / buckets
+    span = f"{bucket_hours} h" if bucket_hours > 1 else ""
     bars = []
-    for k, hour_counts in enumerate(per_hour):
+    for k, bucket_counts in enumerate(per_bucket):
         top = 100.0
-        hour_start = datetime.fromtimestamp((first_hour + k) * _HOUR, UTC)
-        for decision, n in zip(DECISION_ORDER, hour_counts, strict=True):
+        start = datetime.fromtimestamp((first_hour + k * bucket_hours) * _HOUR, UTC)
+        when = f"{start:%Y-%m-%d %H}:00 UTC" + (f" (+{span})" if span else "")
+        for decision, n in zip(DECISION_ORDER, bucket_counts, strict=True):
             if not n:
                 continue
             height = 100.0 * n / peak
             top -= height
             bars.append(
-                Bar(
-                    k * width,
-                    width * 0.9,
-                    top,
-                    height,
-                    decision,
-                    f"{hour_start:%Y-%m-%d %H}:00 UTC: {n} {decision}",
-                )
+                Bar(k * width, width * 0.9, top, height, decision, f"{when}: {n} {decision}")
             )
-    totals = {d: sum(h[i] for h in per_hour) for i, d in enumerate(DECISION_ORDER)}
+    totals = {d: sum(c[i] for c in per_bucket) for i, d in enumerate(DECISION_ORDER)}
     first = datetime.fromtimestamp(first_hour * _HOUR, UTC)
-    return Chart(bars, peak, f"{first:%m-%d %H}:00", f"{now:%m-%d %H:%M}", totals)
+    per = f"{bucket_hours} h" if bucket_hours > 1 else "h"
+    return Chart(bars, peak, f"{first:%m-%d %H}:00", f"{now:%m-%d %H:%M}", totals, per)
 
 
 def timeline(match: dict) -> Chart | None:

@@ -15,6 +15,8 @@ from hashsvc.http.console import charts
 from hashsvc.http.console.web import NAV, Web
 
 DAY_HOURS = 24
+# the week chart: one bar per 6 hours (28 bars; 168 hourly ones are hairlines)
+WEEK_BUCKET_HOURS = 6
 WEEK_HOURS = 7 * 24
 TOP_ENTRIES = 10
 
@@ -78,7 +80,9 @@ def routes(web: Web) -> list[Route]:
             return {
                 "now": now,
                 "day": charts.decisions_chart(week, now, DAY_HOURS),
-                "week": charts.decisions_chart(week, now, WEEK_HOURS),
+                "week": charts.decisions_chart(
+                    week, now, WEEK_HOURS, bucket_hours=WEEK_BUCKET_HOURS
+                ),
                 "queue_size": queue_size,
                 "queue_age": _age(now - oldest) if oldest else "",
                 "top": store.top_matched_entries(
