@@ -50,3 +50,38 @@ def test_metrics_count_what_happened(tmp_path, make_harness):
     assert got['hashsvc_index_hashes{signal_type="local_features"}'] == 1
     assert got["hashsvc_local_feature_index_bytes"] > 0
     assert got["hashsvc_index_version"] == 2 and got["hashsvc_ready"] == 1
+
+
+def test_a_stored_blob_the_index_cannot_read_is_counted(tmp_path, make_harness):
+    """A local_features value rewritten with database access (around the entry
+    checks) is not indexed and not a reason to stop: the other entry still
+    matches, and the metric says one signal could not be indexed."""
+    import sqlite3
+
+    db = tmp_path / "u.db"
+    h = make_harness(f"sqlite:///{db}", metrics_listen="127.0.0.1:0")
+    op, md = h.stubs("operator")
+    op.curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=md)
+    for name, seed in (("good", 2), ("spoiled", 3)):
+        op.curation.AddEntry(
+            pb.AddEntryRequest(set="s", name=name, media=pb.Media(content=encode(photo(seed)))),
+            metadata=md,
+        )
+    assert "hashsvc_unindexed_signals_total" not in str(scrape(h.running.metrics_port))
+    make_harness.stop(h)
+    with sqlite3.connect(db) as conn:
+        spoiled = conn.execute(
+            "UPDATE entry_signals SET value = ? WHERE kind = 'local_features' AND entry_id ="
+            " (SELECT id FROM entries WHERE name = 'spoiled')",
+            (b"\x01not a blob",),
+        ).rowcount
+    assert spoiled == 1
+    for snapshot in tmp_path.glob("u.db.index/*"):
+        snapshot.unlink()  # rebuilt from the store, as on a new replica
+    h = make_harness(f"sqlite:///{db}", metrics_listen="127.0.0.1:0")
+    got = scrape(h.running.metrics_port)
+    assert got['hashsvc_unindexed_signals_total{signal_type="local_features"}'] == 1
+    assert got['hashsvc_index_hashes{signal_type="local_features"}'] == 1
+    m, mmd = h.stubs("matcher")
+    answer = m.matcher.Match(match_request(encode(photo(2))), metadata=mmd)
+    assert answer.decision == pb.BLOCK

@@ -108,6 +108,15 @@ class _IndexCollector:
             "Bytes held by the local-feature index's arrays (known pictures' visual words).",
             value=self.core.live.features.memory_bytes(),
         )
+        unindexed = CounterMetricFamily(
+            "hashsvc_unindexed_signals",
+            "Stored signals the index could not read (e.g. a local_features blob written"
+            " around the entry checks): their entries cannot match by them.",
+            labels=["signal_type"],
+        )
+        for kind, count in sorted(self.core.live.unindexed.items()):
+            unindexed.add_metric([kind], count)
+        yield unindexed
         yield GaugeMetricFamily(
             "hashsvc_index_version",
             "Change-feed sequence number the index has applied.",

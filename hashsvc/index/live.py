@@ -72,6 +72,9 @@ class LiveIndex:
         self.audio = AudioIndex()
         # Known pictures' local features, by signal id; part of the snapshot.
         self.features = FeatureIndex()
+        # Stored values this view could not index, by signal type, since start
+        # (hashsvc_unindexed_signals_total): an entry that cannot match by them.
+        self.unindexed: dict[str, int] = {}
         self.sets_by_id: dict[int, HashSetRecord] = {}
         self.seq = 0
         self.ready = threading.Event()
@@ -117,7 +120,7 @@ class LiveIndex:
         ids: list[int] = []
         descriptors: list[np.ndarray] = []
         for sig in self.changes.iter_signals([LOCAL_FEATURES.name]):
-            found = _descriptors(sig.entry_id, sig.value, features.descriptor_bytes)
+            found = self._descriptors(sig.entry_id, sig.value, features.descriptor_bytes)
             if found is not None:
                 ids.append(signal_id(sig.entry_id, sig.variant_no))
                 descriptors.append(found)
@@ -286,7 +289,7 @@ class LiveIndex:
             if sig.kind == "chromaprint":
                 self.audio.add(sig.entry_id, words_of(sig.value))
             if sig.kind == LOCAL_FEATURES.name:
-                found = _descriptors(sig.entry_id, sig.value, self.features.descriptor_bytes)
+                found = self._descriptors(sig.entry_id, sig.value, self.features.descriptor_bytes)
                 if found is not None:
                     feature_ids.append(signal_id(sig.entry_id, sig.variant_no))
                     feature_descriptors.append(found)
@@ -324,7 +327,7 @@ class LiveIndex:
             if sig.kind == LOCAL_FEATURES.name
         ]
         found = [
-            _descriptors(entry_id, sig.value, self.features.descriptor_bytes)
+            self._descriptors(entry_id, sig.value, self.features.descriptor_bytes)
             for sig in signals
             if sig.kind == LOCAL_FEATURES.name
         ]
@@ -339,6 +342,35 @@ class LiveIndex:
 
     def _refresh_sets(self) -> None:
         self.sets_by_id = {s.id: s for s in self.sets.list_sets(include_disabled=True)}
+
+    def _descriptors(self, entry_id: int, value: bytes, descriptor_bytes: int) -> np.ndarray | None:
+        """A stored local_features blob's descriptors. Values are checked when
+        they enter the store (hashsvc/core/signal_values.py), so one that does
+        not decode, or holds another detector's descriptors than the index's
+        vocabulary, was written by another tool or build, or around the checks
+        with database access: logged and counted (a metric an operator can
+        alert on: that entry cannot match by its local features), never a
+        reason to stop indexing the rest."""
+        try:
+            descriptors = local_features.decode(value).descriptors
+        except InvalidArgument as exc:
+            log.error("entry %d: unreadable local_features value not indexed: %s", entry_id, exc)
+            self._count_unindexed(LOCAL_FEATURES.name)
+            return None
+        if descriptors.shape[1] != descriptor_bytes:
+            log.error(
+                "entry %d: local_features of %d-byte descriptors not indexed (the index takes %d)",
+                entry_id,
+                descriptors.shape[1],
+                descriptor_bytes,
+            )
+            self._count_unindexed(LOCAL_FEATURES.name)
+            return None
+        return descriptors
+
+    def _count_unindexed(self, kind: str) -> None:
+        with self._notes_lock:  # called from the loader and the change feed's thread
+            self.unindexed[kind] = self.unindexed.get(kind, 0) + 1
 
     def sizes(self) -> dict[str, int]:
         return {
@@ -361,28 +393,6 @@ class _Run:
         parts = [np.arange(r.start, r.stop, dtype=np.int64) for r in self.ranges]
         parts.append(np.array(self.single, dtype=np.int64))
         return np.concatenate(parts)
-
-
-def _descriptors(entry_id: int, value: bytes, descriptor_bytes: int) -> np.ndarray | None:
-    """A stored local_features blob's descriptors. Values are checked when
-    they enter the store (hashsvc/core/signal_values.py), so one that does not
-    decode, or holds another detector's descriptors than the index's
-    vocabulary, was written by another tool or build: logged, never indexed,
-    never a reason to stop indexing the rest."""
-    try:
-        descriptors = local_features.decode(value).descriptors
-    except InvalidArgument as exc:
-        log.error("entry %d: unreadable local_features value not indexed: %s", entry_id, exc)
-        return None
-    if descriptors.shape[1] != descriptor_bytes:
-        log.error(
-            "entry %d: local_features of %d-byte descriptors not indexed (the index takes %d)",
-            entry_id,
-            descriptors.shape[1],
-            descriptor_bytes,
-        )
-        return None
-    return descriptors
 
 
 def words_of(value: bytes) -> np.ndarray:
