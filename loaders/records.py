@@ -18,6 +18,7 @@ from functools import lru_cache
 
 from hashsvc.base import validation
 from hashsvc.base.errors import InvalidArgument, quoted
+from hashsvc.base.media_kinds import EXCHANGED_VARIANT
 from hashsvc.base.signals import SIGNAL_TYPES, Signal
 
 
@@ -84,10 +85,8 @@ SIGNAL_ALIASES = {
     "text-simhash": "text_simhash",
 }
 _HEX = re.compile(r"(?:0x)?([0-9a-fA-F]*)")
-_VARIANT = re.compile(r"original|page|document|frame:\d{1,9}")
-# Variants another platform can use: the media as given, a video's decoded
-# frames, a document's pages and whole text. Crops and bands stay inside.
-EXCHANGED_VARIANTS = _VARIANT
+# Variants another platform can use (hashsvc/base/media_kinds.py).
+EXCHANGED_VARIANTS = EXCHANGED_VARIANT
 # Exports in other tools' formats (HMA / python-threatexchange, TCAP) leave out
 # the signal types only hashsvc reads (CSV, TSV and JSON lines carry them).
 OTHER_TOOLS_FORMATS = ("hma", "tcap")
@@ -118,10 +117,15 @@ def entry_records(
 
 
 def carried_by(records: Iterable[Record], fmt: str) -> Iterable[Record]:
-    """The records format `fmt` carries (OTHER_TOOLS_FORMATS: not hashsvc's own types)."""
+    """The records format `fmt` carries (OTHER_TOOLS_FORMATS: not hashsvc's
+    own types, nor a PDF's rendered pages: those tools take a PDQ for a photo)."""
     if fmt not in OTHER_TOOLS_FORMATS:
         return records
-    return (r for r in records if r.signal_type not in HASHSVC_ONLY_TYPES)
+    return (
+        r
+        for r in records
+        if r.signal_type not in HASHSVC_ONLY_TYPES and r.variant != "page:original"
+    )
 
 
 def signal_type_name(text: str) -> str:
@@ -256,9 +260,10 @@ def position(text) -> float | None:
 def variant(text: str | None) -> str:
     if not text:
         return "original"
-    if not _VARIANT.fullmatch(text):
+    if not EXCHANGED_VARIANT.fullmatch(text):
         raise RowError(
-            f"variant {quoted(text)} is not exchanged (original, frame:N, page, document)"
+            f"variant {quoted(text)} is not exchanged (original, frame:N, page, document,"
+            " page:original, image:original, image:exact)"
         )
     return text
 

@@ -326,8 +326,10 @@ def test_sets_entries_history_and_review_are_the_clis_objects(sqlite_server):
         http_entries = op.get("/v1/sets/same/entries").json()["entries"]
     assert http_set["retro_window_seconds"] == 3600
     assert [http_set] == _cli_json_lines(sqlite_server, "operator", "sets", "show", "same")
-    cli_entries = _cli_json_lines(sqlite_server, "operator", "entries", "list", "same")
+    cli_entries = _cli_json_lines(sqlite_server, "operator", "entries", "list", "--set", "same")
     assert [e["entry"] for e in http_entries] == ["p11"]
+    for key in http_entries[0]:
+        assert http_entries[0][key] == cli_entries[0][key], key
     assert http_entries == cli_entries
     with sqlite_server.client("matcher") as matcher:
         answer = matcher.post(
@@ -336,11 +338,18 @@ def test_sets_entries_history_and_review_are_the_clis_objects(sqlite_server):
     assert answer["decision"] == "review", answer
     with sqlite_server.client("reviewer") as reviewer:
         items = reviewer.get("/v1/review/items", params={"set": "same"}).json()["items"]
-    assert items == _cli_json_lines(sqlite_server, "reviewer", "review", "list", "--set", "same")
+    cli_items = _cli_json_lines(sqlite_server, "reviewer", "review", "list", "--set", "same")
+    for key in items[0]:
+        assert items[0][key] == cli_items[0][key], key
+    assert items == cli_items
     with sqlite_server.client("auditor") as auditor:
         records = auditor.get("/v1/history", params={"set": "same"}).json()["records"]
     cli_records = _cli_json_lines(sqlite_server, "auditor", "history", "--set", "same")
-    assert records and records == cli_records
+    assert len(records) == len(cli_records) >= 4
+    for mine, theirs in zip(records, cli_records, strict=True):
+        for key in mine:
+            assert mine[key] == theirs[key], (key, mine["rpc"])
+    assert records == cli_records
 
 
 def test_tokens_create_list_revoke(sqlite_server):

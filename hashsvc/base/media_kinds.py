@@ -11,6 +11,7 @@ table (hashsvc/matching/matcher.py EVIDENCE_RULES).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,6 +57,16 @@ def frame_number(variant: str) -> int | None:
 # Variants a PDF's signals carry: one per page, one for the whole document.
 PAGE_VARIANT = "page"
 DOCUMENT_VARIANT = "document"
+# A PDF's pages as rendered and its embedded pictures, as hashed
+# (hashsvc/media/pdf.py: "page:<view>", "image:<view>"); exchanged are the
+# page as rendered, the picture as embedded and its JPEG stream's SHA-256.
+EXCHANGED_PDF_PICTURES = ("page:original", "image:original", "image:exact")
+# Variants exports write and loads accept: the media as given, a video's
+# decoded frames, a document's pages, whole text and pictures. Crops, bands
+# and other views stay inside: each side derives its own from these.
+EXCHANGED_VARIANT = re.compile(
+    r"original|page|document|frame:\d{1,9}|" + "|".join(EXCHANGED_PDF_PICTURES)
+)
 
 
 @dataclass(frozen=True)
@@ -109,7 +120,7 @@ MEDIA_KINDS: dict[str, MediaKind] = {
             PDF,
             ("pdq", "text_sha256", "text_simhash", "local_features"),
             bulk_signal_types=("text_sha256", "text_simhash"),
-            bulk_variants=(PAGE_VARIANT, DOCUMENT_VARIANT),
+            bulk_variants=(PAGE_VARIANT, DOCUMENT_VARIANT, *EXCHANGED_PDF_PICTURES),
         ),
         MediaKind(
             AUDIO,

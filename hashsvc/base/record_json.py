@@ -8,9 +8,11 @@ retro-hunt runs hashsvc/base/retro_json.py's."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
+from hashsvc.base import signals as signal_types
 from hashsvc.base.retro_json import iso_utc
 
 # Judged by evidence (inliers and coverage), not by a distance.
@@ -25,7 +27,12 @@ def signal_json(
     *, signal_type: str, value: str, quality: int, variant: str, size: int = 0, sha256: str = ""
 ) -> dict:
     """A hash as the API returns it (hex value), of an upload or an entry. An
-    opaque value left out (local features) is its size and SHA-256."""
+    opaque value (a picture's local features, ~36 KB of hex) is its size and
+    SHA-256, whether it came whole or already summarised: `hashsvc export`
+    gives the values themselves."""
+    if value and signal_types.signal_type(signal_type).opaque:
+        raw = bytes.fromhex(value)
+        value, size, sha256 = "", len(raw), hashlib.sha256(raw).hexdigest()
     out = {"signal_type": signal_type, "value": value, "quality": quality, "variant": variant}
     if sha256:
         out.update(bytes=size, sha256=sha256)

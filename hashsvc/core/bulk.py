@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import math
 import pickle
-import re
 import tempfile
 import threading
 import time
@@ -31,6 +30,7 @@ from typing import Protocol
 from hashdb import BulkStore, EntryLookup
 from hashdb.bulk_sql import MAX_SIGNALS_PER_ENTRY, BulkCounts, PlainSignals
 from hashsvc.base.errors import InvalidArgument, TooLarge, quoted
+from hashsvc.base.media_kinds import EXCHANGED_VARIANT
 from hashsvc.base.signals import SIGNAL_TYPES, Signal
 from hashsvc.core.bulk_rows import (
     BulkResult,
@@ -77,7 +77,6 @@ FOLLOW_SECONDS = 0.25
 _WRITERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bulk-writer")
 # The answer lists this many rejected rows (all are counted).
 MAX_REPORTED_REJECTS = 1_000
-_VARIANT = re.compile(r"original|page|document|frame:\d{1,9}")
 
 
 class BulkLoad:
@@ -403,7 +402,7 @@ class BulkLoad:
                 )
                 name = row_entry_name(entry) if entry else f"{kind}:{value.hex()}"
                 row_labels = checked_row_labels(label_text) if label_text else None
-                if var and var != "original" and not _VARIANT.fullmatch(var):
+                if var and var != "original" and not EXCHANGED_VARIANT.fullmatch(var):
                     raise RowError(f"variant {quoted(var)} is not exchanged")
                 if q != -1 and not 0 <= q <= 100:
                     raise RowError("quality must be within 0..100")

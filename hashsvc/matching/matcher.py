@@ -789,8 +789,16 @@ class Matcher:
             return []
         kind = _PDF_EVIDENCE_TYPE[best.signal]
         query_pages = {m.query_page for m in evidence.pages}
-        known_pages = sum(
-            1 for s in entry.signals if s.kind == PDQ.name and s.variant == PAGE_VARIANT
+        # Pages of the known document: those with a rendering ("page:<view>")
+        # or a text ("page"); counting PDQ of variant "page" alone found none,
+        # so every PDF match said known_share 0.
+        known_pages = len(
+            {
+                s.position
+                for s in entry.signals
+                if s.position is not None
+                and (s.variant == PAGE_VARIANT or s.variant.startswith(PAGE_VARIANT + ":"))
+            }
         )
         match = self._match(
             entry,

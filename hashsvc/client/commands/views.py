@@ -16,6 +16,10 @@ DECISION_VALUES = {v: k for k, v in DECISION_NAMES.items()}
 
 
 def media_type_name(media_type: int) -> str:
+    """"image", "video", ...; "unspecified" for records of actions (as the HTTP
+    API says; the enum's own name, "media_type_unspecified", is protobuf's)."""
+    if media_type == pb.MEDIA_TYPE_UNSPECIFIED:
+        return "unspecified"
     return pb.MediaType.Name(media_type).lower()
 
 
@@ -96,6 +100,7 @@ def entry_json(e: pb.Entry) -> dict:
         signals=[query_signal_json(s) for s in e.signals],
         created_at=_when(e.created_at),
         added_by=e.added_by,
+        removed_at=_when(e.removed_at) if e.removed_at.seconds else None,
     )
 
 
