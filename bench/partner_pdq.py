@@ -61,7 +61,7 @@ def main() -> None:
             continue
         costs.append((time.perf_counter() - start) * 1000)
         if unsquashed_view is not None:
-            rgb = image.decode_rgb(data, LIMITS, at_least=image.VIEW_SIDE)
+            rgb = image.decode_query(data, LIMITS, at_least=image.VIEW_SIDE)
             if max(rgb.shape[:2]) > image.VIEW_SIDE:
                 start = time.perf_counter()
                 unsquashed_view(rgb)

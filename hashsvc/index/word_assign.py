@@ -7,8 +7,8 @@ for a picture's 500 descriptors); one pass without temporaries here takes ~0.1 m
 Coarse level: FAISS's flat binary search ran on OpenMP threads. faiss.omp_set_num_threads(1)
 holds only for the thread that calls it (the server's main thread), so every gRPC thread used a
 pool of its own, and on a loaded machine its spinning threads made one search ~360 ms of wall
-time (cProfile of core.match). Brute force over the 1024 centroids here: ~0.7 ms of CPU, one
-thread, without the GIL.
+time (cProfile of core.match). Brute force over the 1024 centroids here: ~0.4 ms of CPU, one
+thread, without the GIL, the centroids transposed so the compiler vectorises the scan.
 
 Ties go to the first centroid at both levels, as numpy's argmin and FAISS did, so a word is the
 same whichever way it was assigned (tests/test_local_cost.py).
@@ -53,18 +53,20 @@ def nearest_fine(descriptors: np.ndarray, coarse: np.ndarray, fine: np.ndarray) 
 
 
 @numba.njit(nogil=True, cache=True)
-def nearest_coarse(descriptors: np.ndarray, coarse: np.ndarray) -> np.ndarray:
-    """Per descriptor (n, words) uint64: the index of the nearest of the (C, words) uint64
-    coarse centroids, the first on a tie (as FAISS's flat binary search gave)."""
-    n, n_coarse, words = descriptors.shape[0], coarse.shape[0], descriptors.shape[1]
+def nearest_coarse(descriptors: np.ndarray, coarse_by_lane: np.ndarray) -> np.ndarray:
+    """Per descriptor (n, words) uint64: the index of the nearest coarse centroid by Hamming
+    distance, the first on a tie (as FAISS's flat binary search gave). The centroids come
+    transposed, (words, C) uint64: the inner loop then runs over contiguous centroids, which
+    LLVM vectorises (0.37 ms instead of 0.71 for 500 descriptors and 1024 centroids)."""
+    n, words, n_coarse = descriptors.shape[0], coarse_by_lane.shape[0], coarse_by_lane.shape[1]
     out = np.empty(n, np.int64)
+    distances = np.empty(n_coarse, np.int64)
     for i in range(n):
-        best, best_c = np.int64(1 << 30), np.int64(0)
-        for c in range(n_coarse):
-            d = np.int64(0)
-            for w in range(words):
-                d += np.int64(_popcount(descriptors[i, w] ^ coarse[c, w]))
-            if d < best:
-                best, best_c = d, c
-        out[i] = best_c
+        distances[:] = 0
+        for w in range(words):
+            lane = descriptors[i, w]
+            centroids = coarse_by_lane[w]
+            for c in range(n_coarse):
+                distances[c] += np.int64(_popcount(lane ^ centroids[c]))
+        out[i] = np.argmin(distances)  # the first of equal ones
     return out

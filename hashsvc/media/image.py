@@ -126,6 +126,25 @@ def decode_rgb(data: bytes, limits: ImageLimits, at_least: int = 0) -> np.ndarra
     at_least > 0 lets a JPEG be decoded at a reduced scale (1/2, 1/4, 1/8, done
     inside the DCT, several times faster) as long as both sides stay >= at_least.
     """
+    return _decode(data, limits, at_least, "RGB")
+
+
+def decode_query(data: bytes, limits: ImageLimits, at_least: int = 0) -> np.ndarray:
+    """An upload's picture as its signals need it: a colour JPEG decoded at a
+    reduced scale (see decode_rgb) as its H x W uint8 luma, anything else as
+    H x W x 3 RGB exactly as decode_rgb; errors as decode_rgb. Every query
+    signal reads luma only (PDQ views, ORB, tiles), and a JPEG's luma is its Y
+    channel: decoded alone, without the chroma's inverse DCT, upsampling and
+    colour conversion, ~0.4 ms of a 1024x768 upload's 1.8 ms. Y differs from
+    the luma of the decoded RGB by rounding (mean 0.16 grey levels) and where
+    the RGB was clipped (a few levels): the whole-picture views move 0-12 bits
+    (tests/test_image_cost.py). A JPEG decoded whole keeps its RGB: its
+    unsquashed view is then the partner's full-resolution hash exactly
+    (tests/test_partner_pdq.py), and a small picture costs little to decode."""
+    return _decode(data, limits, at_least, "L")
+
+
+def _decode(data: bytes, limits: ImageLimits, at_least: int, mode: str) -> np.ndarray:
     if not data:
         raise InvalidArgument("empty media")
     if len(data) > limits.max_bytes:
@@ -153,9 +172,16 @@ def decode_rgb(data: bytes, limits: ImageLimits, at_least: int = 0) -> np.ndarra
             )
         try:
             img.seek(0)  # first frame of an animation
+            luma_only = False
             if at_least and img.format == "JPEG":
-                img.draft("RGB", (at_least, at_least))
+                # Pillow's draft scale: the largest of 1/2, 1/4, 1/8 keeping both sides >= at_least
+                reduced = min(width // at_least, height // at_least) >= 2
+                # a colour JPEG drafted as "L" decodes its Y channel only
+                luma_only = reduced and mode == "L" and img.mode == "RGB"
+                img.draft("L" if luma_only else "RGB", (at_least, at_least))
             img.load()
+            if luma_only and img.mode == "L":
+                return np.asarray(img)
             return np.asarray(img if img.mode == "RGB" else _to_rgb(img))
         except Image.DecompressionBombError as exc:
             raise TooLarge(f"image has too many pixels: {exc}") from None
@@ -221,6 +247,9 @@ def _exact(data: bytes) -> list[Signal]:
 
 
 def _gray(rgb: np.ndarray) -> np.ndarray:
+    """float32 grey of an RGB picture, or of a luma one (an upload's JPEG)."""
+    if rgb.ndim == 2:
+        return rgb.astype(np.float32)
     # Weighted sum, not a matrix product: BLAS threads in two worker processes
     # on two cores only fight each other.
     r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
@@ -322,11 +351,14 @@ def picture_signals(
     # they can be decoded and hashed small: a JPEG at a reduced DCT scale (enough
     # for local features), every PDQ view at VIEW_SIDE. The cost is a few bits
     # (bench/robustness.py measures it).
-    rgb = decode_rgb(data, limits, at_least=QUERY_DECODE_SIDE if for_query else 0)
+    if for_query:
+        rgb = decode_query(data, limits, at_least=QUERY_DECODE_SIDE)  # luma for a JPEG
+    else:
+        rgb = decode_rgb(data, limits)
 
     def local() -> list[Signal]:
         # ORB and the tiles both read the grey picture: converted once
-        grey = np.asarray(Image.fromarray(rgb).convert("L"))
+        grey = rgb if rgb.ndim == 2 else np.asarray(Image.fromarray(rgb).convert("L"))
         found = local_feature_signals(grey)
         if for_query:  # the pictures inside an upload (a collage tile, a feed)
             found += region_signals(rgb, data, limits, grey)
@@ -416,17 +448,18 @@ def region_signals(
 ) -> list[Signal]:
     """local_features signals of the pictures inside an upload (a collage
     tile, a picture in a feed screenshot: hashsvc/media/local_regions.py).
-    Tiles are found on `rgb` as decoded for the upload's other signals, and
-    cut from the upload decoded again at TILE_DECODE_SIDE when `rgb` is a
-    reduced JPEG decode (`data`, `limits`) and the upload has tiles."""
+    Tiles are found on `rgb` as decoded for the upload's other signals (RGB,
+    or luma: decode_query), and cut from the upload decoded again at
+    TILE_DECODE_SIDE when `rgb` is a reduced JPEG decode (`data`, `limits`)
+    and the upload has tiles."""
     if grey is None:  # `rgb` in grey, when the caller has it
-        grey = np.asarray(Image.fromarray(rgb).convert("L"))
+        grey = rgb if rgb.ndim == 2 else np.asarray(Image.fromarray(rgb).convert("L"))
     boxes = local_regions.tiles(np.asarray(grey, dtype=np.float32))
     if not boxes:
         return []
     full = rgb
     if data is not None and limits is not None and _tiles_need_pixels(rgb, boxes, data):
-        full = decode_rgb(data, limits, at_least=TILE_DECODE_SIDE)
+        full = decode_query(data, limits, at_least=TILE_DECODE_SIDE)
     if full.shape[:2] != rgb.shape[:2]:
         sx, sy = full.shape[1] / rgb.shape[1], full.shape[0] / rgb.shape[0]
         boxes = [
@@ -473,7 +506,7 @@ def unsquashed_view(rgb: np.ndarray) -> Signal:
 
 
 def query_views(rgb: np.ndarray, part: int | None = None) -> list[Signal]:
-    """The PDQ views of an upload's picture (RGB array, best at least
+    """The PDQ views of an upload's picture (RGB or luma array, best at least
     VIEW_SIDE on its short side): dihedral, trimmed, corners, bands, regions.
     Also used for video frames and PDF pages of a query.
 

@@ -54,7 +54,7 @@ MAX_POINTS_STORED = 2000
 
 
 @cache
-def _cv2():
+def opencv():
     """OpenCV, imported where pictures are hashed (workers), not by the server, which only
     decodes and verifies blobs: it maps 33 MB and a bundled FFmpeg."""
     import cv2
@@ -137,7 +137,7 @@ def _grey(img: Image.Image, max_side: int) -> np.ndarray:
 def _contrib(name: str):
     """AKAZE and BRISK left OpenCV's main package in 5.0 (now in
     opencv-contrib's xfeatures2d); they are compared in the bench only."""
-    cv2 = _cv2()
+    cv2 = opencv()
     for module in (cv2, getattr(cv2, "xfeatures2d", None)):
         if module is not None and hasattr(module, name):
             return getattr(module, name)
@@ -151,7 +151,7 @@ def _detector(limits: LocalFeatureLimits):
         return _contrib("BRISK_create")(thresh=limits.brisk_threshold, octaves=3)
     if limits.detector != "orb":
         raise ValueError(f"unknown local feature detector {limits.detector!r}")
-    return _cv2().ORB_create(
+    return opencv().ORB_create(
         nfeatures=limits.max_keypoints * limits.oversample,
         scaleFactor=limits.pyramid_scale,
         nlevels=limits.pyramid_levels,
@@ -179,8 +179,10 @@ def extract(img: Image.Image, limits: LocalFeatureLimits = DEFAULT_LIMITS) -> Lo
             return None
     if len(keypoints) < limits.min_keypoints:
         return None
-    points = np.array([k.pt for k in keypoints], dtype=np.float32).reshape(-1, 2)
-    response = np.array([k.response for k in keypoints], dtype=np.float64)
+    # OpenCV converts the positions in C++ (a list comprehension over 1,500
+    # keypoints cost ~0.2 ms); the responses have no such call
+    points = _positions(keypoints)
+    response = np.fromiter((k.response for k in keypoints), dtype=np.float64, count=len(keypoints))
     order = _balanced(points, response, width, height, limits)
     points = points[order]
     if _cells_occupied(points, width, height, limits.spread_grid) < limits.min_spread_cells:
@@ -207,10 +209,16 @@ def _describe(detector, grey: np.ndarray, keypoints: list, points: np.ndarray) -
     back = np.empty_like(by_octave)
     back[by_octave] = np.arange(len(by_octave))
     descriptors = np.ascontiguousarray(descriptors[back], dtype=np.uint8)
-    described_points = np.array([k.pt for k in described], dtype=np.float32).reshape(-1, 2)
-    if not np.array_equal(described_points[back], points):
+    if not np.array_equal(_positions(described)[back], points):
         return None
     return descriptors
+
+
+def _positions(keypoints) -> np.ndarray:
+    """(N, 2) float32 x, y of OpenCV keypoints, as their `pt` gives them."""
+    if not len(keypoints):
+        return np.zeros((0, 2), dtype=np.float32)
+    return opencv().KeyPoint_convert(keypoints).reshape(-1, 2).astype(np.float32, copy=False)
 
 
 def _balanced(

@@ -35,7 +35,11 @@ MIN_SIDE = 5  # smaller views: PDQ gives the zero hash, quality 0
 
 
 def luma(rgb: np.ndarray) -> np.ndarray:
-    """float32 luma of an RGB picture, computed as pdqhash computes it."""
+    """float32 luma of an RGB picture, computed as pdqhash computes it; a
+    picture that is luma already (H x W: an upload's JPEG decoded as its Y
+    channel) as it is."""
+    if rgb.ndim == 2:
+        return rgb.astype(np.float32)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     return (r * 0.299 + g * 0.587 + b * 0.114).astype(np.float32)
 
