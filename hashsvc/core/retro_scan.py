@@ -14,7 +14,7 @@ from hashdb import EntryRecord, HistoryUpload, IndexedSignal, SetLookup
 from hashsvc.base.signals import PDQ, SIGNAL_TYPES, Signal
 from hashsvc.core.history_views import PDQ_BYTES, read_pdq_views
 from hashsvc.index.binary import BinaryIndex, signal_id
-from hashsvc.index.flat_scan import FlatScan
+from hashsvc.index.bound_scan import any_within_scan
 from hashsvc.index.live import LiveIndex
 from hashsvc.matching.matcher import Match, Matcher
 from hashsvc.matching.policy import BLOCK, REVIEW, LocalFeatureMatching, Policy
@@ -53,16 +53,18 @@ class RetroScanner:
         pdq = list(self.source.iter_signals([PDQ.name]))
         flat.add([signal_id(s.entry_id, s.variant_no) for s in pdq], [s.value for s in pdq])
         self.index.indexes[PDQ.name] = flat
-        # which uploads may match at all: the whole history goes through it
-        # (hashsvc/index/flat_scan.py); the few that may are matched above
-        self.pdq_scan = FlatScan(
-            np.frombuffer(b"".join(s.value for s in pdq), dtype=np.uint8).reshape(-1, PDQ_BYTES)
-        )
         self.matcher = Matcher(self.index, self.source, policy, local=local)
         # the signal kinds the new entries hold: no other kind can match
         self.kinds = {sig.kind for e in entries for sig in e.signals}
         hunting_sets = [s for s in self.index.sets_by_id.values() if s.id in self.set_ids]
         self.pdq_radius = policy.search_radius(hunting_sets, PDQ.name)
+        # which uploads may match at all: the whole history goes through it
+        # (hashsvc/index/bound_scan.py, chosen for the radius); the few that
+        # may are matched above
+        self.pdq_scan = any_within_scan(
+            np.frombuffer(b"".join(s.value for s in pdq), dtype=np.uint8).reshape(-1, PDQ_BYTES),
+            self.pdq_radius,
+        )
 
     def signals_of(self, upload: HistoryUpload) -> list[Signal]:
         return history_signals(upload.query_signals)
