@@ -133,7 +133,8 @@ def main() -> None:
             found, seconds = timed(probes.any_within, views, radius)
             if not np.array_equal(found, expected):
                 raise SystemExit(f"chunk probes differ at radius {radius}")
-            line.append(f"chunk probes {views_count / seconds:,.0f} ({flat_seconds / seconds:.1f}x)")
+            rate = f"{views_count / seconds:,.0f} ({flat_seconds / seconds:.1f}x)"
+            line.append(f"chunk probes {rate}")
         if radius <= EXACT_RADIUS:
 
             def mih_any(v, r):

@@ -5,6 +5,7 @@ from their history records."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
 
@@ -98,6 +99,22 @@ class RetroScanner:
             out.update(owners[found].tolist())
         return [uploads[i] for i in sorted(out)]
 
+    def reads_texts(self) -> bool:
+        """Whether candidate_texts can judge the new entries' kinds (PDQ
+        only: the views are read out of the texts); else candidates."""
+        return self.kinds <= {PDQ.name}
+
+    def candidate_texts(self, texts: list[bytes]) -> list[int]:
+        """candidates() of records given as their query_signals texts (UTF-8
+        bytes, HistoryStore.history_signal_texts), PDQ-only runs: the indexes
+        of those that may match a new entry, in order."""
+        views, owners, unread = pdq_views_of_texts(texts)
+        out = set(unread)
+        if len(views) and len(self.pdq_scan):
+            found = self.pdq_scan.any_within(views, self.pdq_radius, self.pool, self.parts)
+            out.update(owners[found].tolist())
+        return sorted(out)
+
     def _parsed_views(
         self, uploads: list[HistoryUpload], out: set[int]
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -132,11 +149,23 @@ def pdq_views(uploads: list[HistoryUpload]) -> tuple[np.ndarray, np.ndarray, lis
     compared here: the matcher judges them). Read out of the stored text
     (hashsvc/core/history_views.py); a record not written as the history
     writes it is parsed."""
-    views, owners, odd = read_pdq_views([u.signals_text for u in uploads])
+    return pdq_views_of_texts([u.signals_text for u in uploads])
+
+
+def pdq_views_of_texts(
+    texts: list[str] | list[bytes],
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """pdq_views of the records' query_signals texts (str, or UTF-8 bytes)."""
+    views, owners, odd = read_pdq_views(texts)
     unread: list[int] = []
     parsed: list[tuple[int, bytes]] = []
     for i in np.flatnonzero(odd).tolist():
-        for sig in uploads[i].query_signals:
+        try:
+            signals = json.loads(texts[i])
+        except ValueError:
+            unread.append(i)  # not JSON: the matcher fails the run on it
+            continue
+        for sig in signals:
             if sig.get("signal_type") != PDQ.name or not sig.get("value"):
                 continue
             try:

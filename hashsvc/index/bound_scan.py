@@ -34,7 +34,6 @@ from concurrent.futures import Executor
 
 import numba
 import numpy as np
-
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
