@@ -8,13 +8,16 @@ checked. CPU time of the calling thread (the scans run on it).
     .venv/bin/python bench/retro_scan.py            # 10,000 hashes, 36,000 views
     .venv/bin/python bench/retro_scan.py --short    # 2,000 views, fewer radii (CI)
 
-Measured (10,000 random hashes, 36,000 random views with 37 near copies, 2
-cores under a load of ~19, views/s on one core):
-  r=31: flat 641k, bound 16: 2,506k (3.9x), 8: 1,933k, 6: 1,429k
-  r=40: flat 633k, bound 16: 2,100k (3.3x), 8: 1,916k, 6: 1,382k
-  r=48: flat 632k, bound 6: 1,418k (2.2x), 8: 1,313k, 4: 926k
-  r=56: flat 636k, bound 6: 1,354k (2.1x), 8: 642k, 16: 58k
-  r=64: flat 545k, bound 4: 635k (1.2x), 6: 292k
+Measured (10,000 random hashes, 36,000 random views with 37 near copies; 2
+cores under a load of 20-30 from other work, so +-30% from run to run; views/s
+on one core, * the group size chosen for the radius):
+  r=31: flat 637k; bound 16*: 2,582k (4.1x), 8: 2.0x, 6: 2.2x;
+        chunk probes (the multi-index over the new hashes) 240k (0.4x);
+        Match's multi-index (with its Python around) 94k (0.1x)
+  r=40: flat 642k; bound 16*: 2,812k (4.4x), 8: 3.0x, 6: 2.2x
+  r=48: flat 630k; bound 6*: 1,431k (2.3x), 8: 2.1-3.0x, 16: 0.4x
+  r=56: flat 631k; bound 6*: 872k-1,354k (1.4-2.2x), 8: 0.8-1.0x, 16: 0.1x
+  r=64: flat 539k; bound 4*: 566k-635k (1.0-1.2x), 6: 0.5x
 """
 
 from __future__ import annotations
