@@ -191,11 +191,11 @@ def _planted(seed: int, hashes: int, views: int, radius: int):
 @pytest.mark.parametrize(
     "radius, group_size",
     [(0, 16), (31, 16), (32, 16), (40, 16), (41, 6), (56, 6), (56, 8), (57, 6), (64, 4),
-     (56, 1), (100, 6), (127, 4), (128, 6), (200, 6)],
+     (56, 1), (100, 6), (127, 4), (128, 6), (200, 6), (223, 6), (224, 6)],
 )  # fmt: skip
 def test_bound_scan_finds_exactly_what_faiss_and_the_flat_scan_find(radius, group_size):
     """At each group size, at and around the radii the choice switches at,
-    past the bounds' reach (>= 128: every pair): views planted at every
+    past the bounds' reach (> 223: every pair): views planted at every
     distance up to 25 past the radius; a hash count that leaves the last
     group and the last block part-filled."""
     hashes, views = _planted(radius * 7 + group_size, 3001, 4003, radius)

@@ -7,9 +7,10 @@ each group, each of the 32 byte positions and each of the 256 values a byte
 can take, a table holds the fewest bits in which that value differs from the
 byte of any hash of the group. A view's distance to each hash of the group is
 then at least the sum, over its 32 bytes, of the table values its bytes pick:
-a lower bound read with 32 byte-vector additions for 64 groups at once, where
-comparing with the 64 groups' hashes costs a popcount per word and pair. Only
-the groups whose bound is within the radius are compared hash by hash, so the
+a lower bound read with 32 loads of a 512-bit row and ~100 vector operations
+for 128 groups at once (values of 4 bits, two groups a byte), where comparing
+with the 128 groups' hashes costs a popcount per word and pair. Only the
+groups whose bound is within the radius are compared hash by hash, so the
 answers are those of the full comparison.
 
 Why not the multi-index over the new hashes (16 chunks of 16 bits, probe each
@@ -21,18 +22,20 @@ should win, but measured (bench/retro_scan.py, 10,000 hashes, compiled,
 probing 17 buckets a chunk) it ran at 0.4x the flat scan, this scan at 3.9x:
 272 random reads of 16 tables of 65,536 buckets cost more than 32 rows added.
 
-Why block by block over all of a call's views. A block's tables (64 groups,
+Why block by block over all of a call's views. A block's tables (128 groups,
 512 KB) stay in the core's cache while every view reads them; going through
 the views in tiles of 1,000-4,000 instead (the tables read again per tile)
 measured 2-4x slower. So the larger a step (retro_batch_records), the better.
+Reading the tables is what bounds the speed: bytes of one group each (64
+groups a block) ran at 0.6x the 4-bit values.
 
 Why bytes and groups of 4-16. A random view's bound to a random group of 6
 sorted hashes is ~74 +- 5 bits; below 57 for 1 group in 2,000 (the first byte
 is nearly shared by neighbours in sorted order, so tighter there). Larger
 groups mean fewer tables to add but weaker bounds (8: 1 group in 70 passes
 at 56 bits). The group size is picked by the radius (group_size_for).
-Values are capped at 7 so the 32-byte sum fits a byte (a smaller value is
-still a lower bound).
+Values are capped at 7 (a smaller value is still a lower bound): two rows'
+4-bit values add without carry, and 32 sum to at most 224, within a byte.
 """
 
 from __future__ import annotations
@@ -52,18 +55,21 @@ from hashsvc.index.mih_scan import _popcount
 BITS = 256
 BYTES = BITS // 8
 WORDS = BITS // 64
-# Groups whose bounds one pass adds at once: a 512-bit vector of bytes.
-LANES = 64
+# Groups whose bounds one pass adds at once: a 512-bit vector of 4-bit values.
+BLOCK_GROUPS = 128
+_ROW_BYTES = 64
 # A table value's cap: 32 of them sum to at most 224, within a byte.
 _CAP = 7
-# Above this radius the bounds (capped) prune nothing: compare every pair.
-MAX_BOUND_RADIUS = 127
+# Any bound is at most 224: beyond, compare every pair.
+MAX_BOUND_RADIUS = BYTES * _CAP - 1
 
 _POPCOUNT_BYTE = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
-# Fewer new hashes than this are compared with every view (one block of
-# bounds costs about what comparing ~200 hashes does).
+# Hashes a group may hold (more: bounds too weak to prune anything).
+MAX_GROUP_SIZE = 64
+# Fewer new hashes than this are compared with every view (a block of
+# bounds costs about what comparing a few hundred hashes does).
 MIN_BOUND_HASHES = 256
 # Above this radius the bounds prune too little: every pair is compared.
 MAX_GROUPED_RADIUS = 64
@@ -78,6 +84,8 @@ def group_size_for(max_distance: int) -> int:
     ~74 +- 5, of 4 ~84 +- 6."""
     if max_distance <= 40:
         return 16
+    if max_distance <= 48:
+        return 8
     if max_distance <= 56:
         return 6
     return 4
@@ -97,8 +105,8 @@ class BoundScan:
     FlatScan.any_within)."""
 
     def __init__(self, hashes: np.ndarray, group_size: int = 6) -> None:
-        if not 1 <= group_size <= LANES:
-            raise ValueError(f"group_size must be within 1..{LANES}")
+        if not 1 <= group_size <= MAX_GROUP_SIZE:
+            raise ValueError(f"group_size must be within 1..{MAX_GROUP_SIZE}")
         matrix = hash_matrix(hashes, len(hashes), BITS)
         self.count = len(matrix)
         self.group_size = group_size
@@ -114,7 +122,6 @@ class BoundScan:
         self._groups = groups
         self._words = np.ascontiguousarray(padded).view("<u8").reshape(-1, WORDS)
         self._tables = _build_tables(padded, group_size, groups, _POPCOUNT_BYTE, _CAP)
-        self._table_words = self._tables.view("<u8")
 
     def __len__(self) -> int:
         return self.count
@@ -132,7 +139,7 @@ class BoundScan:
         words = matrix.view("<u8").reshape(-1, WORDS)
         if max_distance > MAX_BOUND_RADIUS:
             return _every_pair(words, self._words, min(max_distance, BITS))
-        args = (self._table_words, self._words, self.group_size, self._groups, max_distance)
+        args = (self._tables, self._words, self.group_size, self._groups, max_distance)
         if pool is None or parts < 2:
             return _scan(matrix, words, *args)
         bounds = [len(matrix) * k // parts for k in range(parts + 1)]
@@ -145,14 +152,17 @@ class BoundScan:
 
 
 @numba.njit(nogil=True, cache=True)
-def _build_tables(padded, group_size, groups, popcount_byte, cap):  # pragma: no cover - compiled
-    """(blocks, 32, 256, LANES) uint8: for each group (block * LANES + lane),
-    byte position and byte value, the fewest bits (at most cap) in which the
-    value differs from that byte of any hash of the group."""
-    blocks = -(-groups // LANES)
-    tables = np.full((blocks, BYTES, 256, LANES), cap, dtype=np.uint8)
+def _build_tables(padded, group_size, groups, popcount_byte, cap):  # pragma: no cover
+    """(blocks, 32, 256, 64) uint8: for each group, byte position and byte
+    value, the fewest bits (at most cap) in which the value differs from
+    that byte of any hash of the group; group block * 128 + k in byte k's
+    low nibble, group block * 128 + 64 + k in its high nibble."""
+    blocks = -(-groups // BLOCK_GROUPS)
+    tables = np.full((blocks, BYTES, 256, _ROW_BYTES), cap | (cap << 4), dtype=np.uint8)
     for g in range(groups):
-        block, lane = g // LANES, g % LANES
+        block, lane = g // BLOCK_GROUPS, g % BLOCK_GROUPS
+        byte, shift = lane % _ROW_BYTES, 4 * (lane // _ROW_BYTES)
+        keep = 0xF0 if shift == 0 else 0x0F
         for position in range(BYTES):
             for value in range(256):
                 fewest = cap
@@ -160,8 +170,55 @@ def _build_tables(padded, group_size, groups, popcount_byte, cap):  # pragma: no
                     d = popcount_byte[value ^ padded[m, position]]
                     if d < fewest:
                         fewest = d
-                tables[block, position, value, lane] = fewest
+                old = tables[block, position, value, byte]
+                tables[block, position, value, byte] = (old & keep) | (fewest << shift)
     return tables
+
+
+@intrinsic
+def _bounds_within(typingctx, table, view, radius, masks_out):
+    """Whether any of a block's 128 groups' bounds for the view is within
+    the radius; masks_out: which (the low nibbles' 64 groups, the high
+    nibbles'). The bound is the sum over the view's 32 bytes of the table
+    rows they pick (64 bytes, one 512-bit vector, each 128 values of 4
+    bits): written out here because the compiler, left to itself, turns
+    the loop over bytes into gathers (5x slower)."""
+    sig = types.boolean(table, view, types.uint8, masks_out)
+
+    def codegen(context, builder, signature, args):
+        table_struct = context.make_array(signature.args[0])(context, builder, args[0])
+        view_struct = context.make_array(signature.args[1])(context, builder, args[1])
+        i8, i64 = ir.IntType(8), ir.IntType(64)
+        vector = ir.VectorType(i8, _ROW_BYTES)
+        rows = builder.bitcast(table_struct.data, vector.as_pointer())
+        loaded = []
+        for position in range(BYTES):
+            value = builder.load(builder.gep(view_struct.data, [i64(position)]))
+            row = builder.add(i64(position * 256), builder.zext(value, i64))
+            loaded.append(builder.load(builder.gep(rows, [row]), align=1))
+        four = ir.Constant(vector, [ir.Constant(i8, 4)] * _ROW_BYTES)
+        # two rows' nibbles add without carry (7 + 7 < 16); the bytes of
+        # all pairs summed wrap, the high nibbles summed apart do not, and
+        # the low nibbles' sum is the difference
+        pairs = [builder.add(a, b) for a, b in zip(loaded[::2], loaded[1::2], strict=True)]
+        highs = [builder.lshr(p, four) for p in pairs]
+        while len(pairs) > 1:
+            pairs = [builder.add(a, b) for a, b in zip(pairs[::2], pairs[1::2], strict=True)]
+            highs = [builder.add(a, b) for a, b in zip(highs[::2], highs[1::2], strict=True)]
+        high = highs[0]
+        low = builder.sub(pairs[0], builder.shl(high, four))
+        limit = builder.insert_element(ir.Constant(vector, ir.Undefined), args[2], i64(0))
+        limit = builder.shuffle_vector(
+            limit, limit, ir.Constant(ir.VectorType(ir.IntType(32), _ROW_BYTES), 0)
+        )
+        low_mask = builder.bitcast(builder.icmp_unsigned("<=", low, limit), i64)
+        high_mask = builder.bitcast(builder.icmp_unsigned("<=", high, limit), i64)
+        masks_struct = context.make_array(signature.args[3])(context, builder, args[3])
+        builder.store(low_mask, builder.gep(masks_struct.data, [i64(0)]))
+        builder.store(high_mask, builder.gep(masks_struct.data, [i64(1)]))
+        return builder.icmp_unsigned("!=", builder.or_(low_mask, high_mask), i64(0))
+
+    return sig, codegen
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -178,99 +235,31 @@ def _group_within(view, hash_words, first, count, radius):  # pragma: no cover -
     return False
 
 
-# Each byte's high bit, and each byte's lowest bit, in every byte of a word.
-_HIGH_BITS = 0x8080808080808080
-_ONES = np.uint64(0x0101010101010101)
-# A block's groups' bounds as words: 8 groups' bytes a word.
-_BLOCK_WORDS = LANES // 8
-
-
-@intrinsic
-def _any_bound_within(typingctx, table, view, below, flags_out):
-    """Whether any of a block's 64 groups' bounds for the view is within
-    the radius (below: radius + 1 in every byte). The bound is the sum over
-    the view's 32 bytes of the table rows they pick, each row 64 bytes (one
-    512-bit vector): 32 vector loads and additions, written out here because
-    the compiler, left to itself, turns the loop over bytes into gathers
-    (5x slower). Sums of values capped at 7 never carry into the next byte;
-    a byte b < radius + 1 <= 128 borrows into its high bit in b - below,
-    where ~b keeps it (the usual test for a byte below n)."""
-    if not (
-        isinstance(table, types.Array)
-        and table.ndim == 3
-        and table.layout == "C"
-        and table.dtype == types.uint64
-        and isinstance(view, types.Array)
-        and view.ndim == 1
-        and view.layout == "C"
-        and view.dtype == types.uint8
-        and isinstance(flags_out, types.Array)
-        and flags_out.layout == "C"
-        and flags_out.dtype == types.uint64
-    ):
-        return None
-    sig = types.boolean(table, view, types.uint64, flags_out)
-
-    def codegen(context, builder, signature, args):
-        table_struct = context.make_array(signature.args[0])(context, builder, args[0])
-        view_struct = context.make_array(signature.args[1])(context, builder, args[1])
-        i64 = ir.IntType(64)
-        vector = ir.VectorType(i64, _BLOCK_WORDS)
-        rows = builder.bitcast(table_struct.data, vector.as_pointer())
-        view_bytes = view_struct.data
-        sums = []
-        for position in range(BYTES):
-            value = builder.load(builder.gep(view_bytes, [i64(position)]))
-            row = builder.add(i64(position * 256), builder.zext(value, i64))
-            sums.append(builder.load(builder.gep(rows, [row]), align=8))
-        while len(sums) > 1:  # a tree of additions: short dependency chains
-            sums = [builder.add(a, b) for a, b in zip(sums[::2], sums[1::2], strict=True)]
-        bound = sums[0]
-        below_vector = builder.insert_element(ir.Constant(vector, ir.Undefined), args[2], i64(0))
-        below_vector = builder.shuffle_vector(
-            below_vector, below_vector, ir.Constant(ir.VectorType(ir.IntType(32), _BLOCK_WORDS), 0)
-        )
-        high = ir.Constant(vector, [ir.Constant(i64, _HIGH_BITS)] * _BLOCK_WORDS)
-        flags = builder.and_(
-            builder.and_(builder.sub(bound, below_vector), builder.not_(bound)), high
-        )
-        flags_struct = context.make_array(signature.args[3])(context, builder, args[3])
-        builder.store(flags, builder.bitcast(flags_struct.data, vector.as_pointer()), align=8)
-        any_flag = builder.extract_element(flags, i64(0))
-        for word in range(1, _BLOCK_WORDS):
-            any_flag = builder.or_(any_flag, builder.extract_element(flags, i64(word)))
-        return builder.icmp_unsigned("!=", any_flag, i64(0))
-
-    return sig, codegen
-
-
 @numba.njit(nogil=True, cache=True)
 def _scan(views, view_words, tables, hash_words, group_size, groups, radius):  # pragma: no cover
-    """tables: (blocks, 32, 256, LANES // 8) uint64, each word 8 groups'
-    bytes."""
+    """Block by block: a block's tables (512 KB) stay in the core's cache
+    while every view reads them."""
     n = views.shape[0]
     out = np.zeros(n, dtype=np.bool_)
-    flags = np.empty(_BLOCK_WORDS, dtype=np.uint64)
-    below = _ONES * np.uint64(radius + 1)
+    masks = np.empty(2, dtype=np.uint64)
+    limit = np.uint8(radius)
     for block in range(tables.shape[0]):
         table = tables[block]
         for v in range(n):
-            if out[v] or not _any_bound_within(table, views[v], below, flags):
+            if out[v] or not _bounds_within(table, views[v], limit, masks):
                 continue
-            # the groups that may be within: those whose byte is flagged (a
-            # byte above a flagged one may be flagged too, by a borrow: only
-            # compared in vain)
-            for word in range(_BLOCK_WORDS):
-                flagged = flags[word]
+            # the groups that may be within, compared hash by hash
+            for half in range(2):
+                mask = masks[half]
                 k = 0
-                while flagged and not out[v]:
-                    if flagged & np.uint64(0x80):
-                        g = block * LANES + word * 8 + k
+                while mask and not out[v]:
+                    if mask & np.uint64(1):
+                        g = block * BLOCK_GROUPS + half * _ROW_BYTES + k
                         if g < groups and _group_within(
                             view_words[v], hash_words, g * group_size, group_size, radius
                         ):
                             out[v] = True
-                    flagged >>= np.uint64(8)
+                    mask >>= np.uint64(1)
                     k += 1
     return out
 
