@@ -9,15 +9,16 @@ checked. CPU time of the calling thread (the scans run on it).
     .venv/bin/python bench/retro_scan.py --short    # 2,000 views, fewer radii (CI)
 
 Measured (10,000 random hashes, 36,000 random views with 37 near copies; 2
-cores under a load of 20-30 from other work, so +-30% from run to run; views/s
-on one core, * the group size chosen for the radius):
-  r=31: flat 637k; bound 16*: 2,582k (4.1x), 8: 2.0x, 6: 2.2x;
-        chunk probes (the multi-index over the new hashes) 240k (0.4x);
-        Match's multi-index (with its Python around) 94k (0.1x)
-  r=40: flat 642k; bound 16*: 2,812k (4.4x), 8: 3.0x, 6: 2.2x
-  r=48: flat 630k; bound 6*: 1,431k (2.3x), 8: 2.1-3.0x, 16: 0.4x
-  r=56: flat 631k; bound 6*: 872k-1,354k (1.4-2.2x), 8: 0.8-1.0x, 16: 0.1x
-  r=64: flat 539k; bound 4*: 566k-635k (1.0-1.2x), 6: 0.5x
+cores under a load of ~32 from other work; views/s on one core, * the group
+size chosen for the radius; the same answers everywhere):
+  r=31: flat 639k; bound 16*: 5,223k (8.2x), 8: 4.0x, 6: 4.4x, 4: 3.1x;
+        chunk probes (the multi-index over the new hashes) 327k (0.5x);
+        Match's multi-index (with its Python around it) 99k (0.2x)
+  r=40: flat 636k; bound 8*: 3,973k (6.2x), 16: 5.6x, 6: 4.5x
+  r=48: flat 636k; bound 8*: 3,775k (5.9x), 6: 4.4x, 16: 0.4x
+  r=56: flat 638k; bound 6*: 2,337k (3.7x), 4: 3.1x, 8: 1.3x, 16: 0.1x
+  r=64: flat 547k; bound 4*: 1,770k (3.2x), 6: 0.7x
+(Tables of bytes, 64 groups a row, before the 4-bit values: 2.1x at 56.)
 """
 
 from __future__ import annotations

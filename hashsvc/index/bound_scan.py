@@ -19,8 +19,9 @@ floor(r / 16) bits) and at a retro-hunt's usual radius, PDQ's review distance
 of 56 bits, that is 3 bits a chunk: 16 x 697 probes a view, more than the
 10,000 hashes it would save comparing. At 31 bits (17 probes a chunk) it
 should win, but measured (bench/retro_scan.py, 10,000 hashes, compiled,
-probing 17 buckets a chunk) it ran at 0.4x the flat scan, this scan at 3.9x:
-272 random reads of 16 tables of 65,536 buckets cost more than 32 rows added.
+probing 17 buckets a chunk) it ran at 0.4-0.5x the flat scan, this scan at
+8x: 272 random reads of 16 tables of 65,536 buckets cost more than 32 rows
+added.
 
 Why block by block over all of a call's views. A block's tables (128 groups,
 512 KB) stay in the core's cache while every view reads them; going through
@@ -78,11 +79,12 @@ MAX_GROUPED_RADIUS = 64
 def group_size_for(max_distance: int) -> int:
     """Hashes per group: as large as keeps the bounds selective at this
     radius. Measured with 10,000 random hashes against 36,000 random views
-    (bench/retro_scan.py): at 31 and 40 bits groups of 16 (3.3-3.9x the flat
-    scan), at 48 and 56 groups of 6 (2.1-2.2x; 8: 1.0-2.1x), at 64 groups of
-    4 (1.2x; 6: 0.5x). The bound of a group of 16 is ~51 +- 4 bits, of 6
-    ~74 +- 5, of 4 ~84 +- 6."""
-    if max_distance <= 40:
+    (bench/retro_scan.py; the flat scan ~640k views/s a core): at 31 bits
+    groups of 16 (8.2x the flat scan; 6: 4.4x), at 40 and 48 groups of 8
+    (6.2x, 5.9x; 16: 5.6x, 0.4x), at 56 groups of 6 (3.7x; 4: 3.1x, 8:
+    1.3x), at 64 groups of 4 (3.2x; 6: 0.7x). The bound of a group of 16 is
+    ~51 +- 4 bits, of 8 ~67 +- 5, of 6 ~74 +- 5, of 4 ~84 +- 6."""
+    if max_distance <= 31:
         return 16
     if max_distance <= 48:
         return 8
