@@ -16,11 +16,15 @@ uploads/s, per core (the hunt's thread CPU), the extrapolation to 10M
 uploads (target < 2 min), and Match p50/p95 idle and during the hunt
 (target: within 20%).
 
-Measured (200k uploads, 2 cores under a load of ~10, back to back): before
-the compiled path 3,664 uploads/s per core, 1,284 wall, 45.5 core-minutes
-for 10M; after 18,194 per core, 8,907 wall, 9.2 core-minutes (4.6 min on 2
-free cores; target 2 min: not met); 200/200 copies found both times; Match
-p50 36.8 -> 43.4 ms during the hunt (ratio 1.18).
+Measured (200k uploads): with the pair-by-pair scan (hashsvc/index/
+flat_scan.py) and whole records, at a load of ~10: 18,194 uploads/s per
+core, 9.2 core-minutes for 10M (4.6 min on 2 free cores), Match p50 36.8 ->
+43.4 ms during the hunt. With the bound scan (hashsvc/index/bound_scan.py)
+and the lean reading (HistoryStore.history_signal_texts), at a load of ~30:
+44,561 uploads/s per core (CPU 4.5 s), 3.7 core-minutes for 10M, i.e. 1.9
+min on 2 free cores (target 2 min: met if both cores hunt); 3,658 uploads/s
+wall (the load); 200/200 copies found; Match p50 156.2 ms idle, 136.3 ms
+during the hunt (ratio 0.87: the load moved it more than the hunt did).
 """
 
 from __future__ import annotations
