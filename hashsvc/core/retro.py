@@ -378,18 +378,18 @@ class RetroHunt:
             since = to_micros(run.since)
             in_window = [row for row in rows if row[1] >= since]
             found = scanner.candidate_texts([row[2] for row in in_window])
-            uploads = self.store.history_uploads_by_id(in_window[i][0] for i in found)
+            candidates = self.store.history_uploads_by_id(in_window[i][0] for i in found)
+            last_id, read = rows[-1][0], len(rows)
         else:
             uploads = self.store.history_uploads(checkpoint, run.last_history_id, limit)
             if not uploads:
                 return None
-            rows = uploads
-            uploads = scanner.candidates([u for u in uploads if u.time >= run.since])
-        for upload in uploads:
+            candidates = scanner.candidates([u for u in uploads if u.time >= run.since])
+            last_id, read = uploads[-1].id, len(uploads)
+        for upload in candidates:
             for hit in scanner.hits(upload):
                 self._hold(run, upload, hit, scanner)
-        last = rows[-1]
-        return (last[0] if isinstance(last, tuple) else last.id), len(rows)
+        return last_id, read
 
     def _hunting_entries(self, entry_ids: Iterable[int]) -> list[EntryRecord]:
         """The run's entries that may still hunt: not removed, in an enabled
