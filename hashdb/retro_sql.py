@@ -28,6 +28,10 @@ MATCH_RPCS = ("Match", "MatchUpload", "MatchBatch")
 
 
 class RetroSQL:
+    # The query_signals column as UTF-8 bytes (SQLite; PostgreSQL overrides):
+    # what the scan reads, without decoding to str and encoding back.
+    _SIGNALS_AS_BYTES = "CAST(query_signals AS BLOB)"
+
     # -- runs
 
     def create_retro_run(
@@ -173,6 +177,44 @@ class RetroSQL:
         return [
             HistoryUpload(r[0], r[1], from_micros(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in rows
         ]
+
+    def history_signal_texts(
+        self, after_id: int, upto_id: int, limit: int
+    ) -> list[tuple[int, int, bytes]]:
+        """What a retro-hunt's PDQ scan reads of the records history_uploads
+        gives (the same records, in the same order): (id, time in
+        microseconds, query_signals as UTF-8 bytes). Half the cost of whole
+        HistoryUpload objects, most of which the scan drops; the few that may
+        match are read whole by history_uploads_by_id."""
+        with self._read() as cur:
+            cur.execute(
+                f"SELECT id, time, {self._SIGNALS_AS_BYTES} FROM match_history"
+                " WHERE id > ? AND id <= ? AND rpc IN (?, ?, ?) AND decision = 'allow'"
+                " ORDER BY id LIMIT ?",
+                (after_id, upto_id, *MATCH_RPCS, limit),
+            )
+            return [(r[0], r[1], bytes(r[2])) for r in cur.fetchall()]
+
+    def history_uploads_by_id(self, ids: Iterable[int]) -> list[HistoryUpload]:
+        """The records of these ids that history_uploads would give, by id."""
+        wanted = sorted(set(ids))
+        out: list[HistoryUpload] = []
+        for start in range(0, len(wanted), 500):
+            part = wanted[start : start + 500]
+            with self._read() as cur:
+                cur.execute(
+                    "SELECT id, request_id, time, caller, client_ref, media_type, query_signals,"
+                    " caller_token_id FROM match_history"
+                    f" WHERE id IN ({', '.join('?' * len(part))})"
+                    " AND rpc IN (?, ?, ?) AND decision = 'allow' ORDER BY id",
+                    (*part, *MATCH_RPCS),
+                )
+                rows = cur.fetchall()
+            out += [
+                HistoryUpload(r[0], r[1], from_micros(r[2]), r[3], r[4], r[5], r[6], r[7])
+                for r in rows
+            ]
+        return out
 
     # -- hits
 

@@ -412,6 +412,12 @@ class RetroStore(Protocol):
 
     def history_uploads(self, after_id: int, upto_id: int, limit: int) -> list[HistoryUpload]: ...
 
+    def history_signal_texts(
+        self, after_id: int, upto_id: int, limit: int
+    ) -> list[tuple[int, int, bytes]]: ...
+
+    def history_uploads_by_id(self, ids: Iterable[int]) -> list[HistoryUpload]: ...
+
     def add_retro_match(
         self,
         run_id: int,

@@ -11,18 +11,25 @@ from __future__ import annotations
 import csv
 import json
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import faiss
 import numpy as np
 import pytest
 
-from hashdb import HistoryUpload
+from hashdb import HistoryRecord, HistoryUpload
+from hashdb.times import to_micros
 from hashsvc.base.signals import PDQ, Signal
 from hashsvc.core.audit import history_signal_json
 from hashsvc.core.config import MAX_RETRO_THREADS, Config
 from hashsvc.core.history_views import read_pdq_views
 from hashsvc.core.retro_scan import pdq_views
+from hashsvc.index.bound_scan import (
+    MAX_GROUPED_RADIUS,
+    MIN_BOUND_HASHES,
+    BoundScan,
+    any_within_scan,
+)
 from hashsvc.index.flat_scan import FlatScan
 from hashsvc_testing.vectors import vector
 
@@ -165,3 +172,149 @@ def test_view_that_cannot_be_compared_goes_to_the_matcher():
     views, owners, unread = pdq_views([_upload(1, bad)])
     assert unread == [0]
     assert len(views) == 0
+
+
+# -- the bound scan (hashsvc/index/bound_scan.py): the same answers, faster
+
+
+def _planted(seed: int, hashes: int, views: int, radius: int):
+    """Random hashes and views, with views planted at every distance from
+    0 to radius + 25 of a hash (both sides of the radius)."""
+    rng = np.random.default_rng(seed)
+    hash_rows = rng.integers(0, 256, (hashes, 32), dtype=np.uint8)
+    view_rows = rng.integers(0, 256, (views, 32), dtype=np.uint8)
+    for n, distance in enumerate(range(min(radius + 26, 257))):
+        view_rows[(n * 37) % views] = _flip(hash_rows[(n * 91) % hashes], distance, rng)
+    return hash_rows, view_rows
+
+
+@pytest.mark.parametrize(
+    "radius, group_size",
+    [(0, 16), (31, 16), (32, 16), (40, 16), (41, 6), (56, 6), (56, 8), (57, 6), (64, 4),
+     (56, 1), (100, 6), (127, 4), (128, 6), (200, 6), (223, 6), (224, 6)],
+)  # fmt: skip
+def test_bound_scan_finds_exactly_what_faiss_and_the_flat_scan_find(radius, group_size):
+    """At each group size, at and around the radii the choice switches at,
+    past the bounds' reach (> 223: every pair): views planted at every
+    distance up to 25 past the radius; a hash count that leaves the last
+    group and the last block part-filled."""
+    hashes, views = _planted(radius * 7 + group_size, 3001, 4003, radius)
+    found = BoundScan(hashes, group_size).any_within(views, radius)
+    expected = _faiss_any_within(hashes, views, radius)
+    assert expected.sum() >= radius + 1
+    assert np.array_equal(found, expected)
+    assert np.array_equal(found, FlatScan(hashes).any_within(views, radius))
+
+
+def test_bound_scan_on_clustered_hashes():
+    """Hashes that are near each other (as a video's frames are): groups
+    whose bytes agree, bounds near the true distance, views just inside and
+    just outside the radius of each."""
+    rng = np.random.default_rng(11)
+    centres = rng.integers(0, 256, (40, 32), dtype=np.uint8)
+    hashes = np.array([_flip(centres[k % 40], k % 20, rng) for k in range(2000)])
+    views = np.array([_flip(hashes[(k * 13) % 2000], 20 + k % 50, rng) for k in range(3000)])
+    for radius in (31, 56, 63):
+        expected = _faiss_any_within(hashes, views, radius)
+        assert 0 < expected.sum() < len(views)
+        for group_size in (4, 6, 16):
+            found = BoundScan(hashes, group_size).any_within(views, radius)
+            assert np.array_equal(found, expected)
+
+
+def test_bound_scan_on_reference_pdq_hashes():
+    """Real PDQ hashes (transforms of the same pictures), each against all
+    the others, at the radii of every group size."""
+    with open(vector("threatexchange", "expected_pdq.csv"), newline="") as f:
+        hexes = sorted({row["expected_hex"] for row in csv.DictReader(f) if row["expected_hex"]})
+    hashes = np.frombuffer(bytes.fromhex("".join(hexes)), dtype=np.uint8).reshape(-1, 32)
+    for held_out in range(len(hashes)):
+        others = np.delete(hashes, held_out, axis=0)
+        view = hashes[held_out : held_out + 1]
+        for radius in (31, 40, 56, 64, 90):
+            expected = _faiss_any_within(others, view, radius)
+            for group_size in (1, 4, 6, 16):
+                assert BoundScan(others, group_size).any_within(view, radius)[0] == expected[0]
+
+
+@pytest.mark.parametrize("parts", [2, 3])
+def test_bound_scan_in_parts_on_threads(parts):
+    hashes, views = _planted(parts, 700, 1003, 56)
+    scan = BoundScan(hashes, 6)
+    with ThreadPoolExecutor(parts - 1) as pool:
+        assert np.array_equal(scan.any_within(views, 56, pool, parts), scan.any_within(views, 56))
+        assert np.array_equal(
+            scan.any_within(views[:2], 56, pool, parts), scan.any_within(views[:2], 56)
+        )
+
+
+def test_scan_chosen_by_radius_and_size_answers_alike():
+    """The choice (bounds, or every pair for few hashes or a wide radius)
+    never changes an answer."""
+    for count, radius, kind in [
+        (MIN_BOUND_HASHES - 1, 56, FlatScan),
+        (MIN_BOUND_HASHES, 56, BoundScan),
+        (1000, 31, BoundScan),
+        (1000, MAX_GROUPED_RADIUS, BoundScan),
+        (1000, MAX_GROUPED_RADIUS + 1, FlatScan),
+    ]:
+        hashes, views = _planted(count + radius, count, 501, radius)
+        scan = any_within_scan(hashes, radius)
+        assert isinstance(scan, kind)
+        assert np.array_equal(
+            scan.any_within(views, radius), _faiss_any_within(hashes, views, radius)
+        )
+
+
+def test_bound_scan_without_views_or_hashes():
+    rng = np.random.default_rng(1)
+    some = rng.integers(0, 256, (5, 32), dtype=np.uint8)
+    assert BoundScan(some).any_within(np.zeros((0, 32), np.uint8), 56).shape == (0,)
+    assert not BoundScan(np.zeros((0, 32), np.uint8)).any_within(some, 256).any()
+    assert BoundScan(some).any_within(some, 0).all()
+    with pytest.raises(ValueError):
+        BoundScan(some).any_within(np.zeros((2, 31), np.uint8), 56)
+    with pytest.raises(ValueError, match="group_size"):
+        BoundScan(some, 0)
+
+
+# -- what a hunt reads of the history, in both stores
+
+
+def test_history_signal_texts_are_the_records_history_uploads_gives(store):
+    """The scan's lean reading gives the records history_uploads gives (only
+    allowed Match records, in id order, within the ids asked), their times,
+    and their signals text as UTF-8 bytes (a non-ASCII variant: bytes are
+    not characters); the candidates read whole are those records."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    rng = np.random.default_rng(5)
+    ids = []
+    for i in range(12):
+        signals = [
+            {"signal_type": "pdq", "value": rng.bytes(32).hex(), "quality": 90, "variant": v}
+            for v in ("original", "région", "view2")
+        ]
+        record = HistoryRecord(
+            request_id=f"r{i}",
+            time=t0 + timedelta(minutes=i),
+            caller="c",
+            rpc="Match" if i != 4 else "AddEntry",
+            media_type="image",
+            decision="block" if i == 3 else "allow",
+            status="OK",
+            query_signals=signals,
+        )
+        ids.append(store.record_match(record))
+    whole = store.history_uploads(ids[0], ids[10], 100)
+    lean = store.history_signal_texts(ids[0], ids[10], 100)
+    assert [u.id for u in whole] == [row[0] for row in lean]
+    assert [u.request_id for u in whole] == ["r1", "r2", "r5", "r6", "r7", "r8", "r9", "r10"]
+    for upload, (_, micros, text) in zip(whole, lean, strict=True):
+        assert micros == to_micros(upload.time)
+        assert text == upload.signals_text.encode()
+        views, _, odd = read_pdq_views([text])
+        assert not odd.any() and len(views) == 3
+    assert store.history_signal_texts(ids[0], ids[10], 3) == lean[:3]
+    asked = [ids[2], ids[3], ids[4], ids[9], ids[2]]  # a block, an AddEntry, twice one
+    assert store.history_uploads_by_id(asked) == [u for u in whole if u.id in (ids[2], ids[9])]
+    assert store.history_uploads_by_id([]) == []

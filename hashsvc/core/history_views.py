@@ -34,10 +34,11 @@ _NIBBLES[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dty
 assert bytes(_PREFIX[_NAME_AT : _NAME_AT + len(_PDQ_NAME)]) == b'"pdq"'
 
 
-def read_pdq_views(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_pdq_views(texts: list[str] | list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(views as (n, 32) uint8 rows, each view's record index, whether each
-    record is odd: not read here, to be parsed)."""
-    parts = [t.encode() for t in texts]
+    record is odd: not read here, to be parsed). Texts as str or as their
+    UTF-8 bytes (as the store reads them for a hunt)."""
+    parts = [t.encode() if isinstance(t, str) else t for t in texts]
     bounds = np.zeros(len(parts) + 1, dtype=np.int64)
     np.cumsum([len(p) for p in parts], out=bounds[1:])
     buffer = np.frombuffer(b"".join(parts), dtype=np.uint8)

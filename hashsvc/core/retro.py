@@ -343,20 +343,13 @@ class RetroHunt:
         """scan()'s steps from the checkpoint to the run's end; False when
         it stopped before (the server stops, or another took the run)."""
         checkpoint = run.checkpoint
-        since = run.since
         while not self._stopping.is_set():
-            uploads = self.store.history_uploads(
-                checkpoint, run.last_history_id, self.settings.batch_records
-            )
-            if not uploads:
+            step = self._scan_step(run, scanner, checkpoint)
+            if step is None:
                 break
-            in_window = [u for u in uploads if u.time >= since]
-            for upload in scanner.candidates(in_window):
-                for hit in scanner.hits(upload):
-                    self._hold(run, upload, hit, scanner)
-            checkpoint = uploads[-1].id
+            checkpoint, scanned = step
             if not self.store.retro_progress(
-                run.id, checkpoint, len(uploads), self.settings.lease_seconds
+                run.id, checkpoint, scanned, self.settings.lease_seconds
             ):
                 log.warning("retro-hunt %d was taken over by another server", run.id)
                 return False
@@ -369,6 +362,34 @@ class RetroHunt:
             self.store.release_retro_run(run.id)
             return False
         return True
+
+    def _scan_step(
+        self, run: RetroRun, scanner: RetroScanner, checkpoint: int
+    ) -> tuple[int, int] | None:
+        """One batch of records after the checkpoint scanned and its hits
+        held: (the new checkpoint, records read), None past the run's end."""
+        limit = self.settings.batch_records
+        if scanner.reads_texts():
+            # PDQ only: the records' signals texts are read, and whole
+            # records only of the few that may match (half the reading)
+            rows = self.store.history_signal_texts(checkpoint, run.last_history_id, limit)
+            if not rows:
+                return None
+            since = to_micros(run.since)
+            in_window = [row for row in rows if row[1] >= since]
+            found = scanner.candidate_texts([row[2] for row in in_window])
+            candidates = self.store.history_uploads_by_id(in_window[i][0] for i in found)
+            last_id, read = rows[-1][0], len(rows)
+        else:
+            uploads = self.store.history_uploads(checkpoint, run.last_history_id, limit)
+            if not uploads:
+                return None
+            candidates = scanner.candidates([u for u in uploads if u.time >= run.since])
+            last_id, read = uploads[-1].id, len(uploads)
+        for upload in candidates:
+            for hit in scanner.hits(upload):
+                self._hold(run, upload, hit, scanner)
+        return last_id, read
 
     def _hunting_entries(self, entry_ids: Iterable[int]) -> list[EntryRecord]:
         """The run's entries that may still hunt: not removed, in an enabled

@@ -5,6 +5,7 @@ from their history records."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
 
@@ -14,7 +15,7 @@ from hashdb import EntryRecord, HistoryUpload, IndexedSignal, SetLookup
 from hashsvc.base.signals import PDQ, SIGNAL_TYPES, Signal
 from hashsvc.core.history_views import PDQ_BYTES, read_pdq_views
 from hashsvc.index.binary import BinaryIndex, signal_id
-from hashsvc.index.flat_scan import FlatScan
+from hashsvc.index.bound_scan import any_within_scan
 from hashsvc.index.live import LiveIndex
 from hashsvc.matching.matcher import Match, Matcher
 from hashsvc.matching.policy import BLOCK, REVIEW, LocalFeatureMatching, Policy
@@ -53,16 +54,18 @@ class RetroScanner:
         pdq = list(self.source.iter_signals([PDQ.name]))
         flat.add([signal_id(s.entry_id, s.variant_no) for s in pdq], [s.value for s in pdq])
         self.index.indexes[PDQ.name] = flat
-        # which uploads may match at all: the whole history goes through it
-        # (hashsvc/index/flat_scan.py); the few that may are matched above
-        self.pdq_scan = FlatScan(
-            np.frombuffer(b"".join(s.value for s in pdq), dtype=np.uint8).reshape(-1, PDQ_BYTES)
-        )
         self.matcher = Matcher(self.index, self.source, policy, local=local)
         # the signal kinds the new entries hold: no other kind can match
         self.kinds = {sig.kind for e in entries for sig in e.signals}
         hunting_sets = [s for s in self.index.sets_by_id.values() if s.id in self.set_ids]
         self.pdq_radius = policy.search_radius(hunting_sets, PDQ.name)
+        # which uploads may match at all: the whole history goes through it
+        # (hashsvc/index/bound_scan.py, chosen for the radius); the few that
+        # may are matched above
+        self.pdq_scan = any_within_scan(
+            np.frombuffer(b"".join(s.value for s in pdq), dtype=np.uint8).reshape(-1, PDQ_BYTES),
+            self.pdq_radius,
+        )
 
     def signals_of(self, upload: HistoryUpload) -> list[Signal]:
         return history_signals(upload.query_signals)
@@ -95,6 +98,22 @@ class RetroScanner:
             found = self.pdq_scan.any_within(views, self.pdq_radius, self.pool, self.parts)
             out.update(owners[found].tolist())
         return [uploads[i] for i in sorted(out)]
+
+    def reads_texts(self) -> bool:
+        """Whether candidate_texts can judge the new entries' kinds (PDQ
+        only: the views are read out of the texts); else candidates."""
+        return self.kinds <= {PDQ.name}
+
+    def candidate_texts(self, texts: list[bytes]) -> list[int]:
+        """candidates() of records given as their query_signals texts (UTF-8
+        bytes, HistoryStore.history_signal_texts), PDQ-only runs: the indexes
+        of those that may match a new entry, in order."""
+        views, owners, unread = pdq_views_of_texts(texts)
+        out = set(unread)
+        if len(views) and len(self.pdq_scan):
+            found = self.pdq_scan.any_within(views, self.pdq_radius, self.pool, self.parts)
+            out.update(owners[found].tolist())
+        return sorted(out)
 
     def _parsed_views(
         self, uploads: list[HistoryUpload], out: set[int]
@@ -130,11 +149,23 @@ def pdq_views(uploads: list[HistoryUpload]) -> tuple[np.ndarray, np.ndarray, lis
     compared here: the matcher judges them). Read out of the stored text
     (hashsvc/core/history_views.py); a record not written as the history
     writes it is parsed."""
-    views, owners, odd = read_pdq_views([u.signals_text for u in uploads])
+    return pdq_views_of_texts([u.signals_text for u in uploads])
+
+
+def pdq_views_of_texts(
+    texts: list[str] | list[bytes],
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """pdq_views of the records' query_signals texts (str, or UTF-8 bytes)."""
+    views, owners, odd = read_pdq_views(texts)
     unread: list[int] = []
     parsed: list[tuple[int, bytes]] = []
     for i in np.flatnonzero(odd).tolist():
-        for sig in uploads[i].query_signals:
+        try:
+            signals = json.loads(texts[i])
+        except ValueError:
+            unread.append(i)  # not JSON: the matcher fails the run on it
+            continue
+        for sig in signals:
             if sig.get("signal_type") != PDQ.name or not sig.get("value"):
                 continue
             try:
