@@ -33,10 +33,12 @@ run: install
 samples: install
 	$(BIN)/python scripts/make_samples.py samples
 
-# The layers first (contracts in pyproject.toml), then the suite.
+# The layers first (contracts in pyproject.toml), then the suite. A module's
+# tests run on one worker (--dist loadfile): handed out one by one, both workers
+# made each module's fixtures (test_video's media, test_access's servers) again.
 test: install
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: install
 	$(BIN)/lint-imports --no-cache

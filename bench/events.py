@@ -2,7 +2,7 @@
 from an event's commit to its arrival (issue 20: 1,000 events/s, p99 < 1 s).
 
     .venv/bin/python bench/events.py             # 30 s at 1,000 events/s, SQLite and PostgreSQL
-    .venv/bin/python bench/events.py --short     # 5 s (CI)
+    .venv/bin/python bench/events.py --short     # 2 s (CI)
     .venv/bin/python bench/events.py --rate 2000 --store postgresql
 
 Eight writer threads append events to the outbox at the target rate, one
@@ -114,12 +114,12 @@ def _created(body: dict) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--short", action="store_true", help="5 s per store (CI)")
+    parser.add_argument("--short", action="store_true", help="2 s per store (CI)")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--rate", type=float, default=1000.0, help="events written per second")
     parser.add_argument("--store", choices=["sqlite", "postgresql", "both"], default="both")
     args = parser.parse_args()
-    seconds = 5.0 if args.short else args.seconds
+    seconds = 2.0 if args.short else args.seconds
     stores = ["sqlite", "postgresql"] if args.store == "both" else [args.store]
     failed = False
     for kind in stores:

@@ -1,7 +1,7 @@
 """Load test: concurrent clients sending Match to real `hashsvc serve` processes
 on loopback, first one replica, then two over the same PostgreSQL.
 
-    .venv/bin/python bench/loadtest.py --short     # 10 s a phase (CI, < 90 s)
+    .venv/bin/python bench/loadtest.py --short     # 5 s a phase (CI, < 60 s)
     .venv/bin/python bench/loadtest.py             # 30 s a phase
     .venv/bin/python bench/loadtest.py --clients 16 --seconds 60 --workers 2
     .venv/bin/python bench/loadtest.py --mix image=50,video=20,audio=20,pdf=10
@@ -242,7 +242,7 @@ def report(sent: list[Sent], wall: float, kinds: list[str]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--short", action="store_true", help="10 s a phase, fewer media (CI)")
+    parser.add_argument("--short", action="store_true", help="5 s a phase, fewer media (CI)")
     parser.add_argument("--seconds", type=float, default=0)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", type=int, default=0, help="hashing workers a replica")
@@ -253,7 +253,7 @@ def main() -> None:
         help=f"shares of the uploads by media kind (default {DEFAULT_MIX})",
     )
     args = parser.parse_args()
-    seconds = args.seconds or (10 if args.short else 30)
+    seconds = args.seconds or (5 if args.short else 30)
     cores = os.cpu_count() or 1
     kinds = list(args.mix)
 

@@ -2,7 +2,7 @@
 PDQ views each, and Match latency while a hunt runs.
 
     .venv/bin/python bench/retro.py            # 200k uploads (extrapolated to 10M)
-    .venv/bin/python bench/retro.py --short    # 20k uploads, fewer Match calls (CI)
+    .venv/bin/python bench/retro.py --short    # 10k uploads, fewer Match calls (CI)
     .venv/bin/python bench/retro.py --threads 2  # the comparison on 2 threads (retro_threads)
 
 The history rows are synthetic (random PDQ views, as many as an upload's
@@ -123,8 +123,8 @@ def main() -> None:
     parser.add_argument("--match-seconds", type=float, default=0)
     parser.add_argument("--threads", type=int, default=1, help="retro_threads")
     args = parser.parse_args()
-    uploads = args.uploads or (20_000 if args.short else 200_000)
-    match_seconds = args.match_seconds or (3.0 if args.short else 10.0)
+    uploads = args.uploads or (10_000 if args.short else 200_000)
+    match_seconds = args.match_seconds or (1.5 if args.short else 10.0)
 
     search_on_this_thread()  # Match's FAISS searches, as a gRPC thread runs them
     tmp = tempfile.mkdtemp(prefix="bench-retro-")

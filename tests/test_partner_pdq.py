@@ -36,13 +36,20 @@ def _pytx_pdq(path) -> tuple[bytes, int]:
 
 
 @pytest.fixture(scope="module")
-def partner_set(module_store_url, make_module_harness):
+def partner_hashes() -> dict[str, tuple[bytes, int]]:
+    """The pytx-style hash of every vector picture by its path in the vectors,
+    hashed once for both stores (full resolution: most of the module's time)."""
+    return {str(p.relative_to(VECTORS)): _pytx_pdq(p) for p in _pictures()}
+
+
+@pytest.fixture(scope="module")
+def partner_set(module_store_url, make_module_harness, partner_hashes):
     """A server whose set "partner" holds the pytx-style hash of every vector
     picture, one entry per file (entry name: its path in the vectors)."""
     harness = make_module_harness(module_store_url, max_upload_bytes=64 << 20)
     stubs, md = harness.stubs("operator")
     stubs.curation.CreateSet(pb.CreateSetRequest(name="partner"), metadata=md)
-    hashes = {str(p.relative_to(VECTORS)): _pytx_pdq(p) for p in _pictures()}
+    hashes = partner_hashes
     rows = pb.BulkRows(
         signal_type=["pdq"] * len(hashes),
         value=[value for value, _ in hashes.values()],
