@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -669,3 +670,33 @@ def test_a_hit_committed_without_its_history_record_gets_it_on_resume(store_url,
     assert record.detail["review_id"] == review_id and record.detail["request_id"] == "up-1"
     assert len(core.store.retro_matches_of(run.id)) == 1
     assert core.store.get_review_item(review_id).source == "retro"
+
+
+def test_a_hunt_cut_by_the_store_closing_at_stop_is_not_failed(store_url, make_core, monkeypatch):
+    """A step still running when the server closes its store (stop() waits a
+    bounded time) fails on the closed store: the run is left at its
+    checkpoint for the next server, never marked failed (a failed run would
+    never look at those uploads again)."""
+    from hashsvc.core import retro
+
+    started = threading.Event()
+
+    def slow_scan(self, run):
+        started.set()
+        self._stopping.wait(30)
+        raise RuntimeError("Cannot operate on a closed database.")
+
+    monkeypatch.setattr(retro.RetroHunt, "scan", slow_scan)
+    core = make_core(store_url, retro_poll_seconds=0.2)
+    known = bytes(range(32))
+    _history_upload(core.store, Signal("pdq", known, 90), 0.5, request_id="up-1")
+    core.curation.create_set("s")
+    core.curation.add_entry("s", "e", {}, "op", signal=("pdq", known.hex(), None))
+    assert started.wait(30)
+    make_core.stop(core)
+    probe = open_store(store_url)
+    try:
+        (run,) = probe.list_retro_runs()
+    finally:
+        probe.close()
+    assert run.state in ("running", "queued"), (run.state, run.error)

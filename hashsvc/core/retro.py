@@ -300,6 +300,13 @@ class RetroHunt:
             try:
                 self.scan(run)
             except Exception as exc:
+                if self._stopping.is_set():
+                    # The server stopped under the step (its store closed after
+                    # stop()'s wait): not a failed hunt. The run stays claimed
+                    # at its checkpoint and resumes when its lease expires; a
+                    # FAILED run would never look at those uploads again.
+                    log.warning("retro-hunt %d cut by the server stopping: %s", run.id, exc)
+                    return
                 log.exception("retro-hunt %d failed", run.id)
                 try:
                     self.store.finish_retro_run(run.id, FAILED, str(exc))
