@@ -117,6 +117,7 @@ class Core:
             config.retro_settings(),
             local=config.local_features,
             pdq_review_search=config.pdq_review_search,
+            store_url=config.db_url,
         )
         self.curation.on_entries_added = self.retro.entries_added
         self.flood = FloodCounter(
