@@ -90,16 +90,24 @@ def _plant(core) -> set[str]:
     return planted
 
 
-def _hunt(core, seconds: float = 60):
-    """A run by hand over the whole planted history, waited for (bounded)."""
-    run = core.retro.start_run("test-operator", "isis", since_seconds=(HOURS + 2) * 3600)
+def _start(core):
+    """A run by hand over the whole planted history."""
+    return core.retro.start_run("test-operator", "isis", since_seconds=(HOURS + 2) * 3600)
+
+
+def _wait(core, run_id: int, seconds: float = 60):
+    """The run once it has ended (bounded)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        run = core.store.get_retro_run(run.id)
+        run = core.store.get_retro_run(run_id)
         if run.state not in ("queued", "running"):
             return run
         time.sleep(0.05)
-    raise AssertionError(f"retro run {run.id} still {run.state} after {seconds} s")
+    raise AssertionError(f"retro run {run_id} still {run.state} after {seconds} s")
+
+
+def _hunt(core):
+    return _wait(core, _start(core).id)
 
 
 def _hits(core, run) -> set[tuple[int, str, str]]:
@@ -164,7 +172,7 @@ def test_worker_killed_mid_run_still_reports_every_hit_once(make_core, pg_url, c
     )
     expected = _plant(core)
     pids = client.run(os.getpid)
-    run = core.retro.start_run("test-operator", "isis", since_seconds=(HOURS + 2) * 3600)
+    run = _start(core)
     killed = None
     deadline = time.monotonic() + 30
     while killed is None and time.monotonic() < deadline:
@@ -175,7 +183,7 @@ def test_worker_killed_mid_run_still_reports_every_hit_once(make_core, pg_url, c
                 break
         time.sleep(0.01)
     assert killed is not None, "no partition was seen running"
-    run = _hunt(core)
+    run = _wait(core, run.id)
     assert (run.state, run.error) == ("done", "")
     assert {r for _, r, _ in _hits(core, run)} == expected and run.hits == len(PLANTED)
     assert all(p.done for p in core.store.retro_partitions(run.id))
@@ -201,11 +209,7 @@ def test_unreachable_scheduler_fails_the_run_and_it_resumes(make_core, pg_url, c
     core = make_core(pg_url, **_dask(cluster))
     resumed = core.retro.resume_run(run.id)
     assert resumed.state == "queued" and resumed.error == ""
-    deadline = time.monotonic() + 60
-    while core.store.get_retro_run(run.id).state in ("queued", "running"):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    run = core.store.get_retro_run(run.id)
+    run = _wait(core, run.id)
     assert (run.state, run.hits) == ("done", len(PLANTED))
     assert {r for _, r, _ in _hits(core, run)} == expected
 
