@@ -8,6 +8,7 @@ workers are handed the store URL, and its password reaches no log."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -21,8 +22,11 @@ from distributed import Client, LocalCluster
 from hashdb import ReviewFilter
 from hashdb.bulk_sql import PlainSignals
 from hashsvc.base.signals import Signal
+from hashsvc.client import cli
 from hashsvc.core.retro_dask import PartitionScan
 from hashsvc.matching.policy import PdqPolicy
+from hashsvc.v1 import hashsvc_pb2 as pb
+from hashsvc_testing.image_media import encode, photo, reencoded
 from tests.conftest import PG_URL, _pg_schema
 
 HOURS = 72  # the planted history spans three days...
@@ -36,7 +40,7 @@ def cluster():
     """A local cluster of 2 worker processes (Dask's own), shared by the
     module's tests: its scheduler address is what a server is given."""
     with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     ) as local:
         yield local
 
@@ -263,3 +267,50 @@ def test_dask_engine_settings_are_checked():
     Config(
         db_url="sqlite:///h.db", retro_engine="dask", retro_scheduler_address="tcp://127.0.0.1:8786"
     )
+
+
+def test_retro_run_cli_on_dask_fails_then_resumes(
+    make_harness, pg_url, cluster, monkeypatch, capsys
+):
+    """Through the running service: `hashsvc retro run` on a server whose
+    scheduler cannot be reached exits 1 with the run failed and the reason;
+    `retro run --resume ID` on a server that reaches it finds the upload let
+    through; a run that did not fail does not resume."""
+    nowhere = "tcp://127.0.0.1:9"
+    harness = make_harness(
+        pg_url, **_dask(cluster, retro_scheduler_address=nowhere, retro_engine_connect_seconds=1)
+    )
+    ops, op_md = harness.stubs("operator")
+    m, m_md = harness.stubs("matcher")
+    ops.curation.CreateSet(pb.CreateSetRequest(name="isis"), metadata=op_md)
+    ops.curation.UpdateSet(pb.UpdateSetRequest(name="isis", retro_window_seconds=0), metadata=op_md)
+    copy = m.matcher.Match(
+        pb.MatchRequest(media=pb.Media(content=reencoded(photo(1))), client_ref="u1"),
+        metadata=m_md,
+    )
+    assert copy.decision == pb.ALLOW
+    ops.curation.AddEntry(
+        pb.AddEntryRequest(set="isis", name="poster", media=pb.Media(content=encode(photo(1)))),
+        metadata=op_md,
+    )
+    monkeypatch.setenv("HASHSVC_TOKEN", harness.tokens["operator"])
+    run_cmd = ["--server", harness.address, "retro", "run", "--json"]
+    assert cli.main([*run_cmd, "--set", "isis", "--since", "1d"]) == 1
+    failed = json.loads(capsys.readouterr().out)
+    assert failed["state"] == "failed" and failed["hits"] == 0
+    assert "cannot be reached" in failed["error"] and nowhere in failed["error"]
+    make_harness.stop(harness)
+
+    harness = make_harness(pg_url, **_dask(cluster))
+    monkeypatch.setenv("HASHSVC_TOKEN", harness.tokens["operator"])
+    run_cmd = ["--server", harness.address, "retro", "run", "--json"]
+    assert cli.main([*run_cmd, "--resume", str(failed["id"]), "--set", "isis"]) == 1
+    assert "INVALID_ARGUMENT" in capsys.readouterr().err
+    assert cli.main([*run_cmd, "--resume", str(failed["id"])]) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    assert (resumed["id"], resumed["state"], resumed["hits"]) == (failed["id"], "done", 1)
+    rev, rev_md = harness.stubs("reviewer")
+    items = rev.review.ListReviewItems(pb.ListReviewItemsRequest(), metadata=rev_md).items
+    assert [i.request_id for i in items if i.source == "retro"] == [copy.request_id]
+    assert cli.main([*run_cmd, "--resume", str(failed["id"])]) == 1
+    assert "FAILED_PRECONDITION" in capsys.readouterr().err

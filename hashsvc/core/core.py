@@ -463,6 +463,13 @@ class Core:
         )
         return run
 
+    def resume_retro_run(self, actor: str, run_id: int) -> RetroRun:
+        """A failed retro-hunt queued again (StartRetroRun resume_run_id), in
+        the history."""
+        run = self.retro.resume_run(run_id)
+        self.record_action("ResumeRetroRun", actor, {"run_id": run.id})
+        return run
+
     def prune_history(self, actor: str, before: datetime) -> int:
         """Drops the query signals of the history's records before `before`
         (what retro-hunts read; 18 views of an upload are most of a record):

@@ -243,7 +243,7 @@ class DaskRetroEngine:
                             n_workers=self.settings.workers,
                             threads_per_worker=1,
                             processes=True,
-                            dashboard_address=None,
+                            dashboard_address=":0",
                         )
                     address = self._cluster.scheduler_address
             return Client(address, timeout=self.settings.connect_seconds, set_as_default=False)
