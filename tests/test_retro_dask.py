@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
-from hashdb import ReviewFilter
+from hashdb import ReviewFilter, open_store
 from hashdb.bulk_sql import PlainSignals
 from hashsvc.base.signals import Signal
 from hashsvc.client import cli
@@ -314,3 +314,31 @@ def test_retro_run_cli_on_dask_fails_then_resumes(
     assert [i.request_id for i in items if i.source == "retro"] == [copy.request_id]
     assert cli.main([*run_cmd, "--resume", str(failed["id"])]) == 1
     assert "FAILED_PRECONDITION" in capsys.readouterr().err
+
+
+def test_run_survives_its_coordinator_stopping(make_core, pg_url, cluster):
+    """The server coordinating a run stops mid-run: the run goes back to
+    queued with its partitions done written down; the next server submits
+    only the others. Every hit once, and every record counted once (a
+    partition scanned twice would count its records twice)."""
+    config = _dask(cluster, retro_partition_seconds=3600, retro_batch_records=1)
+    core = make_core(pg_url, **config)
+    expected = _plant(core)
+    run = _start(core)
+    deadline = time.monotonic() + 60
+    while sum(p.done for p in core.store.retro_partitions(run.id)) < 5:
+        assert time.monotonic() < deadline, "no partition done"
+        time.sleep(0.02)
+    make_core.stop(core)
+    store = open_store(pg_url)
+    try:
+        stopped = store.get_retro_run(run.id)
+        parts = store.retro_partitions(run.id)
+    finally:
+        store.close()
+    assert stopped.state == "queued" and 5 <= sum(p.done for p in parts) < len(parts)
+
+    core = make_core(pg_url, **config)
+    run = _wait(core, run.id)
+    assert (run.state, run.hits, run.scanned) == ("done", len(PLANTED), UPLOADS)
+    assert {r for _, r, _ in _hits(core, run)} == expected

@@ -304,6 +304,7 @@ class DaskRetroEngine:
             done = {p.number for p in partitions if p.done}
             pending = set(futures)
             renew_every = max(0.05, self.lease_seconds / 3)
+            look_every = min(renew_every, 0.5)  # a stopping server is not kept waiting
             last_renewal = time.monotonic()
             while pending:
                 if stopping.is_set():
@@ -312,7 +313,7 @@ class DaskRetroEngine:
                 try:
                     with client.as_current():  # wait() asks for the current client
                         finished, pending = wait(
-                            pending, timeout=renew_every, return_when="FIRST_COMPLETED"
+                            pending, timeout=look_every, return_when="FIRST_COMPLETED"
                         )
                 except TimeoutError:
                     finished = set()  # none yet: the lease is renewed below
