@@ -107,11 +107,15 @@ def plan_partitions(
     planned = store.retro_partitions(run.id)
     if planned:
         return planned
+    # from the first upload to scan (a window wider than the history is cut
+    # where there is history, not in the years before it)
+    first = store.history_uploads(run.checkpoint, run.last_history_id, 1)
+    start = max(run.since, first[0].time) if first else run.since
     end = now or datetime.now(UTC)
-    span = max(0.0, (end - run.since).total_seconds())
+    span = max(0.0, (end - start).total_seconds())
     width = max(settings.partition_seconds, span / settings.max_partitions)
     boundaries = [
-        to_micros(run.since + timedelta(seconds=width * k))
+        to_micros(start + timedelta(seconds=width * k))
         for k in range(1, max(1, math.ceil(span / width)))
     ]
     inner = store.history_time_cuts(run.checkpoint, run.last_history_id, boundaries)
@@ -144,8 +148,10 @@ def scan_range(
 
 # -- on a worker
 
-# A worker process keeps its store and the scanner of the run it last
-# scanned: the partitions of one run arrive one after another.
+# A worker process keeps the store it last read and the scanner of the run
+# it last scanned: the partitions of one run arrive one after another. One
+# of each: a worker shared by several servers (stores) does not pile up
+# database connections.
 _worker_lock = threading.Lock()
 _worker_stores: dict[str, Store] = {}
 _worker_scanners: dict[tuple[str, int], RetroScanner] = {}
@@ -167,6 +173,10 @@ def _worker_scanner(scan: PartitionScan) -> tuple[Store, RetroScanner, RetroRun]
     with _worker_lock:
         store = _worker_stores.get(scan.store_url)
         if store is None:
+            for other in _worker_stores.values():
+                other.close()
+            _worker_stores.clear()
+            _worker_scanners.clear()
             # no history key: a worker reads the history, it never writes it
             store = open_store(scan.store_url, connect_timeout=scan.connect_seconds)
             _worker_stores[scan.store_url] = store
