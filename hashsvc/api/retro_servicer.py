@@ -25,14 +25,9 @@ class RetroServicer(pb_grpc.RetroServicer):
 
     @rpc
     def StartRetroRun(self, request, context):
-        if request.resume_run_id:
-            if request.set or request.since_seconds:
-                raise InvalidArgument(
-                    "resume_run_id resumes a run as it was: give no set or since",
-                    field="resume_run_id",
-                )
-            return self._info(self.core.resume_retro_run(caller_name(), request.resume_run_id))
-        run = self.core.start_retro_run(caller_name(), request.set, request.since_seconds)
+        run = self.core.start_retro_run(
+            caller_name(), request.set, request.since_seconds, request.resume_run_id
+        )
         return self._info(run)
 
     @rpc

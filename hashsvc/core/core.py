@@ -448,8 +448,21 @@ class Core:
         except Exception:
             log.exception("queueing the retro-hunt of a %s failed: left pending", pending.trigger)
 
-    def start_retro_run(self, actor: str, set_name: str = "", since_seconds: int = 0) -> RetroRun:
-        """A retro-hunt by hand (StartRetroRun, POST /v1/retro/runs), in the history."""
+    def start_retro_run(
+        self, actor: str, set_name: str = "", since_seconds: int = 0, resume_run_id: int = 0
+    ) -> RetroRun:
+        """A retro-hunt by hand (StartRetroRun, POST /v1/retro/runs), in the
+        history; or, with resume_run_id, a failed run queued again (it goes
+        on from its checkpoint: no set or window of its own)."""
+        if resume_run_id:
+            if set_name or since_seconds:
+                raise InvalidArgument(
+                    "resume_run_id resumes a run as it was: give no set or since",
+                    field="resume_run_id",
+                )
+            run = self.retro.resume_run(resume_run_id)
+            self.record_action("ResumeRetroRun", actor, {"run_id": run.id})
+            return run
         if since_seconds < 0:
             raise InvalidArgument(
                 "since_seconds must be 0 (the window) or more", field="since_seconds"
@@ -461,13 +474,6 @@ class Core:
             {"run_id": run.id, "set": set_name, "since_seconds": since_seconds},
             set_names=(set_name,) if set_name else (),
         )
-        return run
-
-    def resume_retro_run(self, actor: str, run_id: int) -> RetroRun:
-        """A failed retro-hunt queued again (StartRetroRun resume_run_id), in
-        the history."""
-        run = self.retro.resume_run(run_id)
-        self.record_action("ResumeRetroRun", actor, {"run_id": run.id})
         return run
 
     def prune_history(self, actor: str, before: datetime) -> int:
