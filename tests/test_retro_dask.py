@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
-from hashdb import ReviewFilter, open_store
+from hashdb import HistoryRecord, ReviewFilter, open_store
 from hashdb.bulk_sql import PlainSignals
+from hashdb.times import to_micros
 from hashsvc.base.signals import Signal
 from hashsvc.client import cli
-from hashsvc.core.retro_dask import PartitionScan
+from hashsvc.core.retro_dask import DaskSettings, PartitionScan, plan_partitions
 from hashsvc.matching.policy import PdqPolicy
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc_testing.image_media import encode, photo, reencoded
@@ -342,3 +343,40 @@ def test_run_survives_its_coordinator_stopping(make_core, pg_url, cluster):
     run = _wait(core, run.id)
     assert (run.state, run.hits, run.scanned) == ("done", len(PLANTED), UPLOADS)
     assert {r for _, r, _ in _hits(core, run)} == expected
+
+
+def test_partitions_tile_the_history_in_both_stores(store):
+    """The partitions of a run (hashdb/retro_sql.py), on SQLite and
+    PostgreSQL: cut at time boundaries into id ranges that tile the run,
+    planned once, marked done; only a failed run resumes."""
+    now = datetime.now(UTC)
+    ids = [
+        store.record_match(
+            HistoryRecord(
+                f"r{n}", now - timedelta(hours=10 - n), "c", "Match", "image", "allow", "OK"
+            )
+        )
+        for n in range(10)
+    ]
+    run = store.create_retro_run("manual", "op", None, [1], to_micros(now - timedelta(hours=11)))
+    run = store.claim_retro_run(60)
+    settings = DaskSettings(partition_seconds=3 * 3600)
+    parts = plan_partitions(store, run, settings, now=now)
+    # from the first record (10 h ago) in 3-hour steps: records 0-2, 3-5, 6-8, 9
+    assert [(p.after_id, p.upto_id) for p in parts] == [
+        (run.checkpoint, ids[2]),
+        (ids[2], ids[5]),
+        (ids[5], ids[8]),
+        (ids[8], ids[9]),
+    ]
+    assert plan_partitions(store, run, DaskSettings(partition_seconds=60), now=now) == parts
+    store.finish_retro_partition(run.id, 1, 3, 2)
+    assert [(p.done, p.scanned, p.hits) for p in store.retro_partitions(run.id)][:2] == [
+        (False, 0, 0),
+        (True, 3, 2),
+    ]
+    assert not store.resume_retro_run(run.id)  # running, not failed
+    store.finish_retro_run(run.id, "failed", "scheduler gone")
+    assert store.resume_retro_run(run.id)
+    resumed = store.get_retro_run(run.id)
+    assert (resumed.state, resumed.error, resumed.finished_at) == ("queued", "", None)
