@@ -199,8 +199,11 @@ def _hunting_entries(store: Store, run: RetroRun) -> list:
     """The run's entries that may hunt: not removed, in an enabled set that
     is not an allow list (the coordinator holds each hit to that again)."""
     out = []
+    sets: dict[int, object] = {}
     for entry in store.get_entries(run.entry_ids, with_signals=True).values():
-        hash_set = store.get_set_by_id(entry.set_id)
+        if entry.set_id not in sets:
+            sets[entry.set_id] = store.get_set_by_id(entry.set_id)
+        hash_set = sets[entry.set_id]
         if (
             entry.removed_at is None
             and hash_set is not None
