@@ -12,6 +12,11 @@ Dask runs on a local cluster of --workers processes that the server starts
 started and warmed (hashsvc imported) before the clock starts. Printed per
 engine: wall time, uploads/s, the server's CPU and the workers' CPU
 (reaped child processes), hits.
+
+Measured (200k uploads, 10k hashes, 2 cores under a load of ~26): in
+process 120.9 s wall, 9.3 s CPU; Dask 2 workers, 32 partitions: 252.4 s
+wall, 13.9 s server CPU, 32.0 s workers' CPU (whole life); 200/200 hits on
+both, the same ones.
 """
 
 from __future__ import annotations
