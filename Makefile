@@ -61,6 +61,7 @@ bench: install
 	$(BIN)/python bench/console.py
 	$(BIN)/python bench/events.py
 	$(BIN)/python bench/retro.py
+	$(BIN)/python bench/retro_dask.py
 	$(BIN)/python bench/exchange.py
 
 # The same in a few minutes, as CI runs them.
@@ -79,6 +80,7 @@ bench-short: install
 	$(BIN)/python bench/console.py --short
 	$(BIN)/python bench/events.py --short
 	$(BIN)/python bench/retro.py --short
+	$(BIN)/python bench/retro_dask.py --short
 
 clean:
 	rm -rf $(VENV) hashsvc/v1/*_pb2*.py* .pytest_cache

@@ -640,3 +640,26 @@ def _retro_durable(serial: str) -> list[str]:
 
 SQLITE.append(_retro_durable("INTEGER PRIMARY KEY AUTOINCREMENT"))
 POSTGRES.append(_retro_durable("BIGSERIAL PRIMARY KEY"))
+
+
+# Issue 20 (Scale): a retro-hunt run on an engine (retro_engine = "dask") is
+# cut into partitions, each a range of history ids cut at time boundaries.
+# A partition done is written down with its count, after its hits are in:
+# a coordinator that restarts skips those and resubmits the others.
+def _retro_partitions() -> list[str]:
+    return [
+        """CREATE TABLE retro_partitions (
+            run_id BIGINT NOT NULL,
+            number INTEGER NOT NULL,
+            after_id BIGINT NOT NULL,
+            upto_id BIGINT NOT NULL,
+            done BOOLEAN NOT NULL DEFAULT FALSE,
+            scanned BIGINT NOT NULL DEFAULT 0,
+            hits BIGINT NOT NULL DEFAULT 0,
+            finished_at BIGINT,
+            PRIMARY KEY (run_id, number))""",
+    ]
+
+
+SQLITE.append(_retro_partitions())
+POSTGRES.append(_retro_partitions())

@@ -307,6 +307,21 @@ class RetroRun:
 
 
 @dataclass(frozen=True)
+class RetroPartition:
+    """One task of a run on an engine (retro_engine = "dask"): the history
+    records after_id < id <= upto_id, cut at a time boundary; done once its
+    hits are recorded."""
+
+    run_id: int
+    number: int
+    after_id: int
+    upto_id: int
+    done: bool = False
+    scanned: int = 0
+    hits: int = 0
+
+
+@dataclass(frozen=True)
 class HistoryUpload:
     """What a retro-hunt reads of one Match record in the history."""
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from hashdb.model import HistoryUpload, NewEvent, RetroPending, RetroRun
+from hashdb.model import HistoryUpload, NewEvent, RetroPartition, RetroPending, RetroRun
 from hashdb.review_sql import insert_review_item, with_review_id
 from hashdb.times import from_micros, now_micros
 
@@ -155,6 +155,68 @@ class RetroSQL:
             cur.execute(
                 "UPDATE retro_runs SET state = ?, error = ?, finished_at = ? WHERE id = ?",
                 (state, error[:1000], now_micros(), run_id),
+            )
+
+    def resume_retro_run(self, run_id: int) -> bool:
+        """A failed run queued again: it goes on from its checkpoint (and,
+        on an engine, skips its partitions done); False unless it failed."""
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE retro_runs SET state = ?, error = '', finished_at = NULL, lease_until = 0"
+                " WHERE id = ? AND state = ? RETURNING id",
+                (QUEUED, run_id, FAILED),
+            )
+            return cur.fetchone() is not None
+
+    # -- a run's partitions (on an engine: hashsvc/core/retro_dask.py)
+
+    def history_time_cuts(self, after_id: int, upto_id: int, times: list[int]) -> list[int]:
+        """For each time (microseconds, ascending), the id before the first
+        record at or after it within after_id < id <= upto_id (upto_id when
+        none is): the after_id of the partition that starts there."""
+        cuts = []
+        with self._read() as cur:
+            for at in times:
+                cur.execute(
+                    "SELECT MIN(id) FROM match_history WHERE id > ? AND id <= ? AND time >= ?",
+                    (after_id, upto_id, at),
+                )
+                first = cur.fetchone()[0]
+                cuts.append(upto_id if first is None else first - 1)
+        return cuts
+
+    def plan_retro_partitions(self, run_id: int, cuts: list[tuple[int, int]]) -> None:
+        """The run's partitions, numbered in order; a run planned before
+        (a coordinator that restarted) keeps its own."""
+        with self._write() as cur:
+            cur.execute("SELECT COUNT(*) FROM retro_partitions WHERE run_id = ?", (run_id,))
+            if cur.fetchone()[0]:
+                return
+            for number, (after_id, upto_id) in enumerate(cuts):
+                cur.execute(
+                    "INSERT INTO retro_partitions (run_id, number, after_id, upto_id)"
+                    " VALUES (?, ?, ?, ?)",
+                    (run_id, number, after_id, upto_id),
+                )
+
+    def retro_partitions(self, run_id: int) -> list[RetroPartition]:
+        with self._read() as cur:
+            cur.execute(
+                "SELECT run_id, number, after_id, upto_id, done, scanned, hits"
+                " FROM retro_partitions WHERE run_id = ? ORDER BY number",
+                (run_id,),
+            )
+            return [
+                RetroPartition(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6])
+                for r in cur.fetchall()
+            ]
+
+    def finish_retro_partition(self, run_id: int, number: int, scanned: int, hits: int) -> None:
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE retro_partitions SET done = ?, scanned = ?, hits = ?, finished_at = ?"
+                " WHERE run_id = ? AND number = ?",
+                (True, scanned, hits, now_micros(), run_id, number),
             )
 
     # -- what a run reads

@@ -22,6 +22,7 @@ from hashdb.model import (
     NewEntry,
     NewEvent,
     OutboxEvent,
+    RetroPartition,
     RetroPending,
     RetroRun,
     ReviewFilter,
@@ -445,6 +446,20 @@ class RetroStore(Protocol):
     def retro_matches_of(self, run_id: int) -> list[tuple[int, str, str, int | None]]: ...
 
     def set_retro_window(self, set_id: int, seconds: int | None) -> None: ...
+
+    def resume_retro_run(self, run_id: int) -> bool:
+        """A failed run queued again (from its checkpoint and partitions)."""
+
+    def history_time_cuts(self, after_id: int, upto_id: int, times: list[int]) -> list[int]:
+        """For each time (microseconds), the last id before its first record
+        after_id < id <= upto_id (a partition's after_id)."""
+
+    def plan_retro_partitions(self, run_id: int, cuts: list[tuple[int, int]]) -> None:
+        """The run's partitions, (after_id, upto_id) each; kept if planned before."""
+
+    def retro_partitions(self, run_id: int) -> list[RetroPartition]: ...
+
+    def finish_retro_partition(self, run_id: int, number: int, scanned: int, hits: int) -> None: ...
 
 
 class ExchangeStore(Protocol):

@@ -403,6 +403,11 @@ def test_retro_hunt_and_events_over_http(sqlite_server):
         assert run["created_at"].endswith("Z") and run["finished_at"].endswith("Z")
         _error(op.post("/v1/retro/runs", json={"since_seconds": -1}), 400, "INVALID_ARGUMENT")
         _error(op.get("/v1/retro/runs/999999"), 404, "NOT_FOUND")
+        # only a failed run resumes (tests/test_retro_dask.py resumes one), as it was
+        resume = {"resume_run_id": run_id}
+        _error(op.post("/v1/retro/runs", json=resume), 409, "FAILED_PRECONDITION")
+        _error(op.post("/v1/retro/runs", json={**resume, "set": "x"}), 400, "INVALID_ARGUMENT")
+        _error(op.post("/v1/retro/runs", json={"resume_run_id": 999999}), 404, "NOT_FOUND")
     with sqlite_server.client("auditor") as auditor:
         events = auditor.get("/v1/events", params={"from": 1}).json()["events"]
         told = [e for e in events if e["type"] == "retro_match"]

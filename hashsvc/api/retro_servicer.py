@@ -25,7 +25,9 @@ class RetroServicer(pb_grpc.RetroServicer):
 
     @rpc
     def StartRetroRun(self, request, context):
-        run = self.core.start_retro_run(caller_name(), request.set, request.since_seconds)
+        run = self.core.start_retro_run(
+            caller_name(), request.set, request.since_seconds, request.resume_run_id
+        )
         return self._info(run)
 
     @rpc

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from hashsvc.base.addresses import is_loopback
 from hashsvc.base.errors import InvalidArgument
@@ -19,6 +20,8 @@ from hashsvc.matching.policy import LocalFeatureMatching, PdqPolicy
 from hashsvc.media.limits import AudioLimits, ImageLimits, PdfLimits, VideoLimits
 from hashsvc.media.spool import Spool
 
+# Where retro-hunt runs are scanned (Config.retro_engine).
+RETRO_ENGINES = ("inprocess", "dask")
 # Threads a retro-hunt compares views on (more than the cores only waits).
 MAX_RETRO_THREADS = 64
 
@@ -374,6 +377,20 @@ class Config:
     retro_pause_seconds: float = 0.0
     retro_nice: int = 10
     retro_threads: int = 1
+    # Where runs are scanned (hashsvc/core/retro_dask.py): "inprocess", the
+    # default (the server's hunting thread), or "dask": one task per
+    # partition of the history (time ranges of retro_partition_seconds, at
+    # most retro_max_partitions) on Dask's distributed scheduler at
+    # retro_scheduler_address (empty: a local cluster of retro_dask_workers
+    # processes). Needs `pip install hashsvc[dask]`; workers read the store
+    # at db_url, so a remote scheduler needs PostgreSQL.
+    retro_engine: str = "inprocess"
+    retro_scheduler_address: str = ""
+    retro_dask_workers: int = 2
+    retro_partition_seconds: float = 3600.0
+    retro_max_partitions: int = 1000
+    retro_engine_connect_seconds: float = 10.0
+    retro_task_retries: int = 2
     # Keep uploads' local features (~18 KB a picture) in the history, so a
     # retro-hunt can match crops and collages too. Off: the history keeps
     # their size and SHA-256 (README, Retro-hunt: the cost per day).
@@ -436,9 +453,19 @@ class Config:
             raise ValueError("retro_nice must be within 0..19")
         if not 1 <= self.retro_threads <= MAX_RETRO_THREADS:
             raise ValueError(f"retro_threads must be within 1..{MAX_RETRO_THREADS}")
+        for name in ("retro_dask_workers", "retro_max_partitions"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("retro_partition_seconds", "retro_engine_connect_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be more than 0")
+        if self.retro_task_retries < 0:
+            raise ValueError("retro_task_retries must be 0 or more")
+        check_retro_engine(self.retro_engine, self.retro_scheduler_address, self.db_url)
 
     def retro_settings(self):
         from hashsvc.core.retro import RetroSettings
+        from hashsvc.core.retro_dask import DaskSettings
 
         return RetroSettings(
             window_seconds=self.retro_window,
@@ -450,6 +477,15 @@ class Config:
             pause_seconds=self.retro_pause_seconds,
             nice=self.retro_nice,
             threads=self.retro_threads,
+            engine=self.retro_engine,
+            dask=DaskSettings(
+                scheduler_address=self.retro_scheduler_address,
+                workers=self.retro_dask_workers,
+                partition_seconds=self.retro_partition_seconds,
+                max_partitions=self.retro_max_partitions,
+                connect_seconds=self.retro_engine_connect_seconds,
+                task_retries=self.retro_task_retries,
+            ),
         )
 
     def _check_transport(self) -> None:
@@ -583,3 +619,32 @@ def new_spool(config: Config) -> Spool:
         config.spool_max_bytes,
         config.max_uploads_per_token,
     )
+
+
+def check_retro_engine(engine: str, scheduler_address: str, db_url: str) -> None:
+    """Refuses an engine setting that cannot work (Config, at start)."""
+    if engine not in RETRO_ENGINES:
+        raise ValueError(f"retro_engine must be one of {', '.join(RETRO_ENGINES)}")
+    if engine != "dask":
+        return
+    try:
+        import distributed  # noqa: F401
+    except ImportError as exc:
+        raise ValueError(
+            'retro_engine = "dask" needs Dask\'s scheduler: pip install "hashsvc[dask]"'
+        ) from exc
+    if scheduler_address and "://" not in scheduler_address:
+        raise ValueError("retro_scheduler_address must be a URL: tcp://HOST:PORT or tls://...")
+    if db_url.startswith("sqlite:"):
+        if ":memory:" in db_url or db_url.rstrip("/") == "sqlite:":
+            raise ValueError(
+                'retro_engine = "dask" cannot use an in-memory SQLite store: the workers'
+                " are other processes and would each see an empty database"
+            )
+        if scheduler_address and not is_loopback(urlsplit(scheduler_address).netloc):
+            raise ValueError(
+                'retro_engine = "dask" with a remote scheduler needs PostgreSQL: a SQLite'
+                " file is on this machine only, and workers elsewhere would read another"
+                " file or none (a local cluster, retro_scheduler_address empty or on"
+                " loopback, shares the file)"
+            )

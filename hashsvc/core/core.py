@@ -117,6 +117,7 @@ class Core:
             config.retro_settings(),
             local=config.local_features,
             pdq_review_search=config.pdq_review_search,
+            store_url=config.db_url,
         )
         self.curation.on_entries_added = self.retro.entries_added
         self.flood = FloodCounter(
@@ -447,8 +448,21 @@ class Core:
         except Exception:
             log.exception("queueing the retro-hunt of a %s failed: left pending", pending.trigger)
 
-    def start_retro_run(self, actor: str, set_name: str = "", since_seconds: int = 0) -> RetroRun:
-        """A retro-hunt by hand (StartRetroRun, POST /v1/retro/runs), in the history."""
+    def start_retro_run(
+        self, actor: str, set_name: str = "", since_seconds: int = 0, resume_run_id: int = 0
+    ) -> RetroRun:
+        """A retro-hunt by hand (StartRetroRun, POST /v1/retro/runs), in the
+        history; or, with resume_run_id, a failed run queued again (it goes
+        on from its checkpoint: no set or window of its own)."""
+        if resume_run_id:
+            if set_name or since_seconds:
+                raise InvalidArgument(
+                    "resume_run_id resumes a run as it was: give no set or since",
+                    field="resume_run_id",
+                )
+            run = self.retro.resume_run(resume_run_id)
+            self.record_action("ResumeRetroRun", actor, {"run_id": run.id})
+            return run
         if since_seconds < 0:
             raise InvalidArgument(
                 "since_seconds must be 0 (the window) or more", field="since_seconds"

@@ -28,7 +28,7 @@ import os
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from hashdb import (
@@ -47,7 +47,8 @@ from hashsvc.base.retro_json import retro_run_json
 from hashsvc.base.signals import Signal, signal_json
 from hashsvc.core import events
 from hashsvc.core.audit import SYSTEM_ACTOR, Audit
-from hashsvc.core.retro_scan import RetroScanner
+from hashsvc.core.retro_dask import DaskRetroEngine, DaskSettings
+from hashsvc.core.retro_scan import RetroScanner, history_signals, scan_batch
 from hashsvc.index.binary import search_on_this_thread
 from hashsvc.index.live import LiveIndex
 from hashsvc.matching.feedback import Feedback
@@ -92,6 +93,11 @@ class RetroSettings:
     # thread and threads-1 more, each at `nice`). 1 leaves the other cores
     # to Match; each more makes a run faster on cores that are free.
     threads: int = 1
+    # Where runs are scanned: "inprocess" (this thread and its helpers) or
+    # "dask" (one task per partition of the history on a Dask cluster,
+    # hashsvc/core/retro_dask.py; `dask` then says where).
+    engine: str = "inprocess"
+    dask: DaskSettings = field(default_factory=DaskSettings)
 
 
 class RetroHunt:
@@ -106,6 +112,7 @@ class RetroHunt:
         settings: RetroSettings,
         local: LocalFeatureMatching | None = None,
         pdq_review_search: str | None = None,
+        store_url: str = "",
     ) -> None:
         self.store = store
         self.live = live
@@ -119,6 +126,19 @@ class RetroHunt:
         self.wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # runs scanned on Dask: the workers open the store from its URL
+        self.engine: DaskRetroEngine | None = None
+        if settings.engine == "dask":
+            self.engine = DaskRetroEngine(
+                store,
+                store_url,
+                settings.dask,
+                policy.pdq,
+                local,
+                pdq_review_search,
+                settings.batch_records,
+                settings.lease_seconds,
+            )
 
     # -- triggers
 
@@ -261,6 +281,18 @@ class RetroHunt:
         self.live.catch_up()
         return self.store.get_set_by_id(hash_set.id)
 
+    def resume_run(self, run_id: int) -> RetroRun:
+        """A failed run queued again: it goes on from its checkpoint (on an
+        engine: its partitions not done); hits found before stay reported
+        once."""
+        run = self.get_run(run_id)
+        if not self.store.resume_retro_run(run_id):
+            raise FailedPrecondition(
+                f"retro run {run_id} is {run.state}: only a failed run resumes"
+            )
+        self.wake.set()
+        return self.get_run(run_id)
+
     def list_runs(self, after_id: int = 0, limit: int = 100) -> list[RetroRun]:
         return self.store.list_retro_runs(after_id, limit)
 
@@ -282,6 +314,8 @@ class RetroHunt:
         self.wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self.engine is not None:
+            self.engine.close()
 
     def _work(self) -> None:
         lower_priority(self.settings.nice)
@@ -321,7 +355,17 @@ class RetroHunt:
         search_on_this_thread()  # not on OpenMP's threads: retro_threads says how many
         self.live.catch_up()  # the index the hits are held to knows the new entries
         entries = self._hunting_entries(run.entry_ids)
-        if entries:
+        if entries and self.engine is not None:
+            # the partitions are scanned by the engine's workers, the hits
+            # held and recorded here, as below
+            def hold(upload: HistoryUpload, hit: Match) -> None:
+                self._hold(run, upload, hit, history_signals(upload.query_signals))
+
+            if not self.engine.run(run, hold, self._stopping):
+                if self._stopping.is_set():
+                    self.store.release_retro_run(run.id)
+                return
+        elif entries:
             helpers = self.settings.threads - 1
             pool = None
             if helpers:
@@ -375,27 +419,16 @@ class RetroHunt:
     ) -> tuple[int, int] | None:
         """One batch of records after the checkpoint scanned and its hits
         held: (the new checkpoint, records read), None past the run's end."""
-        limit = self.settings.batch_records
-        if scanner.reads_texts():
-            # PDQ only: the records' signals texts are read, and whole
-            # records only of the few that may match (half the reading)
-            rows = self.store.history_signal_texts(checkpoint, run.last_history_id, limit)
-            if not rows:
-                return None
-            since = to_micros(run.since)
-            in_window = [row for row in rows if row[1] >= since]
-            found = scanner.candidate_texts([row[2] for row in in_window])
-            candidates = self.store.history_uploads_by_id(in_window[i][0] for i in found)
-            last_id, read = rows[-1][0], len(rows)
-        else:
-            uploads = self.store.history_uploads(checkpoint, run.last_history_id, limit)
-            if not uploads:
-                return None
-            candidates = scanner.candidates([u for u in uploads if u.time >= run.since])
-            last_id, read = uploads[-1].id, len(uploads)
-        for upload in candidates:
-            for hit in scanner.hits(upload):
-                self._hold(run, upload, hit, scanner)
+        batch = scan_batch(
+            self.store, scanner, run.since, checkpoint, run.last_history_id,
+            self.settings.batch_records,
+        )  # fmt: skip
+        if batch is None:
+            return None
+        last_id, read, found = batch
+        for upload, hits in found:
+            for hit in hits:
+                self._hold(run, upload, hit, scanner.signals_of(upload))
         return last_id, read
 
     def _hunting_entries(self, entry_ids: Iterable[int]) -> list[EntryRecord]:
@@ -408,12 +441,13 @@ class RetroHunt:
                 out.append(entry)
         return out
 
-    def _hold(self, run: RetroRun, upload: HistoryUpload, hit: Match, scanner) -> None:
+    def _hold(
+        self, run: RetroRun, upload: HistoryUpload, hit: Match, signals: list[Signal]
+    ) -> None:
         """The hit as Match would decide it today: allow lists and
         false-positive verdicts applied, the entry still there, its set still
         enabled; then recorded."""
         allow_ids = {s.id for s in self.live.sets_by_id.values() if s.enabled and s.allow_list}
-        signals = scanner.signals_of(upload)
         matches = [hit]
         if allow_ids:
             matches += self.matcher.match(signals, only_sets=allow_ids).matches

@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
+from datetime import datetime
 
 import numpy as np
 
 from hashdb import EntryRecord, HistoryUpload, IndexedSignal, SetLookup
+from hashdb.times import to_micros
 from hashsvc.base.signals import PDQ, SIGNAL_TYPES, Signal
 from hashsvc.core.history_views import PDQ_BYTES, read_pdq_views
 from hashsvc.index.binary import BinaryIndex, signal_id
@@ -244,3 +246,30 @@ class _NewEntries:
 
     def find_exact(self, kind: str, value: bytes) -> list[tuple[int, int]]:
         return self._exact.get((kind, value), [])
+
+
+def scan_batch(
+    store, scanner: RetroScanner, since: datetime, after_id: int, upto_id: int, limit: int
+) -> tuple[int, int, list[tuple[HistoryUpload, list[Match]]]] | None:
+    """One batch of the history records after_id < id <= upto_id through the
+    scanner: (last id read, records read, the uploads found with their hits),
+    None past upto_id. The in-process hunt and a Dask worker's partition scan
+    alike. PDQ only: the records' signals texts are read, and whole records
+    only of the few that may match (half the reading)."""
+    if scanner.reads_texts():
+        rows = store.history_signal_texts(after_id, upto_id, limit)
+        if not rows:
+            return None
+        since_micros = to_micros(since)
+        in_window = [row for row in rows if row[1] >= since_micros]
+        found = scanner.candidate_texts([row[2] for row in in_window])
+        candidates = store.history_uploads_by_id(in_window[i][0] for i in found)
+        last_id, read = rows[-1][0], len(rows)
+    else:
+        uploads = store.history_uploads(after_id, upto_id, limit)
+        if not uploads:
+            return None
+        candidates = scanner.candidates([u for u in uploads if u.time >= since])
+        last_id, read = uploads[-1].id, len(uploads)
+    hits = [(upload, scanner.hits(upload)) for upload in candidates]
+    return last_id, read, [(upload, found) for upload, found in hits if found]

@@ -236,7 +236,11 @@ def _run_json(call: Call, run) -> dict:
 async def start_retro_run(call: Call) -> Response:
     body = Fields(call, await call.json())
     run = await call.blocking(
-        call.core.start_retro_run, call.caller.name, body.str("set"), body.int("since_seconds")
+        call.core.start_retro_run,
+        call.caller.name,
+        body.str("set"),
+        body.int("since_seconds"),
+        body.int("resume_run_id"),
     )
     return JSONResponse(_run_json(call, run), 202)
 
@@ -326,7 +330,10 @@ ENDPOINTS = [
              body_schema={"type": "object", "properties": {
                  "set": {"type": "string", "description": "empty: every enabled set"},
                  "since_seconds": {"type": "integer", "minimum": 0,
-                                   "description": "the window; 0: the set's (or the server's)"}}}),
+                                   "description": "the window; 0: the set's (or the server's)"},
+                 "resume_run_id": {"type": "integer", "minimum": 0,
+                                   "description": "a failed run to queue again (from its "
+                                   "checkpoint; no set or since)"}}}),
     Endpoint("GET", "/v1/retro/runs", "Retro/ListRetroRuns", list_retro_runs,
              "Retro-hunt runs, newest first", params=PAGING),
     Endpoint("GET", "/v1/retro/runs/{id}", "Retro/ListRetroRuns", get_retro_run,

@@ -40,6 +40,13 @@ def register(commands: Subcommands) -> None:
     )
     p.add_argument("--set", dest="set_name", default="", help="one set (default: all enabled)")
     p.add_argument("--since", help="the window, e.g. 7d, 12h (default: the set's retro window)")
+    p.add_argument(
+        "--resume",
+        type=int,
+        default=0,
+        metavar="RUN_ID",
+        help="queue a failed run again: it goes on from its checkpoint, no hit reported twice",
+    )
     client_command(retro_commands, "list", cmd_retro_list, "list retro-hunt runs, newest first")
 
 
@@ -63,7 +70,9 @@ def run_json(run: pb.RetroRunInfo) -> dict:
 
 
 def cmd_retro_run(args: argparse.Namespace) -> int:
-    req = pb.StartRetroRunRequest(set=args.set_name, since_seconds=parse_seconds(args.since))
+    req = pb.StartRetroRunRequest(
+        set=args.set_name, since_seconds=parse_seconds(args.since), resume_run_id=args.resume
+    )
     with connect(args) as client:
         run = client.retro.StartRetroRun(req, metadata=client.metadata)
         # The run is the server's (it goes on if this command is stopped):
