@@ -90,8 +90,10 @@ class ConsoleSettings:
     hash_list_max_bytes: int = 512 * 1024 * 1024  # a hash list loaded from the console
     max_load_jobs: int = 20  # loads kept for their progress page (running: all refused past it)
     max_load_jobs_per_token: int = 2  # loads one token may have running at once
-    # Failed sign-ins a client address may make in a minute; past it the
-    # address may not sign in (429) until its oldest failure is a minute old.
+    # Failed sign-ins a client address may make in a minute, bad tokens on
+    # the HTTP and gRPC APIs included (hashsvc/core/sign_in_limits.py); past
+    # it the address may not authenticate (429, RESOURCE_EXHAUSTED) until its
+    # oldest failure is a minute old.
     # Each replica counts its own; behind a proxy every caller shares its
     # address (uvicorn's --proxy-headers gives the client's).
     sign_in_failures_per_minute: int = 10
