@@ -119,6 +119,7 @@ class Core:
             pdq_review_search=config.pdq_review_search,
         )
         self.curation.on_entries_added = self.retro.entries_added
+        self.curation.owe_retro = self.retro.owed
         self.flood = FloodCounter(
             store,
             config.quarantine_matches,
@@ -441,7 +442,8 @@ class Core:
         by RetroHunt.hunt_pending before its first entry): runs for the
         set's entries added or given new signals since then (a concurrent
         load's too: a hit is reported once whichever run finds it). When
-        queueing fails the hunt stays pending and the next start queues it."""
+        queueing fails the hunt stays pending, and once its hold lapses this
+        server (or another) queues it, without waiting for a restart."""
         try:
             self.retro.queue_pending(pending)
         except Exception:
