@@ -380,6 +380,11 @@ class Config:
     # retro-hunt can match crops and collages too. Off: the history keeps
     # their size and SHA-256 (README, Retro-hunt: the cost per day).
     history_keep_local_features: bool = False
+    # Keep an audio upload's shifted views (63 re-fingerprinted stretches,
+    # 62 KB of JSON a record) in the history, so a retro-hunt finds pitch-
+    # and tempo-shifted copies too. Off: the fingerprint only (README,
+    # Retro-hunt: what it costs and what is not found without them).
+    history_keep_audio_shifted_views: bool = False
 
     def __post_init__(self) -> None:
         if self.history_checkpoint_records < 1 or self.history_checkpoint_seconds <= 0:
