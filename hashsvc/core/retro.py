@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 
 RETRO_RUN_RPC = "RetroRun"  # a finished run's record (by hand or triggered)
 SECONDS_PER_DAY = 86_400
+# How long a stopping server waits for the thread queueing pending hunts.
+_PENDING_STOP_SECONDS = 2.0
 MAX_WINDOW_SECONDS = 10 * 365 * SECONDS_PER_DAY
 
 
@@ -340,9 +342,13 @@ class RetroHunt:
     def stop(self) -> None:
         self._stopping.set()
         self.wake.set()
-        for thread in (self._pending_thread, self._thread):
-            if thread is not None:
-                thread.join(timeout=30)
+        if self._pending_thread is not None:
+            # not waited for past a moment: queueing a large load's hunt can
+            # take long, and what it took stays owed in the store (its hold
+            # lapses, then this or another server queues it again)
+            self._pending_thread.join(timeout=_PENDING_STOP_SECONDS)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
         # what this process held is free at once for the next start (or
         # another replica), not after the hold
         with self._pending_lock:
