@@ -663,3 +663,16 @@ def _retro_partitions() -> list[str]:
 
 SQLITE.append(_retro_partitions())
 POSTGRES.append(_retro_partitions())
+
+
+# Retro-hunts of AddEntry and confirmed reviews made durable (hardening):
+# retro_pending.entry_ids (JSON; NULL: the set's entries changed since
+# `since`) is written in the entry's own transaction; held_until (NULL:
+# nobody) keeps a pending hunt to the process that wrote it while that
+# process lives, after which any replica queues it.
+_RETRO_PENDING_HELD = [
+    "ALTER TABLE retro_pending ADD COLUMN entry_ids TEXT",
+    "ALTER TABLE retro_pending ADD COLUMN held_until BIGINT",
+]
+SQLITE.append(list(_RETRO_PENDING_HELD))
+POSTGRES.append(list(_RETRO_PENDING_HELD))

@@ -271,15 +271,29 @@ class EventFailure:
 
 @dataclass(frozen=True)
 class RetroPending:
-    """A retro-hunt owed for the set's entries changed since `since`
-    (microseconds): written before a bulk load or a feed fetch writes its
-    first entry, cleared once its runs are queued."""
+    """A retro-hunt owed: for `entry_ids` (AddEntry, a confirmed review: the
+    row is written in the entry's own transaction), or without them for the
+    set's entries changed since `since` (microseconds; a bulk load or a feed
+    fetch, written before its first entry). Cleared once its runs are
+    queued. While the process that wrote it (or took it over) holds it
+    (held_until, renewed while a load runs), no other queues it; once the
+    hold lapses (that process died, or queueing failed) any replica does."""
 
     id: int
     set_id: int
     since: int
     trigger: str
     requested_by: str
+    entry_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class RetroOwed:
+    """Asks the store to write a RetroPending for an entry in the entry's
+    own transaction, held by the writer for hold_seconds."""
+
+    trigger: str
+    hold_seconds: float
 
 
 @dataclass(frozen=True)

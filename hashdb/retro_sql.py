@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from hashdb.model import HistoryUpload, NewEvent, RetroPartition, RetroPending, RetroRun
+from hashdb.model import HistoryUpload, NewEvent, RetroPartition, RetroRun
+from hashdb.retro_pending_sql import RetroPendingSQL
 from hashdb.review_sql import insert_review_item, with_review_id
 from hashdb.times import from_micros, now_micros
 
@@ -27,7 +28,7 @@ OPEN_STATES = (QUEUED, RUNNING)
 MATCH_RPCS = ("Match", "MatchUpload", "MatchBatch")
 
 
-class RetroSQL:
+class RetroSQL(RetroPendingSQL):
     # The query_signals column as UTF-8 bytes (SQLite; PostgreSQL overrides):
     # what the scan reads, without decoding to str and encoding back.
     _SIGNALS_AS_BYTES = "CAST(query_signals AS BLOB)"
@@ -333,32 +334,6 @@ class RetroSQL:
                 " WHERE entry_id = ? AND request_id = ?",
                 (True, entry_id, request_id),
             )
-
-    # -- hunts owed (a bulk load's, a feed fetch's)
-
-    def add_retro_pending(
-        self, set_id: int, since_micros: int, trigger: str, requested_by: str
-    ) -> RetroPending:
-        with self._write() as cur:
-            cur.execute(
-                "INSERT INTO retro_pending (set_id, since, trigger, requested_by, created_at)"
-                " VALUES (?, ?, ?, ?, ?) RETURNING id",
-                (set_id, since_micros, trigger, requested_by, now_micros()),
-            )
-            pending_id = cur.fetchone()[0]
-        return RetroPending(pending_id, set_id, since_micros, trigger, requested_by)
-
-    def list_retro_pending(self) -> list[RetroPending]:
-        """Oldest first."""
-        with self._read() as cur:
-            cur.execute(
-                "SELECT id, set_id, since, trigger, requested_by FROM retro_pending ORDER BY id"
-            )
-            return [RetroPending(*row) for row in cur.fetchall()]
-
-    def clear_retro_pending(self, pending_id: int) -> None:
-        with self._write() as cur:
-            cur.execute("DELETE FROM retro_pending WHERE id = ?", (pending_id,))
 
     def retro_matches_of(self, run_id: int) -> list[tuple[int, str, str, int | None]]:
         """(entry id, request id, decision, review item id) of a run's hits."""

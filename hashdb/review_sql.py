@@ -14,7 +14,14 @@ from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
 
-from hashdb.model import NewEntry, NewEvent, ReviewFilter, ReviewItem, Suppression
+from hashdb.model import (
+    NewEntry,
+    NewEvent,
+    RetroOwed,
+    ReviewFilter,
+    ReviewItem,
+    Suppression,
+)
 from hashdb.times import from_micros, now_micros, to_micros
 from hashsvc.base.errors import AlreadyExists, FailedPrecondition
 
@@ -112,12 +119,14 @@ class ReviewSQL:
         new_entry: NewEntry | None = None,
         suppressions: list[Suppression] | None = None,
         events: Iterable[NewEvent] = (),
+        retro: RetroOwed | None = None,
     ) -> ReviewItem | None:
         """Resolve an item the reviewer holds a live claim on, adding the
-        confirmed upload as new_entry and remembering a false positive's
-        suppressions, all in one transaction: None (and nothing written) when
-        the claim is gone; AlreadyExists (nothing written) when the entry's
-        name is taken; FailedPrecondition when the set is not a review target
+        confirmed upload as new_entry (with the retro-hunt it owes, `retro`)
+        and remembering a false positive's suppressions, all in one
+        transaction: None (and nothing written) when the claim is gone;
+        AlreadyExists (nothing written) when the entry's name is taken;
+        FailedPrecondition when the set is not a review target
         or is an allow list (checked here too: the set may change meanwhile)."""
         try:
             with self._write() as cur:
@@ -142,6 +151,8 @@ class ReviewSQL:
                             " never to an allow list"
                         )
                     entry_id = self._insert_entry(cur, new_entry)
+                    if retro is not None:
+                        self._owe_retro(cur, retro, new_entry.set_id, entry_id, reviewer)
                     cur.execute(
                         "UPDATE review_items SET added_entry_id = ? WHERE id = ?",
                         (entry_id, item_id),

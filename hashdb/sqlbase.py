@@ -24,10 +24,12 @@ from hashdb.model import (
     HashSetRecord,
     IndexedSignal,
     NewEntry,
+    RetroOwed,
     Thresholds,
     TokenRecord,
 )
 from hashdb.outbox_sql import OutboxSQL
+from hashdb.retro_pending_sql import insert_retro_pending
 from hashdb.times import from_micros, now_micros, to_micros
 from hashsvc.base.errors import AlreadyExists, InvalidArgument, NotFound
 from hashsvc.base.signals import Signal
@@ -201,7 +203,9 @@ class SQLStore(BulkSQL, HistorySQL, ConsoleSQL, OutboxSQL):
 
     # -- entries
 
-    def add_entry(self, set_id, name, labels, media_type, signals, added_by) -> EntryRecord:
+    def add_entry(
+        self, set_id, name, labels, media_type, signals, added_by, retro: RetroOwed | None = None
+    ) -> EntryRecord:
         signals = list(signals)
         if len(signals) > MAX_SIGNALS_PER_ENTRY:
             raise InvalidArgument(f"an entry holds at most {MAX_SIGNALS_PER_ENTRY} signals")
@@ -210,9 +214,18 @@ class SQLStore(BulkSQL, HistorySQL, ConsoleSQL, OutboxSQL):
                 entry_id = self._insert_entry(
                     cur, NewEntry(set_id, name, labels, media_type, tuple(signals), added_by)
                 )
+                if retro is not None:
+                    self._owe_retro(cur, retro, set_id, entry_id, added_by)
         except self._unique_violation:
             raise AlreadyExists(f"an entry named {name!r} is already in the set") from None
         return self.get_entries([entry_id], with_signals=True)[entry_id]
+
+    def _owe_retro(self, cur, retro: RetroOwed, set_id: int, entry_id: int, by: str) -> None:
+        """The entry's retro-hunt, owed in the entry's own transaction."""
+        now = self._db_now(cur)
+        insert_retro_pending(
+            cur, now, set_id, now, retro.trigger, by, (entry_id,), retro.hold_seconds
+        )
 
     def _insert_entry(self, cur, entry: NewEntry) -> int:
         """Writes the entry, its signals and its change inside the caller's

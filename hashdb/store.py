@@ -22,6 +22,7 @@ from hashdb.model import (
     NewEntry,
     NewEvent,
     OutboxEvent,
+    RetroOwed,
     RetroPartition,
     RetroPending,
     RetroRun,
@@ -101,9 +102,11 @@ class EntryStore(EntryLookup, Protocol):
         media_type: str,
         signals: Iterable[Signal],
         added_by: str,
+        retro: RetroOwed | None = None,
     ) -> EntryRecord:
         """Adds the entry and all its signals in one transaction, with an
-        add_entry change. signals[i] gets variant_no i (at most 64 signals).
+        add_entry change (and, with `retro`, the retro-hunt it owes: a
+        RetroPending for it). signals[i] gets variant_no i (at most 64 signals).
         Raises AlreadyExists if an active entry of that name is in the set."""
 
     def get_entry(self, set_id: int, name: str) -> EntryRecord | None:
@@ -289,11 +292,13 @@ class ReviewStore(SuppressionLookup, Protocol):
         new_entry: NewEntry | None = None,
         suppressions: list[Suppression] | None = None,
         events: Iterable[NewEvent] = (),
+        retro: RetroOwed | None = None,
     ) -> ReviewItem | None:
         """Only with a live claim of this reviewer; None otherwise. Adds
         new_entry (to a review-target set that is not an allow list, else
-        FailedPrecondition; AlreadyExists if its name is taken) and the
-        suppressions and the events in the same transaction: all of it or none."""
+        FailedPrecondition; AlreadyExists if its name is taken; with `retro`
+        the retro-hunt it owes) and the suppressions and the events in the
+        same transaction: all of it or none."""
 
     def add_suppressions(self, suppressions: list[Suppression]) -> None: ...
 
@@ -436,12 +441,28 @@ class RetroStore(Protocol):
         """The hit's record is in the history (add_retro_match: not again)."""
 
     def add_retro_pending(
-        self, set_id: int, since_micros: int, trigger: str, requested_by: str
+        self,
+        set_id: int,
+        since_micros: int,
+        trigger: str,
+        requested_by: str,
+        hold_seconds: float = 0.0,
     ) -> RetroPending: ...
 
     def list_retro_pending(self) -> list[RetroPending]: ...
 
+    def claim_retro_pending(self, hold_seconds: float, limit: int = 100) -> list[RetroPending]:
+        """Rows nobody holds (their writer died, or failed to queue them),
+        now held by the caller for hold_seconds; oldest first."""
+
+    def hold_retro_pending(self, pending_ids: Iterable[int], hold_seconds: float) -> None: ...
+
+    def release_retro_pending(self, pending_ids: Iterable[int]) -> None: ...
+
     def clear_retro_pending(self, pending_id: int) -> None: ...
+
+    def clear_retro_pending_of_entries(self, entry_ids: Iterable[int]) -> list[int]:
+        """Deletes the rows written with exactly these entries; their ids."""
 
     def retro_matches_of(self, run_id: int) -> list[tuple[int, str, str, int | None]]: ...
 

@@ -24,7 +24,8 @@ class Received:
 
 class Receiver:
     """mode: "ok" (204), "error" (500), "hang" (no answer until released or
-    hang_seconds), "slow" (answers after `delay` seconds)."""
+    hang_seconds), "slow" (answers after `delay` seconds). `script`: answers
+    given first, one per POST, before the mode's: (status, headers)."""
 
     def __init__(
         self,
@@ -41,6 +42,8 @@ class Receiver:
         self.hang_seconds = 60.0
         self.received: list[Received] = []
         self.attempts = 0  # POSTs seen, answered or not
+        self.attempt_times: list[float] = []  # time.monotonic() of each POST
+        self.script: list[tuple[int, dict[str, str]]] = []
         self.overlaps: list[int] = []  # ids that arrived while the same id was in flight
         self.bad_signatures = 0
         self._in_flight: dict[int, int] = {}
@@ -110,12 +113,22 @@ class Receiver:
         signature_ok = hmac.compare_digest(expected, handler.headers.get("X-Hashsvc-Signature", ""))
         with self._lock:
             self.attempts += 1
+            self.attempt_times.append(time.monotonic())
+            scripted = self.script.pop(0) if self.script else None
             if self._in_flight.get(event_id):
                 self.overlaps.append(event_id)
             self._in_flight[event_id] = self._in_flight.get(event_id, 0) + 1
             if not signature_ok:
                 self.bad_signatures += 1
         try:
+            if scripted is not None:
+                status, headers = scripted
+                handler.send_response(status)
+                for name, value in headers.items():
+                    handler.send_header(name, value)
+                handler.send_header("Content-Length", "0")
+                handler.end_headers()
+                return
             mode = self.mode
             if mode == "hang":
                 self._release.wait(self.hang_seconds)

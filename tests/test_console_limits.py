@@ -12,11 +12,11 @@ import httpx
 import pytest
 
 from hashsvc.base.errors import TooLarge
+from hashsvc.core import sign_in_limits
 from hashsvc.core.config import Config, ConsoleSettings
 from hashsvc.core.core import Core
-from hashsvc.http.console import sign_in_limits
+from hashsvc.core.sign_in_limits import SignInLimits
 from hashsvc.http.console.load_jobs import LoadJobs
-from hashsvc.http.console.sign_in_limits import SignInLimits
 from hashsvc_testing.console_server import ConsoleServer, sign_in
 
 WAIT_SECONDS = 20.0

@@ -586,3 +586,113 @@ def test_an_uploaders_client_ref_cannot_forge_event_fields(
     assert body["client_ref"] == hostile  # one string, escaped in the JSON
     assert body["decision"] == "block" and body["type"] == "match.block"
     assert receiver.received[0].signature_ok
+
+
+def _wait_for_failures(core: Core, count: int, seconds: float = 15.0) -> list:
+    deadline = time.monotonic() + seconds
+    while len(core.store.event_failures()) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return core.store.event_failures()
+
+
+def test_a_4xx_refusal_is_marked_failed_at_once(store_url, make_core, receiver, secret_file):
+    """400, 401, 403, 404, 410, 422: a retry would be refused again (and hold
+    back every later event for retry_for_seconds): each event is sent once,
+    marked failed at once, listed and counted; the next one is delivered."""
+    core = make_core(
+        store_url, webhook=(webhook(receiver, secret_file, retry_for_seconds=3600),), events=FAST
+    )
+    metrics = Metrics(core)
+    value = _known(core, 1)
+    refusals = [400, 401, 403, 404, 410, 422]
+    receiver.script = [(status, {}) for status in refusals]
+    started = time.monotonic()
+    for _ in range(len(refusals) + 1):
+        _match(core, value)
+    assert receiver.wait_for(1, seconds=15)
+    failures = _wait_for_failures(core, len(refusals))
+    assert time.monotonic() - started < 10  # not held for retry_for_seconds (an hour)
+    assert [f.last_error for f in failures] == [
+        f"HTTP {status} (refused: not retried)" for status in refusals
+    ]
+    assert all(f.attempts == 1 and f.event_type == "match.block" for f in failures)
+    assert receiver.attempts == len(refusals) + 1  # each sent once
+    assert receiver.ids() == [failures[-1].event_id + 1]
+    page = core.event_feed.list(failed=True)
+    assert [f.event_id for f in page.failures] == [f.event_id for f in failures]
+    endpoint = failures[0].endpoint
+    assert metrics.registry.get_sample_value(
+        "hashsvc_webhook_failed_events", {"endpoint": endpoint}
+    ) == len(refusals)
+    state = core.store.endpoint_states()[0]
+    assert state.attempts == 0 and state.last_error == ""  # nothing left pending
+
+
+def test_408_425_429_and_5xx_are_retried_until_taken(store_url, make_core, receiver, secret_file):
+    core = make_core(store_url, webhook=(webhook(receiver, secret_file),), events=FAST)
+    value = _known(core, 1)
+    retried = [408, 425, 429, 500, 502, 503, 504]
+    receiver.script = [(status, {}) for status in retried]
+    _match(core, value)
+    assert receiver.wait_for(1, seconds=20)
+    assert receiver.attempts == len(retried) + 1
+    assert core.store.event_failures() == []
+
+
+def test_a_retried_4xx_list_is_configurable(store_url, make_core, receiver, secret_file):
+    """A receiver that answers 409 while it catches up: listed, it is retried;
+    429 left out of the list is then a refusal like any other 4xx."""
+    core = make_core(
+        store_url,
+        webhook=(webhook(receiver, secret_file, retried_4xx=(409,)),),
+        events=FAST,
+    )
+    value = _known(core, 1)
+    receiver.script = [(409, {}), (409, {}), (429, {})]
+    _match(core, value)
+    _match(core, value)
+    [failure] = _wait_for_failures(core, 1)
+    assert failure.last_error == "HTTP 429 (refused: not retried)"
+    assert failure.attempts == 3  # 409 twice, retried; then 429
+    assert receiver.wait_for(1, seconds=20)
+    assert receiver.ids() == [failure.event_id + 1]
+    with pytest.raises(ValueError, match="retried_4xx"):
+        webhook(receiver, secret_file, retried_4xx=(500,))
+
+
+def test_429_waits_as_retry_after_asks_within_bounds(store_url, make_core, receiver, secret_file):
+    """Retry-After: 1 waits ~1 s (the backoff alone would wait 0.1 s); an hour
+    is cut to backoff_max_seconds; an HTTP date is read as well."""
+    settings = EventSettings(
+        poll_seconds=0.05, backoff_initial_seconds=0.1, backoff_max_seconds=1.5, lease_seconds=5.0
+    )
+    core = make_core(store_url, webhook=(webhook(receiver, secret_file),), events=settings)
+    value = _known(core, 1)
+    receiver.script = [
+        (429, {"Retry-After": "1"}),
+        (429, {"Retry-After": "3600"}),
+        (503, {"Retry-After": "0"}),  # never sooner than backoff_initial_seconds
+    ]
+    _match(core, value)
+    assert receiver.wait_for(1, seconds=20)
+    times = receiver.attempt_times
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    assert len(gaps) == 3, gaps
+    assert 0.9 <= gaps[0] < 1.5, gaps
+    assert 1.4 <= gaps[1] < 2.5, gaps
+    assert 0.09 <= gaps[2] < 1.0, gaps
+    assert core.store.event_failures() == []
+
+
+def test_retry_after_header_forms():
+    from datetime import UTC, datetime
+
+    from hashsvc.core.webhooks import retry_after_seconds
+
+    now = datetime(2026, 12, 7, 4, 0, 0, tzinfo=UTC)
+    assert retry_after_seconds("120", now) == 120.0
+    assert retry_after_seconds("Mon, 07 Dec 2026 04:00:30 GMT", now) == 30.0
+    assert retry_after_seconds("Mon, 07 Dec 2026 03:00:00 GMT", now) == 0.0  # past
+    assert retry_after_seconds("", now) is None
+    assert retry_after_seconds("soon", now) is None
+    assert retry_after_seconds("-5", now) is None

@@ -2,7 +2,8 @@
 hashsvc/api/server.py outermost first:
 
   CallMetrics  times each call and observes its final status (metrics.py);
-  Access       authenticates the token and checks the role, then sets CALLER;
+  Access       refuses an address past its failed authentications, then
+               authenticates the token and checks the role, then sets CALLER;
   Limits       the caller's rate limit, stream admission and the unread-call
                limits (hashsvc/api/streams.py).
 
@@ -25,8 +26,11 @@ import grpc
 from hashsvc.api import status
 from hashsvc.api.calls import CALLER, abort
 from hashsvc.api.streams import ANONYMOUS, StreamLimiter, StreamSlot, UnreadCalls
-from hashsvc.base.errors import HashsvcError, TooLarge
+from hashsvc.base.addresses import peer_host
+from hashsvc.base.errors import HashsvcError, TooLarge, Unauthenticated
 from hashsvc.core import audit, auth
+from hashsvc.core.sign_in_limits import LIMIT_KEY as SIGN_IN_LIMIT
+from hashsvc.core.sign_in_limits import SignInLimits
 from hashsvc.v1 import hashsvc_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -75,10 +79,17 @@ class CallMetrics(grpc.ServerInterceptor):
 
 class Access(grpc.ServerInterceptor):
     """The token authenticated and its role checked against the RPC, before
-    anything else of the call runs; the caller then set for the handler."""
+    anything else of the call runs; the caller then set for the handler.
 
-    def __init__(self, store) -> None:
+    A peer address past its failed authentications in a minute (`sign_ins`,
+    one budget with the HTTP API and the console's sign-ins when they serve in
+    the same process) is refused RESOURCE_EXHAUSTED before its token is looked
+    up, a good token too: guessing costs no store lookup and is throttled, and
+    the answer does not tell a guesser which token was right."""
+
+    def __init__(self, store, sign_ins: SignInLimits | None = None) -> None:
         self.store = store
+        self.sign_ins = sign_ins
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -89,12 +100,31 @@ class Access(grpc.ServerInterceptor):
         return _rewrap(handler, lambda behavior: self.wrap(behavior, token, method))
 
     def wrap(self, behavior, token: str | None, method: str):
-        store = self.store
+        store, sign_ins = self.store, self.sign_ins
 
         @functools.wraps(behavior)
         def authenticated(request_or_iterator, context):
+            address = peer_host(context.peer()) if sign_ins is not None else ""
+            if sign_ins is not None and (retry_after := sign_ins.retry_after(address)):
+                context.abort_with_status(
+                    status.status(
+                        "RESOURCE_EXHAUSTED",
+                        "too many failed authentications from your address: "
+                        f"try again in {retry_after} seconds",
+                        status.reason(TooLarge()),
+                        limit=SIGN_IN_LIMIT,
+                        retry_seconds=retry_after,
+                    )
+                )
             try:
-                record = auth.authenticate(store, token)
+                try:
+                    record = auth.authenticate(store, token)
+                except Unauthenticated:
+                    # a call without a token guesses nothing and costs no
+                    # lookup: only a token that was tried counts
+                    if sign_ins is not None and token:
+                        sign_ins.failed(address)
+                    raise
                 auth.authorize(record, method)
             except HashsvcError as exc:
                 abort(context, exc)

@@ -37,6 +37,7 @@ from hashsvc.base.addresses import is_loopback
 from hashsvc.core.auth import RateLimiter
 from hashsvc.core.config import Config, new_spool
 from hashsvc.core.core import Core
+from hashsvc.core.sign_in_limits import SignInLimits
 from hashsvc.exchange.feeds import Feeds
 from hashsvc.media.spool import Spool
 from hashsvc.v1 import hashsvc_pb2 as pb
@@ -73,6 +74,8 @@ class RunningServer:
     unread: UnreadCalls | None = None  # calls whose request message has not arrived
     limiter: RateLimiter | None = None  # requests per token; the HTTP API shares it
     feeds: Feeds | None = None  # partner feeds and their background fetcher
+    # failed authentications per client address; the HTTP API shares it
+    sign_ins: SignInLimits | None = None
 
     def stop(self, grace: float = 5.0) -> None:
         self.stopping.set()  # the health follower first: it must not say SERVING again
@@ -147,6 +150,9 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
         ("grpc.so_reuseport", 0),
     ]
     limiter = RateLimiter(config.rate_limit_per_second, config.rate_limit_burst)
+    sign_ins = SignInLimits(
+        config.console.sign_in_failures_per_minute, config.console.sign_in_tracked_addresses
+    )
     streams = StreamLimiter.from_config(config)
     spool = new_spool(config)  # one budget for MatchUpload and AddEntryUpload
     unread = UnreadCalls(
@@ -168,7 +174,7 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
             # call's final status; a call without a valid token is refused
             # before its message is read or it holds a stream slot
             CallMetrics(metrics.observe_rpc),
-            Access(core.store),
+            Access(core.store, sign_ins),
             Limits(
                 limiter,
                 streams=streams,
@@ -205,7 +211,7 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
         log.warning(warning)
     running = RunningServer(
         server, port, core, health_servicer, metrics, streams=streams, spool=spool, unread=unread,
-        limiter=limiter, feeds=feeds,
+        limiter=limiter, feeds=feeds, sign_ins=sign_ins,
     )  # fmt: skip
     if config.metrics_listen:
         try:

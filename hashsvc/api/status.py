@@ -1,8 +1,9 @@
 """Error statuses with google.rpc details, so that a client in any language can
 act on an error without parsing its message: every error status carries a
 google.rpc.ErrorInfo (reason: the error class, domain hashsvc.v1, metadata:
-the config key of a limit, the field at fault), and an INVALID_ARGUMENT whose
-field is known a google.rpc.BadRequest naming it. The details travel in the
+the config key of a limit, the field at fault), an INVALID_ARGUMENT whose
+field is known a google.rpc.BadRequest naming it, and a refusal that names
+when to come back a google.rpc.RetryInfo. The details travel in the
 `grpc-status-details-bin` trailer (grpc_status.rpc_status.from_call reads it)."""
 
 from __future__ import annotations
@@ -43,7 +44,14 @@ def of_error(exc: HashsvcError) -> grpc.Status:
     return status(status_name(exc), str(exc), reason(exc), exc.field, exc.limit)
 
 
-def status(code_name: str, message: str, why: str, field: str = "", limit: str = "") -> grpc.Status:
+def status(
+    code_name: str,
+    message: str,
+    why: str,
+    field: str = "",
+    limit: str = "",
+    retry_seconds: int = 0,
+) -> grpc.Status:
     if len(message) > MAX_MESSAGE_CHARS:
         message = f"{message[: MAX_MESSAGE_CHARS - 30]}... ({len(message)} characters)"
     metadata = {key: value for key, value in (("field", field), ("limit", limit)) if value}
@@ -53,6 +61,10 @@ def status(code_name: str, message: str, why: str, field: str = "", limit: str =
             field=field, description=message, reason=why
         )
         details.append(error_details_pb2.BadRequest(field_violations=[violation]))
+    if retry_seconds > 0:
+        delay = error_details_pb2.RetryInfo()
+        delay.retry_delay.seconds = retry_seconds
+        details.append(delay)
     packed = []
     for detail in details:
         any_detail = Any()

@@ -8,6 +8,7 @@ whatever it resolves to today) is treated as reaching the network.
 from __future__ import annotations
 
 import ipaddress
+import urllib.parse
 
 # gRPC target prefixes (grpc/doc/naming.md) whose address follows.
 _SCHEMES = ("dns:///", "dns:", "ipv4:", "ipv6:")
@@ -39,3 +40,28 @@ def is_loopback(address: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip.is_loopback
+
+
+def peer_host(peer: str) -> str:
+    """The client address of a gRPC peer (`context.peer()`: "ipv4:10.0.0.7:51234",
+    "ipv6:[::1]:51234", percent-encoded by newer grpc) without its port, written
+    as the HTTP server writes a client's address (an IPv4-mapped IPv6 address
+    as IPv4), so that one address is one key whichever API it calls. Callers
+    over a unix socket are all "unix"; anything else is kept whole."""
+    scheme, _, rest = peer.partition(":")
+    if scheme in ("unix", "unix-abstract"):
+        return "unix"
+    if scheme not in ("ipv4", "ipv6"):
+        return peer
+    rest = urllib.parse.unquote(rest)
+    if rest.startswith("["):
+        host = rest[1:].split("]", 1)[0]
+    else:
+        host = rest.rsplit(":", 1)[0]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)

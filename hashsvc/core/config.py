@@ -93,8 +93,10 @@ class ConsoleSettings:
     hash_list_max_bytes: int = 512 * 1024 * 1024  # a hash list loaded from the console
     max_load_jobs: int = 20  # loads kept for their progress page (running: all refused past it)
     max_load_jobs_per_token: int = 2  # loads one token may have running at once
-    # Failed sign-ins a client address may make in a minute; past it the
-    # address may not sign in (429) until its oldest failure is a minute old.
+    # Failed sign-ins a client address may make in a minute, bad tokens on
+    # the HTTP and gRPC APIs included (hashsvc/core/sign_in_limits.py); past
+    # it the address may not authenticate (429, RESOURCE_EXHAUSTED) until its
+    # oldest failure is a minute old.
     # Each replica counts its own; behind a proxy every caller shares its
     # address (uvicorn's --proxy-headers gives the client's).
     sign_in_failures_per_minute: int = 10
@@ -395,6 +397,11 @@ class Config:
     # retro-hunt can match crops and collages too. Off: the history keeps
     # their size and SHA-256 (README, Retro-hunt: the cost per day).
     history_keep_local_features: bool = False
+    # Keep an audio upload's shifted views (63 re-fingerprinted stretches,
+    # 62 KB of JSON a record) in the history, so a retro-hunt finds pitch-
+    # and tempo-shifted copies too. Off: the fingerprint only (README,
+    # Retro-hunt: what it costs and what is not found without them).
+    history_keep_audio_shifted_views: bool = False
 
     def __post_init__(self) -> None:
         if self.history_checkpoint_records < 1 or self.history_checkpoint_seconds <= 0:

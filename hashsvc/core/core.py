@@ -120,6 +120,7 @@ class Core:
             store_url=config.db_url,
         )
         self.curation.on_entries_added = self.retro.entries_added
+        self.curation.owe_retro = self.retro.owed
         self.flood = FloodCounter(
             store,
             config.quarantine_matches,
@@ -294,13 +295,14 @@ class Core:
             result = self.matcher.match(signals, only_sets)
             result = self.feedback.apply(result, signals, self.live.sets_by_id)
             self._require_ready()  # the index may have been lost while hashing
+            recorded = self._kept_in_history(signals)
             signals = _without_shifted_views(signals)
         except Exception as exc:
             if not isinstance(exc, HashsvcError):
                 log.exception("match %s failed", request_id)
             self._record(
                 request_id, started, caller, rpc, query, media_type,
-                _without_shifted_views(signals), None, exc, caller_token_id,
+                self._kept_in_history(signals), None, exc, caller_token_id,
             )  # fmt: skip
             raise
         outcome = MatchOutcome(
@@ -313,13 +315,20 @@ class Core:
             notes,
         )
         self._record(
-            request_id, started, caller, rpc, query, media_type, signals, outcome, None,
+            request_id, started, caller, rpc, query, media_type, recorded, outcome, None,
             caller_token_id,
         )  # fmt: skip
         self._after_match(outcome, caller)
         if self.on_match is not None:
             self.on_match(outcome)
         return outcome
+
+    def _kept_in_history(self, signals: list[Signal]) -> list[Signal]:
+        """The query signals a Match's history record keeps (what retro-hunts
+        read): an audio upload's shifted views only when configured."""
+        if self.config.history_keep_audio_shifted_views:
+            return signals
+        return _without_shifted_views(signals)
 
     def _after_match(self, outcome: MatchOutcome, caller: str) -> None:
         # The answer stands even if the queue cannot be written: the history
@@ -442,7 +451,8 @@ class Core:
         by RetroHunt.hunt_pending before its first entry): runs for the
         set's entries added or given new signals since then (a concurrent
         load's too: a hit is reported once whichever run finds it). When
-        queueing fails the hunt stays pending and the next start queues it."""
+        queueing fails the hunt stays pending, and once its hold lapses this
+        server (or another) queues it, without waiting for a restart."""
         try:
             self.retro.queue_pending(pending)
         except Exception:
@@ -720,7 +730,8 @@ def _decision_events(outcome: MatchOutcome | None, caller: str, client_ref: str)
 
 
 def _without_shifted_views(signals: list[Signal]) -> list[Signal]:
-    """An audio upload's shifted views are searched, not shown or recorded: two
-    dozen re-fingerprinted stretches would dwarf the fingerprint in every
-    answer and history record, and the upload's own fingerprint yields them."""
+    """An audio upload's shifted views are searched, not shown, nor recorded
+    unless history_keep_audio_shifted_views: 63 re-fingerprinted stretches
+    (62 KB of JSON) would dwarf the fingerprint in every answer and history
+    record (README: Retro-hunt says what retro-hunts lose by it)."""
     return [s for s in signals if parse_shift_variant(s.variant) is None]

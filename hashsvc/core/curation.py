@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hashdb import EntryRecord, EntryStore, HashSetRecord, SetStore, Thresholds
+from hashdb import EntryRecord, EntryStore, HashSetRecord, RetroOwed, SetStore, Thresholds
 from hashsvc.base import media_kinds, validation
 from hashsvc.base.errors import InvalidArgument, NotFound, quoted
 from hashsvc.base.signals import Signal, signal_type
@@ -45,6 +45,12 @@ class Curation:
         # Told of every entry added (ids, trigger, who): the retro-hunt
         # (hashsvc/core/retro.py RetroHunt.entries_added). Must not raise.
         self.on_entries_added: Callable[[list[int], str, str], object] | None = None
+        # The hunt an entry owes, written in the entry's own transaction
+        # (RetroHunt.owed), so a crash before on_entries_added loses nothing.
+        self.owe_retro: Callable[[str], RetroOwed] | None = None
+
+    def retro_owed(self, trigger: str) -> RetroOwed | None:
+        return self.owe_retro(trigger) if self.owe_retro is not None else None
 
     def entries_added(self, entry_ids: list[int], trigger: str, added_by: str) -> None:
         if self.on_entries_added is not None and entry_ids:
@@ -155,7 +161,9 @@ class Curation:
                 self.live.features.descriptor_bytes,
             )
             signals = [Signal(sig_type.name, checked, quality)]
-        entry = self.entries.add_entry(hash_set.id, name, labels, media_type, signals, added_by)
+        entry = self.entries.add_entry(
+            hash_set.id, name, labels, media_type, signals, added_by, self.retro_owed("AddEntry")
+        )
         self.live.catch_up()
         self.entries_added([entry.id], "AddEntry", added_by)
         return entry

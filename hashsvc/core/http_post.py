@@ -18,6 +18,12 @@ class PostFailed(Exception):
 
 
 @dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: dict[str, str]  # the answer's header fields, names in lower case
+
+
+@dataclass(frozen=True)
 class Target:
     scheme: str
     host: str
@@ -45,8 +51,8 @@ class HttpPoster:
             else None
         )
 
-    def post(self, body: bytes, headers: dict[str, str], timeout: float) -> int:
-        """The answer's status code; PostFailed if there is none in time."""
+    def post(self, body: bytes, headers: dict[str, str], timeout: float) -> Answer:
+        """The answer's status and headers; PostFailed if there is none in time."""
         deadline = time.monotonic() + timeout
         reused = self._sock is not None
         try:
@@ -77,7 +83,7 @@ class HttpPoster:
             raise PostFailed(f"cannot connect: {_reason(exc)}") from None
         return sock
 
-    def _exchange(self, body: bytes, headers: dict[str, str], deadline: float) -> int:
+    def _exchange(self, body: bytes, headers: dict[str, str], deadline: float) -> Answer:
         if self._sock is None:
             self._sock = self._connect(deadline)
         sock = self._sock
@@ -124,7 +130,7 @@ class HttpPoster:
                     remaining -= len(chunk)
             if not keep:
                 self.close()
-            return status
+            return Answer(status, fields)
         except _StaleConnection:
             self.close()
             raise

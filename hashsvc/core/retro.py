@@ -19,6 +19,14 @@ Runs are made by triggers (entries_added: AddEntry, AddEntryUpload, BulkLoad,
 a confirmed review added to a set, partner feeds) and by hand (start_run),
 and scanned by one background thread per server: the RPC that added the
 entry only writes the queued run.
+
+A triggered hunt is owed in the store before anything can lose it: a
+RetroPending row written in the entry's own transaction (AddEntry, a
+confirmed review) or before a load's or a feed's first entry, held by this
+process while it works on it (a live load's hold is renewed) and cleared
+once its runs are queued. A second thread takes every row nobody holds
+(its writer died, or queueing failed and the hold lapsed) at start and every
+poll_seconds while the server runs, so no hunt waits for a restart.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from hashdb import (
     EntryRecord,
     HashSetRecord,
     HistoryUpload,
+    RetroOwed,
     RetroPending,
     RetroRun,
     Store,
@@ -59,6 +68,8 @@ log = logging.getLogger(__name__)
 
 RETRO_RUN_RPC = "RetroRun"  # a finished run's record (by hand or triggered)
 SECONDS_PER_DAY = 86_400
+# How long a stopping server waits for the thread queueing pending hunts.
+_PENDING_STOP_SECONDS = 2.0
 MAX_WINDOW_SECONDS = 10 * 365 * SECONDS_PER_DAY
 
 
@@ -139,50 +150,98 @@ class RetroHunt:
                 settings.batch_records,
                 settings.lease_seconds,
             )
+        self._pending_thread: threading.Thread | None = None
+        # RetroPending ids this process holds: loads and fetches still
+        # running (their hold renewed), and hunts whose queueing failed
+        # (their hold lapses, then any replica retries them); let go on stop
+        self._held_pending: set[int] = set()
+        self._failed_pending: set[int] = set()
+        self._pending_lock = threading.Lock()
 
     # -- triggers
 
+    def owed(self, trigger: str) -> RetroOwed:
+        """What the store writes with an entry (AddEntry, a confirmed review)
+        in its own transaction: the hunt it owes, held by this process until
+        entries_added has queued it."""
+        return RetroOwed(trigger, self.settings.lease_seconds)
+
     def entries_added(self, entry_ids: Iterable[int], trigger: str, caller: str) -> list[RetroRun]:
-        """Queues runs for entries just added (AddEntry, BulkLoad, a confirmed
-        review, a partner feed: call this with the new entry ids). Never
-        raises: the entries are added whatever happens here (logged)."""
+        """Queues runs for entries just added with a RetroPending of their own
+        (AddEntry, a confirmed review: `owed`), then clears it. Never raises:
+        the entries are added whatever happens here (logged); the hunt stays
+        owed in the store and is queued once its hold lapses."""
+        ids = list(entry_ids)
         try:
-            return self._queue(list(entry_ids), trigger, caller)
+            runs = self._queue(ids, trigger, caller)
+            self.store.clear_retro_pending_of_entries(ids)
+            return runs
         except Exception:
-            log.exception("queueing a retro-hunt for %s failed", trigger)
+            log.exception("queueing a retro-hunt for %s failed: left pending", trigger)
             return []
 
     def hunt_pending(self, set_id: int, since: datetime, trigger: str, caller: str) -> RetroPending:
         """Writes down, BEFORE a bulk load or a feed fetch writes its first
         entry, that the set's entries changed since `since` are to hunt;
-        queue_pending clears it once their runs are queued. A server killed
-        in between queues them when it starts again (start), so the uploads
-        they match do not stay allowed. Raises: no entry is written then."""
-        return self.store.add_retro_pending(set_id, to_micros(since), trigger, caller)
+        queue_pending clears it once their runs are queued. This process
+        holds it meanwhile (renewed however long the load runs); a server
+        killed in between lets the hold lapse, and then this or another
+        server queues it, so the uploads they match do not stay allowed.
+        Raises: no entry is written then."""
+        pending = self.store.add_retro_pending(
+            set_id, to_micros(since), trigger, caller, self.settings.lease_seconds
+        )
+        with self._pending_lock:
+            self._held_pending.add(pending.id)
+        return pending
 
     def queue_pending(self, pending: RetroPending) -> None:
-        """Queues the runs a pending hunt owes, then clears it (it stays,
-        for the next start, when this raises)."""
-        ids = self.store.entries_changed_since(pending.set_id, pending.since)
-        if ids:
-            self._queue(ids, pending.trigger, pending.requested_by)
-        self.store.clear_retro_pending(pending.id)
-
-    def _queue_all_pending(self) -> None:
-        """At start: the hunts of loads and fetches a dead server left (a
-        live replica's load may be among them: it queues its own runs again
-        when it ends, and a hit is reported once whichever run finds it)."""
+        """Queues the runs a pending hunt owes, then clears it. When this
+        raises it stays in the store, held until its hold lapses, and is
+        tried again then (by the pending-hunt thread of any server)."""
+        with self._pending_lock:
+            self._held_pending.discard(pending.id)
         try:
-            owed = self.store.list_retro_pending()
-        except Exception:
-            log.exception("reading the pending retro-hunts failed")
-            return
-        for pending in owed:
+            ids = list(pending.entry_ids) or self.store.entries_changed_since(
+                pending.set_id, pending.since
+            )
+            if ids:
+                self._queue(ids, pending.trigger, pending.requested_by)
+            self.store.clear_retro_pending(pending.id)
+        except BaseException:
+            with self._pending_lock:
+                self._failed_pending.add(pending.id)
+            raise
+        with self._pending_lock:
+            self._failed_pending.discard(pending.id)
+
+    def queue_unheld_pending(self) -> int:
+        """Queues the hunts nobody holds: left by a server that died before
+        queueing them (a load's, a fetch's, an AddEntry's), or whose queueing
+        failed (its hold lapsed). The number queued."""
+        queued = 0
+        for pending in self.store.claim_retro_pending(self.settings.lease_seconds):
             try:
                 self.queue_pending(pending)
-                log.info("queued the retro-hunt of an unfinished %s", pending.trigger)
+                queued += 1
+                log.info("queued the pending retro-hunt of a %s", pending.trigger)
             except Exception:
                 log.exception("queueing a pending retro-hunt (%s) failed", pending.trigger)
+        return queued
+
+    def _follow_pending(self) -> None:
+        """At start and every poll_seconds: the holds of running loads
+        renewed, then the hunts nobody holds queued."""
+        while True:
+            try:
+                with self._pending_lock:
+                    held = set(self._held_pending)
+                self.store.hold_retro_pending(held, self.settings.lease_seconds)
+                self.queue_unheld_pending()
+            except Exception:
+                log.exception("following the pending retro-hunts failed")
+            if self._stopping.wait(self.settings.poll_seconds):
+                return
 
     def start_run(
         self, caller: str, set_name: str = "", since_seconds: float | None = None
@@ -305,17 +364,33 @@ class RetroHunt:
     # -- the worker
 
     def start(self) -> None:
-        self._queue_all_pending()
+        self._pending_thread = threading.Thread(
+            target=self._follow_pending, daemon=True, name="retro-pending"
+        )
+        self._pending_thread.start()
         self._thread = threading.Thread(target=self._work, daemon=True, name="retro")
         self._thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
         self.wake.set()
+        if self._pending_thread is not None:
+            # not waited for past a moment: queueing a large load's hunt can
+            # take long, and what it took stays owed in the store (its hold
+            # lapses, then this or another server queues it again)
+            self._pending_thread.join(timeout=_PENDING_STOP_SECONDS)
         if self._thread is not None:
             self._thread.join(timeout=30)
         if self.engine is not None:
             self.engine.close()
+        # what this process held is free at once for the next start (or
+        # another replica), not after the hold
+        with self._pending_lock:
+            mine = self._held_pending | self._failed_pending
+        try:
+            self.store.release_retro_pending(mine)
+        except Exception:
+            log.warning("could not let go of %d pending retro-hunts: their hold lapses", len(mine))
 
     def _work(self) -> None:
         lower_priority(self.settings.nice)

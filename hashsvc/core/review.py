@@ -184,6 +184,7 @@ class ReviewQueue:
                 note,
                 new_entry,
                 suppressions,
+                retro=self.curation.retro_owed("ResolveReview") if new_entry is not None else None,
                 events=[
                     events.review_resolved_event(
                         review_id=item.id,

@@ -33,6 +33,13 @@ class WebhookConfig:
     name: str = ""
     # An event not taken (2xx) for this long is marked failed and skipped.
     retry_for_seconds: float = 24 * 3600.0
+    # The 4xx answers that mean "not now" and are retried like 5xx and
+    # failures to connect (408 Request Timeout, 425 Too Early, 429 Too Many
+    # Requests; 429 and 503 wait as their Retry-After asks, within
+    # [events] backoff_initial_seconds..backoff_max_seconds). Any other 4xx
+    # says the request itself is refused (gone, unauthorized, malformed): the
+    # event is marked failed at once, not sent again for retry_for_seconds.
+    retried_4xx: tuple[int, ...] = (408, 425, 429)
     # One POST, connect to last byte of the answer's headers.
     timeout_seconds: float = 10.0
     # https: the CA bundle that signs the receiver's certificate ("" = the
@@ -42,6 +49,7 @@ class WebhookConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "events", tuple(self.events))
         object.__setattr__(self, "sets", tuple(self.sets))
+        object.__setattr__(self, "retried_4xx", tuple(self.retried_4xx))
         where = f"webhook {self.url!r}"
         try:
             parts = urlsplit(self.url)
@@ -67,6 +75,8 @@ class WebhookConfig:
             )
         if not all(isinstance(s, str) and s for s in self.sets):
             raise ValueError(f"{where}: sets must be set names")
+        if not all(type(c) is int and 400 <= c <= 499 for c in self.retried_4xx):
+            raise ValueError(f"{where}: retried_4xx must be status codes within 400..499")
         if not self.retry_for_seconds > 0 or not self.timeout_seconds > 0:
             raise ValueError(f"{where}: retry_for_seconds and timeout_seconds must be more than 0")
         if self.ca_file:

@@ -9,7 +9,12 @@ bounded page of events after the endpoint's position, POSTs them one by one
 it for that endpoint (causal order: a review verdict never arrives before the
 block it resolves), is retried with exponential backoff, and after
 retry_for_seconds is recorded as failed and skipped (`hashsvc events list
---failed`, the hashsvc_webhook_failed_events metric).
+--failed`, the hashsvc_webhook_failed_events metric). Which answers are
+worth retrying is decided per status: 5xx, no answer, and the 4xx that mean
+"not now" (retried_4xx: 408, 425, 429) are; a 429 or 503 with Retry-After
+waits as asked, within the backoff's bounds. Any other 4xx refuses the
+request itself (a retry would be refused again and hold back every later
+event for retry_for_seconds): the event is marked failed at once.
 
 A crash between a POST and the position's update sends those events again
 after the restart: receivers deduplicate by X-Hashsvc-Event-Id.
@@ -28,11 +33,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 from hashdb import EndpointState, OutboxEvent, OutboxStore
 from hashsvc.core.event_feed import authentic
 from hashsvc.core.events import event_bytes
-from hashsvc.core.http_post import HttpPoster, PostFailed
+from hashsvc.core.http_post import Answer, HttpPoster, PostFailed
 from hashsvc.core.webhook_config import EventSettings, WebhookConfig
 
 log = logging.getLogger(__name__)
@@ -45,6 +51,49 @@ _LEASE_MARGIN_SECONDS = 1.0
 def signature(secret: bytes, body: bytes) -> str:
     """The X-Hashsvc-Signature header's value."""
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+# Answers whose Retry-After says when to come back (RFC 9110 15.5.20, 15.6.4).
+_HONOURS_RETRY_AFTER = frozenset({429, 503})
+
+
+@dataclass(frozen=True)
+class NotTaken:
+    """Why the receiver did not take an event, and what to do about it."""
+
+    error: str  # recorded as the endpoint's last_error
+    permanent: bool = False  # a refusal a retry would get again: failed at once
+    retry_after: float | None = None  # seconds the receiver asked us to wait
+
+
+def not_taken(answer: Answer, retried_4xx: tuple[int, ...]) -> NotTaken | None:
+    """None for a 2xx; else whether the status is worth retrying."""
+    status = answer.status
+    if 200 <= status < 300:
+        return None
+    if 400 <= status < 500 and status not in retried_4xx:
+        return NotTaken(f"HTTP {status} (refused: not retried)", permanent=True)
+    wait = None
+    if status in _HONOURS_RETRY_AFTER:
+        wait = retry_after_seconds(answer.headers.get("retry-after", ""))
+    return NotTaken(f"HTTP {status}", retry_after=wait)
+
+
+def retry_after_seconds(value: str, now: datetime | None = None) -> float | None:
+    """A Retry-After header's wait in seconds (delay-seconds or an HTTP date);
+    None when absent or unreadable."""
+    value = value.strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 @dataclass
@@ -171,16 +220,16 @@ class _Deliverer:
                 if state is None:
                     log.warning("webhook %s: lease lost; another replica goes on", name)
                     return self.settings.poll_seconds
-            error = self._send(event)
-            if error is None:
+            refusal = self._send(event)
+            if refusal is None:
                 done = event.id
                 continue
-            return self._failed(state, done, event, error)
+            return self._failed(state, done, event, refusal)
         if done > state.delivered_through:
             self._held(self.store.advance_endpoint(name, self.owner, done, lease))
         return 0.0 if len(events) == self.settings.batch_size else self.settings.poll_seconds
 
-    def _send(self, event: OutboxEvent) -> str | None:
+    def _send(self, event: OutboxEvent) -> NotTaken | None:
         """None when the receiver took it (2xx), else why not."""
         body = event_bytes(event)
         headers = {
@@ -189,38 +238,52 @@ class _Deliverer:
             "X-Hashsvc-Signature": signature(self.secret, body),
         }
         try:
-            status = self.poster.post(body, headers, self.webhook.timeout_seconds)
+            answer = self.poster.post(body, headers, self.webhook.timeout_seconds)
         except PostFailed as exc:
-            return str(exc)
-        if 200 <= status < 300:
+            return NotTaken(str(exc))
+        refusal = not_taken(answer, self.webhook.retried_4xx)
+        if refusal is None:
             self.counters.delivered += 1
-            return None
-        return f"HTTP {status}"
+        return refusal
 
-    def _failed(self, state: EndpointState, done: int, event: OutboxEvent, error: str) -> float:
+    def _failed(
+        self, state: EndpointState, done: int, event: OutboxEvent, refusal: NotTaken
+    ) -> float:
         name, lease = self.webhook.name, self.settings.lease_seconds
         self.counters.attempts_failed += 1
         if done > state.delivered_through:  # the ones before it went through
             state = self._held(self.store.advance_endpoint(name, self.owner, done, lease))
             if state is None:
                 return self.settings.poll_seconds
+        error = refusal.error
         first_failed = state.first_failed_at
-        if (
+        expired = (
             first_failed is not None
             and (datetime.now(UTC) - first_failed).total_seconds() >= self.webhook.retry_for_seconds
-        ):
-            # last_error and attempts were recorded by the attempts before
+        )
+        if refusal.permanent or expired:
+            # this attempt recorded first: the failure row takes its count and error
             self._held(self.store.endpoint_attempt_failed(name, self.owner, error, 0, lease))
             if self._held(self.store.endpoint_give_up(name, self.owner, event.id, lease)):
+                why = "refused" if refusal.permanent else (
+                    f"not taken within {self.webhook.retry_for_seconds:g} s"
+                )  # fmt: skip
                 log.error(
-                    "webhook %s: event %d (%s) not taken within %g s, marked failed: %s",
-                    name, event.id, event.type, self.webhook.retry_for_seconds, error,
+                    "webhook %s: event %d (%s) %s, marked failed: %s",
+                    name, event.id, event.type, why, error,
                 )  # fmt: skip
             return 0.0
-        backoff = min(
-            self.settings.backoff_max_seconds,
-            self.settings.backoff_initial_seconds * 2 ** min(state.attempts, 30),
-        ) * random.uniform(0.9, 1.0)
+        settings = self.settings
+        if refusal.retry_after is not None:  # as the receiver asked, within bounds
+            backoff = min(
+                settings.backoff_max_seconds,
+                max(settings.backoff_initial_seconds, refusal.retry_after),
+            )
+        else:
+            backoff = min(
+                settings.backoff_max_seconds,
+                settings.backoff_initial_seconds * 2 ** min(state.attempts, 30),
+            ) * random.uniform(0.9, 1.0)
         log.warning(
             "webhook %s: event %d not delivered (attempt %d, again in %.1f s): %s",
             name, event.id, state.attempts + 1, backoff, error,

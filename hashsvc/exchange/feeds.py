@@ -73,8 +73,8 @@ _FEED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 API_OPTIONS = {
     "threatexchange": {"privacy_group", "base_url"},
     "tcap": {"base_url"},
-    "ncmec": {"environment"},
-    "stopncii": set(),
+    "ncmec": {"environment", "base_url"},
+    "stopncii": {"base_url"},
     "file": {"path", "signal_type"},
 }
 VERDICTS = ("confirmed", "false_positive")

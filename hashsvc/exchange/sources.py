@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,6 @@ import requests
 from requests.adapters import HTTPAdapter
 from threatexchange.exchanges.clients.fb_threatexchange.api import ThreatExchangeAPI
 from threatexchange.exchanges.clients.techagainstterrorism.api import TATHashListAPI
-from threatexchange.exchanges.collab_config import CollaborationConfigWithDefaults
 from threatexchange.exchanges.impl.fb_threatexchange_api import (
     FBThreatExchangeCheckpoint,
     FBThreatExchangeCollabConfig,
@@ -360,50 +360,141 @@ class FileSource(Source):
             yield SourcePage(items[start : start + self.page_items], None)
 
 
-# -- NCMEC and StopNCII: the library's SignalExchangeAPI as it is
+# -- NCMEC and StopNCII
 
 
-class LibrarySource(Source):
-    """An API whose fetch_iter already says what hashsvc needs: NCMEC (keyed
-    by its entry id, fingerprints by type) and StopNCII (keyed by type and
-    value). Their credentials are parsed by the library. Imported when such a
-    feed is used: their modules import the library's signal types, which load
-    Pillow and pdqhash into the server process."""
+class NcmecSource(Source):
+    """The library's NCMECSignalExchangeAPI (its fetch_iter narrows the time
+    range until pages are few), keyed by NCMEC's member and entry id, each
+    entry's fingerprints by type. Its client is the library's with the
+    feed's timeout and base URL (the library's has a fixed 60 s and only
+    NCMEC's own addresses). Imported when such a feed is used: the modules
+    import the library's signal types, which load Pillow and pdqhash."""
 
-    def __init__(self, cfg: SourceConfig, api: str) -> None:
-        if api == "ncmec":
-            from threatexchange.exchanges.clients.ncmec.hash_api import NCMECEnvironment
-            from threatexchange.exchanges.impl.ncmec_api import (
-                NCMECCollabConfig,
-                NCMECCredentials,
-                NCMECSignalExchangeAPI,
-            )
+    def __init__(self, cfg: SourceConfig) -> None:
+        from threatexchange.exchanges.clients.ncmec.hash_api import (
+            NCMECEnvironment,
+            NCMECHashAPI,
+        )
+        from threatexchange.exchanges.impl.ncmec_api import (
+            NCMECCheckpoint,
+            NCMECCollabConfig,
+            NCMECCredentials,
+            NCMECSignalExchangeAPI,
+        )
 
-            env_name = cfg.options.get("environment", "Industry")
-            try:
-                env = NCMECEnvironment[env_name]
-            except KeyError:
-                raise InvalidArgument(f"unknown NCMEC environment {env_name!r}") from None
-            creds = _credentials(NCMECCredentials, cfg, "USER:PASSWORD")
-            collab = NCMECCollabConfig(name=cfg.name, environment=env)
-            self.api = NCMECSignalExchangeAPI.for_collab(collab, creds)
-        else:
-            from threatexchange.exchanges.impl.stop_ncii_api import (
-                StopNCIICredentials,
-                StopNCIISignalExchangeAPI,
-            )
+        env_name = cfg.options.get("environment", "Industry")
+        try:
+            env = NCMECEnvironment[env_name]
+        except KeyError:
+            raise InvalidArgument(f"unknown NCMEC environment {env_name!r}") from None
+        creds = _credentials(NCMECCredentials, cfg, "USER:PASSWORD")
+        base_url = cfg.options.get("base_url", "").rstrip("/")
 
-            creds = _credentials(StopNCIICredentials, cfg, "FETCH_KEY,SUBSCRIPTION_KEY")
-            collab = CollaborationConfigWithDefaults(name=cfg.name, api="stopncii")
-            self.api = StopNCIISignalExchangeAPI.for_collab(collab, creds)
+        class TimedClient(NCMECHashAPI):
+            def __init__(self, username, password, environment) -> None:
+                super().__init__(username, password, environment)
+                if base_url:  # it joins "BASE/v2/entries" and "BASE" + next page's path
+                    self._base_url = base_url
+
+            def _get_session(self):
+                session = super()._get_session()  # its basic auth, and a 60 s adapter
+                session.mount(self._base_url, _timeout_adapter(cfg))  # replaced by ours
+                return session
+
+        class TimedExchange(NCMECSignalExchangeAPI):
+            def get_client(self, environment):
+                return TimedClient(self._username, self._password, environment)
+
+        self.checkpoint_cls = NCMECCheckpoint
+        collab = NCMECCollabConfig(name=cfg.name, environment=env)
+        self.api = TimedExchange(collab, creds.user, creds.password)
 
     def pages(self, checkpoint: str | None) -> Iterator[SourcePage]:
+        from threatexchange.exchanges.impl.ncmec_api import _NCMECPagingInfo
+
         start = None
         if checkpoint:
-            start = self.api.get_checkpoint_cls()(**json.loads(checkpoint))
+            fields = json.loads(checkpoint)
+            paging = fields.pop("paging_info", None)
+            # asdict() flattened the paging info (a resume mid-range): rebuilt,
+            # or the library reads attributes of a dict
+            start = self.checkpoint_cls(
+                **fields, paging_info=_NCMECPagingInfo(**paging) if paging else None
+            )
         for delta in self.api.fetch_iter((), start):
             items = [_library_item(key, value) for key, value in delta.updates.items()]
             yield SourcePage(items, _checkpoint_json(delta.checkpoint))
+
+
+# StopNCII's signal types -> the names its library gives them (item keys)
+_STOPNCII_TYPES = {"ImagePDQ": "pdq", "VideoMD5": "video_md5", "URL": "url", "Text": "raw_text"}
+# A case withdrawn or deleted by the person who submitted it: the hash goes
+_STOPNCII_GONE = ("Withdrawn", "Deleted")
+
+
+class StopNciiSource(Source):
+    """The library's StopNCII client, not its StopNCIISignalExchangeAPI: that
+    one compares a record's hash value (not its status) with Withdrawn and
+    Deleted, so a withdrawn case stayed an active hash. Records carry the
+    whole current state of a hash: a withdrawn or deleted one is a deletion.
+    The checkpoint (the library's: the next startTimestamp) moves only once
+    a fetch has read every page; a fetch cut short starts that range again."""
+
+    def __init__(self, cfg: SourceConfig) -> None:
+        from threatexchange.exchanges.clients.stopncii.api import StopNCIIAPI
+        from threatexchange.exchanges.impl.stop_ncii_api import (
+            StopNCIICheckpoint,
+            StopNCIICredentials,
+        )
+
+        creds = _credentials(StopNCIICredentials, cfg, "FETCH_KEY,SUBSCRIPTION_KEY")
+        base_url = cfg.options.get("base_url", "").rstrip("/") or creds.base_url_override
+
+        class TimedClient(StopNCIIAPI):
+            def _get_session(self, endpoint):
+                session = super()._get_session(endpoint)  # its keys, and a 60 s adapter
+                session.mount(self._base_url, _timeout_adapter(cfg))  # replaced by ours
+                return session
+
+        self.checkpoint_cls = StopNCIICheckpoint
+        self.client = TimedClient(
+            creds.subscription_key, creds.fetch_function_key, base_url_override=base_url or None
+        )
+
+    def stale(self, checkpoint: str | None) -> bool:
+        # the library's rule: 30 days without a fetch, list it whole again
+        return bool(checkpoint) and self.checkpoint_cls(**json.loads(checkpoint)).is_stale()
+
+    def pages(self, checkpoint: str | None) -> Iterator[SourcePage]:
+        start = self.client.DEFAULT_START_TIME
+        if checkpoint:
+            start = json.loads(checkpoint)["update_time"]
+        for response in self.client.fetch_hashes_iter(start_timestamp=start):
+            items = [_stopncii_item(record) for record in response.hashRecords]
+            done = not response.hasMoreRecords
+            mark = None
+            if done:
+                mark = json.dumps(
+                    {"update_time": response.nextSetTimestamp, "last_fetch_time": int(time.time())},
+                    sort_keys=True,
+                )
+            yield SourcePage(items, mark if done else checkpoint)
+
+
+def _stopncii_item(record) -> SourceItem:
+    type_name = _STOPNCII_TYPES.get(record.signalType.value, record.signalType.value)
+    item = SourceItem(item_key(type_name, record.hashValue))
+    if record.hashStatus.value in _STOPNCII_GONE:
+        item.deleted = True
+        return item
+    kind = kind_of(type_name)
+    if kind is None:
+        item.skipped = 1
+        return item
+    item.signals.append((kind, record.hashValue.strip().lower()))
+    item.labels["stopncii_status"] = record.hashStatus.value
+    return item
 
 
 def _library_item(key, value) -> SourceItem:
@@ -439,6 +530,8 @@ def open_source(api: str, cfg: SourceConfig) -> Source:
         return TcapSource(cfg)
     if api == "file":
         return FileSource(cfg)
-    if api in ("ncmec", "stopncii"):
-        return LibrarySource(cfg, api)
+    if api == "ncmec":
+        return NcmecSource(cfg)
+    if api == "stopncii":
+        return StopNciiSource(cfg)
     raise InvalidArgument(f"unknown exchange API {api!r} (known: {', '.join(APIS)})")

@@ -19,11 +19,12 @@ from hashsvc.core import audit, auth
 from hashsvc.core.auth import RateLimiter
 from hashsvc.core.config import new_spool
 from hashsvc.core.core import Core
+from hashsvc.core.sign_in_limits import LIMIT_KEY as SIGN_IN_LIMIT
+from hashsvc.core.sign_in_limits import SignInLimits
 from hashsvc.exchange.feeds import Feeds
 from hashsvc.http import routes_curation, routes_exchange, routes_match, routes_people
 from hashsvc.http.calls import Call, Endpoint, Services
 from hashsvc.http.console import build_console
-from hashsvc.http.console.sign_in_limits import SignInLimits
 from hashsvc.http.errors import error_body, error_response, plain_error
 from hashsvc.http.jobs import BulkJobs
 from hashsvc.http.openapi import docs_html, openapi
@@ -47,8 +48,6 @@ RPCS_SERVED_ELSEWHERE = {
 }
 # A Match refused by the rate limit is still a Match call, in the history (as gRPC's).
 _RECORDED_WHEN_RATE_LIMITED = frozenset({"Matcher/Match"})
-# The config key of the failed-authentication limit (shared with the console).
-SIGN_IN_LIMIT = "console.sign_in_failures_per_minute"
 # Every answer: no caching of tokens' answers, no sniffing a JSON body as HTML.
 _HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
@@ -66,9 +65,11 @@ def bearer_token(request: Request) -> str | None:
 def guarded(endpoint: Endpoint, services: Services):
     """The route's handler behind authentication, the role check and the
     caller's rate limit, its errors answered as JSON. An address past its
-    failed authentications (shared with the console's sign-ins) is refused
-    before its token is looked up: a caller without a token can neither
-    guess on unthrottled nor take the worker threads Match needs."""
+    failed authentications (shared with the console's sign-ins and, in one
+    process, the gRPC API) is refused before its token is looked up: a
+    caller without a good token can neither guess on unthrottled nor take
+    the worker threads Match needs. A request without a token is refused
+    without a thread and is not counted (it guesses nothing)."""
     method = f"{RPC_PREFIX}{endpoint.rpc}"
     store = services.core.store
     sign_ins: SignInLimits = services.sign_ins
@@ -86,6 +87,9 @@ def guarded(endpoint: Endpoint, services: Services):
                     limit=SIGN_IN_LIMIT,
                 )
             token = bearer_token(request)
+            if not token:
+                # no lookup, no thread; not counted: it guesses nothing
+                auth.authenticate(store, token)  # raises Unauthenticated
             try:
                 record = await anyio.to_thread.run_sync(
                     auth.authenticate, store, token, limiter=services.threads
@@ -133,13 +137,15 @@ def build_app(
     spool: Spool | None = None,
     jobs: BulkJobs | None = None,
     feeds: Feeds | None = None,
+    sign_ins: SignInLimits | None = None,
 ) -> Starlette:
-    """The HTTP API over `core`; `limiter`, `spool` and `feeds` the gRPC
-    server's own when both serve in one process (one rate budget per token,
-    one spool, one lease owner for feeds; without feeds the Exchange routes
-    answer UNAVAILABLE)."""
+    """The HTTP API over `core`; `limiter`, `spool`, `feeds` and `sign_ins`
+    the gRPC server's own when both serve in one process (one rate budget per
+    token, one spool, one lease owner for feeds, one budget of failed
+    authentications per address; without feeds the Exchange routes answer
+    UNAVAILABLE)."""
     config = core.config
-    sign_ins = SignInLimits(
+    sign_ins = sign_ins or SignInLimits(
         config.console.sign_in_failures_per_minute, config.console.sign_in_tracked_addresses
     )
     services = Services(

@@ -90,8 +90,8 @@ class Services:
     feeds: object = None  # hashsvc.exchange.feeds.Feeds
     fetches: object = None  # hashsvc.http.routes_exchange.FeedFetches
     # failed authentications per client address, shared with the console's
-    # sign-in form (one budget per address for guessing tokens)
-    sign_ins: object = None  # hashsvc.http.console.sign_in_limits.SignInLimits
+    # sign-in form and the gRPC API (one budget per address for guessing tokens)
+    sign_ins: object = None  # hashsvc.core.sign_in_limits.SignInLimits
 
     @property
     def config(self) -> Config:

@@ -1,6 +1,7 @@
 """The HTTP API served by uvicorn on a thread of the gRPC server's process
 (`hashsvc serve --http-listen HOST:PORT`): the same core, rate limiter,
-spool and partner feeds. TLS with the gRPC server's certificate and key (and client CA)."""
+spool, partner feeds and failed authentications per address. TLS with the
+gRPC server's certificate and key (and client CA)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from hashsvc.core.auth import RateLimiter
 from hashsvc.core.core import Core
+from hashsvc.core.sign_in_limits import SignInLimits
 from hashsvc.exchange.feeds import Feeds
 from hashsvc.http.app import build_app
 from hashsvc.http.jobs import BulkJobs
@@ -79,10 +81,11 @@ class HttpServer:
         limiter: RateLimiter | None = None,
         spool: Spool | None = None,
         feeds: Feeds | None = None,
+        sign_ins: SignInLimits | None = None,
     ) -> None:
         config = core.config
         self.jobs = BulkJobs(core, config.http_jobs_kept, config.http_jobs_running)
-        self.app = build_app(core, limiter, spool, self.jobs, feeds)
+        self.app = build_app(core, limiter, spool, self.jobs, feeds, sign_ins)
         self.listen = config.http_listen
         host, _, port = config.http_listen.rpartition(":")
         self._socket = _bind(host.strip("[]"), port, config.http_listen)
@@ -161,6 +164,7 @@ def start_http(
     limiter: RateLimiter | None = None,
     spool: Spool | None = None,
     feeds: Feeds | None = None,
+    sign_ins: SignInLimits | None = None,
 ):
     """The HTTP API on config.http_listen, started; .stop() stops it."""
-    return HttpServer(core, limiter, spool, feeds).start()
+    return HttpServer(core, limiter, spool, feeds, sign_ins).start()

@@ -55,7 +55,7 @@ def register(commands: Subcommands) -> None:
         "--path", metavar="FILE", help="file: the list on the server's disk (`TYPE HASH` a line)"
     )
     p.add_argument(
-        "--base-url", metavar="URL", help="threatexchange, tcap: another API address (a mirror)"
+        "--base-url", metavar="URL", help="another API address (a mirror, a test server)"
     )
     p.add_argument("--environment", help="ncmec: the NCMEC environment (Industry)")
     client_command(sub, "list", cmd_list, "list feeds")

@@ -44,12 +44,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise UsageError(f"config: {exc}") from None
 
-    def http_api(running):  # same process, core, rate limiter, spool and feeds
-        # its stack is loaded only when asked for
+    def http_api(running):  # same process, core, rate limiter, spool, feeds and
+        # failed authentications per address; its stack is loaded only when asked for
         from hashsvc.http.server import HttpStartupError, start_http
 
         try:
-            return start_http(running.core, running.limiter, running.spool, running.feeds)
+            return start_http(
+                running.core, running.limiter, running.spool, running.feeds, running.sign_ins
+            )
         except HttpStartupError as exc:
             raise StartupError(str(exc)) from None
 

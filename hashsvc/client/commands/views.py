@@ -16,7 +16,7 @@ DECISION_VALUES = {v: k for k, v in DECISION_NAMES.items()}
 
 
 def media_type_name(media_type: int) -> str:
-    """"image", "video", ...; "unspecified" for records of actions (as the HTTP
+    """ "image", "video", ...; "unspecified" for records of actions (as the HTTP
     API says; the enum's own name, "media_type_unspecified", is protobuf's)."""
     if media_type == pb.MEDIA_TYPE_UNSPECIFIED:
         return "unspecified"

@@ -24,9 +24,9 @@ from hashsvc.base.errors import HashsvcError
 from hashsvc.core import auth
 from hashsvc.core.config import ConsoleSettings
 from hashsvc.core.core import Core
+from hashsvc.core.sign_in_limits import SignInLimits
 from hashsvc.http.console import audit_pages, curation_pages, dashboard, review_pages
 from hashsvc.http.console.links import preview_sources, preview_url
-from hashsvc.http.console.sign_in_limits import SignInLimits
 from hashsvc.http.console.web import COOKIE, LOGIN_CSRF_COOKIE, Refused, Web
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,8 @@
-"""Failed console sign-ins per client address: past the limit in a minute,
-the address may not sign in at all until the oldest failure is a minute old
-(refusing only wrong tokens would still tell a guesser which one is right).
+"""Failed authentications per client address, one budget for the console's
+sign-ins, the HTTP API's and the gRPC API's bad tokens: past the limit in a
+minute, the address may not authenticate at all until the oldest failure is a
+minute old (refusing only wrong tokens would still tell a guesser which one
+is right), and it is refused before its token is looked up in the store.
 Kept in this process's memory: each replica counts its own."""
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import time
 from collections import OrderedDict, deque
 
 WINDOW_SECONDS = 60.0
+# The config key of the limit, named in every refusal (ErrorInfo, JSON errors).
+LIMIT_KEY = "console.sign_in_failures_per_minute"
 
 
 class SignInLimits:
