@@ -532,7 +532,37 @@ def test_packed_rows_load_like_rows_and_bad_packing_is_refused(store_and_index):
         (pb.BulkRows(packed_type="pdq", packed_values=bytes(33)), "multiple of 32"),
         (pb.BulkRows(packed_type="nope", packed_values=bytes(32)), "fixed-length"),
         (pb.BulkRows(packed_type="chromaprint", packed_values=bytes(32)), "fixed-length"),
-        (pb.BulkRows(packed_type="pdq", packed_values=bytes(32), entry=["x"]), "no entry"),
+        (pb.BulkRows(packed_type="pdq", packed_values=bytes(32), deleted=[True]), "no deleted"),
+        (
+            pb.BulkRows(packed_type="pdq", packed_values=bytes(64), entry=["x"]),
+            "column entry has 1 rows, not 2",
+        ),
+        (
+            pb.BulkRows(packed_type="pdq", packed_values=bytes(64), label_sets=["{}"]),
+            "each label_set must index label_sets",
+        ),
+        (
+            pb.BulkRows(
+                packed_type="pdq", packed_values=bytes(64), label_sets=["{}"], label_set=[0]
+            ),
+            "column labels has 1 rows, not 2",
+        ),
+        (
+            pb.BulkRows(
+                packed_type="pdq", packed_values=bytes(64), label_sets=["{}"], label_set=[0, 1]
+            ),
+            "must index label_sets",
+        ),
+        (
+            pb.BulkRows(
+                packed_type="pdq",
+                packed_values=bytes(32),
+                label_sets=["{}"],
+                label_set=[0],
+                labels=["{}"],
+            ),
+            "not both",
+        ),
         (
             pb.BulkRows(packed_type="pdq", packed_values=bytes(32), signal_type=["pdq"]),
             "no signal_type",
