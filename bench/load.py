@@ -151,9 +151,9 @@ def _reset_peak() -> None:
 
 def run_load(address: str, token: str, path: str, out, strict: bool = False) -> None:
     client = Client(server=address, token=token)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     summary = load(client, "bench", [path], "csv", strict, LoadProgress(None, False))
-    out.put((time.perf_counter() - started, summary))
+    out.put((time.perf_counter() - started, summary, time.process_time() - cpu))
 
 
 def run_matcher(address: str, token: str, stop, out) -> None:
@@ -196,9 +196,11 @@ def bench(
         _reset_peak()
         before = _memory()
         loader = ctx.Process(target=run_load, args=(address, token, path, results, strict))
+        server_cpu = time.process_time()
         loader.start()
-        seconds, summary = results.get()
+        seconds, summary, client_cpu = results.get()
         loader.join()
+        server_cpu = time.process_time() - server_cpu
         after = _memory()
         print(
             f"{name:17s} server memory{' (strict load)' if strict else ''}:"
@@ -211,7 +213,7 @@ def bench(
         if rerun:  # the same file again: every row is there already
             loader = ctx.Process(target=run_load, args=(address, token, path, results))
             loader.start()
-            rerun_seconds, again = results.get()
+            rerun_seconds, again, _ = results.get()
             loader.join()
             assert again["added"] == 0 and again["unchanged"] == rows, again
         lat = sorted(latencies.get())
@@ -227,7 +229,9 @@ def bench(
         f" longest index lock {LONGEST['index lock'] * 1000:.1f} ms,"
         f" write txn {LONGEST['write txn'] * 1000:.1f} ms;"
         f" slowest Match in the server {LONGEST['match in server'] * 1000:.1f} ms"
-        f" (slowest history write {LONGEST['history write'] * 1000:.1f} ms)",
+        f" (slowest history write {LONGEST['history write'] * 1000:.1f} ms);"
+        f" CPU: client {client_cpu:.2f} s, server {server_cpu:.2f} s"
+        f" ({rows / server_cpu:,.0f} rows a server CPU second)",
         flush=True,
     )
     if rerun_seconds:

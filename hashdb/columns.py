@@ -14,6 +14,16 @@ _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
 _COPY_TRAILER = b"\xff\xff"
 
 
+def unique_ids(ids) -> np.ndarray:
+    """The distinct int64 ids, sorted. np.unique does the same, but numpy 2.4
+    finds them by hashing first: 0.39 s of CPU for 500k ids, 16x a sort (a
+    bulk load's index catch-ups and retro-hunt read such lists)."""
+    out = np.sort(np.asarray(ids, dtype=np.int64).ravel())
+    if len(out) > 1:
+        out = out[np.r_[True, out[1:] != out[:-1]]]
+    return out
+
+
 def value_rows(values: list[bytes] | bytes, width: int) -> np.ndarray:
     """Fixed-length values as an (n, width) array of bytes."""
     blob = values if isinstance(values, bytes) else b"".join(values)

@@ -295,11 +295,12 @@ class ExchangeSQL:
         Returns how many are new."""
         items = {item.key: item for item in mapped}  # a key listed twice: the last
         known = self._mapped_keys(cur, feed_id, list(items))
-        new = [
+        # in key order: the primary key's pages are written one after another
+        new = sorted(
             (feed_id, i.key, i.entry_name, i.source_id)
             for i in items.values()
             if i.key not in known
-        ]
+        )
         self._insert_rows(cur, "exchange_items", "feed_id, item_key, entry_name, source_id", new)
         changed = [
             (i.entry_name, i.source_id, feed_id, i.key)

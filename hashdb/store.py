@@ -136,6 +136,11 @@ class EntryStore(EntryLookup, Protocol):
         """Ids of the set's entries with a change at or after `since`
         (microseconds since the epoch), removed ones included."""
 
+    def active_entries_by_set(self, entry_ids: Iterable[int]) -> dict[int, list[int]]:
+        """Set id -> those of the entries that are active in it, in id order:
+        what a retro-hunt of a load's entries needs, without an entry record
+        each."""
+
 
 class ChangeFeed(Protocol):
     """The change feed and what an index build reads (the live index)."""

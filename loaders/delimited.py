@@ -91,8 +91,8 @@ def read_blocks(
         yield from read_rows(rows, columns, source, start_line=2)
         return
     named = "entry" in columns or "labels" in columns
-    if hash_named_block_rows and "entry" not in columns:
-        block_rows = hash_named_block_rows
+    if hash_named_block_rows and named and "entry" not in columns:
+        block_rows = hash_named_block_rows  # labelled rows named after their hash
     line = 2
     carried: list[list[str]] = []
     while block := carried + list(islice(rows, block_rows - len(carried))):
@@ -125,7 +125,7 @@ def _plain_block(block: list[list[str]], columns: dict[str, int], line: int):
         cells = [row[columns["labels"]] for row in block] if "labels" in columns else None
     except (IndexError, RowError):
         return None  # a short or blank row, an unknown type
-    if sig_type.sequence or sig_type.opaque or {len(d) for d in digits} != {sig_type.nbytes * 2}:
+    if sig_type.sequence or sig_type.opaque or set(map(len, digits)) != {sig_type.nbytes * 2}:
         return None
     try:
         # Every row has exactly 2n characters, so all of them are hex digits
@@ -136,14 +136,19 @@ def _plain_block(block: list[list[str]], columns: dict[str, int], line: int):
     if len(values) != sig_type.nbytes * len(block):
         return None
     if entries is not None or cells is not None:
-        own = [name for name in entries or () if name]
+        every = entries is not None and all(entries)  # a feed's: an id a row
+        own = entries if every else [name for name in entries or () if name]
         if own and not validation.entry_names_valid(own):
             return None
         # as Record.entry_name names them
-        names = [
-            name or f"{kind}:{digits[k].lower()}"
-            for k, name in enumerate(entries or [""] * len(block))
-        ]
+        names = (
+            entries
+            if every
+            else [
+                name or f"{kind}:{digits[k].lower()}"
+                for k, name in enumerate(entries or [""] * len(block))
+            ]
+        )
         if len(set(names)) != len(names):
             return None  # an entry of several rows: read row by row
         if not own:
@@ -156,7 +161,7 @@ def _plain_block(block: list[list[str]], columns: dict[str, int], line: int):
                 wire[text] = r.labels_cell_json(text)
         except RowError:
             return None
-        labels = [wire[text] for text in cells]
+        labels = list(map(wire.__getitem__, cells))
     return PlainRows(kind, values, line, len(block), entries, labels)
 
 

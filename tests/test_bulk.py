@@ -532,7 +532,37 @@ def test_packed_rows_load_like_rows_and_bad_packing_is_refused(store_and_index):
         (pb.BulkRows(packed_type="pdq", packed_values=bytes(33)), "multiple of 32"),
         (pb.BulkRows(packed_type="nope", packed_values=bytes(32)), "fixed-length"),
         (pb.BulkRows(packed_type="chromaprint", packed_values=bytes(32)), "fixed-length"),
-        (pb.BulkRows(packed_type="pdq", packed_values=bytes(32), entry=["x"]), "no entry"),
+        (pb.BulkRows(packed_type="pdq", packed_values=bytes(32), deleted=[True]), "no deleted"),
+        (
+            pb.BulkRows(packed_type="pdq", packed_values=bytes(64), entry=["x"]),
+            "column entry has 1 rows, not 2",
+        ),
+        (
+            pb.BulkRows(packed_type="pdq", packed_values=bytes(64), label_sets=["{}"]),
+            "each label_set must index label_sets",
+        ),
+        (
+            pb.BulkRows(
+                packed_type="pdq", packed_values=bytes(64), label_sets=["{}"], label_set=[0]
+            ),
+            "column labels has 1 rows, not 2",
+        ),
+        (
+            pb.BulkRows(
+                packed_type="pdq", packed_values=bytes(64), label_sets=["{}"], label_set=[0, 1]
+            ),
+            "must index label_sets",
+        ),
+        (
+            pb.BulkRows(
+                packed_type="pdq",
+                packed_values=bytes(32),
+                label_sets=["{}"],
+                label_set=[0],
+                labels=["{}"],
+            ),
+            "not both",
+        ),
         (
             pb.BulkRows(packed_type="pdq", packed_values=bytes(32), signal_type=["pdq"]),
             "no signal_type",
@@ -649,3 +679,32 @@ def test_a_plain_list_of_a_kind_not_indexed_is_not_read_back(store_and_index, mo
     values = [os.urandom(16) for _ in range(50)]
     assert load(store, live, hash_set.id, "op", [RowBatch(["md5"] * 50, values)]).added == 50
     assert store.get_entry(hash_set.id, f"md5:{values[7].hex()}").signals[0].value == values[7]
+
+
+def test_active_entries_by_set_reads_a_loads_ranges_and_single_ids(store):
+    """What a load's retro-hunt reads: the active ones of its entries, by set,
+    in id order; a removed entry inside a range and ids of two sets too."""
+    live = LiveIndex(store, store)
+    live.load()
+    first = store.create_set("first", "", {}, {})
+    second = store.create_set("second", "", {}, {})
+    values = [os.urandom(32) for _ in range(60)]
+    assert load(store, live, first.id, "op", [RowBatch(["pdq"] * 50, values[:50])]).added == 50
+    assert load(store, live, second.id, "op", [RowBatch(["pdq"] * 10, values[50:])]).added == 10
+    ids = {
+        hash_set.id: sorted(e.id for e in store.list_entries(hash_set.id, limit=100))
+        for hash_set in (first, second)
+    }
+    assert len(ids[first.id]) == 50 and len(ids[second.id]) == 10
+    every = ids[first.id] + ids[second.id]
+    assert store.active_entries_by_set(reversed(every)) == ids
+    assert store.active_entries_by_set([ids[second.id][3], ids[first.id][0]]) == {
+        first.id: [ids[first.id][0]],
+        second.id: [ids[second.id][3]],
+    }
+    gone = store.get_entries([ids[first.id][20]])[ids[first.id][20]]
+    store.remove_entry(first.id, gone.name)
+    found = store.active_entries_by_set(every + [999_999_999])
+    assert found[first.id] == [i for i in ids[first.id] if i != gone.id]
+    assert found[second.id] == ids[second.id]
+    assert store.active_entries_by_set([]) == {}

@@ -19,6 +19,7 @@ from hashsvc.client import cli_bulk
 from hashsvc.core.bulk import RowBatch, load
 from hashsvc.core.bulk_rows import plain_rows
 from hashsvc.index.live import LiveIndex
+from hashsvc.v1 import hashsvc_pb2 as pb
 from tests.test_round_trip import _contents, run  # noqa: F401 (a fixture)
 
 LABEL_SETS = [
@@ -277,3 +278,84 @@ def test_a_feed_round_trips_through_the_cli(run, tmp_path):  # noqa: F811 (the f
     summary = json.loads(run("load", "--set", "copy", "--json", "--quiet", str(exported)))
     assert (summary["added"], summary["rejected"]) == (30, 0)
     assert _contents(run, "copy") == want
+
+
+def test_a_label_value_a_row_beside_shared_sets(store_and_index):
+    """A feed's source id a row (RowBatch.label_key and label_values) beside
+    a few shared label sets: the column-wise path stores exactly the labels
+    text the row-by-row path stores (the key in its sorted place, a value
+    needing JSON escapes, a set that has the key already, a row without a
+    value); a bad value sends the batch row by row, which rejects that row
+    with its line."""
+    store, live = store_and_index
+    shared = ['{"a": "1", "z": "2"}', '{"source_id": "theirs", "feed": "f"}', "", '{"m": "x"}']
+    values = ["17", 'id "with" quotes\\', "", "123,456", "n\u00e9"]
+    rows = 40
+
+    def batch(first: int, bad_row: int | None = None) -> RowBatch:
+        label_values = [values[row % len(values)] for row in range(rows)]
+        if bad_row is not None:
+            label_values[bad_row] = "tab\there"
+        return RowBatch(
+            signal_type=["pdq"] * rows,
+            value=[bytes.fromhex(_value(first + row)) for row in range(rows)],
+            line=list(range(2, rows + 2)),
+            entry=[f"feed:{first + row}" for row in range(rows)],
+            labels=[shared[row % len(shared)] for row in range(rows)],
+            label_key="source_id",
+            label_values=label_values,
+        )
+
+    def wanted(first: int) -> dict[str, dict]:
+        out = {}
+        for row in range(rows):
+            labels = json.loads(shared[row % len(shared)] or "{}")
+            if values[row % len(values)]:
+                labels["source_id"] = values[row % len(values)]
+            out[f"feed:{first + row}"] = labels
+        return out
+
+    column_wise = store.create_set("columns", "", {}, {})
+    assert plain_rows(batch(1)) is not None
+    assert load(store, live, column_wise.id, "op", [batch(1)]).added == rows
+    row_by_row = store.create_set("rows", "", {}, {})
+    # a name repeated in the batch sends it row by row
+    repeated = batch(1)
+    repeated.entry[-1] = repeated.entry[0]
+    assert plain_rows(repeated) is None
+    assert load(store, live, row_by_row.id, "op", [repeated]).added == rows - 1
+    got = {name: labels for name, (labels, _) in _entries(store, column_wise.id).items()}
+    assert got == wanted(1)
+    expected = wanted(1)
+    expected["feed:1"] = {**expected["feed:1"], **expected.pop(f"feed:{rows}")}
+    assert {n: labels for n, (labels, _) in _entries(store, row_by_row.id).items()} == expected
+    with store._read() as cur:  # the stored text is the canonical one
+        cur.execute("SELECT name, labels FROM entries WHERE set_id = ?", (column_wise.id,))
+        for name, text in cur.fetchall():
+            assert text == json.dumps(wanted(1)[name], sort_keys=True)
+
+    bad = store.create_set("bad", "", {}, {})
+    assert plain_rows(batch(100, bad_row=7)) is None
+    result = load(store, live, bad.id, "op", [batch(100, bad_row=7)])
+    assert (result.added, result.rejected_count) == (rows - 1, 1)
+    assert result.rejected[0].line == 9 and "control characters" in result.rejected[0].reason
+
+
+def test_a_feed_travels_packed_with_its_label_sets_once(store_and_index, monkeypatch):
+    """The client sends a feed's block packed: the values in one field, the
+    names as a column and each distinct labels text once (label_sets), a
+    row's an index; the server reads it back row for row."""
+    store, live = store_and_index
+    hash_set = store.create_set("packed", "", {}, {})
+    rows = _feed(30)
+    _, _, messages = _load_as_client(store, live, hash_set.id, _csv(rows), monkeypatch, 10)
+    named = [m for m in messages if m.packed_type]
+    assert named and all(len(m.label_sets) <= 4 and not len(m.labels) for m in named)
+    batches = [rows_from_pb(pb.BulkRows.FromString(m.SerializeToString())) for m in messages]
+    assert [name for b in batches for name in b.entry] == [name for _, name, _ in rows]
+    assert [json.loads(text) for b in batches for text in b.labels] == [
+        labels for _, _, labels in rows
+    ]
+    assert _entries(store, hash_set.id) == {
+        name: (labels, [("pdq", bytes.fromhex(value))]) for value, name, labels in rows
+    }

@@ -52,13 +52,20 @@ def header_and_batches(
 
 
 def rows_from_pb(rows: pb.BulkRows) -> RowBatch | PackedRows:
+    labels = _interned_labels(rows)
     if rows.packed_type:
         if len(rows.signal_type) or len(rows.value):
             raise InvalidArgument("BulkRows: packed rows have no signal_type or value column")
-        for name in ("entry", "labels", "deleted", "quality", "variant", "position"):
+        for name in ("deleted", "quality", "variant", "position"):
             if len(getattr(rows, name)):
                 raise InvalidArgument(f"BulkRows: packed rows have no {name} column")
         packed = PackedRows(rows.packed_type, rows.packed_values, rows.first_line, rows.source)
+        for name, column in (("entry", list(rows.entry)), ("labels", labels or list(rows.labels))):
+            if len(column) not in (0, len(packed)):
+                raise InvalidArgument(
+                    f"BulkRows: column {name} has {len(column)} rows, not {len(packed)}"
+                )
+            setattr(packed, name, column)
         if len(rows.line):
             if len(rows.line) != len(packed):
                 raise InvalidArgument(
@@ -72,13 +79,29 @@ def rows_from_pb(rows: pb.BulkRows) -> RowBatch | PackedRows:
     n = len(rows.signal_type)
     columns = {}
     for name in ("line", "entry", "labels", "deleted", "quality", "variant", "position"):
-        column = getattr(rows, name)
+        column = labels if name == "labels" and labels else getattr(rows, name)
         if len(column) not in (0, n):
             raise InvalidArgument(f"BulkRows: column {name} has {len(column)} rows, not {n}")
         columns[name] = list(column)
     return RowBatch(
         signal_type=list(rows.signal_type), value=list(rows.value), source=rows.source, **columns
     )
+
+
+def _interned_labels(rows: pb.BulkRows) -> list[str] | None:
+    """The labels column sent interned (label_sets, label_set), one text a
+    row (the distinct texts shared, not copied); None if not sent so."""
+    if not len(rows.label_set) and not len(rows.label_sets):
+        return None
+    if len(rows.labels):
+        raise InvalidArgument("BulkRows: labels come as a column or interned, not both")
+    sets = list(rows.label_sets)
+    codes = rows.label_set
+    if not len(codes) or len(sets) > len(codes) or max(codes) >= len(sets):
+        raise InvalidArgument(
+            "BulkRows: each label_set must index label_sets, which lists no more sets than rows"
+        )
+    return [sets[code] for code in codes]
 
 
 def response(result: BulkResult, strict: bool) -> pb.BulkLoadResponse:

@@ -60,6 +60,18 @@ def entry_names_valid(names: Sequence[str]) -> bool:
     )
 
 
+def label_values_valid(values: Sequence[str]) -> bool:
+    """Whether every value passes labels()' check of a value, a column at a
+    time (a feed's source id a row)."""
+    return (not values or max(map(len, values)) <= MAX_LABEL_VALUE) and _CONTROL.search(
+        "".join(values)
+    ) is None
+
+
+def label_key_valid(key: str) -> bool:
+    return _LABEL_KEY.fullmatch(key) is not None
+
+
 def text(value: str, what: str) -> str:
     if len(value) > MAX_TEXT:
         raise InvalidArgument(f"{what} is longer than {MAX_TEXT} characters")

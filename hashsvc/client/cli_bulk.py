@@ -160,23 +160,21 @@ def _row_count(rows: pb.BulkRows) -> int:
 
 
 def _plain_to_pb(rows: PlainRows, source: str) -> pb.BulkRows:
-    if rows.entries is None and rows.labels is None:  # packed
-        return pb.BulkRows(
-            packed_type=rows.signal_type,
-            packed_values=rows.values,
-            first_line=rows.first_line,
-            source=source,
-        )
-    # A feed's rows, as columns (the server checks them a column at a time)
-    width = SIGNAL_TYPES[rows.signal_type].nbytes
-    return pb.BulkRows(
-        signal_type=[rows.signal_type] * len(rows),
-        value=[rows.values[k : k + width] for k in range(0, len(rows.values), width)],
-        line=range(rows.first_line, rows.first_line + len(rows)),
+    """Packed: every value in one bytes field; a feed's names and labels as
+    columns beside them (the server checks them a column at a time), each
+    distinct labels text sent once (label_sets) and a row's an index."""
+    out = pb.BulkRows(
+        packed_type=rows.signal_type,
+        packed_values=rows.values,
+        first_line=rows.first_line,
         entry=rows.entries or (),
-        labels=rows.labels or (),
         source=source,
     )
+    if rows.labels is not None:
+        codes: dict[str, int] = {}
+        out.label_set.extend([codes.setdefault(text, len(codes)) for text in rows.labels])
+        out.label_sets.extend(codes)
+    return out
 
 
 def _to_pb(records: list[Record], source: str) -> pb.BulkRows:

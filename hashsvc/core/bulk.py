@@ -43,6 +43,7 @@ from hashsvc.core.bulk_rows import (
     checked_row_labels,
     plain_rows,
     row_entry_name,
+    row_label_added,
     row_value,
     sorted_plain,
 )
@@ -121,6 +122,8 @@ class BulkLoad:
             raise TooLarge(f"a batch may hold at most {MAX_BATCH_ROWS} rows")
         if isinstance(batch, RowBatch) and len(batch.value) != len(batch):
             raise InvalidArgument("every row needs a signal type and a value")
+        if isinstance(batch, RowBatch) and len(batch.label_values) not in (0, len(batch)):
+            raise InvalidArgument("every row needs a label value, or none does")
         self.result.rows += len(batch)
         if self.strict:
             self._check_and_hold(batch)
@@ -137,7 +140,7 @@ class BulkLoad:
         if self._held_rows > MAX_STRICT_ROWS:
             raise TooLarge(f"a strict load holds at most {MAX_STRICT_ROWS} rows")
         if plain_rows(batch) is None:  # a plain hash list passed its checks there
-            for _ in self._grouped(batch):
+            for _ in self._grouped(_row_batch(batch)):
                 pass
         pickle.dump(batch, self._spool, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -165,7 +168,7 @@ class BulkLoad:
             return
         self._flush_plain()  # rows are written in the order they came
         self.wait_for_writer()
-        for groups in self._grouped(batch):
+        for groups in self._grouped(_row_batch(batch)):
             self._write(groups)
 
     def finish(self) -> BulkResult:
@@ -383,13 +386,16 @@ class BulkLoad:
         quality = batch.quality or [-1] * n
         variant = batch.variant or [""] * n
         position = batch.position or [math.nan] * n
+        label_values = batch.label_values if batch.label_key else ()
+        label_values = label_values or [""] * n
         groups: dict[str, EntryGroup] = {}
-        for kind, value, line, entry, label_text, gone, q, var, pos in zip(
+        for kind, value, line, entry, label_text, label_value, gone, q, var, pos in zip(
             batch.signal_type,
             batch.value,
             lines,
             entries,
             labels,
+            label_values,
             deleted,
             quality,
             variant,
@@ -402,6 +408,8 @@ class BulkLoad:
                 )
                 name = row_entry_name(entry) if entry else f"{kind}:{value.hex()}"
                 row_labels = checked_row_labels(label_text) if label_text else None
+                if label_value:
+                    row_labels = row_label_added(row_labels, batch.label_key, label_value)
                 if var and var != "original" and not EXCHANGED_VARIANT.fullmatch(var):
                     raise RowError(f"variant {quoted(var)} is not exchanged")
                 if q != -1 and not 0 <= q <= 100:
@@ -435,6 +443,10 @@ class BulkLoad:
             except RowError as exc:
                 self._reject(batch.source, line, str(exc))
         yield groups
+
+
+def _row_batch(batch: RowBatch | PackedRows) -> RowBatch:
+    return batch.as_row_batch() if isinstance(batch, PackedRows) else batch
 
 
 class LoadStore(BulkStore, EntryLookup, Protocol):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -31,6 +32,11 @@ class RowBatch:
     line: Sequence[int] = ()
     entry: Sequence[str] = ()  # "" -> named after the signal
     labels: Sequence[str] = ()  # JSON object text; "" -> the row says nothing
+    # With label_key, each row's labels also say label_key = label_values[row]
+    # ("" -> not): a feed's source id, one a row, beside label sets shared by
+    # many rows (each shared set is then checked once, not once a row).
+    label_key: str = ""
+    label_values: Sequence[str] = ()
     deleted: Sequence[bool] = ()
     quality: Sequence[int] = ()  # -1 -> none
     variant: Sequence[str] = ()  # "" -> "original"
@@ -69,6 +75,9 @@ class PackedRows:
     values: bytes
     first_line: int = 1
     source: str = ""
+    # a feed's rows: each row's entry name and labels, as in RowBatch
+    entry: Sequence[str] = ()
+    labels: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         sig_type = SIGNAL_TYPES.get(self.kind)
@@ -91,6 +100,8 @@ class PackedRows:
             signal_type=[self.kind] * count,
             value=[self.values[k * width : (k + 1) * width] for k in range(count)],
             line=range(self.first_line, self.first_line + count),
+            entry=self.entry,
+            labels=self.labels,
             source=self.source,
         )
 
@@ -136,6 +147,14 @@ class RowError(ValueError):
 def checked_row_labels(text: str) -> dict[str, str]:
     try:
         return validation.labels_json(text)
+    except InvalidArgument as exc:
+        raise RowError(str(exc)) from None
+
+
+def row_label_added(labels: dict[str, str] | None, key: str, value: str) -> dict[str, str]:
+    """The row's labels with key = value too (RowBatch.label_key), checked."""
+    try:
+        return validation.labels({**(labels or {}), key: value})
     except InvalidArgument as exc:
         raise RowError(str(exc)) from None
 
@@ -243,7 +262,9 @@ def plain_rows(batch: RowBatch | PackedRows) -> CheckedPlainRows | None:
     if isinstance(batch, PackedRows):
         width = SIGNAL_TYPES[batch.kind].nbytes
         values = np.frombuffer(batch.values, dtype=np.uint8).reshape(-1, width)
-        return CheckedPlainRows(batch.kind, values, None)
+        if not batch.entry and not batch.labels:
+            return CheckedPlainRows(batch.kind, values, None)
+        return _named_rows(batch.kind, values, None, batch.entry, batch.labels)
     says_more = (
         any(batch.deleted)
         or not set(batch.variant) <= {"", "original"}
@@ -267,17 +288,36 @@ def plain_rows(batch: RowBatch | PackedRows) -> CheckedPlainRows | None:
         return None
     values = np.frombuffer(b"".join(batch.value), dtype=np.uint8).reshape(-1, sig_type.nbytes)
     qualities = np.asarray(batch.quality, dtype=np.int16) if batch.quality else None
-    labels = None
-    if any(batch.labels):
-        labels = _stored_labels(batch.labels)
+    if batch.label_key and any(batch.label_values):
+        labels = _stored_labels_with(
+            batch.labels or [""] * len(batch), batch.label_key, batch.label_values
+        )
+        if labels is None:
+            return None
+        return _named_rows(kind, values, qualities, batch.entry, (), labels)
+    return _named_rows(kind, values, qualities, batch.entry, batch.labels)
+
+
+def _named_rows(
+    kind: str,
+    values: np.ndarray,
+    qualities: np.ndarray | None,
+    entries: Sequence[str],
+    label_texts: Sequence[str],
+    labels: list[str | None] | None = None,
+) -> CheckedPlainRows | None:
+    """The rows with their names and labels (texts, or labels already as
+    stored) checked, or None (see plain_rows)."""
+    if labels is None and any(label_texts):
+        labels = _stored_labels(label_texts)
         if labels is None:
             return None
     names = None
-    if any(batch.entry) or labels is not None:
-        names = _entry_names(kind, batch.entry, values)
+    if any(entries) or labels is not None:
+        names = _entry_names(kind, entries, values)
         if names is None:
             return None
-    own_names = bool(batch.entry) and all(batch.entry)
+    own_names = bool(entries) and all(entries)
     return CheckedPlainRows(kind, values, qualities, names, labels, own_names)
 
 
@@ -317,6 +357,53 @@ def _stored_labels(texts: Sequence[str]) -> list[str | None] | None:
     return [stored[text] for text in texts]
 
 
+def _stored_labels_with(
+    texts: Sequence[str], key: str, values: Sequence[str]
+) -> list[str | None] | None:
+    """As _stored_labels, each row's labels also saying key = values[row]
+    (where not ""): each distinct text checked once and made a template
+    with the key in its sorted place, each value checked a column at a time
+    and put in (the stored text is exactly json.dumps(labels, sort_keys=True),
+    as for any other row). None when one is invalid."""
+    if len(values) != len(texts) or not validation.label_key_valid(key):
+        return None
+    if not validation.label_values_valid(values):
+        return None
+    plain_text = _stored_labels(texts)
+    if plain_text is None:
+        return None
+    templates: dict[str, tuple[str, str]] = {}
+    for text in set(texts):
+        labels = checked_row_labels(text) if text else {}
+        if len(labels.keys() | {key}) > validation.MAX_LABELS:
+            return None
+        items = sorted((k, v) for k, v in labels.items() if k != key)
+        before = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in items if k < key]
+        after = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in items if k > key]
+        templates[text] = (
+            "{" + "".join(f"{item}, " for item in before) + f"{json.dumps(key)}: ",
+            "".join(f", {item}" for item in after) + "}",
+        )
+    # ids are digits (and commas) nearly always: quoted as they are
+    quoted = (
+        [f'"{value}"' for value in values]
+        if _PLAIN_VALUE.fullmatch("".join(values))
+        else [json.dumps(value) for value in values]
+    )
+    out: list[str | None] = []
+    for text, value, stored, quoted_value in zip(texts, values, plain_text, quoted, strict=True):
+        if value:
+            head, tail = templates[text]
+            out.append(head + quoted_value + tail)
+        else:
+            out.append(stored)
+    return out
+
+
+# Label values json.dumps() leaves as they are (inside quotes)
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9 ,._:/-]*")
+
+
 def sorted_plain(parts: Sequence[CheckedPlainRows]) -> PlainSignals:
     """Rows of one kind_key as entries in name order, so the store's name
     index is written page by page. Plain rows: one entry a value (its first
@@ -345,6 +432,9 @@ def sorted_plain(parts: Sequence[CheckedPlainRows]) -> PlainSignals:
     return PlainSignals(kind, SINGLE_MEDIA_TYPE.get(kind, HASH), rows[keep], qualities)
 
 
+# Rows a label set needs on average to be written a set at a time (as
+# hashdb/sqlite.py's SQL_ROWS_PER_STATEMENT); below, rows go in name order.
+_ROWS_PER_LABEL_SET = 16
 # Named rows are sorted by the first bytes of their names: the order only
 # makes the name index's writes local, and a fixed width keeps it in numpy.
 _NAME_SORT_BYTES = 48
@@ -362,14 +452,18 @@ def _sorted_named(parts: Sequence[CheckedPlainRows]) -> PlainSignals:
     labels = None
     if parts[0].labels:
         labels = np.array([text for p in parts for text in p.labels], dtype=object)
+    codes = None
     if labels is not None and all(p.own_names for p in parts):
+        codes = {text: code for code, text in enumerate(sorted(set(labels.tolist()), key=str))}
+    if codes is not None and len(codes) * _ROWS_PER_LABEL_SET <= len(labels):
         # A feed's ids, by label set and then by id: each short write holds
         # a few label sets, whose rows the store writes a set at a time (at
         # 300 sets a batch, by id alone, it bound them row by row: 2x the
         # time). Ids are mostly the feed's own sequence, so a write's ids
         # still lie close together in the name index. Ids named after
-        # hashes lie all over it: those keep name order.
-        codes = {text: code for code, text in enumerate(sorted(set(labels.tolist()), key=str))}
+        # hashes lie all over it: those keep name order, and so do rows
+        # whose label sets are nearly one a row (a source id among the
+        # labels): by set, they came in the feed's order, random names.
         order = np.lexsort((keys, np.fromiter(map(codes.__getitem__, labels.tolist()), np.int64)))
     else:
         order = np.argsort(keys, kind="stable")

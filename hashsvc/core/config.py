@@ -151,10 +151,12 @@ class ExchangeSettings:
     # at most feedback_max_attempts times).
     feedback_retry_seconds: float = 60.0
     feedback_max_attempts: int = 20
-    # A fetched page is written through the bulk path this many rows at a
-    # time (each a few short transactions and an index catch-up): Match waits
-    # for at most one such write.
-    write_rows: int = 2000
+    # A fetched page is handed to the bulk path this many rows at a time; its
+    # writer splits them into transactions of the store's bulk_write_seconds
+    # (a Match waits for at most one) and its follower indexes what they
+    # committed. Smaller hand-overs only add waits: at 2,000 a 10k-row page
+    # waited for the writer five times.
+    write_rows: int = 20_000
     # File feeds read lists on the server's disk: only under this directory
     # ("" = anywhere the server may read).
     file_dir: str = ""

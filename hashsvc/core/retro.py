@@ -268,7 +268,9 @@ class RetroHunt:
             raise FailedPrecondition("the retro window is 0 (off): give since_seconds")
         since = to_micros(datetime.now(UTC) - timedelta(seconds=window))
         ids = [i for s in sets for i in self.store.entries_changed_since(s.id, since)]
-        active = [e.id for e in self.store.get_entries(ids).values() if e.removed_at is None]
+        active = sorted(
+            i for found in self.store.active_entries_by_set(ids).values() for i in found
+        )
         if not active:
             raise NotFound("no entries to hunt with: none was added within the window")
         if len(active) > self.settings.max_entries_per_run:
@@ -296,10 +298,7 @@ class RetroHunt:
     def _queue(self, entry_ids: list[int], trigger: str, caller: str) -> list[RetroRun]:
         """Runs for added entries: one per set (at most max_entries_per_run
         entries each), over the set's window."""
-        by_set: dict[int, list[int]] = {}
-        for entry in self.store.get_entries(entry_ids).values():
-            if entry.removed_at is None:
-                by_set.setdefault(entry.set_id, []).append(entry.id)
+        by_set = self.store.active_entries_by_set(entry_ids)
         runs = []
         step = self.settings.max_entries_per_run
         for set_id, ids in sorted(by_set.items()):

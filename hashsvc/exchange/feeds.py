@@ -66,7 +66,6 @@ from hashsvc.exchange.sources import (
 
 log = logging.getLogger(__name__)
 
-_PLAIN_ID = re.compile(r"[A-Za-z0-9,._:-]*")
 _FEED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Options each API takes (`exchange add` flags); base_url points a client at
 # another server (a mirror, or the tests' local one).
@@ -496,6 +495,7 @@ class Feeds:
             "value": [],
             "entry": [],
             "labels": [],
+            "label_values": [],
             "deleted": [],
         }
         # each key's last state in this page: a page may add and then delete
@@ -510,13 +510,14 @@ class Feeds:
                     continue
                 held = final.get(item.key) or known.get(item.key)
                 if held is not None:
-                    _add_row(columns, "md5", b"", held.entry_name, "", True)
+                    _add_row(columns, "md5", b"", held.entry_name, "", "", True)
                     final[item.key] = None
                 continue
             if not item.signals:
                 continue
             name = entry_name(feed.name, item.key)
             labels = self._labels_json(feed, item, label_cache)
+            source_id = item.source_id[: validation.MAX_LABEL_VALUE]
             good = 0
             for kind, hex_value in item.signals:
                 try:  # the bulk path's own check, here so a bad hash is never mapped
@@ -524,7 +525,7 @@ class Feeds:
                 except (ValueError, RowError):
                     result.rejected += 1
                     continue
-                _add_row(columns, kind, value, name, labels, False)
+                _add_row(columns, kind, value, name, labels, source_id, False)
                 good += 1
             if good:
                 final[item.key] = FeedItem(item.key, name, item.source_id)
@@ -536,12 +537,14 @@ class Feeds:
             checkpoint = guard.checkpoint(previous, checkpoint)
             guard.fresh.update(m.key for m in mapped if m.key not in known)
         before = (run.result.counts.updated, run.result.rejected_count)
-        # in batches of write_rows: each is a few short store transactions and
-        # an index catch-up, so a Match waits for a small one at most
+        # in batches of write_rows (the bulk path's writer makes short
+        # transactions of them, so a Match waits for a small one at most)
         step = self.settings.write_rows
         for start in range(0, len(columns["value"]), step):
             part = {key: values[start : start + step] for key, values in columns.items()}
-            run.add_batch(RowBatch(**part, source=f"exchange:{feed.name}"))
+            run.add_batch(
+                RowBatch(**part, label_key=SOURCE_ID_LABEL, source=f"exchange:{feed.name}")
+            )
         # the bulk path writes named batches on its writer thread: the page's
         # rows are committed (and counted) before its checkpoint is, so a crash
         # between the two replays the page instead of skipping it
@@ -562,11 +565,11 @@ class Feeds:
 
     def _labels_json(self, feed: FeedRecord, item: SourceItem, cache: dict) -> str:
         """The entry's labels as the bulk rows carry them (JSON text): the
-        source's, then the feed's, then the feed's name and the source id,
-        so a partner cannot pose as another feed or drop its id. Source
-        labels past the per-entry limit or invalid are dropped (the hashes
-        still load). Rows of a page share few label sets: each is checked
-        and written once, the source id (one a row) appended as text."""
+        source's, then the feed's, then the feed's name; the source id goes
+        beside them (RowBatch.label_values, as SOURCE_ID_LABEL), so a
+        partner cannot pose as another feed or drop its id. Source labels
+        past the per-entry limit or invalid are dropped (the hashes still
+        load). Rows of a page share few label sets: each is checked once."""
         shared = tuple(sorted(item.labels.items()))
         text = cache.get(shared)
         if text is None:
@@ -582,12 +585,7 @@ class Feeds:
                     continue
                 theirs[key] = value
             text = cache[shared] = json.dumps({**theirs, **ours}, sort_keys=True)
-        if not item.source_id:
-            return text
-        source_id = item.source_id[: validation.MAX_LABEL_VALUE]
-        # ids are digits (and commas) nearly always: quoted as they are
-        quoted_id = f'"{source_id}"' if _PLAIN_ID.fullmatch(source_id) else json.dumps(source_id)
-        return f'{text[:-1]}, "{SOURCE_ID_LABEL}": {quoted_id}}}'
+        return text
 
     # -- feedback to the source
 
@@ -774,12 +772,19 @@ def _prefetched(pages: Iterator[SourcePage], stopping: threading.Event) -> Itera
 
 
 def _add_row(
-    columns: dict[str, list], kind: str, value: bytes, entry: str, labels: str, deleted: bool
+    columns: dict[str, list],
+    kind: str,
+    value: bytes,
+    entry: str,
+    labels: str,
+    source_id: str,
+    deleted: bool,
 ) -> None:
     columns["signal_type"].append(kind)
     columns["value"].append(value)
     columns["entry"].append(entry)
     columns["labels"].append(labels)
+    columns["label_values"].append(source_id)
     columns["deleted"].append(deleted)
 
 

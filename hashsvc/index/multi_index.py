@@ -53,6 +53,7 @@ from itertools import combinations
 
 import numpy as np
 
+from hashdb.columns import unique_ids
 from hashsvc.index.binary import (
     SNAPSHOT_MAGIC,
     SNAPSHOT_MAGIC_SEGMENTS,
@@ -302,7 +303,7 @@ class MultiIndexHash:
                 self._count += len(ids_arr)
 
     def remove(self, ids: Iterable[int]) -> int:
-        ids_arr = np.unique(id_array(ids))
+        ids_arr = unique_ids(id_array(ids))
         if not len(ids_arr):
             return 0
         with self._writer:
