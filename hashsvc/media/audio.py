@@ -51,6 +51,7 @@ import numpy as np
 
 from hashsvc.base.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
 from hashsvc.base.signals import CHROMAPRINT, Signal
+from hashsvc.media import audio_parts
 from hashsvc.media.audio_words import (
     SAMPLE_RATE,
     SECONDS_PER_WORD,
@@ -312,9 +313,10 @@ class AudioFrameFingerprinter:
 
 class _ShiftWindows:
     """Keeps the first AudioLimits.shift_scan_seconds of PCM and makes the
-    shifted views of shift_windows stretches spread evenly over it (one: the
-    middle, so a known track preceded or followed by other audio is still
-    inside it)."""
+    shifted views of a stretch in the middle of each part of it that sounds
+    different (audio_parts: an intro, then the track), up to shift_windows;
+    one in the middle when it sounds alike throughout, so a known track
+    preceded or followed by a little other audio is still inside it."""
 
     def __init__(self, limits: AudioLimits) -> None:
         self._limits = limits
@@ -331,19 +333,29 @@ class _ShiftWindows:
             self._parts.append(pcm[:take])
             self._kept += take
 
-    def starts(self) -> list[int]:
-        """Where the stretches start (samples), evenly spread over what was kept."""
-        window = min(self._window, self._kept)
-        n = self._limits.shift_windows
-        centers = [(k + 0.5) / n * self._kept for k in range(n)]
-        return sorted({int(min(max(c - window / 2, 0), self._kept - window)) for c in centers})
+    def starts(self, kept: np.ndarray) -> list[int]:
+        """Where the stretches start (samples): centred on each part of what
+        was kept, clamped inside it."""
+        window = min(self._window, len(kept))
+        limits = self._limits
+        ranges = [(0, len(kept))]
+        if limits.shift_windows > 1:
+            ranges = audio_parts.parts(
+                kept,
+                SAMPLE_RATE,
+                limits.shift_window_seconds,
+                limits.shift_change_db,
+                limits.shift_windows,
+            )
+        centers = [(lo + hi) / 2 for lo, hi in ranges]
+        return sorted({int(min(max(c - window / 2, 0), len(kept) - window)) for c in centers})
 
     def views(self) -> tuple[Signal, ...]:
         if self._kept < self._limits.min_seconds * SAMPLE_RATE:
             return ()
         kept = np.concatenate(self._parts)
         views = []
-        for start in self.starts():
+        for start in self.starts(kept):
             window = kept[start : start + self._window]
             for stretch in self._limits.shift_tempo_stretches:
                 stretched = window if stretch == 1.0 else _atempo(window, stretch)
