@@ -165,7 +165,9 @@ def shift_false_matches(index: AudioIndex, n_sets: int, seconds: float):
     """(unrelated uploads, false matches with the shifted search on, closest BER
     of any loose alignment): other speech in the same language and voice over
     the known tracks' own beds (both the bench's and the voice of its known
-    track 1), other languages, music, noise."""
+    track 1), other languages, music, noise; and, so that uploads of two parts
+    (two stretches, twice the views) are tried too, music for `seconds` and
+    then as long again of the same-voice same-bed speech, pitched up 3%."""
     uploads = []
     for seed in range(n_sets):
         bed = 1 + seed % 12
@@ -173,6 +175,8 @@ def shift_false_matches(index: AudioIndex, n_sets: int, seconds: float):
         voice = am.VOICES["ar"][seed % 3]
         same = am.speech_track(4000 + seed, seconds, "ar", voice=voice, background_seed=bed)
         uploads.append(am.encode(same, "mp3"))
+        intro = am.tones(5000 + seed, seconds)
+        uploads.append(am.shifted_after_intro(intro, same, pitch=1.03))
     false, closest, two_stretches = 0, None, 0
     for data in uploads:
         signals = fingerprint_audio(data, SHIFT_LIMITS, shifted_views=True).query_signals()

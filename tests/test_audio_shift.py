@@ -14,7 +14,7 @@ from hashsvc.client import cli
 from hashsvc.index.audio import AudioIndex
 from hashsvc.matching.matcher import search_sounds
 from hashsvc.media import audio_parts
-from hashsvc.media.audio import AudioLimits, _resampled, fingerprint_audio
+from hashsvc.media.audio import AudioLimits, _resampled, _ResamplePlan, fingerprint_audio
 from hashsvc.media.audio_words import SAMPLE_RATE
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc_testing import audio_media as am
@@ -210,3 +210,16 @@ def test_resampled_is_linear_interpolation(ratio):
     expected = np.interp(np.arange(n) / ratio, np.arange(len(pcm)), pcm.astype(np.float64))
     assert out.dtype == np.int16 and len(out) == n
     assert np.abs(out.astype(np.float64) - np.trunc(expected)).max() <= 1
+
+
+def test_a_resample_plan_serves_shorter_inputs():
+    """The views of all stretches share one plan per pitch ratio, made for the
+    longest: a shorter input resampled through it gives the samples a plan of
+    its own length gives."""
+    pcm = (np.random.default_rng(23).standard_normal(18 * 11025) * 8000).astype(np.int16)
+    for ratio in (0.9, 1.04, 1.1):
+        plan = _ResamplePlan(len(pcm), ratio)
+        for length in (len(pcm), 16 * 11025, 14 * 11025 + 7):
+            assert np.array_equal(plan.resampled(pcm[:length]), _resampled(pcm[:length], ratio))
+        with pytest.raises(ValueError):
+            _ResamplePlan(1000, ratio).resampled(pcm[:2000])

@@ -354,47 +354,73 @@ class _ShiftWindows:
         if self._kept < self._limits.min_seconds * SAMPLE_RATE:
             return ()
         kept = np.concatenate(self._parts)
+        # Every (stretch, tempo factor) is resampled by every pitch ratio: the
+        # positions and weights of a ratio are worked out once, for the
+        # longest, and serve the others as their prefix.
+        stretched = [
+            (start, stretch, source if stretch == 1.0 else _atempo(source, stretch))
+            for start in self.starts(kept)
+            for source in [kept[start : start + self._window]]
+            for stretch in self._limits.shift_tempo_stretches
+        ]
+        longest = max(len(pcm) for _, _, pcm in stretched)
         views = []
-        for start in self.starts(kept):
-            window = kept[start : start + self._window]
-            for stretch in self._limits.shift_tempo_stretches:
-                stretched = window if stretch == 1.0 else _atempo(window, stretch)
-                for ratio in self._ratios:
-                    words = _fingerprint_pcm(_resampled(stretched, ratio))
-                    if informative_mask(words).sum() * SECONDS_PER_WORD < self._limits.min_seconds:
-                        continue
-                    views.append(
-                        Signal(
-                            kind=CHROMAPRINT.name,
-                            value=words.astype(">u4").tobytes(),
-                            variant=shift_variant(ratio, stretch),
-                            position=round(start / SAMPLE_RATE, 3),
-                        )
+        for ratio in self._ratios:
+            plan = _ResamplePlan(longest, ratio)
+            for start, stretch, pcm in stretched:
+                words = _fingerprint_pcm(plan.resampled(pcm))
+                if informative_mask(words).sum() * SECONDS_PER_WORD < self._limits.min_seconds:
+                    continue
+                views.append(
+                    Signal(
+                        kind=CHROMAPRINT.name,
+                        value=words.astype(">u4").tobytes(),
+                        variant=shift_variant(ratio, stretch),
+                        position=round(start / SAMPLE_RATE, 3),
                     )
+                )
         return tuple(views)
 
 
+class _ResamplePlan:
+    """Resampling by one ratio: ratio times as many samples (int16), to be
+    played at the same rate, so pitch and speed are divided by ratio. Linear
+    interpolation: measured as good as a polyphase filter for the fingerprint.
+    Each view pays for one, so the positions (float64: float32 would round
+    them by up to 1/64 sample at 200k samples) become sample indexes and
+    float32 weights once per ratio, for inputs up to `samples` long, and the
+    interpolation works in place on as few arrays as it can."""
+
+    def __init__(self, samples: int, ratio: float) -> None:
+        self.ratio = ratio
+        if ratio == 1.0:
+            return
+        at = np.arange(max(int((samples - 1) * ratio), 0), dtype=np.float64)
+        at *= 1.0 / ratio
+        self._left = at.astype(np.int32)  # < samples - 1, so left + 1 is a sample too
+        self._right = self._left + 1
+        at -= self._left
+        self._weight = at.astype(np.float32)
+
+    def resampled(self, pcm: np.ndarray) -> np.ndarray:
+        if self.ratio == 1.0:
+            return pcm
+        # a shorter input's output positions are a prefix of the longest one's
+        n = max(int((len(pcm) - 1) * self.ratio), 0)
+        if n > len(self._weight):
+            raise ValueError("a resample plan serves inputs up to the length it was made for")
+        source = pcm.astype(np.float32)
+        left = source[self._left[:n]]
+        out = source[self._right[:n]]
+        out -= left
+        out *= self._weight[:n]
+        out += left
+        return out.astype(np.int16)
+
+
 def _resampled(pcm: np.ndarray, ratio: float) -> np.ndarray:
-    """ratio times as many samples (int16), to be played at the same rate: pitch
-    and speed divided by ratio. Linear interpolation: measured as good as a
-    polyphase filter for the fingerprint. Each view pays for one, so it works
-    in place on as few arrays as it can (3x faster than the plain expression,
-    the same samples): positions in float64 (float32 would round them by up
-    to 1/64 sample at 200k samples), weights and samples in float32."""
-    if ratio == 1.0:
-        return pcm
-    source = pcm.astype(np.float32)
-    at = np.arange(int((len(pcm) - 1) * ratio), dtype=np.float64)
-    at *= 1.0 / ratio
-    index = at.astype(np.int32)  # < len(pcm) - 1, so index + 1 is a sample too
-    at -= index
-    weight = at.astype(np.float32)
-    left = source[index]
-    out = source[index + 1]
-    out -= left
-    out *= weight
-    out += left
-    return out.astype(np.int16)
+    """pcm resampled by ratio (see _ResamplePlan)."""
+    return _ResamplePlan(len(pcm), ratio).resampled(pcm)
 
 
 def _atempo(pcm: np.ndarray, factor: float) -> np.ndarray:
