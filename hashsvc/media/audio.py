@@ -33,8 +33,12 @@ speech over a music bed (README, bench/audio.py):
 * fingerprinting 20 s costs ~2 ms, resampling it ~0.4 ms, atempo ~5 ms: the
   63 views (21 pitch ratios x 3 tempo factors) of one 16 s stretch, searched,
   add ~0.27 s to a 3-minute upload's ~0.3 s Match (20 s stretches: 2.04x,
-  over the 2x budget), so one stretch (the middle of the first two minutes)
-  is re-fingerprinted, not the whole upload.
+  over the 2x budget), so one stretch of the first two minutes is
+  re-fingerprinted, not the whole upload: in the middle when they sound alike
+  throughout, else one in the middle of each part that sounds different
+  (audio_parts: an intro, then the track; up to shift_windows), so a track
+  after a minute of other audio is not missed and only such uploads pay for
+  a second stretch.
 """
 
 from __future__ import annotations
