@@ -245,3 +245,11 @@ def test_a_line_found_by_one_view_is_aligned_in_all_of_its_stretch(media):
     assert own and best.ber <= min(own), (best, min(own))
     assert best.pitch_ratio == pytest.approx(0.95, abs=0.001), best
     assert abs(best.known_start - (12.0 + best.query_start)) <= 0.6, best
+
+
+@pytest.mark.parametrize("change_db", [0.0, -1.0, 61.0])
+def test_a_bad_change_threshold_is_refused(change_db):
+    """0 would cut every upload somewhere (always two stretches); refused
+    when the config is read, like the other shift settings."""
+    with pytest.raises(ValueError, match="shift_change_db"):
+        AudioLimits(shift_change_db=change_db)
