@@ -3,6 +3,7 @@ search latency and memory with 100k known tracks.
 
     .venv/bin/python bench/audio.py            # 12 real tracks, 100k known tracks
     .venv/bin/python bench/audio.py --short    # 5 real tracks, 10k known tracks
+    .venv/bin/python bench/audio.py --only shifted --shifts pitch-10% --forms excerpt15s
 
 Known tracks are generated speech (espeak-ng, Arabic, English, French, German,
 several voices) over a tonal background bed, stored as 192 kbps MP3. Queries are
@@ -133,16 +134,17 @@ def decision(best_ber: float) -> str:
     return "review" if distance <= CHROMAPRINT_LIMITS.review_distance else "allow"
 
 
-def shift_recall(index: AudioIndex, pcm: dict):
+def shift_recall(index: AudioIndex, pcm: dict, shifts=SHIFTS, forms=FORMS):
     """Yields per (transform, form): (share at block, share at review or
-    block, median |tempo ratio error|)."""
+    block, median |tempo ratio error|, uploads given two stretches)."""
     max_ber = CHROMAPRINT_LIMITS.review_distance / 100
-    for name, pitch, tempo in SHIFTS:
-        for form in FORMS:
-            block = review = 0
+    for name, pitch, tempo in shifts:
+        for form in forms:
+            block = review = split = 0
             errors = []
             for tid, track in pcm.items():
                 signals, known_start = shifted_query(track, tid, pitch, tempo, form)
+                split += len({s.position for s in signals[1:]}) > 1
                 found = search_sounds(index, signals, max_ber)
                 if set(found) - {tid} or tid not in found:
                     continue  # missed, or found something else too
@@ -156,14 +158,16 @@ def shift_recall(index: AudioIndex, pcm: dict):
                 review += verdict in ("block", "review")
                 errors.append(abs(best.rate - tempo))
             n = len(pcm)
-            yield (name, form), (block / n, review / n, statistics.median(errors or [0.0]))
+            yield (name, form), (block / n, review / n, statistics.median(errors or [0.0]), split)
 
 
 def shift_false_matches(index: AudioIndex, n_sets: int, seconds: float):
     """(unrelated uploads, false matches with the shifted search on, closest BER
     of any loose alignment): other speech in the same language and voice over
     the known tracks' own beds (both the bench's and the voice of its known
-    track 1), other languages, music, noise."""
+    track 1), other languages, music, noise; and, so that uploads of two parts
+    (two stretches, twice the views) are tried too, music for `seconds` and
+    then as long again of the same-voice same-bed speech, pitched up 3%."""
     uploads = []
     for seed in range(n_sets):
         bed = 1 + seed % 12
@@ -171,23 +175,28 @@ def shift_false_matches(index: AudioIndex, n_sets: int, seconds: float):
         voice = am.VOICES["ar"][seed % 3]
         same = am.speech_track(4000 + seed, seconds, "ar", voice=voice, background_seed=bed)
         uploads.append(am.encode(same, "mp3"))
-    false, closest = 0, None
+        intro = am.tones(5000 + seed, seconds)
+        uploads.append(am.shifted_after_intro(intro, same, pitch=1.03))
+    false, closest, two_stretches = 0, None, 0
     for data in uploads:
         signals = fingerprint_audio(data, SHIFT_LIMITS, shifted_views=True).query_signals()
+        two_stretches += len({s.position for s in signals[1:]}) > 1
         found = search_sounds(index, signals, CHROMAPRINT_LIMITS.review_distance / 100)
         false += bool(found)
         loose = search_sounds(index, signals, PROBE_MAX_BER)
         bers = [a.ber for alignments in loose.values() for a in alignments]
         if bers:
             closest = min(bers) if closest is None else min(closest, min(bers))
-    return len(uploads), false, closest
+    return len(uploads), false, closest, two_stretches
 
 
 # A re-upload whose first minute is other audio (music), then the known track
 # shifted (sped up 8%; pitch -3% and tempo +10%): one stretch in the middle of
-# the first shift_scan_seconds may lie wholly in the intro.
+# the first shift_scan_seconds lies wholly in the intro; the defaults place a
+# stretch in each part that sounds different.
 INTRO_SECONDS = 60.0
 INTRO_SHIFTS = [("speed+8%", 1.08, 1.08), ("pitch-3%tempo+10%", 0.97, 1.10)]
+ONE_STRETCH = AudioLimits(shift_windows=1)  # the previous default: one stretch, in the middle
 
 
 def intro_recall(index: AudioIndex, pcm: dict, limits: AudioLimits):
@@ -212,12 +221,20 @@ def intro_recall(index: AudioIndex, pcm: dict, limits: AudioLimits):
         yield name, (block / len(pcm), review / len(pcm))
 
 
+def three_minutes(two_parts: bool) -> bytes:
+    """A 3-minute MP3 known to no index: speech over a bed, or a minute of
+    music and then two of speech (an upload of two parts: two stretches)."""
+    if not two_parts:
+        return am.master(am.speech_track(98, 180, "ar"))
+    return am.master(np.concatenate([am.stereo(am.tones(98, 60)), am.speech_track(98, 120, "ar")]))
+
+
 def match_cost(
-    index: AudioIndex, rounds: int, limits: AudioLimits = SHIFT_LIMITS
+    index: AudioIndex, rounds: int, limits: AudioLimits = SHIFT_LIMITS, two_parts: bool = False
 ) -> tuple[float, float]:
     """Median CPU seconds of an audio Match's work (decode, fingerprint,
     search) for a 3-minute MP3: plain, and with the shifted search."""
-    mp3 = am.master(am.speech_track(98, 180, "ar"))
+    mp3 = three_minutes(two_parts)
     max_ber = CHROMAPRINT_LIMITS.review_distance / 100
     costs = {False: [], True: []}
     for _ in range(rounds):
@@ -255,10 +272,26 @@ def latency(index: AudioIndex, queries: list[np.ndarray], rounds: int) -> tuple[
     return times[len(times) // 2] * 1000, times[int(len(times) * 0.99)] * 1000
 
 
+SECTIONS = ("plain", "shifted", "intro", "false", "speed", "index")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--short", action="store_true")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--short", action="store_true", help="5 tracks of 36 s, 10k known")
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}"
+    )
+    parser.add_argument("--shifts", help="comma-separated shifted rows (e.g. pitch-10%%)")
+    parser.add_argument("--forms", default=",".join(FORMS), help=f"of {FORMS}")
+    parser.add_argument("--shift-tracks", type=int, help="tracks for the shifted rows")
     args = parser.parse_args()
+    only = set(args.only.split(","))
+    if only - set(SECTIONS):
+        parser.error(f"unknown sections: {only - set(SECTIONS)}")
+    shifts = SHIFTS
+    if args.shifts:
+        shifts = [row for row in SHIFTS if row[0] in args.shifts.split(",")]
+    forms = tuple(f for f in FORMS if f in args.forms.split(","))
     n_real, seconds = (5, 36) if args.short else (12, 60)
     n_filler = 10_000 if args.short else 100_000
     started = time.perf_counter()
@@ -267,60 +300,77 @@ def main() -> None:
     pcm, words = build_known(n_real, seconds)
     small = AudioIndex()
     small.add_many(words.items())
-    per_transform, true_bers, queries = recall(small, pcm)
-    for name, value in per_transform.items():
-        print(f"recall {name:14s} {value:.2f}  ({len(pcm)} tracks of {seconds} s)", flush=True)
-    print(
-        f"BER of true matches: median {statistics.median(true_bers):.3f} max {max(true_bers):.3f}"
-    )
-    n_unrelated, false, closest = false_matches(small, n_real, 20)
-    print(f"false matches: {false} of {n_unrelated} unrelated uploads")
-    print(
-        f"closest unrelated alignment (max_ber {PROBE_MAX_BER}, {PROBE_MIN_SECONDS:g} s): "
-        + ("none" if closest is None else f"BER {closest:.3f}")
-    )
+    queries = [words[tid] for tid in words]
+    if "plain" in only:
+        per_transform, true_bers, queries = recall(small, pcm)
+        for name, value in per_transform.items():
+            print(f"recall {name:14s} {value:.2f}  ({len(pcm)} tracks of {seconds} s)", flush=True)
+        print(
+            f"BER of true matches: median {statistics.median(true_bers):.3f}"
+            f" max {max(true_bers):.3f}"
+        )
+        n_unrelated, false, closest = false_matches(small, n_real, 20)
+        print(f"false matches: {false} of {n_unrelated} unrelated uploads")
+        print(
+            f"closest unrelated alignment (max_ber {PROBE_MAX_BER}, {PROBE_MIN_SECONDS:g} s): "
+            + ("none" if closest is None else f"BER {closest:.3f}")
+        )
 
     shift_started = time.perf_counter()
-    # short (CI): the shifted transforms on 1 track; each query is ~63 views
-    shift_pcm = dict(list(pcm.items())[:1]) if args.short else pcm
-    print(f"shifted transforms on {len(shift_pcm)} tracks", flush=True)
-    for (name, form), (block, review, tempo_error) in shift_recall(small, shift_pcm):
-        print(
-            f"recall {name:18s} {form:10s} block {block:.2f} review {review:.2f}"
-            f"  (tempo ratio error median {tempo_error:.3f})",
-            flush=True,
-        )
-    two_stretches = AudioLimits(shift_windows=2)
-    for limits in (SHIFT_LIMITS, two_stretches):
-        for name, (block, review) in intro_recall(small, shift_pcm, limits):
+    # short (CI): the shifted transforms on 1 track (they were 60% of the
+    # short run); each query is ~63 views
+    n_shift = args.shift_tracks or (1 if args.short else n_real)
+    shift_pcm = dict(list(pcm.items())[:n_shift])
+    if "shifted" in only:
+        print(f"shifted transforms on {len(shift_pcm)} tracks", flush=True)
+        for (name, form), (block, review, tempo_error, split) in shift_recall(
+            small, shift_pcm, shifts, forms
+        ):
             print(
-                f"recall {name:18s} after {INTRO_SECONDS:g} s of music,"
-                f" {limits.shift_windows} stretch(es): block {block:.2f} review {review:.2f}",
+                f"recall {name:18s} {form:10s} block {block:.2f} review {review:.2f}"
+                f"  (tempo ratio error median {tempo_error:.3f}; two stretches {split})",
                 flush=True,
             )
-    n_shift_unrelated, shift_false, shift_closest = shift_false_matches(
-        small, 5 if args.short else 25, 20
-    )
-    closest_text = "none"
-    if shift_closest is not None:
-        review_margin = shift_closest - CHROMAPRINT_LIMITS.review_distance / 100
-        block_margin = shift_closest - CHROMAPRINT_LIMITS.block_distance / 100
-        closest_text = (
-            f"BER {shift_closest:.3f} (margin {review_margin:+.3f} over review,"
-            f" {block_margin:+.3f} over block)"
+    if "intro" in only:
+        for limits in (SHIFT_LIMITS, ONE_STRETCH):
+            label = "defaults" if limits == SHIFT_LIMITS else "one stretch in the middle"
+            for name, (block, review) in intro_recall(small, shift_pcm, limits):
+                print(
+                    f"recall {name:18s} after {INTRO_SECONDS:g} s of music, {label}:"
+                    f" block {block:.2f} review {review:.2f}",
+                    flush=True,
+                )
+    if "false" in only:
+        n_shift_unrelated, shift_false, shift_closest, split = shift_false_matches(
+            small, 5 if args.short else 25, 20
         )
-    print(
-        f"shifted search on: false matches {shift_false} of {n_shift_unrelated} unrelated uploads;"
-        f" closest unrelated alignment {closest_text}"
-        f" [{time.perf_counter() - shift_started:.0f} s]"
-    )
+        closest_text = "none"
+        if shift_closest is not None:
+            review_margin = shift_closest - CHROMAPRINT_LIMITS.review_distance / 100
+            block_margin = shift_closest - CHROMAPRINT_LIMITS.block_distance / 100
+            closest_text = (
+                f"BER {shift_closest:.3f} (margin {review_margin:+.3f} over review,"
+                f" {block_margin:+.3f} over block)"
+            )
+        print(
+            f"shifted search on: false matches {shift_false} of {n_shift_unrelated} unrelated"
+            f" uploads; closest unrelated alignment {closest_text}"
+            f" [{time.perf_counter() - shift_started:.0f} s]"
+        )
 
-    duration, wall, cpu = fingerprint_speed()
-    print(
-        f"fingerprinting a {duration:.0f} s MP3 (44.1 kHz stereo, 192 kbps):"
-        f" {wall:.0f}x realtime wall clock, {cpu:.0f}x per CPU second"
-    )
+    if "speed" in only:
+        duration, wall, cpu = fingerprint_speed()
+        print(
+            f"fingerprinting a {duration:.0f} s MP3 (44.1 kHz stereo, 192 kbps):"
+            f" {wall:.0f}x realtime wall clock, {cpu:.0f}x per CPU second"
+        )
+    if "index" in only:
+        big_index(words, queries, n_filler, args.short)
+    print(f"total {time.perf_counter() - started:.0f} s")
 
+
+def big_index(words: dict, queries: list[np.ndarray], n_filler: int, short: bool) -> None:
+    """Search latency, memory and the Match cost with n_filler known tracks."""
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     words_per_track = int(180 / SECONDS_PER_WORD)
     big = AudioIndex()
@@ -339,7 +389,7 @@ def main() -> None:
         f" built in {build:.1f} s, {big.nbytes / 2**20:.0f} MiB of arrays,"
         f" peak RSS +{(rss - rss_before) / 1024:.0f} MiB"
     )
-    p50, p99 = latency(big, queries, 1 if args.short else 3)
+    p50, p99 = latency(big, queries, 1 if short else 3)
     lengths = [len(q) * SECONDS_PER_WORD for q in queries]
     print(
         f"search latency ({len(queries)} real queries of {min(lengths):.0f}-{max(lengths):.0f} s):"
@@ -356,7 +406,7 @@ def main() -> None:
         ).shifted_views
     ]
     times = []
-    for _ in range(1 if args.short else 3):
+    for _ in range(1 if short else 3):
         for view in views:
             t0 = time.perf_counter()
             big.search_shifted(view)
@@ -368,18 +418,19 @@ def main() -> None:
         f" {SHIFT_LIMITS.shift_window_seconds:g} s stretch, {len(big)} tracks):"
         f" p50 {p50:.1f} ms, p99 {p99:.1f} ms"
     )
-    plain, shifted = match_cost(big, 3 if args.short else 5)
-    print(
-        f"audio Match CPU for a 3-minute MP3 (decode + fingerprint + search, {len(big)} tracks):"
-        f" plain {plain * 1000:.0f} ms, with the shifted search {shifted * 1000:.0f} ms,"
-        f" ratio {shifted / plain:.2f}"
-    )
-    plain, shifted = match_cost(big, 3 if args.short else 5, two_stretches)
-    print(
-        f"the same with {two_stretches.shift_windows} stretches: plain {plain * 1000:.0f} ms,"
-        f" shifted {shifted * 1000:.0f} ms, ratio {shifted / plain:.2f}"
-    )
-    print(f"total {time.perf_counter() - started:.0f} s")
+    rounds = 3 if short else 5
+    for label, limits, two_parts in (
+        ("a 3-minute MP3 of one part (one stretch)", SHIFT_LIMITS, False),
+        ("the same, one stretch in the middle (the previous default)", ONE_STRETCH, False),
+        ("a 3-minute MP3 of two parts, music then speech (two stretches)", SHIFT_LIMITS, True),
+    ):
+        plain, shifted = match_cost(big, rounds, limits, two_parts)
+        print(
+            f"audio Match CPU, {label}; decode + fingerprint + search, {len(big)} tracks:"
+            f" plain {plain * 1000:.0f} ms, with the shifted search {shifted * 1000:.0f} ms,"
+            f" ratio {shifted / plain:.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

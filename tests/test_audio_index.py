@@ -192,3 +192,23 @@ def test_shifted_search_finds_a_line_of_another_slope():
     assert found.ber == 0.0
     assert abs(found.known_start - 300 * SECONDS_PER_WORD) <= SLACK
     assert found.known_duration == pytest.approx(found.duration * 1.12, abs=0.01)
+
+
+def test_align_line_scores_a_given_line_only():
+    """align_line aligns a query along the line it is given (how the matcher
+    tries a line one shifted view found on the other views of its stretch):
+    the right line is found at its rate with the known range where it is, a
+    line one word off that track's or another track is not."""
+    index = AudioIndex()
+    known_words = filler(8, 1500)
+    index.add(1, known_words)
+    index.add(2, filler(9, 1500))
+    at = np.rint(200 + np.arange(160) * 0.9).astype(int)
+    query = known_words[at]
+    found = index.align_line(1, query, offset=200.0, rate=0.9)
+    assert found is not None and found.ber == 0.0 and found.rate == pytest.approx(0.9)
+    assert found.duration == pytest.approx(160 * SECONDS_PER_WORD, abs=0.01)
+    assert abs(found.known_start - 200 * SECONDS_PER_WORD) <= 0.01
+    assert index.align_line(1, query, offset=210.0, rate=0.9) is None
+    assert index.align_line(2, query, offset=200.0, rate=0.9) is None
+    assert index.align_line(3, query, offset=200.0, rate=0.9) is None  # no such track

@@ -13,7 +13,9 @@ import pytest
 from hashsvc.client import cli
 from hashsvc.index.audio import AudioIndex
 from hashsvc.matching.matcher import search_sounds
-from hashsvc.media.audio import AudioLimits, _resampled, fingerprint_audio
+from hashsvc.media import audio_parts
+from hashsvc.media.audio import AudioLimits, _resampled, _ResamplePlan, fingerprint_audio
+from hashsvc.media.audio_words import SAMPLE_RATE
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc_testing import audio_media as am
 
@@ -133,16 +135,16 @@ def test_answer_and_history_hold_the_fingerprint_not_the_views(service, media):
     assert [s.variant for s in resp.query_signals if s.signal_type == "chromaprint"] == ["original"]
 
 
-def test_second_stretch_finds_a_shifted_track_after_a_long_intro(media):
-    """A re-upload whose first minute is other audio (music), then the known
-    speech sped up 8%: one stretch in the middle of the first 120 s (the
-    default) lies in the intro and sees nothing of the known speech; with
-    shift_windows = 2 the second stretch (centred at 3/4 of what was scanned)
-    lies in it and the match comes with the upload's seconds after the intro."""
+@pytest.mark.parametrize("intro", ["music", "silence"])
+def test_shifted_track_after_a_long_intro_is_found_at_the_defaults(media, intro):
+    """A re-upload whose first minute is other audio (music, or silence), then
+    the known speech sped up 8%: a single stretch in the middle of the first
+    120 s lies in the intro and sees nothing of the known speech; at the
+    defaults the upload is split where its sound changes and the stretch in
+    the second part finds it, in the upload's seconds after the intro."""
     intro_seconds = 60.0
-    upload = am.shifted_after_intro(
-        am.tones(611, intro_seconds), media["known_pcm"], pitch=1.08, tempo=1.08
-    )
+    intro_pcm = am.tones(611, intro_seconds) if intro == "music" else am.silence(intro_seconds)
+    upload = am.shifted_after_intro(intro_pcm, media["known_pcm"], pitch=1.08, tempo=1.08)
     index = AudioIndex()
     known_words = fingerprint_audio(media["known"], AudioLimits()).words
     index.add(1, known_words)
@@ -152,8 +154,8 @@ def test_second_stretch_finds_a_shifted_track_after_a_long_intro(media):
         signals = fingerprint_audio(upload, limits, shifted_views=True).query_signals()
         return search_sounds(index, signals, max_ber).get(1, [])
 
-    assert found(AudioLimits()) == []  # the one stretch lies in the intro
-    alignments = found(AudioLimits(shift_windows=2))
+    assert found(AudioLimits(shift_windows=1)) == []  # the one stretch lies in the intro
+    alignments = found(AudioLimits())
     assert alignments
     best = min(alignments, key=lambda a: a.ber)
     assert best.shifted and best.ber <= 0.15, best
@@ -161,6 +163,41 @@ def test_second_stretch_finds_a_shifted_track_after_a_long_intro(media):
     assert best.query_start >= intro_seconds - 1, best
     # the known audio at upload second s is at known second (s - intro) * tempo
     assert abs(best.known_start - (best.query_start - intro_seconds) * 1.08) <= 0.6, best
+
+
+def test_an_upload_that_sounds_alike_throughout_pays_for_one_stretch(media):
+    """Speech over one bed from start to end (the known track, its shifted
+    copy, other speech in the same voice and bed): one stretch, in the middle,
+    so the shifted search costs what it did with one stretch."""
+    uploads = [media["known"], media["pitch_up_6"], *media["same_voice_same_bed"]]
+    for upload in uploads:
+        fp = fingerprint_audio(upload, AudioLimits(), shifted_views=True)
+        starts = {view.position for view in fp.shifted_views}
+        assert len(starts) == 1, starts
+        (start,) = starts
+        middle = (fp.duration - AudioLimits().shift_window_seconds) / 2
+        assert abs(start - middle) <= 0.2, (start, fp.duration)
+
+
+def test_parts_split_where_the_sound_changes():
+    """audio_parts on 11025 Hz PCM: music then speech over a bed is two parts
+    joined within a block of the true join; the speech alone is one."""
+    speech = am.speech_track(7, 50.0, "ar", voice=VOICE, background_seed=BED).mean(axis=1)
+    music = am.tones(7, 40.0)
+    joined = _at_11025(np.concatenate([music, speech]))
+    found = audio_parts.parts(joined, SAMPLE_RATE, 16.0, 2.5, 2)
+    assert len(found) == 2, found
+    assert abs(found[0][1] / SAMPLE_RATE - 40.0) <= audio_parts.BLOCK_SECONDS, found
+    assert found[1][1] == len(joined)
+    assert audio_parts.parts(_at_11025(speech), SAMPLE_RATE, 16.0, 2.5, 2) == [
+        (0, len(_at_11025(speech)))
+    ]
+
+
+def _at_11025(pcm: np.ndarray) -> np.ndarray:
+    """am's float PCM at 22050 Hz as the int16 at 11025 Hz the fingerprinter keeps
+    (every other sample: the spectrum up to 5 kHz is what audio_parts reads)."""
+    return (np.clip(pcm[::2], -1, 1) * 32767).astype(np.int16)
 
 
 @pytest.mark.parametrize("ratio", [0.9, 0.97, 1.0, 1.03, 1.1])
@@ -173,3 +210,46 @@ def test_resampled_is_linear_interpolation(ratio):
     expected = np.interp(np.arange(n) / ratio, np.arange(len(pcm)), pcm.astype(np.float64))
     assert out.dtype == np.int16 and len(out) == n
     assert np.abs(out.astype(np.float64) - np.trunc(expected)).max() <= 1
+
+
+def test_a_resample_plan_serves_shorter_inputs():
+    """The views of all stretches share one plan per pitch ratio, made for the
+    longest: a shorter input resampled through it gives the samples a plan of
+    its own length gives."""
+    pcm = (np.random.default_rng(23).standard_normal(18 * 11025) * 8000).astype(np.int16)
+    for ratio in (0.9, 1.04, 1.1):
+        plan = _ResamplePlan(len(pcm), ratio)
+        for length in (len(pcm), 16 * 11025, 14 * 11025 + 7):
+            assert np.array_equal(plan.resampled(pcm[:length]), _resampled(pcm[:length], ratio))
+        with pytest.raises(ValueError):
+            _ResamplePlan(1000, ratio).resampled(pcm[:2000])
+
+
+def test_a_line_found_by_one_view_is_aligned_in_all_of_its_stretch(media):
+    """The views' own searches find a shifted excerpt in some of them; the
+    matcher aligns what they found in every view of the stretch, so the
+    answer is at least as good as any single view's and comes from the view
+    that undoes the shift (pitch 0.95), not from a neighbour 1% off."""
+    index = AudioIndex()
+    index.add(1, fingerprint_audio(media["known"], AudioLimits()).words)
+    signals = fingerprint_audio(
+        media["pitch_down_5"], AudioLimits(), shifted_views=True
+    ).query_signals()
+    max_ber = 0.20
+    own = [
+        a.ber
+        for view in signals[1:]
+        for a in index.search_shifted(np.frombuffer(view.value, ">u4").astype(np.uint32), max_ber)
+    ]
+    best = min(search_sounds(index, signals, max_ber)[1], key=lambda a: a.ber)
+    assert own and best.ber <= min(own), (best, min(own))
+    assert best.pitch_ratio == pytest.approx(0.95, abs=0.001), best
+    assert abs(best.known_start - (12.0 + best.query_start)) <= 0.6, best
+
+
+@pytest.mark.parametrize("change_db", [0.0, -1.0, 61.0])
+def test_a_bad_change_threshold_is_refused(change_db):
+    """0 would cut every upload somewhere (always two stretches); refused
+    when the config is read, like the other shift settings."""
+    with pytest.raises(ValueError, match="shift_change_db"):
+        AudioLimits(shift_change_db=change_db)

@@ -358,24 +358,29 @@ class AudioIndex:
         alignments: list[AudioAlignment] = []
         for votes, rate, offset, track_id, known in candidates[:SHIFT_MAX_CANDIDATES]:
             found = _align_at_rate(query, query_informative, known, offset, rate, max_ber)
-            if found is None:
-                continue
-            start, end, ber, informative_words = found
-            if informative_words * SECONDS_PER_WORD < min_seconds:
-                continue
-            alignments.append(
-                AudioAlignment(
-                    track_id=track_id,
-                    query_start=round(start * SECONDS_PER_WORD, 3),
-                    known_start=round((offset + start * rate) * SECONDS_PER_WORD, 3),
-                    duration=round((end - start) * SECONDS_PER_WORD, 3),
-                    ber=round(ber, 4),
-                    votes=votes,
-                    rate=rate,
-                    known_duration=round((end - start) * rate * SECONDS_PER_WORD, 3),
-                )
-            )
+            alignment = _line_alignment(track_id, found, offset, rate, votes, min_seconds)
+            if alignment is not None:
+                alignments.append(alignment)
         return _distinct(alignments)
+
+    def align_line(
+        self,
+        track_id: int,
+        words,
+        offset: float,
+        rate: float,
+        max_ber: float = DEFAULT_MAX_BER,
+        min_seconds: float = DEFAULT_MIN_SECONDS,
+    ) -> AudioAlignment | None:
+        """The longest well-aligned stretch of a query along a given line of a
+        known track (query word i = known word offset + i * rate), or None: a
+        line another view of the same audio found, tried on this view."""
+        known = self._words_of_track.get(track_id)
+        query = np.asarray(words, dtype=np.uint32)
+        if known is None or not len(query):
+            return None
+        found = _align_at_rate(query, informative_mask(query), known, offset, rate, max_ber)
+        return _line_alignment(track_id, found, offset, rate, 0, min_seconds)
 
     @staticmethod
     def _vote_rates(segment, query_keys, query_positions, rate_grid, track_of_slot):
@@ -478,6 +483,25 @@ def _align_at_rate(query, query_informative, known, offset, rate, max_ber):
         return None
     a, b, ber, informative_words = found
     return start + a, start + b, ber, informative_words
+
+
+def _line_alignment(track_id, found, offset, rate, votes, min_seconds) -> AudioAlignment | None:
+    """The AudioAlignment of _align_at_rate's result, None if none or too short."""
+    if found is None:
+        return None
+    start, end, ber, informative_words = found
+    if informative_words * SECONDS_PER_WORD < min_seconds:
+        return None
+    return AudioAlignment(
+        track_id=track_id,
+        query_start=round(start * SECONDS_PER_WORD, 3),
+        known_start=round((offset + start * rate) * SECONDS_PER_WORD, 3),
+        duration=round((end - start) * SECONDS_PER_WORD, 3),
+        ber=round(ber, 4),
+        votes=votes,
+        rate=rate,
+        known_duration=round((end - start) * rate * SECONDS_PER_WORD, 3),
+    )
 
 
 def _longest_good_run(q, k, valid, max_ber):

@@ -857,8 +857,8 @@ def search_sounds(
     rate-aware one (in the upload's seconds); a track's shifted evidence
     replaces its plain one only when it aligns better."""
     found: dict[int, list[AudioAlignment]] = defaultdict(list)
-    # Shifted views: the best alignment per known track and upload stretch.
-    shifted: dict[int, dict[float, AudioAlignment]] = defaultdict(dict)
+    # Shifted views, by the stretch of the upload they were made from.
+    views: dict[float, list[tuple[np.ndarray, float, float]]] = defaultdict(list)
     for sig in query:
         if sig.kind != CHROMAPRINT.name:
             continue
@@ -866,12 +866,15 @@ def search_sounds(
         if shift is None:
             for alignment in audio_index.search(words_of(sig.value), max_ber=max_ber):
                 found[alignment.track_id].append(alignment)
-            continue
-        for alignment in audio_index.search_shifted(words_of(sig.value), max_ber=max_ber):
-            upload = _in_upload_seconds(alignment, sig.position or 0.0, *shift)
-            best = shifted[upload.track_id].get(sig.position or 0.0)
-            if best is None or upload.ber < best.ber:
-                shifted[upload.track_id][sig.position or 0.0] = upload
+        else:
+            views[sig.position or 0.0].append((words_of(sig.value), *shift))
+    # The best alignment per known track and upload stretch.
+    shifted: dict[int, dict[float, AudioAlignment]] = defaultdict(dict)
+    for stretch_start, stretch_views in views.items():
+        for alignment in _shifted_lines(audio_index, stretch_start, stretch_views, max_ber):
+            best = shifted[alignment.track_id].get(stretch_start)
+            if best is None or alignment.ber < best.ber:
+                shifted[alignment.track_id][stretch_start] = alignment
     for track_id, by_stretch in shifted.items():
         plain = found.get(track_id)
         best = min(by_stretch.values(), key=lambda a: a.ber)
@@ -883,6 +886,70 @@ def search_sounds(
         ):
             found[track_id] = list(by_stretch.values())
     return found
+
+
+# A view's search proposes lines (track, offset, rate) up to this BER; each is
+# then aligned in every view of the same stretch at the caller's max_ber. The
+# view whose votes find a line is not always the one that aligns it best: a
+# 15 s excerpt pitched down 10% (bench/audio.py) is found only by the view
+# 1% off its pitch (BER 0.186, over block), while the view that undoes the
+# shift exactly aligns it at 0.116 along the same line but keeps too few
+# words' top 24 bits to be voted for.
+SHIFT_PROPOSAL_BER = 0.25
+# Proposed lines re-aligned per stretch (the lowest BERs first): each costs an
+# alignment per view (~63 of ~50 us).
+SHIFT_PROPOSALS_PER_STRETCH = 4
+
+
+def _shifted_lines(
+    audio_index: AudioIndex,
+    stretch_start: float,
+    views: list[tuple[np.ndarray, float, float]],
+    max_ber: float,
+) -> list[AudioAlignment]:
+    """Alignments (in the upload's seconds) of the views of one stretch: the
+    lines their searches propose, each aligned in all of them."""
+    proposals: list[AudioAlignment] = []
+    for words, pitch_ratio, tempo_stretch in views:
+        probe_ber = max(max_ber, SHIFT_PROPOSAL_BER)
+        for alignment in audio_index.search_shifted(words, max_ber=probe_ber):
+            proposals.append(
+                _in_upload_seconds(alignment, stretch_start, pitch_ratio, tempo_stretch)
+            )
+    proposals.sort(key=lambda a: a.ber)
+    lines: list[AudioAlignment] = []
+    for line in proposals:
+        if len(lines) == SHIFT_PROPOSALS_PER_STRETCH:
+            break
+        if not any(_same_line(line, kept) for kept in lines):
+            lines.append(line)
+    aligned = []
+    for line in lines:
+        for words, pitch_ratio, tempo_stretch in views:
+            # The line in this view's words: view second x is upload second
+            # stretch_start + x * upload_per_view.
+            upload_per_view = tempo_stretch / pitch_ratio
+            known_at_view_start = line.known_start + line.rate * (stretch_start - line.query_start)
+            alignment = audio_index.align_line(
+                line.track_id,
+                words,
+                offset=known_at_view_start / SECONDS_PER_WORD,
+                rate=line.rate * upload_per_view,
+                max_ber=max_ber,
+            )
+            if alignment is not None:
+                aligned.append(
+                    _in_upload_seconds(alignment, stretch_start, pitch_ratio, tempo_stretch)
+                )
+    return aligned
+
+
+def _same_line(a: AudioAlignment, b: AudioAlignment) -> bool:
+    """Two alignments of one track along nearly one line (within a word)."""
+    if a.track_id != b.track_id or abs(a.rate - b.rate) > 0.01:
+        return False
+    b_known_at_a = b.known_start + b.rate * (a.query_start - b.query_start)
+    return abs(b_known_at_a - a.known_start) <= SECONDS_PER_WORD
 
 
 # How much lower a shifted view's BER must be to replace the plain evidence.

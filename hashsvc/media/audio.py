@@ -33,8 +33,12 @@ speech over a music bed (README, bench/audio.py):
 * fingerprinting 20 s costs ~2 ms, resampling it ~0.4 ms, atempo ~5 ms: the
   63 views (21 pitch ratios x 3 tempo factors) of one 16 s stretch, searched,
   add ~0.27 s to a 3-minute upload's ~0.3 s Match (20 s stretches: 2.04x,
-  over the 2x budget), so one stretch (the middle of the first two minutes)
-  is re-fingerprinted, not the whole upload.
+  over the 2x budget), so one stretch of the first two minutes is
+  re-fingerprinted, not the whole upload: in the middle when they sound alike
+  throughout, else one in the middle of each part that sounds different
+  (audio_parts: an intro, then the track; up to shift_windows), so a track
+  after a minute of other audio is not missed and only such uploads pay for
+  a second stretch.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ import numpy as np
 
 from hashsvc.base.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
 from hashsvc.base.signals import CHROMAPRINT, Signal
+from hashsvc.media import audio_parts
 from hashsvc.media.audio_words import (
     SAMPLE_RATE,
     SECONDS_PER_WORD,
@@ -312,9 +317,10 @@ class AudioFrameFingerprinter:
 
 class _ShiftWindows:
     """Keeps the first AudioLimits.shift_scan_seconds of PCM and makes the
-    shifted views of shift_windows stretches spread evenly over it (one: the
-    middle, so a known track preceded or followed by other audio is still
-    inside it)."""
+    shifted views of a stretch in the middle of each part of it that sounds
+    different (audio_parts: an intro, then the track), up to shift_windows;
+    one in the middle when it sounds alike throughout, so a known track
+    preceded or followed by a little other audio is still inside it."""
 
     def __init__(self, limits: AudioLimits) -> None:
         self._limits = limits
@@ -331,58 +337,94 @@ class _ShiftWindows:
             self._parts.append(pcm[:take])
             self._kept += take
 
-    def starts(self) -> list[int]:
-        """Where the stretches start (samples), evenly spread over what was kept."""
-        window = min(self._window, self._kept)
-        n = self._limits.shift_windows
-        centers = [(k + 0.5) / n * self._kept for k in range(n)]
-        return sorted({int(min(max(c - window / 2, 0), self._kept - window)) for c in centers})
+    def starts(self, kept: np.ndarray) -> list[int]:
+        """Where the stretches start (samples): centred on each part of what
+        was kept, clamped inside it."""
+        window = min(self._window, len(kept))
+        limits = self._limits
+        ranges = [(0, len(kept))]
+        if limits.shift_windows > 1:
+            ranges = audio_parts.parts(
+                kept,
+                SAMPLE_RATE,
+                limits.shift_window_seconds,
+                limits.shift_change_db,
+                limits.shift_windows,
+            )
+        centers = [(lo + hi) / 2 for lo, hi in ranges]
+        return sorted({int(min(max(c - window / 2, 0), len(kept) - window)) for c in centers})
 
     def views(self) -> tuple[Signal, ...]:
         if self._kept < self._limits.min_seconds * SAMPLE_RATE:
             return ()
         kept = np.concatenate(self._parts)
+        # Every (stretch, tempo factor) is resampled by every pitch ratio: the
+        # positions and weights of a ratio are worked out once, for the
+        # longest, and serve the others as their prefix.
+        stretched = [
+            (start, stretch, source if stretch == 1.0 else _atempo(source, stretch))
+            for start in self.starts(kept)
+            for source in [kept[start : start + self._window]]
+            for stretch in self._limits.shift_tempo_stretches
+        ]
+        longest = max(len(pcm) for _, _, pcm in stretched)
         views = []
-        for start in self.starts():
-            window = kept[start : start + self._window]
-            for stretch in self._limits.shift_tempo_stretches:
-                stretched = window if stretch == 1.0 else _atempo(window, stretch)
-                for ratio in self._ratios:
-                    words = _fingerprint_pcm(_resampled(stretched, ratio))
-                    if informative_mask(words).sum() * SECONDS_PER_WORD < self._limits.min_seconds:
-                        continue
-                    views.append(
-                        Signal(
-                            kind=CHROMAPRINT.name,
-                            value=words.astype(">u4").tobytes(),
-                            variant=shift_variant(ratio, stretch),
-                            position=round(start / SAMPLE_RATE, 3),
-                        )
+        for ratio in self._ratios:
+            plan = _ResamplePlan(longest, ratio)
+            for start, stretch, pcm in stretched:
+                words = _fingerprint_pcm(plan.resampled(pcm))
+                if informative_mask(words).sum() * SECONDS_PER_WORD < self._limits.min_seconds:
+                    continue
+                views.append(
+                    Signal(
+                        kind=CHROMAPRINT.name,
+                        value=words.astype(">u4").tobytes(),
+                        variant=shift_variant(ratio, stretch),
+                        position=round(start / SAMPLE_RATE, 3),
                     )
+                )
         return tuple(views)
 
 
+class _ResamplePlan:
+    """Resampling by one ratio: ratio times as many samples (int16), to be
+    played at the same rate, so pitch and speed are divided by ratio. Linear
+    interpolation: measured as good as a polyphase filter for the fingerprint.
+    Each view pays for one, so the positions (float64: float32 would round
+    them by up to 1/64 sample at 200k samples) become sample indexes and
+    float32 weights once per ratio, for inputs up to `samples` long, and the
+    interpolation works in place on as few arrays as it can."""
+
+    def __init__(self, samples: int, ratio: float) -> None:
+        self.ratio = ratio
+        if ratio == 1.0:
+            return
+        at = np.arange(max(int((samples - 1) * ratio), 0), dtype=np.float64)
+        at *= 1.0 / ratio
+        self._left = at.astype(np.int32)  # < samples - 1, so left + 1 is a sample too
+        self._right = self._left + 1
+        at -= self._left
+        self._weight = at.astype(np.float32)
+
+    def resampled(self, pcm: np.ndarray) -> np.ndarray:
+        if self.ratio == 1.0:
+            return pcm
+        # a shorter input's output positions are a prefix of the longest one's
+        n = max(int((len(pcm) - 1) * self.ratio), 0)
+        if n > len(self._weight):
+            raise ValueError("a resample plan serves inputs up to the length it was made for")
+        source = pcm.astype(np.float32)
+        left = source[self._left[:n]]
+        out = source[self._right[:n]]
+        out -= left
+        out *= self._weight[:n]
+        out += left
+        return out.astype(np.int16)
+
+
 def _resampled(pcm: np.ndarray, ratio: float) -> np.ndarray:
-    """ratio times as many samples (int16), to be played at the same rate: pitch
-    and speed divided by ratio. Linear interpolation: measured as good as a
-    polyphase filter for the fingerprint. Each view pays for one, so it works
-    in place on as few arrays as it can (3x faster than the plain expression,
-    the same samples): positions in float64 (float32 would round them by up
-    to 1/64 sample at 200k samples), weights and samples in float32."""
-    if ratio == 1.0:
-        return pcm
-    source = pcm.astype(np.float32)
-    at = np.arange(int((len(pcm) - 1) * ratio), dtype=np.float64)
-    at *= 1.0 / ratio
-    index = at.astype(np.int32)  # < len(pcm) - 1, so index + 1 is a sample too
-    at -= index
-    weight = at.astype(np.float32)
-    left = source[index]
-    out = source[index + 1]
-    out -= left
-    out *= weight
-    out += left
-    return out.astype(np.int16)
+    """pcm resampled by ratio (see _ResamplePlan)."""
+    return _ResamplePlan(len(pcm), ratio).resampled(pcm)
 
 
 def _atempo(pcm: np.ndarray, factor: float) -> np.ndarray:

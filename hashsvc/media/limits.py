@@ -86,16 +86,20 @@ class AudioLimits:
     # Wall-clock bound on one decode (Timeout beyond it; 0 = none): four hours of
     # audio take ~30 s on a free core, so this only stops a pathological decode.
     max_wall_seconds: float = 300.0
-    # Pitch- and tempo-shifted uploads (query only): shift_windows stretches of
-    # shift_window_seconds, spread evenly over the first shift_scan_seconds of
-    # the upload, are time-stretched at the same pitch by each of
-    # shift_tempo_stretches (1.0: as they are), then resampled by each pitch
-    # ratio from 1 - shift_pitch_range to 1 + shift_pitch_range in steps of
-    # shift_pitch_step, and fingerprinted again (hashsvc/media/audio.py says
-    # why these values; each view costs ~4 ms). 0 windows: no shifted search.
-    shift_windows: int = 1
+    # Pitch- and tempo-shifted uploads (query only): stretches of
+    # shift_window_seconds of the first shift_scan_seconds of the upload are
+    # time-stretched at the same pitch by each of shift_tempo_stretches (1.0:
+    # as they are), then resampled by each pitch ratio from 1 -
+    # shift_pitch_range to 1 + shift_pitch_range in steps of shift_pitch_step,
+    # and fingerprinted again (hashsvc/media/audio.py says why these values;
+    # each view costs ~4 ms). One stretch, in the middle, when the scanned
+    # audio sounds alike throughout; one in the middle of each part, up to
+    # shift_windows, where its sound changes by more than shift_change_db
+    # (an intro, then the track). 0 windows: no shifted search.
+    shift_windows: int = 2
     shift_window_seconds: float = 16.0
     shift_scan_seconds: float = 120.0
+    shift_change_db: float = 2.5
     shift_pitch_range: float = 0.10
     shift_pitch_step: float = 0.01
     shift_tempo_stretches: tuple[float, ...] = (0.9, 1.0, 1.1)
@@ -113,6 +117,8 @@ class AudioLimits:
             raise ValueError("audio.shift_pitch_range / shift_pitch_step must be <= 40")
         if not 5 <= self.shift_scan_seconds <= 600:
             raise ValueError("audio.shift_scan_seconds must be within 5..600")
+        if not 0 < self.shift_change_db <= 60:
+            raise ValueError("audio.shift_change_db must be within (0, 60]")
         stretches = self.shift_tempo_stretches
         if not 1 <= len(stretches) <= 5 or any(not 0.5 <= a <= 2.0 for a in stretches):
             raise ValueError("audio.shift_tempo_stretches: 1..5 factors within 0.5..2")

@@ -1,0 +1,92 @@
+"""Where the sound of an upload changes: the parts a shifted search places its
+stretches in (hashsvc/media/audio.py).
+
+A re-upload may put a minute of other audio (music, a jingle, silence, other
+speech) before the known track, so a stretch placed by position alone can lie
+wholly in that intro. Its sound differs from the track's: measured on the
+bench's speech over music beds (bench/audio.py), the long-term spectrum of the
+16 s before and after the join differs by 8-11 dB (mean over 16 bands) after
+60 s of music, 5-7 after noise, 1.5-5 after other speech (2-5 with the same
+bed: the shift moves the bed too), while within one recording no two such
+neighbours differ by more than 1.7. So an upload is split where the two sides
+differ most, if by more than a threshold, and each part gets its own stretch;
+an upload that sounds alike throughout keeps one (and its cost).
+
+Loudness is left out (the median difference over the bands is removed), so a
+louder chorus or a fade does not count as a change of content.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BLOCK_SECONDS = 2.0  # the spectrum is averaged per block; joins are placed on blocks
+_FRAME = 1024  # FFT length (93 ms at 11025 Hz)...
+_FRAME_STEP = 2048  # ...taken every 186 ms: a long-term average needs only half the audio
+_BAND_EDGES_HZ = np.geomspace(100.0, 5000.0, 17)  # 16 bands, log-spaced over speech and music
+
+
+def block_spectra(pcm: np.ndarray, sample_rate: int) -> np.ndarray:
+    """(blocks, 16) mean power per band of each BLOCK_SECONDS of mono PCM."""
+    block = int(BLOCK_SECONDS * sample_rate)
+    n_blocks = len(pcm) // block
+    frames_per_block = (block - _FRAME) // _FRAME_STEP + 1
+    if n_blocks == 0:
+        return np.zeros((0, len(_BAND_EDGES_HZ) - 1))
+    starts = (
+        np.arange(n_blocks)[:, None] * block + np.arange(frames_per_block)[None, :] * _FRAME_STEP
+    ).ravel()
+    frames = pcm[starts[:, None] + np.arange(_FRAME)[None, :]].astype(np.float32)
+    frames *= np.hanning(_FRAME).astype(np.float32)
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    band_of_bin = np.searchsorted(_BAND_EDGES_HZ, np.fft.rfftfreq(_FRAME, 1 / sample_rate)) - 1
+    bands = np.zeros((power.shape[1], len(_BAND_EDGES_HZ) - 1))
+    inside = np.flatnonzero((band_of_bin >= 0) & (band_of_bin < bands.shape[1]))
+    bands[inside, band_of_bin[inside]] = 1.0
+    return (power @ bands).reshape(n_blocks, frames_per_block, -1).mean(axis=1)
+
+
+def best_join(spectra: np.ndarray, context_blocks: int) -> tuple[int, float]:
+    """(block, dB) where the context_blocks before and after differ most in
+    spectral shape; (0, 0.0) when the audio is too short for two contexts."""
+    n = len(spectra)
+    if n < 2 * context_blocks or context_blocks < 1:
+        return 0, 0.0
+    total = np.concatenate([np.zeros((1, spectra.shape[1])), np.cumsum(spectra, axis=0)])
+    joins = np.arange(context_blocks, n - context_blocks + 1)
+    before = (total[joins] - total[joins - context_blocks]) / context_blocks
+    after = (total[joins + context_blocks] - total[joins]) / context_blocks
+    # +1: digital silence has no power in a band; 1 is far below any sound (int16 units)
+    delta = 10 * np.log10(before + 1) - 10 * np.log10(after + 1)
+    delta -= np.median(delta, axis=1, keepdims=True)  # loudness aside
+    change = np.abs(delta).mean(axis=1)
+    best = int(np.argmax(change))
+    return int(joins[best]), float(change[best])
+
+
+def parts(
+    pcm: np.ndarray, sample_rate: int, min_part_seconds: float, change_db: float, max_parts: int
+) -> list[tuple[int, int]]:
+    """[start, end) sample ranges of the parts of pcm that sound different:
+    split where the sound changes most, while it changes by more than
+    change_db and there are fewer than max_parts; no part shorter than
+    min_part_seconds. One part (all of pcm) when nothing changes."""
+    block = int(BLOCK_SECONDS * sample_rate)
+    spectra = block_spectra(pcm, sample_rate)
+    context = max(1, int(np.ceil(min_part_seconds / BLOCK_SECONDS)))
+    found = [(0, len(spectra))]  # in blocks
+    while len(found) < max_parts:
+        splits = []
+        for k, (lo, hi) in enumerate(found):
+            join, change = best_join(spectra[lo:hi], context)
+            if change > change_db:
+                splits.append((change, k, lo + join))
+        if not splits:
+            break
+        _, k, join = max(splits)
+        lo, hi = found[k]
+        found[k : k + 1] = [(lo, join), (join, hi)]
+    # back to samples; the last part keeps the tail shorter than a block
+    ranges = [(lo * block, hi * block) for lo, hi in found]
+    ranges[-1] = (ranges[-1][0], len(pcm))
+    return ranges
