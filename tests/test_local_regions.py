@@ -81,3 +81,52 @@ def test_an_upload_decoded_small_is_cut_from_its_full_size():
         for v, f in local.items()
         if v.startswith("tile:")
     )
+
+
+def test_a_small_picture_in_a_jpeg_collage_is_cut_at_the_uploads_scale():
+    """A JPEG upload is searched for tiles in its reduced decode (half size for
+    a 1080 px collage): a 300 x 170 picture is 85 px high there, under the
+    96 px minimum, though it is 170 px in the upload it is cut from. The
+    minimum is a size in the upload (tiles' `scale`)."""
+    small = bridge().resize((300, 170))
+    canvas, _ = collage(small, np.random.default_rng(4), 3, [photo(n) for n in range(1, 9)])
+    upload = encode(canvas, "JPEG", quality=85)
+    rgb = image_media.decode_rgb(upload, ImageLimits(), at_least=image_media.QUERY_DECODE_SIDE)
+    assert rgb.shape[:2] == (540, 540)  # the reduced decode the tiles are found in
+    half = grey(Image.fromarray(rgb))
+
+    def has_small_tile(boxes, factor):
+        return any(
+            abs((r - left) * factor - 300) <= 6 and abs((b - top) * factor - 170) <= 6
+            for left, top, r, b in boxes
+        )
+
+    assert not has_small_tile(tiles(half), 2)  # measured in the decode: lost
+    assert has_small_tile(tiles(half, scale=2.0), 2)
+    # and through the service's hashing, the tile verifies against the picture
+    known = extract(small)
+    signals = image_media.hash_query(upload, ImageLimits())
+    found = [
+        DEFAULT_THRESHOLDS.level(verify(decode(s.value), known))
+        for s in signals
+        if s.kind == "local_features" and s.variant.startswith("tile:")
+    ]
+    assert "block" in found or "review" in found
+
+
+def test_a_dark_picture_with_bright_points_is_one_tile_not_slivers():
+    """A star field on black: each column deviates little (one faint star in
+    320 dark pixels) but holds a bright point, so it is no gutter; the
+    picture is cut whole from a collage on black."""
+    rng = np.random.default_rng(0)
+    stars = np.full((320, 320), 6, np.uint8)
+    stars[rng.permutation(320), np.arange(320)] = 100  # one star on every row and column
+    canvas = Image.new("L", (1080, 1080), 0)
+    others = [photo(n).convert("L").resize((320, 240)) for n in range(1, 9)]
+    for k in range(9):
+        tile = Image.fromarray(stars) if k == 4 else others[k % 8]
+        canvas.paste(tile, (20 + (k % 3) * 350, 20 + (k // 3) * 350))
+    # the star field's lines deviate less than the flat limit
+    assert stars.std(axis=0).max() < 8 and stars.std(axis=1).max() < 8
+    boxes = tiles(grey(canvas))
+    assert (370, 370, 690, 690) in boxes, boxes

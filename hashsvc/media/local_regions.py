@@ -41,8 +41,12 @@ class TileLimits:
     # (grey levels, standard deviation): a gutter under JPEG noise does,
     # photo content does not.
     flat_std: float = 8.0
-    # Separator lines within this share of the picture's edge are its margins,
-    # not a split between tiles.
+    # ... and when its darkest and brightest pixels are at most this far apart
+    # (grey levels): a line through a dark picture (a star field, the moon on
+    # black) has a small deviation but bright points on it, and cut such a
+    # picture into slivers too narrow to be tiles; a gutter's range under JPEG
+    # noise is a few levels (bench/robustness.py --explain).
+    flat_range: float = 24.0
     # A tile must be at least this many pixels on its short side (a 3x3 tile
     # of a 540 px collage is ~170) and this share of the upload's area...
     min_tile_side: int = 96
@@ -59,18 +63,25 @@ class TileLimits:
 DEFAULT_TILE_LIMITS = TileLimits()
 
 
-def tiles(gray: np.ndarray, limits: TileLimits = DEFAULT_TILE_LIMITS) -> list[Box]:
+def tiles(
+    gray: np.ndarray, limits: TileLimits = DEFAULT_TILE_LIMITS, scale: float = 1.0
+) -> list[Box]:
     """The tiles of a grey picture (H x W uint8), largest first; none when it
-    is one picture."""
+    is one picture. `scale`: pixels of the upload per pixel of `gray` (a JPEG
+    decoded at a reduced scale): min_tile_side is a size in the upload, where
+    the tile is cut and extracted. Measured in the reduced decode, a 300 x 168
+    picture in a 1080 px collage or a 1280 px feed screenshot (84 px high at
+    half scale) was never cut."""
     h, w = gray.shape
+    min_side = limits.min_tile_side / max(scale, 1e-9)
     found: list[Box] = []
-    for top, bottom in _spans(gray.std(axis=1) < limits.flat_std, limits.min_tile_side):
+    for top, bottom in _spans(_flat(gray, 1, limits), min_side):
         band = gray[top:bottom]
-        for left, right in _spans(band.std(axis=0) < limits.flat_std, limits.min_tile_side):
+        for left, right in _spans(_flat(band, 0, limits), min_side):
             cell = band[:, left:right]
             # the cell without its flat margins (a tile fitted into its cell)
-            rows = np.nonzero(cell.std(axis=1) >= limits.flat_std)[0]
-            cols = np.nonzero(cell.std(axis=0) >= limits.flat_std)[0]
+            rows = np.nonzero(~_flat(cell, 1, limits))[0]
+            cols = np.nonzero(~_flat(cell, 0, limits))[0]
             if not len(rows) or not len(cols):
                 continue
             box = (
@@ -81,7 +92,7 @@ def tiles(gray: np.ndarray, limits: TileLimits = DEFAULT_TILE_LIMITS) -> list[Bo
             )
             bw, bh = box[2] - box[0], box[3] - box[1]
             share = bw * bh / (w * h)
-            if min(bw, bh) >= limits.min_tile_side and (
+            if min(bw, bh) >= min_side and (
                 limits.min_tile_share <= share <= limits.max_tile_share
             ):
                 found.append(box)
@@ -89,7 +100,19 @@ def tiles(gray: np.ndarray, limits: TileLimits = DEFAULT_TILE_LIMITS) -> list[Bo
     return found[: limits.max_tiles]
 
 
-def _spans(flat: np.ndarray, min_len: int) -> list[tuple[int, int]]:
+def _flat(gray: np.ndarray, axis: int, limits: TileLimits) -> np.ndarray:
+    """Per line (rows: axis 1, columns: axis 0), whether it is a separator:
+    little deviation and no bright or dark point. The range is read only on
+    lines flat by deviation (few, in a photo), so a photo pays one pass."""
+    flat = gray.std(axis=axis) < limits.flat_std
+    lines = np.flatnonzero(flat)
+    if len(lines):
+        picked = gray[lines] if axis == 1 else gray[:, lines]
+        flat[lines] = np.ptp(picked, axis=axis) <= limits.flat_range
+    return flat
+
+
+def _spans(flat: np.ndarray, min_len: float) -> list[tuple[int, int]]:
     """Runs of non-flat lines at least `min_len` long, as (start, end)."""
     busy = np.concatenate([[False], ~flat, [False]])
     edges = np.flatnonzero(busy[1:] != busy[:-1])
