@@ -58,6 +58,17 @@ class TileLimits:
     max_tiles: int = 12
     # Each tile's extraction (the whole picture's defaults).
     extraction: local_features.LocalFeatureLimits = local_features.DEFAULT_LIMITS
+    # A tile shorter than this on its long side (pixels of the upload) is also
+    # extracted enlarged to the extraction's max_side (variant "tile:<n>:enlarged";
+    # 0: never). A known picture is extracted at max_side: a collage shows it at
+    # a third to half of that, where ORB's finest pyramid levels have nothing
+    # of the known's to match and its coarsest ones no room; enlarged, the
+    # tile's keypoints come at the known's scales (the same 3x3 tiles of bench
+    # photos: 41-48 -> 201-207 inliers for a star field, 12-21 -> 165-178 for a
+    # rocket on sky). Enlarging a tile of a small known picture (shown at its
+    # own size) does the opposite (346 -> 25 inliers), so the tile as cut is
+    # kept too.
+    enlarge_below: int = 480
 
 
 DEFAULT_TILE_LIMITS = TileLimits()
@@ -125,9 +136,20 @@ def tile_features(
 ) -> list[tuple[str, local_features.LocalFeatures]]:
     """(variant, features) of each tile of `img` (boxes from `tiles`, in its
     pixels) with enough distinctive, well-spread keypoints to be evidence."""
+    from PIL import Image  # where pictures are decoded (workers), as local_features
+
     found = []
     for n, box in enumerate(boxes):
-        features = local_features.extract(img.crop(box), limits.extraction)
+        tile = img.crop(box)
+        features = local_features.extract(tile, limits.extraction)
         if features is not None:
             found.append((f"tile:{n}", features))
+        if 0 < max(tile.size) < limits.enlarge_below:
+            factor = limits.extraction.max_side / max(tile.size)
+            size = (round(tile.width * factor), round(tile.height * factor))
+            enlarged = local_features.extract(
+                tile.resize(size, Image.Resampling.BICUBIC), limits.extraction
+            )
+            if enlarged is not None:
+                found.append((f"tile:{n}:enlarged", enlarged))
     return found
