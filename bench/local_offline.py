@@ -89,6 +89,53 @@ def evaluate(
     return {"recall": dict(recall), "false": false, "closest": closest}
 
 
+def tiles_among_unrelated(
+    dump: dict,
+    categories: tuple[str, ...],
+    verify: Callable = local_geometry.verify,
+    thresholds: LocalThresholds = DEFAULT_THRESHOLDS,
+) -> dict:
+    """Precision of the upload's tiles where it is hardest: every tile signal
+    (as cut and enlarged) of an unrelated picture of `categories` (document
+    pages of one manual share headings, rules and tables) verified against the
+    whole-picture signal of every OTHER picture of those categories, as if each
+    were known. Per kind of tile: pairs verified, at review, at block, and the
+    closest."""
+    pool = [
+        (name, dict(blobs)) for name, category, blobs in dump["unrelated"] if category in categories
+    ]
+    wholes = [(name, local_features.decode(b["original"])) for name, b in pool if "original" in b]
+    found: dict[str, dict] = {}
+    for name, blobs in pool:
+        for variant, value in blobs.items():
+            if not variant.startswith("tile:"):
+                continue
+            kind = "enlarged" if variant.endswith(":enlarged") else "as cut"
+            row = found.setdefault(
+                kind, {"tiles": 0, "pairs": 0, REVIEW: 0, BLOCK: 0, "closest": None}
+            )
+            row["tiles"] += 1
+            query = local_features.decode(value)
+            for other, known in wholes:
+                if other == name:
+                    continue
+                row["pairs"] += 1
+                v = verify(query, known)
+                if v is None:
+                    continue
+                decided = thresholds.level(v)
+                if decided is not None:
+                    row[decided] += 1
+                    print(
+                        f"  {decided}: {name} [{variant}] ~ {other}: inliers={v.inliers}"
+                        f" coverage={v.coverage:.2f} agreement={v.agreement:.2f}"
+                    )
+                score = _nearness(v, thresholds)
+                if row["closest"] is None or score > row["closest"][0]:
+                    row["closest"] = (score, f"{name} [{variant}] ~ {other}", v)
+    return found
+
+
 def _nearness(v, t: LocalThresholds) -> float:
     _, review_agreement = t.agreement_floors(v.inliers)
     return min(
@@ -121,10 +168,30 @@ def main() -> None:
     parser.add_argument("dump", help="a bench/robustness.py --dump file")
     parser.add_argument("--no-unrelated", action="store_true", help="transformed queries only")
     parser.add_argument("--transforms", help="comma-separated names (default: all recorded)")
+    parser.add_argument(
+        "--tiles-among",
+        help="instead: tiles of unrelated pictures of these categories (comma-separated, e.g."
+        " 'document page,text screenshot') against the others' whole pictures",
+    )
     args = parser.parse_args()
     with open(args.dump, "rb") as src:
         dump = pickle.load(src)
     started = time.process_time()
+    if args.tiles_among:
+        found = tiles_among_unrelated(dump, tuple(args.tiles_among.split(",")))
+        for kind, row in found.items():
+            print(
+                f"{kind}: {row['tiles']} tiles, {row['pairs']} pairs, review {row[REVIEW]},"
+                f" block {row[BLOCK]}"
+            )
+            if row["closest"]:
+                score, pair, v = row["closest"]
+                print(
+                    f"  closest: {pair} inliers={v.inliers} coverage={v.coverage:.2f}"
+                    f" agreement={v.agreement:.2f}: {score:.2f} of review"
+                )
+        print(f"CPU {time.process_time() - started:.0f} s")
+        return
     wanted = set(args.transforms.split(",")) if args.transforms else None
     report(evaluate(dump, unrelated=not args.no_unrelated, transforms=wanted))
     print(f"CPU {time.process_time() - started:.0f} s")

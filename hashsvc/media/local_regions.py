@@ -58,17 +58,19 @@ class TileLimits:
     max_tiles: int = 12
     # Each tile's extraction (the whole picture's defaults).
     extraction: local_features.LocalFeatureLimits = local_features.DEFAULT_LIMITS
-    # A tile shorter than this on its long side (pixels of the upload) is also
-    # extracted enlarged to the extraction's max_side (variant "tile:<n>:enlarged";
-    # 0: never). A known picture is extracted at max_side: a collage shows it at
-    # a third to half of that, where ORB's finest pyramid levels have nothing
-    # of the known's to match and its coarsest ones no room; enlarged, the
-    # tile's keypoints come at the known's scales (the same 3x3 tiles of bench
-    # photos: 41-48 -> 201-207 inliers for a star field, 12-21 -> 165-178 for a
-    # rocket on sky). Enlarging a tile of a small known picture (shown at its
-    # own size) does the opposite (346 -> 25 inliers), so the tile as cut is
-    # kept too.
+    # A tile shorter than enlarge_below on its long side (pixels of the upload)
+    # is also extracted enlarged to enlarge_side (variant "tile:<n>:enlarged";
+    # enlarge_below 0: never). A known picture is extracted at up to 640 px: a
+    # collage shows it at a third to half of that, where ORB's finest pyramid
+    # levels (half of a known picture's keypoints) have no counterpart in the
+    # tile; enlarged, the tile's keypoints come at the known's scales (3x3 tiles
+    # of the bench photos: 41-48 -> 107-119 inliers at 512 px, 201-207 at 640,
+    # for a star field; 12-21 -> 102-119 / 165-178 for a rocket on sky; the
+    # same decisions at 512 as at 640 for 0.64 of the pixels). Enlarging a tile
+    # of a small known picture (shown at its own size) does the opposite
+    # (346 -> 25 inliers), so the tile as cut is searched too.
     enlarge_below: int = 480
+    enlarge_side: int = 512
 
 
 DEFAULT_TILE_LIMITS = TileLimits()
@@ -145,7 +147,7 @@ def tile_features(
         if features is not None:
             found.append((f"tile:{n}", features))
         if 0 < max(tile.size) < limits.enlarge_below:
-            factor = limits.extraction.max_side / max(tile.size)
+            factor = limits.enlarge_side / max(tile.size)
             size = (round(tile.width * factor), round(tile.height * factor))
             enlarged = local_features.extract(
                 tile.resize(size, Image.Resampling.BICUBIC), limits.extraction
