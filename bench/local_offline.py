@@ -94,6 +94,7 @@ def tiles_among_unrelated(
     categories: tuple[str, ...],
     verify: Callable = local_geometry.verify,
     thresholds: LocalThresholds = DEFAULT_THRESHOLDS,
+    every: int = 1,
 ) -> dict:
     """Precision of the upload's tiles where it is hardest: every tile signal
     (as cut and enlarged) of an unrelated picture of `categories` (document
@@ -103,7 +104,7 @@ def tiles_among_unrelated(
     closest."""
     pool = [
         (name, dict(blobs)) for name, category, blobs in dump["unrelated"] if category in categories
-    ]
+    ][::every]
     wholes = [(name, local_features.decode(b["original"])) for name, b in pool if "original" in b]
     found: dict[str, dict] = {}
     for name, blobs in pool:
@@ -168,6 +169,7 @@ def main() -> None:
     parser.add_argument("dump", help="a bench/robustness.py --dump file")
     parser.add_argument("--no-unrelated", action="store_true", help="transformed queries only")
     parser.add_argument("--transforms", help="comma-separated names (default: all recorded)")
+    parser.add_argument("--every", type=int, default=1, help="--tiles-among: every n-th picture")
     parser.add_argument(
         "--tiles-among",
         help="instead: tiles of unrelated pictures of these categories (comma-separated, e.g."
@@ -178,7 +180,7 @@ def main() -> None:
         dump = pickle.load(src)
     started = time.process_time()
     if args.tiles_among:
-        found = tiles_among_unrelated(dump, tuple(args.tiles_among.split(",")))
+        found = tiles_among_unrelated(dump, tuple(args.tiles_among.split(",")), every=args.every)
         for kind, row in found.items():
             print(
                 f"{kind}: {row['tiles']} tiles, {row['pairs']} pairs, review {row[REVIEW]},"
