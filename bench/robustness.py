@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import pickle
 import statistics
 import sys
 import tempfile
@@ -39,7 +40,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+import transforms as edits
 from corpus import CACHE, CATEGORIES, NEAR_DUPLICATE, load_corpus
+from explain_misses import MissExplainer
 from photos import load_photos
 from transforms import jpeg, robustness_transforms
 
@@ -217,6 +220,16 @@ def main() -> None:
         "--hard", action="store_true", help="+ 30 striped and 10 faded pictures as known entries"
     )
     parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="say why each copy missed by local features was missed (bench/explain_misses.py)",
+    )
+    parser.add_argument(
+        "--dump",
+        help="write every known picture's and query's local_features blobs here (pickle), to"
+        " try verification changes offline (bench/local_offline.py)",
+    )
+    parser.add_argument(
         "--pdq-only",
         action="store_true",
         help="no local_features signal: the PDQ views' precision and recall alone, fast",
@@ -296,6 +309,12 @@ def main() -> None:
         try:
             views = KnownViews()
             features = KnownFeatures(core)
+            explainer = MissExplainer(core) if args.explain else None
+            dump: dict = {"known": {}, "queries": [], "unrelated": []}
+
+            def blobs(signals) -> list[tuple[str, bytes]]:
+                return [(s.variant, s.value) for s in signals if s.kind == "local_features"]
+
             add_ms = []
             for name, img in known:
                 data = jpeg(img, 92)
@@ -304,6 +323,9 @@ def main() -> None:
                 add_ms.append((time.perf_counter() - started) * 1000)
                 views.add(name, core.hashing.hash_known(data).signals)
                 features.add(name, added.id, added.signals)
+                dump["known"][name] = blobs(added.signals)
+                if explainer is not None:
+                    explainer.add_known(name, added.id, added.signals)
             views.freeze()
             pdq = core.config.pdq
             print(
@@ -388,6 +410,7 @@ def main() -> None:
                 outcome = core.match(MatchQuery(media=data), CALLER)
                 unrelated_ms.append((time.perf_counter() - started) * 1000)
                 per_category[p.category]["pictures"] += 1
+                dump["unrelated"].append((p.name, p.category, blobs(outcome.query_signals)))
                 flagged = [m for m in outcome.matches if m.decision != ALLOW]
                 for m in flagged:
                     note_false(p.name, p.category, m)
@@ -414,6 +437,7 @@ def main() -> None:
                 hits = Counter()
                 by_signal: Counter[str] = Counter()
                 for name, img in transformed:
+                    edits.last_placement[0] = None
                     data = transform(img, rng)
                     started = time.perf_counter()
                     outcome = core.match(MatchQuery(media=data), CALLER)
@@ -429,9 +453,22 @@ def main() -> None:
                         strictest(rest) if rest else ALLOW,
                     )  # fmt: skip
                     decision = strictest([m.decision for m in own]) if own else ALLOW
+                    dump["queries"].append(
+                        (
+                            tname,
+                            name,
+                            decision,
+                            blobs(outcome.query_signals),
+                            strictest(rest) if rest else ALLOW,
+                        )
+                    )
                     if name in hard_names:
                         hard_hits[decision] += 1
                         continue
+                    if explainer is not None:
+                        explainer.explain(
+                            tname, name, data, outcome, decision, edits.last_placement[0]
+                        )
                     hits[decision] += 1
                     if decision == ALLOW:
                         misses[tname].append(name)
@@ -554,6 +591,11 @@ def main() -> None:
                 + (" ..." if len(names) > 12 else "")
             )
 
+    if explainer is not None:
+        print(explainer.report())
+    if args.dump:
+        with open(args.dump, "wb") as out:
+            pickle.dump(dump, out)
     print(
         "\nhistory records (rpc, decision, status: count): "
         + ", ".join(
@@ -579,6 +621,7 @@ def main() -> None:
             median_ms={"transformed": t_med, "unrelated": u_med},
             misses=misses,
             verifications=verifications,
+            explained=explainer.to_json() if explainer is not None else None,
         )
         Path(args.json).write_text(json.dumps(summary, indent=1, default=str))
         print(f"\nsummary: {args.json}", file=sys.stderr)

@@ -17,6 +17,13 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 Transform = Callable[[Image.Image, np.random.Generator], bytes]
 
+# Where the last screenshot, collage or feed screenshot showed the known picture
+# (left, top, right, bottom in pixels of the made picture, a caption bar above
+# included): bench/robustness.py --explain compares it with the tiles the
+# service cut. The caller resets it to None before each edit; other edits leave
+# it None.
+last_placement: list[tuple[int, int, int, int] | None] = [None]
+
 
 def jpeg(img: Image.Image, quality: int = 90) -> bytes:
     buf = io.BytesIO()
@@ -68,6 +75,9 @@ def _caption(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     canvas = Image.new("RGB", (w, h + bar), (255, 255, 255))
     top = rng.random() < 0.5
     canvas.paste(img, (0, bar if top else 0))
+    if top and last_placement[0] is not None:
+        left, upper, right, lower = last_placement[0]
+        last_placement[0] = (left, upper + bar, right, lower + bar)
     draw = ImageDraw.Draw(canvas)
     y = 0 if top else h
     words = ["BREAKING", "the truth they hide", "share before deleted", "new release"]
@@ -110,6 +120,7 @@ def screenshot(img: Image.Image, rng: np.random.Generator) -> bytes:
     draw.ellipse((x0, 70, x0 + 44, 114), fill=(200, 60, 60))
     draw.text((x0 + 56, 80), "@account_4817  2h", fill=fg, font=_font(20))
     canvas.paste(shown, (x0, y0))
+    last_placement[0] = (x0, y0, x0 + shown.width, y0 + shown.height)
     y = y0 + shown.height + 16
     for line in ("repost this everywhere", "they cannot stop the message", "1.2k  likes  300"):
         draw.text((x0, y), line, fill=fg, font=_font(20))
@@ -237,6 +248,8 @@ def _collage(grid: int, fillers: Sequence[Image.Image]):
             x0 = gutter + (k % grid) * (cell + gutter) + (cell - shown.width) // 2
             y0 = gutter + (k // grid) * (cell + gutter) + (cell - shown.height) // 2
             canvas.paste(shown, (x0, y0))
+            if k == target:
+                last_placement[0] = (x0, y0, x0 + shown.width, y0 + shown.height)
         return canvas
 
     return make
@@ -269,7 +282,10 @@ def _feed_screenshot(fillers: Sequence[Image.Image]):
         for k, (x0, y0) in enumerate(slots):
             tile = img if k == target else fillers[int(others[k])]
             shown = _fit(tile, cell_w, cell_h)
-            canvas.paste(shown, (x0 + (cell_w - shown.width) // 2, y0))
+            left = x0 + (cell_w - shown.width) // 2
+            canvas.paste(shown, (left, y0))
+            if k == target:
+                last_placement[0] = (left, y0, left + shown.width, y0 + shown.height)
             draw.text((x0, y0 + cell_h + 8), f"@user_{int(rng.integers(100, 999))}", fill=fg,
                       font=_font(16))  # fmt: skip
         return canvas

@@ -500,3 +500,32 @@ def test_collage_tiles_feeds_and_large_edits_are_found_hard_negatives_are_not(ru
     for name, img in hard.items():
         row = _match(run, tmp_path, f"{name}.jpg", jpeg(img))
         assert row["decision"] == "allow" and row["matches"] == [], (name, row)
+
+
+def test_small_pictures_as_tiles_of_jpeg_collages_are_found(run, tmp_path):
+    """Issue 18's tiles, through the service on both stores: a 300 x 168
+    picture as one tile of a JPEG 3x3 collage (85 px high in the reduced decode
+    the tiles are searched in: never cut before) and of a feed screenshot is
+    found by its tile; a collage of other pictures stays allowed."""
+    small = photo(5)
+    assert small.size == (300, 168)
+    known = tmp_path / "small.jpg"
+    known.write_bytes(jpeg(small, 92))
+    code, _, err = run("sets", "create", "lf", *PDQ_EXACT_ONLY, role="operator")
+    assert code == 0, err
+    code, _, err = run("add", "--set", "lf", known, role="operator")
+    assert code == 0, err
+    others = [photo(n) for n in range(10) if n != 5]
+    copies = {
+        "collage3x3": local_media.collage(small, np.random.default_rng(5), 3, others)[0],
+        "feed": local_media.screenshot_grid(small, np.random.default_rng(5), others)[0],
+    }
+    for name, img in copies.items():
+        row = _match(run, tmp_path, f"{name}.jpg", jpeg(img))
+        assert row["decision"] == "block", (name, row)
+        hit = _local_hit(row)
+        assert hit["entry"] == "small.jpg" and hit["query_variant"].startswith("tile:"), hit
+    rng = np.random.default_rng(6)
+    others_only = local_media.collage(photo(1), rng, 3, [photo(n) for n in (0, 2, 3, 4, 6, 7)])[0]
+    row = _match(run, tmp_path, "others.jpg", jpeg(others_only))
+    assert row["decision"] == "allow" and row["matches"] == [], row

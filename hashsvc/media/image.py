@@ -454,11 +454,14 @@ def region_signals(
     and the upload has tiles."""
     if grey is None:  # `rgb` in grey, when the caller has it
         grey = rgb if rgb.ndim == 2 else np.asarray(Image.fromarray(rgb).convert("L"))
-    boxes = local_regions.tiles(np.asarray(grey, dtype=np.float32))
+    upload_side = _stored_side(data) if data is not None else max(rgb.shape[:2])
+    boxes = local_regions.tiles(
+        np.asarray(grey, dtype=np.float32), scale=max(1.0, upload_side / max(rgb.shape[:2]))
+    )
     if not boxes:
         return []
     full = rgb
-    if data is not None and limits is not None and _tiles_need_pixels(rgb, boxes, data):
+    if data is not None and limits is not None and _tiles_need_pixels(rgb, boxes, upload_side):
         full = decode_query(data, limits, at_least=TILE_DECODE_SIDE)
     if full.shape[:2] != rgb.shape[:2]:
         sx, sy = full.shape[1] / rgb.shape[1], full.shape[0] / rgb.shape[0]
@@ -471,7 +474,13 @@ def region_signals(
     ]
 
 
-def _tiles_need_pixels(rgb: np.ndarray, boxes: list[local_regions.Box], data: bytes) -> bool:
+def _stored_side(data: bytes) -> int:
+    """The long side of an upload as stored (its header only)."""
+    with Image.open(io.BytesIO(data)) as img:
+        return max(img.size)
+
+
+def _tiles_need_pixels(rgb: np.ndarray, boxes: list[local_regions.Box], upload_side: int) -> bool:
     """Whether the tiles are worth decoding the upload again at TILE_DECODE_SIDE:
     the picture was decoded smaller than it is (a reduced JPEG decode) and a tile
     is small in it. One large tile (a photo under a caption, beside a flat sky)
@@ -480,9 +489,8 @@ def _tiles_need_pixels(rgb: np.ndarray, boxes: list[local_regions.Box], data: by
     cost ~10 ms of a 1024x768 upload's ~20 (bench/profile_match.py)."""
     if min(rgb.shape[:2]) >= TILE_DECODE_SIDE:
         return False
-    with Image.open(io.BytesIO(data)) as img:  # the header only
-        if max(img.size) <= max(rgb.shape[:2]):
-            return False  # decoded whole already
+    if upload_side <= max(rgb.shape[:2]):
+        return False  # decoded whole already
     return any(max(b[2] - b[0], b[3] - b[1]) < TILE_CUT_MIN_SIDE for b in boxes)
 
 

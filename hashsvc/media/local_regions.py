@@ -41,8 +41,12 @@ class TileLimits:
     # (grey levels, standard deviation): a gutter under JPEG noise does,
     # photo content does not.
     flat_std: float = 8.0
-    # Separator lines within this share of the picture's edge are its margins,
-    # not a split between tiles.
+    # ... and when its darkest and brightest pixels are at most this far apart
+    # (grey levels): a line through a dark picture (a star field, the moon on
+    # black) has a small deviation but bright points on it, and cut such a
+    # picture into slivers too narrow to be tiles; a gutter's range under JPEG
+    # noise is a few levels (bench/robustness.py --explain).
+    flat_range: float = 24.0
     # A tile must be at least this many pixels on its short side (a 3x3 tile
     # of a 540 px collage is ~170) and this share of the upload's area...
     min_tile_side: int = 96
@@ -54,23 +58,43 @@ class TileLimits:
     max_tiles: int = 12
     # Each tile's extraction (the whole picture's defaults).
     extraction: local_features.LocalFeatureLimits = local_features.DEFAULT_LIMITS
+    # A tile shorter than enlarge_below on its long side (pixels of the upload)
+    # is also extracted enlarged to enlarge_side (variant "tile:<n>:enlarged";
+    # enlarge_below 0: never). A known picture is extracted at up to 640 px: a
+    # collage shows it at a third to half of that, where ORB's finest pyramid
+    # levels (half of a known picture's keypoints) have no counterpart in the
+    # tile; enlarged, the tile's keypoints come at the known's scales (3x3 tiles
+    # of the bench photos: 41-48 -> 107-119 inliers at 512 px, 201-207 at 640,
+    # for a star field; 12-21 -> 102-119 / 165-178 for a rocket on sky; the
+    # same decisions at 512 as at 640 for 0.64 of the pixels). Enlarging a tile
+    # of a small known picture (shown at its own size) does the opposite
+    # (346 -> 25 inliers), so the tile as cut is searched too.
+    enlarge_below: int = 480
+    enlarge_side: int = 512
 
 
 DEFAULT_TILE_LIMITS = TileLimits()
 
 
-def tiles(gray: np.ndarray, limits: TileLimits = DEFAULT_TILE_LIMITS) -> list[Box]:
+def tiles(
+    gray: np.ndarray, limits: TileLimits = DEFAULT_TILE_LIMITS, scale: float = 1.0
+) -> list[Box]:
     """The tiles of a grey picture (H x W uint8), largest first; none when it
-    is one picture."""
+    is one picture. `scale`: pixels of the upload per pixel of `gray` (a JPEG
+    decoded at a reduced scale): min_tile_side is a size in the upload, where
+    the tile is cut and extracted. Measured in the reduced decode, a 300 x 168
+    picture in a 1080 px collage or a 1280 px feed screenshot (84 px high at
+    half scale) was never cut."""
     h, w = gray.shape
+    min_side = limits.min_tile_side / max(scale, 1e-9)
     found: list[Box] = []
-    for top, bottom in _spans(gray.std(axis=1) < limits.flat_std, limits.min_tile_side):
+    for top, bottom in _spans(_flat(gray, 1, limits), min_side):
         band = gray[top:bottom]
-        for left, right in _spans(band.std(axis=0) < limits.flat_std, limits.min_tile_side):
+        for left, right in _spans(_flat(band, 0, limits), min_side):
             cell = band[:, left:right]
             # the cell without its flat margins (a tile fitted into its cell)
-            rows = np.nonzero(cell.std(axis=1) >= limits.flat_std)[0]
-            cols = np.nonzero(cell.std(axis=0) >= limits.flat_std)[0]
+            rows = np.nonzero(~_flat(cell, 1, limits))[0]
+            cols = np.nonzero(~_flat(cell, 0, limits))[0]
             if not len(rows) or not len(cols):
                 continue
             box = (
@@ -81,7 +105,7 @@ def tiles(gray: np.ndarray, limits: TileLimits = DEFAULT_TILE_LIMITS) -> list[Bo
             )
             bw, bh = box[2] - box[0], box[3] - box[1]
             share = bw * bh / (w * h)
-            if min(bw, bh) >= limits.min_tile_side and (
+            if min(bw, bh) >= min_side and (
                 limits.min_tile_share <= share <= limits.max_tile_share
             ):
                 found.append(box)
@@ -89,7 +113,19 @@ def tiles(gray: np.ndarray, limits: TileLimits = DEFAULT_TILE_LIMITS) -> list[Bo
     return found[: limits.max_tiles]
 
 
-def _spans(flat: np.ndarray, min_len: int) -> list[tuple[int, int]]:
+def _flat(gray: np.ndarray, axis: int, limits: TileLimits) -> np.ndarray:
+    """Per line (rows: axis 1, columns: axis 0), whether it is a separator:
+    little deviation and no bright or dark point. The range is read only on
+    lines flat by deviation (few, in a photo), so a photo pays one pass."""
+    flat = gray.std(axis=axis) < limits.flat_std
+    lines = np.flatnonzero(flat)
+    if len(lines):
+        picked = gray[lines] if axis == 1 else gray[:, lines]
+        flat[lines] = np.ptp(picked, axis=axis) <= limits.flat_range
+    return flat
+
+
+def _spans(flat: np.ndarray, min_len: float) -> list[tuple[int, int]]:
     """Runs of non-flat lines at least `min_len` long, as (start, end)."""
     busy = np.concatenate([[False], ~flat, [False]])
     edges = np.flatnonzero(busy[1:] != busy[:-1])
@@ -102,9 +138,20 @@ def tile_features(
 ) -> list[tuple[str, local_features.LocalFeatures]]:
     """(variant, features) of each tile of `img` (boxes from `tiles`, in its
     pixels) with enough distinctive, well-spread keypoints to be evidence."""
+    from PIL import Image  # where pictures are decoded (workers), as local_features
+
     found = []
     for n, box in enumerate(boxes):
-        features = local_features.extract(img.crop(box), limits.extraction)
+        tile = img.crop(box)
+        features = local_features.extract(tile, limits.extraction)
         if features is not None:
             found.append((f"tile:{n}", features))
+        if 0 < max(tile.size) < limits.enlarge_below:
+            factor = limits.enlarge_side / max(tile.size)
+            size = (round(tile.width * factor), round(tile.height * factor))
+            enlarged = local_features.extract(
+                tile.resize(size, Image.Resampling.BICUBIC), limits.extraction
+            )
+            if enlarged is not None:
+                found.append((f"tile:{n}:enlarged", enlarged))
     return found
