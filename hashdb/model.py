@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -335,6 +336,9 @@ class RetroPartition:
     hits: int = 0
 
 
+_log = logging.getLogger(__name__)
+
+
 @dataclass(frozen=True)
 class HistoryUpload:
     """What a retro-hunt reads of one Match record in the history."""
@@ -353,4 +357,15 @@ class HistoryUpload:
 
     @cached_property
     def query_signals(self) -> list[dict]:
-        return json.loads(self.signals_text)
+        """The signals, parsed; none for a record that is not a list of
+        signals as the history writes them (edited with database access:
+        `history verify` says so). A retro-hunt skips it rather than fail,
+        so one planted record cannot stop every hunt that covers it."""
+        try:
+            signals = json.loads(self.signals_text)
+        except (ValueError, TypeError, RecursionError):
+            signals = None
+        if not isinstance(signals, list) or not all(isinstance(s, dict) for s in signals):
+            _log.warning("history record %d: query signals unreadable, skipped", self.id)
+            return []
+        return signals

@@ -600,7 +600,9 @@ def test_a_4xx_refusal_is_marked_failed_at_once(store_url, make_core, receiver, 
     back every later event for retry_for_seconds): each event is sent once,
     marked failed at once, listed and counted; the next one is delivered."""
     core = make_core(
-        store_url, webhook=(webhook(receiver, secret_file, retry_for_seconds=3600),), events=FAST
+        store_url,
+        webhook=(webhook(receiver, secret_file, retry_for_seconds=3600, refusals_in_a_row=6),),
+        events=FAST,
     )
     metrics = Metrics(core)
     value = _known(core, 1)
@@ -626,6 +628,33 @@ def test_a_4xx_refusal_is_marked_failed_at_once(store_url, make_core, receiver, 
     ) == len(refusals)
     state = core.store.endpoint_states()[0]
     assert state.attempts == 0 and state.last_error == ""  # nothing left pending
+
+
+def test_an_endpoint_refusing_every_event_is_held_not_drained(
+    store_url, make_core, receiver, secret_file
+):
+    """A receiver answering 401 to everything (its secret rotated): the first
+    refusals_in_a_row events are failed at once, then the endpoint is held
+    and retried; once it takes events again, the rest arrive, in order. The
+    backlog is not turned into failures."""
+    core = make_core(
+        store_url,
+        webhook=(webhook(receiver, secret_file, retry_for_seconds=3600, refusals_in_a_row=2),),
+        events=FAST,
+    )
+    value = _known(core, 1)
+    receiver.script = [(401, {})] * 8
+    for _ in range(5):
+        _match(core, value)
+    assert receiver.wait_for(3, seconds=30)
+    failures = core.store.event_failures()
+    assert [f.last_error for f in failures] == ["HTTP 401 (refused: not retried)"] * 2
+    # events 3..5 arrived after the endpoint took events again (401s 3..8
+    # were answers to event 3, retried)
+    assert receiver.ids() == [failures[-1].event_id + n for n in (1, 2, 3)]
+    assert receiver.attempts == 2 + 6 + 3
+    state = core.store.endpoint_states()[0]
+    assert state.attempts == 0 and state.last_error == ""
 
 
 def test_408_425_429_and_5xx_are_retried_until_taken(store_url, make_core, receiver, secret_file):
@@ -658,6 +687,9 @@ def test_a_retried_4xx_list_is_configurable(store_url, make_core, receiver, secr
     assert receiver.ids() == [failure.event_id + 1]
     with pytest.raises(ValueError, match="retried_4xx"):
         webhook(receiver, secret_file, retried_4xx=(500,))
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="refusals_in_a_row"):
+            webhook(receiver, secret_file, refusals_in_a_row=bad)
 
 
 def test_429_waits_as_retry_after_asks_within_bounds(store_url, make_core, receiver, secret_file):

@@ -700,3 +700,65 @@ def test_a_hunt_cut_by_the_store_closing_at_stop_is_not_failed(store_url, make_c
     finally:
         probe.close()
     assert run.state in ("running", "queued"), (run.state, run.error)
+
+
+def test_a_pending_hunt_queued_late_looks_back_from_when_its_entries_came(store_url, make_core):
+    """A load's pending hunt queued two days after the load (its server died,
+    the hold lapsed): its window ends when the entries came, so an upload
+    made just before them is found, not cut off by the late start."""
+    core = make_core(store_url, retro_window=0)  # nothing triggered: this test queues
+    known = bytes(range(32))
+    _history_upload(core.store, Signal("pdq", known, 90), 24 * 3.5, request_id="early")
+    core.curation.create_set("s")
+    set_id = core.store.get_set("s").id
+    core.curation.add_entry("s", "e", {}, "op", signal=("pdq", known.hex(), None))
+    core.retro.set_window("s", 3 * 24 * 3600)  # after the add: it queued nothing
+    assert core.store.list_retro_runs() == []
+    loaded_at = datetime.now(UTC) - timedelta(days=2)
+    pending = core.store.add_retro_pending(set_id, to_micros(loaded_at), "load", "op")
+    core.retro.queue_pending(pending)
+    (run,) = core.store.list_retro_runs()
+    assert run.since <= datetime.now(UTC) - timedelta(days=4.9)
+    deadline = time.monotonic() + 30
+    while core.store.get_retro_run(run.id).state != "done" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    done = core.store.get_retro_run(run.id)
+    assert done.state == "done" and done.hits == 1
+
+
+def test_records_edited_in_the_database_are_skipped_not_a_failed_hunt(store_url, make_core):
+    """Someone with database access plants history records a hunt cannot read
+    (not JSON, not hex, not a list): the hunt skips them and still finds the
+    real copy; one planted record cannot stop every hunt that covers it
+    (`history verify` reports the edit)."""
+    from tests.test_history_trust import _tamper
+
+    core = make_core(store_url, retro_poll_seconds=0.2)
+    known = bytes(range(32))
+    near = bytes([known[0] ^ 0x03]) + known[1:]
+    for request_id in ("bad-json", "bad-hex", "bad-shape", "good"):
+        _history_upload(core.store, Signal("pdq", near, 90), 1.0, request_id=request_id)
+    planted = {
+        "bad-json": "not json",
+        "bad-hex": json.dumps([{"signal_type": "pdq", "value": "zz" * 32, "quality": 90}]),
+        "bad-shape": json.dumps({"signal_type": "pdq"}),
+    }
+    _tamper(
+        store_url,
+        *(
+            f"UPDATE match_history SET query_signals = '{text}' WHERE request_id = '{rid}'"
+            for rid, text in planted.items()
+        ),
+    )
+    core.curation.create_set("s")
+    core.curation.add_entry("s", "e", {}, "op", signal=("pdq", known.hex(), None))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        runs = core.store.list_retro_runs()
+        if runs and runs[0].state not in ("queued", "running"):
+            break
+        time.sleep(0.1)
+    (run,) = core.store.list_retro_runs()
+    assert (run.state, run.hits, run.error) == ("done", 1, "")
+    (hit,) = core.store.retro_matches_of(run.id)
+    assert hit[1] == "good"

@@ -84,8 +84,9 @@ class Access(grpc.ServerInterceptor):
     A peer address past its failed authentications in a minute (`sign_ins`,
     one budget with the HTTP API and the console's sign-ins when they serve in
     the same process) is refused RESOURCE_EXHAUSTED before its token is looked
-    up, a good token too: guessing costs no store lookup and is throttled, and
-    the answer does not tell a guesser which token was right."""
+    up, unless the token authenticated lately (SignInLimits.refused): guessing
+    costs no store lookup and is throttled, and the pipelines that share the
+    address (a NAT, a proxy) keep matching."""
 
     def __init__(self, store, sign_ins: SignInLimits | None = None) -> None:
         self.store = store
@@ -105,7 +106,7 @@ class Access(grpc.ServerInterceptor):
         @functools.wraps(behavior)
         def authenticated(request_or_iterator, context):
             address = peer_host(context.peer()) if sign_ins is not None else ""
-            if sign_ins is not None and (retry_after := sign_ins.retry_after(address)):
+            if sign_ins is not None and (retry_after := sign_ins.refused(address, token)):
                 context.abort_with_status(
                     status.status(
                         "RESOURCE_EXHAUSTED",
@@ -125,6 +126,8 @@ class Access(grpc.ServerInterceptor):
                     if sign_ins is not None and token:
                         sign_ins.failed(address)
                     raise
+                if sign_ins is not None:
+                    sign_ins.authenticated(token)
                 auth.authorize(record, method)
             except HashsvcError as exc:
                 abort(context, exc)

@@ -644,6 +644,19 @@ def check_retro_engine(engine: str, scheduler_address: str, db_url: str) -> None
         ) from exc
     if scheduler_address and "://" not in scheduler_address:
         raise ValueError("retro_scheduler_address must be a URL: tcp://HOST:PORT or tls://...")
+    scheduler = urlsplit(scheduler_address) if scheduler_address else None
+    if (
+        scheduler is not None
+        and scheduler.scheme != "tls"
+        and not is_loopback(scheduler.netloc)
+        and urlsplit(db_url).password
+    ):
+        # the workers get the store's URL through the scheduler: in clear
+        # over the network, and to anyone who can reach a scheduler without TLS
+        raise ValueError(
+            "retro_scheduler_address: a remote scheduler without TLS would carry db_url's"
+            " password in clear; use tls://, or a password file (PGPASSFILE) on each worker"
+        )
     if db_url.startswith("sqlite:"):
         if ":memory:" in db_url or db_url.rstrip("/") == "sqlite:":
             raise ValueError(

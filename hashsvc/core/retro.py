@@ -49,7 +49,7 @@ from hashdb import (
     Store,
 )
 from hashdb.retro_sql import DONE, FAILED, QUEUED, SKIPPED
-from hashdb.times import to_micros
+from hashdb.times import from_micros, to_micros
 from hashsvc.base.errors import FailedPrecondition, InvalidArgument, NotFound, TooLarge
 from hashsvc.base.media_kinds import worth_keeping
 from hashsvc.base.retro_json import retro_run_json
@@ -57,7 +57,13 @@ from hashsvc.base.signals import Signal, signal_json
 from hashsvc.core import events
 from hashsvc.core.audit import SYSTEM_ACTOR, Audit
 from hashsvc.core.retro_dask import DaskRetroEngine, DaskSettings
-from hashsvc.core.retro_scan import RetroScanner, history_signals, scan_batch
+from hashsvc.core.retro_scan import (
+    RetroScanner,
+    history_signals,
+    hunting_entries,
+    hunts,
+    scan_batch,
+)
 from hashsvc.index.binary import search_on_this_thread
 from hashsvc.index.live import LiveIndex
 from hashsvc.matching.feedback import Feedback
@@ -206,7 +212,11 @@ class RetroHunt:
                 pending.set_id, pending.since
             )
             if ids:
-                self._queue(ids, pending.trigger, pending.requested_by)
+                # the window ends when the entries came, not when this runs:
+                # a hunt queued late (after a crash, a lapsed hold) still
+                # looks at the uploads just before them
+                added_at = from_micros(pending.since)
+                self._queue(ids, pending.trigger, pending.requested_by, added_at)
             self.store.clear_retro_pending(pending.id)
         except BaseException:
             with self._pending_lock:
@@ -255,14 +265,14 @@ class RetroHunt:
             hash_set = self.store.get_set(set_name)
             if hash_set is None:
                 raise NotFound(f"no such set: {set_name}", field="set")
-            if not _hunts(hash_set):
+            if not hunts(hash_set):
                 raise FailedPrecondition(
                     f"set {set_name} is disabled or an allow list: it does not hunt"
                 )
             sets, set_id = [hash_set], hash_set.id
             window = since_seconds or self._window(hash_set)
         else:
-            sets = [s for s in self.store.list_sets(include_disabled=False) if _hunts(s)]
+            sets = [s for s in self.store.list_sets(include_disabled=False) if hunts(s)]
             set_id, window = None, since_seconds or self.settings.window_seconds
         if not window:
             raise FailedPrecondition("the retro window is 0 (off): give since_seconds")
@@ -295,20 +305,27 @@ class RetroHunt:
             raise TooLarge(f"{why}; retry later", limit="retro_max_open_runs")
         return f"{why}; hunt later with `hashsvc retro run --set {set_name}`"
 
-    def _queue(self, entry_ids: list[int], trigger: str, caller: str) -> list[RetroRun]:
+    def _queue(
+        self,
+        entry_ids: list[int],
+        trigger: str,
+        caller: str,
+        added_at: datetime | None = None,
+    ) -> list[RetroRun]:
         """Runs for added entries: one per set (at most max_entries_per_run
-        entries each), over the set's window."""
+        entries each), over the set's window before `added_at` (now)."""
+        window_end = min(added_at or datetime.now(UTC), datetime.now(UTC))
         by_set = self.store.active_entries_by_set(entry_ids)
         runs = []
         step = self.settings.max_entries_per_run
         for set_id, ids in sorted(by_set.items()):
             hash_set = self.store.get_set_by_id(set_id)
-            if hash_set is None or not _hunts(hash_set):
+            if hash_set is None or not hunts(hash_set):
                 continue  # a disabled set or an allow list does not hunt
             window = self._window(hash_set)
             if not window:
                 continue
-            since = to_micros(datetime.now(UTC) - timedelta(seconds=window))
+            since = to_micros(window_end - timedelta(seconds=window))
             for start in range(0, len(ids), step):
                 chunk = ids[start : start + step]
                 skipped = self._refuse_when_full(hash_set.name)
@@ -506,14 +523,8 @@ class RetroHunt:
         return last_id, read
 
     def _hunting_entries(self, entry_ids: Iterable[int]) -> list[EntryRecord]:
-        """The run's entries that may still hunt: not removed, in an enabled
-        set that is not an allow list."""
-        out = []
-        for entry in self.store.get_entries(entry_ids, with_signals=True).values():
-            hash_set = self.live.sets_by_id.get(entry.set_id)
-            if entry.removed_at is None and hash_set is not None and _hunts(hash_set):
-                out.append(entry)
-        return out
+        entries = self.store.get_entries(entry_ids, with_signals=True).values()
+        return hunting_entries(entries, self.live.sets_by_id.get)
 
     def _hold(
         self, run: RetroRun, upload: HistoryUpload, hit: Match, signals: list[Signal]
@@ -535,7 +546,7 @@ class RetroHunt:
         hash_set = self.store.get_set_by_id(hit.set_id)
         if entry is None or entry.removed_at is not None or hash_set is None:
             return
-        if not _hunts(hash_set):
+        if not hunts(hash_set):
             return
         record_retro_match(self.store, self.audit, run, upload, signals, held)
 
@@ -682,7 +693,3 @@ def check_window(seconds: int | None) -> None:
         raise InvalidArgument(
             "retro_window_seconds must be within 0 (off) .. 10 years", field="retro_window_seconds"
         )
-
-
-def _hunts(hash_set: HashSetRecord) -> bool:
-    return hash_set.enabled and not hash_set.allow_list

@@ -45,7 +45,7 @@ from datetime import UTC, datetime, timedelta
 from hashdb import HistoryUpload, RetroPartition, RetroRun, Store, open_store
 from hashdb.times import to_micros
 from hashsvc.base.errors import Unavailable
-from hashsvc.core.retro_scan import RetroScanner, scan_batch
+from hashsvc.core.retro_scan import RetroScanner, hunting_entries, scan_batch
 from hashsvc.matching.matcher import Match
 from hashsvc.matching.policy import LocalFeatureMatching, PdqPolicy, Policy
 
@@ -187,22 +187,17 @@ def _worker_scanner(scan: PartitionScan) -> tuple[Store, RetroScanner, RetroRun]
 
 
 def _hunting_entries(store: Store, run: RetroRun) -> list:
-    """The run's entries that may hunt: not removed, in an enabled set that
-    is not an allow list (the coordinator holds each hit to that again)."""
-    out = []
+    """The run's entries that may hunt (the coordinator holds each hit to
+    that again), read from the store: a worker has no live index."""
     sets: dict[int, object] = {}
-    for entry in store.get_entries(run.entry_ids, with_signals=True).values():
-        if entry.set_id not in sets:
-            sets[entry.set_id] = store.get_set_by_id(entry.set_id)
-        hash_set = sets[entry.set_id]
-        if (
-            entry.removed_at is None
-            and hash_set is not None
-            and hash_set.enabled
-            and not hash_set.allow_list
-        ):
-            out.append(entry)
-    return out
+
+    def set_of(set_id: int):
+        if set_id not in sets:
+            sets[set_id] = store.get_set_by_id(set_id)
+        return sets[set_id]
+
+    entries = store.get_entries(run.entry_ids, with_signals=True).values()
+    return hunting_entries(entries, set_of)
 
 
 # -- the coordinator
@@ -237,20 +232,34 @@ class DaskRetroEngine:
         """A client of the scheduler (a local cluster started once, when no
         address is given); Unavailable when it cannot be reached."""
         from distributed import Client, LocalCluster
+        from distributed.security import Security
 
         address = self.settings.scheduler_address
+        security = None
         try:
             with self._lock:
                 if not address:
                     if self._cluster is None:
+                        # TLS with certificates made for this cluster: another
+                        # user of this machine cannot submit code to the
+                        # workers, which hold the store's connections; no
+                        # dashboard (it would listen unauthenticated)
                         self._cluster = LocalCluster(
                             n_workers=self.settings.workers,
                             threads_per_worker=1,
                             processes=True,
-                            dashboard_address=":0",
+                            dashboard_address=None,
+                            host="127.0.0.1",
+                            security=Security.temporary(),
                         )
                     address = self._cluster.scheduler_address
-            return Client(address, timeout=self.settings.connect_seconds, set_as_default=False)
+                    security = self._cluster.security
+            return Client(
+                address,
+                timeout=self.settings.connect_seconds,
+                set_as_default=False,
+                security=security,
+            )
         except (OSError, TimeoutError) as exc:
             raise Unavailable(
                 f"the retro-hunt's Dask scheduler {self.describe()} cannot be reached"

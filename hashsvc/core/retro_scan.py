@@ -129,15 +129,18 @@ class RetroScanner:
                 kind = sig.get("signal_type")
                 if kind not in self.kinds or not sig.get("value"):
                     continue
-                if kind == PDQ.name:
+                try:
                     value = bytes.fromhex(sig["value"])
+                except (TypeError, ValueError):
+                    continue  # not as the history writes it: nothing to compare
+                if kind == PDQ.name:
                     if len(value) == PDQ_BYTES:
                         pdq_views.append(value)
                         owners.append(i)
                     else:
                         out.add(i)  # not comparable here: the matcher judges
                 elif kind in EXACT_KINDS:
-                    if self.source.find_exact(kind, bytes.fromhex(sig["value"])):
+                    if self.source.find_exact(kind, value):
                         out.add(i)
                 else:
                     out.add(i)
@@ -164,10 +167,14 @@ def pdq_views_of_texts(
     for i in np.flatnonzero(odd).tolist():
         try:
             signals = json.loads(texts[i])
-        except ValueError:
-            unread.append(i)  # not JSON: the matcher fails the run on it
+        except (ValueError, RecursionError):
+            signals = None
+        if not isinstance(signals, list):
+            unread.append(i)  # not as written: parsed as no signals, skipped (HistoryUpload)
             continue
         for sig in signals:
+            if not isinstance(sig, dict):
+                continue
             if sig.get("signal_type") != PDQ.name or not sig.get("value"):
                 continue
             try:
@@ -192,15 +199,15 @@ def history_signals(stored: list[dict]) -> list[Signal]:
     for sig in stored:
         kind = sig.get("signal_type")
         value = sig.get("value")
-        if kind not in SIGNAL_TYPES or not value:
+        if kind not in SIGNAL_TYPES or not value or not isinstance(value, str):
             continue
+        try:
+            raw = bytes.fromhex(value)
+        except ValueError:
+            continue  # not as the history writes it (edited): nothing to compare
         out.append(
             Signal(
-                kind,
-                bytes.fromhex(value),
-                sig.get("quality"),
-                sig.get("variant", "original"),
-                sig.get("position"),
+                kind, raw, sig.get("quality"), sig.get("variant", "original"), sig.get("position")
             )
         )
     return out
@@ -273,3 +280,21 @@ def scan_batch(
         last_id, read = uploads[-1].id, len(uploads)
     hits = [(upload, scanner.hits(upload)) for upload in candidates]
     return last_id, read, [(upload, found) for upload, found in hits if found]
+
+
+def hunts(hash_set) -> bool:
+    """Whether a set's entries hunt: an enabled set that is not an allow list."""
+    return hash_set.enabled and not hash_set.allow_list
+
+
+def hunting_entries(entries: Iterable[EntryRecord], set_of) -> list[EntryRecord]:
+    """Those of a run's entries that may still hunt: not removed, in a set
+    (`set_of(set_id)`, None when gone) that hunts. The in-process hunt and a
+    Dask worker alike."""
+    return [
+        entry
+        for entry in entries
+        if entry.removed_at is None
+        and (hash_set := set_of(entry.set_id)) is not None
+        and hunts(hash_set)
+    ]

@@ -1,12 +1,18 @@
 """Failed authentications per client address, one budget for the console's
 sign-ins, the HTTP API's and the gRPC API's bad tokens: past the limit in a
-minute, the address may not authenticate at all until the oldest failure is a
-minute old (refusing only wrong tokens would still tell a guesser which one
-is right), and it is refused before its token is looked up in the store.
-Kept in this process's memory: each replica counts its own."""
+minute, the address is refused before its token is looked up in the store,
+until the oldest failure is a minute old, except for a token this process
+authenticated in the last `remember_seconds`. Many callers share one address
+behind a NAT, a proxy or an ingress: one job with a revoked token, or anyone
+sending junk through the same address, must not stop every pipeline's Match
+there. A token that worked is no guess, and checking it costs no lookup (a
+digest in memory); a guesser still reaches the store at most
+failures_per_minute times a minute. Kept in this process's memory: each
+replica counts its own."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import time
@@ -17,12 +23,50 @@ WINDOW_SECONDS = 60.0
 LIMIT_KEY = "console.sign_in_failures_per_minute"
 
 
+# Tokens remembered as good: how many, and for how long after their last use.
+REMEMBERED_TOKENS = 10_000
+REMEMBER_SECONDS = 600.0
+
+
 class SignInLimits:
-    def __init__(self, failures_per_minute: int, max_addresses: int) -> None:
+    def __init__(
+        self,
+        failures_per_minute: int,
+        max_addresses: int,
+        remembered_tokens: int = REMEMBERED_TOKENS,
+        remember_seconds: float = REMEMBER_SECONDS,
+    ) -> None:
         self.failures_per_minute = failures_per_minute
         self.max_addresses = max_addresses  # past it, the longest-quiet address is forgotten
+        self.remembered_tokens = remembered_tokens
+        self.remember_seconds = remember_seconds
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        # digest of a token that authenticated -> when it last did (monotonic)
+        self._good: OrderedDict[bytes, float] = OrderedDict()
         self._lock = threading.Lock()
+
+    def authenticated(self, token: str) -> None:
+        """`token` authenticated: it passes a throttled address for a while."""
+        digest = hashlib.sha256(token.encode()).digest()
+        with self._lock:
+            self._good[digest] = time.monotonic()
+            self._good.move_to_end(digest)
+            while len(self._good) > self.remembered_tokens:
+                self._good.popitem(last=False)
+
+    def refused(self, address: str, token: str | None) -> int:
+        """Seconds until `address` may try `token`; 0: it may now (under the
+        limit, or a token that authenticated lately, which is looked up as
+        any other: revoked since, it fails)."""
+        wait = self.retry_after(address)
+        if not wait or not token:
+            return wait
+        digest = hashlib.sha256(token.encode()).digest()
+        with self._lock:
+            seen = self._good.get(digest)
+        if seen is not None and time.monotonic() - seen <= self.remember_seconds:
+            return 0
+        return wait
 
     def retry_after(self, address: str) -> int:
         """Seconds until `address` may try again; 0: it may now."""

@@ -40,6 +40,12 @@ class WebhookConfig:
     # says the request itself is refused (gone, unauthorized, malformed): the
     # event is marked failed at once, not sent again for retry_for_seconds.
     retried_4xx: tuple[int, ...] = (408, 425, 429)
+    # ...unless this many events in a row were refused so, none taken between:
+    # then the endpoint itself refuses (a rotated secret, a moved URL, a WAF),
+    # not the events, and failing them one by one would empty the backlog in
+    # seconds. Its refusals are then retried with backoff as 5xx are, until
+    # one event is taken or retry_for_seconds passes.
+    refusals_in_a_row: int = 3
     # One POST, connect to last byte of the answer's headers.
     timeout_seconds: float = 10.0
     # https: the CA bundle that signs the receiver's certificate ("" = the
@@ -77,6 +83,8 @@ class WebhookConfig:
             raise ValueError(f"{where}: sets must be set names")
         if not all(type(c) is int and 400 <= c <= 499 for c in self.retried_4xx):
             raise ValueError(f"{where}: retried_4xx must be status codes within 400..499")
+        if type(self.refusals_in_a_row) is not int or not 1 <= self.refusals_in_a_row <= 10_000:
+            raise ValueError(f"{where}: refusals_in_a_row must be a whole number within 1..10000")
         if not self.retry_for_seconds > 0 or not self.timeout_seconds > 0:
             raise ValueError(f"{where}: retry_for_seconds and timeout_seconds must be more than 0")
         if self.ca_file:

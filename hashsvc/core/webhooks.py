@@ -14,7 +14,10 @@ worth retrying is decided per status: 5xx, no answer, and the 4xx that mean
 "not now" (retried_4xx: 408, 425, 429) are; a 429 or 503 with Retry-After
 waits as asked, within the backoff's bounds. Any other 4xx refuses the
 request itself (a retry would be refused again and hold back every later
-event for retry_for_seconds): the event is marked failed at once.
+event for retry_for_seconds): the event is marked failed at once; but after
+refusals_in_a_row such events with none taken between, it is the endpoint
+that refuses (a rotated secret, a moved URL), and it is held and retried as
+on a 5xx, so a misconfigured receiver cannot empty the backlog into failures.
 
 A crash between a POST and the position's update sends those events again
 after the restart: receivers deduplicate by X-Hashsvc-Event-Id.
@@ -66,13 +69,17 @@ class NotTaken:
     retry_after: float | None = None  # seconds the receiver asked us to wait
 
 
+_NOT_RETRIED = " (refused: not retried)"
+_HELD = " (refused in a row: the endpoint is held and retried)"
+
+
 def not_taken(answer: Answer, retried_4xx: tuple[int, ...]) -> NotTaken | None:
     """None for a 2xx; else whether the status is worth retrying."""
     status = answer.status
     if 200 <= status < 300:
         return None
     if 400 <= status < 500 and status not in retried_4xx:
-        return NotTaken(f"HTTP {status} (refused: not retried)", permanent=True)
+        return NotTaken(f"HTTP {status}{_NOT_RETRIED}", permanent=True)
     wait = None
     if status in _HONOURS_RETRY_AFTER:
         wait = retry_after_seconds(answer.headers.get("retry-after", ""))
@@ -156,6 +163,8 @@ class _Deliverer:
         )
         self._lease_ends = 0.0  # monotonic
         self._state: EndpointState | None = None
+        # events refused with a 4xx since one was last taken (in this process)
+        self._refused_in_a_row = 0
 
     def _run(self) -> None:
         try:
@@ -244,6 +253,13 @@ class _Deliverer:
         refusal = not_taken(answer, self.webhook.retried_4xx)
         if refusal is None:
             self.counters.delivered += 1
+            self._refused_in_a_row = 0
+        elif refusal.permanent:
+            if self._refused_in_a_row >= self.webhook.refusals_in_a_row:
+                # the endpoint refuses every event: held and retried, not the
+                # backlog failed event by event (WebhookConfig.refusals_in_a_row)
+                return NotTaken(f"{refusal.error[: -len(_NOT_RETRIED)]}{_HELD}")
+            self._refused_in_a_row += 1
         return refusal
 
     def _failed(

@@ -66,9 +66,10 @@ def guarded(endpoint: Endpoint, services: Services):
     """The route's handler behind authentication, the role check and the
     caller's rate limit, its errors answered as JSON. An address past its
     failed authentications (shared with the console's sign-ins and, in one
-    process, the gRPC API) is refused before its token is looked up: a
-    caller without a good token can neither guess on unthrottled nor take
-    the worker threads Match needs. A request without a token is refused
+    process, the gRPC API) is refused before its token is looked up, unless
+    the token authenticated lately: a caller without a good token can neither
+    guess on unthrottled nor take the worker threads Match needs, and the
+    pipelines behind the same address keep matching. A request without a token is refused
     without a thread and is not counted (it guesses nothing)."""
     method = f"{RPC_PREFIX}{endpoint.rpc}"
     store = services.core.store
@@ -79,14 +80,15 @@ def guarded(endpoint: Endpoint, services: Services):
         retry_after = 0
         try:
             address = request.client.host if request.client else ""
-            retry_after = sign_ins.retry_after(address)
+            token = bearer_token(request)
+            # a token that authenticated lately passes (SignInLimits.refused)
+            retry_after = sign_ins.refused(address, token)
             if retry_after:
                 raise TooLarge(
                     "too many failed authentications from your address: "
                     f"try again in {retry_after} seconds",
                     limit=SIGN_IN_LIMIT,
                 )
-            token = bearer_token(request)
             if not token:
                 # no lookup, no thread; not counted: it guesses nothing
                 auth.authenticate(store, token)  # raises Unauthenticated
@@ -97,6 +99,7 @@ def guarded(endpoint: Endpoint, services: Services):
             except Unauthenticated:
                 sign_ins.failed(address)
                 raise
+            sign_ins.authenticated(token)
             auth.authorize(record, method)
             # action records by this caller carry its token id (worker threads
             # inherit the context)
