@@ -71,7 +71,7 @@ bench-short: install
 	$(BIN)/python bench/audio.py --short
 	$(BIN)/python bench/pdf.py --short
 	$(BIN)/python bench/speed.py --short
-	$(BIN)/python bench/fuzz.py --requests 200 --store both
+	$(BIN)/python bench/fuzz.py --requests 120 --store both
 	$(BIN)/python bench/scale.py --short
 	$(BIN)/python bench/load.py --short
 	$(BIN)/python bench/exchange.py --short

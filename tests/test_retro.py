@@ -762,3 +762,23 @@ def test_records_edited_in_the_database_are_skipped_not_a_failed_hunt(store_url,
     assert (run.state, run.hits, run.error) == ("done", 1, "")
     (hit,) = core.store.retro_matches_of(run.id)
     assert hit[1] == "good"
+
+
+def test_resuming_a_failed_run_counts_against_the_open_runs_limit(
+    store_url, make_core, monkeypatch
+):
+    """`retro run --resume` queues a run as a run by hand does: refused
+    RESOURCE_EXHAUSTED while retro_max_open_runs are queued or running."""
+    from hashdb.retro_sql import FAILED
+    from hashsvc.base.errors import TooLarge
+
+    core = make_core(store_url, retro_window=0, retro_max_open_runs=2)
+    since = to_micros(datetime.now(UTC) - timedelta(days=1))
+    run = core.store.create_retro_run("manual", "op", None, [1], since, state="skipped")
+    core.store.finish_retro_run(run.id, FAILED, "scheduler unreachable")
+    monkeypatch.setattr(core.store, "count_open_retro_runs", lambda: 2)
+    with pytest.raises(TooLarge, match="retro_max_open_runs"):
+        core.retro.resume_run(run.id)
+    assert core.store.get_retro_run(run.id).state == FAILED
+    monkeypatch.setattr(core.store, "count_open_retro_runs", lambda: 1)
+    assert core.retro.resume_run(run.id).state in ("queued", "running", "done")

@@ -361,6 +361,8 @@ class RetroHunt:
         engine: its partitions not done); hits found before stay reported
         once."""
         run = self.get_run(run_id)
+        if run.state == FAILED:
+            self._refuse_when_full()  # as a run by hand: RESOURCE_EXHAUSTED when full
         if not self.store.resume_retro_run(run_id):
             raise FailedPrecondition(
                 f"retro run {run_id} is {run.state}: only a failed run resumes"
