@@ -114,10 +114,13 @@ class _Server:
 
 
 def _send(handler: BaseHTTPRequestHandler, status: int, answer) -> None:
-    data = json.dumps(answer).encode()
+    send_body(handler, status, "application/json", json.dumps(answer).encode())
+
+
+def send_body(handler: BaseHTTPRequestHandler, status: int, content_type: str, data: bytes) -> None:
     try:
         handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Type", content_type)
         handler.send_header("Content-Length", str(len(data)))
         handler.end_headers()
         handler.wfile.write(data)

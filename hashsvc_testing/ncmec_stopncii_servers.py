@@ -26,7 +26,7 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from hashsvc_testing.exchange_servers import _Server
+from hashsvc_testing.exchange_servers import _Server, send_body
 
 NCMEC_NAMESPACE = "https://hashsharing.ncmec.org/hashsharing/v2"
 _NCMEC_TIME = "%Y-%m-%dT%H:%M:%SZ"
@@ -148,14 +148,7 @@ class NcmecServer(_Server):
 
 def _send_xml(handler: BaseHTTPRequestHandler, status: int, root: ET.Element) -> None:
     data = ET.tostring(root, xml_declaration=True, encoding="utf-8")
-    try:
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/xml")
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
-    except OSError:  # the client gave up (a timeout test)
-        pass
+    send_body(handler, status, "application/xml", data)
 
 
 @dataclass
