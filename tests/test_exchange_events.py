@@ -138,27 +138,33 @@ def test_a_swapped_listing_deletes_nothing(harness, tmp_path):
         assert answer.decision == pb.BLOCK
 
 
+def _slow_feed(stubs, md, tcap: TcapServer, hashes: int) -> None:
+    """Feed "slow" into set "partners": `hashes` TCAP hashes, one a page,
+    each page answered after 0.5 s."""
+    stubs.curation.CreateSet(pb.CreateSetRequest(name="partners"), metadata=md)
+    for _ in range(hashes):
+        tcap.add(secrets.token_hex(32))
+    tcap.delay = 0.5
+    stubs.exchange.AddFeed(
+        pb.AddFeedRequest(
+            name="slow",
+            api="tcap",
+            set="partners",
+            credentials="user:secret-pass",
+            options={"base_url": tcap.url},
+            every_seconds=60,
+        ),
+        metadata=md,
+    )
+
+
 def test_one_fetch_of_a_feed_at_a_time_in_a_server(harness):
     """A replica's lease is its own: without a guard in the process, a
     second `exchange fetch` (gRPC or HTTP) or the background loop would fetch
     a feed that this server is already fetching, both writing its pages."""
     stubs, md = harness.stubs("operator")
-    stubs.curation.CreateSet(pb.CreateSetRequest(name="partners"), metadata=md)
     with TcapServer(page_size=1) as tcap:
-        for _ in range(3):
-            tcap.add(secrets.token_hex(32))
-        tcap.delay = 0.5
-        stubs.exchange.AddFeed(
-            pb.AddFeedRequest(
-                name="slow",
-                api="tcap",
-                set="partners",
-                credentials="user:secret-pass",
-                options={"base_url": tcap.url},
-                every_seconds=60,
-            ),
-            metadata=md,
-        )
+        _slow_feed(stubs, md, tcap, hashes=3)
         first: list = []
         fetching = threading.Thread(target=lambda: first.append(_fetch(stubs, md, "slow")))
         fetching.start()
@@ -181,22 +187,8 @@ def test_stopping_waits_for_a_fetch_started_by_hand(harness):
     """A fetch started by `exchange fetch` (its own thread) ends, recorded,
     before the server closes the store under it."""
     stubs, md = harness.stubs("operator")
-    stubs.curation.CreateSet(pb.CreateSetRequest(name="partners"), metadata=md)
     with TcapServer(page_size=1) as tcap:
-        for _ in range(4):
-            tcap.add(secrets.token_hex(32))
-        tcap.delay = 0.5
-        stubs.exchange.AddFeed(
-            pb.AddFeedRequest(
-                name="slow",
-                api="tcap",
-                set="partners",
-                credentials="user:secret-pass",
-                options={"base_url": tcap.url},
-                every_seconds=60,
-            ),
-            metadata=md,
-        )
+        _slow_feed(stubs, md, tcap, hashes=4)
         outcome: list = []
 
         def fetch() -> None:

@@ -4,7 +4,8 @@ the HTTP API from the core's records; both pass plain values here, so a
 script reads the same object from `hashsvc history --json` and
 `GET /v1/history`, and a field added is added to both (a public contract:
 fields are added, never renamed). Matches are hashsvc/base/match_json.py's,
-retro-hunt runs hashsvc/base/retro_json.py's."""
+retro-hunt runs hashsvc/base/retro_json.py's. Partner feeds too: never their
+credentials, only whether they have any."""
 
 from __future__ import annotations
 
@@ -184,4 +185,63 @@ def review_item_json(
         "added_entry_id": added_entry_id or None,
         "query_signals": list(query_signals),
         "matches": list(matches),
+    }
+
+
+def feed_status_json(
+    *,
+    name: str,
+    api: str,
+    set_name: str,
+    enabled: bool,
+    last_fetch: datetime | None,
+    result: str,
+    error: str,
+    added: int,
+    updated: int,
+    deleted: int,
+    skipped: int,
+    failures: int,
+    checkpoint: str,
+    next_run: datetime | None,
+    fetching_replica: str,
+) -> dict:
+    """A feed's status (`hashsvc exchange status --json`, GET .../status)."""
+    return {
+        "name": name,
+        "api": api,
+        "set": set_name,
+        "enabled": enabled,
+        "last_fetch": iso(last_fetch),
+        "result": result or None,
+        "error": error or None,
+        "added": added,
+        "updated": updated,
+        "deleted": deleted,
+        "skipped": skipped,
+        "failures": failures,
+        "checkpoint": checkpoint or None,
+        "next_run": iso(next_run),
+        "fetching_replica": fetching_replica or None,
+    }
+
+
+def feed_json(
+    status: dict,
+    *,
+    labels: Mapping[str, str],
+    options: Mapping[str, str],
+    every_seconds: float,
+    has_credentials: bool,
+    items: int,
+) -> dict:
+    """A feed as `hashsvc exchange list --json` prints it: its status, labels,
+    options and schedule; whether it has credentials, never what they are."""
+    return {
+        **status,
+        "labels": dict(labels),
+        "options": dict(options),
+        "every_seconds": every_seconds,
+        "has_credentials": has_credentials,
+        "items": items,
     }

@@ -145,38 +145,34 @@ def bulk_result_json(result: BulkResult) -> dict:
 
 
 def feed_status_json(feed: FeedRecord, set_name: str) -> dict:
-    """A feed's status as `hashsvc exchange status --json` prints it
-    (hashsvc/client/commands/exchange.py feed_status): never its credentials."""
-    return {
-        "name": feed.name,
-        "api": feed.api,
-        "set": set_name,
-        "enabled": feed.enabled,
-        "last_fetch": iso(from_micros(feed.last_fetch_at)),
-        "result": feed.last_result or None,
-        "error": feed.last_error or None,
-        "added": feed.added,
-        "updated": feed.updated,
-        "deleted": feed.deleted,
-        "skipped": feed.skipped,
-        "failures": feed.failures,
-        "checkpoint": feed.checkpoint or None,
-        "next_run": iso(from_micros(feed.next_run_at)),
-        "fetching_replica": feed.lease_owner or None,
-    }
+    return record_json.feed_status_json(
+        name=feed.name,
+        api=feed.api,
+        set_name=set_name,
+        enabled=feed.enabled,
+        last_fetch=from_micros(feed.last_fetch_at),
+        result=feed.last_result,
+        error=feed.last_error,
+        added=feed.added,
+        updated=feed.updated,
+        deleted=feed.deleted,
+        skipped=feed.skipped,
+        failures=feed.failures,
+        checkpoint=feed.checkpoint,
+        next_run=from_micros(feed.next_run_at),
+        fetching_replica=feed.lease_owner,
+    )
 
 
 def feed_json(feed: FeedRecord, set_name: str) -> dict:
-    """A feed as `hashsvc exchange list --json` prints it: its status, labels,
-    options and schedule; `has_credentials` says whether it has any, never what."""
-    return {
-        **feed_status_json(feed, set_name),
-        "labels": dict(feed.labels),
-        "options": dict(feed.options),
-        "every_seconds": feed.every_seconds,
-        "has_credentials": feed.has_credentials,
-        "items": feed.items,
-    }
+    return record_json.feed_json(
+        feed_status_json(feed, set_name),
+        labels=feed.labels,
+        options=feed.options,
+        every_seconds=feed.every_seconds,
+        has_credentials=feed.has_credentials,
+        items=feed.items,
+    )
 
 
 def feedback_json(item: FeedbackRecord) -> dict:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from datetime import UTC
 
+from hashsvc.base import record_json
 from hashsvc.client.commands.common import (
     EXIT_OK,
     Subcommands,
@@ -16,7 +18,7 @@ from hashsvc.client.commands.common import (
     connect,
     print_json,
 )
-from hashsvc.client.commands.values import iso, parse_labels, parse_seconds
+from hashsvc.client.commands.values import parse_labels, parse_seconds
 from hashsvc.v1 import hashsvc_pb2 as pb
 
 APIS = ["threatexchange", "tcap", "ncmec", "stopncii", "file"]
@@ -136,34 +138,38 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def feed_status(feed: pb.Feed) -> dict:
     """A feed's status as `exchange status --json` prints it."""
-    return {
-        "name": feed.name,
-        "api": feed.api,
-        "set": feed.set,
-        "enabled": feed.enabled,
-        "last_fetch": iso(feed.last_fetch_at) if feed.HasField("last_fetch_at") else None,
-        "result": feed.last_result or None,
-        "error": feed.last_error or None,
-        "added": feed.added,
-        "updated": feed.updated,
-        "deleted": feed.deleted,
-        "skipped": feed.skipped,
-        "failures": feed.failures,
-        "checkpoint": feed.checkpoint or None,
-        "next_run": iso(feed.next_run_at) if feed.HasField("next_run_at") else None,
-        "fetching_replica": feed.fetching_replica or None,
-    }
+
+    def when(field: str):
+        return getattr(feed, field).ToDatetime(tzinfo=UTC) if feed.HasField(field) else None
+
+    return record_json.feed_status_json(
+        name=feed.name,
+        api=feed.api,
+        set_name=feed.set,
+        enabled=feed.enabled,
+        last_fetch=when("last_fetch_at"),
+        result=feed.last_result,
+        error=feed.last_error,
+        added=feed.added,
+        updated=feed.updated,
+        deleted=feed.deleted,
+        skipped=feed.skipped,
+        failures=feed.failures,
+        checkpoint=feed.checkpoint,
+        next_run=when("next_run_at"),
+        fetching_replica=feed.fetching_replica,
+    )
 
 
 def _feed_row(feed: pb.Feed) -> dict:
-    return {
-        **feed_status(feed),
-        "labels": dict(feed.labels),
-        "options": dict(feed.options),
-        "every_seconds": feed.every_seconds,
-        "has_credentials": feed.has_credentials,
-        "items": feed.items,
-    }
+    return record_json.feed_json(
+        feed_status(feed),
+        labels=feed.labels,
+        options=feed.options,
+        every_seconds=feed.every_seconds,
+        has_credentials=feed.has_credentials,
+        items=feed.items,
+    )
 
 
 def _list(args: argparse.Namespace) -> list[pb.Feed]:
