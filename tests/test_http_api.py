@@ -279,6 +279,34 @@ def test_bulk_load_job_and_export(sqlite_server):
         _error(c.get(f"/v1/jobs/{job_id}"), 404, "NOT_FOUND")
 
 
+def test_a_clean_labelled_file_loads_with_its_names_and_labels(sqlite_server):
+    """A hash list whose every row is good goes the packed path: its entry
+    names and labels are loaded with it (they were once dropped over HTTP:
+    every row named after its hash, no labels), strict or not."""
+    rows = "signal_type,signal_value,entry,labels\n" + "".join(
+        f"md5,{k:032x},poster-{k},group=ISIS;source=feed-{k % 2}\n" for k in range(40)
+    )
+    with sqlite_server.client("operator") as op:
+        for set_name, params in (("named", {}), ("named-strict", {"strict": "true"})):
+            op.post("/v1/sets", json={"name": set_name})
+            started = op.post(
+                f"/v1/sets/{set_name}/load",
+                params=params,
+                files={"file": ("list.csv", rows.encode(), "text/csv")},
+            )
+            assert started.status_code == 202, started.text
+            job_id = started.json()["job_id"]
+            deadline = time.monotonic() + 60
+            while (job := op.get(f"/v1/jobs/{job_id}").json())["state"] == "running":
+                assert time.monotonic() < deadline, job
+                time.sleep(0.1)
+            assert job["state"] == "done" and job["result"]["added"] == 40, job
+            entries = op.get(f"/v1/sets/{set_name}/entries").json()["entries"]
+            by_name = {e["entry"]: e["labels"] for e in entries}
+            assert len(by_name) == 40
+            assert by_name["poster-3"] == {"group": "ISIS", "source": "feed-1"}
+
+
 def test_review_claim_and_resolve(sqlite_server):
     with sqlite_server.client("operator") as op:
         op.post("/v1/sets", json={"name": "rev", "thresholds": {"pdq": {"block": 0, "review": 60}}})

@@ -90,6 +90,19 @@ class PackedRows:
                 f"packed {self.kind} values must be a multiple of {sig_type.nbytes} bytes"
             )
 
+    @classmethod
+    def of_plain(cls, rows, source: str) -> PackedRows:
+        """A reader's PlainRows (loaders) as they are loaded: with their entry
+        names and labels, when the file has those columns."""
+        return cls(
+            rows.signal_type,
+            rows.values,
+            rows.first_line,
+            source,
+            entry=rows.entries or (),
+            labels=rows.labels or (),
+        )
+
     def __len__(self) -> int:
         return len(self.values) // SIGNAL_TYPES[self.kind].nbytes
 

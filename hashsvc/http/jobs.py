@@ -172,7 +172,7 @@ class BulkJobs:
                         yield RowBatch.from_records(batch, source)
                         batch = []
                     job.rows_read += len(item)
-                    yield PackedRows(item.signal_type, item.values, item.first_line, source)
+                    yield PackedRows.of_plain(item, source)
                     continue
                 if len(batch) >= BATCH_ROWS and item.entry_name != batch[-1].entry_name:
                     yield RowBatch.from_records(batch, source)

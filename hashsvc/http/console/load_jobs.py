@@ -170,7 +170,7 @@ class LoadJobs:
                     yield RowBatch.from_records(records, job.source)
                     records = []
                 job.rows += len(item)
-                yield PackedRows(item.signal_type, item.values, item.first_line, job.source)
+                yield PackedRows.of_plain(item, job.source)
                 continue
             # an entry's rows stay in one batch (a video's frames)
             if len(records) >= BATCH_ROWS and item.entry_name != records[-1].entry_name:
