@@ -57,6 +57,9 @@ bench: install
 	$(BIN)/python bench/pdf.py
 	$(BIN)/python bench/speed.py
 	$(BIN)/python bench/fuzz.py
+	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/load.py
+	$(BIN)/python bench/loadtest.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/console.py
 	$(BIN)/python bench/events.py

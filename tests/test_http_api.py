@@ -519,6 +519,9 @@ def _bad_requests(big_json: bytes):
          400, "INVALID_ARGUMENT"),
         ("operator", "GET", "/v1/sets/media/entries", {"params": {"page_size": "ten"}},
          400, "INVALID_ARGUMENT"),
+        ("operator", "GET", "/v1/sets/media/entries", {"params": {"page_size": "--5"}},
+         400, "INVALID_ARGUMENT"),
+        ("operator", "GET", "/v1/retro/runs/--1", {}, 400, "INVALID_ARGUMENT"),
         ("operator", "GET", "/v1/sets/media/entries", {"params": {"page_token": "1e9"}},
          400, "INVALID_ARGUMENT"),
         ("operator", "GET", "/v1/sets", {"params": {"include_disabled": "maybe"}},
@@ -632,8 +635,12 @@ def test_failed_authentications_are_limited_per_address_with_the_console(tmp_pat
     proc = HttpServerProcess(f"sqlite:///{tmp_path}/db.sqlite", tmp_path / "server.log", config)
     try:
         with proc.client(token="hs_guess") as guesser:
-            for _ in range(3):
-                _error(guesser.get("/v1/stats"), 401, "UNAUTHENTICATED")
+            for n in range(3):
+                # another X-Forwarded-For each time: the socket's address counts
+                spoofed = {"X-Forwarded-For": f"203.0.113.{n}"}
+                _error(guesser.get("/v1/stats", headers=spoofed), 401, "UNAUTHENTICATED")
+            spoofed = {"X-Forwarded-For": "198.51.100.7"}
+            _error(guesser.get("/v1/stats", headers=spoofed), 429, "RESOURCE_EXHAUSTED")
         with proc.client("auditor") as right:
             refused = right.get("/v1/stats")
             error = _error(refused, 429, "RESOURCE_EXHAUSTED")

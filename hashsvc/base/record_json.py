@@ -245,3 +245,28 @@ def feed_json(
         "has_credentials": has_credentials,
         "items": items,
     }
+
+
+def feedback_json(
+    *,
+    item_id: int,
+    entry: str,
+    verdict: str,
+    state: str,
+    attempts: int,
+    error: str,
+    created_at: datetime | None,
+    sent_at: datetime | None,
+) -> dict:
+    """A reviewer's verdict sent back to a feed's source (`exchange show
+    --json`, GET /v1/exchange/feeds/{name})."""
+    return {
+        "id": item_id,
+        "entry": entry,
+        "verdict": verdict,
+        "state": state,
+        "attempts": attempts,
+        "error": error or None,
+        "created_at": iso(created_at),
+        "sent_at": iso(sent_at),
+    }

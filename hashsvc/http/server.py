@@ -109,6 +109,10 @@ class HttpServer:
                 timeout_keep_alive=int(min(config.stream_idle_seconds, 30)) or 5,
                 lifespan="off",
                 server_header=False,
+                # the caller's address is the socket's: X-Forwarded-For from
+                # anyone on loopback would pick the address the failed-
+                # authentication limit counts (uvicorn trusts 127.0.0.1)
+                proxy_headers=False,
                 **tls,
             )
         )

@@ -176,17 +176,16 @@ def feed_json(feed: FeedRecord, set_name: str) -> dict:
 
 
 def feedback_json(item: FeedbackRecord) -> dict:
-    """A verdict sent back to a feed's source, as `exchange show --json` lists it."""
-    return {
-        "id": item.id,
-        "entry": item.entry_name,
-        "verdict": item.verdict,
-        "state": item.state,
-        "attempts": item.attempts,
-        "error": item.last_error or None,
-        "created_at": iso(from_micros(item.created_at)),
-        "sent_at": iso(from_micros(item.sent_at)),
-    }
+    return record_json.feedback_json(
+        item_id=item.id,
+        entry=item.entry_name,
+        verdict=item.verdict,
+        state=item.state,
+        attempts=item.attempts,
+        error=item.last_error,
+        created_at=from_micros(item.created_at),
+        sent_at=from_micros(item.sent_at),
+    )
 
 
 def fetch_json(result: FetchResult) -> dict:

@@ -211,13 +211,16 @@ def cmd_show(args: argparse.Namespace) -> int:
         )
     row = _feed_row(feed)
     row["feedback"] = [
-        {
-            "entry": f.entry,
-            "verdict": f.verdict,
-            "state": f.state,
-            "attempts": f.attempts,
-            "error": f.last_error or None,
-        }
+        record_json.feedback_json(
+            item_id=f.id,
+            entry=f.entry,
+            verdict=f.verdict,
+            state=f.state,
+            attempts=f.attempts,
+            error=f.last_error,
+            created_at=f.created_at.ToDatetime(tzinfo=UTC) if f.HasField("created_at") else None,
+            sent_at=f.sent_at.ToDatetime(tzinfo=UTC) if f.HasField("sent_at") else None,
+        )
         for f in feed.feedback
     ]
     if args.json:
