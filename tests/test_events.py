@@ -653,7 +653,11 @@ def test_an_endpoint_refusing_every_event_is_held_not_drained(
     # were answers to event 3, retried)
     assert receiver.ids() == [failures[-1].event_id + n for n in (1, 2, 3)]
     assert receiver.attempts == 2 + 6 + 3
-    state = core.store.endpoint_states()[0]
+    # the endpoint's position moves after the receiver answered: wait for it
+    deadline = time.monotonic() + 15
+    while (state := core.store.endpoint_states()[0]).delivered_through < receiver.ids()[-1]:
+        assert time.monotonic() < deadline, state
+        time.sleep(0.05)
     assert state.attempts == 0 and state.last_error == ""
 
 
@@ -728,3 +732,49 @@ def test_retry_after_header_forms():
     assert retry_after_seconds("", now) is None
     assert retry_after_seconds("soon", now) is None
     assert retry_after_seconds("-5", now) is None
+
+
+def test_idle_subscribers_have_their_own_pool_not_the_upload_streams(make_harness, tmp_path):
+    """Subscribe streams idle for up to subscribe_max_seconds: in the upload
+    streams' pool (max_streams) a few consumers would refuse every
+    MatchUpload for an hour. They have a pool of their own, capped in all and
+    per token, and MatchUpload still answers while it is full."""
+    from hashsvc.core import auth
+    from hashsvc_testing.image_media import encode, photo
+    from tests.test_media_service import _upload_match
+
+    h = make_harness(
+        f"sqlite:///{tmp_path}/pool.db",
+        max_streams=2,
+        max_streams_per_token=2,
+        events=EventSettings(
+            poll_seconds=0.05, lease_seconds=5.0, max_subscribers=2, max_subscribers_per_token=1
+        ),
+    )
+    tokens = [auth.create_token(h.core.store, "subscriber", f"consumer-{n}")[1] for n in range(3)]
+    stubs, _ = h.stubs("subscriber")
+    open_streams = []
+    try:
+        for token in tokens[:2]:
+            md = (("authorization", f"Bearer {token}"),)
+            stream = stubs.events.Subscribe(pb.SubscribeRequest(from_id=0), metadata=md)
+            open_streams.append(stream)
+        deadline = time.monotonic() + 10
+        while h.running.subscribers.open_streams() < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert h.running.subscribers.open_streams() == 2
+        for token, limit in (
+            (tokens[0], "events.max_subscribers_per_token"),
+            (tokens[2], "events.max_subscribers"),
+        ):
+            md = (("authorization", f"Bearer {token}"),)
+            with pytest.raises(grpc.RpcError) as err:
+                next(stubs.events.Subscribe(pb.SubscribeRequest(from_id=0), metadata=md))
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert f"({limit})" in err.value.details()
+        # the uploads' pool is untouched: MatchUpload answers
+        m, mmd = h.stubs("matcher")
+        assert _upload_match(m, mmd, encode(photo(4))).decision == pb.ALLOW  # no set yet
+    finally:
+        for stream in open_streams:
+            stream.cancel()

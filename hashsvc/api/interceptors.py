@@ -151,9 +151,12 @@ class Limits(grpc.ServerInterceptor):
         streams: StreamLimiter | None = None,
         unread: UnreadCalls | None = None,
         record_refused_match=None,
+        subscribers: StreamLimiter | None = None,
     ) -> None:
         self.limiter = limiter or auth.RateLimiter(0)
         self.streams = streams
+        # Events/Subscribe's own pool (long, idle streams); None: `streams`
+        self.subscribers = subscribers
         self.unread = unread
         # record_refused_match(rpc name, token record, error): a Match call
         # refused by the rate limit is still a Match call, in the history
@@ -180,6 +183,8 @@ class Limits(grpc.ServerInterceptor):
 
     def wrap(self, behavior, handler, method: str):
         limiter, streams, unread = self.limiter, self.streams, self.unread
+        if method == SUBSCRIBE_METHOD and self.subscribers is not None:
+            streams = self.subscribers
         rpc_name = method.rsplit("/", 1)[-1]
         reads_first = self.reads_first(handler)
         is_stream = streams is not None and (
@@ -236,6 +241,8 @@ class Limits(grpc.ServerInterceptor):
 
 # Match calls refused by the rate limit before their handler runs: recorded
 # as failed Match calls (MatchBatch records its refused items itself).
+# Admitted to Limits.subscribers' pool, not the upload streams'.
+SUBSCRIBE_METHOD = f"/{pb.DESCRIPTOR.package}.Events/Subscribe"
 _RECORDED_WHEN_RATE_LIMITED = frozenset(
     f"/{pb.DESCRIPTOR.package}.Matcher/{name}" for name in ("Match", "MatchUpload")
 )

@@ -70,6 +70,7 @@ class RunningServer:
     loader: threading.Thread | None = None  # the index load, when started in the background
     stopping: threading.Event = field(default_factory=threading.Event)
     streams: StreamLimiter | None = None  # streams open now, within max_streams
+    subscribers: StreamLimiter | None = None  # Events/Subscribe's own pool
     spool: Spool | None = None  # uploads waiting for hashing, within spool_max_bytes
     unread: UnreadCalls | None = None  # calls whose request message has not arrived
     limiter: RateLimiter | None = None  # requests per token; the HTTP API shares it
@@ -154,6 +155,14 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
         config.console.sign_in_failures_per_minute, config.console.sign_in_tracked_addresses
     )
     streams = StreamLimiter.from_config(config)
+    # Events/Subscribe: long, mostly idle streams, in a pool of their own
+    subscribers = StreamLimiter(
+        config.events.max_subscribers,
+        config.events.max_subscribers_per_token,
+        config.stream_idle_seconds,
+        config.stream_max_seconds,
+        limit_keys=("events.max_subscribers", "events.max_subscribers_per_token"),
+    )
     spool = new_spool(config)  # one budget for MatchUpload and AddEntryUpload
     unread = UnreadCalls(
         config.stream_idle_seconds,
@@ -178,6 +187,7 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
             Limits(
                 limiter,
                 streams=streams,
+                subscribers=subscribers,
                 unread=unread,
                 record_refused_match=lambda rpc, record, exc: core.record_failed_match(
                     rpc, record.name, exc, caller_token_id=record.id
@@ -211,7 +221,7 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
         log.warning(warning)
     running = RunningServer(
         server, port, core, health_servicer, metrics, streams=streams, spool=spool, unread=unread,
-        limiter=limiter, feeds=feeds, sign_ins=sign_ins,
+        limiter=limiter, feeds=feeds, sign_ins=sign_ins, subscribers=subscribers,
     )  # fmt: skip
     if config.metrics_listen:
         try:

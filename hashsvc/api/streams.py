@@ -53,9 +53,12 @@ class StreamLimiter:
         max_per_caller: int,
         idle_seconds: float,
         max_seconds: float,
+        limit_keys: tuple[str, str] = ("max_streams", "max_streams_per_token"),
     ) -> None:
         self.max_streams = max_streams
         self.max_per_caller = max_per_caller
+        # the config keys a refusal names: (in all, per token)
+        self.limit_keys = limit_keys
         self.idle_seconds = idle_seconds
         self.max_seconds = max_seconds
         self._lock = threading.Lock()
@@ -81,17 +84,18 @@ class StreamLimiter:
         with self._lock:
             # the caller's own cap first: it tells them to slow down
             held = self._per_caller[key]
+            in_all, per_token = self.limit_keys
             if held >= self.max_per_caller:
                 raise TooLarge(
                     f"{caller} already has {held} streams open, its limit"
-                    " (max_streams_per_token); retry later",
-                    limit="max_streams_per_token",
+                    f" ({per_token}); retry later",
+                    limit=per_token,
                 )
             if self._open >= self.max_streams:
                 raise TooLarge(
                     f"the server already has {self._open} streams open, its limit"
-                    " (max_streams); retry later",
-                    limit="max_streams",
+                    f" ({in_all}); retry later",
+                    limit=in_all,
                 )
             self._open += 1
             self._per_caller[key] += 1

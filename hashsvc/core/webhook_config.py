@@ -146,6 +146,11 @@ class EventSettings:
     subscribe_page_size: int = 100
     subscribe_poll_seconds: float = 0.5
     subscribe_max_seconds: float = 3600.0
+    # Subscribe streams open at once, in all and per token: a pool of their
+    # own, not max_streams' (a consumer idles for up to subscribe_max_seconds;
+    # in the upload streams' pool a few of them would refuse every MatchUpload).
+    max_subscribers: int = 4
+    max_subscribers_per_token: int = 1
     # Events older than this are deleted once every configured endpoint has
     # them (a subscriber's cursor older than this misses them); 0 = kept for
     # ever. Checked every prune_every_seconds.
@@ -153,7 +158,13 @@ class EventSettings:
     prune_every_seconds: float = 60.0
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_response_bytes", "subscribe_page_size"):
+        for name in (
+            "batch_size",
+            "max_response_bytes",
+            "subscribe_page_size",
+            "max_subscribers",
+            "max_subscribers_per_token",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"events.{name} must be at least 1")
         for name in (
