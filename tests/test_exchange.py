@@ -26,8 +26,9 @@ SETTINGS = ExchangeSettings(
 
 
 @pytest.fixture
-def harness_config() -> dict:
-    return {"exchange": SETTINGS}
+def harness_config(tmp_path) -> dict:
+    """File feeds may read the test's own directory (exchange.file_dir)."""
+    return {"exchange": dataclasses.replace(SETTINGS, file_dir=str(tmp_path))}
 
 
 def _hex(nbytes: int = 32) -> str:
@@ -453,21 +454,64 @@ def test_a_reviewers_verdict_on_a_feed_entry_goes_back_to_the_source(harness):
         assert te.reactions == [(777, "DISAGREE_WITH_TAGS")]
 
 
-def test_file_feeds_stay_within_file_dir(make_harness, tmp_path):
+def test_file_feeds_are_off_without_file_dir(make_harness, store_url, tmp_path):
+    """Without exchange.file_dir an operator token would make the server read
+    (and load as hashes) any file it can: file feeds are refused, saying
+    what to set; a feed added before file_dir was unset fetches nothing."""
+    listing = tmp_path / "ok.txt"
+    listing.write_text(f"pdq {_hex()}\n")
+    h = make_harness(store_url, exchange=SETTINGS)
+    stubs, md = h.stubs("operator")
+    _set(stubs, md)
+    for path in ("/etc/passwd", str(listing)):
+        with pytest.raises(grpc.RpcError) as err:
+            _add(stubs, md, "f", "file", path=path)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "set exchange.file_dir" in err.value.details()
+    assert list(stubs.exchange.ListFeeds(pb.ListFeedsRequest(), metadata=md).feeds) == []
+    make_harness.stop(h)
+
+    allowed = dataclasses.replace(SETTINGS, file_dir=str(tmp_path))
+    h = make_harness(store_url, exchange=allowed)
+    stubs, md = h.stubs("operator")
+    _add(stubs, md, "f", "file", path=listing)
+    make_harness.stop(h)
+    h = make_harness(store_url, exchange=SETTINGS)  # file_dir unset since
+    stubs, md = h.stubs("operator")
+    with pytest.raises(grpc.RpcError) as err:
+        _fetch(stubs, md, "f")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "set exchange.file_dir" in err.value.details()
+    assert _entries(stubs, md) == {}
+
+
+def test_file_feeds_stay_within_file_dir(make_harness, store_url, tmp_path):
     allowed = tmp_path / "lists"
     allowed.mkdir()
     (allowed / "ok.txt").write_text(f"pdq {_hex()}\n")
+    secret = tmp_path / "secret.txt"
+    secret.write_text(f"pdq {_hex()}\n")
     settings = dataclasses.replace(SETTINGS, file_dir=str(allowed))
-    h = make_harness(f"sqlite:///{tmp_path}/db.sqlite", exchange=settings)
+    h = make_harness(store_url, exchange=settings)
     stubs, md = h.stubs("operator")
     _set(stubs, md)
-    for path in ("/etc/passwd", str(allowed / ".." / "db.sqlite")):
+    (allowed / "link.txt").symlink_to(secret)
+    for path in ("/etc/passwd", str(allowed / ".." / "secret.txt"), str(allowed / "link.txt")):
         with pytest.raises(grpc.RpcError) as err:
             _add(stubs, md, "f", "file", path=path)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "exchange.file_dir" in err.value.details()
     _add(stubs, md, "f", "file", path=allowed / "ok.txt")
     assert _fetch(stubs, md, "f")[-1].added == 1
+    # the listing swapped for a link out of file_dir after the feed was
+    # added: the fetch resolves it again and reads nothing
+    (allowed / "ok.txt").unlink()
+    (allowed / "ok.txt").symlink_to(secret)
+    with pytest.raises(grpc.RpcError) as err:
+        _fetch(stubs, md, "f")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "must be within" in err.value.details()
+    assert len(_entries(stubs, md)) == 1  # nothing of the secret file loaded, nothing deleted
 
 
 def test_library_sources_ncmec_and_stopncii_records():

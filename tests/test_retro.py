@@ -8,6 +8,7 @@ verifying."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import signal
@@ -595,7 +596,8 @@ def test_a_feeds_hunt_survives_a_crash(store_url, make_harness, monkeypatch, tmp
     the hunt: the restarted server queues it (trigger "feed")."""
     from tests.test_exchange import SETTINGS
 
-    config = {"exchange": SETTINGS, "retro_poll_seconds": 0.2}
+    settings = dataclasses.replace(SETTINGS, file_dir=str(tmp_path))
+    config = {"exchange": settings, "retro_poll_seconds": 0.2}
     h = make_harness(store_url, **config)
     m, m_md = h.stubs("matcher")
     known = hashlib.sha256(b"crash-feed").digest()

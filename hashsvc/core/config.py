@@ -157,8 +157,10 @@ class ExchangeSettings:
     # committed. Smaller hand-overs only add waits: at 2,000 a 10k-row page
     # waited for the writer five times.
     write_rows: int = 20_000
-    # File feeds read lists on the server's disk: only under this directory
-    # ("" = anywhere the server may read).
+    # File feeds read lists on the server's disk, only under this directory
+    # (symlinks resolved, at `exchange add` and at every fetch). "" = file
+    # feeds are refused (FAILED_PRECONDITION): an operator token must not make
+    # the server read any file it can.
     file_dir: str = ""
     # A secret file (>= 32 bytes, outside the database): feed credentials are
     # sealed under it, bound to their feed's settings (hashsvc/exchange/

@@ -212,13 +212,22 @@ class Feeds:
         return feed
 
     def _file_path(self, path: str) -> str:
-        """A file feed's path, absolute; within exchange.file_dir when that is
-        set (an operator token cannot make the server read any file it can)."""
+        """A file feed's path, resolved (symlinks followed), which must be
+        within exchange.file_dir: without it an operator token (or a row
+        changed in the database) would make the server read, and load as
+        hashes, any file it can read. Checked when the feed is added and
+        again at every fetch (a link swapped in later is caught then)."""
+        root = self.settings.file_dir
+        if not root:
+            raise FailedPrecondition(
+                "file feeds are off: set exchange.file_dir to the directory the server may"
+                " read hash lists from"
+            )
         if not path:
             raise InvalidArgument("a file feed needs --path FILE")
         real = os.path.realpath(path)
-        root = self.settings.file_dir
-        if root and os.path.commonpath([real, os.path.realpath(root)]) != os.path.realpath(root):
+        real_root = os.path.realpath(root)
+        if os.path.commonpath([real, real_root]) != real_root:
             raise InvalidArgument(f"a file feed's path must be within {root} (exchange.file_dir)")
         return real
 
@@ -399,8 +408,11 @@ class Feeds:
         progress: Callable[[FetchResult], None] | None,
         allow_mass_delete: bool,
     ) -> None:
+        options = feed.options
+        if feed.api == "file":
+            options = {**options, "path": self._file_path(options.get("path", ""))}
         source = open_source(
-            feed.api, self._source_config(feed.name, feed.options, self._credentials(feed))
+            feed.api, self._source_config(feed.name, options, self._credentials(feed))
         )
         # A whole listing (a file each time; any API fetched from the start:
         # --full, or a checkpoint the API has forgotten the deletions after):
