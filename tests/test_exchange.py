@@ -720,6 +720,51 @@ def test_a_fetch_deleting_most_of_a_feed_deletes_nothing_and_fails(harness):
     assert "allow_mass_delete" in str(history)
 
 
+@pytest.mark.parametrize("omit_length", [False, True])
+def test_a_page_past_max_response_bytes_fails_the_fetch_and_keeps_the_checkpoint(
+    make_harness, store_url, omit_length
+):
+    """A partner answer larger than exchange.max_response_bytes (declared in
+    Content-Length, or not declared and read up to the limit) fails the
+    fetch clearly; the pages before it stay loaded with their checkpoint, and
+    the next fetch goes on from there without duplicates."""
+    settings = dataclasses.replace(SETTINGS, max_response_bytes=4096)
+    h = make_harness(store_url, exchange=settings)
+    stubs, md = h.stubs("operator")
+    _set(stubs, md)
+    with TcapServer(page_size=2) as tcap:
+        tcap.omit_length = omit_length
+        values = [_hex() for _ in range(5)]
+        for n, value in enumerate(values):
+            tcap.add(value, ideology="x" * 8000 if n == 2 else "islamist")
+        _add(stubs, md, "tcap", "tcap", "user:secret-pass", base_url=tcap.url)
+        with pytest.raises(grpc.RpcError) as err:
+            _fetch(stubs, md, "tcap")
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "larger than 4096 bytes (exchange.max_response_bytes)" in err.value.details()
+        feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="tcap"), metadata=md)
+        assert feed.last_result == "failed" and "max_response_bytes" in feed.last_error
+        assert (feed.items, feed.added) == (2, 2)  # the first page, committed
+        checkpoint = h.core.store.get_feed("tcap").checkpoint
+        assert checkpoint and json.loads(checkpoint)["checkpoint"]
+        assert (
+            _fetch_fails_alike(stubs, md) and h.core.store.get_feed("tcap").checkpoint == checkpoint
+        )
+
+        tcap.add(values[2], ideology="islamist")  # the partner fixed the row
+        last = _fetch(stubs, md, "tcap")[-1]
+        assert last.added == 3
+        assert sorted(_entries(stubs, md)) == sorted(f"tcap:pdq:{v}" for v in values)
+        feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="tcap"), metadata=md)
+        assert (feed.items, feed.added, feed.last_result) == (5, 5, "ok")
+
+
+def _fetch_fails_alike(stubs, md) -> bool:
+    with pytest.raises(grpc.RpcError) as err:
+        _fetch(stubs, md, "tcap")
+    return "max_response_bytes" in err.value.details()
+
+
 def test_bad_rows_from_a_partner_are_counted_and_the_rest_loads(harness, tmp_path):
     stubs, md = harness.stubs("operator")
     _set(stubs, md)

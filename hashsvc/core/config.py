@@ -141,6 +141,10 @@ class ExchangeSettings:
     # Every HTTP call to a partner: its timeout and retries (5xx, 429).
     http_timeout_seconds: float = 60.0
     http_retries: int = 2
+    # Bytes one partner answer (a page) may have at most, read or declared:
+    # past it the fetch fails, its committed pages and checkpoint kept (an
+    # endless or huge answer would otherwise be held whole in memory).
+    max_response_bytes: int = 64 << 20
     # A failed fetch is retried after retry_base_seconds, doubling per
     # failure up to retry_max_seconds (never later than the feed's --every).
     retry_base_seconds: float = 30.0
@@ -186,6 +190,8 @@ class ExchangeSettings:
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"exchange.{name} must be more than 0")
+        if self.max_response_bytes < 1024:
+            raise ValueError("exchange.max_response_bytes must be at least 1024")
         for name in ("snapshot_max_delete_fraction", "max_delete_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"exchange.{name} must be within 0..1")

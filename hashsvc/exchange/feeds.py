@@ -716,6 +716,7 @@ class Feeds:
             credentials,
             self.settings.http_timeout_seconds,
             self.settings.http_retries,
+            self.settings.max_response_bytes,
         )
 
     def _record(
