@@ -676,3 +676,23 @@ _RETRO_PENDING_HELD = [
 ]
 SQLITE.append(list(_RETRO_PENDING_HELD))
 POSTGRES.append(list(_RETRO_PENDING_HELD))
+
+
+# Feeds hardened (issue 22): exchange_feeds.rejected counts the rows a feed
+# sent that were refused (never mapped as loaded); exchange_deletions keeps
+# each fetch's applied deletions for the rolling window of
+# exchange.delete_window_seconds (a feed deleting just under the limit at
+# every fetch emptied its set in a few fetches), with the feed's items
+# before them (`held`): the window's budget is a share of the feed's size
+# when its deleting began.
+_EXCHANGE_HARDENED = [
+    "ALTER TABLE exchange_feeds ADD COLUMN rejected BIGINT NOT NULL DEFAULT 0",
+    """CREATE TABLE exchange_deletions (
+        feed_id BIGINT NOT NULL,
+        at BIGINT NOT NULL,
+        deleted BIGINT NOT NULL,
+        held BIGINT NOT NULL)""",
+    "CREATE INDEX exchange_deletions_feed ON exchange_deletions (feed_id, at)",
+]
+SQLITE.append(list(_EXCHANGE_HARDENED))
+POSTGRES.append(list(_EXCHANGE_HARDENED))

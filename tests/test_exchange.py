@@ -720,6 +720,81 @@ def test_a_fetch_deleting_most_of_a_feed_deletes_nothing_and_fails(harness):
     assert "allow_mass_delete" in str(history)
 
 
+def test_slow_drip_deletions_are_refused_over_the_window(harness, tmp_path):
+    """A feed deleting just under max_delete_fraction at every fetch would
+    empty its set in a few fetches: the fraction holds over
+    exchange.delete_window_seconds (24 h), against the feed's items when the
+    window's deleting began; past it nothing is deleted (status, metric).
+    Once the window has passed, deletions go on. Whole listings alike."""
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    store = harness.core.store
+    with ThreatExchangeServer(page_size=100) as te:
+        values = [_hex() for _ in range(10)]
+        for value in values:
+            te.add(value)
+        _add(stubs, md, "gifct", "threatexchange", TE_TOKEN, privacy_group=303, base_url=te.url)
+        _fetch(stubs, md, "gifct")
+        for value in values[:4]:  # 4 of 10: within half
+            te.add(value, should_delete=True)
+        assert _fetch(stubs, md, "gifct")[-1].deleted == 4
+        for value in values[4:6]:  # 2 of the 6 left, but 6 of 10 within the window
+            te.add(value, should_delete=True)
+        for _attempt in range(2):
+            with pytest.raises(grpc.RpcError) as err:
+                _fetch(stubs, md, "gifct")
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            details = err.value.details()
+            assert "2 of the feed's 10 items after 4 deleted within the last 24 h" in details
+            assert "exchange.delete_window_seconds" in details
+            assert "exchange.max_delete_fraction" in details
+            feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="gifct"), metadata=md)
+            assert feed.last_result == "failed" and "delete_window_seconds" in feed.last_error
+            assert feed.items == 6 and len(_entries(stubs, md)) == 6
+            assert _match_hash(harness, "pdq", values[5]).decision == pb.BLOCK
+        refused = harness.running.metrics.registry.get_sample_value(
+            "hashsvc_feed_deletions_refused_total", {"feed": "gifct"}
+        )
+        assert refused == 4  # two fetches of 2
+        # a day later the window has moved on: the 2 are 2 of 6
+        with store._write() as cur:
+            cur.execute("UPDATE exchange_deletions SET at = at - ?", (25 * 3600 * 1_000_000,))
+        assert _fetch(stubs, md, "gifct")[-1].deleted == 2
+        assert len(_entries(stubs, md)) == 4
+
+    path = tmp_path / "list.txt"
+    listed = [_hex() for _ in range(10)]
+    path.write_text("".join(f"pdq {v}\n" for v in listed))
+    _add(stubs, md, "f", "file", path=path)
+    _fetch(stubs, md, "f")
+    path.write_text("".join(f"pdq {v}\n" for v in listed[4:]))
+    assert _fetch(stubs, md, "f")[-1].deleted == 4
+    path.write_text("".join(f"pdq {v}\n" for v in listed[6:]))
+    with pytest.raises(grpc.RpcError) as err:
+        _fetch(stubs, md, "f")
+    assert "leaves out 2 of the feed's 10 items after 4 deleted" in err.value.details()
+    assert "exchange.snapshot_max_delete_fraction" in err.value.details()
+    assert stubs.exchange.GetFeed(pb.GetFeedRequest(name="f"), metadata=md).items == 6
+
+
+def test_a_zero_delete_window_judges_each_fetch_alone(make_harness, store_url):
+    settings = dataclasses.replace(SETTINGS, delete_window_seconds=0)
+    h = make_harness(store_url, exchange=settings)
+    stubs, md = h.stubs("operator")
+    _set(stubs, md)
+    with ThreatExchangeServer(page_size=100) as te:
+        values = [_hex() for _ in range(10)]
+        for value in values:
+            te.add(value)
+        _add(stubs, md, "gifct", "threatexchange", TE_TOKEN, privacy_group=303, base_url=te.url)
+        _fetch(stubs, md, "gifct")
+        for batch in (values[:4], values[4:6]):
+            for value in batch:
+                te.add(value, should_delete=True)
+            assert _fetch(stubs, md, "gifct")[-1].deleted == len(batch)
+        assert len(_entries(stubs, md)) == 4
+
+
 @pytest.mark.parametrize("omit_length", [False, True])
 def test_a_page_past_max_response_bytes_fails_the_fetch_and_keeps_the_checkpoint(
     make_harness, store_url, omit_length

@@ -178,6 +178,12 @@ class ExchangeSettings:
     # most this fraction of the items the feed held before it (a broken or
     # hostile page): the page past it is not applied and the fetch fails.
     max_delete_fraction: float = 0.5
+    # Both fractions hold over a rolling window per feed, not per fetch: the
+    # deletions applied within this many seconds, and a fetch's, may remove
+    # at most the fraction of the feed's items when the window's deleting
+    # began (a feed deleting 49% at every fetch emptied a set in a few).
+    # 0 = each fetch on its own.
+    delete_window_seconds: float = 86400.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -190,6 +196,8 @@ class ExchangeSettings:
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"exchange.{name} must be more than 0")
+        if self.delete_window_seconds < 0:
+            raise ValueError("exchange.delete_window_seconds must be >= 0")
         if self.max_response_bytes < 1024:
             raise ValueError("exchange.max_response_bytes must be at least 1024")
         for name in ("snapshot_max_delete_fraction", "max_delete_fraction"):
