@@ -373,6 +373,13 @@ class Config:
     # of the last retro_window seconds (a set's own window overrides it; 0:
     # off) are matched against them. The other limits: RetroSettings.
     retro_window: float = 7 * 86_400
+    # `history prune` keeps the query signals of every upload a retro-hunt
+    # may still read: its `before` must be at least the longest retro window
+    # in force (retro_window and every set's own, disabled sets too) plus
+    # this margin in the past. The margin covers hunts that start late (an
+    # owed hunt taken after its server died, a long bulk load, a full queue)
+    # and looks back from when their entries were added.
+    history_prune_margin_seconds: float = 86_400.0
     retro_max_entries_per_run: int = 100_000
     retro_max_open_runs: int = 100
     retro_batch_records: int = 2_000
@@ -450,6 +457,8 @@ class Config:
     def _check_retro(self) -> None:
         if not 0 <= self.retro_window <= 10 * 365 * 86_400:
             raise ValueError("retro_window must be within 0 (off) .. 10 years, in seconds")
+        if not 0 <= self.history_prune_margin_seconds <= 10 * 365 * 86_400:
+            raise ValueError("history_prune_margin_seconds must be within 0 .. 10 years")
         for name in ("retro_max_entries_per_run", "retro_max_open_runs", "retro_batch_records"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
