@@ -335,6 +335,21 @@ class Config:
     # HTTP connections served at once; past it a new one is answered 503 at
     # once (uvicorn's limit_concurrency): idle clients cannot take them all.
     http_max_connections: int = 64
+    # Connections one address holds at once (past it: 429 and closed), and
+    # how long a connection may wait for a request's headers (after it opens
+    # or after an answer: keep-alive) before it is closed. Connections
+    # waiting for headers are closed first when all http_max_connections are
+    # taken, so only requests in progress fill the server, at most
+    # http_max_connections_per_address of them from one address.
+    http_max_connections_per_address: int = 16
+    http_headers_seconds: float = 10.0
+    # A JSON request body at most (and max_message_bytes), refused 413 as it
+    # passes. No JSON route carries media (uploads are raw or multipart; the
+    # largest signal, local features, is 128 KiB of hex), and a body is
+    # parsed on the event loop: json.loads holds the GIL, so a worker thread
+    # would not free the loop (a 32 MiB array of numbers: 0.75 s of CPU
+    # during which no other HTTP request is answered; 1 MiB: ~25 ms).
+    http_max_json_bytes: int = 1024 * 1024
     # Threads that run the HTTP API's blocking work (matching, the store):
     # the rest wait their turn, so HTTP cannot starve the gRPC threads.
     http_threads: int = 16
@@ -535,6 +550,14 @@ class Config:
                 f" {self.grpc_threads}): unary calls and the health check need threads that"
                 " no idle caller can hold"
             )
+        if not 1 <= self.http_max_connections_per_address <= self.http_max_connections:
+            raise ValueError(
+                "http_max_connections_per_address must be within 1..http_max_connections"
+            )
+        if self.http_max_json_bytes < 4096:
+            raise ValueError("http_max_json_bytes must be at least 4096")
+        if not 0 < self.http_headers_seconds <= 3600:
+            raise ValueError("http_headers_seconds must be within 0 (not included) .. 3600")
         for name in (
             "http_max_connections",
             "http_threads",
