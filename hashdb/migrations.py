@@ -696,3 +696,20 @@ _EXCHANGE_HARDENED = [
 ]
 SQLITE.append(list(_EXCHANGE_HARDENED))
 POSTGRES.append(list(_EXCHANGE_HARDENED))
+
+# Hardening: the outbox MAC covers the event's place too. A row's `mac`
+# (mac_format 2) covers its row id beside its fields, and `seq_mac` its seq,
+# id and mac, given when the seq is (at the insert on SQLite, by the
+# sequencer on PostgreSQL): a row copied (a new id), moved to another seq or
+# swapped with another no longer verifies. Rows written before (mac_format 1,
+# ids up to event_outbox_legacy.through_id) keep verifying the old way; the
+# watermark is signed under the history key by the first server that opens
+# the store with it (hashdb/outbox_sql.py sign_outbox_legacy).
+_OUTBOX_PLACE = [
+    "ALTER TABLE event_outbox ADD COLUMN seq_mac TEXT",
+    "ALTER TABLE event_outbox ADD COLUMN mac_format INTEGER NOT NULL DEFAULT 1",
+    "CREATE TABLE event_outbox_legacy (through_id BIGINT NOT NULL, mac TEXT)",
+    "INSERT INTO event_outbox_legacy (through_id) SELECT COALESCE(MAX(id), 0) FROM event_outbox",
+]
+SQLITE.append(list(_OUTBOX_PLACE))
+POSTGRES.append(list(_OUTBOX_PLACE))

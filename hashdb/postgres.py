@@ -102,6 +102,7 @@ class PostgresStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
         try:
             self._pool.wait(timeout=30)
             self._migrate()
+            self.sign_outbox_legacy()
         except (psycopg.Error, PoolTimeout) as exc:
             self._pool.close()
             raise Unavailable(

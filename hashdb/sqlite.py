@@ -51,6 +51,7 @@ class SQLiteStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._shared = self._open() if self.memory else None
             self._migrate()
+            self.sign_outbox_legacy()
         except (OSError, sqlite3.Error) as exc:
             # one line for the operator (a directory that is a file, no rights)
             self.close()

@@ -396,7 +396,10 @@ def test_kill_9_mid_run_resumes_without_duplicates(store_url, tmp_path):
         assert restarted.stop(signal.SIGTERM) == 0
 
 
+@pytest.mark.parametrize("harness_config", [{"retro_window": 0, "history_prune_margin_seconds": 0}])
 def test_prune_keeps_the_chain_verifying(harness, matcher, monkeypatch, capsys):
+    """Retro-hunts off and no margin, so the uploads of a second ago may be
+    pruned (tests/test_history_prune.py: the limits)."""
     m, m_md = matcher
     for i in range(3):
         _match(m, m_md, encode(photo(i)), f"u{i}")

@@ -351,6 +351,21 @@ class Config:
     # HTTP connections served at once; past it a new one is answered 503 at
     # once (uvicorn's limit_concurrency): idle clients cannot take them all.
     http_max_connections: int = 64
+    # Connections one address holds at once (past it: 429 and closed), and
+    # how long a connection may wait for a request's headers (after it opens
+    # or after an answer: keep-alive) before it is closed. Connections
+    # waiting for headers are closed first when all http_max_connections are
+    # taken, so only requests in progress fill the server, at most
+    # http_max_connections_per_address of them from one address.
+    http_max_connections_per_address: int = 16
+    http_headers_seconds: float = 10.0
+    # A JSON request body at most (and max_message_bytes), refused 413 as it
+    # passes. No JSON route carries media (uploads are raw or multipart; the
+    # largest signal, local features, is 128 KiB of hex), and a body is
+    # parsed on the event loop: json.loads holds the GIL, so a worker thread
+    # would not free the loop (a 32 MiB array of numbers: 0.75 s of CPU
+    # during which no other HTTP request is answered; 1 MiB: ~25 ms).
+    http_max_json_bytes: int = 1024 * 1024
     # Threads that run the HTTP API's blocking work (matching, the store):
     # the rest wait their turn, so HTTP cannot starve the gRPC threads.
     http_threads: int = 16
@@ -389,6 +404,13 @@ class Config:
     # of the last retro_window seconds (a set's own window overrides it; 0:
     # off) are matched against them. The other limits: RetroSettings.
     retro_window: float = 7 * 86_400
+    # `history prune` keeps the query signals of every upload a retro-hunt
+    # may still read: its `before` must be at least the longest retro window
+    # in force (retro_window and every set's own, disabled sets too) plus
+    # this margin in the past. The margin covers hunts that start late (an
+    # owed hunt taken after its server died, a long bulk load, a full queue)
+    # and looks back from when their entries were added.
+    history_prune_margin_seconds: float = 86_400.0
     retro_max_entries_per_run: int = 100_000
     retro_max_open_runs: int = 100
     retro_batch_records: int = 2_000
@@ -466,6 +488,8 @@ class Config:
     def _check_retro(self) -> None:
         if not 0 <= self.retro_window <= 10 * 365 * 86_400:
             raise ValueError("retro_window must be within 0 (off) .. 10 years, in seconds")
+        if not 0 <= self.history_prune_margin_seconds <= 10 * 365 * 86_400:
+            raise ValueError("history_prune_margin_seconds must be within 0 .. 10 years")
         for name in ("retro_max_entries_per_run", "retro_max_open_runs", "retro_batch_records"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -542,6 +566,14 @@ class Config:
                 f" {self.grpc_threads}): unary calls and the health check need threads that"
                 " no idle caller can hold"
             )
+        if not 1 <= self.http_max_connections_per_address <= self.http_max_connections:
+            raise ValueError(
+                "http_max_connections_per_address must be within 1..http_max_connections"
+            )
+        if self.http_max_json_bytes < 4096:
+            raise ValueError("http_max_json_bytes must be at least 4096")
+        if not 0 < self.http_headers_seconds <= 3600:
+            raise ValueError("http_headers_seconds must be within 0 (not included) .. 3600")
         for name in (
             "http_max_connections",
             "http_threads",

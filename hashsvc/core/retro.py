@@ -346,6 +346,12 @@ class RetroHunt:
             return float(hash_set.retro_window_seconds)
         return self.settings.window_seconds
 
+    def longest_window(self) -> float:
+        """The longest window any hunt may look back over now: the server's
+        and every set's own (a disabled set's too: it may be enabled again)."""
+        own = (s.retro_window_seconds for s in self.store.list_sets(include_disabled=True))
+        return max([self.settings.window_seconds, *(float(w) for w in own if w is not None)])
+
     def set_window(self, set_name: str, seconds: int | None) -> HashSetRecord:
         """The set's own retro window (None: the server's; 0: off)."""
         check_window(seconds)
