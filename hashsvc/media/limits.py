@@ -101,7 +101,7 @@ class AudioLimits:
     # so an upload of two parts costs about what one of one part costs.
     shift_windows: int = 2
     shift_window_seconds: float = 16.0
-    shift_budget_seconds: float = 32.0
+    shift_budget_seconds: float = 24.0
     shift_scan_seconds: float = 120.0
     shift_change_db: float = 2.5
     shift_pitch_range: float = 0.10
