@@ -713,3 +713,33 @@ _OUTBOX_PLACE = [
 ]
 SQLITE.append(list(_OUTBOX_PLACE))
 POSTGRES.append(list(_OUTBOX_PLACE))
+
+# Issue 20 (Scale): each record's PDQ views packed in one column
+# (query_views: n x 32 bytes, in the order of its query signals), so a
+# retro-hunt reads ~580 bytes a record as one value instead of the ~2.9 KB
+# JSON text and decoding its hex (hashdb/history_sql.py pack_pdq_views).
+# NULL: not packed (records written before, or whose PDQ values are not all
+# 32 bytes): the hunt reads those from the text, as before. The column is
+# derived from query_signals, which the chain covers; `history verify` checks
+# it against them. Pruning drops it with the signals: the trigger lets a
+# prune through only with query_views NULL.
+SQLITE.append(
+    [
+        "ALTER TABLE match_history ADD COLUMN query_views BLOB",
+        "DROP TRIGGER match_history_no_update",
+        f"""CREATE TRIGGER match_history_no_update BEFORE UPDATE ON match_history
+            WHEN NOT ({_prune_allowed("sqlite")} AND NEW.query_views IS NULL)
+            BEGIN SELECT RAISE(ABORT, 'match_history is append-only'); END""",
+    ]
+)
+POSTGRES.append(
+    [
+        "ALTER TABLE match_history ADD COLUMN query_views BYTEA",
+        f"""CREATE OR REPLACE FUNCTION hashsvc_history_prune_only() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+              IF {_prune_allowed("postgres")} AND NEW.query_views IS NULL THEN RETURN NEW; END IF;
+              RAISE EXCEPTION 'match_history is append-only';
+            END $$""",
+    ]
+)
