@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hashsvc.media.audio_words import SECONDS_PER_WORD, informative_mask
+from hashsvc.media.audio_words import CONSTANT_RUN_WORDS, SECONDS_PER_WORD, informative_mask
 
 # 24 bits: 16M buckets, ~9 postings each at 145M words, so a query's lookups
 # stay cheap at 100k tracks (20 bits: 3x slower there), while 28-55% of the
@@ -476,8 +476,13 @@ def _align_at_rate(query, query_informative, known, offset, rate, max_ber):
         return None
     start, end = int(inside[0]), int(inside[-1]) + 1  # the line is monotonic
     at = known_at[start:end]
-    # Informative as a word of the known track (a slower query repeats words).
-    valid = query_informative[start:end] & informative_mask(known)[at]
+    # Informative as a word of the known track (a slower query repeats words);
+    # a word's mask depends on its neighbours up to CONSTANT_RUN_WORDS - 1
+    # away, so the mask of the words the line crosses, with that margin, is
+    # exact, and costs the line's length, not the known track's (hours, maybe).
+    margin = CONSTANT_RUN_WORDS - 1
+    lo, hi = max(int(at[0]) - margin, 0), int(at[-1]) + margin + 1
+    valid = query_informative[start:end] & informative_mask(known[lo:hi])[at - lo]
     found = _longest_good_run(query[start:end], known[at], valid, max_ber)
     if found is None:
         return None
