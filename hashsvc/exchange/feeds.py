@@ -16,7 +16,9 @@ locally with the same hash keeps matching.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -25,6 +27,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -49,6 +52,7 @@ from hashsvc.base.errors import (
     Unavailable,
     quoted,
 )
+from hashsvc.base.signals import SIGNAL_TYPES
 from hashsvc.core import events
 from hashsvc.core.bulk import BulkLoad, RowBatch
 from hashsvc.core.bulk_rows import RowError, row_value
@@ -165,6 +169,11 @@ class _DeleteGuard:
     kept: str | None = None  # the checkpoint before the first pending deletion
     holding: bool = False
 
+    def held_before(self, key: str, known: dict[str, FeedItem]) -> bool:
+        """Whether the feed held the key before this fetch (mapped now, and
+        not by this fetch's pages)."""
+        return bool(self.held) and key in known and key not in self.fresh
+
     def checkpoint(self, previous: str | None, current: str | None) -> str | None:
         """The checkpoint a page commits: the page's, until a deletion is held."""
         if self.pending and not self.holding:
@@ -181,6 +190,118 @@ class _DeleteGuard:
             "exchange.max_delete_fraction",
             "the source deletes",
         )
+
+
+@dataclass
+class _BuiltPage:
+    """A page as bulk rows, with its mapping and checkpoint to commit once
+    the rows are written."""
+
+    columns: dict[str, list]
+    mapped: list[FeedItem]
+    unmapped: list[str]
+    counts: PageCounts
+    checkpoint: str | None
+    items: int
+    windowed: bool = False
+
+
+class _PageChain:
+    """A fetch's pages, overlapped: page N is built (the fetch's thread)
+    while page N-1's rows are written (the bulk path's writer thread) and
+    the mapping and checkpoint of the page before commit (a committer
+    thread); the next page is fetched meanwhile (_prefetched). Each stage
+    still waits for its own previous one, never for the others. A page's
+    checkpoint commits only after its rows are written and every page
+    before it has committed (one committer, in order), so a server killed
+    at any point resumes from a page whose rows, and all before, are in the
+    store; the pages after it are written again and found unchanged."""
+
+    def __init__(
+        self,
+        feeds: Feeds,
+        feed: FeedRecord,
+        run: BulkLoad,
+        result: FetchResult,
+        guard: _DeleteGuard | None,
+        progress: Callable[[FetchResult], None] | None,
+    ) -> None:
+        self.feeds, self.feed, self.run = feeds, feed, run
+        self.result, self.guard, self.progress = result, guard, progress
+        self._written: _BuiltPage | None = None  # rows handed to the writer, not committed
+        # the bulk path's counts when the page being written was handed over
+        self._marks = (run.result.counts.updated, run.result.rejected_count)
+        self._committing: collections.deque = collections.deque()  # (future, page), in order
+        self._committer: ThreadPoolExecutor | None = None
+
+    def send(self, page: _BuiltPage) -> None:
+        """The page's rows to the writer once the page before is written
+        (whose commit then starts); returns without waiting for either."""
+        self._hand_over()
+        self.feeds._send_rows(self.feed, self.run, page)
+        self._written = page
+        self._settle(block=False)
+
+    def drain(self) -> None:
+        """Until every page sent is written and committed."""
+        self._hand_over()
+        self._settle(block=True)
+
+    def close(self) -> None:
+        if self._committer is not None:
+            self._committer.shutdown(wait=True)
+            self._committer = None
+
+    def abandon(self) -> None:
+        """After a failure (the partner's, a refusal, the server stopping):
+        the page being written is committed once its rows are (not if their
+        write failed), and the commits in flight end and are counted; what
+        fails here is dropped, and a fetch that resumes writes it again."""
+        with contextlib.suppress(Exception):
+            self._hand_over()
+        while self._committing:
+            future, page = self._committing.popleft()
+            with contextlib.suppress(Exception):
+                self._account(page, future.result())
+        self.close()
+
+    def _hand_over(self) -> None:
+        if self._written is None:
+            return
+        page, self._written = self._written, None
+        self.run.wait_for_writer()  # raises what the write raised: the page is not committed
+        # updated: the bulk path's count (labels changed); added and deleted
+        # are counted by the store with the checkpoint (see commit_feed_page);
+        # rejected here: signals over an entry's limit (the entry loaded)
+        updated, rejected = self.run.result.counts.updated, self.run.result.rejected_count
+        page.counts.updated = updated - self._marks[0]
+        page.counts.rejected += rejected - self._marks[1]
+        self._marks = (updated, rejected)
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(1, thread_name_prefix="exchange-commit")
+        future = self._committer.submit(self.feeds._commit_page, self.feed, page)
+        self._committing.append((future, page))
+
+    def _settle(self, block: bool) -> None:
+        while self._committing and (block or self._committing[0][0].done()):
+            future, page = self._committing[0]
+            counts = future.result()  # a lost lease: raised here, the fetch stops
+            self._committing.popleft()
+            self._account(page, counts)
+
+    def _account(self, page: _BuiltPage, counts: PageCounts) -> None:
+        result = self.result
+        result.pages += 1
+        result.items += page.items
+        result.added += counts.added
+        result.updated += counts.updated
+        result.deleted += counts.deleted
+        result.skipped += counts.skipped
+        result.rejected += counts.rejected
+        if self.guard is not None and self.guard.held:
+            self.guard.fresh.update(counts.new_keys)
+        if self.progress is not None:
+            self.progress(result)
 
 
 def entry_name(feed: str, key: str) -> str:
@@ -488,17 +609,21 @@ class Feeds:
         )
         checkpoint = start
         pages = _prefetched(source.pages(start), self._stopping)
+        chain = _PageChain(self, feed, run, result, guard, progress)
         try:
             for page in pages:
                 if seen is not None:
                     seen.update(item.key for item in page.items)
                 previous = checkpoint
                 checkpoint = page.checkpoint if page.checkpoint is not None else checkpoint
-                self._write_page(feed, run, page.items, checkpoint, result, guard, previous)
-                if progress is not None:
-                    progress(result)
+                if any(item.deleted for item in page.items):
+                    # its deletions look up what the feed holds: every
+                    # page before it committed first
+                    chain.drain()
+                chain.send(self._build_page(feed, page.items, checkpoint, guard, previous))
                 if self._stopping.is_set():
                     raise FailedPrecondition("the server is stopping")
+            chain.drain()
             if guard.holding:  # also when every held deletion was listed again:
                 guard.check()  # the fetch's own checkpoint, not the one kept
                 deleted = [SourceItem(key, deleted=True) for key in guard.pending]
@@ -507,9 +632,11 @@ class Feeds:
                 self._delete_unlisted(feed, run, seen, checkpoint, result, allow_mass_delete)
             run.finish()
         except BaseException:
+            chain.abandon()
             run.abandon()
             raise
         finally:
+            chain.close()
             pages.close()
 
     def _delete_unlisted(
@@ -557,98 +684,158 @@ class Feeds:
         items: list[SourceItem],
         checkpoint: str | None,
         result: FetchResult,
-        guard: _DeleteGuard | None = None,
-        previous: str | None = None,
         windowed: bool = False,
     ) -> None:
-        """One page's rows, then its mapping, counts and checkpoint. With a
-        guard (a source's page; previous: the checkpoint before it),
-        deletions of items held before the fetch wait in the guard.
-        windowed: the page holds the fetch's held or unlisted deletions,
-        counted in the feed's deletion window."""
+        """A page of deletions (held until the fetch's end, or left out of a
+        whole listing), written and committed before this returns.
+        windowed: counted in the feed's deletion window."""
+        chain = _PageChain(self, feed, run, result, None, None)
+        try:
+            chain.send(self._build_page(feed, items, checkpoint, None, None, windowed))
+            chain.drain()
+        finally:
+            chain.close()
+
+    def _build_page(
+        self,
+        feed: FeedRecord,
+        items: list[SourceItem],
+        checkpoint: str | None,
+        guard: _DeleteGuard | None,
+        previous: str | None,
+        windowed: bool = False,
+    ) -> _BuiltPage:
+        """One page's bulk rows, item mapping and checkpoint. With a guard (a
+        source's page; previous: the checkpoint before it), deletions of
+        items held before the fetch wait in the guard. The feed's mapping is
+        looked up for deleted keys only, so every page before one that
+        deletes must be committed (_PageChain.drain)."""
+        known = self.store.feed_items(feed.id, [i.key for i in items if i.deleted])
+        held_back = dict(guard.pending) if guard is not None else {}
+        counts, columns, final = self._page_rows(feed, items, known, guard, set())
+        if not (
+            validation.entry_names_valid(columns["entry"] or ["-"])
+            and validation.label_values_valid(columns["label_values"])
+        ):
+            # a name or source id the bulk path would refuse (rare): the page
+            # again without those items, which are rejected and never mapped
+            if guard is not None:
+                guard.pending.clear()
+                guard.pending.update(held_back)
+            refused = _refused_items(feed.name, items)
+            counts, columns, final = self._page_rows(feed, items, known, guard, refused)
+        if guard is not None:
+            checkpoint = guard.checkpoint(previous, checkpoint)
+        return _BuiltPage(
+            columns,
+            [mapping for mapping in final.values() if mapping is not None],
+            [key for key, mapping in final.items() if mapping is None],
+            counts,
+            checkpoint,
+            len(items),
+            windowed,
+        )
+
+    def _page_rows(
+        self,
+        feed: FeedRecord,
+        items: list[SourceItem],
+        known: dict[str, FeedItem],
+        guard: _DeleteGuard | None,
+        refused: set[str],
+    ) -> tuple[PageCounts, dict[str, list], dict[str, FeedItem | None]]:
+        """The page's bulk rows as columns, its counts, and each key's last
+        state in it (a page may add and then delete, or delete and add again,
+        the same item; rows are written in order). The loop every fetched
+        hash goes through: list appends bound once, each label set and
+        signal type worked out once a page."""
         counts = PageCounts()
-        # every key of the page when guarded: which ones the feed holds
-        wanted = [i.key for i in items if guard is not None or i.deleted]
-        known = self.store.feed_items(feed.id, wanted)
-        columns: dict[str, list] = {
-            "signal_type": [],
-            "value": [],
-            "entry": [],
-            "labels": [],
-            "label_values": [],
-            "deleted": [],
+        kinds, values, names, label_texts, source_ids, deletes = [], [], [], [], [], []
+        columns = {
+            "signal_type": kinds,
+            "value": values,
+            "entry": names,
+            "labels": label_texts,
+            "label_values": source_ids,
+            "deleted": deletes,
         }
-        # each key's last state in this page: a page may add and then delete
-        # (or delete and add again) the same item, and rows are written in order
+        add_kind, add_value, add_name = kinds.append, values.append, names.append
+        add_labels, add_id, add_deleted = label_texts.append, source_ids.append, deletes.append
         final: dict[str, FeedItem | None] = {}
         label_cache: dict = {}
-        refused = _refused_items(feed.name, items)
+        sizes = _fixed_sizes()
+        prefix = f"{feed.name}:"
+        max_id = validation.MAX_LABEL_VALUE
         for item in items:
-            counts.skipped += item.skipped
+            key = item.key
+            if item.skipped:
+                counts.skipped += item.skipped
             if item.deleted:
-                if guard is not None and item.key in known and item.key not in guard.fresh:
-                    guard.pending[item.key] = known[item.key]
+                if guard is not None and guard.held_before(key, known):
+                    guard.pending[key] = known[key]
                     continue
-                held = final.get(item.key) or known.get(item.key)
+                held = final.get(key) or known.get(key)
                 if held is not None:
                     _add_row(columns, "md5", b"", held.entry_name, "", "", True)
-                    final[item.key] = None
+                    final[key] = None
                 continue
-            if not item.signals:
+            signals = item.signals
+            if not signals:
                 continue
-            if item.key in refused:
-                counts.rejected += len(item.signals)
+            if key in refused:
+                counts.rejected += len(signals)
                 continue
-            name = entry_name(feed.name, item.key)
+            name = prefix + key
             labels = self._labels_json(feed, item, label_cache)
-            source_id = item.source_id[: validation.MAX_LABEL_VALUE]
+            source_id = item.source_id
+            if len(source_id) > max_id:
+                source_id = source_id[:max_id]
             good = 0
-            for kind, hex_value in item.signals:
+            for kind, hex_value in signals:
                 try:  # the bulk path's own check, here so a bad hash is never mapped
-                    value = row_value(kind, bytes.fromhex(hex_value), False)
+                    value = bytes.fromhex(hex_value)
+                    if len(value) != sizes.get(kind, -1):
+                        value = row_value(kind, value, False)
                 except (ValueError, RowError):
                     counts.rejected += 1
                     continue
-                _add_row(columns, kind, value, name, labels, source_id, False)
+                add_kind(kind)
+                add_value(value)
+                add_name(name)
+                add_labels(labels)
+                add_id(source_id)
+                add_deleted(False)
                 good += 1
             if good:
-                final[item.key] = FeedItem(item.key, name, item.source_id)
-                if guard is not None:  # listed again after a held deletion
-                    guard.pending.pop(item.key, None)
-        mapped = [mapping for mapping in final.values() if mapping is not None]
-        unmapped = [key for key, mapping in final.items() if mapping is None]
-        if guard is not None:
-            checkpoint = guard.checkpoint(previous, checkpoint)
-            guard.fresh.update(m.key for m in mapped if m.key not in known)
-        before = (run.result.counts.updated, run.result.rejected_count)
-        # in batches of write_rows (the bulk path's writer makes short
-        # transactions of them, so a Match waits for a small one at most)
+                final[key] = FeedItem(key, name, item.source_id)
+                if guard is not None and guard.pending:  # listed again after a held deletion
+                    guard.pending.pop(key, None)
+        return counts, columns, final
+
+    def _send_rows(self, feed: FeedRecord, run: BulkLoad, page: _BuiltPage) -> None:
+        """The page's rows to the bulk path's writer thread, in batches of
+        write_rows (it makes short transactions of them, so a Match waits
+        for a small one at most); returns once they are handed over."""
         step = self.settings.write_rows
+        columns = page.columns
         for start in range(0, len(columns["value"]), step):
             part = {key: values[start : start + step] for key, values in columns.items()}
             run.add_batch(
                 RowBatch(**part, label_key=SOURCE_ID_LABEL, source=f"exchange:{feed.name}")
             )
-        # the bulk path writes named batches on its writer thread: the page's
-        # rows are committed (and counted) before its checkpoint is, so a crash
-        # between the two replays the page instead of skipping it
-        run.wait_for_writer()
-        # updated: the bulk path's count (labels changed); added and deleted
-        # are counted by the store with the checkpoint (see commit_feed_page)
-        counts.updated = run.result.counts.updated - before[0]
-        # what the bulk path refused past the checks above: signals over an
-        # entry's limit (the entry itself loaded, so it stays mapped)
-        counts.rejected += run.result.rejected_count - before[1]
-        counts = self.store.commit_feed_page(
-            feed.id, self.owner, checkpoint, mapped, unmapped, counts, self._lease(), windowed
+
+    def _commit_page(self, feed: FeedRecord, page: _BuiltPage) -> PageCounts:
+        """The page's mapping, counts and checkpoint (its rows are written)."""
+        return self.store.commit_feed_page(
+            feed.id,
+            self.owner,
+            page.checkpoint,
+            page.mapped,
+            page.unmapped,
+            page.counts,
+            self._lease(),
+            page.windowed,
         )
-        result.pages += 1
-        result.items += len(items)
-        result.added += counts.added
-        result.updated += counts.updated
-        result.deleted += counts.deleted
-        result.skipped += counts.skipped
-        result.rejected += counts.rejected
 
     def _labels_json(self, feed: FeedRecord, item: SourceItem, cache: dict) -> str:
         """The entry's labels as the bulk rows carry them (JSON text): the
@@ -657,13 +844,15 @@ class Feeds:
         partner cannot pose as another feed or drop its id. Source labels
         past the per-entry limit or invalid are dropped (the hashes still
         load). Rows of a page share few label sets: each is checked once."""
-        shared = tuple(sorted(item.labels.items()))
+        # the source's order (a source builds its items' labels alike);
+        # the text is sorted either way
+        shared = tuple(item.labels.items())
         text = cache.get(shared)
         if text is None:
             ours = {**feed.labels, FEED_LABEL: feed.name}
             room = validation.MAX_LABELS - len(ours) - 1  # one for the source id
             theirs = {}
-            for key, value in shared:
+            for key, value in sorted(shared):
                 if len(theirs) >= room or key in ours or key == SOURCE_ID_LABEL:
                     continue
                 try:
@@ -857,6 +1046,15 @@ def _prefetched(pages: Iterator[SourcePage], stopping: threading.Event) -> Itera
         with contextlib.suppress(queue.Empty):
             ahead.get_nowait()  # lets a blocked put see `done`
         thread.join(timeout=60)
+
+
+@functools.cache
+def _fixed_sizes() -> dict[str, int]:
+    """Signal types whose values have one size (PDQ, MD5, SHA-*), by
+    kind: a value of that size passes row_value() as it is."""
+    return {
+        kind: sig.nbytes for kind, sig in SIGNAL_TYPES.items() if not (sig.opaque or sig.sequence)
+    }
 
 
 def _refused_items(feed: str, items: list[SourceItem]) -> set[str]:

@@ -14,6 +14,7 @@ fetch for ever).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import re
@@ -347,23 +348,36 @@ class TcapSource(Source):
 
 
 def _tcap_item(entry) -> SourceItem:
-    algorithm = str(entry.algorithm)
-    item = SourceItem(item_key(algorithm, entry.hash_digest), source_id=str(entry.id))
+    algorithm, kind = _tcap_algorithm(str(entry.algorithm))
+    digest = entry.hash_digest.strip().lower()
+    item = SourceItem(f"{algorithm}:{digest}", source_id=str(entry.id))
     if entry.deleted:
         item.deleted = True
         return item
-    kind = kind_of(algorithm)
     if kind is None:
         item.skipped = 1
         return item
-    item.signals.append((kind, entry.hash_digest.lower()))
-    ideology = getattr(entry.ideology, "value", entry.ideology)
-    item.labels = {
+    item.signals.append((kind, digest))
+    item.labels = _tcap_labels(getattr(entry.ideology, "value", entry.ideology), entry.file_type)
+    return item
+
+
+@functools.lru_cache(maxsize=256)
+def _tcap_algorithm(algorithm: str) -> tuple[str, str | None]:
+    """A TCAP algorithm's name in item keys and its hashsvc kind (a list
+    has a handful: each is worked out once, not once a row)."""
+    return algorithm.strip().lower(), kind_of(algorithm)
+
+
+@functools.lru_cache(maxsize=4096)
+def _tcap_labels(ideology, file_type) -> dict[str, str]:
+    """A row's TCAP labels: one dict for each ideology and file type, shared
+    by the items that carry them (read, never changed, after this)."""
+    return {
         label: str(value)
-        for label, value in zip(TCAP_LABELS, (ideology, entry.file_type), strict=True)
+        for label, value in zip(TCAP_LABELS, (ideology, file_type), strict=True)
         if value
     }
-    return item
 
 
 # -- the local file exchange: a whole snapshot each fetch
