@@ -43,6 +43,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from hashdb.bulk_sql import PlainSignals
+from hashdb.history_sql import pack_pdq_views
 from hashdb.retro_sql import DONE
 from hashdb.times import to_micros
 from hashsvc.core.config import Config
@@ -57,9 +58,13 @@ TARGET_UPLOADS = 10_000_000
 TARGET_SECONDS = 120
 
 
-def write_history(path: str, uploads: int, new_hashes: np.ndarray, seed: int = 1) -> int:
+def write_history(
+    path: str, uploads: int, new_hashes: np.ndarray, seed: int = 1, packed: bool = True
+) -> int:
     """N Match records of VIEWS random PDQ views each (1 in 1,000 holds a
-    3-bit variant of a new hash); returns how many near copies."""
+    3-bit variant of a new hash), with their views packed as the server
+    writes them (query_views), or not (as records written before it);
+    returns how many near copies."""
     rng = np.random.default_rng(seed)
     now = datetime.now(UTC)
     conn = sqlite3.connect(path)
@@ -91,11 +96,12 @@ def write_history(path: str, uploads: int, new_hashes: np.ndarray, seed: int = 1
                     "OK",
                     json.dumps(signals),
                     "[]",
+                    pack_pdq_views(signals) if packed else None,
                 )
             )
         conn.executemany(
             "INSERT INTO match_history (request_id, time, caller, rpc, media_type, decision,"
-            " status, query_signals, matches) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " status, query_signals, matches, query_views) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         conn.commit()
@@ -122,6 +128,11 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=10_000)
     parser.add_argument("--match-seconds", type=float, default=0)
     parser.add_argument("--threads", type=int, default=1, help="retro_threads")
+    parser.add_argument(
+        "--unpacked",
+        action="store_true",
+        help="history records without packed views (as written before query_views): read from text",
+    )
     args = parser.parse_args()
     uploads = args.uploads or (10_000 if args.short else 200_000)
     match_seconds = args.match_seconds or (1.5 if args.short else 10.0)
@@ -149,7 +160,7 @@ def main() -> None:
         core.live.catch_up()
         print(f"{len(new_hashes)} new PDQ entries added in {time.perf_counter() - started:.1f} s")
         started = time.perf_counter()
-        copies = write_history(db, uploads, new_hashes)
+        copies = write_history(db, uploads, new_hashes, packed=not args.unpacked)
         size = os.path.getsize(db)
         print(
             f"{uploads} history uploads x {VIEWS} views written in"

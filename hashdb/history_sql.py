@@ -27,6 +27,11 @@ PRUNE_RPC = "PruneHistory"
 # The statuses of a prune refused before it touched a record: it covers none.
 PRUNE_REFUSED = ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "PERMISSION_DENIED")
 
+# A PDQ hash's bytes, and what precedes its hex value in the stored signals
+# text (json.dumps of the signal dicts audit.py writes).
+PDQ_VIEW_BYTES = 32
+_PDQ_VALUE_PREFIX = '"signal_type": "pdq", "value": "'
+
 _HISTORY_COLUMNS = (
     "h.id, h.request_id, h.time, h.caller, h.rpc, h.media_type, h.decision, h.status,"
     " h.error_message, h.client_ref, h.media_bytes, h.query_signals, h.matches, h.detail,"
@@ -47,6 +52,7 @@ class HistorySQL:
             | set(record.set_ids)
         )
         signals_text = json.dumps(record.query_signals)
+        packed_views = pack_pdq_views(record.query_signals)
         signals_digest = hashlib.sha256(signals_text.encode()).hexdigest()
         fields = (
             record.request_id,
@@ -78,8 +84,8 @@ class HistorySQL:
                 "INSERT INTO match_history (request_id, time, caller, rpc, media_type, decision,"
                 " status, error_message, client_ref, media_bytes, query_signals, matches,"
                 " prev_hash, record_hash, chain_key_id, detail, caller_token_id, chain_format,"
-                " query_signals_sha256)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 3, ?) RETURNING id",
+                " query_signals_sha256, query_views)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 3, ?, ?) RETURNING id",
                 (
                     *fields,
                     prev_hash,
@@ -88,6 +94,7 @@ class HistorySQL:
                     detail,
                     record.caller_token_id,
                     signals_digest,
+                    packed_views,
                 ),
             )
             history_id = cur.fetchone()[0]
@@ -170,8 +177,8 @@ class HistorySQL:
             with self._read() as cur:
                 cur.execute(
                     f"SELECT id, {_CHAINED_FIELDS}, prev_hash, record_hash, chain_key_id, detail,"
-                    " caller_token_id, chain_format, query_signals_sha256, signals_pruned_at"
-                    " FROM match_history"
+                    " caller_token_id, chain_format, query_signals_sha256, signals_pruned_at,"
+                    " query_views FROM match_history"
                     " WHERE id > ? ORDER BY id LIMIT 1000",
                     (after_id,),
                 )
@@ -214,6 +221,10 @@ class HistorySQL:
                     fields = _format_2(row[1:13], row[16], row[17], sets_of.get(history_id, []))
                 else:
                     fields = _with_detail(tuple(row[1:13]), row[16])
+                if not packed_views_match(row[21], row[11], row[20] is not None):
+                    problems.append(
+                        (history_id, "record was edited: its packed PDQ views are not its signals'")
+                    )
                 signed_with = row[15] or ""
                 after_id = history_id
                 checked += 1
@@ -367,7 +378,8 @@ class HistorySQL:
         while True:
             with self._history_write() as cur:
                 cur.execute(
-                    "UPDATE match_history SET query_signals = ?, signals_pruned_at = ?"
+                    "UPDATE match_history SET query_signals = ?, signals_pruned_at = ?,"
+                    " query_views = NULL"
                     " WHERE id IN (SELECT id FROM match_history WHERE time < ?"
                     " AND chain_format = 3 AND signals_pruned_at IS NULL"
                     " AND query_signals <> ? ORDER BY id LIMIT ?) RETURNING id",
@@ -451,6 +463,51 @@ _CHAINED_FIELDS = (
     "request_id, time, caller, rpc, media_type, decision, status, error_message,"
     " client_ref, media_bytes, query_signals, matches"
 )
+
+
+def pack_pdq_views(signals: list) -> bytes | None:
+    """A record's PDQ views packed for retro-hunts (the query_views column):
+    each PDQ signal's 32 bytes, in order; None (not packed: the hunt reads the
+    text) if a PDQ value is not 64 hex digits."""
+    views = []
+    for sig in signals:
+        if not isinstance(sig, dict) or sig.get("signal_type") != "pdq":
+            continue
+        value = sig.get("value")
+        if not isinstance(value, str) or len(value) != 2 * PDQ_VIEW_BYTES:
+            return None
+        try:
+            views.append(bytes.fromhex(value))
+        except ValueError:
+            return None
+    return b"".join(views)
+
+
+def packed_views_match(packed: bytes | None, signals_text: str, pruned: bool = False) -> bool:
+    """Whether a record's query_views column is its signals' PDQ views (or
+    NULL, read from the text; NULL only once pruned). Someone with database access who changed it
+    would hide an upload from retro-hunts; the chain covers only the text.
+    Checked without parsing the text when it reads as written (each view's
+    hex found in order, and "pdq" nowhere else), else parsed."""
+    if packed is None or pruned:
+        return packed is None
+    packed = bytes(packed)
+    if len(packed) % PDQ_VIEW_BYTES == 0:
+        at, count = 0, len(packed) // PDQ_VIEW_BYTES
+        for k in range(count):
+            view = packed[k * PDQ_VIEW_BYTES : (k + 1) * PDQ_VIEW_BYTES].hex()
+            found = signals_text.find(f'{_PDQ_VALUE_PREFIX}{view}"', at)
+            if found < 0:
+                break
+            at = found + len(_PDQ_VALUE_PREFIX)
+        else:
+            if signals_text.count('"pdq"') == count:
+                return True
+    try:
+        signals = json.loads(signals_text)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(signals, list) and pack_pdq_views(signals) == packed
 
 
 def _format_2(fields, detail: str | None, token_id: int | None, set_ids) -> tuple:

@@ -678,6 +678,25 @@ SQLITE.append(list(_RETRO_PENDING_HELD))
 POSTGRES.append(list(_RETRO_PENDING_HELD))
 
 
+# Feeds hardened (issue 22): exchange_feeds.rejected counts the rows a feed
+# sent that were refused (never mapped as loaded); exchange_deletions keeps
+# each fetch's applied deletions for the rolling window of
+# exchange.delete_window_seconds (a feed deleting just under the limit at
+# every fetch emptied its set in a few fetches), with the feed's items
+# before them (`held`): the window's budget is a share of the feed's size
+# when its deleting began.
+_EXCHANGE_HARDENED = [
+    "ALTER TABLE exchange_feeds ADD COLUMN rejected BIGINT NOT NULL DEFAULT 0",
+    """CREATE TABLE exchange_deletions (
+        feed_id BIGINT NOT NULL,
+        at BIGINT NOT NULL,
+        deleted BIGINT NOT NULL,
+        held BIGINT NOT NULL)""",
+    "CREATE INDEX exchange_deletions_feed ON exchange_deletions (feed_id, at)",
+]
+SQLITE.append(list(_EXCHANGE_HARDENED))
+POSTGRES.append(list(_EXCHANGE_HARDENED))
+
 # Hardening: the outbox MAC covers the event's place too. A row's `mac`
 # (mac_format 2) covers its row id beside its fields, and `seq_mac` its seq,
 # id and mac, given when the seq is (at the insert on SQLite, by the
@@ -694,3 +713,33 @@ _OUTBOX_PLACE = [
 ]
 SQLITE.append(list(_OUTBOX_PLACE))
 POSTGRES.append(list(_OUTBOX_PLACE))
+
+# Issue 20 (Scale): each record's PDQ views packed in one column
+# (query_views: n x 32 bytes, in the order of its query signals), so a
+# retro-hunt reads ~580 bytes a record as one value instead of the ~2.9 KB
+# JSON text and decoding its hex (hashdb/history_sql.py pack_pdq_views).
+# NULL: not packed (records written before, or whose PDQ values are not all
+# 32 bytes): the hunt reads those from the text, as before. The column is
+# derived from query_signals, which the chain covers; `history verify` checks
+# it against them. Pruning drops it with the signals: the trigger lets a
+# prune through only with query_views NULL.
+SQLITE.append(
+    [
+        "ALTER TABLE match_history ADD COLUMN query_views BLOB",
+        "DROP TRIGGER match_history_no_update",
+        f"""CREATE TRIGGER match_history_no_update BEFORE UPDATE ON match_history
+            WHEN NOT ({_prune_allowed("sqlite")} AND NEW.query_views IS NULL)
+            BEGIN SELECT RAISE(ABORT, 'match_history is append-only'); END""",
+    ]
+)
+POSTGRES.append(
+    [
+        "ALTER TABLE match_history ADD COLUMN query_views BYTEA",
+        f"""CREATE OR REPLACE FUNCTION hashsvc_history_prune_only() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+              IF {_prune_allowed("postgres")} AND NEW.query_views IS NULL THEN RETURN NEW; END IF;
+              RAISE EXCEPTION 'match_history is append-only';
+            END $$""",
+    ]
+)

@@ -254,22 +254,26 @@ class RetroSQL(RetroPendingSQL):
             HistoryUpload(r[0], r[1], from_micros(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in rows
         ]
 
-    def history_signal_texts(
+    def history_pdq_views(
         self, after_id: int, upto_id: int, limit: int
-    ) -> list[tuple[int, int, bytes]]:
+    ) -> list[tuple[int, int, bytes | None, bytes | None]]:
         """What a retro-hunt's PDQ scan reads of the records history_uploads
         gives (the same records, in the same order): (id, time in
-        microseconds, query_signals as UTF-8 bytes). Half the cost of whole
-        HistoryUpload objects, most of which the scan drops; the few that may
-        match are read whole by history_uploads_by_id."""
+        microseconds, the packed PDQ views (query_views: n x 32 bytes), the
+        query_signals text as UTF-8 bytes only where there are none packed
+        (records written before the column, or not packable)). A fraction of
+        the cost of whole HistoryUpload objects, most of which the scan
+        drops; the few that may match are read whole by
+        history_uploads_by_id."""
         with self._read() as cur:
             cur.execute(
-                f"SELECT id, time, {self._SIGNALS_AS_BYTES} FROM match_history"
+                "SELECT id, time, query_views, CASE WHEN query_views IS NULL"
+                f" THEN {self._SIGNALS_AS_BYTES} END FROM match_history"
                 " WHERE id > ? AND id <= ? AND rpc IN (?, ?, ?) AND decision = 'allow'"
                 " ORDER BY id LIMIT ?",
                 (after_id, upto_id, *MATCH_RPCS, limit),
             )
-            return [(r[0], r[1], bytes(r[2])) for r in cur.fetchall()]
+            return cur.fetchall()
 
     def history_uploads_by_id(self, ids: Iterable[int]) -> list[HistoryUpload]:
         """The records of these ids that history_uploads would give, by id."""

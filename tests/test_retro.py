@@ -8,6 +8,7 @@ verifying."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import signal
@@ -598,7 +599,8 @@ def test_a_feeds_hunt_survives_a_crash(store_url, make_harness, monkeypatch, tmp
     the hunt: the restarted server queues it (trigger "feed")."""
     from tests.test_exchange import SETTINGS
 
-    config = {"exchange": SETTINGS, "retro_poll_seconds": 0.2}
+    settings = dataclasses.replace(SETTINGS, file_dir=str(tmp_path))
+    config = {"exchange": settings, "retro_poll_seconds": 0.2}
     h = make_harness(store_url, **config)
     m, m_md = h.stubs("matcher")
     known = hashlib.sha256(b"crash-feed").digest()
@@ -788,3 +790,96 @@ def test_resuming_a_failed_run_counts_against_the_open_runs_limit(
     assert core.store.get_retro_run(run.id).state == FAILED
     monkeypatch.setattr(core.store, "count_open_retro_runs", lambda: 1)
     assert core.retro.resume_run(run.id).state in ("queued", "running", "done")
+
+
+def _finished_run(core, seconds: float = 30):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        runs = core.store.list_retro_runs()
+        if runs and runs[0].state not in OPEN:
+            return runs[0]
+        time.sleep(0.1)
+    raise AssertionError(f"retro run still open after {seconds} s")
+
+
+def test_records_without_packed_views_are_hunted_from_their_text(store_url, make_core):
+    """Records written before the packed views (query_views NULL) are read
+    from their text, beside packed ones, in one hunt: both copies found,
+    nothing else; the history still verifies."""
+    from tests.test_history_trust import _tamper
+
+    core = make_core(store_url, retro_poll_seconds=0.2)
+    known = bytes(range(32))
+    near = bytes([known[0] ^ 0x03]) + known[1:]
+    for i in range(6):
+        other = Signal("pdq", hashlib.sha256(b"%d" % i).digest(), 90)
+        _history_upload(core.store, other, 1.0, request_id=f"other-{i}")
+    _history_upload(core.store, Signal("pdq", near, 90), 1.0, request_id="old-copy")
+    _history_upload(core.store, Signal("pdq", near, 90), 1.0, request_id="packed-copy")
+    _tamper(
+        store_url,
+        "UPDATE match_history SET query_views = NULL"
+        " WHERE request_id = 'old-copy' OR request_id LIKE 'other-%'",
+    )
+    core.curation.create_set("s")
+    core.curation.add_entry("s", "e", {}, "op", signal=("pdq", known.hex(), None))
+    run = _finished_run(core)
+    assert (run.state, run.hits) == ("done", 2)
+    assert sorted(hit[1] for hit in core.store.retro_matches_of(run.id)) == [
+        "old-copy",
+        "packed-copy",
+    ]
+    assert core.store.verify_history().problems == []
+
+
+def test_packed_views_edited_in_the_database_fail_verify(store_url, make_core):
+    """The packed views are derived from the chained signals text: someone
+    with database access who rewrites or empties them (to hide an upload
+    from retro-hunts) is reported by `history verify`; the append-only
+    trigger refuses the edit; a prune drops them with the signals and the
+    history verifies."""
+    from tests.test_history_trust import _tamper
+
+    core = make_core(store_url, retro_window=0)
+    known = bytes(range(32))
+    ids = []
+    for i in range(4):
+        _history_upload(core.store, Signal("pdq", known, 90), 1.0, request_id=f"up-{i}")
+        ids.append(core.store.last_history_id())
+    assert core.store.verify_history().problems == []
+    if store_url.startswith("sqlite"):
+        raw = __import__("sqlite3").connect(store_url[len("sqlite:///") :])
+        with pytest.raises(Exception, match="append-only"):
+            raw.execute(f"UPDATE match_history SET query_views = x'' WHERE id = {ids[0]}")
+        raw.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(store_url) as raw, pytest.raises(Exception, match="append-only"):
+            raw.execute(f"UPDATE match_history SET query_views = ''::bytea WHERE id = {ids[0]}")
+    zeros = "x'" + "00" * 32 + "'" if store_url.startswith("sqlite") else "'\\x" + "00" * 32 + "'"
+    empty = "x''" if store_url.startswith("sqlite") else "''::bytea"
+    _tamper(
+        store_url,
+        f"UPDATE match_history SET query_views = {zeros} WHERE id = {ids[1]}",
+        f"UPDATE match_history SET query_views = {empty} WHERE id = {ids[2]}",
+    )
+    problems = core.store.verify_history().problems
+    assert [(i, "packed PDQ views" in why) for i, why in problems] == [
+        (ids[1], True),
+        (ids[2], True),
+    ]
+
+
+def test_prune_drops_the_packed_views(store_url, make_core):
+    # Through Core, as `history prune` does: a prune without its PruneHistory
+    # record is what verify reports as stripped outside hashsvc.
+    core = make_core(store_url, retro_window=0, history_prune_margin_seconds=0)
+    known = bytes(range(32))
+    for i in range(3):
+        _history_upload(core.store, Signal("pdq", known, 90), 1.0, request_id=f"up-{i}")
+    last = core.store.last_history_id()
+    assert all(row[2] is not None for row in core.store.history_pdq_views(0, last, 10))
+    assert core.prune_history("admin", datetime.now(UTC)) == 3
+    assert [row[2:] for row in core.store.history_pdq_views(0, last, 10)] == [(None, b"[]")] * 3
+    assert core.store.verify_history().problems == []

@@ -23,7 +23,7 @@ from hashsvc.base.signals import PDQ, Signal
 from hashsvc.core.audit import history_signal_json
 from hashsvc.core.config import MAX_RETRO_THREADS, Config
 from hashsvc.core.history_views import read_pdq_views
-from hashsvc.core.retro_scan import pdq_views
+from hashsvc.core.retro_scan import pdq_views, pdq_views_of_records, pdq_views_of_texts
 from hashsvc.index.bound_scan import (
     MAX_GROUPED_RADIUS,
     MIN_BOUND_HASHES,
@@ -281,11 +281,13 @@ def test_bound_scan_without_views_or_hashes():
 # -- what a hunt reads of the history, in both stores
 
 
-def test_history_signal_texts_are_the_records_history_uploads_gives(store):
+def test_history_pdq_views_are_the_records_history_uploads_gives(store):
     """The scan's lean reading gives the records history_uploads gives (only
     allowed Match records, in id order, within the ids asked), their times,
-    and their signals text as UTF-8 bytes (a non-ASCII variant: bytes are
-    not characters); the candidates read whole are those records."""
+    and their PDQ views packed (n x 32 bytes, in order; no text); a record
+    whose PDQ value is not 32 bytes is not packed: its signals text comes
+    instead, as UTF-8 bytes (a non-ASCII variant: bytes are not characters);
+    the candidates read whole are those records."""
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     rng = np.random.default_rng(5)
     ids = []
@@ -294,6 +296,8 @@ def test_history_signal_texts_are_the_records_history_uploads_gives(store):
             {"signal_type": "pdq", "value": rng.bytes(32).hex(), "quality": 90, "variant": v}
             for v in ("original", "région", "view2")
         ]
+        if i == 6:
+            signals[1]["value"] = rng.bytes(31).hex()
         record = HistoryRecord(
             request_id=f"r{i}",
             time=t0 + timedelta(minutes=i),
@@ -306,15 +310,26 @@ def test_history_signal_texts_are_the_records_history_uploads_gives(store):
         )
         ids.append(store.record_match(record))
     whole = store.history_uploads(ids[0], ids[10], 100)
-    lean = store.history_signal_texts(ids[0], ids[10], 100)
+    lean = store.history_pdq_views(ids[0], ids[10], 100)
     assert [u.id for u in whole] == [row[0] for row in lean]
     assert [u.request_id for u in whole] == ["r1", "r2", "r5", "r6", "r7", "r8", "r9", "r10"]
-    for upload, (_, micros, text) in zip(whole, lean, strict=True):
+    for upload, (_, micros, packed, text) in zip(whole, lean, strict=True):
         assert micros == to_micros(upload.time)
-        assert text == upload.signals_text.encode()
-        views, _, odd = read_pdq_views([text])
-        assert not odd.any() and len(views) == 3
-    assert store.history_signal_texts(ids[0], ids[10], 3) == lean[:3]
+        if upload.request_id == "r6":
+            assert packed is None and text == upload.signals_text.encode()
+            continue
+        assert text is None
+        assert bytes(packed) == b"".join(bytes.fromhex(s["value"]) for s in upload.query_signals)
+    assert store.history_pdq_views(ids[0], ids[10], 3) == lean[:3]
+    # the scan reads the packed views as the texts would give them, and
+    # sends the unpackable record to the matcher whole (one of its views
+    # cannot be compared here; its other two are compared all the same)
+    views, owners, unread = pdq_views_of_records([(row[2], row[3]) for row in lean])
+    text_views, text_owners, text_unread = pdq_views_of_texts([u.signals_text for u in whole])
+    assert unread == text_unread == [3] and len(views) == 3 * 7 + 2
+    order, text_order = np.lexsort(views.T[::-1]), np.lexsort(text_views.T[::-1])
+    assert (views[order] == text_views[text_order]).all()
+    assert (owners[order] == text_owners[text_order]).all()
     asked = [ids[2], ids[3], ids[4], ids[9], ids[2]]  # a block, an AddEntry, twice one
     assert store.history_uploads_by_id(asked) == [u for u in whole if u.id in (ids[2], ids[9])]
     assert store.history_uploads_by_id([]) == []

@@ -141,6 +141,10 @@ class ExchangeSettings:
     # Every HTTP call to a partner: its timeout and retries (5xx, 429).
     http_timeout_seconds: float = 60.0
     http_retries: int = 2
+    # Bytes one partner answer (a page) may have at most, read or declared:
+    # past it the fetch fails, its committed pages and checkpoint kept (an
+    # endless or huge answer would otherwise be held whole in memory).
+    max_response_bytes: int = 64 << 20
     # A failed fetch is retried after retry_base_seconds, doubling per
     # failure up to retry_max_seconds (never later than the feed's --every).
     retry_base_seconds: float = 30.0
@@ -157,8 +161,10 @@ class ExchangeSettings:
     # committed. Smaller hand-overs only add waits: at 2,000 a 10k-row page
     # waited for the writer five times.
     write_rows: int = 20_000
-    # File feeds read lists on the server's disk: only under this directory
-    # ("" = anywhere the server may read).
+    # File feeds read lists on the server's disk, only under this directory
+    # (symlinks resolved, at `exchange add` and at every fetch). "" = file
+    # feeds are refused (FAILED_PRECONDITION): an operator token must not make
+    # the server read any file it can.
     file_dir: str = ""
     # A secret file (>= 32 bytes, outside the database): feed credentials are
     # sealed under it, bound to their feed's settings (hashsvc/exchange/
@@ -172,6 +178,12 @@ class ExchangeSettings:
     # most this fraction of the items the feed held before it (a broken or
     # hostile page): the page past it is not applied and the fetch fails.
     max_delete_fraction: float = 0.5
+    # Both fractions hold over a rolling window per feed, not per fetch: the
+    # deletions applied within this many seconds, and a fetch's, may remove
+    # at most the fraction of the feed's items when the window's deleting
+    # began (a feed deleting 49% at every fetch emptied a set in a few).
+    # 0 = each fetch on its own.
+    delete_window_seconds: float = 86400.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -184,6 +196,10 @@ class ExchangeSettings:
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"exchange.{name} must be more than 0")
+        if self.delete_window_seconds < 0:
+            raise ValueError("exchange.delete_window_seconds must be >= 0")
+        if self.max_response_bytes < 1024:
+            raise ValueError("exchange.max_response_bytes must be at least 1024")
         for name in ("snapshot_max_delete_fraction", "max_delete_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"exchange.{name} must be within 0..1")

@@ -101,16 +101,17 @@ class RetroScanner:
             out.update(owners[found].tolist())
         return [uploads[i] for i in sorted(out)]
 
-    def reads_texts(self) -> bool:
-        """Whether candidate_texts can judge the new entries' kinds (PDQ
-        only: the views are read out of the texts); else candidates."""
+    def reads_views(self) -> bool:
+        """Whether candidate_views can judge the new entries' kinds (PDQ
+        only: the records' PDQ views are all it reads); else candidates."""
         return self.kinds <= {PDQ.name}
 
-    def candidate_texts(self, texts: list[bytes]) -> list[int]:
-        """candidates() of records given as their query_signals texts (UTF-8
-        bytes, HistoryStore.history_signal_texts), PDQ-only runs: the indexes
-        of those that may match a new entry, in order."""
-        views, owners, unread = pdq_views_of_texts(texts)
+    def candidate_views(self, records: list[tuple[bytes | None, bytes | None]]) -> list[int]:
+        """candidates() of records given as (packed PDQ views, or their
+        query_signals text as UTF-8 bytes where none are packed;
+        HistoryStore.history_pdq_views), PDQ-only runs: the indexes of those
+        that may match a new entry, in order."""
+        views, owners, unread = pdq_views_of_records(records)
         out = set(unread)
         if len(views) and len(self.pdq_scan):
             found = self.pdq_scan.any_within(views, self.pdq_radius, self.pool, self.parts)
@@ -155,6 +156,35 @@ def pdq_views(uploads: list[HistoryUpload]) -> tuple[np.ndarray, np.ndarray, lis
     (hashsvc/core/history_views.py); a record not written as the history
     writes it is parsed."""
     return pdq_views_of_texts([u.signals_text for u in uploads])
+
+
+def pdq_views_of_records(
+    records: list[tuple[bytes | None, bytes | None]],
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """pdq_views of records given as (packed views, text where none are
+    packed). The packed ones are sliced, not decoded: one join, one view of
+    the buffer. A packed value that is not whole views (written otherwise)
+    sends its upload to the matcher, which judges its parsed signals."""
+    packed = [(i, p) for i, (p, _) in enumerate(records) if p is not None]
+    texts = [(i, t) for i, (p, t) in enumerate(records) if p is None]
+    lengths = np.fromiter((len(p) for _, p in packed), dtype=np.int64, count=len(packed))
+    whole = lengths % PDQ_BYTES == 0
+    unread = [packed[k][0] for k in np.flatnonzero(~whole).tolist()]
+    at = np.fromiter((i for i, _ in packed), dtype=np.int64, count=len(packed))[whole]
+    views = np.frombuffer(
+        b"".join(p for (_, p), ok in zip(packed, whole.tolist(), strict=True) if ok),
+        dtype=np.uint8,
+    ).reshape(-1, PDQ_BYTES)
+    owners = np.repeat(at, lengths[whole] // PDQ_BYTES)
+    if texts:
+        text_views, text_owners, text_unread = pdq_views_of_texts(
+            [t if t is not None else b"" for _, t in texts]
+        )
+        where = np.array([i for i, _ in texts], dtype=np.int64)
+        views = np.concatenate([views, text_views])
+        owners = np.concatenate([owners, where[text_owners]])
+        unread += [texts[k][0] for k in text_unread]
+    return views, owners, unread
 
 
 def pdq_views_of_texts(
@@ -261,15 +291,15 @@ def scan_batch(
     """One batch of the history records after_id < id <= upto_id through the
     scanner: (last id read, records read, the uploads found with their hits),
     None past upto_id. The in-process hunt and a Dask worker's partition scan
-    alike. PDQ only: the records' signals texts are read, and whole records
-    only of the few that may match (half the reading)."""
-    if scanner.reads_texts():
-        rows = store.history_signal_texts(after_id, upto_id, limit)
+    alike. PDQ only: the records' packed views are read (their texts where
+    none are packed), and whole records only of the few that may match."""
+    if scanner.reads_views():
+        rows = store.history_pdq_views(after_id, upto_id, limit)
         if not rows:
             return None
         since_micros = to_micros(since)
         in_window = [row for row in rows if row[1] >= since_micros]
-        found = scanner.candidate_texts([row[2] for row in in_window])
+        found = scanner.candidate_views([(row[2], row[3]) for row in in_window])
         candidates = store.history_uploads_by_id(in_window[i][0] for i in found)
         last_id, read = rows[-1][0], len(rows)
     else:

@@ -33,6 +33,7 @@ from hashdb.exchange_sql import (
     FEEDBACK_QUEUED,
     FEEDBACK_SENT,
     FEEDBACK_UNSUPPORTED,
+    DeleteWindow,
     FeedbackRecord,
     FeedItem,
     FeedRecord,
@@ -95,9 +96,53 @@ class FetchResult:
     updated: int = 0
     deleted: int = 0
     skipped: int = 0  # signals of types hashsvc does not keep
-    rejected: int = 0  # rows the bulk path refused (bad hex, bad labels)
+    rejected: int = 0  # rows refused (bad hash, entry name or source id): never mapped
     seconds: float = 0.0
     error: str = ""
+    # deletions refused past the deletion budget (none applied): a metric
+    deletions_refused: int = 0
+
+
+class DeletionsRefused(FailedPrecondition):
+    """A fetch's deletions past exchange.max_delete_fraction or
+    snapshot_max_delete_fraction over exchange.delete_window_seconds."""
+
+    def __init__(self, message: str, count: int) -> None:
+        super().__init__(message)
+        self.count = count
+
+
+def _window_text(seconds: float) -> str:
+    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds:g} s"
+
+
+def check_deletions(
+    deleting: int,
+    held: int,
+    window: DeleteWindow,
+    limit: float,
+    window_seconds: float,
+    setting: str,
+    what: str,
+) -> None:
+    """A fetch's deletions against the feed's budget: with those applied
+    within the window, at most `limit` of the feed's items when the window's
+    deleting began (its items before this fetch when nothing was deleted
+    within it). Raises DeletionsRefused, deleting nothing."""
+    base = held if window.held is None else window.held
+    if not deleting or window.deleted + deleting <= limit * base:
+        return
+    before = ""
+    if window.deleted:
+        before = (
+            f" after {window.deleted} deleted within the last {_window_text(window_seconds)}"
+            " (exchange.delete_window_seconds)"
+        )
+    raise DeletionsRefused(
+        f"{what} {deleting} of the feed's {base} items{before}, more than {limit:.0%}"
+        f" ({setting}): nothing deleted, checkpoint kept",
+        deleting,
+    )
 
 
 @dataclass
@@ -111,6 +156,8 @@ class _DeleteGuard:
 
     held: int  # the feed's items before the fetch
     limit: float
+    window: DeleteWindow  # deletions applied within exchange.delete_window_seconds
+    window_seconds: float
     # keys the fetch mapped that the feed did not hold: deleted at once (they
     # take nothing held away)
     fresh: set[str] = field(default_factory=set)
@@ -125,12 +172,15 @@ class _DeleteGuard:
         return self.kept if self.holding else current
 
     def check(self) -> None:
-        if len(self.pending) > self.limit * self.held:
-            raise FailedPrecondition(
-                f"the source deletes {len(self.pending)} of the feed's {self.held} items in"
-                f" one fetch, more than {self.limit:.0%} (exchange.max_delete_fraction):"
-                " nothing deleted, checkpoint kept"
-            )
+        check_deletions(
+            len(self.pending),
+            self.held,
+            self.window,
+            self.limit,
+            self.window_seconds,
+            "exchange.max_delete_fraction",
+            "the source deletes",
+        )
 
 
 def entry_name(feed: str, key: str) -> str:
@@ -212,13 +262,22 @@ class Feeds:
         return feed
 
     def _file_path(self, path: str) -> str:
-        """A file feed's path, absolute; within exchange.file_dir when that is
-        set (an operator token cannot make the server read any file it can)."""
+        """A file feed's path, resolved (symlinks followed), which must be
+        within exchange.file_dir: without it an operator token (or a row
+        changed in the database) would make the server read, and load as
+        hashes, any file it can read. Checked when the feed is added and
+        again at every fetch (a link swapped in later is caught then)."""
+        root = self.settings.file_dir
+        if not root:
+            raise FailedPrecondition(
+                "file feeds are off: set exchange.file_dir to the directory the server may"
+                " read hash lists from"
+            )
         if not path:
             raise InvalidArgument("a file feed needs --path FILE")
         real = os.path.realpath(path)
-        root = self.settings.file_dir
-        if root and os.path.commonpath([real, os.path.realpath(root)]) != os.path.realpath(root):
+        real_root = os.path.realpath(root)
+        if os.path.commonpath([real, real_root]) != real_root:
             raise InvalidArgument(f"a file feed's path must be within {root} (exchange.file_dir)")
         return real
 
@@ -327,6 +386,8 @@ class Feeds:
         except Exception as exc:  # recorded and retried with backoff; never lost
             failed = True
             result.error = _error_text(exc)
+            if isinstance(exc, DeletionsRefused):
+                result.deletions_refused = exc.count
             log.warning("feed %s: fetch failed: %s", feed.name, result.error)
         result.seconds = time.perf_counter() - started
         delay = feed.every_seconds
@@ -399,8 +460,11 @@ class Feeds:
         progress: Callable[[FetchResult], None] | None,
         allow_mass_delete: bool,
     ) -> None:
+        options = feed.options
+        if feed.api == "file":
+            options = {**options, "path": self._file_path(options.get("path", ""))}
         source = open_source(
-            feed.api, self._source_config(feed.name, feed.options, self._credentials(feed))
+            feed.api, self._source_config(feed.name, options, self._credentials(feed))
         )
         # A whole listing (a file each time; any API fetched from the start:
         # --full, or a checkpoint the API has forgotten the deletions after):
@@ -417,7 +481,10 @@ class Feeds:
         )
         seen: set[str] | None = set() if snapshot else None
         guard = _DeleteGuard(
-            feed.items, 1.0 if allow_mass_delete else self.settings.max_delete_fraction
+            feed.items,
+            1.0 if allow_mass_delete else self.settings.max_delete_fraction,
+            self._delete_window(feed),
+            self.settings.delete_window_seconds,
         )
         checkpoint = start
         pages = _prefetched(source.pages(start), self._stopping)
@@ -435,7 +502,7 @@ class Feeds:
             if guard.holding:  # also when every held deletion was listed again:
                 guard.check()  # the fetch's own checkpoint, not the one kept
                 deleted = [SourceItem(key, deleted=True) for key in guard.pending]
-                self._write_page(feed, run, deleted, checkpoint, result)
+                self._write_page(feed, run, deleted, checkpoint, result, windowed=True)
             if seen is not None:
                 self._delete_unlisted(feed, run, seen, checkpoint, result, allow_mass_delete)
             run.finish()
@@ -465,13 +532,23 @@ class Feeds:
         # are mapped by now, and a listing swapped for another (N new items,
         # the N old ones left out) must not halve its way past the limit
         before = max(len(held) - result.added + result.deleted, 0)
-        if gone and len(gone) > limit * before:
-            raise FailedPrecondition(
-                f"the listing leaves out {len(gone)} of the feed's {before} items, more than"
-                f" {limit:.0%} (exchange.snapshot_max_delete_fraction): nothing deleted"
-            )
+        check_deletions(
+            len(gone),
+            before,
+            self._delete_window(feed),
+            limit,
+            self.settings.delete_window_seconds,
+            "exchange.snapshot_max_delete_fraction",
+            "the listing leaves out",
+        )
         if gone:
-            self._write_page(feed, run, gone, checkpoint, result)
+            self._write_page(feed, run, gone, checkpoint, result, windowed=True)
+
+    def _delete_window(self, feed: FeedRecord) -> DeleteWindow:
+        seconds = self.settings.delete_window_seconds
+        if not seconds:
+            return DeleteWindow(0, None)
+        return self.store.delete_window(feed.id, now_micros() - int(seconds * 1_000_000))
 
     def _write_page(
         self,
@@ -482,10 +559,13 @@ class Feeds:
         result: FetchResult,
         guard: _DeleteGuard | None = None,
         previous: str | None = None,
+        windowed: bool = False,
     ) -> None:
         """One page's rows, then its mapping, counts and checkpoint. With a
         guard (a source's page; previous: the checkpoint before it),
-        deletions of items held before the fetch wait in the guard."""
+        deletions of items held before the fetch wait in the guard.
+        windowed: the page holds the fetch's held or unlisted deletions,
+        counted in the feed's deletion window."""
         counts = PageCounts()
         # every key of the page when guarded: which ones the feed holds
         wanted = [i.key for i in items if guard is not None or i.deleted]
@@ -502,6 +582,7 @@ class Feeds:
         # (or delete and add again) the same item, and rows are written in order
         final: dict[str, FeedItem | None] = {}
         label_cache: dict = {}
+        refused = _refused_items(feed.name, items)
         for item in items:
             counts.skipped += item.skipped
             if item.deleted:
@@ -515,6 +596,9 @@ class Feeds:
                 continue
             if not item.signals:
                 continue
+            if item.key in refused:
+                counts.rejected += len(item.signals)
+                continue
             name = entry_name(feed.name, item.key)
             labels = self._labels_json(feed, item, label_cache)
             source_id = item.source_id[: validation.MAX_LABEL_VALUE]
@@ -523,7 +607,7 @@ class Feeds:
                 try:  # the bulk path's own check, here so a bad hash is never mapped
                     value = row_value(kind, bytes.fromhex(hex_value), False)
                 except (ValueError, RowError):
-                    result.rejected += 1
+                    counts.rejected += 1
                     continue
                 _add_row(columns, kind, value, name, labels, source_id, False)
                 good += 1
@@ -552,9 +636,11 @@ class Feeds:
         # updated: the bulk path's count (labels changed); added and deleted
         # are counted by the store with the checkpoint (see commit_feed_page)
         counts.updated = run.result.counts.updated - before[0]
-        result.rejected += run.result.rejected_count - before[1]
+        # what the bulk path refused past the checks above: signals over an
+        # entry's limit (the entry itself loaded, so it stays mapped)
+        counts.rejected += run.result.rejected_count - before[1]
         counts = self.store.commit_feed_page(
-            feed.id, self.owner, checkpoint, mapped, unmapped, counts, self._lease()
+            feed.id, self.owner, checkpoint, mapped, unmapped, counts, self._lease(), windowed
         )
         result.pages += 1
         result.items += len(items)
@@ -562,6 +648,7 @@ class Feeds:
         result.updated += counts.updated
         result.deleted += counts.deleted
         result.skipped += counts.skipped
+        result.rejected += counts.rejected
 
     def _labels_json(self, feed: FeedRecord, item: SourceItem, cache: dict) -> str:
         """The entry's labels as the bulk rows carry them (JSON text): the
@@ -704,6 +791,7 @@ class Feeds:
             credentials,
             self.settings.http_timeout_seconds,
             self.settings.http_retries,
+            self.settings.max_response_bytes,
         )
 
     def _record(
@@ -769,6 +857,23 @@ def _prefetched(pages: Iterator[SourcePage], stopping: threading.Event) -> Itera
         with contextlib.suppress(queue.Empty):
             ahead.get_nowait()  # lets a blocked put see `done`
         thread.join(timeout=60)
+
+
+def _refused_items(feed: str, items: list[SourceItem]) -> set[str]:
+    """Keys of the page's items whose entry name or source id the bulk path
+    would refuse (too long, control characters): such an item is counted as
+    rejected and never mapped, as if loaded. Checked a column at a time;
+    item by item only when a column fails."""
+    listed = [item for item in items if item.signals and not item.deleted]
+    names = [entry_name(feed, item.key) for item in listed]
+    ids = [item.source_id[: validation.MAX_LABEL_VALUE] for item in listed]
+    if (not names or validation.entry_names_valid(names)) and validation.label_values_valid(ids):
+        return set()
+    return {
+        item.key
+        for item, name, source_id in zip(listed, names, ids, strict=True)
+        if not (validation.entry_names_valid([name]) and validation.label_values_valid([source_id]))
+    }
 
 
 def _add_row(
