@@ -246,3 +246,26 @@ def test_a_prune_record_covers_only_records_written_before_it():
     assert cover.covers(15, base - 1001) and not cover.covers(15, base - 1000)
     assert not cover.covers(25, 0)  # written after every prune
     assert not type(cover)().covers(1, 0)
+
+
+def test_http_prune_is_held_to_the_same_limit(harness):
+    """POST /v1/history/prune: a `before` inside the window is 409
+    FAILED_PRECONDITION naming the field and the limit; one past it prunes."""
+    import httpx
+
+    from tests.test_access import start_http_on
+
+    _upload(harness.core.store, 30, "u-30d")
+    server = start_http_on(harness.running)
+    try:
+        headers = {"Authorization": f"Bearer {harness.tokens['admin']}"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", headers=headers) as c:
+            refused = c.post("/v1/history/prune", json={"before": _before(2)})
+            assert refused.status_code == 409, refused.text
+            error = refused.json()["error"]
+            assert error["code"] == "FAILED_PRECONDITION" and error["field"] == "before"
+            assert error["limit"] == "history_prune_margin_seconds"
+            pruned = c.post("/v1/history/prune", json={"before": _before(20)})
+            assert pruned.status_code == 200 and pruned.json() == {"records_pruned": 1}
+    finally:
+        server.stop()

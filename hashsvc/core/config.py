@@ -433,6 +433,12 @@ class Config:
     retro_max_partitions: int = 1000
     retro_engine_connect_seconds: float = 10.0
     retro_task_retries: int = 2
+    # A run whose step fails (a store error) is retried from its checkpoint
+    # after retro_retry_initial_seconds, doubling up to retro_retry_max_
+    # seconds; marked failed after retro_max_attempts failed in a row.
+    retro_max_attempts: int = 5
+    retro_retry_initial_seconds: float = 2.0
+    retro_retry_max_seconds: float = 120.0
     # Keep uploads' local features (~18 KB a picture) in the history, so a
     # retro-hunt can match crops and collages too. Off: the history keeps
     # their size and SHA-256 (README, Retro-hunt: the cost per day).
@@ -508,6 +514,13 @@ class Config:
         for name in ("retro_partition_seconds", "retro_engine_connect_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be more than 0")
+        if self.retro_max_attempts < 1:
+            raise ValueError("retro_max_attempts must be at least 1")
+        if not 0 < self.retro_retry_initial_seconds <= self.retro_retry_max_seconds <= 86_400:
+            raise ValueError(
+                "retro_retry_initial_seconds must be more than 0 and at most"
+                " retro_retry_max_seconds (at most a day)"
+            )
         if self.retro_task_retries < 0:
             raise ValueError("retro_task_retries must be 0 or more")
         check_retro_engine(self.retro_engine, self.retro_scheduler_address, self.db_url)
@@ -527,6 +540,9 @@ class Config:
             nice=self.retro_nice,
             threads=self.retro_threads,
             engine=self.retro_engine,
+            max_attempts=self.retro_max_attempts,
+            retry_initial_seconds=self.retro_retry_initial_seconds,
+            retry_max_seconds=self.retro_retry_max_seconds,
             dask=DaskSettings(
                 scheduler_address=self.retro_scheduler_address,
                 workers=self.retro_dask_workers,
