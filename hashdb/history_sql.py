@@ -84,8 +84,8 @@ class HistorySQL:
                 "INSERT INTO match_history (request_id, time, caller, rpc, media_type, decision,"
                 " status, error_message, client_ref, media_bytes, query_signals, matches,"
                 " prev_hash, record_hash, chain_key_id, detail, caller_token_id, chain_format,"
-                " query_signals_sha256, query_views)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 3, ?, ?) RETURNING id",
+                " query_signals_sha256)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 3, ?) RETURNING id",
                 (
                     *fields,
                     prev_hash,
@@ -94,10 +94,19 @@ class HistorySQL:
                     detail,
                     record.caller_token_id,
                     signals_digest,
-                    packed_views,
                 ),
             )
             history_id = cur.fetchone()[0]
+            if _hunted(record.rpc, record.decision):
+                # the store's trigger added the upload's row (views NULL)
+                # with the record; written here too, so a trigger switched
+                # off cannot leave an upload out of retro-hunts
+                cur.execute(
+                    "INSERT INTO match_history_views (history_id, time, views) VALUES (?, ?, ?)"
+                    " ON CONFLICT (history_id) DO UPDATE SET views = excluded.views"
+                    " WHERE match_history_views.views IS NULL AND excluded.views IS NOT NULL",
+                    (history_id, fields[1], packed_views),
+                )
             if set_ids:
                 cur.executemany(
                     "INSERT INTO match_history_sets (history_id, set_id) VALUES (?, ?)",
@@ -177,9 +186,8 @@ class HistorySQL:
             with self._read() as cur:
                 cur.execute(
                     f"SELECT id, {_CHAINED_FIELDS}, prev_hash, record_hash, chain_key_id, detail,"
-                    " caller_token_id, chain_format, query_signals_sha256, signals_pruned_at,"
-                    " query_views FROM match_history"
-                    " WHERE id > ? ORDER BY id LIMIT 1000",
+                    " caller_token_id, chain_format, query_signals_sha256, signals_pruned_at"
+                    " FROM match_history WHERE id > ? ORDER BY id LIMIT 1000",
                     (after_id,),
                 )
                 rows = cur.fetchall()
@@ -192,10 +200,17 @@ class HistorySQL:
                     sets_of: dict[int, list[int]] = {}
                     for history_id, set_id in cur.fetchall():
                         sets_of.setdefault(history_id, []).append(set_id)
+                    cur.execute(
+                        "SELECT history_id, time, views FROM match_history_views"
+                        " WHERE history_id > ? AND history_id <= ?",
+                        (after_id, rows[-1][0]),
+                    )
+                    views_of = {r[0]: r for r in cur.fetchall()}
             if not rows:
                 break
             for row in rows:
                 history_id, prev_hash, record_hash = row[0], row[13], row[14]
+                found_before = len(problems)
                 if row[18] == 3:
                     digest, pruned_at, signals_text = row[19], row[20], row[11]
                     fields = _format_3(
@@ -221,10 +236,9 @@ class HistorySQL:
                     fields = _format_2(row[1:13], row[16], row[17], sets_of.get(history_id, []))
                 else:
                     fields = _with_detail(tuple(row[1:13]), row[16])
-                if not packed_views_match(row[21], row[11], row[20] is not None):
-                    problems.append(
-                        (history_id, "record was edited: its packed PDQ views are not its signals'")
-                    )
+                # the views row's problem only if the record has none (a
+                # decision rewritten also leaves its row unexpected)
+                views_problem = _views_problem(row, views_of.get(history_id))
                 signed_with = row[15] or ""
                 after_id = history_id
                 checked += 1
@@ -243,6 +257,8 @@ class HistorySQL:
                         )
                     else:
                         unchained += 1
+                    if views_problem and len(problems) == found_before:
+                        problems.append((history_id, views_problem))
                     continue
                 if prev_hash != expected_prev:
                     problems.append(
@@ -263,6 +279,8 @@ class HistorySQL:
                     key = self._history_key if signed_with else None
                     if chain_hash(prev_hash, fields, key) != record_hash:
                         problems.append((history_id, "record was edited: its hash does not match"))
+                if views_problem and len(problems) == found_before:
+                    problems.append((history_id, views_problem))
                 expected_prev = head = record_hash
         return HistoryVerification(checked, unchained, head, problems[:max_problems])
 
@@ -378,14 +396,21 @@ class HistorySQL:
         while True:
             with self._history_write() as cur:
                 cur.execute(
-                    "UPDATE match_history SET query_signals = ?, signals_pruned_at = ?,"
-                    " query_views = NULL"
+                    "UPDATE match_history SET query_signals = ?, signals_pruned_at = ?"
                     " WHERE id IN (SELECT id FROM match_history WHERE time < ?"
                     " AND chain_format = 3 AND signals_pruned_at IS NULL"
                     " AND query_signals <> ? ORDER BY id LIMIT ?) RETURNING id",
                     (PRUNED_SIGNALS, now_micros(), before_micros, PRUNED_SIGNALS, batch),
                 )
-                done = len(cur.fetchall())
+                ids = [row[0] for row in cur.fetchall()]
+                done = len(ids)
+                if ids:
+                    # their packed views go with them (the hunt reads '[]')
+                    cur.execute(
+                        "UPDATE match_history_views SET views = NULL"
+                        f" WHERE history_id IN ({', '.join('?' * done)}) AND views IS NOT NULL",
+                        ids,
+                    )
             pruned += done
             if done < batch:
                 return pruned
@@ -465,8 +490,38 @@ _CHAINED_FIELDS = (
 )
 
 
+# The calls whose allowed records retro-hunts read (hashdb/retro_sql.py
+# MATCH_RPCS; the migration's trigger adds their match_history_views rows).
+_HUNTED_RPCS = ("Match", "MatchUpload", "MatchBatch")
+
+
+def _hunted(rpc: str, decision: str | None) -> bool:
+    return rpc in _HUNTED_RPCS and decision == "allow"
+
+
+def _views_problem(row, views_row) -> str:
+    """What is wrong with a history row's match_history_views row (verify;
+    row: the verify query's; views_row: (history_id, time, views) or None),
+    or "". Someone with database access who deletes it, moves
+    its time or rewrites its views hides the upload from retro-hunts: the
+    chain covers only the record."""
+    rpc, decision, time, signals_text = row[4], row[6], row[2], row[11]
+    if views_row is None:
+        if _hunted(rpc, decision):
+            return "its retro-hunt views row is missing: hidden from retro-hunts"
+        return ""
+    if not _hunted(rpc, decision):
+        return "a retro-hunt views row for a record that is not an allowed upload"
+    _, views_time, views = views_row
+    if views_time != time:
+        return "its retro-hunt views row has another time"
+    if not packed_views_match(views, signals_text, row[20] is not None):
+        return "record was edited: its packed PDQ views are not its signals'"
+    return ""
+
+
 def pack_pdq_views(signals: list) -> bytes | None:
-    """A record's PDQ views packed for retro-hunts (the query_views column):
+    """A record's PDQ views packed for retro-hunts (match_history_views):
     each PDQ signal's 32 bytes, in order; None (not packed: the hunt reads the
     text) if a PDQ value is not 64 hex digits."""
     views = []
@@ -484,7 +539,7 @@ def pack_pdq_views(signals: list) -> bytes | None:
 
 
 def packed_views_match(packed: bytes | None, signals_text: str, pruned: bool = False) -> bool:
-    """Whether a record's query_views column is its signals' PDQ views (or
+    """Whether a record's packed views (match_history_views) are its signals' PDQ views (or
     NULL, read from the text; NULL only once pruned). Someone with database access who changed it
     would hide an upload from retro-hunts; the chain covers only the text.
     Checked without parsing the text when it reads as written (each view's

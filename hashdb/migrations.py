@@ -714,32 +714,74 @@ _OUTBOX_PLACE = [
 SQLITE.append(list(_OUTBOX_PLACE))
 POSTGRES.append(list(_OUTBOX_PLACE))
 
-# Issue 20 (Scale): each record's PDQ views packed in one column
-# (query_views: n x 32 bytes, in the order of its query signals), so a
-# retro-hunt reads ~580 bytes a record as one value instead of the ~2.9 KB
-# JSON text and decoding its hex (hashdb/history_sql.py pack_pdq_views).
-# NULL: not packed (records written before, or whose PDQ values are not all
-# 32 bytes): the hunt reads those from the text, as before. The column is
-# derived from query_signals, which the chain covers; `history verify` checks
-# it against them. Pruning drops it with the signals: the trigger lets a
-# prune through only with query_views NULL.
-SQLITE.append(
-    [
-        "ALTER TABLE match_history ADD COLUMN query_views BLOB",
-        "DROP TRIGGER match_history_no_update",
-        f"""CREATE TRIGGER match_history_no_update BEFORE UPDATE ON match_history
-            WHEN NOT ({_prune_allowed("sqlite")} AND NEW.query_views IS NULL)
-            BEGIN SELECT RAISE(ABORT, 'match_history is append-only'); END""",
-    ]
+# Issue 20 (Scale): each allowed upload's PDQ views packed in a table of
+# their own (views: n x 32 bytes, in the order of its query signals), which
+# is all a PDQ retro-hunt reads: ~600 bytes a record in a narrow table,
+# instead of the ~3 KB history row (one page each) and decoding its JSON
+# hex; 10M uploads are ~6 GB to read, not ~30 GB (hashdb/history_sql.py
+# pack_pdq_views). The store itself adds the row of every allowed upload as
+# the record is inserted (views NULL), and the writer fills in the views in
+# the same transaction: a record without views (written before this table,
+# by an older server, or not packable) is read from its text, never
+# skipped. The views are derived from the signals the chain covers;
+# `history verify` checks them and the rows' presence and time. Append-only
+# but for filling a NULL once, and a prune emptying them.
+_MATCH_RPCS_SQL = "('Match', 'MatchUpload', 'MatchBatch')"
+_VIEWS_UPDATE_ALLOWED = (
+    "NEW.history_id = OLD.history_id AND NEW.time = OLD.time AND ("
+    "(OLD.views IS NULL AND NEW.views IS NOT NULL AND {not_pruned})"
+    " OR (NEW.views IS NULL AND NOT {not_pruned}))"
 )
-POSTGRES.append(
-    [
-        "ALTER TABLE match_history ADD COLUMN query_views BYTEA",
-        f"""CREATE OR REPLACE FUNCTION hashsvc_history_prune_only() RETURNS trigger
+_NOT_PRUNED = (
+    "EXISTS (SELECT 1 FROM match_history WHERE id = OLD.history_id AND signals_pruned_at IS NULL)"
+)
+_VIEWS_BACKFILL = (
+    "INSERT INTO match_history_views (history_id, time, views) SELECT id, time, NULL"
+    f" FROM match_history WHERE rpc IN {_MATCH_RPCS_SQL} AND decision = 'allow'"
+)
+_HISTORY_VIEWS_SQLITE = [
+    """CREATE TABLE match_history_views (
+            history_id INTEGER PRIMARY KEY,
+            time BIGINT NOT NULL,
+            views BLOB)""",
+    _VIEWS_BACKFILL,
+    f"""CREATE TRIGGER match_history_views_of_uploads AFTER INSERT ON match_history
+            WHEN NEW.rpc IN {_MATCH_RPCS_SQL} AND NEW.decision = 'allow'
+            BEGIN INSERT INTO match_history_views (history_id, time) VALUES (NEW.id, NEW.time);
+            END""",
+    """CREATE TRIGGER match_history_views_no_delete BEFORE DELETE ON match_history_views
+            BEGIN SELECT RAISE(ABORT, 'match_history_views is append-only'); END""",
+    f"""CREATE TRIGGER match_history_views_no_update BEFORE UPDATE ON match_history_views
+            WHEN NOT ({_VIEWS_UPDATE_ALLOWED.format(not_pruned=_NOT_PRUNED)})
+            BEGIN SELECT RAISE(ABORT, 'match_history_views is append-only'); END""",
+]
+_HISTORY_VIEWS_POSTGRES = [
+    """CREATE TABLE match_history_views (
+            history_id BIGINT PRIMARY KEY,
+            time BIGINT NOT NULL,
+            views BYTEA)""",
+    _VIEWS_BACKFILL,
+    f"""CREATE FUNCTION hashsvc_history_views_row() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              IF NEW.rpc IN {_MATCH_RPCS_SQL} AND NEW.decision = 'allow' THEN
+                INSERT INTO match_history_views (history_id, time) VALUES (NEW.id, NEW.time);
+              END IF;
+              RETURN NULL;
+            END $$""",
+    """CREATE TRIGGER match_history_views_of_uploads AFTER INSERT ON match_history
+            FOR EACH ROW EXECUTE FUNCTION hashsvc_history_views_row()""",
+    f"""CREATE FUNCTION hashsvc_history_views_fill_only() RETURNS trigger
             LANGUAGE plpgsql AS $$
             BEGIN
-              IF {_prune_allowed("postgres")} AND NEW.query_views IS NULL THEN RETURN NEW; END IF;
-              RAISE EXCEPTION 'match_history is append-only';
+              IF TG_OP = 'UPDATE' AND {_VIEWS_UPDATE_ALLOWED.format(not_pruned=_NOT_PRUNED)}
+              THEN RETURN NEW; END IF;
+              RAISE EXCEPTION 'match_history_views is append-only';
             END $$""",
-    ]
-)
+    """CREATE TRIGGER match_history_views_append_only BEFORE UPDATE OR DELETE
+            ON match_history_views
+            FOR EACH ROW EXECUTE FUNCTION hashsvc_history_views_fill_only()""",
+    """CREATE TRIGGER match_history_views_no_truncate BEFORE TRUNCATE ON match_history_views
+            FOR EACH STATEMENT EXECUTE FUNCTION hashsvc_append_only()""",
+]
+SQLITE.append(_HISTORY_VIEWS_SQLITE)
+POSTGRES.append(_HISTORY_VIEWS_POSTGRES)

@@ -259,19 +259,20 @@ class RetroSQL(RetroPendingSQL):
     ) -> list[tuple[int, int, bytes | None, bytes | None]]:
         """What a retro-hunt's PDQ scan reads of the records history_uploads
         gives (the same records, in the same order): (id, time in
-        microseconds, the packed PDQ views (query_views: n x 32 bytes), the
-        query_signals text as UTF-8 bytes only where there are none packed
-        (records written before the column, or not packable)). A fraction of
-        the cost of whole HistoryUpload objects, most of which the scan
-        drops; the few that may match are read whole by
-        history_uploads_by_id."""
+        microseconds, the packed PDQ views (match_history_views: n x 32
+        bytes), the query_signals text as UTF-8 bytes only where there are
+        none packed (records written before the table or by an older server,
+        values not packable, pruned)). Read from the narrow views table (one
+        row for each allowed upload, added by the store with its record):
+        ~600 bytes a record, where the history row is ~3 KB; the few that
+        may match are read whole by history_uploads_by_id."""
         with self._read() as cur:
             cur.execute(
-                "SELECT id, time, query_views, CASE WHEN query_views IS NULL"
-                f" THEN {self._SIGNALS_AS_BYTES} END FROM match_history"
-                " WHERE id > ? AND id <= ? AND rpc IN (?, ?, ?) AND decision = 'allow'"
-                " ORDER BY id LIMIT ?",
-                (after_id, upto_id, *MATCH_RPCS, limit),
+                "SELECT v.history_id, v.time, v.views, CASE WHEN v.views IS NULL THEN"
+                f" (SELECT {self._SIGNALS_AS_BYTES} FROM match_history h"
+                " WHERE h.id = v.history_id) END FROM match_history_views v"
+                " WHERE v.history_id > ? AND v.history_id <= ? ORDER BY v.history_id LIMIT ?",
+                (after_id, upto_id, limit),
             )
             return cur.fetchall()
 

@@ -12,11 +12,13 @@ import dataclasses
 import hashlib
 import json
 import signal
+import sqlite3
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import grpc
+import psycopg
 import pytest
 
 from hashdb import HistoryFilter, HistoryRecord, open_store
@@ -802,12 +804,30 @@ def _finished_run(core, seconds: float = 30):
     raise AssertionError(f"retro run still open after {seconds} s")
 
 
-def test_records_without_packed_views_are_hunted_from_their_text(store_url, make_core):
-    """Records written before the packed views (query_views NULL) are read
-    from their text, beside packed ones, in one hunt: both copies found,
-    nothing else; the history still verifies."""
-    from tests.test_history_trust import _tamper
+def _tamper_views(store_url: str, *statements: str) -> None:
+    """What someone with database access does to the retro-hunt's views
+    table: switch its append-only triggers off, then rewrite."""
+    if store_url.startswith("sqlite"):
+        conn = sqlite3.connect(store_url[len("sqlite:///") :])
+        for trigger in ("match_history_views_no_update", "match_history_views_no_delete"):
+            conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+        for sql in statements:
+            conn.execute(sql)
+        conn.commit()
+        conn.close()
+    else:
+        with psycopg.connect(store_url) as conn:
+            conn.execute("ALTER TABLE match_history_views DISABLE TRIGGER USER")
+            for sql in statements:
+                conn.execute(sql)
+            conn.execute("ALTER TABLE match_history_views ENABLE TRIGGER USER")
 
+
+def test_records_without_packed_views_are_hunted_from_their_text(store_url, make_core):
+    """Records without packed views (written before the views table, or by
+    an older server: the store's row has views NULL) are read from their
+    text, beside packed ones, in one hunt: both copies found, nothing else;
+    the history still verifies."""
     core = make_core(store_url, retro_poll_seconds=0.2)
     known = bytes(range(32))
     near = bytes([known[0] ^ 0x03]) + known[1:]
@@ -816,11 +836,13 @@ def test_records_without_packed_views_are_hunted_from_their_text(store_url, make
         _history_upload(core.store, other, 1.0, request_id=f"other-{i}")
     _history_upload(core.store, Signal("pdq", near, 90), 1.0, request_id="old-copy")
     _history_upload(core.store, Signal("pdq", near, 90), 1.0, request_id="packed-copy")
-    _tamper(
+    _tamper_views(
         store_url,
-        "UPDATE match_history SET query_views = NULL"
-        " WHERE request_id = 'old-copy' OR request_id LIKE 'other-%'",
+        "UPDATE match_history_views SET views = NULL WHERE history_id IN (SELECT id FROM"
+        " match_history WHERE request_id = 'old-copy' OR request_id LIKE 'other-%')",
     )
+    last = core.store.last_history_id()
+    assert sum(row[2] is None for row in core.store.history_pdq_views(0, last, 100)) == 7
     core.curation.create_set("s")
     core.curation.add_entry("s", "e", {}, "op", signal=("pdq", known.hex(), None))
     run = _finished_run(core)
@@ -834,41 +856,65 @@ def test_records_without_packed_views_are_hunted_from_their_text(store_url, make
 
 def test_packed_views_edited_in_the_database_fail_verify(store_url, make_core):
     """The packed views are derived from the chained signals text: someone
-    with database access who rewrites or empties them (to hide an upload
-    from retro-hunts) is reported by `history verify`; the append-only
-    trigger refuses the edit; a prune drops them with the signals and the
-    history verifies."""
-    from tests.test_history_trust import _tamper
-
+    with database access who rewrites, empties or deletes an upload's views
+    row, or moves its time (to hide the upload from retro-hunts), is
+    reported by `history verify`; the append-only triggers refuse those
+    edits; a blocked record has no views row (not hunted)."""
     core = make_core(store_url, retro_window=0)
     known = bytes(range(32))
     ids = []
-    for i in range(4):
+    for i in range(6):
         _history_upload(core.store, Signal("pdq", known, 90), 1.0, request_id=f"up-{i}")
         ids.append(core.store.last_history_id())
-    assert core.store.verify_history().problems == []
-    if store_url.startswith("sqlite"):
-        raw = __import__("sqlite3").connect(store_url[len("sqlite:///") :])
-        with pytest.raises(Exception, match="append-only"):
-            raw.execute(f"UPDATE match_history SET query_views = x'' WHERE id = {ids[0]}")
-        raw.close()
-    else:
-        import psycopg
-
-        with psycopg.connect(store_url) as raw, pytest.raises(Exception, match="append-only"):
-            raw.execute(f"UPDATE match_history SET query_views = ''::bytea WHERE id = {ids[0]}")
-    zeros = "x'" + "00" * 32 + "'" if store_url.startswith("sqlite") else "'\\x" + "00" * 32 + "'"
-    empty = "x''" if store_url.startswith("sqlite") else "''::bytea"
-    _tamper(
-        store_url,
-        f"UPDATE match_history SET query_views = {zeros} WHERE id = {ids[1]}",
-        f"UPDATE match_history SET query_views = {empty} WHERE id = {ids[2]}",
+    core.store.record_match(
+        HistoryRecord(
+            request_id="blocked",
+            time=datetime.now(UTC),
+            caller="pipeline",
+            rpc="Match",
+            media_type="image",
+            decision="block",
+            status="OK",
+            query_signals=[history_signal_json(Signal("pdq", known, 90))],
+        )
     )
-    problems = core.store.verify_history().problems
-    assert [(i, "packed PDQ views" in why) for i, why in problems] == [
-        (ids[1], True),
-        (ids[2], True),
+    blocked = core.store.last_history_id()
+    assert [row[0] for row in core.store.history_pdq_views(0, blocked, 100)] == ids
+    assert core.store.verify_history().problems == []
+    sqlite = store_url.startswith("sqlite")
+    zeros = "x'" + "00" * 32 + "'" if sqlite else "'\\x" + "00" * 32 + "'::bytea"
+    empty = "x''" if sqlite else "''::bytea"
+    refused = [
+        f"UPDATE match_history_views SET views = {zeros} WHERE history_id = {ids[0]}",
+        f"UPDATE match_history_views SET views = NULL WHERE history_id = {ids[0]}",
+        f"UPDATE match_history_views SET time = 0 WHERE history_id = {ids[0]}",
+        f"DELETE FROM match_history_views WHERE history_id = {ids[0]}",
     ]
+    for sql in refused:
+        if sqlite:
+            raw = sqlite3.connect(store_url[len("sqlite:///") :])
+            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+                raw.execute(sql)
+            raw.close()
+        else:
+            with (
+                psycopg.connect(store_url) as raw,
+                pytest.raises(psycopg.Error, match="append-only"),
+            ):
+                raw.execute(sql)
+    _tamper_views(
+        store_url,
+        f"UPDATE match_history_views SET views = {zeros} WHERE history_id = {ids[1]}",
+        f"UPDATE match_history_views SET views = {empty} WHERE history_id = {ids[2]}",
+        f"DELETE FROM match_history_views WHERE history_id = {ids[3]}",
+        f"UPDATE match_history_views SET time = 0 WHERE history_id = {ids[4]}",
+        f"INSERT INTO match_history_views (history_id, time) VALUES ({blocked}, 0)",
+    )
+    problems = dict(core.store.verify_history().problems)
+    assert sorted(problems) == [ids[1], ids[2], ids[3], ids[4], blocked]
+    assert "packed PDQ views" in problems[ids[1]] and "packed PDQ views" in problems[ids[2]]
+    assert "missing" in problems[ids[3]] and "time" in problems[ids[4]]
+    assert "not an allowed upload" in problems[blocked]
 
 
 def test_prune_drops_the_packed_views(store_url, make_core):
@@ -882,4 +928,61 @@ def test_prune_drops_the_packed_views(store_url, make_core):
     assert all(row[2] is not None for row in core.store.history_pdq_views(0, last, 10))
     assert core.prune_history("admin", datetime.now(UTC)) == 3
     assert [row[2:] for row in core.store.history_pdq_views(0, last, 10)] == [(None, b"[]")] * 3
+    assert core.store.verify_history().problems == []
+
+
+def test_a_history_written_before_the_views_table_is_hunted_after_migrating(
+    store_url, make_core, monkeypatch
+):
+    """A database whose history was written before match_history_views (by
+    a server that packed nothing) is migrated when a server opens it: every
+    allowed upload gets its row (views NULL, read from the text), blocked
+    ones none; a hunt finds the old copy and a new packed one; the history
+    verifies."""
+    from hashdb import history_sql, migrations
+
+    at = migrations.SQLITE.index(migrations._HISTORY_VIEWS_SQLITE)
+    monkeypatch.setattr(migrations, "SQLITE", migrations.SQLITE[:at])
+    monkeypatch.setattr(
+        migrations,
+        "POSTGRES",
+        migrations.POSTGRES[: migrations.POSTGRES.index(migrations._HISTORY_VIEWS_POSTGRES)],
+    )
+    monkeypatch.setattr(history_sql, "_hunted", lambda rpc, decision: False)  # older server
+    known = bytes(range(32))
+    near = bytes([known[0] ^ 0x03]) + known[1:]
+    old = open_store(store_url)
+    _history_upload(old, Signal("pdq", hashlib.sha256(b"x").digest(), 90), 1.0, "old-other")
+    _history_upload(old, Signal("pdq", near, 90), 1.0, request_id="old-copy")
+    old.record_match(
+        HistoryRecord(
+            request_id="old-blocked",
+            time=datetime.now(UTC),
+            caller="pipeline",
+            rpc="Match",
+            media_type="image",
+            decision="block",
+            status="OK",
+            query_signals=[history_signal_json(Signal("pdq", near, 90))],
+        )
+    )
+    old.close()
+    monkeypatch.undo()
+
+    core = make_core(store_url, retro_poll_seconds=0.2)
+    _history_upload(core.store, Signal("pdq", near, 90), 1.0, request_id="new-copy")
+    rows = core.store.history_pdq_views(0, core.store.last_history_id(), 10)
+    assert [(row[2] is None, row[3] is None) for row in rows] == [
+        (True, False),
+        (True, False),
+        (False, True),
+    ]
+    core.curation.create_set("s")
+    core.curation.add_entry("s", "e", {}, "op", signal=("pdq", known.hex(), None))
+    run = _finished_run(core)
+    assert (run.state, run.hits) == ("done", 2)
+    assert sorted(hit[1] for hit in core.store.retro_matches_of(run.id)) == [
+        "new-copy",
+        "old-copy",
+    ]
     assert core.store.verify_history().problems == []
