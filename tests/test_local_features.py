@@ -313,3 +313,20 @@ def test_only_small_pictures_are_also_extracted_enlarged():
     assert variants(image.hash_known(small, off)) == ["original"]
     with pytest.raises(ValueError, match="features_enlarge_side"):
         ImageLimits(features_enlarge_side=10)
+
+
+def test_a_tilt_of_20_degrees_blocks_and_a_page_template_reaches_nothing():
+    """The measured figures (bench/robustness.py, bench/local_features.py): a
+    copy turned 20 degrees with 45 inliers over 0.22 of the known picture,
+    agreeing on 0.40 of what both show, blocks; pages of one template (99
+    inliers, 0.25 coverage, agreement 0.247) reach neither level, whatever
+    their inliers."""
+    from hashsvc.matching.local_geometry import Verification
+
+    def evidence(inliers: int, coverage: float, agreement: float) -> Verification:
+        return Verification(inliers, coverage, coverage, 1.0, 20.0, 10, agreement)
+
+    assert DEFAULT_THRESHOLDS.level(evidence(45, 0.22, 0.40)) == "block"
+    assert DEFAULT_THRESHOLDS.level(evidence(39, 0.22, 0.40)) == "review"
+    for inliers in (30, 99, 166, 400):
+        assert DEFAULT_THRESHOLDS.level(evidence(inliers, 0.47, 0.247)) is None
