@@ -21,6 +21,7 @@ from hashsvc.media.local_features import (
     encode,
     extract,
 )
+from hashsvc_testing.image_media import encode as encode_image
 from hashsvc_testing.image_media import flat_image, noise_image, photo
 from hashsvc_testing.local_media import (
     ARABIC,
@@ -289,3 +290,43 @@ def test_degenerate_hostile_features_give_no_verification(count):
     assert verify(hostile, real) is None
     assert verify(real, hostile) is None
     assert verify(hostile, hostile) is None
+
+
+def test_only_small_pictures_are_also_extracted_enlarged():
+    """features_enlarge_below is the picture's long side as stored: a 300 px
+    picture gets "enlarged" beside "original", known or uploaded; the bridge
+    (1600 px, an upload decoded at a reduced scale) does not; 0 turns it off."""
+    from hashsvc.media import image
+    from hashsvc.media.limits import ImageLimits
+
+    def variants(signals) -> list[str]:
+        return [s.variant for s in signals if s.kind == "local_features"]
+
+    small = encode_image(photo(6), "JPEG", quality=90)
+    large = encode_image(bridge(), "JPEG", quality=90)
+    limits = ImageLimits()
+    assert variants(image.hash_known(small, limits)) == ["original", "enlarged"]
+    assert variants(image.hash_query(small, limits)) == ["original", "enlarged"]
+    assert variants(image.hash_known(large, limits)) == ["original"]
+    assert variants(image.hash_query(large, limits)) == ["original"]
+    off = ImageLimits(features_enlarge_below=0)
+    assert variants(image.hash_known(small, off)) == ["original"]
+    with pytest.raises(ValueError, match="features_enlarge_side"):
+        ImageLimits(features_enlarge_side=10)
+
+
+def test_a_tilt_of_20_degrees_blocks_and_a_page_template_reaches_nothing():
+    """The measured figures (bench/robustness.py, bench/local_features.py): a
+    copy turned 20 degrees with 45 inliers over 0.22 of the known picture,
+    agreeing on 0.40 of what both show, blocks; pages of one template (99
+    inliers, 0.25 coverage, agreement 0.247) reach neither level, whatever
+    their inliers."""
+    from hashsvc.matching.local_geometry import Verification
+
+    def evidence(inliers: int, coverage: float, agreement: float) -> Verification:
+        return Verification(inliers, coverage, coverage, 1.0, 20.0, 10, agreement)
+
+    assert DEFAULT_THRESHOLDS.level(evidence(45, 0.22, 0.40)) == "block"
+    assert DEFAULT_THRESHOLDS.level(evidence(39, 0.22, 0.40)) == "review"
+    for inliers in (30, 99, 166, 400):
+        assert DEFAULT_THRESHOLDS.level(evidence(inliers, 0.47, 0.247)) is None

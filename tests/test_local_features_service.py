@@ -142,6 +142,40 @@ def test_crops_and_tilts_are_found_with_their_evidence(run, tmp_path):
     assert asked and all(s["value"] == "" for s in asked)
 
 
+def test_a_small_picture_turned_20_degrees_is_found_enlarged_and_others_are_not(run, tmp_path):
+    """A 300x169 picture turned 20 degrees and cut to fit is 245x88: ORB's 31 px
+    edge bands leave it no signal at its own size. Known and upload are also
+    extracted enlarged ("enlarged"), and meet there; other small photos, also
+    turned and enlarged, are allowed."""
+    known = tmp_path / "small.jpg"
+    known.write_bytes(jpeg(photo(6), 92))
+    code, _, err = run("sets", "create", "lf", *PDQ_EXACT_ONLY, role="operator")
+    assert code == 0, err
+    code, _, err = run("add", "--set", "lf", known, role="operator")
+    assert code == 0, err
+    code, out, err = run("entries", "show", "--set", "lf", "--json", "small.jpg", role="operator")
+    assert code == 0, err
+    signals = json.loads(out)["signals"]
+    stored = [s["variant"] for s in signals if s["signal_type"] == "local_features"]
+    assert stored == ["original", "enlarged"]
+
+    turned = rotated(photo(6), 20)
+    assert max(turned.size) < 300 and min(turned.size) < 100
+    row = _match(run, tmp_path, "turned.jpg", jpeg(turned))
+    assert row["decision"] in ("block", "review"), row
+    hit = _local_hit(row)
+    assert hit["entry"] == "small.jpg"
+    assert abs(abs(hit["local_features"]["angle"]) - 20) < 2, hit
+
+    for n in (0, 2, 3, 4, 5, 7, 8, 9):  # the other 300 px photos, whole and turned
+        for name, img in (
+            (f"other{n}.jpg", photo(n)),
+            (f"other{n}-turned.jpg", rotated(photo(n), 20)),
+        ):
+            row = _match(run, tmp_path, name, jpeg(img))
+            assert row["decision"] == "allow" and row["matches"] == [], row
+
+
 def test_added_matches_at_once_and_removed_stops_at_once(harness, operator, matcher):
     stub, md = operator
     stub.curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=md)

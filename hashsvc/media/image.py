@@ -360,6 +360,8 @@ def picture_signals(
         # ORB and the tiles both read the grey picture: converted once
         grey = rgb if rgb.ndim == 2 else np.asarray(Image.fromarray(rgb).convert("L"))
         found = local_feature_signals(grey)
+        if max(grey.shape) < limits.features_enlarge_below:  # small as decoded; as stored?
+            found += enlarged_feature_signals(grey, _stored_side(data), limits)
         if for_query:  # the pictures inside an upload (a collage tile, a feed)
             found += region_signals(rgb, data, limits, grey)
         return found
@@ -402,6 +404,28 @@ def local_feature_signals(
     if found is None:
         return []
     return [Signal(LOCAL_FEATURES.name, local_features.encode(found), None, variant, position)]
+
+
+def enlarged_feature_signals(
+    grey: np.ndarray, stored_side: int, limits: ImageLimits
+) -> list[Signal]:
+    """The local_features signal of a small picture (long side under
+    limits.features_enlarge_below as stored) extracted from it enlarged to
+    features_enlarge_side (variant "enlarged"), beside the one at its own size:
+    ORB's 31 px edge bands take most of a small picture's keypoints, and a
+    small copy turned or cut by 20-30% kept a strip of them or none. Known
+    pictures and uploads both get it, so both sides are compared at a size
+    where their content is off the bands. None for larger pictures."""
+    if not 0 < stored_side < limits.features_enlarge_below:
+        return []
+    picture = Image.fromarray(grey)
+    factor = limits.features_enlarge_side / max(picture.size)
+    if factor <= 1.0:
+        return []
+    size = (round(picture.width * factor), round(picture.height * factor))
+    return local_feature_signals(
+        np.asarray(picture.resize(size, Image.Resampling.BICUBIC)), variant="enlarged"
+    )
 
 
 def known_views(rgb: np.ndarray) -> list[Signal]:

@@ -25,6 +25,21 @@ class ImageLimits:
     # core is free (bench/speed.py); off, one thread does both, one after the
     # other. The signals are the same either way.
     local_features_thread: bool = True
+    # A picture (known or uploaded) shorter than this on its long side, as
+    # stored, also gets its local features extracted from it enlarged to
+    # features_enlarge_side (variant "enlarged"; 0: never). ORB finds no
+    # keypoint within 31 px of an edge: of a 300x168 picture turned 20 degrees
+    # and cut to fit (243x87) that leaves a 25 px strip, and the upload got no
+    # signal. Enlarged, both pictures keep their content off those bands
+    # (README: Local features of small pictures).
+    features_enlarge_below: int = 400
+    features_enlarge_side: int = 512
+
+    def __post_init__(self) -> None:
+        if self.features_enlarge_below < 0:
+            raise ValueError("image.features_enlarge_below must be 0 (never) or more")
+        if not 64 <= self.features_enlarge_side <= 2048:
+            raise ValueError("image.features_enlarge_side must be within 64..2048")
 
 
 @dataclass(frozen=True)
