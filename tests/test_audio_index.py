@@ -8,8 +8,15 @@ import threading
 import numpy as np
 import pytest
 
-from hashsvc.index.audio import DEFAULT_MAX_BER, AudioAlignment, AudioIndex
+from hashsvc.index.audio import (
+    DEFAULT_MAX_BER,
+    AudioAlignment,
+    AudioIndex,
+    _align_at_rate,
+    _lines_with_a_good_window,
+)
 from hashsvc.media.audio import SECONDS_PER_WORD, SILENCE_WORD, AudioLimits, fingerprint_audio
+from hashsvc.media.audio_words import informative_mask
 from hashsvc_testing import audio_media as am
 
 LIMITS = AudioLimits()
@@ -192,6 +199,38 @@ def test_shifted_search_finds_a_line_of_another_slope():
     assert found.ber == 0.0
     assert abs(found.known_start - 300 * SECONDS_PER_WORD) <= SLACK
     assert found.known_duration == pytest.approx(found.duration * 1.12, abs=0.01)
+
+
+def test_screening_never_drops_a_line_the_alignment_finds():
+    """The shifted search screens a view's candidate lines together before
+    aligning them one by one: a line the alignment finds something on is
+    never screened out (a real partial match, with a constant run and silence
+    in the known track and lines running off either end), and lines through
+    unrelated words are."""
+    rng = np.random.default_rng(5)
+    known = filler(11, 1500)
+    known[400:410] = known[400]  # a held tone: not informative
+    known[500:520] = SILENCE_WORD
+    at = np.rint(380 + np.arange(200) * 1.07).astype(int)
+    query = known[at].copy()
+    query[:60] = filler(12, 60)  # the first 60 words are something else
+    noisy = rng.random((len(query), 32)) < 0.08  # ~8% of bits flipped
+    query ^= (noisy * (1 << np.arange(32, dtype=np.uint32))).sum(axis=1).astype(np.uint32)
+    informative = informative_mask(query)
+    lines = [
+        (known, offset, rate)
+        for offset in (380, 381, 379, -150, 1400, 0, 900)
+        for rate in (1.07, 1.06, 0.95, 1.0)
+    ] + [(filler(13 + n, 1500), 380, 1.07) for n in range(5)]
+    for max_ber in (0.15, 0.25, 0.35):
+        screened = _lines_with_a_good_window(query, informative, lines, max_ber)
+        found = [
+            _align_at_rate(query, informative, words, offset, rate, max_ber) is not None
+            for words, offset, rate in lines
+        ]
+        assert not any(f and not s for f, s in zip(found, screened, strict=True)), max_ber
+        assert found[0] and screened[0]
+        assert not screened[-5:].any()
 
 
 def test_align_line_scores_a_given_line_only():

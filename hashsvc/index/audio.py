@@ -45,7 +45,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hashsvc.media.audio_words import CONSTANT_RUN_WORDS, SECONDS_PER_WORD, informative_mask
+from hashsvc.media.audio_words import (
+    CONSTANT_RUN_WORDS,
+    SECONDS_PER_WORD,
+    SILENCE_WORD,
+    informative_mask,
+)
 
 # 24 bits: 16M buckets, ~9 postings each at 145M words, so a query's lookups
 # stay cheap at 100k tracks (20 bits: 3x slower there), while 28-55% of the
@@ -503,29 +508,44 @@ def _lines_with_a_good_window(query, query_informative, lines, max_ber) -> np.nd
     passes _longest_good_run's test: the lines _align_at_rate can find
     something on, judged together. A shifted view's candidates are mostly
     chance pairs of votes that align nowhere (an unrelated upload's all are),
-    and one pass over all of them costs what aligning one did. Exact: words
-    off the known track count as invalid, which is what cutting them off
-    does to the windows that remain."""
+    and one pass over all of them (a few array operations on lines x words,
+    not a few per line) costs less than aligning two. Exact: words off the
+    known track count as invalid, which is what cutting them off does to the
+    windows that remain, and a known word's mask is informative_mask's (not
+    silence, in no run of CONSTANT_RUN_WORDS equal words) from its
+    neighbours on its own track."""
     n = len(query)
     if not lines or n < WINDOW_WORDS:
         return np.zeros(len(lines), dtype=bool)
+    lengths = np.array([len(known) for known, _, _ in lines], dtype=np.int64)[:, None]
+    bases = np.cumsum(lengths) - lengths.ravel()
+    words = np.concatenate([known for known, _, _ in lines])
+    offsets = np.array([offset for _, offset, _ in lines], dtype=np.float64)[:, None]
+    rates = np.array([rate for _, _, rate in lines], dtype=np.float64)[:, None]
     steps = np.arange(n)
-    errors = np.zeros((len(lines), n), dtype=np.int64)
-    valid = np.zeros((len(lines), n), dtype=bool)
-    margin = CONSTANT_RUN_WORDS - 1
-    for row, (known, offset, rate) in enumerate(lines):
-        known_at = np.rint(offset + steps * rate).astype(np.int64)
-        inside = np.flatnonzero((known_at >= 0) & (known_at < len(known)))
-        if len(inside) < WINDOW_WORDS:
-            continue  # too short: _align_at_rate finds nothing either
-        start, end = int(inside[0]), int(inside[-1]) + 1
-        at = known_at[start:end]
-        lo, hi = max(int(at[0]) - margin, 0), int(at[-1]) + margin + 1
-        valid[row, start:end] = (
-            query_informative[start:end] & informative_mask(known[lo:hi])[at - lo]
-        )
-        errors[row, start:end] = np.bitwise_count(query[start:end] ^ known[at])
-    errors[~valid] = 0
+    known_at = np.rint(offsets + steps[None, :] * rates).astype(np.int64)
+
+    def known_words(shift: int) -> tuple[np.ndarray, np.ndarray]:
+        """(on the track, word) of the known word `shift` after each line's."""
+        at = known_at + shift
+        on_track = (at >= 0) & (at < lengths)
+        return on_track, words[bases[:, None] + np.clip(at, 0, lengths - 1)]
+
+    inside, known = known_words(0)
+    same = {}  # shift -> the word that far along is on the track and equal
+    for shift in range(1 - CONSTANT_RUN_WORDS, CONSTANT_RUN_WORDS):
+        if shift:
+            on_track, neighbour = known_words(shift)
+            same[shift] = on_track & (neighbour == known)
+    in_run = np.zeros(known.shape, dtype=bool)
+    for first in range(1 - CONSTANT_RUN_WORDS, 1):  # runs starting up to R - 1 before
+        run = np.ones(known.shape, dtype=bool)
+        for shift in range(first, first + CONSTANT_RUN_WORDS):
+            if shift:
+                run &= same[shift]
+        in_run |= run
+    valid = inside & query_informative[None, :] & (known != SILENCE_WORD) & ~in_run
+    errors = np.where(valid, np.bitwise_count(query[None, :] ^ known), 0).astype(np.int64)
     half = WINDOW_WORDS // 2
     zeros = np.zeros((len(lines), 1), dtype=np.int64)
     err_cum = np.concatenate([zeros, np.cumsum(errors, axis=1)], axis=1)
@@ -534,7 +554,9 @@ def _lines_with_a_good_window(query, query_informative, lines, max_ber) -> np.nd
     hi = np.clip(steps + half, 0, n)
     window_valid = valid_cum[:, hi] - valid_cum[:, lo]
     window_ber = (err_cum[:, hi] - err_cum[:, lo]) / np.maximum(32 * window_valid, 1)
-    return ((window_ber <= max_ber) & (window_valid >= half)).any(axis=1)
+    good = ((window_ber <= max_ber) & (window_valid >= half)).any(axis=1)
+    # _align_at_rate aligns nothing on a line that crosses fewer known words
+    return good & (inside.sum(axis=1) >= WINDOW_WORDS)
 
 
 def _line_alignment(track_id, found, offset, rate, votes, min_seconds) -> AudioAlignment | None:

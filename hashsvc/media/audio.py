@@ -37,8 +37,10 @@ speech over a music bed (README, bench/audio.py):
   re-fingerprinted, not the whole upload: in the middle when they sound alike
   throughout, else one in the middle of each part that sounds different
   (audio_parts: an intro, then the track; up to shift_windows), so a track
-  after a minute of other audio is not missed and only such uploads pay for
-  a second stretch.
+  after a minute of other audio is not missed. The parts share
+  shift_budget_seconds (24): two parts get 12 s each, so such an upload pays
+  for 1.5 stretches, not 2 (12 s still finds tempo -15% and pitch -10%
+  after an intro; 10 s and 8 s did not, README Benchmarks).
 """
 
 from __future__ import annotations
@@ -318,9 +320,10 @@ class AudioFrameFingerprinter:
 class _ShiftWindows:
     """Keeps the first AudioLimits.shift_scan_seconds of PCM and makes the
     shifted views of a stretch in the middle of each part of it that sounds
-    different (audio_parts: an intro, then the track), up to shift_windows;
-    one in the middle when it sounds alike throughout, so a known track
-    preceded or followed by a little other audio is still inside it."""
+    different (audio_parts: an intro, then the track), up to shift_windows,
+    the parts sharing shift_budget_seconds; one in the middle when it sounds
+    alike throughout, so a known track preceded or followed by a little other
+    audio is still inside it."""
 
     def __init__(self, limits: AudioLimits) -> None:
         self._limits = limits
