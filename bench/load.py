@@ -50,6 +50,8 @@ from hashsvc.core.config import Config
 from hashsvc.v1 import hashsvc_pb2 as pb
 
 PG_URL = os.environ.get("HASHSVC_TEST_PG", "postgresql://127.0.0.1:5432/test")
+# The server's connections, told apart from others on the same database server.
+APPLICATION = f"bench-load-{os.getpid()}"
 LONGEST = {"index lock": 0.0, "write txn": 0.0, "match in server": 0.0, "history write": 0.0}
 
 
@@ -142,12 +144,10 @@ def write_rows(path: str, rows: int, shape: str = "plain") -> None:
             f.write(line + "\n")
 
 
-def _database_cpu() -> float:
-    """CPU seconds (user + system) of every PostgreSQL process on this
-    machine: the database's share of a load (its backends are processes of
-    their own; other work on the machine counts too, so compare runs)."""
+def _postgres_cpu() -> dict[int, float]:
+    """CPU seconds (user + system) of each PostgreSQL process, by pid."""
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    out = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -156,11 +156,27 @@ def _database_cpu() -> float:
                 stat = f.read()
         except OSError:
             continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        if name.startswith("postgres"):
+        if stat[stat.index("(") + 1 : stat.rindex(")")].startswith("postgres"):
             fields = stat[stat.rindex(")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
+            out[int(pid)] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return out
+
+
+def _backends_cpu(before: dict[int, float], application: str) -> float:
+    """CPU seconds the server's own PostgreSQL backends (by application
+    name) used since `before`: the database's share of a load, without what
+    other work on the same database server used meanwhile."""
+    import psycopg
+
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        pids = [
+            pid
+            for (pid,) in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (application,)
+            )
+        ]
+    now = _postgres_cpu()
+    return sum(now.get(pid, 0.0) - before.get(pid, 0.0) for pid in pids)
 
 
 def _running(native_id: int | None) -> bool:
@@ -273,7 +289,7 @@ def pg_schema_url(schema: str) -> str:
 
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    return f"{PG_URL}?options=-csearch_path%3D{schema}"
+    return f"{PG_URL}?options=-csearch_path%3D{schema}&application_name={APPLICATION}"
 
 
 def bench(
@@ -303,14 +319,15 @@ def bench(
         before = _memory()
         loader = ctx.Process(target=run_load, args=(address, token, path, results, strict))
         sampler = Sampler() if profile else contextlib.nullcontext()
-        database_cpu = _database_cpu()
+        database_cpu = _postgres_cpu()
         server_cpu = time.process_time()
         with sampler:
             loader.start()
             seconds, summary, client_cpu = results.get()
             loader.join()
         server_cpu = time.process_time() - server_cpu
-        database_cpu = _database_cpu() - database_cpu
+        if "postgresql" in db_url:
+            database_cpu = _backends_cpu(database_cpu, APPLICATION)
         after = _memory()
         print(
             f"{name:17s} server memory{' (strict load)' if strict else ''}:"
@@ -342,7 +359,7 @@ def bench(
         f" (slowest history write {LONGEST['history write'] * 1000:.1f} ms);"
         f" CPU: client {client_cpu:.2f} s, server {server_cpu:.2f} s"
         f" ({rows / server_cpu:,.0f} rows a server CPU second)"
-        + (f", PostgreSQL {database_cpu:.2f} s" if "postgresql" in db_url else ""),
+        + (f", its PostgreSQL backends {database_cpu:.2f} s" if "postgresql" in db_url else ""),
         flush=True,
     )
     if profile:
