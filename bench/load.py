@@ -50,6 +50,8 @@ from hashsvc.core.config import Config
 from hashsvc.v1 import hashsvc_pb2 as pb
 
 PG_URL = os.environ.get("HASHSVC_TEST_PG", "postgresql://127.0.0.1:5432/test")
+# The server's connections, told apart from others on the same database server.
+APPLICATION = f"bench-load-{os.getpid()}"
 LONGEST = {"index lock": 0.0, "write txn": 0.0, "match in server": 0.0, "history write": 0.0}
 
 
@@ -142,12 +144,10 @@ def write_rows(path: str, rows: int, shape: str = "plain") -> None:
             f.write(line + "\n")
 
 
-def _database_cpu() -> float:
-    """CPU seconds (user + system) of every PostgreSQL process on this
-    machine: the database's share of a load (its backends are processes of
-    their own; other work on the machine counts too, so compare runs)."""
+def _postgres_cpu() -> dict[int, float]:
+    """CPU seconds (user + system) of each PostgreSQL process, by pid."""
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    out = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -156,11 +156,27 @@ def _database_cpu() -> float:
                 stat = f.read()
         except OSError:
             continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        if name.startswith("postgres"):
+        if stat[stat.index("(") + 1 : stat.rindex(")")].startswith("postgres"):
             fields = stat[stat.rindex(")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
+            out[int(pid)] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return out
+
+
+def _backends_cpu(before: dict[int, float], application: str) -> float:
+    """CPU seconds the server's own PostgreSQL backends (by application
+    name) used since `before`: the database's share of a load, without what
+    other work on the same database server used meanwhile."""
+    import psycopg
+
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        pids = [
+            pid
+            for (pid,) in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (application,)
+            )
+        ]
+    now = _postgres_cpu()
+    return sum(now.get(pid, 0.0) - before.get(pid, 0.0) for pid in pids)
 
 
 def _running(native_id: int | None) -> bool:
@@ -256,7 +272,7 @@ def run_load(address: str, token: str, path: str, out, strict: bool = False) -> 
     out.put((time.perf_counter() - started, summary, time.process_time() - cpu))
 
 
-def run_matcher(address: str, token: str, stop, out) -> None:
+def run_matcher(address: str, token: str, stop, out, calls) -> None:
     client = Client(server=address, token=token)
     query = pb.MatchRequest(signal=pb.SignalValue(signal_type="pdq", value=os.urandom(32).hex()))
     latencies = []
@@ -264,6 +280,8 @@ def run_matcher(address: str, token: str, stop, out) -> None:
         started = time.perf_counter()
         client.matcher.Match(query, metadata=client.metadata)
         latencies.append(time.perf_counter() - started)
+        with calls.get_lock():
+            calls.value += 1
         time.sleep(0.005)
     out.put(latencies)
 
@@ -273,7 +291,7 @@ def pg_schema_url(schema: str) -> str:
 
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    return f"{PG_URL}?options=-csearch_path%3D{schema}"
+    return f"{PG_URL}?options=-csearch_path%3D{schema}&application_name={APPLICATION}"
 
 
 def bench(
@@ -296,21 +314,30 @@ def bench(
         address = f"127.0.0.1:{running.port}"
         ctx = mp.get_context("spawn")
         results, latencies, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
-        matcher = ctx.Process(target=run_matcher, args=(address, token, stop, latencies))
+        calls = ctx.Value("q", 0)
+        matcher = ctx.Process(target=run_matcher, args=(address, token, stop, latencies, calls))
         matcher.start()
         time.sleep(1.0)  # matcher warmed up
+        # The server's CPU a Match (and its history record), the matcher
+        # alone: the load's own CPU is the server's less its Matches'
+        # (a load twice as long serves twice as many).
+        matches, match_cpu = calls.value, time.process_time()
+        time.sleep(1.0)
+        match_cpu = (time.process_time() - match_cpu) / max(1, calls.value - matches)
         _reset_peak()
         before = _memory()
         loader = ctx.Process(target=run_load, args=(address, token, path, results, strict))
         sampler = Sampler() if profile else contextlib.nullcontext()
-        database_cpu = _database_cpu()
-        server_cpu = time.process_time()
+        database_cpu = _postgres_cpu()
+        server_cpu, matches = time.process_time(), calls.value
         with sampler:
             loader.start()
             seconds, summary, client_cpu = results.get()
             loader.join()
         server_cpu = time.process_time() - server_cpu
-        database_cpu = _database_cpu() - database_cpu
+        load_cpu = server_cpu - (calls.value - matches) * match_cpu
+        if "postgresql" in db_url:
+            database_cpu = _backends_cpu(database_cpu, APPLICATION)
         after = _memory()
         print(
             f"{name:17s} server memory{' (strict load)' if strict else ''}:"
@@ -340,9 +367,10 @@ def bench(
         f" write txn {LONGEST['write txn'] * 1000:.1f} ms;"
         f" slowest Match in the server {LONGEST['match in server'] * 1000:.1f} ms"
         f" (slowest history write {LONGEST['history write'] * 1000:.1f} ms);"
-        f" CPU: client {client_cpu:.2f} s, server {server_cpu:.2f} s"
-        f" ({rows / server_cpu:,.0f} rows a server CPU second)"
-        + (f", PostgreSQL {database_cpu:.2f} s" if "postgresql" in db_url else ""),
+        f" CPU: client {client_cpu:.2f} s, server {server_cpu:.2f} s, less its Matches'"
+        f" ({match_cpu * 1000:.2f} ms each) {load_cpu:.2f} s"
+        f" ({rows / load_cpu:,.0f} rows a server CPU second)"
+        + (f", its PostgreSQL backends {database_cpu:.2f} s" if "postgresql" in db_url else ""),
         flush=True,
     )
     if profile:
