@@ -95,7 +95,7 @@ class ResponseTooLarge(Unavailable):
     (the pages before it stay committed, and the checkpoint with them)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class SourceItem:
     key: str  # the source's item: "type:value" (or its own id)
     signals: list[tuple[str, str]] = field(default_factory=list)  # (hashsvc kind, hex)
@@ -350,16 +350,14 @@ class TcapSource(Source):
 def _tcap_item(entry) -> SourceItem:
     algorithm, kind = _tcap_algorithm(str(entry.algorithm))
     digest = entry.hash_digest.strip().lower()
-    item = SourceItem(f"{algorithm}:{digest}", source_id=str(entry.id))
+    key = f"{algorithm}:{digest}"
     if entry.deleted:
-        item.deleted = True
-        return item
+        return SourceItem(key, source_id=str(entry.id), deleted=True)
     if kind is None:
-        item.skipped = 1
-        return item
-    item.signals.append((kind, digest))
-    item.labels = _tcap_labels(getattr(entry.ideology, "value", entry.ideology), entry.file_type)
-    return item
+        return SourceItem(key, source_id=str(entry.id), skipped=1)
+    ideology = getattr(entry.ideology, "value", entry.ideology)
+    labels = _tcap_labels(ideology, entry.file_type)
+    return SourceItem(key, [(kind, digest)], labels, str(entry.id))
 
 
 @functools.lru_cache(maxsize=256)
