@@ -131,6 +131,7 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=10_000)
     parser.add_argument("--match-seconds", type=float, default=0)
     parser.add_argument("--threads", type=int, default=1, help="retro_threads")
+    parser.add_argument("--batch", type=int, default=10_000, help="retro_batch_records")
     parser.add_argument("--nice", type=int, default=10, help="retro_nice (the hunting threads')")
     parser.add_argument("--pause", type=float, default=0.0, help="retro_pause_seconds")
     parser.add_argument(
@@ -149,7 +150,7 @@ def main() -> None:
         db_url=f"sqlite:///{db}",
         workers=1,
         retro_poll_seconds=3600,
-        retro_batch_records=2000,
+        retro_batch_records=args.batch,
         retro_threads=args.threads,
         retro_nice=args.nice,
         retro_pause_seconds=args.pause,
