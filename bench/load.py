@@ -8,6 +8,7 @@
     .venv/bin/python bench/load.py --repeat 5 # five loads a shape and store, and their median
     .venv/bin/python bench/load.py --strict   # --strict loads (checked whole, then written)
     .venv/bin/python bench/load.py --shapes plain,both --rows 500000
+    .venv/bin/python bench/load.py --shapes labels --profile  # where the server's CPU goes
 
 Shapes: `plain` rows (signal_type,signal_value), and as partner feeds send
 them: `entry` (a source id a row), `labels` (a JSON object a row, from 300
@@ -29,12 +30,16 @@ transaction (on SQLite a Match's history write waits for it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
 import statistics
+import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from contextlib import contextmanager
 
 from hashsvc.api.server import start_server
@@ -137,6 +142,101 @@ def write_rows(path: str, rows: int, shape: str = "plain") -> None:
             f.write(line + "\n")
 
 
+def _database_cpu() -> float:
+    """CPU seconds (user + system) of every PostgreSQL process on this
+    machine: the database's share of a load (its backends are processes of
+    their own; other work on the machine counts too, so compare runs)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if name.startswith("postgres"):
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def _running(native_id: int | None) -> bool:
+    """Whether the thread is on a CPU (or waiting for one) now, by its state
+    in /proc: a thread blocked in C (a lock, a socket, SQLite's busy wait)
+    shows its last Python frame, which is not where CPU goes."""
+    try:
+        with open(f"/proc/self/task/{native_id}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] == "R"
+
+
+class Sampler:
+    """Where the server's threads spend a load: every few milliseconds the
+    Python stack of each thread that is running is sampled (py-spy is not
+    installed; cProfile sees one thread). Counts a function's own samples
+    (time in it and in the C it calls) and its inclusive ones (anywhere on
+    the stack), grouped by the thread's name prefix."""
+
+    def __init__(self, every: float = 0.005) -> None:
+        self.every = every
+        self.own: Counter = Counter()
+        self.inclusive: Counter = Counter()
+        self.samples: Counter = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        me = threading.get_ident()
+        while not self._stop.wait(self.every):
+            threads = {t.ident: t for t in threading.enumerate()}
+            for ident, frame in sys._current_frames().items():
+                thread = threads.get(ident)
+                if ident == me or thread is None or not _running(thread.native_id):
+                    continue
+                group = thread.name.split("_")[0].split(" (")[0].rstrip("0123456789-")
+                self.samples[group] += 1
+                seen = set()
+                self.own[group, _where(frame)] += 1
+                while frame is not None:
+                    key = (group, _where(frame))
+                    if key not in seen:
+                        seen.add(key)
+                        self.inclusive[key] += 1
+                    frame = frame.f_back
+
+    def report(self, top: int = 25) -> str:
+        lines = []
+        for group, total in self.samples.most_common():
+            lines.append(f"  thread {group}: {total} busy samples")
+            ranked = sorted(
+                ((n, key[1]) for key, n in self.inclusive.items() if key[0] == group),
+                reverse=True,
+            )[:top]
+            for n, where in ranked:
+                own = self.own[group, where]
+                lines.append(f"    {n / total:6.1%} incl {own / total:6.1%} own  {where}")
+        return "\n".join(lines)
+
+
+def _where(frame) -> str:
+    code = frame.f_code
+    path = code.co_filename.rsplit("/", 2)
+    return f"{'/'.join(path[-2:])}:{code.co_name}"
+
+
 def _memory() -> dict[str, int]:
     """This process's (the server's) VmRSS and VmHWM (its peak), in MB."""
     with open("/proc/self/status") as f:
@@ -177,7 +277,13 @@ def pg_schema_url(schema: str) -> str:
 
 
 def bench(
-    name: str, db_url: str, path: str, rows: int, rerun: bool = False, strict: bool = False
+    name: str,
+    db_url: str,
+    path: str,
+    rows: int,
+    rerun: bool = False,
+    strict: bool = False,
+    profile: bool = False,
 ) -> float:
     """One load (and rerun) into a fresh store; prints its figures, returns rows/s."""
     LONGEST.update({key: 0.0 for key in LONGEST})
@@ -196,11 +302,15 @@ def bench(
         _reset_peak()
         before = _memory()
         loader = ctx.Process(target=run_load, args=(address, token, path, results, strict))
+        sampler = Sampler() if profile else contextlib.nullcontext()
+        database_cpu = _database_cpu()
         server_cpu = time.process_time()
-        loader.start()
-        seconds, summary, client_cpu = results.get()
-        loader.join()
+        with sampler:
+            loader.start()
+            seconds, summary, client_cpu = results.get()
+            loader.join()
         server_cpu = time.process_time() - server_cpu
+        database_cpu = _database_cpu() - database_cpu
         after = _memory()
         print(
             f"{name:17s} server memory{' (strict load)' if strict else ''}:"
@@ -231,9 +341,12 @@ def bench(
         f" slowest Match in the server {LONGEST['match in server'] * 1000:.1f} ms"
         f" (slowest history write {LONGEST['history write'] * 1000:.1f} ms);"
         f" CPU: client {client_cpu:.2f} s, server {server_cpu:.2f} s"
-        f" ({rows / server_cpu:,.0f} rows a server CPU second)",
+        f" ({rows / server_cpu:,.0f} rows a server CPU second)"
+        + (f", PostgreSQL {database_cpu:.2f} s" if "postgresql" in db_url else ""),
         flush=True,
     )
+    if profile:
+        print(f"{name:17s} server threads' samples:\n{sampler.report()}", flush=True)
     if rerun_seconds:
         print(
             f"{name:17s} rerun of the same rows: {rows / rerun_seconds:>9,.0f} rows/s"
@@ -258,6 +371,9 @@ def main() -> None:
     )
     parser.add_argument("--rerun", action="store_true", help="then load the same rows again")
     parser.add_argument("--strict", action="store_true", help="strict loads")
+    parser.add_argument(
+        "--profile", action="store_true", help="sample the server's threads: where its CPU goes"
+    )
     parser.add_argument(
         "--repeat",
         type=int,
@@ -288,7 +404,9 @@ def main() -> None:
                     else:
                         name, url = "PostgreSQL", pg_schema_url("bench_load")
                     label = f"{name} {shape}"
-                    rates.append(bench(label, url, path, rows, args.rerun, args.strict))
+                    rates.append(
+                        bench(label, url, path, rows, args.rerun, args.strict, args.profile)
+                    )
                 medians[store, shape] = statistics.median(rates)
                 print(
                     f"{store} {shape}: median of {repeat} loads {medians[store, shape]:,.0f}"

@@ -245,6 +245,11 @@ class BulkSQL:
         """New entries first_id, first_id + 1, ... and their one signal each."""
         raise NotImplementedError
 
+    def _plain_order(self, rows: PlainSignals) -> PlainSignals:
+        """The rows of a plain write in the order _insert_plain wants them:
+        grouped by labels (SQLite inserts a group a statement)."""
+        return rows.by_labels()
+
     def _begin_bulk_write(self, cur) -> None:
         """Called first in each bulk write transaction."""
 
@@ -522,7 +527,7 @@ class BulkSQL:
                 keep = np.ones(len(rows), dtype=bool)
                 keep[old] = False
                 rows = rows[keep]
-            rows = rows.by_labels()  # ids follow: a group's rows are consecutive
+            rows = self._plain_order(rows)  # ids follow the rows' order
             first_id = self._new_entry_range(cur, len(rows))
             counts.added = len(rows)
             if len(rows):

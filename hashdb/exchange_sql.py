@@ -11,7 +11,8 @@ the lease (it stalled past lease_until and another took over) writes nothing.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from hashdb.times import now_micros
 from hashsvc.base.errors import AlreadyExists, FailedPrecondition, NotFound
@@ -21,7 +22,7 @@ _FEED_COLUMNS = (
     " f.checkpoint, f.created_at, f.created_by, f.last_fetch_at, f.last_result, f.last_error,"
     " f.added, f.updated, f.deleted, f.skipped, f.failures, f.next_run_at, f.lease_owner,"
     " f.lease_until, (SELECT COUNT(*) FROM exchange_items i WHERE i.feed_id = f.id),"
-    " (SELECT COUNT(*) FROM exchange_credentials c WHERE c.feed_id = f.id)"
+    " (SELECT COUNT(*) FROM exchange_credentials c WHERE c.feed_id = f.id), f.rejected"
 )
 _FEEDBACK_COLUMNS = (
     "id, feed_id, entry_name, verdict, state, attempts, last_error, created_at, created_by,"
@@ -62,11 +63,12 @@ class FeedRecord:
     lease_until: int | None
     items: int  # source items mapped to entries
     has_credentials: bool
+    rejected: int = 0  # rows refused (bad hash, name or id): counted, never mapped
 
 
-@dataclass(frozen=True)
-class FeedItem:
-    """A source item (the API's signal type and value) and its entry."""
+class FeedItem(NamedTuple):
+    """A source item (the API's signal type and value) and its entry (a
+    tuple: a fetch makes one per item, a dataclass cost 5x as much)."""
 
     key: str
     entry_name: str
@@ -94,6 +96,17 @@ class PageCounts:
     updated: int = 0
     deleted: int = 0
     skipped: int = 0
+    rejected: int = 0
+    # committed: the keys this page mapped that the feed did not hold
+    new_keys: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DeleteWindow:
+    """A feed's deletions within exchange.delete_window_seconds."""
+
+    deleted: int  # applied within the window
+    held: int | None  # the feed's items before the window's first deletion; None: none
 
 
 class ExchangeSQL:
@@ -167,7 +180,12 @@ class ExchangeSQL:
         if feed is None:
             raise NotFound(f"no feed named {name!r}")
         with self._counter_write() as cur:
-            for table in ("exchange_credentials", "exchange_items", "exchange_feedback"):
+            for table in (
+                "exchange_credentials",
+                "exchange_items",
+                "exchange_feedback",
+                "exchange_deletions",
+            ):
                 cur.execute(f"DELETE FROM {table} WHERE feed_id = ?", (feed.id,))
             cur.execute("DELETE FROM exchange_feeds WHERE id = ?", (feed.id,))
         return feed
@@ -247,13 +265,17 @@ class ExchangeSQL:
         unmapped: list[str],
         counts: PageCounts,
         lease_seconds: float,
+        windowed: bool = False,
     ) -> PageCounts:
         """One page's mapping, counts and checkpoint, together; raises
         FailedPrecondition (writing nothing) if the lease was lost. Items
         added and deleted are counted here, by the mapping, in the same
         transaction as the checkpoint: a page written again after a crash
         (its entries already there) still counts once. Returns the counts
-        as committed (counts.updated and .skipped as given)."""
+        as committed (counts.updated, .skipped and .rejected as given).
+        windowed: the page's deletions are the fetch's held or unlisted
+        ones, recorded for exchange.delete_window_seconds with the feed's
+        items before them."""
         now = now_micros()
         with self._counter_write() as cur:
             cur.execute(
@@ -264,19 +286,58 @@ class ExchangeSQL:
             if cur.fetchone() is None:
                 raise FailedPrecondition("this replica lost the feed's lease: the fetch stops")
             gone = set(self._mapped_keys(cur, feed_id, unmapped))
+            if windowed and gone:
+                cur.execute("SELECT COUNT(*) FROM exchange_items WHERE feed_id = ?", (feed_id,))
+                cur.execute(
+                    "INSERT INTO exchange_deletions (feed_id, at, deleted, held)"
+                    " VALUES (?, ?, ?, ?)",
+                    (feed_id, now, len(gone), cur.fetchone()[0]),
+                )
             for start in range(0, len(unmapped), _ITEM_CHUNK):
                 cur.executemany(
                     "DELETE FROM exchange_items WHERE feed_id = ? AND item_key = ?",
                     [(feed_id, key) for key in unmapped[start : start + _ITEM_CHUNK]],
                 )
-            added = self._map_items(cur, feed_id, mapped)
-            committed = PageCounts(added, counts.updated, len(gone), counts.skipped)
+            new_keys = self._map_items(cur, feed_id, mapped)
+            committed = PageCounts(
+                len(new_keys), counts.updated, len(gone), counts.skipped, counts.rejected, new_keys
+            )
             cur.execute(
                 "UPDATE exchange_feeds SET added = added + ?, updated = updated + ?,"
-                " deleted = deleted + ?, skipped = skipped + ? WHERE id = ?",
-                (committed.added, committed.updated, committed.deleted, committed.skipped, feed_id),
+                " deleted = deleted + ?, skipped = skipped + ?, rejected = rejected + ?"
+                " WHERE id = ?",
+                (
+                    committed.added,
+                    committed.updated,
+                    committed.deleted,
+                    committed.skipped,
+                    committed.rejected,
+                    feed_id,
+                ),
             )
         return committed
+
+    def delete_window(self, feed_id: int, since: int) -> DeleteWindow:
+        """The feed's deletions applied since `since` (microseconds); older
+        records are dropped."""
+        with self._counter_write() as cur:
+            cur.execute(
+                "DELETE FROM exchange_deletions WHERE feed_id = ? AND at < ?", (feed_id, since)
+            )
+            cur.execute(
+                "SELECT COALESCE(SUM(deleted), 0), MIN(at) FROM exchange_deletions"
+                " WHERE feed_id = ?",
+                (feed_id,),
+            )
+            deleted, first = cur.fetchone()
+            held = None
+            if first is not None:
+                cur.execute(
+                    "SELECT MAX(held) FROM exchange_deletions WHERE feed_id = ? AND at = ?",
+                    (feed_id, first),
+                )
+                held = cur.fetchone()[0]
+        return DeleteWindow(int(deleted), None if held is None else int(held))
 
     def _mapped_keys(self, cur, feed_id: int, keys: list[str]) -> dict[str, tuple[str, str]]:
         known: dict[str, tuple[str, str]] = {}
@@ -289,10 +350,10 @@ class ExchangeSQL:
             known.update({key: (entry, source) for key, entry, source in cur.fetchall()})
         return known
 
-    def _map_items(self, cur, feed_id: int, mapped: list[FeedItem]) -> int:
+    def _map_items(self, cur, feed_id: int, mapped: list[FeedItem]) -> list[str]:
         """New items written in bulk (COPY on PostgreSQL), changed ones
         updated (a first fetch of 1M items wrote them one statement each).
-        Returns how many are new."""
+        Returns the new ones' keys."""
         items = {item.key: item for item in mapped}  # a key listed twice: the last
         known = self._mapped_keys(cur, feed_id, list(items))
         # in key order: the primary key's pages are written one after another
@@ -313,7 +374,7 @@ class ExchangeSQL:
                 " WHERE feed_id = ? AND item_key = ?",
                 changed,
             )
-        return len(new)
+        return [row[1] for row in new]
 
     def finish_feed_fetch(
         self, feed_id: int, owner: str, result: str, error: str, next_run_at: int, failed: bool

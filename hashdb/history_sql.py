@@ -8,17 +8,25 @@ A mixin of SQLStore: it uses the store's _read(), _write() and history key.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import hmac
 import json
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
+from datetime import UTC, datetime
 
 from hashdb.model import HistoryFilter, HistoryRecord, HistoryVerification, NewEvent
 from hashdb.times import from_micros, now_micros, to_micros
 
 # The query signals of a record whose signals were pruned (`history prune`).
 PRUNED_SIGNALS = "[]"
+# The action record a prune writes (hashsvc/core/core.py prune_history): a
+# pruned record verifies only when an intact one covers it.
+PRUNE_RPC = "PruneHistory"
+# The statuses of a prune refused before it touched a record: it covers none.
+PRUNE_REFUSED = ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "PERMISSION_DENIED")
+
 # A PDQ hash's bytes, and what precedes its hex value in the stored signals
 # text (json.dumps of the signal dicts audit.py writes).
 PDQ_VIEW_BYTES = 32
@@ -169,6 +177,7 @@ class HistorySQL:
 
     def verify_history(self, max_problems: int = 100) -> HistoryVerification:
         chained_from_start = self._chained_from_start()
+        prunes = self._intact_prunes()
         checked = unchained = 0
         expected_prev, head = "", ""
         problems: list[tuple[int, str]] = []
@@ -209,6 +218,14 @@ class HistorySQL:
                     )
                     if pruned_at is not None and signals_text != PRUNED_SIGNALS:
                         problems.append((history_id, "pruned record holds query signals again"))
+                    elif pruned_at is not None and not prunes.covers(history_id, row[2]):
+                        problems.append(
+                            (
+                                history_id,
+                                "query signals were dropped, but no intact PruneHistory record"
+                                " after it has a `before` past its time: stripped outside hashsvc",
+                            )
+                        )
                     elif pruned_at is None and (
                         hashlib.sha256(signals_text.encode()).hexdigest() != digest
                     ):
@@ -266,6 +283,66 @@ class HistorySQL:
                     problems.append((history_id, views_problem))
                 expected_prev = head = record_hash
         return HistoryVerification(checked, unchained, head, problems[:max_problems])
+
+    def _intact_prunes(self) -> PruneCover:
+        """The PruneHistory actions that ran (OK, or failed in the store after
+        some batches were committed; not those refused) whose own record is intact:
+        its hash is that of its stored fields, and it is linked to the
+        records either side of it. A record's signals may only be gone if
+        one of them, written after it, names a `before` past its time. (An
+        action forged whole with a consistent hash is what the history key
+        and the checkpoint file are for.)"""
+        cover = PruneCover()
+        with self._read() as cur:
+            cur.execute(
+                f"SELECT id, {_CHAINED_FIELDS}, prev_hash, record_hash, chain_key_id, detail,"
+                " caller_token_id, chain_format, query_signals_sha256"
+                " FROM match_history WHERE rpc = ? ORDER BY id",
+                (PRUNE_RPC,),
+            )
+            actions = cur.fetchall()
+            for row in actions:
+                history_id, prev_hash, record_hash, signed_with = row[0], row[13], row[14], row[15]
+                if (
+                    row[7] in PRUNE_REFUSED
+                    or record_hash is None
+                    or row[18] != 3
+                    or (signed_with or "") != self._history_key_id
+                ):
+                    continue
+                cur.execute(
+                    "SELECT history_id, set_id FROM match_history_sets WHERE history_id = ?"
+                    " ORDER BY set_id",
+                    (history_id,),
+                )
+                set_ids = [s for _, s in cur.fetchall()]
+                fields = _format_3(row[1:13], row[19], row[16], row[17], set_ids)
+                key = self._history_key if signed_with else None
+                if chain_hash(prev_hash, fields, key) != record_hash:
+                    continue
+                if hashlib.sha256(row[11].encode()).hexdigest() != row[19]:
+                    continue
+                cur.execute(
+                    "SELECT record_hash FROM match_history WHERE id < ? AND record_hash IS NOT NULL"
+                    " ORDER BY id DESC LIMIT 1",
+                    (history_id,),
+                )
+                before_it = cur.fetchone()
+                cur.execute(
+                    "SELECT prev_hash FROM match_history WHERE id > ? ORDER BY id LIMIT 1",
+                    (history_id,),
+                )
+                after_it = cur.fetchone()
+                if (before_it[0] if before_it else "") != prev_hash or (
+                    after_it is not None and after_it[0] != record_hash
+                ):
+                    continue
+                try:
+                    before = to_micros(_utc(json.loads(row[16])["before"]))
+                except (TypeError, ValueError, KeyError):
+                    continue
+                cover.add(history_id, before)
+        return cover
 
     def _chained_from_start(self) -> bool:
         # Unchained records are taken as written before the chain existed
@@ -372,6 +449,41 @@ class HistorySQL:
         with self._read() as cur:
             cur.execute("SELECT COUNT(*) FROM match_history")
             return cur.fetchone()[0]
+
+
+class PruneCover:
+    """Which records an intact prune covers: one written after the record
+    (a higher id) whose `before` is past the record's time. A suffix maximum
+    of `before` over the actions in id order answers each record in
+    O(log actions)."""
+
+    def __init__(self) -> None:
+        self._ids: list[int] = []
+        self._latest_before: list[int] = []
+        self._suffix: list[int] | None = None
+
+    def add(self, action_id: int, before_micros: int) -> None:
+        # called in id order; the suffix maxima are made on first use
+        self._ids.append(action_id)
+        self._latest_before.append(before_micros)
+        self._suffix = None
+
+    def covers(self, record_id: int, record_micros: int) -> bool:
+        if not self._ids:
+            return False
+        if self._suffix is None:
+            suffix, best = [0] * len(self._ids), -(2**63)
+            for i in range(len(self._ids) - 1, -1, -1):
+                best = max(best, self._latest_before[i])
+                suffix[i] = best
+            self._suffix = suffix
+        first_after = bisect.bisect_right(self._ids, record_id)
+        return first_after < len(self._ids) and self._suffix[first_after] > record_micros
+
+
+def _utc(text: str) -> datetime:
+    when = datetime.fromisoformat(text)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 _CHAINED_FIELDS = (

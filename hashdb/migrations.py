@@ -678,6 +678,42 @@ SQLITE.append(list(_RETRO_PENDING_HELD))
 POSTGRES.append(list(_RETRO_PENDING_HELD))
 
 
+# Feeds hardened (issue 22): exchange_feeds.rejected counts the rows a feed
+# sent that were refused (never mapped as loaded); exchange_deletions keeps
+# each fetch's applied deletions for the rolling window of
+# exchange.delete_window_seconds (a feed deleting just under the limit at
+# every fetch emptied its set in a few fetches), with the feed's items
+# before them (`held`): the window's budget is a share of the feed's size
+# when its deleting began.
+_EXCHANGE_HARDENED = [
+    "ALTER TABLE exchange_feeds ADD COLUMN rejected BIGINT NOT NULL DEFAULT 0",
+    """CREATE TABLE exchange_deletions (
+        feed_id BIGINT NOT NULL,
+        at BIGINT NOT NULL,
+        deleted BIGINT NOT NULL,
+        held BIGINT NOT NULL)""",
+    "CREATE INDEX exchange_deletions_feed ON exchange_deletions (feed_id, at)",
+]
+SQLITE.append(list(_EXCHANGE_HARDENED))
+POSTGRES.append(list(_EXCHANGE_HARDENED))
+
+# Hardening: the outbox MAC covers the event's place too. A row's `mac`
+# (mac_format 2) covers its row id beside its fields, and `seq_mac` its seq,
+# id and mac, given when the seq is (at the insert on SQLite, by the
+# sequencer on PostgreSQL): a row copied (a new id), moved to another seq or
+# swapped with another no longer verifies. Rows written before (mac_format 1,
+# ids up to event_outbox_legacy.through_id) keep verifying the old way; the
+# watermark is signed under the history key by the first server that opens
+# the store with it (hashdb/outbox_sql.py sign_outbox_legacy).
+_OUTBOX_PLACE = [
+    "ALTER TABLE event_outbox ADD COLUMN seq_mac TEXT",
+    "ALTER TABLE event_outbox ADD COLUMN mac_format INTEGER NOT NULL DEFAULT 1",
+    "CREATE TABLE event_outbox_legacy (through_id BIGINT NOT NULL, mac TEXT)",
+    "INSERT INTO event_outbox_legacy (through_id) SELECT COALESCE(MAX(id), 0) FROM event_outbox",
+]
+SQLITE.append(list(_OUTBOX_PLACE))
+POSTGRES.append(list(_OUTBOX_PLACE))
+
 # Issue 20 (Scale): each allowed upload's PDQ views packed in a table of
 # their own (views: n x 32 bytes, in the order of its query signals), which
 # is all a PDQ retro-hunt reads: ~600 bytes a record in a narrow table,

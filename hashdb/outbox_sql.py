@@ -31,6 +31,8 @@ _ENDPOINT_COLUMNS = (
 
 class OutboxSQL:
     _history_key: bytes | None = None
+    # The legacy watermark once read (_legacy_through)
+    _outbox_legacy: int | None = None
     # Events given their seq in one sequencing transaction at most.
     SEQUENCE_BATCH = 5_000
     # A store whose write transactions commit one at a time, in the order
@@ -53,9 +55,14 @@ class OutboxSQL:
 
     def _append_events(self, cur, events: Iterable[NewEvent]) -> None:
         """Appends within the caller's transaction. No lock: the event gets
-        its public id (seq) once committed (_sequence_events)."""
+        its public id (seq) once committed (_sequence_events). With a key its
+        MAC covers the row id (known once inserted), and on SQLite, where
+        the seq is given here, its seq MAC too."""
         now = now_micros()
-        rows = []
+        seq = "(SELECT COALESCE(MAX(seq), 0) + 1 FROM event_outbox)"
+        if not self._sequence_at_insert:
+            seq = "NULL"
+        signed = []
         for event in events:
             fields = (
                 event.type,
@@ -63,17 +70,18 @@ class OutboxSQL:
                 json.dumps(list(event.set_names), ensure_ascii=False),
                 json.dumps(event.body, ensure_ascii=False, sort_keys=True),
             )
-            rows.append((*fields, _mac(self._history_key, fields)))
-        if not rows:
-            return
-        seq = "(SELECT COALESCE(MAX(seq), 0) + 1 FROM event_outbox)"
-        if not self._sequence_at_insert:
-            seq = "NULL"
-        cur.executemany(
-            "INSERT INTO event_outbox (seq, type, created_at, set_names, body, mac)"
-            f" VALUES ({seq}, ?, ?, ?, ?, ?)",
-            rows,
-        )
+            cur.execute(
+                "INSERT INTO event_outbox (seq, type, created_at, set_names, body, mac_format)"
+                f" VALUES ({seq}, ?, ?, ?, ?, 2) RETURNING id, seq",
+                fields,
+            )
+            row_id, row_seq = cur.fetchone()
+            if self._history_key:
+                mac = _mac(self._history_key, (row_id, *fields))
+                seq_mac = _seq_mac(self._history_key, row_seq, row_id, mac)
+                signed.append((mac, seq_mac, row_id))
+        if signed:
+            cur.executemany("UPDATE event_outbox SET mac = ?, seq_mac = ? WHERE id = ?", signed)
 
     def append_events(self, events: Iterable[NewEvent]) -> None:
         with self._endpoint_write() as cur:
@@ -96,9 +104,57 @@ class OutboxSQL:
             cur.execute(
                 "UPDATE event_outbox SET seq = ? + t.rn FROM (SELECT id,"
                 " ROW_NUMBER() OVER (ORDER BY id) AS rn FROM event_outbox WHERE seq IS NULL"
-                " ORDER BY id LIMIT ?) AS t WHERE event_outbox.id = t.id",
+                " ORDER BY id LIMIT ?) AS t WHERE event_outbox.id = t.id"
+                " RETURNING event_outbox.id, event_outbox.seq, event_outbox.mac",
                 (head, self.SEQUENCE_BATCH),
             )
+            # The seq MAC binds the row (its id and MAC) to its place. A row
+            # without a MAC gets none: it never verifies anyway.
+            signed = [
+                (_seq_mac(self._history_key, seq, row_id, mac), row_id)
+                for row_id, seq, mac in cur.fetchall()
+                if self._history_key and mac is not None
+            ]
+            if signed:
+                cur.executemany("UPDATE event_outbox SET seq_mac = ? WHERE id = ?", signed)
+
+    def sign_outbox_legacy(self) -> None:
+        """Signs the watermark of rows written before MACs covered their place
+        (migration _OUTBOX_PLACE) under the history key, once: the first
+        store opened with the key after the migration. Not if rows of the new
+        format were signed already (then someone cleared the watermark's MAC
+        to move it: every old row stays unverified)."""
+        if not self._history_key:
+            return
+        with self._endpoint_write() as cur:
+            cur.execute("SELECT through_id, mac FROM event_outbox_legacy")
+            row = cur.fetchone()
+            if row is None or row[1] is not None:
+                return
+            cur.execute(
+                "SELECT 1 FROM event_outbox WHERE mac_format = 2 AND mac IS NOT NULL LIMIT 1"
+            )
+            if cur.fetchone() is not None:
+                return
+            cur.execute(
+                "UPDATE event_outbox_legacy SET mac = ?",
+                (_legacy_mac(self._history_key, row[0]),),
+            )
+
+    def _legacy_through(self, cur) -> int:
+        """The last row id of the old MAC format that verifies the old way (0
+        when the watermark is unsigned or its MAC does not verify)."""
+        if self._outbox_legacy is not None:
+            return self._outbox_legacy
+        cur.execute("SELECT through_id, mac FROM event_outbox_legacy")
+        row = cur.fetchone()
+        through = 0
+        if row is not None and row[1] is not None:
+            expected = _legacy_mac(self._history_key, row[0])
+            if hmac.compare_digest(expected, row[1]):
+                through = row[0]
+        self._outbox_legacy = through
+        return through
 
     # -- reading
 
@@ -106,11 +162,13 @@ class OutboxSQL:
         self._sequence_events()
         with self._read() as cur:
             cur.execute(
-                "SELECT seq, type, created_at, set_names, body, mac FROM event_outbox"
-                " WHERE seq > ? ORDER BY seq LIMIT ?",
+                "SELECT seq, type, created_at, set_names, body, mac, id, seq_mac, mac_format"
+                " FROM event_outbox WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after_id, limit),
             )
-            return [_event(row, self._history_key) for row in cur.fetchall()]
+            rows = cur.fetchall()
+            legacy = self._legacy_through(cur) if self._history_key else 0
+            return [_event(row, self._history_key, legacy) for row in rows]
 
     def last_event_id(self) -> int:
         self._sequence_events()
@@ -275,26 +333,48 @@ class OutboxSQL:
 
 
 def _mac(key: bytes | None, fields: tuple) -> str | None:
+    """A row's MAC: mac_format 2 (fields = row id, type, created_at,
+    set_names, body); mac_format 1, before (no row id)."""
     if not key:
         return None
     canonical = json.dumps(["hashsvc-event", *fields], ensure_ascii=False, separators=(",", ":"))
     return hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()
 
 
-def _event(row, key: bytes | None) -> OutboxEvent:
-    event_id, event_type, created_at, set_names, body, mac = row
+def _seq_mac(key: bytes | None, seq: int | None, row_id: int, mac: str | None) -> str | None:
+    if not key or seq is None or mac is None:
+        return None
+    canonical = json.dumps(["hashsvc-event-seq", seq, row_id, mac], separators=(",", ":"))
+    return hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()
+
+
+def _legacy_mac(key: bytes, through_id: int) -> str:
+    canonical = json.dumps(["hashsvc-event-legacy", through_id], separators=(",", ":"))
+    return hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()
+
+
+def _event(row, key: bytes | None, legacy_through: int = 0) -> OutboxEvent:
+    seq, event_type, created_at, set_names, body, mac, row_id, seq_mac, mac_format = row
     authentic = None
     if key:
-        expected = _mac(key, (event_type, created_at, set_names, body))
-        authentic = mac is not None and hmac.compare_digest(expected, mac)
+        if mac_format == 1:  # written before MACs covered the row's place
+            expected = _mac(key, (event_type, created_at, set_names, body))
+            authentic = row_id <= legacy_through and _same(expected, mac)
+        else:
+            expected = _mac(key, (row_id, event_type, created_at, set_names, body))
+            authentic = _same(expected, mac) and _same(_seq_mac(key, seq, row_id, mac), seq_mac)
     return OutboxEvent(
-        event_id,
+        seq,
         event_type,
         from_micros(created_at),
         tuple(json.loads(set_names)),
         json.loads(body),
         authentic,
     )
+
+
+def _same(expected: str | None, given: str | None) -> bool:
+    return expected is not None and given is not None and hmac.compare_digest(expected, given)
 
 
 def _endpoint(row, now: int) -> EndpointState:

@@ -102,6 +102,7 @@ class PostgresStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
         try:
             self._pool.wait(timeout=30)
             self._migrate()
+            self.sign_outbox_legacy()
         except (psycopg.Error, PoolTimeout) as exc:
             self._pool.close()
             raise Unavailable(
@@ -243,6 +244,12 @@ class PostgresStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
         # bulk_add_plain); ids come from a sequence and are never reused.
         if noted is not None:
             noted(added)
+
+    def _plain_order(self, rows: PlainSignals) -> PlainSignals:
+        # COPY takes rows in any order: in name order (as sorted), the name
+        # index is written leaf after leaf, where grouped by labels every
+        # group went over the whole range of the write's names again.
+        return rows
 
     def _insert_plain(self, cur, set_id, rows: PlainSignals, first_id, at, added_by) -> None:
         entries = "entries (id, set_id, name, labels, media_type, created_at, added_by)"

@@ -142,6 +142,19 @@ class RetroSQL(RetroPendingSQL):
             )
             return cur.fetchone() is not None
 
+    def retry_retro_run(self, run_id: int, error: str, delay_seconds: float) -> bool:
+        """A running run whose step failed (hashsvc/core/retro.py): the error
+        shown in `retro list`, and its lease set to end after the delay, when
+        any server claims it again from its checkpoint; False if it is no
+        longer running."""
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE retro_runs SET error = ?, lease_until = ? WHERE id = ? AND state = ?"
+                " RETURNING id",
+                (error[:1000], now_micros() + int(delay_seconds * 1e6), run_id, RUNNING),
+            )
+            return cur.fetchone() is not None
+
     def release_retro_run(self, run_id: int) -> None:
         """Gives a running run back (its server is stopping): queued again,
         from its checkpoint, for the next server that looks."""

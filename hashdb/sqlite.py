@@ -51,6 +51,7 @@ class SQLiteStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._shared = self._open() if self.memory else None
             self._migrate()
+            self.sign_outbox_legacy()
         except (OSError, sqlite3.Error) as exc:
             # one line for the operator (a directory that is a file, no rights)
             self.close()
@@ -211,11 +212,19 @@ class SQLiteStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
         # qualities and one blob of the values (no binding of each row's
         # parameters: 25% less time in the write transaction). Row k gets id
         # first_id + k.
+        # OR FAIL: a statement of many rows that may break a constraint
+        # (the unique name index) otherwise keeps a statement journal, a
+        # temporary file holding each index page it changes as it was, so
+        # that it alone can be undone. Names after hashes change pages all
+        # over the index: 84 MB of journal a transaction of 8,000 rows (the
+        # WAL got 2 MB), 5x the write's time. A failed insert here fails
+        # the whole transaction, which _write() rolls back, so nothing needs
+        # undoing statement by statement.
         qualities = rows.qualities
         if rows.named_after_values:
             cur.execute(
-                "INSERT INTO entries (id, set_id, name, labels, media_type, created_at, added_by)"
-                " SELECT ? + key, ?, value, '{}', ?, ?, ? FROM json_each(?)",
+                "INSERT OR FAIL INTO entries (id, set_id, name, labels, media_type, created_at,"
+                " added_by) SELECT ? + key, ?, value, '{}', ?, ?, ? FROM json_each(?)",
                 (
                     first_id,
                     set_id,
@@ -236,8 +245,9 @@ class SQLiteStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
             if len(runs) * SQL_ROWS_PER_STATEMENT <= len(rows):
                 for labels, start, end in runs:
                     cur.execute(
-                        "INSERT INTO entries (id, set_id, name, labels, media_type, created_at,"
-                        " added_by) SELECT ? + key, ?, value, ?, ?, ?, ? FROM json_each(?)",
+                        "INSERT OR FAIL INTO entries (id, set_id, name, labels, media_type,"
+                        " created_at, added_by)"
+                        " SELECT ? + key, ?, value, ?, ?, ?, ? FROM json_each(?)",
                         (
                             first_id + start,
                             set_id,
@@ -250,8 +260,8 @@ class SQLiteStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
                     )
             else:
                 cur.executemany(
-                    "INSERT INTO entries (id, set_id, name, labels, media_type, created_at,"
-                    " added_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR FAIL INTO entries (id, set_id, name, labels, media_type,"
+                    " created_at, added_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     zip(
                         range(first_id, first_id + len(rows)),
                         repeat(set_id),
@@ -269,7 +279,8 @@ class SQLiteStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
             else json.dumps(qualities.tolist())
         )
         cur.execute(
-            "INSERT INTO entry_signals (entry_id, variant_no, kind, variant, value, quality)"
+            "INSERT OR FAIL INTO entry_signals (entry_id, variant_no, kind, variant, value,"
+            " quality)"
             " SELECT ? + key, 0, ?, 'original', substr(?, key * ? + 1, ?), NULLIF(value, -1)"
             " FROM json_each(?)",
             (first_id, rows.kind, rows.values.tobytes(), width, width, quality_json),

@@ -416,6 +416,9 @@ class RetroStore(Protocol):
         self, run_id: int, checkpoint: int, scanned: int, lease_seconds: float
     ) -> bool: ...
 
+    def retry_retro_run(self, run_id: int, error: str, delay_seconds: float) -> bool:
+        """A failed step: the error shown, the run claimed again after the delay."""
+
     def release_retro_run(self, run_id: int) -> None:
         """A stopping server gives its run back (queued, from its checkpoint)."""
 

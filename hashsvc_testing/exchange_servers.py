@@ -58,6 +58,9 @@ class _Server:
         self.fail_posts = 0  # this many POSTs fail with 500 (feedback retried)
         self.hang_seconds = 0.0  # sleep this long before answering
         self.delay = 0.0  # seconds before each page (kill -9 mid-fetch)
+        # answers sent without Content-Length, the connection closed at their
+        # end (the client cannot know a body's size before reading it)
+        self.omit_length = False
         self.page_requests = 0
         self.requests = 0  # every call, answered or not
         self.stop_event = threading.Event()
@@ -107,7 +110,9 @@ class _Server:
         query = dict(urllib.parse.parse_qsl(parsed.query, keep_blank_values=True))
         form = dict(urllib.parse.parse_qsl(body, keep_blank_values=True))
         status, answer = self.route(method, parsed.path, query, form, handler.headers)
-        _send(handler, status, answer)
+        send_body(
+            handler, status, "application/json", json.dumps(answer).encode(), not self.omit_length
+        )
 
     def route(self, method, path, query, form, headers):
         raise NotImplementedError
@@ -117,11 +122,18 @@ def _send(handler: BaseHTTPRequestHandler, status: int, answer) -> None:
     send_body(handler, status, "application/json", json.dumps(answer).encode())
 
 
-def send_body(handler: BaseHTTPRequestHandler, status: int, content_type: str, data: bytes) -> None:
+def send_body(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    content_type: str,
+    data: bytes,
+    declare_length: bool = True,
+) -> None:
     try:
         handler.send_response(status)
         handler.send_header("Content-Type", content_type)
-        handler.send_header("Content-Length", str(len(data)))
+        if declare_length:
+            handler.send_header("Content-Length", str(len(data)))
         handler.end_headers()
         handler.wfile.write(data)
     except OSError:  # the client gave up (a timeout test)

@@ -322,11 +322,11 @@ def test_http_match_fails_closed_while_the_index_is_not_loaded(tmp_path):
 def test_http_connections_without_a_request_are_closed(tmp_path, make_harness):
     """A caller without a token holding connections open without sending a
     request (or its headers a byte at a time) cannot take them all: each is
-    closed stream_idle_seconds after it opened or after its last answer."""
+    closed http_headers_seconds after it opened or after its last answer."""
     import socket
     import time
 
-    h = make_harness(f"sqlite:///{tmp_path}/idle.db", stream_idle_seconds=1.0)
+    h = make_harness(f"sqlite:///{tmp_path}/idle.db", http_headers_seconds=1.0)
     server = start_http_on(h.running)
     try:
         silent = socket.create_connection(("127.0.0.1", server.port))

@@ -14,7 +14,13 @@ from hashsvc.client import cli
 from hashsvc.index.audio import AudioIndex
 from hashsvc.matching.matcher import search_sounds
 from hashsvc.media import audio_parts
-from hashsvc.media.audio import AudioLimits, _resampled, _ResamplePlan, fingerprint_audio
+from hashsvc.media.audio import (
+    AudioLimits,
+    _resampled,
+    _ResamplePlan,
+    _ShiftWindows,
+    fingerprint_audio,
+)
 from hashsvc.media.audio_words import SAMPLE_RATE
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc_testing import audio_media as am
@@ -192,6 +198,36 @@ def test_parts_split_where_the_sound_changes():
     assert audio_parts.parts(_at_11025(speech), SAMPLE_RATE, 16.0, 2.5, 2) == [
         (0, len(_at_11025(speech)))
     ]
+
+
+def test_parts_share_the_stretch_budget():
+    """Two parts (music, then speech) get a stretch each of half
+    shift_budget_seconds, one inside each part, so the upload pays for about
+    1.5 stretches, not two; speech alone keeps one of shift_window_seconds."""
+    limits = AudioLimits()
+    speech = _at_11025(
+        am.speech_track(7, 50.0, "ar", voice=VOICE, background_seed=BED).mean(axis=1)
+    )
+    joined = np.concatenate([_at_11025(am.tones(7, 40.0)), speech])
+    starts, window = _ShiftWindows(limits).stretches(joined)
+    assert (
+        window
+        == int(limits.shift_budget_seconds * SAMPLE_RATE) // 2
+        < limits.shift_window_seconds * SAMPLE_RATE
+    )
+    join, slack = 40 * SAMPLE_RATE, int(audio_parts.BLOCK_SECONDS * SAMPLE_RATE)
+    assert len(starts) == 2, starts
+    assert starts[0] + window <= join + slack and starts[1] >= join - slack, starts
+    assert _ShiftWindows(limits).stretches(speech) == (
+        [(len(speech) - int(16 * SAMPLE_RATE)) // 2],
+        int(limits.shift_window_seconds * SAMPLE_RATE),
+    )
+
+
+@pytest.mark.parametrize("budget", [4.0, 241.0])
+def test_a_bad_stretch_budget_is_refused(budget):
+    with pytest.raises(ValueError, match="shift_budget_seconds"):
+        AudioLimits(shift_budget_seconds=budget)
 
 
 def _at_11025(pcm: np.ndarray) -> np.ndarray:

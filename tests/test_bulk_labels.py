@@ -154,6 +154,34 @@ def test_labelled_rows_without_names_and_empty_cells(store_and_index, monkeypatc
     assert _entries(store, hash_set.id)[f"pdq:{_value(99)}"][0] == {}
 
 
+def test_rows_named_after_their_hash_sent_again_later(store_and_index, monkeypatch):
+    """Labelled rows without names go column-wise, named after their hash
+    without a name made a row; a hash sent again in a later block is the
+    same entry, its labels those of the later row, counted as an update
+    (unchanged when they are the same)."""
+    store, live = store_and_index
+    rows = [(f"{row * 7919 % 1009 + 1:064x}", "", LABEL_SETS[row % 3]) for row in range(60)]
+    rows += [(rows[5][0], "", LABEL_SETS[3]), (rows[40][0], "", LABEL_SETS[0])]
+    rows.append((rows[41][0], "", rows[41][2]))  # the same labels again: unchanged
+    hash_set = store.create_set("hashes", "", {}, {})
+    result, _, messages = _load_as_client(
+        store, live, hash_set.id, _csv(rows), monkeypatch, block_rows=9
+    )
+    assert len(messages) > 6 and all(plain_rows(rows_from_pb(m)) is not None for m in messages)
+    assert (result.added, result.updated, result.unchanged, result.rejected_count) == (60, 2, 1, 0)
+    last = {value: labels for value, _, labels in rows}
+    assert _entries(store, hash_set.id) == {
+        f"pdq:{value}": (labels, [("pdq", bytes.fromhex(value))]) for value, labels in last.items()
+    }
+    assert all(live.indexes["pdq"].search([bytes.fromhex(v)], 0)[0] for v in last)
+    # without a repeat: one run, the entries as the row-by-row path makes them
+    once = store.create_set("once", "", {}, {})
+    _load_as_client(store, live, once.id, _csv(rows[:60]), monkeypatch, block_rows=9)
+    slow = store.create_set("once-row-by-row", "", {}, {})
+    _load_row_by_row(store, live, slow.id, _csv(rows[:60]))
+    assert _entries(store, once.id) == _entries(store, slow.id)
+
+
 def test_an_entry_of_several_rows_across_blocks_stays_whole(store_and_index, monkeypatch):
     store, live = store_and_index
     rows = _feed(12)

@@ -26,8 +26,9 @@ SETTINGS = ExchangeSettings(
 
 
 @pytest.fixture
-def harness_config() -> dict:
-    return {"exchange": SETTINGS}
+def harness_config(tmp_path) -> dict:
+    """File feeds may read the test's own directory (exchange.file_dir)."""
+    return {"exchange": dataclasses.replace(SETTINGS, file_dir=str(tmp_path))}
 
 
 def _hex(nbytes: int = 32) -> str:
@@ -453,21 +454,64 @@ def test_a_reviewers_verdict_on_a_feed_entry_goes_back_to_the_source(harness):
         assert te.reactions == [(777, "DISAGREE_WITH_TAGS")]
 
 
-def test_file_feeds_stay_within_file_dir(make_harness, tmp_path):
+def test_file_feeds_are_off_without_file_dir(make_harness, store_url, tmp_path):
+    """Without exchange.file_dir an operator token would make the server read
+    (and load as hashes) any file it can: file feeds are refused, saying
+    what to set; a feed added before file_dir was unset fetches nothing."""
+    listing = tmp_path / "ok.txt"
+    listing.write_text(f"pdq {_hex()}\n")
+    h = make_harness(store_url, exchange=SETTINGS)
+    stubs, md = h.stubs("operator")
+    _set(stubs, md)
+    for path in ("/etc/passwd", str(listing)):
+        with pytest.raises(grpc.RpcError) as err:
+            _add(stubs, md, "f", "file", path=path)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "set exchange.file_dir" in err.value.details()
+    assert list(stubs.exchange.ListFeeds(pb.ListFeedsRequest(), metadata=md).feeds) == []
+    make_harness.stop(h)
+
+    allowed = dataclasses.replace(SETTINGS, file_dir=str(tmp_path))
+    h = make_harness(store_url, exchange=allowed)
+    stubs, md = h.stubs("operator")
+    _add(stubs, md, "f", "file", path=listing)
+    make_harness.stop(h)
+    h = make_harness(store_url, exchange=SETTINGS)  # file_dir unset since
+    stubs, md = h.stubs("operator")
+    with pytest.raises(grpc.RpcError) as err:
+        _fetch(stubs, md, "f")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "set exchange.file_dir" in err.value.details()
+    assert _entries(stubs, md) == {}
+
+
+def test_file_feeds_stay_within_file_dir(make_harness, store_url, tmp_path):
     allowed = tmp_path / "lists"
     allowed.mkdir()
     (allowed / "ok.txt").write_text(f"pdq {_hex()}\n")
+    secret = tmp_path / "secret.txt"
+    secret.write_text(f"pdq {_hex()}\n")
     settings = dataclasses.replace(SETTINGS, file_dir=str(allowed))
-    h = make_harness(f"sqlite:///{tmp_path}/db.sqlite", exchange=settings)
+    h = make_harness(store_url, exchange=settings)
     stubs, md = h.stubs("operator")
     _set(stubs, md)
-    for path in ("/etc/passwd", str(allowed / ".." / "db.sqlite")):
+    (allowed / "link.txt").symlink_to(secret)
+    for path in ("/etc/passwd", str(allowed / ".." / "secret.txt"), str(allowed / "link.txt")):
         with pytest.raises(grpc.RpcError) as err:
             _add(stubs, md, "f", "file", path=path)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "exchange.file_dir" in err.value.details()
     _add(stubs, md, "f", "file", path=allowed / "ok.txt")
     assert _fetch(stubs, md, "f")[-1].added == 1
+    # the listing swapped for a link out of file_dir after the feed was
+    # added: the fetch resolves it again and reads nothing
+    (allowed / "ok.txt").unlink()
+    (allowed / "ok.txt").symlink_to(secret)
+    with pytest.raises(grpc.RpcError) as err:
+        _fetch(stubs, md, "f")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "must be within" in err.value.details()
+    assert len(_entries(stubs, md)) == 1  # nothing of the secret file loaded, nothing deleted
 
 
 def test_library_sources_ncmec_and_stopncii_records():
@@ -674,6 +718,126 @@ def test_a_fetch_deleting_most_of_a_feed_deletes_nothing_and_fails(harness):
     ]
     assert len(refused) == 3 and all(r.status == "UNAVAILABLE" for r in refused)
     assert "allow_mass_delete" in str(history)
+
+
+def test_slow_drip_deletions_are_refused_over_the_window(harness, tmp_path):
+    """A feed deleting just under max_delete_fraction at every fetch would
+    empty its set in a few fetches: the fraction holds over
+    exchange.delete_window_seconds (24 h), against the feed's items when the
+    window's deleting began; past it nothing is deleted (status, metric).
+    Once the window has passed, deletions go on. Whole listings alike."""
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    store = harness.core.store
+    with ThreatExchangeServer(page_size=100) as te:
+        values = [_hex() for _ in range(10)]
+        for value in values:
+            te.add(value)
+        _add(stubs, md, "gifct", "threatexchange", TE_TOKEN, privacy_group=303, base_url=te.url)
+        _fetch(stubs, md, "gifct")
+        for value in values[:4]:  # 4 of 10: within half
+            te.add(value, should_delete=True)
+        assert _fetch(stubs, md, "gifct")[-1].deleted == 4
+        for value in values[4:6]:  # 2 of the 6 left, but 6 of 10 within the window
+            te.add(value, should_delete=True)
+        for _attempt in range(2):
+            with pytest.raises(grpc.RpcError) as err:
+                _fetch(stubs, md, "gifct")
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            details = err.value.details()
+            assert "2 of the feed's 10 items after 4 deleted within the last 24 h" in details
+            assert "exchange.delete_window_seconds" in details
+            assert "exchange.max_delete_fraction" in details
+            feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="gifct"), metadata=md)
+            assert feed.last_result == "failed" and "delete_window_seconds" in feed.last_error
+            assert feed.items == 6 and len(_entries(stubs, md)) == 6
+            assert _match_hash(harness, "pdq", values[5]).decision == pb.BLOCK
+        refused = harness.running.metrics.registry.get_sample_value(
+            "hashsvc_feed_deletions_refused_total", {"feed": "gifct"}
+        )
+        assert refused == 4  # two fetches of 2
+        # a day later the window has moved on: the 2 are 2 of 6
+        with store._write() as cur:
+            cur.execute("UPDATE exchange_deletions SET at = at - ?", (25 * 3600 * 1_000_000,))
+        assert _fetch(stubs, md, "gifct")[-1].deleted == 2
+        assert len(_entries(stubs, md)) == 4
+
+    path = tmp_path / "list.txt"
+    listed = [_hex() for _ in range(10)]
+    path.write_text("".join(f"pdq {v}\n" for v in listed))
+    _add(stubs, md, "f", "file", path=path)
+    _fetch(stubs, md, "f")
+    path.write_text("".join(f"pdq {v}\n" for v in listed[4:]))
+    assert _fetch(stubs, md, "f")[-1].deleted == 4
+    path.write_text("".join(f"pdq {v}\n" for v in listed[6:]))
+    with pytest.raises(grpc.RpcError) as err:
+        _fetch(stubs, md, "f")
+    assert "leaves out 2 of the feed's 10 items after 4 deleted" in err.value.details()
+    assert "exchange.snapshot_max_delete_fraction" in err.value.details()
+    assert stubs.exchange.GetFeed(pb.GetFeedRequest(name="f"), metadata=md).items == 6
+
+
+def test_a_zero_delete_window_judges_each_fetch_alone(make_harness, store_url):
+    settings = dataclasses.replace(SETTINGS, delete_window_seconds=0)
+    h = make_harness(store_url, exchange=settings)
+    stubs, md = h.stubs("operator")
+    _set(stubs, md)
+    with ThreatExchangeServer(page_size=100) as te:
+        values = [_hex() for _ in range(10)]
+        for value in values:
+            te.add(value)
+        _add(stubs, md, "gifct", "threatexchange", TE_TOKEN, privacy_group=303, base_url=te.url)
+        _fetch(stubs, md, "gifct")
+        for batch in (values[:4], values[4:6]):
+            for value in batch:
+                te.add(value, should_delete=True)
+            assert _fetch(stubs, md, "gifct")[-1].deleted == len(batch)
+        assert len(_entries(stubs, md)) == 4
+
+
+@pytest.mark.parametrize("omit_length", [False, True])
+def test_a_page_past_max_response_bytes_fails_the_fetch_and_keeps_the_checkpoint(
+    make_harness, store_url, omit_length
+):
+    """A partner answer larger than exchange.max_response_bytes (declared in
+    Content-Length, or not declared and read up to the limit) fails the
+    fetch clearly; the pages before it stay loaded with their checkpoint, and
+    the next fetch goes on from there without duplicates."""
+    settings = dataclasses.replace(SETTINGS, max_response_bytes=4096)
+    h = make_harness(store_url, exchange=settings)
+    stubs, md = h.stubs("operator")
+    _set(stubs, md)
+    with TcapServer(page_size=2) as tcap:
+        tcap.omit_length = omit_length
+        values = [_hex() for _ in range(5)]
+        for n, value in enumerate(values):
+            tcap.add(value, ideology="x" * 8000 if n == 2 else "islamist")
+        _add(stubs, md, "tcap", "tcap", "user:secret-pass", base_url=tcap.url)
+        with pytest.raises(grpc.RpcError) as err:
+            _fetch(stubs, md, "tcap")
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "larger than 4096 bytes (exchange.max_response_bytes)" in err.value.details()
+        feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="tcap"), metadata=md)
+        assert feed.last_result == "failed" and "max_response_bytes" in feed.last_error
+        assert (feed.items, feed.added) == (2, 2)  # the first page, committed
+        checkpoint = h.core.store.get_feed("tcap").checkpoint
+        assert checkpoint and json.loads(checkpoint)["checkpoint"]
+        assert (
+            _fetch_fails_alike(stubs, md) and h.core.store.get_feed("tcap").checkpoint == checkpoint
+        )
+
+        tcap.add(values[2], ideology="islamist")  # the partner fixed the row
+        last = _fetch(stubs, md, "tcap")[-1]
+        assert last.added == 3
+        assert sorted(_entries(stubs, md)) == sorted(f"tcap:pdq:{v}" for v in values)
+        feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="tcap"), metadata=md)
+        assert (feed.items, feed.added, feed.last_result) == (5, 5, "ok")
+
+
+def _fetch_fails_alike(stubs, md) -> bool:
+    with pytest.raises(grpc.RpcError) as err:
+        _fetch(stubs, md, "tcap")
+    return "max_response_bytes" in err.value.details()
 
 
 def test_bad_rows_from_a_partner_are_counted_and_the_rest_loads(harness, tmp_path):

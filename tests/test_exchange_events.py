@@ -8,6 +8,7 @@ tests/test_http_exchange.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import threading
 import time
@@ -21,8 +22,9 @@ from tests.test_exchange import SETTINGS, _fetch
 
 
 @pytest.fixture
-def harness_config() -> dict:
-    return {"exchange": SETTINGS, "retro_poll_seconds": 0.2}
+def harness_config(tmp_path) -> dict:
+    settings = dataclasses.replace(SETTINGS, file_dir=str(tmp_path))
+    return {"exchange": settings, "retro_poll_seconds": 0.2}
 
 
 def _feed_events(core, feed: str) -> list[dict]:

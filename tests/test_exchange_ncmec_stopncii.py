@@ -87,6 +87,44 @@ def test_ncmec_first_incremental_and_deletions(harness):
         assert _fetch(stubs, md, "ncmec")[-1].added == 0  # nothing new: nothing written
 
 
+def test_rejected_items_are_counted_and_never_mapped_as_loaded(harness):
+    """Items a partner sends that cannot load (a bad hash; an id too long
+    for an entry name) are counted as rejected in the fetch and the feed's
+    status and are not mapped: the feed's items, added counts and deletion
+    budget count only what loaded, and the same id sent valid later loads."""
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    with NcmecServer(page_size=10) as ncmec:
+        good, fixed = _hex(), _hex()
+        ncmec.add("ok", {"pdq": good})
+        ncmec.add("bad-hash", {"pdq": "zz" * 32})
+        ncmec.add("x" * 600, {"pdq": _hex()})  # its entry name would be past 512 characters
+        _add(stubs, md, "ncmec", "ncmec", NCMEC_CREDENTIALS, base_url=ncmec.base_url)
+        last = _fetch(stubs, md, "ncmec")[-1]
+        assert (last.added, last.rejected) == (1, 2)
+        feed = _feed(stubs, md, "ncmec")
+        assert (feed.items, feed.added, feed.rejected, feed.last_result) == (1, 1, 2, "ok")
+        assert list(_entries(stubs, md)) == ["ncmec:id:7-ok"]
+        assert harness.core.store.feed_items(feed_id(harness), ["id:7-bad-hash"]) == {}
+
+        ncmec.add("bad-hash", {"pdq": fixed}, timestamp=int(time.time()) - 4)
+        time.sleep(2.0)
+        last = _fetch(stubs, md, "ncmec")[-1]
+        assert (last.added, last.rejected) == (1, 0)
+        assert _match_hash(harness, "pdq", fixed).decision == pb.BLOCK
+        feed = _feed(stubs, md, "ncmec")
+        assert (feed.items, feed.added, feed.rejected) == (2, 2, 2)
+        assert sorted(_entries(stubs, md)) == ["ncmec:id:7-bad-hash", "ncmec:id:7-ok"]
+    rejected = harness.running.metrics.registry.get_sample_value(
+        "hashsvc_feed_hashes_total", {"feed": "ncmec", "change": "rejected"}
+    )
+    assert rejected == 2
+
+
+def feed_id(harness) -> int:
+    return harness.core.store.get_feed("ncmec").id
+
+
 def test_ncmec_wrong_credential_500_and_hang_lose_nothing(harness):
     stubs, md = harness.stubs("operator")
     _set(stubs, md)

@@ -178,7 +178,7 @@ def test_status_json_names_every_field(make_harness, tmp_path):
     path.write_text(f"pdq {secrets.token_hex(32)}\n")
     h = make_harness(
         f"sqlite:///{tmp_path}/db.sqlite",
-        exchange=ExchangeSettings(background=False, min_every_seconds=1),
+        exchange=ExchangeSettings(background=False, min_every_seconds=1, file_dir=str(tmp_path)),
     )
     stubs, md = h.stubs("operator")
     stubs.curation.CreateSet(pb.CreateSetRequest(name="s"), metadata=md)

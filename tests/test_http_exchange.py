@@ -38,8 +38,10 @@ FEED_FIELDS = set(_feed_row(pb.Feed()))
 def server(module_store_url, tmp_path_factory):
     """One server per store, the retro-hunt polling often; stopped at the module's end."""
     d = tmp_path_factory.mktemp("http-exchange")
+    # file feeds read the tests' own directories (all under pytest's base)
+    files = f'file_dir = "{tmp_path_factory.getbasetemp()}"\n'
     proc = HttpServerProcess(
-        module_store_url, d / "server.log", "retro_poll_seconds = 0.2\n" + EXCHANGE
+        module_store_url, d / "server.log", "retro_poll_seconds = 0.2\n" + EXCHANGE + files
     )
     yield proc
     proc.stop()

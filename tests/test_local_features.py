@@ -12,6 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from hashsvc.base.errors import InvalidArgument
+from hashsvc.matching import local_geometry
 from hashsvc.matching.local_geometry import DEFAULT_THRESHOLDS, verify
 from hashsvc.media.local_features import (
     LocalFeatureLimits,
@@ -216,6 +217,23 @@ def test_an_off_centre_crop_is_flagged_with_its_scale_and_no_turn():
     assert found.scale == pytest.approx(expected, rel=0.03)
     assert abs(found.angle) < 1.0
     assert found.coverage < found.query_coverage
+
+
+@pytest.mark.parametrize("number", [3, 7])
+def test_a_small_picture_cut_by_30_percent_blocks(number, monkeypatch):
+    """A 300 px picture cut by 30% in the middle keeps keypoints only away from
+    ORB's 31 px edge bands; agreement is counted there, not over cells neither
+    picture could hold a keypoint in (with the bands counted: below review)."""
+    img = Image.open(vector("pdqhash-python", "images", f"image{number}.jpg")).convert("RGB")
+    w, h = img.size
+    left, top = int(w * 0.15), int(h * 0.15)
+    cut = img.crop((left, top, left + w - int(w * 0.3), top + h - int(h * 0.3)))
+    known, query = features(img), features(cut)
+    found = verify(query, known)
+    assert DEFAULT_THRESHOLDS.level(found) == "block"
+    assert found.scale == pytest.approx(1.0, abs=0.03)
+    monkeypatch.setattr(local_geometry, "EDGE_PX", 0.0)
+    assert DEFAULT_THRESHOLDS.level(verify(query, known)) is None
 
 
 @pytest.mark.parametrize("angle", [3, 10, 20])

@@ -8,6 +8,7 @@ verifying."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import signal
@@ -397,7 +398,10 @@ def test_kill_9_mid_run_resumes_without_duplicates(store_url, tmp_path):
         assert restarted.stop(signal.SIGTERM) == 0
 
 
+@pytest.mark.parametrize("harness_config", [{"retro_window": 0, "history_prune_margin_seconds": 0}])
 def test_prune_keeps_the_chain_verifying(harness, matcher, monkeypatch, capsys):
+    """Retro-hunts off and no margin, so the uploads of a second ago may be
+    pruned (tests/test_history_prune.py: the limits)."""
     m, m_md = matcher
     for i in range(3):
         _match(m, m_md, encode(photo(i)), f"u{i}")
@@ -597,7 +601,8 @@ def test_a_feeds_hunt_survives_a_crash(store_url, make_harness, monkeypatch, tmp
     the hunt: the restarted server queues it (trigger "feed")."""
     from tests.test_exchange import SETTINGS
 
-    config = {"exchange": SETTINGS, "retro_poll_seconds": 0.2}
+    settings = dataclasses.replace(SETTINGS, file_dir=str(tmp_path))
+    config = {"exchange": settings, "retro_poll_seconds": 0.2}
     h = make_harness(store_url, **config)
     m, m_md = h.stubs("matcher")
     known = hashlib.sha256(b"crash-feed").digest()
@@ -913,13 +918,15 @@ def test_packed_views_edited_in_the_database_fail_verify(store_url, make_core):
 
 
 def test_prune_drops_the_packed_views(store_url, make_core):
-    core = make_core(store_url, retro_window=0)
+    # Through Core, as `history prune` does: a prune without its PruneHistory
+    # record is what verify reports as stripped outside hashsvc.
+    core = make_core(store_url, retro_window=0, history_prune_margin_seconds=0)
     known = bytes(range(32))
     for i in range(3):
         _history_upload(core.store, Signal("pdq", known, 90), 1.0, request_id=f"up-{i}")
     last = core.store.last_history_id()
     assert all(row[2] is not None for row in core.store.history_pdq_views(0, last, 10))
-    assert core.store.prune_history_signals(to_micros(datetime.now(UTC))) == 3
+    assert core.prune_history("admin", datetime.now(UTC)) == 3
     assert [row[2:] for row in core.store.history_pdq_views(0, last, 10)] == [(None, b"[]")] * 3
     assert core.store.verify_history().problems == []
 

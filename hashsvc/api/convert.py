@@ -517,6 +517,7 @@ def feed(record, set_name: str, feedback=()) -> pb.Feed:
         updated=record.updated,
         deleted=record.deleted,
         skipped=record.skipped,
+        rejected=record.rejected,
         failures=record.failures,
         next_run_at=timestamp(from_micros(record.next_run_at)),
         items=record.items,

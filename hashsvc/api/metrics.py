@@ -54,8 +54,17 @@ class Metrics:
         )
         self.feed_hashes = Counter(
             "hashsvc_feed_hashes",
-            "Entries partner feeds changed, by feed and change (added, updated, deleted, skipped).",
+            "Entries partner feeds changed, by feed and change (added, updated, deleted,"
+            " skipped, rejected).",
             ["feed", "change"],
+            registry=self.registry,
+        )
+        self.feed_deletions_refused = Counter(
+            "hashsvc_feed_deletions_refused",
+            "Deletions partner feeds sent that were refused, none applied: past"
+            " exchange.max_delete_fraction or snapshot_max_delete_fraction of the feed"
+            " within exchange.delete_window_seconds.",
+            ["feed"],
             registry=self.registry,
         )
         self.registry.register(_IndexCollector(core))
@@ -75,8 +84,10 @@ class Metrics:
 
     def observe_feed_fetch(self, result) -> None:
         self.feed_fetches.labels(result.feed, "failed" if result.error else "ok").inc()
-        for change in ("added", "updated", "deleted", "skipped"):
+        for change in ("added", "updated", "deleted", "skipped", "rejected"):
             self.feed_hashes.labels(result.feed, change).inc(getattr(result, change))
+        if result.deletions_refused:
+            self.feed_deletions_refused.labels(result.feed).inc(result.deletions_refused)
 
     def serve(self, listen: str) -> int:
         """Serves /metrics over HTTP on HOST:PORT (port 0: any free port)."""

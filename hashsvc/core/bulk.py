@@ -162,8 +162,10 @@ class BulkLoad:
             # A batch of named rows (a feed's) is written as it arrives, as
             # rows of entries always were: a load that fails keeps what
             # arrived before, and names repeated in a later batch update
-            # what this one wrote, in order.
-            if plain.names is not None or self._pending_rows >= SORT_ROWS:
+            # what this one wrote, in order. So are labelled rows named
+            # after their hashes (their batches are larger: see the client's
+            # HASH_NAMED_BATCH_ROWS).
+            if plain.names is not None or plain.labels or self._pending_rows >= SORT_ROWS:
                 self._flush_plain()
             return
         self._flush_plain()  # rows are written in the order they came

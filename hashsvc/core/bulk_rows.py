@@ -250,8 +250,9 @@ class EntryGroup:
 class CheckedPlainRows:
     """A batch's rows as a hash list of one signal each, checked; in row
     order. Plain (no names, no labels): repeats included. With names (a
-    feed's ids, or "<kind>:<hex>" when the rows are only labelled): every
-    name unique, so each row is an entry of its own."""
+    feed's ids, some rows perhaps "<kind>:<hex>"): every name unique, so
+    each row is an entry of its own. Labelled rows without names (each
+    named after its hash) have no names here and distinct values."""
 
     kind: str
     values: np.ndarray  # (n, width) uint8
@@ -326,31 +327,32 @@ def _named_rows(
         if labels is None:
             return None
     names = None
-    if any(entries) or labels is not None:
+    if any(entries):
         names = _entry_names(kind, entries, values)
         if names is None:
             return None
+    elif labels is not None and not _value_order(values)[1].all():
+        # Named after their hashes: no names made here (the store makes
+        # them from the values; 500k strings, a set and sort keys of them
+        # were a fifth of the server's CPU), distinct when the values are.
+        return None  # an entry of several rows (labels merged): row by row
     own_names = bool(entries) and all(entries)
     return CheckedPlainRows(kind, values, qualities, names, labels, own_names)
 
 
 def _entry_names(kind: str, entries: Sequence[str], values: np.ndarray) -> list[str] | None:
     """Each row's entry name (its own, or "<kind>:<hex>"), when all are valid
-    and no two rows name the same entry; else None."""
-    if entries and all(entries):
+    and no two rows name the same entry; else None. Some row has a name."""
+    if all(entries):
         names = list(entries)
         if not validation.entry_names_valid(names):
             return None
     else:
         own = [name for name in entries if name]
-        if own and not validation.entry_names_valid(own):
+        if not validation.entry_names_valid(own):
             return None
         derived = columns.names(f"{kind}:", values)
-        names = (
-            [name or after for name, after in zip(entries, derived, strict=True)]
-            if own
-            else derived
-        )
+        names = [name or after for name, after in zip(entries, derived, strict=True)]
     if len(set(names)) != len(names):
         return None  # an entry of several rows (signals, labels merged): row by row
     return names
@@ -417,16 +419,10 @@ def _stored_labels_with(
 _PLAIN_VALUE = re.compile(r"[A-Za-z0-9 ,._:/-]*")
 
 
-def sorted_plain(parts: Sequence[CheckedPlainRows]) -> PlainSignals:
-    """Rows of one kind_key as entries in name order, so the store's name
-    index is written page by page. Plain rows: one entry a value (its first
-    row wins, as in the row-by-row path), named after it. All in numpy,
-    which lets other threads run meanwhile (sorted() held the GIL, and so
-    every Match, for 250 ms a run)."""
-    if parts[0].names is not None:
-        return _sorted_named(parts)
-    kind = parts[0].kind
-    rows = np.concatenate([p.values for p in parts]) if len(parts) > 1 else parts[0].values
+def _value_order(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' order by value (stable), and in that order which rows are
+    the first of their value. In numpy, which lets other threads run
+    meanwhile (sorted() held the GIL, and so every Match, for 250 ms a run)."""
     width = rows.shape[1]
     padded = np.zeros((len(rows), -(-width // 8) * 8), dtype=np.uint8)
     padded[:, :width] = rows
@@ -438,11 +434,29 @@ def sorted_plain(parts: Sequence[CheckedPlainRows]) -> PlainSignals:
     ordered = words[order]
     first = np.ones(len(order), dtype=bool)
     first[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    return order, first
+
+
+def sorted_plain(parts: Sequence[CheckedPlainRows]) -> PlainSignals:
+    """Rows of one kind_key as entries in name order, so the store's name
+    index is written page by page. Plain rows: one entry a value (its first
+    row wins, as in the row-by-row path), named after it. Labelled rows
+    named after their hashes: one batch (BulkLoad._load writes each as it
+    comes), whose values are distinct (_named_rows)."""
+    if parts[0].names is not None:
+        return _sorted_named(parts)
+    kind = parts[0].kind
+    rows = np.concatenate([p.values for p in parts]) if len(parts) > 1 else parts[0].values
+    order, first = _value_order(rows)
     keep = order[first]
-    qualities = None
+    qualities = labels = None
     if parts[0].qualities is not None:
         qualities = np.concatenate([p.qualities for p in parts])[keep]
-    return PlainSignals(kind, SINGLE_MEDIA_TYPE.get(kind, HASH), rows[keep], qualities)
+    if parts[0].labels:
+        labels = np.array([text for p in parts for text in p.labels], dtype=object)[keep]
+    return PlainSignals(
+        kind, SINGLE_MEDIA_TYPE.get(kind, HASH), rows[keep], qualities, None, labels
+    )
 
 
 # Rows a label set needs on average to be written a set at a time (as

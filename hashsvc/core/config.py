@@ -141,6 +141,10 @@ class ExchangeSettings:
     # Every HTTP call to a partner: its timeout and retries (5xx, 429).
     http_timeout_seconds: float = 60.0
     http_retries: int = 2
+    # Bytes one partner answer (a page) may have at most, read or declared:
+    # past it the fetch fails, its committed pages and checkpoint kept (an
+    # endless or huge answer would otherwise be held whole in memory).
+    max_response_bytes: int = 64 << 20
     # A failed fetch is retried after retry_base_seconds, doubling per
     # failure up to retry_max_seconds (never later than the feed's --every).
     retry_base_seconds: float = 30.0
@@ -157,8 +161,10 @@ class ExchangeSettings:
     # committed. Smaller hand-overs only add waits: at 2,000 a 10k-row page
     # waited for the writer five times.
     write_rows: int = 20_000
-    # File feeds read lists on the server's disk: only under this directory
-    # ("" = anywhere the server may read).
+    # File feeds read lists on the server's disk, only under this directory
+    # (symlinks resolved, at `exchange add` and at every fetch). "" = file
+    # feeds are refused (FAILED_PRECONDITION): an operator token must not make
+    # the server read any file it can.
     file_dir: str = ""
     # A secret file (>= 32 bytes, outside the database): feed credentials are
     # sealed under it, bound to their feed's settings (hashsvc/exchange/
@@ -172,6 +178,12 @@ class ExchangeSettings:
     # most this fraction of the items the feed held before it (a broken or
     # hostile page): the page past it is not applied and the fetch fails.
     max_delete_fraction: float = 0.5
+    # Both fractions hold over a rolling window per feed, not per fetch: the
+    # deletions applied within this many seconds, and a fetch's, may remove
+    # at most the fraction of the feed's items when the window's deleting
+    # began (a feed deleting 49% at every fetch emptied a set in a few).
+    # 0 = each fetch on its own.
+    delete_window_seconds: float = 86400.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -184,6 +196,10 @@ class ExchangeSettings:
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"exchange.{name} must be more than 0")
+        if self.delete_window_seconds < 0:
+            raise ValueError("exchange.delete_window_seconds must be >= 0")
+        if self.max_response_bytes < 1024:
+            raise ValueError("exchange.max_response_bytes must be at least 1024")
         for name in ("snapshot_max_delete_fraction", "max_delete_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"exchange.{name} must be within 0..1")
@@ -335,6 +351,21 @@ class Config:
     # HTTP connections served at once; past it a new one is answered 503 at
     # once (uvicorn's limit_concurrency): idle clients cannot take them all.
     http_max_connections: int = 64
+    # Connections one address holds at once (past it: 429 and closed), and
+    # how long a connection may wait for a request's headers (after it opens
+    # or after an answer: keep-alive) before it is closed. Connections
+    # waiting for headers are closed first when all http_max_connections are
+    # taken, so only requests in progress fill the server, at most
+    # http_max_connections_per_address of them from one address.
+    http_max_connections_per_address: int = 16
+    http_headers_seconds: float = 10.0
+    # A JSON request body at most (and max_message_bytes), refused 413 as it
+    # passes. No JSON route carries media (uploads are raw or multipart; the
+    # largest signal, local features, is 128 KiB of hex), and a body is
+    # parsed on the event loop: json.loads holds the GIL, so a worker thread
+    # would not free the loop (a 32 MiB array of numbers: 0.75 s of CPU
+    # during which no other HTTP request is answered; 1 MiB: ~25 ms).
+    http_max_json_bytes: int = 1024 * 1024
     # Threads that run the HTTP API's blocking work (matching, the store):
     # the rest wait their turn, so HTTP cannot starve the gRPC threads.
     http_threads: int = 16
@@ -373,6 +404,13 @@ class Config:
     # of the last retro_window seconds (a set's own window overrides it; 0:
     # off) are matched against them. The other limits: RetroSettings.
     retro_window: float = 7 * 86_400
+    # `history prune` keeps the query signals of every upload a retro-hunt
+    # may still read: its `before` must be at least the longest retro window
+    # in force (retro_window and every set's own, disabled sets too) plus
+    # this margin in the past. The margin covers hunts that start late (an
+    # owed hunt taken after its server died, a long bulk load, a full queue)
+    # and looks back from when their entries were added.
+    history_prune_margin_seconds: float = 86_400.0
     retro_max_entries_per_run: int = 100_000
     retro_max_open_runs: int = 100
     retro_batch_records: int = 10_000
@@ -395,6 +433,12 @@ class Config:
     retro_max_partitions: int = 1000
     retro_engine_connect_seconds: float = 10.0
     retro_task_retries: int = 2
+    # A run whose step fails (a store error) is retried from its checkpoint
+    # after retro_retry_initial_seconds, doubling up to retro_retry_max_
+    # seconds; marked failed after retro_max_attempts failed in a row.
+    retro_max_attempts: int = 5
+    retro_retry_initial_seconds: float = 2.0
+    retro_retry_max_seconds: float = 120.0
     # Keep uploads' local features (~18 KB a picture) in the history, so a
     # retro-hunt can match crops and collages too. Off: the history keeps
     # their size and SHA-256 (README, Retro-hunt: the cost per day).
@@ -450,6 +494,8 @@ class Config:
     def _check_retro(self) -> None:
         if not 0 <= self.retro_window <= 10 * 365 * 86_400:
             raise ValueError("retro_window must be within 0 (off) .. 10 years, in seconds")
+        if not 0 <= self.history_prune_margin_seconds <= 10 * 365 * 86_400:
+            raise ValueError("history_prune_margin_seconds must be within 0 .. 10 years")
         for name in ("retro_max_entries_per_run", "retro_max_open_runs", "retro_batch_records"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -468,6 +514,13 @@ class Config:
         for name in ("retro_partition_seconds", "retro_engine_connect_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be more than 0")
+        if self.retro_max_attempts < 1:
+            raise ValueError("retro_max_attempts must be at least 1")
+        if not 0 < self.retro_retry_initial_seconds <= self.retro_retry_max_seconds <= 86_400:
+            raise ValueError(
+                "retro_retry_initial_seconds must be more than 0 and at most"
+                " retro_retry_max_seconds (at most a day)"
+            )
         if self.retro_task_retries < 0:
             raise ValueError("retro_task_retries must be 0 or more")
         check_retro_engine(self.retro_engine, self.retro_scheduler_address, self.db_url)
@@ -487,6 +540,9 @@ class Config:
             nice=self.retro_nice,
             threads=self.retro_threads,
             engine=self.retro_engine,
+            max_attempts=self.retro_max_attempts,
+            retry_initial_seconds=self.retro_retry_initial_seconds,
+            retry_max_seconds=self.retro_retry_max_seconds,
             dask=DaskSettings(
                 scheduler_address=self.retro_scheduler_address,
                 workers=self.retro_dask_workers,
@@ -526,6 +582,14 @@ class Config:
                 f" {self.grpc_threads}): unary calls and the health check need threads that"
                 " no idle caller can hold"
             )
+        if not 1 <= self.http_max_connections_per_address <= self.http_max_connections:
+            raise ValueError(
+                "http_max_connections_per_address must be within 1..http_max_connections"
+            )
+        if self.http_max_json_bytes < 4096:
+            raise ValueError("http_max_json_bytes must be at least 4096")
+        if not 0 < self.http_headers_seconds <= 3600:
+            raise ValueError("http_headers_seconds must be within 0 (not included) .. 3600")
         for name in (
             "http_max_connections",
             "http_threads",

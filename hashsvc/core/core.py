@@ -11,12 +11,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from hashdb import NewEvent, RetroPending, RetroRun, Store, TokenRecord, open_store
 from hashdb.times import to_micros
 from hashsvc.base import media_kinds
 from hashsvc.base.errors import (
+    FailedPrecondition,
     HashsvcError,
     InvalidArgument,
     NotFound,
@@ -490,10 +491,14 @@ class Core:
         """Drops the query signals of the history's records before `before`
         (what retro-hunts read; 18 views of an upload are most of a record):
         the records stay and the chain verifies (hashdb/history_sql.py chain
-        format 3). Records written before format 3 keep their signals."""
-        if before > datetime.now(UTC):
-            raise InvalidArgument("before must not be in the future", field="before")
+        format 3). Records written before format 3 keep their signals.
+
+        Refused for a `before` within the longest retro window in force plus
+        history_prune_margin_seconds: the uploads a hunt may still read keep
+        their signals, or a careless or hostile admin could blind retro-hunts
+        (a prune of yesterday's uploads before today's entries arrive)."""
         try:
+            self._check_prune_before(before)
             pruned = self.store.prune_history_signals(to_micros(before))
         except Exception as exc:
             self.record_action(
@@ -504,6 +509,24 @@ class Core:
             "PruneHistory", actor, {"before": before.isoformat(), "records_pruned": pruned}
         )
         return pruned
+
+    def _check_prune_before(self, before: datetime) -> None:
+        # A refused prune is recorded too (its status says it touched nothing;
+        # `history verify` does not count it as covering any record).
+        now = datetime.now(UTC)
+        if before > now:
+            raise InvalidArgument("before must not be in the future", field="before")
+        window = self.retro.longest_window()
+        latest = now - timedelta(seconds=window + self.config.history_prune_margin_seconds)
+        if before > latest:
+            raise FailedPrecondition(
+                f"before must be {latest.isoformat(timespec='seconds')} or earlier: retro-hunts"
+                f" read the uploads of the last {_days(window)} (the longest retro window:"
+                f" retro_window or a set's own) and history_prune_margin_seconds adds"
+                f" {_days(self.config.history_prune_margin_seconds)}",
+                field="before",
+                limit="history_prune_margin_seconds",
+            )
 
     def _record_bulk_load(
         self,
@@ -735,3 +758,8 @@ def _without_shifted_views(signals: list[Signal]) -> list[Signal]:
     (62 KB of JSON) would dwarf the fingerprint in every answer and history
     record (README: Retro-hunt says what retro-hunts lose by it)."""
     return [s for s in signals if parse_shift_variant(s.variant) is None]
+
+
+def _days(seconds: float) -> str:
+    days = seconds / 86_400
+    return f"{days:g} day(s)" if days >= 1 else f"{seconds:g} s"

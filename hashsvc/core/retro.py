@@ -118,6 +118,14 @@ class RetroSettings:
     # hashsvc/core/retro_dask.py; `dask` then says where).
     engine: str = "inprocess"
     dask: DaskSettings = field(default_factory=DaskSettings)
+    # A run whose step fails (the store restarted, a connection dropped, a
+    # lock timed out) is retried from its checkpoint after retry_initial_
+    # seconds, doubling up to retry_max_seconds; after max_attempts failed
+    # attempts in a row it is marked failed (`retro run --resume ID` queues
+    # it again). The attempt and its error show in `retro list` meanwhile.
+    max_attempts: int = 5
+    retry_initial_seconds: float = 2.0
+    retry_max_seconds: float = 120.0
 
 
 class RetroHunt:
@@ -146,6 +154,8 @@ class RetroHunt:
         self.wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # failed attempts in a row of the runs this process scans (run id)
+        self._attempts: dict[int, int] = {}
         # runs scanned on Dask: the workers open the store from its URL
         self.engine: DaskRetroEngine | None = None
         if settings.engine == "dask":
@@ -349,6 +359,12 @@ class RetroHunt:
             return float(hash_set.retro_window_seconds)
         return self.settings.window_seconds
 
+    def longest_window(self) -> float:
+        """The longest window any hunt may look back over now: the server's
+        and every set's own (a disabled set's too: it may be enabled again)."""
+        own = (s.retro_window_seconds for s in self.store.list_sets(include_disabled=True))
+        return max([self.settings.window_seconds, *(float(w) for w in own if w is not None)])
+
     def set_window(self, set_name: str, seconds: int | None) -> HashSetRecord:
         """The set's own retro window (None: the server's; 0: off)."""
         check_window(seconds)
@@ -437,12 +453,48 @@ class RetroHunt:
                     # FAILED run would never look at those uploads again.
                     log.warning("retro-hunt %d cut by the server stopping: %s", run.id, exc)
                     return
-                log.exception("retro-hunt %d failed", run.id)
-                try:
-                    self.store.finish_retro_run(run.id, FAILED, str(exc))
-                    self._record_run(run.id)
-                except Exception:
-                    log.exception("recording retro-hunt %d as failed failed", run.id)
+                self._failed_attempt(run, exc)
+            else:
+                self._attempts.pop(run.id, None)
+
+    def _failed_attempt(self, run: RetroRun, exc: Exception) -> None:
+        """A run's step raised: retried from its checkpoint after a backoff
+        (its lease is set to end then, so this or any server claims it
+        again, and this thread is free meanwhile), failed after
+        max_attempts in a row. Attempts are counted by this process: a run
+        claimed by another replica starts its count again there."""
+        attempt = self._attempts.get(run.id, 0) + 1
+        most = self.settings.max_attempts
+        if attempt >= most:
+            self._attempts.pop(run.id, None)
+            log.exception("retro-hunt %d failed (attempt %d of %d)", run.id, attempt, most)
+            try:
+                self.store.finish_retro_run(
+                    run.id, FAILED, f"{exc} (attempt {attempt} of {most}: failed)"
+                )
+                self._record_run(run.id)
+            except Exception:
+                log.exception("recording retro-hunt %d as failed failed", run.id)
+            return
+        self._attempts[run.id] = attempt
+        delay = min(
+            self.settings.retry_max_seconds,
+            self.settings.retry_initial_seconds * 2 ** (attempt - 1),
+        )
+        why = (
+            f"attempt {attempt} of {most} failed: {exc}; retried from its checkpoint in {delay:g} s"
+        )
+        log.warning("retro-hunt %d: %s", run.id, why)
+        while not self._stopping.is_set():
+            try:
+                self.store.retry_retro_run(run.id, why, delay)
+                return
+            except Exception as again:
+                # The store is still down: noted once it is back (not another
+                # attempt: nothing was scanned), so the run is claimed again
+                # after the delay, not after its whole lease.
+                log.warning("retro-hunt %d: could not note the retry yet: %s", run.id, again)
+                self._stopping.wait(delay)
 
     def scan(self, run: RetroRun) -> None:
         """Scans the run from its checkpoint to its end (the worker's lease

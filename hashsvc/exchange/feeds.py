@@ -16,7 +16,9 @@ locally with the same hash keeps matching.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -25,6 +27,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -33,6 +36,7 @@ from hashdb.exchange_sql import (
     FEEDBACK_QUEUED,
     FEEDBACK_SENT,
     FEEDBACK_UNSUPPORTED,
+    DeleteWindow,
     FeedbackRecord,
     FeedItem,
     FeedRecord,
@@ -48,6 +52,7 @@ from hashsvc.base.errors import (
     Unavailable,
     quoted,
 )
+from hashsvc.base.signals import SIGNAL_TYPES
 from hashsvc.core import events
 from hashsvc.core.bulk import BulkLoad, RowBatch
 from hashsvc.core.bulk_rows import RowError, row_value
@@ -95,9 +100,53 @@ class FetchResult:
     updated: int = 0
     deleted: int = 0
     skipped: int = 0  # signals of types hashsvc does not keep
-    rejected: int = 0  # rows the bulk path refused (bad hex, bad labels)
+    rejected: int = 0  # rows refused (bad hash, entry name or source id): never mapped
     seconds: float = 0.0
     error: str = ""
+    # deletions refused past the deletion budget (none applied): a metric
+    deletions_refused: int = 0
+
+
+class DeletionsRefused(FailedPrecondition):
+    """A fetch's deletions past exchange.max_delete_fraction or
+    snapshot_max_delete_fraction over exchange.delete_window_seconds."""
+
+    def __init__(self, message: str, count: int) -> None:
+        super().__init__(message)
+        self.count = count
+
+
+def _window_text(seconds: float) -> str:
+    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds:g} s"
+
+
+def check_deletions(
+    deleting: int,
+    held: int,
+    window: DeleteWindow,
+    limit: float,
+    window_seconds: float,
+    setting: str,
+    what: str,
+) -> None:
+    """A fetch's deletions against the feed's budget: with those applied
+    within the window, at most `limit` of the feed's items when the window's
+    deleting began (its items before this fetch when nothing was deleted
+    within it). Raises DeletionsRefused, deleting nothing."""
+    base = held if window.held is None else window.held
+    if not deleting or window.deleted + deleting <= limit * base:
+        return
+    before = ""
+    if window.deleted:
+        before = (
+            f" after {window.deleted} deleted within the last {_window_text(window_seconds)}"
+            " (exchange.delete_window_seconds)"
+        )
+    raise DeletionsRefused(
+        f"{what} {deleting} of the feed's {base} items{before}, more than {limit:.0%}"
+        f" ({setting}): nothing deleted, checkpoint kept",
+        deleting,
+    )
 
 
 @dataclass
@@ -111,12 +160,19 @@ class _DeleteGuard:
 
     held: int  # the feed's items before the fetch
     limit: float
+    window: DeleteWindow  # deletions applied within exchange.delete_window_seconds
+    window_seconds: float
     # keys the fetch mapped that the feed did not hold: deleted at once (they
     # take nothing held away)
     fresh: set[str] = field(default_factory=set)
     pending: dict[str, FeedItem] = field(default_factory=dict)  # held items deleted
     kept: str | None = None  # the checkpoint before the first pending deletion
     holding: bool = False
+
+    def held_before(self, key: str, known: dict[str, FeedItem]) -> bool:
+        """Whether the feed held the key before this fetch (mapped now, and
+        not by this fetch's pages)."""
+        return bool(self.held) and key in known and key not in self.fresh
 
     def checkpoint(self, previous: str | None, current: str | None) -> str | None:
         """The checkpoint a page commits: the page's, until a deletion is held."""
@@ -125,12 +181,127 @@ class _DeleteGuard:
         return self.kept if self.holding else current
 
     def check(self) -> None:
-        if len(self.pending) > self.limit * self.held:
-            raise FailedPrecondition(
-                f"the source deletes {len(self.pending)} of the feed's {self.held} items in"
-                f" one fetch, more than {self.limit:.0%} (exchange.max_delete_fraction):"
-                " nothing deleted, checkpoint kept"
-            )
+        check_deletions(
+            len(self.pending),
+            self.held,
+            self.window,
+            self.limit,
+            self.window_seconds,
+            "exchange.max_delete_fraction",
+            "the source deletes",
+        )
+
+
+@dataclass
+class _BuiltPage:
+    """A page as bulk rows, with its mapping and checkpoint to commit once
+    the rows are written."""
+
+    columns: dict[str, list]
+    mapped: list[FeedItem]
+    unmapped: list[str]
+    counts: PageCounts
+    checkpoint: str | None
+    items: int
+    windowed: bool = False
+
+
+class _PageChain:
+    """A fetch's pages, overlapped: page N is built (the fetch's thread)
+    while page N-1's rows are written (the bulk path's writer thread) and
+    the mapping and checkpoint of the page before commit (a committer
+    thread); the next page is fetched meanwhile (_prefetched). Each stage
+    still waits for its own previous one, never for the others. A page's
+    checkpoint commits only after its rows are written and every page
+    before it has committed (one committer, in order), so a server killed
+    at any point resumes from a page whose rows, and all before, are in the
+    store; the pages after it are written again and found unchanged."""
+
+    def __init__(
+        self,
+        feeds: Feeds,
+        feed: FeedRecord,
+        run: BulkLoad,
+        result: FetchResult,
+        guard: _DeleteGuard | None,
+        progress: Callable[[FetchResult], None] | None,
+    ) -> None:
+        self.feeds, self.feed, self.run = feeds, feed, run
+        self.result, self.guard, self.progress = result, guard, progress
+        self._written: _BuiltPage | None = None  # rows handed to the writer, not committed
+        # the bulk path's counts when the page being written was handed over
+        self._marks = (run.result.counts.updated, run.result.rejected_count)
+        self._committing: collections.deque = collections.deque()  # (future, page), in order
+        self._committer: ThreadPoolExecutor | None = None
+
+    def send(self, page: _BuiltPage) -> None:
+        """The page's rows to the writer once the page before is written
+        (whose commit then starts); returns without waiting for either."""
+        self._hand_over()
+        self.feeds._send_rows(self.feed, self.run, page)
+        self._written = page
+        self._settle(block=False)
+
+    def drain(self) -> None:
+        """Until every page sent is written and committed."""
+        self._hand_over()
+        self._settle(block=True)
+
+    def close(self) -> None:
+        if self._committer is not None:
+            self._committer.shutdown(wait=True)
+            self._committer = None
+
+    def abandon(self) -> None:
+        """After a failure (the partner's, a refusal, the server stopping):
+        the page being written is committed once its rows are (not if their
+        write failed), and the commits in flight end and are counted; what
+        fails here is dropped, and a fetch that resumes writes it again."""
+        with contextlib.suppress(Exception):
+            self._hand_over()
+        while self._committing:
+            future, page = self._committing.popleft()
+            with contextlib.suppress(Exception):
+                self._account(page, future.result())
+        self.close()
+
+    def _hand_over(self) -> None:
+        if self._written is None:
+            return
+        page, self._written = self._written, None
+        self.run.wait_for_writer()  # raises what the write raised: the page is not committed
+        # updated: the bulk path's count (labels changed); added and deleted
+        # are counted by the store with the checkpoint (see commit_feed_page);
+        # rejected here: signals over an entry's limit (the entry loaded)
+        updated, rejected = self.run.result.counts.updated, self.run.result.rejected_count
+        page.counts.updated = updated - self._marks[0]
+        page.counts.rejected += rejected - self._marks[1]
+        self._marks = (updated, rejected)
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(1, thread_name_prefix="exchange-commit")
+        future = self._committer.submit(self.feeds._commit_page, self.feed, page)
+        self._committing.append((future, page))
+
+    def _settle(self, block: bool) -> None:
+        while self._committing and (block or self._committing[0][0].done()):
+            future, page = self._committing[0]
+            counts = future.result()  # a lost lease: raised here, the fetch stops
+            self._committing.popleft()
+            self._account(page, counts)
+
+    def _account(self, page: _BuiltPage, counts: PageCounts) -> None:
+        result = self.result
+        result.pages += 1
+        result.items += page.items
+        result.added += counts.added
+        result.updated += counts.updated
+        result.deleted += counts.deleted
+        result.skipped += counts.skipped
+        result.rejected += counts.rejected
+        if self.guard is not None and self.guard.held:
+            self.guard.fresh.update(counts.new_keys)
+        if self.progress is not None:
+            self.progress(result)
 
 
 def entry_name(feed: str, key: str) -> str:
@@ -212,13 +383,22 @@ class Feeds:
         return feed
 
     def _file_path(self, path: str) -> str:
-        """A file feed's path, absolute; within exchange.file_dir when that is
-        set (an operator token cannot make the server read any file it can)."""
+        """A file feed's path, resolved (symlinks followed), which must be
+        within exchange.file_dir: without it an operator token (or a row
+        changed in the database) would make the server read, and load as
+        hashes, any file it can read. Checked when the feed is added and
+        again at every fetch (a link swapped in later is caught then)."""
+        root = self.settings.file_dir
+        if not root:
+            raise FailedPrecondition(
+                "file feeds are off: set exchange.file_dir to the directory the server may"
+                " read hash lists from"
+            )
         if not path:
             raise InvalidArgument("a file feed needs --path FILE")
         real = os.path.realpath(path)
-        root = self.settings.file_dir
-        if root and os.path.commonpath([real, os.path.realpath(root)]) != os.path.realpath(root):
+        real_root = os.path.realpath(root)
+        if os.path.commonpath([real, real_root]) != real_root:
             raise InvalidArgument(f"a file feed's path must be within {root} (exchange.file_dir)")
         return real
 
@@ -327,6 +507,8 @@ class Feeds:
         except Exception as exc:  # recorded and retried with backoff; never lost
             failed = True
             result.error = _error_text(exc)
+            if isinstance(exc, DeletionsRefused):
+                result.deletions_refused = exc.count
             log.warning("feed %s: fetch failed: %s", feed.name, result.error)
         result.seconds = time.perf_counter() - started
         delay = feed.every_seconds
@@ -399,8 +581,11 @@ class Feeds:
         progress: Callable[[FetchResult], None] | None,
         allow_mass_delete: bool,
     ) -> None:
+        options = feed.options
+        if feed.api == "file":
+            options = {**options, "path": self._file_path(options.get("path", ""))}
         source = open_source(
-            feed.api, self._source_config(feed.name, feed.options, self._credentials(feed))
+            feed.api, self._source_config(feed.name, options, self._credentials(feed))
         )
         # A whole listing (a file each time; any API fetched from the start:
         # --full, or a checkpoint the API has forgotten the deletions after):
@@ -417,32 +602,41 @@ class Feeds:
         )
         seen: set[str] | None = set() if snapshot else None
         guard = _DeleteGuard(
-            feed.items, 1.0 if allow_mass_delete else self.settings.max_delete_fraction
+            feed.items,
+            1.0 if allow_mass_delete else self.settings.max_delete_fraction,
+            self._delete_window(feed),
+            self.settings.delete_window_seconds,
         )
         checkpoint = start
         pages = _prefetched(source.pages(start), self._stopping)
+        chain = _PageChain(self, feed, run, result, guard, progress)
         try:
             for page in pages:
                 if seen is not None:
                     seen.update(item.key for item in page.items)
                 previous = checkpoint
                 checkpoint = page.checkpoint if page.checkpoint is not None else checkpoint
-                self._write_page(feed, run, page.items, checkpoint, result, guard, previous)
-                if progress is not None:
-                    progress(result)
+                if any(item.deleted for item in page.items):
+                    # its deletions look up what the feed holds: every
+                    # page before it committed first
+                    chain.drain()
+                chain.send(self._build_page(feed, page.items, checkpoint, guard, previous))
                 if self._stopping.is_set():
                     raise FailedPrecondition("the server is stopping")
+            chain.drain()
             if guard.holding:  # also when every held deletion was listed again:
                 guard.check()  # the fetch's own checkpoint, not the one kept
                 deleted = [SourceItem(key, deleted=True) for key in guard.pending]
-                self._write_page(feed, run, deleted, checkpoint, result)
+                self._write_page(feed, run, deleted, checkpoint, result, windowed=True)
             if seen is not None:
                 self._delete_unlisted(feed, run, seen, checkpoint, result, allow_mass_delete)
             run.finish()
         except BaseException:
+            chain.abandon()
             run.abandon()
             raise
         finally:
+            chain.close()
             pages.close()
 
     def _delete_unlisted(
@@ -465,13 +659,23 @@ class Feeds:
         # are mapped by now, and a listing swapped for another (N new items,
         # the N old ones left out) must not halve its way past the limit
         before = max(len(held) - result.added + result.deleted, 0)
-        if gone and len(gone) > limit * before:
-            raise FailedPrecondition(
-                f"the listing leaves out {len(gone)} of the feed's {before} items, more than"
-                f" {limit:.0%} (exchange.snapshot_max_delete_fraction): nothing deleted"
-            )
+        check_deletions(
+            len(gone),
+            before,
+            self._delete_window(feed),
+            limit,
+            self.settings.delete_window_seconds,
+            "exchange.snapshot_max_delete_fraction",
+            "the listing leaves out",
+        )
         if gone:
-            self._write_page(feed, run, gone, checkpoint, result)
+            self._write_page(feed, run, gone, checkpoint, result, windowed=True)
+
+    def _delete_window(self, feed: FeedRecord) -> DeleteWindow:
+        seconds = self.settings.delete_window_seconds
+        if not seconds:
+            return DeleteWindow(0, None)
+        return self.store.delete_window(feed.id, now_micros() - int(seconds * 1_000_000))
 
     def _write_page(
         self,
@@ -480,88 +684,158 @@ class Feeds:
         items: list[SourceItem],
         checkpoint: str | None,
         result: FetchResult,
-        guard: _DeleteGuard | None = None,
-        previous: str | None = None,
+        windowed: bool = False,
     ) -> None:
-        """One page's rows, then its mapping, counts and checkpoint. With a
-        guard (a source's page; previous: the checkpoint before it),
-        deletions of items held before the fetch wait in the guard."""
-        counts = PageCounts()
-        # every key of the page when guarded: which ones the feed holds
-        wanted = [i.key for i in items if guard is not None or i.deleted]
-        known = self.store.feed_items(feed.id, wanted)
-        columns: dict[str, list] = {
-            "signal_type": [],
-            "value": [],
-            "entry": [],
-            "labels": [],
-            "label_values": [],
-            "deleted": [],
-        }
-        # each key's last state in this page: a page may add and then delete
-        # (or delete and add again) the same item, and rows are written in order
-        final: dict[str, FeedItem | None] = {}
-        label_cache: dict = {}
-        for item in items:
-            counts.skipped += item.skipped
-            if item.deleted:
-                if guard is not None and item.key in known and item.key not in guard.fresh:
-                    guard.pending[item.key] = known[item.key]
-                    continue
-                held = final.get(item.key) or known.get(item.key)
-                if held is not None:
-                    _add_row(columns, "md5", b"", held.entry_name, "", "", True)
-                    final[item.key] = None
-                continue
-            if not item.signals:
-                continue
-            name = entry_name(feed.name, item.key)
-            labels = self._labels_json(feed, item, label_cache)
-            source_id = item.source_id[: validation.MAX_LABEL_VALUE]
-            good = 0
-            for kind, hex_value in item.signals:
-                try:  # the bulk path's own check, here so a bad hash is never mapped
-                    value = row_value(kind, bytes.fromhex(hex_value), False)
-                except (ValueError, RowError):
-                    result.rejected += 1
-                    continue
-                _add_row(columns, kind, value, name, labels, source_id, False)
-                good += 1
-            if good:
-                final[item.key] = FeedItem(item.key, name, item.source_id)
-                if guard is not None:  # listed again after a held deletion
-                    guard.pending.pop(item.key, None)
-        mapped = [mapping for mapping in final.values() if mapping is not None]
-        unmapped = [key for key, mapping in final.items() if mapping is None]
+        """A page of deletions (held until the fetch's end, or left out of a
+        whole listing), written and committed before this returns.
+        windowed: counted in the feed's deletion window."""
+        chain = _PageChain(self, feed, run, result, None, None)
+        try:
+            chain.send(self._build_page(feed, items, checkpoint, None, None, windowed))
+            chain.drain()
+        finally:
+            chain.close()
+
+    def _build_page(
+        self,
+        feed: FeedRecord,
+        items: list[SourceItem],
+        checkpoint: str | None,
+        guard: _DeleteGuard | None,
+        previous: str | None,
+        windowed: bool = False,
+    ) -> _BuiltPage:
+        """One page's bulk rows, item mapping and checkpoint. With a guard (a
+        source's page; previous: the checkpoint before it), deletions of
+        items held before the fetch wait in the guard. The feed's mapping is
+        looked up for deleted keys only, so every page before one that
+        deletes must be committed (_PageChain.drain)."""
+        known = self.store.feed_items(feed.id, [i.key for i in items if i.deleted])
+        held_back = dict(guard.pending) if guard is not None else {}
+        counts, columns, final = self._page_rows(feed, items, known, guard, set())
+        if not (
+            validation.entry_names_valid(columns["entry"] or ["-"])
+            and validation.label_values_valid(columns["label_values"])
+        ):
+            # a name or source id the bulk path would refuse (rare): the page
+            # again without those items, which are rejected and never mapped
+            if guard is not None:
+                guard.pending.clear()
+                guard.pending.update(held_back)
+            refused = _refused_items(feed.name, items)
+            counts, columns, final = self._page_rows(feed, items, known, guard, refused)
         if guard is not None:
             checkpoint = guard.checkpoint(previous, checkpoint)
-            guard.fresh.update(m.key for m in mapped if m.key not in known)
-        before = (run.result.counts.updated, run.result.rejected_count)
-        # in batches of write_rows (the bulk path's writer makes short
-        # transactions of them, so a Match waits for a small one at most)
+        return _BuiltPage(
+            columns,
+            [mapping for mapping in final.values() if mapping is not None],
+            [key for key, mapping in final.items() if mapping is None],
+            counts,
+            checkpoint,
+            len(items),
+            windowed,
+        )
+
+    def _page_rows(
+        self,
+        feed: FeedRecord,
+        items: list[SourceItem],
+        known: dict[str, FeedItem],
+        guard: _DeleteGuard | None,
+        refused: set[str],
+    ) -> tuple[PageCounts, dict[str, list], dict[str, FeedItem | None]]:
+        """The page's bulk rows as columns, its counts, and each key's last
+        state in it (a page may add and then delete, or delete and add again,
+        the same item; rows are written in order). The loop every fetched
+        hash goes through: list appends bound once, each label set and
+        signal type worked out once a page."""
+        counts = PageCounts()
+        kinds, values, names, label_texts, source_ids, deletes = [], [], [], [], [], []
+        columns = {
+            "signal_type": kinds,
+            "value": values,
+            "entry": names,
+            "labels": label_texts,
+            "label_values": source_ids,
+            "deleted": deletes,
+        }
+        add_kind, add_value, add_name = kinds.append, values.append, names.append
+        add_labels, add_id, add_deleted = label_texts.append, source_ids.append, deletes.append
+        final: dict[str, FeedItem | None] = {}
+        label_cache: dict = {}
+        sizes = _fixed_sizes()
+        prefix = f"{feed.name}:"
+        max_id = validation.MAX_LABEL_VALUE
+        for item in items:
+            key = item.key
+            if item.skipped:
+                counts.skipped += item.skipped
+            if item.deleted:
+                if guard is not None and guard.held_before(key, known):
+                    guard.pending[key] = known[key]
+                    continue
+                held = final.get(key) or known.get(key)
+                if held is not None:
+                    _add_row(columns, "md5", b"", held.entry_name, "", "", True)
+                    final[key] = None
+                continue
+            signals = item.signals
+            if not signals:
+                continue
+            if key in refused:
+                counts.rejected += len(signals)
+                continue
+            name = prefix + key
+            labels = self._labels_json(feed, item, label_cache)
+            source_id = item.source_id
+            if len(source_id) > max_id:
+                source_id = source_id[:max_id]
+            good = 0
+            for kind, hex_value in signals:
+                try:  # the bulk path's own check, here so a bad hash is never mapped
+                    value = bytes.fromhex(hex_value)
+                    if len(value) != sizes.get(kind, -1):
+                        value = row_value(kind, value, False)
+                except (ValueError, RowError):
+                    counts.rejected += 1
+                    continue
+                add_kind(kind)
+                add_value(value)
+                add_name(name)
+                add_labels(labels)
+                add_id(source_id)
+                add_deleted(False)
+                good += 1
+            if good:
+                final[key] = FeedItem(key, name, item.source_id)
+                if guard is not None and guard.pending:  # listed again after a held deletion
+                    guard.pending.pop(key, None)
+        return counts, columns, final
+
+    def _send_rows(self, feed: FeedRecord, run: BulkLoad, page: _BuiltPage) -> None:
+        """The page's rows to the bulk path's writer thread, in batches of
+        write_rows (it makes short transactions of them, so a Match waits
+        for a small one at most); returns once they are handed over."""
         step = self.settings.write_rows
+        columns = page.columns
         for start in range(0, len(columns["value"]), step):
             part = {key: values[start : start + step] for key, values in columns.items()}
             run.add_batch(
                 RowBatch(**part, label_key=SOURCE_ID_LABEL, source=f"exchange:{feed.name}")
             )
-        # the bulk path writes named batches on its writer thread: the page's
-        # rows are committed (and counted) before its checkpoint is, so a crash
-        # between the two replays the page instead of skipping it
-        run.wait_for_writer()
-        # updated: the bulk path's count (labels changed); added and deleted
-        # are counted by the store with the checkpoint (see commit_feed_page)
-        counts.updated = run.result.counts.updated - before[0]
-        result.rejected += run.result.rejected_count - before[1]
-        counts = self.store.commit_feed_page(
-            feed.id, self.owner, checkpoint, mapped, unmapped, counts, self._lease()
+
+    def _commit_page(self, feed: FeedRecord, page: _BuiltPage) -> PageCounts:
+        """The page's mapping, counts and checkpoint (its rows are written)."""
+        return self.store.commit_feed_page(
+            feed.id,
+            self.owner,
+            page.checkpoint,
+            page.mapped,
+            page.unmapped,
+            page.counts,
+            self._lease(),
+            page.windowed,
         )
-        result.pages += 1
-        result.items += len(items)
-        result.added += counts.added
-        result.updated += counts.updated
-        result.deleted += counts.deleted
-        result.skipped += counts.skipped
 
     def _labels_json(self, feed: FeedRecord, item: SourceItem, cache: dict) -> str:
         """The entry's labels as the bulk rows carry them (JSON text): the
@@ -570,13 +844,15 @@ class Feeds:
         partner cannot pose as another feed or drop its id. Source labels
         past the per-entry limit or invalid are dropped (the hashes still
         load). Rows of a page share few label sets: each is checked once."""
-        shared = tuple(sorted(item.labels.items()))
+        # the source's order (a source builds its items' labels alike);
+        # the text is sorted either way
+        shared = tuple(item.labels.items())
         text = cache.get(shared)
         if text is None:
             ours = {**feed.labels, FEED_LABEL: feed.name}
             room = validation.MAX_LABELS - len(ours) - 1  # one for the source id
             theirs = {}
-            for key, value in shared:
+            for key, value in sorted(shared):
                 if len(theirs) >= room or key in ours or key == SOURCE_ID_LABEL:
                     continue
                 try:
@@ -704,6 +980,7 @@ class Feeds:
             credentials,
             self.settings.http_timeout_seconds,
             self.settings.http_retries,
+            self.settings.max_response_bytes,
         )
 
     def _record(
@@ -769,6 +1046,32 @@ def _prefetched(pages: Iterator[SourcePage], stopping: threading.Event) -> Itera
         with contextlib.suppress(queue.Empty):
             ahead.get_nowait()  # lets a blocked put see `done`
         thread.join(timeout=60)
+
+
+@functools.cache
+def _fixed_sizes() -> dict[str, int]:
+    """Signal types whose values have one size (PDQ, MD5, SHA-*), by
+    kind: a value of that size passes row_value() as it is."""
+    return {
+        kind: sig.nbytes for kind, sig in SIGNAL_TYPES.items() if not (sig.opaque or sig.sequence)
+    }
+
+
+def _refused_items(feed: str, items: list[SourceItem]) -> set[str]:
+    """Keys of the page's items whose entry name or source id the bulk path
+    would refuse (too long, control characters): such an item is counted as
+    rejected and never mapped, as if loaded. Checked a column at a time;
+    item by item only when a column fails."""
+    listed = [item for item in items if item.signals and not item.deleted]
+    names = [entry_name(feed, item.key) for item in listed]
+    ids = [item.source_id[: validation.MAX_LABEL_VALUE] for item in listed]
+    if (not names or validation.entry_names_valid(names)) and validation.label_values_valid(ids):
+        return set()
+    return {
+        item.key
+        for item, name, source_id in zip(listed, names, ids, strict=True)
+        if not (validation.entry_names_valid([name]) and validation.label_values_valid([source_id]))
+    }
 
 
 def _add_row(

@@ -14,6 +14,7 @@ fetch for ever).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import re
@@ -89,6 +90,11 @@ class FeedbackUnsupported(Exception):
     """The API takes no feedback of this kind."""
 
 
+class ResponseTooLarge(Unavailable):
+    """A partner's answer past exchange.max_response_bytes: the fetch fails
+    (the pages before it stay committed, and the checkpoint with them)."""
+
+
 @dataclass
 class SourceItem:
     key: str  # the source's item: "type:value" (or its own id)
@@ -114,6 +120,8 @@ class SourceConfig:
     credentials: str | None
     timeout_seconds: float
     retries: int
+    # bytes read from one HTTP answer at most (exchange.max_response_bytes)
+    max_response_bytes: int = 64 << 20
 
 
 class Source:
@@ -152,12 +160,46 @@ def _timeout_adapter(cfg: SourceConfig) -> HTTPAdapter:
     )
     send = adapter.send
 
-    def send_with_timeout(request, **kwargs):
+    def send_bounded(request, **kwargs):
         kwargs["timeout"] = cfg.timeout_seconds
-        return send(request, **kwargs)
+        kwargs["stream"] = True  # the body is read here, within the limit
+        response = send(request, **kwargs)
+        _read_bounded(response, cfg.max_response_bytes)
+        return response
 
-    adapter.send = send_with_timeout
+    adapter.send = send_bounded
     return adapter
+
+
+def _read_bounded(response: requests.Response, limit: int) -> None:
+    """The answer's body read into the response (as requests would), but
+    never past `limit` bytes once decoded: a partner (or whoever answers
+    in its place) sending an endless or gigabyte page would hold it all in
+    the server's memory. Content-Length is checked first; a body without
+    one (chunked, or the connection closed at its end) is cut at the limit."""
+    where = response.url.split("?", 1)[0]  # ThreatExchange puts its token in the query
+    too_large = ResponseTooLarge(
+        f"the answer from {where} is larger than {limit} bytes"
+        " (exchange.max_response_bytes): the fetch stops, the checkpoint stays"
+    )
+    declared = response.headers.get("Content-Length", "")
+    try:
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
+        body = response.raw.read(limit + 1, decode_content=True) or b""
+        if len(body) > limit:
+            raise too_large
+        # the rest (none) so urllib3 sees the end and reuses the connection
+        while chunk := response.raw.read(65536, decode_content=True):
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+    except BaseException:
+        response.close()
+        raise
+    response._content = body
+    response._content_consumed = True
+    response.raw.release_conn()
 
 
 def _session(cfg: SourceConfig) -> requests.Session:
@@ -306,23 +348,36 @@ class TcapSource(Source):
 
 
 def _tcap_item(entry) -> SourceItem:
-    algorithm = str(entry.algorithm)
-    item = SourceItem(item_key(algorithm, entry.hash_digest), source_id=str(entry.id))
+    algorithm, kind = _tcap_algorithm(str(entry.algorithm))
+    digest = entry.hash_digest.strip().lower()
+    item = SourceItem(f"{algorithm}:{digest}", source_id=str(entry.id))
     if entry.deleted:
         item.deleted = True
         return item
-    kind = kind_of(algorithm)
     if kind is None:
         item.skipped = 1
         return item
-    item.signals.append((kind, entry.hash_digest.lower()))
-    ideology = getattr(entry.ideology, "value", entry.ideology)
-    item.labels = {
+    item.signals.append((kind, digest))
+    item.labels = _tcap_labels(getattr(entry.ideology, "value", entry.ideology), entry.file_type)
+    return item
+
+
+@functools.lru_cache(maxsize=256)
+def _tcap_algorithm(algorithm: str) -> tuple[str, str | None]:
+    """A TCAP algorithm's name in item keys and its hashsvc kind (a list
+    has a handful: each is worked out once, not once a row)."""
+    return algorithm.strip().lower(), kind_of(algorithm)
+
+
+@functools.lru_cache(maxsize=4096)
+def _tcap_labels(ideology, file_type) -> dict[str, str]:
+    """A row's TCAP labels: one dict for each ideology and file type, shared
+    by the items that carry them (read, never changed, after this)."""
+    return {
         label: str(value)
-        for label, value in zip(TCAP_LABELS, (ideology, entry.file_type), strict=True)
+        for label, value in zip(TCAP_LABELS, (ideology, file_type), strict=True)
         if value
     }
-    return item
 
 
 # -- the local file exchange: a whole snapshot each fetch

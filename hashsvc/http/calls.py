@@ -214,8 +214,14 @@ class Call:
         return b"".join(parts)
 
     async def json(self) -> dict:
-        """A JSON object body, within max_message_bytes (a gRPC message's limit)."""
-        body = await self.body_bytes(self.config.max_message_bytes, "max_message_bytes")
+        """A JSON object body, within http_max_json_bytes and max_message_bytes
+        (a gRPC message's limit): it is parsed on the event loop (json.loads
+        holds the GIL wherever it runs), so its size bounds how long every
+        other request waits."""
+        most, limit = self.config.http_max_json_bytes, "http_max_json_bytes"
+        if self.config.max_message_bytes < most:
+            most, limit = self.config.max_message_bytes, "max_message_bytes"
+        body = await self.body_bytes(most, limit)
         return parse_json_object(body)
 
     def sync_chunks(self, chunks: AsyncIterator[bytes]) -> Iterator[bytes]:

@@ -5,6 +5,7 @@ gRPC server's certificate and key (and client CA)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import ssl
@@ -19,6 +20,7 @@ from hashsvc.core.core import Core
 from hashsvc.core.sign_in_limits import SignInLimits
 from hashsvc.exchange.feeds import Feeds
 from hashsvc.http.app import build_app
+from hashsvc.http.errors import error_body
 from hashsvc.http.jobs import BulkJobs
 from hashsvc.media.spool import Spool
 
@@ -27,24 +29,88 @@ log = logging.getLogger(__name__)
 _START_SECONDS = 30.0
 
 
-class HeadersDeadline(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, with a deadline on a request's headers:
-    uvicorn waits for the first request of a connection, and for headers sent
-    a byte at a time, for ever, so callers without a token could hold every
-    connection (http_max_connections) with idle sockets. A request's headers
-    must arrive within `headers_seconds` of the connection or of the previous
-    answer; past it the connection is closed."""
+class GuardedConnection(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, guarded against callers that hold
+    connections without using them (uvicorn waits for a connection's first
+    request, for headers sent a byte at a time and, up to its keep-alive
+    timeout, for the next request; every such socket counts against
+    http_max_connections, and past it every request is answered 503, so a
+    caller without a token could refuse Match to everyone):
 
-    headers_seconds = 30.0
+    * a request's headers must arrive within `headers_seconds` of the
+      connection or of the previous answer; past it the connection is closed;
+    * one address holds at most `per_address` connections: one more is
+      answered 429 and closed at once;
+    * when every place is taken, a new connection closes the connection that
+      has waited longest for request headers (idle, dripping headers, kept
+      alive without a request): only connections with a request in progress
+      can fill the server, and each address holds at most its share of those.
+
+    Class attributes are set per server (HttpServer: `held` is its count of
+    connections per address, on the event loop's thread only)."""
+
+    headers_seconds = 10.0
+    per_address = 16
+    max_connections = 64
+    held: dict[str, int] = {}
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._awaited_cycle = None
         self._headers_timer = None
+        self._waiting_since = 0.0
+        self._address = None
+        address = self.client[0] if self.client else ""
+        if self.held.get(address, 0) >= self.per_address:
+            self._refuse(address)
+            return
+        self.held[address] = self.held.get(address, 0) + 1
+        self._address = address
+        self._make_room()
         self._await_headers()
+
+    def _refuse(self, address: str) -> None:
+        body = json.dumps(
+            error_body(
+                "RESOURCE_EXHAUSTED",
+                f"{self.per_address} connections from {address} are open: close one first",
+                limit="http_max_connections_per_address",
+            )
+        ).encode()
+        self.logger.debug("refusing a connection from %s: it holds its share", address)
+        self.transport.write(
+            b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
+            b"retry-after: 1\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        self.transport.close()
+        self.connections.discard(self)
+
+    def _make_room(self) -> None:
+        # uvicorn answers 503 to a request while `max_connections` are open
+        # (this one counted): close those waiting longest for headers first.
+        while len(self.connections) >= self.max_connections:
+            waiting = [
+                c
+                for c in self.connections
+                if c is not self
+                and isinstance(c, GuardedConnection)
+                and c._headers_timer is not None
+                and not c.transport.is_closing()
+            ]
+            if not waiting:
+                return  # every other one is serving a request: this one may get 503
+            oldest = min(waiting, key=lambda c: c._waiting_since)
+            oldest._close_waiting()
+
+    def _close_waiting(self) -> None:
+        self.logger.debug("closing a connection waiting for request headers: the server is full")
+        self.transport.close()
+        self.connections.discard(self)  # its place is free now, not when the loop gets to it
 
     def _await_headers(self) -> None:
         self._awaited_cycle = self.cycle
+        self._waiting_since = self.loop.time()
         self._headers_timer = self.loop.call_later(self.headers_seconds, self._headers_late)
 
     def _headers_late(self) -> None:
@@ -67,6 +133,14 @@ class HeadersDeadline(H11Protocol):
     def connection_lost(self, exc) -> None:
         if self._headers_timer is not None:
             self._headers_timer.cancel()
+            self._headers_timer = None
+        if self._address is not None:
+            left = self.held.get(self._address, 1) - 1
+            if left > 0:
+                self.held[self._address] = left
+            else:
+                self.held.pop(self._address, None)
+            self._address = None
         super().connection_lost(exc)
 
 
@@ -96,7 +170,14 @@ class HttpServer:
             if config.tls_client_ca_file:
                 tls.update(ssl_ca_certs=config.tls_client_ca_file, ssl_cert_reqs=ssl.CERT_REQUIRED)
         protocol = type(
-            "HeadersDeadline", (HeadersDeadline,), {"headers_seconds": config.stream_idle_seconds}
+            "GuardedConnection",
+            (GuardedConnection,),
+            {
+                "headers_seconds": config.http_headers_seconds,
+                "per_address": config.http_max_connections_per_address,
+                "max_connections": config.http_max_connections,
+                "held": {},
+            },
         )
         self.server = uvicorn.Server(
             uvicorn.Config(
@@ -106,7 +187,7 @@ class HttpServer:
                 access_log=False,
                 limit_concurrency=config.http_max_connections,
                 # an idle keep-alive connection is closed after this
-                timeout_keep_alive=int(min(config.stream_idle_seconds, 30)) or 5,
+                timeout_keep_alive=config.http_headers_seconds,
                 lifespan="off",
                 server_header=False,
                 # the caller's address is the socket's: X-Forwarded-For from

@@ -157,6 +157,7 @@ def feed_status_json(feed: FeedRecord, set_name: str) -> dict:
         updated=feed.updated,
         deleted=feed.deleted,
         skipped=feed.skipped,
+        rejected=feed.rejected,
         failures=feed.failures,
         checkpoint=feed.checkpoint,
         next_run=from_micros(feed.next_run_at),

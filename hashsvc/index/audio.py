@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hashsvc.media.audio_words import SECONDS_PER_WORD, informative_mask
+from hashsvc.media.audio_words import CONSTANT_RUN_WORDS, SECONDS_PER_WORD, informative_mask
 
 # 24 bits: 16M buckets, ~9 postings each at 145M words, so a query's lookups
 # stay cheap at 100k tracks (20 bits: 3x slower there), while 28-55% of the
@@ -355,8 +355,16 @@ class AudioIndex:
                 segment, query_keys, query_positions, rate_grid, track_of_slot
             )
         candidates.sort(key=lambda c: -c[0])
+        candidates = candidates[:SHIFT_MAX_CANDIDATES]
+        worth_aligning = _lines_with_a_good_window(
+            query, query_informative, [(c[4], c[2], c[1]) for c in candidates], max_ber
+        )
         alignments: list[AudioAlignment] = []
-        for votes, rate, offset, track_id, known in candidates[:SHIFT_MAX_CANDIDATES]:
+        for (votes, rate, offset, track_id, known), worth in zip(
+            candidates, worth_aligning, strict=True
+        ):
+            if not worth:
+                continue
             found = _align_at_rate(query, query_informative, known, offset, rate, max_ber)
             alignment = _line_alignment(track_id, found, offset, rate, votes, min_seconds)
             if alignment is not None:
@@ -476,13 +484,57 @@ def _align_at_rate(query, query_informative, known, offset, rate, max_ber):
         return None
     start, end = int(inside[0]), int(inside[-1]) + 1  # the line is monotonic
     at = known_at[start:end]
-    # Informative as a word of the known track (a slower query repeats words).
-    valid = query_informative[start:end] & informative_mask(known)[at]
+    # Informative as a word of the known track (a slower query repeats words);
+    # a word's mask depends on its neighbours up to CONSTANT_RUN_WORDS - 1
+    # away, so the mask of the words the line crosses, with that margin, is
+    # exact, and costs the line's length, not the known track's (hours, maybe).
+    margin = CONSTANT_RUN_WORDS - 1
+    lo, hi = max(int(at[0]) - margin, 0), int(at[-1]) + margin + 1
+    valid = query_informative[start:end] & informative_mask(known[lo:hi])[at - lo]
     found = _longest_good_run(query[start:end], known[at], valid, max_ber)
     if found is None:
         return None
     a, b, ber, informative_words = found
     return start + a, start + b, ber, informative_words
+
+
+def _lines_with_a_good_window(query, query_informative, lines, max_ber) -> np.ndarray:
+    """For each (known words, offset, rate) line, whether any window along it
+    passes _longest_good_run's test: the lines _align_at_rate can find
+    something on, judged together. A shifted view's candidates are mostly
+    chance pairs of votes that align nowhere (an unrelated upload's all are),
+    and one pass over all of them costs what aligning one did. Exact: words
+    off the known track count as invalid, which is what cutting them off
+    does to the windows that remain."""
+    n = len(query)
+    if not lines or n < WINDOW_WORDS:
+        return np.zeros(len(lines), dtype=bool)
+    steps = np.arange(n)
+    errors = np.zeros((len(lines), n), dtype=np.int64)
+    valid = np.zeros((len(lines), n), dtype=bool)
+    margin = CONSTANT_RUN_WORDS - 1
+    for row, (known, offset, rate) in enumerate(lines):
+        known_at = np.rint(offset + steps * rate).astype(np.int64)
+        inside = np.flatnonzero((known_at >= 0) & (known_at < len(known)))
+        if len(inside) < WINDOW_WORDS:
+            continue  # too short: _align_at_rate finds nothing either
+        start, end = int(inside[0]), int(inside[-1]) + 1
+        at = known_at[start:end]
+        lo, hi = max(int(at[0]) - margin, 0), int(at[-1]) + margin + 1
+        valid[row, start:end] = (
+            query_informative[start:end] & informative_mask(known[lo:hi])[at - lo]
+        )
+        errors[row, start:end] = np.bitwise_count(query[start:end] ^ known[at])
+    errors[~valid] = 0
+    half = WINDOW_WORDS // 2
+    zeros = np.zeros((len(lines), 1), dtype=np.int64)
+    err_cum = np.concatenate([zeros, np.cumsum(errors, axis=1)], axis=1)
+    valid_cum = np.concatenate([zeros, np.cumsum(valid, axis=1)], axis=1)
+    lo = np.clip(steps - half, 0, n)
+    hi = np.clip(steps + half, 0, n)
+    window_valid = valid_cum[:, hi] - valid_cum[:, lo]
+    window_ber = (err_cum[:, hi] - err_cum[:, lo]) / np.maximum(32 * window_valid, 1)
+    return ((window_ber <= max_ber) & (window_valid >= half)).any(axis=1)
 
 
 def _line_alignment(track_id, found, offset, rate, votes, min_seconds) -> AudioAlignment | None:

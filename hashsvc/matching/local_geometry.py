@@ -46,6 +46,10 @@ MIN_CONSISTENT_INLIERS = 8
 COVERAGE_GRID = 12
 # Two inliers closer than this (pixels) count as one position.
 DISTINCT_PX = 3.0
+# Keypoints closer than this to a picture's edge are never found (ORB's
+# edgeThreshold and patch size, 31 px at its finest level): agreement is
+# counted where both pictures could hold a keypoint, away from both edges.
+EDGE_PX = 31.0
 
 
 @dataclass(frozen=True)
@@ -166,24 +170,37 @@ def _coverage(inliers: np.ndarray, features: LocalFeatures) -> tuple[float, int]
     return len(held) / max(1, len(content)), len(held)
 
 
+def _edge(features: LocalFeatures) -> float:
+    """The band along a picture's edges where it holds no keypoints (EDGE_PX),
+    at most a quarter of its shorter side."""
+    return min(EDGE_PX, 0.25 * min(features.width, features.height))
+
+
 def _agreement(
     matrix: np.ndarray, inliers: np.ndarray, query: LocalFeatures, known: LocalFeatures
 ) -> float:
-    """Share of the cells both pictures show and have content in that agree."""
+    """Share of the cells both pictures show and have content in that agree.
+
+    Both pictures are taken without their edge bands (_edge): neither has a
+    keypoint there, so a cell there can never agree. Counted, they held a
+    small upload to its middle strip (a 300 px picture cut by 30% is 75 px
+    high: 13 px of it away from ORB's 31 px bands) and an upload shown larger
+    than the known picture to a frame shrunk by its bands."""
     forward = matrix.astype(np.float64)
     inverse = inverted(forward)
-    # known keypoints that land inside the query's frame
+    q_edge, k_edge = _edge(query), _edge(known)
+    # known keypoints that land inside the query's frame, away from its edges
     mapped = known.points @ forward[:, :2].T + forward[:, 2]
     shown = (
-        (mapped[:, 0] >= 0)
-        & (mapped[:, 0] <= query.width)
-        & (mapped[:, 1] >= 0)
-        & (mapped[:, 1] <= query.height)
+        (mapped[:, 0] >= q_edge)
+        & (mapped[:, 0] <= query.width - q_edge)
+        & (mapped[:, 1] >= q_edge)
+        & (mapped[:, 1] <= query.height - q_edge)
     )
-    # query keypoints that land inside the known's frame, in known pixels
+    # query keypoints that land inside the known's frame (away from its edges), in known pixels
     back = query.points @ inverse[:, :2].T + inverse[:, 2]
-    inside = (back[:, 0] >= 0) & (back[:, 0] <= known.width) & (back[:, 1] >= 0)
-    inside &= back[:, 1] <= known.height
+    inside = (back[:, 0] >= k_edge) & (back[:, 0] <= known.width - k_edge)
+    inside &= (back[:, 1] >= k_edge) & (back[:, 1] <= known.height - k_edge)
     both = np.concatenate([known.points[shown], back[inside].astype(np.float32)])
     comparable = _cell_ids(both, known.width, known.height)
     held = _cell_ids(inliers, known.width, known.height)

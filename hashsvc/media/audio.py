@@ -337,10 +337,10 @@ class _ShiftWindows:
             self._parts.append(pcm[:take])
             self._kept += take
 
-    def starts(self, kept: np.ndarray) -> list[int]:
-        """Where the stretches start (samples): centred on each part of what
-        was kept, clamped inside it."""
-        window = min(self._window, len(kept))
+    def stretches(self, kept: np.ndarray) -> tuple[list[int], int]:
+        """Where the stretches start and how long they are (samples): one
+        centred on each part of what was kept, clamped inside it, the parts
+        sharing shift_budget_seconds."""
         limits = self._limits
         ranges = [(0, len(kept))]
         if limits.shift_windows > 1:
@@ -351,28 +351,36 @@ class _ShiftWindows:
                 limits.shift_change_db,
                 limits.shift_windows,
             )
+        budget = int(limits.shift_budget_seconds * SAMPLE_RATE) // len(ranges)
+        window = min(self._window, budget, len(kept))
         centers = [(lo + hi) / 2 for lo, hi in ranges]
-        return sorted({int(min(max(c - window / 2, 0), len(kept) - window)) for c in centers})
+        starts = {int(min(max(c - window / 2, 0), len(kept) - window)) for c in centers}
+        return sorted(starts), window
 
     def views(self) -> tuple[Signal, ...]:
         if self._kept < self._limits.min_seconds * SAMPLE_RATE:
             return ()
         kept = np.concatenate(self._parts)
+        starts, window = self.stretches(kept)
         # Every (stretch, tempo factor) is resampled by every pitch ratio: the
         # positions and weights of a ratio are worked out once, for the
         # longest, and serve the others as their prefix.
         stretched = [
             (start, stretch, source if stretch == 1.0 else _atempo(source, stretch))
-            for start in self.starts(kept)
-            for source in [kept[start : start + self._window]]
+            for start in starts
+            for source in [kept[start : start + window]]
             for stretch in self._limits.shift_tempo_stretches
         ]
         longest = max(len(pcm) for _, _, pcm in stretched)
+        # float32 once per stretch, and its sample-to-sample differences: each
+        # of the 21 ratios interpolates from them without converting again.
+        sources = [(start, stretch, _Interpolated(pcm)) for start, stretch, pcm in stretched]
+        fingerprinter = chromaprint.Fingerprinter(_ALGORITHM)  # one context for all views
         views = []
         for ratio in self._ratios:
             plan = _ResamplePlan(longest, ratio)
-            for start, stretch, pcm in stretched:
-                words = _fingerprint_pcm(plan.resampled(pcm))
+            for start, stretch, source in sources:
+                words = _fingerprint_pcm(plan.resampled(source), fingerprinter)
                 if informative_mask(words).sum() * SECONDS_PER_WORD < self._limits.min_seconds:
                     continue
                 views.append(
@@ -402,24 +410,33 @@ class _ResamplePlan:
         at = np.arange(max(int((samples - 1) * ratio), 0), dtype=np.float64)
         at *= 1.0 / ratio
         self._left = at.astype(np.int32)  # < samples - 1, so left + 1 is a sample too
-        self._right = self._left + 1
         at -= self._left
         self._weight = at.astype(np.float32)
 
-    def resampled(self, pcm: np.ndarray) -> np.ndarray:
+    def resampled(self, pcm: np.ndarray | _Interpolated) -> np.ndarray:
+        source = pcm if isinstance(pcm, _Interpolated) else _Interpolated(pcm)
         if self.ratio == 1.0:
-            return pcm
+            return source.pcm
         # a shorter input's output positions are a prefix of the longest one's
-        n = max(int((len(pcm) - 1) * self.ratio), 0)
+        n = max(int((len(source.pcm) - 1) * self.ratio), 0)
         if n > len(self._weight):
             raise ValueError("a resample plan serves inputs up to the length it was made for")
-        source = pcm.astype(np.float32)
-        left = source[self._left[:n]]
-        out = source[self._right[:n]]
-        out -= left
+        # left + weight * (right - left), as two gathers at the same indexes
+        left = self._left[:n]
+        out = np.take(source.steps, left)
         out *= self._weight[:n]
-        out += left
+        out += np.take(source.samples, left)
         return out.astype(np.int16)
+
+
+class _Interpolated:
+    """int16 PCM as float32 samples and the steps between neighbours: what
+    every resampling of it reads."""
+
+    def __init__(self, pcm: np.ndarray) -> None:
+        self.pcm = pcm
+        self.samples = pcm.astype(np.float32)
+        self.steps = np.diff(self.samples)
 
 
 def _resampled(pcm: np.ndarray, ratio: float) -> np.ndarray:
@@ -453,8 +470,11 @@ def _atempo(pcm: np.ndarray, factor: float) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, np.int16)
 
 
-def _fingerprint_pcm(pcm: np.ndarray) -> np.ndarray:
-    fingerprinter = chromaprint.Fingerprinter(_ALGORITHM)
+def _fingerprint_pcm(pcm: np.ndarray, fingerprinter=None) -> np.ndarray:
+    """Raw words of mono s16 PCM at SAMPLE_RATE; a fingerprinter passed in is
+    started anew (a context serves one fingerprint at a time)."""
+    if fingerprinter is None:
+        fingerprinter = chromaprint.Fingerprinter(_ALGORITHM)
     fingerprinter.start(SAMPLE_RATE, 1)
     fingerprinter.feed(pcm.tobytes())
     return np.array(chromaprint.decode_fingerprint(fingerprinter.finish())[0], dtype=np.uint32)

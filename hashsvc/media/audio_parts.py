@@ -33,17 +33,23 @@ def block_spectra(pcm: np.ndarray, sample_rate: int) -> np.ndarray:
     frames_per_block = (block - _FRAME) // _FRAME_STEP + 1
     if n_blocks == 0:
         return np.zeros((0, len(_BAND_EDGES_HZ) - 1))
-    starts = (
-        np.arange(n_blocks)[:, None] * block + np.arange(frames_per_block)[None, :] * _FRAME_STEP
-    ).ravel()
-    frames = pcm[starts[:, None] + np.arange(_FRAME)[None, :]].astype(np.float32)
+    # (blocks, frames per block, _FRAME) as a strided view of the PCM: one copy, to float32
+    blocks = pcm[: n_blocks * block].reshape(n_blocks, block)
+    windows = np.lib.stride_tricks.sliding_window_view(blocks, _FRAME, axis=1)
+    frames = windows[:, : frames_per_block * _FRAME_STEP : _FRAME_STEP].astype(np.float32)
+    frames = frames.reshape(n_blocks * frames_per_block, _FRAME)
     frames *= np.hanning(_FRAME).astype(np.float32)
-    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    # float32 throughout (complex64 out of rfft): a shifted Match pays for this
+    # on every upload, and dB differences of 2.5 need no more precision
+    spectrum = np.fft.rfft(frames, axis=1)
+    power = spectrum.real**2
+    power += spectrum.imag**2
     band_of_bin = np.searchsorted(_BAND_EDGES_HZ, np.fft.rfftfreq(_FRAME, 1 / sample_rate)) - 1
-    bands = np.zeros((power.shape[1], len(_BAND_EDGES_HZ) - 1))
+    bands = np.zeros((power.shape[1], len(_BAND_EDGES_HZ) - 1), dtype=np.float32)
     inside = np.flatnonzero((band_of_bin >= 0) & (band_of_bin < bands.shape[1]))
     bands[inside, band_of_bin[inside]] = 1.0
-    return (power @ bands).reshape(n_blocks, frames_per_block, -1).mean(axis=1)
+    spectra = (power @ bands).reshape(n_blocks, frames_per_block, -1).mean(axis=1)
+    return spectra.astype(np.float64)  # best_join's cumulative sums run over minutes
 
 
 def best_join(spectra: np.ndarray, context_blocks: int) -> tuple[int, float]:

@@ -95,9 +95,13 @@ class AudioLimits:
     # each view costs ~4 ms). One stretch, in the middle, when the scanned
     # audio sounds alike throughout; one in the middle of each part, up to
     # shift_windows, where its sound changes by more than shift_change_db
-    # (an intro, then the track). 0 windows: no shifted search.
+    # (an intro, then the track). 0 windows: no shifted search. The parts
+    # share shift_budget_seconds of stretch: each is at most
+    # shift_window_seconds and at most the budget over the number of parts,
+    # so an upload of two parts costs about what one of one part costs.
     shift_windows: int = 2
     shift_window_seconds: float = 16.0
+    shift_budget_seconds: float = 24.0
     shift_scan_seconds: float = 120.0
     shift_change_db: float = 2.5
     shift_pitch_range: float = 0.10
@@ -115,6 +119,8 @@ class AudioLimits:
             raise ValueError("audio.shift_pitch_step must be within (0, 0.05], range 0..0.3")
         if self.shift_pitch_range / self.shift_pitch_step > 40:
             raise ValueError("audio.shift_pitch_range / shift_pitch_step must be <= 40")
+        if not 5 <= self.shift_budget_seconds <= 240:
+            raise ValueError("audio.shift_budget_seconds must be within 5..240")
         if not 5 <= self.shift_scan_seconds <= 600:
             raise ValueError("audio.shift_scan_seconds must be within 5..600")
         if not 0 < self.shift_change_db <= 60:

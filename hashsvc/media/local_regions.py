@@ -88,13 +88,19 @@ def tiles(
     h, w = gray.shape
     min_side = limits.min_tile_side / max(scale, 1e-9)
     found: list[Box] = []
-    for top, bottom in _spans(_flat(gray, 1, limits), min_side):
+    flat_rows = _flat(gray, 1, limits)
+    for top, bottom in _spans(flat_rows, min_side):
         band = gray[top:bottom]
-        for left, right in _spans(_flat(band, 0, limits), min_side):
+        flat_cols = _flat(band, 0, limits)
+        for left, right in _spans(flat_cols, min_side):
             cell = band[:, left:right]
-            # the cell without its flat margins (a tile fitted into its cell)
-            rows = np.nonzero(~_flat(cell, 1, limits))[0]
-            cols = np.nonzero(~_flat(cell, 0, limits))[0]
+            # the cell without its flat margins (a tile fitted into its cell).
+            # Its columns are its band's; its rows are the picture's when it
+            # is as wide as the picture: an ordinary photo (one band, one
+            # cell) pays one pass over its rows and columns, not two.
+            cell_rows = flat_rows[top:bottom] if right - left == w else _flat(cell, 1, limits)
+            rows = np.nonzero(~cell_rows)[0]
+            cols = np.nonzero(~flat_cols[left:right])[0]
             if not len(rows) or not len(cols):
                 continue
             box = (

@@ -154,6 +154,7 @@ def feed_status(feed: pb.Feed) -> dict:
         updated=feed.updated,
         deleted=feed.deleted,
         skipped=feed.skipped,
+        rejected=feed.rejected,
         failures=feed.failures,
         checkpoint=feed.checkpoint,
         next_run=when("next_run_at"),
@@ -198,6 +199,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(
                 f"{feed.name}\tlast {row['last_fetch'] or 'never'}\t{row['result'] or '-'}"
                 f"\t+{feed.added} ~{feed.updated} -{feed.deleted} skipped {feed.skipped}"
+                f" rejected {feed.rejected}"
                 f"\tnext {row['next_run']}\tcheckpoint {row['checkpoint'] or '-'}"
                 + (f"\terror: {feed.last_error}" if feed.last_error else "")
             )

@@ -38,7 +38,11 @@ def register(commands: Subcommands) -> None:
         " prune (admin): drop the query signals of records before --before (the chain still"
         " verifies)",
     )
-    p.add_argument("--before", help=f"prune: records older than this ({TIME_HELP})")
+    p.add_argument(
+        "--before",
+        help=f"prune: records older than this ({TIME_HELP}); at least the longest retro window"
+        " in force plus history_prune_margin_seconds ago (8d by default)",
+    )
     p.add_argument("--since", help=TIME_HELP)
     p.add_argument("--until", help=TIME_HELP)
     p.add_argument("--decision", choices=["block", "review", "allow"])

@@ -1,0 +1,194 @@
+"""The HTTP API's connections against idle and slow clients, with real
+sockets on 127.0.0.1 (and other loopback addresses, as other callers):
+sockets that never send a request, send their headers a byte at a time or
+keep a connection alive without a request cannot take http_max_connections
+from everyone else (a Match over HTTP is answered, not 503); one address
+holds at most http_max_connections_per_address; the server closes what
+sends no request headers within http_headers_seconds; a huge JSON body
+(parsed on the event loop) is refused past http_max_json_bytes while other
+requests are answered. Every socket the test opens has a timeout and is
+closed at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from hashsvc_testing.http_server import HttpServerProcess
+
+LIMITS = """
+http_max_connections = 8
+http_max_connections_per_address = 3
+http_headers_seconds = 2
+"""
+MATCH = {"signal": {"signal_type": "md5", "value": "0" * 32}}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    d = tmp_path_factory.mktemp("http-connections")
+    proc = HttpServerProcess(f"sqlite:///{d}/db.sqlite", d / "server.log", LIMITS)
+    yield proc
+    proc.stop()
+
+
+@contextlib.contextmanager
+def held_sockets(server, addresses: list[str], first_bytes: bytes = b""):
+    """One connected socket per source address (127.0.0.N), each sending
+    `first_bytes` (nothing: idle); all closed on the way out."""
+    opened: list[socket.socket] = []
+    try:
+        for address in addresses:
+            sock = socket.socket()
+            opened.append(sock)
+            sock.settimeout(5)
+            sock.bind((address, 0))
+            sock.connect(("127.0.0.1", server.http_port))
+            if first_bytes:
+                sock.sendall(first_bytes)
+        time.sleep(0.3)  # the server has accepted them all
+        yield opened
+    finally:
+        for sock in opened:
+            sock.close()
+
+
+def _closed_by_server(sock: socket.socket) -> bytes | None:
+    """What the server sent before closing, or None if it is still open."""
+    try:
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        return data
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        return b""
+
+
+def _match(server) -> httpx.Response:
+    with server.client("matcher") as c:
+        return c.post("/v1/match", json=MATCH, timeout=10)
+
+
+def _spread(count: int, first: int = 2) -> list[str]:
+    """`count` source addresses, at most 3 sockets from each (the per-address limit)."""
+    return [f"127.0.0.{first + i // 3}" for i in range(count)]
+
+
+def test_idle_and_slow_sockets_do_not_refuse_match(server):
+    """8 sockets from other addresses that never send a request, 4 sending
+    half of their headers and one kept alive after an answer: every place
+    (8) is taken, yet a Match from a new connection is answered at once
+    (the idle ones are closed to make room), never 503."""
+    with server.client("matcher") as kept_alive:  # a kept-alive connection, idle after its answer
+        assert kept_alive.post("/v1/match", json=MATCH).status_code == 200
+        with (
+            held_sockets(server, _spread(8)),
+            held_sockets(server, _spread(4, first=10), b"POST /v1/match HTTP/1.1\r\nHost: x\r\n"),
+        ):
+            started = time.monotonic()
+            for _ in range(5):
+                resp = _match(server)
+                assert resp.status_code == 200, (resp.status_code, resp.text)
+            assert time.monotonic() - started < 5
+
+
+def test_one_address_holds_at_most_its_share(server):
+    """The 4th connection from one address is answered 429 at once and
+    closed; the first 3 are not; another address is served."""
+    with held_sockets(server, ["127.0.0.20"] * 3) as held:
+        with held_sockets(server, ["127.0.0.20"]) as (extra,):
+            answer = _closed_by_server(extra)
+            assert answer is not None and answer.startswith(b"HTTP/1.1 429 "), answer
+            assert b'"RESOURCE_EXHAUSTED"' in answer
+            assert b"http_max_connections_per_address" in answer
+        for sock in held:
+            sock.settimeout(0.2)
+            assert _closed_by_server(sock) is None  # still open
+        assert _match(server).status_code == 200
+    # their places are given back when they close
+    time.sleep(0.3)
+    with held_sockets(server, ["127.0.0.20"]) as (again,):
+        again.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = _closed_by_server(again)
+        assert answer is not None and answer.startswith(b"HTTP/1.1 200 "), answer
+
+
+def test_sockets_without_request_headers_are_closed(server):
+    """Idle, dripping headers, or kept alive without a next request: closed
+    within http_headers_seconds (2 s) + slack."""
+    with (
+        held_sockets(server, ["127.0.0.30"]) as (idle,),
+        held_sockets(server, ["127.0.0.31"], b"GET /healthz HTTP/1.1\r\n") as (slow,),
+        held_sockets(server, ["127.0.0.32"], b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n") as (
+            kept,
+        ),
+    ):
+        started = time.monotonic()
+        for sock in (idle, slow):
+            sock.settimeout(6)
+            assert _closed_by_server(sock) == b""
+        kept.settimeout(6)
+        answer = _closed_by_server(kept)
+        assert answer is not None and answer.startswith(b"HTTP/1.1 200 ")
+        assert time.monotonic() - started < 6
+
+
+def _numbers_json(mib: int) -> bytes:
+    """The costliest JSON to parse per byte: an array of small numbers."""
+    return b'{"signal": [' + b",".join([b"0"] * (mib * 1024 * 1024 // 2)) + b"]}"
+
+
+def _send_chunked(server, address: str, body: bytes, answers: list[bytes]) -> None:
+    """POST /v1/match with `body` in 1 MiB chunks (no Content-Length, so the
+    server must read it to know its size); the answer goes to `answers`."""
+    with socket.socket() as sock:
+        sock.settimeout(60)
+        sock.bind((address, 0))
+        sock.connect(("127.0.0.1", server.http_port))
+        sock.sendall(
+            b"POST /v1/match HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+            b"authorization: Bearer " + server.tokens["matcher"].encode() + b"\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        try:
+            for start in range(0, len(body), 1 << 20):
+                part = body[start : start + (1 << 20)]
+                sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+            sock.sendall(b"0\r\n\r\n")
+        except OSError:
+            pass  # the server answered and closed before the whole body was sent
+        answers.append(_closed_by_server(sock) or b"")
+
+
+def test_a_huge_json_body_does_not_hold_other_requests(server):
+    """48 MiB of JSON numbers (1-3 s of the event loop's CPU if parsed) sent
+    twice from another address: refused 413 (http_max_json_bytes) once 1 MiB
+    has arrived, and small Matches sent meanwhile are each answered within
+    a second (before the limit, one waited for the whole parse)."""
+    body, answers = _numbers_json(48), []
+    senders = [
+        threading.Thread(target=_send_chunked, args=(server, f"127.0.0.4{i}", body, answers))
+        for i in range(2)
+    ]
+    slowest = 0.0
+    with server.client("matcher") as c:
+        for sender in senders:
+            sender.start()
+        while any(s.is_alive() for s in senders):
+            started = time.monotonic()
+            assert c.post("/v1/match", json=MATCH, timeout=30).status_code == 200
+            slowest = max(slowest, time.monotonic() - started)
+    for sender in senders:
+        sender.join(60)
+    assert len(answers) == 2
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+        assert b"http_max_json_bytes" in answer
+    assert slowest < 1.0, slowest
