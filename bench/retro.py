@@ -4,6 +4,7 @@ PDQ views each, and Match latency while a hunt runs.
     .venv/bin/python bench/retro.py            # 200k uploads (extrapolated to 10M)
     .venv/bin/python bench/retro.py --short    # 10k uploads, fewer Match calls (CI)
     .venv/bin/python bench/retro.py --threads 2  # the comparison on 2 threads (retro_threads)
+    .venv/bin/python bench/retro.py --unpacked   # records without packed views (read from text)
 
 The history rows are synthetic (random PDQ views, as many as an upload's
 views, 1 upload in 1,000 a near copy of a new entry) written straight into a
@@ -18,13 +19,14 @@ uploads (target < 2 min), and Match p50/p95 idle and during the hunt
 
 Measured (200k uploads): with the pair-by-pair scan (hashsvc/index/
 flat_scan.py) and whole records, at a load of ~10: 18,194 uploads/s per
-core, 9.2 core-minutes for 10M (4.6 min on 2 free cores), Match p50 36.8 ->
-43.4 ms during the hunt. With the bound scan (hashsvc/index/bound_scan.py)
-and the lean reading (HistoryStore.history_signal_texts), at a load of ~30:
-44,561 uploads/s per core (CPU 4.5 s), 3.7 core-minutes for 10M, i.e. 1.9
-min on 2 free cores (target 2 min: met if both cores hunt); 3,658 uploads/s
-wall (the load); 200/200 copies found; Match p50 156.2 ms idle, 136.3 ms
-during the hunt (ratio 0.87: the load moved it more than the hunt did).
+core, 9.2 core-minutes for 10M. With the bound scan (hashsvc/index/
+bound_scan.py) and the views read out of the JSON text, idle machine:
+47,552 uploads/s per core (3.5 core-minutes for 10M). With the views packed
+in match_history_views, at a load of ~10: fixed costs 0.24 s CPU, then
+80,504 uploads/s per core (2.07 core-minutes for 10M); --unpacked in the
+same session 51,876 per core with the fixed costs (packed 59,017-73,465);
+3,470 bytes/upload on disk against 2,880. Match p50 during the hunt moved
+-10% to +44% between identical runs at that load (README: Retro-hunt).
 """
 
 from __future__ import annotations
@@ -129,6 +131,7 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=10_000)
     parser.add_argument("--match-seconds", type=float, default=0)
     parser.add_argument("--threads", type=int, default=1, help="retro_threads")
+    parser.add_argument("--batch", type=int, default=10_000, help="retro_batch_records")
     parser.add_argument("--nice", type=int, default=10, help="retro_nice (the hunting threads')")
     parser.add_argument("--pause", type=float, default=0.0, help="retro_pause_seconds")
     parser.add_argument(
@@ -147,7 +150,7 @@ def main() -> None:
         db_url=f"sqlite:///{db}",
         workers=1,
         retro_poll_seconds=3600,
-        retro_batch_records=2000,
+        retro_batch_records=args.batch,
         retro_threads=args.threads,
         retro_nice=args.nice,
         retro_pause_seconds=args.pause,

@@ -407,9 +407,11 @@ class HistorySQL:
                 if ids:
                     # their packed views go with them (the hunt reads '[]')
                     cur.execute(
-                        "UPDATE match_history_views SET views = NULL"
-                        f" WHERE history_id IN ({', '.join('?' * done)}) AND views IS NOT NULL",
-                        ids,
+                        "UPDATE match_history_views SET views = NULL WHERE views IS NOT NULL"
+                        " AND history_id >= ? AND history_id <= ? AND history_id IN"
+                        " (SELECT id FROM match_history WHERE id >= ? AND id <= ?"
+                        " AND signals_pruned_at IS NOT NULL)",
+                        (min(ids), max(ids), min(ids), max(ids)),
                     )
             pruned += done
             if done < batch:

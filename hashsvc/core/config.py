@@ -413,7 +413,7 @@ class Config:
     history_prune_margin_seconds: float = 86_400.0
     retro_max_entries_per_run: int = 100_000
     retro_max_open_runs: int = 100
-    retro_batch_records: int = 2_000
+    retro_batch_records: int = 10_000
     retro_lease_seconds: float = 60.0
     retro_poll_seconds: float = 5.0
     retro_pause_seconds: float = 0.0

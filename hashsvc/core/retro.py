@@ -93,7 +93,10 @@ class RetroSettings:
     # hand is RESOURCE_EXHAUSTED: a flood of new entries cannot pile up work.
     max_open_runs: int = 100
     # History records read per step; the checkpoint is saved after each.
-    batch_records: int = 2_000
+    # Larger steps compare faster (the bound scan's tables are read once a
+    # step per block: 10,000 against 2,000 measured 7.0 against 7.8 us an
+    # upload) and checkpoint less often; a resumed run redoes at most one.
+    batch_records: int = 10_000
     # A run's lease: a server that died holding it loses it after this, and
     # another (or the restarted one) resumes from the checkpoint.
     lease_seconds: float = 60.0
