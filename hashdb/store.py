@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Protocol
 
 from hashdb.bulk_sql import AddedSignals, BulkCounts, EntryUpsert, PlainSignals
-from hashdb.exchange_sql import FeedbackRecord, FeedItem, FeedRecord, PageCounts
+from hashdb.exchange_sql import DeleteWindow, FeedbackRecord, FeedItem, FeedRecord, PageCounts
 from hashdb.model import (
     Change,
     EndpointState,
@@ -509,8 +509,10 @@ class ExchangeStore(Protocol):
     def all_feed_items(self, feed_id: int) -> dict[str, FeedItem]: ...
     def feed_item_for_entry(self, feed_id: int, entry_name: str) -> FeedItem | None: ...
     def commit_feed_page(
-        self, feed_id, owner, checkpoint, mapped, unmapped, counts, lease_seconds
+        self, feed_id, owner, checkpoint, mapped, unmapped, counts, lease_seconds, windowed=False
     ) -> PageCounts: ...
+    def delete_window(self, feed_id: int, since: int) -> DeleteWindow: ...
+    def feed_set_name(self, set_id: int) -> str: ...
     def finish_feed_fetch(self, feed_id, owner, result, error, next_run_at, failed) -> None: ...
     def queue_feedback(
         self, feed_id: int, entry_name: str, verdict: str, created_by: str

@@ -665,11 +665,7 @@ def test_a_fetch_deleting_most_of_a_feed_deletes_nothing_and_fails(harness):
     stubs, md = harness.stubs("operator")
     _set(stubs, md)
     with ThreatExchangeServer(page_size=2) as te:
-        values = [_hex() for _ in range(6)]
-        for value in values:
-            te.add(value)
-        _add(stubs, md, "gifct", "threatexchange", TE_TOKEN, privacy_group=303, base_url=te.url)
-        _fetch(stubs, md, "gifct")
+        values = _te_feed_fetched(stubs, md, te, 6)
         checkpoint = harness.core.store.get_feed("gifct").checkpoint
         for value in values[:4]:  # 4 of 6 over three pages: each under half
             te.add(value, should_delete=True)
@@ -720,6 +716,17 @@ def test_a_fetch_deleting_most_of_a_feed_deletes_nothing_and_fails(harness):
     assert "allow_mass_delete" in str(history)
 
 
+def _te_feed_fetched(stubs, md, te, count: int) -> list[str]:
+    """`count` hashes at the ThreatExchange partner, the feed `gifct` of them
+    added and fetched once; returns the hashes."""
+    values = [_hex() for _ in range(count)]
+    for value in values:
+        te.add(value)
+    _add(stubs, md, "gifct", "threatexchange", TE_TOKEN, privacy_group=303, base_url=te.url)
+    _fetch(stubs, md, "gifct")
+    return values
+
+
 def test_slow_drip_deletions_are_refused_over_the_window(harness, tmp_path):
     """A feed deleting just under max_delete_fraction at every fetch would
     empty its set in a few fetches: the fraction holds over
@@ -730,11 +737,7 @@ def test_slow_drip_deletions_are_refused_over_the_window(harness, tmp_path):
     _set(stubs, md)
     store = harness.core.store
     with ThreatExchangeServer(page_size=100) as te:
-        values = [_hex() for _ in range(10)]
-        for value in values:
-            te.add(value)
-        _add(stubs, md, "gifct", "threatexchange", TE_TOKEN, privacy_group=303, base_url=te.url)
-        _fetch(stubs, md, "gifct")
+        values = _te_feed_fetched(stubs, md, te, 10)
         for value in values[:4]:  # 4 of 10: within half
             te.add(value, should_delete=True)
         assert _fetch(stubs, md, "gifct")[-1].deleted == 4
@@ -783,11 +786,7 @@ def test_a_zero_delete_window_judges_each_fetch_alone(make_harness, store_url):
     stubs, md = h.stubs("operator")
     _set(stubs, md)
     with ThreatExchangeServer(page_size=100) as te:
-        values = [_hex() for _ in range(10)]
-        for value in values:
-            te.add(value)
-        _add(stubs, md, "gifct", "threatexchange", TE_TOKEN, privacy_group=303, base_url=te.url)
-        _fetch(stubs, md, "gifct")
+        values = _te_feed_fetched(stubs, md, te, 10)
         for batch in (values[:4], values[4:6]):
             for value in batch:
                 te.add(value, should_delete=True)

@@ -424,8 +424,7 @@ class Feeds:
         return feed
 
     def set_name(self, feed: FeedRecord) -> str:
-        hash_set = self.store.get_set_by_id(feed.set_id)
-        return hash_set.name if hash_set else ""
+        return self.store.feed_set_name(feed.set_id)
 
     def feedback(self, name: str, entry: str | None = None) -> list[FeedbackRecord]:
         return self.store.feedback_for(self.get(name).id, entry)
