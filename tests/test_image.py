@@ -37,9 +37,10 @@ def test_every_format_hashes_close_to_the_original(fmt):
     # from the full-size reference; GIF also loses colour to its palette.
     limit = 40 if fmt == "GIF" else 24
     assert hamming(pdq.value, reference) <= limit
-    # a photo also gets its local features (one blob, the picture as given)
+    # a photo also gets its local features: the picture as given and, under
+    # features_enlarge_below (this one is 300x348), enlarged
     assert {s.kind for s in signals} == {"md5", "sha256", "pdq", "local_features"}
-    assert [s.variant for s in signals if s.kind == "local_features"] == ["original"]
+    assert [s.variant for s in signals if s.kind == "local_features"] == ["original", "enlarged"]
 
 
 def test_gif_first_frame_is_hashed():
