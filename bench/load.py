@@ -24,7 +24,12 @@ calls Match (by hash) in a loop during the load and reports its latency.
 
 Also printed, measured inside the server: the longest hold of an index's
 write lock (a Match's search waits for it) and the longest bulk write
-transaction (on SQLite a Match's history write waits for it).
+transaction (on SQLite a Match's history write waits for it). CPU: the
+client's, the server's, and the server's less its Matches' (the matcher's
+calls, their cost measured with the matcher alone first: on a busy machine a
+load runs longer and serves more of them); on PostgreSQL also the CPU of the
+server's own backends (by application name: other work on the database does
+not count). --profile samples the server's running threads.
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ BATCH_ROWS = 20_000
 # their hash, so a batch's names fall all over the set's name index: the
 # server writes a batch sorted, in short transactions, and each of them
 # writes fewer pages of the index the larger the batch (SQLite, 500k rows:
-# 20k-row batches ~5x slower than plain rows; the WAL written 430 MB at
-# 100k-row batches, 205 MB at 250k). The server's limit, MAX_BATCH_ROWS.
+# 20k-row batches ~5x slower than plain rows; 463 MB written at 100k-row
+# batches, 234 MB at 200k). The server's limit, MAX_BATCH_ROWS.
 HASH_NAMED_BATCH_ROWS = 200_000
 # ...or once its values reach this many bytes: 20,000 rows of local features
 # (~18 KB each) would be a 360 MB message, far past the server's 64 MiB.

@@ -260,6 +260,8 @@ class CheckedPlainRows:
     names: list[str] | None = None
     labels: list[str | None] | None = None  # stored JSON text; None: says nothing
     own_names: bool = False  # every row names its entry (none named after its hash)
+    # _value_order(values), when checking the rows made it (sorted_plain reuses it)
+    value_order: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def kind_key(self) -> tuple[str, bool, bool, bool]:
@@ -326,18 +328,20 @@ def _named_rows(
         labels = _stored_labels(label_texts)
         if labels is None:
             return None
-    names = None
+    names = value_order = None
     if any(entries):
         names = _entry_names(kind, entries, values)
         if names is None:
             return None
-    elif labels is not None and not _value_order(values)[1].all():
+    elif labels is not None:
         # Named after their hashes: no names made here (the store makes
         # them from the values; 500k strings, a set and sort keys of them
         # were a fifth of the server's CPU), distinct when the values are.
-        return None  # an entry of several rows (labels merged): row by row
+        value_order = _value_order(values)
+        if not value_order[1].all():
+            return None  # an entry of several rows (labels merged): row by row
     own_names = bool(entries) and all(entries)
-    return CheckedPlainRows(kind, values, qualities, names, labels, own_names)
+    return CheckedPlainRows(kind, values, qualities, names, labels, own_names, value_order)
 
 
 def _entry_names(kind: str, entries: Sequence[str], values: np.ndarray) -> list[str] | None:
@@ -447,7 +451,10 @@ def sorted_plain(parts: Sequence[CheckedPlainRows]) -> PlainSignals:
         return _sorted_named(parts)
     kind = parts[0].kind
     rows = np.concatenate([p.values for p in parts]) if len(parts) > 1 else parts[0].values
-    order, first = _value_order(rows)
+    if len(parts) == 1 and parts[0].value_order is not None:
+        order, first = parts[0].value_order
+    else:
+        order, first = _value_order(rows)
     keep = order[first]
     qualities = labels = None
     if parts[0].qualities is not None:
