@@ -22,11 +22,12 @@ flat_scan.py) and whole records, at a load of ~10: 18,194 uploads/s per
 core, 9.2 core-minutes for 10M. With the bound scan (hashsvc/index/
 bound_scan.py) and the views read out of the JSON text, idle machine:
 47,552 uploads/s per core (3.5 core-minutes for 10M). With the views packed
-in match_history_views, at a load of ~10: fixed costs 0.24 s CPU, then
-80,504 uploads/s per core (2.07 core-minutes for 10M); --unpacked in the
-same session 51,876 per core with the fixed costs (packed 59,017-73,465);
-3,470 bytes/upload on disk against 2,880. Match p50 during the hunt moved
--10% to +44% between identical runs at that load (README: Retro-hunt).
+in match_history_views and 10,000-upload steps, at a load of ~12: fixed
+costs 0.34 s CPU, then 86,011 uploads/s per core (1.94 core-minutes for
+10M; 61,408-86,011 over five runs at loads of 10-15); --unpacked --batch
+2000, minutes apart: 51,732 (3.23 core-minutes); ~3,300-3,470 bytes/upload
+on disk against 2,880. Match p50 during the hunt: -4% in the last run,
+-10% to +57% in others at that load (README: Retro-hunt).
 """
 
 from __future__ import annotations

@@ -330,6 +330,15 @@ def test_history_pdq_views_are_the_records_history_uploads_gives(store):
     order, text_order = np.lexsort(views.T[::-1]), np.lexsort(text_views.T[::-1])
     assert (views[order] == text_views[text_order]).all()
     assert (owners[order] == text_owners[text_order]).all()
+    # every record packed (a step's usual case, read in fewer passes): the same
+    packed = [(row[2], row[3]) for row in lean if row[2] is not None]
+    views, owners, unread = pdq_views_of_records(packed)
+    texts = [u.signals_text for u in whole if u.request_id != "r6"]
+    text_views, text_owners, _ = pdq_views_of_texts(texts)
+    assert unread == [] and (views == text_views).all() and (owners == text_owners).all()
+    # a packed value that is not whole views: its upload goes to the matcher
+    views, owners, unread = pdq_views_of_records([packed[0], (b"x" * 33, None), packed[1]])
+    assert unread == [1] and len(views) == 6 and sorted(set(owners.tolist())) == [0, 2]
     asked = [ids[2], ids[3], ids[4], ids[9], ids[2]]  # a block, an AddEntry, twice one
     assert store.history_uploads_by_id(asked) == [u for u in whole if u.id in (ids[2], ids[9])]
     assert store.history_uploads_by_id([]) == []

@@ -165,6 +165,16 @@ def pdq_views_of_records(
     packed). The packed ones are sliced, not decoded: one join, one view of
     the buffer. A packed value that is not whole views (written otherwise)
     sends its upload to the matcher, which judges its parsed signals."""
+    # Python's per-record work is kept to a few C-level passes: it holds the
+    # GIL, which Match's threads wait for (a hunting thread's nice value
+    # does not help there; the compiled comparison holds no GIL)
+    blobs = [p for p, _ in records]
+    if None not in blobs:  # the usual step: every record packed
+        lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
+        whole = lengths % PDQ_BYTES == 0
+        if whole.all():
+            views = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(-1, PDQ_BYTES)
+            return views, np.repeat(np.arange(len(blobs)), lengths // PDQ_BYTES), []
     packed = [(i, p) for i, (p, _) in enumerate(records) if p is not None]
     texts = [(i, t) for i, (p, t) in enumerate(records) if p is None]
     lengths = np.fromiter((len(p) for _, p in packed), dtype=np.int64, count=len(packed))
