@@ -790,3 +790,14 @@ _HISTORY_VIEWS_POSTGRES = [
 ]
 SQLITE.append(_HISTORY_VIEWS_SQLITE)
 POSTGRES.append(_HISTORY_VIEWS_POSTGRES)
+
+
+# A retro-hunt run's failed attempts kept with the run (hashsvc/core/retro.py):
+# counted in each server's memory, a run another replica claimed started its
+# count again there, so a run failing every step could go round the replicas
+# forever instead of failing at retro_max_attempts.
+_RETRO_ATTEMPTS = [
+    "ALTER TABLE retro_runs ADD COLUMN failed_attempts INTEGER NOT NULL DEFAULT 0",
+]
+SQLITE.append(list(_RETRO_ATTEMPTS))
+POSTGRES.append(list(_RETRO_ATTEMPTS))

@@ -319,6 +319,9 @@ class RetroRun:
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # steps failed since it was queued or resumed, whichever server ran them
+    # (hashsvc/core/retro.py fails the run at retro_max_attempts)
+    failed_attempts: int = 0
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from hashdb.times import from_micros, now_micros
 
 _RUN_COLUMNS = (
     "id, trigger, requested_by, set_id, entry_ids, since, last_history_id, checkpoint,"
-    " scanned, hits, state, error, created_at, started_at, finished_at"
+    " scanned, hits, state, error, created_at, started_at, finished_at, failed_attempts"
 )
 QUEUED, RUNNING, DONE, FAILED, SKIPPED = "queued", "running", "done", "failed", "skipped"
 OPEN_STATES = (QUEUED, RUNNING)
@@ -142,16 +142,26 @@ class RetroSQL(RetroPendingSQL):
             )
             return cur.fetchone() is not None
 
-    def retry_retro_run(self, run_id: int, error: str, delay_seconds: float) -> bool:
+    def retry_retro_run(
+        self, run_id: int, error: str, delay_seconds: float, failed_attempts: int
+    ) -> bool:
         """A running run whose step failed (hashsvc/core/retro.py): the error
-        shown in `retro list`, and its lease set to end after the delay, when
-        any server claims it again from its checkpoint; False if it is no
-        longer running."""
+        shown in `retro list`, its failed attempts so far (kept with the run,
+        so a server that claims it next goes on counting), and its lease set
+        to end after the delay, when any server claims it again from its
+        checkpoint; False if it is no longer running. Writing the same count
+        again (the note retried after a store fault) counts nothing twice."""
         with self._write() as cur:
             cur.execute(
-                "UPDATE retro_runs SET error = ?, lease_until = ? WHERE id = ? AND state = ?"
-                " RETURNING id",
-                (error[:1000], now_micros() + int(delay_seconds * 1e6), run_id, RUNNING),
+                "UPDATE retro_runs SET error = ?, lease_until = ?, failed_attempts = ?"
+                " WHERE id = ? AND state = ? RETURNING id",
+                (
+                    error[:1000],
+                    now_micros() + int(delay_seconds * 1e6),
+                    failed_attempts,
+                    run_id,
+                    RUNNING,
+                ),
             )
             return cur.fetchone() is not None
 
@@ -176,8 +186,8 @@ class RetroSQL(RetroPendingSQL):
         on an engine, skips its partitions done); False unless it failed."""
         with self._write() as cur:
             cur.execute(
-                "UPDATE retro_runs SET state = ?, error = '', finished_at = NULL, lease_until = 0"
-                " WHERE id = ? AND state = ? RETURNING id",
+                "UPDATE retro_runs SET state = ?, error = '', finished_at = NULL, lease_until = 0,"
+                " failed_attempts = 0 WHERE id = ? AND state = ? RETURNING id",
                 (QUEUED, run_id, FAILED),
             )
             return cur.fetchone() is not None
@@ -393,4 +403,5 @@ def _run(row) -> RetroRun:
         created_at=from_micros(row[12]),
         started_at=from_micros(row[13]),
         finished_at=from_micros(row[14]),
+        failed_attempts=row[15],
     )

@@ -416,8 +416,11 @@ class RetroStore(Protocol):
         self, run_id: int, checkpoint: int, scanned: int, lease_seconds: float
     ) -> bool: ...
 
-    def retry_retro_run(self, run_id: int, error: str, delay_seconds: float) -> bool:
-        """A failed step: the error shown, the run claimed again after the delay."""
+    def retry_retro_run(
+        self, run_id: int, error: str, delay_seconds: float, failed_attempts: int
+    ) -> bool:
+        """A failed step: the error and the run's failed attempts so far
+        kept with it, the run claimed again (by any server) after the delay."""
 
     def release_retro_run(self, run_id: int) -> None:
         """A stopping server gives its run back (queued, from its checkpoint)."""

@@ -6,12 +6,15 @@ from everyone else (a Match over HTTP is answered, not 503); one address
 holds at most http_max_connections_per_address; the server closes what
 sends no request headers within http_headers_seconds; a huge JSON body
 (parsed on the event loop) is refused past http_max_json_bytes while other
-requests are answered. Every socket the test opens has a timeout and is
+requests are answered; bodies sent slower than http_min_body_bytes_per_second
+(after http_body_grace_seconds) are answered 408 and closed, so Match is
+answered again while they drip. Every socket the test opens has a timeout and is
 closed at the end."""
 
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import threading
 import time
@@ -25,6 +28,8 @@ LIMITS = """
 http_max_connections = 8
 http_max_connections_per_address = 3
 http_headers_seconds = 2
+http_body_grace_seconds = 2
+http_min_body_bytes_per_second = 1024
 """
 MATCH = {"signal": {"signal_type": "md5", "value": "0" * 32}}
 
@@ -60,15 +65,15 @@ def held_sockets(server, addresses: list[str], first_bytes: bytes = b""):
 
 def _closed_by_server(sock: socket.socket) -> bytes | None:
     """What the server sent before closing, or None if it is still open."""
+    data = b""
     try:
-        data = b""
         while chunk := sock.recv(65536):
             data += chunk
         return data
     except TimeoutError:
         return None
     except ConnectionResetError:
-        return b""
+        return data
 
 
 def _match(server) -> httpx.Response:
@@ -192,3 +197,97 @@ def test_a_huge_json_body_does_not_hold_other_requests(server):
         assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
         assert b"http_max_json_bytes" in answer
     assert slowest < 1.0, slowest
+
+
+def _drip_body(
+    sock: socket.socket, stop: threading.Event, byte_seconds: float, size: int, answers: list
+) -> None:
+    """POST /v1/match declaring `size` bytes, then one byte each `byte_seconds`
+    until the server answers (appended to `answers`, read as it comes: the
+    server's close may reset the socket later), `stop` is set or `size`
+    bytes went."""
+    sock.sendall(
+        b"POST /v1/match HTTP/1.1\r\nHost: x\r\ncontent-type: application/octet-stream\r\n"
+        b"authorization: Bearer " + SLOW_TOKEN[0].encode() + b"\r\n"
+        b"content-length: %d\r\n\r\n" % size
+    )
+    try:
+        for _ in range(size):
+            if stop.is_set():
+                return
+            readable, _, _ = select.select([sock], [], [], byte_seconds)
+            if readable:
+                answers.append(_closed_by_server(sock))
+                return
+            sock.sendall(b"\0")
+    except OSError:
+        answers.append(b"(send failed before an answer)")
+
+
+SLOW_TOKEN: list[str] = []
+
+
+def test_slow_bodies_are_cut_off_and_match_is_answered(server):
+    """7 sockets from 3 other addresses, each sending a Match body of 100 kB
+    at 5 bytes/s, fill every place a request can take (8, the new one
+    counted): Match is answered 503 while they
+    hold them; once http_body_grace_seconds (2) have passed each is answered
+    408 (DEADLINE_EXCEEDED, http_min_body_bytes_per_second) and closed, and
+    Match is answered 200 again, within a few seconds, not stream_max_seconds."""
+    SLOW_TOKEN[:] = [server.tokens["matcher"]]
+    stop, answers = threading.Event(), []
+    with held_sockets(server, _spread(7)) as slow:
+        drips = [
+            threading.Thread(target=_drip_body, args=(sock, stop, 0.2, 100_000, answers))
+            for sock in slow
+        ]
+        try:
+            for drip in drips:
+                drip.start()
+            time.sleep(0.5)
+            started = time.monotonic()
+            with server.client("matcher") as c:
+                held = c.post("/v1/match", json=MATCH, timeout=10)
+            assert held.status_code == 503, (held.status_code, held.text)  # every place is taken
+            status = None
+            while time.monotonic() - started < 8:
+                with server.client("matcher") as c:
+                    status = c.post("/v1/match", json=MATCH, timeout=10).status_code
+                if status == 200:
+                    break
+                time.sleep(0.2)
+            assert status == 200, status
+            for drip in drips:
+                drip.join(10)
+            assert len(answers) == len(slow)
+            for answer in answers:
+                assert answer is not None and answer.startswith(b"HTTP/1.1 408 "), answers
+                assert b'"DEADLINE_EXCEEDED"' in answer
+                assert b"http_min_body_bytes_per_second" in answer
+        finally:
+            stop.set()
+            for drip in drips:
+                drip.join(10)
+
+
+def test_a_body_above_the_minimum_rate_is_read_whole(server):
+    """A raw upload sent at ~4 kB/s (above 1024 bytes/s) for twice the
+    grace period is read to its end and answered (not 408): the limit cuts
+    off only bodies slower than it."""
+    body = bytes(range(256)) * 64  # 16 KiB of something that is not a known media
+    with held_sockets(server, ["127.0.0.50"]) as (sock,):
+        sock.settimeout(15)
+        sock.sendall(
+            b"POST /v1/match HTTP/1.1\r\nHost: x\r\ncontent-type: application/octet-stream\r\n"
+            b"authorization: Bearer " + server.tokens["matcher"].encode() + b"\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(body)
+        )
+        started = time.monotonic()
+        for start in range(0, len(body), 1024):
+            sock.sendall(body[start : start + 1024])
+            time.sleep(0.25)
+        assert time.monotonic() - started > 4  # twice the grace period
+        answer = _closed_by_server(sock)
+        assert answer is not None, "no answer"
+        assert not answer.startswith(b"HTTP/1.1 408 "), answer
+        assert b"http_min_body_bytes_per_second" not in answer

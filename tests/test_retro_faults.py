@@ -131,6 +131,52 @@ def test_past_the_attempts_the_run_fails_and_resumes(store_url, make_harness):
     assert _hits(store_url, run_id) == 20
 
 
+def test_attempts_are_counted_across_servers(pg_url, make_harness):
+    """Two servers on one PostgreSQL store, the hits' table gone so every
+    step with a hit fails: attempt 1 on the first server, attempt 2 on the
+    second (which claims the run after the first stopped: counted in memory
+    it was attempt 1 again there, and a run could go round the replicas
+    forever), attempt 3 of 3 fails it, whichever server runs it. Resumed,
+    its count starts again. Each server's backoff is its own (4 s, 5 s), so
+    the error says which server wrote it, and neither retries the run before
+    the test has seen its attempt."""
+
+    def server(backoff: float):
+        return make_harness(
+            pg_url,
+            **{
+                **SETTINGS,
+                "retro_retry_initial_seconds": backoff,
+                "retro_retry_max_seconds": backoff,
+                "retro_max_attempts": 3,
+            },
+        )
+
+    first = server(4)
+    run_id = _hunt(first)
+    _rename_table(pg_url, "retro_matches", "retro_matches_away")
+    try:
+        one = _wait(first, run_id, lambda r: r.error.endswith("in 4 s"))
+        assert one.state == "running" and one.error.startswith("attempt 1 of 3 failed"), one.error
+        make_harness.stop(first)  # its run in backoff: the next server to claim it is the second
+        second = server(5)
+        two = _wait(second, run_id, lambda r: r.error.endswith("in 5 s"))
+        assert two.state == "running" and two.error.startswith("attempt 2 of 3 failed"), two.error
+        server(1)  # a third one: whichever claims the run next fails it
+        failed = _wait(second, run_id, lambda r: r.state != "running")
+        assert failed.state == "failed", failed
+        assert failed.error.endswith("(attempt 3 of 3: failed)"), failed.error
+        stubs, md = second.stubs("operator")
+        stubs.retro.StartRetroRun(pb.StartRetroRunRequest(resume_run_id=run_id), metadata=md)
+        again = _wait(second, run_id, lambda r: r.state != "queued" and r.error)
+        assert again.error.startswith("attempt 1 of 3 failed"), again.error
+    finally:
+        _rename_table(pg_url, "retro_matches_away", "retro_matches")
+    finished = _wait(second, run_id, lambda r: r.state not in ("queued", "running"))
+    assert (finished.state, finished.hits) == ("done", 20)
+    assert _hits(pg_url, run_id) == 20
+
+
 def _drop_my_connections(store_url: str) -> int:
     """What a PostgreSQL restart does to this process: every connection it
     holds to the server is ended (found by their client ports; nobody

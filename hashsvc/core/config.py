@@ -359,6 +359,15 @@ class Config:
     # http_max_connections_per_address of them from one address.
     http_max_connections_per_address: int = 16
     http_headers_seconds: float = 10.0
+    # A request body must arrive at http_min_body_bytes_per_second on average
+    # once http_body_grace_seconds have passed (counted only while the server
+    # is reading it: not while a route has not asked for more, nor before
+    # `100 Continue`); a slower one is answered 408 and its connection closed.
+    # Without it, callers from many addresses sending a body a byte at a time
+    # held every HTTP place for up to stream_max_seconds. 0 turns it off.
+    # (Apache's mod_reqtimeout: body 20 s, then 500 bytes/s.)
+    http_min_body_bytes_per_second: int = 1024
+    http_body_grace_seconds: float = 10.0
     # A JSON request body at most (and max_message_bytes), refused 413 as it
     # passes. No JSON route carries media (uploads are raw or multipart; the
     # largest signal, local features, is 128 KiB of hex), and a body is
@@ -590,6 +599,10 @@ class Config:
             raise ValueError("http_max_json_bytes must be at least 4096")
         if not 0 < self.http_headers_seconds <= 3600:
             raise ValueError("http_headers_seconds must be within 0 (not included) .. 3600")
+        if self.http_min_body_bytes_per_second < 0:
+            raise ValueError("http_min_body_bytes_per_second must be 0 (off) or more")
+        if not 0 < self.http_body_grace_seconds <= 3600:
+            raise ValueError("http_body_grace_seconds must be within 0 (not included) .. 3600")
         for name in (
             "http_max_connections",
             "http_threads",

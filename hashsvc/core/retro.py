@@ -154,8 +154,6 @@ class RetroHunt:
         self.wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        # failed attempts in a row of the runs this process scans (run id)
-        self._attempts: dict[int, int] = {}
         # runs scanned on Dask: the workers open the store from its URL
         self.engine: DaskRetroEngine | None = None
         if settings.engine == "dask":
@@ -454,19 +452,17 @@ class RetroHunt:
                     log.warning("retro-hunt %d cut by the server stopping: %s", run.id, exc)
                     return
                 self._failed_attempt(run, exc)
-            else:
-                self._attempts.pop(run.id, None)
 
     def _failed_attempt(self, run: RetroRun, exc: Exception) -> None:
         """A run's step raised: retried from its checkpoint after a backoff
         (its lease is set to end then, so this or any server claims it
         again, and this thread is free meanwhile), failed after
-        max_attempts in a row. Attempts are counted by this process: a run
-        claimed by another replica starts its count again there."""
-        attempt = self._attempts.get(run.id, 0) + 1
+        max_attempts. Attempts are kept with the run in the store (read when
+        it was claimed): a run another replica claims goes on counting there,
+        rather than starting again and going round the replicas forever."""
+        attempt = run.failed_attempts + 1
         most = self.settings.max_attempts
         if attempt >= most:
-            self._attempts.pop(run.id, None)
             log.exception("retro-hunt %d failed (attempt %d of %d)", run.id, attempt, most)
             try:
                 self.store.finish_retro_run(
@@ -476,7 +472,6 @@ class RetroHunt:
             except Exception:
                 log.exception("recording retro-hunt %d as failed failed", run.id)
             return
-        self._attempts[run.id] = attempt
         delay = min(
             self.settings.retry_max_seconds,
             self.settings.retry_initial_seconds * 2 ** (attempt - 1),
@@ -487,7 +482,7 @@ class RetroHunt:
         log.warning("retro-hunt %d: %s", run.id, why)
         while not self._stopping.is_set():
             try:
-                self.store.retry_retro_run(run.id, why, delay)
+                self.store.retry_retro_run(run.id, why, delay, attempt)
                 return
             except Exception as again:
                 # The store is still down: noted once it is back (not another

@@ -27,6 +27,9 @@ from hashsvc.media.spool import Spool
 log = logging.getLogger(__name__)
 
 _START_SECONDS = 30.0
+# how long a connection answered 408 stays open (its input dropped) so the
+# client reads the answer before the socket is closed
+_LINGER_SECONDS = 2.0
 
 
 class GuardedConnection(H11Protocol):
@@ -44,7 +47,13 @@ class GuardedConnection(H11Protocol):
     * when every place is taken, a new connection closes the connection that
       has waited longest for request headers (idle, dripping headers, kept
       alive without a request): only connections with a request in progress
-      can fill the server, and each address holds at most its share of those.
+      can fill the server, and each address holds at most its share of those;
+    * a request body must arrive at `min_body_rate` bytes/s on average once
+      `body_grace` seconds have passed, counting only the time the server is
+      reading it (not while reading is paused because the route has not asked
+      for more, nor before `100 Continue`): a slower one is answered 408 and
+      its connection closed, so bodies sent a byte at a time from many
+      addresses cannot hold every place for stream_max_seconds.
 
     Class attributes are set per server (HttpServer: `held` is its count of
     connections per address, on the event loop's thread only)."""
@@ -53,6 +62,8 @@ class GuardedConnection(H11Protocol):
     per_address = 16
     max_connections = 64
     held: dict[str, int] = {}
+    min_body_rate = 1024
+    body_grace = 10.0
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -60,6 +71,12 @@ class GuardedConnection(H11Protocol):
         self._headers_timer = None
         self._waiting_since = 0.0
         self._address = None
+        self._body_cycle = None  # the request whose body is being timed
+        self._body_timer = None
+        self._body_bytes = 0
+        self._body_seconds = 0.0  # time spent reading it (not paused)
+        self._body_last = 0.0
+        self._discarding = False  # answered 408: what still arrives is dropped
         address = self.client[0] if self.client else ""
         if self.held.get(address, 0) >= self.per_address:
             self._refuse(address)
@@ -119,11 +136,99 @@ class GuardedConnection(H11Protocol):
             self.logger.debug("closing a connection whose request headers did not arrive")
             self.transport.close()
 
+    def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
+        if self._body_cycle is not None:
+            # (the packet that completes a request's headers is not counted:
+            # the headers would be a head start on the body's rate)
+            self._body_bytes += len(data)
+        super().data_received(data)
+
     def handle_events(self) -> None:
         super().handle_events()
         if self._headers_timer is not None and self.cycle is not self._awaited_cycle:
             self._headers_timer.cancel()  # a new request's headers are complete
             self._headers_timer = None
+        cycle = self.cycle
+        if (
+            self.min_body_rate
+            and cycle is not None
+            and cycle is not self._body_cycle
+            and cycle.more_body
+            and not cycle.response_complete
+        ):
+            self._time_body(cycle)
+
+    def _time_body(self, cycle) -> None:
+        self._stop_body_timer()
+        self._body_cycle = cycle
+        self._body_bytes = 0
+        self._body_seconds = 0.0
+        self._body_last = self.loop.time()
+        self._body_timer = self.loop.call_later(self._body_tick(), self._check_body_rate)
+
+    def _body_tick(self) -> float:
+        return min(1.0, self.body_grace / 4)
+
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        self._body_cycle = None
+
+    def _check_body_rate(self) -> None:
+        self._body_timer = None
+        cycle, now = self._body_cycle, self.loop.time()
+        if (
+            cycle is not self.cycle
+            or not cycle.more_body  # the whole body is in
+            or cycle.response_complete  # answered: http_headers_seconds applies again
+            or cycle.disconnected
+            or self.transport.is_closing()
+        ):
+            self._body_cycle = None
+            return
+        if not self.flow.read_paused and not cycle.waiting_for_100_continue:
+            self._body_seconds += now - self._body_last
+        self._body_last = now
+        seconds = self._body_seconds
+        if seconds >= self.body_grace and self._body_bytes < self.min_body_rate * seconds:
+            self._body_too_slow(cycle, seconds)
+            return
+        self._body_timer = self.loop.call_later(self._body_tick(), self._check_body_rate)
+
+    def _body_too_slow(self, cycle, seconds: float) -> None:
+        self._body_cycle = None
+        self.logger.debug(
+            "closing a connection whose request body arrives at %.0f bytes/s",
+            self._body_bytes / seconds,
+        )
+        if not cycle.response_started:
+            body = json.dumps(
+                error_body(
+                    "DEADLINE_EXCEEDED",
+                    f"the request body arrived at {self._body_bytes / seconds:.0f} bytes/s"
+                    f" over {seconds:.0f} s; at least {self.min_body_rate} bytes/s"
+                    " (http_min_body_bytes_per_second)",
+                    limit="http_min_body_bytes_per_second",
+                )
+            ).encode()
+            cycle.response_started = True  # the route's own answer is not sent
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+        self.connections.discard(self)  # its place is free now
+        if self.transport.can_write_eof():
+            # Closing with the client's bytes unread would send a reset, and
+            # the client could lose the 408 before reading it: end our side,
+            # drop what still arrives, and close a moment later.
+            self._discarding = True
+            self.transport.write_eof()
+            self.loop.call_later(_LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -131,6 +236,7 @@ class GuardedConnection(H11Protocol):
             self._await_headers()
 
     def connection_lost(self, exc) -> None:
+        self._stop_body_timer()
         if self._headers_timer is not None:
             self._headers_timer.cancel()
             self._headers_timer = None
@@ -177,6 +283,8 @@ class HttpServer:
                 "per_address": config.http_max_connections_per_address,
                 "max_connections": config.http_max_connections,
                 "held": {},
+                "min_body_rate": config.http_min_body_bytes_per_second,
+                "body_grace": config.http_body_grace_seconds,
             },
         )
         self.server = uvicorn.Server(

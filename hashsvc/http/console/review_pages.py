@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from hashdb import ReviewFilter
+from hashdb.times import to_micros
 from hashsvc.base.errors import InvalidArgument, NotFound
 from hashsvc.http.console import charts
 from hashsvc.http.console.links import external_link
@@ -109,6 +110,7 @@ def routes(web: Web) -> list[Route]:
             mine=mine,
             may_claim=caller.may("Review/ClaimReviewItem") and item.status == "open",
             may_resolve=caller.may("Review/ResolveReviewItem") and mine,
+            shown_claim=_claim_stamp(item) if mine else "",
             targets=sorted(targets),
         )
 
@@ -116,6 +118,25 @@ def routes(web: Web) -> list[Route]:
         caller = await web.require(request, "Review/ResolveReviewItem")
         form = await web.small_form(request, caller)
         item_id = _item_id(request)
+        item = await web.call(caller, web.core.store.get_review_item, item_id)
+        if item is None:
+            raise Refused(404, f"no review item {item_id}")
+        # The verdict is for the item as its page showed it, under the claim
+        # it showed: a second post (a double click, the back button) finds it
+        # resolved; a form from a page shown under another claim (a stale
+        # tab, the claim expired and taken again meanwhile) is refused rather
+        # than resolving what the reviewer is not looking at.
+        if item.status != "open":
+            raise Refused(
+                409, f"review item {item_id} is already resolved ({item.status.replace('_', ' ')})"
+            )
+        shown = str(form.get("shown_claim", ""))
+        if item.claimed_by != caller.identity or shown != _claim_stamp(item):
+            raise Refused(
+                409,
+                f"review item {item_id} is not claimed by you as its page showed it"
+                " (the claim expired or was taken again): open the item again",
+            )
         resolution = str(form.get("resolution", ""))
         add_to_set = str(form.get("add_to_set", "")) if resolution == "confirmed" else ""
         await web.call(
@@ -142,6 +163,12 @@ def routes(web: Web) -> list[Route]:
         Route("/review/{item_id}/claim", claim, methods=["POST"]),
         Route("/review/{item_id}/resolve", resolve, methods=["POST"]),
     ]
+
+
+def _claim_stamp(item) -> str:
+    """What names a claim: its end, set anew at every claim (microseconds)."""
+    expires = item.claim_expires_at
+    return "" if expires is None else str(to_micros(expires))
 
 
 def _item_id(request: Request) -> int:
