@@ -46,8 +46,9 @@ def test_metrics_count_what_happened(tmp_path, make_harness):
     assert got['hashsvc_rpc_duration_seconds_count{code="OK",rpc="MatchBatch"}'] == 1
     assert got['hashsvc_rpc_duration_seconds_count{code="OK",rpc="AddEntry"}'] == 1
     assert got['hashsvc_index_hashes{signal_type="pdq"}'] >= 10
-    # the known photo's local features: one picture in the feature index
-    assert got['hashsvc_index_hashes{signal_type="local_features"}'] == 1
+    # the known photo's local features in the feature index: a 300 px picture,
+    # as given and enlarged (image.features_enlarge_below)
+    assert got['hashsvc_index_hashes{signal_type="local_features"}'] == 2
     assert got["hashsvc_local_feature_index_bytes"] > 0
     assert got["hashsvc_index_version"] == 2 and got["hashsvc_ready"] == 1
 
@@ -75,13 +76,13 @@ def test_a_stored_blob_the_index_cannot_read_is_counted(tmp_path, make_harness):
             " (SELECT id FROM entries WHERE name = 'spoiled')",
             (b"\x01not a blob",),
         ).rowcount
-    assert spoiled == 1
+    assert spoiled == 2  # the picture's blob as given and enlarged (300 px photos)
     for snapshot in tmp_path.glob("u.db.index/*"):
         snapshot.unlink()  # rebuilt from the store, as on a new replica
     h = make_harness(f"sqlite:///{db}", metrics_listen="127.0.0.1:0")
     got = scrape(h.running.metrics_port)
-    assert got['hashsvc_unindexed_signals_total{signal_type="local_features"}'] == 1
-    assert got['hashsvc_index_hashes{signal_type="local_features"}'] == 1
+    assert got['hashsvc_unindexed_signals_total{signal_type="local_features"}'] == 2
+    assert got['hashsvc_index_hashes{signal_type="local_features"}'] == 2
     m, mmd = h.stubs("matcher")
     answer = m.matcher.Match(match_request(encode(photo(2))), metadata=mmd)
     assert answer.decision == pb.BLOCK
