@@ -92,21 +92,27 @@ class GuardedConnection(H11Protocol):
         self._await_headers()
 
     def _refuse(self, address: str) -> None:
-        body = json.dumps(
-            error_body(
-                "RESOURCE_EXHAUSTED",
-                f"{self.per_address} connections from {address} are open: close one first",
-                limit="http_max_connections_per_address",
-            )
-        ).encode()
         self.logger.debug("refusing a connection from %s: it holds its share", address)
-        self.transport.write(
-            b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
-            b"retry-after: 1\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
-            % (len(body), body)
+        self._write_error(
+            b"429 Too Many Requests",
+            "RESOURCE_EXHAUSTED",
+            f"{self.per_address} connections from {address} are open: close one first",
+            "http_max_connections_per_address",
+            b"retry-after: 1\r\n",
         )
         self.transport.close()
         self.connections.discard(self)
+
+    def _write_error(
+        self, status: bytes, code: str, message: str, limit: str, headers: bytes = b""
+    ) -> None:
+        """An error answer (the API's JSON error) written on the socket
+        itself, outside any request's cycle; the connection closes after it."""
+        body = json.dumps(error_body(code, message, limit=limit)).encode()
+        self.transport.write(
+            b"HTTP/1.1 %s\r\ncontent-type: application/json\r\n%sconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%s" % (status, headers, len(body), body)
+        )
 
     def _make_room(self) -> None:
         # uvicorn answers 503 to a request while `max_connections` are open
@@ -240,19 +246,14 @@ class GuardedConnection(H11Protocol):
             self._body_bytes / seconds,
         )
         if not cycle.response_started:
-            body = json.dumps(
-                error_body(
-                    "DEADLINE_EXCEEDED",
-                    f"the request body arrived at {self._body_bytes / seconds:.0f} bytes/s"
-                    f" over {seconds:.0f} s; at least {self.min_body_rate} bytes/s"
-                    " (http_min_body_bytes_per_second)",
-                    limit="http_min_body_bytes_per_second",
-                )
-            ).encode()
             cycle.response_started = True  # the route's own answer is not sent
-            self.transport.write(
-                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            self._write_error(
+                b"408 Request Timeout",
+                "DEADLINE_EXCEEDED",
+                f"the request body arrived at {self._body_bytes / seconds:.0f} bytes/s"
+                f" over {seconds:.0f} s; at least {self.min_body_rate} bytes/s"
+                " (http_min_body_bytes_per_second)",
+                "http_min_body_bytes_per_second",
             )
         self.connections.discard(self)  # its place is free now
         if self.transport.can_write_eof():
