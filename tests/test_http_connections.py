@@ -337,3 +337,24 @@ def test_a_full_server_closes_the_slowest_body_for_match(patient_server):
             stop.set()
             for drip in drips:
                 drip.join(10)
+
+
+def test_a_slow_console_form_is_cut_off_too(server):
+    """The console's forms (here the sign-in form, which needs no session)
+    are held to the same rate: 10 kB declared, sent at 5 bytes/s, answered
+    408 once the grace (2 s) has passed."""
+    with held_sockets(server, ["127.0.0.60"]) as (sock,):
+        sock.sendall(
+            b"POST /ui/login HTTP/1.1\r\nHost: x\r\n"
+            b"content-type: application/x-www-form-urlencoded\r\ncontent-length: 10000\r\n\r\n"
+        )
+        started = time.monotonic()
+        answer = None
+        while answer is None and time.monotonic() - started < 8:
+            if select.select([sock], [], [], 0.2)[0]:
+                answer = _closed_by_server(sock)
+            else:
+                sock.sendall(b"t")
+        assert answer is not None and answer.startswith(b"HTTP/1.1 408 "), answer
+        assert b"http_min_body_bytes_per_second" in answer
+        assert 1.5 < time.monotonic() - started < 6
