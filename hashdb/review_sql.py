@@ -120,8 +120,10 @@ class ReviewSQL:
         suppressions: list[Suppression] | None = None,
         events: Iterable[NewEvent] = (),
         retro: RetroOwed | None = None,
+        claim_expires_at: int | None = None,
     ) -> ReviewItem | None:
-        """Resolve an item the reviewer holds a live claim on, adding the
+        """Resolve an item the reviewer holds a live claim on (given
+        claim_expires_at, microseconds: that claim, not one made since), adding the
         confirmed upload as new_entry (with the retro-hunt it owes, `retro`)
         and remembering a false positive's suppressions, all in one
         transaction: None (and nothing written) when the claim is gone;
@@ -131,11 +133,14 @@ class ReviewSQL:
         try:
             with self._write() as cur:
                 now = now_micros()
+                same_claim, claim = "", ()
+                if claim_expires_at is not None:
+                    same_claim, claim = " AND claim_expires_at = ?", (claim_expires_at,)
                 cur.execute(
                     "UPDATE review_items SET status = ?, resolved_by = ?, resolved_at = ?,"
                     " note = ? WHERE id = ? AND status = ? AND claimed_by = ?"
-                    " AND claim_expires_at >= ? RETURNING id",
-                    (resolution, reviewer, now, note, item_id, OPEN, reviewer, now),
+                    f" AND claim_expires_at >= ?{same_claim} RETURNING id",
+                    (resolution, reviewer, now, note, item_id, OPEN, reviewer, now, *claim),
                 )
                 if cur.fetchone() is None:
                     return None

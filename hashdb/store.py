@@ -298,8 +298,10 @@ class ReviewStore(SuppressionLookup, Protocol):
         suppressions: list[Suppression] | None = None,
         events: Iterable[NewEvent] = (),
         retro: RetroOwed | None = None,
+        claim_expires_at: int | None = None,
     ) -> ReviewItem | None:
-        """Only with a live claim of this reviewer; None otherwise. Adds
+        """Only with a live claim of this reviewer (and, given
+        claim_expires_at in microseconds, that very claim); None otherwise. Adds
         new_entry (to a review-target set that is not an allow list, else
         FailedPrecondition; AlreadyExists if its name is taken; with `retro`
         the retro-hunt it owes) and the suppressions and the events in the

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import random
 import re
+import time
 
 import pytest
 
 from hashdb import ReviewFilter
+from hashdb.times import to_micros
+from hashsvc.base.errors import FailedPrecondition
 from hashsvc.core.config import Config
 from hashsvc.core.core import Core, MatchQuery
 from hashsvc_testing.console_server import ConsoleServer, page_csrf, sign_in
@@ -166,3 +169,27 @@ def test_the_resolve_form_is_checked_before_it_is_read(server, core):
         assert core.store.get_review_item(item_id).status == "open"
     finally:
         client.close()
+
+
+def test_the_core_resolves_only_under_the_claim_shown(store_url, make_core):
+    """The console's check is made again where the item is resolved (in the
+    store's UPDATE): a claim made since the page was shown fails the
+    resolve and the item stays open; the claim shown resolves it. Both stores."""
+    core = make_core(store_url)
+    core.curation.create_set("known-set")
+    core.curation.add_entry("known-set", "e", {}, "op", signal=("pdq", KNOWN.hex(), None))
+    item_id = _review_item(core, 5)
+    shown = to_micros(core.review.claim("rev", item_id, ReviewFilter()).claim_expires_at)
+    time.sleep(0.01)
+    now = to_micros(core.review.claim("rev", item_id, ReviewFilter()).claim_expires_at)
+    assert now != shown
+    with pytest.raises(FailedPrecondition, match="claimed again since its page was shown"):
+        core.review.resolve("rev", item_id, "false_positive", shown_claim=shown)
+    # the store itself, as when the claim is made between the core's read and its write
+    assert (
+        core.store.resolve_review_item(item_id, "rev", "false_positive", "", claim_expires_at=shown)
+        is None
+    )
+    assert core.store.get_review_item(item_id).status == "open"
+    core.review.resolve("rev", item_id, "false_positive", "seen", shown_claim=now)
+    assert core.store.get_review_item(item_id).status == "false_positive"

@@ -42,6 +42,16 @@ def server(tmp_path_factory):
     proc.stop()
 
 
+@pytest.fixture(scope="module")
+def patient_server(tmp_path_factory):
+    """The same places, and a grace (60 s) longer than the test."""
+    d = tmp_path_factory.mktemp("http-connections-patient")
+    limits = LIMITS.replace("http_body_grace_seconds = 2", "http_body_grace_seconds = 60")
+    proc = HttpServerProcess(f"sqlite:///{d}/db.sqlite", d / "server.log", limits)
+    yield proc
+    proc.stop()
+
+
 @contextlib.contextmanager
 def held_sockets(server, addresses: list[str], first_bytes: bytes = b""):
     """One connected socket per source address (127.0.0.N), each sending
@@ -291,3 +301,60 @@ def test_a_body_above_the_minimum_rate_is_read_whole(server):
         assert answer is not None, "no answer"
         assert not answer.startswith(b"HTTP/1.1 408 "), answer
         assert b"http_min_body_bytes_per_second" not in answer
+
+
+def test_a_full_server_closes_the_slowest_body_for_match(patient_server):
+    """7 sockets dripping Match bodies at 5 bytes/s fill every place, and the
+    grace (60 s) is far off: a Match still gets 200 once they have been read
+    for a second, the first closing the slowest dripping body (408):
+    bodies cut at the grace and sent again could otherwise keep the server
+    full all the time."""
+    server = patient_server
+    SLOW_TOKEN[:] = [server.tokens["matcher"]]
+    stop, answers = threading.Event(), []
+    with held_sockets(server, _spread(7)) as slow:
+        drips = [
+            threading.Thread(target=_drip_body, args=(sock, stop, 0.2, 100_000, answers))
+            for sock in slow
+        ]
+        try:
+            for drip in drips:
+                drip.start()
+            time.sleep(1.5)
+            started = time.monotonic()
+            for _ in range(3):
+                resp = _match(server)
+                assert resp.status_code == 200, (resp.status_code, resp.text)
+            assert time.monotonic() - started < 5
+            time.sleep(1)
+            # one closed made the room (the Matches, one after another, each
+            # free their place); the other 6 still drip: the grace is not over
+            assert len(answers) == 1, answers
+            for answer in answers:
+                assert answer is not None and answer.startswith(b"HTTP/1.1 408 "), answers
+                assert b"http_min_body_bytes_per_second" in answer
+        finally:
+            stop.set()
+            for drip in drips:
+                drip.join(10)
+
+
+def test_a_slow_console_form_is_cut_off_too(server):
+    """The console's forms (here the sign-in form, which needs no session)
+    are held to the same rate: 10 kB declared, sent at 5 bytes/s, answered
+    408 once the grace (2 s) has passed."""
+    with held_sockets(server, ["127.0.0.60"]) as (sock,):
+        sock.sendall(
+            b"POST /ui/login HTTP/1.1\r\nHost: x\r\n"
+            b"content-type: application/x-www-form-urlencoded\r\ncontent-length: 10000\r\n\r\n"
+        )
+        started = time.monotonic()
+        answer = None
+        while answer is None and time.monotonic() - started < 8:
+            if select.select([sock], [], [], 0.2)[0]:
+                answer = _closed_by_server(sock)
+            else:
+                sock.sendall(b"t")
+        assert answer is not None and answer.startswith(b"HTTP/1.1 408 "), answer
+        assert b"http_min_body_bytes_per_second" in answer
+        assert 1.5 < time.monotonic() - started < 6

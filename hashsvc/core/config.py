@@ -444,7 +444,8 @@ class Config:
     retro_task_retries: int = 2
     # A run whose step fails (a store error) is retried from its checkpoint
     # after retro_retry_initial_seconds, doubling up to retro_retry_max_
-    # seconds; marked failed after retro_max_attempts failed in a row.
+    # seconds; marked failed after retro_max_attempts failed attempts (on any
+    # server: counted with the run in the store; a resume starts it again).
     retro_max_attempts: int = 5
     retro_retry_initial_seconds: float = 2.0
     retro_retry_max_seconds: float = 120.0

@@ -121,8 +121,9 @@ class RetroSettings:
     # A run whose step fails (the store restarted, a connection dropped, a
     # lock timed out) is retried from its checkpoint after retry_initial_
     # seconds, doubling up to retry_max_seconds; after max_attempts failed
-    # attempts in a row it is marked failed (`retro run --resume ID` queues
-    # it again). The attempt and its error show in `retro list` meanwhile.
+    # attempts (on any server: kept with the run in the store) it is marked
+    # failed (`retro run --resume ID` queues it again, its count anew). The
+    # attempt and its error show in `retro list` meanwhile.
     max_attempts: int = 5
     retry_initial_seconds: float = 2.0
     retry_max_seconds: float = 120.0

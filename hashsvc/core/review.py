@@ -35,6 +35,7 @@ from hashdb import (
     Suppression,
 )
 from hashdb.review_sql import RESOLUTIONS
+from hashdb.times import to_micros
 from hashsvc.base import validation
 from hashsvc.base.errors import (
     FailedPrecondition,
@@ -148,7 +149,10 @@ class ReviewQueue:
         note: str = "",
         add_to_set: str = "",
         entry_name: str = "",
+        shown_claim: int | None = None,
     ) -> ReviewItem:
+        """shown_claim: the claim's end (microseconds) as the reviewer's page
+        showed it (the web console): resolved only under that very claim."""
         if resolution not in RESOLUTIONS:
             raise InvalidArgument(f"resolution must be one of {', '.join(RESOLUTIONS)}")
         if add_to_set and resolution != "confirmed":
@@ -159,6 +163,10 @@ class ReviewQueue:
             raise NotFound(f"no review item {item_id}")
         if item.status != "open" or item.claimed_by != reviewer:
             raise FailedPrecondition(f"claim review item {item_id} before resolving it")
+        if shown_claim is not None and to_micros(item.claim_expires_at) != shown_claim:
+            raise FailedPrecondition(
+                f"review item {item_id} was claimed again since its page was shown: open it again"
+            )
         new_entry = (
             self._confirmed_entry(item, reviewer, add_to_set, entry_name) if add_to_set else None
         )
@@ -185,6 +193,7 @@ class ReviewQueue:
                 new_entry,
                 suppressions,
                 retro=self.curation.retro_owed("ResolveReview") if new_entry is not None else None,
+                claim_expires_at=shown_claim,
                 events=[
                     events.review_resolved_event(
                         review_id=item.id,

@@ -30,6 +30,9 @@ _START_SECONDS = 30.0
 # how long a connection answered 408 stays open (its input dropped) so the
 # client reads the answer before the socket is closed
 _LINGER_SECONDS = 2.0
+# a full server makes room by closing a body below the minimum rate once it
+# has been read this long (grace or not)
+_RATE_AFTER_SECONDS = 1.0
 
 
 class GuardedConnection(H11Protocol):
@@ -53,7 +56,9 @@ class GuardedConnection(H11Protocol):
       reading it (not while reading is paused because the route has not asked
       for more, nor before `100 Continue`): a slower one is answered 408 and
       its connection closed, so bodies sent a byte at a time from many
-      addresses cannot hold every place for stream_max_seconds.
+      addresses cannot hold every place for stream_max_seconds; when every
+      place is taken and none waits for headers, the slowest body below the
+      rate (read for a second at least) is closed so at once, grace or not.
 
     Class attributes are set per server (HttpServer: `held` is its count of
     connections per address, on the event loop's thread only)."""
@@ -87,21 +92,27 @@ class GuardedConnection(H11Protocol):
         self._await_headers()
 
     def _refuse(self, address: str) -> None:
-        body = json.dumps(
-            error_body(
-                "RESOURCE_EXHAUSTED",
-                f"{self.per_address} connections from {address} are open: close one first",
-                limit="http_max_connections_per_address",
-            )
-        ).encode()
         self.logger.debug("refusing a connection from %s: it holds its share", address)
-        self.transport.write(
-            b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
-            b"retry-after: 1\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
-            % (len(body), body)
+        self._write_error(
+            b"429 Too Many Requests",
+            "RESOURCE_EXHAUSTED",
+            f"{self.per_address} connections from {address} are open: close one first",
+            "http_max_connections_per_address",
+            b"retry-after: 1\r\n",
         )
         self.transport.close()
         self.connections.discard(self)
+
+    def _write_error(
+        self, status: bytes, code: str, message: str, limit: str, headers: bytes = b""
+    ) -> None:
+        """An error answer (the API's JSON error) written on the socket
+        itself, outside any request's cycle; the connection closes after it."""
+        body = json.dumps(error_body(code, message, limit=limit)).encode()
+        self.transport.write(
+            b"HTTP/1.1 %s\r\ncontent-type: application/json\r\n%sconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%s" % (status, headers, len(body), body)
+        )
 
     def _make_room(self) -> None:
         # uvicorn answers 503 to a request while `max_connections` are open
@@ -115,10 +126,27 @@ class GuardedConnection(H11Protocol):
                 and c._headers_timer is not None
                 and not c.transport.is_closing()
             ]
-            if not waiting:
+            if waiting:
+                oldest = min(waiting, key=lambda c: c._waiting_since)
+                oldest._close_waiting()
+                continue
+            # none waits for headers: the slowest body below the minimum rate
+            # (read for a second at least) makes room, grace or not, so bodies
+            # dripped from many addresses, each cut at the grace and sent
+            # again, cannot keep the server full either
+            slow = [
+                (c._body_rate_so_far(), c)
+                for c in self.connections
+                if c is not self
+                and isinstance(c, GuardedConnection)
+                and c._body_cycle is not None
+                and not c.transport.is_closing()
+            ]
+            slow = [(rate, c) for rate, c in slow if rate is not None and rate < c.min_body_rate]
+            if not slow:
                 return  # every other one is serving a request: this one may get 503
-            oldest = min(waiting, key=lambda c: c._waiting_since)
-            oldest._close_waiting()
+            _, slowest = min(slow, key=lambda pair: pair[0])
+            slowest._body_too_slow(slowest._body_cycle, slowest._body_read_seconds())
 
     def _close_waiting(self) -> None:
         self.logger.debug("closing a connection waiting for request headers: the server is full")
@@ -168,6 +196,19 @@ class GuardedConnection(H11Protocol):
         self._body_last = self.loop.time()
         self._body_timer = self.loop.call_later(self._body_tick(), self._check_body_rate)
 
+    def _body_read_seconds(self) -> float:
+        """How long the server has been reading the body (not paused), now."""
+        seconds = self._body_seconds
+        cycle = self._body_cycle
+        if not self.flow.read_paused and not cycle.waiting_for_100_continue:
+            seconds += self.loop.time() - self._body_last
+        return seconds
+
+    def _body_rate_so_far(self) -> float | None:
+        """Bytes/s of the body timed, once it has been read for a second."""
+        seconds = self._body_read_seconds()
+        return self._body_bytes / seconds if seconds >= _RATE_AFTER_SECONDS else None
+
     def _body_tick(self) -> float:
         return min(1.0, self.body_grace / 4)
 
@@ -199,25 +240,20 @@ class GuardedConnection(H11Protocol):
         self._body_timer = self.loop.call_later(self._body_tick(), self._check_body_rate)
 
     def _body_too_slow(self, cycle, seconds: float) -> None:
-        self._body_cycle = None
+        self._stop_body_timer()
         self.logger.debug(
             "closing a connection whose request body arrives at %.0f bytes/s",
             self._body_bytes / seconds,
         )
         if not cycle.response_started:
-            body = json.dumps(
-                error_body(
-                    "DEADLINE_EXCEEDED",
-                    f"the request body arrived at {self._body_bytes / seconds:.0f} bytes/s"
-                    f" over {seconds:.0f} s; at least {self.min_body_rate} bytes/s"
-                    " (http_min_body_bytes_per_second)",
-                    limit="http_min_body_bytes_per_second",
-                )
-            ).encode()
             cycle.response_started = True  # the route's own answer is not sent
-            self.transport.write(
-                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            self._write_error(
+                b"408 Request Timeout",
+                "DEADLINE_EXCEEDED",
+                f"the request body arrived at {self._body_bytes / seconds:.0f} bytes/s"
+                f" over {seconds:.0f} s; at least {self.min_body_rate} bytes/s"
+                " (http_min_body_bytes_per_second)",
+                "http_min_body_bytes_per_second",
             )
         self.connections.discard(self)  # its place is free now
         if self.transport.can_write_eof():

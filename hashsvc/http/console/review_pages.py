@@ -148,6 +148,7 @@ def routes(web: Web) -> list[Route]:
             str(form.get("note", "")),
             add_to_set,
             str(form.get("entry_name", "")),
+            int(shown),  # and in the resolve's own transaction: a claim made since fails it
         )
         return await web.redirect(
             request,
