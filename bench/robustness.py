@@ -41,9 +41,10 @@ from pathlib import Path
 
 import numpy as np
 import transforms as edits
-from corpus import CACHE, CATEGORIES, NEAR_DUPLICATE, load_corpus
+from corpus import CACHE, CATEGORIES, NEAR_DUPLICATE, CorpusPicture, load_corpus
 from explain_misses import MissExplainer
 from photos import load_photos
+from PIL import Image
 from transforms import jpeg, robustness_transforms
 
 from hashsvc.base.decisions import strictest
@@ -82,6 +83,35 @@ def picture_bits(img) -> np.ndarray:
     img.thumbnail((1024, 1024))
     value, _ = pdq_hash(np.asarray(img.convert("RGB")))
     return np.unpackbits(np.frombuffer(value, dtype=np.uint8))
+
+
+def split_unrelated(
+    corpus: list[CorpusPicture], photos: list[tuple[str, Image.Image]], known_files: set[str]
+) -> tuple[list[CorpusPicture], list[str]]:
+    """The corpus pictures unrelated to every known picture, and the names of
+    those left out as the same content as a bench photo: a PDQ near-duplicate,
+    another frame of a known video, or the same scene by name (SAME_SCENE).
+    Pictures in known_files (known themselves) are in neither."""
+    # a corpus picture that IS a bench photo (scikit-image's, in both) is not unrelated
+    photo_bits = np.stack([picture_bits(img) for _, img in photos])
+    photo_names = {name for name, _ in photos}
+    known_videos = {name.split("-")[1] for name, _ in photos if name.startswith("frame-")}
+    unrelated, same_as_known = [], []
+    for p in corpus:
+        if p.file in known_files:
+            continue
+        bits = np.unpackbits(np.frombuffer(bytes.fromhex(p.pdq), dtype=np.uint8))
+        if int((photo_bits != bits).sum(axis=1).min()) <= NEAR_DUPLICATE:
+            same_as_known.append(p.name)
+        elif p.category == "video frame" and p.name.split("-")[0] in known_videos:
+            # another frame (or another encoding: chair-19/chair-20, pattern-sd/hd)
+            # of a video a bench photo is a frame of: the same scene, not unrelated
+            same_as_known.append(p.name)
+        elif SAME_SCENE.get(p.name) in photo_names:
+            same_as_known.append(p.name)
+        else:
+            unrelated.append(p)
+    return unrelated, same_as_known
 
 
 def pdq_views(signals) -> tuple[np.ndarray, list[int]]:
@@ -262,25 +292,7 @@ def main() -> None:
     known_corpus = corpus_photos[::step][:held]
     known_files = {p.file for p in known_corpus}
     photos = load_photos(12 if args.short else None)
-    # a corpus picture that IS a bench photo (scikit-image's, in both) is not unrelated
-    photo_bits = np.stack([picture_bits(img) for _, img in photos])
-    known_videos = {name.split("-")[1] for name, _ in photos if name.startswith("frame-")}
-    photo_names = {name for name, _ in photos}
-    unrelated, same_as_known = [], []
-    for p in corpus:
-        if p.file in known_files:
-            continue
-        bits = np.unpackbits(np.frombuffer(bytes.fromhex(p.pdq), dtype=np.uint8))
-        if int((photo_bits != bits).sum(axis=1).min()) <= NEAR_DUPLICATE:
-            same_as_known.append(p.name)
-        elif p.category == "video frame" and p.name.split("-")[0] in known_videos:
-            # another frame (or another encoding: chair-19/chair-20, pattern-sd/hd)
-            # of a video a bench photo is a frame of: the same scene, not unrelated
-            same_as_known.append(p.name)
-        elif SAME_SCENE.get(p.name) in photo_names:
-            same_as_known.append(p.name)
-        else:
-            unrelated.append(p)
+    unrelated, same_as_known = split_unrelated(corpus, photos, known_files)
     known = [(name, img) for name, img in photos] + [(p.name, p.open()) for p in known_corpus]
     hard = []
     if args.hard:
