@@ -353,7 +353,8 @@ def main() -> None:
             print(
                 f"known: {len(known)} pictures ({len(photos)} bench photos, {len(known_corpus)}"
                 f" corpus photos); unrelated: {len(unrelated)} corpus pictures"
-                f" ({len(same_as_known)} left out: a bench photo or its video); transformed: the"
+                f" ({len(same_as_known)} left out: the same content as a bench photo);"
+                f" transformed: the"
                 f" bench photos and corpus photos of >= {MIN_TRANSFORMED} px, {len(transformed)};"
                 f" {len(transforms)} transforms; PDQ block <= {pdq.block_distance},"
                 f" review <= {pdq.review_distance}, quality floor {pdq.quality_floor};"
