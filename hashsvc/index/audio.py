@@ -529,7 +529,7 @@ def _lines_with_a_good_window(query, query_informative, lines, max_ber) -> np.nd
         """(on the track, word) of the known word `shift` after each line's."""
         at = known_at + shift
         on_track = (at >= 0) & (at < lengths)
-        return on_track, words[bases[:, None] + np.clip(at, 0, lengths - 1)]
+        return on_track, words[bases[:, None] + np.where(on_track, at, 0)]
 
     inside, known = known_words(0)
     same = {}  # shift -> the word that far along is on the track and equal
