@@ -19,6 +19,7 @@ from openapi_spec_validator import validate
 
 from hashsvc.http.app import ENDPOINTS
 from hashsvc.http.routes_match import INLINE_BODY_BYTES
+from hashsvc.matching.policy import DEFAULT_THRESHOLDS
 from hashsvc_testing import audio_media, pdf_media, video_media
 from hashsvc_testing.http_server import REPO, HttpServerProcess
 from hashsvc_testing.image_media import encode, photo, reencoded
@@ -309,7 +310,24 @@ def test_a_clean_labelled_file_loads_with_its_names_and_labels(sqlite_server):
 
 def test_review_claim_and_resolve(sqlite_server):
     with sqlite_server.client("operator") as op:
-        op.post("/v1/sets", json={"name": "rev", "thresholds": {"pdq": {"block": 0, "review": 60}}})
+        local = DEFAULT_THRESHOLDS["local_features"]
+        # local features review only: by their defaults a copy of a small
+        # picture blocks, and this test needs it at review
+        review_only = {
+            "block": 0,
+            "review": 0,
+            "block_inliers": 10_000,
+            "review_inliers": local.review_inliers,
+            "block_coverage": local.block_coverage,
+            "review_coverage": local.review_coverage,
+        }
+        op.post(
+            "/v1/sets",
+            json={
+                "name": "rev",
+                "thresholds": {"pdq": {"block": 0, "review": 60}, "local_features": review_only},
+            },
+        )
         op.post("/v1/sets/rev/entries", params={"name": "p9"}, content=encode(photo(9)))
     with sqlite_server.client("matcher") as matcher:
         answer = matcher.post(

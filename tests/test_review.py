@@ -4,6 +4,7 @@ Match calls, allow lists, quarantine by a burst, and the audit records."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -15,8 +16,13 @@ from hashdb import ReviewFilter, Thresholds
 from hashsvc.base.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from hashsvc.client import cli
 from hashsvc.core.core import Core, MatchQuery
+from hashsvc.matching.policy import DEFAULT_THRESHOLDS
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc_testing.image_media import encode, photo, reencoded
+
+# Local features review only: a half-size copy of a small picture verifies
+# well enough to block by their defaults, and these tests need it at review.
+LOCAL_REVIEW_ONLY = dataclasses.replace(DEFAULT_THRESHOLDS["local_features"], block_inliers=10_000)
 
 
 @pytest.fixture
@@ -34,7 +40,11 @@ def _setup(core: Core):
     """Set "isis" reviews at 40+ bits (block below 10), set "aq" blocks and
     reviews its blocks too."""
     cur = core.curation
-    cur.create_set("isis", labels={"group": "ISIS"}, thresholds={"pdq": Thresholds(10, 60)})
+    cur.create_set(
+        "isis",
+        labels={"group": "ISIS"},
+        thresholds={"pdq": Thresholds(10, 60), "local_features": LOCAL_REVIEW_ONLY},
+    )
     cur.create_set("aq", labels={"group": "AQ"}, review_blocks=True)
     cur.add_entry("isis", "poster", {"outlet": "Amaq"}, "op", media=encode(photo(1)))
     cur.add_entry("aq", "banner", {}, "op", media=encode(photo(2)))
@@ -188,7 +198,16 @@ def test_reviewer_role_and_cli(tmp_path, monkeypatch, capsys, make_harness):
         pb.CreateSetRequest(
             name="isis",
             review_target=True,
-            thresholds=[pb.Threshold(signal_type="pdq", block_distance=10, review_distance=60)],
+            thresholds=[
+                pb.Threshold(signal_type="pdq", block_distance=10, review_distance=60),
+                pb.Threshold(
+                    signal_type="local_features",
+                    block_inliers=10_000,
+                    review_inliers=LOCAL_REVIEW_ONLY.review_inliers,
+                    block_coverage=LOCAL_REVIEW_ONLY.block_coverage,
+                    review_coverage=LOCAL_REVIEW_ONLY.review_coverage,
+                ),
+            ],
         ),
         metadata=omd,
     )

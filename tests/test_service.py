@@ -8,6 +8,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hashsvc.matching.policy import DEFAULT_THRESHOLDS
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc_testing.image_media import encode, flat_image, mirrored, noise_image, photo, reencoded
 from tests.helpers import match_request
@@ -104,12 +105,28 @@ def test_delisting_stops_matching_at_once(harness):
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def _local_features_review_only() -> pb.Threshold:
+    local = DEFAULT_THRESHOLDS["local_features"]
+    return pb.Threshold(
+        signal_type="local_features",
+        block_inliers=10_000,
+        review_inliers=local.review_inliers,
+        block_coverage=local.block_coverage,
+        review_coverage=local.review_coverage,
+    )
+
+
 def test_thresholds_per_set_and_low_quality_never_block(harness, operator):
     op, md = operator
     op.curation.CreateSet(
         pb.CreateSetRequest(
             name="strict",
-            thresholds=[pb.Threshold(signal_type="pdq", block_distance=0, review_distance=60)],
+            thresholds=[
+                pb.Threshold(signal_type="pdq", block_distance=0, review_distance=60),
+                # local features review only: a half-size copy of a small
+                # picture verifies well enough to block by their defaults
+                _local_features_review_only(),
+            ],
         ),
         metadata=md,
     )
