@@ -202,7 +202,9 @@ def read_rows(
                 deleted,
                 line,
                 r.quality(row[at_quality]) if at_quality is not None else None,
-                r.variant(row[at_variant].strip()) if at_variant is not None else "original",
+                r.kind_variant(kind, r.variant(row[at_variant].strip()))
+                if at_variant is not None
+                else "original",
                 r.position(row[at_position]) if at_position is not None else None,
             )
         except RowError as exc:

@@ -18,7 +18,11 @@ from functools import lru_cache
 
 from hashsvc.base import validation
 from hashsvc.base.errors import InvalidArgument, quoted
-from hashsvc.base.media_kinds import EXCHANGED_VARIANT
+from hashsvc.base.media_kinds import (
+    EXCHANGED_FEATURE_VARIANTS,
+    EXCHANGED_VARIANT,
+    is_exchanged,
+)
 from hashsvc.base.signals import SIGNAL_TYPES, Signal
 
 
@@ -85,8 +89,6 @@ SIGNAL_ALIASES = {
     "text-simhash": "text_simhash",
 }
 _HEX = re.compile(r"(?:0x)?([0-9a-fA-F]*)")
-# Variants another platform can use (hashsvc/base/media_kinds.py).
-EXCHANGED_VARIANTS = EXCHANGED_VARIANT
 # Exports in other tools' formats (HMA / python-threatexchange, TCAP) leave out
 # the signal types only hashsvc reads (CSV, TSV and JSON lines carry them).
 OTHER_TOOLS_FORMATS = ("hma", "tcap")
@@ -103,7 +105,7 @@ def entry_records(
     out = []
     for sig in signals:
         variant = sig.variant or "original"
-        if not EXCHANGED_VARIANTS.fullmatch(variant):
+        if not is_exchanged(sig.kind, variant):
             continue
         quality = sig.quality if sig.kind == "pdq" else None
         out.append(
@@ -260,12 +262,21 @@ def position(text) -> float | None:
 def variant(text: str | None) -> str:
     if not text:
         return "original"
-    if not EXCHANGED_VARIANT.fullmatch(text):
+    # which signal types a variant may go with is checked with the type
+    # (kind_variant), once both are read
+    if not (EXCHANGED_VARIANT.fullmatch(text) or text in EXCHANGED_FEATURE_VARIANTS):
         raise RowError(
             f"variant {quoted(text)} is not exchanged (original, frame:N, page, document,"
-            " page:original, image:original, image:exact)"
+            " page:original, image:original, image:exact; enlarged for local_features)"
         )
     return text
+
+
+def kind_variant(kind: str, variant_name: str) -> str:
+    """The variant, when signals of this type are exchanged with it."""
+    if not is_exchanged(kind, variant_name):
+        raise RowError(f"variant {quoted(variant_name)} is not exchanged for {kind}")
+    return variant_name
 
 
 _TRUE = {"1", "true", "yes", "y", "t", "deleted"}
@@ -303,7 +314,15 @@ def record(
     else:
         raw = signal_value(kind, value)
     return Record(
-        kind, raw, entry, labels, deleted, line, quality_value, variant_name, position_value
+        kind,
+        raw,
+        entry,
+        labels,
+        deleted,
+        line,
+        quality_value,
+        kind_variant(kind, variant_name),
+        position_value,
     )
 
 

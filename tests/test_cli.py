@@ -257,14 +257,22 @@ def test_export_writes_the_exchangeable_hashes(run, tmp_path):
     code, out, _ = run("export", "--set", "exported", role="operator")
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
-    # no crops; the picture's local features go out as one blob
-    assert sorted(r["signal_type"] for r in rows) == ["local_features", "md5", "pdq", "sha256"]
+    # no crops; the picture's local features go out as one blob a variant: a
+    # 300 px picture also has them extracted enlarged, which no side can derive
+    # again from the hashes
+    assert sorted((r["signal_type"], r["variant"]) for r in rows) == [
+        ("local_features", "enlarged"),
+        ("local_features", "original"),
+        ("md5", "original"),
+        ("pdq", "original"),
+        ("sha256", "original"),
+    ]
     pdq = next(r for r in rows if r["signal_type"] == "pdq")
     assert len(pdq["signal_value"]) == 64 and pdq["entry"] == "amaq-7.jpg"
     assert pdq["labels"] == "outlet=Sahab" and int(pdq["quality"]) >= 50
     code, out, _ = run("export", "--set", "exported", "--format", "jsonl", role="operator")
     lines = [json.loads(line) for line in out.splitlines()]
-    assert len(lines) == 4 and lines[0]["labels"] == {"outlet": "Sahab"}
+    assert len(lines) == 5 and lines[0]["labels"] == {"outlet": "Sahab"}
     # the exported PDQ finds the entry again
     code, out, _ = run("match", "--json", "--hash", f"pdq:{pdq['signal_value']}", role="matcher")
     assert json.loads(out)["decision"] == "block"

@@ -6,6 +6,7 @@ set thresholds work; hostile blobs are INVALID_ARGUMENT where they enter."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import struct
@@ -24,6 +25,7 @@ from hashsvc_testing import local_media
 from hashsvc_testing.image_media import encode as encode_image
 from hashsvc_testing.image_media import flat_image, photo
 from hashsvc_testing.vectors import vector
+from tests.conftest import _pg_schema
 from tests.helpers import match_request
 
 BRIDGE = ("threatexchange", "pdq", "data", "reg-test-input", "dih", "bridge-1-original.jpg")
@@ -174,6 +176,72 @@ def test_a_small_picture_turned_20_degrees_is_found_enlarged_and_others_are_not(
         ):
             row = _match(run, tmp_path, name, jpeg(img))
             assert row["decision"] == "allow" and row["matches"] == [], row
+
+
+@contextlib.contextmanager
+def _fresh_store_url(store_url: str, tmp_path):
+    """An empty store of the same implementation as `store_url`."""
+    if store_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path}/partner.db"
+        return
+    with _pg_schema() as url:
+        yield url
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_small_picture_exported_and_loaded_keeps_its_enlarged_features(
+    fmt, run, tmp_path, store_url, make_harness, monkeypatch
+):
+    """Export -> load into a fresh server (same store kind) carries every local
+    features variant of a small picture ("original" and "enlarged"), so the
+    copy turned 20 degrees is found there as on the source: same entry,
+    decision and evidence (before this, exports left "enlarged" out)."""
+    known = tmp_path / "small.jpg"
+    known.write_bytes(jpeg(photo(6), 92))
+    assert run("sets", "create", "lf", *PDQ_EXACT_ONLY, role="operator")[0] == 0
+    assert run("add", "--set", "lf", known, role="operator")[0] == 0
+    turned = jpeg(rotated(photo(6), 20))
+    before = _local_hit(_match(run, tmp_path, "turned.jpg", turned))
+    assert before["known_variant"] == "enlarged", before
+    code, out, err = run("export", "--set", "lf", "--format", fmt, role="operator")
+    assert code == 0, err
+    export = tmp_path / f"export.{fmt}"
+    export.write_text(out, encoding="utf-8")
+
+    with _fresh_store_url(store_url, tmp_path) as partner_url:
+        partner = make_harness(partner_url)
+        try:
+            _check_partner(partner, monkeypatch, export, turned, before)
+        finally:
+            make_harness.stop(partner)
+
+
+def _check_partner(partner, monkeypatch, export, turned: bytes, before: dict) -> None:
+    monkeypatch.setenv("HASHSVC_SERVER", partner.address)
+    monkeypatch.setenv("HASHSVC_TOKEN", partner.tokens["operator"])
+    assert cli.main(["sets", "create", "copy", *PDQ_EXACT_ONLY]) == 0
+    assert cli.main(["load", "--set", "copy", "--strict", "--quiet", str(export)]) == 0
+    stub, md = partner.stubs("operator")
+    got = stub.curation.GetEntry(pb.GetEntryRequest(set="copy", name="small.jpg"), metadata=md)
+    variants = [s.variant for s in got.signals if s.signal_type == "local_features"]
+    assert variants == ["original", "enlarged"]
+
+    stub, md = partner.stubs("matcher")
+    resp = stub.matcher.Match(match_request(turned), metadata=md)
+    assert pb.Decision.Name(resp.decision).lower() == before["decision"] != "allow"
+    hits = [m for m in resp.matches if m.signal_type == "local_features"]
+    assert [(m.set, m.entry) for m in hits] == [("copy", "small.jpg")]
+    after = hits[0]
+    assert after.known_variant == "enlarged"
+    assert after.local_features.inliers == before["local_features"]["inliers"]
+    assert abs(abs(after.local_features.angle) - 20) < 2
+
+    # "enlarged" goes with local_features only: a PDQ row with it is refused
+    bad = export.with_name("bad.jsonl")
+    bad.write_text(
+        json.dumps({"signal_type": "pdq", "signal_value": "ab" * 32, "variant": "enlarged"}) + "\n"
+    )
+    assert cli.main(["load", "--set", "copy", "--strict", "--quiet", str(bad)]) != 0
 
 
 def test_added_matches_at_once_and_removed_stops_at_once(harness, operator, matcher):

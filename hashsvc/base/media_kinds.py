@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hashsvc.base.signals import Signal, signal_type
+from hashsvc.base.signals import LOCAL_FEATURES, Signal, signal_type
 
 IMAGE = "image"
 VIDEO = "video"
@@ -67,6 +67,22 @@ EXCHANGED_PDF_PICTURES = ("page:original", "image:original", "image:exact")
 EXCHANGED_VARIANT = re.compile(
     r"original|page|document|frame:\d{1,9}|" + "|".join(EXCHANGED_PDF_PICTURES)
 )
+# Local features a known picture keeps beside those: a small picture's,
+# extracted from it enlarged (hashsvc/media/image.py). They cannot be derived
+# again from a hash, and without them a small picture loaded elsewhere no
+# longer finds its tilted and cropped copies: exports carry them too (only
+# hashsvc reads local_features; other tools' formats leave them out).
+EXCHANGED_FEATURE_VARIANTS = ("enlarged",)
+
+
+def is_exchanged(kind: str, variant: str) -> bool:
+    """Whether exports write, and loads accept, a signal of this type and
+    variant ("" is "original")."""
+    return (
+        not variant
+        or EXCHANGED_VARIANT.fullmatch(variant) is not None
+        or (kind == LOCAL_FEATURES.name and variant in EXCHANGED_FEATURE_VARIANTS)
+    )
 
 
 @dataclass(frozen=True)

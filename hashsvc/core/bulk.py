@@ -30,7 +30,7 @@ from typing import Protocol
 from hashdb import BulkStore, EntryLookup
 from hashdb.bulk_sql import MAX_SIGNALS_PER_ENTRY, BulkCounts, PlainSignals
 from hashsvc.base.errors import InvalidArgument, TooLarge, quoted
-from hashsvc.base.media_kinds import EXCHANGED_VARIANT
+from hashsvc.base.media_kinds import is_exchanged
 from hashsvc.base.signals import SIGNAL_TYPES, Signal
 from hashsvc.core.bulk_rows import (
     BulkResult,
@@ -412,8 +412,8 @@ class BulkLoad:
                 row_labels = checked_row_labels(label_text) if label_text else None
                 if label_value:
                     row_labels = row_label_added(row_labels, batch.label_key, label_value)
-                if var and var != "original" and not EXCHANGED_VARIANT.fullmatch(var):
-                    raise RowError(f"variant {quoted(var)} is not exchanged")
+                if not is_exchanged(kind, var):
+                    raise RowError(f"variant {quoted(var)} is not exchanged for {kind}")
                 if q != -1 and not 0 <= q <= 100:
                     raise RowError("quality must be within 0..100")
                 if not (math.isnan(pos) or (math.isfinite(pos) and pos >= 0)):
