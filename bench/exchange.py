@@ -93,7 +93,7 @@ def bench(name: str, db_url: str, rows: int) -> dict:
         seconds = time.perf_counter() - started
         cpu = time.process_time() - cpu  # the server's (the partner's is its own process)
         stop.set()
-        lat = sorted(latencies.get())
+        lat = sorted(latencies.get(timeout=120))  # a dead matcher fails, not hangs
         matcher.join()
         assert first.added == rows, first
 

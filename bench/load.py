@@ -277,7 +277,9 @@ def run_load(address: str, token: str, path: str, out, strict: bool = False) -> 
     out.put((time.perf_counter() - started, summary, time.process_time() - cpu))
 
 
-def run_matcher(address: str, token: str, stop, out, calls) -> None:
+def run_matcher(address: str, token: str, stop, out, calls=None) -> None:
+    """Match in a loop until `stop`; latencies to `out`, and a count in the
+    shared `calls` when given (bench/exchange.py passes none)."""
     client = Client(server=address, token=token)
     query = pb.MatchRequest(signal=pb.SignalValue(signal_type="pdq", value=os.urandom(32).hex()))
     latencies = []
@@ -285,8 +287,9 @@ def run_matcher(address: str, token: str, stop, out, calls) -> None:
         started = time.perf_counter()
         client.matcher.Match(query, metadata=client.metadata)
         latencies.append(time.perf_counter() - started)
-        with calls.get_lock():
-            calls.value += 1
+        if calls is not None:
+            with calls.get_lock():
+                calls.value += 1
         time.sleep(0.005)
     out.put(latencies)
 
