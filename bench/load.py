@@ -361,7 +361,7 @@ def bench(
             rerun_seconds, again, _ = results.get()
             loader.join()
             assert again["added"] == 0 and again["unchanged"] == rows, again
-        lat = sorted(latencies.get())
+        lat = sorted(latencies.get(timeout=120))  # a dead matcher fails, not hangs
         matcher.join()
     finally:
         running.stop(grace=1)

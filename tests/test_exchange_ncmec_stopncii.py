@@ -7,12 +7,15 @@ library's fixed 60 s), and a fetch cut short mid-range resumed."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import time
 
 import grpc
 import pytest
 
+from hashsvc.exchange.sources import ResponseTooLarge, SourceConfig, open_source
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc_testing.ncmec_stopncii_servers import NcmecServer, StopNciiServer
 from tests.test_exchange import SETTINGS, _add, _entries, _fetch, _hex, _match_hash, _set
@@ -250,3 +253,67 @@ def test_stopncii_wrong_key_500_and_hang_lose_nothing(harness):
         _add(stubs, md, "bad", "stopncii", "only-one-key-secret", base_url="http://127.0.0.1:9/")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "only-one-key-secret" not in err.value.details()
+
+
+class _RedirectElsewhere(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with a redirect to the `target` server's /big."""
+
+    target = ""
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self.send_response(302)
+        self.send_header("Location", f"{self.target}/big")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+class _BigBody(http.server.BaseHTTPRequestHandler):
+    """3 MiB without a Content-Length (read until the connection closes)."""
+
+    def do_GET(self):  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        for _ in range(48):
+            self.wfile.write(b" " * 65536)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("api", "credentials"), [("ncmec", "user:password"), ("stopncii", "fetch-key,subscription-key")]
+)
+def test_a_redirect_elsewhere_is_read_within_max_response_bytes(api, credentials):
+    """A partner (or whoever answers in its place) redirecting to another
+    host: the answer there is held to the same size limit, not read whole
+    by the library's own session."""
+    servers = []
+    try:
+        for handler in (_BigBody, _RedirectElsewhere):
+            server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            servers.append(server)
+        big, redirect = servers
+        _RedirectElsewhere.target = f"http://127.0.0.1:{big.server_address[1]}"
+        source = open_source(
+            api,
+            SourceConfig(
+                name="partner",
+                options={"base_url": f"http://127.0.0.1:{redirect.server_address[1]}"},
+                credentials=credentials,
+                timeout_seconds=10,
+                retries=0,
+                max_response_bytes=1 << 20,
+            ),
+        )
+        with pytest.raises(ResponseTooLarge, match="max_response_bytes"):
+            next(iter(source.pages(None)))
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()

@@ -202,6 +202,15 @@ def _read_bounded(response: requests.Response, limit: int) -> None:
     response.raw.release_conn()
 
 
+def _bound_every_url(session: requests.Session, cfg: SourceConfig, base_url: str) -> None:
+    """Our adapter for the library's base URL (replacing its own 60 s one) and
+    for every other URL: a partner's redirect elsewhere is read within the
+    same size limit and timeout."""
+    adapter = _timeout_adapter(cfg)
+    for prefix in ("http://", "https://", base_url):
+        session.mount(prefix, adapter)
+
+
 def _session(cfg: SourceConfig) -> requests.Session:
     session = requests.Session()
     adapter = _timeout_adapter(cfg)
@@ -452,7 +461,7 @@ class NcmecSource(Source):
 
             def _get_session(self):
                 session = super()._get_session()  # its basic auth, and a 60 s adapter
-                session.mount(self._base_url, _timeout_adapter(cfg))  # replaced by ours
+                _bound_every_url(session, cfg, self._base_url)
                 return session
 
         class TimedExchange(NCMECSignalExchangeAPI):
@@ -507,7 +516,7 @@ class StopNciiSource(Source):
         class TimedClient(StopNCIIAPI):
             def _get_session(self, endpoint):
                 session = super()._get_session(endpoint)  # its keys, and a 60 s adapter
-                session.mount(self._base_url, _timeout_adapter(cfg))  # replaced by ours
+                _bound_every_url(session, cfg, self._base_url)
                 return session
 
         self.checkpoint_cls = StopNCIICheckpoint
