@@ -273,7 +273,7 @@ class ExchangeSQL:
         unmapped: list[str],
         counts: PageCounts,
         lease_seconds: float,
-        windowed: bool = False,
+        window_base: int | None = None,
     ) -> PageCounts:
         """One page's mapping, counts and checkpoint, together; raises
         FailedPrecondition (writing nothing) if the lease was lost. Items
@@ -281,9 +281,9 @@ class ExchangeSQL:
         transaction as the checkpoint: a page written again after a crash
         (its entries already there) still counts once. Returns the counts
         as committed (counts.updated, .skipped and .rejected as given).
-        windowed: the page's deletions are the fetch's held or unlisted
+        window_base: the page's deletions are the fetch's held or unlisted
         ones, recorded for exchange.delete_window_seconds with the feed's
-        items before them."""
+        items before the fetch (window_base)."""
         now = now_micros()
         with self._counter_write() as cur:
             cur.execute(
@@ -294,12 +294,14 @@ class ExchangeSQL:
             if cur.fetchone() is None:
                 raise FailedPrecondition("this replica lost the feed's lease: the fetch stops")
             gone = set(self._mapped_keys(cur, feed_id, unmapped))
-            if windowed and gone:
-                cur.execute("SELECT items FROM exchange_feeds WHERE id = ?", (feed_id,))
+            if window_base is not None and gone:
+                # the size the fetch's deletions were checked against (its
+                # items before the fetch), not the mapping's now: a fetch
+                # that adds junk first would widen the window's budget
                 cur.execute(
                     "INSERT INTO exchange_deletions (feed_id, at, deleted, held)"
                     " VALUES (?, ?, ?, ?)",
-                    (feed_id, now, len(gone), cur.fetchone()[0]),
+                    (feed_id, now, len(gone), window_base),
                 )
             for start in range(0, len(unmapped), _ITEM_CHUNK):
                 cur.executemany(

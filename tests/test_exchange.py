@@ -779,6 +779,23 @@ def test_slow_drip_deletions_are_refused_over_the_window(harness, tmp_path):
     assert "exchange.snapshot_max_delete_fraction" in err.value.details()
     assert stubs.exchange.GetFeed(pb.GetFeedRequest(name="f"), metadata=md).items == 6
 
+    # padded: a listing that drops 1 of 10 real items and adds 10 of junk
+    # records its deletion against the 10 it held, not the 19 after its own
+    # additions; the next, leaving out every real item, is refused
+    path = tmp_path / "padded.txt"
+    real = [_hex() for _ in range(10)]
+    junk = [_hex() for _ in range(10)]
+    path.write_text("".join(f"pdq {v}\n" for v in real))
+    _add(stubs, md, "p", "file", path=path)
+    _fetch(stubs, md, "p")
+    path.write_text("".join(f"pdq {v}\n" for v in real[1:] + junk))
+    assert _fetch(stubs, md, "p")[-1].deleted == 1
+    path.write_text("".join(f"pdq {v}\n" for v in junk))
+    with pytest.raises(grpc.RpcError) as err:
+        _fetch(stubs, md, "p")
+    assert "leaves out 9 of the feed's 10 items after 1 deleted" in err.value.details()
+    assert stubs.exchange.GetFeed(pb.GetFeedRequest(name="p"), metadata=md).items == 19
+
 
 def test_a_zero_delete_window_judges_each_fetch_alone(make_harness, store_url):
     settings = dataclasses.replace(SETTINGS, delete_window_seconds=0)

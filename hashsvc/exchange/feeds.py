@@ -203,7 +203,10 @@ class _BuiltPage:
     counts: PageCounts
     checkpoint: str | None
     items: int
-    windowed: bool = False
+    # the feed's items before this fetch, when the page's deletions count in
+    # its deletion window (against that size, not one the fetch's own
+    # additions padded); None: not counted
+    window_base: int | None = None
 
 
 class _PageChain:
@@ -626,7 +629,7 @@ class Feeds:
             if guard.holding:  # also when every held deletion was listed again:
                 guard.check()  # the fetch's own checkpoint, not the one kept
                 deleted = [SourceItem(key, deleted=True) for key in guard.pending]
-                self._write_page(feed, run, deleted, checkpoint, result, windowed=True)
+                self._write_page(feed, run, deleted, checkpoint, result, window_base=guard.held)
             if seen is not None:
                 self._delete_unlisted(feed, run, seen, checkpoint, result, allow_mass_delete)
             run.finish()
@@ -668,7 +671,7 @@ class Feeds:
             "the listing leaves out",
         )
         if gone:
-            self._write_page(feed, run, gone, checkpoint, result, windowed=True)
+            self._write_page(feed, run, gone, checkpoint, result, window_base=before)
 
     def _delete_window(self, feed: FeedRecord) -> DeleteWindow:
         seconds = self.settings.delete_window_seconds
@@ -683,14 +686,15 @@ class Feeds:
         items: list[SourceItem],
         checkpoint: str | None,
         result: FetchResult,
-        windowed: bool = False,
+        window_base: int | None = None,
     ) -> None:
         """A page of deletions (held until the fetch's end, or left out of a
         whole listing), written and committed before this returns.
-        windowed: counted in the feed's deletion window."""
+        window_base: the feed's items before the fetch, when the page counts
+        in the feed's deletion window."""
         chain = _PageChain(self, feed, run, result, None, None)
         try:
-            chain.send(self._build_page(feed, items, checkpoint, None, None, windowed))
+            chain.send(self._build_page(feed, items, checkpoint, None, None, window_base))
             chain.drain()
         finally:
             chain.close()
@@ -702,7 +706,7 @@ class Feeds:
         checkpoint: str | None,
         guard: _DeleteGuard | None,
         previous: str | None,
-        windowed: bool = False,
+        window_base: int | None = None,
     ) -> _BuiltPage:
         """One page's bulk rows, item mapping and checkpoint. With a guard (a
         source's page; previous: the checkpoint before it), deletions of
@@ -732,7 +736,7 @@ class Feeds:
             counts,
             checkpoint,
             len(items),
-            windowed,
+            window_base,
         )
 
     def _page_rows(
@@ -833,7 +837,7 @@ class Feeds:
             page.unmapped,
             page.counts,
             self._lease(),
-            page.windowed,
+            page.window_base,
         )
 
     def _labels_json(self, feed: FeedRecord, item: SourceItem, cache: dict) -> str:
