@@ -21,6 +21,14 @@ def apply(cur, migrations: list[list[str]]) -> int:
     )
     cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
     current = cur.fetchone()[0]
+    if current > len(migrations):
+        # a newer server migrated this store: what this one would write (e.g.
+        # outbox events without the MAC the newer one checks) could be read
+        # as forged and dropped; it stops instead
+        raise RuntimeError(
+            f"the store's schema is version {current}, newer than this server's"
+            f" {len(migrations)}: run the newer hashsvc (stop every replica to upgrade)"
+        )
     for version, statements in enumerate(migrations, start=1):
         if version <= current:
             continue
@@ -761,6 +769,10 @@ _HISTORY_VIEWS_SQLITE = [
             BEGIN SELECT RAISE(ABORT, 'match_history_views is append-only'); END""",
 ]
 _HISTORY_VIEWS_POSTGRES = [
+    # no Match record may commit between the backfill's snapshot and the
+    # trigger (it would get no views row, and no PDQ retro-hunt would read
+    # it): other replicas' inserts wait until this migration commits
+    "LOCK TABLE match_history IN SHARE ROW EXCLUSIVE MODE",
     """CREATE TABLE match_history_views (
             history_id BIGINT PRIMARY KEY,
             time BIGINT NOT NULL,

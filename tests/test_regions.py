@@ -79,6 +79,8 @@ def test_row_medians_are_np_median_exactly_on_pictures():
         np.full((5, 60), 128.0, dtype=np.float32),  # all ties
         np.round(rng.normal(128, 40, (9, 64))).astype(np.float32) / 3,  # non-integer
         np.zeros((3, 1), dtype=np.float32),
+        np.full((2, 4), 200, dtype=np.uint8),  # two middles of 200 wrap as uint8
+        rng.integers(0, 256, (6, 50)).astype(np.uint8),
     ]
     for values in pictures:
         for rows in (values, values[:, ::2], values.T[:, ::2]):

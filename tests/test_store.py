@@ -495,3 +495,18 @@ def test_new_sqlite_database_gets_large_pages_and_an_old_one_keeps_its_own(tmp_p
     old.close()
     with sqlite3.connect(tmp_path / "old.db") as conn:
         assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+
+
+def test_an_older_server_refuses_a_store_a_newer_one_migrated(store_url, monkeypatch):
+    """What an older server writes into a newer schema (outbox events without
+    the MAC over their place, history without packed views) would be read as
+    forged or skipped: it stops at start instead, saying why."""
+    from hashdb import migrations
+
+    open_store(store_url).close()
+    monkeypatch.setattr(migrations, "SQLITE", migrations.SQLITE[:-1])
+    monkeypatch.setattr(migrations, "POSTGRES", migrations.POSTGRES[:-1])
+    with pytest.raises(RuntimeError, match="newer than this server's"):
+        open_store(store_url)
+    monkeypatch.undo()
+    open_store(store_url).close()

@@ -106,6 +106,8 @@ def _row_medians(values: np.ndarray) -> np.ndarray:
     """np.median(values, axis=1, keepdims=True), the same numbers, for
     pictures (no NaN): np.median also partitions for the largest value, to
     look for NaN, and checks it (~0.1 ms of the content bands' ~0.9)."""
+    if values.dtype.kind in "iub":  # np.median's float64, and two uint8 middles would wrap
+        values = values.astype(np.float64)
     n = values.shape[1]
     half = n // 2
     if not n:
