@@ -106,8 +106,10 @@ def test_prune_stays_out_of_the_longest_retro_window(harness, monkeypatch, capsy
         "FAILED_PRECONDITION",
         "FAILED_PRECONDITION",
         "FAILED_PRECONDITION",
+        "OK",  # started, recorded before the first batch
         "OK",
     ]
+    assert actions[-2].detail == {"before": actions[-1].detail["before"], "started": True}
     assert actions[-1].detail["records_pruned"] == 1
     code, out, _ = _cli(harness, monkeypatch, capsys, "auditor", "history", "verify")
     assert code == 0 and "history intact" in out
@@ -165,20 +167,49 @@ def test_signals_stripped_in_the_database_fail_verify(harness, store_url, monkey
     assert str(uploads["u-30d"].id) not in " ".join(problems)
 
 
+def test_a_prune_killed_between_its_batches_still_verifies(harness, monkeypatch, capsys):
+    """The server dies after a batch committed, before the prune's outcome is
+    recorded: the record written before the first batch covers what it
+    pruned, so `history verify` does not call it tampering."""
+    store = harness.core.store
+    for name, days in (("u-30d", 30), ("u-20d", 20), ("u-1h", 1 / 24)):
+        _upload(store, days, name)
+    real = store.prune_history_signals
+
+    def prune_then_die(before_micros, batch=10_000):
+        real(before_micros, batch)
+        raise SystemExit("killed")  # not an Exception: nothing after it runs
+
+    monkeypatch.setattr(store, "prune_history_signals", prune_then_die)
+    with pytest.raises(SystemExit):
+        harness.core.prune_history("admin", datetime.now(UTC) - timedelta(days=25))
+    monkeypatch.undo()
+    assert _uploads(harness)["u-30d"].query_signals == []
+    actions = [r for r in store.query_history(HistoryFilter(), 0, 1000) if r.rpc == "PruneHistory"]
+    assert [a.detail.get("started") for a in actions] == [True]
+    code, out, _ = _cli(harness, monkeypatch, capsys, "auditor", "history", "verify")
+    assert code == 0 and "history intact" in out, out
+
+
 def test_an_edited_prune_action_covers_nothing(harness, store_url, monkeypatch, capsys):
     """The prune action's `before` moved to now (to cover a stripped record):
     its hash breaks, so it covers nothing, and even the record it really
     pruned shows."""
     uploads = _pruned_setup(harness, monkeypatch, capsys)
-    (action,) = [
+    actions = [
         r
         for r in harness.core.store.query_history(HistoryFilter(), 0, 1000)
         if r.rpc == "PruneHistory"
     ]
-    detail = json.dumps({**action.detail, "before": datetime.now(UTC).isoformat()})
+    assert len(actions) == 2  # started, done
+    now = datetime.now(UTC).isoformat()
     _tamper(
         store_url,
-        f"UPDATE match_history SET detail = '{detail}' WHERE id = {action.id}",
+        *[
+            f"UPDATE match_history SET detail = '{json.dumps({**a.detail, 'before': now})}'"
+            f" WHERE id = {a.id}"
+            for a in actions
+        ],
         _strip(store_url, uploads["u-1h"].id),
     )
     code, out, _ = _cli(harness, monkeypatch, capsys, "auditor", "history", "verify")

@@ -499,6 +499,13 @@ class Core:
         (a prune of yesterday's uploads before today's entries arrive)."""
         try:
             self._check_prune_before(before)
+            # Recorded before the first batch commits: a prune killed between
+            # its batches still has the record that covers what it pruned
+            # (`history verify` would report those records as stripped
+            # outside hashsvc); the outcome is recorded after.
+            self.record_action(
+                "PruneHistory", actor, {"before": before.isoformat(), "started": True}
+            )
             pruned = self.store.prune_history_signals(to_micros(before))
         except Exception as exc:
             self.record_action(
