@@ -6,11 +6,9 @@ changes, actions indexed under their set), and who did it (the token id)."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 
 import grpc
-import psycopg
 import pytest
 
 from hashdb import HistoryFilter
@@ -18,6 +16,7 @@ from hashsvc.client import cli
 from hashsvc.core import auth
 from hashsvc.core.core import MatchQuery
 from hashsvc.v1 import hashsvc_pb2 as pb
+from hashsvc_testing.store_tamper import store_before, tamper
 from tests.helpers import start_harness
 
 MD5 = "md5:" + "1" * 32
@@ -42,25 +41,7 @@ def audited(store_url, tmp_path, make_harness):
 def _tamper(store_url: str, *statements: str) -> None:
     """What someone with database access does: switch the append-only
     triggers off (history and its per-set index), then rewrite."""
-    if store_url.startswith("sqlite"):
-        conn = sqlite3.connect(store_url[len("sqlite:///") :])
-        for trigger in (
-            "match_history_no_update",
-            "match_history_no_delete",
-            "match_history_sets_no_update",
-            "match_history_sets_no_delete",
-        ):
-            conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
-        for sql in statements:
-            conn.execute(sql)
-        conn.commit()
-        conn.close()
-    else:
-        with psycopg.connect(store_url) as conn:
-            conn.execute("ALTER TABLE match_history DISABLE TRIGGER USER")
-            conn.execute("ALTER TABLE match_history_sets DISABLE TRIGGER USER")
-            for sql in statements:
-                conn.execute(sql)
+    tamper(store_url, ("match_history", "match_history_sets"), *statements)
 
 
 def _matches(h, n: int, caller: str = "pipeline") -> list[int]:
@@ -406,21 +387,8 @@ def test_migration_renames_tokens_that_share_an_active_name(store_url):
     """Tokens made without --name were all named after their role: the
     migration keeps the oldest name and renames the others NAME#ID."""
     from hashdb import migrations, open_store
-    from hashdb.postgres import _Cursor
 
-    every = migrations.SQLITE if store_url.startswith("sqlite") else migrations.POSTGRES
-    # the migrations before the one that renames (later ones are appended after it)
-    older = every[: every.index(migrations._HISTORY_IDENTITY)]
-    if store_url.startswith("sqlite"):
-        conn = sqlite3.connect(store_url[len("sqlite:///") :])
-        cur = conn.cursor()
-    else:
-        from hashdb.postgres import _schema_from_url
-
-        conn = psycopg.connect(store_url)
-        conn.execute(f'CREATE SCHEMA "{_schema_from_url(store_url)}"')
-        cur = _Cursor(conn.cursor())
-    migrations.apply(cur, older)
+    conn, cur = store_before(store_url, migrations._HISTORY_IDENTITY)
     for i, (name, revoked) in enumerate(
         [("matcher", None), ("matcher", None), ("matcher", 5), ("alice", None)]
     ):

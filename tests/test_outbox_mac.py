@@ -9,15 +9,14 @@ opened with the key); copies of them, or a watermark moved, do not verify."""
 from __future__ import annotations
 
 import json
-import sqlite3
 
-import psycopg
 import pytest
 
 from hashdb import migrations, open_store
 from hashdb.outbox_sql import _mac
 from hashsvc.core import events
 from hashsvc.core.core import Core
+from hashsvc_testing.store_tamper import store_before
 
 KEY = b"k" * 32
 COPY_COLUMNS = "type, created_at, set_names, body, mac, seq_mac, mac_format"
@@ -106,19 +105,7 @@ def test_replayed_events_do_not_verify(keyed_core):
 def _old_schema_url(store_url: str):
     """The store at the schema before the MAC covered the place, with a
     cursor to write into it as the old server did."""
-    every = migrations.SQLITE if store_url.startswith("sqlite") else migrations.POSTGRES
-    older = every[: every.index(migrations._OUTBOX_PLACE)]
-    if store_url.startswith("sqlite"):
-        conn = sqlite3.connect(store_url[len("sqlite:///") :])
-        cur = conn.cursor()
-    else:
-        from hashdb.postgres import _Cursor, _schema_from_url
-
-        conn = psycopg.connect(store_url)
-        conn.execute(f'CREATE SCHEMA "{_schema_from_url(store_url)}"')
-        cur = _Cursor(conn.cursor())
-    migrations.apply(cur, older)
-    return conn, cur
+    return store_before(store_url, migrations._OUTBOX_PLACE)
 
 
 def _old_row(cur, seq: int, ref: str) -> None:

@@ -30,6 +30,7 @@ from hashsvc.core.audit import history_signal_json
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc_testing import audio_media, pdf_media, video_media
 from hashsvc_testing.image_media import encode, photo, reencoded
+from hashsvc_testing.store_tamper import tamper
 from hashsvc_testing.stubs import Stubs
 from tests.test_process import ServerProcess
 
@@ -807,20 +808,7 @@ def _finished_run(core, seconds: float = 30):
 def _tamper_views(store_url: str, *statements: str) -> None:
     """What someone with database access does to the retro-hunt's views
     table: switch its append-only triggers off, then rewrite."""
-    if store_url.startswith("sqlite"):
-        conn = sqlite3.connect(store_url[len("sqlite:///") :])
-        for trigger in ("match_history_views_no_update", "match_history_views_no_delete"):
-            conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
-        for sql in statements:
-            conn.execute(sql)
-        conn.commit()
-        conn.close()
-    else:
-        with psycopg.connect(store_url) as conn:
-            conn.execute("ALTER TABLE match_history_views DISABLE TRIGGER USER")
-            for sql in statements:
-                conn.execute(sql)
-            conn.execute("ALTER TABLE match_history_views ENABLE TRIGGER USER")
+    tamper(store_url, ("match_history_views",), *statements)
 
 
 def test_records_without_packed_views_are_hunted_from_their_text(store_url, make_core):

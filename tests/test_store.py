@@ -14,6 +14,7 @@ from hashdb import HistoryFilter, HistoryRecord, Thresholds, open_store
 from hashdb.sqlbase import MAX_SIGNALS_PER_ENTRY
 from hashsvc.base.errors import AlreadyExists, InvalidArgument, NotFound
 from hashsvc.base.signals import Signal
+from hashsvc_testing.store_tamper import tamper
 
 
 def _signals(n: int = 1, seed: int = 0) -> list[Signal]:
@@ -226,19 +227,7 @@ def test_concurrent_writers_all_land(store):
 def _tamper(store_url: str, *statements: str) -> None:
     """Edit the history behind hashsvc's back, as someone with database access
     could: switch the append-only triggers off first."""
-    if store_url.startswith("sqlite"):
-        conn = sqlite3.connect(store_url[len("sqlite:///") :])
-        for trigger in ("match_history_no_update", "match_history_no_delete"):
-            conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
-        for sql in statements:
-            conn.execute(sql)
-        conn.commit()
-        conn.close()
-    else:
-        with psycopg.connect(store_url) as conn:
-            conn.execute("ALTER TABLE match_history DISABLE TRIGGER USER")
-            for sql in statements:
-                conn.execute(sql)
+    tamper(store_url, ("match_history",), *statements)
 
 
 def _chain_of(store, n: int) -> list[int]:
