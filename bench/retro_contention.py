@@ -20,28 +20,16 @@ import shutil
 import statistics
 import tempfile
 import threading
-import time
 
 import numpy as np
+from retro import match_latencies  # bench/retro.py: Match in a loop
 
 from hashsvc.core.config import Config
-from hashsvc.core.core import Core, MatchQuery
+from hashsvc.core.core import Core
 from hashsvc.core.retro import lower_priority
 from hashsvc.index.binary import search_on_this_thread
 from hashsvc.index.bound_scan import any_within_scan
 from hashsvc_testing.image_media import encode, photo
-
-
-def latencies(core: Core, data: list[bytes], seconds: float) -> list[float]:
-    out: list[float] = []
-    deadline = time.monotonic() + seconds
-    i = 0
-    while time.monotonic() < deadline:
-        started = time.perf_counter()
-        core.match(MatchQuery(media=data[i % len(data)]), "bench")
-        out.append((time.perf_counter() - started) * 1000)
-        i += 1
-    return out
 
 
 def main() -> None:
@@ -58,7 +46,7 @@ def main() -> None:
         scan = any_within_scan(rng.integers(0, 256, (10_000, 32), dtype=np.uint8), 56)
         views = rng.integers(0, 256, (180_000, 32), dtype=np.uint8)  # a step of 10k uploads
         scan.any_within(views[:10], 56)  # compiled before timing
-        latencies(core, images, 1.0)  # warm
+        match_latencies(core, images, 1.0)  # warm
         stop = threading.Event()
 
         def compiled() -> None:
@@ -81,7 +69,7 @@ def main() -> None:
             thread = threading.Thread(target=work) if work else None
             if thread:
                 thread.start()
-            found = latencies(core, images, args.seconds)
+            found = match_latencies(core, images, args.seconds)
             stop.set()
             if thread:
                 thread.join()
