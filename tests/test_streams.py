@@ -454,3 +454,62 @@ def test_headers_only_calls_with_a_token_cannot_stall_the_server(tmp_path):
         for call in calls:
             call.cancel()
         h.close()
+
+
+class _Context:
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+def test_a_tokens_real_calls_past_its_unread_cap_are_not_cancelled_within_the_grace():
+    """bench/loadtest.py on 2 busy cores: 8 clients on one token, and one real
+    Match in 220 ended CANCELLED, evicted at once as the oldest of 5 calls
+    whose message the busy server had not handed over yet. Past a cap, a call
+    is now cancelled only once it has waited the grace; past twice the cap,
+    the oldest go at once, so idle callers' threads stay bounded."""
+    from hashsvc.api.streams import UnreadCalls
+
+    unread = UnreadCalls(30.0, max_anonymous=2, max_per_token=3, max_with_token=100, grace=0.4)
+    try:
+        real = [_Context() for _ in range(5)]
+        keys = [unread._enter(c, anonymous=False, token_id=1) for c in real]
+        assert not any(c.cancelled.is_set() for c in real)  # over the cap, within the grace
+        for key in keys[:4]:
+            unread._leave(key)  # their messages arrive
+        time.sleep(0.8)
+        assert not any(c.cancelled.is_set() for c in real)
+        unread._leave(keys[4])
+
+        idle = [_Context() for _ in range(8)]
+        for c in idle:
+            unread._enter(c, anonymous=False, token_id=2)
+        # past twice the cap (6): the 2 oldest at once
+        assert [c.cancelled.is_set() for c in idle] == [True] * 2 + [False] * 6
+        # past the cap (3): the watcher takes the oldest 3 more after the grace
+        assert _wait(lambda: sum(c.cancelled.is_set() for c in idle) == 5, timeout=2)
+        time.sleep(0.5)
+        assert [c.cancelled.is_set() for c in idle] == [True] * 5 + [False] * 3
+        assert unread.waiting() == 3
+        # another token's calls are not its to cancel
+        other = _Context()
+        unread._enter(other, anonymous=False, token_id=3)
+        time.sleep(0.6)
+        assert not other.cancelled.is_set()
+        # nor are health checks, capped on their own
+        checks = [_Context() for _ in range(5)]
+        for c in checks:
+            unread._enter(c, anonymous=True)
+        assert [c.cancelled.is_set() for c in checks] == [True] + [False] * 4
+        assert _wait(lambda: sum(c.cancelled.is_set() for c in checks) == 3, timeout=2)
+    finally:
+        unread.close()
+
+
+def test_unread_grace_must_fit_the_idle_deadline():
+    with pytest.raises(ValueError, match="unread_grace_seconds"):
+        Config(unread_grace_seconds=0)
+    with pytest.raises(ValueError, match="unread_grace_seconds"):
+        Config(stream_idle_seconds=1.0, unread_grace_seconds=2.0)

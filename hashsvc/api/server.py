@@ -169,6 +169,7 @@ def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer
         config.max_unread_anonymous_calls,
         config.max_unread_calls_per_token,
         config.max_unread_token_calls,
+        config.unread_grace_seconds,
     )
     server = grpc.server(
         # OpenMP's thread count is per thread: the call above set only this one's

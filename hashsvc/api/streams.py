@@ -217,16 +217,19 @@ class UnreadCalls:
     a unary method's path) stalled every RPC and the health check. Here the
     interceptor reads the message itself, after checking the token, which
     comes with the headers (so a call without one holds nothing); the wait
-    is bounded by stream_idle_seconds (the call is then cancelled), and calls
-    without a token (health checks) have at most max_unread_anonymous_calls
-    waiting: a new one cancels the oldest (a real probe's message arrives
-    with its headers, within milliseconds). A token holder could do the same
-    (bench/fuzz.py: 200 headers-only Matches with a matcher token timed out
-    Match and the health check for 10 s): a token has at most
-    max_unread_calls_per_token waiting and all tokens together
-    max_unread_token_calls, a new one again cancelling the oldest (its own,
-    or past the total, anyone's), so a pipeline's real calls, whose messages
-    come at once, are never the ones refused."""
+    is bounded by stream_idle_seconds (the call is then cancelled).
+
+    Calls without a token (health checks) have at most max_unread_anonymous_calls
+    waiting, a token max_unread_calls_per_token and all tokens together
+    max_unread_token_calls (bench/fuzz.py: 200 headers-only Matches with a
+    matcher token timed out Match and the health check for 10 s). Past a cap
+    the oldest calls are cancelled once they have waited `grace` seconds: a
+    real call's message comes with its headers, but a busy server's poller
+    may take a while to hand it over, and cancelling at once cancelled a
+    pipeline's real Match (bench/loadtest.py: 8 clients on one token, one
+    call in 220 CANCELLED on 2 busy cores). Past twice a cap the oldest are
+    cancelled at once, so the threads idle callers hold stay bounded
+    (config.py checks they fit in grpc_threads)."""
 
     def __init__(
         self,
@@ -234,15 +237,17 @@ class UnreadCalls:
         max_anonymous: int,
         max_per_token: int = 4,
         max_with_token: int = 8,
+        grace: float = 0.5,
     ) -> None:
         self.seconds = seconds
         self.max_anonymous = max_anonymous
         self.max_per_token = max_per_token
         self.max_with_token = max_with_token
+        self.grace = grace
         self._lock = threading.Lock()
-        self._waiting: dict[int, tuple[float, object]] = {}  # id -> (deadline, context)
-        self._anonymous: dict[int, object] = {}  # id -> context, oldest first
-        self._with_token: dict[int, tuple[int, object]] = {}  # id -> (token id, context)
+        self._waiting: dict[int, tuple[float, object]] = {}  # id -> (since, context), oldest first
+        self._anonymous: set[int] = set()
+        self._token_of: dict[int, int] = {}  # id -> token id
         self._next_id = 0
         self._watcher: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -266,27 +271,15 @@ class UnreadCalls:
         self._stopped.set()
 
     def _enter(self, context, anonymous: bool, token_id: int | None = None) -> int:
-        evicted = []
         with self._lock:
             key = self._next_id
             self._next_id += 1
-            self._waiting[key] = (time.monotonic() + self.seconds, context)
+            self._waiting[key] = (time.monotonic(), context)
             if anonymous:
-                self._anonymous[key] = context
-                while len(self._anonymous) > self.max_anonymous:
-                    oldest = next(iter(self._anonymous))
-                    evicted.append(self._anonymous.pop(oldest))
-                    self._waiting.pop(oldest, None)
+                self._anonymous.add(key)
             elif token_id is not None:
-                self._with_token[key] = (token_id, context)
-                own = [k for k, (t, _) in self._with_token.items() if t == token_id]
-                for oldest in own[: max(0, len(own) - self.max_per_token)]:
-                    evicted.append(self._with_token.pop(oldest)[1])
-                    self._waiting.pop(oldest, None)
-                while len(self._with_token) > self.max_with_token:
-                    oldest = next(iter(self._with_token))
-                    evicted.append(self._with_token.pop(oldest)[1])
-                    self._waiting.pop(oldest, None)
+                self._token_of[key] = token_id
+            evicted = self._over_caps(time.monotonic())
             if self._watcher is None:
                 self._watcher = threading.Thread(
                     target=self._watch, daemon=True, name="unread-calls"
@@ -299,23 +292,48 @@ class UnreadCalls:
 
     def _leave(self, key: int) -> None:
         with self._lock:
-            self._waiting.pop(key, None)
-            self._anonymous.pop(key, None)
-            self._with_token.pop(key, None)
+            self._forget(key)
+
+    def _forget(self, key: int):
+        self._anonymous.discard(key)
+        self._token_of.pop(key, None)
+        return self._waiting.pop(key)[1]
+
+    def _over_caps(self, now: float) -> list:
+        """Takes out (under the lock) the calls past a cap that may be
+        cancelled now, and returns their contexts."""
+        chosen: list[int] = []
+
+        def past(keys: list[int], cap: int) -> None:
+            keys = [k for k in keys if k not in chosen]  # oldest first
+            at_once = len(keys) - 2 * cap
+            for i, k in enumerate(keys[: max(0, len(keys) - cap)]):
+                if i < at_once or now - self._waiting[k][0] >= self.grace:
+                    chosen.append(k)
+
+        past([k for k in self._waiting if k in self._anonymous], self.max_anonymous)
+        for token in set(self._token_of.values()):
+            own = [k for k in self._waiting if self._token_of.get(k) == token]
+            past(own, self.max_per_token)
+        past([k for k in self._waiting if k in self._token_of], self.max_with_token)
+        return [self._forget(k) for k in chosen]
 
     def _watch(self) -> None:
-        period = min(0.25, self.seconds / 4)
+        period = min(0.25, self.seconds / 4, max(self.grace / 2, 0.01))
         while not self._stopped.wait(period):
             now = time.monotonic()
             with self._lock:
-                overdue = [k for k, (deadline, _) in self._waiting.items() if deadline <= now]
-                contexts = [self._waiting.pop(k)[1] for k in overdue]
-                for k in overdue:
-                    self._anonymous.pop(k, None)
-                    self._with_token.pop(k, None)
+                overdue = [
+                    k for k, (since, _) in self._waiting.items() if since + self.seconds <= now
+                ]
+                contexts = [self._forget(k) for k in overdue]
+                evicted = self._over_caps(now)
             for context in contexts:
                 log.info(
                     "no request message within %g s (stream_idle_seconds): call cancelled",
                     self.seconds,
                 )
+                context.cancel()
+            for context in evicted:
+                log.info("a call sent no request message: cancelled, past its cap")
                 context.cancel()

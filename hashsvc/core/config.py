@@ -241,10 +241,10 @@ class Config:
     # Requests per second per API token (each replica counts its own); 0 = off.
     rate_limit_per_second: float = 0.0
     rate_limit_burst: int = 0  # 0: one second's worth
-    # Room for max_streams + max_unread_anonymous_calls + max_unread_token_calls
-    # (20) held by idle callers, and 12 for the work itself; an idle thread
-    # costs a stack and nothing else.
-    grpc_threads: int = 32
+    # Room for max_streams + twice max_unread_anonymous_calls and
+    # max_unread_token_calls (48) held by idle callers, and 16 for the work
+    # itself; an idle thread costs a stack and nothing else.
+    grpc_threads: int = 64
     # Streams (uploads, BulkLoad, MatchBatch, exports, reflection) hold a gRPC
     # thread each for as long as they are open: 16 idle ones stalled every RPC
     # and the health check (issue 16). At most max_streams at once, fewer than
@@ -260,13 +260,18 @@ class Config:
     stream_idle_seconds: float = 30.0
     stream_max_seconds: float = 3600.0
     # Calls without a token (health checks) whose request message has not
-    # arrived yet: at most this many hold a thread, a newer one cancels the
-    # oldest (grpc waits for a message forever; headers only are enough).
+    # arrived yet (grpc waits for a message forever; headers only are enough):
+    # past this many, the oldest are cancelled once they have waited
+    # unread_grace_seconds, and past twice this many at once.
     max_unread_anonymous_calls: int = 4
     # The same for calls with a token (headers sent, the message never): per
-    # token, and all tokens together; a newer one cancels the oldest.
-    max_unread_calls_per_token: int = 4
-    max_unread_token_calls: int = 8
+    # token, and all tokens together. A pipeline's real calls are never the
+    # ones cancelled: their message comes with the headers, and a busy server
+    # hands it over within the grace (cancelling at once cancelled one real
+    # Match of 8 concurrent clients on one token).
+    max_unread_calls_per_token: int = 8
+    max_unread_token_calls: int = 16
+    unread_grace_seconds: float = 0.5
     # Server reflection (grpcurl and the like) needs no token: off unless asked for.
     reflection: bool = False
     # Review queue: a reviewer's claim on an item lasts this long.
@@ -584,11 +589,16 @@ class Config:
             )
 
     def _check_stream_limits(self) -> None:
-        held = self.max_streams + self.max_unread_anonymous_calls + self.max_unread_token_calls
+        held = self.max_streams + 2 * (
+            self.max_unread_anonymous_calls + self.max_unread_token_calls
+        )
+        if not 0 < self.unread_grace_seconds <= self.stream_idle_seconds:
+            raise ValueError("unread_grace_seconds must be within (0, stream_idle_seconds]")
         if self.max_streams < 1 or held >= self.grpc_threads:
             raise ValueError(
-                "max_streams must be at least 1 and max_streams + max_unread_anonymous_calls"
-                f" + max_unread_token_calls less than grpc_threads ({held} >="
+                "max_streams must be at least 1 and max_streams + twice"
+                " (max_unread_anonymous_calls + max_unread_token_calls) less than grpc_threads"
+                f" ({held} >="
                 f" {self.grpc_threads}): unary calls and the health check need threads that"
                 " no idle caller can hold"
             )
