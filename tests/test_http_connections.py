@@ -210,7 +210,12 @@ def test_a_huge_json_body_does_not_hold_other_requests(server):
 
 
 def _drip_body(
-    sock: socket.socket, stop: threading.Event, byte_seconds: float, size: int, answers: list
+    sock: socket.socket,
+    token: str,
+    stop: threading.Event,
+    byte_seconds: float,
+    size: int,
+    answers: list,
 ) -> None:
     """POST /v1/match declaring `size` bytes, then one byte each `byte_seconds`
     until the server answers (appended to `answers`, read as it comes: the
@@ -218,7 +223,7 @@ def _drip_body(
     bytes went."""
     sock.sendall(
         b"POST /v1/match HTTP/1.1\r\nHost: x\r\ncontent-type: application/octet-stream\r\n"
-        b"authorization: Bearer " + SLOW_TOKEN[0].encode() + b"\r\n"
+        b"authorization: Bearer " + token.encode() + b"\r\n"
         b"content-length: %d\r\n\r\n" % size
     )
     try:
@@ -234,7 +239,33 @@ def _drip_body(
         answers.append(b"(send failed before an answer)")
 
 
-SLOW_TOKEN: list[str] = []
+@contextlib.contextmanager
+def dripping_bodies(server, count: int, wait_for_answers: bool):
+    """`count` sockets from several addresses, each sending a Match body of
+    100 kB at 5 bytes/s until the server answers it; yields the list their
+    answers are appended to. On the way out it waits (10 s at most each) for
+    every answer if `wait_for_answers`, then stops and joins every dripping
+    thread, also when the test fails."""
+    stop, answers = threading.Event(), []
+    with held_sockets(server, _spread(count)) as slow:
+        drips = [
+            threading.Thread(
+                target=_drip_body,
+                args=(sock, server.tokens["matcher"], stop, 0.2, 100_000, answers),
+            )
+            for sock in slow
+        ]
+        try:
+            for drip in drips:
+                drip.start()
+            yield answers
+            if wait_for_answers:
+                for drip in drips:
+                    drip.join(10)  # each ends with the server's answer
+        finally:
+            stop.set()
+            for drip in drips:
+                drip.join(10)
 
 
 def test_slow_bodies_are_cut_off_and_match_is_answered(server):
@@ -244,40 +275,25 @@ def test_slow_bodies_are_cut_off_and_match_is_answered(server):
     hold them; once http_body_grace_seconds (2) have passed each is answered
     408 (DEADLINE_EXCEEDED, http_min_body_bytes_per_second) and closed, and
     Match is answered 200 again, within a few seconds, not stream_max_seconds."""
-    SLOW_TOKEN[:] = [server.tokens["matcher"]]
-    stop, answers = threading.Event(), []
-    with held_sockets(server, _spread(7)) as slow:
-        drips = [
-            threading.Thread(target=_drip_body, args=(sock, stop, 0.2, 100_000, answers))
-            for sock in slow
-        ]
-        try:
-            for drip in drips:
-                drip.start()
-            time.sleep(0.5)
-            started = time.monotonic()
+    with dripping_bodies(server, 7, wait_for_answers=True) as answers:
+        time.sleep(0.5)
+        started = time.monotonic()
+        with server.client("matcher") as c:
+            held = c.post("/v1/match", json=MATCH, timeout=10)
+        assert held.status_code == 503, (held.status_code, held.text)  # every place is taken
+        status = None
+        while time.monotonic() - started < 8:
             with server.client("matcher") as c:
-                held = c.post("/v1/match", json=MATCH, timeout=10)
-            assert held.status_code == 503, (held.status_code, held.text)  # every place is taken
-            status = None
-            while time.monotonic() - started < 8:
-                with server.client("matcher") as c:
-                    status = c.post("/v1/match", json=MATCH, timeout=10).status_code
-                if status == 200:
-                    break
-                time.sleep(0.2)
-            assert status == 200, status
-            for drip in drips:
-                drip.join(10)
-            assert len(answers) == len(slow)
-            for answer in answers:
-                assert answer is not None and answer.startswith(b"HTTP/1.1 408 "), answers
-                assert b'"DEADLINE_EXCEEDED"' in answer
-                assert b"http_min_body_bytes_per_second" in answer
-        finally:
-            stop.set()
-            for drip in drips:
-                drip.join(10)
+                status = c.post("/v1/match", json=MATCH, timeout=10).status_code
+            if status == 200:
+                break
+            time.sleep(0.2)
+        assert status == 200, status
+    assert len(answers) == 7
+    for answer in answers:
+        assert answer is not None and answer.startswith(b"HTTP/1.1 408 "), answers
+        assert b'"DEADLINE_EXCEEDED"' in answer
+        assert b"http_min_body_bytes_per_second" in answer
 
 
 def test_a_body_above_the_minimum_rate_is_read_whole(server):
@@ -310,33 +326,20 @@ def test_a_full_server_closes_the_slowest_body_for_match(patient_server):
     bodies cut at the grace and sent again could otherwise keep the server
     full all the time."""
     server = patient_server
-    SLOW_TOKEN[:] = [server.tokens["matcher"]]
-    stop, answers = threading.Event(), []
-    with held_sockets(server, _spread(7)) as slow:
-        drips = [
-            threading.Thread(target=_drip_body, args=(sock, stop, 0.2, 100_000, answers))
-            for sock in slow
-        ]
-        try:
-            for drip in drips:
-                drip.start()
-            time.sleep(1.5)
-            started = time.monotonic()
-            for _ in range(3):
-                resp = _match(server)
-                assert resp.status_code == 200, (resp.status_code, resp.text)
-            assert time.monotonic() - started < 5
-            time.sleep(1)
-            # one closed made the room (the Matches, one after another, each
-            # free their place); the other 6 still drip: the grace is not over
-            assert len(answers) == 1, answers
-            for answer in answers:
-                assert answer is not None and answer.startswith(b"HTTP/1.1 408 "), answers
-                assert b"http_min_body_bytes_per_second" in answer
-        finally:
-            stop.set()
-            for drip in drips:
-                drip.join(10)
+    with dripping_bodies(server, 7, wait_for_answers=False) as answers:
+        time.sleep(1.5)
+        started = time.monotonic()
+        for _ in range(3):
+            resp = _match(server)
+            assert resp.status_code == 200, (resp.status_code, resp.text)
+        assert time.monotonic() - started < 5
+        time.sleep(1)
+        # one closed made the room (the Matches, one after another, each
+        # free their place); the other 6 still drip: the grace is not over
+        assert len(answers) == 1, answers
+        for answer in answers:
+            assert answer is not None and answer.startswith(b"HTTP/1.1 408 "), answers
+            assert b"http_min_body_bytes_per_second" in answer
 
 
 def test_a_slow_console_form_is_cut_off_too(server):
