@@ -29,8 +29,8 @@ from hashsvc.client.client import Client
 from hashsvc.core import auth
 from hashsvc.core.config import Config, ExchangeSettings
 from hashsvc.v1 import hashsvc_pb2 as pb
+from hashsvc_testing.pg_schemas import fresh_schema
 
-PG_URL = os.environ.get("HASHSVC_TEST_PG", "postgresql://127.0.0.1:5432/test")
 PAGE_ROWS = 10_000
 CHANGES = 1_000
 
@@ -55,15 +55,6 @@ def serve_tcap(rows: int, commands, answers) -> None:
             for value in new:
                 tcap.add(value, ideology="islamist", file_type="jpg")
             answers.put(new)
-
-
-def pg_schema_url(schema: str) -> str:
-    import psycopg
-
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    return f"{PG_URL}?options=-csearch_path%3D{schema}"
 
 
 def bench(name: str, db_url: str, rows: int) -> dict:
@@ -144,7 +135,8 @@ def main() -> None:
             if store == "sqlite":
                 bench("sqlite", f"sqlite:///{tmp}/bench.db", rows)
             else:
-                bench("postgresql", pg_schema_url("bench_exchange"), rows)
+                with fresh_schema("bench_exchange") as url:
+                    bench("postgresql", url, rows)
 
 
 if __name__ == "__main__":

@@ -53,8 +53,8 @@ from hashsvc.client.client import Client
 from hashsvc.core import auth
 from hashsvc.core.config import Config
 from hashsvc.v1 import hashsvc_pb2 as pb
+from hashsvc_testing.pg_schemas import PG_URL, fresh_schema
 
-PG_URL = os.environ.get("HASHSVC_TEST_PG", "postgresql://127.0.0.1:5432/test")
 # The server's connections, told apart from others on the same database server.
 APPLICATION = f"bench-load-{os.getpid()}"
 LONGEST = {"index lock": 0.0, "write txn": 0.0, "match in server": 0.0, "history write": 0.0}
@@ -294,14 +294,6 @@ def run_matcher(address: str, token: str, stop, out, calls=None) -> None:
     out.put(latencies)
 
 
-def pg_schema_url(schema: str) -> str:
-    import psycopg
-
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    return f"{PG_URL}?options=-csearch_path%3D{schema}&application_name={APPLICATION}"
-
-
 def bench(
     name: str,
     db_url: str,
@@ -435,14 +427,16 @@ def main() -> None:
             for store in stores:
                 rates = []
                 for run in range(repeat):
-                    if store == "sqlite":
-                        name, url = "SQLite", f"sqlite:///{tmp}/bench-{shape}-{run}.db"
-                    else:
-                        name, url = "PostgreSQL", pg_schema_url("bench_load")
-                    label = f"{name} {shape}"
-                    rates.append(
-                        bench(label, url, path, rows, args.rerun, args.strict, args.profile)
-                    )
+                    with contextlib.ExitStack() as schema:
+                        if store == "sqlite":
+                            name, url = "SQLite", f"sqlite:///{tmp}/bench-{shape}-{run}.db"
+                        else:
+                            name = "PostgreSQL"
+                            url = schema.enter_context(fresh_schema("bench_load", APPLICATION))
+                        label = f"{name} {shape}"
+                        rates.append(
+                            bench(label, url, path, rows, args.rerun, args.strict, args.profile)
+                        )
                 medians[store, shape] = statistics.median(rates)
                 print(
                     f"{store} {shape}: median of {repeat} loads {medians[store, shape]:,.0f}"
