@@ -174,10 +174,18 @@ class MissExplainer:
         own = [r for r in ranked if r[3] == entry_id and r[2] == sig.variant]
         if not own:
             return "index: not in top_k"
-        kept = [r for r in ranked if r[4] >= config.min_votes]
-        if own[0][4] < config.min_votes:
-            return f"index: below min_votes ({own[0][4]:.3f})"
-        if kept.index(own[0]) >= config.max_verified:
+        kept = [r for r in ranked if r[4] >= config.min_votes][: config.max_verified]
+        spare = min(config.max_verified_spare, config.max_verified - len(kept))
+        if spare > 0:  # the matcher's spare pass (Matcher._search_local)
+            kept += [r for r in ranked if config.min_votes_spare <= r[4] < config.min_votes][:spare]
+        if own[0] not in kept and own[0][4] < config.min_votes:
+            # the signal's other candidates: how far the right one stands out
+            others = [f"{r[4]:.3f}" for r in ranked if r[2] == sig.variant and r[3] != entry_id]
+            return (
+                f"index: below min_votes ({own[0][4]:.3f}, place {own[0][0]};"
+                f" others {' '.join(others[:4])})"
+            )
+        if own[0] not in kept:
             return "index: beyond max_verified"
         return "other"
 

@@ -162,8 +162,10 @@ def test_verify_stops_before_ransac_below_the_mutual_matches_asked():
 def test_candidates_scored_below_min_votes_are_not_verified(make_core, tmp_path, min_votes, found):
     from hashsvc.core.core import MatchQuery
 
+    # the gate alone: the spare pass (tests/test_local_recall.py) would verify under it
     core = make_core(
-        f"sqlite:///{tmp_path}/h.db", local_features=LocalFeatureMatching(min_votes=min_votes)
+        f"sqlite:///{tmp_path}/h.db",
+        local_features=LocalFeatureMatching(min_votes=min_votes, max_verified_spare=0),
     )
     core.curation.create_set("s")
     core.curation.add_entry("s", "poster", {}, "op", media=encode_image(bridge(), "JPEG"))

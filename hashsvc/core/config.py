@@ -501,6 +501,10 @@ class Config:
                 raise ValueError(f"local_features.{name} must be at least 1")
         if not self.local_features.min_votes >= 0:  # NaN too
             raise ValueError("local_features.min_votes must be 0 (verify all) or more")
+        if not self.local_features.min_votes_spare >= 0:
+            raise ValueError("local_features.min_votes_spare must be 0 or more")
+        if self.local_features.max_verified_spare < 0:
+            raise ValueError("local_features.max_verified_spare must be 0 (off) or more")
         self._check_transport()
         self._check_stream_limits()
         check_webhooks(self.webhook, self.events)

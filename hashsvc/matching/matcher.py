@@ -434,9 +434,16 @@ class Matcher:
         budget = self.local.max_verified_video if is_video else self.local.max_verified
         found: dict[int, list[_LocalHit]] = defaultdict(list)
         # a candidate voted for below min_votes is not worth a store read and a verification
-        # (bench: no true copy that verifies scores that low; see LocalFeatureMatching)
-        ranked = [r for r in ranked if r[2].votes >= self.local.min_votes]
-        for _, _, hit in ranked[:budget]:
+        # (bench: no true copy that verifies scores that low; see LocalFeatureMatching)...
+        chosen = [r for r in ranked if r[2].votes >= self.local.min_votes][:budget]
+        # ...unless the upload has budget left: then a few of the next best, as in a small
+        # index (or a turned copy) a true copy's votes sit among its wrong candidates'
+        spare = min(self.local.max_verified_spare, budget - len(chosen))
+        if spare > 0:
+            chosen += [
+                r for r in ranked if self.local.min_votes_spare <= r[2].votes < self.local.min_votes
+            ][:spare]
+        for _, _, hit in chosen:
             found[hit.entry_id].append(hit)
         return found
 
