@@ -294,6 +294,7 @@ class Core:
             only_sets = self._set_ids(query.sets)
             media_type, signals, notes = self._query_signals(query)
             result = self.matcher.match(signals, only_sets)
+            notes = (*notes, *result.notes)  # what matching left out, beside hashing's
             result = self.feedback.apply(result, signals, self.live.sets_by_id)
             self._require_ready()  # the index may have been lost while hashing
             recorded = self._kept_in_history(signals)

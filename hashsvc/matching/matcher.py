@@ -212,6 +212,16 @@ class Match:
 class MatchResult:
     decision: str
     matches: list[Match]
+    # What matching left out, for the caller to pass on (Match's notes):
+    # LOCAL_NOT_SEARCHED when every set asked blocked already.
+    notes: tuple[str, ...] = ()
+
+
+# The note of a Match whose local features were not searched (see Matcher.match).
+LOCAL_NOT_SEARCHED = (
+    "local features not searched: exact or PDQ evidence blocks in every set asked;"
+    " matches found only by local features are not listed"
+)
 
 
 @dataclass(frozen=True)
@@ -303,33 +313,50 @@ class Matcher:
             return MatchResult(ALLOW, [])
         hits = self._search(query, list(sets.values()))
         sounds = self._search_audio(query, list(sets.values()))
-        local_hits = self._search_local(query)
-        if not hits and not sounds and not local_hits:
-            return MatchResult(ALLOW, [])
-        entries = self.entries.get_entries(
-            set(hits) | set(sounds) | set(local_hits), with_signals=True
-        )
         query_is_video = any(_is_frame(sig) for sig in query)
+        # Exact, PDQ and sound evidence first: judged before the local
+        # features are searched, since their search and verification (~2.5 ms
+        # of an upload) cannot change a decision that blocks in every set.
+        judged: dict[int, tuple[EntryRecord, list[Match]]] = {}
+        if hits or sounds:
+            for entry in self.entries.get_entries(
+                set(hits) | set(sounds), with_signals=True
+            ).values():
+                # A candidate can be stale for a moment (removed, or its set
+                # disabled, by another replica): the store has the last word.
+                if entry.removed_at is not None or entry.set_id not in sets:
+                    continue
+                found = self._judge(
+                    entry,
+                    sets[entry.set_id],
+                    hits.get(entry.id, []),
+                    sounds.get(entry.id, []),
+                    query,
+                    query_is_video,
+                )
+                judged[entry.id] = (entry, found)
+        notes: tuple[str, ...] = ()
+        local_hits: dict[int, list[_LocalHit]] = {}
+        if any(s.kind == LOCAL_FEATURES.name for s in query):
+            if _blocks_everywhere(sets, (found for _, found in judged.values())):
+                notes = (LOCAL_NOT_SEARCHED,)
+            else:
+                local_hits = self._search_local(query)
+        if local_hits:
+            for entry in self.entries.get_entries(
+                set(local_hits) - set(judged), with_signals=True
+            ).values():
+                if entry.removed_at is not None or entry.set_id not in sets:
+                    continue
+                judged[entry.id] = (entry, [])
+        if not judged:
+            return MatchResult(ALLOW, [], notes)
         matches = []
-        for entry in entries.values():
-            # A candidate can be stale for a moment (removed, or its set
-            # disabled, by another replica): the store has the last word.
-            if entry.removed_at is not None or entry.set_id not in sets:
-                continue
-            found = self._judge(
-                entry,
-                sets[entry.set_id],
-                hits.get(entry.id, []),
-                sounds.get(entry.id, []),
-                query,
-                query_is_video,
-            )
+        for entry, found in judged.values():
             if not any(m.decision == BLOCK for m in found):
                 # a verification (RANSAC) could not beat a block found already
-                found.extend(
-                    self._local_matches(
-                        entry, sets[entry.set_id], local_hits.get(entry.id), query, query_is_video
-                    )
+                found = found + self._local_matches(
+                    entry, sets[entry.set_id], local_hits.get(entry.id), query, query_is_video
                 )
             if found:
                 # ties go to anything before a videohash hint (its unrelated
@@ -350,7 +377,7 @@ class Matcher:
                 )
         matches.sort(key=lambda m: (-rank(m.decision), m.distance, m.entry_id))
         decision = strictest(m.decision for m in matches)
-        return MatchResult(decision, matches[: self.max_matches])
+        return MatchResult(decision, matches[: self.max_matches], notes)
 
     # -- candidates
 
@@ -854,6 +881,19 @@ class Matcher:
             known_share=min(1.0, covered / known_seconds) if known_seconds else 0.0,
             audio_shift=audio_shift,
         )
+
+
+def _blocks_everywhere(sets: dict[int, HashSetRecord], judged: Iterable[list[Match]]) -> bool:
+    """Whether the evidence judged already blocks in every set asked, so no
+    local-feature match could change the decision: a local-feature match adds
+    a match and never lifts one, and policy and feedback only lower it (a PDF's
+    to REVIEW; a verdict never lifts a block). An allow-list set asked is the
+    exception: its entry found by local features may suppress a block
+    (hashsvc/matching/feedback.py), so with one asked everything is searched."""
+    if any(s.allow_list for s in sets.values()):
+        return False
+    blocked = {m.set_id for found in judged for m in found if m.decision == BLOCK}
+    return blocked >= set(sets)
 
 
 def search_sounds(
