@@ -251,3 +251,74 @@ def test_align_line_scores_a_given_line_only():
     assert index.align_line(1, query, offset=210.0, rate=0.9) is None
     assert index.align_line(2, query, offset=200.0, rate=0.9) is None
     assert index.align_line(3, query, offset=200.0, rate=0.9) is None  # no such track
+
+
+def _noisy(words: np.ndarray, rng: np.random.Generator, share: float) -> np.ndarray:
+    flips = rng.random((len(words), 32)) < share
+    return words ^ (flips * (1 << np.arange(32, dtype=np.uint32))).sum(axis=1).astype(np.uint32)
+
+
+def test_views_searched_together_find_what_each_finds_alone():
+    """search_shifted_views (one pass over the views of an upload) gives
+    every view the alignments it gets searched alone: a view's best
+    candidate lines are its own even when another view in the pass has more
+    votes, or more lines than a view may align (fragments of 20 tracks), and
+    tracks in two segments are both found."""
+    rng = np.random.default_rng(3)
+    index = AudioIndex()
+    tracks = {n: filler(300 + n, 1500) for n in range(1, 41)}
+    index.add_many(list(tracks.items())[:30])
+    index.add_many(list(tracks.items())[30:])
+    assert len(index._segments) == 2
+    views = []
+    for track, offset, rate, length in (
+        (1, 200, 1.12, 160),
+        (35, 40, 0.88, 120),
+        (2, 700, 1.0, 90),
+    ):
+        at = np.rint(offset + np.arange(length) * rate).astype(int)
+        views.append(_noisy(tracks[track][at], rng, 0.06))
+    # 6 s of each of 12 tracks at rate 1.05: more lines than a view may align
+    views.append(
+        np.concatenate(
+            [tracks[n][np.rint(500 + np.arange(48) * 1.05).astype(int)] for n in range(5, 17)]
+        )
+    )
+    views.append(filler(999, 150))  # unrelated
+    views.append(np.zeros(0, np.uint32))  # empty: nothing
+    together = index.search_shifted_views(views, max_ber=0.25)
+    alone = [index.search_shifted(view, max_ber=0.25) for view in views]
+    assert together == alone
+    assert together[0][0].track_id == 1 and together[0][0].rate == pytest.approx(1.12)
+    assert together[1][0].track_id == 35 and together[1][0].rate == pytest.approx(0.88)
+    assert together[2][0].track_id == 2
+    assert len(together[3]) >= 4  # (neighbouring rates of one track take some of the 8)
+    assert together[4] == [] and together[5] == []
+
+
+def test_lines_aligned_together_are_aligned_as_one_by_one():
+    """align_lines (the matcher's re-alignment of proposed lines in every
+    view, screened in one pass) answers what align_line answers per line:
+    the right line, a line a word off, another track, an unknown track."""
+    rng = np.random.default_rng(4)
+    index = AudioIndex()
+    known = {1: filler(8, 1500), 2: filler(9, 1500)}
+    index.add_many(known.items())
+    views = [
+        _noisy(known[1][np.rint(200 + np.arange(n) * rate).astype(int)], rng, 0.05)
+        for n, rate in ((160, 0.9), (100, 1.1), (40, 1.0))
+    ]
+    lines = [
+        (view, track, offset, rate)
+        for view in range(3)
+        for track in (1, 2, 3)
+        for offset in (200.0, 201.0, 210.0)
+        for rate in (0.9, 1.1, 1.0)
+    ]
+    together = index.align_lines(views, lines, max_ber=0.2)
+    alone = [
+        index.align_line(track, views[view], offset, rate, max_ber=0.2)
+        for view, track, offset, rate in lines
+    ]
+    assert together == alone
+    assert sum(a is not None for a in together) >= 3

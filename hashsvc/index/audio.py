@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,11 +76,6 @@ WINDOW_WORDS = 16
 # tempo changes it is asked to find, 1% apart, so over a 20 s view (160 words)
 # a rate between two grid points drifts under a word.
 SHIFT_RATES = tuple(round(0.84 + 0.01 * k, 2) for k in range(33))
-# Coarse offset bins (words) that pre-select the hits the rate grid votes on:
-# a line over a view of up to 36 s (290 words: a 16 s stretch slowed by 0.9 and
-# resampled by 1.1 is 20 s) at rates +-16% drifts up to 46 words from its
-# rate-1 offset, under half a bin.
-_COARSE_BIN = 96
 # Votes a shifted line needs to be aligned: a view's words keep their top 24
 # bits less often than a plain copy's (BER 0.10-0.15: 2-8% of them), and two
 # random hits of one track rarely fall on one line of a rate within +-16%.
@@ -300,22 +295,32 @@ class AudioIndex:
         return _distinct(alignments)
 
     @staticmethod
-    def _gather(segment, query_keys, query_positions):
-        """Every posting of every query word's key, as (track within the
-        segment, position in the known track, position in the query), or None
-        when no key has a usable posting list."""
+    def _gather_hits(segment, query_keys):
+        """Every posting of every query word's key, as (position in the
+        segment's words, index of the query word), or None when no key has a
+        usable posting list."""
         lo, hi = segment.lookup(query_keys)
         counts = hi - lo
         useful = (counts > 0) & (counts <= MAX_POSTINGS_PER_KEY)
-        lo, counts, qpos = lo[useful], counts[useful], query_positions[useful]
+        lo, counts = lo[useful], counts[useful]
         total = int(counts.sum())
         if total == 0:
             return None
         # Ragged gather: for each query word, every posting of its key.
         first = np.repeat(lo - np.cumsum(counts) + counts, counts)
         hits = segment.positions[first + np.arange(total)].astype(np.int64)
+        return hits, np.repeat(np.flatnonzero(useful), counts)
+
+    @staticmethod
+    def _gather(segment, query_keys, query_positions):
+        """_gather_hits as (track within the segment, position in the known
+        track, position in the query)."""
+        gathered = AudioIndex._gather_hits(segment, query_keys)
+        if gathered is None:
+            return None
+        hits, word = gathered
         local = np.searchsorted(segment.starts, hits, side="right") - 1
-        return local, hits - segment.starts[local], np.repeat(qpos, counts)
+        return local, hits - segment.starts[local], query_positions[word]
 
     @staticmethod
     def _vote(segment, query_keys, query_positions, track_of_slot):
@@ -345,36 +350,59 @@ class AudioIndex:
     ) -> list[AudioAlignment]:
         """search() for a query that may run at another rate than the known
         track (a shifted view): offsets are voted on per rate of `rates`."""
-        query = np.asarray(words, dtype=np.uint32)
+        return self.search_shifted_views([words], max_ber, min_seconds, rates)[0]
+
+    def search_shifted_views(
+        self,
+        views: Sequence,
+        max_ber: float = DEFAULT_MAX_BER,
+        min_seconds: float = DEFAULT_MIN_SECONDS,
+        rates: tuple[float, ...] = SHIFT_RATES,
+    ) -> list[list[AudioAlignment]]:
+        """search_shifted() of each view, in one pass: the views of an upload
+        (63-126 of them) share one lookup, one gather, one vote and one
+        screening of their candidate lines, where a pass per view paid ~40
+        array operations' fixed cost each (most of a view's search at 100k
+        known tracks). Each view still gets its own SHIFT_MAX_CANDIDATES best
+        lines, so the alignments are those of searching it alone."""
+        queries = [np.asarray(words, dtype=np.uint32) for words in views]
+        results: list[list[AudioAlignment]] = [[] for _ in queries]
         segments = self._segments
         track_of_slot = self._track_of_slot
-        query_informative = informative_mask(query)
-        query_positions = np.flatnonzero(query_informative)
-        if len(query_positions) * SECONDS_PER_WORD < min_seconds:
-            return []
-        query_keys = query[query_positions] >> _KEY_SHIFT
-        rate_grid = np.asarray(rates, dtype=np.float64)
-        candidates = []  # votes, rate, offset, track, words
-        for segment in segments:
-            candidates += self._vote_rates(
-                segment, query_keys, query_positions, rate_grid, track_of_slot
-            )
-        candidates.sort(key=lambda c: -c[0])
-        candidates = candidates[:SHIFT_MAX_CANDIDATES]
-        worth_aligning = _lines_with_a_good_window(
-            query, query_informative, [(c[4], c[2], c[1]) for c in candidates], max_ber
+        informative = [informative_mask(query) for query in queries]
+        positions = [np.flatnonzero(mask) for mask in informative]
+        searched = [i for i, p in enumerate(positions) if len(p) * SECONDS_PER_WORD >= min_seconds]
+        if not searched:
+            return results
+        query_positions = np.concatenate([positions[i] for i in searched])
+        query_views = np.repeat(
+            np.asarray(searched, dtype=np.int64), [len(positions[i]) for i in searched]
         )
-        alignments: list[AudioAlignment] = []
-        for (votes, rate, offset, track_id, known), worth in zip(
-            candidates, worth_aligning, strict=True
+        query_keys = np.concatenate([queries[i][positions[i]] >> _KEY_SHIFT for i in searched])
+        rate_grid = np.asarray(rates, dtype=np.float64)
+        candidates: dict[int, list] = {i: [] for i in searched}  # votes, rate, offset, track, words
+        for segment in segments:
+            for view, found in self._vote_rates(
+                segment, query_keys, query_positions, query_views, rate_grid, track_of_slot
+            ):
+                candidates[view] += found
+        lines = []  # (view, (votes, rate, offset, track, words))
+        for view in searched:
+            best = sorted(candidates[view], key=lambda c: -c[0])[:SHIFT_MAX_CANDIDATES]
+            lines += [(view, c) for c in best]
+        worth_aligning = _good_windows(
+            queries, informative, [(view, c[4], c[2], c[1]) for view, c in lines], max_ber
+        )
+        for (view, (votes, rate, offset, track_id, known)), worth in zip(
+            lines, worth_aligning, strict=True
         ):
             if not worth:
                 continue
-            found = _align_at_rate(query, query_informative, known, offset, rate, max_ber)
+            found = _align_at_rate(queries[view], informative[view], known, offset, rate, max_ber)
             alignment = _line_alignment(track_id, found, offset, rate, votes, min_seconds)
             if alignment is not None:
-                alignments.append(alignment)
-        return _distinct(alignments)
+                results[view].append(alignment)
+        return [_distinct(alignments) for alignments in results]
 
     def align_line(
         self,
@@ -395,47 +423,100 @@ class AudioIndex:
         found = _align_at_rate(query, informative_mask(query), known, offset, rate, max_ber)
         return _line_alignment(track_id, found, offset, rate, 0, min_seconds)
 
+    def align_lines(
+        self,
+        views: Sequence,
+        lines: Sequence[tuple[int, int, float, float]],
+        max_ber: float = DEFAULT_MAX_BER,
+        min_seconds: float = DEFAULT_MIN_SECONDS,
+    ) -> list[AudioAlignment | None]:
+        """align_line() for each (view index, track id, offset, rate) of
+        `lines` in views[view index]: the lines screened together first
+        (_good_windows, exact), so the many that align nowhere cost no
+        alignment each."""
+        queries = [np.asarray(words, dtype=np.uint32) for words in views]
+        informative = [informative_mask(query) for query in queries]
+        words_of_track = self._words_of_track
+        known = [words_of_track.get(track_id) for _, track_id, _, _ in lines]
+        screened = [
+            (view, words, offset, rate)
+            for (view, _, offset, rate), words in zip(lines, known, strict=True)
+            if words is not None
+        ]
+        worth = iter(_good_windows(queries, informative, screened, max_ber))
+        found: list[AudioAlignment | None] = []
+        for (view, track_id, offset, rate), words in zip(lines, known, strict=True):
+            if words is None or not next(worth) or not len(queries[view]):
+                found.append(None)
+                continue
+            aligned = _align_at_rate(queries[view], informative[view], words, offset, rate, max_ber)
+            found.append(_line_alignment(track_id, aligned, offset, rate, 0, min_seconds))
+        return found
+
     @staticmethod
-    def _vote_rates(segment, query_keys, query_positions, rate_grid, track_of_slot):
-        gathered = AudioIndex._gather(segment, query_keys, query_positions)
+    def _vote_rates(segment, query_keys, query_positions, query_views, rate_grid, track_of_slot):
+        """(view, [(votes, rate, offset, track id, known words), ...]) per
+        view with a line of SHIFT_MIN_VOTES in this segment: its
+        SHIFT_MAX_CANDIDATES best, most votes first, ties in (track, rate,
+        offset) order."""
+        gathered = AudioIndex._gather_hits(segment, query_keys)
         if gathered is None:
             return []
-        local, known_pos, hit_qpos = gathered
-        # Only hits that share a track and a rough offset with SHIFT_MIN_VOTES - 1
-        # others can be part of a line worth aligning: the rate grid (33 times
-        # the work) runs on those alone. A line's rate-1 offsets spread over
-        # less than half a coarse bin (for views up to ~36 s), so it lies whole
-        # in a bin of one of two binnings half a bin apart.
-        rough = known_pos - hit_qpos + (1 << 23)
-        kept = np.zeros(len(local), dtype=bool)
-        for shift in (0, _COARSE_BIN // 2):
-            coarse = (local << 32) + (rough + shift) // _COARSE_BIN
-            _, inverse, counts_in_bin = np.unique(coarse, return_inverse=True, return_counts=True)
-            kept |= counts_in_bin[inverse] >= SHIFT_MIN_VOTES
-        if not kept.any():
+        hits, word = gathered
+        hit_qpos, hit_view = query_positions[word], query_views[word]
+        # Two hits of one view on one line at a rate r of the grid have rate-1
+        # offsets (known - query position) at most |1 - r| x the view's length
+        # + 1 (rounding) apart: only hits with another of their view that
+        # close can be part of a line worth aligning, and the rate grid (33
+        # times the work) runs on those alone. Offsets over the segment's
+        # concatenated words, so hits of two neighbouring tracks may pass too
+        # (the vote below tells the tracks apart).
+        spread = int(np.abs(rate_grid - 1).max(initial=0) * (int(query_positions.max()) + 1)) + 1
+        rough = (hit_view << 40) + (hits - hit_qpos + (1 << 32))
+        order = np.argsort(rough, kind="stable")
+        gaps = np.diff(rough[order]) <= spread
+        close = np.zeros(len(order), dtype=bool)
+        close[1:] |= gaps
+        close[:-1] |= gaps
+        kept = order[close]
+        if not len(kept):
             return []
-        local, known_pos = local[kept], known_pos[kept]
+        hits, hit_view = hits[kept], hit_view[kept]
         hit_qpos = hit_qpos[kept].astype(np.float64)
+        local = np.searchsorted(segment.starts, hits, side="right") - 1
+        known_pos = hits - segment.starts[local]
+        # (view, track) pairs numbered, so one integer holds a whole line.
+        pairs, pair_of_hit = np.unique((hit_view << 32) + local, return_inverse=True)
         # (hits x rates): the offset each hit implies at each rate.
         offsets = known_pos[:, None] - np.rint(hit_qpos[:, None] * rate_grid[None, :]).astype(
             np.int64
         )
         rate_index = np.broadcast_to(np.arange(len(rate_grid), dtype=np.int64), offsets.shape)
-        # One integer per (track, rate, offset): offsets lie within +-2**23
-        # words (290 hours), rates index under 2**8.
-        packed = (local[:, None] << 32) + (rate_index << 24) + (offsets + (1 << 23))
-        pairs, votes = np.unique(packed.ravel(), return_counts=True)
+        # One integer per (view and track, rate, offset): offsets lie within
+        # +-2**23 words (290 hours), rates index under 2**8.
+        packed = (pair_of_hit.reshape(-1, 1) << 32) + (rate_index << 24) + (offsets + (1 << 23))
+        lines, votes = np.unique(packed.ravel(), return_counts=True)
         strong = np.flatnonzero(votes >= SHIFT_MIN_VOTES)
-        best = strong[np.argsort(-votes[strong], kind="stable")[:SHIFT_MAX_CANDIDATES]]
-        found = []
-        for pair, n in zip(pairs[best].tolist(), votes[best].tolist(), strict=True):
-            track_local = pair >> 32
-            rate = float(rate_grid[(pair >> 24) & 0xFF])
-            offset = (pair & 0xFFFFFF) - (1 << 23)
+        if not len(strong):
+            return []
+        # Per view, the best SHIFT_MAX_CANDIDATES: lines sort by view first.
+        line_view = pairs[lines[strong] >> 32] >> 32
+        by_view = np.lexsort((strong, -votes[strong], line_view))
+        views_sorted = line_view[by_view]
+        rank = np.arange(len(by_view)) - np.searchsorted(views_sorted, views_sorted, side="left")
+        best = strong[by_view[rank < SHIFT_MAX_CANDIDATES]]
+        found: dict[int, list] = {}
+        for line, n in zip(lines[best].tolist(), votes[best].tolist(), strict=True):
+            pair = int(pairs[line >> 32])
+            view, track_local = pair >> 32, pair & 0xFFFFFFFF
+            rate = float(rate_grid[(line >> 24) & 0xFF])
+            offset = (line & 0xFFFFFF) - (1 << 23)
             track_id = track_of_slot.get(int(segment.slots[track_local]))
             if track_id is not None:
-                found.append((n, rate, offset, track_id, segment.track_words(track_local)))
-        return found
+                found.setdefault(view, []).append(
+                    (n, rate, offset, track_id, segment.track_words(track_local))
+                )
+        return list(found.items())
 
     def save(self, path: str) -> None:
         """Snapshot the known tracks (words only; postings are rebuilt on load)."""
@@ -504,25 +585,45 @@ def _align_at_rate(query, query_informative, known, offset, rate, max_ber):
 
 
 def _lines_with_a_good_window(query, query_informative, lines, max_ber) -> np.ndarray:
-    """For each (known words, offset, rate) line, whether any window along it
-    passes _longest_good_run's test: the lines _align_at_rate can find
-    something on, judged together. A shifted view's candidates are mostly
-    chance pairs of votes that align nowhere (an unrelated upload's all are),
-    and one pass over all of them (a few array operations on lines x words,
-    not a few per line) costs less than aligning two. Exact: words off the
-    known track count as invalid, which is what cutting them off does to the
-    windows that remain, and a known word's mask is informative_mask's (not
-    silence, in no run of CONSTANT_RUN_WORDS equal words) from its
-    neighbours on its own track."""
-    n = len(query)
-    if not lines or n < WINDOW_WORDS:
-        return np.zeros(len(lines), dtype=bool)
-    lengths = np.array([len(known) for known, _, _ in lines], dtype=np.int64)[:, None]
+    """_good_windows of (known words, offset, rate) lines of one query."""
+    return _good_windows(
+        [query],
+        [query_informative],
+        [(0, known, offset, rate) for known, offset, rate in lines],
+        max_ber,
+    )
+
+
+def _good_windows(queries, query_informative, lines, max_ber) -> np.ndarray:
+    """For each (query index, known words, offset, rate) line, whether any
+    window along it passes _longest_good_run's test: the lines _align_at_rate
+    can find something on, judged together. A shifted view's candidates are
+    mostly chance pairs of votes that align nowhere (an unrelated upload's
+    all are), and one pass over all of them (a few array operations on lines
+    x words, not a few per line) costs less than aligning two. Exact: words
+    off the known track count as invalid, which is what cutting them off does
+    to the windows that remain, and a known word's mask is informative_mask's
+    (not silence, in no run of CONSTANT_RUN_WORDS equal words) from its
+    neighbours on its own track. Queries of several lengths are padded with
+    invalid words, which add nothing to a window."""
+    if not lines:
+        return np.zeros(0, dtype=bool)
+    lengths_of_query = np.array([len(q) for q in queries], dtype=np.int64)
+    width = int(lengths_of_query.max())
+    padded = np.zeros((len(queries), width), dtype=np.uint32)
+    padded_informative = np.zeros((len(queries), width), dtype=bool)
+    for i, (query, informative) in enumerate(zip(queries, query_informative, strict=True)):
+        padded[i, : len(query)] = query
+        padded_informative[i, : len(query)] = informative
+    which = np.array([line[0] for line in lines], dtype=np.int64)
+    lengths = np.array([len(known) for _, known, _, _ in lines], dtype=np.int64)[:, None]
     bases = np.cumsum(lengths) - lengths.ravel()
-    words = np.concatenate([known for known, _, _ in lines])
-    offsets = np.array([offset for _, offset, _ in lines], dtype=np.float64)[:, None]
-    rates = np.array([rate for _, _, rate in lines], dtype=np.float64)[:, None]
-    steps = np.arange(n)
+    # (a word past the last: an index on no track still reads something)
+    words = np.concatenate([*(known for _, known, _, _ in lines), np.zeros(1, np.uint32)])
+    offsets = np.array([offset for _, _, offset, _ in lines], dtype=np.float64)[:, None]
+    rates = np.array([rate for _, _, _, rate in lines], dtype=np.float64)[:, None]
+    steps = np.arange(width)
+    in_query = steps[None, :] < lengths_of_query[which][:, None]
     known_at = np.rint(offsets + steps[None, :] * rates).astype(np.int64)
 
     def known_words(shift: int) -> tuple[np.ndarray, np.ndarray]:
@@ -532,6 +633,7 @@ def _lines_with_a_good_window(query, query_informative, lines, max_ber) -> np.nd
         return on_track, words[bases[:, None] + np.where(on_track, at, 0)]
 
     inside, known = known_words(0)
+    inside &= in_query
     same = {}  # shift -> the word that far along is on the track and equal
     for shift in range(1 - CONSTANT_RUN_WORDS, CONSTANT_RUN_WORDS):
         if shift:
@@ -544,17 +646,19 @@ def _lines_with_a_good_window(query, query_informative, lines, max_ber) -> np.nd
             if shift:
                 run &= same[shift]
         in_run |= run
-    valid = inside & query_informative[None, :] & (known != SILENCE_WORD) & ~in_run
-    errors = np.where(valid, np.bitwise_count(query[None, :] ^ known), 0).astype(np.int64)
+    valid = inside & padded_informative[which] & (known != SILENCE_WORD) & ~in_run
+    errors = np.where(valid, np.bitwise_count(padded[which] ^ known), 0).astype(np.int64)
     half = WINDOW_WORDS // 2
     zeros = np.zeros((len(lines), 1), dtype=np.int64)
     err_cum = np.concatenate([zeros, np.cumsum(errors, axis=1)], axis=1)
     valid_cum = np.concatenate([zeros, np.cumsum(valid, axis=1)], axis=1)
-    lo = np.clip(steps - half, 0, n)
-    hi = np.clip(steps + half, 0, n)
+    # Windows clipped to the padded width: past a query's end every word is
+    # invalid, so its windows' sums are those clipped at its own length.
+    lo = np.clip(steps - half, 0, width)
+    hi = np.clip(steps + half, 0, width)
     window_valid = valid_cum[:, hi] - valid_cum[:, lo]
     window_ber = (err_cum[:, hi] - err_cum[:, lo]) / np.maximum(32 * window_valid, 1)
-    good = ((window_ber <= max_ber) & (window_valid >= half)).any(axis=1)
+    good = ((window_ber <= max_ber) & (window_valid >= half) & in_query).any(axis=1)
     # _align_at_rate aligns nothing on a line that crosses fewer known words
     return good & (inside.sum(axis=1) >= WINDOW_WORDS)
 

@@ -917,11 +917,10 @@ def search_sounds(
             views[sig.position or 0.0].append((words_of(sig.value), *shift))
     # The best alignment per known track and upload stretch.
     shifted: dict[int, dict[float, AudioAlignment]] = defaultdict(dict)
-    for stretch_start, stretch_views in views.items():
-        for alignment in _shifted_lines(audio_index, stretch_start, stretch_views, max_ber):
-            best = shifted[alignment.track_id].get(stretch_start)
-            if best is None or alignment.ber < best.ber:
-                shifted[alignment.track_id][stretch_start] = alignment
+    for stretch_start, alignment in _shifted_lines(audio_index, views, max_ber):
+        best = shifted[alignment.track_id].get(stretch_start)
+        if best is None or alignment.ber < best.ber:
+            shifted[alignment.track_id][stretch_start] = alignment
     for track_id, by_stretch in shifted.items():
         plain = found.get(track_id)
         best = min(by_stretch.values(), key=lambda a: a.ber)
@@ -950,45 +949,61 @@ SHIFT_PROPOSALS_PER_STRETCH = 4
 
 def _shifted_lines(
     audio_index: AudioIndex,
-    stretch_start: float,
-    views: list[tuple[np.ndarray, float, float]],
+    views: dict[float, list[tuple[np.ndarray, float, float]]],
     max_ber: float,
-) -> list[AudioAlignment]:
-    """Alignments (in the upload's seconds) of the views of one stretch: the
-    lines their searches propose, each aligned in all of them."""
-    proposals: list[AudioAlignment] = []
-    for words, pitch_ratio, tempo_stretch in views:
-        probe_ber = max(max_ber, SHIFT_PROPOSAL_BER)
-        for alignment in audio_index.search_shifted(words, max_ber=probe_ber):
-            proposals.append(
-                _in_upload_seconds(alignment, stretch_start, pitch_ratio, tempo_stretch)
-            )
-    proposals.sort(key=lambda a: a.ber)
-    lines: list[AudioAlignment] = []
-    for line in proposals:
-        if len(lines) == SHIFT_PROPOSALS_PER_STRETCH:
-            break
-        if not any(_same_line(line, kept) for kept in lines):
-            lines.append(line)
-    aligned = []
-    for line in lines:
-        for words, pitch_ratio, tempo_stretch in views:
-            # The line in this view's words: view second x is upload second
-            # stretch_start + x * upload_per_view.
-            upload_per_view = tempo_stretch / pitch_ratio
-            known_at_view_start = line.known_start + line.rate * (stretch_start - line.query_start)
-            alignment = audio_index.align_line(
-                line.track_id,
-                words,
-                offset=known_at_view_start / SECONDS_PER_WORD,
-                rate=line.rate * upload_per_view,
-                max_ber=max_ber,
-            )
-            if alignment is not None:
-                aligned.append(
-                    _in_upload_seconds(alignment, stretch_start, pitch_ratio, tempo_stretch)
+) -> list[tuple[float, AudioAlignment]]:
+    """(stretch start, alignment in the upload's seconds) of the views of
+    each stretch: the lines their searches propose, each aligned in all views
+    of its stretch. All views are searched in one pass, and all the
+    re-alignments screened in one (the index's batch calls)."""
+    flat = [
+        (stretch_start, words, pitch_ratio, tempo_stretch)
+        for stretch_start, stretch_views in views.items()
+        for words, pitch_ratio, tempo_stretch in stretch_views
+    ]
+    probe_ber = max(max_ber, SHIFT_PROPOSAL_BER)
+    searched = audio_index.search_shifted_views([view[1] for view in flat], max_ber=probe_ber)
+    proposals: dict[float, list[AudioAlignment]] = defaultdict(list)
+    for (stretch_start, _, pitch_ratio, tempo_stretch), alignments in zip(
+        flat, searched, strict=True
+    ):
+        proposals[stretch_start] += [
+            _in_upload_seconds(alignment, stretch_start, pitch_ratio, tempo_stretch)
+            for alignment in alignments
+        ]
+    requests = []  # (view index, track id, offset, rate)
+    for stretch_start, stretch_proposals in proposals.items():
+        stretch_proposals.sort(key=lambda a: a.ber)
+        lines: list[AudioAlignment] = []
+        for line in stretch_proposals:
+            if len(lines) == SHIFT_PROPOSALS_PER_STRETCH:
+                break
+            if not any(_same_line(line, kept) for kept in lines):
+                lines.append(line)
+        for line in lines:
+            for i, (view_start, _, pitch_ratio, tempo_stretch) in enumerate(flat):
+                if view_start != stretch_start:
+                    continue
+                # The line in this view's words: view second x is upload second
+                # stretch_start + x * upload_per_view.
+                upload_per_view = tempo_stretch / pitch_ratio
+                known_at_view_start = line.known_start + line.rate * (
+                    stretch_start - line.query_start
                 )
-    return aligned
+                requests.append(
+                    (
+                        i,
+                        line.track_id,
+                        known_at_view_start / SECONDS_PER_WORD,
+                        line.rate * upload_per_view,
+                    )
+                )
+    aligned = audio_index.align_lines([view[1] for view in flat], requests, max_ber=max_ber)
+    return [
+        (flat[i][0], _in_upload_seconds(alignment, flat[i][0], flat[i][2], flat[i][3]))
+        for (i, _, _, _), alignment in zip(requests, aligned, strict=True)
+        if alignment is not None
+    ]
 
 
 def _same_line(a: AudioAlignment, b: AudioAlignment) -> bool:
