@@ -466,10 +466,15 @@ class RetroHunt:
         if attempt >= most:
             log.exception("retro-hunt %d failed (attempt %d of %d)", run.id, attempt, most)
             try:
-                self.store.finish_retro_run(
-                    run.id, FAILED, f"{exc} (attempt {attempt} of {most}: failed)"
-                )
-                self._record_run(run.id)
+                if self.store.finish_retro_run(
+                    run.id,
+                    FAILED,
+                    f"{exc} (attempt {attempt} of {most}: failed)",
+                    owner=run.lease_owner,
+                ):
+                    self._record_run(run.id)
+                else:
+                    log.warning("retro-hunt %d was taken over by another server", run.id)
             except Exception:
                 log.exception("recording retro-hunt %d as failed failed", run.id)
             return
@@ -483,7 +488,10 @@ class RetroHunt:
         log.warning("retro-hunt %d: %s", run.id, why)
         while not self._stopping.is_set():
             try:
-                self.store.retry_retro_run(run.id, why, delay, attempt)
+                if not self.store.retry_retro_run(
+                    run.id, why, delay, attempt, owner=run.lease_owner
+                ):
+                    log.warning("retro-hunt %d was taken over by another server", run.id)
                 return
             except Exception as again:
                 # The store is still down: noted once it is back (not another
@@ -507,7 +515,7 @@ class RetroHunt:
 
             if not self.engine.run(run, hold, self._stopping):
                 if self._stopping.is_set():
-                    self.store.release_retro_run(run.id)
+                    self.store.release_retro_run(run.id, owner=run.lease_owner)
                 return
         elif entries:
             helpers = self.settings.threads - 1
@@ -531,8 +539,10 @@ class RetroHunt:
             finally:
                 if pool is not None:
                     pool.shutdown()
-        self.store.finish_retro_run(run.id, DONE)
-        self._record_run(run.id)
+        if self.store.finish_retro_run(run.id, DONE, owner=run.lease_owner):
+            self._record_run(run.id)
+        else:
+            log.warning("retro-hunt %d was taken over by another server", run.id)
 
     def _scan_steps(self, run: RetroRun, scanner: RetroScanner) -> bool:
         """scan()'s steps from the checkpoint to the run's end; False when
@@ -544,7 +554,7 @@ class RetroHunt:
                 break
             checkpoint, scanned = step
             if not self.store.retro_progress(
-                run.id, checkpoint, scanned, self.settings.lease_seconds
+                run.id, checkpoint, scanned, self.settings.lease_seconds, owner=run.lease_owner
             ):
                 log.warning("retro-hunt %d was taken over by another server", run.id)
                 return False
@@ -554,7 +564,7 @@ class RetroHunt:
             # a restart (or another replica) resumes it at once, from the
             # checkpoint, instead of after the lease; after a crash it waits
             # for the lease
-            self.store.release_retro_run(run.id)
+            self.store.release_retro_run(run.id, owner=run.lease_owner)
             return False
         return True
 
@@ -629,9 +639,11 @@ def record_retro_match(
 ) -> int | None:
     """THE place a retro-match is made: its unique hit and review item (one
     transaction), then its record in the hash-chained history. None when the
-    hit was reported and recorded before (a resumed run). A hit committed
-    without its record (the server died in between) gets it when its run
-    resumes: the hit is marked recorded only after the record is in."""
+    hit was reported and recorded before (a resumed run), or the run is no
+    longer this server's (run.lease_owner: its lease expired and another
+    took it over). A hit committed without its record (the server died in
+    between) gets it when its run resumes: the hit is marked recorded in the
+    record's own transaction, so it gets one however many servers try."""
     item = {
         "request_id": upload.request_id,
         "created_at": datetime.now(UTC),
@@ -653,11 +665,12 @@ def record_retro_match(
         matches=[match],
     )
     review_id = store.add_retro_match(
-        run.id, match.entry_id, upload.id, match.decision, item, events=[event]
-    )
+        run.id, match.entry_id, upload.id, match.decision, item, events=[event],
+        owner=run.lease_owner,
+    )  # fmt: skip
     if review_id is None:
         return None
-    audit.record_retro_match(
+    recorded = audit.record_retro_match(
         request_id=upload.request_id,
         upload_time=upload.time,
         caller=upload.caller,
@@ -666,8 +679,11 @@ def record_retro_match(
         media_type=upload.media_type,
         match=match.to_json(),
         detail={"run_id": run.id, "review_id": review_id, "history_id": upload.id},
+        run_id=run.id,
+        owner=run.lease_owner,
     )
-    store.retro_match_recorded(match.entry_id, upload.request_id)
+    if recorded is None:  # another holder of the run recorded it, or took the run over
+        return None
     log.info(
         "retro-match: upload %s matches %s/%s (%s)",
         upload.request_id,
