@@ -76,6 +76,8 @@ RETRO_RUN_RPC = "RetroRun"  # a finished run's record (by hand or triggered)
 SECONDS_PER_DAY = 86_400
 # How long a stopping server waits for the thread queueing pending hunts.
 _PENDING_STOP_SECONDS = 2.0
+# A step cut short by the server stopping (RetroHunt._scan_step).
+_STOPPED = object()
 MAX_WINDOW_SECONDS = 10 * 365 * SECONDS_PER_DAY
 
 
@@ -106,6 +108,10 @@ class RetroSettings:
     # Pause after each step (seconds): leaves the cores to Match on a busy
     # server. 0: none.
     pause_seconds: float = 0.0
+    # How long stop() waits for the hunting thread: it stops between steps
+    # (and between a step's hits), so this bounds one step. A thread still
+    # running then is left behind (daemon), logged.
+    stop_seconds: float = 30.0
     # The hunting thread's nice value (Linux: per thread): the scheduler
     # gives Match's threads and the hashing workers the cores first.
     nice: int = 10
@@ -154,6 +160,9 @@ class RetroHunt:
         self.pdq_review_search = pdq_review_search
         self.wake = threading.Event()
         self._stopping = threading.Event()
+        # start() and stop() in order: a start that comes after stop() (a
+        # server closed while it was still starting) starts nothing
+        self._life = threading.Lock()
         self._thread: threading.Thread | None = None
         # runs scanned on Dask: the workers open the store from its URL
         self.engine: DaskRetroEngine | None = None
@@ -400,15 +409,25 @@ class RetroHunt:
     # -- the worker
 
     def start(self) -> None:
-        self._pending_thread = threading.Thread(
-            target=self._follow_pending, daemon=True, name="retro-pending"
-        )
-        self._pending_thread.start()
-        self._thread = threading.Thread(target=self._work, daemon=True, name="retro")
-        self._thread.start()
+        """Starts the hunting threads; nothing once stop() was called (a
+        server stopped while it was starting: the threads would outlive the
+        store it closes)."""
+        with self._life:
+            if self._stopping.is_set():
+                return
+            self._pending_thread = threading.Thread(
+                target=self._follow_pending, daemon=True, name="retro-pending"
+            )
+            self._pending_thread.start()
+            self._thread = threading.Thread(target=self._work, daemon=True, name="retro")
+            self._thread.start()
 
     def stop(self) -> None:
-        self._stopping.set()
+        """Stops the hunting threads and waits for them (bounded): the
+        hunting thread ends its step, then gives its run back at the
+        checkpoint."""
+        with self._life:
+            self._stopping.set()
         self.wake.set()
         if self._pending_thread is not None:
             # not waited for past a moment: queueing a large load's hunt can
@@ -416,7 +435,13 @@ class RetroHunt:
             # lapses, then this or another server queues it again)
             self._pending_thread.join(timeout=_PENDING_STOP_SECONDS)
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=self.settings.stop_seconds)
+            if self._thread.is_alive():
+                log.warning(
+                    "the retro-hunt thread is still in a step after %g s (retro_stop_seconds);"
+                    " its run resumes from its checkpoint once its lease expires",
+                    self.settings.stop_seconds,
+                )
         if self.engine is not None:
             self.engine.close()
         # what this process held is free at once for the next start (or
@@ -507,6 +532,9 @@ class RetroHunt:
         search_on_this_thread()  # not on OpenMP's threads: retro_threads says how many
         self.live.catch_up()  # the index the hits are held to knows the new entries
         entries = self._hunting_entries(run.entry_ids)
+        if self._stopping.is_set():
+            self.store.release_retro_run(run.id, owner=run.lease_owner)
+            return
         if entries and self.engine is not None:
             # the partitions are scanned by the engine's workers, the hits
             # held and recorded here, as below
@@ -550,7 +578,7 @@ class RetroHunt:
         checkpoint = run.checkpoint
         while not self._stopping.is_set():
             step = self._scan_step(run, scanner, checkpoint)
-            if step is None:
+            if step is None or step is _STOPPED:
                 break
             checkpoint, scanned = step
             if not self.store.retro_progress(
@@ -570,9 +598,12 @@ class RetroHunt:
 
     def _scan_step(
         self, run: RetroRun, scanner: RetroScanner, checkpoint: int
-    ) -> tuple[int, int] | None:
+    ) -> tuple[int, int] | object | None:
         """One batch of records after the checkpoint scanned and its hits
-        held: (the new checkpoint, records read), None past the run's end."""
+        held: (the new checkpoint, records read), None past the run's end,
+        _STOPPED when the server stops before all its hits were held (the
+        checkpoint stays: a resumed run holds them; those held are not
+        reported again)."""
         batch = scan_batch(
             self.store, scanner, run.since, checkpoint, run.last_history_id,
             self.settings.batch_records,
@@ -581,6 +612,8 @@ class RetroHunt:
             return None
         last_id, read, found = batch
         for upload, hits in found:
+            if self._stopping.is_set():
+                return _STOPPED
             for hit in hits:
                 self._hold(run, upload, hit, scanner.signals_of(upload))
         return last_id, read
