@@ -194,7 +194,9 @@ def main() -> None:
             )
             claimed = core.store.claim_retro_run(3600)
             if empty:
-                core.store.retro_progress(run.id, claimed.last_history_id, 0, 3600)
+                core.store.retro_progress(
+                    run.id, claimed.last_history_id, 0, 3600, owner=claimed.lease_owner
+                )
                 claimed = core.store.get_retro_run(run.id)
             wall, cpu = time.perf_counter(), time.process_time()
             core.retro.scan(claimed)

@@ -12,7 +12,7 @@ import bisect
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 
@@ -47,6 +47,18 @@ class HistorySQL:
 
     def record_match(self, record: HistoryRecord, events: Iterable[NewEvent] = ()) -> int:
         """Appends the record, and `events` to the outbox in the same transaction."""
+        history_id = self._append_record(record, events)
+        assert history_id is not None  # no guard: always written
+        return history_id
+
+    def _append_record(
+        self,
+        record: HistoryRecord,
+        events: Iterable[NewEvent] = (),
+        guard: Callable[[object], bool] | None = None,
+    ) -> int | None:
+        """record_match; with a guard, it runs first in the record's
+        transaction and nothing is written (None) when it answers False."""
         set_ids = sorted(
             {m["set_id"] for m in record.matches if m.get("set_id") is not None}
             | set(record.set_ids)
@@ -73,6 +85,8 @@ class HistorySQL:
         )
         hashed = _format_3(fields, signals_digest, detail, record.caller_token_id, set_ids)
         with self._history_write() as cur:  # serialised: one chain, one head
+            if guard is not None and not guard(cur):
+                return None
             cur.execute(
                 "SELECT record_hash FROM match_history WHERE record_hash IS NOT NULL"
                 " ORDER BY id DESC LIMIT 1"

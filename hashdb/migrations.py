@@ -813,3 +813,15 @@ _RETRO_ATTEMPTS = [
 ]
 SQLITE.append(list(_RETRO_ATTEMPTS))
 POSTGRES.append(list(_RETRO_ATTEMPTS))
+
+# A retro-hunt run's lease owner (hashdb/retro_sql.py claim_retro_run): a
+# token each claim draws, which every write of the run's scanning server
+# (progress, retry, release, finish, its hits and their history records)
+# must still match. A server whose lease expired while it was stalled could
+# otherwise move the checkpoint of the server that took the run over, or
+# reschedule or finish it under it (review finding).
+_RETRO_LEASE_OWNER = [
+    "ALTER TABLE retro_runs ADD COLUMN lease_owner TEXT",
+]
+SQLITE.append(list(_RETRO_LEASE_OWNER))
+POSTGRES.append(list(_RETRO_LEASE_OWNER))

@@ -322,6 +322,9 @@ class RetroRun:
     # steps failed since it was queued or resumed, whichever server ran them
     # (hashsvc/core/retro.py fails the run at retro_max_attempts)
     failed_attempts: int = 0
+    # the token of the claim that holds the run (claim_retro_run); the
+    # holder's writes name it and are refused once another claim took over
+    lease_owner: str | None = None
 
 
 @dataclass(frozen=True)

@@ -3,29 +3,39 @@ stores (mixed into SQLStore; `?` placeholders, times in microseconds).
 
 A run is claimed with a lease (one UPDATE whose WHERE says it is free): of
 several replicas exactly one scans it, and a run whose server died (lease
-expired) is taken over from its checkpoint. A hit is inserted under the
-unique key (entry, original request id) together with its review item, so a
-resumed run never reports it twice.
+expired) is taken over from its checkpoint. Each claim draws an owner token
+(RetroRun.lease_owner); every write the scanning server makes to the run
+(progress, retry, release, finish, a partition done, a hit, a hit's history
+record) is conditional on the run still being its own, so a server whose
+lease expired while it stalled is refused instead of writing over the new
+owner's. A hit is inserted under the unique key (entry, original request
+id) together with its review item, and its history record is written in the
+transaction that marks it recorded, so neither is reported twice.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterable
 
-from hashdb.model import HistoryUpload, NewEvent, RetroPartition, RetroRun
+from hashdb.model import HistoryRecord, HistoryUpload, NewEvent, RetroPartition, RetroRun
 from hashdb.retro_pending_sql import RetroPendingSQL
 from hashdb.review_sql import insert_review_item, with_review_id
 from hashdb.times import from_micros, now_micros
 
 _RUN_COLUMNS = (
     "id, trigger, requested_by, set_id, entry_ids, since, last_history_id, checkpoint,"
-    " scanned, hits, state, error, created_at, started_at, finished_at, failed_attempts"
+    " scanned, hits, state, error, created_at, started_at, finished_at, failed_attempts,"
+    " lease_owner"
 )
 QUEUED, RUNNING, DONE, FAILED, SKIPPED = "queued", "running", "done", "failed", "skipped"
 OPEN_STATES = (QUEUED, RUNNING)
 # The history records of uploads (the calls hashsvc/api/servicers.py records).
 MATCH_RPCS = ("Match", "MatchUpload", "MatchBatch")
+# The WHERE of a write only the run's current holder may make (run id, owner).
+_HELD = "id = ? AND state = 'running' AND lease_owner = ?"
+_HELD_RUN = "EXISTS (SELECT 1 FROM retro_runs WHERE " + _HELD + ")"
 
 
 class RetroSQL(RetroPendingSQL):
@@ -110,6 +120,7 @@ class RetroSQL(RetroPendingSQL):
             )
             candidates = [row[0] for row in cur.fetchall()]
         for run_id in candidates:
+            owner = secrets.token_hex(16)
             with self._write() as cur:
                 # A run's end is the history's newest record when it first
                 # starts, not when it was queued: a Match that had matched
@@ -117,12 +128,21 @@ class RetroSQL(RetroPendingSQL):
                 # run was queued. Uploads matched later with the entry known
                 # were not allowed, and only allowed ones are scanned.
                 cur.execute(
-                    "UPDATE retro_runs SET state = ?, lease_until = ?,"
+                    "UPDATE retro_runs SET state = ?, lease_until = ?, lease_owner = ?,"
                     " last_history_id = CASE WHEN started_at IS NULL THEN"
                     " (SELECT COALESCE(MAX(id), 0) FROM match_history) ELSE last_history_id END,"
                     " started_at = COALESCE(started_at, ?)"
                     " WHERE id = ? AND (state = ? OR (state = ? AND lease_until < ?)) RETURNING id",
-                    (RUNNING, now + int(lease_seconds * 1e6), now, run_id, QUEUED, RUNNING, now),
+                    (
+                        RUNNING,
+                        now + int(lease_seconds * 1e6),
+                        owner,
+                        now,
+                        run_id,
+                        QUEUED,
+                        RUNNING,
+                        now,
+                    ),
                 )
                 won = cur.fetchone() is not None
             if won:
@@ -130,56 +150,71 @@ class RetroSQL(RetroPendingSQL):
         return None
 
     def retro_progress(
-        self, run_id: int, checkpoint: int, scanned: int, lease_seconds: float
+        self, run_id: int, checkpoint: int, scanned: int, lease_seconds: float, *, owner: str
     ) -> bool:
-        """Saves the checkpoint and renews the lease; False if the run is no
-        longer running (its lease expired and another server took it)."""
+        """Saves the checkpoint and renews the lease; False (nothing written)
+        if the run is no longer this owner's (its lease expired and another
+        server took it, or it was released or finished)."""
         with self._write() as cur:
             cur.execute(
                 "UPDATE retro_runs SET checkpoint = ?, scanned = scanned + ?, lease_until = ?"
-                " WHERE id = ? AND state = ? RETURNING id",
-                (checkpoint, scanned, now_micros() + int(lease_seconds * 1e6), run_id, RUNNING),
+                f" WHERE {_HELD} RETURNING id",
+                (checkpoint, scanned, now_micros() + int(lease_seconds * 1e6), run_id, owner),
             )
             return cur.fetchone() is not None
 
     def retry_retro_run(
-        self, run_id: int, error: str, delay_seconds: float, failed_attempts: int
+        self, run_id: int, error: str, delay_seconds: float, failed_attempts: int, *, owner: str
     ) -> bool:
         """A running run whose step failed (hashsvc/core/retro.py): the error
         shown in `retro list`, its failed attempts so far (kept with the run,
         so a server that claims it next goes on counting), and its lease set
         to end after the delay, when any server claims it again from its
-        checkpoint; False if it is no longer running. Writing the same count
-        again (the note retried after a store fault) counts nothing twice."""
+        checkpoint; False (nothing written) if it is no longer this owner's.
+        Writing the same count again (the note retried after a store fault)
+        counts nothing twice."""
         with self._write() as cur:
             cur.execute(
                 "UPDATE retro_runs SET error = ?, lease_until = ?, failed_attempts = ?"
-                " WHERE id = ? AND state = ? RETURNING id",
+                f" WHERE {_HELD} RETURNING id",
                 (
                     error[:1000],
                     now_micros() + int(delay_seconds * 1e6),
                     failed_attempts,
                     run_id,
-                    RUNNING,
+                    owner,
                 ),
             )
             return cur.fetchone() is not None
 
-    def release_retro_run(self, run_id: int) -> None:
+    def release_retro_run(self, run_id: int, *, owner: str) -> bool:
         """Gives a running run back (its server is stopping): queued again,
-        from its checkpoint, for the next server that looks."""
+        from its checkpoint, for the next server that looks; False (nothing
+        written) if it is no longer this owner's."""
         with self._write() as cur:
             cur.execute(
-                "UPDATE retro_runs SET state = ?, lease_until = 0 WHERE id = ? AND state = ?",
-                (QUEUED, run_id, RUNNING),
+                "UPDATE retro_runs SET state = ?, lease_until = 0, lease_owner = NULL"
+                f" WHERE {_HELD} RETURNING id",
+                (QUEUED, run_id, owner),
             )
+            return cur.fetchone() is not None
 
-    def finish_retro_run(self, run_id: int, state: str, error: str = "") -> None:
+    def finish_retro_run(
+        self, run_id: int, state: str, error: str = "", *, owner: str | None
+    ) -> bool:
+        """The run done or failed by the server holding it (owner); owner
+        None: a run nobody scans (not running: a skipped one failed by hand).
+        False (nothing written) if the run is not the owner's (not running,
+        for None)."""
+        where = _HELD if owner is not None else "id = ? AND state <> 'running'"
+        params = (run_id, owner) if owner is not None else (run_id,)
         with self._write() as cur:
             cur.execute(
-                "UPDATE retro_runs SET state = ?, error = ?, finished_at = ? WHERE id = ?",
-                (state, error[:1000], now_micros(), run_id),
+                "UPDATE retro_runs SET state = ?, error = ?, finished_at = ?, lease_owner = NULL"
+                f" WHERE {where} RETURNING id",
+                (state, error[:1000], now_micros(), *params),
             )
+            return cur.fetchone() is not None
 
     def resume_retro_run(self, run_id: int) -> bool:
         """A failed run queued again: it goes on from its checkpoint (and,
@@ -187,7 +222,7 @@ class RetroSQL(RetroPendingSQL):
         with self._write() as cur:
             cur.execute(
                 "UPDATE retro_runs SET state = ?, error = '', finished_at = NULL, lease_until = 0,"
-                " failed_attempts = 0 WHERE id = ? AND state = ? RETURNING id",
+                " failed_attempts = 0, lease_owner = NULL WHERE id = ? AND state = ? RETURNING id",
                 (QUEUED, run_id, FAILED),
             )
             return cur.fetchone() is not None
@@ -235,13 +270,18 @@ class RetroSQL(RetroPendingSQL):
                 for r in cur.fetchall()
             ]
 
-    def finish_retro_partition(self, run_id: int, number: int, scanned: int, hits: int) -> None:
+    def finish_retro_partition(
+        self, run_id: int, number: int, scanned: int, hits: int, *, owner: str
+    ) -> bool:
+        """The partition done; False (nothing written) if the run is no
+        longer this owner's."""
         with self._write() as cur:
             cur.execute(
                 "UPDATE retro_partitions SET done = ?, scanned = ?, hits = ?, finished_at = ?"
-                " WHERE run_id = ? AND number = ?",
-                (True, scanned, hits, now_micros(), run_id, number),
+                f" WHERE run_id = ? AND number = ? AND {_HELD_RUN} RETURNING run_id",
+                (True, scanned, hits, now_micros(), run_id, number, run_id, owner),
             )
+            return cur.fetchone() is not None
 
     # -- what a run reads
 
@@ -317,6 +357,8 @@ class RetroSQL(RetroPendingSQL):
         decision: str,
         item: dict,
         events: Iterable[NewEvent] = (),
+        *,
+        owner: str,
     ) -> int | None:
         """The hit, its review item (`item`: insert_review_item's arguments,
         request_id the upload's) and its events (outbox, naming the item) in
@@ -324,9 +366,13 @@ class RetroSQL(RetroPendingSQL):
         is to be written: a new hit, or one this run made without its record
         (the server died in between; no item or event is written again).
         None if this (entry, request) was reported and recorded already, or
-        is another run's (that run writes its record when it resumes)."""
+        is another run's (that run writes its record when it resumes), or
+        the run is no longer this owner's (nothing written)."""
         request_id = item["request_id"]
         with self._write() as cur:
+            cur.execute(f"SELECT 1 FROM retro_runs WHERE {_HELD}", (run_id, owner))
+            if cur.fetchone() is None:
+                return None
             cur.execute(
                 "INSERT INTO retro_matches (run_id, entry_id, request_id, history_id, decision,"
                 " created_at, history_recorded) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -355,13 +401,25 @@ class RetroSQL(RetroPendingSQL):
             self._append_events(cur, [with_review_id(e, review_id) for e in events])
             return review_id
 
-    def retro_match_recorded(self, entry_id: int, request_id: str) -> None:
-        with self._write() as cur:
+    def record_retro_hit(
+        self, record: HistoryRecord, run_id: int, owner: str, entry_id: int, request_id: str
+    ) -> int | None:
+        """The hit's record appended to the history in the transaction that
+        marks the hit recorded: its id, or None (nothing written) when the
+        hit was recorded already (by a server that held the run before) or
+        the run is no longer this owner's. Two servers that both found the
+        hit unrecorded (add_retro_match) write one record between them."""
+
+        def mark_recorded(cur) -> bool:
             cur.execute(
-                "UPDATE retro_matches SET history_recorded = ?"
-                " WHERE entry_id = ? AND request_id = ?",
-                (True, entry_id, request_id),
+                "UPDATE retro_matches SET history_recorded = ? WHERE entry_id = ?"
+                " AND request_id = ? AND run_id = ? AND history_recorded = ?"
+                f" AND {_HELD_RUN} RETURNING id",
+                (True, entry_id, request_id, run_id, False, run_id, owner),
             )
+            return cur.fetchone() is not None
+
+        return self._append_record(record, guard=mark_recorded)
 
     def retro_matches_of(self, run_id: int) -> list[tuple[int, str, str, int | None]]:
         """(entry id, request id, decision, review item id) of a run's hits."""
@@ -404,4 +462,5 @@ def _run(row) -> RetroRun:
         started_at=from_micros(row[13]),
         finished_at=from_micros(row[14]),
         failed_attempts=row[15],
+        lease_owner=row[16],
     )

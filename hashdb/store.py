@@ -220,6 +220,13 @@ class HistoryWriter(Protocol):
         """Appends; returns the new id. `events` go to the outbox in the
         same transaction (the record is their cause)."""
 
+    def record_retro_hit(
+        self, record: HistoryRecord, run_id: int, owner: str, entry_id: int, request_id: str
+    ) -> int | None:
+        """A retro-hunt hit's record (RetroStore.add_retro_match), written
+        with the mark that it is: None, nothing written, when it was recorded
+        before or the run is no longer the owner's (RetroStore.claim_retro_run)."""
+
 
 class HistoryStore(HistoryWriter, Protocol):
     """The match history, read and verified (audit)."""
@@ -412,22 +419,28 @@ class RetroStore(Protocol):
     def count_open_retro_runs(self) -> int: ...
 
     def claim_retro_run(self, lease_seconds: float) -> RetroRun | None:
-        """Atomic: of replicas racing for a run, exactly one gets it."""
+        """Atomic: of replicas racing for a run, exactly one gets it, with a
+        fresh lease_owner token that each of its writes below must give:
+        one whose lease expired and was claimed again is refused (False,
+        None: nothing written)."""
 
     def retro_progress(
-        self, run_id: int, checkpoint: int, scanned: int, lease_seconds: float
+        self, run_id: int, checkpoint: int, scanned: int, lease_seconds: float, *, owner: str
     ) -> bool: ...
 
     def retry_retro_run(
-        self, run_id: int, error: str, delay_seconds: float, failed_attempts: int
+        self, run_id: int, error: str, delay_seconds: float, failed_attempts: int, *, owner: str
     ) -> bool:
         """A failed step: the error and the run's failed attempts so far
         kept with it, the run claimed again (by any server) after the delay."""
 
-    def release_retro_run(self, run_id: int) -> None:
+    def release_retro_run(self, run_id: int, *, owner: str) -> bool:
         """A stopping server gives its run back (queued, from its checkpoint)."""
 
-    def finish_retro_run(self, run_id: int, state: str, error: str = "") -> None: ...
+    def finish_retro_run(
+        self, run_id: int, state: str, error: str = "", *, owner: str | None
+    ) -> bool:
+        """owner None: a run that is not running (failed by hand)."""
 
     def history_uploads(self, after_id: int, upto_id: int, limit: int) -> list[HistoryUpload]: ...
 
@@ -445,13 +458,12 @@ class RetroStore(Protocol):
         decision: str,
         item: dict,
         events: Iterable[NewEvent] = (),
+        *,
+        owner: str,
     ) -> int | None:
         """The review item's id while the hit's history record is still to
         be written (a new hit, or one this run made before the server died),
         else None; the events (retro_match) are written with a new hit."""
-
-    def retro_match_recorded(self, entry_id: int, request_id: str) -> None:
-        """The hit's record is in the history (add_retro_match: not again)."""
 
     def add_retro_pending(
         self,
@@ -493,7 +505,9 @@ class RetroStore(Protocol):
 
     def retro_partitions(self, run_id: int) -> list[RetroPartition]: ...
 
-    def finish_retro_partition(self, run_id: int, number: int, scanned: int, hits: int) -> None: ...
+    def finish_retro_partition(
+        self, run_id: int, number: int, scanned: int, hits: int, *, owner: str
+    ) -> bool: ...
 
 
 class ExchangeStore(Protocol):

@@ -640,22 +640,26 @@ def test_a_feeds_hunt_survives_a_crash(store_url, make_harness, monkeypatch, tmp
     assert [i.request_id for i in _retro_items(rev, rev_md)] == [asked.request_id]
 
 
-def test_a_hit_committed_without_its_history_record_gets_it_on_resume(store_url, make_core):
+def test_a_hit_committed_without_its_history_record_gets_it_on_resume(
+    store_url, make_core, monkeypatch
+):
     """The hit and its review item are committed, then the server dies
     before the hit's record in the chained history is written: the resumed
     run writes it (once); another run finding the same hit writes nothing."""
+    from hashsvc.core import retro
     from hashsvc.core.retro import record_retro_match
     from hashsvc.matching.matcher import Match
 
+    monkeypatch.setattr(retro.RetroHunt, "_work", lambda self: None)  # the test claims
     core = make_core(store_url, retro_window=0)  # no triggered runs
     known = bytes(range(32))
     _history_upload(core.store, Signal("pdq", known, 90), 0.5, request_id="up-1")
     core.curation.create_set("s")
     entry = core.curation.add_entry("s", "e", {}, "op", signal=("pdq", known.hex(), None))
     since = to_micros(datetime.now(UTC) - timedelta(days=1))
-    # not queued: the worker leaves them to this test
-    run = core.store.create_retro_run("manual", "op", None, [entry.id], since, state="skipped")
-    other = core.store.create_retro_run("manual", "op", None, [entry.id], since, state="skipped")
+    core.store.create_retro_run("manual", "op", None, [entry.id], since)
+    core.store.create_retro_run("manual", "op", None, [entry.id], since)
+    run, other = core.store.claim_retro_run(60), core.store.claim_retro_run(60)
     (upload,) = core.store.history_uploads(0, run.last_history_id, 10)
     sig = Signal("pdq", known, 90)
     hit = Match(entry.set_id, "s", entry.id, "e", "pdq", 0, {}, "block", "", "")
@@ -786,7 +790,7 @@ def test_resuming_a_failed_run_counts_against_the_open_runs_limit(
     core = make_core(store_url, retro_window=0, retro_max_open_runs=2)
     since = to_micros(datetime.now(UTC) - timedelta(days=1))
     run = core.store.create_retro_run("manual", "op", None, [1], since, state="skipped")
-    core.store.finish_retro_run(run.id, FAILED, "scheduler unreachable")
+    assert core.store.finish_retro_run(run.id, FAILED, "scheduler unreachable", owner=None)
     monkeypatch.setattr(core.store, "count_open_retro_runs", lambda: 2)
     with pytest.raises(TooLarge, match="retro_max_open_runs"):
         core.retro.resume_run(run.id)

@@ -380,13 +380,13 @@ def test_partitions_tile_the_history_in_both_stores(store):
         (ids[8], ids[9]),
     ]
     assert plan_partitions(store, run, DaskSettings(partition_seconds=60), now=now) == parts
-    store.finish_retro_partition(run.id, 1, 3, 2)
+    assert store.finish_retro_partition(run.id, 1, 3, 2, owner=run.lease_owner)
     assert [(p.done, p.scanned, p.hits) for p in store.retro_partitions(run.id)][:2] == [
         (False, 0, 0),
         (True, 3, 2),
     ]
     assert not store.resume_retro_run(run.id)  # running, not failed
-    store.finish_retro_run(run.id, "failed", "scheduler gone")
+    assert store.finish_retro_run(run.id, "failed", "scheduler gone", owner=run.lease_owner)
     assert store.resume_retro_run(run.id)
     resumed = store.get_retro_run(run.id)
     assert (resumed.state, resumed.error, resumed.finished_at) == ("queued", "", None)

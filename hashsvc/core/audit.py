@@ -229,12 +229,16 @@ class Audit:
         media_type: str,
         match: dict,
         detail: dict,
-    ) -> int:
+        run_id: int,
+        owner: str,
+    ) -> int | None:
         """A retro-match (hashsvc/core/retro.py), its own record kind: the
         upload that was let through (its request id, time, caller), the new
         entry it matches and the decision the set's thresholds give now.
-        Written by the server; indexed under the entry's set."""
-        return self.history.record_match(
+        Written by the server holding the run (owner); indexed under the
+        entry's set. None, nothing written, when the hit has its record
+        already or the run is no longer the owner's."""
+        return self.history.record_retro_hit(
             HistoryRecord(
                 request_id=f"retro-{request_id}-{match['entry_id']}",
                 time=datetime.now(UTC),
@@ -253,7 +257,11 @@ class Audit:
                     "upload_caller": caller,
                     "upload_caller_token_id": caller_token_id,
                 },
-            )
+            ),
+            run_id,
+            owner,
+            match["entry_id"],
+            request_id,
         )
 
     def make_filter(

@@ -431,6 +431,9 @@ class Config:
     retro_lease_seconds: float = 60.0
     retro_poll_seconds: float = 5.0
     retro_pause_seconds: float = 0.0
+    # How long a stopping server waits for its hunting thread (it stops at
+    # the end of the step it is in; the run is given back at its checkpoint).
+    retro_stop_seconds: float = 30.0
     retro_nice: int = 10
     retro_threads: int = 1
     # Where runs are scanned (hashsvc/core/retro_dask.py): "inprocess", the
@@ -518,7 +521,7 @@ class Config:
         for name in ("retro_max_entries_per_run", "retro_max_open_runs", "retro_batch_records"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("retro_lease_seconds", "retro_poll_seconds"):
+        for name in ("retro_lease_seconds", "retro_poll_seconds", "retro_stop_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be more than 0")
         if not self.retro_pause_seconds >= 0:
@@ -556,6 +559,7 @@ class Config:
             lease_seconds=self.retro_lease_seconds,
             poll_seconds=self.retro_poll_seconds,
             pause_seconds=self.retro_pause_seconds,
+            stop_seconds=self.retro_stop_seconds,
             nice=self.retro_nice,
             threads=self.retro_threads,
             engine=self.retro_engine,

@@ -136,6 +136,10 @@ class Core:
         self._poller: threading.Thread | None = None
         self._flusher: threading.Thread | None = None
         self._stopping = threading.Event()
+        # start() and close() in order: a close() during start() (a server
+        # stopped while its index loaded) leaves no thread of start() running
+        # on the store it closed
+        self._life = threading.Lock()
         # Set while the change feed cannot be read: the index may miss what
         # other replicas changed, so matching stops until it has caught up.
         self._index_lost = threading.Event()
@@ -169,13 +173,16 @@ class Core:
         self.hashing.warm_up()
         self.matcher.warm_up()
         self.live.load()
-        self._poller = threading.Thread(target=self._poll_changes, daemon=True, name="changes")
-        self._poller.start()
-        self._flusher = threading.Thread(target=self._flush_floods, daemon=True, name="flood")
-        self._flusher.start()
-        if self.webhooks is not None:
-            self.webhooks.start()
-        self.retro.start()  # resumes unfinished runs too
+        with self._life:
+            if self._stopping.is_set():
+                return
+            self._poller = threading.Thread(target=self._poll_changes, daemon=True, name="changes")
+            self._poller.start()
+            self._flusher = threading.Thread(target=self._flush_floods, daemon=True, name="flood")
+            self._flusher.start()
+            if self.webhooks is not None:
+                self.webhooks.start()
+            self.retro.start()  # resumes unfinished runs too
 
     def _flush_floods(self) -> None:
         while not self._stopping.is_set():
@@ -253,7 +260,8 @@ class Core:
         return self._stopping.is_set()
 
     def close(self) -> None:
-        self._stopping.set()
+        with self._life:
+            self._stopping.set()
         if self.webhooks is not None:
             self.webhooks.stop()
         self.retro.stop()  # a run stops at its checkpoint; the next start resumes it

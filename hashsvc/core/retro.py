@@ -76,6 +76,8 @@ RETRO_RUN_RPC = "RetroRun"  # a finished run's record (by hand or triggered)
 SECONDS_PER_DAY = 86_400
 # How long a stopping server waits for the thread queueing pending hunts.
 _PENDING_STOP_SECONDS = 2.0
+# A step cut short by the server stopping (RetroHunt._scan_step).
+_STOPPED = object()
 MAX_WINDOW_SECONDS = 10 * 365 * SECONDS_PER_DAY
 
 
@@ -106,6 +108,10 @@ class RetroSettings:
     # Pause after each step (seconds): leaves the cores to Match on a busy
     # server. 0: none.
     pause_seconds: float = 0.0
+    # How long stop() waits for the hunting thread: it stops between steps
+    # (and between a step's hits), so this bounds one step. A thread still
+    # running then is left behind (daemon), logged.
+    stop_seconds: float = 30.0
     # The hunting thread's nice value (Linux: per thread): the scheduler
     # gives Match's threads and the hashing workers the cores first.
     nice: int = 10
@@ -154,6 +160,9 @@ class RetroHunt:
         self.pdq_review_search = pdq_review_search
         self.wake = threading.Event()
         self._stopping = threading.Event()
+        # start() and stop() in order: a start that comes after stop() (a
+        # server closed while it was still starting) starts nothing
+        self._life = threading.Lock()
         self._thread: threading.Thread | None = None
         # runs scanned on Dask: the workers open the store from its URL
         self.engine: DaskRetroEngine | None = None
@@ -400,15 +409,25 @@ class RetroHunt:
     # -- the worker
 
     def start(self) -> None:
-        self._pending_thread = threading.Thread(
-            target=self._follow_pending, daemon=True, name="retro-pending"
-        )
-        self._pending_thread.start()
-        self._thread = threading.Thread(target=self._work, daemon=True, name="retro")
-        self._thread.start()
+        """Starts the hunting threads; nothing once stop() was called (a
+        server stopped while it was starting: the threads would outlive the
+        store it closes)."""
+        with self._life:
+            if self._stopping.is_set():
+                return
+            self._pending_thread = threading.Thread(
+                target=self._follow_pending, daemon=True, name="retro-pending"
+            )
+            self._pending_thread.start()
+            self._thread = threading.Thread(target=self._work, daemon=True, name="retro")
+            self._thread.start()
 
     def stop(self) -> None:
-        self._stopping.set()
+        """Stops the hunting threads and waits for them (bounded): the
+        hunting thread ends its step, then gives its run back at the
+        checkpoint."""
+        with self._life:
+            self._stopping.set()
         self.wake.set()
         if self._pending_thread is not None:
             # not waited for past a moment: queueing a large load's hunt can
@@ -416,7 +435,13 @@ class RetroHunt:
             # lapses, then this or another server queues it again)
             self._pending_thread.join(timeout=_PENDING_STOP_SECONDS)
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=self.settings.stop_seconds)
+            if self._thread.is_alive():
+                log.warning(
+                    "the retro-hunt thread is still in a step after %g s (retro_stop_seconds);"
+                    " its run resumes from its checkpoint once its lease expires",
+                    self.settings.stop_seconds,
+                )
         if self.engine is not None:
             self.engine.close()
         # what this process held is free at once for the next start (or
@@ -466,10 +491,15 @@ class RetroHunt:
         if attempt >= most:
             log.exception("retro-hunt %d failed (attempt %d of %d)", run.id, attempt, most)
             try:
-                self.store.finish_retro_run(
-                    run.id, FAILED, f"{exc} (attempt {attempt} of {most}: failed)"
-                )
-                self._record_run(run.id)
+                if self.store.finish_retro_run(
+                    run.id,
+                    FAILED,
+                    f"{exc} (attempt {attempt} of {most}: failed)",
+                    owner=run.lease_owner,
+                ):
+                    self._record_run(run.id)
+                else:
+                    log.warning("retro-hunt %d was taken over by another server", run.id)
             except Exception:
                 log.exception("recording retro-hunt %d as failed failed", run.id)
             return
@@ -483,7 +513,10 @@ class RetroHunt:
         log.warning("retro-hunt %d: %s", run.id, why)
         while not self._stopping.is_set():
             try:
-                self.store.retry_retro_run(run.id, why, delay, attempt)
+                if not self.store.retry_retro_run(
+                    run.id, why, delay, attempt, owner=run.lease_owner
+                ):
+                    log.warning("retro-hunt %d was taken over by another server", run.id)
                 return
             except Exception as again:
                 # The store is still down: noted once it is back (not another
@@ -499,6 +532,9 @@ class RetroHunt:
         search_on_this_thread()  # not on OpenMP's threads: retro_threads says how many
         self.live.catch_up()  # the index the hits are held to knows the new entries
         entries = self._hunting_entries(run.entry_ids)
+        if self._stopping.is_set():
+            self.store.release_retro_run(run.id, owner=run.lease_owner)
+            return
         if entries and self.engine is not None:
             # the partitions are scanned by the engine's workers, the hits
             # held and recorded here, as below
@@ -507,7 +543,7 @@ class RetroHunt:
 
             if not self.engine.run(run, hold, self._stopping):
                 if self._stopping.is_set():
-                    self.store.release_retro_run(run.id)
+                    self.store.release_retro_run(run.id, owner=run.lease_owner)
                 return
         elif entries:
             helpers = self.settings.threads - 1
@@ -531,8 +567,10 @@ class RetroHunt:
             finally:
                 if pool is not None:
                     pool.shutdown()
-        self.store.finish_retro_run(run.id, DONE)
-        self._record_run(run.id)
+        if self.store.finish_retro_run(run.id, DONE, owner=run.lease_owner):
+            self._record_run(run.id)
+        else:
+            log.warning("retro-hunt %d was taken over by another server", run.id)
 
     def _scan_steps(self, run: RetroRun, scanner: RetroScanner) -> bool:
         """scan()'s steps from the checkpoint to the run's end; False when
@@ -540,11 +578,11 @@ class RetroHunt:
         checkpoint = run.checkpoint
         while not self._stopping.is_set():
             step = self._scan_step(run, scanner, checkpoint)
-            if step is None:
+            if step is None or step is _STOPPED:
                 break
             checkpoint, scanned = step
             if not self.store.retro_progress(
-                run.id, checkpoint, scanned, self.settings.lease_seconds
+                run.id, checkpoint, scanned, self.settings.lease_seconds, owner=run.lease_owner
             ):
                 log.warning("retro-hunt %d was taken over by another server", run.id)
                 return False
@@ -554,15 +592,18 @@ class RetroHunt:
             # a restart (or another replica) resumes it at once, from the
             # checkpoint, instead of after the lease; after a crash it waits
             # for the lease
-            self.store.release_retro_run(run.id)
+            self.store.release_retro_run(run.id, owner=run.lease_owner)
             return False
         return True
 
     def _scan_step(
         self, run: RetroRun, scanner: RetroScanner, checkpoint: int
-    ) -> tuple[int, int] | None:
+    ) -> tuple[int, int] | object | None:
         """One batch of records after the checkpoint scanned and its hits
-        held: (the new checkpoint, records read), None past the run's end."""
+        held: (the new checkpoint, records read), None past the run's end,
+        _STOPPED when the server stops before all its hits were held (the
+        checkpoint stays: a resumed run holds them; those held are not
+        reported again)."""
         batch = scan_batch(
             self.store, scanner, run.since, checkpoint, run.last_history_id,
             self.settings.batch_records,
@@ -571,6 +612,8 @@ class RetroHunt:
             return None
         last_id, read, found = batch
         for upload, hits in found:
+            if self._stopping.is_set():
+                return _STOPPED
             for hit in hits:
                 self._hold(run, upload, hit, scanner.signals_of(upload))
         return last_id, read
@@ -629,9 +672,11 @@ def record_retro_match(
 ) -> int | None:
     """THE place a retro-match is made: its unique hit and review item (one
     transaction), then its record in the hash-chained history. None when the
-    hit was reported and recorded before (a resumed run). A hit committed
-    without its record (the server died in between) gets it when its run
-    resumes: the hit is marked recorded only after the record is in."""
+    hit was reported and recorded before (a resumed run), or the run is no
+    longer this server's (run.lease_owner: its lease expired and another
+    took it over). A hit committed without its record (the server died in
+    between) gets it when its run resumes: the hit is marked recorded in the
+    record's own transaction, so it gets one however many servers try."""
     item = {
         "request_id": upload.request_id,
         "created_at": datetime.now(UTC),
@@ -653,11 +698,12 @@ def record_retro_match(
         matches=[match],
     )
     review_id = store.add_retro_match(
-        run.id, match.entry_id, upload.id, match.decision, item, events=[event]
-    )
+        run.id, match.entry_id, upload.id, match.decision, item, events=[event],
+        owner=run.lease_owner,
+    )  # fmt: skip
     if review_id is None:
         return None
-    audit.record_retro_match(
+    recorded = audit.record_retro_match(
         request_id=upload.request_id,
         upload_time=upload.time,
         caller=upload.caller,
@@ -666,8 +712,11 @@ def record_retro_match(
         media_type=upload.media_type,
         match=match.to_json(),
         detail={"run_id": run.id, "review_id": review_id, "history_id": upload.id},
+        run_id=run.id,
+        owner=run.lease_owner,
     )
-    store.retro_match_recorded(match.entry_id, upload.request_id)
+    if recorded is None:  # another holder of the run recorded it, or took the run over
+        return None
     log.info(
         "retro-match: upload %s matches %s/%s (%s)",
         upload.request_id,

@@ -345,13 +345,18 @@ class DaskRetroEngine:
                         for match in matches:
                             hold(upload, match)
                             hits += 1
-                    self.store.finish_retro_partition(run.id, part.number, answer.scanned, hits)
+                    if not self.store.finish_retro_partition(
+                        run.id, part.number, answer.scanned, hits, owner=run.lease_owner
+                    ):
+                        log.warning("retro-hunt %d was taken over by another server", run.id)
+                        client.cancel(list(pending))
+                        return False
                     done.add(part.number)
                     scanned += answer.scanned
                 if finished or time.monotonic() - last_renewal >= renew_every:
                     checkpoint = _done_prefix(partitions, done, run.checkpoint)
                     if not self.store.retro_progress(
-                        run.id, checkpoint, scanned, self.lease_seconds
+                        run.id, checkpoint, scanned, self.lease_seconds, owner=run.lease_owner
                     ):
                         log.warning("retro-hunt %d was taken over by another server", run.id)
                         client.cancel(list(pending))
