@@ -73,7 +73,7 @@ class PlainSignals:
     # says nothing (a new entry has none, an existing one keeps its own).
     entry_names: np.ndarray | None = None
     labels: np.ndarray | None = None
-    # the labels numbered (_label_codes), made once
+    # the labels numbered (label_codes), made once
     _codes: tuple[np.ndarray, list[str]] | None = field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:
@@ -117,37 +117,20 @@ class PlainSignals:
             return None
         return parsed_labels(self.labels[row])
 
-    def _label_codes(self) -> tuple[np.ndarray, list[str]]:
+    def label_codes(self) -> tuple[np.ndarray, list[str]]:
         """Each row's stored labels as a number (in order of first
         appearance), and the texts they number. A dict look-up a row: an
         array of the texts themselves cost 8x as much to build and sort."""
         if self._codes is None:
+            if self.labels is None:
+                self._codes = np.zeros(len(self), dtype=np.int64), ["{}"]
+                return self._codes
             texts = self.stored_labels()
             distinct = list(dict.fromkeys(texts))
             numbered = {text: code for code, text in enumerate(distinct)}
             codes = np.fromiter(map(numbered.__getitem__, texts), dtype=np.int64, count=len(self))
             self._codes = codes, distinct
         return self._codes
-
-    def by_labels(self) -> PlainSignals:
-        """The rows grouped by their labels text (stably: in name order
-        within a group), so a store writes each group's labels once."""
-        if self.labels is None:
-            return self
-        codes, _ = self._label_codes()
-        if not (np.diff(codes) < 0).any():
-            return self  # grouped already (codes count up as groups begin)
-        return self[np.argsort(codes, kind="stable")]
-
-    def label_runs(self) -> list[tuple[str, int, int]]:
-        """(stored labels text, start, end) of each run of rows with the same
-        labels, in row order."""
-        if not len(self):
-            return []
-        codes, texts = self._label_codes()
-        bounds = [0, *(np.flatnonzero(np.diff(codes)) + 1).tolist(), len(self)]
-        starts, ends = bounds[:-1], bounds[1:]
-        return [(texts[codes[a]], a, b) for a, b in zip(starts, ends, strict=True)]
 
     def quality(self, row: int) -> int | None:
         if self.qualities is None or self.qualities[row] < 0:
@@ -244,11 +227,6 @@ class BulkSQL:
     def _insert_plain(self, cur, set_id, rows: PlainSignals, first_id, at, added_by) -> None:
         """New entries first_id, first_id + 1, ... and their one signal each."""
         raise NotImplementedError
-
-    def _plain_order(self, rows: PlainSignals) -> PlainSignals:
-        """The rows of a plain write in the order _insert_plain wants them:
-        grouped by labels (SQLite inserts a group a statement)."""
-        return rows.by_labels()
 
     def _begin_bulk_write(self, cur) -> None:
         """Called first in each bulk write transaction."""
@@ -527,7 +505,6 @@ class BulkSQL:
                 keep = np.ones(len(rows), dtype=bool)
                 keep[old] = False
                 rows = rows[keep]
-            rows = self._plain_order(rows)  # ids follow the rows' order
             first_id = self._new_entry_range(cur, len(rows))
             counts.added = len(rows)
             if len(rows):

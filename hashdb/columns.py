@@ -50,12 +50,21 @@ def names(prefix: str, rows: np.ndarray) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-def names_json(prefix: str, rows: np.ndarray) -> str:
-    """The entry names of the values as one JSON array of strings."""
+def names_json(
+    prefix: str, rows: np.ndarray, codes: np.ndarray | None = None, digits: int = 0
+) -> str:
+    """The entry names of the values as one JSON array of strings; with
+    codes, each name follows its row's code in `digits` decimal digits
+    (hashdb/sqlite.py's label set numbers)."""
     table = name_rows(prefix, rows)
-    quoted = np.empty((len(rows), table.shape[1] + 3), dtype=np.uint8)
+    if codes is None:
+        digits = 0
+    quoted = np.empty((len(rows), digits + table.shape[1] + 3), dtype=np.uint8)
     quoted[:, 0] = ord('"')
-    quoted[:, 1:-2] = table
+    if digits:
+        place = np.asarray(codes, dtype=np.int64)[:, None] // 10 ** np.arange(digits - 1, -1, -1)
+        quoted[:, 1 : 1 + digits] = ord("0") + place % 10
+    quoted[:, 1 + digits : -2] = table
     quoted[:, -2] = ord('"')
     quoted[:, -1] = ord(",")
     text = quoted.tobytes().decode("ascii")

@@ -245,12 +245,6 @@ class PostgresStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
         if noted is not None:
             noted(added)
 
-    def _plain_order(self, rows: PlainSignals) -> PlainSignals:
-        # COPY takes rows in any order: in name order (as sorted), the name
-        # index is written leaf after leaf, where grouped by labels every
-        # group went over the whole range of the write's names again.
-        return rows
-
     def _insert_plain(self, cur, set_id, rows: PlainSignals, first_id, at, added_by) -> None:
         entries = "entries (id, set_id, name, labels, media_type, created_at, added_by)"
         if rows.named_after_values:

@@ -259,7 +259,6 @@ class CheckedPlainRows:
     qualities: np.ndarray | None  # int16, -1 -> none; None: no row has one
     names: list[str] | None = None
     labels: list[str | None] | None = None  # stored JSON text; None: says nothing
-    own_names: bool = False  # every row names its entry (none named after its hash)
     # _value_order(values), when checking the rows made it (sorted_plain reuses it)
     value_order: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -340,8 +339,7 @@ def _named_rows(
         value_order = _value_order(values)
         if not value_order[1].all():
             return None  # an entry of several rows (labels merged): row by row
-    own_names = bool(entries) and all(entries)
-    return CheckedPlainRows(kind, values, qualities, names, labels, own_names, value_order)
+    return CheckedPlainRows(kind, values, qualities, names, labels, value_order)
 
 
 def _entry_names(kind: str, entries: Sequence[str], values: np.ndarray) -> list[str] | None:
@@ -466,9 +464,6 @@ def sorted_plain(parts: Sequence[CheckedPlainRows]) -> PlainSignals:
     )
 
 
-# Rows a label set needs on average to be written a set at a time (as
-# hashdb/sqlite.py's SQL_ROWS_PER_STATEMENT); below, rows go in name order.
-_ROWS_PER_LABEL_SET = 16
 # Named rows are sorted by the first bytes of their names: the order only
 # makes the name index's writes local, and a fixed width keeps it in numpy.
 _NAME_SORT_BYTES = 48
@@ -486,21 +481,10 @@ def _sorted_named(parts: Sequence[CheckedPlainRows]) -> PlainSignals:
     labels = None
     if parts[0].labels:
         labels = np.array([text for p in parts for text in p.labels], dtype=object)
-    codes = None
-    if labels is not None and all(p.own_names for p in parts):
-        codes = {text: code for code, text in enumerate(sorted(set(labels.tolist()), key=str))}
-    if codes is not None and len(codes) * _ROWS_PER_LABEL_SET <= len(labels):
-        # A feed's ids, by label set and then by id: each short write holds
-        # a few label sets, whose rows the store writes a set at a time (at
-        # 300 sets a batch, by id alone, it bound them row by row: 2x the
-        # time). Ids are mostly the feed's own sequence, so a write's ids
-        # still lie close together in the name index. Ids named after
-        # hashes lie all over it: those keep name order, and so do rows
-        # whose label sets are nearly one a row (a source id among the
-        # labels): by set, they came in the feed's order, random names.
-        order = np.lexsort((keys, np.fromiter(map(codes.__getitem__, labels.tolist()), np.int64)))
-    else:
-        order = np.argsort(keys, kind="stable")
+    # in name order whatever the labels (the stores write a label set of
+    # many rows in the same statement as the others), so that each short
+    # write inserts into a narrow slice of the name index
+    order = np.argsort(keys, kind="stable")
     if labels is not None:
         labels = labels[order]
     qualities = None
