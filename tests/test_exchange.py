@@ -514,6 +514,40 @@ def test_file_feeds_stay_within_file_dir(make_harness, store_url, tmp_path):
     assert len(_entries(stubs, md)) == 1  # nothing of the secret file loaded, nothing deleted
 
 
+def test_a_file_feed_past_max_file_bytes_or_not_a_file_is_not_read(
+    make_harness, store_url, tmp_path
+):
+    """A listing larger than exchange.max_file_bytes (the library reads it
+    whole), or a FIFO put in its place (a read that never ends), fails the
+    fetch at once: nothing read, nothing of the feed deleted."""
+    import os
+
+    kept = _hex()
+    path = tmp_path / "list.txt"
+    path.write_text(f"pdq {kept}\n")
+    settings = dataclasses.replace(SETTINGS, file_dir=str(tmp_path), max_file_bytes=1000)
+    h = make_harness(store_url, exchange=settings)
+    stubs, md = h.stubs("operator")
+    _set(stubs, md)
+    _add(stubs, md, "f", "file", path=path)
+    assert _fetch(stubs, md, "f")[-1].added == 1
+    # 15 new hashes (> 1000 bytes), the old one left out: read, it would delete it
+    path.write_text("".join(f"pdq {_hex()}\n" for _ in range(15)))
+    with pytest.raises(grpc.RpcError) as err:
+        _fetch(stubs, md, "f")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "exchange.max_file_bytes" in err.value.details()
+    path.unlink()
+    os.mkfifo(path)  # nobody writes to it: reading it would wait for ever
+    with pytest.raises(grpc.RpcError) as err:
+        _fetch(stubs, md, "f")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "not a regular file" in err.value.details()
+    assert list(_entries(stubs, md)) == [f"f:pdq:{kept}"]
+    feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="f"), metadata=md)
+    assert (feed.items, feed.failures, feed.last_result) == (1, 2, "failed")
+
+
 def test_library_sources_ncmec_and_stopncii_records():
     """NCMEC (an entry of fingerprints by its id) and StopNCII (type, value)
     deltas as the library yields them, turned into items."""

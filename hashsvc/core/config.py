@@ -166,6 +166,11 @@ class ExchangeSettings:
     # feeds are refused (FAILED_PRECONDITION): an operator token must not make
     # the server read any file it can.
     file_dir: str = ""
+    # Bytes a file feed's list may have (its size when a fetch starts): the
+    # library reads a listing whole, so a file grown by mistake (or by whoever
+    # may write to file_dir) must not be held in the server's memory; past it
+    # the fetch fails, reading and deleting nothing. 256 MiB: ~3.8M PDQ lines.
+    max_file_bytes: int = 256 << 20
     # A secret file (>= 32 bytes, outside the database): feed credentials are
     # sealed under it, bound to their feed's settings (hashsvc/exchange/
     # credentials.py). "" = kept as text in their own table.
@@ -200,6 +205,8 @@ class ExchangeSettings:
             raise ValueError("exchange.delete_window_seconds must be >= 0")
         if self.max_response_bytes < 1024:
             raise ValueError("exchange.max_response_bytes must be at least 1024")
+        if self.max_file_bytes < 1:
+            raise ValueError("exchange.max_file_bytes must be at least 1")
         for name in ("snapshot_max_delete_fraction", "max_delete_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"exchange.{name} must be within 0..1")

@@ -984,6 +984,7 @@ class Feeds:
             self.settings.http_timeout_seconds,
             self.settings.http_retries,
             self.settings.max_response_bytes,
+            self.settings.max_file_bytes,
         )
 
     def _record(

@@ -17,7 +17,9 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import re
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -122,6 +124,8 @@ class SourceConfig:
     retries: int
     # bytes read from one HTTP answer at most (exchange.max_response_bytes)
     max_response_bytes: int = 64 << 20
+    # bytes a file feed's list may have (exchange.max_file_bytes)
+    max_file_bytes: int = 256 << 20
 
 
 class Source:
@@ -401,13 +405,19 @@ class FileSource(Source):
             name=cfg.name, filename=path, signal_type=cfg.options.get("signal_type") or None
         )
         self.api = LocalFileSignalExchangeAPI(collab)
+        self.path = path
+        self.max_bytes = cfg.max_file_bytes
         self.page_items = int(cfg.options.get("page_items", "50000"))
 
     def pages(self, checkpoint: str | None) -> Iterator[SourcePage]:
+        self._check_size()
         try:
             deltas = list(self.api.fetch_iter((), None))
         except (AssertionError, OSError) as exc:  # the library asserts the file exists
             raise Unavailable(f"cannot read the feed's file: {exc}") from None
+        # grown past the limit while it was read: the listing is not used
+        # (it could be a half-written one)
+        self._check_size()
         items = []
         for delta in deltas:
             for source_type, value in delta.updates:
@@ -420,6 +430,22 @@ class FileSource(Source):
                 items.append(item)
         for start in range(0, max(len(items), 1), self.page_items):
             yield SourcePage(items[start : start + self.page_items], None)
+
+    def _check_size(self) -> None:
+        """The library reads the listing whole (readlines): one past
+        exchange.max_file_bytes, or a FIFO or device that would never end
+        (a link to one outside file_dir is refused before), is not read."""
+        try:
+            info = os.stat(self.path)
+        except OSError as exc:
+            raise Unavailable(f"cannot read the feed's file: {exc}") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise Unavailable("the feed's file is not a regular file: nothing read")
+        if info.st_size > self.max_bytes:
+            raise Unavailable(
+                f"the feed's file is {info.st_size} bytes, more than {self.max_bytes}"
+                " (exchange.max_file_bytes): nothing read, nothing deleted"
+            )
 
 
 # -- NCMEC and StopNCII
