@@ -22,7 +22,7 @@ import os
 import statistics
 import time
 
-from load import run_matcher  # bench/load.py: Match in a loop beside the load
+from load import start_matcher  # bench/load.py: Match in a loop beside the load
 
 from hashsvc.api.server import start_server
 from hashsvc.client.client import Client
@@ -75,10 +75,7 @@ def bench(name: str, db_url: str, rows: int) -> dict:
         feeds = running.feeds
         feeds.add("bench", "tcap", "tcap", "bench", {}, {"base_url": url}, 3600, "user:secret-pass")
         address = f"127.0.0.1:{running.port}"
-        latencies = ctx.Queue()
-        matcher = ctx.Process(target=run_matcher, args=(address, token, stop, latencies))
-        matcher.start()
-        time.sleep(1.0)  # the matcher warmed up
+        matcher, stop, latencies, _ = start_matcher(ctx, address, token)
         started, cpu = time.perf_counter(), time.process_time()
         first = feeds.fetch("tcap", "bench")
         seconds = time.perf_counter() - started

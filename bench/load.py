@@ -277,9 +277,9 @@ def run_load(address: str, token: str, path: str, out, strict: bool = False) -> 
     out.put((time.perf_counter() - started, summary, time.process_time() - cpu))
 
 
-def run_matcher(address: str, token: str, stop, out, calls=None) -> None:
+def run_matcher(address: str, token: str, stop, out, calls) -> None:
     """Match in a loop until `stop`; latencies to `out`, and a count in the
-    shared `calls` when given (bench/exchange.py passes none)."""
+    shared `calls`."""
     client = Client(server=address, token=token)
     query = pb.MatchRequest(signal=pb.SignalValue(signal_type="pdq", value=os.urandom(32).hex()))
     latencies = []
@@ -287,11 +287,28 @@ def run_matcher(address: str, token: str, stop, out, calls=None) -> None:
         started = time.perf_counter()
         client.matcher.Match(query, metadata=client.metadata)
         latencies.append(time.perf_counter() - started)
-        if calls is not None:
-            with calls.get_lock():
-                calls.value += 1
+        with calls.get_lock():
+            calls.value += 1
         time.sleep(0.005)
     out.put(latencies)
+
+
+def start_matcher(ctx, address: str, token: str, seconds: float = 120.0):
+    """The Match loop in a process of its own (run_matcher), returned once
+    it has answers: (process, stop event, latencies queue, calls counter).
+    A fixed sleep was not enough on a busy machine: a spawned Python took
+    longer to start than a short load took, and the bench found no Match."""
+    stop, latencies, calls = ctx.Event(), ctx.Queue(), ctx.Value("q", 0)
+    matcher = ctx.Process(target=run_matcher, args=(address, token, stop, latencies, calls))
+    matcher.start()
+    deadline = time.monotonic() + seconds
+    while calls.value < 3:
+        if not matcher.is_alive() or time.monotonic() > deadline:
+            stop.set()
+            matcher.join(10)
+            raise RuntimeError(f"the Match loop did not start within {seconds:g} s")
+        time.sleep(0.05)
+    return matcher, stop, latencies, calls
 
 
 def bench(
@@ -313,11 +330,8 @@ def bench(
         running.core.curation.create_set("bench")
         address = f"127.0.0.1:{running.port}"
         ctx = mp.get_context("spawn")
-        results, latencies, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
-        calls = ctx.Value("q", 0)
-        matcher = ctx.Process(target=run_matcher, args=(address, token, stop, latencies, calls))
-        matcher.start()
-        time.sleep(1.0)  # matcher warmed up
+        results = ctx.Queue()
+        matcher, stop, latencies, calls = start_matcher(ctx, address, token)
         # The server's CPU a Match (and its history record), the matcher
         # alone: the load's own CPU is the server's less its Matches'
         # (a load twice as long serves twice as many).
