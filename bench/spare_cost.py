@@ -35,10 +35,12 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=100_000)
     parser.add_argument("--known-corpus", type=int, default=40)
     parser.add_argument("--spare", type=int, help="max_verified_spare of the 'on' setting")
-    parser.add_argument("--short", action="store_true", help="30 uploads, 2 rounds, 10k features")
+    parser.add_argument(
+        "--short", action="store_true", help="20 uploads, 2 rounds, 10k features, 20 known (CI)"
+    )
     args = parser.parse_args()
     if args.short:
-        args.uploads, args.rounds, args.features = 30, 2, 10_000
+        args.uploads, args.rounds, args.features, args.known_corpus = 20, 2, 10_000, 8
     corpus = load_corpus(short=args.short)
     photos = [p for p in corpus if p.category == "photo" and p.source != "pypi"]
     step = max(1, len(photos) // max(1, args.known_corpus))
