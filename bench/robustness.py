@@ -52,7 +52,7 @@ from hashsvc.core.config import Config
 from hashsvc.core.core import Core, MatchQuery
 from hashsvc.index.binary import split_signal_id
 from hashsvc.matching import local_geometry
-from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW, PdqPolicy
+from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW, LocalFeatureMatching, PdqPolicy
 from hashsvc.media import image, local_features
 from hashsvc.media.image import pdq_hash
 from hashsvc_testing.image_media import faded, noise_image, striped_image
@@ -69,8 +69,12 @@ MIN_TRANSFORMED = 256  # px, the shorter side of a known corpus photo whose edit
 CALLER = "bench"
 
 
-def open_core(folder: str, pdq: PdqPolicy) -> Core:
-    config = Config(db_url=f"sqlite:///{folder}/bench.db", pdq=pdq)
+def open_core(folder: str, pdq: PdqPolicy, local: LocalFeatureMatching | None = None) -> Core:
+    config = Config(
+        db_url=f"sqlite:///{folder}/bench.db",
+        pdq=pdq,
+        local_features=local or LocalFeatureMatching(),
+    )
     core = Core.open(config, hash_in_process=True)
     core.start()
     core.curation.create_set(SET)
@@ -254,6 +258,11 @@ def main() -> None:
     parser.add_argument("--review", type=int, help="PDQ review distance to try")
     parser.add_argument("--low-quality-review", type=int, help="PDQ low-quality review distance")
     parser.add_argument(
+        "--spare",
+        type=int,
+        help="local_features.max_verified_spare to try (0: no spare pass, as before it)",
+    )
+    parser.add_argument(
         "--hard", action="store_true", help="+ 30 striped and 10 faded pictures as known entries"
     )
     parser.add_argument(
@@ -327,7 +336,10 @@ def main() -> None:
     # history record, and the bench times the service, not the disk's fsync
     shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
     with tempfile.TemporaryDirectory(prefix="hashsvc-bench-", dir=shm) as folder:
-        core = open_core(folder, pdq_policy)
+        local = LocalFeatureMatching()
+        if args.spare is not None:
+            local = dataclasses.replace(local, max_verified_spare=args.spare)
+        core = open_core(folder, pdq_policy, local)
         try:
             views = KnownViews()
             features = KnownFeatures(core)
