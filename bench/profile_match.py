@@ -7,6 +7,8 @@ The uploads are bench/speed.py's (1024x768 JPEGs of the vector photos, noise add
 hashes in process (workers=0) against a SQLite store holding five of them and --features
 synthetic known pictures in the feature index, as bench/speed.py fills it. Each step is timed
 alone on every upload (thread CPU, medians): the split of issue 18's cost target.
+Last, core.match of the known uploads (blocked) and the unrelated ones, hashed
+in one step and in two (what a flood of known pictures turns on).
 """
 
 from __future__ import annotations
@@ -100,6 +102,29 @@ def core_steps(core: Core, data: bytes) -> dict[str, float]:
     }
 
 
+def by_kind_and_steps(core: Core, uploads: list[bytes]) -> None:
+    """core.match of known uploads (blocked by PDQ: the bench's first five
+    photos) and unrelated ones, hashed in one step and in two (the mode a
+    flood of known pictures turns on: hashsvc/core/two_step.py), interleaved."""
+    rows: dict[tuple[str, str], list[float]] = {}
+    saved = core.recent_blocks.share
+    try:
+        for i, data in enumerate(uploads):
+            kind = "known" if i % len(PHOTOS) < 5 else "unrelated"
+            for steps, share in (("one step", float("inf")), ("two steps", 0.0)):
+                core.recent_blocks.share = share
+                ms = cpu_ms(lambda data=data: core.match(MatchQuery(media=data), caller="bench"))
+                rows.setdefault((kind, steps), []).append(ms)
+    finally:
+        core.recent_blocks.share = saved
+    print("\ncore.match CPU ms by upload and hashing mode (p50, mean)")
+    for (kind, steps), values in rows.items():
+        print(
+            f"{kind:<10} {steps:<10} {statistics.median(values):>7.2f}"
+            f" {statistics.mean(values):>7.2f}"
+        )
+
+
 def profile(label: str, step: Callable[[], object], uploads: list[bytes], top: int) -> None:
     profiler = cProfile.Profile()
     profiler.enable()
@@ -129,6 +154,9 @@ def main() -> None:
                 core.curation.add_entry("bench", f"known-{i}", {}, "op", media=path.read_bytes())
             fill_features(core.live.features, args.features)
             core.matcher.warm_up()
+            # one step (the steps' table times the whole upload's hashing);
+            # by_kind_and_steps compares the two
+            core.recent_blocks.share = float("inf")
             for data in uploads[:3]:
                 core.match(MatchQuery(media=data), caller="bench")  # warm up
             rows: dict[str, list[float]] = {}
@@ -143,6 +171,7 @@ def main() -> None:
             for name, values in rows.items():
                 median, mean = statistics.median(values), statistics.mean(values)
                 print(f"{name:<48} {median:>7.2f} {mean:>7.2f}")
+            by_kind_and_steps(core, uploads)
             if args.cprofile:
                 profile(
                     "hashing worker (hash_media)",

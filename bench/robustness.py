@@ -55,6 +55,7 @@ from hashsvc.matching import local_geometry
 from hashsvc.matching.policy import ALLOW, BLOCK, REVIEW, LocalFeatureMatching, PdqPolicy
 from hashsvc.media import image, local_features
 from hashsvc.media.image import pdq_hash
+from hashsvc.media.limits import ImageLimits
 from hashsvc_testing.image_media import faded, noise_image, striped_image
 
 SET = "bench"
@@ -70,10 +71,16 @@ CALLER = "bench"
 
 
 def open_core(folder: str, pdq: PdqPolicy, local: LocalFeatureMatching | None = None) -> Core:
+    # Every upload hashed in one step: the verifications below read each
+    # query's local features, which a flood of blocked copies (this bench)
+    # would otherwise leave uncomputed (hashsvc/core/two_step.py; decisions
+    # are the same either way: README, Cost of an image Match).
+    one_step = ImageLimits(local_after_views_share=float("inf"))
     config = Config(
         db_url=f"sqlite:///{folder}/bench.db",
         pdq=pdq,
         local_features=local or LocalFeatureMatching(),
+        image=one_step,
     )
     core = Core.open(config, hash_in_process=True)
     core.start()

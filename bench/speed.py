@@ -44,6 +44,7 @@ from hashsvc.index.binary import signal_id
 from hashsvc.index.engines import load_index
 from hashsvc.index.local_features import FeatureIndex
 from hashsvc.media.hashing import HashingPool
+from hashsvc.media.limits import ImageLimits
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc_testing.descriptors import pictures as descriptor_pictures
 from hashsvc_testing.descriptors import word_draws
@@ -51,6 +52,7 @@ from hashsvc_testing.image_media import PHOTOS
 from hashsvc_testing.stubs import Stubs
 
 FAKE_ENTRY_BASE = 1 << 40  # ids no real entry has
+ONE_STEP = {"local_after_views_share": float("inf")}  # --one-step: never two
 QUERY_VIEWS = 18  # PDQ views of a typical upload: 8 dihedral, 4 corners, content, regions
 
 
@@ -210,6 +212,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=0)
     parser.add_argument("--features", type=int, default=100_000, help="known pictures' features")
     parser.add_argument("--workers", type=int, default=2, help="hashing worker processes")
+    parser.add_argument(
+        "--one-step",
+        action="store_true",
+        help="hash every upload in one step (never local features after the views)",
+    )
     args = parser.parse_args()
     sizes = [100_000] if args.short else [100_000, 1_000_000]
     n_requests = args.requests or (60 if args.short else 300)
@@ -236,6 +243,7 @@ def main() -> None:
             http_listen="127.0.0.1:0",
             db_url=f"sqlite:///{tmp}/bench.db",
             workers=args.workers,
+            image=ImageLimits(**ONE_STEP) if args.one_step else ImageLimits(),
         )
         running = start_server(config)
         try:
@@ -298,6 +306,14 @@ def main() -> None:
             print(
                 f"p50/p99: one client; CPU ms/upload: 4 clients, {args.workers} hashing workers,"
                 " this process (server and clients) and the workers together"
+            )
+            # half the uploads are of known photos (blocked by PDQ): a flood that turns on
+            # hashing in two steps, local features only when they could still decide
+            # (hashsvc/core/two_step.py; --one-step keeps one)
+            recent = running.core.recent_blocks
+            print(
+                "hashing in two steps at the end of the runs:"
+                f" {recent.two_steps()} (local_after_views_share {recent.share:g})"
             )
             compare_http(running, stubs, md, token, uploads)
             report_restart(running.core, tmp)

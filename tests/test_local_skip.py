@@ -12,7 +12,9 @@ from PIL import Image
 
 from hashdb import Thresholds
 from hashsvc.core.core import MatchQuery
-from hashsvc.matching.matcher import LOCAL_NOT_SEARCHED
+from hashsvc.core.two_step import RecentBlocks
+from hashsvc.matching.matcher import LOCAL_NOT_COMPUTED, LOCAL_NOT_SEARCHED
+from hashsvc.media.limits import ImageLimits
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc_testing import local_media
 from hashsvc_testing.image_media import encode as encode_image
@@ -144,3 +146,114 @@ def test_the_note_reaches_a_grpc_client_and_the_history(
     record = a_stub.audit.QueryHistory(pb.QueryHistoryRequest(), metadata=a_md).records[-1]
     assert record.request_id == resp.request_id
     assert LOCAL_NOT_SEARCHED in record.detail_json
+
+
+# -- two steps: an upload's local features after its views (local_after_views_share)
+
+
+def test_recent_blocks_turn_two_steps_on_and_off():
+    recent = RecentBlocks(window=4, share=0.5)
+    assert not recent.two_steps()  # nothing seen yet
+    recent.observe(True)
+    assert not recent.two_steps()  # 1 of the window's 4: no flood yet
+    recent.observe(True)
+    assert recent.two_steps()  # 2 of 4
+    recent.observe(False)
+    recent.observe(False)
+    assert recent.two_steps()
+    recent.observe(False)  # the first slides out: 1 of 4
+    assert not recent.two_steps()
+    recent.observe(True)  # and the second: still 1 of 4
+    assert not recent.two_steps()
+    recent.observe(True)
+    assert recent.two_steps()
+    assert RecentBlocks(4, 0.0).two_steps()  # always
+    never = RecentBlocks(4, 1.5)
+    for _ in range(8):
+        never.observe(True)
+    assert not never.two_steps()
+
+
+@pytest.mark.parametrize(
+    "bad", [{"local_after_views_share": -0.1}, {"local_after_views_share": float("nan")},
+            {"local_after_views_window": 0}],
+)  # fmt: skip
+def test_two_step_settings_are_checked(bad):
+    with pytest.raises(ValueError, match="local_after_views"):
+        ImageLimits(**bad)
+
+
+def test_two_steps_block_on_views_alone_and_find_what_only_features_find(
+    store_url, make_core, pictures, tmp_path
+):
+    """Always two steps: the blocked upload's local features are not even
+    computed (and the Match says so); the crop, which only local features
+    find, is decided as in one step."""
+    one = make_core(f"sqlite:///{tmp_path}/one_step.db")  # as compared with
+    two = make_core(store_url, image=ImageLimits(local_after_views_share=0))
+    for core in (one, two):
+        core.curation.create_set("a", thresholds={"pdq": Thresholds(31, 56)})
+        core.curation.add_entry("a", "bridge", {}, "op", media=pictures["bridge"])
+        core.curation.create_set("b", thresholds={"pdq": Thresholds(0, 0)})
+        core.curation.add_entry("b", "crop", {}, "op", media=pictures["bridge_crop"])
+
+    blocked = two.match(MatchQuery(media=pictures["bridge"], sets=("a",)), caller="t")
+    assert blocked.decision == "block"
+    assert LOCAL_NOT_COMPUTED in blocked.notes
+    assert not any(s.kind == "local_features" for s in blocked.query_signals)
+
+    for query in (
+        MatchQuery(media=pictures["bridge"]),  # "b" does not block it: features needed
+        MatchQuery(media=pictures["bridge_crop"]),
+        MatchQuery(media=pictures["bridge_crop"], sets=("a",)),
+    ):
+        got, expected = two.match(query, caller="t"), one.match(query, caller="t")
+        assert got.decision == expected.decision
+        assert [(m.set_name, m.signal_type, m.decision) for m in got.matches] == [
+            (m.set_name, m.signal_type, m.decision) for m in expected.matches
+        ]
+        assert [s for s in got.query_signals] == [s for s in expected.query_signals]
+        assert LOCAL_NOT_COMPUTED not in got.notes
+
+
+def test_a_flood_of_known_pictures_does_not_hide_a_crop(store_url, make_core, pictures):
+    """An uploader who floods known pictures turns two steps on (the default
+    share); a crop that only local features find is still found."""
+    core = make_core(store_url, image=ImageLimits(local_after_views_window=4))
+    core.curation.create_set("s", thresholds={"pdq": Thresholds(31, 56)})
+    core.curation.add_entry("s", "bridge", {}, "op", media=pictures["bridge"])
+    # the same picture where PDQ decides nothing: its crop is found by local features only
+    core.curation.create_set("pdq_blind", thresholds={"pdq": Thresholds(0, 0)})
+    core.curation.add_entry("pdq_blind", "bridge", {}, "op", media=pictures["bridge"])
+    assert not core.recent_blocks.two_steps()
+    for _ in range(4):
+        flood = core.match(MatchQuery(media=pictures["bridge"], sets=("s",)), caller="t")
+        assert flood.decision == "block"
+    assert core.recent_blocks.two_steps()
+    assert LOCAL_NOT_COMPUTED in flood.notes
+    crop = core.match(MatchQuery(media=pictures["bridge_crop"], sets=("pdq_blind",)), caller="t")
+    assert crop.decision in ("block", "review")
+    assert crop.matches[0].signal_type == "local_features"
+    assert LOCAL_NOT_COMPUTED not in crop.notes
+
+
+def test_two_steps_through_hashing_workers(make_harness, tmp_path, pictures):
+    """The worker processes hash each step (a job each) over gRPC."""
+    harness = make_harness(
+        f"sqlite:///{tmp_path}/w.db",
+        hash_in_process=False,
+        workers=1,
+        image=ImageLimits(local_after_views_share=0),
+    )
+    stub, md = harness.stubs("operator")
+    stub.curation.CreateSet(pb.CreateSetRequest(name="a"), metadata=md)
+    stub.curation.AddEntry(
+        pb.AddEntryRequest(set="a", name="bridge", media=pb.Media(content=pictures["bridge"])),
+        metadata=md,
+    )
+    m_stub, m_md = harness.stubs("matcher")
+    blocked = m_stub.matcher.Match(match_request(pictures["bridge"]), metadata=m_md)
+    assert blocked.decision == pb.BLOCK and LOCAL_NOT_COMPUTED in blocked.notes
+    other = m_stub.matcher.Match(match_request(pictures["bridge_crop"]), metadata=m_md)
+    assert LOCAL_NOT_COMPUTED not in other.notes
+    assert any(s.signal_type == "local_features" for s in other.query_signals)

@@ -35,15 +35,17 @@ from hashsvc.core.event_feed import EventFeed
 from hashsvc.core.retro import RetroHunt
 from hashsvc.core.review import ReviewQueue
 from hashsvc.core.signal_values import checked_value
+from hashsvc.core.two_step import RecentBlocks
 from hashsvc.core.webhooks import Webhooks
 from hashsvc.index.live import LiveIndex
 from hashsvc.matching.feedback import Feedback
 from hashsvc.matching.flood import FloodCounter
-from hashsvc.matching.matcher import Match, Matcher
+from hashsvc.matching.matcher import LOCAL_NOT_COMPUTED, Match, Matcher, MatchResult
 from hashsvc.matching.policy import Policy
 from hashsvc.media.audio_words import parse_shift_variant
 from hashsvc.media.dispatch import MediaLimits, MediaSource, size_of
 from hashsvc.media.hashing import HashingPool
+from hashsvc.media.limits import STAGE_LOCAL, STAGE_VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,9 @@ class Core:
         # all one store here.
         self.live = LiveIndex(store, store, _snapshot_dir(config), config.pdq_review_search)
         self.matcher = Matcher(self.live, store, self.policy, local=config.local_features)
+        self.recent_blocks = RecentBlocks(
+            config.image.local_after_views_window, config.image.local_after_views_share
+        )
         self.curation = Curation(
             store, store, self.live, hashing, config.local_features.max_keypoints
         )
@@ -300,9 +305,7 @@ class Core:
         try:
             self._require_ready()  # before hashing: no work for a refused call
             only_sets = self._set_ids(query.sets)
-            media_type, signals, notes = self._query_signals(query)
-            result = self.matcher.match(signals, only_sets)
-            notes = (*notes, *result.notes)  # what matching left out, beside hashing's
+            media_type, signals, notes, result = self._hash_and_match(query, only_sets)
             result = self.feedback.apply(result, signals, self.live.sets_by_id)
             self._require_ready()  # the index may have been lost while hashing
             recorded = self._kept_in_history(signals)
@@ -596,12 +599,37 @@ class Core:
         except Exception:
             log.exception("the history record of a bulk load into %s failed", quoted(set_name))
 
-    def _query_signals(self, query: MatchQuery) -> tuple[str, list[Signal], tuple[str, ...]]:
+    def _hash_and_match(
+        self, query: MatchQuery, only_sets: set[int] | None
+    ) -> tuple[str, list[Signal], tuple[str, ...], MatchResult]:
+        """The query's signals and matches, and what either left out; an
+        upload hashed in one step or, during a flood of known pictures, in
+        two (hashsvc/core/two_step.py)."""
+        two_steps = query.media is not None and self.recent_blocks.two_steps()
+        stage = STAGE_VIEWS if two_steps else None
+        media_type, signals, notes, complete = self._query_signals(query, stage)
+        result = self.matcher.match(signals, only_sets)
+        if not complete:
+            if result.blocked_everywhere:
+                notes = (*notes, LOCAL_NOT_COMPUTED)
+            else:
+                local = self.hashing.hash_query(query.media, STAGE_LOCAL)
+                signals = [*signals, *local.signals]
+                result = self.matcher.match(signals, only_sets)
+        if query.media is not None and media_type == media_kinds.IMAGE:
+            self.recent_blocks.observe(result.blocked_everywhere)
+        return media_type, signals, (*notes, *result.notes), result
+
+    def _query_signals(
+        self, query: MatchQuery, stage: str | None = None
+    ) -> tuple[str, list[Signal], tuple[str, ...], bool]:
+        """(media type, signals, notes, complete: False when an image's local
+        features are still to come, see `stage` of HashingPool.hash_query)."""
         if query.media is not None and query.signal_type:
             raise InvalidArgument("send media or a hash, not both")
         if query.media is not None:
-            hashed = self.hashing.hash_query(query.media)
-            return hashed.media_type, hashed.signals, hashed.notes
+            hashed = self.hashing.hash_query(query.media, stage)
+            return hashed.media_type, hashed.signals, hashed.notes, hashed.complete
         if query.signal_type:
             sig_type = signal_type(query.signal_type)
             quality = query.signal_quality
@@ -614,7 +642,7 @@ class Core:
                 self.live.features.descriptor_bytes,
             )
             signal = Signal(sig_type.name, value, quality)
-            return media_kinds.HASH, [signal], ()
+            return media_kinds.HASH, [signal], (), True
         raise InvalidArgument("the request holds neither media nor a hash")
 
     def _set_ids(self, names: tuple[str, ...]) -> set[int] | None:

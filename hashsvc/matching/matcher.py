@@ -215,11 +215,20 @@ class MatchResult:
     # What matching left out, for the caller to pass on (Match's notes):
     # LOCAL_NOT_SEARCHED when every set asked blocked already.
     notes: tuple[str, ...] = ()
+    # Exact, PDQ or sound evidence blocks in every set asked (and no
+    # allow-list set is asked): no local-feature evidence could change the
+    # decision, so an upload's local features need not be computed.
+    blocked_everywhere: bool = False
 
 
 # The note of a Match whose local features were not searched (see Matcher.match).
 LOCAL_NOT_SEARCHED = (
     "local features not searched: exact or PDQ evidence blocks in every set asked;"
+    " matches found only by local features are not listed"
+)
+# ... or not even computed (hashsvc/media/limits.py: local_after_views_share).
+LOCAL_NOT_COMPUTED = (
+    "local features not computed: exact or PDQ evidence blocks in every set asked;"
     " matches found only by local features are not listed"
 )
 
@@ -337,8 +346,9 @@ class Matcher:
                 judged[entry.id] = (entry, found)
         notes: tuple[str, ...] = ()
         local_hits: dict[int, list[_LocalHit]] = {}
+        everywhere = _blocks_everywhere(sets, (found for _, found in judged.values()))
         if any(s.kind == LOCAL_FEATURES.name for s in query):
-            if _blocks_everywhere(sets, (found for _, found in judged.values())):
+            if everywhere:
                 notes = (LOCAL_NOT_SEARCHED,)
             else:
                 local_hits = self._search_local(query)
@@ -377,7 +387,7 @@ class Matcher:
                 )
         matches.sort(key=lambda m: (-rank(m.decision), m.distance, m.entry_id))
         decision = strictest(m.decision for m in matches)
-        return MatchResult(decision, matches[: self.max_matches], notes)
+        return MatchResult(decision, matches[: self.max_matches], notes, everywhere)
 
     # -- candidates
 

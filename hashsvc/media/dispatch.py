@@ -18,7 +18,7 @@ from hashsvc.base import media_kinds
 from hashsvc.base.errors import HashsvcError, InvalidArgument, TooLarge, UnsupportedMedia
 from hashsvc.base.signals import Signal
 from hashsvc.media import sniff
-from hashsvc.media.limits import MediaLimits
+from hashsvc.media.limits import STAGE_LOCAL, STAGE_VIEWS, MediaLimits
 from hashsvc.media.spool import SpooledMedia
 
 MediaSource = bytes | SpooledMedia
@@ -31,6 +31,9 @@ class Hashed:
     # What was left out within the limits (pages past max_pages, audio past
     # max_seconds, a sound track with nothing to match), for the caller.
     notes: tuple[str, ...] = ()
+    # False for an image's first step (STAGE_VIEWS): its local features are
+    # still to come (STAGE_LOCAL).
+    complete: bool = True
 
 
 def head_of(source: MediaSource) -> bytes:
@@ -63,22 +66,31 @@ def _exact(source: MediaSource) -> list[Signal]:
 
 
 def hash_media(
-    source: MediaSource, limits: MediaLimits, for_query: bool, part: int | None = None
+    source: MediaSource,
+    limits: MediaLimits,
+    for_query: bool,
+    part: int | None = None,
+    stage: str | None = None,
 ) -> Hashed:
     """All signals of one upload (for a query, `part` selects half of an image's
-    views so two workers can share it; other kinds ignore it)."""
+    views so two workers can share it; other kinds ignore it). `stage`
+    (queries): STAGE_VIEWS, an image's exact hashes and PDQ views (incomplete:
+    its local features are STAGE_LOCAL's), any other media whole; STAGE_LOCAL,
+    an image's local features alone."""
+    if stage not in (None, STAGE_VIEWS, STAGE_LOCAL) or (stage and not for_query):
+        raise ValueError(f"unknown hashing stage {stage!r}")
     try:
-        return _hash_media(source, limits, for_query, part)
+        return _hash_media(source, limits, for_query, part, stage)
     except MemoryError:
         # the worker's address-space limit (RLIMIT_AS) stopped a ballooning decoder
         raise TooLarge("decoding the media needs more memory than a worker may use") from None
 
 
 def _hash_media(
-    source: MediaSource, limits: MediaLimits, for_query: bool, part: int | None
+    source: MediaSource, limits: MediaLimits, for_query: bool, part: int | None, stage: str | None
 ) -> Hashed:
     kind = kind_of(source)
-    exact = _exact(source) if part in (None, 0) else []
+    exact = _exact(source) if part in (None, 0) and stage != STAGE_LOCAL else []
     if kind == sniff.IMAGE:
         if size_of(source) > limits.image.max_bytes:
             raise TooLarge(
@@ -88,9 +100,12 @@ def _hash_media(
 
         data = source.read() if isinstance(source, SpooledMedia) else source
         if not image.is_animated_gif(data):
-            signals = image.picture_signals(data, limits.image, for_query, part)
-            return Hashed(media_kinds.IMAGE, [*exact, *signals])
+            signals = image.picture_signals(data, limits.image, for_query, part, stage)
+            return Hashed(media_kinds.IMAGE, [*exact, *signals], complete=stage != STAGE_VIEWS)
         kind = sniff.AV
+    if stage == STAGE_LOCAL:
+        # only an image's first step leaves anything for a second one
+        raise ValueError("only a still image is hashed in two steps")
     path_or_bytes = source.path if isinstance(source, SpooledMedia) else source
     if kind == sniff.PDF:
         from hashsvc.media import pdf

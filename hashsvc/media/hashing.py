@@ -98,13 +98,20 @@ class HashingPool:
         if self._pool is not None:
             list(self._pool.map(_noop, range(self.workers * 2)))
 
-    def hash_query(self, source: MediaSource) -> Hashed:
-        return self._run(source, for_query=True)
+    def hash_query(self, source: MediaSource, stage: str | None = None) -> Hashed:
+        """All signals of an upload, or (`stage`) one step of them (dispatch.hash_media)."""
+        return self._run(source, for_query=True, stage=stage)
 
     def hash_known(self, source: MediaSource) -> Hashed:
         return self._run(source, for_query=False)
 
-    def _run(self, source: MediaSource, for_query: bool, retried: bool = False) -> Hashed:
+    def _run(
+        self,
+        source: MediaSource,
+        for_query: bool,
+        retried: bool = False,
+        stage: str | None = None,
+    ) -> Hashed:
         # Sniffed here too (cheap) to pick the time limit: seconds for a
         # picture, minutes for an hour of video.
         kind = kind_of(source)
@@ -115,10 +122,10 @@ class HashingPool:
             )
         timeout = self.timeout_seconds if is_image else self.media_timeout_seconds
         if self._pool is None:
-            return hash_media(source, self.limits, for_query)
+            return hash_media(source, self.limits, for_query, None, stage)
         pool = self._pool
         try:
-            if for_query and is_image and self.split_queries and self.workers > 1:
+            if for_query and is_image and self.split_queries and self.workers > 1 and not stage:
                 # Both halves at once on two workers: an upload's latency
                 # halves, at the cost of decoding it twice.
                 futures = [
@@ -130,7 +137,7 @@ class HashingPool:
                 return Hashed(
                     parts[0].media_type, [s for p in parts for s in p.signals], parts[0].notes
                 )
-            future = pool.submit(hash_media, source, self.limits, for_query)
+            future = pool.submit(hash_media, source, self.limits, for_query, None, stage)
             return future.result(timeout=timeout)
         except FutureTimeout:
             log.error("hashing took over %.1f s; replacing the workers", timeout)
@@ -149,7 +156,7 @@ class HashingPool:
             # futures after shutdown". Submit once more, to the new pool.
             if self._pool is pool or retried:
                 raise
-            return self._run(source, for_query, retried=True)
+            return self._run(source, for_query, retried=True, stage=stage)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -41,7 +41,7 @@ from PIL import Image, UnidentifiedImageError
 from hashsvc.base.errors import CorruptMedia, InvalidArgument, TooLarge, UnsupportedMedia
 from hashsvc.base.signals import LOCAL_FEATURES, Signal
 from hashsvc.media import local_features, local_regions, pdq_luma, regions
-from hashsvc.media.limits import ImageLimits
+from hashsvc.media.limits import STAGE_LOCAL, STAGE_VIEWS, ImageLimits
 
 FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
 # pdqhash.compute_dihedral's order, named by what was done to the upload.
@@ -337,10 +337,16 @@ def hash_known(data: bytes, limits: ImageLimits) -> list[Signal]:
 
 
 def picture_signals(
-    data: bytes, limits: ImageLimits, for_query: bool, part: int | None = None
+    data: bytes,
+    limits: ImageLimits,
+    for_query: bool,
+    part: int | None = None,
+    stage: str | None = None,
 ) -> list[Signal]:
     """A picture's PDQ views and local features (not its exact hashes), for a
-    query (`part` 0 or 1: one half, as in hash_query) or a known picture.
+    query (`part` 0 or 1: one half, as in hash_query; `stage` STAGE_VIEWS or
+    STAGE_LOCAL: the views alone or the local features alone, see
+    hashsvc/media/dispatch.py) or a known picture.
 
     The local features (ORB on the whole picture, then on an upload's tiles)
     run in a second thread while this one hashes the PDQ views
@@ -366,8 +372,11 @@ def picture_signals(
             found += region_signals(rgb, data, limits, grey)
         return found
 
-    if part not in (None, 1):  # one half of a split query carries them (the regions' half)
+    if part not in (None, 1) or stage == STAGE_VIEWS:
+        # one half of a split query carries them (the regions' half), or a second step
         return upload_views(rgb, part)
+    if stage == STAGE_LOCAL:
+        return local()
     pending = _in_background(local) if limits.local_features_thread else None
     views = upload_views(rgb, part) if for_query else known_views(rgb)
     return [*views, *(pending.result() if pending is not None else local())]

@@ -34,12 +34,27 @@ class ImageLimits:
     # (README: Local features of small pictures).
     features_enlarge_below: int = 400
     features_enlarge_side: int = 512
+    # An upload's local features (ORB, its tiles: 6-14 ms of a 1024x768
+    # upload's 10-25 ms of hashing) cannot change a decision that exact or PDQ
+    # evidence makes BLOCK in every set asked. When at least this share of the
+    # last local_after_views_window image uploads were blocked so (a flood of
+    # known pictures), uploads are hashed in two steps: exact hashes and PDQ
+    # views, matched; then the local features only if they could still
+    # decide. A blocked upload then costs its views alone; any other one a
+    # second decode and job (~2 ms) and its views and features one after the
+    # other, not side by side. 0: always two steps; above 1: never.
+    local_after_views_share: float = 0.25
+    local_after_views_window: int = 64
 
     def __post_init__(self) -> None:
         if self.features_enlarge_below < 0:
             raise ValueError("image.features_enlarge_below must be 0 (never) or more")
         if not 64 <= self.features_enlarge_side <= 2048:
             raise ValueError("image.features_enlarge_side must be within 64..2048")
+        if not self.local_after_views_share >= 0:  # NaN too
+            raise ValueError("image.local_after_views_share must be 0 or more")
+        if not 1 <= self.local_after_views_window <= 100_000:
+            raise ValueError("image.local_after_views_window must be within 1..100000")
 
 
 @dataclass(frozen=True)
@@ -195,3 +210,8 @@ class MediaLimits:
 # hash_query's work in two halves of similar cost, so that two worker
 # processes can hash one upload at once (each decodes it: ~1.5 ms).
 QUERY_PARTS = 2
+# What one hashing job of an upload computes (HashingPool.hash_query's
+# `stage`): everything (None), an image's exact hashes and PDQ views, or its
+# local features; other kinds of media are hashed whole in the first step.
+STAGE_VIEWS = "views"
+STAGE_LOCAL = "local"
