@@ -46,7 +46,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from hashdb.bulk_sql import PlainSignals
-from hashdb.history_sql import pack_pdq_views
+from hashdb.history_sql import pack_other_signals, pack_pdq_views
 from hashdb.retro_sql import DONE
 from hashdb.times import to_micros
 from hashsvc.core.config import Config
@@ -62,12 +62,21 @@ TARGET_SECONDS = 120
 
 
 def write_history(
-    path: str, uploads: int, new_hashes: np.ndarray, seed: int = 1, packed: bool = True
+    path: str,
+    uploads: int,
+    new_hashes: np.ndarray,
+    seed: int = 1,
+    packed: bool = True,
+    pictures: bool = False,
+    others_packed: bool = True,
 ) -> int:
     """N Match records of VIEWS random PDQ views each (1 in 1,000 holds a
     3-bit variant of a new hash), with their views packed as the server
     writes them (match_history_views), or not (as records written before);
-    returns how many near copies."""
+    pictures: each also holds an md5, a sha256 and local features (kept as
+    size and digest), as a picture's Match record does, with them packed
+    beside the views (others_packed) or not (read from the text); returns
+    how many near copies."""
     rng = np.random.default_rng(seed)
     now = datetime.now(UTC)
     conn = sqlite3.connect(path)
@@ -88,6 +97,15 @@ def write_history(
                  "variant": "original" if k == 0 else f"view{k}"}
                 for k, v in enumerate(views[i])
             ]  # fmt: skip
+            if pictures:
+                signals += [
+                    {"signal_type": "md5", "value": rng.bytes(16).hex(), "quality": None,
+                     "variant": "original"},
+                    {"signal_type": "sha256", "value": rng.bytes(32).hex(), "quality": None,
+                     "variant": "original"},
+                    {"signal_type": "local_features", "value": "", "quality": None,
+                     "variant": "original", "bytes": 18_000, "sha256": rng.bytes(32).hex()},
+                ]  # fmt: skip
             cur.execute(
                 "INSERT INTO match_history (request_id, time, caller, rpc, media_type, decision,"
                 " status, query_signals, matches) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -104,9 +122,10 @@ def write_history(
                 ),
             )
             if packed:  # the store added the views row (NULL: read from the text)
+                others = pack_other_signals(signals) if others_packed else None
                 cur.execute(
-                    "UPDATE match_history_views SET views = ? WHERE history_id = ?",
-                    (pack_pdq_views(signals), cur.lastrowid),
+                    "UPDATE match_history_views SET views = ?, others = ? WHERE history_id = ?",
+                    (pack_pdq_views(signals), others, cur.lastrowid),
                 )
         conn.commit()
     conn.close()
@@ -140,6 +159,18 @@ def main() -> None:
         action="store_true",
         help="history records without packed views (as written before match_history_views)",
     )
+    parser.add_argument(
+        "--pictures",
+        action="store_true",
+        help="records and new entries as pictures: an md5 and a sha256 beside the PDQ views"
+        " (an image AddEntry's run)",
+    )
+    parser.add_argument(
+        "--others-unpacked",
+        action="store_true",
+        help="--pictures, with nothing packed beside the views (read from the text, as"
+        " records written before match_history_views.others)",
+    )
     args = parser.parse_args()
     uploads = args.uploads or (10_000 if args.short else 200_000)
     match_seconds = args.match_seconds or (1.5 if args.short else 10.0)
@@ -166,10 +197,21 @@ def main() -> None:
         new_hashes = np.unique(rng.integers(0, 256, (args.entries, 32), dtype=np.uint8), axis=0)
         started = time.perf_counter()
         core.store.bulk_add_plain(hash_set.id, PlainSignals("pdq", "hash", new_hashes), "bench")
+        if args.pictures:  # the pictures' exact hashes too (never uploaded: no hit)
+            for kind, width in (("md5", 16), ("sha256", 32)):
+                values = np.unique(rng.integers(0, 256, (args.entries, width), np.uint8), axis=0)
+                core.store.bulk_add_plain(hash_set.id, PlainSignals(kind, "hash", values), "bench")
         core.live.catch_up()
         print(f"{len(new_hashes)} new PDQ entries added in {time.perf_counter() - started:.1f} s")
         started = time.perf_counter()
-        copies = write_history(db, uploads, new_hashes, packed=not args.unpacked)
+        copies = write_history(
+            db,
+            uploads,
+            new_hashes,
+            packed=not args.unpacked,
+            pictures=args.pictures,
+            others_packed=not args.others_unpacked,
+        )
         size = os.path.getsize(db)
         print(
             f"{uploads} history uploads x {VIEWS} views written in"
