@@ -5,6 +5,8 @@ PDQ views each, and Match latency while a hunt runs.
     .venv/bin/python bench/retro.py --short    # 10k uploads, fewer Match calls (CI)
     .venv/bin/python bench/retro.py --threads 2  # the comparison on 2 threads (retro_threads)
     .venv/bin/python bench/retro.py --unpacked   # records without packed views (read from text)
+    .venv/bin/python bench/retro.py --pictures   # pictures: md5, sha256 packed beside the views
+    .venv/bin/python bench/retro.py --pictures --others-unpacked  # ...read from the text
 
 The history rows are synthetic (random PDQ views, as many as an upload's
 views, 1 upload in 1,000 a near copy of a new entry) written straight into a
