@@ -5,6 +5,10 @@ PDQ views each, and Match latency while a hunt runs.
     .venv/bin/python bench/retro.py --short    # 10k uploads, fewer Match calls (CI)
     .venv/bin/python bench/retro.py --threads 2  # the comparison on 2 threads (retro_threads)
     .venv/bin/python bench/retro.py --unpacked   # records without packed views (read from text)
+    .venv/bin/python bench/retro.py --pictures   # pictures: md5, sha256 packed beside the views
+    .venv/bin/python bench/retro.py --pictures --others-unpacked  # ...read from the text
+    .venv/bin/python bench/retro.py --engine dask [--dask-workers 1] [--dask-nice]
+                                                # the scan in Dask's worker processes
 
 The history rows are synthetic (random PDQ views, as many as an upload's
 views, 1 upload in 1,000 a near copy of a new entry) written straight into a
@@ -28,6 +32,13 @@ costs 0.34 s CPU, then 86,011 uploads/s per core (1.94 core-minutes for
 2000, minutes apart: 51,732 (3.23 core-minutes); ~3,300-3,470 bytes/upload
 on disk against 2,880. Match p50 during the hunt: -4% in the last run,
 -10% to +57% in others at that load (README: Retro-hunt).
+
+The scan in another process (issue 20: Match within 20% of idle), 40,000
+uploads, --match-seconds 5, interleaved, load 22-31: Match p50 during the
+hunt in process +65%, +48%, +56%, +52%; with --engine dask (1 worker)
++60%, +105%, and with its worker at retro_nice +73%, +72%. The Dask
+coordinator alone costs the server ~1.0 s CPU for 40,000 uploads, as much
+as the whole in-process hunt (bench/retro_process.py: a leaner child).
 """
 
 from __future__ import annotations
@@ -46,7 +57,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from hashdb.bulk_sql import PlainSignals
-from hashdb.history_sql import pack_pdq_views
+from hashdb.history_sql import pack_other_signals, pack_pdq_views
 from hashdb.retro_sql import DONE
 from hashdb.times import to_micros
 from hashsvc.core.config import Config
@@ -62,12 +73,21 @@ TARGET_SECONDS = 120
 
 
 def write_history(
-    path: str, uploads: int, new_hashes: np.ndarray, seed: int = 1, packed: bool = True
+    path: str,
+    uploads: int,
+    new_hashes: np.ndarray,
+    seed: int = 1,
+    packed: bool = True,
+    pictures: bool = False,
+    others_packed: bool = True,
 ) -> int:
     """N Match records of VIEWS random PDQ views each (1 in 1,000 holds a
     3-bit variant of a new hash), with their views packed as the server
     writes them (match_history_views), or not (as records written before);
-    returns how many near copies."""
+    pictures: each also holds an md5, a sha256 and local features (kept as
+    size and digest), as a picture's Match record does, with them packed
+    beside the views (others_packed) or not (read from the text); returns
+    how many near copies."""
     rng = np.random.default_rng(seed)
     now = datetime.now(UTC)
     conn = sqlite3.connect(path)
@@ -88,6 +108,15 @@ def write_history(
                  "variant": "original" if k == 0 else f"view{k}"}
                 for k, v in enumerate(views[i])
             ]  # fmt: skip
+            if pictures:
+                signals += [
+                    {"signal_type": "md5", "value": rng.bytes(16).hex(), "quality": None,
+                     "variant": "original"},
+                    {"signal_type": "sha256", "value": rng.bytes(32).hex(), "quality": None,
+                     "variant": "original"},
+                    {"signal_type": "local_features", "value": "", "quality": None,
+                     "variant": "original", "bytes": 18_000, "sha256": rng.bytes(32).hex()},
+                ]  # fmt: skip
             cur.execute(
                 "INSERT INTO match_history (request_id, time, caller, rpc, media_type, decision,"
                 " status, query_signals, matches) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -104,9 +133,10 @@ def write_history(
                 ),
             )
             if packed:  # the store added the views row (NULL: read from the text)
+                others = pack_other_signals(signals) if others_packed else None
                 cur.execute(
-                    "UPDATE match_history_views SET views = ? WHERE history_id = ?",
-                    (pack_pdq_views(signals), cur.lastrowid),
+                    "UPDATE match_history_views SET views = ?, others = ? WHERE history_id = ?",
+                    (pack_pdq_views(signals), others, cur.lastrowid),
                 )
         conn.commit()
     conn.close()
@@ -140,6 +170,29 @@ def main() -> None:
         action="store_true",
         help="history records without packed views (as written before match_history_views)",
     )
+    parser.add_argument(
+        "--pictures",
+        action="store_true",
+        help="records and new entries as pictures: an md5 and a sha256 beside the PDQ views"
+        " (an image AddEntry's run)",
+    )
+    parser.add_argument(
+        "--others-unpacked",
+        action="store_true",
+        help="--pictures, with nothing packed beside the views (read from the text, as"
+        " records written before match_history_views.others)",
+    )
+    parser.add_argument(
+        "--engine",
+        default="inprocess",
+        choices=("inprocess", "dask"),
+        help="retro_engine: dask scans in --dask-workers worker processes of a local cluster"
+        " (the server process only coordinates and holds the hits): what Match shares then",
+    )
+    parser.add_argument("--dask-workers", type=int, default=1, help="retro_dask_workers")
+    parser.add_argument(
+        "--dask-nice", action="store_true", help="the local cluster's workers at retro_nice"
+    )
     args = parser.parse_args()
     uploads = args.uploads or (10_000 if args.short else 200_000)
     match_seconds = args.match_seconds or (1.5 if args.short else 10.0)
@@ -155,6 +208,8 @@ def main() -> None:
         retro_threads=args.threads,
         retro_nice=args.nice,
         retro_pause_seconds=args.pause,
+        retro_engine=args.engine,
+        retro_dask_workers=args.dask_workers,
     )
     core = Core.open(config)
     core.start()
@@ -166,10 +221,21 @@ def main() -> None:
         new_hashes = np.unique(rng.integers(0, 256, (args.entries, 32), dtype=np.uint8), axis=0)
         started = time.perf_counter()
         core.store.bulk_add_plain(hash_set.id, PlainSignals("pdq", "hash", new_hashes), "bench")
+        if args.pictures:  # the pictures' exact hashes too (never uploaded: no hit)
+            for kind, width in (("md5", 16), ("sha256", 32)):
+                values = np.unique(rng.integers(0, 256, (args.entries, width), np.uint8), axis=0)
+                core.store.bulk_add_plain(hash_set.id, PlainSignals(kind, "hash", values), "bench")
         core.live.catch_up()
         print(f"{len(new_hashes)} new PDQ entries added in {time.perf_counter() - started:.1f} s")
         started = time.perf_counter()
-        copies = write_history(db, uploads, new_hashes, packed=not args.unpacked)
+        copies = write_history(
+            db,
+            uploads,
+            new_hashes,
+            packed=not args.unpacked,
+            pictures=args.pictures,
+            others_packed=not args.others_unpacked,
+        )
         size = os.path.getsize(db)
         print(
             f"{uploads} history uploads x {VIEWS} views written in"
@@ -179,6 +245,16 @@ def main() -> None:
         # first hunt does), not timed as the hunt's
         scan = any_within_scan(new_hashes, config.pdq.review_distance)
         scan.any_within(new_hashes[:8], config.pdq.review_distance)
+        if core.retro.engine is not None:
+            # the local cluster started and its workers' imports done, as a
+            # server's first run on it does, not timed as the hunt's
+            client = core.retro.engine._connect()
+            try:
+                client.run(__import__, "hashsvc.core.retro_dask")
+                if args.dask_nice:  # the workers as low as the hunting thread
+                    client.run(os.nice, config.retro_nice)
+            finally:
+                client.close()
         images = [encode(photo(i)) for i in range(8)]
         match_latencies(core, images, 1.0)  # warm
         idle = match_latencies(core, images, match_seconds)
@@ -216,6 +292,7 @@ def main() -> None:
             f"hunt alone: {uploads} uploads in {wall:.1f} s = {rate:,.0f} uploads/s"
             f" ({rate * VIEWS:,.0f} views/s); CPU {cpu:.1f} s = {per_core:,.0f} uploads/s"
             f" per core; hits {finished.hits} (planted {copies})"
+            + ("" if args.engine == "inprocess" else " (CPU: the server's only, not the workers')")
         )
         cores = os.cpu_count() or 1
         print(

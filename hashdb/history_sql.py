@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from hashdb.model import HistoryFilter, HistoryRecord, HistoryVerification, NewEvent
 from hashdb.times import from_micros, now_micros, to_micros
+from hashsvc.base.signals import SIGNAL_TYPES
 
 # The query signals of a record whose signals were pruned (`history prune`).
 PRUNED_SIGNALS = "[]"
@@ -65,6 +66,10 @@ class HistorySQL:
         )
         signals_text = json.dumps(record.query_signals)
         packed_views = pack_pdq_views(record.query_signals)
+        # a record whose views cannot be packed is read from its text whole
+        packed_others = (
+            pack_other_signals(record.query_signals) if packed_views is not None else None
+        )
         signals_digest = hashlib.sha256(signals_text.encode()).hexdigest()
         fields = (
             record.request_id,
@@ -116,10 +121,11 @@ class HistorySQL:
                 # with the record; written here too, so a trigger switched
                 # off cannot leave an upload out of retro-hunts
                 cur.execute(
-                    "INSERT INTO match_history_views (history_id, time, views) VALUES (?, ?, ?)"
-                    " ON CONFLICT (history_id) DO UPDATE SET views = excluded.views"
+                    "INSERT INTO match_history_views (history_id, time, views, others)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT (history_id) DO UPDATE SET"
+                    " views = excluded.views, others = excluded.others"
                     " WHERE match_history_views.views IS NULL AND excluded.views IS NOT NULL",
-                    (history_id, fields[1], packed_views),
+                    (history_id, fields[1], packed_views, packed_others),
                 )
             if set_ids:
                 cur.executemany(
@@ -215,7 +221,7 @@ class HistorySQL:
                     for history_id, set_id in cur.fetchall():
                         sets_of.setdefault(history_id, []).append(set_id)
                     cur.execute(
-                        "SELECT history_id, time, views FROM match_history_views"
+                        "SELECT history_id, time, views, others FROM match_history_views"
                         " WHERE history_id > ? AND history_id <= ?",
                         (after_id, rows[-1][0]),
                     )
@@ -421,7 +427,8 @@ class HistorySQL:
                 if ids:
                     # their packed views go with them (the hunt reads '[]')
                     cur.execute(
-                        "UPDATE match_history_views SET views = NULL WHERE views IS NOT NULL"
+                        "UPDATE match_history_views SET views = NULL, others = NULL"
+                        " WHERE (views IS NOT NULL OR others IS NOT NULL)"
                         " AND history_id >= ? AND history_id <= ? AND history_id IN"
                         " (SELECT id FROM match_history WHERE id >= ? AND id <= ?"
                         " AND signals_pruned_at IS NOT NULL)",
@@ -517,7 +524,8 @@ def _hunted(rpc: str, decision: str | None) -> bool:
 
 def _views_problem(row, views_row) -> str:
     """What is wrong with a history row's match_history_views row (verify;
-    row: the verify query's; views_row: (history_id, time, views) or None),
+    row: the verify query's; views_row: (history_id, time, views, others) or
+    None),
     or "". Someone with database access who deletes it, moves
     its time or rewrites its views hides the upload from retro-hunts: the
     chain covers only the record."""
@@ -528,11 +536,13 @@ def _views_problem(row, views_row) -> str:
         return ""
     if not _hunted(rpc, decision):
         return "a retro-hunt views row for a record that is not an allowed upload"
-    _, views_time, views = views_row
+    _, views_time, views, others = views_row
     if views_time != time:
         return "its retro-hunt views row has another time"
     if not packed_views_match(views, signals_text, row[20] is not None):
         return "record was edited: its packed PDQ views are not its signals'"
+    if not packed_others_match(others, views, signals_text):
+        return "record was edited: its packed signals other than PDQ are not its signals'"
     return ""
 
 
@@ -552,6 +562,71 @@ def pack_pdq_views(signals: list) -> bytes | None:
         except ValueError:
             return None
     return b"".join(views)
+
+
+def pack_other_signals(signals: list) -> bytes:
+    """What a retro-hunt needs of a record's signals other than PDQ, packed
+    beside its PDQ views (match_history_views.others), so a run whose new
+    entries hold them (a picture's md5, sha256 and local features) need not
+    parse every record's JSON: for each signal with a value, in order and
+    once each, its kind and, for an exact kind, its bytes (a perceptual kind
+    is marked present: the upload then goes to the matcher whole). Each
+    item: kind length (1 byte), kind (ASCII), value length (1 byte), value.
+    Signals a hunt skips (unknown kinds, values that are not hex) are left
+    out, as hashsvc/core/retro_scan.py history_signals leaves them out."""
+    out, seen = bytearray(), set()
+    for sig in signals:
+        if not isinstance(sig, dict):
+            continue
+        kind, value = sig.get("signal_type"), sig.get("value")
+        if kind == "pdq" or kind not in SIGNAL_TYPES or not value or not isinstance(value, str):
+            continue
+        try:
+            raw = bytes.fromhex(value)
+        except ValueError:
+            continue
+        if SIGNAL_TYPES[kind].perceptual or len(raw) > 255:
+            raw = b""  # present; the matcher compares it
+        if (kind, raw) in seen:
+            continue
+        seen.add((kind, raw))
+        name = kind.encode("ascii")
+        out += bytes([len(name)]) + name + bytes([len(raw)]) + raw
+    return bytes(out)
+
+
+def unpack_other_signals(packed: bytes) -> list[tuple[str, bytes]]:
+    """pack_other_signals' (kind, value) items (value b"" for a kind that is
+    only marked present). Raises ValueError if it is not such a packing."""
+    items, at, end = [], 0, len(packed)
+    while at < end:
+        name_end = at + 1 + packed[at]
+        if name_end >= end:
+            raise ValueError("truncated packed signals")
+        kind = packed[at + 1 : name_end].decode("ascii")
+        value_end = name_end + 1 + packed[name_end]
+        if value_end > end:
+            raise ValueError("truncated packed signals")
+        items.append((kind, packed[name_end + 1 : value_end]))
+        at = value_end
+    return items
+
+
+def packed_others_match(others: bytes | None, views: bytes | None, signals_text: str) -> bool:
+    """Whether a record's packed other signals are its signals' (or not
+    read: NULL, as for every record written before the column, or beside
+    views that are NULL; the hunt reads the text then).
+    Someone with database access who dropped an md5 from them would hide the
+    upload from a retro-hunt by exact hash; the chain covers only the text."""
+    if others is None or views is None:
+        return True  # not read: a hunt reads the record's text
+    if not others and '"signal_type": "' not in signals_text.replace('"signal_type": "pdq"', ""):
+        return True  # PDQ only (read without parsing, as written)
+    try:
+        signals = json.loads(signals_text)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(signals, list) and pack_other_signals(signals) == bytes(others)
 
 
 def packed_views_match(packed: bytes | None, signals_text: str, pruned: bool = False) -> bool:

@@ -825,3 +825,38 @@ _RETRO_LEASE_OWNER = [
 ]
 SQLITE.append(list(_RETRO_LEASE_OWNER))
 POSTGRES.append(list(_RETRO_LEASE_OWNER))
+
+# Issue 20 (Scale): beside an allowed upload's packed PDQ views, what a hunt
+# needs of its other signals (hashdb/history_sql.py pack_other_signals: the
+# md5, sha256 and other exact values, and which perceptual kinds it holds),
+# so a run of pictures added by AddEntry (PDQ, md5, sha256, local features)
+# reads the narrow views table as a PDQ-only run does instead of parsing
+# every record's JSON. NULL: not packed (rows written before, or whose views
+# are not): the hunt reads the text. Filled once with the views, emptied
+# with them by a prune; `history verify` checks it against the record.
+_OTHERS_UPDATE_ALLOWED = (
+    "NEW.history_id = OLD.history_id AND NEW.time = OLD.time AND ("
+    "(OLD.views IS NULL AND NEW.views IS NOT NULL AND OLD.others IS NULL AND {not_pruned})"
+    " OR (NEW.views IS NULL AND NEW.others IS NULL AND NOT {not_pruned}))"
+)
+SQLITE.append(
+    [
+        "ALTER TABLE match_history_views ADD COLUMN others BLOB",
+        "DROP TRIGGER match_history_views_no_update",
+        f"""CREATE TRIGGER match_history_views_no_update BEFORE UPDATE ON match_history_views
+            WHEN NOT ({_OTHERS_UPDATE_ALLOWED.format(not_pruned=_NOT_PRUNED)})
+            BEGIN SELECT RAISE(ABORT, 'match_history_views is append-only'); END""",
+    ]
+)
+POSTGRES.append(
+    [
+        "ALTER TABLE match_history_views ADD COLUMN others BYTEA",
+        f"""CREATE OR REPLACE FUNCTION hashsvc_history_views_fill_only() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+              IF TG_OP = 'UPDATE' AND {_OTHERS_UPDATE_ALLOWED.format(not_pruned=_NOT_PRUNED)}
+              THEN RETURN NEW; END IF;
+              RAISE EXCEPTION 'match_history_views is append-only';
+            END $$""",
+    ]
+)

@@ -326,6 +326,24 @@ class RetroSQL(RetroPendingSQL):
             )
             return cur.fetchall()
 
+    def history_packed_signals(
+        self, after_id: int, upto_id: int, limit: int
+    ) -> list[tuple[int, int, bytes | None, bytes | None, bytes | None]]:
+        """history_pdq_views for a run whose new entries hold other kinds
+        too (a picture's md5, sha256, local features): (id, time in
+        microseconds, the packed PDQ views, the packed other signals
+        (hashdb/history_sql.py pack_other_signals), the query_signals text
+        as UTF-8 bytes only where either is not packed)."""
+        with self._read() as cur:
+            cur.execute(
+                "SELECT v.history_id, v.time, v.views, v.others, CASE WHEN v.views IS NULL"
+                f" OR v.others IS NULL THEN (SELECT {self._SIGNALS_AS_BYTES} FROM match_history h"
+                " WHERE h.id = v.history_id) END FROM match_history_views v"
+                " WHERE v.history_id > ? AND v.history_id <= ? ORDER BY v.history_id LIMIT ?",
+                (after_id, upto_id, limit),
+            )
+            return cur.fetchall()
+
     def history_uploads_by_id(self, ids: Iterable[int]) -> list[HistoryUpload]:
         """The records of these ids that history_uploads would give, by id."""
         wanted = sorted(set(ids))

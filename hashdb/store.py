@@ -448,6 +448,12 @@ class RetroStore(Protocol):
         self, after_id: int, upto_id: int, limit: int
     ) -> list[tuple[int, int, bytes | None, bytes | None]]: ...
 
+    def history_packed_signals(
+        self, after_id: int, upto_id: int, limit: int
+    ) -> list[tuple[int, int, bytes | None, bytes | None, bytes | None]]:
+        """(id, time, packed PDQ views, packed other signals, the text where
+        either is not packed) of the records history_uploads gives."""
+
     def history_uploads_by_id(self, ids: Iterable[int]) -> list[HistoryUpload]: ...
 
     def add_retro_match(

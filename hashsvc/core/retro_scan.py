@@ -13,6 +13,7 @@ from datetime import datetime
 import numpy as np
 
 from hashdb import EntryRecord, HistoryUpload, IndexedSignal, SetLookup
+from hashdb.history_sql import unpack_other_signals
 from hashdb.times import to_micros
 from hashsvc.base.signals import PDQ, SIGNAL_TYPES, Signal
 from hashsvc.core.history_views import PDQ_BYTES, read_pdq_views
@@ -80,27 +81,6 @@ class RetroScanner:
         result = self.matcher.match(signals, only_sets=self.set_ids)
         return [m for m in result.matches if m.decision in (BLOCK, REVIEW)]
 
-    def candidates(self, uploads: list[HistoryUpload]) -> list[HistoryUpload]:
-        """Those of the uploads that may match a new entry, found for a whole
-        batch at once: PDQ views (pictures, video frames, PDF pages: nearly
-        all of an upload's signals) in one search of every view of the
-        batch; exact hashes by lookup; any other kind the new entries hold
-        sends the upload to the matcher whole. An upload left out has no
-        signal within the search radius of any new entry, so the matcher
-        would find nothing in it either."""
-        out: set[int] = set()
-        if self.kinds <= {PDQ.name}:
-            # only PDQ can match: the views are read out of the stored text
-            # without parsing it (parsing cost more than the search)
-            views, owners, unread = pdq_views(uploads)
-            out.update(unread)
-        else:
-            views, owners = self._parsed_views(uploads, out)
-        if len(views) and len(self.pdq_scan):
-            found = self.pdq_scan.any_within(views, self.pdq_radius, self.pool, self.parts)
-            out.update(owners[found].tolist())
-        return [uploads[i] for i in sorted(out)]
-
     def reads_views(self) -> bool:
         """Whether candidate_views can judge the new entries' kinds (PDQ
         only: the records' PDQ views are all it reads); else candidates."""
@@ -118,15 +98,63 @@ class RetroScanner:
             out.update(owners[found].tolist())
         return sorted(out)
 
+    def candidate_packed(
+        self, records: list[tuple[bytes | None, bytes | None, bytes | None]]
+    ) -> list[int]:
+        """The indexes, in order, of the records that may match a new entry,
+        for a run whose entries hold other kinds than PDQ (a picture added by
+        AddEntry: PDQ, md5, sha256, local features). Records are given as
+        (packed PDQ views, packed other signals, their query_signals text
+        only where either is not packed; HistoryStore.history_packed_signals).
+        PDQ views in one search of the step's views, exact hashes by lookup,
+        a perceptual kind other than PDQ that a record holds sends it to the
+        matcher whole; a record not packed is parsed. An upload left out has
+        no signal within reach of any new entry, so the matcher would find
+        nothing in it either."""
+        out: set[int] = set()
+        packed = [(i, views, others) for i, (views, others, _) in enumerate(records)
+                  if views is not None and others is not None]  # fmt: skip
+        at = np.array([i for i, _, _ in packed], dtype=np.int64)
+        if PDQ.name in self.kinds and len(self.pdq_scan):
+            views, owners, unread = pdq_views_of_records([(v, None) for _, v, _ in packed])
+            out.update(at[unread].tolist())
+            if len(views):
+                found = self.pdq_scan.any_within(views, self.pdq_radius, self.pool, self.parts)
+                out.update(at[owners[found]].tolist())
+        for i, _, others in packed:
+            if not others:
+                continue
+            try:
+                items = unpack_other_signals(bytes(others))
+            except (ValueError, UnicodeDecodeError):
+                out.add(i)  # not as the store packs them: the matcher reads the text
+                continue
+            for kind, value in items:
+                if kind not in self.kinds:
+                    continue
+                if not value or self.source.find_exact(kind, value):
+                    out.add(i)  # a perceptual kind (or a long value): the matcher compares
+                    break
+        texts = [(i, text) for i, (views, others, text) in enumerate(records)
+                 if views is None or others is None]  # fmt: skip
+        if texts:
+            parsed = [parse_signals(text) for _, text in texts]
+            views, owners = self._parsed_views(parsed, out, [i for i, _ in texts])
+            if len(views) and len(self.pdq_scan):
+                found = self.pdq_scan.any_within(views, self.pdq_radius, self.pool, self.parts)
+                out.update(owners[found].tolist())
+        return sorted(out)
+
     def _parsed_views(
-        self, uploads: list[HistoryUpload], out: set[int]
+        self, parsed: list[list[dict]], out: set[int], where: list[int]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The PDQ views of the uploads from their parsed signals (and the
-        uploads that other kinds send to the matcher, added to out)."""
+        """The PDQ views of parsed records' signals, each owned by its
+        record's index in `where` (and the records that other kinds send to
+        the matcher, added to out)."""
         pdq_views: list[bytes] = []
         owners: list[int] = []
-        for i, upload in enumerate(uploads):
-            for sig in upload.query_signals:
+        for i, signals in zip(where, parsed, strict=True):
+            for sig in signals:
                 kind = sig.get("signal_type")
                 if kind not in self.kinds or not sig.get("value"):
                     continue
@@ -147,6 +175,18 @@ class RetroScanner:
                     out.add(i)
         views = np.frombuffer(b"".join(pdq_views), dtype=np.uint8).reshape(-1, PDQ_BYTES)
         return views, np.array(owners, dtype=np.int64)
+
+
+def parse_signals(text: bytes | str | None) -> list[dict]:
+    """A record's query_signals text parsed as HistoryUpload.query_signals
+    parses it (none for a record not written as the history writes it)."""
+    try:
+        signals = json.loads(text or b"")
+    except (ValueError, TypeError, RecursionError):
+        return []
+    if not isinstance(signals, list) or not all(isinstance(s, dict) for s in signals):
+        return []
+    return signals
 
 
 def pdq_views(uploads: list[HistoryUpload]) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -301,8 +341,9 @@ def scan_batch(
     """One batch of the history records after_id < id <= upto_id through the
     scanner: (last id read, records read, the uploads found with their hits),
     None past upto_id. The in-process hunt and a Dask worker's partition scan
-    alike. PDQ only: the records' packed views are read (their texts where
-    none are packed), and whole records only of the few that may match."""
+    alike. The records' packed views are read (PDQ only), or their packed
+    views and other signals (their texts where not packed), and whole
+    records only of the few that may match."""
     if scanner.reads_views():
         rows = store.history_pdq_views(after_id, upto_id, limit)
         if not rows:
@@ -313,11 +354,14 @@ def scan_batch(
         candidates = store.history_uploads_by_id(in_window[i][0] for i in found)
         last_id, read = rows[-1][0], len(rows)
     else:
-        uploads = store.history_uploads(after_id, upto_id, limit)
-        if not uploads:
+        rows = store.history_packed_signals(after_id, upto_id, limit)
+        if not rows:
             return None
-        candidates = scanner.candidates([u for u in uploads if u.time >= since])
-        last_id, read = uploads[-1].id, len(uploads)
+        since_micros = to_micros(since)
+        in_window = [row for row in rows if row[1] >= since_micros]
+        found = scanner.candidate_packed([(row[2], row[3], row[4]) for row in in_window])
+        candidates = store.history_uploads_by_id(in_window[i][0] for i in found)
+        last_id, read = rows[-1][0], len(rows)
     hits = [(upload, scanner.hits(upload)) for upload in candidates]
     return last_id, read, [(upload, found) for upload, found in hits if found]
 
