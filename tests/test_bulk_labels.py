@@ -136,6 +136,38 @@ def test_many_rows_a_label_set_or_a_set_a_row(store_and_index, monkeypatch, coun
     }
 
 
+@pytest.mark.parametrize("named", [False, True])
+def test_a_write_of_many_label_sets_keeps_each_rows_own(store_and_index, monkeypatch, named):
+    """One write of rows under 150 label sets (SQLite numbers them, three
+    digits before each name; names that are digits themselves too), named
+    after their hashes or by the feed: every entry has exactly its row's
+    name and labels, as the row-by-row path makes them."""
+    store, live = store_and_index
+    rows = [
+        (
+            f"{row * 7919 % 100_003 + 1:064x}",
+            f"{row:07d}" if named else "",
+            {"source": "gifct", "entity": f"e{row % 150}", "n": "9" * (row % 7)},
+        )
+        for row in range(900)
+    ]
+    text = _csv(rows)
+    fast_set = store.create_set("fast", "", {}, {})
+    fast, _, messages = _load_as_client(
+        store, live, fast_set.id, text, monkeypatch, block_rows=1_000
+    )
+    assert all(plain_rows(rows_from_pb(m)) is not None for m in messages)
+    slow_set = store.create_set("slow", "", {}, {})
+    slow = _load_row_by_row(store, live, slow_set.id, text)
+    assert (fast.added, fast.rejected_count) == (slow.added, slow.rejected_count) == (900, 0)
+    entries = _entries(store, fast_set.id)
+    assert entries == _entries(store, slow_set.id)
+    assert entries == {
+        (name or f"pdq:{value}"): (labels, [("pdq", bytes.fromhex(value))])
+        for value, name, labels in rows
+    }
+
+
 def test_labelled_rows_without_names_and_empty_cells(store_and_index, monkeypatch):
     """Rows named after their hash, and a labels cell left empty (no labels)
     or a row without an entry among named ones."""
