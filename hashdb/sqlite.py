@@ -156,8 +156,6 @@ class SQLiteStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
     # A Match's history write waits for the bulk write under way (issue 6
     # allows 100 ms): many short transactions.
     bulk_write_seconds = 0.025
-    # a 10k-item page's mapping in one transaction held the writer lock 0.2-0.3 s
-    feed_map_rows = 2_000
 
     def _in_list(self, column: str) -> str:
         return f"{column} IN (SELECT value FROM json_each(?))"
