@@ -88,9 +88,7 @@ def test_postgresql_notify_wakes_the_other_replica_at_once(pg_url, make_core):
     assert _wait_for(lambda: _decision(second, data) == "block", seconds=1.0)
 
 
-def test_a_burst_of_notifies_is_caught_up_at_most_every_change_follow_seconds(
-    pg_url, make_core
-):
+def test_a_burst_of_notifies_is_caught_up_at_most_every_change_follow_seconds(pg_url, make_core):
     """A bulk write NOTIFYs at every commit: the other replica catches up at
     most every change_follow_seconds (each catch-up rebuilds the index's open
     segment), and the last commit of the burst still matches there soon."""
