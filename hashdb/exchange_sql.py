@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import NamedTuple
 
 from hashdb.times import now_micros
@@ -35,6 +36,7 @@ FEEDBACK_SENT = "sent"
 FEEDBACK_UNSUPPORTED = "unsupported"
 # exchange_items rows written per statement batch
 _ITEM_CHUNK = 5_000
+_ITEM_COLUMNS = "feed_id, item_key, entry_name, source_id"
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,19 @@ class DeleteWindow:
 
 
 class ExchangeSQL:
+    # A page's new item mapping is written this many items a transaction (a
+    # file feed's 50k-item pages in three). Not fewer on SQLite, whose writer
+    # lock a Match's history record waits for: item keys are hashes, so each
+    # transaction rewrites pages all over the key index, and 2,000-item ones
+    # cost a 10k page 2-2.5x the CPU (80 -> 190 ms at 300k items) without
+    # holding the lock much shorter on a loaded machine.
+    feed_map_rows = 20_000
+    # A feed's items by key (the keys as _list_param makes them, then the feed id)
+    _items_by_key = (
+        "item_key, entry_name, source_id FROM exchange_items"
+        " WHERE item_key IN (SELECT value FROM json_each(?)) AND feed_id = ?"
+    )
+
     def create_feed(
         self,
         name: str,
@@ -230,19 +245,9 @@ class ExchangeSQL:
             return cur.fetchone() is not None
 
     def feed_items(self, feed_id: int, keys: list[str]) -> dict[str, FeedItem]:
-        out: dict[str, FeedItem] = {}
         with self._read() as cur:
-            for start in range(0, len(keys), 500):
-                part = keys[start : start + 500]
-                marks = ", ".join("?" * len(part))
-                cur.execute(
-                    "SELECT item_key, entry_name, source_id FROM exchange_items"
-                    f" WHERE feed_id = ? AND item_key IN ({marks})",
-                    (feed_id, *part),
-                )
-                for key, entry, source in cur.fetchall():
-                    out[key] = FeedItem(key, entry, source)
-        return out
+            known = self._mapped_keys(cur, feed_id, keys)
+        return {key: FeedItem(key, entry, source) for key, (entry, source) in known.items()}
 
     def all_feed_items(self, feed_id: int) -> dict[str, FeedItem]:
         """Every mapped item (a snapshot API's deletions are those it no
@@ -274,25 +279,41 @@ class ExchangeSQL:
         counts: PageCounts,
         lease_seconds: float,
         window_base: int | None = None,
+        expect_new: bool = False,
     ) -> PageCounts:
-        """One page's mapping, counts and checkpoint, together; raises
-        FailedPrecondition (writing nothing) if the lease was lost. Items
-        added and deleted are counted here, by the mapping, in the same
-        transaction as the checkpoint: a page written again after a crash
-        (its entries already there) still counts once. Returns the counts
-        as committed (counts.updated, .skipped and .rejected as given).
+        """One page's mapping, counts and checkpoint; raises
+        FailedPrecondition (writing nothing more) if the lease was lost.
+        Items added and deleted are counted here, by the mapping, in the
+        transactions that map them: a page written again after a crash (its
+        entries already there) still counts once. The new mapping is written
+        feed_map_rows items a transaction (each holds SQLite's one writer
+        lock, which a Match's history record waits for), the last part with
+        the deletions and the checkpoint. Returns the counts as committed
+        (counts.updated, .skipped and .rejected as given).
         window_base: the page's deletions are the fetch's held or unlisted
         ones, recorded for exchange.delete_window_seconds with the feed's
-        items before the fetch (window_base)."""
+        items before the fetch (window_base).
+        expect_new: none of the keys is expected to be mapped (the previous
+        page's were all new), so they are inserted without a lookup first;
+        one that is mapped fails the insert, which is then done with it."""
+        items = list({item.key: item for item in mapped}.values())  # listed twice: the last
+        step = self.feed_map_rows
+        new_keys: list[str] = []
+        last = max(len(items) - step, 0)
+        for start in range(0, last, step):
+            part = items[start : min(start + step, last)]
+            with self._counter_write() as cur:
+                self._hold_feed_lease(cur, feed_id, owner, lease_seconds)
+                added = self._map_items(cur, feed_id, part, expect_new)
+                cur.execute(
+                    "UPDATE exchange_feeds SET added = added + ?, items = items + ? WHERE id = ?",
+                    (len(added), len(added), feed_id),
+                )
+            new_keys += added
+            expect_new = expect_new and len(added) == len(part)
         now = now_micros()
         with self._counter_write() as cur:
-            cur.execute(
-                "UPDATE exchange_feeds SET checkpoint = ?, lease_until = ?"
-                " WHERE id = ? AND lease_owner = ? RETURNING id",
-                (checkpoint, now + int(lease_seconds * 1_000_000), feed_id, owner),
-            )
-            if cur.fetchone() is None:
-                raise FailedPrecondition("this replica lost the feed's lease: the fetch stops")
+            self._hold_feed_lease(cur, feed_id, owner, lease_seconds, (checkpoint,))
             gone = set(self._mapped_keys(cur, feed_id, unmapped))
             if window_base is not None and gone:
                 # the size the fetch's deletions were checked against (its
@@ -308,25 +329,39 @@ class ExchangeSQL:
                     "DELETE FROM exchange_items WHERE feed_id = ? AND item_key = ?",
                     [(feed_id, key) for key in unmapped[start : start + _ITEM_CHUNK]],
                 )
-            new_keys = self._map_items(cur, feed_id, mapped)
-            committed = PageCounts(
-                len(new_keys), counts.updated, len(gone), counts.skipped, counts.rejected, new_keys
-            )
+            added = self._map_items(cur, feed_id, items[last:], expect_new)
             cur.execute(
                 "UPDATE exchange_feeds SET added = added + ?, updated = updated + ?,"
                 " deleted = deleted + ?, skipped = skipped + ?, rejected = rejected + ?,"
                 " items = items + ? WHERE id = ?",
                 (
-                    committed.added,
-                    committed.updated,
-                    committed.deleted,
-                    committed.skipped,
-                    committed.rejected,
-                    committed.added - committed.deleted,
+                    len(added),
+                    counts.updated,
+                    len(gone),
+                    counts.skipped,
+                    counts.rejected,
+                    len(added) - len(gone),
                     feed_id,
                 ),
             )
-        return committed
+        new_keys += added
+        return PageCounts(
+            len(new_keys), counts.updated, len(gone), counts.skipped, counts.rejected, new_keys
+        )
+
+    def _hold_feed_lease(
+        self, cur, feed_id: int, owner: str, lease_seconds: float, checkpoint: tuple = ()
+    ) -> None:
+        """The lease renewed (and the checkpoint set, when given) if this
+        replica still holds it; else FailedPrecondition."""
+        until = now_micros() + int(lease_seconds * 1_000_000)
+        cur.execute(
+            f"UPDATE exchange_feeds SET {'checkpoint = ?, ' if checkpoint else ''}lease_until = ?"
+            " WHERE id = ? AND lease_owner = ? RETURNING id",
+            (*checkpoint, until, feed_id, owner),
+        )
+        if cur.fetchone() is None:
+            raise FailedPrecondition("this replica lost the feed's lease: the fetch stops")
 
     def delete_window(self, feed_id: int, since: int) -> DeleteWindow:
         """The feed's deletions applied since `since` (microseconds); older
@@ -354,29 +389,40 @@ class ExchangeSQL:
         known: dict[str, tuple[str, str]] = {}
         for start in range(0, len(keys), _ITEM_CHUNK):
             cur.execute(
-                "SELECT item_key, entry_name, source_id FROM exchange_items"
-                f" WHERE feed_id = ? AND {self._in_list('item_key')}",
-                (feed_id, self._list_param(keys[start : start + _ITEM_CHUNK])),
+                f"SELECT {self._items_by_key}",
+                (self._list_param(keys[start : start + _ITEM_CHUNK]), feed_id),
             )
             known.update({key: (entry, source) for key, entry, source in cur.fetchall()})
         return known
 
-    def _map_items(self, cur, feed_id: int, mapped: list[FeedItem]) -> list[str]:
+    def _map_items(
+        self, cur, feed_id: int, items: list[FeedItem], expect_new: bool = False
+    ) -> list[str]:
         """New items written in bulk (COPY on PostgreSQL), changed ones
         updated (a first fetch of 1M items wrote them one statement each).
-        Returns the new ones' keys."""
-        items = {item.key: item for item in mapped}  # a key listed twice: the last
-        known = self._mapped_keys(cur, feed_id, list(items))
-        # in key order: the primary key's pages are written one after another
-        new = sorted(
-            (feed_id, i.key, i.entry_name, i.source_id)
-            for i in items.values()
-            if i.key not in known
-        )
-        self._insert_rows(cur, "exchange_items", "feed_id, item_key, entry_name, source_id", new)
+        Keys are distinct. Returns the new ones' keys."""
+        if not items:
+            return []
+        # the mapping's key index of a large feed in memory (SQLite's default
+        # 2 MB page cache made each insert a read: a 10k page's mapping
+        # took 2-3x the CPU at 300k items)
+        self._begin_bulk_write(cur)
+        if expect_new:
+            rows = _item_rows(feed_id, items)
+            cur.execute("SAVEPOINT map_items")
+            try:
+                self._insert_rows(cur, "exchange_items", _ITEM_COLUMNS, rows)
+            except self._unique_violation:
+                cur.execute("ROLLBACK TO SAVEPOINT map_items")  # some are mapped
+            else:
+                cur.execute("RELEASE SAVEPOINT map_items")
+                return [row[1] for row in rows]
+        known = self._mapped_keys(cur, feed_id, [item.key for item in items])
+        new = _item_rows(feed_id, [item for item in items if item.key not in known])
+        self._insert_rows(cur, "exchange_items", _ITEM_COLUMNS, new)
         changed = [
             (i.entry_name, i.source_id, feed_id, i.key)
-            for i in items.values()
+            for i in items
             if i.key in known and known[i.key] != (i.entry_name, i.source_id)
         ]
         if changed:
@@ -466,3 +512,11 @@ def _feed(row) -> FeedRecord:
 def require_lease(held: bool, name: str) -> None:
     if not held:
         raise FailedPrecondition(f"feed {name!r} is being fetched by another replica")
+
+
+def _item_rows(feed_id: int, items: list[FeedItem]) -> list[tuple[int, str, str, str]]:
+    """exchange_items rows in key order: the primary key's pages are written
+    one after another (sorted by key alone: a tuple compare a pair costs 4x)."""
+    rows = [(feed_id, i.key, i.entry_name, i.source_id) for i in items]
+    rows.sort(key=itemgetter(1))
+    return rows

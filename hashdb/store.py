@@ -41,7 +41,12 @@ class SetLookup(Protocol):
 
     def get_set(self, name: str) -> HashSetRecord | None: ...
 
-    def get_set_by_id(self, set_id: int) -> HashSetRecord | None: ...
+    def get_set_by_id(self, set_id: int, count_entries: bool = True) -> HashSetRecord | None:
+        """count_entries=False: entry_count is -1 (not counted; counting a
+        set of 1M entries takes a scan of them)."""
+
+    def set_ids_by_name(self, names: Iterable[str]) -> dict[str, int]:
+        """The ids of the sets among `names` that exist (no entry count)."""
 
     def list_sets(self, include_disabled: bool = True) -> list[HashSetRecord]:
         """Ordered by name, with entry_count filled in."""
@@ -534,7 +539,16 @@ class ExchangeStore(Protocol):
     def all_feed_items(self, feed_id: int) -> dict[str, FeedItem]: ...
     def feed_item_for_entry(self, feed_id: int, entry_name: str) -> FeedItem | None: ...
     def commit_feed_page(
-        self, feed_id, owner, checkpoint, mapped, unmapped, counts, lease_seconds, window_base=None
+        self,
+        feed_id,
+        owner,
+        checkpoint,
+        mapped,
+        unmapped,
+        counts,
+        lease_seconds,
+        window_base=None,
+        expect_new=False,
     ) -> PageCounts: ...
     def delete_window(self, feed_id: int, since: int) -> DeleteWindow: ...
     def feed_set_name(self, set_id: int) -> str: ...

@@ -86,3 +86,31 @@ def test_postgresql_notify_wakes_the_other_replica_at_once(pg_url, make_core):
     time.sleep(0.3)  # the second replica's listener is up
     first.curation.add_entry("notified", "n", {}, "op", media=data)
     assert _wait_for(lambda: _decision(second, data) == "block", seconds=1.0)
+
+
+def test_a_burst_of_notifies_is_caught_up_at_most_every_change_follow_seconds(pg_url, make_core):
+    """A bulk write NOTIFYs at every commit: the other replica catches up at
+    most every change_follow_seconds (each catch-up rebuilds the index's open
+    segment), and the last commit of the burst still matches there soon."""
+    from hashsvc.base.signals import Signal
+
+    first = make_core(pg_url, change_poll_seconds=10)
+    second = make_core(pg_url, change_poll_seconds=10, change_follow_seconds=0.5)
+    set_id = first.curation.create_set("burst").id
+    time.sleep(0.3)  # the second replica's listener is up
+    calls = []
+    catch_up = second.live.catch_up
+
+    def counted():
+        calls.append(time.monotonic())
+        return catch_up()
+
+    second.live.catch_up = counted
+    values = [os.urandom(32) for _ in range(20)]
+    started = time.monotonic()
+    for n, value in enumerate(values):  # 20 commits, 20 NOTIFYs
+        first.store.add_entry(set_id, f"e{n}", {}, "image", [Signal("pdq", value)], "op")
+    written = time.monotonic() - started
+    assert _wait_for(lambda: all(second.live.indexes["pdq"].search([values[-1]], 0)))
+    # at most one a half second, and one more at each end
+    assert len(calls) <= written / 0.5 + 3, (len(calls), written)

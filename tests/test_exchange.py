@@ -141,6 +141,22 @@ def test_file_feed_missing_file_fails_clearly_and_keeps_entries(harness, tmp_pat
 # -- TCAP
 
 
+def test_tcap_fetch_logs_in_once_for_all_its_pages(harness):
+    """The library logs in before every page; a fetch of many pages (1M
+    hashes: 100) logs in once and keeps its connection."""
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    with TcapServer(page_size=2) as tcap:
+        for _ in range(7):
+            tcap.add(_hex())
+        _add(stubs, md, "tcap", "tcap", "user:secret-pass", base_url=tcap.url)
+        assert _fetch(stubs, md, "tcap")[-1].added == 7
+        assert (tcap.page_requests, len(tcap.tokens)) == (4, 1)
+        tcap.add(_hex())
+        assert _fetch(stubs, md, "tcap")[-1].added == 1
+        assert len(tcap.tokens) == 2  # a fetch's login is its own
+
+
 def test_tcap_first_incremental_deletion_relabel_paging(harness):
     stubs, md = harness.stubs("operator")
     _set(stubs, md)

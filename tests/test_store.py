@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 import types
@@ -40,6 +41,22 @@ def test_media_signals_keep_position_and_long_values(store):
     assert store.find_exact("sha256", exact.value) == [(video.id, 0)]
     indexed = list(store.iter_signals(["pdq"]))
     assert len(indexed) == 40_000 and indexed[-1].variant_no == 40_000
+
+
+def test_set_ids_by_name_and_a_set_record_without_its_count(store):
+    """What a history record and a retro-hunt's queueing read of a set: not
+    its entry count (a scan of the set's entries)."""
+    a = store.create_set("a", "", {}, {})
+    b = store.create_set("b", "", {}, {}, allow_list=True)
+    store.add_entry(a.id, "e", {}, "image", _signals(), "op")
+    assert store.set_ids_by_name(["b", "nope", "a", "a"]) == {"a": a.id, "b": b.id}
+    assert store.set_ids_by_name([]) == {}
+    counted = store.get_set_by_id(a.id)
+    uncounted = store.get_set_by_id(a.id, count_entries=False)
+    assert (counted.entry_count, uncounted.entry_count) == (1, -1)
+    assert uncounted == dataclasses.replace(counted, entry_count=-1)
+    assert store.get_set_by_id(b.id, count_entries=False).allow_list
+    assert store.get_set_by_id(99999, count_entries=False) is None
 
 
 def test_sets(store):

@@ -405,6 +405,13 @@ class Config:
     index_snapshot: str = ""
     # How often to look for changes made by other replicas (seconds).
     change_poll_seconds: float = 1.0
+    # A PostgreSQL NOTIFY wakes the change poller at once, but it catches the
+    # index up at most this often after the last catch-up (any thread's): a
+    # bulk load or feed fetch commits (and notifies) every 0.25 s, and each
+    # catch-up rebuilds the index's open segment, so a commit is matchable
+    # here up to this much later (change_poll_seconds at most). 0 = at every
+    # NOTIFY.
+    change_follow_seconds: float = 0.25
     # Matching answers UNAVAILABLE when the index has not read the store's
     # change feed for this long on top of change_poll_seconds (the wait
     # between reads): a replica cut off from its store cannot know what other
@@ -496,6 +503,8 @@ class Config:
             raise ValueError("quarantine_matches must be 0 (off) or more")
         if self.quarantine_matches and not self.quarantine_window_seconds > 0:
             raise ValueError("quarantine_window_seconds must be more than 0")
+        if not self.change_follow_seconds >= 0:  # NaN too
+            raise ValueError("change_follow_seconds must be 0 or more")
         if not self.flood_flush_seconds > 0:
             raise ValueError("flood_flush_seconds must be more than 0")
         if self.flood_max_pending_entries < 1:

@@ -236,6 +236,7 @@ class _PageChain:
         self._marks = (run.result.counts.updated, run.result.rejected_count)
         self._committing: collections.deque = collections.deque()  # (future, page), in order
         self._committer: ThreadPoolExecutor | None = None
+        self._expect_new = not feed.items  # see _commit
 
     def send(self, page: _BuiltPage) -> None:
         """The page's rows to the writer once the page before is written
@@ -282,8 +283,16 @@ class _PageChain:
         self._marks = (updated, rejected)
         if self._committer is None:
             self._committer = ThreadPoolExecutor(1, thread_name_prefix="exchange-commit")
-        future = self._committer.submit(self.feeds._commit_page, self.feed, page)
+        future = self._committer.submit(self._commit, page)
         self._committing.append((future, page))
+
+    def _commit(self, page: _BuiltPage) -> PageCounts:
+        """On the committer thread, pages in order: while every page maps
+        only new items (a first fetch), the next one's are inserted without
+        looking them up first."""
+        counts = self.feeds._commit_page(self.feed, page, self._expect_new)
+        self._expect_new = counts.added == len(page.mapped)
+        return counts
 
     def _settle(self, block: bool) -> None:
         while self._committing and (block or self._committing[0][0].done()):
@@ -827,7 +836,9 @@ class Feeds:
                 RowBatch(**part, label_key=SOURCE_ID_LABEL, source=f"exchange:{feed.name}")
             )
 
-    def _commit_page(self, feed: FeedRecord, page: _BuiltPage) -> PageCounts:
+    def _commit_page(
+        self, feed: FeedRecord, page: _BuiltPage, expect_new: bool = False
+    ) -> PageCounts:
         """The page's mapping, counts and checkpoint (its rows are written)."""
         return self.store.commit_feed_page(
             feed.id,
@@ -838,6 +849,7 @@ class Feeds:
             page.counts,
             self._lease(),
             page.window_base,
+            expect_new,
         )
 
     def _labels_json(self, feed: FeedRecord, item: SourceItem, cache: dict) -> str:
