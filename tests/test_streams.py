@@ -504,6 +504,9 @@ def test_a_tokens_real_calls_past_its_unread_cap_are_not_cancelled_within_the_gr
             unread._enter(c, anonymous=True)
         assert [c.cancelled.is_set() for c in checks] == [True] + [False] * 4
         assert _wait(lambda: sum(c.cancelled.is_set() for c in checks) == 3, timeout=2)
+        # a cancelled call's reader leaves as any other (grpc raises in it)
+        unread._leave(0)
+        assert unread.waiting() == 3 + 1 + 2
     finally:
         unread.close()
 

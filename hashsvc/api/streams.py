@@ -292,7 +292,8 @@ class UnreadCalls:
 
     def _leave(self, key: int) -> None:
         with self._lock:
-            self._forget(key)
+            if key in self._waiting:  # else cancelled past a cap or the deadline
+                self._forget(key)
 
     def _forget(self, key: int):
         self._anonymous.discard(key)
