@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 
+from hashsvc.index import audio as audio_index
 from hashsvc.index.audio import (
     DEFAULT_MAX_BER,
     AudioAlignment,
@@ -258,7 +259,7 @@ def _noisy(words: np.ndarray, rng: np.random.Generator, share: float) -> np.ndar
     return words ^ (flips * (1 << np.arange(32, dtype=np.uint32))).sum(axis=1).astype(np.uint32)
 
 
-def test_views_searched_together_find_what_each_finds_alone():
+def test_views_searched_together_find_what_each_finds_alone(monkeypatch):
     """search_shifted_views (one pass over the views of an upload) gives
     every view the alignments it gets searched alone: a view's best
     candidate lines are its own even when another view in the pass has more
@@ -294,9 +295,13 @@ def test_views_searched_together_find_what_each_finds_alone():
     assert together[2][0].track_id == 2
     assert len(together[3]) >= 4  # (neighbouring rates of one track take some of the 8)
     assert together[4] == [] and together[5] == []
+    # many views (a big configuration, a retro-hunt's record) go in bounded passes
+    monkeypatch.setattr(audio_index, "SHIFT_VIEWS_PER_PASS", 4)
+    monkeypatch.setattr(audio_index, "SCREEN_LINES_PER_PASS", 5)
+    assert index.search_shifted_views(views, max_ber=0.25) == together
 
 
-def test_lines_aligned_together_are_aligned_as_one_by_one():
+def test_lines_aligned_together_are_aligned_as_one_by_one(monkeypatch):
     """align_lines (the matcher's re-alignment of proposed lines in every
     view, screened in one pass) answers what align_line answers per line:
     the right line, a line a word off, another track, an unknown track."""
@@ -316,6 +321,8 @@ def test_lines_aligned_together_are_aligned_as_one_by_one():
         for rate in (0.9, 1.1, 1.0)
     ]
     together = index.align_lines(views, lines, max_ber=0.2)
+    monkeypatch.setattr(audio_index, "SCREEN_LINES_PER_PASS", 7)
+    assert index.align_lines(views, lines, max_ber=0.2) == together
     alone = [
         index.align_line(track, views[view], offset, rate, max_ber=0.2)
         for view, track, offset, rate in lines

@@ -82,6 +82,12 @@ SHIFT_RATES = tuple(round(0.84 + 0.01 * k, 2) for k in range(33))
 SHIFT_MIN_VOTES = 2
 # Best-voted (track, rate, offset) triples aligned per shifted view.
 SHIFT_MAX_CANDIDATES = 8
+# Views searched in one pass, and lines screened in one: the default views of
+# an upload (126 for two parts) in one, while a configuration of many more
+# (up to 20 stretches x 405 views) or a retro-hunt of a record holding many
+# is worked through in passes whose arrays stay a few MB.
+SHIFT_VIEWS_PER_PASS = 128
+SCREEN_LINES_PER_PASS = 1024
 # From this size bucket offsets (4 bytes per bucket) cost less than keys (4 per posting).
 CSR_MIN_POSTINGS = 1 << KEY_BITS
 
@@ -365,6 +371,14 @@ class AudioIndex:
         array operations' fixed cost each (most of a view's search at 100k
         known tracks). Each view still gets its own SHIFT_MAX_CANDIDATES best
         lines, so the alignments are those of searching it alone."""
+        if len(views) > SHIFT_VIEWS_PER_PASS:
+            return [
+                found
+                for first in range(0, len(views), SHIFT_VIEWS_PER_PASS)
+                for found in self.search_shifted_views(
+                    views[first : first + SHIFT_VIEWS_PER_PASS], max_ber, min_seconds, rates
+                )
+            ]
         queries = [np.asarray(words, dtype=np.uint32) for words in views]
         results: list[list[AudioAlignment]] = [[] for _ in queries]
         segments = self._segments
@@ -606,16 +620,31 @@ def _good_windows(queries, query_informative, lines, max_ber) -> np.ndarray:
     (not silence, in no run of CONSTANT_RUN_WORDS equal words) from its
     neighbours on its own track. Queries of several lengths are padded with
     invalid words, which add nothing to a window."""
+    if len(lines) > SCREEN_LINES_PER_PASS:
+        return np.concatenate(
+            [
+                _good_windows(
+                    queries,
+                    query_informative,
+                    lines[first : first + SCREEN_LINES_PER_PASS],
+                    max_ber,
+                )
+                for first in range(0, len(lines), SCREEN_LINES_PER_PASS)
+            ]
+        )
     if not lines:
         return np.zeros(0, dtype=bool)
-    lengths_of_query = np.array([len(q) for q in queries], dtype=np.int64)
+    # only the queries these lines run along, padded to one width
+    used, which = np.unique(
+        np.array([line[0] for line in lines], dtype=np.int64), return_inverse=True
+    )
+    lengths_of_query = np.array([len(queries[i]) for i in used.tolist()], dtype=np.int64)
     width = int(lengths_of_query.max())
-    padded = np.zeros((len(queries), width), dtype=np.uint32)
-    padded_informative = np.zeros((len(queries), width), dtype=bool)
-    for i, (query, informative) in enumerate(zip(queries, query_informative, strict=True)):
-        padded[i, : len(query)] = query
-        padded_informative[i, : len(query)] = informative
-    which = np.array([line[0] for line in lines], dtype=np.int64)
+    padded = np.zeros((len(used), width), dtype=np.uint32)
+    padded_informative = np.zeros((len(used), width), dtype=bool)
+    for row, i in enumerate(used.tolist()):
+        padded[row, : len(queries[i])] = queries[i]
+        padded_informative[row, : len(queries[i])] = query_informative[i]
     lengths = np.array([len(known) for _, known, _, _ in lines], dtype=np.int64)[:, None]
     bases = np.cumsum(lengths) - lengths.ravel()
     # (a word past the last: an index on no track still reads something)
