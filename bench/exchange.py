@@ -84,16 +84,23 @@ def bench(name: str, db_url: str, rows: int) -> dict:
         feeds = running.feeds
         feeds.add("bench", "tcap", "tcap", "bench", {}, {"base_url": url}, 3600, "user:secret-pass")
         address = f"127.0.0.1:{running.port}"
-        latencies = ctx.Queue()
-        matcher = ctx.Process(target=run_matcher, args=(address, token, stop, latencies))
+        latencies, calls = ctx.Queue(), ctx.Value("q", 0)
+        matcher = ctx.Process(target=run_matcher, args=(address, token, stop, latencies, calls))
         matcher.start()
-        time.sleep(1.0)  # the matcher warmed up
+        # the matcher warmed up: a few calls answered (a second's sleep was not
+        # enough on a loaded machine, and a short fetch then had no Match in it)
+        deadline = time.monotonic() + 120
+        while calls.value < 3:
+            if not matcher.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the Match loop did not start")
+            time.sleep(0.05)
         started, cpu = time.perf_counter(), time.process_time()
         first = feeds.fetch("tcap", "bench")
         seconds = time.perf_counter() - started
         cpu = time.process_time() - cpu  # the server's (the partner's is its own process)
         stop.set()
         lat = sorted(latencies.get(timeout=120))  # a dead matcher fails, not hangs
+        assert lat, "no Match call during the fetch"
         matcher.join()
         assert first.added == rows, first
 
