@@ -403,10 +403,6 @@ class ExchangeSQL:
         Keys are distinct. Returns the new ones' keys."""
         if not items:
             return []
-        # the mapping's key index of a large feed in memory (SQLite's default
-        # 2 MB page cache made each insert a read: a 10k page's mapping
-        # took 2-3x the CPU at 300k items)
-        self._begin_bulk_write(cur)
         if expect_new:
             rows = _item_rows(feed_id, items)
             cur.execute("SAVEPOINT map_items")
