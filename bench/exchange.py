@@ -82,6 +82,7 @@ def bench(name: str, db_url: str, rows: int) -> dict:
         cpu = time.process_time() - cpu  # the server's (the partner's is its own process)
         stop.set()
         lat = sorted(latencies.get(timeout=120))  # a dead matcher fails, not hangs
+        assert lat, "no Match call during the fetch"
         matcher.join()
         assert first.added == rows, first
 

@@ -4,8 +4,10 @@ stores (mixed into SQLStore; `?` placeholders, times as integer microseconds).
 A feed's credentials are in exchange_credentials, read by feed_secret() only:
 no listing joins them, so no answer, log line or history record can carry
 them. A page of a fetch commits its item mapping, its counts and the new
-checkpoint in one transaction, under the feed's lease: a replica that lost
-the lease (it stalled past lease_until and another took over) writes nothing.
+checkpoint in one transaction (past feed_map_rows items, the mapping's
+first parts before it, each with its own counts), under the feed's lease: a
+replica that lost the lease (it stalled past lease_until and another took
+over) writes nothing more.
 """
 
 from __future__ import annotations
@@ -403,10 +405,6 @@ class ExchangeSQL:
         Keys are distinct. Returns the new ones' keys."""
         if not items:
             return []
-        # the mapping's key index of a large feed in memory (SQLite's default
-        # 2 MB page cache made each insert a read: a 10k page's mapping
-        # took 2-3x the CPU at 300k items)
-        self._begin_bulk_write(cur)
         if expect_new:
             rows = _item_rows(feed_id, items)
             cur.execute("SAVEPOINT map_items")

@@ -6,6 +6,7 @@ BEGIN IMMEDIATE for writes so two writers queue instead of failing mid-way.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -36,7 +37,10 @@ class SQLiteStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
         self.memory = path == ":memory:"
         self.path = path
         self._local = threading.local()
+        # every connection, with the thread it is that thread's connection of
+        # (None: the checkpointer's own)
         self._all: list[sqlite3.Connection] = []
+        self._owners: dict[int, threading.Thread] = {}  # id(conn) -> its thread
         self._lock = threading.RLock()  # only for :memory:, whose one connection is shared
         # Writers of this process queue here in arrival order and are woken at
         # once, instead of in SQLite's busy handler, which sleeps up to 100 ms a
@@ -81,8 +85,25 @@ class SQLiteStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
             # the batch's pages back to the database file first).
             conn.execute("PRAGMA wal_autocheckpoint = 0")
         with self._lock:
+            self._close_orphans()
             self._all.append(conn)
         return conn
+
+    def _close_orphans(self) -> None:
+        """Closes the connections of threads that have ended (with the lock
+        held): a thread a task (a fetch started over gRPC or HTTP, a job)
+        left its connection, three file descriptors, open until the store
+        closed."""
+        kept = []
+        for conn in self._all:
+            owner = self._owners.get(id(conn))
+            if owner is not None and not owner.is_alive():
+                del self._owners[id(conn)]
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            else:
+                kept.append(conn)
+        self._all[:] = kept
 
     def _conn(self) -> sqlite3.Connection:
         if self._shared is not None:
@@ -90,6 +111,8 @@ class SQLiteStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self._open()
+            with self._lock:
+                self._owners[id(conn)] = threading.current_thread()
         return conn
 
     @contextmanager
@@ -313,6 +336,7 @@ class SQLiteStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
                 except sqlite3.Error:
                     pass
             self._all.clear()
+            self._owners.clear()
 
 
 def _names_json(rows: PlainSignals) -> str:

@@ -235,7 +235,6 @@ class _PageChain:
         # the bulk path's counts when the page being written was handed over
         self._marks = (run.result.counts.updated, run.result.rejected_count)
         self._committing: collections.deque = collections.deque()  # (future, page), in order
-        self._committer: ThreadPoolExecutor | None = None
         self._expect_new = not feed.items  # see _commit
 
     def send(self, page: _BuiltPage) -> None:
@@ -252,9 +251,12 @@ class _PageChain:
         self._settle(block=True)
 
     def close(self) -> None:
-        if self._committer is not None:
-            self._committer.shutdown(wait=True)
-            self._committer = None
+        # the committer is the server's (Feeds.committer): only this chain's
+        # commits are waited for
+        while self._committing:
+            future, _ = self._committing.popleft()
+            with contextlib.suppress(Exception):
+                future.result()
 
     def abandon(self) -> None:
         """After a failure (the partner's, a refusal, the server stopping):
@@ -281,9 +283,7 @@ class _PageChain:
         page.counts.updated = updated - self._marks[0]
         page.counts.rejected += rejected - self._marks[1]
         self._marks = (updated, rejected)
-        if self._committer is None:
-            self._committer = ThreadPoolExecutor(1, thread_name_prefix="exchange-commit")
-        future = self._committer.submit(self._commit, page)
+        future = self.feeds.committer.submit(self._commit, page)
         self._committing.append((future, page))
 
     def _commit(self, page: _BuiltPage) -> PageCounts:
@@ -338,6 +338,11 @@ class Feeds:
         # the background loop fetch the same feed at once
         self._fetching: set[int] = set()
         self._fetching_lock = threading.Condition()
+        # Pages' mappings and checkpoints commit on this one thread, for every
+        # fetch (each chain's in order): a thread a fetch left a store
+        # connection open a fetch (SQLite keeps one a thread), 3 file
+        # descriptors every 15 minutes of a feed's background fetches
+        self.committer = ThreadPoolExecutor(1, thread_name_prefix="exchange-commit")
         self.box = CredentialBox(settings.credentials_key_file)
 
     # -- feeds
@@ -968,6 +973,9 @@ class Feeds:
         with self._fetching_lock:  # `exchange fetch`es (gRPC, HTTP) run on threads of their own
             if not self._fetching_lock.wait_for(lambda: not self._fetching, timeout=most):
                 log.warning("feeds %s still fetching after %g s", sorted(self._fetching), most)
+        # the commits in flight end before the store closes (none are left
+        # once every fetch has stopped)
+        self.committer.shutdown(wait=True)
 
     def _loop(self) -> None:
         while not self._stopping.wait(self.settings.poll_seconds):
