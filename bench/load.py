@@ -306,6 +306,9 @@ def start_matcher(ctx, address: str, token: str, seconds: float = 120.0):
         if not matcher.is_alive() or time.monotonic() > deadline:
             stop.set()
             matcher.join(10)
+            if matcher.is_alive():  # stuck in a call: it must not outlive the bench
+                matcher.kill()
+                matcher.join(10)
             raise RuntimeError(f"the Match loop did not start within {seconds:g} s")
         time.sleep(0.05)
     return matcher, stop, latencies, calls
