@@ -24,6 +24,7 @@ half-way; `make_harness.stop(h)` and `make_core.stop(core)` stop one earlier
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -93,6 +94,20 @@ def _stop_processes():
     when the test ends, also when it failed half-way."""
     yield
     stop_started_processes()
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """A test that runs `serve` in-process (hashsvc/base/logs.configure)
+    points the root logger at that test's captured stderr, which pytest
+    closes after it: any thread that logged later (a retro hunt of another
+    test's Core) printed "Logging error ... I/O operation on closed file".
+    The root logger's handlers and level are put back after each test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 class Started(Generic[T]):
