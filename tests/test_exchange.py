@@ -587,6 +587,126 @@ def test_a_file_feed_past_max_file_bytes_or_not_a_file_is_not_read(
     assert (feed.items, feed.failures, feed.last_result) == (1, 2, "failed")
 
 
+def _swap_after_the_path_check(monkeypatch, swap):
+    """`swap(path)` runs right after the fetch resolved the feed's path
+    within exchange.file_dir: what a race with the file's owner would do."""
+    from hashsvc.exchange.feeds import Feeds
+
+    resolve = getattr(Feeds._file_path, "unswapped", Feeds._file_path)
+
+    def resolve_then_swap(self, path):
+        real = resolve(self, path)
+        swap(real)
+        return real
+
+    resolve_then_swap.unswapped = resolve
+    monkeypatch.setattr(Feeds, "_file_path", resolve_then_swap)
+
+
+def _refused_with_nothing_loaded(stubs, md, kept, why, failures):
+    # a deadline: a read waiting on a FIFO's writer would hang the fetch
+    with pytest.raises(grpc.RpcError) as err:
+        list(stubs.exchange.FetchFeed(pb.FetchFeedRequest(name="f"), metadata=md, timeout=30))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
+    assert why in err.value.details()
+    assert list(_entries(stubs, md)) == [f"f:pdq:{kept}"]  # nothing loaded, nothing deleted
+    feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="f"), metadata=md)
+    assert (feed.items, feed.failures, feed.last_result) == (1, failures, "failed")
+    assert why in feed.last_error
+
+
+def test_a_file_feed_swapped_after_its_check_is_refused(
+    make_harness, store_url, tmp_path, monkeypatch
+):
+    """The file is opened once, checked on that descriptor and read within
+    exchange.max_file_bytes: a listing that grows past the limit between
+    the check and the read, a FIFO or a link put in its place after its path
+    was checked, are all refused, with nothing loaded and nothing deleted."""
+    import os
+
+    kept = _hex()
+    path = tmp_path / "list.txt"
+    path.write_text(f"pdq {kept}\n")
+    secret = tmp_path.parent / f"{tmp_path.name}-secret.txt"  # outside file_dir
+    secret.write_text("".join(f"pdq {_hex()}\n" for _ in range(3)))
+    limit = 1000
+    settings = dataclasses.replace(SETTINGS, file_dir=str(tmp_path), max_file_bytes=limit)
+    stubs, md = make_harness(store_url, exchange=settings).stubs("operator")
+    _set(stubs, md)
+    _add(stubs, md, "f", "file", path=path)
+    assert _fetch(stubs, md, "f")[-1].added == 1
+    small = "".join(f"pdq {_hex()}\n" for _ in range(5))  # under the limit
+    assert len(small) < limit
+
+    # grows past the limit right after the open descriptor's size was
+    # checked: the read stops at the limit and refuses it (a listing cut
+    # there would delete what it no longer lists)
+    path.write_text(small)
+    fstat = os.fstat
+    inode = path.stat().st_ino
+
+    def fstat_then_grow(fd):
+        info = fstat(fd)
+        if info.st_ino == inode:
+            with open(path, "a") as grown:
+                grown.write("".join(f"pdq {_hex()}\n" for _ in range(40)))
+        return info
+
+    monkeypatch.setattr(os, "fstat", fstat_then_grow)
+    _refused_with_nothing_loaded(stubs, md, kept, "exchange.max_file_bytes", 1)
+    monkeypatch.setattr(os, "fstat", fstat)
+
+    # a FIFO renamed over the path after the check: nobody writes to it
+    def fifo(real):
+        fifo_path = tmp_path / "fifo"
+        if not fifo_path.exists():
+            os.mkfifo(fifo_path)
+        os.replace(fifo_path, real)
+
+    path.write_text(small)
+    _swap_after_the_path_check(monkeypatch, fifo)
+    _refused_with_nothing_loaded(stubs, md, kept, "not a regular file", 2)
+
+    # a link to a file outside file_dir renamed over the path after the check
+    def link(real):
+        link_path = tmp_path / "link"
+        link_path.unlink(missing_ok=True)
+        link_path.symlink_to(secret)
+        os.replace(link_path, real)
+
+    _swap_after_the_path_check(monkeypatch, link)
+    _refused_with_nothing_loaded(stubs, md, kept, "symbolic link", 3)
+
+    # a directory on the way swapped for a link after the check: what is
+    # opened is not the file the path was resolved to
+    monkeypatch.undo()
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "list.txt").write_text(f"pdq {kept}\n")
+    _add(stubs, md, "g", "file", path=inner / "list.txt")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (outside / "list.txt").write_text(secret.read_text())
+
+    def moved_dir(real):
+        if real.startswith(str(inner)) and not (tmp_path / "inner-old").exists():
+            os.rename(inner, tmp_path / "inner-old")
+            inner.symlink_to(outside)
+
+    _swap_after_the_path_check(monkeypatch, moved_dir)
+    with pytest.raises(grpc.RpcError) as err:
+        list(stubs.exchange.FetchFeed(pb.FetchFeedRequest(name="g"), metadata=md, timeout=30))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "moved since its path was checked" in err.value.details()
+    assert list(_entries(stubs, md)) == [f"f:pdq:{kept}"]
+
+    # the same file, left alone, is read as before
+    monkeypatch.undo()
+    path.unlink()
+    path.write_text(f"pdq {kept}\n{small}")
+    assert _fetch(stubs, md, "f")[-1].added == 5
+
+
 def test_library_sources_ncmec_and_stopncii_records():
     """NCMEC (an entry of fingerprints by its id) and StopNCII (type, value)
     deltas as the library yields them, turned into items."""
