@@ -157,6 +157,45 @@ def test_tcap_fetch_logs_in_once_for_all_its_pages(harness):
         assert len(tcap.tokens) == 2  # a fetch's login is its own
 
 
+def test_tcap_token_expired_mid_fetch_logs_in_again_once(harness):
+    """One login a fetch: a long fetch outlives the token. A 401 mid-fetch
+    logs in again and asks for that page once more; a partner that refuses
+    the new token too fails the fetch, the pages before it kept."""
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    with TcapServer(page_size=2) as tcap:
+        for _ in range(7):
+            tcap.add(_hex())
+        tcap.token_pages = 2  # each token expires after two pages
+        _add(stubs, md, "tcap", "tcap", "user:secret-pass", base_url=tcap.url)
+        assert _fetch(stubs, md, "tcap")[-1].added == 7
+        # pages 1-2 on the first token, 3-4 on the second: no page asked twice
+        assert (tcap.page_requests, len(tcap.tokens), len(tcap.expired)) == (4, 2, 2)
+        assert len(_entries(stubs, md)) == 7
+
+        # every new token refused at once (revoked): one retry, then a clear failure
+        for _ in range(5):
+            tcap.add(_hex())
+        before = tcap.page_requests
+        original_route = tcap.route
+
+        def refuse_after_first_page(method, path, query, form, headers):
+            if method == "GET" and tcap.page_requests > before:
+                return 401, {"detail": "Given token not valid for any token type"}
+            return original_route(method, path, query, form, headers)
+
+        tcap.route = refuse_after_first_page
+        with pytest.raises(grpc.RpcError) as err:
+            _fetch(stubs, md, "tcap")
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "401" in err.value.details()
+        logins = len(tcap.tokens)
+        assert logins == 4  # the fetch's login, and one more for the refused page
+        assert len(_entries(stubs, md)) == 9  # the first page kept
+        feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="tcap"), metadata=md)
+        assert (feed.last_result, feed.failures) == ("failed", 1)
+
+
 def test_fetches_leave_no_thread_or_store_connection_behind(harness):
     """Every fetch commits on the server's one committer thread, and the
     connection of a thread that ended (a fetch started over gRPC runs on its
