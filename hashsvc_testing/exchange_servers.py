@@ -146,6 +146,11 @@ class TcapServer(_Server):
         self.page_size = page_size
         self.records: list[TcapRecord] = []
         self.tokens: set[str] = set()
+        # pages a token is good for before the server answers 401 (its
+        # token expired mid-fetch); 0: tokens never expire
+        self.token_pages = 0
+        self.expired: set[str] = set()
+        self._token_served: dict[str, int] = {}
         self._clock = 1_700_000_000.0
         self._next_id = 0
         self.by_digest: dict[str, TcapRecord] = {}
@@ -189,10 +194,16 @@ class TcapServer(_Server):
             bearer = headers.get("Authorization", "").removeprefix("Bearer ")
             if bearer not in self.tokens:
                 return 401, {"detail": "Authentication credentials were not provided."}
+            with self.lock:
+                if bearer in self.expired:
+                    return 401, {"detail": "Given token not valid for any token type"}
             if self.delay:
                 self.stop_event.wait(self.delay)
             with self.lock:
                 self.page_requests += 1
+                served = self._token_served[bearer] = self._token_served.get(bearer, 0) + 1
+                if self.token_pages and served >= self.token_pages:
+                    self.expired.add(bearer)
                 return 200, self._page(query)
         return 404, {"detail": "not found"}
 

@@ -157,6 +157,45 @@ def test_tcap_fetch_logs_in_once_for_all_its_pages(harness):
         assert len(tcap.tokens) == 2  # a fetch's login is its own
 
 
+def test_tcap_token_expired_mid_fetch_logs_in_again_once(harness):
+    """One login a fetch: a long fetch outlives the token. A 401 mid-fetch
+    logs in again and asks for that page once more; a partner that refuses
+    the new token too fails the fetch, the pages before it kept."""
+    stubs, md = harness.stubs("operator")
+    _set(stubs, md)
+    with TcapServer(page_size=2) as tcap:
+        for _ in range(7):
+            tcap.add(_hex())
+        tcap.token_pages = 2  # each token expires after two pages
+        _add(stubs, md, "tcap", "tcap", "user:secret-pass", base_url=tcap.url)
+        assert _fetch(stubs, md, "tcap")[-1].added == 7
+        # pages 1-2 on the first token, 3-4 on the second: no page asked twice
+        assert (tcap.page_requests, len(tcap.tokens), len(tcap.expired)) == (4, 2, 2)
+        assert len(_entries(stubs, md)) == 7
+
+        # every new token refused at once (revoked): one retry, then a clear failure
+        for _ in range(5):
+            tcap.add(_hex())
+        before = tcap.page_requests
+        original_route = tcap.route
+
+        def refuse_after_first_page(method, path, query, form, headers):
+            if method == "GET" and tcap.page_requests > before:
+                return 401, {"detail": "Given token not valid for any token type"}
+            return original_route(method, path, query, form, headers)
+
+        tcap.route = refuse_after_first_page
+        with pytest.raises(grpc.RpcError) as err:
+            _fetch(stubs, md, "tcap")
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "401" in err.value.details()
+        logins = len(tcap.tokens)
+        assert logins == 4  # the fetch's login, and one more for the refused page
+        assert len(_entries(stubs, md)) == 9  # the first page kept
+        feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="tcap"), metadata=md)
+        assert (feed.last_result, feed.failures) == ("failed", 1)
+
+
 def test_fetches_leave_no_thread_or_store_connection_behind(harness):
     """Every fetch commits on the server's one committer thread, and the
     connection of a thread that ended (a fetch started over gRPC runs on its
@@ -585,6 +624,126 @@ def test_a_file_feed_past_max_file_bytes_or_not_a_file_is_not_read(
     assert list(_entries(stubs, md)) == [f"f:pdq:{kept}"]
     feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="f"), metadata=md)
     assert (feed.items, feed.failures, feed.last_result) == (1, 2, "failed")
+
+
+def _swap_after_the_path_check(monkeypatch, swap):
+    """`swap(path)` runs right after the fetch resolved the feed's path
+    within exchange.file_dir: what a race with the file's owner would do."""
+    from hashsvc.exchange.feeds import Feeds
+
+    resolve = getattr(Feeds._file_path, "unswapped", Feeds._file_path)
+
+    def resolve_then_swap(self, path):
+        real = resolve(self, path)
+        swap(real)
+        return real
+
+    resolve_then_swap.unswapped = resolve
+    monkeypatch.setattr(Feeds, "_file_path", resolve_then_swap)
+
+
+def _refused_with_nothing_loaded(stubs, md, kept, why, failures):
+    # a deadline: a read waiting on a FIFO's writer would hang the fetch
+    with pytest.raises(grpc.RpcError) as err:
+        list(stubs.exchange.FetchFeed(pb.FetchFeedRequest(name="f"), metadata=md, timeout=30))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
+    assert why in err.value.details()
+    assert list(_entries(stubs, md)) == [f"f:pdq:{kept}"]  # nothing loaded, nothing deleted
+    feed = stubs.exchange.GetFeed(pb.GetFeedRequest(name="f"), metadata=md)
+    assert (feed.items, feed.failures, feed.last_result) == (1, failures, "failed")
+    assert why in feed.last_error
+
+
+def test_a_file_feed_swapped_after_its_check_is_refused(
+    make_harness, store_url, tmp_path, monkeypatch
+):
+    """The file is opened once, checked on that descriptor and read within
+    exchange.max_file_bytes: a listing that grows past the limit between
+    the check and the read, a FIFO or a link put in its place after its path
+    was checked, are all refused, with nothing loaded and nothing deleted."""
+    import os
+
+    kept = _hex()
+    path = tmp_path / "list.txt"
+    path.write_text(f"pdq {kept}\n")
+    secret = tmp_path.parent / f"{tmp_path.name}-secret.txt"  # outside file_dir
+    secret.write_text("".join(f"pdq {_hex()}\n" for _ in range(3)))
+    limit = 1000
+    settings = dataclasses.replace(SETTINGS, file_dir=str(tmp_path), max_file_bytes=limit)
+    stubs, md = make_harness(store_url, exchange=settings).stubs("operator")
+    _set(stubs, md)
+    _add(stubs, md, "f", "file", path=path)
+    assert _fetch(stubs, md, "f")[-1].added == 1
+    small = "".join(f"pdq {_hex()}\n" for _ in range(5))  # under the limit
+    assert len(small) < limit
+
+    # grows past the limit right after the open descriptor's size was
+    # checked: the read stops at the limit and refuses it (a listing cut
+    # there would delete what it no longer lists)
+    path.write_text(small)
+    fstat = os.fstat
+    inode = path.stat().st_ino
+
+    def fstat_then_grow(fd):
+        info = fstat(fd)
+        if info.st_ino == inode:
+            with open(path, "a") as grown:
+                grown.write("".join(f"pdq {_hex()}\n" for _ in range(40)))
+        return info
+
+    monkeypatch.setattr(os, "fstat", fstat_then_grow)
+    _refused_with_nothing_loaded(stubs, md, kept, "exchange.max_file_bytes", 1)
+    monkeypatch.setattr(os, "fstat", fstat)
+
+    # a FIFO renamed over the path after the check: nobody writes to it
+    def fifo(real):
+        fifo_path = tmp_path / "fifo"
+        if not fifo_path.exists():
+            os.mkfifo(fifo_path)
+        os.replace(fifo_path, real)
+
+    path.write_text(small)
+    _swap_after_the_path_check(monkeypatch, fifo)
+    _refused_with_nothing_loaded(stubs, md, kept, "not a regular file", 2)
+
+    # a link to a file outside file_dir renamed over the path after the check
+    def link(real):
+        link_path = tmp_path / "link"
+        link_path.unlink(missing_ok=True)
+        link_path.symlink_to(secret)
+        os.replace(link_path, real)
+
+    _swap_after_the_path_check(monkeypatch, link)
+    _refused_with_nothing_loaded(stubs, md, kept, "symbolic link", 3)
+
+    # a directory on the way swapped for a link after the check: what is
+    # opened is not the file the path was resolved to
+    monkeypatch.undo()
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    (inner / "list.txt").write_text(f"pdq {kept}\n")
+    _add(stubs, md, "g", "file", path=inner / "list.txt")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (outside / "list.txt").write_text(secret.read_text())
+
+    def moved_dir(real):
+        if real.startswith(str(inner)) and not (tmp_path / "inner-old").exists():
+            os.rename(inner, tmp_path / "inner-old")
+            inner.symlink_to(outside)
+
+    _swap_after_the_path_check(monkeypatch, moved_dir)
+    with pytest.raises(grpc.RpcError) as err:
+        list(stubs.exchange.FetchFeed(pb.FetchFeedRequest(name="g"), metadata=md, timeout=30))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "moved since its path was checked" in err.value.details()
+    assert list(_entries(stubs, md)) == [f"f:pdq:{kept}"]
+
+    # the same file, left alone, is read as before
+    monkeypatch.undo()
+    path.unlink()
+    path.write_text(f"pdq {kept}\n{small}")
+    assert _fetch(stubs, md, "f")[-1].added == 5
 
 
 def test_library_sources_ncmec_and_stopncii_records():

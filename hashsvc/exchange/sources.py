@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import json
 import logging
@@ -353,6 +354,19 @@ class _TimedTATHashListAPI(TATHashListAPI):
             self._token = super().get_auth_token(username, password)
         return self._token
 
+    def fetch_hashes(self, next_page=None, order="asc", after=""):
+        """The library's page; a 401 (the fetch's one token expired on a
+        long fetch) logs in again and asks for that page once more. Nothing
+        of the page was yielded yet, so asking again loses and repeats nothing;
+        a second 401 fails the fetch (credentials revoked, not expired)."""
+        try:
+            return super().fetch_hashes(next_page, order, after)
+        except requests.HTTPError as exc:
+            if exc.response is None or exc.response.status_code != 401 or self._token is None:
+                raise
+        self._token = None
+        return super().fetch_hashes(next_page, order, after)
+
     def close(self) -> None:
         if self._shared is not None:
             self._shared.close()
@@ -420,29 +434,31 @@ def _tcap_labels(ideology, file_type) -> dict[str, str]:
 
 
 class FileSource(Source):
+    """The listing is opened once, here, and read within
+    exchange.max_file_bytes; the library's parser gets those bytes, never
+    the path: a check of the path and then the library's own open and
+    readlines (which read it whole) left a window in which a bigger file, a
+    FIFO (a read that never ends) or a link could be put in its place."""
+
     snapshot = True
 
     def __init__(self, cfg: SourceConfig) -> None:
         path = cfg.options.get("path", "")
         if not path:
             raise InvalidArgument("a file feed needs --path FILE")
-        collab = FileCollaborationConfig(
+        self.collab = FileCollaborationConfig(
             name=cfg.name, filename=path, signal_type=cfg.options.get("signal_type") or None
         )
-        self.api = LocalFileSignalExchangeAPI(collab)
-        self.path = path
+        self.path = path  # resolved within exchange.file_dir by the caller
         self.max_bytes = cfg.max_file_bytes
         self.page_items = int(cfg.options.get("page_items", "50000"))
 
     def pages(self, checkpoint: str | None) -> Iterator[SourcePage]:
-        self._check_size()
+        listing = self._read_bounded()
         try:
-            deltas = list(self.api.fetch_iter((), None))
-        except (AssertionError, OSError) as exc:  # the library asserts the file exists
-            raise Unavailable(f"cannot read the feed's file: {exc}") from None
-        # grown past the limit while it was read: the listing is not used
-        # (it could be a half-written one)
-        self._check_size()
+            deltas = self._parse(listing)
+        finally:
+            os.close(listing)
         items = []
         for delta in deltas:
             for source_type, value in delta.updates:
@@ -456,21 +472,74 @@ class FileSource(Source):
         for start in range(0, max(len(items), 1), self.page_items):
             yield SourcePage(items[start : start + self.page_items], None)
 
-    def _check_size(self) -> None:
-        """The library reads the listing whole (readlines): one past
-        exchange.max_file_bytes, or a FIFO or device that would never end
-        (a link to one outside file_dir is refused before), is not read."""
+    def _parse(self, listing: int) -> list:
+        """The library's parser on what was read. Its fetch_iter takes only
+        a path (collab.filename, which it opens and reads itself): it is
+        given /proc/self/fd/N of the in-memory file holding the bytes read,
+        so the parsing stays the library's and what it parses is what was
+        checked, whatever is at the feed's path by then."""
+        collab = dataclasses.replace(self.collab, filename=f"/proc/self/fd/{listing}")
         try:
-            info = os.stat(self.path)
-        except OSError as exc:
+            return list(LocalFileSignalExchangeAPI(collab).fetch_iter((), None))
+        except (AssertionError, OSError, UnicodeDecodeError) as exc:
             raise Unavailable(f"cannot read the feed's file: {exc}") from None
-        if not stat.S_ISREG(info.st_mode):
-            raise Unavailable("the feed's file is not a regular file: nothing read")
-        if info.st_size > self.max_bytes:
-            raise Unavailable(
-                f"the feed's file is {info.st_size} bytes, more than {self.max_bytes}"
-                " (exchange.max_file_bytes): nothing read, nothing deleted"
-            )
+
+    def _read_bounded(self) -> int:
+        """The feed's file opened once (never through a link, never waiting
+        on a FIFO's writer), checked on that descriptor (a regular file, at
+        most exchange.max_file_bytes, still the path resolved within
+        exchange.file_dir) and read within the limit into an in-memory
+        file, whose descriptor is returned. A file that grows past the limit
+        while it is read is refused, not cut: a cut listing would delete
+        what it no longer lists. Nothing is read on a refusal."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise Unavailable(
+                    "the feed's file is a symbolic link (put in its place after its path was"
+                    " checked): nothing read, nothing deleted"
+                ) from None
+            raise Unavailable(f"cannot read the feed's file: {exc}") from None
+        listing = -1
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise Unavailable("the feed's file is not a regular file: nothing read")
+            if info.st_size > self.max_bytes:
+                raise self._too_large(info.st_size)
+            # a directory on the way swapped for a link since the path was
+            # resolved: what was opened is not the file within file_dir
+            opened = os.readlink(f"/proc/self/fd/{fd}")
+            if opened != self.path:
+                raise Unavailable(
+                    "the feed's file moved since its path was checked: nothing read, nothing"
+                    " deleted"
+                )
+            listing = os.memfd_create("hashsvc-file-feed", os.MFD_CLOEXEC)
+            total = 0
+            while chunk := os.read(fd, min(1 << 20, self.max_bytes + 1 - total)):
+                total += len(chunk)
+                if total > self.max_bytes:
+                    raise self._too_large(f"{total}+ (it grew while it was read)")
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(listing, view) :]
+            return listing
+        except BaseException as exc:
+            if listing >= 0:
+                os.close(listing)
+            if isinstance(exc, OSError):
+                raise Unavailable(f"cannot read the feed's file: {exc}") from None
+            raise
+        finally:
+            os.close(fd)
+
+    def _too_large(self, size) -> Unavailable:
+        return Unavailable(
+            f"the feed's file is {size} bytes, more than {self.max_bytes}"
+            " (exchange.max_file_bytes): nothing read, nothing deleted"
+        )
 
 
 # -- NCMEC and StopNCII
