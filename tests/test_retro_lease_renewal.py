@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from datetime import UTC, datetime
 
-from hashdb import HistoryFilter, ReviewFilter
+from hashdb import HistoryFilter, ReviewFilter, retro_sql
 from hashsvc.base.signals import Signal
 from hashsvc.core import retro
 from tests.test_retro import _history_upload
@@ -171,3 +172,71 @@ def test_a_holder_that_lost_its_run_mid_step_stops_writing(
     done = taker.store.get_retro_run(run.id)
     assert (done.state, done.hits) == ("done", COPIES)
     assert sorted(_retro_records(taker.store)) == sorted(copies)
+
+
+def test_a_hit_is_never_inserted_after_another_server_claimed_the_run(
+    store_url, make_core, monkeypatch
+):
+    """add_retro_match's holder check and insert are one statement with the
+    run's row locked (PostgreSQL FOR SHARE): a replica whose lease just
+    expired, in the middle of writing a hit, holds off another server's
+    claim until the hit is committed; the hit is never written after the
+    run changed hands (a separate SELECT let the claim commit in between).
+    PostgreSQL's writes also take one advisory lock (_CHANGES_LOCK), which
+    serializes the two today; the row lock keeps this true without it
+    (checked by hand with that lock taken out: the old check fails here)."""
+    monkeypatch.setattr(retro.RetroHunt, "_work", lambda self: None)
+    holder = make_core(store_url, **SETTINGS)
+    other = make_core(store_url, **SETTINGS)
+    _flood(holder)
+    run = holder.store.claim_retro_run(0.2)
+    (history_id,) = [row[0] for row in holder.store.history_pdq_views(0, run.last_history_id, 1)]
+    (upload,) = holder.store.history_uploads_by_id([history_id])
+    time.sleep(0.3)  # its lease has expired; nobody claimed it yet
+
+    in_hit, claiming = threading.Event(), threading.Event()
+    real_insert = retro_sql.insert_review_item
+
+    def slow_insert(*args, **kwargs):
+        # the hit's row is inserted; the claim comes while its transaction is open
+        in_hit.set()
+        assert claiming.wait(30)
+        time.sleep(0.5)
+        return real_insert(*args, **kwargs)
+
+    monkeypatch.setattr(retro_sql, "insert_review_item", slow_insert)
+    item = {
+        "request_id": upload.request_id,
+        "created_at": datetime.now(UTC),
+        "caller": upload.caller,
+        "media_type": "image",
+        "client_ref": "",
+        "query_signals": [],
+        "matches": [],
+    }
+    ends: dict[str, float] = {}
+    answers: dict[str, object] = {}
+
+    def write_hit() -> None:
+        answers["hit"] = holder.store.add_retro_match(
+            run.id, 1, history_id, "review", item, owner=run.lease_owner
+        )
+        ends["hit"] = time.monotonic()
+
+    def claim() -> None:
+        assert in_hit.wait(30)
+        claiming.set()
+        answers["claim"] = other.store.claim_retro_run(60)
+        ends["claim"] = time.monotonic()
+
+    threads = [threading.Thread(target=write_hit), threading.Thread(target=claim)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    theirs = answers["claim"]
+    assert theirs is not None and theirs.id == run.id
+    # the hit was the holder's (committed before the run changed hands)
+    assert answers["hit"] is not None and ends["claim"] >= ends["hit"]
+    assert other.store.get_retro_run(run.id).hits == 1
