@@ -20,8 +20,8 @@ from tests.test_retro import _history_upload
 
 KNOWN = bytes(range(32))
 NEAR = bytes([KNOWN[0] ^ 0x03]) + KNOWN[1:]
-LEASE = 0.6
-COPIES = 40
+LEASE = 1.0
+COPIES = 50
 # Each hit's write slowed so a step's hits (COPIES * HIT_SECONDS) outlast
 # the lease several times over, whatever the machine's speed.
 HIT_SECONDS = 0.05
