@@ -65,6 +65,7 @@ class _Cursor:
 class PostgresStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
     _unique_violation = pg_errors.UniqueViolation
     _SIGNALS_AS_BYTES = "convert_to(query_signals, 'UTF8')"
+    _HELD_LOCK = " FOR SHARE"
 
     def __init__(
         self,

@@ -42,6 +42,9 @@ class RetroSQL(RetroPendingSQL):
     # The query_signals column as UTF-8 bytes (SQLite; PostgreSQL overrides):
     # what the scan reads, without decoding to str and encoding back.
     _SIGNALS_AS_BYTES = "CAST(query_signals AS BLOB)"
+    # How a holder's write locks its run's row against a claim until it
+    # commits (PostgreSQL overrides; SQLite's writes are serialized anyway).
+    _HELD_LOCK = ""
 
     # -- runs
 
@@ -388,21 +391,27 @@ class RetroSQL(RetroPendingSQL):
         the run is no longer this owner's (nothing written)."""
         request_id = item["request_id"]
         with self._write() as cur:
-            cur.execute(f"SELECT 1 FROM retro_runs WHERE {_HELD}", (run_id, owner))
-            if cur.fetchone() is None:
-                return None
+            # The holder's check and the insert are one statement, the run's
+            # row locked against a claim until the hit commits (PostgreSQL,
+            # _HELD_LOCK): a replica whose lease just expired cannot insert
+            # a hit after another server took the run (a separate SELECT
+            # could see the old owner a moment before the claim commits).
+            # SQLite's write transaction already excludes the claim.
             cur.execute(
                 "INSERT INTO retro_matches (run_id, entry_id, request_id, history_id, decision,"
-                " created_at, history_recorded) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " created_at, history_recorded) SELECT id, ?, ?, ?, ?, ?, ? FROM retro_runs"
+                f" WHERE {_HELD}{self._HELD_LOCK}"
                 " ON CONFLICT (entry_id, request_id) DO NOTHING RETURNING id",
-                (run_id, entry_id, request_id, history_id, decision, now_micros(), False),
+                (entry_id, request_id, history_id, decision, now_micros(), False, run_id, owner),
             )
             row = cur.fetchone()
             if row is None:
+                # reported before, or the run is not this owner's (then None)
                 cur.execute(
                     "SELECT review_item_id FROM retro_matches WHERE entry_id = ?"
-                    " AND request_id = ? AND run_id = ? AND history_recorded = ?",
-                    (entry_id, request_id, run_id, False),
+                    " AND request_id = ? AND run_id = ? AND history_recorded = ?"
+                    f" AND {_HELD_RUN}",
+                    (entry_id, request_id, run_id, False, run_id, owner),
                 )
                 unrecorded = cur.fetchone()
                 return unrecorded[0] if unrecorded else None

@@ -59,6 +59,7 @@ from hashsvc.core.audit import SYSTEM_ACTOR, Audit
 from hashsvc.core.retro_dask import DaskRetroEngine, DaskSettings
 from hashsvc.core.retro_scan import (
     RetroScanner,
+    RunLease,
     history_signals,
     hunting_entries,
     hunts,
@@ -78,6 +79,7 @@ SECONDS_PER_DAY = 86_400
 _PENDING_STOP_SECONDS = 2.0
 # A step cut short by the server stopping (RetroHunt._scan_step).
 _STOPPED = object()
+_LOST = object()  # a step cut because another server took the run
 MAX_WINDOW_SECONDS = 10 * 365 * SECONDS_PER_DAY
 
 
@@ -575,17 +577,19 @@ class RetroHunt:
 
     def _scan_steps(self, run: RetroRun, scanner: RetroScanner) -> bool:
         """scan()'s steps from the checkpoint to the run's end; False when
-        it stopped before (the server stops, or another took the run)."""
+        it stopped before (the server stops, or another took the run). The
+        lease is renewed at every step's end and, while a step takes long
+        (many hits to write), from inside it (RunLease)."""
+        lease = RunLease(self.store, run, self.settings.lease_seconds)
         checkpoint = run.checkpoint
         while not self._stopping.is_set():
-            step = self._scan_step(run, scanner, checkpoint)
+            step = self._scan_step(run, scanner, checkpoint, lease)
+            if step is _LOST:
+                return False  # logged once by the lease; nothing more is written
             if step is None or step is _STOPPED:
                 break
             checkpoint, scanned = step
-            if not self.store.retro_progress(
-                run.id, checkpoint, scanned, self.settings.lease_seconds, owner=run.lease_owner
-            ):
-                log.warning("retro-hunt %d was taken over by another server", run.id)
+            if not lease.renew(checkpoint, scanned):
                 return False
             if self.settings.pause_seconds:
                 self._stopping.wait(self.settings.pause_seconds)
@@ -598,17 +602,24 @@ class RetroHunt:
         return True
 
     def _scan_step(
-        self, run: RetroRun, scanner: RetroScanner, checkpoint: int
+        self, run: RetroRun, scanner: RetroScanner, checkpoint: int, lease: RunLease
     ) -> tuple[int, int] | object | None:
         """One batch of records after the checkpoint scanned and its hits
         held: (the new checkpoint, records read), None past the run's end,
         _STOPPED when the server stops before all its hits were held (the
         checkpoint stays: a resumed run holds them; those held are not
-        reported again)."""
+        reported again), _LOST when another server took the run meanwhile
+        (its writes would be refused: none is tried)."""
+
+        def keep() -> bool:
+            return lease.keep(checkpoint)
+
         batch = scan_batch(
             self.store, scanner, run.since, checkpoint, run.last_history_id,
-            self.settings.batch_records,
+            self.settings.batch_records, keep,
         )  # fmt: skip
+        if lease.lost:
+            return _LOST
         if batch is None:
             return None
         last_id, read, found = batch
@@ -616,6 +627,8 @@ class RetroHunt:
             if self._stopping.is_set():
                 return _STOPPED
             for hit in hits:
+                if not keep():
+                    return _LOST
                 self._hold(run, upload, hit, scanner.signals_of(upload))
         return last_id, read
 

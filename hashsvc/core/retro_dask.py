@@ -36,7 +36,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from datetime import UTC, datetime, timedelta
 from hashdb import HistoryUpload, RetroPartition, RetroRun, Store, open_store
 from hashdb.times import to_micros
 from hashsvc.base.errors import Unavailable
-from hashsvc.core.retro_scan import RetroScanner, hunting_entries, scan_batch
+from hashsvc.core.retro_scan import RetroScanner, RunLease, hunting_entries, scan_batch
 from hashsvc.matching.matcher import Match
 from hashsvc.matching.policy import LocalFeatureMatching, PdqPolicy, Policy
 
@@ -316,9 +315,8 @@ class DaskRetroEngine:
             )
             done = {p.number for p in partitions if p.done}
             pending = set(futures)
-            renew_every = max(0.05, self.lease_seconds / 3)
-            look_every = min(renew_every, 0.5)  # a stopping server is not kept waiting
-            last_renewal = time.monotonic()
+            lease = RunLease(self.store, run, self.lease_seconds)
+            look_every = min(lease.every, 0.5)  # a stopping server is not kept waiting
             while pending:
                 if stopping.is_set():
                     client.cancel(list(pending))
@@ -341,8 +339,14 @@ class DaskRetroEngine:
                         )
                     answer: PartitionHits = future.result()
                     hits = 0
+                    # a partition's many hits may take longer than the lease
+                    # to write: renewed meanwhile, at the checkpoint so far
+                    held_from = _done_prefix(partitions, done, run.checkpoint)
                     for upload, matches in answer.hits:
                         for match in matches:
+                            if not lease.keep(held_from):
+                                client.cancel(list(pending))
+                                return False
                             hold(upload, match)
                             hits += 1
                     if not self.store.finish_retro_partition(
@@ -353,15 +357,11 @@ class DaskRetroEngine:
                         return False
                     done.add(part.number)
                     scanned += answer.scanned
-                if finished or time.monotonic() - last_renewal >= renew_every:
+                if finished or lease.due():
                     checkpoint = _done_prefix(partitions, done, run.checkpoint)
-                    if not self.store.retro_progress(
-                        run.id, checkpoint, scanned, self.lease_seconds, owner=run.lease_owner
-                    ):
-                        log.warning("retro-hunt %d was taken over by another server", run.id)
+                    if not lease.renew(checkpoint, scanned):
                         client.cancel(list(pending))
                         return False
-                    last_renewal = time.monotonic()
             return True
         finally:
             client.close()

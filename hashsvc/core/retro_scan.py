@@ -6,13 +6,15 @@ from their history records."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from datetime import datetime
 
 import numpy as np
 
-from hashdb import EntryRecord, HistoryUpload, IndexedSignal, SetLookup
+from hashdb import EntryRecord, HistoryUpload, IndexedSignal, RetroRun, SetLookup
 from hashdb.history_sql import unpack_other_signals
 from hashdb.times import to_micros
 from hashsvc.base.signals import PDQ, SIGNAL_TYPES, Signal
@@ -25,6 +27,9 @@ from hashsvc.matching.policy import BLOCK, REVIEW, LocalFeatureMatching, Policy
 
 # Signal kinds compared byte for byte (looked up, not searched).
 EXACT_KINDS = frozenset(t.name for t in SIGNAL_TYPES.values() if not t.perceptual)
+
+
+log = logging.getLogger(__name__)
 
 
 class RetroScanner:
@@ -335,15 +340,68 @@ class _NewEntries:
         return self._exact.get((kind, value), [])
 
 
+class RunLease:
+    """A run's lease kept by the server holding it while a step (or a Dask
+    partition's hits) takes longer than the lease: renewed, the checkpoint
+    kept, at least every lease_seconds/3 (the in-process hunt and the Dask
+    engine alike). Without it a step whose hits are many (a flooding
+    uploader's near-copies, then the entry added) outlasts the lease, its
+    next write is refused and another replica redoes the batch, again and
+    again. Once the run is found taken over (the owner token no longer
+    holds it) the holder stops writing: `lost`."""
+
+    def __init__(self, store, run: RetroRun, lease_seconds: float) -> None:
+        self.store = store
+        self.run = run
+        self.lease_seconds = lease_seconds
+        self.every = max(0.05, lease_seconds / 3)
+        self.renewed_at = time.monotonic()
+        self.lost = False
+
+    def due(self) -> bool:
+        return time.monotonic() - self.renewed_at >= self.every
+
+    def renew(self, checkpoint: int, scanned: int = 0) -> bool:
+        """Saves the checkpoint (and records read since the last save) and
+        renews the lease; False, and `lost`, if the run is another's now."""
+        if self.lost:
+            return False
+        if not self.store.retro_progress(
+            self.run.id, checkpoint, scanned, self.lease_seconds, owner=self.run.lease_owner
+        ):
+            self.lost = True
+            log.warning("retro-hunt %d was taken over by another server", self.run.id)
+            return False
+        self.renewed_at = time.monotonic()
+        return True
+
+    def keep(self, checkpoint: int) -> bool:
+        """Renews the lease at `checkpoint` (the last one saved) when it is
+        due; False once the run is lost (stop writing)."""
+        if self.lost:
+            return False
+        return self.renew(checkpoint) if self.due() else True
+
+
 def scan_batch(
-    store, scanner: RetroScanner, since: datetime, after_id: int, upto_id: int, limit: int
+    store,
+    scanner: RetroScanner,
+    since: datetime,
+    after_id: int,
+    upto_id: int,
+    limit: int,
+    keep: Callable[[], bool] | None = None,
 ) -> tuple[int, int, list[tuple[HistoryUpload, list[Match]]]] | None:
     """One batch of the history records after_id < id <= upto_id through the
     scanner: (last id read, records read, the uploads found with their hits),
     None past upto_id. The in-process hunt and a Dask worker's partition scan
     alike. The records' packed views are read (PDQ only), or their packed
     views and other signals (their texts where not packed), and whole
-    records only of the few that may match."""
+    records only of the few that may match. `keep` (the holder's lease,
+    RunLease.keep) is called between candidates, whose full match is the
+    slow part when many may match; when it answers False the batch stops
+    there (its result is incomplete: the caller, which lost the run, drops
+    it)."""
     if scanner.reads_views():
         rows = store.history_pdq_views(after_id, upto_id, limit)
         if not rows:
@@ -362,7 +420,11 @@ def scan_batch(
         found = scanner.candidate_packed([(row[2], row[3], row[4]) for row in in_window])
         candidates = store.history_uploads_by_id(in_window[i][0] for i in found)
         last_id, read = rows[-1][0], len(rows)
-    hits = [(upload, scanner.hits(upload)) for upload in candidates]
+    hits = []
+    for upload in candidates:
+        if keep is not None and not keep():
+            break
+        hits.append((upload, scanner.hits(upload)))
     return last_id, read, [(upload, found) for upload, found in hits if found]
 
 
