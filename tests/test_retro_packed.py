@@ -7,6 +7,7 @@ signals edited in the database fail `history verify`."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from datetime import UTC, datetime
 
@@ -18,7 +19,13 @@ from hashsvc.core.retro_scan import RetroScanner, parse_signals, scan_batch
 from hashsvc_testing.image_media import encode, photo
 from tests.test_retro import _finished_run, _tamper_views
 
-KNOWN_FILE = encode(photo(1))
+
+@functools.cache
+def known_file() -> bytes:
+    # read when a test runs, not at import: collection must not need ../shared/vectors
+    return encode(photo(1))
+
+
 FEATURES = bytes(range(200))  # opaque: kept as size and digest unless configured
 
 
@@ -50,14 +57,14 @@ def _upload(store, request_id: str, signals: list[dict]) -> int:
 
 def test_packing_other_signals():
     pdq = bytes(range(32))
-    signals = _picture(pdq, KNOWN_FILE)
+    signals = _picture(pdq, known_file())
     items = unpack_other_signals(pack_other_signals(signals))
     # md5 and sha256 with their bytes; local features kept as a digest only: none
     assert items == [
-        ("md5", hashlib.md5(KNOWN_FILE).digest()),
-        ("sha256", hashlib.sha256(KNOWN_FILE).digest()),
+        ("md5", hashlib.md5(known_file()).digest()),
+        ("sha256", hashlib.sha256(known_file()).digest()),
     ]
-    kept = unpack_other_signals(pack_other_signals(_picture(pdq, KNOWN_FILE, True)))
+    kept = unpack_other_signals(pack_other_signals(_picture(pdq, known_file(), True)))
     assert kept[-1] == ("local_features", b"")  # present: the matcher compares it
     odd = [*signals, {"signal_type": "md5", "value": "zz"}, {"signal_type": "nope", "value": "00"}]
     assert pack_other_signals(odd) == pack_other_signals(signals)
@@ -71,9 +78,9 @@ def test_a_picture_hunt_reads_packed_signals_and_finds_what_the_text_finds(store
     far = hashlib.sha256(b"far").digest()
     ids = {
         "pdq-copy": _upload(store, "pdq-copy", _picture(near, b"re-encoded")),
-        "same-file": _upload(store, "same-file", _picture(far, KNOWN_FILE)),
+        "same-file": _upload(store, "same-file", _picture(far, known_file())),
         "unrelated": _upload(store, "unrelated", _picture(far, b"other")),
-        "old-same-file": _upload(store, "old-same-file", _picture(far, KNOWN_FILE)),
+        "old-same-file": _upload(store, "old-same-file", _picture(far, known_file())),
         "old-unrelated": _upload(store, "old-unrelated", _picture(far, b"x")),
     }
     # two records as written before the column: nothing packed beside the views
@@ -83,7 +90,7 @@ def test_a_picture_hunt_reads_packed_signals_and_finds_what_the_text_finds(store
         f" ({ids['old-same-file']}, {ids['old-unrelated']})",
     )
     core.curation.create_set("s")
-    entry = core.curation.add_entry("s", "poster", {}, "op", media=KNOWN_FILE)
+    entry = core.curation.add_entry("s", "poster", {}, "op", media=known_file())
     last = store.last_history_id()
     rows = store.history_packed_signals(0, last, 100)
     text_read = {row[0] for row in rows if row[4] is not None}
@@ -123,11 +130,11 @@ def test_an_added_picture_hunts_through_the_service(store_url, make_core):
     near = _near_copy(core)
     far = hashlib.sha256(b"far").digest()
     _upload(core.store, "pdq-copy", _picture(near, b"re-encoded"))
-    _upload(core.store, "same-file", _picture(far, KNOWN_FILE))
+    _upload(core.store, "same-file", _picture(far, known_file()))
     for i in range(20):
         _upload(core.store, f"other-{i}", _picture(hashlib.sha256(b"%d" % i).digest(), b"%d" % i))
     core.curation.create_set("s")
-    core.curation.add_entry("s", "poster", {}, "op", media=KNOWN_FILE)
+    core.curation.add_entry("s", "poster", {}, "op", media=known_file())
     run = _finished_run(core)
     assert (run.state, run.hits) == ("done", 2)
     hits = sorted(hit[1] for hit in core.store.retro_matches_of(run.id))
@@ -136,7 +143,7 @@ def test_an_added_picture_hunts_through_the_service(store_url, make_core):
 
 def _near_copy(core) -> bytes:
     """The poster's PDQ hash, 2 bits off: a re-encoded copy's."""
-    pdq = next(s.value for s in core.hashing.hash_known(KNOWN_FILE).signals if s.kind == "pdq")
+    pdq = next(s.value for s in core.hashing.hash_known(known_file()).signals if s.kind == "pdq")
     return bytes([pdq[0] ^ 0x03]) + pdq[1:]
 
 
