@@ -405,12 +405,12 @@ class Config:
     index_snapshot: str = ""
     # How often to look for changes made by other replicas (seconds).
     change_poll_seconds: float = 1.0
-    # A PostgreSQL NOTIFY wakes the change poller at once, but it catches the
-    # index up at most this often after the last catch-up (any thread's): a
-    # bulk load or feed fetch commits (and notifies) every 0.25 s, and each
-    # catch-up rebuilds the index's open segment, so a commit is matchable
-    # here up to this much later (change_poll_seconds at most). 0 = at every
-    # NOTIFY.
+    # A PostgreSQL NOTIFY wakes the change poller at once, and single changes
+    # (AddEntry, a set's update, a removal) are applied at once; but a bulk
+    # load or feed fetch commits (and notifies) every 0.25 s, and each
+    # catch-up rebuilds the index's open segment, so after a catch-up that
+    # applied a bulk write's entries (any thread's) the next comes at most
+    # this much later (change_poll_seconds at most). 0 = at every NOTIFY.
     change_follow_seconds: float = 0.25
     # Matching answers UNAVAILABLE when the index has not read the store's
     # change feed for this long on top of change_poll_seconds (the wait

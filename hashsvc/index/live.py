@@ -80,6 +80,10 @@ class LiveIndex:
         self.ready = threading.Event()
         # When the change feed was last read (monotonic): how current the view is.
         self.read_at = 0.0
+        # When a read last applied a bulk write's entries (monotonic): a
+        # stream of them (a bulk load's or feed fetch's commits) is followed
+        # less often than single changes, which each apply at once.
+        self.bulk_applied_at = 0.0
         self._apply_lock = threading.Lock()
         self._notes: list[AddedSignals] = []  # see note_added
         self._notes_lock = threading.Lock()
@@ -245,6 +249,7 @@ class LiveIndex:
                         run.updated.add(change.entry_id)
                     elif (added := added_range(change.op, change.entry_id)) is not None:
                         run.ranges.append(added)  # a bulk write's entries
+                        self.bulk_applied_at = time.monotonic()
                     elif change.op == "remove_entry":
                         self._add_entries(run, notes, used)
                         run = _Run()
