@@ -293,6 +293,35 @@ def run_matcher(address: str, token: str, stop, out, calls) -> None:
     out.put(latencies)
 
 
+def _result_of(loader, results, seconds: float = 1800.0):
+    """What the loader process put in `results`, then joined: a loader
+    that died (an error in the load) or took longer than `seconds` fails
+    the bench instead of leaving it waiting for ever (a CI run once hung
+    here for hours after the load process had failed)."""
+    import queue
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            result = results.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if not loader.is_alive():
+                try:  # it may have put its result just before it ended
+                    result = results.get(timeout=5.0)
+                    break
+                except queue.Empty:
+                    pass
+            if not loader.is_alive() or time.monotonic() > deadline:
+                loader.kill()
+                loader.join(10)
+                raise RuntimeError(
+                    f"the load process ended without a result (exit code {loader.exitcode})"
+                ) from None
+    loader.join()
+    return result
+
+
 def start_matcher(ctx, address: str, token: str, seconds: float = 120.0):
     """The Match loop in a process of its own (run_matcher), returned once
     it has answers: (process, stop event, latencies queue, calls counter).
@@ -349,8 +378,7 @@ def bench(
         server_cpu, matches = time.process_time(), calls.value
         with sampler:
             loader.start()
-            seconds, summary, client_cpu = results.get()
-            loader.join()
+            seconds, summary, client_cpu = _result_of(loader, results)
         server_cpu = time.process_time() - server_cpu
         load_cpu = server_cpu - (calls.value - matches) * match_cpu
         if "postgresql" in db_url:
@@ -367,8 +395,7 @@ def bench(
         if rerun:  # the same file again: every row is there already
             loader = ctx.Process(target=run_load, args=(address, token, path, results))
             loader.start()
-            rerun_seconds, again, _ = results.get()
-            loader.join()
+            rerun_seconds, again, _ = _result_of(loader, results)
             assert again["added"] == 0 and again["unchanged"] == rows, again
         lat = sorted(latencies.get(timeout=120))  # a dead matcher fails, not hangs
         matcher.join()
