@@ -695,6 +695,26 @@ def test_a_file_feed_swapped_after_its_check_is_refused(
     _refused_with_nothing_loaded(stubs, md, kept, "exchange.max_file_bytes", 1)
     monkeypatch.setattr(os, "fstat", fstat)
 
+    # rewritten in place, shorter, right after the check (a producer's
+    # `curl -o` or shell `>` during the fetch): read short, it would delete
+    # everything past the cut; refused (the review's case: 600 of 1,000 read)
+    path.write_text(small)
+    inode = path.stat().st_ino
+    calls = []
+
+    def fstat_then_rewrite(fd):
+        info = fstat(fd)
+        if info.st_ino == inode and not calls:
+            calls.append(fd)
+            with open(path, "r+") as rewritten:
+                rewritten.truncate(0)
+                rewritten.write("pdq " + _hex() + "\n")
+        return info
+
+    monkeypatch.setattr(os, "fstat", fstat_then_rewrite)
+    _refused_with_nothing_loaded(stubs, md, kept, "changed while it was read", 2)
+    monkeypatch.setattr(os, "fstat", fstat)
+
     # a FIFO renamed over the path after the check: nobody writes to it
     def fifo(real):
         fifo_path = tmp_path / "fifo"
@@ -704,7 +724,7 @@ def test_a_file_feed_swapped_after_its_check_is_refused(
 
     path.write_text(small)
     _swap_after_the_path_check(monkeypatch, fifo)
-    _refused_with_nothing_loaded(stubs, md, kept, "not a regular file", 2)
+    _refused_with_nothing_loaded(stubs, md, kept, "not a regular file", 3)
 
     # a link to a file outside file_dir renamed over the path after the check
     def link(real):
@@ -714,7 +734,7 @@ def test_a_file_feed_swapped_after_its_check_is_refused(
         os.replace(link_path, real)
 
     _swap_after_the_path_check(monkeypatch, link)
-    _refused_with_nothing_loaded(stubs, md, kept, "symbolic link", 3)
+    _refused_with_nothing_loaded(stubs, md, kept, "symbolic link", 4)
 
     # a directory on the way swapped for a link after the check: what is
     # opened is not the file the path was resolved to

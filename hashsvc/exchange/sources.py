@@ -489,9 +489,11 @@ class FileSource(Source):
         on a FIFO's writer), checked on that descriptor (a regular file, at
         most exchange.max_file_bytes, still the path resolved within
         exchange.file_dir) and read within the limit into an in-memory
-        file, whose descriptor is returned. A file that grows past the limit
-        while it is read is refused, not cut: a cut listing would delete
-        what it no longer lists. Nothing is read on a refusal."""
+        file, whose descriptor is returned. A file that grows past the limit,
+        or changes at all, while it is read is refused, not cut: a cut listing
+        would delete what it no longer lists. Nothing is read on a refusal.
+        (A file half-written when it is opened cannot be told apart: a
+        producer writes a new listing to a temporary file and renames it.)"""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
         except OSError as exc:
@@ -525,6 +527,22 @@ class FileSource(Source):
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(listing, view) :]
+            # A file rewritten in place while it was read (a partner's
+            # `curl -o`, a shell's `>`) reads short: a listing cut short
+            # would delete every entry it no longer lists. What was read
+            # must be the whole file as it was found, unchanged since.
+            after = os.fstat(fd)
+            same = (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+            if total != info.st_size or same != (
+                after.st_size,
+                after.st_mtime_ns,
+                after.st_ctime_ns,
+                after.st_ino,
+            ):
+                raise Unavailable(
+                    "the feed's file changed while it was read (write a new listing to a"
+                    " temporary file and rename it into place): nothing read, nothing deleted"
+                )
             return listing
         except BaseException as exc:
             if listing >= 0:
