@@ -6,6 +6,8 @@ and once over gRPC."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -257,3 +259,33 @@ def test_two_steps_through_hashing_workers(make_harness, tmp_path, pictures):
     other = m_stub.matcher.Match(match_request(pictures["bridge_crop"]), metadata=m_md)
     assert LOCAL_NOT_COMPUTED not in other.notes
     assert any(s.signal_type == "local_features" for s in other.query_signals)
+
+
+def test_a_retro_hunt_searches_local_features_even_when_pdq_blocks(tmp_path, make_core, pictures):
+    """A retro-hunt asks its sets without their allow lists, which it applies
+    to each hit afterwards: the skip made a new entry's PDQ hit stop the
+    local-feature search, so when that PDQ hit was allow-listed, the crop
+    found only by local features was lost too (review: 0 hits; a live Match
+    of the same upload blocks by the crop)."""
+    bridge = Image.open(vector(*BRIDGE)).convert("RGB")
+    core = make_core(
+        f"sqlite:///{tmp_path}/retro.db", retro_poll_seconds=0.2, history_keep_local_features=True
+    )
+    core.curation.create_set("ok", allow_list=True)
+    core.curation.add_entry("ok", "meme", {}, "op", media=encode_image(bridge, "PNG"))
+    core.curation.create_set("s")
+    core.retro.set_window("s", 0)  # no run at each entry: one run by hand holds both
+    assert core.match(MatchQuery(media=pictures["bridge"]), caller="t").decision == "allow"
+    core.curation.add_entry("s", "e1", {}, "op", media=encode_image(bridge, "JPEG", quality=60))
+    core.curation.add_entry("s", "crop", {}, "op", media=pictures["bridge_crop"])
+    live = core.match(MatchQuery(media=pictures["bridge"]), caller="t")
+    assert live.decision == "block" and any(m.entry_name == "crop" for m in live.matches)
+
+    run = core.retro.start_run("op", "s", since_seconds=3600)
+    deadline = time.monotonic() + 60
+    while core.store.get_retro_run(run.id).state not in ("done", "failed"):
+        assert time.monotonic() < deadline, core.store.get_retro_run(run.id)
+        time.sleep(0.1)
+    assert core.store.get_retro_run(run.id).state == "done"
+    hits = core.store.retro_matches_of(run.id)
+    assert len(hits) == 1, hits  # the crop's, by local features; e1's is allow-listed

@@ -83,7 +83,7 @@ class RetroScanner:
         signals = self.signals_of(upload)
         if not signals:
             return []
-        result = self.matcher.match(signals, only_sets=self.set_ids)
+        result = self.matcher.match(signals, only_sets=self.set_ids, every_match=True)
         return [m for m in result.matches if m.decision in (BLOCK, REVIEW)]
 
     def reads_views(self) -> bool:

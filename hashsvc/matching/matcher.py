@@ -312,7 +312,14 @@ class Matcher:
         # and the word assignment (hashsvc/index/word_assign.py)
         self.live.features.search([descriptors], 1)
 
-    def match(self, query: list[Signal], only_sets: set[int] | None = None) -> MatchResult:
+    def match(
+        self, query: list[Signal], only_sets: set[int] | None = None, every_match: bool = False
+    ) -> MatchResult:
+        """The query's matches and decision. `every_match`: the local
+        features are searched even when exact, PDQ or sound evidence already
+        blocks in every set asked (a retro-hunt asks without its allow lists,
+        which it applies to each hit afterwards: skipping there lost a hit
+        found only by local features when the PDQ hit was allow-listed)."""
         sets = {
             s.id: s
             for s in self.live.sets_by_id.values()
@@ -348,7 +355,7 @@ class Matcher:
         local_hits: dict[int, list[_LocalHit]] = {}
         everywhere = _blocks_everywhere(sets, (found for _, found in judged.values()))
         if any(s.kind == LOCAL_FEATURES.name for s in query):
-            if everywhere:
+            if everywhere and not every_match:
                 notes = (LOCAL_NOT_SEARCHED,)
             else:
                 local_hits = self._search_local(query)
