@@ -143,6 +143,25 @@ def write_history(
     return copies
 
 
+def match_during(core: Core, data: list[bytes], work, nice: int):
+    """`work()` on a thread at the server's retro niceness (as its hunting
+    thread) while Match is called in a loop: (work's result, Match latencies)."""
+    done, result = threading.Event(), {}
+
+    def run() -> None:
+        lower_priority(nice)
+        result["r"] = work()
+        done.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    during: list[float] = []
+    while not done.is_set():
+        during += match_latencies(core, data, 0.5)
+    thread.join()
+    return result["r"], during
+
+
 def match_latencies(core: Core, data: list[bytes], seconds: float) -> list[float]:
     out: list[float] = []
     deadline = time.monotonic() + seconds
@@ -308,24 +327,11 @@ def main() -> None:
             f" (target < {TARGET_SECONDS / 60:.0f} min)"
         )
         # again, while Match is called (each hit is known by now: none twice)
-        done = threading.Event()
-        again: dict = {}
-
-        def hunt_again() -> None:
-            lower_priority(config.retro_nice)  # as the server's hunting thread
-            again["result"] = hunt()
-            done.set()
-
-        thread = threading.Thread(target=hunt_again)
-        thread.start()
-        during: list[float] = []
-        while not done.is_set():
-            during += match_latencies(core, images, 0.5)
-        thread.join()
+        again, during = match_during(core, images, hunt, config.retro_nice)
         # idle again after it: the other load on the machine drifts, so idle
         # is measured on both sides of the hunt
         idle += match_latencies(core, images, match_seconds)
-        wall_during, _, second = again["result"]
+        wall_during, _, second = again
         p50_idle, p50_run = statistics.median(idle), statistics.median(during)
         p95 = lambda xs: sorted(xs)[int(0.95 * (len(xs) - 1))]  # noqa: E731
         p99 = lambda xs: sorted(xs)[int(0.99 * (len(xs) - 1))]  # noqa: E731

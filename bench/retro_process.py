@@ -22,18 +22,16 @@ import os
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 
 import numpy as np
-from retro import match_latencies, write_history
+from retro import match_during, match_latencies, write_history
 
 from hashdb.bulk_sql import PlainSignals
 from hashdb.times import to_micros
 from hashsvc.core.config import Config
 from hashsvc.core.core import Core
-from hashsvc.core.retro import lower_priority
 from hashsvc.core.retro_scan import history_signals
 from hashsvc_testing.image_media import encode, photo
 
@@ -118,20 +116,9 @@ def main() -> None:
         for _ in range(args.rounds):
             for mode in ("thread", "process"):
                 idle = match_latencies(core, images, args.match_seconds)
-                done, result = threading.Event(), {}
-
-                def run_hunt(mode=mode, done=done, result=result) -> None:
-                    lower_priority(config.retro_nice)
-                    result["r"] = hunt(mode)
-                    done.set()
-
-                thread = threading.Thread(target=run_hunt)
-                thread.start()
-                during: list[float] = []
-                while not done.is_set():
-                    during += match_latencies(core, images, 0.5)
-                thread.join()
-                wall, cpu, hits = result["r"]
+                (wall, cpu, hits), during = match_during(
+                    core, images, lambda mode=mode: hunt(mode), config.retro_nice
+                )
                 print(
                     f"{mode}: hunt {wall:.1f} s wall, server CPU {cpu:.2f} s, {hits} hit rows"
                     f" (planted {copies}); Match idle p50 {statistics.median(idle):.1f} ms"
