@@ -28,6 +28,22 @@ def _retro_records(store) -> list[str]:
     return [r.detail["request_id"] for r in found if r.rpc == "RetroMatch"]
 
 
+def scan_on_a_thread(core, run, name: str) -> tuple[threading.Thread, list[BaseException]]:
+    """core.retro.scan(run) started on a thread of its own, as a replica's
+    hunting thread; what it raised is collected in the list returned."""
+    errors: list[BaseException] = []
+
+    def scan() -> None:
+        try:
+            core.retro.scan(run)
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=scan, name=name)
+    worker.start()
+    return worker, errors
+
+
 def test_a_stale_replica_is_refused_and_nothing_is_reported_twice(
     store_url, make_core, monkeypatch
 ):
@@ -57,16 +73,7 @@ def test_a_stale_replica_is_refused_and_nothing_is_reported_twice(
         return real_record(*args, **kwargs)
 
     monkeypatch.setattr(stale.store, "record_retro_hit", stalling_record)
-    errors: list[BaseException] = []
-
-    def scan_stale() -> None:
-        try:
-            stale.retro.scan(mine)
-        except BaseException as exc:
-            errors.append(exc)
-
-    worker = threading.Thread(target=scan_stale, name="stale-replica")
-    worker.start()
+    worker, errors = scan_on_a_thread(stale, mine, "stale-replica")
     try:
         assert stalled.wait(30)
         time.sleep(LEASE + 0.1)

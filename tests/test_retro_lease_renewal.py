@@ -17,6 +17,7 @@ from hashdb import HistoryFilter, ReviewFilter, retro_sql
 from hashsvc.base.signals import Signal
 from hashsvc.core import retro
 from tests.test_retro import _history_upload
+from tests.test_retro_lease import scan_on_a_thread
 
 KNOWN = bytes(range(32))
 NEAR = bytes([KNOWN[0] ^ 0x03]) + KNOWN[1:]
@@ -77,17 +78,8 @@ def test_a_step_with_many_hits_keeps_its_lease(store_url, make_core, monkeypatch
     assert run is not None
     calls = _slow_hits(monkeypatch, holder.store)
 
-    errors: list[BaseException] = []
-
-    def scan() -> None:
-        try:
-            holder.retro.scan(run)
-        except BaseException as exc:
-            errors.append(exc)
-
     caplog.set_level(logging.WARNING)
-    worker = threading.Thread(target=scan, name="holder")
-    worker.start()
+    worker, errors = scan_on_a_thread(holder, run, "holder")
     taken = []
     try:
         # The other server tries to claim the run all along (bounded).
@@ -140,17 +132,8 @@ def test_a_holder_that_lost_its_run_mid_step_stops_writing(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(holder.store, "add_retro_match", stalling)
-    errors: list[BaseException] = []
-
-    def scan() -> None:
-        try:
-            holder.retro.scan(run)
-        except BaseException as exc:
-            errors.append(exc)
-
     caplog.set_level(logging.WARNING)
-    worker = threading.Thread(target=scan, name="holder")
-    worker.start()
+    worker, errors = scan_on_a_thread(holder, run, "holder")
     try:
         assert stalled.wait(30)
         time.sleep(LEASE + 0.1)
