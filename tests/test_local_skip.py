@@ -14,7 +14,7 @@ from PIL import Image
 
 from hashdb import Thresholds
 from hashsvc.core.core import MatchQuery
-from hashsvc.core.two_step import RecentBlocks
+from hashsvc.core.two_step import CallerBlocks, RecentBlocks
 from hashsvc.matching.matcher import LOCAL_NOT_COMPUTED, LOCAL_NOT_SEARCHED
 from hashsvc.media.limits import ImageLimits
 from hashsvc.v1 import hashsvc_pb2 as pb
@@ -35,6 +35,8 @@ def pictures() -> dict[str, bytes]:
     bridge = Image.open(vector(*BRIDGE)).convert("RGB")
     return {
         "bridge": _jpeg(bridge),
+        # the same picture in another file: PDQ blocks it, the exact hashes do not
+        "bridge_again": encode_image(bridge, "JPEG", quality=70),
         # a crop PDQ cannot see (and a different file): local features only
         "bridge_crop": _jpeg(local_media.crop(bridge, np.random.default_rng(0), 0.2)),
     }
@@ -176,9 +178,23 @@ def test_recent_blocks_turn_two_steps_on_and_off():
     assert not never.two_steps()
 
 
+def test_each_caller_has_its_own_window_and_their_number_is_capped():
+    callers = CallerBlocks(window=2, share=0.5, callers=3)
+    callers.observe("flooder", True)
+    assert callers.two_steps("flooder")
+    assert not callers.two_steps("other")  # another caller's flood is not its own
+    callers.observe("other", False)
+    assert not callers.two_steps("other")
+    for name in ("c", "d"):  # two more callers: the least recently seen is dropped
+        callers.observe(name, False)
+    assert len(callers) == 3
+    assert not callers.two_steps("flooder")  # dropped: starts again in one step
+    assert CallerBlocks(2, 0.0, 1).two_steps("anyone")  # share 0: always
+
+
 @pytest.mark.parametrize(
     "bad", [{"local_after_views_share": -0.1}, {"local_after_views_share": float("nan")},
-            {"local_after_views_window": 0}],
+            {"local_after_views_window": 0}, {"local_after_views_callers": 0}],
 )  # fmt: skip
 def test_two_step_settings_are_checked(bad):
     with pytest.raises(ValueError, match="local_after_views"):
@@ -227,11 +243,11 @@ def test_a_flood_of_known_pictures_does_not_hide_a_crop(store_url, make_core, pi
     # the same picture where PDQ decides nothing: its crop is found by local features only
     core.curation.create_set("pdq_blind", thresholds={"pdq": Thresholds(0, 0)})
     core.curation.add_entry("pdq_blind", "bridge", {}, "op", media=pictures["bridge"])
-    assert not core.recent_blocks.two_steps()
+    assert not core.recent_blocks.two_steps("t")
     for _ in range(4):
         flood = core.match(MatchQuery(media=pictures["bridge"], sets=("s",)), caller="t")
         assert flood.decision == "block"
-    assert core.recent_blocks.two_steps()
+    assert core.recent_blocks.two_steps("t")
     assert LOCAL_NOT_COMPUTED in flood.notes
     crop = core.match(MatchQuery(media=pictures["bridge_crop"], sets=("pdq_blind",)), caller="t")
     assert crop.decision in ("block", "review")
@@ -289,3 +305,35 @@ def test_a_retro_hunt_searches_local_features_even_when_pdq_blocks(tmp_path, mak
     assert core.store.get_retro_run(run.id).state == "done"
     hits = core.store.retro_matches_of(run.id)
     assert len(hits) == 1, hits  # the crop's, by local features; e1's is allow-listed
+
+
+def test_one_callers_flood_turns_two_steps_on_for_that_caller_only(
+    make_harness, tmp_path, pictures
+):
+    """Review: one caller flooding known copies turned two steps on for every
+    caller. Over gRPC with two tokens: the flooder's blocked uploads skip
+    their local features (not computed), the other caller's are still hashed
+    in one step (computed, not searched)."""
+    harness = make_harness(
+        f"sqlite:///{tmp_path}/callers.db", image=ImageLimits(local_after_views_window=4)
+    )
+    stub, md = harness.stubs("operator")
+    stub.curation.CreateSet(pb.CreateSetRequest(name="a"), metadata=md)
+    stub.curation.AddEntry(
+        pb.AddEntryRequest(set="a", name="bridge", media=pb.Media(content=pictures["bridge"])),
+        metadata=md,
+    )
+    flooder, flooder_md = harness.stubs("matcher")
+    other, other_md = harness.stubs("admin")
+    for _ in range(4):
+        first = flooder.matcher.Match(match_request(pictures["bridge_again"]), metadata=flooder_md)
+        assert first.decision == pb.BLOCK
+    flooded = flooder.matcher.Match(match_request(pictures["bridge_again"]), metadata=flooder_md)
+    assert LOCAL_NOT_COMPUTED in flooded.notes
+    assert not any(s.signal_type == "local_features" for s in flooded.query_signals)
+
+    others = other.matcher.Match(match_request(pictures["bridge_again"]), metadata=other_md)
+    assert others.decision == pb.BLOCK
+    assert LOCAL_NOT_COMPUTED not in others.notes
+    assert LOCAL_NOT_SEARCHED in others.notes
+    assert any(s.signal_type == "local_features" for s in others.query_signals)

@@ -35,7 +35,7 @@ from hashsvc.core.event_feed import EventFeed
 from hashsvc.core.retro import RetroHunt
 from hashsvc.core.review import ReviewQueue
 from hashsvc.core.signal_values import checked_value
-from hashsvc.core.two_step import RecentBlocks
+from hashsvc.core.two_step import CallerBlocks
 from hashsvc.core.webhooks import Webhooks
 from hashsvc.index.live import LiveIndex
 from hashsvc.matching.feedback import Feedback
@@ -88,8 +88,10 @@ class Core:
         # all one store here.
         self.live = LiveIndex(store, store, _snapshot_dir(config), config.pdq_review_search)
         self.matcher = Matcher(self.live, store, self.policy, local=config.local_features)
-        self.recent_blocks = RecentBlocks(
-            config.image.local_after_views_window, config.image.local_after_views_share
+        self.recent_blocks = CallerBlocks(
+            config.image.local_after_views_window,
+            config.image.local_after_views_share,
+            config.image.local_after_views_callers,
         )
         self.curation = Curation(
             store, store, self.live, hashing, config.local_features.max_keypoints
@@ -315,7 +317,9 @@ class Core:
         try:
             self._require_ready()  # before hashing: no work for a refused call
             only_sets = self._set_ids(query.sets)
-            media_type, signals, notes, result = self._hash_and_match(query, only_sets)
+            # the caller's own flood window: its token, or its name without one
+            flooder = caller_token_id if caller_token_id is not None else caller
+            media_type, signals, notes, result = self._hash_and_match(query, only_sets, flooder)
             result = self.feedback.apply(result, signals, self.live.sets_by_id)
             self._require_ready()  # the index may have been lost while hashing
             recorded = self._kept_in_history(signals)
@@ -613,12 +617,12 @@ class Core:
             log.exception("the history record of a bulk load into %s failed", quoted(set_name))
 
     def _hash_and_match(
-        self, query: MatchQuery, only_sets: set[int] | None
+        self, query: MatchQuery, only_sets: set[int] | None, flooder: object = None
     ) -> tuple[str, list[Signal], tuple[str, ...], MatchResult]:
         """The query's signals and matches, and what either left out; an
-        upload hashed in one step or, during a flood of known pictures, in
-        two (hashsvc/core/two_step.py)."""
-        two_steps = query.media is not None and self.recent_blocks.two_steps()
+        upload hashed in one step or, during the caller's flood of known
+        pictures, in two (hashsvc/core/two_step.py)."""
+        two_steps = query.media is not None and self.recent_blocks.two_steps(flooder)
         stage = STAGE_VIEWS if two_steps else None
         media_type, signals, notes, complete = self._query_signals(query, stage)
         result = self.matcher.match(signals, only_sets)
@@ -630,7 +634,7 @@ class Core:
                 signals = [*signals, *local.signals]
                 result = self.matcher.match(signals, only_sets)
         if query.media is not None and media_type == media_kinds.IMAGE:
-            self.recent_blocks.observe(result.blocked_everywhere)
+            self.recent_blocks.observe(flooder, result.blocked_everywhere)
         return media_type, signals, (*notes, *result.notes), result
 
     def _query_signals(

@@ -45,6 +45,10 @@ class ImageLimits:
     # other, not side by side. 0: always two steps; above 1: never.
     local_after_views_share: float = 0.25
     local_after_views_window: int = 64
+    # The share is counted per caller (token): one caller's flood turns two
+    # steps on for that caller only. Windows kept at most (~1 KB each), the
+    # least recently seen caller's dropped first.
+    local_after_views_callers: int = 1000
 
     def __post_init__(self) -> None:
         if self.features_enlarge_below < 0:
@@ -55,6 +59,8 @@ class ImageLimits:
             raise ValueError("image.local_after_views_share must be 0 or more")
         if not 1 <= self.local_after_views_window <= 100_000:
             raise ValueError("image.local_after_views_window must be within 1..100000")
+        if not 1 <= self.local_after_views_callers <= 1_000_000:
+            raise ValueError("image.local_after_views_callers must be within 1..1000000")
 
 
 @dataclass(frozen=True)
