@@ -337,3 +337,49 @@ def test_one_callers_flood_turns_two_steps_on_for_that_caller_only(
     assert LOCAL_NOT_COMPUTED not in others.notes
     assert LOCAL_NOT_SEARCHED in others.notes
     assert any(s.signal_type == "local_features" for s in others.query_signals)
+
+
+def test_the_second_step_takes_the_first_steps_picture_instead_of_decoding_again(
+    store_url, make_core, pictures, monkeypatch
+):
+    """Two steps decoded an upload twice (~1.4 ms of a 1024x768 JPEG): the
+    first step's decoded picture now goes with the second job. Counted
+    through the service's core: one decode an upload, and the same signals
+    as the upload decoded again."""
+    from hashsvc.media import image
+
+    decodes = []
+    decode_query = image.decode_query
+
+    def counted(data, limits, at_least=0):
+        decodes.append(at_least)
+        return decode_query(data, limits, at_least)
+
+    monkeypatch.setattr(image, "decode_query", counted)
+    core = make_core(store_url, image=ImageLimits(local_after_views_share=0))
+    core.curation.create_set("a", thresholds={"pdq": Thresholds(0, 0)})
+    core.curation.add_entry("a", "bridge", {}, "op", media=pictures["bridge"])
+    outcome = core.match(MatchQuery(media=pictures["bridge_crop"]), caller="t")
+    assert outcome.decision in ("block", "review")
+    assert outcome.matches[0].signal_type == "local_features"
+    assert decodes.count(image.QUERY_DECODE_SIDE) == 1
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_handed_picture_gives_the_signals_of_a_second_decode(pictures, fmt, monkeypatch):
+    from hashsvc.media import dispatch
+    from hashsvc.media.limits import STAGE_LOCAL, STAGE_VIEWS, MediaLimits
+
+    data = encode_image(Image.open(vector(*BRIDGE)).convert("RGB"), fmt)
+    limits = MediaLimits()
+    first = dispatch.hash_media(data, limits, True, stage=STAGE_VIEWS)
+    assert first.picture is not None and not first.complete
+    handed = dispatch.hash_media(data, limits, True, stage=STAGE_LOCAL, picture=first.picture)
+    again = dispatch.hash_media(data, limits, True, stage=STAGE_LOCAL)
+    assert handed.signals == again.signals
+    assert any(s.kind == "local_features" for s in handed.signals)
+    # a picture past the cap stays in the worker: the second step decodes again
+    monkeypatch.setattr(dispatch, "HANDOVER_MAX_BYTES", first.picture.nbytes - 1)
+    assert dispatch.hash_media(data, limits, True, stage=STAGE_VIEWS).picture is None
+    with pytest.raises(ValueError, match="second step"):
+        dispatch.hash_media(data, limits, True, stage=STAGE_VIEWS, picture=first.picture)

@@ -43,7 +43,7 @@ from hashsvc.matching.flood import FloodCounter
 from hashsvc.matching.matcher import LOCAL_NOT_COMPUTED, Match, Matcher, MatchResult
 from hashsvc.matching.policy import Policy
 from hashsvc.media.audio_words import parse_shift_variant
-from hashsvc.media.dispatch import MediaLimits, MediaSource, size_of
+from hashsvc.media.dispatch import Hashed, MediaLimits, MediaSource, size_of
 from hashsvc.media.hashing import HashingPool
 from hashsvc.media.limits import STAGE_LOCAL, STAGE_VIEWS
 
@@ -624,29 +624,29 @@ class Core:
         pictures, in two (hashsvc/core/two_step.py)."""
         two_steps = query.media is not None and self.recent_blocks.two_steps(flooder)
         stage = STAGE_VIEWS if two_steps else None
-        media_type, signals, notes, complete = self._query_signals(query, stage)
+        hashed = self._query_signals(query, stage)
+        media_type, signals, notes = hashed.media_type, hashed.signals, hashed.notes
         result = self.matcher.match(signals, only_sets)
-        if not complete:
+        if not hashed.complete:
             if result.blocked_everywhere:
                 notes = (*notes, LOCAL_NOT_COMPUTED)
             else:
-                local = self.hashing.hash_query(query.media, STAGE_LOCAL)
+                # the first step's decoded picture: not decoded again (positional:
+                # tests stand in for hash_query with (media, *stage))
+                local = self.hashing.hash_query(query.media, STAGE_LOCAL, hashed.picture)
                 signals = [*signals, *local.signals]
                 result = self.matcher.match(signals, only_sets)
         if query.media is not None and media_type == media_kinds.IMAGE:
             self.recent_blocks.observe(flooder, result.blocked_everywhere)
         return media_type, signals, (*notes, *result.notes), result
 
-    def _query_signals(
-        self, query: MatchQuery, stage: str | None = None
-    ) -> tuple[str, list[Signal], tuple[str, ...], bool]:
-        """(media type, signals, notes, complete: False when an image's local
-        features are still to come, see `stage` of HashingPool.hash_query)."""
+    def _query_signals(self, query: MatchQuery, stage: str | None = None) -> Hashed:
+        """The query's signals as hashed (`complete` False when an image's
+        local features are still to come, see `stage` of HashingPool.hash_query)."""
         if query.media is not None and query.signal_type:
             raise InvalidArgument("send media or a hash, not both")
         if query.media is not None:
-            hashed = self.hashing.hash_query(query.media, stage)
-            return hashed.media_type, hashed.signals, hashed.notes, hashed.complete
+            return self.hashing.hash_query(query.media, stage)
         if query.signal_type:
             sig_type = signal_type(query.signal_type)
             quality = query.signal_quality
@@ -658,8 +658,7 @@ class Core:
                 self.config.local_features.max_keypoints,
                 self.live.features.descriptor_bytes,
             )
-            signal = Signal(sig_type.name, value, quality)
-            return media_kinds.HASH, [signal], (), True
+            return Hashed(media_kinds.HASH, [Signal(sig_type.name, value, quality)])
         raise InvalidArgument("the request holds neither media nor a hash")
 
     def _set_ids(self, names: tuple[str, ...]) -> set[int] | None:

@@ -98,9 +98,12 @@ class HashingPool:
         if self._pool is not None:
             list(self._pool.map(_noop, range(self.workers * 2)))
 
-    def hash_query(self, source: MediaSource, stage: str | None = None) -> Hashed:
-        """All signals of an upload, or (`stage`) one step of them (dispatch.hash_media)."""
-        return self._run(source, for_query=True, stage=stage)
+    def hash_query(
+        self, source: MediaSource, stage: str | None = None, picture: object = None
+    ) -> Hashed:
+        """All signals of an upload, or (`stage`) one step of them; a second
+        step with the first one's decoded `picture` (dispatch.hash_media)."""
+        return self._run(source, for_query=True, stage=stage, picture=picture)
 
     def hash_known(self, source: MediaSource) -> Hashed:
         return self._run(source, for_query=False)
@@ -111,6 +114,7 @@ class HashingPool:
         for_query: bool,
         retried: bool = False,
         stage: str | None = None,
+        picture: object = None,
     ) -> Hashed:
         # Sniffed here too (cheap) to pick the time limit: seconds for a
         # picture, minutes for an hour of video.
@@ -122,7 +126,7 @@ class HashingPool:
             )
         timeout = self.timeout_seconds if is_image else self.media_timeout_seconds
         if self._pool is None:
-            return hash_media(source, self.limits, for_query, None, stage)
+            return hash_media(source, self.limits, for_query, None, stage, picture)
         pool = self._pool
         try:
             if for_query and is_image and self.split_queries and self.workers > 1 and not stage:
@@ -137,7 +141,7 @@ class HashingPool:
                 return Hashed(
                     parts[0].media_type, [s for p in parts for s in p.signals], parts[0].notes
                 )
-            future = pool.submit(hash_media, source, self.limits, for_query, None, stage)
+            future = pool.submit(hash_media, source, self.limits, for_query, None, stage, picture)
             return future.result(timeout=timeout)
         except FutureTimeout:
             log.error("hashing took over %.1f s; replacing the workers", timeout)
@@ -156,7 +160,7 @@ class HashingPool:
             # futures after shutdown". Submit once more, to the new pool.
             if self._pool is pool or retried:
                 raise
-            return self._run(source, for_query, retried=True, stage=stage)
+            return self._run(source, for_query, retried=True, stage=stage, picture=picture)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -342,11 +342,13 @@ def picture_signals(
     for_query: bool,
     part: int | None = None,
     stage: str | None = None,
+    decoded: np.ndarray | None = None,
 ) -> list[Signal]:
     """A picture's PDQ views and local features (not its exact hashes), for a
     query (`part` 0 or 1: one half, as in hash_query; `stage` STAGE_VIEWS or
     STAGE_LOCAL: the views alone or the local features alone, see
-    hashsvc/media/dispatch.py) or a known picture.
+    hashsvc/media/dispatch.py; `decoded`: the upload as its first step
+    decoded it, see first_step) or a known picture.
 
     The local features (ORB on the whole picture, then on an upload's tiles)
     run in a second thread while this one hashes the PDQ views
@@ -357,7 +359,9 @@ def picture_signals(
     # they can be decoded and hashed small: a JPEG at a reduced DCT scale (enough
     # for local features), every PDQ view at VIEW_SIDE. The cost is a few bits
     # (bench/robustness.py measures it).
-    if for_query:
+    if decoded is not None:
+        rgb = decoded
+    elif for_query:
         rgb = decode_query(data, limits, at_least=QUERY_DECODE_SIDE)  # luma for a JPEG
     else:
         rgb = decode_rgb(data, limits)
@@ -380,6 +384,14 @@ def picture_signals(
     pending = _in_background(local) if limits.local_features_thread else None
     views = upload_views(rgb, part) if for_query else known_views(rgb)
     return [*views, *(pending.result() if pending is not None else local())]
+
+
+def first_step(data: bytes, limits: ImageLimits) -> tuple[list[Signal], np.ndarray]:
+    """An upload's first step of two (STAGE_VIEWS): its PDQ views, and the
+    picture as decoded for them, which its second step (picture_signals'
+    `decoded`) takes instead of decoding the upload again."""
+    rgb = decode_query(data, limits, at_least=QUERY_DECODE_SIDE)
+    return upload_views(rgb), rgb
 
 
 _background: ThreadPoolExecutor | None = None
