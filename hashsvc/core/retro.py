@@ -533,6 +533,10 @@ class RetroHunt:
         is renewed at every step); stops early when the server stops (the
         run resumes at its checkpoint)."""
         search_on_this_thread()  # not on OpenMP's threads: retro_threads says how many
+        # hits an earlier holder committed without their record (it lost the
+        # run, or died, in between): recorded now, whatever this scan finds
+        if not self.record_unrecorded_hits(run):
+            return
         self.live.catch_up()  # the index the hits are held to knows the new entries
         entries = self._hunting_entries(run.entry_ids)
         if self._stopping.is_set():
@@ -570,6 +574,8 @@ class RetroHunt:
             finally:
                 if pool is not None:
                     pool.shutdown()
+        if not self.record_unrecorded_hits(run):
+            return
         if self.store.finish_retro_run(run.id, DONE, owner=run.lease_owner):
             self._record_run(run.id)
         else:
@@ -631,6 +637,55 @@ class RetroHunt:
                     return _LOST
                 self._hold(run, upload, hit, scanner.signals_of(upload))
         return last_id, read
+
+    def record_unrecorded_hits(self, run: RetroRun) -> bool:
+        """Writes the history record of each of the run's hits committed
+        without one (review item and notification already out: a holder
+        lost the run, or died, between the two), as the hit was decided:
+        its match as its review item holds it, not decided again (the entry
+        may be gone since, or the run never find the upload again). False
+        when the run is no longer this server's (nothing more written)."""
+        for entry_id, request_id, history_id, review_id in self.store.unrecorded_retro_hits(run.id):
+            item = self.store.get_review_item(review_id) if review_id is not None else None
+            uploads = self.store.history_uploads_by_id([history_id])
+            match = (
+                next((m for m in item.matches if m.get("entry_id") == entry_id), None)
+                if item
+                else None
+            )
+            if not uploads or match is None:
+                log.error(
+                    "retro-hunt %d: the hit of entry %d on %s cannot be recorded: its upload's"
+                    " record or its review item is missing",
+                    run.id,
+                    entry_id,
+                    request_id,
+                )
+                continue
+            upload = uploads[0]
+            recorded = self.audit.record_retro_match(
+                request_id=upload.request_id,
+                upload_time=upload.time,
+                caller=upload.caller,
+                caller_token_id=upload.caller_token_id,
+                client_ref=upload.client_ref,
+                media_type=upload.media_type,
+                match=match,
+                detail={"run_id": run.id, "review_id": review_id, "history_id": upload.id},
+                run_id=run.id,
+                owner=run.lease_owner,
+            )
+            if recorded is None and self.store.get_retro_run(run.id).lease_owner != run.lease_owner:
+                log.warning("retro-hunt %d was taken over by another server", run.id)
+                return False
+            if recorded is not None:
+                log.info(
+                    "retro-hunt %d: recorded the hit of entry %d on %s",
+                    run.id,
+                    entry_id,
+                    request_id,
+                )
+        return True
 
     def _hunting_entries(self, entry_ids: Iterable[int]) -> list[EntryRecord]:
         entries = self.store.get_entries(entry_ids, with_signals=True).values()
