@@ -35,7 +35,6 @@ import argparse
 import collections
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -55,7 +54,7 @@ from hashdb import open_store
 from hashsvc.core import auth
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
-from hashsvc_testing import hostile
+from hashsvc_testing import hostile, processes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -227,34 +226,24 @@ def run(
 
 def start_server(args: list[str], log) -> subprocess.Popen:
     """`hashsvc serve ARGS` in a session of its own: stopping its process
-    group stops its hashing workers too, even once the server itself died."""
+    group stops its hashing workers too, even once the server itself died;
+    killed if this process dies first (a test run stopped without teardown)."""
     return subprocess.Popen(
         [sys.executable, "-m", "hashsvc", "serve", *args],
         cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=processes.die_with_parent(),
     )
 
 
 def stop_server(server: subprocess.Popen, grace: float = 30.0) -> None:
     """SIGTERM to the server's process group, SIGKILL after `grace` seconds;
     then SIGKILL to whatever is left of the group (workers of a server that
-    crashed or was killed, which nobody would stop otherwise)."""
-    _signal_group(server, signal.SIGTERM)
-    try:
-        server.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        _signal_group(server, signal.SIGKILL)
-        server.wait(timeout=10)
-    _signal_group(server, signal.SIGKILL)
-
-
-def _signal_group(server: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(server.pid, sig)  # its session's id is its pid
-    except ProcessLookupError:
-        pass  # nothing of the group is left
+    crashed or was killed, which nobody would stop otherwise), before the
+    server is reaped (hashsvc_testing/processes.py)."""
+    processes.stop_group(server, grace)
 
 
 def _wait_serving(channel, seconds: float) -> None:

@@ -5,7 +5,6 @@ when /readyz says so, stopped (SIGTERM, then SIGKILL) by whoever started it."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import httpx
 
 from hashdb import open_store
 from hashsvc.core import auth
+from hashsvc_testing import processes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,6 +51,7 @@ class HttpServerProcess:
         self.proc = subprocess.Popen(
             args, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(REPO)},
+            preexec_fn=processes.die_with_parent(),  # gone with a test run killed mid-way
         )  # fmt: skip
         try:
             self._wait_ready()
@@ -86,16 +87,8 @@ class HttpServerProcess:
         raise AssertionError("the server's HTTP API did not become ready")
 
     def stop(self, grace: float = 15) -> int | None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        try:  # hashing workers left behind
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        """SIGTERM, SIGKILL after `grace` s, then the group's leftover hashing
+        workers, before the server is reaped (hashsvc_testing/processes.py)."""
+        processes.stop_group(self.proc, grace)
         self.log.close()
         return self.proc.returncode

@@ -3,10 +3,7 @@ processes that are stopped when the test ends. Media comes from hashsvc_testing.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -16,6 +13,7 @@ from hashsvc.base.errors import AlreadyExists
 from hashsvc.core import auth
 from hashsvc.core.config import Config, ImageLimits
 from hashsvc.v1 import hashsvc_pb2 as pb
+from hashsvc_testing import processes
 from hashsvc_testing.stubs import Stubs
 
 
@@ -78,36 +76,25 @@ _STARTED: list[subprocess.Popen] = []
 def popen(args, **kw) -> subprocess.Popen:
     """subprocess.Popen, in a session of its own (stopping it stops its
     children too: a server's hashing workers), stopped at the test's end by
-    conftest.py whatever happened."""
-    proc = subprocess.Popen(args, start_new_session=True, **kw)
+    conftest.py whatever happened, and killed if the test run itself dies
+    (SIGTERM'd pytest runs no teardown): call it from the test's thread."""
+    proc = subprocess.Popen(
+        args, start_new_session=True, preexec_fn=processes.die_with_parent(), **kw
+    )
     _STARTED.append(proc)
     return proc
 
 
 def stop_started_processes(grace: float = 5.0) -> list[int]:
-    """SIGTERM to each process group still running, SIGKILL after `grace`
-    seconds; returns the pids that had to be stopped."""
-    running = [p for p in _STARTED if p.poll() is None]
+    """SIGTERM to each process group not yet reaped, SIGKILL after `grace`
+    seconds, then SIGKILL to what is left of each group (workers of a server
+    that died) while its leader is unreaped; returns the pids that were
+    still running."""
+    started = [p for p in _STARTED if p.returncode is None]
     _STARTED.clear()
-    for proc in running:
-        _signal_group(proc, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for proc in running:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
-            proc.wait(timeout=10)
-    for proc in running:  # workers left behind by a parent that was killed
-        _signal_group(proc, signal.SIGKILL)
-    return [p.pid for p in running]
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+    running = [p.pid for p in started if processes.mark(p.pid) is not None]
+    processes.stop_groups(started, grace)
+    return running
 
 
 def match_request(data: bytes, **kw) -> pb.MatchRequest:

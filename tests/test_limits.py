@@ -5,7 +5,6 @@ hostile requests (a real `hashsvc serve`, via bench/fuzz.py)."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import signal
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 from hashsvc.base.errors import HashsvcError, TooLarge, UnsupportedMedia
 from hashsvc.media.dispatch import MediaLimits, hash_media
 from hashsvc.media.video import VideoLimits, hash_video
-from hashsvc_testing import hostile
+from hashsvc_testing import hostile, processes
 
 FUZZ = Path(__file__).resolve().parents[1] / "bench" / "fuzz.py"
 
@@ -83,14 +82,6 @@ def _load_fuzz():
     return fuzz
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone
-    except OSError:
-        return False
-
-
 def test_fuzz_server_stopped_leaves_no_hashing_workers(tmp_path):
     """bench/fuzz.py's server runs in a session of its own and is stopped as a
     group: its hashing workers go too, also one that does not answer (stuck
@@ -102,25 +93,34 @@ def test_fuzz_server_stopped_leaves_no_hashing_workers(tmp_path):
             ["--listen", "127.0.0.1:0", "--db", f"sqlite:///{tmp_path}/f.db", "--workers", "2"],
             log,
         )
+    server_mark = processes.mark(server.pid)
     workers: list[int] = []
+    marks: list[processes.ProcessMark] = []
     try:
         deadline = time.monotonic() + 60
         while len(workers) < 2 and time.monotonic() < deadline and server.poll() is None:
             time.sleep(0.1)
             workers = fuzz._children(server.pid)
-        assert len(workers) >= 2, (tmp_path / "server.log").read_text()
-        assert {os.getpgid(w) for w in workers} == {server.pid}  # not the caller's group
-        os.kill(workers[-1], signal.SIGSTOP)  # a worker that will not notice its server go
+        # each worker as it runs now: the checks and kills below name these
+        # processes, not whatever takes their pids after they were reaped
+        marks = [m for m in map(processes.mark, workers) if m is not None]
+        assert len(marks) >= 2, (tmp_path / "server.log").read_text()
+        assert {m.pgid for m in marks} == {server.pid}  # not the caller's group
+        assert processes.kill(
+            marks[-1], signal.SIGSTOP
+        )  # a worker that will not notice its server go
         fuzz.stop_server(server, grace=5)
         assert server.returncode is not None
         deadline = time.monotonic() + 10
-        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        while any(map(processes.alive, marks)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not [w for w in workers if _alive(w)]
+        assert not [m for m in marks if processes.alive(m)]
     finally:
-        for pid in [server.pid, *workers]:  # whatever happened above, by pid
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        # whatever happened above: only those still the processes seen, in
+        # the server's group
+        for m in [server_mark, *marks]:
+            if m is not None:
+                processes.kill(m, signal.SIGKILL)
 
 
 def test_a_request_racing_a_pool_replacement_is_hashed_by_the_new_pool():

@@ -3,6 +3,7 @@ loses nothing that was acknowledged, and a restart comes back with it all."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from hashdb import HistoryFilter, open_store
 from hashsvc.core import auth
 from hashsvc.v1 import hashsvc_pb2 as pb
 from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
+from hashsvc_testing import processes
 from hashsvc_testing.image_media import encode, noise_image, photo
 from tests.helpers import popen
 
@@ -215,43 +217,91 @@ def test_two_replicas_over_postgresql_see_each_others_changes(pg_url, tmp_path):
 
 
 INNER_TEST = """
+import json
+import os
+import time
+from dataclasses import astuple
+
+from hashsvc_testing import processes
 from tests.test_process import ServerProcess
 
 def test_fails_while_its_server_runs(tmp_path):
     server = ServerProcess({db_url!r}, tmp_path)
     with open({pid_file!r}, "w") as f:
-        f.write(str(server.proc.pid))
+        json.dump([astuple(processes.mark(server.proc.pid))], f)
     assert False, "this test fails on purpose"
+
+def test_killed_while_its_server_runs(tmp_path):
+    server = ServerProcess({db_url!r}, tmp_path)
+    workers = []
+    while not workers:  # the server and its hashing worker, as they run
+        workers = processes.children(server.proc.pid)
+        time.sleep(0.05)
+    with open({pid_file!r} + ".tmp", "w") as f:
+        json.dump([astuple(processes.mark(p)) for p in [server.proc.pid, *workers]], f)
+    os.rename({pid_file!r} + ".tmp", {pid_file!r})
+    time.sleep(600)  # until the run is killed
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
-    except FileNotFoundError:
-        return False
-
-
-def test_a_failing_test_leaves_no_server_running(tmp_path):
-    """A test that fails while its `hashsvc serve` runs leaves nothing running."""
+def _run_inner(tmp_path: Path, test: str, **kw) -> tuple[subprocess.Popen, Path]:
     pid_file = tmp_path / "server.pid"
     inner = tmp_path / "test_inner.py"
     inner.write_text(
         INNER_TEST.format(db_url=f"sqlite:///{tmp_path}/inner.db", pid_file=str(pid_file))
     )
-    done = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
-         "-p", "tests.conftest", "--rootdir", str(tmp_path), str(inner)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+         "-p", "tests.conftest", "--rootdir", str(tmp_path), f"{inner}::{test}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw,
     )  # fmt: skip
-    assert done.returncode == 1 and "this test fails on purpose" in done.stdout, done.stdout
-    pid = int(pid_file.read_text())
+    return proc, pid_file
+
+
+def _read_marks(pid_file: Path) -> list[processes.ProcessMark]:
+    return [processes.ProcessMark(*fields) for fields in json.loads(pid_file.read_text())]
+
+
+def _gone_within(marks: list[processes.ProcessMark], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while any(map(processes.alive, marks)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not any(map(processes.alive, marks))
+
+
+def test_a_failing_test_leaves_no_server_running(tmp_path):
+    """A test that fails while its `hashsvc serve` runs leaves nothing running."""
+    proc, pid_file = _run_inner(tmp_path, "test_fails_while_its_server_runs")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "this test fails on purpose" in out, out
+    marks = _read_marks(pid_file)
     try:
-        deadline = time.monotonic() + 10
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(pid), "the failed test left its server running"
+        assert _gone_within(marks, 10), "the failed test left its server running"
     finally:
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        for m in marks:  # only if still the server seen, in its own group
+            processes.kill(m, signal.SIGKILL)
+
+
+def test_a_test_run_killed_leaves_no_server_running(tmp_path):
+    """pytest stopped by SIGTERM runs no teardown (no fixture stops what its
+    test started): the test's `hashsvc serve` and its hashing worker die with
+    it (PR_SET_PDEATHSIG). Before, both kept running."""
+    proc, pid_file = _run_inner(tmp_path, "test_killed_while_its_server_runs")
+    marks: list[processes.ProcessMark] = []
+    try:
+        deadline = time.monotonic() + 120
+        while not pid_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pid_file.exists(), proc.communicate(timeout=30)[0] if proc.poll() else "slow"
+        marks = _read_marks(pid_file)
+        assert len(marks) >= 2, marks  # the server, its worker (and spawn's resource tracker)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGTERM
+        assert _gone_within(marks, 10), [m for m in marks if processes.alive(m)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+        for m in marks:
+            processes.kill(m, signal.SIGKILL)
