@@ -267,7 +267,8 @@ def variant(text: str | None) -> str:
     if not (EXCHANGED_VARIANT.fullmatch(text) or text in EXCHANGED_FEATURE_VARIANTS):
         raise RowError(
             f"variant {quoted(text)} is not exchanged (original, frame:N, page, document,"
-            " page:original, image:original, image:exact; enlarged for local_features)"
+            " page:original, image:original, image:exact; enlarged, contrast, enlarged:contrast"
+            " for local_features)"
         )
     return text
 

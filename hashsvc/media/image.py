@@ -39,6 +39,7 @@ import pdqhash
 from PIL import Image, UnidentifiedImageError
 
 from hashsvc.base.errors import CorruptMedia, InvalidArgument, TooLarge, UnsupportedMedia
+from hashsvc.base.media_kinds import CONTRAST_VARIANT, ENLARGED_VARIANT
 from hashsvc.base.signals import LOCAL_FEATURES, Signal
 from hashsvc.media import local_features, local_regions, pdq_luma, regions
 from hashsvc.media.limits import STAGE_LOCAL, STAGE_VIEWS, ImageLimits
@@ -369,7 +370,7 @@ def picture_signals(
     def local() -> list[Signal]:
         # ORB and the tiles both read the grey picture: converted once
         grey = rgb if rgb.ndim == 2 else np.asarray(Image.fromarray(rgb).convert("L"))
-        found = local_feature_signals(grey)
+        found = local_feature_signals(grey, contrast_below=limits.features_contrast_below)
         if max(grey.shape) < limits.features_enlarge_below:  # small as decoded; as stored?
             found += enlarged_feature_signals(grey, _stored_side(data), limits)
         if for_query:  # the pictures inside an upload (a collage tile, a feed)
@@ -415,16 +416,42 @@ def local_feature_signals(
     variant: str = "original",
     position: float | None = None,
     limits: local_features.LocalFeatureLimits = local_features.DEFAULT_LIMITS,
+    contrast_below: int = 0,
 ) -> list[Signal]:
     """The picture's local_features signal, or none when it has too few
     distinctive, well-spread keypoints to be evidence. `variant` and
     `position` say where it was taken, as for PDQ (a video frame, a page).
     `rgb` may be the picture in grey already (H x W): keypoints are found
-    on the grey picture either way."""
-    found = local_features.extract(Image.fromarray(rgb), limits)
-    if found is None:
-        return []
-    return [Signal(LOCAL_FEATURES.name, local_features.encode(found), None, variant, position)]
+    on the grey picture either way. A picture with fewer than `contrast_below`
+    keypoints (low contrast; 0: none) also gets the features of its equalised
+    self (variant contrast_variant(variant); local_features.extract_contrast)."""
+    if contrast_below <= 0:
+        found = local_features.extract(Image.fromarray(rgb), limits)
+        if found is None:
+            return []
+        return [Signal(LOCAL_FEATURES.name, local_features.encode(found), None, variant, position)]
+    found, equalised = local_features.extract_contrast(Image.fromarray(rgb), contrast_below, limits)
+    signals = []
+    if found is not None:
+        signals.append(
+            Signal(LOCAL_FEATURES.name, local_features.encode(found), None, variant, position)
+        )
+    if equalised is not None:
+        signals.append(
+            Signal(
+                LOCAL_FEATURES.name,
+                local_features.encode(equalised),
+                None,
+                contrast_variant(variant),
+                position,
+            )
+        )
+    return signals
+
+
+def contrast_variant(variant: str) -> str:
+    """The variant of a picture's features extracted equalised (CONTRAST_VARIANTS)."""
+    return CONTRAST_VARIANT if variant == "original" else f"{variant}:{CONTRAST_VARIANT}"
 
 
 def enlarged_feature_signals(
@@ -445,7 +472,9 @@ def enlarged_feature_signals(
         return []
     size = (round(picture.width * factor), round(picture.height * factor))
     return local_feature_signals(
-        np.asarray(picture.resize(size, Image.Resampling.BICUBIC)), variant="enlarged"
+        np.asarray(picture.resize(size, Image.Resampling.BICUBIC)),
+        variant=ENLARGED_VARIANT,
+        contrast_below=limits.features_contrast_below,
     )
 
 

@@ -34,6 +34,14 @@ class ImageLimits:
     # (README: Local features of small pictures).
     features_enlarge_below: int = 400
     features_enlarge_side: int = 512
+    # A picture (known or uploaded, whole or enlarged) in which ORB detects
+    # fewer than this many keypoints (of up to 1,500: a low-contrast picture)
+    # is also extracted after adaptive equalisation (variant "contrast" or
+    # "enlarged:contrast"; 0: never). A hazy sea under a pale sky had 9
+    # keypoints and no signal, a dim fundus photo 76 and its crops none; so
+    # every crop and tilt of them was missed. Equalised on both sides, they
+    # verify (README: Local features of low-contrast pictures).
+    features_contrast_below: int = 300
     # An upload's local features (ORB, its tiles: 6-14 ms of a 1024x768
     # upload's 10-25 ms of hashing) cannot change a decision that exact or PDQ
     # evidence makes BLOCK in every set asked. When at least this share of the
@@ -53,6 +61,8 @@ class ImageLimits:
     def __post_init__(self) -> None:
         if self.features_enlarge_below < 0:
             raise ValueError("image.features_enlarge_below must be 0 (never) or more")
+        if not 0 <= self.features_contrast_below <= 100_000:
+            raise ValueError("image.features_contrast_below must be within 0 (never)..100000")
         if not 64 <= self.features_enlarge_side <= 2048:
             raise ValueError("image.features_enlarge_side must be within 64..2048")
         if not self.local_after_views_share >= 0:  # NaN too
