@@ -461,9 +461,10 @@ class RetroSQL(RetroPendingSQL):
         out, their record is owed (RetroHunt records them as they were)."""
         with self._read() as cur:
             cur.execute(
+                # the literal, so the partial index (retro_matches_unrecorded) serves
                 "SELECT entry_id, request_id, history_id, review_item_id FROM retro_matches"
-                " WHERE run_id = ? AND history_recorded = ? ORDER BY id",
-                (run_id, False),
+                " WHERE run_id = ? AND history_recorded = FALSE ORDER BY id",
+                (run_id,),
             )
             return [tuple(r) for r in cur.fetchall()]
 

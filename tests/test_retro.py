@@ -92,6 +92,11 @@ def test_hunt_on_two_threads_finds_the_copy(harness, operator, matcher, reviewer
     assert item.request_id == copy.request_id
 
 
+@pytest.mark.parametrize(
+    "harness_config",
+    [{"retro_poll_seconds": 0.2}, {"retro_poll_seconds": 0.2, "retro_engine": "process"}],
+    ids=["inprocess", "process"],
+)
 def test_allowed_picture_is_found_when_its_hash_arrives(harness, operator, matcher, reviewer):
     ops, op_md = operator
     m, m_md = matcher
@@ -426,10 +431,15 @@ def test_prune_keeps_the_chain_verifying(harness, matcher, monkeypatch, capsys):
     assert "history intact" in capsys.readouterr().out
 
 
-def test_a_stopping_server_gives_its_run_back(store_url, make_core):
+def test_a_stopping_server_gives_its_run_back(store_url, make_core, retro_engine):
     """SIGTERM-like stop mid-run: the run is queued again at its checkpoint
     and the next server finishes it at once (no lease to wait for)."""
-    settings = {"retro_batch_records": 50, "retro_pause_seconds": 0.1, "retro_poll_seconds": 0.2}
+    settings = {
+        "retro_batch_records": 50,
+        "retro_pause_seconds": 0.1,
+        "retro_poll_seconds": 0.2,
+        "retro_engine": retro_engine,
+    }
     core = make_core(store_url, **settings)
     known = bytes(range(32))
     near = bytes([known[0] ^ 0x03]) + known[1:]

@@ -55,14 +55,14 @@ def _hit_without_record(core, lease: float):
 
 
 def test_a_claimed_run_records_the_hits_its_last_holder_left_unrecorded(
-    store_url, make_core, monkeypatch
+    store_url, make_core, monkeypatch, retro_engine
 ):
     """The hit's entry is removed before the run is claimed again: the new
     holder's scan no longer finds the upload, yet the hit gets its record,
     once, with the match as it was decided (its review item's)."""
     monkeypatch.setattr(retro.RetroHunt, "_work", lambda self: None)  # the test claims
-    holder = make_core(store_url, retro_poll_seconds=0.2)
-    taker = make_core(store_url, retro_poll_seconds=0.2)
+    holder = make_core(store_url, retro_poll_seconds=0.2, retro_engine=retro_engine)
+    taker = make_core(store_url, retro_poll_seconds=0.2, retro_engine=retro_engine)
     run, entry, request_id = _hit_without_record(holder, lease=0.2)
     holder.curation.remove_entry("s", "e")
     time.sleep(0.3)  # the holder's lease ran out

@@ -36,6 +36,7 @@ import os
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -57,6 +58,7 @@ from hashsvc.base.signals import Signal, signal_json
 from hashsvc.core import events
 from hashsvc.core.audit import SYSTEM_ACTOR, Audit
 from hashsvc.core.retro_dask import DaskRetroEngine, DaskSettings
+from hashsvc.core.retro_process import ProcessRetroEngine, ProcessSettings
 from hashsvc.core.retro_scan import (
     RetroScanner,
     RunLease,
@@ -126,6 +128,9 @@ class RetroSettings:
     # hashsvc/core/retro_dask.py; `dask` then says where).
     engine: str = "inprocess"
     dask: DaskSettings = field(default_factory=DaskSettings)
+    # "process": a batch the child scans for longer than this is given up
+    # (the child killed, the run retried from its checkpoint)
+    process_batch_seconds: float = 600.0
     # A run whose step fails (the store restarted, a connection dropped, a
     # lock timed out) is retried from its checkpoint after retry_initial_
     # seconds, doubling up to retry_max_seconds; after max_attempts failed
@@ -178,6 +183,20 @@ class RetroHunt:
                 pdq_review_search,
                 settings.batch_records,
                 settings.lease_seconds,
+            )
+        # runs scanned by a child process of this server (one, long-lived)
+        self.child: ProcessRetroEngine | None = None
+        if settings.engine == "process":
+            self.child = ProcessRetroEngine(
+                store_url,
+                ProcessSettings(
+                    nice=settings.nice,
+                    threads=settings.threads,
+                    batch_seconds=settings.process_batch_seconds,
+                ),
+                policy.pdq,
+                local,
+                pdq_review_search,
             )
         self._pending_thread: threading.Thread | None = None
         # RetroPending ids this process holds: loads and fetches still
@@ -447,6 +466,8 @@ class RetroHunt:
                 )
         if self.engine is not None:
             self.engine.close()
+        if self.child is not None:
+            self.child.close()
         # what this process held is free at once for the next start (or
         # another replica), not after the hold
         with self._pending_lock:
@@ -552,6 +573,9 @@ class RetroHunt:
                 if self._stopping.is_set():
                     self.store.release_retro_run(run.id, owner=run.lease_owner)
                 return
+        elif entries and self.child is not None:
+            if not self._scan_child_batches(run):
+                return
         elif entries:
             helpers = self.settings.threads - 1
             pool = None
@@ -603,6 +627,43 @@ class RetroHunt:
             # a restart (or another replica) resumes it at once, from the
             # checkpoint, instead of after the lease; after a crash it waits
             # for the lease
+            self.store.release_retro_run(run.id, owner=run.lease_owner)
+            return False
+        return True
+
+    def _scan_child_batches(self, run: RetroRun) -> bool:
+        """_scan_steps with the batches scanned by the child process: each
+        batch's hits held and recorded here, then its checkpoint saved (the
+        lease renewed, also while waiting for a batch and between hits)."""
+        assert self.child is not None
+        lease = RunLease(self.store, run, self.settings.lease_seconds)
+        checkpoint = run.checkpoint
+
+        def keep() -> bool:
+            return lease.keep(checkpoint)
+
+        batches = self.child.batches(
+            run, checkpoint, self.settings.batch_records, self._stopping, keep
+        )
+        with closing(batches):
+            for last_id, read, found in batches:
+                for upload, hits in found:
+                    if self._stopping.is_set():
+                        break
+                    for hit in hits:
+                        if not keep():
+                            return False
+                        self._hold(run, upload, hit, history_signals(upload.query_signals))
+                if self._stopping.is_set():
+                    break  # the batch's hits held so far stay; the checkpoint stays
+                if not lease.renew(last_id, read):
+                    return False
+                checkpoint = last_id
+                if self.settings.pause_seconds:
+                    self._stopping.wait(self.settings.pause_seconds)
+        if lease.lost:
+            return False
+        if self._stopping.is_set():
             self.store.release_retro_run(run.id, owner=run.lease_owner)
             return False
         return True
