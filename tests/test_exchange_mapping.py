@@ -19,7 +19,7 @@ def feed(store, monkeypatch):
     s = store.create_set("s", "", {}, {})
     record = store.create_feed("f", "tcap", s.id, {}, {}, 3600, None, "op")
     assert store.acquire_feed_lease(record.id, "me", 300)
-    monkeypatch.setattr(store, "feed_map_rows", 2)  # a 5-item page: three transactions
+    monkeypatch.setattr(store, "feed_map_rows", 2)  # a 5-item page: three, then the checkpoint
     return record
 
 
@@ -45,23 +45,26 @@ def test_a_page_that_fails_after_its_first_transactions_counts_once_when_written
     committed is counted with them, the checkpoint is not moved, and the page
     written again (a resumed fetch) counts only the rest."""
     hold = store._hold_feed_lease
+    calls = []
 
-    def lost_at_the_checkpoint(cur, feed_id, owner, lease_seconds, checkpoint=()):
-        if checkpoint:
+    def killed_at_the_third(cur, feed_id, owner, lease_seconds, checkpoint=()):
+        calls.append(checkpoint)
+        if len(calls) == 3:
             raise FailedPrecondition("killed")
         hold(cur, feed_id, owner, lease_seconds, checkpoint)
 
-    monkeypatch.setattr(store, "_hold_feed_lease", lost_at_the_checkpoint)
+    monkeypatch.setattr(store, "_hold_feed_lease", killed_at_the_third)
     with pytest.raises(FailedPrecondition):
-        store.commit_feed_page(feed.id, "me", "cp1", _items("abcde"), [], PageCounts(), 300)
+        store.commit_feed_page(feed.id, "me", "cp1", _items("edcba"), [], PageCounts(), 300)
     half = store.get_feed("f")
-    # two transactions (a b, then c) committed; the last (d e, the checkpoint) not
-    assert (half.items, half.added, half.checkpoint) == (3, 3, None)
+    # two transactions (a b, then c d: in key order) committed; the third (e)
+    # and the checkpoint's not
+    assert (half.items, half.added, half.checkpoint) == (4, 4, None)
     monkeypatch.setattr(store, "_hold_feed_lease", hold)
     rest = store.commit_feed_page(
         feed.id, "me", "cp1", _items("abcde"), [], PageCounts(), 300, expect_new=True
     )
-    assert (rest.added, rest.new_keys) == (2, ["d", "e"])
+    assert (rest.added, rest.new_keys) == (1, ["e"])
     done = store.get_feed("f")
     assert (done.items, done.added, done.checkpoint) == (5, 5, "cp1")
 
