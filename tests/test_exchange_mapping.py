@@ -80,3 +80,34 @@ def test_a_lost_lease_writes_nothing(store, feed):
     got = store.get_feed("f")
     assert (got.items, got.added, got.checkpoint) == (0, 0, None)
     assert store.all_feed_items(feed.id) == {}
+
+
+def test_deletions_in_parts_count_once_when_the_page_is_written_again(store, feed, monkeypatch):
+    """A page's deletions go a few keys a transaction, each with its count
+    and its deletion-window record: a server killed before the checkpoint
+    resumes with them done and counted, and the page again deletes nothing
+    more."""
+    store.commit_feed_page(feed.id, "me", "cp1", _items("abcde"), [], PageCounts(), 300)
+    hold = store._hold_feed_lease
+
+    def killed_at_the_checkpoint(cur, feed_id, owner, lease_seconds, checkpoint=()):
+        if checkpoint:
+            raise FailedPrecondition("killed")
+        hold(cur, feed_id, owner, lease_seconds, checkpoint)
+
+    monkeypatch.setattr(store, "_hold_feed_lease", killed_at_the_checkpoint)
+    with pytest.raises(FailedPrecondition):
+        store.commit_feed_page(
+            feed.id, "me", "cp2", [], list("abcx"), PageCounts(), 300, window_base=5
+        )
+    half = store.get_feed("f")
+    assert (half.items, half.deleted, half.checkpoint) == (2, 3, "cp1")
+    assert store.delete_window(feed.id, 0).deleted == 3
+    monkeypatch.setattr(store, "_hold_feed_lease", hold)
+    again = store.commit_feed_page(
+        feed.id, "me", "cp2", [], list("abcx"), PageCounts(), 300, window_base=5
+    )
+    assert again.deleted == 0
+    done = store.get_feed("f")
+    assert (done.items, done.deleted, done.checkpoint) == (2, 3, "cp2")
+    assert set(store.all_feed_items(feed.id)) == {"d", "e"}
