@@ -2,7 +2,8 @@
 hazy sea under a pale sky gets 9 ORB keypoints and no signal as it is, so its crops and tilts
 were found by nothing. Known pictures and uploads with few keypoints are also extracted after
 adaptive equalisation (variant "contrast", image.features_contrast_below); the copies are found
-there, and flat, faded and other low-contrast pictures are still allowed."""
+there (as one tile of a collage too), and flat, faded and other low-contrast pictures are still
+allowed."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from hashsvc.media import image
 from hashsvc.media.limits import ImageLimits
 from hashsvc_testing.image_media import encode as encode_image
 from hashsvc_testing.image_media import faded, faded_photo, flat_image, noise_image, photo
-from hashsvc_testing.local_media import crop, rotate
+from hashsvc_testing.local_media import collage, crop, rotate
 from hashsvc_testing.vectors import vector
 
 HAZY_SEA = ("threatexchange", "pdq", "data", "reg-test-input", "labelme-subset", "q0122.jpg")
@@ -58,6 +59,8 @@ def _copies() -> list[tuple[str, bytes]]:
         ("crop30", jpeg(crop(hazy_sea(), rng, 0.30))),
         ("tilt10", jpeg(rotate(hazy_sea(), rng, 10))),
         ("tilt20", jpeg(rotate(hazy_sea(), rng, 20))),
+        # one tile of a 2x2 collage: the tile is equalised too
+        ("collage", jpeg(collage(hazy_sea(), rng, 2, [photo(n) for n in (2, 3, 4)])[0])),
     ]
 
 

@@ -544,7 +544,11 @@ def region_signals(
         ]
     return [
         Signal(LOCAL_FEATURES.name, local_features.encode(found), None, variant)
-        for variant, found in local_regions.tile_features(Image.fromarray(full), boxes)
+        for variant, found in local_regions.tile_features(
+            Image.fromarray(full),
+            boxes,
+            contrast_below=limits.features_contrast_below if limits is not None else 0,
+        )
     ]
 
 
