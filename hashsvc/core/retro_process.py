@@ -157,6 +157,7 @@ class ProcessRetroEngine:
         self._scan_values = (pdq, local, pdq_review_search)
         self._proc: subprocess.Popen | None = None
         self._number = 0
+        self._ready = False  # the running child has done its imports
         self._lock = threading.Lock()  # one run's batches at a time
         self._closed = False
 
@@ -199,7 +200,12 @@ class ProcessRetroEngine:
         """Starts the child now, if it is not running (a server starts it at
         its first run; a bench, so as not to time its imports): its pid."""
         with self._lock:
-            return self._child().pid
+            proc = self._child()
+            if not self._ready:
+                if self._wait(0, threading.Event(), lambda: True) != ("ready", None):
+                    raise ChildFailed("the retro-hunt's scanning process did not start")
+                self._ready = True
+            return proc.pid
 
     def cpu_seconds(self) -> float:
         """CPU the running child has used (user + system), 0 without one."""
@@ -255,15 +261,17 @@ class ProcessRetroEngine:
         proc = self._proc
         assert proc is not None
         fd = proc.stdout.fileno()
-        deadline = time.monotonic() + self.settings.batch_seconds
+        # a batch's time limit is its own: a child still starting (its
+        # imports, at retro_nice on a busy machine) has _START_SECONDS more
+        limit = self.settings.batch_seconds + (0 if self._ready else _START_SECONDS)
+        deadline = time.monotonic() + limit
         while True:
             if stopping.is_set() or not keep():
                 return None
             if time.monotonic() > deadline:
                 self._lost_child(proc, kill=True)
                 raise ChildFailed(
-                    "the retro-hunt's scanning process took more than"
-                    f" {self.settings.batch_seconds:g} s for a batch"
+                    f"the retro-hunt's scanning process took more than {limit:g} s for a batch"
                     " (retro_process_batch_seconds): stopped"
                 )
             ready, _, _ = select.select([fd], [], [], _LOOK_SECONDS)
@@ -277,6 +285,9 @@ class ProcessRetroEngine:
             answered, kind, payload = message
             if answered == number:
                 return kind, payload
+            if kind == "ready" and not self._ready:
+                self._ready = True
+                deadline = time.monotonic() + self.settings.batch_seconds
             # an answer to a batch given up on (a stop, a lost run): dropped
 
     def _child(self) -> subprocess.Popen:
@@ -292,31 +303,9 @@ class ProcessRetroEngine:
                 _exit_text(proc.returncode),
             )
             _end(proc)
-        proc = _start_child(self.settings)
-        # its imports done: a batch's time limit is the batch's own
-        try:
-            ready = self._next_answer(proc, max(_START_SECONDS, self.settings.batch_seconds))
-        except BaseException:
-            self._lost_child(proc, kill=True)
-            raise
-        if ready != (0, "ready", None):
-            self._lost_child(proc, kill=True)
-            raise ChildFailed("the retro-hunt's scanning process did not start")
-        self._proc = proc
-        return proc
-
-    def _next_answer(self, proc: subprocess.Popen, seconds: float) -> object:
-        """The child's next message, within `seconds` (ChildFailed else)."""
-        fd = proc.stdout.fileno()
-        ready, _, _ = select.select([fd], [], [], seconds)
-        if not ready:
-            raise ChildFailed(f"the retro-hunt's scanning process did not answer in {seconds:g} s")
-        message = _read_message(fd)
-        if message is None:
-            raise ChildFailed(
-                f"the retro-hunt's scanning process died ({_exit_text(proc.wait(5))})"
-            )
-        return message
+        self._proc = _start_child(self.settings)
+        self._ready = False  # its "ready" comes once its imports are done
+        return self._proc
 
     def _lost_child(self, proc: subprocess.Popen, kill: bool = False) -> None:
         if kill:
