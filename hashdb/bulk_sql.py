@@ -566,18 +566,22 @@ class BulkSQL:
         """Set id -> the active ones of the entries, in id order. A load's
         entries (consecutive ids) are read as ranges of the primary key, two
         integers a row: reading an entry record each took 8 us a row (4 s of
-        CPU after a 500k-row load, twice the load's own writes)."""
+        CPU after a 500k-row load, twice the load's own writes). Whether an
+        entry is active is read, not asked in the WHERE clause: PostgreSQL
+        without statistics after a large load (none yet) ANDed the id range
+        with the partial index of active names, reading all of it (0.23 s at
+        500k entries for a feed's 1,000 new ones, ~0.7 s at 1M)."""
         spans, singles = _spans_and_singles(entry_ids)
-        query = "SELECT id, set_id FROM entries WHERE {} AND removed_at IS NULL"
-        rows: list[tuple[int, int]] = []
+        query = "SELECT id, set_id, removed_at IS NULL FROM entries WHERE {}"
+        rows: list[tuple[int, int, bool]] = []
         whole: list[tuple[int, range]] = []
         with self._read() as cur:
             for lo, hi in spans:
                 # A range all active in one set (a load's, unless something
                 # was removed since) is counted, not read row by row.
                 cur.execute(
-                    "SELECT set_id, COUNT(*) FROM entries WHERE id BETWEEN ? AND ?"
-                    " AND removed_at IS NULL GROUP BY set_id",
+                    "SELECT set_id, SUM(CASE WHEN removed_at IS NULL THEN 1 ELSE 0 END)"
+                    " FROM entries WHERE id BETWEEN ? AND ? GROUP BY set_id",
                     (lo, hi),
                 )
                 counts = cur.fetchall()
@@ -593,8 +597,9 @@ class BulkSQL:
                 )
                 rows.extend(cur.fetchall())
         out: dict[int, list[int]] = {}
-        for entry_id, set_id in rows:
-            out.setdefault(set_id, []).append(entry_id)
+        for entry_id, set_id, active in rows:
+            if active:
+                out.setdefault(set_id, []).append(entry_id)
         for set_id, ids in whole:
             out.setdefault(set_id, []).extend(ids)
         for ids in out.values():
