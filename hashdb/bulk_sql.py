@@ -73,8 +73,9 @@ class PlainSignals:
     # says nothing (a new entry has none, an existing one keeps its own).
     entry_names: np.ndarray | None = None
     labels: np.ndarray | None = None
-    # the labels numbered (label_codes), made once
-    _codes: tuple[np.ndarray, list[str]] | None = field(default=None, init=False, repr=False)
+    # the labels numbered (label_codes): given by the caller that numbered
+    # them already (a load's label sets), or made once
+    _codes: tuple[np.ndarray, list[str]] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -87,6 +88,35 @@ class PlainSignals:
             None if self.qualities is None else self.qualities[part],
             None if self.entry_names is None else self.entry_names[part],
             None if self.labels is None else self.labels[part],
+            None if self._codes is None else (self._codes[0][part], self._codes[1]),
+        )
+
+    @classmethod
+    def numbered(
+        cls,
+        kind: str,
+        media_type: str,
+        values: np.ndarray,
+        qualities: np.ndarray | None,
+        entry_names: np.ndarray | None,
+        codes: np.ndarray,
+        texts: Sequence[str | None],
+    ) -> PlainSignals:
+        """Rows whose labels are label sets, numbered: row k's labels are
+        texts[codes[k]] (stored JSON text, or None: the row says nothing).
+        Each row's text is shared, not copied, and the stores take the
+        numbers as they are (no look-up a row)."""
+        table = np.empty(len(texts), dtype=object)
+        table[:] = list(texts)
+        stored = ["{}" if text is None else text for text in texts]
+        return cls(
+            kind,
+            media_type,
+            values,
+            qualities,
+            entry_names,
+            table[codes],
+            (np.asarray(codes, dtype=np.int64), stored),
         )
 
     @property
