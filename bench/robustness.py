@@ -299,7 +299,19 @@ def main() -> None:
         action="store_true",
         help="no local_features signal: the PDQ views' precision and recall alone, fast",
     )
+    parser.add_argument(
+        "--orb-levels", type=int, help="ORB pyramid levels to try (known pictures and uploads)"
+    )
+    parser.add_argument(
+        "--orb-fast", type=int, help="ORB FAST threshold to try (known pictures and uploads)"
+    )
     args = parser.parse_args()
+    orb = {"pyramid_levels": args.orb_levels, "fast_threshold": args.orb_fast}
+    orb = {k: v for k, v in orb.items() if v is not None}
+    if orb:
+        # every extraction (known pictures, uploads, tiles) with these ORB settings
+        detector = local_features._detector
+        local_features._detector = lambda limits: detector(dataclasses.replace(limits, **orb))
     if args.pdq_only:
         # the core hashes in process, through this module's function
         image.local_feature_signals = lambda *args, **kwargs: []

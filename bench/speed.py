@@ -313,7 +313,7 @@ def main() -> None:
             recent = running.core.recent_blocks
             print(
                 "hashing in two steps at the end of the runs:"
-                f" {recent.two_steps(bench_token.id)} (local_after_views_share {recent.share:g},"
+                f" {recent.flooding(bench_token.id)} (local_after_views_share {recent.share:g},"
                 " the bench token's own window)"
             )
             compare_http(running, stubs, md, token, uploads)

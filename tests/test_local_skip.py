@@ -68,9 +68,9 @@ def test_blocked_in_every_set_asked_skips_the_local_search_and_says_so(
     core.curation.add_entry("a", "bridge", {}, "op", media=pictures["bridge"])
     searches = _count_searches(core, monkeypatch)
 
-    outcome = core.match(MatchQuery(media=pictures["bridge"]), caller="t")
+    outcome = core.match(MatchQuery(media=pictures["bridge_again"]), caller="t")
     assert outcome.decision == "block"
-    assert [(m.set_name, m.signal_type) for m in outcome.matches] == [("a", "md5")]
+    assert [(m.set_name, m.signal_type) for m in outcome.matches] == [("a", "pdq")]
     assert LOCAL_NOT_SEARCHED in outcome.notes
     assert searches.calls == 0
     # computed all the same: the history keeps them for retro-hunts
@@ -83,7 +83,7 @@ def test_blocked_in_every_set_asked_skips_the_local_search_and_says_so(
 
 
 def test_a_set_without_a_block_is_still_searched(store_url, make_core, pictures, monkeypatch):
-    """Set "a" blocks the upload by its MD5; set "b" knows only a crop of it,
+    """Set "a" blocks the upload by PDQ; set "b" knows only a crop of it,
     which local features alone find: both are listed, and asked alone "a"
     is not searched."""
     core = make_core(store_url)
@@ -93,23 +93,24 @@ def test_a_set_without_a_block_is_still_searched(store_url, make_core, pictures,
     core.curation.add_entry("b", "crop", {}, "op", media=pictures["bridge_crop"])
     searches = _count_searches(core, monkeypatch)
 
-    both = core.match(MatchQuery(media=pictures["bridge"]), caller="t")
+    both = core.match(MatchQuery(media=pictures["bridge_again"]), caller="t")
     assert both.decision == "block"
     assert {(m.set_name, m.signal_type) for m in both.matches} == {
-        ("a", "md5"),
+        ("a", "pdq"),
         ("b", "local_features"),
     }
     assert LOCAL_NOT_SEARCHED not in both.notes
     assert searches.calls == 1
 
-    only_a = core.match(MatchQuery(media=pictures["bridge"], sets=("a",)), caller="t")
+    only_a = core.match(MatchQuery(media=pictures["bridge_again"], sets=("a",)), caller="t")
     assert [m.set_name for m in only_a.matches] == ["a"]
     assert LOCAL_NOT_SEARCHED in only_a.notes
     assert searches.calls == 1
 
-    # once "b" blocks it too (its own copy of the file), neither is searched
-    core.curation.add_entry("b", "bridge", {}, "op", media=pictures["bridge"])
-    blocked = core.match(MatchQuery(media=pictures["bridge"]), caller="t")
+    # once "b" blocks it too (its own copy of the file: "a" still needs the
+    # upload hashed), neither is searched
+    core.curation.add_entry("b", "bridge", {}, "op", media=pictures["bridge_again"])
+    blocked = core.match(MatchQuery(media=pictures["bridge_again"]), caller="t")
     assert {m.set_name for m in blocked.matches} == {"a", "b"}
     assert LOCAL_NOT_SEARCHED in blocked.notes
     assert searches.calls == 1
@@ -142,7 +143,7 @@ def test_the_note_reaches_a_grpc_client_and_the_history(
         metadata=md,
     )
     m_stub, m_md = matcher
-    resp = m_stub.matcher.Match(match_request(pictures["bridge"]), metadata=m_md)
+    resp = m_stub.matcher.Match(match_request(pictures["bridge_again"]), metadata=m_md)
     assert resp.decision == pb.BLOCK
     assert LOCAL_NOT_SEARCHED in resp.notes
     assert any(s.signal_type == "local_features" for s in resp.query_signals)
@@ -181,15 +182,15 @@ def test_recent_blocks_turn_two_steps_on_and_off():
 def test_each_caller_has_its_own_window_and_their_number_is_capped():
     callers = CallerBlocks(window=2, share=0.5, callers=3)
     callers.observe("flooder", True)
-    assert callers.two_steps("flooder")
-    assert not callers.two_steps("other")  # another caller's flood is not its own
+    assert callers.flooding("flooder")
+    assert not callers.flooding("other")  # another caller's flood is not its own
     callers.observe("other", False)
-    assert not callers.two_steps("other")
+    assert not callers.flooding("other")
     for name in ("c", "d"):  # two more callers: the least recently seen is dropped
         callers.observe(name, False)
     assert len(callers) == 3
-    assert not callers.two_steps("flooder")  # dropped: starts again in one step
-    assert CallerBlocks(2, 0.0, 1).two_steps("anyone")  # share 0: always
+    assert not callers.flooding("flooder")  # dropped: starts again in one step
+    assert CallerBlocks(2, 0.0, 1).flooding("anyone")  # share 0: always
 
 
 @pytest.mark.parametrize(
@@ -215,13 +216,13 @@ def test_two_steps_block_on_views_alone_and_find_what_only_features_find(
         core.curation.create_set("b", thresholds={"pdq": Thresholds(0, 0)})
         core.curation.add_entry("b", "crop", {}, "op", media=pictures["bridge_crop"])
 
-    blocked = two.match(MatchQuery(media=pictures["bridge"], sets=("a",)), caller="t")
+    blocked = two.match(MatchQuery(media=pictures["bridge_again"], sets=("a",)), caller="t")
     assert blocked.decision == "block"
     assert LOCAL_NOT_COMPUTED in blocked.notes
     assert not any(s.kind == "local_features" for s in blocked.query_signals)
 
     for query in (
-        MatchQuery(media=pictures["bridge"]),  # "b" does not block it: features needed
+        MatchQuery(media=pictures["bridge_again"]),  # "b" does not block it: features needed
         MatchQuery(media=pictures["bridge_crop"]),
         MatchQuery(media=pictures["bridge_crop"], sets=("a",)),
     ):
@@ -243,11 +244,11 @@ def test_a_flood_of_known_pictures_does_not_hide_a_crop(store_url, make_core, pi
     # the same picture where PDQ decides nothing: its crop is found by local features only
     core.curation.create_set("pdq_blind", thresholds={"pdq": Thresholds(0, 0)})
     core.curation.add_entry("pdq_blind", "bridge", {}, "op", media=pictures["bridge"])
-    assert not core.recent_blocks.two_steps("t")
+    assert not core.recent_blocks.flooding("t")
     for _ in range(4):
-        flood = core.match(MatchQuery(media=pictures["bridge"], sets=("s",)), caller="t")
+        flood = core.match(MatchQuery(media=pictures["bridge_again"], sets=("s",)), caller="t")
         assert flood.decision == "block"
-    assert core.recent_blocks.two_steps("t")
+    assert core.recent_blocks.flooding("t")
     assert LOCAL_NOT_COMPUTED in flood.notes
     crop = core.match(MatchQuery(media=pictures["bridge_crop"], sets=("pdq_blind",)), caller="t")
     assert crop.decision in ("block", "review")
@@ -270,7 +271,7 @@ def test_two_steps_through_hashing_workers(make_harness, tmp_path, pictures):
         metadata=md,
     )
     m_stub, m_md = harness.stubs("matcher")
-    blocked = m_stub.matcher.Match(match_request(pictures["bridge"]), metadata=m_md)
+    blocked = m_stub.matcher.Match(match_request(pictures["bridge_again"]), metadata=m_md)
     assert blocked.decision == pb.BLOCK and LOCAL_NOT_COMPUTED in blocked.notes
     other = m_stub.matcher.Match(match_request(pictures["bridge_crop"]), metadata=m_md)
     assert LOCAL_NOT_COMPUTED not in other.notes

@@ -24,6 +24,17 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict, deque
 
+# The note of a Match answered by its exact hashes alone (Core._exact_copy):
+# during a caller's flood of exact copies of known media (the same share of
+# its last uploads as for two steps, counted apart and for every media kind),
+# an exact copy is looked up before anything is decoded or hashed, and costs
+# two hashes of its bytes and the lookups. Outside a flood such an upload is
+# hashed as any other (its history keeps every signal).
+NOT_HASHED = (
+    "not hashed: an exact copy (MD5/SHA-256) of known media blocks in every set asked;"
+    " matches by other signals are not listed"
+)
+
 
 class RecentBlocks:
     """Whether each of the last `window` image uploads was blocked in every
@@ -63,14 +74,15 @@ class CallerBlocks:
         self._windows: OrderedDict[object, RecentBlocks] = OrderedDict()
         self._lock = threading.Lock()
 
-    def two_steps(self, caller: object) -> bool:
+    def flooding(self, caller: object) -> bool:
+        """Whether `share` of the caller's last `window` observations were True."""
         if self.share <= 0:
             return True
         with self._lock:
             recent = self._windows.get(caller)
         return recent is not None and recent.two_steps(self.share)
 
-    def observe(self, caller: object, blocked_everywhere: bool) -> None:
+    def observe(self, caller: object, seen: bool) -> None:
         with self._lock:
             recent = self._windows.get(caller)
             if recent is None:
@@ -79,7 +91,7 @@ class CallerBlocks:
                     self._windows.popitem(last=False)
             else:
                 self._windows.move_to_end(caller)
-        recent.observe(blocked_everywhere)
+        recent.observe(seen)
 
     def __len__(self) -> int:
         with self._lock:

@@ -68,7 +68,8 @@ def kind_of(source: MediaSource) -> str:
     return kind
 
 
-def _exact(source: MediaSource) -> list[Signal]:
+def exact_signals(source: MediaSource) -> list[Signal]:
+    """MD5 and SHA-256 of the bytes (a spooled upload's were taken as it arrived)."""
     if isinstance(source, SpooledMedia):
         md5, sha256 = source.md5, source.sha256
     else:
@@ -83,19 +84,21 @@ def hash_media(
     part: int | None = None,
     stage: str | None = None,
     picture: object = None,
+    exact: bool = True,
 ) -> Hashed:
     """All signals of one upload (for a query, `part` selects half of an image's
     views so two workers can share it; other kinds ignore it). `stage`
     (queries): STAGE_VIEWS, an image's exact hashes and PDQ views (incomplete:
     its local features are STAGE_LOCAL's; with the decoded `picture`), any
     other media whole; STAGE_LOCAL, an image's local features alone, from the
-    first step's `picture` when given (else decoded again)."""
+    first step's `picture` when given (else decoded again). `exact` False:
+    without the MD5 and SHA-256 (the caller has them already)."""
     if stage not in (None, STAGE_VIEWS, STAGE_LOCAL) or (stage and not for_query):
         raise ValueError(f"unknown hashing stage {stage!r}")
     if picture is not None and stage != STAGE_LOCAL:
         raise ValueError("only a second step takes a decoded picture")
     try:
-        return _hash_media(source, limits, for_query, part, stage, picture)
+        return _hash_media(source, limits, for_query, part, stage, picture, exact)
     except MemoryError:
         # the worker's address-space limit (RLIMIT_AS) stopped a ballooning decoder
         raise TooLarge("decoding the media needs more memory than a worker may use") from None
@@ -108,9 +111,11 @@ def _hash_media(
     part: int | None,
     stage: str | None,
     picture: object = None,
+    with_exact: bool = True,
 ) -> Hashed:
     kind = kind_of(source)
-    exact = _exact(source) if part in (None, 0) and stage != STAGE_LOCAL else []
+    with_exact = with_exact and part in (None, 0) and stage != STAGE_LOCAL
+    exact = exact_signals(source) if with_exact else []
     if kind == sniff.IMAGE:
         if size_of(source) > limits.image.max_bytes:
             raise TooLarge(
