@@ -122,3 +122,18 @@ def test_flat_faded_and_other_low_contrast_pictures_are_allowed(make_core, store
     # and a faded copy of a known photo (whose own features are extracted as it is)
     outcome = core.match(MatchQuery(media=jpeg(faded_photo(0))), caller="t")
     assert [m.entry_name for m in outcome.matches] == ["photo0"], outcome.matches
+
+
+def test_exports_and_loads_carry_the_equalised_features_of_known_pictures():
+    """A known picture's equalised features cannot be derived again from its hashes: exports write
+    them and loads accept them, for local_features only (a tile's are an upload's, never stored)."""
+    from hashsvc.base.media_kinds import is_exchanged
+    from loaders.records import RowError, kind_variant, variant
+
+    for name in ("contrast", "enlarged:contrast"):
+        assert is_exchanged("local_features", name)
+        assert kind_variant("local_features", variant(name)) == name
+        assert not is_exchanged("pdq", name)
+        with pytest.raises(RowError):
+            kind_variant("pdq", name)
+    assert not is_exchanged("local_features", "tile:0:contrast")
