@@ -39,7 +39,11 @@ uploads, --match-seconds 5, interleaved, load 22-31: Match p50 during the
 hunt in process +65%, +48%, +56%, +52%; with --engine dask (1 worker)
 +60%, +105%, and with its worker at retro_nice +73%, +72%. The Dask
 coordinator alone costs the server ~1.0 s CPU for 40,000 uploads, as much
-as the whole in-process hunt (bench/retro_process.py: a leaner child).
+as the whole in-process hunt. retro_engine = "process" (the server's own
+scanning child, bench/retro_process.py alternates it with the thread), 100k
+uploads, load 34-49: server 0.54-0.62 s + child 2.15-2.26 s CPU a run
+(3.54-3.84 core-minutes for 10M, in process 3.26-3.59); Match p50 +2% and
+-39% against +52% and +69% in process, with idle p50 itself at 119-588 ms.
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ def test_an_added_picture_hunts_through_the_service(store_url, make_core, retro_
         _upload(core.store, f"other-{i}", _picture(hashlib.sha256(b"%d" % i).digest(), b"%d" % i))
     core.curation.create_set("s")
     core.curation.add_entry("s", "poster", {}, "op", media=known_file())
-    run = _finished_run(core)
+    run = _finished_run(core, 90)  # a scanning child's start on a loaded machine
     assert (run.state, run.hits) == ("done", 2)
     hits = sorted(hit[1] for hit in core.store.retro_matches_of(run.id))
     assert hits == ["pdq-copy", "same-file"]

@@ -128,7 +128,7 @@ def test_a_scan_stops_between_hits_when_asked(store_url, make_core, monkeypatch,
     make_core.stop(core)
     monkeypatch.setattr(retro.RetroHunt, "_hold", real_hold)
     again = make_core(store_url, **settings)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # a scanning child's start on a loaded machine
     while again.store.get_retro_run(run.id).state != "done" and time.monotonic() < deadline:
         time.sleep(0.05)
     done = again.store.get_retro_run(run.id)
