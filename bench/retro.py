@@ -311,6 +311,9 @@ def main() -> None:
         def child_cpu() -> float:
             return core.retro.child.cpu_seconds() if core.retro.child is not None else 0.0
 
+        if core.retro.child is not None:
+            # the child's scan code loaded (its first run's), as above for this process
+            hunt(empty=True)
         # alone: the hunt's own speed (process CPU: faiss may use more threads)
         wall, cpu, finished = hunt()
         if finished.state != DONE:
