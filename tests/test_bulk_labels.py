@@ -476,3 +476,32 @@ def test_lines_read_in_chunks_keep_multiline_cells_and_count_progress(monkeypatc
     assert sum(len(pb.BulkRows.FromString(m).entry) for m in whole[0]) == 39
     for chars in (1, 7, 150, 1000):
         assert read(chars) == whole, chars
+
+
+def test_label_sets_that_say_nothing_load_column_wise(store_and_index):
+    """Packed rows whose one label set is "" (the rows say nothing about
+    labels: an API caller's, the CLI sends an empty cell as {}) are checked
+    column-wise as rows without labels, and an entry already there keeps
+    its labels, as on the row-by-row path."""
+    store, live = store_and_index
+    hash_set = store.create_set("say-nothing", "", {}, {})
+    values = [bytes.fromhex(_value(row + 1)) for row in range(6)]
+    load(
+        store,
+        live,
+        hash_set.id,
+        "op",
+        [RowBatch(["pdq"], [values[0]], labels=['{"group": "ISIS"}'])],
+    )
+    packed = rows_from_pb(
+        pb.BulkRows(
+            packed_type="pdq", packed_values=b"".join(values), label_sets=[""], label_set=[0] * 6
+        )
+    )
+    checked = plain_rows(packed)
+    assert checked is not None and not checked.labelled
+    result = load(store, live, hash_set.id, "op", [packed])
+    assert (result.added, result.unchanged, result.rejected_count) == (5, 1, 0)
+    entries = _entries(store, hash_set.id)
+    assert entries[f"pdq:{_value(1)}"][0] == {"group": "ISIS"}
+    assert all(entries[f"pdq:{_value(row + 1)}"][0] == {} for row in range(1, 6))

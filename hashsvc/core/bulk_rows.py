@@ -300,8 +300,6 @@ def plain_rows(batch: RowBatch | PackedRows) -> CheckedPlainRows | None:
         values = np.frombuffer(batch.values, dtype=np.uint8).reshape(-1, width)
         if batch.label_codes is not None:
             numbered = _numbered_sets(batch.label_sets, batch.label_codes)
-            if numbered is None:
-                return None
             return _named_rows(batch.kind, values, None, batch.entry, numbered)
         if not batch.entry and not batch.labels:
             return CheckedPlainRows(batch.kind, values, None)
