@@ -130,8 +130,13 @@ def test_a_child_that_died_between_runs_is_started_again(store_url, make_core):
     _wait(core.store, run.id, lambda r: r.state == "done")
     pid = core.retro.child.pid
     os.kill(pid, signal.SIGKILL)
-    while _alive(pid):
+    # until it can be reaped (the engine's poll() sees it gone), not only its
+    # main thread a zombie ("Z" while its other threads still exit: its pipes
+    # still open, its poll() None, and the next run's first batch failed)
+    deadline = time.monotonic() + 60
+    while core.retro.child.pid is not None and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert not _alive(pid)
     copies = _uploads(core.store, 100, "later")
     core.curation.add_entry("s", "e2", {}, "op", signal=("pdq", NEAR.hex(), None))
     later = max(core.store.list_retro_runs(), key=lambda r: r.id)
@@ -246,3 +251,4 @@ def test_kill_9_of_the_server_leaves_no_child_and_the_run_resumes(store_url, tmp
         assert _reported(probe, run.id) == sorted(copies)
     finally:
         probe.close()
+
