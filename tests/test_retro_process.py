@@ -130,8 +130,13 @@ def test_a_child_that_died_between_runs_is_started_again(store_url, make_core):
     _wait(core.store, run.id, lambda r: r.state == "done")
     pid = core.retro.child.pid
     os.kill(pid, signal.SIGKILL)
-    while _alive(pid):
+    # until it can be reaped (the engine's poll() sees it gone), not only its
+    # main thread a zombie ("Z" while its other threads still exit: its pipes
+    # still open, its poll() None, and the next run's first batch failed)
+    deadline = time.monotonic() + 60
+    while core.retro.child.pid is not None and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert not _alive(pid)
     copies = _uploads(core.store, 100, "later")
     core.curation.add_entry("s", "e2", {}, "op", signal=("pdq", NEAR.hex(), None))
     later = max(core.store.list_retro_runs(), key=lambda r: r.id)
@@ -246,3 +251,72 @@ def test_kill_9_of_the_server_leaves_no_child_and_the_run_resumes(store_url, tmp
         assert _reported(probe, run.id) == sorted(copies)
     finally:
         probe.close()
+
+
+# A scanning child that answers "ready", then starts a batch's answer and
+# stops midway (stopped, frozen, stuck writing): its header says more bytes
+# than it sends.
+_STALLING_CHILD = """
+import os, pickle, struct, sys, time
+def send(message):
+    data = pickle.dumps(message)
+    os.write(1, struct.pack("!Q", len(data)) + data)
+send((0, "ready", None))
+(size,) = struct.unpack("!Q", os.read(0, 8))
+while size:
+    size -= len(os.read(0, size))
+os.write(1, struct.pack("!Q", 1000) + b"x" * 10)  # 10 of 1,000 bytes
+time.sleep(float(sys.argv[1]))
+"""
+
+
+def test_a_child_stalled_midway_through_an_answer_is_stopped(monkeypatch):
+    """Review: the server read an answer's bytes with no time limit once the
+    first had come, so a child stalled midway through one (stopped, frozen)
+    held the hunting thread, and the run, for as long as it stalled:
+    retro_process_batch_seconds did not apply. Now the batch fails in time
+    and the child is killed (the run is retried from its checkpoint)."""
+    import subprocess
+    import sys
+    import threading
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from hashsvc.core import retro_process
+    from hashsvc.matching.policy import PdqPolicy
+
+    stall_seconds = 60.0
+    started = []
+
+    def start_stalling_child(settings):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _STALLING_CHILD, str(stall_seconds)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+        )
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(retro_process, "_start_child", start_stalling_child)
+    engine = retro_process.ProcessRetroEngine(
+        "sqlite:///unused.db",
+        retro_process.ProcessSettings(batch_seconds=1.0),
+        PdqPolicy(),
+        None,
+        None,
+    )
+    run = SimpleNamespace(id=1, since=datetime.now(UTC), last_history_id=100)
+    try:
+        engine.start()
+        began = time.monotonic()
+        with pytest.raises(retro_process.ChildFailed, match="retro_process_batch_seconds"):
+            list(engine.batches(run, 0, 50, threading.Event(), lambda: True))
+        assert time.monotonic() - began < stall_seconds / 4
+        assert started[0].poll() is not None  # killed, not left stalled
+    finally:
+        engine.close()
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -115,9 +115,20 @@ def _write_message(fd: int, message: object) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _read_exact(fd: int, size: int) -> bytes | None:
+class _Overdue(Exception):
+    """An answer did not arrive whole by its deadline (its sender stalled midway)."""
+
+
+def _read_exact(fd: int, size: int, deadline: float | None = None) -> bytes | None:
     parts, left = [], size
     while left:
+        # the server's side reads within a deadline: once an answer has begun,
+        # a child stalled midway through it (stopped, frozen) must not hold
+        # the hunting thread, and its run, for as long as it stalls
+        if deadline is not None:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+                raise _Overdue
         chunk = os.read(fd, min(left, 1 << 20))
         if not chunk:
             return None  # the other end is gone
@@ -126,15 +137,16 @@ def _read_exact(fd: int, size: int) -> bytes | None:
     return b"".join(parts)
 
 
-def _read_message(fd: int) -> object | None:
-    """The next message, or None at the end of the pipe."""
-    header = _read_exact(fd, _HEADER.size)
+def _read_message(fd: int, deadline: float | None = None) -> object | None:
+    """The next message, or None at the end of the pipe; raises _Overdue when
+    it has not arrived whole by `deadline` (time.monotonic; None: no limit)."""
+    header = _read_exact(fd, _HEADER.size, deadline)
     if header is None:
         return None
     (size,) = _HEADER.unpack(header)
     if size > _MAX_MESSAGE_BYTES:
         raise ChildFailed(f"a message of {size} bytes from the retro-hunt's scanning process")
-    data = _read_exact(fd, size)
+    data = _read_exact(fd, size, deadline)
     if data is None:
         return None
     return pickle.loads(data)
@@ -277,7 +289,17 @@ class ProcessRetroEngine:
             ready, _, _ = select.select([fd], [], [], _LOOK_SECONDS)
             if not ready:
                 continue
-            message = _read_message(fd)
+            try:
+                # an answer begun arrives whole within a batch's time (a large
+                # one is read as fast as the child writes it)
+                message = _read_message(fd, time.monotonic() + self.settings.batch_seconds)
+            except _Overdue:
+                self._lost_child(proc, kill=True)
+                raise ChildFailed(
+                    "the retro-hunt's scanning process stopped midway through an answer for"
+                    f" more than {self.settings.batch_seconds:g} s"
+                    " (retro_process_batch_seconds): stopped"
+                ) from None
             if message is None:
                 code = proc.wait(5)
                 self._lost_child(proc)
