@@ -57,12 +57,13 @@ class RetroSQL(RetroPendingSQL):
         since_micros: int,
         state: str = QUEUED,
         error: str = "",
+        created_micros: int | None = None,
     ) -> RetroRun:
         """A run over the history from since_micros up to its newest record
         (now, and again when the run first starts); starts at the first
         record of the window (the time index finds it once, the scan then
         walks ids)."""
-        now = now_micros()
+        now = now_micros() if created_micros is None else min(created_micros, now_micros())
         # before the transaction: 100k ids are ~20 ms of CPU, which on SQLite
         # a Match's history record waited for (a feed's fetch queues ten)
         ids_text = json.dumps(sorted(set(entry_ids)))

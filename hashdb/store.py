@@ -414,7 +414,11 @@ class RetroStore(Protocol):
         since_micros: int,
         state: str = "queued",
         error: str = "",
-    ) -> RetroRun: ...
+        created_micros: int | None = None,
+    ) -> RetroRun:
+        """created_micros: the instant the window was measured back from
+        (now when None), so a run's window is what was asked however long
+        the reads before the insert took."""
 
     def get_retro_run(self, run_id: int) -> RetroRun | None: ...
 

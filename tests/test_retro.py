@@ -988,3 +988,27 @@ def test_a_history_written_before_the_views_table_is_hunted_after_migrating(
         "old-copy",
     ]
     assert core.store.verify_history().problems == []
+
+
+def test_a_run_by_hand_has_the_window_asked_however_slow_its_reads(
+    store_url, make_core, monkeypatch
+):
+    """`retro run --since 1d` showed a window of 86,401 s on a loaded machine:
+    the window was measured back from one instant and the run created at
+    another, after reads that took over a second."""
+    from hashsvc.core import retro
+    from hashsvc.core.retro import public_run_json
+
+    monkeypatch.setattr(retro.RetroHunt, "_work", lambda self: None)  # only queued
+    core = make_core(store_url, retro_window=0)
+    core.curation.create_set("s")
+    core.curation.add_entry("s", "e", {}, "op", signal=("pdq", bytes(range(32)).hex(), None))
+    reads = core.store.entries_changed_since
+
+    def slow_reads(*args, **kwargs):
+        time.sleep(1.3)
+        return reads(*args, **kwargs)
+
+    monkeypatch.setattr(core.store, "entries_changed_since", slow_reads)
+    run = core.retro.start_run("op", "s", since_seconds=86_400)
+    assert public_run_json(run, "s")["window_seconds"] == 86_400

@@ -318,7 +318,11 @@ class RetroHunt:
             set_id, window = None, since_seconds or self.settings.window_seconds
         if not window:
             raise FailedPrecondition("the retro window is 0 (off): give since_seconds")
-        since = to_micros(datetime.now(UTC) - timedelta(seconds=window))
+        # the run's creation time is this instant, not the insert's: reads
+        # between the two took over a second on a loaded machine, and the
+        # run then showed a window one second longer than asked
+        asked_at = datetime.now(UTC)
+        since = to_micros(asked_at - timedelta(seconds=window))
         ids = [i for s in sets for i in self.store.entries_changed_since(s.id, since)]
         active = sorted(
             i for found in self.store.active_entries_by_set(ids).values() for i in found
@@ -332,7 +336,9 @@ class RetroHunt:
                 limit="retro_max_entries_per_run",
             )
         self._refuse_when_full()
-        run = self.store.create_retro_run("manual", caller, set_id, active, since)
+        run = self.store.create_retro_run(
+            "manual", caller, set_id, active, since, created_micros=to_micros(asked_at)
+        )
         self.wake.set()
         return run
 
