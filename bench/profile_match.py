@@ -7,8 +7,9 @@ The uploads are bench/speed.py's (1024x768 JPEGs of the vector photos, noise add
 hashes in process (workers=0) against a SQLite store holding five of them and --features
 synthetic known pictures in the feature index, as bench/speed.py fills it. Each step is timed
 alone on every upload (thread CPU, medians): the split of issue 18's cost target.
-Last, core.match of the known uploads (blocked) and the unrelated ones, hashed
-in one step and in two (what a flood of known pictures turns on).
+Last, core.match of the known uploads (blocked), the unrelated ones and exact copies
+of the known files, in one step and in a flood (two steps; exact copies answered
+from their exact hashes).
 """
 
 from __future__ import annotations
@@ -104,21 +105,31 @@ def core_steps(core: Core, data: bytes) -> dict[str, float]:
 
 def by_kind_and_steps(core: Core, uploads: list[bytes]) -> None:
     """core.match of known uploads (blocked by PDQ: the bench's first five
-    photos) and unrelated ones, hashed in one step and in two (the mode a
-    flood of known pictures turns on: hashsvc/core/two_step.py), interleaved."""
+    photos, noise added), unrelated ones and exact copies of the known files,
+    hashed in one step and in two (the mode a flood of known pictures turns on:
+    hashsvc/core/two_step.py; a flood of exact copies is answered from their
+    exact hashes, NOT_HASHED), interleaved."""
     rows: dict[tuple[str, str], list[float]] = {}
-    saved = core.recent_blocks.share
+    exact = [path.read_bytes() for path in PHOTOS[:5]]
+    saved = core.recent_blocks.share, core.exact_floods.share
     try:
         for i, data in enumerate(uploads):
-            kind = "known" if i % len(PHOTOS) < 5 else "unrelated"
-            for steps, share in (("one step", float("inf")), ("two steps", 0.0)):
-                core.recent_blocks.share = share
-                ms = cpu_ms(lambda data=data: core.match(MatchQuery(media=data), caller="bench"))
-                rows.setdefault((kind, steps), []).append(ms)
+            kinds = [("known" if i % len(PHOTOS) < 5 else "unrelated", data)]
+            if i < 2 * len(exact):
+                kinds.append(("exact copy", exact[i % len(exact)]))
+            for kind, media in kinds:
+                for steps, share in (("one step", float("inf")), ("flood", 0.0)):
+                    core.recent_blocks.share = core.exact_floods.share = share
+                    ms = cpu_ms(
+                        lambda media=media: core.match(MatchQuery(media=media), caller="bench")
+                    )
+                    rows.setdefault((kind, steps), []).append(ms)
     finally:
-        core.recent_blocks.share = saved
-    print("\ncore.match CPU ms by upload and hashing mode (p50, mean)")
-    for (kind, steps), values in rows.items():
+        core.recent_blocks.share, core.exact_floods.share = saved
+    print(
+        "\ncore.match CPU ms by upload and mode (p50, mean); flood: two steps, exact copies first"
+    )
+    for (kind, steps), values in sorted(rows.items()):
         print(
             f"{kind:<10} {steps:<10} {statistics.median(values):>7.2f}"
             f" {statistics.mean(values):>7.2f}"
@@ -156,7 +167,7 @@ def main() -> None:
             core.matcher.warm_up()
             # one step (the steps' table times the whole upload's hashing);
             # by_kind_and_steps compares the two
-            core.recent_blocks.share = float("inf")
+            core.recent_blocks.share = core.exact_floods.share = float("inf")
             for data in uploads[:3]:
                 core.match(MatchQuery(media=data), caller="bench")  # warm up
             rows: dict[str, list[float]] = {}

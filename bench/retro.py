@@ -9,6 +9,7 @@ PDQ views each, and Match latency while a hunt runs.
     .venv/bin/python bench/retro.py --pictures --others-unpacked  # ...read from the text
     .venv/bin/python bench/retro.py --engine dask [--dask-workers 1] [--dask-nice]
                                                 # the scan in Dask's worker processes
+    .venv/bin/python bench/retro.py --engine process  # the scan in the server's child
 
 The history rows are synthetic (random PDQ views, as many as an upload's
 views, 1 upload in 1,000 a near copy of a new entry) written straight into a
@@ -38,7 +39,11 @@ uploads, --match-seconds 5, interleaved, load 22-31: Match p50 during the
 hunt in process +65%, +48%, +56%, +52%; with --engine dask (1 worker)
 +60%, +105%, and with its worker at retro_nice +73%, +72%. The Dask
 coordinator alone costs the server ~1.0 s CPU for 40,000 uploads, as much
-as the whole in-process hunt (bench/retro_process.py: a leaner child).
+as the whole in-process hunt. retro_engine = "process" (the server's own
+scanning child, bench/retro_process.py alternates it with the thread), 100k
+uploads, load 34-49: server 0.54-0.62 s + child 2.15-2.26 s CPU a run
+(3.54-3.84 core-minutes for 10M, in process 3.26-3.59); Match p50 +2% and
+-39% against +52% and +69% in process, with idle p50 itself at 119-588 ms.
 """
 
 from __future__ import annotations
@@ -204,7 +209,7 @@ def main() -> None:
     parser.add_argument(
         "--engine",
         default="inprocess",
-        choices=("inprocess", "dask"),
+        choices=("inprocess", "process", "dask"),
         help="retro_engine: dask scans in --dask-workers worker processes of a local cluster"
         " (the server process only coordinates and holds the hits): what Match shares then",
     )
@@ -264,6 +269,8 @@ def main() -> None:
         # first hunt does), not timed as the hunt's
         scan = any_within_scan(new_hashes, config.pdq.review_distance)
         scan.any_within(new_hashes[:8], config.pdq.review_distance)
+        if core.retro.child is not None:
+            core.retro.child.start()  # its imports, as a server's first run does: not timed
         if core.retro.engine is not None:
             # the local cluster started and its workers' imports done, as a
             # server's first run on it does, not timed as the hunt's
@@ -293,11 +300,20 @@ def main() -> None:
                     run.id, claimed.last_history_id, 0, 3600, owner=claimed.lease_owner
                 )
                 claimed = core.store.get_retro_run(run.id)
-            wall, cpu = time.perf_counter(), time.process_time()
+            wall, cpu, child = time.perf_counter(), time.process_time(), child_cpu()
             core.retro.scan(claimed)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            return wall, cpu, core.store.get_retro_run(run.id)
+            child = child_cpu() - child
+            if child:
+                print(f"  (a run: server CPU {cpu:.2f} s + scanning child CPU {child:.2f} s)")
+            return wall, cpu + child, core.store.get_retro_run(run.id)
 
+        def child_cpu() -> float:
+            return core.retro.child.cpu_seconds() if core.retro.child is not None else 0.0
+
+        if core.retro.child is not None:
+            # the child's scan code loaded (its first run's), as above for this process
+            hunt(empty=True)
         # alone: the hunt's own speed (process CPU: faiss may use more threads)
         wall, cpu, finished = hunt()
         if finished.state != DONE:
@@ -311,7 +327,7 @@ def main() -> None:
             f"hunt alone: {uploads} uploads in {wall:.1f} s = {rate:,.0f} uploads/s"
             f" ({rate * VIEWS:,.0f} views/s); CPU {cpu:.1f} s = {per_core:,.0f} uploads/s"
             f" per core; hits {finished.hits} (planted {copies})"
-            + ("" if args.engine == "inprocess" else " (CPU: the server's only, not the workers')")
+            + (" (CPU: the server's only, not the workers')" if args.engine == "dask" else "")
         )
         cores = os.cpu_count() or 1
         print(

@@ -1,24 +1,23 @@
-"""A prototype, for measuring only: a retro-hunt scanned in a child process
-(given the store URL and the run id, as a Dask worker is), its batches'
-hits sent back over a pipe and held and checkpointed by the server as the
-in-process hunt does; against the in-process hunt (the server's thread).
-What is compared is Match latency idle and during each (bench/retro.py's
-history and Match loop), interleaved, and the server process's CPU.
+"""Match latency during a retro-hunt, the two engines that scan on this
+machine alternated on one history: retro_engine = "inprocess" (the
+server's hunting thread) and "process" (the server's scanning child,
+hashsvc/core/retro_process.py). Each round measures Match idle, then
+during a hunt over the whole history, for each engine in turn (the order
+swapped every round); printed: Match p50/p99 idle and during, the hunt's
+wall time, the server's CPU and the child's.
 
-    .venv/bin/python bench/retro_process.py [--uploads 40000] [--match-seconds 5]
+    .venv/bin/python bench/retro_process.py [--uploads 40000] [--rounds 4] [--match-seconds 5]
 
-Why: Match waits for the GIL the hunting thread holds while it reads and
-keeps its batches (bench/retro_contention.py). The Dask engine scans in
-worker processes too, but its coordinator (client, comms threads) costs the
-server as much CPU as the whole in-process scan (bench/retro.py --engine
-dask), so Match gained nothing there. This child sends a few hits per batch.
+Both hunts are RetroHunt.scan of one Core whose engine is "process"; the
+in-process rounds scan with its child set aside (RetroHunt.child None), so
+both hold and record hits the same way, on the same store and history.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
+import resource
 import shutil
 import statistics
 import tempfile
@@ -32,48 +31,8 @@ from hashdb.bulk_sql import PlainSignals
 from hashdb.times import to_micros
 from hashsvc.core.config import Config
 from hashsvc.core.core import Core
-from hashsvc.core.retro_scan import history_signals
+from hashsvc.index.binary import search_on_this_thread
 from hashsvc_testing.image_media import encode, photo
-
-
-def child(conn, store_url: str, run_id: int, pdq, batch: int, nice: int) -> None:
-    """The scan: every batch's (last id, records read, hits) sent, then None."""
-    os.nice(nice)
-    from hashsvc.core.retro_dask import PartitionScan, _worker_scanner, scan_range
-
-    store, scanner, run = _worker_scanner(
-        PartitionScan(store_url, run_id, pdq, None, None, batch, 10.0)
-    )
-    for step in scan_range(store, scanner, run.since, run.checkpoint, run.last_history_id, batch):
-        conn.send(step)
-    conn.send(None)
-    conn.close()
-
-
-def hunt_in_child(core: Core, config: Config, run) -> None:
-    """The server's side: hits held (RetroHunt._hold), progress saved."""
-    ctx = multiprocessing.get_context("spawn")
-    ours, theirs = ctx.Pipe(duplex=False)
-    proc = ctx.Process(
-        target=child,
-        args=(theirs, config.db_url, run.id, config.pdq, config.retro_batch_records,
-              config.retro_nice),
-    )  # fmt: skip
-    proc.start()
-    theirs.close()
-    try:
-        while (step := ours.recv()) is not None:
-            last_id, read, found = step
-            for upload, hits in found:
-                for hit in hits:
-                    core.retro._hold(run, upload, hit, history_signals(upload.query_signals))
-            core.store.retro_progress(run.id, last_id, read, 3600, owner=run.lease_owner)
-        core.store.finish_retro_run(run.id, "done", owner=run.lease_owner)
-    finally:
-        proc.join(60)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(10)
 
 
 def main() -> None:
@@ -81,13 +40,23 @@ def main() -> None:
     parser.add_argument("--uploads", type=int, default=40_000)
     parser.add_argument("--entries", type=int, default=10_000)
     parser.add_argument("--match-seconds", type=float, default=5.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--nice", type=int, default=10, help="retro_nice")
     args = parser.parse_args()
+    search_on_this_thread()
     tmp = tempfile.mkdtemp(prefix="bench-retro-process-")
     db = os.path.join(tmp, "bench.db")
-    config = Config(db_url=f"sqlite:///{db}", workers=1, retro_poll_seconds=3600)
+    config = Config(
+        db_url=f"sqlite:///{db}",
+        workers=1,
+        retro_poll_seconds=3600,
+        retro_engine="process",
+        retro_nice=args.nice,
+    )
     core = Core.open(config)
     core.start()
+    child = core.retro.child
+    assert child is not None
     try:
         hash_set = core.curation.create_set("bench")
         rng = np.random.default_rng(7)
@@ -97,37 +66,55 @@ def main() -> None:
         copies = write_history(db, args.uploads, new_hashes)
         entry_ids = core.store.entries_changed_since(hash_set.id, 0)
         images = [encode(photo(i)) for i in range(8)]
+        child.start()  # its imports, as at a server's first run: not timed
         match_latencies(core, images, 1.0)  # warm
 
-        def hunt(mode: str) -> tuple[float, float, int]:
+        def hunt(mode: str) -> tuple[float, float, float, int]:
             run = core.store.create_retro_run(
                 "bench", "bench", hash_set.id, entry_ids, to_micros(datetime.now(UTC)) - 10**15
             )
             claimed = core.store.claim_retro_run(3600)
-            wall, cpu = time.perf_counter(), time.process_time()
-            if mode == "thread":
+            core.retro.child = child if mode == "process" else None
+            # the hunting thread's own CPU (the process's would count the
+            # Matches timed meanwhile too), and the child's
+            wall, cpu, child_cpu = time.perf_counter(), time.thread_time(), child.cpu_seconds()
+            try:
                 core.retro.scan(claimed)
-            else:
-                hunt_in_child(core, config, claimed)
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            return wall, cpu, len(core.store.retro_matches_of(run.id))
+            finally:
+                core.retro.child = child
+            wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+            child_cpu = child.cpu_seconds() - child_cpu
+            return wall, cpu, child_cpu, len(core.store.retro_matches_of(run.id))
 
         p99 = lambda xs: sorted(xs)[int(0.99 * (len(xs) - 1))]  # noqa: E731
-        for _ in range(args.rounds):
-            for mode in ("thread", "process"):
+        ratios: dict[str, list[float]] = {"inprocess": [], "process": []}
+        for number in range(args.rounds):
+            order = ("inprocess", "process") if number % 2 == 0 else ("process", "inprocess")
+            for mode in order:
                 idle = match_latencies(core, images, args.match_seconds)
-                (wall, cpu, hits), during = match_during(
+                (wall, cpu, child_cpu, hits), during = match_during(
                     core, images, lambda mode=mode: hunt(mode), config.retro_nice
                 )
+                ratio = statistics.median(during) / statistics.median(idle)
+                ratios[mode].append(ratio)
                 print(
-                    f"{mode}: hunt {wall:.1f} s wall, server CPU {cpu:.2f} s, {hits} hit rows"
-                    f" (planted {copies}); Match idle p50 {statistics.median(idle):.1f} ms"
-                    f" p99 {p99(idle):.1f} ms ({len(idle)}); during p50"
-                    f" {statistics.median(during):.1f} ms p99 {p99(during):.1f} ms ({len(during)}):"
-                    f" p50 {100 * (statistics.median(during) / statistics.median(idle) - 1):+.0f}%"
+                    f"round {number + 1} {mode}: hunt {wall:.1f} s wall, hunting thread CPU"
+                    f" {cpu:.2f} s, child CPU {child_cpu:.2f} s, {hits} hits (planted {copies});"
+                    " Match idle"
+                    f" p50 {statistics.median(idle):.1f} ms p99 {p99(idle):.1f} ms ({len(idle)});"
+                    f" during p50 {statistics.median(during):.1f} ms p99 {p99(during):.1f} ms"
+                    f" ({len(during)}): p50 {100 * (ratio - 1):+.0f}%"
                     f" (load {os.getloadavg()[0]:.1f})",
                     flush=True,
                 )
+        for mode, found in ratios.items():
+            print(
+                f"{mode}: Match p50 during/idle, median of {len(found)} rounds:"
+                f" {100 * (statistics.median(found) - 1):+.1f}%"
+                f" ({', '.join(f'{100 * (r - 1):+.0f}%' for r in found)})"
+            )
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        print(f"bench process CPU {usage.ru_utime + usage.ru_stime:.1f} s")
     finally:
         core.close()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -70,12 +70,19 @@ MIN_TRANSFORMED = 256  # px, the shorter side of a known corpus photo whose edit
 CALLER = "bench"
 
 
-def open_core(folder: str, pdq: PdqPolicy, local: LocalFeatureMatching | None = None) -> Core:
+def open_core(
+    folder: str,
+    pdq: PdqPolicy,
+    local: LocalFeatureMatching | None = None,
+    contrast_below: int | None = None,
+) -> Core:
     # Every upload hashed in one step: the verifications below read each
     # query's local features, which a flood of blocked copies (this bench)
     # would otherwise leave uncomputed (hashsvc/core/two_step.py; decisions
     # are the same either way: README, Cost of an image Match).
     one_step = ImageLimits(local_after_views_share=float("inf"))
+    if contrast_below is not None:
+        one_step = dataclasses.replace(one_step, features_contrast_below=contrast_below)
     config = Config(
         db_url=f"sqlite:///{folder}/bench.db",
         pdq=pdq,
@@ -270,6 +277,11 @@ def main() -> None:
         help="local_features.max_verified_spare to try (0: no spare pass, as before it)",
     )
     parser.add_argument(
+        "--contrast-below",
+        type=int,
+        help="image.features_contrast_below to try (0: no equalised features, as before them)",
+    )
+    parser.add_argument(
         "--hard", action="store_true", help="+ 30 striped and 10 faded pictures as known entries"
     )
     parser.add_argument(
@@ -287,7 +299,19 @@ def main() -> None:
         action="store_true",
         help="no local_features signal: the PDQ views' precision and recall alone, fast",
     )
+    parser.add_argument(
+        "--orb-levels", type=int, help="ORB pyramid levels to try (known pictures and uploads)"
+    )
+    parser.add_argument(
+        "--orb-fast", type=int, help="ORB FAST threshold to try (known pictures and uploads)"
+    )
     args = parser.parse_args()
+    orb = {"pyramid_levels": args.orb_levels, "fast_threshold": args.orb_fast}
+    orb = {k: v for k, v in orb.items() if v is not None}
+    if orb:
+        # every extraction (known pictures, uploads, tiles) with these ORB settings
+        detector = local_features._detector
+        local_features._detector = lambda limits: detector(dataclasses.replace(limits, **orb))
     if args.pdq_only:
         # the core hashes in process, through this module's function
         image.local_feature_signals = lambda *args, **kwargs: []
@@ -346,7 +370,7 @@ def main() -> None:
         local = LocalFeatureMatching()
         if args.spare is not None:
             local = dataclasses.replace(local, max_verified_spare=args.spare)
-        core = open_core(folder, pdq_policy, local)
+        core = open_core(folder, pdq_policy, local, args.contrast_below)
         try:
             views = KnownViews()
             features = KnownFeatures(core)

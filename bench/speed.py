@@ -247,7 +247,7 @@ def main() -> None:
         )
         running = start_server(config)
         try:
-            _, token = auth.create_token(running.core.store, "admin", "bench")
+            bench_token, token = auth.create_token(running.core.store, "admin", "bench")
             channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
             stubs = Stubs(channel)
             md = (("authorization", f"Bearer {token}"),)
@@ -313,7 +313,8 @@ def main() -> None:
             recent = running.core.recent_blocks
             print(
                 "hashing in two steps at the end of the runs:"
-                f" {recent.two_steps()} (local_after_views_share {recent.share:g})"
+                f" {recent.flooding(bench_token.id)} (local_after_views_share {recent.share:g},"
+                " the bench token's own window)"
             )
             compare_http(running, stubs, md, token, uploads)
             report_restart(running.core, tmp)

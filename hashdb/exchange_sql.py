@@ -4,8 +4,8 @@ stores (mixed into SQLStore; `?` placeholders, times as integer microseconds).
 A feed's credentials are in exchange_credentials, read by feed_secret() only:
 no listing joins them, so no answer, log line or history record can carry
 them. A page of a fetch commits its item mapping, its counts and the new
-checkpoint in one transaction (past feed_map_rows items, the mapping's
-first parts before it, each with its own counts), under the feed's lease: a
+checkpoint in short transactions (the mapping's parts, each with its own
+counts, then the checkpoint), under the feed's lease: a
 replica that lost the lease (it stalled past lease_until and another took
 over) writes nothing more.
 """
@@ -13,6 +13,7 @@ over) writes nothing more.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import NamedTuple
@@ -38,6 +39,8 @@ FEEDBACK_SENT = "sent"
 FEEDBACK_UNSUPPORTED = "unsupported"
 # exchange_items rows written per statement batch
 _ITEM_CHUNK = 5_000
+# A mapping transaction's fewest items (when tuned down, see _tune_feed_part)
+_MIN_PART_ROWS = 500
 _ITEM_COLUMNS = "feed_id, item_key, entry_name, source_id"
 
 
@@ -114,13 +117,16 @@ class DeleteWindow:
 
 
 class ExchangeSQL:
-    # A page's new item mapping is written this many items a transaction (a
-    # file feed's 50k-item pages in three). Not fewer on SQLite, whose writer
-    # lock a Match's history record waits for: item keys are hashes, so each
-    # transaction rewrites pages all over the key index, and 2,000-item ones
-    # cost a 10k page 2-2.5x the CPU (80 -> 190 ms at 300k items) without
-    # holding the lock much shorter on a loaded machine.
+    # A page's item mapping is written at most this many items a transaction,
+    # in key order (each transaction a narrow slice of the key index: item
+    # keys are hashes), fewer when that takes longer than the store's
+    # bulk_write_seconds: on SQLite a Match's history record waits for the
+    # writer lock each transaction holds (20,000 unsorted items held it
+    # 0.3-0.8 s on a loaded machine).
     feed_map_rows = 20_000
+    # ... at most: fewer when that takes longer than bulk_write_seconds
+    # (see _tune_feed_part), from this many on
+    _feed_part = 2_000
     # A feed's items by key (the keys as _list_param makes them, then the feed id)
     _items_by_key = (
         "item_key, entry_name, source_id FROM exchange_items"
@@ -246,6 +252,17 @@ class ExchangeSQL:
             )
             return cur.fetchone() is not None
 
+    def renew_feed_lease(self, feed_id: int, owner: str, seconds: float) -> bool:
+        """The lease moved on if this owner still holds it; False if not
+        (another replica took it, or it was given back)."""
+        with self._counter_write() as cur:
+            cur.execute(
+                "UPDATE exchange_feeds SET lease_until = ? WHERE id = ? AND lease_owner = ?"
+                " RETURNING id",
+                (now_micros() + int(seconds * 1_000_000), feed_id, owner),
+            )
+            return cur.fetchone() is not None
+
     def feed_items(self, feed_id: int, keys: list[str]) -> dict[str, FeedItem]:
         with self._read() as cur:
             known = self._mapped_keys(cur, feed_id, keys)
@@ -287,23 +304,27 @@ class ExchangeSQL:
         FailedPrecondition (writing nothing more) if the lease was lost.
         Items added and deleted are counted here, by the mapping, in the
         transactions that map them: a page written again after a crash (its
-        entries already there) still counts once. The new mapping is written
-        feed_map_rows items a transaction (each holds SQLite's one writer
-        lock, which a Match's history record waits for), the last part with
-        the deletions and the checkpoint. Returns the counts as committed
-        (counts.updated, .skipped and .rejected as given).
+        entries already there) still counts once. The mapping is written in
+        short transactions (see feed_map_rows: each holds SQLite's one
+        writer lock, which a Match's history record waits for), new items in
+        key order, then the deletions, then the checkpoint alone. Returns
+        the counts as committed (counts.updated, .skipped and .rejected as
+        given).
         window_base: the page's deletions are the fetch's held or unlisted
         ones, recorded for exchange.delete_window_seconds with the feed's
         items before the fetch (window_base).
         expect_new: none of the keys is expected to be mapped (the previous
         page's were all new), so they are inserted without a lookup first;
         one that is mapped fails the insert, which is then done with it."""
-        items = list({item.key: item for item in mapped}.values())  # listed twice: the last
-        step = self.feed_map_rows
+        # listed twice: the last; in key order, so each part writes a narrow
+        # slice of the key index (item keys are hashes: unsorted, every item
+        # of a part rewrote a page of its own)
+        items = sorted({item.key: item for item in mapped}.values(), key=itemgetter(0))
         new_keys: list[str] = []
-        last = max(len(items) - step, 0)
-        for start in range(0, last, step):
-            part = items[start : min(start + step, last)]
+        start = 0
+        while start < len(items):
+            part = items[start : start + self._feed_part_rows()]
+            started = time.perf_counter()
             with self._counter_write() as cur:
                 self._hold_feed_lease(cur, feed_id, owner, lease_seconds)
                 added = self._map_items(cur, feed_id, part, expect_new)
@@ -311,45 +332,67 @@ class ExchangeSQL:
                     "UPDATE exchange_feeds SET added = added + ?, items = items + ? WHERE id = ?",
                     (len(added), len(added), feed_id),
                 )
+            self._tune_feed_part(len(part), time.perf_counter() - started)
             new_keys += added
             expect_new = expect_new and len(added) == len(part)
-        now = now_micros()
+            start += len(part)
+        deleted = 0
+        start = 0
+        while start < len(unmapped):
+            part_keys = unmapped[start : start + self._feed_part_rows()]
+            started = time.perf_counter()
+            with self._counter_write() as cur:
+                self._hold_feed_lease(cur, feed_id, owner, lease_seconds)
+                gone = list(self._mapped_keys(cur, feed_id, part_keys))
+                if window_base is not None and gone:
+                    # the size the fetch's deletions were checked against (its
+                    # items before the fetch), not the mapping's now: a fetch
+                    # that adds junk first would widen the window's budget
+                    cur.execute(
+                        "INSERT INTO exchange_deletions (feed_id, at, deleted, held)"
+                        " VALUES (?, ?, ?, ?)",
+                        (feed_id, now_micros(), len(gone), window_base),
+                    )
+                if gone:
+                    cur.executemany(
+                        "DELETE FROM exchange_items WHERE feed_id = ? AND item_key = ?",
+                        [(feed_id, key) for key in gone],
+                    )
+                    cur.execute(
+                        "UPDATE exchange_feeds SET deleted = deleted + ?, items = items - ?"
+                        " WHERE id = ?",
+                        (len(gone), len(gone), feed_id),
+                    )
+            self._tune_feed_part(len(part_keys), time.perf_counter() - started)
+            deleted += len(gone)
+            start += len(part_keys)
+        # the checkpoint last, alone: every row and mapping of the page (and,
+        # the committer being one in order, of every page before) is in
         with self._counter_write() as cur:
             self._hold_feed_lease(cur, feed_id, owner, lease_seconds, (checkpoint,))
-            gone = set(self._mapped_keys(cur, feed_id, unmapped))
-            if window_base is not None and gone:
-                # the size the fetch's deletions were checked against (its
-                # items before the fetch), not the mapping's now: a fetch
-                # that adds junk first would widen the window's budget
-                cur.execute(
-                    "INSERT INTO exchange_deletions (feed_id, at, deleted, held)"
-                    " VALUES (?, ?, ?, ?)",
-                    (feed_id, now, len(gone), window_base),
-                )
-            for start in range(0, len(unmapped), _ITEM_CHUNK):
-                cur.executemany(
-                    "DELETE FROM exchange_items WHERE feed_id = ? AND item_key = ?",
-                    [(feed_id, key) for key in unmapped[start : start + _ITEM_CHUNK]],
-                )
-            added = self._map_items(cur, feed_id, items[last:], expect_new)
             cur.execute(
-                "UPDATE exchange_feeds SET added = added + ?, updated = updated + ?,"
-                " deleted = deleted + ?, skipped = skipped + ?, rejected = rejected + ?,"
-                " items = items + ? WHERE id = ?",
-                (
-                    len(added),
-                    counts.updated,
-                    len(gone),
-                    counts.skipped,
-                    counts.rejected,
-                    len(added) - len(gone),
-                    feed_id,
-                ),
+                "UPDATE exchange_feeds SET updated = updated + ?, skipped = skipped + ?,"
+                " rejected = rejected + ? WHERE id = ?",
+                (counts.updated, counts.skipped, counts.rejected, feed_id),
             )
-        new_keys += added
         return PageCounts(
-            len(new_keys), counts.updated, len(gone), counts.skipped, counts.rejected, new_keys
+            len(new_keys), counts.updated, deleted, counts.skipped, counts.rejected, new_keys
         )
+
+    def _feed_part_rows(self) -> int:
+        return max(1, min(self.feed_map_rows, self._feed_part))
+
+    def _tune_feed_part(self, rows: int, seconds: float) -> None:
+        """Items a mapping transaction takes, following the measured rate
+        towards the store's bulk_write_seconds (as the bulk path's writes
+        do): on SQLite each transaction holds the writer lock a Match's
+        history record waits for, and 20,000 items held it 0.3-0.8 s."""
+        if rows < self._feed_part_rows():
+            return  # a short last part says little about the rate
+        wanted = rows * self.bulk_write_seconds / max(seconds, 1e-3)
+        # half way: one slow transaction (a checkpoint, a busy core) does not
+        # halve the next
+        self._feed_part = int(min(self.feed_map_rows, max(_MIN_PART_ROWS, (rows + wanted) / 2)))
 
     def _hold_feed_lease(
         self, cur, feed_id: int, owner: str, lease_seconds: float, checkpoint: tuple = ()

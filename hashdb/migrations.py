@@ -860,3 +860,13 @@ POSTGRES.append(
             END $$""",
     ]
 )
+
+
+# A run's hits committed without their history record (retro_matches
+# history_recorded false), looked up at every claim and finish of a run
+# (hashsvc/core/retro.py record_unrecorded_hits): few, so a partial index.
+_UNRECORDED_INDEX = (
+    "CREATE INDEX retro_matches_unrecorded ON retro_matches (run_id) WHERE history_recorded = FALSE"
+)
+SQLITE.append([_UNRECORDED_INDEX])
+POSTGRES.append([_UNRECORDED_INDEX])

@@ -270,7 +270,9 @@ class PostgresStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
             names = rows.names()
             if any("\\" in name for name in names):
                 names = [_copy_text(name) for name in names]
-            labels = [_copy_labels(text) for text in rows.stored_labels()]
+            # each label set's COPY text made once
+            codes, texts = rows.label_codes()
+            labels = map([_copy_labels(text) for text in texts].__getitem__, codes.tolist())
             tail = f"\t{rows.media_type}\t{at}\t{_copy_text(added_by)}\n"
             ids = range(first_id, first_id + len(rows))
             _copy(

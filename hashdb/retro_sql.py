@@ -57,12 +57,16 @@ class RetroSQL(RetroPendingSQL):
         since_micros: int,
         state: str = QUEUED,
         error: str = "",
+        created_micros: int | None = None,
     ) -> RetroRun:
         """A run over the history from since_micros up to its newest record
         (now, and again when the run first starts); starts at the first
         record of the window (the time index finds it once, the scan then
         walks ids)."""
-        now = now_micros()
+        now = now_micros() if created_micros is None else min(created_micros, now_micros())
+        # before the transaction: 100k ids are ~20 ms of CPU, which on SQLite
+        # a Match's history record waited for (a feed's fetch queues ten)
+        ids_text = json.dumps(sorted(set(entry_ids)))
         with self._write() as cur:
             cur.execute("SELECT COALESCE(MAX(id), 0) FROM match_history")
             last_id = cur.fetchone()[0]
@@ -77,7 +81,7 @@ class RetroSQL(RetroPendingSQL):
                     trigger,
                     requested_by,
                     set_id,
-                    json.dumps(sorted(set(entry_ids))),
+                    ids_text,
                     since_micros,
                     last_id,
                     checkpoint,
@@ -438,15 +442,35 @@ class RetroSQL(RetroPendingSQL):
         hit unrecorded (add_retro_match) write one record between them."""
 
         def mark_recorded(cur) -> bool:
+            # The run's row locked against a claim until the record commits
+            # (PostgreSQL, _HELD_LOCK; the history's own lock does not order
+            # it with a claim): a holder whose lease just expired cannot
+            # write the record after another server took the run, which
+            # records the run's unrecorded hits when it claims it.
             cur.execute(
                 "UPDATE retro_matches SET history_recorded = ? WHERE entry_id = ?"
                 " AND request_id = ? AND run_id = ? AND history_recorded = ?"
-                f" AND {_HELD_RUN} RETURNING id",
+                f" AND EXISTS (SELECT 1 FROM retro_runs WHERE {_HELD}{self._HELD_LOCK})"
+                " RETURNING id",
                 (True, entry_id, request_id, run_id, False, run_id, owner),
             )
             return cur.fetchone() is not None
 
         return self._append_record(record, guard=mark_recorded)
+
+    def unrecorded_retro_hits(self, run_id: int) -> list[tuple[int, str, int, int | None]]:
+        """(entry id, request id, history id, review item id) of the run's
+        hits committed without their history record (their holder lost the
+        run or died in between): their review item and notification are
+        out, their record is owed (RetroHunt records them as they were)."""
+        with self._read() as cur:
+            cur.execute(
+                # the literal, so the partial index (retro_matches_unrecorded) serves
+                "SELECT entry_id, request_id, history_id, review_item_id FROM retro_matches"
+                " WHERE run_id = ? AND history_recorded = FALSE ORDER BY id",
+                (run_id,),
+            )
+            return [tuple(r) for r in cur.fetchall()]
 
     def retro_matches_of(self, run_id: int) -> list[tuple[int, str, str, int | None]]:
         """(entry id, request id, decision, review item id) of a run's hits."""

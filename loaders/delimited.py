@@ -130,39 +130,47 @@ def _plain_block(block: list[list[str]], columns: dict[str, int], line: int):
     try:
         # Every row has exactly 2n characters, so all of them are hex digits
         # when the whole comes out n bytes a row (fromhex skips spaces).
-        values = bytes.fromhex("".join(digits))
+        joined = "".join(digits)
+        values = bytes.fromhex(joined)
     except ValueError:
         return None
     if len(values) != sig_type.nbytes * len(block):
         return None
-    if entries is not None or cells is not None:
-        every = entries is not None and all(entries)  # a feed's: an id a row
-        own = entries if every else [name for name in entries or () if name]
+    if entries is None and cells is not None:
+        # Every row named after its hash: the names are distinct when the
+        # values are (as digits in one case; no name strings made).
+        if joined != joined.lower():
+            digits = [d.lower() for d in digits]
+        if len(set(digits)) != len(digits):
+            return None  # an entry of several rows: read row by row
+    elif entries is not None:
+        every = all(entries)  # a feed's: an id a row
+        own = entries if every else [name for name in entries if name]
         if own and not validation.entry_names_valid(own):
             return None
         # as Record.entry_name names them
         names = (
             entries
             if every
-            else [
-                name or f"{kind}:{digits[k].lower()}"
-                for k, name in enumerate(entries or [""] * len(block))
-            ]
+            else [name or f"{kind}:{digits[k].lower()}" for k, name in enumerate(entries)]
         )
         if len(set(names)) != len(names):
             return None  # an entry of several rows: read row by row
         if not own:
             entries = None
-    labels = None
+    label_sets = label_codes = None
     if cells is not None:
-        wire: dict[str, str] = {}
+        # each distinct cell parsed once; cells saying the same labels
+        # (spacing, order) share a set
+        numbered: dict[str, int] = {}
+        code_of: dict[str, int] = {}
         try:
-            for text in set(cells):
-                wire[text] = r.labels_cell_json(text)
+            for text in dict.fromkeys(cells):
+                code_of[text] = numbered.setdefault(r.labels_cell_json(text), len(numbered))
         except RowError:
             return None
-        labels = list(map(wire.__getitem__, cells))
-    return PlainRows(kind, values, line, len(block), entries, labels)
+        label_sets, label_codes = list(numbered), list(map(code_of.__getitem__, cells))
+    return PlainRows(kind, values, line, len(block), entries, label_sets, label_codes)
 
 
 def read_rows(

@@ -58,10 +58,21 @@ class PlainRows:
     first_line: int
     count: int
     entries: list[str] | None = None  # "" -> named after the signal
-    labels: list[str] | None = None  # in the wire form of labels_json()
+    # Labels as a file repeats them: each distinct text once (in the wire
+    # form of labels_json(), in order of first appearance) and each row's
+    # index into them; None: the rows have no labels column.
+    label_sets: list[str] | None = None
+    label_codes: list[int] | None = None
 
     def __len__(self) -> int:
         return self.count
+
+    @property
+    def labels(self) -> list[str] | None:
+        """Each row's labels text (wire form), or None."""
+        if self.label_codes is None or self.label_sets is None:
+            return None
+        return list(map(self.label_sets.__getitem__, self.label_codes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +278,8 @@ def variant(text: str | None) -> str:
     if not (EXCHANGED_VARIANT.fullmatch(text) or text in EXCHANGED_FEATURE_VARIANTS):
         raise RowError(
             f"variant {quoted(text)} is not exchanged (original, frame:N, page, document,"
-            " page:original, image:original, image:exact; enlarged for local_features)"
+            " page:original, image:original, image:exact; enlarged, contrast, enlarged:contrast"
+            " for local_features)"
         )
     return text
 

@@ -86,6 +86,13 @@ def module_store_url(request, tmp_path_factory):
         yield url
 
 
+@pytest.fixture(params=["inprocess", "process"])
+def retro_engine(request) -> str:
+    """A retro-hunt test run once per engine that scans on this machine
+    (Config.retro_engine: the server's thread, its child process)."""
+    return request.param
+
+
 @pytest.fixture
 def store(store_url):
     """An open store on each implementation, closed at the test's end."""

@@ -708,3 +708,25 @@ def test_active_entries_by_set_reads_a_loads_ranges_and_single_ids(store):
     assert found[first.id] == [i for i in ids[first.id] if i != gone.id]
     assert found[second.id] == ids[second.id]
     assert store.active_entries_by_set([]) == {}
+
+
+def test_indexed_signals_reads_the_active_entries_of_ranges_and_single_ids(store):
+    """What the live index reads for entries it was not told of (another
+    replica's writes): the signals of the active ones, by entry id, whether
+    the ids come as a load's range or one by one; a removed entry's not."""
+    live = LiveIndex(store, store)
+    live.load()
+    hash_set = store.create_set("s", "", {}, {})
+    values = [os.urandom(32) for _ in range(40)]
+    assert load(store, live, hash_set.id, "op", [RowBatch(["pdq"] * 40, values)]).added == 40
+    entries = sorted(store.list_entries(hash_set.id, limit=100), key=lambda e: e.id)
+    value_of = {e.id: bytes.fromhex(e.name.split(":", 1)[1]) for e in entries}
+    ids = [e.id for e in entries]
+    store.remove_entry(hash_set.id, entries[10].name)
+    active = [i for i in ids if i != ids[10]]
+    read = store.indexed_signals(ids)  # one range
+    assert [s.entry_id for s in read] == active
+    assert all(s.kind == "pdq" and s.value == value_of[s.entry_id] for s in read)
+    some = [ids[0], ids[10], ids[25], 999_999_999]  # one by one
+    assert [s.entry_id for s in store.indexed_signals(some)] == [ids[0], ids[25]]
+    assert store.indexed_signals([]) == []

@@ -17,7 +17,7 @@ from hashdb import open_store
 from hashsvc.api.bulk_pb import rows_from_pb
 from hashsvc.client import cli_bulk
 from hashsvc.core.bulk import RowBatch, load
-from hashsvc.core.bulk_rows import plain_rows
+from hashsvc.core.bulk_rows import PackedRows, plain_rows
 from hashsvc.index.live import LiveIndex
 from hashsvc.v1 import hashsvc_pb2 as pb
 from tests.test_round_trip import _contents, run  # noqa: F401 (a fixture)
@@ -413,9 +413,95 @@ def test_a_feed_travels_packed_with_its_label_sets_once(store_and_index, monkeyp
     assert named and all(len(m.label_sets) <= 4 and not len(m.labels) for m in named)
     batches = [rows_from_pb(pb.BulkRows.FromString(m.SerializeToString())) for m in messages]
     assert [name for b in batches for name in b.entry] == [name for _, name, _ in rows]
-    assert [json.loads(text) for b in batches for text in b.labels] == [
+    assert all(isinstance(b, PackedRows) and len(b.label_sets) <= 4 for b in batches)
+    assert [json.loads(text) for b in batches for text in b.row_labels()] == [
         labels for _, _, labels in rows
     ]
     assert _entries(store, hash_set.id) == {
         name: (labels, [("pdq", bytes.fromhex(value))]) for value, name, labels in rows
     }
+
+
+def test_one_hash_in_both_cases_in_a_labelled_block_is_one_entry(store_and_index, monkeypatch):
+    """Labelled rows named after their hash are checked distinct by their
+    digits without a name made a row: the same hash in upper and lower case
+    is one entry (its rows read row by row, the labels merged), as the
+    row-by-row path makes it."""
+    store, live = store_and_index
+    twin = f"{0xABC:064x}"
+    rows = [(_value(row + 1), "", LABEL_SETS[row % 3]) for row in range(7)]
+    rows.append((twin, "", LABEL_SETS[1]))
+    rows.append((twin.upper(), "", LABEL_SETS[3] | {"late": "yes"}))
+    rows.append(("AB" * 32, "", LABEL_SETS[0]))  # upper case, no twin: still one entry
+    text = _csv(rows)
+    blocks = list(loaders.read_blocks(io.StringIO(text), "csv", "f.csv", 50, 50))
+    assert not any(isinstance(b, loaders.PlainRows) for b in blocks)
+    fast_set = store.create_set("cases", "", {}, {})
+    fast, _, _ = _load_as_client(store, live, fast_set.id, text, monkeypatch, block_rows=50)
+    slow_set = store.create_set("cases-row-by-row", "", {}, {})
+    slow = _load_row_by_row(store, live, slow_set.id, text)
+    assert (fast.added, fast.rejected_count) == (slow.added, slow.rejected_count) == (9, 0)
+    assert _entries(store, fast_set.id) == _entries(store, slow_set.id)
+    assert _entries(store, fast_set.id)[f"pdq:{twin}"][0] == LABEL_SETS[1] | {"late": "yes"}
+    # without the twin the block is packed, the upper-case hash named in lower case
+    single = _csv([r for r in rows if r[0] != twin.upper()])
+    packed = list(loaders.read_blocks(io.StringIO(single), "csv", "f.csv", 50, 50))
+    assert [type(b) for b in packed] == [loaders.PlainRows]
+    assert packed[0].label_sets is not None and len(packed[0].label_sets) == 3
+    assert [packed[0].label_sets[c] for c in packed[0].label_codes] == packed[0].labels
+
+
+def test_lines_read_in_chunks_keep_multiline_cells_and_count_progress(monkeypatch, tmp_path):
+    """The client reads a file ~1 MB at a time: a quoted cell over several
+    lines that a chunk ends inside is read whole (one row, rejected for its
+    control character), the rows sent, the rejections and the progress
+    (characters read) are the same whatever the chunk size."""
+    rows = _feed(40)
+    rows[7] = (rows[7][0], rows[7][1], "note=two\nlines;source=x")  # a cell of two lines
+    path = tmp_path / "feed.csv"
+    text = _csv(rows)
+    with open(path, "w", newline="") as f:
+        f.write(text)
+
+    def read(chars: int):
+        monkeypatch.setattr(cli_bulk, "_READ_CHARS", chars)
+        progress = cli_bulk.LoadProgress(None, False)
+        rejected = cli_bulk.RejectedRows()
+        messages = list(cli_bulk.read_rows([str(path)], "csv", progress, rejected))
+        lines = [r.line for r in rejected.kept]
+        return [m.SerializeToString() for m in messages], progress.bytes, rejected.count, lines
+
+    whole = read(1 << 20)
+    assert whole[1] == len(text) and whole[2] == 1 and "two\nlines" in text
+    assert sum(len(pb.BulkRows.FromString(m).entry) for m in whole[0]) == 39
+    for chars in (1, 7, 150, 1000):
+        assert read(chars) == whole, chars
+
+
+def test_label_sets_that_say_nothing_load_column_wise(store_and_index):
+    """Packed rows whose one label set is "" (the rows say nothing about
+    labels: an API caller's, the CLI sends an empty cell as {}) are checked
+    column-wise as rows without labels, and an entry already there keeps
+    its labels, as on the row-by-row path."""
+    store, live = store_and_index
+    hash_set = store.create_set("say-nothing", "", {}, {})
+    values = [bytes.fromhex(_value(row + 1)) for row in range(6)]
+    load(
+        store,
+        live,
+        hash_set.id,
+        "op",
+        [RowBatch(["pdq"], [values[0]], labels=['{"group": "ISIS"}'])],
+    )
+    packed = rows_from_pb(
+        pb.BulkRows(
+            packed_type="pdq", packed_values=b"".join(values), label_sets=[""], label_set=[0] * 6
+        )
+    )
+    checked = plain_rows(packed)
+    assert checked is not None and not checked.labelled
+    result = load(store, live, hash_set.id, "op", [packed])
+    assert (result.added, result.unchanged, result.rejected_count) == (5, 1, 0)
+    entries = _entries(store, hash_set.id)
+    assert entries[f"pdq:{_value(1)}"][0] == {"group": "ISIS"}
+    assert all(entries[f"pdq:{_value(row + 1)}"][0] == {} for row in range(1, 6))

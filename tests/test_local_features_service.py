@@ -631,3 +631,52 @@ def test_small_pictures_as_tiles_of_jpeg_collages_are_found(run, tmp_path):
     others_only = local_media.collage(photo(1), rng, 3, [photo(n) for n in (0, 2, 3, 4, 6, 7)])[0]
     row = _match(run, tmp_path, "others.jpg", jpeg(others_only))
     assert row["decision"] == "allow" and row["matches"] == [], row
+
+
+HAZY_SEA = ("threatexchange", "pdq", "data", "reg-test-input", "labelme-subset", "q0122.jpg")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_hazy_picture_exported_and_loaded_keeps_its_equalised_features(
+    fmt, run, tmp_path, store_url, make_harness, monkeypatch
+):
+    """Review: a low-contrast picture's local features exist only equalised
+    ("contrast", "enlarged:contrast": the hazy sea has none as it is), and
+    the change that made them says export/load exchanges them; no test did.
+    Export -> load into a fresh server: the same variants, and its tilted copy
+    found there by them with the same decision and inliers."""
+    sea = Image.open(vector(*HAZY_SEA)).convert("RGB")
+    known = tmp_path / "sea.jpg"
+    known.write_bytes(jpeg(sea, 92))
+    assert run("sets", "create", "lf", *PDQ_EXACT_ONLY, role="operator")[0] == 0
+    assert run("add", "--set", "lf", known, role="operator")[0] == 0
+    tilted = jpeg(rotated(sea, 10))
+    before = _local_hit(_match(run, tmp_path, "tilted.jpg", tilted))
+    assert "contrast" in before["known_variant"], before
+    code, out, err = run("export", "--set", "lf", "--format", fmt, role="operator")
+    assert code == 0, err
+    export = tmp_path / f"export.{fmt}"
+    export.write_text(out, encoding="utf-8")
+
+    with _fresh_store_url(store_url, tmp_path) as partner_url:
+        partner = make_harness(partner_url)
+        try:
+            monkeypatch.setenv("HASHSVC_SERVER", partner.address)
+            monkeypatch.setenv("HASHSVC_TOKEN", partner.tokens["operator"])
+            assert cli.main(["sets", "create", "copy", *PDQ_EXACT_ONLY]) == 0
+            assert cli.main(["load", "--set", "copy", "--strict", "--quiet", str(export)]) == 0
+            stub, md = partner.stubs("operator")
+            got = stub.curation.GetEntry(
+                pb.GetEntryRequest(set="copy", name="sea.jpg"), metadata=md
+            )
+            variants = [s.variant for s in got.signals if s.signal_type == "local_features"]
+            assert variants == ["contrast", "enlarged:contrast"]
+            stub, md = partner.stubs("matcher")
+            resp = stub.matcher.Match(match_request(tilted), metadata=md)
+            assert pb.Decision.Name(resp.decision).lower() == before["decision"] != "allow"
+            hits = [m for m in resp.matches if m.signal_type == "local_features"]
+            assert [(m.set, m.entry) for m in hits] == [("copy", "sea.jpg")]
+            assert hits[0].known_variant == before["known_variant"]
+            assert hits[0].local_features.inliers == before["local_features"]["inliers"]
+        finally:
+            make_harness.stop(partner)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from hashdb import Thresholds
 from hashsvc.core.core import MatchQuery
-from hashsvc.core.two_step import RecentBlocks
+from hashsvc.core.two_step import CallerBlocks, RecentBlocks
 from hashsvc.matching.matcher import LOCAL_NOT_COMPUTED, LOCAL_NOT_SEARCHED
 from hashsvc.media.limits import ImageLimits
 from hashsvc.v1 import hashsvc_pb2 as pb
@@ -35,6 +35,8 @@ def pictures() -> dict[str, bytes]:
     bridge = Image.open(vector(*BRIDGE)).convert("RGB")
     return {
         "bridge": _jpeg(bridge),
+        # the same picture in another file: PDQ blocks it, the exact hashes do not
+        "bridge_again": encode_image(bridge, "JPEG", quality=70),
         # a crop PDQ cannot see (and a different file): local features only
         "bridge_crop": _jpeg(local_media.crop(bridge, np.random.default_rng(0), 0.2)),
     }
@@ -66,9 +68,9 @@ def test_blocked_in_every_set_asked_skips_the_local_search_and_says_so(
     core.curation.add_entry("a", "bridge", {}, "op", media=pictures["bridge"])
     searches = _count_searches(core, monkeypatch)
 
-    outcome = core.match(MatchQuery(media=pictures["bridge"]), caller="t")
+    outcome = core.match(MatchQuery(media=pictures["bridge_again"]), caller="t")
     assert outcome.decision == "block"
-    assert [(m.set_name, m.signal_type) for m in outcome.matches] == [("a", "md5")]
+    assert [(m.set_name, m.signal_type) for m in outcome.matches] == [("a", "pdq")]
     assert LOCAL_NOT_SEARCHED in outcome.notes
     assert searches.calls == 0
     # computed all the same: the history keeps them for retro-hunts
@@ -81,7 +83,7 @@ def test_blocked_in_every_set_asked_skips_the_local_search_and_says_so(
 
 
 def test_a_set_without_a_block_is_still_searched(store_url, make_core, pictures, monkeypatch):
-    """Set "a" blocks the upload by its MD5; set "b" knows only a crop of it,
+    """Set "a" blocks the upload by PDQ; set "b" knows only a crop of it,
     which local features alone find: both are listed, and asked alone "a"
     is not searched."""
     core = make_core(store_url)
@@ -91,23 +93,24 @@ def test_a_set_without_a_block_is_still_searched(store_url, make_core, pictures,
     core.curation.add_entry("b", "crop", {}, "op", media=pictures["bridge_crop"])
     searches = _count_searches(core, monkeypatch)
 
-    both = core.match(MatchQuery(media=pictures["bridge"]), caller="t")
+    both = core.match(MatchQuery(media=pictures["bridge_again"]), caller="t")
     assert both.decision == "block"
     assert {(m.set_name, m.signal_type) for m in both.matches} == {
-        ("a", "md5"),
+        ("a", "pdq"),
         ("b", "local_features"),
     }
     assert LOCAL_NOT_SEARCHED not in both.notes
     assert searches.calls == 1
 
-    only_a = core.match(MatchQuery(media=pictures["bridge"], sets=("a",)), caller="t")
+    only_a = core.match(MatchQuery(media=pictures["bridge_again"], sets=("a",)), caller="t")
     assert [m.set_name for m in only_a.matches] == ["a"]
     assert LOCAL_NOT_SEARCHED in only_a.notes
     assert searches.calls == 1
 
-    # once "b" blocks it too (its own copy of the file), neither is searched
-    core.curation.add_entry("b", "bridge", {}, "op", media=pictures["bridge"])
-    blocked = core.match(MatchQuery(media=pictures["bridge"]), caller="t")
+    # once "b" blocks it too (its own copy of the file: "a" still needs the
+    # upload hashed), neither is searched
+    core.curation.add_entry("b", "bridge", {}, "op", media=pictures["bridge_again"])
+    blocked = core.match(MatchQuery(media=pictures["bridge_again"]), caller="t")
     assert {m.set_name for m in blocked.matches} == {"a", "b"}
     assert LOCAL_NOT_SEARCHED in blocked.notes
     assert searches.calls == 1
@@ -140,7 +143,7 @@ def test_the_note_reaches_a_grpc_client_and_the_history(
         metadata=md,
     )
     m_stub, m_md = matcher
-    resp = m_stub.matcher.Match(match_request(pictures["bridge"]), metadata=m_md)
+    resp = m_stub.matcher.Match(match_request(pictures["bridge_again"]), metadata=m_md)
     assert resp.decision == pb.BLOCK
     assert LOCAL_NOT_SEARCHED in resp.notes
     assert any(s.signal_type == "local_features" for s in resp.query_signals)
@@ -176,9 +179,23 @@ def test_recent_blocks_turn_two_steps_on_and_off():
     assert not never.two_steps()
 
 
+def test_each_caller_has_its_own_window_and_their_number_is_capped():
+    callers = CallerBlocks(window=2, share=0.5, callers=3)
+    callers.observe("flooder", True)
+    assert callers.flooding("flooder")
+    assert not callers.flooding("other")  # another caller's flood is not its own
+    callers.observe("other", False)
+    assert not callers.flooding("other")
+    for name in ("c", "d"):  # two more callers: the least recently seen is dropped
+        callers.observe(name, False)
+    assert len(callers) == 3
+    assert not callers.flooding("flooder")  # dropped: starts again in one step
+    assert CallerBlocks(2, 0.0, 1).flooding("anyone")  # share 0: always
+
+
 @pytest.mark.parametrize(
     "bad", [{"local_after_views_share": -0.1}, {"local_after_views_share": float("nan")},
-            {"local_after_views_window": 0}],
+            {"local_after_views_window": 0}, {"local_after_views_callers": 0}],
 )  # fmt: skip
 def test_two_step_settings_are_checked(bad):
     with pytest.raises(ValueError, match="local_after_views"):
@@ -199,13 +216,13 @@ def test_two_steps_block_on_views_alone_and_find_what_only_features_find(
         core.curation.create_set("b", thresholds={"pdq": Thresholds(0, 0)})
         core.curation.add_entry("b", "crop", {}, "op", media=pictures["bridge_crop"])
 
-    blocked = two.match(MatchQuery(media=pictures["bridge"], sets=("a",)), caller="t")
+    blocked = two.match(MatchQuery(media=pictures["bridge_again"], sets=("a",)), caller="t")
     assert blocked.decision == "block"
     assert LOCAL_NOT_COMPUTED in blocked.notes
     assert not any(s.kind == "local_features" for s in blocked.query_signals)
 
     for query in (
-        MatchQuery(media=pictures["bridge"]),  # "b" does not block it: features needed
+        MatchQuery(media=pictures["bridge_again"]),  # "b" does not block it: features needed
         MatchQuery(media=pictures["bridge_crop"]),
         MatchQuery(media=pictures["bridge_crop"], sets=("a",)),
     ):
@@ -227,11 +244,11 @@ def test_a_flood_of_known_pictures_does_not_hide_a_crop(store_url, make_core, pi
     # the same picture where PDQ decides nothing: its crop is found by local features only
     core.curation.create_set("pdq_blind", thresholds={"pdq": Thresholds(0, 0)})
     core.curation.add_entry("pdq_blind", "bridge", {}, "op", media=pictures["bridge"])
-    assert not core.recent_blocks.two_steps()
+    assert not core.recent_blocks.flooding("t")
     for _ in range(4):
-        flood = core.match(MatchQuery(media=pictures["bridge"], sets=("s",)), caller="t")
+        flood = core.match(MatchQuery(media=pictures["bridge_again"], sets=("s",)), caller="t")
         assert flood.decision == "block"
-    assert core.recent_blocks.two_steps()
+    assert core.recent_blocks.flooding("t")
     assert LOCAL_NOT_COMPUTED in flood.notes
     crop = core.match(MatchQuery(media=pictures["bridge_crop"], sets=("pdq_blind",)), caller="t")
     assert crop.decision in ("block", "review")
@@ -254,7 +271,7 @@ def test_two_steps_through_hashing_workers(make_harness, tmp_path, pictures):
         metadata=md,
     )
     m_stub, m_md = harness.stubs("matcher")
-    blocked = m_stub.matcher.Match(match_request(pictures["bridge"]), metadata=m_md)
+    blocked = m_stub.matcher.Match(match_request(pictures["bridge_again"]), metadata=m_md)
     assert blocked.decision == pb.BLOCK and LOCAL_NOT_COMPUTED in blocked.notes
     other = m_stub.matcher.Match(match_request(pictures["bridge_crop"]), metadata=m_md)
     assert LOCAL_NOT_COMPUTED not in other.notes
@@ -289,3 +306,81 @@ def test_a_retro_hunt_searches_local_features_even_when_pdq_blocks(tmp_path, mak
     assert core.store.get_retro_run(run.id).state == "done"
     hits = core.store.retro_matches_of(run.id)
     assert len(hits) == 1, hits  # the crop's, by local features; e1's is allow-listed
+
+
+def test_one_callers_flood_turns_two_steps_on_for_that_caller_only(
+    make_harness, tmp_path, pictures
+):
+    """Review: one caller flooding known copies turned two steps on for every
+    caller. Over gRPC with two tokens: the flooder's blocked uploads skip
+    their local features (not computed), the other caller's are still hashed
+    in one step (computed, not searched)."""
+    harness = make_harness(
+        f"sqlite:///{tmp_path}/callers.db", image=ImageLimits(local_after_views_window=4)
+    )
+    stub, md = harness.stubs("operator")
+    stub.curation.CreateSet(pb.CreateSetRequest(name="a"), metadata=md)
+    stub.curation.AddEntry(
+        pb.AddEntryRequest(set="a", name="bridge", media=pb.Media(content=pictures["bridge"])),
+        metadata=md,
+    )
+    flooder, flooder_md = harness.stubs("matcher")
+    other, other_md = harness.stubs("admin")
+    for _ in range(4):
+        first = flooder.matcher.Match(match_request(pictures["bridge_again"]), metadata=flooder_md)
+        assert first.decision == pb.BLOCK
+    flooded = flooder.matcher.Match(match_request(pictures["bridge_again"]), metadata=flooder_md)
+    assert LOCAL_NOT_COMPUTED in flooded.notes
+    assert not any(s.signal_type == "local_features" for s in flooded.query_signals)
+
+    others = other.matcher.Match(match_request(pictures["bridge_again"]), metadata=other_md)
+    assert others.decision == pb.BLOCK
+    assert LOCAL_NOT_COMPUTED not in others.notes
+    assert LOCAL_NOT_SEARCHED in others.notes
+    assert any(s.signal_type == "local_features" for s in others.query_signals)
+
+
+def test_the_second_step_takes_the_first_steps_picture_instead_of_decoding_again(
+    store_url, make_core, pictures, monkeypatch
+):
+    """Two steps decoded an upload twice (~1.4 ms of a 1024x768 JPEG): the
+    first step's decoded picture now goes with the second job. Counted
+    through the service's core: one decode an upload, and the same signals
+    as the upload decoded again."""
+    from hashsvc.media import image
+
+    decodes = []
+    decode_query = image.decode_query
+
+    def counted(data, limits, at_least=0):
+        decodes.append(at_least)
+        return decode_query(data, limits, at_least)
+
+    monkeypatch.setattr(image, "decode_query", counted)
+    core = make_core(store_url, image=ImageLimits(local_after_views_share=0))
+    core.curation.create_set("a", thresholds={"pdq": Thresholds(0, 0)})
+    core.curation.add_entry("a", "bridge", {}, "op", media=pictures["bridge"])
+    outcome = core.match(MatchQuery(media=pictures["bridge_crop"]), caller="t")
+    assert outcome.decision in ("block", "review")
+    assert outcome.matches[0].signal_type == "local_features"
+    assert decodes.count(image.QUERY_DECODE_SIDE) == 1
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_handed_picture_gives_the_signals_of_a_second_decode(pictures, fmt, monkeypatch):
+    from hashsvc.media import dispatch
+    from hashsvc.media.limits import STAGE_LOCAL, STAGE_VIEWS, MediaLimits
+
+    data = encode_image(Image.open(vector(*BRIDGE)).convert("RGB"), fmt)
+    limits = MediaLimits()
+    first = dispatch.hash_media(data, limits, True, stage=STAGE_VIEWS)
+    assert first.picture is not None and not first.complete
+    handed = dispatch.hash_media(data, limits, True, stage=STAGE_LOCAL, picture=first.picture)
+    again = dispatch.hash_media(data, limits, True, stage=STAGE_LOCAL)
+    assert handed.signals == again.signals
+    assert any(s.kind == "local_features" for s in handed.signals)
+    # a picture past the cap stays in the worker: the second step decodes again
+    monkeypatch.setattr(dispatch, "HANDOVER_MAX_BYTES", first.picture.nbytes - 1)
+    assert dispatch.hash_media(data, limits, True, stage=STAGE_VIEWS).picture is None
+    with pytest.raises(ValueError, match="second step"):
+        dispatch.hash_media(data, limits, True, stage=STAGE_VIEWS, picture=first.picture)

@@ -58,7 +58,9 @@ def test_the_pairs_are_low_quality_and_in_the_review_band(pictures):
 
 @pytest.fixture(scope="module")
 def service(module_store_url, make_module_harness, pictures):
-    harness = make_module_harness(module_store_url)
+    # The PDQ rule alone: equalised, the faded photo's local features find its copy too, and
+    # block it on geometric evidence (tests/test_local_contrast.py)
+    harness = make_module_harness(module_store_url, image=ImageLimits(features_contrast_below=0))
     stubs, md = harness.stubs("operator")
     stubs.curation.CreateSet(pb.CreateSetRequest(name="known"), metadata=md)
     for name in ("stripes8", "stripes58", "faded4"):

@@ -258,8 +258,8 @@ def test_an_index_lost_while_an_upload_was_hashed_gives_no_decision(core, monkey
     core.curation.add_entry("known", "poster", {}, "op", media=encode(photo(1)))
     hash_query = core.hashing.hash_query
 
-    def slow_hash(media, *stage):
-        hashed = hash_query(media, *stage)
+    def slow_hash(media, *args, **kwargs):
+        hashed = hash_query(media, *args, **kwargs)
         core._index_lost.set()  # the change feed failed meanwhile
         return hashed
 

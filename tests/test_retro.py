@@ -92,6 +92,11 @@ def test_hunt_on_two_threads_finds_the_copy(harness, operator, matcher, reviewer
     assert item.request_id == copy.request_id
 
 
+@pytest.mark.parametrize(
+    "harness_config",
+    [{"retro_poll_seconds": 0.2}, {"retro_poll_seconds": 0.2, "retro_engine": "process"}],
+    ids=["inprocess", "process"],
+)
 def test_allowed_picture_is_found_when_its_hash_arrives(harness, operator, matcher, reviewer):
     ops, op_md = operator
     m, m_md = matcher
@@ -426,10 +431,15 @@ def test_prune_keeps_the_chain_verifying(harness, matcher, monkeypatch, capsys):
     assert "history intact" in capsys.readouterr().out
 
 
-def test_a_stopping_server_gives_its_run_back(store_url, make_core):
+def test_a_stopping_server_gives_its_run_back(store_url, make_core, retro_engine):
     """SIGTERM-like stop mid-run: the run is queued again at its checkpoint
     and the next server finishes it at once (no lease to wait for)."""
-    settings = {"retro_batch_records": 50, "retro_pause_seconds": 0.1, "retro_poll_seconds": 0.2}
+    settings = {
+        "retro_batch_records": 50,
+        "retro_pause_seconds": 0.1,
+        "retro_poll_seconds": 0.2,
+        "retro_engine": retro_engine,
+    }
     core = make_core(store_url, **settings)
     known = bytes(range(32))
     near = bytes([known[0] ^ 0x03]) + known[1:]
@@ -978,3 +988,27 @@ def test_a_history_written_before_the_views_table_is_hunted_after_migrating(
         "old-copy",
     ]
     assert core.store.verify_history().problems == []
+
+
+def test_a_run_by_hand_has_the_window_asked_however_slow_its_reads(
+    store_url, make_core, monkeypatch
+):
+    """`retro run --since 1d` showed a window of 86,401 s on a loaded machine:
+    the window was measured back from one instant and the run created at
+    another, after reads that took over a second."""
+    from hashsvc.core import retro
+    from hashsvc.core.retro import public_run_json
+
+    monkeypatch.setattr(retro.RetroHunt, "_work", lambda self: None)  # only queued
+    core = make_core(store_url, retro_window=0)
+    core.curation.create_set("s")
+    core.curation.add_entry("s", "e", {}, "op", signal=("pdq", bytes(range(32)).hex(), None))
+    reads = core.store.entries_changed_since
+
+    def slow_reads(*args, **kwargs):
+        time.sleep(1.3)
+        return reads(*args, **kwargs)
+
+    monkeypatch.setattr(core.store, "entries_changed_since", slow_reads)
+    run = core.retro.start_run("op", "s", since_seconds=86_400)
+    assert public_run_json(run, "s")["window_seconds"] == 86_400

@@ -91,11 +91,12 @@ def _hits(store_url: str, run_id: int) -> int:
         probe.close()
 
 
-def test_a_failed_step_is_retried_from_the_checkpoint(store_url, make_harness):
+def test_a_failed_step_is_retried_from_the_checkpoint(store_url, make_harness, retro_engine):
     """The history table gone for a moment: the step fails (attempt 1, shown
     in `retro list`), claims fail until it is back (not attempts: nothing
-    was scanned), then the run goes on from its checkpoint."""
-    h = make_harness(store_url, **SETTINGS)
+    was scanned), then the run goes on from its checkpoint. On either
+    engine (the child process reads the table too)."""
+    h = make_harness(store_url, **SETTINGS, retro_engine=retro_engine)
     run_id = _hunt(h)
     _rename_table(store_url, "match_history", "match_history_away")
     try:

@@ -45,12 +45,12 @@ def scan_on_a_thread(core, run, name: str) -> tuple[threading.Thread, list[BaseE
 
 
 def test_a_stale_replica_is_refused_and_nothing_is_reported_twice(
-    store_url, make_core, monkeypatch
+    store_url, make_core, monkeypatch, retro_engine
 ):
     # The tests claim and scan; no background worker takes runs.
     monkeypatch.setattr(retro.RetroHunt, "_work", lambda self: None)
-    stale = make_core(store_url, **SETTINGS)
-    taker = make_core(store_url, **SETTINGS)
+    stale = make_core(store_url, **SETTINGS, retro_engine=retro_engine)
+    taker = make_core(store_url, **SETTINGS, retro_engine=retro_engine)
     for i in range(400):
         value = NEAR if i % 20 == 0 else hashlib.sha256(b"%d" % i).digest()
         _history_upload(stale.store, Signal("pdq", value, 90), 0.5, request_id=f"up-{i}")

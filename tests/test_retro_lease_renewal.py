@@ -69,10 +69,12 @@ def _retro_records(store) -> list[str]:
     return [r.detail["request_id"] for r in found if r.rpc == "RetroMatch"]
 
 
-def test_a_step_with_many_hits_keeps_its_lease(store_url, make_core, monkeypatch, caplog):
+def test_a_step_with_many_hits_keeps_its_lease(
+    store_url, make_core, monkeypatch, caplog, retro_engine
+):
     monkeypatch.setattr(retro.RetroHunt, "_work", lambda self: None)  # the test claims
-    holder = make_core(store_url, **SETTINGS)
-    other = make_core(store_url, **SETTINGS)
+    holder = make_core(store_url, **SETTINGS, retro_engine=retro_engine)
+    other = make_core(store_url, **SETTINGS, retro_engine=retro_engine)
     copies = _flood(holder)
     run = holder.store.claim_retro_run(LEASE)
     assert run is not None
@@ -111,11 +113,11 @@ def test_a_step_with_many_hits_keeps_its_lease(store_url, make_core, monkeypatch
 
 
 def test_a_holder_that_lost_its_run_mid_step_stops_writing(
-    store_url, make_core, monkeypatch, caplog
+    store_url, make_core, monkeypatch, caplog, retro_engine
 ):
     monkeypatch.setattr(retro.RetroHunt, "_work", lambda self: None)
-    holder = make_core(store_url, **SETTINGS)
-    taker = make_core(store_url, **SETTINGS)
+    holder = make_core(store_url, **SETTINGS, retro_engine=retro_engine)
+    taker = make_core(store_url, **SETTINGS, retro_engine=retro_engine)
     copies = _flood(holder)
     run = holder.store.claim_retro_run(LEASE)
     real = holder.store.add_retro_match

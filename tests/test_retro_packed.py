@@ -123,10 +123,10 @@ def test_a_picture_hunt_reads_packed_signals_and_finds_what_the_text_finds(store
     assert "other than PDQ" in problems[0][1]
 
 
-def test_an_added_picture_hunts_through_the_service(store_url, make_core):
+def test_an_added_picture_hunts_through_the_service(store_url, make_core, retro_engine):
     """AddEntry of a picture: its run (PDQ, md5, sha256, local features)
     finds the same file and the near copy among unrelated uploads."""
-    core = make_core(store_url, retro_poll_seconds=0.2)
+    core = make_core(store_url, retro_poll_seconds=0.2, retro_engine=retro_engine)
     near = _near_copy(core)
     far = hashlib.sha256(b"far").digest()
     _upload(core.store, "pdq-copy", _picture(near, b"re-encoded"))
@@ -135,7 +135,7 @@ def test_an_added_picture_hunts_through_the_service(store_url, make_core):
         _upload(core.store, f"other-{i}", _picture(hashlib.sha256(b"%d" % i).digest(), b"%d" % i))
     core.curation.create_set("s")
     core.curation.add_entry("s", "poster", {}, "op", media=known_file())
-    run = _finished_run(core)
+    run = _finished_run(core, 90)  # a scanning child's start on a loaded machine
     assert (run.state, run.hits) == ("done", 2)
     hits = sorted(hit[1] for hit in core.store.retro_matches_of(run.id))
     assert hits == ["pdq-copy", "same-file"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
+
 from hashsvc.api import convert
 from hashsvc.base.errors import InvalidArgument
 from hashsvc.core.bulk import BulkResult, PackedRows, RowBatch
@@ -52,7 +54,7 @@ def header_and_batches(
 
 
 def rows_from_pb(rows: pb.BulkRows) -> RowBatch | PackedRows:
-    labels = _interned_labels(rows)
+    interned = _interned_sets(rows)
     if rows.packed_type:
         if len(rows.signal_type) or len(rows.value):
             raise InvalidArgument("BulkRows: packed rows have no signal_type or value column")
@@ -60,12 +62,17 @@ def rows_from_pb(rows: pb.BulkRows) -> RowBatch | PackedRows:
             if len(getattr(rows, name)):
                 raise InvalidArgument(f"BulkRows: packed rows have no {name} column")
         packed = PackedRows(rows.packed_type, rows.packed_values, rows.first_line, rows.source)
-        for name, column in (("entry", list(rows.entry)), ("labels", labels or list(rows.labels))):
+        packed.entry = list(rows.entry)
+        labels = list(rows.labels) if interned is None else interned[1]
+        for name, column in (("entry", packed.entry), ("labels", labels)):
             if len(column) not in (0, len(packed)):
                 raise InvalidArgument(
                     f"BulkRows: column {name} has {len(column)} rows, not {len(packed)}"
                 )
-            setattr(packed, name, column)
+        if interned is None:
+            packed.labels = labels
+        else:  # kept numbered: each set checked once, no text a row
+            packed.label_sets, packed.label_codes = interned
         if len(rows.line):
             if len(rows.line) != len(packed):
                 raise InvalidArgument(
@@ -76,6 +83,10 @@ def rows_from_pb(rows: pb.BulkRows) -> RowBatch | PackedRows:
             batch.line = list(rows.line)
             return batch
         return packed
+    labels = None
+    if interned is not None:
+        sets = interned[0]
+        labels = [sets[code] for code in interned[1].tolist()]
     n = len(rows.signal_type)
     columns = {}
     for name in ("line", "entry", "labels", "deleted", "quality", "variant", "position"):
@@ -88,20 +99,20 @@ def rows_from_pb(rows: pb.BulkRows) -> RowBatch | PackedRows:
     )
 
 
-def _interned_labels(rows: pb.BulkRows) -> list[str] | None:
-    """The labels column sent interned (label_sets, label_set), one text a
-    row (the distinct texts shared, not copied); None if not sent so."""
+def _interned_sets(rows: pb.BulkRows) -> tuple[list[str], np.ndarray] | None:
+    """The labels column sent interned: the distinct texts (label_sets) and
+    each row's index into them (label_set); None if not sent so."""
     if not len(rows.label_set) and not len(rows.label_sets):
         return None
     if len(rows.labels):
         raise InvalidArgument("BulkRows: labels come as a column or interned, not both")
     sets = list(rows.label_sets)
-    codes = rows.label_set
-    if not len(codes) or len(sets) > len(codes) or max(codes) >= len(sets):
+    codes = np.array(rows.label_set, dtype=np.int64)
+    if not len(codes) or len(sets) > len(codes) or codes.max() >= len(sets):
         raise InvalidArgument(
             "BulkRows: each label_set must index label_sets, which lists no more sets than rows"
         )
-    return [sets[code] for code in codes]
+    return sets, codes
 
 
 def response(result: BulkResult, strict: bool) -> pb.BulkLoadResponse:

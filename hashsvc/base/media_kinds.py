@@ -68,11 +68,19 @@ EXCHANGED_VARIANT = re.compile(
     r"original|page|document|frame:\d{1,9}|" + "|".join(EXCHANGED_PDF_PICTURES)
 )
 # Local features a known picture keeps beside those: a small picture's,
-# extracted from it enlarged (hashsvc/media/image.py). They cannot be derived
-# again from a hash, and without them a small picture loaded elsewhere no
-# longer finds its tilted and cropped copies: exports carry them too (only
-# hashsvc reads local_features; other tools' formats leave them out).
-EXCHANGED_FEATURE_VARIANTS = ("enlarged",)
+# extracted from it enlarged, and a low-contrast picture's, extracted from it
+# equalised (hashsvc/media/image.py, local_features.extract_contrast). They
+# cannot be derived again from a hash, and without them a small or hazy
+# picture loaded elsewhere no longer finds its tilted and cropped copies:
+# exports carry them too (only hashsvc reads local_features; other tools'
+# formats leave them out).
+ENLARGED_VARIANT = "enlarged"
+CONTRAST_VARIANT = "contrast"
+EXCHANGED_FEATURE_VARIANTS = (
+    ENLARGED_VARIANT,
+    CONTRAST_VARIANT,
+    f"{ENLARGED_VARIANT}:{CONTRAST_VARIANT}",
+)
 
 
 def is_exchanged(kind: str, variant: str) -> bool:

@@ -3,6 +3,7 @@ BulkLoad and ExportEntries RPCs, in the formats of loaders/."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -91,16 +92,25 @@ class LoadProgress:
 
 
 class _CountingLines:
-    """Lines of a text stream, counting characters read (for progress)."""
+    """Lines of a text stream, counting characters read (for progress). Read
+    and counted ~1 MB at a time: a generator step a line was a fifth of the
+    client's CPU for a hash list."""
 
     def __init__(self, stream) -> None:
         self.stream = stream
         self.chars = 0
 
     def __iter__(self) -> Iterator[str]:
-        for line in self.stream:
-            self.chars += len(line)
-            yield line
+        return itertools.chain.from_iterable(self._chunks())
+
+    def _chunks(self) -> Iterator[list[str]]:
+        while lines := self.stream.readlines(_READ_CHARS):
+            self.chars += sum(map(len, lines))
+            yield lines
+
+
+# Characters a file is read by (at least one whole line each time).
+_READ_CHARS = 1 << 20
 
 
 def _sources(paths: list[str]) -> Iterator[tuple[str, object]]:
@@ -171,10 +181,9 @@ def _plain_to_pb(rows: PlainRows, source: str) -> pb.BulkRows:
         entry=rows.entries or (),
         source=source,
     )
-    if rows.labels is not None:
-        codes: dict[str, int] = {}
-        out.label_set.extend([codes.setdefault(text, len(codes)) for text in rows.labels])
-        out.label_sets.extend(codes)
+    if rows.label_codes is not None:
+        out.label_set.extend(rows.label_codes)
+        out.label_sets.extend(rows.label_sets)
     return out
 
 

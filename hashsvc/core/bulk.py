@@ -165,7 +165,7 @@ class BulkLoad:
             # what this one wrote, in order. So are labelled rows named
             # after their hashes (their batches are larger: see the client's
             # HASH_NAMED_BATCH_ROWS).
-            if plain.names is not None or plain.labels or self._pending_rows >= SORT_ROWS:
+            if plain.names is not None or plain.labelled or self._pending_rows >= SORT_ROWS:
                 self._flush_plain()
             return
         self._flush_plain()  # rows are written in the order they came

@@ -78,6 +78,10 @@ class PackedRows:
     # a feed's rows: each row's entry name and labels, as in RowBatch
     entry: Sequence[str] = ()
     labels: Sequence[str] = ()
+    # or the labels as a file repeats them (instead of `labels`): each
+    # distinct text once, and each row's index into them
+    label_sets: Sequence[str] = ()
+    label_codes: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         sig_type = SIGNAL_TYPES.get(self.kind)
@@ -100,8 +104,18 @@ class PackedRows:
             rows.first_line,
             source,
             entry=rows.entries or (),
-            labels=rows.labels or (),
+            label_sets=rows.label_sets or (),
+            label_codes=None
+            if rows.label_codes is None
+            else np.asarray(rows.label_codes, dtype=np.int64),
         )
+
+    def row_labels(self) -> Sequence[str]:
+        """Each row's labels text ("" -> says nothing), or () for none."""
+        if self.label_codes is None:
+            return self.labels
+        sets = list(self.label_sets)
+        return [sets[code] for code in self.label_codes.tolist()]
 
     def __len__(self) -> int:
         return len(self.values) // SIGNAL_TYPES[self.kind].nbytes
@@ -114,7 +128,7 @@ class PackedRows:
             value=[self.values[k * width : (k + 1) * width] for k in range(count)],
             line=range(self.first_line, self.first_line + count),
             entry=self.entry,
-            labels=self.labels,
+            labels=self.row_labels(),
             source=self.source,
         )
 
@@ -258,14 +272,21 @@ class CheckedPlainRows:
     values: np.ndarray  # (n, width) uint8
     qualities: np.ndarray | None  # int16, -1 -> none; None: no row has one
     names: list[str] | None = None
-    labels: list[str | None] | None = None  # stored JSON text; None: says nothing
+    # Labels numbered: row k's are label_texts[label_codes[k]], stored JSON
+    # text or None (the row says nothing); both None when no row says any.
+    label_codes: np.ndarray | None = None
+    label_texts: list[str | None] | None = None
     # _value_order(values), when checking the rows made it (sorted_plain reuses it)
     value_order: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
+    def labelled(self) -> bool:
+        return self.label_codes is not None
+
+    @property
     def kind_key(self) -> tuple[str, bool, bool, bool]:
         """Rows of one key are written together, in one run."""
-        return self.kind, self.qualities is not None, self.names is not None, bool(self.labels)
+        return self.kind, self.qualities is not None, self.names is not None, self.labelled
 
 
 def plain_rows(batch: RowBatch | PackedRows) -> CheckedPlainRows | None:
@@ -277,9 +298,12 @@ def plain_rows(batch: RowBatch | PackedRows) -> CheckedPlainRows | None:
     if isinstance(batch, PackedRows):
         width = SIGNAL_TYPES[batch.kind].nbytes
         values = np.frombuffer(batch.values, dtype=np.uint8).reshape(-1, width)
+        if batch.label_codes is not None:
+            numbered = _numbered_sets(batch.label_sets, batch.label_codes)
+            return _named_rows(batch.kind, values, None, batch.entry, numbered)
         if not batch.entry and not batch.labels:
             return CheckedPlainRows(batch.kind, values, None)
-        return _named_rows(batch.kind, values, None, batch.entry, batch.labels)
+        return _named_rows(batch.kind, values, None, batch.entry, _numbered_texts(batch.labels))
     says_more = (
         any(batch.deleted)
         or not set(batch.variant) <= {"", "original"}
@@ -309,8 +333,48 @@ def plain_rows(batch: RowBatch | PackedRows) -> CheckedPlainRows | None:
         )
         if labels is None:
             return None
-        return _named_rows(kind, values, qualities, batch.entry, (), labels)
-    return _named_rows(kind, values, qualities, batch.entry, batch.labels)
+        return _named_rows(kind, values, qualities, batch.entry, _numbered(labels))
+    return _named_rows(kind, values, qualities, batch.entry, _numbered_texts(batch.labels))
+
+
+# Labels numbered and checked (CheckedPlainRows.label_codes, label_texts);
+# None: no row says any; False: some row's are invalid.
+_Numbered = tuple[np.ndarray, list[str | None]] | None
+
+
+def _numbered(labels: Sequence[str | None]) -> _Numbered:
+    """Each row's stored labels text (or None) numbered by distinct text."""
+    numbers: dict[str | None, int] = {}
+    codes = np.fromiter(
+        (numbers.setdefault(text, len(numbers)) for text in labels),
+        dtype=np.int64,
+        count=len(labels),
+    )
+    return None if list(numbers) == [None] else (codes, list(numbers))
+
+
+def _numbered_texts(texts: Sequence[str]) -> _Numbered | bool:
+    """Each row's labels text as sent ("" -> says nothing), checked (each
+    distinct text once) and numbered; False if one is invalid."""
+    if not any(texts):
+        return None
+    numbers: dict[str, int] = {}
+    codes = np.fromiter(
+        (numbers.setdefault(text, len(numbers)) for text in texts), dtype=np.int64, count=len(texts)
+    )
+    stored = _stored_labels(list(numbers))
+    return False if stored is None else (codes, stored)
+
+
+def _numbered_sets(sets: Sequence[str], codes: np.ndarray) -> _Numbered | bool:
+    """Label sets as sent once (each checked once) and each row's index
+    into them; False if one is invalid."""
+    stored = _stored_labels(sets)
+    if stored is None:
+        return False
+    if all(text is None for text in stored):
+        return None
+    return codes, stored
 
 
 def _named_rows(
@@ -318,28 +382,26 @@ def _named_rows(
     values: np.ndarray,
     qualities: np.ndarray | None,
     entries: Sequence[str],
-    label_texts: Sequence[str],
-    labels: list[str | None] | None = None,
+    labels: _Numbered | bool,
 ) -> CheckedPlainRows | None:
-    """The rows with their names and labels (texts, or labels already as
-    stored) checked, or None (see plain_rows)."""
-    if labels is None and any(label_texts):
-        labels = _stored_labels(label_texts)
-        if labels is None:
-            return None
+    """The rows with their names and (numbered, checked) labels, or None
+    (see plain_rows)."""
+    if labels is False:
+        return None
+    codes, texts = labels or (None, None)
     names = value_order = None
     if any(entries):
         names = _entry_names(kind, entries, values)
         if names is None:
             return None
-    elif labels is not None:
+    elif codes is not None:
         # Named after their hashes: no names made here (the store makes
         # them from the values; 500k strings, a set and sort keys of them
         # were a fifth of the server's CPU), distinct when the values are.
         value_order = _value_order(values)
         if not value_order[1].all():
             return None  # an entry of several rows (labels merged): row by row
-    return CheckedPlainRows(kind, values, qualities, names, labels, value_order)
+    return CheckedPlainRows(kind, values, qualities, names, codes, texts, value_order)
 
 
 def _entry_names(kind: str, entries: Sequence[str], values: np.ndarray) -> list[str] | None:
@@ -454,14 +516,27 @@ def sorted_plain(parts: Sequence[CheckedPlainRows]) -> PlainSignals:
     else:
         order, first = _value_order(rows)
     keep = order[first]
-    qualities = labels = None
+    qualities = None
     if parts[0].qualities is not None:
         qualities = np.concatenate([p.qualities for p in parts])[keep]
-    if parts[0].labels:
-        labels = np.array([text for p in parts for text in p.labels], dtype=object)[keep]
-    return PlainSignals(
-        kind, SINGLE_MEDIA_TYPE.get(kind, HASH), rows[keep], qualities, None, labels
-    )
+    media_type = SINGLE_MEDIA_TYPE.get(kind, HASH)
+    if parts[0].labelled:
+        codes, texts = _joined_labels(parts)
+        return PlainSignals.numbered(
+            kind, media_type, rows[keep], qualities, None, codes[keep], texts
+        )
+    return PlainSignals(kind, media_type, rows[keep], qualities)
+
+
+def _joined_labels(parts: Sequence[CheckedPlainRows]) -> tuple[np.ndarray, list[str | None]]:
+    """The parts' numbered labels as one numbering (part by part, in order)."""
+    if len(parts) == 1:
+        return parts[0].label_codes, parts[0].label_texts
+    codes, texts = [], []
+    for p in parts:
+        codes.append(p.label_codes + len(texts))
+        texts.extend(p.label_texts)
+    return np.concatenate(codes), texts
 
 
 # Named rows are sorted by the first bytes of their names: the order only
@@ -478,18 +553,17 @@ def _sorted_named(parts: Sequence[CheckedPlainRows]) -> PlainSignals:
         [name.encode()[:_NAME_SORT_BYTES] for name in names.tolist()],
         dtype=f"S{_NAME_SORT_BYTES}",
     )
-    labels = None
-    if parts[0].labels:
-        labels = np.array([text for p in parts for text in p.labels], dtype=object)
     # in name order whatever the labels (the stores write a label set of
     # many rows in the same statement as the others), so that each short
     # write inserts into a narrow slice of the name index
     order = np.argsort(keys, kind="stable")
-    if labels is not None:
-        labels = labels[order]
     qualities = None
     if parts[0].qualities is not None:
         qualities = np.concatenate([p.qualities for p in parts])[order]
-    return PlainSignals(
-        kind, SINGLE_MEDIA_TYPE.get(kind, HASH), rows[order], qualities, names[order], labels
-    )
+    media_type = SINGLE_MEDIA_TYPE.get(kind, HASH)
+    if parts[0].labelled:
+        codes, texts = _joined_labels(parts)
+        return PlainSignals.numbered(
+            kind, media_type, rows[order], qualities, names[order], codes[order], texts
+        )
+    return PlainSignals(kind, media_type, rows[order], qualities, names[order])

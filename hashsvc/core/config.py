@@ -21,7 +21,7 @@ from hashsvc.media.limits import AudioLimits, ImageLimits, PdfLimits, VideoLimit
 from hashsvc.media.spool import Spool
 
 # Where retro-hunt runs are scanned (Config.retro_engine).
-RETRO_ENGINES = ("inprocess", "dask")
+RETRO_ENGINES = ("inprocess", "process", "dask")
 # Threads a retro-hunt compares views on (more than the cores only waits).
 MAX_RETRO_THREADS = 64
 
@@ -464,6 +464,9 @@ class Config:
     retro_max_partitions: int = 1000
     retro_engine_connect_seconds: float = 10.0
     retro_task_retries: int = 2
+    # "process": a batch its child scans for longer than this is given up
+    # (the child killed, the run retried from its checkpoint)
+    retro_process_batch_seconds: float = 600.0
     # A run whose step fails (a store error) is retried from its checkpoint
     # after retro_retry_initial_seconds, doubling up to retro_retry_max_
     # seconds; marked failed after retro_max_attempts failed attempts (on any
@@ -549,7 +552,11 @@ class Config:
         for name in ("retro_dask_workers", "retro_max_partitions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("retro_partition_seconds", "retro_engine_connect_seconds"):
+        for name in (
+            "retro_partition_seconds",
+            "retro_engine_connect_seconds",
+            "retro_process_batch_seconds",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be more than 0")
         if self.retro_max_attempts < 1:
@@ -582,6 +589,7 @@ class Config:
             max_attempts=self.retro_max_attempts,
             retry_initial_seconds=self.retro_retry_initial_seconds,
             retry_max_seconds=self.retro_retry_max_seconds,
+            process_batch_seconds=self.retro_process_batch_seconds,
             dask=DaskSettings(
                 scheduler_address=self.retro_scheduler_address,
                 workers=self.retro_dask_workers,
@@ -746,6 +754,11 @@ def check_retro_engine(engine: str, scheduler_address: str, db_url: str) -> None
     """Refuses an engine setting that cannot work (Config, at start)."""
     if engine not in RETRO_ENGINES:
         raise ValueError(f"retro_engine must be one of {', '.join(RETRO_ENGINES)}")
+    if engine == "process" and (":memory:" in db_url or db_url.rstrip("/") == "sqlite:"):
+        raise ValueError(
+            'retro_engine = "process" cannot use an in-memory SQLite store: the scanning'
+            " process opens the store itself and would see an empty database"
+        )
     if engine != "dask":
         return
     try:

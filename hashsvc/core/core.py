@@ -35,15 +35,23 @@ from hashsvc.core.event_feed import EventFeed
 from hashsvc.core.retro import RetroHunt
 from hashsvc.core.review import ReviewQueue
 from hashsvc.core.signal_values import checked_value
-from hashsvc.core.two_step import RecentBlocks
+from hashsvc.core.two_step import NOT_HASHED, CallerBlocks
 from hashsvc.core.webhooks import Webhooks
 from hashsvc.index.live import LiveIndex
 from hashsvc.matching.feedback import Feedback
 from hashsvc.matching.flood import FloodCounter
 from hashsvc.matching.matcher import LOCAL_NOT_COMPUTED, Match, Matcher, MatchResult
 from hashsvc.matching.policy import Policy
+from hashsvc.media import sniff
 from hashsvc.media.audio_words import parse_shift_variant
-from hashsvc.media.dispatch import MediaLimits, MediaSource, size_of
+from hashsvc.media.dispatch import (
+    Hashed,
+    MediaLimits,
+    MediaSource,
+    exact_signals,
+    head_of,
+    size_of,
+)
 from hashsvc.media.hashing import HashingPool
 from hashsvc.media.limits import STAGE_LOCAL, STAGE_VIEWS
 
@@ -88,8 +96,16 @@ class Core:
         # all one store here.
         self.live = LiveIndex(store, store, _snapshot_dir(config), config.pdq_review_search)
         self.matcher = Matcher(self.live, store, self.policy, local=config.local_features)
-        self.recent_blocks = RecentBlocks(
-            config.image.local_after_views_window, config.image.local_after_views_share
+        self.recent_blocks = CallerBlocks(
+            config.image.local_after_views_window,
+            config.image.local_after_views_share,
+            config.image.local_after_views_callers,
+        )
+        # exact copies of known media, per caller alike (two_step.NOT_HASHED)
+        self.exact_floods = CallerBlocks(
+            config.image.local_after_views_window,
+            config.image.local_after_views_share,
+            config.image.local_after_views_callers,
         )
         self.curation = Curation(
             store, store, self.live, hashing, config.local_features.max_keypoints
@@ -315,7 +331,9 @@ class Core:
         try:
             self._require_ready()  # before hashing: no work for a refused call
             only_sets = self._set_ids(query.sets)
-            media_type, signals, notes, result = self._hash_and_match(query, only_sets)
+            # the caller's own flood window: its token, or its name without one
+            flooder = caller_token_id if caller_token_id is not None else caller
+            media_type, signals, notes, result = self._hash_and_match(query, only_sets, flooder)
             result = self.feedback.apply(result, signals, self.live.sets_by_id)
             self._require_ready()  # the index may have been lost while hashing
             recorded = self._kept_in_history(signals)
@@ -613,36 +631,83 @@ class Core:
             log.exception("the history record of a bulk load into %s failed", quoted(set_name))
 
     def _hash_and_match(
-        self, query: MatchQuery, only_sets: set[int] | None
+        self, query: MatchQuery, only_sets: set[int] | None, flooder: object = None
     ) -> tuple[str, list[Signal], tuple[str, ...], MatchResult]:
         """The query's signals and matches, and what either left out; an
-        upload hashed in one step or, during a flood of known pictures, in
-        two (hashsvc/core/two_step.py)."""
-        two_steps = query.media is not None and self.recent_blocks.two_steps()
+        upload hashed in one step or, during the caller's flood of known
+        pictures, in two (hashsvc/core/two_step.py)."""
+        if query.media is not None and query.signal_type:
+            raise InvalidArgument("send media or a hash, not both")
+        exact: list[Signal] = []
+        known_bytes = False
+        if query.media is not None:
+            # The exact hashes first (hashsvc/core/two_step.py: NOT_HASHED):
+            # during the caller's flood of exact copies, one that blocks
+            # everywhere is not hashed.
+            kind = self.hashing.check(query.media)  # the errors hashing gives first
+            exact = exact_signals(query.media)
+            known_bytes = any(self.store.find_exact(s.kind, s.value) for s in exact)
+            flood = self.exact_floods.flooding(flooder)
+            self.exact_floods.observe(flooder, known_bytes)
+            if known_bytes and flood:
+                answered = self._exact_copy(query.media, kind, exact, only_sets)
+                if answered is not None:
+                    return answered
+        # bytes no known entry holds were just looked up: not again
+        searched_exact = exact if known_bytes else []
+        two_steps = query.media is not None and self.recent_blocks.flooding(flooder)
         stage = STAGE_VIEWS if two_steps else None
-        media_type, signals, notes, complete = self._query_signals(query, stage)
-        result = self.matcher.match(signals, only_sets)
-        if not complete:
+        hashed = self._query_signals(query, stage)
+        media_type, own, notes = hashed.media_type, hashed.signals, hashed.notes
+        result = self.matcher.match([*searched_exact, *own], only_sets)
+        if not hashed.complete:
             if result.blocked_everywhere:
                 notes = (*notes, LOCAL_NOT_COMPUTED)
             else:
-                local = self.hashing.hash_query(query.media, STAGE_LOCAL)
-                signals = [*signals, *local.signals]
-                result = self.matcher.match(signals, only_sets)
+                # the first step's decoded picture: not decoded again
+                local = self.hashing.hash_query(
+                    query.media, STAGE_LOCAL, picture=hashed.picture, exact=False
+                )
+                own = [*own, *local.signals]
+                result = self.matcher.match([*searched_exact, *own], only_sets)
         if query.media is not None and media_type == media_kinds.IMAGE:
-            self.recent_blocks.observe(result.blocked_everywhere)
-        return media_type, signals, (*notes, *result.notes), result
+            self.recent_blocks.observe(flooder, result.blocked_everywhere)
+        return media_type, [*exact, *own], (*notes, *result.notes), result
 
-    def _query_signals(
-        self, query: MatchQuery, stage: str | None = None
-    ) -> tuple[str, list[Signal], tuple[str, ...], bool]:
-        """(media type, signals, notes, complete: False when an image's local
-        features are still to come, see `stage` of HashingPool.hash_query)."""
-        if query.media is not None and query.signal_type:
-            raise InvalidArgument("send media or a hash, not both")
+    def _exact_copy(
+        self,
+        media: MediaSource,
+        kind: str,
+        exact: list[Signal],
+        only_sets: set[int] | None,
+    ) -> tuple[str, list[Signal], tuple[str, ...], MatchResult] | None:
+        """The answer to an upload whose bytes a known entry holds, when that
+        blocks it in every set asked (Matcher's blocked_everywhere: no allow-list
+        set asked), without hashing it: no other signal could change the
+        decision. None when it does not, or when the upload's media type is
+        not known without hashing (a sound or video container, or a GIF, that
+        no known entry of one media type holds)."""
+        result = self.matcher.match(exact, only_sets)
+        if not result.blocked_everywhere:
+            return None
+        if kind == sniff.PDF:
+            media_type = media_kinds.PDF
+        elif kind == sniff.IMAGE and not head_of(media).startswith(b"GIF"):
+            media_type = media_kinds.IMAGE  # a GIF's frames say whether it is a video
+        else:
+            entries = self.store.get_entries({m.entry_id for m in result.matches})
+            types = {e.media_type for e in entries.values()} - {media_kinds.HASH}
+            if len(types) != 1:
+                return None
+            media_type = types.pop()
+        return media_type, exact, (NOT_HASHED,), result
+
+    def _query_signals(self, query: MatchQuery, stage: str | None = None) -> Hashed:
+        """The query's signals as hashed, an upload's without its exact hashes
+        (`complete` False when an image's local features are still to come,
+        see `stage` of HashingPool.hash_query)."""
         if query.media is not None:
-            hashed = self.hashing.hash_query(query.media, stage)
-            return hashed.media_type, hashed.signals, hashed.notes, hashed.complete
+            return self.hashing.hash_query(query.media, stage, exact=False)
         if query.signal_type:
             sig_type = signal_type(query.signal_type)
             quality = query.signal_quality
@@ -654,8 +719,7 @@ class Core:
                 self.config.local_features.max_keypoints,
                 self.live.features.descriptor_bytes,
             )
-            signal = Signal(sig_type.name, value, quality)
-            return media_kinds.HASH, [signal], (), True
+            return Hashed(media_kinds.HASH, [Signal(sig_type.name, value, quality)])
         raise InvalidArgument("the request holds neither media nor a hash")
 
     def _set_ids(self, names: tuple[str, ...]) -> set[int] | None:

@@ -36,6 +36,7 @@ import os
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -57,6 +58,7 @@ from hashsvc.base.signals import Signal, signal_json
 from hashsvc.core import events
 from hashsvc.core.audit import SYSTEM_ACTOR, Audit
 from hashsvc.core.retro_dask import DaskRetroEngine, DaskSettings
+from hashsvc.core.retro_process import ProcessRetroEngine, ProcessSettings
 from hashsvc.core.retro_scan import (
     RetroScanner,
     RunLease,
@@ -126,6 +128,9 @@ class RetroSettings:
     # hashsvc/core/retro_dask.py; `dask` then says where).
     engine: str = "inprocess"
     dask: DaskSettings = field(default_factory=DaskSettings)
+    # "process": a batch the child scans for longer than this is given up
+    # (the child killed, the run retried from its checkpoint)
+    process_batch_seconds: float = 600.0
     # A run whose step fails (the store restarted, a connection dropped, a
     # lock timed out) is retried from its checkpoint after retry_initial_
     # seconds, doubling up to retry_max_seconds; after max_attempts failed
@@ -178,6 +183,20 @@ class RetroHunt:
                 pdq_review_search,
                 settings.batch_records,
                 settings.lease_seconds,
+            )
+        # runs scanned by a child process of this server (one, long-lived)
+        self.child: ProcessRetroEngine | None = None
+        if settings.engine == "process":
+            self.child = ProcessRetroEngine(
+                store_url,
+                ProcessSettings(
+                    nice=settings.nice,
+                    threads=settings.threads,
+                    batch_seconds=settings.process_batch_seconds,
+                ),
+                policy.pdq,
+                local,
+                pdq_review_search,
             )
         self._pending_thread: threading.Thread | None = None
         # RetroPending ids this process holds: loads and fetches still
@@ -299,7 +318,11 @@ class RetroHunt:
             set_id, window = None, since_seconds or self.settings.window_seconds
         if not window:
             raise FailedPrecondition("the retro window is 0 (off): give since_seconds")
-        since = to_micros(datetime.now(UTC) - timedelta(seconds=window))
+        # the run's creation time is this instant, not the insert's: reads
+        # between the two took over a second on a loaded machine, and the
+        # run then showed a window one second longer than asked
+        asked_at = datetime.now(UTC)
+        since = to_micros(asked_at - timedelta(seconds=window))
         ids = [i for s in sets for i in self.store.entries_changed_since(s.id, since)]
         active = sorted(
             i for found in self.store.active_entries_by_set(ids).values() for i in found
@@ -313,7 +336,9 @@ class RetroHunt:
                 limit="retro_max_entries_per_run",
             )
         self._refuse_when_full()
-        run = self.store.create_retro_run("manual", caller, set_id, active, since)
+        run = self.store.create_retro_run(
+            "manual", caller, set_id, active, since, created_micros=to_micros(asked_at)
+        )
         self.wake.set()
         return run
 
@@ -447,6 +472,8 @@ class RetroHunt:
                 )
         if self.engine is not None:
             self.engine.close()
+        if self.child is not None:
+            self.child.close()
         # what this process held is free at once for the next start (or
         # another replica), not after the hold
         with self._pending_lock:
@@ -533,6 +560,10 @@ class RetroHunt:
         is renewed at every step); stops early when the server stops (the
         run resumes at its checkpoint)."""
         search_on_this_thread()  # not on OpenMP's threads: retro_threads says how many
+        # hits an earlier holder committed without their record (it lost the
+        # run, or died, in between): recorded now, whatever this scan finds
+        if not self.record_unrecorded_hits(run):
+            return
         self.live.catch_up()  # the index the hits are held to knows the new entries
         entries = self._hunting_entries(run.entry_ids)
         if self._stopping.is_set():
@@ -547,6 +578,9 @@ class RetroHunt:
             if not self.engine.run(run, hold, self._stopping):
                 if self._stopping.is_set():
                     self.store.release_retro_run(run.id, owner=run.lease_owner)
+                return
+        elif entries and self.child is not None:
+            if not self._scan_child_batches(run):
                 return
         elif entries:
             helpers = self.settings.threads - 1
@@ -570,6 +604,8 @@ class RetroHunt:
             finally:
                 if pool is not None:
                     pool.shutdown()
+        if not self.record_unrecorded_hits(run):
+            return
         if self.store.finish_retro_run(run.id, DONE, owner=run.lease_owner):
             self._record_run(run.id)
         else:
@@ -597,6 +633,43 @@ class RetroHunt:
             # a restart (or another replica) resumes it at once, from the
             # checkpoint, instead of after the lease; after a crash it waits
             # for the lease
+            self.store.release_retro_run(run.id, owner=run.lease_owner)
+            return False
+        return True
+
+    def _scan_child_batches(self, run: RetroRun) -> bool:
+        """_scan_steps with the batches scanned by the child process: each
+        batch's hits held and recorded here, then its checkpoint saved (the
+        lease renewed, also while waiting for a batch and between hits)."""
+        assert self.child is not None
+        lease = RunLease(self.store, run, self.settings.lease_seconds)
+        checkpoint = run.checkpoint
+
+        def keep() -> bool:
+            return lease.keep(checkpoint)
+
+        batches = self.child.batches(
+            run, checkpoint, self.settings.batch_records, self._stopping, keep
+        )
+        with closing(batches):
+            for last_id, read, found in batches:
+                for upload, hits in found:
+                    if self._stopping.is_set():
+                        break
+                    for hit in hits:
+                        if not keep():
+                            return False
+                        self._hold(run, upload, hit, history_signals(upload.query_signals))
+                if self._stopping.is_set():
+                    break  # the batch's hits held so far stay; the checkpoint stays
+                if not lease.renew(last_id, read):
+                    return False
+                checkpoint = last_id
+                if self.settings.pause_seconds:
+                    self._stopping.wait(self.settings.pause_seconds)
+        if lease.lost:
+            return False
+        if self._stopping.is_set():
             self.store.release_retro_run(run.id, owner=run.lease_owner)
             return False
         return True
@@ -631,6 +704,55 @@ class RetroHunt:
                     return _LOST
                 self._hold(run, upload, hit, scanner.signals_of(upload))
         return last_id, read
+
+    def record_unrecorded_hits(self, run: RetroRun) -> bool:
+        """Writes the history record of each of the run's hits committed
+        without one (review item and notification already out: a holder
+        lost the run, or died, between the two), as the hit was decided:
+        its match as its review item holds it, not decided again (the entry
+        may be gone since, or the run never find the upload again). False
+        when the run is no longer this server's (nothing more written)."""
+        for entry_id, request_id, history_id, review_id in self.store.unrecorded_retro_hits(run.id):
+            item = self.store.get_review_item(review_id) if review_id is not None else None
+            uploads = self.store.history_uploads_by_id([history_id])
+            match = (
+                next((m for m in item.matches if m.get("entry_id") == entry_id), None)
+                if item
+                else None
+            )
+            if not uploads or match is None:
+                log.error(
+                    "retro-hunt %d: the hit of entry %d on %s cannot be recorded: its upload's"
+                    " record or its review item is missing",
+                    run.id,
+                    entry_id,
+                    request_id,
+                )
+                continue
+            upload = uploads[0]
+            recorded = self.audit.record_retro_match(
+                request_id=upload.request_id,
+                upload_time=upload.time,
+                caller=upload.caller,
+                caller_token_id=upload.caller_token_id,
+                client_ref=upload.client_ref,
+                media_type=upload.media_type,
+                match=match,
+                detail={"run_id": run.id, "review_id": review_id, "history_id": upload.id},
+                run_id=run.id,
+                owner=run.lease_owner,
+            )
+            if recorded is None and self.store.get_retro_run(run.id).lease_owner != run.lease_owner:
+                log.warning("retro-hunt %d was taken over by another server", run.id)
+                return False
+            if recorded is not None:
+                log.info(
+                    "retro-hunt %d: recorded the hit of entry %d on %s",
+                    run.id,
+                    entry_id,
+                    request_id,
+                )
+        return True
 
     def _hunting_entries(self, entry_ids: Iterable[int]) -> list[EntryRecord]:
         entries = self.store.get_entries(entry_ids, with_signals=True).values()

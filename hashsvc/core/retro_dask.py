@@ -41,10 +41,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from hashdb import HistoryUpload, RetroPartition, RetroRun, Store, open_store
+from hashdb import HistoryUpload, RetroPartition, RetroRun, Store
 from hashdb.times import to_micros
 from hashsvc.base.errors import Unavailable
-from hashsvc.core.retro_scan import RetroScanner, RunLease, hunting_entries, scan_batch
+from hashsvc.core.retro_scan import RetroScanner, RunLease, scan_batch
+from hashsvc.core.retro_worker import run_scanner
 from hashsvc.matching.matcher import Match
 from hashsvc.matching.policy import LocalFeatureMatching, PdqPolicy, Policy
 
@@ -138,14 +139,6 @@ def scan_range(
 
 # -- on a worker
 
-# A worker process keeps the store it last read and the scanner of the run
-# it last scanned: the partitions of one run arrive one after another. One
-# of each: a worker shared by several servers (stores) does not pile up
-# database connections.
-_worker_lock = threading.Lock()
-_worker_stores: dict[str, Store] = {}
-_worker_scanners: dict[tuple[str, int], RetroScanner] = {}
-
 
 def scan_partition(scan: PartitionScan, partition: RetroPartition) -> PartitionHits:
     """One task: the partition's records through the run's scanner."""
@@ -160,43 +153,14 @@ def scan_partition(scan: PartitionScan, partition: RetroPartition) -> PartitionH
 
 
 def _worker_scanner(scan: PartitionScan) -> tuple[Store, RetroScanner, RetroRun]:
-    with _worker_lock:
-        store = _worker_stores.get(scan.store_url)
-        if store is None:
-            for other in _worker_stores.values():
-                other.close()
-            _worker_stores.clear()
-            _worker_scanners.clear()
-            # no history key: a worker reads the history, it never writes it
-            store = open_store(scan.store_url, connect_timeout=scan.connect_seconds)
-            _worker_stores[scan.store_url] = store
-        run = store.get_retro_run(scan.run_id)
-        if run is None:
-            raise LookupError(f"retro run {scan.run_id} is not in the store")
-        key = (scan.store_url, scan.run_id)
-        scanner = _worker_scanners.get(key)
-        if scanner is None:
-            entries = _hunting_entries(store, run)
-            scanner = RetroScanner(
-                entries, store, Policy(scan.pdq), scan.local, scan.pdq_review_search
-            )
-            _worker_scanners.clear()  # one run's scanner at a time
-            _worker_scanners[key] = scanner
-        return store, scanner, run
-
-
-def _hunting_entries(store: Store, run: RetroRun) -> list:
-    """The run's entries that may hunt (the coordinator holds each hit to
-    that again), read from the store: a worker has no live index."""
-    sets: dict[int, object] = {}
-
-    def set_of(set_id: int):
-        if set_id not in sets:
-            sets[set_id] = store.get_set_by_id(set_id)
-        return sets[set_id]
-
-    entries = store.get_entries(run.entry_ids, with_signals=True).values()
-    return hunting_entries(entries, set_of)
+    return run_scanner(
+        scan.store_url,
+        scan.run_id,
+        Policy(scan.pdq),
+        scan.local,
+        scan.pdq_review_search,
+        scan.connect_seconds,
+    )
 
 
 # -- the coordinator

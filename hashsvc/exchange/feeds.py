@@ -236,6 +236,10 @@ class _PageChain:
         self._marks = (run.result.counts.updated, run.result.rejected_count)
         self._committing: collections.deque = collections.deque()  # (future, page), in order
         self._expect_new = not feed.items  # see _commit
+        # the first commit that failed: every later page's commit is refused
+        # (on the committer thread, in order), so no checkpoint moves past
+        # a page whose mapping or checkpoint was not committed
+        self._failed: BaseException | None = None
 
     def send(self, page: _BuiltPage) -> None:
         """The page's rows to the writer once the page before is written
@@ -289,8 +293,18 @@ class _PageChain:
     def _commit(self, page: _BuiltPage) -> PageCounts:
         """On the committer thread, pages in order: while every page maps
         only new items (a first fetch), the next one's are inserted without
-        looking them up first."""
-        counts = self.feeds._commit_page(self.feed, page, self._expect_new)
+        looking them up first. After a page's commit failed none is made:
+        its checkpoint would cover the failed page's items, left unmapped
+        (never deleted after), and the fetch stops there."""
+        if self._failed is not None:
+            raise FailedPrecondition(
+                f"an earlier page was not committed ({_error_text(self._failed)}): the fetch stops"
+            )
+        try:
+            counts = self.feeds._commit_page(self.feed, page, self._expect_new)
+        except BaseException as exc:
+            self._failed = exc
+            raise
         self._expect_new = counts.added == len(page.mapped)
         return counts
 
@@ -314,6 +328,62 @@ class _PageChain:
             self.guard.fresh.update(counts.new_keys)
         if self.progress is not None:
             self.progress(result)
+
+
+class _LeaseKeeper:
+    """Renews the lease of every feed this replica is fetching, at least
+    every lease_seconds/3, on a thread of its own (one for the server,
+    started at the first fetch: a thread a fetch would leave a SQLite
+    connection behind). A lease was renewed only by its feed's page commits,
+    which run on the one committer thread for every feed: a huge feed's
+    commits delayed another's past its lease, and a second replica then
+    fetched that feed too. A replica killed stops renewing, so its leases
+    lapse as before. `lost`: another replica holds the feed now."""
+
+    def __init__(self, store: ExchangeStore, owner: str, seconds: float) -> None:
+        self.store, self.owner, self.seconds = store, owner, seconds
+        self._held: dict[int, bool] = {}  # feed id -> still ours
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, feed_id: int) -> None:
+        with self._lock:
+            self._held[feed_id] = True
+            if self._thread is None and not self._stopping.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, daemon=True, name="exchange-lease"
+                )
+                self._thread.start()
+
+    def release(self, feed_id: int) -> None:
+        with self._lock:
+            self._held.pop(feed_id, None)
+
+    def lost(self, feed_id: int) -> bool:
+        with self._lock:
+            return self._held.get(feed_id) is False
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        every = max(0.05, self.seconds / 3)
+        while not self._stopping.wait(every):
+            with self._lock:
+                feeds = [feed_id for feed_id, ours in self._held.items() if ours]
+            for feed_id in feeds:
+                try:
+                    ours = self.store.renew_feed_lease(feed_id, self.owner, self.seconds)
+                except Exception:  # the store is down: the next round retries
+                    log.exception("renewing the lease of feed %d failed", feed_id)
+                    continue
+                with self._lock:
+                    if not ours and feed_id in self._held:
+                        self._held[feed_id] = False
+                        log.warning("feed %d: another replica took its lease", feed_id)
 
 
 def entry_name(feed: str, key: str) -> str:
@@ -343,6 +413,9 @@ class Feeds:
         # connection open a fetch (SQLite keeps one a thread), 3 file
         # descriptors every 15 minutes of a feed's background fetches
         self.committer = ThreadPoolExecutor(1, thread_name_prefix="exchange-commit")
+        # leases are renewed apart from the commits (a commit waits for
+        # every other feed's before it)
+        self.leases = _LeaseKeeper(self.store, owner, settings.lease_seconds)
         self.box = CredentialBox(settings.credentials_key_file)
 
     # -- feeds
@@ -515,6 +588,7 @@ class Feeds:
         started = time.perf_counter()
         failed = False
         pending = None
+        self.leases.hold(feed.id)
         try:
             # entries changed from here on: the retro-hunt's, pending in the
             # store before the first page is written (a crash does not lose it)
@@ -526,6 +600,8 @@ class Feeds:
             if isinstance(exc, DeletionsRefused):
                 result.deletions_refused = exc.count
             log.warning("feed %s: fetch failed: %s", feed.name, result.error)
+        finally:
+            self.leases.release(feed.id)
         result.seconds = time.perf_counter() - started
         delay = feed.every_seconds
         if failed:
@@ -639,6 +715,8 @@ class Feeds:
                 chain.send(self._build_page(feed, page.items, checkpoint, guard, previous))
                 if self._stopping.is_set():
                     raise FailedPrecondition("the server is stopping")
+                if self.leases.lost(feed.id):
+                    raise FailedPrecondition("this replica lost the feed's lease: the fetch stops")
             chain.drain()
             if guard.holding:  # also when every held deletion was listed again:
                 guard.check()  # the fetch's own checkpoint, not the one kept
@@ -976,6 +1054,7 @@ class Feeds:
         # the commits in flight end before the store closes (none are left
         # once every fetch has stopped)
         self.committer.shutdown(wait=True)
+        self.leases.stop()
 
     def _loop(self) -> None:
         while not self._stopping.wait(self.settings.poll_seconds):

@@ -53,6 +53,7 @@ from fractions import Fraction
 from typing import ClassVar
 
 import av
+import numba
 import numpy as np
 
 from hashsvc.base.errors import CorruptMedia, InvalidArgument, Timeout, TooLarge, UnsupportedMedia
@@ -365,25 +366,22 @@ class _ShiftWindows:
             return ()
         kept = np.concatenate(self._parts)
         starts, window = self.stretches(kept)
-        # Every (stretch, tempo factor) is resampled by every pitch ratio: the
-        # positions and weights of a ratio are worked out once, for the
-        # longest, and serve the others as their prefix.
+        # Every (stretch, tempo factor) is resampled by every pitch ratio.
         stretched = [
             (start, stretch, source if stretch == 1.0 else _atempo(source, stretch))
             for start in starts
             for source in [kept[start : start + window]]
             for stretch in self._limits.shift_tempo_stretches
         ]
-        longest = max(len(pcm) for _, _, pcm in stretched)
-        # float32 once per stretch, and its sample-to-sample differences: each
-        # of the 21 ratios interpolates from them without converting again.
-        sources = [(start, stretch, _Interpolated(pcm)) for start, stretch, pcm in stretched]
+        # float32 once for all of them; each pitch ratio resamples them all in
+        # one compiled pass
+        sources = _Sources([pcm for _, _, pcm in stretched])
         fingerprinter = chromaprint.Fingerprinter(_ALGORITHM)  # one context for all views
         views = []
         for ratio in self._ratios:
-            plan = _ResamplePlan(longest, ratio)
-            for start, stretch, source in sources:
-                words = _fingerprint_pcm(plan.resampled(source), fingerprinter)
+            resampled = sources.resampled(ratio)
+            for (start, stretch, _), pcm in zip(stretched, resampled, strict=True):
+                words = _fingerprint_pcm(pcm, fingerprinter)
                 if informative_mask(words).sum() * SECONDS_PER_WORD < self._limits.min_seconds:
                     continue
                 views.append(
@@ -397,59 +395,60 @@ class _ShiftWindows:
         return tuple(views)
 
 
-class _ResamplePlan:
-    """Resampling by one ratio: ratio times as many samples (int16), to be
-    played at the same rate, so pitch and speed are divided by ratio. Linear
-    interpolation: measured as good as a polyphase filter for the fingerprint.
-    Each view pays for one, so the positions (float64: float32 would round
-    them by up to 1/64 sample at 200k samples) become sample indexes and
-    float32 weights once per ratio, for inputs up to `samples` long, and the
-    interpolation works in place on as few arrays as it can."""
+class _Sources:
+    """The stretches' int16 PCM as rows of one float32 matrix (one column of
+    padding, so no read of a sample's right neighbour leaves the matrix),
+    resampled by one ratio at a time: ratio times as many samples (int16),
+    to be played at the same rate, so pitch and speed are divided by ratio.
 
-    def __init__(self, samples: int, ratio: float) -> None:
-        self.ratio = ratio
+    Linear interpolation, measured as good as a polyphase filter for the
+    fingerprint: output sample i is left + w * (right - left) at position
+    i / ratio (float64; float32 would round positions by up to 1/64 sample
+    at 200k samples), left and right the samples around it, w its fraction
+    as float32, the product and the sum each rounded to float32, then
+    truncated to int16. Each upload pays for ~21 ratios x 3-6 stretches of
+    this: one compiled pass per ratio works out each position once for all
+    stretches (with numpy, positions and weights cost as much as the
+    interpolation and needed ~36 MB of plans kept across uploads to save)."""
+
+    def __init__(self, stretches: list[np.ndarray]) -> None:
+        self.stretches = stretches
+        self.lengths = np.array([len(pcm) for pcm in stretches], dtype=np.int64)
+        width = int(self.lengths.max(initial=0)) + 1
+        self._samples = np.zeros((len(stretches), width), dtype=np.float32)
+        for row, pcm in zip(self._samples, stretches, strict=True):
+            row[: len(pcm)] = pcm
+
+    def resampled(self, ratio: float) -> list[np.ndarray]:
+        """Each stretch resampled by ratio (itself at 1.0)."""
         if ratio == 1.0:
-            return
-        at = np.arange(max(int((samples - 1) * ratio), 0), dtype=np.float64)
-        at *= 1.0 / ratio
-        # < samples - 1, so left + 1 is a sample too; np.take's own index type
-        # (int32 indexes it would convert on every call)
-        self._left = at.astype(np.intp)
-        at -= self._left
-        self._weight = at.astype(np.float32)
-
-    def resampled(self, pcm: np.ndarray | _Interpolated) -> np.ndarray:
-        source = pcm if isinstance(pcm, _Interpolated) else _Interpolated(pcm)
-        if self.ratio == 1.0:
-            return source.pcm
-        # a shorter input's output positions are a prefix of the longest one's
-        n = max(int((len(source.pcm) - 1) * self.ratio), 0)
-        if n > len(self._weight):
-            raise ValueError("a resample plan serves inputs up to the length it was made for")
-        # left + weight * (right - left), from one gather of (step, sample)
-        # pairs at the left indexes (one 8-byte gather, not two of 4)
-        pairs = np.take(source.pairs, self._left[:n]).view(np.float32).reshape(-1, 2)
-        out = pairs[:, 0] * self._weight[:n]
-        out += pairs[:, 1]
-        return out.astype(np.int16)
+            return self.stretches
+        counts = np.array(
+            [max(int((n - 1) * ratio), 0) for n in self.lengths.tolist()], dtype=np.int64
+        )
+        out = np.empty((len(self.stretches), int(counts.max(initial=0))), dtype=np.int16)
+        _interpolate(self._samples, counts, 1.0 / ratio, out)
+        return [row[:n] for row, n in zip(out, counts.tolist(), strict=True)]
 
 
-class _Interpolated:
-    """int16 PCM as (step to the next sample, sample) float32 pairs, each
-    pair one float64-sized item to gather: what every resampling of it reads."""
-
-    def __init__(self, pcm: np.ndarray) -> None:
-        self.pcm = pcm
-        samples = pcm.astype(np.float32)
-        pairs = np.empty((max(len(samples) - 1, 0), 2), dtype=np.float32)
-        np.subtract(samples[1:], samples[:-1], out=pairs[:, 0])
-        pairs[:, 1] = samples[:-1]
-        self.pairs = pairs.view(np.float64).reshape(-1)
+@numba.njit(nogil=True, cache=True)
+def _interpolate(samples, counts, step, out):  # pragma: no cover - compiled
+    """out[s, i] for i < counts[s]: samples[s] linearly interpolated at i * step
+    (see _Sources). Positions stay under each stretch's last sample, so right
+    is a sample of the stretch."""
+    for i in range(out.shape[1]):
+        at = i * step
+        left = np.uint64(at)
+        weight = np.float32(at - np.float64(left))
+        for s in range(samples.shape[0]):
+            if i < counts[s]:
+                a = samples[s, left]
+                out[s, i] = np.int16((samples[s, left + np.uint64(1)] - a) * weight + a)
 
 
 def _resampled(pcm: np.ndarray, ratio: float) -> np.ndarray:
-    """pcm resampled by ratio (see _ResamplePlan)."""
-    return _ResamplePlan(len(pcm), ratio).resampled(pcm)
+    """pcm resampled by ratio (see _Sources)."""
+    return _Sources([pcm]).resampled(ratio)[0]
 
 
 def _atempo(pcm: np.ndarray, factor: float) -> np.ndarray:

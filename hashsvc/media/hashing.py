@@ -98,9 +98,27 @@ class HashingPool:
         if self._pool is not None:
             list(self._pool.map(_noop, range(self.workers * 2)))
 
-    def hash_query(self, source: MediaSource, stage: str | None = None) -> Hashed:
-        """All signals of an upload, or (`stage`) one step of them (dispatch.hash_media)."""
-        return self._run(source, for_query=True, stage=stage)
+    def hash_query(
+        self,
+        source: MediaSource,
+        stage: str | None = None,
+        picture: object = None,
+        exact: bool = True,
+    ) -> Hashed:
+        """All signals of an upload, or (`stage`) one step of them; a second
+        step with the first one's decoded `picture`; `exact` False: without
+        the MD5 and SHA-256 (dispatch.hash_media)."""
+        return self._run(source, for_query=True, stage=stage, picture=picture, exact=exact)
+
+    def check(self, source: MediaSource) -> str:
+        """The checks made before any job is sent (not empty, a format we
+        read, an image within max_bytes): its sniffed kind, or their error."""
+        kind = kind_of(source)
+        if kind == sniff.IMAGE and size_of(source) > self.limits.image.max_bytes:
+            raise TooLarge(
+                f"media is {size_of(source)} bytes; the limit is {self.limits.image.max_bytes}"
+            )
+        return kind
 
     def hash_known(self, source: MediaSource) -> Hashed:
         return self._run(source, for_query=False)
@@ -111,25 +129,22 @@ class HashingPool:
         for_query: bool,
         retried: bool = False,
         stage: str | None = None,
+        picture: object = None,
+        exact: bool = True,
     ) -> Hashed:
         # Sniffed here too (cheap) to pick the time limit: seconds for a
         # picture, minutes for an hour of video.
-        kind = kind_of(source)
-        is_image = kind == sniff.IMAGE
-        if is_image and size_of(source) > self.limits.image.max_bytes:
-            raise TooLarge(
-                f"media is {size_of(source)} bytes; the limit is {self.limits.image.max_bytes}"
-            )
+        is_image = self.check(source) == sniff.IMAGE
         timeout = self.timeout_seconds if is_image else self.media_timeout_seconds
         if self._pool is None:
-            return hash_media(source, self.limits, for_query, None, stage)
+            return hash_media(source, self.limits, for_query, None, stage, picture, exact)
         pool = self._pool
         try:
             if for_query and is_image and self.split_queries and self.workers > 1 and not stage:
                 # Both halves at once on two workers: an upload's latency
                 # halves, at the cost of decoding it twice.
                 futures = [
-                    pool.submit(hash_media, source, self.limits, True, part)
+                    pool.submit(hash_media, source, self.limits, True, part, None, None, exact)
                     for part in range(QUERY_PARTS)
                 ]
                 deadline = time.monotonic() + timeout
@@ -137,7 +152,9 @@ class HashingPool:
                 return Hashed(
                     parts[0].media_type, [s for p in parts for s in p.signals], parts[0].notes
                 )
-            future = pool.submit(hash_media, source, self.limits, for_query, None, stage)
+            future = pool.submit(
+                hash_media, source, self.limits, for_query, None, stage, picture, exact
+            )
             return future.result(timeout=timeout)
         except FutureTimeout:
             log.error("hashing took over %.1f s; replacing the workers", timeout)
@@ -156,7 +173,9 @@ class HashingPool:
             # futures after shutdown". Submit once more, to the new pool.
             if self._pool is pool or retried:
                 raise
-            return self._run(source, for_query, retried=True, stage=stage)
+            return self._run(
+                source, for_query, retried=True, stage=stage, picture=picture, exact=exact
+            )
 
     def close(self) -> None:
         if self._pool is not None:

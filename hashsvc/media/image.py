@@ -39,6 +39,7 @@ import pdqhash
 from PIL import Image, UnidentifiedImageError
 
 from hashsvc.base.errors import CorruptMedia, InvalidArgument, TooLarge, UnsupportedMedia
+from hashsvc.base.media_kinds import CONTRAST_VARIANT, ENLARGED_VARIANT
 from hashsvc.base.signals import LOCAL_FEATURES, Signal
 from hashsvc.media import local_features, local_regions, pdq_luma, regions
 from hashsvc.media.limits import STAGE_LOCAL, STAGE_VIEWS, ImageLimits
@@ -342,11 +343,13 @@ def picture_signals(
     for_query: bool,
     part: int | None = None,
     stage: str | None = None,
+    decoded: np.ndarray | None = None,
 ) -> list[Signal]:
     """A picture's PDQ views and local features (not its exact hashes), for a
     query (`part` 0 or 1: one half, as in hash_query; `stage` STAGE_VIEWS or
     STAGE_LOCAL: the views alone or the local features alone, see
-    hashsvc/media/dispatch.py) or a known picture.
+    hashsvc/media/dispatch.py; `decoded`: the upload as its first step
+    decoded it, see first_step) or a known picture.
 
     The local features (ORB on the whole picture, then on an upload's tiles)
     run in a second thread while this one hashes the PDQ views
@@ -357,7 +360,9 @@ def picture_signals(
     # they can be decoded and hashed small: a JPEG at a reduced DCT scale (enough
     # for local features), every PDQ view at VIEW_SIDE. The cost is a few bits
     # (bench/robustness.py measures it).
-    if for_query:
+    if decoded is not None:
+        rgb = decoded
+    elif for_query:
         rgb = decode_query(data, limits, at_least=QUERY_DECODE_SIDE)  # luma for a JPEG
     else:
         rgb = decode_rgb(data, limits)
@@ -365,7 +370,7 @@ def picture_signals(
     def local() -> list[Signal]:
         # ORB and the tiles both read the grey picture: converted once
         grey = rgb if rgb.ndim == 2 else np.asarray(Image.fromarray(rgb).convert("L"))
-        found = local_feature_signals(grey)
+        found = local_feature_signals(grey, contrast_below=limits.features_contrast_below)
         if max(grey.shape) < limits.features_enlarge_below:  # small as decoded; as stored?
             found += enlarged_feature_signals(grey, _stored_side(data), limits)
         if for_query:  # the pictures inside an upload (a collage tile, a feed)
@@ -380,6 +385,14 @@ def picture_signals(
     pending = _in_background(local) if limits.local_features_thread else None
     views = upload_views(rgb, part) if for_query else known_views(rgb)
     return [*views, *(pending.result() if pending is not None else local())]
+
+
+def first_step(data: bytes, limits: ImageLimits) -> tuple[list[Signal], np.ndarray]:
+    """An upload's first step of two (STAGE_VIEWS): its PDQ views, and the
+    picture as decoded for them, which its second step (picture_signals'
+    `decoded`) takes instead of decoding the upload again."""
+    rgb = decode_query(data, limits, at_least=QUERY_DECODE_SIDE)
+    return upload_views(rgb), rgb
 
 
 _background: ThreadPoolExecutor | None = None
@@ -403,16 +416,42 @@ def local_feature_signals(
     variant: str = "original",
     position: float | None = None,
     limits: local_features.LocalFeatureLimits = local_features.DEFAULT_LIMITS,
+    contrast_below: int = 0,
 ) -> list[Signal]:
     """The picture's local_features signal, or none when it has too few
     distinctive, well-spread keypoints to be evidence. `variant` and
     `position` say where it was taken, as for PDQ (a video frame, a page).
     `rgb` may be the picture in grey already (H x W): keypoints are found
-    on the grey picture either way."""
-    found = local_features.extract(Image.fromarray(rgb), limits)
-    if found is None:
-        return []
-    return [Signal(LOCAL_FEATURES.name, local_features.encode(found), None, variant, position)]
+    on the grey picture either way. A picture with fewer than `contrast_below`
+    keypoints (low contrast; 0: none) also gets the features of its equalised
+    self (variant contrast_variant(variant); local_features.extract_contrast)."""
+    if contrast_below <= 0:
+        found = local_features.extract(Image.fromarray(rgb), limits)
+        if found is None:
+            return []
+        return [Signal(LOCAL_FEATURES.name, local_features.encode(found), None, variant, position)]
+    found, equalised = local_features.extract_contrast(Image.fromarray(rgb), contrast_below, limits)
+    signals = []
+    if found is not None:
+        signals.append(
+            Signal(LOCAL_FEATURES.name, local_features.encode(found), None, variant, position)
+        )
+    if equalised is not None:
+        signals.append(
+            Signal(
+                LOCAL_FEATURES.name,
+                local_features.encode(equalised),
+                None,
+                contrast_variant(variant),
+                position,
+            )
+        )
+    return signals
+
+
+def contrast_variant(variant: str) -> str:
+    """The variant of a picture's features extracted equalised (CONTRAST_VARIANTS)."""
+    return CONTRAST_VARIANT if variant == "original" else f"{variant}:{CONTRAST_VARIANT}"
 
 
 def enlarged_feature_signals(
@@ -433,7 +472,9 @@ def enlarged_feature_signals(
         return []
     size = (round(picture.width * factor), round(picture.height * factor))
     return local_feature_signals(
-        np.asarray(picture.resize(size, Image.Resampling.BICUBIC)), variant="enlarged"
+        np.asarray(picture.resize(size, Image.Resampling.BICUBIC)),
+        variant=ENLARGED_VARIANT,
+        contrast_below=limits.features_contrast_below,
     )
 
 
@@ -503,7 +544,11 @@ def region_signals(
         ]
     return [
         Signal(LOCAL_FEATURES.name, local_features.encode(found), None, variant)
-        for variant, found in local_regions.tile_features(Image.fromarray(full), boxes)
+        for variant, found in local_regions.tile_features(
+            Image.fromarray(full),
+            boxes,
+            contrast_below=limits.features_contrast_below if limits is not None else 0,
+        )
     ]
 
 

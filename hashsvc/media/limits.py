@@ -34,6 +34,14 @@ class ImageLimits:
     # (README: Local features of small pictures).
     features_enlarge_below: int = 400
     features_enlarge_side: int = 512
+    # A picture (known or uploaded, whole or enlarged) in which ORB detects
+    # fewer than this many keypoints (of up to 1,500: a low-contrast picture)
+    # is also extracted after adaptive equalisation (variant "contrast" or
+    # "enlarged:contrast"; 0: never). A hazy sea under a pale sky had 9
+    # keypoints and no signal, a dim fundus photo 76 and its crops none; so
+    # every crop and tilt of them was missed. Equalised on both sides, they
+    # verify (README: Local features of low-contrast pictures).
+    features_contrast_below: int = 300
     # An upload's local features (ORB, its tiles: 6-14 ms of a 1024x768
     # upload's 10-25 ms of hashing) cannot change a decision that exact or PDQ
     # evidence makes BLOCK in every set asked. When at least this share of the
@@ -45,16 +53,24 @@ class ImageLimits:
     # other, not side by side. 0: always two steps; above 1: never.
     local_after_views_share: float = 0.25
     local_after_views_window: int = 64
+    # The share is counted per caller (token): one caller's flood turns two
+    # steps on for that caller only. Windows kept at most (~1 KB each), the
+    # least recently seen caller's dropped first.
+    local_after_views_callers: int = 1000
 
     def __post_init__(self) -> None:
         if self.features_enlarge_below < 0:
             raise ValueError("image.features_enlarge_below must be 0 (never) or more")
+        if not 0 <= self.features_contrast_below <= 100_000:
+            raise ValueError("image.features_contrast_below must be within 0 (never)..100000")
         if not 64 <= self.features_enlarge_side <= 2048:
             raise ValueError("image.features_enlarge_side must be within 64..2048")
         if not self.local_after_views_share >= 0:  # NaN too
             raise ValueError("image.local_after_views_share must be 0 or more")
         if not 1 <= self.local_after_views_window <= 100_000:
             raise ValueError("image.local_after_views_window must be within 1..100000")
+        if not 1 <= self.local_after_views_callers <= 1_000_000:
+            raise ValueError("image.local_after_views_callers must be within 1..1000000")
 
 
 @dataclass(frozen=True)

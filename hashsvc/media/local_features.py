@@ -99,6 +99,12 @@ class LocalFeatureLimits:
     balance_grid: int = 4
     spread_grid: int = 4
     min_spread_cells: int = 6
+    # Equalisation of a low-contrast picture before its second extraction
+    # (extract_contrast): contrast-limited adaptive histogram equalisation
+    # (CLAHE) over a contrast_grid x contrast_grid grid of tiles; the clip
+    # bounds how much a flat region's noise is amplified.
+    contrast_clip: float = 3.0
+    contrast_grid: int = 8
 
 
 DEFAULT_LIMITS = LocalFeatureLimits()
@@ -162,12 +168,50 @@ def _detector(limits: LocalFeatureLimits):
 def extract(img: Image.Image, limits: LocalFeatureLimits = DEFAULT_LIMITS) -> LocalFeatures | None:
     """Keypoints and descriptors of `img`, or None when it has too few
     distinctive, well-spread keypoints to be evidence."""
+    grey = _sized_grey(img, limits)
+    if grey is None:
+        return None
+    return _extract_grey(grey, limits)[0]
+
+
+def extract_contrast(
+    img: Image.Image, below: int, limits: LocalFeatureLimits = DEFAULT_LIMITS
+) -> tuple[LocalFeatures | None, LocalFeatures | None]:
+    """(features of `img` as extract gives them, features of `img` equalised).
+
+    Low-contrast pictures (a hazy sea under a pale sky, a dim fundus photo)
+    give FAST few corners, and their crops and tilts fewer still, under the
+    refusal limits. The second features are extracted only when the picture
+    as it is yields fewer than `below` keypoints (else None), from the
+    picture equalised (_equalised); refusal limits and verification apply to
+    them unchanged."""
+    grey = _sized_grey(img, limits)
+    if grey is None:
+        return None, None
+    features, detected = _extract_grey(grey, limits)
+    if detected >= below:
+        return features, None
+    return features, _extract_grey(_equalised(grey, limits), limits)[0]
+
+
+def _equalised(grey: np.ndarray, limits: LocalFeatureLimits) -> np.ndarray:
+    grid = max(1, limits.contrast_grid)
+    clahe = opencv().createCLAHE(clipLimit=limits.contrast_clip, tileGridSize=(grid, grid))
+    return clahe.apply(np.ascontiguousarray(grey, dtype=np.uint8))
+
+
+def _sized_grey(img: Image.Image, limits: LocalFeatureLimits) -> np.ndarray | None:
     if min(img.size) < limits.min_side:
         return None
     grey = _grey(img, limits.max_side)
-    height, width = grey.shape
-    if min(width, height) < limits.min_side:
+    if min(grey.shape) < limits.min_side:
         return None
+    return grey
+
+
+def _extract_grey(grey: np.ndarray, limits: LocalFeatureLimits) -> tuple[LocalFeatures | None, int]:
+    """(features or None, keypoints detected) of a grey picture sized for extraction."""
+    height, width = grey.shape
     detector = _detector(limits)
     every_descriptor = None
     if limits.detector == "orb":
@@ -176,9 +220,10 @@ def extract(img: Image.Image, limits: LocalFeatureLimits = DEFAULT_LIMITS) -> Lo
     else:  # BRISK drops keypoints it cannot describe: describe them all first
         keypoints, every_descriptor = detector.detectAndCompute(grey, None)
         if every_descriptor is None:
-            return None
-    if len(keypoints) < limits.min_keypoints:
-        return None
+            return None, 0
+    detected = len(keypoints)
+    if detected < limits.min_keypoints:
+        return None, detected
     # OpenCV converts the positions in C++ (a list comprehension over 1,500
     # keypoints cost ~0.2 ms); the responses have no such call
     points = _positions(keypoints)
@@ -186,14 +231,14 @@ def extract(img: Image.Image, limits: LocalFeatureLimits = DEFAULT_LIMITS) -> Lo
     order = _balanced(points, response, width, height, limits)
     points = points[order]
     if _cells_occupied(points, width, height, limits.spread_grid) < limits.min_spread_cells:
-        return None
+        return None, detected
     if every_descriptor is not None:
         descriptors = np.ascontiguousarray(every_descriptor[order], dtype=np.uint8)
     else:
         descriptors = _describe(detector, grey, [keypoints[i] for i in order], points)
     if descriptors is None:
-        return None
-    return LocalFeatures(width, height, points, descriptors, DETECTORS[limits.detector])
+        return None, detected
+    return LocalFeatures(width, height, points, descriptors, DETECTORS[limits.detector]), detected
 
 
 def _describe(detector, grey: np.ndarray, keypoints: list, points: np.ndarray) -> np.ndarray | None:

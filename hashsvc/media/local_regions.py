@@ -140,24 +140,38 @@ def _spans(flat: np.ndarray, min_len: float) -> list[tuple[int, int]]:
 
 
 def tile_features(
-    img: Image.Image, boxes: list[Box], limits: TileLimits = DEFAULT_TILE_LIMITS
+    img: Image.Image,
+    boxes: list[Box],
+    limits: TileLimits = DEFAULT_TILE_LIMITS,
+    contrast_below: int = 0,
 ) -> list[tuple[str, local_features.LocalFeatures]]:
     """(variant, features) of each tile of `img` (boxes from `tiles`, in its
-    pixels) with enough distinctive, well-spread keypoints to be evidence."""
+    pixels) with enough distinctive, well-spread keypoints to be evidence. A
+    tile (as cut or enlarged) with fewer than `contrast_below` keypoints is also
+    extracted equalised (variant "<tile variant>:contrast",
+    local_features.extract_contrast), as the known pictures are: a hazy photo
+    shown as a collage tile kept no features as it is."""
     from PIL import Image  # where pictures are decoded (workers), as local_features
 
-    found = []
+    found: list[tuple[str, local_features.LocalFeatures]] = []
+
+    def extract(variant: str, picture: Image.Image) -> None:
+        if contrast_below <= 0:
+            features, equalised = local_features.extract(picture, limits.extraction), None
+        else:
+            features, equalised = local_features.extract_contrast(
+                picture, contrast_below, limits.extraction
+            )
+        if features is not None:
+            found.append((variant, features))
+        if equalised is not None:
+            found.append((f"{variant}:contrast", equalised))
+
     for n, box in enumerate(boxes):
         tile = img.crop(box)
-        features = local_features.extract(tile, limits.extraction)
-        if features is not None:
-            found.append((f"tile:{n}", features))
+        extract(f"tile:{n}", tile)
         if 0 < max(tile.size) < limits.enlarge_below:
             factor = limits.enlarge_side / max(tile.size)
             size = (round(tile.width * factor), round(tile.height * factor))
-            enlarged = local_features.extract(
-                tile.resize(size, Image.Resampling.BICUBIC), limits.extraction
-            )
-            if enlarged is not None:
-                found.append((f"tile:{n}:enlarged", enlarged))
+            extract(f"tile:{n}:enlarged", tile.resize(size, Image.Resampling.BICUBIC))
     return found
