@@ -305,3 +305,48 @@ def test_a_test_run_killed_leaves_no_server_running(tmp_path):
             proc.communicate(timeout=30)
         for m in marks:
             processes.kill(m, signal.SIGKILL)
+
+
+def test_a_process_is_signalled_only_while_it_is_the_one_marked(tmp_path):
+    """After a pid wrap a kept pid names another process: a mark (pid, group,
+    start time) that no longer fits is never signalled; one that fits is."""
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        mark = processes.mark(child.pid)
+        assert mark is not None and mark.pgid == child.pid
+        # the same pid, started at another time or in another group: another process
+        for other in (
+            processes.ProcessMark(mark.pid, mark.pgid, mark.start + 1),
+            processes.ProcessMark(mark.pid, os.getpgid(0), mark.start),
+        ):
+            assert not processes.alive(other)
+            assert not processes.kill(other, signal.SIGKILL)
+        assert child.poll() is None  # untouched
+        assert processes.kill(mark, signal.SIGKILL)
+        assert child.wait(timeout=10) == -signal.SIGKILL
+        assert not processes.kill(mark, signal.SIGKILL)  # gone (reaped): nothing to signal
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_stopping_a_group_stops_what_its_dead_leader_left():
+    """A leader that ended (as a server killed by -9) leaves a child in its
+    group: stop_group kills the child before reaping the leader."""
+    leader = subprocess.Popen(
+        ["sh", "-c", "sleep 60 & echo $!; exec sleep 0.2"],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    left = processes.mark(int(leader.stdout.readline()))
+    try:
+        assert left is not None and left.pgid == leader.pid
+        time.sleep(0.5)  # the leader has exited, unreaped
+        assert processes.stop_group(leader, grace=5) == 0
+        assert _gone_within([left], 5)
+    finally:
+        if left is not None:
+            processes.kill(left, signal.SIGKILL)
+        leader.stdout.close()
