@@ -137,3 +137,30 @@ def test_exports_and_loads_carry_the_equalised_features_of_known_pictures():
         with pytest.raises(RowError):
             kind_variant("pdq", name)
     assert not is_exchanged("local_features", "tile:0:contrast")
+
+
+def test_unrelated_striped_pictures_stay_allowed_with_the_equalised_features_on(
+    make_core, store_url
+):
+    """tests/test_low_quality_review.py now runs with features_contrast_below = 0 (its
+    faded copy is found by its equalised features too), so its unrelated striped pictures
+    were no longer checked as served by default. Here, default limits: the striped
+    uploads whose PDQ falls in the review band of a known striped picture match nothing
+    unrelated, and the faded photo's re-encoded copy is found (review)."""
+    from hashsvc_testing import image_media as im
+
+    core = make_core(store_url)
+    core.curation.create_set("known")
+    for name, data in (
+        ("stripes8", im.encode(im.striped_image(8))),
+        ("stripes58", im.encode(im.striped_image(58))),
+        ("faded4", im.encode(im.faded_photo(4))),
+    ):
+        core.curation.add_entry("known", name, {}, "op", media=data)
+    for seed in (15, 58, *range(100, 110)):
+        outcome = core.match(MatchQuery(media=im.encode(im.striped_image(seed))), caller="t")
+        unrelated = [m for m in outcome.matches if m.entry_name != f"stripes{seed}"]
+        assert unrelated == [], (seed, unrelated)
+    outcome = core.match(MatchQuery(media=im.reencoded(im.faded_photo(4))), caller="t")
+    assert {m.entry_name for m in outcome.matches} == {"faded4"}
+    assert outcome.decision in ("block", "review")

@@ -174,9 +174,20 @@ def test_a_hung_child_is_stopped_and_the_run_resumes(store_url, make_core):
     assert not _alive(pid)
 
 
-def test_an_in_memory_store_is_refused():
+@pytest.mark.parametrize(
+    "db_url",
+    [
+        "sqlite:///:memory:",
+        # review: accepted before, and SQLite opened it in memory (a URI), so the
+        # child saw an empty database and every run failed ("retro run 1 is not in
+        # the store", attempt 5 of 5) without scanning anything
+        "sqlite:///file:hunts?mode=memory&cache=shared",
+    ],
+)
+def test_an_in_memory_store_is_refused(db_url):
     with pytest.raises(ValueError, match="in-memory"):
-        Config(db_url="sqlite:///:memory:", retro_engine="process")
+        Config(db_url=db_url, retro_engine="process")
+    Config(db_url="sqlite:///hunts.db", retro_engine="process")  # a file is fine
 
 
 def _children(pid: int) -> set[int]:

@@ -754,7 +754,13 @@ def check_retro_engine(engine: str, scheduler_address: str, db_url: str) -> None
     """Refuses an engine setting that cannot work (Config, at start)."""
     if engine not in RETRO_ENGINES:
         raise ValueError(f"retro_engine must be one of {', '.join(RETRO_ENGINES)}")
-    if engine == "process" and (":memory:" in db_url or db_url.rstrip("/") == "sqlite:"):
+    # SQLite reads "file:" names as URIs: file:NAME?mode=memory is in memory too
+    in_memory = (
+        ":memory:" in db_url
+        or db_url.rstrip("/") == "sqlite:"
+        or (db_url.startswith("sqlite:") and "mode=memory" in db_url)
+    )
+    if engine == "process" and in_memory:
         raise ValueError(
             'retro_engine = "process" cannot use an in-memory SQLite store: the scanning'
             " process opens the store itself and would see an empty database"

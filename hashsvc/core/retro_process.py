@@ -22,8 +22,9 @@ upload), so what survives what is unchanged:
   a moment); the server is killed (-9): the child gets a signal from the
   kernel (Linux PR_SET_PDEATHSIG) and ends, and in any case ends at the end
   of its input or when it cannot write its answer (the pipe's reader gone);
-- a batch that takes longer than retro_process_batch_seconds: the child is
-  killed and the batch fails as above (a hung child holds no run forever).
+- a batch that takes longer than retro_process_batch_seconds, or an answer
+  that stops midway for as long: the child is killed and the batch fails as
+  above (a hung child holds no run forever).
 
 The protocol is one request a batch (the server asks for the next batch as
 soon as it has one, so the child scans while the server holds the hits),
