@@ -343,7 +343,9 @@ def test_stopping_a_group_stops_what_its_dead_leader_left():
     left = processes.mark(int(leader.stdout.readline()))
     try:
         assert left is not None and left.pgid == leader.pid
-        time.sleep(0.5)  # the leader has exited, unreaped
+        # the leader has exited, unreaped: waited for, not slept for (a leader
+        # still in its sleep at a busy moment was stopped by SIGTERM: -15)
+        os.waitid(os.P_PID, leader.pid, os.WEXITED | os.WNOWAIT)
         assert processes.stop_group(leader, grace=5) == 0
         assert _gone_within([left], 5)
     finally:
