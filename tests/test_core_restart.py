@@ -137,3 +137,19 @@ def test_a_burst_of_notifies_is_caught_up_at_most_every_change_follow_seconds(pg
     assert _wait_for(lambda: all(second.live.indexes["pdq"].search([values[-1]], 0)))
     # at most one a half second, and one more at each end
     assert len(calls) <= written / 0.5 + 3, (len(calls), written)
+
+
+def test_an_in_memory_sqlite_uri_writes_no_index_snapshot_beside_it(
+    make_core, tmp_path, monkeypatch
+):
+    """sqlite:///file:NAME?mode=memory is a shared in-memory database (SQLite
+    reads file: names as URIs): the server wrote its index snapshot into a
+    directory named after the URI in its working directory, for a store that
+    is gone at restart."""
+
+    monkeypatch.chdir(tmp_path)
+    core = make_core("sqlite:///file:snapcheck?mode=memory&cache=shared")
+    core.curation.create_set("s")
+    core.curation.add_entry("s", "e", {}, "op", signal=("pdq", bytes(range(32)).hex(), None))
+    core.close()
+    assert list(tmp_path.iterdir()) == []

@@ -750,17 +750,22 @@ def new_spool(config: Config) -> Spool:
     )
 
 
+def is_in_memory_sqlite(db_url: str) -> bool:
+    """A SQLite store that lives only in this process's memory: nothing else
+    (a scanning process, a snapshot beside the file) can share it."""
+    return (
+        ":memory:" in db_url
+        or db_url.rstrip("/") == "sqlite:"
+        # SQLite reads "file:" names as URIs: file:NAME?mode=memory is in memory too
+        or (db_url.startswith("sqlite:") and "mode=memory" in db_url)
+    )
+
+
 def check_retro_engine(engine: str, scheduler_address: str, db_url: str) -> None:
     """Refuses an engine setting that cannot work (Config, at start)."""
     if engine not in RETRO_ENGINES:
         raise ValueError(f"retro_engine must be one of {', '.join(RETRO_ENGINES)}")
-    # SQLite reads "file:" names as URIs: file:NAME?mode=memory is in memory too
-    in_memory = (
-        ":memory:" in db_url
-        or db_url.rstrip("/") == "sqlite:"
-        or (db_url.startswith("sqlite:") and "mode=memory" in db_url)
-    )
-    if engine == "process" and in_memory:
+    if engine == "process" and is_in_memory_sqlite(db_url):
         raise ValueError(
             'retro_engine = "process" cannot use an in-memory SQLite store: the scanning'
             " process opens the store itself and would see an empty database"

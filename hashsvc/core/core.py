@@ -29,7 +29,7 @@ from hashsvc.base.signals import Signal, signal_type
 from hashsvc.core import auth, events, export
 from hashsvc.core.audit import Audit, acting_token_id
 from hashsvc.core.bulk import BulkLoad, BulkResult, PackedRows, RowBatch
-from hashsvc.core.config import Config
+from hashsvc.core.config import Config, is_in_memory_sqlite
 from hashsvc.core.curation import Curation
 from hashsvc.core.event_feed import EventFeed
 from hashsvc.core.retro import RetroHunt
@@ -851,7 +851,7 @@ class Core:
 def _snapshot_dir(config: Config) -> str:
     if config.index_snapshot:
         return config.index_snapshot
-    if config.db_url.startswith("sqlite:///") and ":memory:" not in config.db_url:
+    if config.db_url.startswith("sqlite:///") and not is_in_memory_sqlite(config.db_url):
         path = config.db_url[len("sqlite:///") :]
         return os.path.abspath(path) + ".index"
     return ""
