@@ -42,6 +42,9 @@ def main() -> None:
     parser.add_argument("--match-seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--nice", type=int, default=10, help="retro_nice")
+    parser.add_argument(
+        "--pause", type=float, default=0.0, help="retro_pause_seconds (after each step)"
+    )
     args = parser.parse_args()
     search_on_this_thread()
     tmp = tempfile.mkdtemp(prefix="bench-retro-process-")
@@ -52,6 +55,7 @@ def main() -> None:
         retro_poll_seconds=3600,
         retro_engine="process",
         retro_nice=args.nice,
+        retro_pause_seconds=args.pause,
     )
     core = Core.open(config)
     core.start()
