@@ -229,12 +229,11 @@ def start_server(args: list[str], log) -> subprocess.Popen:
     group stops its hashing workers too, even once the server itself died;
     killed if this process dies first (a test run stopped without teardown)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "hashsvc", "serve", *args],
+        processes.dying_with_parent([sys.executable, "-m", "hashsvc", "serve", *args]),
         cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=processes.die_with_parent(),
     )
 
 

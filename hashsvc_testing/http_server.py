@@ -49,9 +49,9 @@ class HttpServerProcess:
             args += ["--config", str(config_path)]
         self.log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            args, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            processes.dying_with_parent(args), cwd=REPO, stdout=self.log,
+            stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(REPO)},
-            preexec_fn=processes.die_with_parent(),  # gone with a test run killed mid-way
         )  # fmt: skip
         try:
             self._wait_ready()

@@ -8,36 +8,31 @@ process. So a process is remembered with its start time and group
 (`ProcessMark`), and a group is signalled only while its leader is still
 unreaped (a zombie keeps its pid, so no other process or group can take it).
 
-`die_with_parent` (a preexec_fn) asks Linux to SIGKILL the child when the
-thread that started it ends: a test run stopped by SIGTERM or SIGKILL runs no
-teardown, and its servers kept running before. A server's hashing workers
-leave when their server is gone (hashsvc/media/hashing.py). Start such a
-process from a thread that outlives it (pytest's main thread)."""
+`dying_with_parent` runs a command under `setpriv --pdeathsig KILL`, which
+asks Linux to SIGKILL it when the thread that started it ends: a test run
+stopped by SIGTERM or SIGKILL runs no teardown, and its servers kept
+running before. A server's hashing workers leave when their server is
+gone (hashsvc/media/hashing.py). Start such a process from a thread
+that outlives it (pytest's main thread)."""
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import os
 import signal
 import subprocess
 import time
 from dataclasses import dataclass
 
-_PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
 
-
-def _set_death_signal(parent: int) -> None:
-    # Runs in the child between fork and exec: nothing here may take a lock.
-    if _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != parent:
-        os._exit(70)  # cannot be tied to its parent, or the parent is gone already
-
-
-def die_with_parent():
-    """A preexec_fn for subprocess.Popen: the child gets SIGKILL when the
-    thread that started it ends (kept across exec)."""
-    return functools.partial(_set_death_signal, os.getpid())
+def dying_with_parent(args: list) -> list:
+    """`args` run so that Linux SIGKILLs the process when the thread that
+    started it ends (util-linux's setpriv sets the parent-death signal, then
+    execs `args`: the same pid). Not a preexec_fn: one makes subprocess
+    fork() instead of vfork(), which ran gRPC's fork handlers in the child
+    while the test's own gRPC server was busy, and the child hung before exec
+    ("Other threads are currently calling into gRPC, skipping fork()
+    handlers": two CI tests hung 4 and 11 minutes)."""
+    return ["setpriv", "--pdeathsig", "KILL", "--", *args]
 
 
 @dataclass(frozen=True)

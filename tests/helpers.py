@@ -78,9 +78,7 @@ def popen(args, **kw) -> subprocess.Popen:
     children too: a server's hashing workers), stopped at the test's end by
     conftest.py whatever happened, and killed if the test run itself dies
     (SIGTERM'd pytest runs no teardown): call it from the test's thread."""
-    proc = subprocess.Popen(
-        args, start_new_session=True, preexec_fn=processes.die_with_parent(), **kw
-    )
+    proc = subprocess.Popen(processes.dying_with_parent(list(args)), start_new_session=True, **kw)
     _STARTED.append(proc)
     return proc
 
