@@ -730,18 +730,7 @@ class RetroHunt:
                 )
                 continue
             upload = uploads[0]
-            recorded = self.audit.record_retro_match(
-                request_id=upload.request_id,
-                upload_time=upload.time,
-                caller=upload.caller,
-                caller_token_id=upload.caller_token_id,
-                client_ref=upload.client_ref,
-                media_type=upload.media_type,
-                match=match,
-                detail={"run_id": run.id, "review_id": review_id, "history_id": upload.id},
-                run_id=run.id,
-                owner=run.lease_owner,
-            )
+            recorded = _record_hit(self.audit, run, upload, match, review_id)
             if recorded is None and self.store.get_retro_run(run.id).lease_owner != run.lease_owner:
                 log.warning("retro-hunt %d was taken over by another server", run.id)
                 return False
@@ -798,6 +787,23 @@ class RetroHunt:
         )
 
 
+def _record_hit(audit, run: RetroRun, upload: HistoryUpload, match: dict, review_id: int):
+    """A hit's record in the chained history, under the run's lease (None when
+    another holder recorded it, or the run is no longer this server's)."""
+    return audit.record_retro_match(
+        request_id=upload.request_id,
+        upload_time=upload.time,
+        caller=upload.caller,
+        caller_token_id=upload.caller_token_id,
+        client_ref=upload.client_ref,
+        media_type=upload.media_type,
+        match=match,
+        detail={"run_id": run.id, "review_id": review_id, "history_id": upload.id},
+        run_id=run.id,
+        owner=run.lease_owner,
+    )
+
+
 def record_retro_match(
     store: Store,
     audit: Audit,
@@ -839,18 +845,7 @@ def record_retro_match(
     )  # fmt: skip
     if review_id is None:
         return None
-    recorded = audit.record_retro_match(
-        request_id=upload.request_id,
-        upload_time=upload.time,
-        caller=upload.caller,
-        caller_token_id=upload.caller_token_id,
-        client_ref=upload.client_ref,
-        media_type=upload.media_type,
-        match=match.to_json(),
-        detail={"run_id": run.id, "review_id": review_id, "history_id": upload.id},
-        run_id=run.id,
-        owner=run.lease_owner,
-    )
+    recorded = _record_hit(audit, run, upload, match.to_json(), review_id)
     if recorded is None:  # another holder of the run recorded it, or took the run over
         return None
     log.info(
