@@ -44,6 +44,33 @@ def scan_on_a_thread(core, run, name: str) -> tuple[threading.Thread, list[BaseE
     return worker, errors
 
 
+def write_while_claimed(write, other_store, started: threading.Event, claiming: threading.Event):
+    """The holder's write (write(): its answer) and another server's claim of
+    the run, each on a thread: the claim starts once the write is inside its
+    transaction (`started`), and says so (`claiming`). Returns (the write's
+    answer, the claimed run, when the write ended, when the claim ended)."""
+    ends: dict[str, float] = {}
+    answers: dict[str, object] = {}
+
+    def run_write() -> None:
+        answers["write"] = write()
+        ends["write"] = time.monotonic()
+
+    def claim() -> None:
+        assert started.wait(30)
+        claiming.set()
+        answers["claim"] = other_store.claim_retro_run(60)
+        ends["claim"] = time.monotonic()
+
+    threads = [threading.Thread(target=run_write), threading.Thread(target=claim)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    return answers["write"], answers["claim"], ends["write"], ends["claim"]
+
+
 def test_a_stale_replica_is_refused_and_nothing_is_reported_twice(
     store_url, make_core, monkeypatch, retro_engine
 ):

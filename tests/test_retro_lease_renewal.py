@@ -17,7 +17,7 @@ from hashdb import HistoryFilter, ReviewFilter, retro_sql
 from hashsvc.base.signals import Signal
 from hashsvc.core import retro
 from tests.test_retro import _history_upload
-from tests.test_retro_lease import scan_on_a_thread
+from tests.test_retro_lease import scan_on_a_thread, write_while_claimed
 
 KNOWN = bytes(range(32))
 NEAR = bytes([KNOWN[0] ^ 0x03]) + KNOWN[1:]
@@ -199,29 +199,14 @@ def test_a_hit_is_never_inserted_after_another_server_claimed_the_run(
         "query_signals": [],
         "matches": [],
     }
-    ends: dict[str, float] = {}
-    answers: dict[str, object] = {}
 
-    def write_hit() -> None:
-        answers["hit"] = holder.store.add_retro_match(
+    def write_hit():
+        return holder.store.add_retro_match(
             run.id, 1, history_id, "review", item, owner=run.lease_owner
         )
-        ends["hit"] = time.monotonic()
 
-    def claim() -> None:
-        assert in_hit.wait(30)
-        claiming.set()
-        answers["claim"] = other.store.claim_retro_run(60)
-        ends["claim"] = time.monotonic()
-
-    threads = [threading.Thread(target=write_hit), threading.Thread(target=claim)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not any(t.is_alive() for t in threads)
-    theirs = answers["claim"]
+    hit, theirs, hit_end, claim_end = write_while_claimed(write_hit, other.store, in_hit, claiming)
     assert theirs is not None and theirs.id == run.id
     # the hit was the holder's (committed before the run changed hands)
-    assert answers["hit"] is not None and ends["claim"] >= ends["hit"]
+    assert hit is not None and claim_end >= hit_end
     assert other.store.get_retro_run(run.id).hits == 1

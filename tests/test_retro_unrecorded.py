@@ -18,6 +18,7 @@ from hashsvc.core import retro
 from hashsvc.core.retro import record_retro_match
 from hashsvc.matching.matcher import Match
 from tests.test_retro import _history_upload
+from tests.test_retro_lease import write_while_claimed
 
 KNOWN = bytes(range(32))
 NEAR = bytes([KNOWN[0] ^ 0x03]) + KNOWN[1:]
@@ -119,11 +120,9 @@ def test_a_stale_holder_cannot_record_a_hit_after_the_run_was_claimed(
 
     monkeypatch.setattr(store, "_append_record", slow_append)
     (upload,) = store.history_uploads_by_id([history_id])
-    ends: dict[str, float] = {}
-    answers: dict[str, object] = {}
 
-    def record() -> None:
-        answers["record"] = holder.audit.record_retro_match(
+    def record():
+        return holder.audit.record_retro_match(
             request_id=upload.request_id,
             upload_time=upload.time,
             caller=upload.caller,
@@ -135,24 +134,13 @@ def test_a_stale_holder_cannot_record_a_hit_after_the_run_was_claimed(
             run_id=run.id,
             owner=run.lease_owner,
         )
-        ends["record"] = time.monotonic()
 
-    def claim() -> None:
-        assert in_record.wait(30)
-        claiming.set()
-        answers["claim"] = other.store.claim_retro_run(60)
-        ends["claim"] = time.monotonic()
-
-    threads = [threading.Thread(target=record), threading.Thread(target=claim)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not any(t.is_alive() for t in threads)
-    theirs = answers["claim"]
+    recorded, theirs, record_end, claim_end = write_while_claimed(
+        record, other.store, in_record, claiming
+    )
     assert theirs is not None and theirs.id == run.id
     # the record was the holder's, committed before the run changed hands
-    assert answers["record"] is not None and ends["claim"] >= ends["record"]
+    assert recorded is not None and claim_end >= record_end
     assert len(_records(other.store)) == 1
     # the new holder has nothing left to record
     other.retro.scan(theirs)
