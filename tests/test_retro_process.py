@@ -331,3 +331,71 @@ def test_a_child_stalled_midway_through_an_answer_is_stopped(monkeypatch):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+# A child that answers "ready", then a batch's answer the server cannot read
+# (larger than any answer may be, or bytes that are not a pickle), then waits.
+_GARBLING_CHILD = """
+import os, pickle, struct, sys, time
+def send(message):
+    data = pickle.dumps(message)
+    os.write(1, struct.pack("!Q", len(data)) + data)
+send((0, "ready", None))
+(size,) = struct.unpack("!Q", os.read(0, 8))
+while size:
+    size -= len(os.read(0, size))
+if sys.argv[1] == "huge":
+    os.write(1, struct.pack("!Q", 1 << 62) + b"x" * 64)
+else:
+    os.write(1, struct.pack("!Q", 16) + b"not a pickle....")
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("answer", ["huge", "garbled"])
+def test_a_child_whose_answer_cannot_be_read_is_stopped(monkeypatch, answer):
+    """Review: an answer too large or not unpickled raised without stopping
+    the child, so its unread bytes were taken as the next answer's header and
+    every retry of the run failed against the same child. Now the child is
+    killed, and the next batch gets a new one."""
+    import subprocess
+    import sys
+    import threading
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from hashsvc.core import retro_process
+    from hashsvc.matching.policy import PdqPolicy
+
+    started = []
+
+    def start_garbling_child(settings):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _GARBLING_CHILD, answer],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+        )
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(retro_process, "_start_child", start_garbling_child)
+    engine = retro_process.ProcessRetroEngine(
+        "sqlite:///unused.db", retro_process.ProcessSettings(batch_seconds=10.0), PdqPolicy(),
+        None, None,
+    )  # fmt: skip
+    run = SimpleNamespace(id=1, since=datetime.now(UTC), last_history_id=100)
+    try:
+        engine.start()
+        with pytest.raises(retro_process.ChildFailed):
+            list(engine.batches(run, 0, 50, threading.Event(), lambda: True))
+        deadline = time.monotonic() + 10
+        while started[0].poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started[0].poll() is not None  # killed: a new child for the next batch
+    finally:
+        engine.close()
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -794,7 +794,7 @@ def check_retro_engine(engine: str, scheduler_address: str, db_url: str) -> None
             " password in clear; use tls://, or a password file (PGPASSFILE) on each worker"
         )
     if db_url.startswith("sqlite:"):
-        if ":memory:" in db_url or db_url.rstrip("/") == "sqlite:":
+        if is_in_memory_sqlite(db_url):
             raise ValueError(
                 'retro_engine = "dask" cannot use an in-memory SQLite store: the workers'
                 " are other processes and would each see an empty database"

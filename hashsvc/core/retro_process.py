@@ -301,6 +301,14 @@ class ProcessRetroEngine:
                     f" more than {self.settings.batch_seconds:g} s"
                     " (retro_process_batch_seconds): stopped"
                 ) from None
+            except Exception as exc:
+                # an answer too large or not unpickled: its bytes left in the
+                # pipe would be read as the next header, and every retry fail
+                # against the same child; a new child starts in step
+                self._lost_child(proc, kill=True)
+                raise ChildFailed(
+                    f"the retro-hunt's scanning process sent an unreadable answer: {exc}"
+                ) from exc
             if message is None:
                 code = proc.wait(5)
                 self._lost_child(proc)
