@@ -180,6 +180,7 @@ def test_a_hit_is_never_inserted_after_another_server_claimed_the_run(
     time.sleep(0.3)  # its lease has expired; nobody claimed it yet
 
     in_hit, claiming = threading.Event(), threading.Event()
+    in_transaction_until: list[float] = []
     real_insert = retro_sql.insert_review_item
 
     def slow_insert(*args, **kwargs):
@@ -187,6 +188,9 @@ def test_a_hit_is_never_inserted_after_another_server_claimed_the_run(
         in_hit.set()
         assert claiming.wait(30)
         time.sleep(0.5)
+        # still inside the hit's transaction: a claim that did not wait
+        # for it ends before this moment
+        in_transaction_until.append(time.monotonic())
         return real_insert(*args, **kwargs)
 
     monkeypatch.setattr(retro_sql, "insert_review_item", slow_insert)
@@ -205,8 +209,9 @@ def test_a_hit_is_never_inserted_after_another_server_claimed_the_run(
             run.id, 1, history_id, "review", item, owner=run.lease_owner
         )
 
-    hit, theirs, hit_end, claim_end = write_while_claimed(write_hit, other.store, in_hit, claiming)
+    hit, theirs, _, claim_end = write_while_claimed(write_hit, other.store, in_hit, claiming)
     assert theirs is not None and theirs.id == run.id
-    # the hit was the holder's (committed before the run changed hands)
-    assert hit is not None and claim_end >= hit_end
+    # the hit was the holder's (committed before the run changed hands):
+    # the claim ended after the hit's transaction had passed its slow step
+    assert hit is not None and claim_end >= in_transaction_until[0]
     assert other.store.get_retro_run(run.id).hits == 1

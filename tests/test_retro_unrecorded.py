@@ -103,6 +103,7 @@ def test_a_stale_holder_cannot_record_a_hit_after_the_run_was_claimed(
     time.sleep(0.3)  # its lease has expired; nobody claimed it yet
 
     in_record, claiming = threading.Event(), threading.Event()
+    in_transaction_until: list[float] = []
     store = holder.store
     real_append = store._append_record
 
@@ -114,6 +115,9 @@ def test_a_stale_holder_cannot_record_a_hit_after_the_run_was_claimed(
             in_record.set()
             assert claiming.wait(30)
             time.sleep(0.5)
+            # still inside the record's transaction: a claim that did not
+            # wait for it ends before this moment
+            in_transaction_until.append(time.monotonic())
             return ok
 
         return real_append(record, events, slow_guard if guard is not None else None)
@@ -135,12 +139,13 @@ def test_a_stale_holder_cannot_record_a_hit_after_the_run_was_claimed(
             owner=run.lease_owner,
         )
 
-    recorded, theirs, record_end, claim_end = write_while_claimed(
-        record, other.store, in_record, claiming
-    )
+    recorded, theirs, _, claim_end = write_while_claimed(record, other.store, in_record, claiming)
     assert theirs is not None and theirs.id == run.id
-    # the record was the holder's, committed before the run changed hands
-    assert recorded is not None and claim_end >= record_end
+    # the record was the holder's, committed before the run changed hands:
+    # the claim ended after the record's transaction had passed its slow
+    # step (comparing with when write() returned raced the two threads'
+    # wake-ups after the commit)
+    assert recorded is not None and claim_end >= in_transaction_until[0]
     assert len(_records(other.store)) == 1
     # the new holder has nothing left to record
     other.retro.scan(theirs)
