@@ -3,6 +3,7 @@ a concurrency cap global and per token, reflection off by default."""
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 
@@ -118,12 +119,17 @@ def test_idle_streams_leave_room_for_match_and_health(tmp_path):
         for _ in range(5):
             assert m.matcher.Match(known, metadata=mmd, timeout=5).decision == pb.BLOCK
             assert health.Check(check, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
-        match_seconds = max(
+        # the median of 5: a call left waiting for a thread waits them all,
+        # until the first idle stream ends (IDLE after opening); one call
+        # descheduled on a loaded machine does not fail the test
+        match_seconds = statistics.median(
             _timed(lambda: m.matcher.Match(known, metadata=mmd, timeout=5)) for _ in range(5)
         )
-        health_seconds = max(_timed(lambda: health.Check(check, timeout=5)) for _ in range(5))
-        assert match_seconds < 0.1, f"Match took {match_seconds * 1000:.0f} ms"
-        assert health_seconds < 0.1, f"health check took {health_seconds * 1000:.0f} ms"
+        health_seconds = statistics.median(
+            _timed(lambda: health.Check(check, timeout=5)) for _ in range(5)
+        )
+        assert match_seconds < 0.5, f"Match took {match_seconds * 1000:.0f} ms"
+        assert health_seconds < 0.5, f"health check took {health_seconds * 1000:.0f} ms"
         # measured while the first admitted streams were still open and idle
         assert time.monotonic() - started < IDLE, "opening the streams took too long"
 
@@ -273,7 +279,8 @@ def test_streams_past_a_cap_are_refused_at_once_and_unary_calls_go_on(tmp_path):
             started = time.monotonic()
             with pytest.raises(grpc.RpcError) as err:
                 call()
-            assert time.monotonic() - started < 1, "a stream past the cap was not refused at once"
+            # a held stream would wait for stream_idle_seconds (30 s)
+            assert time.monotonic() - started < 5, "a stream past the cap was not refused at once"
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             return err.value.details()
 
@@ -441,12 +448,16 @@ def test_headers_only_calls_with_a_token_cannot_stall_the_server(tmp_path):
         assert h.running.unread.waiting() <= 5
         health = health_pb2_grpc.HealthStub(m.channel)
         probe = pb.MatchRequest(signal=pb.SignalValue(signal_type="md5", value="a" * 32))
+        took = []
         for _ in range(10):
             started = time.perf_counter()
             assert m.matcher.Match(probe, metadata=md, timeout=5).decision == pb.ALLOW
             check = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert check.status == health_pb2.HealthCheckResponse.SERVING
-            assert time.perf_counter() - started < 0.2
+            took.append(time.perf_counter() - started)
+        # the median: calls that waited for a held thread or a grace (0.5 s)
+        # would all wait; one descheduled on a loaded machine does not count
+        assert statistics.median(took) < 0.2, took
         done = [c for c in calls if c.done()]
         assert {c.code() for c in done} == {grpc.StatusCode.CANCELLED}
     finally:
