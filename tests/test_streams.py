@@ -475,22 +475,51 @@ class _Context:
         self.cancelled.set()
 
 
-def test_a_tokens_real_calls_past_its_unread_cap_are_not_cancelled_within_the_grace():
+class _Clock:
+    """time.monotonic for hashsvc.api.streams, moved on by the test only: what
+    is within the grace stays within it however long a loaded machine keeps
+    the test's thread waiting (with real time the watcher cancelled calls the
+    test was about to find uncancelled)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def _watched(unread, clock: _Clock, seconds: float) -> None:
+    """Moves the clock on by `seconds` and returns once the watcher has looked
+    at the waiting calls at that time: a call entered one idle deadline back
+    is cancelled in the same pass as the calls past a cap."""
+    probe = _Context()
+    clock.now -= unread.seconds
+    unread._enter(probe, anonymous=False)  # in no cap: only the deadline ends it
+    clock.now += unread.seconds + seconds
+    assert probe.cancelled.wait(30), "the watcher did not run"
+
+
+def test_a_tokens_real_calls_past_its_unread_cap_are_not_cancelled_within_the_grace(monkeypatch):
     """bench/loadtest.py on 2 busy cores: 8 clients on one token, and one real
     Match in 220 ended CANCELLED, evicted at once as the oldest of 5 calls
     whose message the busy server had not handed over yet. Past a cap, a call
     is now cancelled only once it has waited the grace; past twice the cap,
     the oldest go at once, so idle callers' threads stay bounded."""
+    from hashsvc.api import streams
     from hashsvc.api.streams import UnreadCalls
 
+    clock = _Clock()
+    monkeypatch.setattr(streams, "time", clock)
     unread = UnreadCalls(30.0, max_anonymous=2, max_per_token=3, max_with_token=100, grace=0.4)
     try:
         real = [_Context() for _ in range(5)]
         keys = [unread._enter(c, anonymous=False, token_id=1) for c in real]
         assert not any(c.cancelled.is_set() for c in real)  # over the cap, within the grace
+        _watched(unread, clock, 0.3)
+        assert not any(c.cancelled.is_set() for c in real)  # still within it
         for key in keys[:4]:
             unread._leave(key)  # their messages arrive
-        time.sleep(0.8)
+        _watched(unread, clock, 0.5)
         assert not any(c.cancelled.is_set() for c in real)
         unread._leave(keys[4])
 
@@ -499,22 +528,26 @@ def test_a_tokens_real_calls_past_its_unread_cap_are_not_cancelled_within_the_gr
             unread._enter(c, anonymous=False, token_id=2)
         # past twice the cap (6): the 2 oldest at once
         assert [c.cancelled.is_set() for c in idle] == [True] * 2 + [False] * 6
+        _watched(unread, clock, 0.3)
+        assert [c.cancelled.is_set() for c in idle] == [True] * 2 + [False] * 6
         # past the cap (3): the watcher takes the oldest 3 more after the grace
-        assert _wait(lambda: sum(c.cancelled.is_set() for c in idle) == 5, timeout=2)
-        time.sleep(0.5)
+        _watched(unread, clock, 0.2)
+        assert [c.cancelled.is_set() for c in idle] == [True] * 5 + [False] * 3
+        _watched(unread, clock, 0.5)
         assert [c.cancelled.is_set() for c in idle] == [True] * 5 + [False] * 3
         assert unread.waiting() == 3
         # another token's calls are not its to cancel
         other = _Context()
         unread._enter(other, anonymous=False, token_id=3)
-        time.sleep(0.6)
+        _watched(unread, clock, 0.6)
         assert not other.cancelled.is_set()
         # nor are health checks, capped on their own
         checks = [_Context() for _ in range(5)]
         for c in checks:
             unread._enter(c, anonymous=True)
         assert [c.cancelled.is_set() for c in checks] == [True] + [False] * 4
-        assert _wait(lambda: sum(c.cancelled.is_set() for c in checks) == 3, timeout=2)
+        _watched(unread, clock, 0.5)
+        assert [c.cancelled.is_set() for c in checks] == [True] * 3 + [False] * 2
         # a cancelled call's reader leaves as any other (grpc raises in it)
         unread._leave(0)
         assert unread.waiting() == 3 + 1 + 2
