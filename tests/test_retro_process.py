@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import threading
 import time
 
 import pytest
 
 from hashdb import HistoryFilter, open_store
+from hashdb.times import to_micros
 from hashsvc.base.signals import Signal
 from hashsvc.core import auth
 from hashsvc.core.config import Config
@@ -119,6 +121,38 @@ def test_a_child_killed_mid_run_is_started_again_and_the_run_resumes(store_url, 
     assert done.failed_attempts in (0, 1)
     assert _reported(core.store, run.id) == sorted(copies)
     assert core.retro.child.pid not in (None, pid)
+
+
+def test_the_child_pauses_between_its_batches(store_url, make_core):
+    """retro_pause_seconds paces the child's scan: it waits before each batch
+    but a run's first, even when the server asks for the next batch at once
+    (a pause of the server's overlapped the child's next batch: it paced
+    nothing), and the batches still hold every copy."""
+    pause = 0.3
+    settings = {**SETTINGS, "retro_poll_seconds": 3600, "retro_pause_seconds": pause}
+    core = make_core(store_url, **settings)
+    copies = _uploads(core.store, 200)
+    hash_set = core.curation.create_set("s")
+    core.curation.add_entry("s", "e", {}, "op", signal=("pdq", KNOWN.hex(), None))
+    (first,) = core.store.list_retro_runs()
+    _wait(core.store, first.id, lambda r: r.state == "done")
+    # a run of its own, its batches asked of the child here, none held
+    run = core.store.create_retro_run(
+        "test", "test", hash_set.id, first.entry_ids, to_micros(first.since)
+    )
+    claimed = core.store.claim_retro_run(60)
+    assert claimed is not None and claimed.id == run.id
+    arrived, found = [], set()
+    started = time.monotonic()
+    batches = core.retro.child.batches(claimed, 0, 50, threading.Event(), lambda: True)
+    for _, read, uploads in batches:
+        arrived.append(time.monotonic() - started)
+        assert read == 50
+        found |= {upload.request_id for upload, hits in uploads if hits}
+    assert len(arrived) == 4 and found == copies
+    # each batch but the first waited the pause (a batch of 50 takes ms)
+    gaps = [later - earlier for earlier, later in zip(arrived, arrived[1:], strict=False)]
+    assert min(gaps) >= pause * 0.95, gaps
 
 
 def test_a_child_that_died_between_runs_is_started_again(store_url, make_core):

@@ -193,6 +193,7 @@ class RetroHunt:
                     nice=settings.nice,
                     threads=settings.threads,
                     batch_seconds=settings.process_batch_seconds,
+                    pause_seconds=settings.pause_seconds,
                 ),
                 policy.pdq,
                 local,
@@ -665,8 +666,8 @@ class RetroHunt:
                 if not lease.renew(last_id, read):
                     return False
                 checkpoint = last_id
-                if self.settings.pause_seconds:
-                    self._stopping.wait(self.settings.pause_seconds)
+                # no pause here: the child pauses before each batch
+                # (ProcessSettings.pause_seconds), while these hits were held
         if lease.lost:
             return False
         if self._stopping.is_set():

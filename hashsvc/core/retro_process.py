@@ -86,6 +86,11 @@ class ProcessSettings:
     threads: int = 1
     batch_seconds: float = 600.0
     connect_seconds: float = 10.0
+    # retro_pause_seconds: the child waits this long before each batch but
+    # a run's first. The wait is the child's, not the server's: the server
+    # asks for the next batch before it holds a batch's hits, so a pause of
+    # the server's overlapped the child's scan and paced nothing.
+    pause_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,8 @@ class BatchRequest:
     local: LocalFeatureMatching | None
     pdq_review_search: str | None
     connect_seconds: float
+    # how long the child waits before scanning it (retro_pause_seconds)
+    pause_seconds: float = 0.0
 
 
 Batch = tuple[int, int, list[tuple[HistoryUpload, list[Match]]]]
@@ -194,7 +201,7 @@ class ProcessRetroEngine:
         run's lease, renewed while waiting) answers False. Raises ChildFailed
         when the child dies, fails or takes too long."""
         with self._lock:
-            request = self._request(run, after_id, limit)
+            request = self._request(run, after_id, limit, pause_seconds=0.0)
             while True:
                 answer = self._wait(request.number, stopping, keep)
                 if answer is None:
@@ -206,7 +213,7 @@ class ProcessRetroEngine:
                     raise ChildFailed(f"the retro-hunt's scanning process failed: {payload}")
                 last_id = payload[0]
                 # the next batch is scanned while these hits are held
-                request = self._request(run, last_id, limit)
+                request = self._request(run, last_id, limit, self.settings.pause_seconds)
                 yield payload
 
     def start(self) -> int:
@@ -242,7 +249,9 @@ class ProcessRetroEngine:
 
     # -- the server's side of the pipe
 
-    def _request(self, run: RetroRun, after_id: int, limit: int) -> BatchRequest:
+    def _request(
+        self, run: RetroRun, after_id: int, limit: int, pause_seconds: float
+    ) -> BatchRequest:
         proc = self._child()
         self._number += 1
         pdq, local, review_search = self._scan_values
@@ -258,6 +267,7 @@ class ProcessRetroEngine:
             local,
             review_search,
             self.settings.connect_seconds,
+            pause_seconds,
         )
         try:
             _write_message(proc.stdin.fileno(), request)
@@ -276,7 +286,12 @@ class ProcessRetroEngine:
         fd = proc.stdout.fileno()
         # a batch's time limit is its own: a child still starting (its
         # imports, at retro_nice on a busy machine) has _START_SECONDS more
-        limit = self.settings.batch_seconds + (0 if self._ready else _START_SECONDS)
+        # (and its pause before the batch is not the batch's time)
+        limit = (
+            self.settings.batch_seconds
+            + self.settings.pause_seconds
+            + (0 if self._ready else _START_SECONDS)
+        )
         deadline = time.monotonic() + limit
         while True:
             if stopping.is_set() or not keep():
@@ -451,6 +466,9 @@ def child_main(argv: list[str] | None = None) -> int:
         while (request := _read_message(requests)) is not None:
             if not isinstance(request, BatchRequest):
                 raise TypeError(f"not a batch request: {type(request).__name__}")
+            if request.pause_seconds:
+                # the cores left to Match between batches (retro_pause_seconds)
+                time.sleep(request.pause_seconds)
             try:
                 store, scanner, _ = run_scanner(
                     request.store_url,
