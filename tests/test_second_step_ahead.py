@@ -1,9 +1,10 @@
 """In two steps (a flood of known pictures), an image's second step starts
-beside its first when a hashing worker has nothing else to do
-(ImageLimits.second_step_when_idle): the answers are those of two steps one
-after the other; a blocked upload leaves it unused; it never takes the worker
-the first step needs; and a job left unused that hangs is still killed at its
-deadline."""
+beside its first when a hashing worker has nothing else to do and the machine
+a core to spare (ImageLimits.second_step_when_idle): the answers are those of
+two steps one after the other; a blocked upload leaves it unused; it never
+takes the worker the first step needs, nor a loaded machine's CPU; and a job
+left unused that hangs is still killed at its deadline. The machine's load is
+set by the tests that need it either way (this one runs on loaded machines)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from hashdb import Thresholds
 from hashsvc.core.config import Config
 from hashsvc.core.core import Core, MatchQuery
 from hashsvc.matching.matcher import LOCAL_NOT_COMPUTED
-from hashsvc.media.hashing import HashingPool, StartedJob
+from hashsvc.media import hashing as hashing_module
+from hashsvc.media.hashing import HashingPool, StartedJob, spare_core
 from hashsvc.media.limits import STAGE_LOCAL, ImageLimits
 from hashsvc_testing import local_media
 from hashsvc_testing.image_media import encode as encode_image
@@ -63,7 +65,14 @@ def _worker_core(db_url: str, known: bytes, ahead: bool) -> Core:
     return core
 
 
-def test_a_second_step_started_ahead_answers_as_two_steps_in_turn(tmp_path, pictures):
+@pytest.fixture
+def quiet_machine(monkeypatch):
+    monkeypatch.setattr(hashing_module, "spare_core", lambda: True)
+
+
+def test_a_second_step_started_ahead_answers_as_two_steps_in_turn(
+    tmp_path, pictures, quiet_machine
+):
     ahead = _worker_core(f"sqlite:///{tmp_path}/ahead.db", pictures["bridge"], True)
     in_turn = _worker_core(f"sqlite:///{tmp_path}/in_turn.db", pictures["bridge"], False)
     started: list[StartedJob | None] = []
@@ -102,7 +111,7 @@ def test_a_second_step_started_ahead_answers_as_two_steps_in_turn(tmp_path, pict
         in_turn.close()
 
 
-def test_no_second_step_ahead_without_a_worker_left_for_the_first(pictures):
+def test_no_second_step_ahead_without_a_worker_left_for_the_first(pictures, quiet_machine):
     one = HashingPool(1, ImageLimits())
     two = HashingPool(2, ImageLimits())
     try:
@@ -121,6 +130,26 @@ def test_no_second_step_ahead_without_a_worker_left_for_the_first(pictures):
     finally:
         one.close()
         two.close()
+
+
+def test_no_second_step_ahead_on_a_loaded_machine(pictures, monkeypatch):
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 0.5, 0.0, 0.0))
+    assert not spare_core()
+    hashing = HashingPool(2, ImageLimits())
+    try:
+        hashing.warm_up()
+        _idle(hashing)
+        assert hashing.started_when_idle(pictures["bridge"], STAGE_LOCAL) is None
+        monkeypatch.setattr(os, "getloadavg", lambda: (cores - 0.5, 0.0, 0.0))
+        assert spare_core()
+        job = hashing.started_when_idle(pictures["bridge"], STAGE_LOCAL)
+        assert job is not None
+        job.result()
+    finally:
+        hashing.close()
 
 
 def test_an_unused_job_that_hangs_is_killed_at_its_deadline():

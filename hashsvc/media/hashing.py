@@ -119,12 +119,16 @@ class HashingPool:
         else to do, for the caller to collect (StartedJob.result) or drop
         (StartedJob.abandon); None, nothing started, unless a worker is left
         free beside it for the job the caller submits next (which it must not
-        delay: the jobs queue in order), so never with one worker or none."""
+        delay: the jobs queue in order), so never with one worker or none, and
+        unless the machine has a core to spare (spare_core): a job that may go
+        unused must not take CPU that other work is waiting for."""
         if self._pool is None:
             return None
         with self._lock:
             if self._busy + 2 > self.workers:
                 return None
+        if not spare_core():
+            return None
         is_image = self.check(source) == sniff.IMAGE
         timeout = self.timeout_seconds if is_image else self.media_timeout_seconds
         pool = self._pool
@@ -228,6 +232,18 @@ class HashingPool:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def spare_core() -> bool:
+    """Whether the machine's cores are not all taken: its load average over
+    the last minute (runnable processes, this server's own included) is under
+    the cores this process may run on. On a machine already loaded, a job
+    started ahead runs in the time of the jobs the caller waits for."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return os.getloadavg()[0] < cores
 
 
 class StartedJob:

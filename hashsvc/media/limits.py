@@ -59,10 +59,11 @@ class ImageLimits:
     # least recently seen caller's dropped first.
     local_after_views_callers: int = 1000
     # In two steps, an image's second step starts beside its first when a
-    # hashing worker has no job (it decodes the upload itself): an upload
+    # hashing worker has no job and the machine a core to spare (its 1-minute
+    # load average under its cores; it decodes the upload itself): an upload
     # that is not blocked then waits for the longer step, not for both one
-    # after the other; a blocked one leaves it unused (~8 ms of a worker's
-    # CPU that no other job asked for). Never when every worker is busy.
+    # after the other; a blocked one leaves it unused (~8 ms of CPU that no
+    # other job wanted). Never when the workers or the cores are busy.
     second_step_when_idle: bool = True
 
     def __post_init__(self) -> None:
