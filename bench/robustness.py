@@ -305,6 +305,13 @@ def main() -> None:
     parser.add_argument(
         "--orb-fast", type=int, help="ORB FAST threshold to try (known pictures and uploads)"
     )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=20261124,
+        help="the draw of the transformed copies (crop places, angles, collage fillers); runs"
+        " of two versions with the same seed and transforms are paired on the same copies",
+    )
     args = parser.parse_args()
     orb = {"pyramid_levels": args.orb_levels, "fast_threshold": args.orb_fast}
     orb = {k: v for k, v in orb.items() if v is not None}
@@ -414,7 +421,7 @@ def main() -> None:
                     "quality_floor": pdq.quality_floor,
                 }
             }
-            rng = np.random.default_rng(20261124)
+            rng = np.random.default_rng(args.seed)
             rows, false_matches, closest = [], [], {}
             transform_ms: list[float] = []
             misses: dict[str, list[str]] = defaultdict(list)

@@ -27,6 +27,7 @@ from hashsvc_testing.local_media import (
     ARABIC,
     LATIN,
     collage,
+    crop,
     document_page,
     logo_template,
     rotate,
@@ -235,6 +236,42 @@ def test_a_small_picture_cut_by_30_percent_blocks(number, monkeypatch):
     assert found.scale == pytest.approx(1.0, abs=0.03)
     monkeypatch.setattr(local_geometry, "EDGE_PX", 0.0)
     assert DEFAULT_THRESHOLDS.level(verify(query, known)) is None
+
+
+def test_a_copy_shown_larger_agrees_where_the_known_picture_could_hold_keypoints(monkeypatch):
+    """A 30% crop resized to 640 px shows the bridge 1.43x larger: its finest
+    keypoints are detail the known picture (detected at its own size) cannot
+    hold, so agreement is counted over the known's keypoints alone
+    (ZOOMED_SCALE). Over both sides' keypoints, the cells only the copy's
+    finest keypoints fill held it at agreement 0.40, review only."""
+    img = bridge()
+    known = features(img)
+    query = features(crop(img, np.random.default_rng(2), 0.30))
+    found = verify(query, known)
+    assert found.scale == pytest.approx(1 / 0.7, rel=0.03)
+    assert DEFAULT_THRESHOLDS.level(found) == "block"
+    monkeypatch.setattr(local_geometry, "ZOOMED_SCALE", 0.0)
+    union = verify(query, known)
+    assert union.inliers == found.inliers and union.agreement < found.agreement
+    assert DEFAULT_THRESHOLDS.level(union) == "review"
+
+
+def test_enlarged_crops_of_unrelated_pictures_do_not_verify():
+    """The zoomed rule only drops cells the copy alone fills: crops of 30% of
+    unrelated photographs, of pages of one template and of one channel's
+    logo frame around other photos (each shown 1.43x larger) reach nothing."""
+    rng = np.random.default_rng(5)
+    pictures = [photo(n) for n in range(8)]
+    pictures += [document_page(n) for n in range(3)]
+    pictures += [logo_template(photo(n)) for n in (1, 2)]
+    known = [extract(p) for p in pictures]
+    crops = [extract(crop(p, rng, 0.30)) for p in pictures]
+    assert sum(k is not None for k in known) >= 10
+    for i, query in enumerate(crops):
+        for j, other in enumerate(known):
+            if i != j and query is not None and other is not None:
+                found = verify(query, other)
+                assert DEFAULT_THRESHOLDS.level(found) is None, (i, j, found)
 
 
 @pytest.mark.parametrize("angle", [3, 10, 20])
