@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -130,6 +131,31 @@ def child_cpu() -> dict[int, float]:
     return out
 
 
+def sched_times(exclude: set[int]) -> dict[int, tuple[float, float]]:
+    """(seconds on a CPU, seconds runnable but waiting for one) of Match's
+    tasks by task id: this process's main thread (Match's loop) and the
+    threads of its children (the hashing worker) but those in `exclude`
+    (/proc/TID/schedstat)."""
+    out = {}
+    main = threading.main_thread().native_id
+    pids = [os.getpid(), *(pid for pid in child_cpu() if pid not in exclude)]
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in map(int, tids):
+            if pid == os.getpid() and tid != main:
+                continue
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    on_cpu, waiting, _ = f.read().split()
+            except (OSError, ValueError):
+                continue
+            out[tid] = (int(on_cpu) / 1e9, int(waiting) / 1e9)
+    return out
+
+
 def used(before: dict, after: dict) -> dict:
     return {
         k: after[k] - before.get(k, 0.0) for k in after if after[k] - before.get(k, 0.0) > 0.005
@@ -146,8 +172,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10_000, help="retro_batch_records")
     parser.add_argument("--pauses", default="0,0.05", help="retro_pause_seconds to compare")
     parser.add_argument("--beside", default="spinner,streamer", help="stand-ins to compare")
+    parser.add_argument(
+        "--cpu-classes",
+        default="nice",
+        help="retro_process_cpu_class of the hunts: nice, idle or both (nice,idle)",
+    )
     args = parser.parse_args()
     pauses = [float(p) for p in args.pauses.split(",") if p]
+    classes = [c for c in args.cpu_classes.split(",") if c]
     besides = [b for b in args.beside.split(",") if b]
     search_on_this_thread()
     tmp = tempfile.mkdtemp(prefix="bench-retro-pace-")
@@ -173,7 +205,8 @@ def main() -> None:
         copies = write_history(db, args.uploads, new_hashes)
         entry_ids = core.store.entries_changed_since(hash_set.id, 0)
         images = [encode(photo(i)) for i in range(8)]
-        child_pid = child.start()  # its imports, as at a server's first run: not timed
+        # its imports, as at a server's first run: not timed
+        child_pids = {child.start()}
         steps = StepTimes(core)
 
         def matches(seconds: float) -> list[float]:
@@ -189,27 +222,36 @@ def main() -> None:
         matches(1.0)  # warm
         steps.take()
 
-        def hunt(pause: float) -> tuple[float, int]:
+        def hunt(pause: float, cpu_class: str) -> tuple[float, int]:
             run = core.store.create_retro_run(
                 "bench", "bench", hash_set.id, entry_ids, to_micros(datetime.now(UTC)) - 10**15
             )
             claimed = core.store.claim_retro_run(3600)
-            core.retro.settings = core.retro.settings.__class__(
-                **{**core.retro.settings.__dict__, "pause_seconds": pause}
-            )
-            child.settings = child.settings.__class__(
-                **{**child.settings.__dict__, "pause_seconds": pause}
-            )
+            core.retro.settings = replace(core.retro.settings, pause_seconds=pause)
+            child.settings = replace(child.settings, pause_seconds=pause)
             started = time.perf_counter()
             core.retro.scan(claimed)
             return time.perf_counter() - started, len(core.store.retro_matches_of(run.id))
 
+        def use_class(cpu_class: str) -> None:
+            if child.settings.cpu_class != cpu_class:
+                # a child in the other class (a process cannot leave SCHED_IDLE),
+                # started before the measurement
+                child.close()
+                child._closed = False
+                child.settings = replace(child.settings, cpu_class=cpu_class)
+                child_pids.add(child.start())
+
         def measure(condition: str) -> dict:
+            if condition.startswith("pause="):
+                use_class(condition.partition(" ")[2] or "nice")
             threads, children = thread_cpu(), child_cpu()
+            tasks = sched_times(child_pids)
             wall, hits = 0.0, None
             if condition.startswith("pause="):
+                pause, _, cpu_class = condition[6:].partition(" ")
                 (wall, hits), during = match_during(
-                    core, images, lambda: hunt(float(condition[6:])), args.nice
+                    core, images, lambda: hunt(float(pause), cpu_class or "nice"), args.nice
                 )
                 found = during
             elif condition == "idle":
@@ -224,7 +266,13 @@ def main() -> None:
                 finally:
                     proc.kill()
                     proc.wait()
+            # Match's tasks: this thread and the hashing worker's
+            after = sched_times(child_pids)
+            on_cpu = sum(c - tasks.get(t, (0.0, 0.0))[0] for t, (c, _) in after.items())
+            waiting = sum(w - tasks.get(t, (0.0, 0.0))[1] for t, (_, w) in after.items())
             return {
+                "run_ms": 1000 * on_cpu / len(found),
+                "wait_ms": 1000 * waiting / len(found),
                 "p50": statistics.median(found),
                 "calls": len(found),
                 "steps": steps.take(),
@@ -234,7 +282,11 @@ def main() -> None:
                 "hits": hits,
             }
 
-        conditions = ["idle", *besides, *(f"pause={p:g}" for p in pauses)]
+        conditions = [
+            "idle",
+            *besides,
+            *(f"pause={p:g}{'' if c == 'nice' else ' ' + c}" for p in pauses for c in classes),
+        ]
         results: dict[str, list[dict]] = defaultdict(list)
         for number in range(args.rounds):
             shift = number % len(conditions)
@@ -251,24 +303,25 @@ def main() -> None:
                 )
                 threads = ", ".join(f"{k} {v:.2f}" for k, v in sorted(got["threads"].items()))
                 kids = ", ".join(
-                    f"{'scanning child' if pid == child_pid else f'pid {pid}'} {v:.2f}"
+                    f"{'scanning child' if pid in child_pids else f'pid {pid}'} {v:.2f}"
                     for pid, v in got["children"].items()
                 )
                 # Match's own CPU a call: this (Match) thread's and the hashing
                 # worker's; more of it beside a stand-in is contention in the
                 # core (caches, memory), the rest of a slower p50 is waiting
                 match_cpu = got["threads"].get("MainThread", 0.0) + sum(
-                    v for pid, v in got["children"].items() if pid != child_pid
+                    v for pid, v in got["children"].items() if pid not in child_pids
                 )
                 got["cpu_ms"] = 1000 * match_cpu / got["calls"]
                 line = (
                     f"round {number + 1} {condition}: Match p50 {got['p50']:.1f} ms"
-                    f" ({got['calls']} calls; {split} rest {rest:.1f}; CPU"
-                    f" {got['cpu_ms']:.1f} ms a call); CPU s: {threads};"
+                    f" ({got['calls']} calls; {split} rest {rest:.1f}; a call: CPU"
+                    f" {got['cpu_ms']:.1f} ms, Match's tasks on a CPU {got['run_ms']:.1f} ms,"
+                    f" waiting for one {got['wait_ms']:.1f} ms); CPU s: {threads};"
                     f" children: {kids or '-'}"
                 )
                 if got["hits"] is not None:
-                    scan_cpu = got["children"].get(child_pid, 0.0)
+                    scan_cpu = sum(got["children"].get(pid, 0.0) for pid in child_pids)
                     line += (
                         f"; hunt {got['wall']:.1f} s, {got['hits']} hits (planted {copies}),"
                         f" {args.uploads / got['wall']:,.0f} uploads/s wall"
@@ -281,7 +334,8 @@ def main() -> None:
             ratios = [r["p50"] / i["p50"] for r, i in zip(found, results["idle"], strict=True)]
             line = (
                 f"{condition}: Match p50 median {statistics.median(r['p50'] for r in found):.1f}"
-                f" ms, CPU a call {statistics.median(r['cpu_ms'] for r in found):.1f} ms"
+                f" ms, a call: CPU {statistics.median(r['cpu_ms'] for r in found):.1f} ms,"
+                f" waiting for a CPU {statistics.median(r['wait_ms'] for r in found):.1f} ms"
                 f" (idle {idle:.1f}); against the same round's idle, median"
                 f" {100 * (statistics.median(ratios) - 1):+.0f}%"
                 f" ({', '.join(f'{100 * (r - 1):+.0f}%' for r in ratios)})"
