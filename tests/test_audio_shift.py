@@ -200,6 +200,33 @@ def test_parts_split_where_the_sound_changes():
     ]
 
 
+def test_block_spectra_sum_each_band_of_bins():
+    """block_spectra's bands (summed by reduceat over runs of bins) hold the
+    mean power of exactly the FFT bins above each edge up to the next: a sine
+    in the middle of a band lights that band alone, and the sums equal the
+    band-by-bin matrix product they replaced, to float32 rounding."""
+    rate, seconds = SAMPLE_RATE, 6.0
+    t = np.arange(int(seconds * rate)) / rate
+    edges = audio_parts._BAND_EDGES_HZ
+    for band in (0, 7, 15):
+        middle = float(np.sqrt(edges[band] * edges[band + 1]))
+        pcm = (np.sin(2 * np.pi * middle * t) * 8000).astype(np.int16)
+        spectra = audio_parts.block_spectra(pcm, rate)
+        assert spectra.shape == (3, 16)
+        assert (spectra.argmax(axis=1) == band).all(), (band, spectra)
+    noise = (np.random.default_rng(31).standard_normal(len(t)) * 4000).astype(np.int16)
+    frames = noise[:1024].astype(np.float32) * np.hanning(1024).astype(np.float32)
+    power = np.abs(np.fft.rfft(frames)) ** 2
+    band_of_bin = np.searchsorted(edges, np.fft.rfftfreq(1024, 1 / rate)) - 1
+    by_matrix = np.zeros(16)
+    for k in range(16):
+        by_matrix[k] = power[band_of_bin == k].sum()
+    block = int(audio_parts.BLOCK_SECONDS * rate)
+    one_frame = audio_parts.block_spectra(np.resize(noise[:1024], block), rate)
+    # a block of one repeated frame has that frame's power in every frame
+    assert np.allclose(one_frame[0], by_matrix, rtol=1e-4), (one_frame[0], by_matrix)
+
+
 def test_parts_share_the_stretch_budget():
     """Two parts (music, then speech) get a stretch each of half
     shift_budget_seconds, one inside each part, so the upload pays for about

@@ -173,3 +173,70 @@ def test_every_write_transaction_of_a_fetch_is_short(harness, tmp_path, monkeypa
     monkeypatch.undo()
     longest.sort(reverse=True)
     assert longest and longest[0][0] < 0.06, longest[:5]
+
+
+def _queued(lock) -> int:
+    with lock._cond:
+        return len(lock._waiting) + len(lock._first)
+
+
+def test_a_match_record_waits_only_for_the_write_under_way_on_sqlite(tmp_path):
+    """During a fetch the bulk writer and the mapping committer keep writes
+    queued for SQLite's writer lock; a Match's history record arriving
+    behind them went after all of them (its pause was their sum). It now
+    goes once the write under way ends; a flood of records still lets a
+    queued write through after _FairLock.FIRST_RUN of them."""
+    from datetime import UTC, datetime
+
+    from hashdb import HistoryRecord
+    from hashdb.sqlite import SQLiteStore, _FairLock
+
+    store = SQLiteStore(f"sqlite:///{tmp_path}/pauses.db")
+    order: list[str] = []
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store._write():
+            holding.set()
+            assert release.wait(30)
+
+    def write(name: str) -> None:
+        with store._write():
+            order.append(name)
+
+    def record(name: str) -> None:
+        store.record_match(
+            HistoryRecord(
+                request_id=name,
+                time=datetime.now(UTC),
+                caller="pipeline",
+                rpc="Match",
+                media_type="image",
+                decision="allow",
+                status="OK",
+            )
+        )
+        order.append(name)
+
+    try:
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert holding.wait(30)
+        threads = []
+        # two writes queued, then more records than FIRST_RUN
+        names = ["bulk", "mapping"] + [f"match{n}" for n in range(_FairLock.FIRST_RUN + 1)]
+        for n, name in enumerate(names):
+            target = record if name.startswith("match") else write
+            thread = threading.Thread(target=target, args=(name,))
+            thread.start()
+            threads.append(thread)
+            _wait_for(lambda n=n: _queued(store._writer) == n + 1)
+        release.set()
+        for thread in [holder, *threads]:
+            thread.join(30)
+        first = [f"match{n}" for n in range(_FairLock.FIRST_RUN)]
+        assert order == [*first, "bulk", f"match{_FairLock.FIRST_RUN}", "mapping"]
+        assert all(store.history_ids_by_request(name) for name in names if "match" in name)
+    finally:
+        release.set()
+        store.close()

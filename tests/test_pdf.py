@@ -224,9 +224,11 @@ def test_too_many_bytes(small_pdf) -> None:
 def test_ten_thousand_pages_hash_the_first_pages_and_say_so() -> None:
     limits = dataclasses.replace(LIMITS, max_pages=20)
     pdf = media.many_pages(10_000)
-    started = time.monotonic()
+    # CPU seconds, not wall (the machine's load stretches wall time):
+    # hashing all 10,000 pages would cost minutes of CPU
+    started = time.process_time()
     report = hash_pdf_report(pdf, limits, for_query=True)
-    assert time.monotonic() - started < 5
+    assert time.process_time() - started < 5
     assert (report.page_count, report.pages_hashed) == (10_000, 20)
     assert "first 20 of 10000" in report.notes[0]
     assert max(s.position for s in report.signals if s.position) == 20

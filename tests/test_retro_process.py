@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import threading
 import time
 
 import pytest
 
 from hashdb import HistoryFilter, open_store
+from hashdb.times import to_micros
 from hashsvc.base.signals import Signal
 from hashsvc.core import auth
 from hashsvc.core.config import Config
@@ -92,6 +94,7 @@ def test_the_child_scans_runs_niced_and_ends_with_the_server(store_url, make_cor
     pid = core.retro.child.pid
     assert pid is not None and pid != os.getpid()
     assert os.getpriority(os.PRIO_PROCESS, pid) >= 7
+    assert os.sched_getscheduler(pid) == os.SCHED_OTHER  # retro_process_cpu_class "nice"
     # one long-lived child: the next run is scanned by the same one
     again = core.retro.start_run("op", "s")
     again = _wait(core.store, again.id, lambda r: r.state == "done")
@@ -101,6 +104,40 @@ def test_the_child_scans_runs_niced_and_ends_with_the_server(store_url, make_cor
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid)
+
+
+def test_a_child_in_the_idle_class_scans_every_copy(store_url, make_core):
+    """retro_process_cpu_class = "idle": the child and all its threads in
+    SCHED_IDLE (a waking Match thread takes its core at once), at retro_nice
+    too; the run finds every copy, each once."""
+    core = make_core(store_url, **SETTINGS, retro_threads=2, retro_process_cpu_class="idle")
+    copies = _uploads(core.store)
+    core.curation.create_set("s")
+    core.curation.add_entry("s", "e", {}, "op", signal=("pdq", KNOWN.hex(), None))
+    (run,) = core.store.list_retro_runs()
+    done = _wait(core.store, run.id, lambda r: r.state == "done")
+    assert (done.hits, done.scanned) == (20, 400)
+    assert _reported(core.store, run.id) == sorted(copies)
+    pid = core.retro.child.pid
+    tasks = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    assert len(tasks) > 1  # its helper thread (retro_threads) among them
+    assert {os.sched_getscheduler(t) for t in tasks} == {os.SCHED_IDLE}
+    assert os.getpriority(os.PRIO_PROCESS, pid) >= 10
+    # the server's own threads stay in the normal class
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+@pytest.mark.parametrize(
+    ("settings", "refused"),
+    [
+        ({"retro_engine": "process", "retro_process_cpu_class": "background"}, "one of"),
+        ({"retro_engine": "inprocess", "retro_process_cpu_class": "idle"}, "needs"),
+    ],
+)
+def test_a_cpu_class_not_known_or_without_a_child_is_refused(settings, refused):
+    with pytest.raises(ValueError, match=f"retro_process_cpu_class .*{refused}"):
+        Config(db_url="sqlite:///hunts.db", **settings)
+    Config(db_url="sqlite:///hunts.db", retro_engine="process", retro_process_cpu_class="idle")
 
 
 def test_a_child_killed_mid_run_is_started_again_and_the_run_resumes(store_url, make_core):
@@ -119,6 +156,38 @@ def test_a_child_killed_mid_run_is_started_again_and_the_run_resumes(store_url, 
     assert done.failed_attempts in (0, 1)
     assert _reported(core.store, run.id) == sorted(copies)
     assert core.retro.child.pid not in (None, pid)
+
+
+def test_the_child_pauses_between_its_batches(store_url, make_core):
+    """retro_pause_seconds paces the child's scan: it waits before each batch
+    but a run's first, even when the server asks for the next batch at once
+    (a pause of the server's overlapped the child's next batch: it paced
+    nothing), and the batches still hold every copy."""
+    pause = 0.3
+    settings = {**SETTINGS, "retro_poll_seconds": 3600, "retro_pause_seconds": pause}
+    core = make_core(store_url, **settings)
+    copies = _uploads(core.store, 200)
+    hash_set = core.curation.create_set("s")
+    core.curation.add_entry("s", "e", {}, "op", signal=("pdq", KNOWN.hex(), None))
+    (first,) = core.store.list_retro_runs()
+    _wait(core.store, first.id, lambda r: r.state == "done")
+    # a run of its own, its batches asked of the child here, none held
+    run = core.store.create_retro_run(
+        "test", "test", hash_set.id, first.entry_ids, to_micros(first.since)
+    )
+    claimed = core.store.claim_retro_run(60)
+    assert claimed is not None and claimed.id == run.id
+    arrived, found = [], set()
+    started = time.monotonic()
+    batches = core.retro.child.batches(claimed, 0, 50, threading.Event(), lambda: True)
+    for _, read, uploads in batches:
+        arrived.append(time.monotonic() - started)
+        assert read == 50
+        found |= {upload.request_id for upload, hits in uploads if hits}
+    assert len(arrived) == 4 and found == copies
+    # each batch but the first waited the pause (a batch of 50 takes ms)
+    gaps = [later - earlier for earlier, later in zip(arrived, arrived[1:], strict=False)]
+    assert min(gaps) >= pause * 0.95, gaps
 
 
 def test_a_child_that_died_between_runs_is_started_again(store_url, make_core):

@@ -3,6 +3,7 @@ a concurrency cap global and per token, reflection off by default."""
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 
@@ -18,7 +19,10 @@ from hashsvc.v1 import hashsvc_pb2_grpc as pb_grpc
 from hashsvc_testing.image_media import encode, photo
 from tests.helpers import start_harness
 
-IDLE = 3.0  # stream_idle_seconds in these tests: long enough to measure, short to wait for
+# stream_idle_seconds in the idle-streams test: long enough to open its 1,000
+# calls and measure while the first are still open (3 s was not at load 10:
+# opening took 3.3 s), short to wait for
+IDLE = 8.0
 STREAMS_EACH = 200
 
 
@@ -118,12 +122,17 @@ def test_idle_streams_leave_room_for_match_and_health(tmp_path):
         for _ in range(5):
             assert m.matcher.Match(known, metadata=mmd, timeout=5).decision == pb.BLOCK
             assert health.Check(check, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
-        match_seconds = max(
+        # the median of 5: a call left waiting for a thread waits them all,
+        # until the first idle stream ends (IDLE after opening); one call
+        # descheduled on a loaded machine does not fail the test
+        match_seconds = statistics.median(
             _timed(lambda: m.matcher.Match(known, metadata=mmd, timeout=5)) for _ in range(5)
         )
-        health_seconds = max(_timed(lambda: health.Check(check, timeout=5)) for _ in range(5))
-        assert match_seconds < 0.1, f"Match took {match_seconds * 1000:.0f} ms"
-        assert health_seconds < 0.1, f"health check took {health_seconds * 1000:.0f} ms"
+        health_seconds = statistics.median(
+            _timed(lambda: health.Check(check, timeout=5)) for _ in range(5)
+        )
+        assert match_seconds < 0.5, f"Match took {match_seconds * 1000:.0f} ms"
+        assert health_seconds < 0.5, f"health check took {health_seconds * 1000:.0f} ms"
         # measured while the first admitted streams were still open and idle
         assert time.monotonic() - started < IDLE, "opening the streams took too long"
 
@@ -273,7 +282,8 @@ def test_streams_past_a_cap_are_refused_at_once_and_unary_calls_go_on(tmp_path):
             started = time.monotonic()
             with pytest.raises(grpc.RpcError) as err:
                 call()
-            assert time.monotonic() - started < 1, "a stream past the cap was not refused at once"
+            # a held stream would wait for stream_idle_seconds (30 s)
+            assert time.monotonic() - started < 5, "a stream past the cap was not refused at once"
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             return err.value.details()
 
@@ -441,12 +451,16 @@ def test_headers_only_calls_with_a_token_cannot_stall_the_server(tmp_path):
         assert h.running.unread.waiting() <= 5
         health = health_pb2_grpc.HealthStub(m.channel)
         probe = pb.MatchRequest(signal=pb.SignalValue(signal_type="md5", value="a" * 32))
+        took = []
         for _ in range(10):
             started = time.perf_counter()
             assert m.matcher.Match(probe, metadata=md, timeout=5).decision == pb.ALLOW
             check = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert check.status == health_pb2.HealthCheckResponse.SERVING
-            assert time.perf_counter() - started < 0.2
+            took.append(time.perf_counter() - started)
+        # the median: calls that waited for a held thread or a grace (0.5 s)
+        # would all wait; one descheduled on a loaded machine does not count
+        assert statistics.median(took) < 0.2, took
         done = [c for c in calls if c.done()]
         assert {c.code() for c in done} == {grpc.StatusCode.CANCELLED}
     finally:
@@ -464,22 +478,51 @@ class _Context:
         self.cancelled.set()
 
 
-def test_a_tokens_real_calls_past_its_unread_cap_are_not_cancelled_within_the_grace():
+class _Clock:
+    """time.monotonic for hashsvc.api.streams, moved on by the test only: what
+    is within the grace stays within it however long a loaded machine keeps
+    the test's thread waiting (with real time the watcher cancelled calls the
+    test was about to find uncancelled)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def _watched(unread, clock: _Clock, seconds: float) -> None:
+    """Moves the clock on by `seconds` and returns once the watcher has looked
+    at the waiting calls at that time: a call entered one idle deadline back
+    is cancelled in the same pass as the calls past a cap."""
+    probe = _Context()
+    clock.now -= unread.seconds
+    unread._enter(probe, anonymous=False)  # in no cap: only the deadline ends it
+    clock.now += unread.seconds + seconds
+    assert probe.cancelled.wait(30), "the watcher did not run"
+
+
+def test_a_tokens_real_calls_past_its_unread_cap_are_not_cancelled_within_the_grace(monkeypatch):
     """bench/loadtest.py on 2 busy cores: 8 clients on one token, and one real
     Match in 220 ended CANCELLED, evicted at once as the oldest of 5 calls
     whose message the busy server had not handed over yet. Past a cap, a call
     is now cancelled only once it has waited the grace; past twice the cap,
     the oldest go at once, so idle callers' threads stay bounded."""
+    from hashsvc.api import streams
     from hashsvc.api.streams import UnreadCalls
 
+    clock = _Clock()
+    monkeypatch.setattr(streams, "time", clock)
     unread = UnreadCalls(30.0, max_anonymous=2, max_per_token=3, max_with_token=100, grace=0.4)
     try:
         real = [_Context() for _ in range(5)]
         keys = [unread._enter(c, anonymous=False, token_id=1) for c in real]
         assert not any(c.cancelled.is_set() for c in real)  # over the cap, within the grace
+        _watched(unread, clock, 0.3)
+        assert not any(c.cancelled.is_set() for c in real)  # still within it
         for key in keys[:4]:
             unread._leave(key)  # their messages arrive
-        time.sleep(0.8)
+        _watched(unread, clock, 0.5)
         assert not any(c.cancelled.is_set() for c in real)
         unread._leave(keys[4])
 
@@ -488,22 +531,26 @@ def test_a_tokens_real_calls_past_its_unread_cap_are_not_cancelled_within_the_gr
             unread._enter(c, anonymous=False, token_id=2)
         # past twice the cap (6): the 2 oldest at once
         assert [c.cancelled.is_set() for c in idle] == [True] * 2 + [False] * 6
+        _watched(unread, clock, 0.3)
+        assert [c.cancelled.is_set() for c in idle] == [True] * 2 + [False] * 6
         # past the cap (3): the watcher takes the oldest 3 more after the grace
-        assert _wait(lambda: sum(c.cancelled.is_set() for c in idle) == 5, timeout=2)
-        time.sleep(0.5)
+        _watched(unread, clock, 0.2)
+        assert [c.cancelled.is_set() for c in idle] == [True] * 5 + [False] * 3
+        _watched(unread, clock, 0.5)
         assert [c.cancelled.is_set() for c in idle] == [True] * 5 + [False] * 3
         assert unread.waiting() == 3
         # another token's calls are not its to cancel
         other = _Context()
         unread._enter(other, anonymous=False, token_id=3)
-        time.sleep(0.6)
+        _watched(unread, clock, 0.6)
         assert not other.cancelled.is_set()
         # nor are health checks, capped on their own
         checks = [_Context() for _ in range(5)]
         for c in checks:
             unread._enter(c, anonymous=True)
         assert [c.cancelled.is_set() for c in checks] == [True] + [False] * 4
-        assert _wait(lambda: sum(c.cancelled.is_set() for c in checks) == 3, timeout=2)
+        _watched(unread, clock, 0.5)
+        assert [c.cancelled.is_set() for c in checks] == [True] * 3 + [False] * 2
         # a cancelled call's reader leaves as any other (grpc raises in it)
         unread._leave(0)
         assert unread.waiting() == 3 + 1 + 2

@@ -52,7 +52,7 @@ from hashsvc.media.dispatch import (
     head_of,
     size_of,
 )
-from hashsvc.media.hashing import HashingPool
+from hashsvc.media.hashing import HashingPool, StartedJob
 from hashsvc.media.limits import STAGE_LOCAL, STAGE_VIEWS
 
 log = logging.getLogger(__name__)
@@ -640,6 +640,7 @@ class Core:
             raise InvalidArgument("send media or a hash, not both")
         exact: list[Signal] = []
         known_bytes = False
+        kind = ""
         if query.media is not None:
             # The exact hashes first (hashsvc/core/two_step.py: NOT_HASHED):
             # during the caller's flood of exact copies, one that blocks
@@ -657,22 +658,42 @@ class Core:
         searched_exact = exact if known_bytes else []
         two_steps = query.media is not None and self.recent_blocks.flooding(flooder)
         stage = STAGE_VIEWS if two_steps else None
-        hashed = self._query_signals(query, stage)
-        media_type, own, notes = hashed.media_type, hashed.signals, hashed.notes
-        result = self.matcher.match([*searched_exact, *own], only_sets)
-        if not hashed.complete:
-            if result.blocked_everywhere:
-                notes = (*notes, LOCAL_NOT_COMPUTED)
-            else:
-                # the first step's decoded picture: not decoded again
-                local = self.hashing.hash_query(
-                    query.media, STAGE_LOCAL, picture=hashed.picture, exact=False
-                )
-                own = [*own, *local.signals]
+        second = self._second_step_ahead(query.media, kind) if two_steps else None
+        try:
+            hashed = self._query_signals(query, stage)
+            media_type, own, notes = hashed.media_type, hashed.signals, hashed.notes
+            result = self.matcher.match([*searched_exact, *own], only_sets)
+            if not hashed.complete and not result.blocked_everywhere:
+                if second is not None:
+                    rest, second = second.result(), None
+                else:
+                    # the first step's decoded picture: not decoded again
+                    rest = self.hashing.hash_query(
+                        query.media, STAGE_LOCAL, picture=hashed.picture, exact=False
+                    )
+                own = [*own, *rest.signals]
                 result = self.matcher.match([*searched_exact, *own], only_sets)
+            elif not hashed.complete:
+                # (a second step started ahead may be computing them: unused)
+                notes = (*notes, LOCAL_NOT_COMPUTED)
+        finally:
+            if second is not None:
+                second.abandon()
         if query.media is not None and media_type == media_kinds.IMAGE:
             self.recent_blocks.observe(flooder, result.blocked_everywhere)
         return media_type, [*exact, *own], (*notes, *result.notes), result
+
+    def _second_step_ahead(self, media: MediaSource, kind: str) -> StartedJob | None:
+        """An image's second step (STAGE_LOCAL) started beside its first on a
+        hashing worker that has nothing else to do (ImageLimits.
+        second_step_when_idle), or None: the first step's answer then says
+        whether it is needed at all. Not for a GIF: an animated one is hashed
+        whole as a video in its first step."""
+        if not self.config.image.second_step_when_idle or kind != sniff.IMAGE:
+            return None
+        if head_of(media).startswith(b"GIF"):
+            return None
+        return self.hashing.started_when_idle(media, STAGE_LOCAL, exact=False)
 
     def _exact_copy(
         self,

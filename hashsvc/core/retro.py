@@ -131,6 +131,9 @@ class RetroSettings:
     # "process": a batch the child scans for longer than this is given up
     # (the child killed, the run retried from its checkpoint)
     process_batch_seconds: float = 600.0
+    # "process": the child's CPU class, "nice" or "idle" (SCHED_IDLE too;
+    # Config.retro_process_cpu_class says why)
+    process_cpu_class: str = "nice"
     # A run whose step fails (the store restarted, a connection dropped, a
     # lock timed out) is retried from its checkpoint after retry_initial_
     # seconds, doubling up to retry_max_seconds; after max_attempts failed
@@ -193,6 +196,8 @@ class RetroHunt:
                     nice=settings.nice,
                     threads=settings.threads,
                     batch_seconds=settings.process_batch_seconds,
+                    pause_seconds=settings.pause_seconds,
+                    cpu_class=settings.process_cpu_class,
                 ),
                 policy.pdq,
                 local,
@@ -665,8 +670,8 @@ class RetroHunt:
                 if not lease.renew(last_id, read):
                     return False
                 checkpoint = last_id
-                if self.settings.pause_seconds:
-                    self._stopping.wait(self.settings.pause_seconds)
+                # no pause here: the child pauses before each batch
+                # (ProcessSettings.pause_seconds), while these hits were held
         if lease.lost:
             return False
         if self._stopping.is_set():

@@ -86,6 +86,14 @@ class ProcessSettings:
     threads: int = 1
     batch_seconds: float = 600.0
     connect_seconds: float = 10.0
+    # retro_pause_seconds: the child waits this long before each batch but
+    # a run's first. The wait is the child's, not the server's: the server
+    # asks for the next batch before it holds a batch's hits, so a pause of
+    # the server's overlapped the child's scan and paced nothing.
+    pause_seconds: float = 0.0
+    # "nice" or "idle": the child in Linux's SCHED_IDLE class too
+    # (Config.retro_process_cpu_class)
+    cpu_class: str = "nice"
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,8 @@ class BatchRequest:
     local: LocalFeatureMatching | None
     pdq_review_search: str | None
     connect_seconds: float
+    # how long the child waits before scanning it (retro_pause_seconds)
+    pause_seconds: float = 0.0
 
 
 Batch = tuple[int, int, list[tuple[HistoryUpload, list[Match]]]]
@@ -194,7 +204,7 @@ class ProcessRetroEngine:
         run's lease, renewed while waiting) answers False. Raises ChildFailed
         when the child dies, fails or takes too long."""
         with self._lock:
-            request = self._request(run, after_id, limit)
+            request = self._request(run, after_id, limit, pause_seconds=0.0)
             while True:
                 answer = self._wait(request.number, stopping, keep)
                 if answer is None:
@@ -206,7 +216,7 @@ class ProcessRetroEngine:
                     raise ChildFailed(f"the retro-hunt's scanning process failed: {payload}")
                 last_id = payload[0]
                 # the next batch is scanned while these hits are held
-                request = self._request(run, last_id, limit)
+                request = self._request(run, last_id, limit, self.settings.pause_seconds)
                 yield payload
 
     def start(self) -> int:
@@ -242,7 +252,9 @@ class ProcessRetroEngine:
 
     # -- the server's side of the pipe
 
-    def _request(self, run: RetroRun, after_id: int, limit: int) -> BatchRequest:
+    def _request(
+        self, run: RetroRun, after_id: int, limit: int, pause_seconds: float
+    ) -> BatchRequest:
         proc = self._child()
         self._number += 1
         pdq, local, review_search = self._scan_values
@@ -258,6 +270,7 @@ class ProcessRetroEngine:
             local,
             review_search,
             self.settings.connect_seconds,
+            pause_seconds,
         )
         try:
             _write_message(proc.stdin.fileno(), request)
@@ -276,7 +289,12 @@ class ProcessRetroEngine:
         fd = proc.stdout.fileno()
         # a batch's time limit is its own: a child still starting (its
         # imports, at retro_nice on a busy machine) has _START_SECONDS more
-        limit = self.settings.batch_seconds + (0 if self._ready else _START_SECONDS)
+        # (and its pause before the batch is not the batch's time)
+        limit = (
+            self.settings.batch_seconds
+            + self.settings.pause_seconds
+            + (0 if self._ready else _START_SECONDS)
+        )
         deadline = time.monotonic() + limit
         while True:
             if stopping.is_set() or not keep():
@@ -363,6 +381,8 @@ def _start_child(settings: ProcessSettings) -> subprocess.Popen:
             str(settings.nice),
             "--threads",
             str(settings.threads),
+            "--cpu-class",
+            settings.cpu_class,
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -416,19 +436,38 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _lower_every_thread(nice: int, cpu_class: str) -> None:
+    """This process at retro_nice and, for "idle", in SCHED_IDLE: each thread
+    running now, one by one (Linux sets both per thread; a thread an import
+    started, such as OpenBLAS's pool at numpy's, stayed at nice 0 in the
+    normal class), and so every thread started after (they inherit both)."""
+    if not hasattr(os, "setpriority"):
+        return
+    try:
+        tasks = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tasks = [0]  # no /proc: this thread, and the threads it starts
+    for task in tasks:
+        # (started from the niced hunting thread, it may be there already)
+        with suppress(OSError):
+            now = os.getpriority(os.PRIO_PROCESS, task)
+            os.setpriority(os.PRIO_PROCESS, task, min(19, max(now, nice)))
+        if cpu_class == "idle":
+            # a thread may always move into it (leaving it needs privileges);
+            # refused, the child ends before it is ready (the batch fails, its
+            # traceback in the log) rather than scan outside the class asked
+            os.sched_setscheduler(task, os.SCHED_IDLE, os.sched_param(0))
+
+
 def child_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hashsvc.core.retro_process")
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--nice", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cpu-class", choices=("nice", "idle"), default="nice")
     args = parser.parse_args(argv)
     _die_with_parent(args.parent)
-    if hasattr(os, "setpriority"):
-        # at retro_nice (started from the niced hunting thread, it may be
-        # there already), before any thread: every thread of it
-        with suppress(OSError):
-            now = os.getpriority(os.PRIO_PROCESS, 0)
-            os.setpriority(os.PRIO_PROCESS, 0, min(19, max(now, args.nice)))
+    _lower_every_thread(args.nice, args.cpu_class)
     logging.basicConfig(
         level=logging.WARNING, format="retro-hunt scanning process: %(levelname)s %(message)s"
     )
@@ -451,6 +490,9 @@ def child_main(argv: list[str] | None = None) -> int:
         while (request := _read_message(requests)) is not None:
             if not isinstance(request, BatchRequest):
                 raise TypeError(f"not a batch request: {type(request).__name__}")
+            if request.pause_seconds:
+                # the cores left to Match between batches (retro_pause_seconds)
+                time.sleep(request.pause_seconds)
             try:
                 store, scanner, _ = run_scanner(
                     request.store_url,

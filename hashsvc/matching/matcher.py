@@ -227,9 +227,10 @@ LOCAL_NOT_SEARCHED = (
     " matches found only by local features are not listed"
 )
 # ... or not even computed (hashsvc/media/limits.py: local_after_views_share).
+# Its band and region views neither: the whole picture's views blocked it.
 LOCAL_NOT_COMPUTED = (
     "local features not computed: exact or PDQ evidence blocks in every set asked;"
-    " matches found only by local features are not listed"
+    " matches found only by local features or by PDQ band and region views are not listed"
 )
 
 

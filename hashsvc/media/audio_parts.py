@@ -44,11 +44,14 @@ def block_spectra(pcm: np.ndarray, sample_rate: int) -> np.ndarray:
     spectrum = np.fft.rfft(frames, axis=1)
     power = spectrum.real**2
     power += spectrum.imag**2
-    band_of_bin = np.searchsorted(_BAND_EDGES_HZ, np.fft.rfftfreq(_FRAME, 1 / sample_rate)) - 1
-    bands = np.zeros((power.shape[1], len(_BAND_EDGES_HZ) - 1), dtype=np.float32)
-    inside = np.flatnonzero((band_of_bin >= 0) & (band_of_bin < bands.shape[1]))
-    bands[inside, band_of_bin[inside]] = 1.0
-    spectra = (power @ bands).reshape(n_blocks, frames_per_block, -1).mean(axis=1)
+    # Each band is a run of neighbouring bins, summed by reduceat, not by a
+    # matrix product: OpenBLAS would run that on threads that then spin
+    # (9 ms of CPU per 120 s on 2 cores, against 0.2 ms on one thread).
+    frequencies = np.fft.rfftfreq(_FRAME, 1 / sample_rate)
+    # a bin exactly on an edge belongs to the band below it
+    first_bins = np.searchsorted(frequencies, _BAND_EDGES_HZ, side="right")
+    bands = np.add.reduceat(power[:, : first_bins[-1]], first_bins[:-1], axis=1)
+    spectra = bands.reshape(n_blocks, frames_per_block, -1).mean(axis=1)
     return spectra.astype(np.float64)  # best_join's cumulative sums run over minutes
 
 

@@ -31,8 +31,8 @@ class Hashed:
     # What was left out within the limits (pages past max_pages, audio past
     # max_seconds, a sound track with nothing to match), for the caller.
     notes: tuple[str, ...] = ()
-    # False for an image's first step (STAGE_VIEWS): its local features are
-    # still to come (STAGE_LOCAL).
+    # False for an image's first step (STAGE_VIEWS): its band and region
+    # views and its local features are still to come (STAGE_LOCAL).
     complete: bool = True
     # An image's first step: the picture as decoded (a numpy array), handed
     # to its second step so that one does not decode the upload again (~1.4
@@ -88,10 +88,11 @@ def hash_media(
 ) -> Hashed:
     """All signals of one upload (for a query, `part` selects half of an image's
     views so two workers can share it; other kinds ignore it). `stage`
-    (queries): STAGE_VIEWS, an image's exact hashes and PDQ views (incomplete:
-    its local features are STAGE_LOCAL's; with the decoded `picture`), any
-    other media whole; STAGE_LOCAL, an image's local features alone, from the
-    first step's `picture` when given (else decoded again). `exact` False:
+    (queries): STAGE_VIEWS, an image's exact hashes and the PDQ views of its
+    whole picture (incomplete: its band and region views and local features
+    are STAGE_LOCAL's; with the decoded `picture`), any other media whole;
+    STAGE_LOCAL, an image's band and region views and local features, from
+    the first step's `picture` when given (else decoded again). `exact` False:
     without the MD5 and SHA-256 (the caller has them already)."""
     if stage not in (None, STAGE_VIEWS, STAGE_LOCAL) or (stage and not for_query):
         raise ValueError(f"unknown hashing stage {stage!r}")

@@ -17,7 +17,7 @@ import os
 import resource
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 
@@ -69,6 +69,8 @@ class HashingPool:
         self.split_queries = split_queries
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = self._new_pool() if workers > 0 else None
+        # jobs submitted and not done yet (started_when_idle's test)
+        self._busy = 0
 
     def _new_pool(self) -> ProcessPoolExecutor:
         # spawn, not fork: forking a process that runs gRPC threads is unsafe.
@@ -110,6 +112,45 @@ class HashingPool:
         the MD5 and SHA-256 (dispatch.hash_media)."""
         return self._run(source, for_query=True, stage=stage, picture=picture, exact=exact)
 
+    def started_when_idle(
+        self, source: MediaSource, stage: str, exact: bool = True
+    ) -> StartedJob | None:
+        """hash_query(source, stage) started now on a worker that has nothing
+        else to do, for the caller to collect (StartedJob.result) or drop
+        (StartedJob.abandon); None, nothing started, unless a worker is left
+        free beside it for the job the caller submits next (which it must not
+        delay: the jobs queue in order), so never with one worker or none, and
+        unless the machine has a core to spare (spare_core): a job that may go
+        unused must not take CPU that other work is waiting for."""
+        if self._pool is None:
+            return None
+        with self._lock:
+            if self._busy + 2 > self.workers:
+                return None
+        if not spare_core():
+            return None
+        is_image = self.check(source) == sniff.IMAGE
+        timeout = self.timeout_seconds if is_image else self.media_timeout_seconds
+        pool = self._pool
+        try:
+            future = self._submit(
+                pool, hash_media, source, self.limits, True, None, stage, None, exact
+            )
+        except RuntimeError:
+            return None  # the pool was just replaced: hashed in turn instead
+        return StartedJob(self, pool, future, time.monotonic() + timeout, is_image)
+
+    def _submit(self, pool: ProcessPoolExecutor, *job) -> Future:
+        future = pool.submit(*job)
+        with self._lock:
+            self._busy += 1
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _: Future) -> None:
+        with self._lock:
+            self._busy -= 1
+
     def check(self, source: MediaSource) -> str:
         """The checks made before any job is sent (not empty, a format we
         read, an image within max_bytes): its sniffed kind, or their error."""
@@ -144,29 +185,20 @@ class HashingPool:
                 # Both halves at once on two workers: an upload's latency
                 # halves, at the cost of decoding it twice.
                 futures = [
-                    pool.submit(hash_media, source, self.limits, True, part, None, None, exact)
+                    self._submit(
+                        pool, hash_media, source, self.limits, True, part, None, None, exact
+                    )
                     for part in range(QUERY_PARTS)
                 ]
                 deadline = time.monotonic() + timeout
-                parts = [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
+                parts = [self._result(pool, f, deadline, is_image) for f in futures]
                 return Hashed(
                     parts[0].media_type, [s for p in parts for s in p.signals], parts[0].notes
                 )
-            future = pool.submit(
-                hash_media, source, self.limits, for_query, None, stage, picture, exact
+            future = self._submit(
+                pool, hash_media, source, self.limits, for_query, None, stage, picture, exact
             )
-            return future.result(timeout=timeout)
-        except FutureTimeout:
-            log.error("hashing took over %.1f s; replacing the workers", timeout)
-            self._replace(pool, kill=True)
-            setting = "hash_timeout_seconds" if is_image else "media_timeout_seconds"
-            raise Timeout(f"hashing the media took longer than {timeout:g} s ({setting})") from None
-        except BrokenProcessPool:
-            # A worker died (crash, killed for memory): fail this request,
-            # replace the pool, keep serving.
-            log.error("hashing worker died; replacing the pool")
-            self._replace(pool, kill=False)
-            raise Unavailable("the media could not be hashed: the hashing worker died") from None
+            return self._result(pool, future, time.monotonic() + timeout, is_image)
         except RuntimeError:
             # Another request replaced the pool (a worker died or hung) between
             # our reading self._pool and submitting to it: "cannot schedule new
@@ -177,9 +209,77 @@ class HashingPool:
                 source, for_query, retried=True, stage=stage, picture=picture, exact=exact
             )
 
+    def _result(
+        self, pool: ProcessPoolExecutor, future: Future, deadline: float, is_image: bool
+    ) -> Hashed:
+        """A job's answer by its deadline; the pool replaced when the job hung
+        (its worker killed) or a worker died."""
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            timeout = self.timeout_seconds if is_image else self.media_timeout_seconds
+            log.error("hashing took over %.1f s; replacing the workers", timeout)
+            self._replace(pool, kill=True)
+            setting = "hash_timeout_seconds" if is_image else "media_timeout_seconds"
+            raise Timeout(f"hashing the media took longer than {timeout:g} s ({setting})") from None
+        except BrokenProcessPool:
+            # A worker died (crash, killed for memory): fail this request,
+            # replace the pool, keep serving.
+            log.error("hashing worker died; replacing the pool")
+            self._replace(pool, kill=False)
+            raise Unavailable("the media could not be hashed: the hashing worker died") from None
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def spare_core() -> bool:
+    """Whether the machine's cores are not all taken: its load average over
+    the last minute (runnable processes, this server's own included) is under
+    the cores this process may run on. On a machine already loaded, a job
+    started ahead runs in the time of the jobs the caller waits for."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return os.getloadavg()[0] < cores
+
+
+class StartedJob:
+    """A hashing job started ahead of need (HashingPool.started_when_idle)."""
+
+    def __init__(
+        self,
+        hashing: HashingPool,
+        pool: ProcessPoolExecutor,
+        future: Future,
+        deadline: float,
+        is_image: bool,
+    ) -> None:
+        self._hashing = hashing
+        self._pool = pool
+        self._future = future
+        self._deadline = deadline
+        self._is_image = is_image
+
+    def result(self) -> Hashed:
+        """Its answer, or the errors HashingPool.hash_query gives."""
+        return self._hashing._result(self._pool, self._future, self._deadline, self._is_image)
+
+    def abandon(self) -> None:
+        """Not needed after all. A job running already cannot be stopped, but
+        one that hangs is still held to its deadline: waited for on a thread
+        of its own, its worker killed and the pool replaced as for any job."""
+        if self._future.cancel() or self._future.done():
+            return
+        threading.Thread(target=self._reap, daemon=True, name="hashing-abandoned").start()
+
+    def _reap(self) -> None:
+        try:
+            self.result()
+        except Exception as exc:  # nobody waits for its answer; the pool is whole again
+            log.info("an abandoned hashing job failed: %s", exc)
 
 
 def _noop(_: int) -> None:

@@ -347,9 +347,10 @@ def picture_signals(
 ) -> list[Signal]:
     """A picture's PDQ views and local features (not its exact hashes), for a
     query (`part` 0 or 1: one half, as in hash_query; `stage` STAGE_VIEWS or
-    STAGE_LOCAL: the views alone or the local features alone, see
-    hashsvc/media/dispatch.py; `decoded`: the upload as its first step
-    decoded it, see first_step) or a known picture.
+    STAGE_LOCAL: an upload's two steps, which are its two halves: part 0, the
+    views of the whole picture, and part 1, the band and region views with
+    the local features, see hashsvc/media/dispatch.py; `decoded`: the upload
+    as its first step decoded it, see first_step) or a known picture.
 
     The local features (ORB on the whole picture, then on an upload's tiles)
     run in a second thread while this one hashes the PDQ views
@@ -377,22 +378,29 @@ def picture_signals(
             found += region_signals(rgb, data, limits, grey)
         return found
 
-    if part not in (None, 1) or stage == STAGE_VIEWS:
-        # one half of a split query carries them (the regions' half), or a second step
+    # Two steps are a split query's two halves, one after the other: the
+    # whole picture's views decide a flood's blocked copies (~2 ms of views
+    # less than all of them), and the band and region views of an upload that
+    # is not blocked are hashed in the second step, beside its local features.
+    if stage == STAGE_VIEWS:
+        part = 0
+    elif stage == STAGE_LOCAL:
+        part = 1
+    if part == 0:
+        # the regions' half (part 1) carries the local features
         return upload_views(rgb, part)
-    if stage == STAGE_LOCAL:
-        return local()
     pending = _in_background(local) if limits.local_features_thread else None
     views = upload_views(rgb, part) if for_query else known_views(rgb)
     return [*views, *(pending.result() if pending is not None else local())]
 
 
 def first_step(data: bytes, limits: ImageLimits) -> tuple[list[Signal], np.ndarray]:
-    """An upload's first step of two (STAGE_VIEWS): its PDQ views, and the
-    picture as decoded for them, which its second step (picture_signals'
-    `decoded`) takes instead of decoding the upload again."""
+    """An upload's first step of two (STAGE_VIEWS): the PDQ views of its whole
+    picture (upload_views' part 0), and the picture as decoded for them,
+    which its second step (picture_signals' `decoded`) takes instead of
+    decoding the upload again."""
     rgb = decode_query(data, limits, at_least=QUERY_DECODE_SIDE)
-    return upload_views(rgb), rgb
+    return upload_views(rgb, 0), rgb
 
 
 _background: ThreadPoolExecutor | None = None
@@ -575,10 +583,12 @@ def _tiles_need_pixels(rgb: np.ndarray, boxes: list[local_regions.Box], upload_s
 def upload_views(rgb: np.ndarray, part: int | None = None) -> list[Signal]:
     """The PDQ views of an uploaded picture: query_views and, when those
     squashed it, the picture hashed as partners hash it (unsquashed_view)."""
-    signals = query_views(rgb, part)
+    # in the order of a split query's halves and of two steps: part 0's views
+    # and the unsquashed one, then part 1's
+    first, second = _query_view_parts(rgb, part)
     if part in (None, 0) and max(rgb.shape[:2]) > VIEW_SIDE:
-        signals.append(unsquashed_view(rgb))
-    return signals
+        first.append(unsquashed_view(rgb))
+    return [*first, *second]
 
 
 def unsquashed_view(rgb: np.ndarray) -> Signal:
@@ -599,12 +609,22 @@ def query_views(rgb: np.ndarray, part: int | None = None) -> list[Signal]:
     Every view is a rectangle of one VIEW_SIDE picture (here `reference` and
     `small` are the same array), hashed from its luma computed once
     (hashsvc/media/pdq_luma.py: the bits pdqhash gives, ~8x cheaper a view)."""
+    first, second = _query_view_parts(rgb, part)
+    return [*first, *second]
+
+
+def _query_view_parts(
+    rgb: np.ndarray, part: int | None = None
+) -> tuple[list[Signal], list[Signal]]:
+    """query_views of part 0 (the whole picture: dihedral, untrimmed, corners)
+    and of part 1 (bands, regions): each empty when `part` leaves it out."""
     views = _Views(rgb, reference_side=VIEW_SIDE)
     whole = pdq_luma.luma(views.small)
     small = regions.cut(whole, views.border) if views.border else whole
     gray = views.picture_small()[1]
     hasher = pdq_luma.pdq
     signals: list[Signal] = []
+    second: list[Signal] = []
     if part in (None, 0):
         if views.border:
             # the upload as is, as another platform would hash it
@@ -615,10 +635,10 @@ def query_views(rgb: np.ndarray, part: int | None = None) -> list[Signal]:
         if not _plain_corners(gray):
             signals.extend(_corner_views(small, hasher))
     if part in (None, 1):
-        signals.extend(_content_views(small, gray, hasher))
+        second.extend(_content_views(small, gray, hasher))
         for n, box in enumerate(regions.candidate_boxes(gray)):
-            signals.append(_pdq_signal(regions.cut(small, box), f"region_{n}", hasher))
+            second.append(_pdq_signal(regions.cut(small, box), f"region_{n}", hasher))
         textured = regions.textured_box(gray)
         if textured is not None:
-            signals.append(_pdq_signal(regions.cut(small, textured), "textured", hasher))
-    return _informative(signals)
+            second.append(_pdq_signal(regions.cut(small, textured), "textured", hasher))
+    return _informative(signals), _informative(second)

@@ -46,17 +46,25 @@ class ImageLimits:
     # upload's 10-25 ms of hashing) cannot change a decision that exact or PDQ
     # evidence makes BLOCK in every set asked. When at least this share of the
     # last local_after_views_window image uploads were blocked so (a flood of
-    # known pictures), uploads are hashed in two steps: exact hashes and PDQ
-    # views, matched; then the local features only if they could still
-    # decide. A blocked upload then costs its views alone; any other one a
-    # second decode and job (~2 ms) and its views and features one after the
-    # other, not side by side. 0: always two steps; above 1: never.
+    # known pictures), uploads are hashed in two steps: exact hashes and the
+    # PDQ views of the whole picture, matched; then the band and region views
+    # and the local features (side by side) only if they could still decide.
+    # A blocked upload then costs its whole-picture views alone; any other one
+    # a second job and its whole-picture views and the rest one after the
+    # other. 0: always two steps; above 1: never.
     local_after_views_share: float = 0.25
     local_after_views_window: int = 64
     # The share is counted per caller (token): one caller's flood turns two
     # steps on for that caller only. Windows kept at most (~1 KB each), the
     # least recently seen caller's dropped first.
     local_after_views_callers: int = 1000
+    # In two steps, an image's second step starts beside its first when a
+    # hashing worker has no job and the machine a core to spare (its 1-minute
+    # load average under its cores; it decodes the upload itself): an upload
+    # that is not blocked then waits for the longer step, not for both one
+    # after the other; a blocked one leaves it unused (~8 ms of CPU that no
+    # other job wanted). Never when the workers or the cores are busy.
+    second_step_when_idle: bool = True
 
     def __post_init__(self) -> None:
         if self.features_enlarge_below < 0:
@@ -227,7 +235,9 @@ class MediaLimits:
 # processes can hash one upload at once (each decodes it: ~1.5 ms).
 QUERY_PARTS = 2
 # What one hashing job of an upload computes (HashingPool.hash_query's
-# `stage`): everything (None), an image's exact hashes and PDQ views, or its
-# local features; other kinds of media are hashed whole in the first step.
+# `stage`): everything (None), an image's exact hashes and the PDQ views of
+# its whole picture (query part 0), or the rest: its band and region views and
+# local features (part 1); other kinds of media are hashed whole in the first
+# step.
 STAGE_VIEWS = "views"
 STAGE_LOCAL = "local"

@@ -1,0 +1,176 @@
+"""In two steps (a flood of known pictures), an image's second step starts
+beside its first when a hashing worker has nothing else to do and the machine
+a core to spare (ImageLimits.second_step_when_idle): the answers are those of
+two steps one after the other; a blocked upload leaves it unused; it never
+takes the worker the first step needs, nor a loaded machine's CPU; and a job
+left unused that hangs is still killed at its deadline. The machine's load is
+set by the tests that need it either way (this one runs on loaded machines)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hashdb import Thresholds
+from hashsvc.core.config import Config
+from hashsvc.core.core import Core, MatchQuery
+from hashsvc.matching.matcher import LOCAL_NOT_COMPUTED
+from hashsvc.media import hashing as hashing_module
+from hashsvc.media.hashing import HashingPool, StartedJob, spare_core
+from hashsvc.media.limits import STAGE_LOCAL, ImageLimits
+from hashsvc_testing import local_media
+from hashsvc_testing.image_media import encode as encode_image
+from hashsvc_testing.vectors import vector
+
+BRIDGE = ("threatexchange", "pdq", "data", "reg-test-input", "dih", "bridge-1-original.jpg")
+
+
+@pytest.fixture(scope="module")
+def pictures() -> dict[str, bytes]:
+    bridge = Image.open(vector(*BRIDGE)).convert("RGB")
+    return {
+        "bridge": encode_image(bridge, "JPEG", quality=85),
+        # the same picture in another file: PDQ blocks it, the exact hashes do not
+        "bridge_again": encode_image(bridge, "JPEG", quality=70),
+        # a crop PDQ cannot see: local features only
+        "bridge_crop": encode_image(
+            local_media.crop(bridge, np.random.default_rng(0), 0.2), "JPEG", quality=85
+        ),
+    }
+
+
+def _idle(hashing: HashingPool) -> None:
+    """Until no job of the pool is running (an unused second step ends)."""
+    deadline = time.monotonic() + 60
+    while hashing._busy:
+        assert time.monotonic() < deadline, hashing._busy
+        time.sleep(0.02)
+
+
+def _worker_core(db_url: str, known: bytes, ahead: bool) -> Core:
+    """A core hashing in two worker processes, always in two steps."""
+    core = Core.open(
+        Config(
+            db_url=db_url,
+            workers=2,
+            image=ImageLimits(local_after_views_share=0, second_step_when_idle=ahead),
+        )
+    )
+    core.start()
+    core.curation.create_set("a", thresholds={"pdq": Thresholds(31, 56)})
+    core.curation.add_entry("a", "bridge", {}, "op", media=known)
+    return core
+
+
+@pytest.fixture
+def quiet_machine(monkeypatch):
+    monkeypatch.setattr(hashing_module, "spare_core", lambda: True)
+
+
+def test_a_second_step_started_ahead_answers_as_two_steps_in_turn(
+    tmp_path, pictures, quiet_machine
+):
+    ahead = _worker_core(f"sqlite:///{tmp_path}/ahead.db", pictures["bridge"], True)
+    in_turn = _worker_core(f"sqlite:///{tmp_path}/in_turn.db", pictures["bridge"], False)
+    started: list[StartedJob | None] = []
+    started_when_idle = ahead.hashing.started_when_idle
+
+    def counted(*args, **kwargs):
+        started.append(started_when_idle(*args, **kwargs))
+        return started[-1]
+
+    ahead.hashing.started_when_idle = counted
+    try:
+        answers = {}
+        for name in ("bridge_crop", "bridge_again"):
+            _idle(ahead.hashing)
+            got = ahead.match(MatchQuery(media=pictures[name]), caller="t")
+            expected = in_turn.match(MatchQuery(media=pictures[name]), caller="t")
+            assert got.decision == expected.decision
+            assert [(m.entry_name, m.signal_type, m.decision) for m in got.matches] == [
+                (m.entry_name, m.signal_type, m.decision) for m in expected.matches
+            ]
+            assert got.query_signals == expected.query_signals
+            assert got.notes == expected.notes
+            answers[name] = got
+        assert len(started) == 2 and all(s is not None for s in started)
+        # the crop, found by the second step started ahead (local features)
+        crop = answers["bridge_crop"]
+        assert crop.decision in ("block", "review")
+        assert crop.matches[0].signal_type == "local_features"
+        # blocked by its first step: the second, started ahead, left unused
+        again = answers["bridge_again"]
+        assert again.decision == "block" and LOCAL_NOT_COMPUTED in again.notes
+        assert not any(s.kind == "local_features" for s in again.query_signals)
+        _idle(ahead.hashing)  # and it ends, freeing its worker
+    finally:
+        ahead.close()
+        in_turn.close()
+
+
+def test_no_second_step_ahead_without_a_worker_left_for_the_first(pictures, quiet_machine):
+    one = HashingPool(1, ImageLimits())
+    two = HashingPool(2, ImageLimits())
+    try:
+        assert one.started_when_idle(pictures["bridge"], STAGE_LOCAL) is None
+        two.warm_up()
+        busy = two._submit(two._pool, time.sleep, 2.0)
+        # one worker is busy: the other is the first step's
+        assert two.started_when_idle(pictures["bridge"], STAGE_LOCAL) is None
+        busy.result(timeout=30)
+        _idle(two)
+        job = two.started_when_idle(pictures["bridge"], STAGE_LOCAL, exact=False)
+        assert job is not None
+        signals = job.result().signals
+        assert any(s.kind == "local_features" for s in signals)
+        assert not any(s.kind in ("md5", "sha256") for s in signals)
+    finally:
+        one.close()
+        two.close()
+
+
+def test_no_second_step_ahead_on_a_loaded_machine(pictures, monkeypatch):
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 0.5, 0.0, 0.0))
+    assert not spare_core()
+    hashing = HashingPool(2, ImageLimits())
+    try:
+        hashing.warm_up()
+        _idle(hashing)
+        assert hashing.started_when_idle(pictures["bridge"], STAGE_LOCAL) is None
+        monkeypatch.setattr(os, "getloadavg", lambda: (cores - 0.5, 0.0, 0.0))
+        assert spare_core()
+        job = hashing.started_when_idle(pictures["bridge"], STAGE_LOCAL)
+        assert job is not None
+        job.result()
+    finally:
+        hashing.close()
+
+
+def test_an_unused_job_that_hangs_is_killed_at_its_deadline():
+    """Nobody waits for an abandoned job's answer, but a decoder that hangs
+    must not hold its worker forever: the worker is killed at the job's
+    deadline and the pool replaced, as when a caller waits."""
+    hashing = HashingPool(2, ImageLimits(), timeout_seconds=1.0)
+    try:
+        hashing.warm_up()
+        pool = hashing._pool
+        processes = list(pool._processes.values())
+        hung = hashing._submit(pool, time.sleep, 120)  # a job that will not end by itself
+        deadline = time.monotonic() + 30
+        while not hung.running():  # handed to the workers: too late to cancel
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        StartedJob(hashing, pool, hung, time.monotonic() + 1.0, True).abandon()
+        deadline = time.monotonic() + 30
+        while hashing._pool is pool or any(p.is_alive() for p in processes):
+            assert time.monotonic() < deadline, "the hung job's worker still runs"
+            time.sleep(0.05)
+        assert hashing._pool.submit(sum, [1, 2]).result(timeout=30) == 3  # the new pool serves
+    finally:
+        hashing.close()
