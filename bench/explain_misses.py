@@ -165,15 +165,24 @@ class MissExplainer:
         index = self.core.live.features
         query_sigs = [s for s in outcome.query_signals if s.kind == "local_features"]
         decoded = [local_features.decode(s.value) for s in query_sigs]
-        results = index.search([f.descriptors for f in decoded], config.top_k)
-        ranked = []
+        # deeper than top_k, to say how far out of it the entry was
+        results = index.search([f.descriptors for f in decoded], max(64, config.top_k))
+        ranked, beyond = [], []
         for s, hits in zip(query_sigs, results, strict=True):
             for place, (sid, votes) in enumerate(hits, 1):
-                ranked.append((place, -votes, s.variant, split_signal_id(sid)[0], votes))
+                row = (place, -votes, s.variant, split_signal_id(sid)[0], votes)
+                (ranked if place <= config.top_k else beyond).append(row)
         ranked.sort(key=lambda r: (r[0], r[1]))
         own = [r for r in ranked if r[3] == entry_id and r[2] == sig.variant]
         if not own:
-            return "index: not in top_k"
+            deeper = [r for r in beyond if r[3] == entry_id and r[2] == sig.variant]
+            if not deeper:
+                return "index: not in top_k"
+            worst_kept = min((r[4] for r in ranked if r[2] == sig.variant), default=0.0)
+            return (
+                f"index: not in top_k (place {deeper[0][0]}, {deeper[0][4]:.3f};"
+                f" place {config.top_k} {worst_kept:.3f})"
+            )
         kept = [r for r in ranked if r[4] >= config.min_votes][: config.max_verified]
         spare = min(config.max_verified_spare, config.max_verified - len(kept))
         if spare > 0:  # the matcher's spare pass (Matcher._search_local)
