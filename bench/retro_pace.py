@@ -12,6 +12,8 @@ Conditions, each while Match runs in a loop on this thread:
   time, almost no memory traffic);
 - streamer: another process at retro_nice copying 128 MB arrays (memory
   bandwidth and the shared L3, as a scan reading its history pages does);
+- spinner-idle, streamer-group, ...: the same in SCHED_IDLE, or in a
+  session (an autogroup) of its own at retro_nice;
 - pause=P: a real hunt (RetroHunt.scan, retro_engine = "process") with
   retro_pause_seconds P over the whole history.
 
@@ -172,14 +174,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10_000, help="retro_batch_records")
     parser.add_argument("--pauses", default="0,0.05", help="retro_pause_seconds to compare")
     parser.add_argument("--beside", default="spinner,streamer", help="stand-ins to compare")
-    parser.add_argument(
-        "--cpu-classes",
-        default="nice",
-        help="retro_process_cpu_class of the hunts: nice, idle or both (nice,idle)",
-    )
     args = parser.parse_args()
     pauses = [float(p) for p in args.pauses.split(",") if p]
-    classes = [c for c in args.cpu_classes.split(",") if c]
     besides = [b for b in args.beside.split(",") if b]
     search_on_this_thread()
     tmp = tempfile.mkdtemp(prefix="bench-retro-pace-")
@@ -187,6 +183,9 @@ def main() -> None:
     config = Config(
         db_url=f"sqlite:///{db}",
         workers=1,
+        # one hashing worker throughout: a replaced one's CPU would be lost
+        # from Match's CPU a call
+        worker_max_jobs=0,
         retro_poll_seconds=3600,
         retro_engine="process",
         retro_nice=args.nice,
@@ -222,7 +221,7 @@ def main() -> None:
         matches(1.0)  # warm
         steps.take()
 
-        def hunt(pause: float, cpu_class: str) -> tuple[float, int]:
+        def hunt(pause: float) -> tuple[float, int]:
             run = core.store.create_retro_run(
                 "bench", "bench", hash_set.id, entry_ids, to_micros(datetime.now(UTC)) - 10**15
             )
@@ -233,25 +232,13 @@ def main() -> None:
             core.retro.scan(claimed)
             return time.perf_counter() - started, len(core.store.retro_matches_of(run.id))
 
-        def use_class(cpu_class: str) -> None:
-            if child.settings.cpu_class != cpu_class:
-                # a child in the other class (a process cannot leave SCHED_IDLE),
-                # started before the measurement
-                child.close()
-                child._closed = False
-                child.settings = replace(child.settings, cpu_class=cpu_class)
-                child_pids.add(child.start())
-
         def measure(condition: str) -> dict:
-            if condition.startswith("pause="):
-                use_class(condition.partition(" ")[2] or "nice")
             threads, children = thread_cpu(), child_cpu()
             tasks = sched_times(child_pids)
             wall, hits = 0.0, None
             if condition.startswith("pause="):
-                pause, _, cpu_class = condition[6:].partition(" ")
                 (wall, hits), during = match_during(
-                    core, images, lambda: hunt(float(pause), cpu_class or "nice"), args.nice
+                    core, images, lambda: hunt(float(condition[6:])), args.nice
                 )
                 found = during
             elif condition == "idle":
@@ -282,11 +269,7 @@ def main() -> None:
                 "hits": hits,
             }
 
-        conditions = [
-            "idle",
-            *besides,
-            *(f"pause={p:g}{'' if c == 'nice' else ' ' + c}" for p in pauses for c in classes),
-        ]
+        conditions = ["idle", *besides, *(f"pause={p:g}" for p in pauses)]
         results: dict[str, list[dict]] = defaultdict(list)
         for number in range(args.rounds):
             shift = number % len(conditions)

@@ -197,24 +197,7 @@ class SQLiteStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
     def _insert_rows(self, cur, table: str, columns: str, rows: list[tuple]) -> None:
         if not rows:
             return
-        width = len(rows[0])
-        if len(rows) >= _JSON_ROWS:
-            # Many rows as one statement over a JSON array (a feed page's item
-            # mapping: thousands): executemany() binds each row and gives the
-            # GIL up and takes it back around each row's step, inside a write
-            # transaction that holds the writer lock a Match's history record
-            # waits for. Text, integers and NULL only (a blob or a NaN is not JSON).
-            try:
-                array = json.dumps(rows, allow_nan=False)
-            except (TypeError, ValueError):
-                pass
-            else:
-                picks = ", ".join(f"json_extract(value, '$[{n}]')" for n in range(width))
-                cur.execute(
-                    f"INSERT INTO {table} ({columns}) SELECT {picks} FROM json_each(?)", (array,)
-                )
-                return
-        marks = ", ".join("?" * width)
+        marks = ", ".join("?" * len(rows[0]))
         cur.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows)
 
     def _existing(self, cur, set_id: int, names: list[str]) -> dict[str, tuple[int, str]]:
@@ -390,8 +373,6 @@ def _retry_locked(action, attempts: int = 100) -> None:
             time.sleep(0.02)
 
 
-# From how many rows _insert_rows writes them as one JSON array
-_JSON_ROWS = 64
 # How often the background thread looks at the WAL, and from what size it
 # checkpoints it (SQLite's automatic checkpoint: 1000 pages).
 CHECKPOINT_INTERVAL = 1.0

@@ -240,3 +240,18 @@ def test_a_match_record_waits_only_for_the_write_under_way_on_sqlite(tmp_path):
     finally:
         release.set()
         store.close()
+
+
+def test_the_server_hands_the_gil_to_a_waiting_match_within_its_setting(harness):
+    """A Match waits for the GIL at each store round trip while a fetch's
+    threads are busy in Python: the server sets how soon a busy thread
+    hands it over (Config.gil_switch_seconds), and refuses what cannot work."""
+    import sys
+
+    from hashsvc.core.config import Config
+
+    assert harness.core.config.gil_switch_seconds == 0.001
+    assert sys.getswitchinterval() == pytest.approx(0.001)
+    for bad in (-0.001, 2.0, float("nan")):
+        with pytest.raises(ValueError, match="gil_switch_seconds"):
+            Config(gil_switch_seconds=bad)

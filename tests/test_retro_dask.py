@@ -133,6 +133,13 @@ def _dask(cluster, **more) -> dict:
     }
 
 
+# A scheduler nobody reaches: each of the run's retro_max_attempts (5)
+# attempts fails after a second, retried at once (the default backoff, 2 s
+# doubling, waited 30 s before the run failed: what a run's retries wait is
+# tests/test_retro_faults.py's)
+UNREACHABLE = {"retro_engine_connect_seconds": 1, "retro_retry_initial_seconds": 0.05}
+
+
 def test_dask_run_finds_what_the_in_process_run_finds(make_core, pg_url, cluster):
     """The same history on two stores: one run in process, one on the
     cluster; the same hits (entry, upload, decision), each once, from
@@ -201,9 +208,7 @@ def test_unreachable_scheduler_fails_the_run_and_it_resumes(make_core, pg_url, c
     and why, with no hit and no partition done (never done with 0 hits);
     resumed with the scheduler named right, it finds every hit."""
     nowhere = "tcp://127.0.0.1:9"  # discard: nothing listens
-    core = make_core(
-        pg_url, **_dask(cluster, retro_scheduler_address=nowhere, retro_engine_connect_seconds=1)
-    )
+    core = make_core(pg_url, **_dask(cluster, **UNREACHABLE, retro_scheduler_address=nowhere))
     expected = _plant(core)
     run = _hunt(core)
     assert run.state == "failed" and run.hits == 0
@@ -286,9 +291,7 @@ def test_retro_run_cli_on_dask_fails_then_resumes(
     `retro run --resume ID` on a server that reaches it finds the upload let
     through; a run that did not fail does not resume."""
     nowhere = "tcp://127.0.0.1:9"
-    harness = make_harness(
-        pg_url, **_dask(cluster, retro_scheduler_address=nowhere, retro_engine_connect_seconds=1)
-    )
+    harness = make_harness(pg_url, **_dask(cluster, **UNREACHABLE, retro_scheduler_address=nowhere))
     ops, op_md = harness.stubs("operator")
     m, m_md = harness.stubs("matcher")
     ops.curation.CreateSet(pb.CreateSetRequest(name="isis"), metadata=op_md)

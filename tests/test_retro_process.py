@@ -94,7 +94,6 @@ def test_the_child_scans_runs_niced_and_ends_with_the_server(store_url, make_cor
     pid = core.retro.child.pid
     assert pid is not None and pid != os.getpid()
     assert os.getpriority(os.PRIO_PROCESS, pid) >= 7
-    assert os.sched_getscheduler(pid) == os.SCHED_OTHER  # retro_process_cpu_class "nice"
     # one long-lived child: the next run is scanned by the same one
     again = core.retro.start_run("op", "s")
     again = _wait(core.store, again.id, lambda r: r.state == "done")
@@ -106,11 +105,11 @@ def test_the_child_scans_runs_niced_and_ends_with_the_server(store_url, make_cor
     assert not _alive(pid)
 
 
-def test_a_child_in_the_idle_class_scans_every_copy(store_url, make_core):
-    """retro_process_cpu_class = "idle": the child and all its threads in
-    SCHED_IDLE (a waking Match thread takes its core at once), at retro_nice
-    too; the run finds every copy, each once."""
-    core = make_core(store_url, **SETTINGS, retro_threads=2, retro_process_cpu_class="idle")
+def test_every_thread_of_the_child_is_niced(store_url, make_core):
+    """retro_nice reaches each thread of the child, also one an import started
+    before the child lowered itself (OpenBLAS's, at numpy's import: it stayed
+    at nice 0), and its helper threads (retro_threads)."""
+    core = make_core(store_url, **SETTINGS, retro_threads=2, retro_nice=10)
     copies = _uploads(core.store)
     core.curation.create_set("s")
     core.curation.add_entry("s", "e", {}, "op", signal=("pdq", KNOWN.hex(), None))
@@ -120,24 +119,8 @@ def test_a_child_in_the_idle_class_scans_every_copy(store_url, make_core):
     assert _reported(core.store, run.id) == sorted(copies)
     pid = core.retro.child.pid
     tasks = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    assert len(tasks) > 1  # its helper thread (retro_threads) among them
-    assert {os.sched_getscheduler(t) for t in tasks} == {os.SCHED_IDLE}
-    assert os.getpriority(os.PRIO_PROCESS, pid) >= 10
-    # the server's own threads stay in the normal class
-    assert os.sched_getscheduler(0) == os.SCHED_OTHER
-
-
-@pytest.mark.parametrize(
-    ("settings", "refused"),
-    [
-        ({"retro_engine": "process", "retro_process_cpu_class": "background"}, "one of"),
-        ({"retro_engine": "inprocess", "retro_process_cpu_class": "idle"}, "needs"),
-    ],
-)
-def test_a_cpu_class_not_known_or_without_a_child_is_refused(settings, refused):
-    with pytest.raises(ValueError, match=f"retro_process_cpu_class .*{refused}"):
-        Config(db_url="sqlite:///hunts.db", **settings)
-    Config(db_url="sqlite:///hunts.db", retro_engine="process", retro_process_cpu_class="idle")
+    assert len(tasks) > 1  # the import's thread, the helper (once used)
+    assert min(os.getpriority(os.PRIO_PROCESS, t) for t in tasks) >= 10
 
 
 def test_a_child_killed_mid_run_is_started_again_and_the_run_resumes(store_url, make_core):

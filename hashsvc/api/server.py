@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -125,6 +126,9 @@ def start_server(
     # (bench/scale.py). One thread per search: here for this thread, and in
     # each gRPC thread as it starts (the setting is per thread).
     faiss.omp_set_num_threads(1)
+    if config.gil_switch_seconds:
+        # Match waits for the GIL at each round trip (Config.gil_switch_seconds)
+        sys.setswitchinterval(config.gil_switch_seconds)
     # Before anything starts: a port in use is the commonest first-day mistake.
     _check_can_listen(config.listen)
     try:

@@ -22,8 +22,6 @@ from hashsvc.media.spool import Spool
 
 # Where retro-hunt runs are scanned (Config.retro_engine).
 RETRO_ENGINES = ("inprocess", "process", "dask")
-# The scanning child's CPU class (Config.retro_process_cpu_class).
-RETRO_CPU_CLASSES = ("nice", "idle")
 # Threads a retro-hunt compares views on (more than the cores only waits).
 MAX_RETRO_THREADS = 64
 
@@ -281,6 +279,13 @@ class Config:
     max_unread_calls_per_token: int = 8
     max_unread_token_calls: int = 16
     unread_grace_seconds: float = 0.5
+    # The interpreter makes a thread holding the GIL hand it over to a waiting
+    # one after this (Python's default: 5 ms). A Match gives the GIL up at
+    # every store round trip and gRPC step (~12 a call) and waits that long
+    # for it each time while a feed fetch or bulk load keeps threads busy in
+    # Python: 1 ms halved Match's p50 and p99 during a fetch on both stores
+    # (bench/exchange.py; server CPU unchanged). 0: Python's default.
+    gil_switch_seconds: float = 0.001
     # Server reflection (grpcurl and the like) needs no token: off unless asked for.
     reflection: bool = False
     # Review queue: a reviewer's claim on an item lasts this long.
@@ -469,14 +474,6 @@ class Config:
     # "process": a batch its child scans for longer than this is given up
     # (the child killed, the run retried from its checkpoint)
     retro_process_batch_seconds: float = 600.0
-    # "process": the child's CPU class (Linux): "nice" (retro_nice only) or
-    # "idle" (SCHED_IDLE too: a waking Match thread takes the child's core at
-    # once, and the kernel counts a core running only the child as free when
-    # it places one; at nice 19 alone it waits for the child's time slice).
-    # The child has a GIL of its own, so it can be starved without stalling
-    # the server; the in-process hunting thread holds the server's, so it
-    # stays at retro_nice whatever this says.
-    retro_process_cpu_class: str = "nice"
     # A run whose step fails (a store error) is retried from its checkpoint
     # after retro_retry_initial_seconds, doubling up to retro_retry_max_
     # seconds; marked failed after retro_max_attempts failed attempts (on any
@@ -518,6 +515,8 @@ class Config:
             raise ValueError("quarantine_window_seconds must be more than 0")
         if not self.change_follow_seconds >= 0:  # NaN too
             raise ValueError("change_follow_seconds must be 0 or more")
+        if not 0 <= self.gil_switch_seconds <= 1:  # NaN too
+            raise ValueError("gil_switch_seconds must be within 0..1 (0: Python's default)")
         if not self.flood_flush_seconds > 0:
             raise ValueError("flood_flush_seconds must be more than 0")
         if self.flood_max_pending_entries < 1:
@@ -576,20 +575,6 @@ class Config:
                 "retro_retry_initial_seconds must be more than 0 and at most"
                 " retro_retry_max_seconds (at most a day)"
             )
-        if self.retro_process_cpu_class not in RETRO_CPU_CLASSES:
-            raise ValueError(
-                f"retro_process_cpu_class must be one of {', '.join(RETRO_CPU_CLASSES)}"
-            )
-        if self.retro_process_cpu_class == "idle" and self.retro_engine != "process":
-            raise ValueError(
-                'retro_process_cpu_class = "idle" is the scanning child\'s class: it needs'
-                ' retro_engine = "process" (the in-process hunting thread holds the server\'s'
-                " GIL: starved, it would stall Match)"
-            )
-        if self.retro_process_cpu_class == "idle" and not hasattr(os, "SCHED_IDLE"):
-            raise ValueError(
-                'retro_process_cpu_class = "idle" needs Linux\'s SCHED_IDLE, not on this system'
-            )
         if self.retro_task_retries < 0:
             raise ValueError("retro_task_retries must be 0 or more")
         check_retro_engine(self.retro_engine, self.retro_scheduler_address, self.db_url)
@@ -614,7 +599,6 @@ class Config:
             retry_initial_seconds=self.retro_retry_initial_seconds,
             retry_max_seconds=self.retro_retry_max_seconds,
             process_batch_seconds=self.retro_process_batch_seconds,
-            process_cpu_class=self.retro_process_cpu_class,
             dask=DaskSettings(
                 scheduler_address=self.retro_scheduler_address,
                 workers=self.retro_dask_workers,

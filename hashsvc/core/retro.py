@@ -131,9 +131,6 @@ class RetroSettings:
     # "process": a batch the child scans for longer than this is given up
     # (the child killed, the run retried from its checkpoint)
     process_batch_seconds: float = 600.0
-    # "process": the child's CPU class, "nice" or "idle" (SCHED_IDLE too;
-    # Config.retro_process_cpu_class says why)
-    process_cpu_class: str = "nice"
     # A run whose step fails (the store restarted, a connection dropped, a
     # lock timed out) is retried from its checkpoint after retry_initial_
     # seconds, doubling up to retry_max_seconds; after max_attempts failed
@@ -197,7 +194,6 @@ class RetroHunt:
                     threads=settings.threads,
                     batch_seconds=settings.process_batch_seconds,
                     pause_seconds=settings.pause_seconds,
-                    cpu_class=settings.process_cpu_class,
                 ),
                 policy.pdq,
                 local,

@@ -91,9 +91,6 @@ class ProcessSettings:
     # asks for the next batch before it holds a batch's hits, so a pause of
     # the server's overlapped the child's scan and paced nothing.
     pause_seconds: float = 0.0
-    # "nice" or "idle": the child in Linux's SCHED_IDLE class too
-    # (Config.retro_process_cpu_class)
-    cpu_class: str = "nice"
 
 
 @dataclass(frozen=True)
@@ -381,8 +378,6 @@ def _start_child(settings: ProcessSettings) -> subprocess.Popen:
             str(settings.nice),
             "--threads",
             str(settings.threads),
-            "--cpu-class",
-            settings.cpu_class,
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -436,11 +431,11 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _lower_every_thread(nice: int, cpu_class: str) -> None:
-    """This process at retro_nice and, for "idle", in SCHED_IDLE: each thread
-    running now, one by one (Linux sets both per thread; a thread an import
-    started, such as OpenBLAS's pool at numpy's, stayed at nice 0 in the
-    normal class), and so every thread started after (they inherit both)."""
+def _lower_every_thread(nice: int) -> None:
+    """This process at retro_nice: each thread running now, one by one (Linux
+    sets it per thread; a thread an import started, OpenBLAS's pool at
+    numpy's, stayed at nice 0), and so every thread started after (they
+    inherit it)."""
     if not hasattr(os, "setpriority"):
         return
     try:
@@ -452,11 +447,6 @@ def _lower_every_thread(nice: int, cpu_class: str) -> None:
         with suppress(OSError):
             now = os.getpriority(os.PRIO_PROCESS, task)
             os.setpriority(os.PRIO_PROCESS, task, min(19, max(now, nice)))
-        if cpu_class == "idle":
-            # a thread may always move into it (leaving it needs privileges);
-            # refused, the child ends before it is ready (the batch fails, its
-            # traceback in the log) rather than scan outside the class asked
-            os.sched_setscheduler(task, os.SCHED_IDLE, os.sched_param(0))
 
 
 def child_main(argv: list[str] | None = None) -> int:
@@ -464,10 +454,9 @@ def child_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--nice", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--cpu-class", choices=("nice", "idle"), default="nice")
     args = parser.parse_args(argv)
     _die_with_parent(args.parent)
-    _lower_every_thread(args.nice, args.cpu_class)
+    _lower_every_thread(args.nice)
     logging.basicConfig(
         level=logging.WARNING, format="retro-hunt scanning process: %(levelname)s %(message)s"
     )
