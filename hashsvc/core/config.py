@@ -283,8 +283,10 @@ class Config:
     # one after this (Python's default: 5 ms). A Match gives the GIL up at
     # every store round trip and gRPC step (~12 a call) and waits that long
     # for it each time while a feed fetch or bulk load keeps threads busy in
-    # Python: 1 ms halved Match's p50 and p99 during a fetch on both stores
-    # (bench/exchange.py; server CPU unchanged). 0: Python's default.
+    # Python: with 1 ms Match's p99 during a 200k-hash fetch fell 349 -> 223
+    # ms on SQLite and 361 -> 266 ms on PostgreSQL (bench/exchange.py, three
+    # alternated runs each at load 14-17), for 0-10% more server CPU (more
+    # hand-overs). 0: Python's default.
     gil_switch_seconds: float = 0.001
     # Server reflection (grpcurl and the like) needs no token: off unless asked for.
     reflection: bool = False
