@@ -283,8 +283,12 @@ class Config:
     # one after this (Python's default: 5 ms). A Match gives the GIL up at
     # every store round trip and gRPC step (~12 a call) and waits that long
     # for it each time while a feed fetch or bulk load keeps threads busy in
-    # Python: 1 ms halved Match's p50 and p99 during a fetch on both stores
-    # (bench/exchange.py; server CPU unchanged). 0: Python's default.
+    # Python: with 1 ms Match's p99 during a 200k-hash fetch on PostgreSQL
+    # fell 361 -> 266 ms (bench/exchange.py, median of three alternated runs
+    # at load 14-17; nothing else changed there), for 0-10% more server CPU
+    # (more hand-overs). On SQLite two alternated pairs disagreed (p99
+    # 1133 -> 266 ms, 351 -> 622 ms): the machine's load swamps it there.
+    # 0: Python's default.
     gil_switch_seconds: float = 0.001
     # Server reflection (grpcurl and the like) needs no token: off unless asked for.
     reflection: bool = False
