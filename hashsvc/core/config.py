@@ -24,6 +24,9 @@ from hashsvc.media.spool import Spool
 RETRO_ENGINES = ("inprocess", "process", "dask")
 # Threads a retro-hunt compares views on (more than the cores only waits).
 MAX_RETRO_THREADS = 64
+# The longest retro_pause_seconds: an hour between batches already stretches
+# a 100,000-entry hunt over years of history past any use.
+MAX_RETRO_PAUSE_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -558,8 +561,10 @@ class Config:
         for name in ("retro_lease_seconds", "retro_poll_seconds", "retro_stop_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be more than 0")
-        if not self.retro_pause_seconds >= 0:
-            raise ValueError("retro_pause_seconds must be 0 or more")
+        # bounded: an infinite or huge pause passed and then failed every batch
+        # (the child's time.sleep and the thread's wait raise OverflowError)
+        if not 0 <= self.retro_pause_seconds <= MAX_RETRO_PAUSE_SECONDS:  # NaN too
+            raise ValueError(f"retro_pause_seconds must be within 0..{MAX_RETRO_PAUSE_SECONDS:.0f}")
         if not 0 <= self.retro_nice <= 19:
             raise ValueError("retro_nice must be within 0..19")
         if not 1 <= self.retro_threads <= MAX_RETRO_THREADS:
