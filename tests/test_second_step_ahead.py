@@ -8,6 +8,7 @@ set by the tests that need it either way (this one runs on loaded machines)."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 from PIL import Image
 
 from hashdb import Thresholds
+from hashsvc.base.errors import InvalidArgument
 from hashsvc.core.config import Config
 from hashsvc.core.core import Core, MatchQuery
 from hashsvc.matching.matcher import LOCAL_NOT_COMPUTED
@@ -202,3 +204,68 @@ def test_an_upload_gives_the_same_signals_in_one_thread_or_two(pictures, monkeyp
         assert got[False, name] == got[True, name]
         # two steps: the exact hashes come with the first; the rest in one step's order
         assert two_steps == one_step
+
+
+def test_concurrent_uploads_start_one_second_step_ahead_not_one_each(pictures, monkeypatch):
+    """The idle-worker test and the count it reads are one step: uploads
+    that arrive together and all find the workers idle start one job ahead
+    between them, not one each (their first steps would queue behind them
+    all). The load is read between the two, so it is held there until every
+    caller that got past the test has arrived, or 3 s."""
+    callers = 6
+    arrived = threading.Condition()
+    past_the_test: list[int] = []
+
+    def slow_spare_core() -> bool:
+        with arrived:
+            past_the_test.append(1)
+            arrived.notify_all()
+            arrived.wait_for(lambda: len(past_the_test) >= callers, timeout=3.0)
+        return True
+
+    monkeypatch.setattr(hashing_module, "spare_core", slow_spare_core)
+    hashing = HashingPool(2, ImageLimits())
+    try:
+        hashing.warm_up()
+        _idle(hashing)
+        start = threading.Barrier(callers)
+        jobs: list[StartedJob | None] = []
+
+        def upload() -> None:
+            start.wait(30)
+            jobs.append(hashing.started_when_idle(pictures["bridge"], STAGE_LOCAL))
+
+        threads = [threading.Thread(target=upload) for _ in range(callers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        started = [job for job in jobs if job is not None]
+        assert len(jobs) == callers
+        assert len(started) == 1, len(started)
+        assert any(s.kind == "local_features" for s in started[0].result().signals)
+        _idle(hashing)  # and the count is whole again: one more may start
+        job = hashing.started_when_idle(pictures["bridge"], STAGE_LOCAL)
+        assert job is not None
+        job.result()
+        _idle(hashing)
+    finally:
+        hashing.close()
+
+
+def test_a_second_step_not_started_gives_its_worker_back(pictures, monkeypatch):
+    """Refused by the load (or failing before it is submitted), a job counted
+    as started ahead is counted no more: the next upload may start one."""
+    monkeypatch.setattr(hashing_module, "spare_core", lambda: False)
+    hashing = HashingPool(2, ImageLimits())
+    try:
+        hashing.warm_up()
+        _idle(hashing)
+        assert hashing.started_when_idle(pictures["bridge"], STAGE_LOCAL) is None
+        assert hashing._busy == 0
+        monkeypatch.setattr(hashing_module, "spare_core", lambda: True)
+        with pytest.raises(InvalidArgument):  # empty media: refused by the checks
+            hashing.started_when_idle(b"", STAGE_LOCAL)
+        assert hashing._busy == 0
+    finally:
+        hashing.close()

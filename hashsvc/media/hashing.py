@@ -128,27 +128,40 @@ class HashingPool:
         with self._lock:
             if self._busy + 2 > self.workers:
                 return None
-        if not spare_core():
-            return None
-        is_image = self.check(source) == sniff.IMAGE
-        timeout = self.timeout_seconds if is_image else self.media_timeout_seconds
-        pool = self._pool
-        try:
-            future = self._submit(
-                pool, hash_media, source, self.limits, True, None, stage, None, exact
-            )
-        except RuntimeError:
-            return None  # the pool was just replaced: hashed in turn instead
-        return StartedJob(self, pool, future, time.monotonic() + timeout, is_image)
-
-    def _submit(self, pool: ProcessPoolExecutor, *job) -> Future:
-        future = pool.submit(*job)
-        with self._lock:
+            # Counted before the lock is let go: concurrent uploads that all
+            # found the workers idle would each start one, and the first
+            # steps submitted after them would queue behind them all.
             self._busy += 1
+        future = None
+        try:
+            if not spare_core():
+                return None
+            is_image = self.check(source) == sniff.IMAGE
+            timeout = self.timeout_seconds if is_image else self.media_timeout_seconds
+            pool = self._pool
+            try:
+                future = self._submit(
+                    pool, hash_media, source, self.limits, True, None, stage, None, exact,
+                    reserved=True,
+                )  # fmt: skip
+            except RuntimeError:
+                return None  # the pool was just replaced: hashed in turn instead
+            return StartedJob(self, pool, future, time.monotonic() + timeout, is_image)
+        finally:
+            if future is None:
+                self._done(None)  # nothing started: the reservation given back
+
+    def _submit(self, pool: ProcessPoolExecutor, *job, reserved: bool = False) -> Future:
+        """pool.submit(*job), counted in _busy until it is done (reserved:
+        counted already by the caller)."""
+        future = pool.submit(*job)
+        if not reserved:
+            with self._lock:
+                self._busy += 1
         future.add_done_callback(self._done)
         return future
 
-    def _done(self, _: Future) -> None:
+    def _done(self, _: Future | None) -> None:
         with self._lock:
             self._busy -= 1
 
