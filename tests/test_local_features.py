@@ -241,19 +241,44 @@ def test_a_small_picture_cut_by_30_percent_blocks(number, monkeypatch):
 def test_a_copy_shown_larger_agrees_where_the_known_picture_could_hold_keypoints(monkeypatch):
     """A 30% crop resized to 640 px shows the bridge 1.43x larger: its finest
     keypoints are detail the known picture (detected at its own size) cannot
-    hold, so agreement is counted over the known's keypoints alone
-    (ZOOMED_SCALE). Over both sides' keypoints, the cells only the copy's
-    finest keypoints fill held it at agreement 0.40, review only."""
+    hold. With ZOOMED_SCALE on, agreement is counted over the known's
+    keypoints alone and it blocks; off (the default: see the template test
+    below), the cells only the copy's finest keypoints fill hold it at
+    agreement 0.40, review only."""
     img = bridge()
     known = features(img)
     query = features(crop(img, np.random.default_rng(2), 0.30))
-    found = verify(query, known)
-    assert found.scale == pytest.approx(1 / 0.7, rel=0.03)
-    assert DEFAULT_THRESHOLDS.level(found) == "block"
-    monkeypatch.setattr(local_geometry, "ZOOMED_SCALE", 0.0)
     union = verify(query, known)
-    assert union.inliers == found.inliers and union.agreement < found.agreement
+    assert union.scale == pytest.approx(1 / 0.7, rel=0.03)
     assert DEFAULT_THRESHOLDS.level(union) == "review"
+    monkeypatch.setattr(local_geometry, "ZOOMED_SCALE", 1.2)
+    found = verify(query, known)
+    assert union.inliers == found.inliers and union.agreement < found.agreement
+    assert DEFAULT_THRESHOLDS.level(found) == "block"
+
+
+@pytest.mark.parametrize("blur", [0, 2, 3])
+def test_an_enlarged_copy_of_a_template_around_other_content_does_not_match(blur):
+    """A channel's template (emblem, name, frame) around an unrelated photo,
+    shown 1.25x or 1.4x larger, against the template around a photo that is
+    soft (blurred, radius 2-3) or sharp: the frame agrees, the photos do not.
+    Counted over the known's keypoints alone (ZOOMED_SCALE 1.2), the upload's
+    photo stopped counting where the known's photo holds few keypoints: 0.33
+    (review) around a sharp photo, 0.35-1.0 (block) around a soft one."""
+    from PIL import ImageFilter
+
+    inner = photo(7 if blur == 0 else 8)
+    if blur:
+        inner = inner.filter(ImageFilter.GaussianBlur(blur))
+    known = features(logo_template(inner))
+    for n in range(4):
+        framed = logo_template(photo(n))
+        for zoom in (1.25, 1.4):
+            side = int(framed.width * zoom)
+            shown = framed.resize((side, side), Image.Resampling.LANCZOS).crop((0, 0, 800, 800))
+            found = verify(features(shown), known)
+            assert found is None or found.scale >= 1.2, (n, zoom, found)
+            assert DEFAULT_THRESHOLDS.level(found) is None, (n, zoom, found)
 
 
 def test_enlarged_crops_of_unrelated_pictures_do_not_verify():

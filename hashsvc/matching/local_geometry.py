@@ -52,7 +52,16 @@ DISTINCT_PX = 3.0
 EDGE_PX = 31.0
 # A query showing the known picture at least this much larger (scale) is
 # compared on the known's keypoints alone (see _agreement). 0 never.
-ZOOMED_SCALE = 1.2
+# Off (review1, 2026-12-07): it dropped every cell only the query fills, not
+# only its finest detail, so the query's own content where the known is soft
+# or plain stopped counting against a match. A channel's template around an
+# unrelated photo, enlarged 1.25-1.4x, against the template around a slightly
+# blurred photo (radius 2-3) agreed on 0.35-1.0 and BLOCKED (0.13-0.27
+# without); around a sharp one, 0.33: REVIEW (tests/test_local_features.py).
+# Telling the finest detail apart needs each keypoint's pyramid level, which
+# LocalFeatures does not keep. With it on, 30% crops and 20-degree tilts
+# block more often (the commit that added it: bench --explain).
+ZOOMED_SCALE = 0.0
 
 
 @dataclass(frozen=True)
