@@ -21,8 +21,9 @@ from hashsvc.core.config import Config
 from hashsvc.core.core import Core, MatchQuery
 from hashsvc.matching.matcher import LOCAL_NOT_COMPUTED
 from hashsvc.media import hashing as hashing_module
-from hashsvc.media.hashing import HashingPool, StartedJob, spare_core
+from hashsvc.media.hashing import HashingPool, StartedJob
 from hashsvc.media.limits import STAGE_LOCAL, ImageLimits
+from hashsvc.media.machine import spare_core
 from hashsvc_testing import local_media
 from hashsvc_testing.image_media import encode as encode_image
 from hashsvc_testing.vectors import vector
@@ -176,6 +177,33 @@ def test_an_unused_job_that_hangs_is_killed_at_its_deadline():
         assert hashing._pool.submit(sum, [1, 2]).result(timeout=30) == 3  # the new pool serves
     finally:
         hashing.close()
+
+
+def test_an_upload_gives_the_same_signals_in_one_thread_or_two(pictures, monkeypatch):
+    """A loaded machine hashes an upload's local features in the views'
+    thread (hashsvc/media/machine.py), a quiet one beside them: the same
+    signals, in one step and in either of two steps."""
+    from hashsvc.media import dispatch, image
+    from hashsvc.media.limits import STAGE_VIEWS, MediaLimits
+
+    limits = MediaLimits()
+    got = {}
+    for spare in (True, False):
+        monkeypatch.setattr(image, "spare_core", lambda spare=spare: spare)
+        for name in ("bridge", "bridge_crop"):
+            data = pictures[name]
+            first = dispatch.hash_media(data, limits, True, stage=STAGE_VIEWS)
+            second = dispatch.hash_media(data, limits, True, stage=STAGE_LOCAL)
+            got[spare, name] = (
+                dispatch.hash_media(data, limits, True).signals,
+                first.signals + second.signals,
+            )
+    for name in ("bridge", "bridge_crop"):
+        one_step, two_steps = got[True, name]
+        assert any(s.kind == "local_features" for s in one_step)
+        assert got[False, name] == got[True, name]
+        # two steps: the exact hashes come with the first; the rest in one step's order
+        assert two_steps == one_step
 
 
 def test_concurrent_uploads_start_one_second_step_ahead_not_one_each(pictures, monkeypatch):

@@ -286,12 +286,15 @@ class Config:
     # one after this (Python's default: 5 ms). A Match gives the GIL up at
     # every store round trip and gRPC step (~12 a call) and waits that long
     # for it each time while a feed fetch or bulk load keeps threads busy in
-    # Python: 1 ms halved Match's p50 and p99 during a fetch on both stores
-    # (bench/exchange.py; server CPU unchanged). The setting is the whole
-    # process's: held while the server runs, given back when it stops. 0: the
-    # process's interval left as it is (Python's 5 ms unless changed). Under
-    # 0.1 ms refused: the interpreter would spend its time handing the GIL
-    # back and forth (under 1 us it stores 0: a switch at every check).
+    # Python: with 1 ms Match's p99 during a 200k-hash fetch on PostgreSQL
+    # fell 361 -> 266 ms (bench/exchange.py, median of three alternated runs
+    # at load 14-17; nothing else changed there), for 0-10% more server CPU
+    # (more hand-overs). On SQLite two alternated pairs disagreed (p99
+    # 1133 -> 266 ms, 351 -> 622 ms): the machine's load swamps it there.
+    # The setting is the whole process's: held while the server runs, given
+    # back when it stops. 0: the process's interval left as it is (Python's
+    # 5 ms unless changed). Under 0.1 ms refused: the interpreter would spend
+    # its time handing the GIL back and forth (under 1 us it stores 0).
     gil_switch_seconds: float = 0.001
     # Server reflection (grpcurl and the like) needs no token: off unless asked for.
     reflection: bool = False

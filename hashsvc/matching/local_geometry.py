@@ -50,18 +50,6 @@ DISTINCT_PX = 3.0
 # edgeThreshold and patch size, 31 px at its finest level): agreement is
 # counted where both pictures could hold a keypoint, away from both edges.
 EDGE_PX = 31.0
-# A query showing the known picture at least this much larger (scale) is
-# compared on the known's keypoints alone (see _agreement). 0 never.
-# Off (review1, 2026-12-07): it dropped every cell only the query fills, not
-# only its finest detail, so the query's own content where the known is soft
-# or plain stopped counting against a match. A channel's template around an
-# unrelated photo, enlarged 1.25-1.4x, against the template around a slightly
-# blurred photo (radius 2-3) agreed on 0.35-1.0 and BLOCKED (0.13-0.27
-# without); around a sharp one, 0.33: REVIEW (tests/test_local_features.py).
-# Telling the finest detail apart needs each keypoint's pyramid level, which
-# LocalFeatures does not keep. With it on, 30% crops and 20-degree tilts
-# block more often (the commit that added it: bench --explain).
-ZOOMED_SCALE = 0.0
 
 
 @dataclass(frozen=True)
@@ -213,15 +201,7 @@ def _agreement(
     back = query.points @ inverse[:, :2].T + inverse[:, 2]
     inside = (back[:, 0] >= k_edge) & (back[:, 0] <= known.width - k_edge)
     inside &= (back[:, 1] >= k_edge) & (back[:, 1] <= known.height - k_edge)
-    if ZOOMED_SCALE and math.hypot(forward[0, 0], forward[1, 0]) >= ZOOMED_SCALE:
-        # The query shows the known picture enlarged (a big crop, a tilt cut to
-        # fit): its finest keypoints are detail the known picture, detected at
-        # its own size, cannot hold (ORB's pyramid only goes coarser), so the
-        # cells only they fill could never agree. The coarser side, the known,
-        # says where agreement was possible.
-        both = known.points[shown]
-    else:
-        both = np.concatenate([known.points[shown], back[inside].astype(np.float32)])
+    both = np.concatenate([known.points[shown], back[inside].astype(np.float32)])
     comparable = _cell_ids(both, known.width, known.height)
     held = _cell_ids(inliers, known.width, known.height)
     return len(np.intersect1d(held, comparable)) / max(1, len(comparable))

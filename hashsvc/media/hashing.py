@@ -25,6 +25,7 @@ from hashsvc.base.errors import Timeout, TooLarge, Unavailable
 from hashsvc.media import sniff
 from hashsvc.media.dispatch import Hashed, MediaSource, hash_media, kind_of, size_of
 from hashsvc.media.limits import QUERY_PARTS, ImageLimits, MediaLimits
+from hashsvc.media.machine import spare_core
 
 log = logging.getLogger(__name__)
 
@@ -245,18 +246,6 @@ class HashingPool:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def spare_core() -> bool:
-    """Whether the machine's cores are not all taken: its load average over
-    the last minute (runnable processes, this server's own included) is under
-    the cores this process may run on. On a machine already loaded, a job
-    started ahead runs in the time of the jobs the caller waits for."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return os.getloadavg()[0] < cores
 
 
 class StartedJob:
