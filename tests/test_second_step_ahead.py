@@ -269,3 +269,43 @@ def test_a_second_step_not_started_gives_its_worker_back(pictures, monkeypatch):
         assert hashing._busy == 0
     finally:
         hashing.close()
+
+
+def _broken(pool) -> None:
+    """Until the executor knows its worker died."""
+    deadline = time.monotonic() + 60
+    while not pool._broken:
+        assert time.monotonic() < deadline, "the pool did not break"
+        time.sleep(0.02)
+
+
+def test_a_dropped_job_whose_worker_died_does_not_leave_the_pool_broken(pictures):
+    """A job started ahead and dropped after its worker died (a decoder
+    killed for memory) was never waited for: nobody replaced the broken
+    pool, and every later upload was refused at submit (BrokenProcessPool)
+    for good. Dropping it now replaces the pool, and a job refused at
+    submit by a broken pool replaces it and is sent again."""
+    import os
+
+    hashing = HashingPool(2, ImageLimits())
+    try:
+        hashing.warm_up()
+        pool = hashing._pool
+        died = hashing._submit(pool, os._exit, 1)  # its worker dies
+        _broken(pool)
+        deadline = time.monotonic() + 30
+        while not died.done():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        StartedJob(hashing, pool, died, time.monotonic() + 20, True).abandon()
+        assert hashing._pool is not pool
+        assert hashing.hash_query(pictures["bridge"]).signals
+        # a worker dead under a job nobody waits for at all: the next upload
+        # finds the pool broken at submit
+        pool = hashing._pool
+        pool.submit(os._exit, 1)
+        _broken(pool)
+        assert hashing.hash_query(pictures["bridge"]).signals
+        assert hashing._pool is not pool
+    finally:
+        hashing.close()

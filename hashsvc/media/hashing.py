@@ -213,6 +213,19 @@ class HashingPool:
                 pool, hash_media, source, self.limits, for_query, None, stage, picture, exact
             )
             return self._result(pool, future, time.monotonic() + timeout, is_image)
+        except BrokenProcessPool:
+            # Refused at submit: a worker died under a job nobody waited for
+            # (a second step started ahead and dropped), so no caller saw it
+            # and replaced the pool; every later job would be refused too.
+            log.error("hashing pool found broken; replacing it")
+            self._replace(pool, kill=False)
+            if retried:
+                raise Unavailable(
+                    "the media could not be hashed: the hashing worker died"
+                ) from None
+            return self._run(
+                source, for_query, retried=True, stage=stage, picture=picture, exact=exact
+            )
         except RuntimeError:
             # Another request replaced the pool (a worker died or hung) between
             # our reading self._pool and submitting to it: "cannot schedule new
@@ -273,7 +286,11 @@ class StartedJob:
         """Not needed after all. A job running already cannot be stopped, but
         one that hangs is still held to its deadline: waited for on a thread
         of its own, its worker killed and the pool replaced as for any job."""
-        if self._future.cancel() or self._future.done():
+        if self._future.cancel():
+            return
+        if self._future.done():
+            # its error seen now: a worker it killed has its pool replaced
+            self._reap()
             return
         threading.Thread(target=self._reap, daemon=True, name="hashing-abandoned").start()
 
