@@ -6,6 +6,13 @@ for the retro-hunt's scanning child) at nice 19, or in SCHED_IDLE
 conditions alternated.
 
     .venv/bin/python bench/retro_wakeup.py [--seconds 2] [--rounds 5] [--cpu 1]
+    .venv/bin/python bench/retro_wakeup.py --share [--rounds 6]
+
+--share: the CPU a nice-0 loop gets a wall second (its share of the loaded
+machine) beside no spinner, two nice-19 spinners in its own session, or
+two in a session of their own (an autogroup, at autogroup nice 19): Linux's
+autogroups share the CPU between sessions first, so a niced child in the
+server's session might take the server's share from other sessions' work.
 
 Each round trip is two wake-ups. Beside a busy core's nice-19 task, a waking
 task may wait for that task's slice (the scheduler lets the running task
@@ -29,6 +36,56 @@ SPINNER = (
     "x = 0\n"
     "while True: x += 1\n"
 )
+
+
+SHARE_SPINNER = (
+    "import os,sys\n"
+    "if sys.argv[1] == 'group':\n"
+    "    os.setsid()\n"
+    "    open('/proc/self/autogroup', 'w').write('19')\n"
+    "os.nice(19)\n"
+    "x = 0\n"
+    "while True: x += 1\n"
+)
+
+
+def cpu_share(seconds: float) -> float:
+    """This thread's CPU a wall second while it loops at nice 0."""
+    wall, cpu = time.perf_counter(), time.thread_time()
+    x = 0
+    while time.perf_counter() - wall < seconds:
+        x += 1
+    return (time.thread_time() - cpu) / (time.perf_counter() - wall)
+
+
+def shares(rounds: int, seconds: float) -> None:
+    results: dict[str, list[float]] = {"none": [], "same": [], "group": []}
+    for number in range(rounds):
+        order = list(results)
+        order = order[number % 3 :] + order[: number % 3]
+        for condition in order:
+            spinners = [
+                subprocess.Popen([sys.executable, "-c", SHARE_SPINNER, condition])
+                for _ in range(2 if condition != "none" else 0)
+            ]
+            time.sleep(0.3)
+            try:
+                share = cpu_share(seconds)
+            finally:
+                for spinner in spinners:
+                    spinner.kill()
+                    spinner.wait()
+            results[condition].append(share)
+            print(
+                f"round {number + 1} spinners {condition}: a nice-0 loop got {share:.2f} CPU"
+                f" s a second (load {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
+    for condition, found in results.items():
+        print(
+            f"spinners {condition}: median {statistics.median(found):.2f}"
+            f" ({', '.join(f'{x:.2f}' for x in found)})"
+        )
 
 
 def round_trips(cpu: int, seconds: float) -> list[float]:
@@ -64,7 +121,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cpu", type=int, default=1)
+    parser.add_argument("--share", action="store_true")
     args = parser.parse_args()
+    if args.share:
+        shares(args.rounds, max(args.seconds, 3.0))
+        return
     os.sched_setaffinity(0, {args.cpu})
     results: dict[str, list[tuple[float, float]]] = {"none": [], "nice": [], "idle": []}
     for number in range(args.rounds):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from urllib.parse import parse_qs, urlparse
 
@@ -317,7 +317,12 @@ class PostgresStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
             if self.schema:
                 cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-            migrations.apply(_Cursor(cur), migrations.POSTGRES)
+            # A new store's ~130 statements sent without waiting for each
+            # answer (pipeline mode; an error still ends the transaction): a
+            # round trip each took 1.5 s of a loaded machine, 0.9 s pipelined
+            # (every test on PostgreSQL makes a new schema)
+            with conn.pipeline() if psycopg.Pipeline.is_supported() else nullcontext():
+                migrations.apply(_Cursor(cur), migrations.POSTGRES)
 
     def close(self) -> None:
         self._close_listener()

@@ -86,6 +86,14 @@ def module_store_url(request, tmp_path_factory):
         yield url
 
 
+@pytest.fixture(scope="session")
+def hostile_media(tmp_path_factory):
+    """The folder hashsvc_testing.hostile makes its media in (seeds(),
+    corpus()): made once per worker for every module that uses them (ffmpeg
+    runs of seconds each)."""
+    return tmp_path_factory.mktemp("hostile-media")
+
+
 @pytest.fixture(params=["inprocess", "process"])
 def retro_engine(request) -> str:
     """A retro-hunt test run once per engine that scans on this machine

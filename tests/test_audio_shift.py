@@ -214,17 +214,19 @@ def test_block_spectra_sum_each_band_of_bins():
         spectra = audio_parts.block_spectra(pcm, rate)
         assert spectra.shape == (3, 16)
         assert (spectra.argmax(axis=1) == band).all(), (band, spectra)
-    noise = (np.random.default_rng(31).standard_normal(len(t)) * 4000).astype(np.int16)
-    frames = noise[:1024].astype(np.float32) * np.hanning(1024).astype(np.float32)
-    power = np.abs(np.fft.rfft(frames)) ** 2
-    band_of_bin = np.searchsorted(edges, np.fft.rfftfreq(1024, 1 / rate)) - 1
-    by_matrix = np.zeros(16)
-    for k in range(16):
-        by_matrix[k] = power[band_of_bin == k].sum()
-    block = int(audio_parts.BLOCK_SECONDS * rate)
-    one_frame = audio_parts.block_spectra(np.resize(noise[:1024], block), rate)
-    # a block of one repeated frame has that frame's power in every frame
-    assert np.allclose(one_frame[0], by_matrix, rtol=1e-4), (one_frame[0], by_matrix)
+    # the sums equal the band-by-bin sums, also at rates where a band has no
+    # bin (44.1 kHz: 43 Hz bins) or lies above Nyquist (6 kHz)
+    for rate in (6000, SAMPLE_RATE, 44100):
+        noise = (np.random.default_rng(31).standard_normal(1024) * 4000).astype(np.int16)
+        frames = noise.astype(np.float32) * np.hanning(1024).astype(np.float32)
+        power = np.abs(np.fft.rfft(frames)) ** 2
+        band_of_bin = np.searchsorted(edges, np.fft.rfftfreq(1024, 1 / rate)) - 1
+        by_bins = np.array([power[band_of_bin == k].sum() for k in range(16)])
+        # a block of one repeated frame has that frame's power in every frame
+        block = int(audio_parts.BLOCK_SECONDS * rate)
+        one_frame = audio_parts.block_spectra(np.resize(noise, block), rate)
+        assert np.allclose(one_frame[0], by_bins, rtol=1e-4), (rate, one_frame[0], by_bins)
+        assert (by_bins == 0).any() == (rate != SAMPLE_RATE), rate
 
 
 def test_parts_share_the_stretch_budget():

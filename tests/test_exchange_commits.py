@@ -252,6 +252,51 @@ def test_the_server_hands_the_gil_to_a_waiting_match_within_its_setting(harness)
 
     assert harness.core.config.gil_switch_seconds == 0.001
     assert sys.getswitchinterval() == pytest.approx(0.001)
-    for bad in (-0.001, 2.0, float("nan")):
+    for bad in (-0.001, 2.0, float("nan"), 1e-9, 0.00005):
         with pytest.raises(ValueError, match="gil_switch_seconds"):
             Config(gil_switch_seconds=bad)
+
+
+def test_the_process_gets_its_gil_switch_interval_back_when_the_servers_stop(
+    make_harness, tmp_path
+):
+    """sys.setswitchinterval is the whole process's: a server holds its
+    setting while it runs (side by side, the shortest asked for), and the
+    process's own comes back when the last one stops, and when one cannot
+    start; 0 leaves it alone."""
+    import socket
+    import sys
+
+    from hashsvc.api.server import StartupError, start_server
+    from hashsvc.core.config import Config
+
+    before = sys.getswitchinterval()
+    own = 0.004
+    sys.setswitchinterval(own)  # the process's own, not Python's default
+    try:
+        one = make_harness(f"sqlite:///{tmp_path}/one.db", gil_switch_seconds=0.002)
+        assert sys.getswitchinterval() == pytest.approx(0.002)
+        two = make_harness(f"sqlite:///{tmp_path}/two.db", gil_switch_seconds=0.001)
+        assert sys.getswitchinterval() == pytest.approx(0.001)
+        make_harness.stop(two)
+        assert sys.getswitchinterval() == pytest.approx(0.002)  # one still runs
+        make_harness.stop(one)
+        assert sys.getswitchinterval() == pytest.approx(own)
+        untouched = make_harness(f"sqlite:///{tmp_path}/three.db", gil_switch_seconds=0)
+        assert sys.getswitchinterval() == pytest.approx(own)
+        make_harness.stop(untouched)
+        # a server that cannot start (its port taken) gives it back too
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            config = Config(
+                listen=f"127.0.0.1:{port}",
+                db_url=f"sqlite:///{tmp_path}/four.db",
+                gil_switch_seconds=0.002,
+            )
+            with pytest.raises(StartupError):
+                start_server(config, hash_in_process=True)
+        assert sys.getswitchinterval() == pytest.approx(own)
+    finally:
+        sys.setswitchinterval(before)

@@ -38,11 +38,6 @@ def known() -> bytes:
     return encode(photo(3))
 
 
-@pytest.fixture(scope="session")
-def hostile_media(tmp_path_factory):
-    return tmp_path_factory.mktemp("hostile-media")
-
-
 @pytest.fixture(scope="module")
 def module_harness_config():
     return {

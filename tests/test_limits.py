@@ -150,10 +150,10 @@ def test_a_request_racing_a_pool_replacement_is_hashed_by_the_new_pool():
 
 
 @pytest.mark.parametrize("fmt, tag", [("mkv", b"ENCODER"), ("mp4", b"Lavf")])
-def test_tags_in_bad_utf8_do_not_fail_the_upload(tmp_path, fmt, tag):
+def test_tags_in_bad_utf8_do_not_fail_the_upload(hostile_media, fmt, tag):
     """A bit-flipped MKV, MP4 or FLAC whose metadata is no longer UTF-8 ended
     in UnicodeDecodeError when opened (INTERNAL; 7 of 10,000 fuzz requests)."""
-    data = bytearray(hostile.seeds(tmp_path)[fmt])
+    data = bytearray(hostile.seeds(hostile_media)[fmt])
     at = data.find(tag)
     data[at : at + 2] = b"\xe1\xff"
     assert hash_media(bytes(data), MediaLimits(), for_query=True).media_type == "video"

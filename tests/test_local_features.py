@@ -275,6 +275,31 @@ def test_a_crop_of_another_picture_in_a_known_logo_frame_reaches_nothing(seed):
     assert DEFAULT_THRESHOLDS.level(found) is None  # ...and is not the picture
 
 
+@pytest.mark.parametrize("blur", [0, 2, 3])
+def test_an_enlarged_copy_of_a_template_around_other_content_does_not_match(blur):
+    """A channel's template (emblem, name, frame) around an unrelated photo,
+    shown 1.25x or 1.4x larger, against the template around a photo that is
+    soft (blurred, radius 2-3) or sharp: the frame agrees, the photos do not.
+    Counted over the known's keypoints alone (the ZOOMED_SCALE rule, removed),
+    the upload's photo stopped counting where the known's photo holds few
+    keypoints: 0.33 (review) around a sharp photo, 0.35-1.0 (block) around a
+    soft one; over both sides 0.13-0.27."""
+    from PIL import ImageFilter
+
+    inner = photo(7 if blur == 0 else 8)
+    if blur:
+        inner = inner.filter(ImageFilter.GaussianBlur(blur))
+    known = features(logo_template(inner))
+    for n in range(4):
+        framed = logo_template(photo(n))
+        for zoom in (1.25, 1.4):
+            side = int(framed.width * zoom)
+            shown = framed.resize((side, side), Image.Resampling.LANCZOS).crop((0, 0, 800, 800))
+            found = verify(features(shown), known)
+            assert found is None or found.scale >= 1.2, (n, zoom, found)
+            assert DEFAULT_THRESHOLDS.level(found) is None, (n, zoom, found)
+
+
 def test_enlarged_crops_of_unrelated_pictures_do_not_verify():
     """Crops of 30% (shown 1.43x larger) of unrelated photographs, of pages of
     one template and of one channel's logo frame around other photos reach

@@ -451,3 +451,15 @@ def test_a_child_whose_answer_cannot_be_read_is_stopped(monkeypatch, answer):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_a_pause_that_cannot_be_slept_is_refused():
+    """retro_pause_seconds is bounded: an infinite or huge pause was
+    accepted and then failed every batch (the child's sleep and the hunting
+    thread's wait raise OverflowError), a run retried until it failed."""
+    from hashsvc.core.config import MAX_RETRO_PAUSE_SECONDS, Config
+
+    for bad in (-0.1, float("inf"), float("nan"), 1e300, MAX_RETRO_PAUSE_SECONDS + 1):
+        with pytest.raises(ValueError, match="retro_pause_seconds"):
+            Config(retro_pause_seconds=bad)
+    assert Config(retro_pause_seconds=MAX_RETRO_PAUSE_SECONDS).retro_pause_seconds == 3600

@@ -8,6 +8,7 @@ set by the tests that need it either way (this one runs on loaded machines)."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -15,12 +16,14 @@ import pytest
 from PIL import Image
 
 from hashdb import Thresholds
+from hashsvc.base.errors import InvalidArgument
 from hashsvc.core.config import Config
 from hashsvc.core.core import Core, MatchQuery
 from hashsvc.matching.matcher import LOCAL_NOT_COMPUTED
 from hashsvc.media import hashing as hashing_module
-from hashsvc.media.hashing import HashingPool, StartedJob, spare_core
+from hashsvc.media.hashing import HashingPool, StartedJob
 from hashsvc.media.limits import STAGE_LOCAL, ImageLimits
+from hashsvc.media.machine import spare_core
 from hashsvc_testing import local_media
 from hashsvc_testing.image_media import encode as encode_image
 from hashsvc_testing.vectors import vector
@@ -172,5 +175,137 @@ def test_an_unused_job_that_hangs_is_killed_at_its_deadline():
             assert time.monotonic() < deadline, "the hung job's worker still runs"
             time.sleep(0.05)
         assert hashing._pool.submit(sum, [1, 2]).result(timeout=30) == 3  # the new pool serves
+    finally:
+        hashing.close()
+
+
+def test_an_upload_gives_the_same_signals_in_one_thread_or_two(pictures, monkeypatch):
+    """A loaded machine hashes an upload's local features in the views'
+    thread (hashsvc/media/machine.py), a quiet one beside them: the same
+    signals, in one step and in either of two steps."""
+    from hashsvc.media import dispatch, image
+    from hashsvc.media.limits import STAGE_VIEWS, MediaLimits
+
+    limits = MediaLimits()
+    got = {}
+    for spare in (True, False):
+        monkeypatch.setattr(image, "spare_core", lambda spare=spare: spare)
+        for name in ("bridge", "bridge_crop"):
+            data = pictures[name]
+            first = dispatch.hash_media(data, limits, True, stage=STAGE_VIEWS)
+            second = dispatch.hash_media(data, limits, True, stage=STAGE_LOCAL)
+            got[spare, name] = (
+                dispatch.hash_media(data, limits, True).signals,
+                first.signals + second.signals,
+            )
+    for name in ("bridge", "bridge_crop"):
+        one_step, two_steps = got[True, name]
+        assert any(s.kind == "local_features" for s in one_step)
+        assert got[False, name] == got[True, name]
+        # two steps: the exact hashes come with the first; the rest in one step's order
+        assert two_steps == one_step
+
+
+def test_concurrent_uploads_start_one_second_step_ahead_not_one_each(pictures, monkeypatch):
+    """The idle-worker test and the count it reads are one step: uploads
+    that arrive together and all find the workers idle start one job ahead
+    between them, not one each (their first steps would queue behind them
+    all). The load is read between the two, so it is held there until every
+    caller that got past the test has arrived, or 3 s."""
+    callers = 6
+    arrived = threading.Condition()
+    past_the_test: list[int] = []
+
+    def slow_spare_core() -> bool:
+        with arrived:
+            past_the_test.append(1)
+            arrived.notify_all()
+            arrived.wait_for(lambda: len(past_the_test) >= callers, timeout=3.0)
+        return True
+
+    monkeypatch.setattr(hashing_module, "spare_core", slow_spare_core)
+    hashing = HashingPool(2, ImageLimits())
+    try:
+        hashing.warm_up()
+        _idle(hashing)
+        start = threading.Barrier(callers)
+        jobs: list[StartedJob | None] = []
+
+        def upload() -> None:
+            start.wait(30)
+            jobs.append(hashing.started_when_idle(pictures["bridge"], STAGE_LOCAL))
+
+        threads = [threading.Thread(target=upload) for _ in range(callers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        started = [job for job in jobs if job is not None]
+        assert len(jobs) == callers
+        assert len(started) == 1, len(started)
+        assert any(s.kind == "local_features" for s in started[0].result().signals)
+        _idle(hashing)  # and the count is whole again: one more may start
+        job = hashing.started_when_idle(pictures["bridge"], STAGE_LOCAL)
+        assert job is not None
+        job.result()
+        _idle(hashing)
+    finally:
+        hashing.close()
+
+
+def test_a_second_step_not_started_gives_its_worker_back(pictures, monkeypatch):
+    """Refused by the load (or failing before it is submitted), a job counted
+    as started ahead is counted no more: the next upload may start one."""
+    monkeypatch.setattr(hashing_module, "spare_core", lambda: False)
+    hashing = HashingPool(2, ImageLimits())
+    try:
+        hashing.warm_up()
+        _idle(hashing)
+        assert hashing.started_when_idle(pictures["bridge"], STAGE_LOCAL) is None
+        assert hashing._busy == 0
+        monkeypatch.setattr(hashing_module, "spare_core", lambda: True)
+        with pytest.raises(InvalidArgument):  # empty media: refused by the checks
+            hashing.started_when_idle(b"", STAGE_LOCAL)
+        assert hashing._busy == 0
+    finally:
+        hashing.close()
+
+
+def _broken(pool) -> None:
+    """Until the executor knows its worker died."""
+    deadline = time.monotonic() + 60
+    while not pool._broken:
+        assert time.monotonic() < deadline, "the pool did not break"
+        time.sleep(0.02)
+
+
+def test_a_dropped_job_whose_worker_died_does_not_leave_the_pool_broken(pictures):
+    """A job started ahead and dropped after its worker died (a decoder
+    killed for memory) was never waited for: nobody replaced the broken
+    pool, and every later upload was refused at submit (BrokenProcessPool)
+    for good. Dropping it now replaces the pool, and a job refused at
+    submit by a broken pool replaces it and is sent again."""
+    import os
+
+    hashing = HashingPool(2, ImageLimits())
+    try:
+        hashing.warm_up()
+        pool = hashing._pool
+        died = hashing._submit(pool, os._exit, 1)  # its worker dies
+        _broken(pool)
+        deadline = time.monotonic() + 30
+        while not died.done():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        StartedJob(hashing, pool, died, time.monotonic() + 20, True).abandon()
+        assert hashing._pool is not pool
+        assert hashing.hash_query(pictures["bridge"]).signals
+        # a worker dead under a job nobody waits for at all: the next upload
+        # finds the pool broken at submit
+        pool = hashing._pool
+        pool.submit(os._exit, 1)
+        _broken(pool)
+        assert hashing.hash_query(pictures["bridge"]).signals
+        assert hashing._pool is not pool
     finally:
         hashing.close()

@@ -78,21 +78,27 @@ class RunningServer:
     feeds: Feeds | None = None  # partner feeds and their background fetcher
     # failed authentications per client address; the HTTP API shares it
     sign_ins: SignInLimits | None = None
+    # the GIL switch interval this server holds for the process (0: none)
+    gil_switch_seconds: float = 0.0
 
     def stop(self, grace: float = 5.0) -> None:
-        self.stopping.set()  # the health follower first: it must not say SERVING again
-        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.server.stop(grace).wait()
-        if self.feeds is not None:
-            self.feeds.stop()
-        if self.unread is not None:
-            self.unread.close()
-        self.metrics.stop()
-        if self.loader is not None:
-            # Stopped while starting: let the start-up finish first, rather
-            # than close the store and workers under it.
-            self.loader.join(timeout=120)
-        self.core.close()
+        try:
+            self.stopping.set()  # the health follower first: it must not say SERVING again
+            self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            self.server.stop(grace).wait()
+            if self.feeds is not None:
+                self.feeds.stop()
+            if self.unread is not None:
+                self.unread.close()
+            self.metrics.stop()
+            if self.loader is not None:
+                # Stopped while starting: let the start-up finish first, rather
+                # than close the store and workers under it.
+                self.loader.join(timeout=120)
+            self.core.close()
+        finally:
+            held, self.gil_switch_seconds = self.gil_switch_seconds, 0.0  # once, if stopped twice
+            _release_switch_interval(held)
 
     def _set_health(self, status) -> None:
         self.health.set("", status)
@@ -126,20 +132,54 @@ def start_server(
     # (bench/scale.py). One thread per search: here for this thread, and in
     # each gRPC thread as it starts (the setting is per thread).
     faiss.omp_set_num_threads(1)
-    if config.gil_switch_seconds:
-        # Match waits for the GIL at each round trip (Config.gil_switch_seconds)
-        sys.setswitchinterval(config.gil_switch_seconds)
-    # Before anything starts: a port in use is the commonest first-day mistake.
-    _check_can_listen(config.listen)
+    # Match waits for the GIL at each round trip (Config.gil_switch_seconds)
+    _hold_switch_interval(config.gil_switch_seconds)
     try:
-        core = Core.open(config, hash_in_process=hash_in_process)
-    except (ValueError, OSError) as exc:  # a store URL or key file that cannot be used
-        raise StartupError(str(exc)) from None
-    try:
-        return _start(config, core, block_until_ready)
+        # Before anything starts: a port in use is the commonest first-day mistake.
+        _check_can_listen(config.listen)
+        try:
+            core = Core.open(config, hash_in_process=hash_in_process)
+        except (ValueError, OSError) as exc:  # a store URL or key file that cannot be used
+            raise StartupError(str(exc)) from None
+        try:
+            running = _start(config, core, block_until_ready)
+        except BaseException:
+            core.close()  # its hashing workers and store, whatever failed
+            raise
     except BaseException:
-        core.close()  # its hashing workers and store, whatever failed
+        _release_switch_interval(config.gil_switch_seconds)
         raise
+    running.gil_switch_seconds = config.gil_switch_seconds  # given back by stop()
+    return running
+
+
+# sys.setswitchinterval is the whole process's, not this server's: a process
+# that runs servers among other work (tests, an embedding program) gets its
+# own interval back when the last of them stops, and servers running side by
+# side keep the shortest any of them asked for.
+_switch_lock = threading.Lock()
+_switch_held: list[float] = []  # the settings of the servers running now
+_switch_before = 0.0  # the process's interval before the first of them
+
+
+def _hold_switch_interval(seconds: float) -> None:
+    global _switch_before
+    if not seconds:  # 0: the process's interval left as it is
+        return
+    with _switch_lock:
+        if not _switch_held:
+            _switch_before = sys.getswitchinterval()
+        _switch_held.append(seconds)
+        sys.setswitchinterval(min(_switch_held))
+
+
+def _release_switch_interval(seconds: float) -> None:
+    if not seconds:
+        return
+    with _switch_lock:
+        _switch_held.remove(seconds)
+        # (an interval under 1 us reads back as 0, which cannot be set again)
+        sys.setswitchinterval(min(_switch_held) if _switch_held else max(_switch_before, 1e-6))
 
 
 def _start(config: Config, core: Core, block_until_ready: bool) -> RunningServer:

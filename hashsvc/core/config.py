@@ -24,6 +24,9 @@ from hashsvc.media.spool import Spool
 RETRO_ENGINES = ("inprocess", "process", "dask")
 # Threads a retro-hunt compares views on (more than the cores only waits).
 MAX_RETRO_THREADS = 64
+# The longest retro_pause_seconds: an hour between batches already stretches
+# a 100,000-entry hunt over years of history past any use.
+MAX_RETRO_PAUSE_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -283,8 +286,15 @@ class Config:
     # one after this (Python's default: 5 ms). A Match gives the GIL up at
     # every store round trip and gRPC step (~12 a call) and waits that long
     # for it each time while a feed fetch or bulk load keeps threads busy in
-    # Python: 1 ms halved Match's p50 and p99 during a fetch on both stores
-    # (bench/exchange.py; server CPU unchanged). 0: Python's default.
+    # Python: with 1 ms Match's p99 during a 200k-hash fetch on PostgreSQL
+    # fell 361 -> 266 ms (bench/exchange.py, median of three alternated runs
+    # at load 14-17; nothing else changed there), for 0-10% more server CPU
+    # (more hand-overs). On SQLite two alternated pairs disagreed (p99
+    # 1133 -> 266 ms, 351 -> 622 ms): the machine's load swamps it there.
+    # The setting is the whole process's: held while the server runs, given
+    # back when it stops. 0: the process's interval left as it is (Python's
+    # 5 ms unless changed). Under 0.1 ms refused: the interpreter would spend
+    # its time handing the GIL back and forth (under 1 us it stores 0).
     gil_switch_seconds: float = 0.001
     # Server reflection (grpcurl and the like) needs no token: off unless asked for.
     reflection: bool = False
@@ -515,8 +525,10 @@ class Config:
             raise ValueError("quarantine_window_seconds must be more than 0")
         if not self.change_follow_seconds >= 0:  # NaN too
             raise ValueError("change_follow_seconds must be 0 or more")
-        if not 0 <= self.gil_switch_seconds <= 1:  # NaN too
-            raise ValueError("gil_switch_seconds must be within 0..1 (0: Python's default)")
+        if not (self.gil_switch_seconds == 0 or 0.0001 <= self.gil_switch_seconds <= 1):  # NaN too
+            raise ValueError(
+                "gil_switch_seconds must be 0 (the process's interval kept) or within 0.0001..1"
+            )
         if not self.flood_flush_seconds > 0:
             raise ValueError("flood_flush_seconds must be more than 0")
         if self.flood_max_pending_entries < 1:
@@ -552,8 +564,10 @@ class Config:
         for name in ("retro_lease_seconds", "retro_poll_seconds", "retro_stop_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be more than 0")
-        if not self.retro_pause_seconds >= 0:
-            raise ValueError("retro_pause_seconds must be 0 or more")
+        # bounded: an infinite or huge pause passed and then failed every batch
+        # (the child's time.sleep and the thread's wait raise OverflowError)
+        if not 0 <= self.retro_pause_seconds <= MAX_RETRO_PAUSE_SECONDS:  # NaN too
+            raise ValueError(f"retro_pause_seconds must be within 0..{MAX_RETRO_PAUSE_SECONDS:.0f}")
         if not 0 <= self.retro_nice <= 19:
             raise ValueError("retro_nice must be within 0..19")
         if not 1 <= self.retro_threads <= MAX_RETRO_THREADS:

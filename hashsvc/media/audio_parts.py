@@ -50,7 +50,13 @@ def block_spectra(pcm: np.ndarray, sample_rate: int) -> np.ndarray:
     frequencies = np.fft.rfftfreq(_FRAME, 1 / sample_rate)
     # a bin exactly on an edge belongs to the band below it
     first_bins = np.searchsorted(frequencies, _BAND_EDGES_HZ, side="right")
-    bands = np.add.reduceat(power[:, : first_bins[-1]], first_bins[:-1], axis=1)
+    # a band with no bin (coarse bins at a high rate, or above Nyquist) is 0
+    filled = np.diff(first_bins) > 0
+    bands = np.zeros((len(power), len(filled)), dtype=np.float32)
+    if filled.any():
+        bands[:, filled] = np.add.reduceat(
+            power[:, : first_bins[-1]], first_bins[:-1][filled], axis=1
+        )
     spectra = bands.reshape(n_blocks, frames_per_block, -1).mean(axis=1)
     return spectra.astype(np.float64)  # best_join's cumulative sums run over minutes
 

@@ -25,6 +25,7 @@ from hashsvc.base.errors import Timeout, TooLarge, Unavailable
 from hashsvc.media import sniff
 from hashsvc.media.dispatch import Hashed, MediaSource, hash_media, kind_of, size_of
 from hashsvc.media.limits import QUERY_PARTS, ImageLimits, MediaLimits
+from hashsvc.media.machine import spare_core
 
 log = logging.getLogger(__name__)
 
@@ -127,27 +128,40 @@ class HashingPool:
         with self._lock:
             if self._busy + 2 > self.workers:
                 return None
-        if not spare_core():
-            return None
-        is_image = self.check(source) == sniff.IMAGE
-        timeout = self.timeout_seconds if is_image else self.media_timeout_seconds
-        pool = self._pool
-        try:
-            future = self._submit(
-                pool, hash_media, source, self.limits, True, None, stage, None, exact
-            )
-        except RuntimeError:
-            return None  # the pool was just replaced: hashed in turn instead
-        return StartedJob(self, pool, future, time.monotonic() + timeout, is_image)
-
-    def _submit(self, pool: ProcessPoolExecutor, *job) -> Future:
-        future = pool.submit(*job)
-        with self._lock:
+            # Counted before the lock is let go: concurrent uploads that all
+            # found the workers idle would each start one, and the first
+            # steps submitted after them would queue behind them all.
             self._busy += 1
+        future = None
+        try:
+            if not spare_core():
+                return None
+            is_image = self.check(source) == sniff.IMAGE
+            timeout = self.timeout_seconds if is_image else self.media_timeout_seconds
+            pool = self._pool
+            try:
+                future = self._submit(
+                    pool, hash_media, source, self.limits, True, None, stage, None, exact,
+                    reserved=True,
+                )  # fmt: skip
+            except RuntimeError:
+                return None  # the pool was just replaced: hashed in turn instead
+            return StartedJob(self, pool, future, time.monotonic() + timeout, is_image)
+        finally:
+            if future is None:
+                self._done(None)  # nothing started: the reservation given back
+
+    def _submit(self, pool: ProcessPoolExecutor, *job, reserved: bool = False) -> Future:
+        """pool.submit(*job), counted in _busy until it is done (reserved:
+        counted already by the caller)."""
+        future = pool.submit(*job)
+        if not reserved:
+            with self._lock:
+                self._busy += 1
         future.add_done_callback(self._done)
         return future
 
-    def _done(self, _: Future) -> None:
+    def _done(self, _: Future | None) -> None:
         with self._lock:
             self._busy -= 1
 
@@ -199,6 +213,19 @@ class HashingPool:
                 pool, hash_media, source, self.limits, for_query, None, stage, picture, exact
             )
             return self._result(pool, future, time.monotonic() + timeout, is_image)
+        except BrokenProcessPool:
+            # Refused at submit: a worker died under a job nobody waited for
+            # (a second step started ahead and dropped), so no caller saw it
+            # and replaced the pool; every later job would be refused too.
+            log.error("hashing pool found broken; replacing it")
+            self._replace(pool, kill=False)
+            if retried:
+                raise Unavailable(
+                    "the media could not be hashed: the hashing worker died"
+                ) from None
+            return self._run(
+                source, for_query, retried=True, stage=stage, picture=picture, exact=exact
+            )
         except RuntimeError:
             # Another request replaced the pool (a worker died or hung) between
             # our reading self._pool and submitting to it: "cannot schedule new
@@ -234,18 +261,6 @@ class HashingPool:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def spare_core() -> bool:
-    """Whether the machine's cores are not all taken: its load average over
-    the last minute (runnable processes, this server's own included) is under
-    the cores this process may run on. On a machine already loaded, a job
-    started ahead runs in the time of the jobs the caller waits for."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return os.getloadavg()[0] < cores
-
-
 class StartedJob:
     """A hashing job started ahead of need (HashingPool.started_when_idle)."""
 
@@ -271,7 +286,11 @@ class StartedJob:
         """Not needed after all. A job running already cannot be stopped, but
         one that hangs is still held to its deadline: waited for on a thread
         of its own, its worker killed and the pool replaced as for any job."""
-        if self._future.cancel() or self._future.done():
+        if self._future.cancel():
+            return
+        if self._future.done():
+            # its error seen now: a worker it killed has its pool replaced
+            self._reap()
             return
         threading.Thread(target=self._reap, daemon=True, name="hashing-abandoned").start()
 

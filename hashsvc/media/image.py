@@ -43,6 +43,7 @@ from hashsvc.base.media_kinds import CONTRAST_VARIANT, ENLARGED_VARIANT
 from hashsvc.base.signals import LOCAL_FEATURES, Signal
 from hashsvc.media import local_features, local_regions, pdq_luma, regions
 from hashsvc.media.limits import STAGE_LOCAL, STAGE_VIEWS, ImageLimits
+from hashsvc.media.machine import spare_core
 
 FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"}
 # pdqhash.compute_dihedral's order, named by what was done to the upload.
@@ -389,7 +390,8 @@ def picture_signals(
     if part == 0:
         # the regions' half (part 1) carries the local features
         return upload_views(rgb, part)
-    pending = _in_background(local) if limits.local_features_thread else None
+    # a second thread only on a core to spare (on a loaded one its GIL waits cost more)
+    pending = _in_background(local) if limits.local_features_thread and spare_core() else None
     views = upload_views(rgb, part) if for_query else known_views(rgb)
     return [*views, *(pending.result() if pending is not None else local())]
 

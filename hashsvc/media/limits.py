@@ -23,7 +23,9 @@ class ImageLimits:
     # A picture's local features (ORB, tiles) are extracted in a second
     # thread beside its PDQ views: one upload's latency drops by ~7 ms when a
     # core is free (bench/speed.py); off, one thread does both, one after the
-    # other. The signals are the same either way.
+    # other. The signals are the same either way. On, the thread is still
+    # used only while the machine has a core to spare (hashsvc/media/
+    # machine.py): on a loaded one the two threads wait for each other's GIL.
     local_features_thread: bool = True
     # A picture (known or uploaded) shorter than this on its long side, as
     # stored, also gets its local features extracted from it enlarged to
