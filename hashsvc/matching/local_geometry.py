@@ -50,10 +50,6 @@ DISTINCT_PX = 3.0
 # edgeThreshold and patch size, 31 px at its finest level): agreement is
 # counted where both pictures could hold a keypoint, away from both edges.
 EDGE_PX = 31.0
-# A copy shown at least this much larger than the known picture (scale) does
-# not count, as comparable, cells only its own keypoints fill next to cells
-# where the known has keypoints (see _agreement). 0: never.
-ZOOMED_SCALE = 1.2
 
 
 @dataclass(frozen=True)
@@ -207,33 +203,8 @@ def _agreement(
     inside &= (back[:, 1] >= k_edge) & (back[:, 1] <= known.height - k_edge)
     both = np.concatenate([known.points[shown], back[inside].astype(np.float32)])
     comparable = _cell_ids(both, known.width, known.height)
-    if ZOOMED_SCALE and math.hypot(forward[0, 0], forward[1, 0]) >= ZOOMED_SCALE:
-        comparable = _zoomed_comparable(known.points[shown], back[inside], known)
     held = _cell_ids(inliers, known.width, known.height)
     return len(np.intersect1d(held, comparable)) / max(1, len(comparable))
-
-
-def _zoomed_comparable(known_shown: np.ndarray, query_back: np.ndarray, known: LocalFeatures):
-    """The comparable cells of a copy shown larger than the known picture (a big
-    crop, a tilt cut to fit): its finest keypoints are detail the known,
-    detected at its own size, cannot hold (ORB's pyramid only goes coarser),
-    and fill cells beside the known's own keypoints that could never agree
-    (true copies held at agreement 0.20-0.32). Such a cell is left out when a
-    neighbouring cell (8 around) holds a known keypoint; a cell farther from
-    every known keypoint is content the known lacks and still counts: a photo
-    in a channel's logo frame against the same frame around a featureless
-    known picture (counted over the known's keypoints alone that pair blocked
-    at agreement 0.41-0.88; tests/test_local_features.py)."""
-    grid = COVERAGE_GRID
-    known_cells = _cell_ids(known_shown, known.width, known.height)
-    near = np.zeros((grid + 2, grid + 2), bool)  # a frame of one cell: no bounds checks
-    rows, cols = known_cells // grid + 1, known_cells % grid + 1
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            near[rows + dy, cols + dx] = True
-    near = near[1:-1, 1:-1].ravel()
-    query_cells = _cell_ids(query_back.astype(np.float32), known.width, known.height)
-    return np.union1d(known_cells, query_cells[~near[query_cells]])
 
 
 def verify(
