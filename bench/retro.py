@@ -148,6 +148,22 @@ def write_history(
     return copies
 
 
+def known_set_and_history(core, db: str, uploads: int, entries: int):
+    """The hunts' benches' starting point: a set "bench" of `entries` random
+    PDQ hashes, matchable, and a history of `uploads` uploads in `db` with
+    copies of some of them planted. Returns (the set, copies planted, the
+    set's entry ids, 8 pictures to Match with meanwhile)."""
+    hash_set = core.curation.create_set("bench")
+    rng = np.random.default_rng(7)
+    new_hashes = np.unique(rng.integers(0, 256, (entries, 32), dtype=np.uint8), axis=0)
+    core.store.bulk_add_plain(hash_set.id, PlainSignals("pdq", "hash", new_hashes), "bench")
+    core.live.catch_up()
+    copies = write_history(db, uploads, new_hashes)
+    entry_ids = core.store.entries_changed_since(hash_set.id, 0)
+    images = [encode(photo(i)) for i in range(8)]
+    return hash_set, copies, entry_ids, images
+
+
 def match_during(core: Core, data: list[bytes], work, nice: int):
     """`work()` on a thread at the server's retro niceness (as its hunting
     thread) while Match is called in a loop: (work's result, Match latencies)."""

@@ -40,15 +40,12 @@ from collections import defaultdict
 from dataclasses import replace
 from datetime import UTC, datetime
 
-import numpy as np
-from retro import TARGET_UPLOADS, match_during, write_history
+from retro import TARGET_UPLOADS, known_set_and_history, match_during
 
-from hashdb.bulk_sql import PlainSignals
 from hashdb.times import to_micros
 from hashsvc.core.config import Config
 from hashsvc.core.core import Core, MatchQuery
 from hashsvc.index.binary import search_on_this_thread
-from hashsvc_testing.image_media import encode, photo
 
 # how a stand-in lowers itself: "nice" (retro_nice, in the server's
 # autogroup), "idle" (SCHED_IDLE), "group" (a session, so an autogroup, of
@@ -196,14 +193,9 @@ def main() -> None:
     child = core.retro.child
     assert child is not None
     try:
-        hash_set = core.curation.create_set("bench")
-        rng = np.random.default_rng(7)
-        new_hashes = np.unique(rng.integers(0, 256, (args.entries, 32), dtype=np.uint8), axis=0)
-        core.store.bulk_add_plain(hash_set.id, PlainSignals("pdq", "hash", new_hashes), "bench")
-        core.live.catch_up()
-        copies = write_history(db, args.uploads, new_hashes)
-        entry_ids = core.store.entries_changed_since(hash_set.id, 0)
-        images = [encode(photo(i)) for i in range(8)]
+        hash_set, copies, entry_ids, images = known_set_and_history(
+            core, db, args.uploads, args.entries
+        )
         # its imports, as at a server's first run: not timed
         child_pids = {child.start()}
         steps = StepTimes(core)
