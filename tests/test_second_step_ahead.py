@@ -155,6 +155,38 @@ def test_no_second_step_ahead_on_a_loaded_machine(pictures, monkeypatch):
         hashing.close()
 
 
+@pytest.mark.parametrize("unknown", ["OSError", "AttributeError"])
+def test_a_load_that_cannot_be_read_hashes_in_one_thread_and_one_step(
+    pictures, monkeypatch, unknown
+):
+    """Where the load average cannot be read (/proc/loadavg hidden in a
+    sandbox: OSError; no os.getloadavg off Unix: AttributeError) an upload is
+    still hashed, in one thread, and no second step is started ahead; the
+    error used to fail every picture hashed with local features."""
+    import os
+
+    from hashsvc.media import dispatch
+    from hashsvc.media.limits import MediaLimits
+
+    if unknown == "OSError":
+
+        def unreadable() -> tuple[float, float, float]:
+            raise OSError("Load averages are unobtainable")
+
+        monkeypatch.setattr(os, "getloadavg", unreadable)
+    else:
+        monkeypatch.delattr(os, "getloadavg")
+    assert not spare_core()
+    hashed = dispatch.hash_media(pictures["bridge_crop"], MediaLimits(), True)
+    assert any(s.kind == "local_features" for s in hashed.signals)
+    hashing = HashingPool(2, ImageLimits())
+    try:
+        assert hashing.started_when_idle(pictures["bridge"], STAGE_LOCAL) is None
+        assert hashing._busy == 0
+    finally:
+        hashing.close()
+
+
 def test_an_unused_job_that_hangs_is_killed_at_its_deadline():
     """Nobody waits for an abandoned job's answer, but a decoder that hangs
     must not hold its worker forever: the worker is killed at the job's
