@@ -13,7 +13,7 @@ import pytest
 
 from hashdb import HistoryFilter, HistoryRecord, Thresholds, open_store
 from hashdb.sqlbase import MAX_SIGNALS_PER_ENTRY
-from hashsvc.base.errors import AlreadyExists, InvalidArgument, NotFound
+from hashsvc.base.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from hashsvc.base.signals import Signal
 from hashsvc_testing.store_tamper import tamper
 
@@ -516,3 +516,36 @@ def test_an_older_server_refuses_a_store_a_newer_one_migrated(store_url, monkeyp
         open_store(store_url)
     monkeypatch.undo()
     open_store(store_url).close()
+
+
+def test_a_migration_failing_midway_leaves_nothing_and_says_why(store_url, monkeypatch):
+    """A new store's migrations are one transaction (on PostgreSQL sent in
+    pipeline mode, whose error arrives after later statements were sent):
+    one failing halfway is named in the error, and no table, version or
+    schema of the half done stays, so the next start migrates from the
+    beginning."""
+    from hashdb import migrations
+
+    for dialect in ("SQLITE", "POSTGRES"):
+        steps = [list(step) for step in getattr(migrations, dialect)]
+        steps[5].insert(1, "CREATE TABLE hash_sets (id INTEGER)")  # one that exists
+        monkeypatch.setattr(migrations, dialect, steps)
+    with pytest.raises(Unavailable, match="the .*database .*: .*hash_sets.* already exists"):
+        open_store(store_url)
+    if store_url.startswith("sqlite"):
+        path = store_url.removeprefix("sqlite:///")
+        with sqlite3.connect(path) as conn:
+            tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            assert [name for (name,) in tables if not name.startswith("sqlite_")] == []
+    else:
+        from hashdb.postgres import _schema_from_url
+
+        schema = _schema_from_url(store_url)
+        assert schema
+        with psycopg.connect(store_url, autocommit=True) as conn:
+            found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+            assert found.fetchone() is None
+    monkeypatch.undo()
+    store = open_store(store_url)
+    store.create_set("after", "", {}, {})
+    store.close()
