@@ -435,28 +435,13 @@ def local_feature_signals(
     on the grey picture either way. A picture with fewer than `contrast_below`
     keypoints (low contrast; 0: none) also gets the features of its equalised
     self (variant contrast_variant(variant); local_features.extract_contrast)."""
-    if contrast_below <= 0:
-        found = local_features.extract(Image.fromarray(rgb), limits)
-        if found is None:
-            return []
-        return [Signal(LOCAL_FEATURES.name, local_features.encode(found), None, variant, position)]
+    # contrast_below 0: extract_contrast never equalises (as extract alone)
     found, equalised = local_features.extract_contrast(Image.fromarray(rgb), contrast_below, limits)
-    signals = []
-    if found is not None:
-        signals.append(
-            Signal(LOCAL_FEATURES.name, local_features.encode(found), None, variant, position)
-        )
-    if equalised is not None:
-        signals.append(
-            Signal(
-                LOCAL_FEATURES.name,
-                local_features.encode(equalised),
-                None,
-                contrast_variant(variant),
-                position,
-            )
-        )
-    return signals
+    return [
+        Signal(LOCAL_FEATURES.name, local_features.encode(features), None, name, position)
+        for name, features in ((variant, found), (contrast_variant(variant), equalised))
+        if features is not None
+    ]
 
 
 def contrast_variant(variant: str) -> str:

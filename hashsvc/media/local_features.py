@@ -182,9 +182,9 @@ def extract_contrast(
     Low-contrast pictures (a hazy sea under a pale sky, a dim fundus photo)
     give FAST few corners, and their crops and tilts fewer still, under the
     refusal limits. The second features are extracted only when the picture
-    as it is yields fewer than `below` keypoints (else None), from the
-    picture equalised (_equalised); refusal limits and verification apply to
-    them unchanged."""
+    as it is yields fewer than `below` keypoints (else None; never when
+    `below` is 0), from the picture equalised (_equalised); refusal limits
+    and verification apply to them unchanged."""
     grey = _sized_grey(img, limits)
     if grey is None:
         return None, None

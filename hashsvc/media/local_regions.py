@@ -156,12 +156,10 @@ def tile_features(
     found: list[tuple[str, local_features.LocalFeatures]] = []
 
     def extract(variant: str, picture: Image.Image) -> None:
-        if contrast_below <= 0:
-            features, equalised = local_features.extract(picture, limits.extraction), None
-        else:
-            features, equalised = local_features.extract_contrast(
-                picture, contrast_below, limits.extraction
-            )
+        # contrast_below 0: extract_contrast never equalises (as extract alone)
+        features, equalised = local_features.extract_contrast(
+            picture, contrast_below, limits.extraction
+        )
         if features is not None:
             found.append((variant, features))
         if equalised is not None:
