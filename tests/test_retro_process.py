@@ -7,6 +7,7 @@ killed with -9 (no orphan)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -316,10 +317,9 @@ def test_kill_9_of_the_server_leaves_no_child_and_the_run_resumes(store_url, tmp
         probe.close()
 
 
-# A scanning child that answers "ready", then starts a batch's answer and
-# stops midway (stopped, frozen, stuck writing): its header says more bytes
-# than it sends.
-_STALLING_CHILD = """
+# A stand-in for the scanning child: it answers "ready" and reads one batch's
+# request; what it does then is the test's (the script's rest, argv[1]).
+_CHILD_START = """
 import os, pickle, struct, sys, time
 def send(message):
     data = pickle.dumps(message)
@@ -328,74 +328,18 @@ send((0, "ready", None))
 (size,) = struct.unpack("!Q", os.read(0, 8))
 while size:
     size -= len(os.read(0, size))
+"""
+
+# It starts the batch's answer and stops midway (stopped, frozen, stuck
+# writing): its header says more bytes than it sends.
+_STALLING_CHILD = """
 os.write(1, struct.pack("!Q", 1000) + b"x" * 10)  # 10 of 1,000 bytes
 time.sleep(float(sys.argv[1]))
 """
 
-
-def test_a_child_stalled_midway_through_an_answer_is_stopped(monkeypatch):
-    """Review: the server read an answer's bytes with no time limit once the
-    first had come, so a child stalled midway through one (stopped, frozen)
-    held the hunting thread, and the run, for as long as it stalled:
-    retro_process_batch_seconds did not apply. Now the batch fails in time
-    and the child is killed (the run is retried from its checkpoint)."""
-    import subprocess
-    import sys
-    import threading
-    from datetime import UTC, datetime
-    from types import SimpleNamespace
-
-    from hashsvc.core import retro_process
-    from hashsvc.matching.policy import PdqPolicy
-
-    stall_seconds = 60.0
-    started = []
-
-    def start_stalling_child(settings):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _STALLING_CHILD, str(stall_seconds)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            bufsize=0,
-        )
-        started.append(proc)
-        return proc
-
-    monkeypatch.setattr(retro_process, "_start_child", start_stalling_child)
-    engine = retro_process.ProcessRetroEngine(
-        "sqlite:///unused.db",
-        retro_process.ProcessSettings(batch_seconds=1.0),
-        PdqPolicy(),
-        None,
-        None,
-    )
-    run = SimpleNamespace(id=1, since=datetime.now(UTC), last_history_id=100)
-    try:
-        engine.start()
-        began = time.monotonic()
-        with pytest.raises(retro_process.ChildFailed, match="retro_process_batch_seconds"):
-            list(engine.batches(run, 0, 50, threading.Event(), lambda: True))
-        assert time.monotonic() - began < stall_seconds / 4
-        assert started[0].poll() is not None  # killed, not left stalled
-    finally:
-        engine.close()
-        for proc in started:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
-# A child that answers "ready", then a batch's answer the server cannot read
-# (larger than any answer may be, or bytes that are not a pickle), then waits.
+# It sends an answer the server cannot read (larger than any answer may be,
+# or bytes that are not a pickle), then waits.
 _GARBLING_CHILD = """
-import os, pickle, struct, sys, time
-def send(message):
-    data = pickle.dumps(message)
-    os.write(1, struct.pack("!Q", len(data)) + data)
-send((0, "ready", None))
-(size,) = struct.unpack("!Q", os.read(0, 8))
-while size:
-    size -= len(os.read(0, size))
 if sys.argv[1] == "huge":
     os.write(1, struct.pack("!Q", 1 << 62) + b"x" * 64)
 else:
@@ -404,26 +348,24 @@ time.sleep(60)
 """
 
 
-@pytest.mark.parametrize("answer", ["huge", "garbled"])
-def test_a_child_whose_answer_cannot_be_read_is_stopped(monkeypatch, answer):
-    """Review: an answer too large or not unpickled raised without stopping
-    the child, so its unread bytes were taken as the next answer's header and
-    every retry of the run failed against the same child. Now the child is
-    killed, and the next batch gets a new one."""
+@contextlib.contextmanager
+def _engine_with_child(monkeypatch, script: str, argument: str, batch_seconds: float):
+    """A process engine whose children run `script` (after _CHILD_START) with
+    `argument`: yields (the engine, started, a run's batches to read), where
+    started lists the children it started; all of them are killed after."""
     import subprocess
     import sys
-    import threading
     from datetime import UTC, datetime
     from types import SimpleNamespace
 
     from hashsvc.core import retro_process
     from hashsvc.matching.policy import PdqPolicy
 
-    started = []
+    started: list[subprocess.Popen] = []
 
-    def start_garbling_child(settings):
+    def start_child(settings):
         proc = subprocess.Popen(
-            [sys.executable, "-c", _GARBLING_CHILD, answer],
+            [sys.executable, "-c", _CHILD_START + script, argument],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             bufsize=0,
@@ -431,26 +373,66 @@ def test_a_child_whose_answer_cannot_be_read_is_stopped(monkeypatch, answer):
         started.append(proc)
         return proc
 
-    monkeypatch.setattr(retro_process, "_start_child", start_garbling_child)
+    monkeypatch.setattr(retro_process, "_start_child", start_child)
     engine = retro_process.ProcessRetroEngine(
-        "sqlite:///unused.db", retro_process.ProcessSettings(batch_seconds=10.0), PdqPolicy(),
-        None, None,
-    )  # fmt: skip
+        "sqlite:///unused.db",
+        retro_process.ProcessSettings(batch_seconds=batch_seconds),
+        PdqPolicy(),
+        None,
+        None,
+    )
     run = SimpleNamespace(id=1, since=datetime.now(UTC), last_history_id=100)
     try:
         engine.start()
-        with pytest.raises(retro_process.ChildFailed):
-            list(engine.batches(run, 0, 50, threading.Event(), lambda: True))
-        deadline = time.monotonic() + 10
-        while started[0].poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert started[0].poll() is not None  # killed: a new child for the next batch
+        yield (
+            engine,
+            started,
+            lambda: list(engine.batches(run, 0, 50, threading.Event(), lambda: True)),
+        )
     finally:
         engine.close()
         for proc in started:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_a_child_stalled_midway_through_an_answer_is_stopped(monkeypatch):
+    """Review: the server read an answer's bytes with no time limit once the
+    first had come, so a child stalled midway through one (stopped, frozen)
+    held the hunting thread, and the run, for as long as it stalled:
+    retro_process_batch_seconds did not apply. Now the batch fails in time
+    and the child is killed (the run is retried from its checkpoint)."""
+    from hashsvc.core import retro_process
+
+    stall_seconds = 60.0
+    with _engine_with_child(monkeypatch, _STALLING_CHILD, str(stall_seconds), 1.0) as (
+        _,
+        started,
+        batches,
+    ):
+        began = time.monotonic()
+        with pytest.raises(retro_process.ChildFailed, match="retro_process_batch_seconds"):
+            batches()
+        assert time.monotonic() - began < stall_seconds / 4
+        assert started[0].poll() is not None  # killed, not left stalled
+
+
+@pytest.mark.parametrize("answer", ["huge", "garbled"])
+def test_a_child_whose_answer_cannot_be_read_is_stopped(monkeypatch, answer):
+    """Review: an answer too large or not unpickled raised without stopping
+    the child, so its unread bytes were taken as the next answer's header and
+    every retry of the run failed against the same child. Now the child is
+    killed, and the next batch gets a new one."""
+    from hashsvc.core import retro_process
+
+    with _engine_with_child(monkeypatch, _GARBLING_CHILD, answer, 10.0) as (_, started, batches):
+        with pytest.raises(retro_process.ChildFailed):
+            batches()
+        deadline = time.monotonic() + 10
+        while started[0].poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started[0].poll() is not None  # killed: a new child for the next batch
 
 
 def test_a_pause_that_cannot_be_slept_is_refused():
