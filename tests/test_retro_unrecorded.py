@@ -126,18 +126,9 @@ def test_a_stale_holder_cannot_record_a_hit_after_the_run_was_claimed(
     (upload,) = store.history_uploads_by_id([history_id])
 
     def record():
-        return holder.audit.record_retro_match(
-            request_id=upload.request_id,
-            upload_time=upload.time,
-            caller=upload.caller,
-            caller_token_id=upload.caller_token_id,
-            client_ref=upload.client_ref,
-            media_type=upload.media_type,
-            match=store.get_review_item(review_id).matches[0],
-            detail={"run_id": run.id, "review_id": review_id, "history_id": history_id},
-            run_id=run.id,
-            owner=run.lease_owner,
-        )
+        # the record the holder writes for a hit (hashsvc/core/retro.py)
+        match = store.get_review_item(review_id).matches[0]
+        return retro._record_hit(holder.audit, run, upload, match, review_id)
 
     recorded, theirs, _, claim_end = write_while_claimed(record, other.store, in_record, claiming)
     assert theirs is not None and theirs.id == run.id
