@@ -23,6 +23,7 @@ import statistics
 import time
 
 from load import start_matcher  # bench/load.py: Match in a loop beside the load
+from pauses import Breakdown
 
 from hashsvc.api.server import start_server
 from hashsvc.client.client import Client
@@ -57,7 +58,7 @@ def serve_tcap(rows: int, commands, answers) -> None:
             answers.put(new)
 
 
-def bench(name: str, db_url: str, rows: int) -> dict:
+def bench(name: str, db_url: str, rows: int, breakdown: bool = False) -> dict:
     ctx = mp.get_context("spawn")
     commands, answers = ctx.Queue(), ctx.Queue()
     partner = ctx.Process(target=serve_tcap, args=(rows, commands, answers))
@@ -68,6 +69,7 @@ def bench(name: str, db_url: str, rows: int) -> dict:
         hash_in_process=True,
     )
     stop = ctx.Event()
+    phases = None
     try:
         url = answers.get(timeout=600)
         _, token = auth.create_token(running.core.store, "admin", "bench")
@@ -75,13 +77,17 @@ def bench(name: str, db_url: str, rows: int) -> dict:
         feeds = running.feeds
         feeds.add("bench", "tcap", "tcap", "bench", {}, {"base_url": url}, 3600, "user:secret-pass")
         address = f"127.0.0.1:{running.port}"
-        matcher, stop, latencies, _ = start_matcher(ctx, address, token)
-        started, cpu = time.perf_counter(), time.process_time()
+        matcher, stop, latencies, calls = start_matcher(ctx, address, token)
+        phases = Breakdown(running.core) if breakdown else None
+        fetching, cpu, before = time.perf_counter(), time.process_time(), calls.value
         first = feeds.fetch("tcap", "bench")
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - fetching
         cpu = time.process_time() - cpu  # the server's (the partner's is its own process)
+        during = calls.value + 1  # with the call in flight as the fetch ended
         stop.set()
-        lat = sorted(latencies.get(timeout=120))  # a dead matcher fails, not hangs
+        # the calls during the fetch only: the first ones open the channel
+        # (one took 585 ms on a loaded machine, counted as a pause before)
+        lat = sorted(latencies.get(timeout=120)[before:during])  # a dead matcher fails, not hangs
         assert lat, "no Match call during the fetch"
         matcher.join()
         assert first.added == rows, first
@@ -116,6 +122,9 @@ def bench(name: str, db_url: str, rows: int) -> dict:
         f" server CPU during the fetch {cpu:.2f} s ({rows / cpu:,.0f} hashes a CPU second)",
         flush=True,
     )
+    if phases is not None:
+        phases.close()
+        phases.report(fetching, fetching + seconds)
     return {"rate": rows / seconds, "max_ms": lat[-1] * 1000, "changes_s": matchable}
 
 
@@ -124,6 +133,11 @@ def main() -> None:
     parser.add_argument("--short", action="store_true", help="20k hashes (CI)")
     parser.add_argument("--rows", type=int)
     parser.add_argument("--stores", default="sqlite,postgresql")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="what the slowest Matches during the fetch waited on (bench/pauses.py)",
+    )
     args = parser.parse_args()
     rows = args.rows or (20_000 if args.short else 1_000_000)
     import tempfile
@@ -131,10 +145,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for store in args.stores.split(","):
             if store == "sqlite":
-                bench("sqlite", f"sqlite:///{tmp}/bench.db", rows)
+                bench("sqlite", f"sqlite:///{tmp}/bench.db", rows, args.breakdown)
             else:
                 with fresh_schema("bench_exchange") as url:
-                    bench("postgresql", url, rows)
+                    bench("postgresql", url, rows, args.breakdown)
 
 
 if __name__ == "__main__":
