@@ -114,6 +114,50 @@ def test_a_second_step_started_ahead_answers_as_two_steps_in_turn(
         in_turn.close()
 
 
+def test_a_first_step_hands_its_picture_back_only_for_a_second_step_in_turn(
+    tmp_path, pictures, quiet_machine
+):
+    """A first step's decoded picture (192 KiB for a 1024x768 JPEG) travels
+    back from the worker only when its second step may need it: not when
+    that one was started ahead (it decodes the upload itself)."""
+    from hashsvc.media import dispatch
+    from hashsvc.media.limits import STAGE_VIEWS, MediaLimits
+
+    data = pictures["bridge_crop"]
+    handed = dispatch.hash_media(data, MediaLimits(), True, stage=STAGE_VIEWS)
+    kept = dispatch.hash_media(data, MediaLimits(), True, stage=STAGE_VIEWS, with_picture=False)
+    assert handed.picture is not None and kept.picture is None
+    assert kept.signals == handed.signals and not kept.complete
+
+    pictures_back: dict[bool, list[bool]] = {}
+    for ahead in (True, False):
+        core = _worker_core(f"sqlite:///{tmp_path}/{ahead}.db", pictures["bridge"], ahead)
+        back = pictures_back[ahead] = []
+        start_query = core.hashing.start_query
+
+        def first_step(*args, start_query=start_query, back=back, **kwargs):
+            job = start_query(*args, **kwargs)
+            result = job.result
+
+            def collected():
+                hashed = result()
+                back.append(hashed.picture is not None)
+                return hashed
+
+            job.result = collected
+            return job
+
+        core.hashing.start_query = first_step
+        try:
+            _idle(core.hashing)
+            outcome = core.match(MatchQuery(media=data), caller="t")
+            assert outcome.matches[0].signal_type == "local_features"
+        finally:
+            core.close()
+    # ahead: the first step alone; in turn: the first step, then the second (no picture)
+    assert pictures_back == {True: [False], False: [True, False]}
+
+
 def test_no_second_step_ahead_without_a_worker_left_for_the_first(pictures, quiet_machine):
     one = HashingPool(1, ImageLimits())
     two = HashingPool(2, ImageLimits())
@@ -201,7 +245,7 @@ def test_an_unused_job_that_hangs_is_killed_at_its_deadline():
         while not hung.running():  # handed to the workers: too late to cancel
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        StartedJob(hashing, pool, hung, time.monotonic() + 1.0, True).abandon()
+        StartedJob(hashing, pool, [hung], time.monotonic() + 1.0, True).abandon()
         deadline = time.monotonic() + 30
         while hashing._pool is pool or any(p.is_alive() for p in processes):
             assert time.monotonic() < deadline, "the hung job's worker still runs"
@@ -329,7 +373,7 @@ def test_a_dropped_job_whose_worker_died_does_not_leave_the_pool_broken(pictures
         while not died.done():
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        StartedJob(hashing, pool, died, time.monotonic() + 20, True).abandon()
+        StartedJob(hashing, pool, [died], time.monotonic() + 20, True).abandon()
         assert hashing._pool is not pool
         assert hashing.hash_query(pictures["bridge"]).signals
         # a worker dead under a job nobody waits for at all: the next upload
