@@ -80,8 +80,13 @@ def bench(name: str, db_url: str, rows: int, breakdown: bool = False) -> dict:
         matcher, stop, latencies, calls = start_matcher(ctx, address, token)
         phases = Breakdown(running.core) if breakdown else None
         fetching, cpu, before = time.perf_counter(), time.process_time(), calls.value
+        threads = phases.thread_cpu() if phases else {}
         first = feeds.fetch("tcap", "bench")
         seconds = time.perf_counter() - fetching
+        if phases is not None:  # threads that ended during the fetch are not counted
+            threads = {
+                name: cpu - threads.get(name, 0.0) for name, cpu in phases.thread_cpu().items()
+            }
         cpu = time.process_time() - cpu  # the server's (the partner's is its own process)
         during = calls.value + 1  # with the call in flight as the fetch ended
         stop.set()
@@ -125,6 +130,11 @@ def bench(name: str, db_url: str, rows: int, breakdown: bool = False) -> dict:
     if phases is not None:
         phases.close()
         phases.report(fetching, fetching + seconds)
+        busy = sorted(threads.items(), key=lambda t: -t[1])
+        print(
+            "  server CPU during the fetch by thread (s):",
+            ", ".join(f"{n} {s:.2f}" for n, s in busy if s >= 0.05),
+        )
     return {"rate": rows / seconds, "max_ms": lat[-1] * 1000, "changes_s": matchable}
 
 

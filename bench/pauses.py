@@ -12,6 +12,7 @@ record that waited for its turn names the writes it waited for.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -57,7 +58,8 @@ class Breakdown:
         self.core, self.store = core, core.store
         self._local = threading.local()
         self.matches: list[dict] = []  # one a Match: start, phases, wall
-        self.holds: list[tuple[str, float, float]] = []  # SQLite writer lock: who, from, to
+        # SQLite writer lock: who, from, to, and its phase (CPU, core, blocked)
+        self.holds: list[tuple[str, float, float, _Phase]] = []
         # a thread that sleeps 1 ms at a time: how late it wakes, less its
         # wait for a core, is its wait for the GIL (what any thread of the
         # server waits after each socket read or sleep)
@@ -70,6 +72,21 @@ class Breakdown:
     def close(self) -> None:
         self._stopping.set()
         self._probe.join()
+
+    def thread_cpu(self) -> dict[str, float]:
+        """CPU seconds of each live thread of the process so far, by name
+        (threads of one name summed)."""
+        out: dict[str, float] = {}
+        tick = os.sysconf("SC_CLK_TCK")
+        for thread in threading.enumerate():
+            try:
+                with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            name = thread.name.rstrip("0123456789").rstrip("_-")
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        return out
 
     def _gil_probe(self) -> None:
         while not self._stopping.is_set():
@@ -139,11 +156,12 @@ class Breakdown:
             @contextmanager
             def held_turn(turn):
                 with write_turn(turn) as cur:
-                    start = time.perf_counter()
+                    start = _thread_clock()
                     yield cur
                 # the commit is in the hold: it ends when the lock is released
+                end = _thread_clock()
                 name = threading.current_thread().name
-                self.holds.append((name, start, time.perf_counter()))
+                self.holds.append((name, start[0], end[0], _Phase(start, end)))
 
             store._write_turn = held_turn
 
@@ -167,9 +185,8 @@ class Breakdown:
             for name in PHASES:
                 if name in m:
                     print(f"      {name:10s} {m[name].text()}")
-            for who, start, end in self._holders(m):
-                held = (end - start) * 1000
-                print(f"        waited on {who} holding the writer lock {held:.1f} ms")
+            for who, _, _, held in self._holders(m):
+                print(f"        waited on {who} holding the writer lock {held.text()}")
         wall = sum(m["all"].wall for m in top)
         print(
             f"  their wall time: {totals['cpu'] / wall:.0%} CPU, {totals['runq'] / wall:.0%}"
@@ -188,9 +205,9 @@ class Breakdown:
                 f" p99 {gil[int(len(gil) * 0.99)] * ms:.1f}, max {gil[-1] * ms:.1f} ms"
             )
         if holds:
-            held = sorted((end - start for _, start, end in holds), reverse=True)
+            held = sorted((end - start for _, start, end, _ in holds), reverse=True)
             by_thread: dict[str, float] = {}
-            for who, start, end in holds:
+            for who, start, end, _ in holds:
                 by_thread[who] = max(by_thread.get(who, 0.0), end - start)
             longest = ", ".join(f"{who} {s * 1000:.0f}" for who, s in sorted(by_thread.items()))
             print(
@@ -198,14 +215,14 @@ class Breakdown:
                 f" max {held[0] * 1000:.1f} ms; longest by thread (ms): {longest}"
             )
 
-    def _holders(self, m: dict) -> list[tuple[str, float, float]]:
+    def _holders(self, m: dict) -> list[tuple]:
         """The holds of the writer lock that overlap the Match's wait for
         its turn (none known on PostgreSQL)."""
         if "waited" not in m or not self.holds:
             return []
         waited_from, waited_to = m["waited"]
         return [
-            (who, start, stop)
-            for who, start, stop in self.holds
-            if start < waited_to and stop > waited_from and (stop - start) > 0.005
+            hold
+            for hold in self.holds
+            if hold[1] < waited_to and hold[2] > waited_from and (hold[2] - hold[1]) > 0.005
         ][:4]

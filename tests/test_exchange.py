@@ -669,7 +669,11 @@ def test_a_file_feed_swapped_after_its_check_is_refused(
     secret = tmp_path.parent / f"{tmp_path.name}-secret.txt"  # outside file_dir
     secret.write_text("".join(f"pdq {_hex()}\n" for _ in range(3)))
     limit = 1000
-    settings = dataclasses.replace(SETTINGS, file_dir=str(tmp_path), max_file_bytes=limit)
+    # the listing is read in this process (os.fstat is swapped below), not
+    # in a fetching child (exchange.fetch_process)
+    settings = dataclasses.replace(
+        SETTINGS, file_dir=str(tmp_path), max_file_bytes=limit, fetch_process=False
+    )
     stubs, md = make_harness(store_url, exchange=settings).stubs("operator")
     _set(stubs, md)
     _add(stubs, md, "f", "file", path=path)
@@ -832,7 +836,10 @@ def test_threatexchange_wrong_token_and_outage_never_show_the_token(make_harness
     query) in no error, status or log line."""
     import logging
 
-    settings = dataclasses.replace(SETTINGS, http_retries=2)
+    # urllib3 logs its retries in the process that fetches: this one, for
+    # caplog (a fetching child, exchange.fetch_process, installs the same
+    # filter when it imports the adapters, and logs warnings only)
+    settings = dataclasses.replace(SETTINGS, http_retries=2, fetch_process=False)
     h = make_harness(f"sqlite:///{tmp_path}/db.sqlite", exchange=settings)
     stubs, md = h.stubs("operator")
     _set(stubs, md)

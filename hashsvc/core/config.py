@@ -192,9 +192,21 @@ class ExchangeSettings:
     # began (a feed deleting 49% at every fetch emptied a set in a few).
     # 0 = each fetch on its own.
     delete_window_seconds: float = 86400.0
+    # A feed's pages are fetched and parsed (python-threatexchange's client)
+    # by a child process of the server, one a fetch, at fetch_nice: parsing
+    # in the server held its GIL, and a Match (and the bulk writes its history
+    # record waits for) waited (bench/exchange.py --breakdown). false: a
+    # thread of the server fetches them.
+    fetch_process: bool = True
+    fetch_nice: int = 10
+    # The longest the server waits for the child's next page (its HTTP calls,
+    # retries and parsing): past it the child is killed and the fetch fails,
+    # its committed pages kept, and is retried with backoff.
+    page_seconds: float = 600.0
 
     def __post_init__(self) -> None:
         for name in (
+            "page_seconds",
             "poll_seconds",
             "lease_seconds",
             "http_timeout_seconds",
@@ -215,6 +227,8 @@ class ExchangeSettings:
                 raise ValueError(f"exchange.{name} must be within 0..1")
         if self.write_rows < 1:
             raise ValueError("exchange.write_rows must be 1 or more")
+        if not 0 <= self.fetch_nice <= 19:
+            raise ValueError("exchange.fetch_nice must be within 0..19")
         if self.http_retries < 0 or self.min_every_seconds < 1 or self.feedback_max_attempts < 1:
             raise ValueError(
                 "exchange.http_retries must be >= 0, min_every_seconds and"

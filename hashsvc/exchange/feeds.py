@@ -59,6 +59,7 @@ from hashsvc.core.bulk_rows import RowError, row_value
 from hashsvc.core.config import ExchangeSettings
 from hashsvc.core.core import Core
 from hashsvc.exchange.credentials import CredentialBox
+from hashsvc.exchange.fetch_process import child_pages, error_text
 from hashsvc.exchange.sources import (
     APIS,
     FeedbackUnsupported,
@@ -66,7 +67,6 @@ from hashsvc.exchange.sources import (
     SourceItem,
     SourcePage,
     open_source,
-    redact,
 )
 
 log = logging.getLogger(__name__)
@@ -298,7 +298,7 @@ class _PageChain:
         (never deleted after), and the fetch stops there."""
         if self._failed is not None:
             raise FailedPrecondition(
-                f"an earlier page was not committed ({_error_text(self._failed)}): the fetch stops"
+                f"an earlier page was not committed ({error_text(self._failed)}): the fetch stops"
             )
         try:
             counts = self.feeds._commit_page(self.feed, page, self._expect_new)
@@ -596,7 +596,7 @@ class Feeds:
             self._fetch(feed, full, result, progress, allow_mass_delete)
         except Exception as exc:  # recorded and retried with backoff; never lost
             failed = True
-            result.error = _error_text(exc)
+            result.error = error_text(exc)
             if isinstance(exc, DeletionsRefused):
                 result.deletions_refused = exc.count
             log.warning("feed %s: fetch failed: %s", feed.name, result.error)
@@ -676,9 +676,8 @@ class Feeds:
         options = feed.options
         if feed.api == "file":
             options = {**options, "path": self._file_path(options.get("path", ""))}
-        source = open_source(
-            feed.api, self._source_config(feed.name, options, self._credentials(feed))
-        )
+        config = self._source_config(feed.name, options, self._credentials(feed))
+        source = open_source(feed.api, config)
         # A whole listing (a file each time; any API fetched from the start:
         # --full, or a checkpoint the API has forgotten the deletions after):
         # what it no longer lists is deleted, once every page has loaded.
@@ -700,7 +699,13 @@ class Feeds:
             self.settings.delete_window_seconds,
         )
         checkpoint = start
-        pages = _prefetched(source.pages(start), self._stopping)
+        if self.settings.fetch_process:
+            settings = self.settings
+            pages = child_pages(
+                feed.api, config, start, settings.fetch_nice, settings.page_seconds, self._stopping
+            )
+        else:
+            pages = _prefetched(source.pages(start), self._stopping)
         chain = _PageChain(self, feed, run, result, guard, progress)
         try:
             for page in pages:
@@ -1021,7 +1026,7 @@ class Feeds:
                 self.store.mark_feedback(item.id, FEEDBACK_UNSUPPORTED, str(exc))
                 continue
             except Exception as exc:  # kept queued: retried after `wait`
-                error = _error_text(exc)
+                error = error_text(exc)
                 state = FEEDBACK_QUEUED
                 if item.attempts + 1 >= self.settings.feedback_max_attempts:
                     state = "failed"
@@ -1192,15 +1197,3 @@ def _add_row(
     columns["labels"].append(labels)
     columns["label_values"].append(source_id)
     columns["deleted"].append(deleted)
-
-
-def _error_text(exc: BaseException) -> str:
-    """One line for status and history; an HTTP error names its status and
-    URL without the query (ThreatExchange puts the token there)."""
-    response = getattr(exc, "response", None)
-    if response is not None and getattr(response, "status_code", None):
-        url = str(getattr(response, "url", "")).split("?", 1)[0]
-        code = response.status_code
-        hint = " (credentials refused)" if code in (400, 401, 403) else ""
-        return f"HTTP {code} from {url}{hint}"
-    return redact(f"{type(exc).__name__}: {exc}")[:500]
