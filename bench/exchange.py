@@ -7,6 +7,7 @@ fetch of 1,000 changes and how soon they match.
     .venv/bin/python bench/exchange.py            # 1M hashes, SQLite and PostgreSQL
     .venv/bin/python bench/exchange.py --short    # 20k hashes (CI)
     .venv/bin/python bench/exchange.py --rows 200000 --stores sqlite
+    .venv/bin/python bench/exchange.py --rows 200000 --profile  # where the server's CPU goes
 
 Targets (issue 22): >= 100k hashes/s fetched and loaded; 1,000 changes
 matchable within 2 s of the fetch; Match max pause < 100 ms during a fetch.
@@ -17,12 +18,13 @@ feed's name), so this is the labelled bulk path's speed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import statistics
 import time
 
-from load import start_matcher  # bench/load.py: Match in a loop beside the load
+from load import Sampler, start_matcher  # bench/load.py: Match in a loop, thread sampler
 
 from hashsvc.api.server import start_server
 from hashsvc.client.client import Client
@@ -57,7 +59,7 @@ def serve_tcap(rows: int, commands, answers) -> None:
             answers.put(new)
 
 
-def bench(name: str, db_url: str, rows: int) -> dict:
+def bench(name: str, db_url: str, rows: int, profile: bool = False) -> dict:
     ctx = mp.get_context("spawn")
     commands, answers = ctx.Queue(), ctx.Queue()
     partner = ctx.Process(target=serve_tcap, args=(rows, commands, answers))
@@ -76,8 +78,10 @@ def bench(name: str, db_url: str, rows: int) -> dict:
         feeds.add("bench", "tcap", "tcap", "bench", {}, {"base_url": url}, 3600, "user:secret-pass")
         address = f"127.0.0.1:{running.port}"
         matcher, stop, latencies, _ = start_matcher(ctx, address, token)
+        sampler = Sampler() if profile else contextlib.nullcontext()
         started, cpu = time.perf_counter(), time.process_time()
-        first = feeds.fetch("tcap", "bench")
+        with sampler:
+            first = feeds.fetch("tcap", "bench")
         seconds = time.perf_counter() - started
         cpu = time.process_time() - cpu  # the server's (the partner's is its own process)
         stop.set()
@@ -116,6 +120,8 @@ def bench(name: str, db_url: str, rows: int) -> dict:
         f" server CPU during the fetch {cpu:.2f} s ({rows / cpu:,.0f} hashes a CPU second)",
         flush=True,
     )
+    if profile:
+        print(f"{name:10s} server threads' samples during the fetch:\n{sampler.report()}")
     return {"rate": rows / seconds, "max_ms": lat[-1] * 1000, "changes_s": matchable}
 
 
@@ -124,6 +130,9 @@ def main() -> None:
     parser.add_argument("--short", action="store_true", help="20k hashes (CI)")
     parser.add_argument("--rows", type=int)
     parser.add_argument("--stores", default="sqlite,postgresql")
+    parser.add_argument(
+        "--profile", action="store_true", help="sample the server's threads during the fetch"
+    )
     args = parser.parse_args()
     rows = args.rows or (20_000 if args.short else 1_000_000)
     import tempfile
@@ -131,10 +140,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for store in args.stores.split(","):
             if store == "sqlite":
-                bench("sqlite", f"sqlite:///{tmp}/bench.db", rows)
+                bench("sqlite", f"sqlite:///{tmp}/bench.db", rows, args.profile)
             else:
                 with fresh_schema("bench_exchange") as url:
-                    bench("postgresql", url, rows)
+                    bench("postgresql", url, rows, args.profile)
 
 
 if __name__ == "__main__":
