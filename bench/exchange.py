@@ -7,6 +7,7 @@ fetch of 1,000 changes and how soon they match.
     .venv/bin/python bench/exchange.py            # 1M hashes, SQLite and PostgreSQL
     .venv/bin/python bench/exchange.py --short    # 20k hashes (CI)
     .venv/bin/python bench/exchange.py --rows 200000 --stores sqlite
+    .venv/bin/python bench/exchange.py --rows 200000 --profile  # where the server's CPU goes
 
 Targets (issue 22): >= 100k hashes/s fetched and loaded; 1,000 changes
 matchable within 2 s of the fetch; Match max pause < 100 ms during a fetch.
@@ -17,12 +18,13 @@ feed's name), so this is the labelled bulk path's speed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import statistics
 import time
 
-from load import start_matcher  # bench/load.py: Match in a loop beside the load
+from load import Sampler, start_matcher  # bench/load.py: Match in a loop, thread sampler
 from pauses import Breakdown
 
 from hashsvc.api.server import start_server
@@ -58,7 +60,9 @@ def serve_tcap(rows: int, commands, answers) -> None:
             answers.put(new)
 
 
-def bench(name: str, db_url: str, rows: int, breakdown: bool = False) -> dict:
+def bench(
+    name: str, db_url: str, rows: int, breakdown: bool = False, profile: bool = False
+) -> dict:
     ctx = mp.get_context("spawn")
     commands, answers = ctx.Queue(), ctx.Queue()
     partner = ctx.Process(target=serve_tcap, args=(rows, commands, answers))
@@ -79,9 +83,11 @@ def bench(name: str, db_url: str, rows: int, breakdown: bool = False) -> dict:
         address = f"127.0.0.1:{running.port}"
         matcher, stop, latencies, calls = start_matcher(ctx, address, token)
         phases = Breakdown(running.core) if breakdown else None
+        sampler = Sampler() if profile else contextlib.nullcontext()
         fetching, cpu, before = time.perf_counter(), time.process_time(), calls.value
         threads = phases.thread_cpu() if phases else {}
-        first = feeds.fetch("tcap", "bench")
+        with sampler:
+            first = feeds.fetch("tcap", "bench")
         seconds = time.perf_counter() - fetching
         if phases is not None:  # threads that ended during the fetch are not counted
             threads = {
@@ -135,6 +141,8 @@ def bench(name: str, db_url: str, rows: int, breakdown: bool = False) -> dict:
             "  server CPU during the fetch by thread (s):",
             ", ".join(f"{n} {s:.2f}" for n, s in busy if s >= 0.05),
         )
+    if profile:
+        print(f"{name:10s} server threads' samples during the fetch:\n{sampler.report()}")
     return {"rate": rows / seconds, "max_ms": lat[-1] * 1000, "changes_s": matchable}
 
 
@@ -148,6 +156,9 @@ def main() -> None:
         action="store_true",
         help="what the slowest Matches during the fetch waited on (bench/pauses.py)",
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="sample the server's threads during the fetch"
+    )
     args = parser.parse_args()
     rows = args.rows or (20_000 if args.short else 1_000_000)
     import tempfile
@@ -155,10 +166,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for store in args.stores.split(","):
             if store == "sqlite":
-                bench("sqlite", f"sqlite:///{tmp}/bench.db", rows, args.breakdown)
+                bench("sqlite", f"sqlite:///{tmp}/bench.db", rows, args.breakdown, args.profile)
             else:
                 with fresh_schema("bench_exchange") as url:
-                    bench("postgresql", url, rows, args.breakdown)
+                    bench("postgresql", url, rows, args.breakdown, args.profile)
 
 
 if __name__ == "__main__":

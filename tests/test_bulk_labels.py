@@ -10,10 +10,12 @@ from __future__ import annotations
 import io
 import json
 
+import numpy as np
 import pytest
 
 import loaders
 from hashdb import open_store
+from hashdb.bulk_sql import PlainSignals
 from hashsvc.api.bulk_pb import rows_from_pb
 from hashsvc.client import cli_bulk
 from hashsvc.core.bulk import RowBatch, load
@@ -505,3 +507,39 @@ def test_label_sets_that_say_nothing_load_column_wise(store_and_index):
     entries = _entries(store, hash_set.id)
     assert entries[f"pdq:{_value(1)}"][0] == {"group": "ISIS"}
     assert all(entries[f"pdq:{_value(row + 1)}"][0] == {} for row in range(1, 6))
+
+
+def test_a_part_of_a_run_carries_only_its_own_label_sets(store_and_index):
+    """A run of rows each under a label set of its own (a feed's source id)
+    is written in parts: each part stages the sets its rows use, not the
+    whole run's (a feed's write of 2,000 rows staged its batch's 20,000),
+    and every row keeps exactly its own labels."""
+    store, _ = store_and_index
+    hash_set = store.create_set("parts", "", {}, {})
+    count = 600
+    texts = [json.dumps({"feed": "f", "source_id": str(row)}) for row in range(count)]
+    codes = np.arange(count, dtype=np.int64)[::-1].copy()  # not in order of the texts
+    rows = PlainSignals.numbered(
+        "pdq",
+        "photo",
+        np.array([bytes.fromhex(_value(row + 1)) for row in range(count)])
+        .view(np.uint8)
+        .reshape(count, 32),
+        None,
+        np.array([f"f:{row:04d}" for row in range(count)], dtype=object),
+        codes,
+        texts,
+    )
+    for start in range(0, count, 150):
+        part = rows[start : start + 150]
+        part_codes, part_texts = part.label_codes()
+        assert len(part_texts) == 150
+        assert [part_texts[c] for c in part_codes.tolist()] == [
+            texts[c] for c in codes[start : start + 150].tolist()
+        ]
+        counts, _ = store.bulk_add_plain(hash_set.id, part, "op")
+        assert counts.added == 150
+    entries = _entries(store, hash_set.id)
+    assert {name: labels for name, (labels, _) in entries.items()} == {
+        f"f:{row:04d}": json.loads(texts[codes[row]]) for row in range(count)
+    }
