@@ -26,6 +26,7 @@ from hashsvc.media.limits import STAGE_LOCAL, ImageLimits
 from hashsvc.media.machine import spare_core
 from hashsvc_testing import local_media
 from hashsvc_testing.image_media import encode as encode_image
+from hashsvc_testing.image_media import photo
 from hashsvc_testing.vectors import vector
 
 BRIDGE = ("threatexchange", "pdq", "data", "reg-test-input", "dih", "bridge-1-original.jpg")
@@ -41,6 +42,14 @@ def pictures() -> dict[str, bytes]:
         # a crop PDQ cannot see: local features only
         "bridge_crop": encode_image(
             local_media.crop(bridge, np.random.default_rng(0), 0.2), "JPEG", quality=85
+        ),
+        # a 2x2 collage of it and photos: tiles, extracted in the views' thread
+        "bridge_collage": encode_image(
+            local_media.collage(bridge, np.random.default_rng(1), 2, [photo(n) for n in range(3)])[
+                0
+            ],
+            "JPEG",
+            quality=85,
         ),
     }
 
@@ -257,8 +266,9 @@ def test_an_unused_job_that_hangs_is_killed_at_its_deadline():
 
 def test_an_upload_gives_the_same_signals_in_one_thread_or_two(pictures, monkeypatch):
     """A loaded machine hashes an upload's local features in the views'
-    thread (hashsvc/media/machine.py), a quiet one beside them: the same
-    signals, in one step and in either of two steps."""
+    thread (hashsvc/media/machine.py), a quiet one beside them (its tiles'
+    after the views, in their thread): the same signals, in the same order,
+    in one step and in either of two steps."""
     from hashsvc.media import dispatch, image
     from hashsvc.media.limits import STAGE_VIEWS, MediaLimits
 
@@ -266,7 +276,7 @@ def test_an_upload_gives_the_same_signals_in_one_thread_or_two(pictures, monkeyp
     got = {}
     for spare in (True, False):
         monkeypatch.setattr(image, "spare_core", lambda spare=spare: spare)
-        for name in ("bridge", "bridge_crop"):
+        for name in ("bridge", "bridge_crop", "bridge_collage"):
             data = pictures[name]
             first = dispatch.hash_media(data, limits, True, stage=STAGE_VIEWS)
             second = dispatch.hash_media(data, limits, True, stage=STAGE_LOCAL)
@@ -274,7 +284,9 @@ def test_an_upload_gives_the_same_signals_in_one_thread_or_two(pictures, monkeyp
                 dispatch.hash_media(data, limits, True).signals,
                 first.signals + second.signals,
             )
-    for name in ("bridge", "bridge_crop"):
+    tiles = [s.variant for s in got[True, "bridge_collage"][0] if s.variant.startswith("tile:")]
+    assert tiles, "the collage has no tiles"
+    for name in ("bridge", "bridge_crop", "bridge_collage"):
         one_step, two_steps = got[True, name]
         assert any(s.kind == "local_features" for s in one_step)
         assert got[False, name] == got[True, name]

@@ -17,7 +17,7 @@ import os
 import resource
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 
@@ -268,6 +268,14 @@ class HashingPool:
             log.error("hashing worker died; replacing the pool")
             self._replace(pool, kill=False)
             raise Unavailable("the media could not be hashed: the hashing worker died") from None
+        except CancelledError:
+            # Never started: another job hung past its deadline or its worker
+            # died, and the pool was replaced with this one still waiting
+            # (it was an internal error). The upload itself may be fine.
+            raise Unavailable(
+                "the media could not be hashed: the hashing workers were replaced before"
+                " it was hashed; retry"
+            ) from None
 
     def close(self) -> None:
         if self._pool is not None:
