@@ -61,13 +61,23 @@ def serve_tcap(rows: int, commands, answers) -> None:
 
 
 def bench(
-    name: str, db_url: str, rows: int, breakdown: bool = False, profile: bool = False
+    name: str,
+    db_url: str,
+    rows: int,
+    breakdown: bool = False,
+    profile: bool = False,
+    in_thread: bool = False,
 ) -> dict:
     ctx = mp.get_context("spawn")
     commands, answers = ctx.Queue(), ctx.Queue()
     partner = ctx.Process(target=serve_tcap, args=(rows, commands, answers))
     partner.start()
-    settings = ExchangeSettings(background=False, http_timeout_seconds=300, min_every_seconds=1)
+    settings = ExchangeSettings(
+        background=False,
+        http_timeout_seconds=300,
+        min_every_seconds=1,
+        fetch_process=not in_thread,
+    )
     running = start_server(
         Config(listen="127.0.0.1:0", db_url=db_url, workers=1, exchange=settings),
         hash_in_process=True,
@@ -152,6 +162,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int)
     parser.add_argument("--stores", default="sqlite,postgresql")
     parser.add_argument(
+        "--fetch-in-thread",
+        action="store_true",
+        help="pages fetched and parsed by a thread of the server (exchange.fetch_process off)",
+    )
+    parser.add_argument(
         "--breakdown",
         action="store_true",
         help="what the slowest Matches during the fetch waited on (bench/pauses.py)",
@@ -166,10 +181,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for store in args.stores.split(","):
             if store == "sqlite":
-                bench("sqlite", f"sqlite:///{tmp}/bench.db", rows, args.breakdown, args.profile)
+                bench(
+                    "sqlite",
+                    f"sqlite:///{tmp}/bench.db",
+                    rows,
+                    breakdown=args.breakdown,
+                    profile=args.profile,
+                    in_thread=args.fetch_in_thread,
+                )
             else:
                 with fresh_schema("bench_exchange") as url:
-                    bench("postgresql", url, rows, args.breakdown, args.profile)
+                    bench(
+                        "postgresql",
+                        url,
+                        rows,
+                        breakdown=args.breakdown,
+                        profile=args.profile,
+                        in_thread=args.fetch_in_thread,
+                    )
 
 
 if __name__ == "__main__":

@@ -90,8 +90,12 @@ def test_kill_9_mid_fetch_resumes_from_the_checkpoint_without_duplicates(
         )  # fmt: skip
         assert wait_until(lambda: _feed(server.channel, md).checkpoint != "", timeout=30)
         assert wait_until(lambda: tcap.page_requests >= 3, timeout=30)
+        fetching = fetching_children(server.proc.pid)
+        assert len(fetching) == 1  # exchange.fetch_process: the pages' child
         server.stop(signal.SIGKILL)
         assert fetch.wait(timeout=60) == 3  # the CLI: server unreachable
+        # the kernel told the child its server died (PR_SET_PDEATHSIG): it ended
+        assert wait_until(lambda: not fetching_children(server.proc.pid), timeout=30)
         committed = _entry_count_in_store(store_url)
         assert 0 < committed < RECORDS
 
@@ -120,6 +124,24 @@ def test_kill_9_mid_fetch_resumes_from_the_checkpoint_without_duplicates(
         assert _entry_count(server.channel, md) == RECORDS
         assert (feed.added, feed.items, feed.last_result) == (RECORDS, RECORDS, "ok")
         server.stop(signal.SIGTERM)
+
+
+def fetching_children(server_pid: int) -> list[int]:
+    """Live fetching children (hashsvc/exchange/fetch_process.py) started by
+    the server process `server_pid`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        fetching = b"hashsvc.exchange.fetch_process" in args
+        if fetching and str(server_pid).encode() in args and state != "Z":
+            found.append(int(pid))
+    return found
 
 
 def _entry_count_in_store(store_url: str) -> int:

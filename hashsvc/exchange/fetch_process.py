@@ -102,8 +102,9 @@ def child_pages(
 ) -> Iterator[SourcePage]:
     """The source's pages from `checkpoint`, fetched and parsed by a child
     process. Raises FetchFailed when the child fails, dies or sends no page
-    for page_seconds, FailedPrecondition when `stopping` is set; the child
-    is killed whenever this ends before the last page."""
+    for page_seconds, FailedPrecondition when `stopping` is set and the
+    page in progress has not come within the HTTP timeout; the child is
+    killed whenever this ends before the last page."""
     proc = _start_child(nice)
     try:
         try:
@@ -114,7 +115,7 @@ def child_pages(
         items: list[SourceItem] = []
         limit = page_seconds + _START_SECONDS  # its first page: its imports too
         while True:
-            message = _next_message(proc, fd, limit, stopping)
+            message = _next_message(proc, fd, limit, stopping, config.timeout_seconds)
             limit = page_seconds
             kind, payload = message
             if kind == "items":
@@ -131,13 +132,19 @@ def child_pages(
 
 
 def _next_message(
-    proc: subprocess.Popen, fd: int, seconds: float, stopping: threading.Event
+    proc: subprocess.Popen, fd: int, seconds: float, stopping: threading.Event, grace: float
 ) -> tuple[str, object]:
     deadline = time.monotonic() + seconds
+    stop_by = None
     while True:
-        if stopping.is_set():
+        now = time.monotonic()
+        if stop_by is None and stopping.is_set():
+            # the page in progress is still written, as a fetching thread's
+            # was, if it comes within `grace` (the HTTP timeout)
+            stop_by = now + grace
+        if stop_by is not None and now >= stop_by:
             raise FailedPrecondition("the server is stopping")
-        wait = min(_LOOK_SECONDS, deadline - time.monotonic())
+        wait = min(_LOOK_SECONDS, deadline - now)
         if wait <= 0:
             raise FetchFailed(
                 f"the fetching process sent nothing for {seconds:g} s (exchange.page_seconds):"
