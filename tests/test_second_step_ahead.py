@@ -21,9 +21,10 @@ from hashsvc.core.config import Config
 from hashsvc.core.core import Core, MatchQuery
 from hashsvc.matching.matcher import LOCAL_NOT_COMPUTED
 from hashsvc.media import hashing as hashing_module
+from hashsvc.media import machine
 from hashsvc.media.hashing import HashingPool, StartedJob
 from hashsvc.media.limits import STAGE_LOCAL, ImageLimits
-from hashsvc.media.machine import spare_core
+from hashsvc.media.machine import CpuTimes, CpuWatch, read_cpu_times, spare_core
 from hashsvc_testing import local_media
 from hashsvc_testing.image_media import encode as encode_image
 from hashsvc_testing.image_media import photo
@@ -188,18 +189,37 @@ def test_no_second_step_ahead_without_a_worker_left_for_the_first(pictures, quie
         two.close()
 
 
-def test_no_second_step_ahead_on_a_loaded_machine(pictures, monkeypatch):
-    import os
+class _Cpus:
+    """The CPUs' times spare_core reads (machine._watch), moved by the test:
+    each reading adds 100 ticks a CPU, `busy` of them taken at nice 0."""
 
-    cores = len(os.sched_getaffinity(0))
-    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 0.5, 0.0, 0.0))
+    def __init__(self) -> None:
+        self.busy = 0
+        self.taken = self.free = 0
+
+    def read(self) -> CpuTimes:
+        self.taken += 2 * self.busy
+        self.free += 2 * (100 - self.busy)
+        return CpuTimes(2, self.taken, self.free)
+
+
+def _watch_cpus(monkeypatch, read) -> None:
+    """spare_core reads `read` at every call (no window to wait out)."""
+    monkeypatch.setattr(machine, "_watch", CpuWatch(read=read, window_seconds=0.0))
+
+
+def test_no_second_step_ahead_on_a_loaded_machine(pictures, monkeypatch):
+    cpus = _Cpus()
+    _watch_cpus(monkeypatch, cpus.read)
+    cpus.busy = 90  # both cores busy at nice 0
+    spare_core()  # the window's start
     assert not spare_core()
     hashing = HashingPool(2, ImageLimits())
     try:
         hashing.warm_up()
         _idle(hashing)
         assert hashing.started_when_idle(pictures["bridge"], STAGE_LOCAL) is None
-        monkeypatch.setattr(os, "getloadavg", lambda: (cores - 0.5, 0.0, 0.0))
+        cpus.busy = 30  # more than half a core idle (or niced)
         assert spare_core()
         job = hashing.started_when_idle(pictures["bridge"], STAGE_LOCAL)
         assert job is not None
@@ -208,27 +228,22 @@ def test_no_second_step_ahead_on_a_loaded_machine(pictures, monkeypatch):
         hashing.close()
 
 
-@pytest.mark.parametrize("unknown", ["OSError", "AttributeError"])
-def test_a_load_that_cannot_be_read_hashes_in_one_thread_and_one_step(
-    pictures, monkeypatch, unknown
+@pytest.mark.parametrize("unknown", ["missing", "garbled"])
+def test_cpu_times_that_cannot_be_read_hash_in_one_thread_and_one_step(
+    pictures, monkeypatch, tmp_path, unknown
 ):
-    """Where the load average cannot be read (/proc/loadavg hidden in a
-    sandbox: OSError; no os.getloadavg off Unix: AttributeError) an upload is
-    still hashed, in one thread, and no second step is started ahead; the
-    error used to fail every picture hashed with local features."""
-    import os
-
+    """Where the CPUs' times cannot be read (/proc/stat hidden in a sandbox,
+    or garbled) an upload is still hashed, in one thread, and no second step
+    is started ahead; an error there (the load average's, before) used to
+    fail every picture hashed with local features."""
     from hashsvc.media import dispatch
     from hashsvc.media.limits import MediaLimits
 
-    if unknown == "OSError":
-
-        def unreadable() -> tuple[float, float, float]:
-            raise OSError("Load averages are unobtainable")
-
-        monkeypatch.setattr(os, "getloadavg", unreadable)
-    else:
-        monkeypatch.delattr(os, "getloadavg")
+    stat = tmp_path / "stat"
+    if unknown == "garbled":
+        stat.write_text("cpu0 1 2 three\ncpu1 x\n")
+    _watch_cpus(monkeypatch, lambda: read_cpu_times(str(stat), {0, 1}))
+    spare_core()
     assert not spare_core()
     hashed = dispatch.hash_media(pictures["bridge_crop"], MediaLimits(), True)
     assert any(s.kind == "local_features" for s in hashed.signals)
