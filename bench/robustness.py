@@ -596,7 +596,7 @@ def main() -> None:
             f"{'ALL (mean)':<24}{statistics.mean(r['recall_block'] for r in rows):>8.3f}"
             f"{statistics.mean(r['recall_review'] for r in rows):>8.3f}"
         )
-    if hard:
+    if hard and hard_hits:  # none without transforms (--transforms none: precision alone)
         n = sum(hard_hits.values())
         print(
             f"hard pictures' own copies ({n}, every transform): recall@block"
