@@ -277,6 +277,9 @@ def main() -> None:
         help="local_features.max_verified_spare to try (0: no spare pass, as before it)",
     )
     parser.add_argument(
+        "--min-votes", type=float, help="local_features.min_votes to try (lowest score verified)"
+    )
+    parser.add_argument(
         "--spare-min",
         type=float,
         help="local_features.min_votes_spare to try (the lowest score the spare pass verifies)",
@@ -392,6 +395,8 @@ def main() -> None:
             local = dataclasses.replace(local, max_verified_spare=args.spare)
         if args.spare_min is not None:
             local = dataclasses.replace(local, min_votes_spare=args.spare_min)
+        if args.min_votes is not None:
+            local = dataclasses.replace(local, min_votes=args.min_votes)
         core = open_core(folder, pdq_policy, local, args.contrast_below)
         try:
             views = KnownViews()
@@ -596,7 +601,7 @@ def main() -> None:
             f"{'ALL (mean)':<24}{statistics.mean(r['recall_block'] for r in rows):>8.3f}"
             f"{statistics.mean(r['recall_review'] for r in rows):>8.3f}"
         )
-    if hard:
+    if hard and hard_hits:  # none without transforms (--transforms none: precision alone)
         n = sum(hard_hits.values())
         print(
             f"hard pictures' own copies ({n}, every transform): recall@block"

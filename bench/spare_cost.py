@@ -38,8 +38,8 @@ def main() -> None:
     parser.add_argument("--spare", type=int, help="max_verified_spare of the 'on' setting")
     parser.add_argument(
         "--settings",
-        help="instead of off/on: max_verified_spare:min_votes_spare pairs to compare, e.g."
-        " 4:0.07,8:0.05",
+        help="instead of off/on: max_verified_spare:min_votes_spare[:min_votes] to compare, e.g."
+        " 4:0.07,8:0.05:0.14",
     )
     parser.add_argument(
         "--short", action="store_true", help="20 uploads, 2 rounds, 10k features, 20 known (CI)"
@@ -74,9 +74,12 @@ def main() -> None:
             if args.settings:
                 settings = {}
                 for pair in args.settings.split(","):
-                    spare, least = pair.split(":")
+                    spare, least, *votes = pair.split(":")
                     settings[pair] = dataclasses.replace(
-                        base, max_verified_spare=int(spare), min_votes_spare=float(least)
+                        base,
+                        max_verified_spare=int(spare),
+                        min_votes_spare=float(least),
+                        min_votes=float(votes[0]) if votes else base.min_votes,
                     )
             calls = {"n": 0}
             verify = local_geometry.verify
@@ -107,7 +110,7 @@ def main() -> None:
     for key in settings:
         print(
             f"spare {key:>3} ({settings[key].max_verified_spare},"
-            f" {settings[key].min_votes_spare}): matcher CPU"
+            f" {settings[key].min_votes_spare}, min_votes {settings[key].min_votes}): matcher CPU"
             f" {statistics.median(cpu[key]):.2f} ms/upload (median of"
             f" rounds {', '.join(f'{c:.2f}' for c in cpu[key])}); verifications"
             f" {verified[key] / len(uploads):.2f}/upload"
