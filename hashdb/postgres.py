@@ -241,20 +241,26 @@ class PostgresStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
 
     def _label_set_ids(self, cur, texts: list[str]) -> dict[str, int]:
         # by the digest label_sets is indexed by (a text may be longer than a
-        # B-tree key): ON CONFLICT DO NOTHING waits for a replica adding the
-        # same set, then takes its row
+        # B-tree key); looked up first: a load's sets are there after its
+        # first write. ON CONFLICT DO NOTHING waits for a replica adding the
+        # same set, then takes its row.
         key = migrations.POSTGRES_LABEL_KEY
-        cur.execute(
-            "INSERT INTO label_sets (labels) SELECT unnest(?::text[]) ON CONFLICT DO NOTHING",
-            (texts,),
-        )
-        cur.execute(
+        query = (
             "SELECT l.labels, l.id FROM unnest(?::text[]) AS t(labels) CROSS JOIN LATERAL"
             f" (SELECT labels, id FROM label_sets WHERE {key.format('labels')} ="
-            f" {key.format('t.labels')} AND labels = t.labels) AS l",
-            (texts,),
+            f" {key.format('t.labels')} AND labels = t.labels) AS l"
         )
-        return dict(cur.fetchall())
+        cur.execute(query, (texts,))
+        found = dict(cur.fetchall())
+        if len(found) < len(set(texts)):
+            new = [text for text in texts if text not in found]
+            cur.execute(
+                "INSERT INTO label_sets (labels) SELECT unnest(?::text[]) ON CONFLICT DO NOTHING",
+                (new,),
+            )
+            cur.execute(query, (new,))
+            found.update(cur.fetchall())
+        return found
 
     def _reserve_entry_ids(self, cur, count: int) -> int:
         # A range in one step (nextval a row costs 3 us): every insert into

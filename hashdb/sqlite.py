@@ -217,16 +217,18 @@ class SQLiteStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
         }
 
     def _label_set_ids(self, cur, texts: list[str]) -> dict[str, int]:
-        texts_json = json.dumps(texts)
-        cur.execute(
-            "INSERT OR IGNORE INTO label_sets (labels) SELECT value FROM json_each(?)",
-            (texts_json,),
-        )
-        cur.execute(
-            "SELECT labels, id FROM label_sets WHERE labels IN (SELECT value FROM json_each(?))",
-            (texts_json,),
-        )
-        return dict(cur.fetchall())
+        # looked up first: a load's sets are there after its first write
+        query = "SELECT labels, id FROM label_sets WHERE labels IN (SELECT value FROM json_each(?))"
+        cur.execute(query, (json.dumps(texts),))
+        found = dict(cur.fetchall())
+        if len(found) < len(set(texts)):
+            new = json.dumps([text for text in texts if text not in found])
+            cur.execute(
+                "INSERT OR IGNORE INTO label_sets (labels) SELECT value FROM json_each(?)", (new,)
+            )
+            cur.execute(query, (new,))
+            found.update(cur.fetchall())
+        return found
 
     def _reserve_entry_ids(self, cur, count: int) -> int:
         # Inside BEGIN IMMEDIATE nobody else inserts; AUTOINCREMENT never
