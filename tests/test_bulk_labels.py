@@ -391,10 +391,20 @@ def test_a_label_value_a_row_beside_shared_sets(store_and_index):
     expected = wanted(1)
     expected["feed:1"] = {**expected["feed:1"], **expected.pop(f"feed:{rows}")}
     assert {n: labels for n, (labels, _) in _entries(store, row_by_row.id).items()} == expected
-    with store._read() as cur:  # the stored text is the canonical one
-        cur.execute("SELECT name, labels FROM entries WHERE set_id = ?", (column_wise.id,))
-        for name, text in cur.fetchall():
-            assert text == json.dumps(wanted(1)[name], sort_keys=True)
+    with store._read() as cur:  # stored: the canonical text of the shared set, the id beside it
+        cur.execute(
+            "SELECT e.name, l.labels, e.source_id FROM entries e"
+            " JOIN label_sets l ON l.id = e.label_set_id WHERE e.set_id = ?",
+            (column_wise.id,),
+        )
+        stored = cur.fetchall()
+        for name, text, source_id in stored:
+            labels = dict(wanted(1)[name])
+            assert source_id == labels.pop("source_id", None)
+            assert text == json.dumps(labels, sort_keys=True)
+        # 40 entries, each with its own id, share the few sets (one of
+        # which said a source id of its own: split off, the row's id wins)
+        assert len({text for _, text, _ in stored}) == len(shared)
 
     bad = store.create_set("bad", "", {}, {})
     assert plain_rows(batch(100, bad_row=7)) is None
