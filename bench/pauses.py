@@ -204,6 +204,15 @@ class Breakdown:
                 f" waiting for the GIL (not a core): p50 {gil[len(gil) // 2] * ms:.1f},"
                 f" p99 {gil[int(len(gil) * 0.99)] * ms:.1f}, max {gil[-1] * ms:.1f} ms"
             )
+        pool = getattr(self.store, "_pool", None)
+        if pool is not None:  # PostgreSQL: did a Match wait for a connection?
+            stats = pool.get_stats()
+            print(
+                f"  connection pool (since the server started): {stats.get('pool_size')}"
+                f" connections, {stats.get('requests_num', 0)} requests,"
+                f" {stats.get('requests_queued', 0)} waited for one,"
+                f" {stats.get('requests_wait_ms', 0)} ms waited in all"
+            )
         if holds:
             held = sorted((end - start for _, start, end, _ in holds), reverse=True)
             by_thread: dict[str, float] = {}
