@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import resource
 import secrets
 import signal
 import threading
@@ -126,3 +127,31 @@ def test_the_child_is_stopped_when_the_server_stops(make_harness, store_url, tca
     feed = store.get_feed("tcap")
     assert feed.last_result == "failed"
     assert 0 < feed.items < RECORDS  # the pages committed before the stop are kept
+
+
+def test_a_server_with_many_open_files_still_reads_its_child(tcap):
+    """The child's pipe is waited on by poll, not select(): a server holding
+    over 1,024 descriptors (clients' connections, its pools) gave the pipe a
+    number select() refuses, and every fetch failed with "filedescriptor out
+    of range in select()"."""
+    from hashsvc.exchange.fetch_process import child_pages
+    from hashsvc.exchange.sources import SourceConfig
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1200
+    assert hard == resource.RLIM_INFINITY or hard >= wanted + 100, hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted + 100), hard))
+    held = []
+    try:
+        while len(held) < wanted:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        assert held[-1] > 1024
+        tcap.delay = 0.0
+        config = SourceConfig("tcap", {"base_url": tcap.url}, "user:secret-pass", 5.0, 0)
+        pages = child_pages("tcap", config, None, 10, 60.0, threading.Event())
+        assert sum(len(page.items) for page in pages) == RECORDS
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert not _children()

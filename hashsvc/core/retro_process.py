@@ -127,6 +127,16 @@ class _Overdue(Exception):
     """An answer did not arrive whole by its deadline (its sender stalled midway)."""
 
 
+def _readable(fd: int, seconds: float) -> bool:
+    """Whether the pipe `fd` has something to read (or its writer is gone)
+    within `seconds`. poll, not select(): select() refuses a descriptor
+    numbered 1,024 or more, which a server holding many connections gives
+    a child's pipe."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(seconds, 0.0) * 1000.0))
+
+
 def _read_exact(fd: int, size: int, deadline: float | None = None) -> bytes | None:
     parts, left = [], size
     while left:
@@ -135,7 +145,7 @@ def _read_exact(fd: int, size: int, deadline: float | None = None) -> bytes | No
         # the hunting thread, and its run, for as long as it stalls
         if deadline is not None:
             wait = deadline - time.monotonic()
-            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+            if wait <= 0 or not _readable(fd, wait):
                 raise _Overdue
         chunk = os.read(fd, min(left, 1 << 20))
         if not chunk:
@@ -302,8 +312,7 @@ class ProcessRetroEngine:
                     f"the retro-hunt's scanning process took more than {limit:g} s for a batch"
                     " (retro_process_batch_seconds): stopped"
                 )
-            ready, _, _ = select.select([fd], [], [], _LOOK_SECONDS)
-            if not ready:
+            if not _readable(fd, _LOOK_SECONDS):
                 continue
             try:
                 # an answer begun arrives whole within a batch's time (a large

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import select
 import subprocess
 import sys
 import threading
@@ -49,6 +48,7 @@ from hashsvc.core.retro_process import (
     _lower_every_thread,
     _Overdue,
     _read_message,
+    _readable,
     _write_message,
 )
 from hashsvc.exchange.sources import SourceConfig, SourceItem, SourcePage, open_source, redact
@@ -150,7 +150,7 @@ def _next_message(
                 f"the fetching process sent nothing for {seconds:g} s (exchange.page_seconds):"
                 " stopped"
             )
-        if select.select([fd], [], [], wait)[0]:
+        if _readable(fd, wait):
             break
     try:
         # a message begun arrives whole within a page's time
