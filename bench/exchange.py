@@ -62,7 +62,12 @@ def serve_tcap(rows: int, commands, answers) -> None:
 
 
 def bench(
-    name: str, db_url: str, rows: int, breakdown: bool = False, in_thread: bool = False
+    name: str,
+    db_url: str,
+    rows: int,
+    breakdown: bool = False,
+    in_thread: bool = False,
+    nice: int = 10,
 ) -> dict:
     ctx = mp.get_context("spawn")
     commands, answers = ctx.Queue(), ctx.Queue()
@@ -73,6 +78,7 @@ def bench(
         http_timeout_seconds=300,
         min_every_seconds=1,
         fetch_process=not in_thread,
+        fetch_nice=nice,
     )
     running = start_server(
         Config(listen="127.0.0.1:0", db_url=db_url, workers=1, exchange=settings),
@@ -168,6 +174,7 @@ def main() -> None:
         action="store_true",
         help="pages fetched and parsed by a thread of the server (exchange.fetch_process off)",
     )
+    parser.add_argument("--fetch-nice", type=int, default=10, help="exchange.fetch_nice")
     parser.add_argument(
         "--breakdown",
         action="store_true",
@@ -189,7 +196,14 @@ def main() -> None:
                 )
             else:
                 with fresh_schema("bench_exchange") as url:
-                    bench("postgresql", url, rows, args.breakdown, args.fetch_in_thread)
+                    bench(
+                        "postgresql",
+                        url,
+                        rows,
+                        args.breakdown,
+                        args.fetch_in_thread,
+                        args.fetch_nice,
+                    )
 
 
 if __name__ == "__main__":
