@@ -7,6 +7,7 @@ fetch of 1,000 changes and how soon they match.
     .venv/bin/python bench/exchange.py            # 1M hashes, SQLite and PostgreSQL
     .venv/bin/python bench/exchange.py --short    # 20k hashes (CI)
     .venv/bin/python bench/exchange.py --rows 200000 --stores sqlite
+    .venv/bin/python bench/exchange.py --rows 200000 --profile  # where the server's CPU goes
     .venv/bin/python bench/exchange.py --rows 200000 --breakdown   # what slow Matches wait on
     .venv/bin/python bench/exchange.py --rows 200000 --fetch-in-thread   # A/B: no fetching child
 
@@ -19,13 +20,14 @@ feed's name), so this is the labelled bulk path's speed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import resource
 import statistics
 import time
 
-from load import start_matcher  # bench/load.py: Match in a loop beside the load
+from load import Sampler, start_matcher  # bench/load.py: Match in a loop, thread sampler
 from pauses import Breakdown
 
 from hashsvc.api.server import start_server
@@ -66,6 +68,7 @@ def bench(
     db_url: str,
     rows: int,
     breakdown: bool = False,
+    profile: bool = False,
     in_thread: bool = False,
     nice: int = 10,
 ) -> dict:
@@ -95,13 +98,15 @@ def bench(
         address = f"127.0.0.1:{running.port}"
         matcher, stop, latencies, calls = start_matcher(ctx, address, token)
         phases = Breakdown(running.core) if breakdown else None
+        sampler = Sampler() if profile else contextlib.nullcontext()
         fetching, cpu, before = time.perf_counter(), time.process_time(), calls.value
         threads = phases.thread_cpu() if phases else {}
         # the fetching child's (exchange.fetch_process), reaped when the fetch
         # ends; the partner's and the matcher's processes still run then
-        children = _children_cpu()
-        first = feeds.fetch("tcap", "bench")
-        children = _children_cpu() - children
+        children = _children_cpu(feeds)
+        with sampler:
+            first = feeds.fetch("tcap", "bench")
+        children = _children_cpu(feeds) - children
         seconds = time.perf_counter() - fetching
         if phases is not None:  # threads that ended during the fetch are not counted
             threads = {
@@ -156,12 +161,24 @@ def bench(
             "  server CPU during the fetch by thread (s):",
             ", ".join(f"{n} {s:.2f}" for n, s in busy if s >= 0.05),
         )
+    if profile:
+        print(f"{name:10s} server threads' samples during the fetch:\n{sampler.report()}")
     return {"rate": rows / seconds, "max_ms": lat[-1] * 1000, "changes_s": matchable}
 
 
-def _children_cpu() -> float:
+def _children_cpu(feeds) -> float:
+    """CPU of the fetching children: those ended (reaped), and the one kept
+    idle after a fetch (hashsvc/exchange/fetch_process.py FetchChildren)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    seconds = usage.ru_utime + usage.ru_stime
+    for proc in list(feeds.children._idle):
+        try:
+            with open(f"/proc/{proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
 
 
 def main() -> None:
@@ -180,6 +197,9 @@ def main() -> None:
         action="store_true",
         help="what the slowest Matches during the fetch waited on (bench/pauses.py)",
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="sample the server's threads during the fetch"
+    )
     args = parser.parse_args()
     rows = args.rows or (20_000 if args.short else 1_000_000)
     import tempfile
@@ -191,8 +211,10 @@ def main() -> None:
                     "sqlite",
                     f"sqlite:///{tmp}/bench.db",
                     rows,
-                    args.breakdown,
-                    args.fetch_in_thread,
+                    breakdown=args.breakdown,
+                    profile=args.profile,
+                    in_thread=args.fetch_in_thread,
+                    nice=args.fetch_nice,
                 )
             else:
                 with fresh_schema("bench_exchange") as url:
@@ -200,9 +222,10 @@ def main() -> None:
                         "postgresql",
                         url,
                         rows,
-                        args.breakdown,
-                        args.fetch_in_thread,
-                        args.fetch_nice,
+                        breakdown=args.breakdown,
+                        profile=args.profile,
+                        in_thread=args.fetch_in_thread,
+                        nice=args.fetch_nice,
                     )
 
 

@@ -11,6 +11,11 @@ wall time, the server's CPU and the child's.
 Both hunts are RetroHunt.scan of one Core whose engine is "process"; the
 in-process rounds scan with its child set aside (RetroHunt.child None), so
 both hold and record hits the same way, on the same store and history.
+
+"spare" is the share of the phase's 0.1 s ticks at which the machine had a
+core to spare (hashsvc/media/machine.py spare_core, the rule that gives an
+upload's local features a second thread): what makes Match idle faster than
+during a hunt when the hunt's CPU counts as taken.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import resource
 import shutil
 import statistics
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from retro import known_set_and_history, match_during, match_latencies
@@ -30,6 +37,25 @@ from hashdb.times import to_micros
 from hashsvc.core.config import Config
 from hashsvc.core.core import Core
 from hashsvc.index.binary import search_on_this_thread
+from hashsvc.media.machine import spare_core
+
+
+def with_spare_share(work: Callable[[], object]) -> tuple[object, float]:
+    """work()'s result, and the share of 0.1 s ticks during it at which
+    spare_core() was True (asked on a thread of its own, as the server's)."""
+    done, answers = threading.Event(), []
+
+    def ask() -> None:
+        while not done.wait(0.1):
+            answers.append(spare_core())
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    try:
+        return work(), sum(answers) / max(1, len(answers))
+    finally:
+        done.set()
+        asking.join()
 
 
 def main() -> None:
@@ -87,9 +113,13 @@ def main() -> None:
         for number in range(args.rounds):
             order = ("inprocess", "process") if number % 2 == 0 else ("process", "inprocess")
             for mode in order:
-                idle = match_latencies(core, images, args.match_seconds)
-                (wall, cpu, child_cpu, hits), during = match_during(
-                    core, images, lambda mode=mode: hunt(mode), config.retro_nice
+                idle, idle_spare = with_spare_share(
+                    lambda: match_latencies(core, images, args.match_seconds)
+                )
+                ((wall, cpu, child_cpu, hits), during), during_spare = with_spare_share(
+                    lambda mode=mode: match_during(
+                        core, images, lambda: hunt(mode), config.retro_nice
+                    )
                 )
                 ratio = statistics.median(during) / statistics.median(idle)
                 ratios[mode].append(ratio)
@@ -99,7 +129,10 @@ def main() -> None:
                     " Match idle"
                     f" p50 {statistics.median(idle):.1f} ms p99 {p99(idle):.1f} ms ({len(idle)});"
                     f" during p50 {statistics.median(during):.1f} ms p99 {p99(during):.1f} ms"
-                    f" ({len(during)}): p50 {100 * (ratio - 1):+.0f}%"
+                    f" ({len(during)}): p50 {100 * (ratio - 1):+.0f}%; spare"
+                    f" {100 * idle_spare:.0f}% idle, {100 * during_spare:.0f}% during;"
+                    f" {args.uploads / max(1e-9, child_cpu if mode == 'process' else cpu):,.0f}"
+                    " uploads a hunting CPU s"
                     f" (load {os.getloadavg()[0]:.1f})",
                     flush=True,
                 )

@@ -277,9 +277,23 @@ def main() -> None:
         help="local_features.max_verified_spare to try (0: no spare pass, as before it)",
     )
     parser.add_argument(
+        "--min-votes", type=float, help="local_features.min_votes to try (lowest score verified)"
+    )
+    parser.add_argument(
+        "--spare-min",
+        type=float,
+        help="local_features.min_votes_spare to try (the lowest score the spare pass verifies)",
+    )
+    parser.add_argument(
         "--contrast-below",
         type=int,
         help="image.features_contrast_below to try (0: no equalised features, as before them)",
+    )
+    parser.add_argument(
+        "--finer-detail-counted",
+        action="store_true",
+        help="agreement as before the pyramid levels: an upload's keypoints finer than the"
+        " known picture's finest level count (local_geometry._beyond_known leaves nothing out)",
     )
     parser.add_argument(
         "--hard", action="store_true", help="+ 30 striped and 10 faded pictures as known entries"
@@ -319,6 +333,8 @@ def main() -> None:
         # every extraction (known pictures, uploads, tiles) with these ORB settings
         detector = local_features._detector
         local_features._detector = lambda limits: detector(dataclasses.replace(limits, **orb))
+    if args.finer_detail_counted:
+        local_geometry._beyond_known = lambda query, scale: np.zeros(len(query), bool)
     if args.pdq_only:
         # the core hashes in process, through this module's function
         image.local_feature_signals = lambda *args, **kwargs: []
@@ -377,6 +393,10 @@ def main() -> None:
         local = LocalFeatureMatching()
         if args.spare is not None:
             local = dataclasses.replace(local, max_verified_spare=args.spare)
+        if args.spare_min is not None:
+            local = dataclasses.replace(local, min_votes_spare=args.spare_min)
+        if args.min_votes is not None:
+            local = dataclasses.replace(local, min_votes=args.min_votes)
         core = open_core(folder, pdq_policy, local, args.contrast_below)
         try:
             views = KnownViews()
@@ -581,7 +601,7 @@ def main() -> None:
             f"{'ALL (mean)':<24}{statistics.mean(r['recall_block'] for r in rows):>8.3f}"
             f"{statistics.mean(r['recall_review'] for r in rows):>8.3f}"
         )
-    if hard:
+    if hard and hard_hits:  # none without transforms (--transforms none: precision alone)
         n = sum(hard_hits.values())
         print(
             f"hard pictures' own copies ({n}, every transform): recall@block"

@@ -3,11 +3,12 @@
 --features synthetic known pictures in the feature index, over unrelated corpus uploads.
 
     cd bench && python spare_cost.py --uploads 150 --rounds 4
+    cd bench && python spare_cost.py --settings 4:0.07,8:0.05   # two spare passes compared
 
 The uploads are hashed once; each round matches all of them with the spare pass off, then
-on, then off... (interleaved), and the CPU seconds of each pass are summed (time.process_time:
-the machine is shared). Prints the median per-upload CPU ms of each setting and the number of
-verifications each made.
+on, then off... (interleaved; or with each of --settings in turn), and the CPU seconds of
+each pass are summed (time.process_time: the machine is shared). Prints the median
+per-upload CPU ms of each setting and the number of verifications each made.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=100_000)
     parser.add_argument("--known-corpus", type=int, default=40)
     parser.add_argument("--spare", type=int, help="max_verified_spare of the 'on' setting")
+    parser.add_argument(
+        "--settings",
+        help="instead of off/on: max_verified_spare:min_votes_spare[:min_votes] to compare, e.g."
+        " 4:0.07,8:0.05:0.14",
+    )
     parser.add_argument(
         "--short", action="store_true", help="20 uploads, 2 rounds, 10k features, 20 known (CI)"
     )
@@ -65,6 +71,16 @@ def main() -> None:
                 else dataclasses.replace(base, max_verified_spare=args.spare)
             )
             settings = {"off": dataclasses.replace(base, max_verified_spare=0), "on": on}
+            if args.settings:
+                settings = {}
+                for pair in args.settings.split(","):
+                    spare, least, *votes = pair.split(":")
+                    settings[pair] = dataclasses.replace(
+                        base,
+                        max_verified_spare=int(spare),
+                        min_votes_spare=float(least),
+                        min_votes=float(votes[0]) if votes else base.min_votes,
+                    )
             calls = {"n": 0}
             verify = local_geometry.verify
 
@@ -93,7 +109,8 @@ def main() -> None:
     )
     for key in settings:
         print(
-            f"spare {key:>3} ({settings[key].max_verified_spare}): matcher CPU"
+            f"spare {key:>3} ({settings[key].max_verified_spare},"
+            f" {settings[key].min_votes_spare}, min_votes {settings[key].min_votes}): matcher CPU"
             f" {statistics.median(cpu[key]):.2f} ms/upload (median of"
             f" rounds {', '.join(f'{c:.2f}' for c in cpu[key])}); verifications"
             f" {verified[key] / len(uploads):.2f}/upload"

@@ -16,11 +16,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 
 from hashdb import columns
+from hashdb.label_sets import (
+    NO_LABELS,
+    SOURCE_ID_LABEL,
+    joined_text,
+    parsed_labels,
+    split_labels,
+    split_text,
+)
 from hashdb.model import IndexedSignal
 from hashdb.times import now_micros
 from hashsvc.base.signals import Signal
@@ -76,6 +83,10 @@ class PlainSignals:
     # the labels numbered (label_codes): given by the caller that numbered
     # them already (a load's label sets), or made once
     _codes: tuple[np.ndarray, list[str]] | None = field(default=None, repr=False)
+    # object array of n: each row's source id (label_sets.SOURCE_ID_LABEL)
+    # beside its labels text, or "": the text says all (a feed's rows share
+    # a few label sets and each has an id of its own); None: no row has one
+    source_ids: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.values)
@@ -89,6 +100,7 @@ class PlainSignals:
             None if self.entry_names is None else self.entry_names[part],
             None if self.labels is None else self.labels[part],
             None if self._codes is None else (self._codes[0][part], self._codes[1]),
+            None if self.source_ids is None else self.source_ids[part],
         )
 
     @classmethod
@@ -101,14 +113,16 @@ class PlainSignals:
         entry_names: np.ndarray | None,
         codes: np.ndarray,
         texts: Sequence[str | None],
+        source_ids: np.ndarray | None = None,
     ) -> PlainSignals:
-        """Rows whose labels are label sets, numbered: row k's labels are
-        texts[codes[k]] (stored JSON text, or None: the row says nothing).
-        Each row's text is shared, not copied, and the stores take the
-        numbers as they are (no look-up a row)."""
+        """Rows whose labels are label sets, numbered: row k's are
+        texts[codes[k]] (stored JSON text, or None: the row says nothing),
+        with source_ids[k] too when given and not "". Each row's text is
+        shared, not copied, and the stores take the numbers as they are (no
+        look-up a row)."""
         table = np.empty(len(texts), dtype=object)
         table[:] = list(texts)
-        stored = ["{}" if text is None else text for text in texts]
+        stored = [NO_LABELS if text is None else text for text in texts]
         return cls(
             kind,
             media_type,
@@ -117,6 +131,7 @@ class PlainSignals:
             entry_names,
             table[codes],
             (np.asarray(codes, dtype=np.int64), stored),
+            source_ids,
         )
 
     @property
@@ -127,7 +142,7 @@ class PlainSignals:
     def named_after_values(self) -> bool:
         """Each entry named after its signal and saying nothing about labels:
         the stores write such rows from the values alone."""
-        return self.entry_names is None and self.labels is None
+        return self.entry_names is None and self.labels is None and self.source_ids is None
 
     def names(self) -> list[str]:
         """The entries' names (by default "<kind>:<hex>", as bulk.py names them)."""
@@ -136,43 +151,92 @@ class PlainSignals:
         return columns.names(self.name_prefix, self.values)
 
     def stored_labels(self) -> list[str]:
-        """Each new entry's labels as stored: "{}" where the row says nothing."""
+        """Each new entry's labels text as the row gives it ("{}" where the
+        row says nothing), without its source id."""
         if self.labels is None:
-            return ["{}"] * len(self)
-        return [text or "{}" for text in self.labels.tolist()]
+            return [NO_LABELS] * len(self)
+        return [text or NO_LABELS for text in self.labels.tolist()]
+
+    def source_id(self, row: int) -> str | None:
+        """The row's own source id, given beside its labels text; None: none."""
+        if self.source_ids is None:
+            return None
+        return self.source_ids[row] or None
 
     def row_labels(self, row: int) -> dict[str, str] | None:
         """The row's labels (a shared dict: not to be changed), or None."""
-        if self.labels is None or self.labels[row] is None:
-            return None
-        return parsed_labels(self.labels[row])
+        text = None if self.labels is None else self.labels[row]
+        source_id = self.source_id(row)
+        if source_id is not None:
+            return {**(parsed_labels(text) if text else {}), SOURCE_ID_LABEL: source_id}
+        return None if text is None else parsed_labels(text)
+
+    def row_labels_text(self, row: int) -> str | None:
+        """The row's labels as one canonical text, or None: it says nothing."""
+        text = None if self.labels is None else self.labels[row]
+        source_id = self.source_id(row)
+        if source_id is not None:
+            return joined_text(text or NO_LABELS, source_id)
+        return text
 
     def label_codes(self) -> tuple[np.ndarray, list[str]]:
-        """Each row's stored labels as a number (in order of first
-        appearance), and the texts they number. A dict look-up a row: an
-        array of the texts themselves cost 8x as much to build and sort."""
+        """Each row's labels text (without its own source id) as a number
+        (in order of first appearance), and the texts they number. A dict
+        look-up a row: an array of the texts themselves cost 8x as much to
+        build and sort."""
         if self._codes is None:
             if self.labels is None:
-                self._codes = np.zeros(len(self), dtype=np.int64), ["{}"]
+                self._codes = np.zeros(len(self), dtype=np.int64), [NO_LABELS]
                 return self._codes
             texts = self.stored_labels()
             distinct = list(dict.fromkeys(texts))
             numbered = {text: code for code, text in enumerate(distinct)}
             codes = np.fromiter(map(numbered.__getitem__, texts), dtype=np.int64, count=len(self))
             self._codes = codes, distinct
+        codes, texts = self._codes
+        if len(texts) > 1:
+            # A part of a run (rows[a:b]) keeps the run's whole numbering,
+            # and a run may hold a label set a row (a file whose labels
+            # carry an id each): a write of 2,000 such rows staged the
+            # 20,000 sets of its batch. Only the sets these rows use,
+            # numbered again.
+            used, codes = np.unique(codes, return_inverse=True)
+            if len(used) < len(texts):
+                self._codes = codes.astype(np.int64), [texts[k] for k in used.tolist()]
         return self._codes
+
+    def label_set_rows(self) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+        """The rows' labels as the stores write them: each row's label set
+        (a number), the distinct sets' texts without source ids, and each
+        row's source id (an object array, None where it has none; None when
+        no row has one). A text that holds a source id itself (a file whose
+        labels carry one a row) gives it to its rows and shares the rest."""
+        codes, texts = self.label_codes()
+        split = [split_text(text) for text in texts]
+        sets = list(dict.fromkeys(set_text for set_text, _ in split))
+        set_codes = codes
+        if len(sets) < len(texts):
+            number = {text: code for code, text in enumerate(sets)}
+            renumber = np.array([number[set_text] for set_text, _ in split], dtype=np.int64)
+            set_codes = renumber[codes]
+        source_ids = None
+        own = [source_id for _, source_id in split]
+        if any(source_id is not None for source_id in own):
+            table = np.empty(len(own), dtype=object)
+            table[:] = own
+            source_ids = table[codes]
+        if self.source_ids is not None:
+            given = self.source_ids
+            fallback = np.full(len(self), None, dtype=object) if source_ids is None else source_ids
+            source_ids = np.where(given == "", fallback, given)
+            if all(source_id is None for source_id in source_ids.tolist()):
+                source_ids = None
+        return set_codes, sets, source_ids
 
     def quality(self, row: int) -> int | None:
         if self.qualities is None or self.qualities[row] < 0:
             return None
         return int(self.qualities[row])
-
-
-@lru_cache(maxsize=4096)
-def parsed_labels(text: str) -> dict[str, str]:
-    """Stored labels text -> dict; cached (a feed repeats a few hundred label
-    sets), so callers must not change what they get."""
-    return json.loads(text)
 
 
 @dataclass
@@ -246,7 +310,13 @@ class BulkSQL:
         raise NotImplementedError
 
     def _existing(self, cur, set_id: int, names: list[str]) -> dict[str, tuple[int, str]]:
-        """name -> (id, labels text) of the set's active entries among names."""
+        """name -> (id, labels text) of the set's active entries among names
+        (label_sets.joined_text of their set and source id)."""
+        raise NotImplementedError
+
+    def _label_set_ids(self, cur, texts: list[str]) -> dict[str, int]:
+        """Each label set text's id in label_sets, the new ones added, inside
+        the caller's write transaction."""
         raise NotImplementedError
 
     def _reserve_entry_ids(self, cur, count: int) -> int:
@@ -311,13 +381,18 @@ class BulkSQL:
                 (e for name, e in wanted.items() if name not in existing and not e.deleted),
                 key=lambda e: e.name,
             )
-            for entry_id, e in zip(self._new_entry_ids(cur, len(fresh)), fresh, strict=True):
+            stored = [split_labels(e.labels) for e in fresh]
+            set_ids = self._label_set_ids(cur, list({text for text, _ in stored}))
+            for entry_id, e, (set_text, source_id) in zip(
+                self._new_entry_ids(cur, len(fresh)), fresh, stored, strict=True
+            ):
                 new_entries.append(
                     (
                         entry_id,
                         set_id,
                         e.name,
-                        json.dumps(e.labels, sort_keys=True) if e.labels else "{}",
+                        set_ids[set_text],
+                        source_id,
                         e.media_type,
                         at,
                         added_by,
@@ -337,7 +412,7 @@ class BulkSQL:
             self._insert_rows(
                 cur,
                 "entries",
-                "id, set_id, name, labels, media_type, created_at, added_by",
+                "id, set_id, name, label_set_id, source_id, media_type, created_at, added_by",
                 new_entries,
             )
             self._insert_rows(
@@ -377,7 +452,7 @@ class BulkSQL:
             if e.labels is not None:
                 labels_json = json.dumps(e.labels, sort_keys=True)
                 if not _same_labels(labels_text, labels_json, e.labels):
-                    label_updates.append((labels_json, entry_id))
+                    label_updates.append((*split_labels(e.labels), entry_id))
                     changed = True
             have, next_no = known_signals.get(entry_id, (set(), 0))
             for s in e.signals:
@@ -405,7 +480,14 @@ class BulkSQL:
             new_signals,
         )
         if label_updates:
-            cur.executemany("UPDATE entries SET labels = ? WHERE id = ?", label_updates)
+            set_ids = self._label_set_ids(cur, list({text for text, _, _ in label_updates}))
+            cur.executemany(
+                "UPDATE entries SET label_set_id = ?, source_id = ? WHERE id = ?",
+                [
+                    (set_ids[text], source_id, entry_id)
+                    for text, source_id, entry_id in label_updates
+                ],
+            )
         if removals:
             cur.executemany("UPDATE entries SET removed_at = ? WHERE id = ?", removals)
         self._insert_rows(cur, "changes", "op, set_id, entry_id, at", changes)
@@ -495,7 +577,7 @@ class BulkSQL:
             found = existing.get(name)
             if found is not None and (found[0], rows.values[row].tobytes()) in held:
                 # ... and its labels, when the row says what they are
-                wanted = None if rows.labels is None else rows.labels[row]
+                wanted = rows.row_labels_text(row)
                 there[row] = wanted is None or _same_labels(found[1], wanted)
         return there, {
             name

@@ -93,12 +93,14 @@ def entries_copy(
     first_id: int,
     set_id: int,
     name_table: np.ndarray,
+    label_set_id: int,
     media_type: str,
     created_at: int,
     added_by: str,
 ) -> bytes:
-    """Binary COPY data for entries (id, set_id, name, labels, media_type,
-    created_at, added_by): consecutive ids from first_id, no labels."""
+    """Binary COPY data for entries (id, set_id, name, label_set_id,
+    source_id, media_type, created_at, added_by): consecutive ids from
+    first_id, all of one label set, no source ids."""
     count, name_size = name_table.shape
     media, by = media_type.encode(), added_by.encode()
     return _binary_copy(
@@ -106,7 +108,8 @@ def entries_copy(
             (">i8", np.arange(first_id, first_id + count, dtype=np.int64)),
             (">i8", set_id),
             (f"V{name_size}", name_table.view(f"V{name_size}").ravel()),
-            ("S2", b"{}"),
+            (">i8", label_set_id),
+            (None, 0),
             (f"V{len(media)}", np.void(media)),
             (">i8", created_at),
             (f"V{len(by)}" if by else "", np.void(by) if by else 0),

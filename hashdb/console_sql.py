@@ -9,6 +9,7 @@ import json
 from collections import Counter
 from datetime import datetime
 
+from hashdb.label_sets import SOURCE_ID_LABEL
 from hashdb.model import ConsoleSession, EntryRecord, HistoryFilter, HistoryRecord, ReviewFilter
 from hashdb.review_sql import review_where
 from hashdb.times import from_micros, now_micros, to_micros
@@ -86,15 +87,22 @@ class ConsoleSQL:
         """Active entries of the set whose name holds `text`, or with the
         label `key=value` when text is one; by id."""
         pattern = like_pattern(text)
+        # the source id (in its own column, hashdb/label_sets.py): within the
+        # text searched for, or the whole value of a source_id=... search
+        source_id = "source_id LIKE ? ESCAPE '\\'"
+        source_param = pattern
         key, eq, value = text.partition("=")
-        if eq:  # labels are stored as a JSON object: match the pair as written
+        if eq:  # label sets are stored as a JSON object: match the pair as written
             pattern = like_pattern(f"{json.dumps(key.strip())}: {json.dumps(value.strip())}")
+            source_id = "source_id = ?"
+            source_param = value.strip() if key.strip() == SOURCE_ID_LABEL else None
         with self._read() as cur:
             cur.execute(
                 "SELECT id FROM entries WHERE set_id = ? AND id > ? AND removed_at IS NULL"
-                " AND (name LIKE ? ESCAPE '\\' OR labels LIKE ? ESCAPE '\\')"
+                " AND (name LIKE ? ESCAPE '\\' OR (SELECT l.labels FROM label_sets l"
+                f" WHERE l.id = entries.label_set_id) LIKE ? ESCAPE '\\' OR {source_id})"
                 " ORDER BY id LIMIT ?",
-                (set_id, after_id, pattern, pattern, limit),
+                (set_id, after_id, pattern, pattern, source_param, limit),
             )
             ids = [row[0] for row in cur.fetchall()]
         found = self.get_entries(ids)

@@ -870,3 +870,51 @@ _UNRECORDED_INDEX = (
 )
 SQLITE.append([_UNRECORDED_INDEX])
 POSTGRES.append([_UNRECORDED_INDEX])
+
+
+# Labelled rows at bulk speed (issue 22): entries' labels interned. Each
+# distinct label set is stored once in label_sets and an entry holds its id
+# (label_set_id); a feed's source id, different on every entry, is kept in
+# entries.source_id (NULL: none), so a feed's entries share a few hundred
+# sets instead of carrying a label text each (hashdb/label_sets.py). The
+# entries there keep their whole text as their set (source ids inside it):
+# they read back the same. PostgreSQL indexes a set by its text's digest
+# (a text may be longer than a B-tree key).
+def _label_sets(serial: str, text_key: str, set_of_entry: str) -> list[str]:
+    return [
+        f"CREATE TABLE label_sets (id {serial}, labels TEXT NOT NULL)",
+        f"CREATE UNIQUE INDEX label_sets_labels ON label_sets ({text_key.format('labels')})",
+        "INSERT INTO label_sets (labels) SELECT DISTINCT labels FROM entries",
+        "ALTER TABLE entries ADD COLUMN label_set_id BIGINT",
+        "ALTER TABLE entries ADD COLUMN source_id TEXT",
+        set_of_entry,
+        "ALTER TABLE entries DROP COLUMN labels",
+    ]
+
+
+# the digest PostgreSQL indexes label sets by (hashdb/postgres.py looks them
+# up by it): SHA-256 of the text's UTF-8 (convert_to is only STABLE, for
+# any encoding; to UTF-8 it is immutable)
+POSTGRES_LABEL_KEY = "hashsvc_label_key({})"
+_POSTGRES_LABEL_KEY_FUNCTION = (
+    "CREATE FUNCTION hashsvc_label_key(labels TEXT) RETURNS BYTEA LANGUAGE sql IMMUTABLE"
+    " STRICT AS $$ SELECT sha256(convert_to(labels, 'UTF8')) $$"
+)
+SQLITE.append(
+    _label_sets(
+        "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "{}",
+        "UPDATE entries SET label_set_id ="
+        " (SELECT l.id FROM label_sets l WHERE l.labels = entries.labels)",
+    )
+)
+POSTGRES.append(
+    [_POSTGRES_LABEL_KEY_FUNCTION]
+    + _label_sets(
+        "BIGSERIAL PRIMARY KEY",
+        POSTGRES_LABEL_KEY,
+        "UPDATE entries e SET label_set_id = l.id FROM label_sets l"
+        f" WHERE {POSTGRES_LABEL_KEY.format('l.labels')} = {POSTGRES_LABEL_KEY.format('e.labels')}"
+        " AND l.labels = e.labels",
+    )
+)

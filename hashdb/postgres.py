@@ -6,7 +6,6 @@ import math
 import re
 import time
 from contextlib import contextmanager, nullcontext
-from functools import lru_cache
 from urllib.parse import parse_qs, urlparse
 
 import psycopg
@@ -16,6 +15,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from hashdb import columns, migrations
 from hashdb.bulk_sql import AddedSignals, PlainSignals
 from hashdb.exchange_sql import ExchangeSQL
+from hashdb.label_sets import joined_text
 from hashdb.retro_sql import RetroSQL
 from hashdb.review_sql import ReviewSQL
 from hashdb.sqlbase import SQLStore
@@ -228,12 +228,39 @@ class PostgresStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
         # newline-joined text is one cheap parameter (psycopg dumps a
         # list name by name).
         cur.execute(
-            "SELECT e.id, e.name, e.labels FROM unnest(string_to_array(?, E'\\n')) AS n(name)"
-            " CROSS JOIN LATERAL (SELECT id, name, labels FROM entries"
+            "SELECT e.id, e.name, (SELECT l.labels FROM label_sets l WHERE l.id = e.label_set_id),"
+            " e.source_id FROM unnest(string_to_array(?, E'\\n')) AS n(name)"
+            " CROSS JOIN LATERAL (SELECT id, name, label_set_id, source_id FROM entries"
             " WHERE set_id = ? AND name = n.name AND removed_at IS NULL LIMIT 1) AS e",
             ("\n".join(names), set_id),
         )
-        return {name: (entry_id, labels) for entry_id, name, labels in cur.fetchall()}
+        return {
+            name: (entry_id, joined_text(labels, source_id))
+            for entry_id, name, labels, source_id in cur.fetchall()
+        }
+
+    def _label_set_ids(self, cur, texts: list[str]) -> dict[str, int]:
+        # by the digest label_sets is indexed by (a text may be longer than a
+        # B-tree key); looked up first: a load's sets are there after its
+        # first write. ON CONFLICT DO NOTHING waits for a replica adding the
+        # same set, then takes its row.
+        key = migrations.POSTGRES_LABEL_KEY
+        query = (
+            "SELECT l.labels, l.id FROM unnest(?::text[]) AS t(labels) CROSS JOIN LATERAL"
+            f" (SELECT labels, id FROM label_sets WHERE {key.format('labels')} ="
+            f" {key.format('t.labels')} AND labels = t.labels) AS l"
+        )
+        cur.execute(query, (texts,))
+        found = dict(cur.fetchall())
+        if len(found) < len(set(texts)):
+            new = [text for text in texts if text not in found]
+            cur.execute(
+                "INSERT INTO label_sets (labels) SELECT unnest(?::text[]) ON CONFLICT DO NOTHING",
+                (new,),
+            )
+            cur.execute(query, (new,))
+            found.update(cur.fetchall())
+        return found
 
     def _reserve_entry_ids(self, cur, count: int) -> int:
         # A range in one step (nextval a row costs 3 us): every insert into
@@ -257,22 +284,35 @@ class PostgresStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
             noted(added)
 
     def _insert_plain(self, cur, set_id, rows: PlainSignals, first_id, at, added_by) -> None:
-        entries = "entries (id, set_id, name, labels, media_type, created_at, added_by)"
+        entries = (
+            "entries (id, set_id, name, label_set_id, source_id, media_type, created_at, added_by)"
+        )
+        codes, texts, source_ids = rows.label_set_rows()
+        set_ids = self._label_set_ids(cur, texts)
         if rows.named_after_values:
             # Binary COPY built by numpy: every field of a row has the same
             # length in all rows (names are "<kind>:<hex>", from the values).
             name_table = columns.name_rows(rows.name_prefix, rows.values)
-            data = columns.entries_copy(first_id, set_id, name_table, rows.media_type, at, added_by)
+            data = columns.entries_copy(
+                first_id, set_id, name_table, set_ids[texts[0]], rows.media_type, at, added_by
+            )
             _copy(cur, entries, data, binary=True)
         else:
-            # COPY text built with joins: a feed's names and labels. Names
-            # hold no control characters; a backslash is COPY's escape.
+            # COPY text built with joins: a feed's names, label sets and
+            # source ids. Names hold no control characters; a backslash is
+            # COPY's escape.
             names = rows.names()
             if any("\\" in name for name in names):
                 names = [_copy_text(name) for name in names]
-            # each label set's COPY text made once
-            codes, texts = rows.label_codes()
-            labels = map([_copy_labels(text) for text in texts].__getitem__, codes.tolist())
+            # each label set's id as text made once
+            labels = map([str(set_ids[text]) for text in texts].__getitem__, codes.tolist())
+            if source_ids is None:
+                ids_text = [r"\N"] * len(rows)
+            else:
+                ids_text = [
+                    r"\N" if source_id is None else _copy_text(source_id)
+                    for source_id in source_ids.tolist()
+                ]
             tail = f"\t{rows.media_type}\t{at}\t{_copy_text(added_by)}\n"
             ids = range(first_id, first_id + len(rows))
             _copy(
@@ -280,8 +320,10 @@ class PostgresStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
                 entries,
                 "".join(
                     [
-                        f"{i}\t{set_id}\t{n}\t{labels_text}{tail}"
-                        for i, n, labels_text in zip(ids, names, labels, strict=True)
+                        f"{i}\t{set_id}\t{n}\t{label_set}\t{source_id}{tail}"
+                        for i, n, label_set, source_id in zip(
+                            ids, names, labels, ids_text, strict=True
+                        )
                     ]
                 ),
             )
@@ -334,13 +376,6 @@ def _copy_text(value: str) -> str:
     return (
         value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
     )
-
-
-@lru_cache(maxsize=4096)
-def _copy_labels(text: str) -> str:
-    """Labels text in COPY's text format (JSON escapes are backslashes);
-    cached: a feed repeats a few hundred label sets."""
-    return _copy_text(text)
 
 
 def _copy(cur: _Cursor, target: str, data: str | bytes, binary: bool = False) -> None:

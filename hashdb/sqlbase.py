@@ -18,6 +18,7 @@ from hashdb import migrations
 from hashdb.bulk_sql import MAX_SIGNALS_PER_ENTRY, BulkSQL
 from hashdb.console_sql import ConsoleSQL
 from hashdb.history_sql import HistorySQL, key_id
+from hashdb.label_sets import joined_labels, split_labels
 from hashdb.model import (
     Change,
     EntryRecord,
@@ -79,7 +80,11 @@ _SET_COLUMNS = (
 _SET_COLUMNS_UNCOUNTED = _SET_COLUMNS.replace(
     "(SELECT COUNT(*) FROM entries e WHERE e.set_id = s.id AND e.removed_at IS NULL)", "-1"
 )
-_ENTRY_COLUMNS = "id, set_id, name, labels, media_type, created_at, added_by, removed_at"
+# an entry's labels: its label set's text and its source id (hashdb/label_sets.py)
+_ENTRY_COLUMNS = (
+    "id, set_id, name, (SELECT l.labels FROM label_sets l WHERE l.id = entries.label_set_id),"
+    " source_id, media_type, created_at, added_by, removed_at"
+)
 _TOKEN_COLUMNS = "id, name, role, token_hash, created_at, revoked_at, expires_at"
 
 
@@ -247,13 +252,15 @@ class SQLStore(BulkSQL, HistorySQL, ConsoleSQL, OutboxSQL):
         transaction; a taken name raises the dialect's unique violation."""
         if len(entry.signals) > MAX_SIGNALS_PER_ENTRY:
             raise InvalidArgument(f"an entry holds at most {MAX_SIGNALS_PER_ENTRY} signals")
+        set_text, source_id = split_labels(entry.labels)
         cur.execute(
-            "INSERT INTO entries (set_id, name, labels, media_type, created_at, added_by)"
-            " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO entries (set_id, name, label_set_id, source_id, media_type, created_at,"
+            " added_by) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 entry.set_id,
                 entry.name,
-                json.dumps(entry.labels, sort_keys=True),
+                self._label_set_ids(cur, [set_text])[set_text],
+                source_id,
                 entry.media_type,
                 now_micros(),
                 entry.added_by,
@@ -522,11 +529,11 @@ def _entry(row) -> EntryRecord:
         id=row[0],
         set_id=row[1],
         name=row[2],
-        labels=json.loads(row[3]),
-        media_type=row[4],
-        created_at=from_micros(row[5]),
-        added_by=row[6],
-        removed_at=from_micros(row[7]),
+        labels=joined_labels(row[3], row[4]),
+        media_type=row[5],
+        created_at=from_micros(row[6]),
+        added_by=row[7],
+        removed_at=from_micros(row[8]),
     )
 
 

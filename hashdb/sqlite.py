@@ -16,9 +16,12 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from hashdb import columns, migrations
 from hashdb.bulk_sql import AddedSignals, PlainSignals
 from hashdb.exchange_sql import ExchangeSQL
+from hashdb.label_sets import joined_text
 from hashdb.retro_sql import RetroSQL
 from hashdb.review_sql import ReviewSQL
 from hashdb.sqlbase import SQLStore
@@ -202,11 +205,30 @@ class SQLiteStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
 
     def _existing(self, cur, set_id: int, names: list[str]) -> dict[str, tuple[int, str]]:
         cur.execute(
-            "SELECT id, name, labels FROM entries WHERE set_id = ? AND removed_at IS NULL"
-            " AND name IN (SELECT value FROM json_each(?))",
+            "SELECT e.id, e.name, l.labels, e.source_id FROM entries e"
+            " JOIN label_sets l ON l.id = e.label_set_id"
+            " WHERE e.set_id = ? AND e.removed_at IS NULL"
+            " AND e.name IN (SELECT value FROM json_each(?))",
             (set_id, json.dumps(names)),
         )
-        return {name: (entry_id, labels) for entry_id, name, labels in cur.fetchall()}
+        return {
+            name: (entry_id, joined_text(labels, source_id))
+            for entry_id, name, labels, source_id in cur.fetchall()
+        }
+
+    def _label_set_ids(self, cur, texts: list[str]) -> dict[str, int]:
+        # looked up first: a load's sets are there after its first write
+        query = "SELECT labels, id FROM label_sets WHERE labels IN (SELECT value FROM json_each(?))"
+        cur.execute(query, (json.dumps(texts),))
+        found = dict(cur.fetchall())
+        if len(found) < len(set(texts)):
+            new = json.dumps([text for text in texts if text not in found])
+            cur.execute(
+                "INSERT OR IGNORE INTO label_sets (labels) SELECT value FROM json_each(?)", (new,)
+            )
+            cur.execute(query, (new,))
+            found.update(cur.fetchall())
+        return found
 
     def _reserve_entry_ids(self, cur, count: int) -> int:
         # Inside BEGIN IMMEDIATE nobody else inserts; AUTOINCREMENT never
@@ -257,15 +279,25 @@ class SQLiteStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
         # label set, rows grouped by labels, took 3x the CPU of plain rows
         # (300 statements a write, each walking the write's slice of the
         # name index again) and wrote 1.7x the WAL.
-        codes, texts = rows.label_codes()
-        if len(texts) == 1:  # one label set ("{}": the rows say none)
+        codes, texts, source_ids = rows.label_set_rows()
+        set_ids = self._label_set_ids(cur, texts)
+        if len(texts) == 1 and source_ids is None:  # one label set ("{}": the rows say none)
             cur.execute(
-                "INSERT OR FAIL INTO entries (id, set_id, name, labels, media_type, created_at,"
-                " added_by) SELECT ? + key, ?, value, ?, ?, ?, ? FROM json_each(?)",
-                (first_id, set_id, texts[0], rows.media_type, at, added_by, _names_json(rows)),
+                "INSERT OR FAIL INTO entries (id, set_id, name, label_set_id, media_type,"
+                " created_at, added_by) SELECT ? + key, ?, value, ?, ?, ?, ? FROM json_each(?)",
+                (
+                    first_id,
+                    set_id,
+                    set_ids[texts[0]],
+                    rows.media_type,
+                    at,
+                    added_by,
+                    _names_json(rows),
+                ),
             )
         else:
-            self._insert_labelled(cur, set_id, rows, first_id, at, added_by, codes, texts)
+            ids = np.array([set_ids[text] for text in texts], dtype=np.int64)[codes]
+            self._insert_labelled(cur, set_id, rows, first_id, at, added_by, ids, source_ids)
         width = rows.values.shape[1]
         quality_json = (
             f"[{','.join(['-1'] * len(rows))}]"
@@ -280,43 +312,50 @@ class SQLiteStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
             (first_id, rows.kind, rows.values.tobytes(), width, width, quality_json),
         )
 
-    def _insert_labelled(self, cur, set_id, rows, first_id, at, added_by, codes, texts) -> None:
-        """New entries of several label sets in one INSERT, in row (name)
-        order: each label set is staged once in a temporary table, and each
-        element of the JSON array is the row's label set number
-        (fixed-width) followed by its name."""
-        digits = len(str(len(texts) - 1))
-        cur.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS bulk_label_sets"
-            " (code INTEGER PRIMARY KEY, labels TEXT NOT NULL)"
-        )
-        cur.execute("DELETE FROM temp.bulk_label_sets")
-        # one statement over a JSON array, not a row each: a feed's rows each
-        # carry their own set (the source id), and executemany() gave the
-        # GIL up and took it back for every row while this write held the
-        # writer lock a Match's history record waits for
-        cur.execute(
-            "INSERT INTO temp.bulk_label_sets (code, labels) SELECT key, value FROM json_each(?)",
-            (json.dumps(texts),),
-        )
-        if rows.entry_names is None:
-            coded = columns.names_json(rows.name_prefix, rows.values, codes, digits)
-        else:
-            coded = json.dumps(
-                [
-                    f"{code:0{digits}d}{name}"
-                    for code, name in zip(codes.tolist(), rows.entry_names.tolist(), strict=True)
-                ]
-            )
-        # CROSS JOIN: the array is the outer loop (row order, so ids are
-        # appended), each label set found by its number
-        cur.execute(
-            "INSERT OR FAIL INTO entries (id, set_id, name, labels, media_type,"
+    def _insert_labelled(
+        self, cur, set_id, rows, first_id, at, added_by, set_ids: np.ndarray, source_ids
+    ) -> None:
+        """New entries of several label sets or source ids in one INSERT, in
+        row (name) order: each element of one JSON array is the row's label
+        set id (fixed-width) followed by its name, and with source ids, a
+        unit separator (no name or label value holds a control character)
+        and its source id ("": none). One array: two, joined by position,
+        made SQLite search one for each row of the other."""
+        digits = len(str(int(set_ids.max())))
+        entries = (
+            "INSERT OR FAIL INTO entries (id, set_id, name, label_set_id, source_id, media_type,"
             " created_at, added_by)"
-            " SELECT ? + n.key, ?, substr(n.value, ?), l.labels, ?, ?, ?"
-            " FROM json_each(?) AS n CROSS JOIN temp.bulk_label_sets AS l"
-            " ON l.code = CAST(substr(n.value, 1, ?) AS INTEGER)",
-            (first_id, set_id, digits + 1, rows.media_type, at, added_by, coded, digits),
+        )
+        if source_ids is None:
+            if rows.entry_names is None:
+                coded = columns.names_json(rows.name_prefix, rows.values, set_ids, digits)
+            else:
+                coded = json.dumps(
+                    [
+                        f"{code:0{digits}d}{name}"
+                        for code, name in zip(set_ids.tolist(), rows.names(), strict=True)
+                    ]
+                )
+            cur.execute(
+                f"{entries} SELECT ? + key, ?, substr(value, ? + 1),"
+                " CAST(substr(value, 1, ?) AS INTEGER), NULL, ?, ?, ? FROM json_each(?)",
+                (first_id, set_id, digits, digits, rows.media_type, at, added_by, coded),
+            )
+            return
+        coded = json.dumps(
+            [
+                f"{code:0{digits}d}{name}\x1f{source_id or ''}"
+                for code, name, source_id in zip(
+                    set_ids.tolist(), rows.names(), source_ids.tolist(), strict=True
+                )
+            ],
+            ensure_ascii=False,
+        )
+        cur.execute(
+            f"{entries} SELECT ? + key, ?, substr(value, ? + 1, instr(value, char(31)) - ? - 1),"
+            " CAST(substr(value, 1, ?) AS INTEGER),"
+            " NULLIF(substr(value, instr(value, char(31)) + 1), ''), ?, ?, ? FROM json_each(?)",
+            (first_id, set_id, digits, digits, digits, rows.media_type, at, added_by, coded),
         )
 
     def _after_bulk_write(self) -> None:

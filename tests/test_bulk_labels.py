@@ -10,10 +10,12 @@ from __future__ import annotations
 import io
 import json
 
+import numpy as np
 import pytest
 
 import loaders
 from hashdb import open_store
+from hashdb.bulk_sql import PlainSignals
 from hashsvc.api.bulk_pb import rows_from_pb
 from hashsvc.client import cli_bulk
 from hashsvc.core.bulk import RowBatch, load
@@ -389,10 +391,20 @@ def test_a_label_value_a_row_beside_shared_sets(store_and_index):
     expected = wanted(1)
     expected["feed:1"] = {**expected["feed:1"], **expected.pop(f"feed:{rows}")}
     assert {n: labels for n, (labels, _) in _entries(store, row_by_row.id).items()} == expected
-    with store._read() as cur:  # the stored text is the canonical one
-        cur.execute("SELECT name, labels FROM entries WHERE set_id = ?", (column_wise.id,))
-        for name, text in cur.fetchall():
-            assert text == json.dumps(wanted(1)[name], sort_keys=True)
+    with store._read() as cur:  # stored: the canonical text of the shared set, the id beside it
+        cur.execute(
+            "SELECT e.name, l.labels, e.source_id FROM entries e"
+            " JOIN label_sets l ON l.id = e.label_set_id WHERE e.set_id = ?",
+            (column_wise.id,),
+        )
+        stored = cur.fetchall()
+        for name, text, source_id in stored:
+            labels = dict(wanted(1)[name])
+            assert source_id == labels.pop("source_id", None)
+            assert text == json.dumps(labels, sort_keys=True)
+        # 40 entries, each with its own id, share the few sets (one of
+        # which said a source id of its own: split off, the row's id wins)
+        assert len({text for _, text, _ in stored}) == len(shared)
 
     bad = store.create_set("bad", "", {}, {})
     assert plain_rows(batch(100, bad_row=7)) is None
@@ -505,3 +517,39 @@ def test_label_sets_that_say_nothing_load_column_wise(store_and_index):
     entries = _entries(store, hash_set.id)
     assert entries[f"pdq:{_value(1)}"][0] == {"group": "ISIS"}
     assert all(entries[f"pdq:{_value(row + 1)}"][0] == {} for row in range(1, 6))
+
+
+def test_a_part_of_a_run_carries_only_its_own_label_sets(store_and_index):
+    """A run of rows each under a label set of its own (a feed's source id)
+    is written in parts: each part stages the sets its rows use, not the
+    whole run's (a feed's write of 2,000 rows staged its batch's 20,000),
+    and every row keeps exactly its own labels."""
+    store, _ = store_and_index
+    hash_set = store.create_set("parts", "", {}, {})
+    count = 600
+    texts = [json.dumps({"feed": "f", "source_id": str(row)}) for row in range(count)]
+    codes = np.arange(count, dtype=np.int64)[::-1].copy()  # not in order of the texts
+    rows = PlainSignals.numbered(
+        "pdq",
+        "photo",
+        np.array([bytes.fromhex(_value(row + 1)) for row in range(count)])
+        .view(np.uint8)
+        .reshape(count, 32),
+        None,
+        np.array([f"f:{row:04d}" for row in range(count)], dtype=object),
+        codes,
+        texts,
+    )
+    for start in range(0, count, 150):
+        part = rows[start : start + 150]
+        part_codes, part_texts = part.label_codes()
+        assert len(part_texts) == 150
+        assert [part_texts[c] for c in part_codes.tolist()] == [
+            texts[c] for c in codes[start : start + 150].tolist()
+        ]
+        counts, _ = store.bulk_add_plain(hash_set.id, part, "op")
+        assert counts.added == 150
+    entries = _entries(store, hash_set.id)
+    assert {name: labels for name, (labels, _) in entries.items()} == {
+        f"f:{row:04d}": json.loads(texts[codes[row]]) for row in range(count)
+    }

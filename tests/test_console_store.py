@@ -97,6 +97,15 @@ def test_entry_search_by_name_and_label_takes_wildcards_literally(store):
     assert names("group=ISIS") == ["poster_100%.jpg", "speech.mp4"]
     assert names("group=IS") == []  # a label is matched whole
     assert names("nothing") == []
+    # a feed's source id, kept beside the shared label set
+    store.add_entry(
+        hash_set.id, "feed:1", {"group": "ISIS", "source_id": "4_2"}, "image", [sig], "t"
+    )
+    store.add_entry(hash_set.id, "feed:2", {"group": "AQ", "source_id": "402"}, "image", [sig], "t")
+    assert names("source_id=4_2") == ["feed:1"]
+    assert names("source_id=4") == []
+    assert names("4_") == ["feed:1"]
+    assert names("group=AQ") == ["poster_1000.jpg", "feed:2"]
 
 
 def test_hourly_decisions_remember_only_final_hours(store):

@@ -31,20 +31,21 @@ def bridge() -> Image.Image:
 
 
 class _CountingHashing:
-    """The core's hashing, counted (it still hashes)."""
+    """The core's hashing jobs, counted (it still hashes): start_query, which
+    hash_query (a second step after the first) calls too."""
 
     def __init__(self, hashing) -> None:
         self.jobs = 0
-        self._hash_query = hashing.hash_query
+        self._start_query = hashing.start_query
 
     def __call__(self, *args, **kwargs):
         self.jobs += 1
-        return self._hash_query(*args, **kwargs)
+        return self._start_query(*args, **kwargs)
 
 
 def _count_hashing(core, monkeypatch) -> _CountingHashing:
     counter = _CountingHashing(core.hashing)
-    monkeypatch.setattr(core.hashing, "hash_query", counter)
+    monkeypatch.setattr(core.hashing, "start_query", counter)
     return counter
 
 
@@ -224,3 +225,76 @@ def test_only_a_callers_flood_of_exact_copies_skips_hashing(
     assert hashing.jobs == 1
     other = core.match(MatchQuery(media=known), caller="someone-else")
     assert NOT_HASHED not in other.notes and hashing.jobs == 2
+
+
+def _call_order(core, monkeypatch) -> list[str]:
+    """'hash' for each job sent to hashing, 'lookup' for each exact lookup, in order."""
+    order: list[str] = []
+    start_query, find_exact = core.hashing.start_query, core.store.find_exact
+
+    def started(*args, **kwargs):
+        order.append("hash")
+        return start_query(*args, **kwargs)
+
+    def looked_up(*args, **kwargs):
+        order.append("lookup")
+        return find_exact(*args, **kwargs)
+
+    monkeypatch.setattr(core.hashing, "start_query", started)
+    monkeypatch.setattr(core.store, "find_exact", looked_up)
+    return order
+
+
+def test_outside_a_flood_an_upload_is_sent_to_hashing_before_its_exact_lookup(
+    store_url, make_core, bridge, monkeypatch
+):
+    """Outside the caller's flood of exact copies an upload is hashed whatever
+    its exact hashes find: its job goes to the workers first and the lookups
+    run while it hashes (~0.3 ms of its latency). In a flood the lookup comes
+    first, and an exact copy is not hashed. The answers are those of before."""
+    known = encode_image(bridge, "JPEG", quality=85)
+    other_file = encode_image(bridge, "JPEG", quality=70)
+    core = make_core(store_url)  # a caller's first uploads: no flood
+    core.curation.create_set("a")
+    core.curation.add_entry("a", "bridge", {}, "op", media=known)
+    order = _call_order(core, monkeypatch)
+    for media, found_by in ((known, "md5"), (other_file, "pdq")):
+        order.clear()
+        outcome = core.match(MatchQuery(media=media), caller="t")
+        assert outcome.decision == "block" and NOT_HASHED not in outcome.notes
+        assert found_by in {m.signal_type for m in outcome.matches}
+        assert [s.kind for s in outcome.query_signals[:2]] == ["md5", "sha256"]
+        assert order[0] == "hash" and set(order[1:]) == {"lookup"}, order
+
+    flooded = make_core(store_url, image=FLOODING)
+    order = _call_order(flooded, monkeypatch)
+    exact = flooded.match(MatchQuery(media=known), caller="t")
+    assert exact.notes == (NOT_HASHED,) and set(order) == {"lookup"}, order
+    order.clear()
+    again = flooded.match(MatchQuery(media=other_file), caller="t")
+    assert again.decision == "block" and NOT_HASHED not in again.notes
+    assert order[-1] == "hash" and set(order[:-1]) == {"lookup"}, order
+
+
+def test_a_lookup_that_fails_after_the_upload_was_sent_gives_an_error_not_allow(
+    store_url, make_core, bridge, monkeypatch
+):
+    """Outside a flood the upload is already hashing when its exact lookup
+    fails: the call fails (recorded so), its job is dropped, and the next
+    upload is hashed and decided as before."""
+    known = encode_image(bridge, "JPEG", quality=85)
+    core = make_core(store_url)
+    core.curation.create_set("a")
+    core.curation.add_entry("a", "bridge", {}, "op", media=known)
+    find_exact = core.store.find_exact
+
+    def broken(kind, value):
+        raise RuntimeError("store lost")
+
+    monkeypatch.setattr(core.store, "find_exact", broken)
+    with pytest.raises(RuntimeError, match="store lost"):
+        core.match(MatchQuery(media=known), caller="t")
+    record = core.store.query_history(HistoryFilter(), 0, 1000)[-1]
+    assert record.decision == "" and record.status != "OK"
+    monkeypatch.setattr(core.store, "find_exact", find_exact)
+    assert core.match(MatchQuery(media=known), caller="t").decision == "block"

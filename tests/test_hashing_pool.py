@@ -99,3 +99,31 @@ def test_workers_are_replaced_after_their_job_limit():
         assert len(pids) >= 2
     finally:
         pool.close()
+
+
+def test_jobs_waiting_when_a_hung_job_replaces_the_pool_are_unavailable_not_internal():
+    """A job past its deadline replaces the pool (its worker killed): jobs of
+    other uploads waiting behind it are cancelled or die with the pool.
+    Either way the caller gets UNAVAILABLE (retry), as for a worker that
+    died; a cancelled one raised CancelledError, an internal error (fails
+    without the fix: the jobs past the worker's queue are cancelled)."""
+    import time
+
+    from hashsvc.media.hashing import StartedJob
+
+    hashing = HashingPool(1, ImageLimits(), timeout_seconds=30)
+    try:
+        hashing.warm_up()
+        pool = hashing._pool
+        hung = hashing._submit(pool, time.sleep, 120)
+        # behind it: some handed to the worker's queue already, the rest still waiting
+        waiting = [hashing.start_query(small()) for _ in range(6)]
+        with pytest.raises(Timeout):
+            StartedJob(hashing, pool, [hung], time.monotonic() + 0.5, True).result()
+        assert hashing._pool is not pool
+        for job in waiting:
+            with pytest.raises(Unavailable):
+                job.result()
+        assert hashing.hash_query(small()).signals  # the new pool serves
+    finally:
+        hashing.close()

@@ -207,7 +207,10 @@ def test_describing_only_the_kept_keypoints_gives_the_blobs_describing_all_gave(
         points = cv2.KeyPoint_convert(keypoints).astype(np.float32)
         response = np.array([k.response for k in keypoints])
         order = _balanced(points, response, grey.shape[1], grey.shape[0], DEFAULT_LIMITS)
-        return LocalFeatures(grey.shape[1], grey.shape[0], points[order], descriptors[order])
+        levels = np.array([k.octave for k in keypoints], np.uint8)[order]
+        return LocalFeatures(
+            grey.shape[1], grey.shape[0], points[order], descriptors[order], levels=levels
+        )
 
     rng = np.random.default_rng(3)
     checked = 0

@@ -6,6 +6,7 @@ right transform, unrelated pictures do not."""
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -59,9 +60,28 @@ def test_round_trip_keeps_positions_to_a_quarter_pixel_and_descriptors_exactly()
     assert back.descriptor_bytes == original.descriptor_bytes == 32
     assert np.array_equal(back.descriptors, original.descriptors)
     assert np.abs(back.points - original.points).max() <= 0.125 + 1e-6
-    # compact: 4 bytes of position and 32 of descriptor a keypoint, 11 of header
-    assert len(blob) == 11 + 36 * len(original)
+    assert np.array_equal(back.levels, original.levels)
+    # compact: 4 bytes of position, 32 of descriptor and 1 of pyramid level a keypoint,
+    # 11 of header
+    assert len(blob) == 11 + 37 * len(original)
     assert encode(back) == blob
+
+
+def test_a_version_1_blob_still_decodes_and_matches_as_it_did():
+    """Known pictures stored before the pyramid levels (version 1, 36 bytes a
+    keypoint) load without levels, and an upload's features with levels find
+    them as before: the levels only leave the upload's detail finer than the
+    known's out of agreement, and a version 1 known has every level."""
+    known = features(bridge())
+    old = encode(replace(known, levels=None))
+    assert old[2] == 1 and len(old) == 11 + 36 * len(known)
+    back = decode(old)
+    assert back.levels is None
+    assert np.array_equal(back.descriptors, known.descriptors)
+    query = features(crop(bridge(), np.random.default_rng(3), 0.12))
+    assert query.levels is not None
+    assert verify(query, back) == verify(query, decode(encode(known)))
+    assert DEFAULT_THRESHOLDS.level(verify(query, back)) == "block"
 
 
 def test_extraction_keeps_the_limits_it_is_given():
@@ -73,10 +93,12 @@ def test_extraction_keeps_the_limits_it_is_given():
     assert (found.points[:, 0] <= found.width).all() and (found.points[:, 1] <= found.height).all()
 
 
-def _blob(width=100, height=80, count=2, dbytes=32, version=1, algorithm=1, magic=b"LF"):
+def _blob(
+    width=100, height=80, count=2, dbytes=32, version=1, algorithm=1, magic=b"LF", levels=None
+):
     header = struct.pack("<2sBBHHHB", magic, version, algorithm, width, height, count, dbytes)
     positions = np.array([[4, 8], [40, 40]] * count, "<u2")[:count].tobytes()
-    return header + positions + bytes(count * dbytes)
+    return header + positions + bytes(count * dbytes) + (bytes(levels) if levels else b"")
 
 
 @pytest.mark.parametrize(
@@ -87,7 +109,10 @@ def _blob(width=100, height=80, count=2, dbytes=32, version=1, algorithm=1, magi
         (_blob()[:-1], "keypoints need"),
         (_blob() + b"\0", "keypoints need"),
         (_blob(magic=b"XX"), "no LF header"),
-        (_blob(version=2), "version 2"),
+        (_blob(version=3), "version 3"),
+        (_blob(version=2), "keypoints need"),  # no levels
+        (_blob(version=2, levels=[0, 0, 0]), "keypoints need"),
+        (_blob(version=2, levels=[0, 32]), "pyramid level 32"),
         (_blob(algorithm=9), "algorithm 9"),
         (_blob(dbytes=64), "descriptors of 64 bytes"),
         (_blob(count=0), "count 0"),
@@ -394,3 +419,39 @@ def test_a_tilt_of_20_degrees_blocks_and_a_page_template_reaches_nothing():
     assert DEFAULT_THRESHOLDS.level(evidence(39, 0.22, 0.40)) == "review"
     for inliers in (30, 99, 166, 400):
         assert DEFAULT_THRESHOLDS.level(evidence(inliers, 0.47, 0.247)) is None
+
+
+def test_a_crop_shown_larger_is_judged_without_the_detail_the_known_cannot_hold(monkeypatch):
+    """A 30% crop of the bridge, shown 1.43x larger than the known picture: its
+    keypoints at ORB's finest pyramid level are detail no level of the known
+    holds (the known's finest patch is 1.43x theirs), and the cells only they
+    fill cannot agree. Left out (by the levels the blob carries), the crop
+    reaches review at agreement 0.37; counted, it stayed at 0.327, under the
+    floor. The known's keypoints all still count (the logo-frame and template
+    tests above)."""
+    import io
+
+    cut = crop(bridge(), np.random.default_rng(5), 0.30)
+    query = features(Image.open(io.BytesIO(encode_image(cut, "JPEG", quality=85))).convert("RGB"))
+    known = features(bridge())
+    assert query.levels is not None and (query.levels == 0).any()
+    found = verify(query, known)
+    assert found.scale == pytest.approx(1.43, abs=0.02)
+    assert found.agreement >= DEFAULT_THRESHOLDS.review_agreement + 0.03
+    assert DEFAULT_THRESHOLDS.level(found) == "review"
+    monkeypatch.setattr(
+        local_geometry, "_beyond_known", lambda query, scale: np.zeros(len(query), bool)
+    )
+    assert DEFAULT_THRESHOLDS.level(verify(query, known)) is None
+    # an upload blob without levels (version 1) leaves nothing out, as before
+    monkeypatch.undo()
+    assert DEFAULT_THRESHOLDS.level(verify(replace(query, levels=None), known)) is None
+
+
+@pytest.mark.parametrize(
+    "levels", [np.array([0], np.uint8), np.array([0, 1], np.int64), np.array([0, 32], np.uint8)]
+)
+def test_encode_refuses_levels_that_are_not_one_small_byte_a_keypoint(levels):
+    points = np.array([[1.0, 2.0], [3.0, 3.0]], np.float32)
+    with pytest.raises(InvalidArgument, match="levels"):
+        encode(LocalFeatures(100, 100, points, np.zeros((2, 32), np.uint8), levels=levels))

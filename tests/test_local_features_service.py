@@ -321,6 +321,29 @@ def test_snapshot_and_restart_keep_matching(tmp_path, make_core):
     assert core.match(MatchQuery(media=upload), caller="t").decision != "allow"
 
 
+def test_a_feature_snapshot_filed_with_another_number_of_words_is_filed_again(tmp_path, make_core):
+    """A snapshot written by a version that filed 200 words a picture (the
+    default until 2026-12-08) is not loaded as it is: its pictures would score
+    against those filed with 400 words afterwards (scores grow with the words
+    filed). The service files every picture again from the store."""
+    from hashsvc.core.core import MatchQuery
+    from hashsvc.index.local_features import DEFAULT_WORDS_PER_PICTURE, FeatureIndex
+
+    db = f"sqlite:///{tmp_path}/h.db"
+    core = make_core(db)
+    _local_sets(core)
+    make_core.stop(core)
+    path = tmp_path / "h.db.index" / "index-local_features.lfi"
+    older = FeatureIndex(words_per_picture=200)
+    older.save(path)  # filed with 200 words, and empty: loaded, it would match nothing
+    assert FeatureIndex.load(path).words_per_picture == 200 != DEFAULT_WORDS_PER_PICTURE
+    core = make_core(db)
+    assert core.live.features.words_per_picture == DEFAULT_WORDS_PER_PICTURE
+    assert core.live.sizes()["local_features"] == 1
+    upload = jpeg(rotated(bridge(), 10))
+    assert core.match(MatchQuery(media=upload), caller="t").decision != "allow"
+
+
 def test_export_then_load_gives_matchable_entries(run, tmp_path, make_harness, monkeypatch):
     known = tmp_path / "poster.jpg"
     known.write_bytes(jpeg(bridge()))

@@ -256,14 +256,14 @@ def test_an_index_lost_while_an_upload_was_hashed_gives_no_decision(core, monkey
     UNAVAILABLE, and recorded as such."""
     core.curation.create_set("known")
     core.curation.add_entry("known", "poster", {}, "op", media=encode(photo(1)))
-    hash_query = core.hashing.hash_query
+    start_query = core.hashing.start_query
 
     def slow_hash(media, *args, **kwargs):
-        hashed = hash_query(media, *args, **kwargs)
-        core._index_lost.set()  # the change feed failed meanwhile
-        return hashed
+        job = start_query(media, *args, **kwargs)
+        core._index_lost.set()  # the change feed failed while it hashes
+        return job
 
-    monkeypatch.setattr(core.hashing, "hash_query", slow_hash)
+    monkeypatch.setattr(core.hashing, "start_query", slow_hash)
     with pytest.raises(Unavailable, match="cannot read the store"):
         core.match(MatchQuery(media=encode(photo(5))), "pipeline")
     last = core.store.query_history(HistoryFilter(), 0, 1000)[-1]

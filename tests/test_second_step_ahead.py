@@ -21,11 +21,13 @@ from hashsvc.core.config import Config
 from hashsvc.core.core import Core, MatchQuery
 from hashsvc.matching.matcher import LOCAL_NOT_COMPUTED
 from hashsvc.media import hashing as hashing_module
+from hashsvc.media import machine
 from hashsvc.media.hashing import HashingPool, StartedJob
 from hashsvc.media.limits import STAGE_LOCAL, ImageLimits
-from hashsvc.media.machine import spare_core
+from hashsvc.media.machine import CpuTimes, CpuWatch, read_cpu_times, spare_core
 from hashsvc_testing import local_media
 from hashsvc_testing.image_media import encode as encode_image
+from hashsvc_testing.image_media import photo
 from hashsvc_testing.vectors import vector
 
 BRIDGE = ("threatexchange", "pdq", "data", "reg-test-input", "dih", "bridge-1-original.jpg")
@@ -41,6 +43,14 @@ def pictures() -> dict[str, bytes]:
         # a crop PDQ cannot see: local features only
         "bridge_crop": encode_image(
             local_media.crop(bridge, np.random.default_rng(0), 0.2), "JPEG", quality=85
+        ),
+        # a 2x2 collage of it and photos: tiles, extracted in the views' thread
+        "bridge_collage": encode_image(
+            local_media.collage(bridge, np.random.default_rng(1), 2, [photo(n) for n in range(3)])[
+                0
+            ],
+            "JPEG",
+            quality=85,
         ),
     }
 
@@ -114,6 +124,50 @@ def test_a_second_step_started_ahead_answers_as_two_steps_in_turn(
         in_turn.close()
 
 
+def test_a_first_step_hands_its_picture_back_only_for_a_second_step_in_turn(
+    tmp_path, pictures, quiet_machine
+):
+    """A first step's decoded picture (192 KiB for a 1024x768 JPEG) travels
+    back from the worker only when its second step may need it: not when
+    that one was started ahead (it decodes the upload itself)."""
+    from hashsvc.media import dispatch
+    from hashsvc.media.limits import STAGE_VIEWS, MediaLimits
+
+    data = pictures["bridge_crop"]
+    handed = dispatch.hash_media(data, MediaLimits(), True, stage=STAGE_VIEWS)
+    kept = dispatch.hash_media(data, MediaLimits(), True, stage=STAGE_VIEWS, with_picture=False)
+    assert handed.picture is not None and kept.picture is None
+    assert kept.signals == handed.signals and not kept.complete
+
+    pictures_back: dict[bool, list[bool]] = {}
+    for ahead in (True, False):
+        core = _worker_core(f"sqlite:///{tmp_path}/{ahead}.db", pictures["bridge"], ahead)
+        back = pictures_back[ahead] = []
+        start_query = core.hashing.start_query
+
+        def first_step(*args, start_query=start_query, back=back, **kwargs):
+            job = start_query(*args, **kwargs)
+            result = job.result
+
+            def collected():
+                hashed = result()
+                back.append(hashed.picture is not None)
+                return hashed
+
+            job.result = collected
+            return job
+
+        core.hashing.start_query = first_step
+        try:
+            _idle(core.hashing)
+            outcome = core.match(MatchQuery(media=data), caller="t")
+            assert outcome.matches[0].signal_type == "local_features"
+        finally:
+            core.close()
+    # ahead: the first step alone; in turn: the first step, then the second (no picture)
+    assert pictures_back == {True: [False], False: [True, False]}
+
+
 def test_no_second_step_ahead_without_a_worker_left_for_the_first(pictures, quiet_machine):
     one = HashingPool(1, ImageLimits())
     two = HashingPool(2, ImageLimits())
@@ -135,18 +189,37 @@ def test_no_second_step_ahead_without_a_worker_left_for_the_first(pictures, quie
         two.close()
 
 
-def test_no_second_step_ahead_on_a_loaded_machine(pictures, monkeypatch):
-    import os
+class _Cpus:
+    """The CPUs' times spare_core reads (machine._watch), moved by the test:
+    each reading adds 100 ticks a CPU, `busy` of them taken at nice 0."""
 
-    cores = len(os.sched_getaffinity(0))
-    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 0.5, 0.0, 0.0))
+    def __init__(self) -> None:
+        self.busy = 0
+        self.taken = self.free = 0
+
+    def read(self) -> CpuTimes:
+        self.taken += 2 * self.busy
+        self.free += 2 * (100 - self.busy)
+        return CpuTimes(2, self.taken, self.free)
+
+
+def _watch_cpus(monkeypatch, read) -> None:
+    """spare_core reads `read` at every call (no window to wait out)."""
+    monkeypatch.setattr(machine, "_watch", CpuWatch(read=read, window_seconds=0.0))
+
+
+def test_no_second_step_ahead_on_a_loaded_machine(pictures, monkeypatch):
+    cpus = _Cpus()
+    _watch_cpus(monkeypatch, cpus.read)
+    cpus.busy = 90  # both cores busy at nice 0
+    spare_core()  # the window's start
     assert not spare_core()
     hashing = HashingPool(2, ImageLimits())
     try:
         hashing.warm_up()
         _idle(hashing)
         assert hashing.started_when_idle(pictures["bridge"], STAGE_LOCAL) is None
-        monkeypatch.setattr(os, "getloadavg", lambda: (cores - 0.5, 0.0, 0.0))
+        cpus.busy = 30  # more than half a core idle (or niced)
         assert spare_core()
         job = hashing.started_when_idle(pictures["bridge"], STAGE_LOCAL)
         assert job is not None
@@ -155,27 +228,22 @@ def test_no_second_step_ahead_on_a_loaded_machine(pictures, monkeypatch):
         hashing.close()
 
 
-@pytest.mark.parametrize("unknown", ["OSError", "AttributeError"])
-def test_a_load_that_cannot_be_read_hashes_in_one_thread_and_one_step(
-    pictures, monkeypatch, unknown
+@pytest.mark.parametrize("unknown", ["missing", "garbled"])
+def test_cpu_times_that_cannot_be_read_hash_in_one_thread_and_one_step(
+    pictures, monkeypatch, tmp_path, unknown
 ):
-    """Where the load average cannot be read (/proc/loadavg hidden in a
-    sandbox: OSError; no os.getloadavg off Unix: AttributeError) an upload is
-    still hashed, in one thread, and no second step is started ahead; the
-    error used to fail every picture hashed with local features."""
-    import os
-
+    """Where the CPUs' times cannot be read (/proc/stat hidden in a sandbox,
+    or garbled) an upload is still hashed, in one thread, and no second step
+    is started ahead; an error there (the load average's, before) used to
+    fail every picture hashed with local features."""
     from hashsvc.media import dispatch
     from hashsvc.media.limits import MediaLimits
 
-    if unknown == "OSError":
-
-        def unreadable() -> tuple[float, float, float]:
-            raise OSError("Load averages are unobtainable")
-
-        monkeypatch.setattr(os, "getloadavg", unreadable)
-    else:
-        monkeypatch.delattr(os, "getloadavg")
+    stat = tmp_path / "stat"
+    if unknown == "garbled":
+        stat.write_text("cpu0 1 2 three\ncpu1 x\n")
+    _watch_cpus(monkeypatch, lambda: read_cpu_times(str(stat), {0, 1}))
+    spare_core()
     assert not spare_core()
     hashed = dispatch.hash_media(pictures["bridge_crop"], MediaLimits(), True)
     assert any(s.kind == "local_features" for s in hashed.signals)
@@ -201,7 +269,7 @@ def test_an_unused_job_that_hangs_is_killed_at_its_deadline():
         while not hung.running():  # handed to the workers: too late to cancel
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        StartedJob(hashing, pool, hung, time.monotonic() + 1.0, True).abandon()
+        StartedJob(hashing, pool, [hung], time.monotonic() + 1.0, True).abandon()
         deadline = time.monotonic() + 30
         while hashing._pool is pool or any(p.is_alive() for p in processes):
             assert time.monotonic() < deadline, "the hung job's worker still runs"
@@ -213,8 +281,9 @@ def test_an_unused_job_that_hangs_is_killed_at_its_deadline():
 
 def test_an_upload_gives_the_same_signals_in_one_thread_or_two(pictures, monkeypatch):
     """A loaded machine hashes an upload's local features in the views'
-    thread (hashsvc/media/machine.py), a quiet one beside them: the same
-    signals, in one step and in either of two steps."""
+    thread (hashsvc/media/machine.py), a quiet one beside them (its tiles'
+    after the views, in their thread): the same signals, in the same order,
+    in one step and in either of two steps."""
     from hashsvc.media import dispatch, image
     from hashsvc.media.limits import STAGE_VIEWS, MediaLimits
 
@@ -222,7 +291,7 @@ def test_an_upload_gives_the_same_signals_in_one_thread_or_two(pictures, monkeyp
     got = {}
     for spare in (True, False):
         monkeypatch.setattr(image, "spare_core", lambda spare=spare: spare)
-        for name in ("bridge", "bridge_crop"):
+        for name in ("bridge", "bridge_crop", "bridge_collage"):
             data = pictures[name]
             first = dispatch.hash_media(data, limits, True, stage=STAGE_VIEWS)
             second = dispatch.hash_media(data, limits, True, stage=STAGE_LOCAL)
@@ -230,7 +299,9 @@ def test_an_upload_gives_the_same_signals_in_one_thread_or_two(pictures, monkeyp
                 dispatch.hash_media(data, limits, True).signals,
                 first.signals + second.signals,
             )
-    for name in ("bridge", "bridge_crop"):
+    tiles = [s.variant for s in got[True, "bridge_collage"][0] if s.variant.startswith("tile:")]
+    assert tiles, "the collage has no tiles"
+    for name in ("bridge", "bridge_crop", "bridge_collage"):
         one_step, two_steps = got[True, name]
         assert any(s.kind == "local_features" for s in one_step)
         assert got[False, name] == got[True, name]
@@ -329,7 +400,7 @@ def test_a_dropped_job_whose_worker_died_does_not_leave_the_pool_broken(pictures
         while not died.done():
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        StartedJob(hashing, pool, died, time.monotonic() + 20, True).abandon()
+        StartedJob(hashing, pool, [died], time.monotonic() + 20, True).abandon()
         assert hashing._pool is not pool
         assert hashing.hash_query(pictures["bridge"]).signals
         # a worker dead under a job nobody waits for at all: the next upload

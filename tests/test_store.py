@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 import threading
 import types
@@ -412,14 +413,14 @@ def test_migrations_7_and_8_on_an_existing_database(store_url, monkeypatch):
     monkeypatch.setattr(migrations, "POSTGRES", migrations.POSTGRES[:6])
     old = open_store(store_url)
     s = _old_set(old)
-    a = old.add_entry(s.id, "a", {}, "image", _signals(2, 1), "op")
+    a = _old_entry(old, s.id, "a", _signals(2, 1))
     old.close()
     monkeypatch.undo()
 
     store = open_store(store_url)
     try:
-        assert store.find_exact("md5", bytes([1]) * 16) == [(a.id, 0)]
-        assert store.get_entry(s.id, "a").signals == a.signals
+        assert store.find_exact("md5", bytes([1]) * 16) == [(a, 0)]
+        assert store.get_entry(s.id, "a").signals == tuple(_signals(2, 1))
         store.add_entry(s.id, "b", {}, "image", _signals(1, 2), "op")
         assert len(store.find_exact("md5", bytes([2]) * 16)) == 1
     finally:
@@ -445,6 +446,25 @@ def _old_set(store):
     return types.SimpleNamespace(id=set_id)
 
 
+def _old_entry(store, set_id: int, name: str, signals: list[Signal]) -> int:
+    """An entry written with the columns every schema has (add_entry
+    writes the newest ones); its id."""
+    with store._write() as cur:
+        cur.execute(
+            "INSERT INTO entries (set_id, name, media_type, created_at, added_by)"
+            " VALUES (?, ?, 'image', 0, 'op') RETURNING id",
+            (set_id, name),
+        )
+        entry_id = cur.fetchone()[0]
+        for no, sig in enumerate(signals):
+            cur.execute(
+                "INSERT INTO entry_signals (entry_id, variant_no, kind, variant, value, quality)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (entry_id, no, sig.kind, sig.variant, sig.value, sig.quality),
+            )
+    return entry_id
+
+
 def test_migration_9_on_an_existing_database(store_url, monkeypatch):
     """A database of schema 8 with an entry in the old quarantine opens:
     its sets are no review targets, and the old quarantine is an open flood
@@ -461,7 +481,7 @@ def test_migration_9_on_an_existing_database(store_url, monkeypatch):
             (False,),
         )
         set_id = cur.fetchone()[0]
-    a = old.add_entry(set_id, "a", {}, "image", _signals(2, 1), "op")
+    a = types.SimpleNamespace(id=_old_entry(old, set_id, "a", _signals(2, 1)))
     with old._write() as cur:
         cur.execute(
             "INSERT INTO entry_quarantine (entry_id, since, reason) VALUES (?, 0, 'old')", (a.id,)
@@ -549,3 +569,65 @@ def test_a_migration_failing_midway_leaves_nothing_and_says_why(store_url, monke
     store = open_store(store_url)
     store.create_set("after", "", {}, {})
     store.close()
+
+
+def test_label_sets_migration_keeps_every_entrys_labels(store_url, monkeypatch):
+    """A store from before labels were interned (a labels text on every
+    entry, a feed's source id inside it) migrates: every entry reads back
+    exactly its labels, a load of the same rows finds them unchanged, a
+    relabel and a new feed entry are written in the new form and read back,
+    and the new entries share their set."""
+    from hashdb import migrations
+    from hashdb.bulk_sql import EntryUpsert
+
+    monkeypatch.setattr(migrations, "SQLITE", migrations.SQLITE[:-1])
+    monkeypatch.setattr(migrations, "POSTGRES", migrations.POSTGRES[:-1])
+    old = open_store(store_url)
+    s = _old_set(old)
+    before = {
+        "plain": {},
+        "tagged": {"entity": "isis", "note": 'say "x" \\ \u00e9'},
+        "feed:1": {"feed": "feed", "ideology": "islamist", "source_id": "101"},
+        "feed:2": {"feed": "feed", "ideology": "islamist", "source_id": "102"},
+        "only-id": {"source_id": "7"},
+    }
+    with old._write() as cur:
+        for name, labels in before.items():
+            cur.execute(
+                "INSERT INTO entries (set_id, name, labels, media_type, created_at, added_by)"
+                " VALUES (?, ?, ?, 'hash', 0, 'op')",
+                (s.id, name, json.dumps(labels, sort_keys=True)),
+            )
+    old.close()
+    monkeypatch.undo()
+
+    store = open_store(store_url)
+    try:
+        assert {e.name: e.labels for e in store.list_entries(s.id, 0, 100)} == before
+        upserts = [EntryUpsert(name, (), labels) for name, labels in before.items()]
+        assert store.bulk_upsert(s.id, upserts, "op").unchanged == len(before)
+        changed = store.bulk_upsert(
+            s.id,
+            [
+                EntryUpsert("feed:2", (), {**before["feed:2"], "ideology": "far-right"}),
+                EntryUpsert("feed:3", (), {**before["feed:1"], "source_id": "103"}),
+            ],
+            "op",
+        )
+        assert (changed.updated, changed.added) == (1, 1)
+        after = {e.name: e.labels for e in store.list_entries(s.id, 0, 100)}
+        assert after == {
+            **before,
+            "feed:2": {**before["feed:2"], "ideology": "far-right"},
+            "feed:3": {**before["feed:1"], "source_id": "103"},
+        }
+        with store._read() as cur:
+            cur.execute(
+                "SELECT name, label_set_id, source_id FROM entries WHERE name IN (?, ?)",
+                ("feed:2", "feed:3"),
+            )
+            rows = {name: (set_id, source_id) for name, set_id, source_id in cur.fetchall()}
+        assert rows["feed:2"][1] == "102" and rows["feed:3"][1] == "103"
+        assert rows["feed:3"][0] != rows["feed:2"][0]  # islamist, far-right
+    finally:
+        store.close()

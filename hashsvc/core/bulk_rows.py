@@ -16,6 +16,7 @@ import numpy as np
 
 from hashdb import columns
 from hashdb.bulk_sql import MAX_SIGNALS_PER_ENTRY, BulkCounts, EntryUpsert, PlainSignals
+from hashdb.label_sets import SOURCE_ID_LABEL, parsed_labels
 from hashsvc.base import validation
 from hashsvc.base.errors import InvalidArgument, quoted
 from hashsvc.base.media_kinds import HASH, SINGLE_MEDIA_TYPE, media_type_of
@@ -278,6 +279,9 @@ class CheckedPlainRows:
     label_texts: list[str | None] | None = None
     # _value_order(values), when checking the rows made it (sorted_plain reuses it)
     value_order: tuple[np.ndarray, np.ndarray] | None = None
+    # each row's source id beside its labels (a feed's, see PlainSignals), or
+    # "": none; None: no row has one
+    source_ids: np.ndarray | None = None
 
     @property
     def labelled(self) -> bool:
@@ -328,9 +332,17 @@ def plain_rows(batch: RowBatch | PackedRows) -> CheckedPlainRows | None:
     values = np.frombuffer(b"".join(batch.value), dtype=np.uint8).reshape(-1, sig_type.nbytes)
     qualities = np.asarray(batch.quality, dtype=np.int16) if batch.quality else None
     if batch.label_key and any(batch.label_values):
-        labels = _stored_labels_with(
-            batch.labels or [""] * len(batch), batch.label_key, batch.label_values
-        )
+        texts = batch.labels or [""] * len(batch)
+        if batch.label_key == SOURCE_ID_LABEL:
+            # kept beside the shared sets, as the stores keep it
+            numbered = _numbered_beside(texts, batch.label_values)
+            if numbered is None:
+                return None
+            rows = _named_rows(kind, values, qualities, batch.entry, numbered[0])
+            if rows is not None:
+                rows.source_ids = numbered[1]
+            return rows
+        labels = _stored_labels_with(texts, batch.label_key, batch.label_values)
         if labels is None:
             return None
         return _named_rows(kind, values, qualities, batch.entry, _numbered(labels))
@@ -436,6 +448,33 @@ def _stored_labels(texts: Sequence[str]) -> list[str | None] | None:
     return [stored[text] for text in texts]
 
 
+def _numbered_beside(
+    texts: Sequence[str], values: Sequence[str]
+) -> tuple[_Numbered | bool, np.ndarray] | None:
+    """Rows' labels texts numbered (as _numbered_texts) and their source
+    ids (SOURCE_ID_LABEL; "": none) beside them, each checked a column at a
+    time; None when a value is invalid or a set would hold too many labels
+    with the id. A row's id wins over one its set says (the stores split
+    that off the set: PlainSignals.label_set_rows)."""
+    if len(values) != len(texts) or not validation.label_values_valid(values):
+        return None
+    numbered = _numbered_texts(texts)
+    if numbered is False:
+        return None
+    sets = [] if numbered is None else numbered[1]
+    for text in sets:
+        if text is not None and len(parsed_labels(text).keys() | {SOURCE_ID_LABEL}) > (
+            validation.MAX_LABELS
+        ):
+            return None
+    if numbered is None:
+        # no row has labels of its own: each says its source id alone
+        numbered = np.zeros(len(texts), dtype=np.int64), [None]
+    source_ids = np.empty(len(values), dtype=object)
+    source_ids[:] = list(values)
+    return numbered, source_ids
+
+
 def _stored_labels_with(
     texts: Sequence[str], key: str, values: Sequence[str]
 ) -> list[str | None] | None:
@@ -522,8 +561,16 @@ def sorted_plain(parts: Sequence[CheckedPlainRows]) -> PlainSignals:
     media_type = SINGLE_MEDIA_TYPE.get(kind, HASH)
     if parts[0].labelled:
         codes, texts = _joined_labels(parts)
+        source_ids = _joined_source_ids(parts)
         return PlainSignals.numbered(
-            kind, media_type, rows[keep], qualities, None, codes[keep], texts
+            kind,
+            media_type,
+            rows[keep],
+            qualities,
+            None,
+            codes[keep],
+            texts,
+            None if source_ids is None else source_ids[keep],
         )
     return PlainSignals(kind, media_type, rows[keep], qualities)
 
@@ -537,6 +584,18 @@ def _joined_labels(parts: Sequence[CheckedPlainRows]) -> tuple[np.ndarray, list[
         codes.append(p.label_codes + len(texts))
         texts.extend(p.label_texts)
     return np.concatenate(codes), texts
+
+
+def _joined_source_ids(parts: Sequence[CheckedPlainRows]) -> np.ndarray | None:
+    """The parts' source ids as one column ("" for a part without), or None."""
+    if all(p.source_ids is None for p in parts):
+        return None
+    return np.concatenate(
+        [
+            np.full(len(p.values), "", dtype=object) if p.source_ids is None else p.source_ids
+            for p in parts
+        ]
+    )
 
 
 # Named rows are sorted by the first bytes of their names: the order only
@@ -563,7 +622,15 @@ def _sorted_named(parts: Sequence[CheckedPlainRows]) -> PlainSignals:
     media_type = SINGLE_MEDIA_TYPE.get(kind, HASH)
     if parts[0].labelled:
         codes, texts = _joined_labels(parts)
+        source_ids = _joined_source_ids(parts)
         return PlainSignals.numbered(
-            kind, media_type, rows[order], qualities, names[order], codes[order], texts
+            kind,
+            media_type,
+            rows[order],
+            qualities,
+            names[order],
+            codes[order],
+            texts,
+            None if source_ids is None else source_ids[order],
         )
     return PlainSignals(kind, media_type, rows[order], qualities, names[order])

@@ -638,38 +638,49 @@ class Core:
         pictures, in two (hashsvc/core/two_step.py)."""
         if query.media is not None and query.signal_type:
             raise InvalidArgument("send media or a hash, not both")
-        exact: list[Signal] = []
-        known_bytes = False
-        kind = ""
-        if query.media is not None:
-            # The exact hashes first (hashsvc/core/two_step.py: NOT_HASHED):
-            # during the caller's flood of exact copies, one that blocks
-            # everywhere is not hashed.
-            kind = self.hashing.check(query.media)  # the errors hashing gives first
-            exact = exact_signals(query.media)
-            known_bytes = any(self.store.find_exact(s.kind, s.value) for s in exact)
+        if query.media is None:
+            hashed = self._query_signals(query)
+            result = self.matcher.match(hashed.signals, only_sets)
+            return hashed.media_type, hashed.signals, (*hashed.notes, *result.notes), result
+        media = query.media
+        first: StartedJob | None = None
+        second: StartedJob | None = None
+        try:
+            kind = self.hashing.check(media)  # the errors hashing gives first
             flood = self.exact_floods.flooding(flooder)
+            if not flood:
+                # Outside the caller's flood of exact copies the upload is
+                # hashed whatever its exact hashes find: sent to the workers
+                # first, and its exact hashes looked up while they hash.
+                first, second = self._start_hashing(media, kind, flooder)
+            # The exact hashes (hashsvc/core/two_step.py: NOT_HASHED): during
+            # the caller's flood of exact copies, one that blocks everywhere
+            # is not hashed.
+            exact = exact_signals(media)
+            known_bytes = any(self.store.find_exact(s.kind, s.value) for s in exact)
             self.exact_floods.observe(flooder, known_bytes)
             if known_bytes and flood:
-                answered = self._exact_copy(query.media, kind, exact, only_sets)
+                answered = self._exact_copy(media, kind, exact, only_sets)
                 if answered is not None:
                     return answered
-        # bytes no known entry holds were just looked up: not again
-        searched_exact = exact if known_bytes else []
-        two_steps = query.media is not None and self.recent_blocks.flooding(flooder)
-        stage = STAGE_VIEWS if two_steps else None
-        second = self._second_step_ahead(query.media, kind) if two_steps else None
-        try:
-            hashed = self._query_signals(query, stage)
+            if first is None:
+                first, second = self._start_hashing(media, kind, flooder)
+            # bytes no known entry holds were just looked up: not again
+            searched_exact = exact if known_bytes else []
+            # collected, not dropped, if its answer is an error (as a job
+            # waited for at once: its error is seen and handled once)
+            job, first = first, None
+            hashed = job.result()
             media_type, own, notes = hashed.media_type, hashed.signals, hashed.notes
             result = self.matcher.match([*searched_exact, *own], only_sets)
             if not hashed.complete and not result.blocked_everywhere:
                 if second is not None:
-                    rest, second = second.result(), None
+                    job, second = second, None
+                    rest = job.result()
                 else:
                     # the first step's decoded picture: not decoded again
                     rest = self.hashing.hash_query(
-                        query.media, STAGE_LOCAL, picture=hashed.picture, exact=False
+                        media, STAGE_LOCAL, picture=hashed.picture, exact=False
                     )
                 own = [*own, *rest.signals]
                 result = self.matcher.match([*searched_exact, *own], only_sets)
@@ -677,11 +688,31 @@ class Core:
                 # (a second step started ahead may be computing them: unused)
                 notes = (*notes, LOCAL_NOT_COMPUTED)
         finally:
-            if second is not None:
-                second.abandon()
-        if query.media is not None and media_type == media_kinds.IMAGE:
+            for job in (first, second):
+                if job is not None:
+                    job.abandon()
+        if media_type == media_kinds.IMAGE:
             self.recent_blocks.observe(flooder, result.blocked_everywhere)
         return media_type, [*exact, *own], (*notes, *result.notes), result
+
+    def _start_hashing(
+        self, media: MediaSource, kind: str, flooder: object
+    ) -> tuple[StartedJob, StartedJob | None]:
+        """(the upload's first job sent to the workers, its second step
+        started ahead or None): one step unless the caller floods known
+        pictures (hashsvc/core/two_step.py)."""
+        two_steps = self.recent_blocks.flooding(flooder)
+        second = self._second_step_ahead(media, kind) if two_steps else None
+        try:
+            # a second step started ahead decodes the upload itself
+            first = self.hashing.start_query(
+                media, STAGE_VIEWS if two_steps else None, exact=False, with_picture=second is None
+            )
+        except BaseException:
+            if second is not None:
+                second.abandon()
+            raise
+        return first, second
 
     def _second_step_ahead(self, media: MediaSource, kind: str) -> StartedJob | None:
         """An image's second step (STAGE_LOCAL) started beside its first on a
@@ -723,12 +754,8 @@ class Core:
             media_type = types.pop()
         return media_type, exact, (NOT_HASHED,), result
 
-    def _query_signals(self, query: MatchQuery, stage: str | None = None) -> Hashed:
-        """The query's signals as hashed, an upload's without its exact hashes
-        (`complete` False when an image's local features are still to come,
-        see `stage` of HashingPool.hash_query)."""
-        if query.media is not None:
-            return self.hashing.hash_query(query.media, stage, exact=False)
+    def _query_signals(self, query: MatchQuery) -> Hashed:
+        """The signal of a query that sends a hash, not media."""
         if query.signal_type:
             sig_type = signal_type(query.signal_type)
             quality = query.signal_quality

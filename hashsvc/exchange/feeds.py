@@ -43,6 +43,7 @@ from hashdb.exchange_sql import (
     PageCounts,
     require_lease,
 )
+from hashdb.label_sets import SOURCE_ID_LABEL  # kept in its own column
 from hashdb.times import now_micros
 from hashsvc.base import validation
 from hashsvc.base.errors import (
@@ -86,7 +87,6 @@ VERDICTS = ("confirmed", "false_positive")
 DEFAULT_EVERY_SECONDS = 900
 # Labels hashsvc sets on every feed entry (they win over the source's)
 FEED_LABEL = "feed"
-SOURCE_ID_LABEL = "source_id"
 # Longest credentials text accepted (a token, user:password, two keys)
 MAX_CREDENTIALS_CHARS = 4096
 

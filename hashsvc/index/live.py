@@ -34,7 +34,7 @@ from hashsvc.index.binary import (
     signal_id,
 )
 from hashsvc.index.engines import load_index, new_index
-from hashsvc.index.local_features import FeatureIndex
+from hashsvc.index.local_features import DEFAULT_WORDS_PER_PICTURE, FeatureIndex
 from hashsvc.media import local_features
 
 log = logging.getLogger(__name__)
@@ -187,6 +187,14 @@ class LiveIndex:
             # A snapshot without it (older, or its file lost or damaged) is
             # rebuilt whole: an empty feature index would silently match nothing.
             features = FeatureIndex.load(files[LOCAL_FEATURES.name])
+            if features.words_per_picture != DEFAULT_WORDS_PER_PICTURE:
+                # filed by an older version: its pictures would score against new ones
+                # filed with more words (scores grow with the words filed), so all are
+                # filed again
+                raise ValueError(
+                    f"feature snapshot files {features.words_per_picture} words a picture;"
+                    f" this version files {DEFAULT_WORDS_PER_PICTURE}"
+                )
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             if os.path.exists(meta_path):
                 log.warning("ignoring unusable index snapshot: %s", exc)

@@ -43,8 +43,12 @@ from hashsvc.index.word_postings import WordPostings
 SNAPSHOT_MAGIC = b"HSVC-LF-INDEX-v1\n"
 
 # The strongest descriptors of a known picture that are filed (the rest are kept for geometric
-# verification only): 4 bytes of postings each.
-DEFAULT_WORDS_PER_PICTURE = 200
+# verification only): 4 bytes of postings each. 400 since 2026-12-08 (200 before): a 30% crop
+# or a 20-degree tilt shown 1.2-1.4x larger keeps few of the known's 200 strongest, and true
+# copies of drawings scored 0.05-0.06 at place 16-31 of their candidates (bench/robustness.py
+# --explain); with 400, +1 copy in 4 of 12 row-draws (README: Pyramid levels and the index).
+# A snapshot filed with another number is rebuilt from the store (LiveIndex._load_snapshot).
+DEFAULT_WORDS_PER_PICTURE = 400
 # A word held by more than this share of the known pictures (a blank corner, a straight edge)
 # says little and costs a long posting list: a query skips it.
 DEFAULT_MAX_WORD_SHARE = 0.05

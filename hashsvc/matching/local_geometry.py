@@ -50,6 +50,13 @@ DISTINCT_PX = 3.0
 # edgeThreshold and patch size, 31 px at its finest level): agreement is
 # counted where both pictures could hold a keypoint, away from both edges.
 EDGE_PX = 31.0
+# ORB's pyramid: level n is the picture shrunk by PYRAMID_SCALE ** n
+# (LocalFeatureLimits.pyramid_scale). An upload shown `scale` times larger than
+# the known picture has detail finer than the known's finest level (0) where its
+# keypoints' level is more than half a step under log(scale): those keypoints
+# have no counterpart in the known's pyramid (_beyond_known), and cells only
+# they fill can never agree.
+PYRAMID_SCALE = 1.2
 
 
 @dataclass(frozen=True)
@@ -176,6 +183,18 @@ def _edge(features: LocalFeatures) -> float:
     return min(EDGE_PX, 0.25 * min(features.width, features.height))
 
 
+def _beyond_known(query: LocalFeatures, scale: float) -> np.ndarray:
+    """Mask of the query's keypoints finer than the known picture's finest
+    pyramid level, for a query shown `scale` times the known's size: at level
+    n a query keypoint's patch is PYRAMID_SCALE ** n / scale of the known's
+    finest, and under PYRAMID_SCALE ** -0.5 (half a level) no level of the
+    known holds it. None without levels (a version 1 blob): nothing left out."""
+    if query.levels is None or scale <= 1.0:
+        return np.zeros(len(query), bool)
+    finest_kept = math.log(scale) / math.log(PYRAMID_SCALE) - 0.5
+    return query.levels.astype(np.float64) < finest_kept
+
+
 def _agreement(
     matrix: np.ndarray, inliers: np.ndarray, query: LocalFeatures, known: LocalFeatures
 ) -> float:
@@ -185,7 +204,10 @@ def _agreement(
     keypoint there, so a cell there can never agree. Counted, they held a
     small upload to its middle strip (a 300 px picture cut by 30% is 75 px
     high: 13 px of it away from ORB's 31 px bands) and an upload shown larger
-    than the known picture to a frame shrunk by its bands."""
+    than the known picture to a frame shrunk by its bands. The query's keypoints
+    finer than anything the known picture could hold (_beyond_known) are left
+    out of the cells compared; the known's keypoints all count, and the query's
+    at comparable levels, so other content in a shared frame still disagrees."""
     forward = matrix.astype(np.float64)
     inverse = inverted(forward)
     q_edge, k_edge = _edge(query), _edge(known)
@@ -201,6 +223,7 @@ def _agreement(
     back = query.points @ inverse[:, :2].T + inverse[:, 2]
     inside = (back[:, 0] >= k_edge) & (back[:, 0] <= known.width - k_edge)
     inside &= (back[:, 1] >= k_edge) & (back[:, 1] <= known.height - k_edge)
+    inside &= ~_beyond_known(query, math.hypot(forward[0, 0], forward[1, 0]))
     both = np.concatenate([known.points[shown], back[inside].astype(np.float32)])
     comparable = _cell_ids(both, known.width, known.height)
     held = _cell_ids(inliers, known.width, known.height)

@@ -61,8 +61,12 @@ class LocalFeatureMatching:
     # wrong candidates at 0.06-0.13 (no clear lead to pick them by), 1-3 a transform; 300
     # unrelated uploads had 5 candidates a picture in [0.07, 0.1) (median 4; README: Local
     # features: recall). 0 turns the spare pass off.
-    max_verified_spare: int = 4
-    min_votes_spare: float = 0.07
+    # 8 and 0.05 since 2026-12-08 (4 and 0.07 before): a 20-degree tilt of a patterned video
+    # frame verifies at block (45 inliers) but scored 0.055-0.064, its query's 5th-6th
+    # candidate, in every draw; +1 copy in 3 of 12 row-draws, +0.65 verifications and ~0.3-0.7
+    # ms matcher CPU an unrelated upload (bench/spare_cost.py --settings 4:0.07,8:0.05).
+    max_verified_spare: int = 8
+    min_votes_spare: float = 0.05
     # Keypoints a blob may hold, stored (AddEntry by hash, bulk rows) or
     # queried; extraction keeps at most a few hundred.
     max_keypoints: int = 1000

@@ -37,7 +37,8 @@ class Hashed:
     # An image's first step: the picture as decoded (a numpy array), handed
     # to its second step so that one does not decode the upload again (~1.4
     # ms of a 1024x768 JPEG); None when larger than HANDOVER_MAX_BYTES (it
-    # travels to the server and back) or for any other step or kind.
+    # travels to the server and back), when not asked for (hash_media's
+    # with_picture) or for any other step or kind.
     picture: object = None
 
 
@@ -85,6 +86,7 @@ def hash_media(
     stage: str | None = None,
     picture: object = None,
     exact: bool = True,
+    with_picture: bool = True,
 ) -> Hashed:
     """All signals of one upload (for a query, `part` selects half of an image's
     views so two workers can share it; other kinds ignore it). `stage`
@@ -93,13 +95,16 @@ def hash_media(
     are STAGE_LOCAL's; with the decoded `picture`), any other media whole;
     STAGE_LOCAL, an image's band and region views and local features, from
     the first step's `picture` when given (else decoded again). `exact` False:
-    without the MD5 and SHA-256 (the caller has them already)."""
+    without the MD5 and SHA-256 (the caller has them already). `with_picture`
+    False: a first step's answer without its decoded picture, when its second
+    step was started ahead (a 1024x768 JPEG's luma is 192 KiB to pickle, send
+    and unpickle for nothing)."""
     if stage not in (None, STAGE_VIEWS, STAGE_LOCAL) or (stage and not for_query):
         raise ValueError(f"unknown hashing stage {stage!r}")
     if picture is not None and stage != STAGE_LOCAL:
         raise ValueError("only a second step takes a decoded picture")
     try:
-        return _hash_media(source, limits, for_query, part, stage, picture, exact)
+        return _hash_media(source, limits, for_query, part, stage, picture, exact, with_picture)
     except MemoryError:
         # the worker's address-space limit (RLIMIT_AS) stopped a ballooning decoder
         raise TooLarge("decoding the media needs more memory than a worker may use") from None
@@ -113,6 +118,7 @@ def _hash_media(
     stage: str | None,
     picture: object = None,
     with_exact: bool = True,
+    with_picture: bool = True,
 ) -> Hashed:
     kind = kind_of(source)
     with_exact = with_exact and part in (None, 0) and stage != STAGE_LOCAL
@@ -127,7 +133,7 @@ def _hash_media(
         data = source.read() if isinstance(source, SpooledMedia) else source
         if stage == STAGE_VIEWS and not image.is_animated_gif(data):
             signals, decoded = image.first_step(data, limits.image)
-            handed = decoded if decoded.nbytes <= HANDOVER_MAX_BYTES else None
+            handed = decoded if with_picture and decoded.nbytes <= HANDOVER_MAX_BYTES else None
             return Hashed(media_kinds.IMAGE, [*exact, *signals], complete=False, picture=handed)
         if picture is not None or not image.is_animated_gif(data):
             signals = image.picture_signals(data, limits.image, for_query, part, stage, picture)

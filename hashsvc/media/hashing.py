@@ -17,7 +17,7 @@ import os
 import resource
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 
@@ -107,11 +107,32 @@ class HashingPool:
         stage: str | None = None,
         picture: object = None,
         exact: bool = True,
+        with_picture: bool = True,
     ) -> Hashed:
         """All signals of an upload, or (`stage`) one step of them; a second
         step with the first one's decoded `picture`; `exact` False: without
-        the MD5 and SHA-256 (dispatch.hash_media)."""
-        return self._run(source, for_query=True, stage=stage, picture=picture, exact=exact)
+        the MD5 and SHA-256 (dispatch.hash_media); `with_picture` False: a
+        first step without its decoded picture (its second step started
+        ahead decodes the upload itself)."""
+        return self.start_query(source, stage, picture, exact, with_picture).result()
+
+    def start_query(
+        self,
+        source: MediaSource,
+        stage: str | None = None,
+        picture: object = None,
+        exact: bool = True,
+        with_picture: bool = True,
+    ) -> StartedJob:
+        """hash_query's job sent to a worker now, its answer collected later
+        (StartedJob.result) or not at all (StartedJob.abandon): the caller
+        looks up the upload's exact hashes while it is hashed. The checks
+        made before any job is sent raise here; with no workers the caller
+        hashes now, and result() gives the answer or raises its error."""
+        return self._start(
+            source, for_query=True, stage=stage, picture=picture, exact=exact,
+            with_picture=with_picture,
+        )  # fmt: skip
 
     def started_when_idle(
         self, source: MediaSource, stage: str, exact: bool = True
@@ -146,7 +167,7 @@ class HashingPool:
                 )  # fmt: skip
             except RuntimeError:
                 return None  # the pool was just replaced: hashed in turn instead
-            return StartedJob(self, pool, future, time.monotonic() + timeout, is_image)
+            return StartedJob(self, pool, [future], time.monotonic() + timeout, is_image)
         finally:
             if future is None:
                 self._done(None)  # nothing started: the reservation given back
@@ -176,9 +197,9 @@ class HashingPool:
         return kind
 
     def hash_known(self, source: MediaSource) -> Hashed:
-        return self._run(source, for_query=False)
+        return self._start(source, for_query=False).result()
 
-    def _run(
+    def _start(
         self,
         source: MediaSource,
         for_query: bool,
@@ -186,13 +207,15 @@ class HashingPool:
         stage: str | None = None,
         picture: object = None,
         exact: bool = True,
-    ) -> Hashed:
+        with_picture: bool = True,
+    ) -> StartedJob:
         # Sniffed here too (cheap) to pick the time limit: seconds for a
         # picture, minutes for an hour of video.
         is_image = self.check(source) == sniff.IMAGE
         timeout = self.timeout_seconds if is_image else self.media_timeout_seconds
+        job = (source, self.limits, for_query, None, stage, picture, exact, with_picture)
         if self._pool is None:
-            return hash_media(source, self.limits, for_query, None, stage, picture, exact)
+            return StartedJob(self, None, [_hashed_now(*job)], 0.0, is_image)
         pool = self._pool
         try:
             if for_query and is_image and self.split_queries and self.workers > 1 and not stage:
@@ -204,15 +227,9 @@ class HashingPool:
                     )
                     for part in range(QUERY_PARTS)
                 ]
-                deadline = time.monotonic() + timeout
-                parts = [self._result(pool, f, deadline, is_image) for f in futures]
-                return Hashed(
-                    parts[0].media_type, [s for p in parts for s in p.signals], parts[0].notes
-                )
-            future = self._submit(
-                pool, hash_media, source, self.limits, for_query, None, stage, picture, exact
-            )
-            return self._result(pool, future, time.monotonic() + timeout, is_image)
+            else:
+                futures = [self._submit(pool, hash_media, *job)]
+            return StartedJob(self, pool, futures, time.monotonic() + timeout, is_image)
         except BrokenProcessPool:
             # Refused at submit: a worker died under a job nobody waited for
             # (a second step started ahead and dropped), so no caller saw it
@@ -223,18 +240,14 @@ class HashingPool:
                 raise Unavailable(
                     "the media could not be hashed: the hashing worker died"
                 ) from None
-            return self._run(
-                source, for_query, retried=True, stage=stage, picture=picture, exact=exact
-            )
+            return self._start(source, for_query, True, stage, picture, exact, with_picture)
         except RuntimeError:
             # Another request replaced the pool (a worker died or hung) between
             # our reading self._pool and submitting to it: "cannot schedule new
             # futures after shutdown". Submit once more, to the new pool.
             if self._pool is pool or retried:
                 raise
-            return self._run(
-                source, for_query, retried=True, stage=stage, picture=picture, exact=exact
-            )
+            return self._start(source, for_query, True, stage, picture, exact, with_picture)
 
     def _result(
         self, pool: ProcessPoolExecutor, future: Future, deadline: float, is_image: bool
@@ -255,6 +268,14 @@ class HashingPool:
             log.error("hashing worker died; replacing the pool")
             self._replace(pool, kill=False)
             raise Unavailable("the media could not be hashed: the hashing worker died") from None
+        except CancelledError:
+            # Never started: another job hung past its deadline or its worker
+            # died, and the pool was replaced with this one still waiting
+            # (it was an internal error). The upload itself may be fine.
+            raise Unavailable(
+                "the media could not be hashed: the hashing workers were replaced before"
+                " it was hashed; retry"
+            ) from None
 
     def close(self) -> None:
         if self._pool is not None:
@@ -262,33 +283,41 @@ class HashingPool:
 
 
 class StartedJob:
-    """A hashing job started ahead of need (HashingPool.started_when_idle)."""
+    """A hashing job sent to the workers (HashingPool.start_query, or
+    started_when_idle: ahead of need): one future, or a split query's two
+    halves; with no workers (pool None), its answer or error already."""
 
     def __init__(
         self,
         hashing: HashingPool,
-        pool: ProcessPoolExecutor,
-        future: Future,
+        pool: ProcessPoolExecutor | None,
+        futures: list[Future],
         deadline: float,
         is_image: bool,
     ) -> None:
         self._hashing = hashing
         self._pool = pool
-        self._future = future
+        self._futures = futures
         self._deadline = deadline
         self._is_image = is_image
 
     def result(self) -> Hashed:
         """Its answer, or the errors HashingPool.hash_query gives."""
-        return self._hashing._result(self._pool, self._future, self._deadline, self._is_image)
+        parts = [
+            self._hashing._result(self._pool, future, self._deadline, self._is_image)
+            for future in self._futures
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return Hashed(parts[0].media_type, [s for p in parts for s in p.signals], parts[0].notes)
 
     def abandon(self) -> None:
         """Not needed after all. A job running already cannot be stopped, but
         one that hangs is still held to its deadline: waited for on a thread
         of its own, its worker killed and the pool replaced as for any job."""
-        if self._future.cancel():
+        if all([future.cancel() for future in self._futures]):  # each one tried
             return
-        if self._future.done():
+        if all(future.done() for future in self._futures):
             # its error seen now: a worker it killed has its pool replaced
             self._reap()
             return
@@ -299,6 +328,16 @@ class StartedJob:
             self.result()
         except Exception as exc:  # nobody waits for its answer; the pool is whole again
             log.info("an abandoned hashing job failed: %s", exc)
+
+
+def _hashed_now(*job) -> Future:
+    """hash_media(*job) in the calling thread (no workers), as a done future."""
+    future: Future = Future()
+    try:
+        future.set_result(hash_media(*job))
+    except Exception as exc:  # the caller's result() raises it, as a worker's
+        future.set_exception(exc)
+    return future
 
 
 def _noop(_: int) -> None:

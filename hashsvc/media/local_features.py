@@ -7,12 +7,16 @@ them.
 The signal's value is one opaque blob per picture (`encode` / `decode`):
 
     magic "LF" | version u8 | algorithm u8 | width u16 | height u16 | count u16 |
-    descriptor bytes u8 | count x (x u16, y u16) | count x descriptor
+    descriptor bytes u8 | count x (x u16, y u16) | count x descriptor |
+    (version 2 only) count x pyramid level u8
 
 little-endian; positions in quarter pixels of the picture the points were
 found in (the picture resized to `max_side`), descriptors as the detector
-gives them, strongest keypoint first. Blobs arrive from bulk files and
-AddEntry-by-hash, so `decode` trusts nothing in them.
+gives them, strongest keypoint first. Version 2 adds each keypoint's level
+in ORB's pyramid (0: the finest; see LocalFeatures.levels); version 1 blobs
+(stored before 2026-12-08) still decode, without levels, and match as before.
+Blobs arrive from bulk files and AddEntry-by-hash, so `decode` trusts nothing
+in them.
 
 Pictures without enough distinctive, well-spread keypoints get no signal at
 all (`extract` returns None): flat, dark, gradient and tiny pictures would
@@ -36,7 +40,9 @@ if TYPE_CHECKING:
 from hashsvc.base.errors import InvalidArgument
 
 MAGIC = b"LF"
-VERSION = 1
+# 2 since 2026-12-08 (pyramid levels); 1 still decodes (no levels)
+VERSION = 2
+VERSIONS = (1, 2)
 ALGORITHM_ORB = 1
 ALGORITHM_AKAZE = 2
 ALGORITHM_BRISK = 3
@@ -51,6 +57,8 @@ MAX_SIDE_STORED = 65535 // _POSITION_STEPS
 # The most keypoints a blob may carry, whatever the limits it was made with:
 # a hostile count cannot make decode allocate or verify cost more.
 MAX_POINTS_STORED = 2000
+# The deepest pyramid level a blob may name (ORB's nlevels is 8 by default).
+MAX_LEVEL_STORED = 31
 
 
 @cache
@@ -113,13 +121,17 @@ DEFAULT_LIMITS = LocalFeatureLimits()
 @dataclass(frozen=True)
 class LocalFeatures:
     """Keypoints of one picture: `points` (N, 2) float32 x, y in pixels of a
-    `width` x `height` picture, `descriptors` (N, D) uint8, strongest first."""
+    `width` x `height` picture, `descriptors` (N, D) uint8, strongest first;
+    `levels` (N,) uint8, each keypoint's ORB pyramid level (0: found at the
+    picture's own size, n: on it shrunk by pyramid_scale ** n), or None
+    (a version 1 blob, or another detector)."""
 
     width: int
     height: int
     points: np.ndarray
     descriptors: np.ndarray
     algorithm: int = ALGORITHM_ORB
+    levels: np.ndarray | None = None
 
     @property
     def descriptor_bytes(self) -> int:
@@ -232,13 +244,18 @@ def _extract_grey(grey: np.ndarray, limits: LocalFeatureLimits) -> tuple[LocalFe
     points = points[order]
     if _cells_occupied(points, width, height, limits.spread_grid) < limits.min_spread_cells:
         return None, detected
+    levels = None
     if every_descriptor is not None:
         descriptors = np.ascontiguousarray(every_descriptor[order], dtype=np.uint8)
     else:
-        descriptors = _describe(detector, grey, [keypoints[i] for i in order], points)
+        kept = [keypoints[i] for i in order]
+        descriptors = _describe(detector, grey, kept, points)
+        # ORB's octave is its pyramid level (AKAZE and BRISK pack other things there)
+        levels = np.fromiter((k.octave for k in kept), dtype=np.uint8, count=len(kept))
     if descriptors is None:
         return None, detected
-    return LocalFeatures(width, height, points, descriptors, DETECTORS[limits.detector]), detected
+    algorithm = DETECTORS[limits.detector]
+    return LocalFeatures(width, height, points, descriptors, algorithm, levels), detected
 
 
 def _describe(detector, grey: np.ndarray, keypoints: list, points: np.ndarray) -> np.ndarray | None:
@@ -309,14 +326,17 @@ def encode(features: LocalFeatures) -> bytes:
     positions = np.minimum(steps, limit).astype("<u2")
     header = _HEADER.pack(
         MAGIC,
-        VERSION,
+        1 if features.levels is None else VERSION,
         features.algorithm,
         features.width,
         features.height,
         len(features),
         features.descriptor_bytes,
     )
-    return header + positions.tobytes() + np.ascontiguousarray(features.descriptors).tobytes()
+    blob = header + positions.tobytes() + np.ascontiguousarray(features.descriptors).tobytes()
+    if features.levels is None:
+        return blob
+    return blob + np.ascontiguousarray(features.levels, dtype=np.uint8).tobytes()
 
 
 def decode(value: bytes) -> LocalFeatures:
@@ -330,8 +350,9 @@ def decode(value: bytes) -> LocalFeatures:
     magic, version, algorithm, width, height, count, dbytes = _HEADER.unpack_from(value)
     if magic != MAGIC:
         raise InvalidArgument("local_features value has no LF header")
-    if version != VERSION:
-        raise InvalidArgument(f"local_features version {version} is not supported (only {VERSION})")
+    if version not in VERSIONS:
+        known = ", ".join(map(str, VERSIONS))
+        raise InvalidArgument(f"local_features version {version} is not supported (only {known})")
     if algorithm not in _ALGORITHMS:
         raise InvalidArgument(f"local_features algorithm {algorithm} is unknown")
     if dbytes != _ALGORITHMS[algorithm]:
@@ -345,7 +366,8 @@ def decode(value: bytes) -> LocalFeatures:
         raise InvalidArgument(
             f"local_features keypoint count {count} is out of range (1..{MAX_POINTS_STORED})"
         )
-    expected = _HEADER.size + count * 4 + count * dbytes
+    leveled = version >= 2
+    expected = _HEADER.size + count * 4 + count * dbytes + (count if leveled else 0)
     if len(value) != expected:
         raise InvalidArgument(
             f"local_features value is {len(value)} bytes; {count} keypoints need {expected}"
@@ -357,9 +379,18 @@ def decode(value: bytes) -> LocalFeatures:
     ).any():
         raise InvalidArgument(f"local_features keypoint outside its {width}x{height} picture")
     points = positions.astype(np.float32) / _POSITION_STEPS
-    descriptors = np.frombuffer(value, dtype=np.uint8, offset=_HEADER.size + count * 4)
+    start = _HEADER.size + count * 4
+    descriptors = np.frombuffer(value, dtype=np.uint8, count=count * dbytes, offset=start)
+    levels = None
+    if leveled:
+        levels = np.frombuffer(value, dtype=np.uint8, offset=start + count * dbytes).copy()
+        if (levels > MAX_LEVEL_STORED).any():
+            raise InvalidArgument(
+                f"local_features pyramid level {int(levels.max())} is out of range"
+                f" (0..{MAX_LEVEL_STORED})"
+            )
     return LocalFeatures(
-        width, height, points, descriptors.reshape(count, dbytes).copy(), algorithm
+        width, height, points, descriptors.reshape(count, dbytes).copy(), algorithm, levels
     )
 
 
@@ -382,6 +413,15 @@ def _check(features: LocalFeatures) -> None:
         raise InvalidArgument("local_features descriptors must be uint8 of the algorithm's size")
     if not np.isfinite(points).all():
         raise InvalidArgument("local_features keypoint position is not a finite number")
+    levels = features.levels
+    if levels is not None and (
+        levels.shape != (points.shape[0],)
+        or levels.dtype != np.uint8
+        or (levels > MAX_LEVEL_STORED).any()
+    ):
+        raise InvalidArgument(
+            f"local_features levels must be one uint8 of 0..{MAX_LEVEL_STORED} a keypoint"
+        )
     if (
         (points < 0).any()
         or (points[:, 0] > features.width).any()
