@@ -70,6 +70,7 @@ def bench(
     breakdown: bool = False,
     profile: bool = False,
     in_thread: bool = False,
+    nice: int = 10,
 ) -> dict:
     ctx = mp.get_context("spawn")
     commands, answers = ctx.Queue(), ctx.Queue()
@@ -80,6 +81,7 @@ def bench(
         http_timeout_seconds=300,
         min_every_seconds=1,
         fetch_process=not in_thread,
+        fetch_nice=nice,
     )
     running = start_server(
         Config(listen="127.0.0.1:0", db_url=db_url, workers=1, exchange=settings),
@@ -101,10 +103,10 @@ def bench(
         threads = phases.thread_cpu() if phases else {}
         # the fetching child's (exchange.fetch_process), reaped when the fetch
         # ends; the partner's and the matcher's processes still run then
-        children = _children_cpu()
+        children = _children_cpu(feeds)
         with sampler:
             first = feeds.fetch("tcap", "bench")
-        children = _children_cpu() - children
+        children = _children_cpu(feeds) - children
         seconds = time.perf_counter() - fetching
         if phases is not None:  # threads that ended during the fetch are not counted
             threads = {
@@ -164,9 +166,19 @@ def bench(
     return {"rate": rows / seconds, "max_ms": lat[-1] * 1000, "changes_s": matchable}
 
 
-def _children_cpu() -> float:
+def _children_cpu(feeds) -> float:
+    """CPU of the fetching children: those ended (reaped), and the one kept
+    idle after a fetch (hashsvc/exchange/fetch_process.py FetchChildren)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    seconds = usage.ru_utime + usage.ru_stime
+    for proc in list(feeds.children._idle):
+        try:
+            with open(f"/proc/{proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
 
 
 def main() -> None:
@@ -179,6 +191,7 @@ def main() -> None:
         action="store_true",
         help="pages fetched and parsed by a thread of the server (exchange.fetch_process off)",
     )
+    parser.add_argument("--fetch-nice", type=int, default=10, help="exchange.fetch_nice")
     parser.add_argument(
         "--breakdown",
         action="store_true",
@@ -201,6 +214,7 @@ def main() -> None:
                     breakdown=args.breakdown,
                     profile=args.profile,
                     in_thread=args.fetch_in_thread,
+                    nice=args.fetch_nice,
                 )
             else:
                 with fresh_schema("bench_exchange") as url:
@@ -211,6 +225,7 @@ def main() -> None:
                         breakdown=args.breakdown,
                         profile=args.profile,
                         in_thread=args.fetch_in_thread,
+                        nice=args.fetch_nice,
                     )
 
 

@@ -82,6 +82,27 @@ def _resumes_without_duplicates(feeds: Feeds, tcap: TcapServer) -> None:
     feed = feeds.get("tcap")
     assert (feed.items, feed.added, feed.last_result) == (RECORDS, RECORDS, "ok")
     assert feeds.core.store.get_set("s").entry_count == RECORDS
+    assert len(_children()) == 1  # kept, idle, for the next fetch
+
+
+def test_a_child_is_kept_for_the_next_fetch_and_stopped_with_the_server(
+    make_harness, store_url, tcap
+):
+    """A fetch that ended cleanly leaves its child idle, imports done, and
+    the next fetch uses it (a new one took 2-4 s to start on a busy
+    machine); the partner's error ends a fetch cleanly too."""
+    tcap.delay = 0.0
+    feeds = _feeds(make_harness, store_url, tcap)
+    assert feeds.fetch("tcap", "admin").added == RECORDS
+    kept = _children()
+    assert len(kept) == 1
+    tcap.add(secrets.token_hex(32), ideology="islamist")
+    assert feeds.fetch("tcap", "admin").added == 1
+    tcap.fail_status = 500
+    with pytest.raises(FailedPrecondition, match="HTTP 500"):
+        feeds.fetch("tcap", "admin")
+    assert _children() == kept
+    feeds.stop()
     assert not _children()
 
 

@@ -60,7 +60,7 @@ from hashsvc.core.bulk_rows import RowError, row_value
 from hashsvc.core.config import ExchangeSettings
 from hashsvc.core.core import Core
 from hashsvc.exchange.credentials import CredentialBox
-from hashsvc.exchange.fetch_process import child_pages, error_text
+from hashsvc.exchange.fetch_process import FetchChildren, child_pages, error_text
 from hashsvc.exchange.sources import (
     APIS,
     FeedbackUnsupported,
@@ -417,6 +417,8 @@ class Feeds:
         # every other feed's before it)
         self.leases = _LeaseKeeper(self.store, owner, settings.lease_seconds)
         self.box = CredentialBox(settings.credentials_key_file)
+        # the processes that fetch and parse pages (exchange.fetch_process)
+        self.children = FetchChildren(settings.fetch_nice)
 
     # -- feeds
 
@@ -702,7 +704,7 @@ class Feeds:
         if self.settings.fetch_process:
             settings = self.settings
             pages = child_pages(
-                feed.api, config, start, settings.fetch_nice, settings.page_seconds, self._stopping
+                self.children, feed.api, config, start, settings.page_seconds, self._stopping
             )
         else:
             pages = _prefetched(source.pages(start), self._stopping)
@@ -1060,6 +1062,7 @@ class Feeds:
         # once every fetch has stopped)
         self.committer.shutdown(wait=True)
         self.leases.stop()
+        self.children.close()
 
     def _loop(self) -> None:
         while not self._stopping.wait(self.settings.poll_seconds):
