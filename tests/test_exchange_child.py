@@ -155,7 +155,7 @@ def test_a_server_with_many_open_files_still_reads_its_child(tcap):
     over 1,024 descriptors (clients' connections, its pools) gave the pipe a
     number select() refuses, and every fetch failed with "filedescriptor out
     of range in select()"."""
-    from hashsvc.exchange.fetch_process import child_pages
+    from hashsvc.exchange.fetch_process import FetchChildren, child_pages
     from hashsvc.exchange.sources import SourceConfig
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -163,15 +163,17 @@ def test_a_server_with_many_open_files_still_reads_its_child(tcap):
     assert hard == resource.RLIM_INFINITY or hard >= wanted + 100, hard
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted + 100), hard))
     held = []
+    children = FetchChildren(nice=10)
     try:
         while len(held) < wanted:
             held.append(os.open(os.devnull, os.O_RDONLY))
         assert held[-1] > 1024
         tcap.delay = 0.0
         config = SourceConfig("tcap", {"base_url": tcap.url}, "user:secret-pass", 5.0, 0)
-        pages = child_pages("tcap", config, None, 10, 60.0, threading.Event())
+        pages = child_pages(children, "tcap", config, None, 60.0, threading.Event())
         assert sum(len(page.items) for page in pages) == RECORDS
     finally:
+        children.close()  # the child kept idle for a next fetch
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
