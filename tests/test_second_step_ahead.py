@@ -8,6 +8,7 @@ set by the tests that need it either way (this one runs on loaded machines)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -21,9 +22,10 @@ from hashsvc.core.config import Config
 from hashsvc.core.core import Core, MatchQuery
 from hashsvc.matching.matcher import LOCAL_NOT_COMPUTED
 from hashsvc.media import hashing as hashing_module
+from hashsvc.media import machine
 from hashsvc.media.hashing import HashingPool, StartedJob
 from hashsvc.media.limits import STAGE_LOCAL, ImageLimits
-from hashsvc.media.machine import spare_core
+from hashsvc.media.machine import CpuTimes, spare_core
 from hashsvc_testing import local_media
 from hashsvc_testing.image_media import encode as encode_image
 from hashsvc_testing.vectors import vector
@@ -135,18 +137,32 @@ def test_no_second_step_ahead_without_a_worker_left_for_the_first(pictures, quie
         two.close()
 
 
-def test_no_second_step_ahead_on_a_loaded_machine(pictures, monkeypatch):
-    import os
+def _cpus_since_last_reading(monkeypatch) -> dict[str, bool]:
+    """spare_core() read from CPU times this test sets: each reading finds
+    the machine's CPUs all taken by work at nice 0 since the one before, or
+    all free while the returned dict's "quiet" is True."""
+    cpus = len(os.sched_getaffinity(0))
+    machine_state = {"quiet": False}
+    ticks = {"taken": 0, "free": 0}
 
-    cores = len(os.sched_getaffinity(0))
-    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 0.5, 0.0, 0.0))
+    def read() -> CpuTimes:
+        ticks["free" if machine_state["quiet"] else "taken"] += 100 * cpus
+        return CpuTimes(cpus, ticks["taken"], ticks["free"])
+
+    monkeypatch.setattr(machine, "_watch", machine.CpuWatch(read=read, window_seconds=0))
+    spare_core()  # the first reading: the next one has a window
+    return machine_state
+
+
+def test_no_second_step_ahead_on_a_loaded_machine(pictures, monkeypatch):
+    machine_state = _cpus_since_last_reading(monkeypatch)
     assert not spare_core()
     hashing = HashingPool(2, ImageLimits())
     try:
         hashing.warm_up()
         _idle(hashing)
         assert hashing.started_when_idle(pictures["bridge"], STAGE_LOCAL) is None
-        monkeypatch.setattr(os, "getloadavg", lambda: (cores - 0.5, 0.0, 0.0))
+        machine_state["quiet"] = True
         assert spare_core()
         job = hashing.started_when_idle(pictures["bridge"], STAGE_LOCAL)
         assert job is not None
@@ -155,28 +171,28 @@ def test_no_second_step_ahead_on_a_loaded_machine(pictures, monkeypatch):
         hashing.close()
 
 
-@pytest.mark.parametrize("unknown", ["OSError", "AttributeError"])
-def test_a_load_that_cannot_be_read_hashes_in_one_thread_and_one_step(
-    pictures, monkeypatch, unknown
+@pytest.mark.parametrize("unknown", ["missing", "garbled", "no affinity"])
+def test_cpu_times_that_cannot_be_read_hash_in_one_thread_and_one_step(
+    pictures, monkeypatch, tmp_path, unknown
 ):
-    """Where the load average cannot be read (/proc/loadavg hidden in a
-    sandbox: OSError; no os.getloadavg off Unix: AttributeError) an upload is
-    still hashed, in one thread, and no second step is started ahead; the
-    error used to fail every picture hashed with local features."""
-    import os
-
+    """Where the CPUs' times cannot be read (/proc/stat hidden in a sandbox
+    or not Linux's; no os.sched_getaffinity off Linux) an upload is still
+    hashed, in one thread, and no second step is started ahead; an error
+    (then of the load average) used to fail every picture hashed with local
+    features."""
     from hashsvc.media import dispatch
     from hashsvc.media.limits import MediaLimits
 
-    if unknown == "OSError":
-
-        def unreadable() -> tuple[float, float, float]:
-            raise OSError("Load averages are unobtainable")
-
-        monkeypatch.setattr(os, "getloadavg", unreadable)
-    else:
-        monkeypatch.delattr(os, "getloadavg")
-    assert not spare_core()
+    stat = tmp_path / "stat"
+    if unknown == "garbled":
+        stat.write_text("cpu0 one two\ncpu1 1 2\n")
+    elif unknown == "no affinity":
+        stat = machine.PROC_STAT
+        monkeypatch.delattr(os, "sched_getaffinity")
+    watch = machine.CpuWatch(read=lambda: machine.read_cpu_times(str(stat)), window_seconds=0)
+    monkeypatch.setattr(machine, "_watch", watch)
+    for _ in range(2):  # a first reading, and one with a window
+        assert not spare_core()
     hashed = dispatch.hash_media(pictures["bridge_crop"], MediaLimits(), True)
     assert any(s.kind == "local_features" for s in hashed.signals)
     hashing = HashingPool(2, ImageLimits())
