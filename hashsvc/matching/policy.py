@@ -53,7 +53,9 @@ class LocalFeatureMatching:
     # scored p50 0.18, up to 0.96 (shared clip art), synthetic ones <= 0.11. The score only
     # drops the hopeless: 14% of wrong candidates at 0.1, no true copy lost (at 0.12 one is).
     # Scores grow slowly with the index (idf ~ log n): measure again at another size.
-    min_votes: float = 0.1
+    # 0.14 since 2026-12-08 (0.1 before): the index files 400 words a known picture, not 200,
+    # and a score grows about as the square root of the words filed (0.1 x sqrt 2).
+    min_votes: float = 0.14
     # ...but an upload whose candidates at min_votes leave its budget unused has up to
     # max_verified_spare more verified, down to min_votes_spare (round by round, as above).
     # bench/robustness.py (77 known, --explain): copies turned 10 and 20 degrees and cut by
@@ -61,12 +63,14 @@ class LocalFeatureMatching:
     # wrong candidates at 0.06-0.13 (no clear lead to pick them by), 1-3 a transform; 300
     # unrelated uploads had 5 candidates a picture in [0.07, 0.1) (median 4; README: Local
     # features: recall). 0 turns the spare pass off.
-    # 8 and 0.05 since 2026-12-08 (4 and 0.07 before): a 20-degree tilt of a patterned video
-    # frame verifies at block (45 inliers) but scored 0.055-0.064, its query's 5th-6th
-    # candidate, in every draw; +1 copy in 3 of 12 row-draws, +0.65 verifications and ~0.3-0.7
-    # ms matcher CPU an unrelated upload (bench/spare_cost.py --settings 4:0.07,8:0.05).
+    # 8 since 2026-12-08 (4 before): a 20-degree tilt of a patterned video frame verifies at
+    # block (45 inliers) but scored 0.055-0.064 (200 words filed), its query's 5th-6th
+    # candidate, in every draw; +1 copy in 3 of 12 row-draws. 0.07 with 400 words filed is
+    # 0.05 with 200 (see min_votes): the same copies as 0.05 on the draws measured, 5.4
+    # verifications an unrelated upload instead of 6.2 (bench/spare_cost.py --settings
+    # 8:0.05,8:0.07:0.14; README: Pyramid levels and the index).
     max_verified_spare: int = 8
-    min_votes_spare: float = 0.05
+    min_votes_spare: float = 0.07
     # Keypoints a blob may hold, stored (AddEntry by hash, bulk rows) or
     # queried; extraction keeps at most a few hundred.
     max_keypoints: int = 1000
