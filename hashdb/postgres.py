@@ -253,7 +253,9 @@ class PostgresStore(SQLStore, ReviewSQL, RetroSQL, ExchangeSQL):
         cur.execute(query, (texts,))
         found = dict(cur.fetchall())
         if len(found) < len(set(texts)):
-            new = [text for text in texts if text not in found]
+            # in one order on every replica: two writes adding the same new
+            # sets wait for each other's rows in turn instead of deadlocking
+            new = sorted({text for text in texts if text not in found})
             cur.execute(
                 "INSERT INTO label_sets (labels) SELECT unnest(?::text[]) ON CONFLICT DO NOTHING",
                 (new,),
