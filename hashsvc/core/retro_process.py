@@ -35,13 +35,8 @@ server gave up on (a stop, a lost run) is read and dropped.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
-import pickle
-import select
-import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -54,28 +49,29 @@ from datetime import datetime
 from pathlib import Path
 
 from hashdb import HistoryUpload, RetroRun
+from hashsvc.base.child_pipes import (
+    ChildFailed,
+    Overdue,
+    enter_child,
+    exit_text,
+    read_message,
+    readable,
+    write_message,
+)
 from hashsvc.matching.matcher import Match
 from hashsvc.matching.policy import LocalFeatureMatching, PdqPolicy
 
 log = logging.getLogger(__name__)
 
-_HEADER = struct.Struct("!Q")
-# What a batch's answer may hold at most (its candidate uploads' records):
-# a corrupt length is refused, not allocated.
-_MAX_MESSAGE_BYTES = 1 << 30
+_SENDER = "the retro-hunt's scanning process"
+
 # How often a server waiting for a batch looks at its stop flag and lease.
 _LOOK_SECONDS = 0.5
 # A stopping server waits this long for the child to end before killing it.
 _CHILD_EXIT_SECONDS = 2.0
-_PR_SET_PDEATHSIG = 1
 # How long a new child may take to import what it scans with (at retro_nice
 # on a busy machine) before it is given up.
 _START_SECONDS = 120.0
-
-
-class ChildFailed(RuntimeError):
-    """The scanning child died, answered an error, or took too long: the
-    batch is not scanned (the run is retried from its checkpoint)."""
 
 
 @dataclass(frozen=True)
@@ -114,60 +110,6 @@ class BatchRequest:
 
 
 Batch = tuple[int, int, list[tuple[HistoryUpload, list[Match]]]]
-
-
-def _write_message(fd: int, message: object) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    view = memoryview(_HEADER.pack(len(data)) + data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-class _Overdue(Exception):
-    """An answer did not arrive whole by its deadline (its sender stalled midway)."""
-
-
-def _readable(fd: int, seconds: float) -> bool:
-    """Whether the pipe `fd` has something to read (or its writer is gone)
-    within `seconds`. poll, not select(): select() refuses a descriptor
-    numbered 1,024 or more, which a server holding many connections gives
-    a child's pipe."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(max(seconds, 0.0) * 1000.0))
-
-
-def _read_exact(fd: int, size: int, deadline: float | None = None) -> bytes | None:
-    parts, left = [], size
-    while left:
-        # the server's side reads within a deadline: once an answer has begun,
-        # a child stalled midway through it (stopped, frozen) must not hold
-        # the hunting thread, and its run, for as long as it stalls
-        if deadline is not None:
-            wait = deadline - time.monotonic()
-            if wait <= 0 or not _readable(fd, wait):
-                raise _Overdue
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            return None  # the other end is gone
-        parts.append(chunk)
-        left -= len(chunk)
-    return b"".join(parts)
-
-
-def _read_message(fd: int, deadline: float | None = None) -> object | None:
-    """The next message, or None at the end of the pipe; raises _Overdue when
-    it has not arrived whole by `deadline` (time.monotonic; None: no limit)."""
-    header = _read_exact(fd, _HEADER.size, deadline)
-    if header is None:
-        return None
-    (size,) = _HEADER.unpack(header)
-    if size > _MAX_MESSAGE_BYTES:
-        raise ChildFailed(f"a message of {size} bytes from the retro-hunt's scanning process")
-    data = _read_exact(fd, size, deadline)
-    if data is None:
-        return None
-    return pickle.loads(data)
 
 
 class ProcessRetroEngine:
@@ -280,7 +222,7 @@ class ProcessRetroEngine:
             pause_seconds,
         )
         try:
-            _write_message(proc.stdin.fileno(), request)
+            write_message(proc.stdin.fileno(), request)
         except OSError as exc:  # its end of the pipe is closed: it died
             self._lost_child(proc)
             raise ChildFailed(f"the retro-hunt's scanning process is gone ({exc})") from exc
@@ -312,13 +254,13 @@ class ProcessRetroEngine:
                     f"the retro-hunt's scanning process took more than {limit:g} s for a batch"
                     " (retro_process_batch_seconds): stopped"
                 )
-            if not _readable(fd, _LOOK_SECONDS):
+            if not readable(fd, _LOOK_SECONDS):
                 continue
             try:
                 # an answer begun arrives whole within a batch's time (a large
                 # one is read as fast as the child writes it)
-                message = _read_message(fd, time.monotonic() + self.settings.batch_seconds)
-            except _Overdue:
+                message = read_message(fd, time.monotonic() + self.settings.batch_seconds, _SENDER)
+            except Overdue:
                 self._lost_child(proc, kill=True)
                 raise ChildFailed(
                     "the retro-hunt's scanning process stopped midway through an answer for"
@@ -336,7 +278,7 @@ class ProcessRetroEngine:
             if message is None:
                 code = proc.wait(5)
                 self._lost_child(proc)
-                raise ChildFailed(f"the retro-hunt's scanning process died ({_exit_text(code)})")
+                raise ChildFailed(f"the retro-hunt's scanning process died ({exit_text(code)})")
             answered, kind, payload = message
             if answered == number:
                 return kind, payload
@@ -355,7 +297,7 @@ class ProcessRetroEngine:
         if proc is not None:
             log.warning(
                 "the retro-hunt's scanning process ended (%s): started again",
-                _exit_text(proc.returncode),
+                exit_text(proc.returncode),
             )
             _end(proc)
         self._proc = _start_child(self.settings)
@@ -410,52 +352,7 @@ def _end(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def _exit_text(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        return f"signal {-code}"
-    return f"exit status {code}"
-
-
 # -- the child
-
-
-def _die_with_parent(parent: int) -> None:
-    """Ends this process when the server does, even killed with -9: the
-    kernel signals it (PR_SET_PDEATHSIG, Linux). The signal also comes when
-    the server's thread that started it ends; then the server is still its
-    parent and it goes on."""
-
-    def parent_gone(signum, frame) -> None:
-        if os.getppid() != parent:
-            os._exit(1)
-
-    signal.signal(signal.SIGUSR1, parent_gone)
-    if sys.platform.startswith("linux"):
-        with suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGUSR1, 0, 0, 0)
-    if os.getppid() != parent:  # it died before the signal was asked for
-        os._exit(1)
-
-
-def _lower_every_thread(nice: int) -> None:
-    """This process at retro_nice: each thread running now, one by one (Linux
-    sets it per thread; a thread an import started, OpenBLAS's pool at
-    numpy's, stayed at nice 0), and so every thread started after (they
-    inherit it)."""
-    if not hasattr(os, "setpriority"):
-        return
-    try:
-        tasks = [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:
-        tasks = [0]  # no /proc: this thread, and the threads it starts
-    for task in tasks:
-        # (started from the niced hunting thread, it may be there already)
-        with suppress(OSError):
-            now = os.getpriority(os.PRIO_PROCESS, task)
-            os.setpriority(os.PRIO_PROCESS, task, min(19, max(now, nice)))
 
 
 def child_main(argv: list[str] | None = None) -> int:
@@ -464,15 +361,7 @@ def child_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nice", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    _die_with_parent(args.parent)
-    _lower_every_thread(args.nice)
-    logging.basicConfig(
-        level=logging.WARNING, format="retro-hunt scanning process: %(levelname)s %(message)s"
-    )
-    # the answers go to a descriptor of their own; anything a library
-    # prints goes to the server's log (stderr), not into the answers
-    requests, answers = sys.stdin.buffer.fileno(), os.dup(sys.stdout.buffer.fileno())
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    requests, answers = enter_child(args.parent, args.nice, "retro-hunt scanning process")
     # imported once niced and bound to the parent (the imports take a while)
     from hashsvc.core.retro_scan import scan_batch
     from hashsvc.core.retro_worker import close_stores, run_scanner
@@ -480,12 +369,12 @@ def child_main(argv: list[str] | None = None) -> int:
     from hashsvc.matching.policy import Policy
 
     search_on_this_thread()
-    _write_message(answers, (0, "ready", None))
+    write_message(answers, (0, "ready", None))
     pool = None
     if args.threads > 1:
         pool = ThreadPoolExecutor(args.threads - 1, "retro-scan", search_on_this_thread)
     try:
-        while (request := _read_message(requests)) is not None:
+        while (request := read_message(requests)) is not None:
             if not isinstance(request, BatchRequest):
                 raise TypeError(f"not a batch request: {type(request).__name__}")
             if request.pause_seconds:
@@ -514,7 +403,7 @@ def child_main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 log.exception("retro run %d: a batch failed", request.run_id)
                 answer = ("error", f"{type(exc).__name__}: {exc}")
-            _write_message(answers, (request.number, *answer))
+            write_message(answers, (request.number, *answer))
     except BrokenPipeError:
         return 1  # the server is gone
     finally:

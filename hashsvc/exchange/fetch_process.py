@@ -42,16 +42,15 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hashsvc.base.errors import FailedPrecondition, Unavailable
-from hashsvc.core.retro_process import (
-    _die_with_parent,
-    _exit_text,
-    _lower_every_thread,
-    _Overdue,
-    _read_message,
-    _readable,
-    _write_message,
+from hashsvc.base.child_pipes import (
+    Overdue,
+    enter_child,
+    exit_text,
+    read_message,
+    readable,
+    write_message,
 )
+from hashsvc.base.errors import FailedPrecondition, Unavailable
 from hashsvc.exchange.sources import SourceConfig, SourceItem, SourcePage, open_source, redact
 
 log = logging.getLogger(__name__)
@@ -151,7 +150,7 @@ def child_pages(
     between = False  # the child waits for its next request: it may serve another
     try:
         try:
-            _write_message(proc.stdin.fileno(), FetchRequest(api, config, checkpoint))
+            write_message(proc.stdin.fileno(), FetchRequest(api, config, checkpoint))
         except OSError as exc:
             raise FetchFailed(f"the fetching process is gone ({_ended(proc)})") from exc
         fd = proc.stdout.fileno()
@@ -199,12 +198,12 @@ def _next_message(
                 f"the fetching process sent nothing for {seconds:g} s (exchange.page_seconds):"
                 " stopped"
             )
-        if _readable(fd, wait):
+        if readable(fd, wait):
             break
     try:
         # a message begun arrives whole within a page's time
-        message = _read_message(fd, deadline)
-    except _Overdue:
+        message = read_message(fd, deadline, "the feed fetching process")
+    except Overdue:
         raise FetchFailed(
             f"the fetching process stopped midway through a page for {seconds:g} s"
             " (exchange.page_seconds): stopped"
@@ -242,7 +241,7 @@ def _start_child(nice: int) -> subprocess.Popen:
 def _ended(proc: subprocess.Popen) -> str:
     with suppress(subprocess.TimeoutExpired):
         proc.wait(5)
-    return _exit_text(proc.returncode)
+    return exit_text(proc.returncode)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -266,19 +265,11 @@ def child_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--nice", type=int, default=10)
     args = parser.parse_args(argv)
-    _die_with_parent(args.parent)
-    _lower_every_thread(args.nice)
-    logging.basicConfig(
-        level=logging.WARNING, format="feed fetching process: %(levelname)s %(message)s"
-    )
-    # the pages go to a descriptor of their own; anything a library prints
-    # goes to the server's log (stderr), not into the pages
-    requests, answers = sys.stdin.buffer.fileno(), os.dup(sys.stdout.buffer.fileno())
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    requests, answers = enter_child(args.parent, args.nice, "feed fetching process")
     try:
         # one fetch after another (FetchChildren keeps an idle child), until
         # the server closes the pipe
-        while (request := _read_message(requests)) is not None:
+        while (request := read_message(requests)) is not None:
             if not isinstance(request, FetchRequest):
                 return 1
             _fetch(request, answers)
@@ -293,14 +284,14 @@ def _fetch(request: FetchRequest, answers: int) -> None:
         for page in source.pages(request.checkpoint):
             items = page.items
             for start in range(0, len(items), CHUNK_ITEMS):
-                _write_message(answers, ("items", items[start : start + CHUNK_ITEMS]))
-            _write_message(answers, ("page", page.checkpoint))
+                write_message(answers, ("items", items[start : start + CHUNK_ITEMS]))
+            write_message(answers, ("page", page.checkpoint))
         answer = ("end", None)
     except BrokenPipeError:
         raise
     except Exception as exc:
         answer = ("error", error_text(exc))
-    _write_message(answers, answer)
+    write_message(answers, answer)
 
 
 if __name__ == "__main__":
