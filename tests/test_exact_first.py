@@ -135,17 +135,8 @@ def test_a_store_that_cannot_answer_the_lookup_gives_an_error_not_allow(
 ):
     known = encode_image(bridge, "JPEG", quality=85)
     core = make_core(store_url, image=FLOODING)
-    core.curation.create_set("a")
-    core.curation.add_entry("a", "bridge", {}, "op", media=known)
-
-    def broken(kind, value):
-        raise RuntimeError("store lost")
-
-    monkeypatch.setattr(core.store, "find_exact", broken)
-    with pytest.raises(RuntimeError, match="store lost"):
-        core.match(MatchQuery(media=known), caller="t")
-    record = core.store.query_history(HistoryFilter(), 0, 1000)[-1]
-    assert record.decision == "" and record.status != "OK"
+    _known_bridge(core, known)
+    _fails_recorded_when_the_lookup_fails(core, known, monkeypatch)
 
 
 def test_media_checks_come_first(store_url, make_core):
@@ -284,9 +275,21 @@ def test_a_lookup_that_fails_after_the_upload_was_sent_gives_an_error_not_allow(
     upload is hashed and decided as before."""
     known = encode_image(bridge, "JPEG", quality=85)
     core = make_core(store_url)
+    _known_bridge(core, known)
+    find_exact = core.store.find_exact
+    _fails_recorded_when_the_lookup_fails(core, known, monkeypatch)
+    monkeypatch.setattr(core.store, "find_exact", find_exact)
+    assert core.match(MatchQuery(media=known), caller="t").decision == "block"
+
+
+def _known_bridge(core, known: bytes) -> None:
     core.curation.create_set("a")
     core.curation.add_entry("a", "bridge", {}, "op", media=known)
-    find_exact = core.store.find_exact
+
+
+def _fails_recorded_when_the_lookup_fails(core, known: bytes, monkeypatch) -> None:
+    """With the store's exact lookup failing, a Match of `known` raises (an
+    error, never ALLOW) and is recorded as failed, with no decision."""
 
     def broken(kind, value):
         raise RuntimeError("store lost")
@@ -296,5 +299,3 @@ def test_a_lookup_that_fails_after_the_upload_was_sent_gives_an_error_not_allow(
         core.match(MatchQuery(media=known), caller="t")
     record = core.store.query_history(HistoryFilter(), 0, 1000)[-1]
     assert record.decision == "" and record.status != "OK"
-    monkeypatch.setattr(core.store, "find_exact", find_exact)
-    assert core.match(MatchQuery(media=known), caller="t").decision == "block"
